@@ -1,0 +1,47 @@
+"""Finding the DDL steps in ``schema/<backend>/NNN_name.sql``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attrs import frozen
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+@frozen
+class Step:
+    version: int
+    name: str
+    sql: str
+
+
+def schema_dir(backend: str) -> Path:
+    # Installed wheels carry the DDL inside the package; a source checkout has it at the top.
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schema" / backend, here.parent / "schema" / backend):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no schema/{backend} folder beside {here}")
+
+
+def steps(backend: str) -> list[Step]:
+    found = []
+    for path in sorted(schema_dir(backend).glob("[0-9][0-9][0-9]_*.sql")):
+        number, _, name = path.stem.partition("_")
+        found.append(Step(int(number), name, path.read_text()))
+    return found
+
+
+def pending(backend: str, current: int) -> list[Step]:
+    """The steps after *current*; refuses a database newer than this code."""
+    known = steps(backend)
+    newest = known[-1].version if known else 0
+    if current > newest:
+        raise SchemaTooNew(
+            f"the {backend} catalog has schema version {current}, but this Horace knows only "
+            f"up to {newest}: upgrade Horace before using this database"
+        )
+    return [step for step in known if step.version > current]

@@ -1,0 +1,122 @@
+"""The one narrow protocol every catalog backend implements.
+
+Each method is a unit of work: it runs as one transaction (and, where the backend can
+manage it, one round trip or one thread hop). Backends know SQL; they know nothing of
+files, paths on disk or MCP. They return ``None`` or empty results for things that are
+not there; turning that into an error code is the catalog's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from horace.model import (
+    Collection,
+    DuplicateGroup,
+    FileChanges,
+    FileRecord,
+    NewVersion,
+    Retention,
+    SearchQuery,
+    VersionRecord,
+)
+
+
+class BackendUnavailable(Exception):
+    """The database cannot be reached (connection refused, server gone)."""
+
+
+class Units(Protocol):
+    """The units of work. ``Backend`` offers them, and so does a held file lock."""
+
+    # -- reading one file -------------------------------------------------------------
+    async def file_by_id(self, file_id: str) -> FileRecord | None: ...
+    async def file_by_path(self, file_path: str) -> FileRecord | None: ...
+    async def file_by_checksum(self, checksum: str) -> FileRecord | None:
+        """The oldest non-deleted file whose current content has this checksum."""
+    async def versions(self, file_id: str) -> list[VersionRecord]:
+        """Newest first."""
+    async def version(self, file_id: str, version: int) -> VersionRecord | None: ...
+
+    # -- writing ----------------------------------------------------------------------
+    async def insert_files(
+        self, files: Sequence[FileRecord], collection: str | None = None
+    ) -> list[FileRecord]:
+        """Insert new files with their version 1 (from each record's checksum and size).
+
+        A path that is catalogued already, or whose content is (same checksum, not
+        deleted), is skipped; returns the records actually inserted.
+        """
+    async def add_version(
+        self,
+        file_id: str,
+        new: NewVersion,
+        at: datetime,
+        correlation_id: str | None,
+        retention: Retention,
+        status: str | None = None,
+    ) -> tuple[FileRecord, VersionRecord, list[str]]:
+        """Record version max+1 as current (optionally setting status), prune by
+        retention, and return the file, the version, and the checksums of pruned
+        versions that no version row refers to any more."""
+    async def update_file(
+        self, file_id: str, changes: FileChanges, at: datetime
+    ) -> FileRecord | None:
+        """Apply the allow-listed changes; a status change sets or clears deleted_at;
+        ``collection`` adds the file to that collection (created when missing)."""
+
+    # -- searching --------------------------------------------------------------------
+    async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
+        """(total_count, one page) for the filters, sort and position of *query*."""
+    async def find_duplicates(self, limit: int) -> list[DuplicateGroup]: ...
+
+    # -- collections ------------------------------------------------------------------
+    async def upsert_collection(
+        self,
+        name: str,
+        description: str | None,
+        metadata: Mapping[str, Any] | None,
+        file_ids: Sequence[str],
+        at: datetime,
+    ) -> Collection: ...
+    async def list_collections(self, limit: int, offset: int) -> tuple[int, list[Collection]]: ...
+    async def get_collection(
+        self, name: str, limit: int, offset: int
+    ) -> tuple[Collection, list[FileRecord]] | None: ...
+    async def add_members(
+        self, name: str, file_ids: Sequence[str], at: datetime
+    ) -> Collection | None: ...
+    async def remove_members(
+        self, name: str, file_ids: Sequence[str], at: datetime
+    ) -> Collection | None: ...
+    async def delete_collection(self, name: str) -> bool: ...
+    async def missing_file_ids(self, file_ids: Sequence[str]) -> list[str]:
+        """Which of *file_ids* are not catalogued."""
+
+    # -- maintenance ------------------------------------------------------------------
+    async def unreferenced(self, checksums: Sequence[str]) -> list[str]:
+        """Which of *checksums* no version row refers to."""
+    async def all_files(self) -> list[FileRecord]: ...
+    async def all_versions(self) -> list[VersionRecord]: ...
+    async def repair_current(self, file_id: str) -> FileRecord | None:
+        """Make current_version, checksum and size agree with the newest version row."""
+    async def delete_version(self, file_id: str, version: int) -> None: ...
+    async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
+        """Remove files deleted before the cutoff; (files purged, checksums left
+        without any version row)."""
+
+
+class Backend(Units, Protocol):
+    url: str
+
+    async def migrate(self) -> int:
+        """Apply pending schema steps; return the schema version now in force."""
+    async def ping(self) -> None:
+        """Raise :class:`BackendUnavailable` when the database does not answer."""
+    def exclusive(self, key: int) -> AbstractAsyncContextManager[Units]:
+        """Hold the cross-host write lock *key* for a file; the units it yields run
+        under that lock (on PostgreSQL, on the connection that holds it)."""
+    async def aclose(self) -> None: ...

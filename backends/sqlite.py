@@ -1,0 +1,714 @@
+"""The SQLite backend: WAL mode, every unit of work one hop to a worker thread.
+
+Writes go through one connection, one unit at a time (SQLite has a single writer
+anyway); reads use a small pool of their own connections, so in WAL mode readers never
+wait for writers. Units run with ``abandon_on_cancel=False``: a unit that has started
+finishes and commits or rolls back before cancellation is delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from backends import migrations
+from backends.protocol import Units
+from horace.model import (
+    Collection,
+    DuplicateGroup,
+    FileChanges,
+    FileRecord,
+    NewVersion,
+    Order,
+    Retention,
+    SearchQuery,
+    SortKey,
+    Status,
+    VersionRecord,
+)
+
+T = TypeVar("T")
+READERS = 4
+_FILE_COLUMNS = (
+    "id, file_path, owner, purpose, tags, size, mime_type, checksum, status, current_version, "
+    "correlation_id, created_at, updated_at, deleted_at, metadata"
+)
+_F_COLUMNS = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
+_VERSION_COLUMNS = (
+    "file_id, version, checksum, size, created_at, restored_from_version, correlation_id"
+)
+_SORT_COLUMNS = {
+    SortKey.CREATED_AT: "created_at",
+    SortKey.UPDATED_AT: "updated_at",
+    SortKey.SIZE: "size",
+    SortKey.PATH: "file_path",
+}
+
+
+def _ts(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(
+        id=row["id"],
+        file_path=row["file_path"],
+        owner=row["owner"],
+        purpose=row["purpose"],
+        tags=tuple(json.loads(row["tags"])),
+        size=row["size"],
+        mime_type=row["mime_type"],
+        checksum=row["checksum"],
+        status=Status(row["status"]),
+        current_version=row["current_version"],
+        correlation_id=row["correlation_id"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        deleted_at=_dt(row["deleted_at"]),
+        metadata=json.loads(row["metadata"]),
+    )
+
+
+def _version(row: sqlite3.Row) -> VersionRecord:
+    return VersionRecord(
+        file_id=row["file_id"],
+        version=row["version"],
+        checksum=row["checksum"],
+        size=row["size"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        restored_from_version=row["restored_from_version"],
+        correlation_id=row["correlation_id"],
+    )
+
+
+def _collection(row: sqlite3.Row) -> Collection:
+    return Collection(
+        name=row["name"],
+        description=row["description"],
+        metadata=json.loads(row["metadata"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        member_count=row["member_count"],
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe in WAL
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _placeholders(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# -- the units of work, each a plain function of a connection ----------------------------
+
+
+def _file_by(conn: sqlite3.Connection, column: str, value: str) -> FileRecord | None:
+    row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM horace_files WHERE {column} = ?", (value,)).fetchone()
+    return _file(row) if row else None
+
+
+def _file_by_checksum(conn: sqlite3.Connection, checksum: str) -> FileRecord | None:
+    row = conn.execute(
+        f"SELECT {_FILE_COLUMNS} FROM horace_files WHERE checksum = ? AND status != 'deleted' "
+        "ORDER BY created_at, id LIMIT 1",
+        (checksum,),
+    ).fetchone()
+    return _file(row) if row else None
+
+
+def _versions(conn: sqlite3.Connection, file_id: str) -> list[VersionRecord]:
+    rows = conn.execute(
+        f"SELECT {_VERSION_COLUMNS} FROM horace_versions WHERE file_id = ? ORDER BY version DESC",
+        (file_id,),
+    )
+    return [_version(r) for r in rows]
+
+
+def _one_version(conn: sqlite3.Connection, file_id: str, version: int) -> VersionRecord | None:
+    row = conn.execute(
+        f"SELECT {_VERSION_COLUMNS} FROM horace_versions WHERE file_id = ? AND version = ?",
+        (file_id, version),
+    ).fetchone()
+    return _version(row) if row else None
+
+
+def _ensure_collection(conn: sqlite3.Connection, name: str, now: str) -> None:
+    conn.execute(
+        "INSERT INTO horace_collections (name, created_at, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO NOTHING",
+        (name, now, now),
+    )
+
+
+def _add_members(conn: sqlite3.Connection, name: str, file_ids: Sequence[str], now: str) -> None:
+    conn.executemany(
+        "INSERT INTO horace_collection_members (collection, file_id, added_at) "
+        "SELECT ?, id, ? FROM horace_files WHERE id = ? ON CONFLICT DO NOTHING",
+        [(name, now, fid) for fid in file_ids],
+    )
+    conn.execute("UPDATE horace_collections SET updated_at = ? WHERE name = ?", (now, name))
+
+
+def _insert_files(
+    conn: sqlite3.Connection, files: Sequence[FileRecord], collection: str | None
+) -> list[FileRecord]:
+    inserted = []
+    with _transaction(conn):
+        for f in files:
+            taken = conn.execute(
+                "SELECT 1 FROM horace_files WHERE file_path = ? OR "
+                "(checksum = ? AND status != 'deleted') LIMIT 1",
+                (f.file_path, f.checksum),
+            ).fetchone()
+            if taken:
+                continue
+            created = _ts(f.created_at)
+            conn.execute(
+                f"INSERT INTO horace_files ({_FILE_COLUMNS}) VALUES ({_placeholders(range(15))})",
+                (
+                    f.id, f.file_path, f.owner, f.purpose, json.dumps(list(f.tags)), f.size,
+                    f.mime_type, f.checksum, f.status.value, 1, f.correlation_id, created,
+                    _ts(f.updated_at), None, json.dumps(dict(f.metadata)),
+                ),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO horace_file_tags (tag, file_id) VALUES (?, ?)",
+                [(tag, f.id) for tag in f.tags],
+            )
+            conn.execute(
+                f"INSERT INTO horace_versions ({_VERSION_COLUMNS}) VALUES (?, 1, ?, ?, ?, NULL, ?)",
+                (f.id, f.checksum, f.size, created, f.correlation_id),
+            )
+            inserted.append(f)
+        if collection and inserted:
+            now = _ts(inserted[0].created_at)
+            _ensure_collection(conn, collection, now)
+            _add_members(conn, collection, [f.id for f in inserted], now)
+    return inserted
+
+
+def _add_version(
+    conn: sqlite3.Connection,
+    file_id: str,
+    new: NewVersion,
+    at: datetime,
+    correlation_id: str | None,
+    retention: Retention,
+    status: str | None,
+) -> tuple[FileRecord, VersionRecord, list[str]]:
+    now = _ts(at)
+    with _transaction(conn):
+        (number,) = conn.execute(
+            "SELECT coalesce(max(version), 0) + 1 FROM horace_versions WHERE file_id = ?",
+            (file_id,),
+        ).fetchone()
+        conn.execute(
+            f"INSERT INTO horace_versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (file_id, number, new.checksum, new.size, now, new.restored_from_version, correlation_id),
+        )
+        conn.execute(
+            "UPDATE horace_files SET current_version = ?, checksum = ?, size = ?, mime_type = ?, "
+            "updated_at = ?, status = coalesce(?, status), "
+            "deleted_at = CASE WHEN coalesce(?, status) = 'deleted' THEN deleted_at END "
+            "WHERE id = ?",
+            (number, new.checksum, new.size, new.mime_type, now, status, status, file_id),
+        )
+        cutoff = _ts(datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC))
+        pruned = [
+            r[0]
+            for r in conn.execute(
+                "DELETE FROM horace_versions WHERE file_id = ? AND version <= ? AND created_at <= ? "
+                "RETURNING checksum",
+                (file_id, number - retention.keep, cutoff),
+            )
+        ]
+        orphans = _unreferenced(conn, pruned)
+        record = _file_by(conn, "id", file_id)
+        version = _one_version(conn, file_id, number)
+    assert record is not None and version is not None
+    return record, version, orphans
+
+
+def _update_file(
+    conn: sqlite3.Connection, file_id: str, changes: FileChanges, at: datetime
+) -> FileRecord | None:
+    now = _ts(at)
+    with _transaction(conn):
+        current = _file_by(conn, "id", file_id)
+        if current is None:
+            return None
+        sets: dict[str, Any] = {"updated_at": now}
+        if changes.owner is not None:
+            sets["owner"] = changes.owner
+        if changes.purpose is not None:
+            sets["purpose"] = changes.purpose
+        if changes.tags is not None:
+            sets["tags"] = json.dumps(list(changes.tags))
+            conn.execute("DELETE FROM horace_file_tags WHERE file_id = ?", (file_id,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO horace_file_tags (tag, file_id) VALUES (?, ?)",
+                [(tag, file_id) for tag in changes.tags],
+            )
+        if changes.status is not None and changes.status != current.status:
+            sets["status"] = changes.status.value
+            sets["deleted_at"] = now if changes.status is Status.DELETED else None
+        if changes.custom is not None:
+            sets["metadata"] = json.dumps({**current.metadata, **changes.custom})
+        assignments = ", ".join(f"{column} = ?" for column in sets)
+        conn.execute(
+            f"UPDATE horace_files SET {assignments} WHERE id = ?", (*sets.values(), file_id)
+        )
+        if changes.collection:
+            _ensure_collection(conn, changes.collection, now)
+            _add_members(conn, changes.collection, [file_id], now)
+        return _file_by(conn, "id", file_id)
+
+
+def _filters(q: SearchQuery) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if q.status is not None:
+        where.append("f.status = ?")
+        params.append(q.status.value)
+    for tag in q.tags:
+        where.append("f.id IN (SELECT file_id FROM horace_file_tags WHERE tag = ?)")
+        params.append(tag)
+    if q.any_tags:
+        where.append(
+            f"f.id IN (SELECT file_id FROM horace_file_tags WHERE tag IN ({_placeholders(q.any_tags)}))"
+        )
+        params.extend(q.any_tags)
+    if q.owner is not None:
+        where.append("f.owner = ?")
+        params.append(q.owner)
+    if q.purpose:
+        where.append("f.purpose LIKE ? ESCAPE '\\'")
+        params.append(f"%{_like_escape(q.purpose)}%")
+    if q.path:
+        where.append("f.file_path GLOB ?")
+        params.append(q.path)
+    if q.collection is not None:
+        where.append("f.id IN (SELECT file_id FROM horace_collection_members WHERE collection = ?)")
+        params.append(q.collection)
+    if q.file_type:
+        if "/" in q.file_type:
+            if q.file_type.endswith("/*"):
+                where.append("f.mime_type LIKE ? ESCAPE '\\'")
+                params.append(_like_escape(q.file_type[:-1]) + "%")
+            else:
+                where.append("f.mime_type = ?")
+                params.append(q.file_type)
+        else:
+            where.append("f.file_path LIKE ? ESCAPE '\\'")  # LIKE is case-insensitive here
+            params.append("%." + _like_escape(q.file_type.lstrip(".")))
+    for column, op, value in (
+        ("size", ">=", q.min_size),
+        ("size", "<=", q.max_size),
+        ("created_at", ">=", q.created_after and _ts(q.created_after)),
+        ("created_at", "<", q.created_before and _ts(q.created_before)),
+        ("checksum", "=", q.checksum),
+        ("correlation_id", "=", q.correlation_id),
+    ):
+        if value is not None:
+            where.append(f"f.{column} {op} ?")
+            params.append(value)
+    return where, params
+
+
+def _search(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[FileRecord]]:
+    where, params = _filters(q)
+    clause = " AND ".join(where) or "1"
+    column = _SORT_COLUMNS[q.sort_by]
+    direction = "ASC" if q.order is Order.ASC else "DESC"
+    page_where, page_params = clause, list(params)
+    if q.after is not None:
+        value, last_id = q.after
+        if isinstance(value, datetime):
+            value = _ts(value)
+        page_where += f" AND (f.{column}, f.id) {'>' if q.order is Order.ASC else '<'} (?, ?)"
+        page_params += [value, last_id]
+    with _transaction(conn, "DEFERRED"):  # one snapshot for the count and the page
+        (total,) = conn.execute(
+            f"SELECT count(*) FROM horace_files f WHERE {clause}", params
+        ).fetchone()
+        rows = conn.execute(
+            f"SELECT {_F_COLUMNS} FROM horace_files f WHERE {page_where} "
+            f"ORDER BY f.{column} {direction}, f.id {direction} LIMIT ? OFFSET ?",
+            [*page_params, q.limit, q.offset],
+        ).fetchall()
+    return total, [_file(r) for r in rows]
+
+
+def _find_duplicates(conn: sqlite3.Connection, limit: int) -> list[DuplicateGroup]:
+    with _transaction(conn, "DEFERRED"):
+        sums = conn.execute(
+            "SELECT checksum, max(size) FROM horace_files WHERE status != 'deleted' "
+            "GROUP BY checksum HAVING count(*) > 1 ORDER BY max(size) DESC, checksum LIMIT ?",
+            (limit,),
+        ).fetchall()
+        groups = []
+        for checksum, size in sums:
+            rows = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM horace_files WHERE checksum = ? "
+                "AND status != 'deleted' ORDER BY created_at, id",
+                (checksum,),
+            )
+            groups.append(DuplicateGroup(checksum, size, tuple(_file(r) for r in rows)))
+    return groups
+
+
+_COLLECTION_SELECT = (
+    "SELECT c.name, c.description, c.metadata, c.created_at, c.updated_at, "
+    "(SELECT count(*) FROM horace_collection_members m WHERE m.collection = c.name) AS member_count "
+    "FROM horace_collections c"
+)
+
+
+def _get_collection_row(conn: sqlite3.Connection, name: str) -> Collection | None:
+    row = conn.execute(f"{_COLLECTION_SELECT} WHERE c.name = ?", (name,)).fetchone()
+    return _collection(row) if row else None
+
+
+def _upsert_collection(
+    conn: sqlite3.Connection,
+    name: str,
+    description: str | None,
+    metadata: Mapping[str, Any] | None,
+    file_ids: Sequence[str],
+    at: datetime,
+) -> Collection:
+    now = _ts(at)
+    with _transaction(conn):
+        conn.execute(
+            "INSERT INTO horace_collections (name, description, metadata, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "description = coalesce(excluded.description, description), "
+            "metadata = CASE WHEN ? THEN excluded.metadata ELSE metadata END, "
+            "updated_at = excluded.updated_at",
+            (name, description, json.dumps(dict(metadata or {})), now, now, metadata is not None),
+        )
+        _add_members(conn, name, file_ids, now)
+        found = _get_collection_row(conn, name)
+    assert found is not None
+    return found
+
+
+def _list_collections(conn: sqlite3.Connection, limit: int, offset: int) -> tuple[int, list[Collection]]:
+    with _transaction(conn, "DEFERRED"):
+        (total,) = conn.execute("SELECT count(*) FROM horace_collections").fetchone()
+        rows = conn.execute(
+            f"{_COLLECTION_SELECT} ORDER BY c.name LIMIT ? OFFSET ?", (limit, offset)
+        ).fetchall()
+    return total, [_collection(r) for r in rows]
+
+
+def _get_collection(
+    conn: sqlite3.Connection, name: str, limit: int, offset: int
+) -> tuple[Collection, list[FileRecord]] | None:
+    with _transaction(conn, "DEFERRED"):
+        found = _get_collection_row(conn, name)
+        if found is None:
+            return None
+        rows = conn.execute(
+            f"SELECT {_F_COLUMNS} FROM horace_files f JOIN horace_collection_members m "
+            "ON m.file_id = f.id WHERE m.collection = ? ORDER BY m.added_at, f.id LIMIT ? OFFSET ?",
+            (name, limit, offset),
+        ).fetchall()
+    return found, [_file(r) for r in rows]
+
+
+def _change_members(
+    conn: sqlite3.Connection, name: str, file_ids: Sequence[str], at: datetime, add: bool
+) -> Collection | None:
+    now = _ts(at)
+    with _transaction(conn):
+        if _get_collection_row(conn, name) is None:
+            return None
+        if add:
+            _add_members(conn, name, file_ids, now)
+        else:
+            conn.executemany(
+                "DELETE FROM horace_collection_members WHERE collection = ? AND file_id = ?",
+                [(name, fid) for fid in file_ids],
+            )
+            conn.execute("UPDATE horace_collections SET updated_at = ? WHERE name = ?", (now, name))
+        return _get_collection_row(conn, name)
+
+
+def _delete_collection(conn: sqlite3.Connection, name: str) -> bool:
+    with _transaction(conn):
+        return conn.execute("DELETE FROM horace_collections WHERE name = ?", (name,)).rowcount > 0
+
+
+def _missing_file_ids(conn: sqlite3.Connection, file_ids: Sequence[str]) -> list[str]:
+    if not file_ids:
+        return []
+    found = {
+        r[0]
+        for r in conn.execute(
+            f"SELECT id FROM horace_files WHERE id IN ({_placeholders(file_ids)})", list(file_ids)
+        )
+    }
+    return [fid for fid in file_ids if fid not in found]
+
+
+def _unreferenced(conn: sqlite3.Connection, checksums: Sequence[str]) -> list[str]:
+    unique = sorted(set(checksums))
+    if not unique:
+        return []
+    used = {
+        r[0]
+        for r in conn.execute(
+            f"SELECT DISTINCT checksum FROM horace_versions WHERE checksum IN ({_placeholders(unique)})",
+            unique,
+        )
+    }
+    return [c for c in unique if c not in used]
+
+
+def _repair_current(conn: sqlite3.Connection, file_id: str) -> FileRecord | None:
+    with _transaction(conn):
+        conn.execute(
+            "UPDATE horace_files SET (current_version, checksum, size) = "
+            "(SELECT version, checksum, size FROM horace_versions v WHERE v.file_id = horace_files.id "
+            " ORDER BY version DESC LIMIT 1) "
+            "WHERE id = ? AND EXISTS (SELECT 1 FROM horace_versions WHERE file_id = ?)",
+            (file_id, file_id),
+        )
+        return _file_by(conn, "id", file_id)
+
+
+def _delete_version(conn: sqlite3.Connection, file_id: str, version: int) -> None:
+    with _transaction(conn):
+        conn.execute("DELETE FROM horace_versions WHERE file_id = ? AND version = ?", (file_id, version))
+
+
+def _purge_deleted(conn: sqlite3.Connection, deleted_before: datetime) -> tuple[int, list[str]]:
+    with _transaction(conn):
+        checksums = [
+            r[0]
+            for r in conn.execute(
+                "SELECT v.checksum FROM horace_versions v JOIN horace_files f ON f.id = v.file_id "
+                "WHERE f.status = 'deleted' AND f.deleted_at < ?",
+                (_ts(deleted_before),),
+            )
+        ]
+        purged = conn.execute(
+            "DELETE FROM horace_files WHERE status = 'deleted' AND deleted_at < ?",
+            (_ts(deleted_before),),
+        ).rowcount
+        return purged, _unreferenced(conn, checksums)
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    with _transaction(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for step in migrations.pending("sqlite", current):
+            # executescript would COMMIT; run the statements one by one inside our transaction.
+            for statement in _statements(step.sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (step.version,))
+            current = step.version
+    return current
+
+
+def _statements(script: str) -> Iterator[str]:
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer
+            buffer = ""
+
+
+class SqliteBackend:
+    def __init__(self, path: Path) -> None:
+        self.url = f"sqlite://{path}"
+        self.path = path
+        self._writer = _connect(path)
+        self._write_lock = trio.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._reader_slots = trio.CapacityLimiter(READERS)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._write_lock:
+            return await trio.to_thread.run_sync(fn, self._writer, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._reader_slots:
+            conn = self._readers.pop() if self._readers else None
+            try:
+                if conn is None:
+                    conn = await trio.to_thread.run_sync(_connect, self.path)
+                return await trio.to_thread.run_sync(fn, conn, *args)
+            finally:
+                if conn is not None:
+                    self._readers.append(conn)
+
+    async def migrate(self) -> int:
+        return await self._write(_migrate)
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    @asynccontextmanager
+    async def exclusive(self, key: int) -> AsyncIterator[Units]:
+        # One SQLite file is one host's: the fcntl lock taken by the caller is enough.
+        yield self
+
+    async def aclose(self) -> None:
+        async with self._write_lock:
+            self._writer.close()
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # -- units ----------------------------------------------------------------------------
+
+    async def file_by_id(self, file_id: str) -> FileRecord | None:
+        return await self._read(_file_by, "id", file_id)
+
+    async def file_by_path(self, file_path: str) -> FileRecord | None:
+        return await self._read(_file_by, "file_path", file_path)
+
+    async def file_by_checksum(self, checksum: str) -> FileRecord | None:
+        return await self._read(_file_by_checksum, checksum)
+
+    async def versions(self, file_id: str) -> list[VersionRecord]:
+        return await self._read(_versions, file_id)
+
+    async def version(self, file_id: str, version: int) -> VersionRecord | None:
+        return await self._read(_one_version, file_id, version)
+
+    async def insert_files(
+        self, files: Sequence[FileRecord], collection: str | None = None
+    ) -> list[FileRecord]:
+        return await self._write(_insert_files, files, collection)
+
+    async def add_version(
+        self,
+        file_id: str,
+        new: NewVersion,
+        at: datetime,
+        correlation_id: str | None,
+        retention: Retention,
+        status: str | None = None,
+    ) -> tuple[FileRecord, VersionRecord, list[str]]:
+        return await self._write(_add_version, file_id, new, at, correlation_id, retention, status)
+
+    async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
+        return await self._write(_update_file, file_id, changes, at)
+
+    async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
+        return await self._read(_search, query)
+
+    async def find_duplicates(self, limit: int) -> list[DuplicateGroup]:
+        return await self._read(_find_duplicates, limit)
+
+    async def upsert_collection(
+        self,
+        name: str,
+        description: str | None,
+        metadata: Mapping[str, Any] | None,
+        file_ids: Sequence[str],
+        at: datetime,
+    ) -> Collection:
+        return await self._write(_upsert_collection, name, description, metadata, file_ids, at)
+
+    async def list_collections(self, limit: int, offset: int) -> tuple[int, list[Collection]]:
+        return await self._read(_list_collections, limit, offset)
+
+    async def get_collection(
+        self, name: str, limit: int, offset: int
+    ) -> tuple[Collection, list[FileRecord]] | None:
+        return await self._read(_get_collection, name, limit, offset)
+
+    async def add_members(self, name: str, file_ids: Sequence[str], at: datetime) -> Collection | None:
+        return await self._write(_change_members, name, file_ids, at, True)
+
+    async def remove_members(
+        self, name: str, file_ids: Sequence[str], at: datetime
+    ) -> Collection | None:
+        return await self._write(_change_members, name, file_ids, at, False)
+
+    async def delete_collection(self, name: str) -> bool:
+        return await self._write(_delete_collection, name)
+
+    async def missing_file_ids(self, file_ids: Sequence[str]) -> list[str]:
+        return await self._read(_missing_file_ids, file_ids)
+
+    async def unreferenced(self, checksums: Sequence[str]) -> list[str]:
+        return await self._read(_unreferenced, checksums)
+
+    async def all_files(self) -> list[FileRecord]:
+        return await self._read(
+            lambda conn: [_file(r) for r in conn.execute(f"SELECT {_FILE_COLUMNS} FROM horace_files")]
+        )
+
+    async def all_versions(self) -> list[VersionRecord]:
+        return await self._read(
+            lambda conn: [
+                _version(r) for r in conn.execute(f"SELECT {_VERSION_COLUMNS} FROM horace_versions")
+            ]
+        )
+
+    async def repair_current(self, file_id: str) -> FileRecord | None:
+        return await self._write(_repair_current, file_id)
+
+    async def delete_version(self, file_id: str, version: int) -> None:
+        await self._write(_delete_version, file_id, version)
+
+    async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
+        return await self._write(_purge_deleted, deleted_before)
+
+
+@asynccontextmanager
+async def open_sqlite(path: Path) -> AsyncIterator[SqliteBackend]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = await trio.to_thread.run_sync(SqliteBackend, path)
+    try:
+        yield backend
+    finally:
+        with trio.CancelScope(shield=True):
+            await backend.aclose()
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())

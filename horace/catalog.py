@@ -1,0 +1,699 @@
+"""The catalog operations: the one place where disk and database meet.
+
+Every write follows the same shape, inside the caller's cancel scope:
+
+    lock (Trio lock -> fcntl -> backend advisory lock)
+      -> stage: copy + hash into .horace/tmp        (cancellable, temp removed on the way out)
+      -> shielded: rename into objects/ + commit     (all or nothing)
+
+so a cancelled call leaves either the whole version or nothing. Objects are never
+deleted inline with a commit; pruned content goes through :meth:`Catalog.collect`, which
+re-checks references under the storage's grace-period protocol.
+
+The server, the CLI and the watcher are thin edges over this class.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import attrs
+import trio
+from attrs import frozen
+
+from backends.protocol import Backend, Units
+from horace import mime, paths
+from horace.locks import FileLocks, lock_key
+from horace.model import (
+    Collection,
+    DuplicateGroup,
+    ErrorCode,
+    FileChanges,
+    FileRecord,
+    HoraceError,
+    NewFile,
+    NewVersion,
+    Retention,
+    SearchPage,
+    SearchQuery,
+    SortKey,
+    Status,
+    VersionRecord,
+)
+from horace.storage import Staged, Storage
+
+log = logging.getLogger("horace.catalog")
+T = TypeVar("T")
+Progress = Callable[[int, int], None]
+SCAN_BATCH = 256
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking disk work in a worker thread.
+
+    The thread is never abandoned: a cancelled call waits for it, and long copies
+    notice the cancellation themselves through ``trio.from_thread.check_cancelled``.
+    """
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+def _check_cancelled() -> None:
+    trio.from_thread.check_cancelled()
+
+
+@frozen
+class Registered:
+    file: FileRecord
+    duplicate: bool
+    version_created: bool
+
+
+@frozen
+class Updated:
+    file: FileRecord
+    changed_fields: tuple[str, ...]
+    version_created: bool
+
+
+@frozen
+class Restored:
+    file: FileRecord
+    version: VersionRecord
+    preserved_version: int | None  # the working file's unsaved content, kept first
+
+
+@frozen
+class FileInfo:
+    file: FileRecord
+    versions: tuple[VersionRecord, ...] | None
+    collections: tuple[str, ...] = ()
+
+
+@frozen
+class Problem:
+    kind: str  # missing_object, checksum_mismatch, working_modified, working_missing
+    file_id: str
+    file_path: str
+    version: int | None
+    detail: str
+
+
+@frozen
+class VerifyReport:
+    files_checked: int
+    objects_checked: int
+    problems: tuple[Problem, ...]
+
+
+@frozen
+class ScanReport:
+    scanned: int
+    registered: int
+    versioned: int
+    unchanged: int
+    duplicates: int
+    errors: tuple[str, ...]
+
+
+@frozen
+class PurgeReport:
+    files_purged: int
+    objects_deleted: int
+
+
+@frozen
+class CatalogPolicy:
+    retention: Retention = Retention()
+    gc_grace_seconds: float = 600.0  # an object younger than this is never collected
+    deleted_retention: timedelta = timedelta(days=30)
+
+
+class Catalog:
+    def __init__(
+        self,
+        storage: Storage,
+        backend: Backend,
+        locks: FileLocks,
+        policy: CatalogPolicy = CatalogPolicy(),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.storage = storage
+        self.backend = backend
+        self.locks = locks
+        self.policy = policy
+        self.clock = clock
+
+    # -- shared steps -------------------------------------------------------------------
+
+    def relative(self, client_path: str) -> str:
+        return paths.to_relative(self.storage.files, client_path)
+
+    @asynccontextmanager
+    async def _writing(self, rel: str) -> AsyncIterator[Units]:
+        async with self.locks.hold(rel), self.backend.exclusive(lock_key(rel)) as db:
+            yield db
+
+    async def _stage(self, rel: str) -> Staged:
+        return await in_thread(self.storage.stage, rel, _check_cancelled)
+
+    async def _file(self, file_id: str, db: Units | None = None) -> FileRecord:
+        if not isinstance(file_id, str) or not file_id:
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "file_id must be a non-empty string")
+        found = await (db or self.backend).file_by_id(file_id)
+        if found is None:
+            raise HoraceError(ErrorCode.NOT_CATALOGED, f"no catalogued file with id {file_id!r}")
+        return found
+
+    async def _commit_version(
+        self,
+        db: Units,
+        file: FileRecord,
+        new: NewVersion,
+        correlation_id: str | None,
+        staged: Staged | None = None,
+        status: Status | None = None,
+    ) -> tuple[FileRecord, VersionRecord]:
+        """Shielded: make *staged* an object (when given) and record the version."""
+        with trio.CancelScope(shield=True):
+            if staged is not None:
+                await in_thread(self.storage.keep, staged)
+            record, version, orphans = await db.add_version(
+                file.id,
+                new,
+                self.clock(),
+                correlation_id,
+                self.policy.retention,
+                status.value if status else None,
+            )
+        if orphans:
+            await self.collect(orphans)
+        return record, version
+
+    async def _version_working_copy(
+        self, db: Units, file: FileRecord, correlation_id: str | None, status: Status | None = None
+    ) -> tuple[FileRecord, VersionRecord | None]:
+        """Keep the working file as a new version when it differs from the current one."""
+        staged = await self._stage(file.file_path)
+        try:
+            if staged.checksum == file.checksum:
+                return file, None
+            new = NewVersion(staged.checksum, staged.size, mime.detect(file.file_path, staged.head))
+            return await self._commit_version(db, file, new, correlation_id, staged, status)
+        finally:
+            self.storage.discard(staged)
+
+    # -- register -----------------------------------------------------------------------
+
+    async def register(
+        self, client_path: str, new: NewFile = NewFile(), correlation_id: str | None = None
+    ) -> Registered:
+        rel = self.relative(client_path)
+        async with self._writing(rel) as db:
+            existing = await db.file_by_path(rel)
+            if existing is not None:
+                return await self._reregister(db, existing, correlation_id)
+            staged = await self._stage(rel)
+            try:
+                duplicate = await db.file_by_checksum(staged.checksum)
+                if duplicate is not None:
+                    return Registered(duplicate, duplicate=True, version_created=False)
+                now = self.clock()
+                record = FileRecord(
+                    id=str(uuid.uuid4()),
+                    file_path=rel,
+                    owner=new.owner or _owner_from_path(rel),
+                    purpose=new.purpose,
+                    tags=_clean_tags(new.tags),
+                    size=staged.size,
+                    mime_type=mime.detect(rel, staged.head),
+                    checksum=staged.checksum,
+                    status=Status.ACTIVE,
+                    current_version=1,
+                    correlation_id=correlation_id,
+                    created_at=now,
+                    updated_at=now,
+                    deleted_at=None,
+                    metadata=dict(new.custom),
+                )
+                with trio.CancelScope(shield=True):
+                    await in_thread(self.storage.keep, staged)
+                    inserted = await db.insert_files([record], new.collection)
+            finally:
+                self.storage.discard(staged)
+            if inserted:
+                return Registered(inserted[0], duplicate=False, version_created=True)
+            # Another host registered this path or content between our look-up and insert.
+            raced = await db.file_by_path(rel) or await db.file_by_checksum(record.checksum)
+            if raced is None:
+                raise HoraceError(ErrorCode.INTERNAL, f"could not register {rel!r}")
+            return Registered(raced, duplicate=raced.file_path != rel, version_created=False)
+
+    async def _reregister(
+        self, db: Units, existing: FileRecord, correlation_id: str | None
+    ) -> Registered:
+        # A catalogued path: version its content if it changed; a deleted or archived
+        # file whose working copy is back becomes active again.
+        revive = Status.ACTIVE if existing.status is not Status.ACTIVE else None
+        record, version = await self._version_working_copy(db, existing, correlation_id, revive)
+        if version is None and revive is not None:
+            revived = await db.update_file(existing.id, FileChanges(status=revive), self.clock())
+            assert revived is not None
+            record = revived
+        return Registered(record, duplicate=False, version_created=version is not None)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def resolve(self, ref: str) -> FileRecord:
+        """A file by id, or by path when *ref* is not a catalogued id."""
+        found = await self.backend.file_by_id(ref)
+        if found is None:
+            found = await self.backend.file_by_path(self.relative(ref))
+        if found is None:
+            raise HoraceError(ErrorCode.NOT_CATALOGED, f"{ref!r} is not catalogued")
+        return found
+
+    async def get_info(
+        self, *, file_id: str | None = None, file_path: str | None = None, include_versions: bool = False
+    ) -> FileInfo:
+        if file_id:
+            record = await self._file(file_id)
+        elif file_path:
+            rel = self.relative(file_path)
+            found = await self.backend.file_by_path(rel)
+            if found is None:
+                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{rel!r} is not catalogued")
+            record = found
+        else:
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "give file_id or file_path")
+        versions = tuple(await self.backend.versions(record.id)) if include_versions else None
+        return FileInfo(record, versions)
+
+    async def search(self, query: SearchQuery, cursor: str | None = None) -> SearchPage:
+        if cursor:
+            query = attrs.evolve(query, after=_decode_cursor(cursor, query), offset=0)
+        total, rows = await self.backend.search(query)
+        next_cursor = None
+        if len(rows) == query.limit and rows:
+            next_cursor = _encode_cursor(query, rows[-1])
+        return SearchPage(total, tuple(rows), query.limit, query.offset, next_cursor)
+
+    async def find_duplicates(self, limit: int = 100) -> list[DuplicateGroup]:
+        return await self.backend.find_duplicates(_bounded(limit, "limit"))
+
+    # -- update, restore, lifecycle -----------------------------------------------------
+
+    async def update(
+        self,
+        file_id: str,
+        changes: FileChanges,
+        *,
+        check_for_changes: bool = True,
+        correlation_id: str | None = None,
+    ) -> Updated:
+        before = await self._file(file_id)
+        async with self._writing(before.file_path) as db:
+            current = await self._file(file_id, db)
+            version_created = False
+            target = changes.status
+            # Content about to leave files/ is always versioned first, whatever the flag says.
+            leaving = target in (Status.ARCHIVED, Status.DELETED)
+            if (check_for_changes or leaving) and current.status is Status.ACTIVE:
+                if await in_thread(self.storage.working_exists, current.file_path):
+                    current, version = await self._version_working_copy(db, current, correlation_id)
+                    version_created = version is not None
+            if changes.tags is not None:
+                changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
+            if target is not None and target is not current.status:
+                await self._before_status_change(db, current, target, correlation_id)
+            with trio.CancelScope(shield=True):
+                updated = await db.update_file(file_id, changes, self.clock())
+                if updated is None:
+                    raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
+                if target is not None and target is not current.status:
+                    await self._after_status_change(updated)
+        changed = tuple(
+            name
+            for name in ("owner", "purpose", "tags", "status", "metadata", "checksum", "current_version")
+            if getattr(before, name) != getattr(updated, name)
+        ) + (("collection",) if changes.collection else ())
+        return Updated(updated, changed, version_created)
+
+    async def _before_status_change(
+        self, db: Units, file: FileRecord, target: Status, correlation_id: str | None
+    ) -> None:
+        if file.status is Status.ACTIVE:
+            return  # its working copy was just versioned by update(); delete() does the same
+        # Back to active: the working copy is written again from the current version.
+        if target is Status.ACTIVE:
+            if not await in_thread(self.storage.working_exists, file.file_path):
+                await self._verified_object(file.checksum, file.file_path)
+                await in_thread(self.storage.write_working, file.file_path, file.checksum, _check_cancelled)
+            else:
+                await self._version_working_copy(db, file, correlation_id)
+
+    async def _after_status_change(self, file: FileRecord) -> None:
+        if file.status in (Status.ARCHIVED, Status.DELETED):
+            # Content is safe in objects/ (versioned just before); the working copy goes.
+            await in_thread(self.storage.remove_working, file.file_path)
+
+    async def delete(self, file_id: str, correlation_id: str | None = None) -> Updated:
+        return await self.update(file_id, FileChanges(status=Status.DELETED), correlation_id=correlation_id)
+
+    async def undelete(self, file_id: str, correlation_id: str | None = None) -> Updated:
+        file = await self._file(file_id)
+        if file.status is not Status.DELETED:
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{file.file_path!r} is not deleted")
+        return await self.update(file_id, FileChanges(status=Status.ACTIVE), correlation_id=correlation_id)
+
+    async def _verified_object(self, checksum: str, what: str) -> None:
+        found = await in_thread(self.storage.hash_object, checksum, _check_cancelled)
+        if found is None:
+            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the content of {what} is missing from the object store")
+        if found[0] != checksum:
+            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the stored content of {what} is corrupt")
+
+    async def restore(self, file_id: str, version: int, correlation_id: str | None = None) -> Restored:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "version must be a positive integer")
+        before = await self._file(file_id)
+        async with self._writing(before.file_path) as db:
+            current = await self._file(file_id, db)
+            if current.status is not Status.ACTIVE:
+                raise HoraceError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"{current.file_path!r} is {current.status.value}: make it active before restoring",
+                )
+            wanted = await db.version(file_id, version)
+            if wanted is None:
+                raise HoraceError(
+                    ErrorCode.VERSION_NOT_FOUND, f"{current.file_path!r} has no version {version}"
+                )
+            await self._verified_object(wanted.checksum, f"version {version} of {current.file_path!r}")
+            preserved = None
+            if await in_thread(self.storage.working_exists, current.file_path):
+                current, kept = await self._version_working_copy(db, current, correlation_id)
+                preserved = kept.version if kept else None
+            await in_thread(self.storage.write_working, current.file_path, wanted.checksum, _check_cancelled)
+            new = NewVersion(wanted.checksum, wanted.size, current.mime_type, restored_from_version=version)
+            record, restored = await self._commit_version(db, current, new, correlation_id)
+        return Restored(record, restored, preserved)
+
+    # -- collections --------------------------------------------------------------------
+
+    async def _existing_ids(self, file_ids: Sequence[str]) -> list[str]:
+        ids = list(dict.fromkeys(file_ids))
+        missing = await self.backend.missing_file_ids(ids)
+        if missing:
+            raise HoraceError(ErrorCode.NOT_CATALOGED, f"not catalogued: {', '.join(missing)}")
+        return ids
+
+    async def create_collection(
+        self,
+        name: str,
+        description: str | None = None,
+        file_ids: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> Collection:
+        _check_name(name)
+        ids = await self._existing_ids(file_ids)
+        return await self.backend.upsert_collection(name, description, metadata, ids, self.clock())
+
+    async def list_collections(self, limit: int = 50, offset: int = 0) -> tuple[int, list[Collection]]:
+        return await self.backend.list_collections(_bounded(limit, "limit"), _offset(offset))
+
+    async def get_collection(
+        self, name: str, limit: int = 50, offset: int = 0
+    ) -> tuple[Collection, list[FileRecord]]:
+        found = await self.backend.get_collection(name, _bounded(limit, "limit"), _offset(offset))
+        if found is None:
+            raise HoraceError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection {name!r}")
+        return found
+
+    async def add_to_collection(self, name: str, file_ids: Sequence[str]) -> Collection:
+        ids = await self._existing_ids(file_ids)
+        found = await self.backend.add_members(name, ids, self.clock())
+        if found is None:
+            raise HoraceError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection {name!r}")
+        return found
+
+    async def remove_from_collection(self, name: str, file_ids: Sequence[str]) -> Collection:
+        found = await self.backend.remove_members(name, list(file_ids), self.clock())
+        if found is None:
+            raise HoraceError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection {name!r}")
+        return found
+
+    async def delete_collection(self, name: str) -> None:
+        if not await self.backend.delete_collection(name):
+            raise HoraceError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection {name!r}")
+
+    # -- verify, scan, purge, collect ---------------------------------------------------
+
+    async def verify(self, file_id: str | None = None, progress: Progress | None = None) -> VerifyReport:
+        """Re-hash objects and working files; report what does not match."""
+        if file_id:
+            files = [await self._file(file_id)]
+            versions = list(await self.backend.versions(file_id))
+        else:
+            files = await self.backend.all_files()
+            versions = await self.backend.all_versions()
+        by_id = {f.id: f for f in files}
+        problems: list[Problem] = []
+        hashed: dict[str, tuple[str, int] | None] = {}
+        total = len(versions) + len(files)
+        for done, v in enumerate(versions, 1):
+            if v.checksum not in hashed:
+                hashed[v.checksum] = await in_thread(self.storage.hash_object, v.checksum, _check_cancelled)
+            found = hashed[v.checksum]
+            path = by_id[v.file_id].file_path if v.file_id in by_id else "?"
+            if found is None:
+                problems.append(Problem("missing_object", v.file_id, path, v.version, f"object {v.checksum} is missing"))
+            elif found[0] != v.checksum:
+                problems.append(Problem("checksum_mismatch", v.file_id, path, v.version, f"object {v.checksum} hashes to {found[0]}"))
+            if progress:
+                progress(done, total)
+        for done, f in enumerate(files, len(versions) + 1):
+            if f.status is Status.ACTIVE:
+                try:
+                    digest = await in_thread(self.storage.hash_working, f.file_path, _check_cancelled)
+                except HoraceError:
+                    problems.append(Problem("working_missing", f.id, f.file_path, None, "the working copy is missing"))
+                else:
+                    if digest != f.checksum:
+                        problems.append(
+                            Problem("working_modified", f.id, f.file_path, None,
+                                    "the working copy differs from the current version (not yet versioned)")
+                        )
+            if progress:
+                progress(done, total)
+        return VerifyReport(len(files), len(hashed), tuple(problems))
+
+    async def scan(
+        self, under: str | None = None, correlation_id: str | None = None, progress: Progress | None = None
+    ) -> ScanReport:
+        """Register untracked files and version changed ones under files/ (or *under*)."""
+        rel_under = self.relative(under) if under else None
+        if rel_under is not None and not (self.storage.files / rel_under).is_dir():
+            raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
+        found = await in_thread(lambda: sorted(self.storage.walk_working(rel_under)))
+        known = {f.file_path: f for f in await self.backend.all_files()}
+        counts = {"registered": 0, "versioned": 0, "unchanged": 0, "duplicates": 0}
+        errors: list[str] = []
+        done = 0
+        new_paths = [p for p in found if p not in known]
+        for start in range(0, len(new_paths), SCAN_BATCH):
+            batch = new_paths[start : start + SCAN_BATCH]
+            registered, duplicates, failed = await self._register_batch(batch, correlation_id)
+            counts["registered"] += registered
+            counts["duplicates"] += duplicates
+            errors += failed
+            done += len(batch)
+            if progress:
+                progress(done, len(found))
+        for rel in (p for p in found if p in known):
+            record = known[rel]
+            try:
+                if record.status is Status.ACTIVE:
+                    digest = await in_thread(self.storage.hash_working, rel, _check_cancelled)
+                    changed = digest != record.checksum
+                else:
+                    changed = True  # back in files/: _reregister revives or versions it
+                if changed:
+                    result = await self.register(rel, correlation_id=correlation_id)
+                    counts["versioned" if result.version_created else "unchanged"] += 1
+                else:
+                    counts["unchanged"] += 1
+            except HoraceError as exc:
+                errors.append(f"{rel}: {exc.message}")
+            done += 1
+            if progress:
+                progress(done, len(found))
+        return ScanReport(len(found), errors=tuple(errors), **counts)
+
+    async def _register_batch(
+        self, batch: list[str], correlation_id: str | None
+    ) -> tuple[int, int, list[str]]:
+        """Register new files in one commit: stage all, one filesystem sync, one insert.
+
+        No per-file lock is needed: nothing but the insert is written, and the unique
+        path constraint decides any race with another writer.
+        """
+        staged: list[tuple[str, Staged]] = []
+        errors: list[str] = []
+
+        def stage_all() -> None:
+            for rel in batch:
+                try:
+                    staged.append((rel, self.storage.stage(rel, _check_cancelled)))
+                except HoraceError as exc:
+                    errors.append(f"{rel}: {exc.message}")
+                except FileNotFoundError:
+                    errors.append(f"{rel}: vanished during the scan")
+
+        try:
+            await in_thread(stage_all)
+            now = self.clock()
+            records = []
+            seen: set[str] = set()
+            for rel, s in staged:
+                if s.checksum in seen:
+                    continue  # same content earlier in this batch: a duplicate
+                seen.add(s.checksum)
+                records.append(
+                    FileRecord(
+                        id=str(uuid.uuid4()), file_path=rel, owner=_owner_from_path(rel), purpose=None,
+                        tags=(), size=s.size, mime_type=mime.detect(rel, s.head), checksum=s.checksum,
+                        status=Status.ACTIVE, current_version=1, correlation_id=correlation_id,
+                        created_at=now, updated_at=now, deleted_at=None,
+                    )
+                )
+            keep = {r.checksum for r in records}
+            with trio.CancelScope(shield=True):
+
+                def keep_all() -> None:
+                    for _, s in staged:
+                        if s.checksum in keep:
+                            keep.discard(s.checksum)
+                            self.storage.keep(s, durable=False)
+                    self.storage.sync()
+
+                await in_thread(keep_all)
+                inserted = await self.backend.insert_files(records)
+        finally:
+            for _, s in staged:
+                self.storage.discard(s)
+        return len(inserted), len(staged) - len(inserted), errors
+
+    async def purge(self) -> PurgeReport:
+        """Remove files deleted longer ago than the retention: rows, then objects."""
+        cutoff = self.clock() - self.policy.deleted_retention
+        purged, orphans = await self.backend.purge_deleted(cutoff)
+        deleted = await self.collect(orphans, grace_seconds=0.0) if orphans else []
+        return PurgeReport(purged, len(deleted))
+
+    async def collect(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
+        """Delete the objects among *checksums* that no version row refers to.
+
+        Each is moved aside first and put back if it is fresh (a writer may be about to
+        commit a row for it) or if a row refers to it by the time we look.
+        """
+        grace = self.policy.gc_grace_seconds if grace_seconds is None else grace_seconds
+        with trio.CancelScope(shield=True):
+            aside = []
+            for checksum in checksums:
+                moved = await in_thread(self.storage.quarantine, checksum, grace)
+                if moved is not None:
+                    aside.append((checksum, moved))
+            if not aside:
+                return []
+            free = set(await self.backend.unreferenced([c for c, _ in aside]))
+            for checksum, moved in aside:
+                if checksum in free:
+                    moved.unlink(missing_ok=True)
+                else:
+                    await in_thread(self.storage.unquarantine, moved, checksum)
+        return sorted(free)
+
+
+# -- small helpers -----------------------------------------------------------------------
+
+
+def _owner_from_path(rel: str) -> str | None:
+    first = rel.split("/", 1)[0]
+    return first if first in ("gates", "playfair", "fiedler", "user", "shared") and "/" in rel else None
+
+
+def _clean_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    cleaned = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "tags must be non-empty strings")
+        cleaned.append(tag.strip())
+    return tuple(dict.fromkeys(cleaned))
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "a collection name is 1 to 200 characters, no NUL")
+
+
+def _bounded(limit: int, what: str, top: int = 1000) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{what} must be a positive integer")
+    return min(limit, top)
+
+
+def _offset(offset: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "offset must be a non-negative integer")
+    return offset
+
+
+def _query_fingerprint(query: SearchQuery) -> str:
+    filters = attrs.asdict(attrs.evolve(query, limit=0, offset=0, after=None), value_serializer=_jsonable)
+    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _jsonable(_inst: Any, _field: Any, value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _sort_value(query: SearchQuery, record: FileRecord) -> Any:
+    match query.sort_by:
+        case SortKey.CREATED_AT:
+            return record.created_at.isoformat()
+        case SortKey.UPDATED_AT:
+            return record.updated_at.isoformat()
+        case SortKey.SIZE:
+            return record.size
+        case SortKey.PATH:
+            return record.file_path
+
+
+def _encode_cursor(query: SearchQuery, last: FileRecord) -> str:
+    payload = {"q": _query_fingerprint(query), "v": _sort_value(query, last), "id": last.id}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, query: SearchQuery) -> tuple[Any, str]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        fingerprint, value, last_id = payload["q"], payload["v"], payload["id"]
+    except (ValueError, KeyError, TypeError):
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "the cursor is not one this server issued") from None
+    if fingerprint != _query_fingerprint(query):
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "the cursor belongs to a different search")
+    if query.sort_by in (SortKey.CREATED_AT, SortKey.UPDATED_AT):
+        value = datetime.fromisoformat(value)
+    return value, str(last_id)

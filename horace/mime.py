@@ -1,0 +1,31 @@
+"""MIME type of a catalogued file: by its name first, by its first bytes otherwise."""
+
+from __future__ import annotations
+
+import mimetypes
+
+import puremagic
+
+OCTET_STREAM = "application/octet-stream"
+
+
+def detect(file_path: str, head: bytes) -> str:
+    guessed, _ = mimetypes.guess_type(file_path, strict=False)
+    if guessed:
+        return guessed
+    if head:
+        try:
+            matches = puremagic.magic_string(head)
+        except (puremagic.PureError, ValueError):
+            matches = []
+        for match in matches:
+            if match.mime_type:
+                return str(match.mime_type)
+        if b"\x00" not in head:
+            try:
+                head.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.start < len(head) - 4:  # not merely a character cut at the end
+                    return OCTET_STREAM
+            return "text/plain"
+    return OCTET_STREAM

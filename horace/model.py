@@ -1,0 +1,180 @@
+"""Value classes that cross layers, and the one error type with its codes.
+
+Everything here is frozen: the catalog, storage and backends hand these around and
+nobody mutates them. Dicts exist only at the edges (JSON in, JSON out).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_PATH = "INVALID_PATH"
+    FILE_NOT_FOUND = "FILE_NOT_FOUND"
+    NOT_CATALOGED = "NOT_CATALOGED"
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
+    COLLECTION_NOT_FOUND = "COLLECTION_NOT_FOUND"
+    CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    FILE_LOCKED = "FILE_LOCKED"
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+class HoraceError(Exception):
+    """A failure that belongs to the operation (bad path, unknown id, ...), not a bug."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"HoraceError({self.code.value}, {self.message!r})"
+
+
+class Status(enum.StrEnum):
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+    DELETED = "deleted"
+
+
+class SortKey(enum.StrEnum):
+    CREATED_AT = "created_at"
+    UPDATED_AT = "updated_at"
+    SIZE = "size"
+    PATH = "path"
+
+
+class Order(enum.StrEnum):
+    ASC = "asc"
+    DESC = "desc"
+
+
+MAX_SEARCH_LIMIT = 1000
+DEFAULT_SEARCH_LIMIT = 50
+
+
+@frozen
+class FileRecord:
+    id: str
+    file_path: str  # relative to <root>/files/, POSIX separators
+    owner: str | None
+    purpose: str | None
+    tags: tuple[str, ...]
+    size: int
+    mime_type: str
+    checksum: str
+    status: Status
+    current_version: int
+    correlation_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@frozen
+class VersionRecord:
+    file_id: str
+    version: int
+    checksum: str
+    size: int
+    created_at: datetime
+    restored_from_version: int | None
+    correlation_id: str | None
+
+
+@frozen
+class Collection:
+    name: str
+    description: str | None
+    metadata: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    member_count: int
+
+
+@frozen
+class FileChanges:
+    """The allow-listed fields of an update; None means 'leave as it is'."""
+
+    owner: str | None = None
+    purpose: str | None = None
+    tags: tuple[str, ...] | None = None
+    status: Status | None = None
+    collection: str | None = None
+    custom: Mapping[str, Any] | None = None
+
+
+@frozen
+class NewFile:
+    """What a caller says about a file it registers."""
+
+    owner: str | None = None
+    purpose: str | None = None
+    tags: tuple[str, ...] = ()
+    collection: str | None = None
+    custom: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@frozen
+class SearchQuery:
+    tags: tuple[str, ...] = ()
+    any_tags: tuple[str, ...] = ()
+    owner: str | None = None
+    purpose: str | None = None
+    path: str | None = None  # glob, relative to files/
+    collection: str | None = None
+    file_type: str | None = None  # MIME type (may end in /*) or extension
+    min_size: int | None = None
+    max_size: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    checksum: str | None = None
+    correlation_id: str | None = None
+    status: Status | None = Status.ACTIVE  # None: every status
+    limit: int = DEFAULT_SEARCH_LIMIT
+    offset: int = 0
+    after: tuple[Any, str] | None = None  # keyset position (sort value, id), from a cursor
+    sort_by: SortKey = SortKey.CREATED_AT
+    order: Order = Order.DESC
+
+
+@frozen
+class SearchPage:
+    total_count: int
+    results: tuple[FileRecord, ...]
+    limit: int
+    offset: int
+    next_cursor: str | None
+
+
+@frozen
+class NewVersion:
+    """A version to record: its content is already a durable object."""
+
+    checksum: str
+    size: int
+    mime_type: str
+    restored_from_version: int | None = None
+
+
+@frozen
+class Retention:
+    keep: int = 5  # newest versions kept, the current one included
+    min_age_seconds: float = 0.0  # a version is pruned only when older than this
+
+
+@frozen
+class DuplicateGroup:
+    checksum: str
+    size: int
+    files: tuple[FileRecord, ...]

@@ -1,0 +1,65 @@
+"""Turning a client's path into a safe path relative to ``<root>/files/``.
+
+Validation here is lexical plus an ``lstat`` walk; the storage layer then opens every
+path component with ``O_NOFOLLOW`` relative to a directory descriptor, so a symlink
+swapped in between this check and the use is refused at use as well.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from pathlib import Path
+
+from horace.model import ErrorCode, HoraceError
+
+HORACE_DIR = ".horace"
+
+
+def _invalid(path: str, why: str) -> HoraceError:
+    return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {path!r}: {why}")
+
+
+def to_relative(files_root: Path, client_path: str) -> str:
+    """Return the normalised POSIX path of *client_path* relative to *files_root*.
+
+    Refuses NUL bytes, paths that leave the root after resolving ``..``, the root
+    itself, anything under ``.horace/`` and any path with a symlink in it.
+    """
+    if not isinstance(client_path, str) or not client_path.strip():
+        raise _invalid(str(client_path), "empty path")
+    if "\x00" in client_path:
+        raise _invalid(client_path, "NUL byte in path")
+    root = files_root.resolve()
+    candidate = client_path
+    if os.path.isabs(candidate):
+        normalised = Path(posixpath.normpath(candidate))
+        # Compare as paths, never as string prefixes: /x/files_evil is not /x/files.
+        for base in {files_root.absolute(), root}:
+            if normalised.is_relative_to(base):
+                candidate = normalised.relative_to(base).as_posix()
+                break
+        else:
+            raise _invalid(client_path, "outside the storage root's files/")
+    rel = posixpath.normpath(candidate)
+    if rel in (".", "") :
+        raise _invalid(client_path, "names the files/ folder itself")
+    parts = rel.split("/")
+    if parts[0] == ".." or rel.startswith("/"):
+        raise _invalid(client_path, "leaves the storage root")
+    if HORACE_DIR in parts:
+        raise _invalid(client_path, "Horace's own data is not catalogued")
+    # Refuse symlinks anywhere along the path (dangling ones included).
+    current = root
+    for part in parts:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break
+        except NotADirectoryError:
+            raise _invalid(client_path, "a parent is not a folder") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise _invalid(client_path, "symlinks are not followed")
+    return rel
