@@ -1,0 +1,472 @@
+"""The catalog's semantics, on the backend the run is for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import attrs
+import pytest
+
+from helpers import sha256, write
+from horace.app import open_catalog
+from horace.catalog import Catalog, CatalogPolicy
+from horace.config import Settings
+from horace.fsck import fsck
+from horace.model import (
+    ErrorCode,
+    FileChanges,
+    HoraceError,
+    NewFile,
+    Order,
+    Retention,
+    SearchQuery,
+    SortKey,
+    Status,
+)
+from horace.wire import file_changes, search_query
+
+
+async def objects_of(catalog: Catalog, file_id: str) -> dict[int, bytes]:
+    versions = await catalog.backend.versions(file_id)
+    return {v.version: catalog.storage.object_path(v.checksum).read_bytes() for v in versions}
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+async def test_register_records_version_one_as_a_real_object(catalog: Catalog, files: Path) -> None:
+    write(files / "gates/report.md", "# first")
+    result = await catalog.register("gates/report.md", NewFile(tags=("a", "b"), purpose="test"))
+    assert not result.duplicate and result.version_created
+    file = result.file
+    assert (file.file_path, file.current_version, file.owner) == ("gates/report.md", 1, "gates")
+    assert file.checksum == sha256("# first") and file.size == 7
+    assert file.mime_type == "text/markdown"
+    assert file.tags == ("a", "b")
+    assert await objects_of(catalog, file.id) == {1: b"# first"}
+
+
+async def test_version_one_restorable_after_overwrite(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "original")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("overwritten by an external writer")  # no Horace call in between
+    restored = await catalog.restore(file.id, 1)
+    assert path.read_text() == "original"
+    # The overwritten content was kept first, then version 1 came back as a new version.
+    assert restored.preserved_version == 2
+    assert restored.version.version == 3 and restored.version.restored_from_version == 1
+    assert await objects_of(catalog, file.id) == {
+        1: b"original",
+        2: b"overwritten by an external writer",
+        3: b"original",
+    }
+
+
+async def test_every_version_checksum_matches_its_content(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.bin", b"v1")
+    file = (await catalog.register(str(path))).file  # absolute path inside files/
+    for content in (b"v2", b"v3" * 1000, b"", b"v5"):
+        path.write_bytes(content)
+        assert (await catalog.update(file.id, FileChanges())).version_created
+    for v in await catalog.backend.versions(file.id):
+        data = catalog.storage.object_path(v.checksum).read_bytes()
+        assert sha256(data) == v.checksum and len(data) == v.size
+
+
+async def test_restore_on_an_unchanged_file(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "one")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("two")
+    await catalog.update(file.id, FileChanges())
+    restored = await catalog.restore(file.id, 1)
+    assert restored.preserved_version is None  # nothing unsaved to keep
+    assert restored.file.current_version == 3
+    assert path.read_text() == "one"
+    again = await catalog.restore(file.id, 3)  # restoring the current version still adds one
+    assert again.version.version == 4 and again.version.restored_from_version == 3
+    assert path.read_text() == "one"
+
+
+async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "one")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("two")
+    await catalog.update(file.id, FileChanges())
+    with pytest.raises(HoraceError) as missing:
+        await catalog.restore(file.id, 9)
+    assert missing.value.code is ErrorCode.VERSION_NOT_FOUND
+    v1 = await catalog.backend.version(file.id, 1)
+    assert v1 is not None
+    obj = catalog.storage.object_path(v1.checksum)
+    obj.chmod(0o644)
+    obj.write_text("bit rot")
+    with pytest.raises(HoraceError) as corrupt:
+        await catalog.restore(file.id, 1)
+    assert corrupt.value.code is ErrorCode.CHECKSUM_MISMATCH
+    # Nothing changed: same working content, same versions.
+    assert path.read_text() == "two"
+    assert (await catalog.get_info(file_id=file.id)).file.current_version == 2
+
+
+async def test_pruning_keeps_exactly_the_newest_n(settings: Settings, files: Path) -> None:
+    async with open_catalog(attrs.evolve(settings, version_count=3)) as catalog:
+        path = write(files / "user/a.txt", "c1")
+        file = (await catalog.register("user/a.txt")).file
+        for i in range(2, 9):
+            path.write_text(f"c{i}")
+            await catalog.update(file.id, FileChanges())
+        versions = await catalog.backend.versions(file.id)
+        assert [v.version for v in versions] == [8, 7, 6]
+        assert await objects_of(catalog, file.id) == {8: b"c8", 7: b"c7", 6: b"c6"}
+        # Pruned content is gone from the object store too.
+        for i in range(1, 6):
+            assert not catalog.storage.has_object(sha256(f"c{i}"))
+
+
+async def test_pruning_respects_min_age(settings: Settings, files: Path) -> None:
+    async with open_catalog(attrs.evolve(settings, version_count=2, version_min_age=3600.0)) as catalog:
+        path = write(files / "user/a.txt", "c1")
+        file = (await catalog.register("user/a.txt")).file
+        for i in range(2, 6):
+            path.write_text(f"c{i}")
+            await catalog.update(file.id, FileChanges())
+        assert len(await catalog.backend.versions(file.id)) == 5  # all too young to prune
+
+
+async def test_pruning_keeps_objects_still_used_elsewhere(settings: Settings, files: Path) -> None:
+    async with open_catalog(attrs.evolve(settings, version_count=1)) as catalog:
+        write(files / "user/a.txt", "shared")
+        path_b = write(files / "user/b.txt", "b1")
+        await catalog.register("user/a.txt")
+        b = (await catalog.register("user/b.txt")).file
+        path_b.write_text("shared")  # b now has a's content as its version 2
+        await catalog.update(b.id, FileChanges())
+        path_b.write_text("b3")  # pruning b's v2 must not remove a's object
+        await catalog.update(b.id, FileChanges())
+        assert catalog.storage.has_object(sha256("shared"))
+        assert (await fsck(catalog, deep=True)).clean
+
+
+async def test_duplicate_registration(catalog: Catalog, files: Path) -> None:
+    write(files / "user/a.txt", "same")
+    write(files / "shared/b.txt", "same")
+    first = await catalog.register("user/a.txt")
+    second = await catalog.register("shared/b.txt")
+    assert second.duplicate and not second.version_created
+    assert second.file.id == first.file.id
+    again = await catalog.register("user/a.txt")  # the same path again: its record, no version
+    assert not again.duplicate and not again.version_created
+    assert again.file.current_version == 1
+    page = await catalog.search(SearchQuery())
+    assert page.total_count == 1
+
+
+async def test_register_catalogued_path_with_changed_content(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "one")
+    first = (await catalog.register("user/a.txt")).file
+    path.write_text("two")
+    second = await catalog.register("user/a.txt")
+    assert second.file.id == first.id and second.version_created
+    assert second.file.current_version == 2
+
+
+async def test_register_missing_file_and_folder(catalog: Catalog, files: Path) -> None:
+    with pytest.raises(HoraceError) as missing:
+        await catalog.register("user/nothing.txt")
+    assert missing.value.code is ErrorCode.FILE_NOT_FOUND
+    with pytest.raises(HoraceError) as folder:
+        await catalog.register("user")
+    assert folder.value.code is ErrorCode.INVALID_PATH
+
+
+# -- update -------------------------------------------------------------------------------
+
+
+async def test_update_changes_only_allow_listed_fields(catalog: Catalog, files: Path) -> None:
+    write(files / "user/a.txt", "x")
+    file = (await catalog.register("user/a.txt", NewFile(owner="me"))).file
+    for refused in ("checksum", "size", "file_path", "current_version", "id", "created_at", "mime_type"):
+        with pytest.raises(HoraceError) as excinfo:
+            file_changes({refused: "x", "purpose": "sneaky"})
+        assert excinfo.value.code is ErrorCode.INVALID_ARGUMENT
+        assert refused in excinfo.value.message
+    after_refusals = (await catalog.get_info(file_id=file.id)).file
+    assert after_refusals == file  # the refused updates changed nothing, purpose included
+    updated = await catalog.update(
+        file.id, file_changes({"owner": "you", "tags": ["t1", "t2"], "custom": {"k": 1}})
+    )
+    assert set(updated.changed_fields) == {"owner", "tags", "metadata"}
+    assert not updated.version_created
+    assert (updated.file.owner, updated.file.tags, updated.file.metadata) == ("you", ("t1", "t2"), {"k": 1})
+    assert updated.file.checksum == file.checksum
+
+
+async def test_update_versions_changed_content_unless_told_not_to(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "one")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("two")
+    skipped = await catalog.update(file.id, FileChanges(purpose="p"), check_for_changes=False)
+    assert not skipped.version_created and skipped.file.current_version == 1
+    checked = await catalog.update(file.id, FileChanges())
+    assert checked.version_created and checked.file.current_version == 2
+    assert checked.file.checksum == sha256("two")
+
+
+async def test_update_unknown_file(catalog: Catalog) -> None:
+    with pytest.raises(HoraceError) as excinfo:
+        await catalog.update("00000000-0000-0000-0000-000000000000", FileChanges(owner="x"))
+    assert excinfo.value.code is ErrorCode.NOT_CATALOGED
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+async def test_delete_and_undelete(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "keep me")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("unsaved edit")
+    deleted = await catalog.delete(file.id)
+    assert deleted.file.status is Status.DELETED and deleted.file.deleted_at is not None
+    assert not path.exists()
+    assert deleted.version_created  # the unsaved edit was kept before the file went
+    assert (await catalog.search(SearchQuery())).total_count == 0
+    assert (await catalog.search(SearchQuery(status=Status.DELETED))).total_count == 1
+    back = await catalog.undelete(file.id)
+    assert back.file.status is Status.ACTIVE and back.file.deleted_at is None
+    assert path.read_text() == "unsaved edit"
+    with pytest.raises(HoraceError):
+        await catalog.undelete(file.id)
+
+
+async def test_archive_and_back(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "archive me")
+    file = (await catalog.register("user/a.txt")).file
+    archived = await catalog.update(file.id, FileChanges(status=Status.ARCHIVED))
+    assert archived.file.status is Status.ARCHIVED and not path.exists()
+    active = await catalog.update(file.id, FileChanges(status=Status.ACTIVE))
+    assert active.file.status is Status.ACTIVE and path.read_text() == "archive me"
+
+
+async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    async with open_catalog(settings) as catalog:
+        catalog.clock = lambda: now[0]
+        catalog.policy = CatalogPolicy(deleted_retention=timedelta(days=30))
+        write(files / "user/a.txt", "old")
+        write(files / "user/b.txt", "recent")
+        a = (await catalog.register("user/a.txt")).file
+        b = (await catalog.register("user/b.txt")).file
+        await catalog.delete(a.id)
+        now[0] += timedelta(days=20)
+        await catalog.delete(b.id)
+        now[0] += timedelta(days=11)  # a deleted 31 days ago, b 11 days ago
+        report = await catalog.purge()
+        assert (report.files_purged, report.objects_deleted) == (1, 1)
+        assert await catalog.backend.file_by_id(a.id) is None
+        assert not catalog.storage.has_object(a.checksum)
+        assert await catalog.backend.file_by_id(b.id) is not None
+        assert catalog.storage.has_object(b.checksum)
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def corpus(catalog: Catalog, files: Path) -> Catalog:
+    """Six files that differ in every searchable field."""
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    specs = [
+        ("gates/doc1.md", "# one", "gates", ("report", "q1"), "quarterly report", "c-1"),
+        ("gates/doc2.md", "# two two", "gates", ("report",), "draft", "c-2"),
+        ("playfair/chart.png", b"\x89PNG\r\n\x1a\n" + b"0" * 200, "playfair", ("chart", "q1"), "sales chart", "c-3"),
+        ("fiedler/log.txt", "log " * 100, "fiedler", ("log",), "conversation log", "c-4"),
+        ("user/notes/a.TXT", "notes", "alice", (), None, "c-5"),
+        ("shared/data.bin", bytes(range(256)) * 8, "bob", ("q2",), "raw data", "c-6"),
+    ]
+    for i, (rel, content, owner, tags, purpose, cid) in enumerate(specs):
+        catalog.clock = lambda i=i: start + timedelta(days=i)
+        write(files / rel, content)
+        await catalog.register(rel, NewFile(owner=owner, tags=tags, purpose=purpose), correlation_id=cid)
+    await catalog.create_collection("reports", "the reports")
+    ids = [f.id for f in (await catalog.search(SearchQuery(path="gates/*"))).results]
+    await catalog.add_to_collection("reports", ids)
+    return catalog
+
+
+async def paths(catalog: Catalog, **filters: object) -> set[str]:
+    query, cursor = search_query(filters)
+    page = await catalog.search(query, cursor)
+    assert page.total_count == len(page.results)
+    return {f.file_path for f in page.results}
+
+
+ALL = {
+    "gates/doc1.md", "gates/doc2.md", "playfair/chart.png", "fiedler/log.txt",
+    "user/notes/a.TXT", "shared/data.bin",
+}
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, ALL),
+        ({"tags": ["report"]}, {"gates/doc1.md", "gates/doc2.md"}),
+        ({"tags": ["report", "q1"]}, {"gates/doc1.md"}),
+        ({"any_tags": ["chart", "log"]}, {"playfair/chart.png", "fiedler/log.txt"}),
+        ({"owner": "alice"}, {"user/notes/a.TXT"}),
+        ({"purpose": "REPORT"}, {"gates/doc1.md"}),
+        ({"path": "gates/*"}, {"gates/doc1.md", "gates/doc2.md"}),
+        ({"path": "*/doc?.md"}, {"gates/doc1.md", "gates/doc2.md"}),
+        ({"path": "user/*/*.TXT"}, {"user/notes/a.TXT"}),
+        ({"collection": "reports"}, {"gates/doc1.md", "gates/doc2.md"}),
+        ({"file_type": "image/png"}, {"playfair/chart.png"}),
+        ({"file_type": "text/*"}, {"gates/doc1.md", "gates/doc2.md", "fiedler/log.txt", "user/notes/a.TXT"}),
+        ({"file_type": "txt"}, {"fiedler/log.txt", "user/notes/a.TXT"}),
+        ({"file_type": ".md"}, {"gates/doc1.md", "gates/doc2.md"}),
+        ({"min_size": 300}, {"fiedler/log.txt", "shared/data.bin"}),
+        ({"max_size": 6}, {"gates/doc1.md", "user/notes/a.TXT"}),
+        ({"created_after": "2026-03-04T00:00:00+00:00"}, {"user/notes/a.TXT", "shared/data.bin", "fiedler/log.txt"}),
+        ({"created_before": "2026-03-02T00:00:00+00:00"}, {"gates/doc1.md"}),
+        ({"checksum": sha256("notes")}, {"user/notes/a.TXT"}),
+        ({"correlation_id": "c-4"}, {"fiedler/log.txt"}),
+        ({"query": {"owner": "gates", "tags": ["q1"]}}, {"gates/doc1.md"}),
+        ({"owner": "nobody"}, set()),
+    ],
+)
+async def test_each_search_filter_filters(corpus: Catalog, filters: dict[str, object], expected: set[str]) -> None:
+    assert await paths(corpus, **filters) == expected
+
+
+async def test_search_status_and_sorting(corpus: Catalog) -> None:
+    doc1 = (await corpus.search(SearchQuery(path="gates/doc1.md"))).results[0]
+    await corpus.delete(doc1.id)
+    assert "gates/doc1.md" not in await paths(corpus)
+    assert await paths(corpus, status="deleted") == {"gates/doc1.md"}
+    assert len(await paths(corpus, status="all")) == 6
+    by_size = await corpus.search(SearchQuery(sort_by=SortKey.SIZE, order=Order.ASC))
+    sizes = [f.size for f in by_size.results]
+    assert sizes == sorted(sizes)
+    by_path = await corpus.search(SearchQuery(sort_by=SortKey.PATH, order=Order.DESC))
+    names = [f.file_path for f in by_path.results]
+    assert names == sorted(names, reverse=True)
+
+
+@pytest.mark.parametrize("sort_by", list(SortKey))
+async def test_search_pagination_with_cursor_and_offset(corpus: Catalog, sort_by: SortKey) -> None:
+    seen: list[str] = []
+    query = SearchQuery(limit=2, sort_by=sort_by, status=None)
+    cursor = None
+    while True:
+        page = await corpus.search(query, cursor)
+        assert page.total_count == 6
+        seen += [f.id for f in page.results]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 6
+    by_offset = []
+    for offset in range(0, 6, 2):
+        by_offset += [f.id for f in (await corpus.search(attrs.evolve(query, offset=offset))).results]
+    assert by_offset == seen
+    with pytest.raises(HoraceError) as foreign:
+        await corpus.search(SearchQuery(limit=2, owner="gates"), cursor=_first_cursor(await corpus.search(query)))
+    assert foreign.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def _first_cursor(page: object) -> str:
+    cursor = getattr(page, "next_cursor", None)
+    assert cursor is not None
+    return cursor
+
+
+async def test_search_limit_capped_at_1000() -> None:
+    query, _ = search_query({"limit": 5000})
+    assert query.limit == 1000
+
+
+# -- collections and duplicates -----------------------------------------------------------------
+
+
+async def test_collections_many_to_many(catalog: Catalog, files: Path) -> None:
+    write(files / "user/a.txt", "a")
+    write(files / "user/b.txt", "b")
+    a = (await catalog.register("user/a.txt")).file
+    b = (await catalog.register("user/b.txt")).file
+    await catalog.create_collection("one", "first", [a.id, b.id], {"k": "v"})
+    await catalog.create_collection("two", None, [a.id])
+    total, listed = await catalog.list_collections()
+    assert total == 2 and {(c.name, c.member_count) for c in listed} == {("one", 2), ("two", 1)}
+    collection, members = await catalog.get_collection("one")
+    assert collection.description == "first" and collection.metadata == {"k": "v"}
+    assert {f.id for f in members} == {a.id, b.id}
+    assert (await catalog.remove_from_collection("one", [a.id])).member_count == 1
+    assert (await catalog.add_to_collection("two", [b.id, b.id])).member_count == 2
+    await catalog.delete_collection("one")
+    assert (await catalog.get_info(file_id=a.id)).file.status is Status.ACTIVE  # files stay
+    for call in (catalog.get_collection("one"), catalog.delete_collection("one"), catalog.add_to_collection("one", [a.id])):
+        with pytest.raises(HoraceError) as excinfo:
+            await call
+        assert excinfo.value.code is ErrorCode.COLLECTION_NOT_FOUND
+    with pytest.raises(HoraceError) as unknown:
+        await catalog.add_to_collection("two", ["00000000-0000-0000-0000-000000000000"])
+    assert unknown.value.code is ErrorCode.NOT_CATALOGED
+
+
+async def test_register_into_collection(catalog: Catalog, files: Path) -> None:
+    write(files / "user/a.txt", "a")
+    file = (await catalog.register("user/a.txt", NewFile(collection="inbox"))).file
+    _, members = await catalog.get_collection("inbox")
+    assert [f.id for f in members] == [file.id]
+
+
+async def test_find_duplicates(catalog: Catalog, files: Path) -> None:
+    path_a = write(files / "user/a.txt", "a")
+    write(files / "user/b.txt", "b")
+    a = (await catalog.register("user/a.txt")).file
+    b = (await catalog.register("user/b.txt")).file
+    assert await catalog.find_duplicates() == []
+    path_a.write_text("b")  # a's content becomes b's
+    await catalog.update(a.id, FileChanges())
+    groups = await catalog.find_duplicates()
+    assert len(groups) == 1 and {f.id for f in groups[0].files} == {a.id, b.id}
+    assert groups[0].checksum == sha256("b")
+
+
+# -- verify and scan ------------------------------------------------------------------------
+
+
+async def test_verify_reports_mismatches(catalog: Catalog, files: Path) -> None:
+    path = write(files / "user/a.txt", "a")
+    file = (await catalog.register("user/a.txt")).file
+    assert (await catalog.verify()).problems == ()
+    path.write_text("changed outside")
+    obj = catalog.storage.object_path(file.checksum)
+    obj.chmod(0o644)
+    obj.write_text("rot")
+    kinds = {p.kind for p in (await catalog.verify(file.id)).problems}
+    assert kinds == {"working_modified", "checksum_mismatch"}
+    obj.unlink()
+    path.unlink()
+    kinds = {p.kind for p in (await catalog.verify()).problems}
+    assert kinds == {"working_missing", "missing_object"}
+
+
+async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> None:
+    for i in range(30):
+        write(files / f"user/many/{i}.txt", f"file {i}")
+    write(files / "user/dup.txt", "file 1")
+    (files / "user/link.txt").symlink_to(files / "user/many/0.txt")
+    seen: list[tuple[int, int]] = []
+    report = await catalog.scan(progress=lambda done, total: seen.append((done, total)))
+    assert (report.scanned, report.registered, report.duplicates) == (31, 30, 1)
+    assert seen[-1] == (31, 31)
+    write(files / "user/many/3.txt", "changed")
+    write(files / "user/many/new.txt", "new")
+    again = await catalog.scan("user/many")
+    # user/dup.txt sorts first, so many/1.txt is the duplicate, again and again.
+    assert (again.registered, again.versioned, again.unchanged, again.duplicates) == (1, 1, 28, 1)
+    assert (await fsck(catalog, deep=True)).clean
+    with pytest.raises(HoraceError) as excinfo:
+        await catalog.scan("user/absent")
+    assert excinfo.value.code is ErrorCode.FILE_NOT_FOUND
