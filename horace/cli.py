@@ -292,3 +292,25 @@ def migrate(settings: Settings) -> None:
         return await c.backend.migrate()
 
     click.echo(f"schema version {_run(settings, work, check=False)}")
+
+
+@main.command()
+@click.option("--host", help="Address to bind [HORACE_MCP_HOST, 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port [HORACE_MCP_PORT, 8070].")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.pass_obj
+def serve(settings: Settings, host: str | None, port: int | None, log_level: str) -> None:
+    """Serve MCP over WebSocket (and /health) until SIGINT or SIGTERM."""
+    import attrs
+
+    from horace import logs
+    from horace.server import serve as run_server
+
+    logs.configure(log_level)
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = attrs.evolve(settings, **overrides)  # type: ignore[arg-type]
+    try:
+        trio.run(run_server, settings)
+    except (BackendUnavailable, SchemaTooNew, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)

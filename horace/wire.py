@@ -113,6 +113,8 @@ strict.register_structure_hook_func(lambda kind: kind == tuple[str, ...], _tuple
 
 
 def _describe(exc: BaseException, path: str = "") -> list[str]:
+    if isinstance(exc, KeyError):
+        return [f"{path}missing required field"]
     if isinstance(exc, ForbiddenExtraKeysError):
         return [f"{path}unknown field(s): {', '.join(sorted(exc.extra_fields))}"]
     if isinstance(exc, ClassValidationError | IterableValidationError):

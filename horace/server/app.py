@@ -1,0 +1,131 @@
+"""The server's lifecycle: listen, serve sessions, report health, shut down gracefully.
+
+Nursery layout (each level owns the next):
+
+    serve()                         signals, supervised children (sinks, watcher, purge)
+      HoraceServer.run()
+        connections nursery         one task per TCP connection (Front.handle)
+          Session.run()             one nursery per session: one task per request
+            tools/call              its own cancel scope (deadline) and nursery
+
+Shutdown: stop accepting, tell sessions to stop reading, let calls finish within
+``shutdown_grace``, then cancel what is left; the backend closes last.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import WebSocketConnection
+
+import horace
+from backends.protocol import BackendUnavailable
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.server.front import Front
+from horace.server.session import Observer, Session
+
+log = logging.getLogger("horace.server")
+HEALTH_TIMEOUT = 2.0
+
+HealthPart = Callable[[], dict[str, Any]]
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+class HoraceServer:
+    def __init__(self, settings: Settings, catalog: Catalog, observer: Observer | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.observer = observer
+        self.sessions: set[Session] = set()
+        self.health_parts: dict[str, HealthPart] = {}  # e.g. sinks, watcher: name -> state
+        self.port: int | None = None
+        self._accepting = trio.CancelScope()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.front = Front(settings, self.health, self._run_session, self._has_room)
+
+    async def run(self, *, task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("listening on %s:%s", self.settings.host, self.port, extra={"backend": redact_url(self.catalog.backend.url)})
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                task_status.started(self)
+                await trio.serve_listeners(self.front.handle, listeners, handler_nursery=connections)
+            for listener in listeners:
+                await listener.aclose()
+            for session in list(self.sessions):
+                session.drain()
+            with trio.move_on_after(self.settings.shutdown_grace):
+                await self._idle.wait()
+            if self.sessions:
+                log.warning("cancelling %d sessions still busy after %.0f s", len(self.sessions),
+                            self.settings.shutdown_grace)
+            connections.cancel_scope.cancel()
+        log.info("stopped")
+
+    def shutdown(self) -> None:
+        """Stop accepting; running calls get ``shutdown_grace`` seconds to finish."""
+        self._accepting.cancel()
+
+    def _has_room(self) -> bool:
+        return len(self.sessions) < self.settings.max_connections
+
+    async def _run_session(self, ws: WebSocketConnection) -> None:
+        session = Session(ws, self.catalog, self.settings, self.observer)
+        self.sessions.add(session)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        log.info("session opened", extra={"conversation_id": session.conversation_id})
+        try:
+            if self._accepting.cancel_called:
+                session.drain()
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            if not self.sessions:
+                self._idle.set()
+            log.info("session closed", extra={"conversation_id": session.conversation_id})
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        backend: dict[str, Any] = {"url": redact_url(self.catalog.backend.url)}
+        try:
+            with trio.fail_after(HEALTH_TIMEOUT):
+                await self.catalog.backend.ping()
+            backend["ok"] = True
+        except (BackendUnavailable, trio.TooSlowError, OSError) as exc:
+            backend.update(ok=False, error=str(exc) or type(exc).__name__)
+        body: dict[str, Any] = {
+            "status": "ok" if backend["ok"] else "unavailable",
+            "version": horace.__version__,
+            "backend": backend,
+            "sessions": len(self.sessions),
+        }
+        for name, part in self.health_parts.items():
+            body[name] = part()
+        return (200 if backend["ok"] else 503), body
+
+
+async def watch_signals(server: HoraceServer, cancel_all: Callable[[], None]) -> None:
+    """First SIGINT/SIGTERM: graceful shutdown. A second one: cancel everything now."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if server._accepting.cancel_called:
+                log.warning("second signal: stopping now")
+                cancel_all()
+                return
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            server.shutdown()
+

@@ -1,0 +1,406 @@
+"""One MCP session: JSON-RPC 2.0 over one WebSocket.
+
+The reader parses each text frame and starts a task per request in the session's
+nursery, so calls on one connection run concurrently. Each ``tools/call`` gets its own
+cancel scope (deadline, ``notifications/cancelled``) and its own nursery (the progress
+pump lives there). A client that goes away cancels its calls; a draining server stops
+reading but lets the calls finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+import outcome
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+import horace
+from backends.protocol import BackendUnavailable
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.model import ErrorCode, HoraceError
+from horace.server.tools import TOOLS, CallContext
+
+log = logging.getLogger("horace.server")
+
+PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SERVER_BUSY = -32000
+REQUEST_TIMEOUT = -32001
+
+_NO_REPLY = object()
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+@attrs.frozen
+class CallRecord:
+    """What the session tells its observer about one tools/call (for the log sinks)."""
+
+    conversation_id: str
+    correlation_id: str
+    tool: str
+    arguments: Any
+    request_turn: int
+    response_turn: int = 0
+    result: Any = None
+    error_code: str | None = None
+    timing_ms: float = 0.0
+
+
+class Observer(Protocol):
+    def call_started(self, record: CallRecord) -> None: ...
+    def call_finished(self, record: CallRecord) -> None: ...
+
+
+class _NoObserver:
+    def call_started(self, record: CallRecord) -> None:
+        return None
+
+    def call_finished(self, record: CallRecord) -> None:
+        return None
+
+
+def _is_valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
+
+
+def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
+    if isinstance(arguments, Mapping):
+        metadata = arguments.get("metadata")
+        if isinstance(metadata, Mapping) and isinstance(metadata.get("correlation_id"), str):
+            return str(metadata["correlation_id"])
+    for key in ("correlation_id", "correlationId"):
+        if isinstance(meta.get(key), str) and meta[key]:
+            return str(meta[key])
+    return str(uuid.uuid4())
+
+
+def tool_result(structured: dict[str, Any], *, is_error: bool = False) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": json.dumps(structured)}],
+        "structuredContent": structured,
+        "isError": is_error,
+    }
+
+
+def tool_error(code: ErrorCode, message: str, correlation_id: str) -> dict[str, Any]:
+    return tool_result(
+        {"error_code": code.value, "message": message, "correlation_id": correlation_id}, is_error=True
+    )
+
+
+class _ProgressPump:
+    """Sends the latest progress of a call, at most every ``interval`` seconds.
+
+    The catalog reports progress synchronously; the pump owns the sending, so a slow
+    client never slows the work down and intermediate values are coalesced.
+    """
+
+    def __init__(self, session: Session, token: str | int, interval: float = 0.1) -> None:
+        self.session, self.token, self.interval = session, token, interval
+        self.latest: tuple[int, int] | None = None
+        self.sent: tuple[int, int] | None = None
+        self.changed = trio.Event()
+        self.done = False
+
+    def update(self, done: int, total: int) -> None:
+        self.latest = (done, total)
+        self.changed.set()
+
+    def close(self) -> None:
+        self.done = True
+        self.changed.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.changed.wait()
+            self.changed = trio.Event()
+            if self.latest is not None and self.latest != self.sent:
+                self.sent = self.latest
+                done, total = self.latest
+                await self.session.send({
+                    "jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": self.token, "progress": done, "total": total},
+                })
+            if self.done:
+                return
+            await trio.sleep(self.interval)
+
+
+class Session:
+    def __init__(
+        self, ws: WebSocketConnection, catalog: Catalog, settings: Settings, observer: Observer | None = None
+    ) -> None:
+        self.ws = ws
+        self.catalog = catalog
+        self.settings = settings
+        self.observer = observer or _NoObserver()
+        self.conversation_id = str(uuid.uuid4())
+        self.protocol_version: str | None = None
+        self.client_info: Any = None
+        self._send_lock = trio.Lock()
+        self._scopes: dict[Any, trio.CancelScope] = {}
+        self._cancelled_by_client: set[Any] = set()
+        self._inflight = 0
+        self._turns = 0
+        self._reading = trio.CancelScope()
+        self.gone = False
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as calls:
+            with self._reading:
+                while True:
+                    try:
+                        message = await self.ws.get_message()
+                    except ConnectionClosed:
+                        self.gone = True
+                        break
+                    self._receive(message, calls)
+            if self.gone:
+                calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
+        if not self.gone:
+            with trio.move_on_after(2):
+                await self.ws.aclose(code=1001, reason="server shutting down")
+
+    def drain(self) -> None:
+        """Stop reading new messages; calls under way finish (the server bounds the wait)."""
+        self._reading.cancel()
+
+    def next_turn(self) -> int:
+        # Trio runs one task at a time, so a plain counter is race-free across
+        # concurrent calls and batch members.
+        self._turns += 1
+        return self._turns
+
+    async def send(self, message: Any) -> None:
+        text = json.dumps(message)
+        async with self._send_lock:
+            try:
+                await self.ws.send_message(text)
+            except ConnectionClosed:
+                self.gone = True
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def _receive(self, message: str | bytes, calls: trio.Nursery) -> None:
+        if isinstance(message, bytes):
+            calls.start_soon(self.send, _error(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC")))
+            return
+        if len(message.encode()) > self.settings.max_message_bytes:
+            calls.start_soon(self.send, _error(None, RpcError(
+                INVALID_REQUEST,
+                f"message of {len(message.encode())} bytes exceeds the limit of {self.settings.max_message_bytes}",
+            )))
+            return
+        try:
+            parsed = json.loads(message)
+        except ValueError as exc:
+            calls.start_soon(self.send, _error(None, RpcError(PARSE_ERROR, f"parse error: {exc}")))
+            return
+        if isinstance(parsed, list):
+            if not parsed:
+                calls.start_soon(self.send, _error(None, RpcError(INVALID_REQUEST, "empty batch")))
+                return
+            for item in parsed:  # notifications act at once, in order, as outside a batch
+                self._notification(item)
+            calls.start_soon(self._batch, parsed)
+        elif not self._notification(parsed):
+            calls.start_soon(self._reply, parsed)
+
+    def _notification(self, message: Any) -> bool:
+        """Handle *message* if it is a well-formed notification; True if it was one."""
+        if not (isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str)
+                and message.get("jsonrpc") == "2.0"):
+            return False
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if message["method"] == "notifications/cancelled":
+            request_id = params.get("requestId")
+            scope = self._scopes.get(request_id) if _is_valid_id(request_id) else None
+            if scope is not None:
+                self._cancelled_by_client.add(request_id)
+                scope.cancel()
+        return True
+
+    async def _batch(self, items: list[Any]) -> None:
+        replies: list[Any] = []
+
+        async def one(item: Any) -> None:
+            if isinstance(item, dict) and "id" not in item and isinstance(item.get("method"), str):
+                return  # a notification, handled on arrival
+            reply = await self._answer(item)
+            if reply is not _NO_REPLY:
+                replies.append(reply)
+
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                nursery.start_soon(one, item)
+        if replies:
+            await self.send(replies)
+
+    async def _reply(self, message: Any) -> None:
+        reply = await self._answer(message)
+        if reply is not _NO_REPLY:
+            await self.send(reply)
+
+    async def _answer(self, message: Any) -> Any:
+        if not isinstance(message, dict):
+            return _error(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
+        request_id = message.get("id")
+        if not _is_valid_id(request_id):
+            return _error(None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null"))
+        method, params = message.get("method"), message.get("params", {})
+        if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
+            return _error(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
+        if not isinstance(params, dict | list):
+            return _error(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
+        if self._inflight >= self.settings.max_calls_per_connection:
+            return _error(request_id, RpcError(
+                SERVER_BUSY,
+                f"too many calls under way on this connection (limit {self.settings.max_calls_per_connection})",
+            ))
+        self._inflight += 1
+        try:
+            result = await self._dispatch(request_id, method, params)
+        except RpcError as exc:
+            return _error(request_id, exc)
+        finally:
+            self._inflight -= 1
+        if result is _NO_REPLY:
+            return _NO_REPLY
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    async def _dispatch(self, request_id: Any, method: str, params: Any) -> Any:
+        if method == "initialize":
+            return self._initialize(params)
+        if method == "ping":
+            return {}
+        if method == "tools/list":
+            return {"tools": [tool.describe() for tool in TOOLS.values()]}
+        if method == "tools/call":
+            return await self._call_tool(request_id, params)
+        raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+
+    def _initialize(self, params: Any) -> dict[str, Any]:
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, "initialize takes an object")
+        asked = params.get("protocolVersion")
+        self.protocol_version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
+        self.client_info = params.get("clientInfo")
+        return {
+            "protocolVersion": self.protocol_version,
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": "horace", "version": horace.__version__},
+            "instructions": "Horace catalogs and versions files under its storage root's files/ folder.",
+        }
+
+    # -- tools/call -------------------------------------------------------------------------
+
+    async def _call_tool(self, request_id: Any, params: Any) -> Any:
+        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+            raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
+        name = params["name"]
+        arguments = params.get("arguments")
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        correlation_id = _correlation_id(arguments, meta)
+        tool = TOOLS.get(name)
+        if tool is None:
+            raise RpcError(INVALID_PARAMS, f"unknown tool: {name}", {"correlation_id": correlation_id})
+        started = time.perf_counter()
+        record = CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
+        self.observer.call_started(record)
+        reply: Any = _NO_REPLY
+        error_code: str | None = None
+        try:
+            try:
+                args = tool.structure(arguments)
+            except HoraceError as exc:
+                raise RpcError(INVALID_PARAMS, exc.message, {
+                    "error_code": exc.code.value, "correlation_id": correlation_id,
+                }) from None
+            reply = await self._run_tool(request_id, tool, args, correlation_id, meta.get("progressToken"))
+            if isinstance(reply, dict) and reply.get("isError"):
+                error_code = reply["structuredContent"]["error_code"]
+            return reply
+        except RpcError as exc:
+            error_code = str(exc.code)
+            reply = {"error": exc.body()}
+            raise
+        finally:
+            timing = (time.perf_counter() - started) * 1000
+            finished = attrs.evolve(
+                record, response_turn=self.next_turn() if reply is not _NO_REPLY else 0,
+                result=reply if reply is not _NO_REPLY else None, error_code=error_code, timing_ms=timing,
+            )
+            self.observer.call_finished(finished)
+            log.info(
+                "tools/call %s %s in %.1f ms", name, error_code or "ok", timing,
+                extra={"correlation_id": correlation_id, "tool": name, "conversation_id": self.conversation_id},
+            )
+
+    async def _run_tool(
+        self, request_id: Any, tool: Any, args: Any, correlation_id: str, token: Any
+    ) -> Any:
+        pump = _ProgressPump(self, token) if _is_valid_id(token) and token is not None else None
+        context = CallContext(self.catalog, correlation_id, pump.update if pump else None)
+        deadline = self.settings.call_deadline
+        scope = trio.CancelScope(deadline=trio.current_time() + deadline if math.isfinite(deadline) else math.inf)
+        self._scopes[request_id] = scope
+        try:
+            with scope:
+                async with trio.open_nursery() as call:  # the call's own nursery
+                    if pump is not None:
+                        call.start_soon(pump.run)
+                    done = await outcome.acapture(tool.handler, context, args)
+                    if pump is not None:
+                        pump.close()
+                structured = done.unwrap()
+        except HoraceError as exc:
+            return tool_error(exc.code, exc.message, correlation_id)
+        except BackendUnavailable as exc:
+            log.warning("backend unavailable: %s", exc, extra={"correlation_id": correlation_id})
+            return tool_error(ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}",
+                              correlation_id)
+        except Exception:
+            log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
+            return tool_error(ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})",
+                              correlation_id)
+        finally:
+            self._scopes.pop(request_id, None)
+        if scope.cancelled_caught:
+            if request_id in self._cancelled_by_client:
+                self._cancelled_by_client.discard(request_id)
+                return _NO_REPLY  # the client asked; MCP says no response follows
+            raise RpcError(REQUEST_TIMEOUT, f"the call ran past its deadline of {deadline:g} s",
+                           {"correlation_id": correlation_id})
+        structured["correlation_id"] = correlation_id
+        return tool_result(structured)
+
+
+def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": exc.body()}
