@@ -1,0 +1,397 @@
+"""The MCP server at its edges, through a real WebSocket, on the run's backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
+
+from conftest import BACKEND
+from helpers import sha256, write
+from horace.config import Settings
+from horace.fsck import fsck
+from horace.server.session import PROTOCOL_VERSIONS
+from horace.server.tools import TOOLS
+from horace.testing import RunningHorace, run_horace
+from mcp_client import McpClient, connect
+
+
+def serving(settings: Settings, **changes: Any) -> Settings:
+    return attrs.evolve(settings, host="127.0.0.1", port=0, **changes)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[RunningHorace]:
+    async with run_horace(serving(settings)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: RunningHorace) -> AsyncIterator[McpClient]:
+    async with connect(server.url) as connected:
+        yield connected
+
+
+async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def fetch() -> tuple[int, Any]:
+        request = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    return await trio.to_thread.run_sync(fetch)
+
+
+async def wait_idle(running: RunningHorace) -> None:
+    with trio.fail_after(30):
+        while running.server.sessions:
+            await trio.sleep(0.01)
+
+
+# -- protocol ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [*PROTOCOL_VERSIONS, "1999-01-01"])
+async def test_initialize_negotiates_the_version(client: McpClient, version: str) -> None:
+    result = await client.initialize(version)
+    expected = version if version in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
+    assert result["protocolVersion"] == expected
+    assert result["serverInfo"]["name"] == "horace"
+    assert "tools" in result["capabilities"]
+
+
+async def test_tools_list_declares_every_tool_with_schemas(client: McpClient) -> None:
+    tools = (await client.request("tools/list"))["result"]["tools"]
+    assert {t["name"] for t in tools} == set(TOOLS) and len(tools) == 16
+    for tool in tools:
+        assert tool["inputSchema"]["type"] == "object"
+        assert tool["outputSchema"]["type"] == "object"
+        assert set(tool["annotations"]) >= {"readOnlyHint", "destructiveHint", "idempotentHint"}
+        declared = set(tool["inputSchema"]["properties"])
+        argument_class = TOOLS[tool["name"]].arguments
+        if argument_class is not None:  # the schema and the structuring class agree
+            assert declared == {a.name for a in attrs.fields(argument_class)}
+
+
+async def test_calls_before_initialize_are_served(server: RunningHorace, client: McpClient) -> None:
+    write(server.files / "user/a.txt", "hello")
+    registered = await client.call("horace_register_file", file_path="user/a.txt")
+    assert registered["file"]["checksum"] == sha256("hello")
+    assert (await client.request("ping"))["result"] == {}
+
+
+async def test_malformed_messages_get_standard_errors(client: McpClient) -> None:
+    sentinel = client.expect(None)
+    await client.send_raw("{not json")
+    assert (await sentinel.receive())["error"]["code"] == -32700
+    for raw, code in [
+        ("[]", -32600),
+        ("42", -32600),
+        ('{"jsonrpc": "1.0", "id": 7, "method": "ping"}', -32600),
+        ('{"jsonrpc": "2.0", "id": 7, "method": 12}', -32600),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "nope"}', -32601),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "horace_nope"}}', -32602),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {}}', -32602),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": "x"}', -32602),
+    ]:
+        request_id = 7 if '"id": 7' in raw else None
+        reply = client.expect(request_id)
+        await client.send_raw(raw)
+        answer = await reply.receive()
+        assert answer["error"]["code"] == code, raw
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "field"),
+    [
+        ("horace_restore_version", {"file_id": "x", "version": "3"}, "version"),
+        ("horace_restore_version", {"file_id": "x", "version": True}, "version"),
+        ("horace_restore_version", {"file_id": "x"}, "version"),
+        ("horace_register_file", {"file_path": 5}, "file_path"),
+        ("horace_search_files", {"limit": "ten"}, "limit"),
+        ("horace_search_files", {"tags": "a", "bogus": 1}, "bogus"),
+        ("horace_update_file", {"file_id": "x", "metadata": {"checksum": "0" * 64}}, "checksum"),
+        ("horace_get_file_info", [1, 2], "object"),
+    ],
+)
+async def test_wrong_arguments_are_invalid_params(
+    client: McpClient, tool: str, arguments: Any, field: str
+) -> None:
+    reply = await client.request("tools/call", {"name": tool, "arguments": arguments})
+    if "error" in reply:
+        assert reply["error"]["code"] == -32602
+        assert field in reply["error"]["message"]
+        assert reply["error"]["data"]["error_code"] == "INVALID_ARGUMENT"
+    else:  # semantic refusals that are only known past structuring are tool errors
+        body = reply["result"]["structuredContent"]
+        assert reply["result"]["isError"] and body["error_code"] == "INVALID_ARGUMENT"
+        assert field in body["message"]
+
+
+async def test_tool_errors_are_results_with_code_and_correlation(client: McpClient) -> None:
+    reply = await client.request("tools/call", {
+        "name": "horace_get_file_info", "arguments": {"file_id": "nope"},
+        "_meta": {"correlation_id": "corr-42"},
+    })
+    result = reply["result"]
+    assert result["isError"] is True
+    assert result["structuredContent"] == {
+        "error_code": "NOT_CATALOGED", "message": "no catalogued file with id 'nope'", "correlation_id": "corr-42",
+    }
+    assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+    path = await client.call("horace_register_file", file_path="../../etc/passwd")
+    assert path["error_code"] == "INVALID_PATH"
+
+
+async def test_correlation_id_from_metadata_reaches_rows(server: RunningHorace, client: McpClient) -> None:
+    write(server.files / "user/c.txt", "c")
+    result = await client.call(
+        "horace_register_file", file_path="user/c.txt", metadata={"correlation_id": "trace-1", "tags": ["t"]}
+    )
+    assert result["correlation_id"] == "trace-1"
+    assert result["file"]["correlation_id"] == "trace-1"
+    found = await client.call("horace_search_files", correlation_id="trace-1")
+    assert [f["id"] for f in found["results"]] == [result["file_id"]]
+    versions = await server.server.catalog.backend.versions(result["file_id"])
+    assert versions[0].correlation_id == "trace-1"
+
+
+async def test_batch_with_a_notification(client: McpClient) -> None:
+    first, second = client.expect("a"), client.expect("b")
+    await client.send_raw(json.dumps([
+        {"jsonrpc": "2.0", "id": "a", "method": "ping"},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": "b", "method": "tools/call",
+         "params": {"name": "horace_search_files", "arguments": {"query": {"tags": ["x"]}}}},
+        {"jsonrpc": "2.0", "id": "c", "method": "nope"},
+    ]))
+    assert (await first.receive())["result"] == {}
+    assert (await second.receive())["result"]["structuredContent"]["total_count"] == 0
+    assert (await client.request("ping"))["result"] == {}
+    assert client.unmatched == [
+        {"jsonrpc": "2.0", "id": "c", "error": {"code": -32601, "message": "method not found: nope"}}
+    ]
+
+
+async def test_oversize_message_is_answered(settings: Settings) -> None:
+    async with run_horace(serving(settings, max_message_bytes=10_000)) as running, connect(running.url) as client:
+        reply = client.expect(None)
+        await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x" * 20_000}))
+        error = (await reply.receive())["error"]
+        assert error["code"] == -32600 and "exceeds the limit of 10000" in error["message"]
+        assert (await client.request("ping"))["result"] == {}  # the connection is still good
+
+
+async def test_200_concurrent_calls_on_one_connection(server: RunningHorace, client: McpClient) -> None:
+    for i in range(200):
+        write(server.files / f"user/c/{i}.txt", f"content {i}")
+    results: dict[int, dict[str, Any]] = {}
+
+    async def one(i: int) -> None:
+        results[i] = await client.call("horace_register_file", file_path=f"user/c/{i}.txt")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(one, i)
+    assert len({r["file_id"] for r in results.values()}) == 200
+    assert all(results[i]["file"]["checksum"] == sha256(f"content {i}") for i in range(200))
+    assert client.unmatched == []
+    page = await client.call("horace_search_files", path="user/c/*", limit=1000)
+    assert page["total_count"] == 200
+
+
+async def test_too_many_calls_on_one_connection(settings: Settings) -> None:
+    async with run_horace(serving(settings, max_calls_per_connection=2)) as running, connect(running.url) as client:
+        for i in range(300):
+            write(running.files / f"user/s/{i}.txt", f"s{i}")
+        replies = [client.expect(i) for i in range(6)]
+        for i in range(6):
+            await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                              "params": {"name": "horace_scan", "arguments": {}}}))
+        answers = [await r.receive() for r in replies]
+        busy = [a for a in answers if "error" in a]
+        assert busy and all(a["error"]["code"] == -32000 for a in busy)
+        assert all("result" in a for a in answers if a not in busy)
+
+
+# -- cancellation, deadlines, progress, shutdown ------------------------------------------------
+
+
+async def test_client_gone_mid_restore_leaves_nothing_half_written(server: RunningHorace) -> None:
+    path = write(server.files / "user/big.bin", os.urandom(32 << 20))
+    catalog = server.server.catalog
+    file = (await catalog.register("user/big.bin")).file
+    for delay in (0.0, 0.005, 0.02, 0.05, 0.1, 0.2):
+        unsaved = os.urandom(32 << 20)  # content restore must keep before writing v1 back
+        path.write_bytes(unsaved)
+        async with open_websocket_url(server.url) as ws:
+            await ws.send_message(json.dumps({
+                "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "horace_restore_version", "arguments": {"file_id": file.id, "version": 1}},
+            }))
+            await trio.sleep(delay)
+        await wait_idle(server)
+        report = await fsck(catalog, deep=True)
+        assert report.clean, report.findings
+        now_there = sha256(path.read_bytes())
+        assert now_there in {sha256(unsaved), file.checksum}  # one or the other, never torn
+        if now_there == file.checksum:  # restored: the unsaved content was kept first
+            versions = await catalog.backend.versions(file.id)
+            assert sha256(unsaved) in {v.checksum for v in versions}
+
+
+async def test_deadline_is_a_clear_error(settings: Settings) -> None:
+    async with run_horace(serving(settings, call_deadline=0.001)) as running, connect(running.url) as client:
+        for i in range(500):
+            write(running.files / f"user/d/{i}.txt", f"d{i}")
+        reply = await client.request("tools/call", {"name": "horace_scan", "arguments": {}})
+        assert reply["error"]["code"] == -32001 and "deadline" in reply["error"]["message"]
+        assert reply["error"]["data"]["correlation_id"]
+        assert (await fsck(running.server.catalog, deep=True)).clean
+
+
+async def test_notifications_cancelled_stops_a_call(server: RunningHorace, client: McpClient) -> None:
+    for i in range(1500):
+        write(server.files / f"user/n/{i}.txt", f"n{i}")
+    reply = client.expect(99)
+    await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                                      "params": {"name": "horace_scan", "arguments": {}}}))
+    await trio.sleep(0.05)
+    await client.send_raw(json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                      "params": {"requestId": 99, "reason": "changed my mind"}}))
+    with trio.move_on_after(1.0) as waited:
+        await reply.receive()
+    assert waited.cancelled_caught, "a cancelled request gets no response"
+    assert (await client.request("ping"))["result"] == {}
+    assert (await fsck(server.server.catalog, deep=True)).clean
+
+
+async def test_scan_sends_progress_notifications(server: RunningHorace, client: McpClient) -> None:
+    for i in range(600):
+        write(server.files / f"user/p/{i}.txt", f"p{i}")
+    reply = await client.request("tools/call", {
+        "name": "horace_scan", "arguments": {}, "_meta": {"progressToken": "tok"},
+    })
+    assert reply["result"]["structuredContent"]["registered"] == 600
+    progress = [n["params"] for n in client.notifications if n["method"] == "notifications/progress"]
+    assert progress and all(p["progressToken"] == "tok" for p in progress)
+    assert progress[-1]["progress"] == progress[-1]["total"] == 600
+    assert [p["progress"] for p in progress] == sorted(p["progress"] for p in progress)
+
+
+async def test_graceful_shutdown_lets_running_calls_finish(settings: Settings) -> None:
+    async with run_horace(serving(settings)) as running:
+        for i in range(1000):
+            write(running.files / f"user/g/{i}.txt", f"g{i}")
+        async with connect(running.url) as client:
+            reply = client.expect(1)
+            await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                              "params": {"name": "horace_scan", "arguments": {}}}))
+            await trio.sleep(0.05)
+            running.server.shutdown()
+            answer = await reply.receive()
+            assert answer["result"]["structuredContent"]["registered"] == 1000
+            with trio.fail_after(5):
+                await client.closed.wait()
+        with pytest.raises(HandshakeError):  # no longer accepting
+            async with open_websocket_url(running.url):
+                pass
+
+
+# -- HTTP front, auth, limits -----------------------------------------------------------------
+
+
+async def test_health_and_plain_http(server: RunningHorace) -> None:
+    for path in ("/health", "/healthz"):
+        status, body = await http_get(server.health_url.replace("/health", path))
+        assert status == 200 and body["status"] == "ok" and body["backend"]["ok"] is True
+    base = server.health_url.removesuffix("/health")
+    assert (await http_get(base + "/nothing"))[0] == 404
+    assert (await http_get(base + "/mcp"))[0] == 426
+
+
+async def test_health_is_503_when_the_backend_is_down(server: RunningHorace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.protocol import BackendUnavailable
+
+    async def down() -> None:
+        raise BackendUnavailable("connection refused")
+
+    monkeypatch.setattr(server.server.catalog.backend, "ping", down)
+    status, body = await http_get(server.health_url)
+    assert status == 503 and body["backend"] == {**body["backend"], "ok": False, "error": "connection refused"}
+
+
+async def test_bearer_token(settings: Settings) -> None:
+    async with run_horace(serving(settings, auth_token="s3cret")) as running:
+        for headers in ([], [("Authorization", "Bearer wrong")], [("Authorization", "s3cret")]):
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(running.url, extra_headers=headers):
+                    pass
+            assert rejected.value.status_code == 401
+        async with connect(running.url, extra_headers=[("Authorization", "Bearer s3cret")]) as client:
+            assert (await client.request("ping"))["result"] == {}
+
+
+async def test_origin_check(settings: Settings) -> None:
+    async with run_horace(serving(settings, allowed_origins=("https://ok.example",))) as running:
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(running.url, extra_headers=[("Origin", "https://evil.example")]):
+                pass
+        assert rejected.value.status_code == 403
+        for origin in ("https://ok.example", "http://localhost:3000"):
+            async with connect(running.url, extra_headers=[("Origin", origin)]) as client:
+                assert (await client.request("ping"))["result"] == {}
+
+
+async def test_connection_limit(settings: Settings) -> None:
+    async with run_horace(serving(settings, max_connections=2)) as running:
+        async with connect(running.url) as one, connect(running.url) as two:
+            assert (await one.request("ping"))["result"] == (await two.request("ping"))["result"] == {}
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(running.url):
+                    pass
+            assert rejected.value.status_code == 503
+        await wait_idle(running)
+        async with connect(running.url) as three:  # room again once the others left
+            assert (await three.request("ping"))["result"] == {}
+
+
+async def test_subprotocol_mcp_accepted_when_offered(server: RunningHorace) -> None:
+    async with open_websocket_url(server.url, subprotocols=["mcp"]) as ws:
+        assert ws.subprotocol == "mcp"
+    async with open_websocket_url(server.url.removesuffix("/mcp") + "/") as ws:
+        assert ws.subprotocol is None
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="stops a PostgreSQL server of its own")
+async def test_health_while_postgresql_is_stopped(tmp_path: Path) -> None:
+    """A PostgreSQL cluster of this test's own, stopped under a running Horace."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pg-throwaway"
+    started = await trio.run_process([str(script), "start"], capture_stdout=True)
+    env = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.decode().split("\n") if "=" in line)
+    dsn = env["HORACE_TEST_PG_DSN"].strip("'\"")
+    cluster = env["HORACE_PG_THROWAWAY"].strip("'\"")
+    try:
+        settings = Settings(storage_path=tmp_path / "root", database_url=dsn, host="127.0.0.1", port=0)
+        async with run_horace(settings) as running:
+            assert (await http_get(running.health_url))[0] == 200
+            await trio.run_process([str(script), "stop", cluster])
+            status, body = await http_get(running.health_url)
+            assert status == 503 and body["status"] == "unavailable" and body["backend"]["ok"] is False
+            async with connect(running.url) as client:
+                result = await client.call("horace_search_files")
+                assert result["error_code"] == "BACKEND_UNAVAILABLE"
+    finally:
+        subprocess.run([str(script), "stop", cluster], check=False, capture_output=True)
