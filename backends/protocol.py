@@ -21,6 +21,7 @@ from horace.model import (
     NewVersion,
     Retention,
     SearchQuery,
+    Turn,
     VersionRecord,
 )
 
@@ -107,6 +108,12 @@ class Units(Protocol):
     async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
         """Remove files deleted before the cutoff; (files purged, checksums left
         without any version row)."""
+
+    # -- conversations ----------------------------------------------------------------
+    async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:
+        """Store conversation turns. A turn already stored with the same content (a
+        retried delivery) is not stored twice; returns the turns whose
+        (conversation_id, turn_number) is taken by a *different* row: a bug to report."""
 
 
 class Backend(Units, Protocol):

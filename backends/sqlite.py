@@ -32,6 +32,7 @@ from horace.model import (
     SearchQuery,
     SortKey,
     Status,
+    Turn,
     VersionRecord,
 )
 
@@ -534,6 +535,29 @@ def _purge_deleted(conn: sqlite3.Connection, deleted_before: datetime) -> tuple[
         return purged, _unreferenced(conn, checksums)
 
 
+def _insert_turns(conn: sqlite3.Connection, turns: Sequence[Turn]) -> list[Turn]:
+    conflicts = []
+    with _transaction(conn):
+        for t in turns:
+            row = (t.conversation_id, t.turn_number, t.role, t.content, t.model, t.input_tokens,
+                   t.output_tokens, t.timing_ms, json.dumps(dict(t.metadata), sort_keys=True), _ts(t.created_at))
+            inserted = conn.execute(
+                "INSERT INTO conversations (conversation_id, turn_number, role, content, model, "
+                "input_tokens, output_tokens, timing_ms, metadata, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                row,
+            ).rowcount
+            if not inserted:
+                same = conn.execute(
+                    "SELECT 1 FROM conversations WHERE conversation_id = ? AND turn_number = ? "
+                    "AND role = ? AND content = ?",
+                    (t.conversation_id, t.turn_number, t.role, t.content),
+                ).fetchone()
+                if not same:
+                    conflicts.append(t)
+    return conflicts
+
+
 def _migrate(conn: sqlite3.Connection) -> int:
     with _transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -697,6 +721,9 @@ class SqliteBackend:
 
     async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
         return await self._write(_purge_deleted, deleted_before)
+
+    async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:
+        return await self._write(_insert_turns, turns)
 
 
 @asynccontextmanager

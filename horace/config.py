@@ -53,7 +53,11 @@ class Settings:
     godot_url: str | None = None
     godot_tool: str = "logger_log"
     godot_level: str = "INFO"
-    conversations_url: str | None = None
+    conversations: bool = True
+    conversations_url: str | None = None  # None: the catalog's own database
+    conversations_to_godot: bool = False
+    sink_queue: int = 10_000
+    sink_flush: float = 5.0
 
     @property
     def catalog_url(self) -> str:
@@ -89,6 +93,14 @@ class Settings:
             if number < 1 and name != "HORACE_MCP_PORT":
                 raise ConfigError(f"{name} must be at least 1")
             return number
+
+        def flag(name: str, text: str) -> bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}={text!r}: use on or off")
 
         if (text := get("HORACE_STORAGE_PATH")) is not None:
             values["storage_path"] = Path(text)
@@ -129,6 +141,16 @@ class Settings:
         }.items():
             if (text := get(*names)) is not None:
                 values[field] = text
+        for field, name in {
+            "conversations": "HORACE_CONVERSATIONS",
+            "conversations_to_godot": "HORACE_CONVERSATIONS_TO_GODOT",
+        }.items():
+            if (text := get(name)) is not None:
+                values[field] = flag(name, text)
+        if (text := get("HORACE_SINK_QUEUE")) is not None:
+            values["sink_queue"] = integer("HORACE_SINK_QUEUE", text)
+        if (text := get("HORACE_SINK_FLUSH")) is not None:
+            values["sink_flush"] = parse_duration(text, "HORACE_SINK_FLUSH")
         if (text := get("HORACE_ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = tuple(o.strip() for o in text.split(",") if o.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})

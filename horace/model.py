@@ -177,3 +177,35 @@ class DuplicateGroup:
     checksum: str
     size: int
     files: tuple[FileRecord, ...]
+
+
+@frozen
+class Turn:
+    """One turn of a conversation in the Fiedler format (a request or a response)."""
+
+    conversation_id: str
+    turn_number: int
+    role: str  # user | assistant
+    content: str
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    timing_ms: float | None
+    metadata: Mapping[str, Any]
+    created_at: datetime
+
+
+@frozen
+class CallRecord:
+    """What the MCP session tells its observer about one tools/call (for the log sinks)."""
+
+    conversation_id: str
+    correlation_id: str
+    tool: str
+    arguments: Any
+    request_turn: int
+    response_turn: int = 0  # 0: no response (cancelled by the client)
+    result: Any = None
+    error_code: str | None = None
+    timing_ms: float = 0.0
+    file_ids: tuple[str, ...] = ()

@@ -1,15 +1,33 @@
 """The MCP server: ``front`` (HTTP and upgrades), ``session`` (JSON-RPC/MCP), ``tools``
-(the tool table) and ``app`` (lifecycle). :func:`serve` puts them together."""
+(the tool table) and ``app`` (lifecycle). :func:`serve` puts them together with the
+log sinks, which run as supervised children of the same nursery."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import trio
 
+from backends import Backend, open_backend
 from horace.app import open_catalog
 from horace.config import Settings
 from horace.server.app import HoraceServer, watch_signals
+from horace.sinks.conversations import ConversationRecorder, ConversationTransport
+from horace.sinks.godot import GodotLogHandler, GodotTransport
+from horace.sinks.supervisor import SinkRunner
 
 __all__ = ["HoraceServer", "serve"]
+
+
+@asynccontextmanager
+async def _conversation_backend(settings: Settings, catalog_backend: Backend) -> AsyncIterator[Backend]:
+    if settings.conversations_url:
+        async with open_backend(settings.conversations_url) as separate:
+            yield separate
+    else:
+        yield catalog_backend
 
 
 async def serve(
@@ -19,10 +37,32 @@ async def serve(
     task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Horace until shut down (a signal, or ``server.shutdown()``)."""
-    async with open_catalog(settings) as catalog:
-        server = HoraceServer(settings, catalog)
+    async with open_catalog(settings) as catalog, _conversation_backend(settings, catalog.backend) as talks:
+        spool = catalog.storage.private / "spool"
+        sink_options = {"spool_dir": spool, "capacity": settings.sink_queue, "flush_seconds": settings.sink_flush}
+        godot = (
+            SinkRunner(GodotTransport(settings.godot_url, settings.godot_tool), **sink_options)
+            if settings.godot_url else None
+        )
+        conversations = SinkRunner(ConversationTransport(talks), **sink_options) if settings.conversations else None
+        runners = [runner for runner in (godot, conversations) if runner is not None]
+        recorder = ConversationRecorder(conversations, godot if settings.conversations_to_godot else None)
+        server = HoraceServer(settings, catalog, recorder)
+        server.health_parts["sinks"] = lambda: {runner.name: runner.status() for runner in runners}
+        horace_log = logging.getLogger("horace")
+        handler = GodotLogHandler(godot, settings.godot_level) if godot else None
         async with trio.open_nursery() as nursery:
-            if handle_signals:
-                nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
-            await server.run(task_status=task_status)
-            nursery.cancel_scope.cancel()
+            for runner in runners:
+                await nursery.start(runner.run)
+            if handler is not None:
+                horace_log.addHandler(handler)
+                if horace_log.getEffectiveLevel() > handler.level:
+                    horace_log.setLevel(handler.level)
+            try:
+                if handle_signals:
+                    nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
+                await server.run(task_status=task_status)
+            finally:
+                if handler is not None:
+                    horace_log.removeHandler(handler)
+            nursery.cancel_scope.cancel()  # the sinks flush what they hold, then spill

@@ -26,7 +26,7 @@ import horace
 from backends.protocol import BackendUnavailable
 from horace.catalog import Catalog
 from horace.config import Settings
-from horace.model import ErrorCode, HoraceError
+from horace.model import CallRecord, ErrorCode, HoraceError
 from horace.server.tools import TOOLS, CallContext
 
 log = logging.getLogger("horace.server")
@@ -54,21 +54,6 @@ class RpcError(Exception):
         if self.data is not None:
             error["data"] = self.data
         return error
-
-
-@attrs.frozen
-class CallRecord:
-    """What the session tells its observer about one tools/call (for the log sinks)."""
-
-    conversation_id: str
-    correlation_id: str
-    tool: str
-    arguments: Any
-    request_turn: int
-    response_turn: int = 0
-    result: Any = None
-    error_code: str | None = None
-    timing_ms: float = 0.0
 
 
 class Observer(Protocol):
@@ -353,14 +338,16 @@ class Session:
             raise
         finally:
             timing = (time.perf_counter() - started) * 1000
-            finished = attrs.evolve(
-                record, response_turn=self.next_turn() if reply is not _NO_REPLY else 0,
-                result=reply if reply is not _NO_REPLY else None, error_code=error_code, timing_ms=timing,
-            )
-            self.observer.call_finished(finished)
+            answered = reply is not _NO_REPLY
+            file_ids = tuple(_file_ids(reply.get("structuredContent"))) if isinstance(reply, dict) else ()
+            self.observer.call_finished(attrs.evolve(
+                record, response_turn=self.next_turn() if answered else 0, result=reply if answered else None,
+                error_code=error_code, timing_ms=timing, file_ids=file_ids,
+            ))
             log.info(
-                "tools/call %s %s in %.1f ms", name, error_code or "ok", timing,
-                extra={"correlation_id": correlation_id, "tool": name, "conversation_id": self.conversation_id},
+                "tools/call %s %s in %.1f ms", name, error_code or ("ok" if answered else "cancelled"), timing,
+                extra={"correlation_id": correlation_id, "tool": name, "conversation_id": self.conversation_id,
+                       "file_ids": list(file_ids), "duration_ms": round(timing, 3), "outcome": error_code or "ok"},
             )
 
     async def _run_tool(
@@ -400,6 +387,24 @@ class Session:
                            {"correlation_id": correlation_id})
         structured["correlation_id"] = correlation_id
         return tool_result(structured)
+
+
+def _file_ids(structured: Any) -> list[str]:
+    """The ids of the files a result speaks of (for the logs and conversation turns)."""
+    found: list[str] = []
+    if isinstance(structured, dict):
+        if isinstance(structured.get("file_id"), str):
+            found.append(structured["file_id"])
+        for key in ("file",):
+            if isinstance(structured.get(key), dict) and isinstance(structured[key].get("id"), str):
+                found.append(structured[key]["id"])
+        for key in ("results", "files"):
+            for item in structured.get(key) or ():
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    found.append(item["id"])
+        for group in structured.get("groups") or ():
+            found += _file_ids(group)
+    return list(dict.fromkeys(found))
 
 
 def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:

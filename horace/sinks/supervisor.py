@@ -1,0 +1,193 @@
+"""A supervised log sink: a bounded queue in front, a child task that delivers it.
+
+``emit`` never blocks and never raises into its caller: when the queue is full the
+oldest entry is dropped and counted. The delivery task opens the transport, hands it
+batches, and on any failure waits (about 1 s doubling to 30 s, with jitter) and starts
+over; entries are only taken off the queue once delivered. On shutdown what is queued
+gets ``flush_seconds`` to go out, and the rest is spilled to
+``<root>/.horace/spool/<name>.jsonl``, replayed the next time the sink starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+# The sinks' own log never feeds a sink (see horace.sinks.godot.GodotLogHandler).
+log = logging.getLogger("horace.sinks")
+
+Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+class Transport(Protocol):
+    name: str
+
+    def open(self) -> AbstractAsyncContextManager[Deliver]:
+        """Connect; yield a function that delivers one batch or raises."""
+
+
+def backoff(failures: int, base: float = 1.0, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter in its upper half."""
+    delay = min(cap, base * 2 ** max(0, failures - 1))
+    return delay / 2 + random.random() * delay / 2
+
+
+class SinkRunner:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        spool_dir: Path | None,
+        capacity: int = 10_000,
+        batch_size: int = 200,
+        flush_seconds: float = 5.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        self.transport = transport
+        self.name = transport.name
+        self.spool_path = spool_dir / f"{transport.name}.jsonl" if spool_dir else None
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self._queue: deque[tuple[int, dict[str, Any]]] = deque()
+        self._seq = 0
+        self._ready = trio.Event()
+        self.state = "starting"
+        self.delivered = 0
+        self.dropped = 0
+        self.spilled = 0
+        self.replayed = 0
+        self.restarts = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    # -- the caller's side ------------------------------------------------------------
+
+    def emit(self, entry: dict[str, Any]) -> None:
+        """Queue *entry*; never blocks, never raises."""
+        if len(self._queue) >= self.capacity:
+            self._queue.popleft()
+            self.dropped += 1
+        self._seq += 1
+        self._queue.append((self._seq, entry))
+        self._ready.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state, "queued": len(self._queue), "delivered": self.delivered,
+            "dropped": self.dropped, "spilled": self.spilled, "replayed": self.replayed,
+            "restarts": self.restarts, "last_error": self.last_error,
+        }
+
+    # -- the child task ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver until cancelled; then flush within the deadline and spill the rest."""
+        await self._replay()
+        task_status.started()
+        try:
+            while True:
+                try:
+                    await self._connected()
+                except Exception as exc:  # every failure: log it, back off, start again
+                    self.failures += 1
+                    self.state = "retrying"
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    unexpected = not isinstance(exc, OSError | ConnectionError | TimeoutError | SinkUnavailable)
+                    if unexpected:
+                        self.restarts += 1
+                    log.warning(
+                        "sink %s: %s; retrying (%d queued)", self.name, self.last_error, len(self._queue),
+                        exc_info=unexpected,
+                        extra={"sink": self.name},
+                    )
+                    await trio.sleep(backoff(self.failures, self.backoff_base, self.backoff_cap))
+        finally:
+            with trio.move_on_after(self.flush_seconds) as flush:
+                flush.shield = True
+                await self._flush()
+            self._spill()
+            self.state = "stopped"
+
+    async def _connected(self) -> None:
+        async with self.transport.open() as deliver:
+            self.state = "connected"
+            self.failures = 0
+            while True:
+                await self._deliver_one(deliver)
+
+    async def _deliver_one(self, deliver: Deliver) -> None:
+        while not self._queue:
+            self._ready = trio.Event()
+            await self._ready.wait()
+        taken = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        batch = [entry for _, entry in taken]
+        last = taken[-1][0]
+        await deliver(batch)
+        # Entries dropped for overflow while the batch was out were the oldest: only
+        # what is still queued up to the batch's last sequence number was delivered.
+        while self._queue and self._queue[0][0] <= last:
+            self._queue.popleft()
+        self.delivered += len(batch)
+
+    async def _flush(self) -> None:
+        if not self._queue:
+            return
+        try:
+            async with self.transport.open() as deliver:
+                while self._queue:
+                    await self._deliver_one(deliver)
+        except Exception as exc:  # what does not go out now is spilled by the caller
+            log.warning("sink %s: flush at shutdown failed: %s", self.name, exc, extra={"sink": self.name})
+
+    # -- spool ------------------------------------------------------------------------
+
+    def _spill(self) -> None:
+        if not self._queue:
+            return
+        if self.spool_path is None:
+            log.error("sink %s: %d entries lost at shutdown (no spool)", self.name, len(self._queue))
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool_path.open("a", encoding="utf-8") as spool:
+            for _, entry in self._queue:
+                spool.write(json.dumps(entry, default=str) + "\n")
+        self.spilled += len(self._queue)
+        log.warning("sink %s: spilled %d entries to %s", self.name, len(self._queue), self.spool_path)
+        self._queue.clear()
+
+    async def _replay(self) -> None:
+        if self.spool_path is None or not self.spool_path.exists():
+            return
+        replaying = self.spool_path.with_suffix(".replaying")
+        self.spool_path.rename(replaying)
+        lines = (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines()
+        entries = []
+        for number, line in enumerate(lines, 1):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                log.error("sink %s: spool line %d is not JSON; skipped", self.name, number)
+        queued = list(self._queue)
+        self._queue.clear()
+        for entry in entries:
+            self.emit(entry)
+        for _, entry in queued:
+            self.emit(entry)
+        self.replayed += len(entries)
+        replaying.unlink()  # back in memory; spilled again at shutdown if undelivered
+
+
+class SinkUnavailable(Exception):
+    """The destination refused or could not take a batch; retried with backoff."""
+
