@@ -69,6 +69,10 @@ class Units(Protocol):
         """Apply the allow-listed changes; a status change sets or clears deleted_at;
         ``collection`` adds the file to that collection (created when missing)."""
 
+    async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
+        """Give the file a new path (a rename seen by the watcher); None when the file
+        is unknown or the new path is taken."""
+
     # -- searching --------------------------------------------------------------------
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
         """(total_count, one page) for the filters, sort and position of *query*."""

@@ -299,6 +299,18 @@ def _update_file(
         return _file_by(conn, "id", file_id)
 
 
+def _move_file(conn: sqlite3.Connection, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
+    with _transaction(conn):
+        try:
+            moved = conn.execute(
+                "UPDATE horace_files SET file_path = ?, updated_at = ? WHERE id = ?",
+                (new_path, _ts(at), file_id),
+            ).rowcount
+        except sqlite3.IntegrityError:
+            return None  # the new path is catalogued already
+        return _file_by(conn, "id", file_id) if moved else None
+
+
 def _filters(q: SearchQuery) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -659,6 +671,9 @@ class SqliteBackend:
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         return await self._write(_update_file, file_id, changes, at)
+
+    async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
+        return await self._write(_move_file, file_id, new_path, at)
 
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
         return await self._read(_search, query)

@@ -128,6 +128,13 @@ class ScanReport:
 
 
 @frozen
+class ReconcileReport:
+    scan: ScanReport
+    moved: int
+    deleted: int
+
+
+@frozen
 class PurgeReport:
     files_purged: int
     objects_deleted: int
@@ -594,6 +601,45 @@ class Catalog:
             for _, s in staged:
                 self.storage.discard(s)
         return len(inserted), len(staged) - len(inserted), errors
+
+    async def move(self, file_id: str, new_client_path: str, correlation_id: str | None = None) -> FileRecord:
+        """A rename seen on disk: the file keeps its id and history under its new path."""
+        new_rel = self.relative(new_client_path)
+        old = await self._file(file_id)
+        async with self._writing(old.file_path) as db:
+            moved = await db.move_file(file_id, new_rel, self.clock())
+        if moved is None:
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{new_rel!r} is catalogued already")
+        log.info("moved %s -> %s", old.file_path, new_rel, extra={"correlation_id": correlation_id, "file_id": file_id})
+        # The content may have changed along with the name: version it if so.
+        return (await self.register(new_rel, correlation_id=correlation_id)).file
+
+    async def reconcile(self, correlation_id: str | None = None, progress: Progress | None = None) -> ReconcileReport:
+        """Catch up with what changed while nobody watched: renames (by content),
+        new and changed files (a scan), and missing ones (soft-deleted)."""
+        missing = [
+            f for f in await self.backend.all_files()
+            if f.status is Status.ACTIVE and not await in_thread(self.storage.working_exists, f.file_path)
+        ]
+        moved = 0
+        if missing:
+            by_checksum = {f.checksum: f for f in missing}
+            known = {f.file_path for f in await self.backend.all_files()}
+            for rel in await in_thread(lambda: sorted(self.storage.walk_working())):
+                if rel in known or not by_checksum:
+                    continue
+                try:
+                    digest = await in_thread(self.storage.hash_working, rel, _check_cancelled)
+                except HoraceError:
+                    continue
+                if digest in by_checksum:
+                    await self.move(by_checksum.pop(digest).id, rel, correlation_id)
+                    moved += 1
+            missing = list(by_checksum.values())
+        scanned = await self.scan(None, correlation_id, progress)
+        for file in missing:
+            await self.delete(file.id, correlation_id)
+        return ReconcileReport(scanned, moved, len(missing))
 
     async def purge(self) -> PurgeReport:
         """Remove files deleted longer ago than the retention: rows, then objects."""

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -297,20 +298,39 @@ def migrate(settings: Settings) -> None:
 @main.command()
 @click.option("--host", help="Address to bind [HORACE_MCP_HOST, 127.0.0.1].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [HORACE_MCP_PORT, 8070].")
+@click.option("--watch", "watch", is_flag=True, default=None, help="Catalog every write under files/ [HORACE_WATCH].")
+@click.option("--poll", is_flag=True, default=None, help="Watch by polling (NFS) [HORACE_WATCH_POLL].")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.pass_obj
-def serve(settings: Settings, host: str | None, port: int | None, log_level: str) -> None:
+def serve(settings: Settings, host: str | None, port: int | None, watch: bool | None, poll: bool | None,
+          log_level: str) -> None:
     """Serve MCP over WebSocket (and /health) until SIGINT or SIGTERM."""
+    from horace.server import serve as run_server
+
+    _run_service(settings, log_level, partial(run_server), host=host, port=port, watch=watch, watch_poll=poll)
+
+
+@main.command()
+@click.option("--poll", is_flag=True, default=None, help="Watch by polling (NFS) [HORACE_WATCH_POLL].")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.pass_obj
+def watch(settings: Settings, poll: bool | None, log_level: str) -> None:
+    """Catalog and version every write under files/, without serving MCP."""
+    from horace.tasks import run_watch
+
+    _run_service(settings, log_level, run_watch, watch=True, watch_poll=poll)
+
+
+def _run_service(settings: Settings, log_level: str, service: Any, **overrides: Any) -> None:
     import attrs
 
     from horace import logs
-    from horace.server import serve as run_server
 
     logs.configure(log_level)
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = attrs.evolve(settings, **overrides)  # type: ignore[arg-type]
-    try:
-        trio.run(run_server, settings)
-    except (BackendUnavailable, SchemaTooNew, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(3)
+    settings = attrs.evolve(settings, **{k: v for k, v in overrides.items() if v is not None})
+    with _progress(settings.watch, "reconcile") as progress:
+        try:
+            trio.run(partial(service, settings, progress=progress))
+        except (BackendUnavailable, SchemaTooNew, OSError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(3)

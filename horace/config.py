@@ -39,6 +39,12 @@ class Settings:
     deleted_retention: float = 30 * 86400.0
     gc_grace: float = 600.0
     lock_wait: float = 30.0
+    # watch mode and periodic work
+    watch: bool = False
+    watch_poll: bool = False
+    watch_settle: float = 0.5
+    purge_interval: float = 3600.0
+    fsck_interval: float = 6 * 3600.0
     # server
     host: str = "127.0.0.1"
     port: int = 8070
@@ -128,6 +134,9 @@ class Settings:
             "lock_wait": "HORACE_LOCK_WAIT",
             "call_deadline": "HORACE_CALL_DEADLINE",
             "shutdown_grace": "HORACE_SHUTDOWN_GRACE",
+            "watch_settle": "HORACE_WATCH_SETTLE",
+            "purge_interval": "HORACE_PURGE_INTERVAL",
+            "fsck_interval": "HORACE_FSCK_INTERVAL",
         }.items():
             if (text := get(name)) is not None:
                 values[field] = parse_duration(text, name)
@@ -144,6 +153,8 @@ class Settings:
         for field, name in {
             "conversations": "HORACE_CONVERSATIONS",
             "conversations_to_godot": "HORACE_CONVERSATIONS_TO_GODOT",
+            "watch": "HORACE_WATCH",
+            "watch_poll": "HORACE_WATCH_POLL",
         }.items():
             if (text := get(name)) is not None:
                 values[field] = flag(name, text)

@@ -179,7 +179,34 @@ class Storage:
         so the checksum always describes exactly the bytes that were kept.
         """
         with self.open_working(rel) as src:
-            return self._stage_fd(src, check_cancelled)
+            before = os.fstat(src)
+            staged = self._stage_fd(src, check_cancelled)
+            after = os.fstat(src)
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+            # A writer was at work while we copied: what we have may be torn.
+            self.discard(staged)
+            raise HoraceError(ErrorCode.FILE_LOCKED, f"{rel!r} changed while it was being read; try again")
+        return staged
+
+    def is_being_written(self, rel: str) -> bool:
+        """Whether some process has *rel* open for writing (local filesystems).
+
+        A read lease is refused while any writer has the file open; where leases are not
+        supported (NFS, another owner without CAP_LEASE) this answers False and callers
+        rely on the file settling instead.
+        """
+        try:
+            with self.open_working(rel) as fd:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+                except BlockingIOError:
+                    return True
+                except OSError:
+                    return False
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                return False
+        except HoraceError:
+            return False
 
     def _stage_fd(self, src: int, check_cancelled: CheckCancelled) -> Staged:
         tmp_path = self.tmp / temp_name()

@@ -12,11 +12,14 @@ import trio
 
 from backends import Backend, open_backend
 from horace.app import open_catalog
+from horace.catalog import Progress
 from horace.config import Settings
 from horace.server.app import HoraceServer, watch_signals
 from horace.sinks.conversations import ConversationRecorder, ConversationTransport
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.supervisor import SinkRunner
+from horace.tasks import start_background
+from horace.watch import reconcile_logged
 
 __all__ = ["HoraceServer", "serve"]
 
@@ -34,10 +37,16 @@ async def serve(
     settings: Settings,
     *,
     handle_signals: bool = True,
+    progress: Progress | None = None,
     task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run Horace until shut down (a signal, or ``server.shutdown()``)."""
+    """Run Horace until shut down (a signal, or ``server.shutdown()``).
+
+    In watch mode the start-up reconcile runs first (its *progress* reported, and logged).
+    """
     async with open_catalog(settings) as catalog, _conversation_backend(settings, catalog.backend) as talks:
+        if settings.watch:
+            await reconcile_logged(catalog, progress)
         spool = catalog.storage.private / "spool"
         sink_options = {"spool_dir": spool, "capacity": settings.sink_queue, "flush_seconds": settings.sink_flush}
         godot = (
@@ -54,6 +63,8 @@ async def serve(
         async with trio.open_nursery() as nursery:
             for runner in runners:
                 await nursery.start(runner.run)
+            for name, state in start_background(nursery, catalog, settings).items():
+                server.health_parts[name] = state
             if handler is not None:
                 horace_log.addHandler(handler)
                 if horace_log.getEffectiveLevel() > handler.level:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from http import HTTPStatus
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 

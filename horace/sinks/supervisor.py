@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import trio
+
+from horace.supervise import backoff
 
 # The sinks' own log never feeds a sink (see horace.sinks.godot.GodotLogHandler).
 log = logging.getLogger("horace.sinks")
@@ -32,12 +33,6 @@ class Transport(Protocol):
 
     def open(self) -> AbstractAsyncContextManager[Deliver]:
         """Connect; yield a function that delivers one batch or raises."""
-
-
-def backoff(failures: int, base: float = 1.0, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter in its upper half."""
-    delay = min(cap, base * 2 ** max(0, failures - 1))
-    return delay / 2 + random.random() * delay / 2
 
 
 class SinkRunner:

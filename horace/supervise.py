@@ -1,0 +1,71 @@
+"""Supervised child tasks: restarted with backoff when they crash, visible in /health."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import trio
+
+log = logging.getLogger("horace.supervise")
+
+
+def backoff(failures: int, base: float = 1.0, cap: float = 30.0) -> float:
+    """Exponential backoff (base doubling to cap), jittered over its upper half."""
+    delay = min(cap, base * 2 ** max(0, failures - 1))
+    return delay / 2 + random.random() * delay / 2
+
+
+@attrs.define
+class TaskState:
+    name: str
+    state: str = "starting"
+    restarts: int = 0
+    runs: int = 0
+    last_error: str | None = None
+    last_run: str | None = None
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+    def status(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+async def supervise(
+    state: TaskState,
+    body: Callable[[], Awaitable[None]],
+    *,
+    backoff_base: float = 1.0,
+    backoff_cap: float = 30.0,
+) -> None:
+    """Run *body* until it returns; when it raises, log, wait, and run it again."""
+    failures = 0
+    while True:
+        state.state = "running"
+        try:
+            await body()
+        except Exception as exc:
+            failures += 1
+            state.restarts += 1
+            state.state = "restarting"
+            state.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("task %s crashed; restarting (%d)", state.name, state.restarts, extra={"task": state.name})
+            await trio.sleep(backoff(failures, backoff_base, backoff_cap))
+        else:
+            state.state = "done"
+            return
+
+
+async def every(state: TaskState, interval: float, work: Callable[[], Awaitable[Any]]) -> None:
+    """Do *work* now and then every *interval* seconds (the body of a periodic task)."""
+    while True:
+        result = await work()
+        state.runs += 1
+        state.last_run = datetime.now(UTC).isoformat(timespec="seconds")
+        if result is not None:
+            state.details["last_result"] = result
+        state.state = "idle"
+        await trio.sleep(interval)

@@ -1,0 +1,80 @@
+"""The server's background work, each a supervised child task: the watcher (after a
+start-up reconcile), the purge of long-deleted files, and the periodic fsck."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.fsck import fsck
+from horace.supervise import TaskState, every, supervise
+from horace.watch import Watcher
+
+log = logging.getLogger("horace.tasks")
+
+
+async def _purge(catalog: Catalog) -> dict[str, int]:
+    report = await catalog.purge()
+    if report.files_purged:
+        log.info("purged %d deleted files, %d objects", report.files_purged, report.objects_deleted)
+    return attrs.asdict(report)
+
+
+async def _fsck(catalog: Catalog) -> dict[str, Any]:
+    report = await fsck(catalog, repair=True)
+    for finding in report.findings:
+        log.warning("fsck: %s: %s%s", finding.kind, finding.detail, " (repaired)" if finding.repaired else "",
+                    extra={"file_id": finding.file_id, "file_path": finding.file_path})
+    return {"findings": len(report.findings), "unrepaired": sum(not f.repaired for f in report.findings)}
+
+
+async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -> None:
+    await trio.sleep(delay)
+    await every(state, interval, work)
+
+
+def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings) -> dict[str, Any]:
+    """Start the supervised tasks; return name -> status function, for /health.
+
+    With watch mode on, call :func:`reconcile_logged` first: the watcher sees only what
+    happens from its start.
+    """
+    states = {"purge": TaskState("purge"), "fsck": TaskState("fsck")}
+    nursery.start_soon(supervise, states["purge"], partial(every, states["purge"], settings.purge_interval,
+                                                           partial(_purge, catalog)))
+    # fsck already ran at start (open_catalog); the periodic one waits an interval first.
+    nursery.start_soon(supervise, states["fsck"], partial(_delayed, settings.fsck_interval, states["fsck"],
+                                                          settings.fsck_interval, partial(_fsck, catalog)))
+    status: dict[str, Any] = {}
+    if settings.watch:
+        watcher = Watcher(catalog, settle=settings.watch_settle, poll=settings.watch_poll)
+        states["watcher"] = TaskState("watcher")
+        nursery.start_soon(supervise, states["watcher"], watcher.run)
+        status["watcher"] = lambda: {**states["watcher"].status(), **watcher.status()}
+    for name, state in states.items():
+        status.setdefault(name, state.status)
+    return status
+
+
+async def run_watch(settings: Settings, *, progress: Any = None) -> None:
+    """``horace watch``: reconcile, then watch, purge and fsck until a signal."""
+    import signal
+
+    from horace.app import open_catalog
+    from horace.watch import reconcile_logged
+
+    async with open_catalog(settings) as catalog:
+        await reconcile_logged(catalog, progress)
+        async with trio.open_nursery() as nursery:
+            start_background(nursery, catalog, attrs.evolve(settings, watch=True))
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    log.info("signal: stopping")
+                    nursery.cancel_scope.cancel()
+                    break
