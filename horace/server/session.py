@@ -92,6 +92,19 @@ def tool_result(structured: dict[str, Any], *, is_error: bool = False) -> dict[s
     }
 
 
+def encode_reply(request_id: Any, result: Any) -> str:
+    """The reply's JSON text. A tool result's structured content is encoded once and
+    reused for its text content, instead of being serialised twice."""
+    if isinstance(result, dict) and "structuredContent" in result and "content" in result:
+        body = result["content"][0]["text"]
+        return (
+            f'{{"jsonrpc": "2.0", "id": {json.dumps(request_id)}, "result": {{"content": '
+            f'[{{"type": "text", "text": {json.dumps(body)}}}], "structuredContent": {body}, '
+            f'"isError": {json.dumps(result["isError"])}}}}}'
+        )
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
 def tool_error(code: ErrorCode, message: str, correlation_id: str) -> dict[str, Any]:
     return tool_result(
         {"error_code": code.value, "message": message, "correlation_id": correlation_id}, is_error=True
@@ -184,7 +197,8 @@ class Session:
         return self._turns
 
     async def send(self, message: Any) -> None:
-        text = json.dumps(message)
+        """Send one message: an object, or JSON text already encoded."""
+        text = message if isinstance(message, str) else json.dumps(message)
         async with self._send_lock:
             try:
                 await self.ws.send_message(text)
@@ -246,7 +260,7 @@ class Session:
             for item in items:
                 nursery.start_soon(one, item)
         if replies:
-            await self.send(replies)
+            await self.send("[" + ", ".join(r if isinstance(r, str) else json.dumps(r) for r in replies) + "]")
 
     async def _reply(self, message: Any) -> None:
         reply = await self._answer(message)
@@ -278,7 +292,7 @@ class Session:
             self._inflight -= 1
         if result is _NO_REPLY:
             return _NO_REPLY
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+        return encode_reply(request_id, result)
 
     async def _dispatch(self, request_id: Any, method: str, params: Any) -> Any:
         if method == "initialize":
@@ -339,16 +353,23 @@ class Session:
         finally:
             timing = (time.perf_counter() - started) * 1000
             answered = reply is not _NO_REPLY
-            file_ids = tuple(_file_ids(reply.get("structuredContent"))) if isinstance(reply, dict) else ()
+            observed = not isinstance(self.observer, _NoObserver)
+            logged = log.isEnabledFor(logging.INFO)
+            file_ids: tuple[str, ...] = ()
+            if isinstance(reply, dict) and (observed or logged):
+                file_ids = tuple(_file_ids(reply.get("structuredContent")))
             self.observer.call_finished(attrs.evolve(
                 record, response_turn=self.next_turn() if answered else 0, result=reply if answered else None,
                 error_code=error_code, timing_ms=timing, file_ids=file_ids,
             ))
-            log.info(
-                "tools/call %s %s in %.1f ms", name, error_code or ("ok" if answered else "cancelled"), timing,
-                extra={"correlation_id": correlation_id, "tool": name, "conversation_id": self.conversation_id,
-                       "file_ids": list(file_ids), "duration_ms": round(timing, 3), "outcome": error_code or "ok"},
-            )
+            if logged:
+                outcome_name = error_code or ("ok" if answered else "cancelled")
+                log.info(
+                    "tools/call %s %s in %.1f ms", name, outcome_name, timing,
+                    extra={"correlation_id": correlation_id, "tool": name, "file_ids": list(file_ids),
+                           "conversation_id": self.conversation_id, "duration_ms": round(timing, 3),
+                           "outcome": outcome_name},
+                )
 
     async def _run_tool(
         self, request_id: Any, tool: Any, args: Any, correlation_id: str, token: Any
