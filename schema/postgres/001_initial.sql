@@ -1,7 +1,7 @@
 -- Horace catalog, PostgreSQL.
 CREATE TABLE horace_files (
     id              UUID PRIMARY KEY,
-    file_path       TEXT NOT NULL UNIQUE,
+    file_path       TEXT COLLATE "C" NOT NULL UNIQUE,  -- code point order, as SQLite
     owner           TEXT,
     purpose         TEXT,
     tags            TEXT[] NOT NULL DEFAULT '{}',
@@ -18,7 +18,6 @@ CREATE TABLE horace_files (
     metadata        JSONB NOT NULL DEFAULT '{}'
 );
 CREATE INDEX horace_files_tags ON horace_files USING GIN (tags);
-CREATE INDEX horace_files_path_pattern ON horace_files (file_path text_pattern_ops);
 CREATE INDEX horace_files_status_created ON horace_files (status, created_at);
 CREATE INDEX horace_files_status_updated ON horace_files (status, updated_at);
 CREATE INDEX horace_files_status_size ON horace_files (status, size);

@@ -1,0 +1,1307 @@
+"""The PostgreSQL backend: asyncpg on a trio-asyncio loop, one hop per unit of work.
+
+Every unit is an asyncio-flavoured coroutine of one connection, run through
+``trio_asyncio.aio_as_trio`` as a single hop: crossing between Trio and asyncio costs
+far more than a statement, so a unit crosses once however many statements it sends, and
+most units send exactly one (data-modifying CTEs), which also makes them atomic without
+an explicit transaction (an explicit one would add a BEGIN and a COMMIT round trip).
+
+The units are written once, in :class:`_Units`, over a connection *source*: the backend
+takes a pool connection per unit, and :meth:`PostgresBackend.exclusive` hands out the
+connection that holds the file's advisory lock, so work under the lock needs no extra
+acquire and runs in the lock holder's session.
+
+File ids are ``uuid`` columns but ``str`` in the model: records carry the canonical text
+form, and an id that is not a canonical (lowercase, hyphenated) UUID is treated as not
+catalogued, exactly as the SQLite backend would find no row for it. ``file_path`` is
+``COLLATE "C"`` so that sorting, keyset positions and glob prefixes follow code points,
+as SQLite's binary collation does, whatever the database's locale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from backends import migrations
+from backends.protocol import BackendUnavailable, Units
+from horace.model import (
+    Collection,
+    DuplicateGroup,
+    FileChanges,
+    FileRecord,
+    NewVersion,
+    Order,
+    Retention,
+    SearchQuery,
+    SortKey,
+    Status,
+    Turn,
+    VersionRecord,
+)
+
+__all__ = ["PostgresBackend", "open_postgres"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+Conn = Any  # asyncpg.Connection / PoolConnectionProxy (asyncpg ships no type hints)
+Row = Any  # asyncpg.Record
+
+DEFAULT_MAX_CONNECTIONS = 20
+MIN_CONNECTIONS = 2
+CONNECT_TIMEOUT = 10.0
+PING_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 10.0
+# The migration lock lives in the two-int4 advisory key space, which never overlaps the
+# single-bigint space of the file locks (horace.locks.lock_key). "Hora", 1.
+MIGRATION_LOCK = (0x486F7261, 1)
+
+_FILE_COLUMNS = (
+    "id",
+    "file_path",
+    "owner",
+    "purpose",
+    "tags",
+    "size",
+    "mime_type",
+    "checksum",
+    "status",
+    "current_version",
+    "correlation_id",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+    "metadata",
+)
+_VERSION_COLUMNS = (
+    "file_id",
+    "version",
+    "checksum",
+    "size",
+    "created_at",
+    "restored_from_version",
+    "correlation_id",
+)
+_COLLECTION_COLUMNS = ("name", "description", "metadata", "created_at", "updated_at")
+
+
+def _cols(columns: Sequence[str], table: str = "", prefix: str = "") -> str:
+    """``t.a AS pa, t.b AS pb``: a column list, optionally qualified and renamed."""
+    qualified = f"{table}." if table else ""
+    return ", ".join(
+        f"{qualified}{c} AS {prefix}{c}" if prefix else f"{qualified}{c}" for c in columns
+    )
+
+
+F = _cols(_FILE_COLUMNS)
+F_F = _cols(_FILE_COLUMNS, "f")
+V = _cols(_VERSION_COLUMNS)
+_SORT = {
+    SortKey.CREATED_AT: ("created_at", "timestamptz"),
+    SortKey.UPDATED_AT: ("updated_at", "timestamptz"),
+    SortKey.SIZE: ("size", "bigint"),
+    SortKey.PATH: ("file_path", "text"),
+}
+
+
+# -- rows to records ----------------------------------------------------------------------
+
+
+def _file(row: Row, p: str = "") -> FileRecord:
+    return FileRecord(
+        id=str(row[p + "id"]),
+        file_path=row[p + "file_path"],
+        owner=row[p + "owner"],
+        purpose=row[p + "purpose"],
+        tags=tuple(row[p + "tags"]),
+        size=row[p + "size"],
+        mime_type=row[p + "mime_type"],
+        checksum=row[p + "checksum"],
+        status=Status(row[p + "status"]),
+        current_version=row[p + "current_version"],
+        correlation_id=row[p + "correlation_id"],
+        created_at=row[p + "created_at"],
+        updated_at=row[p + "updated_at"],
+        deleted_at=row[p + "deleted_at"],
+        metadata=row[p + "metadata"],
+    )
+
+
+def _version(row: Row, p: str = "") -> VersionRecord:
+    return VersionRecord(
+        file_id=str(row[p + "file_id"]),
+        version=row[p + "version"],
+        checksum=row[p + "checksum"],
+        size=row[p + "size"],
+        created_at=row[p + "created_at"],
+        restored_from_version=row[p + "restored_from_version"],
+        correlation_id=row[p + "correlation_id"],
+    )
+
+
+def _collection(row: Row, p: str = "") -> Collection:
+    return Collection(
+        name=row[p + "name"],
+        description=row[p + "description"],
+        metadata=row[p + "metadata"],
+        created_at=row[p + "created_at"],
+        updated_at=row[p + "updated_at"],
+        member_count=row[p + "member_count"],
+    )
+
+
+def _uuid(text: str) -> uuid.UUID | None:
+    """The UUID of a canonical id string; None for anything else (no such file)."""
+    try:
+        value = uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return value if str(value) == text else None
+
+
+def _any_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _uuids(texts: Sequence[str]) -> list[uuid.UUID]:
+    return [u for u in map(_uuid, texts) if u is not None]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# -- shell globs (SQLite GLOB semantics) ------------------------------------------------
+
+
+class _Glob:
+    """A GLOB pattern translated for PostgreSQL.
+
+    ``exact``: no wildcard at all; ``like``: only ``*``/``?``; ``regex``: an anchored
+    ARE for patterns with ``[...]`` classes; ``never``: a pattern that matches nothing (an
+    unclosed ``[``, as in SQLite). ``prefix`` is the constant head every match starts with.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.exact: str | None = None
+        self.like: str | None = None
+        self.regex: str | None = None
+        self.never = False
+        wild = next((i for i, ch in enumerate(pattern) if ch in "*?["), len(pattern))
+        self.prefix = pattern[:wild]
+        if wild == len(pattern):
+            self.exact = pattern
+        elif "[" not in pattern:
+            self.like = "".join(
+                "%" if ch == "*" else "_" if ch == "?" else _like_escape(ch) for ch in pattern
+            )
+        else:
+            regex = _glob_regex(pattern)
+            if regex is None:
+                self.never = True
+            else:
+                self.regex = regex
+
+
+def _re_literal(ch: str) -> str:
+    # In an ARE a backslash before a non-alphanumeric character makes it literal, inside
+    # and outside brackets; letters, digits and non-ASCII characters stand for themselves.
+    return ch if ch.isalnum() or not ch.isascii() else "\\" + ch
+
+
+def _glob_regex(pattern: str) -> str | None:
+    """SQLite's patternCompare() as an anchored ARE; None if nothing can match."""
+    out = ["^"]
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch != "[":
+            out.append(_re_literal(ch))
+        else:
+            if i >= n:
+                return None
+            invert = False
+            if pattern[i] == "^":
+                invert = True
+                i += 1
+            singles: list[str] = []
+            ranges: list[tuple[str, str]] = []
+            if i < n and pattern[i] == "]":
+                singles.append("]")
+                i += 1
+            prior: str | None = None
+            while i < n and pattern[i] != "]":
+                c2 = pattern[i]
+                i += 1
+                if c2 == "-" and prior is not None and i < n and pattern[i] != "]":
+                    c3 = pattern[i]
+                    i += 1
+                    if prior <= c3:  # (the low end also stays a member: "[z-a]" is "[z]")
+                        ranges.append((prior, c3))
+                    prior = None
+                else:
+                    singles.append(c2)
+                    prior = c2
+            if i >= n:
+                return None  # unclosed class: SQLite matches nothing
+            i += 1  # the closing ]
+            items = [_re_literal(c) for c in singles]
+            items += [f"{_re_literal(lo)}-{_re_literal(hi)}" for lo, hi in ranges]
+            if not items:
+                if not invert:
+                    return None
+                out.append(".")
+            else:
+                out.append("[" + ("^" if invert else "") + "".join(items) + "]")
+    out.append("$")
+    return "".join(out)
+
+
+def _prefix_upper(prefix: str) -> str | None:
+    """The least string above every string starting with *prefix* (code point order)."""
+    for i in range(len(prefix) - 1, -1, -1):
+        code = ord(prefix[i]) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:i] + chr(code)
+    return None
+
+
+# -- search ------------------------------------------------------------------------------
+
+
+class _Params:
+    """Numbered query parameters: ``p(value, "text")`` appends and returns ``$n::text``."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any, cast: str) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}::{cast}"
+
+
+def _filters(q: SearchQuery, p: _Params) -> list[str]:
+    where: list[str] = []
+    if q.status is not None:
+        where.append(f"f.status = {p(q.status.value, 'text')}")
+    if q.tags:
+        where.append(f"f.tags @> {p(list(q.tags), 'text[]')}")
+    if q.any_tags:
+        where.append(f"f.tags && {p(list(q.any_tags), 'text[]')}")
+    if q.owner is not None:
+        where.append(f"f.owner = {p(q.owner, 'text')}")
+    if q.purpose:
+        # COLLATE "C": case folding of ASCII letters only, as SQLite's LIKE does.
+        pattern = p(f"%{_like_escape(q.purpose)}%", "text")
+        where.append(f'f.purpose COLLATE "C" ILIKE {pattern}')
+    if q.path:
+        where.extend(_path_filter(q.path, p))
+    if q.collection is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM horace_collection_members m "
+            f"WHERE m.file_id = f.id AND m.collection = {p(q.collection, 'text')})"
+        )
+    if q.file_type:
+        if "/" in q.file_type:
+            if q.file_type.endswith("/*"):
+                prefix = _like_escape(q.file_type[:-1]) + "%"
+                where.append(f"f.mime_type LIKE {p(prefix, 'text')}")
+            else:
+                where.append(f"f.mime_type = {p(q.file_type, 'text')}")
+        else:
+            suffix = "%." + _like_escape(q.file_type.lstrip("."))
+            where.append(f"f.file_path ILIKE {p(suffix, 'text')}")  # file_path is "C": ASCII
+    for column, op, value, cast in (
+        ("size", ">=", q.min_size, "bigint"),
+        ("size", "<=", q.max_size, "bigint"),
+        ("created_at", ">=", q.created_after, "timestamptz"),
+        ("created_at", "<", q.created_before, "timestamptz"),
+        ("checksum", "=", q.checksum, "text"),
+        ("correlation_id", "=", q.correlation_id, "text"),
+    ):
+        if value is not None:
+            where.append(f"f.{column} {op} {p(value, cast)}")
+    return where
+
+
+def _path_filter(pattern: str, p: _Params) -> list[str]:
+    glob = _Glob(pattern)
+    if glob.never:
+        return ["false"]
+    if glob.exact is not None:
+        return [f"f.file_path = {p(glob.exact, 'text')}"]
+    where: list[str] = []
+    if glob.prefix:
+        # The constant head as a plain range too, so that the index serves it even in a
+        # generic plan of the prepared statement (where LIKE $n tells the planner nothing).
+        where.append(f"f.file_path >= {p(glob.prefix, 'text')}")
+        upper = _prefix_upper(glob.prefix)
+        if upper is not None:
+            where.append(f"f.file_path < {p(upper, 'text')}")
+    if glob.like is not None:
+        where.append(f"f.file_path LIKE {p(glob.like, 'text')}")
+    else:
+        where.append(f"f.file_path ~ {p(glob.regex, 'text')}")
+    return where
+
+
+def _position(sort_by: SortKey, after: tuple[Any, str]) -> tuple[Any, str]:
+    """The keyset position with a value of the sort column's type (ValueError if not)."""
+    value, last_id = after
+    if sort_by in (SortKey.CREATED_AT, SortKey.UPDATED_AT):
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        ok = isinstance(value, datetime)
+    elif sort_by is SortKey.SIZE:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok or not isinstance(last_id, str):
+        raise ValueError(f"search position {after!r} does not fit sort key {sort_by.value}")
+    return value, last_id
+
+
+def _search_sql(q: SearchQuery) -> tuple[str, list[Any]]:
+    p = _Params()
+    where = _filters(q, p)
+    page_where = list(where)
+    column, cast = _SORT[q.sort_by]
+    ascending = q.order is Order.ASC
+    direction = "ASC" if ascending else "DESC"
+    if q.after is not None:
+        value, last_id = _position(q.sort_by, q.after)
+        op = ">" if ascending else "<"
+        x = p(value, cast)
+        # The id is compared as text in byte order, as SQLite compares its TEXT ids (and
+        # so a malformed id in a cursor is a position, not an error); for canonical ids
+        # this is the uuid order of the ORDER BY. The plain bound lets an index start there.
+        page_where.append(f"f.{column} {op}= {x}")
+        page_where.append(
+            f'(f.{column}, f.id::text COLLATE "C") {op} ({x}, {p(str(last_id), "text")})'
+        )
+    clause = " AND ".join(where) or "true"
+    page_clause = " AND ".join(page_where) or "true"
+    limit, offset = p(q.limit, "bigint"), p(q.offset, "bigint")
+    sql = (
+        f"WITH page AS (SELECT {F_F} FROM horace_files f WHERE {page_clause} "
+        f"ORDER BY f.{column} {direction}, f.id {direction} LIMIT {limit} OFFSET {offset}) "
+        f"SELECT t.total, page.* FROM (SELECT count(*) AS total FROM horace_files f "
+        f"WHERE {clause}) t LEFT JOIN page ON true "
+        f"ORDER BY page.{column} {direction}, page.id {direction}"
+    )
+    return sql, p.values
+
+
+# -- the units of work: asyncio coroutines of one connection ------------------------------
+
+_FILE_BY_ID = f"SELECT {F} FROM horace_files WHERE id = $1::uuid"
+_FILE_BY_PATH = f"SELECT {F} FROM horace_files WHERE file_path = $1::text"
+_FILE_BY_CHECKSUM = (
+    f"SELECT {F} FROM horace_files WHERE checksum = $1::text AND status <> 'deleted' "
+    "ORDER BY created_at, id LIMIT 1"
+)
+_VERSIONS = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid ORDER BY version DESC"
+_VERSION = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid AND version = $2::integer"
+
+_INSERT_INPUT = """
+input AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
+        $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[]
+    ) WITH ORDINALITY AS t(id, file_path, owner, purpose, tags, size, mime_type, checksum,
+                           status, correlation_id, created_at, updated_at, metadata, ord)
+),
+candidates AS (  -- not catalogued already, by path or by (non-deleted) content
+    SELECT i.* FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM horace_files f WHERE f.file_path = i.file_path)
+      AND NOT EXISTS (SELECT 1 FROM horace_files f
+                      WHERE f.checksum = i.checksum AND f.status <> 'deleted')
+),
+"""
+# Inside the batch, a file is skipped when an earlier one that was inserted has its path or
+# (when that one is not deleted) its checksum. If the batch repeats only paths or only
+# checksums, "an earlier candidate" is the same as "an earlier inserted file":
+_CHOSEN_SIMPLE = """
+chosen AS (
+    SELECT c.* FROM candidates c
+    WHERE NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord AND e.file_path = c.file_path)
+      AND NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord
+                      AND e.checksum = c.checksum AND e.status <> 'deleted')
+),
+"""
+# ... if it repeats both, one file at a time, in order (quadratic, only for such batches):
+_CHOSEN_WALK = """
+numbered AS (SELECT c.*, row_number() OVER (ORDER BY c.ord) AS n FROM candidates c),
+walk (n, paths, sums, take) AS (
+    SELECT 0::bigint, ARRAY[]::text[], ARRAY[]::text[], false
+    UNION ALL
+    SELECT x.n,
+           CASE WHEN x.take THEN w.paths || x.file_path ELSE w.paths END,
+           CASE WHEN x.take AND x.status <> 'deleted' THEN w.sums || x.checksum ELSE w.sums END,
+           x.take
+    FROM walk w
+    CROSS JOIN LATERAL (
+        SELECT c.n, c.file_path, c.checksum, c.status,
+               NOT (c.file_path = ANY (w.paths)) AND NOT (c.checksum = ANY (w.sums)) AS take
+        FROM numbered c WHERE c.n = w.n + 1
+    ) x
+),
+chosen AS (SELECT c.* FROM numbered c JOIN walk w ON w.n = c.n WHERE w.take),
+"""
+_INSERT_REST = """
+inserted AS (
+    INSERT INTO horace_files (id, file_path, owner, purpose, tags, size, mime_type, checksum,
+                              status, current_version, correlation_id, created_at, updated_at,
+                              deleted_at, metadata)
+    SELECT c.id, c.file_path, c.owner, c.purpose,
+           ARRAY(SELECT jsonb_array_elements_text(c.tags::jsonb)), c.size, c.mime_type,
+           c.checksum, c.status, 1, c.correlation_id, c.created_at, c.updated_at, NULL,
+           c.metadata::jsonb
+    FROM chosen c ORDER BY c.ord
+    ON CONFLICT (file_path) DO NOTHING  -- a concurrent writer was first
+    RETURNING id
+),
+done AS (SELECT c.* FROM chosen c JOIN inserted USING (id)),
+first_version AS (
+    INSERT INTO horace_versions (file_id, version, checksum, size, created_at,
+                                 restored_from_version, correlation_id)
+    SELECT id, 1, checksum, size, created_at, NULL, correlation_id FROM done
+),
+first_done AS (SELECT created_at FROM done ORDER BY ord LIMIT 1),
+collection AS (
+    INSERT INTO horace_collections (name, created_at, updated_at)
+    SELECT $14::text, created_at, created_at FROM first_done WHERE $14::text IS NOT NULL
+    ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at
+),
+members AS (
+    INSERT INTO horace_collection_members (collection, file_id, added_at)
+    SELECT $14::text, d.id, first_done.created_at FROM done d, first_done
+    WHERE $14::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
+SELECT ord FROM done ORDER BY ord
+"""
+_INSERT_SIMPLE = "WITH " + _INSERT_INPUT + _CHOSEN_SIMPLE + _INSERT_REST
+_INSERT_WALK = "WITH RECURSIVE " + _INSERT_INPUT + _CHOSEN_WALK + _INSERT_REST
+
+_ADD_VERSION = f"""
+WITH numbered AS (
+    SELECT f.id, coalesce(
+               (SELECT max(v.version) FROM horace_versions v WHERE v.file_id = f.id), 0
+           ) + 1 AS number
+    FROM horace_files f WHERE f.id = $1::uuid
+),
+inserted AS (
+    INSERT INTO horace_versions ({V})
+    SELECT n.id, n.number, $2::text, $3::bigint, $4::timestamptz, $5::integer, $6::text
+    FROM numbered n
+    RETURNING {V}
+),
+updated AS (
+    UPDATE horace_files f SET current_version = n.number, checksum = $2::text,
+        size = $3::bigint, mime_type = $7::text, updated_at = $4::timestamptz,
+        status = coalesce($8::text, f.status),
+        deleted_at = CASE WHEN coalesce($8::text, f.status) = 'deleted' THEN f.deleted_at END
+    FROM numbered n WHERE f.id = n.id
+    RETURNING {F_F}
+),
+pruned AS (
+    DELETE FROM horace_versions v USING numbered n
+    WHERE v.file_id = n.id AND v.version <= n.number - $9::integer
+      AND v.created_at <= $10::timestamptz
+    RETURNING v.version, v.checksum
+)
+SELECT {_cols(_FILE_COLUMNS, "u")}, {_cols(_VERSION_COLUMNS, "i", "v_")},
+    ARRAY(
+        -- Every CTE sees the snapshot before the statement: the pruned rows are still
+        -- visible (so they are excluded by key) and the new version is not (so its
+        -- checksum is excluded by value).
+        SELECT DISTINCT p.checksum FROM pruned p
+        WHERE p.checksum <> $2::text
+          AND NOT EXISTS (
+              SELECT 1 FROM horace_versions o
+              WHERE o.checksum = p.checksum
+                AND NOT (o.file_id = $1::uuid AND o.version IN (SELECT version FROM pruned))
+          )
+    ) AS orphans
+FROM updated u, inserted i
+"""
+
+_UPDATE_FILE = f"""
+WITH updated AS (
+    UPDATE horace_files f SET
+        updated_at = $2::timestamptz,
+        owner = coalesce($3::text, f.owner),
+        purpose = coalesce($4::text, f.purpose),
+        tags = coalesce($5::text[], f.tags),
+        status = coalesce($6::text, f.status),
+        deleted_at = CASE
+            WHEN $6::text IS NULL OR $6::text = f.status THEN f.deleted_at
+            WHEN $6::text = 'deleted' THEN $2::timestamptz
+        END,
+        metadata = CASE WHEN $7::jsonb IS NULL THEN f.metadata ELSE f.metadata || $7::jsonb END
+    WHERE f.id = $1::uuid
+    RETURNING {F_F}
+),
+collection AS (
+    INSERT INTO horace_collections (name, created_at, updated_at)
+    SELECT $8::text, $2::timestamptz, $2::timestamptz FROM updated WHERE $8::text IS NOT NULL
+    ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at
+),
+member AS (
+    INSERT INTO horace_collection_members (collection, file_id, added_at)
+    SELECT $8::text, u.id, $2::timestamptz FROM updated u WHERE $8::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
+SELECT * FROM updated
+"""
+
+_MOVE_FILE = f"""
+UPDATE horace_files f SET file_path = $2::text, updated_at = $3::timestamptz
+WHERE f.id = $1::uuid
+RETURNING {F_F}
+"""
+
+_FIND_DUPLICATES = f"""
+WITH sums AS (
+    SELECT checksum, max(size) AS size FROM horace_files WHERE status <> 'deleted'
+    GROUP BY checksum HAVING count(*) > 1
+    ORDER BY max(size) DESC, checksum COLLATE "C" LIMIT $1::bigint
+)
+SELECT s.checksum AS g_checksum, s.size AS g_size, {F_F}
+FROM sums s JOIN horace_files f ON f.checksum = s.checksum AND f.status <> 'deleted'
+ORDER BY s.size DESC, s.checksum COLLATE "C", f.created_at, f.id
+"""
+
+_MEMBER_COUNT = "(SELECT count(*) FROM horace_collection_members x WHERE x.collection = c.name)"
+_COLLECTION_SELECT = (
+    f"SELECT {_cols(_COLLECTION_COLUMNS, 'c')}, {_MEMBER_COUNT} AS member_count "
+    "FROM horace_collections c"
+)
+_UPSERT_COLLECTION = f"""
+WITH c AS (
+    INSERT INTO horace_collections AS h (name, description, metadata, created_at, updated_at)
+    VALUES ($1::text, $2::text, coalesce($3::jsonb, '{{}}'::jsonb), $4::timestamptz,
+            $4::timestamptz)
+    ON CONFLICT (name) DO UPDATE SET
+        description = coalesce(excluded.description, h.description),
+        metadata = CASE WHEN $3::jsonb IS NOT NULL THEN excluded.metadata ELSE h.metadata END,
+        updated_at = excluded.updated_at
+    RETURNING {", ".join(_COLLECTION_COLUMNS)}
+),
+added AS (
+    INSERT INTO horace_collection_members (collection, file_id, added_at)
+    SELECT $1::text, f.id, $4::timestamptz FROM horace_files f WHERE f.id = ANY ($5::uuid[])
+    ON CONFLICT DO NOTHING
+    RETURNING file_id
+)
+SELECT c.*, {_MEMBER_COUNT} + (SELECT count(*) FROM added) AS member_count FROM c
+"""
+_LIST_COLLECTIONS = f"""
+SELECT t.total, page.* FROM (SELECT count(*) AS total FROM horace_collections) t
+LEFT JOIN ({_COLLECTION_SELECT} ORDER BY c.name COLLATE "C"
+           LIMIT $1::bigint OFFSET $2::bigint) page ON true
+ORDER BY page.name COLLATE "C"
+"""
+_GET_COLLECTION = f"""
+WITH c AS ({_COLLECTION_SELECT} WHERE c.name = $1::text)
+SELECT {_cols((*_COLLECTION_COLUMNS, "member_count"), "c", "c_")}, page.*
+FROM c LEFT JOIN LATERAL (
+    SELECT m.added_at AS m_added_at, {F_F}
+    FROM horace_collection_members m JOIN horace_files f ON f.id = m.file_id
+    WHERE m.collection = c.name
+    ORDER BY m.added_at, f.id LIMIT $2::bigint OFFSET $3::bigint
+) page ON true
+ORDER BY page.m_added_at, page.id
+"""
+_ADD_MEMBERS = f"""
+WITH c AS (
+    UPDATE horace_collections SET updated_at = $2::timestamptz WHERE name = $1::text
+    RETURNING {", ".join(_COLLECTION_COLUMNS)}
+),
+added AS (
+    INSERT INTO horace_collection_members (collection, file_id, added_at)
+    SELECT c.name, f.id, $2::timestamptz FROM c JOIN horace_files f ON f.id = ANY ($3::uuid[])
+    ON CONFLICT DO NOTHING
+    RETURNING file_id
+)
+SELECT c.*, {_MEMBER_COUNT} + (SELECT count(*) FROM added) AS member_count FROM c
+"""
+_REMOVE_MEMBERS = f"""
+WITH c AS (
+    UPDATE horace_collections SET updated_at = $2::timestamptz WHERE name = $1::text
+    RETURNING {", ".join(_COLLECTION_COLUMNS)}
+),
+removed AS (
+    DELETE FROM horace_collection_members x USING c
+    WHERE x.collection = c.name AND x.file_id = ANY ($3::uuid[])
+    RETURNING x.file_id
+)
+SELECT c.*, {_MEMBER_COUNT} - (SELECT count(*) FROM removed) AS member_count FROM c
+"""
+_DELETE_COLLECTION = "DELETE FROM horace_collections WHERE name = $1::text RETURNING 1"
+_PRESENT_IDS = "SELECT id FROM horace_files WHERE id = ANY ($1::uuid[])"
+_UNREFERENCED = (
+    "SELECT s FROM unnest($1::text[]) s "
+    "WHERE NOT EXISTS (SELECT 1 FROM horace_versions v WHERE v.checksum = s)"
+)
+_ALL_FILES = f"SELECT {F} FROM horace_files"
+_ALL_VERSIONS = f"SELECT {V} FROM horace_versions"
+_REPAIR_CURRENT = f"""
+WITH repaired AS (
+    UPDATE horace_files f SET (current_version, checksum, size) = (
+        SELECT v.version, v.checksum, v.size FROM horace_versions v
+        WHERE v.file_id = f.id ORDER BY v.version DESC LIMIT 1)
+    WHERE f.id = $1::uuid AND EXISTS (SELECT 1 FROM horace_versions v WHERE v.file_id = f.id)
+    RETURNING {F_F}
+)
+SELECT * FROM repaired
+UNION ALL
+SELECT {F} FROM horace_files WHERE id = $1::uuid AND NOT EXISTS (SELECT 1 FROM repaired)
+"""
+_DELETE_VERSION = "DELETE FROM horace_versions WHERE file_id = $1::uuid AND version = $2::integer"
+_PURGE_DELETED = """
+WITH gone AS (
+    DELETE FROM horace_files WHERE status = 'deleted' AND deleted_at < $1::timestamptz
+    RETURNING id
+),
+sums AS (  -- the versions of the purged files are still visible to this statement
+    SELECT DISTINCT v.checksum FROM horace_versions v JOIN gone g ON g.id = v.file_id
+)
+SELECT (SELECT count(*) FROM gone) AS purged,
+    ARRAY(
+        SELECT s.checksum FROM sums s
+        WHERE NOT EXISTS (
+            SELECT 1 FROM horace_versions o
+            WHERE o.checksum = s.checksum AND o.file_id NOT IN (SELECT id FROM gone)
+        )
+    ) AS orphans
+"""
+_INSERT_TURNS = """
+WITH input AS (
+    SELECT t.*, min(t.ord) OVER (PARTITION BY t.conversation_id, t.turn_number) AS first_ord
+    FROM unnest(
+        $1::uuid[], $2::integer[], $3::text[], $4::text[], $5::text[], $6::integer[],
+        $7::integer[], $8::double precision[], $9::text[], $10::timestamptz[]
+    ) WITH ORDINALITY AS t(conversation_id, turn_number, role, content, model, input_tokens,
+                           output_tokens, timing_ms, metadata, created_at, ord)
+),
+inserted AS (
+    INSERT INTO conversations (conversation_id, turn_number, role, content, model,
+                               input_tokens, output_tokens, timing_ms, metadata, created_at)
+    SELECT conversation_id, turn_number, role, content, model, input_tokens, output_tokens,
+           timing_ms, metadata::jsonb, created_at
+    FROM input ORDER BY ord
+    ON CONFLICT (conversation_id, turn_number) DO NOTHING
+    RETURNING conversation_id, turn_number
+),
+outcome AS (
+    SELECT i.*, EXISTS (
+        SELECT 1 FROM inserted n
+        WHERE n.conversation_id = i.conversation_id AND n.turn_number = i.turn_number
+    ) AS key_inserted  -- by the first turn of the batch with this key
+    FROM input i
+)
+SELECT o.ord FROM outcome o
+WHERE NOT (o.key_inserted AND o.ord = o.first_ord)
+  AND NOT EXISTS (  -- stored before, with the same content: a retried delivery
+      SELECT 1 FROM conversations c
+      WHERE c.conversation_id = o.conversation_id AND c.turn_number = o.turn_number
+        AND c.role = o.role AND c.content = o.content)
+  AND NOT (o.key_inserted AND EXISTS (  -- the same content earlier in this batch
+      SELECT 1 FROM input f
+      WHERE f.ord = o.first_ord AND f.role = o.role AND f.content = o.content))
+ORDER BY o.ord
+"""
+
+
+async def _fetchrow(conn: Conn, sql: str, *args: Any) -> Row | None:
+    return await conn.fetchrow(sql, *args)
+
+
+async def _fetch(conn: Conn, sql: str, *args: Any) -> list[Row]:
+    return list(await conn.fetch(sql, *args))
+
+
+async def _execute(conn: Conn, sql: str, *args: Any) -> str:
+    return str(await conn.execute(sql, *args))
+
+
+async def _add_version(conn: Conn, *args: Any) -> Row | None:
+    # Writers of one file hold its lock, so the number max+1 is normally free. Without the
+    # lock, two writers can pick the same number from their snapshots: the second one
+    # then waits for the first to commit, fails on the key, and simply goes again with a
+    # fresh snapshot, as the serialized SQLite writer would have.
+    for attempt in itertools.count(1):
+        try:
+            return await conn.fetchrow(_ADD_VERSION, *args)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "horace_versions_pkey" or attempt >= 10:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _move_file(conn: Conn, *args: Any) -> Row | None:
+    try:
+        return await conn.fetchrow(_MOVE_FILE, *args)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "horace_files_file_path_key":
+            raise
+        return None  # the new path is catalogued already
+
+
+async def _migrate(conn: Conn) -> int:
+    async with conn.transaction():
+        # Several instances starting together queue here; the lock ends with the transaction.
+        await conn.execute(
+            f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK[0]}, {MIGRATION_LOCK[1]}); "
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+        )
+        current: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        for step in migrations.pending("postgres", current):
+            await conn.execute(step.sql)  # no arguments: a multi-statement simple query
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step.version)
+            current = step.version
+    return current
+
+
+# -- connection sources --------------------------------------------------------------------
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, DNS, connect timeout (TimeoutError)
+    asyncpg.exceptions.PostgresConnectionError,  # class 08, ConnectionDoesNotExistError
+    asyncpg.exceptions.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    # The pool or the connection is closed (or closing); other interface errors are bugs.
+    return isinstance(exc, asyncpg.exceptions.InterfaceError) and "clos" in str(exc)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (in the authority or as a query parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        "password=***" if piece.partition("=")[0] == "password" else piece
+        for piece in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class _Hop:
+    """Runs asyncio-flavoured coroutines on the trio-asyncio loop, mapping lost
+    connections to :class:`BackendUnavailable`."""
+
+    def __init__(self, loop: Any, url: str) -> None:
+        self.loop = loop
+        self.where = _redact(url)
+
+    async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args, **kwargs)
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise BackendUnavailable(
+                    f"PostgreSQL at {self.where} is unavailable: {str(exc) or type(exc).__name__}"
+                ) from exc
+            raise
+        return result
+
+
+class _PoolSource:
+    """A pool connection for each unit."""
+
+    def __init__(self, pool: Any, hop: _Hop) -> None:
+        self._pool = pool
+        self._hop = hop
+
+    async def run(
+        self, fn: Callable[Concatenate[Conn, P], Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        pool = self._pool
+
+        async def in_pool() -> T:
+            async with pool.acquire() as conn:
+                return await fn(conn, *args, **kwargs)
+
+        return await self._hop(in_pool)
+
+
+class _HeldSource:
+    """The one connection that holds an advisory lock; units on it run one at a time."""
+
+    def __init__(self, conn: Conn, hop: _Hop) -> None:
+        self._conn = conn
+        self._hop = hop
+        self._turn = trio.Lock()
+        self.open = True
+
+    async def run(
+        self, fn: Callable[Concatenate[Conn, P], Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        async with self._turn:
+            if not self.open:
+                raise RuntimeError("the exclusive() block has ended; its units are closed")
+            return await self._hop(fn, self._conn, *args, **kwargs)
+
+
+_Source = _PoolSource | _HeldSource
+
+
+# -- the units ------------------------------------------------------------------------------
+
+
+class _Units:
+    """Every unit of work, written once over a connection source."""
+
+    def __init__(self, source: _Source) -> None:
+        self._source = source
+
+    # reading one file
+
+    async def file_by_id(self, file_id: str) -> FileRecord | None:
+        fid = _uuid(file_id)
+        if fid is None:
+            return None
+        row = await self._source.run(_fetchrow, _FILE_BY_ID, fid)
+        return _file(row) if row else None
+
+    async def file_by_path(self, file_path: str) -> FileRecord | None:
+        row = await self._source.run(_fetchrow, _FILE_BY_PATH, file_path)
+        return _file(row) if row else None
+
+    async def file_by_checksum(self, checksum: str) -> FileRecord | None:
+        row = await self._source.run(_fetchrow, _FILE_BY_CHECKSUM, checksum)
+        return _file(row) if row else None
+
+    async def versions(self, file_id: str) -> list[VersionRecord]:
+        fid = _uuid(file_id)
+        if fid is None:
+            return []
+        return [_version(r) for r in await self._source.run(_fetch, _VERSIONS, fid)]
+
+    async def version(self, file_id: str, version: int) -> VersionRecord | None:
+        fid = _uuid(file_id)
+        if fid is None:
+            return None
+        row = await self._source.run(_fetchrow, _VERSION, fid, version)
+        return _version(row) if row else None
+
+    # writing
+
+    async def insert_files(
+        self, files: Sequence[FileRecord], collection: str | None = None
+    ) -> list[FileRecord]:
+        if not files:
+            return []
+        paths = [f.file_path for f in files]
+        sums = [f.checksum for f in files]
+        repeats_both = len(set(paths)) < len(paths) and len(set(sums)) < len(sums)
+        rows = await self._source.run(
+            _fetch,
+            _INSERT_WALK if repeats_both else _INSERT_SIMPLE,
+            [uuid.UUID(f.id) for f in files],
+            paths,
+            [f.owner for f in files],
+            [f.purpose for f in files],
+            [json.dumps(list(f.tags)) for f in files],
+            [f.size for f in files],
+            [f.mime_type for f in files],
+            sums,
+            [f.status.value for f in files],
+            [f.correlation_id for f in files],
+            [f.created_at for f in files],
+            [f.updated_at for f in files],
+            [json.dumps(dict(f.metadata)) for f in files],
+            collection or None,
+        )
+        return [files[row["ord"] - 1] for row in rows]
+
+    async def add_version(
+        self,
+        file_id: str,
+        new: NewVersion,
+        at: datetime,
+        correlation_id: str | None,
+        retention: Retention,
+        status: str | None = None,
+    ) -> tuple[FileRecord, VersionRecord, list[str]]:
+        fid = _uuid(file_id)
+        row = None
+        if fid is not None:
+            cutoff = datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC)
+            row = await self._source.run(
+                _add_version,
+                fid,
+                new.checksum,
+                new.size,
+                at,
+                new.restored_from_version,
+                correlation_id,
+                new.mime_type,
+                None if status is None else str(status),
+                retention.keep,
+                cutoff,
+            )
+        if row is None:
+            raise LookupError(f"add_version: no catalogued file {file_id!r}")
+        return _file(row), _version(row, "v_"), sorted(set(row["orphans"]))
+
+    async def update_file(
+        self, file_id: str, changes: FileChanges, at: datetime
+    ) -> FileRecord | None:
+        fid = _uuid(file_id)
+        if fid is None:
+            return None
+        row = await self._source.run(
+            _fetchrow,
+            _UPDATE_FILE,
+            fid,
+            at,
+            changes.owner,
+            changes.purpose,
+            None if changes.tags is None else list(changes.tags),
+            None if changes.status is None else changes.status.value,
+            None if changes.custom is None else dict(changes.custom),
+            changes.collection or None,
+        )
+        return _file(row) if row else None
+
+    async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
+        fid = _uuid(file_id)
+        if fid is None:
+            return None
+        row = await self._source.run(_move_file, fid, new_path, at)
+        return _file(row) if row else None
+
+    # searching
+
+    async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
+        sql, params = _search_sql(query)
+        rows = await self._source.run(_fetch, sql, *params)
+        total = rows[0]["total"] if rows else 0
+        return total, [_file(r) for r in rows if r["id"] is not None]
+
+    async def find_duplicates(self, limit: int) -> list[DuplicateGroup]:
+        rows = await self._source.run(_fetch, _FIND_DUPLICATES, limit)
+        groups: dict[str, tuple[int, list[FileRecord]]] = {}
+        for row in rows:
+            groups.setdefault(row["g_checksum"], (row["g_size"], []))[1].append(_file(row))
+        return [DuplicateGroup(c, size, tuple(fs)) for c, (size, fs) in groups.items()]
+
+    # collections
+
+    async def upsert_collection(
+        self,
+        name: str,
+        description: str | None,
+        metadata: Mapping[str, Any] | None,
+        file_ids: Sequence[str],
+        at: datetime,
+    ) -> Collection:
+        row = await self._source.run(
+            _fetchrow,
+            _UPSERT_COLLECTION,
+            name,
+            description,
+            None if metadata is None else dict(metadata),
+            at,
+            _uuids(file_ids),
+        )
+        assert row is not None
+        return _collection(row)
+
+    async def list_collections(self, limit: int, offset: int) -> tuple[int, list[Collection]]:
+        rows = await self._source.run(_fetch, _LIST_COLLECTIONS, limit, offset)
+        total = rows[0]["total"] if rows else 0
+        return total, [_collection(r) for r in rows if r["name"] is not None]
+
+    async def get_collection(
+        self, name: str, limit: int, offset: int
+    ) -> tuple[Collection, list[FileRecord]] | None:
+        rows = await self._source.run(_fetch, _GET_COLLECTION, name, limit, offset)
+        if not rows:
+            return None
+        return _collection(rows[0], "c_"), [_file(r) for r in rows if r["id"] is not None]
+
+    async def add_members(
+        self, name: str, file_ids: Sequence[str], at: datetime
+    ) -> Collection | None:
+        row = await self._source.run(_fetchrow, _ADD_MEMBERS, name, at, _uuids(file_ids))
+        return _collection(row) if row else None
+
+    async def remove_members(
+        self, name: str, file_ids: Sequence[str], at: datetime
+    ) -> Collection | None:
+        row = await self._source.run(_fetchrow, _REMOVE_MEMBERS, name, at, _uuids(file_ids))
+        return _collection(row) if row else None
+
+    async def delete_collection(self, name: str) -> bool:
+        return await self._source.run(_fetchrow, _DELETE_COLLECTION, name) is not None
+
+    async def missing_file_ids(self, file_ids: Sequence[str]) -> list[str]:
+        valid = _uuids(file_ids)
+        found: set[str] = set()
+        if valid:
+            found = {str(r["id"]) for r in await self._source.run(_fetch, _PRESENT_IDS, valid)}
+        return [fid for fid in file_ids if fid not in found]
+
+    # maintenance
+
+    async def unreferenced(self, checksums: Sequence[str]) -> list[str]:
+        unique = sorted(set(checksums))
+        if not unique:
+            return []
+        rows = await self._source.run(_fetch, _UNREFERENCED, unique)
+        return sorted(r[0] for r in rows)
+
+    async def all_files(self) -> list[FileRecord]:
+        return [_file(r) for r in await self._source.run(_fetch, _ALL_FILES)]
+
+    async def all_versions(self) -> list[VersionRecord]:
+        return [_version(r) for r in await self._source.run(_fetch, _ALL_VERSIONS)]
+
+    async def repair_current(self, file_id: str) -> FileRecord | None:
+        fid = _uuid(file_id)
+        if fid is None:
+            return None
+        row = await self._source.run(_fetchrow, _REPAIR_CURRENT, fid)
+        return _file(row) if row else None
+
+    async def delete_version(self, file_id: str, version: int) -> None:
+        fid = _uuid(file_id)
+        if fid is not None:
+            await self._source.run(_execute, _DELETE_VERSION, fid, version)
+
+    async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
+        row = await self._source.run(_fetchrow, _PURGE_DELETED, deleted_before)
+        assert row is not None
+        return row["purged"], sorted(row["orphans"])
+
+    # conversations
+
+    async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:
+        """As SQLite; a turn whose conversation_id is not a UUID cannot be stored in this
+        schema, and is returned (reported) with the conflicting ones."""
+        ids = [_any_uuid(t.conversation_id) for t in turns]
+        good = [i for i, cid in enumerate(ids) if cid is not None]
+        refused = {i for i, cid in enumerate(ids) if cid is None}
+        if good:
+            stored = [turns[i] for i in good]
+            rows = await self._source.run(
+                _fetch,
+                _INSERT_TURNS,
+                [ids[i] for i in good],
+                [t.turn_number for t in stored],
+                [t.role for t in stored],
+                [t.content for t in stored],
+                [t.model for t in stored],
+                [t.input_tokens for t in stored],
+                [t.output_tokens for t in stored],
+                [t.timing_ms for t in stored],
+                [json.dumps(dict(t.metadata), sort_keys=True) for t in stored],
+                [t.created_at for t in stored],
+            )
+            refused.update(good[row["ord"] - 1] for row in rows)
+        return [turns[i] for i in sorted(refused)]
+
+
+# -- the backend ---------------------------------------------------------------------------
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock($1::bigint)"
+_UNLOCK = "SELECT pg_advisory_unlock($1::bigint)"
+
+
+async def _acquire_and_try(pool: Any, key: int) -> tuple[Conn, bool]:
+    conn = await pool.acquire()
+    try:
+        got = bool(await conn.fetchval(_TRY_LOCK, key))
+    except BaseException:
+        await _give_back(pool, conn, key, None)  # the try may have been granted
+        raise
+    return conn, got
+
+
+async def _try_lock(conn: Conn, key: int) -> bool:
+    return bool(await conn.fetchval(_TRY_LOCK, key))
+
+
+async def _give_back(pool: Any, conn: Conn, key: int, locked: bool | None) -> None:
+    """Release the lock (``locked``; ``None``: unknown, after an interrupted try) and
+    return the connection to the pool.
+
+    A statement interrupted by cancellation is cancelled on the server by asyncpg, and
+    the next statement waits for that; so the unlock normally works. If it does not (the
+    connection is gone, or it takes too long), the session is ended instead, which ends
+    its locks too, and never goes back to the pool holding one.
+    """
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            if locked is None:
+                await conn.execute("SELECT pg_advisory_unlock_all()")
+            elif locked:
+                await conn.execute(_UNLOCK, key)
+    except BaseException:
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+async def _no_reset(conn: Conn) -> None:
+    """The pool's release hook. asyncpg rolls back an open transaction before calling it;
+    the default hook would add a round trip to every unit (advisory unlock-all, CLOSE
+    ALL, UNLISTEN, RESET ALL) for session state these units never leave behind: the only
+    session lock, exclusive()'s, is released (or its session ended) by _give_back()."""
+
+
+async def _init_connection(conn: Conn) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+
+
+async def _create_pool(url: str, min_size: int, max_size: int, connect_timeout: float) -> Any:
+    return await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout,
+        init=_init_connection,
+        reset=_no_reset,
+    )
+
+
+class PostgresBackend(_Units):
+    def __init__(self, url: str, pool: Any, hop: _Hop, ping_timeout: float = PING_TIMEOUT) -> None:
+        super().__init__(_PoolSource(pool, hop))
+        self.url = url
+        self._pool = pool
+        self._hop = hop
+        self._ping_timeout = ping_timeout
+        self._closed = False
+
+    async def migrate(self) -> int:
+        return await self._source.run(_migrate)
+
+    async def ping(self) -> None:
+        with trio.move_on_after(self._ping_timeout):
+            await self._source.run(_fetchrow, "SELECT 1")
+            return
+        raise BackendUnavailable(
+            f"PostgreSQL at {self._hop.where} did not answer within {self._ping_timeout:g} s"
+        )
+
+    @asynccontextmanager
+    async def exclusive(self, key: int) -> AsyncIterator[Units]:
+        conn, got = await self._hop(_acquire_and_try, self._pool, key)
+        held = _HeldSource(conn, self._hop)
+        locked: bool | None = got
+        try:
+            delay = 0.001
+            while not locked:  # polling keeps the wait cancellable
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                locked = None  # until the answer is in
+                locked = await self._hop(_try_lock, conn, key)
+            yield _Units(held)
+        finally:
+            held.open = False
+            with trio.CancelScope(shield=True):
+                await self._hop(_give_back, self._pool, conn, key, locked)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    await trio_asyncio.aio_as_trio(self._pool.close, loop=self._hop.loop)()
+                    return
+                except Exception:
+                    pass
+            self._pool.terminate()
+
+
+@asynccontextmanager
+async def open_postgres(
+    url: str,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    ping_timeout: float = PING_TIMEOUT,
+) -> AsyncIterator[PostgresBackend]:
+    """A pooled PostgreSQL backend on its own trio-asyncio loop, closed on exit.
+
+    The URL goes to asyncpg as it is: query parameters it does not know (``search_path``,
+    ``application_name``, ...) become server settings of every connection.
+    """
+    # Whatever escapes the body (or our own set-up) leaves open_loop()'s nurseries wrapped
+    # in exception groups; a lone exception is given back as itself, as a backend without
+    # nurseries would raise it.
+    raised: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            try:
+                hop = _Hop(loop, url)
+                pool = await hop(
+                    _create_pool,
+                    url,
+                    min(MIN_CONNECTIONS, max_connections),
+                    max_connections,
+                    connect_timeout,
+                )
+                backend = PostgresBackend(url, pool, hop, ping_timeout)
+                try:
+                    yield backend
+                finally:
+                    await backend.aclose()
+            except BaseException as exc:
+                raised = exc
+                raise
+    except BaseExceptionGroup as group:
+        if raised is None or not _wraps_only(group, raised):
+            raise
+    else:
+        return
+    raise raised
+
+
+def _wraps_only(group: BaseExceptionGroup[Any], exc: BaseException) -> bool:
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+        if inner is exc:
+            return True
+    return False

@@ -1,0 +1,1148 @@
+"""The PostgreSQL backend's units of work, one by one, and against the SQLite reference.
+
+Needs a PostgreSQL server: ``HORACE_TEST_PG_DSN`` if set, else the local Debian cluster
+(``postgresql://root@/horace_dev?host=/var/run/postgresql``); skipped when
+``HORACE_TEST_BACKEND=sqlite``. Every test gets a schema of its own through the URL's
+``search_path``, dropped afterwards. ``PG_UNITS_SEEDS`` sets how many random op sequences
+the comparison with SQLite runs (6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import attrs
+import pytest
+import trio
+
+from backends.migrations import SchemaTooNew
+from backends.postgres import (
+    PostgresBackend,
+    _fetchrow,
+    _Glob,
+    _glob_regex,
+    _prefix_upper,
+    open_postgres,
+)
+from backends.protocol import BackendUnavailable
+from backends.sqlite import SqliteBackend, open_sqlite
+from horace.model import (
+    Collection,
+    FileChanges,
+    FileRecord,
+    NewVersion,
+    Order,
+    Retention,
+    SearchQuery,
+    SortKey,
+    Status,
+    Turn,
+)
+
+# The sqlite environments of the tox matrix have no server; the postgres ones run these.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("HORACE_TEST_BACKEND") == "sqlite", reason="PostgreSQL backend tests"
+)
+PG_DSN = os.environ.get(
+    "HORACE_TEST_PG_DSN", "postgresql://root@/horace_dev?host=/var/run/postgresql"
+)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def admin(*statements: str) -> None:
+    """Run statements on the test database outside the backend (plain asyncio)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_query(PG_DSN, search_path=schema, application_name=schema)
+    finally:
+        admin(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[PostgresBackend]:
+    async with open_postgres(pg_url) as backend:
+        assert await backend.migrate() == 1
+        yield backend
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def rec(
+    path: str,
+    checksum: str,
+    *,
+    when: float = 0,
+    size: int = 10,
+    tags: Sequence[str] = (),
+    owner: str | None = None,
+    purpose: str | None = None,
+    mime: str = "text/plain",
+    status: Status = Status.ACTIVE,
+    correlation_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    file_id: str | None = None,
+) -> FileRecord:
+    return FileRecord(
+        id=file_id or str(uuid.uuid4()),
+        file_path=path,
+        owner=owner,
+        purpose=purpose,
+        tags=tuple(tags),
+        size=size,
+        mime_type=mime,
+        checksum=checksum,
+        status=status,
+        current_version=1,
+        correlation_id=correlation_id,
+        created_at=at(when),
+        updated_at=at(when),
+        deleted_at=None,
+        metadata=metadata or {},
+    )
+
+
+def new(checksum: str, size: int = 20, mime: str = "text/plain") -> NewVersion:
+    return NewVersion(checksum=checksum, size=size, mime_type=mime)
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+async def test_migrate_is_idempotent_and_refuses_a_newer_schema(pg_url: str) -> None:
+    async with open_postgres(pg_url) as backend:
+        assert await backend.migrate() == 1
+        assert await backend.migrate() == 1
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    await trio.to_thread.run_sync(
+        admin, f"INSERT INTO {schema}.schema_version (version) VALUES (7)"
+    )
+    async with open_postgres(pg_url) as backend:
+        with pytest.raises(SchemaTooNew):
+            await backend.migrate()
+
+
+async def test_instances_starting_together_migrate_once(pg_url: str) -> None:
+    results: list[int] = []
+
+    async def start() -> None:
+        async with open_postgres(pg_url, max_connections=2) as backend:
+            results.append(await backend.migrate())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(start)
+    assert results == [1, 1, 1, 1]
+
+
+# -- inserting -------------------------------------------------------------------------------
+
+
+async def test_insert_files_skips_catalogued_paths_and_contents(db: PostgresBackend) -> None:
+    a = rec("a.txt", "x", tags=("t1", "t2"), metadata={"k": [1, 2]})
+    assert await db.insert_files([a]) == [a]
+    gone = rec("gone.txt", "dead", status=Status.DELETED)
+    assert await db.insert_files([gone]) == [gone]
+
+    batch = [
+        rec("a.txt", "fresh"),  # path catalogued
+        rec("b.txt", "x"),  # content catalogued (not deleted)
+        c := rec("c.txt", "dead"),  # content only in a deleted file: fine
+        d := rec("d.txt", "y"),
+        rec("e.txt", "y"),  # same content as d, earlier in the batch
+        rec("d.txt", "z"),  # same path as d, earlier in the batch
+        f := rec("f.txt", "z"),  # z is free again: the d.txt/z row was skipped
+    ]
+    inserted = await db.insert_files(batch, collection="new")
+    assert inserted == [c, d, f]
+    assert all(x is y for x, y in zip(inserted, [c, d, f], strict=True))
+
+    stored = await db.file_by_id(a.id)
+    assert stored == a
+    assert stored is not None and stored.metadata == {"k": [1, 2]}
+    for r in (c, d, f):
+        (v1,) = await db.versions(r.id)
+        assert (v1.version, v1.checksum, v1.size, v1.created_at) == (1, r.checksum, 10, T0)
+    found = await db.get_collection("new", 10, 0)
+    assert found is not None
+    coll, members = found
+    assert coll.member_count == 3 and coll.created_at == T0
+    assert {m.id for m in members} == {c.id, d.id, f.id}
+    assert await db.insert_files([]) == []
+
+
+async def test_insert_files_batch_with_only_repeated_checksums(db: PostgresBackend) -> None:
+    batch = [
+        rec(f"p{i}.bin", f"c{i % 3}", status=Status.DELETED if i == 0 else Status.ACTIVE)
+        for i in range(9)
+    ]
+    # p0 (deleted, c0) does not block c0; p3 (c0) does, then p1, p2 for c1, c2.
+    inserted = await db.insert_files(batch)
+    assert [r.file_path for r in inserted] == ["p0.bin", "p1.bin", "p2.bin", "p3.bin"]
+
+
+async def test_insert_files_large_batch(db: PostgresBackend) -> None:
+    batch = [rec(f"bulk/{i:04}.dat", f"sum{i}", tags=(f"t{i % 7}",)) for i in range(600)]
+    assert len(await db.insert_files(batch)) == 600
+    total, _ = await db.search(SearchQuery(tags=("t3",), limit=1))
+    assert total == len([i for i in range(600) if i % 7 == 3])
+
+
+# -- versions --------------------------------------------------------------------------------
+
+
+async def test_add_version_numbers_prunes_and_reports_orphans(db: PostgresBackend) -> None:
+    f = rec("doc.md", "v1")
+    other = rec("other.md", "shared")
+    await db.insert_files([f, other])
+    keep2 = Retention(keep=2)
+
+    rec2, v2, orphans = await db.add_version(f.id, new("shared"), at(10), "c2", keep2)
+    assert (v2.version, v2.checksum, v2.size, v2.correlation_id) == (2, "shared", 20, "c2")
+    assert (rec2.current_version, rec2.checksum, rec2.size, rec2.updated_at) == (
+        2,
+        "shared",
+        20,
+        at(10),
+    )
+    assert rec2.created_at == T0 and orphans == []
+
+    # v3 prunes v1 (checksum v1: nobody else has it)
+    _, v3, orphans = await db.add_version(f.id, new("v3"), at(20), None, keep2)
+    assert v3.version == 3 and orphans == ["v1"]
+    # v4 prunes v2 ("shared": other.md still refers to it)
+    _, _, orphans = await db.add_version(f.id, new("v3"), at(30), None, keep2)
+    assert orphans == []
+    # v5 = v3's content again: pruning v3 leaves "v3" referenced by v4 and v5
+    _, _, orphans = await db.add_version(f.id, new("v3"), at(40), None, keep2)
+    assert orphans == []
+    # v6 with new content prunes v4 ("v3", still in v5)
+    _, v6, orphans = await db.add_version(f.id, new("v6"), at(50), None, keep2)
+    assert orphans == [] and v6.version == 6
+    assert [v.version for v in await db.versions(f.id)] == [6, 5]
+    # v7 prunes v5: "v3" has no row any more
+    _, _, orphans = await db.add_version(f.id, new("v6"), at(60), None, keep2)
+    assert orphans == ["v3"]
+    # pruning a version whose checksum the new version brings back is no orphan
+    _, _, orphans = await db.add_version(f.id, new("v6"), at(70), None, keep2)
+    assert orphans == [] and [v.version for v in await db.versions(f.id)] == [8, 7]
+    assert (await db.version(f.id, 7)) is not None
+    assert (await db.version(f.id, 6)) is None
+
+
+async def test_add_version_respects_min_age_and_sets_status(db: PostgresBackend) -> None:
+    f = rec("x.txt", "a")
+    await db.insert_files([f])
+    young = Retention(keep=1, min_age_seconds=100)
+    await db.add_version(f.id, new("b"), at(50), None, young)
+    _, _, orphans = await db.add_version(f.id, new("c"), at(90), None, young)
+    # v1 (T0) is 90 s old: kept; v2 (50) too
+    assert orphans == [] and [v.version for v in await db.versions(f.id)] == [3, 2, 1]
+    record, _, orphans = await db.add_version(f.id, new("d"), at(150), None, young, "archived")
+    # cutoff 50: v1 and v2 (created exactly at the cutoff) go, v3 stays (too young)
+    assert sorted(orphans) == ["a", "b"]
+    assert [v.version for v in await db.versions(f.id)] == [4, 3]
+    assert record.status is Status.ARCHIVED and record.mime_type == "text/plain"
+
+    with pytest.raises(LookupError):
+        await db.add_version(str(uuid.uuid4()), new("e"), at(200), None, young)
+    with pytest.raises(LookupError):
+        await db.add_version("not-a-uuid", new("e"), at(200), None, young)
+
+
+# -- updating --------------------------------------------------------------------------------
+
+
+async def test_update_file(db: PostgresBackend) -> None:
+    f = rec("u.txt", "a", tags=("old",), owner="o", purpose="p", metadata={"a": 1, "b": 2})
+    await db.insert_files([f])
+
+    r = await db.update_file(
+        f.id, FileChanges(tags=("n1", "n2"), custom={"b": 3, "c": {"d": 4}}), at(1)
+    )
+    assert r is not None
+    assert r.tags == ("n1", "n2") and r.metadata == {"a": 1, "b": 3, "c": {"d": 4}}
+    assert (r.owner, r.purpose, r.updated_at, r.status) == ("o", "p", at(1), Status.ACTIVE)
+
+    r = await db.update_file(f.id, FileChanges(status=Status.DELETED, owner="x"), at(2))
+    assert r is not None and r.status is Status.DELETED and r.deleted_at == at(2) and r.owner == "x"
+    r = await db.update_file(f.id, FileChanges(status=Status.DELETED), at(3))
+    assert r is not None and r.deleted_at == at(2)  # unchanged status keeps deleted_at
+    r = await db.update_file(f.id, FileChanges(status=Status.ACTIVE, tags=()), at(4))
+    assert r is not None and r.deleted_at is None and r.tags == ()
+    assert r.metadata == {"a": 1, "b": 3, "c": {"d": 4}}
+
+    r = await db.update_file(f.id, FileChanges(collection="c1"), at(5))
+    assert r is not None
+    r = await db.update_file(f.id, FileChanges(collection="c1"), at(6))  # already a member
+    found = await db.get_collection("c1", 10, 0)
+    assert found is not None
+    coll, members = found
+    assert (coll.created_at, coll.updated_at, coll.member_count) == (at(5), at(6), 1)
+    assert [m.id for m in members] == [f.id]
+
+    assert await db.update_file(str(uuid.uuid4()), FileChanges(owner="x"), at(7)) is None
+    assert await db.update_file("not-a-uuid", FileChanges(owner="x"), at(7)) is None
+    assert await db.update_file(f.id.upper(), FileChanges(owner="x"), at(7)) is None
+
+
+async def test_move_file(db: PostgresBackend) -> None:
+    f, g = rec("old/name.txt", "a"), rec("taken.txt", "b")
+    await db.insert_files([f, g])
+    moved = await db.move_file(f.id, "new/name.txt", at(5))
+    assert moved is not None and moved.file_path == "new/name.txt" and moved.updated_at == at(5)
+    assert await db.file_by_path("old/name.txt") is None
+    assert await db.move_file(f.id, "taken.txt", at(6)) is None
+    assert await db.move_file(str(uuid.uuid4()), "free.txt", at(6)) is None
+    assert await db.move_file("nope", "free.txt", at(6)) is None
+    same = await db.move_file(f.id, "new/name.txt", at(7))
+    assert same is not None and same.updated_at == at(7)
+
+
+async def test_malformed_ids_are_not_found(db: PostgresBackend) -> None:
+    f = rec("m.txt", "a")
+    await db.insert_files([f])
+    for bad in ("not-a-uuid", "", f.id.upper(), f.id.replace("-", "")):
+        assert await db.file_by_id(bad) is None
+        assert await db.versions(bad) == []
+        assert await db.version(bad, 1) is None
+        assert await db.repair_current(bad) is None
+        await db.delete_version(bad, 1)
+    assert await db.missing_file_ids(["not-a-uuid", f.id, f.id.upper(), f.id]) == [
+        "not-a-uuid",
+        f.id.upper(),
+    ]
+    c = await db.upsert_collection("c", None, None, ["nope", f.id], at(1))
+    assert c.member_count == 1
+    c2 = await db.remove_members("c", ["nope"], at(2))
+    assert c2 is not None and c2.member_count == 1
+
+
+# -- searching -------------------------------------------------------------------------------
+
+
+async def seed_search(db: PostgresBackend) -> dict[str, FileRecord]:
+    files = {
+        "a": rec(
+            "gates/report.md",
+            "s1",
+            when=1,
+            size=100,
+            tags=("red", "blue"),
+            owner="gates",
+            purpose="Quarterly REPORT",
+            mime="text/markdown",
+            correlation_id="k1",
+        ),
+        "b": rec(
+            "gates/data_1.csv",
+            "s2",
+            when=2,
+            size=5000,
+            tags=("red",),
+            owner="gates",
+            purpose="raw 100% data",
+            mime="text/csv",
+        ),
+        "c": rec(
+            "playfair/chart.PNG",
+            "s3",
+            when=3,
+            size=300,
+            tags=("green",),
+            owner="playfair",
+            mime="image/png",
+        ),
+        "d": rec(
+            "playfair/chart2.png",
+            "s4",
+            when=4,
+            size=300,
+            tags=("blue",),
+            owner="playfair",
+            mime="image/png",
+        ),
+        "e": rec("user/notes [draft].txt", "s5", when=5, size=1, owner="user"),
+        "f": rec("user/Ärger.txt", "s6", when=6, size=2, owner="user", purpose="ärger"),
+        "g": rec("user/old.txt", "s7", when=7, size=3, owner="user"),
+    }
+    await db.insert_files(list(files.values()))
+    await db.update_file(files["g"].id, FileChanges(status=Status.DELETED), at(8))
+    await db.update_file(files["d"].id, FileChanges(status=Status.ARCHIVED), at(9))
+    await db.upsert_collection("charts", None, None, [files["c"].id, files["d"].id], at(10))
+    return files
+
+
+def keys(files: dict[str, FileRecord], page: list[FileRecord]) -> set[str]:
+    by_id = {f.id: k for k, f in files.items()}
+    return {by_id[r.id] for r in page}
+
+
+async def test_search_filters(db: PostgresBackend) -> None:
+    files = await seed_search(db)
+    any_status = {"status": None}
+    cases: list[tuple[dict[str, Any], set[str]]] = [
+        ({}, {"a", "b", "c", "e", "f"}),
+        (any_status, set("abcdefg")),
+        ({"status": Status.DELETED}, {"g"}),
+        ({"status": Status.ARCHIVED}, {"d"}),
+        ({"tags": ("red",)}, {"a", "b"}),
+        ({"tags": ("red", "blue")}, {"a"}),
+        ({"any_tags": ("green", "blue"), **any_status}, {"a", "c", "d"}),
+        ({"owner": "playfair", **any_status}, {"c", "d"}),
+        ({"purpose": "report"}, {"a"}),
+        ({"purpose": "100%"}, {"b"}),
+        ({"purpose": "0_"}, set()),  # _ is no wildcard
+        ({"purpose": "ÄRGER"}, set()),  # ASCII case folding only, as SQLite
+        ({"purpose": "ärger"}, {"f"}),
+        ({"path": "gates/*"}, {"a", "b"}),
+        ({"path": "*.png"}, set()),  # GLOB is case-sensitive
+        ({"path": "*.png", **any_status}, {"d"}),
+        ({"path": "playfair/chart?.png", **any_status}, {"d"}),
+        ({"path": "gates/data_?.csv"}, {"b"}),
+        ({"path": "gates/data%"}, set()),  # % is no wildcard
+        ({"path": "gates/report.md"}, {"a"}),
+        ({"path": "*[[]draft]*"}, {"e"}),
+        ({"path": "playfair/chart[0-9].png", **any_status}, {"d"}),
+        ({"path": "playfair/chart[^0-9].PNG"}, set()),
+        ({"path": "playfair/chart.[P]NG"}, {"c"}),
+        ({"path": "user/[!Ä]*"}, {"f"}),  # '!' is a member, not a negation, in GLOB
+        ({"path": "user/[^n]*"}, {"f"}),
+        ({"path": "user/[a-zÄ]*", **any_status}, {"e", "f", "g"}),
+        ({"path": "user/[z-a]*"}, set()),  # "[z]"
+        ({"path": "user/[abc"}, set()),  # unclosed class matches nothing
+        ({"path": "*/*"}, {"a", "b", "c", "e", "f"}),
+        ({"collection": "charts", **any_status}, {"c", "d"}),
+        ({"collection": "nope"}, set()),
+        ({"file_type": "image/png", **any_status}, {"c", "d"}),
+        ({"file_type": "text/*"}, {"a", "b", "e", "f"}),
+        ({"file_type": "png", **any_status}, {"c", "d"}),  # extension, case-insensitive
+        ({"file_type": ".CSV"}, {"b"}),
+        ({"min_size": 300}, {"b", "c"}),
+        ({"max_size": 100}, {"a", "e", "f"}),
+        ({"min_size": 2, "max_size": 300}, {"a", "c", "f"}),
+        ({"created_after": at(3)}, {"c", "e", "f"}),
+        ({"created_before": at(3)}, {"a", "b"}),
+        ({"checksum": "s5"}, {"e"}),
+        ({"correlation_id": "k1"}, {"a"}),
+    ]
+    for filters, expected in cases:
+        total, page = await db.search(SearchQuery(limit=100, **filters))
+        assert keys(files, page) == expected, filters
+        assert total == len(expected), filters
+
+
+async def test_search_total_with_an_empty_page(db: PostgresBackend) -> None:
+    await seed_search(db)
+    assert await db.search(SearchQuery(offset=50)) == (5, [])
+    assert await db.search(SearchQuery(owner="nobody")) == (0, [])
+
+
+@pytest.mark.parametrize("sort_by", list(SortKey))
+@pytest.mark.parametrize("order", list(Order))
+async def test_search_keyset_pages(db: PostgresBackend, sort_by: SortKey, order: Order) -> None:
+    # many ties in every sort column, so that the id decides
+    batch = [rec(f"k/{i % 5}/{i:03}", f"k{i}", when=i % 4, size=i % 3) for i in range(40)]
+    await db.insert_files(batch)
+    column = {
+        SortKey.CREATED_AT: "created_at",
+        SortKey.UPDATED_AT: "updated_at",
+        SortKey.SIZE: "size",
+        SortKey.PATH: "file_path",
+    }[sort_by]
+    _, everything = await db.search(SearchQuery(limit=1000, sort_by=sort_by, order=order))
+    expected = sorted(batch, key=lambda r: (getattr(r, column), r.id), reverse=order is Order.DESC)
+    assert [r.id for r in everything] == [r.id for r in expected]
+
+    seen: list[FileRecord] = []
+    after = None
+    while True:
+        total, page = await db.search(
+            SearchQuery(limit=7, sort_by=sort_by, order=order, after=after)
+        )
+        assert total == 40
+        if not page:
+            break
+        seen.extend(page)
+        last = page[-1]
+        after = (getattr(last, column), last.id)
+    assert [r.id for r in seen] == [r.id for r in expected]
+
+    _, offset_page = await db.search(SearchQuery(limit=5, offset=10, sort_by=sort_by, order=order))
+    assert [r.id for r in offset_page] == [r.id for r in expected[10:15]]
+
+
+async def test_search_position_of_the_wrong_type(db: PostgresBackend) -> None:
+    with pytest.raises(ValueError):
+        await db.search(SearchQuery(sort_by=SortKey.SIZE, after=("big", str(uuid.uuid4()))))
+    # a malformed id in a position is a position, not an error
+    await db.search(SearchQuery(sort_by=SortKey.SIZE, after=(3, "zzz")))
+
+
+def test_glob_translation() -> None:
+    assert _Glob("a/b.txt").exact == "a/b.txt"
+    g = _Glob("a_%/*.t?t")
+    assert (g.prefix, g.like) == ("a_%/", "a\\_\\%/%.t_t")
+    assert _glob_regex("[abc") is None
+    assert _glob_regex("[z-a]") == "^[z]$"  # SQLite: the low end is still a member
+    assert _Glob("a[b").never
+
+
+async def test_glob_matches_sqlite_glob() -> None:
+    """Random patterns over an awkward alphabet: PostgreSQL (as translated) and SQLite's
+    GLOB agree on every string."""
+    rnd = random.Random(7)
+    chars = "ab-^]zé%_\\!["
+    strings = sorted({"".join(rnd.choices(chars, k=rnd.randint(0, 4))) for _ in range(150)})
+
+    def piece(ch: str) -> str:
+        other = "".join(rnd.choices(chars, k=rnd.randint(0, 2)))
+        return rnd.choice(
+            [
+                ch,
+                ch,
+                "?",
+                "*",
+                f"[{other}{ch}]",
+                f"[^{other}]",
+                f"[{ch}-{rnd.choice(chars)}]",
+                f"[{rnd.choice(chars)}-{ch}{other}]",
+                f"[{other}",
+            ]
+        )
+
+    # patterns made from the strings (so that many match) and plain random ones
+    patterns = {"".join(map(piece, rnd.choice(strings))) for _ in range(300)}
+    patterns |= {"".join(rnd.choices(chars + "*?[", k=rnd.randint(1, 6))) for _ in range(200)}
+    lite = sqlite3.connect(":memory:")
+    cases = []
+    for pattern in sorted(patterns):
+        glob = _Glob(pattern)
+        kind, param = (
+            ("never", "")
+            if glob.never
+            else ("exact", glob.exact)
+            if glob.exact is not None
+            else ("like", glob.like)
+            if glob.like is not None
+            else ("regex", glob.regex)
+        )
+        upper = _prefix_upper(glob.prefix) if glob.prefix else None
+        for text in sorted(strings):
+            want = bool(lite.execute("SELECT ? GLOB ?", (text, pattern)).fetchone()[0])
+            cases.append((pattern, text, kind, param, glob.prefix, upper, want))
+
+    async def evaluate() -> list[bool]:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            rows = await conn.fetch(
+                """
+                SELECT (s >= p OR p = '') AND (u IS NULL OR s < u) AND CASE k  -- s is "C"
+                    WHEN 'exact' THEN s = x WHEN 'like' THEN s LIKE x
+                    WHEN 'regex' THEN s ~ x ELSE false END AS hit
+                FROM (SELECT s COLLATE "C" AS s, k, x, p, u, n FROM unnest(
+                    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[]
+                ) WITH ORDINALITY AS t(s, k, x, p, u, n)) t
+                ORDER BY n
+                """,
+                [c[1] for c in cases],
+                [c[2] for c in cases],
+                [c[3] for c in cases],
+                [c[4] for c in cases],
+                [c[5] for c in cases],
+            )
+        finally:
+            await conn.close()
+        return [r["hit"] for r in rows]
+
+    got = await trio.to_thread.run_sync(lambda: asyncio.run(evaluate()))
+    wrong = [(c[0], c[1], c[6]) for c, hit in zip(cases, got, strict=True) if hit != c[6]]
+    assert not wrong, wrong[:20]
+    assert sum(got) > 1000  # the patterns are not trivial
+
+
+# -- duplicates, collections, maintenance ---------------------------------------------------
+
+
+async def test_find_duplicates(db: PostgresBackend) -> None:
+    a1, a2 = rec("a1", "A", size=5), rec("a2", "A", size=5, when=1)
+    b1, b2 = rec("b1", "B", size=9), rec("b2", "B", size=9)
+    c1 = rec("c1", "C")
+    await db.insert_files([a1, c1])
+    await db.insert_files([b1])
+    # duplicates arise when content changes to match another file's
+    tmp = [rec("a2", "tmp-a2", when=1), rec("b2", "tmp-b2"), rec("d", "tmp-d")]
+    await db.insert_files(tmp)
+    await db.add_version(tmp[0].id, new("A", 5), at(5), None, Retention())
+    await db.add_version(tmp[1].id, new("B", 9), at(5), None, Retention())
+    await db.add_version(tmp[2].id, new("C", 10), at(5), None, Retention())
+    await db.update_file(tmp[2].id, FileChanges(status=Status.DELETED), at(6))
+    groups = await db.find_duplicates(10)
+    assert [(g.checksum, g.size) for g in groups] == [("B", 9), ("A", 5)]
+    b_ids = sorted([b1.id, tmp[1].id])  # same created_at: by id
+    assert [f.id for f in groups[0].files] == b_ids
+    assert [f.id for f in groups[1].files] == [a1.id, tmp[0].id]
+    assert [g.checksum for g in await db.find_duplicates(1)] == ["B"]
+    del a2, b2
+
+
+async def test_collections(db: PostgresBackend) -> None:
+    f1, f2, f3 = rec("1", "1", when=1), rec("2", "2", when=2), rec("3", "3", when=3)
+    await db.insert_files([f1, f2, f3])
+    c = await db.upsert_collection("b-coll", "first", {"x": 1}, [f2.id, f1.id, f2.id], at(10))
+    assert c == Collection("b-coll", "first", {"x": 1}, at(10), at(10), 2)
+    c = await db.upsert_collection("b-coll", None, None, [f3.id, f1.id], at(11))
+    assert c == Collection("b-coll", "first", {"x": 1}, at(10), at(11), 3)
+    c = await db.upsert_collection("b-coll", "second", {"y": 2}, [], at(12))
+    assert (c.description, c.metadata, c.member_count) == ("second", {"y": 2}, 3)
+    await db.upsert_collection("a-coll", None, None, [], at(13))
+    await db.upsert_collection("C-coll", None, None, [], at(13))
+
+    total, page = await db.list_collections(2, 0)
+    assert total == 3 and [x.name for x in page] == ["C-coll", "a-coll"]  # code point order
+    total, page = await db.list_collections(2, 2)
+    assert total == 3 and [(x.name, x.member_count) for x in page] == [("b-coll", 3)]
+    assert await db.list_collections(5, 10) == (3, [])
+
+    found = await db.get_collection("b-coll", 2, 0)
+    assert found is not None
+    coll, members = found
+    assert coll.member_count == 3
+    # added_at order: f2 and f1 at 10 (by id), then f3 at 11
+    first_two = sorted([f1.id, f2.id])
+    assert [m.id for m in members] == first_two
+    found = await db.get_collection("b-coll", 2, 2)
+    assert found is not None and [m.id for m in found[1]] == [f3.id]
+    found = await db.get_collection("b-coll", 2, 5)
+    assert found is not None and found[1] == [] and found[0].member_count == 3
+    assert await db.get_collection("nope", 5, 0) is None
+
+    c2 = await db.remove_members("b-coll", [f1.id, f1.id, str(uuid.uuid4())], at(20))
+    assert c2 is not None and c2.member_count == 2 and c2.updated_at == at(20)
+    c2 = await db.add_members("b-coll", [f1.id, f2.id, str(uuid.uuid4())], at(21))
+    assert c2 is not None and c2.member_count == 3 and c2.updated_at == at(21)
+    assert await db.add_members("nope", [f1.id], at(22)) is None
+    assert await db.remove_members("nope", [f1.id], at(22)) is None
+
+    assert await db.delete_collection("b-coll") is True
+    assert await db.delete_collection("b-coll") is False
+    assert await db.file_by_id(f1.id) is not None
+    assert await db.missing_file_ids([f1.id, "x"]) == ["x"]
+
+
+async def test_maintenance_units(db: PostgresBackend) -> None:
+    f, g = rec("f", "a"), rec("g", "b")
+    await db.insert_files([f, g])
+    await db.add_version(f.id, new("c"), at(1), None, Retention())
+    await db.add_version(f.id, new("d"), at(2), None, Retention())
+    assert await db.unreferenced(["a", "zz", "d", "zz", "b", "yy"]) == ["yy", "zz"]
+    assert await db.unreferenced([]) == []
+    assert {r.id for r in await db.all_files()} == {f.id, g.id}
+    assert sorted((v.file_id == f.id, v.version) for v in await db.all_versions()) == [
+        (False, 1),
+        (True, 1),
+        (True, 2),
+        (True, 3),
+    ]
+
+    await db.delete_version(f.id, 3)
+    fixed = await db.repair_current(f.id)
+    assert fixed is not None and (fixed.current_version, fixed.checksum, fixed.size) == (2, "c", 20)
+    await db.delete_version(g.id, 1)
+    same = await db.repair_current(g.id)  # no versions left: unchanged
+    assert same is not None and (same.current_version, same.checksum) == (1, "b")
+    assert await db.repair_current(str(uuid.uuid4())) is None
+
+
+async def test_purge_deleted(db: PostgresBackend) -> None:
+    old, recent, alive = rec("old", "o1"), rec("recent", "r1"), rec("alive", "shared")
+    await db.insert_files([old, recent, alive])
+    await db.add_version(old.id, new("shared"), at(1), None, Retention())
+    await db.add_version(old.id, new("o3"), at(2), None, Retention())
+    await db.upsert_collection("c", None, None, [old.id, alive.id], at(3))
+    await db.update_file(old.id, FileChanges(status=Status.DELETED), at(10))
+    await db.update_file(recent.id, FileChanges(status=Status.DELETED), at(100))
+
+    assert await db.purge_deleted(at(10)) == (0, [])  # strictly before the cutoff
+    purged, orphans = await db.purge_deleted(at(50))
+    assert (purged, orphans) == (1, ["o1", "o3"])  # "shared" is alive's too
+    assert await db.file_by_id(old.id) is None and await db.versions(old.id) == []
+    found = await db.get_collection("c", 10, 0)
+    assert found is not None and found[0].member_count == 1
+    assert await db.purge_deleted(at(1000)) == (1, ["r1"])
+
+
+async def test_add_version_without_the_lock_still_numbers_uniquely(db: PostgresBackend) -> None:
+    f = rec("busy.txt", "s0")
+    await db.insert_files([f])
+
+    async def write(i: int) -> None:
+        await db.add_version(f.id, new(f"s{i}"), at(i), None, Retention(keep=100))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(1, 16):
+            nursery.start_soon(write, i)
+    assert [v.version for v in await db.versions(f.id)] == list(range(16, 0, -1))
+    stored = await db.file_by_id(f.id)
+    assert stored is not None and stored.current_version == 16
+
+
+# -- conversations ----------------------------------------------------------------------------
+
+
+def turn(cid: str, n: int, content: str = "hi", role: str = "user") -> Turn:
+    return Turn(cid, n, role, content, "m", 1, 2, 3.5, {"k": "v"}, at(n))
+
+
+async def test_insert_turns(db: PostgresBackend) -> None:
+    c1, c2 = str(uuid.uuid4()), str(uuid.uuid4())
+    assert await db.insert_turns([turn(c1, 1), turn(c1, 2, "answer", "assistant")]) == []
+    clash = turn(c1, 2, "other answer", "assistant")
+    batch = [
+        turn(c1, 1),  # retried delivery: fine
+        clash,  # same key, other content: reported
+        turn(c2, 1, "x"),
+        turn(c2, 1, "x"),  # same content twice in one batch: fine
+        again := turn(c2, 1, "y"),  # different content after it in the batch: reported
+        bad := turn("not-a-uuid", 1),
+    ]
+    assert await db.insert_turns(batch) == [clash, again, bad]
+    assert await db.insert_turns([]) == []
+
+
+# -- the lock --------------------------------------------------------------------------------
+
+
+async def test_exclusive_excludes_and_runs_units_on_the_held_connection(pg_url: str) -> None:
+    # One connection in the pool: a unit under the lock that acquired from the pool
+    # would wait forever.
+    async with open_postgres(pg_url, max_connections=1) as one:
+        await one.migrate()
+        f = rec("locked.txt", "a")
+        with trio.fail_after(5):
+            async with one.exclusive(7) as units:
+                await units.insert_files([f])
+                assert await units.file_by_id(f.id) is not None
+                await units.add_version(f.id, new("b"), at(1), None, Retention())
+        assert (await one.file_by_id(f.id)) is not None
+
+    async with open_postgres(pg_url) as a, open_postgres(pg_url) as b:
+        log: list[str] = []
+        entered = trio.Event()
+
+        async def first() -> None:
+            async with a.exclusive(42):
+                log.append("first in")
+                entered.set()
+                await trio.sleep(0.3)
+                log.append("first out")
+
+        async def second() -> None:
+            await entered.wait()
+            async with b.exclusive(42):
+                log.append("second in")
+
+        async def other_key() -> None:
+            await entered.wait()
+            with trio.fail_after(0.2):  # a different key does not wait
+                async with b.exclusive(43):
+                    log.append("other key")
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first)
+                nursery.start_soon(second)
+                nursery.start_soon(other_key)
+        assert log == ["first in", "other key", "first out", "second in"]
+
+
+async def test_exclusive_wait_is_cancellable(pg_url: str) -> None:
+    async with (
+        open_postgres(pg_url, max_connections=2) as a,
+        open_postgres(pg_url, max_connections=2) as b,
+    ):
+        await a.migrate()
+        async with a.exclusive(5):
+            for _ in range(5):  # each cancelled wait gives its connection back
+                with trio.move_on_after(0.1) as waited:
+                    async with b.exclusive(5):
+                        pytest.fail("entered a held lock")
+                assert waited.cancelled_caught
+        with trio.fail_after(2):
+            async with b.exclusive(5) as units:
+                assert await units.file_by_path("x") is None
+
+
+async def test_exclusive_unit_cancelled_mid_statement_releases_the_lock(pg_url: str) -> None:
+    async with open_postgres(pg_url) as a, open_postgres(pg_url) as b:
+        await a.migrate()
+        with trio.move_on_after(0.3) as interrupted:
+            async with a.exclusive(9) as units:
+                held = units._source  # type: ignore[attr-defined]
+                await held.run(_fetchrow, "SELECT pg_sleep(30)")
+        assert interrupted.cancelled_caught
+        with trio.fail_after(5):
+            async with b.exclusive(9):
+                pass
+        with trio.fail_after(5):
+            async with a.exclusive(9) as units:
+                assert await units.file_by_path("nothing") is None
+        with pytest.raises(RuntimeError):
+            await units.file_by_path("nothing")  # the block is over
+
+
+async def test_exclusive_try_interrupted_mid_statement(pg_url: str) -> None:
+    # Cancel while pg_try_advisory_lock is on the wire, at many points in time: the lock
+    # must never stay behind.
+    async with open_postgres(pg_url, max_connections=3) as a, open_postgres(pg_url) as b:
+        for i in range(60):
+            with trio.move_on_after(i * 0.0001):
+                async with a.exclusive(11):
+                    await trio.lowlevel.checkpoint()
+            with trio.fail_after(5):
+                async with b.exclusive(11):
+                    pass
+
+
+# -- availability ----------------------------------------------------------------------------
+
+
+async def test_unreachable_server_is_backend_unavailable() -> None:
+    with pytest.raises(BackendUnavailable, match="unavailable"):
+        async with open_postgres(
+            "postgresql://nobody:secret@127.0.0.1:1/nothing", connect_timeout=2
+        ):
+            pass
+    try:
+        async with open_postgres("postgresql://nobody:secret@127.0.0.1:1/x", connect_timeout=2):
+            pass
+    except BackendUnavailable as exc:
+        assert "secret" not in str(exc)
+
+
+async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
+    app = dict(parse_qsl(urlsplit(pg_url).query))["application_name"]
+    kill = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE application_name = '{app}' AND pid <> pg_backend_pid()"
+    )
+    async with open_postgres(pg_url, max_connections=2) as backend:
+        await backend.migrate()
+        await backend.ping()
+        # idle connections that died are replaced by the pool unnoticed
+        await trio.to_thread.run_sync(admin, kill)
+        await trio.sleep(0.1)
+        assert await backend.file_by_path("x") is None
+        # a connection lost under a running statement is BackendUnavailable
+        async with trio.open_nursery() as nursery:
+
+            async def killer() -> None:
+                await trio.sleep(0.3)
+                await trio.to_thread.run_sync(admin, kill)
+
+            nursery.start_soon(killer)
+            with pytest.raises(BackendUnavailable, match="unavailable"):
+                await backend._source.run(_fetchrow, "SELECT pg_sleep(10)")
+        await backend.ping()  # and the pool recovers
+        await backend.aclose()
+        with pytest.raises(BackendUnavailable, match="unavailable"):
+            await backend.file_by_path("x")
+        with pytest.raises(BackendUnavailable):
+            await backend.ping()
+
+
+# -- the same answers as SQLite --------------------------------------------------------------
+
+
+class Both:
+    """Runs every unit on both backends and insists on the same answer."""
+
+    def __init__(self, pg: PostgresBackend, lite: SqliteBackend) -> None:
+        self.pg = pg
+        self.lite = lite
+
+    async def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        got, want = (
+            await self._run(self.pg, name, args, kwargs),
+            await self._run(self.lite, name, args, kwargs),
+        )
+        if isinstance(got, Exception) or isinstance(want, Exception):
+            # e.g. add_version for a purged file: LookupError / IntegrityError
+            assert isinstance(got, Exception) and isinstance(want, Exception), (got, want)
+            return None
+        if normal(got) != normal(want):
+            pytest.fail(f"{name}{args!r}:\n postgres: {normal(got)!r}\n sqlite:   {normal(want)!r}")
+        return got
+
+    @staticmethod
+    async def _run(backend: Any, name: str, args: Any, kwargs: Any) -> Any:
+        try:
+            return await getattr(backend, name)(*args, **kwargs)
+        except Exception as exc:
+            return exc
+
+
+def normal(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return {k: normal(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    if isinstance(value, list | tuple):
+        return [normal(v) for v in value]
+    return value
+
+
+@pytest.fixture
+async def both(pg_url: str, tmp_path: Path) -> AsyncIterator[Both]:
+    async with open_postgres(pg_url) as pg, open_sqlite(tmp_path / "ref.db") as lite:
+        await pg.migrate()
+        await lite.migrate()
+        yield Both(pg, lite)
+
+
+PATHS = [
+    "a.txt",
+    "A.txt",
+    "b/c.md",
+    "b/d.MD",
+    "é.txt",
+    "z_1%.bin",
+    "[x].txt",
+    "b/ä/e.png",
+    "Zed",
+    "b/c.md.bak",
+    "_",
+    "%",
+]
+SUMS = [f"sum{i}" for i in range(8)]
+TAGS = ["red", "green", "blue", "x y"]
+CONVERSATIONS = [str(uuid.UUID(int=i)) for i in range(3)]
+GLOBS = [
+    "*",
+    "b/*",
+    "*.txt",
+    "?.txt",
+    "b/?/*",
+    "[a-c]*",
+    "[^a]*",
+    "*[[]x]*",
+    "z_1%.bin",
+    "*.md",
+    "b/c.md*",
+    "é*",
+    "[é]*",
+    "*_*",
+    "%",
+    "[_]",
+    "b/[cd].*",
+    "[!a]*",
+]
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("PG_UNITS_SEEDS", "6"))))
+async def test_same_answers_as_sqlite(both: Both, seed: int) -> None:
+    rnd = random.Random(seed)
+    ids: list[str] = []
+    clock = 0.0
+
+    def tick() -> datetime:
+        nonlocal clock
+        clock += rnd.choice([0, 0, 0.5, 1, 30])  # ties on purpose
+        return at(clock)
+
+    def some_ids() -> list[str]:
+        pool = [*ids, "not-a-uuid", str(uuid.uuid4())]
+        return rnd.sample(pool, k=min(len(pool), rnd.randint(0, 4)))
+
+    for _ in range(120):
+        op = rnd.choice(
+            ["insert"] * 4
+            + ["version"] * 4
+            + ["update"] * 3
+            + ["collection", "members", "drop", "repair", "purge", "read", "move"]
+        )
+        if op == "insert" or not ids:
+            now = tick()
+            batch = [
+                attrs.evolve(
+                    rec(
+                        rnd.choice(PATHS),
+                        rnd.choice(SUMS),
+                        size=rnd.randint(0, 5),
+                        tags=rnd.sample(TAGS, rnd.randint(0, 2)),
+                        owner=rnd.choice([None, "gates", "user"]),
+                        purpose=rnd.choice([None, "Report", "50% DONE", "ärger"]),
+                        mime=rnd.choice(["text/plain", "image/png", "text/markdown"]),
+                        status=rnd.choice([Status.ACTIVE] * 4 + [Status.DELETED]),
+                        correlation_id=rnd.choice([None, "k1"]),
+                    ),
+                    created_at=now,
+                    updated_at=now,
+                )
+                for _ in range(rnd.randint(1, 6))
+            ]
+            inserted = await both("insert_files", batch, rnd.choice([None, "", "ins"]))
+            ids.extend(r.id for r in inserted)
+        elif op == "version":
+            status = rnd.choice([None, None, "active", "archived", "deleted"])
+            retention = Retention(keep=rnd.randint(1, 3), min_age_seconds=rnd.choice([0, 10]))
+            await both(
+                "add_version",
+                rnd.choice(ids),
+                new(rnd.choice(SUMS), rnd.randint(0, 5)),
+                tick(),
+                rnd.choice([None, "k2"]),
+                retention,
+                status,
+            )
+        elif op == "update":
+            changes = FileChanges(
+                owner=rnd.choice([None, "x"]),
+                purpose=rnd.choice([None, "new purpose"]),
+                tags=rnd.choice([None, (), ("red",), ("blue", "x y")]),
+                status=rnd.choice([None, *Status]),
+                collection=rnd.choice([None, "", "upd", "ins"]),
+                custom=rnd.choice([None, {}, {"a": 1}, {"a": {"b": [1, 2.5]}, "c": None}]),
+            )
+            await both("update_file", rnd.choice([*ids, "not-a-uuid"]), changes, tick())
+        elif op == "collection":
+            await both(
+                "upsert_collection",
+                rnd.choice(["ins", "upd", "other"]),
+                rnd.choice([None, "d"]),
+                rnd.choice([None, {}, {"m": 1}]),
+                some_ids(),
+                tick(),
+            )
+        elif op == "members":
+            name = rnd.choice(["ins", "upd", "other", "missing"])
+            unit = rnd.choice(["add_members", "remove_members"])
+            await both(unit, name, some_ids(), tick())
+        elif op == "move":
+            await both("move_file", rnd.choice([*ids, "not-a-uuid"]), rnd.choice(PATHS), tick())
+        elif op == "drop":
+            await both("delete_collection", rnd.choice(["ins", "upd", "other", "missing"]))
+        elif op == "repair":
+            fid = rnd.choice(ids)
+            versions = await both("versions", fid)
+            if versions:
+                await both("delete_version", fid, rnd.choice(versions).version)
+            await both("repair_current", fid)
+        elif op == "purge":
+            await both("purge_deleted", at(clock - rnd.choice([0, 10, 60])))
+        else:
+            fid = rnd.choice([*ids, "not-a-uuid"])
+            await both("file_by_id", fid)
+            await both("file_by_path", rnd.choice(PATHS))
+            await both("file_by_checksum", rnd.choice(SUMS))
+            await both("version", fid, rnd.randint(1, 4))
+            await both("missing_file_ids", some_ids())
+            await both("unreferenced", rnd.sample(SUMS, 3))
+            await both("find_duplicates", rnd.randint(1, 5))
+            await both("list_collections", rnd.randint(1, 3), rnd.randint(0, 2))
+            await both(
+                "get_collection",
+                rnd.choice(["ins", "upd", "missing"]),
+                rnd.randint(1, 3),
+                rnd.randint(0, 2),
+            )
+            turns = [
+                Turn(
+                    rnd.choice(CONVERSATIONS),
+                    rnd.randint(1, 3),
+                    rnd.choice(["user", "assistant"]),
+                    rnd.choice(["a", "b"]),
+                    None,
+                    None,
+                    None,
+                    None,
+                    {},
+                    tick(),
+                )
+                for _ in range(rnd.randint(1, 4))
+            ]
+            await both("insert_turns", turns)
+
+    by_id = attrgetter("id")
+    assert sorted(await both.pg.all_files(), key=by_id) == sorted(
+        await both.lite.all_files(), key=by_id
+    )
+    by_key = attrgetter("file_id", "version")
+    assert sorted(await both.pg.all_versions(), key=by_key) == sorted(
+        await both.lite.all_versions(), key=by_key
+    )
+
+    for _ in range(150):
+        filters: dict[str, Any] = {}
+        for name, choices in (
+            ("tags", [(), ("red",), ("red", "blue")]),
+            ("any_tags", [(), ("green", "x y")]),
+            ("owner", [None, "gates"]),
+            ("purpose", [None, "report", "%", "ÄRGER", "o"]),
+            ("path", [None, *GLOBS]),
+            ("collection", [None, "ins", "upd"]),
+            ("file_type", [None, "image/png", "text/*", "txt", "MD", ".png"]),
+            ("min_size", [None, 2]),
+            ("max_size", [None, 4]),
+            ("created_after", [None, at(clock / 3)]),
+            ("created_before", [None, at(clock / 2)]),
+            ("checksum", [None, "sum1"]),
+            ("correlation_id", [None, "k1"]),
+            ("status", [Status.ACTIVE, None, Status.DELETED, Status.ARCHIVED]),
+        ):
+            if rnd.random() < 0.25:
+                filters[name] = rnd.choice(choices)
+        sort_by, order = rnd.choice(list(SortKey)), rnd.choice(list(Order))
+        column = {
+            SortKey.CREATED_AT: "created_at",
+            SortKey.UPDATED_AT: "updated_at",
+            SortKey.SIZE: "size",
+            SortKey.PATH: "file_path",
+        }[sort_by]
+        query = SearchQuery(
+            limit=rnd.randint(1, 4),
+            offset=rnd.choice([0, 0, 1]),
+            sort_by=sort_by,
+            order=order,
+            **filters,
+        )
+        total, page = await both("search", query)
+        pages = 0
+        while page and pages < 30:
+            last = page[-1]
+            query = attrs.evolve(query, offset=0, after=(getattr(last, column), last.id))
+            _, page = await both("search", query)
+            pages += 1
+        del total
