@@ -296,7 +296,7 @@ class Catalog:
     ) -> FileInfo:
         if file_id:
             record = await self._file(file_id)
-        elif file_path:
+        elif file_path is not None:  # an empty path is an invalid path, not a missing one
             rel = self.relative(file_path)
             found = await self.backend.file_by_path(rel)
             if found is None:
@@ -510,7 +510,7 @@ class Catalog:
         self, under: str | None = None, correlation_id: str | None = None, progress: Progress | None = None
     ) -> ScanReport:
         """Register untracked files and version changed ones under files/ (or *under*)."""
-        rel_under = self.relative(under) if under else None
+        rel_under = self.relative(under) if under is not None else None  # "" is refused
         if rel_under is not None and not (self.storage.files / rel_under).is_dir():
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
         found = await in_thread(lambda: sorted(self.storage.walk_working(rel_under)))

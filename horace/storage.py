@@ -141,9 +141,12 @@ class Storage:
     @contextlib.contextmanager
     def open_working(self, rel: str) -> Iterator[int]:
         """A read-only descriptor of the regular file *rel* (never a symlink)."""
+        # O_NONBLOCK: opening a FIFO for reading would otherwise block (uncancellably, in a
+        # worker thread) until some writer opens it; it has no effect on regular files.
         try:
             with self._parent_fd(rel) as (dfd, name):
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                fd = os.open(name, flags, dir_fd=dfd)
         except FileNotFoundError:
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
         except OSError as exc:
@@ -332,22 +335,37 @@ class Storage:
     # -- walking ------------------------------------------------------------------------
 
     def walk_working(self, under: str | None = None) -> Iterator[str]:
-        """Relative paths of regular files under files/ (symlinks and temps skipped)."""
-        start = self.files / under if under else self.files
-        stack = [start]
-        while stack:
-            folder = stack.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except (FileNotFoundError, NotADirectoryError):
+        """Relative paths of regular files under files/ (symlinks and temps skipped).
+
+        Folders are opened like working files, one component at a time with O_NOFOLLOW,
+        so a folder swapped for a symlink (*under* itself included) is never entered.
+        """
+        try:
+            with self._parent_fd(f"{under}/." if under else ".") as (fd, _):
+                yield from self._walk_fd(fd, f"{under}/" if under else "")
+        except (FileNotFoundError, NotADirectoryError):
+            return
+
+    def _walk_fd(self, fd: int, prefix: str) -> Iterator[str]:
+        with os.scandir(fd) as listing:
+            entries = [
+                (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
+                for e in listing
+            ]
+        for name, is_dir, is_file in entries:
+            if name.startswith(TMP_PREFIX):
                 continue
-            for entry in entries:
-                if entry.name.startswith(TMP_PREFIX):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    yield Path(entry.path).relative_to(self.files).as_posix()
+            if is_dir:
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # gone, or swapped for a symlink since the listing
+                try:
+                    yield from self._walk_fd(sub, f"{prefix}{name}/")
+                finally:
+                    os.close(sub)
+            elif is_file:
+                yield f"{prefix}{name}"
 
     def walk_objects(self) -> Iterator[tuple[str, os.stat_result]]:
         for sub in sorted(self.objects.iterdir()):

@@ -1,0 +1,341 @@
+"""Hostile paths are refused, and nothing outside <root>/files/ is read or written (SPEC §1).
+
+Each path of the corpus must be refused with INVALID_PATH by register, by get_info(file_path=)
+and by scan(path). Sentinel files are planted where the paths point (outside the root, in a
+sibling folder whose name shares the prefix ``files``, in Horace's own ``.horace/``); after
+every attempt they are unchanged, and no object or row holds their content. Two symlink
+races are staged too: a parent folder swapped for a symlink after the path was checked
+(the O_NOFOLLOW walk of the storage must refuse it), on the reading side (register, scan)
+and on the writing side (restore, undelete, delete).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from helpers import write
+from soundness import assert_sound, digest, objects_on_disk
+
+import horace.paths
+from horace.catalog import Catalog
+from horace.model import ErrorCode, FileChanges, HoraceError, Status
+
+
+@attrs.define
+class Sentinels:
+    """Files planted outside files/: their bytes, mode and mtime must never change, and
+    their content must never reach the object store or the catalog."""
+
+    paths: list[Path] = attrs.field(factory=list)
+    snapshot: dict[Path, tuple[bytes, int, int]] = attrs.field(factory=dict)
+
+    def plant(self, path: Path, content: bytes) -> Path:
+        write(path, content)
+        self.paths.append(path)
+        st = path.stat()
+        self.snapshot[path] = (content, st.st_mode, st.st_mtime_ns)
+        return path
+
+    def assert_untouched(self, catalog: Catalog) -> None:
+        stored = objects_on_disk(catalog)
+        for path, (content, mode, mtime) in self.snapshot.items():
+            assert path.is_file() and not path.is_symlink(), f"{path} was removed or replaced"
+            st = path.stat()
+            assert (path.read_bytes(), st.st_mode, st.st_mtime_ns) == (content, mode, mtime), (
+                f"{path} modified"
+            )
+            assert digest(content) not in stored, (
+                f"the content of {path} was read into the object store"
+            )
+        for name in stored:
+            data = catalog.storage.object_path(name).read_bytes()
+            for content, _, _ in self.snapshot.values():
+                assert content not in data, "sentinel bytes inside an object"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    return tmp_path / "outside"
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path, outside: Path, files: Path) -> Sentinels:
+    planted = Sentinels()
+    root = files.parent
+    planted.plant(outside / "secret.txt", b"SENTINEL outside the root\n")
+    planted.plant(root / "x", b"SENTINEL in the storage root, beside files/\n")
+    planted.plant(root / "files_evil" / "x", b"SENTINEL in the sibling-prefix folder files_evil\n")
+    return planted
+
+
+async def refused_everywhere(catalog: Catalog, path: str) -> None:
+    """register, get_info(file_path=) and scan(path) all say INVALID_PATH."""
+    calls: dict[str, Callable[[], object]] = {
+        "register": lambda: catalog.register(path),
+        "get_info": lambda: catalog.get_info(file_path=path),
+        "scan": lambda: catalog.scan(path),
+    }
+    for name, call in calls.items():
+        with pytest.raises(HoraceError) as refused:
+            await call()  # type: ignore[misc]
+        assert refused.value.code is ErrorCode.INVALID_PATH, f"{name}({path!r}): {refused.value!r}"
+
+
+def hostile_paths(files: Path, outside: Path, object_checksum: str) -> Iterator[str]:
+    root = files.parent
+    sub = f"{object_checksum[:2]}/{object_checksum}"
+    yield from (
+        "../x",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "user/../../x",
+        "user/../../../outside/secret.txt",
+    )
+    yield str(outside / "secret.txt")
+    # The sibling whose name shares the prefix: compared as strings it would pass.
+    yield from (str(root / "files_evil" / "x"), "../files_evil/x", str(files) + "_evil/x")
+    # The root itself.
+    yield from (
+        str(files),
+        str(files) + "/",
+        ".",
+        "./",
+        "user/..",
+        "user/../.",
+        str(files / "user" / ".."),
+    )
+    # Horace's own data, reached by .. and by absolute path, and a .horace under files/.
+    yield from (
+        f"../.horace/objects/{sub}",
+        str(root / ".horace" / "objects" / sub),
+        "../.horace/tmp",
+    )
+    yield from (
+        str(root / ".horace"),
+        f"user/../../.horace/objects/{sub}",
+        ".horace/objects/x",
+        "user/.horace/x",
+    )
+    # NUL bytes, empty and blank.
+    yield from ("user/a\x00b", "\x00", f"{files}/user/a\x00", "", "   ")
+    # Symlinks: to a file outside, dangling, a folder outside, a folder inside, a file inside.
+    yield from ("user/link-out", "user/dangling", "user/dir-out/secret.txt", "user/dir-out")
+    yield from (
+        "user/dir-in/inner.txt",
+        "user/dir-in",
+        "user/link-in",
+        str(files / "user" / "link-out"),
+    )
+    # A file used as a folder.
+    yield "shared/inner.txt/x"
+
+
+@pytest.fixture
+def symlinks(catalog: Catalog, files: Path, outside: Path, sentinels: Sentinels) -> None:
+    write(files / "shared" / "inner.txt", b"inside content, catalogued only by its real path\n")
+    (files / "user" / "link-out").symlink_to(outside / "secret.txt")
+    (files / "user" / "dangling").symlink_to(outside / "does-not-exist")
+    (files / "user" / "dir-out").symlink_to(outside, target_is_directory=True)
+    (files / "user" / "dir-in").symlink_to(files / "shared", target_is_directory=True)
+    (files / "user" / "link-in").symlink_to(files / "shared" / "inner.txt")
+
+
+async def test_hostile_paths_are_refused_and_touch_nothing(
+    catalog: Catalog, files: Path, outside: Path, sentinels: Sentinels, symlinks: None
+) -> None:
+    # One real object, so that the .horace/objects paths name something that exists.
+    registered = await catalog.register("shared/inner.txt")
+    object_path = catalog.storage.object_path(registered.file.checksum)
+    sentinels.snapshot[object_path] = (
+        object_path.read_bytes(),
+        object_path.stat().st_mode,
+        object_path.stat().st_mtime_ns,
+    )
+    before = objects_on_disk(catalog)
+    corpus = list(hostile_paths(files, outside, registered.file.checksum))
+    assert len(corpus) > 30
+    for path in corpus:
+        await refused_everywhere(catalog, path)
+    sentinels.snapshot.pop(object_path)
+    sentinels.assert_untouched(catalog)
+    assert objects_on_disk(catalog) == before
+    assert [f.file_path for f in await catalog.backend.all_files()] == ["shared/inner.txt"]
+    # Symlinks are left alone by a whole scan too: nothing new is catalogued.
+    report = await catalog.scan()
+    assert report.registered == 0
+    sentinels.assert_untouched(catalog)
+    assert [f.file_path for f in await catalog.backend.all_files()] == ["shared/inner.txt"]
+    await assert_sound(catalog)
+
+
+async def test_paths_that_normalise_inside_are_accepted(catalog: Catalog, files: Path) -> None:
+    write(files / "user" / "sub" / "a.txt", b"a")
+    write(files / "user" / "b.txt", b"b")
+    a = await catalog.register("user//./sub/./a.txt")
+    assert a.file.file_path == "user/sub/a.txt" and a.version_created
+    b = await catalog.register(f"{files}//user/./b.txt")
+    assert b.file.file_path == "user/b.txt"
+    assert (await catalog.register("./user/sub/../sub//a.txt")).file.id == a.file.id
+    assert (await catalog.get_info(file_path=f"{files}/user/sub/../b.txt")).file.id == b.file.id
+    with pytest.raises(HoraceError) as folder:
+        await catalog.register("user/sub")
+    assert folder.value.code is ErrorCode.INVALID_PATH  # a folder is not a regular file
+    write(files / "user" / "sub" / "c.txt", b"c")
+    report = await catalog.scan("user//sub/.")
+    assert (report.scanned, report.registered) == (2, 1)
+    await assert_sound(catalog)
+
+
+async def test_unicode_names_are_accepted(catalog: Catalog, files: Path) -> None:
+    names = [
+        "user/Ünïcödé/résumé.txt",
+        "shared/日本語/ファイル.md",
+        "user/emoji 🎉/ok ✓.bin",
+        "gates/ελληνικά/αρχείο",
+        "user/mixed/ä\u0301-combining.txt",
+    ]
+    for i, rel in enumerate(names):
+        write(files / rel, f"unicode {i}".encode())
+    ids = {}
+    for rel in names:
+        result = await catalog.register(rel)
+        assert result.file.file_path == rel and result.version_created
+        ids[rel] = result.file.id
+        assert (await catalog.get_info(file_path=str(files / rel))).file.id == ids[rel]
+    write(files / names[0], b"changed")
+    assert (await catalog.update(ids[names[0]], FileChanges())).version_created
+    write(files / "shared/日本語/二番目.txt", b"second")
+    report = await catalog.scan("shared/日本語")
+    assert (report.registered, report.unchanged) == (1, 1)
+    await assert_sound(catalog)
+
+
+async def test_a_fifo_is_refused_without_blocking(catalog: Catalog, files: Path) -> None:
+    # Opening a FIFO for reading blocks until a writer comes, in a worker thread that no
+    # cancellation can reach: the storage must not. Should it block, a timer plays the
+    # writer after a few seconds so that the test fails instead of hanging.
+    fifo = files / "user" / "pipe"
+    os.mkfifo(fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    rescued = []
+
+    def play_the_writer() -> None:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            rescued.append(True)
+        except OSError:  # ENXIO: nobody is blocked reading it
+            pass
+
+    timer = threading.Timer(5.0, play_the_writer)
+    timer.start()
+    try:
+        with pytest.raises(HoraceError) as refused:
+            await catalog.register("user/pipe")
+        report = await catalog.scan("user")
+    finally:
+        timer.cancel()
+    assert not rescued, "register blocked opening a FIFO"
+    assert refused.value.code is ErrorCode.INVALID_PATH
+    assert report.registered == 0
+    assert await catalog.backend.all_files() == []
+
+
+# -- check-then-use races: a parent folder swapped for a symlink ----------------------------
+
+
+def swap_for_symlink(folder: Path, target: Path) -> None:
+    """What an attacker with write access to files/ does between check and use."""
+    folder.rename(folder.with_name(folder.name + "-moved"))
+    folder.symlink_to(target, target_is_directory=True)
+
+
+@pytest.fixture
+def outside_twin(outside: Path, sentinels: Sentinels) -> Path:
+    """A folder outside the root holding a file of the same name as the one inside."""
+    sentinels.plant(outside / "twin" / "f.txt", b"SENTINEL twin outside, same name as inside\n")
+    return outside / "twin"
+
+
+@pytest.mark.parametrize("operation", ["register", "scan"])
+async def test_parent_swapped_after_the_check_is_not_followed_on_read(
+    catalog: Catalog,
+    files: Path,
+    sentinels: Sentinels,
+    outside_twin: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    operation: str,
+) -> None:
+    folder = files / "user" / "swap"
+    write(folder / "f.txt", b"inside content\n")
+    real = horace.paths.to_relative
+    swapped = []
+
+    def checked_then_swapped(root: Path, client_path: str) -> str:
+        rel = real(root, client_path)  # the check passes: no symlink yet
+        swap_for_symlink(folder, outside_twin)
+        swapped.append(rel)
+        return rel
+
+    monkeypatch.setattr(horace.paths, "to_relative", checked_then_swapped)
+    if operation == "register":
+        with pytest.raises(HoraceError) as refused:
+            await catalog.register("user/swap/f.txt")
+        assert refused.value.code is ErrorCode.INVALID_PATH
+    else:
+        try:
+            report = await catalog.scan("user/swap")
+        except HoraceError as refused:
+            assert refused.code is ErrorCode.INVALID_PATH
+        else:
+            assert report.registered == 0 and report.scanned == 0 and not report.errors, report
+    assert swapped
+    monkeypatch.undo()
+    sentinels.assert_untouched(catalog)
+    assert await catalog.backend.all_files() == []
+    await assert_sound(catalog)
+
+
+@pytest.mark.parametrize("operation", ["restore", "undelete", "delete", "update"])
+async def test_parent_swapped_for_a_symlink_is_not_followed_on_write(
+    catalog: Catalog, files: Path, sentinels: Sentinels, outside_twin: Path, operation: str
+) -> None:
+    folder = files / "user" / "swap"
+    path = write(folder / "f.txt", b"version 1\n")
+    file = (await catalog.register("user/swap/f.txt")).file
+    path.write_bytes(b"version 2\n")
+    await catalog.update(file.id, FileChanges())
+    if operation == "undelete":
+        await catalog.delete(file.id)
+    swap_for_symlink(folder, outside_twin)
+    calls = {
+        "restore": lambda: catalog.restore(file.id, 1),
+        "undelete": lambda: catalog.undelete(file.id),
+        "delete": lambda: catalog.delete(file.id),
+        "update": lambda: catalog.update(file.id, FileChanges(status=Status.ARCHIVED)),
+    }
+    refused = None
+    try:
+        await calls[operation]()
+    except HoraceError as exc:
+        refused = exc
+    if operation in ("restore", "undelete"):
+        # These must write the working file, and the only way there is through the symlink.
+        assert refused is not None and refused.code is ErrorCode.INVALID_PATH, refused
+        after = (await catalog.get_info(file_id=file.id)).file
+        assert after.current_version == 2
+        assert after.status is (Status.DELETED if operation == "undelete" else Status.ACTIVE)
+    else:
+        # The row may change (archived, deleted), but the file behind the symlink stays.
+        assert refused is None or refused.code is ErrorCode.INVALID_PATH, refused
+    sentinels.assert_untouched(catalog)
+    assert not any(p.startswith(".horace-tmp-") for p in os.listdir(outside_twin))
+    # Horace's history is intact whatever happened to the working copy.
+    versions = await catalog.backend.versions(file.id)
+    contents = {catalog.storage.object_path(v.checksum).read_bytes() for v in versions}
+    assert contents == {b"version 1\n", b"version 2\n"}
