@@ -8,6 +8,7 @@ finishes and commits or rolls back before cancellation is delivered.
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import uuid
@@ -602,12 +603,17 @@ class SqliteBackend:
         self._write_lock = trio.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._reader_slots = trio.CapacityLimiter(READERS)
+        self._holds_file_lock = False
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._write_lock:
             return await trio.to_thread.run_sync(fn, self._writer, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._holds_file_lock:
+            # A file lock's holder must not queue behind the reads of everyone waiting
+            # for that lock: it reads on the writer connection.
+            return await self._write(fn, *args)
         async with self._reader_slots:
             conn = self._readers.pop() if self._readers else None
             try:
@@ -627,7 +633,10 @@ class SqliteBackend:
     @asynccontextmanager
     async def exclusive(self, key: int) -> AsyncIterator[Units]:
         # One SQLite file is one host's: the fcntl lock taken by the caller is enough.
-        yield self
+        # The holder gets a view of this backend whose reads skip the readers' queue.
+        holder = copy.copy(self)
+        holder._holds_file_lock = True
+        yield holder
 
     async def aclose(self) -> None:
         async with self._write_lock:

@@ -2,9 +2,11 @@
 across processes on this host. (Across hosts, the backend adds an advisory lock.)
 
 The ``fcntl`` lock is a one-byte record lock in the shared ``.horace/locks`` file at an
-offset derived from the path, so no lock file is created per path. Record locks belong
-to the process, which is why the Trio lock must be held first: it keeps two tasks of
-this process from sharing (and then releasing) the same record lock.
+offset derived from the path, so no lock file is created per path. It is an *open file
+description* lock (``F_OFD_SETLK``): it belongs to this ``FileLocks``' descriptor, not to
+the process, so another open-and-close of the lock file cannot drop it and two catalogs
+in one process exclude each other too. The Trio lock comes first so that tasks of one
+catalog queue in Trio rather than by polling.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +23,12 @@ import attrs
 import trio
 
 from horace.model import ErrorCode, HoraceError
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks); fcntl()
+    # copies it into a larger zeroed buffer, so the C struct's tail padding is covered.
+    return struct.pack("hhqqi", kind, os.SEEK_SET, offset, 1, 0)
 
 
 def lock_key(rel_path: str) -> int:
@@ -57,7 +66,7 @@ class FileLocks:
                 try:
                     yield
                 finally:
-                    fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, lock_key(rel_path))
+                    fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, lock_key(rel_path)))
             finally:
                 entry.lock.release()
         finally:
@@ -66,14 +75,14 @@ class FileLocks:
                 del self._entries[rel_path]
 
     async def _acquire_record(self, rel_path: str) -> None:
-        # Polling with LOCK_NB keeps the wait cancellable; a blocking F_SETLKW in a
-        # worker thread could not be interrupted.
+        # Polling the non-blocking F_OFD_SETLK keeps the wait cancellable; a blocking
+        # F_OFD_SETLKW in a worker thread could not be interrupted.
         offset = lock_key(rel_path)
         delay = 0.001
         with trio.move_on_after(self.wait_seconds):
             while True:
                 try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                    fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
                     return
                 except (BlockingIOError, PermissionError):
                     await trio.sleep(delay)

@@ -1,0 +1,52 @@
+"""The per-file write lock: Trio inside a catalog, an OFD record lock across them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from horace.locks import FileLocks
+from horace.model import ErrorCode, HoraceError
+
+
+async def test_two_lock_tables_in_one_process_exclude_each_other(tmp_path: Path) -> None:
+    lock_file = tmp_path / "locks"
+    lock_file.touch()
+    first, second = FileLocks(lock_file, wait_seconds=0.2), FileLocks(lock_file, wait_seconds=0.2)
+    async with first.hold("user/a.txt"):
+        lock_file.touch()  # another open and close of the file must not drop the lock
+        with pytest.raises(HoraceError) as refused:
+            async with second.hold("user/a.txt"):
+                pass
+        assert refused.value.code is ErrorCode.FILE_LOCKED
+        async with second.hold("user/b.txt"):  # another path is free
+            pass
+    async with second.hold("user/a.txt"):  # and the first path once released
+        pass
+
+
+async def test_waiting_is_cancellable_and_every_waiter_gets_its_turn(tmp_path: Path) -> None:
+    locks = FileLocks(tmp_path / "locks", wait_seconds=10)
+    inside = 0
+    turns: list[int] = []
+
+    async def writer(n: int) -> None:
+        nonlocal inside
+        async with locks.hold("same"):
+            inside += 1
+            assert inside == 1, "two holders at once"
+            turns.append(n)
+            await trio.sleep(0.005)
+            inside -= 1
+
+    async with locks.hold("same"):
+        with trio.move_on_after(0.05) as waited:
+            async with locks.hold("same"):
+                pytest.fail("got a lock that is held")
+        assert waited.cancelled_caught
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(writer, n)
+    assert sorted(turns) == list(range(10))
