@@ -41,11 +41,18 @@ async def test_waiting_is_cancellable_and_every_waiter_gets_its_turn(tmp_path: P
             await trio.sleep(0.005)
             inside -= 1
 
-    async with locks.hold("same"):
-        with trio.move_on_after(0.05) as waited:
+    waited = []
+
+    async def impatient() -> None:
+        with trio.move_on_after(0.05) as scope:
             async with locks.hold("same"):
                 pytest.fail("got a lock that is held")
-        assert waited.cancelled_caught
+        waited.append(scope.cancelled_caught)
+
+    async with locks.hold("same"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(impatient)
+    assert waited == [True]
     async with trio.open_nursery() as nursery:
         for n in range(10):
             nursery.start_soon(writer, n)
