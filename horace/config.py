@@ -64,6 +64,8 @@ class Settings:
     conversations_to_godot: bool = False
     sink_queue: int = 10_000
     sink_flush: float = 5.0
+    sink_backoff_base: float = 1.0  # a sink's first retry delay, doubling up to the cap
+    sink_backoff_cap: float = 30.0
 
     @property
     def catalog_url(self) -> str:
@@ -162,6 +164,12 @@ class Settings:
             values["sink_queue"] = integer("HORACE_SINK_QUEUE", text)
         if (text := get("HORACE_SINK_FLUSH")) is not None:
             values["sink_flush"] = parse_duration(text, "HORACE_SINK_FLUSH")
+        for field, name in {
+            "sink_backoff_base": "HORACE_SINK_BACKOFF_BASE",
+            "sink_backoff_cap": "HORACE_SINK_BACKOFF_CAP",
+        }.items():
+            if (text := get(name)) is not None:
+                values[field] = parse_duration(text, name)
         if (text := get("HORACE_ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = tuple(o.strip() for o in text.split(",") if o.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})

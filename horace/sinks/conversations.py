@@ -11,6 +11,7 @@ from typing import Any
 
 from backends.protocol import Backend, BackendUnavailable
 from horace.model import CallRecord, Turn
+from horace.sinks.godot import redact
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
 from horace.wire import structure, to_json
 
@@ -64,7 +65,7 @@ class ConversationRecorder:
         if self.godot is not None:
             self.godot.emit({
                 "level": "DEBUG", "message": f"conversation turn {turn.turn_number} ({turn.role})",
-                "trace_id": turn.metadata.get("correlation_id"), "data": entry,
+                "trace_id": turn.metadata.get("correlation_id"), "data": redact(entry),
             })
 
     def call_started(self, record: CallRecord) -> None:

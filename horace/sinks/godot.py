@@ -24,14 +24,25 @@ LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INF
 TRACE = 5  # below DEBUG
 
 
+def _secret(key: Any) -> bool:
+    # "X-Api-Key" and "api key" are spelled api_key too.
+    name = str(key).lower().replace("-", "_").replace(" ", "_")
+    return any(s in name for s in SECRET_KEYS)
+
+
 def redact(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {
-            key: REDACTED if any(s in str(key).lower() for s in SECRET_KEYS) else redact(inner)
-            for key, inner in value.items()
-        }
+        return {key: REDACTED if _secret(key) else redact(inner) for key, inner in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        # JSON text (a conversation turn's content, a tool result's text): redacted inside.
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        redacted = redact(parsed)
+        return json.dumps(redacted) if redacted != parsed else value
     return value
 
 
@@ -57,12 +68,12 @@ class GodotTransport:
                         pending[message["id"]] = message
                         await ws.send_message(json.dumps(message))
                     replies = []
-                    with trio.fail_after(self.reply_timeout):
-                        while pending:
+                    while pending:  # Godot silent for reply_timeout: gone (a long batch is fine)
+                        with trio.fail_after(self.reply_timeout):
                             answer = json.loads(await ws.get_message())
-                            for item in answer if isinstance(answer, list) else [answer]:
-                                if isinstance(item, dict) and pending.pop(item.get("id"), None) is not None:
-                                    replies.append(item)
+                        for item in answer if isinstance(answer, list) else [answer]:
+                            if isinstance(item, dict) and pending.pop(item.get("id"), None) is not None:
+                                replies.append(item)
                     return replies
 
                 await rpc_batch([{"jsonrpc": "2.0", "method": "initialize", "params": {

@@ -52,6 +52,10 @@ class SinkRunner:
         self.spool_path = spool_dir / f"{transport.name}.jsonl" if spool_dir else None
         self.capacity = capacity
         self.batch_size = batch_size
+        # After a failed delivery the next batch is half as long (down to 1), then grows
+        # back: a batch too long for one connection's life would otherwise never get out.
+        self._batch_limit = batch_size
+        self._in_flight = 0
         self.flush_seconds = flush_seconds
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self._queue: deque[tuple[int, dict[str, Any]]] = deque()
@@ -97,6 +101,9 @@ class SinkRunner:
                 except Exception as exc:  # every failure: log it, back off, start again
                     self.failures += 1
                     self.state = "retrying"
+                    if self._in_flight:
+                        self._batch_limit = max(1, self._in_flight // 2)
+                        self._in_flight = 0
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     unexpected = not isinstance(exc, OSError | ConnectionError | TimeoutError | SinkUnavailable)
                     if unexpected:
@@ -125,10 +132,13 @@ class SinkRunner:
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()
-        taken = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        taken = [self._queue[i] for i in range(min(self._batch_limit, len(self._queue)))]
         batch = [entry for _, entry in taken]
         last = taken[-1][0]
+        self._in_flight = len(batch)
         await deliver(batch)
+        self._in_flight = 0
+        self._batch_limit = min(self.batch_size, self._batch_limit * 2)
         # Entries dropped for overflow while the batch was out were the oldest: only
         # what is still queued up to the batch's last sequence number was delivered.
         while self._queue and self._queue[0][0] <= last:

@@ -1,0 +1,738 @@
+"""The log sinks (SPEC §6): Godot and conversations, supervised, bounded, spilled, replayed.
+
+Runner-level tests drive a :class:`SinkRunner` directly (small backoff), against the Godot
+stand-in of ``godot_standin.py`` or an in-memory transport; server-level tests run Horace
+on the run's backend with ``godot_url`` pointing at the stand-in (or at a closed port) and
+read the ``conversations`` table back through the backend's own driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import pytest
+import trio
+import trio.lowlevel
+from conftest import BACKEND
+from godot_standin import godot_standin
+from helpers import write
+from mcp_client import McpClient, connect
+
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.model import CallRecord, Turn
+from horace.sinks.conversations import ConversationTransport
+from horace.sinks.godot import REDACTED, GodotLogHandler, GodotTransport, redact
+from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
+from horace.testing import RunningHorace, run_horace
+from horace.wire import to_json
+
+FAST: dict[str, Any] = {"backoff_base": 0.01, "backoff_cap": 0.1}
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def serving(settings: Settings, **changes: Any) -> Settings:
+    fast = {"sink_backoff_base": 0.01, "sink_backoff_cap": 0.1}
+    return attrs.evolve(settings, host="127.0.0.1", port=0, **{**fast, **changes})
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@asynccontextmanager
+async def running(runner: SinkRunner) -> AsyncIterator[SinkRunner]:
+    """The runner as a child task; cancelled (so flushed, then spilled) on the way out."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        try:
+            yield runner
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def entry(i: int, **extra: Any) -> dict[str, Any]:
+    return {"level": "INFO", "message": f"m{i}", "trace_id": f"t{i}", "data": {"i": i, **extra}}
+
+
+def sinks_of(horace: RunningHorace) -> dict[str, dict[str, Any]]:
+    return horace.server.health_parts["sinks"]()
+
+
+def conversation_runner(horace: RunningHorace) -> SinkRunner:
+    runner = horace.server.observer.conversations  # type: ignore[union-attr]
+    assert runner is not None
+    return runner
+
+
+async def call(client: McpClient, tool: str, correlation_id: str, **arguments: Any) -> dict[str, Any]:
+    return await client.request("tools/call", {
+        "name": tool, "arguments": arguments, "_meta": {"correlation_id": correlation_id},
+    })
+
+
+class MemoryTransport:
+    """Stores batches in a list; can be down, and can raise once from ``deliver``."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.stored: list[dict[str, Any]] = []
+        self.up = True
+        self.raise_on_batch: int | None = None
+        self.batches = 0
+        self.opened = 0
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Deliver]:
+        if not self.up:
+            raise SinkUnavailable("memory transport is down")
+        self.opened += 1
+
+        async def deliver(batch: list[dict[str, Any]]) -> None:
+            self.batches += 1
+            await trio.lowlevel.checkpoint()
+            if self.batches == self.raise_on_batch:
+                raise RuntimeError("deliver blew up")
+            self.stored.extend(batch)
+
+        yield deliver
+
+
+def test_sink_backoff_settings_from_the_environment() -> None:
+    settings = Settings.from_env({"HORACE_SINK_BACKOFF_BASE": "0.5", "HORACE_SINK_BACKOFF_CAP": "2m"})
+    assert (settings.sink_backoff_base, settings.sink_backoff_cap) == (0.5, 120.0)
+    assert (Settings().sink_backoff_base, Settings().sink_backoff_cap) == (1.0, 30.0)  # SPEC §6
+
+
+# -- the conversations table, read back through the backend's driver ---------------------------
+
+
+async def stored_turns(database_url: str) -> list[dict[str, Any]]:
+    """Every row of ``conversations``, by conversation then turn number."""
+    columns = "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, metadata"
+    query = f"SELECT {columns} FROM conversations ORDER BY conversation_id, turn_number"
+    if database_url.startswith("sqlite://"):
+        def read() -> list[dict[str, Any]]:
+            with closing(sqlite3.connect(database_url.removeprefix("sqlite://"))) as db:
+                db.row_factory = sqlite3.Row
+                return [dict(row) for row in db.execute(query)]
+        rows = await trio.to_thread.run_sync(read)
+    else:
+        import asyncpg
+
+        async def fetch() -> list[dict[str, Any]]:
+            conn = await asyncpg.connect(database_url)  # search_path from the URL's query
+            try:
+                return [dict(row) for row in await conn.fetch(query)]
+            finally:
+                await conn.close()
+
+        rows = await trio.to_thread.run_sync(asyncio.run, fetch())
+    for row in rows:
+        row["conversation_id"] = str(row["conversation_id"])
+        if isinstance(row["metadata"], str):
+            row["metadata"] = json.loads(row["metadata"])
+    return rows
+
+
+async def drained(horace: RunningHorace, timeout: float = 20.0) -> None:
+    runner = conversation_runner(horace)
+    await eventually(lambda: runner.status()["queued"] == 0, timeout, "the conversation sink to drain")
+
+
+# -- redaction and the shape of Godot entries ---------------------------------------------------
+
+
+def test_redact_replaces_secret_values_at_any_depth() -> None:
+    value = {
+        "password": "p", "Token": {"nested": "t"}, "client_secret": ["s"], "API_KEY": 1,
+        "Authorization": "Bearer x", "x-api-key": "h", "db passwd": "d",
+        "safe": "kept", "count": 3,
+        "nested": {"deeper": [{"api_key": "k", "note": "n"}, ("tuple", {"access_token": "a"})]},
+    }
+    assert redact(value) == {
+        "password": REDACTED, "Token": REDACTED, "client_secret": REDACTED, "API_KEY": REDACTED,
+        "Authorization": REDACTED, "x-api-key": REDACTED, "db passwd": REDACTED,
+        "safe": "kept", "count": 3,
+        "nested": {"deeper": [{"api_key": REDACTED, "note": "n"}, ["tuple", {"access_token": REDACTED}]]},
+    }
+    assert redact("password") == "password" and redact(None) is None  # values alone are not keys
+    text = json.dumps({"arguments": {"metadata": {"token": "t", "tags": ["a"]}}})  # JSON text inside
+    assert json.loads(redact({"content": text})["content"]) == {
+        "arguments": {"metadata": {"token": REDACTED, "tags": ["a"]}}}
+    assert redact({"content": "[not json"}) == {"content": "[not json"}
+    assert redact({"content": '{"fine": 1}'}) == {"content": '{"fine": 1}'}  # untouched, byte for byte
+    assert value["password"] == "p"  # the input is not modified
+
+
+async def test_log_records_reach_godot_with_levels_trace_id_and_redacted_data() -> None:
+    logger = logging.getLogger("horace.test_sinks")
+    old_level = logger.level
+    async with godot_standin() as godot:
+        runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, **FAST)
+        handler = GodotLogHandler(runner, level=1)
+        logger.addHandler(handler)
+        logger.setLevel(1)
+        try:
+            async with running(runner):
+                secret = {"nested": {"api_key": "x", "list": [{"password": "pw"}], "fine": "ok"}}
+                logger.error("e %d", 1, extra={"correlation_id": "corr-1", "data": secret})
+                logger.warning("w", extra={"correlation_id": "corr-2", "token": "tok"})
+                logger.info("i")
+                logger.debug("d")
+                logger.log(5, "t")
+                logger.critical("c")
+                logging.getLogger("horace.sinks.anything").error("a sink's own complaint: not forwarded")
+                calls = await godot.wait_for(6)
+                await eventually(lambda: runner.delivered == 6)  # acknowledged: not sent again
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+    assert [(c["level"], c["message"]) for c in calls] == [
+        ("ERROR", "e 1"), ("WARN", "w"), ("INFO", "i"), ("DEBUG", "d"), ("TRACE", "t"), ("ERROR", "c"),
+    ]
+    assert all(c["component"] == "horace" for c in calls)
+    assert [c["trace_id"] for c in calls[:3]] == ["corr-1", "corr-2", None]
+    assert calls[0]["data"] == {
+        "logger": "horace.test_sinks",
+        "data": {"nested": {"api_key": REDACTED, "list": [{"password": REDACTED}], "fine": "ok"}},
+    }
+    assert calls[1]["data"] == {"logger": "horace.test_sinks", "token": REDACTED}
+    assert runner.delivered == 6 and runner.dropped == 0
+
+
+async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:
+    """Through a running server: each call's log entry carries its correlation id; the
+    forwarded conversation turns too, with the secrets of the arguments redacted."""
+    secrets = {"api_key": "sk-LEAK-1", "custom": {"db": {"password": "LEAK-2"}}, "authorization": "LEAK-3"}
+    async with godot_standin() as godot, run_horace(
+        serving(settings, godot_url=godot.url, conversations_to_godot=True)
+    ) as horace:
+        write(horace.files / "user/a.txt", "a")
+        async with connect(horace.url) as client:
+            registered = await call(client, "horace_register_file", "corr-reg", file_path="user/a.txt",
+                                    metadata={"tags": ["t"], **secrets})
+            file_id = registered["result"]["structuredContent"]["file_id"]
+            info = await call(client, "horace_get_file_info", "corr-info", file_id=file_id)
+            assert not info["result"]["isError"]
+            missing = await call(client, "horace_get_file_info", "corr-missing", file_id="nope")
+            assert missing["result"]["structuredContent"]["error_code"] == "NOT_CATALOGED"
+
+        def logged(correlation_id: str) -> list[dict[str, Any]]:
+            return [c for c in godot.calls if c["trace_id"] == correlation_id and c["message"].startswith("tools/call")]
+
+        await godot.wait_until(lambda: all(logged(c) for c in ("corr-reg", "corr-info", "corr-missing")))
+        await godot.wait_until(lambda: sum(c["level"] == "DEBUG" for c in godot.calls) >= 6)
+        assert sinks_of(horace)["godot"]["state"] == "connected"
+    (info_entry,) = logged("corr-info")
+    assert info_entry["component"] == "horace" and info_entry["level"] == "INFO"
+    assert info_entry["message"].startswith("tools/call horace_get_file_info ok in ")
+    assert info_entry["data"]["tool"] == "horace_get_file_info"
+    assert info_entry["data"]["file_ids"] == [file_id]
+    assert info_entry["data"]["outcome"] == "ok" and info_entry["data"]["logger"] == "horace.server"
+    assert logged("corr-missing")[0]["data"]["outcome"] == "NOT_CATALOGED"
+    turns = [c for c in godot.calls if c["message"].startswith("conversation turn")]
+    assert {(t["trace_id"], t["data"]["role"]) for t in turns} == {
+        (c, role) for c in ("corr-reg", "corr-info", "corr-missing") for role in ("user", "assistant")
+    }
+    assert all(c["level"] in {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"} for c in godot.calls)
+    everything = json.dumps(godot.calls)
+    assert "LEAK" not in everything, "a secret reached Godot"
+    request = next(t for t in turns if t["trace_id"] == "corr-reg" and t["data"]["role"] == "user")
+    arguments = json.loads(request["data"]["content"])["arguments"]
+    assert arguments["metadata"]["api_key"] == REDACTED and arguments["metadata"]["tags"] == ["t"]
+
+
+# -- Godot down: calls stay fast, entries arrive later -----------------------------------------
+
+
+async def _latencies(url: str, file_id: str, count: int, prefix: str) -> list[float]:
+    async with connect(url) as client:
+        for i in range(30):  # warm-up
+            await call(client, "horace_get_file_info", f"{prefix}-warm-{i}", file_id=file_id)
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            reply = await call(client, "horace_get_file_info", f"{prefix}-{i}", file_id=file_id)
+            times.append(time.perf_counter() - started)
+            assert reply["result"]["isError"] is False, reply
+    return times
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, -(-len(ordered) * pct // 100) - 1))]  # type: ignore[call-overload]
+
+
+async def test_godot_down_costs_little_and_catches_up(settings: Settings) -> None:
+    """200 sequential calls, sinks off vs Godot at a closed port, in alternating rounds (the
+    best round of each compared, so that one scheduler hiccup does not decide); then Godot
+    comes back and gets every entry once, in order, the previous server's spill included."""
+    write(settings.storage_path / "files/user/f.txt", "f")
+    latencies: dict[str, list[list[float]]] = {"off": [], "down": []}
+    async with godot_standin(listening=False) as godot:
+        for round_ in range(2):
+            async with run_horace(serving(settings, conversations=False)) as off:
+                async with connect(off.url) as client:
+                    file_id = (await client.call("horace_register_file", file_path="user/f.txt"))["file_id"]
+                assert sinks_of(off) == {}
+                latencies["off"].append(await _latencies(off.url, file_id, 200, f"off{round_}"))
+            async with run_horace(serving(settings, conversations=False, godot_url=godot.url)) as down:
+                latencies["down"].append(await _latencies(down.url, file_id, 200, f"down{round_}"))
+                status = sinks_of(down)["godot"]
+                assert status["state"] == "retrying" and status["delivered"] == 0 and status["queued"] >= 230
+                assert status["dropped"] == 0 and status["last_error"]
+                if round_ == 0:
+                    continue
+                assert status["replayed"] >= 230  # the first down server's entries, spilled
+
+                p99_off, p99_down = (min(percentile(run, 99) for run in latencies[k]) for k in ("off", "down"))
+                p50_off, p50_down = (min(percentile(run, 50) for run in latencies[k]) for k in ("off", "down"))
+                assert p99_down <= 2 * p99_off + 0.005, (p99_off, p99_down)
+                assert p50_down <= 1.5 * p50_off + 0.002, (p50_off, p50_down)
+
+                await godot.start()  # Godot is back: everything queued goes out, once, in order
+                wanted = [f"down{r}{part}-{i}" for r in range(2) for part, n in (("-warm", 30), ("", 200))
+                          for i in range(n)]
+                await godot.wait_until(lambda: {c["trace_id"] for c in godot.calls} >= set(wanted))  # noqa: B023
+                traced = [c["trace_id"] for c in godot.calls if c["message"].startswith("tools/call")]
+                assert traced == wanted
+                await eventually(lambda: sinks_of(down)["godot"]["queued"] == 0)
+                assert sinks_of(down)["godot"]["state"] == "connected"
+                assert sinks_of(down)["godot"]["delivered"] == len(godot.calls)
+    assert not (settings.storage_path / ".horace" / "spool" / "godot.jsonl").exists()
+
+
+# -- the runner: overflow, spill and replay, restarts, retries ---------------------------------
+
+
+async def test_overflow_drops_the_oldest_and_counts_exactly() -> None:
+    capacity, extra = 50, 17
+    async with godot_standin() as godot:
+        runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, capacity=capacity, batch_size=8, **FAST)
+        async with running(runner):
+            for i in range(5):
+                runner.emit(entry(i))
+            await eventually(lambda: runner.delivered == 5)  # acknowledged, off the queue
+            await godot.stop()
+            for i in range(5, 5 + capacity + extra):
+                runner.emit(entry(i))
+            await eventually(lambda: runner.state == "retrying")
+            assert runner.dropped == extra and runner.status()["queued"] == capacity
+            await godot.start()
+            await godot.wait_for(5 + capacity)
+            await eventually(lambda: runner.status()["queued"] == 0)
+    newest = list(range(5 + extra, 5 + capacity + extra))
+    assert [c["message"] for c in godot.calls] == [f"m{i}" for i in [0, 1, 2, 3, 4, *newest]]
+    assert runner.dropped == extra and runner.delivered == 5 + capacity and runner.restarts == 0
+
+
+async def test_spill_at_shutdown_then_replay(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    async with godot_standin(listening=False) as godot:
+        first = SinkRunner(GodotTransport(godot.url), spool_dir=spool, flush_seconds=1.0, **FAST)
+        async with running(first):
+            for i in range(30):
+                first.emit(entry(i, password="hunter2"))
+            await eventually(lambda: first.failures >= 2)
+        assert first.state == "stopped" and first.spilled == 30 and first.status()["queued"] == 0
+        lines = (spool / "godot.jsonl").read_text().splitlines()
+        assert [json.loads(line)["message"] for line in lines] == [f"m{i}" for i in range(30)]
+
+        await godot.start()
+        second = SinkRunner(GodotTransport(godot.url), spool_dir=spool, **FAST)
+        second.emit(entry(30))  # queued before the replay: goes out after the spooled ones
+        async with running(second):
+            assert second.replayed == 30 and not (spool / "godot.jsonl").exists()
+            second.emit(entry(31))
+            await godot.wait_for(32)
+            await eventually(lambda: second.status()["queued"] == 0)
+        assert [c["message"] for c in godot.calls] == [f"m{i}" for i in range(32)]
+        assert second.spilled == 0 and second.delivered == 32
+    assert list(spool.iterdir()) == []  # neither the spool nor the replay file is left
+
+
+async def test_server_spills_at_shutdown_and_replays_after_restart(settings: Settings) -> None:
+    async with godot_standin(listening=False) as godot:
+        configured = serving(settings, godot_url=godot.url, sink_flush=1.0)
+        async with run_horace(configured) as first, connect(first.url) as client:
+            for i in range(5):
+                reply = await call(client, "horace_search_files", f"spill-{i}", tags=["x"])
+                assert reply["result"]["isError"] is False
+        spool = settings.storage_path / ".horace" / "spool" / "godot.jsonl"
+        spilled = [json.loads(line) for line in spool.read_text().splitlines()]
+        wanted = {f"spill-{i}" for i in range(5)}
+        assert {e["trace_id"] for e in spilled} >= wanted
+        assert all(e["level"] in {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"} for e in spilled)
+
+        await godot.start()
+        async with run_horace(configured) as second:
+            await godot.wait_until(lambda: {c["trace_id"] for c in godot.calls} >= wanted)
+            assert sinks_of(second)["godot"]["replayed"] == len(spilled)
+            assert not spool.exists() and not spool.with_suffix(".replaying").exists()
+        first_delivered = godot.calls[: len(spilled)]
+        assert [(c["message"], c["trace_id"]) for c in first_delivered] == [
+            (e["message"], e["trace_id"]) for e in spilled
+        ]
+    assert not spool.exists()  # the second server delivered everything at its shutdown
+
+
+async def test_a_crashing_sink_task_is_restarted_without_loss_or_duplicates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = MemoryTransport()
+    transport.raise_on_batch = 3
+    runner = SinkRunner(transport, spool_dir=None, batch_size=10, **FAST)
+    for i in range(100):
+        runner.emit(entry(i))
+    with caplog.at_level(logging.WARNING, logger="horace.sinks"):
+        async with running(runner):
+            await eventually(lambda: len(transport.stored) >= 100)
+            runner.emit(entry(100))
+            await eventually(lambda: len(transport.stored) == 101)
+    assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(101)]
+    assert runner.restarts == 1 and transport.opened == 2
+    assert runner.delivered == 101 and runner.dropped == 0 and runner.status()["last_error"] == (
+        "RuntimeError: deliver blew up")
+    crashed = [r for r in caplog.records if r.name == "horace.sinks" and "RuntimeError" in r.getMessage()]
+    assert len(crashed) == 1 and crashed[0].exc_info is not None  # with its traceback
+
+
+async def test_batches_are_pipelined_to_a_slow_godot() -> None:
+    async with godot_standin(delay=0.01) as godot:
+        runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, batch_size=20, **FAST)
+        async with running(runner):
+            for i in range(60):
+                runner.emit(entry(i))
+            await eventually(lambda: runner.delivered == 60)
+    assert godot.max_outstanding >= 10, godot.max_outstanding  # many calls on the wire at once
+    assert [c["message"] for c in godot.calls] == [f"m{i}" for i in range(60)]
+
+
+async def test_godot_slower_than_the_reply_timeout_per_batch_still_gets_each_entry_once() -> None:
+    """A batch takes longer than ``reply_timeout`` in all, but every reply comes quickly."""
+    async with godot_standin(delay=0.02) as godot:
+        runner = SinkRunner(GodotTransport(godot.url, reply_timeout=0.3), spool_dir=None, batch_size=50, **FAST)
+        async with running(runner):
+            for i in range(100):
+                runner.emit(entry(i))
+            await eventually(lambda: runner.delivered == 100, 15, "100 entries delivered")
+    assert [c["message"] for c in godot.calls] == [f"m{i}" for i in range(100)]
+    assert runner.failures == 0
+
+
+async def test_flapping_godot_gets_every_entry() -> None:
+    async with godot_standin(flap_every=7) as godot:
+        runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, **FAST)
+        async with running(runner):
+            for i in range(40):
+                runner.emit(entry(i))
+            await eventually(lambda: runner.delivered >= 40, 20, "40 entries delivered")
+            assert runner.status()["queued"] == 0
+    messages = [c["message"] for c in godot.calls]
+    assert set(messages) == {f"m{i}" for i in range(40)}  # at least once ...
+    assert list(dict.fromkeys(messages)) == [f"m{i}" for i in range(40)]  # ... first seen in order
+    assert godot.connections > 5 and runner.restarts == 0  # closed connections are retried, not crashes
+
+
+async def test_godot_error_replies_are_counted_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    async with godot_standin(erroring=True) as godot:
+        transport = GodotTransport(godot.url)
+        runner = SinkRunner(transport, spool_dir=None, **FAST)
+        with caplog.at_level(logging.WARNING, logger="horace.sinks"):
+            async with running(runner):
+                for i in range(10):
+                    runner.emit(entry(i))
+                await eventually(lambda: runner.delivered == 10)
+                godot.erroring = False
+                runner.emit(entry(10))
+                await eventually(lambda: runner.delivered == 11)
+    assert transport.rejected == 10 and godot.errors == 10
+    assert [c["message"] for c in godot.calls] == ["m10"]
+    assert runner.failures == 0 and runner.restarts == 0 and godot.connections == 1
+    assert sum("godot rejected a log entry" in r.getMessage() for r in caplog.records) == 10
+
+
+async def test_health_shows_the_sinks(settings: Settings) -> None:
+    async with godot_standin() as godot, run_horace(serving(settings, godot_url=godot.url)) as horace:
+        async with connect(horace.url) as client:
+            await call(client, "horace_search_files", "h-1")
+        await godot.wait_until(lambda: any(c["trace_id"] == "h-1" for c in godot.calls))
+        await drained(horace)
+        await eventually(lambda: sinks_of(horace)["godot"]["queued"] == 0)
+        status = sinks_of(horace)
+        assert set(status) == {"godot", "conversations"}
+        for part in status.values():
+            assert part["state"] == "connected" and part["queued"] == 0 and part["dropped"] == 0
+        assert status["conversations"]["delivered"] == 2
+        code, body = await horace.server.health()
+        assert code == 200 and body["sinks"] == sinks_of(horace) | {
+            "godot": body["sinks"]["godot"]}  # the same parts (godot's counters may move)
+
+
+# -- conversations -----------------------------------------------------------------------------
+
+
+async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batches(settings: Settings) -> None:
+    async with run_horace(serving(settings)) as horace:
+        for i in range(10):
+            write(horace.files / f"user/t/{i}.txt", f"t{i}")
+        expected: dict[str, dict[str, Any]] = {}  # correlation id -> tool, error_code, file_ids
+
+        def expect(correlation_id: str, tool: str, reply: dict[str, Any]) -> None:
+            if "error" in reply:
+                error_code, file_ids = str(reply["error"]["code"]), []
+            else:
+                body = reply["result"]["structuredContent"]
+                error_code = body.get("error_code")
+                file_ids = ([body["file_id"]] if "file_id" in body else
+                            [body["file"]["id"]] if "file" in body else
+                            [r["id"] for r in body.get("results", [])])
+            expected[correlation_id] = {"tool": tool, "error_code": error_code, "file_ids": file_ids}
+
+        async with connect(horace.url) as client:
+            conversation_id = next(iter(horace.server.sessions)).conversation_id
+            ids: dict[int, str] = {}
+
+            async def register(i: int) -> None:
+                reply = await call(client, "horace_register_file", f"reg-{i}", file_path=f"user/t/{i}.txt")
+                ids[i] = reply["result"]["structuredContent"]["file_id"]
+                expect(f"reg-{i}", "horace_register_file", reply)
+
+            async def mixed(i: int) -> None:
+                mix: list[tuple[str, dict[str, Any]]] = [
+                    ("horace_get_file_info", {"file_id": ids[i % 10]}),
+                    ("horace_get_file_info", {"file_id": f"missing-{i}"}),
+                    ("horace_search_files", {"path": "user/t/*"}),
+                    ("horace_get_file_info", {"file_id": 5}),  # invalid params: a JSON-RPC error
+                ]
+                tool, arguments = mix[i % 4]
+                expect(f"mix-{i}", tool, await call(client, tool, f"mix-{i}", **arguments))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(register, i)
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(mixed, i)
+
+            async def batch(b: int) -> None:
+                items: list[dict[str, Any]] = [{"jsonrpc": "2.0", "method": "notifications/initialized"},
+                                               {"jsonrpc": "2.0", "id": f"b{b}-ping", "method": "ping"},
+                                               {"jsonrpc": "2.0", "id": f"b{b}-nope", "method": "tools/call",
+                                                "params": {"name": "horace_nope"}}]  # no turn: not a tool
+                for k in range(8):
+                    items.append({"jsonrpc": "2.0", "id": f"b{b}-{k}", "method": "tools/call", "params": {
+                        "name": "horace_get_file_info", "arguments": {"file_id": ids[k]},
+                        "_meta": {"correlation_id": f"batch-{b}-{k}"}}})
+                replies = {k: client.expect(f"b{b}-{k}") for k in range(8)}
+                client.expect(f"b{b}-ping")
+                client.expect(f"b{b}-nope")
+                await client.send_raw(json.dumps(items))
+                for k, reply in replies.items():
+                    expect(f"batch-{b}-{k}", "horace_get_file_info", await reply.receive())
+
+            async with trio.open_nursery() as nursery:
+                for b in range(4):
+                    nursery.start_soon(batch, b)
+        await drained(horace)
+        assert conversation_runner(horace).transport.conflicts == 0  # type: ignore[attr-defined]
+    calls = len(expected)
+    assert calls == 10 + 40 + 32
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
+    assert [r["turn_number"] for r in rows] == list(range(1, 2 * calls + 1))
+    by_call: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_call.setdefault(row["metadata"]["correlation_id"], []).append(row)
+    assert set(by_call) == set(expected)
+    for correlation_id, (request, response) in by_call.items():
+        want = expected[correlation_id]
+        assert request["role"] == "user" and response["role"] == "assistant"
+        assert request["turn_number"] < response["turn_number"]
+        assert request["metadata"] == {"correlation_id": correlation_id, "tool": want["tool"],
+                                       "file_ids": [], "error_code": None}
+        assert response["metadata"] == {"correlation_id": correlation_id, **want}
+        assert json.loads(request["content"])["tool"] == want["tool"]
+        assert request["model"] is None and response["model"] == "horace"
+        assert response["timing_ms"] is not None and response["timing_ms"] >= 0
+        assert response["input_tokens"] is None and response["output_tokens"] is None
+    assert {w["error_code"] for w in expected.values()} == {None, "NOT_CATALOGED", "-32602"}
+
+
+async def test_a_cancelled_call_has_a_request_turn_and_no_response_turn(settings: Settings) -> None:
+    async with run_horace(serving(settings)) as horace:
+        for i in range(1500):
+            write(horace.files / f"user/n/{i}.txt", f"n{i}")
+        async with connect(horace.url) as client:
+            conversation_id = next(iter(horace.server.sessions)).conversation_id
+            await call(client, "horace_search_files", "before")
+            reply = client.expect(99)
+            await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {
+                "name": "horace_scan", "arguments": {}, "_meta": {"correlation_id": "cancelled"}}}))
+            await trio.sleep(0.05)
+            await client.send_raw(json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                              "params": {"requestId": 99}}))
+            with trio.move_on_after(1.0) as waited:
+                await reply.receive()
+            assert waited.cancelled_caught, "a cancelled call gets no response"
+            await call(client, "horace_search_files", "after")
+        await drained(horace)
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
+    assert [(r["turn_number"], r["role"], r["metadata"]["correlation_id"]) for r in rows] == [
+        (1, "user", "before"), (2, "assistant", "before"), (3, "user", "cancelled"),
+        (4, "user", "after"), (5, "assistant", "after"),
+    ]
+    assert rows[2]["metadata"]["tool"] == "horace_scan"
+
+
+def _turn(conversation_id: str, number: int, content: str, role: str = "user") -> dict[str, Any]:
+    return to_json(Turn(
+        conversation_id=conversation_id, turn_number=number, role=role, content=content, model=None,
+        input_tokens=None, output_tokens=None, timing_ms=None,
+        metadata={"correlation_id": f"c-{number}", "tool": "horace_scan", "file_ids": [], "error_code": None},
+        created_at=datetime.now(UTC),
+    ))
+
+
+async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
+    catalog: Catalog, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = ConversationTransport(catalog.backend)
+    conversation = str(uuid.uuid4())
+    first, clash = _turn(conversation, 1, "original"), _turn(conversation, 1, "something else")
+    with caplog.at_level(logging.WARNING, logger="horace.sinks"):
+        async with transport.open() as deliver:
+            await deliver([first, _turn(conversation, 2, "two", "assistant")])
+            await deliver([first])  # the same turn again: a retried delivery
+            await deliver([_turn(conversation, 3, "three"), _turn(conversation, 3, "three")])
+            assert transport.conflicts == 0
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            await deliver([clash])
+            await deliver([_turn(conversation, 4, "four"), _turn(conversation, 4, "not four")])
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert transport.conflicts == 2 and len(errors) == 2
+        assert all(r.name == "horace.sinks" and "UNIQUE(conversation_id, turn_number)" in r.getMessage()
+                   for r in errors)
+        assert conversation in errors[0].getMessage()
+        assert errors[0].correlation_id == "c-1"  # type: ignore[attr-defined]
+
+        # The same through a runner: counted and logged, the sink keeps going.
+        runner = SinkRunner(transport, spool_dir=None, **FAST)
+        async with running(runner):
+            for number, content in ((5, "five"), (2, "clash"), (5, "five")):
+                runner.emit(_turn(conversation, number, content))
+            await eventually(lambda: runner.delivered == 3)
+        assert transport.conflicts == 3 and runner.restarts == 0 and runner.failures == 0
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation]
+    assert [(r["turn_number"], r["content"]) for r in rows] == [
+        (1, "original"), (2, "two"), (3, "three"), (4, "four"), (5, "five"),
+    ]
+
+
+# -- PostgreSQL stopped and started under load ---------------------------------------------------
+
+
+class Spy:
+    """Stands between the session and the recorder: every turn the server emits."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.turns: list[tuple[str, int, str]] = []
+
+    def call_started(self, record: CallRecord) -> None:
+        self.turns.append((record.conversation_id, record.request_turn, "user"))
+        self.inner.call_started(record)
+
+    def call_finished(self, record: CallRecord) -> None:
+        if record.response_turn:
+            self.turns.append((record.conversation_id, record.response_turn, "assistant"))
+        self.inner.call_finished(record)
+
+
+async def _pg_ctl(cluster: Path, *arguments: str) -> None:
+    pg_ctl = Path((cluster / ".horace-pg-throwaway").read_text().strip()) / "pg_ctl"
+    argv = [str(pg_ctl), "-D", str(cluster / "data"), *arguments]
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    await trio.run_process(argv, cwd=cluster, capture_stdout=True, capture_stderr=True)
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="stops and starts a PostgreSQL server of its own")
+async def test_turns_survive_postgresql_stopped_and_started_under_load(tmp_path: Path) -> None:
+    script = SCRIPTS / "pg-throwaway"
+    started = await trio.run_process([str(script), "start"], capture_stdout=True)
+    exports = [line.removeprefix("export ") for line in started.stdout.decode().splitlines() if "=" in line]
+    env = dict(line.split("=", 1) for line in exports)
+    dsn = env["HORACE_TEST_PG_DSN"].strip("'\"")
+    cluster = Path(env["HORACE_PG_THROWAWAY"].strip("'\""))
+    port = str(urlsplit(dsn).port)
+    try:
+        settings = serving(Settings(storage_path=tmp_path / "root", database_url=dsn), sink_backoff_cap=0.2)
+        async with run_horace(settings) as horace:
+            runner = conversation_runner(horace)
+            spy = Spy(horace.server.observer)
+            horace.server.observer = spy  # the sessions opened from now on report to the spy
+            outcomes: dict[str, int] = {}
+            stop_load = trio.Event()
+
+            async def load(worker: int) -> None:
+                async with connect(horace.url) as client:
+                    n = 0
+                    while not stop_load.is_set():
+                        reply = await call(client, "horace_search_files", f"w{worker}-{n}", tags=["x"])
+                        body = reply["result"]["structuredContent"]
+                        outcome = body.get("error_code", "ok")
+                        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                        n += 1
+                        await trio.sleep(0.002)
+
+            async with trio.open_nursery() as nursery:
+                for worker in range(4):
+                    nursery.start_soon(load, worker)
+                await trio.sleep(0.5)
+                await _pg_ctl(cluster, "-m", "fast", "-w", "stop")
+                await eventually(lambda: outcomes.get("BACKEND_UNAVAILABLE", 0) >= 20, 15, "failing calls")
+                await trio.sleep(0.5)
+                await eventually(lambda: runner.state == "retrying", 10, "the sink retrying")
+                queued_while_down = runner.status()["queued"]
+                await _pg_ctl(cluster, "-l", str(cluster / "server.log"), "-o", f"-p {port}", "-w", "start")
+                await eventually(lambda: outcomes.get("ok", 0) >= 200, 15, "calls succeeding again")
+                await trio.sleep(0.3)
+                stop_load.set()
+            await eventually(lambda: runner.status()["queued"] == 0, 30, "the conversation sink to drain")
+            assert runner.dropped == 0 and runner.transport.conflicts == 0  # type: ignore[attr-defined]
+            assert queued_while_down > 0
+        assert outcomes.get("ok", 0) >= 200 and outcomes.get("BACKEND_UNAVAILABLE", 0) >= 20, outcomes
+        # INTERNAL: asyncpg's "cannot switch to state 12; another operation is in progress" on a
+        # connection the server terminated is not (yet) mapped to BACKEND_UNAVAILABLE by the
+        # backend; those calls still have both their turns, which is what is checked here.
+        assert set(outcomes) <= {"ok", "BACKEND_UNAVAILABLE", "INTERNAL"}, outcomes
+        rows = await stored_turns(dsn)
+        stored = [(r["conversation_id"], r["turn_number"], r["role"]) for r in rows]
+        assert len(stored) == len(set(stored))
+        assert sorted(stored) == sorted(spy.turns), (len(stored), len(spy.turns))
+        for conversation in {c for c, _, _ in stored}:
+            numbers = sorted(n for c, n, _ in stored if c == conversation)
+            assert numbers == list(range(1, len(numbers) + 1))
+    finally:
+        subprocess.run([str(script), "stop", str(cluster)], check=False, capture_output=True)  # noqa: ASYNC221
+
