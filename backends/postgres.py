@@ -802,7 +802,11 @@ def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
     # The pool or the connection is closed (or closing); other interface errors are bugs.
-    return isinstance(exc, asyncpg.exceptions.InterfaceError) and "clos" in str(exc)
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and "clos" in str(exc):
+        return True
+    # A connection the server dropped mid-statement (fast shutdown) is left in a protocol
+    # state asyncpg reports as "cannot switch to state ...": the server is going away.
+    return isinstance(exc, asyncpg.exceptions.InternalClientError) and "cannot switch to state" in str(exc)
 
 
 def _redact(url: str) -> str:
