@@ -31,6 +31,7 @@ class JsonLines(logging.Formatter):
 def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
+    handler.setLevel(level)  # a sink lowering the "horace" logger must not flood stderr
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

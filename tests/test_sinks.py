@@ -736,3 +736,44 @@ async def test_turns_survive_postgresql_stopped_and_started_under_load(tmp_path:
     finally:
         subprocess.run([str(script), "stop", str(cluster)], check=False, capture_output=True)  # noqa: ASYNC221
 
+
+
+class PickyTransport(MemoryTransport):
+    """Refuses (on a working connection) every batch holding a poisoned entry."""
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Deliver]:
+        async def deliver(batch: list[dict[str, Any]]) -> None:
+            await trio.lowlevel.checkpoint()
+            if any(item.get("poison") for item in batch):
+                raise SinkUnavailable("entry refused")
+            self.stored.extend(batch)
+
+        yield deliver
+
+
+async def test_an_entry_refused_again_and_again_is_dropped_not_blocking(tmp_path: Path) -> None:
+    transport = PickyTransport()
+    runner = SinkRunner(transport, spool_dir=tmp_path, batch_size=8, backoff_base=0.001, backoff_cap=0.01)
+    for i in range(5):
+        runner.emit(entry(i))
+    runner.emit({**entry(5), "poison": True})
+    for i in range(6, 10):
+        runner.emit(entry(i))
+    async with running(runner):
+        await eventually(lambda: len(transport.stored) == 9, what="the good entries")
+    assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(10) if i != 5]
+    assert runner.dropped == 1
+
+
+async def test_a_replay_interrupted_by_a_crash_is_picked_up(tmp_path: Path) -> None:
+    transport = MemoryTransport()
+    # What a process killed mid-replay leaves, beside a fresh spill of a later run.
+    (tmp_path / "memory.replaying").write_text("".join(json.dumps(entry(i)) + "\n" for i in range(3)))
+    (tmp_path / "memory.jsonl").write_text("".join(json.dumps(entry(i)) + "\n" for i in range(3, 5)))
+    runner = SinkRunner(transport, spool_dir=tmp_path, backoff_base=0.001)
+    async with running(runner):
+        await eventually(lambda: len(transport.stored) == 5, what="both spools")
+    assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(5)]
+    assert runner.replayed == 5
+    assert not list(tmp_path.iterdir())

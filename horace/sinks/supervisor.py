@@ -25,6 +25,8 @@ from horace.supervise import backoff
 # The sinks' own log never feeds a sink (see horace.sinks.godot.GodotLogHandler).
 log = logging.getLogger("horace.sinks")
 
+POISON_STRIKES = 3
+
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
@@ -56,6 +58,7 @@ class SinkRunner:
         # back: a batch too long for one connection's life would otherwise never get out.
         self._batch_limit = batch_size
         self._in_flight = 0
+        self._strikes = 0
         self.flush_seconds = flush_seconds
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self._queue: deque[tuple[int, dict[str, Any]]] = deque()
@@ -100,10 +103,12 @@ class SinkRunner:
                     await self._connected()
                 except Exception as exc:  # every failure: log it, back off, start again
                     self.failures += 1
-                    self.state = "retrying"
+                    if self._in_flight == 1 and self.state == "connected":
+                        self._strike_single_entry()
                     if self._in_flight:
                         self._batch_limit = max(1, self._in_flight // 2)
                         self._in_flight = 0
+                    self.state = "retrying"
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     unexpected = not isinstance(exc, OSError | ConnectionError | TimeoutError | SinkUnavailable)
                     if unexpected:
@@ -120,6 +125,18 @@ class SinkRunner:
                 await self._flush()
             self._spill()
             self.state = "stopped"
+
+    def _strike_single_entry(self) -> None:
+        """A lone entry failed on a working connection: after a few strikes it is the
+        entry (too large, unacceptable), not the destination. Drop it, loudly."""
+        self._strikes += 1
+        if self._strikes < POISON_STRIKES or not self._queue:
+            return
+        self._strikes = 0
+        _, entry = self._queue.popleft()
+        self.dropped += 1
+        log.error("sink %s: dropped an entry refused %d times: %.200s", self.name, POISON_STRIKES,
+                  json.dumps(entry, default=str), extra={"sink": self.name})
 
     async def _connected(self) -> None:
         async with self.transport.open() as deliver:
@@ -138,6 +155,7 @@ class SinkRunner:
         self._in_flight = len(batch)
         await deliver(batch)
         self._in_flight = 0
+        self._strikes = 0
         self._batch_limit = min(self.batch_size, self._batch_limit * 2)
         # Entries dropped for overflow while the batch was out were the oldest: only
         # what is still queued up to the batch's last sequence number was delivered.
@@ -172,11 +190,19 @@ class SinkRunner:
         self._queue.clear()
 
     async def _replay(self) -> None:
-        if self.spool_path is None or not self.spool_path.exists():
+        if self.spool_path is None:
             return
         replaying = self.spool_path.with_suffix(".replaying")
-        self.spool_path.rename(replaying)
-        lines = (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines()
+        # A .replaying file still there is from a process that died while replaying.
+        lines = (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines() if replaying.exists() else []
+        if self.spool_path.exists():
+            with replaying.open("a", encoding="utf-8") as merged:
+                merged.write(self.spool_path.read_text(encoding="utf-8"))
+            self.spool_path.unlink()
+            lines = (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines()
+        if not lines:
+            replaying.unlink(missing_ok=True)
+            return
         entries = []
         for number, line in enumerate(lines, 1):
             try:
