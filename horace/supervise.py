@@ -51,12 +51,19 @@ async def supervise(
             failures += 1
             state.restarts += 1
             state.state = "restarting"
-            state.last_error = f"{type(exc).__name__}: {exc}"
+            state.last_error = _describe(exc)
             log.exception("task %s crashed; restarting (%d)", state.name, state.restarts, extra={"task": state.name})
             await trio.sleep(backoff(failures, backoff_base, backoff_cap))
         else:
             state.state = "done"
             return
+
+
+def _describe(exc: BaseException) -> str:
+    # A task's own nursery wraps what it raised in a group: name the one failure inside.
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def every(state: TaskState, interval: float, work: Callable[[], Awaitable[Any]]) -> None:

@@ -6,7 +6,14 @@ while a writer has it open) and it has not changed for ``settle`` seconds. Only 
 it registered or versioned, and the copy itself is checked for changes under it, so a
 half-written state is never kept, and a burst of writes gives one version per settled
 state. A path that vanishes waits the same time for a new path with its content (a
-rename keeps the file's id and history); if none comes, the file is soft-deleted.
+rename keeps the file's id and history); if none comes, the file is soft-deleted. A
+vanished folder (moved or removed whole, one event for all its files) does the same for
+every file catalogued under it.
+
+Each time the watch is (re)established, a catch-up pass looks for what no event will
+report: files changed since the watcher last saw events, files not catalogued, and
+catalogued files gone. Polling (NFS) sees a change only when the mtime's second changes,
+so each file taken in poll mode is looked at once more after that second has passed.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,7 +35,7 @@ import trio
 from watchfiles import Change, awatch
 
 from horace.catalog import Catalog, in_thread
-from horace.model import ErrorCode, FileRecord, HoraceError, Status
+from horace.model import ErrorCode, FileRecord, HoraceError, SearchQuery, Status
 from horace.storage import TMP_PREFIX
 
 log = logging.getLogger("horace.watch")
@@ -35,8 +44,20 @@ log = logging.getLogger("horace.watch")
 IGNORED_NAME = re.compile(r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.|" + re.escape(TMP_PREFIX) + ")")
 
 
+# Changes up to this long before the watch was (last) in place are looked at again.
+CATCH_UP_SLACK = 10.0
+
+
 def ignored(name: str) -> bool:
     return bool(IGNORED_NAME.search(name))
+
+
+def _glob_literal(text: str) -> str:
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
+
+
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 @attrs.define
@@ -67,14 +88,30 @@ class Watcher:
         self.poll = poll
         self.poll_ms = poll_ms
         self.counts = WatchCounts()
+        self.watching = False  # the watch is in place
         self._due: dict[str, float] = {}  # path -> when to look at it again
-        self._vanished: dict[str, tuple[FileRecord, float]] = {}  # checksum -> (file, since)
+        self._vanished: dict[str, tuple[FileRecord, float]] = {}  # file id -> (file, since)
+        self._polled: dict[str, tuple[int, ...]] = {}  # poll mode: path -> stat when taken
+        self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
 
     def status(self) -> dict[str, Any]:
-        return {"pending": len(self._due), "mode": "poll" if self.poll else "inotify", **attrs.asdict(self.counts)}
+        return {"watching": self.watching, "pending": len(self._due),
+                "mode": "poll" if self.poll else "inotify", **attrs.asdict(self.counts)}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if threading.current_thread() is threading.main_thread():
+            # The lease probe's lease, broken by a writer opening the file at that instant,
+            # makes the kernel send SIGIO, whose default action ends the process.
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
+        try:
+            await self._watch(task_status)
+        finally:
+            # Whatever the next run's watch misses from here on, its catch-up finds.
+            self.watching = False
+            self._since = time.time() - CATCH_UP_SLACK
+
+    async def _watch(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._settle_loop)
             started = False
@@ -91,25 +128,71 @@ class Watcher:
             ):
                 if not started:
                     started = True
+                    self.watching = True
+                    nursery.start_soon(self._catch_up, self._since)
                     task_status.started()
                 for change, raw in changes:
                     self.counts.events += 1
-                    self._noticed(change, Path(raw))
+                    await self._noticed(change, Path(raw))
 
     def _wanted(self, change: Change, raw: str) -> bool:
         return not ignored(os.path.basename(raw))
 
-    def _noticed(self, change: Change, path: Path) -> None:
+    async def _noticed(self, change: Change, path: Path) -> None:
         try:
             rel = path.relative_to(self.files).as_posix()
         except ValueError:
             return
-        if change is not Change.deleted and path.is_dir() and not path.is_symlink():
-            # A new folder: its files may have been written before the watch saw it.
-            for found in self.catalog.storage.walk_working(rel):
-                self.schedule(found)
-            return
+        if change is not Change.deleted:
+            inside = await in_thread(self._folder_files, path, rel)
+            if inside is not None:
+                # A new folder: its files may have been written before the watch saw it.
+                for found in inside:
+                    self.schedule(found)
+                return
         self.schedule(rel)
+
+    def _folder_files(self, path: Path, rel: str) -> list[str] | None:
+        """The files in *path* when it is a folder (not a symlink to one), else None."""
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return None
+        except OSError:
+            return None
+        return self._walk(rel)
+
+    def _walk(self, under: str | None = None) -> list[str]:
+        """The files under *under* a watch would report (ignored names left out)."""
+        try:
+            walked = self.catalog.storage.walk_working(under)
+            return [rel for rel in walked if not ignored(rel.rsplit("/", 1)[-1])]
+        except (HoraceError, OSError) as exc:  # swapped for a symlink, gone, unreadable
+            log.debug("watch: not walking %s: %s", under, exc)
+            return []
+
+    async def _catch_up(self, since: float) -> None:
+        """What no event reports: changes from before the watch was in place (at start, or
+        while a crashed watcher was down). Files not catalogued, or changed since *since*,
+        are taken; catalogued files that are gone vanish."""
+
+        def look() -> dict[str, float]:
+            found = {}
+            for rel in self._walk():
+                try:
+                    st = os.lstat(self.files / rel)
+                except OSError:
+                    continue
+                found[rel] = max(st.st_mtime, st.st_ctime)
+            return found
+
+        found = await in_thread(look)
+        known = {f.file_path: f for f in await self.catalog.backend.all_files()}
+        for rel, changed in found.items():
+            if rel not in known or changed >= since:
+                self.schedule(rel)
+        for rel, record in known.items():
+            if record.status is Status.ACTIVE and rel not in found:
+                self.schedule(rel)
 
     def schedule(self, rel: str, delay: float | None = None) -> None:
         self._due[rel] = trio.current_time() + (self.settle if delay is None else delay)
@@ -143,29 +226,51 @@ class Watcher:
             else:
                 self.counts.errors += 1
                 log.warning("watch: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
+        except OSError as exc:  # this file only (unreadable, say): the watch goes on
+            self.counts.errors += 1
+            log.warning("watch: %s: %s", rel, exc, extra={"correlation_id": correlation_id})
 
     async def _take(self, rel: str, correlation_id: str) -> None:
         storage = self.catalog.storage
         try:
             st = await in_thread(os.lstat, self.files / rel)
         except (FileNotFoundError, NotADirectoryError):
+            self._polled.pop(rel, None)
             await self._vanish(rel)
             return
         if not stat.S_ISREG(st.st_mode):
             return  # symlinks and special files are never catalogued
+        if self.poll and self._polled.get(rel) == _signature(st):
+            del self._polled[rel]  # the second look: unchanged since it was taken
+            return
         if await in_thread(storage.is_being_written, rel) or _age(st) < self.settle:
             self.counts.retried += 1
             self.schedule(rel)
             return
+        if self.poll:  # a change later within the same second of mtime goes unreported
+            self._polled[rel] = _signature(st)
+            self.schedule(rel, 1.0 + self.poll_ms / 1000 + self.settle)
         record = await self.catalog.backend.file_by_path(rel)
         if record is None and self._vanished:
             digest = await in_thread(storage.hash_working, rel)
-            if digest in self._vanished:
-                old, _ = self._vanished.pop(digest)
+            old = next((f for f, _ in self._vanished.values() if f.checksum == digest), None)
+            if old is not None:
+                del self._vanished[old.id]
                 await self.catalog.move(old.id, rel, correlation_id)
                 self.counts.moved += 1
                 return
         done = await self.catalog.register(rel, correlation_id=correlation_id)
+        if (
+            done.duplicate
+            and done.file.status is Status.ACTIVE
+            and not await in_thread(storage.working_exists, done.file.file_path)
+        ):
+            # Its content is catalogued under a path that is gone: a rename whose other
+            # half has not been looked at yet.
+            self._vanished.pop(done.file.id, None)
+            await self.catalog.move(done.file.id, rel, correlation_id)
+            self.counts.moved += 1
+            return
         if record is None and not done.duplicate:
             self.counts.registered += 1
         elif done.version_created:
@@ -173,16 +278,29 @@ class Watcher:
 
     async def _vanish(self, rel: str) -> None:
         record = await self.catalog.backend.file_by_path(rel)
-        if record is not None and record.status is Status.ACTIVE:
-            self._vanished[record.checksum] = (record, trio.current_time())
-            self._wakeup.set()
+        now = trio.current_time()
+        if record is not None:
+            if record.status is Status.ACTIVE:
+                self._vanished[record.id] = (record, now)
+        else:
+            # Perhaps a folder, moved or removed whole: each file catalogued under it.
+            query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
+            cursor = None
+            while True:
+                page = await self.catalog.search(query, cursor)
+                for found in page.results:
+                    self._vanished[found.id] = (found, now)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        self._wakeup.set()
 
     async def _expire_vanished(self) -> None:
         now = trio.current_time()
-        for checksum, (record, since) in list(self._vanished.items()):
+        for file_id, (record, since) in list(self._vanished.items()):
             if now - since < self.settle:
                 continue
-            del self._vanished[checksum]
+            del self._vanished[file_id]
             if await in_thread(self.catalog.storage.working_exists, record.file_path):
                 continue  # it came back
             correlation_id = f"watch-{uuid.uuid4()}"
