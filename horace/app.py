@@ -34,7 +34,7 @@ async def open_catalog(settings: Settings, *, check: bool = True) -> AsyncIterat
         async with open_backend(settings.catalog_url) as backend:
             catalog = Catalog(storage, backend, locks, policy_of(settings))
             if check:
-                report = await fsck(catalog, repair=True)
+                report = await fsck(catalog, repair=True, restore_working=False)
                 for finding in report.findings:
                     log.warning(
                         "fsck at start: %s: %s%s", finding.kind, finding.detail,

@@ -7,6 +7,9 @@
 - no temp file left behind by a process that is gone.
 
 Run at start (quick: sizes, not hashes) and by ``horace fsck`` (``--deep`` re-hashes).
+The automatic runs (at start, periodic) repair what a crash leaves behind but do not
+write missing working copies back: a file deleted or renamed while Horace was down is
+the reconcile's business (soft delete, rename), not a crash's.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ async def fsck(
     *,
     repair: bool = False,
     deep: bool = False,
+    restore_working: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> FsckReport:
     storage, backend = catalog.storage, catalog.backend
@@ -136,7 +140,7 @@ async def fsck(
         if await in_thread(storage.working_exists, file.file_path):
             continue
         repaired = False
-        if repair and checked.get(file.checksum, False):
+        if repair and restore_working and checked.get(file.checksum, False):
             await in_thread(storage.write_working, file.file_path, file.checksum)
             repaired = True
         found("working_missing", "the active file's working copy is missing", repaired, file.id, file.file_path)

@@ -16,6 +16,8 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
+import signal
 import socket
 import stat
 import time
@@ -51,6 +53,15 @@ class Staged:
     checksum: str
     size: int
     head: bytes
+
+
+# Editor and writer temp files (swap files, backups, lock files) and our own temps:
+# never catalogued by a scan, a reconcile or the watcher.
+IGNORED_NAME = re.compile(r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.|^" + re.escape(TMP_PREFIX) + ")")
+
+
+def ignored_name(name: str) -> bool:
+    return bool(IGNORED_NAME.search(name))
 
 
 def temp_name() -> str:
@@ -200,6 +211,10 @@ class Storage:
         """
         try:
             with self.open_working(rel) as fd:
+                # Should a writer open the file while we hold the lease for this instant,
+                # the kernel signals the holder: SIGURG (ignored by default) instead of
+                # SIGIO (whose default ends the process).
+                fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
                 try:
                     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
                 except BlockingIOError:
@@ -353,7 +368,7 @@ class Storage:
                 for e in listing
             ]
         for name, is_dir, is_file in entries:
-            if name.startswith(TMP_PREFIX):
+            if is_file and ignored_name(name):
                 continue
             if is_dir:
                 try:

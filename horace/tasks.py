@@ -27,7 +27,7 @@ async def _purge(catalog: Catalog) -> dict[str, int]:
 
 
 async def _fsck(catalog: Catalog) -> dict[str, Any]:
-    report = await fsck(catalog, repair=True)
+    report = await fsck(catalog, repair=True, restore_working=False)
     for finding in report.findings:
         log.warning("fsck: %s: %s%s", finding.kind, finding.detail, " (repaired)" if finding.repaired else "",
                     extra={"file_id": finding.file_id, "file_path": finding.file_path})

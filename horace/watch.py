@@ -21,9 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,20 +34,13 @@ from watchfiles import Change, awatch
 
 from horace.catalog import Catalog, in_thread
 from horace.model import ErrorCode, FileRecord, HoraceError, SearchQuery, Status
-from horace.storage import TMP_PREFIX
+from horace.storage import ignored_name as ignored
 
 log = logging.getLogger("horace.watch")
-
-# Editor and writer temp files: swap files, backups, lock files, our own temps.
-IGNORED_NAME = re.compile(r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.|" + re.escape(TMP_PREFIX) + ")")
-
 
 # Changes up to this long before the watch was (last) in place are looked at again.
 CATCH_UP_SLACK = 10.0
 
-
-def ignored(name: str) -> bool:
-    return bool(IGNORED_NAME.search(name))
 
 
 def _glob_literal(text: str) -> str:
@@ -100,10 +91,6 @@ class Watcher:
                 "mode": "poll" if self.poll else "inotify", **attrs.asdict(self.counts)}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if threading.current_thread() is threading.main_thread():
-            # The lease probe's lease, broken by a writer opening the file at that instant,
-            # makes the kernel send SIGIO, whose default action ends the process.
-            signal.signal(signal.SIGIO, signal.SIG_IGN)
         try:
             await self._watch(task_status)
         finally:

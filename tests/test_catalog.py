@@ -470,3 +470,14 @@ async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> Non
     with pytest.raises(HoraceError) as excinfo:
         await catalog.scan("user/absent")
     assert excinfo.value.code is ErrorCode.FILE_NOT_FOUND
+
+
+async def test_scan_skips_editor_and_writer_temp_files(catalog: Catalog, files: Path) -> None:
+    for name in ("draft.tmp", "notes.txt~", ".#notes.txt", ".notes.txt.swp", ".horace-tmp-x-1-abc"):
+        write(files / "user" / name, f"temp {name}")
+    write(files / "user/notes.txt", "the real one")
+    report = await catalog.scan()
+    assert (report.scanned, report.registered) == (1, 1)
+    assert await paths(catalog) == {"user/notes.txt"}
+    # Asked for explicitly, a temp-looking file is still catalogued.
+    assert not (await catalog.register("user/draft.tmp")).duplicate

@@ -494,13 +494,6 @@ async def test_reconcile_after_downtime_registers_and_versions(settings: Setting
         assert (kept.id, kept.current_version) == (ids["keep"], 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the start-up fsck (open_catalog, repair=True) writes missing working copies back before "
-        "the watch-mode reconcile runs, so a delete or rename made while Horace was down is undone"
-    ),
-)
 async def test_reconcile_after_downtime_soft_deletes_and_moves(settings: Settings) -> None:
     files = settings.storage_path / "files"
     ids = await _catalogue_then_stop(settings, ["delete", "rename"])

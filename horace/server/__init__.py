@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -48,7 +49,7 @@ async def serve(
         if settings.watch:
             await reconcile_logged(catalog, progress)
         spool = catalog.storage.private / "spool"
-        sink_options = {
+        sink_options: dict[str, Any] = {
             "spool_dir": spool, "capacity": settings.sink_queue, "flush_seconds": settings.sink_flush,
             "backoff_base": settings.sink_backoff_base, "backoff_cap": settings.sink_backoff_cap,
         }

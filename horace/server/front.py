@@ -79,6 +79,10 @@ class Front:
             await self._handle(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
             log.debug("connection dropped: %s", exc)
+        except Exception:
+            # A bug met by one connection ends that connection, never the whole server
+            # (uncaught, it would cancel every other session through the handler nursery).
+            log.exception("connection failed")
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True

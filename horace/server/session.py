@@ -41,6 +41,9 @@ INTERNAL_ERROR = -32603
 SERVER_BUSY = -32000
 REQUEST_TIMEOUT = -32001
 
+MAX_PARAMS_DEPTH = 64  # levels of lists and objects in a request's params
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 _NO_REPLY = object()
 
 
@@ -71,6 +74,50 @@ class _NoObserver:
 
 def _is_valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
+
+
+def _unusable(params: Any) -> str | None:
+    """Why *params* cannot be used whatever the method, or None.
+
+    Values nested too deep would overflow the recursive code past this point (structuring,
+    JSON for the catalog and the sinks) and, once stored, break every later read of the
+    file. A lone surrogate (a ``\\udXXX`` escape without its pair) is valid JSON text but
+    not Unicode: it can be neither a path nor a database string. Integers beyond 64 bits
+    fit no database column, and NaN or Infinity (which Python's parser lets through) are
+    not JSON and could not be sent back. Walked iteratively.
+    """
+    stack = [(params, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return f"a string in params is not valid Unicode (lone surrogate): {item[:40]!r}"
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if not INT64_MIN <= item <= INT64_MAX:
+                return f"an integer in params is out of the 64-bit range: {item}"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"a number in params is not finite: {item}"
+        elif isinstance(item, dict | list):
+            if depth > MAX_PARAMS_DEPTH:
+                return f"params nested deeper than {MAX_PARAMS_DEPTH} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _is_notification(message: Any) -> bool:
+    """A well-formed notification (no id, a method, "jsonrpc": "2.0"): never answered.
+
+    The one test for both single messages and batch members; anything else without an id
+    is an invalid request, answered with id null.
+    """
+    return (isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str)
+            and message.get("jsonrpc") == "2.0")
 
 
 def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
@@ -219,7 +266,7 @@ class Session:
             return
         try:
             parsed = json.loads(message)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             calls.start_soon(self.send, _error(None, RpcError(PARSE_ERROR, f"parse error: {exc}")))
             return
         if isinstance(parsed, list):
@@ -234,8 +281,7 @@ class Session:
 
     def _notification(self, message: Any) -> bool:
         """Handle *message* if it is a well-formed notification; True if it was one."""
-        if not (isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str)
-                and message.get("jsonrpc") == "2.0"):
+        if not _is_notification(message):
             return False
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         if message["method"] == "notifications/cancelled":
@@ -250,7 +296,7 @@ class Session:
         replies: list[Any] = []
 
         async def one(item: Any) -> None:
-            if isinstance(item, dict) and "id" not in item and isinstance(item.get("method"), str):
+            if _is_notification(item):
                 return  # a notification, handled on arrival
             reply = await self._answer(item)
             if reply is not _NO_REPLY:
@@ -278,6 +324,9 @@ class Session:
             return _error(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
         if not isinstance(params, dict | list):
             return _error(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
+        refusal = _unusable(params)
+        if refusal is not None:
+            return _error(request_id, RpcError(INVALID_PARAMS, refusal))
         if self._inflight >= self.settings.max_calls_per_connection:
             return _error(request_id, RpcError(
                 SERVER_BUSY,
