@@ -128,6 +128,13 @@ class ScanReport:
 
 
 @frozen
+class NewFiles:
+    registered: tuple[FileRecord, ...]
+    skipped: tuple[str, ...]  # content catalogued already, or the path taken meanwhile
+    failed: tuple[tuple[str, HoraceError], ...]
+
+
+@frozen
 class ReconcileReport:
     scan: ScanReport
     moved: int
@@ -521,10 +528,10 @@ class Catalog:
         new_paths = [p for p in found if p not in known]
         for start in range(0, len(new_paths), SCAN_BATCH):
             batch = new_paths[start : start + SCAN_BATCH]
-            registered, duplicates, failed = await self._register_batch(batch, correlation_id)
-            counts["registered"] += registered
-            counts["duplicates"] += duplicates
-            errors += failed
+            outcome = await self.register_new(batch, correlation_id)
+            counts["registered"] += len(outcome.registered)
+            counts["duplicates"] += len(outcome.skipped)
+            errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
             done += len(batch)
             if progress:
                 progress(done, len(found))
@@ -548,25 +555,24 @@ class Catalog:
                 progress(done, len(found))
         return ScanReport(len(found), errors=tuple(errors), **counts)
 
-    async def _register_batch(
-        self, batch: list[str], correlation_id: str | None
-    ) -> tuple[int, int, list[str]]:
-        """Register new files in one commit: stage all, one filesystem sync, one insert.
+    async def register_new(self, batch: Sequence[str], correlation_id: str | None = None) -> NewFiles:
+        """Register files not catalogued yet, in one commit: stage all, one filesystem
+        sync, one insert. Paths must be relative to files/ (as the walks give them).
 
         No per-file lock is needed: nothing but the insert is written, and the unique
         path constraint decides any race with another writer.
         """
         staged: list[tuple[str, Staged]] = []
-        errors: list[str] = []
+        failed: list[tuple[str, HoraceError]] = []
 
         def stage_all() -> None:
             for rel in batch:
                 try:
                     staged.append((rel, self.storage.stage(rel, _check_cancelled)))
                 except HoraceError as exc:
-                    errors.append(f"{rel}: {exc.message}")
+                    failed.append((rel, exc))
                 except FileNotFoundError:
-                    errors.append(f"{rel}: vanished during the scan")
+                    failed.append((rel, HoraceError(ErrorCode.FILE_NOT_FOUND, f"{rel!r} vanished")))
 
         try:
             await in_thread(stage_all)
@@ -600,7 +606,8 @@ class Catalog:
         finally:
             for _, s in staged:
                 self.storage.discard(s)
-        return len(inserted), len(staged) - len(inserted), errors
+        done = {f.file_path for f in inserted}
+        return NewFiles(tuple(inserted), tuple(rel for rel, _ in staged if rel not in done), tuple(failed))
 
     async def move(self, file_id: str, new_client_path: str, correlation_id: str | None = None) -> FileRecord:
         """A rename seen on disk: the file keeps its id and history under its new path."""

@@ -40,6 +40,7 @@ log = logging.getLogger("horace.watch")
 
 # Changes up to this long before the watch was (last) in place are looked at again.
 CATCH_UP_SLACK = 10.0
+NEW_FILES_BATCH = 256
 
 
 
@@ -85,6 +86,8 @@ class Watcher:
         self._polled: dict[str, tuple[int, ...]] = {}  # poll mode: path -> stat when taken
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
+        self._new: list[str] = []  # settled, not catalogued: registered together
+        self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
 
     def status(self) -> dict[str, Any]:
         return {"watching": self.watching, "pending": len(self._due),
@@ -194,6 +197,8 @@ class Watcher:
             for rel in ready:
                 del self._due[rel]
                 await self._settle(rel)
+            if self._new:
+                await self._register_new()
             await self._expire_vanished()
             upcoming = [*self._due.values(), *(since + self.settle for _, since in self._vanished.values())]
             self._wakeup = trio.Event()
@@ -246,6 +251,10 @@ class Watcher:
                 await self.catalog.move(old.id, rel, correlation_id)
                 self.counts.moved += 1
                 return
+        if record is None and rel not in self._one_by_one:
+            self._new.append(rel)  # registered with the others of this pass, in one commit
+            return
+        self._one_by_one.discard(rel)
         done = await self.catalog.register(rel, correlation_id=correlation_id)
         if (
             done.duplicate
@@ -262,6 +271,27 @@ class Watcher:
             self.counts.registered += 1
         elif done.version_created:
             self.counts.versioned += 1
+
+    async def _register_new(self) -> None:
+        pending, self._new = self._new, []
+        for start in range(0, len(pending), NEW_FILES_BATCH):
+            await self._register_batch(pending[start : start + NEW_FILES_BATCH])
+
+    async def _register_batch(self, batch: list[str]) -> None:
+        correlation_id = f"watch-{uuid.uuid4()}"
+        outcome = await self.catalog.register_new(batch, correlation_id)
+        self.counts.registered += len(outcome.registered)
+        for rel in outcome.skipped:
+            # A duplicate, or the second half of a rename: the one-by-one path tells which.
+            self._one_by_one.add(rel)
+            await self._settle(rel)
+        for rel, exc in outcome.failed:
+            if exc.code is ErrorCode.FILE_LOCKED:  # written to while we read it: later
+                self.counts.retried += 1
+                self.schedule(rel)
+            elif exc.code not in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH):
+                self.counts.errors += 1
+                log.warning("watch: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
 
     async def _vanish(self, rel: str) -> None:
         record = await self.catalog.backend.file_by_path(rel)
