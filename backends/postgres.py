@@ -99,9 +99,7 @@ _COLLECTION_COLUMNS = ("name", "description", "metadata", "created_at", "updated
 def _cols(columns: Sequence[str], table: str = "", prefix: str = "") -> str:
     """``t.a AS pa, t.b AS pb``: a column list, optionally qualified and renamed."""
     qualified = f"{table}." if table else ""
-    return ", ".join(
-        f"{qualified}{c} AS {prefix}{c}" if prefix else f"{qualified}{c}" for c in columns
-    )
+    return ", ".join(f"{qualified}{c} AS {prefix}{c}" if prefix else f"{qualified}{c}" for c in columns)
 
 
 F = _cols(_FILE_COLUMNS)
@@ -397,9 +395,7 @@ def _search_sql(q: SearchQuery) -> tuple[str, list[Any]]:
         # so a malformed id in a cursor is a position, not an error); for canonical ids
         # this is the uuid order of the ORDER BY. The plain bound lets an index start there.
         page_where.append(f"f.{column} {op}= {x}")
-        page_where.append(
-            f'(f.{column}, f.id::text COLLATE "C") {op} ({x}, {p(str(last_id), "text")})'
-        )
+        page_where.append(f'(f.{column}, f.id::text COLLATE "C") {op} ({x}, {p(str(last_id), "text")})')
     clause = " AND ".join(where) or "true"
     page_clause = " AND ".join(page_where) or "true"
     limit, offset = p(q.limit, "bigint"), p(q.offset, "bigint")
@@ -596,8 +592,7 @@ ORDER BY s.size DESC, s.checksum COLLATE "C", f.created_at, f.id
 
 _MEMBER_COUNT = "(SELECT count(*) FROM horace_collection_members x WHERE x.collection = c.name)"
 _COLLECTION_SELECT = (
-    f"SELECT {_cols(_COLLECTION_COLUMNS, 'c')}, {_MEMBER_COUNT} AS member_count "
-    "FROM horace_collections c"
+    f"SELECT {_cols(_COLLECTION_COLUMNS, 'c')}, {_MEMBER_COUNT} AS member_count FROM horace_collections c"
 )
 _UPSERT_COLLECTION = f"""
 WITH c AS (
@@ -816,8 +811,7 @@ def _redact(url: str) -> str:
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
     query = "&".join(
-        "password=***" if piece.partition("=")[0] == "password" else piece
-        for piece in parts.query.split("&")
+        "password=***" if piece.partition("=")[0] == "password" else piece for piece in parts.query.split("&")
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
@@ -981,9 +975,7 @@ class _Units:
             raise LookupError(f"add_version: no catalogued file {file_id!r}")
         return _file(row), _version(row, "v_"), sorted(set(row["orphans"]))
 
-    async def update_file(
-        self, file_id: str, changes: FileChanges, at: datetime
-    ) -> FileRecord | None:
+    async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         fid = _uuid(file_id)
         if fid is None:
             return None
@@ -1058,15 +1050,11 @@ class _Units:
             return None
         return _collection(rows[0], "c_"), [_file(r) for r in rows if r["id"] is not None]
 
-    async def add_members(
-        self, name: str, file_ids: Sequence[str], at: datetime
-    ) -> Collection | None:
+    async def add_members(self, name: str, file_ids: Sequence[str], at: datetime) -> Collection | None:
         row = await self._source.run(_fetchrow, _ADD_MEMBERS, name, at, _uuids(file_ids))
         return _collection(row) if row else None
 
-    async def remove_members(
-        self, name: str, file_ids: Sequence[str], at: datetime
-    ) -> Collection | None:
+    async def remove_members(self, name: str, file_ids: Sequence[str], at: datetime) -> Collection | None:
         row = await self._source.run(_fetchrow, _REMOVE_MEMBERS, name, at, _uuids(file_ids))
         return _collection(row) if row else None
 

@@ -38,8 +38,10 @@ class Units(Protocol):
     async def file_by_path(self, file_path: str) -> FileRecord | None: ...
     async def file_by_checksum(self, checksum: str) -> FileRecord | None:
         """The oldest non-deleted file whose current content has this checksum."""
+
     async def versions(self, file_id: str) -> list[VersionRecord]:
         """Newest first."""
+
     async def version(self, file_id: str, version: int) -> VersionRecord | None: ...
 
     # -- writing ----------------------------------------------------------------------
@@ -51,6 +53,7 @@ class Units(Protocol):
         A path that is catalogued already, or whose content is (same checksum, not
         deleted), is skipped; returns the records actually inserted.
         """
+
     async def add_version(
         self,
         file_id: str,
@@ -63,9 +66,8 @@ class Units(Protocol):
         """Record version max+1 as current (optionally setting status), prune by
         retention, and return the file, the version, and the checksums of pruned
         versions that no version row refers to any more."""
-    async def update_file(
-        self, file_id: str, changes: FileChanges, at: datetime
-    ) -> FileRecord | None:
+
+    async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         """Apply the allow-listed changes; a status change sets or clears deleted_at;
         ``collection`` adds the file to that collection (created when missing)."""
 
@@ -76,6 +78,7 @@ class Units(Protocol):
     # -- searching --------------------------------------------------------------------
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
         """(total_count, one page) for the filters, sort and position of *query*."""
+
     async def find_duplicates(self, limit: int) -> list[DuplicateGroup]: ...
 
     # -- collections ------------------------------------------------------------------
@@ -91,12 +94,8 @@ class Units(Protocol):
     async def get_collection(
         self, name: str, limit: int, offset: int
     ) -> tuple[Collection, list[FileRecord]] | None: ...
-    async def add_members(
-        self, name: str, file_ids: Sequence[str], at: datetime
-    ) -> Collection | None: ...
-    async def remove_members(
-        self, name: str, file_ids: Sequence[str], at: datetime
-    ) -> Collection | None: ...
+    async def add_members(self, name: str, file_ids: Sequence[str], at: datetime) -> Collection | None: ...
+    async def remove_members(self, name: str, file_ids: Sequence[str], at: datetime) -> Collection | None: ...
     async def delete_collection(self, name: str) -> bool: ...
     async def missing_file_ids(self, file_ids: Sequence[str]) -> list[str]:
         """Which of *file_ids* are not catalogued."""
@@ -104,10 +103,12 @@ class Units(Protocol):
     # -- maintenance ------------------------------------------------------------------
     async def unreferenced(self, checksums: Sequence[str]) -> list[str]:
         """Which of *checksums* no version row refers to."""
+
     async def all_files(self) -> list[FileRecord]: ...
     async def all_versions(self) -> list[VersionRecord]: ...
     async def repair_current(self, file_id: str) -> FileRecord | None:
         """Make current_version, checksum and size agree with the newest version row."""
+
     async def delete_version(self, file_id: str, version: int) -> None: ...
     async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
         """Remove files deleted before the cutoff; (files purged, checksums left
@@ -125,9 +126,12 @@ class Backend(Units, Protocol):
 
     async def migrate(self) -> int:
         """Apply pending schema steps; return the schema version now in force."""
+
     async def ping(self) -> None:
         """Raise :class:`BackendUnavailable` when the database does not answer."""
+
     def exclusive(self, key: int) -> AbstractAsyncContextManager[Units]:
         """Hold the cross-host write lock *key* for a file; the units it yields run
         under that lock (on PostgreSQL, on the connection that holds it)."""
+
     async def aclose(self) -> None: ...

@@ -44,9 +44,7 @@ _FILE_COLUMNS = (
     "correlation_id, created_at, updated_at, deleted_at, metadata"
 )
 _F_COLUMNS = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
-_VERSION_COLUMNS = (
-    "file_id, version, checksum, size, created_at, restored_from_version, correlation_id"
-)
+_VERSION_COLUMNS = "file_id, version, checksum, size, created_at, restored_from_version, correlation_id"
 _SORT_COLUMNS = {
     SortKey.CREATED_AT: "created_at",
     SortKey.UPDATED_AT: "updated_at",
@@ -202,9 +200,21 @@ def _insert_files(
             conn.execute(
                 f"INSERT INTO horace_files ({_FILE_COLUMNS}) VALUES ({_placeholders(range(15))})",
                 (
-                    f.id, f.file_path, f.owner, f.purpose, json.dumps(list(f.tags)), f.size,
-                    f.mime_type, f.checksum, f.status.value, 1, f.correlation_id, created,
-                    _ts(f.updated_at), None, json.dumps(dict(f.metadata)),
+                    f.id,
+                    f.file_path,
+                    f.owner,
+                    f.purpose,
+                    json.dumps(list(f.tags)),
+                    f.size,
+                    f.mime_type,
+                    f.checksum,
+                    f.status.value,
+                    1,
+                    f.correlation_id,
+                    created,
+                    _ts(f.updated_at),
+                    None,
+                    json.dumps(dict(f.metadata)),
                 ),
             )
             conn.executemany(
@@ -291,9 +301,7 @@ def _update_file(
         if changes.custom is not None:
             sets["metadata"] = json.dumps({**current.metadata, **changes.custom})
         assignments = ", ".join(f"{column} = ?" for column in sets)
-        conn.execute(
-            f"UPDATE horace_files SET {assignments} WHERE id = ?", (*sets.values(), file_id)
-        )
+        conn.execute(f"UPDATE horace_files SET {assignments} WHERE id = ?", (*sets.values(), file_id))
         if changes.collection:
             _ensure_collection(conn, changes.collection, now)
             _add_members(conn, changes.collection, [file_id], now)
@@ -376,9 +384,7 @@ def _search(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[FileRec
         page_where += f" AND (f.{column}, f.id) {'>' if q.order is Order.ASC else '<'} (?, ?)"
         page_params += [value, last_id]
     with _transaction(conn, "DEFERRED"):  # one snapshot for the count and the page
-        (total,) = conn.execute(
-            f"SELECT count(*) FROM horace_files f WHERE {clause}", params
-        ).fetchone()
+        (total,) = conn.execute(f"SELECT count(*) FROM horace_files f WHERE {clause}", params).fetchone()
         rows = conn.execute(
             f"SELECT {_F_COLUMNS} FROM horace_files f WHERE {page_where} "
             f"ORDER BY f.{column} {direction}, f.id {direction} LIMIT ? OFFSET ?",
@@ -552,8 +558,18 @@ def _insert_turns(conn: sqlite3.Connection, turns: Sequence[Turn]) -> list[Turn]
     conflicts = []
     with _transaction(conn):
         for t in turns:
-            row = (t.conversation_id, t.turn_number, t.role, t.content, t.model, t.input_tokens,
-                   t.output_tokens, t.timing_ms, json.dumps(dict(t.metadata), sort_keys=True), _ts(t.created_at))
+            row = (
+                t.conversation_id,
+                t.turn_number,
+                t.role,
+                t.content,
+                t.model,
+                t.input_tokens,
+                t.output_tokens,
+                t.timing_ms,
+                json.dumps(dict(t.metadata), sort_keys=True),
+                _ts(t.created_at),
+            )
             inserted = conn.execute(
                 "INSERT INTO conversations (conversation_id, turn_number, role, content, model, "
                 "input_tokens, output_tokens, timing_ms, metadata, created_at) "
@@ -711,9 +727,7 @@ class SqliteBackend:
     async def add_members(self, name: str, file_ids: Sequence[str], at: datetime) -> Collection | None:
         return await self._write(_change_members, name, file_ids, at, True)
 
-    async def remove_members(
-        self, name: str, file_ids: Sequence[str], at: datetime
-    ) -> Collection | None:
+    async def remove_members(self, name: str, file_ids: Sequence[str], at: datetime) -> Collection | None:
         return await self._write(_change_members, name, file_ids, at, False)
 
     async def delete_collection(self, name: str) -> bool:

@@ -37,7 +37,9 @@ async def open_catalog(settings: Settings, *, check: bool = True) -> AsyncIterat
                 report = await fsck(catalog, repair=True, restore_working=False)
                 for finding in report.findings:
                     log.warning(
-                        "fsck at start: %s: %s%s", finding.kind, finding.detail,
+                        "fsck at start: %s: %s%s",
+                        finding.kind,
+                        finding.detail,
                         " (repaired)" if finding.repaired else "",
                         extra={"file_id": finding.file_id, "file_path": finding.file_path},
                     )

@@ -274,9 +274,7 @@ class Catalog:
                 raise HoraceError(ErrorCode.INTERNAL, f"could not register {rel!r}")
             return Registered(raced, duplicate=raced.file_path != rel, version_created=False)
 
-    async def _reregister(
-        self, db: Units, existing: FileRecord, correlation_id: str | None
-    ) -> Registered:
+    async def _reregister(self, db: Units, existing: FileRecord, correlation_id: str | None) -> Registered:
         # A catalogued path: version its content if it changed; a deleted or archived
         # file whose working copy is back becomes active again.
         revive = Status.ACTIVE if existing.status is not Status.ACTIVE else None
@@ -343,10 +341,10 @@ class Catalog:
             target = changes.status
             # Content about to leave files/ is always versioned first, whatever the flag says.
             leaving = target in (Status.ARCHIVED, Status.DELETED)
-            if (check_for_changes or leaving) and current.status is Status.ACTIVE:
-                if await in_thread(self.storage.working_exists, current.file_path):
-                    current, version = await self._version_working_copy(db, current, correlation_id)
-                    version_created = version is not None
+            wanted = (check_for_changes or leaving) and current.status is Status.ACTIVE
+            if wanted and await in_thread(self.storage.working_exists, current.file_path):
+                current, version = await self._version_working_copy(db, current, correlation_id)
+                version_created = version is not None
             if changes.tags is not None:
                 changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
             if target is not None and target is not current.status:
@@ -357,6 +355,7 @@ class Catalog:
                     raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
                 if target is not None and target is not current.status:
                     await self._after_status_change(updated)
+        assert updated is not None  # the shield above raised otherwise
         changed = tuple(
             name
             for name in ("owner", "purpose", "tags", "status", "metadata", "checksum", "current_version")
@@ -394,7 +393,9 @@ class Catalog:
     async def _verified_object(self, checksum: str, what: str) -> None:
         found = await in_thread(self.storage.hash_object, checksum, _check_cancelled)
         if found is None:
-            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the content of {what} is missing from the object store")
+            raise HoraceError(
+                ErrorCode.CHECKSUM_MISMATCH, f"the content of {what} is missing from the object store"
+            )
         if found[0] != checksum:
             raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the stored content of {what} is corrupt")
 
@@ -492,9 +493,19 @@ class Catalog:
             found = hashed[v.checksum]
             path = by_id[v.file_id].file_path if v.file_id in by_id else "?"
             if found is None:
-                problems.append(Problem("missing_object", v.file_id, path, v.version, f"object {v.checksum} is missing"))
+                problems.append(
+                    Problem("missing_object", v.file_id, path, v.version, f"object {v.checksum} is missing")
+                )
             elif found[0] != v.checksum:
-                problems.append(Problem("checksum_mismatch", v.file_id, path, v.version, f"object {v.checksum} hashes to {found[0]}"))
+                problems.append(
+                    Problem(
+                        "checksum_mismatch",
+                        v.file_id,
+                        path,
+                        v.version,
+                        f"object {v.checksum} hashes to {found[0]}",
+                    )
+                )
             if progress:
                 progress(done, total)
         for done, f in enumerate(files, len(versions) + 1):
@@ -502,12 +513,19 @@ class Catalog:
                 try:
                     digest = await in_thread(self.storage.hash_working, f.file_path, _check_cancelled)
                 except HoraceError:
-                    problems.append(Problem("working_missing", f.id, f.file_path, None, "the working copy is missing"))
+                    problems.append(
+                        Problem("working_missing", f.id, f.file_path, None, "the working copy is missing")
+                    )
                 else:
                     if digest != f.checksum:
                         problems.append(
-                            Problem("working_modified", f.id, f.file_path, None,
-                                    "the working copy differs from the current version (not yet versioned)")
+                            Problem(
+                                "working_modified",
+                                f.id,
+                                f.file_path,
+                                None,
+                                "the working copy differs from the current version (not yet versioned)",
+                            )
                         )
             if progress:
                 progress(done, total)
@@ -585,10 +603,20 @@ class Catalog:
                 seen.add(s.checksum)
                 records.append(
                     FileRecord(
-                        id=str(uuid.uuid4()), file_path=rel, owner=_owner_from_path(rel), purpose=None,
-                        tags=(), size=s.size, mime_type=mime.detect(rel, s.head), checksum=s.checksum,
-                        status=Status.ACTIVE, current_version=1, correlation_id=correlation_id,
-                        created_at=now, updated_at=now, deleted_at=None,
+                        id=str(uuid.uuid4()),
+                        file_path=rel,
+                        owner=_owner_from_path(rel),
+                        purpose=None,
+                        tags=(),
+                        size=s.size,
+                        mime_type=mime.detect(rel, s.head),
+                        checksum=s.checksum,
+                        status=Status.ACTIVE,
+                        current_version=1,
+                        correlation_id=correlation_id,
+                        created_at=now,
+                        updated_at=now,
+                        deleted_at=None,
                     )
                 )
             keep = {r.checksum for r in records}
@@ -617,15 +645,23 @@ class Catalog:
             moved = await db.move_file(file_id, new_rel, self.clock())
         if moved is None:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{new_rel!r} is catalogued already")
-        log.info("moved %s -> %s", old.file_path, new_rel, extra={"correlation_id": correlation_id, "file_id": file_id})
+        log.info(
+            "moved %s -> %s",
+            old.file_path,
+            new_rel,
+            extra={"correlation_id": correlation_id, "file_id": file_id},
+        )
         # The content may have changed along with the name: version it if so.
         return (await self.register(new_rel, correlation_id=correlation_id)).file
 
-    async def reconcile(self, correlation_id: str | None = None, progress: Progress | None = None) -> ReconcileReport:
+    async def reconcile(
+        self, correlation_id: str | None = None, progress: Progress | None = None
+    ) -> ReconcileReport:
         """Catch up with what changed while nobody watched: renames (by content),
         new and changed files (a scan), and missing ones (soft-deleted)."""
         missing = [
-            f for f in await self.backend.all_files()
+            f
+            for f in await self.backend.all_files()
             if f.status is Status.ACTIVE and not await in_thread(self.storage.working_exists, f.file_path)
         ]
         moved = 0

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import click
 import trio
 from tqdm import tqdm
@@ -85,7 +86,8 @@ def _run(settings: Settings, work: Callable[[Catalog], Awaitable[T]], *, check: 
 
 def _record_line(file: Any) -> str:
     tags = ",".join(file.tags)
-    return f"{file.id}  v{file.current_version}  {file.status.value:8}  {file.size:>10}  {file.file_path}  [{tags}]"
+    status = file.status.value
+    return f"{file.id}  v{file.current_version}  {status:8}  {file.size:>10}  {file.file_path}  [{tags}]"
 
 
 @main.command()
@@ -96,8 +98,15 @@ def _record_line(file: Any) -> str:
 @click.option("--collection")
 @json_option
 @click.pass_obj
-def register(settings: Settings, path: str, owner: str | None, purpose: str | None,
-             tags: tuple[str, ...], collection: str | None, as_json: bool) -> None:
+def register(
+    settings: Settings,
+    path: str,
+    owner: str | None,
+    purpose: str | None,
+    tags: tuple[str, ...],
+    collection: str | None,
+    as_json: bool,
+) -> None:
     """Catalog a file under files/."""
     new = NewFile(owner=owner, purpose=purpose, tags=tags, collection=collection)
     result = _run(settings, lambda c: c.register(path, new))
@@ -120,7 +129,9 @@ def info(settings: Settings, ref: str, versions: bool, as_json: bool) -> None:
         lines = [_record_line(i.file), f"  checksum {i.file.checksum}  {i.file.mime_type}"]
         for v in i.versions or ():
             origin = f" (restored from v{v.restored_from_version})" if v.restored_from_version else ""
-            lines.append(f"  v{v.version}  {v.created_at:%Y-%m-%d %H:%M:%S}  {v.size:>10}  {v.checksum[:16]}{origin}")
+            lines.append(
+                f"  v{v.version}  {v.created_at:%Y-%m-%d %H:%M:%S}  {v.size:>10}  {v.checksum[:16]}{origin}"
+            )
         return "\n".join(lines)
 
     _emit(as_json, _run(settings, work), human)
@@ -148,21 +159,40 @@ def info(settings: Settings, ref: str, versions: bool, as_json: bool) -> None:
 @click.option("--order", type=click.Choice([o.value for o in Order]), default="desc")
 @json_option
 @click.pass_obj
-def search(settings: Settings, as_json: bool, cursor: str | None, status: str, sort_by: str, order: str,
-           created_after: datetime | None, created_before: datetime | None, **filters: Any) -> None:
+def search(
+    settings: Settings,
+    as_json: bool,
+    cursor: str | None,
+    status: str,
+    sort_by: str,
+    order: str,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    **filters: Any,
+) -> None:
     """Search the catalog."""
-    query = SearchQuery(
-        status=None if status == "all" else Status(status),
-        sort_by=SortKey(sort_by),
-        order=Order(order),
-        created_after=_aware(created_after),
-        created_before=_aware(created_before),
-        **{k: tuple(v) if isinstance(v, tuple) else v for k, v in filters.items()},
+    query = attrs.evolve(
+        SearchQuery(
+            status=None if status == "all" else Status(status),
+            sort_by=SortKey(sort_by),
+            order=Order(order),
+            created_after=_aware(created_after),
+            created_before=_aware(created_before),
+        ),
+        **filters,  # the remaining flags are named as the query's fields
     )
     page = _run(settings, lambda c: c.search(query, cursor))
-    _emit(as_json, page, lambda p: "\n".join(
-        [*(_record_line(f) for f in p.results), f"{len(p.results)} of {p.total_count}"
-         + (f"  next: --cursor {p.next_cursor}" if p.next_cursor else "")]))
+    _emit(
+        as_json,
+        page,
+        lambda p: "\n".join(
+            [
+                *(_record_line(f) for f in p.results),
+                f"{len(p.results)} of {p.total_count}"
+                + (f"  next: --cursor {p.next_cursor}" if p.next_cursor else ""),
+            ]
+        ),
+    )
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -180,20 +210,36 @@ def _aware(moment: datetime | None) -> datetime | None:
 @click.option("--no-check", is_flag=True, help="Do not look for changed content.")
 @json_option
 @click.pass_obj
-def update(settings: Settings, ref: str, tags: tuple[str, ...], clear_tags: bool, owner: str | None,
-           purpose: str | None, status: str | None, collection: str | None, no_check: bool, as_json: bool) -> None:
+def update(
+    settings: Settings,
+    ref: str,
+    tags: tuple[str, ...],
+    clear_tags: bool,
+    owner: str | None,
+    purpose: str | None,
+    status: str | None,
+    collection: str | None,
+    no_check: bool,
+    as_json: bool,
+) -> None:
     """Change a file's metadata (and version it if its content changed)."""
     changes = FileChanges(
-        owner=owner, purpose=purpose, tags=() if clear_tags else (tags or None),
-        status=Status(status) if status else None, collection=collection,
+        owner=owner,
+        purpose=purpose,
+        tags=() if clear_tags else (tags or None),
+        status=Status(status) if status else None,
+        collection=collection,
     )
 
     async def work(c: Catalog) -> Any:
         file = await c.resolve(ref)
         return await c.update(file.id, changes, check_for_changes=not no_check)
 
-    _emit(as_json, _run(settings, work), lambda u: f"changed: {', '.join(u.changed_fields) or 'nothing'}\n"
-          + _record_line(u.file))
+    _emit(
+        as_json,
+        _run(settings, work),
+        lambda u: f"changed: {', '.join(u.changed_fields) or 'nothing'}\n" + _record_line(u.file),
+    )
 
 
 @main.command()
@@ -207,8 +253,11 @@ def restore(settings: Settings, ref: str, version: int, as_json: bool) -> None:
     async def work(c: Catalog) -> Any:
         return await c.restore((await c.resolve(ref)).id, version)
 
-    _emit(as_json, _run(settings, work), lambda r: f"restored v{version} as v{r.version.version}\n"
-          + _record_line(r.file))
+    _emit(
+        as_json,
+        _run(settings, work),
+        lambda r: f"restored v{version} as v{r.version.version}\n" + _record_line(r.file),
+    )
 
 
 def _lifecycle(name: str, doc: str) -> None:
@@ -235,10 +284,15 @@ def scan(settings: Settings, path: str | None, as_json: bool) -> None:
     """Register untracked files and version changed ones."""
     with _progress(not as_json, "scan") as progress:
         report = _run(settings, lambda c: c.scan(path, progress=progress))
-    _emit(as_json, report, lambda r: (
-        f"scanned {r.scanned}: {r.registered} registered, {r.versioned} versioned, "
-        f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors"
-        + "".join(f"\n  {e}" for e in r.errors)))
+    _emit(
+        as_json,
+        report,
+        lambda r: (
+            f"scanned {r.scanned}: {r.registered} registered, {r.versioned} versioned, "
+            f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors"
+            + "".join(f"\n  {e}" for e in r.errors)
+        ),
+    )
     if report.errors:
         sys.exit(1)
 
@@ -256,9 +310,16 @@ def verify(settings: Settings, ref: str | None, as_json: bool) -> None:
             return await c.verify(file_id, progress=progress)
 
     report = _run(settings, work)
-    _emit(as_json, report, lambda r: "\n".join(
-        [f"{r.files_checked} files, {r.objects_checked} objects checked, {len(r.problems)} problems",
-         *(f"  {p.kind}: {p.file_path} {p.detail}" for p in r.problems)]))
+    _emit(
+        as_json,
+        report,
+        lambda r: "\n".join(
+            [
+                f"{r.files_checked} files, {r.objects_checked} objects checked, {len(r.problems)} problems",
+                *(f"  {p.kind}: {p.file_path} {p.detail}" for p in r.problems),
+            ]
+        ),
+    )
     if report.problems:
         sys.exit(1)
 
@@ -276,11 +337,20 @@ def fsck_command(settings: Settings, repair: bool, deep: bool, as_json: bool) ->
             return await fsck(c, repair=repair, deep=deep, progress=progress)
 
     report = _run(settings, work, check=False)
-    _emit(as_json, report, lambda r: "\n".join(
-        [f"{r.files} files, {r.versions} versions, {r.objects} objects: "
-         + ("clean" if r.clean else f"{len(r.findings)} findings"),
-         *(f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: {f.file_path or ''} {f.detail}"
-           for f in r.findings)]))
+    _emit(
+        as_json,
+        report,
+        lambda r: "\n".join(
+            [
+                f"{r.files} files, {r.versions} versions, {r.objects} objects: "
+                + ("clean" if r.clean else f"{len(r.findings)} findings"),
+                *(
+                    f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: {f.file_path or ''} {f.detail}"
+                    for f in r.findings
+                ),
+            ]
+        ),
+    )
     sys.exit(report.exit_code)
 
 
@@ -298,12 +368,20 @@ def migrate(settings: Settings) -> None:
 @main.command()
 @click.option("--host", help="Address to bind [HORACE_MCP_HOST, 127.0.0.1].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [HORACE_MCP_PORT, 8070].")
-@click.option("--watch", "watch", is_flag=True, default=None, help="Catalog every write under files/ [HORACE_WATCH].")
+@click.option(
+    "--watch", "watch", is_flag=True, default=None, help="Catalog every write under files/ [HORACE_WATCH]."
+)
 @click.option("--poll", is_flag=True, default=None, help="Watch by polling (NFS) [HORACE_WATCH_POLL].")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.pass_obj
-def serve(settings: Settings, host: str | None, port: int | None, watch: bool | None, poll: bool | None,
-          log_level: str) -> None:
+def serve(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    watch: bool | None,
+    poll: bool | None,
+    log_level: str,
+) -> None:
     """Serve MCP over WebSocket (and /health) until SIGINT or SIGTERM."""
     from horace.server import serve as run_server
 

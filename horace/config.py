@@ -142,15 +142,16 @@ class Settings:
         }.items():
             if (text := get(name)) is not None:
                 values[field] = parse_duration(text, name)
-        for field, names in {
+        text_fields: dict[str, tuple[str, ...]] = {
             "host": ("HORACE_MCP_HOST",),
             "auth_token": ("HORACE_AUTH_TOKEN",),
             "godot_url": ("GODOT_URL", "GODOT_MCP_URL"),
             "godot_tool": ("HORACE_GODOT_TOOL",),
             "godot_level": ("HORACE_GODOT_LEVEL",),
             "conversations_url": ("HORACE_CONVERSATIONS_URL",),
-        }.items():
-            if (text := get(*names)) is not None:
+        }
+        for field, aliases in text_fields.items():
+            if (text := get(*aliases)) is not None:
                 values[field] = text
         for field, name in {
             "conversations": "HORACE_CONVERSATIONS",

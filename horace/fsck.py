@@ -66,7 +66,9 @@ async def fsck(
     storage, backend = catalog.storage, catalog.backend
     findings: list[Finding] = []
 
-    def found(kind: str, detail: str, repaired: bool, file_id: str | None = None, path: str | None = None) -> None:
+    def found(
+        kind: str, detail: str, repaired: bool, file_id: str | None = None, path: str | None = None
+    ) -> None:
         findings.append(Finding(kind, detail, repaired, file_id, path))
 
     # Temp files whose writer is gone.
@@ -103,7 +105,9 @@ async def fsck(
             found(
                 "current_inconsistent",
                 f"current_version {file.current_version} but newest version row is {newest.version}",
-                repair, file.id, file.file_path,
+                repair,
+                file.id,
+                file.file_path,
             )
 
     # Version rows against objects.
@@ -116,21 +120,23 @@ async def fsck(
             progress(done, total)
         if checked[v.checksum]:
             continue
-        file = files.get(v.file_id)
-        path = file.file_path if file else None
+        owner = files.get(v.file_id)
+        path = owner.file_path if owner else None
         repaired = False
-        if repair and file is not None:
-            repaired = await _recover_object(catalog, file.file_path, v.checksum)
+        if repair and owner is not None:
+            repaired = await _recover_object(catalog, owner.file_path, v.checksum)
             if repaired:
                 checked[v.checksum] = True
-            elif v.version != file.current_version:
+            elif v.version != owner.current_version:
                 await backend.delete_version(v.file_id, v.version)
                 repaired = True  # the row went: its content was already lost
         found(
             "missing_object",
             f"version {v.version}: object {v.checksum} is missing or damaged"
             + (" (recovered from the working copy)" if repaired and checked[v.checksum] else ""),
-            repaired, v.file_id, path,
+            repaired,
+            v.file_id,
+            path,
         )
 
     # Active files without their working copy.
@@ -143,7 +149,9 @@ async def fsck(
         if repair and restore_working and checked.get(file.checksum, False):
             await in_thread(storage.write_working, file.file_path, file.checksum)
             repaired = True
-        found("working_missing", "the active file's working copy is missing", repaired, file.id, file.file_path)
+        found(
+            "working_missing", "the active file's working copy is missing", repaired, file.id, file.file_path
+        )
 
     # Objects nobody refers to, once past the grace period.
     referenced = {v.checksum for v in versions}

@@ -4,7 +4,6 @@ Everything here is frozen: the catalog, storage and backends hand these around a
 nobody mutates them. Dicts exist only at the edges (JSON in, JSON out).
 """
 
-
 import enum
 from collections.abc import Mapping
 from datetime import datetime

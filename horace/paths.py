@@ -43,7 +43,7 @@ def to_relative(files_root: Path, client_path: str) -> str:
         else:
             raise _invalid(client_path, "outside the storage root's files/")
     rel = posixpath.normpath(candidate)
-    if rel in (".", "") :
+    if rel in (".", ""):
         raise _invalid(client_path, "names the files/ folder itself")
     parts = rel.split("/")
     if parts[0] == ".." or rel.startswith("/"):

@@ -57,7 +57,9 @@ class Staged:
 
 # Editor and writer temp files (swap files, backups, lock files) and our own temps:
 # never catalogued by a scan, a reconcile or the watcher.
-IGNORED_NAME = re.compile(r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.|^" + re.escape(TMP_PREFIX) + ")")
+IGNORED_NAME = re.compile(
+    r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.|^" + re.escape(TMP_PREFIX) + ")"
+)
 
 
 def ignored_name(name: str) -> bool:
@@ -318,8 +320,10 @@ class Storage:
             with self._parent_fd(rel, create=True) as (dfd, name):
                 tmp = temp_name()
                 dst = os.open(
-                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o644, dir_fd=dfd,
+                    tmp,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=dfd,
                 )
                 try:
                     if not (self._reflink and self._try_clone(source, dst)):
@@ -364,8 +368,7 @@ class Storage:
     def _walk_fd(self, fd: int, prefix: str) -> Iterator[str]:
         with os.scandir(fd) as listing:
             entries = [
-                (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
-                for e in listing
+                (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in listing
             ]
         for name, is_dir, is_file in entries:
             if is_file and ignored_name(name):

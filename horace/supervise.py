@@ -52,7 +52,9 @@ async def supervise(
             state.restarts += 1
             state.state = "restarting"
             state.last_error = _describe(exc)
-            log.exception("task %s crashed; restarting (%d)", state.name, state.restarts, extra={"task": state.name})
+            log.exception(
+                "task %s crashed; restarting (%d)", state.name, state.restarts, extra={"task": state.name}
+            )
             await trio.sleep(backoff(failures, backoff_base, backoff_cap))
         else:
             state.state = "done"

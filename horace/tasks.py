@@ -29,8 +29,13 @@ async def _purge(catalog: Catalog) -> dict[str, int]:
 async def _fsck(catalog: Catalog) -> dict[str, Any]:
     report = await fsck(catalog, repair=True, restore_working=False)
     for finding in report.findings:
-        log.warning("fsck: %s: %s%s", finding.kind, finding.detail, " (repaired)" if finding.repaired else "",
-                    extra={"file_id": finding.file_id, "file_path": finding.file_path})
+        log.warning(
+            "fsck: %s: %s%s",
+            finding.kind,
+            finding.detail,
+            " (repaired)" if finding.repaired else "",
+            extra={"file_id": finding.file_id, "file_path": finding.file_path},
+        )
     return {"findings": len(report.findings), "unrepaired": sum(not f.repaired for f in report.findings)}
 
 
@@ -46,11 +51,19 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     happens from its start.
     """
     states = {"purge": TaskState("purge"), "fsck": TaskState("fsck")}
-    nursery.start_soon(supervise, states["purge"], partial(every, states["purge"], settings.purge_interval,
-                                                           partial(_purge, catalog)))
+    nursery.start_soon(
+        supervise,
+        states["purge"],
+        partial(every, states["purge"], settings.purge_interval, partial(_purge, catalog)),
+    )
     # fsck already ran at start (open_catalog); the periodic one waits an interval first.
-    nursery.start_soon(supervise, states["fsck"], partial(_delayed, settings.fsck_interval, states["fsck"],
-                                                          settings.fsck_interval, partial(_fsck, catalog)))
+    nursery.start_soon(
+        supervise,
+        states["fsck"],
+        partial(
+            _delayed, settings.fsck_interval, states["fsck"], settings.fsck_interval, partial(_fsck, catalog)
+        ),
+    )
     status: dict[str, Any] = {}
     if settings.watch:
         watcher = Watcher(catalog, settle=settings.watch_settle, poll=settings.watch_poll)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import time
 import uuid
@@ -41,7 +40,6 @@ log = logging.getLogger("horace.watch")
 # Changes up to this long before the watch was (last) in place are looked at again.
 CATCH_UP_SLACK = 10.0
 NEW_FILES_BATCH = 256
-
 
 
 def _glob_literal(text: str) -> str:
@@ -90,8 +88,12 @@ class Watcher:
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
 
     def status(self) -> dict[str, Any]:
-        return {"watching": self.watching, "pending": len(self._due),
-                "mode": "poll" if self.poll else "inotify", **attrs.asdict(self.counts)}
+        return {
+            "watching": self.watching,
+            "pending": len(self._due),
+            "mode": "poll" if self.poll else "inotify",
+            **attrs.asdict(self.counts),
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -326,15 +328,21 @@ class Watcher:
                 self.counts.deleted += 1
             except HoraceError as exc:
                 self.counts.errors += 1
-                log.warning("watch: delete of %s: %s", record.file_path, exc.message,
-                            extra={"correlation_id": correlation_id})
+                log.warning(
+                    "watch: delete of %s: %s",
+                    record.file_path,
+                    exc.message,
+                    extra={"correlation_id": correlation_id},
+                )
 
 
 def _age(st: os.stat_result) -> float:
     return time.time() - max(st.st_mtime, st.st_ctime)
 
 
-async def reconcile_logged(catalog: Catalog, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+async def reconcile_logged(
+    catalog: Catalog, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """The start-up reconcile, with its progress in the log."""
     last_logged = [0.0]
 

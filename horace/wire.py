@@ -192,7 +192,7 @@ def search_query(arguments: Mapping[str, Any]) -> tuple[SearchQuery, str | None]
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, "unknown field(s): after (use cursor)")
     args = {k: v for k, v in args.items() if v is not None}
     query = structure(args, SearchQuery)
-    if not 1 <= query.limit:
+    if not query.limit >= 1:
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, "limit must be at least 1")
     if query.offset < 0:
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, "offset must not be negative")

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import with_query
 
 from horace.app import open_catalog
 from horace.catalog import Catalog
 from horace.config import Settings
-from helpers import with_query
 
 BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
 PG_DSN = os.environ.get("HORACE_TEST_PG_DSN")

@@ -106,7 +106,11 @@ class GodotStandIn:
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as handlers:
                     server = await handlers.start(
-                        serve_websocket, self._handle, HOST, self.port or 0, None,
+                        serve_websocket,
+                        self._handle,
+                        HOST,
+                        self.port or 0,
+                        None,
                     )
                     self.port = server.port
                     task_status.started()
@@ -156,11 +160,19 @@ class GodotStandIn:
                     try:
                         message = json.loads(text)
                     except ValueError:
-                        send.send_nowait({"jsonrpc": "2.0", "id": None,
-                                          "error": {"code": -32700, "message": "parse error"}})
+                        send.send_nowait(
+                            {
+                                "jsonrpc": "2.0",
+                                "id": None,
+                                "error": {"code": -32700, "message": "parse error"},
+                            }
+                        )
                         continue
-                    requests = [m for m in (message if isinstance(message, list) else [message])
-                                if isinstance(m, dict) and "id" in m]
+                    requests = [
+                        m
+                        for m in (message if isinstance(message, list) else [message])
+                        if isinstance(m, dict) and "id" in m
+                    ]
                     for item in requests:
                         if item.get("method") == "tools/call":
                             self.received += 1
@@ -194,25 +206,38 @@ class GodotStandIn:
         method, params, request_id = request.get("method"), request.get("params") or {}, request.get("id")
         if method == "initialize":
             self.initialized += 1
-            return {"jsonrpc": "2.0", "id": request_id, "result": {
-                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "godot-standin", "version": "0"},
-            }}
+            return {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "result": {
+                    "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "godot-standin", "version": "0"},
+                },
+            }
         if method == "tools/call" and params.get("name") == self.tool:
             if self.erroring:
                 self.errors += 1
-                return {"jsonrpc": "2.0", "id": request_id,
-                        "error": {"code": -32603, "message": "godot stand-in: failing on purpose"}}
+                return {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "error": {"code": -32603, "message": "godot stand-in: failing on purpose"},
+                }
             if self.record:
                 self.calls.append(params.get("arguments") or {})
             self.handled += 1
             async with self.changed:
                 self.changed.notify_all()
-            return {"jsonrpc": "2.0", "id": request_id,
-                    "result": {"content": [{"type": "text", "text": "logged"}], "isError": False}}
-        return {"jsonrpc": "2.0", "id": request_id,
-                "error": {"code": -32601, "message": f"godot stand-in: no {method} {params.get('name', '')}"}}
+            return {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "result": {"content": [{"type": "text", "text": "logged"}], "isError": False},
+            }
+        return {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "error": {"code": -32601, "message": f"godot stand-in: no {method} {params.get('name', '')}"},
+        }
 
     # -- as a task --------------------------------------------------------------------------
 

@@ -59,9 +59,14 @@ class McpClient:
         return reply["result"]["structuredContent"]  # type: ignore[no-any-return]
 
     async def initialize(self, version: str = "2025-06-18") -> dict[str, Any]:
-        reply = await self.request("initialize", {
-            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "tests", "version": "0"},
-        })
+        reply = await self.request(
+            "initialize",
+            {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "tests", "version": "0"},
+            },
+        )
         await self.ws.send_message(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         return reply["result"]  # type: ignore[no-any-return]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import attrs
 import pytest
-
 from helpers import sha256, write
+
 from horace.app import open_catalog
 from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
@@ -19,7 +19,6 @@ from horace.model import (
     HoraceError,
     NewFile,
     Order,
-    Retention,
     SearchQuery,
     SortKey,
     Status,
@@ -279,7 +278,14 @@ async def corpus(catalog: Catalog, files: Path) -> Catalog:
     specs = [
         ("gates/doc1.md", "# one", "gates", ("report", "q1"), "quarterly report", "c-1"),
         ("gates/doc2.md", "# two two", "gates", ("report",), "draft", "c-2"),
-        ("playfair/chart.png", b"\x89PNG\r\n\x1a\n" + b"0" * 200, "playfair", ("chart", "q1"), "sales chart", "c-3"),
+        (
+            "playfair/chart.png",
+            b"\x89PNG\r\n\x1a\n" + b"0" * 200,
+            "playfair",
+            ("chart", "q1"),
+            "sales chart",
+            "c-3",
+        ),
         ("fiedler/log.txt", "log " * 100, "fiedler", ("log",), "conversation log", "c-4"),
         ("user/notes/a.TXT", "notes", "alice", (), None, "c-5"),
         ("shared/data.bin", bytes(range(256)) * 8, "bob", ("q2",), "raw data", "c-6"),
@@ -302,8 +308,12 @@ async def paths(catalog: Catalog, **filters: object) -> set[str]:
 
 
 ALL = {
-    "gates/doc1.md", "gates/doc2.md", "playfair/chart.png", "fiedler/log.txt",
-    "user/notes/a.TXT", "shared/data.bin",
+    "gates/doc1.md",
+    "gates/doc2.md",
+    "playfair/chart.png",
+    "fiedler/log.txt",
+    "user/notes/a.TXT",
+    "shared/data.bin",
 }
 
 
@@ -326,7 +336,10 @@ ALL = {
         ({"file_type": ".md"}, {"gates/doc1.md", "gates/doc2.md"}),
         ({"min_size": 300}, {"fiedler/log.txt", "shared/data.bin"}),
         ({"max_size": 6}, {"gates/doc1.md", "user/notes/a.TXT"}),
-        ({"created_after": "2026-03-04T00:00:00+00:00"}, {"user/notes/a.TXT", "shared/data.bin", "fiedler/log.txt"}),
+        (
+            {"created_after": "2026-03-04T00:00:00+00:00"},
+            {"user/notes/a.TXT", "shared/data.bin", "fiedler/log.txt"},
+        ),
         ({"created_before": "2026-03-02T00:00:00+00:00"}, {"gates/doc1.md"}),
         ({"checksum": sha256("notes")}, {"user/notes/a.TXT"}),
         ({"correlation_id": "c-4"}, {"fiedler/log.txt"}),
@@ -334,7 +347,9 @@ ALL = {
         ({"owner": "nobody"}, set()),
     ],
 )
-async def test_each_search_filter_filters(corpus: Catalog, filters: dict[str, object], expected: set[str]) -> None:
+async def test_each_search_filter_filters(
+    corpus: Catalog, filters: dict[str, object], expected: set[str]
+) -> None:
     assert await paths(corpus, **filters) == expected
 
 
@@ -370,7 +385,9 @@ async def test_search_pagination_with_cursor_and_offset(corpus: Catalog, sort_by
         by_offset += [f.id for f in (await corpus.search(attrs.evolve(query, offset=offset))).results]
     assert by_offset == seen
     with pytest.raises(HoraceError) as foreign:
-        await corpus.search(SearchQuery(limit=2, owner="gates"), cursor=_first_cursor(await corpus.search(query)))
+        await corpus.search(
+            SearchQuery(limit=2, owner="gates"), cursor=_first_cursor(await corpus.search(query))
+        )
     assert foreign.value.code is ErrorCode.INVALID_ARGUMENT
 
 
@@ -404,7 +421,11 @@ async def test_collections_many_to_many(catalog: Catalog, files: Path) -> None:
     assert (await catalog.add_to_collection("two", [b.id, b.id])).member_count == 2
     await catalog.delete_collection("one")
     assert (await catalog.get_info(file_id=a.id)).file.status is Status.ACTIVE  # files stay
-    for call in (catalog.get_collection("one"), catalog.delete_collection("one"), catalog.add_to_collection("one", [a.id])):
+    for call in (
+        catalog.get_collection("one"),
+        catalog.delete_collection("one"),
+        catalog.add_to_collection("one", [a.id]),
+    ):
         with pytest.raises(HoraceError) as excinfo:
             await call
         assert excinfo.value.code is ErrorCode.COLLECTION_NOT_FOUND

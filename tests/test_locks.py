@@ -49,9 +49,8 @@ async def test_waiting_is_cancellable_and_every_waiter_gets_its_turn(tmp_path: P
                 pytest.fail("got a lock that is held")
         waited.append(scope.cancelled_caught)
 
-    async with locks.hold("same"):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(impatient)
+    async with locks.hold("same"), trio.open_nursery() as nursery:
+        nursery.start_soon(impatient)
     assert waited == [True]
     async with trio.open_nursery() as nursery:
         for n in range(10):

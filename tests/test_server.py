@@ -14,16 +14,16 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
-
 from conftest import BACKEND
 from helpers import sha256, write
+from mcp_client import McpClient, connect
+from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
+
 from horace.config import Settings
 from horace.fsck import fsck
 from horace.server.session import PROTOCOL_VERSIONS
 from horace.server.tools import TOOLS
 from horace.testing import RunningHorace, run_horace
-from mcp_client import McpClient, connect
 
 
 def serving(settings: Settings, **changes: Any) -> Settings:
@@ -141,14 +141,20 @@ async def test_wrong_arguments_are_invalid_params(
 
 
 async def test_tool_errors_are_results_with_code_and_correlation(client: McpClient) -> None:
-    reply = await client.request("tools/call", {
-        "name": "horace_get_file_info", "arguments": {"file_id": "nope"},
-        "_meta": {"correlation_id": "corr-42"},
-    })
+    reply = await client.request(
+        "tools/call",
+        {
+            "name": "horace_get_file_info",
+            "arguments": {"file_id": "nope"},
+            "_meta": {"correlation_id": "corr-42"},
+        },
+    )
     result = reply["result"]
     assert result["isError"] is True
     assert result["structuredContent"] == {
-        "error_code": "NOT_CATALOGED", "message": "no catalogued file with id 'nope'", "correlation_id": "corr-42",
+        "error_code": "NOT_CATALOGED",
+        "message": "no catalogued file with id 'nope'",
+        "correlation_id": "corr-42",
     }
     assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
     path = await client.call("horace_register_file", file_path="../../etc/passwd")
@@ -170,13 +176,21 @@ async def test_correlation_id_from_metadata_reaches_rows(server: RunningHorace, 
 
 async def test_batch_with_a_notification(client: McpClient) -> None:
     first, second = client.expect("a"), client.expect("b")
-    await client.send_raw(json.dumps([
-        {"jsonrpc": "2.0", "id": "a", "method": "ping"},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": "b", "method": "tools/call",
-         "params": {"name": "horace_search_files", "arguments": {"query": {"tags": ["x"]}}}},
-        {"jsonrpc": "2.0", "id": "c", "method": "nope"},
-    ]))
+    await client.send_raw(
+        json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": "a", "method": "ping"},
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {
+                    "jsonrpc": "2.0",
+                    "id": "b",
+                    "method": "tools/call",
+                    "params": {"name": "horace_search_files", "arguments": {"query": {"tags": ["x"]}}},
+                },
+                {"jsonrpc": "2.0", "id": "c", "method": "nope"},
+            ]
+        )
+    )
     assert (await first.receive())["result"] == {}
     assert (await second.receive())["result"]["structuredContent"]["total_count"] == 0
     assert (await client.request("ping"))["result"] == {}
@@ -186,7 +200,10 @@ async def test_batch_with_a_notification(client: McpClient) -> None:
 
 
 async def test_oversize_message_is_answered(settings: Settings) -> None:
-    async with run_horace(serving(settings, max_message_bytes=10_000)) as running, connect(running.url) as client:
+    async with (
+        run_horace(serving(settings, max_message_bytes=10_000)) as running,
+        connect(running.url) as client,
+    ):
         reply = client.expect(None)
         await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x" * 20_000}))
         error = (await reply.receive())["error"]
@@ -213,13 +230,24 @@ async def test_200_concurrent_calls_on_one_connection(server: RunningHorace, cli
 
 
 async def test_too_many_calls_on_one_connection(settings: Settings) -> None:
-    async with run_horace(serving(settings, max_calls_per_connection=2)) as running, connect(running.url) as client:
+    async with (
+        run_horace(serving(settings, max_calls_per_connection=2)) as running,
+        connect(running.url) as client,
+    ):
         for i in range(300):
             write(running.files / f"user/s/{i}.txt", f"s{i}")
         replies = [client.expect(i) for i in range(6)]
         for i in range(6):
-            await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
-                                              "params": {"name": "horace_scan", "arguments": {}}}))
+            await client.send_raw(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": i,
+                        "method": "tools/call",
+                        "params": {"name": "horace_scan", "arguments": {}},
+                    }
+                )
+            )
         answers = [await r.receive() for r in replies]
         busy = [a for a in answers if "error" in a]
         assert busy and all(a["error"]["code"] == -32000 for a in busy)
@@ -237,10 +265,19 @@ async def test_client_gone_mid_restore_leaves_nothing_half_written(server: Runni
         unsaved = os.urandom(32 << 20)  # content restore must keep before writing v1 back
         path.write_bytes(unsaved)
         async with open_websocket_url(server.url) as ws:
-            await ws.send_message(json.dumps({
-                "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                "params": {"name": "horace_restore_version", "arguments": {"file_id": file.id, "version": 1}},
-            }))
+            await ws.send_message(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "tools/call",
+                        "params": {
+                            "name": "horace_restore_version",
+                            "arguments": {"file_id": file.id, "version": 1},
+                        },
+                    }
+                )
+            )
             await trio.sleep(delay)
         await wait_idle(server)
         report = await fsck(catalog, deep=True)
@@ -266,11 +303,26 @@ async def test_notifications_cancelled_stops_a_call(server: RunningHorace, clien
     for i in range(1500):
         write(server.files / f"user/n/{i}.txt", f"n{i}")
     reply = client.expect(99)
-    await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
-                                      "params": {"name": "horace_scan", "arguments": {}}}))
+    await client.send_raw(
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 99,
+                "method": "tools/call",
+                "params": {"name": "horace_scan", "arguments": {}},
+            }
+        )
+    )
     await trio.sleep(0.05)
-    await client.send_raw(json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                                      "params": {"requestId": 99, "reason": "changed my mind"}}))
+    await client.send_raw(
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": 99, "reason": "changed my mind"},
+            }
+        )
+    )
     with trio.move_on_after(1.0) as waited:
         await reply.receive()
     assert waited.cancelled_caught, "a cancelled request gets no response"
@@ -281,9 +333,14 @@ async def test_notifications_cancelled_stops_a_call(server: RunningHorace, clien
 async def test_scan_sends_progress_notifications(server: RunningHorace, client: McpClient) -> None:
     for i in range(600):
         write(server.files / f"user/p/{i}.txt", f"p{i}")
-    reply = await client.request("tools/call", {
-        "name": "horace_scan", "arguments": {}, "_meta": {"progressToken": "tok"},
-    })
+    reply = await client.request(
+        "tools/call",
+        {
+            "name": "horace_scan",
+            "arguments": {},
+            "_meta": {"progressToken": "tok"},
+        },
+    )
     assert reply["result"]["structuredContent"]["registered"] == 600
     progress = [n["params"] for n in client.notifications if n["method"] == "notifications/progress"]
     assert progress and all(p["progressToken"] == "tok" for p in progress)
@@ -297,8 +354,16 @@ async def test_graceful_shutdown_lets_running_calls_finish(settings: Settings) -
             write(running.files / f"user/g/{i}.txt", f"g{i}")
         async with connect(running.url) as client:
             reply = client.expect(1)
-            await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                                              "params": {"name": "horace_scan", "arguments": {}}}))
+            await client.send_raw(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "tools/call",
+                        "params": {"name": "horace_scan", "arguments": {}},
+                    }
+                )
+            )
             await trio.sleep(0.05)
             running.server.shutdown()
             answer = await reply.receive()
@@ -322,7 +387,9 @@ async def test_health_and_plain_http(server: RunningHorace) -> None:
     assert (await http_get(base + "/mcp"))[0] == 426
 
 
-async def test_health_is_503_when_the_backend_is_down(server: RunningHorace, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_health_is_503_when_the_backend_is_down(
+    server: RunningHorace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from backends.protocol import BackendUnavailable
 
     async def down() -> None:
@@ -330,7 +397,11 @@ async def test_health_is_503_when_the_backend_is_down(server: RunningHorace, mon
 
     monkeypatch.setattr(server.server.catalog.backend, "ping", down)
     status, body = await http_get(server.health_url)
-    assert status == 503 and body["backend"] == {**body["backend"], "ok": False, "error": "connection refused"}
+    assert status == 503 and body["backend"] == {
+        **body["backend"],
+        "ok": False,
+        "error": "connection refused",
+    }
 
 
 async def test_bearer_token(settings: Settings) -> None:
@@ -380,7 +451,11 @@ async def test_health_while_postgresql_is_stopped(tmp_path: Path) -> None:
     """A PostgreSQL cluster of this test's own, stopped under a running Horace."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "pg-throwaway"
     started = await trio.run_process([str(script), "start"], capture_stdout=True)
-    env = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.decode().split("\n") if "=" in line)
+    env = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in started.stdout.decode().split("\n")
+        if "=" in line
+    )
     dsn = env["HORACE_TEST_PG_DSN"].strip("'\"")
     cluster = env["HORACE_PG_THROWAWAY"].strip("'\"")
     try:

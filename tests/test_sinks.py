@@ -84,9 +84,14 @@ def conversation_runner(horace: RunningHorace) -> SinkRunner:
 
 
 async def call(client: McpClient, tool: str, correlation_id: str, **arguments: Any) -> dict[str, Any]:
-    return await client.request("tools/call", {
-        "name": tool, "arguments": arguments, "_meta": {"correlation_id": correlation_id},
-    })
+    return await client.request(
+        "tools/call",
+        {
+            "name": tool,
+            "arguments": arguments,
+            "_meta": {"correlation_id": correlation_id},
+        },
+    )
 
 
 class MemoryTransport:
@@ -128,13 +133,17 @@ def test_sink_backoff_settings_from_the_environment() -> None:
 
 async def stored_turns(database_url: str) -> list[dict[str, Any]]:
     """Every row of ``conversations``, by conversation then turn number."""
-    columns = "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, metadata"
+    columns = (
+        "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, metadata"
+    )
     query = f"SELECT {columns} FROM conversations ORDER BY conversation_id, turn_number"
     if database_url.startswith("sqlite://"):
+
         def read() -> list[dict[str, Any]]:
             with closing(sqlite3.connect(database_url.removeprefix("sqlite://"))) as db:
                 db.row_factory = sqlite3.Row
                 return [dict(row) for row in db.execute(query)]
+
         rows = await trio.to_thread.run_sync(read)
     else:
         import asyncpg
@@ -164,21 +173,34 @@ async def drained(horace: RunningHorace, timeout: float = 20.0) -> None:
 
 def test_redact_replaces_secret_values_at_any_depth() -> None:
     value = {
-        "password": "p", "Token": {"nested": "t"}, "client_secret": ["s"], "API_KEY": 1,
-        "Authorization": "Bearer x", "x-api-key": "h", "db passwd": "d",
-        "safe": "kept", "count": 3,
+        "password": "p",
+        "Token": {"nested": "t"},
+        "client_secret": ["s"],
+        "API_KEY": 1,
+        "Authorization": "Bearer x",
+        "x-api-key": "h",
+        "db passwd": "d",
+        "safe": "kept",
+        "count": 3,
         "nested": {"deeper": [{"api_key": "k", "note": "n"}, ("tuple", {"access_token": "a"})]},
     }
     assert redact(value) == {
-        "password": REDACTED, "Token": REDACTED, "client_secret": REDACTED, "API_KEY": REDACTED,
-        "Authorization": REDACTED, "x-api-key": REDACTED, "db passwd": REDACTED,
-        "safe": "kept", "count": 3,
+        "password": REDACTED,
+        "Token": REDACTED,
+        "client_secret": REDACTED,
+        "API_KEY": REDACTED,
+        "Authorization": REDACTED,
+        "x-api-key": REDACTED,
+        "db passwd": REDACTED,
+        "safe": "kept",
+        "count": 3,
         "nested": {"deeper": [{"api_key": REDACTED, "note": "n"}, ["tuple", {"access_token": REDACTED}]]},
     }
     assert redact("password") == "password" and redact(None) is None  # values alone are not keys
     text = json.dumps({"arguments": {"metadata": {"token": "t", "tags": ["a"]}}})  # JSON text inside
     assert json.loads(redact({"content": text})["content"]) == {
-        "arguments": {"metadata": {"token": REDACTED, "tags": ["a"]}}}
+        "arguments": {"metadata": {"token": REDACTED, "tags": ["a"]}}
+    }
     assert redact({"content": "[not json"}) == {"content": "[not json"}
     assert redact({"content": '{"fine": 1}'}) == {"content": '{"fine": 1}'}  # untouched, byte for byte
     assert value["password"] == "p"  # the input is not modified
@@ -208,7 +230,12 @@ async def test_log_records_reach_godot_with_levels_trace_id_and_redacted_data() 
             logger.removeHandler(handler)
             logger.setLevel(old_level)
     assert [(c["level"], c["message"]) for c in calls] == [
-        ("ERROR", "e 1"), ("WARN", "w"), ("INFO", "i"), ("DEBUG", "d"), ("TRACE", "t"), ("ERROR", "c"),
+        ("ERROR", "e 1"),
+        ("WARN", "w"),
+        ("INFO", "i"),
+        ("DEBUG", "d"),
+        ("TRACE", "t"),
+        ("ERROR", "c"),
     ]
     assert all(c["component"] == "horace" for c in calls)
     assert [c["trace_id"] for c in calls[:3]] == ["corr-1", "corr-2", None]
@@ -224,13 +251,19 @@ async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:
     """Through a running server: each call's log entry carries its correlation id; the
     forwarded conversation turns too, with the secrets of the arguments redacted."""
     secrets = {"api_key": "sk-LEAK-1", "custom": {"db": {"password": "LEAK-2"}}, "authorization": "LEAK-3"}
-    async with godot_standin() as godot, run_horace(
-        serving(settings, godot_url=godot.url, conversations_to_godot=True)
-    ) as horace:
+    async with (
+        godot_standin() as godot,
+        run_horace(serving(settings, godot_url=godot.url, conversations_to_godot=True)) as horace,
+    ):
         write(horace.files / "user/a.txt", "a")
         async with connect(horace.url) as client:
-            registered = await call(client, "horace_register_file", "corr-reg", file_path="user/a.txt",
-                                    metadata={"tags": ["t"], **secrets})
+            registered = await call(
+                client,
+                "horace_register_file",
+                "corr-reg",
+                file_path="user/a.txt",
+                metadata={"tags": ["t"], **secrets},
+            )
             file_id = registered["result"]["structuredContent"]["file_id"]
             info = await call(client, "horace_get_file_info", "corr-info", file_id=file_id)
             assert not info["result"]["isError"]
@@ -238,7 +271,11 @@ async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:
             assert missing["result"]["structuredContent"]["error_code"] == "NOT_CATALOGED"
 
         def logged(correlation_id: str) -> list[dict[str, Any]]:
-            return [c for c in godot.calls if c["trace_id"] == correlation_id and c["message"].startswith("tools/call")]
+            return [
+                c
+                for c in godot.calls
+                if c["trace_id"] == correlation_id and c["message"].startswith("tools/call")
+            ]
 
         await godot.wait_until(lambda: all(logged(c) for c in ("corr-reg", "corr-info", "corr-missing")))
         await godot.wait_until(lambda: sum(c["level"] == "DEBUG" for c in godot.calls) >= 6)
@@ -305,14 +342,22 @@ async def test_godot_down_costs_little_and_catches_up(settings: Settings) -> Non
                     continue
                 assert status["replayed"] >= 230  # the first down server's entries, spilled
 
-                p99_off, p99_down = (min(percentile(run, 99) for run in latencies[k]) for k in ("off", "down"))
-                p50_off, p50_down = (min(percentile(run, 50) for run in latencies[k]) for k in ("off", "down"))
+                p99_off, p99_down = (
+                    min(percentile(run, 99) for run in latencies[k]) for k in ("off", "down")
+                )
+                p50_off, p50_down = (
+                    min(percentile(run, 50) for run in latencies[k]) for k in ("off", "down")
+                )
                 assert p99_down <= 2 * p99_off + 0.005, (p99_off, p99_down)
                 assert p50_down <= 1.5 * p50_off + 0.002, (p50_off, p50_down)
 
                 await godot.start()  # Godot is back: everything queued goes out, once, in order
-                wanted = [f"down{r}{part}-{i}" for r in range(2) for part, n in (("-warm", 30), ("", 200))
-                          for i in range(n)]
+                wanted = [
+                    f"down{r}{part}-{i}"
+                    for r in range(2)
+                    for part, n in (("-warm", 30), ("", 200))
+                    for i in range(n)
+                ]
                 await godot.wait_until(lambda: {c["trace_id"] for c in godot.calls} >= set(wanted))  # noqa: B023
                 traced = [c["trace_id"] for c in godot.calls if c["message"].startswith("tools/call")]
                 assert traced == wanted
@@ -328,7 +373,9 @@ async def test_godot_down_costs_little_and_catches_up(settings: Settings) -> Non
 async def test_overflow_drops_the_oldest_and_counts_exactly() -> None:
     capacity, extra = 50, 17
     async with godot_standin() as godot:
-        runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, capacity=capacity, batch_size=8, **FAST)
+        runner = SinkRunner(
+            GodotTransport(godot.url), spool_dir=None, capacity=capacity, batch_size=8, **FAST
+        )
         async with running(runner):
             for i in range(5):
                 runner.emit(entry(i))
@@ -411,8 +458,11 @@ async def test_a_crashing_sink_task_is_restarted_without_loss_or_duplicates(
             await eventually(lambda: len(transport.stored) == 101)
     assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(101)]
     assert runner.restarts == 1 and transport.opened == 2
-    assert runner.delivered == 101 and runner.dropped == 0 and runner.status()["last_error"] == (
-        "RuntimeError: deliver blew up")
+    assert (
+        runner.delivered == 101
+        and runner.dropped == 0
+        and runner.status()["last_error"] == ("RuntimeError: deliver blew up")
+    )
     crashed = [r for r in caplog.records if r.name == "horace.sinks" and "RuntimeError" in r.getMessage()]
     assert len(crashed) == 1 and crashed[0].exc_info is not None  # with its traceback
 
@@ -431,7 +481,9 @@ async def test_batches_are_pipelined_to_a_slow_godot() -> None:
 async def test_godot_slower_than_the_reply_timeout_per_batch_still_gets_each_entry_once() -> None:
     """A batch takes longer than ``reply_timeout`` in all, but every reply comes quickly."""
     async with godot_standin(delay=0.02) as godot:
-        runner = SinkRunner(GodotTransport(godot.url, reply_timeout=0.3), spool_dir=None, batch_size=50, **FAST)
+        runner = SinkRunner(
+            GodotTransport(godot.url, reply_timeout=0.3), spool_dir=None, batch_size=50, **FAST
+        )
         async with running(runner):
             for i in range(100):
                 runner.emit(entry(i))
@@ -486,13 +538,16 @@ async def test_health_shows_the_sinks(settings: Settings) -> None:
         assert status["conversations"]["delivered"] == 2
         code, body = await horace.server.health()
         assert code == 200 and body["sinks"] == sinks_of(horace) | {
-            "godot": body["sinks"]["godot"]}  # the same parts (godot's counters may move)
+            "godot": body["sinks"]["godot"]
+        }  # the same parts (godot's counters may move)
 
 
 # -- conversations -----------------------------------------------------------------------------
 
 
-async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batches(settings: Settings) -> None:
+async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batches(
+    settings: Settings,
+) -> None:
     async with run_horace(serving(settings)) as horace:
         for i in range(10):
             write(horace.files / f"user/t/{i}.txt", f"t{i}")
@@ -504,9 +559,13 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
             else:
                 body = reply["result"]["structuredContent"]
                 error_code = body.get("error_code")
-                file_ids = ([body["file_id"]] if "file_id" in body else
-                            [body["file"]["id"]] if "file" in body else
-                            [r["id"] for r in body.get("results", [])])
+                file_ids = (
+                    [body["file_id"]]
+                    if "file_id" in body
+                    else [body["file"]["id"]]
+                    if "file" in body
+                    else [r["id"] for r in body.get("results", [])]
+                )
             expected[correlation_id] = {"tool": tool, "error_code": error_code, "file_ids": file_ids}
 
         async with connect(horace.url) as client:
@@ -536,14 +595,29 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
                     nursery.start_soon(mixed, i)
 
             async def batch(b: int) -> None:
-                items: list[dict[str, Any]] = [{"jsonrpc": "2.0", "method": "notifications/initialized"},
-                                               {"jsonrpc": "2.0", "id": f"b{b}-ping", "method": "ping"},
-                                               {"jsonrpc": "2.0", "id": f"b{b}-nope", "method": "tools/call",
-                                                "params": {"name": "horace_nope"}}]  # no turn: not a tool
+                items: list[dict[str, Any]] = [
+                    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    {"jsonrpc": "2.0", "id": f"b{b}-ping", "method": "ping"},
+                    {
+                        "jsonrpc": "2.0",
+                        "id": f"b{b}-nope",
+                        "method": "tools/call",
+                        "params": {"name": "horace_nope"},
+                    },
+                ]  # no turn: not a tool
                 for k in range(8):
-                    items.append({"jsonrpc": "2.0", "id": f"b{b}-{k}", "method": "tools/call", "params": {
-                        "name": "horace_get_file_info", "arguments": {"file_id": ids[k]},
-                        "_meta": {"correlation_id": f"batch-{b}-{k}"}}})
+                    items.append(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": f"b{b}-{k}",
+                            "method": "tools/call",
+                            "params": {
+                                "name": "horace_get_file_info",
+                                "arguments": {"file_id": ids[k]},
+                                "_meta": {"correlation_id": f"batch-{b}-{k}"},
+                            },
+                        }
+                    )
                 replies = {k: client.expect(f"b{b}-{k}") for k in range(8)}
                 client.expect(f"b{b}-ping")
                 client.expect(f"b{b}-nope")
@@ -568,8 +642,12 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
         want = expected[correlation_id]
         assert request["role"] == "user" and response["role"] == "assistant"
         assert request["turn_number"] < response["turn_number"]
-        assert request["metadata"] == {"correlation_id": correlation_id, "tool": want["tool"],
-                                       "file_ids": [], "error_code": None}
+        assert request["metadata"] == {
+            "correlation_id": correlation_id,
+            "tool": want["tool"],
+            "file_ids": [],
+            "error_code": None,
+        }
         assert response["metadata"] == {"correlation_id": correlation_id, **want}
         assert json.loads(request["content"])["tool"] == want["tool"]
         assert request["model"] is None and response["model"] == "horace"
@@ -586,11 +664,26 @@ async def test_a_cancelled_call_has_a_request_turn_and_no_response_turn(settings
             conversation_id = next(iter(horace.server.sessions)).conversation_id
             await call(client, "horace_search_files", "before")
             reply = client.expect(99)
-            await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {
-                "name": "horace_scan", "arguments": {}, "_meta": {"correlation_id": "cancelled"}}}))
+            await client.send_raw(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 99,
+                        "method": "tools/call",
+                        "params": {
+                            "name": "horace_scan",
+                            "arguments": {},
+                            "_meta": {"correlation_id": "cancelled"},
+                        },
+                    }
+                )
+            )
             await trio.sleep(0.05)
-            await client.send_raw(json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                                              "params": {"requestId": 99}}))
+            await client.send_raw(
+                json.dumps(
+                    {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}}
+                )
+            )
             with trio.move_on_after(1.0) as waited:
                 await reply.receive()
             assert waited.cancelled_caught, "a cancelled call gets no response"
@@ -598,19 +691,35 @@ async def test_a_cancelled_call_has_a_request_turn_and_no_response_turn(settings
         await drained(horace)
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
     assert [(r["turn_number"], r["role"], r["metadata"]["correlation_id"]) for r in rows] == [
-        (1, "user", "before"), (2, "assistant", "before"), (3, "user", "cancelled"),
-        (4, "user", "after"), (5, "assistant", "after"),
+        (1, "user", "before"),
+        (2, "assistant", "before"),
+        (3, "user", "cancelled"),
+        (4, "user", "after"),
+        (5, "assistant", "after"),
     ]
     assert rows[2]["metadata"]["tool"] == "horace_scan"
 
 
 def _turn(conversation_id: str, number: int, content: str, role: str = "user") -> dict[str, Any]:
-    return to_json(Turn(
-        conversation_id=conversation_id, turn_number=number, role=role, content=content, model=None,
-        input_tokens=None, output_tokens=None, timing_ms=None,
-        metadata={"correlation_id": f"c-{number}", "tool": "horace_scan", "file_ids": [], "error_code": None},
-        created_at=datetime.now(UTC),
-    ))
+    return to_json(
+        Turn(
+            conversation_id=conversation_id,
+            turn_number=number,
+            role=role,
+            content=content,
+            model=None,
+            input_tokens=None,
+            output_tokens=None,
+            timing_ms=None,
+            metadata={
+                "correlation_id": f"c-{number}",
+                "tool": "horace_scan",
+                "file_ids": [],
+                "error_code": None,
+            },
+            created_at=datetime.now(UTC),
+        )
+    )
 
 
 async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
@@ -630,8 +739,10 @@ async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
             await deliver([_turn(conversation, 4, "four"), _turn(conversation, 4, "not four")])
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert transport.conflicts == 2 and len(errors) == 2
-        assert all(r.name == "horace.sinks" and "UNIQUE(conversation_id, turn_number)" in r.getMessage()
-                   for r in errors)
+        assert all(
+            r.name == "horace.sinks" and "UNIQUE(conversation_id, turn_number)" in r.getMessage()
+            for r in errors
+        )
         assert conversation in errors[0].getMessage()
         assert errors[0].correlation_id == "c-1"  # type: ignore[attr-defined]
 
@@ -644,7 +755,11 @@ async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
         assert transport.conflicts == 3 and runner.restarts == 0 and runner.failures == 0
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation]
     assert [(r["turn_number"], r["content"]) for r in rows] == [
-        (1, "original"), (2, "two"), (3, "three"), (4, "four"), (5, "five"),
+        (1, "original"),
+        (2, "two"),
+        (3, "three"),
+        (4, "four"),
+        (5, "five"),
     ]
 
 
@@ -734,8 +849,7 @@ async def test_turns_survive_postgresql_stopped_and_started_under_load(tmp_path:
             numbers = sorted(n for c, n, _ in stored if c == conversation)
             assert numbers == list(range(1, len(numbers) + 1))
     finally:
-        subprocess.run([str(script), "stop", str(cluster)], check=False, capture_output=True)  # noqa: ASYNC221
-
+        subprocess.run([str(script), "stop", str(cluster)], check=False, capture_output=True)
 
 
 class PickyTransport(MemoryTransport):

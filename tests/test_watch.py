@@ -100,9 +100,7 @@ class Hammer:
                 ("horace_search_files", {"path": "user/*", "status": "active", "limit": 5}),
                 ("horace_get_file_info", {"file_id": self.file_id, "include_versions": True}),
             ):
-                reply = await self.client.request(
-                    "tools/call", {"name": name, "arguments": arguments}
-                )
+                reply = await self.client.request("tools/call", {"name": name, "arguments": arguments})
                 self.calls += 1
                 if "result" not in reply or reply["result"].get("isError"):
                     self.failures.append((name, reply))
@@ -131,9 +129,7 @@ class Watched:
     async def wait_checksum(self, rel: str, checksum: str, status: Status = Status.ACTIVE) -> Any:
         async def matches() -> Any:
             found = await self.record(rel)
-            return (
-                found if found and found.checksum == checksum and found.status is status else None
-            )
+            return found if found and found.checksum == checksum and found.status is status else None
 
         return await eventually(matches, f"{rel} catalogued with {checksum[:12]} ({status.value})")
 
@@ -193,9 +189,7 @@ async def test_in_place_overwrite_makes_a_new_version(watched: Watched) -> None:
     write(path, "first draft")
     first = await watched.wait_checksum("user/report.txt", sha256("first draft"))
     overwrite_in_place(path, b"second draft, longer than the first")
-    final = await watched.wait_checksum(
-        "user/report.txt", sha256("second draft, longer than the first")
-    )
+    final = await watched.wait_checksum("user/report.txt", sha256("second draft, longer than the first"))
     assert final.id == first.id and final.current_version == 2
     versions = await watched.versions("user/report.txt")
     assert [v.checksum for v in versions] == [
@@ -352,8 +346,7 @@ async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> N
     deleted = await watched.wait_checksum("shared/notes.txt", sha256("notes v2"), Status.DELETED)
     assert deleted.id == record.id and deleted.deleted_at is not None
     assert all(
-        watched.catalog.storage.has_object(v.checksum)
-        for v in await watched.versions("shared/notes.txt")
+        watched.catalog.storage.has_object(v.checksum) for v in await watched.versions("shared/notes.txt")
     )
 
     undeleted = await watched.client.call("horace_undelete_file", file_id=record.id)
@@ -406,10 +399,7 @@ async def test_symlinks_are_never_catalogued(watched: Watched, tmp_path: Path) -
     paths = await watched.catalogued_paths()
     assert not {p for p in paths if "link" in p or "dir-out" in p}, paths
     assert await watched.catalog.backend.file_by_checksum(sha256("outside the root")) is None
-    assert (
-        await watched.catalog.backend.file_by_checksum(sha256("written through no watched path"))
-        is None
-    )
+    assert await watched.catalog.backend.file_by_checksum(sha256("written through no watched path")) is None
 
 
 async def test_editor_temp_files_are_ignored(watched: Watched) -> None:
@@ -479,11 +469,7 @@ async def test_reconcile_after_downtime_registers_and_versions(settings: Setting
     async with run_horace(watching(settings)) as running:
         backend = running.server.catalog.backend  # reconciled before it listens
         added = await backend.file_by_path("user/added.txt")
-        assert (
-            added is not None
-            and added.checksum == sha256("added while down")
-            and added.owner == "user"
-        )
+        assert added is not None and added.checksum == sha256("added while down") and added.owner == "user"
         changed = await backend.file_by_path("user/change.txt")
         assert (changed.id, changed.current_version, changed.checksum) == (
             ids["change"],
@@ -523,18 +509,12 @@ async def test_purge_after_retention_with_injected_time(settings: Settings) -> N
         write(files / "user/old.txt", "deleted long ago")
         write(files / "user/recent.txt", "deleted lately")
         old = await eventually(partial(catalog.backend.file_by_path, "user/old.txt"), "old.txt")
-        recent = await eventually(
-            partial(catalog.backend.file_by_path, "user/recent.txt"), "recent.txt"
-        )
+        recent = await eventually(partial(catalog.backend.file_by_path, "user/recent.txt"), "recent.txt")
         (files / "user/old.txt").unlink()  # the watcher soft-deletes it
-        await eventually(
-            lambda: _status_is(catalog, old.id, Status.DELETED), "old.txt soft-deleted"
-        )
+        await eventually(lambda: _status_is(catalog, old.id, Status.DELETED), "old.txt soft-deleted")
         now[0] += timedelta(days=20)
         (files / "user/recent.txt").unlink()
-        await eventually(
-            lambda: _status_is(catalog, recent.id, Status.DELETED), "recent.txt soft-deleted"
-        )
+        await eventually(lambda: _status_is(catalog, recent.id, Status.DELETED), "recent.txt soft-deleted")
         now[0] += timedelta(days=11)  # old deleted 31 days ago, recent 11
 
         report = await horace.tasks._purge(catalog)
@@ -580,9 +560,7 @@ async def test_watcher_crash_restarts_and_catches_up(
             yield changes
 
     monkeypatch.setattr(horace.watch, "awatch", flaky_awatch)
-    monkeypatch.setattr(
-        horace.tasks, "supervise", partial(supervise, backoff_base=0.05, backoff_cap=0.1)
-    )
+    monkeypatch.setattr(horace.tasks, "supervise", partial(supervise, backoff_base=0.05, backoff_cap=0.1))
     async with run_horace(watching(settings)) as running:
         catalog = running.server.catalog
         write(running.files / "user/during-outage.txt", "written while nobody watched")
@@ -597,9 +575,7 @@ async def test_watcher_crash_restarts_and_catches_up(
         )
         # ... and new writes are catalogued as before.
         write(running.files / "user/after.txt", "after the restart")
-        await eventually(
-            partial(catalog.backend.file_by_path, "user/after.txt"), "a write after the restart"
-        )
+        await eventually(partial(catalog.backend.file_by_path, "user/after.txt"), "a write after the restart")
         assert (await _http_health(running))["restarts"] == 1
 
 

@@ -50,14 +50,20 @@ async def serve(
             await reconcile_logged(catalog, progress)
         spool = catalog.storage.private / "spool"
         sink_options: dict[str, Any] = {
-            "spool_dir": spool, "capacity": settings.sink_queue, "flush_seconds": settings.sink_flush,
-            "backoff_base": settings.sink_backoff_base, "backoff_cap": settings.sink_backoff_cap,
+            "spool_dir": spool,
+            "capacity": settings.sink_queue,
+            "flush_seconds": settings.sink_flush,
+            "backoff_base": settings.sink_backoff_base,
+            "backoff_cap": settings.sink_backoff_cap,
         }
         godot = (
             SinkRunner(GodotTransport(settings.godot_url, settings.godot_tool), **sink_options)
-            if settings.godot_url else None
+            if settings.godot_url
+            else None
         )
-        conversations = SinkRunner(ConversationTransport(talks), **sink_options) if settings.conversations else None
+        conversations = (
+            SinkRunner(ConversationTransport(talks), **sink_options) if settings.conversations else None
+        )
         runners = [runner for runner in (godot, conversations) if runner is not None]
         forward = godot if settings.conversations_to_godot else None
         recorder = ConversationRecorder(conversations, forward) if conversations or forward else None

@@ -60,7 +60,12 @@ class HoraceServer:
     async def run(self, *, task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
         self.port = listeners[0].socket.getsockname()[1]
-        log.info("listening on %s:%s", self.settings.host, self.port, extra={"backend": redact_url(self.catalog.backend.url)})
+        log.info(
+            "listening on %s:%s",
+            self.settings.host,
+            self.port,
+            extra={"backend": redact_url(self.catalog.backend.url)},
+        )
         async with trio.open_nursery() as connections:
             with self._accepting:
                 task_status.started(self)
@@ -72,8 +77,11 @@ class HoraceServer:
             with trio.move_on_after(self.settings.shutdown_grace):
                 await self._idle.wait()
             if self.sessions:
-                log.warning("cancelling %d sessions still busy after %.0f s", len(self.sessions),
-                            self.settings.shutdown_grace)
+                log.warning(
+                    "cancelling %d sessions still busy after %.0f s",
+                    len(self.sessions),
+                    self.settings.shutdown_grace,
+                )
             connections.cancel_scope.cancel()
         log.info("stopped")
 
@@ -128,4 +136,3 @@ async def watch_signals(server: HoraceServer, cancel_all: Callable[[], None]) ->
                 return
             log.info("signal %s: shutting down", signal.Signals(signum).name)
             server.shutdown()
-

@@ -39,10 +39,10 @@ class _Replayed(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         self._stream, self._prefix = stream, prefix
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             size = len(self._prefix) if max_bytes is None else max_bytes
-            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
+            chunk, self._prefix = bytes(self._prefix[:size]), self._prefix[size:]
             await trio.lowlevel.checkpoint()
             return chunk
         return await self._stream.receive_some(max_bytes)
@@ -96,7 +96,7 @@ class Front:
             while event is h11.NEED_DATA:
                 data = await stream.receive_some(65536)
                 raw += data
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
                 try:
                     event = conn.next_event()
                 except h11.RemoteProtocolError as exc:
@@ -118,8 +118,13 @@ class Front:
             await self._respond(stream, conn, 404, {"error": "not found: MCP is served at / and /mcp"})
             return
         if not upgrade:
-            await self._respond(stream, conn, 426, {"error": "this endpoint speaks MCP over WebSocket"},
-                                extra=[(b"upgrade", b"websocket")])
+            await self._respond(
+                stream,
+                conn,
+                426,
+                {"error": "this endpoint speaks MCP over WebSocket"},
+                extra=[(b"upgrade", b"websocket")],
+            )
             return
         refusal = self._refusal(headers)
         if refusal is not None:
@@ -129,7 +134,8 @@ class Front:
             return
         async with trio.open_nursery() as nursery:
             request = await wrap_server_stream(
-                nursery, _Replayed(stream, bytes(raw)),
+                nursery,
+                _Replayed(stream, bytes(raw)),
                 # Oversize messages up to 4x the limit are read and answered with a JSON-RPC
                 # error; beyond that the WebSocket closes with 1009 (message too big).
                 max_message_size=self.settings.max_message_bytes * 4,
@@ -146,12 +152,20 @@ class Front:
         if token:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + token.encode()):
-                return 401, "a valid bearer token is required", [(b"www-authenticate", b'Bearer realm="horace"')]
+                return (
+                    401,
+                    "a valid bearer token is required",
+                    [(b"www-authenticate", b'Bearer realm="horace"')],
+                )
         origin = headers.get(b"origin")
         if not origin_allowed(origin.decode("latin-1") if origin else None, self.settings.allowed_origins):
             return 403, f"origin {origin!r} is not allowed", []
         if not self.has_room():
-            return 503, f"too many connections (limit {self.settings.max_connections})", [(b"retry-after", b"1")]
+            return (
+                503,
+                f"too many connections (limit {self.settings.max_connections})",
+                [(b"retry-after", b"1")],
+            )
         return None
 
     async def _respond(

@@ -116,8 +116,12 @@ def _is_notification(message: Any) -> bool:
     The one test for both single messages and batch members; anything else without an id
     is an invalid request, answered with id null.
     """
-    return (isinstance(message, dict) and "id" not in message and isinstance(message.get("method"), str)
-            and message.get("jsonrpc") == "2.0")
+    return (
+        isinstance(message, dict)
+        and "id" not in message
+        and isinstance(message.get("method"), str)
+        and message.get("jsonrpc") == "2.0"
+    )
 
 
 def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
@@ -187,10 +191,13 @@ class _ProgressPump:
             if self.latest is not None and self.latest != self.sent:
                 self.sent = self.latest
                 done, total = self.latest
-                await self.session.send({
-                    "jsonrpc": "2.0", "method": "notifications/progress",
-                    "params": {"progressToken": self.token, "progress": done, "total": total},
-                })
+                await self.session.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/progress",
+                        "params": {"progressToken": self.token, "progress": done, "total": total},
+                    }
+                )
             if self.done:
                 return
             await trio.sleep(self.interval)
@@ -256,13 +263,22 @@ class Session:
 
     def _receive(self, message: str | bytes, calls: trio.Nursery) -> None:
         if isinstance(message, bytes):
-            calls.start_soon(self.send, _error(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC")))
+            calls.start_soon(
+                self.send, _error(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC"))
+            )
             return
         if len(message.encode()) > self.settings.max_message_bytes:
-            calls.start_soon(self.send, _error(None, RpcError(
-                INVALID_REQUEST,
-                f"message of {len(message.encode())} bytes exceeds the limit of {self.settings.max_message_bytes}",
-            )))
+            calls.start_soon(
+                self.send,
+                _error(
+                    None,
+                    RpcError(
+                        INVALID_REQUEST,
+                        f"message of {len(message.encode())} bytes exceeds the limit of "
+                        f"{self.settings.max_message_bytes}",
+                    ),
+                ),
+            )
             return
         try:
             parsed = json.loads(message)
@@ -306,7 +322,9 @@ class Session:
             for item in items:
                 nursery.start_soon(one, item)
         if replies:
-            await self.send("[" + ", ".join(r if isinstance(r, str) else json.dumps(r) for r in replies) + "]")
+            await self.send(
+                "[" + ", ".join(r if isinstance(r, str) else json.dumps(r) for r in replies) + "]"
+            )
 
     async def _reply(self, message: Any) -> None:
         reply = await self._answer(message)
@@ -328,10 +346,14 @@ class Session:
         if refusal is not None:
             return _error(request_id, RpcError(INVALID_PARAMS, refusal))
         if self._inflight >= self.settings.max_calls_per_connection:
-            return _error(request_id, RpcError(
-                SERVER_BUSY,
-                f"too many calls under way on this connection (limit {self.settings.max_calls_per_connection})",
-            ))
+            return _error(
+                request_id,
+                RpcError(
+                    SERVER_BUSY,
+                    "too many calls under way on this connection "
+                    f"(limit {self.settings.max_calls_per_connection})",
+                ),
+            )
         self._inflight += 1
         try:
             result = await self._dispatch(request_id, method, params)
@@ -374,7 +396,7 @@ class Session:
             raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
         name = params["name"]
         arguments = params.get("arguments")
-        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        meta: dict[str, Any] = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
         correlation_id = _correlation_id(arguments, meta)
         tool = TOOLS.get(name)
         if tool is None:
@@ -388,9 +410,14 @@ class Session:
             try:
                 args = tool.structure(arguments)
             except HoraceError as exc:
-                raise RpcError(INVALID_PARAMS, exc.message, {
-                    "error_code": exc.code.value, "correlation_id": correlation_id,
-                }) from None
+                raise RpcError(
+                    INVALID_PARAMS,
+                    exc.message,
+                    {
+                        "error_code": exc.code.value,
+                        "correlation_id": correlation_id,
+                    },
+                ) from None
             reply = await self._run_tool(request_id, tool, args, correlation_id, meta.get("progressToken"))
             if isinstance(reply, dict) and reply.get("isError"):
                 error_code = reply["structuredContent"]["error_code"]
@@ -407,26 +434,40 @@ class Session:
             file_ids: tuple[str, ...] = ()
             if isinstance(reply, dict) and (observed or logged):
                 file_ids = tuple(_file_ids(reply.get("structuredContent")))
-            self.observer.call_finished(attrs.evolve(
-                record, response_turn=self.next_turn() if answered else 0, result=reply if answered else None,
-                error_code=error_code, timing_ms=timing, file_ids=file_ids,
-            ))
+            self.observer.call_finished(
+                attrs.evolve(
+                    record,
+                    response_turn=self.next_turn() if answered else 0,
+                    result=reply if answered else None,
+                    error_code=error_code,
+                    timing_ms=timing,
+                    file_ids=file_ids,
+                )
+            )
             if logged:
                 outcome_name = error_code or ("ok" if answered else "cancelled")
                 log.info(
-                    "tools/call %s %s in %.1f ms", name, outcome_name, timing,
-                    extra={"correlation_id": correlation_id, "tool": name, "file_ids": list(file_ids),
-                           "conversation_id": self.conversation_id, "duration_ms": round(timing, 3),
-                           "outcome": outcome_name},
+                    "tools/call %s %s in %.1f ms",
+                    name,
+                    outcome_name,
+                    timing,
+                    extra={
+                        "correlation_id": correlation_id,
+                        "tool": name,
+                        "file_ids": list(file_ids),
+                        "conversation_id": self.conversation_id,
+                        "duration_ms": round(timing, 3),
+                        "outcome": outcome_name,
+                    },
                 )
 
-    async def _run_tool(
-        self, request_id: Any, tool: Any, args: Any, correlation_id: str, token: Any
-    ) -> Any:
+    async def _run_tool(self, request_id: Any, tool: Any, args: Any, correlation_id: str, token: Any) -> Any:
         pump = _ProgressPump(self, token) if _is_valid_id(token) and token is not None else None
         context = CallContext(self.catalog, correlation_id, pump.update if pump else None)
         deadline = self.settings.call_deadline
-        scope = trio.CancelScope(deadline=trio.current_time() + deadline if math.isfinite(deadline) else math.inf)
+        scope = trio.CancelScope(
+            deadline=trio.current_time() + deadline if math.isfinite(deadline) else math.inf
+        )
         self._scopes[request_id] = scope
         try:
             with scope:
@@ -441,20 +482,25 @@ class Session:
             return tool_error(exc.code, exc.message, correlation_id)
         except BackendUnavailable as exc:
             log.warning("backend unavailable: %s", exc, extra={"correlation_id": correlation_id})
-            return tool_error(ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}",
-                              correlation_id)
+            return tool_error(
+                ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}", correlation_id
+            )
         except Exception:
             log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
-            return tool_error(ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})",
-                              correlation_id)
+            return tool_error(
+                ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})", correlation_id
+            )
         finally:
             self._scopes.pop(request_id, None)
         if scope.cancelled_caught:
             if request_id in self._cancelled_by_client:
                 self._cancelled_by_client.discard(request_id)
                 return _NO_REPLY  # the client asked; MCP says no response follows
-            raise RpcError(REQUEST_TIMEOUT, f"the call ran past its deadline of {deadline:g} s",
-                           {"correlation_id": correlation_id})
+            raise RpcError(
+                REQUEST_TIMEOUT,
+                f"the call ran past its deadline of {deadline:g} s",
+                {"correlation_id": correlation_id},
+            )
         structured["correlation_id"] = correlation_id
         return tool_result(structured)
 

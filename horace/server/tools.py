@@ -76,7 +76,7 @@ NULLABLE_STR = {"type": ["string", "null"]}
 OBJECT = {"type": "object"}
 
 
-def obj(required: tuple[str, ...] = (), extra: bool = False, **props: Any) -> dict[str, Any]:
+def obj(required: tuple[str, ...] = (), extra: bool = False, /, **props: Any) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": extra}
     if required:
         schema["required"] = list(required)
@@ -85,33 +85,53 @@ def obj(required: tuple[str, ...] = (), extra: bool = False, **props: Any) -> di
 
 FILE = obj(
     ("id", "file_path", "size", "checksum", "status", "current_version"),
-    extra=True,
-    id=STR, file_path=STR, owner=NULLABLE_STR, purpose=NULLABLE_STR, tags=STRS, size=INT,
-    mime_type=STR, checksum=STR, status={"enum": ["active", "archived", "deleted"]},
-    current_version=INT, correlation_id=NULLABLE_STR, created_at=STR, updated_at=STR,
-    deleted_at=NULLABLE_STR, metadata=OBJECT,
+    True,
+    id=STR,
+    file_path=STR,
+    owner=NULLABLE_STR,
+    purpose=NULLABLE_STR,
+    tags=STRS,
+    size=INT,
+    mime_type=STR,
+    checksum=STR,
+    status={"enum": ["active", "archived", "deleted"]},
+    current_version=INT,
+    correlation_id=NULLABLE_STR,
+    created_at=STR,
+    updated_at=STR,
+    deleted_at=NULLABLE_STR,
+    metadata=OBJECT,
 )
 VERSION = obj(
     ("version", "checksum", "size", "created_at"),
-    extra=True,
-    file_id=STR, version=INT, checksum=STR, size=INT, created_at=STR,
-    restored_from_version={"type": ["integer", "null"]}, correlation_id=NULLABLE_STR,
+    True,
+    file_id=STR,
+    version=INT,
+    checksum=STR,
+    size=INT,
+    created_at=STR,
+    restored_from_version={"type": ["integer", "null"]},
+    correlation_id=NULLABLE_STR,
 )
 COLLECTION = obj(
     ("name", "member_count"),
-    extra=True,
-    name=STR, description=NULLABLE_STR, metadata=OBJECT, created_at=STR, updated_at=STR,
+    True,
+    name=STR,
+    description=NULLABLE_STR,
+    metadata=OBJECT,
+    created_at=STR,
+    updated_at=STR,
     member_count=INT,
 )
 CID = {"correlation_id": STR}
 
 
 def result(required: tuple[str, ...], **props: Any) -> dict[str, Any]:
-    return obj((*required, "correlation_id"), extra=True, **props, **CID)
+    return obj((*required, "correlation_id"), True, **props, **CID)
 
 
 def metadata_schema(description: str, **props: Any) -> dict[str, Any]:
-    return {**obj(extra=True, **props), "description": description}
+    return {**obj((), True, **props), "description": description}
 
 
 # -- argument classes ------------------------------------------------------------------------
@@ -199,22 +219,25 @@ class ScanArgs:
 
 
 def _file(record: Any) -> dict[str, Any]:
-    return to_json(record)  # type: ignore[no-any-return]
+    return to_json(record)
 
 
 async def register(ctx: CallContext, args: RegisterArgs) -> dict[str, Any]:
     new, caller_cid = new_file(args.metadata)
     done = await ctx.catalog.register(args.file_path, new, caller_cid or ctx.correlation_id)
     return {
-        "file_id": done.file.id, "duplicate": done.duplicate, "version_created": done.version_created,
-        "current_version": done.file.current_version, "file": _file(done.file),
+        "file_id": done.file.id,
+        "duplicate": done.duplicate,
+        "version_created": done.version_created,
+        "current_version": done.file.current_version,
+        "file": _file(done.file),
     }
 
 
 async def search(ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
     query, cursor = search_query(args)
     page = await ctx.catalog.search(query, cursor)
-    return to_json(page)  # type: ignore[no-any-return]
+    return to_json(page)
 
 
 async def get_file_info(ctx: CallContext, args: FileInfoArgs) -> dict[str, Any]:
@@ -233,8 +256,10 @@ async def update_file(ctx: CallContext, args: UpdateArgs) -> dict[str, Any]:
         args.file_id, changes, check_for_changes=args.check_for_changes, correlation_id=ctx.correlation_id
     )
     return {
-        "file_id": done.file.id, "changed_fields": list(done.changed_fields),
-        "version_created": done.version_created, "current_version": done.file.current_version,
+        "file_id": done.file.id,
+        "changed_fields": list(done.changed_fields),
+        "version_created": done.version_created,
+        "current_version": done.file.current_version,
         "file": _file(done.file),
     }
 
@@ -242,9 +267,12 @@ async def update_file(ctx: CallContext, args: UpdateArgs) -> dict[str, Any]:
 async def restore_version(ctx: CallContext, args: RestoreArgs) -> dict[str, Any]:
     done = await ctx.catalog.restore(args.file_id, args.version, ctx.correlation_id)
     return {
-        "file_id": done.file.id, "restored_from_version": args.version,
-        "new_version": done.version.version, "preserved_version": done.preserved_version,
-        "current_version": done.file.current_version, "file": _file(done.file),
+        "file_id": done.file.id,
+        "restored_from_version": args.version,
+        "new_version": done.version.version,
+        "preserved_version": done.preserved_version,
+        "current_version": done.file.current_version,
+        "file": _file(done.file),
     }
 
 
@@ -273,7 +301,10 @@ async def list_collections(ctx: CallContext, args: PageArgs) -> dict[str, Any]:
 async def get_collection(ctx: CallContext, args: GetCollectionArgs) -> dict[str, Any]:
     found, members = await ctx.catalog.get_collection(args.name, args.limit, args.offset)
     return {
-        "collection": to_json(found), "files": to_json(members), "limit": args.limit, "offset": args.offset,
+        "collection": to_json(found),
+        "files": to_json(members),
+        "limit": args.limit,
+        "offset": args.offset,
     }
 
 
@@ -302,7 +333,7 @@ async def verify(ctx: CallContext, args: VerifyArgs) -> dict[str, Any]:
 
 async def scan(ctx: CallContext, args: ScanArgs) -> dict[str, Any]:
     report = await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
-    return to_json(report)  # type: ignore[no-any-return]
+    return to_json(report)
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -342,12 +373,27 @@ TOOLS: dict[str, Tool] = {
             "content changed); content already catalogued elsewhere returns that file with "
             "duplicate=true.",
             RegisterArgs,
-            obj(("file_path",), file_path={**STR, "description": "relative to files/, or absolute inside it"},
+            obj(
+                ("file_path",),
+                file_path={**STR, "description": "relative to files/, or absolute inside it"},
                 metadata=metadata_schema(
-                    "owner, purpose, tags, collection, correlation_id; other keys are kept as custom metadata",
-                    owner=STR, purpose=STR, tags=STRS, collection=STR, correlation_id=STR)),
-            result(("file_id", "duplicate", "version_created", "file"), file_id=STR, duplicate=BOOL,
-                   version_created=BOOL, current_version=INT, file=FILE),
+                    "owner, purpose, tags, collection, correlation_id; "
+                    "other keys are kept as custom metadata",
+                    owner=STR,
+                    purpose=STR,
+                    tags=STRS,
+                    collection=STR,
+                    correlation_id=STR,
+                ),
+            ),
+            result(
+                ("file_id", "duplicate", "version_created", "file"),
+                file_id=STR,
+                duplicate=BOOL,
+                version_created=BOOL,
+                current_version=INT,
+                file=FILE,
+            ),
             register,
             idempotent=True,
         ),
@@ -357,9 +403,14 @@ TOOLS: dict[str, Tool] = {
             "paged with limit/offset or the returned next_cursor.",
             None,
             obj(query=obj(**_SEARCH_FILTERS), **_SEARCH_FILTERS),
-            result(("total_count", "results", "limit", "offset"), total_count=INT,
-                   results={"type": "array", "items": FILE}, limit=INT, offset=INT,
-                   next_cursor=NULLABLE_STR),
+            result(
+                ("total_count", "results", "limit", "offset"),
+                total_count=INT,
+                results={"type": "array", "items": FILE},
+                limit=INT,
+                offset=INT,
+                next_cursor=NULLABLE_STR,
+            ),
             search,
             read_only=True,
             idempotent=True,
@@ -380,12 +431,28 @@ TOOLS: dict[str, Tool] = {
             "Change a file's allow-listed metadata (tags, purpose, owner, status, collection, "
             "custom). By default the working file is checked first and versioned if it changed.",
             UpdateArgs,
-            obj(("file_id",), **_FILE_REF, check_for_changes=BOOL,
+            obj(
+                ("file_id",),
+                **_FILE_REF,
+                check_for_changes=BOOL,
                 metadata=metadata_schema(
-                    "only these fields may change", tags=STRS, purpose=STR, owner=STR,
-                    status={"enum": ["active", "archived", "deleted"]}, collection=STR, custom=OBJECT)),
-            result(("file_id", "changed_fields", "version_created", "current_version"), file_id=STR,
-                   changed_fields=STRS, version_created=BOOL, current_version=INT, file=FILE),
+                    "only these fields may change",
+                    tags=STRS,
+                    purpose=STR,
+                    owner=STR,
+                    status={"enum": ["active", "archived", "deleted"]},
+                    collection=STR,
+                    custom=OBJECT,
+                ),
+            ),
+            result(
+                ("file_id", "changed_fields", "version_created", "current_version"),
+                file_id=STR,
+                changed_fields=STRS,
+                version_created=BOOL,
+                current_version=INT,
+                file=FILE,
+            ),
             update_file,
         ),
         Tool(
@@ -394,21 +461,34 @@ TOOLS: dict[str, Tool] = {
             "as a version, then written back atomically as a new version.",
             RestoreArgs,
             obj(("file_id", "version"), **_FILE_REF, version={**INT, "minimum": 1}),
-            result(("file_id", "new_version", "current_version"), file_id=STR, restored_from_version=INT,
-                   new_version=INT, preserved_version={"type": ["integer", "null"]},
-                   current_version=INT, file=FILE),
+            result(
+                ("file_id", "new_version", "current_version"),
+                file_id=STR,
+                restored_from_version=INT,
+                new_version=INT,
+                preserved_version={"type": ["integer", "null"]},
+                current_version=INT,
+                file=FILE,
+            ),
             restore_version,
         ),
         Tool(
             "horace_delete_file",
             "Soft-delete a file: status deleted, working copy removed, history kept until purge.",
-            FileIdArgs, obj(("file_id",), **_FILE_REF), _FILE_RESULT, delete_file,
-            destructive=True, idempotent=False,
+            FileIdArgs,
+            obj(("file_id",), **_FILE_REF),
+            _FILE_RESULT,
+            delete_file,
+            destructive=True,
+            idempotent=False,
         ),
         Tool(
             "horace_undelete_file",
             "Make a deleted file active again; its working copy is written back if it is gone.",
-            FileIdArgs, obj(("file_id",), **_FILE_REF), _FILE_RESULT, undelete_file,
+            FileIdArgs,
+            obj(("file_id",), **_FILE_REF),
+            _FILE_RESULT,
+            undelete_file,
         ),
         Tool(
             "horace_create_collection",
@@ -422,63 +502,121 @@ TOOLS: dict[str, Tool] = {
         Tool(
             "horace_list_collections",
             "The collections, with their member counts.",
-            PageArgs, obj(**_PAGE),
-            result(("total_count", "collections"), total_count=INT,
-                   collections={"type": "array", "items": COLLECTION}, limit=INT, offset=INT),
-            list_collections, read_only=True, idempotent=True,
+            PageArgs,
+            obj(**_PAGE),
+            result(
+                ("total_count", "collections"),
+                total_count=INT,
+                collections={"type": "array", "items": COLLECTION},
+                limit=INT,
+                offset=INT,
+            ),
+            list_collections,
+            read_only=True,
+            idempotent=True,
         ),
         Tool(
             "horace_get_collection",
             "A collection and its files.",
-            GetCollectionArgs, obj(("name",), name=STR, **_PAGE),
-            result(("collection", "files"), collection=COLLECTION, files={"type": "array", "items": FILE},
-                   limit=INT, offset=INT),
-            get_collection, read_only=True, idempotent=True,
+            GetCollectionArgs,
+            obj(("name",), name=STR, **_PAGE),
+            result(
+                ("collection", "files"),
+                collection=COLLECTION,
+                files={"type": "array", "items": FILE},
+                limit=INT,
+                offset=INT,
+            ),
+            get_collection,
+            read_only=True,
+            idempotent=True,
         ),
         Tool(
             "horace_add_to_collection",
             "Add files to a collection (a file may belong to several).",
-            MembersArgs, obj(("name", "file_ids"), name=STR, file_ids=STRS),
-            result(("collection",), collection=COLLECTION), add_to_collection, idempotent=True,
+            MembersArgs,
+            obj(("name", "file_ids"), name=STR, file_ids=STRS),
+            result(("collection",), collection=COLLECTION),
+            add_to_collection,
+            idempotent=True,
         ),
         Tool(
             "horace_remove_from_collection",
             "Remove files from a collection; the files stay catalogued.",
-            MembersArgs, obj(("name", "file_ids"), name=STR, file_ids=STRS),
-            result(("collection",), collection=COLLECTION), remove_from_collection, idempotent=True,
+            MembersArgs,
+            obj(("name", "file_ids"), name=STR, file_ids=STRS),
+            result(("collection",), collection=COLLECTION),
+            remove_from_collection,
+            idempotent=True,
         ),
         Tool(
             "horace_delete_collection",
             "Delete a collection; its files stay.",
-            NameArgs, obj(("name",), name=STR),
-            result(("name", "deleted"), name=STR, deleted=BOOL), delete_collection, destructive=True,
+            NameArgs,
+            obj(("name",), name=STR),
+            result(("name", "deleted"), name=STR, deleted=BOOL),
+            delete_collection,
+            destructive=True,
         ),
         Tool(
             "horace_find_duplicates",
             "Groups of catalogued files with the same content.",
-            LimitArgs, obj(limit={**INT, "minimum": 1}),
-            result(("groups",), group_count=INT, groups={"type": "array", "items": obj(
-                ("checksum", "files"), extra=True, checksum=STR, size=INT,
-                files={"type": "array", "items": FILE})}),
-            find_duplicates, read_only=True, idempotent=True,
+            LimitArgs,
+            obj(limit={**INT, "minimum": 1}),
+            result(
+                ("groups",),
+                group_count=INT,
+                groups={
+                    "type": "array",
+                    "items": obj(
+                        ("checksum", "files"),
+                        True,
+                        checksum=STR,
+                        size=INT,
+                        files={"type": "array", "items": FILE},
+                    ),
+                },
+            ),
+            find_duplicates,
+            read_only=True,
+            idempotent=True,
         ),
         Tool(
             "horace_verify",
             "Re-hash working files and stored objects; report mismatches and missing objects.",
-            VerifyArgs, obj(**_FILE_REF),
-            result(("ok", "problems"), ok=BOOL, files_checked=INT, objects_checked=INT,
-                   problems={"type": "array", "items": obj(extra=True, kind=STR, file_id=STR,
-                                                           file_path=STR, detail=STR)}),
-            verify, read_only=True, idempotent=True,
+            VerifyArgs,
+            obj(**_FILE_REF),
+            result(
+                ("ok", "problems"),
+                ok=BOOL,
+                files_checked=INT,
+                objects_checked=INT,
+                problems={
+                    "type": "array",
+                    "items": obj((), True, kind=STR, file_id=STR, file_path=STR, detail=STR),
+                },
+            ),
+            verify,
+            read_only=True,
+            idempotent=True,
         ),
         Tool(
             "horace_scan",
             "Register untracked files and version changed ones under files/ (or path); sends "
             "progress notifications when the call carries a progressToken.",
-            ScanArgs, obj(path={**STR, "description": "a folder under files/"}),
-            result(("scanned", "registered", "versioned"), scanned=INT, registered=INT, versioned=INT,
-                   unchanged=INT, duplicates=INT, errors=STRS),
-            scan, idempotent=True,
+            ScanArgs,
+            obj(path={**STR, "description": "a folder under files/"}),
+            result(
+                ("scanned", "registered", "versioned"),
+                scanned=INT,
+                registered=INT,
+                versioned=INT,
+                unchanged=INT,
+                duplicates=INT,
+                errors=STRS,
+            ),
+            scan,
+            idempotent=True,
         ),
     ]
 }

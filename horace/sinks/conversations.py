@@ -43,7 +43,8 @@ class ConversationTransport:
                 log.error(
                     "conversation turn %s #%d is already stored with other content: "
                     "UNIQUE(conversation_id, turn_number) violated",
-                    turn.conversation_id, turn.turn_number,
+                    turn.conversation_id,
+                    turn.turn_number,
                     extra={"correlation_id": turn.metadata.get("correlation_id"), "sink": self.name},
                 )
 
@@ -63,29 +64,55 @@ class ConversationRecorder:
         if self.conversations is not None:
             self.conversations.emit(entry)
         if self.godot is not None:
-            self.godot.emit({
-                "level": "DEBUG", "message": f"conversation turn {turn.turn_number} ({turn.role})",
-                "trace_id": turn.metadata.get("correlation_id"), "data": redact(entry),
-            })
+            self.godot.emit(
+                {
+                    "level": "DEBUG",
+                    "message": f"conversation turn {turn.turn_number} ({turn.role})",
+                    "trace_id": turn.metadata.get("correlation_id"),
+                    "data": redact(entry),
+                }
+            )
 
     def call_started(self, record: CallRecord) -> None:
-        self._emit(Turn(
-            conversation_id=record.conversation_id, turn_number=record.request_turn, role="user",
-            content=json.dumps({"tool": record.tool, "arguments": record.arguments}, default=str),
-            model=None, input_tokens=None, output_tokens=None, timing_ms=None,
-            metadata={"correlation_id": record.correlation_id, "tool": record.tool, "file_ids": [],
-                      "error_code": None},
-            created_at=datetime.now(UTC),
-        ))
+        self._emit(
+            Turn(
+                conversation_id=record.conversation_id,
+                turn_number=record.request_turn,
+                role="user",
+                content=json.dumps({"tool": record.tool, "arguments": record.arguments}, default=str),
+                model=None,
+                input_tokens=None,
+                output_tokens=None,
+                timing_ms=None,
+                metadata={
+                    "correlation_id": record.correlation_id,
+                    "tool": record.tool,
+                    "file_ids": [],
+                    "error_code": None,
+                },
+                created_at=datetime.now(UTC),
+            )
+        )
 
     def call_finished(self, record: CallRecord) -> None:
         if not record.response_turn:
             return  # cancelled by the client: no response, no turn
-        self._emit(Turn(
-            conversation_id=record.conversation_id, turn_number=record.response_turn, role="assistant",
-            content=json.dumps(record.result, default=str), model=MODEL, input_tokens=None,
-            output_tokens=None, timing_ms=record.timing_ms,
-            metadata={"correlation_id": record.correlation_id, "tool": record.tool,
-                      "file_ids": list(record.file_ids), "error_code": record.error_code},
-            created_at=datetime.now(UTC),
-        ))
+        self._emit(
+            Turn(
+                conversation_id=record.conversation_id,
+                turn_number=record.response_turn,
+                role="assistant",
+                content=json.dumps(record.result, default=str),
+                model=MODEL,
+                input_tokens=None,
+                output_tokens=None,
+                timing_ms=record.timing_ms,
+                metadata={
+                    "correlation_id": record.correlation_id,
+                    "tool": record.tool,
+                    "file_ids": list(record.file_ids),
+                    "error_code": record.error_code,
+                },
+                created_at=datetime.now(UTC),
+            )
+        )

@@ -76,22 +76,36 @@ class GodotTransport:
                                 replies.append(item)
                     return replies
 
-                await rpc_batch([{"jsonrpc": "2.0", "method": "initialize", "params": {
-                    "protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "horace", "version": "1"},
-                }}])
+                await rpc_batch(
+                    [
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "initialize",
+                            "params": {
+                                "protocolVersion": "2025-06-18",
+                                "capabilities": {},
+                                "clientInfo": {"name": "horace", "version": "1"},
+                            },
+                        }
+                    ]
+                )
                 await ws.send_message(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
 
                 async def deliver(batch: list[dict[str, Any]]) -> None:
                     calls = [
-                        {"jsonrpc": "2.0", "method": "tools/call",
-                         "params": {"name": self.tool, "arguments": {"component": "horace", **entry}}}
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "tools/call",
+                            "params": {"name": self.tool, "arguments": {"component": "horace", **entry}},
+                        }
                         for entry in batch
                     ]
                     for reply in await rpc_batch(calls):
                         if "error" in reply or reply.get("result", {}).get("isError"):
                             self.rejected += 1  # retrying would not help: counted and logged
-                            log.warning("godot rejected a log entry: %s", reply.get("error") or reply.get("result"))
+                            log.warning(
+                                "godot rejected a log entry: %s", reply.get("error") or reply.get("result")
+                            )
 
                 yield deliver
         except (ConnectionClosed, HandshakeError, trio.TooSlowError) as exc:

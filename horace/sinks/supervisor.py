@@ -86,9 +86,14 @@ class SinkRunner:
 
     def status(self) -> dict[str, Any]:
         return {
-            "state": self.state, "queued": len(self._queue), "delivered": self.delivered,
-            "dropped": self.dropped, "spilled": self.spilled, "replayed": self.replayed,
-            "restarts": self.restarts, "last_error": self.last_error,
+            "state": self.state,
+            "queued": len(self._queue),
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "spilled": self.spilled,
+            "replayed": self.replayed,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
         }
 
     # -- the child task ---------------------------------------------------------------
@@ -110,11 +115,16 @@ class SinkRunner:
                         self._in_flight = 0
                     self.state = "retrying"
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                    unexpected = not isinstance(exc, OSError | ConnectionError | TimeoutError | SinkUnavailable)
+                    unexpected = not isinstance(
+                        exc, OSError | ConnectionError | TimeoutError | SinkUnavailable
+                    )
                     if unexpected:
                         self.restarts += 1
                     log.warning(
-                        "sink %s: %s; retrying (%d queued)", self.name, self.last_error, len(self._queue),
+                        "sink %s: %s; retrying (%d queued)",
+                        self.name,
+                        self.last_error,
+                        len(self._queue),
                         exc_info=unexpected,
                         extra={"sink": self.name},
                     )
@@ -135,8 +145,13 @@ class SinkRunner:
         self._strikes = 0
         _, entry = self._queue.popleft()
         self.dropped += 1
-        log.error("sink %s: dropped an entry refused %d times: %.200s", self.name, POISON_STRIKES,
-                  json.dumps(entry, default=str), extra={"sink": self.name})
+        log.error(
+            "sink %s: dropped an entry refused %d times: %.200s",
+            self.name,
+            POISON_STRIKES,
+            json.dumps(entry, default=str),
+            extra={"sink": self.name},
+        )
 
     async def _connected(self) -> None:
         async with self.transport.open() as deliver:
@@ -194,7 +209,11 @@ class SinkRunner:
             return
         replaying = self.spool_path.with_suffix(".replaying")
         # A .replaying file still there is from a process that died while replaying.
-        lines = (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines() if replaying.exists() else []
+        lines = (
+            (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines()
+            if replaying.exists()
+            else []
+        )
         if self.spool_path.exists():
             with replaying.open("a", encoding="utf-8") as merged:
                 merged.write(self.spool_path.read_text(encoding="utf-8"))
@@ -221,4 +240,3 @@ class SinkRunner:
 
 class SinkUnavailable(Exception):
     """The destination refused or could not take a batch; retried with backoff."""
-
