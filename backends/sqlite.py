@@ -186,19 +186,32 @@ def _add_members(conn: sqlite3.Connection, name: str, file_ids: Sequence[str], n
 def _insert_files(
     conn: sqlite3.Connection, files: Sequence[FileRecord], collection: str | None
 ) -> list[FileRecord]:
-    inserted = []
+    inserted: list[FileRecord] = []
     with _transaction(conn):
-        for f in files:
-            taken = conn.execute(
-                "SELECT 1 FROM horace_files WHERE file_path = ? OR "
-                "(checksum = ? AND status != 'deleted') LIMIT 1",
-                (f.file_path, f.checksum),
-            ).fetchone()
-            if taken:
+        taken_paths: set[str] = set()
+        taken_sums: set[str] = set()
+        for i in range(0, len(files), 400):  # 2 parameters a file, well under SQLite's limit
+            chunk = files[i : i + 400]
+            paths = [f.file_path for f in chunk]
+            sums = [f.checksum for f in chunk]
+            for path, checksum, status in conn.execute(
+                f"SELECT file_path, checksum, status FROM horace_files WHERE file_path IN "
+                f"({_placeholders(paths)}) OR checksum IN ({_placeholders(sums)})",
+                [*paths, *sums],
+            ):
+                taken_paths.add(path)
+                if status != "deleted":
+                    taken_sums.add(checksum)
+        for f in files:  # also refuses a repeat inside the batch, as one-by-one inserts did
+            if f.file_path in taken_paths or f.checksum in taken_sums:
                 continue
-            created = _ts(f.created_at)
-            conn.execute(
-                f"INSERT INTO horace_files ({_FILE_COLUMNS}) VALUES ({_placeholders(range(15))})",
+            taken_paths.add(f.file_path)
+            if f.status is not Status.DELETED:  # deleted content does not count as taken
+                taken_sums.add(f.checksum)
+            inserted.append(f)
+        conn.executemany(
+            f"INSERT INTO horace_files ({_FILE_COLUMNS}) VALUES ({_placeholders(range(15))})",
+            [
                 (
                     f.id,
                     f.file_path,
@@ -211,21 +224,22 @@ def _insert_files(
                     f.status.value,
                     1,
                     f.correlation_id,
-                    created,
+                    _ts(f.created_at),
                     _ts(f.updated_at),
                     None,
                     json.dumps(dict(f.metadata)),
-                ),
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO horace_file_tags (tag, file_id) VALUES (?, ?)",
-                [(tag, f.id) for tag in f.tags],
-            )
-            conn.execute(
-                f"INSERT INTO horace_versions ({_VERSION_COLUMNS}) VALUES (?, 1, ?, ?, ?, NULL, ?)",
-                (f.id, f.checksum, f.size, created, f.correlation_id),
-            )
-            inserted.append(f)
+                )
+                for f in inserted
+            ],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO horace_file_tags (tag, file_id) VALUES (?, ?)",
+            [(tag, f.id) for f in inserted for tag in f.tags],
+        )
+        conn.executemany(
+            f"INSERT INTO horace_versions ({_VERSION_COLUMNS}) VALUES (?, 1, ?, ?, ?, NULL, ?)",
+            [(f.id, f.checksum, f.size, _ts(f.created_at), f.correlation_id) for f in inserted],
+        )
         if collection and inserted:
             now = _ts(inserted[0].created_at)
             _ensure_collection(conn, collection, now)
@@ -368,6 +382,19 @@ def _filters(q: SearchQuery) -> tuple[list[str], list[Any]]:
         if value is not None:
             where.append(f"f.{column} {op} ?")
             params.append(value)
+    if q.status is not None and (
+        q.tags
+        or q.any_tags
+        or q.owner is not None
+        or q.path
+        or q.collection is not None
+        or q.checksum
+        or q.correlation_id
+    ):
+        # Unary + keeps status (3 values, but SQLite without statistics takes any
+        # equality for a selective one) from choosing a status_* index over the index
+        # of the selective filter.
+        where[0] = "+f.status = ?"
     return where, params
 
 

@@ -581,12 +581,14 @@ class Catalog:
         path constraint decides any race with another writer.
         """
         staged: list[tuple[str, Staged]] = []
+        types: dict[str, str] = {}
         failed: list[tuple[str, HoraceError]] = []
 
         def stage_all() -> None:
             for rel in batch:
                 try:
                     staged.append((rel, self.storage.stage(rel, _check_cancelled)))
+                    types[rel] = mime.detect(rel, staged[-1][1].head)  # here, off the Trio thread
                 except HoraceError as exc:
                     failed.append((rel, exc))
                 except FileNotFoundError:
@@ -609,7 +611,7 @@ class Catalog:
                         purpose=None,
                         tags=(),
                         size=s.size,
-                        mime_type=mime.detect(rel, s.head),
+                        mime_type=types[rel],
                         checksum=s.checksum,
                         status=Status.ACTIVE,
                         current_version=1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 
-import puremagic
+import filetype
 
 OCTET_STREAM = "application/octet-stream"
 
@@ -13,19 +13,16 @@ def detect(file_path: str, head: bytes) -> str:
     guessed, _ = mimetypes.guess_type(file_path, strict=False)
     if guessed:
         return guessed
-    if head:
+    if not head:
+        return OCTET_STREAM
+    sniffed = filetype.guess_mime(head)  # magic numbers of common binary formats
+    if sniffed:
+        return str(sniffed)
+    if b"\x00" not in head:
         try:
-            matches = puremagic.magic_string(head)
-        except (puremagic.PureError, ValueError):
-            matches = []
-        for match in matches:
-            if match.mime_type:
-                return str(match.mime_type)
-        if b"\x00" not in head:
-            try:
-                head.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                if exc.start < len(head) - 4:  # not merely a character cut at the end
-                    return OCTET_STREAM
-            return "text/plain"
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:  # not merely a character cut at the end
+                return OCTET_STREAM
+        return "text/plain"
     return OCTET_STREAM
