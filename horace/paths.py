@@ -60,6 +60,8 @@ def to_relative(files_root: Path, client_path: str) -> str:
             break
         except NotADirectoryError:
             raise _invalid(client_path, "a parent is not a folder") from None
+        except OSError as exc:  # a name too long, a loop, ...: no such path can be catalogued
+            raise _invalid(client_path, exc.strerror or type(exc).__name__) from None
         if stat.S_ISLNK(st.st_mode):
             raise _invalid(client_path, "symlinks are not followed")
     return rel

@@ -300,8 +300,9 @@ class Session:
         if not _is_notification(message):
             return False
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        if message["method"] == "notifications/cancelled":
-            request_id = params.get("requestId")
+        if message["method"] == "notifications/cancelled" and "requestId" in params:
+            # (Without a requestId, .get() would give None: the call whose id is null.)
+            request_id = params["requestId"]
             scope = self._scopes.get(request_id) if _is_valid_id(request_id) else None
             if scope is not None:
                 self._cancelled_by_client.add(request_id)
