@@ -38,7 +38,7 @@ async def main() -> None:
         watcher = Watcher(catalog, settle=0.2)
         nursery.start_soon(watcher.run)
         with trio.fail_after(20):
-            while not watcher.status().get("watching"):  # noqa: ASYNC110 (a status, no event)
+            while not watcher.status().get("watching"):
                 await trio.sleep(0.01)
         target = catalog.storage.files / "user/contended.bin"
         target.write_bytes(b"x")
