@@ -850,7 +850,14 @@ class _PoolSource:
 
         async def in_pool() -> T:
             async with pool.acquire() as conn:
-                return await fn(conn, *args, **kwargs)
+                try:
+                    return await fn(conn, *args, **kwargs)
+                except Exception as exc:
+                    if _is_unavailable(exc) and not conn.is_closed():
+                        # Lost under a statement, asyncpg may leave the connection in a
+                        # half state; it must not go back to the pool for the next unit.
+                        conn.terminate()
+                    raise
 
         return await self._hop(in_pool)
 
