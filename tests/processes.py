@@ -41,9 +41,7 @@ class Worker:
         await self.process.stdin.send_all(b"go\n")
 
 
-def worker_command(
-    storage: Path, database_url: str, paths: Sequence[str], *options: str
-) -> list[str]:
+def worker_command(storage: Path, database_url: str, paths: Sequence[str], *options: str) -> list[str]:
     command = [
         sys.executable,
         str(WORKER),

@@ -61,9 +61,7 @@ def check_file_versions(
     """One file's rows against its objects: the direct form of fsck's row checks."""
     assert versions, f"{file.file_path}: no version rows"
     numbers = sorted(v.version for v in versions)
-    assert len(numbers) == len(set(numbers)), (
-        f"{file.file_path}: duplicate version numbers {numbers}"
-    )
+    assert len(numbers) == len(set(numbers)), f"{file.file_path}: duplicate version numbers {numbers}"
     if dense:
         assert numbers == list(range(1, numbers[-1] + 1)), f"{file.file_path}: gaps in {numbers}"
     newest = max(versions, key=lambda v: v.version)

@@ -54,9 +54,7 @@ from horace.model import (
 pytestmark = pytest.mark.skipif(
     os.environ.get("HORACE_TEST_BACKEND") == "sqlite", reason="PostgreSQL backend tests"
 )
-PG_DSN = os.environ.get(
-    "HORACE_TEST_PG_DSN", "postgresql://root@/horace_dev?host=/var/run/postgresql"
-)
+PG_DSN = os.environ.get("HORACE_TEST_PG_DSN", "postgresql://root@/horace_dev?host=/var/run/postgresql")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -148,9 +146,7 @@ async def test_migrate_is_idempotent_and_refuses_a_newer_schema(pg_url: str) -> 
         assert await backend.migrate() == 1
         assert await backend.migrate() == 1
     schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
-    await trio.to_thread.run_sync(
-        admin, f"INSERT INTO {schema}.schema_version (version) VALUES (7)"
-    )
+    await trio.to_thread.run_sync(admin, f"INSERT INTO {schema}.schema_version (version) VALUES (7)")
     async with open_postgres(pg_url) as backend:
         with pytest.raises(SchemaTooNew):
             await backend.migrate()
@@ -207,8 +203,7 @@ async def test_insert_files_skips_catalogued_paths_and_contents(db: PostgresBack
 
 async def test_insert_files_batch_with_only_repeated_checksums(db: PostgresBackend) -> None:
     batch = [
-        rec(f"p{i}.bin", f"c{i % 3}", status=Status.DELETED if i == 0 else Status.ACTIVE)
-        for i in range(9)
+        rec(f"p{i}.bin", f"c{i % 3}", status=Status.DELETED if i == 0 else Status.ACTIVE) for i in range(9)
     ]
     # p0 (deleted, c0) does not block c0; p3 (c0) does, then p1, p2 for c1, c2.
     inserted = await db.insert_files(batch)
@@ -291,9 +286,7 @@ async def test_update_file(db: PostgresBackend) -> None:
     f = rec("u.txt", "a", tags=("old",), owner="o", purpose="p", metadata={"a": 1, "b": 2})
     await db.insert_files([f])
 
-    r = await db.update_file(
-        f.id, FileChanges(tags=("n1", "n2"), custom={"b": 3, "c": {"d": 4}}), at(1)
-    )
+    r = await db.update_file(f.id, FileChanges(tags=("n1", "n2"), custom={"b": 3, "c": {"d": 4}}), at(1))
     assert r is not None
     assert r.tags == ("n1", "n2") and r.metadata == {"a": 1, "b": 3, "c": {"d": 4}}
     assert (r.owner, r.purpose, r.updated_at, r.status) == ("o", "p", at(1), Status.ACTIVE)
@@ -491,9 +484,7 @@ async def test_search_keyset_pages(db: PostgresBackend, sort_by: SortKey, order:
     seen: list[FileRecord] = []
     after = None
     while True:
-        total, page = await db.search(
-            SearchQuery(limit=7, sort_by=sort_by, order=order, after=after)
-        )
+        total, page = await db.search(SearchQuery(limit=7, sort_by=sort_by, order=order, after=after))
         assert total == 40
         if not page:
             break
@@ -843,9 +834,7 @@ async def test_exclusive_try_interrupted_mid_statement(pg_url: str) -> None:
 
 async def test_unreachable_server_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match="unavailable"):
-        async with open_postgres(
-            "postgresql://nobody:secret@127.0.0.1:1/nothing", connect_timeout=2
-        ):
+        async with open_postgres("postgresql://nobody:secret@127.0.0.1:1/nothing", connect_timeout=2):
             pass
     try:
         async with open_postgres("postgresql://nobody:secret@127.0.0.1:1/x", connect_timeout=2):
@@ -1096,9 +1085,7 @@ async def test_same_answers_as_sqlite(both: Both, seed: int) -> None:
             await both("insert_turns", turns)
 
     by_id = attrgetter("id")
-    assert sorted(await both.pg.all_files(), key=by_id) == sorted(
-        await both.lite.all_files(), key=by_id
-    )
+    assert sorted(await both.pg.all_files(), key=by_id) == sorted(await both.lite.all_files(), key=by_id)
     by_key = attrgetter("file_id", "version")
     assert sorted(await both.pg.all_versions(), key=by_key) == sorted(
         await both.lite.all_versions(), key=by_key

@@ -55,11 +55,7 @@ def slow_selected(config: pytest.Config) -> bool:
 def make_content(rng: random.Random, tag: str, size: int | None = None) -> bytes:
     if size is None:
         # Mostly small, a fifth over 1 MiB (a copy checks for cancellation once per MiB).
-        size = (
-            rng.randint(8 * KiB, 256 * KiB)
-            if rng.random() < 0.8
-            else rng.randint(MiB, 2 * MiB + KiB)
-        )
+        size = rng.randint(8 * KiB, 256 * KiB) if rng.random() < 0.8 else rng.randint(MiB, 2 * MiB + KiB)
     header = f"{tag}\n".encode()
     return header + rng.randbytes(max(size - len(header), 0))
 
@@ -80,9 +76,7 @@ def check_old_versions_kept(before: list[VersionRecord], after: list[VersionReco
     kept = [v for v in after if v.version in old]
     assert all(v == old[v.version] for v in kept), "an existing version row changed"
     numbers = [v.version for v in before]
-    assert [v.version for v in kept] == numbers[len(numbers) - len(kept) :], (
-        "a non-oldest version vanished"
-    )
+    assert [v.version for v in kept] == numbers[len(numbers) - len(kept) :], "a non-oldest version vanished"
 
 
 # -- scenarios: one operation, its preconditions, its checks ---------------------------------
@@ -229,9 +223,7 @@ class Update(Scenario):
         return await catalog.update(self.before.id, FileChanges(tags=(self.tag,)))
 
     async def verify(self, catalog: Catalog) -> bool:
-        assert (
-            self.working(self.rel) == self.content
-        )  # an active file's working copy is never written
+        assert self.working(self.rel) == self.content  # an active file's working copy is never written
         file = await catalog.backend.file_by_id(self.before.id)
         assert file is not None
         versions = await versions_of(catalog, file.id)
@@ -322,9 +314,7 @@ class Restore(Scenario):
         versions = await versions_of(catalog, file.id)
         check_old_versions_kept(self.before_versions, versions)
         new = [
-            (v.checksum, v.restored_from_version)
-            for v in versions
-            if v.version > self.before.current_version
+            (v.checksum, v.restored_from_version) for v in versions if v.version > self.before.current_version
         ]
         numbers = [v.version for v in versions if v.version > self.before.current_version]
         assert numbers == list(
@@ -370,9 +360,7 @@ class Injector:
     def __init__(self) -> None:
         self.reset()
 
-    def reset(
-        self, target: int | None = None, mode: str = "after", copy_target: int | None = None
-    ) -> None:
+    def reset(self, target: int | None = None, mode: str = "after", copy_target: int | None = None) -> None:
         self.target, self.mode, self.copy_target = target, mode, copy_target
         self.calls = 0
         self.copy_calls = 0
@@ -426,9 +414,7 @@ class CountingUnits:
             @asynccontextmanager
             async def exclusive(key: int) -> Any:
                 async with AsyncExitStack() as stack:
-                    units = await injector.around(
-                        "exclusive", lambda: stack.enter_async_context(attr(key))
-                    )
+                    units = await injector.around("exclusive", lambda: stack.enter_async_context(attr(key)))
                     yield CountingUnits(units, injector)
 
             return exclusive
@@ -448,9 +434,7 @@ def injector(monkeypatch: pytest.MonkeyPatch) -> Injector:
     real_check = horace.catalog._check_cancelled
 
     async def counted_in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-        return await injector.around(
-            getattr(fn, "__name__", "thread"), lambda: real_in_thread(fn, *args)
-        )
+        return await injector.around(getattr(fn, "__name__", "thread"), lambda: real_in_thread(fn, *args))
 
     monkeypatch.setattr(horace.catalog, "in_thread", counted_in_thread)
     monkeypatch.setattr(horace.catalog, "_check_cancelled", lambda: injector.copy_check(real_check))
@@ -538,9 +522,7 @@ async def test_cancel_at_every_step(
 # -- random deadlines -----------------------------------------------------------------------
 
 
-async def random_sweep(
-    catalog: Catalog, scenario: Scenario, trials: int, rng: random.Random
-) -> Counter[str]:
+async def random_sweep(catalog: Catalog, scenario: Scenario, trials: int, rng: random.Random) -> Counter[str]:
     # Calibrate: the delays spread over the operation's own duration on this machine.
     durations = []
     for _ in range(6):

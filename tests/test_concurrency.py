@@ -106,9 +106,7 @@ async def check_history(
     return [v.version for v in versions]
 
 
-async def test_200_concurrent_updates_of_one_file(
-    big_catalog: Catalog, files: Path, tmp_path: Path
-) -> None:
+async def test_200_concurrent_updates_of_one_file(big_catalog: Catalog, files: Path, tmp_path: Path) -> None:
     catalog, rng, writer = big_catalog, random.Random(1), Writer(tmp_path)
     target = files / "shared/hot.bin"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +175,7 @@ async def test_200_concurrent_registrations_of_one_path(
 async def test_200_concurrent_updates_of_200_files(big_catalog: Catalog, files: Path) -> None:
     catalog, rng = big_catalog, random.Random(3)
     rels = [
-        f"{('gates', 'playfair', 'fiedler', 'user', 'shared')[i % 5]}/many/f{i:03}.bin"
-        for i in range(TASKS)
+        f"{('gates', 'playfair', 'fiedler', 'user', 'shared')[i % 5]}/many/f{i:03}.bin" for i in range(TASKS)
     ]
     first = {rel: write(files / rel, content_for(rng, f"{rel} v1")).read_bytes() for rel in rels}
     # 200 concurrent registrations of different files, then 200 concurrent updates.
@@ -262,29 +259,20 @@ async def test_two_processes_on_one_root_and_database(settings: Settings, files:
             file = (await catalog.get_info(file_path=rel)).file
             versions = await catalog.backend.versions(file.id)
             reported = [(n, c) for r in reports.values() for (p, n, c) in r.committed if p == rel]
-            wrote = {c for r in reports.values() for (p, c) in r.wrote if p == rel} | {
-                digest(initial[rel])
-            }
+            wrote = {c for r in reports.values() for (p, c) in r.wrote if p == rel} | {digest(initial[rel])}
             by_number = {v.version: v.checksum for v in versions}
             check_file_versions(catalog, file, versions, dense=True)
-            assert len({n for n, _ in reported}) == len(reported), (
-                f"{rel}: two processes got one version"
-            )
+            assert len({n for n, _ in reported}) == len(reported), f"{rel}: two processes got one version"
             for number, checksum in reported:
                 assert by_number.get(number) == checksum, f"{rel}: reported version {number} lost"
-            assert sorted(by_number) == [1, *sorted(n for n, _ in reported)], (
-                f"{rel}: unreported versions"
-            )
+            assert sorted(by_number) == [1, *sorted(n for n, _ in reported)], f"{rel}: unreported versions"
             assert set(by_number.values()) <= wrote, f"{rel}: a version of content nobody wrote"
             ordered = [by_number[n] for n in sorted(by_number)]
             assert all(a != b for a, b in pairwise(ordered)), f"{rel}: consecutive equal versions"
         both = {tag for tag, r in reports.items() if any(p == shared for p, _, _ in r.committed)}
         assert both == set(own), "both processes should have versioned the shared file"
         order = [
-            t
-            for _, t in sorted(
-                (n, t) for t, r in reports.items() for p, n, _ in r.committed if p == shared
-            )
+            t for _, t in sorted((n, t) for t, r in reports.items() for p, n, _ in r.committed if p == shared)
         ]
         handovers = sum(a != b for a, b in pairwise(order))
         print(f"two processes: {len(order)} versions of the shared file, {handovers} handovers")

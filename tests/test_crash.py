@@ -70,13 +70,9 @@ async def test_sigkill_loses_no_committed_version(settings: Settings, files: Pat
         reported = parse(worker.lines)
         wrote |= reported.wrote
         for rel, version, checksum in reported.committed:
-            assert committed.setdefault((rel, version), checksum) == checksum, (
-                "a version number reused"
-            )
+            assert committed.setdefault((rel, version), checksum) == checksum, "a version number reused"
         killed_mid_run += worker.lines[-1].startswith("wrote")
-    assert len(committed) >= KILLS, (
-        f"the workers committed too little to prove anything: {len(committed)}"
-    )
+    assert len(committed) >= KILLS, f"the workers committed too little to prove anything: {len(committed)}"
 
     # Look at what the kills left, then repair it.
     async with open_catalog(settings, check=False) as catalog:
@@ -84,12 +80,10 @@ async def test_sigkill_loses_no_committed_version(settings: Settings, files: Pat
         report = await fsck(catalog, repair=True, deep=True)
         kinds = {f.kind for f in report.findings}
         assert kinds <= CRASH_LEFTOVERS, [f"{f.kind}: {f.detail}" for f in report.findings]
-        assert all(f.repaired for f in report.findings), [
-            f.detail for f in report.findings if not f.repaired
-        ]
-        assert {
-            Path(f.detail.split(" ")[2]) for f in report.findings if f.kind == "temp_leftover"
-        } == set(temps)
+        assert all(f.repaired for f in report.findings), [f.detail for f in report.findings if not f.repaired]
+        assert {Path(f.detail.split(" ")[2]) for f in report.findings if f.kind == "temp_leftover"} == set(
+            temps
+        )
         assert temps_left(catalog) == []
 
         # No committed version lost, each with the right bytes; nothing but written content.
@@ -100,13 +94,9 @@ async def test_sigkill_loses_no_committed_version(settings: Settings, files: Pat
             by_number = {v.version: v.checksum for v in versions}
             mine = {version: checksum for (r, version), checksum in committed.items() if r == rel}
             for version, checksum in mine.items():
-                assert by_number.get(version) == checksum, (
-                    f"{rel}: committed version {version} lost"
-                )
+                assert by_number.get(version) == checksum, f"{rel}: committed version {version} lost"
                 assert object_digest(catalog.storage.object_path(checksum))[0] == checksum
-            assert {(rel, c) for c in by_number.values()} <= wrote, (
-                "a version of content nobody wrote"
-            )
+            assert {(rel, c) for c in by_number.values()} <= wrote, "a version of content nobody wrote"
             ordered = [by_number[n] for n in sorted(by_number)]
             assert all(a != b for a, b in pairwise(ordered)), "a version of unchanged content"
 

@@ -50,9 +50,7 @@ class Sentinels:
             assert (path.read_bytes(), st.st_mode, st.st_mtime_ns) == (content, mode, mtime), (
                 f"{path} modified"
             )
-            assert digest(content) not in stored, (
-                f"the content of {path} was read into the object store"
-            )
+            assert digest(content) not in stored, f"the content of {path} was read into the object store"
         for name in stored:
             data = catalog.storage.object_path(name).read_bytes()
             for content, _, _ in self.snapshot.values():

@@ -38,9 +38,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--storage", required=True, type=Path)
     parser.add_argument("--database-url", required=True)
-    parser.add_argument(
-        "--path", action="append", required=True, help="working file, relative to files/"
-    )
+    parser.add_argument("--path", action="append", required=True, help="working file, relative to files/")
     parser.add_argument("--count", type=int, default=0, help="updates to make (0: until killed)")
     parser.add_argument("--min-size", type=int, default=1)
     parser.add_argument("--max-size", type=int, default=64 * 1024)

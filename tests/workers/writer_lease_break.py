@@ -42,9 +42,7 @@ async def main() -> None:
                 await trio.sleep(0.01)
         target = catalog.storage.files / "user/contended.bin"
         target.write_bytes(b"x")
-        child = await trio.lowlevel.open_process(
-            [sys.executable, "-c", OPENER, str(target), str(seconds)]
-        )
+        child = await trio.lowlevel.open_process([sys.executable, "-c", OPENER, str(target), str(seconds)])
 
         def probe() -> tuple[int, int]:
             probes = busy = 0
