@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from backends import open_backend
 from horace.catalog import Catalog, CatalogPolicy, in_thread
 from horace.config import Settings
-from horace.fsck import fsck
+from horace.fsck import fsck, log_findings
 from horace.locks import FileLocks
 from horace.storage import Storage
 
@@ -34,15 +34,7 @@ async def open_catalog(settings: Settings, *, check: bool = True) -> AsyncIterat
         async with open_backend(settings.catalog_url) as backend:
             catalog = Catalog(storage, backend, locks, policy_of(settings))
             if check:
-                report = await fsck(catalog, repair=True, restore_working=False)
-                for finding in report.findings:
-                    log.warning(
-                        "fsck at start: %s: %s%s",
-                        finding.kind,
-                        finding.detail,
-                        " (repaired)" if finding.repaired else "",
-                        extra={"file_id": finding.file_id, "file_path": finding.file_path},
-                    )
+                log_findings(await fsck(catalog, repair=True, restore_working=False), "at start")
             yield catalog
     finally:
         locks.close()

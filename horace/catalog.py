@@ -244,23 +244,7 @@ class Catalog:
                 if duplicate is not None:
                     return Registered(duplicate, duplicate=True, version_created=False)
                 now = self.clock()
-                record = FileRecord(
-                    id=str(uuid.uuid4()),
-                    file_path=rel,
-                    owner=new.owner or _owner_from_path(rel),
-                    purpose=new.purpose,
-                    tags=_clean_tags(new.tags),
-                    size=staged.size,
-                    mime_type=mime.detect(rel, staged.head),
-                    checksum=staged.checksum,
-                    status=Status.ACTIVE,
-                    current_version=1,
-                    correlation_id=correlation_id,
-                    created_at=now,
-                    updated_at=now,
-                    deleted_at=None,
-                    metadata=dict(new.custom),
-                )
+                record = _new_record(rel, staged, mime.detect(rel, staged.head), now, correlation_id, new)
                 with trio.CancelScope(shield=True):
                     await in_thread(self.storage.keep, staged)
                     inserted = await db.insert_files([record], new.collection)
@@ -603,24 +587,7 @@ class Catalog:
                 if s.checksum in seen:
                     continue  # same content earlier in this batch: a duplicate
                 seen.add(s.checksum)
-                records.append(
-                    FileRecord(
-                        id=str(uuid.uuid4()),
-                        file_path=rel,
-                        owner=_owner_from_path(rel),
-                        purpose=None,
-                        tags=(),
-                        size=s.size,
-                        mime_type=types[rel],
-                        checksum=s.checksum,
-                        status=Status.ACTIVE,
-                        current_version=1,
-                        correlation_id=correlation_id,
-                        created_at=now,
-                        updated_at=now,
-                        deleted_at=None,
-                    )
-                )
+                records.append(_new_record(rel, s, types[rel], now, correlation_id))
             keep = {r.checksum for r in records}
             with trio.CancelScope(shield=True):
 
@@ -718,6 +685,34 @@ class Catalog:
 
 
 # -- small helpers -----------------------------------------------------------------------
+
+
+def _new_record(
+    rel: str,
+    staged: Staged,
+    mime_type: str,
+    now: datetime,
+    correlation_id: str | None,
+    new: NewFile = NewFile(),
+) -> FileRecord:
+    """The record of a file registered now, at version 1."""
+    return FileRecord(
+        id=str(uuid.uuid4()),
+        file_path=rel,
+        owner=new.owner or _owner_from_path(rel),
+        purpose=new.purpose,
+        tags=_clean_tags(new.tags),
+        size=staged.size,
+        mime_type=mime_type,
+        checksum=staged.checksum,
+        status=Status.ACTIVE,
+        current_version=1,
+        correlation_id=correlation_id,
+        created_at=now,
+        updated_at=now,
+        deleted_at=None,
+        metadata=dict(new.custom),
+    )
 
 
 def _owner_from_path(rel: str) -> str | None:

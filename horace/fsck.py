@@ -14,6 +14,7 @@ the reconcile's business (soft delete, rename), not a crash's.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from horace.catalog import Catalog, in_thread
 from horace.model import HoraceError, Status, VersionRecord
 from horace.storage import temp_owner_alive
 
+log = logging.getLogger("horace.fsck")
 STALE_TEMP_SECONDS = 3600.0
 
 
@@ -166,6 +168,18 @@ async def fsck(
         for name in orphans:
             found("orphan_object", f"object {name} has no version row", name in collected)
     return FsckReport(tuple(findings), len(files), len(versions), len(referenced))
+
+
+def log_findings(report: FsckReport, when: str) -> None:
+    for finding in report.findings:
+        log.warning(
+            "fsck %s: %s: %s%s",
+            when,
+            finding.kind,
+            finding.detail,
+            " (repaired)" if finding.repaired else "",
+            extra={"file_id": finding.file_id, "file_path": finding.file_path},
+        )
 
 
 async def _object_ok(catalog: Catalog, v: VersionRecord, deep: bool) -> bool:

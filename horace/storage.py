@@ -429,7 +429,8 @@ class Storage:
             os.rename(aside, target)
 
 
-def _copy_and_hash(src: int, dst: int, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]:
+def _copy_and_hash(src: int, dst: int | None, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]:
+    """One pass over *src*: hash it, keep its first bytes, and copy it to *dst* if given."""
     digest = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -439,7 +440,7 @@ def _copy_and_hash(src: int, dst: int, check_cancelled: CheckCancelled) -> tuple
         chunk = view[:n]
         digest.update(chunk)
         written = 0
-        while written < n:
+        while dst is not None and written < n:
             written += os.write(dst, chunk[written:])
         if size < HEAD_BYTES:
             head += bytes(chunk[: HEAD_BYTES - size])
@@ -450,19 +451,7 @@ def _copy_and_hash(src: int, dst: int, check_cancelled: CheckCancelled) -> tuple
 
 
 def _hash_fd(fd: int, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]:
-    digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    size = 0
-    head = b""
-    while n := os.readv(fd, [buf]):
-        digest.update(view[:n])
-        if size < HEAD_BYTES:
-            head += bytes(view[: min(n, HEAD_BYTES - size)])
-        size += n
-        if n == CHUNK:
-            check_cancelled()
-    return digest.hexdigest(), size, head
+    return _copy_and_hash(fd, None, check_cancelled)
 
 
 def _syncfs(fd: int) -> None:

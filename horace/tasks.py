@@ -12,7 +12,7 @@ import trio
 
 from horace.catalog import Catalog
 from horace.config import Settings
-from horace.fsck import fsck
+from horace.fsck import fsck, log_findings
 from horace.supervise import TaskState, every, supervise
 from horace.watch import Watcher
 
@@ -28,14 +28,7 @@ async def _purge(catalog: Catalog) -> dict[str, int]:
 
 async def _fsck(catalog: Catalog) -> dict[str, Any]:
     report = await fsck(catalog, repair=True, restore_working=False)
-    for finding in report.findings:
-        log.warning(
-            "fsck: %s: %s%s",
-            finding.kind,
-            finding.detail,
-            " (repaired)" if finding.repaired else "",
-            extra={"file_id": finding.file_id, "file_path": finding.file_path},
-        )
+    log_findings(report, "(periodic)")
     return {"findings": len(report.findings), "unrepaired": sum(not f.repaired for f in report.findings)}
 
 
