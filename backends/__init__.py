@@ -6,32 +6,47 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from backends.protocol import Backend, BackendUnavailable, Units
+from .protocol import Backend, BackendUnavailable, CatalogMissing, Units
 
-__all__ = ["Backend", "BackendUnavailable", "Units", "open_backend"]
+__all__ = ["Backend", "BackendUnavailable", "CatalogMissing", "Units", "open_backend", "url_problem"]
+
+SCHEMES = ("sqlite://", "postgresql://", "postgres://")
+
+
+def url_problem(url: str) -> str | None:
+    """Why *url* cannot name a catalog database, or None."""
+    if not url.startswith(SCHEMES):
+        scheme = url.partition("://")[0] if "://" in url else None
+        named = f"the scheme {scheme!r} is not supported" if scheme else "it is not a URL"
+        return f"{named}: use sqlite:///absolute/path.db or postgresql://user@host/database"
+    if url.startswith("sqlite://") and not url.removeprefix("sqlite://"):
+        return "sqlite:// needs a path, e.g. sqlite:///var/lib/horace/catalog.db"
+    return None
 
 
 @asynccontextmanager
-async def open_backend(url: str, *, migrate: bool = True) -> AsyncIterator[Backend]:
+async def open_backend(url: str, *, migrate: bool = True, create: bool = True) -> AsyncIterator[Backend]:
     """Open the backend named by *url* (``sqlite:///path`` or ``postgresql://...``).
 
     The schema is brought up to date unless ``migrate=False``; a database whose schema
-    is newer than this code is refused.
+    is newer than this code is refused. Without *create* a missing SQLite file is
+    :class:`CatalogMissing` rather than a new, empty catalog.
     """
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(f"unusable database URL: {problem}")
     backend: Backend
     if url.startswith("sqlite://"):
-        from backends.sqlite import open_sqlite
+        from .sqlite import open_sqlite
 
-        async with open_sqlite(Path(url.removeprefix("sqlite://"))) as backend:
+        async with open_sqlite(Path(url.removeprefix("sqlite://")), create=create) as backend:
             if migrate:
                 await backend.migrate()
             yield backend
-    elif url.startswith(("postgresql://", "postgres://")):
-        from backends.postgres import open_postgres
+    else:
+        from .postgres import open_postgres
 
         async with open_postgres(url) as backend:
             if migrate:
                 await backend.migrate()
             yield backend
-    else:
-        raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://")

@@ -28,15 +28,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import trio
 import trio_asyncio
 
-from backends import migrations
-from backends.protocol import BackendUnavailable, Units
 from horace.model import (
+    CatalogIdentity,
     Collection,
     DuplicateGroup,
     FileChanges,
@@ -50,6 +48,10 @@ from horace.model import (
     Turn,
     VersionRecord,
 )
+from horace.redact import redact_url
+
+from . import migrations
+from .protocol import BackendUnavailable, Units
 
 __all__ = ["PostgresBackend", "open_postgres"]
 
@@ -766,6 +768,25 @@ async def _move_file(conn: Conn, *args: Any) -> Row | None:
         return None  # the new path is catalogued already
 
 
+async def _identity(conn: Conn) -> CatalogIdentity:
+    # to_regclass: the tables as the connection's search_path finds them, or NULL.
+    files, store = await conn.fetchrow(
+        "SELECT to_regclass('horace_files') IS NOT NULL, to_regclass('horace_store') IS NOT NULL"
+    )
+    if not files:
+        return CatalogIdentity(None, None, empty=True)
+    empty = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM horace_files)")
+    row = await conn.fetchrow("SELECT store_id::text, storage_path FROM horace_store") if store else None
+    return CatalogIdentity(row[0] if row else None, row[1] if row else None, bool(empty))
+
+
+_BIND = (
+    "WITH ins AS (INSERT INTO horace_store (id, store_id, storage_path, bound_at) "
+    "VALUES (1, $1::uuid, $2, $3) ON CONFLICT (id) DO NOTHING RETURNING store_id) "
+    "SELECT store_id::text FROM ins UNION ALL SELECT store_id::text FROM horace_store LIMIT 1"
+)
+
+
 async def _migrate(conn: Conn) -> int:
     async with conn.transaction():
         # Several instances starting together queue here; the lock ends with the transaction.
@@ -804,25 +825,13 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.exceptions.InternalClientError) and "cannot switch to state" in str(exc)
 
 
-def _redact(url: str) -> str:
-    """The URL without its password (in the authority or as a query parameter)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = "&".join(
-        "password=***" if piece.partition("=")[0] == "password" else piece for piece in parts.query.split("&")
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
 class _Hop:
     """Runs asyncio-flavoured coroutines on the trio-asyncio loop, mapping lost
     connections to :class:`BackendUnavailable`."""
 
     def __init__(self, loop: Any, url: str) -> None:
         self.loop = loop
-        self.where = _redact(url)
+        self.where = redact_url(url)
 
     async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -1210,6 +1219,14 @@ class PostgresBackend(_Units):
         self._ping_timeout = ping_timeout
         self._closed = False
 
+    async def identity(self) -> CatalogIdentity:
+        return await self._source.run(_identity)
+
+    async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
+        bound = await self._source.run(_fetchrow, _BIND, store_id, storage_path, at)
+        assert bound is not None
+        return str(bound[0])
+
     async def migrate(self) -> int:
         return await self._source.run(_migrate)
 
@@ -1274,13 +1291,20 @@ async def open_postgres(
         async with trio_asyncio.open_loop() as loop:
             try:
                 hop = _Hop(loop, url)
-                pool = await hop(
-                    _create_pool,
-                    url,
-                    min(MIN_CONNECTIONS, max_connections),
-                    max_connections,
-                    connect_timeout,
-                )
+                try:
+                    pool = await hop(
+                        _create_pool,
+                        url,
+                        min(MIN_CONNECTIONS, max_connections),
+                        max_connections,
+                        connect_timeout,
+                    )
+                except asyncpg.PostgresError as exc:  # login refused, no such database, ...
+                    raise BackendUnavailable(
+                        f"PostgreSQL at {hop.where} refused the connection: {exc}"
+                    ) from None
+                except asyncpg.exceptions.ClientConfigurationError as exc:
+                    raise ValueError(f"bad PostgreSQL URL {hop.where}: {exc}") from None
                 backend = PostgresBackend(url, pool, hop, ping_timeout)
                 try:
                     yield backend

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from horace.model import (
+    CatalogIdentity,
     Collection,
     DuplicateGroup,
     FileChanges,
@@ -27,7 +28,11 @@ from horace.model import (
 
 
 class BackendUnavailable(Exception):
-    """The database cannot be reached (connection refused, server gone)."""
+    """The database cannot be reached (connection refused, server gone, login refused)."""
+
+
+class CatalogMissing(Exception):
+    """The catalog database does not exist, and was not to be created."""
 
 
 class Units(Protocol):
@@ -123,6 +128,13 @@ class Units(Protocol):
 
 class Backend(Units, Protocol):
     url: str
+
+    async def identity(self) -> CatalogIdentity:
+        """The store this catalog is bound to, read without migrating or writing."""
+
+    async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
+        """Record the store this catalog belongs to, unless one is recorded already;
+        return the store id in force (the first binding wins)."""
 
     async def migrate(self) -> int:
         """Apply pending schema steps; return the schema version now in force."""

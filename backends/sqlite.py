@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -20,9 +19,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from backends import migrations
-from backends.protocol import Units
 from horace.model import (
+    CatalogIdentity,
     Collection,
     DuplicateGroup,
     FileChanges,
@@ -36,6 +34,9 @@ from horace.model import (
     Turn,
     VersionRecord,
 )
+
+from . import migrations
+from .protocol import CatalogMissing, Units
 
 T = TypeVar("T")
 READERS = 4
@@ -614,6 +615,30 @@ def _insert_turns(conn: sqlite3.Connection, turns: Sequence[Turn]) -> list[Turn]
     return conflicts
 
 
+def _identity(conn: sqlite3.Connection) -> CatalogIdentity:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "horace_files" not in tables:
+        return CatalogIdentity(None, None, empty=True)
+    (empty,) = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM horace_files)").fetchone()
+    row = (
+        conn.execute("SELECT store_id, storage_path FROM horace_store").fetchone()
+        if ("horace_store" in tables)
+        else None
+    )
+    return CatalogIdentity(row[0] if row else None, row[1] if row else None, bool(empty))
+
+
+def _bind(conn: sqlite3.Connection, store_id: str, storage_path: str, at: datetime) -> str:
+    with _transaction(conn):
+        conn.execute(
+            "INSERT INTO horace_store (id, store_id, storage_path, bound_at) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (store_id, storage_path, _ts(at)),
+        )
+        (bound,) = conn.execute("SELECT store_id FROM horace_store").fetchone()
+    return str(bound)
+
+
 def _migrate(conn: sqlite3.Connection) -> int:
     with _transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -636,6 +661,13 @@ def _statements(script: str) -> Iterator[str]:
             if buffer.strip():
                 yield buffer
             buffer = ""
+
+
+def _open(path: Path, create: bool) -> SqliteBackend:
+    if not create and not path.is_file():
+        raise CatalogMissing(f"no catalog database at {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteBackend(path)
 
 
 class SqliteBackend:
@@ -666,6 +698,12 @@ class SqliteBackend:
             finally:
                 if conn is not None:
                     self._readers.append(conn)
+
+    async def identity(self) -> CatalogIdentity:
+        return await self._read(_identity)
+
+    async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
+        return await self._write(_bind, store_id, storage_path, at)
 
     async def migrate(self) -> int:
         return await self._write(_migrate)
@@ -792,15 +830,11 @@ class SqliteBackend:
 
 
 @asynccontextmanager
-async def open_sqlite(path: Path) -> AsyncIterator[SqliteBackend]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backend = await trio.to_thread.run_sync(SqliteBackend, path)
+async def open_sqlite(path: Path, *, create: bool = True) -> AsyncIterator[SqliteBackend]:
+    """Open (with *create*, create) the SQLite catalog at *path*."""
+    backend = await trio.to_thread.run_sync(_open, path, create)
     try:
         yield backend
     finally:
         with trio.CancelScope(shield=True):
             await backend.aclose()
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())

@@ -19,18 +19,20 @@ import base64
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import trio
 from attrs import frozen
 
-from backends.protocol import Backend, Units
 from horace import mime, paths
+from horace.backends.protocol import Backend, Units
 from horace.locks import FileLocks, lock_key
 from horace.model import (
     Collection,
@@ -48,7 +50,7 @@ from horace.model import (
     Status,
     VersionRecord,
 )
-from horace.storage import Staged, Storage
+from horace.storage import FileIdentity, Staged, Storage
 
 log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
@@ -125,6 +127,7 @@ class ScanReport:
     unchanged: int
     duplicates: int
     errors: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # names that can never be catalogued, each with why
 
 
 @frozen
@@ -175,7 +178,9 @@ class Catalog:
         return paths.to_relative(self.storage.files, client_path)
 
     @asynccontextmanager
-    async def _writing(self, rel: str) -> AsyncIterator[Units]:
+    async def writing(self, rel: str) -> AsyncIterator[Units]:
+        """Hold the write lock of *rel* (in this process, on this host, across hosts);
+        the units it yields run under that lock."""
         async with self.locks.hold(rel), self.backend.exclusive(lock_key(rel)) as db:
             yield db
 
@@ -217,16 +222,49 @@ class Catalog:
 
     async def _version_working_copy(
         self, db: Units, file: FileRecord, correlation_id: str | None, status: Status | None = None
-    ) -> tuple[FileRecord, VersionRecord | None]:
-        """Keep the working file as a new version when it differs from the current one."""
+    ) -> tuple[FileRecord, VersionRecord | None, FileIdentity | None]:
+        """Keep the working file as a new version when it differs from the current one;
+        also say which file that was (for a later replace to check against)."""
         staged = await self._stage(file.file_path)
         try:
-            if staged.checksum == file.checksum:
-                return file, None
-            new = NewVersion(staged.checksum, staged.size, mime.detect(file.file_path, staged.head))
-            return await self._commit_version(db, file, new, correlation_id, staged, status)
+            record, version = await self._version_staged(db, file, staged, correlation_id, status)
+            return record, version, staged.source
         finally:
             self.storage.discard(staged)
+
+    async def _version_staged(
+        self,
+        db: Units,
+        file: FileRecord,
+        staged: Staged,
+        correlation_id: str | None,
+        status: Status | None = None,
+    ) -> tuple[FileRecord, VersionRecord | None]:
+        if staged.checksum == file.checksum:
+            return file, None
+        new = NewVersion(staged.checksum, staged.size, mime.detect(file.file_path, staged.head))
+        return await self._commit_version(db, file, new, correlation_id, staged, status)
+
+    async def _version_held(
+        self, db: Units, file: FileRecord, held: Path, correlation_id: str | None
+    ) -> tuple[FileRecord, VersionRecord | None]:
+        """Version a working file moved out of files/, then let it go. Shielded: the file
+        has left files/ already, and its content must not be dropped half-way. Should
+        versioning fail, the held file stays for fsck to put back."""
+        with trio.CancelScope(shield=True):
+            try:
+                staged = await in_thread(self.storage.stage_held, held)
+                try:
+                    done = await self._version_staged(db, file, staged, correlation_id)
+                finally:
+                    self.storage.discard(staged)
+            except BaseException:
+                # Not versioned (a full disk, say): the file goes back where it was, or
+                # beside it when its name is taken meanwhile.
+                await in_thread(self.storage.put_back, held, file.file_path)
+                raise
+            await in_thread(self.storage.release_held, held)
+        return done
 
     # -- register -----------------------------------------------------------------------
 
@@ -234,7 +272,7 @@ class Catalog:
         self, client_path: str, new: NewFile = NewFile(), correlation_id: str | None = None
     ) -> Registered:
         rel = self.relative(client_path)
-        async with self._writing(rel) as db:
+        async with self.writing(rel) as db:
             existing = await db.file_by_path(rel)
             if existing is not None:
                 return await self._reregister(db, existing, correlation_id)
@@ -262,7 +300,7 @@ class Catalog:
         # A catalogued path: version its content if it changed; a deleted or archived
         # file whose working copy is back becomes active again.
         revive = Status.ACTIVE if existing.status is not Status.ACTIVE else None
-        record, version = await self._version_working_copy(db, existing, correlation_id, revive)
+        record, version, _ = await self._version_working_copy(db, existing, correlation_id, revive)
         if version is None and revive is not None:
             revived = await db.update_file(existing.id, FileChanges(status=revive), self.clock())
             assert revived is not None
@@ -319,27 +357,26 @@ class Catalog:
         correlation_id: str | None = None,
     ) -> Updated:
         before = await self._file(file_id)
-        async with self._writing(before.file_path) as db:
+        if changes.tags is not None:
+            changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
+        async with self.writing(before.file_path) as db:
             current = await self._file(file_id, db)
+            target = changes.status if changes.status is not current.status else None
             version_created = False
-            target = changes.status
-            # Content about to leave files/ is always versioned first, whatever the flag says.
-            leaving = target in (Status.ARCHIVED, Status.DELETED)
-            wanted = (check_for_changes or leaving) and current.status is Status.ACTIVE
-            if wanted and await in_thread(self.storage.working_exists, current.file_path):
-                current, version = await self._version_working_copy(db, current, correlation_id)
-                version_created = version is not None
-            if changes.tags is not None:
-                changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
-            if target is not None and target is not current.status:
-                await self._before_status_change(db, current, target, correlation_id)
+            if current.status is Status.ACTIVE and target is not None:
+                # The working copy leaves files/: moved out first, then versioned, so the
+                # version kept is exactly the content removed (whatever the flag says).
+                current, version_created = await self._take_working_copy(db, current, correlation_id)
+            elif current.status is Status.ACTIVE and check_for_changes:
+                if await in_thread(self.storage.working_exists, current.file_path):
+                    current, version, _ = await self._version_working_copy(db, current, correlation_id)
+                    version_created = version is not None
+            elif target is Status.ACTIVE:
+                version_created = await self._bring_back(db, current, correlation_id)
             with trio.CancelScope(shield=True):
                 updated = await db.update_file(file_id, changes, self.clock())
-                if updated is None:
-                    raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
-                if target is not None and target is not current.status:
-                    await self._after_status_change(updated)
-        assert updated is not None  # the shield above raised otherwise
+            if updated is None:
+                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
         changed = tuple(
             name
             for name in ("owner", "purpose", "tags", "status", "metadata", "checksum", "current_version")
@@ -347,31 +384,41 @@ class Catalog:
         ) + (("collection",) if changes.collection else ())
         return Updated(updated, changed, version_created)
 
-    async def _before_status_change(
-        self, db: Units, file: FileRecord, target: Status, correlation_id: str | None
-    ) -> None:
-        if file.status is Status.ACTIVE:
-            return  # its working copy was just versioned by update(); delete() does the same
-        # Back to active: the working copy is written again from the current version.
-        if target is Status.ACTIVE:
-            if not await in_thread(self.storage.working_exists, file.file_path):
-                await self._verified_object(file.checksum, file.file_path)
-                await in_thread(self.storage.write_working, file.file_path, file.checksum, _check_cancelled)
-            else:
-                await self._version_working_copy(db, file, correlation_id)
+    async def _take_working_copy(
+        self, db: Units, file: FileRecord, correlation_id: str | None
+    ) -> tuple[FileRecord, bool]:
+        held = await in_thread(self.storage.take_working, file.file_path, file.id)
+        if held is None:
+            return file, False  # already gone: its last content is the current version
+        record, version = await self._version_held(db, file, held, correlation_id)
+        return record, version is not None
 
-    async def _after_status_change(self, file: FileRecord) -> None:
-        if file.status in (Status.ARCHIVED, Status.DELETED):
-            # Content is safe in objects/ (versioned just before); the working copy goes.
-            await in_thread(self.storage.remove_working, file.file_path)
+    async def _bring_back(self, db: Units, file: FileRecord, correlation_id: str | None) -> bool:
+        """Back to active: the working copy is written again from the current version,
+        unless one is there (it came back on its own): then that is versioned."""
+        if not await in_thread(self.storage.working_exists, file.file_path):
+            await self._verified_object(file.checksum, file.file_path)
+            written = await in_thread(
+                self.storage.create_working, file.file_path, file.checksum, file.id, _check_cancelled
+            )
+            if written:
+                return False
+        _, version, _ = await self._version_working_copy(db, file, correlation_id)
+        return version is not None
 
     async def delete(self, file_id: str, correlation_id: str | None = None) -> Updated:
+        """Soft delete; a file deleted already stays as it is (and is answered as such)."""
         return await self.update(file_id, FileChanges(status=Status.DELETED), correlation_id=correlation_id)
 
     async def undelete(self, file_id: str, correlation_id: str | None = None) -> Updated:
+        """Back to active; an active file stays as it is. An archived file is not deleted:
+        it comes back with an update to status active."""
         file = await self._file(file_id)
-        if file.status is not Status.DELETED:
-            raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{file.file_path!r} is not deleted")
+        if file.status is Status.ARCHIVED:
+            raise HoraceError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{file.file_path!r} is archived, not deleted: update its status to active instead",
+            )
         return await self.update(file_id, FileChanges(status=Status.ACTIVE), correlation_id=correlation_id)
 
     async def _verified_object(self, checksum: str, what: str) -> None:
@@ -387,7 +434,7 @@ class Catalog:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, "version must be a positive integer")
         before = await self._file(file_id)
-        async with self._writing(before.file_path) as db:
+        async with self.writing(before.file_path) as db:
             current = await self._file(file_id, db)
             if current.status is not Status.ACTIVE:
                 raise HoraceError(
@@ -401,12 +448,27 @@ class Catalog:
                 )
             await self._verified_object(wanted.checksum, f"version {version} of {current.file_path!r}")
             preserved = None
+            examined: FileIdentity | None = None
             if await in_thread(self.storage.working_exists, current.file_path):
-                current, kept = await self._version_working_copy(db, current, correlation_id)
+                current, kept, examined = await self._version_working_copy(db, current, correlation_id)
                 preserved = kept.version if kept else None
-            await in_thread(self.storage.write_working, current.file_path, wanted.checksum, _check_cancelled)
-            new = NewVersion(wanted.checksum, wanted.size, current.mime_type, restored_from_version=version)
-            record, restored = await self._commit_version(db, current, new, correlation_id)
+            displaced = await in_thread(
+                self.storage.replace_working,
+                current.file_path,
+                wanted.checksum,
+                current.id,
+                examined,
+                _check_cancelled,
+            )
+            # The working file holds version N now: what follows is recorded whatever happens.
+            with trio.CancelScope(shield=True):
+                if displaced is not None:
+                    # A writer replaced the file after it was versioned: keep that too.
+                    current, _ = await self._version_held(db, current, displaced, correlation_id)
+                new = NewVersion(
+                    wanted.checksum, wanted.size, current.mime_type, restored_from_version=version
+                )
+                record, restored = await self._commit_version(db, current, new, correlation_id)
         return Restored(record, restored, preserved)
 
     # -- collections --------------------------------------------------------------------
@@ -522,7 +584,10 @@ class Catalog:
         rel_under = self.relative(under) if under is not None else None  # "" is refused
         if rel_under is not None and not (self.storage.files / rel_under).is_dir():
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
-        found = await in_thread(lambda: sorted(self.storage.walk_working(rel_under)))
+        skipped: list[str] = []
+        found = await in_thread(lambda: sorted(self.storage.walk_working(rel_under, skipped)))
+        for why in skipped:
+            log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
         known = {f.file_path: f for f in await self.backend.all_files()}
         counts = {"registered": 0, "versioned": 0, "unchanged": 0, "duplicates": 0}
         errors: list[str] = []
@@ -555,7 +620,7 @@ class Catalog:
             done += 1
             if progress:
                 progress(done, len(found))
-        return ScanReport(len(found), errors=tuple(errors), **counts)
+        return ScanReport(len(found), errors=tuple(errors), skipped=tuple(skipped), **counts)
 
     async def register_new(self, batch: Sequence[str], correlation_id: str | None = None) -> NewFiles:
         """Register files not catalogued yet, in one commit: stage all, one filesystem
@@ -577,6 +642,10 @@ class Catalog:
                     failed.append((rel, exc))
                 except FileNotFoundError:
                     failed.append((rel, HoraceError(ErrorCode.FILE_NOT_FOUND, f"{rel!r} vanished")))
+                except OSError as exc:  # unreadable, say: this file only, never the batch
+                    failed.append(
+                        (rel, HoraceError(ErrorCode.INVALID_PATH, f"{rel!r}: {exc.strerror or exc}"))
+                    )
 
         try:
             await in_thread(stage_all)
@@ -610,7 +679,7 @@ class Catalog:
         """A rename seen on disk: the file keeps its id and history under its new path."""
         new_rel = self.relative(new_client_path)
         old = await self._file(file_id)
-        async with self._writing(old.file_path) as db:
+        async with self.writing(old.file_path) as db:
             moved = await db.move_file(file_id, new_rel, self.clock())
         if moved is None:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{new_rel!r} is catalogued already")
@@ -654,11 +723,31 @@ class Catalog:
         return ReconcileReport(scanned, moved, len(missing))
 
     async def purge(self) -> PurgeReport:
-        """Remove files deleted longer ago than the retention: rows, then objects."""
+        """Remove files deleted longer ago than the retention: rows, then objects; then
+        collect any other object no version refers to (once past the grace period)."""
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
         deleted = await self.collect(orphans, grace_seconds=0.0) if orphans else []
+        deleted += await self.collect_orphans()
         return PurgeReport(purged, len(deleted))
+
+    async def collect_orphans(self) -> list[str]:
+        """Collect the objects no version row refers to and older than the grace period.
+
+        Only a catalog that owns its store (``horace.binding``) ever gets here.
+        """
+        grace = self.policy.gc_grace_seconds
+        now = time.time()
+        on_disk = [
+            name
+            for name, st in await in_thread(lambda: list(self.storage.walk_objects()))
+            if now - st.st_mtime >= grace
+        ]
+        collected: list[str] = []
+        for start in range(0, len(on_disk), SCAN_BATCH):
+            chunk = on_disk[start : start + SCAN_BATCH]
+            collected += await self.collect(await self.backend.unreferenced(chunk))
+        return collected
 
     async def collect(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
         """Delete the objects among *checksums* that no version row refers to.
@@ -717,7 +806,7 @@ def _new_record(
 
 def _owner_from_path(rel: str) -> str | None:
     first = rel.split("/", 1)[0]
-    return first if first in ("gates", "playfair", "fiedler", "user", "shared") and "/" in rel else None
+    return first if first in paths.COMPONENT_FOLDERS and "/" in rel else None
 
 
 def _clean_tags(tags: Sequence[str]) -> tuple[str, ...]:

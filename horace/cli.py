@@ -1,61 +1,161 @@
 """The operator's commands. A thin edge: flags become attrs values, the catalog works.
 
-Every command takes ``--json``; any error exits non-zero (``fsck`` and ``verify`` also
-when they find a problem).
+Every mistake a person can make ends in one line on stderr (JSON with ``--json``) and an
+exit code that says what kind of mistake it was (:class:`Exit`, listed in ``--help``).
+The global options (``--storage``, ``--database``, ``--json``, ``--debug``) may stand
+anywhere on the line. A relative path means what it means in a shell when it lands
+inside ``files/``, and is taken relative to ``files/`` otherwise.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
 import json
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 import click
 import trio
-from tqdm import tqdm
 
-from backends.migrations import SchemaTooNew
-from backends.protocol import BackendUnavailable
-from horace.app import open_catalog
+from horace.backends import CatalogMissing
+from horace.backends.migrations import SchemaTooNew
+from horace.backends.protocol import BackendUnavailable
+from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
-from horace.fsck import fsck
-from horace.model import FileChanges, HoraceError, NewFile, Order, SearchQuery, SortKey, Status
+from horace.model import (
+    ErrorCode,
+    FileChanges,
+    FileRecord,
+    HoraceError,
+    NewFile,
+    Order,
+    SearchQuery,
+    SortKey,
+    Status,
+)
+from horace.storage import StorageUnusable
 from horace.wire import to_json
 
 T = TypeVar("T")
 
 
-@click.group()
-@click.option("--storage", type=click.Path(path_type=Path), help="Storage root [HORACE_STORAGE_PATH].")
-@click.option("--database", help="sqlite:///path or postgresql://... [HORACE_DATABASE_URL].")
-@click.pass_context
-def main(ctx: click.Context, storage: Path | None, database: str | None) -> None:
-    """Horace: the file catalog and versioning server of ICCM."""
+class Exit(enum.IntEnum):
+    OK = 0
+    FOUND = 1  # the command finished and found problems (verify, scan errors, fsck repaired all)
+    USAGE = 2  # a flag or argument is wrong
+    REFUSED = 3  # the operation was refused: not catalogued, invalid path, ... (the code says which)
+    FSCK_LEFT = 4  # fsck: problems remain
+    STORE = 5  # no store there, or the store and the catalog do not belong together
+    CONFIG = 6  # a setting is wrong: database URL, storage path, a value; or the schema is newer
+    BACKEND = 7  # the catalog database cannot be reached or refuses the login
+    STORAGE = 8  # the storage is full, read-only or failing
+    ADDRESS = 9  # the server cannot listen: the port is in use, or the address is not this host's
+    INTERRUPTED = 130  # Ctrl-C
+    INTERNAL = 70  # a bug in Horace: run again with --debug and report what it prints
+
+
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
+    f"  {code.value:>3}  {code.name.lower().replace('_', ' ')}" for code in Exit
+)
+
+
+class Failure(Exception):
+    """What the command tells the person: one line, a code, an exit status."""
+
+    def __init__(self, exit: Exit, code: str, message: str) -> None:
+        super().__init__(message)
+        self.exit, self.code, self.message = exit, code, message
+
+
+# -- global options, anywhere on the line --------------------------------------------------
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    # ctx.meta is shared by the group's context and the command's: the last one given wins.
+    if value not in (None, False):
+        ctx.meta[param.name] = value
+
+
+_GLOBAL_OPTIONS = [
+    click.option(
+        "--storage",
+        type=click.Path(path_type=Path),
+        expose_value=False,
+        callback=_remember,
+        help="Storage root [HORACE_STORAGE_PATH, ./horace-data].",
+    ),
+    click.option(
+        "--database",
+        expose_value=False,
+        callback=_remember,
+        help="Catalog database: sqlite:///path or postgresql://... [HORACE_DATABASE_URL].",
+    ),
+    click.option("--json", is_flag=True, expose_value=False, callback=_remember, help="Print JSON."),
+    click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember,
+        help="Show tracebacks of internal errors.",
+    ),
+]
+
+
+def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_GLOBAL_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     try:
-        ctx.obj = Settings.from_env(storage_path=storage, database_url=database)
+        return Settings.from_env(
+            storage_path=ctx.meta.get("storage"), database_url=ctx.meta.get("database"), **overrides
+        )
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise Failure(Exit.CONFIG, "CONFIG", str(exc)) from None
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def _as_json(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("json"))
 
 
-def _emit(as_json: bool, value: Any, human: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(to_json(value), indent=2) if as_json else human(value))
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="horace", prog_name="horace", message="%(prog)s %(version)s")
+@global_options
+def cli() -> None:
+    """Horace: the file catalog and versioning server of the ICCM tool ecosystem.
+
+    Serve MCP with `horace serve`; the other commands work on the same store (by default
+    ./horace-data) and may run while a server does.
+    """
+
+
+# -- running a command ---------------------------------------------------------------------
+
+
+def _emit(ctx: click.Context, value: Any, human: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(to_json(value), indent=2) if _as_json(ctx) else human(value))
 
 
 @contextmanager
-def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
-    if not enabled or not sys.stderr.isatty():
+def _progress(ctx: click.Context, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    if _as_json(ctx) or not sys.stderr.isatty():
         yield None
         return
+    from tqdm import tqdm  # only on a terminal: keeps the other commands' start quick
+
     bar = tqdm(desc=label, unit="file", file=sys.stderr)
     try:
 
@@ -69,19 +169,43 @@ def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] 
         bar.close()
 
 
-def _run(settings: Settings, work: Callable[[Catalog], Awaitable[T]], *, check: bool = True) -> T:
-    async def go() -> T:
-        async with open_catalog(settings, check=check) as catalog:
-            return await work(catalog)
+def _run(
+    ctx: click.Context,
+    work: Callable[[Catalog], Awaitable[T]],
+    *,
+    read_only: bool = False,
+    check: bool = True,
+    create: bool = False,
+    adopt: bool = False,
+) -> T:
+    from horace.assemble import open_catalog
 
-    try:
-        return trio.run(go)
-    except HoraceError as exc:
-        click.echo(f"error: {exc.code.value}: {exc.message}", err=True)
-        sys.exit(2)
-    except (BackendUnavailable, SchemaTooNew, ConfigError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(3)
+    settings = _settings(ctx)
+
+    async def go() -> T:
+        async with open_catalog(settings, create=create, read_only=read_only, check=check, adopt=adopt) as c:
+            return await work(c)
+
+    return trio.run(go)
+
+
+def _client_path(ctx: click.Context, arg: str) -> str:
+    """A path as a person typed it: relative to the current folder when that lands inside
+    files/, else relative to files/ (as MCP clients give it)."""
+    if os.path.isabs(arg):
+        return arg
+    here = Path(os.path.normpath(os.path.join(os.getcwd(), arg)))
+    files = (_settings(ctx).storage_path / "files").absolute()
+    for base in (files, files.resolve()):
+        if here.is_relative_to(base) and here != base:
+            return str(here)
+    return arg
+
+
+async def _resolve(ctx: click.Context, c: Catalog, ref: str) -> FileRecord:
+    """A file by id, or by path (see :func:`_client_path`)."""
+    by_id = await c.backend.file_by_id(ref)
+    return by_id or await c.resolve(_client_path(ctx, ref))
 
 
 def _record_line(file: Any) -> str:
@@ -90,39 +214,56 @@ def _record_line(file: Any) -> str:
     return f"{file.id}  v{file.current_version}  {status:8}  {file.size:>10}  {file.file_path}  [{tags}]"
 
 
-@main.command()
+# -- the commands --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--adopt", is_flag=True, help="Bind an empty catalog to a store whose own catalog is lost.")
+@global_options
+@click.pass_context
+def init(ctx: click.Context, adopt: bool) -> None:
+    """Create a store (and its SQLite catalog unless --database says otherwise)."""
+
+    async def work(c: Catalog) -> dict[str, Any]:
+        state = await trio.to_thread.run_sync(c.storage.state)
+        return {"storage": str(c.storage.root), "store_id": state.store_id, "catalog": state.catalog_url}
+
+    done = _run(ctx, work, create=True, adopt=adopt)
+    _emit(ctx, done, lambda d: f"store {d['store_id']} at {d['storage']}\ncatalog {d['catalog']}")
+
+
+@cli.command()
 @click.argument("path")
 @click.option("--owner")
 @click.option("--purpose")
 @click.option("--tag", "tags", multiple=True)
 @click.option("--collection")
-@json_option
-@click.pass_obj
+@global_options
+@click.pass_context
 def register(
-    settings: Settings,
+    ctx: click.Context,
     path: str,
     owner: str | None,
     purpose: str | None,
     tags: tuple[str, ...],
     collection: str | None,
-    as_json: bool,
 ) -> None:
     """Catalog a file under files/."""
     new = NewFile(owner=owner, purpose=purpose, tags=tags, collection=collection)
-    result = _run(settings, lambda c: c.register(path, new))
-    _emit(as_json, result, lambda r: ("duplicate of " if r.duplicate else "") + _record_line(r.file))
+    result = _run(ctx, lambda c: c.register(_client_path(ctx, path), new))
+    _emit(ctx, result, lambda r: ("duplicate of " if r.duplicate else "") + _record_line(r.file))
 
 
-@main.command()
-@click.argument("ref")
+@cli.command()
+@click.argument("ref", metavar="PATH|ID")
 @click.option("--versions", is_flag=True, help="List the versions too.")
-@json_option
-@click.pass_obj
-def info(settings: Settings, ref: str, versions: bool, as_json: bool) -> None:
+@global_options
+@click.pass_context
+def info(ctx: click.Context, ref: str, versions: bool) -> None:
     """Show a file's record (by id or path)."""
 
     async def work(c: Catalog) -> Any:
-        file = await c.resolve(ref)
+        file = await _resolve(ctx, c, ref)
         return await c.get_info(file_id=file.id, include_versions=versions)
 
     def human(i: Any) -> str:
@@ -134,10 +275,10 @@ def info(settings: Settings, ref: str, versions: bool, as_json: bool) -> None:
             )
         return "\n".join(lines)
 
-    _emit(as_json, _run(settings, work), human)
+    _emit(ctx, _run(ctx, work, read_only=True), human)
 
 
-@main.command()
+@cli.command()
 @click.option("--tag", "tags", multiple=True, help="Has all of these tags.")
 @click.option("--any-tag", "any_tags", multiple=True, help="Has any of these tags.")
 @click.option("--owner")
@@ -145,8 +286,8 @@ def info(settings: Settings, ref: str, versions: bool, as_json: bool) -> None:
 @click.option("--path", help="Glob relative to files/.")
 @click.option("--collection")
 @click.option("--type", "file_type", help="MIME type (image/*) or extension.")
-@click.option("--min-size", type=int)
-@click.option("--max-size", type=int)
+@click.option("--min-size", type=click.IntRange(0))
+@click.option("--max-size", type=click.IntRange(0))
 @click.option("--created-after", type=click.DateTime())
 @click.option("--created-before", type=click.DateTime())
 @click.option("--checksum")
@@ -157,11 +298,10 @@ def info(settings: Settings, ref: str, versions: bool, as_json: bool) -> None:
 @click.option("--cursor")
 @click.option("--sort-by", type=click.Choice([k.value for k in SortKey]), default="created_at")
 @click.option("--order", type=click.Choice([o.value for o in Order]), default="desc")
-@json_option
-@click.pass_obj
+@global_options
+@click.pass_context
 def search(
-    settings: Settings,
-    as_json: bool,
+    ctx: click.Context,
     cursor: str | None,
     status: str,
     sort_by: str,
@@ -181,9 +321,9 @@ def search(
         ),
         **filters,  # the remaining flags are named as the query's fields
     )
-    page = _run(settings, lambda c: c.search(query, cursor))
+    page = _run(ctx, lambda c: c.search(query, cursor), read_only=True)
     _emit(
-        as_json,
+        ctx,
         page,
         lambda p: "\n".join(
             [
@@ -199,8 +339,8 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.astimezone() if moment is not None else None
 
 
-@main.command()
-@click.argument("ref")
+@cli.command()
+@click.argument("ref", metavar="PATH|ID")
 @click.option("--tag", "tags", multiple=True, help="Replace the tags (repeat).")
 @click.option("--clear-tags", is_flag=True)
 @click.option("--owner")
@@ -208,10 +348,10 @@ def _aware(moment: datetime | None) -> datetime | None:
 @click.option("--status", type=click.Choice([s.value for s in Status]))
 @click.option("--collection", help="Add to this collection.")
 @click.option("--no-check", is_flag=True, help="Do not look for changed content.")
-@json_option
-@click.pass_obj
+@global_options
+@click.pass_context
 def update(
-    settings: Settings,
+    ctx: click.Context,
     ref: str,
     tags: tuple[str, ...],
     clear_tags: bool,
@@ -220,7 +360,6 @@ def update(
     status: str | None,
     collection: str | None,
     no_check: bool,
-    as_json: bool,
 ) -> None:
     """Change a file's metadata (and version it if its content changed)."""
     changes = FileChanges(
@@ -232,86 +371,89 @@ def update(
     )
 
     async def work(c: Catalog) -> Any:
-        file = await c.resolve(ref)
+        file = await _resolve(ctx, c, ref)
         return await c.update(file.id, changes, check_for_changes=not no_check)
 
     _emit(
-        as_json,
-        _run(settings, work),
+        ctx,
+        _run(ctx, work),
         lambda u: f"changed: {', '.join(u.changed_fields) or 'nothing'}\n" + _record_line(u.file),
     )
 
 
-@main.command()
-@click.argument("ref")
+@cli.command()
+@click.argument("ref", metavar="PATH|ID")
 @click.argument("version", type=click.IntRange(1))
-@json_option
-@click.pass_obj
-def restore(settings: Settings, ref: str, version: int, as_json: bool) -> None:
+@global_options
+@click.pass_context
+def restore(ctx: click.Context, ref: str, version: int) -> None:
     """Put an earlier version back (as a new version)."""
 
     async def work(c: Catalog) -> Any:
-        return await c.restore((await c.resolve(ref)).id, version)
+        return await c.restore((await _resolve(ctx, c, ref)).id, version)
 
     _emit(
-        as_json,
-        _run(settings, work),
+        ctx,
+        _run(ctx, work),
         lambda r: f"restored v{version} as v{r.version.version}\n" + _record_line(r.file),
     )
 
 
 def _lifecycle(name: str, doc: str) -> None:
-    @main.command(name=name, help=doc)
-    @click.argument("ref")
-    @json_option
-    @click.pass_obj
-    def command(settings: Settings, ref: str, as_json: bool) -> None:
+    @cli.command(name=name, help=doc)
+    @click.argument("ref", metavar="PATH|ID")
+    @global_options
+    @click.pass_context
+    def command(ctx: click.Context, ref: str) -> None:
         async def work(c: Catalog) -> Any:
-            return await getattr(c, name)((await c.resolve(ref)).id)
+            return await getattr(c, name)((await _resolve(ctx, c, ref)).id)
 
-        _emit(as_json, _run(settings, work), lambda u: _record_line(u.file))
+        _emit(ctx, _run(ctx, work), lambda u: _record_line(u.file))
 
 
 _lifecycle("delete", "Soft-delete a file (its history is kept until purge).")
 _lifecycle("undelete", "Make a deleted file active again.")
 
 
-@main.command()
+@cli.command()
 @click.argument("path", required=False)
-@json_option
-@click.pass_obj
-def scan(settings: Settings, path: str | None, as_json: bool) -> None:
-    """Register untracked files and version changed ones."""
-    with _progress(not as_json, "scan") as progress:
-        report = _run(settings, lambda c: c.scan(path, progress=progress))
+@global_options
+@click.pass_context
+def scan(ctx: click.Context, path: str | None) -> None:
+    """Register untracked files and version changed ones. Exit 1 when a file could not be
+    taken or was skipped."""
+    under = _client_path(ctx, path) if path is not None else None
+    with _progress(ctx, "scan") as progress:
+        report = _run(ctx, lambda c: c.scan(under, progress=progress))
     _emit(
-        as_json,
+        ctx,
         report,
         lambda r: (
             f"scanned {r.scanned}: {r.registered} registered, {r.versioned} versioned, "
-            f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors"
-            + "".join(f"\n  {e}" for e in r.errors)
+            f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors, "
+            f"{len(r.skipped)} skipped"
+            + "".join(f"\n  error: {e}" for e in r.errors)
+            + "".join(f"\n  skipped: {s}" for s in r.skipped)
         ),
     )
-    if report.errors:
-        sys.exit(1)
+    ctx.exit(Exit.FOUND if report.errors or report.skipped else Exit.OK)
 
 
-@main.command()
-@click.argument("ref", required=False)
-@json_option
-@click.pass_obj
-def verify(settings: Settings, ref: str | None, as_json: bool) -> None:
+@cli.command()
+@click.argument("ref", metavar="[PATH|ID]", required=False)
+@global_options
+@click.pass_context
+def verify(ctx: click.Context, ref: str | None) -> None:
     """Re-hash objects and working files; exit 1 on any mismatch."""
 
     async def work(c: Catalog) -> Any:
-        file_id = (await c.resolve(ref)).id if ref else None
-        with _progress(not as_json, "verify") as progress:
+        file_id = (await _resolve(ctx, c, ref)).id if ref else None
+        with _progress(ctx, "verify") as progress:
             return await c.verify(file_id, progress=progress)
 
-    report = _run(settings, work)
+    report = _run(ctx, work, read_only=True)
     _emit(
-        as_json,
+        ctx,
         report,
         lambda r: "\n".join(
             [
@@ -320,30 +462,35 @@ def verify(settings: Settings, ref: str | None, as_json: bool) -> None:
             ]
         ),
     )
-    if report.problems:
-        sys.exit(1)
+    ctx.exit(Exit.FOUND if report.problems else Exit.OK)
 
 
-@main.command(name="fsck")
-@click.option("--repair", is_flag=True, help="Repair what can be repaired.")
+@cli.command(name="fsck")
+@click.option("--repair", is_flag=True, help="Also write missing working copies back and collect orphans.")
 @click.option("--deep", is_flag=True, help="Re-hash every object (slow), not only sizes.")
-@json_option
-@click.pass_obj
-def fsck_command(settings: Settings, repair: bool, deep: bool, as_json: bool) -> None:
-    """Check the catalog against the object store. Exit 0 clean, 1 repaired, 4 problems left."""
+@global_options
+@click.pass_context
+def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
+    """Check the catalog against the object store.
+
+    Without --repair only what a crash leaves behind is repaired (as at every start).
+    Exit 0 clean, 1 all repaired, 4 problems left.
+    """
+    from horace.fsck import fsck
 
     async def work(c: Catalog) -> Any:
-        with _progress(not as_json, "fsck") as progress:
+        with _progress(ctx, "fsck") as progress:
             return await fsck(c, repair=repair, deep=deep, progress=progress)
 
-    report = _run(settings, work, check=False)
+    report = _run(ctx, work, check=False)
     _emit(
-        as_json,
+        ctx,
         report,
         lambda r: "\n".join(
             [
                 f"{r.files} files, {r.versions} versions, {r.objects} objects: "
-                + ("clean" if r.clean else f"{len(r.findings)} findings"),
+                + ("clean" if r.clean else f"{len(r.findings)} findings")
+                + (f" ({r.busy} files busy, not checked)" if r.busy else ""),
                 *(
                     f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: {f.file_path or ''} {f.detail}"
                     for f in r.findings
@@ -351,64 +498,195 @@ def fsck_command(settings: Settings, repair: bool, deep: bool, as_json: bool) ->
             ]
         ),
     )
-    sys.exit(report.exit_code)
+    ctx.exit(report.exit_code)
 
 
-@main.command()
-@click.pass_obj
-def migrate(settings: Settings) -> None:
-    """Bring the catalog schema up to date."""
+@cli.command()
+@global_options
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Bring the catalog schema up to date (also done at every start)."""
 
     async def work(c: Catalog) -> int:
         return await c.backend.migrate()
 
-    click.echo(f"schema version {_run(settings, work, check=False)}")
+    version = _run(ctx, work, check=False)
+    _emit(ctx, {"schema_version": version}, lambda d: f"schema version {d['schema_version']}")
 
 
-@main.command()
+_LOG_LEVEL = click.option(
+    "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+)
+
+
+@cli.command()
 @click.option("--host", help="Address to bind [HORACE_MCP_HOST, 127.0.0.1].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [HORACE_MCP_PORT, 8070].")
 @click.option(
     "--watch", "watch", is_flag=True, default=None, help="Catalog every write under files/ [HORACE_WATCH]."
 )
 @click.option("--poll", is_flag=True, default=None, help="Watch by polling (NFS) [HORACE_WATCH_POLL].")
-@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-@click.pass_obj
+@_LOG_LEVEL
+@global_options
+@click.pass_context
 def serve(
-    settings: Settings,
+    ctx: click.Context,
     host: str | None,
     port: int | None,
     watch: bool | None,
     poll: bool | None,
     log_level: str,
 ) -> None:
-    """Serve MCP over WebSocket (and /health) until SIGINT or SIGTERM."""
+    """Serve MCP over WebSocket (and /health) until SIGINT or SIGTERM. Creates the store
+    when there is none."""
     from horace.server import serve as run_server
 
-    _run_service(settings, log_level, partial(run_server), host=host, port=port, watch=watch, watch_poll=poll)
+    _run_service(ctx, log_level, run_server, host=host, port=port, watch=watch, watch_poll=poll)
 
 
-@main.command()
+@cli.command()
 @click.option("--poll", is_flag=True, default=None, help="Watch by polling (NFS) [HORACE_WATCH_POLL].")
-@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-@click.pass_obj
-def watch(settings: Settings, poll: bool | None, log_level: str) -> None:
+@_LOG_LEVEL
+@global_options
+@click.pass_context
+def watch(ctx: click.Context, poll: bool | None, log_level: str) -> None:
     """Catalog and version every write under files/, without serving MCP."""
     from horace.tasks import run_watch
 
-    _run_service(settings, log_level, run_watch, watch=True, watch_poll=poll)
+    _run_service(ctx, log_level, run_watch, watch=True, watch_poll=poll)
 
 
-def _run_service(settings: Settings, log_level: str, service: Any, **overrides: Any) -> None:
-    import attrs
-
+def _run_service(ctx: click.Context, log_level: str, service: Any, **overrides: Any) -> None:
     from horace import logs
 
     logs.configure(log_level)
-    settings = attrs.evolve(settings, **{k: v for k, v in overrides.items() if v is not None})
-    with _progress(settings.watch, "reconcile") as progress:
+    settings = _settings(ctx, **overrides)
+    with _progress(ctx, "reconcile") if settings.watch else _no_progress() as progress:
         try:
             trio.run(partial(service, settings, progress=progress))
-        except (BackendUnavailable, SchemaTooNew, OSError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(3)
+        except BaseException as exc:
+            inner = _unwrap(exc)
+            if isinstance(inner, OSError) and inner.errno in (
+                errno.EADDRINUSE,
+                errno.EADDRNOTAVAIL,
+                errno.EACCES,
+            ):
+                raise Failure(
+                    Exit.ADDRESS,
+                    "ADDRESS_IN_USE" if inner.errno == errno.EADDRINUSE else "ADDRESS",
+                    f"cannot listen on {settings.host}:{settings.port}: {inner.strerror}"
+                    + (
+                        " (another server is there: choose another --port)"
+                        if inner.errno == errno.EADDRINUSE
+                        else ""
+                    ),
+                ) from None
+            raise
+
+
+@contextmanager
+def _no_progress() -> Iterator[None]:
+    yield None
+
+
+# -- the edge: errors to one line and an exit code -----------------------------------------
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside nested groups (Trio nurseries wrap what they raise)."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(inner) != 1:
+            return exc
+        exc = inner[0]
+    return exc
+
+
+def _failure(exc: BaseException) -> Failure | None:
+    """What a person should be told of *exc*; None for a bug."""
+    exc = _unwrap(exc)
+    if isinstance(exc, Failure):
+        return exc
+    if isinstance(exc, HoraceError):
+        kind = Exit.STORAGE if exc.code is ErrorCode.STORAGE_FULL else Exit.REFUSED
+        return Failure(kind, exc.code.value, exc.message)
+    if isinstance(exc, StoreRefused):
+        return Failure(Exit.STORE, "STORE_REFUSED", str(exc))
+    if isinstance(exc, CatalogMissing):
+        return Failure(
+            Exit.STORE, "STORE_REFUSED", f"{exc}: the store's catalog is not where the settings say"
+        )
+    if isinstance(exc, ConfigError | StorageUnusable | SchemaTooNew):
+        return Failure(Exit.CONFIG, "CONFIG", str(exc))
+    if isinstance(exc, BackendUnavailable):
+        return Failure(Exit.BACKEND, "BACKEND_UNAVAILABLE", str(exc))
+    if isinstance(exc, ValueError) and "database URL" in str(exc):
+        return Failure(Exit.CONFIG, "CONFIG", str(exc))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return Failure(Exit.STORAGE, "STORAGE_ERROR", f"{exc.strerror}{where}")
+    if isinstance(exc, PermissionError):
+        return Failure(Exit.CONFIG, "CONFIG", f"permission denied: {exc.filename or exc}")
+    return None
+
+
+def _say(failure: Failure, as_json: bool) -> None:
+    if as_json:
+        body = {"error": {"code": failure.code, "message": failure.message, "exit_code": int(failure.exit)}}
+        click.echo(json.dumps(body), err=True)
+    else:
+        click.echo(f"horace: error: {failure.code}: {failure.message}", err=True)
+
+
+def _configure_cli_logging(as_json: bool) -> None:
+    """Warnings of a command (fsck at start, say) as one line each, like its errors."""
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        from horace.logs import JsonLines
+
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("horace: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    as_json, debug = "--json" in args, "--debug" in args
+    _configure_cli_logging(as_json)
+    try:
+        status = cli.main(args=args, prog_name="horace", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as exc:
+        message = exc.format_message()
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            message += f" (see `{exc.ctx.command_path} --help`)"
+        _say(Failure(Exit.USAGE, "USAGE", message), as_json)
+        sys.exit(Exit.USAGE)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", "interrupted"), as_json)
+        sys.exit(Exit.INTERRUPTED)
+    except BaseException as exc:
+        failure = _failure(exc)
+        if failure is None:
+            if isinstance(_unwrap(exc), KeyboardInterrupt):
+                _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", "interrupted"), as_json)
+                sys.exit(Exit.INTERRUPTED)
+            if debug:
+                traceback.print_exception(exc)
+            inner = _unwrap(exc)
+            failure = Failure(
+                Exit.INTERNAL,
+                ErrorCode.INTERNAL.value,
+                f"{type(inner).__name__}: {inner}"
+                + ("" if debug else " (run again with --debug for the traceback)"),
+            )
+        _say(failure, as_json)
+        sys.exit(failure.exit)
+    sys.exit(status if isinstance(status, int) else Exit.OK)
+
+
+__all__ = ["Exit", "cli", "main"]

@@ -1,17 +1,23 @@
-"""Settings: ``HORACE_*`` environment variables, overridable by command-line flags."""
+"""Settings: ``HORACE_*`` environment variables, overridable by command-line flags.
+
+One table, :data:`ENVIRONMENT`, says for each setting which variables set it and how
+their text is read; :meth:`Settings.from_env` is one loop over it.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import attrs
 from attrs import frozen
 
+from horace.backends import url_problem
 from horace.model import Retention
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -28,6 +34,92 @@ def parse_duration(text: str, name: str) -> float:
     if not match:
         raise ConfigError(f"{name}={text!r}: expected a number of seconds or e.g. 15m, 12h, 30d")
     return float(match[1]) * _UNITS[match[2]]
+
+
+def _count(text: str, name: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not an integer") from None
+    if number < 1:
+        raise ConfigError(f"{name}={text!r}: must be at least 1")
+    return number
+
+
+def _port(text: str, name: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a port number") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{name}={text!r}: a port is 0 to 65535 (0: any free port)")
+    return number
+
+
+def _switch(text: str, name: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r}: use on or off")
+
+
+def _text(text: str, name: str) -> str:
+    return text
+
+
+def _path(text: str, name: str) -> Path:
+    return Path(text)
+
+
+def _origins(text: str, name: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+def _database_url(text: str, name: str) -> str:
+    problem = url_problem(text)
+    if problem is not None:
+        raise ConfigError(f"{name}: {problem}")
+    return text
+
+
+Parser = Callable[[str, str], Any]
+
+# setting -> (environment variables, first set wins; how their text is read)
+ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
+    "storage_path": (("HORACE_STORAGE_PATH",), _path),
+    "database_url": (("HORACE_DATABASE_URL",), _database_url),
+    "version_count": (("HORACE_VERSION_COUNT",), _count),
+    "version_min_age": (("HORACE_VERSION_MIN_AGE",), parse_duration),
+    "deleted_retention": (("HORACE_DELETED_RETENTION",), parse_duration),
+    "gc_grace": (("HORACE_GC_GRACE",), parse_duration),
+    "lock_wait": (("HORACE_LOCK_WAIT",), parse_duration),
+    "watch": (("HORACE_WATCH",), _switch),
+    "watch_poll": (("HORACE_WATCH_POLL",), _switch),
+    "watch_settle": (("HORACE_WATCH_SETTLE",), parse_duration),
+    "purge_interval": (("HORACE_PURGE_INTERVAL",), parse_duration),
+    "fsck_interval": (("HORACE_FSCK_INTERVAL",), parse_duration),
+    "host": (("HORACE_MCP_HOST",), _text),
+    "port": (("HORACE_MCP_PORT",), _port),
+    "auth_token": (("HORACE_AUTH_TOKEN",), _text),
+    "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _origins),
+    "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _count),
+    "max_connections": (("HORACE_MAX_CONNECTIONS",), _count),
+    "max_calls_per_connection": (("HORACE_MAX_CALLS_PER_CONNECTION",), _count),
+    "call_deadline": (("HORACE_CALL_DEADLINE",), parse_duration),
+    "shutdown_grace": (("HORACE_SHUTDOWN_GRACE",), parse_duration),
+    "godot_url": (("GODOT_URL", "GODOT_MCP_URL"), _text),
+    "godot_tool": (("HORACE_GODOT_TOOL",), _text),
+    "godot_level": (("HORACE_GODOT_LEVEL",), _text),
+    "conversations": (("HORACE_CONVERSATIONS",), _switch),
+    "conversations_url": (("HORACE_CONVERSATIONS_URL",), _database_url),
+    "conversations_to_godot": (("HORACE_CONVERSATIONS_TO_GODOT",), _switch),
+    "sink_queue": (("HORACE_SINK_QUEUE",), _count),
+    "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
+    "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), parse_duration),
+    "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), parse_duration),
+}
 
 
 @frozen
@@ -71,7 +163,11 @@ class Settings:
     def catalog_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite://{(self.storage_path / '.horace' / 'catalog.db').absolute()}"
+        return f"sqlite://{self.default_catalog_path}"
+
+    @property
+    def default_catalog_path(self) -> Path:
+        return (self.storage_path / ".horace" / "catalog.db").absolute()
 
     @property
     def retention(self) -> Retention:
@@ -86,92 +182,22 @@ class Settings:
         """Read the environment, then apply flag *overrides* (None values are ignored)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-
-        def get(*names: str) -> str | None:
-            for name in names:
-                if env.get(name):
-                    return env[name]
-            return None
-
-        def integer(name: str, text: str) -> int:
-            try:
-                number = int(text)
-            except ValueError:
-                raise ConfigError(f"{name}={text!r} is not an integer") from None
-            if number < 1 and name != "HORACE_MCP_PORT":
-                raise ConfigError(f"{name} must be at least 1")
-            return number
-
-        def flag(name: str, text: str) -> bool:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{name}={text!r}: use on or off")
-
-        if (text := get("HORACE_STORAGE_PATH")) is not None:
-            values["storage_path"] = Path(text)
-        if (text := get("HORACE_DATABASE_URL")) is not None:
-            values["database_url"] = text
-        elif (host := get("HORACE_DB_HOST")) is not None:
-            user = quote(get("HORACE_DB_USER") or "horace", safe="")
-            password = get("HORACE_DB_PASSWORD")
-            auth = f"{user}:{quote(password, safe='')}" if password else user
-            port = get("HORACE_DB_PORT") or "5432"
-            values["database_url"] = f"postgresql://{auth}@{host}:{port}/{get('HORACE_DB_NAME') or 'horace'}"
-        for field, names in {
-            "version_count": ("HORACE_VERSION_COUNT",),
-            "max_message_bytes": ("HORACE_MAX_MESSAGE_BYTES",),
-            "max_connections": ("HORACE_MAX_CONNECTIONS",),
-            "max_calls_per_connection": ("HORACE_MAX_CALLS_PER_CONNECTION",),
-            "port": ("HORACE_MCP_PORT",),
-        }.items():
-            if (text := get(*names)) is not None:
-                values[field] = integer(names[0], text)
-        for field, name in {
-            "version_min_age": "HORACE_VERSION_MIN_AGE",
-            "deleted_retention": "HORACE_DELETED_RETENTION",
-            "gc_grace": "HORACE_GC_GRACE",
-            "lock_wait": "HORACE_LOCK_WAIT",
-            "call_deadline": "HORACE_CALL_DEADLINE",
-            "shutdown_grace": "HORACE_SHUTDOWN_GRACE",
-            "watch_settle": "HORACE_WATCH_SETTLE",
-            "purge_interval": "HORACE_PURGE_INTERVAL",
-            "fsck_interval": "HORACE_FSCK_INTERVAL",
-        }.items():
-            if (text := get(name)) is not None:
-                values[field] = parse_duration(text, name)
-        text_fields: dict[str, tuple[str, ...]] = {
-            "host": ("HORACE_MCP_HOST",),
-            "auth_token": ("HORACE_AUTH_TOKEN",),
-            "godot_url": ("GODOT_URL", "GODOT_MCP_URL"),
-            "godot_tool": ("HORACE_GODOT_TOOL",),
-            "godot_level": ("HORACE_GODOT_LEVEL",),
-            "conversations_url": ("HORACE_CONVERSATIONS_URL",),
-        }
-        for field, aliases in text_fields.items():
-            if (text := get(*aliases)) is not None:
-                values[field] = text
-        for field, name in {
-            "conversations": "HORACE_CONVERSATIONS",
-            "conversations_to_godot": "HORACE_CONVERSATIONS_TO_GODOT",
-            "watch": "HORACE_WATCH",
-            "watch_poll": "HORACE_WATCH_POLL",
-        }.items():
-            if (text := get(name)) is not None:
-                values[field] = flag(name, text)
-        if (text := get("HORACE_SINK_QUEUE")) is not None:
-            values["sink_queue"] = integer("HORACE_SINK_QUEUE", text)
-        if (text := get("HORACE_SINK_FLUSH")) is not None:
-            values["sink_flush"] = parse_duration(text, "HORACE_SINK_FLUSH")
-        for field, name in {
-            "sink_backoff_base": "HORACE_SINK_BACKOFF_BASE",
-            "sink_backoff_cap": "HORACE_SINK_BACKOFF_CAP",
-        }.items():
-            if (text := get(name)) is not None:
-                values[field] = parse_duration(text, name)
-        if (text := get("HORACE_ALLOWED_ORIGINS")) is not None:
-            values["allowed_origins"] = tuple(o.strip() for o in text.split(",") if o.strip())
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        for field, (names, parse) in ENVIRONMENT.items():
+            name = next((n for n in names if env.get(n)), None)
+            if name is not None:
+                values[field] = parse(env[name], name)
+        if "database_url" not in values and env.get("HORACE_DB_HOST"):
+            values["database_url"] = _url_from_parts(env)
+        for field, value in overrides.items():
+            if value is not None:
+                values[field] = _database_url(str(value), f"--{field}") if field == "database_url" else value
         return attrs.evolve(cls(), **values)  # type: ignore[arg-type]
+
+
+def _url_from_parts(env: Mapping[str, str]) -> str:
+    """The original's ``HORACE_DB_HOST/PORT/NAME/USER/PASSWORD`` as one URL."""
+    user = quote(env.get("HORACE_DB_USER") or "horace", safe="")
+    password = env.get("HORACE_DB_PASSWORD")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    port = env.get("HORACE_DB_PORT") or "5432"
+    return f"postgresql://{auth}@{env['HORACE_DB_HOST']}:{port}/{env.get('HORACE_DB_NAME') or 'horace'}"

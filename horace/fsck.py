@@ -4,29 +4,45 @@
 - the file row agrees with its newest version (current_version, checksum, size);
 - every active file has its working copy;
 - no object without a version row (once older than the grace period);
-- no temp file left behind by a process that is gone.
+- nothing left in ``.horace/tmp`` by a process that is gone.
 
-Run at start (quick: sizes, not hashes) and by ``horace fsck`` (``--deep`` re-hashes).
-The automatic runs (at start, periodic) repair what a crash leaves behind but do not
-write missing working copies back: a file deleted or renamed while Horace was down is
-the reconcile's business (soft delete, rename), not a crash's.
+Three strengths, from the start-up check to the operator's repair:
+
+- every run (at start, periodic, and ``horace fsck`` itself) clears what a crash leaves
+  behind in ``.horace/tmp``, judged by what each temp file's name says it holds
+  (``storage.TempKind``): copies are removed, an object the collector had moved aside goes
+  back, and a working file caught outside ``files/`` goes back to ``files/`` unless its
+  content is safe in a version. File rows are put back in step with their versions.
+- nothing automatic deletes an object, a version row or a working file, nor writes a
+  working copy back: orphan objects are reported (the collector reclaims them), a file
+  gone from ``files/`` is the reconcile's business.
+- ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
+  recovers lost objects from working copies, drops the rows of versions whose content
+  is lost, and hands orphan objects to the collector.
+
+A live server may be working while fsck runs. A finding about a file is therefore
+checked again under the file's write lock (shared with every writer) before it is
+reported or repaired, and a temp file whose writer still runs is never touched.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 from attrs import frozen
 
+from horace.backends.protocol import Units
 from horace.catalog import Catalog, in_thread
-from horace.model import HoraceError, Status, VersionRecord
-from horace.storage import temp_owner_alive
+from horace.model import ErrorCode, FileRecord, HoraceError, Status, VersionRecord
+from horace.storage import TempKind, TempName
 
 log = logging.getLogger("horace.fsck")
-STALE_TEMP_SECONDS = 3600.0
+STALE_TEMP_SECONDS = 3600.0  # another host's temp file counts as dead after this long
 
 
 @frozen
@@ -36,6 +52,7 @@ class Finding:
     repaired: bool
     file_id: str | None = None
     file_path: str | None = None
+    subject: str | None = None  # the temp file or object the finding is about
 
 
 @frozen
@@ -44,6 +61,7 @@ class FsckReport:
     files: int
     versions: int
     objects: int
+    busy: int = 0  # files a writer held throughout: not checked this time
 
     @property
     def clean(self) -> bool:
@@ -62,112 +80,55 @@ async def fsck(
     *,
     repair: bool = False,
     deep: bool = False,
-    restore_working: bool = True,
+    automatic: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> FsckReport:
-    storage, backend = catalog.storage, catalog.backend
+    """Check the store against the catalog; see the module docstring for what is
+    repaired. *automatic* (the start-up and periodic runs) logs what it repairs."""
     findings: list[Finding] = []
-
-    def found(
-        kind: str, detail: str, repaired: bool, file_id: str | None = None, path: str | None = None
-    ) -> None:
-        findings.append(Finding(kind, detail, repaired, file_id, path))
-
-    # Temp files whose writer is gone.
-    now = time.time()
-    for temp in await in_thread(lambda: list(storage.walk_temps())):
-        try:
-            age = now - temp.stat().st_mtime
-        except FileNotFoundError:
-            continue
-        alive = temp_owner_alive(temp.name)
-        if alive is False or (alive is None and age > STALE_TEMP_SECONDS):
-            if repair:
-                temp.unlink(missing_ok=True)
-            found("temp_leftover", f"temp file {temp} left by a process that is gone", repair)
-
-    files = {f.id: f for f in await backend.all_files()}
-    versions = await backend.all_versions()
+    findings += await _temps(catalog)
+    files = {f.id: f for f in await catalog.backend.all_files()}
+    versions = await catalog.backend.all_versions()
     by_file: dict[str, list[VersionRecord]] = defaultdict(list)
     for v in versions:
         by_file[v.file_id].append(v)
 
-    # File rows against their newest version.
-    for file in list(files.values()):
-        rows = by_file.get(file.id)
-        if not rows:
-            found("no_versions", "the file has no version rows", False, file.id, file.file_path)
-            continue
-        newest = max(rows, key=lambda v: v.version)
-        if (file.current_version, file.checksum, file.size) != (newest.version, newest.checksum, newest.size):
-            if repair:
-                fixed = await backend.repair_current(file.id)
-                if fixed is not None:
-                    files[file.id] = fixed
-            found(
-                "current_inconsistent",
-                f"current_version {file.current_version} but newest version row is {newest.version}",
-                repair,
-                file.id,
-                file.file_path,
-            )
-
-    # Version rows against objects.
-    checked: dict[str, bool] = {}
+    objects_ok: dict[str, bool] = {}
     total = len(versions)
     for done, v in enumerate(versions, 1):
-        if v.checksum not in checked:
-            checked[v.checksum] = await _object_ok(catalog, v, deep)
+        if v.checksum not in objects_ok:
+            objects_ok[v.checksum] = await _object_ok(catalog, v, deep)
         if progress:
             progress(done, total)
-        if checked[v.checksum]:
-            continue
-        owner = files.get(v.file_id)
-        path = owner.file_path if owner else None
-        repaired = False
-        if repair and owner is not None:
-            repaired = await _recover_object(catalog, owner.file_path, v.checksum)
-            if repaired:
-                checked[v.checksum] = True
-            elif v.version != owner.current_version:
-                await backend.delete_version(v.file_id, v.version)
-                repaired = True  # the row went: its content was already lost
-        found(
-            "missing_object",
-            f"version {v.version}: object {v.checksum} is missing or damaged"
-            + (" (recovered from the working copy)" if repaired and checked[v.checksum] else ""),
-            repaired,
-            v.file_id,
-            path,
-        )
 
-    # Active files without their working copy.
-    for file in files.values():
-        if file.status is not Status.ACTIVE:
-            continue
-        if await in_thread(storage.working_exists, file.file_path):
-            continue
-        repaired = False
-        if repair and restore_working and checked.get(file.checksum, False):
-            await in_thread(storage.write_working, file.file_path, file.checksum)
-            repaired = True
-        found(
-            "working_missing", "the active file's working copy is missing", repaired, file.id, file.file_path
-        )
-
-    # Objects nobody refers to, once past the grace period.
-    referenced = {v.checksum for v in versions}
-    grace = catalog.policy.gc_grace_seconds
-    orphans = [
-        name
-        for name, st in await in_thread(lambda: list(storage.walk_objects()))
-        if name not in referenced and now - st.st_mtime >= grace
+    active = [f for f in files.values() if f.status is Status.ACTIVE]
+    missing = await in_thread(
+        lambda: {f.id for f in active if not catalog.storage.working_exists(f.file_path)}
+    )
+    suspects = [
+        f
+        for f in files.values()
+        if f.id in missing
+        or _row_problem(f, by_file.get(f.id, []))
+        or any(not objects_ok[v.checksum] for v in by_file.get(f.id, []))
     ]
-    if orphans:
-        collected = set(await catalog.collect(orphans)) if repair else set()
-        for name in orphans:
-            found("orphan_object", f"object {name} has no version row", name in collected)
-    return FsckReport(tuple(findings), len(files), len(versions), len(referenced))
+    busy = 0
+    for file in suspects:
+        try:
+            async with catalog.writing(file.file_path) as db:
+                current = await db.file_by_id(file.id)
+                if current is None:
+                    continue  # purged meanwhile
+                rows = await db.versions(file.id)
+                findings += await _file(catalog, db, current, rows, objects_ok, repair=repair, deep=deep)
+        except HoraceError as exc:
+            if exc.code is not ErrorCode.FILE_LOCKED:
+                raise
+            busy += 1
+            log.info("fsck: %s is being written; not checked this time", file.file_path)
+
+    findings += await _orphans(catalog, {v.checksum for v in versions}, repair=repair)
+    return FsckReport(tuple(findings), len(files), len(versions), len(objects_ok), busy)
 
 
 def log_findings(report: FsckReport, when: str) -> None:
@@ -180,6 +141,148 @@ def log_findings(report: FsckReport, when: str) -> None:
             " (repaired)" if finding.repaired else "",
             extra={"file_id": finding.file_id, "file_path": finding.file_path},
         )
+
+
+# -- temp files ------------------------------------------------------------------------------
+
+
+async def _temps(catalog: Catalog) -> list[Finding]:
+    """What dead processes left in ``.horace/tmp``, each dealt with by its kind."""
+    storage = catalog.storage
+    found: list[Finding] = []
+    now = time.time()
+    for path, name in await in_thread(lambda: list(storage.walk_temps())):
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        alive = name.owner_alive() if name is not None else None
+        if alive or (alive is None and age < STALE_TEMP_SECONDS):
+            continue  # a live writer's, or perhaps one on another host
+        if name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META):
+            await in_thread(path.unlink, True)
+            found.append(
+                Finding("temp_leftover", "left by a process that is gone; removed", True, subject=str(path))
+            )
+        elif name.kind is TempKind.ASIDE:
+            await in_thread(storage.unquarantine, path, name.extra)
+            found.append(
+                Finding(
+                    "object_aside",
+                    f"object {name.extra} was moved aside by a collector that died; put back",
+                    True,
+                    subject=str(path),
+                )
+            )
+        else:
+            found.append(await _held(catalog, path, name))
+    return found
+
+
+async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
+    """A working file caught in ``.horace/tmp`` by a crash (between moving it out of
+    files/ and versioning it): removed if its content is safe in a version, else put
+    back into files/."""
+    storage = catalog.storage
+    staged = await in_thread(storage.stage_held, path)
+    try:
+        checksum = staged.checksum
+    finally:
+        storage.discard(staged)
+    try:
+        file_id = str(uuid.UUID(name.extra))
+    except ValueError:
+        file_id = ""
+    file = await catalog.backend.file_by_id(file_id) if file_id else None
+    versioned = file is not None and any(
+        v.checksum == checksum for v in await catalog.backend.versions(file.id)
+    )
+    if versioned and await in_thread(storage.has_object, checksum):
+        await in_thread(path.unlink, True)
+        return Finding(
+            "temp_leftover",
+            "a working file held by a process that is gone; its content is a version: removed",
+            True,
+            file_id,
+            subject=str(path),
+        )
+    where = file.file_path if file is not None else f"user/recovered/{path.name[-12:]}"
+    placed = await in_thread(storage.put_back, path, where)
+    return Finding(
+        "working_recovered",
+        f"a working file caught outside files/ by a crash was put back as {placed}"
+        + (" (its name was taken)" if placed != where else ""),
+        placed is not None,
+        file_id or None,
+        placed,
+        str(path),
+    )
+
+
+# -- one file --------------------------------------------------------------------------------
+
+
+def _row_problem(file: FileRecord, rows: list[VersionRecord]) -> str | None:
+    if not rows:
+        return "the file has no version rows"
+    newest = max(rows, key=lambda v: v.version)
+    if (file.current_version, file.checksum, file.size) != (newest.version, newest.checksum, newest.size):
+        return f"current_version {file.current_version} but the newest version row is {newest.version}"
+    return None
+
+
+async def _file(
+    catalog: Catalog,
+    db: Units,
+    file: FileRecord,
+    rows: list[VersionRecord],
+    objects_ok: dict[str, bool],
+    *,
+    repair: bool,
+    deep: bool,
+) -> list[Finding]:
+    """The findings about one file, looked at under its write lock."""
+    storage = catalog.storage
+    found: list[Finding] = []
+
+    def finding(kind: str, detail: str, repaired: bool) -> None:
+        found.append(Finding(kind, detail, repaired, file.id, file.file_path))
+
+    problem = _row_problem(file, rows)
+    if problem is not None and rows:
+        # Always safe: the row is put back in step with the versions it has.
+        fixed = await db.repair_current(file.id)
+        file = fixed or file
+        finding("current_inconsistent", problem, True)
+    elif problem is not None:
+        finding("no_versions", problem, False)
+
+    for v in rows:
+        ok = objects_ok[v.checksum] = await _object_ok(catalog, v, deep)
+        if ok:
+            continue
+        repaired = False
+        if repair:
+            repaired = await _recover_object(catalog, file.file_path, v.checksum)
+            objects_ok[v.checksum] = repaired
+            if not repaired and v.version != file.current_version:
+                await db.delete_version(v.file_id, v.version)
+                repaired = True  # the row went: its content was already lost
+        finding(
+            "missing_object",
+            f"version {v.version}: object {v.checksum} is missing or damaged"
+            + (" (recovered from the working copy)" if objects_ok[v.checksum] else ""),
+            repaired,
+        )
+
+    if file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path):
+        repaired = False
+        if repair and objects_ok.get(file.checksum, False):
+            # A file that appeared there meanwhile stays, untouched: it is back, after all.
+            await in_thread(storage.create_working, file.file_path, file.checksum, file.id)
+            repaired = True
+        finding("working_missing", "the active file's working copy is missing", repaired)
+    return found
 
 
 async def _object_ok(catalog: Catalog, v: VersionRecord, deep: bool) -> bool:
@@ -207,3 +310,27 @@ async def _recover_object(catalog: Catalog, rel: str, checksum: str) -> bool:
         return True
     finally:
         storage.discard(staged)
+
+
+# -- objects nobody refers to ----------------------------------------------------------------
+
+
+async def _orphans(catalog: Catalog, referenced: set[str], *, repair: bool) -> list[Finding]:
+    grace = catalog.policy.gc_grace_seconds
+    now = time.time()
+    orphans = [
+        name
+        for name, st in await in_thread(lambda: list(catalog.storage.walk_objects()))
+        if name not in referenced and now - st.st_mtime >= grace
+    ]
+    collected = set(await catalog.collect(orphans)) if repair and orphans else set()
+    return [
+        Finding(
+            "orphan_object",
+            f"object {name} has no version row"
+            + ("" if repair else " (left for the collector: `horace fsck --repair`, or the periodic purge)"),
+            name in collected,
+            subject=name,
+        )
+        for name in orphans
+    ]

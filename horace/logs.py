@@ -10,21 +10,28 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
+
+from horace.redact import redact, redact_text
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
 class JsonLines(logging.Formatter):
+    """One JSON object a record, secrets redacted (``horace.redact``)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_text(record.getMessage()),
         }
-        line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None})
+        extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
+        if extras:
+            line.update(redact(extras))
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redact_text(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 

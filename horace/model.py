@@ -22,6 +22,7 @@ class ErrorCode(enum.StrEnum):
     CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     FILE_LOCKED = "FILE_LOCKED"
+    STORAGE_FULL = "STORAGE_FULL"
     BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -176,6 +177,15 @@ class DuplicateGroup:
     checksum: str
     size: int
     files: tuple[FileRecord, ...]
+
+
+@frozen
+class CatalogIdentity:
+    """What a catalog database says of the store it belongs to, read before migrating."""
+
+    store_id: str | None  # None: never bound (new, or from before stores had identities)
+    storage_path: str | None  # where the store was when the pair was bound
+    empty: bool  # no file catalogued
 
 
 @frozen

@@ -9,16 +9,50 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from pathlib import Path
 
 from horace.model import ErrorCode, HoraceError
 
 HORACE_DIR = ".horace"
+TMP_PREFIX = ".horace-tmp-"  # Horace's own temp files; a name of this form is never catalogued
+COMPONENT_FOLDERS = ("gates", "playfair", "fiedler", "user", "shared")
+
+# Editor and writer temp files (swap files, backups, lock files): a scan, a reconcile and
+# the watcher pass over them silently; register accepts them when asked by name.
+_EDITOR_TEMP = re.compile(r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.)")
+
+
+def editor_temp(name: str) -> bool:
+    return bool(_EDITOR_TEMP.search(name))
+
+
+def unusable_name(name: str) -> str | None:
+    """Why a file or folder of this name can never be catalogued, or None.
+
+    Names come from the filesystem as bytes; a name that is not UTF-8 reaches Python with
+    surrogate escapes and fits neither a JSON string nor a database column, so it is
+    passed over and reported rather than stored in some lossy form.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    if name == HORACE_DIR:
+        return f"the name {HORACE_DIR} is reserved for Horace's own data"
+    if name.startswith(TMP_PREFIX):
+        return f"names starting with {TMP_PREFIX} are reserved for Horace's temp files"
+    return None
+
+
+def printable(path: str) -> str:
+    """*path* as it can be shown and sent as JSON (undecodable bytes as U+FFFD)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _invalid(path: str, why: str) -> HoraceError:
-    return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {path!r}: {why}")
+    return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {printable(path)!r}: {why}")
 
 
 def to_relative(files_root: Path, client_path: str) -> str:
@@ -48,8 +82,10 @@ def to_relative(files_root: Path, client_path: str) -> str:
     parts = rel.split("/")
     if parts[0] == ".." or rel.startswith("/"):
         raise _invalid(client_path, "leaves the storage root")
-    if HORACE_DIR in parts:
-        raise _invalid(client_path, "Horace's own data is not catalogued")
+    for part in parts:
+        why = unusable_name(part)
+        if why is not None:
+            raise _invalid(client_path, why)
     # Refuse symlinks anywhere along the path (dangling ones included).
     current = root
     for part in parts:

@@ -7,16 +7,26 @@ stops promptly, and every function removes its own temp file on the way out.
 Paths given here are already validated (``horace.paths``); each is still opened one
 component at a time with ``O_NOFOLLOW`` relative to a directory descriptor, so a
 symlink swapped in after validation is refused rather than followed.
+
+Horace writes its temp files only in ``.horace/tmp``, never under ``files/``, and names
+each by what it holds (see :class:`TempKind`), so that ``fsck`` can tell garbage left by
+a dead process from content that must be kept. A working file is never renamed over or
+unlinked unless it is the very file that was versioned: :meth:`Storage.replace_working`
+swaps atomically and hands back whatever else it displaced, and
+:meth:`Storage.take_working` moves the file out before anyone looks at its content.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import enum
 import errno
 import fcntl
+import functools
 import hashlib
+import json
 import os
-import re
 import signal
 import socket
 import stat
@@ -24,25 +34,93 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from attrs import frozen
 
 from horace.model import ErrorCode, HoraceError
-from horace.paths import HORACE_DIR
+from horace.paths import COMPONENT_FOLDERS, HORACE_DIR, TMP_PREFIX, editor_temp, printable, unusable_name
 
-COMPONENT_FOLDERS = ("gates", "playfair", "fiedler", "user", "shared")
-TMP_PREFIX = ".horace-tmp-"
 CHUNK = 1 << 20
 HEAD_BYTES = 4096  # kept from each ingest for MIME sniffing
+IDENTITY_FILE = "store.json"
 _FICLONE = 0x40049409  # linux/fs.h: clone a whole file (btrfs, XFS, ZFS 2.2+)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_HOST = socket.gethostname().replace("-", "_")
+_HOST = socket.gethostname().replace(".", "_")
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h, for renameat2()
 
 CheckCancelled = Callable[[], None]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _never_cancelled() -> None:
     return None
+
+
+class TempKind(enum.StrEnum):
+    """What a file in ``.horace/tmp`` holds, and so what fsck does with it once its
+    writer is gone."""
+
+    STAGE = "stage"  # an ingest copy: garbage
+    PART = "part"  # a working file being written: garbage
+    ASIDE = "aside"  # an object the collector moved aside (named by checksum): put back
+    HELD = "held"  # a working file moved out of files/ (named by file id): keep its content
+    META = "meta"  # the store's identity being written: garbage
+
+
+@frozen
+class TempName:
+    kind: TempKind
+    host: str
+    pid: int
+    extra: str  # the checksum of an ASIDE object, the file id of a HELD working file
+
+    @classmethod
+    def parse(cls, name: str) -> TempName | None:
+        if not name.startswith(TMP_PREFIX):
+            return None
+        parts = name[len(TMP_PREFIX) :].split(".")
+        try:
+            kind, host, pid, _rand, *extra = parts
+            return cls(TempKind(kind), host, int(pid), extra[0] if extra else "")
+        except ValueError:
+            return None
+
+    def owner_alive(self) -> bool | None:
+        """Whether the process that made it still runs (None: another host's, unknown)."""
+        if self.host != _HOST:
+            return None
+        if self.pid == os.getpid():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def temp_name(kind: TempKind, extra: str = "") -> str:
+    """A temp file name that says what it holds, and which host and process made it."""
+    name = f"{TMP_PREFIX}{kind.value}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+    return f"{name}.{extra}" if extra else name
+
+
+@frozen
+class FileIdentity:
+    """Which file a path named when it was read: a later look tells whether it is still
+    the same file, unchanged (a rename puts another inode there; a write moves mtime)."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @frozen
@@ -53,39 +131,38 @@ class Staged:
     checksum: str
     size: int
     head: bytes
+    source: FileIdentity | None = None  # the working file it was read from
 
 
-# Editor and writer temp files (swap files, backups, lock files) and our own temps:
-# never catalogued by a scan, a reconcile or the watcher.
-IGNORED_NAME = re.compile(
-    r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.|^" + re.escape(TMP_PREFIX) + ")"
-)
+@frozen
+class StoreState:
+    """What a storage root holds, read without creating anything."""
+
+    exists: bool  # a .horace folder is there
+    store_id: str | None
+    catalog_url: str | None  # as recorded at creation (redacted)
+    has_objects: bool
 
 
-def ignored_name(name: str) -> bool:
-    return bool(IGNORED_NAME.search(name))
+class StorageUnusable(Exception):
+    """The storage root cannot be used: not a folder, not writable, not readable."""
 
 
-def temp_name() -> str:
-    """A temp file name that says which host and process made it (for ``fsck``)."""
-    return f"{TMP_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+def _storage_full(fn: Callable[P, T]) -> Callable[P, T]:
+    """A full disk (or quota) is ``STORAGE_FULL`` for the caller, not an internal error."""
 
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise HoraceError(
+                    ErrorCode.STORAGE_FULL, f"the storage is full: {exc.strerror or exc}"
+                ) from None
+            raise
 
-def temp_owner_alive(name: str) -> bool | None:
-    """Whether the process that made temp file *name* still runs (None: unknown)."""
-    try:
-        host, pid, _ = name[len(TMP_PREFIX) :].rsplit("-", 2)
-    except ValueError:
-        return None
-    if host != _HOST:
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return int(pid) != os.getpid() or None
+    return wrapper
 
 
 def _fsync_dir(path: Path) -> None:
@@ -104,17 +181,66 @@ class Storage:
         self.objects = self.private / "objects"
         self.tmp = self.private / "tmp"
         self.lock_file = self.private / "locks"
+        self.identity_file = self.private / IDENTITY_FILE
         self._reflink = True  # until the filesystem says otherwise
+        self._renameat2 = True  # until the filesystem says otherwise
 
-    # -- layout -------------------------------------------------------------------------
+    # -- layout and identity ------------------------------------------------------------
+
+    def state(self) -> StoreState:
+        """What is at the root, creating nothing; :class:`StorageUnusable` when the root
+        is something that cannot be a store."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageUnusable(f"the storage path {self.root} is not a folder")
+        if not self.private.is_dir():
+            return StoreState(False, None, None, False)
+        try:
+            recorded = json.loads(self.identity_file.read_text())
+            store_id, catalog_url = str(recorded["store_id"]), recorded.get("catalog")
+        except FileNotFoundError:
+            store_id, catalog_url = None, None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StorageUnusable(f"cannot read the store's identity {self.identity_file}: {exc}") from None
+        return StoreState(True, store_id, catalog_url, self._has_objects())
+
+    def _has_objects(self) -> bool:
+        try:
+            with os.scandir(self.objects) as subs:
+                for sub in subs:
+                    if sub.is_dir(follow_symlinks=False) and any(os.scandir(sub.path)):
+                        return True
+        except FileNotFoundError:
+            return False
+        return False
 
     def ensure_layout(self) -> None:
-        for folder in COMPONENT_FOLDERS:
-            (self.files / folder).mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        for i in range(256):
-            (self.objects / f"{i:02x}").mkdir(parents=True, exist_ok=True)
-        self.lock_file.touch(exist_ok=True)
+        try:
+            for folder in COMPONENT_FOLDERS:
+                (self.files / folder).mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            for i in range(256):
+                (self.objects / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+            self.lock_file.touch(exist_ok=True)
+        except OSError as exc:
+            raise StorageUnusable(
+                f"cannot create the store at {self.root}: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+            ) from None
+        if not os.access(self.tmp, os.W_OK) or not os.access(self.files, os.W_OK):
+            raise StorageUnusable(f"the store at {self.root} is not writable")
+
+    @_storage_full
+    def write_identity(self, store_id: str, catalog_url: str) -> None:
+        record = {"store_id": store_id, "catalog": catalog_url, "created_at": time.time()}
+        tmp = self.tmp / temp_name(TempKind.META)
+        tmp.write_text(json.dumps(record) + "\n")
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.identity_file)
+        _fsync_dir(self.private)
 
     def object_path(self, checksum: str) -> Path:
         return self.objects / checksum[:2] / checksum
@@ -167,10 +293,11 @@ class Storage:
                 raise HoraceError(
                     ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlinks are not catalogued"
                 ) from None
+            if exc.errno == errno.EISDIR:
+                raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is a folder, not a file") from None
             raise
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file")
+            _check_catalogable(rel, os.fstat(fd))
             yield fd
         finally:
             os.close(fd)
@@ -188,6 +315,7 @@ class Storage:
 
     # -- ingest: working file -> staged temp -> object ----------------------------------
 
+    @_storage_full
     def stage(self, rel: str, check_cancelled: CheckCancelled = _never_cancelled) -> Staged:
         """Copy the working file into ``.horace/tmp`` and hash it, in one pass.
 
@@ -195,14 +323,27 @@ class Storage:
         so the checksum always describes exactly the bytes that were kept.
         """
         with self.open_working(rel) as src:
-            before = os.fstat(src)
-            staged = self._stage_fd(src, check_cancelled)
-            after = os.fstat(src)
+            return self._stage_fd(src, rel, check_cancelled)
+
+    @_storage_full
+    def stage_held(self, held: Path, check_cancelled: CheckCancelled = _never_cancelled) -> Staged:
+        """Stage a working file that :meth:`take_working` or :meth:`replace_working` moved
+        into ``.horace/tmp``."""
+        src = os.open(held, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            return self._stage_fd(src, held.name, check_cancelled)
+        finally:
+            os.close(src)
+
+    def _stage_fd(self, src: int, what: str, check_cancelled: CheckCancelled) -> Staged:
+        before = os.fstat(src)
+        staged = self._copy_to_temp(src, check_cancelled)
+        after = os.fstat(src)
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             # A writer was at work while we copied: what we have may be torn.
             self.discard(staged)
-            raise HoraceError(ErrorCode.FILE_LOCKED, f"{rel!r} changed while it was being read; try again")
-        return staged
+            raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
+        return Staged(staged.tmp_path, staged.checksum, staged.size, staged.head, FileIdentity.of(after))
 
     def is_being_written(self, rel: str) -> bool:
         """Whether some process has *rel* open for writing (local filesystems).
@@ -228,8 +369,8 @@ class Storage:
         except HoraceError:
             return False
 
-    def _stage_fd(self, src: int, check_cancelled: CheckCancelled) -> Staged:
-        tmp_path = self.tmp / temp_name()
+    def _copy_to_temp(self, src: int, check_cancelled: CheckCancelled) -> Staged:
+        tmp_path = self.tmp / temp_name(TempKind.STAGE)
         dst = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             if self._reflink and self._try_clone(src, dst):
@@ -257,6 +398,7 @@ class Storage:
             raise
         return True
 
+    @_storage_full
     def keep(self, staged: Staged, *, durable: bool = True) -> None:
         """Make *staged* the object named by its checksum.
 
@@ -276,6 +418,7 @@ class Storage:
         if durable:
             _fsync_dir(target.parent)
 
+    @_storage_full
     def sync(self) -> None:
         """Flush everything written to the storage's filesystem (batch durability)."""
         fd = os.open(self.private, _DIR_FLAGS)
@@ -305,73 +448,197 @@ class Storage:
             os.close(fd)
         return sha, size
 
-    # -- writing working files back -----------------------------------------------------
+    # -- writing and removing working files ---------------------------------------------
 
-    def write_working(
-        self, rel: str, checksum: str, check_cancelled: CheckCancelled = _never_cancelled
-    ) -> None:
-        """Atomically make the working file *rel* hold object *checksum*.
-
-        Writes a temp file beside the target, fsyncs it and renames it over the target,
-        so a reader sees the old content or the new one, never a torn file.
-        """
+    def _prepare(self, checksum: str, file_id: str, check_cancelled: CheckCancelled) -> Path:
+        """Object *checksum* copied into ``.horace/tmp`` and fsynced, named HELD: from
+        here a crash leaves nothing fsck would throw away unlooked-at."""
+        part = self.tmp / temp_name(TempKind.PART)
         source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with self._parent_fd(rel, create=True) as (dfd, name):
-                tmp = temp_name()
-                dst = os.open(
-                    tmp,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o644,
-                    dir_fd=dfd,
-                )
-                try:
-                    if not (self._reflink and self._try_clone(source, dst)):
-                        _copy_and_hash(source, dst, check_cancelled)
-                    os.fsync(dst)
-                    os.close(dst)
-                    dst = -1
-                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-                    os.fsync(dfd)
-                except BaseException:
-                    if dst >= 0:
-                        os.close(dst)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp, dir_fd=dfd)
-                    raise
+            dst = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                if not (self._reflink and self._try_clone(source, dst)):
+                    _copy_and_hash(source, dst, check_cancelled)
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
         finally:
             os.close(source)
+        held = self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
+        os.rename(part, held)
+        return held
 
-    def remove_working(self, rel: str) -> bool:
-        """Unlink the working file; False when it was already gone."""
+    @_storage_full
+    def create_working(
+        self, rel: str, checksum: str, file_id: str, check_cancelled: CheckCancelled = _never_cancelled
+    ) -> bool:
+        """Write object *checksum* to *rel* only if nothing is there: False (and nothing
+        written) when a file appeared at *rel* meanwhile."""
+        held = self._prepare(checksum, file_id, check_cancelled)
+        tmp_fd = os.open(self.tmp, _DIR_FLAGS)
+        try:
+            with self._parent_fd(rel, create=True) as (dfd, name):
+                try:
+                    _rename_noreplace(tmp_fd, held.name, dfd, name)
+                except FileExistsError:
+                    return False
+                os.fsync(dfd)
+            return True
+        finally:
+            os.close(tmp_fd)
+            held.unlink(missing_ok=True)
+
+    @_storage_full
+    def replace_working(
+        self,
+        rel: str,
+        checksum: str,
+        file_id: str,
+        expected: FileIdentity | None,
+        check_cancelled: CheckCancelled = _never_cancelled,
+    ) -> Path | None:
+        """Atomically make the working file *rel* hold object *checksum*.
+
+        The content is written and fsynced in ``.horace/tmp``, then swapped in with one
+        ``renameat2`` (``RENAME_EXCHANGE``), so a reader sees the old content or the new,
+        never a torn file. *expected* is the file the caller examined (and versioned), or
+        None when there was none. Whatever the swap displaced is looked at afterwards: the
+        examined file, unchanged, is removed; anything else (a writer renamed another file
+        over it, or rewrote it, after the caller looked) is returned, held in
+        ``.horace/tmp``, for the caller to version and then :meth:`release_held`.
+        """
+        held = self._prepare(checksum, file_id, check_cancelled)
+        tmp_fd = os.open(self.tmp, _DIR_FLAGS)
+        try:
+            with self._parent_fd(rel, create=True) as (dfd, name):
+                swapped = self._swap_in(tmp_fd, held.name, dfd, name, expected)
+                os.fsync(dfd)
+            os.fsync(tmp_fd)
+        except BaseException:
+            if not held.exists() or _same_content_as(held, self.object_path(checksum)):
+                held.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(tmp_fd)
+        if not swapped:
+            return None  # nothing was there: the new content simply went in
+        if expected is not None and _is_file(held, expected):
+            held.unlink()
+            return None
+        return held
+
+    def _swap_in(self, tmp_fd: int, held: str, dfd: int, name: str, expected: FileIdentity | None) -> bool:
+        """Put ``tmp/held`` at *name*; True when something was displaced into ``held``."""
+        try:
+            _rename_noreplace(tmp_fd, held, dfd, name)
+            return False
+        except FileExistsError:
+            pass
+        if self._renameat2:
+            try:
+                _renameat2(tmp_fd, held, dfd, name, _RENAME_EXCHANGE)
+                return True
+            except FileNotFoundError:  # removed since the first try: try again
+                return self._swap_in(tmp_fd, held, dfd, name, expected)
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise
+                self._renameat2 = False  # e.g. NFS: fall back below
+        # Without an atomic exchange the check and the rename are two steps; the window
+        # between them is a few microseconds instead of none.
+        try:
+            current: FileIdentity | None = FileIdentity.of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            raise HoraceError(ErrorCode.FILE_LOCKED, f"{name!r} changed while it was being replaced")
+        os.rename(held, name, src_dir_fd=tmp_fd, dst_dir_fd=dfd)
+        return False
+
+    @_storage_full
+    def take_working(self, rel: str, file_id: str) -> Path | None:
+        """Move the working file out of ``files/`` into ``.horace/tmp`` (one rename), so
+        that what is versioned next is exactly what was removed; None when it is gone.
+
+        The caller versions the held file (:meth:`stage_held`) and then releases it;
+        should the process die in between, fsck puts the content back.
+        """
+        held = self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
+        tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel) as (dfd, name):
-                os.unlink(name, dir_fd=dfd)
-        except FileNotFoundError:
-            return False
-        return True
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file")
+                os.rename(name, held.name, src_dir_fd=dfd, dst_dir_fd=tmp_fd)
+                os.fsync(dfd)
+            os.fsync(tmp_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(tmp_fd)
+        return held
+
+    @staticmethod
+    def release_held(held: Path) -> None:
+        held.unlink(missing_ok=True)
+
+    @_storage_full
+    def put_back(self, held: Path, rel: str) -> str | None:
+        """Return a held working file to ``files/``: at *rel* when that is free, else
+        beside it under a name that says what it is. The path used, or None when the
+        file's folder can no longer be reached."""
+        tmp_fd = os.open(self.tmp, _DIR_FLAGS)
+        try:
+            with self._parent_fd(rel, create=True) as (dfd, name):
+                candidates = [name, *(f"{name}.recovered-{n}" for n in range(1, 1000))]
+                for candidate in candidates:
+                    try:
+                        _rename_noreplace(tmp_fd, held.name, dfd, candidate)
+                    except FileExistsError:
+                        continue
+                    os.fsync(dfd)
+                    return rel.rsplit("/", 1)[0] + "/" + candidate if "/" in rel else candidate
+        except HoraceError:
+            return None
+        finally:
+            os.close(tmp_fd)
+        return None
 
     # -- walking ------------------------------------------------------------------------
 
-    def walk_working(self, under: str | None = None) -> Iterator[str]:
-        """Relative paths of regular files under files/ (symlinks and temps skipped).
+    def walk_working(self, under: str | None = None, skipped: list[str] | None = None) -> Iterator[str]:
+        """Relative paths of the files under files/ that may be catalogued.
 
         Folders are opened like working files, one component at a time with O_NOFOLLOW,
         so a folder swapped for a symlink (*under* itself included) is never entered.
+        Symlinks and special files are passed over; names that can never be catalogued
+        (not UTF-8, Horace's reserved temp form) are added to *skipped*, with why.
         """
         try:
             with self._parent_fd(f"{under}/." if under else ".") as (fd, _):
-                yield from self._walk_fd(fd, f"{under}/" if under else "")
+                yield from self._walk_fd(fd, f"{under}/" if under else "", skipped)
         except (FileNotFoundError, NotADirectoryError):
             return
 
-    def _walk_fd(self, fd: int, prefix: str) -> Iterator[str]:
+    def _walk_fd(self, fd: int, prefix: str, skipped: list[str] | None) -> Iterator[str]:
         with os.scandir(fd) as listing:
             entries = [
                 (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in listing
             ]
         for name, is_dir, is_file in entries:
-            if is_file and ignored_name(name):
+            if not (is_dir or is_file):
+                continue
+            if is_file and editor_temp(name):
+                continue  # swap files, backups, lock files: never catalogued, nothing to report
+            why = unusable_name(name)
+            if why is not None:
+                if skipped is not None:
+                    skipped.append(f"{printable(prefix + name)}: {why}")
                 continue
             if is_dir:
                 try:
@@ -379,10 +646,10 @@ class Storage:
                 except OSError:
                     continue  # gone, or swapped for a symlink since the listing
                 try:
-                    yield from self._walk_fd(sub, f"{prefix}{name}/")
+                    yield from self._walk_fd(sub, f"{prefix}{name}/", skipped)
                 finally:
                     os.close(sub)
-            elif is_file:
+            else:
                 yield f"{prefix}{name}"
 
     def walk_objects(self) -> Iterator[tuple[str, os.stat_result]]:
@@ -391,14 +658,10 @@ class Storage:
                 for entry in entries:
                     yield entry.name, entry.stat(follow_symlinks=False)
 
-    def walk_temps(self) -> Iterator[Path]:
-        """Temp files in ``.horace/tmp`` and beside working files."""
-        yield from self.tmp.iterdir()
-        for folder, dirs, names in os.walk(self.files):
-            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
-            for name in names:
-                if name.startswith(TMP_PREFIX):
-                    yield Path(folder) / name
+    def walk_temps(self) -> Iterator[tuple[Path, TempName | None]]:
+        """Every file in ``.horace/tmp``, with what its name says of it."""
+        for path in self.tmp.iterdir():
+            yield path, TempName.parse(path.name)
 
     # -- object collection --------------------------------------------------------------
 
@@ -411,7 +674,7 @@ class Storage:
         move (its object stays in place) or before it (fresh mtime, put back).
         """
         target = self.object_path(checksum)
-        aside = self.tmp / temp_name()
+        aside = self.tmp / temp_name(TempKind.ASIDE, checksum)
         try:
             os.rename(target, aside)
         except FileNotFoundError:
@@ -427,6 +690,34 @@ class Storage:
             aside.unlink(missing_ok=True)
         else:
             os.rename(aside, target)
+
+
+def _check_catalogable(rel: str, st: os.stat_result) -> None:
+    """Refuse what no scan, watch or register may catalog, whichever found it."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is {kind}")
+    if st.st_nlink > 1:
+        raise HoraceError(
+            ErrorCode.INVALID_PATH,
+            f"{rel!r} has {st.st_nlink} hard links: Horace catalogs only files with one link "
+            "(another link could change it from outside files/)",
+        )
+
+
+def _is_file(path: Path, expected: FileIdentity) -> bool:
+    try:
+        return FileIdentity.of(os.stat(path, follow_symlinks=False)) == expected
+    except FileNotFoundError:
+        return False
+
+
+def _same_content_as(path: Path, other: Path) -> bool:
+    try:
+        with open(path, "rb") as a, open(other, "rb") as b:
+            return _hash_fd(a.fileno(), _never_cancelled)[0] == _hash_fd(b.fileno(), _never_cancelled)[0]
+    except OSError:
+        return False
 
 
 def _copy_and_hash(src: int, dst: int | None, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]:
@@ -454,9 +745,34 @@ def _hash_fd(fd: int, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]
     return _copy_and_hash(fd, None, check_cancelled)
 
 
-def _syncfs(fd: int) -> None:
-    import ctypes
+_libc: Any = ctypes.CDLL(None, use_errno=True)
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """Rename unless *dst* exists (FileExistsError); a hard link and an unlink where the
+    filesystem has no RENAME_NOREPLACE."""
+    try:
+        _renameat2(src_dir, src, dst_dir, dst, _RENAME_NOREPLACE)
+        return
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+    os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+    os.unlink(src, dir_fd=src_dir)
+
+
+def _renameat2(src_dir: int, src: str, dst_dir: int, dst: str, flags: int) -> None:
+    call = getattr(_libc, "renameat2", None)
+    if call is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if call(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), dst)
+
+
+def _syncfs(fd: int) -> None:
+    if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
         os.sync()

@@ -27,7 +27,7 @@ async def _purge(catalog: Catalog) -> dict[str, int]:
 
 
 async def _fsck(catalog: Catalog) -> dict[str, Any]:
-    report = await fsck(catalog, repair=True, restore_working=False)
+    report = await fsck(catalog, automatic=True)
     log_findings(report, "(periodic)")
     return {"findings": len(report.findings), "unrepaired": sum(not f.repaired for f in report.findings)}
 
@@ -72,10 +72,10 @@ async def run_watch(settings: Settings, *, progress: Any = None) -> None:
     """``horace watch``: reconcile, then watch, purge and fsck until a signal."""
     import signal
 
-    from horace.app import open_catalog
+    from horace.assemble import open_catalog
     from horace.watch import reconcile_logged
 
-    async with open_catalog(settings) as catalog:
+    async with open_catalog(settings, create=True) as catalog:
         await reconcile_logged(catalog, progress)
         async with trio.open_nursery() as nursery:
             start_background(nursery, catalog, attrs.evolve(settings, watch=True))

@@ -9,6 +9,10 @@ soon as horace is installed:
 
 Both give a :class:`RunningHorace`: ``url`` to connect an MCP WebSocket client to,
 ``files`` to write working files into, ``settings``.
+
+pytest loads this module in every venv where Horace is installed, for every test run, so
+it imports nothing of the server until a fixture is used: a broken or partial install
+never stops another project's tests from being collected.
 """
 
 from __future__ import annotations
@@ -18,31 +22,32 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import attrs
 import pytest
-import trio
-from attrs import frozen
 
-from horace.config import Settings
-from horace.server import HoraceServer, serve
+if TYPE_CHECKING:
+    from horace.config import Settings
+    from horace.server import HoraceServer
 
 
-@frozen
 class RunningHorace:
-    url: str  # ws://127.0.0.1:<port>/mcp
-    health_url: str
-    settings: Settings
-    server: HoraceServer
+    """A Horace serving in a test: ``url`` (ws://127.0.0.1:<port>/mcp), ``health_url``,
+    ``settings``, ``server``, and ``files`` to write working files into."""
+
+    def __init__(self, url: str, health_url: str, settings: Settings, server: HoraceServer) -> None:
+        self.url, self.health_url, self.settings, self.server = url, health_url, settings, server
 
     @property
     def files(self) -> Path:
         return self.settings.storage_path / "files"
 
 
-def throwaway_settings(storage: Path, **overrides: object) -> Settings:
+def throwaway_settings(storage: Path, **overrides: Any) -> Settings:
     """Settings for a throwaway server: loopback, a free port, SQLite under *storage*."""
-    return attrs.evolve(Settings(storage_path=storage, host="127.0.0.1", port=0), **overrides)  # type: ignore[arg-type]
+    from horace.config import Settings
+
+    return Settings(**{"storage_path": storage, "host": "127.0.0.1", "port": 0, **overrides})
 
 
 def _running(settings: Settings, server: HoraceServer) -> RunningHorace:
@@ -53,6 +58,10 @@ def _running(settings: Settings, server: HoraceServer) -> RunningHorace:
 @asynccontextmanager
 async def run_horace(settings: Settings) -> AsyncIterator[RunningHorace]:
     """Serve in a nursery of the caller's Trio loop; shut down gracefully on exit."""
+    import trio
+
+    from horace.server import serve
+
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, settings, handle_signals=False))
         try:
@@ -64,6 +73,10 @@ async def run_horace(settings: Settings) -> AsyncIterator[RunningHorace]:
 @contextmanager
 def run_horace_in_thread(settings: Settings, start_timeout: float = 30.0) -> Iterator[RunningHorace]:
     """Serve from a thread with its own Trio loop, for code that is not Trio."""
+    import trio
+
+    from horace.server import serve
+
     started: list[tuple[HoraceServer, trio.lowlevel.TrioToken]] = []
     failure: list[BaseException] = []
     ready = threading.Event()

@@ -33,13 +33,14 @@ from watchfiles import Change, awatch
 
 from horace.catalog import Catalog, in_thread
 from horace.model import ErrorCode, FileRecord, HoraceError, SearchQuery, Status
-from horace.storage import ignored_name as ignored
+from horace.paths import editor_temp, printable, unusable_name
 
 log = logging.getLogger("horace.watch")
 
 # Changes up to this long before the watch was (last) in place are looked at again.
 CATCH_UP_SLACK = 10.0
 NEW_FILES_BATCH = 256
+SKIPPED_SHOWN = 20  # the latest skipped names /health lists
 
 
 def _glob_literal(text: str) -> str:
@@ -59,6 +60,7 @@ class WatchCounts:
     deleted: int = 0
     retried: int = 0
     errors: int = 0
+    skipped: int = 0  # names that can never be catalogued
 
 
 class Watcher:
@@ -86,6 +88,7 @@ class Watcher:
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
+        self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,7 @@ class Watcher:
             "pending": len(self._due),
             "mode": "poll" if self.poll else "inotify",
             **attrs.asdict(self.counts),
+            "skipped_names": list(self.skipped),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -128,12 +132,16 @@ class Watcher:
                     await self._noticed(change, Path(raw))
 
     def _wanted(self, change: Change, raw: str) -> bool:
-        return not ignored(os.path.basename(raw))
+        return not editor_temp(os.path.basename(raw))
 
     async def _noticed(self, change: Change, path: Path) -> None:
         try:
             rel = path.relative_to(self.files).as_posix()
         except ValueError:
+            return
+        why = next(filter(None, map(unusable_name, rel.split("/"))), None)
+        if why is not None:
+            self._skip(f"{printable(rel)}: {why}")
             return
         if change is not Change.deleted:
             inside = await in_thread(self._folder_files, path, rel)
@@ -154,13 +162,26 @@ class Watcher:
         return self._walk(rel)
 
     def _walk(self, under: str | None = None) -> list[str]:
-        """The files under *under* a watch would report (ignored names left out)."""
+        """The files under *under* that may be catalogued; the names that never may are
+        counted and reported."""
+        skipped: list[str] = []
         try:
-            walked = self.catalog.storage.walk_working(under)
-            return [rel for rel in walked if not ignored(rel.rsplit("/", 1)[-1])]
+            found = list(self.catalog.storage.walk_working(under, skipped))
         except (HoraceError, OSError) as exc:  # swapped for a symlink, gone, unreadable
             log.debug("watch: not walking %s: %s", under, exc)
-            return []
+            found = []
+        for why in skipped:
+            self._skip(why)
+        return found
+
+    def _skip(self, why: str) -> None:
+        """A name that can never be catalogued: reported once, counted, never fatal."""
+        if why not in self.skipped:
+            self.counts.skipped += 1
+            self.skipped[why] = None
+            while len(self.skipped) > SKIPPED_SHOWN:
+                del self.skipped[next(iter(self.skipped))]
+            log.warning("watch: skipped %s", why)
 
     async def _catch_up(self, since: float) -> None:
         """What no event reports: changes from before the watch was in place (at start, or

@@ -12,12 +12,13 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from helpers import with_query
 
-from horace.app import open_catalog
+from horace.assemble import open_catalog
 from horace.catalog import Catalog
 from horace.config import Settings
 
@@ -51,11 +52,11 @@ def _pg(statement: str) -> None:
     asyncio.run(run())
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty catalog database for this test."""
+@contextmanager
+def fresh_database(folder: Path, name: str = "catalog") -> Iterator[str]:
+    """The URL of a new, empty catalog database of the test backend."""
     if BACKEND == "sqlite":
-        yield f"sqlite://{tmp_path / 'catalog.db'}"
+        yield f"sqlite://{folder / f'{name}.db'}"
         return
     assert PG_DSN is not None
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -67,13 +68,27 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty catalog database for this test."""
+    with fresh_database(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def other_database_url(tmp_path: Path) -> Iterator[str]:
+    """A second fresh catalog database, of the same backend."""
+    with fresh_database(tmp_path, "other") as url:
+        yield url
+
+
+@pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(storage_path=tmp_path / "root", database_url=database_url, gc_grace=0.0)
 
 
 @pytest.fixture
 async def catalog(settings: Settings) -> AsyncIterator[Catalog]:
-    async with open_catalog(settings) as opened:
+    async with open_catalog(settings, create=True) as opened:
         yield opened
 
 

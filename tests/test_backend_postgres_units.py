@@ -26,8 +26,8 @@ import attrs
 import pytest
 import trio
 
-from backends.migrations import SchemaTooNew
-from backends.postgres import (
+from horace.backends.migrations import SchemaTooNew, steps
+from horace.backends.postgres import (
     PostgresBackend,
     _fetchrow,
     _Glob,
@@ -35,8 +35,8 @@ from backends.postgres import (
     _prefix_upper,
     open_postgres,
 )
-from backends.protocol import BackendUnavailable
-from backends.sqlite import SqliteBackend, open_sqlite
+from horace.backends.protocol import BackendUnavailable
+from horace.backends.sqlite import SqliteBackend, open_sqlite
 from horace.model import (
     Collection,
     FileChanges,
@@ -56,6 +56,7 @@ pytestmark = pytest.mark.skipif(
 )
 PG_DSN = os.environ.get("HORACE_TEST_PG_DSN", "postgresql://root@/horace_dev?host=/var/run/postgresql")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
+NEWEST_SCHEMA = steps("postgres")[-1].version
 
 
 def with_query(url: str, **params: str) -> str:
@@ -92,7 +93,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 async def db(pg_url: str) -> AsyncIterator[PostgresBackend]:
     async with open_postgres(pg_url) as backend:
-        assert await backend.migrate() == 1
+        assert await backend.migrate() == NEWEST_SCHEMA
         yield backend
 
 
@@ -143,8 +144,8 @@ def new(checksum: str, size: int = 20, mime: str = "text/plain") -> NewVersion:
 
 async def test_migrate_is_idempotent_and_refuses_a_newer_schema(pg_url: str) -> None:
     async with open_postgres(pg_url) as backend:
-        assert await backend.migrate() == 1
-        assert await backend.migrate() == 1
+        assert await backend.migrate() == NEWEST_SCHEMA
+        assert await backend.migrate() == NEWEST_SCHEMA
     schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
     await trio.to_thread.run_sync(admin, f"INSERT INTO {schema}.schema_version (version) VALUES (7)")
     async with open_postgres(pg_url) as backend:
@@ -162,7 +163,7 @@ async def test_instances_starting_together_migrate_once(pg_url: str) -> None:
     async with trio.open_nursery() as nursery:
         for _ in range(4):
             nursery.start_soon(start)
-    assert results == [1, 1, 1, 1]
+    assert results == [NEWEST_SCHEMA] * 4
 
 
 # -- inserting -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from helpers import write
 from soundness import assert_sound, digest, objects_on_disk, temps_left
 
 import horace.catalog
-from horace.app import open_catalog
+from horace.assemble import open_catalog
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import FileChanges, FileRecord, VersionRecord
@@ -467,7 +467,7 @@ async def attempt(
 
 @pytest.fixture
 async def cancel_catalog(settings: Settings) -> Any:
-    async with open_catalog(attrs.evolve(settings, deleted_retention=0.0)) as catalog:
+    async with open_catalog(attrs.evolve(settings, deleted_retention=0.0), create=True) as catalog:
         yield catalog
 
 

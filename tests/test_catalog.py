@@ -9,7 +9,7 @@ import attrs
 import pytest
 from helpers import sha256, write
 
-from horace.app import open_catalog
+from horace.assemble import open_catalog
 from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
 from horace.fsck import fsck
@@ -109,7 +109,7 @@ async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catal
 
 
 async def test_pruning_keeps_exactly_the_newest_n(settings: Settings, files: Path) -> None:
-    async with open_catalog(attrs.evolve(settings, version_count=3)) as catalog:
+    async with open_catalog(attrs.evolve(settings, version_count=3), create=True) as catalog:
         path = write(files / "user/a.txt", "c1")
         file = (await catalog.register("user/a.txt")).file
         for i in range(2, 9):
@@ -124,7 +124,9 @@ async def test_pruning_keeps_exactly_the_newest_n(settings: Settings, files: Pat
 
 
 async def test_pruning_respects_min_age(settings: Settings, files: Path) -> None:
-    async with open_catalog(attrs.evolve(settings, version_count=2, version_min_age=3600.0)) as catalog:
+    async with open_catalog(
+        attrs.evolve(settings, version_count=2, version_min_age=3600.0), create=True
+    ) as catalog:
         path = write(files / "user/a.txt", "c1")
         file = (await catalog.register("user/a.txt")).file
         for i in range(2, 6):
@@ -134,7 +136,7 @@ async def test_pruning_respects_min_age(settings: Settings, files: Path) -> None
 
 
 async def test_pruning_keeps_objects_still_used_elsewhere(settings: Settings, files: Path) -> None:
-    async with open_catalog(attrs.evolve(settings, version_count=1)) as catalog:
+    async with open_catalog(attrs.evolve(settings, version_count=1), create=True) as catalog:
         write(files / "user/a.txt", "shared")
         path_b = write(files / "user/b.txt", "b1")
         await catalog.register("user/a.txt")
@@ -234,8 +236,22 @@ async def test_delete_and_undelete(catalog: Catalog, files: Path) -> None:
     back = await catalog.undelete(file.id)
     assert back.file.status is Status.ACTIVE and back.file.deleted_at is None
     assert path.read_text() == "unsaved edit"
-    with pytest.raises(HoraceError):
+    # Both directions are idempotent: undeleting an active file changes nothing, and so
+    # does deleting a deleted one.
+    again = await catalog.undelete(file.id)
+    assert again.changed_fields == () and again.file.status is Status.ACTIVE
+    await catalog.delete(file.id)
+    twice = await catalog.delete(file.id)
+    assert twice.changed_fields == () and twice.file.status is Status.DELETED
+
+
+async def test_undelete_refuses_an_archived_file(catalog: Catalog, files: Path) -> None:
+    write(files / "user/a.txt", "archived")
+    file = (await catalog.register("user/a.txt")).file
+    await catalog.update(file.id, FileChanges(status=Status.ARCHIVED))
+    with pytest.raises(HoraceError) as refused:
         await catalog.undelete(file.id)
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT and "archived" in refused.value.message
 
 
 async def test_archive_and_back(catalog: Catalog, files: Path) -> None:
@@ -249,7 +265,7 @@ async def test_archive_and_back(catalog: Catalog, files: Path) -> None:
 
 async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) -> None:
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    async with open_catalog(settings) as catalog:
+    async with open_catalog(settings, create=True) as catalog:
         catalog.clock = lambda: now[0]
         catalog.policy = CatalogPolicy(deleted_retention=timedelta(days=30))
         write(files / "user/a.txt", "old")

@@ -27,7 +27,7 @@ from helpers import write
 from processes import parse, start_worker, worker_command
 from soundness import assert_sound, check_file_versions, digest
 
-from horace.app import open_catalog
+from horace.assemble import open_catalog
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import FileChanges, FileRecord
@@ -37,7 +37,7 @@ TASKS = 200
 
 @pytest.fixture
 async def big_catalog(settings: Settings) -> Catalog:
-    async with open_catalog(attrs.evolve(settings, version_count=1000)) as catalog:
+    async with open_catalog(attrs.evolve(settings, version_count=1000), create=True) as catalog:
         yield catalog  # type: ignore[misc]
 
 
@@ -217,7 +217,7 @@ async def test_two_processes_on_one_root_and_database(settings: Settings, files:
     shared = "shared/both.bin"
     own = {"p1": "user/p1/own.bin", "p2": "user/p2/own.bin"}
     initial = {}
-    async with open_catalog(attrs.evolve(settings, version_count=1000)) as catalog:
+    async with open_catalog(attrs.evolve(settings, version_count=1000), create=True) as catalog:
         for rel in (shared, *own.values()):
             initial[rel] = write(files / rel, f"initial {rel}".encode()).read_bytes()
             await catalog.register(rel)
@@ -254,7 +254,7 @@ async def test_two_processes_on_one_root_and_database(settings: Settings, files:
         )
 
     reports = {tag: parse(w.lines) for tag, w in workers.items()}
-    async with open_catalog(attrs.evolve(settings, version_count=1000), check=False) as catalog:
+    async with open_catalog(attrs.evolve(settings, version_count=1000), create=True, check=False) as catalog:
         for rel in (shared, *own.values()):
             file = (await catalog.get_info(file_path=rel)).file
             versions = await catalog.backend.versions(file.id)

@@ -21,7 +21,7 @@ from helpers import write
 from processes import parse, start_worker, worker_command
 from soundness import assert_sound, check_file_versions, digest, object_digest, temps_left
 
-from horace.app import open_catalog
+from horace.assemble import open_catalog
 from horace.config import Settings
 from horace.fsck import fsck
 from horace.model import FileChanges
@@ -35,7 +35,7 @@ CRASH_LEFTOVERS = {"temp_leftover", "orphan_object"}
 async def test_sigkill_loses_no_committed_version(settings: Settings, files: Path) -> None:
     rng = random.Random()
     initial = {}
-    async with open_catalog(settings) as catalog:
+    async with open_catalog(settings, create=True) as catalog:
         for rel in PATHS:
             initial[rel] = write(files / rel, f"initial {rel}\n".encode()).read_bytes()
             await catalog.register(rel)
@@ -75,15 +75,13 @@ async def test_sigkill_loses_no_committed_version(settings: Settings, files: Pat
     assert len(committed) >= KILLS, f"the workers committed too little to prove anything: {len(committed)}"
 
     # Look at what the kills left, then repair it.
-    async with open_catalog(settings, check=False) as catalog:
+    async with open_catalog(settings, create=True, check=False) as catalog:
         temps = [p for p in temps_left(catalog) if p.name.startswith(TMP_PREFIX)]
         report = await fsck(catalog, repair=True, deep=True)
         kinds = {f.kind for f in report.findings}
         assert kinds <= CRASH_LEFTOVERS, [f"{f.kind}: {f.detail}" for f in report.findings]
         assert all(f.repaired for f in report.findings), [f.detail for f in report.findings if not f.repaired]
-        assert {Path(f.detail.split(" ")[2]) for f in report.findings if f.kind == "temp_leftover"} == set(
-            temps
-        )
+        assert {Path(str(f.subject)) for f in report.findings if f.kind == "temp_leftover"} == set(temps)
         assert temps_left(catalog) == []
 
         # No committed version lost, each with the right bytes; nothing but written content.

@@ -321,7 +321,11 @@ def test_every_tool(running: RunningHorace) -> None:
         undeleted = await ok(s, "horace_undelete_file", {"file_id": notes_id})
         assert undeleted["status"] == "active" and undeleted["file"]["deleted_at"] is None
         assert (files / "user/notes.txt").read_text() == "some notes\n"
-        await failed(s, "horace_undelete_file", {"file_id": notes_id}, "INVALID_ARGUMENT")
+        again = await ok(s, "horace_undelete_file", {"file_id": notes_id})  # idempotent, as delete
+        assert (
+            again["status"] == "active"
+            and again["file"]["current_version"] == undeleted["file"]["current_version"]
+        )
 
         # collections
         created = await ok(

@@ -390,7 +390,7 @@ async def test_health_and_plain_http(server: RunningHorace) -> None:
 async def test_health_is_503_when_the_backend_is_down(
     server: RunningHorace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backends.protocol import BackendUnavailable
+    from horace.backends.protocol import BackendUnavailable
 
     async def down() -> None:
         raise BackendUnavailable("connection refused")

@@ -35,8 +35,9 @@ from mcp_client import McpClient, connect
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord, Turn
+from horace.redact import REDACTED, redact
 from horace.sinks.conversations import ConversationTransport
-from horace.sinks.godot import REDACTED, GodotLogHandler, GodotTransport, redact
+from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
 from horace.testing import RunningHorace, run_horace
 from horace.wire import to_json

@@ -11,8 +11,8 @@ from typing import Any
 
 import trio
 
-from backends import Backend, open_backend
-from horace.app import open_catalog
+from horace.assemble import open_catalog
+from horace.backends import Backend, open_backend
 from horace.catalog import Progress
 from horace.config import Settings
 from horace.server.app import HoraceServer, watch_signals
@@ -45,7 +45,10 @@ async def serve(
 
     In watch mode the start-up reconcile runs first (its *progress* reported, and logged).
     """
-    async with open_catalog(settings) as catalog, _conversation_backend(settings, catalog.backend) as talks:
+    async with (
+        open_catalog(settings, create=True) as catalog,
+        _conversation_backend(settings, catalog.backend) as talks,
+    ):
         if settings.watch:
             await reconcile_logged(catalog, progress)
         spool = catalog.storage.private / "spool"

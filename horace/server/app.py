@@ -18,15 +18,15 @@ import logging
 import signal
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import WebSocketConnection
 
 import horace
-from backends.protocol import BackendUnavailable
+from horace.backends.protocol import BackendUnavailable
 from horace.catalog import Catalog
 from horace.config import Settings
+from horace.redact import redact_url
 from horace.server.front import Front
 from horace.server.session import Observer, Session
 
@@ -34,14 +34,6 @@ log = logging.getLogger("horace.server")
 HEALTH_TIMEOUT = 2.0
 
 HealthPart = Callable[[], dict[str, Any]]
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 class HoraceServer:

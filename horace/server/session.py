@@ -23,7 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import horace
-from backends.protocol import BackendUnavailable
+from horace.backends.protocol import BackendUnavailable
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord, ErrorCode, HoraceError

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from backends.protocol import Backend, BackendUnavailable
+from horace.backends.protocol import Backend, BackendUnavailable
 from horace.model import CallRecord, Turn
-from horace.sinks.godot import redact
+from horace.redact import redact
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
 from horace.wire import structure, to_json
 

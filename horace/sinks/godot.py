@@ -9,41 +9,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from horace.redact import redact
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
 
-SECRET_KEYS = ("password", "passwd", "token", "secret", "api_key", "apikey", "authorization", "credential")
-REDACTED = "[REDACTED]"
 LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INFO", "DEBUG": "DEBUG"}
 TRACE = 5  # below DEBUG
-
-
-def _secret(key: Any) -> bool:
-    # "X-Api-Key" and "api key" are spelled api_key too.
-    name = str(key).lower().replace("-", "_").replace(" ", "_")
-    return any(s in name for s in SECRET_KEYS)
-
-
-def redact(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: REDACTED if _secret(key) else redact(inner) for key, inner in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and value[:1] in ("{", "["):
-        # JSON text (a conversation turn's content, a tool result's text): redacted inside.
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return value
-        redacted = redact(parsed)
-        return json.dumps(redacted) if redacted != parsed else value
-    return value
 
 
 class GodotTransport:

@@ -1,6 +1,6 @@
 """A writer process for the crash and multi-process tests.
 
-It opens the catalog through ``horace.app.open_catalog`` exactly as the server does,
+It opens the catalog through ``horace.assemble.open_catalog`` exactly as the server does,
 prints ``ready``, optionally waits for a line on stdin (a start barrier), then loops:
 write new content into a working file, call ``catalog.update``, and print a line per
 version the update *returned*, flushed at once:
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from horace.app import open_catalog
+from horace.assemble import open_catalog
 from horace.config import Settings
 from horace.model import FileChanges
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from horace.app import open_catalog
+from horace.assemble import open_catalog
 from horace.config import Settings
 from horace.watch import Watcher
 
@@ -34,7 +34,10 @@ while time.time() < end:
 
 async def main() -> None:
     root, seconds = Path(sys.argv[1]), float(sys.argv[2])
-    async with open_catalog(Settings(storage_path=root)) as catalog, trio.open_nursery() as nursery:
+    async with (
+        open_catalog(Settings(storage_path=root), create=True) as catalog,
+        trio.open_nursery() as nursery,
+    ):
         watcher = Watcher(catalog, settle=0.2)
         nursery.start_soon(watcher.run)
         with trio.fail_after(20):

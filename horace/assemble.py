@@ -1,0 +1,101 @@
+"""Assembling a catalog from settings: the store, its catalog database, the check that
+the two belong together (``horace.binding``), the locks, and the start-up fsck."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import trio
+
+from horace.backends import CatalogMissing, open_backend
+from horace.binding import StoreRefused, Verdict, decide
+from horace.catalog import Catalog, CatalogPolicy, in_thread, utcnow
+from horace.config import Settings
+from horace.fsck import fsck, log_findings
+from horace.locks import FileLocks
+from horace.redact import redact_url
+from horace.storage import Storage
+
+log = logging.getLogger("horace")
+
+
+def policy_of(settings: Settings) -> CatalogPolicy:
+    return CatalogPolicy(
+        retention=settings.retention,
+        gc_grace_seconds=settings.gc_grace,
+        deleted_retention=settings.deleted_retention_delta,
+    )
+
+
+@asynccontextmanager
+async def open_catalog(
+    settings: Settings,
+    *,
+    create: bool = False,
+    read_only: bool = False,
+    check: bool = True,
+    adopt: bool = False,
+) -> AsyncIterator[Catalog]:
+    """Open the store and its catalog, refusing a pair that does not belong together.
+
+    With *create* a missing store is created (with the SQLite catalog inside it unless
+    another database is configured); otherwise a missing store is
+    :class:`~horace.binding.StoreRefused`, and nothing is created. *read_only* writes
+    nothing to the store (a pair from before identities is used unbound). *check* runs
+    the automatic fsck, which repairs only what a crash leaves. *adopt* binds an empty
+    catalog to a store whose own catalog is lost.
+    """
+    storage = Storage(settings.storage_path)
+    state = await in_thread(storage.state)
+    if not state.exists and not create:
+        raise StoreRefused(
+            f"no Horace store at {storage.root} (no .horace folder there): create one with "
+            "`horace init` or `horace serve`, or point --storage (HORACE_STORAGE_PATH) at a store"
+        )
+    url = settings.catalog_url
+    if create and not state.exists and settings.database_url is None:
+        await in_thread(storage.ensure_layout)  # the default catalog lives inside the new store
+    # A catalog for a store that has an identity must exist already; only a new (or
+    # legacy) store may bring a new SQLite file into being.
+    async with AsyncExitStack() as stack:
+        try:
+            backend = await stack.enter_async_context(
+                open_backend(url, migrate=False, create=create and state.store_id is None)
+            )
+        except CatalogMissing as exc:
+            owner = (
+                f"belongs to catalog {state.store_id}"
+                + (f" (created with {state.catalog_url})" if state.catalog_url else "")
+                if state.store_id
+                else "has no record of its catalog"
+            )
+            raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}") from None
+        decision = decide(state, await backend.identity(), str(storage.root), url, adopt=adopt)
+        if not read_only:
+            await in_thread(storage.ensure_layout)
+        await backend.migrate()
+        if not read_only and decision.verdict is not Verdict.MATCH:
+            store_id = decision.store_id or str(uuid.uuid4())
+            if decision.verdict is Verdict.BIND:
+                store_id = await backend.bind(store_id, str(storage.root), utcnow())
+            with trio.CancelScope(shield=True):
+                await in_thread(storage.write_identity, store_id, redact_url(url))
+            log.info(
+                "store %s bound to its catalog",
+                storage.root,
+                extra={"store_id": store_id, "catalog": redact_url(url)},
+            )
+        locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
+        try:
+            catalog = Catalog(storage, backend, locks, policy_of(settings))
+            if check and not read_only:
+                log_findings(await fsck(catalog, automatic=True), "at start")
+            yield catalog
+        finally:
+            locks.close()
+
+
+__all__ = ["StoreRefused", "open_catalog", "policy_of"]

@@ -1,0 +1,92 @@
+"""A store and its catalog belong to each other (SPEC §1).
+
+When a store is created, one identity (a UUID) is recorded in both: in
+``<root>/.horace/store.json`` and in the catalog's ``horace_store`` table. Every opening
+compares the two before anything is read or repaired; a pair that does not match is
+refused with one line that names both sides. Without this, a command run with the wrong
+``HORACE_DATABASE_URL`` (or none) would open an empty catalog over a full store, and
+everything in it would look like an orphan.
+
+:func:`decide` is the whole rule, a pure function of what the two sides say.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from attrs import frozen
+
+from horace.model import CatalogIdentity
+from horace.redact import redact_url
+from horace.storage import StoreState
+
+
+class StoreRefused(Exception):
+    """The store and the catalog do not belong together, or there is no store."""
+
+
+class Verdict(enum.Enum):
+    MATCH = "match"  # the pair is bound: go on
+    BIND = "bind"  # a new pair, or one from before identities: record a new identity
+    COMPLETE = "complete"  # the catalog is bound to this store, the store file was not written
+
+
+@frozen
+class Decision:
+    verdict: Verdict
+    store_id: str | None = None  # for COMPLETE: the catalog's id
+
+
+def decide(
+    store: StoreState, catalog: CatalogIdentity, root: str, url: str, *, adopt: bool = False
+) -> Decision:
+    """What to do with this pair; :class:`StoreRefused` when it is not one.
+
+    *adopt* (an operator's explicit ``horace init --adopt``) binds an empty, unbound
+    catalog to a store whose own catalog is lost, keeping the store's id.
+    """
+    shown = redact_url(url)
+    if adopt and catalog.empty and catalog.store_id is None:
+        return Decision(Verdict.BIND, store.store_id)
+    if store.store_id is not None and catalog.store_id is not None:
+        if store.store_id == catalog.store_id:
+            return Decision(Verdict.MATCH)
+        raise StoreRefused(
+            f"the store at {root} (id {store.store_id}) and the catalog {shown} "
+            f"(bound to store {catalog.store_id} at {catalog.storage_path}) do not belong together"
+            + _hint(store)
+        )
+    if store.store_id is not None:
+        raise StoreRefused(
+            f"the catalog {shown} is {'empty' if catalog.empty else 'not bound to any store'}, "
+            f"but the store at {root} belongs to catalog {store.store_id}"
+            + _hint(store)
+            + (
+                ". If that catalog is lost for good, `horace init --adopt` binds this empty one"
+                if catalog.empty
+                else ""
+            )
+        )
+    if catalog.store_id is not None:
+        if catalog.storage_path == root and not store.has_objects:
+            # The catalog was bound to this very root, and the store's own record was
+            # never written (a crash between the two writes): finish the binding.
+            return Decision(Verdict.COMPLETE, catalog.store_id)
+        raise StoreRefused(
+            f"the catalog {shown} belongs to the store at {catalog.storage_path} "
+            f"(id {catalog.store_id}), not to {root}: give the storage path it was created with"
+        )
+    if catalog.empty and store.has_objects:
+        raise StoreRefused(
+            f"the store at {root} holds versions, but the catalog {shown} is empty: it is not the "
+            "store's catalog. Point HORACE_DATABASE_URL (or --database) at the catalog the store "
+            "was used with; if that catalog is lost for good, `horace init --adopt` binds this "
+            "empty one to the store"
+        )
+    return Decision(Verdict.BIND)
+
+
+def _hint(store: StoreState) -> str:
+    if store.catalog_url:
+        return f"; the store was created with the catalog {store.catalog_url}"
+    return ""

@@ -1,0 +1,85 @@
+"""Keeping secrets out of what Horace shows: URLs, log records, sink entries, /health.
+
+One module, used everywhere a value leaves the process: a database URL keeps its host
+and database but loses its password (in the authority or as a query parameter such as
+``password``, ``sslpassword`` or ``sslkey``); values under secret-sounding keys become
+``[REDACTED]`` at any depth, inside JSON text too; free text (an exception's message)
+has any URL in it redacted the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+REDACTED = "[REDACTED]"
+MASK = "***"
+SECRET_KEYS = (
+    "password",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "api_key",
+    "apikey",
+    "authorization",
+    "credential",
+    "sslkey",
+    "private_key",
+)
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def secret_key(key: Any) -> bool:
+    # "X-Api-Key", "api key" and "sslPassword" are spelled api_key and sslpassword too.
+    name = str(key).lower().replace("-", "_").replace(" ", "_")
+    return any(s in name for s in SECRET_KEYS)
+
+
+def redact_url(url: str) -> str:
+    """*url* without its secrets: the userinfo password and secret query parameters."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not parseable as a URL: show nothing of it that could be secret
+        return MASK
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(secret_key(k) for k, _ in pairs):
+            query = "&".join(f"{k}={MASK}" if secret_key(k) else f"{k}={v}" for k, v in pairs)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def redact_text(text: str) -> str:
+    """Free text with every URL in it redacted."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def redact(value: Any) -> Any:
+    """A JSON-shaped value with the values of secret keys replaced, at any depth."""
+    if isinstance(value, Mapping):
+        return {key: REDACTED if secret_key(key) else redact(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        if value[:1] in ("{", "["):
+            # JSON text (a conversation turn's content, a tool result's text): redacted inside.
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                return redact_text(value)
+            redacted = redact(parsed)
+            return json.dumps(redacted) if redacted != parsed else value
+        return redact_text(value)
+    return value

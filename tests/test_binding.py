@@ -1,0 +1,235 @@
+"""A store and its catalog belong to each other (SPEC §1): a wrong pair is refused before
+anything is read or repaired, and every version stays restorable.
+
+The backend under test (``HORACE_TEST_BACKEND``) is paired against the default SQLite
+catalog inside the store, in both directions: on the postgres run that is PostgreSQL
+against SQLite and SQLite against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+from helpers import sha256, write
+from soundness import assert_sound, objects_on_disk
+
+from horace.assemble import open_catalog
+from horace.binding import StoreRefused
+from horace.cli import Exit
+from horace.config import Settings
+from horace.fsck import fsck
+from horace.storage import TMP_PREFIX
+
+
+async def _history(settings: Settings, files: Path) -> tuple[str, set[str]]:
+    """A file with three versions in a new store; its id and the objects on disk."""
+    async with open_catalog(settings, create=True) as catalog:
+        for text in ("one", "two", "three"):
+            write(files / "user/report.md", text)
+            file = (await catalog.register("user/report.md")).file
+        assert file.current_version == 3
+        return file.id, objects_on_disk(catalog)
+
+
+async def _restorable(settings: Settings, file_id: str, files: Path) -> None:
+    async with open_catalog(settings) as catalog:
+        for version, text in ((1, "one"), (2, "two")):
+            await catalog.restore(file_id, version)
+            assert (files / "user/report.md").read_text() == text
+        await assert_sound(catalog)
+
+
+@pytest.mark.parametrize("served_by", ["test_backend", "default_sqlite"])
+async def test_a_store_opened_by_the_wrong_catalog_is_refused_and_loses_nothing(
+    tmp_path: Path, database_url: str, served_by: str
+) -> None:
+    served = Settings(
+        storage_path=tmp_path / "root",
+        database_url=database_url if served_by == "test_backend" else None,
+        gc_grace=0.0,  # every orphan counts at once: the harshest case for a wrong catalog
+    )
+    wrong = attrs.evolve(served, database_url=None if served_by == "test_backend" else database_url)
+    files = served.storage_path / "files"
+    file_id, objects = await _history(served, files)
+    before = {p: p.stat().st_mtime_ns for p in served.storage_path.rglob("*") if p.is_file()}
+
+    for read_only in (False, True):
+        with pytest.raises(StoreRefused) as refused:
+            async with open_catalog(wrong, read_only=read_only):
+                pytest.fail("a wrong pair was opened")
+        message = str(refused.value)
+        assert str(served.storage_path) in message
+        assert ("catalog.db" in message) or ("postgresql://" in message)
+    with pytest.raises(StoreRefused):  # creating is no excuse either
+        async with open_catalog(wrong, create=True):
+            pytest.fail("a wrong pair was opened")
+
+    after = {p: p.stat().st_mtime_ns for p in served.storage_path.rglob("*") if p.is_file()}
+    assert after == before, "the refused opening touched the store"
+    await _restorable(served, file_id, files)
+    async with open_catalog(served) as catalog:
+        assert objects <= objects_on_disk(catalog)
+
+
+async def test_a_catalog_bound_elsewhere_is_refused(tmp_path: Path, database_url: str) -> None:
+    first = Settings(storage_path=tmp_path / "first", database_url=database_url)
+    file_id, _ = await _history(first, first.storage_path / "files")
+    second = attrs.evolve(first, storage_path=tmp_path / "second")
+    with pytest.raises(StoreRefused, match="belongs to the store at"):
+        async with open_catalog(second, create=True):
+            pytest.fail("a catalog was shared by two stores")
+    await _restorable(first, file_id, first.storage_path / "files")
+
+
+async def test_two_catalogs_of_two_stores_do_not_mix(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> None:
+    a = Settings(storage_path=tmp_path / "a", database_url=database_url)
+    b = Settings(storage_path=tmp_path / "b", database_url=other_database_url)
+    await _history(a, a.storage_path / "files")
+    await _history(b, b.storage_path / "files")
+    with pytest.raises(StoreRefused, match="do not belong together"):
+        async with open_catalog(attrs.evolve(a, database_url=other_database_url)):
+            pytest.fail("opened")
+
+
+async def test_a_store_from_before_identities_is_bound_on_first_opening(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = Settings(storage_path=tmp_path / "root", database_url=database_url)
+    file_id, _ = await _history(settings, settings.storage_path / "files")
+    identity = settings.storage_path / ".horace/store.json"
+    store_id = json.loads(identity.read_text())["store_id"]
+    # Make it a pair from before identities: no store.json, no horace_store row.
+    identity.unlink()
+    await _forget_binding(settings.catalog_url)
+    # Read-only commands use it as it is; the first writing opening binds it anew.
+    async with open_catalog(settings, read_only=True) as catalog:
+        assert (await catalog.get_info(file_id=file_id)).file.current_version == 3
+    assert not identity.exists()
+    async with open_catalog(settings):
+        pass
+    assert json.loads(identity.read_text())["store_id"] not in (None, store_id)
+    # ...and after that, the default catalog is refused as before.
+    with pytest.raises(StoreRefused):
+        async with open_catalog(attrs.evolve(settings, database_url=None)):
+            pass
+
+
+async def _forget_binding(url: str) -> None:
+    """Remove the catalog's record of its store, as in a catalog from before identities."""
+    if url.startswith("sqlite://"):
+        conn = sqlite3.connect(url.removeprefix("sqlite://"))
+        conn.execute("DELETE FROM horace_store")
+        conn.commit()
+        conn.close()
+        return
+    import asyncpg
+    import trio_asyncio
+
+    async def forget() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("DELETE FROM horace_store")
+        finally:
+            await conn.close()
+
+    async with trio_asyncio.open_loop():
+        await trio_asyncio.aio_as_trio(forget)()
+
+
+async def test_an_empty_catalog_never_adopts_a_store_with_versions_unasked(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> None:
+    settings = Settings(storage_path=tmp_path / "root", database_url=database_url, gc_grace=0.0)
+    _, objects = await _history(settings, settings.storage_path / "files")
+    (settings.storage_path / ".horace/store.json").unlink()  # as a store from before identities
+    lost = attrs.evolve(settings, database_url=other_database_url)
+    with pytest.raises(StoreRefused, match="holds versions"):
+        async with open_catalog(lost, create=True):  # as `horace serve` would
+            pass
+    # Asked to (`horace init --adopt`), it binds, and deletes nothing on the way.
+    async with open_catalog(lost, create=True, adopt=True) as catalog:
+        assert objects <= objects_on_disk(catalog)
+        report = await fsck(catalog)
+        assert {f.kind for f in report.findings} == {"orphan_object"}
+        assert not any(f.repaired for f in report.findings)
+        assert objects <= objects_on_disk(catalog)
+
+
+async def test_a_binding_cut_between_its_two_writes_is_completed(tmp_path: Path, database_url: str) -> None:
+    settings = Settings(storage_path=tmp_path / "root", database_url=database_url)
+    async with open_catalog(settings, create=True):
+        pass
+    identity = settings.storage_path / ".horace/store.json"
+    store_id = json.loads(identity.read_text())["store_id"]
+    identity.unlink()  # the catalog row was written, the store's file never was
+    async with open_catalog(settings):
+        pass
+    assert json.loads(identity.read_text())["store_id"] == store_id
+
+
+async def test_names_in_horaces_temp_form_are_never_touched(tmp_path: Path, database_url: str) -> None:
+    settings = Settings(storage_path=tmp_path / "root", database_url=database_url, gc_grace=0.0)
+    files = settings.storage_path / "files"
+    # A user's file that looks like a temp file of a dead process, beside a normal one.
+    dead = f"{TMP_PREFIX}stage.{os.uname().nodename.replace('.', '_')}.1.abcdef123456"
+    lookalikes = [write(files / "user" / name, f"mine: {name}") for name in (dead, ".horace-tmp-report.md")]
+    write(files / "user/real.md", "real")
+    async with open_catalog(settings, create=True) as catalog:
+        with pytest.raises(Exception) as refused:
+            await catalog.register("user/.horace-tmp-report.md")
+        assert getattr(refused.value, "code", None) is not None and refused.value.code.value == "INVALID_PATH"
+        report = await catalog.scan()
+        assert report.registered == 1 and len(report.skipped) == 2, report
+        assert all("reserved" in why for why in report.skipped)
+        await fsck(catalog, repair=True, deep=True)
+    async with open_catalog(settings):  # the start-up fsck too
+        pass
+    for path in lookalikes:
+        assert path.read_text() == f"mine: {path.name}"
+
+
+def test_the_cli_refuses_the_wrong_catalog_and_history_survives(tmp_path: Path, database_url: str) -> None:
+    """The scenario as an operator met it: a store served with HORACE_DATABASE_URL, then a
+    CLI command without it."""
+    root = tmp_path / "horace-data"
+    write(root / "files/user/notes.md", "first")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}
+    right = {
+        **env,
+        "HORACE_STORAGE_PATH": str(root),
+        "HORACE_DATABASE_URL": database_url,
+        "HORACE_GC_GRACE": "0",
+    }
+    wrong = {**env, "HORACE_STORAGE_PATH": str(root), "HORACE_GC_GRACE": "0"}
+
+    def run(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "horace", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert run(right, "init").returncode == 0
+    assert run(right, "register", "user/notes.md").returncode == 0
+    write(root / "files/user/notes.md", "second")
+    assert run(right, "update", "user/notes.md").returncode == 0
+    for args in (["search"], ["fsck", "--repair"], ["scan"], ["register", "user/notes.md"]):
+        done = run(wrong, *args)
+        assert done.returncode == Exit.STORE, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and str(root) in done.stderr
+    assert not (root / ".horace/catalog.db").exists() or database_url.endswith("catalog.db")
+    done = run(right, "restore", "user/notes.md", "1")
+    assert done.returncode == 0, done.stderr
+    assert (root / "files/user/notes.md").read_text() == "first"
+    assert sha256("first") in {p.name for p in (root / ".horace/objects").rglob("*")}

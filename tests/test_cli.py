@@ -1,0 +1,156 @@
+"""The operator's commands as a person types them: one line for every mistake, with the
+exit code ``horace --help`` documents; relative paths as in a shell; global options
+anywhere; read-only commands that never create a store.
+
+Every command runs as a real process (``python -m horace``) with a clean environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import write
+
+from horace.cli import Exit
+
+BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
+
+
+def horace(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+    return subprocess.run(
+        [sys.executable, "-m", "horace", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], exit_code: Exit, *words: str) -> str:
+    """The command failed with *exit_code* and said so in one line, no traceback."""
+    assert done.returncode == exit_code, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def store(tmp_path: Path, database_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A store created by `horace init` (its catalog: the test backend's database)."""
+    root = tmp_path / "horace-data"
+    env = {"HORACE_STORAGE_PATH": str(root), "HORACE_DATABASE_URL": database_url}
+    done = horace("init", env=env)
+    assert done.returncode == 0, done.stderr
+    yield root, env
+
+
+def test_version_and_module_entry() -> None:
+    done = horace("--version")
+    assert done.returncode == 0 and done.stdout.startswith("horace "), done
+    assert "Exit codes" in horace("--help").stdout
+
+
+def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
+    root = {"HORACE_STORAGE_PATH": str(tmp_path / "s")}
+    for url, words in [
+        ("mysql://x", ("CONFIG", "'mysql' is not supported")),
+        ("garbage", ("CONFIG", "not a URL")),
+        ("sqlite://", ("CONFIG", "needs a path")),
+    ]:
+        one_line_error(horace("search", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
+        one_line_error(horace("serve", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
+    one_line_error(
+        horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
+    )
+    one_line_error(horace("serve", "--storage", "/etc/passwd"), Exit.CONFIG, "not a folder")
+    # A storage root that cannot be created (sysfs refuses even root).
+    one_line_error(horace("init", "--storage", "/sys/horace-store"), Exit.CONFIG, "cannot create the store")
+    one_line_error(horace("search", "--limit", "0"), Exit.USAGE, "USAGE", "--limit")
+    one_line_error(horace("serch"), Exit.USAGE, "No such command")
+
+
+def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "HORACE_STORAGE_PATH": str(tmp_path / "s"),
+        "HORACE_DATABASE_URL": f"postgresql://horace:s3cret@127.0.0.1:{port}/horace",
+    }
+    line = one_line_error(horace("init", env=env), Exit.BACKEND, "BACKEND_UNAVAILABLE")
+    assert "s3cret" not in line
+
+
+def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in (["search"], ["info", "x"], ["verify"], ["fsck"], ["register", "a.txt"], ["scan"]):
+        line = one_line_error(horace(*command, cwd=empty), Exit.STORE, "STORE_REFUSED", "no Horace store")
+        assert str(empty / "horace-data") in line and "horace init" in line
+    assert list(empty.iterdir()) == []
+
+
+def test_domain_errors_json_and_global_options_anywhere(store: tuple[Path, dict[str, str]]) -> None:
+    root, env = store
+    one_line_error(horace("info", "user/nothing.txt", env=env), Exit.REFUSED, "NOT_CATALOGED")
+    done = horace("info", "--json", "user/nothing.txt", env=env)
+    assert done.returncode == Exit.REFUSED
+    body = json.loads(done.stderr)
+    assert body["error"]["code"] == "NOT_CATALOGED" and body["error"]["exit_code"] == Exit.REFUSED
+    done = horace("register", "--json", "../outside.txt", env=env)
+    assert json.loads(done.stderr)["error"]["code"] == "INVALID_PATH"
+    # The storage option after the subcommand, or before it: the same store.
+    write(root / "files/user/a.txt", "a")
+    others = {k: v for k, v in env.items() if k != "HORACE_STORAGE_PATH"}
+    assert horace("register", "user/a.txt", "--storage", str(root), env=others).returncode == 0
+    found = horace("--storage", str(root), "search", "--json", env=others)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["total_count"] == 1
+    for command in (["migrate"], ["fsck"], ["scan"], ["verify"]):
+        done = horace(*command, "--json", env=env)
+        assert done.returncode == 0, (command, done.stderr)
+        json.loads(done.stdout)
+
+
+def test_relative_paths_mean_what_they_mean_in_a_shell(store: tuple[Path, dict[str, str]]) -> None:
+    root, env = store
+    gates = root / "files" / "gates"
+    write(gates / "a.txt", "from the shell")
+    write(gates / "deep/b.txt", "deeper")
+    # From the folder above the store, a path through horace-data/files/ works...
+    done = horace("register", "--json", "horace-data/files/gates/a.txt", cwd=root.parent, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["file"]["file_path"] == "gates/a.txt"
+    # ...as does ./b.txt inside files/gates/deep, and a path relative to files/ anywhere.
+    done = horace("register", "--json", "./b.txt", cwd=gates / "deep", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["file"]["file_path"] == "gates/deep/b.txt"
+    assert horace("info", "gates/a.txt", cwd=root.parent, env=env).returncode == 0
+    assert horace("info", "../a.txt", cwd=gates / "deep", env=env).returncode == 0
+
+
+def test_serve_on_a_port_in_use_is_one_line(store: tuple[Path, dict[str, str]]) -> None:
+    _root, env = store
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = horace("serve", "--port", str(port), env=env)
+    assert done.returncode == Exit.ADDRESS, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "ADDRESS_IN_USE" in errors[0] and "Traceback" not in done.stderr
