@@ -37,8 +37,10 @@ from horace.model import (
     CatalogIdentity,
     Collection,
     DuplicateGroup,
+    ErrorCode,
     FileChanges,
     FileRecord,
+    HoraceError,
     NewVersion,
     Order,
     Retention,
@@ -841,6 +843,8 @@ class _Hop:
                 raise BackendUnavailable(
                     f"PostgreSQL at {self.where} is unavailable: {str(exc) or type(exc).__name__}"
                 ) from exc
+            if isinstance(exc, asyncpg.exceptions.DiskFullError):
+                raise HoraceError(ErrorCode.STORAGE_FULL, f"PostgreSQL's disk is full: {exc}") from None
             raise
         return result
 

@@ -23,8 +23,10 @@ from horace.model import (
     CatalogIdentity,
     Collection,
     DuplicateGroup,
+    ErrorCode,
     FileChanges,
     FileRecord,
+    HoraceError,
     NewVersion,
     Order,
     Retention,
@@ -663,6 +665,16 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
+def _full_is_an_error(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+    """A full disk under the database is ``STORAGE_FULL`` for the caller, not a bug."""
+    try:
+        return fn(conn, *args)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise HoraceError(ErrorCode.STORAGE_FULL, f"the catalog database's disk is full: {exc}") from None
+        raise
+
+
 def _open(path: Path, create: bool) -> SqliteBackend:
     if not create and not path.is_file():
         raise CatalogMissing(f"no catalog database at {path}")
@@ -682,7 +694,7 @@ class SqliteBackend:
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._write_lock:
-            return await trio.to_thread.run_sync(fn, self._writer, *args)
+            return await trio.to_thread.run_sync(_full_is_an_error, fn, self._writer, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         if self._holds_file_lock:

@@ -1,0 +1,99 @@
+"""A full disk is ``STORAGE_FULL`` for the caller, loses nothing and leaves nothing behind.
+
+Once on a real full filesystem (a small tmpfs; mounting needs root, as in CI), and once by
+injecting ENOSPC into the copy, through the catalog and through an MCP client.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from helpers import write
+from mcp_client import connect
+from soundness import assert_sound, temps_left
+
+import horace.storage
+from horace.assemble import open_catalog
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.model import ErrorCode, HoraceError
+from horace.testing import run_horace
+
+_copy_and_hash = horace.storage._copy_and_hash
+
+
+def _no_space(src: int, dst: int | None, check: Callable[[], None]) -> tuple[str, int, bytes]:
+    """Copies fail as on a full disk; reading (hashing) still works."""
+    if dst is not None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return _copy_and_hash(src, dst, check)
+
+
+async def test_a_full_disk_during_a_copy_is_storage_full(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(files / "user/big.bin", b"x" * 100_000)
+    kept = (await catalog.register("user/big.bin")).file
+    write(files / "user/big.bin", b"y" * 100_000)
+    monkeypatch.setattr(horace.storage, "_copy_and_hash", _no_space)
+    for attempt in (catalog.register("user/big.bin"), catalog.restore(kept.id, 1)):
+        with pytest.raises(HoraceError) as full:
+            await attempt
+        assert full.value.code is ErrorCode.STORAGE_FULL
+    monkeypatch.undo()
+    assert (files / "user/big.bin").read_bytes() == b"y" * 100_000  # the unsaved edit is still there
+    assert temps_left(catalog) == []
+    await assert_sound(catalog)
+
+
+async def test_mcp_clients_get_storage_full_without_a_traceback(
+    settings: Settings, files: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(files / "user/a.txt", "will not fit")
+    monkeypatch.setattr(horace.storage, "_copy_and_hash", _no_space)
+    served = attrs.evolve(settings, port=0, conversations=False)
+    async with run_horace(served) as running, connect(running.url) as client:
+        reply = await client.request(
+            "tools/call", {"name": "horace_register_file", "arguments": {"file_path": "user/a.txt"}}
+        )
+    result = reply["result"]
+    assert result["isError"] and result["structuredContent"]["error_code"] == "STORAGE_FULL"
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_real_full_filesystem(small_tmpfs: Path) -> None:
+    settings = Settings(storage_path=small_tmpfs / "root", gc_grace=0.0)
+    async with open_catalog(settings, create=True) as catalog:
+        files = catalog.storage.files
+        write(files / "user/small.txt", "fits")
+        await catalog.register("user/small.txt")
+        big = os.urandom(1_800_000)  # the working file fits; a second copy of it does not
+        write(files / "user/big.bin", big)
+        with pytest.raises(HoraceError) as full:
+            await catalog.register("user/big.bin")
+        assert full.value.code is ErrorCode.STORAGE_FULL
+        assert (files / "user/big.bin").read_bytes() == big
+        assert temps_left(catalog) == []
+        (files / "user/big.bin").unlink()
+        await assert_sound(catalog)
