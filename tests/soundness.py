@@ -17,7 +17,7 @@ from pathlib import Path
 from horace.catalog import Catalog
 from horace.fsck import fsck
 from horace.model import FileRecord, VersionRecord
-from horace.storage import TMP_PREFIX
+from horace.storage import TempName
 
 
 def digest(data: bytes) -> str:
@@ -29,10 +29,11 @@ def object_bytes(catalog: Catalog, checksum: str) -> bytes:
 
 
 def temps_left(catalog: Catalog) -> list[Path]:
-    """Temp files in .horace/tmp and anywhere under files/ (symlinked folders included)."""
+    """Temp files in .horace/tmp, and any file in the form of Horace's own temp names
+    anywhere under files/ (where Horace never writes one)."""
     found = list(catalog.storage.tmp.iterdir())
     for folder, _dirs, names in os.walk(catalog.storage.files):
-        found += [Path(folder) / n for n in names if n.startswith(TMP_PREFIX)]
+        found += [Path(folder) / n for n in names if TempName.parse(n) is not None]
     return found
 
 

@@ -198,9 +198,10 @@ class _ProgressPump:
                         "params": {"progressToken": self.token, "progress": done, "total": total},
                     }
                 )
-            if self.done:
-                return
-            await trio.sleep(self.interval)
+            if self.done and self.latest == self.sent:
+                return  # (an update that came in during the send above goes out first)
+            if not self.done:
+                await trio.sleep(self.interval)
 
 
 class Session:

@@ -1,0 +1,262 @@
+"""Write docs/tools.md from the live MCP tool table (``horace.server.tools.TOOLS``).
+
+    python docs/gen_tools.py > docs/tools.md
+
+Names, descriptions, input and output schemas and annotations come from the table
+itself; defaults come from each tool's attrs argument class (``SearchQuery`` for the
+search). The table does not declare which error codes a tool can return, so those are
+listed below in ERRORS, read from ``horace/catalog.py``, ``horace/paths.py`` and
+``horace/storage.py``: keep them in step when the code changes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import attrs
+
+from horace.model import SearchQuery
+from horace.server.tools import COLLECTION, FILE, TOOLS, VERSION
+
+SHAPES = {"File": FILE, "Version": VERSION, "Collection": COLLECTION}
+
+# Error codes a tool may return as a result with isError: true (beyond the ones every
+# tool may return: BACKEND_UNAVAILABLE, INTERNAL).
+WRITES = ["FILE_LOCKED", "STORAGE_FULL"]
+ERRORS: dict[str, list[str]] = {
+    "horace_register_file": ["INVALID_PATH", "FILE_NOT_FOUND", "INVALID_ARGUMENT", *WRITES],
+    "horace_search_files": ["INVALID_ARGUMENT"],
+    "horace_get_file_info": ["NOT_CATALOGED", "INVALID_PATH", "INVALID_ARGUMENT"],
+    "horace_update_file": ["NOT_CATALOGED", "INVALID_ARGUMENT", "CHECKSUM_MISMATCH", "INVALID_PATH", *WRITES],
+    "horace_restore_version": [
+        "NOT_CATALOGED",
+        "VERSION_NOT_FOUND",
+        "CHECKSUM_MISMATCH",
+        "INVALID_ARGUMENT",
+        *WRITES,
+    ],
+    "horace_delete_file": ["NOT_CATALOGED", "INVALID_PATH", *WRITES],
+    "horace_undelete_file": ["NOT_CATALOGED", "INVALID_ARGUMENT", "CHECKSUM_MISMATCH", *WRITES],
+    "horace_create_collection": ["INVALID_ARGUMENT", "NOT_CATALOGED", "STORAGE_FULL"],
+    "horace_list_collections": ["INVALID_ARGUMENT"],
+    "horace_get_collection": ["COLLECTION_NOT_FOUND", "INVALID_ARGUMENT"],
+    "horace_add_to_collection": ["COLLECTION_NOT_FOUND", "NOT_CATALOGED", "STORAGE_FULL"],
+    "horace_remove_from_collection": ["COLLECTION_NOT_FOUND", "STORAGE_FULL"],
+    "horace_delete_collection": ["COLLECTION_NOT_FOUND", "STORAGE_FULL"],
+    "horace_find_duplicates": ["INVALID_ARGUMENT"],
+    "horace_verify": ["NOT_CATALOGED"],
+    "horace_scan": ["INVALID_PATH", "FILE_NOT_FOUND", "STORAGE_FULL"],
+}
+
+# When each code is returned, in a few words (shown once, at the end).
+ERROR_MEANINGS = {
+    "INVALID_PATH": "the path leaves files/, names `.horace` or a `.horace-tmp-` name, holds a NUL byte "
+    "or a symlink, is not a regular file, or has more than one hard link",
+    "FILE_NOT_FOUND": "no file (or, for a scan, no folder) at that path under files/",
+    "NOT_CATALOGED": "no catalogued file with that id or path (also: an unknown id in `file_ids`)",
+    "VERSION_NOT_FOUND": "the file has no such version (never had it, or it was pruned)",
+    "COLLECTION_NOT_FOUND": "no collection of that name",
+    "CHECKSUM_MISMATCH": "a stored object is missing or does not hash to its name; nothing was changed",
+    "INVALID_ARGUMENT": "an argument is valid JSON but not acceptable (see each tool)",
+    "FILE_LOCKED": "another writer held the file longer than `HORACE_LOCK_WAIT`, or the file changed "
+    "while Horace was reading it; try again",
+    "STORAGE_FULL": "the storage's disk or quota is full, or the catalog database's disk (SQLite or "
+    "PostgreSQL); nothing was changed",
+    "BACKEND_UNAVAILABLE": "the catalog database cannot be reached",
+    "INTERNAL": "a bug; the message carries the correlation id to look for in the log",
+}
+
+NOTES = {
+    "horace_register_file": "When no `owner` is given and the path starts with a component folder "
+    "(`gates/`, `playfair/`, `fiedler/`, `user/`, `shared/`), the owner is that folder's name. "
+    "Metadata given when re-registering a catalogued path is not applied: use "
+    "`horace_update_file`.",
+    "horace_search_files": "Every filter may also be given inside `query{}`; a filter given both "
+    "ways takes the top-level value. `limit` above 1000 is reduced to 1000. A `cursor` is tied "
+    "to the filters it was issued for. Argument errors of this tool are results with "
+    "`isError: true` and `INVALID_ARGUMENT` (its arguments are read by the handler, not by an "
+    "argument class).",
+    "horace_get_file_info": "Give `file_id` or `file_path`; `file_id` wins when both are given.",
+    "horace_update_file": "`tags` replaces the tags; `collection` adds the file to that collection "
+    "(created if missing); `custom` is merged into the file's `metadata`. Any other field is "
+    "`INVALID_ARGUMENT`. A `status` change away from `active` moves the working file out of "
+    "files/ and versions exactly what was moved (whatever `check_for_changes` says); back to "
+    "`active` writes the current version back.",
+    "horace_restore_version": "The file must be `active`. `preserved_version` is the version that "
+    "kept the working file's unsaved content (null when it had none). Restoring the current "
+    "version still adds a version.",
+    "horace_delete_file": "Deleting a deleted file is a success that changes nothing.",
+    "horace_undelete_file": "Undeleting an active file is a success that changes nothing; an "
+    "archived file is `INVALID_ARGUMENT` (update its status to `active` instead).",
+    "horace_remove_from_collection": "Ids that are not members are ignored.",
+    "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `working_missing`, "
+    "`working_modified`; each problem also has `version` (null for working-file problems).",
+    "horace_scan": "The result also has `skipped`: names that can never be catalogued (not "
+    "UTF-8, or in Horace's reserved `.horace-tmp-` form), each with why. Files that could not "
+    "be taken are listed in `errors`, not returned as a tool error. With a `progressToken` in "
+    "`_meta`, `notifications/progress` are sent while it runs.",
+}
+
+
+def type_of(schema: Any) -> str:
+    for name, shape in SHAPES.items():
+        if schema == shape:
+            return name
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{v}`" for v in schema["enum"])
+    kind = schema.get("type", "any")
+    if isinstance(kind, list):
+        text = " or ".join(kind)
+    elif kind == "array":
+        text = f"array of {type_of(schema.get('items', {}))}"
+    else:
+        text = kind
+    if schema.get("format"):
+        text += f" ({schema['format']})"
+    if "minimum" in schema:
+        text += f", ≥ {schema['minimum']}"
+    return text
+
+
+def defaults_of(tool: Any) -> dict[str, Any]:
+    cls = tool.arguments or SearchQuery
+    found: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        default = field.default
+        if default is attrs.NOTHING:
+            continue
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        found[field.name] = getattr(default, "value", default)
+    if tool.arguments is None:  # the search: model defaults, as the wire sees them
+        found["status"] = "active"
+    return found
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, tuple):
+        value = list(value)
+    return f"`{json.dumps(value)}`"
+
+
+def arguments_table(tool: Any) -> list[str]:
+    schema = tool.input_schema
+    props, required = schema.get("properties", {}), set(schema.get("required", ()))
+    if not props:
+        return ["No arguments."]
+    defaults = defaults_of(tool)
+    rows = ["| argument | type | required | default | description |", "|---|---|---|---|---|"]
+    for name, sub in props.items():
+        if name == "query" and tool.arguments is None:
+            rows.append("| `query` | object | no | | the same filters, nested |")
+            continue
+        value = defaults.get(name)
+        default = "" if name in required or value is None else cell(value)
+        rows.append(
+            f"| `{name}` | {type_of(sub)} | {'yes' if name in required else 'no'} | {default} "
+            f"| {sub.get('description', '')} |"
+        )
+        if sub.get("type") == "object" and sub.get("properties"):
+            for inner, inner_schema in sub["properties"].items():
+                rows.append(f"| `{name}.{inner}` | {type_of(inner_schema)} | no | | |")
+    if not schema.get("additionalProperties", True):
+        rows.append("")
+        rows.append("Other top-level arguments are refused.")
+    return rows
+
+
+def result_table(tool: Any) -> list[str]:
+    schema = tool.output_schema
+    required = set(schema.get("required", ()))
+    rows = ["| field | type | required |", "|---|---|---|"]
+    for name, sub in schema["properties"].items():
+        rows.append(f"| `{name}` | {type_of(sub)} | {'yes' if name in required else 'no'} |")
+        items = sub.get("items", {})
+        if sub.get("type") == "array" and items.get("type") == "object" and items not in SHAPES.values():
+            for inner, inner_schema in items["properties"].items():
+                rows.append(f"| `{name}[].{inner}` | {type_of(inner_schema)} | |")
+    return rows
+
+
+def shape_table(schema: Any) -> list[str]:
+    required = set(schema.get("required", ()))
+    rows = ["| field | type | required |", "|---|---|---|"]
+    for name, sub in schema["properties"].items():
+        rows.append(f"| `{name}` | {type_of(sub)} | {'yes' if name in required else 'no'} |")
+    return rows
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def main() -> None:
+    out: list[str] = [
+        "<!-- Generated from horace.server.tools.TOOLS by `python docs/gen_tools.py > docs/tools.md`.",
+        "     Edit the tool table or the generator, then regenerate; do not edit this file by hand. -->",
+        "",
+        "# Horace MCP tools",
+        "",
+        f"Horace serves {len(TOOLS)} tools. `tools/list` returns each with its `inputSchema`, "
+        "`outputSchema` and `annotations`; this page says the same in prose. See "
+        "[spec.md](spec.md) for the protocol around them.",
+        "",
+        "How results and errors come back:",
+        "",
+        "- A successful call's result has `structuredContent` (the fields below) and the same JSON "
+        "as one `text` item in `content`; `isError` is false. Every result carries the call's "
+        "`correlation_id`: the caller's `metadata.correlation_id`, else `_meta.correlation_id` "
+        "(or `correlationId`), else a new UUID.",
+        "- An error that belongs to the tool is a result with `isError: true` and "
+        "`structuredContent` `{error_code, message, correlation_id}`.",
+        "- Arguments that do not fit the tool's argument class (an unknown top-level argument, "
+        "a missing required one, a wrong JSON type) are a JSON-RPC error `-32602` with "
+        '`data: {error_code: "INVALID_ARGUMENT", correlation_id}`; an unknown tool is `-32602` '
+        "too. A call past `HORACE_CALL_DEADLINE` is JSON-RPC error `-32001`.",
+        "- Every tool may also return `BACKEND_UNAVAILABLE` and `INTERNAL`.",
+        "- Annotations: `openWorldHint` is false for every tool (Horace touches only its own storage).",
+        "",
+        "| tool | read-only | destructive | idempotent |",
+        "|---|---|---|---|",
+    ]
+    for tool in TOOLS.values():
+        out.append(
+            f"| [`{tool.name}`](#{tool.name}) | {yes(tool.read_only)} | {yes(tool.destructive)} "
+            f"| {yes(tool.idempotent)} |"
+        )
+    for tool in TOOLS.values():
+        out += ["", f"## {tool.name}", "", tool.description, ""]
+        out.append(
+            f"Annotations: readOnlyHint {str(tool.read_only).lower()}, destructiveHint "
+            f"{str(tool.destructive).lower()}, idempotentHint {str(tool.idempotent).lower()}, "
+            "openWorldHint false."
+        )
+        out += ["", "**Arguments**", "", *arguments_table(tool), "", "**Result**", "", *result_table(tool)]
+        out += ["", "**Errors:** " + ", ".join(f"`{code}`" for code in ERRORS[tool.name]) + "."]
+        if tool.name in NOTES:
+            out += ["", NOTES[tool.name]]
+    out += ["", "## Shared shapes"]
+    for name, schema in SHAPES.items():
+        out += ["", f"### {name}", "", *shape_table(schema)]
+    out += [
+        "",
+        "Times are ISO 8601 with a UTC offset. `file_path` is relative to files/, with `/` "
+        "separators. A File's `correlation_id` is the one of the call that catalogued it; a "
+        "Version's is the one of the call that made it.",
+        "",
+        "## Error codes",
+        "",
+        "| code | when |",
+        "|---|---|",
+        *(f"| `{code}` | {text} |" for code, text in ERROR_MEANINGS.items()),
+        "",
+    ]
+    sys.stdout.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

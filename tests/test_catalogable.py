@@ -1,0 +1,80 @@
+"""Scan, watch and register agree on what may be catalogued, and a bad name is never fatal.
+
+Never catalogued, by any of them: anything under a ``.horace`` folder, names in Horace's
+temp form, names that are not UTF-8 (skipped and reported by the walk), a file with more
+than one hard link (another link may be outside files/), and a path that is not a
+regular file when it is read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import write
+from soundness import assert_sound
+
+from horace.catalog import Catalog
+from horace.model import ErrorCode, HoraceError
+from horace.storage import Storage
+
+
+async def _refused(catalog: Catalog, path: str) -> HoraceError:
+    with pytest.raises(HoraceError) as refused:
+        await catalog.register(path)
+    return refused.value
+
+
+async def test_one_bad_name_never_stops_a_scan(catalog: Catalog, files: Path) -> None:
+    write(files / "user/a.txt", "a")
+    write(files / "user/z.txt", "z")
+    bad = os.fsencode(files / "user") + b"/caf\xe9.txt"  # Latin-1, not UTF-8
+    Path(os.fsdecode(bad)).write_bytes(b"latin-1 name")
+    write(files / "user/.horace/hidden.txt", "inside a .horace folder")
+    write(files / "user/.horace-tmp-notes.md", "reserved form")
+    report = await catalog.scan()
+    assert report.registered == 2 and report.errors == (), report
+    assert len(report.skipped) == 3, report.skipped
+    assert any("caf\ufffd.txt" in s and "UTF-8" in s for s in report.skipped)
+    assert any(".horace:" in s for s in report.skipped)
+    assert any(".horace-tmp-notes.md" in s for s in report.skipped)
+    assert {f.file_path for f in await catalog.backend.all_files()} == {"user/a.txt", "user/z.txt"}
+    for path in ("user/.horace/hidden.txt", "user/.horace-tmp-notes.md", os.fsdecode(b"user/caf\xe9.txt")):
+        assert (await _refused(catalog, path)).code is ErrorCode.INVALID_PATH
+    await assert_sound(catalog)
+
+
+async def test_hard_links_are_refused(catalog: Catalog, files: Path, tmp_path: Path) -> None:
+    outside = write(tmp_path / "outside/secret.txt", "not Horace's to read")
+    os.link(outside, files / "user/linked.txt")
+    write(files / "user/plain.txt", "plain")
+    refused = await _refused(catalog, "user/linked.txt")
+    assert refused.code is ErrorCode.INVALID_PATH and "hard links" in refused.message
+    report = await catalog.scan()
+    assert report.registered == 1 and len(report.errors) == 1 and "hard links" in report.errors[0]
+    assert "not Horace's" not in "".join(
+        p.read_text(errors="replace") for p in catalog.storage.objects.rglob("*") if p.is_file()
+    )
+    await assert_sound(catalog)
+
+
+async def test_a_file_that_turns_into_a_folder_mid_call_is_refused(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(files / "user/shifty", "a file, for now")
+    real = Storage.stage
+
+    def swap_then_stage(self: Storage, rel: str, *args: Any) -> Any:
+        path.unlink()
+        path.mkdir()
+        (path / "inside.txt").write_text("now a folder")
+        return real(self, rel, *args)
+
+    monkeypatch.setattr(Storage, "stage", swap_then_stage)
+    refused = await _refused(catalog, "user/shifty")
+    assert refused.code is ErrorCode.INVALID_PATH and "folder" in refused.message
+    monkeypatch.undo()
+    assert await catalog.backend.all_files() == []
+    await assert_sound(catalog)

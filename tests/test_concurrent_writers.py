@@ -1,0 +1,192 @@
+"""No write is lost to a concurrent writer: an operation that replaces or removes a working
+file acts only on the file it examined, and keeps anything else as a version first.
+
+The other writer is a real process (tests/workers/replacer.py) saving the file the way
+editors and services do: a temp file renamed over it, or a rewrite in place. It is told
+to write at the worst moment: inside the operation, after Horace versioned the working
+file and before Horace swaps the restored content in (or versions what it took out), by
+a hook at exactly that step; and at random moments in a second, unhooked sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from helpers import write
+from soundness import assert_sound
+
+from horace.assemble import open_catalog
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.storage import Storage
+
+WORKER = Path(__file__).parent / "workers" / "replacer.py"
+BIG = 8 * 1024 * 1024
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@attrs.define
+class Replacer:
+    """The other program: ``await save(path)`` and it has written a new content there."""
+
+    process: trio.Process
+    buffer: bytes = b""
+
+    async def _line(self) -> str:
+        assert self.process.stdout is not None
+        while b"\n" not in self.buffer:
+            chunk = await self.process.stdout.receive_some(4096)
+            assert chunk, "the replacer process ended"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    async def save(self, path: Path, size: int = 1_000_000, how: str = "replace") -> str | None:
+        """The sha256 of what it wrote, or None when the file's folder was gone."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(f"{how} {path} {size}\n".encode())
+        answer = await self._line()
+        return None if answer == "gone" else answer.split()[1]
+
+
+@pytest.fixture
+async def replacer() -> AsyncIterator[Replacer]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    other = Replacer(process)
+    try:
+        assert await other._line() == "ready"
+        yield other
+    finally:
+        process.kill()
+        await process.wait()
+
+
+@pytest.fixture
+async def catalog(settings: Settings) -> AsyncIterator[Catalog]:
+    # Retention high, so that no version the test looks for is pruned.
+    async with open_catalog(attrs.evolve(settings, version_count=1000), create=True) as opened:
+        yield opened
+
+
+async def _checksums(catalog: Catalog, file_id: str) -> list[str]:
+    return [v.checksum for v in reversed(await catalog.backend.versions(file_id))]
+
+
+def _at_step(monkeypatch: pytest.MonkeyPatch, name: str, before: Callable[[], Any]) -> None:
+    """Run *before* (in the worker thread) just before ``Storage.<name>`` does its work."""
+    real = getattr(Storage, name)
+
+    def hooked(self: Storage, *args: Any, **kwargs: Any) -> Any:
+        before()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Storage, name, hooked)
+
+
+@pytest.mark.parametrize("how", ["replace", "rewrite"])
+async def test_a_save_just_before_restore_swaps_is_kept_as_a_version(
+    catalog: Catalog, files: Path, replacer: Replacer, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    path = files / "user/big.bin"
+    first = write(path, os.urandom(BIG)).read_bytes()
+    file = (await catalog.register("user/big.bin")).file
+    edit = write(path, os.urandom(BIG)).read_bytes()  # not versioned yet
+    saved: list[str | None] = []
+    token = trio.lowlevel.current_trio_token()
+    _at_step(
+        monkeypatch,
+        "_swap_in",
+        lambda: saved.append(trio.from_thread.run(replacer.save, path, 2_000_000, how, trio_token=token)),
+    )
+    done = await catalog.restore(file.id, 1)
+    assert saved and saved[0] is not None, "the other program never saved"
+    assert path.read_bytes() == first
+    history = await _checksums(catalog, file.id)
+    # v1, the unsaved edit (preserved), the other program's save (displaced), the restore.
+    assert history == [sha(first), sha(edit), saved[0], sha(first)], history
+    assert done.version.restored_from_version == 1 and done.file.checksum == sha(first)
+    await assert_sound(catalog)
+
+
+async def test_a_save_while_delete_versions_what_it_took_is_not_lost(
+    catalog: Catalog, files: Path, replacer: Replacer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = files / "user/big.bin"
+    write(path, os.urandom(BIG))
+    file = (await catalog.register("user/big.bin")).file
+    edit = write(path, os.urandom(BIG)).read_bytes()
+    saved: list[str | None] = []
+    token = trio.lowlevel.current_trio_token()
+    _at_step(
+        monkeypatch,
+        "stage_held",
+        lambda: saved.append(trio.from_thread.run(replacer.save, path, trio_token=token)),
+    )
+    deleted = await catalog.delete(file.id)
+    assert saved and saved[0] is not None
+    # What delete took out of files/ is a version; what the other program saved after that
+    # is the working file it wrote, untouched.
+    assert sha(edit) in await _checksums(catalog, file.id) and deleted.version_created
+    assert sha(path.read_bytes()) == saved[0]
+    report = await catalog.scan()  # and it comes back into the catalog as the file
+    assert report.versioned == 1
+    assert (await catalog.get_info(file_id=file.id)).file.checksum == saved[0]
+    await assert_sound(catalog)
+
+
+@pytest.mark.parametrize("operation", ["restore", "delete", "archive"])
+async def test_saves_at_random_moments_are_never_lost(
+    catalog: Catalog, files: Path, replacer: Replacer, operation: str
+) -> None:
+    """Unhooked: the other program saves at a random moment while the operation runs."""
+    rng = random.Random()
+    path = files / "user/big.bin"
+    write(path, os.urandom(BIG))
+    file = (await catalog.register("user/big.bin")).file
+    for trial in range(6):
+        write(path, os.urandom(BIG))  # an unsaved edit to keep, each time
+        saved: list[str | None] = []
+
+        async def other_program(delay: float, saved: list[str | None] = saved) -> None:
+            await trio.sleep(delay)
+            saved.append(await replacer.save(path, 1_000_000, rng.choice(["replace", "rewrite"])))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_program, rng.uniform(0, 0.15))
+            if operation == "restore":
+                await catalog.restore(file.id, 1)
+            else:
+                status = "deleted" if operation == "delete" else "archived"
+                await catalog.update(file.id, attrs_changes(status))
+        kept = set(await _checksums(catalog, file.id))
+        on_disk = sha(path.read_bytes()) if path.exists() else None
+        if saved[0] is not None:
+            assert saved[0] in kept | {on_disk}, f"trial {trial}: the other program's save was lost"
+        if operation != "restore":
+            await catalog.scan()  # whatever the other program left in files/ comes back
+            if not path.exists():
+                await catalog.undelete(file.id) if operation == "delete" else await catalog.update(
+                    file.id, attrs_changes("active")
+                )
+    await assert_sound(catalog)
+
+
+def attrs_changes(status: str) -> Any:
+    from horace.model import FileChanges, Status
+
+    return FileChanges(status=Status(status))
