@@ -216,6 +216,8 @@ class Catalog:
                 self.policy.retention,
                 status.value if status else None,
             )
+            if staged is not None:
+                await in_thread(self.storage.release, staged)
         if orphans:
             await self.collect(orphans)
         return record, version
@@ -286,6 +288,7 @@ class Catalog:
                 with trio.CancelScope(shield=True):
                     await in_thread(self.storage.keep, staged)
                     inserted = await db.insert_files([record], new.collection)
+                    await in_thread(self.storage.release, staged)
             finally:
                 self.storage.discard(staged)
             if inserted:
@@ -658,6 +661,7 @@ class Catalog:
                 seen.add(s.checksum)
                 records.append(_new_record(rel, s, types[rel], now, correlation_id))
             keep = {r.checksum for r in records}
+            kept: list[Staged] = []
             with trio.CancelScope(shield=True):
 
                 def keep_all() -> None:
@@ -665,10 +669,12 @@ class Catalog:
                         if s.checksum in keep:
                             keep.discard(s.checksum)
                             self.storage.keep(s, durable=False)
+                            kept.append(s)
                     self.storage.sync()
 
                 await in_thread(keep_all)
                 inserted = await self.backend.insert_files(records)
+                await in_thread(lambda: [self.storage.release(s) for s in kept])
         finally:
             for _, s in staged:
                 self.storage.discard(s)

@@ -27,7 +27,9 @@ reported or repaired, and a temp file whose writer still runs is never touched.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -86,9 +88,9 @@ async def fsck(
     """Check the store against the catalog; see the module docstring for what is
     repaired. *automatic* (the start-up and periodic runs) logs what it repairs."""
     findings: list[Finding] = []
-    findings += await _temps(catalog)
     files = {f.id: f for f in await catalog.backend.all_files()}
     versions = await catalog.backend.all_versions()
+    findings += await _temps(catalog, {v.checksum for v in versions})
     by_file: dict[str, list[VersionRecord]] = defaultdict(list)
     for v in versions:
         by_file[v.file_id].append(v)
@@ -146,7 +148,7 @@ def log_findings(report: FsckReport, when: str) -> None:
 # -- temp files ------------------------------------------------------------------------------
 
 
-async def _temps(catalog: Catalog) -> list[Finding]:
+async def _temps(catalog: Catalog, referenced: set[str]) -> list[Finding]:
     """What dead processes left in ``.horace/tmp``, each dealt with by its kind."""
     storage = catalog.storage
     found: list[Finding] = []
@@ -159,7 +161,20 @@ async def _temps(catalog: Catalog) -> list[Finding]:
         alive = name.owner_alive() if name is not None else None
         if alive or (alive is None and age < STALE_TEMP_SECONDS):
             continue  # a live writer's, or perhaps one on another host
-        if name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META):
+        if (
+            name is not None
+            and name.kind is TempKind.STAGE
+            and await _put_back_object(catalog, path, referenced)
+        ):
+            found.append(
+                Finding(
+                    "object_recovered",
+                    "a referenced object was missing; put back from a staged copy a process left",
+                    True,
+                    subject=str(path),
+                )
+            )
+        elif name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META):
             await in_thread(path.unlink, True)
             found.append(
                 Finding("temp_leftover", "left by a process that is gone; removed", True, subject=str(path))
@@ -177,6 +192,24 @@ async def _temps(catalog: Catalog) -> list[Finding]:
         else:
             found.append(await _held(catalog, path, name))
     return found
+
+
+async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str]) -> bool:
+    """A staged copy whose content a version refers to while its object is missing (a
+    process died between its commit and releasing the copy, as the collector took the
+    object): it becomes the object again."""
+    storage = catalog.storage
+
+    def look() -> bool:
+        with open(path, "rb") as f:
+            checksum = hashlib.file_digest(f, "sha256").hexdigest()
+        if checksum not in referenced or storage.has_object(checksum):
+            return False
+        os.link(path, storage.object_path(checksum))
+        path.unlink()
+        return True
+
+    return await in_thread(look)
 
 
 async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
@@ -307,6 +340,7 @@ async def _recover_object(catalog: Catalog, rel: str, checksum: str) -> bool:
         if staged.checksum != checksum:
             return False
         await in_thread(storage.keep, staged)
+        await in_thread(storage.release, staged)
         return True
     finally:
         storage.discard(staged)

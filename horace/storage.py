@@ -400,11 +400,14 @@ class Storage:
 
     @_storage_full
     def keep(self, staged: Staged, *, durable: bool = True) -> None:
-        """Make *staged* the object named by its checksum.
+        """Make *staged* the object named by its checksum, keeping the staged file as a
+        second link until :meth:`release` (after the catalog commit).
 
-        The rename always happens, also over an identical existing object: it refreshes
-        the object's mtime, which is what the collector's grace period looks at.
-        ``durable=False`` leaves the fsync to a later :meth:`sync` of a whole batch.
+        The object is renamed into place, also over an identical existing object: that
+        refreshes the object's mtime, which the collector's grace period looks at, and
+        replaces a damaged copy. Should the collector take the object between this keep
+        and the commit (a grace period of 0), :meth:`release` puts it back from the
+        staged link. ``durable=False`` leaves the fsync to a later :meth:`sync`.
         """
         target = self.object_path(staged.checksum)
         os.utime(staged.tmp_path)
@@ -414,9 +417,21 @@ class Storage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.rename(staged.tmp_path, target)
+        second = self.tmp / temp_name(TempKind.STAGE)
+        os.link(staged.tmp_path, second)
+        os.rename(second, target)
         if durable:
             _fsync_dir(target.parent)
+
+    @_storage_full
+    def release(self, staged: Staged) -> None:
+        """After the commit that refers to it: make sure the object is in place, then drop
+        the staged link."""
+        target = self.object_path(staged.checksum)
+        if not target.exists():
+            os.link(staged.tmp_path, target)
+            _fsync_dir(target.parent)
+        staged.tmp_path.unlink(missing_ok=True)
 
     @_storage_full
     def sync(self) -> None:

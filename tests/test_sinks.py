@@ -394,6 +394,50 @@ async def test_overflow_drops_the_oldest_and_counts_exactly() -> None:
     assert runner.dropped == extra and runner.delivered == 5 + capacity and runner.restarts == 0
 
 
+class GatedTransport(MemoryTransport):
+    """Holds each batch until the test lets it go: an overflow can land mid-delivery."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = trio.Event()
+        self.release = trio.Event()
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Deliver]:
+        async with super().open() as deliver:
+
+            async def gated(batch: list[dict[str, Any]]) -> None:
+                self.in_flight.set()
+                await self.release.wait()
+                await deliver(batch)
+
+            yield gated
+
+
+async def test_an_overflow_while_a_batch_is_in_flight_is_counted_once() -> None:
+    """Entries are acknowledged by sequence number: an overflow that drops entries of the
+    batch in flight neither counts them twice nor takes newer, undelivered entries off
+    the queue with them."""
+    capacity, batch_size, extra = 20, 8, 13
+    transport = GatedTransport()
+    runner = SinkRunner(transport, spool_dir=None, capacity=capacity, batch_size=batch_size, **FAST)
+    async with running(runner):
+        for i in range(batch_size):
+            runner.emit(entry(i))
+        await transport.in_flight.wait()  # the first batch (0..7) is out, not acknowledged
+        emitted = batch_size + capacity + extra
+        for i in range(batch_size, emitted):
+            runner.emit(entry(i))
+        assert runner.dropped == emitted - capacity  # the oldest, the in-flight batch among them
+        transport.release.set()
+        await eventually(lambda: runner.status()["queued"] == 0, what="the queue to drain")
+    assert runner.delivered + runner.dropped == emitted
+    kept = [f"m{i}" for i in range(runner.dropped, emitted)]  # drop-oldest: all but the first
+    received = [e["message"] for e in transport.stored]
+    assert all(received.count(message) == 1 for message in kept), received
+    assert set(received) - set(kept) <= {f"m{i}" for i in range(batch_size)}  # only the batch in flight
+
+
 async def test_spill_at_shutdown_then_replay(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     async with godot_standin(listening=False) as godot:

@@ -172,11 +172,12 @@ class SinkRunner:
         self._in_flight = 0
         self._strikes = 0
         self._batch_limit = min(self.batch_size, self._batch_limit * 2)
-        # Entries dropped for overflow while the batch was out were the oldest: only
-        # what is still queued up to the batch's last sequence number was delivered.
+        # Entries dropped for overflow while the batch was out were the oldest, and are
+        # counted as dropped: what is still queued up to the batch's last sequence number
+        # is what this delivery took off the queue (delivered + dropped = emitted).
         while self._queue and self._queue[0][0] <= last:
             self._queue.popleft()
-        self.delivered += len(batch)
+            self.delivered += 1
 
     async def _flush(self) -> None:
         if not self._queue:

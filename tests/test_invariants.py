@@ -1,0 +1,187 @@
+"""Each safety check of the versioning engine, shown by a test that fails without it.
+
+- the torn-copy check: a working file rewritten in place (same inode) while it is being
+  copied is refused with FILE_LOCKED; no version and no object of the torn state;
+- the collector against a writer of the same content: an object pruned from one file
+  while another file commits it survives, whether the writer is caught between its keep
+  and its commit (with and without a grace period) or the collector between its pruning
+  and its collection (its re-check of references);
+- restore of a version whose object is gone or damaged: refused, nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from helpers import sha256, write
+from soundness import assert_sound, objects_on_disk
+
+import horace.catalog
+from horace.assemble import open_catalog
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.fsck import fsck
+from horace.model import ErrorCode, FileChanges, HoraceError
+from horace.storage import Staged, Storage
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("how", ["same size", "grown"])
+@pytest.mark.parametrize("operation", ["register", "update"])
+async def test_a_rewrite_in_place_during_the_copy_is_refused(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, how: str, operation: str
+) -> None:
+    path = write(files / "user/big.bin", os.urandom(3 * MiB))
+    file = (await catalog.register("user/big.bin")).file if operation == "update" else None
+    before = write(path, os.urandom(3 * MiB)).read_bytes()
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))  # a rewrite now is sure to move the mtime
+    real_check = horace.catalog._check_cancelled
+    rewritten: list[bytes] = []
+
+    def rewrite_once() -> None:  # between two chunks of the copy, in its worker thread
+        if not rewritten:
+            with open(path, "r+b") as f:  # the same inode, as an in-place writer does
+                data = os.urandom(3 * MiB if how == "same size" else 4 * MiB)
+                f.write(data)
+            rewritten.append(data)
+        real_check()
+
+    monkeypatch.setattr(horace.catalog, "_check_cancelled", rewrite_once)
+    with pytest.raises(HoraceError) as refused:
+        if file is None:
+            await catalog.register("user/big.bin")
+        else:
+            await catalog.update(file.id, FileChanges())
+    monkeypatch.undo()
+    assert rewritten, "the rewrite never happened during a copy"
+    assert refused.value.code is ErrorCode.FILE_LOCKED
+    torn = path.read_bytes()
+    assert torn != before
+    kept = objects_on_disk(catalog)
+    assert sha256(torn) not in kept and sha256(before) not in kept
+    if file is not None:
+        assert (await catalog.get_info(file_id=file.id)).file.current_version == 1
+    else:
+        assert await catalog.backend.all_files() == []
+    await assert_sound(catalog)
+
+
+# -- the collector against a writer of the same content ------------------------------------
+
+
+@pytest.fixture(params=[0.0, 600.0], ids=["no grace", "grace"])
+async def pruning(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Catalog]:
+    """One version kept per file: every update prunes, and collects what it pruned."""
+    changed = attrs.evolve(settings, version_count=1, gc_grace=request.param)
+    async with open_catalog(changed, create=True) as catalog:
+        yield catalog
+
+
+async def test_an_object_pruned_while_another_file_commits_it_survives_the_collector(
+    pruning: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer is caught between its keep (the object renamed into place) and its
+    commit, and the collector of the other file runs in that moment."""
+    catalog = pruning
+    shared = os.urandom(64 * 1024)
+    write(files / "user/a.bin", shared)
+    a = (await catalog.register("user/a.bin")).file
+    b_path = write(files / "user/b.bin", b"b, first")
+    b = (await catalog.register("user/b.bin")).file
+    write(b_path, shared)  # b is about to take the same content that a is about to prune
+
+    kept = threading.Event()
+    go_on = threading.Event()
+    real_keep = Storage.keep
+
+    def keep_then_wait(self: Storage, staged: Staged, **kwargs: Any) -> None:
+        real_keep(self, staged, **kwargs)
+        if staged.checksum == sha256(shared):
+            kept.set()
+            assert go_on.wait(30), "the test never let the writer go on"
+
+    monkeypatch.setattr(Storage, "keep", keep_then_wait)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(catalog.update, b.id, FileChanges())
+        await trio.to_thread.run_sync(kept.wait, 30)
+        write(files / "user/a.bin", b"a, second")  # a moves on: its version of `shared` is pruned
+        pruned = await catalog.update(a.id, FileChanges())
+        assert pruned.file.current_version == 2
+        go_on.set()
+    monkeypatch.undo()
+    assert (await catalog.get_info(file_id=b.id)).file.checksum == sha256(shared)
+    assert catalog.storage.object_path(sha256(shared)).read_bytes() == shared
+    assert (await fsck(catalog, deep=True)).clean
+    await assert_sound(catalog, deep=True) if catalog.policy.gc_grace_seconds == 0 else None
+
+
+async def test_the_collector_rechecks_references_before_deleting(
+    pruning: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector is caught between pruning (the content had no row left) and its
+    collection; meanwhile another file commits that content. Only the collector's second
+    look at the references can save the object when there is no grace period."""
+    catalog = pruning
+    shared = os.urandom(64 * 1024)
+    write(files / "user/a.bin", shared)
+    a = (await catalog.register("user/a.bin")).file
+    b_path = write(files / "user/b.bin", b"b, first")
+    b = (await catalog.register("user/b.bin")).file
+
+    pruned = trio.Event()
+    go_on = trio.Event()
+    real_collect = Catalog.collect
+
+    async def collect_later(self: Catalog, checksums: Any, grace_seconds: float | None = None) -> list[str]:
+        if sha256(shared) in checksums:
+            pruned.set()
+            await go_on.wait()
+        return await real_collect(self, checksums, grace_seconds)
+
+    monkeypatch.setattr(Catalog, "collect", collect_later)
+    async with trio.open_nursery() as nursery:
+        write(files / "user/a.bin", b"a, second")
+        nursery.start_soon(catalog.update, a.id, FileChanges())
+        await pruned.wait()
+        write(b_path, shared)
+        assert (await catalog.update(b.id, FileChanges())).version_created  # commits `shared`
+        go_on.set()
+    monkeypatch.undo()
+    assert catalog.storage.object_path(sha256(shared)).read_bytes() == shared
+    assert (await fsck(catalog, deep=True)).clean
+
+
+# -- restore of content that is not there ---------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["gone", "corrupt"])
+async def test_restore_of_a_version_whose_object_is_lost_changes_nothing(
+    catalog: Catalog, files: Path, damage: str
+) -> None:
+    path = write(files / "user/a.txt", "version one")
+    file = (await catalog.register("user/a.txt")).file
+    write(path, "version two")
+    await catalog.update(file.id, FileChanges())
+    write(path, "unsaved three")
+    lost = catalog.storage.object_path(sha256("version one"))
+    lost.chmod(0o644)
+    if damage == "gone":
+        lost.unlink()
+    else:
+        lost.write_text("version 0ne")
+    with pytest.raises(HoraceError) as refused:
+        await catalog.restore(file.id, 1)
+    assert refused.value.code is ErrorCode.CHECKSUM_MISMATCH
+    assert path.read_text() == "unsaved three"
+    info = await catalog.get_info(file_id=file.id, include_versions=True)
+    assert info.file.current_version == 2 and len(info.versions or ()) == 2
