@@ -70,7 +70,8 @@ class Units(Protocol):
     ) -> tuple[FileRecord, VersionRecord, list[str]]:
         """Record version max+1 as current (optionally setting status), prune by
         retention, and return the file, the version, and the checksums of pruned
-        versions that no version row refers to any more."""
+        versions that no version row refers to any more. LookupError when the file is
+        not catalogued."""
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         """Apply the allow-listed changes; a status change sets or clears deleted_at;

@@ -261,6 +261,8 @@ def _add_version(
 ) -> tuple[FileRecord, VersionRecord, list[str]]:
     now = _ts(at)
     with _transaction(conn):
+        if _file_by(conn, "id", file_id) is None:
+            raise LookupError(f"add_version: no catalogued file {file_id!r}")
         (number,) = conn.execute(
             "SELECT coalesce(max(version), 0) + 1 FROM horace_versions WHERE file_id = ?",
             (file_id,),

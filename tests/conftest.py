@@ -8,22 +8,15 @@ it is never skipped. Each test gets its own PostgreSQL schema (through the URL's
 
 from __future__ import annotations
 
-import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import with_query
+from helpers import BACKEND, PG_DSN, fresh_database
 
 from horace.assemble import open_catalog
 from horace.catalog import Catalog
 from horace.config import Settings
-
-BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
-PG_DSN = os.environ.get("HORACE_TEST_PG_DSN")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,34 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header() -> str:
     return f"horace backend: {BACKEND}" + (f" ({PG_DSN})" if BACKEND == "postgres" else "")
-
-
-def _pg(statement: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-@contextmanager
-def fresh_database(folder: Path, name: str = "catalog") -> Iterator[str]:
-    """The URL of a new, empty catalog database of the test backend."""
-    if BACKEND == "sqlite":
-        yield f"sqlite://{folder / f'{name}.db'}"
-        return
-    assert PG_DSN is not None
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    _pg(f"CREATE SCHEMA {schema}")
-    try:
-        yield with_query(PG_DSN, search_path=schema)
-    finally:
-        _pg(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture

@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
+PG_DSN = os.environ.get("HORACE_TEST_PG_DSN")
+
+
+def pg_execute(statement: str) -> None:
+    """Run one statement on the test PostgreSQL server, outside any backend."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@contextmanager
+def fresh_database(folder: Path, name: str = "catalog") -> Iterator[str]:
+    """The URL of a new, empty catalog database of the backend under test (a PostgreSQL
+    schema of its own, through the URL's ``search_path``, dropped afterwards)."""
+    if BACKEND == "sqlite":
+        yield f"sqlite://{folder / f'{name}.db'}"
+        return
+    assert PG_DSN is not None
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    pg_execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_query(PG_DSN, search_path=schema)
+    finally:
+        pg_execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def with_query(url: str, **params: str) -> str:

@@ -43,6 +43,7 @@ from horace.model import FileChanges, FileRecord, VersionRecord
 KiB, MiB = 1 << 10, 1 << 20
 RANDOM_TRIALS = 250  # per operation, in the default run
 SLOW_TRIALS = 3000
+SLICE_TRIALS = 120  # of the slow sweep, in every run
 
 
 def slow_selected(config: pytest.Config) -> bool:
@@ -523,16 +524,6 @@ async def test_cancel_at_every_step(
 
 
 async def random_sweep(catalog: Catalog, scenario: Scenario, trials: int, rng: random.Random) -> Counter[str]:
-    # Calibrate: the delays spread over the operation's own duration on this machine.
-    durations = []
-    for _ in range(6):
-        await scenario.prepare(catalog)
-        start = time.perf_counter()
-        await scenario.run(catalog)
-        durations.append(time.perf_counter() - start)
-        await scenario.verify(catalog)
-        await scenario.cleanup(catalog)
-    span = max(statistics.median(durations) * 1.5, 0.001)
     real_check = horace.catalog._check_cancelled
     counts: Counter[str] = Counter()
 
@@ -543,23 +534,51 @@ async def random_sweep(catalog: Catalog, scenario: Scenario, trials: int, rng: r
             counts["cancelled mid-copy"] += 1
             raise
 
+    async def calibrated_span() -> float:
+        # The delays spread over the operation's own duration on this machine.
+        durations = []
+        for _ in range(4):
+            await scenario.prepare(catalog)
+            start = time.perf_counter()
+            await scenario.run(catalog)
+            durations.append(time.perf_counter() - start)
+            await scenario.verify(catalog)
+            await scenario.cleanup(catalog)
+        return max(statistics.median(durations) * 1.5, 0.001)
+
+    async def trial(delay: float) -> None:
+        await scenario.prepare(catalog)
+        with trio.move_on_after(delay) as scope:
+            await scenario.run(catalog)
+        committed = await scenario.verify(catalog)
+        if scope.cancelled_caught:
+            counts["cancelled, committed" if committed else "cancelled, nothing"] += 1
+            await scenario.retry(catalog)
+        else:
+            counts["completed"] += 1
+        await scenario.cleanup(catalog)
+
+    span = await calibrated_span()
     horace.catalog._check_cancelled = spying_check  # type: ignore[assignment]
     try:
         for i in range(trials):
-            await scenario.prepare(catalog)
-            delay = 0.0 if i % 20 == 0 else rng.uniform(0, span)
-            with trio.move_on_after(delay) as scope:
-                await scenario.run(catalog)
-            committed = await scenario.verify(catalog)
-            if scope.cancelled_caught:
-                counts["cancelled, committed" if committed else "cancelled, nothing"] += 1
-                await scenario.retry(catalog)
-            else:
-                counts["completed"] += 1
-            await scenario.cleanup(catalog)
+            await trial(0.0 if i % 20 == 0 else rng.uniform(0, span))
+        if not counts["cancelled mid-copy"]:
+            # None landed inside a copy by chance: go on with contents of several chunks
+            # and deadlines inside their copy, until one does.
+            scenario.fixed_size = 4 * MiB
+            horace.catalog._check_cancelled = real_check  # type: ignore[assignment]
+            span = await calibrated_span()
+            horace.catalog._check_cancelled = spying_check  # type: ignore[assignment]
+            for _ in range(200):
+                await trial(rng.uniform(span / 6, span / 1.5))
+                if counts["cancelled mid-copy"]:
+                    break
+            scenario.fixed_size = None
     finally:
         horace.catalog._check_cancelled = real_check  # type: ignore[assignment]
     assert counts["cancelled, nothing"] > 0 and counts["completed"] > 0, counts
+    assert counts["cancelled mid-copy"] > 0, f"no cancellation landed inside a copy: {counts}"
     return counts
 
 
@@ -582,8 +601,10 @@ async def test_random_deadlines(cancel_catalog: Catalog, files: Path, which: str
 async def test_random_deadlines_long(
     cancel_catalog: Catalog, files: Path, which: str, request: pytest.FixtureRequest
 ) -> None:
-    if not slow_selected(request.config):
-        pytest.skip("long sweep: select it with -m slow")
-    rng = random.Random()
-    counts = await random_sweep(cancel_catalog, RANDOM[which](files, rng), SLOW_TRIALS, rng)
-    print(which, dict(counts))
+    """A fresh seed each run: the long sweep with ``-m slow``, a bounded slice of it (with
+    its own seed, so CI explores further over time) otherwise."""
+    trials = SLOW_TRIALS if slow_selected(request.config) else SLICE_TRIALS
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    counts = await random_sweep(cancel_catalog, RANDOM[which](files, rng), trials, rng)
+    print(which, f"seed {seed}", dict(counts))

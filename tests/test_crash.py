@@ -11,6 +11,7 @@ versions are dense, and a second fsck is clean.
 
 from __future__ import annotations
 
+import itertools
 import random
 import signal
 from itertools import pairwise
@@ -43,7 +44,9 @@ async def test_sigkill_loses_no_committed_version(settings: Settings, files: Pat
     committed: dict[tuple[str, int], str] = {}
     wrote: set[tuple[str, str]] = {(rel, digest(data)) for rel, data in initial.items()}
     killed_mid_run = 0
-    for run in range(KILLS):
+    for run in itertools.count():
+        if (run >= KILLS and killed_mid_run >= 1) or run >= 3 * KILLS:
+            break
         options = [
             "--inplace",
             "--min-size",
@@ -73,6 +76,7 @@ async def test_sigkill_loses_no_committed_version(settings: Settings, files: Pat
             assert committed.setdefault((rel, version), checksum) == checksum, "a version number reused"
         killed_mid_run += worker.lines[-1].startswith("wrote")
     assert len(committed) >= KILLS, f"the workers committed too little to prove anything: {len(committed)}"
+    assert killed_mid_run >= 1, "no kill landed between a write and its commit"
 
     # Look at what the kills left, then repair it.
     async with open_catalog(settings, create=True, check=False) as catalog:

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import jsonschema
 import pytest
-from helpers import write
+from helpers import fresh_database, write
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -102,8 +102,9 @@ class World:
 
 
 def _snapshot(base: Path) -> dict[str, tuple[int, int, str]]:
-    """Everything under *base* but Horace's own files/ and .horace/: (size, mtime, link)."""
-    skip = {base / "root" / "files", base / "root" / ".horace"}
+    """Everything under *base* but Horace's own files/, .horace/ and catalog database:
+    (size, mtime, link)."""
+    skip = {base / "root" / "files", base / "root" / ".horace", base / "db"}
     found: dict[str, tuple[int, int, str]] = {}
     for dirpath, dirnames, filenames in os.walk(base):
         here = Path(dirpath)
@@ -156,12 +157,19 @@ def _hostile_paths(world_base: Path, outside: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("fuzz")
+    with fresh_database(base / "db") as database_url:  # the backend under test
+        yield from _world(base, database_url)
+
+
+def _world(base: Path, database_url: str) -> Iterator[World]:
     outside = base / "outside"
     write(outside / "canary.txt", "do not touch\n")
     write(outside / "sub/secret.txt", "secret\n")
     write(base / "root/files_evil/x.txt", "a sibling whose name starts like files/\n")
     root = base / "root"
-    with run_horace_in_thread(throwaway_settings(root, call_deadline=20.0)) as running:
+    with run_horace_in_thread(
+        throwaway_settings(root, call_deadline=20.0, database_url=database_url)
+    ) as running:
         files = running.files
         (files / "user/escape").symlink_to(outside, target_is_directory=True)
         (files / "user/link.txt").symlink_to(outside / "canary.txt")

@@ -14,8 +14,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from conftest import BACKEND
-from helpers import sha256, write
+from helpers import BACKEND, sha256, write
 from mcp_client import McpClient, connect
 from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
 

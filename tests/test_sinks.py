@@ -27,9 +27,8 @@ import attrs
 import pytest
 import trio
 import trio.lowlevel
-from conftest import BACKEND
 from godot_standin import godot_standin
-from helpers import write
+from helpers import BACKEND, write
 from mcp_client import McpClient, connect
 
 from horace.catalog import Catalog
