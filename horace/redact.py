@@ -46,16 +46,17 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:  # not parseable as a URL: show nothing of it that could be secret
         return MASK
-    netloc = parts.netloc
+    netloc, query = parts.netloc, parts.query
     if password is not None:
         userinfo, _, host = netloc.rpartition("@")
         user = userinfo.partition(":")[0]
         netloc = f"{user}:{MASK}@{host}"
-    query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(secret_key(k) for k, _ in pairs):
             query = "&".join(f"{k}={MASK}" if secret_key(k) else f"{k}={v}" for k, v in pairs)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing secret: as given (urlunsplit would drop an empty authority)
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 

@@ -21,6 +21,7 @@ from helpers import sha256, write
 from soundness import assert_sound, objects_on_disk
 
 from horace.assemble import open_catalog
+from horace.backends import open_backend
 from horace.binding import StoreRefused
 from horace.cli import Exit
 from horace.config import Settings
@@ -76,6 +77,23 @@ async def test_a_store_opened_by_the_wrong_catalog_is_refused_and_loses_nothing(
     await _restorable(served, file_id, files)
     async with open_catalog(served) as catalog:
         assert objects <= objects_on_disk(catalog)
+
+
+async def test_a_new_store_without_files_is_refused_by_another_catalog(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> None:
+    """No versions to betray it yet: only the identity tells the pair apart."""
+    settings = Settings(storage_path=tmp_path / "root", database_url=database_url)
+    async with open_catalog(settings, create=True):
+        pass
+    identity = (settings.storage_path / ".horace/store.json").read_text()
+    async with open_backend(other_database_url):  # an existing catalog, empty and unbound
+        pass
+    for other in (other_database_url, None):
+        with pytest.raises(StoreRefused, match="belongs to catalog"):
+            async with open_catalog(attrs.evolve(settings, database_url=other), create=True):
+                pytest.fail("an empty store was taken over by another catalog")
+    assert (settings.storage_path / ".horace/store.json").read_text() == identity
 
 
 async def test_a_catalog_bound_elsewhere_is_refused(tmp_path: Path, database_url: str) -> None:

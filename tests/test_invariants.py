@@ -185,3 +185,44 @@ async def test_restore_of_a_version_whose_object_is_lost_changes_nothing(
     assert path.read_text() == "unsaved three"
     info = await catalog.get_info(file_id=file.id, include_versions=True)
     assert info.file.current_version == 2 and len(info.versions or ()) == 2
+
+
+# -- what a crash leaves in .horace/tmp -----------------------------------------------------
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000  # above any pid_max in use: no such process
+    while os.path.exists(f"/proc/{pid}"):
+        pid += 1
+    return pid
+
+
+@pytest.mark.parametrize("path_taken", [False, True])
+async def test_a_working_file_caught_outside_files_by_a_crash_goes_back(
+    catalog: Catalog, files: Path, path_taken: bool
+) -> None:
+    """A crash between moving a working file out of files/ (delete, archive, a restore's
+    swap) and versioning it leaves it in .horace/tmp: fsck puts it back, never deletes it."""
+    path = write(files / "user/a.txt", "versioned")
+    file = (await catalog.register("user/a.txt")).file
+    held_name = storage_temp_name("held", _dead_pid(), file.id.replace("-", ""))
+    held = write(catalog.storage.tmp / held_name, "never versioned")
+    if path_taken:
+        write(path, "written since")
+    else:
+        path.unlink()
+    report = await fsck(catalog)  # the plain check, as at every start
+    assert not held.exists()
+    recovered = [f for f in report.findings if f.kind == "working_recovered"]
+    assert recovered and recovered[0].repaired, report.findings
+    where = files / (recovered[0].file_path or "")
+    assert where.read_text() == "never versioned"
+    assert (where == path) is not path_taken
+    if path_taken:
+        assert path.read_text() == "written since"
+
+
+def storage_temp_name(kind: str, pid: int, extra: str) -> str:
+    from horace.storage import _HOST, TMP_PREFIX
+
+    return f"{TMP_PREFIX}{kind}.{_HOST}.{pid}.000000000000.{extra}"

@@ -1,0 +1,49 @@
+"""One redactor for everything Horace shows: URLs (their password in the authority or as a
+query parameter), free text holding URLs, and log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from horace.logs import JsonLines
+from horace.redact import redact_text, redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://horace:s3cret@db:5432/horace", "s3cret"),
+        ("postgresql://horace@db/horace?password=s3cret", "s3cret"),
+        ("postgresql://horace@db/horace?sslmode=require&sslpassword=s3cret", "s3cret"),
+        ("postgresql://horace@db/horace?sslkey=/keys/s3cret.key", "s3cret"),
+        ("postgresql://horace@db/horace?application_name=x&PASSWORD=s3cret", "s3cret"),
+        ("ws://user:s3cret@godot:9060/?token=t0ken", "s3cret"),
+    ],
+)
+def test_urls_lose_their_secrets_and_keep_the_rest(url: str, secret: str) -> None:
+    shown = redact_url(url)
+    assert secret not in shown and "***" in shown
+    assert shown.split("://")[0] == url.split("://")[0]
+    assert ("db" in shown) or ("godot" in shown)
+    assert "t0ken" not in redact_url("ws://godot:9060/?token=t0ken")
+
+
+def test_urls_without_secrets_are_unchanged() -> None:
+    for url in ("sqlite:///var/lib/horace/catalog.db", "postgresql://horace@db/horace?sslmode=require"):
+        assert redact_url(url) == url
+
+
+def test_text_and_log_lines_lose_the_secrets_of_urls_in_them() -> None:
+    text = "could not connect to postgresql://h:pw1@db/x?password=pw2 (refused)"
+    shown = redact_text(text)
+    assert "pw1" not in shown and "pw2" not in shown and "(refused)" in shown
+    record = logging.LogRecord("horace", logging.INFO, __file__, 1, "listening, %s", (text,), None)
+    record.backend = "postgresql://h@db/x?sslpassword=pw3"
+    record.data = {"api_key": "k3y", "fine": "ok"}
+    line = JsonLines().format(record)
+    for secret in ("pw1", "pw2", "pw3", "k3y"):
+        assert secret not in line
+    assert json.loads(line)["data"]["fine"] == "ok"
