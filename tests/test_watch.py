@@ -574,10 +574,15 @@ async def test_watcher_crash_restarts_and_catches_up(
     async with run_horace(watching(settings)) as running:
         catalog = running.server.catalog
         write(running.files / "user/during-outage.txt", "written while nobody watched")
+        body = await _http_health(running)
+        assert (body["status"], body["degraded"]) == ("degraded", ["watcher"])
+        assert body["watcher"]["watching"] is False and body["watcher"]["ok"] is False
         release.set()
         await wait_watching(running)
-        part = (await _http_health(running))["watcher"]
-        assert part["restarts"] == 1 and part["state"] == "running"
+        body = await _http_health(running)
+        assert body["status"] == "ok" and "degraded" not in body
+        part = body["watcher"]
+        assert part["restarts"] == 1 and part["state"] == "running" and part["ok"] is True
         assert "injected watcher failure" in part["last_error"]
         # What changed while the watcher was down is caught up once it is back ...
         await eventually(
@@ -587,6 +592,36 @@ async def test_watcher_crash_restarts_and_catches_up(
         write(running.files / "user/after.txt", "after the restart")
         await eventually(partial(catalog.backend.file_by_path, "user/after.txt"), "a write after the restart")
         assert (await _http_health(running))["watcher"]["restarts"] == 1
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
+async def test_health_is_degraded_while_files_is_away(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, poll: bool
+) -> None:
+    monkeypatch.setattr(horace.tasks, "supervise", partial(supervise, backoff_base=0.05, backoff_cap=0.1))
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        assert (await _http_health(running))["status"] == "ok"
+        away = running.files.with_name("files-away")
+        os.rename(running.files, away)
+
+        async def degraded() -> dict[str, Any] | None:
+            body = await _http_health(running)
+            return body if body["status"] == "degraded" else None
+
+        body = await eventually(degraded, "/health to say degraded")
+        assert body["degraded"] == ["watcher"] and body["backend"]["ok"] is True
+        assert (body["watcher"]["watching"], body["watcher"]["ok"]) == (False, False)
+        write(away / "user/while-away.txt", "written while files/ was away")
+        os.rename(away, running.files)
+        await wait_watching(running)
+        body = await _http_health(running)
+        assert body["status"] == "ok" and "degraded" not in body
+        assert body["watcher"]["restarts"] >= 1 and "WatchFailed" in body["watcher"]["last_error"]
+        await eventually(
+            lambda: _has_checksum(running, "user/while-away.txt", sha256("written while files/ was away")),
+            "the write made while files/ was away",
+        )
 
 
 async def _http_health(running: RunningHorace) -> dict[str, Any]:
