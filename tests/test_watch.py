@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from mcp_client import McpClient, connect
 import horace.tasks
 import horace.watch
 from horace.catalog import Catalog
+from horace.changefeed import Batch, open_change_feed
 from horace.config import Settings
 from horace.model import Status, VersionRecord
 from horace.supervise import supervise
@@ -441,6 +443,91 @@ async def _has_checksum(running: RunningHorace, rel: str, checksum: str) -> bool
     return found is not None and found.checksum == checksum
 
 
+# -- names that can never be catalogued ----------------------------------------------------------
+
+# A bad name as the file system has it (bytes), and as the watcher and a scan report it:
+# undecodable bytes shown as U+FFFD, only up to the bad name (nothing under it is looked at).
+NOT_UTF8 = "the name is not valid UTF-8"
+BAD_NAMES = {
+    "not-utf8-file": (b"user/bad\xff.txt", f"user/bad\ufffd.txt: {NOT_UTF8}"),
+    "not-utf8-folder": (b"user/bad\xfe-dir/inner.txt", f"user/bad\ufffd-dir: {NOT_UTF8}"),
+    "reserved-temp": (
+        b"user/.horace-tmp-x",
+        "user/.horace-tmp-x: names starting with .horace-tmp- are reserved for Horace's temp files",
+    ),
+    "horace-folder": (
+        b"user/.horace/inner.txt",
+        "user/.horace: the name .horace is reserved for Horace's own data",
+    ),
+}
+
+
+def write_raw(files: Path, raw: bytes, content: bytes) -> None:
+    """Write *content* at *raw*, a path under *files* given as bytes (any bytes but / and NUL)."""
+    path = os.path.join(os.fsencode(files), raw)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+@pytest.mark.parametrize("case", list(BAD_NAMES))
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
+async def test_a_name_that_cannot_be_catalogued_is_skipped_and_the_watch_goes_on(
+    settings: Settings, poll: bool, case: str
+) -> None:
+    raw, reported = BAD_NAMES[case]
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        write(running.files / "user/before.txt", "written before the bad name")
+        await eventually(
+            lambda: _has_checksum(running, "user/before.txt", sha256("written before the bad name")),
+            "the file written before",
+        )
+        write_raw(running.files, raw, b"never catalogued")
+
+        async def listed() -> bool:
+            return reported in (await health(running))["watcher"]["skipped_names"]
+
+        await eventually(listed, f"{reported!r} in skipped_names")
+        write_raw(running.files, raw, b"never catalogued, written again")  # reported once only
+        write(running.files / "user/before.txt", "changed after the bad name")
+        write(running.files / "user/after.txt", "written after the bad name")
+        await eventually(
+            lambda: _has_checksum(running, "user/before.txt", sha256("changed after the bad name")),
+            "the file written before, changed after",
+        )
+        await eventually(
+            lambda: _has_checksum(running, "user/after.txt", sha256("written after the bad name")),
+            "the file written after",
+        )
+        await quiet(running)
+
+        body = await _http_health(running)
+        assert body["status"] == "ok"
+        part = body["watcher"]
+        assert (part["watching"], part["ok"], part["restarts"], part["errors"]) == (True, True, 0, 0)
+        assert (part["skipped"], part["skipped_names"]) == (1, [reported])
+        backend = running.server.catalog.backend
+        assert {f.file_path for f in await backend.all_files()} == {"user/before.txt", "user/after.txt"}
+        assert (await backend.file_by_path("user/before.txt")).current_version == 2
+        for content in (b"never catalogued", b"never catalogued, written again"):
+            assert await backend.file_by_checksum(sha256(content)) is None
+
+
+async def test_a_scan_registers_the_valid_files_beside_names_it_skips(catalog: Catalog, files: Path) -> None:
+    valid = ["user/a.txt", "user/m.txt", "user/z.txt", "shared/deep/b.txt"]
+    for rel in valid:
+        write(files / rel, f"valid {rel}")
+    for raw, _ in BAD_NAMES.values():
+        write_raw(files, raw, b"content " + raw)  # each its own, so none is a mere duplicate
+    report = await catalog.scan()
+    assert (report.registered, report.errors) == (len(valid), ())
+    assert sorted(report.skipped) == sorted(reported for _, reported in BAD_NAMES.values())
+    assert {f.file_path for f in await catalog.backend.all_files()} == set(valid)
+    again = await catalog.scan("user")  # a scan of the folder alone: nothing new, the same skips
+    assert (again.registered, again.unchanged, len(again.skipped)) == (0, 3, len(BAD_NAMES))
+
+
 # -- downtime, purge, supervision ----------------------------------------------------------------
 
 
@@ -622,6 +709,66 @@ async def test_health_is_degraded_while_files_is_away(
             lambda: _has_checksum(running, "user/while-away.txt", sha256("written while files/ was away")),
             "the write made while files/ was away",
         )
+
+
+@attrs.define
+class Lossy:
+    """The real change feed, but the changes of files named *hidden* are dropped until
+    *report* is set; the next batch then says events were lost (as an inotify queue
+    overflow does)."""
+
+    feed: Any
+    hidden: str
+    report: trio.Event = attrs.Factory(trio.Event)
+    lost_since: float = attrs.Factory(time.time)
+
+    async def __aenter__(self) -> Lossy:
+        await self.feed.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.feed.__aexit__(*exc)
+
+    def __aiter__(self) -> Lossy:
+        return self
+
+    async def __anext__(self) -> Batch:
+        batch = await self.feed.__anext__()
+        kept = tuple(change for change in batch.changes if change.path.name != self.hidden)
+        if not self.report.is_set():
+            return Batch(kept)
+        self.hidden = ""
+        return Batch(batch.changes, self.lost_since)
+
+
+async def test_lost_events_are_caught_up(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    feeds: list[Lossy] = []
+
+    def lossy_feed(*args: Any, **kwargs: Any) -> Lossy:
+        feeds.append(Lossy(open_change_feed(*args, **kwargs), "unseen.txt"))
+        return feeds[-1]
+
+    monkeypatch.setattr(horace.watch, "open_change_feed", lossy_feed)
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        write(running.files / "user/seen.txt", "seen")
+        await eventually(lambda: _has_checksum(running, "user/seen.txt", sha256("seen")), "seen.txt")
+        write(running.files / "user/unseen.txt", "its events are lost")
+        write(running.files / "user/sentinel.txt", "after the lost events")
+        await eventually(
+            lambda: _has_checksum(running, "user/sentinel.txt", sha256("after the lost events")),
+            "the sentinel",
+        )
+        await quiet(running)
+        backend = running.server.catalog.backend
+        assert await backend.file_by_path("user/unseen.txt") is None  # nothing but a catch-up finds it
+        feeds[-1].report.set()
+        write(running.files / "user/trigger.txt", "the batch that says events were lost")
+        await eventually(
+            lambda: _has_checksum(running, "user/unseen.txt", sha256("its events are lost")),
+            "the file whose events were lost",
+        )
+        assert len(feeds) == 1 and (await health(running))["watcher"]["restarts"] == 0
 
 
 async def _http_health(running: RunningHorace) -> dict[str, Any]:
