@@ -172,15 +172,15 @@ class InotifyFeed:
         """Read the events waiting, into *collected*; watch the folders they bring."""
         assert self._inotify is not None
         new_folders: list[str] = []
+        rewatch = False  # the whole tree, after an overflow
         for wd, mask, _, name in self._inotify.read(timeout=0):
             if mask & flags.Q_OVERFLOW:
                 # Events were dropped since the last read: folders made meanwhile are not
                 # watched, and their files not reported. Watch the whole tree again.
                 log.warning("watch: the inotify queue overflowed; events were lost")
-                collected.lost_since = min(collected.lost_since or self._drained_at, self._drained_at)
-                self._paths.clear()
-                self._wds.clear()
-                new_folders.append(self.root)
+                if collected.lost_since is None:
+                    collected.lost_since = self._drained_at
+                rewatch = True
                 continue
             if wd == self._root_wd and mask & _ROOT_LOST:
                 raise WatchFailed(f"{printable(self.root)} was moved, removed or unmounted")
@@ -192,7 +192,8 @@ class InotifyFeed:
                         del self._wds[folder]
                 continue
             if folder is None:
-                self._rm_watch(wd)  # a folder forgotten (moved away, overflow): not ours now
+                if not rewatch:
+                    self._rm_watch(wd)  # its folder was moved away: not ours any more
                 continue
             if not name:
                 continue  # about the folder itself: its parent's watch reports it
@@ -205,11 +206,15 @@ class InotifyFeed:
                     new_folders.append(path)
             collected.add(path, gone)
         self._drained_at = time.time()
+        if rewatch:
+            # Watching a folder again gives its watch back; what left the tree is forgotten.
+            self._paths.clear()
+            self._wds.clear()
+            new_folders = [self.root]
         if new_folders:
             added = await trio.to_thread.run_sync(self._watch_trees, new_folders)
             self._remember_all(added)
-            if self.root in new_folders:
-                self._root_wd = self._wds[self.root]
+            self._root_wd = self._wds[self.root]
 
     def _remember_all(self, added: list[tuple[str, int]]) -> None:
         for folder, wd in added:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+import inotify_simple
 import pytest
 import trio
 from helpers import sha256, write
@@ -30,7 +31,7 @@ from mcp_client import McpClient, connect
 import horace.tasks
 import horace.watch
 from horace.catalog import Catalog
-from horace.changefeed import Batch, open_change_feed
+from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
 from horace.model import Status, VersionRecord
 from horace.supervise import supervise
@@ -769,6 +770,71 @@ async def test_lost_events_are_caught_up(settings: Settings, monkeypatch: pytest
             "the file whose events were lost",
         )
         assert len(feeds) == 1 and (await health(running))["watcher"]["restarts"] == 0
+
+
+# -- the inotify feed itself ---------------------------------------------------------------------
+
+
+async def next_batch(feed: InotifyFeed) -> set[tuple[str, bool]]:
+    with trio.fail_after(TIMEOUT):
+        batch = await feed.__anext__()
+    return {(str(change.path), change.gone) for change in batch.changes}
+
+
+async def test_the_inotify_feed_follows_folders_moved_and_stops_with_its_root(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    (root / "a/sub").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    async with InotifyFeed(root) as feed:
+        write(root / "a/sub/one.txt", "one")
+        assert (f"{root}/a/sub/one.txt", False) in await next_batch(feed)
+        os.rename(root / "a", root / "b")  # moved within: its watches follow it
+        assert await next_batch(feed) == {(f"{root}/a", True), (f"{root}/b", False)}
+        write(root / "b/sub/two.txt", "two")
+        assert (f"{root}/b/sub/two.txt", False) in await next_batch(feed)
+        os.rename(root / "b", outside)  # moved out: no longer watched
+        assert await next_batch(feed) == {(f"{root}/b", True)}
+        write(outside / "sub/three.txt", "written outside")
+        write_raw(root, b"bad\xff.txt", b"a name that is not UTF-8")
+        assert await next_batch(feed) == {(f"{root}/bad\udcff.txt", False)}  # nothing from outside
+        (root / "c").mkdir()
+        assert await next_batch(feed) == {(f"{root}/c", False)}
+        write(root / "c/four.txt", "in a new folder")
+        assert (f"{root}/c/four.txt", False) in await next_batch(feed)
+        os.rename(root, tmp_path / "files-away")
+        with pytest.raises(WatchFailed, match="moved, removed or unmounted"):
+            await next_batch(feed)
+
+
+async def test_an_inotify_queue_overflow_says_events_were_lost_and_watches_anew(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    async with InotifyFeed(root) as feed:
+        inotify: Any = feed._inotify
+        (root / "late").mkdir()
+        with trio.fail_after(TIMEOUT):
+            await trio.lowlevel.wait_readable(inotify.fd)
+        inotify.read(timeout=0)  # the folder's creation is lost: it is not watched
+        real_read = inotify.read
+
+        def overflowed(timeout: int) -> list[Any]:
+            inotify.read = real_read
+            return [inotify_simple.Event(-1, inotify_simple.flags.Q_OVERFLOW, 0, ""), *real_read(timeout)]
+
+        inotify.read = overflowed
+        before = time.time()
+        write(root / "trigger.txt", "makes the feed read")
+        with trio.fail_after(TIMEOUT):
+            batch = await feed.__anext__()
+        assert batch.lost_since is not None and batch.lost_since <= before
+        write(root / "late/inside.txt", "seen only if the folder is watched anew")
+        assert (f"{root}/late/inside.txt", False) in await next_batch(feed)
+
+
+async def test_the_inotify_feed_needs_its_root(tmp_path: Path) -> None:
+    with pytest.raises(WatchFailed, match="cannot watch"):
+        async with InotifyFeed(tmp_path / "missing"):
+            pass
 
 
 async def _http_health(running: RunningHorace) -> dict[str, Any]:
