@@ -13,12 +13,11 @@ whose catch-up pass finds what happened meanwhile. Events the kernel had to drop
 queue overflowed) come as a batch with ``lost_since`` set: look at everything changed
 since then.
 
-The inotify feed keeps one watch per folder itself, on `inotify_simple`_ (a thin wrapper
-of the system calls), rather than on a watching library: those seen (watchfiles, watchdog)
-either fail on a non-UTF-8 name or keep an overflow and the loss of the watched folder
-from their caller. It needs no thread: the inotify descriptor is waited on by Trio.
-
-.. _inotify_simple: https://pypi.org/project/inotify-simple/
+The inotify feed keeps one watch per folder itself, on inotify_simple (a thin wrapper of
+the system calls), rather than on a watching library: watchfiles fails on any name that
+is not UTF-8 (its Rust side cannot decode it, polling or not), and watchdog handles an
+overflow out of its caller's sight and does not notice files/ moved away. No thread is
+needed: Trio waits on the inotify descriptor.
 """
 
 from __future__ import annotations
