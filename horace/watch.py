@@ -1,19 +1,21 @@
 """Watch mode: catalog and version every finished write under files/ as it happens.
 
-watchfiles (inotify, or polling for NFS) reports paths that changed. Each path then
-waits until it has *settled*: nobody has it open for writing (a read lease is refused
-while a writer has it open) and it has not changed for ``settle`` seconds. Only then is
-it registered or versioned, and the copy itself is checked for changes under it, so a
-half-written state is never kept, and a burst of writes gives one version per settled
-state. A path that vanishes waits the same time for a new path with its content (a
-rename keeps the file's id and history); if none comes, the file is soft-deleted. A
-vanished folder (moved or removed whole, one event for all its files) does the same for
-every file catalogued under it.
+A change feed (:mod:`horace.changefeed`: inotify, or polling for NFS) reports paths that
+changed. Each path then waits until it has *settled*: nobody has it open for writing (a
+read lease is refused while a writer has it open) and it has not changed for ``settle``
+seconds. Only then is it registered or versioned, and the copy itself is checked for
+changes under it, so a half-written state is never kept, and a burst of writes gives one
+version per settled state. A path that vanishes waits the same time for a new path with
+its content (a rename keeps the file's id and history); if none comes, the file is
+soft-deleted. A vanished folder (moved or removed whole, one event for all its files)
+does the same for every file catalogued under it.
 
 Each time the watch is (re)established, a catch-up pass looks for what no event will
 report: files changed since the watcher last saw events, files not catalogued, and
-catalogued files gone. Polling (NFS) sees a change only when the mtime's second changes,
-so each file taken in poll mode is looked at once more after that second has passed.
+catalogued files gone; so does a pass after the kernel dropped events.
+
+A name that can never be catalogued (not UTF-8, reserved for Horace) is counted, logged
+once and listed in the status, and the watch goes on.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from typing import Any
 
 import attrs
 import trio
-from watchfiles import Change, awatch
 
 from horace.catalog import Catalog, in_thread
+from horace.changefeed import Change, open_change_feed
 from horace.model import ErrorCode, FileRecord, HoraceError, SearchQuery, Status
 from horace.paths import editor_temp, printable, unusable_name
 
@@ -45,10 +47,6 @@ SKIPPED_SHOWN = 20  # the latest skipped names /health lists
 
 def _glob_literal(text: str) -> str:
     return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
-
-
-def _signature(st: os.stat_result) -> tuple[int, ...]:
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 @attrs.define
@@ -69,21 +67,18 @@ class Watcher:
         catalog: Catalog,
         *,
         settle: float = 0.5,
-        debounce_ms: int = 100,
         poll: bool = False,
         poll_ms: int = 300,
     ) -> None:
         self.catalog = catalog
         self.files = catalog.storage.files
         self.settle = settle
-        self.debounce_ms = debounce_ms
         self.poll = poll
         self.poll_ms = poll_ms
         self.counts = WatchCounts()
         self.watching = False  # the watch is in place
         self._due: dict[str, float] = {}  # path -> when to look at it again
         self._vanished: dict[str, tuple[FileRecord, float]] = {}  # file id -> (file, since)
-        self._polled: dict[str, tuple[int, ...]] = {}  # poll mode: path -> stat when taken
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
@@ -108,43 +103,37 @@ class Watcher:
             self._since = time.time() - CATCH_UP_SLACK
 
     async def _watch(self, task_status: trio.TaskStatus[None]) -> None:
-        async with trio.open_nursery() as nursery:
+        async with (
+            trio.open_nursery() as nursery,
+            open_change_feed(self.files, poll=self.poll, poll_interval=self.poll_ms / 1000) as feed,
+        ):
+            # The feed is entered: the watch is in place.
+            self.watching = True
             nursery.start_soon(self._settle_loop)
-            started = False
-            async for changes in awatch(
-                self.files,
-                watch_filter=self._wanted,
-                debounce=self.debounce_ms,
-                step=20,
-                rust_timeout=200,
-                yield_on_timeout=True,  # the first (empty) yield says the watch is in place
-                force_polling=self.poll,
-                poll_delay_ms=self.poll_ms,
-                ignore_permission_denied=True,
-            ):
-                if not started:
-                    started = True
-                    self.watching = True
-                    nursery.start_soon(self._catch_up, self._since)
-                    task_status.started()
-                for change, raw in changes:
+            nursery.start_soon(self._catch_up, self._since)
+            task_status.started()
+            async for batch in feed:
+                if batch.lost_since is not None:
+                    nursery.start_soon(self._catch_up, batch.lost_since - CATCH_UP_SLACK)
+                for change in batch.changes:
+                    if editor_temp(change.path.name):
+                        continue
                     self.counts.events += 1
-                    await self._noticed(change, Path(raw))
+                    await self._noticed(change)
 
-    def _wanted(self, change: Change, raw: str) -> bool:
-        return not editor_temp(os.path.basename(raw))
-
-    async def _noticed(self, change: Change, path: Path) -> None:
+    async def _noticed(self, change: Change) -> None:
         try:
-            rel = path.relative_to(self.files).as_posix()
+            rel = change.path.relative_to(self.files).as_posix()
         except ValueError:
             return
-        why = next(filter(None, map(unusable_name, rel.split("/"))), None)
-        if why is not None:
-            self._skip(f"{printable(rel)}: {why}")
-            return
-        if change is not Change.deleted:
-            inside = await in_thread(self._folder_files, path, rel)
+        parts = rel.split("/")
+        for depth, part in enumerate(parts, 1):
+            why = unusable_name(part)
+            if why is not None:  # reported up to the bad name: what is under it is never looked at
+                self._skip(f"{printable('/'.join(parts[:depth]))}: {why}")
+                return
+        if not change.gone:
+            inside = await in_thread(self._folder_files, change.path, rel)
             if inside is not None:
                 # A new folder: its files may have been written before the watch saw it.
                 for found in inside:
@@ -250,21 +239,14 @@ class Watcher:
         try:
             st = await in_thread(os.lstat, self.files / rel)
         except (FileNotFoundError, NotADirectoryError):
-            self._polled.pop(rel, None)
             await self._vanish(rel)
             return
         if not stat.S_ISREG(st.st_mode):
             return  # symlinks and special files are never catalogued
-        if self.poll and self._polled.get(rel) == _signature(st):
-            del self._polled[rel]  # the second look: unchanged since it was taken
-            return
         if await in_thread(storage.is_being_written, rel) or _age(st) < self.settle:
             self.counts.retried += 1
             self.schedule(rel)
             return
-        if self.poll:  # a change later within the same second of mtime goes unreported
-            self._polled[rel] = _signature(st)
-            self.schedule(rel, 1.0 + self.poll_ms / 1000 + self.settle)
         record = await self.catalog.backend.file_by_path(rel)
         if record is None and self._vanished:
             digest = await in_thread(storage.hash_working, rel)

@@ -94,5 +94,5 @@ def test_installed_beside_pytest_it_breaks_no_other_project(wheel: Path, tmp_pat
     assert "1 passed" in out
     assert "horace" in run(bin_dir / "pytest", "--trace-config", "--co", "-q", cwd=project)
     # Even with Horace's own dependencies gone, the plugin loads: it imports them lazily.
-    run(bin_dir / "python", "-m", "pip", "uninstall", "-q", "-y", "trio", "watchfiles", "trio-websocket")
+    run(bin_dir / "python", "-m", "pip", "uninstall", "-q", "-y", "trio", "inotify-simple", "trio-websocket")
     assert "1 passed" in run(bin_dir / "pytest", "-q", "-p", "no:cacheprovider", cwd=project)

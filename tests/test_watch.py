@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+import inotify_simple
 import pytest
 import trio
 from helpers import sha256, write
@@ -29,6 +31,7 @@ from mcp_client import McpClient, connect
 import horace.tasks
 import horace.watch
 from horace.catalog import Catalog
+from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
 from horace.model import Status, VersionRecord
 from horace.supervise import supervise
@@ -441,6 +444,91 @@ async def _has_checksum(running: RunningHorace, rel: str, checksum: str) -> bool
     return found is not None and found.checksum == checksum
 
 
+# -- names that can never be catalogued ----------------------------------------------------------
+
+# A bad name as the file system has it (bytes), and as the watcher and a scan report it:
+# undecodable bytes shown as U+FFFD, only up to the bad name (nothing under it is looked at).
+NOT_UTF8 = "the name is not valid UTF-8"
+BAD_NAMES = {
+    "not-utf8-file": (b"user/bad\xff.txt", f"user/bad\ufffd.txt: {NOT_UTF8}"),
+    "not-utf8-folder": (b"user/bad\xfe-dir/inner.txt", f"user/bad\ufffd-dir: {NOT_UTF8}"),
+    "reserved-temp": (
+        b"user/.horace-tmp-x",
+        "user/.horace-tmp-x: names starting with .horace-tmp- are reserved for Horace's temp files",
+    ),
+    "horace-folder": (
+        b"user/.horace/inner.txt",
+        "user/.horace: the name .horace is reserved for Horace's own data",
+    ),
+}
+
+
+def write_raw(files: Path, raw: bytes, content: bytes) -> None:
+    """Write *content* at *raw*, a path under *files* given as bytes (any bytes but / and NUL)."""
+    path = os.path.join(os.fsencode(files), raw)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+@pytest.mark.parametrize("case", list(BAD_NAMES))
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
+async def test_a_name_that_cannot_be_catalogued_is_skipped_and_the_watch_goes_on(
+    settings: Settings, poll: bool, case: str
+) -> None:
+    raw, reported = BAD_NAMES[case]
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        write(running.files / "user/before.txt", "written before the bad name")
+        await eventually(
+            lambda: _has_checksum(running, "user/before.txt", sha256("written before the bad name")),
+            "the file written before",
+        )
+        write_raw(running.files, raw, b"never catalogued")
+
+        async def listed() -> bool:
+            return reported in (await health(running))["watcher"]["skipped_names"]
+
+        await eventually(listed, f"{reported!r} in skipped_names")
+        write_raw(running.files, raw, b"never catalogued, written again")  # reported once only
+        write(running.files / "user/before.txt", "changed after the bad name")
+        write(running.files / "user/after.txt", "written after the bad name")
+        await eventually(
+            lambda: _has_checksum(running, "user/before.txt", sha256("changed after the bad name")),
+            "the file written before, changed after",
+        )
+        await eventually(
+            lambda: _has_checksum(running, "user/after.txt", sha256("written after the bad name")),
+            "the file written after",
+        )
+        await quiet(running)
+
+        body = await _http_health(running)
+        assert body["status"] == "ok"
+        part = body["watcher"]
+        assert (part["watching"], part["ok"], part["restarts"], part["errors"]) == (True, True, 0, 0)
+        assert (part["skipped"], part["skipped_names"]) == (1, [reported])
+        backend = running.server.catalog.backend
+        assert {f.file_path for f in await backend.all_files()} == {"user/before.txt", "user/after.txt"}
+        assert (await backend.file_by_path("user/before.txt")).current_version == 2
+        for content in (b"never catalogued", b"never catalogued, written again"):
+            assert await backend.file_by_checksum(sha256(content)) is None
+
+
+async def test_a_scan_registers_the_valid_files_beside_names_it_skips(catalog: Catalog, files: Path) -> None:
+    valid = ["user/a.txt", "user/m.txt", "user/z.txt", "shared/deep/b.txt"]
+    for rel in valid:
+        write(files / rel, f"valid {rel}")
+    for raw, _ in BAD_NAMES.values():
+        write_raw(files, raw, b"content " + raw)  # each its own, so none is a mere duplicate
+    report = await catalog.scan()
+    assert (report.registered, report.errors) == (len(valid), ())
+    assert sorted(report.skipped) == sorted(reported for _, reported in BAD_NAMES.values())
+    assert {f.file_path for f in await catalog.backend.all_files()} == set(valid)
+    again = await catalog.scan("user")  # a scan of the folder alone: nothing new, the same skips
+    assert (again.registered, again.unchanged, len(again.skipped)) == (0, 3, len(BAD_NAMES))
+
+
 # -- downtime, purge, supervision ----------------------------------------------------------------
 
 
@@ -544,30 +632,45 @@ async def test_the_supervised_purge_task_runs(settings: Settings) -> None:
         assert part["details"]["last_result"] == {"files_purged": 0, "objects_deleted": 0}
 
 
+@attrs.define
+class NeverInPlace:
+    """A change feed whose watch never gets in place: entering it waits for *release*,
+    then fails."""
+
+    release: trio.Event
+
+    async def __aenter__(self) -> NeverInPlace:
+        await self.release.wait()
+        raise RuntimeError("injected watcher failure")
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+
 async def test_watcher_crash_restarts_and_catches_up(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_awatch = horace.watch.awatch
+    real_feed = horace.watch.open_change_feed
     release = trio.Event()
-    calls = [0]
+    feeds: list[Any] = [NeverInPlace(release)]
 
-    async def flaky_awatch(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        calls[0] += 1
-        if calls[0] == 1:
-            await release.wait()  # the first watch never gets in place, then fails
-            raise RuntimeError("injected watcher failure")
-        async for changes in real_awatch(*args, **kwargs):
-            yield changes
+    def flaky_feed(*args: Any, **kwargs: Any) -> Any:
+        return feeds.pop() if feeds else real_feed(*args, **kwargs)
 
-    monkeypatch.setattr(horace.watch, "awatch", flaky_awatch)
+    monkeypatch.setattr(horace.watch, "open_change_feed", flaky_feed)
     monkeypatch.setattr(horace.tasks, "supervise", partial(supervise, backoff_base=0.05, backoff_cap=0.1))
     async with run_horace(watching(settings)) as running:
         catalog = running.server.catalog
         write(running.files / "user/during-outage.txt", "written while nobody watched")
+        body = await _http_health(running)
+        assert (body["status"], body["degraded"]) == ("degraded", ["watcher"])
+        assert body["watcher"]["watching"] is False and body["watcher"]["ok"] is False
         release.set()
         await wait_watching(running)
-        part = await _http_health(running)
-        assert part["restarts"] == 1 and part["state"] == "running"
+        body = await _http_health(running)
+        assert body["status"] == "ok" and "degraded" not in body
+        part = body["watcher"]
+        assert part["restarts"] == 1 and part["state"] == "running" and part["ok"] is True
         assert "injected watcher failure" in part["last_error"]
         # What changed while the watcher was down is caught up once it is back ...
         await eventually(
@@ -576,15 +679,173 @@ async def test_watcher_crash_restarts_and_catches_up(
         # ... and new writes are catalogued as before.
         write(running.files / "user/after.txt", "after the restart")
         await eventually(partial(catalog.backend.file_by_path, "user/after.txt"), "a write after the restart")
-        assert (await _http_health(running))["restarts"] == 1
+        assert (await _http_health(running))["watcher"]["restarts"] == 1
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
+async def test_health_is_degraded_while_files_is_away(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, poll: bool
+) -> None:
+    monkeypatch.setattr(horace.tasks, "supervise", partial(supervise, backoff_base=0.05, backoff_cap=0.1))
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        assert (await _http_health(running))["status"] == "ok"
+        away = running.files.with_name("files-away")
+        os.rename(running.files, away)
+
+        async def degraded() -> dict[str, Any] | None:
+            body = await _http_health(running)
+            return body if body["status"] == "degraded" else None
+
+        body = await eventually(degraded, "/health to say degraded")
+        assert body["degraded"] == ["watcher"] and body["backend"]["ok"] is True
+        assert (body["watcher"]["watching"], body["watcher"]["ok"]) == (False, False)
+        write(away / "user/while-away.txt", "written while files/ was away")
+        os.rename(away, running.files)
+        await wait_watching(running)
+        body = await _http_health(running)
+        assert body["status"] == "ok" and "degraded" not in body
+        assert body["watcher"]["restarts"] >= 1 and "WatchFailed" in body["watcher"]["last_error"]
+        await eventually(
+            lambda: _has_checksum(running, "user/while-away.txt", sha256("written while files/ was away")),
+            "the write made while files/ was away",
+        )
+
+
+@attrs.define
+class Lossy:
+    """The real change feed, but the changes of files named *hidden* are dropped until
+    *report* is set; the next batch then says events were lost (as an inotify queue
+    overflow does)."""
+
+    feed: Any
+    hidden: str
+    report: trio.Event = attrs.Factory(trio.Event)
+    lost_since: float = attrs.Factory(time.time)
+
+    async def __aenter__(self) -> Lossy:
+        await self.feed.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.feed.__aexit__(*exc)
+
+    def __aiter__(self) -> Lossy:
+        return self
+
+    async def __anext__(self) -> Batch:
+        batch = await self.feed.__anext__()
+        kept = tuple(change for change in batch.changes if change.path.name != self.hidden)
+        if not self.report.is_set():
+            return Batch(kept)
+        self.hidden = ""
+        return Batch(batch.changes, self.lost_since)
+
+
+async def test_lost_events_are_caught_up(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    feeds: list[Lossy] = []
+
+    def lossy_feed(*args: Any, **kwargs: Any) -> Lossy:
+        feeds.append(Lossy(open_change_feed(*args, **kwargs), "unseen.txt"))
+        return feeds[-1]
+
+    monkeypatch.setattr(horace.watch, "open_change_feed", lossy_feed)
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        write(running.files / "user/seen.txt", "seen")
+        await eventually(lambda: _has_checksum(running, "user/seen.txt", sha256("seen")), "seen.txt")
+        write(running.files / "user/unseen.txt", "its events are lost")
+        write(running.files / "user/sentinel.txt", "after the lost events")
+        await eventually(
+            lambda: _has_checksum(running, "user/sentinel.txt", sha256("after the lost events")),
+            "the sentinel",
+        )
+        await quiet(running)
+        backend = running.server.catalog.backend
+        assert await backend.file_by_path("user/unseen.txt") is None  # nothing but a catch-up finds it
+        feeds[-1].report.set()
+        write(running.files / "user/trigger.txt", "the batch that says events were lost")
+        await eventually(
+            lambda: _has_checksum(running, "user/unseen.txt", sha256("its events are lost")),
+            "the file whose events were lost",
+        )
+        assert len(feeds) == 1 and (await health(running))["watcher"]["restarts"] == 0
+
+
+# -- the inotify feed itself ---------------------------------------------------------------------
+
+
+async def next_batch(feed: InotifyFeed) -> set[tuple[str, bool]]:
+    with trio.fail_after(TIMEOUT):
+        batch = await feed.__anext__()
+    return {(str(change.path), change.gone) for change in batch.changes}
+
+
+async def test_the_inotify_feed_follows_folders_moved_and_stops_with_its_root(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    (root / "a/sub").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    async with InotifyFeed(root) as feed:
+        write(root / "a/sub/one.txt", "one")
+        assert (f"{root}/a/sub/one.txt", False) in await next_batch(feed)
+        os.rename(root / "a", root / "b")  # moved within: its watches follow it
+        assert await next_batch(feed) == {(f"{root}/a", True), (f"{root}/b", False)}
+        write(root / "b/sub/two.txt", "two")
+        assert (f"{root}/b/sub/two.txt", False) in await next_batch(feed)
+        os.rename(root / "b", outside)  # moved out: no longer watched
+        assert await next_batch(feed) == {(f"{root}/b", True)}
+        write(outside / "sub/three.txt", "written outside")
+        write_raw(root, b"bad\xff.txt", b"a name that is not UTF-8")
+        assert await next_batch(feed) == {(f"{root}/bad\udcff.txt", False)}  # nothing from outside
+        (root / "c").mkdir()
+        assert await next_batch(feed) == {(f"{root}/c", False)}
+        write(root / "c/four.txt", "in a new folder")
+        assert (f"{root}/c/four.txt", False) in await next_batch(feed)
+        os.rename(root, tmp_path / "files-away")
+        with pytest.raises(WatchFailed, match="moved, removed or unmounted"):
+            await next_batch(feed)
+
+
+async def test_an_inotify_queue_overflow_says_events_were_lost_and_watches_anew(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    async with InotifyFeed(root) as feed:
+        inotify: Any = feed._inotify
+        (root / "late").mkdir()
+        with trio.fail_after(TIMEOUT):
+            await trio.lowlevel.wait_readable(inotify.fd)
+        inotify.read(timeout=0)  # the folder's creation is lost: it is not watched
+        real_read = inotify.read
+
+        def overflowed(timeout: int) -> list[Any]:
+            inotify.read = real_read
+            return [inotify_simple.Event(-1, inotify_simple.flags.Q_OVERFLOW, 0, ""), *real_read(timeout)]
+
+        inotify.read = overflowed
+        before = time.time()
+        write(root / "trigger.txt", "makes the feed read")
+        with trio.fail_after(TIMEOUT):
+            batch = await feed.__anext__()
+        assert batch.lost_since is not None and batch.lost_since <= before
+        write(root / "late/inside.txt", "seen only if the folder is watched anew")
+        assert (f"{root}/late/inside.txt", False) in await next_batch(feed)
+
+
+async def test_the_inotify_feed_needs_its_root(tmp_path: Path) -> None:
+    with pytest.raises(WatchFailed, match="cannot watch"):
+        async with InotifyFeed(tmp_path / "missing"):
+            pass
 
 
 async def _http_health(running: RunningHorace) -> dict[str, Any]:
+    """/health's body, read over HTTP; the answer must be 200 (degraded or not)."""
+
     def fetch() -> dict[str, Any]:
         with urllib.request.urlopen(running.health_url, timeout=10) as response:
+            assert response.status == 200
             return json.loads(response.read())  # type: ignore[no-any-return]
 
-    return (await trio.to_thread.run_sync(fetch))["watcher"]  # type: ignore[no-any-return]
+    return await trio.to_thread.run_sync(fetch)
 
 
 async def test_a_lease_break_does_not_kill_the_watching_process(tmp_path: Path) -> None:

@@ -107,14 +107,21 @@ class HoraceServer:
             backend["ok"] = True
         except (BackendUnavailable, trio.TooSlowError, OSError) as exc:
             backend.update(ok=False, error=str(exc) or type(exc).__name__)
+        parts = {name: part() for name, part in self.health_parts.items()}
+        # A part that says ok: false (the watcher not watching, say) degrades the server
+        # but leaves it serving every request: still 200, so that a probe does not take
+        # away (or restart in a loop) a server that works but for that part; monitors read
+        # "status". Only a backend down, which fails every request, is 503.
+        degraded = sorted(name for name, state in parts.items() if state.get("ok") is False)
         body: dict[str, Any] = {
-            "status": "ok" if backend["ok"] else "unavailable",
+            "status": "unavailable" if not backend["ok"] else "degraded" if degraded else "ok",
             "version": horace.__version__,
             "backend": backend,
             "sessions": len(self.sessions),
         }
-        for name, part in self.health_parts.items():
-            body[name] = part()
+        if degraded:
+            body["degraded"] = degraded
+        body.update(parts)
         return (200 if backend["ok"] else 503), body
 
 
