@@ -34,6 +34,7 @@ from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
 from horace.model import Status, VersionRecord
+from horace.storage import Storage
 from horace.supervise import supervise
 from horace.testing import RunningHorace, run_horace
 
@@ -437,6 +438,46 @@ async def test_polling_mode_catalogues_writes(settings: Settings) -> None:
         )
         record = await running.server.catalog.backend.file_by_path("shared/polled.txt")
         assert record.current_version == 2
+
+
+async def test_a_file_written_again_before_it_settled_is_taken_once_settled(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on NFS: no leases, and a write is seen only at the next poll. A file due to be
+    taken (its settle time since the change that was seen has passed) but written again
+    since, unseen, is not taken until it has settled: no version of a state in between."""
+    monkeypatch.setattr(Storage, "is_being_written", lambda self, rel: False)
+    settle, poll = 1.0, 3.0
+    watcher = horace.watch.Watcher(catalog, settle=settle, poll=True, poll_ms=int(poll * 1000))
+    path = files / "user/nfs.txt"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        write(path, "first")
+        found = await eventually(
+            lambda: catalog.backend.file_by_path("user/nfs.txt"), "the first write", within=4 * poll
+        )
+        seen = watcher.counts.events
+        write(path, "second")
+        await eventually(partial(_counted, watcher, seen), "a poll to see the second write", within=2 * poll)
+        write(path, "third, in between")  # not seen: the next poll is seconds away
+        await trio.sleep(settle * 1.5)  # past the time the second write was due
+        write(path, "fourth, and last")
+        await eventually(
+            partial(_has, catalog, found.id, "fourth, and last"), "the last write", within=3 * poll
+        )
+        await trio.sleep(poll + settle)  # anything else would have been taken by now
+        nursery.cancel_scope.cancel()
+    versions = await catalog.backend.versions(found.id)
+    assert [v.checksum for v in versions] == [sha256("fourth, and last"), sha256("first")], versions
+
+
+async def _counted(watcher: horace.watch.Watcher, before: int) -> bool:
+    return watcher.counts.events > before
+
+
+async def _has(catalog: Catalog, file_id: str, content: str) -> bool:
+    found = await catalog.backend.file_by_id(file_id)
+    return found is not None and found.checksum == sha256(content)
 
 
 async def _has_checksum(running: RunningHorace, rel: str, checksum: str) -> bool:
