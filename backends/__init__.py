@@ -6,9 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from .protocol import Backend, BackendUnavailable, CatalogMissing, Units
+from .protocol import Backend, BackendUnavailable, CatalogMissing, DatabaseFull, Units
 
-__all__ = ["Backend", "BackendUnavailable", "CatalogMissing", "Units", "open_backend", "url_problem"]
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "CatalogMissing",
+    "DatabaseFull",
+    "Units",
+    "open_backend",
+    "url_problem",
+]
 
 SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 

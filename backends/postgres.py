@@ -28,19 +28,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import trio
 import trio_asyncio
 
-from horace.model import (
+from . import migrations
+from .protocol import BackendUnavailable, DatabaseFull, Units
+from .records import (
     CatalogIdentity,
     Collection,
     DuplicateGroup,
-    ErrorCode,
     FileChanges,
     FileRecord,
-    HoraceError,
     NewVersion,
     Order,
     Retention,
@@ -50,10 +51,6 @@ from horace.model import (
     Turn,
     VersionRecord,
 )
-from horace.redact import redact_url
-
-from . import migrations
-from .protocol import BackendUnavailable, Units
 
 __all__ = ["PostgresBackend", "open_postgres"]
 
@@ -827,13 +824,24 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.exceptions.InternalClientError) and "cannot switch to state" in str(exc)
 
 
+def server_of(url: str) -> str:
+    """Which server a URL names, for messages: host, port and database, never the
+    credentials or the parameters it carries."""
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname or "localhost", parts.port or 5432
+    except ValueError:
+        return "the configured server"
+    return f"{host}:{port}{parts.path or '/'}"
+
+
 class _Hop:
     """Runs asyncio-flavoured coroutines on the trio-asyncio loop, mapping lost
     connections to :class:`BackendUnavailable`."""
 
     def __init__(self, loop: Any, url: str) -> None:
         self.loop = loop
-        self.where = redact_url(url)
+        self.where = server_of(url)
 
     async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -844,7 +852,7 @@ class _Hop:
                     f"PostgreSQL at {self.where} is unavailable: {str(exc) or type(exc).__name__}"
                 ) from exc
             if isinstance(exc, asyncpg.exceptions.DiskFullError):
-                raise HoraceError(ErrorCode.STORAGE_FULL, f"PostgreSQL's disk is full: {exc}") from None
+                raise DatabaseFull(f"the disk of PostgreSQL at {self.where} is full: {exc}") from None
             raise
         return result
 

@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from horace.model import (
+from .records import (
     CatalogIdentity,
     Collection,
     DuplicateGroup,
@@ -33,6 +33,10 @@ class BackendUnavailable(Exception):
 
 class CatalogMissing(Exception):
     """The catalog database does not exist, and was not to be created."""
+
+
+class DatabaseFull(Exception):
+    """The database's disk is full: nothing more can be written until there is room."""
 
 
 class Units(Protocol):

@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 
 import trio
 
-from horace.model import (
+from . import migrations
+from .protocol import CatalogMissing, DatabaseFull, Units
+from .records import (
     CatalogIdentity,
     Collection,
     DuplicateGroup,
-    ErrorCode,
     FileChanges,
     FileRecord,
-    HoraceError,
     NewVersion,
     Order,
     Retention,
@@ -36,9 +36,6 @@ from horace.model import (
     Turn,
     VersionRecord,
 )
-
-from . import migrations
-from .protocol import CatalogMissing, Units
 
 T = TypeVar("T")
 READERS = 4
@@ -668,12 +665,12 @@ def _statements(script: str) -> Iterator[str]:
 
 
 def _full_is_an_error(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
-    """A full disk under the database is ``STORAGE_FULL`` for the caller, not a bug."""
+    """A full disk under the database is :class:`DatabaseFull`, not a bug."""
     try:
         return fn(conn, *args)
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            raise HoraceError(ErrorCode.STORAGE_FULL, f"the catalog database's disk is full: {exc}") from None
+            raise DatabaseFull(f"the disk of the SQLite catalog is full: {exc}") from None
         raise
 
 

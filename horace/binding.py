@@ -16,7 +16,7 @@ import enum
 
 from attrs import frozen
 
-from horace.model import CatalogIdentity
+from horace.backends.records import CatalogIdentity
 from horace.redact import redact_url
 from horace.storage import StoreState
 

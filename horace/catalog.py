@@ -33,23 +33,20 @@ from attrs import frozen
 
 from horace import mime, paths
 from horace.backends.protocol import Backend, Units
-from horace.locks import FileLocks, lock_key
-from horace.model import (
+from horace.backends.records import (
     Collection,
     DuplicateGroup,
-    ErrorCode,
     FileChanges,
     FileRecord,
-    HoraceError,
-    NewFile,
     NewVersion,
     Retention,
-    SearchPage,
     SearchQuery,
     SortKey,
     Status,
     VersionRecord,
 )
+from horace.locks import FileLocks, lock_key
+from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.storage import FileIdentity, Staged, Storage
 
 log = logging.getLogger("horace.catalog")

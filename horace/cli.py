@@ -27,23 +27,14 @@ import attrs
 import click
 import trio
 
-from horace.backends import CatalogMissing
+from horace.backends import CatalogMissing, DatabaseFull
 from horace.backends.migrations import SchemaTooNew
 from horace.backends.protocol import BackendUnavailable
+from horace.backends.records import FileChanges, FileRecord, Order, SearchQuery, SortKey, Status
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
-from horace.model import (
-    ErrorCode,
-    FileChanges,
-    FileRecord,
-    HoraceError,
-    NewFile,
-    Order,
-    SearchQuery,
-    SortKey,
-    Status,
-)
+from horace.model import ErrorCode, HoraceError, NewFile
 from horace.storage import StorageUnusable
 from horace.wire import to_json
 
@@ -620,6 +611,8 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
     if isinstance(exc, BackendUnavailable):
         return Failure(Exit.BACKEND, "BACKEND_UNAVAILABLE", str(exc))
+    if isinstance(exc, DatabaseFull):
+        return Failure(Exit.STORAGE, ErrorCode.STORAGE_FULL.value, str(exc))
     if isinstance(exc, ValueError) and "database URL" in str(exc):
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):

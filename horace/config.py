@@ -18,7 +18,7 @@ import attrs
 from attrs import frozen
 
 from horace.backends import url_problem
-from horace.model import Retention
+from horace.backends.records import Retention
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -39,8 +39,9 @@ from pathlib import Path
 from attrs import frozen
 
 from horace.backends.protocol import Units
+from horace.backends.records import FileRecord, Status, VersionRecord
 from horace.catalog import Catalog, in_thread
-from horace.model import ErrorCode, FileRecord, HoraceError, Status, VersionRecord
+from horace.model import ErrorCode, HoraceError
 from horace.storage import TempKind, TempName
 
 log = logging.getLogger("horace.fsck")

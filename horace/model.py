@@ -1,16 +1,20 @@
-"""Value classes that cross layers, and the one error type with its codes.
+"""The values of the catalog's edges, and the one error type with its codes.
 
-Everything here is frozen: the catalog, storage and backends hand these around and
-nobody mutates them. Dicts exist only at the edges (JSON in, JSON out).
+Everything here is frozen. The rows a catalog stores and the queries it answers are the
+backends' vocabulary and live with their protocol (``horace.backends.records``); what is
+here belongs to Horace above them: the errors callers see, what a caller says of a file it
+registers, a page of search results with its cursor, and what the MCP session tells the
+log sinks of a call.
 """
 
 import enum
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import attrs
 from attrs import frozen
+
+from horace.backends.records import FileRecord
 
 
 class ErrorCode(enum.StrEnum):
@@ -39,80 +43,6 @@ class HoraceError(Exception):
         return f"HoraceError({self.code.value}, {self.message!r})"
 
 
-class Status(enum.StrEnum):
-    ACTIVE = "active"
-    ARCHIVED = "archived"
-    DELETED = "deleted"
-
-
-class SortKey(enum.StrEnum):
-    CREATED_AT = "created_at"
-    UPDATED_AT = "updated_at"
-    SIZE = "size"
-    PATH = "path"
-
-
-class Order(enum.StrEnum):
-    ASC = "asc"
-    DESC = "desc"
-
-
-MAX_SEARCH_LIMIT = 1000
-DEFAULT_SEARCH_LIMIT = 50
-
-
-@frozen
-class FileRecord:
-    id: str
-    file_path: str  # relative to <root>/files/, POSIX separators
-    owner: str | None
-    purpose: str | None
-    tags: tuple[str, ...]
-    size: int
-    mime_type: str
-    checksum: str
-    status: Status
-    current_version: int
-    correlation_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    deleted_at: datetime | None
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-@frozen
-class VersionRecord:
-    file_id: str
-    version: int
-    checksum: str
-    size: int
-    created_at: datetime
-    restored_from_version: int | None
-    correlation_id: str | None
-
-
-@frozen
-class Collection:
-    name: str
-    description: str | None
-    metadata: Mapping[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    member_count: int
-
-
-@frozen
-class FileChanges:
-    """The allow-listed fields of an update; None means 'leave as it is'."""
-
-    owner: str | None = None
-    purpose: str | None = None
-    tags: tuple[str, ...] | None = None
-    status: Status | None = None
-    collection: str | None = None
-    custom: Mapping[str, Any] | None = None
-
-
 @frozen
 class NewFile:
     """What a caller says about a file it registers."""
@@ -125,83 +55,12 @@ class NewFile:
 
 
 @frozen
-class SearchQuery:
-    tags: tuple[str, ...] = ()
-    any_tags: tuple[str, ...] = ()
-    owner: str | None = None
-    purpose: str | None = None
-    path: str | None = None  # glob, relative to files/
-    collection: str | None = None
-    file_type: str | None = None  # MIME type (may end in /*) or extension
-    min_size: int | None = None
-    max_size: int | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    checksum: str | None = None
-    correlation_id: str | None = None
-    status: Status | None = Status.ACTIVE  # None: every status
-    limit: int = DEFAULT_SEARCH_LIMIT
-    offset: int = 0
-    after: tuple[Any, str] | None = None  # keyset position (sort value, id), from a cursor
-    sort_by: SortKey = SortKey.CREATED_AT
-    order: Order = Order.DESC
-
-
-@frozen
 class SearchPage:
     total_count: int
     results: tuple[FileRecord, ...]
     limit: int
     offset: int
     next_cursor: str | None
-
-
-@frozen
-class NewVersion:
-    """A version to record: its content is already a durable object."""
-
-    checksum: str
-    size: int
-    mime_type: str
-    restored_from_version: int | None = None
-
-
-@frozen
-class Retention:
-    keep: int = 5  # newest versions kept, the current one included
-    min_age_seconds: float = 0.0  # a version is pruned only when older than this
-
-
-@frozen
-class DuplicateGroup:
-    checksum: str
-    size: int
-    files: tuple[FileRecord, ...]
-
-
-@frozen
-class CatalogIdentity:
-    """What a catalog database says of the store it belongs to, read before migrating."""
-
-    store_id: str | None  # None: never bound (new, or from before stores had identities)
-    storage_path: str | None  # where the store was when the pair was bound
-    empty: bool  # no file catalogued
-
-
-@frozen
-class Turn:
-    """One turn of a conversation in the Fiedler format (a request or a response)."""
-
-    conversation_id: str
-    turn_number: int
-    role: str  # user | assistant
-    content: str
-    model: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    timing_ms: float | None
-    metadata: Mapping[str, Any]
-    created_at: datetime
 
 
 @frozen

@@ -32,9 +32,10 @@ from typing import Any
 import attrs
 import trio
 
+from horace.backends.records import FileRecord, SearchQuery, Status
 from horace.catalog import Catalog, in_thread
 from horace.changefeed import Change, open_change_feed
-from horace.model import ErrorCode, FileRecord, HoraceError, SearchQuery, Status
+from horace.model import ErrorCode, HoraceError
 from horace.paths import editor_temp, printable, unusable_name
 
 log = logging.getLogger("horace.watch")

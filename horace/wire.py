@@ -17,17 +17,8 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from horace.model import (
-    MAX_SEARCH_LIMIT,
-    ErrorCode,
-    FileChanges,
-    HoraceError,
-    NewFile,
-    Order,
-    SearchQuery,
-    SortKey,
-    Status,
-)
+from horace.backends.records import MAX_SEARCH_LIMIT, FileChanges, Order, SearchQuery, SortKey, Status
+from horace.model import ErrorCode, HoraceError, NewFile
 
 T = TypeVar("T")
 

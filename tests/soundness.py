@@ -14,9 +14,9 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from horace.backends.records import FileRecord, VersionRecord
 from horace.catalog import Catalog
 from horace.fsck import fsck
-from horace.model import FileRecord, VersionRecord
 from horace.storage import TempName
 
 

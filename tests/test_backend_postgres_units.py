@@ -36,8 +36,7 @@ from horace.backends.postgres import (
     open_postgres,
 )
 from horace.backends.protocol import BackendUnavailable
-from horace.backends.sqlite import SqliteBackend, open_sqlite
-from horace.model import (
+from horace.backends.records import (
     Collection,
     FileChanges,
     FileRecord,
@@ -49,6 +48,7 @@ from horace.model import (
     Status,
     Turn,
 )
+from horace.backends.sqlite import SqliteBackend, open_sqlite
 
 # The sqlite environments of the tox matrix have no server; the postgres ones run these.
 pytestmark = pytest.mark.skipif(

@@ -36,9 +36,9 @@ from soundness import assert_sound, digest, objects_on_disk, temps_left
 
 import horace.catalog
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges, FileRecord, VersionRecord
 from horace.catalog import Catalog
 from horace.config import Settings
-from horace.model import FileChanges, FileRecord, VersionRecord
 
 KiB, MiB = 1 << 10, 1 << 20
 RANDOM_TRIALS = 250  # per operation, in the default run

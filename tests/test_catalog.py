@@ -10,19 +10,11 @@ import pytest
 from helpers import sha256, write
 
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges, Order, SearchQuery, SortKey, Status
 from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
 from horace.fsck import fsck
-from horace.model import (
-    ErrorCode,
-    FileChanges,
-    HoraceError,
-    NewFile,
-    Order,
-    SearchQuery,
-    SortKey,
-    Status,
-)
+from horace.model import ErrorCode, HoraceError, NewFile
 from horace.wire import file_changes, search_query
 
 

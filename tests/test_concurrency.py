@@ -28,9 +28,9 @@ from processes import parse, start_worker, worker_command
 from soundness import assert_sound, check_file_versions, digest
 
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges, FileRecord
 from horace.catalog import Catalog
 from horace.config import Settings
-from horace.model import FileChanges, FileRecord
 
 TASKS = 200
 

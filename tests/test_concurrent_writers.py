@@ -187,6 +187,6 @@ async def test_saves_at_random_moments_are_never_lost(
 
 
 def attrs_changes(status: str) -> Any:
-    from horace.model import FileChanges, Status
+    from horace.backends.records import FileChanges, Status
 
     return FileChanges(status=Status(status))

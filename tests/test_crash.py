@@ -23,9 +23,9 @@ from processes import parse, start_worker, worker_command
 from soundness import assert_sound, check_file_versions, digest, object_digest, temps_left
 
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges
 from horace.config import Settings
 from horace.fsck import fsck
-from horace.model import FileChanges
 from horace.storage import TMP_PREFIX
 
 KILLS = 25

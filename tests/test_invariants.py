@@ -26,10 +26,11 @@ from soundness import assert_sound, objects_on_disk
 
 import horace.catalog
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.fsck import fsck
-from horace.model import ErrorCode, FileChanges, HoraceError
+from horace.model import ErrorCode, HoraceError
 from horace.storage import Staged, Storage
 
 MiB = 1 << 20

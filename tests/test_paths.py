@@ -23,8 +23,9 @@ from helpers import write
 from soundness import assert_sound, digest, objects_on_disk
 
 import horace.paths
+from horace.backends.records import FileChanges, Status
 from horace.catalog import Catalog
-from horace.model import ErrorCode, FileChanges, HoraceError, Status
+from horace.model import ErrorCode, HoraceError
 
 
 @attrs.define

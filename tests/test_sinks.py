@@ -31,9 +31,10 @@ from godot_standin import godot_standin
 from helpers import BACKEND, write
 from mcp_client import McpClient, connect
 
+from horace.backends.records import Turn
 from horace.catalog import Catalog
 from horace.config import Settings
-from horace.model import CallRecord, Turn
+from horace.model import CallRecord
 from horace.redact import REDACTED, redact
 from horace.sinks.conversations import ConversationTransport
 from horace.sinks.godot import GodotLogHandler, GodotTransport

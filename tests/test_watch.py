@@ -30,10 +30,10 @@ from mcp_client import McpClient, connect
 
 import horace.tasks
 import horace.watch
+from horace.backends.records import Status, VersionRecord
 from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
-from horace.model import Status, VersionRecord
 from horace.storage import Storage
 from horace.supervise import supervise
 from horace.testing import RunningHorace, run_horace

@@ -23,7 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import horace
-from horace.backends.protocol import BackendUnavailable
+from horace.backends.protocol import BackendUnavailable, DatabaseFull
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord, ErrorCode, HoraceError
@@ -487,6 +487,9 @@ class Session:
             return tool_error(
                 ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}", correlation_id
             )
+        except DatabaseFull as exc:
+            log.warning("%s", exc, extra={"correlation_id": correlation_id})
+            return tool_error(ErrorCode.STORAGE_FULL, str(exc), correlation_id)
         except Exception:
             log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
             return tool_error(

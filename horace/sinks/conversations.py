@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from horace.backends.protocol import Backend, BackendUnavailable
-from horace.model import CallRecord, Turn
+from horace.backends.records import Turn
+from horace.model import CallRecord
 from horace.redact import redact
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
 from horace.wire import structure, to_json

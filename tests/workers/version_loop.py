@@ -25,8 +25,8 @@ from pathlib import Path
 import trio
 
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges
 from horace.config import Settings
-from horace.model import FileChanges
 
 
 def emit(line: str) -> None:
