@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from horace.model import SearchQuery
+from horace.backends.records import SearchQuery
 from horace.server.tools import COLLECTION, FILE, TOOLS, VERSION
 
 SHAPES = {"File": FILE, "Version": VERSION, "Collection": COLLECTION}
