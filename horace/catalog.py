@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -68,7 +69,9 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await trio.to_thread.run_sync(fn, *args)
 
 
-def _check_cancelled() -> None:
+def check_cancelled() -> None:
+    """In a worker thread of a copy: raise Cancelled when the call's scope was cancelled
+    (checked between chunks, so a cancelled copy stops within a chunk)."""
     trio.from_thread.check_cancelled()
 
 
@@ -98,22 +101,6 @@ class FileInfo:
     file: FileRecord
     versions: tuple[VersionRecord, ...] | None
     collections: tuple[str, ...] = ()
-
-
-@frozen
-class Problem:
-    kind: str  # missing_object, checksum_mismatch, working_modified, working_missing
-    file_id: str
-    file_path: str
-    version: int | None
-    detail: str
-
-
-@frozen
-class VerifyReport:
-    files_checked: int
-    objects_checked: int
-    problems: tuple[Problem, ...]
 
 
 @frozen
@@ -154,6 +141,42 @@ class CatalogPolicy:
     deleted_retention: timedelta = timedelta(days=30)
 
 
+class Vanished:
+    """Catalogued files gone from their paths, each waiting for its content to turn up
+    at another path (a rename, which keeps the file's id and history): the one rename
+    matcher, of the reconcile and of the watcher. Matched by content, first come."""
+
+    def __init__(self, files: Sequence[FileRecord] = (), since: float = 0.0) -> None:
+        self._files: dict[str, tuple[FileRecord, float]] = {f.id: (f, since) for f in files}
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def add(self, file: FileRecord, since: float) -> None:
+        self._files[file.id] = (file, since)
+
+    def discard(self, file_id: str) -> None:
+        self._files.pop(file_id, None)
+
+    def claim(self, checksum: str) -> FileRecord | None:
+        """The vanished file whose content this is, taken off the list; or None."""
+        for file, _ in self._files.values():
+            if file.checksum == checksum:
+                del self._files[file.id]
+                return file
+        return None
+
+    def times(self) -> list[float]:
+        return [since for _, since in self._files.values()]
+
+    def expired(self, before: float) -> list[FileRecord]:
+        """The files vanished before *before*, taken off the list: no rename came."""
+        gone = [file for file, since in self._files.values() if since <= before]
+        for file in gone:
+            del self._files[file.id]
+        return gone
+
+
 class Catalog:
     def __init__(
         self,
@@ -182,9 +205,10 @@ class Catalog:
             yield db
 
     async def _stage(self, rel: str) -> Staged:
-        return await in_thread(self.storage.stage, rel, _check_cancelled)
+        return await in_thread(self.storage.stage, rel, check_cancelled)
 
-    async def _file(self, file_id: str, db: Units | None = None) -> FileRecord:
+    async def file(self, file_id: str, db: Units | None = None) -> FileRecord:
+        """The file with this id; ``NOT_CATALOGED`` when there is none."""
         if not isinstance(file_id, str) or not file_id:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, "file_id must be a non-empty string")
         found = await (db or self.backend).file_by_id(file_id)
@@ -322,7 +346,7 @@ class Catalog:
         self, *, file_id: str | None = None, file_path: str | None = None, include_versions: bool = False
     ) -> FileInfo:
         if file_id:
-            record = await self._file(file_id)
+            record = await self.file(file_id)
         elif file_path is not None:  # an empty path is an invalid path, not a missing one
             rel = self.relative(file_path)
             found = await self.backend.file_by_path(rel)
@@ -356,11 +380,11 @@ class Catalog:
         check_for_changes: bool = True,
         correlation_id: str | None = None,
     ) -> Updated:
-        before = await self._file(file_id)
+        before = await self.file(file_id)
         if changes.tags is not None:
             changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
         async with self.writing(before.file_path) as db:
-            current = await self._file(file_id, db)
+            current = await self.file(file_id, db)
             target = changes.status if changes.status is not current.status else None
             version_created = False
             if current.status is Status.ACTIVE and target is not None:
@@ -399,7 +423,7 @@ class Catalog:
         if not await in_thread(self.storage.working_exists, file.file_path):
             await self._verified_object(file.checksum, file.file_path)
             written = await in_thread(
-                self.storage.create_working, file.file_path, file.checksum, file.id, _check_cancelled
+                self.storage.create_working, file.file_path, file.checksum, file.id, check_cancelled
             )
             if written:
                 return False
@@ -413,7 +437,7 @@ class Catalog:
     async def undelete(self, file_id: str, correlation_id: str | None = None) -> Updated:
         """Back to active; an active file stays as it is. An archived file is not deleted:
         it comes back with an update to status active."""
-        file = await self._file(file_id)
+        file = await self.file(file_id)
         if file.status is Status.ARCHIVED:
             raise HoraceError(
                 ErrorCode.INVALID_ARGUMENT,
@@ -422,7 +446,7 @@ class Catalog:
         return await self.update(file_id, FileChanges(status=Status.ACTIVE), correlation_id=correlation_id)
 
     async def _verified_object(self, checksum: str, what: str) -> None:
-        found = await in_thread(self.storage.hash_object, checksum, _check_cancelled)
+        found = await in_thread(self.storage.hash_object, checksum, check_cancelled)
         if found is None:
             raise HoraceError(
                 ErrorCode.CHECKSUM_MISMATCH, f"the content of {what} is missing from the object store"
@@ -433,9 +457,9 @@ class Catalog:
     async def restore(self, file_id: str, version: int, correlation_id: str | None = None) -> Restored:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, "version must be a positive integer")
-        before = await self._file(file_id)
+        before = await self.file(file_id)
         async with self.writing(before.file_path) as db:
-            current = await self._file(file_id, db)
+            current = await self.file(file_id, db)
             if current.status is not Status.ACTIVE:
                 raise HoraceError(
                     ErrorCode.INVALID_ARGUMENT,
@@ -458,7 +482,7 @@ class Catalog:
                 wanted.checksum,
                 current.id,
                 examined,
-                _check_cancelled,
+                check_cancelled,
             )
             # The working file holds version N now: what follows is recorded whatever happens.
             with trio.CancelScope(shield=True):
@@ -519,63 +543,7 @@ class Catalog:
         if not await self.backend.delete_collection(name):
             raise HoraceError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection {name!r}")
 
-    # -- verify, scan, purge, collect ---------------------------------------------------
-
-    async def verify(self, file_id: str | None = None, progress: Progress | None = None) -> VerifyReport:
-        """Re-hash objects and working files; report what does not match."""
-        if file_id:
-            files = [await self._file(file_id)]
-            versions = list(await self.backend.versions(file_id))
-        else:
-            files = await self.backend.all_files()
-            versions = await self.backend.all_versions()
-        by_id = {f.id: f for f in files}
-        problems: list[Problem] = []
-        hashed: dict[str, tuple[str, int] | None] = {}
-        total = len(versions) + len(files)
-        for done, v in enumerate(versions, 1):
-            if v.checksum not in hashed:
-                hashed[v.checksum] = await in_thread(self.storage.hash_object, v.checksum, _check_cancelled)
-            found = hashed[v.checksum]
-            path = by_id[v.file_id].file_path if v.file_id in by_id else "?"
-            if found is None:
-                problems.append(
-                    Problem("missing_object", v.file_id, path, v.version, f"object {v.checksum} is missing")
-                )
-            elif found[0] != v.checksum:
-                problems.append(
-                    Problem(
-                        "checksum_mismatch",
-                        v.file_id,
-                        path,
-                        v.version,
-                        f"object {v.checksum} hashes to {found[0]}",
-                    )
-                )
-            if progress:
-                progress(done, total)
-        for done, f in enumerate(files, len(versions) + 1):
-            if f.status is Status.ACTIVE:
-                try:
-                    digest = await in_thread(self.storage.hash_working, f.file_path, _check_cancelled)
-                except HoraceError:
-                    problems.append(
-                        Problem("working_missing", f.id, f.file_path, None, "the working copy is missing")
-                    )
-                else:
-                    if digest != f.checksum:
-                        problems.append(
-                            Problem(
-                                "working_modified",
-                                f.id,
-                                f.file_path,
-                                None,
-                                "the working copy differs from the current version (not yet versioned)",
-                            )
-                        )
-            if progress:
-                progress(done, total)
-        return VerifyReport(len(files), len(hashed), tuple(problems))
+    # -- scan, purge, collect ---------------------------------------------------
 
     async def scan(
         self, under: str | None = None, correlation_id: str | None = None, progress: Progress | None = None
@@ -606,7 +574,7 @@ class Catalog:
             record = known[rel]
             try:
                 if record.status is Status.ACTIVE:
-                    digest = await in_thread(self.storage.hash_working, rel, _check_cancelled)
+                    digest = await in_thread(self.storage.hash_working, rel, check_cancelled)
                     changed = digest != record.checksum
                 else:
                     changed = True  # back in files/: _reregister revives or versions it
@@ -636,7 +604,7 @@ class Catalog:
         def stage_all() -> None:
             for rel in batch:
                 try:
-                    staged.append((rel, self.storage.stage(rel, _check_cancelled)))
+                    staged.append((rel, self.storage.stage(rel, check_cancelled)))
                     types[rel] = mime.detect(rel, staged[-1][1].head)  # here, off the Trio thread
                 except HoraceError as exc:
                     failed.append((rel, exc))
@@ -681,7 +649,7 @@ class Catalog:
     async def move(self, file_id: str, new_client_path: str, correlation_id: str | None = None) -> FileRecord:
         """A rename seen on disk: the file keeps its id and history under its new path."""
         new_rel = self.relative(new_client_path)
-        old = await self._file(file_id)
+        old = await self.file(file_id)
         async with self.writing(old.file_path) as db:
             moved = await db.move_file(file_id, new_rel, self.clock())
         if moved is None:
@@ -695,32 +663,35 @@ class Catalog:
         # The content may have changed along with the name: version it if so.
         return (await self.register(new_rel, correlation_id=correlation_id)).file
 
+    async def follow_rename(
+        self, vanished: Vanished, rel: str, correlation_id: str | None
+    ) -> FileRecord | None:
+        """When the uncatalogued file *rel* holds the content of a vanished file, that file
+        moved here: it keeps its id and history under the new path."""
+        try:
+            digest = await in_thread(self.storage.hash_working, rel, check_cancelled)
+        except HoraceError:
+            return None
+        old = vanished.claim(digest)
+        return await self.move(old.id, rel, correlation_id) if old is not None else None
+
     async def reconcile(
         self, correlation_id: str | None = None, progress: Progress | None = None
     ) -> ReconcileReport:
         """Catch up with what changed while nobody watched: renames (by content),
         new and changed files (a scan), and missing ones (soft-deleted)."""
-        missing = [
-            f
-            for f in await self.backend.all_files()
-            if f.status is Status.ACTIVE and not await in_thread(self.storage.working_exists, f.file_path)
-        ]
+        files = await self.backend.all_files()
+        active = [f for f in files if f.status is Status.ACTIVE]
+        present = await in_thread(lambda: {f.id for f in active if self.storage.working_exists(f.file_path)})
+        vanished = Vanished([f for f in active if f.id not in present])
         moved = 0
-        if missing:
-            by_checksum = {f.checksum: f for f in missing}
-            known = {f.file_path for f in await self.backend.all_files()}
+        if vanished:
+            known = {f.file_path for f in files}
             for rel in await in_thread(lambda: sorted(self.storage.walk_working())):
-                if rel in known or not by_checksum:
-                    continue
-                try:
-                    digest = await in_thread(self.storage.hash_working, rel, _check_cancelled)
-                except HoraceError:
-                    continue
-                if digest in by_checksum:
-                    await self.move(by_checksum.pop(digest).id, rel, correlation_id)
+                if rel not in known and vanished and await self.follow_rename(vanished, rel, correlation_id):
                     moved += 1
-            missing = list(by_checksum.values())
         scanned = await self.scan(None, correlation_id, progress)
+        missing = vanished.expired(before=math.inf)
         for file in missing:
             await self.delete(file.id, correlation_id)
         return ReconcileReport(scanned, moved, len(missing))

@@ -436,11 +436,12 @@ def scan(ctx: click.Context, path: str | None) -> None:
 @click.pass_context
 def verify(ctx: click.Context, ref: str | None) -> None:
     """Re-hash objects and working files; exit 1 on any mismatch."""
+    from horace.fsck import verify
 
     async def work(c: Catalog) -> Any:
         file_id = (await _resolve(ctx, c, ref)).id if ref else None
         with _progress(ctx, "verify") as progress:
-            return await c.verify(file_id, progress=progress)
+            return await verify(c, file_id, progress=progress)
 
     report = _run(ctx, work, read_only=True)
     _emit(

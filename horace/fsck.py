@@ -40,9 +40,9 @@ from attrs import frozen
 
 from horace.backends.protocol import Units
 from horace.backends.records import FileRecord, Status, VersionRecord
-from horace.catalog import Catalog, in_thread
+from horace.catalog import Catalog, check_cancelled, in_thread
 from horace.model import ErrorCode, HoraceError
-from horace.storage import TempKind, TempName
+from horace.storage import Storage, TempKind, TempName
 
 log = logging.getLogger("horace.fsck")
 STALE_TEMP_SECONDS = 3600.0  # another host's temp file counts as dead after this long
@@ -319,15 +319,24 @@ async def _file(
     return found
 
 
-async def _object_ok(catalog: Catalog, v: VersionRecord, deep: bool) -> bool:
+def object_problem(storage: Storage, checksum: str, size: int, deep: bool) -> str | None:
+    """What is wrong with the object of a version (None: nothing): ``missing_object``, or
+    ``checksum_mismatch`` (with *deep*, its bytes re-hashed; else its size compared).
+    Blocking: for a worker thread. The one object check of fsck and verify."""
     if deep:
-        result = await in_thread(catalog.storage.hash_object, v.checksum)
-        return result is not None and result == (v.checksum, v.size)
+        found = storage.hash_object(checksum, check_cancelled)
+        if found is None:
+            return "missing_object"
+        return None if found == (checksum, size) else "checksum_mismatch"
     try:
-        size = (await in_thread(catalog.storage.object_path(v.checksum).stat)).st_size
+        stored = storage.object_path(checksum).stat().st_size
     except FileNotFoundError:
-        return False
-    return size == v.size
+        return "missing_object"
+    return None if stored == size else "checksum_mismatch"
+
+
+async def _object_ok(catalog: Catalog, v: VersionRecord, deep: bool) -> bool:
+    return await in_thread(object_problem, catalog.storage, v.checksum, v.size, deep) is None
 
 
 async def _recover_object(catalog: Catalog, rel: str, checksum: str) -> bool:
@@ -345,6 +354,73 @@ async def _recover_object(catalog: Catalog, rel: str, checksum: str) -> bool:
         return True
     finally:
         storage.discard(staged)
+
+
+# -- verify: everything re-hashed, nothing repaired --------------------------------------------
+
+
+@frozen
+class Problem:
+    kind: str  # missing_object, checksum_mismatch, working_modified, working_missing
+    file_id: str
+    file_path: str
+    version: int | None
+    detail: str
+
+
+@frozen
+class VerifyReport:
+    files_checked: int
+    objects_checked: int
+    problems: tuple[Problem, ...]
+
+
+async def verify(
+    catalog: Catalog, file_id: str | None = None, progress: Callable[[int, int], None] | None = None
+) -> VerifyReport:
+    """Re-hash the objects of every version (of one file, or all) and the working files;
+    report what does not match. Reads only."""
+    if file_id:
+        files = [await catalog.file(file_id)]
+        versions = list(await catalog.backend.versions(file_id))
+    else:
+        files = await catalog.backend.all_files()
+        versions = await catalog.backend.all_versions()
+    by_id = {f.id: f for f in files}
+    problems: list[Problem] = []
+    checked: dict[str, str | None] = {}
+    total = len(versions) + len(files)
+    for done, v in enumerate(versions, 1):
+        if v.checksum not in checked:
+            checked[v.checksum] = await in_thread(object_problem, catalog.storage, v.checksum, v.size, True)
+        kind = checked[v.checksum]
+        if kind is not None:
+            path = by_id[v.file_id].file_path if v.file_id in by_id else "?"
+            what = "is missing" if kind == "missing_object" else "holds other bytes"
+            problems.append(Problem(kind, v.file_id, path, v.version, f"object {v.checksum} {what}"))
+        if progress:
+            progress(done, total)
+    for done, f in enumerate(files, len(versions) + 1):
+        if f.status is Status.ACTIVE:
+            kind = await in_thread(_working_problem, catalog.storage, f)
+            if kind is not None:
+                detail = (
+                    "the working copy is missing"
+                    if kind == "working_missing"
+                    else "the working copy differs from the current version (not yet versioned)"
+                )
+                problems.append(Problem(kind, f.id, f.file_path, None, detail))
+        if progress:
+            progress(done, total)
+    return VerifyReport(len(files), len(checked), tuple(problems))
+
+
+def _working_problem(storage: Storage, file: FileRecord) -> str | None:
+    try:
+        digest = storage.hash_working(file.file_path, check_cancelled)
+    except HoraceError:
+        return "working_missing"
+    return None if digest == file.checksum else "working_modified"
 
 
 # -- objects nobody refers to ----------------------------------------------------------------

@@ -32,8 +32,8 @@ from typing import Any
 import attrs
 import trio
 
-from horace.backends.records import FileRecord, SearchQuery, Status
-from horace.catalog import Catalog, in_thread
+from horace.backends.records import SearchQuery, Status
+from horace.catalog import Catalog, Vanished, in_thread
 from horace.changefeed import Change, open_change_feed
 from horace.model import ErrorCode, HoraceError
 from horace.paths import editor_temp, printable, unusable_name
@@ -79,7 +79,7 @@ class Watcher:
         self.counts = WatchCounts()
         self.watching = False  # the watch is in place
         self._due: dict[str, float] = {}  # path -> when to look at it again
-        self._vanished: dict[str, tuple[FileRecord, float]] = {}  # file id -> (file, since)
+        self._vanished = Vanished()  # gone from their paths, since (Trio time)
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
@@ -213,7 +213,7 @@ class Watcher:
             if self._new:
                 await self._register_new()
             await self._expire_vanished()
-            upcoming = [*self._due.values(), *(since + self.settle for _, since in self._vanished.values())]
+            upcoming = [*self._due.values(), *(since + self.settle for since in self._vanished.times())]
             self._wakeup = trio.Event()
             with trio.move_on_at(min(upcoming) if upcoming else now + 3600):
                 await self._wakeup.wait()
@@ -249,14 +249,13 @@ class Watcher:
             self.schedule(rel)
             return
         record = await self.catalog.backend.file_by_path(rel)
-        if record is None and self._vanished:
-            digest = await in_thread(storage.hash_working, rel)
-            old = next((f for f, _ in self._vanished.values() if f.checksum == digest), None)
-            if old is not None:
-                del self._vanished[old.id]
-                await self.catalog.move(old.id, rel, correlation_id)
-                self.counts.moved += 1
-                return
+        if (
+            record is None
+            and self._vanished
+            and await self.catalog.follow_rename(self._vanished, rel, correlation_id)
+        ):
+            self.counts.moved += 1
+            return
         if record is None and rel not in self._one_by_one:
             self._new.append(rel)  # registered with the others of this pass, in one commit
             return
@@ -269,7 +268,7 @@ class Watcher:
         ):
             # Its content is catalogued under a path that is gone: a rename whose other
             # half has not been looked at yet.
-            self._vanished.pop(done.file.id, None)
+            self._vanished.discard(done.file.id)
             await self.catalog.move(done.file.id, rel, correlation_id)
             self.counts.moved += 1
             return
@@ -304,7 +303,7 @@ class Watcher:
         now = trio.current_time()
         if record is not None:
             if record.status is Status.ACTIVE:
-                self._vanished[record.id] = (record, now)
+                self._vanished.add(record, now)
         else:
             # Perhaps a folder, moved or removed whole: each file catalogued under it.
             query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
@@ -312,18 +311,14 @@ class Watcher:
             while True:
                 page = await self.catalog.search(query, cursor)
                 for found in page.results:
-                    self._vanished[found.id] = (found, now)
+                    self._vanished.add(found, now)
                 if page.next_cursor is None:
                     break
                 cursor = page.next_cursor
         self._wakeup.set()
 
     async def _expire_vanished(self) -> None:
-        now = trio.current_time()
-        for file_id, (record, since) in list(self._vanished.items()):
-            if now - since < self.settle:
-                continue
-            del self._vanished[file_id]
+        for record in self._vanished.expired(before=trio.current_time() - self.settle):
             if await in_thread(self.catalog.storage.working_exists, record.file_path):
                 continue  # it came back
             correlation_id = f"watch-{uuid.uuid4()}"

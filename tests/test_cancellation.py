@@ -387,7 +387,7 @@ class Injector:
                 self.fire()
 
     def copy_check(self, real: Callable[[], None]) -> None:
-        """In the worker thread: horace.catalog._check_cancelled."""
+        """In the worker thread: horace.catalog.check_cancelled."""
         index = self.copy_calls
         self.copy_calls += 1
         if index == self.copy_target:
@@ -432,13 +432,13 @@ class CountingUnits:
 def injector(monkeypatch: pytest.MonkeyPatch) -> Injector:
     injector = Injector()
     real_in_thread = horace.catalog.in_thread
-    real_check = horace.catalog._check_cancelled
+    real_check = horace.catalog.check_cancelled
 
     async def counted_in_thread(fn: Callable[..., Any], *args: Any) -> Any:
         return await injector.around(getattr(fn, "__name__", "thread"), lambda: real_in_thread(fn, *args))
 
     monkeypatch.setattr(horace.catalog, "in_thread", counted_in_thread)
-    monkeypatch.setattr(horace.catalog, "_check_cancelled", lambda: injector.copy_check(real_check))
+    monkeypatch.setattr(horace.catalog, "check_cancelled", lambda: injector.copy_check(real_check))
     return injector
 
 
@@ -524,7 +524,7 @@ async def test_cancel_at_every_step(
 
 
 async def random_sweep(catalog: Catalog, scenario: Scenario, trials: int, rng: random.Random) -> Counter[str]:
-    real_check = horace.catalog._check_cancelled
+    real_check = horace.catalog.check_cancelled
     counts: Counter[str] = Counter()
 
     def spying_check() -> None:
@@ -559,7 +559,7 @@ async def random_sweep(catalog: Catalog, scenario: Scenario, trials: int, rng: r
         await scenario.cleanup(catalog)
 
     span = await calibrated_span()
-    horace.catalog._check_cancelled = spying_check  # type: ignore[assignment]
+    horace.catalog.check_cancelled = spying_check  # type: ignore[assignment]
     try:
         for i in range(trials):
             await trial(0.0 if i % 20 == 0 else rng.uniform(0, span))
@@ -567,16 +567,16 @@ async def random_sweep(catalog: Catalog, scenario: Scenario, trials: int, rng: r
             # None landed inside a copy by chance: go on with contents of several chunks
             # and deadlines inside their copy, until one does.
             scenario.fixed_size = 4 * MiB
-            horace.catalog._check_cancelled = real_check  # type: ignore[assignment]
+            horace.catalog.check_cancelled = real_check  # type: ignore[assignment]
             span = await calibrated_span()
-            horace.catalog._check_cancelled = spying_check  # type: ignore[assignment]
+            horace.catalog.check_cancelled = spying_check  # type: ignore[assignment]
             for _ in range(200):
                 await trial(rng.uniform(span / 6, span / 1.5))
                 if counts["cancelled mid-copy"]:
                     break
             scenario.fixed_size = None
     finally:
-        horace.catalog._check_cancelled = real_check  # type: ignore[assignment]
+        horace.catalog.check_cancelled = real_check  # type: ignore[assignment]
     assert counts["cancelled, nothing"] > 0 and counts["completed"] > 0, counts
     assert counts["cancelled mid-copy"] > 0, f"no cancellation landed inside a copy: {counts}"
     return counts

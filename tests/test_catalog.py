@@ -13,7 +13,7 @@ from horace.assemble import open_catalog
 from horace.backends.records import FileChanges, Order, SearchQuery, SortKey, Status
 from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
-from horace.fsck import fsck
+from horace.fsck import fsck, verify
 from horace.model import ErrorCode, HoraceError, NewFile
 from horace.wire import file_changes, search_query
 
@@ -468,16 +468,16 @@ async def test_find_duplicates(catalog: Catalog, files: Path) -> None:
 async def test_verify_reports_mismatches(catalog: Catalog, files: Path) -> None:
     path = write(files / "user/a.txt", "a")
     file = (await catalog.register("user/a.txt")).file
-    assert (await catalog.verify()).problems == ()
+    assert (await verify(catalog)).problems == ()
     path.write_text("changed outside")
     obj = catalog.storage.object_path(file.checksum)
     obj.chmod(0o644)
     obj.write_text("rot")
-    kinds = {p.kind for p in (await catalog.verify(file.id)).problems}
+    kinds = {p.kind for p in (await verify(catalog, file.id)).problems}
     assert kinds == {"working_modified", "checksum_mismatch"}
     obj.unlink()
     path.unlink()
-    kinds = {p.kind for p in (await catalog.verify()).problems}
+    kinds = {p.kind for p in (await verify(catalog)).problems}
     assert kinds == {"working_missing", "missing_object"}
 
 

@@ -46,7 +46,7 @@ async def test_a_rewrite_in_place_during_the_copy_is_refused(
     before = write(path, os.urandom(3 * MiB)).read_bytes()
     hour_ago = time.time() - 3600
     os.utime(path, (hour_ago, hour_ago))  # a rewrite now is sure to move the mtime
-    real_check = horace.catalog._check_cancelled
+    real_check = horace.catalog.check_cancelled
     rewritten: list[bytes] = []
 
     def rewrite_once() -> None:  # between two chunks of the copy, in its worker thread
@@ -57,7 +57,7 @@ async def test_a_rewrite_in_place_during_the_copy_is_refused(
             rewritten.append(data)
         real_check()
 
-    monkeypatch.setattr(horace.catalog, "_check_cancelled", rewrite_once)
+    monkeypatch.setattr(horace.catalog, "check_cancelled", rewrite_once)
     with pytest.raises(HoraceError) as refused:
         if file is None:
             await catalog.register("user/big.bin")

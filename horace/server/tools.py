@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 from attrs import frozen
 
+from horace import fsck
 from horace.catalog import Catalog
 from horace.model import ErrorCode, HoraceError
 from horace.wire import file_changes, new_file, search_query, structure, to_json
@@ -327,7 +328,7 @@ async def find_duplicates(ctx: CallContext, args: LimitArgs) -> dict[str, Any]:
 
 
 async def verify(ctx: CallContext, args: VerifyArgs) -> dict[str, Any]:
-    report = await ctx.catalog.verify(args.file_id, progress=ctx.progress)
+    report = await fsck.verify(ctx.catalog, args.file_id, progress=ctx.progress)
     return {**to_json(report), "ok": not report.problems}
 
 
