@@ -63,7 +63,7 @@ async def open_catalog(
     async with AsyncExitStack() as stack:
         try:
             backend = await stack.enter_async_context(
-                open_backend(url, migrate=False, create=create and state.store_id is None)
+                open_backend(url, migrate=False, create=create and (state.store_id is None or adopt))
             )
         except CatalogMissing as exc:
             owner = (
@@ -75,14 +75,22 @@ async def open_catalog(
             raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}") from None
         decision = decide(state, await backend.identity(), str(storage.root), url, adopt=adopt)
         if not read_only:
+            # Read-only commands leave the schema as it is: they read only what every
+            # schema step has had (files, versions, collections).
             await in_thread(storage.ensure_layout)
-        await backend.migrate()
+            await backend.migrate()
         if not read_only and decision.verdict is not Verdict.MATCH:
             store_id = decision.store_id or str(uuid.uuid4())
             if decision.verdict is Verdict.BIND:
                 store_id = await backend.bind(store_id, str(storage.root), utcnow())
             with trio.CancelScope(shield=True):
                 await in_thread(storage.write_identity, store_id, redact_url(url))
+            if decision.verdict is Verdict.COMPLETE:
+                log.warning(
+                    "the store at %s had no record of its catalog; written again from the catalog's",
+                    storage.root,
+                    extra={"store_id": store_id},
+                )
             log.info(
                 "store %s bound to its catalog",
                 storage.root,

@@ -43,11 +43,13 @@ def decide(
     """What to do with this pair; :class:`StoreRefused` when it is not one.
 
     *adopt* (an operator's explicit ``horace init --adopt``) binds an empty, unbound
-    catalog to a store whose own catalog is lost, keeping the store's id.
+    catalog to a store whose own catalog is lost, under a new identity: should the lost
+    catalog turn up again, it no longer opens the store (its collector would delete what
+    the new catalog refers to).
     """
     shown = redact_url(url)
     if adopt and catalog.empty and catalog.store_id is None:
-        return Decision(Verdict.BIND, store.store_id)
+        return Decision(Verdict.BIND)
     if store.store_id is not None and catalog.store_id is not None:
         if store.store_id == catalog.store_id:
             return Decision(Verdict.MATCH)
@@ -68,9 +70,9 @@ def decide(
             )
         )
     if catalog.store_id is not None:
-        if catalog.storage_path == root and not store.has_objects:
+        if catalog.storage_path == root:
             # The catalog was bound to this very root, and the store's own record was
-            # never written (a crash between the two writes): finish the binding.
+            # never written (a crash between the two writes) or is lost: write it again.
             return Decision(Verdict.COMPLETE, catalog.store_id)
         raise StoreRefused(
             f"the catalog {shown} belongs to the store at {catalog.storage_path} "

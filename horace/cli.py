@@ -482,7 +482,13 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
             [
                 f"{r.files} files, {r.versions} versions, {r.objects} objects: "
                 + ("clean" if r.clean else f"{len(r.findings)} findings")
-                + (f" ({r.busy} files busy, not checked)" if r.busy else ""),
+                + (f" ({r.busy} files busy, not checked)" if r.busy else "")
+                + (
+                    f"; {len(r.orphans)} objects no version refers to, left for the collector "
+                    "(the periodic purge, or --repair)"
+                    if r.orphans
+                    else ""
+                ),
                 *(
                     f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: {f.file_path or ''} {f.detail}"
                     for f in r.findings
@@ -497,12 +503,19 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
 @global_options
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Bring the catalog schema up to date (also done at every start)."""
+    """Bring the catalog schema up to date (also done at every writing start). With a
+    --database of its own, no store is needed: the schema can be made ahead."""
+    settings = _settings(ctx)
+    if settings.database_url is None:
+        version = _run(ctx, lambda c: c.backend.migrate(), check=False)
+    else:
+        from horace.backends import open_backend
 
-    async def work(c: Catalog) -> int:
-        return await c.backend.migrate()
+        async def ahead() -> int:
+            async with open_backend(settings.catalog_url) as backend:  # migrates on opening
+                return await backend.migrate()
 
-    version = _run(ctx, work, check=False)
+        version = trio.run(ahead)
     _emit(ctx, {"schema_version": version}, lambda d: f"schema version {d['schema_version']}")
 
 

@@ -190,7 +190,7 @@ class Settings:
             values["database_url"] = _url_from_parts(env)
         for field, value in overrides.items():
             if value is not None:
-                values[field] = _database_url(str(value), f"--{field}") if field == "database_url" else value
+                values[field] = _database_url(str(value), "--database") if field == "database_url" else value
         return attrs.evolve(cls(), **values)  # type: ignore[arg-type]
 
 

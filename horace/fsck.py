@@ -14,7 +14,7 @@ Three strengths, from the start-up check to the operator's repair:
   back, and a working file caught outside ``files/`` goes back to ``files/`` unless its
   content is safe in a version. File rows are put back in step with their versions.
 - nothing automatic deletes an object, a version row or a working file, nor writes a
-  working copy back: orphan objects are reported (the collector reclaims them), a file
+  working copy back: orphan objects are counted (the collector reclaims them), a file
   gone from ``files/`` is the reconcile's business.
 - ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
   recovers lost objects from working copies, drops the rows of versions whose content
@@ -65,6 +65,9 @@ class FsckReport:
     versions: int
     objects: int
     busy: int = 0  # files a writer held throughout: not checked this time
+    # Objects no version refers to, past the grace period: garbage for the collector (the
+    # periodic purge, or --repair), not damage, so not findings. Not looked for at start.
+    orphans: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -87,7 +90,8 @@ async def fsck(
     progress: Callable[[int, int], None] | None = None,
 ) -> FsckReport:
     """Check the store against the catalog; see the module docstring for what is
-    repaired. *automatic* (the start-up and periodic runs) logs what it repairs."""
+    repaired. *automatic* (the start-up and periodic runs) leaves the objects nobody
+    refers to alone: they are the collector's."""
     findings: list[Finding] = []
     files = {f.id: f for f in await catalog.backend.all_files()}
     versions = await catalog.backend.all_versions()
@@ -130,8 +134,15 @@ async def fsck(
             busy += 1
             log.info("fsck: %s is being written; not checked this time", file.file_path)
 
-    findings += await _orphans(catalog, {v.checksum for v in versions}, repair=repair)
-    return FsckReport(tuple(findings), len(files), len(versions), len(objects_ok), busy)
+    orphans = [] if automatic else await _orphans(catalog, {v.checksum for v in versions})
+    if repair and orphans:
+        collected = await catalog.collect(orphans)
+        findings += [
+            Finding("orphan_object", f"object {name} had no version row: collected", True, subject=name)
+            for name in collected
+        ]
+        orphans = [name for name in orphans if name not in set(collected)]
+    return FsckReport(tuple(findings), len(files), len(versions), len(objects_ok), busy, tuple(orphans))
 
 
 def log_findings(report: FsckReport, when: str) -> None:
@@ -426,22 +437,12 @@ def _working_problem(storage: Storage, file: FileRecord) -> str | None:
 # -- objects nobody refers to ----------------------------------------------------------------
 
 
-async def _orphans(catalog: Catalog, referenced: set[str], *, repair: bool) -> list[Finding]:
+async def _orphans(catalog: Catalog, referenced: set[str]) -> list[str]:
+    """The objects no version refers to, once past the grace period."""
     grace = catalog.policy.gc_grace_seconds
     now = time.time()
-    orphans = [
+    return [
         name
         for name, st in await in_thread(lambda: list(catalog.storage.walk_objects()))
         if name not in referenced and now - st.st_mtime >= grace
-    ]
-    collected = set(await catalog.collect(orphans)) if repair and orphans else set()
-    return [
-        Finding(
-            "orphan_object",
-            f"object {name} has no version row"
-            + ("" if repair else " (left for the collector: `horace fsck --repair`, or the periodic purge)"),
-            name in collected,
-            subject=name,
-        )
-        for name in orphans
     ]

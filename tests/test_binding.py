@@ -177,13 +177,24 @@ async def test_an_empty_catalog_never_adopts_a_store_with_versions_unasked(
     async with open_catalog(lost, create=True, adopt=True) as catalog:
         assert objects <= objects_on_disk(catalog)
         report = await fsck(catalog)
-        assert {f.kind for f in report.findings} == {"orphan_object"}
-        assert not any(f.repaired for f in report.findings)
+        assert report.findings == () and set(report.orphans) == objects
         assert objects <= objects_on_disk(catalog)
+    # The adopted store has a new identity: the old catalog, should it turn up, is refused
+    # (its collector would delete what the new catalog refers to).
+    with pytest.raises(StoreRefused, match="do not belong together"):
+        async with open_catalog(settings):
+            pass
 
 
-async def test_a_binding_cut_between_its_two_writes_is_completed(tmp_path: Path, database_url: str) -> None:
+@pytest.mark.parametrize("with_versions", [False, True])
+async def test_a_lost_store_record_is_written_again_from_its_catalog(
+    tmp_path: Path, database_url: str, with_versions: bool
+) -> None:
+    """Cut between the two writes of a binding, or lost later: the catalog bound to this
+    very path gives the store its record back."""
     settings = Settings(storage_path=tmp_path / "root", database_url=database_url)
+    if with_versions:
+        await _history(settings, settings.storage_path / "files")
     async with open_catalog(settings, create=True):
         pass
     identity = settings.storage_path / ".horace/store.json"

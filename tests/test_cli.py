@@ -78,6 +78,7 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
     )
     one_line_error(horace("serve", "--storage", "/etc/passwd"), Exit.CONFIG, "not a folder")
+    one_line_error(horace("search", "--database", "mysql://x", env=root), Exit.CONFIG, "--database:")
     # A storage root that cannot be created (sysfs refuses even root).
     one_line_error(horace("init", "--storage", "/sys/horace-store"), Exit.CONFIG, "cannot create the store")
     one_line_error(horace("search", "--limit", "0"), Exit.USAGE, "USAGE", "--limit")
@@ -154,3 +155,12 @@ def test_serve_on_a_port_in_use_is_one_line(store: tuple[Path, dict[str, str]]) 
     assert done.returncode == Exit.ADDRESS, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "ADDRESS_IN_USE" in errors[0] and "Traceback" not in done.stderr
+
+
+def test_migrate_makes_the_schema_ahead_of_any_store(tmp_path: Path, database_url: str) -> None:
+    env = {"HORACE_STORAGE_PATH": str(tmp_path / "not-yet"), "HORACE_DATABASE_URL": database_url}
+    done = horace("migrate", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["schema_version"] >= 2
+    assert not (tmp_path / "not-yet").exists()
+    assert horace("init", env=env).returncode == 0  # and the store binds to it afterwards
