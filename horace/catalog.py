@@ -207,6 +207,11 @@ class Catalog:
     async def _stage(self, rel: str) -> Staged:
         return await in_thread(self.storage.stage, rel, check_cancelled)
 
+    async def discard(self, *staged: Staged) -> None:
+        """Remove staged copies (on the way out, cancelled or not)."""
+        with trio.CancelScope(shield=True):
+            await in_thread(lambda: [self.storage.discard(s) for s in staged])
+
     async def file(self, file_id: str, db: Units | None = None) -> FileRecord:
         """The file with this id; ``NOT_CATALOGED`` when there is none."""
         if not isinstance(file_id, str) or not file_id:
@@ -253,7 +258,7 @@ class Catalog:
             record, version = await self._version_staged(db, file, staged, correlation_id, status)
             return record, version, staged.source
         finally:
-            self.storage.discard(staged)
+            await self.discard(staged)
 
     async def _version_staged(
         self,
@@ -280,7 +285,7 @@ class Catalog:
                 try:
                     done = await self._version_staged(db, file, staged, correlation_id)
                 finally:
-                    self.storage.discard(staged)
+                    await self.discard(staged)
             except BaseException:
                 # Not versioned (a full disk, say): the file goes back where it was, or
                 # beside it when its name is taken meanwhile.
@@ -311,7 +316,7 @@ class Catalog:
                     inserted = await db.insert_files([record], new.collection)
                     await in_thread(self.storage.release, staged)
             finally:
-                self.storage.discard(staged)
+                await self.discard(staged)
             if inserted:
                 return Registered(inserted[0], duplicate=False, version_created=True)
             # Another host registered this path or content between our look-up and insert.
@@ -550,7 +555,7 @@ class Catalog:
     ) -> ScanReport:
         """Register untracked files and version changed ones under files/ (or *under*)."""
         rel_under = self.relative(under) if under is not None else None  # "" is refused
-        if rel_under is not None and not (self.storage.files / rel_under).is_dir():
+        if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
         skipped: list[str] = []
         found = await in_thread(lambda: sorted(self.storage.walk_working(rel_under, skipped)))
@@ -641,8 +646,7 @@ class Catalog:
                 inserted = await self.backend.insert_files(records)
                 await in_thread(lambda: [self.storage.release(s) for s in kept])
         finally:
-            for _, s in staged:
-                self.storage.discard(s)
+            await self.discard(*(s for _, s in staged))
         done = {f.file_path for f in inserted}
         return NewFiles(tuple(inserted), tuple(rel for rel, _ in staged if rel not in done), tuple(failed))
 
@@ -741,7 +745,7 @@ class Catalog:
             free = set(await self.backend.unreferenced([c for c, _ in aside]))
             for checksum, moved in aside:
                 if checksum in free:
-                    moved.unlink(missing_ok=True)
+                    await in_thread(moved.unlink, True)
                 else:
                     await in_thread(self.storage.unquarantine, moved, checksum)
         return sorted(free)

@@ -165,11 +165,8 @@ async def _temps(catalog: Catalog, referenced: set[str]) -> list[Finding]:
     storage = catalog.storage
     found: list[Finding] = []
     now = time.time()
-    for path, name in await in_thread(lambda: list(storage.walk_temps())):
-        try:
-            age = now - path.stat().st_mtime
-        except FileNotFoundError:
-            continue
+    for path, name, mtime in await in_thread(_temps_with_mtimes, storage):
+        age = now - mtime
         alive = name.owner_alive() if name is not None else None
         if alive or (alive is None and age < STALE_TEMP_SECONDS):
             continue  # a live writer's, or perhaps one on another host
@@ -206,6 +203,21 @@ async def _temps(catalog: Catalog, referenced: set[str]) -> list[Finding]:
     return found
 
 
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _temps_with_mtimes(storage: Storage) -> list[tuple[Path, TempName | None, float]]:
+    found = []
+    for path, name in storage.walk_temps():
+        try:
+            found.append((path, name, path.stat().st_mtime))
+        except FileNotFoundError:
+            continue  # its writer removed it meanwhile
+    return found
+
+
 async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str]) -> bool:
     """A staged copy whose content a version refers to while its object is missing (a
     process died between its commit and releasing the copy, as the collector took the
@@ -213,8 +225,7 @@ async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str]) -
     storage = catalog.storage
 
     def look() -> bool:
-        with open(path, "rb") as f:
-            checksum = hashlib.file_digest(f, "sha256").hexdigest()
+        checksum = _sha256_of(path)
         if checksum not in referenced or storage.has_object(checksum):
             return False
         os.link(path, storage.object_path(checksum))
@@ -229,11 +240,7 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     files/ and versioning it): removed if its content is safe in a version, else put
     back into files/."""
     storage = catalog.storage
-    staged = await in_thread(storage.stage_held, path)
-    try:
-        checksum = staged.checksum
-    finally:
-        storage.discard(staged)
+    checksum = await in_thread(_sha256_of, path)
     try:
         file_id = str(uuid.UUID(name.extra))
     except ValueError:
@@ -364,7 +371,7 @@ async def _recover_object(catalog: Catalog, rel: str, checksum: str) -> bool:
         await in_thread(storage.release, staged)
         return True
     finally:
-        storage.discard(staged)
+        await catalog.discard(staged)
 
 
 # -- verify: everything re-hashed, nothing repaired --------------------------------------------

@@ -206,7 +206,8 @@ class Watcher:
             now = trio.current_time()
             ready = [rel for rel, due in self._due.items() if due <= now]
             # Vanished paths first: the other half of a rename must find them waiting.
-            ready.sort(key=lambda rel: os.path.lexists(self.files / rel))
+            present = await in_thread(self._present, ready)
+            ready.sort(key=lambda rel: rel in present)
             for rel in ready:
                 del self._due[rel]
                 await self._settle(rel)
@@ -217,6 +218,9 @@ class Watcher:
             self._wakeup = trio.Event()
             with trio.move_on_at(min(upcoming) if upcoming else now + 3600):
                 await self._wakeup.wait()
+
+    def _present(self, paths: list[str]) -> set[str]:
+        return {rel for rel in paths if os.path.lexists(self.files / rel)}
 
     async def _settle(self, rel: str) -> None:
         correlation_id = f"watch-{uuid.uuid4()}"
