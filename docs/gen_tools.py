@@ -2,9 +2,9 @@
 
     python docs/gen_tools.py > docs/tools.md
 
-Names, descriptions, input and output schemas and annotations come from the table
-itself; defaults come from each tool's attrs argument class (``SearchQuery`` for the
-search). The table does not declare which error codes a tool can return, so those are
+Names, titles, descriptions, input and output schemas (with their defaults) and
+annotations come from the table itself, which generates them from each tool's attrs
+classes. The table does not declare which error codes a tool can return, so those are
 listed below in ERRORS, read from ``horace/catalog.py``, ``horace/paths.py`` and
 ``horace/storage.py``: keep them in step when the code changes.
 """
@@ -15,12 +15,15 @@ import json
 import sys
 from typing import Any
 
-import attrs
+from horace.backends.records import Collection, FileRecord, VersionRecord
+from horace.schema import record_schema
+from horace.server.tools import TOOLS
 
-from horace.backends.records import SearchQuery
-from horace.server.tools import COLLECTION, FILE, TOOLS, VERSION
-
-SHAPES = {"File": FILE, "Version": VERSION, "Collection": COLLECTION}
+SHAPES = {
+    "File": record_schema(FileRecord),
+    "Version": record_schema(VersionRecord),
+    "Collection": record_schema(Collection),
+}
 
 # Error codes a tool may return as a result with isError: true (beyond the ones every
 # tool may return: BACKEND_UNAVAILABLE, INTERNAL).
@@ -74,29 +77,29 @@ NOTES = {
     "Metadata given when re-registering a catalogued path is not applied: use "
     "`horace_update_file`.",
     "horace_search_files": "Every filter may also be given inside `query{}`; a filter given both "
-    "ways takes the top-level value. `limit` above 1000 is reduced to 1000. A `cursor` is tied "
-    "to the filters it was issued for. Argument errors of this tool are results with "
-    "`isError: true` and `INVALID_ARGUMENT` (its arguments are read by the handler, not by an "
-    "argument class).",
-    "horace_get_file_info": "Give `file_id` or `file_path`; `file_id` wins when both are given.",
+    "ways takes the top-level value. A `limit` above 1000 is refused (-32602), as the CLI "
+    "refuses it. A `cursor` is tied to the filters it was issued for.",
+    "horace_get_file_info": "Give `file_id` or `file_path`; `file_id` wins when both are given. "
+    "`versions` is null unless `include_versions`.",
     "horace_update_file": "`tags` replaces the tags; `collection` adds the file to that collection "
     "(created if missing); `custom` is merged into the file's `metadata`. Any other field is "
-    "`INVALID_ARGUMENT`. A `status` change away from `active` moves the working file out of "
+    "refused (-32602). A `status` change away from `active` moves the working file out of "
     "files/ and versions exactly what was moved (whatever `check_for_changes` says); back to "
     "`active` writes the current version back.",
     "horace_restore_version": "The file must be `active`. `preserved_version` is the version that "
     "kept the working file's unsaved content (null when it had none). Restoring the current "
     "version still adds a version.",
-    "horace_delete_file": "Deleting a deleted file is a success that changes nothing.",
-    "horace_undelete_file": "Undeleting an active file is a success that changes nothing; an "
-    "archived file is `INVALID_ARGUMENT` (update its status to `active` instead).",
+    "horace_delete_file": "Deleting a deleted file is a success that changes nothing (`changed: false`).",
+    "horace_undelete_file": "Undeleting an active file is a success that changes nothing "
+    "(`changed: false`); an archived file is `INVALID_ARGUMENT` (update its status to `active` "
+    "instead).",
     "horace_remove_from_collection": "Ids that are not members are ignored.",
     "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `working_missing`, "
-    "`working_modified`; each problem also has `version` (null for working-file problems).",
-    "horace_scan": "The result also has `skipped`: names that can never be catalogued (not "
-    "UTF-8, or in Horace's reserved `.horace-tmp-` form), each with why. Files that could not "
-    "be taken are listed in `errors`, not returned as a tool error. With a `progressToken` in "
-    "`_meta`, `notifications/progress` are sent while it runs.",
+    "`working_modified`; `version` is null for working-file problems.",
+    "horace_scan": "`skipped` lists names that can never be catalogued (not UTF-8, `.horace`, or "
+    "in Horace's reserved `.horace-tmp-` form), each with why. Files that could not be taken are "
+    "listed in `errors`, not returned as a tool error. With a `progressToken` in `_meta`, "
+    "`notifications/progress` are sent while it runs.",
 }
 
 
@@ -120,21 +123,6 @@ def type_of(schema: Any) -> str:
     return text
 
 
-def defaults_of(tool: Any) -> dict[str, Any]:
-    cls = tool.arguments or SearchQuery
-    found: dict[str, Any] = {}
-    for field in attrs.fields(cls):
-        default = field.default
-        if default is attrs.NOTHING:
-            continue
-        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()
-        found[field.name] = getattr(default, "value", default)
-    if tool.arguments is None:  # the search: model defaults, as the wire sees them
-        found["status"] = "active"
-    return found
-
-
 def cell(value: Any) -> str:
     if value is None:
         return "null"
@@ -148,21 +136,17 @@ def arguments_table(tool: Any) -> list[str]:
     props, required = schema.get("properties", {}), set(schema.get("required", ()))
     if not props:
         return ["No arguments."]
-    defaults = defaults_of(tool)
     rows = ["| argument | type | required | default | description |", "|---|---|---|---|---|"]
     for name, sub in props.items():
-        if name == "query" and tool.arguments is None:
-            rows.append("| `query` | object | no | | the same filters, nested |")
-            continue
-        value = defaults.get(name)
-        default = "" if name in required or value is None else cell(value)
+        default = cell(sub["default"]) if "default" in sub else ""
         rows.append(
             f"| `{name}` | {type_of(sub)} | {'yes' if name in required else 'no'} | {default} "
             f"| {sub.get('description', '')} |"
         )
         if sub.get("type") == "object" and sub.get("properties"):
             for inner, inner_schema in sub["properties"].items():
-                rows.append(f"| `{name}.{inner}` | {type_of(inner_schema)} | no | | |")
+                said = inner_schema.get("description", "")
+                rows.append(f"| `{name}.{inner}` | {type_of(inner_schema)} | no | | {said} |")
     if not schema.get("additionalProperties", True):
         rows.append("")
         rows.append("Other top-level arguments are refused.")
@@ -213,8 +197,9 @@ def main() -> None:
         "(or `correlationId`), else a new UUID.",
         "- An error that belongs to the tool is a result with `isError: true` and "
         "`structuredContent` `{error_code, message, correlation_id}`.",
-        "- Arguments that do not fit the tool's argument class (an unknown top-level argument, "
-        "a missing required one, a wrong JSON type) are a JSON-RPC error `-32602` with "
+        "- Arguments the tool's `inputSchema` does not admit (an unknown argument at any level, "
+        "a missing required one, a wrong JSON type, a value out of bounds or not in an enum) are "
+        "a JSON-RPC error `-32602` with "
         '`data: {error_code: "INVALID_ARGUMENT", correlation_id}`; an unknown tool is `-32602` '
         "too. A call past `HORACE_CALL_DEADLINE` is JSON-RPC error `-32001`.",
         "- Every tool may also return `BACKEND_UNAVAILABLE` and `INTERNAL`.",

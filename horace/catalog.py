@@ -347,19 +347,22 @@ class Catalog:
             raise HoraceError(ErrorCode.NOT_CATALOGED, f"{ref!r} is not catalogued")
         return found
 
-    async def get_info(
-        self, *, file_id: str | None = None, file_path: str | None = None, include_versions: bool = False
-    ) -> FileInfo:
+    async def locate(self, file_id: str | None = None, file_path: str | None = None) -> FileRecord:
+        """A file by its id, else by its path; ``NOT_CATALOGED`` when there is none."""
         if file_id:
-            record = await self.file(file_id)
-        elif file_path is not None:  # an empty path is an invalid path, not a missing one
+            return await self.file(file_id)
+        if file_path is not None:  # an empty path is an invalid path, not a missing one
             rel = self.relative(file_path)
             found = await self.backend.file_by_path(rel)
             if found is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{rel!r} is not catalogued")
-            record = found
-        else:
-            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "give file_id or file_path")
+            return found
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "give file_id or file_path")
+
+    async def get_info(
+        self, *, file_id: str | None = None, file_path: str | None = None, include_versions: bool = False
+    ) -> FileInfo:
+        record = await self.locate(file_id, file_path)
         versions = tuple(await self.backend.versions(record.id)) if include_versions else None
         return FileInfo(record, versions)
 

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, override
 
-from horace.backends.records import MAX_SEARCH_LIMIT, FileChanges, Order, SearchQuery, SortKey, Status
-from horace.model import ErrorCode, HoraceError, NewFile
+from horace.model import ErrorCode, HoraceError
+from horace.schema import REST
 
 T = TypeVar("T")
 
@@ -68,19 +69,16 @@ def _datetime(value: Any, _: Any) -> datetime:
 strict.register_structure_hook(datetime, _datetime)
 
 
-def _enum(kind: type[enum.Enum]) -> Any:
-    def hook(value: Any, _: Any) -> Any:
-        try:
-            return kind(value)
-        except ValueError:
-            choices = ", ".join(str(member.value) for member in kind)
-            raise ValueError(f"{value!r} is not one of {choices}") from None
-
-    return hook
+def _enum(value: Any, kind: type[enum.Enum]) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in kind)
+        raise ValueError(f"{value!r} is not one of {choices}") from None
 
 
-for _kind in (Status, SortKey, Order):
-    strict.register_structure_hook(_kind, _enum(_kind))
+# Dispatched on the class: StrEnum, or the str hook above would take them as plain strings.
+strict.register_structure_hook(enum.StrEnum, _enum)
 
 
 def _mapping(value: Any, _: Any) -> dict[str, Any]:
@@ -101,6 +99,32 @@ def _tuple_of_str(value: Any, _: Any) -> tuple[str, ...]:
 
 
 strict.register_structure_hook_func(lambda kind: kind == tuple[str, ...], _tuple_of_str)
+
+
+def _takes_the_rest(kind: Any) -> bool:
+    return attrs.has(kind) and any(f.metadata.get(REST) for f in attrs.fields(kind))
+
+
+def _with_the_rest(kind: type) -> Any:
+    """Structure a class one of whose fields takes every key the others do not name."""
+    rest = next(f for f in attrs.fields(kind) if f.metadata.get(REST))
+    named = {f.name for f in attrs.fields(kind)} - {rest.name}
+    overrides: dict[str, Any] = {rest.name: override(omit=True)}
+    structure_named: Any = make_dict_structure_fn(kind, strict, _cattrs_forbid_extra_keys=True, **overrides)
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError("expected an object")
+        known = {k: v for k, v in value.items() if k in named}
+        others = {k: v for k, v in value.items() if k not in named}
+        if not all(isinstance(k, str) for k in others):
+            raise TypeError("expected an object")
+        return attrs.evolve(structure_named(known, kind), **{rest.name: others})
+
+    return hook
+
+
+strict.register_structure_hook_factory(_takes_the_rest, _with_the_rest)
 
 
 def _describe(exc: BaseException, path: str = "") -> list[str]:
@@ -128,71 +152,3 @@ def structure(data: Any, cls: type[T]) -> T:
         return strict.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, "; ".join(_describe(exc))) from None
-
-
-# -- the shapes callers send ----------------------------------------------------------------
-
-# Fields of a file that an update may change; everything else is refused.
-UPDATABLE = ("owner", "purpose", "tags", "status", "collection", "custom")
-_REGISTER_KNOWN = ("owner", "purpose", "tags", "collection", "correlation_id")
-
-
-def new_file(metadata: Mapping[str, Any] | None) -> tuple[NewFile, str | None]:
-    """What a registration says of a file, and its correlation id.
-
-    Keys beyond the known ones are the caller's own metadata, kept with the file.
-    """
-    metadata = dict(metadata or {})
-    if not isinstance(metadata, dict):
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "metadata must be an object")
-    known = {k: metadata.pop(k) for k in _REGISTER_KNOWN if k in metadata and metadata[k] is not None}
-    correlation_id = known.pop("correlation_id", None)
-    if correlation_id is not None and not isinstance(correlation_id, str):
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "correlation_id must be a string")
-    return structure({**known, "custom": metadata}, NewFile), correlation_id
-
-
-def file_changes(metadata: Mapping[str, Any] | None) -> FileChanges:
-    """The allow-listed changes of an update; any other field is ``INVALID_ARGUMENT``."""
-    if not isinstance(metadata, Mapping):
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "metadata must be an object")
-    refused = sorted(set(metadata) - set(UPDATABLE) - {"correlation_id"})
-    if refused:
-        raise HoraceError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"field(s) {', '.join(refused)} cannot be updated; updatable: {', '.join(UPDATABLE)}",
-        )
-    return structure({k: v for k, v in metadata.items() if k != "correlation_id"}, FileChanges)
-
-
-def search_query(arguments: Mapping[str, Any]) -> tuple[SearchQuery, str | None]:
-    """A search from filters given flat or nested in ``query{}``; and its cursor."""
-    args = dict(arguments)
-    nested = args.pop("query", None)
-    if nested is not None:
-        if not isinstance(nested, Mapping):
-            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "query must be an object")
-        args = {**nested, **args}
-    cursor = args.pop("cursor", None)
-    if cursor is not None and not isinstance(cursor, str):
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "cursor must be a string")
-    status = args.pop("status", "active")
-    if status not in (*(s.value for s in Status), "all", None):
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "status is one of active, archived, deleted, all")
-    if "after" in args:
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "unknown field(s): after (use cursor)")
-    args = {k: v for k, v in args.items() if v is not None}
-    query = structure(args, SearchQuery)
-    if not query.limit >= 1:
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "limit must be at least 1")
-    if query.offset < 0:
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "offset must not be negative")
-    for name in ("min_size", "max_size"):
-        if (getattr(query, name) or 0) < 0:
-            raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{name} must not be negative")
-    query = attrs.evolve(
-        query,
-        limit=min(query.limit, MAX_SEARCH_LIMIT),
-        status=None if status in ("all", None) else Status(status),
-    )
-    return query, cursor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -15,7 +16,7 @@ from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
 from horace.fsck import fsck, verify
 from horace.model import ErrorCode, HoraceError, NewFile
-from horace.wire import file_changes, search_query
+from horace.server.tools import TOOLS, CallContext
 
 
 async def objects_of(catalog: Catalog, file_id: str) -> dict[int, bytes]:
@@ -176,18 +177,25 @@ async def test_register_missing_file_and_folder(catalog: Catalog, files: Path) -
 # -- update -------------------------------------------------------------------------------
 
 
+def update_args(raw: dict[str, object]) -> Any:
+    return TOOLS["horace_update_file"].structure(raw)
+
+
 async def test_update_changes_only_allow_listed_fields(catalog: Catalog, files: Path) -> None:
     write(files / "user/a.txt", "x")
     file = (await catalog.register("user/a.txt", NewFile(owner="me"))).file
     for refused in ("checksum", "size", "file_path", "current_version", "id", "created_at", "mime_type"):
         with pytest.raises(HoraceError) as excinfo:
-            file_changes({refused: "x", "purpose": "sneaky"})
+            update_args({"file_id": file.id, "metadata": {refused: "x", "purpose": "sneaky"}})
         assert excinfo.value.code is ErrorCode.INVALID_ARGUMENT
         assert refused in excinfo.value.message
     after_refusals = (await catalog.get_info(file_id=file.id)).file
     assert after_refusals == file  # the refused updates changed nothing, purpose included
+    said = update_args(
+        {"file_id": file.id, "metadata": {"owner": "you", "tags": ["t1", "t2"], "custom": {"k": 1}}}
+    )
     updated = await catalog.update(
-        file.id, file_changes({"owner": "you", "tags": ["t1", "t2"], "custom": {"k": 1}})
+        file.id, FileChanges(owner=said.metadata.owner, tags=said.metadata.tags, custom=said.metadata.custom)
     )
     assert set(updated.changed_fields) == {"owner", "tags", "metadata"}
     assert not updated.version_created
@@ -309,8 +317,9 @@ async def corpus(catalog: Catalog, files: Path) -> Catalog:
 
 
 async def paths(catalog: Catalog, **filters: object) -> set[str]:
-    query, cursor = search_query(filters)
-    page = await catalog.search(query, cursor)
+    """The paths a search with these filters (as an MCP client gives them) finds."""
+    tool = TOOLS["horace_search_files"]
+    page = await tool.handler(CallContext(catalog, "test"), tool.structure(filters))
     assert page.total_count == len(page.results)
     return {f.file_path for f in page.results}
 
@@ -405,9 +414,13 @@ def _first_cursor(page: object) -> str:
     return cursor
 
 
-async def test_search_limit_capped_at_1000() -> None:
-    query, _ = search_query({"limit": 5000})
-    assert query.limit == 1000
+async def test_search_limit_is_at_most_1000() -> None:
+    tool = TOOLS["horace_search_files"]
+    assert tool.structure({"limit": 1000}).limit == 1000
+    with pytest.raises(HoraceError) as refused:
+        tool.structure({"limit": 5000})  # refused, as the CLI refuses it: never cut quietly
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT and "limit" in refused.value.message
+    assert tool.describe()["inputSchema"]["properties"]["limit"]["maximum"] == 1000
 
 
 # -- collections and duplicates -----------------------------------------------------------------

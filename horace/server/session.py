@@ -28,6 +28,7 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord, ErrorCode, HoraceError
 from horace.server.tools import TOOLS, CallContext
+from horace.wire import to_json
 
 log = logging.getLogger("horace.server")
 
@@ -479,7 +480,7 @@ class Session:
                     done = await outcome.acapture(tool.handler, context, args)
                     if pump is not None:
                         pump.close()
-                structured = done.unwrap()
+                structured = to_json(done.unwrap())
         except HoraceError as exc:
             return tool_error(exc.code, exc.message, correlation_id)
         except BackendUnavailable as exc:

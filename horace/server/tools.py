@@ -1,24 +1,43 @@
-"""The MCP tool table: for each tool its schemas, annotations, argument class and handler.
+"""The MCP tool table: for each tool an argument class, a result class, and a handler.
 
-Arguments are structured (strictly, with cattrs) into a frozen attrs class at this edge;
-the handler gets that instance and a :class:`CallContext`, calls the catalog, and
-returns JSON-ready data for ``structuredContent``.
+Each tool is declared once. Its argument class says every field's type, default,
+description and bounds (``horace.server.schema.param``); its ``inputSchema`` and
+``outputSchema`` are generated from the two classes, and the bounds are checked when the
+arguments are structured (strictly, with cattrs: a wrong type, an unknown field, a value
+out of bounds is JSON-RPC error -32602). A handler takes a :class:`CallContext` and the
+structured arguments, calls the catalog, and returns the result class; the session
+unstructures it into ``structuredContent``.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
 from attrs import frozen
 
 from horace import fsck
-from horace.catalog import Catalog
-from horace.model import ErrorCode, HoraceError
-from horace.wire import file_changes, new_file, search_query, structure, to_json
-
-Progress = Callable[[int, int], None]
+from horace.backends.records import (
+    DEFAULT_SEARCH_LIMIT,
+    MAX_SEARCH_LIMIT,
+    Collection,
+    DuplicateGroup,
+    FileChanges,
+    FileRecord,
+    Order,
+    SearchQuery,
+    SortKey,
+    Status,
+    VersionRecord,
+)
+from horace.catalog import Catalog, Progress, ScanReport
+from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
+from horace.schema import input_schema, output_schema, param
+from horace.wire import structure
 
 
 @frozen
@@ -28,37 +47,461 @@ class CallContext:
     progress: Progress | None = None
 
 
-Handler = Callable[[CallContext, Any], Awaitable[dict[str, Any]]]
+# -- arguments -------------------------------------------------------------------------------
+
+FILE_ID = "the file's id (a UUID)"
+FILE_PATH = "the file's path: relative to files/, or absolute inside it"
+
+
+@frozen(kw_only=True)
+class FileRef:
+    """A file, by its id or by its path (one of the two)."""
+
+    __one_of__ = ("file_id", "file_path")
+
+    file_id: str | None = param(None, doc=FILE_ID)
+    file_path: str | None = param(None, doc=FILE_PATH)
+
+    def __attrs_post_init__(self) -> None:
+        if self.file_id is None and self.file_path is None:
+            raise ValueError("give file_id or file_path")
+
+
+@frozen(kw_only=True)
+class NewFileMetadata:
+    """What the caller says of the file; keys other than these are kept as its custom
+    metadata."""
+
+    owner: str | None = param(None, doc="defaults to the component folder (gates/, user/, ...)")
+    purpose: str | None = param(None, doc="what the file is for, searchable as text")
+    tags: tuple[str, ...] = param((), doc="labels to search by")
+    collection: str | None = param(None, doc="add the file to this collection (created if missing)")
+    correlation_id: str | None = param(None, doc="stored with the file and its version")
+    custom: Mapping[str, Any] = param(attrs.Factory(dict), doc="", rest=True)
+
+
+@frozen(kw_only=True)
+class RegisterArgs:
+    file_path: str = param(doc=FILE_PATH)
+    metadata: NewFileMetadata = param(attrs.Factory(NewFileMetadata), doc="what the caller says of the file")
+
+
+class StatusFilter(enum.StrEnum):
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+    DELETED = "deleted"
+    ALL = "all"
+
+
+@frozen(kw_only=True)
+class SearchFilters:
+    tags: tuple[str, ...] = param((), doc="files that have all of these tags")
+    any_tags: tuple[str, ...] = param((), doc="files that have any of these tags")
+    owner: str | None = param(None, doc="files of this owner")
+    purpose: str | None = param(None, doc="text in the purpose (case-insensitive)")
+    path: str | None = param(None, doc="glob relative to files/, e.g. gates/*.md")
+    collection: str | None = param(None, doc="files in this collection")
+    file_type: str | None = param(None, doc="MIME type (image/png, image/*) or extension (pdf)")
+    min_size: int | None = param(None, doc="bytes", minimum=0)
+    max_size: int | None = param(None, doc="bytes", minimum=0)
+    created_after: datetime | None = param(None, doc="ISO 8601; without a zone: UTC")
+    created_before: datetime | None = param(None, doc="ISO 8601; without a zone: UTC")
+    checksum: str | None = param(None, doc="SHA-256 of the current content")
+    correlation_id: str | None = param(None, doc="files registered under this correlation id")
+    status: StatusFilter = param(StatusFilter.ACTIVE, doc="all: every status")
+    limit: int = param(DEFAULT_SEARCH_LIMIT, doc="results per page", minimum=1, maximum=MAX_SEARCH_LIMIT)
+    offset: int = param(0, doc="results to skip", minimum=0)
+    cursor: str | None = param(None, doc="next_cursor of the previous page (instead of offset)")
+    sort_by: SortKey = param(SortKey.CREATED_AT, doc="")
+    order: Order = param(Order.DESC, doc="")
+
+
+@frozen(kw_only=True)
+class SearchArgs(SearchFilters):
+    """Filters are given flat, or nested in query{} (as older ICCM clients send them)."""
+
+    query: Mapping[str, Any] | None = param(None, doc="the same filters, nested; a flat one wins")
+
+
+@frozen(kw_only=True)
+class FileInfoArgs(FileRef):
+    include_versions: bool = param(False, doc="also list the versions, newest first")
+
+
+@frozen(kw_only=True)
+class FileChangeArgs:
+    """Only these fields may change."""
+
+    owner: str | None = param(None, doc="")
+    purpose: str | None = param(None, doc="")
+    tags: tuple[str, ...] | None = param(None, doc="replaces the tags")
+    status: Status | None = param(
+        None, doc="archived or deleted removes the working copy (kept as a version)"
+    )
+    collection: str | None = param(None, doc="add the file to this collection (created if missing)")
+    custom: Mapping[str, Any] | None = param(None, doc="merged into the file's custom metadata")
+    correlation_id: str | None = param(None, doc="stored with a version this update makes")
+
+
+@frozen(kw_only=True)
+class UpdateArgs(FileRef):
+    metadata: FileChangeArgs = param(
+        attrs.Factory(FileChangeArgs), doc="the changes: only these fields may change"
+    )
+    check_for_changes: bool = param(True, doc="version the working file first if its content changed")
+
+
+@frozen(kw_only=True)
+class RestoreArgs(FileRef):
+    version: int = param(doc="the version to put back", minimum=1)
+
+
+@frozen(kw_only=True)
+class FileOnlyArgs(FileRef):
+    pass
+
+
+@frozen(kw_only=True)
+class CreateCollectionArgs:
+    name: str = param(doc="1 to 200 characters")
+    description: str | None = param(None, doc="")
+    file_ids: tuple[str, ...] = param((), doc="files to add")
+    metadata: Mapping[str, Any] | None = param(None, doc="replaces the collection's metadata")
+
+
+@frozen(kw_only=True)
+class PageArgs:
+    limit: int = param(50, doc="", minimum=1, maximum=MAX_SEARCH_LIMIT)
+    offset: int = param(0, doc="", minimum=0)
+
+
+@frozen(kw_only=True)
+class GetCollectionArgs(PageArgs):
+    name: str = param(doc="")
+
+
+@frozen(kw_only=True)
+class MembersArgs:
+    name: str = param(doc="the collection")
+    file_ids: tuple[str, ...] = param(doc="")
+
+
+@frozen(kw_only=True)
+class NameArgs:
+    name: str = param(doc="the collection")
+
+
+@frozen(kw_only=True)
+class LimitArgs:
+    limit: int = param(100, doc="groups at most", minimum=1, maximum=MAX_SEARCH_LIMIT)
+
+
+@frozen(kw_only=True)
+class VerifyArgs:
+    file_id: str | None = param(None, doc="only this file (by id); else everything")
+    file_path: str | None = param(None, doc="only this file (by path)")
+
+
+@frozen(kw_only=True)
+class ScanArgs:
+    path: str | None = param(None, doc="a folder under files/; else all of files/")
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class RegisterResult:
+    file_id: str
+    duplicate: bool = param(doc="the content was catalogued already, as file_id: nothing new was catalogued")
+    version_created: bool
+    current_version: int
+    file: FileRecord
+
+
+@frozen(kw_only=True)
+class FileInfoResult:
+    file: FileRecord
+    versions: tuple[VersionRecord, ...] | None = param(doc="newest first, when asked for")
+
+
+@frozen(kw_only=True)
+class UpdateResult:
+    file_id: str
+    changed_fields: tuple[str, ...]
+    version_created: bool
+    current_version: int
+    file: FileRecord
+
+
+@frozen(kw_only=True)
+class RestoreResult:
+    file_id: str
+    restored_from_version: int
+    new_version: int
+    preserved_version: int | None = param(doc="the working file's unsaved content, kept first")
+    current_version: int
+    file: FileRecord
+
+
+@frozen(kw_only=True)
+class LifecycleResult:
+    file_id: str
+    status: Status
+    changed: bool = param(doc="false when the file was in that state already")
+    file: FileRecord
+
+
+@frozen(kw_only=True)
+class CollectionResult:
+    collection: Collection
+
+
+@frozen(kw_only=True)
+class CollectionsPage:
+    total_count: int
+    collections: tuple[Collection, ...]
+    limit: int
+    offset: int
+
+
+@frozen(kw_only=True)
+class CollectionFiles:
+    collection: Collection
+    files: tuple[FileRecord, ...]
+    limit: int
+    offset: int
+
+
+@frozen(kw_only=True)
+class DeletedCollection:
+    name: str
+    deleted: bool
+
+
+@frozen(kw_only=True)
+class DuplicatesResult:
+    group_count: int
+    groups: tuple[DuplicateGroup, ...]
+
+
+@frozen(kw_only=True)
+class VerifyResult:
+    ok: bool
+    files_checked: int
+    objects_checked: int
+    problems: tuple[fsck.Problem, ...]
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def register(ctx: CallContext, args: RegisterArgs) -> RegisterResult:
+    said = args.metadata
+    new = NewFile(said.owner, said.purpose, said.tags, said.collection, dict(said.custom))
+    done = await ctx.catalog.register(args.file_path, new, said.correlation_id or ctx.correlation_id)
+    return RegisterResult(
+        file_id=done.file.id,
+        duplicate=done.duplicate,
+        version_created=done.version_created,
+        current_version=done.file.current_version,
+        file=done.file,
+    )
+
+
+def _flat_search(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Filters nested in query{} come out, with the flat ones winning."""
+    nested = raw.get("query")
+    if not isinstance(nested, Mapping):
+        return raw
+    return {**nested, **{k: v for k, v in raw.items() if k != "query"}}
+
+
+async def search(ctx: CallContext, args: SearchArgs) -> SearchPage:
+    query = SearchQuery(
+        tags=args.tags,
+        any_tags=args.any_tags,
+        owner=args.owner,
+        purpose=args.purpose,
+        path=args.path,
+        collection=args.collection,
+        file_type=args.file_type,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        created_after=args.created_after,
+        created_before=args.created_before,
+        checksum=args.checksum,
+        correlation_id=args.correlation_id,
+        status=None if args.status is StatusFilter.ALL else Status(args.status.value),
+        limit=args.limit,
+        offset=args.offset,
+        sort_by=args.sort_by,
+        order=args.order,
+    )
+    return await ctx.catalog.search(query, args.cursor)
+
+
+async def get_file_info(ctx: CallContext, args: FileInfoArgs) -> FileInfoResult:
+    info = await ctx.catalog.get_info(
+        file_id=args.file_id, file_path=args.file_path, include_versions=args.include_versions
+    )
+    return FileInfoResult(file=info.file, versions=info.versions)
+
+
+async def update_file(ctx: CallContext, args: UpdateArgs) -> UpdateResult:
+    file = await ctx.catalog.locate(args.file_id, args.file_path)
+    said = args.metadata
+    changes = FileChanges(said.owner, said.purpose, said.tags, said.status, said.collection, said.custom)
+    done = await ctx.catalog.update(
+        file.id,
+        changes,
+        check_for_changes=args.check_for_changes,
+        correlation_id=said.correlation_id or ctx.correlation_id,
+    )
+    return UpdateResult(
+        file_id=done.file.id,
+        changed_fields=done.changed_fields,
+        version_created=done.version_created,
+        current_version=done.file.current_version,
+        file=done.file,
+    )
+
+
+async def restore_version(ctx: CallContext, args: RestoreArgs) -> RestoreResult:
+    file = await ctx.catalog.locate(args.file_id, args.file_path)
+    done = await ctx.catalog.restore(file.id, args.version, ctx.correlation_id)
+    return RestoreResult(
+        file_id=done.file.id,
+        restored_from_version=args.version,
+        new_version=done.version.version,
+        preserved_version=done.preserved_version,
+        current_version=done.file.current_version,
+        file=done.file,
+    )
+
+
+async def delete_file(ctx: CallContext, args: FileOnlyArgs) -> LifecycleResult:
+    file = await ctx.catalog.locate(args.file_id, args.file_path)
+    done = await ctx.catalog.delete(file.id, ctx.correlation_id)
+    return LifecycleResult(
+        file_id=done.file.id,
+        status=done.file.status,
+        changed=file.status is not Status.DELETED,
+        file=done.file,
+    )
+
+
+async def undelete_file(ctx: CallContext, args: FileOnlyArgs) -> LifecycleResult:
+    file = await ctx.catalog.locate(args.file_id, args.file_path)
+    done = await ctx.catalog.undelete(file.id, ctx.correlation_id)
+    return LifecycleResult(
+        file_id=done.file.id,
+        status=done.file.status,
+        changed=file.status is not Status.ACTIVE,
+        file=done.file,
+    )
+
+
+async def create_collection(ctx: CallContext, args: CreateCollectionArgs) -> CollectionResult:
+    metadata = dict(args.metadata) if args.metadata is not None else None
+    created = await ctx.catalog.create_collection(args.name, args.description, args.file_ids, metadata)
+    return CollectionResult(collection=created)
+
+
+async def list_collections(ctx: CallContext, args: PageArgs) -> CollectionsPage:
+    total, found = await ctx.catalog.list_collections(args.limit, args.offset)
+    return CollectionsPage(total_count=total, collections=tuple(found), limit=args.limit, offset=args.offset)
+
+
+async def get_collection(ctx: CallContext, args: GetCollectionArgs) -> CollectionFiles:
+    found, members = await ctx.catalog.get_collection(args.name, args.limit, args.offset)
+    return CollectionFiles(collection=found, files=tuple(members), limit=args.limit, offset=args.offset)
+
+
+async def add_to_collection(ctx: CallContext, args: MembersArgs) -> CollectionResult:
+    return CollectionResult(collection=await ctx.catalog.add_to_collection(args.name, args.file_ids))
+
+
+async def remove_from_collection(ctx: CallContext, args: MembersArgs) -> CollectionResult:
+    return CollectionResult(collection=await ctx.catalog.remove_from_collection(args.name, args.file_ids))
+
+
+async def delete_collection(ctx: CallContext, args: NameArgs) -> DeletedCollection:
+    await ctx.catalog.delete_collection(args.name)
+    return DeletedCollection(name=args.name, deleted=True)
+
+
+async def find_duplicates(ctx: CallContext, args: LimitArgs) -> DuplicatesResult:
+    groups = await ctx.catalog.find_duplicates(args.limit)
+    return DuplicatesResult(group_count=len(groups), groups=tuple(groups))
+
+
+async def verify(ctx: CallContext, args: VerifyArgs) -> VerifyResult:
+    file_id = None
+    if args.file_id is not None or args.file_path is not None:
+        file_id = (await ctx.catalog.locate(args.file_id, args.file_path)).id
+    report = await fsck.verify(ctx.catalog, file_id, progress=ctx.progress)
+    return VerifyResult(
+        ok=not report.problems,
+        files_checked=report.files_checked,
+        objects_checked=report.objects_checked,
+        problems=report.problems,
+    )
+
+
+async def scan(ctx: CallContext, args: ScanArgs) -> ScanReport:
+    return await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
+
+
+# -- the table -------------------------------------------------------------------------------
+
+Handler = Callable[[CallContext, Any], Awaitable[Any]]
 
 
 @frozen
 class Tool:
     name: str
+    title: str
     description: str
-    arguments: type | None  # attrs class; None when the handler takes the raw mapping
-    input_schema: Mapping[str, Any]
-    output_schema: Mapping[str, Any]
+    arguments: type  # an attrs class (horace.server.schema)
+    result: type  # an attrs class
     handler: Handler
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
+    prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # raw arguments, first
 
     def structure(self, raw: Any) -> Any:
+        """The arguments as the tool's class: ``INVALID_ARGUMENT`` when they are not."""
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, "arguments must be an object")
-        if self.arguments is None:
-            return dict(raw)
-        return structure(raw, self.arguments)
+        return structure(self.prepare(raw) if self.prepare else raw, self.arguments)
 
-    def describe(self) -> dict[str, Any]:
+    @functools.cached_property
+    def input_schema(self) -> dict[str, Any]:
+        return input_schema(self.arguments)
+
+    @functools.cached_property
+    def output_schema(self) -> dict[str, Any]:
+        """The result's schema; every result also carries the call's correlation id."""
+        output = output_schema(self.result)
+        output["properties"]["correlation_id"] = {"type": "string"}
+        output["required"] = [*output.get("required", []), "correlation_id"]
+        return output
+
+    @functools.cached_property
+    def entry(self) -> dict[str, Any]:
+        """Its entry in tools/list."""
         return {
             "name": self.name,
+            "title": self.title,
             "description": self.description,
             "inputSchema": self.input_schema,
             "outputSchema": self.output_schema,
             "annotations": {
+                "title": self.title,
                 "readOnlyHint": self.read_only,
                 "destructiveHint": self.destructive,
                 "idempotentHint": self.idempotent,
@@ -66,558 +509,171 @@ class Tool:
             },
         }
 
+    def describe(self) -> dict[str, Any]:
+        return self.entry
 
-# -- JSON Schema pieces ----------------------------------------------------------------------
-
-STR = {"type": "string"}
-INT = {"type": "integer"}
-BOOL = {"type": "boolean"}
-STRS = {"type": "array", "items": STR}
-NULLABLE_STR = {"type": ["string", "null"]}
-OBJECT = {"type": "object"}
-
-
-def obj(required: tuple[str, ...] = (), extra: bool = False, /, **props: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": extra}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-FILE = obj(
-    ("id", "file_path", "size", "checksum", "status", "current_version"),
-    True,
-    id=STR,
-    file_path=STR,
-    owner=NULLABLE_STR,
-    purpose=NULLABLE_STR,
-    tags=STRS,
-    size=INT,
-    mime_type=STR,
-    checksum=STR,
-    status={"enum": ["active", "archived", "deleted"]},
-    current_version=INT,
-    correlation_id=NULLABLE_STR,
-    created_at=STR,
-    updated_at=STR,
-    deleted_at=NULLABLE_STR,
-    metadata=OBJECT,
-)
-VERSION = obj(
-    ("version", "checksum", "size", "created_at"),
-    True,
-    file_id=STR,
-    version=INT,
-    checksum=STR,
-    size=INT,
-    created_at=STR,
-    restored_from_version={"type": ["integer", "null"]},
-    correlation_id=NULLABLE_STR,
-)
-COLLECTION = obj(
-    ("name", "member_count"),
-    True,
-    name=STR,
-    description=NULLABLE_STR,
-    metadata=OBJECT,
-    created_at=STR,
-    updated_at=STR,
-    member_count=INT,
-)
-CID = {"correlation_id": STR}
-
-
-def result(required: tuple[str, ...], **props: Any) -> dict[str, Any]:
-    return obj((*required, "correlation_id"), True, **props, **CID)
-
-
-def metadata_schema(description: str, **props: Any) -> dict[str, Any]:
-    return {**obj((), True, **props), "description": description}
-
-
-# -- argument classes ------------------------------------------------------------------------
-
-
-@frozen
-class RegisterArgs:
-    file_path: str
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-@frozen
-class FileInfoArgs:
-    file_id: str | None = None
-    file_path: str | None = None
-    include_versions: bool = False
-
-
-@frozen
-class UpdateArgs:
-    file_id: str
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
-    check_for_changes: bool = True
-
-
-@frozen
-class RestoreArgs:
-    file_id: str
-    version: int
-
-
-@frozen
-class FileIdArgs:
-    file_id: str
-
-
-@frozen
-class CreateCollectionArgs:
-    name: str
-    description: str | None = None
-    file_ids: tuple[str, ...] = ()
-    metadata: Mapping[str, Any] | None = None
-
-
-@frozen
-class PageArgs:
-    limit: int = 50
-    offset: int = 0
-
-
-@frozen
-class GetCollectionArgs:
-    name: str
-    limit: int = 50
-    offset: int = 0
-
-
-@frozen
-class MembersArgs:
-    name: str
-    file_ids: tuple[str, ...]
-
-
-@frozen
-class NameArgs:
-    name: str
-
-
-@frozen
-class LimitArgs:
-    limit: int = 100
-
-
-@frozen
-class VerifyArgs:
-    file_id: str | None = None
-
-
-@frozen
-class ScanArgs:
-    path: str | None = None
-
-
-# -- handlers --------------------------------------------------------------------------------
-
-
-def _file(record: Any) -> dict[str, Any]:
-    return to_json(record)
-
-
-async def register(ctx: CallContext, args: RegisterArgs) -> dict[str, Any]:
-    new, caller_cid = new_file(args.metadata)
-    done = await ctx.catalog.register(args.file_path, new, caller_cid or ctx.correlation_id)
-    return {
-        "file_id": done.file.id,
-        "duplicate": done.duplicate,
-        "version_created": done.version_created,
-        "current_version": done.file.current_version,
-        "file": _file(done.file),
-    }
-
-
-async def search(ctx: CallContext, args: Mapping[str, Any]) -> dict[str, Any]:
-    query, cursor = search_query(args)
-    page = await ctx.catalog.search(query, cursor)
-    return to_json(page)
-
-
-async def get_file_info(ctx: CallContext, args: FileInfoArgs) -> dict[str, Any]:
-    info = await ctx.catalog.get_info(
-        file_id=args.file_id, file_path=args.file_path, include_versions=args.include_versions
-    )
-    out: dict[str, Any] = {"file": _file(info.file)}
-    if info.versions is not None:
-        out["versions"] = to_json(list(info.versions))
-    return out
-
-
-async def update_file(ctx: CallContext, args: UpdateArgs) -> dict[str, Any]:
-    changes = file_changes(args.metadata)
-    done = await ctx.catalog.update(
-        args.file_id, changes, check_for_changes=args.check_for_changes, correlation_id=ctx.correlation_id
-    )
-    return {
-        "file_id": done.file.id,
-        "changed_fields": list(done.changed_fields),
-        "version_created": done.version_created,
-        "current_version": done.file.current_version,
-        "file": _file(done.file),
-    }
-
-
-async def restore_version(ctx: CallContext, args: RestoreArgs) -> dict[str, Any]:
-    done = await ctx.catalog.restore(args.file_id, args.version, ctx.correlation_id)
-    return {
-        "file_id": done.file.id,
-        "restored_from_version": args.version,
-        "new_version": done.version.version,
-        "preserved_version": done.preserved_version,
-        "current_version": done.file.current_version,
-        "file": _file(done.file),
-    }
-
-
-async def delete_file(ctx: CallContext, args: FileIdArgs) -> dict[str, Any]:
-    done = await ctx.catalog.delete(args.file_id, ctx.correlation_id)
-    return {"file_id": done.file.id, "status": done.file.status.value, "file": _file(done.file)}
-
-
-async def undelete_file(ctx: CallContext, args: FileIdArgs) -> dict[str, Any]:
-    done = await ctx.catalog.undelete(args.file_id, ctx.correlation_id)
-    return {"file_id": done.file.id, "status": done.file.status.value, "file": _file(done.file)}
-
-
-async def create_collection(ctx: CallContext, args: CreateCollectionArgs) -> dict[str, Any]:
-    created = await ctx.catalog.create_collection(
-        args.name, args.description, args.file_ids, dict(args.metadata) if args.metadata is not None else None
-    )
-    return {"collection": to_json(created)}
-
-
-async def list_collections(ctx: CallContext, args: PageArgs) -> dict[str, Any]:
-    total, found = await ctx.catalog.list_collections(args.limit, args.offset)
-    return {"total_count": total, "collections": to_json(found), "limit": args.limit, "offset": args.offset}
-
-
-async def get_collection(ctx: CallContext, args: GetCollectionArgs) -> dict[str, Any]:
-    found, members = await ctx.catalog.get_collection(args.name, args.limit, args.offset)
-    return {
-        "collection": to_json(found),
-        "files": to_json(members),
-        "limit": args.limit,
-        "offset": args.offset,
-    }
-
-
-async def add_to_collection(ctx: CallContext, args: MembersArgs) -> dict[str, Any]:
-    return {"collection": to_json(await ctx.catalog.add_to_collection(args.name, args.file_ids))}
-
-
-async def remove_from_collection(ctx: CallContext, args: MembersArgs) -> dict[str, Any]:
-    return {"collection": to_json(await ctx.catalog.remove_from_collection(args.name, args.file_ids))}
-
-
-async def delete_collection(ctx: CallContext, args: NameArgs) -> dict[str, Any]:
-    await ctx.catalog.delete_collection(args.name)
-    return {"name": args.name, "deleted": True}
-
-
-async def find_duplicates(ctx: CallContext, args: LimitArgs) -> dict[str, Any]:
-    groups = await ctx.catalog.find_duplicates(args.limit)
-    return {"groups": to_json(groups), "group_count": len(groups)}
-
-
-async def verify(ctx: CallContext, args: VerifyArgs) -> dict[str, Any]:
-    report = await fsck.verify(ctx.catalog, args.file_id, progress=ctx.progress)
-    return {**to_json(report), "ok": not report.problems}
-
-
-async def scan(ctx: CallContext, args: ScanArgs) -> dict[str, Any]:
-    report = await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
-    return to_json(report)
-
-
-# -- the table -------------------------------------------------------------------------------
-
-_SEARCH_FILTERS = {
-    "tags": {**STRS, "description": "files that have all of these tags"},
-    "any_tags": {**STRS, "description": "files that have any of these tags"},
-    "owner": STR,
-    "purpose": {**STR, "description": "text contained in the purpose (case-insensitive)"},
-    "path": {**STR, "description": "glob relative to files/, e.g. gates/*.md"},
-    "collection": STR,
-    "file_type": {**STR, "description": "MIME type (image/png, image/*) or extension (pdf)"},
-    "min_size": {**INT, "minimum": 0},
-    "max_size": {**INT, "minimum": 0},
-    "created_after": {**STR, "format": "date-time"},
-    "created_before": {**STR, "format": "date-time"},
-    "checksum": STR,
-    "correlation_id": STR,
-    "status": {"enum": ["active", "archived", "deleted", "all"]},
-    "limit": {**INT, "minimum": 1, "description": "default 50, at most 1000"},
-    "offset": {**INT, "minimum": 0},
-    "cursor": {**STR, "description": "next_cursor of the previous page"},
-    "sort_by": {"enum": ["created_at", "updated_at", "size", "path"]},
-    "order": {"enum": ["asc", "desc"]},
-}
-_PAGE = {"limit": {**INT, "minimum": 1}, "offset": {**INT, "minimum": 0}}
-_FILE_REF = {"file_id": {**STR, "description": "the file's id (UUID)"}}
-_FILE_RESULT = result(("file_id", "file"), file_id=STR, status=STR, file=FILE)
 
 TOOLS: dict[str, Tool] = {
     tool.name: tool
     for tool in [
         Tool(
             "horace_register_file",
-            "Catalog a file under the storage's files/ folder: checksum, size, MIME type and "
-            "version 1. A path already catalogued returns its record (with a new version if the "
-            "content changed); content already catalogued elsewhere returns that file with "
-            "duplicate=true.",
+            "Register a file",
+            "Catalog a file under files/: checksum, size, MIME type and version 1. A path already "
+            "catalogued returns its record (with a new version if the content changed); content "
+            "already catalogued elsewhere returns that file with duplicate=true.",
             RegisterArgs,
-            obj(
-                ("file_path",),
-                file_path={**STR, "description": "relative to files/, or absolute inside it"},
-                metadata=metadata_schema(
-                    "owner, purpose, tags, collection, correlation_id; "
-                    "other keys are kept as custom metadata",
-                    owner=STR,
-                    purpose=STR,
-                    tags=STRS,
-                    collection=STR,
-                    correlation_id=STR,
-                ),
-            ),
-            result(
-                ("file_id", "duplicate", "version_created", "file"),
-                file_id=STR,
-                duplicate=BOOL,
-                version_created=BOOL,
-                current_version=INT,
-                file=FILE,
-            ),
+            RegisterResult,
             register,
             idempotent=True,
         ),
         Tool(
             "horace_search_files",
-            "Search the catalog. Filters may be given flat or nested in query{}; results are "
-            "paged with limit/offset or the returned next_cursor.",
-            None,
-            obj(query=obj(**_SEARCH_FILTERS), **_SEARCH_FILTERS),
-            result(
-                ("total_count", "results", "limit", "offset"),
-                total_count=INT,
-                results={"type": "array", "items": FILE},
-                limit=INT,
-                offset=INT,
-                next_cursor=NULLABLE_STR,
-            ),
+            "Search files",
+            "Search the catalog. Pages with limit and offset, or with the next_cursor returned.",
+            SearchArgs,
+            SearchPage,
             search,
             read_only=True,
             idempotent=True,
+            prepare=_flat_search,
         ),
         Tool(
             "horace_get_file_info",
-            "The whole record of a file (by file_id or file_path) and, with include_versions, "
-            "its versions newest first.",
+            "Get a file's record",
+            "The whole record of a file and, with include_versions, its versions newest first.",
             FileInfoArgs,
-            obj(**_FILE_REF, file_path=STR, include_versions=BOOL),
-            result(("file",), file=FILE, versions={"type": "array", "items": VERSION}),
+            FileInfoResult,
             get_file_info,
             read_only=True,
             idempotent=True,
         ),
         Tool(
             "horace_update_file",
-            "Change a file's allow-listed metadata (tags, purpose, owner, status, collection, "
-            "custom). By default the working file is checked first and versioned if it changed.",
+            "Update a file",
+            "Change a file's metadata: only the fields listed may change. By default the working "
+            "file is checked first and versioned if it changed.",
             UpdateArgs,
-            obj(
-                ("file_id",),
-                **_FILE_REF,
-                check_for_changes=BOOL,
-                metadata=metadata_schema(
-                    "only these fields may change",
-                    tags=STRS,
-                    purpose=STR,
-                    owner=STR,
-                    status={"enum": ["active", "archived", "deleted"]},
-                    collection=STR,
-                    custom=OBJECT,
-                ),
-            ),
-            result(
-                ("file_id", "changed_fields", "version_created", "current_version"),
-                file_id=STR,
-                changed_fields=STRS,
-                version_created=BOOL,
-                current_version=INT,
-                file=FILE,
-            ),
+            UpdateResult,
             update_file,
         ),
         Tool(
             "horace_restore_version",
+            "Restore a version",
             "Put an earlier version back: verified first, the working file's unsaved content kept "
             "as a version, then written back atomically as a new version.",
             RestoreArgs,
-            obj(("file_id", "version"), **_FILE_REF, version={**INT, "minimum": 1}),
-            result(
-                ("file_id", "new_version", "current_version"),
-                file_id=STR,
-                restored_from_version=INT,
-                new_version=INT,
-                preserved_version={"type": ["integer", "null"]},
-                current_version=INT,
-                file=FILE,
-            ),
+            RestoreResult,
             restore_version,
         ),
         Tool(
             "horace_delete_file",
-            "Soft-delete a file: status deleted, working copy removed, history kept until purge.",
-            FileIdArgs,
-            obj(("file_id",), **_FILE_REF),
-            _FILE_RESULT,
+            "Delete a file",
+            "Soft delete: status deleted, working copy removed (its content kept as a version), "
+            "history kept until purged. A deleted file stays as it is.",
+            FileOnlyArgs,
+            LifecycleResult,
             delete_file,
             destructive=True,
-            idempotent=False,
+            idempotent=True,
         ),
         Tool(
             "horace_undelete_file",
-            "Make a deleted file active again; its working copy is written back if it is gone.",
-            FileIdArgs,
-            obj(("file_id",), **_FILE_REF),
-            _FILE_RESULT,
+            "Undelete a file",
+            "Back to active; the working copy is written back if it is gone. An active file stays as it is.",
+            FileOnlyArgs,
+            LifecycleResult,
             undelete_file,
+            idempotent=True,
         ),
         Tool(
             "horace_create_collection",
+            "Create a collection",
             "Create a collection, or update its description and metadata and add files to it.",
             CreateCollectionArgs,
-            obj(("name",), name=STR, description=STR, file_ids=STRS, metadata=OBJECT),
-            result(("collection",), collection=COLLECTION),
+            CollectionResult,
             create_collection,
             idempotent=True,
         ),
         Tool(
             "horace_list_collections",
+            "List collections",
             "The collections, with their member counts.",
             PageArgs,
-            obj(**_PAGE),
-            result(
-                ("total_count", "collections"),
-                total_count=INT,
-                collections={"type": "array", "items": COLLECTION},
-                limit=INT,
-                offset=INT,
-            ),
+            CollectionsPage,
             list_collections,
             read_only=True,
             idempotent=True,
         ),
         Tool(
             "horace_get_collection",
-            "A collection and its files.",
+            "Get a collection",
+            "A collection and a page of its files.",
             GetCollectionArgs,
-            obj(("name",), name=STR, **_PAGE),
-            result(
-                ("collection", "files"),
-                collection=COLLECTION,
-                files={"type": "array", "items": FILE},
-                limit=INT,
-                offset=INT,
-            ),
+            CollectionFiles,
             get_collection,
             read_only=True,
             idempotent=True,
         ),
         Tool(
             "horace_add_to_collection",
+            "Add files to a collection",
             "Add files to a collection (a file may belong to several).",
             MembersArgs,
-            obj(("name", "file_ids"), name=STR, file_ids=STRS),
-            result(("collection",), collection=COLLECTION),
+            CollectionResult,
             add_to_collection,
             idempotent=True,
         ),
         Tool(
             "horace_remove_from_collection",
+            "Remove files from a collection",
             "Remove files from a collection; the files stay catalogued.",
             MembersArgs,
-            obj(("name", "file_ids"), name=STR, file_ids=STRS),
-            result(("collection",), collection=COLLECTION),
+            CollectionResult,
             remove_from_collection,
             idempotent=True,
         ),
         Tool(
             "horace_delete_collection",
+            "Delete a collection",
             "Delete a collection; its files stay.",
             NameArgs,
-            obj(("name",), name=STR),
-            result(("name", "deleted"), name=STR, deleted=BOOL),
+            DeletedCollection,
             delete_collection,
             destructive=True,
         ),
         Tool(
             "horace_find_duplicates",
+            "Find duplicates",
             "Groups of catalogued files with the same content.",
             LimitArgs,
-            obj(limit={**INT, "minimum": 1}),
-            result(
-                ("groups",),
-                group_count=INT,
-                groups={
-                    "type": "array",
-                    "items": obj(
-                        ("checksum", "files"),
-                        True,
-                        checksum=STR,
-                        size=INT,
-                        files={"type": "array", "items": FILE},
-                    ),
-                },
-            ),
+            DuplicatesResult,
             find_duplicates,
             read_only=True,
             idempotent=True,
         ),
         Tool(
             "horace_verify",
-            "Re-hash working files and stored objects; report mismatches and missing objects.",
+            "Verify content",
+            "Re-hash stored objects and working files (of one file, or all); report mismatches "
+            "and missing objects. Nothing is repaired.",
             VerifyArgs,
-            obj(**_FILE_REF),
-            result(
-                ("ok", "problems"),
-                ok=BOOL,
-                files_checked=INT,
-                objects_checked=INT,
-                problems={
-                    "type": "array",
-                    "items": obj((), True, kind=STR, file_id=STR, file_path=STR, detail=STR),
-                },
-            ),
+            VerifyResult,
             verify,
             read_only=True,
             idempotent=True,
         ),
         Tool(
             "horace_scan",
-            "Register untracked files and version changed ones under files/ (or path); sends "
-            "progress notifications when the call carries a progressToken.",
+            "Scan for changes",
+            "Register untracked files and version changed ones under files/ (or a folder of it); "
+            "sends progress notifications when the call carries a progressToken.",
             ScanArgs,
-            obj(path={**STR, "description": "a folder under files/"}),
-            result(
-                ("scanned", "registered", "versioned"),
-                scanned=INT,
-                registered=INT,
-                versioned=INT,
-                unchanged=INT,
-                duplicates=INT,
-                errors=STRS,
-            ),
+            ScanReport,
             scan,
             idempotent=True,
         ),
     ]
 }
+
+__all__ = ["TOOLS", "CallContext", "Tool"]

@@ -1,0 +1,70 @@
+"""The wire contract of every tool, held against a golden file so that any change to it is
+seen in review; and the rules the schemas follow.
+
+Regenerate the golden file after a deliberate change:
+``HORACE_UPDATE_GOLDEN=1 pytest tests/test_schemas.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from horace.model import HoraceError
+from horace.server.tools import TOOLS
+
+GOLDEN = Path(__file__).parent / "golden" / "tools.json"
+ONE_FILE = {
+    "horace_get_file_info",
+    "horace_update_file",
+    "horace_restore_version",
+    "horace_delete_file",
+    "horace_undelete_file",
+}
+
+
+def test_the_tools_match_the_golden_file() -> None:
+    current = {name: tool.describe() for name, tool in TOOLS.items()}
+    if os.environ.get("HORACE_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert current == golden, "the tools' wire contract changed: review, then HORACE_UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_every_tool_is_described_whole(name: str) -> None:
+    entry = TOOLS[name].describe()
+    assert entry["title"] and entry["annotations"]["title"] == entry["title"]
+    assert entry["inputSchema"]["type"] == "object" and entry["inputSchema"]["additionalProperties"] is False
+    output = entry["outputSchema"]
+    assert "correlation_id" in output["required"] and set(output["required"]) <= set(output["properties"])
+
+
+@pytest.mark.parametrize("name", sorted(ONE_FILE))
+def test_a_tool_on_one_file_takes_its_id_or_its_path(name: str) -> None:
+    tool = TOOLS[name]
+    assert tool.describe()["inputSchema"]["anyOf"] == [{"required": ["file_id"]}, {"required": ["file_path"]}]
+    extra = {"version": 1} if name == "horace_restore_version" else {}
+    assert tool.structure({"file_path": "user/a.txt", **extra}).file_path == "user/a.txt"
+    assert tool.structure({"file_id": "x", **extra}).file_id == "x"
+    with pytest.raises(HoraceError, match="file_id or file_path"):
+        tool.structure(extra)
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_bounds_in_the_schema_are_enforced(name: str) -> None:
+    tool = TOOLS[name]
+    properties = tool.describe()["inputSchema"]["properties"]
+    required = {"file_id": "x", "name": "n", "file_path": "a", "version": 1, "file_ids": []}
+    base = {k: v for k, v in required.items() if k in tool.describe()["inputSchema"].get("required", [])}
+    if name in ONE_FILE:
+        base["file_id"] = "x"
+    for field, schema in properties.items():
+        for bound, beyond in (("minimum", -1), ("maximum", +1)):
+            if bound in schema:
+                with pytest.raises(HoraceError, match=field):
+                    tool.structure({**base, field: schema[bound] + beyond})
+                tool.structure({**base, field: schema[bound]})
