@@ -19,7 +19,7 @@ from horace.watch import Watcher
 log = logging.getLogger("horace.tasks")
 
 
-async def _purge(catalog: Catalog) -> dict[str, int]:
+async def purge_and_report(catalog: Catalog) -> dict[str, int]:
     report = await catalog.purge()
     if report.files_purged:
         log.info("purged %d deleted files, %d objects", report.files_purged, report.objects_deleted)
@@ -47,7 +47,7 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     nursery.start_soon(
         supervise,
         states["purge"],
-        partial(every, states["purge"], settings.purge_interval, partial(_purge, catalog)),
+        partial(every, states["purge"], settings.purge_interval, partial(purge_and_report, catalog)),
     )
     # fsck already ran at start (open_catalog); the periodic one waits an interval first.
     nursery.start_soon(

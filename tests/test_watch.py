@@ -646,13 +646,13 @@ async def test_purge_after_retention_with_injected_time(settings: Settings) -> N
         await eventually(lambda: _status_is(catalog, recent.id, Status.DELETED), "recent.txt soft-deleted")
         now[0] += timedelta(days=11)  # old deleted 31 days ago, recent 11
 
-        report = await horace.tasks._purge(catalog)
+        report = await horace.tasks.purge_and_report(catalog)
         assert report == {"files_purged": 1, "objects_deleted": 1}
         assert await catalog.backend.file_by_id(old.id) is None
         assert not catalog.storage.has_object(old.checksum)
         assert (await catalog.backend.file_by_id(recent.id)).status is Status.DELETED
         assert catalog.storage.has_object(recent.checksum)
-        assert await horace.tasks._purge(catalog) == {"files_purged": 0, "objects_deleted": 0}
+        assert await horace.tasks.purge_and_report(catalog) == {"files_purged": 0, "objects_deleted": 0}
 
 
 async def _status_is(catalog: Catalog, file_id: str, status: Status) -> bool:

@@ -1,0 +1,116 @@
+"""The time-based behaviour of the supervised tasks, exactly, on Trio's mock clock.
+
+Backoff of a failing sink and of a crashing task (about 1 s doubling to 30 s, jittered over
+the upper half of each delay, SPEC §6), and the period of the periodic work (purge, fsck):
+each attempt's time is read off ``trio.current_time()``, which the autojump clock moves
+straight to the next deadline, so a 30 s backoff costs no real time and is measured to the
+microsecond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from itertools import pairwise
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
+from horace.supervise import TaskState, backoff, every, supervise
+
+BASE, CAP = 1.0, 30.0
+
+
+def expected_delays(failures: int) -> list[tuple[float, float]]:
+    """The (lowest, highest) delay after each of *failures* consecutive failures."""
+    bounds = []
+    for n in range(1, failures + 1):
+        delay = min(CAP, BASE * 2 ** (n - 1))
+        bounds.append((delay / 2, delay))
+    return bounds
+
+
+def test_backoff_doubles_to_its_cap_within_its_jitter() -> None:
+    for n, (low, high) in enumerate(expected_delays(9), 1):
+        seen = [backoff(n, BASE, CAP) for _ in range(200)]
+        assert all(low <= d <= high for d in seen), (n, min(seen), max(seen))
+        assert max(seen) - min(seen) > (high - low) / 4  # jittered, not fixed
+
+
+class FailingTransport:
+    """Refuses to connect *failures* times (recording when), then takes everything."""
+
+    name = "failing"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts: list[float] = []
+        self.stored: list[dict[str, Any]] = []
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Deliver]:
+        self.attempts.append(trio.current_time())
+        if len(self.attempts) <= self.failures:
+            raise SinkUnavailable("down")
+
+        async def deliver(batch: list[dict[str, Any]]) -> None:
+            self.stored.extend(batch)
+
+        yield deliver
+
+
+async def test_a_sink_retries_on_the_backoff_schedule(autojump_clock: trio.testing.MockClock) -> None:
+    transport = FailingTransport(failures=8)
+    runner = SinkRunner(transport, spool_dir=None, backoff_base=BASE, backoff_cap=CAP)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        runner.emit({"message": "held back"})
+        with trio.fail_after(600):
+            while not transport.stored:
+                await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    waits = [b - a for a, b in pairwise(transport.attempts)]
+    assert len(waits) == 8
+    for wait, (low, high) in zip(waits, expected_delays(8), strict=True):
+        assert low <= wait <= high + 1e-6, (waits, expected_delays(8))
+    assert waits[-1] > 8  # capped at 30 s, doubling from 1 s: the last waits are long
+    assert transport.stored == [{"message": "held back"}] and runner.failures == 0
+
+
+async def test_a_crashing_task_is_restarted_on_the_backoff_schedule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    starts: list[float] = []
+
+    async def crashes_five_times() -> None:
+        starts.append(trio.current_time())
+        if len(starts) <= 5:
+            raise RuntimeError("crash")
+
+    state = TaskState("flaky")
+    await supervise(state, crashes_five_times, backoff_base=BASE, backoff_cap=CAP)
+    waits = [b - a for a, b in pairwise(starts)]
+    for wait, (low, high) in zip(waits, expected_delays(5), strict=True):
+        assert low <= wait <= high + 1e-6
+    assert state.restarts == 5 and state.state == "done" and "RuntimeError: crash" in str(state.last_error)
+
+
+@pytest.mark.parametrize("interval", [60.0, 3600.0])
+async def test_periodic_work_runs_on_its_interval(
+    autojump_clock: trio.testing.MockClock, interval: float
+) -> None:
+    runs: list[float] = []
+
+    async def work() -> dict[str, int]:
+        runs.append(trio.current_time())
+        await trio.sleep(interval / 10)  # the work itself takes a while
+        return {"runs": len(runs)}
+
+    state = TaskState("periodic")
+    with trio.move_on_after(interval * 4.5):
+        await every(state, interval, work)
+    assert [round(b - a, 6) for a, b in pairwise(runs)] == [round(interval * 1.1, 6)] * 4
+    assert state.runs == 4 and state.details["last_result"] == {"runs": 4}
