@@ -295,6 +295,8 @@ class VerifyResult:
 
 # -- handlers --------------------------------------------------------------------------------
 
+Handler = Callable[[CallContext, Any], Awaitable[Any]]
+
 
 async def register(ctx: CallContext, args: RegisterArgs) -> RegisterResult:
     said = args.metadata
@@ -380,26 +382,17 @@ async def restore_version(ctx: CallContext, args: RestoreArgs) -> RestoreResult:
     )
 
 
-async def delete_file(ctx: CallContext, args: FileOnlyArgs) -> LifecycleResult:
-    file = await ctx.catalog.locate(args.file_id, args.file_path)
-    done = await ctx.catalog.delete(file.id, ctx.correlation_id)
-    return LifecycleResult(
-        file_id=done.file.id,
-        status=done.file.status,
-        changed=file.status is not Status.DELETED,
-        file=done.file,
-    )
+def _lifecycle(operation: str, target: Status) -> Handler:
+    """The handler of delete or undelete: both stay put when the file is there already."""
 
+    async def handler(ctx: CallContext, args: FileOnlyArgs) -> LifecycleResult:
+        file = await ctx.catalog.locate(args.file_id, args.file_path)
+        done = await getattr(ctx.catalog, operation)(file.id, ctx.correlation_id)
+        return LifecycleResult(
+            file_id=done.file.id, status=done.file.status, changed=file.status is not target, file=done.file
+        )
 
-async def undelete_file(ctx: CallContext, args: FileOnlyArgs) -> LifecycleResult:
-    file = await ctx.catalog.locate(args.file_id, args.file_path)
-    done = await ctx.catalog.undelete(file.id, ctx.correlation_id)
-    return LifecycleResult(
-        file_id=done.file.id,
-        status=done.file.status,
-        changed=file.status is not Status.ACTIVE,
-        file=done.file,
-    )
+    return handler
 
 
 async def create_collection(ctx: CallContext, args: CreateCollectionArgs) -> CollectionResult:
@@ -418,12 +411,11 @@ async def get_collection(ctx: CallContext, args: GetCollectionArgs) -> Collectio
     return CollectionFiles(collection=found, files=tuple(members), limit=args.limit, offset=args.offset)
 
 
-async def add_to_collection(ctx: CallContext, args: MembersArgs) -> CollectionResult:
-    return CollectionResult(collection=await ctx.catalog.add_to_collection(args.name, args.file_ids))
+def _members(operation: str) -> Handler:
+    async def handler(ctx: CallContext, args: MembersArgs) -> CollectionResult:
+        return CollectionResult(collection=await getattr(ctx.catalog, operation)(args.name, args.file_ids))
 
-
-async def remove_from_collection(ctx: CallContext, args: MembersArgs) -> CollectionResult:
-    return CollectionResult(collection=await ctx.catalog.remove_from_collection(args.name, args.file_ids))
+    return handler
 
 
 async def delete_collection(ctx: CallContext, args: NameArgs) -> DeletedCollection:
@@ -454,8 +446,6 @@ async def scan(ctx: CallContext, args: ScanArgs) -> ScanReport:
 
 
 # -- the table -------------------------------------------------------------------------------
-
-Handler = Callable[[CallContext, Any], Awaitable[Any]]
 
 
 @frozen
@@ -573,7 +563,7 @@ TOOLS: dict[str, Tool] = {
             "history kept until purged. A deleted file stays as it is.",
             FileOnlyArgs,
             LifecycleResult,
-            delete_file,
+            _lifecycle("delete", Status.DELETED),
             destructive=True,
             idempotent=True,
         ),
@@ -583,7 +573,7 @@ TOOLS: dict[str, Tool] = {
             "Back to active; the working copy is written back if it is gone. An active file stays as it is.",
             FileOnlyArgs,
             LifecycleResult,
-            undelete_file,
+            _lifecycle("undelete", Status.ACTIVE),
             idempotent=True,
         ),
         Tool(
@@ -621,7 +611,7 @@ TOOLS: dict[str, Tool] = {
             "Add files to a collection (a file may belong to several).",
             MembersArgs,
             CollectionResult,
-            add_to_collection,
+            _members("add_to_collection"),
             idempotent=True,
         ),
         Tool(
@@ -630,7 +620,7 @@ TOOLS: dict[str, Tool] = {
             "Remove files from a collection; the files stay catalogued.",
             MembersArgs,
             CollectionResult,
-            remove_from_collection,
+            _members("remove_from_collection"),
             idempotent=True,
         ),
         Tool(
