@@ -42,6 +42,13 @@ ERRORS: dict[str, list[str]] = {
     ],
     "horace_delete_file": ["NOT_CATALOGED", "INVALID_PATH", *WRITES],
     "horace_undelete_file": ["NOT_CATALOGED", "INVALID_ARGUMENT", "CHECKSUM_MISMATCH", *WRITES],
+    "horace_diff_versions": [
+        "NOT_CATALOGED",
+        "INVALID_PATH",
+        "VERSION_NOT_FOUND",
+        "CHECKSUM_MISMATCH",
+        "INVALID_ARGUMENT",
+    ],
     "horace_create_collection": ["INVALID_ARGUMENT", "NOT_CATALOGED", "STORAGE_FULL"],
     "horace_list_collections": ["INVALID_ARGUMENT"],
     "horace_get_collection": ["COLLECTION_NOT_FOUND", "INVALID_ARGUMENT"],
@@ -94,6 +101,9 @@ NOTES = {
     "(`changed: false`); an archived file is `INVALID_ARGUMENT` (update its status to `active` "
     "instead).",
     "horace_remove_from_collection": "Ids that are not members are ignored.",
+    "horace_diff_versions": "Both versions are read from the object store (and checked against "
+    "their checksums), each at most `HORACE_MAX_READ_BYTES` (else `INVALID_ARGUMENT`). Text is "
+    "UTF-8 without NUL bytes; the diff has 3 lines of context.",
     "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `working_missing`, "
     "`working_modified`; `version` is null for working-file problems.",
     "horace_scan": "`skipped` lists names that can never be catalogued (not UTF-8, `.horace`, or "

@@ -97,6 +97,15 @@ class Restored:
 
 
 @frozen
+class Content:
+    """The bytes of one version of a file, read back from the object store and checked."""
+
+    file: FileRecord
+    version: VersionRecord
+    data: bytes
+
+
+@frozen
 class FileInfo:
     file: FileRecord
     versions: tuple[VersionRecord, ...] | None
@@ -377,6 +386,32 @@ class Catalog:
 
     async def find_duplicates(self, limit: int = 100) -> list[DuplicateGroup]:
         return await self.backend.find_duplicates(_bounded(limit, "limit"))
+
+    async def content(self, file: FileRecord, version: int | None, max_bytes: int) -> Content:
+        """A version's content (None: the current one), from the object store: the bytes
+        Horace keeps, hashed as they are read. ``INVALID_ARGUMENT`` past *max_bytes*."""
+        number = file.current_version if version is None else version
+        found = await self.backend.version(file.id, number)
+        if found is None:
+            raise HoraceError(ErrorCode.VERSION_NOT_FOUND, f"{file.file_path!r} has no version {number}")
+        if found.size > max_bytes:
+            raise HoraceError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"version {number} of {file.file_path!r} is {found.size} bytes, over the limit of "
+                f"{max_bytes} for reading it through MCP (HORACE_MAX_READ_BYTES)",
+            )
+        data = await in_thread(self.storage.read_object, found.checksum, check_cancelled)
+        if data is None:
+            raise HoraceError(
+                ErrorCode.CHECKSUM_MISMATCH,
+                f"the content of version {number} of {file.file_path!r} is missing from the object store",
+            )
+        if hashlib.sha256(data).hexdigest() != found.checksum:
+            raise HoraceError(
+                ErrorCode.CHECKSUM_MISMATCH,
+                f"the stored content of version {number} of {file.file_path!r} is corrupt",
+            )
+        return Content(file, found, data)
 
     # -- update, restore, lifecycle -----------------------------------------------------
 

@@ -449,6 +449,21 @@ class Storage:
     def has_object(self, checksum: str) -> bool:
         return self.object_path(checksum).is_file()
 
+    def read_object(self, checksum: str, check_cancelled: CheckCancelled = _never_cancelled) -> bytes | None:
+        """The object's bytes as stored, or None when it is missing."""
+        try:
+            fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, CHUNK):
+                chunks.append(chunk)
+                check_cancelled()
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
     def hash_object(
         self, checksum: str, check_cancelled: CheckCancelled = _never_cancelled
     ) -> tuple[str, int] | None:

@@ -23,6 +23,7 @@ ONE_FILE = {
     "horace_restore_version",
     "horace_delete_file",
     "horace_undelete_file",
+    "horace_diff_versions",
 }
 
 
@@ -47,7 +48,9 @@ def test_every_tool_is_described_whole(name: str) -> None:
 def test_a_tool_on_one_file_takes_its_id_or_its_path(name: str) -> None:
     tool = TOOLS[name]
     assert tool.describe()["inputSchema"]["anyOf"] == [{"required": ["file_id"]}, {"required": ["file_path"]}]
-    extra = {"version": 1} if name == "horace_restore_version" else {}
+    extra = {"horace_restore_version": {"version": 1}, "horace_diff_versions": {"from_version": 1}}.get(
+        name, {}
+    )
     assert tool.structure({"file_path": "user/a.txt", **extra}).file_path == "user/a.txt"
     assert tool.structure({"file_id": "x", **extra}).file_id == "x"
     with pytest.raises(HoraceError, match="file_id or file_path"):
@@ -58,7 +61,14 @@ def test_a_tool_on_one_file_takes_its_id_or_its_path(name: str) -> None:
 def test_bounds_in_the_schema_are_enforced(name: str) -> None:
     tool = TOOLS[name]
     properties = tool.describe()["inputSchema"]["properties"]
-    required = {"file_id": "x", "name": "n", "file_path": "a", "version": 1, "file_ids": []}
+    required = {
+        "file_id": "x",
+        "name": "n",
+        "file_path": "a",
+        "version": 1,
+        "file_ids": [],
+        "from_version": 1,
+    }
     base = {k: v for k, v in required.items() if k in tool.describe()["inputSchema"].get("required", [])}
     if name in ONE_FILE:
         base["file_id"] = "x"

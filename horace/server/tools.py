@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import attrs
+import trio
 from attrs import frozen
 
 from horace import fsck
@@ -35,9 +36,13 @@ from horace.backends.records import (
     VersionRecord,
 )
 from horace.catalog import Catalog, Progress, ScanReport
+from horace.diff import Diff, compare
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.schema import input_schema, output_schema, param
 from horace.wire import structure
+
+READ_LIMIT = 8 * 1024 * 1024  # bytes of one version read through MCP (a diff, a resource)
+DIFF_LIMIT = 256 * 1024  # bytes of a unified diff in one result
 
 
 @frozen
@@ -45,6 +50,7 @@ class CallContext:
     catalog: Catalog
     correlation_id: str
     progress: Progress | None = None
+    read_limit: int = READ_LIMIT
 
 
 # -- arguments -------------------------------------------------------------------------------
@@ -159,6 +165,12 @@ class RestoreArgs(FileRef):
 @frozen(kw_only=True)
 class FileOnlyArgs(FileRef):
     pass
+
+
+@frozen(kw_only=True)
+class DiffArgs(FileRef):
+    from_version: int = param(doc="the older version", minimum=1)
+    to_version: int | None = param(None, doc="the newer version; the current one when left out", minimum=1)
 
 
 @frozen(kw_only=True)
@@ -395,6 +407,13 @@ def _lifecycle(operation: str, target: Status) -> Handler:
     return handler
 
 
+async def diff_versions(ctx: CallContext, args: DiffArgs) -> Diff:
+    file = await ctx.catalog.locate(args.file_id, args.file_path)
+    old = await ctx.catalog.content(file, args.from_version, ctx.read_limit)
+    new = await ctx.catalog.content(file, args.to_version, ctx.read_limit)
+    return await trio.to_thread.run_sync(compare, old, new, DIFF_LIMIT)
+
+
 async def create_collection(ctx: CallContext, args: CreateCollectionArgs) -> CollectionResult:
     metadata = dict(args.metadata) if args.metadata is not None else None
     created = await ctx.catalog.create_collection(args.name, args.description, args.file_ids, metadata)
@@ -574,6 +593,17 @@ TOOLS: dict[str, Tool] = {
             FileOnlyArgs,
             LifecycleResult,
             _lifecycle("undelete", Status.ACTIVE),
+            idempotent=True,
+        ),
+        Tool(
+            "horace_diff_versions",
+            "Compare two versions",
+            "What changed between two versions of a file: a unified diff for text (cut at "
+            f"{DIFF_LIMIT // 1024} KiB), else sizes and checksums.",
+            DiffArgs,
+            Diff,
+            diff_versions,
+            read_only=True,
             idempotent=True,
         ),
         Tool(

@@ -1,0 +1,72 @@
+"""horace_diff_versions: what changed between two versions, without reading both."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import sha256, write
+
+import horace.server.tools as tools
+from horace.catalog import Catalog
+from horace.model import ErrorCode, HoraceError
+from horace.server.tools import TOOLS, CallContext
+
+
+async def diff(catalog: Catalog, read_limit: int = tools.READ_LIMIT, **arguments: Any) -> Any:
+    tool = TOOLS["horace_diff_versions"]
+    return await tool.handler(CallContext(catalog, "test", read_limit=read_limit), tool.structure(arguments))
+
+
+async def versions(catalog: Catalog, files: Path, *contents: bytes | str, path: str = "user/notes.md") -> str:
+    file_id = ""
+    for content in contents:
+        write(files / path, content)
+        file_id = (await catalog.register(path)).file.id
+    return file_id
+
+
+async def test_text_versions_give_a_unified_diff(catalog: Catalog, files: Path) -> None:
+    file_id = await versions(catalog, files, "one\ntwo\nthree\n", "one\n2\nthree\nfour")
+    found = await diff(catalog, file_id=file_id, from_version=1)
+    assert (found.kind, found.from_version, found.to_version, found.identical) == ("text", 1, 2, False)
+    assert "-two\n+2\n" in found.diff and "+four\n\\ No newline at end of file\n" in found.diff
+    assert found.diff.startswith("--- user/notes.md@v1\n+++ user/notes.md@v2\n")
+    by_path = await diff(catalog, file_path="user/notes.md", from_version=2, to_version=1)
+    assert "-2\n+two\n" in by_path.diff and not by_path.truncated
+
+
+async def test_identical_and_binary_versions(catalog: Catalog, files: Path) -> None:
+    file_id = await versions(catalog, files, "same\n", "other\n")
+    await catalog.restore(file_id, 1)
+    same = await diff(catalog, file_id=file_id, from_version=1, to_version=3)
+    assert same.identical and same.diff == "" and same.from_checksum == same.to_checksum == sha256("same\n")
+    blob = await versions(catalog, files, b"\x00\x01binary", os.urandom(64), path="user/blob.bin")
+    binary = await diff(catalog, file_id=blob, from_version=1)
+    assert binary.kind == "binary" and binary.diff is None and (binary.from_size, binary.to_size) == (8, 64)
+
+
+async def test_limits_and_missing_content(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = "".join(f"line {i}\n" for i in range(5000))
+    file_id = await versions(catalog, files, big, big.replace("line", "LINE"))
+    monkeypatch.setattr(tools, "DIFF_LIMIT", 1000)
+    cut = await diff(catalog, file_id=file_id, from_version=1)
+    assert cut.truncated and len(cut.diff.encode()) <= 1000
+    with pytest.raises(HoraceError) as too_big:
+        await diff(catalog, read_limit=1000, file_id=file_id, from_version=1)
+    assert (
+        too_big.value.code is ErrorCode.INVALID_ARGUMENT and "HORACE_MAX_READ_BYTES" in too_big.value.message
+    )
+    with pytest.raises(HoraceError) as missing:
+        await diff(catalog, file_id=file_id, from_version=9)
+    assert missing.value.code is ErrorCode.VERSION_NOT_FOUND
+    stored = catalog.storage.object_path(sha256(big))
+    stored.chmod(0o644)
+    stored.write_text(big.upper())
+    with pytest.raises(HoraceError) as corrupt:
+        await diff(catalog, file_id=file_id, from_version=1)
+    assert corrupt.value.code is ErrorCode.CHECKSUM_MISMATCH
