@@ -58,6 +58,8 @@ log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
 SCAN_BATCH = 256
+# A scan commits new and changed files in groups this large: one filesystem sync each.
+SCAN_COMMIT_GROUP = 2048
 MIN_PER_THREAD = 16  # a batch is split over the cores only in slices at least this long
 
 
@@ -648,13 +650,13 @@ class Catalog:
             else:
                 suspects.append(entry)
         tally.advance(tally.unchanged)
-        for batch in _slices(new, SCAN_BATCH):
+        for batch in _slices(new, SCAN_COMMIT_GROUP):
             outcome = await self.register_new(batch, correlation_id)
             tally.registered += len(outcome.registered)
             tally.duplicates += len(outcome.skipped)
             tally.errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
             tally.advance(len(batch))
-        for entries in _slices(suspects, SCAN_BATCH):
+        for entries in _slices(suspects, SCAN_COMMIT_GROUP):
             await self._look_again(entries, correlation_id, tally)
             tally.advance(len(entries))
         for rel in back:  # register revives it (or versions it)

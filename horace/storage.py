@@ -599,9 +599,13 @@ class Storage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        second = self.tmp / temp_name(TempKind.STAGE)
-        os.link(staged.tmp_path, second)
-        os.rename(second, target)
+        try:
+            os.link(staged.tmp_path, target)  # a new object: one link
+        except FileExistsError:
+            # There already: renamed over, to refresh its mtime and replace a damaged copy.
+            second = self.tmp / temp_name(TempKind.STAGE)
+            os.link(staged.tmp_path, second)
+            os.rename(second, target)
         if durable:
             _fsync_dir(target.parent)
 
