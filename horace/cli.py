@@ -36,7 +36,6 @@ from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
 from horace.model import ErrorCode, HoraceError, NewFile
 from horace.storage import StorageUnusable
-from horace.wire import to_json
 
 T = TypeVar("T")
 
@@ -137,7 +136,12 @@ def cli() -> None:
 
 
 def _emit(ctx: click.Context, value: Any, human: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(to_json(value), indent=2) if _as_json(ctx) else human(value))
+    if _as_json(ctx):
+        from horace.wire import to_json  # cattrs: only for --json, keeps the start quick
+
+        click.echo(json.dumps(to_json(value), indent=2))
+    else:
+        click.echo(human(value))
 
 
 @contextmanager
