@@ -619,21 +619,33 @@ class Catalog:
         if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
         skipped: list[str] = []
-        found = await in_thread(self.storage.walk_stats, rel_under, skipped, check_cancelled)
+        found: list[tuple[str, os.stat_result]] = []
+        index: list[IndexEntry] = []
+
+        async def walk() -> None:
+            found.extend(await in_thread(self.storage.walk_stats, rel_under, skipped, check_cancelled))
+
+        async def read_index() -> None:
+            index.extend(await self.backend.working_index())
+
+        async with trio.open_nursery() as nursery:  # the disk and the catalog at once
+            nursery.start_soon(walk)
+            nursery.start_soon(read_index)
         for why in skipped:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
-        return await self._scan_found(found, skipped, correlation_id, progress, rehash)
+        return await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
 
     async def _scan_found(
         self,
         found: list[tuple[str, os.stat_result]],
         skipped: list[str],
+        entries: list[IndexEntry],
         correlation_id: str | None,
         progress: Progress | None,
         rehash: bool,
     ) -> ScanReport:
         found.sort(key=lambda seen: seen[0])  # batches then hold the files of few folders
-        index = {e.file_path: e for e in await self.backend.working_index()}
+        index = {e.file_path: e for e in entries}
         tally = _ScanTally(len(found), progress)
         margin = self.policy.racy_margin_ns
         new: list[str] = []
@@ -901,7 +913,9 @@ class Catalog:
             for rel in sorted(walked - known):
                 if vanished and await self.follow_rename(vanished, rel, correlation_id):
                     moved += 1
-        scanned = await self._scan_found(found, skipped, correlation_id, progress, rehash)
+        if moved:  # their rows have their new paths now
+            index = await self.backend.working_index()
+        scanned = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         missing = vanished.expired(before=math.inf)
         for file in missing:
             await self.delete(file.id, correlation_id)
