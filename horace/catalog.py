@@ -710,6 +710,7 @@ class Catalog:
         taken again the usual way, under the lock)."""
         staged = await self._stage_batch([e.file_path for e in entries])
         kept: list[Staged] = []
+        released: list[Staged] = []
         try:
             ready: list[tuple[IndexEntry, Staged, str]] = []
             unchanged: list[IndexEntry] = []
@@ -730,9 +731,9 @@ class Catalog:
                     tally.count(await self._commit_looked_at(entry, copy, mime_type, correlation_id))
                 except HoraceError as exc:
                     tally.errors.append(f"{entry.file_path}: {exc.message}")
-            await self._release(kept)
+            await self._release(kept, released)
         finally:
-            await self._discard_batch(staged, kept)
+            await self._discard_batch(staged, released)
 
     async def _commit_looked_at(
         self, entry: IndexEntry, kept: Staged, mime_type: str, correlation_id: str | None
@@ -760,6 +761,7 @@ class Catalog:
         """
         staged = await self._stage_batch(list(batch))
         kept: list[Staged] = []
+        released: list[Staged] = []
         try:
             failed = [(rel, outcome) for rel, outcome in staged if isinstance(outcome, HoraceError)]
             taken = [(rel, *outcome) for rel, outcome in staged if not isinstance(outcome, HoraceError)]
@@ -779,9 +781,9 @@ class Catalog:
             await self._keep_batch(firsts, kept)
             with trio.CancelScope(shield=True):
                 inserted = await self.backend.insert_files(records, working=working)
-            await self._release(kept)
+            await self._release(kept, released)
         finally:
-            await self._discard_batch(staged, kept)
+            await self._discard_batch(staged, released)
         done = {f.file_path for f in inserted}
         return NewFiles(tuple(inserted), tuple(rel for rel, _, _ in taken if rel not in done), tuple(failed))
 
@@ -844,12 +846,19 @@ class Catalog:
             with trio.CancelScope(shield=True):
                 await in_thread(keep_all)
 
-    async def _release(self, kept: Sequence[Staged]) -> None:
+    async def _release(self, kept: Sequence[Staged], released: list[Staged]) -> None:
         """Shielded, after the commit: make sure each kept object is in place (the
-        collector may have taken it meanwhile), then drop its staged copy."""
+        collector may have taken it meanwhile), then drop its staged copy (adding it to
+        *released*)."""
+
+        def release_all() -> None:
+            for s in kept:
+                self.storage.release(s)
+                released.append(s)
+
         if kept:
             with trio.CancelScope(shield=True):
-                await in_thread(lambda: [self.storage.release(s) for s in kept])
+                await in_thread(release_all)
 
     async def _discard_batch(
         self, staged: Sequence[tuple[str, tuple[Staged, str] | HoraceError]], released: Sequence[Staged] = ()
