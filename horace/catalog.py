@@ -109,6 +109,20 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await trio.to_thread.run_sync(fn, *args)
 
 
+@asynccontextmanager
+async def _together() -> AsyncIterator[trio.Nursery]:
+    """A nursery for work split over threads: a failure of one part is raised as itself,
+    as the same work done in one call would raise it (not in an exception group)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        failures = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(failures) == 1 and not isinstance(failures[0], BaseExceptionGroup):
+            raise failures[0] from None  # the others were cancelled because of it
+        raise
+
+
 def check_cancelled() -> None:
     """In a worker thread of a copy: raise Cancelled when the call's scope was cancelled
     (checked between chunks, so a cancelled copy stops within a chunk)."""
@@ -628,7 +642,7 @@ class Catalog:
         async def read_index() -> None:
             index.extend(await self.backend.working_index())
 
-        async with trio.open_nursery() as nursery:  # the disk and the catalog at once
+        async with _together() as nursery:  # the disk and the catalog at once
             nursery.start_soon(walk)
             nursery.start_soon(read_index)
         for why in skipped:
@@ -799,7 +813,7 @@ class Catalog:
         async def run(i: int, part: list[str]) -> None:
             outcomes[i] = await in_thread(work, part)
 
-        async with trio.open_nursery() as nursery:
+        async with _together() as nursery:
             for i, part in enumerate(slices):
                 nursery.start_soon(run, i, part)
         return [outcome for part in outcomes for outcome in part]
@@ -822,7 +836,7 @@ class Catalog:
             done.extend(await in_thread(stage, part))
 
         try:
-            async with trio.open_nursery() as nursery:
+            async with _together() as nursery:
                 per_thread = max(MIN_PER_THREAD, -(-len(rels) // WORKER_THREADS))
                 for part in _slices(rels, per_thread):
                     nursery.start_soon(staging, part)
