@@ -1016,7 +1016,7 @@ class _ScanTally:
 
     def advance(self, files: int) -> None:
         self.done += files
-        if self.progress:
+        if self.progress and files:
             self.progress(self.done, self.total)
 
     def report(self, skipped: Sequence[str]) -> ScanReport:
