@@ -42,6 +42,7 @@ from .records import (
     DuplicateGroup,
     FileChanges,
     FileRecord,
+    IndexEntry,
     NewVersion,
     Order,
     Retention,
@@ -50,6 +51,9 @@ from .records import (
     Status,
     Turn,
     VersionRecord,
+    WorkingStat,
+    from_int64,
+    to_int64,
 )
 
 __all__ = ["PostgresBackend", "open_postgres"]
@@ -95,6 +99,12 @@ _VERSION_COLUMNS = (
     "correlation_id",
 )
 _COLLECTION_COLUMNS = ("name", "description", "metadata", "created_at", "updated_at")
+_STAT_COLUMNS = "stat_size, stat_mtime_ns, stat_ctime_ns, stat_inode, stat_device, stat_recorded_ns"
+_NO_STAT = f"({_STAT_COLUMNS}) = (NULL, NULL, NULL, NULL, NULL, NULL)"
+_STAT_KEPT_UNLESS_STATUS_CHANGES = ", ".join(
+    f"{c} = CASE WHEN $6::text IS NULL OR $6::text = f.status THEN f.{c} END"
+    for c in _STAT_COLUMNS.split(", ")
+)
 
 
 def _cols(columns: Sequence[str], table: str = "", prefix: str = "") -> str:
@@ -146,6 +156,34 @@ def _version(row: Row, p: str = "") -> VersionRecord:
         created_at=row[p + "created_at"],
         restored_from_version=row[p + "restored_from_version"],
         correlation_id=row[p + "correlation_id"],
+    )
+
+
+def _stat_values(working: WorkingStat | None) -> tuple[int | None, ...]:
+    if working is None:
+        return (None,) * 6
+    w = working
+    return (w.size, w.mtime_ns, w.ctime_ns, to_int64(w.inode), to_int64(w.device), w.recorded_ns)
+
+
+def _index_entry(row: Row) -> IndexEntry:
+    working = None
+    if row["stat_recorded_ns"] is not None:
+        working = WorkingStat(
+            size=row["stat_size"],
+            mtime_ns=row["stat_mtime_ns"],
+            ctime_ns=row["stat_ctime_ns"],
+            inode=from_int64(row["stat_inode"]),
+            device=from_int64(row["stat_device"]),
+            recorded_ns=row["stat_recorded_ns"],
+        )
+    return IndexEntry(
+        str(row["id"]),
+        row["file_path"],
+        row["checksum"],
+        Status(row["status"]),
+        row["current_version"],
+        working,
     )
 
 
@@ -425,9 +463,12 @@ _INSERT_INPUT = """
 input AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-        $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[]
+        $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[],
+        $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[]
     ) WITH ORDINALITY AS t(id, file_path, owner, purpose, tags, size, mime_type, checksum,
-                           status, correlation_id, created_at, updated_at, metadata, ord)
+                           status, correlation_id, created_at, updated_at, metadata,
+                           stat_size, stat_mtime_ns, stat_ctime_ns, stat_inode, stat_device,
+                           stat_recorded_ns, ord)
 ),
 candidates AS (  -- not catalogued already, by path or by (non-deleted) content
     SELECT i.* FROM input i
@@ -470,11 +511,13 @@ _INSERT_REST = """
 inserted AS (
     INSERT INTO horace_files (id, file_path, owner, purpose, tags, size, mime_type, checksum,
                               status, current_version, correlation_id, created_at, updated_at,
-                              deleted_at, metadata)
+                              deleted_at, metadata, stat_size, stat_mtime_ns, stat_ctime_ns,
+                              stat_inode, stat_device, stat_recorded_ns)
     SELECT c.id, c.file_path, c.owner, c.purpose,
            ARRAY(SELECT jsonb_array_elements_text(c.tags::jsonb)), c.size, c.mime_type,
            c.checksum, c.status, 1, c.correlation_id, c.created_at, c.updated_at, NULL,
-           c.metadata::jsonb
+           c.metadata::jsonb, c.stat_size, c.stat_mtime_ns, c.stat_ctime_ns, c.stat_inode,
+           c.stat_device, c.stat_recorded_ns
     FROM chosen c ORDER BY c.ord
     ON CONFLICT (file_path) DO NOTHING  -- a concurrent writer was first
     RETURNING id
@@ -519,7 +562,9 @@ updated AS (
     UPDATE horace_files f SET current_version = n.number, checksum = $2::text,
         size = $3::bigint, mime_type = $7::text, updated_at = $4::timestamptz,
         status = coalesce($8::text, f.status),
-        deleted_at = CASE WHEN coalesce($8::text, f.status) = 'deleted' THEN f.deleted_at END
+        deleted_at = CASE WHEN coalesce($8::text, f.status) = 'deleted' THEN f.deleted_at END,
+        ({_STAT_COLUMNS}) = ($11::bigint, $12::bigint, $13::bigint, $14::bigint, $15::bigint,
+                             $16::bigint)
     FROM numbered n WHERE f.id = n.id
     RETURNING {F_F}
 ),
@@ -557,7 +602,9 @@ WITH updated AS (
             WHEN $6::text IS NULL OR $6::text = f.status THEN f.deleted_at
             WHEN $6::text = 'deleted' THEN $2::timestamptz
         END,
-        metadata = CASE WHEN $7::jsonb IS NULL THEN f.metadata ELSE f.metadata || $7::jsonb END
+        metadata = CASE WHEN $7::jsonb IS NULL THEN f.metadata ELSE f.metadata || $7::jsonb END,
+        -- a status change: the working file leaves files/, or comes back as another file
+        {_STAT_KEPT_UNLESS_STATUS_CHANGES}
     WHERE f.id = $1::uuid
     RETURNING {F_F}
 ),
@@ -575,7 +622,7 @@ SELECT * FROM updated
 """
 
 _MOVE_FILE = f"""
-UPDATE horace_files f SET file_path = $2::text, updated_at = $3::timestamptz
+UPDATE horace_files f SET file_path = $2::text, updated_at = $3::timestamptz, {_NO_STAT}
 WHERE f.id = $1::uuid
 RETURNING {F_F}
 """
@@ -663,12 +710,24 @@ _UNREFERENCED = (
     "WHERE NOT EXISTS (SELECT 1 FROM horace_versions v WHERE v.checksum = s)"
 )
 _ALL_FILES = f"SELECT {F} FROM horace_files"
+_WORKING_INDEX = f"SELECT id, file_path, checksum, status, current_version, {_STAT_COLUMNS} FROM horace_files"
+_REFRESH_WORKING = f"""
+WITH seen AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+        $7::bigint[], $8::bigint[], $9::bigint[]
+    ) AS t(id, version, checksum, size, mtime_ns, ctime_ns, inode, device, recorded_ns)
+)
+UPDATE horace_files f SET ({_STAT_COLUMNS}) = (
+    s.size, s.mtime_ns, s.ctime_ns, s.inode, s.device, s.recorded_ns)
+FROM seen s WHERE f.id = s.id AND f.current_version = s.version AND f.checksum = s.checksum
+"""
 _ALL_VERSIONS = f"SELECT {V} FROM horace_versions"
 _REPAIR_CURRENT = f"""
 WITH repaired AS (
     UPDATE horace_files f SET (current_version, checksum, size) = (
         SELECT v.version, v.checksum, v.size FROM horace_versions v
-        WHERE v.file_id = f.id ORDER BY v.version DESC LIMIT 1)
+        WHERE v.file_id = f.id ORDER BY v.version DESC LIMIT 1), {_NO_STAT}
     WHERE f.id = $1::uuid AND EXISTS (SELECT 1 FROM horace_versions v WHERE v.file_id = f.id)
     RETURNING {F_F}
 )
@@ -946,10 +1005,14 @@ class _Units:
     # writing
 
     async def insert_files(
-        self, files: Sequence[FileRecord], collection: str | None = None
+        self,
+        files: Sequence[FileRecord],
+        collection: str | None = None,
+        working: Mapping[str, WorkingStat] | None = None,
     ) -> list[FileRecord]:
         if not files:
             return []
+        stats = list(zip(*(_stat_values((working or {}).get(f.id)) for f in files), strict=True))
         paths = [f.file_path for f in files]
         sums = [f.checksum for f in files]
         repeats_both = len(set(paths)) < len(paths) and len(set(sums)) < len(sums)
@@ -970,6 +1033,7 @@ class _Units:
             [f.updated_at for f in files],
             [json.dumps(dict(f.metadata)) for f in files],
             collection or None,
+            *(list(column) for column in stats),
         )
         return [files[row["ord"] - 1] for row in rows]
 
@@ -998,6 +1062,7 @@ class _Units:
                 None if status is None else str(status),
                 retention.keep,
                 cutoff,
+                *_stat_values(new.working),
             )
         if row is None:
             raise LookupError(f"add_version: no catalogued file {file_id!r}")
@@ -1107,6 +1172,24 @@ class _Units:
 
     async def all_files(self) -> list[FileRecord]:
         return [_file(r) for r in await self._source.run(_fetch, _ALL_FILES)]
+
+    async def working_index(self) -> list[IndexEntry]:
+        return [_index_entry(r) for r in await self._source.run(_fetch, _WORKING_INDEX)]
+
+    async def refresh_working(self, entries: Sequence[IndexEntry]) -> int:
+        seen = [(e, _uuid(e.file_id), _stat_values(e.working)) for e in entries if e.working is not None]
+        seen = [(e, fid, stat) for e, fid, stat in seen if fid is not None]
+        if not seen:
+            return 0
+        status = await self._source.run(
+            _execute,
+            _REFRESH_WORKING,
+            [fid for _, fid, _ in seen],
+            [e.current_version for e, _, _ in seen],
+            [e.checksum for e, _, _ in seen],
+            *([stat[i] for _, _, stat in seen] for i in range(6)),
+        )
+        return int(status.split()[-1])
 
     async def all_versions(self) -> list[VersionRecord]:
         return [_version(r) for r in await self._source.run(_fetch, _ALL_VERSIONS)]

@@ -19,11 +19,13 @@ from .records import (
     DuplicateGroup,
     FileChanges,
     FileRecord,
+    IndexEntry,
     NewVersion,
     Retention,
     SearchQuery,
     Turn,
     VersionRecord,
+    WorkingStat,
 )
 
 
@@ -55,9 +57,14 @@ class Units(Protocol):
 
     # -- writing ----------------------------------------------------------------------
     async def insert_files(
-        self, files: Sequence[FileRecord], collection: str | None = None
+        self,
+        files: Sequence[FileRecord],
+        collection: str | None = None,
+        working: Mapping[str, WorkingStat] | None = None,
     ) -> list[FileRecord]:
-        """Insert new files with their version 1 (from each record's checksum and size).
+        """Insert new files with their version 1 (from each record's checksum and size),
+        each with the stat identity of the working file it was read from (*working*, by
+        file id; none when absent).
 
         A path that is catalogued already, or whose content is (same checksum, not
         deleted), is skipped; returns the records actually inserted.
@@ -74,16 +81,23 @@ class Units(Protocol):
     ) -> tuple[FileRecord, VersionRecord, list[str]]:
         """Record version max+1 as current (optionally setting status), prune by
         retention, and return the file, the version, and the checksums of pruned
-        versions that no version row refers to any more. LookupError when the file is
-        not catalogued."""
+        versions that no version row refers to any more. The file's stat identity becomes
+        ``new.working`` (cleared when None). LookupError when the file is not
+        catalogued."""
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
-        """Apply the allow-listed changes; a status change sets or clears deleted_at;
+        """Apply the allow-listed changes; a status change sets or clears deleted_at
+        and clears the stat identity (the working file leaves or comes back);
         ``collection`` adds the file to that collection (created when missing)."""
 
     async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
-        """Give the file a new path (a rename seen by the watcher); None when the file
-        is unknown or the new path is taken."""
+        """Give the file a new path (a rename seen by the watcher), clearing its stat
+        identity; None when the file is unknown or the new path is taken."""
+
+    async def refresh_working(self, entries: Sequence[IndexEntry]) -> int:
+        """Record each entry's ``working`` identity for its file, only where the file is
+        still at ``current_version`` with ``checksum`` (its working file was read again
+        and found unchanged); return how many were recorded."""
 
     # -- searching --------------------------------------------------------------------
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
@@ -115,9 +129,13 @@ class Units(Protocol):
         """Which of *checksums* no version row refers to."""
 
     async def all_files(self) -> list[FileRecord]: ...
+    async def working_index(self) -> list[IndexEntry]:
+        """Every catalogued file, as a scan compares it with what is on disk."""
+
     async def all_versions(self) -> list[VersionRecord]: ...
     async def repair_current(self, file_id: str) -> FileRecord | None:
-        """Make current_version, checksum and size agree with the newest version row."""
+        """Make current_version, checksum and size agree with the newest version row
+        (clearing the stat identity, which described the old content)."""
 
     async def delete_version(self, file_id: str, version: int) -> None: ...
     async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:

@@ -112,6 +112,33 @@ class SearchQuery:
     order: Order = Order.DESC
 
 
+_INT64 = 1 << 63
+
+
+def to_int64(value: int) -> int:
+    """An unsigned 64-bit stat field (an inode, a device) as the signed BIGINT columns keep it."""
+    return value - (1 << 64) if value >= _INT64 else value
+
+
+def from_int64(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
+
+
+@frozen
+class WorkingStat:
+    """What ``stat`` said of a working file when its content was read, as git's index
+    keeps it: a later ``stat`` giving the same values says the file was not written
+    since, provided the values were not taken too close to a write (see
+    ``horace.catalog.unchanged_since``: the racy-git rule)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+    recorded_ns: int  # the filesystem's clock just before the content was read
+
+
 @frozen
 class NewVersion:
     """A version to record: its content is already a durable object."""
@@ -120,6 +147,23 @@ class NewVersion:
     size: int
     mime_type: str
     restored_from_version: int | None = None
+    # The working file this content was read from, when it was read from files/ (the
+    # file's stat identity is recorded with the version; otherwise it is cleared).
+    working: WorkingStat | None = None
+
+
+@frozen
+class IndexEntry:
+    """A catalogued file as a scan looks at it: where it is, which content is current, and
+    the stat identity of the working file that content was read from (None: unknown, so
+    the file is read again)."""
+
+    file_id: str
+    file_path: str
+    checksum: str
+    status: Status
+    current_version: int
+    working: WorkingStat | None
 
 
 @frozen

@@ -27,6 +27,7 @@ from .records import (
     DuplicateGroup,
     FileChanges,
     FileRecord,
+    IndexEntry,
     NewVersion,
     Order,
     Retention,
@@ -35,6 +36,9 @@ from .records import (
     Status,
     Turn,
     VersionRecord,
+    WorkingStat,
+    from_int64,
+    to_int64,
 )
 
 T = TypeVar("T")
@@ -45,6 +49,10 @@ _FILE_COLUMNS = (
 )
 _F_COLUMNS = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
 _VERSION_COLUMNS = "file_id, version, checksum, size, created_at, restored_from_version, correlation_id"
+_STAT_COLUMNS = "stat_size, stat_mtime_ns, stat_ctime_ns, stat_inode, stat_device, stat_recorded_ns"
+_NO_STAT = "stat_size = NULL, stat_mtime_ns = NULL, stat_ctime_ns = NULL, stat_inode = NULL, " + (
+    "stat_device = NULL, stat_recorded_ns = NULL"
+)
 _SORT_COLUMNS = {
     SortKey.CREATED_AT: "created_at",
     SortKey.UPDATED_AT: "updated_at",
@@ -78,6 +86,29 @@ def _file(row: sqlite3.Row) -> FileRecord:
         updated_at=datetime.fromisoformat(row["updated_at"]),
         deleted_at=_dt(row["deleted_at"]),
         metadata=json.loads(row["metadata"]),
+    )
+
+
+def _stat_values(working: WorkingStat | None) -> tuple[int | None, ...]:
+    if working is None:
+        return (None,) * 6
+    w = working
+    return (w.size, w.mtime_ns, w.ctime_ns, to_int64(w.inode), to_int64(w.device), w.recorded_ns)
+
+
+def _index_entry(row: sqlite3.Row) -> IndexEntry:
+    working = None
+    if row["stat_recorded_ns"] is not None:
+        working = WorkingStat(
+            size=row["stat_size"],
+            mtime_ns=row["stat_mtime_ns"],
+            ctime_ns=row["stat_ctime_ns"],
+            inode=from_int64(row["stat_inode"]),
+            device=from_int64(row["stat_device"]),
+            recorded_ns=row["stat_recorded_ns"],
+        )
+    return IndexEntry(
+        row["id"], row["file_path"], row["checksum"], Status(row["status"]), row["current_version"], working
     )
 
 
@@ -184,7 +215,10 @@ def _add_members(conn: sqlite3.Connection, name: str, file_ids: Sequence[str], n
 
 
 def _insert_files(
-    conn: sqlite3.Connection, files: Sequence[FileRecord], collection: str | None
+    conn: sqlite3.Connection,
+    files: Sequence[FileRecord],
+    collection: str | None,
+    working: Mapping[str, WorkingStat],
 ) -> list[FileRecord]:
     inserted: list[FileRecord] = []
     with _transaction(conn):
@@ -210,7 +244,8 @@ def _insert_files(
                 taken_sums.add(f.checksum)
             inserted.append(f)
         conn.executemany(
-            f"INSERT INTO horace_files ({_FILE_COLUMNS}) VALUES ({_placeholders(range(15))})",
+            f"INSERT INTO horace_files ({_FILE_COLUMNS}, {_STAT_COLUMNS}) "
+            f"VALUES ({_placeholders(range(21))})",
             [
                 (
                     f.id,
@@ -228,6 +263,7 @@ def _insert_files(
                     _ts(f.updated_at),
                     None,
                     json.dumps(dict(f.metadata)),
+                    *_stat_values(working.get(f.id)),
                 )
                 for f in inserted
             ],
@@ -271,9 +307,20 @@ def _add_version(
         conn.execute(
             "UPDATE horace_files SET current_version = ?, checksum = ?, size = ?, mime_type = ?, "
             "updated_at = ?, status = coalesce(?, status), "
-            "deleted_at = CASE WHEN coalesce(?, status) = 'deleted' THEN deleted_at END "
+            "deleted_at = CASE WHEN coalesce(?, status) = 'deleted' THEN deleted_at END, "
+            f"({_STAT_COLUMNS}) = ({_placeholders(range(6))}) "
             "WHERE id = ?",
-            (number, new.checksum, new.size, new.mime_type, now, status, status, file_id),
+            (
+                number,
+                new.checksum,
+                new.size,
+                new.mime_type,
+                now,
+                status,
+                status,
+                *_stat_values(new.working),
+                file_id,
+            ),
         )
         cutoff = _ts(datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC))
         pruned = [
@@ -317,6 +364,8 @@ def _update_file(
         if changes.custom is not None:
             sets["metadata"] = json.dumps({**current.metadata, **changes.custom})
         assignments = ", ".join(f"{column} = ?" for column in sets)
+        if "status" in sets:  # the working file leaves files/, or comes back as another file
+            assignments += ", " + _NO_STAT
         conn.execute(f"UPDATE horace_files SET {assignments} WHERE id = ?", (*sets.values(), file_id))
         if changes.collection:
             _ensure_collection(conn, changes.collection, now)
@@ -328,7 +377,7 @@ def _move_file(conn: sqlite3.Connection, file_id: str, new_path: str, at: dateti
     with _transaction(conn):
         try:
             moved = conn.execute(
-                "UPDATE horace_files SET file_path = ?, updated_at = ? WHERE id = ?",
+                f"UPDATE horace_files SET file_path = ?, updated_at = ?, {_NO_STAT} WHERE id = ?",
                 (new_path, _ts(at), file_id),
             ).rowcount
         except sqlite3.IntegrityError:
@@ -554,11 +603,31 @@ def _repair_current(conn: sqlite3.Connection, file_id: str) -> FileRecord | None
         conn.execute(
             "UPDATE horace_files SET (current_version, checksum, size) = "
             "(SELECT version, checksum, size FROM horace_versions v WHERE v.file_id = horace_files.id "
-            " ORDER BY version DESC LIMIT 1) "
+            f" ORDER BY version DESC LIMIT 1), {_NO_STAT} "
             "WHERE id = ? AND EXISTS (SELECT 1 FROM horace_versions WHERE file_id = ?)",
             (file_id, file_id),
         )
         return _file_by(conn, "id", file_id)
+
+
+def _working_index(conn: sqlite3.Connection) -> list[IndexEntry]:
+    rows = conn.execute(
+        f"SELECT id, file_path, checksum, status, current_version, {_STAT_COLUMNS} FROM horace_files"
+    )
+    return [_index_entry(r) for r in rows]
+
+
+def _refresh_working(conn: sqlite3.Connection, entries: Sequence[IndexEntry]) -> int:
+    with _transaction(conn):
+        return sum(
+            conn.execute(
+                f"UPDATE horace_files SET ({_STAT_COLUMNS}) = ({_placeholders(range(6))}) "
+                "WHERE id = ? AND current_version = ? AND checksum = ?",
+                (*_stat_values(e.working), e.file_id, e.current_version, e.checksum),
+            ).rowcount
+            for e in entries
+            if e.working is not None
+        )
 
 
 def _delete_version(conn: sqlite3.Connection, file_id: str, version: int) -> None:
@@ -755,9 +824,12 @@ class SqliteBackend:
         return await self._read(_one_version, file_id, version)
 
     async def insert_files(
-        self, files: Sequence[FileRecord], collection: str | None = None
+        self,
+        files: Sequence[FileRecord],
+        collection: str | None = None,
+        working: Mapping[str, WorkingStat] | None = None,
     ) -> list[FileRecord]:
-        return await self._write(_insert_files, files, collection)
+        return await self._write(_insert_files, files, collection, working or {})
 
     async def add_version(
         self,
@@ -775,6 +847,9 @@ class SqliteBackend:
 
     async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
         return await self._write(_move_file, file_id, new_path, at)
+
+    async def refresh_working(self, entries: Sequence[IndexEntry]) -> int:
+        return await self._write(_refresh_working, entries)
 
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
         return await self._read(_search, query)
@@ -819,6 +894,9 @@ class SqliteBackend:
         return await self._read(
             lambda conn: [_file(r) for r in conn.execute(f"SELECT {_FILE_COLUMNS} FROM horace_files")]
         )
+
+    async def working_index(self) -> list[IndexEntry]:
+        return await self._read(_working_index)
 
     async def all_versions(self) -> list[VersionRecord]:
         return await self._read(

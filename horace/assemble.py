@@ -3,6 +3,7 @@ the two belong together (``horace.binding``), the locks, and the start-up fsck."
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -14,12 +15,20 @@ from horace.backends import CatalogMissing, open_backend
 from horace.binding import StoreRefused, Verdict, decide
 from horace.catalog import Catalog, CatalogPolicy, in_thread, utcnow
 from horace.config import Settings
-from horace.fsck import fsck, log_findings
+from horace.fsck import fsck, leftovers, log_findings
 from horace.locks import FileLocks
 from horace.redact import redact_url
 from horace.storage import Storage
 
 log = logging.getLogger("horace")
+
+
+class StartCheck(enum.Enum):
+    """What is checked when a catalog is opened."""
+
+    FULL = "full"  # the automatic fsck: the server's start (and the periodic task)
+    LEFTOVERS = "leftovers"  # only what dead processes left in .horace/tmp: the CLI's, bounded
+    NONE = "none"
 
 
 def policy_of(settings: Settings) -> CatalogPolicy:
@@ -36,7 +45,7 @@ async def open_catalog(
     *,
     create: bool = False,
     read_only: bool = False,
-    check: bool = True,
+    check: StartCheck | bool = StartCheck.FULL,
     adopt: bool = False,
 ) -> AsyncIterator[Catalog]:
     """Open the store and its catalog, refusing a pair that does not belong together.
@@ -44,9 +53,10 @@ async def open_catalog(
     With *create* a missing store is created (with the SQLite catalog inside it unless
     another database is configured); otherwise a missing store is
     :class:`~horace.binding.StoreRefused`, and nothing is created. *read_only* writes
-    nothing to the store (a pair from before identities is used unbound). *check* runs
-    the automatic fsck, which repairs only what a crash leaves. *adopt* binds an empty
-    catalog to a store whose own catalog is lost.
+    nothing to the store (a pair from before identities is used unbound). *check* says
+    what is checked first (:class:`StartCheck`; True is FULL, False NONE): the automatic
+    fsck, which repairs only what a crash leaves, or only the leftovers in .horace/tmp.
+    *adopt* binds an empty catalog to a store whose own catalog is lost.
     """
     storage = Storage(settings.storage_path)
     state = await in_thread(storage.state)
@@ -99,11 +109,20 @@ async def open_catalog(
         locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
         try:
             catalog = Catalog(storage, backend, locks, policy_of(settings))
-            if check and not read_only:
+            start_check = _start_check(check)
+            if start_check is StartCheck.FULL and not read_only:
                 log_findings(await fsck(catalog, automatic=True), "at start")
+            elif start_check is StartCheck.LEFTOVERS and not read_only:
+                log_findings(await leftovers(catalog), "at start")
             yield catalog
         finally:
             locks.close()
 
 
-__all__ = ["StoreRefused", "open_catalog", "policy_of"]
+def _start_check(check: StartCheck | bool) -> StartCheck:
+    if isinstance(check, StartCheck):
+        return check
+    return StartCheck.FULL if check else StartCheck.NONE
+
+
+__all__ = ["StartCheck", "StoreRefused", "open_catalog", "policy_of"]

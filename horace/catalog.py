@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -39,12 +41,14 @@ from horace.backends.records import (
     DuplicateGroup,
     FileChanges,
     FileRecord,
+    IndexEntry,
     NewVersion,
     Retention,
     SearchQuery,
     SortKey,
     Status,
     VersionRecord,
+    WorkingStat,
 )
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
@@ -54,6 +58,42 @@ log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
 SCAN_BATCH = 256
+# A scan commits new and changed files in groups this large: one filesystem sync each.
+SCAN_COMMIT_GROUP = 2048
+MIN_PER_THREAD = 16  # a batch is split over the cores only in slices at least this long
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+WORKER_THREADS = max(1, min(_cores(), 8))  # batches are staged and hashed on this many threads
+
+
+def unchanged_since(recorded: WorkingStat | None, now: os.stat_result, margin_ns: int) -> bool:
+    """Whether the working file whose ``lstat`` is *now* is, for certain, the file whose
+    content was read when *recorded* was taken (git's index rule): same size, mtime,
+    ctime, inode and device, and *recorded* taken well after the file's last change.
+
+    A write changes ctime (which, unlike mtime, nobody can set back), but only to the
+    filesystem clock's tick: a write in the tick of the recording could leave every field
+    as it was (the racy-git problem). So a recording whose file had changed within
+    *margin_ns* of the moment it was taken (on the filesystem's own clock, read before
+    the content was) proves nothing: the file is read again.
+    """
+    if recorded is None or not stat.S_ISREG(now.st_mode) or now.st_nlink != 1:
+        return False
+    same = (now.st_size, now.st_mtime_ns, now.st_ctime_ns, now.st_ino, now.st_dev) == (
+        recorded.size,
+        recorded.mtime_ns,
+        recorded.ctime_ns,
+        recorded.inode,
+        recorded.device,
+    )
+    return same and max(recorded.mtime_ns, recorded.ctime_ns) < recorded.recorded_ns - margin_ns
 
 
 def utcnow() -> datetime:
@@ -67,6 +107,20 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     notice the cancellation themselves through ``trio.from_thread.check_cancelled``.
     """
     return await trio.to_thread.run_sync(fn, *args)
+
+
+@asynccontextmanager
+async def _together() -> AsyncIterator[trio.Nursery]:
+    """A nursery for work split over threads: a failure of one part is raised as itself,
+    as the same work done in one call would raise it (not in an exception group)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        failures = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(failures) == 1 and not isinstance(failures[0], BaseExceptionGroup):
+            raise failures[0] from None  # the others were cancelled because of it
+        raise
 
 
 def check_cancelled() -> None:
@@ -148,6 +202,13 @@ class CatalogPolicy:
     retention: Retention = Retention()
     gc_grace_seconds: float = 600.0  # an object younger than this is never collected
     deleted_retention: timedelta = timedelta(days=30)
+    # A stat identity taken within this long after the file's last change is not trusted
+    # (see unchanged_since): beyond the clock's tick, it covers a clock set back a little.
+    racy_margin_seconds: float = 1.0
+
+    @property
+    def racy_margin_ns(self) -> int:
+        return int(self.racy_margin_seconds * 1e9)
 
 
 class Vanished:
@@ -278,8 +339,12 @@ class Catalog:
         status: Status | None = None,
     ) -> tuple[FileRecord, VersionRecord | None]:
         if staged.checksum == file.checksum:
+            if staged.working is not None:
+                # Read again and unchanged: its stat identity now is the one to trust.
+                await db.refresh_working([_entry(file, staged.working)])
             return file, None
-        new = NewVersion(staged.checksum, staged.size, mime.detect(file.file_path, staged.head))
+        mime_type = mime.detect(file.file_path, staged.head)
+        new = NewVersion(staged.checksum, staged.size, mime_type, working=staged.working)
         return await self._commit_version(db, file, new, correlation_id, staged, status)
 
     async def _version_held(
@@ -320,9 +385,10 @@ class Catalog:
                     return Registered(duplicate, duplicate=True, version_created=False)
                 now = self.clock()
                 record = _new_record(rel, staged, mime.detect(rel, staged.head), now, correlation_id, new)
+                working = {record.id: staged.working} if staged.working else None
                 with trio.CancelScope(shield=True):
                     await in_thread(self.storage.keep, staged)
-                    inserted = await db.insert_files([record], new.collection)
+                    inserted = await db.insert_files([record], new.collection, working)
                     await in_thread(self.storage.release, staged)
             finally:
                 await self.discard(staged)
@@ -589,104 +655,272 @@ class Catalog:
     # -- scan, purge, collect ---------------------------------------------------
 
     async def scan(
-        self, under: str | None = None, correlation_id: str | None = None, progress: Progress | None = None
+        self,
+        under: str | None = None,
+        correlation_id: str | None = None,
+        progress: Progress | None = None,
+        *,
+        rehash: bool = False,
     ) -> ScanReport:
-        """Register untracked files and version changed ones under files/ (or *under*)."""
+        """Register untracked files and version changed ones under files/ (or *under*).
+
+        A catalogued file is read again only when its stat identity says it may have
+        changed (:func:`unchanged_since`), or with *rehash*, always.
+        """
         rel_under = self.relative(under) if under is not None else None  # "" is refused
         if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
         skipped: list[str] = []
-        found = await in_thread(lambda: sorted(self.storage.walk_working(rel_under, skipped)))
+        found: list[tuple[str, os.stat_result]] = []
+        index: list[IndexEntry] = []
+
+        async def walk() -> None:
+            found.extend(await in_thread(self.storage.walk_stats, rel_under, skipped, check_cancelled))
+
+        async def read_index() -> None:
+            index.extend(await self.backend.working_index())
+
+        async with _together() as nursery:  # the disk and the catalog at once
+            nursery.start_soon(walk)
+            nursery.start_soon(read_index)
         for why in skipped:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
-        known = {f.file_path: f for f in await self.backend.all_files()}
-        counts = {"registered": 0, "versioned": 0, "unchanged": 0, "duplicates": 0}
-        errors: list[str] = []
-        done = 0
-        new_paths = [p for p in found if p not in known]
-        for start in range(0, len(new_paths), SCAN_BATCH):
-            batch = new_paths[start : start + SCAN_BATCH]
+        return await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
+
+    async def _scan_found(
+        self,
+        found: list[tuple[str, os.stat_result]],
+        skipped: list[str],
+        entries: list[IndexEntry],
+        correlation_id: str | None,
+        progress: Progress | None,
+        rehash: bool,
+    ) -> ScanReport:
+        found.sort(key=lambda seen: seen[0])  # batches then hold the files of few folders
+        index = {e.file_path: e for e in entries}
+        tally = _ScanTally(len(found), progress)
+        margin = self.policy.racy_margin_ns
+        new: list[str] = []
+        suspects: list[IndexEntry] = []
+        back: list[str] = []  # catalogued, not active, and in files/ again
+        for rel, st in found:
+            entry = index.get(rel)
+            if entry is None:
+                new.append(rel)
+            elif entry.status is not Status.ACTIVE:
+                back.append(rel)
+            elif not rehash and unchanged_since(entry.working, st, margin):
+                tally.unchanged += 1
+            else:
+                suspects.append(entry)
+        tally.advance(tally.unchanged)
+        for batch in _slices(new, SCAN_COMMIT_GROUP):
             outcome = await self.register_new(batch, correlation_id)
-            counts["registered"] += len(outcome.registered)
-            counts["duplicates"] += len(outcome.skipped)
-            errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
-            done += len(batch)
-            if progress:
-                progress(done, len(found))
-        for rel in (p for p in found if p in known):
-            record = known[rel]
+            tally.registered += len(outcome.registered)
+            tally.duplicates += len(outcome.skipped)
+            tally.errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
+            tally.advance(len(batch))
+        for entries in _slices(suspects, SCAN_COMMIT_GROUP):
+            await self._look_again(entries, correlation_id, tally)
+            tally.advance(len(entries))
+        for rel in back:  # register revives it (or versions it)
             try:
-                if record.status is Status.ACTIVE:
-                    digest = await in_thread(self.storage.hash_working, rel, check_cancelled)
-                    changed = digest != record.checksum
-                else:
-                    changed = True  # back in files/: _reregister revives or versions it
-                if changed:
-                    result = await self.register(rel, correlation_id=correlation_id)
-                    counts["versioned" if result.version_created else "unchanged"] += 1
-                else:
-                    counts["unchanged"] += 1
+                result = await self.register(rel, correlation_id=correlation_id)
+                tally.count(result.version_created)
             except HoraceError as exc:
-                errors.append(f"{rel}: {exc.message}")
-            done += 1
-            if progress:
-                progress(done, len(found))
-        return ScanReport(len(found), errors=tuple(errors), skipped=tuple(skipped), **counts)
+                tally.errors.append(f"{rel}: {exc.message}")
+            tally.advance(1)
+        return tally.report(skipped)
+
+    async def _look_again(
+        self, entries: Sequence[IndexEntry], correlation_id: str | None, tally: _ScanTally
+    ) -> None:
+        """Hash catalogued files whose stat identity moved: the unchanged ones get their new
+        identity recorded, the changed ones are versioned."""
+        hashed = await self._in_threads(self.storage.hash_many, [e.file_path for e in entries])
+        unchanged: list[IndexEntry] = []
+        changed: list[IndexEntry] = []
+        for entry, outcome in zip(entries, hashed, strict=True):
+            if isinstance(outcome, HoraceError):
+                tally.errors.append(f"{entry.file_path}: {outcome.message}")
+            elif outcome.checksum == entry.checksum:
+                unchanged.append(attrs.evolve(entry, working=outcome.working))
+            else:
+                changed.append(entry)  # or being written: staging says which
+        if unchanged:
+            await self.backend.refresh_working(unchanged)
+            tally.unchanged += len(unchanged)
+        if changed:
+            await self._version_changed(changed, correlation_id, tally)
+
+    async def _version_changed(
+        self, entries: Sequence[IndexEntry], correlation_id: str | None, tally: _ScanTally
+    ) -> None:
+        """Version changed catalogued files as one batch: staged together (all cores), made
+        objects with one filesystem sync, then each committed under its file's lock, as
+        long as no other writer versioned the file since it was looked at (that one is
+        taken again the usual way, under the lock)."""
+        staged = await self._stage_batch([e.file_path for e in entries])
+        kept: list[Staged] = []
+        released: list[Staged] = []
+        try:
+            ready: list[tuple[IndexEntry, Staged, str]] = []
+            unchanged: list[IndexEntry] = []
+            for entry, (_, outcome) in zip(entries, staged, strict=True):
+                if isinstance(outcome, HoraceError):
+                    tally.errors.append(f"{entry.file_path}: {outcome.message}")
+                elif outcome[0].checksum == entry.checksum:  # changed back meanwhile
+                    tally.unchanged += 1
+                    if outcome[0].working is not None:
+                        unchanged.append(attrs.evolve(entry, working=outcome[0].working))
+                else:
+                    ready.append((entry, *outcome))
+            if unchanged:
+                await self.backend.refresh_working(unchanged)
+            await self._keep_batch([s for _, s, _ in ready], kept)
+            for entry, copy, mime_type in ready:
+                try:
+                    tally.count(await self._commit_looked_at(entry, copy, mime_type, correlation_id))
+                except HoraceError as exc:
+                    tally.errors.append(f"{entry.file_path}: {exc.message}")
+            await self._release(kept, released)
+        finally:
+            await self._discard_batch(staged, released)
+
+    async def _commit_looked_at(
+        self, entry: IndexEntry, kept: Staged, mime_type: str, correlation_id: str | None
+    ) -> bool:
+        """Under the file's lock: record *kept* (an object already) as the file's new
+        version if the file is where *entry* saw it; else take the file the usual way.
+        Whether a version was made."""
+        async with self.writing(entry.file_path) as db:
+            current = await db.file_by_id(entry.file_id)
+            if current is None:
+                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{entry.file_path!r} was purged meanwhile")
+            if (current.current_version, current.status) != (entry.current_version, Status.ACTIVE):
+                return (await self._reregister(db, current, correlation_id)).version_created
+            new = NewVersion(kept.checksum, kept.size, mime_type, working=kept.working)
+            await self._commit_version(db, current, new, correlation_id)
+            return True
 
     async def register_new(self, batch: Sequence[str], correlation_id: str | None = None) -> NewFiles:
-        """Register files not catalogued yet, in one commit: stage all, one filesystem
-        sync, one insert. Paths must be relative to files/ (as the walks give them).
+        """Register files not catalogued yet, in one commit: stage all (on every core), one
+        filesystem sync, one insert. Paths must be relative to files/ (as the walks give
+        them).
 
         No per-file lock is needed: nothing but the insert is written, and the unique
         path constraint decides any race with another writer.
         """
-        staged: list[tuple[str, Staged]] = []
-        types: dict[str, str] = {}
-        failed: list[tuple[str, HoraceError]] = []
-
-        def stage_all() -> None:
-            for rel in batch:
-                try:
-                    staged.append((rel, self.storage.stage(rel, check_cancelled)))
-                    types[rel] = mime.detect(rel, staged[-1][1].head)  # here, off the Trio thread
-                except HoraceError as exc:
-                    failed.append((rel, exc))
-                except FileNotFoundError:
-                    failed.append((rel, HoraceError(ErrorCode.FILE_NOT_FOUND, f"{rel!r} vanished")))
-                except OSError as exc:  # unreadable, say: this file only, never the batch
-                    failed.append(
-                        (rel, HoraceError(ErrorCode.INVALID_PATH, f"{rel!r}: {exc.strerror or exc}"))
-                    )
-
+        staged = await self._stage_batch(list(batch))
+        kept: list[Staged] = []
+        released: list[Staged] = []
         try:
-            await in_thread(stage_all)
+            failed = [(rel, outcome) for rel, outcome in staged if isinstance(outcome, HoraceError)]
+            taken = [(rel, *outcome) for rel, outcome in staged if not isinstance(outcome, HoraceError)]
             now = self.clock()
             records = []
+            firsts: list[Staged] = []
+            working: dict[str, WorkingStat] = {}
             seen: set[str] = set()
-            for rel, s in staged:
+            for rel, s, mime_type in taken:
                 if s.checksum in seen:
                     continue  # same content earlier in this batch: a duplicate
                 seen.add(s.checksum)
-                records.append(_new_record(rel, s, types[rel], now, correlation_id))
-            keep = {r.checksum for r in records}
-            kept: list[Staged] = []
+                records.append(_new_record(rel, s, mime_type, now, correlation_id))
+                firsts.append(s)
+                if s.working is not None:
+                    working[records[-1].id] = s.working
+            await self._keep_batch(firsts, kept)
             with trio.CancelScope(shield=True):
-
-                def keep_all() -> None:
-                    for _, s in staged:
-                        if s.checksum in keep:
-                            keep.discard(s.checksum)
-                            self.storage.keep(s, durable=False)
-                            kept.append(s)
-                    self.storage.sync()
-
-                await in_thread(keep_all)
-                inserted = await self.backend.insert_files(records)
-                await in_thread(lambda: [self.storage.release(s) for s in kept])
+                inserted = await self.backend.insert_files(records, working=working)
+            await self._release(kept, released)
         finally:
-            await self.discard(*(s for _, s in staged))
+            await self._discard_batch(staged, released)
         done = {f.file_path for f in inserted}
-        return NewFiles(tuple(inserted), tuple(rel for rel, _ in staged if rel not in done), tuple(failed))
+        return NewFiles(tuple(inserted), tuple(rel for rel, _, _ in taken if rel not in done), tuple(failed))
+
+    # -- batches: staged on every core, kept with one sync --------------------------------
+
+    async def _in_threads(self, work: Callable[[list[str]], list[T]], items: list[str]) -> list[T]:
+        """*work* over *items* in contiguous slices, one worker thread each, on as many
+        cores as there are (hashing releases the GIL); the outcomes in order."""
+        per_thread = max(MIN_PER_THREAD, -(-len(items) // WORKER_THREADS))
+        slices = _slices(items, per_thread)
+        outcomes: list[list[T]] = [[] for _ in slices]
+
+        async def run(i: int, part: list[str]) -> None:
+            outcomes[i] = await in_thread(work, part)
+
+        async with _together() as nursery:
+            for i, part in enumerate(slices):
+                nursery.start_soon(run, i, part)
+        return [outcome for part in outcomes for outcome in part]
+
+    async def _stage_batch(self, rels: list[str]) -> list[tuple[str, tuple[Staged, str] | HoraceError]]:
+        """Stage working files (copy + hash into .horace/tmp) with their MIME types, on
+        every core; each outcome with its path. Cancelled, nothing staged is left."""
+
+        def stage(part: list[str]) -> list[tuple[str, tuple[Staged, str] | HoraceError]]:
+            outcomes = self.storage.stage_many(part, check_cancelled)
+            # MIME types here, off the Trio thread.
+            return [
+                (rel, o if isinstance(o, HoraceError) else (o, mime.detect(rel, o.head)))
+                for rel, o in zip(part, outcomes, strict=True)
+            ]
+
+        done: list[tuple[str, tuple[Staged, str] | HoraceError]] = []
+
+        async def staging(part: list[str]) -> None:
+            done.extend(await in_thread(stage, part))
+
+        try:
+            async with _together() as nursery:
+                per_thread = max(MIN_PER_THREAD, -(-len(rels) // WORKER_THREADS))
+                for part in _slices(rels, per_thread):
+                    nursery.start_soon(staging, part)
+        except BaseException:
+            await self._discard_batch(done)  # what the slices that finished had staged
+            raise
+        order = {rel: i for i, rel in enumerate(rels)}
+        return sorted(done, key=lambda outcome: order[outcome[0]])
+
+    async def _keep_batch(self, staged: Sequence[Staged], kept: list[Staged]) -> None:
+        """Shielded: make each staged copy an object (adding it to *kept*), then one
+        filesystem sync for all."""
+
+        def keep_all() -> None:
+            for s in staged:
+                self.storage.keep(s, durable=False)
+                kept.append(s)
+            self.storage.sync()
+
+        if staged:
+            with trio.CancelScope(shield=True):
+                await in_thread(keep_all)
+
+    async def _release(self, kept: Sequence[Staged], released: list[Staged]) -> None:
+        """Shielded, after the commit: make sure each kept object is in place (the
+        collector may have taken it meanwhile), then drop its staged copy (adding it to
+        *released*)."""
+
+        def release_all() -> None:
+            for s in kept:
+                self.storage.release(s)
+                released.append(s)
+
+        if kept:
+            with trio.CancelScope(shield=True):
+                await in_thread(release_all)
+
+    async def _discard_batch(
+        self, staged: Sequence[tuple[str, tuple[Staged, str] | HoraceError]], released: Sequence[Staged] = ()
+    ) -> None:
+        """Shielded: remove the staged copies not released already (on the way out,
+        cancelled or not)."""
+        gone = {s.tmp_path for s in released}
+        copies = [o[0] for _, o in staged if not isinstance(o, HoraceError) and o[0].tmp_path not in gone]
+        if copies:
+            await self.discard(*copies)
 
     async def move(self, file_id: str, new_client_path: str, correlation_id: str | None = None) -> FileRecord:
         """A rename seen on disk: the file keeps its id and history under its new path."""
@@ -718,21 +952,31 @@ class Catalog:
         return await self.move(old.id, rel, correlation_id) if old is not None else None
 
     async def reconcile(
-        self, correlation_id: str | None = None, progress: Progress | None = None
+        self, correlation_id: str | None = None, progress: Progress | None = None, *, rehash: bool = False
     ) -> ReconcileReport:
         """Catch up with what changed while nobody watched: renames (by content),
         new and changed files (a scan), and missing ones (soft-deleted)."""
-        files = await self.backend.all_files()
-        active = [f for f in files if f.status is Status.ACTIVE]
-        present = await in_thread(lambda: {f.id for f in active if self.storage.working_exists(f.file_path)})
-        vanished = Vanished([f for f in active if f.id not in present])
+        skipped: list[str] = []
+        found = await in_thread(self.storage.walk_stats, None, skipped, check_cancelled)
+        for why in skipped:
+            log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
+        walked = {rel for rel, _ in found}
+        index = await self.backend.working_index()
+        unseen = [e for e in index if e.status is Status.ACTIVE and e.file_path not in walked]
+        # Not walked: gone, or under a name the walk passes over (an editor's temp form).
+        gone = await in_thread(
+            lambda: {e.file_id for e in unseen if not self.storage.working_exists(e.file_path)}
+        )
+        vanished = Vanished([f for f in await self.backend.all_files() if f.id in gone] if gone else [])
         moved = 0
         if vanished:
-            known = {f.file_path for f in files}
-            for rel in await in_thread(lambda: sorted(self.storage.walk_working())):
-                if rel not in known and vanished and await self.follow_rename(vanished, rel, correlation_id):
+            known = {e.file_path for e in index}
+            for rel in sorted(walked - known):
+                if vanished and await self.follow_rename(vanished, rel, correlation_id):
                     moved += 1
-        scanned = await self.scan(None, correlation_id, progress)
+        if moved:  # their rows have their new paths now
+            index = await self.backend.working_index()
+        scanned = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         missing = vanished.expired(before=math.inf)
         for file in missing:
             await self.delete(file.id, correlation_id)
@@ -790,6 +1034,47 @@ class Catalog:
 
 
 # -- small helpers -----------------------------------------------------------------------
+
+
+class _ScanTally:
+    """What a scan found so far, and its progress."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.progress = progress
+        self.done = 0
+        self.registered = self.versioned = self.unchanged = self.duplicates = 0
+        self.errors: list[str] = []
+
+    def count(self, version_created: bool) -> None:
+        if version_created:
+            self.versioned += 1
+        else:
+            self.unchanged += 1
+
+    def advance(self, files: int) -> None:
+        self.done += files
+        if self.progress and files:
+            self.progress(self.done, self.total)
+
+    def report(self, skipped: Sequence[str]) -> ScanReport:
+        return ScanReport(
+            self.total,
+            self.registered,
+            self.versioned,
+            self.unchanged,
+            self.duplicates,
+            tuple(self.errors),
+            tuple(skipped),
+        )
+
+
+def _slices(items: Sequence[T], size: int) -> list[list[T]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _entry(file: FileRecord, working: WorkingStat) -> IndexEntry:
+    return IndexEntry(file.id, file.file_path, file.checksum, file.status, file.current_version, working)
 
 
 def _new_record(

@@ -36,7 +36,6 @@ from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
 from horace.model import ErrorCode, HoraceError, NewFile
 from horace.storage import StorageUnusable
-from horace.wire import to_json
 
 T = TypeVar("T")
 
@@ -137,7 +136,12 @@ def cli() -> None:
 
 
 def _emit(ctx: click.Context, value: Any, human: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(to_json(value), indent=2) if _as_json(ctx) else human(value))
+    if _as_json(ctx):
+        from horace.wire import to_json  # cattrs: only for --json, keeps the start quick
+
+        click.echo(json.dumps(to_json(value), indent=2))
+    else:
+        click.echo(human(value))
 
 
 @contextmanager
@@ -169,12 +173,18 @@ def _run(
     create: bool = False,
     adopt: bool = False,
 ) -> T:
-    from horace.assemble import open_catalog
+    """Open the catalog and do *work*. With *check*, what dead processes left in
+    .horace/tmp is cleared first: a bounded look, whatever the store's size (the full
+    automatic fsck is the server's, at its start and periodically, and `horace fsck`'s)."""
+    from horace.assemble import StartCheck, open_catalog
 
     settings = _settings(ctx)
+    start_check = StartCheck.LEFTOVERS if check else StartCheck.NONE
 
     async def go() -> T:
-        async with open_catalog(settings, create=create, read_only=read_only, check=check, adopt=adopt) as c:
+        async with open_catalog(
+            settings, create=create, read_only=read_only, check=start_check, adopt=adopt
+        ) as c:
             return await work(c)
 
     return trio.run(go)
@@ -408,14 +418,19 @@ _lifecycle("undelete", "Make a deleted file active again.")
 
 @cli.command()
 @click.argument("path", required=False)
+@click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read every catalogued file again, not only those whose size, times or inode changed.",
+)
 @global_options
 @click.pass_context
-def scan(ctx: click.Context, path: str | None) -> None:
+def scan(ctx: click.Context, path: str | None, rehash: bool) -> None:
     """Register untracked files and version changed ones. Exit 1 when a file could not be
     taken or was skipped."""
     under = _client_path(ctx, path) if path is not None else None
     with _progress(ctx, "scan") as progress:
-        report = _run(ctx, lambda c: c.scan(under, progress=progress))
+        report = _run(ctx, lambda c: c.scan(under, progress=progress, rehash=rehash))
     _emit(
         ctx,
         report,

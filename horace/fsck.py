@@ -6,9 +6,12 @@
 - no object without a version row (once older than the grace period);
 - nothing left in ``.horace/tmp`` by a process that is gone.
 
-Three strengths, from the start-up check to the operator's repair:
+Four strengths, from the CLI's start-up check to the operator's repair:
 
-- every run (at start, periodic, and ``horace fsck`` itself) clears what a crash leaves
+- every CLI command that writes first runs :func:`leftovers`: only what dead processes
+  left in ``.horace/tmp`` (one listing of that folder when there is nothing, whatever
+  the size of the store), dealt with as below.
+- every other run (at the server's start, periodic, and ``horace fsck``) clears what a crash leaves
   behind in ``.horace/tmp``, judged by what each temp file's name says it holds
   (``storage.TempKind``): copies are removed, an object the collector had moved aside goes
   back, and a working file caught outside ``files/`` goes back to ``files/`` unless its
@@ -145,6 +148,12 @@ async def fsck(
     return FsckReport(tuple(findings), len(files), len(versions), len(objects_ok), busy, tuple(orphans))
 
 
+async def leftovers(catalog: Catalog) -> FsckReport:
+    """The bounded start-up check of the CLI: only what dead processes left in
+    ``.horace/tmp`` (see :func:`_temps`), nothing per file or per object."""
+    return FsckReport(tuple(await _temps(catalog, None)), 0, 0, 0)
+
+
 def log_findings(report: FsckReport, when: str) -> None:
     for finding in report.findings:
         log.warning(
@@ -160,8 +169,10 @@ def log_findings(report: FsckReport, when: str) -> None:
 # -- temp files ------------------------------------------------------------------------------
 
 
-async def _temps(catalog: Catalog, referenced: set[str]) -> list[Finding]:
-    """What dead processes left in ``.horace/tmp``, each dealt with by its kind."""
+async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]:
+    """What dead processes left in ``.horace/tmp``, each dealt with by its kind.
+    *referenced* holds every checksum a version refers to; None: ask the catalog about
+    each staged copy found (the bounded check)."""
     storage = catalog.storage
     found: list[Finding] = []
     now = time.time()
@@ -218,21 +229,27 @@ def _temps_with_mtimes(storage: Storage) -> list[tuple[Path, TempName | None, fl
     return found
 
 
-async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str]) -> bool:
+async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str] | None) -> bool:
     """A staged copy whose content a version refers to while its object is missing (a
     process died between its commit and releasing the copy, as the collector took the
     object): it becomes the object again."""
     storage = catalog.storage
+    checksum = await in_thread(_sha256_of, path)
+    if await in_thread(storage.has_object, checksum):
+        return False
+    if referenced is None:
+        is_referenced = not await catalog.backend.unreferenced([checksum])
+    else:
+        is_referenced = checksum in referenced
+    if not is_referenced:
+        return False
 
-    def look() -> bool:
-        checksum = _sha256_of(path)
-        if checksum not in referenced or storage.has_object(checksum):
-            return False
+    def put_back() -> None:
         os.link(path, storage.object_path(checksum))
         path.unlink()
-        return True
 
-    return await in_thread(look)
+    await in_thread(put_back)
+    return True
 
 
 async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:

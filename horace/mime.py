@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import mimetypes
 
-import filetype
-
 OCTET_STREAM = "application/octet-stream"
 
 
@@ -15,6 +13,8 @@ def detect(file_path: str, head: bytes) -> str:
         return guessed
     if not head:
         return OCTET_STREAM
+    import filetype  # here: most names are typed by their extension, and it is slow to import
+
     sniffed = filetype.guess_mime(head)  # magic numbers of common binary formats
     if sniffed:
         return str(sniffed)

@@ -38,6 +38,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from attrs import frozen
 
+from horace.backends.records import WorkingStat
 from horace.model import ErrorCode, HoraceError
 from horace.paths import COMPONENT_FOLDERS, HORACE_DIR, TMP_PREFIX, editor_temp, printable, unusable_name
 
@@ -67,6 +68,7 @@ class TempKind(enum.StrEnum):
     ASIDE = "aside"  # an object the collector moved aside (named by checksum): put back
     HELD = "held"  # a working file moved out of files/ (named by file id): keep its content
     META = "meta"  # the store's identity being written: garbage
+    CLOCK = "clock"  # read for the filesystem's time (where O_TMPFILE is not supported): garbage
 
 
 @frozen
@@ -123,6 +125,11 @@ class FileIdentity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def working_stat(st: os.stat_result, recorded_ns: int) -> WorkingStat:
+    """The stat identity a catalog records for a working file read after *recorded_ns*."""
+    return WorkingStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, recorded_ns)
+
+
 @frozen
 class Staged:
     """Content copied into ``.horace/tmp`` and hashed, not yet an object."""
@@ -132,6 +139,15 @@ class Staged:
     size: int
     head: bytes
     source: FileIdentity | None = None  # the working file it was read from
+    working: WorkingStat | None = None  # the same, as the catalog records it
+
+
+@frozen
+class Hashed:
+    """A working file hashed where it is (nothing copied)."""
+
+    checksum: str | None  # None: it was being written while it was read
+    working: WorkingStat
 
 
 @frozen
@@ -163,6 +179,76 @@ def _storage_full(fn: Callable[P, T]) -> Callable[P, T]:
             raise
 
     return wrapper
+
+
+class _Folders:
+    """The folders of a batch of working files, each opened once, component by component
+    with ``O_NOFOLLOW`` from ``files/`` (so a folder swapped for a symlink is refused, as
+    :meth:`Storage._parent_fd` refuses it), and closed together at the end."""
+
+    def __init__(self, files: Path) -> None:
+        self._files = files
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> _Folders:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def parent(self, rel: str) -> tuple[int, str]:
+        """The descriptor of the folder holding *rel*, and *rel*'s name in it."""
+        folder, _, name = rel.rpartition("/")
+        try:
+            return self._fd(folder), name
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise HoraceError(
+                    ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlink or non-folder on the way"
+                ) from None
+            if exc.errno == errno.ENOENT:
+                raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
+            raise
+
+    def _fd(self, folder: str) -> int:
+        found = self._fds.get(folder)
+        if found is not None:
+            return found
+        if folder:
+            above, _, name = folder.rpartition("/")
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd(above))
+        else:
+            fd = os.open(self._files, _DIR_FLAGS)
+        self._fds[folder] = fd
+        return fd
+
+
+def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file *name* in *dfd* (never a symlink), and
+    its stat; the refusals of :func:`_check_catalogable`."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise block (uncancellably, in a
+    # worker thread) until some writer opens it; it has no effect on regular files.
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+    except FileNotFoundError:
+        raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise HoraceError(
+                ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlinks are not catalogued"
+            ) from None
+        if exc.errno == errno.EISDIR:
+            raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is a folder, not a file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        _check_catalogable(rel, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def _fsync_dir(path: Path) -> None:
@@ -278,27 +364,15 @@ class Storage:
             os.close(fd)
 
     @contextlib.contextmanager
-    def open_working(self, rel: str) -> Iterator[int]:
-        """A read-only descriptor of the regular file *rel* (never a symlink)."""
-        # O_NONBLOCK: opening a FIFO for reading would otherwise block (uncancellably, in a
-        # worker thread) until some writer opens it; it has no effect on regular files.
+    def open_working(self, rel: str) -> Iterator[tuple[int, os.stat_result]]:
+        """A read-only descriptor of the regular file *rel* (never a symlink), and its stat."""
         try:
             with self._parent_fd(rel) as (dfd, name):
-                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-                fd = os.open(name, flags, dir_fd=dfd)
+                fd, st = _open_regular(dfd, name, rel)
         except FileNotFoundError:
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise HoraceError(
-                    ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlinks are not catalogued"
-                ) from None
-            if exc.errno == errno.EISDIR:
-                raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is a folder, not a file") from None
-            raise
         try:
-            _check_catalogable(rel, os.fstat(fd))
-            yield fd
+            yield fd, st
         finally:
             os.close(fd)
 
@@ -310,8 +384,66 @@ class Storage:
             return False
 
     def hash_working(self, rel: str, check_cancelled: CheckCancelled = _never_cancelled) -> str:
-        with self.open_working(rel) as fd:
+        with self.open_working(rel) as (fd, _):
             return _hash_fd(fd, check_cancelled)[0]
+
+    def clock_ns(self) -> int:
+        """The filesystem's own time now (the mtime it gives a file it creates), in ns.
+
+        Working files get their mtime and ctime from this clock, not the host's: where
+        ``files/`` is a network mount, the two may differ. ``files/`` and ``.horace`` are
+        one filesystem (Horace renames between them).
+        """
+        try:
+            fd = os.open(self.tmp, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (*_UNSUPPORTED, errno.EISDIR):
+                raise
+            return self._clock_ns_named()
+        try:
+            return os.fstat(fd).st_mtime_ns
+        finally:
+            os.close(fd)
+
+    def _clock_ns_named(self) -> int:
+        path = self.tmp / temp_name(TempKind.CLOCK)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            return os.fstat(fd).st_mtime_ns
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+    def hash_many(
+        self, rels: list[str], check_cancelled: CheckCancelled = _never_cancelled
+    ) -> list[Hashed | HoraceError]:
+        """Hash working files where they are, each with its stat identity; one outcome per
+        path, in order (a file that cannot be read is a :class:`HoraceError` of its own)."""
+        recorded_ns = self.clock_ns()  # before any of them is read: see WorkingStat
+        found: list[Hashed | HoraceError] = []
+        with _Folders(self.files) as folders:
+            for rel in rels:
+                check_cancelled()
+                try:
+                    found.append(self._hash_in(folders, rel, recorded_ns, check_cancelled))
+                except HoraceError as exc:
+                    found.append(exc)
+                except OSError as exc:  # unreadable, say: this file only
+                    found.append(_unreadable(rel, exc))
+        return found
+
+    def _hash_in(
+        self, folders: _Folders, rel: str, recorded_ns: int, check_cancelled: CheckCancelled
+    ) -> Hashed:
+        dfd, name = folders.parent(rel)
+        fd, before = _open_regular(dfd, name, rel)
+        try:
+            checksum = _hash_fd(fd, check_cancelled)[0]
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        written = _stat_moved(before, after)
+        return Hashed(None if written else checksum, working_stat(after, recorded_ns))
 
     # -- ingest: working file -> staged temp -> object ----------------------------------
 
@@ -322,8 +454,45 @@ class Storage:
         With a reflink-capable filesystem the copy is a clone and the clone is hashed,
         so the checksum always describes exactly the bytes that were kept.
         """
-        with self.open_working(rel) as src:
-            return self._stage_fd(src, rel, check_cancelled)
+        recorded_ns = self.clock_ns()  # before the file is read: see WorkingStat
+        with self.open_working(rel) as (src, before):
+            return self._stage_fd(src, before, rel, check_cancelled, recorded_ns)
+
+    def stage_many(
+        self, rels: list[str], check_cancelled: CheckCancelled = _never_cancelled
+    ) -> list[Staged | HoraceError]:
+        """:meth:`stage` for a batch of working files, their folders opened once; one
+        outcome per path, in order (a file that cannot be taken is a :class:`HoraceError`
+        of its own). Cancelled, it removes what it staged."""
+        recorded_ns = self.clock_ns()  # before any of them is read: see WorkingStat
+        found: list[Staged | HoraceError] = []
+        try:
+            with _Folders(self.files) as folders:
+                for rel in rels:
+                    check_cancelled()  # between files, as between the chunks of one
+                    try:
+                        found.append(self._stage_in(folders, rel, recorded_ns, check_cancelled))
+                    except HoraceError as exc:
+                        found.append(exc)
+                    except OSError as exc:  # unreadable, say: this file only, never the batch
+                        found.append(_unreadable(rel, exc))
+        except BaseException:
+            for staged in found:
+                if isinstance(staged, Staged):
+                    self.discard(staged)
+            raise
+        return found
+
+    @_storage_full
+    def _stage_in(
+        self, folders: _Folders, rel: str, recorded_ns: int, check_cancelled: CheckCancelled
+    ) -> Staged:
+        dfd, name = folders.parent(rel)
+        src, before = _open_regular(dfd, name, rel)
+        try:
+            return self._stage_fd(src, before, rel, check_cancelled, recorded_ns)
+        finally:
+            os.close(src)
 
     @_storage_full
     def stage_held(self, held: Path, check_cancelled: CheckCancelled = _never_cancelled) -> Staged:
@@ -331,19 +500,32 @@ class Storage:
         into ``.horace/tmp``."""
         src = os.open(held, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            return self._stage_fd(src, held.name, check_cancelled)
+            return self._stage_fd(src, os.fstat(src), held.name, check_cancelled, None)
         finally:
             os.close(src)
 
-    def _stage_fd(self, src: int, what: str, check_cancelled: CheckCancelled) -> Staged:
-        before = os.fstat(src)
+    def _stage_fd(
+        self,
+        src: int,
+        before: os.stat_result,
+        what: str,
+        check_cancelled: CheckCancelled,
+        recorded_ns: int | None,
+    ) -> Staged:
+        """Stage the open file *src*, whose stat was *before*; a working file (read after
+        *recorded_ns*) is staged with its stat identity."""
         staged = self._copy_to_temp(src, check_cancelled)
         after = os.fstat(src)
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            # A writer was at work while we copied: what we have may be torn.
+            # A writer was at work while we copied: what we have may be torn. (Not ctime:
+            # it moves too when the file is merely renamed over or unlinked, leaving the
+            # bytes read whole; a write within the tick is the racy rule's business.)
             self.discard(staged)
             raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
-        return Staged(staged.tmp_path, staged.checksum, staged.size, staged.head, FileIdentity.of(after))
+        working = working_stat(after, recorded_ns) if recorded_ns is not None else None
+        return Staged(
+            staged.tmp_path, staged.checksum, staged.size, staged.head, FileIdentity.of(after), working
+        )
 
     def is_being_written(self, rel: str) -> bool:
         """Whether some process has *rel* open for writing (local filesystems).
@@ -353,7 +535,7 @@ class Storage:
         rely on the file settling instead.
         """
         try:
-            with self.open_working(rel) as fd:
+            with self.open_working(rel) as (fd, _):
                 # Should a writer open the file while we hold the lease for this instant,
                 # the kernel signals the holder: SIGURG (ignored by default) instead of
                 # SIGIO (whose default ends the process).
@@ -417,9 +599,13 @@ class Storage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        second = self.tmp / temp_name(TempKind.STAGE)
-        os.link(staged.tmp_path, second)
-        os.rename(second, target)
+        try:
+            os.link(staged.tmp_path, target)  # a new object: one link
+        except FileExistsError:
+            # There already: renamed over, to refresh its mtime and replace a damaged copy.
+            second = self.tmp / temp_name(TempKind.STAGE)
+            os.link(staged.tmp_path, second)
+            os.rename(second, target)
         if durable:
             _fsync_dir(target.parent)
 
@@ -649,13 +835,43 @@ class Storage:
         Symlinks and special files are passed over; names that can never be catalogued
         (not UTF-8, Horace's reserved temp form) are added to *skipped*, with why.
         """
+        for rel, _ in self._walk(under, skipped, with_stat=False, check_cancelled=_never_cancelled):
+            yield rel
+
+    def walk_stats(
+        self,
+        under: str | None = None,
+        skipped: list[str] | None = None,
+        check_cancelled: CheckCancelled = _never_cancelled,
+    ) -> list[tuple[str, os.stat_result]]:
+        """:meth:`walk_working` with each file's ``lstat`` (one call a file, relative to its
+        folder's descriptor); cancellation is noticed between folders."""
+        found = []
+        for rel, st in self._walk(under, skipped, with_stat=True, check_cancelled=check_cancelled):
+            assert st is not None
+            found.append((rel, st))
+        return found
+
+    def _walk(
+        self, under: str | None, skipped: list[str] | None, with_stat: bool, check_cancelled: CheckCancelled
+    ) -> Iterator[tuple[str, os.stat_result | None]]:
         try:
             with self._parent_fd(f"{under}/." if under else ".") as (fd, _):
-                yield from self._walk_fd(fd, f"{under}/" if under else "", skipped)
+                yield from self._walk_fd(
+                    fd, f"{under}/" if under else "", skipped, with_stat, check_cancelled
+                )
         except (FileNotFoundError, NotADirectoryError):
             return
 
-    def _walk_fd(self, fd: int, prefix: str, skipped: list[str] | None) -> Iterator[str]:
+    def _walk_fd(
+        self,
+        fd: int,
+        prefix: str,
+        skipped: list[str] | None,
+        with_stat: bool,
+        check_cancelled: CheckCancelled,
+    ) -> Iterator[tuple[str, os.stat_result | None]]:
+        check_cancelled()
         with os.scandir(fd) as listing:
             entries = [
                 (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in listing
@@ -676,11 +892,18 @@ class Storage:
                 except OSError:
                     continue  # gone, or swapped for a symlink since the listing
                 try:
-                    yield from self._walk_fd(sub, f"{prefix}{name}/", skipped)
+                    yield from self._walk_fd(sub, f"{prefix}{name}/", skipped, with_stat, check_cancelled)
                 finally:
                     os.close(sub)
+            elif not with_stat:
+                yield f"{prefix}{name}", None
             else:
-                yield f"{prefix}{name}"
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the listing
+                if stat.S_ISREG(st.st_mode):
+                    yield f"{prefix}{name}", st
 
     def walk_objects(self) -> Iterator[tuple[str, os.stat_result]]:
         for sub in sorted(self.objects.iterdir()):
@@ -733,6 +956,24 @@ def _check_catalogable(rel: str, st: os.stat_result) -> None:
             f"{rel!r} has {st.st_nlink} hard links: Horace catalogs only files with one link "
             "(another link could change it from outside files/)",
         )
+
+
+def _stat_moved(before: os.stat_result, after: os.stat_result) -> bool:
+    """Whether a file may have been written between two looks at it (ctime moves with
+    every write, and cannot be set back the way mtime can; it also moves with a rename)."""
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+
+
+def _unreadable(rel: str, exc: OSError) -> HoraceError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HoraceError(ErrorCode.STORAGE_FULL, f"the storage is full: {exc.strerror or exc}")
+    if isinstance(exc, FileNotFoundError):
+        return HoraceError(ErrorCode.FILE_NOT_FOUND, f"{rel!r} vanished")
+    return HoraceError(ErrorCode.INVALID_PATH, f"{rel!r}: {exc.strerror or exc}")
 
 
 def _is_file(path: Path, expected: FileIdentity) -> bool:

@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from horace.backends.records import SearchQuery, Status
-from horace.catalog import Catalog, Vanished, in_thread
+from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
 from horace.changefeed import Change, open_change_feed
 from horace.model import ErrorCode, HoraceError
 from horace.paths import editor_temp, printable, unusable_name
@@ -154,9 +154,13 @@ class Watcher:
     def _walk(self, under: str | None = None) -> list[str]:
         """The files under *under* that may be catalogued; the names that never may are
         counted and reported."""
+        return [rel for rel, _ in self._walk_stats(under)]
+
+    def _walk_stats(self, under: str | None = None) -> list[tuple[str, os.stat_result]]:
+        """:meth:`_walk`, each file with its ``lstat``."""
         skipped: list[str] = []
         try:
-            found = list(self.catalog.storage.walk_working(under, skipped))
+            found = self.catalog.storage.walk_stats(under, skipped)
         except (HoraceError, OSError) as exc:  # swapped for a symlink, gone, unreadable
             log.debug("watch: not walking %s: %s", under, exc)
             found = []
@@ -175,26 +179,23 @@ class Watcher:
 
     async def _catch_up(self, since: float) -> None:
         """What no event reports: changes from before the watch was in place (at start, or
-        while a crashed watcher was down). Files not catalogued, or changed since *since*,
-        are taken; catalogued files that are gone vanish."""
-
-        def look() -> dict[str, float]:
-            found = {}
-            for rel in self._walk():
-                try:
-                    st = os.lstat(self.files / rel)
-                except OSError:
-                    continue
-                found[rel] = max(st.st_mtime, st.st_ctime)
-            return found
-
-        found = await in_thread(look)
-        known = {f.file_path: f for f in await self.catalog.backend.all_files()}
-        for rel, changed in found.items():
-            if rel not in known or changed >= since:
+        while a crashed watcher was down). Files not catalogued, or changed since *since*
+        (unless their stat identity shows them as they were read), are taken; catalogued
+        files that are gone vanish."""
+        found = dict(await in_thread(self._walk_stats))
+        known = {e.file_path: e for e in await self.catalog.backend.working_index()}
+        margin = self.catalog.policy.racy_margin_ns
+        for rel, st in found.items():
+            entry = known.get(rel)
+            as_read = (
+                entry is not None
+                and entry.status is Status.ACTIVE
+                and unchanged_since(entry.working, st, margin)
+            )
+            if entry is None or (max(st.st_mtime, st.st_ctime) >= since and not as_read):
                 self.schedule(rel)
-        for rel, record in known.items():
-            if record.status is Status.ACTIVE and rel not in found:
+        for rel, entry in known.items():
+            if entry.status is Status.ACTIVE and rel not in found:
                 self.schedule(rel)
 
     def schedule(self, rel: str, delay: float | None = None) -> None:
