@@ -447,7 +447,7 @@ async def test_a_file_written_again_before_it_settled_is_taken_once_settled(
     taken (its settle time since the change that was seen has passed) but written again
     since, unseen, is not taken until it has settled: no version of a state in between."""
     monkeypatch.setattr(Storage, "is_being_written", lambda self, rel: False)
-    settle, poll = 1.0, 3.0
+    settle, poll = 2.0, 5.0  # wide: the test must write within a settle time of a poll, even when loaded
     watcher = horace.watch.Watcher(catalog, settle=settle, poll=True, poll_ms=int(poll * 1000))
     path = files / "user/nfs.txt"
     async with trio.open_nursery() as nursery:
