@@ -48,6 +48,7 @@ TOOL_NAMES = {
     "horace_find_duplicates",
     "horace_verify",
     "horace_scan",
+    "horace_diff_versions",
 }
 UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
 

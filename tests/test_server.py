@@ -73,7 +73,7 @@ async def test_initialize_negotiates_the_version(client: McpClient, version: str
 
 async def test_tools_list_declares_every_tool_with_schemas(client: McpClient) -> None:
     tools = (await client.request("tools/list"))["result"]["tools"]
-    assert {t["name"] for t in tools} == set(TOOLS) and len(tools) == 16
+    assert {t["name"] for t in tools} == set(TOOLS) and len(tools) == 17
     for tool in tools:
         assert tool["inputSchema"]["type"] == "object"
         assert tool["outputSchema"]["type"] == "object"
