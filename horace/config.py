@@ -36,6 +36,14 @@ def parse_duration(text: str, name: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
+def _timeout(text: str, name: str) -> float:
+    """A duration that must be more than zero (a zero timeout would close at once)."""
+    seconds = parse_duration(text, name)
+    if seconds <= 0:
+        raise ConfigError(f"{name}={text!r}: must be more than 0")
+    return seconds
+
+
 def _count(text: str, name: str) -> int:
     try:
         number = int(text)
@@ -106,7 +114,14 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _origins),
     "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _count),
     "max_connections": (("HORACE_MAX_CONNECTIONS",), _count),
+    "max_pending_connections": (("HORACE_MAX_PENDING_CONNECTIONS",), _count),
     "max_calls_per_connection": (("HORACE_MAX_CALLS_PER_CONNECTION",), _count),
+    "max_inflight_bytes": (("HORACE_MAX_INFLIGHT_BYTES",), _count),
+    "max_batch": (("HORACE_MAX_BATCH",), _count),
+    "max_reply_bytes": (("HORACE_MAX_REPLY_BYTES",), _count),
+    "max_pending_reply_bytes": (("HORACE_MAX_PENDING_REPLY_BYTES",), _count),
+    "idle_timeout": (("HORACE_IDLE_TIMEOUT",), _timeout),
+    "send_timeout": (("HORACE_SEND_TIMEOUT",), _timeout),
     "call_deadline": (("HORACE_CALL_DEADLINE",), parse_duration),
     "shutdown_grace": (("HORACE_SHUTDOWN_GRACE",), parse_duration),
     "godot_url": (("GODOT_URL", "GODOT_MCP_URL"), _text),
@@ -143,8 +158,18 @@ class Settings:
     auth_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     max_message_bytes: int = 4 * 1024 * 1024
-    max_connections: int = 256
+    max_connections: int = 256  # WebSocket sessions, counted from before the handshake
+    # connections not yet a session (HTTP head, /health, handshake under way); more get 503
+    max_pending_connections: int = 64
     max_calls_per_connection: int = 256
+    # the request messages whose calls are under way on one connection, in bytes
+    max_inflight_bytes: int = 8 * 1024 * 1024
+    max_batch: int = 100  # requests in one JSON-RPC batch
+    max_reply_bytes: int = 8 * 1024 * 1024  # one reply, single or batch
+    # replies in the making (large results) or not yet read, per connection
+    max_pending_reply_bytes: int = 32 * 1024 * 1024
+    idle_timeout: float = 300.0  # a session with nothing from the client and no call running
+    send_timeout: float = 30.0  # a reply the client does not take in this time closes the connection
     call_deadline: float = 300.0
     shutdown_grace: float = 10.0
     # sinks

@@ -41,6 +41,9 @@ class Tool:
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
+    # Its result grows with a page or with the catalog, up to a reply's limit: such a call
+    # reserves a whole reply's room before it runs (see Session._reserve_reply_room).
+    large_result: bool = False
 
     def structure(self, raw: Any) -> Any:
         if raw is None:
@@ -414,6 +417,7 @@ TOOLS: dict[str, Tool] = {
             search,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_get_file_info",
@@ -514,6 +518,7 @@ TOOLS: dict[str, Tool] = {
             list_collections,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_get_collection",
@@ -530,6 +535,7 @@ TOOLS: dict[str, Tool] = {
             get_collection,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_add_to_collection",
@@ -580,6 +586,7 @@ TOOLS: dict[str, Tool] = {
             find_duplicates,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_verify",
@@ -599,6 +606,7 @@ TOOLS: dict[str, Tool] = {
             verify,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_scan",
@@ -617,6 +625,7 @@ TOOLS: dict[str, Tool] = {
             ),
             scan,
             idempotent=True,
+            large_result=True,
         ),
     ]
 }
