@@ -103,6 +103,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "deleted_retention": (("HORACE_DELETED_RETENTION",), parse_duration),
     "gc_grace": (("HORACE_GC_GRACE",), parse_duration),
     "lock_wait": (("HORACE_LOCK_WAIT",), parse_duration),
+    "max_metadata_bytes": (("HORACE_MAX_METADATA_BYTES",), _count),
     "watch": (("HORACE_WATCH",), _switch),
     "watch_poll": (("HORACE_WATCH_POLL",), _switch),
     "watch_settle": (("HORACE_WATCH_SETTLE",), parse_duration),
@@ -146,6 +147,7 @@ class Settings:
     deleted_retention: float = 30 * 86400.0
     gc_grace: float = 600.0
     lock_wait: float = 30.0
+    max_metadata_bytes: int = 16 * 1024  # of a file or collection, as JSON
     # watch mode and periodic work
     watch: bool = False
     watch_poll: bool = False
