@@ -132,6 +132,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "conversations_url": (("HORACE_CONVERSATIONS_URL",), _database_url),
     "conversations_to_godot": (("HORACE_CONVERSATIONS_TO_GODOT",), _switch),
     "sink_queue": (("HORACE_SINK_QUEUE",), _count),
+    "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _count),
     "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
     "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), parse_duration),
     "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), parse_duration),
@@ -182,6 +183,7 @@ class Settings:
     conversations_url: str | None = None  # None: the catalog's own database
     conversations_to_godot: bool = False
     sink_queue: int = 10_000
+    sink_queue_bytes: int = 64 * 1024 * 1024  # a turn holds a whole request or reply
     sink_flush: float = 5.0
     sink_backoff_base: float = 1.0  # a sink's first retry delay, doubling up to the cap
     sink_backoff_cap: float = 30.0
