@@ -114,6 +114,8 @@ class HoraceServer:
                 "pending": self.front.admission.pending,
                 "max_connections": self.settings.max_connections,
                 "max_pending_connections": self.settings.max_pending_connections,
+                "refused": self.front.admission.refused,
+                "turned_away": self.front.admission.turned_away,
             },
         }
         for name, part in self.health_parts.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -38,6 +39,7 @@ HEAD_TIMEOUT = 10.0
 MAX_HEAD_BYTES = 64 * 1024
 
 TURN_AWAY_TIMEOUT = 1.0  # for writing the 503 to a connection past max_pending_connections
+REFUSAL_LOG_INTERVAL = 10.0  # at most one line per kind of refusal in this time
 
 Health = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 
@@ -102,12 +104,15 @@ class Admission:
         self.max_pending, self.max_sessions = max_pending, max_sessions
         self.pending = 0
         self.sessions = 0
+        self.turned_away = 0  # past max_pending, since start
+        self.refused = 0  # upgrades refused for want of a session slot, since start
 
     @contextmanager
     def connection(self) -> Iterator[Ticket | None]:
         """A ticket for a new connection (None past ``max_pending``), given back on the
         way out whatever happened, from whichever count it is in by then."""
         if self.pending >= self.max_pending:
+            self.turned_away += 1
             yield None
             return
         ticket = Ticket()
@@ -123,11 +128,32 @@ class Admission:
     def take_session(self, ticket: Ticket) -> bool:
         """Move *ticket* from pending to a session slot; False when none is free."""
         if self.sessions >= self.max_sessions:
+            self.refused += 1
             return False
         self.pending -= 1
         self.sessions += 1
         ticket.session = True
         return True
+
+
+class ThrottledLog:
+    """A warning logged at most once per *interval* with how many were held back: a
+    connect storm must not turn into a log storm (each line also goes to the sinks)."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.last = -math.inf
+        self.held_back = 0
+
+    def warning(self, message: str, *args: Any, **extra: Any) -> None:
+        now = trio.current_time()
+        if now - self.last < self.interval:
+            self.held_back += 1
+            return
+        if self.held_back:
+            message += f" ({self.held_back} more like it in the last {now - self.last:.0f} s)"
+        log.warning(message, *args, extra=extra)
+        self.last, self.held_back = now, 0
 
 
 class Front:
@@ -136,6 +162,7 @@ class Front:
         self.health = health
         self.run_session = run_session
         self.admission = Admission(settings.max_pending_connections, settings.max_connections)
+        self._refusals: dict[int, ThrottledLog] = {}  # by HTTP status
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         try:
@@ -164,7 +191,9 @@ class Front:
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
         )
-        log.debug("connection turned away: %d pending", self.admission.pending)
+        self._refusals.setdefault(0, ThrottledLog()).warning(
+            "connection turned away: %d opening already", self.admission.pending
+        )
         with trio.move_on_after(TURN_AWAY_TIMEOUT):
             await stream.send_all(head.encode() + body)
 
@@ -233,7 +262,9 @@ class Front:
             )
         if refusal is not None:
             status, message, extra = refusal
-            log.warning("upgrade refused: %s", message, extra={"status": status})
+            self._refusals.setdefault(status, ThrottledLog()).warning(
+                "upgrade refused: %s", message, status=status
+            )
             await self._respond(stream, conn, status, {"error": message}, extra=extra)
             return None
         stream.replay(bytes(raw))
