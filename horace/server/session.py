@@ -220,6 +220,28 @@ def reply_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
     )
 
 
+def json_size_at_least(value: Any) -> int:
+    """A lower bound of the length of *value* as JSON text, without making the text:
+    every string takes its characters and two quotes (escapes only add), everything else
+    at least one character, every member a separator."""
+    size = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, dict):
+            size += 2 + 2 * len(item)  # braces; a colon and a comma (or the last) each
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            size += 2 + len(item)
+            stack.extend(item)
+        else:
+            size += 1
+    return size
+
+
 def tool_error(code: ErrorCode, message: str, correlation_id: str) -> dict[str, Any]:
     return tool_result(
         {"error_code": code.value, "message": message, "correlation_id": correlation_id}, is_error=True
@@ -656,15 +678,6 @@ class Session:
             if reply.get("isError"):
                 error_code = reply["structuredContent"]["error_code"]
             limit = self.settings.max_reply_bytes
-            # The reply holds the result twice (as text and as structured content): when
-            # that alone is too much, the (bigger, escaped) reply is not even built.
-            least = 2 * len(reply["content"][0]["text"])
-            if least > limit:
-                raise RpcError(
-                    REPLY_TOO_LARGE,
-                    reply_too_large(least, limit, at_least=True),
-                    {"reply_bytes": least, "limit": limit, "correlation_id": correlation_id},
-                )
             text = encode_reply(request_id, reply)
             if len(text) > limit:  # recorded as the error it is answered with, not as the result
                 raise RpcError(
@@ -770,6 +783,15 @@ class Session:
                 {"correlation_id": correlation_id},
             )
         structured["correlation_id"] = correlation_id
+        # The reply holds the result twice (as text and as structured content): when that
+        # alone is sure to be too much, not even the JSON text is made.
+        least, limit = 2 * json_size_at_least(structured), self.settings.max_reply_bytes
+        if least > limit:
+            raise RpcError(
+                REPLY_TOO_LARGE,
+                reply_too_large(least, limit, at_least=True),
+                {"reply_bytes": least, "limit": limit, "correlation_id": correlation_id},
+            )
         return tool_result(structured)
 
 
