@@ -170,7 +170,7 @@ class Settings:
     max_batch: int = 100  # requests in one JSON-RPC batch
     max_reply_bytes: int = 8 * 1024 * 1024  # one reply, single or batch
     # replies in the making (large results) or not yet read, per connection
-    max_pending_reply_bytes: int = 32 * 1024 * 1024
+    max_pending_reply_bytes: int = 16 * 1024 * 1024
     idle_timeout: float = 300.0  # a session with nothing from the client and no call running
     send_timeout: float = 30.0  # a reply the client does not take in this time closes the connection
     call_deadline: float = 300.0
@@ -183,7 +183,7 @@ class Settings:
     conversations_url: str | None = None  # None: the catalog's own database
     conversations_to_godot: bool = False
     sink_queue: int = 10_000
-    sink_queue_bytes: int = 64 * 1024 * 1024  # a turn holds a whole request or reply
+    sink_queue_bytes: int = 32 * 1024 * 1024  # a turn holds a whole request or reply
     sink_flush: float = 5.0
     sink_backoff_base: float = 1.0  # a sink's first retry delay, doubling up to the cap
     sink_backoff_cap: float = 30.0

@@ -11,6 +11,7 @@ gets ``flush_seconds`` to go out, and the rest is spilled to
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import deque
@@ -27,6 +28,9 @@ from horace.supervise import backoff
 log = logging.getLogger("horace.sinks")
 
 POISON_STRIKES = 3
+# A batch carries at most this much (but always one entry): a driver encodes a batch
+# whole, and turns can be megabytes each.
+BATCH_BYTES = 1024 * 1024
 
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
@@ -66,7 +70,7 @@ class SinkRunner:
         *,
         spool_dir: Path | None,
         capacity: int = 10_000,
-        capacity_bytes: int = 64 * 1024 * 1024,
+        capacity_bytes: int = 32 * 1024 * 1024,
         batch_size: int = 200,
         flush_seconds: float = 5.0,
         backoff_base: float = 1.0,
@@ -199,7 +203,13 @@ class SinkRunner:
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()
-        taken = [self._queue[i] for i in range(min(self._batch_limit, len(self._queue)))]
+        taken = [self._queue[0]]
+        size = taken[0][2]
+        for queued in itertools.islice(self._queue, 1, self._batch_limit):
+            size += queued[2]
+            if size > BATCH_BYTES:
+                break
+            taken.append(queued)
         batch = [entry for _, entry, _ in taken]
         last = taken[-1][0]
         self._in_flight = len(batch)
