@@ -221,9 +221,10 @@ def reply_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
 
 
 def json_size_at_least(value: Any) -> int:
-    """A lower bound of the length of *value* as JSON text, without making the text:
-    every string takes its characters and two quotes (escapes only add), everything else
-    at least one character, every member a separator."""
+    """A lower bound of the length of *value* as ``json.dumps`` writes it, without making
+    the text: every string takes its characters and two quotes (escapes only add),
+    everything else at least one character; members are separated by ", " and keys
+    followed by ": "."""
     size = 0
     stack = [value]
     while stack:
@@ -231,11 +232,11 @@ def json_size_at_least(value: Any) -> int:
         if isinstance(item, str):
             size += len(item) + 2
         elif isinstance(item, dict):
-            size += 2 + 2 * len(item)  # braces; a colon and a comma (or the last) each
+            size += 2 + (4 * len(item) - 2 if item else 0)
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
-            size += 2 + len(item)
+            size += 2 + (2 * len(item) - 2 if item else 0)
             stack.extend(item)
         else:
             size += 1
