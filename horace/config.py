@@ -163,7 +163,7 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_connections: int = 256  # WebSocket sessions, counted from before the handshake
     # connections not yet a session (HTTP head, /health, handshake under way); more get 503
-    max_pending_connections: int = 64
+    max_pending_connections: int = 128
     max_calls_per_connection: int = 256
     # the request messages whose calls are under way on one connection, in bytes
     max_inflight_bytes: int = 8 * 1024 * 1024

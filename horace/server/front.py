@@ -162,7 +162,7 @@ class Front:
         self.health = health
         self.run_session = run_session
         self.admission = Admission(settings.max_pending_connections, settings.max_connections)
-        self._refusals: dict[int, ThrottledLog] = {}  # by HTTP status
+        self._refusal_logs: dict[str, ThrottledLog] = {}  # by kind of refusal
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         try:
@@ -191,7 +191,7 @@ class Front:
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
         )
-        self._refusals.setdefault(0, ThrottledLog()).warning(
+        self._refusal_logs.setdefault("turned away", ThrottledLog()).warning(
             "connection turned away: %d opening already", self.admission.pending
         )
         with trio.move_on_after(TURN_AWAY_TIMEOUT):
@@ -205,7 +205,7 @@ class Front:
             if opening.cancelled_caught:
                 log.debug("connection closed: no request and handshake within %.0f s", HEAD_TIMEOUT)
             try:
-                if ws is not None and not opening.cancelled_caught:
+                if ws is not None:
                     await self.run_session(ws, stream)
             finally:
                 websocket_tasks.cancel_scope.cancel()
@@ -262,7 +262,7 @@ class Front:
             )
         if refusal is not None:
             status, message, extra = refusal
-            self._refusals.setdefault(status, ThrottledLog()).warning(
+            self._refusal_logs.setdefault(f"upgrade {status}", ThrottledLog()).warning(
                 "upgrade refused: %s", message, status=status
             )
             await self._respond(stream, conn, status, {"error": message}, extra=extra)
