@@ -53,9 +53,10 @@ from horace.sinks.supervisor import SinkRunner
 from horace.testing import RunningHorace, run_horace
 
 # Peak RSS of `horace serve` under any of the worst admissible requests, at the default
-# limits, with a catalog of 1000 files whose metadata is at its limit. Measured at
-# 62-201 MiB on SQLite (the worst: 256 concurrent searches whose replies just fit, to a
-# client that does not read); before these limits, 5,000 tools/list in one batch took
+# limits, with a catalog of 1000 files whose metadata is at its limit. Measured (by
+# scripts/bench_limits) at 63-211 MiB on SQLite and 61-167 MiB on PostgreSQL, from about
+# 60 MiB at start; the worst is 256 concurrent searches whose replies just fit, to a
+# client that does not read. Before these limits, 5,000 tools/list in one batch took
 # 745 MB and 20,000 raised MemoryError.
 PEAK_RSS_BOUND = 300 * 2**20
 
