@@ -36,6 +36,7 @@ def policy_of(settings: Settings) -> CatalogPolicy:
         retention=settings.retention,
         gc_grace_seconds=settings.gc_grace,
         deleted_retention=settings.deleted_retention_delta,
+        max_metadata_bytes=settings.max_metadata_bytes,
     )
 
 

@@ -206,6 +206,11 @@ class CatalogPolicy:
     # (see unchanged_since): beyond the clock's tick, it covers a clock set back a little.
     racy_margin_seconds: float = 1.0
 
+    # What a caller says of a file (owner, purpose, tags, custom fields) or a collection
+    # (description, metadata), as JSON. Written once, it is read back a thousand times a
+    # page: unbounded, one search could build gigabytes.
+    max_metadata_bytes: int = 16 * 1024
+
     @property
     def racy_margin_ns(self) -> int:
         return int(self.racy_margin_seconds * 1e9)
@@ -266,6 +271,16 @@ class Catalog:
 
     def relative(self, client_path: str) -> str:
         return paths.to_relative(self.storage.files, client_path)
+
+    def _check_described(self, what: str, description: dict[str, Any]) -> None:
+        size = len(json.dumps(description, default=str))
+        limit = self.policy.max_metadata_bytes
+        if size > limit:
+            raise HoraceError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{what} would be {size} bytes as JSON, over the limit of {limit} "
+                "(HORACE_MAX_METADATA_BYTES)",
+            )
 
     @asynccontextmanager
     async def writing(self, rel: str) -> AsyncIterator[Units]:
@@ -374,6 +389,10 @@ class Catalog:
         self, client_path: str, new: NewFile = NewFile(), correlation_id: str | None = None
     ) -> Registered:
         rel = self.relative(client_path)
+        self._check_described(
+            "the file's metadata",
+            {"owner": new.owner, "purpose": new.purpose, "tags": new.tags, "custom": dict(new.custom)},
+        )
         async with self.writing(rel) as db:
             existing = await db.file_by_path(rel)
             if existing is not None:
@@ -494,6 +513,16 @@ class Catalog:
             changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
         async with self.writing(before.file_path) as db:
             current = await self.file(file_id, db)
+            if any(v is not None for v in (changes.owner, changes.purpose, changes.tags, changes.custom)):
+                self._check_described(  # as it will be stored: custom fields are merged
+                    "the file's metadata",
+                    {
+                        "owner": current.owner if changes.owner is None else changes.owner,
+                        "purpose": current.purpose if changes.purpose is None else changes.purpose,
+                        "tags": current.tags if changes.tags is None else changes.tags,
+                        "custom": {**current.metadata, **(changes.custom or {})},
+                    },
+                )
             target = changes.status if changes.status is not current.status else None
             version_created = False
             if current.status is Status.ACTIVE and target is not None:
@@ -621,6 +650,7 @@ class Catalog:
         metadata: dict[str, Any] | None = None,
     ) -> Collection:
         _check_name(name)
+        self._check_described("the collection's description and metadata", {"d": description, "m": metadata})
         ids = await self._existing_ids(file_ids)
         return await self.backend.upsert_collection(name, description, metadata, ids, self.clock())
 

@@ -36,6 +36,14 @@ def parse_duration(text: str, name: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
+def _timeout(text: str, name: str) -> float:
+    """A duration that must be more than zero (a zero timeout would close at once)."""
+    seconds = parse_duration(text, name)
+    if seconds <= 0:
+        raise ConfigError(f"{name}={text!r}: must be more than 0")
+    return seconds
+
+
 def _count(text: str, name: str) -> int:
     try:
         number = int(text)
@@ -95,6 +103,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "deleted_retention": (("HORACE_DELETED_RETENTION",), parse_duration),
     "gc_grace": (("HORACE_GC_GRACE",), parse_duration),
     "lock_wait": (("HORACE_LOCK_WAIT",), parse_duration),
+    "max_metadata_bytes": (("HORACE_MAX_METADATA_BYTES",), _count),
     "watch": (("HORACE_WATCH",), _switch),
     "watch_poll": (("HORACE_WATCH_POLL",), _switch),
     "watch_settle": (("HORACE_WATCH_SETTLE",), parse_duration),
@@ -106,7 +115,14 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _origins),
     "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _count),
     "max_connections": (("HORACE_MAX_CONNECTIONS",), _count),
+    "max_pending_connections": (("HORACE_MAX_PENDING_CONNECTIONS",), _count),
     "max_calls_per_connection": (("HORACE_MAX_CALLS_PER_CONNECTION",), _count),
+    "max_inflight_bytes": (("HORACE_MAX_INFLIGHT_BYTES",), _count),
+    "max_batch": (("HORACE_MAX_BATCH",), _count),
+    "max_reply_bytes": (("HORACE_MAX_REPLY_BYTES",), _count),
+    "max_pending_reply_bytes": (("HORACE_MAX_PENDING_REPLY_BYTES",), _count),
+    "idle_timeout": (("HORACE_IDLE_TIMEOUT",), _timeout),
+    "send_timeout": (("HORACE_SEND_TIMEOUT",), _timeout),
     "call_deadline": (("HORACE_CALL_DEADLINE",), parse_duration),
     "shutdown_grace": (("HORACE_SHUTDOWN_GRACE",), parse_duration),
     "godot_url": (("GODOT_URL", "GODOT_MCP_URL"), _text),
@@ -116,6 +132,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "conversations_url": (("HORACE_CONVERSATIONS_URL",), _database_url),
     "conversations_to_godot": (("HORACE_CONVERSATIONS_TO_GODOT",), _switch),
     "sink_queue": (("HORACE_SINK_QUEUE",), _count),
+    "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _count),
     "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
     "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), parse_duration),
     "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), parse_duration),
@@ -131,6 +148,7 @@ class Settings:
     deleted_retention: float = 30 * 86400.0
     gc_grace: float = 600.0
     lock_wait: float = 30.0
+    max_metadata_bytes: int = 16 * 1024  # of a file or collection, as JSON
     # watch mode and periodic work
     watch: bool = False
     watch_poll: bool = False
@@ -143,8 +161,18 @@ class Settings:
     auth_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     max_message_bytes: int = 4 * 1024 * 1024
-    max_connections: int = 256
+    max_connections: int = 256  # WebSocket sessions, counted from before the handshake
+    # connections not yet a session (HTTP head, /health, handshake under way); more get 503
+    max_pending_connections: int = 128
     max_calls_per_connection: int = 256
+    # the request messages whose calls are under way on one connection, in bytes
+    max_inflight_bytes: int = 8 * 1024 * 1024
+    max_batch: int = 100  # requests in one JSON-RPC batch
+    max_reply_bytes: int = 8 * 1024 * 1024  # one reply, single or batch
+    # replies in the making (large results) or not yet read, per connection
+    max_pending_reply_bytes: int = 16 * 1024 * 1024
+    idle_timeout: float = 300.0  # a session with nothing from the client and no call running
+    send_timeout: float = 30.0  # a reply the client does not take in this time closes the connection
     call_deadline: float = 300.0
     shutdown_grace: float = 10.0
     # sinks
@@ -155,6 +183,7 @@ class Settings:
     conversations_url: str | None = None  # None: the catalog's own database
     conversations_to_godot: bool = False
     sink_queue: int = 10_000
+    sink_queue_bytes: int = 32 * 1024 * 1024  # a turn holds a whole request or reply
     sink_flush: float = 5.0
     sink_backoff_base: float = 1.0  # a sink's first retry delay, doubling up to the cap
     sink_backoff_cap: float = 30.0

@@ -124,7 +124,7 @@ def test_initialize_and_list_tools(running: RunningHorace) -> None:
 
             listed = await session.list_tools()
             assert {tool.name for tool in listed.tools} == TOOL_NAMES
-            assert len(listed.tools) == 16
+            assert len(listed.tools) == 17
             for tool in listed.tools:
                 assert tool.description
                 assert tool.inputSchema["type"] == "object"

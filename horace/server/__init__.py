@@ -55,6 +55,7 @@ async def serve(
         sink_options: dict[str, Any] = {
             "spool_dir": spool,
             "capacity": settings.sink_queue,
+            "capacity_bytes": settings.sink_queue_bytes,
             "flush_seconds": settings.sink_flush,
             "backoff_base": settings.sink_backoff_base,
             "backoff_cap": settings.sink_backoff_cap,

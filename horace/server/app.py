@@ -27,7 +27,7 @@ from horace.backends.protocol import BackendUnavailable
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.redact import redact_url
-from horace.server.front import Front
+from horace.server.front import ClientStream, Front
 from horace.server.session import Observer, Session
 
 log = logging.getLogger("horace.server")
@@ -47,7 +47,7 @@ class HoraceServer:
         self._accepting = trio.CancelScope()
         self._idle = trio.Event()
         self._idle.set()
-        self.front = Front(settings, self.health, self._run_session, self._has_room)
+        self.front = Front(settings, self.health, self._run_session)
 
     async def run(self, *, task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
@@ -81,11 +81,8 @@ class HoraceServer:
         """Stop accepting; running calls get ``shutdown_grace`` seconds to finish."""
         self._accepting.cancel()
 
-    def _has_room(self) -> bool:
-        return len(self.sessions) < self.settings.max_connections
-
-    async def _run_session(self, ws: WebSocketConnection) -> None:
-        session = Session(ws, self.catalog, self.settings, self.observer)
+    async def _run_session(self, ws: WebSocketConnection, stream: ClientStream) -> None:
+        session = Session(ws, stream, self.catalog, self.settings, self.observer)
         self.sessions.add(session)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         log.info("session opened", extra={"conversation_id": session.conversation_id})
@@ -118,6 +115,14 @@ class HoraceServer:
             "version": horace.__version__,
             "backend": backend,
             "sessions": len(self.sessions),
+            "connections": {
+                "sessions": self.front.admission.sessions,
+                "pending": self.front.admission.pending,
+                "max_connections": self.settings.max_connections,
+                "max_pending_connections": self.settings.max_pending_connections,
+                "refused": self.front.admission.refused,
+                "turned_away": self.front.admission.turned_away,
+            },
         }
         if degraded:
             body["degraded"] = degraded

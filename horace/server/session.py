@@ -5,16 +5,34 @@ nursery, so calls on one connection run concurrently. Each ``tools/call`` gets i
 cancel scope (deadline, ``notifications/cancelled``) and its own nursery (the progress
 pump lives there). A client that goes away cancels its calls; a draining server stops
 reading but lets the calls finish.
+
+Limits that bound what one connection can make the server hold:
+
+- a batch has at most ``max_batch`` requests (past it: one error, nothing run);
+- the messages whose requests are under way add up to ``max_inflight_bytes`` (past it,
+  a message's requests are answered "busy", not run), and only what the server reads of
+  a request is kept while it runs;
+- a reply (single or batch) has at most ``max_reply_bytes``, past which it is replaced
+  by a JSON-RPC error (in a batch, each reply that no longer fits is);
+- replies in the making or not yet taken by the client add up to
+  ``max_pending_reply_bytes``: a call whose result grows with a page (``large_result``)
+  reserves ``max_reply_bytes`` while it runs, and waits for that room before it starts;
+  replies count from when they are sent until the client has taken them. Backpressure,
+  not loss: no reply is dropped, and a client that stops reading stops its own big calls;
+- a reply the client does not take within ``send_timeout`` drops the connection;
+- a session with nothing from the client and no call running for ``idle_timeout`` is
+  closed (1001).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -41,11 +59,17 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVER_BUSY = -32000
 REQUEST_TIMEOUT = -32001
+REPLY_TOO_LARGE = -32003  # (-32002 is MCP's "resource not found")
 
 MAX_PARAMS_DEPTH = 64  # levels of lists and objects in a request's params
+# A progress token is echoed in every progress notification (up to 10 a second for the
+# life of a call): a long one would turn one request into a stream of copies of it.
+MAX_PROGRESS_TOKEN_CHARS = 1024
+IDLE_CLOSE_CODE = 1001  # going away: a client may simply reconnect
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 _NO_REPLY = object()
+_END = object()
 
 
 class RpcError(Exception):
@@ -58,6 +82,19 @@ class RpcError(Exception):
         if self.data is not None:
             error["data"] = self.data
         return error
+
+
+class Peer(Protocol):
+    """The connection under the WebSocket, as the session needs it."""
+
+    @property
+    def last_received(self) -> float:
+        """``trio.current_time()`` when the client last sent anything (any frame)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Drop the connection: the way out of a send the client does not take."""
+        ...
 
 
 class Observer(Protocol):
@@ -85,16 +122,20 @@ def _unusable(params: Any) -> str | None:
     file. A lone surrogate (a ``\\udXXX`` escape without its pair) is valid JSON text but
     not Unicode: it can be neither a path nor a database string. Integers beyond 64 bits
     fit no database column, and NaN or Infinity (which Python's parser lets through) are
-    not JSON and could not be sent back. Walked iteratively.
+    not JSON and could not be sent back. Walked iteratively, with one iterator per level
+    open (not one entry per value: a 4 MiB list of a million values stays a list).
     """
-    stack = [(params, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode()
-            except UnicodeEncodeError:
-                return f"a string in params is not valid Unicode (lone surrogate): {item[:40]!r}"
+    levels: list[Iterator[Any]] = [iter((params,))]
+    while levels:
+        item = next(levels[-1], _END)
+        if item is _END:
+            levels.pop()
+        elif isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return f"a string in params is not valid Unicode (lone surrogate): {item[:40]!r}"
         elif isinstance(item, bool):
             continue
         elif isinstance(item, int):
@@ -104,11 +145,27 @@ def _unusable(params: Any) -> str | None:
             if not math.isfinite(item):
                 return f"a number in params is not finite: {item}"
         elif isinstance(item, dict | list):
-            if depth > MAX_PARAMS_DEPTH:
+            if len(levels) > MAX_PARAMS_DEPTH:
                 return f"params nested deeper than {MAX_PARAMS_DEPTH} levels"
-            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+            children = itertools.chain(item.keys(), item.values()) if isinstance(item, dict) else iter(item)
+            levels.append(children)
     return None
+
+
+def _what_is_read(message: Any) -> Any:
+    """*message* with only what the server reads of it: a call can last, and anything
+    else sent along (unknown keys, params of methods that take none) would be held as
+    long for nothing."""
+    if not isinstance(message, dict):
+        return message
+    kept = {key: message[key] for key in ("jsonrpc", "id", "method", "params") if key in message}
+    params, method = kept.get("params"), kept.get("method")
+    if isinstance(params, dict | list) and method != "initialize":
+        if method == "tools/call" and isinstance(params, dict):
+            kept["params"] = {key: params[key] for key in ("name", "arguments", "_meta") if key in params}
+        else:
+            kept["params"] = type(params)()
+    return kept
 
 
 def _is_notification(message: Any) -> bool:
@@ -155,6 +212,36 @@ def encode_reply(request_id: Any, result: Any) -> str:
             f'"isError": {json.dumps(result["isError"])}}}}}'
         )
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def reply_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
+    return (
+        f"the reply would be {'at least ' if at_least else ''}{size} bytes, over the limit of {limit} "
+        "(HORACE_MAX_REPLY_BYTES); the call ran: ask for less (e.g. a smaller limit) to see its result"
+    )
+
+
+def json_size_at_least(value: Any) -> int:
+    """A lower bound of the length of *value* as ``json.dumps`` writes it, without making
+    the text: every string takes its characters and two quotes (escapes only add),
+    everything else at least one character; members are separated by ", " and keys
+    followed by ": "."""
+    size = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, dict):
+            size += 2 + (4 * len(item) - 2 if item else 0)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            size += 2 + (2 * len(item) - 2 if item else 0)
+            stack.extend(item)
+        else:
+            size += 1
+    return size
 
 
 def tool_error(code: ErrorCode, message: str, correlation_id: str) -> dict[str, Any]:
@@ -207,9 +294,15 @@ class _ProgressPump:
 
 class Session:
     def __init__(
-        self, ws: WebSocketConnection, catalog: Catalog, settings: Settings, observer: Observer | None = None
+        self,
+        ws: WebSocketConnection,
+        peer: Peer,
+        catalog: Catalog,
+        settings: Settings,
+        observer: Observer | None = None,
     ) -> None:
         self.ws = ws
+        self.peer = peer
         self.catalog = catalog
         self.settings = settings
         self.observer = observer or _NoObserver()
@@ -220,6 +313,11 @@ class Session:
         self._scopes: dict[Any, trio.CancelScope] = {}
         self._cancelled_by_client: set[Any] = set()
         self._inflight = 0
+        self._request_bytes = 0  # the messages whose requests are under way
+        # Reserved by running large_result calls, plus what send() holds until it is taken.
+        self._reply_bytes = 0
+        self._reply_room = trio.lowlevel.ParkingLot()
+        self._quiet_since = trio.current_time()  # when the last call finished or reply went out
         self._turns = 0
         self._reading = trio.CancelScope()
         self.gone = False
@@ -227,20 +325,47 @@ class Session:
     # -- the connection ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        async with trio.open_nursery() as calls:
-            with self._reading:
-                while True:
-                    try:
-                        message = await self.ws.get_message()
-                    except ConnectionClosed:
-                        self.gone = True
-                        break
-                    self._receive(message, calls)
-            if self.gone:
-                calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
+        async with trio.open_nursery() as watching:
+            watching.start_soon(self._close_when_idle)
+            try:
+                async with trio.open_nursery() as calls:
+                    with self._reading:
+                        while True:
+                            try:
+                                message = await self.ws.get_message()
+                            except ConnectionClosed:
+                                self.gone = True
+                                break
+                            self._receive(message, calls)
+                    if self.gone:
+                        calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
+            finally:
+                watching.cancel_scope.cancel()
         if not self.gone:
             with trio.move_on_after(2):
                 await self.ws.aclose(code=1001, reason="server shutting down")
+
+    async def _close_when_idle(self) -> None:
+        """Close the session once nothing came from the client and no call ran for
+        ``idle_timeout``. Any frame counts, pings included; the server sends no pings of
+        its own, so a client that wants to stay connected while idle pings (or calls)."""
+        timeout = self.settings.idle_timeout
+        while True:
+            quiet_since = max(self.peer.last_received, self._quiet_since)
+            if self._inflight:  # busy: look again once the calls could have finished
+                await trio.sleep(timeout)
+            elif trio.current_time() < quiet_since + timeout:
+                await trio.sleep_until(quiet_since + timeout)
+            else:
+                break
+        log.info(
+            "session idle for %.0f s: closing",
+            timeout,
+            extra={"conversation_id": self.conversation_id},
+        )
+        with trio.move_on_after(2):  # the client may not answer the close
+            await self.ws.aclose(code=IDLE_CLOSE_CODE, reason=f"idle for {timeout:g} s")
+        # Closed by us, the reader's next get_message() raises ConnectionClosed: it ends.
 
     def drain(self) -> None:
         """Stop reading new messages; calls under way finish (the server bounds the wait)."""
@@ -253,13 +378,37 @@ class Session:
         return self._turns
 
     async def send(self, message: Any) -> None:
-        """Send one message: an object, or JSON text already encoded."""
+        """Send one message: an object, or JSON text already encoded.
+
+        A client that does not take it within ``send_timeout`` loses the connection: the
+        blocked send would otherwise hold the session (and everything queued behind it)
+        for as long as the client cares to, and half a frame is left on the wire anyway.
+        """
         text = message if isinstance(message, str) else json.dumps(message)
-        async with self._send_lock:
-            try:
-                await self.ws.send_message(text)
-            except ConnectionClosed:
-                self.gone = True
+        # Counted from here, with no checkpoint since the call that made it gave back its
+        # reservation: waiting calls cannot slip in between.
+        self._reply_bytes += len(text)
+        try:
+            async with self._send_lock:
+                if self.gone:
+                    return
+                with trio.move_on_after(self.settings.send_timeout) as sending:
+                    try:
+                        await self.ws.send_message(text)
+                    except ConnectionClosed:
+                        self.gone = True
+                if sending.cancelled_caught:
+                    self.gone = True
+                    log.warning(
+                        "client took no reply for %.0f s: dropping the connection",
+                        self.settings.send_timeout,
+                        extra={"conversation_id": self.conversation_id},
+                    )
+                    # The reader then sees ConnectionClosed and cancels the calls still running.
+                    await self.peer.aclose()
+        finally:
+            self._release_reply_room(len(text))
+            self._quiet_since = trio.current_time()
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -269,15 +418,15 @@ class Session:
                 self.send, _error(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC"))
             )
             return
-        if len(message.encode()) > self.settings.max_message_bytes:
+        size = _utf8_size(message)
+        if size > self.settings.max_message_bytes:
             calls.start_soon(
                 self.send,
                 _error(
                     None,
                     RpcError(
                         INVALID_REQUEST,
-                        f"message of {len(message.encode())} bytes exceeds the limit of "
-                        f"{self.settings.max_message_bytes}",
+                        f"message of {size} bytes exceeds the limit of {self.settings.max_message_bytes}",
                     ),
                 ),
             )
@@ -291,11 +440,66 @@ class Session:
             if not parsed:
                 calls.start_soon(self.send, _error(None, RpcError(INVALID_REQUEST, "empty batch")))
                 return
+            if len(parsed) > self.settings.max_batch:
+                # Refused whole, its notifications too: one answer, whatever the length.
+                refusal = RpcError(
+                    INVALID_REQUEST,
+                    f"a batch of {len(parsed)} requests exceeds the limit of {self.settings.max_batch} "
+                    "(HORACE_MAX_BATCH): send fewer at a time",
+                )
+                calls.start_soon(self.send, _error(None, refusal))
+                return
             for item in parsed:  # notifications act at once, in order, as outside a batch
                 self._notification(item)
-            calls.start_soon(self._batch, parsed)
+            requests = [_what_is_read(item) for item in parsed if not _is_notification(item)]
+            if not requests:
+                return
+            if not self._take_request_bytes(size):
+                calls.start_soon(
+                    self.send, "[" + ", ".join(self._busy_with_requests(r) for r in requests) + "]"
+                )
+                return
+            calls.start_soon(self._batch, requests, size)
         elif not self._notification(parsed):
-            calls.start_soon(self._reply, parsed)
+            if not self._take_request_bytes(size):
+                calls.start_soon(self.send, self._busy_with_requests(parsed))
+                return
+            calls.start_soon(self._reply, _what_is_read(parsed), size)
+
+    def _take_request_bytes(self, size: int) -> bool:
+        """Count a message's *size* among the requests under way, if within
+        ``max_inflight_bytes`` (a message alone is always taken); False otherwise."""
+        if self._request_bytes and self._request_bytes + size > self.settings.max_inflight_bytes:
+            return False
+        self._request_bytes += size
+        return True
+
+    def _busy_with_requests(self, request: Any) -> str:
+        request_id = request.get("id") if isinstance(request, dict) else None
+        return _error_text(
+            request_id if _is_valid_id(request_id) else None,
+            RpcError(
+                SERVER_BUSY,
+                f"{self._request_bytes} bytes of requests are under way on this connection (limit "
+                f"{self.settings.max_inflight_bytes}, HORACE_MAX_INFLIGHT_BYTES): not run, send it again "
+                "once some have been answered",
+            ),
+        )
+
+    async def _reserve_reply_room(self, size: int) -> None:
+        """Wait until *size* more bytes of replies fit in ``max_pending_reply_bytes`` (one
+        reservation alone always fits), then count them. Without this, replies to a
+        client that reads slowly or not at all would pile up to
+        ``max_calls_per_connection`` x ``max_reply_bytes`` (calls that start together
+        all finish before any reply is taken). A checkpoint only when it waits."""
+        limit = self.settings.max_pending_reply_bytes
+        while self._reply_bytes and self._reply_bytes + size > limit:
+            await self._reply_room.park()  # woken by _release_reply_room
+        self._reply_bytes += size
+
+    def _release_reply_room(self, size: int) -> None:
+        self._reply_bytes -= size
+        self._reply_room.unpark_all()  # each looks again: several smaller ones may fit
 
     def _notification(self, message: Any) -> bool:
         """Handle *message* if it is a well-formed notification; True if it was one."""
@@ -311,45 +515,75 @@ class Session:
                 scope.cancel()
         return True
 
-    async def _batch(self, items: list[Any]) -> None:
-        replies: list[Any] = []
+    async def _batch(self, items: list[Any], request_bytes: int) -> None:
+        """Answer a batch with one array of at most ``max_reply_bytes``: replies are kept
+        as they come; one that would not fit any more is replaced by a short error
+        (REPLY_TOO_LARGE, with its id), so what is kept stays within the limit, give or
+        take those errors."""
+        limit = self.settings.max_reply_bytes
+        replies: list[str] = []
+        size = 2  # the brackets
 
         async def one(item: Any) -> None:
+            nonlocal size
             if _is_notification(item):
                 return  # a notification, handled on arrival
             reply = await self._answer(item)
-            if reply is not _NO_REPLY:
-                replies.append(reply)
+            if reply is _NO_REPLY:
+                return
+            separator = 2 if replies else 0
+            if size + separator + len(reply) > limit:
+                request_id = item.get("id") if isinstance(item, dict) else None
+                reply = _error_text(
+                    request_id if _is_valid_id(request_id) else None,
+                    RpcError(
+                        REPLY_TOO_LARGE,
+                        f"this reply ({len(reply)} bytes) did not fit in the batch's reply, limited to "
+                        f"{limit} bytes (HORACE_MAX_REPLY_BYTES); the request ran: send it alone or ask "
+                        "for less",
+                        {"reply_bytes": len(reply), "limit": limit},
+                    ),
+                )
+            size += separator + len(reply)
+            replies.append(reply)
 
-        async with trio.open_nursery() as nursery:
-            for item in items:
-                nursery.start_soon(one, item)
-        if replies:
-            await self.send(
-                "[" + ", ".join(r if isinstance(r, str) else json.dumps(r) for r in replies) + "]"
-            )
+        try:
+            async with trio.open_nursery() as nursery:
+                for item in items:
+                    nursery.start_soon(one, item)
+            del items  # answered: what they held need not stay while the reply goes out
+            if replies:
+                await self.send("[" + ", ".join(replies) + "]")
+        finally:
+            self._request_bytes -= request_bytes
 
-    async def _reply(self, message: Any) -> None:
-        reply = await self._answer(message)
-        if reply is not _NO_REPLY:
+    async def _reply(self, message: Any, request_bytes: int) -> None:
+        try:
+            reply = await self._answer(message)
+            if reply is _NO_REPLY:
+                return
+            del message  # answered: what it held need not stay while the reply goes out
             await self.send(reply)
+        finally:
+            self._request_bytes -= request_bytes
 
     async def _answer(self, message: Any) -> Any:
+        """The reply's JSON text (never over ``max_reply_bytes``), or ``_NO_REPLY``."""
         if not isinstance(message, dict):
-            return _error(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
+            return _error_text(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
         request_id = message.get("id")
         if not _is_valid_id(request_id):
-            return _error(None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null"))
+            return _error_text(None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null"))
         method, params = message.get("method"), message.get("params", {})
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
-            return _error(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
+            return _error_text(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
         if not isinstance(params, dict | list):
-            return _error(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
+            return _error_text(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
         refusal = _unusable(params)
         if refusal is not None:
-            return _error(request_id, RpcError(INVALID_PARAMS, refusal))
+            return _error_text(request_id, RpcError(INVALID_PARAMS, refusal))
         if self._inflight >= self.settings.max_calls_per_connection:
-            return _error(
+            return _error_text(
                 request_id,
                 RpcError(
                     SERVER_BUSY,
@@ -361,12 +595,25 @@ class Session:
         try:
             result = await self._dispatch(request_id, method, params)
         except RpcError as exc:
-            return _error(request_id, exc)
+            return _error_text(request_id, exc)
         finally:
             self._inflight -= 1
+            self._quiet_since = trio.current_time()
         if result is _NO_REPLY:
             return _NO_REPLY
-        return encode_reply(request_id, result)
+        # tools/call results come encoded (and checked, so the conversation log has the error).
+        text = result if isinstance(result, str) else encode_reply(request_id, result)
+        limit = self.settings.max_reply_bytes
+        if len(text) > limit:  # ASCII (json.dumps escapes the rest): characters are bytes
+            size = len(text)
+            del text, result  # the error goes out; the big reply need not stay while it does
+            return _error_text(
+                request_id,
+                RpcError(
+                    REPLY_TOO_LARGE, reply_too_large(size, limit), {"reply_bytes": size, "limit": limit}
+                ),
+            )
+        return text
 
     async def _dispatch(self, request_id: Any, method: str, params: Any) -> Any:
         if method == "initialize":
@@ -404,6 +651,13 @@ class Session:
         tool = TOOLS.get(name)
         if tool is None:
             raise RpcError(INVALID_PARAMS, f"unknown tool: {name}", {"correlation_id": correlation_id})
+        token = meta.get("progressToken")
+        if isinstance(token, str) and len(token) > MAX_PROGRESS_TOKEN_CHARS:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"progressToken longer than {MAX_PROGRESS_TOKEN_CHARS} characters",
+                {"correlation_id": correlation_id},
+            )
         started = time.perf_counter()
         record = CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
         self.observer.call_started(record)
@@ -421,10 +675,20 @@ class Session:
                         "correlation_id": correlation_id,
                     },
                 ) from None
-            reply = await self._run_tool(request_id, tool, args, correlation_id, meta.get("progressToken"))
-            if isinstance(reply, dict) and reply.get("isError"):
+            reply = await self._run_tool(request_id, tool, args, correlation_id, token)
+            if reply is _NO_REPLY:
+                return reply
+            if reply.get("isError"):
                 error_code = reply["structuredContent"]["error_code"]
-            return reply
+            limit = self.settings.max_reply_bytes
+            text = encode_reply(request_id, reply)
+            if len(text) > limit:  # recorded as the error it is answered with, not as the result
+                raise RpcError(
+                    REPLY_TOO_LARGE,
+                    reply_too_large(len(text), limit),
+                    {"reply_bytes": len(text), "limit": limit, "correlation_id": correlation_id},
+                )
+            return text
         except RpcError as exc:
             error_code = str(exc.code)
             reply = {"error": exc.body()}
@@ -472,15 +736,25 @@ class Session:
             deadline=trio.current_time() + deadline if math.isfinite(deadline) else math.inf
         )
         self._scopes[request_id] = scope
+        reserved = 0
         try:
-            with scope:
+            with scope:  # the wait for room is under the call's deadline and cancellable
+                if tool.large_result:
+                    await self._reserve_reply_room(self.settings.max_reply_bytes)
+                    reserved = self.settings.max_reply_bytes
                 async with trio.open_nursery() as call:  # the call's own nursery
                     if pump is not None:
                         call.start_soon(pump.run)
                     done = await outcome.acapture(tool.handler, context, args)
                     if pump is not None:
                         pump.close()
-                structured = to_json(done.unwrap())
+                try:
+                    structured = to_json(done.unwrap())
+                finally:
+                    # An error's traceback holds this frame, which holds `done`, which holds
+                    # the error: a cycle that would keep the call's arguments and everything
+                    # its frames saw alive until the cyclic GC happens to run.
+                    del done
         except HoraceError as exc:
             return tool_error(exc.code, exc.message, correlation_id)
         except BackendUnavailable as exc:
@@ -498,9 +772,16 @@ class Session:
             )
         finally:
             self._scopes.pop(request_id, None)
+            if reserved:
+                # Given back before the reply is encoded and handed to send(), with no
+                # checkpoint in between (send() counts it at once).
+                self._release_reply_room(reserved)
+        # Discarded whatever the outcome: a cancel that came as the call was finishing would
+        # otherwise stay in the set for the life of the session.
+        asked_to_stop = request_id in self._cancelled_by_client
+        self._cancelled_by_client.discard(request_id)
         if scope.cancelled_caught:
-            if request_id in self._cancelled_by_client:
-                self._cancelled_by_client.discard(request_id)
+            if asked_to_stop:
                 return _NO_REPLY  # the client asked; MCP says no response follows
             raise RpcError(
                 REQUEST_TIMEOUT,
@@ -508,6 +789,15 @@ class Session:
                 {"correlation_id": correlation_id},
             )
         structured["correlation_id"] = correlation_id
+        # The reply holds the result twice (as text and as structured content): when that
+        # alone is sure to be too much, not even the JSON text is made.
+        least, limit = 2 * json_size_at_least(structured), self.settings.max_reply_bytes
+        if least > limit:
+            raise RpcError(
+                REPLY_TOO_LARGE,
+                reply_too_large(least, limit, at_least=True),
+                {"reply_bytes": least, "limit": limit, "correlation_id": correlation_id},
+            )
         return tool_result(structured)
 
 
@@ -531,3 +821,13 @@ def _file_ids(structured: Any) -> list[str]:
 
 def _error(request_id: Any, exc: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": exc.body()}
+
+
+def _error_text(request_id: Any, exc: RpcError) -> str:
+    return json.dumps(_error(request_id, exc))
+
+
+def _utf8_size(text: str) -> int:
+    """The UTF-8 length of *text*, without a copy when its length alone tells (ASCII, the
+    usual case: a str of only ASCII characters takes one byte each)."""
+    return len(text) if text.isascii() else len(text.encode())

@@ -479,6 +479,9 @@ class Tool:
     destructive: bool = False
     idempotent: bool = False
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # raw arguments, first
+    # Its result grows with a page or with the catalog, up to a reply's limit: such a call
+    # reserves a whole reply's room before it runs (see Session._reserve_reply_room).
+    large_result: bool = False
 
     def structure(self, raw: Any) -> Any:
         """The arguments as the tool's class: ``INVALID_ARGUMENT`` when they are not."""
@@ -546,6 +549,7 @@ TOOLS: dict[str, Tool] = {
             read_only=True,
             idempotent=True,
             prepare=_flat_search,
+            large_result=True,
         ),
         Tool(
             "horace_get_file_info",
@@ -624,6 +628,7 @@ TOOLS: dict[str, Tool] = {
             list_collections,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_get_collection",
@@ -634,6 +639,7 @@ TOOLS: dict[str, Tool] = {
             get_collection,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_add_to_collection",
@@ -671,6 +677,7 @@ TOOLS: dict[str, Tool] = {
             find_duplicates,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_verify",
@@ -682,6 +689,7 @@ TOOLS: dict[str, Tool] = {
             verify,
             read_only=True,
             idempotent=True,
+            large_result=True,
         ),
         Tool(
             "horace_scan",
@@ -692,6 +700,7 @@ TOOLS: dict[str, Tool] = {
             ScanReport,
             scan,
             idempotent=True,
+            large_result=True,
         ),
     ]
 }

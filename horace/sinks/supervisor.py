@@ -1,7 +1,8 @@
 """A supervised log sink: a bounded queue in front, a child task that delivers it.
 
-``emit`` never blocks and never raises into its caller: when the queue is full the
-oldest entry is dropped and counted. The delivery task opens the transport, hands it
+``emit`` never blocks and never raises into its caller: when the queue is full (in
+entries, or in bytes: a conversation turn holds a whole request or reply) the oldest
+entries are dropped and counted. The delivery task opens the transport, hands it
 batches, and on any failure waits (about 1 s doubling to 30 s, with jitter) and starts
 over; entries are only taken off the queue once delivered. On shutdown what is queued
 gets ``flush_seconds`` to go out, and the rest is spilled to
@@ -10,6 +11,7 @@ gets ``flush_seconds`` to go out, and the rest is spilled to
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import deque
@@ -26,8 +28,32 @@ from horace.supervise import backoff
 log = logging.getLogger("horace.sinks")
 
 POISON_STRIKES = 3
+# A batch carries at most this much (but always one entry): a driver encodes a batch
+# whole, and turns can be megabytes each.
+BATCH_BYTES = 1024 * 1024
 
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+def entry_size(entry: Any) -> int:
+    """About how many bytes *entry* holds: its strings' lengths, plus a little for
+    everything else. Entries are small dicts; what makes one big is a long string."""
+    size = 0
+    stack = [entry]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            size += 8 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            size += 8 * len(item)
+            stack.extend(item)
+        else:
+            size += 8
+    return size
 
 
 class Transport(Protocol):
@@ -44,6 +70,7 @@ class SinkRunner:
         *,
         spool_dir: Path | None,
         capacity: int = 10_000,
+        capacity_bytes: int = 32 * 1024 * 1024,
         batch_size: int = 200,
         flush_seconds: float = 5.0,
         backoff_base: float = 1.0,
@@ -53,6 +80,8 @@ class SinkRunner:
         self.name = transport.name
         self.spool_path = spool_dir / f"{transport.name}.jsonl" if spool_dir else None
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
+        self._queued_bytes = 0
         self.batch_size = batch_size
         # After a failed delivery the next batch is half as long (down to 1), then grows
         # back: a batch too long for one connection's life would otherwise never get out.
@@ -61,7 +90,7 @@ class SinkRunner:
         self._strikes = 0
         self.flush_seconds = flush_seconds
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        self._queue: deque[tuple[int, dict[str, Any]]] = deque()
+        self._queue: deque[tuple[int, dict[str, Any], int]] = deque()  # (sequence, entry, size)
         self._seq = 0
         self._ready = trio.Event()
         self.state = "starting"
@@ -76,18 +105,28 @@ class SinkRunner:
     # -- the caller's side ------------------------------------------------------------
 
     def emit(self, entry: dict[str, Any]) -> None:
-        """Queue *entry*; never blocks, never raises."""
-        if len(self._queue) >= self.capacity:
-            self._queue.popleft()
+        """Queue *entry*; never blocks, never raises. The newest entry is always kept."""
+        size = entry_size(entry)
+        while self._queue and (
+            len(self._queue) >= self.capacity or self._queued_bytes + size > self.capacity_bytes
+        ):
+            self._take_oldest()
             self.dropped += 1
         self._seq += 1
-        self._queue.append((self._seq, entry))
+        self._queue.append((self._seq, entry, size))
+        self._queued_bytes += size
         self._ready.set()
+
+    def _take_oldest(self) -> dict[str, Any]:
+        _, entry, size = self._queue.popleft()
+        self._queued_bytes -= size
+        return entry
 
     def status(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "queued": len(self._queue),
+            "queued_bytes": self._queued_bytes,
             "delivered": self.delivered,
             "dropped": self.dropped,
             "spilled": self.spilled,
@@ -143,7 +182,7 @@ class SinkRunner:
         if self._strikes < POISON_STRIKES or not self._queue:
             return
         self._strikes = 0
-        _, entry = self._queue.popleft()
+        entry = self._take_oldest()
         self.dropped += 1
         log.error(
             "sink %s: dropped an entry refused %d times: %.200s",
@@ -164,8 +203,14 @@ class SinkRunner:
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()
-        taken = [self._queue[i] for i in range(min(self._batch_limit, len(self._queue)))]
-        batch = [entry for _, entry in taken]
+        taken = [self._queue[0]]
+        size = taken[0][2]
+        for queued in itertools.islice(self._queue, 1, self._batch_limit):
+            size += queued[2]
+            if size > BATCH_BYTES:
+                break
+            taken.append(queued)
+        batch = [entry for _, entry, _ in taken]
         last = taken[-1][0]
         self._in_flight = len(batch)
         await deliver(batch)
@@ -176,7 +221,7 @@ class SinkRunner:
         # counted as dropped: what is still queued up to the batch's last sequence number
         # is what this delivery took off the queue (delivered + dropped = emitted).
         while self._queue and self._queue[0][0] <= last:
-            self._queue.popleft()
+            self._take_oldest()
             self.delivered += 1
 
     async def _flush(self) -> None:
@@ -199,11 +244,12 @@ class SinkRunner:
             return
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         with self.spool_path.open("a", encoding="utf-8") as spool:
-            for _, entry in self._queue:
+            for _, entry, _ in self._queue:
                 spool.write(json.dumps(entry, default=str) + "\n")
         self.spilled += len(self._queue)
         log.warning("sink %s: spilled %d entries to %s", self.name, len(self._queue), self.spool_path)
         self._queue.clear()
+        self._queued_bytes = 0
 
     async def _replay(self) -> None:
         if self.spool_path is None:
@@ -231,9 +277,10 @@ class SinkRunner:
                 log.error("sink %s: spool line %d is not JSON; skipped", self.name, number)
         queued = list(self._queue)
         self._queue.clear()
+        self._queued_bytes = 0
         for entry in entries:
             self.emit(entry)
-        for _, entry in queued:
+        for _, entry, _ in queued:
             self.emit(entry)
         self.replayed += len(entries)
         replaying.unlink()  # back in memory; spilled again at shutdown if undelivered

@@ -1,0 +1,731 @@
+"""The server's limits: what one client can make it hold, how many connections it takes
+on, how long it keeps a silent one, and what /health shows to whom.
+
+Three kinds of test:
+
+- a session on a fake WebSocket, driven message by message, for what must be seen from
+  inside (what ran, what waits), on Trio's clock where time matters (autojump);
+- a real server in the test's loop, over real sockets, for the edges (admission, close
+  codes, HTTP answers), on Trio's clock too where time matters;
+- a real ``python -m horace serve`` process for peak memory (``VmHWM``): the worst
+  admissible request under each limit (tests/limits_load.py), against
+  ``PEAK_RSS_BOUND``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from conftest import BACKEND, fresh_database
+from helpers import write
+from limits_load import Measured, measure, populate, scenarios
+from mcp_client import connect
+from test_server import http_get, serving, wait_idle
+from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from horace.assemble import open_catalog
+from horace.catalog import Catalog
+from horace.config import ConfigError, Settings
+from horace.model import ErrorCode, HoraceError, SearchPage
+from horace.redact import MASK, redact_url
+from horace.server.app import HoraceServer
+from horace.server.front import HEAD_TIMEOUT
+from horace.server.session import (
+    MAX_PROGRESS_TOKEN_CHARS,
+    REPLY_TOO_LARGE,
+    SERVER_BUSY,
+    Session,
+    _unusable,
+    json_size_at_least,
+)
+from horace.server.tools import TOOLS
+from horace.sinks.supervisor import SinkRunner
+from horace.testing import RunningHorace, run_horace
+
+# Peak RSS of `horace serve` under any of the worst admissible requests, at the default
+# limits, with a catalog of 1000 files whose metadata is at its limit. Measured (by
+# scripts/bench_limits) at 63-211 MiB on SQLite and 61-167 MiB on PostgreSQL, from about
+# 60 MiB at start; the worst is 256 concurrent searches whose replies just fit, to a
+# client that does not read. Before these limits, 5,000 tools/list in one batch took
+# 745 MB and 20,000 raised MemoryError.
+PEAK_RSS_BOUND = 300 * 2**20
+
+
+# -- a session on a fake WebSocket ---------------------------------------------------------
+
+
+class FakeWebSocket:
+    """Messages in through a channel; replies out into ``sent``, taken only while the
+    client is ``reading`` (otherwise send_message blocks, as on a full socket)."""
+
+    def __init__(self) -> None:
+        self.incoming_send, self.incoming = trio.open_memory_channel[str](100)
+        self.sent: list[Any] = []
+        self.reading = trio.Event()
+        self.reading.set()
+        self.closed_with: tuple[int, str | None] | None = None
+
+    async def get_message(self) -> str:
+        try:
+            return await self.incoming.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ConnectionClosed(CloseReason(1006, None)) from None
+
+    async def send_message(self, text: str) -> None:
+        await self.reading.wait()
+        self.sent.append(json.loads(text))
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed_with = (code, reason)
+        self.incoming.close()
+        await trio.lowlevel.checkpoint()
+
+
+class FakePeer:
+    """The connection under the fake WebSocket: when the client last sent anything."""
+
+    def __init__(self, ws: FakeWebSocket) -> None:
+        self.ws = ws
+        self.last_received = trio.current_time()
+        self.dropped = False
+
+    async def aclose(self) -> None:
+        self.dropped = True
+        self.ws.incoming.close()
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define
+class FakeSession:
+    session: Session
+    ws: FakeWebSocket
+    peer: FakePeer
+    ended: trio.Event
+
+    async def send(self, message: Any) -> None:
+        self.peer.last_received = trio.current_time()
+        await self.ws.incoming_send.send(json.dumps(message))
+
+
+async def start_session(
+    nursery: trio.Nursery, settings: Settings, catalog: Catalog | None = None
+) -> FakeSession:
+    ws = FakeWebSocket()
+    peer = FakePeer(ws)
+    session = Session(ws, peer, catalog, settings)  # type: ignore[arg-type]
+    ended = trio.Event()
+
+    async def run() -> None:
+        try:
+            await session.run()
+        finally:
+            ended.set()
+
+    nursery.start_soon(run)
+    return FakeSession(session, ws, peer, ended)
+
+
+def request(request_id: Any, method: str, params: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def call(request_id: Any, tool: str, **arguments: Any) -> dict[str, Any]:
+    return request(request_id, "tools/call", {"name": tool, "arguments": arguments})
+
+
+def by_id(replies: list[Any]) -> dict[Any, Any]:
+    items = [item for reply in replies for item in (reply if isinstance(reply, list) else [reply])]
+    return {item["id"]: item for item in items}
+
+
+async def test_idle_session_closes_with_1001(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        fake = await start_session(nursery, Settings(idle_timeout=300))
+        await fake.ended.wait()
+    assert fake.ws.closed_with == (1001, "idle for 300 s")
+    assert 300 <= trio.current_time() - started < 301
+
+
+async def test_frames_messages_and_calls_keep_a_session_open(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = trio.Event()
+
+    async def long_scan(ctx: Any, args: Any) -> dict[str, Any]:
+        await release.wait()
+        return {"scanned": 0}
+
+    monkeypatch.setitem(TOOLS, "horace_scan", attrs.evolve(TOOLS["horace_scan"], handler=long_scan))
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        fake = await start_session(nursery, Settings(idle_timeout=300, call_deadline=10_000))
+        await trio.sleep(200)
+        fake.peer.last_received = trio.current_time()  # a ping frame, say: any bytes count
+        await trio.sleep(250)
+        assert not fake.ended.is_set()  # 450 s in, 250 s after the frame
+        await fake.send(call(1, "horace_scan"))  # at 450 s; runs until released
+        await trio.sleep(1000)
+        assert not fake.ended.is_set()  # a call under way: not idle, however long
+        release.set()
+        call_ended = trio.current_time()  # the call finishes as soon as it runs again
+        await fake.ended.wait()
+    assert fake.ws.closed_with == (1001, "idle for 300 s")
+    assert [reply["id"] for reply in fake.ws.sent] == [1]
+    assert 300 <= trio.current_time() - call_ended < 302
+    assert trio.current_time() - started > 1700
+
+
+async def test_a_client_that_does_not_read_loses_the_connection(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cancelled = []
+
+    async def endless(ctx: Any, args: Any) -> dict[str, Any]:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.append(trio.current_time())
+        raise AssertionError("unreachable")
+
+    monkeypatch.setitem(TOOLS, "horace_scan", attrs.evolve(TOOLS["horace_scan"], handler=endless))
+    async with trio.open_nursery() as nursery:
+        fake = await start_session(nursery, Settings(send_timeout=30, idle_timeout=10_000))
+        fake.ws.reading = trio.Event()  # the client stops reading
+        await fake.send(call(1, "horace_scan"))  # under way until the connection goes
+        await fake.send(request(2, "ping"))  # its reply cannot be sent
+        sent_at = trio.current_time()
+        await fake.ended.wait()
+    assert fake.peer.dropped and fake.ws.sent == []
+    assert 30 <= trio.current_time() - sent_at < 31
+    assert cancelled and cancelled[0] - sent_at < 31  # the call went with the connection
+
+
+async def test_large_result_calls_wait_for_room_instead_of_piling_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[int] = []
+
+    async def search(ctx: Any, args: Any) -> SearchPage:
+        ran.append(args.limit)
+        return SearchPage(0, (), args.limit, 0, None)
+
+    monkeypatch.setitem(
+        TOOLS, "horace_search_files", attrs.evolve(TOOLS["horace_search_files"], handler=search)
+    )
+    # Room for one large reply in the making or unsent: the second waits for the first.
+    settings = Settings(max_reply_bytes=10_000, max_pending_reply_bytes=10_000)
+    async with trio.open_nursery() as nursery:
+        fake = await start_session(nursery, settings)
+        fake.ws.reading = trio.Event()
+        for i in range(1, 4):
+            await fake.send(call(i, "horace_search_files", limit=i))
+        await fake.send(request(4, "ping"))  # small results never wait
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == [1]  # its reply waits for the client; the other searches wait for room
+        assert fake.session._reply_bytes <= settings.max_pending_reply_bytes
+        fake.ws.reading.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(ran) == [1, 2, 3]
+        replies = by_id(fake.ws.sent)
+        assert set(replies) == {1, 2, 3, 4} and all("result" in r for r in replies.values())
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancel_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    started = trio.Event()
+
+    async def endless(ctx: Any, args: Any) -> dict[str, Any]:
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setitem(TOOLS, "horace_scan", attrs.evolve(TOOLS["horace_scan"], handler=endless))
+    async with trio.open_nursery() as nursery:
+        fake = await start_session(nursery, Settings())
+        await fake.send(call("c", "horace_scan"))
+        await started.wait()
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c"}}
+        await fake.ws.incoming_send.send(json.dumps(cancel))
+        await trio.testing.wait_all_tasks_blocked()
+        session = fake.session
+        assert fake.ws.sent == []  # cancelled by the client: no reply
+        assert not session._scopes and not session._cancelled_by_client
+        assert session._inflight == session._request_bytes == session._reply_bytes == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_call_frees_what_it_raised_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No reference cycle through the call's frame: what a failed call held goes when
+    the call does, not at the cyclic GC's next run (a 4 MiB argument echoed in the error,
+    twenty times over, took 160 MB more before)."""
+    raised: list[weakref.ref[HoraceError]] = []
+
+    def not_cataloged() -> HoraceError:
+        error = HoraceError(ErrorCode.NOT_CATALOGED, "nothing here")
+        raised.append(weakref.ref(error))
+        return error
+
+    async def failing(ctx: Any, args: Any) -> dict[str, Any]:
+        raise not_cataloged()  # (no local name for it: that would be a cycle of its own)
+
+    monkeypatch.setitem(
+        TOOLS, "horace_get_file_info", attrs.evolve(TOOLS["horace_get_file_info"], handler=failing)
+    )
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            fake = await start_session(nursery, Settings())
+            await fake.send(call(1, "horace_get_file_info", file_id="x"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert fake.ws.sent[0]["result"]["structuredContent"]["error_code"] == "NOT_CATALOGED"
+            assert raised and raised[0]() is None
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.enable()
+
+
+def test_the_params_walk_holds_one_iterator_per_level() -> None:
+    """A 4 MiB request can hold a million values in one list; the walk that checks them
+    held a tuple for each (~64 MB), now an iterator per level."""
+    params = {"pad": [[] for _ in range(1_000_000)]}
+    tracemalloc.start()
+    try:
+        assert _unusable(params) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+    assert _unusable({"deep": [[[["x"]]]] * 3}) is None
+    nested: Any = "x"
+    for _ in range(70):
+        nested = [nested]
+    assert "nested deeper than 64" in str(_unusable({"deep": nested}))
+
+
+# -- the protocol limits over a real WebSocket ---------------------------------------------
+
+
+@pytest.fixture
+async def limited(settings: Settings) -> AsyncIterator[RunningHorace]:
+    limits = {"max_batch": 5, "max_reply_bytes": 40_000, "max_inflight_bytes": 20_000}
+    async with run_horace(serving(settings, **limits)) as running:
+        yield running
+
+
+async def test_a_batch_past_the_cap_is_one_error_and_runs_nothing(limited: RunningHorace) -> None:
+    write(limited.files / "user/a.txt", "a")
+    async with connect(limited.url) as client:
+        at_cap = [request(f"p{i}", "ping") for i in range(5)]
+        reply = client.expect(None)
+        register = call("r", "horace_register_file", file_path="user/a.txt")
+        await client.send_raw(json.dumps([*at_cap, register]))
+        error = (await reply.receive())["error"]
+        assert error["code"] == -32600 and "batch of 6 requests exceeds the limit of 5" in error["message"]
+        assert (await client.call("horace_search_files"))["total_count"] == 0  # nothing ran
+        replies = [client.expect(f"p{i}") for i in range(5)]
+        await client.send_raw(json.dumps(at_cap))
+        assert [(await r.receive())["result"] for r in replies] == [{}] * 5
+
+
+async def test_a_reply_past_the_cap_is_an_error(limited: RunningHorace) -> None:
+    for i in range(80):
+        write(limited.files / f"user/r/{i}.txt", f"r{i}")
+    async with connect(limited.url) as client:
+        assert len(json.dumps((await client.request("tools/list"))["result"])) < 40_000
+        await client.call("horace_scan")
+        reply = await client.request(
+            "tools/call",
+            {
+                "name": "horace_search_files",
+                "arguments": {"path": "user/r/*", "limit": 80},
+                "_meta": {"correlation_id": "big-1"},
+            },
+        )
+        error = reply["error"]
+        assert error["code"] == REPLY_TOO_LARGE and "over the limit of 40000" in error["message"]
+        assert error["data"]["correlation_id"] == "big-1" and error["data"]["reply_bytes"] > 40_000
+        small = await client.call("horace_search_files", path="user/r/*", limit=5)
+        assert len(small["results"]) == 5  # asking for less works
+
+
+async def test_a_batch_reply_keeps_what_fits(limited: RunningHorace) -> None:
+    async with connect(limited.url) as client:
+        one_list = len(json.dumps((await client.request("tools/list"))["result"]))
+        assert 20_000 < one_list < 40_000  # one fits in the reply, two do not
+        replies = [client.expect(i) for i in ("a", "b", "c")]
+        await client.send_raw(
+            json.dumps([request("a", "tools/list"), request("b", "tools/list"), request("c", "ping")])
+        )
+        answers = {r["id"]: r for r in [await reply.receive() for reply in replies]}
+        lists = [answers[i] for i in ("a", "b") if "result" in answers[i]]
+        too_large = [answers[i] for i in ("a", "b") if "error" in answers[i]]
+        assert len(lists) == 1 and len(too_large) == 1 and answers["c"]["result"] == {}
+        assert too_large[0]["error"]["code"] == REPLY_TOO_LARGE
+        assert "did not fit in the batch's reply" in too_large[0]["error"]["message"]
+
+
+async def test_requests_under_way_are_capped_in_bytes(limited: RunningHorace) -> None:
+    write(limited.files / "user/locked.txt", "l")
+    catalog = limited.server.catalog
+    async with connect(limited.url) as client:
+        async with catalog.writing("user/locked.txt"):  # so a register of it waits
+            first = client.expect("held")  # (string ids: the client numbers its own requests)
+            padded = {"owner": "o", "purpose": "p" * 15_000}
+            await client.send_raw(
+                json.dumps(call("held", "horace_register_file", file_path="user/locked.txt", metadata=padded))
+            )
+            session = next(iter(limited.server.sessions))
+            with trio.fail_after(10):
+                while session._request_bytes < 15_000:
+                    await trio.sleep(0.01)
+            second = client.expect("big")
+            await client.send_raw(json.dumps(request("big", "ping", {"pad": "x" * 6_000})))
+            error = (await second.receive())["error"]
+            assert error["code"] == SERVER_BUSY and "bytes of requests are under way" in error["message"]
+            assert (await client.request("ping"))["result"] == {}  # a small one still fits
+        assert "result" in await first.receive()  # the lock is free: the first one ran
+        assert (await client.request("ping", {"pad": "x" * 6_000}))["result"] == {}
+
+
+async def test_a_long_progress_token_is_refused(limited: RunningHorace) -> None:
+    async with connect(limited.url) as client:
+        params = {"name": "horace_scan", "arguments": {}, "_meta": {"progressToken": "t" * 1025}}
+        error = (await client.request("tools/call", params))["error"]
+        assert error["code"] == -32602 and f"longer than {MAX_PROGRESS_TOKEN_CHARS}" in error["message"]
+        params["_meta"] = {"progressToken": "t" * MAX_PROGRESS_TOKEN_CHARS}
+        assert "result" in await client.request("tools/call", params)
+
+
+# -- idle and slow clients over real sockets, on Trio's clock --------------------------------
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """On SQLite whatever the run's backend: on Trio's mock clock, asyncpg's own timers
+    (on the asyncio side of trio-asyncio) would fire as the clock jumps. What these tests
+    exercise, the front and the session, is the same on any backend."""
+    return Settings(storage_path=tmp_path / "sqlite-root")
+
+
+async def test_an_idle_websocket_is_closed_and_pings_keep_it(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
+) -> None:
+    closed: dict[str, tuple[float, CloseReason]] = {}
+
+    async def note_close(name: str, ws: Any) -> None:
+        with pytest.raises(ConnectionClosed) as ended:
+            await ws.get_message()
+        closed[name] = (trio.current_time(), ended.value.reason)
+
+    async with run_horace(serving(sqlite_settings, idle_timeout=300)) as running:
+        async with open_websocket_url(running.url) as pinging, open_websocket_url(running.url) as silent:
+            opened = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(note_close, "silent", silent)
+                for _ in range(5):  # 1,000 s of pings, 200 s apart
+                    await trio.sleep(200)
+                    await pinging.ping()
+            when, reason = closed["silent"]
+            assert (reason.code, reason.reason) == (1001, "idle for 300 s")
+            assert 300 <= when - opened < 302
+            await pinging.send_message(json.dumps(request(1, "ping")))  # a message counts too
+            assert json.loads(await pinging.get_message())["result"] == {}
+            answered = trio.current_time()
+            await note_close("pinging", pinging)
+            assert 300 <= closed["pinging"][0] - answered < 302
+        await wait_idle(running)
+
+
+async def test_a_client_that_stops_reading_is_dropped(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with (
+        run_horace(serving(sqlite_settings, send_timeout=30)) as running,
+        open_websocket_url(running.url, max_message_size=1 << 30) as ws,
+    ):
+        batch = json.dumps([request(i, "tools/list") for i in range(100)])  # ~2.4 MB back
+        for _ in range(20):  # more than the socket buffers on both sides hold
+            await ws.send_message(batch)
+        stopped_reading = trio.current_time()  # never started, in fact
+        with trio.fail_after(120):
+            while running.server.sessions:
+                await trio.sleep(0.5)
+        # Real sockets: the clock may jump a little while the buffers are still being
+        # filled; the exact timing is tested on a fake WebSocket above.
+        assert 30 <= trio.current_time() - stopped_reading < 40
+        with pytest.raises(ConnectionClosed):
+            while True:  # what the socket buffered, then the end
+                await ws.get_message()
+
+
+# -- admission -------------------------------------------------------------------------------
+
+
+async def test_a_storm_of_upgrades_never_passes_the_limit(settings: Settings) -> None:
+    async with run_horace(serving(settings, max_connections=5)) as running:
+        admission = running.server.front.admission
+        outcomes: list[str] = []
+        all_answered = trio.Event()
+
+        async def one() -> None:
+            try:
+                async with open_websocket_url(running.url):
+                    outcomes.append("session")
+                    if len(outcomes) == 60:
+                        all_answered.set()
+                    await all_answered.wait()  # held until every attempt is answered
+            except ConnectionRejected as exc:
+                outcomes.append(str(exc.status_code))
+                if len(outcomes) == 60:
+                    all_answered.set()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(60):
+                nursery.start_soon(one)
+            await all_answered.wait()
+            assert admission.sessions == 5
+        assert outcomes.count("session") == 5 and outcomes.count("503") == 55
+        with trio.fail_after(10):  # the slots come back as the connections close
+            while admission.sessions or admission.pending:
+                await trio.sleep(0.01)
+        assert admission.refused == 55
+        async with connect(running.url) as client:  # every slot came back
+            assert (await client.request("ping"))["result"] == {}
+
+
+async def test_every_path_gives_its_slot_back(settings: Settings) -> None:
+    async with run_horace(
+        serving(settings, auth_token="s3cret", allowed_origins=("https://ok.example",), max_connections=1)
+    ) as running:
+        base = running.health_url.removesuffix("/health")
+        token = [("Authorization", "Bearer s3cret")]
+        assert (await http_get(running.health_url))[0] == 200
+        assert (await http_get(base + "/nothing"))[0] == 404
+        assert (await http_get(base + "/mcp"))[0] == 426
+        for headers, status in (([], 401), ([*token, ("Origin", "https://evil.example")], 403)):
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(running.url, extra_headers=headers):
+                    pass
+            assert rejected.value.status_code == status
+        async with connect(running.url, extra_headers=token) as client:
+            with pytest.raises(ConnectionRejected) as rejected:  # the one slot is taken
+                async with open_websocket_url(running.url, extra_headers=token):
+                    pass
+            assert rejected.value.status_code == 503
+            assert (await client.request("ping"))["result"] == {}
+        for raw in (b"NOT HTTP\r\n\r\n", b"GET /mcp HTTP/1.1\r\nHost: x\r\n"):  # bad; cut short
+            stream = await trio.open_tcp_stream("127.0.0.1", running.server.port)
+            await stream.send_all(raw)
+            await stream.aclose()
+        admission = running.server.front.admission
+        with trio.fail_after(10):
+            while admission.pending or admission.sessions:
+                await trio.sleep(0.01)
+        async with connect(running.url, extra_headers=token) as client:
+            assert (await client.request("ping"))["result"] == {}
+
+
+async def test_connections_past_the_pending_cap_are_turned_away(settings: Settings) -> None:
+    async with run_horace(serving(settings, max_pending_connections=3)) as running:
+        admission = running.server.front.admission
+        silent = [await trio.open_tcp_stream("127.0.0.1", running.server.port) for _ in range(3)]
+        with trio.fail_after(10):
+            while admission.pending < 3:
+                await trio.sleep(0.01)
+        late = await trio.open_tcp_stream("127.0.0.1", running.server.port)
+        answer = b""
+        with trio.fail_after(10):
+            while chunk := await late.receive_some():
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in answer
+        assert b"too many connections being opened (limit 3)" in answer
+        assert admission.turned_away == 1
+        for stream in [*silent, late]:
+            await stream.aclose()
+        with trio.fail_after(10):
+            while admission.pending:
+                await trio.sleep(0.01)
+        assert (await http_get(running.health_url))[0] == 200
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /mcp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"])
+async def test_a_silent_connection_is_closed_after_the_head_timeout(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, sent: bytes
+) -> None:
+    async with run_horace(serving(sqlite_settings)) as running:
+        stream = await trio.open_tcp_stream("127.0.0.1", running.server.port)
+        await stream.send_all(sent)
+        opened = trio.current_time()
+        assert await stream.receive_some() == b""  # closed by the server, nothing said
+        assert HEAD_TIMEOUT <= trio.current_time() - opened < HEAD_TIMEOUT + 1
+        assert running.server.front.admission.pending == 0
+        await stream.aclose()
+
+
+# -- /health and secrets ------------------------------------------------------------------
+
+
+async def test_health_behind_the_token(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from horace.backends.protocol import BackendUnavailable
+
+    async with run_horace(serving(settings, auth_token="s3cret")) as running:
+        token = {"Authorization": "Bearer s3cret"}
+        for path in ("/health", "/healthz"):
+            url = running.health_url.replace("/health", path)
+            assert await http_get(url) == (200, {"status": "ok"})
+            assert await http_get(url, {"Authorization": "Bearer wrong"}) == (200, {"status": "ok"})
+            status, body = await http_get(url, token)
+            assert status == 200 and body["backend"]["ok"] is True and "connections" in body
+
+        async def down() -> None:
+            raise BackendUnavailable("connection refused by db.internal:5432")
+
+        monkeypatch.setattr(running.server.catalog.backend, "ping", down)
+        assert await http_get(running.health_url) == (503, {"status": "unavailable"})
+        status, body = await http_get(running.health_url, token)
+        assert status == 503 and "db.internal" in body["backend"]["error"]
+
+
+SECRET_URL = (
+    "postgresql://horace:pw-in-userinfo@db.internal:5432/horace"
+    "?password=pw-in-query&sslpassword=pw-of-key&sslkey=/secrets/client.key&application_name=horace"
+)
+SECRETS = ("pw-in-userinfo", "pw-in-query", "pw-of-key", "/secrets/client.key")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (SECRET_URL, "db.internal:5432/horace"),
+        ("postgresql://db/h?PassWord=pw-in-query", "PassWord=***"),
+        ("postgresql://u@db/h?sslkey=/secrets/client.key&sslmode=require", "sslmode=require"),
+    ],
+)
+def test_redact_url_masks_passwords_and_keys(url: str, shown: str) -> None:
+    redacted = redact_url(url)
+    assert not any(secret in redacted for secret in SECRETS) and MASK in redacted
+    assert shown in redacted
+
+
+async def test_health_and_the_listening_line_mask_the_database_url(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = serving(settings, auth_token="s3cret")
+    async with open_catalog(settings, create=True) as catalog, trio.open_nursery() as nursery:
+        catalog.backend.url = SECRET_URL  # type: ignore[misc]
+        server = HoraceServer(settings, catalog)
+        with caplog.at_level("INFO", logger="horace.server"):
+            await nursery.start(server.run)
+        health = f"http://127.0.0.1:{server.port}/health"
+        status, body = await http_get(health, {"Authorization": "Bearer s3cret"})
+        assert status == 200
+        shown = body["backend"]["url"]
+        assert "db.internal:5432/horace" in shown and not any(s in shown for s in SECRETS)
+        listening = [r for r in caplog.records if r.getMessage().startswith("listening on")]
+        assert listening and listening[0].backend == shown  # type: ignore[attr-defined]
+        server.shutdown()
+
+
+# -- what is stored, what is queued ---------------------------------------------------------
+
+
+async def test_metadata_past_its_cap_is_refused(catalog: Catalog, files: Path) -> None:
+    catalog.policy = attrs.evolve(catalog.policy, max_metadata_bytes=2_000)
+    write(files / "user/m.txt", "m")
+    write(files / "user/n.txt", "n")
+    from horace.backends.records import FileChanges
+    from horace.model import NewFile
+
+    with pytest.raises(HoraceError) as refused:
+        await catalog.register("user/m.txt", NewFile(custom={"pad": "x" * 2_000}))
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT and "over the limit of 2000" in str(refused.value)
+    file = (await catalog.register("user/m.txt", NewFile(custom={"a": "x" * 1_000}))).file
+    with pytest.raises(HoraceError):  # each update fits; merged, they would not
+        await catalog.update(file.id, FileChanges(custom={"b": "x" * 1_000}), check_for_changes=False)
+    await catalog.update(file.id, FileChanges(custom={"a": "y" * 1_500}), check_for_changes=False)
+    assert (await catalog.get_info(file_id=file.id)).file.metadata == {"a": "y" * 1_500}
+    await catalog.update(file.id, FileChanges(tags=("kept",)), check_for_changes=False)
+    with pytest.raises(HoraceError):
+        await catalog.create_collection("c", "d" * 2_000)
+    assert (await catalog.create_collection("c", "d" * 1_000)).name == "c"
+
+
+async def test_a_sink_queue_is_bounded_in_bytes(tmp_path: Path) -> None:
+    class Never:
+        name = "never"
+
+        def open(self) -> Any:
+            raise AssertionError("not started")
+
+    runner = SinkRunner(Never(), spool_dir=None, capacity=1_000, capacity_bytes=10_000)
+    for i in range(50):
+        runner.emit({"i": i, "content": "x" * 1_000})
+    status = runner.status()
+    assert status["queued_bytes"] <= 10_000 and status["queued"] < 10
+    assert runner.dropped == 50 - status["queued"]
+    assert [entry["i"] for _, entry, _ in runner._queue][-1] == 49  # the newest kept
+    runner.emit({"huge": "x" * 50_000})  # alone past the bound: kept, everything else goes
+    assert runner.status()["queued"] == 1
+
+
+def test_timeouts_must_be_positive() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({"HORACE_IDLE_TIMEOUT": "0"})
+    assert Settings.from_env({"HORACE_SEND_TIMEOUT": "2m"}).send_timeout == 120
+
+
+# -- peak memory of a real server process ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worst_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A storage with 1000 files whose metadata is at its limit, on the run's backend."""
+    folder = tmp_path_factory.mktemp("limits")
+    with fresh_database(folder) as database_url:
+        populate(folder / "root", database_url)
+        yield folder / "root", database_url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", scenarios(), ids=lambda s: s.name.replace(" ", "-"))
+def test_peak_rss_under_the_worst_admissible_request(worst_storage: tuple[Path, str], scenario: Any) -> None:
+    storage, database_url = worst_storage
+    measured: Measured = measure(storage, scenario, database_url=database_url)
+    print(
+        f"{BACKEND}: {scenario.name}: peak {measured.peak_rss >> 20} MiB "
+        f"(start {measured.baseline_rss >> 20} MiB); {measured.outcome.summary()}"
+    )
+    assert measured.outcome.replies > 0 and measured.outcome.closed is None
+    assert measured.peak_rss < PEAK_RSS_BOUND
+
+
+@pytest.mark.parametrize(
+    ("value", "exact"),
+    [
+        ({}, True),
+        ([], True),
+        (["a"], True),
+        ({"a": "b", "c": ["d", "e"]}, True),
+        ([[[]], {"k": {"k": {}}}], True),
+        ({"a": [None, True, 1.5, 10**6]}, False),  # "null", "true", "1.5": more than 1
+        (["é", "\n", '"'], False),  # escapes
+    ],
+)
+def test_json_size_at_least_is_a_lower_bound(value: Any, exact: bool) -> None:
+    text = json.dumps(value)
+    assert json_size_at_least(value) <= len(text)
+    assert (json_size_at_least(value) == len(text)) is exact
