@@ -120,6 +120,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "max_inflight_bytes": (("HORACE_MAX_INFLIGHT_BYTES",), _count),
     "max_batch": (("HORACE_MAX_BATCH",), _count),
     "max_reply_bytes": (("HORACE_MAX_REPLY_BYTES",), _count),
+    "max_read_bytes": (("HORACE_MAX_READ_BYTES",), _count),
     "max_pending_reply_bytes": (("HORACE_MAX_PENDING_REPLY_BYTES",), _count),
     "idle_timeout": (("HORACE_IDLE_TIMEOUT",), _timeout),
     "send_timeout": (("HORACE_SEND_TIMEOUT",), _timeout),
@@ -169,6 +170,8 @@ class Settings:
     max_inflight_bytes: int = 8 * 1024 * 1024
     max_batch: int = 100  # requests in one JSON-RPC batch
     max_reply_bytes: int = 8 * 1024 * 1024  # one reply, single or batch
+    # one version's content read through MCP (a resource, a diff): base64 makes it 4/3 in a reply
+    max_read_bytes: int = 4 * 1024 * 1024
     # replies in the making (large results) or not yet read, per connection
     max_pending_reply_bytes: int = 16 * 1024 * 1024
     idle_timeout: float = 300.0  # a session with nothing from the client and no call running

@@ -38,17 +38,12 @@ from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
 from horace.model import ErrorCode, HoraceError, SearchPage
 from horace.redact import MASK, redact_url
-from horace.server.app import HoraceServer
 from horace.server.front import HEAD_TIMEOUT
-from horace.server.session import (
-    MAX_PROGRESS_TOKEN_CHARS,
-    REPLY_TOO_LARGE,
-    SERVER_BUSY,
-    Session,
-    _unusable,
-    json_size_at_least,
-)
+from horace.server.jsonrpc import REPLY_TOO_LARGE, SERVER_BUSY, json_size_at_least, unusable
+from horace.server.lifecycle import HoraceServer
+from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS, McpSession
 from horace.server.tools import TOOLS
+from horace.server.websocket import WebSocketSession
 from horace.sinks.supervisor import SinkRunner
 from horace.testing import RunningHorace, run_horace
 
@@ -107,7 +102,7 @@ class FakePeer:
 
 @attrs.define
 class FakeSession:
-    session: Session
+    session: WebSocketSession
     ws: FakeWebSocket
     peer: FakePeer
     ended: trio.Event
@@ -122,7 +117,8 @@ async def start_session(
 ) -> FakeSession:
     ws = FakeWebSocket()
     peer = FakePeer(ws)
-    session = Session(ws, peer, catalog, settings)  # type: ignore[arg-type]
+    mcp = McpSession(catalog, settings, transport="websocket")  # type: ignore[arg-type]
+    session = WebSocketSession(ws, peer, mcp)  # type: ignore[arg-type]
     ended = trio.Event()
 
     async def run() -> None:
@@ -236,7 +232,7 @@ async def test_large_result_calls_wait_for_room_instead_of_piling_up(
         await fake.send(request(4, "ping"))  # small results never wait
         await trio.testing.wait_all_tasks_blocked()
         assert ran == [1]  # its reply waits for the client; the other searches wait for room
-        assert fake.session._reply_bytes <= settings.max_pending_reply_bytes
+        assert fake.session.session.reply_bytes <= settings.max_pending_reply_bytes
         fake.ws.reading.set()
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(ran) == [1, 2, 3]
@@ -261,10 +257,8 @@ async def test_a_cancel_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -
         cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c"}}
         await fake.ws.incoming_send.send(json.dumps(cancel))
         await trio.testing.wait_all_tasks_blocked()
-        session = fake.session
         assert fake.ws.sent == []  # cancelled by the client: no reply
-        assert not session._scopes and not session._cancelled_by_client
-        assert session._inflight == session._request_bytes == session._reply_bytes == 0
+        assert set(fake.session.session.held().values()) == {0}
         nursery.cancel_scope.cancel()
 
 
@@ -304,16 +298,16 @@ def test_the_params_walk_holds_one_iterator_per_level() -> None:
     params = {"pad": [[] for _ in range(1_000_000)]}
     tracemalloc.start()
     try:
-        assert _unusable(params) is None
+        assert unusable(params) is None
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 100_000
-    assert _unusable({"deep": [[[["x"]]]] * 3}) is None
+    assert unusable({"deep": [[[["x"]]]] * 3}) is None
     nested: Any = "x"
     for _ in range(70):
         nested = [nested]
-    assert "nested deeper than 64" in str(_unusable({"deep": nested}))
+    assert "nested deeper than 64" in str(unusable({"deep": nested}))
 
 
 # -- the protocol limits over a real WebSocket ---------------------------------------------
@@ -390,7 +384,7 @@ async def test_requests_under_way_are_capped_in_bytes(limited: RunningHorace) ->
             )
             session = next(iter(limited.server.sessions))
             with trio.fail_after(10):
-                while session._request_bytes < 15_000:
+                while session.session.held()["request_bytes"] < 15_000:
                     await trio.sleep(0.01)
             second = client.expect("big")
             await client.send_raw(json.dumps(request("big", "ping", {"pad": "x" * 6_000})))

@@ -20,7 +20,7 @@ from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_ur
 
 from horace.config import Settings
 from horace.fsck import fsck
-from horace.server.session import PROTOCOL_VERSIONS
+from horace.server.mcp import PROTOCOL_VERSIONS
 from horace.server.tools import TOOLS
 from horace.testing import RunningHorace, run_horace
 

@@ -1,6 +1,15 @@
-"""The MCP server: ``front`` (HTTP and upgrades), ``session`` (JSON-RPC/MCP), ``tools``
-(the tool table) and ``app`` (lifecycle). :func:`serve` puts them together with the
-log sinks, which run as supervised children of the same nursery."""
+"""The MCP server, by job:
+
+- ``front``: the port's HTTP front (h11): health, upgrades, admission;
+- ``websocket``: MCP over a WebSocket connection (reading, sending, idle and send timeouts);
+- ``mcp``: one MCP session whatever the transport (methods, limits, cancellation);
+- ``jsonrpc``: JSON-RPC 2.0 checks and texts; ``runner``: one tool call under its scope;
+- ``observer``: what the logs and the conversation sink learn of a call;
+- ``tools``: the tool table; ``resources``: history as MCP resources;
+- ``lifecycle``: listen, sessions, health, graceful shutdown.
+
+:func:`serve` puts them together with the log sinks, which run as supervised children of
+the same nursery."""
 
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from horace.assemble import open_catalog
 from horace.backends import Backend, open_backend
 from horace.catalog import Progress
 from horace.config import Settings
-from horace.server.app import HoraceServer, watch_signals
+from horace.server.lifecycle import HoraceServer, watch_signals
 from horace.sinks.conversations import ConversationRecorder, ConversationTransport
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.supervisor import SinkRunner

@@ -5,8 +5,8 @@ Nursery layout (each level owns the next):
     serve()                         signals, supervised children (sinks, watcher, purge)
       HoraceServer.run()
         connections nursery         one task per TCP connection (Front.handle)
-          Session.run()             one nursery per session: one task per request
-            tools/call              its own cancel scope (deadline) and nursery
+          WebSocketSession.run()    one nursery per session: one task per message
+            tools/call              its own cancel scope (deadline) and nursery (McpSession)
 
 Shutdown: stop accepting, tell sessions to stop reading, let calls finish within
 ``shutdown_grace``, then cancel what is left; the backend closes last.
@@ -28,7 +28,9 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.redact import redact_url
 from horace.server.front import ClientStream, Front
-from horace.server.session import Observer, Session
+from horace.server.mcp import McpSession
+from horace.server.observer import Observer
+from horace.server.websocket import WebSocketSession
 
 log = logging.getLogger("horace.server")
 HEALTH_TIMEOUT = 2.0
@@ -41,7 +43,7 @@ class HoraceServer:
         self.settings = settings
         self.catalog = catalog
         self.observer = observer
-        self.sessions: set[Session] = set()
+        self.sessions: set[WebSocketSession] = set()
         self.health_parts: dict[str, HealthPart] = {}  # e.g. sinks, watcher: name -> state
         self.port: int | None = None
         self._accepting = trio.CancelScope()
@@ -82,7 +84,8 @@ class HoraceServer:
         self._accepting.cancel()
 
     async def _run_session(self, ws: WebSocketConnection, stream: ClientStream) -> None:
-        session = Session(ws, stream, self.catalog, self.settings, self.observer)
+        mcp = McpSession(self.catalog, self.settings, self.observer, transport="websocket")
+        session = WebSocketSession(ws, stream, mcp)
         self.sessions.add(session)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         log.info("session opened", extra={"conversation_id": session.conversation_id})

@@ -1,0 +1,178 @@
+"""JSON-RPC 2.0: what a message must look like, and the text of replies and errors.
+
+Nothing here knows MCP or any transport: the MCP session (``horace.server.mcp``) checks
+each message with these functions and answers with their texts, whatever carried it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SERVER_BUSY = -32000
+REQUEST_TIMEOUT = -32001
+REPLY_TOO_LARGE = -32003  # (-32002 is MCP's "resource not found")
+RESOURCE_NOT_FOUND = -32002
+
+MAX_PARAMS_DEPTH = 64  # levels of lists and objects in a request's params
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_END = object()
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+def is_valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
+
+
+def is_notification(message: Any) -> bool:
+    """A well-formed notification (no id, a method, "jsonrpc": "2.0"): never answered.
+
+    The one test for both single messages and batch members; anything else without an id
+    is an invalid request, answered with id null.
+    """
+    return (
+        isinstance(message, dict)
+        and "id" not in message
+        and isinstance(message.get("method"), str)
+        and message.get("jsonrpc") == "2.0"
+    )
+
+
+def is_response(message: Any) -> bool:
+    """A client's answer to a request of the server's (Horace sends none: it is dropped)."""
+    return (
+        isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message)
+    )
+
+
+def unusable(params: Any) -> str | None:
+    """Why *params* cannot be used whatever the method, or None.
+
+    Values nested too deep would overflow the recursive code past this point (structuring,
+    JSON for the catalog and the sinks) and, once stored, break every later read of the
+    file. A lone surrogate (a ``\\udXXX`` escape without its pair) is valid JSON text but
+    not Unicode, and a NUL character fits no database text: neither can be a path or a
+    stored string. Integers beyond 64 bits fit no database column, and NaN or Infinity
+    (which Python's parser lets through) are not JSON and could not be sent back. Walked
+    iteratively, with one iterator per level open (not one entry per value: a 4 MiB list of
+    a million values stays a list).
+    """
+    levels: list[Iterator[Any]] = [iter((params,))]
+    while levels:
+        item = next(levels[-1], _END)
+        if item is _END:
+            levels.pop()
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "a string in params holds a NUL character, which no catalog can store"
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return f"a string in params is not valid Unicode (lone surrogate): {item[:40]!r}"
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if not INT64_MIN <= item <= INT64_MAX:
+                return f"an integer in params is out of the 64-bit range: {item}"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"a number in params is not finite: {item}"
+        elif isinstance(item, dict | list):
+            if len(levels) > MAX_PARAMS_DEPTH:
+                return f"params nested deeper than {MAX_PARAMS_DEPTH} levels"
+            children = itertools.chain(item.keys(), item.values()) if isinstance(item, dict) else iter(item)
+            levels.append(children)
+    return None
+
+
+def what_is_read(message: Any) -> Any:
+    """*message* with only what the server reads of it: a call can last, and anything
+    else sent along (unknown keys, params of methods that take none) would be held as
+    long for nothing."""
+    if not isinstance(message, dict):
+        return message
+    kept = {key: message[key] for key in ("jsonrpc", "id", "method", "params") if key in message}
+    params, method = kept.get("params"), kept.get("method")
+    if isinstance(params, dict | list) and isinstance(method, str) and method in TAKES_NO_PARAMS:
+        kept["params"] = type(params)()
+    elif isinstance(params, dict) and method == "tools/call":
+        kept["params"] = {key: params[key] for key in ("name", "arguments", "_meta") if key in params}
+    return kept
+
+
+TAKES_NO_PARAMS = frozenset({"ping", "tools/list", "resources/templates/list"})
+
+
+def error(request_id: Any, exc: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": exc.body()}
+
+
+def error_text(request_id: Any, exc: RpcError) -> str:
+    return json.dumps(error(request_id, exc))
+
+
+def result_text(request_id: Any, result: Any) -> str:
+    """The reply's JSON text. A tool result's structured content is encoded once and
+    reused for its text content, instead of being serialised twice."""
+    if isinstance(result, dict) and "structuredContent" in result and "content" in result:
+        body = result["content"][0]["text"]
+        return (
+            f'{{"jsonrpc": "2.0", "id": {json.dumps(request_id)}, "result": {{"content": '
+            f'[{{"type": "text", "text": {json.dumps(body)}}}], "structuredContent": {body}, '
+            f'"isError": {json.dumps(result["isError"])}}}}}'
+        )
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def notification_text(method: str, params: dict[str, Any]) -> str:
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+def json_size_at_least(value: Any) -> int:
+    """A lower bound of the length of *value* as ``json.dumps`` writes it, without making
+    the text: every string takes its characters and two quotes (escapes only add),
+    everything else at least one character; members are separated by ", " and keys
+    followed by ": "."""
+    size = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, dict):
+            size += 2 + (4 * len(item) - 2 if item else 0)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            size += 2 + (2 * len(item) - 2 if item else 0)
+            stack.extend(item)
+        else:
+            size += 1
+    return size
+
+
+def utf8_size(text: str) -> int:
+    """The UTF-8 length of *text*, without a copy when its length alone tells (ASCII, the
+    usual case: a str of only ASCII characters takes one byte each)."""
+    return len(text) if text.isascii() else len(text.encode())

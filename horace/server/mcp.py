@@ -1,0 +1,501 @@
+"""One MCP session, whatever carries it: WebSocket, Streamable HTTP or stdio.
+
+A transport hands each message it receives to :meth:`McpSession.answer` together with a
+way to send on the same channel, and sends the reply it gets back. Everything else is
+here, the same for every transport: JSON-RPC checks, batches, the MCP methods, each
+``tools/call`` in its own cancel scope (deadline, ``notifications/cancelled``) with its
+progress, its conversation turns and its correlation id.
+
+Limits that bound what one session can make the server hold:
+
+- a batch has at most ``max_batch`` requests (past it: one error, nothing run);
+- the messages whose requests are under way add up to ``max_inflight_bytes`` (past it,
+  a message's requests are answered "busy", not run), and only what the server reads of
+  a request is kept while it runs;
+- a reply (single or batch) has at most ``max_reply_bytes``, past which it is replaced
+  by a JSON-RPC error (in a batch, each reply that no longer fits is);
+- replies in the making or not yet taken by the client add up to
+  ``max_pending_reply_bytes``: a call whose result grows with a page (``large_result``)
+  reserves ``max_reply_bytes`` while it runs, and waits for that room before it starts;
+  replies count from when the transport sends them until the client has taken them
+  (:meth:`McpSession.sending`). Backpressure, not loss: no reply is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+import horace
+from horace.catalog import Catalog
+from horace.config import Settings
+from horace.model import CallRecord, HoraceError
+from horace.server import jsonrpc
+from horace.server.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    REPLY_TOO_LARGE,
+    REQUEST_TIMEOUT,
+    SERVER_BUSY,
+    RpcError,
+    error_text,
+    is_notification,
+    is_valid_id,
+    result_text,
+)
+from horace.server.observer import CallWatch, NoObserver, Observer
+from horace.server.resources import Resources
+from horace.server.runner import ProgressPump, reply_too_large, run_tool
+from horace.server.tools import TOOLS, CallContext
+
+log = logging.getLogger("horace.server")
+
+PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
+# A progress token is echoed in every progress notification (up to 10 a second for the
+# life of a call): a long one would turn one request into a stream of copies of it.
+MAX_PROGRESS_TOKEN_CHARS = 1024
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+CAPABILITIES = {
+    "tools": {"listChanged": False},
+    "resources": {"subscribe": False, "listChanged": False},
+    "completions": {},
+    "logging": {},
+}
+
+Send = Callable[[str], Awaitable[None]]
+
+
+class McpSession:
+    def __init__(
+        self, catalog: Catalog, settings: Settings, observer: Observer | None = None, *, transport: str
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.observer = observer or NoObserver()
+        self.transport = transport
+        self.conversation_id = str(uuid.uuid4())
+        self.protocol_version: str | None = None
+        self.client_info: Any = None
+        self.log_level: str | None = None  # none sent until the client asks (logging/setLevel)
+        self.resources = Resources(catalog, settings.max_read_bytes)
+        self._scopes: dict[Any, trio.CancelScope] = {}
+        self._cancelled_by_client: set[Any] = set()
+        self._running: set[trio.CancelScope] = set()  # every call's scope, for cancel_all()
+        self.closing = False
+        self.inflight = 0
+        self._request_bytes = 0  # the messages whose requests are under way
+        # Reserved by running large_result calls, plus what is being sent until it is taken.
+        self.reply_bytes = 0
+        self._reply_room = trio.lowlevel.ParkingLot()
+        self.quiet_since = trio.current_time()  # when the last call finished or reply went out
+        self._turns = 0
+
+    # -- what the transport uses ------------------------------------------------------------
+
+    async def answer(self, message: str | bytes, send: Send) -> str | None:
+        """The reply to one message received (None when there is nothing to answer).
+        *send* carries what goes out before the reply, on the same channel (progress)."""
+        try:
+            return await self._message(message, send)
+        except Exception:
+            # A bug met by one message costs that message an error, never the session.
+            log.exception("message failed", extra={"conversation_id": self.conversation_id})
+            return error_text(None, RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
+
+    async def _message(self, message: str | bytes, send: Send) -> str | None:
+        if isinstance(message, bytes):
+            return error_text(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC"))
+        size = jsonrpc.utf8_size(message)
+        limit = self.settings.max_message_bytes
+        if size > limit:
+            return error_text(
+                None, RpcError(INVALID_REQUEST, f"message of {size} bytes exceeds the limit of {limit}")
+            )
+        try:
+            parsed = json.loads(message)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            return error_text(None, RpcError(PARSE_ERROR, f"parse error: {exc}"))
+        del message
+        if isinstance(parsed, list):
+            return await self._batch(parsed, size, send)
+        if self.notification(parsed) or jsonrpc.is_response(parsed):
+            return None
+        if not self._take_request_bytes(size):
+            return self._busy_with_requests(parsed)
+        try:
+            return await self._answer(jsonrpc.what_is_read(parsed), send)
+        finally:
+            self._request_bytes -= size
+
+    def notification(self, message: Any) -> bool:
+        """Act on *message* if it is a well-formed notification; True if it was one."""
+        if not is_notification(message):
+            return False
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if message["method"] == "notifications/cancelled" and "requestId" in params:
+            # (Without a requestId, .get() would give None: the call whose id is null.)
+            request_id = params["requestId"]
+            scope = self._scopes.get(request_id) if is_valid_id(request_id) else None
+            if scope is not None:
+                self._cancelled_by_client.add(request_id)
+                scope.cancel()
+        return True
+
+    def cancel_all(self) -> None:
+        """The session ends (its client is gone, or ended it): nobody is left to answer,
+        stop the work. The calls answer nothing."""
+        self.closing = True
+        for scope in self._running:
+            scope.cancel()
+
+    @contextmanager
+    def sending(self, size: int) -> Iterator[None]:
+        """Count *size* bytes of reply among those not yet taken, while the transport
+        sends them. Entered with no checkpoint since the call that made the reply gave
+        back its reservation, so waiting calls cannot slip in between."""
+        self.reply_bytes += size
+        try:
+            yield
+        finally:
+            self._release_reply_room(size)
+            self.quiet_since = trio.current_time()
+
+    def held(self) -> dict[str, int]:
+        """What the session holds now (for /health and the tests of the limits)."""
+        return {
+            "calls": self.inflight,
+            "cancellable": len(self._scopes),
+            "cancelled_by_client": len(self._cancelled_by_client),
+            "request_bytes": self._request_bytes,
+            "reply_bytes": self.reply_bytes,
+        }
+
+    def next_turn(self) -> int:
+        # Trio runs one task at a time, so a plain counter is race-free across
+        # concurrent calls and batch members.
+        self._turns += 1
+        return self._turns
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def _take_request_bytes(self, size: int) -> bool:
+        """Count a message's *size* among the requests under way, if within
+        ``max_inflight_bytes`` (a message alone is always taken); False otherwise."""
+        if self._request_bytes and self._request_bytes + size > self.settings.max_inflight_bytes:
+            return False
+        self._request_bytes += size
+        return True
+
+    def _busy_with_requests(self, request: Any) -> str:
+        request_id = request.get("id") if isinstance(request, dict) else None
+        return error_text(
+            request_id if is_valid_id(request_id) else None,
+            RpcError(
+                SERVER_BUSY,
+                f"{self._request_bytes} bytes of requests are under way on this connection (limit "
+                f"{self.settings.max_inflight_bytes}, HORACE_MAX_INFLIGHT_BYTES): not run, send it again "
+                "once some have been answered",
+            ),
+        )
+
+    async def _reserve_reply_room(self, size: int) -> None:
+        """Wait until *size* more bytes of replies fit in ``max_pending_reply_bytes`` (one
+        reservation alone always fits), then count them. Without this, replies to a
+        client that reads slowly or not at all would pile up to
+        ``max_calls_per_connection`` x ``max_reply_bytes`` (calls that start together
+        all finish before any reply is taken). A checkpoint only when it waits."""
+        limit = self.settings.max_pending_reply_bytes
+        while self.reply_bytes and self.reply_bytes + size > limit:
+            await self._reply_room.park()  # woken by _release_reply_room
+        self.reply_bytes += size
+
+    def _release_reply_room(self, size: int) -> None:
+        self.reply_bytes -= size
+        self._reply_room.unpark_all()  # each looks again: several smaller ones may fit
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def _batch(self, items: list[Any], size: int, send: Send) -> str | None:
+        """Answer a batch with one array of at most ``max_reply_bytes``: replies are kept
+        as they come; one that would not fit any more is replaced by a short error
+        (REPLY_TOO_LARGE, with its id), so what is kept stays within the limit, give or
+        take those errors."""
+        if not items:
+            return error_text(None, RpcError(INVALID_REQUEST, "empty batch"))
+        if len(items) > self.settings.max_batch:
+            # Refused whole, its notifications too: one answer, whatever the length.
+            return error_text(
+                None,
+                RpcError(
+                    INVALID_REQUEST,
+                    f"a batch of {len(items)} requests exceeds the limit of {self.settings.max_batch} "
+                    "(HORACE_MAX_BATCH): send fewer at a time",
+                ),
+            )
+        for item in items:  # notifications act at once, in order, as outside a batch
+            self.notification(item)
+        requests = [
+            jsonrpc.what_is_read(item)
+            for item in items
+            if not is_notification(item) and not jsonrpc.is_response(item)
+        ]
+        del items
+        if not requests:
+            return None
+        if not self._take_request_bytes(size):
+            return "[" + ", ".join(self._busy_with_requests(r) for r in requests) + "]"
+        limit = self.settings.max_reply_bytes
+        replies: list[str] = []
+        total = 2  # the brackets
+
+        async def one(item: Any) -> None:
+            nonlocal total
+            reply = await self._answer(item, send)
+            if reply is None:
+                return
+            separator = 2 if replies else 0
+            if total + separator + len(reply) > limit:
+                request_id = item.get("id") if isinstance(item, dict) else None
+                reply = error_text(
+                    request_id if is_valid_id(request_id) else None,
+                    RpcError(
+                        REPLY_TOO_LARGE,
+                        f"this reply ({len(reply)} bytes) did not fit in the batch's reply, limited to "
+                        f"{limit} bytes (HORACE_MAX_REPLY_BYTES); the request ran: send it alone or ask "
+                        "for less",
+                        {"reply_bytes": len(reply), "limit": limit},
+                    ),
+                )
+            total += separator + len(reply)
+            replies.append(reply)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for item in requests:
+                    nursery.start_soon(one, item)
+        finally:
+            self._request_bytes -= size
+        return "[" + ", ".join(replies) + "]" if replies else None
+
+    async def _answer(self, message: Any, send: Send) -> str | None:
+        """The reply's JSON text (never over ``max_reply_bytes``), or None."""
+        if not isinstance(message, dict):
+            return error_text(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
+        request_id = message.get("id")
+        if not is_valid_id(request_id):
+            return error_text(None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null"))
+        method, params = message.get("method"), message.get("params", {})
+        if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
+            return error_text(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
+        if not isinstance(params, dict | list):
+            return error_text(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
+        refusal = jsonrpc.unusable(params)
+        if refusal is not None:
+            return error_text(request_id, RpcError(INVALID_PARAMS, refusal))
+        if self.inflight >= self.settings.max_calls_per_connection:
+            return error_text(
+                request_id,
+                RpcError(
+                    SERVER_BUSY,
+                    "too many calls under way on this connection "
+                    f"(limit {self.settings.max_calls_per_connection})",
+                ),
+            )
+        self.inflight += 1
+        try:
+            text = await self._dispatch(request_id, method, params, send)
+        except RpcError as exc:
+            return error_text(request_id, exc)
+        finally:
+            self.inflight -= 1
+            self.quiet_since = trio.current_time()
+        if text is None:
+            return None
+        limit = self.settings.max_reply_bytes
+        if len(text) > limit:  # ASCII (json.dumps escapes the rest): characters are bytes
+            size = len(text)
+            del text  # the error goes out; the big reply need not stay while it does
+            return error_text(
+                request_id,
+                RpcError(
+                    REPLY_TOO_LARGE, reply_too_large(size, limit), {"reply_bytes": size, "limit": limit}
+                ),
+            )
+        return text
+
+    async def _dispatch(self, request_id: Any, method: str, params: Any, send: Send) -> str | None:
+        if method == "tools/call":
+            return await self._call_tool(request_id, params, send)
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, f"{method} takes an object as params")
+        if method == "initialize":
+            result: Any = self._initialize(params)
+        elif method == "ping":
+            result = {}
+        elif method == "tools/list":
+            result = {"tools": [tool.describe() for tool in TOOLS.values()]}
+        elif method == "resources/list":
+            result = await self.resources.listing(params)
+        elif method == "resources/templates/list":
+            result = self.resources.templates()
+        elif method == "resources/read":
+            result = await self.resources.read(params)
+        elif method == "completion/complete":
+            result = await self.resources.complete(params)
+        elif method == "logging/setLevel":
+            result = self._set_level(params)
+        else:
+            raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+        return result_text(request_id, result)
+
+    def _initialize(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        asked = params.get("protocolVersion")
+        self.protocol_version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
+        self.client_info = params.get("clientInfo")
+        return {
+            "protocolVersion": self.protocol_version,
+            "capabilities": CAPABILITIES,
+            "serverInfo": {"name": "horace", "title": "Horace", "version": horace.__version__},
+            "instructions": "Horace catalogs and versions files under its storage root's files/ folder: "
+            "register, search, restore earlier versions; read any version as a resource.",
+        }
+
+    def _set_level(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        level = params.get("level")
+        if level not in LOG_LEVELS:
+            raise RpcError(INVALID_PARAMS, f"level is one of {', '.join(LOG_LEVELS)}")
+        self.log_level = level
+        return {}
+
+    def wants_log(self, level: str) -> bool:
+        return self.log_level is not None and LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.log_level)
+
+    # -- tools/call ----------------------------------------------------------------------------
+
+    async def _call_tool(self, request_id: Any, params: Any, send: Send) -> str | None:
+        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+            raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
+        name = params["name"]
+        arguments = params.get("arguments")
+        meta: dict[str, Any] = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
+        correlation_id = _correlation_id(arguments, meta)
+        tool = TOOLS.get(name)
+        if tool is None:
+            raise RpcError(INVALID_PARAMS, f"unknown tool: {name}", {"correlation_id": correlation_id})
+        token = meta.get("progressToken")
+        if isinstance(token, str) and len(token) > MAX_PROGRESS_TOKEN_CHARS:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"progressToken longer than {MAX_PROGRESS_TOKEN_CHARS} characters",
+                {"correlation_id": correlation_id},
+            )
+        watch = CallWatch(
+            self.observer, CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
+        )
+        answered = False
+        try:
+            try:
+                args = tool.structure(arguments)
+            except HoraceError as exc:
+                raise RpcError(
+                    INVALID_PARAMS,
+                    exc.message,
+                    {"error_code": exc.code.value, "correlation_id": correlation_id},
+                ) from None
+            reply = await self._run(request_id, tool, args, correlation_id, token, send)
+            if reply is None:
+                return None  # cancelled by the client: MCP says no response follows
+            answered = True
+            error_code = reply["structuredContent"]["error_code"] if reply.get("isError") else None
+            watch.answered(reply, error_code)
+            if error_code is not None:
+                await self._log_to_client(send, "error" if error_code == "INTERNAL" else "warning", reply)
+            limit = self.settings.max_reply_bytes
+            text = result_text(request_id, reply)
+            if len(text) > limit:  # recorded as the error it is answered with, not as the result
+                raise RpcError(
+                    REPLY_TOO_LARGE,
+                    reply_too_large(len(text), limit),
+                    {"reply_bytes": len(text), "limit": limit, "correlation_id": correlation_id},
+                )
+            return text
+        except RpcError as exc:
+            answered = True
+            watch.answered({"error": exc.body()}, str(exc.code))
+            raise
+        finally:
+            watch.finish(self.next_turn() if answered else 0)
+
+    async def _run(
+        self, request_id: Any, tool: Any, args: Any, correlation_id: str, token: Any, send: Send
+    ) -> dict[str, Any] | None:
+        """The call's result, under its cancel scope; None when the client cancelled it."""
+        pump = ProgressPump(send, token) if is_valid_id(token) and token is not None else None
+        context = CallContext(
+            self.catalog, correlation_id, pump.update if pump else None, self.settings.max_read_bytes
+        )
+        deadline = self.settings.call_deadline
+        scope = trio.CancelScope(
+            deadline=trio.current_time() + deadline if math.isfinite(deadline) else math.inf
+        )
+        self._scopes[request_id] = scope
+        self._running.add(scope)
+        reserved = 0
+        reply: dict[str, Any] | None = None
+        try:
+            with scope:  # the wait for room is under the call's deadline, and cancellable
+                if tool.large_result:
+                    await self._reserve_reply_room(self.settings.max_reply_bytes)
+                    reserved = self.settings.max_reply_bytes
+                reply = await run_tool(tool, args, context, pump, self.settings.max_reply_bytes)
+        finally:
+            self._scopes.pop(request_id, None)
+            self._running.discard(scope)
+            if reserved:
+                # Given back before the reply is encoded and handed to the transport, with
+                # no checkpoint in between (sending() counts it at once).
+                self._release_reply_room(reserved)
+        # Discarded whatever the outcome: a cancel that came as the call was finishing would
+        # otherwise stay in the set for the life of the session.
+        asked_to_stop = request_id in self._cancelled_by_client
+        self._cancelled_by_client.discard(request_id)
+        if reply is None:
+            if asked_to_stop or self.closing:
+                return None
+            raise RpcError(
+                REQUEST_TIMEOUT,
+                f"the call ran past its deadline of {deadline:g} s",
+                {"correlation_id": correlation_id},
+            )
+        return reply
+
+    async def _log_to_client(self, send: Send, level: str, reply: dict[str, Any]) -> None:
+        """A failed call as a log message too, for clients that asked (logging/setLevel)."""
+        if self.wants_log(level):
+            body = reply["structuredContent"]
+            await send(
+                jsonrpc.notification_text(
+                    "notifications/message", {"level": level, "logger": "horace", "data": body}
+                )
+            )
+
+
+def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
+    if isinstance(arguments, Mapping):
+        metadata = arguments.get("metadata")
+        if isinstance(metadata, Mapping) and isinstance(metadata.get("correlation_id"), str):
+            return str(metadata["correlation_id"])
+    for key in ("correlation_id", "correlationId"):
+        if isinstance(meta.get(key), str) and meta[key]:
+            return str(meta[key])
+    return str(uuid.uuid4())

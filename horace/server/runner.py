@@ -1,0 +1,137 @@
+"""Running one tool call: inside the cancel scope the session gives it (its deadline, the
+client's cancel), in a nursery of its own (where its progress pump lives), with what it
+raises turned into a tool error.
+
+A call's work is the catalog's: lock, copy, checksum, shielded commit. Cancelled at any
+point, it leaves the whole version or nothing; the runner only has to report it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import outcome
+import trio
+
+from horace.backends.protocol import BackendUnavailable, DatabaseFull
+from horace.model import ErrorCode, HoraceError
+from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, json_size_at_least, notification_text
+from horace.server.tools import CallContext, Tool
+from horace.wire import to_json
+
+log = logging.getLogger("horace.server")
+
+Send = Callable[[str], Awaitable[None]]
+
+
+def tool_result(structured: dict[str, Any], *, is_error: bool = False) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": json.dumps(structured)}],
+        "structuredContent": structured,
+        "isError": is_error,
+    }
+
+
+def tool_error(code: ErrorCode, message: str, correlation_id: str) -> dict[str, Any]:
+    return tool_result(
+        {"error_code": code.value, "message": message, "correlation_id": correlation_id}, is_error=True
+    )
+
+
+def reply_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
+    return (
+        f"the reply would be {'at least ' if at_least else ''}{size} bytes, over the limit of {limit} "
+        "(HORACE_MAX_REPLY_BYTES); the call ran: ask for less (e.g. a smaller limit) to see its result"
+    )
+
+
+class ProgressPump:
+    """Sends the latest progress of a call, at most every ``interval`` seconds.
+
+    The catalog reports progress synchronously; the pump owns the sending, so a slow
+    client never slows the work down and intermediate values are coalesced.
+    """
+
+    def __init__(self, send: Send, token: str | int, interval: float = 0.1) -> None:
+        self.send, self.token, self.interval = send, token, interval
+        self.latest: tuple[int, int] | None = None
+        self.sent: tuple[int, int] | None = None
+        self.changed = trio.Event()
+        self.done = False
+
+    def update(self, done: int, total: int) -> None:
+        self.latest = (done, total)
+        self.changed.set()
+
+    def close(self) -> None:
+        self.done = True
+        self.changed.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.changed.wait()
+            self.changed = trio.Event()
+            if self.latest is not None and self.latest != self.sent:
+                self.sent = self.latest
+                done, total = self.latest
+                await self.send(
+                    notification_text(
+                        "notifications/progress",
+                        {"progressToken": self.token, "progress": done, "total": total},
+                    )
+                )
+            if self.done and self.latest == self.sent:
+                return  # (an update that came in during the send above goes out first)
+            if not self.done:
+                await trio.sleep(self.interval)
+
+
+async def run_tool(
+    tool: Tool, args: Any, context: CallContext, pump: ProgressPump | None, max_reply_bytes: int
+) -> dict[str, Any]:
+    """The tool's MCP result: its structured content, or a tool error. Cancellation
+    (of the caller's scope) passes through; the caller tells a deadline from a cancel."""
+    correlation_id = context.correlation_id
+    try:
+        async with trio.open_nursery() as call:  # the call's own nursery
+            if pump is not None:
+                call.start_soon(pump.run)
+            done = await outcome.acapture(tool.handler, context, args)
+            if pump is not None:
+                pump.close()
+        try:
+            structured = to_json(done.unwrap())
+        finally:
+            # An error's traceback holds this frame, which holds `done`, which holds the
+            # error: a cycle that would keep the call's arguments and everything its frames
+            # saw alive until the cyclic GC happens to run.
+            del done
+    except HoraceError as exc:
+        return tool_error(exc.code, exc.message, correlation_id)
+    except BackendUnavailable as exc:
+        log.warning("backend unavailable: %s", exc, extra={"correlation_id": correlation_id})
+        return tool_error(
+            ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}", correlation_id
+        )
+    except DatabaseFull as exc:
+        log.warning("%s", exc, extra={"correlation_id": correlation_id})
+        return tool_error(ErrorCode.STORAGE_FULL, str(exc), correlation_id)
+    except Exception:
+        log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
+        return tool_error(
+            ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})", correlation_id
+        )
+    structured["correlation_id"] = correlation_id
+    # The reply holds the result twice (as text and as structured content): when that alone
+    # is sure to be too much, not even the JSON text is made.
+    least = 2 * json_size_at_least(structured)
+    if least > max_reply_bytes:
+        raise RpcError(
+            REPLY_TOO_LARGE,
+            reply_too_large(least, max_reply_bytes, at_least=True),
+            {"reply_bytes": least, "limit": max_reply_bytes, "correlation_id": correlation_id},
+        )
+    return tool_result(structured)

@@ -1,0 +1,123 @@
+"""MCP over one WebSocket: one message per text frame, both ways.
+
+The reader hands each frame to the session in a task of its own, so calls on one
+connection run concurrently; replies and progress go back on the same socket. A client
+that goes away cancels its calls; a draining server stops reading but lets the calls
+finish. Two timeouts keep a connection from holding its slot for nothing:
+
+- ``idle_timeout``: nothing from the client (any frame counts, pings included) and no call
+  running for that long closes the session (1001). The server sends no pings of its own:
+  a client that wants to stay connected while idle pings, or calls.
+- ``send_timeout``: a reply the client does not take in that time drops the connection
+  (a blocked send would hold the session, and everything queued behind it, for as long
+  as the client cares to, and half a frame is left on the wire anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from horace.server.mcp import McpSession
+
+log = logging.getLogger("horace.server")
+
+IDLE_CLOSE_CODE = 1001  # going away: a client may simply reconnect
+
+
+class Peer(Protocol):
+    """The connection under the WebSocket, as the session needs it."""
+
+    @property
+    def last_received(self) -> float:
+        """``trio.current_time()`` when the client last sent anything (any frame)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Drop the connection: the way out of a send the client does not take."""
+        ...
+
+
+class WebSocketSession:
+    def __init__(self, ws: WebSocketConnection, peer: Peer, session: McpSession) -> None:
+        self.ws = ws
+        self.peer = peer
+        self.session = session
+        self.settings = session.settings
+        self._send_lock = trio.Lock()
+        self._reading = trio.CancelScope()
+        self.gone = False
+
+    @property
+    def conversation_id(self) -> str:
+        return self.session.conversation_id
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as watching:
+            watching.start_soon(self._close_when_idle)
+            try:
+                async with trio.open_nursery() as calls:
+                    with self._reading:
+                        while True:
+                            try:
+                                message = await self.ws.get_message()
+                            except ConnectionClosed:
+                                self.gone = True
+                                break
+                            calls.start_soon(self._handle, message)
+                    if self.gone:
+                        calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
+            finally:
+                watching.cancel_scope.cancel()
+        if not self.gone:
+            with trio.move_on_after(2):
+                await self.ws.aclose(code=1001, reason="server shutting down")
+
+    def drain(self) -> None:
+        """Stop reading new messages; calls under way finish (the server bounds the wait)."""
+        self._reading.cancel()
+
+    async def _handle(self, message: str | bytes) -> None:
+        reply = await self.session.answer(message, self.send)
+        del message  # answered: what it held need not stay while the reply goes out
+        if reply is not None:
+            await self.send(reply)
+
+    async def send(self, text: str) -> None:
+        """Send one message; a client that does not take it in ``send_timeout`` loses the
+        connection (the reader then sees it closed and cancels the calls still running)."""
+        with self.session.sending(len(text)):
+            async with self._send_lock:
+                if self.gone:
+                    return
+                with trio.move_on_after(self.settings.send_timeout) as sending:
+                    try:
+                        await self.ws.send_message(text)
+                    except ConnectionClosed:
+                        self.gone = True
+                if sending.cancelled_caught:
+                    self.gone = True
+                    log.warning(
+                        "client took no reply for %.0f s: dropping the connection",
+                        self.settings.send_timeout,
+                        extra={"conversation_id": self.conversation_id},
+                    )
+                    await self.peer.aclose()
+
+    async def _close_when_idle(self) -> None:
+        timeout = self.settings.idle_timeout
+        while True:
+            quiet_since = max(self.peer.last_received, self.session.quiet_since)
+            if self.session.inflight:  # busy: look again once the calls could have finished
+                await trio.sleep(timeout)
+            elif trio.current_time() < quiet_since + timeout:
+                await trio.sleep_until(quiet_since + timeout)
+            else:
+                break
+        log.info("session idle for %.0f s: closing", timeout, extra={"conversation_id": self.conversation_id})
+        with trio.move_on_after(2):  # the client may not answer the close
+            await self.ws.aclose(code=IDLE_CLOSE_CODE, reason=f"idle for {timeout:g} s")
+        # Closed by us, the reader's next get_message() raises ConnectionClosed: it ends.
