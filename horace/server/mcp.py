@@ -27,9 +27,9 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -72,7 +72,12 @@ CAPABILITIES = {
     "logging": {},
 }
 
-Send = Callable[[str], Awaitable[None]]
+
+class Send(Protocol):
+    """How a session's messages go out on the channel a message came in on: the
+    notifications that belong to a request (its progress), then its reply (*final*)."""
+
+    async def __call__(self, text: str, *, final: bool = False) -> None: ...
 
 
 class McpSession:
@@ -102,20 +107,39 @@ class McpSession:
 
     # -- what the transport uses ------------------------------------------------------------
 
-    async def answer(self, message: str | bytes, send: Send) -> str | None:
-        """The reply to one message received (None when there is nothing to answer).
-        *send* carries what goes out before the reply, on the same channel (progress)."""
+    def admit(self, message: str | bytes) -> int:
+        """Count a message just received among the requests under way, before anything is
+        done with it (call it as the transport reads the message, with no checkpoint in
+        between, so messages waiting for their turn count too); give the result to
+        :meth:`answer`. Past ``max_inflight_bytes`` the message gets a "busy" answer."""
+        size = len(message) if isinstance(message, bytes) else jsonrpc.utf8_size(message)
+        if size > self.settings.max_message_bytes or not self._take_request_bytes(size):
+            return -size  # not counted: answered without being run
+        return size
+
+    async def answer(self, message: str | bytes, admitted: int, send: Send) -> None:
+        """Answer one message received (*admitted* as :meth:`admit` said): what belongs to
+        it goes out through *send*, its reply last. The bytes the message was counted
+        for are held until the reply has gone out: a client that sends many requests and
+        reads no replies stops being read from, instead of piling them up."""
         try:
-            return await self._message(message, send)
+            reply = await self._message(message, abs(admitted), admitted > 0, send)
+            del message  # answered: what it held need not stay while the reply goes out
+            if reply is not None:
+                await send(reply, final=True)
         except Exception:
             # A bug met by one message costs that message an error, never the session.
             log.exception("message failed", extra={"conversation_id": self.conversation_id})
-            return error_text(None, RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
+            await send(
+                error_text(None, RpcError(INTERNAL_ERROR, "internal error: see the server's log")), final=True
+            )
+        finally:
+            if admitted > 0:
+                self._request_bytes -= admitted
 
-    async def _message(self, message: str | bytes, send: Send) -> str | None:
+    async def _message(self, message: str | bytes, size: int, admitted: bool, send: Send) -> str | None:
         if isinstance(message, bytes):
             return error_text(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC"))
-        size = jsonrpc.utf8_size(message)
         limit = self.settings.max_message_bytes
         if size > limit:
             return error_text(
@@ -127,15 +151,12 @@ class McpSession:
             return error_text(None, RpcError(PARSE_ERROR, f"parse error: {exc}"))
         del message
         if isinstance(parsed, list):
-            return await self._batch(parsed, size, send)
+            return await self._batch(parsed, admitted, send)
         if self.notification(parsed) or jsonrpc.is_response(parsed):
             return None
-        if not self._take_request_bytes(size):
+        if not admitted:
             return self._busy_with_requests(parsed)
-        try:
-            return await self._answer(jsonrpc.what_is_read(parsed), send)
-        finally:
-            self._request_bytes -= size
+        return await self._answer(jsonrpc.what_is_read(parsed), send)
 
     def notification(self, message: Any) -> bool:
         """Act on *message* if it is a well-formed notification; True if it was one."""
@@ -225,7 +246,7 @@ class McpSession:
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def _batch(self, items: list[Any], size: int, send: Send) -> str | None:
+    async def _batch(self, items: list[Any], admitted: bool, send: Send) -> str | None:
         """Answer a batch with one array of at most ``max_reply_bytes``: replies are kept
         as they come; one that would not fit any more is replaced by a short error
         (REPLY_TOO_LARGE, with its id), so what is kept stays within the limit, give or
@@ -252,7 +273,7 @@ class McpSession:
         del items
         if not requests:
             return None
-        if not self._take_request_bytes(size):
+        if not admitted:
             return "[" + ", ".join(self._busy_with_requests(r) for r in requests) + "]"
         limit = self.settings.max_reply_bytes
         replies: list[str] = []
@@ -279,12 +300,9 @@ class McpSession:
             total += separator + len(reply)
             replies.append(reply)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                for item in requests:
-                    nursery.start_soon(one, item)
-        finally:
-            self._request_bytes -= size
+        async with trio.open_nursery() as nursery:
+            for item in requests:
+                nursery.start_soon(one, item)
         return "[" + ", ".join(replies) + "]" if replies else None
 
     async def _answer(self, message: Any, send: Send) -> str | None:

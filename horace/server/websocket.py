@@ -67,7 +67,9 @@ class WebSocketSession:
                             except ConnectionClosed:
                                 self.gone = True
                                 break
-                            calls.start_soon(self._handle, message)
+                            admitted = self.session.admit(message)  # counted as it is read
+                            calls.start_soon(self.session.answer, message, admitted, self.send)
+                            del message
                     if self.gone:
                         calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
             finally:
@@ -80,13 +82,7 @@ class WebSocketSession:
         """Stop reading new messages; calls under way finish (the server bounds the wait)."""
         self._reading.cancel()
 
-    async def _handle(self, message: str | bytes) -> None:
-        reply = await self.session.answer(message, self.send)
-        del message  # answered: what it held need not stay while the reply goes out
-        if reply is not None:
-            await self.send(reply)
-
-    async def send(self, text: str) -> None:
+    async def send(self, text: str, *, final: bool = False) -> None:
         """Send one message; a client that does not take it in ``send_timeout`` loses the
         connection (the reader then sees it closed and cancels the calls still running)."""
         with self.session.sending(len(text)):
