@@ -8,6 +8,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from horace.config import Settings
 from horace.fsck import fsck
 from horace.server.mcp import PROTOCOL_VERSIONS
 from horace.server.tools import TOOLS
+from horace.storage import Storage
 from horace.testing import RunningHorace, run_horace
 
 
@@ -257,35 +259,97 @@ async def test_too_many_calls_on_one_connection(settings: Settings) -> None:
 
 
 async def test_client_gone_mid_restore_leaves_nothing_half_written(server: RunningHorace) -> None:
-    path = write(server.files / "user/big.bin", os.urandom(32 << 20))
+    """The client goes away at three moments of a restore: in the copy of the unsaved
+    content, in the copy of version 1, and inside the commit of the restored version (held
+    there until the server has seen the client go). Each time: the whole version or nothing,
+    and never a working file holding version 1 without the version that says so."""
+    path = write(server.files / "user/big.bin", os.urandom(8 << 20))
     catalog = server.server.catalog
     file = (await catalog.register("user/big.bin")).file
-    for delay in (0.0, 0.005, 0.02, 0.05, 0.1, 0.2):
-        unsaved = os.urandom(32 << 20)  # content restore must keep before writing v1 back
+    for moment in ("copying the unsaved content", "copying version 1", "in the commit"):
+        unsaved = os.urandom(8 << 20)  # content restore must keep before writing v1 back
         path.write_bytes(unsaved)
-        async with open_websocket_url(server.url) as ws:
-            await ws.send_message(
-                json.dumps(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": 1,
-                        "method": "tools/call",
-                        "params": {
-                            "name": "horace_restore_version",
-                            "arguments": {"file_id": file.id, "version": 1},
-                        },
-                    }
-                )
-            )
-            await trio.sleep(delay)
-        await wait_idle(server)
+        reached, gone = trio.Event(), trio.Event()
+        async with hooked(catalog, moment, reached, gone):
+            async with open_websocket_url(server.url) as ws:
+                await ws.send_message(json.dumps(call_message(1, "horace_restore_version", file.id)))
+                with trio.fail_after(30):
+                    await reached.wait()
+            # The client has closed: once its session has seen that, the hook lets go.
+            with trio.fail_after(30):
+                while not all(session.gone for session in server.server.sessions):
+                    await trio.sleep(0.001)
+            gone.set()
+            await wait_idle(server)
         report = await fsck(catalog, deep=True)
         assert report.clean, report.findings
+        newest = (await catalog.backend.versions(file.id))[0]
         now_there = sha256(path.read_bytes())
-        assert now_there in {sha256(unsaved), file.checksum}  # one or the other, never torn
-        if now_there == file.checksum:  # restored: the unsaved content was kept first
-            versions = await catalog.backend.versions(file.id)
-            assert sha256(unsaved) in {v.checksum for v in versions}
+        if moment == "in the commit":  # the commit is shielded: it went through
+            assert now_there == file.checksum and newest.restored_from_version == 1, moment
+            assert sha256(unsaved) in {v.checksum for v in await catalog.backend.versions(file.id)}
+        else:  # cut before the working file was touched: nothing of the restore shows
+            assert now_there == sha256(unsaved), moment
+            assert newest.restored_from_version is None, moment
+
+
+def call_message(request_id: int, tool: str, file_id: str) -> dict[str, Any]:
+    arguments = {"file_id": file_id, "version": 1}
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    }
+
+
+@asynccontextmanager
+async def hooked(catalog: Any, moment: str, reached: trio.Event, gone: trio.Event) -> AsyncIterator[None]:
+    """Hold the restore at *moment* until the client is gone (*reached* says it got there)."""
+    token = trio.lowlevel.current_trio_token()
+    real_stage, real_prepare = Storage.stage, Storage._prepare
+    real_exclusive = catalog.backend.exclusive
+
+    def hold_in_thread() -> None:
+        trio.from_thread.run_sync(reached.set, trio_token=token)
+        trio.from_thread.run(gone.wait, trio_token=token)
+
+    def stage(self: Storage, *args: Any) -> Any:
+        if moment == "copying the unsaved content":
+            hold_in_thread()
+        return real_stage(self, *args)
+
+    def prepare(self: Storage, *args: Any) -> Any:
+        if moment == "copying version 1":
+            hold_in_thread()
+        return real_prepare(self, *args)
+
+    @asynccontextmanager
+    async def exclusive(key: int) -> AsyncIterator[Any]:
+        async with real_exclusive(key) as units:
+            yield HeldCommit(units, moment == "in the commit", reached, gone)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Storage, "stage", stage)
+        patch.setattr(Storage, "_prepare", prepare)
+        patch.setattr(catalog.backend, "exclusive", exclusive)
+        yield
+
+
+class HeldCommit:
+    """The units of a held file lock, whose commit of a restored version waits for *gone*."""
+
+    def __init__(self, units: Any, hold: bool, reached: trio.Event, gone: trio.Event) -> None:
+        self._units, self._hold, self._reached, self._gone = units, hold, reached, gone
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._units, name)
+
+    async def add_version(self, file_id: str, new: Any, *args: Any) -> Any:
+        if self._hold and new.restored_from_version is not None:
+            self._reached.set()
+            await self._gone.wait()  # a cancellation here would undo the commit, but for the shield
+        return await self._units.add_version(file_id, new, *args)
 
 
 async def test_deadline_is_a_clear_error(settings: Settings) -> None:
@@ -299,30 +363,28 @@ async def test_deadline_is_a_clear_error(settings: Settings) -> None:
 
 
 async def test_notifications_cancelled_stops_a_call(server: RunningHorace, client: McpClient) -> None:
-    for i in range(1500):
+    files = 6000  # several register groups, so a cancellation lands before the end
+    for i in range(files):
         write(server.files / f"user/n/{i}.txt", f"n{i}")
     reply = client.expect(99)
+    scan = {"name": "horace_scan", "arguments": {}, "_meta": {"progressToken": "p"}}
+    await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": scan}))
+    with trio.fail_after(30):  # under way: its first progress came
+        while not client.notifications:
+            await trio.sleep(0.001)
+    cancel = {"requestId": 99, "reason": "changed my mind"}
     await client.send_raw(
-        json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 99,
-                "method": "tools/call",
-                "params": {"name": "horace_scan", "arguments": {}},
-            }
-        )
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancel})
     )
-    await trio.sleep(0.05)
-    await client.send_raw(
-        json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "method": "notifications/cancelled",
-                "params": {"requestId": 99, "reason": "changed my mind"},
-            }
-        )
-    )
-    with trio.move_on_after(1.0) as waited:
+    cancelled_at = trio.current_time()
+    (session,) = server.server.sessions
+    with trio.fail_after(30):  # the call stops...
+        while session.session.held()["calls"]:
+            await trio.sleep(0.001)
+    assert trio.current_time() - cancelled_at < 5.0  # ...promptly: within a batch of the scan
+    registered = len(await server.server.catalog.backend.all_files())
+    assert registered < files, "the scan ran to its end"
+    with trio.move_on_after(0.5) as waited:  # nothing follows, however long one waits
         await reply.receive()
     assert waited.cancelled_caught, "a cancelled request gets no response"
     assert (await client.request("ping"))["result"] == {}
