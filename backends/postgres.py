@@ -34,7 +34,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from . import migrations
+from . import migrations, words
 from .protocol import BackendUnavailable, DatabaseFull, Units
 from .records import (
     CatalogIdentity,
@@ -311,9 +311,7 @@ def _filters(q: SearchQuery, p: _Params) -> list[str]:
     if q.owner is not None:
         where.append(f"f.owner = {p(q.owner, 'text')}")
     if q.purpose:
-        # COLLATE "C": case folding of ASCII letters only, as SQLite's LIKE does.
-        pattern = p(f"%{_like_escape(q.purpose)}%", "text")
-        where.append(f'f.purpose COLLATE "C" ILIKE {pattern}')
+        where.append(_words_filter(q.purpose, p))
     if q.path:
         where.extend(_path_filter(q.path, p))
     if q.collection is not None:
@@ -342,6 +340,13 @@ def _filters(q: SearchQuery, p: _Params) -> list[str]:
         if value is not None:
             where.append(f"f.{column} {op} {p(value, cast)}")
     return where
+
+
+def _words_filter(text: str, p: _Params) -> str:
+    """Files whose purpose or path has a word starting with each word of *text*
+    (backends/words.py); a text without words matches nothing."""
+    found = words.query_words(text)
+    return f"f.words @@ {p(words.tsquery(found), 'tsquery')}" if found else "false"
 
 
 def _path_filter(pattern: str, p: _Params) -> list[str]:

@@ -419,10 +419,15 @@ async def test_search_filters(db: PostgresBackend) -> None:
         ({"any_tags": ("green", "blue"), **any_status}, {"a", "c", "d"}),
         ({"owner": "playfair", **any_status}, {"c", "d"}),
         ({"purpose": "report"}, {"a"}),
+        ({"purpose": "QUART"}, {"a"}),  # words start with the query's words
+        ({"purpose": "uarterly"}, set()),  # ... not merely contain them
         ({"purpose": "100%"}, {"b"}),
-        ({"purpose": "0_"}, set()),  # _ is no wildcard
-        ({"purpose": "ÄRGER"}, set()),  # ASCII case folding only, as SQLite
-        ({"purpose": "ärger"}, {"f"}),
+        ({"purpose": "0_"}, set()),  # _ separates words; no word starts with 0
+        ({"purpose": "data"}, {"b"}),  # the path's words too: gates/data_1.csv
+        ({"purpose": "gates md"}, {"a"}),  # every word, from the purpose or the path
+        ({"purpose": "äRGER"}, {"f"}),  # ASCII case folding only
+        ({"purpose": "ÄRGER"}, {"f"}),  # (the path's "Ärger")
+        ({"purpose": "%"}, set()),  # no word: nothing
         ({"path": "gates/*"}, {"a", "b"}),
         ({"path": "*.png"}, set()),  # GLOB is case-sensitive
         ({"path": "*.png", **any_status}, {"d"}),
