@@ -1138,3 +1138,63 @@ async def test_same_answers_as_sqlite(both: Both, seed: int) -> None:
             _, page = await both("search", query)
             pages += 1
         del total
+
+
+# -- the text search: the same words on both backends ------------------------------------------
+
+WORDY = [  # (path, purpose)
+    ("notes/report-2024.md", "Monthly report: Q3 (final)"),
+    ("notes/reports.txt", "reports & summaries | draft"),
+    ("data/naïve_café.csv", "Café CRÈME naïve"),
+    ("x/NEAR/and.txt", 'say "NEAR" AND OR NOT * ^ - :col'),
+    ("x/quote.txt", "it's a \\ back'slash \"quoted\""),
+    ("x/long.txt", "a" * 300 + " end"),
+    ("x/日本語.txt", "日本語 テキスト"),
+    ("x/empty.txt", None),
+    ("x/digits.txt", "v1.2.3 build 0042 ipv6 ::1"),
+]
+WORD_QUERIES = [
+    *("report", "REPORT", "rep", "reports", "Monthly report", "report monthly", "2024", "q3"),
+    *("(final)", "final)", '"NEAR"', "NEAR", "near", "AND", "OR", "NOT", "*", "rep*", "-draft"),
+    *(":col", "col:", "&", "|", "!", "!draft", "a & b", "it's", "'", '"', "\\", "back\\slash"),
+    *("café", "CAFÉ", "Café", "naïve", "naive", "crème", "CRÈME", "crÈ", "日本", "テ"),
+    *("a" * 300, "a" * 255, "a" * 256 + "x", "v1.2", "0042", "42", "::1", " ", "   ", "%", "_"),
+    *("md", "notes/report", "x/*", "{", "^", "$1", ":*", "'a':*", "a & !b", "<->", "NEAR(a b)"),
+]
+
+
+async def test_text_search_edge_cases_agree(both: Both) -> None:
+    now = at(0)
+    records = [
+        attrs.evolve(rec(path, f"w{i}", purpose=purpose), created_at=now, updated_at=now)
+        for i, (path, purpose) in enumerate(WORDY)
+    ]
+    await both("insert_files", records)
+    answers: dict[str, set[str]] = {}
+    for text in WORD_QUERIES:
+        for query in (SearchQuery(purpose=text, limit=100), SearchQuery(purpose=text, status=None)):
+            result = await both("search", query)
+            assert result is not None, (text, "an error")  # both raised: never for user text
+            total, page = result
+            assert total >= len(page)
+        answers[text] = {f.file_path for f in result[1]}
+    # Both agree on each of these; a few say what the agreement is.
+    assert (
+        answers["rep"]
+        == answers["REPORT"] | {"notes/reports.txt"}
+        == {
+            "notes/report-2024.md",
+            "notes/reports.txt",
+        }
+    )
+    assert answers["Monthly report"] == answers["report monthly"] == {"notes/report-2024.md"}
+    assert answers['"NEAR"'] == answers["near"] == {"x/NEAR/and.txt"}
+    assert answers["Café"] == answers["café"] == {"data/naïve_café.csv"}
+    assert answers["CAFÉ"] == set()  # É is not folded
+    assert answers["crÈ"] == {"data/naïve_café.csv"}
+    assert answers["a" * 300] == answers["a" * 255] == {"x/long.txt"}
+    assert answers["a" * 256 + "x"] == {"x/long.txt"}  # words are cut to 255 characters
+    assert answers["テ"] == {"x/日本語.txt"}
+    assert answers["::1"] == {"x/digits.txt"}  # the word 1 of "ipv6 ::1"
+    assert answers["%"] == answers[" "] == answers["*"] == set()  # no word: nothing
+    assert answers["42"] == set() and answers["0042"] == {"x/digits.txt"}
