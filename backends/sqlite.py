@@ -585,23 +585,81 @@ def _search_by_words(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, lis
         else:
             lead += _where(f"w.rowid <= ({second} | {_SECOND_LOW_BITS})", position)
     page = lead + others + _after(q, "f.created_at", "f.id")
-    walk = "ASC" if newest_first else "DESC"
-    # (In SQLite, << >> & | share one precedence, left to right: hence the parentheses.)
-    last_second = (
-        f"w.rowid <= ((((SELECT max(key) FROM hits) >> {_SECOND_SHIFT}) << {_SECOND_SHIFT}) "
-        f"| {_SECOND_LOW_BITS})"
-        if newest_first
-        else f"w.rowid >= (((SELECT min(key) FROM hits) >> {_SECOND_SHIFT}) << {_SECOND_SHIFT})"
-    )
-    hits_joins = joins if others.clauses or q.after is not None else ""
+    hits = _Hits(match, page, joins if others.clauses or q.after is not None else "", newest_first)
+    reach = q.limit + q.offset
+    if reach <= _MAX_KEYS_READ:
+        keys = hits.keys(conn, 2 * reach)
+        if len(keys) <= reach or keys[reach - 1] >> _SECOND_SHIFT != keys[-1] >> _SECOND_SHIFT:
+            return total, _rows_of_keys(conn, q, _through_last_second(keys, reach))
+    # A far page, or a last second with more matches than were read: read to its end.
     rows = conn.execute(
-        f"WITH hits AS (SELECT w.rowid AS key FROM horace_words(?) w{hits_joins} WHERE 1{page.sql()} "
-        f"ORDER BY w.rowid {walk} LIMIT ?) "
-        f"SELECT {_F_COLUMNS} FROM horace_words(?) w{joins} WHERE {last_second}{page.sql()} "
+        f"WITH hits AS ({hits.sql}) "
+        f"SELECT {_F_COLUMNS} FROM horace_words(?) w{joins} WHERE {hits.last_second_sql}{page.sql()} "
         f"ORDER BY f.created_at {_direction(q)}, f.id {_direction(q)} LIMIT ? OFFSET ?",
-        [match, *page.params, q.limit + q.offset, match, *page.params, q.limit, q.offset],
+        [*hits.params, reach, match, *page.params, q.limit, q.offset],
     ).fetchall()
     return total, rows
+
+
+# A words search reads up to twice its offset+limit keys and then their rows, by key.
+_MAX_KEYS_READ = 2000
+
+
+@frozen
+class _Hits:
+    """The matches of a words search in key order (creation second, then no order)."""
+
+    match: str
+    page: _Where
+    joins: str
+    newest_first: bool  # keys grow from the newest second to the oldest
+
+    @property
+    def sql(self) -> str:
+        walk = "ASC" if self.newest_first else "DESC"
+        return (
+            f"SELECT w.rowid AS key FROM horace_words(?) w{self.joins} WHERE 1{self.page.sql()} "
+            f"ORDER BY w.rowid {walk} LIMIT ?"
+        )
+
+    @property
+    def params(self) -> tuple[Any, ...]:
+        return (self.match, *self.page.params)
+
+    def keys(self, conn: sqlite3.Connection, count: int) -> list[int]:
+        return [key for (key,) in conn.execute(self.sql, [*self.params, count])]
+
+    @property
+    def last_second_sql(self) -> str:
+        """Keys up to the end of the second of the last of ``hits`` (a CTE of ``sql``).
+        (In SQLite, << >> & | share one precedence, left to right: hence the parentheses.)"""
+        if self.newest_first:
+            return (
+                f"w.rowid <= ((((SELECT max(key) FROM hits) >> {_SECOND_SHIFT}) << {_SECOND_SHIFT}) "
+                f"| {_SECOND_LOW_BITS})"
+            )
+        return f"w.rowid >= (((SELECT min(key) FROM hits) >> {_SECOND_SHIFT}) << {_SECOND_SHIFT})"
+
+
+def _through_last_second(keys: list[int], reach: int) -> list[int]:
+    """The first *reach* keys and the others of the second the last of them is in (in
+    key order, the seconds of the keys never turn back)."""
+    end = min(reach, len(keys))
+    while 0 < end < len(keys) and keys[end] >> _SECOND_SHIFT == keys[end - 1] >> _SECOND_SHIFT:
+        end += 1
+    return keys[:end]
+
+
+def _rows_of_keys(conn: sqlite3.Connection, q: SearchQuery, keys: list[int]) -> list[sqlite3.Row]:
+    """The page among the files of *keys*, in exact order (created_at, then id)."""
+    if not keys:
+        return []
+    return conn.execute(
+        f"SELECT {_F_COLUMNS} FROM horace_word_keys k CROSS JOIN horace_files f ON f.id = k.file_id "
+        f"WHERE k.key IN ({_placeholders(keys)}) "
+        f"ORDER BY f.created_at {_direction(q)}, f.id {_direction(q)} LIMIT ? OFFSET ?",
+        [*keys, q.limit, q.offset],
+    ).fetchall()
 
 
 def _find_duplicates(conn: sqlite3.Connection, limit: int) -> list[DuplicateGroup]:

@@ -113,10 +113,13 @@ async def test_words_follow_updates_moves_status_and_purges(backend: Backend) ->
     assert await found(backend, "docs", status=None) == {"docs/gamma.md"}
 
 
-async def test_pages_of_many_files_created_in_one_second(backend: Backend) -> None:
+@pytest.mark.parametrize("per_second", [10, 40])
+async def test_pages_of_many_files_created_in_one_second(backend: Backend, per_second: int) -> None:
     """Newest first is created_at, then id, also among files of the same second (the
-    SQLite index orders words by the second only)."""
-    files = [record(f"batch/f{i:02d}.txt", "same batch", when=i // 10 + (i % 5) / 100) for i in range(40)]
+    SQLite index orders words by the second only), however many share one."""
+    files = [
+        record(f"batch/f{i:02d}.txt", "same batch", when=i // per_second + (i % 5) / 100) for i in range(40)
+    ]
     await backend.insert_files(files)
     expected = [f.id for f in sorted(files, key=lambda f: (f.created_at, f.id), reverse=True)]
     seen: list[str] = []
