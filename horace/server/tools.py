@@ -343,7 +343,7 @@ _SEARCH_FILTERS = {
     "tags": {**STRS, "description": "files that have all of these tags"},
     "any_tags": {**STRS, "description": "files that have any of these tags"},
     "owner": STR,
-    "purpose": {**STR, "description": "text contained in the purpose (case-insensitive)"},
+    "purpose": {**STR, "description": "prefixes of words of the purpose or path (all; ASCII in any case)"},
     "path": {**STR, "description": "glob relative to files/, e.g. gates/*.md"},
     "collection": STR,
     "file_type": {**STR, "description": "MIME type (image/png, image/*) or extension (pdf)"},
