@@ -42,7 +42,12 @@ def fts5_match(words: list[str]) -> str:
     return " AND ".join(f'"{word}"*' for word in words)
 
 
-def tsquery(words: list[str]) -> str:
-    """A PostgreSQL tsquery: every word as a quoted prefix lexeme (quotes doubled, as the
-    tsquery input syntax wants; words hold no backslash)."""
-    return " & ".join("'{}':*".format(word.replace("'", "''")) for word in words)
+def tsquery(words: list[str], statuses: list[str]) -> str:
+    """A PostgreSQL tsquery of the lexemes of schema/postgres/003 ("<status>:<word>"):
+    every word as a prefix, in a file of one of *statuses*. Lexemes are quoted (a quote
+    doubled, as the tsquery input syntax wants; words hold no quote or backslash anyway)."""
+
+    def lexeme(status: str, word: str) -> str:
+        return "'{}:{}':*".format(status, word.replace("'", "''"))
+
+    return " & ".join("(" + " | ".join(lexeme(s, w) for s in statuses) + ")" for w in words)

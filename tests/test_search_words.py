@@ -69,7 +69,8 @@ def test_query_words(text: str, expected: list[str]) -> None:
 
 def test_queries_quote_every_word() -> None:
     assert fts5_match(["near", "ab"]) == '"near"* AND "ab"*'
-    assert tsquery(["near", "ab"]) == "'near':* & 'ab':*"
+    assert tsquery(["near", "ab"], ["active"]) == "('active:near':*) & ('active:ab':*)"
+    assert tsquery(["x"], ["active", "deleted"]) == "('active:x':* | 'deleted:x':*)"
 
 
 # -- the index follows every change -------------------------------------------------------------
