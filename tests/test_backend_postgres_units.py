@@ -1198,3 +1198,32 @@ async def test_text_search_edge_cases_agree(both: Both) -> None:
     assert answers["::1"] == {"x/digits.txt"}  # the word 1 of "ipv6 ::1"
     assert answers["%"] == answers[" "] == answers["*"] == set()  # no word: nothing
     assert answers["42"] == set() and answers["0042"] == {"x/digits.txt"}
+
+
+async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    old = rec("a/old report.txt", "s1", tags=("q", "r"), purpose="Quarterly numbers")
+    gone = rec("b/other.txt", "s2", when=5, tags=("r",), status=Status.ARCHIVED)
+    rows = ", ".join(
+        f"('{f.id}', '{f.file_path}', {f'$${f.purpose}$$' if f.purpose else 'NULL'}, "
+        f"ARRAY{list(f.tags)}::text[], 1, 'text/plain', '{f.checksum}', '{f.status.value}', 1, "
+        f"'{f.created_at.isoformat()}', '{f.updated_at.isoformat()}')"
+        for f in (old, gone)
+    )
+    await trio.to_thread.run_sync(
+        admin,
+        f"SET search_path = {schema}; {steps('postgres')[0].sql}; {steps('postgres')[1].sql}; "
+        "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (2); "
+        "INSERT INTO horace_files (id, file_path, purpose, tags, size, mime_type, checksum, status, "
+        f"current_version, created_at, updated_at) VALUES {rows}",
+    )
+    async with open_postgres(pg_url) as backend:
+        assert await backend.migrate() == NEWEST_SCHEMA
+        total, page = await backend.search(SearchQuery(purpose="quart report"))
+        assert (total, [f.id for f in page]) == (1, [old.id])
+        total, page = await backend.search(SearchQuery(tags=("r",)))
+        assert (total, [f.id for f in page]) == (1, [old.id])
+        total, page = await backend.search(SearchQuery(any_tags=("r", "q"), status=Status.ARCHIVED))
+        assert (total, [f.id for f in page]) == (1, [gone.id])
+        total, page = await backend.search(SearchQuery(purpose="other", status=None))
+        assert (total, [f.id for f in page]) == (1, [gone.id])
