@@ -371,8 +371,9 @@ class _Where:
     def __add__(self, other: _Where) -> _Where:
         return _Where(self.clauses + other.clauses, self.params + other.params)
 
-    def sql(self, lead: str = " AND ") -> str:
-        return "".join(lead + c for c in self.clauses)
+    def sql(self) -> str:
+        """The conditions, each after " AND " (to follow a first condition such as 1)."""
+        return "".join(" AND " + c for c in self.clauses)
 
 
 def _where(clause: str, *params: Any) -> _Where:
