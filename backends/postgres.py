@@ -303,7 +303,7 @@ class _Params:
 
 def _path_filter(pattern: str, p: _Params) -> list[str]:
     glob = _Glob(pattern)
-    if glob.never:
+    if glob.never or "\x00" in pattern:  # no path holds NUL (nor can PostgreSQL text)
         return ["false"]
     if glob.exact is not None:
         return [f"f.file_path = {p(glob.exact, 'text')}"]

@@ -409,7 +409,8 @@ def _field_filters(q: SearchQuery) -> _Where:
     if q.owner is not None:
         where += _where("f.owner = ?", q.owner)
     if q.path:
-        where += _where("f.file_path GLOB ?", q.path)
+        # No path holds NUL; SQLite's GLOB would read the pattern only up to it.
+        where += _where("f.file_path GLOB ?", q.path) if "\x00" not in q.path else _where("0")
     if q.collection is not None:
         where += _where(
             "f.id IN (SELECT file_id FROM horace_collection_members WHERE collection = ?)", q.collection

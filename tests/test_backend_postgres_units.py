@@ -445,6 +445,7 @@ async def test_search_filters(db: PostgresBackend) -> None:
         ({"path": "user/[z-a]*"}, set()),  # "[z]"
         ({"path": "user/[abc"}, set()),  # unclosed class matches nothing
         ({"path": "*/*"}, {"a", "b", "c", "e", "f"}),
+        ({"path": "gates/*\x00"}, set()),  # no path holds NUL
         ({"collection": "charts", **any_status}, {"c", "d"}),
         ({"collection": "nope"}, set()),
         ({"file_type": "image/png", **any_status}, {"c", "d"}),
@@ -962,6 +963,7 @@ GLOBS = [
     "[_]",
     "b/[cd].*",
     "[!a]*",
+    "b/c.md\x00.bak",
 ]
 
 
