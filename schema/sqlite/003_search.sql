@@ -28,8 +28,8 @@ CREATE INDEX horace_files_path_search ON horace_files (file_path, status, create
 --   bits 29..62  creation second, newest first: 2^34-1 - clamp(unix seconds, 0, 2^34-1)
 --   bits  2..28  a sequence number among the files of that second
 --   bits  0..1   status: 0 active, 1 archived, 2 deleted
--- so the newest matches of a status come first and a search reads only its page (and the
--- rest of the last second it touches). The key is kept, not derived from the file's row,
+-- so the newest matches come first (the status is checked on the key itself) and a search
+-- reads only its page (and the rest of the last second it touches). The key is kept, not derived from the file's row,
 -- so that removing a file's words never depends on its rowid.
 -- The second's expression is repeated in backends/sqlite.py (_SECOND_SQL): keep both alike.
 CREATE VIRTUAL TABLE horace_words USING fts5 (purpose, path, content = '', tokenize = 'ascii');
