@@ -446,11 +446,11 @@ def _search_sql(q: SearchQuery) -> tuple[str, list[Any]]:
 def _by_files(q: SearchQuery, p: _Params) -> tuple[str, str]:
     """Any search, through horace_files and its indexes."""
     shared = _tag_filters(q, p) + _field_filters(q, p) + _words_filter(q, p)
-    # The words condition holds the status already: without a second condition on the
-    # status, a count by words alone is read from the index (and the visibility map).
     status = _status_filter(q, p)
     count = (
-        f"SELECT count(*) AS total FROM horace_files f WHERE {_and(shared + ([] if q.purpose else status))}"
+        _words_count(q, p)
+        if q.purpose and len(shared) == 1  # the words (which hold the status) and nothing else
+        else f"SELECT count(*) AS total FROM horace_files f WHERE {_and(shared + status)}"
     )
     column = f"f.{_SORT[q.sort_by][0]}"
     where = shared + status + _after(q, p, column, "f.id")
@@ -462,6 +462,41 @@ def _by_files(q: SearchQuery, p: _Params) -> tuple[str, str]:
         f"LIMIT {p(q.limit, 'bigint')} OFFSET {p(q.offset, 'bigint')}"
     )
     return count, f"SELECT {F_F} FROM ({ids}) ids JOIN horace_files f ON f.id = ids.id"
+
+
+def _words_count(q: SearchQuery, p: _Params) -> str:
+    """The count of a search by purpose words (and status) alone, from the index of
+    horace_file_words: for each word, the files with a lexeme in one of its ranges
+    ("<status>:<word>" and longer). A file may have several lexemes of a range ("report",
+    "reports"), so the files are told apart, unless the range holds one lexeme only."""
+    assert q.purpose is not None
+    found = words.query_words(q.purpose)
+    if not found:
+        return "SELECT 0::bigint AS total"
+    statuses = [q.status] if q.status is not None else list(Status)
+    ranges = [_lexeme_range(f"{s.value}:{word}", p) for word in found for s in statuses]
+    if len(ranges) == 1:
+        (where,) = ranges
+        return (
+            f"SELECT CASE WHEN (SELECT min(lexeme) FROM horace_file_words WHERE {where}) "
+            f"= (SELECT max(lexeme) FROM horace_file_words WHERE {where}) "
+            f"THEN (SELECT count(*) FROM horace_file_words WHERE {where}) "
+            f"ELSE (SELECT count(DISTINCT file_id) FROM horace_file_words WHERE {where}) END AS total"
+        )
+    per_word = [
+        "SELECT file_id FROM horace_file_words WHERE "
+        + " OR ".join(ranges[i * len(statuses) : (i + 1) * len(statuses)])
+        for i in range(len(found))
+    ]
+    # INTERSECT tells the files apart; a single word's set needs DISTINCT to do so.
+    return f"SELECT count(DISTINCT file_id) AS total FROM ({' INTERSECT '.join(per_word)}) w"
+
+
+def _lexeme_range(prefix: str, p: _Params) -> str:
+    """Lexemes that start with *prefix* (code point order: the column is "C")."""
+    where = f"(lexeme >= {p(prefix, 'text')}"
+    upper = _prefix_upper(prefix)
+    return where + (f" AND lexeme < {p(upper, 'text')})" if upper is not None else ")")
 
 
 _TAG_JOIN = " JOIN horace_files f ON f.id = t.file_id"

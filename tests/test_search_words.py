@@ -114,6 +114,17 @@ async def test_words_follow_updates_moves_status_and_purges(backend: Backend) ->
     assert await found(backend, "docs", status=None) == {"docs/gamma.md"}
 
 
+async def test_a_file_counts_once_however_many_of_its_words_match(backend: Backend) -> None:
+    await backend.insert_files(
+        [record("x/a.txt", "report reports reporting"), record("x/b.txt", "reporter", when=1)]
+    )
+    both = {"x/a.txt", "x/b.txt"}
+    assert await found(backend, "rep") == both  # (found checks the total too)
+    assert await found(backend, "rep", status=None) == both
+    assert await found(backend, "rep x") == both
+    assert await found(backend, "reports") == {"x/a.txt"}
+
+
 @pytest.mark.parametrize("per_second", [10, 40])
 async def test_pages_of_many_files_created_in_one_second(backend: Backend, per_second: int) -> None:
     """Newest first is created_at, then id, also among files of the same second (the

@@ -33,8 +33,7 @@ CREATE INDEX horace_files_owner_search ON horace_files (owner, status, created_a
 CREATE INDEX horace_files_path_search ON horace_files (file_path, status, created_at, id);
 
 -- Tags, one row each, with the file's status and created_at: a tag search counts and
--- reads its page (newest first) from the primary key's index alone. Kept in step with
--- horace_files.tags and status by the triggers below.
+-- reads its page (newest first) from the primary key's index alone.
 CREATE TABLE horace_file_tags (
     tag        TEXT NOT NULL,
     status     TEXT NOT NULL,
@@ -46,30 +45,50 @@ CREATE INDEX horace_file_tags_file ON horace_file_tags (file_id);
 INSERT INTO horace_file_tags (tag, status, created_at, file_id)
 SELECT DISTINCT t.tag, f.status, f.created_at, f.id FROM horace_files f, unnest(f.tags) AS t (tag);
 
-CREATE FUNCTION horace_file_tags_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The lexemes of horace_files.words, one row each: a words search counts its matches in
+-- this index alone (counting through the GIN index visits every matching row).
+CREATE TABLE horace_file_words (
+    lexeme  TEXT COLLATE "C" NOT NULL,  -- "<status>:<word>"; code point order for prefixes
+    file_id UUID NOT NULL REFERENCES horace_files (id) ON DELETE CASCADE,
+    PRIMARY KEY (lexeme, file_id)
+);
+CREATE INDEX horace_file_words_file ON horace_file_words (file_id);
+INSERT INTO horace_file_words (lexeme, file_id)
+SELECT l.lexeme, f.id FROM horace_files f, unnest(tsvector_to_array(f.words)) AS l (lexeme);
+
+-- Both kept in step with horace_files by the triggers below.
+CREATE FUNCTION horace_search_rows_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO horace_file_tags (tag, status, created_at, file_id)
     SELECT DISTINCT t.tag, n.status, n.created_at, n.id FROM new_files n, unnest(n.tags) AS t (tag);
+    INSERT INTO horace_file_words (lexeme, file_id)
+    SELECT l.lexeme, n.id FROM new_files n, unnest(tsvector_to_array(n.words)) AS l (lexeme);
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER horace_file_tags_inserted AFTER INSERT ON horace_files
+CREATE TRIGGER horace_search_rows_inserted AFTER INSERT ON horace_files
 REFERENCING NEW TABLE AS new_files
-FOR EACH STATEMENT EXECUTE FUNCTION horace_file_tags_inserted();
+FOR EACH STATEMENT EXECUTE FUNCTION horace_search_rows_inserted();
 
 -- (created_at never changes: no unit of work updates it.)
-CREATE FUNCTION horace_file_tags_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION horace_search_rows_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- Most updates (a new version, a move) change neither the tags nor the status.
+    -- Most updates (a new version, say) change neither the tags, the status nor the words.
     DELETE FROM horace_file_tags t USING old_files o JOIN new_files n ON n.id = o.id
     WHERE t.file_id = o.id AND (n.tags IS DISTINCT FROM o.tags OR n.status IS DISTINCT FROM o.status);
     INSERT INTO horace_file_tags (tag, status, created_at, file_id)
     SELECT DISTINCT t.tag, n.status, n.created_at, n.id
     FROM old_files o JOIN new_files n ON n.id = o.id, unnest(n.tags) AS t (tag)
     WHERE n.tags IS DISTINCT FROM o.tags OR n.status IS DISTINCT FROM o.status;
+    DELETE FROM horace_file_words w USING old_files o JOIN new_files n ON n.id = o.id
+    WHERE w.file_id = o.id AND n.words IS DISTINCT FROM o.words;
+    INSERT INTO horace_file_words (lexeme, file_id)
+    SELECT l.lexeme, n.id
+    FROM old_files o JOIN new_files n ON n.id = o.id, unnest(tsvector_to_array(n.words)) AS l (lexeme)
+    WHERE n.words IS DISTINCT FROM o.words;
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER horace_file_tags_updated AFTER UPDATE ON horace_files
+CREATE TRIGGER horace_search_rows_updated AFTER UPDATE ON horace_files
 REFERENCING OLD TABLE AS old_files NEW TABLE AS new_files
-FOR EACH STATEMENT EXECUTE FUNCTION horace_file_tags_updated();
+FOR EACH STATEMENT EXECUTE FUNCTION horace_search_rows_updated();
