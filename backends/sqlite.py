@@ -469,13 +469,14 @@ def _after(q: SearchQuery, column: str, id_column: str) -> _Where:
 
 def _search(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[FileRecord]]:
     newest_first_of_a_status = q.sort_by is SortKey.CREATED_AT and q.status is not None
+    match = _text_match(q)
     with _transaction(conn, "DEFERRED"):  # one snapshot for the count and the page
         if newest_first_of_a_status and q.tags:
             total, rows = _search_by_tag(conn, q)
         elif newest_first_of_a_status and q.any_tags:
             total, rows = _search_by_any_tag(conn, q)
-        elif newest_first_of_a_status and q.purpose and _text_match(q):
-            total, rows = _search_by_words(conn, q)
+        elif newest_first_of_a_status and match is not None:
+            total, rows = _search_by_words(conn, q, match)
         else:
             total, rows = _search_files(conn, q)
     return total, [_file(r) for r in rows]
@@ -563,12 +564,11 @@ def _search_by_any_tag(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, l
     return total, rows
 
 
-def _search_by_words(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[sqlite3.Row]]:
+def _search_by_words(conn: sqlite3.Connection, q: SearchQuery, match: str) -> tuple[int, list[sqlite3.Row]]:
     """Newest first, led by purpose words: horace_words is numbered in page order up to
     the creation second (schema step 003). The page is the first offset+limit matches in
     that order and every other match of the last second they reach, sorted exactly."""
     assert q.status is not None
-    match = _text_match(q)
     others = _others(attrs.evolve(q, purpose=None), (), ())  # (no tags: they would lead)
     joins = " CROSS JOIN horace_word_keys k ON k.key = w.rowid CROSS JOIN horace_files f ON f.id = k.file_id"
     lead = _where("(w.rowid & 3) = ?", _STATUS_CODE[q.status])
