@@ -31,10 +31,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
+import attrs
 import trio
 import trio_asyncio
 
-from . import migrations
+from . import migrations, words
 from .protocol import BackendUnavailable, DatabaseFull, Units
 from .records import (
     CatalogIdentity,
@@ -338,53 +339,9 @@ class _Params:
         return f"${len(self.values)}::{cast}"
 
 
-def _filters(q: SearchQuery, p: _Params) -> list[str]:
-    where: list[str] = []
-    if q.status is not None:
-        where.append(f"f.status = {p(q.status.value, 'text')}")
-    if q.tags:
-        where.append(f"f.tags @> {p(list(q.tags), 'text[]')}")
-    if q.any_tags:
-        where.append(f"f.tags && {p(list(q.any_tags), 'text[]')}")
-    if q.owner is not None:
-        where.append(f"f.owner = {p(q.owner, 'text')}")
-    if q.purpose:
-        # COLLATE "C": case folding of ASCII letters only, as SQLite's LIKE does.
-        pattern = p(f"%{_like_escape(q.purpose)}%", "text")
-        where.append(f'f.purpose COLLATE "C" ILIKE {pattern}')
-    if q.path:
-        where.extend(_path_filter(q.path, p))
-    if q.collection is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM horace_collection_members m "
-            f"WHERE m.file_id = f.id AND m.collection = {p(q.collection, 'text')})"
-        )
-    if q.file_type:
-        if "/" in q.file_type:
-            if q.file_type.endswith("/*"):
-                prefix = _like_escape(q.file_type[:-1]) + "%"
-                where.append(f"f.mime_type LIKE {p(prefix, 'text')}")
-            else:
-                where.append(f"f.mime_type = {p(q.file_type, 'text')}")
-        else:
-            suffix = "%." + _like_escape(q.file_type.lstrip("."))
-            where.append(f"f.file_path ILIKE {p(suffix, 'text')}")  # file_path is "C": ASCII
-    for column, op, value, cast in (
-        ("size", ">=", q.min_size, "bigint"),
-        ("size", "<=", q.max_size, "bigint"),
-        ("created_at", ">=", q.created_after, "timestamptz"),
-        ("created_at", "<", q.created_before, "timestamptz"),
-        ("checksum", "=", q.checksum, "text"),
-        ("correlation_id", "=", q.correlation_id, "text"),
-    ):
-        if value is not None:
-            where.append(f"f.{column} {op} {p(value, cast)}")
-    return where
-
-
 def _path_filter(pattern: str, p: _Params) -> list[str]:
     glob = _Glob(pattern)
-    if glob.never:
+    if glob.never or "\x00" in pattern:  # no path holds NUL (nor can PostgreSQL text)
         return ["false"]
     if glob.exact is not None:
         return [f"f.file_path = {p(glob.exact, 'text')}"]
@@ -419,33 +376,220 @@ def _position(sort_by: SortKey, after: tuple[Any, str]) -> tuple[Any, str]:
     return value, last_id
 
 
+def _field_filters(q: SearchQuery, p: _Params) -> list[str]:
+    """The filters on the file's own columns (not status, tags or purpose)."""
+    where: list[str] = []
+    if q.owner is not None:
+        where.append(f"f.owner = {p(q.owner, 'text')}")
+    if q.path:
+        where.extend(_path_filter(q.path, p))
+    if q.collection is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM horace_collection_members m "
+            f"WHERE m.file_id = f.id AND m.collection = {p(q.collection, 'text')})"
+        )
+    if q.file_type:
+        if "/" in q.file_type:
+            if q.file_type.endswith("/*"):
+                prefix = _like_escape(q.file_type[:-1]) + "%"
+                where.append(f"f.mime_type LIKE {p(prefix, 'text')}")
+            else:
+                where.append(f"f.mime_type = {p(q.file_type, 'text')}")
+        else:
+            suffix = "%." + _like_escape(q.file_type.lstrip("."))
+            where.append(f"f.file_path ILIKE {p(suffix, 'text')}")  # file_path is "C": ASCII
+    for column, op, value, cast in (
+        ("size", ">=", q.min_size, "bigint"),
+        ("size", "<=", q.max_size, "bigint"),
+        ("created_at", ">=", q.created_after, "timestamptz"),
+        ("created_at", "<", q.created_before, "timestamptz"),
+        ("checksum", "=", q.checksum, "text"),
+        ("correlation_id", "=", q.correlation_id, "text"),
+    ):
+        if value is not None:
+            where.append(f"f.{column} {op} {p(value, cast)}")
+    return where
+
+
+def _tag_filters(q: SearchQuery, p: _Params) -> list[str]:
+    where: list[str] = []
+    if q.tags:
+        where.append(f"f.tags @> {p(list(q.tags), 'text[]')}")
+    if q.any_tags:
+        where.append(f"f.tags && {p(list(q.any_tags), 'text[]')}")
+    return where
+
+
+def _words_filter(q: SearchQuery, p: _Params) -> list[str]:
+    """Files whose purpose or path has a word starting with each word of the purpose
+    (backends/words.py), of the query's status; a text without words matches nothing."""
+    if not q.purpose:
+        return []
+    found = words.query_words(q.purpose)
+    if not found:
+        return ["false"]
+    statuses = [q.status] if q.status is not None else list(Status)
+    return [f"f.words @@ {p(words.tsquery(found, [s.value for s in statuses]), 'tsquery')}"]
+
+
+def _status_filter(q: SearchQuery, p: _Params) -> list[str]:
+    return [] if q.status is None else [f"f.status = {p(q.status.value, 'text')}"]
+
+
+def _after(q: SearchQuery, p: _Params, column: str, id_column: str) -> list[str]:
+    """Rows past the keyset position, in the query's order.
+
+    The id is compared as text in byte order, as SQLite compares its TEXT ids (and so a
+    malformed id in a cursor is a position, not an error); for canonical ids this is the
+    uuid order of the ORDER BY. The plain bound lets an index start there.
+    """
+    if q.after is None:
+        return []
+    value, last_id = _position(q.sort_by, q.after)
+    op = ">" if q.order is Order.ASC else "<"
+    x = p(value, _SORT[q.sort_by][1])
+    return [
+        f"{column} {op}= {x}",
+        f'({column}, {id_column}::text COLLATE "C") {op} ({x}, {p(str(last_id), "text")})',
+    ]
+
+
+def _and(clauses: Sequence[str]) -> str:
+    return " AND ".join(clauses) or "true"
+
+
+def _direction(q: SearchQuery) -> str:
+    return "ASC" if q.order is Order.ASC else "DESC"
+
+
 def _search_sql(q: SearchQuery) -> tuple[str, list[Any]]:
+    """One statement: the count, and the page (every column of each row)."""
     p = _Params()
-    where = _filters(q, p)
-    page_where = list(where)
-    column, cast = _SORT[q.sort_by]
-    ascending = q.order is Order.ASC
-    direction = "ASC" if ascending else "DESC"
-    if q.after is not None:
-        value, last_id = _position(q.sort_by, q.after)
-        op = ">" if ascending else "<"
-        x = p(value, cast)
-        # The id is compared as text in byte order, as SQLite compares its TEXT ids (and
-        # so a malformed id in a cursor is a position, not an error); for canonical ids
-        # this is the uuid order of the ORDER BY. The plain bound lets an index start there.
-        page_where.append(f"f.{column} {op}= {x}")
-        page_where.append(f'(f.{column}, f.id::text COLLATE "C") {op} ({x}, {p(str(last_id), "text")})')
-    clause = " AND ".join(where) or "true"
-    page_clause = " AND ".join(page_where) or "true"
-    limit, offset = p(q.limit, "bigint"), p(q.offset, "bigint")
+    newest_first_of_a_status = q.sort_by is SortKey.CREATED_AT and q.status is not None
+    if newest_first_of_a_status and q.tags:
+        count, page = _by_tag(q, p)
+    elif newest_first_of_a_status and q.any_tags:
+        count, page = _by_any_tag(q, p)
+    else:
+        count, page = _by_files(q, p)
+    column = _SORT[q.sort_by][0]
     sql = (
-        f"WITH page AS (SELECT {F_F} FROM horace_files f WHERE {page_clause} "
-        f"ORDER BY f.{column} {direction}, f.id {direction} LIMIT {limit} OFFSET {offset}) "
-        f"SELECT t.total, page.* FROM (SELECT count(*) AS total FROM horace_files f "
-        f"WHERE {clause}) t LEFT JOIN page ON true "
-        f"ORDER BY page.{column} {direction}, page.id {direction}"
+        f"WITH page AS ({page}) "
+        f"SELECT c.total, page.* FROM ({count}) c LEFT JOIN page ON true "
+        f"ORDER BY page.{column} {_direction(q)}, page.id {_direction(q)}"
     )
     return sql, p.values
+
+
+def _by_files(q: SearchQuery, p: _Params) -> tuple[str, str]:
+    """Any search, through horace_files and its indexes."""
+    shared = _tag_filters(q, p) + _field_filters(q, p) + _words_filter(q, p)
+    status = _status_filter(q, p)
+    count = (
+        _words_count(q, p)
+        if q.purpose and len(shared) == 1  # the words (which hold the status) and nothing else
+        else f"SELECT count(*) AS total FROM horace_files f WHERE {_and(shared + status)}"
+    )
+    column = f"f.{_SORT[q.sort_by][0]}"
+    where = shared + status + _after(q, p, column, "f.id")
+    # The page's ids first: an index that holds the sort key and the filters' columns
+    # orders the matches without reading their rows; only the page's rows are read.
+    ids = (
+        f"SELECT f.id FROM horace_files f WHERE {_and(where)} "
+        f"ORDER BY {column} {_direction(q)}, f.id {_direction(q)} "
+        f"LIMIT {p(q.limit, 'bigint')} OFFSET {p(q.offset, 'bigint')}"
+    )
+    return count, f"SELECT {F_F} FROM ({ids}) ids JOIN horace_files f ON f.id = ids.id"
+
+
+def _words_count(q: SearchQuery, p: _Params) -> str:
+    """The count of a search by purpose words (and status) alone, from the index of
+    horace_file_words: for each word, the files with a lexeme in one of its ranges
+    ("<status>:<word>" and longer). A file may have several lexemes of a range ("report",
+    "reports"), so the files are told apart, unless the range holds one lexeme only."""
+    assert q.purpose is not None
+    found = words.query_words(q.purpose)
+    if not found:
+        return "SELECT 0::bigint AS total"
+    statuses = [q.status] if q.status is not None else list(Status)
+    ranges = [_lexeme_range(f"{s.value}:{word}", p) for word in found for s in statuses]
+    if len(ranges) == 1:
+        (where,) = ranges
+        return (
+            f"SELECT CASE WHEN (SELECT min(lexeme) FROM horace_file_words WHERE {where}) "
+            f"= (SELECT max(lexeme) FROM horace_file_words WHERE {where}) "
+            f"THEN (SELECT count(*) FROM horace_file_words WHERE {where}) "
+            f"ELSE (SELECT count(DISTINCT file_id) FROM horace_file_words WHERE {where}) END AS total"
+        )
+    per_word = [
+        "SELECT file_id FROM horace_file_words WHERE "
+        + " OR ".join(ranges[i * len(statuses) : (i + 1) * len(statuses)])
+        for i in range(len(found))
+    ]
+    # INTERSECT tells the files apart; a single word's set needs DISTINCT to do so.
+    return f"SELECT count(DISTINCT file_id) AS total FROM ({' INTERSECT '.join(per_word)}) w"
+
+
+def _lexeme_range(prefix: str, p: _Params) -> str:
+    """Lexemes that start with *prefix* (code point order: the column is "C")."""
+    where = f"(lexeme >= {p(prefix, 'text')}"
+    upper = _prefix_upper(prefix)
+    return where + (f" AND lexeme < {p(upper, 'text')})" if upper is not None else ")")
+
+
+_TAG_JOIN = " JOIN horace_files f ON f.id = t.file_id"
+
+
+def _by_tag(q: SearchQuery, p: _Params) -> tuple[str, str]:
+    """Newest first, led by the first tag: horace_file_tags' key is (tag, status,
+    created_at, file_id), in page order."""
+    assert q.status is not None
+    lead = [f"t.tag = {p(q.tags[0], 'text')}", f"t.status = {p(q.status.value, 'text')}"]
+    others = _tag_filters(attrs.evolve(q, tags=q.tags[1:]), p) + _field_filters(q, p) + _words_filter(q, p)
+    count = (
+        f"SELECT count(*) AS total FROM horace_file_tags t{_TAG_JOIN if others else ''} "
+        f"WHERE {_and(lead + others)}"
+    )
+    order = f"t.created_at {_direction(q)}, t.file_id {_direction(q)}"
+    where = lead + others + _after(q, p, "t.created_at", "t.file_id")
+    page = (
+        f"SELECT {F_F} FROM horace_file_tags t{_TAG_JOIN} WHERE {_and(where)} "
+        f"ORDER BY {order} LIMIT {p(q.limit, 'bigint')} OFFSET {p(q.offset, 'bigint')}"
+    )
+    return count, page
+
+
+def _tag_is(p: _Params, tag: str) -> str:
+    return f"t.tag = {p(tag, 'text')}"
+
+
+def _by_any_tag(q: SearchQuery, p: _Params) -> tuple[str, str]:
+    """Newest first, any of the tags: the page is among the first offset+limit files of
+    each tag (a file ahead of it is ahead in its own tag's list too)."""
+    assert q.status is not None
+    status = f"t.status = {p(q.status.value, 'text')}"
+    others = _field_filters(q, p) + _words_filter(q, p)
+    join = _TAG_JOIN if others else ""
+    any_tag = f"t.tag = ANY ({p(list(q.any_tags), 'text[]')})"
+    count = (
+        f"SELECT count(DISTINCT t.file_id) AS total FROM horace_file_tags t{join} "
+        f"WHERE {_and([any_tag, status, *others])}"
+    )
+    after = _after(q, p, "t.created_at", "t.file_id")
+    reach = p(q.limit + q.offset, "bigint")
+    direction = _direction(q)
+    heads = " UNION ".join(
+        f"(SELECT t.file_id, t.created_at FROM horace_file_tags t{join} "
+        f"WHERE {_and([_tag_is(p, tag), status, *others, *after])} "
+        f"ORDER BY t.created_at {direction}, t.file_id {direction} LIMIT {reach})"
+        for tag in dict.fromkeys(q.any_tags)
+    )
+    limit, offset = p(q.limit, "bigint"), p(q.offset, "bigint")
+    page = (
+        f"SELECT {F_F} FROM ({heads}) h JOIN horace_files f ON f.id = h.file_id "
+        f"ORDER BY h.created_at {direction}, h.file_id {direction} LIMIT {limit} OFFSET {offset}"
+    )
+    return count, page
 
 
 # -- the units of work: asyncio coroutines of one connection ------------------------------
@@ -799,6 +943,16 @@ async def _fetch(conn: Conn, sql: str, *args: Any) -> list[Row]:
     return list(await conn.fetch(sql, *args))
 
 
+async def _fetch_custom_plan(conn: Conn, sql: str, *args: Any) -> list[Row]:
+    """As _fetch, planned for these very arguments. A prepared statement run often gets a
+    generic plan, which cannot tell a word in every tenth file (read the newest files
+    until the page is full) from a rare one (read its few files, then sort): for words,
+    that plan was several times slower than either."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        return list(await conn.fetch(sql, *args))
+
+
 async def _execute(conn: Conn, sql: str, *args: Any) -> str:
     return str(await conn.execute(sql, *args))
 
@@ -1097,7 +1251,7 @@ class _Units:
 
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
         sql, params = _search_sql(query)
-        rows = await self._source.run(_fetch, sql, *params)
+        rows = await self._source.run(_fetch_custom_plan if query.purpose else _fetch, sql, *params)
         total = rows[0]["total"] if rows else 0
         return total, [_file(r) for r in rows if r["id"] is not None]
 

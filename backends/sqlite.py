@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import trio
+from attrs import frozen
 
-from . import migrations
+from . import migrations, words
 from .protocol import CatalogMissing, DatabaseFull, Units
 from .records import (
     CatalogIdentity,
@@ -160,6 +162,13 @@ def _placeholders(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+# A tag row carries its file's status and created_at (schema step 003), read from the file.
+_INSERT_TAG = (
+    "INSERT OR IGNORE INTO horace_file_tags (tag, file_id, status, created_at) "
+    "SELECT ?, id, status, created_at FROM horace_files WHERE id = ?"
+)
+
+
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -269,7 +278,7 @@ def _insert_files(
             ],
         )
         conn.executemany(
-            "INSERT OR IGNORE INTO horace_file_tags (tag, file_id) VALUES (?, ?)",
+            _INSERT_TAG,
             [(tag, f.id) for f in inserted for tag in f.tags],
         )
         conn.executemany(
@@ -355,7 +364,7 @@ def _update_file(
             sets["tags"] = json.dumps(list(changes.tags))
             conn.execute("DELETE FROM horace_file_tags WHERE file_id = ?", (file_id,))
             conn.executemany(
-                "INSERT OR IGNORE INTO horace_file_tags (tag, file_id) VALUES (?, ?)",
+                _INSERT_TAG,
                 [(tag, file_id) for tag in changes.tags],
             )
         if changes.status is not None and changes.status != current.status:
@@ -385,43 +394,84 @@ def _move_file(conn: sqlite3.Connection, file_id: str, new_path: str, at: dateti
         return _file_by(conn, "id", file_id) if moved else None
 
 
-def _filters(q: SearchQuery) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if q.status is not None:
-        where.append("f.status = ?")
-        params.append(q.status.value)
-    for tag in q.tags:
-        where.append("f.id IN (SELECT file_id FROM horace_file_tags WHERE tag = ?)")
-        params.append(tag)
-    if q.any_tags:
-        where.append(
-            f"f.id IN (SELECT file_id FROM horace_file_tags WHERE tag IN ({_placeholders(q.any_tags)}))"
+# -- searching --------------------------------------------------------------------------
+#
+# A search is a count and a page, read in one snapshot. The common searches (newest first,
+# one status, led by tags, any_tags or purpose words) are read from an index that holds
+# the status and the creation order already (schema step 003): the count touches index
+# entries only, and the page reads the matches in order and stops after it. Every other
+# search goes through horace_files, whose sorter keeps only (sort value, id) pairs.
+
+_STATUS_CODE = {Status.ACTIVE: 0, Status.ARCHIVED: 1, Status.DELETED: 2}
+# The creation second of a horace_word_keys key, newest first: as in schema/sqlite/003.
+_SECOND_SQL = "(17179869183 - min(max(CAST(strftime('%s', {}) AS INTEGER), 0), 17179869183))"
+_SECOND_SHIFT = 29
+_SECOND_LOW_BITS = (1 << _SECOND_SHIFT) - 1
+_TEXT_MATCHES = "SELECT k.file_id FROM horace_words(?) w CROSS JOIN horace_word_keys k ON k.key = w.rowid"
+
+
+@frozen
+class _Where:
+    """``AND``-ed SQL conditions and their parameters, in order."""
+
+    clauses: tuple[str, ...] = ()
+    params: tuple[Any, ...] = ()
+
+    def __add__(self, other: _Where) -> _Where:
+        return _Where(self.clauses + other.clauses, self.params + other.params)
+
+    def sql(self) -> str:
+        """The conditions, each after " AND " (to follow a first condition such as 1)."""
+        return "".join(" AND " + c for c in self.clauses)
+
+
+def _where(clause: str, *params: Any) -> _Where:
+    return _Where((clause,), params)
+
+
+def _text_match(q: SearchQuery) -> str | None:
+    """The FTS5 query of *q*'s purpose words; None when it has none (matches nothing)."""
+    found = words.query_words(q.purpose or "")
+    return words.fts5_match(found) if found else None
+
+
+def _purpose_filter(q: SearchQuery) -> _Where:
+    match = _text_match(q)
+    return _where(f"f.id IN ({_TEXT_MATCHES})", match) if match else _where("0")
+
+
+def _tag_filters(tags: tuple[str, ...], any_tags: tuple[str, ...]) -> _Where:
+    where = _Where()
+    for tag in tags:
+        where += _where("f.id IN (SELECT file_id FROM horace_file_tags WHERE tag = ?)", tag)
+    if any_tags:
+        where += _where(
+            f"f.id IN (SELECT file_id FROM horace_file_tags WHERE tag IN ({_placeholders(any_tags)}))",
+            *any_tags,
         )
-        params.extend(q.any_tags)
+    return where
+
+
+def _field_filters(q: SearchQuery) -> _Where:
+    """The filters on the file's own columns (not status, tags or purpose)."""
+    where = _Where()
     if q.owner is not None:
-        where.append("f.owner = ?")
-        params.append(q.owner)
-    if q.purpose:
-        where.append("f.purpose LIKE ? ESCAPE '\\'")
-        params.append(f"%{_like_escape(q.purpose)}%")
+        where += _where("f.owner = ?", q.owner)
     if q.path:
-        where.append("f.file_path GLOB ?")
-        params.append(q.path)
+        # No path holds NUL; SQLite's GLOB would read the pattern only up to it.
+        where += _where("f.file_path GLOB ?", q.path) if "\x00" not in q.path else _where("0")
     if q.collection is not None:
-        where.append("f.id IN (SELECT file_id FROM horace_collection_members WHERE collection = ?)")
-        params.append(q.collection)
+        where += _where(
+            "f.id IN (SELECT file_id FROM horace_collection_members WHERE collection = ?)", q.collection
+        )
     if q.file_type:
         if "/" in q.file_type:
             if q.file_type.endswith("/*"):
-                where.append("f.mime_type LIKE ? ESCAPE '\\'")
-                params.append(_like_escape(q.file_type[:-1]) + "%")
+                where += _where("f.mime_type LIKE ? ESCAPE '\\'", _like_escape(q.file_type[:-1]) + "%")
             else:
-                where.append("f.mime_type = ?")
-                params.append(q.file_type)
-        else:
-            where.append("f.file_path LIKE ? ESCAPE '\\'")  # LIKE is case-insensitive here
-            params.append("%." + _like_escape(q.file_type.lstrip(".")))
+                where += _where("f.mime_type = ?", q.file_type)
+        else:  # LIKE is case-insensitive here
+            where += _where("f.file_path LIKE ? ESCAPE '\\'", "%." + _like_escape(q.file_type.lstrip(".")))
     for column, op, value in (
         ("size", ">=", q.min_size),
         ("size", "<=", q.max_size),
@@ -431,44 +481,236 @@ def _filters(q: SearchQuery) -> tuple[list[str], list[Any]]:
         ("correlation_id", "=", q.correlation_id),
     ):
         if value is not None:
-            where.append(f"f.{column} {op} ?")
-            params.append(value)
-    if q.status is not None and (
+            where += _where(f"f.{column} {op} ?", value)
+    return where
+
+
+def _status_filter(q: SearchQuery) -> _Where:
+    if q.status is None:
+        return _Where()
+    selective = (
         q.tags
         or q.any_tags
+        or q.purpose
         or q.owner is not None
         or q.path
         or q.collection is not None
         or q.checksum
         or q.correlation_id
-    ):
-        # Unary + keeps status (3 values, but SQLite without statistics takes any
-        # equality for a selective one) from choosing a status_* index over the index
-        # of the selective filter.
-        where[0] = "+f.status = ?"
-    return where, params
+    )
+    # Unary + keeps status (3 values, but SQLite without statistics takes any equality
+    # for a selective one) from choosing a status_* index over the selective filter's;
+    # the owner's index has the status in it.
+    plain = q.owner is not None or not selective
+    return _where(f"{'' if plain else '+'}f.status = ?", q.status.value)
+
+
+def _after(q: SearchQuery, column: str, id_column: str) -> _Where:
+    """Rows past the keyset position, in the query's order."""
+    if q.after is None:
+        return _Where()
+    value, last_id = q.after
+    if isinstance(value, datetime):
+        value = _ts(value)
+    op = ">" if q.order is Order.ASC else "<"
+    return _where(f"({column}, {id_column}) {op} (?, ?)", value, last_id)
 
 
 def _search(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[FileRecord]]:
-    where, params = _filters(q)
-    clause = " AND ".join(where) or "1"
-    column = _SORT_COLUMNS[q.sort_by]
-    direction = "ASC" if q.order is Order.ASC else "DESC"
-    page_where, page_params = clause, list(params)
-    if q.after is not None:
-        value, last_id = q.after
-        if isinstance(value, datetime):
-            value = _ts(value)
-        page_where += f" AND (f.{column}, f.id) {'>' if q.order is Order.ASC else '<'} (?, ?)"
-        page_params += [value, last_id]
+    newest_first_of_a_status = q.sort_by is SortKey.CREATED_AT and q.status is not None
+    match = _text_match(q)
     with _transaction(conn, "DEFERRED"):  # one snapshot for the count and the page
-        (total,) = conn.execute(f"SELECT count(*) FROM horace_files f WHERE {clause}", params).fetchone()
-        rows = conn.execute(
-            f"SELECT {_F_COLUMNS} FROM horace_files f WHERE {page_where} "
-            f"ORDER BY f.{column} {direction}, f.id {direction} LIMIT ? OFFSET ?",
-            [*page_params, q.limit, q.offset],
-        ).fetchall()
+        if newest_first_of_a_status and q.tags:
+            total, rows = _search_by_tag(conn, q)
+        elif newest_first_of_a_status and q.any_tags:
+            total, rows = _search_by_any_tag(conn, q)
+        elif newest_first_of_a_status and match is not None:
+            total, rows = _search_by_words(conn, q, match)
+        else:
+            total, rows = _search_files(conn, q)
     return total, [_file(r) for r in rows]
+
+
+def _direction(q: SearchQuery) -> str:
+    return "ASC" if q.order is Order.ASC else "DESC"
+
+
+def _search_files(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[sqlite3.Row]]:
+    """Any search, through horace_files and its indexes."""
+    where = _status_filter(q) + _tag_filters(q.tags, q.any_tags) + _field_filters(q)
+    if q.purpose:
+        where += _purpose_filter(q)
+    column = f"f.{_SORT_COLUMNS[q.sort_by]}"
+    order = f"{column} {_direction(q)}, f.id {_direction(q)}"
+    page = where + _after(q, column, "f.id")
+    count = f"SELECT count(*) FROM horace_files f WHERE 1{where.sql()}"
+    (total,) = conn.execute(count, where.params).fetchone()
+    # The sorter holds rowids and sort keys; only the page's rows are read whole.
+    rows = conn.execute(
+        f"SELECT {_F_COLUMNS} FROM horace_files f WHERE f.rowid IN ("
+        f"SELECT f.rowid FROM horace_files f WHERE 1{page.sql()} ORDER BY {order} LIMIT ? OFFSET ?"
+        f") ORDER BY {order}",
+        [*page.params, q.limit, q.offset],
+    ).fetchall()
+    return total, rows
+
+
+def _others(q: SearchQuery, tags: tuple[str, ...], any_tags: tuple[str, ...]) -> _Where:
+    """The filters a tag- or word-led search checks on each of its matches: all but its
+    lead and the status (*tags* and *any_tags*: those that are not its lead)."""
+    where = _tag_filters(tags, any_tags) + _field_filters(q)
+    return where + _purpose_filter(q) if q.purpose else where
+
+
+def _search_by_tag(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[sqlite3.Row]]:
+    """Newest first, led by the first tag: horace_file_tags_search holds (tag, status,
+    created_at, file_id) in page order."""
+    assert q.status is not None
+    others = _others(q, q.tags[1:], q.any_tags)
+    join = " CROSS JOIN horace_files f ON f.id = t.file_id"
+    lead = _where("t.tag = ?", q.tags[0]) + _where("t.status = ?", q.status.value)
+    (total,) = conn.execute(
+        f"SELECT count(*) FROM horace_file_tags t{join if others.clauses else ''} "
+        f"WHERE 1{(lead + others).sql()}",
+        (lead + others).params,
+    ).fetchone()
+    order = f"t.created_at {_direction(q)}, t.file_id {_direction(q)}"
+    page = lead + others + _after(q, "t.created_at", "t.file_id")
+    rows = conn.execute(
+        f"SELECT {_F_COLUMNS} FROM horace_file_tags t{join} WHERE 1{page.sql()} "
+        f"ORDER BY {order} LIMIT ? OFFSET ?",
+        [*page.params, q.limit, q.offset],
+    ).fetchall()
+    return total, rows
+
+
+def _search_by_any_tag(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, list[sqlite3.Row]]:
+    """Newest first, any of the tags: the page is among the first offset+limit files of
+    each tag (a file ahead of it is ahead in its own tag's list too)."""
+    assert q.status is not None
+    others = _others(q, (), ())
+    join = " CROSS JOIN horace_files f ON f.id = t.file_id" if others.clauses else ""
+    status = _where("t.status = ?", q.status.value)
+    any_tag = _where(f"t.tag IN ({_placeholders(q.any_tags)})", *q.any_tags)
+    counted = any_tag + status + others
+    distinct = f"SELECT DISTINCT t.file_id FROM horace_file_tags t{join} WHERE 1{counted.sql()}"
+    (total,) = conn.execute(f"SELECT count(*) FROM ({distinct})", counted.params).fetchone()
+    order = f"created_at {_direction(q)}, file_id {_direction(q)}"
+    heads, params = [], []
+    for tag in dict.fromkeys(q.any_tags):
+        head = _where("t.tag = ?", tag) + status + others + _after(q, "t.created_at", "t.file_id")
+        heads.append(
+            f"SELECT * FROM (SELECT t.file_id, t.created_at FROM horace_file_tags t{join} "
+            f"WHERE 1{head.sql()} ORDER BY t.{order.replace(', ', ', t.')} LIMIT ?)"
+        )
+        params += [*head.params, q.limit + q.offset]
+    rows = conn.execute(
+        f"SELECT {_F_COLUMNS} FROM ({' UNION '.join(heads)}) h "
+        f"CROSS JOIN horace_files f ON f.id = h.file_id ORDER BY h.{order.replace(', ', ', h.')} "
+        "LIMIT ? OFFSET ?",
+        [*params, q.limit, q.offset],
+    ).fetchall()
+    return total, rows
+
+
+def _search_by_words(conn: sqlite3.Connection, q: SearchQuery, match: str) -> tuple[int, list[sqlite3.Row]]:
+    """Newest first, led by purpose words: horace_words is numbered in page order up to
+    the creation second (schema step 003). The page is the first offset+limit matches in
+    that order and every other match of the last second they reach, sorted exactly."""
+    assert q.status is not None
+    others = _others(attrs.evolve(q, purpose=None), (), ())  # (no tags: they would lead)
+    joins = " CROSS JOIN horace_word_keys k ON k.key = w.rowid CROSS JOIN horace_files f ON f.id = k.file_id"
+    lead = _where("(w.rowid & 3) = ?", _STATUS_CODE[q.status])
+    (total,) = conn.execute(
+        f"SELECT count(*) FROM horace_words(?) w{joins if others.clauses else ''} "
+        f"WHERE 1{(lead + others).sql()}",
+        [match, *(lead + others).params],
+    ).fetchone()
+    newest_first = q.order is Order.DESC  # keys grow from the newest second to the oldest
+    if q.after is not None:
+        value = q.after[0]
+        position = _ts(value) if isinstance(value, datetime) else value
+        second = f"({_SECOND_SQL.format('?')} << {_SECOND_SHIFT})"
+        if newest_first:
+            lead += _where(f"w.rowid >= {second}", position)
+        else:
+            lead += _where(f"w.rowid <= ({second} | {_SECOND_LOW_BITS})", position)
+    page = lead + others + _after(q, "f.created_at", "f.id")
+    hits = _Hits(match, page, joins if others.clauses or q.after is not None else "", newest_first)
+    reach = q.limit + q.offset
+    if reach <= _MAX_KEYS_READ:
+        keys = hits.keys(conn, 2 * reach)
+        if len(keys) <= reach or keys[reach - 1] >> _SECOND_SHIFT != keys[-1] >> _SECOND_SHIFT:
+            return total, _rows_of_keys(conn, q, _through_last_second(keys, reach))
+    # A far page, or a last second with more matches than were read: read to its end.
+    rows = conn.execute(
+        f"WITH hits AS ({hits.sql}) "
+        f"SELECT {_F_COLUMNS} FROM horace_words(?) w{joins} WHERE {hits.last_second_sql}{page.sql()} "
+        f"ORDER BY f.created_at {_direction(q)}, f.id {_direction(q)} LIMIT ? OFFSET ?",
+        [*hits.params, reach, match, *page.params, q.limit, q.offset],
+    ).fetchall()
+    return total, rows
+
+
+# A words search reads up to twice its offset+limit keys and then their rows, by key.
+_MAX_KEYS_READ = 2000
+
+
+@frozen
+class _Hits:
+    """The matches of a words search in key order (creation second, then no order)."""
+
+    match: str
+    page: _Where
+    joins: str
+    newest_first: bool  # keys grow from the newest second to the oldest
+
+    @property
+    def sql(self) -> str:
+        walk = "ASC" if self.newest_first else "DESC"
+        return (
+            f"SELECT w.rowid AS key FROM horace_words(?) w{self.joins} WHERE 1{self.page.sql()} "
+            f"ORDER BY w.rowid {walk} LIMIT ?"
+        )
+
+    @property
+    def params(self) -> tuple[Any, ...]:
+        return (self.match, *self.page.params)
+
+    def keys(self, conn: sqlite3.Connection, count: int) -> list[int]:
+        return [key for (key,) in conn.execute(self.sql, [*self.params, count])]
+
+    @property
+    def last_second_sql(self) -> str:
+        """Keys up to the end of the second of the last of ``hits`` (a CTE of ``sql``).
+        (In SQLite, << >> & | share one precedence, left to right: hence the parentheses.)"""
+        if self.newest_first:
+            return (
+                f"w.rowid <= ((((SELECT max(key) FROM hits) >> {_SECOND_SHIFT}) << {_SECOND_SHIFT}) "
+                f"| {_SECOND_LOW_BITS})"
+            )
+        return f"w.rowid >= (((SELECT min(key) FROM hits) >> {_SECOND_SHIFT}) << {_SECOND_SHIFT})"
+
+
+def _through_last_second(keys: list[int], reach: int) -> list[int]:
+    """The first *reach* keys and the others of the second the last of them is in (in
+    key order, the seconds of the keys never turn back)."""
+    end = min(reach, len(keys))
+    while 0 < end < len(keys) and keys[end] >> _SECOND_SHIFT == keys[end - 1] >> _SECOND_SHIFT:
+        end += 1
+    return keys[:end]
+
+
+def _rows_of_keys(conn: sqlite3.Connection, q: SearchQuery, keys: list[int]) -> list[sqlite3.Row]:
+    """The page among the files of *keys*, in exact order (created_at, then id)."""
+    if not keys:
+        return []
+    return conn.execute(
+        f"SELECT {_F_COLUMNS} FROM horace_word_keys k CROSS JOIN horace_files f ON f.id = k.file_id "
+        f"WHERE k.key IN ({_placeholders(keys)}) "
+        f"ORDER BY f.created_at {_direction(q)}, f.id {_direction(q)} LIMIT ? OFFSET ?",
+        [*keys, q.limit, q.offset],
+    ).fetchall()
 
 
 def _find_duplicates(conn: sqlite3.Connection, limit: int) -> list[DuplicateGroup]:

@@ -283,7 +283,7 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 @click.option("--tag", "tags", multiple=True, help="Has all of these tags.")
 @click.option("--any-tag", "any_tags", multiple=True, help="Has any of these tags.")
 @click.option("--owner")
-@click.option("--purpose", help="Text in the purpose.")
+@click.option("--purpose", help="Prefixes of words of the purpose or path (all).")
 @click.option("--path", help="Glob relative to files/.")
 @click.option("--collection")
 @click.option("--type", "file_type", help="MIME type (image/*) or extension.")

@@ -79,7 +79,7 @@ class NewFileMetadata:
     metadata."""
 
     owner: str | None = param(None, doc="defaults to the component folder (gates/, user/, ...)")
-    purpose: str | None = param(None, doc="what the file is for, searchable as text")
+    purpose: str | None = param(None, doc="what the file is for, searchable by its words")
     tags: tuple[str, ...] = param((), doc="labels to search by")
     collection: str | None = param(None, doc="add the file to this collection (created if missing)")
     correlation_id: str | None = param(None, doc="stored with the file and its version")
@@ -104,7 +104,7 @@ class SearchFilters:
     tags: tuple[str, ...] = param((), doc="files that have all of these tags")
     any_tags: tuple[str, ...] = param((), doc="files that have any of these tags")
     owner: str | None = param(None, doc="files of this owner")
-    purpose: str | None = param(None, doc="text in the purpose (case-insensitive)")
+    purpose: str | None = param(None, doc="prefixes of words of the purpose or path (all; ASCII in any case)")
     path: str | None = param(None, doc="glob relative to files/, e.g. gates/*.md")
     collection: str | None = param(None, doc="files in this collection")
     file_type: str | None = param(None, doc="MIME type (image/png, image/*) or extension (pdf)")

@@ -1,0 +1,53 @@
+"""The words of the text search (``SearchQuery.purpose``), the same on both backends.
+
+A file's searchable text is its purpose and its path. A word is a run of ASCII letters
+and digits and of any characters beyond ASCII; every other ASCII character (spaces,
+punctuation, ``/``, ``.``, ``-``, ``_``...) separates words. Only ASCII letters are folded
+to lower case, and diacritics are kept. This is exactly what SQLite's FTS5 ``ascii``
+tokenizer does, and what the PostgreSQL schema spells out with a regular expression:
+neither backend's own notion of letters or case (which differ, and in PostgreSQL depend
+on the database's locale) is used.
+
+A search matches the files whose text has, for each word of the query, a word that starts
+with it (prefix match, every word required, in any order). The query's text is only ever
+words: no character in it is query syntax, and a query with no word matches nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+# One character beyond ASCII, or an ASCII letter or digit, is part of a word.
+_WORD = re.compile(r"[0-9A-Za-z\u0080-\U0010ffff]+")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+# PostgreSQL keeps the first WORD_CHARS characters of a word (a lexeme has a size limit):
+# a query word is cut to the same length, so "starts with" answers the same on both sides.
+WORD_CHARS = 255
+# Only the head of a long purpose is searchable (a tsvector has a size limit too).
+PURPOSE_CHARS = 100_000
+
+
+def query_words(text: str) -> list[str]:
+    """The distinct words of a query, in order of first appearance."""
+    words: dict[str, None] = {}
+    for match in _WORD.finditer(text.translate(_ASCII_LOWER)):
+        words.setdefault(match.group()[:WORD_CHARS], None)
+    return list(words)
+
+
+def fts5_match(words: list[str]) -> str:
+    """An FTS5 query: every word as a prefix. Words hold no '"', so quoting them is enough
+    to keep FTS5 from reading any of them (AND, NEAR, ``*``, ``:``...) as syntax."""
+    return " AND ".join(f'"{word}"*' for word in words)
+
+
+def tsquery(words: list[str], statuses: list[str]) -> str:
+    """A PostgreSQL tsquery of the lexemes of schema/postgres/003 ("<status>:<word>"):
+    every word as a prefix, in a file of one of *statuses*. Lexemes are quoted (a quote
+    doubled, as the tsquery input syntax wants; words hold no quote or backslash anyway)."""
+
+    def lexeme(status: str, word: str) -> str:
+        return "'{}:{}':*".format(status, word.replace("'", "''"))
+
+    return " & ".join("(" + " | ".join(lexeme(s, w) for s in statuses) + ")" for w in words)

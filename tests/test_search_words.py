@@ -1,0 +1,195 @@
+"""The text search (``purpose``): words, their index kept in step with every change, and
+the SQLite schema step that builds the index for a catalog that has files already.
+
+Runs on the backend under test; tests/test_backend_postgres_units.py holds the edge
+cases compared between the two backends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import attrs
+import pytest
+
+from horace.backends import open_backend
+from horace.backends.migrations import steps
+from horace.backends.protocol import Backend
+from horace.backends.records import FileChanges, FileRecord, SearchQuery, Status
+from horace.backends.sqlite import open_sqlite
+from horace.backends.words import WORD_CHARS, fts5_match, query_words, tsquery
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def record(path: str, purpose: str | None, *, when: float = 0, tags: tuple[str, ...] = ()) -> FileRecord:
+    at = T0 + timedelta(seconds=when)
+    return FileRecord(
+        id=str(uuid.uuid4()),
+        file_path=path,
+        owner=None,
+        purpose=purpose,
+        tags=tags,
+        size=1,
+        mime_type="text/plain",
+        checksum=f"sum-{path}",
+        status=Status.ACTIVE,
+        current_version=1,
+        correlation_id=None,
+        created_at=at,
+        updated_at=at,
+        deleted_at=None,
+    )
+
+
+# -- words ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Monthly REPORT", ["monthly", "report"]),
+        ("report report Report", ["report"]),
+        ("gates/project-12/file_0001.TXT", ["gates", "project", "12", "file", "0001", "txt"]),
+        ("Café CRÈME naïve", ["café", "crÈme", "naïve"]),  # ASCII letters only are folded
+        ('"NEAR" AND * ^ - : & | ! ( ) \' \\ %', ["near", "and"]),
+        ("", []),
+        ("  ... ---  ", []),
+        ("日本語 テキスト", ["日本語", "テキスト"]),
+        ("x" * (WORD_CHARS + 10), ["x" * WORD_CHARS]),
+    ],
+)
+def test_query_words(text: str, expected: list[str]) -> None:
+    assert query_words(text) == expected
+
+
+def test_queries_quote_every_word() -> None:
+    assert fts5_match(["near", "ab"]) == '"near"* AND "ab"*'
+    assert tsquery(["near", "ab"], ["active"]) == "('active:near':*) & ('active:ab':*)"
+    assert tsquery(["x"], ["active", "deleted"]) == "('active:x':* | 'deleted:x':*)"
+
+
+# -- the index follows every change -------------------------------------------------------------
+
+
+@pytest.fixture
+async def backend(database_url: str) -> AsyncIterator[Backend]:
+    async with open_backend(database_url) as opened:
+        await opened.migrate()
+        yield opened
+
+
+async def found(backend: Backend, text: str, **filters: object) -> set[str]:
+    total, page = await backend.search(SearchQuery(purpose=text, limit=100, **filters))  # type: ignore[arg-type]
+    assert total == len(page)
+    return {f.file_path for f in page}
+
+
+async def test_words_follow_updates_moves_status_and_purges(backend: Backend) -> None:
+    a, b = record("docs/alpha.md", "weekly report"), record("docs/beta.md", None, when=1)
+    await backend.insert_files([a, b])
+    assert await found(backend, "report") == {"docs/alpha.md"}
+    assert await found(backend, "beta") == {"docs/beta.md"}
+
+    await backend.update_file(a.id, FileChanges(purpose="summary"), T0)
+    assert await found(backend, "report") == set()
+    assert await found(backend, "summ") == {"docs/alpha.md"}
+
+    await backend.move_file(b.id, "docs/gamma.md", T0)
+    assert await found(backend, "beta") == set()
+    assert await found(backend, "gamma") == {"docs/gamma.md"}
+
+    await backend.update_file(a.id, FileChanges(status=Status.ARCHIVED), T0)
+    assert await found(backend, "docs") == {"docs/gamma.md"}
+    assert await found(backend, "docs", status=Status.ARCHIVED) == {"docs/alpha.md"}
+    assert await found(backend, "docs", status=None) == {"docs/alpha.md", "docs/gamma.md"}
+
+    await backend.update_file(a.id, FileChanges(status=Status.DELETED), T0)
+    await backend.purge_deleted(T0 + timedelta(days=1))
+    assert await found(backend, "summary", status=None) == set()
+    assert await found(backend, "docs", status=None) == {"docs/gamma.md"}
+
+
+async def test_a_file_counts_once_however_many_of_its_words_match(backend: Backend) -> None:
+    await backend.insert_files(
+        [record("x/a.txt", "report reports reporting"), record("x/b.txt", "reporter", when=1)]
+    )
+    both = {"x/a.txt", "x/b.txt"}
+    assert await found(backend, "rep") == both  # (found checks the total too)
+    assert await found(backend, "rep", status=None) == both
+    assert await found(backend, "rep x") == both
+    assert await found(backend, "reports") == {"x/a.txt"}
+
+
+@pytest.mark.parametrize("per_second", [10, 40])
+async def test_pages_of_many_files_created_in_one_second(backend: Backend, per_second: int) -> None:
+    """Newest first is created_at, then id, also among files of the same second (the
+    SQLite index orders words by the second only), however many share one."""
+    files = [
+        record(f"batch/f{i:02d}.txt", "same batch", when=i // per_second + (i % 5) / 100) for i in range(40)
+    ]
+    await backend.insert_files(files)
+    expected = [f.id for f in sorted(files, key=lambda f: (f.created_at, f.id), reverse=True)]
+    seen: list[str] = []
+    after = None
+    while True:
+        total, page = await backend.search(SearchQuery(purpose="batch", limit=7, after=after))
+        assert total == 40
+        if not page:
+            break
+        seen += [f.id for f in page]
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == expected
+    _, offset_page = await backend.search(SearchQuery(purpose="batch", limit=5, offset=12))
+    assert [f.id for f in offset_page] == expected[12:17]
+
+
+# -- SQLite: step 003 on a catalog that has files ------------------------------------------------
+
+
+def sqlite_at_step_2(path: Path, files: list[FileRecord]) -> None:
+    conn = sqlite3.connect(path)
+    for step in steps("sqlite")[:2]:
+        conn.executescript(step.sql)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version (version) VALUES (2)")
+    for f in files:
+        created = f.created_at.isoformat(timespec="microseconds")
+        conn.execute(
+            "INSERT INTO horace_files (id, file_path, purpose, tags, size, mime_type, checksum, "
+            "status, current_version, created_at, updated_at) VALUES (?, ?, ?, '[]', 1, 'text/plain', "
+            "?, ?, 1, ?, ?)",
+            (f.id, f.file_path, f.purpose, f.checksum, f.status.value, created, created),
+        )
+        conn.executemany(
+            "INSERT INTO horace_file_tags (tag, file_id) VALUES (?, ?)", [(t, f.id) for t in f.tags]
+        )
+    conn.commit()
+    conn.close()
+
+
+async def test_sqlite_step_3_indexes_the_files_already_there(tmp_path: Path) -> None:
+    files = [
+        record("a/old report.txt", "Quarterly numbers", when=0, tags=("q",)),
+        record("a/new.txt", "quarterly REPORT", when=0, tags=("q", "r")),  # same second
+        record("b/other.txt", None, when=5, tags=("r",)),
+    ]
+    files[2] = attrs.evolve(files[2], status=Status.ARCHIVED)
+    db = tmp_path / "old.db"
+    sqlite_at_step_2(db, files)
+    async with open_sqlite(db, create=False) as backend:
+        assert await backend.migrate() == steps("sqlite")[-1].version
+        assert await found(backend, "quarter") == {"a/old report.txt", "a/new.txt"}
+        assert await found(backend, "report") == {"a/old report.txt", "a/new.txt"}
+        assert await found(backend, "other", status=Status.ARCHIVED) == {"b/other.txt"}
+        total, page = await backend.search(SearchQuery(tags=("r",)))
+        assert (total, [f.file_path for f in page]) == (1, ["a/new.txt"])  # b is archived
+        total, page = await backend.search(SearchQuery(tags=("r",), status=Status.ARCHIVED))
+        assert (total, [f.file_path for f in page]) == (1, ["b/other.txt"])
+        # New files after the step get keys after the ones it gave.
+        await backend.insert_files([record("a/newer.txt", "quarterly", when=0)])
+        assert await found(backend, "quarterly") == {"a/old report.txt", "a/new.txt", "a/newer.txt"}
