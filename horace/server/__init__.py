@@ -8,8 +8,8 @@
 - ``tools``: the tool table; ``resources``: history as MCP resources;
 - ``lifecycle``: listen, sessions, health, graceful shutdown.
 
-:func:`serve` puts them together with the log sinks, which run as supervised children of
-the same nursery."""
+:func:`serve` puts them together with the log sinks (:func:`log_sinks`), which run as
+supervised children of the same nursery, and the background tasks."""
 
 from __future__ import annotations
 
@@ -18,20 +18,31 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 
 from horace.assemble import open_catalog
 from horace.backends import Backend, open_backend
-from horace.catalog import Progress
+from horace.catalog import Catalog, Progress
 from horace.config import Settings
-from horace.server.lifecycle import HoraceServer, watch_signals
+from horace.server.lifecycle import HealthPart, HoraceServer, watch_signals
+from horace.server.observer import Observer
 from horace.sinks.conversations import ConversationRecorder, ConversationTransport
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.supervisor import SinkRunner
 from horace.tasks import start_background
 from horace.watch import reconcile_logged
 
-__all__ = ["HoraceServer", "serve"]
+__all__ = ["HoraceServer", "LogSinks", "log_sinks", "serve"]
+
+
+@attrs.frozen
+class LogSinks:
+    """What the running sinks give the sessions: the observer of their calls (None when
+    no sink wants them) and the sinks' part of /health."""
+
+    observer: Observer | None
+    health_parts: dict[str, HealthPart]
 
 
 @asynccontextmanager
@@ -43,26 +54,14 @@ async def _conversation_backend(settings: Settings, catalog_backend: Backend) ->
         yield catalog_backend
 
 
-async def serve(
-    settings: Settings,
-    *,
-    handle_signals: bool = True,
-    progress: Progress | None = None,
-    task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run Horace until shut down (a signal, or ``server.shutdown()``).
-
-    In watch mode the start-up reconcile runs first (its *progress* reported, and logged).
-    """
-    async with (
-        open_catalog(settings, create=True) as catalog,
-        _conversation_backend(settings, catalog.backend) as talks,
-    ):
-        if settings.watch:
-            await reconcile_logged(catalog, progress)
-        spool = catalog.storage.private / "spool"
+@asynccontextmanager
+async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSinks]:
+    """Run the Godot and conversation sinks (as configured) as supervised children while
+    the body runs, Horace's own log forwarded to Godot; on exit they flush what they hold
+    and spill the rest to the store's spool."""
+    async with _conversation_backend(settings, catalog.backend) as talks:
         sink_options: dict[str, Any] = {
-            "spool_dir": spool,
+            "spool_dir": catalog.storage.private / "spool",
             "capacity": settings.sink_queue,
             "capacity_bytes": settings.sink_queue_bytes,
             "flush_seconds": settings.sink_flush,
@@ -80,24 +79,45 @@ async def serve(
         runners = [runner for runner in (godot, conversations) if runner is not None]
         forward = godot if settings.conversations_to_godot else None
         recorder = ConversationRecorder(conversations, forward) if conversations or forward else None
-        server = HoraceServer(settings, catalog, recorder)
-        server.health_parts["sinks"] = lambda: {runner.name: runner.status() for runner in runners}
         horace_log = logging.getLogger("horace")
         handler = GodotLogHandler(godot, settings.godot_level) if godot else None
         async with trio.open_nursery() as nursery:
             for runner in runners:
                 await nursery.start(runner.run)
-            for name, state in start_background(nursery, catalog, settings).items():
-                server.health_parts[name] = state
             if handler is not None:
                 horace_log.addHandler(handler)
                 if horace_log.getEffectiveLevel() > handler.level:
                     horace_log.setLevel(handler.level)
             try:
-                if handle_signals:
-                    nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
-                await server.run(task_status=task_status)
+                yield LogSinks(
+                    recorder, {"sinks": lambda: {runner.name: runner.status() for runner in runners}}
+                )
             finally:
                 if handler is not None:
                     horace_log.removeHandler(handler)
-            nursery.cancel_scope.cancel()  # the sinks flush what they hold, then spill
+                nursery.cancel_scope.cancel()  # the sinks flush what they hold, then spill
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    progress: Progress | None = None,
+    task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run Horace until shut down (a signal, or ``server.shutdown()``).
+
+    In watch mode the start-up reconcile runs first (its *progress* reported, and logged).
+    """
+    async with open_catalog(settings, create=True) as catalog:
+        if settings.watch:
+            await reconcile_logged(catalog, progress)
+        async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
+            server = HoraceServer(settings, catalog, sinks.observer)
+            server.health_parts.update(sinks.health_parts)
+            for name, state in start_background(nursery, catalog, settings).items():
+                server.health_parts[name] = state
+            if handle_signals:
+                nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
+            await server.run(task_status=task_status)
+            nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
