@@ -2,6 +2,7 @@
 
 - ``front``: the port's HTTP front (h11): health, upgrades, admission;
 - ``websocket``: MCP over a WebSocket connection (reading, sending, idle and send timeouts);
+- ``stdio``: MCP over stdin/stdout, one session for the process (``horace mcp``);
 - ``mcp``: one MCP session whatever the transport (methods, limits, cancellation);
 - ``jsonrpc``: JSON-RPC 2.0 checks and texts; ``runner``: one tool call under its scope;
 - ``observer``: what the logs and the conversation sink learn of a call;
@@ -9,7 +10,8 @@
 - ``lifecycle``: listen, sessions, health, graceful shutdown.
 
 :func:`serve` puts them together with the log sinks (:func:`log_sinks`), which run as
-supervised children of the same nursery, and the background tasks."""
+supervised children of the same nursery, and the background tasks; :func:`serve_stdio`
+does the same for one stdio session, without the background tasks and the port."""
 
 from __future__ import annotations
 
@@ -21,19 +23,24 @@ from typing import Any
 import attrs
 import trio
 
-from horace.assemble import open_catalog
+from horace.assemble import StartCheck, open_catalog
 from horace.backends import Backend, open_backend
 from horace.catalog import Catalog, Progress
 from horace.config import Settings
+from horace.redact import redact_url
 from horace.server.lifecycle import HealthPart, HoraceServer, watch_signals
+from horace.server.mcp import McpSession
 from horace.server.observer import Observer
+from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
 from horace.sinks.conversations import ConversationRecorder, ConversationTransport
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.supervisor import SinkRunner
 from horace.tasks import start_background
 from horace.watch import reconcile_logged
 
-__all__ = ["HoraceServer", "LogSinks", "log_sinks", "serve"]
+__all__ = ["HoraceServer", "LogSinks", "log_sinks", "serve", "serve_stdio"]
+
+log = logging.getLogger("horace.server")
 
 
 @attrs.frozen
@@ -121,3 +128,32 @@ async def serve(
                 nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
             await server.run(task_status=task_status)
             nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
+
+
+async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool = True) -> None:
+    """One MCP session over *fds* (the process's stdin and stdout, taken by
+    :func:`horace.server.stdio.claim_stdio`) until the client closes stdin, stops reading
+    stdout, or a signal comes. The store is created when there is none, as by ``serve``.
+
+    Only what dead processes left is checked at start (a bounded look, as the CLI's
+    commands do): a desktop client starts a process per session and waits for it, and
+    the full fsck, the watcher, the purge and the periodic fsck are the long-running
+    server's. The store and catalog are shared with any server through the per-file locks.
+    """
+    async with (
+        open_catalog(settings, create=True, check=StartCheck.LEFTOVERS) as catalog,
+        log_sinks(settings, catalog) as sinks,
+        open_stdio(fds) as (reading, writing),
+    ):
+        session = StdioSession(
+            reading, writing, McpSession(catalog, settings, sinks.observer, transport="stdio")
+        )
+        log.info(
+            "serving MCP over stdio",
+            extra={"storage": str(catalog.storage.root), "backend": redact_url(catalog.backend.url)},
+        )
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(end_on_signals, session)
+            await session.run()
+            nursery.cancel_scope.cancel()
