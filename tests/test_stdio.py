@@ -363,6 +363,25 @@ async def test_stdin_closed_mid_restore_leaves_nothing_half_written(
     assert "cancelled" in outcomes, f"no restore was cancelled by the end of stdin: {outcomes}"
 
 
+def test_only_the_protocol_reaches_stdout_and_reads_stdin() -> None:
+    """After claim_stdio(), a stray print (Horace's or a library's) lands on stderr, and
+    a stray read of stdin finds nothing: stdin and stdout are the protocol's alone."""
+    code = (
+        "import os, sys\n"
+        "from horace.server.stdio import claim_stdio\n"
+        "fds = claim_stdio()\n"
+        "print('stray print', flush=True)\n"
+        "print('stray read: %r' % sys.stdin.read(), file=sys.stderr, flush=True)\n"
+        "os.write(fds.stdout, os.read(fds.stdin, 100).upper())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input="for the protocol\n", capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "FOR THE PROTOCOL\n"
+    assert done.stderr.splitlines() == ["stray print", "stray read: ''"]
+
+
 # -- a server and a stdio session on one store ----------------------------------------------------
 
 
