@@ -127,8 +127,9 @@ def _as_json(ctx: click.Context) -> bool:
 def cli() -> None:
     """Horace: the file catalog and versioning server of the ICCM tool ecosystem.
 
-    Serve MCP with `horace serve`; the other commands work on the same store (by default
-    ./horace-data) and may run while a server does.
+    Serve MCP with `horace serve` (WebSocket), or `horace mcp` (stdin/stdout, for a desktop
+    client); the other commands work on the same store (by default ./horace-data) and may
+    run while a server does.
     """
 
 
@@ -562,6 +563,24 @@ def serve(
     from horace.server import serve as run_server
 
     _run_service(ctx, log_level, run_server, host=host, port=port, watch=watch, watch_poll=poll)
+
+
+@cli.command(name="mcp")
+@_LOG_LEVEL
+@global_options
+@click.pass_context
+def mcp_command(ctx: click.Context, log_level: str) -> None:
+    """Speak MCP over stdin and stdout, for a desktop client that starts Horace itself,
+    until the client closes stdin (exit 0). Logs go to stderr only. Creates the store when
+    there is none; shares it safely with a running `horace serve`."""
+    from horace.server.stdio import claim_stdio
+
+    fds = claim_stdio()  # first: from here on nothing but the protocol reaches stdout
+    from horace import logs
+    from horace.server import serve_stdio
+
+    logs.configure(log_level)
+    trio.run(serve_stdio, _settings(ctx), fds)
 
 
 @cli.command()

@@ -74,6 +74,7 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     ]:
         one_line_error(horace("search", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
         one_line_error(horace("serve", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
+        one_line_error(horace("mcp", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
     one_line_error(
         horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
     )
@@ -95,6 +96,9 @@ def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
     }
     line = one_line_error(horace("init", env=env), Exit.BACKEND, "BACKEND_UNAVAILABLE")
     assert "s3cret" not in line
+    done = horace("mcp", env=env)  # a desktop client shows this line from the server's stderr
+    line = one_line_error(done, Exit.BACKEND, "BACKEND_UNAVAILABLE")
+    assert "s3cret" not in line and done.stdout == ""
 
 
 def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:

@@ -460,7 +460,8 @@ async def test_spill_at_shutdown_then_replay(tmp_path: Path) -> None:
             await eventually(lambda: second.status()["queued"] == 0)
         assert [c["message"] for c in godot.calls] == [f"m{i}" for i in range(32)]
         assert second.spilled == 0 and second.delivered == 32
-    assert list(spool.iterdir()) == []  # neither the spool nor the replay file is left
+    # Neither the spool nor the replay file is left (the lock file stays, as .horace/locks does).
+    assert [p.name for p in spool.iterdir()] == ["godot.lock"]
 
 
 async def test_server_spills_at_shutdown_and_replays_after_restart(settings: Settings) -> None:
@@ -935,4 +936,46 @@ async def test_a_replay_interrupted_by_a_crash_is_picked_up(tmp_path: Path) -> N
         await eventually(lambda: len(transport.stored) == 5, what="both spools")
     assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(5)]
     assert runner.replayed == 5
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["memory.lock"]
+
+
+async def test_a_spool_another_process_holds_is_waited_for(tmp_path: Path) -> None:
+    """A server and `horace mcp` sessions share one spool: a runner takes the spool in,
+    and spills into it, only under its lock, which another process may hold."""
+    import fcntl
+
+    transport = MemoryTransport()
+    spool = tmp_path / "memory.jsonl"
+    spool.write_text("".join(json.dumps(entry(i)) + "\n" for i in range(3)))
+    other = os.open(tmp_path / "memory.lock", os.O_RDWR | os.O_CREAT)  # another open file: another holder
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        runner = SinkRunner(transport, spool_dir=tmp_path, **FAST)
+        stopping = trio.CancelScope()
+
+        async def run_runner() -> None:
+            with stopping:
+                await runner.run()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_runner)
+            await trio.sleep(0.3)
+            assert runner.replayed == 0 and spool.exists() and transport.stored == []
+            fcntl.flock(other, fcntl.LOCK_UN)
+            await eventually(lambda: len(transport.stored) == 3, what="the spool, once unlocked")
+            assert runner.replayed == 3 and not spool.exists()
+
+            transport.up = False  # what is emitted now stays queued, and is spilled at the end
+            transport.raise_on_batch = transport.batches + 1
+            runner.emit(entry(3))
+            await eventually(lambda: runner.failures >= 1, what="a failed delivery")
+            fcntl.flock(other, fcntl.LOCK_EX)
+            stopping.cancel()
+            await trio.sleep(0.3)
+            assert runner.state != "stopped" and not spool.exists()  # waiting for the lock
+            fcntl.flock(other, fcntl.LOCK_UN)
+            await eventually(lambda: runner.state == "stopped", what="the spill, once unlocked")
+    finally:
+        os.close(other)
+    assert runner.state == "stopped" and runner.spilled == 1
+    assert [json.loads(line)["message"] for line in spool.read_text().splitlines()] == ["m3"]

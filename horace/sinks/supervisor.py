@@ -7,16 +7,22 @@ batches, and on any failure waits (about 1 s doubling to 30 s, with jitter) and 
 over; entries are only taken off the queue once delivered. On shutdown what is queued
 gets ``flush_seconds`` to go out, and the rest is spilled to
 ``<root>/.horace/spool/<name>.jsonl``, replayed the next time the sink starts.
+
+Several processes may share one spool (a server and ``horace mcp`` sessions on one
+store): spilling and replaying take ``<name>.lock`` (``flock``), so that a spill never
+lands in a spool another process is taking in and about to remove.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import logging
+import os
 from collections import deque
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +34,7 @@ from horace.supervise import backoff
 log = logging.getLogger("horace.sinks")
 
 POISON_STRIKES = 3
+SPOOL_LOCK_POLL = 0.02  # seconds between tries of a spool lock another process holds
 # A batch carries at most this much (but always one entry): a driver encodes a batch
 # whole, and turns can be megabytes each.
 BATCH_BYTES = 1024 * 1024
@@ -172,7 +179,8 @@ class SinkRunner:
             with trio.move_on_after(self.flush_seconds) as flush:
                 flush.shield = True
                 await self._flush()
-            self._spill()
+            with trio.CancelScope(shield=True):  # the spool lock is waited for, cancelled or not
+                await self._spill()
             self.state = "stopped"
 
     def _strike_single_entry(self) -> None:
@@ -236,16 +244,15 @@ class SinkRunner:
 
     # -- spool ------------------------------------------------------------------------
 
-    def _spill(self) -> None:
+    async def _spill(self) -> None:
         if not self._queue:
             return
         if self.spool_path is None:
             log.error("sink %s: %d entries lost at shutdown (no spool)", self.name, len(self._queue))
             return
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool_path.open("a", encoding="utf-8") as spool:
-            for _, entry, _ in self._queue:
-                spool.write(json.dumps(entry, default=str) + "\n")
+        text = "".join(json.dumps(entry, default=str) + "\n" for _, entry, _ in self._queue)
+        async with _spool_locked(self.spool_path):
+            await trio.to_thread.run_sync(_append, self.spool_path, text)
         self.spilled += len(self._queue)
         log.warning("sink %s: spilled %d entries to %s", self.name, len(self._queue), self.spool_path)
         self._queue.clear()
@@ -255,35 +262,64 @@ class SinkRunner:
         if self.spool_path is None:
             return
         replaying = self.spool_path.with_suffix(".replaying")
-        # A .replaying file still there is from a process that died while replaying.
-        lines = (
-            (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines()
-            if replaying.exists()
-            else []
-        )
-        if self.spool_path.exists():
-            with replaying.open("a", encoding="utf-8") as merged:
-                merged.write(self.spool_path.read_text(encoding="utf-8"))
-            self.spool_path.unlink()
-            lines = (await trio.Path(replaying).read_text(encoding="utf-8")).splitlines()
-        if not lines:
-            replaying.unlink(missing_ok=True)
-            return
-        entries = []
-        for number, line in enumerate(lines, 1):
+        if not await trio.Path(self.spool_path).exists() and not await trio.Path(replaying).exists():
+            return  # nothing to take in (a spill landing now waits for the next start, as ever)
+        async with _spool_locked(self.spool_path):
+            lines = await trio.to_thread.run_sync(_take_in, self.spool_path, replaying)
+            entries = []
+            for number, line in enumerate(lines, 1):
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    log.error("sink %s: spool line %d is not JSON; skipped", self.name, number)
+            queued = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            for entry in entries:
+                self.emit(entry)
+            for _, entry, _ in queued:
+                self.emit(entry)
+            self.replayed += len(entries)
+            # Back in memory; spilled again at shutdown if undelivered.
+            await trio.Path(replaying).unlink(missing_ok=True)
+
+
+@asynccontextmanager
+async def _spool_locked(spool_path: Path) -> AsyncIterator[None]:
+    """Hold a spool's lock against other processes. Its holders only read, append or
+    rename a file under it: the wait is short. Polled (LOCK_NB), so that the Trio thread
+    never blocks in flock."""
+    fd = await trio.to_thread.run_sync(_open_lock, spool_path.with_suffix(".lock"))
+    try:
+        while True:
             try:
-                entries.append(json.loads(line))
-            except ValueError:
-                log.error("sink %s: spool line %d is not JSON; skipped", self.name, number)
-        queued = list(self._queue)
-        self._queue.clear()
-        self._queued_bytes = 0
-        for entry in entries:
-            self.emit(entry)
-        for _, entry, _ in queued:
-            self.emit(entry)
-        self.replayed += len(entries)
-        replaying.unlink()  # back in memory; spilled again at shutdown if undelivered
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await trio.sleep(SPOOL_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8") as spool:
+        spool.write(text)
+
+
+def _take_in(spool_path: Path, replaying: Path) -> list[str]:
+    """The lines to replay: the spool moved into the replay file, which may already hold
+    what a process that died while replaying left (a live one would hold the lock)."""
+    if spool_path.exists():
+        with replaying.open("a", encoding="utf-8") as merged:
+            merged.write(spool_path.read_text(encoding="utf-8"))
+        spool_path.unlink()
+    return replaying.read_text(encoding="utf-8").splitlines() if replaying.exists() else []
 
 
 class SinkUnavailable(Exception):

@@ -1,0 +1,221 @@
+"""MCP over stdin and stdout (MCP's stdio transport), for clients that start Horace
+themselves: one JSON-RPC message per line both ways, one session for the process.
+
+Each line is handed to the session in a task of its own, so calls run concurrently;
+replies and progress go out under a lock, each as one line (``json.dumps`` never writes
+a newline). The session ends when
+
+- stdin ends: the client closed it, which is how a client stops a stdio server. The
+  calls still running are cancelled (nobody is left to answer; each leaves the whole
+  version or nothing) and the process exits 0;
+- stdout is closed by the client, or not read for ``send_timeout``;
+- SIGTERM or SIGINT comes (a second SIGINT stops at once).
+
+A line longer than ``max_message_bytes`` gets one JSON-RPC error, and the rest of it is
+read and dropped up to its newline: an endless line is never held. Nothing but
+JSON-RPC reaches stdout: :func:`claim_stdio` gives the protocol descriptors of its own
+and points fd 1 at stderr, where the log goes, so a stray print cannot corrupt a reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from horace.server.jsonrpc import INVALID_REQUEST, PARSE_ERROR, RpcError, error_text
+from horace.server.mcp import McpSession
+
+log = logging.getLogger("horace.server")
+
+CHUNK = 64 * 1024  # bytes read from stdin at a time
+
+
+@attrs.frozen
+class StdioFds:
+    """The descriptors the protocol reads and writes (see :func:`claim_stdio`)."""
+
+    stdin: int
+    stdout: int
+
+
+def claim_stdio() -> StdioFds:
+    """Take stdin and stdout for the protocol, before anything can print: the protocol
+    gets descriptors of its own, fd 1 then points at stderr and fd 0 at /dev/null, so
+    that nothing else in the process can write into the protocol or read from it."""
+    fds = StdioFds(_own_descriptor(0, os.O_RDONLY), _own_descriptor(1, os.O_WRONLY))
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return fds
+
+
+def _own_descriptor(fd: int, flags: int) -> int:
+    """A descriptor for *fd*'s file that the protocol alone uses. A terminal (a person
+    trying ``horace mcp`` by hand) is opened anew: the stream makes its descriptor
+    non-blocking, which on the open file a terminal's stdin, stdout and stderr usually
+    share with the shell would make their writes fail."""
+    if os.isatty(fd):
+        return os.open(os.ttyname(fd), flags | os.O_NOCTTY | os.O_CLOEXEC)
+    return os.dup(fd)  # not inheritable
+
+
+@asynccontextmanager
+async def open_stdio(fds: StdioFds) -> AsyncIterator[tuple[trio.abc.ReceiveStream, trio.abc.SendStream]]:
+    """Streams on *fds* that wait in Trio, not in a thread (closed, and made blocking
+    again, on exit)."""
+    async with trio.lowlevel.FdStream(fds.stdin) as reading, trio.lowlevel.FdStream(fds.stdout) as writing:
+        yield reading, writing
+
+
+@attrs.frozen
+class TooLong:
+    """A line over the limit (of at least *size* bytes), dropped up to its newline."""
+
+    size: int
+
+
+class LineReader:
+    """Lines of at most *limit* bytes from a byte stream. What it holds is bounded by
+    ``limit + CHUNK``, however long a line is."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self._buffer = bytearray()
+        self._searched = 0  # no newline before this offset of the buffer
+        self._dropping = False  # inside an over-long line: drop up to its newline
+
+    async def receive_line(self) -> bytes | TooLong | None:
+        """The next line without its newline, :class:`TooLong` for one over the limit
+        (once per line), or None at the end of the stream."""
+        while True:
+            newline = self._buffer.find(b"\n", self._searched)
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                self._searched = 0
+                if self._dropping:
+                    self._dropping = False  # the over-long line's tail: already answered
+                    continue
+                return TooLong(len(line)) if len(line) > self.limit else line
+            self._searched = len(self._buffer)
+            if len(self._buffer) > self.limit:
+                size = len(self._buffer)
+                self._buffer.clear()
+                self._searched = 0
+                if not self._dropping:
+                    self._dropping = True
+                    return TooLong(size)
+            chunk = await self.stream.receive_some(CHUNK)
+            if not chunk:
+                if self._buffer.strip() and not self._dropping:
+                    log.warning(
+                        "stdin ended inside a line: %d bytes without a newline dropped", len(self._buffer)
+                    )
+                return None
+            self._buffer += chunk
+
+
+class StdioSession:
+    def __init__(
+        self, reading: trio.abc.ReceiveStream, writing: trio.abc.SendStream, session: McpSession
+    ) -> None:
+        self.lines = LineReader(reading, session.settings.max_message_bytes)
+        self.writing = writing
+        self.session = session
+        self.settings = session.settings
+        self._send_lock = trio.Lock()
+        self._reading = trio.CancelScope()
+        self.gone = False  # stdout can take nothing more
+        self.ended_by: str | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return self.session.conversation_id
+
+    async def run(self) -> None:
+        log.info("stdio session opened", extra={"conversation_id": self.conversation_id})
+        async with trio.open_nursery() as calls:
+            with self._reading:
+                while True:
+                    try:
+                        line = await self.lines.receive_line()
+                    except trio.BrokenResourceError as exc:
+                        self.end(f"stdin failed: {exc.__cause__ or exc}")
+                        break
+                    if line is None:
+                        self.end("stdin closed")
+                        break
+                    if isinstance(line, TooLong):
+                        calls.start_soon(self.send, self._too_long(line))
+                    elif line.strip():  # blank lines carry no message
+                        try:
+                            text = line.decode("utf-8")
+                        except UnicodeDecodeError as exc:
+                            parse_error = RpcError(PARSE_ERROR, f"parse error: not UTF-8: {exc}")
+                            calls.start_soon(self.send, error_text(None, parse_error))
+                            continue
+                        admitted = self.session.admit(text)  # counted as it is read
+                        calls.start_soon(self.session.answer, text, admitted, self.send)
+                        del text, line
+            # Ended: stdin closed, stdout gone, or a signal. Nobody is left to answer.
+            self.session.cancel_all()
+            calls.cancel_scope.cancel()
+        log.info("stdio session closed: %s", self.ended_by, extra={"conversation_id": self.conversation_id})
+
+    def end(self, reason: str) -> None:
+        """Stop reading; the calls still running are cancelled (see :meth:`run`)."""
+        if self.ended_by is None:
+            self.ended_by = reason
+        self._reading.cancel()
+
+    def _too_long(self, line: TooLong) -> str:
+        limit = self.settings.max_message_bytes
+        return error_text(
+            None,
+            RpcError(
+                INVALID_REQUEST,
+                f"message of at least {line.size} bytes exceeds the limit of {limit} "
+                "(HORACE_MAX_MESSAGE_BYTES): dropped up to its newline",
+            ),
+        )
+
+    async def send(self, text: str, *, final: bool = False) -> None:
+        """Write one message as one line. A client that does not take it in
+        ``send_timeout`` (or closed stdout) ends the session: the calls' replies would
+        otherwise wait for it for ever."""
+        with self.session.sending(len(text)):
+            async with self._send_lock:
+                if self.gone:
+                    return
+                with trio.move_on_after(self.settings.send_timeout) as sending:
+                    try:
+                        await self.writing.send_all(text.encode() + b"\n")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        self.gone = True
+                        self.end(f"stdout closed: {exc.__cause__ or exc}")
+                if sending.cancelled_caught:
+                    self.gone = True  # half a line may be out: nothing more can follow it
+                    log.warning(
+                        "client took no reply for %.0f s: ending the session",
+                        self.settings.send_timeout,
+                        extra={"conversation_id": self.conversation_id},
+                    )
+                    self.end("stdout not read")
+
+
+async def end_on_signals(session: StdioSession) -> None:
+    """SIGTERM (a client that gave up waiting for the exit), or SIGINT: end the session as
+    the end of stdin does. The receiver goes with the first signal, so a second SIGINT
+    stops the process at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            session.end(f"signal {signal.Signals(signum).name}")
+            return
