@@ -50,6 +50,7 @@ class HoraceServer:
         self._idle = trio.Event()
         self._idle.set()
         self.front = Front(settings, self.health, self._run_session)
+        self.stopped = False
 
     async def run(self, *, task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
@@ -77,6 +78,7 @@ class HoraceServer:
                     self.settings.shutdown_grace,
                 )
             connections.cancel_scope.cancel()
+        self.stopped = True  # its listeners closed and its sessions ended
         log.info("stopped")
 
     def shutdown(self) -> None:
