@@ -250,6 +250,18 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
+def _is_response(message: Any) -> bool:
+    """JSON-RPC's response object, which a server never answers."""
+    return (
+        isinstance(message, dict)
+        and message.get("jsonrpc") == "2.0"
+        and "method" not in message
+        and "id" in message
+        and _valid_id(message["id"])
+        and ("result" in message) != ("error" in message)
+    )
+
+
 def _is_notification(message: Any) -> bool:
     return (
         isinstance(message, dict)
@@ -278,6 +290,8 @@ class Expected:
             cancel = message["method"] == "notifications/cancelled"
             if cancel and isinstance(params, dict) and "requestId" in params:
                 self.cancels.add(_hashable(params["requestId"]))
+            return
+        if _is_response(message):
             return
         answer_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
         self.required[answer_id] += 1
