@@ -108,9 +108,21 @@ class McpSession:
         try:
             return await self._message(message, send)
         except Exception:
-            # A bug met by one message costs that message an error, never the session.
-            log.exception("message failed", extra={"conversation_id": self.conversation_id})
-            return error_text(None, RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
+            return self._failed()
+
+    async def answer_parsed(self, parsed: Any, size: int, send: Send) -> str | None:
+        """As :meth:`answer`, for a message the transport has already checked against
+        ``max_message_bytes`` and parsed (Streamable HTTP reads it to route it): *size*
+        is its length in bytes, counted among the requests under way."""
+        try:
+            return await self._parsed(parsed, size, send)
+        except Exception:
+            return self._failed()
+
+    def _failed(self) -> str:
+        # A bug met by one message costs that message an error, never the session.
+        log.exception("message failed", extra={"conversation_id": self.conversation_id})
+        return error_text(None, RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
 
     async def _message(self, message: str | bytes, send: Send) -> str | None:
         if isinstance(message, bytes):
@@ -118,14 +130,15 @@ class McpSession:
         size = jsonrpc.utf8_size(message)
         limit = self.settings.max_message_bytes
         if size > limit:
-            return error_text(
-                None, RpcError(INVALID_REQUEST, f"message of {size} bytes exceeds the limit of {limit}")
-            )
+            return error_text(None, jsonrpc.too_large(size, limit))
         try:
             parsed = json.loads(message)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             return error_text(None, RpcError(PARSE_ERROR, f"parse error: {exc}"))
         del message
+        return await self._parsed(parsed, size, send)
+
+    async def _parsed(self, parsed: Any, size: int, send: Send) -> str | None:
         if isinstance(parsed, list):
             return await self._batch(parsed, size, send)
         if self.notification(parsed) or jsonrpc.is_response(parsed):
