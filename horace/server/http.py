@@ -112,6 +112,7 @@ class StreamableHttp:
             else:
                 log.debug("request refused: %d %s", refused.status, refused.message)
             body = jsonrpc.error(None, RpcError(refused.code, refused.message))
+            conn.finish_empty_body()  # (a request with a body not read: the connection closes)
             await conn.respond_json(refused.status, body, headers=refused.headers, close=refused.close)
 
     async def _handle(self, conn: HttpConnection, request: Request, ticket: Ticket) -> None:
@@ -183,13 +184,13 @@ class StreamableHttp:
     async def _body(self, conn: HttpConnection) -> bytes:
         limit = self.settings.max_message_bytes
         with trio.move_on_after(HEAD_TIMEOUT) as reading:
-            body = await conn.read_body(limit)
+            # Up to 4x the limit is read (and thrown away) past it, as over WebSocket:
+            # the answer comes on a connection that can go on.
+            body = await conn.read_body(limit, discard_up_to=4 * limit)
         if reading.cancelled_caught:
             raise Refused(408, f"the request's body did not come within {HEAD_TIMEOUT:g} s", close=True)
         if body is None:
-            raise Refused(
-                413, f"the message exceeds the limit of {limit} bytes (HORACE_MAX_MESSAGE_BYTES)", close=True
-            )
+            raise Refused(413, f"the message exceeds the limit of {limit} bytes (HORACE_MAX_MESSAGE_BYTES)")
         return body
 
     async def _open(self) -> HttpSession:

@@ -109,25 +109,33 @@ class HttpConnection:
             else:  # ConnectionClosed (or PAUSED: a pipelined request after a close)
                 return None
 
-    async def read_body(self, limit: int) -> bytes | None:
-        """The request's body; None when it is over *limit* bytes (the rest is left
-        unread, so the connection cannot serve another request)."""
-        if self._declared_length is not None and self._declared_length > limit:
+    async def read_body(self, limit: int, *, discard_up_to: int = 0) -> bytes | None:
+        """The request's body; None when it is over *limit* bytes. A body over the limit
+        but within *discard_up_to* is read to its end and thrown away, so that the
+        connection can serve another request (and the client, still sending, does not
+        meet a reset); past that the rest is left unread and the connection must close."""
+        declared = self._declared_length
+        if declared is not None and declared > max(limit, discard_up_to):
             return None
         if self.h11.they_are_waiting_for_100_continue:
             await self._write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
         body = bytearray()
+        size = 0
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
                 self.h11.receive_data(bytes(data))  # b"": h11 raises at the next event
             elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > limit:
+                size += len(event.data)
+                if size > max(limit, discard_up_to):
                     return None
+                if size <= limit:
+                    body += event.data
+                else:
+                    body.clear()  # over the limit: only read on, to the end
             elif isinstance(event, h11.EndOfMessage):
-                return bytes(body)
+                return bytes(body) if size <= limit else None
             else:
                 raise ClientGone("the request ended before its body")
 
