@@ -659,8 +659,10 @@ async def test_an_idle_session_ends_and_its_id_is_then_unknown(
     ):
         admission = running.server.front.admission
         await trio.sleep(200)
-        assert (await client.request("ping"))["result"] == {}  # any request counts
-        await trio.sleep(250)  # 450 s in, 250 s after the ping
+        # Any request counts, a notification too (which the MCP session never sees).
+        assert (await client.post(notification("notifications/initialized"))).status_code == 202
+        await trio.sleep(250)  # 450 s in, 250 s after it
+        assert admission.sessions == 1
         assert (await client.request("ping"))["result"] == {}
         tool = HeldTool(monkeypatch)
         async with trio.open_nursery() as nursery:
