@@ -1,4 +1,6 @@
-"""End to end with a client nobody here wrote: the official MCP Python SDK.
+"""End to end with a client nobody here wrote: the official MCP Python SDK 1.x, over
+both transports (its WebSocket client, and its Streamable HTTP client); the 2.x client,
+which cannot share a venv with 1.x, is in test_mcp_sdk2.py.
 
 The SDK is asyncio/anyio, so each test runs it with ``asyncio.run`` against a Horace
 served from a thread (:func:`horace.testing.run_horace_in_thread`) on the suite's backend.
@@ -16,10 +18,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import httpx
 import mcp.types as types
 import pytest
 from helpers import sha256, write
 from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 import horace
 from horace.config import Settings
@@ -59,9 +63,29 @@ def running(settings: Settings) -> Iterator[RunningHorace]:
         yield served
 
 
+@pytest.fixture(params=["websocket", "http"])
+def endpoint(running: RunningHorace, request: pytest.FixtureRequest) -> str:
+    """The server's URL for the transport under test: ws://... or http://... (Streamable HTTP)."""
+    return running.url if request.param == "websocket" else running.http_url
+
+
+@asynccontextmanager
+async def sdk_streams(url: str):  # type: ignore[no-untyped-def]
+    """The SDK's (read, write) streams over the transport the URL names."""
+    if url.startswith("ws://"):
+        async with websocket_client(url) as (read, write_stream):
+            yield read, write_stream
+    else:
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(30, read=300)) as http,
+            streamable_http_client(url, http_client=http) as (read, write_stream, _),
+        ):
+            yield read, write_stream
+
+
 @asynccontextmanager
 async def sdk_session(url: str):  # type: ignore[no-untyped-def]
-    async with websocket_client(url) as (read, write_stream), ClientSession(read, write_stream) as session:
+    async with sdk_streams(url) as (read, write_stream), ClientSession(read, write_stream) as session:
         yield session, await session.initialize()
 
 
@@ -113,9 +137,9 @@ async def failed(session: ClientSession, tool: str, arguments: dict[str, Any], c
 # -- handshake and the tool list ---------------------------------------------------------------
 
 
-def test_initialize_and_list_tools(running: RunningHorace) -> None:
+def test_initialize_and_list_tools(endpoint: str) -> None:
     async def main() -> None:
-        async with sdk_session(running.url) as (session, init):
+        async with sdk_session(endpoint) as (session, init):
             assert init.protocolVersion == types.LATEST_PROTOCOL_VERSION
             assert init.serverInfo.name == "horace"
             assert init.serverInfo.version == horace.__version__
@@ -142,10 +166,10 @@ def test_initialize_and_list_tools(running: RunningHorace) -> None:
     asyncio.run(main())
 
 
-def test_older_protocol_version_is_echoed(running: RunningHorace) -> None:
+def test_older_protocol_version_is_echoed(endpoint: str) -> None:
     async def main() -> None:
         async with (
-            websocket_client(running.url) as (read, write_stream),
+            sdk_streams(endpoint) as (read, write_stream),
             ClientSession(read, write_stream) as session,
         ):
             # The SDK always asks for its latest; ask for an older one by hand.
@@ -169,7 +193,7 @@ def test_older_protocol_version_is_echoed(running: RunningHorace) -> None:
 # -- every tool ---------------------------------------------------------------------------------
 
 
-def test_every_tool(running: RunningHorace) -> None:
+def test_every_tool(running: RunningHorace, endpoint: str) -> None:
     files = running.files
     report_v1 = "# Q3 report\n\nrevenue up\n"
     report_v2 = "# Q3 report\n\nrevenue up, costs down\n"
@@ -322,6 +346,22 @@ def test_every_tool(running: RunningHorace) -> None:
         assert info["versions"][0]["restored_from_version"] == 1
         await failed(s, "horace_restore_version", {"file_id": report_id, "version": 99}, "VERSION_NOT_FOUND")
 
+        # every version reads back as a resource; diff_versions tells them apart
+        for version, content in ((1, report_v1), (2, report_v2), (3, report_v1)):
+            uri = f"horace://files/{report_id}/versions/{version}"
+            read = await s.read_resource(uri)  # type: ignore[arg-type]
+            assert [(str(c.uri), c.text) for c in read.contents] == [(uri, content)]  # type: ignore[union-attr]
+        current = await s.read_resource(f"horace://files/{report_id}")  # type: ignore[arg-type]
+        assert current.contents[0].text == report_v1  # type: ignore[union-attr]
+        diff = await ok(s, "horace_diff_versions", {"file_id": report_id, "from_version": 1, "to_version": 2})
+        assert (
+            diff["kind"] == "text"
+            and diff["identical"] is False
+            and "+revenue up, costs down" in diff["diff"]
+        )
+        same = await ok(s, "horace_diff_versions", {"file_id": report_id, "from_version": 1})
+        assert same["to_version"] == 3 and same["identical"] is True
+
         # delete and undelete
         deleted = await ok(s, "horace_delete_file", {"file_id": notes_id})
         assert deleted["file_id"] == notes_id and deleted["status"] == "deleted"
@@ -410,10 +450,10 @@ def test_every_tool(running: RunningHorace) -> None:
         assert under["scanned"] == 2 and under["unchanged"] == 2 and under["registered"] == 0
         await failed(s, "horace_scan", {"path": "../.."}, "INVALID_PATH")
 
-    run(running.url, body)
+    run(endpoint, body)
 
 
-def test_scan_sends_progress(running: RunningHorace) -> None:
+def test_scan_sends_progress(running: RunningHorace, endpoint: str) -> None:
     count = 300
     for n in range(count):
         write(running.files / f"shared/batch/{n // 50}/file-{n:04}.txt", f"content {n}\n")
@@ -432,14 +472,14 @@ def test_scan_sends_progress(running: RunningHorace) -> None:
         verified = await ok(s, "horace_verify", {}, progress_callback=on_progress)
         assert verified["ok"] is True and verified["files_checked"] == count
 
-    run(running.url, body)
+    run(endpoint, body)
     assert progress, "no progress notification arrived"
     assert all(total == count or total == 2 * count for _, total in progress), progress
     assert all(0 < done <= (total or 0) for done, total in progress), progress
     assert (count, count) in progress  # the pump always sends the final state
 
 
-def test_tool_errors(running: RunningHorace) -> None:
+def test_tool_errors(endpoint: str) -> None:
     async def body(s: ClientSession) -> None:
         err = await failed(s, "horace_get_file_info", {"file_id": UNKNOWN_ID}, "NOT_CATALOGED")
         assert UNKNOWN_ID in err["message"]
@@ -469,4 +509,4 @@ def test_tool_errors(running: RunningHorace) -> None:
         assert unknown.value.error.code == -32602
         await s.send_ping()  # the session is still fine
 
-    run(running.url, body)
+    run(endpoint, body)
