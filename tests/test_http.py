@@ -488,6 +488,29 @@ async def test_an_answer_nobody_comes_for_is_dropped_after_the_send_timeout(
         assert response.status_code == 400
 
 
+async def test_a_client_that_takes_nothing_loses_its_connection_not_its_answer(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = {"max_batch": 1000, "max_reply_bytes": 64 << 20, "send_timeout": 30, "idle_timeout": 10_000}
+    async with (
+        run_horace(serving(sqlite_settings, **limits)) as running,
+        connect(running.http_url, timeout=None) as client,
+    ):
+        session = http_session(running, client)
+        batch = json.dumps([request(i, "tools/list") for i in range(1000)]).encode()  # ~25 MB back
+        conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        await conn.send(conn.request_bytes("POST", batch, client.headers(EVENTS_FIRST)))
+        sent = trio.current_time()  # and never read: the answer fills the socket's buffers
+        await eventually(lambda: bool(session.streams), "the answer to start")
+        (number,) = session.streams
+        await eventually(lambda: session.streams[number].writer is None, "the connection dropped", 100, 0.5)
+        assert 30 <= trio.current_time() - sent < 40  # (real sockets: the clock may jump a little early)
+        response, events = await resume(client, f"{number}-0")
+        assert response.status_code == 200 and len(replies(events)[0]) == 1000
+        await conn.aclose()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 # -- cancellation -----------------------------------------------------------------------------
 
 

@@ -41,8 +41,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 import trio
@@ -50,7 +50,7 @@ import trio
 from horace.config import Settings
 from horace.server import jsonrpc, sse
 from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal
-from horace.server.httpio import HEAD_TIMEOUT, Headers, HttpConnection, Request
+from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, Request
 from horace.server.httpsession import HttpSession
 from horace.server.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY, RpcError
 from horace.server.mcp import PROTOCOL_VERSIONS, McpSession
@@ -260,8 +260,7 @@ class StreamableHttp:
             raise Refused(409, "this session has a GET stream open already: one at a time")
         session.listening = True
         try:
-            async with trio.open_nursery() as watching:
-                watching.start_soon(_cancel_when_closed, conn, watching.cancel_scope)
+            async with _answering(conn):
                 await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
                 while not session.ended.is_set():
                     with trio.move_on_after(KEEPALIVE_INTERVAL):
@@ -269,7 +268,6 @@ class StreamableHttp:
                     if not session.ended.is_set():
                         await conn.send(sse.KEEPALIVE)
                 await conn.end_stream()
-                watching.cancel_scope.cancel()
         finally:
             session.listening = False
 
@@ -289,25 +287,21 @@ class StreamableHttp:
         client cancelled it). A client gone meanwhile: the call runs on, its reply is
         dropped."""
         with _writing(session, stream):
-            async with trio.open_nursery() as watching:
-                watching.start_soon(_cancel_when_closed, conn, watching.cancel_scope)
+            async with _answering(conn):
                 while not stream.finished:
                     await stream.changed.wait()
-                watching.cancel_scope.cancel()
-            if not stream.finished:
-                return  # the client went away
-            if not stream.replied:
-                await conn.respond(202)
-            else:
-                reply = stream.after(0)[-1][1]
-                headers: list[tuple[bytes, bytes]] = []
-                if opened:
-                    if "error" in json.loads(reply):
-                        session.end("initialize failed")  # nothing for the client to come back to
-                    else:
-                        headers.append((b"mcp-session-id", session.id.encode()))
-                await conn.respond(200, reply.encode(), headers=headers)
-            stream.delivered = True
+                if not stream.replied:
+                    await conn.respond(202)
+                else:
+                    reply = stream.after(0)[-1][1]
+                    headers: list[tuple[bytes, bytes]] = []
+                    if opened:
+                        if "error" in json.loads(reply):
+                            session.end("initialize failed")  # nothing for the client to come back to
+                        else:
+                            headers.append((b"mcp-session-id", session.id.encode()))
+                    await conn.respond(200, reply.encode(), headers=headers)
+                stream.delivered = True
 
     async def _write_events(
         self, conn: HttpConnection, session: HttpSession, stream: AnswerStream, after: int | None
@@ -316,8 +310,7 @@ class StreamableHttp:
         until its end. A client gone, or another connection resuming it: the events stay
         for a resume."""
         with _writing(session, stream):
-            async with trio.open_nursery() as watching:
-                watching.start_soon(_cancel_when_closed, conn, watching.cancel_scope)
+            async with _answering(conn):
                 await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
                 if after is None:
                     await conn.send(sse.event("", stream.event_id(0), retry_ms=sse.RETRY_MS))
@@ -332,7 +325,6 @@ class StreamableHttp:
                     await changed.wait()
                 await conn.end_stream()
                 stream.delivered = True
-                watching.cancel_scope.cancel()
 
 
 @contextmanager
@@ -353,6 +345,20 @@ def _writing(session: HttpSession, stream: AnswerStream) -> Iterator[None]:
                 session.forget(stream)
             else:
                 session.unclaimed(stream)
+
+
+@asynccontextmanager
+async def _answering(conn: HttpConnection) -> AsyncIterator[None]:
+    """Run the body (an answer being written, or waited for) while a task watches the
+    connection: a client that closes its end cancels the body. A client gone mid-write
+    ends it too. Either way the connection closes after (the answer is not complete)."""
+    async with trio.open_nursery() as watching:
+        watching.start_soon(_cancel_when_closed, conn, watching.cancel_scope)
+        try:
+            yield
+        except ClientGone as exc:  # (caught here: out of the nursery it would be a group)
+            log.debug("client gone during its answer: %s", exc)
+        watching.cancel_scope.cancel()
 
 
 async def _cancel_when_closed(conn: HttpConnection, scope: trio.CancelScope) -> None:
