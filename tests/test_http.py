@@ -82,13 +82,17 @@ async def eventually(
 
 
 class HeldTool:
-    """``horace_scan`` replaced by a call that runs until released (or cancelled)."""
+    """A tool (``horace_scan`` unless told) replaced by a call that runs until released
+    (or cancelled)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, result: dict[str, Any] | None = None, tool: str = "horace_scan"
+    ) -> None:
+        self.result = result or {"scanned": 0}
         self.started = trio.Event()
         self.release = trio.Event()
         self.cancelled = False
-        monkeypatch.setitem(TOOLS, "horace_scan", attrs.evolve(TOOLS["horace_scan"], handler=self._run))
+        monkeypatch.setitem(TOOLS, tool, attrs.evolve(TOOLS[tool], handler=self._run))
 
     async def _run(self, ctx: Any, args: Any) -> dict[str, Any]:
         self.started.set()
@@ -97,7 +101,7 @@ class HeldTool:
         except trio.Cancelled:
             self.cancelled = True
             raise
-        return {"scanned": 0}
+        return self.result
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
@@ -486,6 +490,33 @@ async def test_an_answer_nobody_comes_for_is_dropped_after_the_send_timeout(
         assert session.session.held()["reply_bytes"] == 0
         response, _ = await resume(client, priming)
         assert response.status_code == 400
+
+
+async def test_answers_kept_for_a_resume_are_bounded_in_bytes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Not a tool with a large result: those wait for room that kept answers hold.)
+    tool = HeldTool(monkeypatch, {"pad": "x" * 30_000}, tool="horace_get_file_info")
+    async with (
+        run_horace(serving(settings, max_pending_reply_bytes=200_000)) as running,
+        connect(running.http_url) as client,
+    ):
+        session = http_session(running, client)
+        call = "horace_get_file_info"
+        primings = [await cut_after_priming(client, tool_call(i, call, file_id="x")) for i in range(5)]
+        numbers = [int(priming.split("-")[0]) for priming in primings]
+        await eventually(lambda: all(session.streams[n].writer is None for n in numbers), "the cuts seen")
+        tool.release.set()
+        await eventually(lambda: session.session.inflight == 0, "the calls to finish")
+        kept = [n for n in numbers if n in session.streams]
+        # Each reply holds its 30 KB twice (as text and as structured content): three fit.
+        assert len(kept) == 3 and session.session.held()["reply_bytes"] <= 200_000
+        for number in kept:  # whichever are kept can be resumed
+            response, events = await resume(client, f"{number}-0")
+            assert (
+                response.status_code == 200
+                and len(replies(events)[0]["result"]["content"][0]["text"]) > 30_000
+            )
 
 
 async def test_a_client_that_takes_nothing_loses_its_connection_not_its_answer(

@@ -180,6 +180,8 @@ class StreamableHttp:
                 await self._write_events(conn, session, stream, after=None)
             else:
                 await self._write_json(conn, session, stream, opened=opened)
+                if opened and not stream.delivered:  # the client never learnt the session's id
+                    session.end("its initialize was not delivered")
 
     async def _body(self, conn: HttpConnection) -> bytes:
         limit = self.settings.max_message_bytes

@@ -20,7 +20,10 @@ Answers being written when the session ends are finished by the connections writ
 them (the session waits for those, at most ``send_timeout``); the rest are dropped. An
 SSE answer whose connection is gone is kept ``send_timeout`` after its call finished,
 for the client to resume it, then dropped: a client that takes no reply in that time
-loses it, as over WebSocket it loses its connection.
+loses it, as over WebSocket it loses its connection. The answers kept so add up to at
+most ``max_pending_reply_bytes`` (the oldest go first past it), and are counted among
+the session's replies not yet taken until they go: a call with a large result waits for
+that room, as it waits for a slow reader over WebSocket.
 """
 
 from __future__ import annotations
@@ -146,6 +149,23 @@ class HttpSession:
             self.forget(stream)
         elif stream.finished:
             self._calls.start_soon(self._drop_unless_claimed, stream)
+            self._keep_within_room()
+
+    def _keep_within_room(self) -> None:
+        """The answers kept for a resume add up to ``max_pending_reply_bytes`` at most:
+        past it, the oldest go (a client that cuts call after call cannot pile them up)."""
+        kept = [s for s in self.streams.values() if s.finished and s.writer is None]
+        total = sum(stream.size for stream in kept)
+        for stream in kept[:-1]:  # oldest first (numbers grow); the newest always stays
+            if total <= self.settings.max_pending_reply_bytes:
+                break
+            total -= stream.size
+            log.info(
+                "an answer not taken was dropped: answers kept for a resume are over %d bytes",
+                self.settings.max_pending_reply_bytes,
+                extra={"conversation_id": self.conversation_id},
+            )
+            self.forget(stream)
 
     async def _drop_unless_claimed(self, stream: AnswerStream) -> None:
         with trio.move_on_after(self.settings.send_timeout):

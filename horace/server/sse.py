@@ -61,6 +61,7 @@ class AnswerStream:
         self.resumable = resumable  # SSE: the client has its event ids (JSON: it has not)
         self._events: deque[tuple[int, str]] = deque()  # (n, JSON text), n from 1
         self._notifications = 0
+        self.size = 0  # bytes of the events kept
         self._next = 1
         self.finished = False  # nothing more comes (the reply, if any, is in)
         self.replied = False
@@ -79,6 +80,7 @@ class AnswerStream:
 
     def add(self, message: str, *, reply: bool = False) -> None:
         self._events.append((self._next, message))
+        self.size += len(message)
         self._next += 1
         if reply:
             self.replied = True
@@ -104,6 +106,7 @@ class AnswerStream:
     def drop(self) -> None:
         """Nothing of it is kept any more: delivered, or given up."""
         self._events.clear()
+        self.size = 0
         self.finished = True
         self.release()
         self.release = _nothing
@@ -111,7 +114,8 @@ class AnswerStream:
 
     def _drop_oldest_notification(self) -> None:
         # The reply is the last event added, never among the ones dropped.
-        self._events.popleft()
+        _, text = self._events.popleft()
+        self.size -= len(text)
         self._notifications -= 1
 
     def _wake(self) -> None:
