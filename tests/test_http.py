@@ -805,6 +805,11 @@ async def test_shutdown_lets_http_calls_finish(settings: Settings, monkeypatch: 
             await kept_alive.send(kept_alive.request_bytes("POST", ping, client.headers()))
             head, body = await kept_alive.response()
             assert head.status_code == 503 and b"shutting down" in body
+            kept_alive.next_cycle()  # a notification is still taken (a cancel would be)
+            initialized = json.dumps(notification("notifications/initialized")).encode()
+            await kept_alive.send(kept_alive.request_bytes("POST", initialized, client.headers()))
+            head, _ = await kept_alive.response()
+            assert head.status_code == 202
             await kept_alive.aclose()
             tool.release.set()
         assert answers[0].status_code == 200 and "result" in answers[0].json()

@@ -146,7 +146,8 @@ class StreamableHttp:
             raise Refused(406, f"a POST must accept both {JSON} and {SSE}")
         if _media_type(request.header(b"content-type")) != JSON:
             raise Refused(415, f"a POST's body must be {JSON}")
-        session = self._session(request, required=False)
+        # A draining session still takes notifications (a cancel); requests get 503 below.
+        session = self._session(request, required=False, draining_ok=True)
         body = await self._body(conn)
         size = len(body)
         try:
