@@ -259,6 +259,14 @@ def _is_notification(message: Any) -> bool:
     )
 
 
+def _is_response(message: Any) -> bool:
+    """What the server takes for a client's answer to a request of its own (it sends
+    none): dropped, never answered (an error back could start a loop between peers)."""
+    return (
+        isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message)
+    )
+
+
 def _hashable(value: Any) -> Any:
     return value if _valid_id(value) else ("<invalid>", json.dumps(value, default=str))
 
@@ -273,6 +281,8 @@ class Expected:
     late_ids: set[Any] = attrs.field(factory=set)  # ids an earlier example's late answer may carry
 
     def note(self, message: Any) -> None:
+        if _is_response(message):
+            return
         if _is_notification(message):
             params = message.get("params")
             cancel = message["method"] == "notifications/cancelled"
@@ -812,6 +822,21 @@ def test_deeply_nested_json(world: World, opener: str, closer: str) -> None:
     expected.add(info)
     _exchange(world, [json.dumps(info)], expected, answers)
     assert json.dumps(answers["info"]["result"]["structuredContent"]["file"]["metadata"]).count("[") == 20
+
+
+def test_responses_are_never_answered(world: World) -> None:
+    """What looks like a client's answer (no method; a result or an error) is dropped,
+    well-formed or not, alone or in a batch; a request beside it is answered."""
+    _send_and_check(
+        world,
+        [
+            {"jsonrpc": "2.0", "id": 1, "result": {}},
+            {"jsonrpc": "2.0", "id": "x", "error": {"code": -1, "message": "no"}},
+            {"result": None},
+            [{"result": None}],
+            [{"jsonrpc": "2.0", "id": 2, "result": {}}, {"jsonrpc": "2.0", "id": 3, "method": "ping"}],
+        ],
+    )
 
 
 def test_hostile_paths_are_refused(world: World) -> None:
