@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
@@ -55,6 +55,8 @@ from horace.server.httpsession import HttpSession
 from horace.server.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY, RpcError
 from horace.server.mcp import PROTOCOL_VERSIONS, McpSession
 from horace.server.sse import AnswerStream
+
+__all__ = ["Accept", "SessionHost", "StreamableHttp"]
 
 log = logging.getLogger("horace.server")
 
@@ -440,6 +442,3 @@ class Accept:
 
     def prefers(self, media_type: str, *, over: str) -> bool:
         return self._rank(media_type) > self._rank(over)
-
-
-__all__: Sequence[str] = ["Accept", "SessionHost", "StreamableHttp"]
