@@ -828,6 +828,22 @@ def test_deeply_nested_json(world: World, opener: str, closer: str) -> None:
     assert json.dumps(answers["info"]["result"]["structuredContent"]["file"]["metadata"]).count("[") == 20
 
 
+def test_responses_are_never_answered(world: World) -> None:
+    """A well-formed response (to a request Horace never sent) is dropped, alone or in a
+    batch; what only looks like one ({"result": null}: no "jsonrpc", no id) is an invalid
+    request; a request beside them is answered."""
+    _send_and_check(
+        world,
+        [
+            {"jsonrpc": "2.0", "id": 1, "result": {}},
+            {"jsonrpc": "2.0", "id": "x", "error": {"code": -1, "message": "no"}},
+            {"result": None},
+            [{"result": None}],
+            [{"jsonrpc": "2.0", "id": 2, "result": {}}, {"jsonrpc": "2.0", "id": 3, "method": "ping"}],
+        ],
+    )
+
+
 def test_hostile_paths_are_refused(world: World) -> None:
     expected = Expected()
     messages: list[str | bytes] = []

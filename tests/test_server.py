@@ -454,7 +454,7 @@ async def test_health_and_plain_http(server: RunningHorace) -> None:
         assert status == 200 and body["status"] == "ok" and body["backend"]["ok"] is True
     base = server.health_url.removesuffix("/health")
     assert (await http_get(base + "/nothing"))[0] == 404
-    assert (await http_get(base + "/mcp"))[0] == 426
+    assert (await http_get(base + "/mcp"))[0] == 400  # Streamable HTTP: no session
 
 
 async def test_health_is_503_when_the_backend_is_down(

@@ -59,6 +59,22 @@ def is_notification(message: Any) -> bool:
     )
 
 
+def is_request(message: Any) -> bool:
+    """A well-formed request: a method, "jsonrpc": "2.0" and a valid id (answered)."""
+    return (
+        isinstance(message, dict)
+        and "id" in message
+        and is_valid_id(message["id"])
+        and isinstance(message.get("method"), str)
+        and message.get("jsonrpc") == "2.0"
+    )
+
+
+def too_large(size: int, limit: int) -> RpcError:
+    """The error for a message of *size* bytes over ``max_message_bytes``."""
+    return RpcError(INVALID_REQUEST, f"message of {size} bytes exceeds the limit of {limit}")
+
+
 def is_response(message: Any) -> bool:
     """A well-formed answer to a request of the server's (Horace sends none: it is
     dropped unanswered). Anything else without a method is an invalid request."""
@@ -177,6 +193,11 @@ def json_size_at_least(value: Any) -> int:
         else:
             size += 1
     return size
+
+
+def message_size(message: str | bytes) -> int:
+    """The bytes a message received takes on the wire (a frame's or a line's)."""
+    return len(message) if isinstance(message, bytes) else utf8_size(message)
 
 
 def utf8_size(text: str) -> int:
