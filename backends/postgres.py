@@ -1034,6 +1034,11 @@ def _is_unavailable(exc: BaseException) -> bool:
         return True
     # A connection the server dropped mid-statement (fast shutdown) is left in a protocol
     # state asyncpg reports as "cannot switch to state ...": the server is going away.
+    return _is_stale(exc)
+
+
+def _is_stale(exc: BaseException) -> bool:
+    """A connection the server has dropped, refusing a statement before sending it."""
     return isinstance(exc, asyncpg.exceptions.InternalClientError) and "cannot switch to state" in str(exc)
 
 
@@ -1083,15 +1088,26 @@ class _PoolSource:
         pool = self._pool
 
         async def in_pool() -> T:
-            async with pool.acquire() as conn:
-                try:
-                    return await fn(conn, *args, **kwargs)
-                except Exception as exc:
-                    if _is_unavailable(exc) and not conn.is_closed():
-                        # Lost under a statement, asyncpg may leave the connection in a
-                        # half state; it must not go back to the pool for the next unit.
-                        conn.terminate()
-                    raise
+            for attempt in (1, 2):
+                async with pool.acquire() as conn:
+                    try:
+                        return await fn(conn, *args, **kwargs)
+                    except Exception as exc:
+                        if not _is_unavailable(exc):
+                            raise
+                        if not conn.is_closed():
+                            # Lost under a statement, asyncpg may leave the connection in a
+                            # half state; it must not go back to the pool for the next unit.
+                            conn.terminate()
+                        # An idle connection the server has just dropped (a restart, a
+                        # terminated backend) can be handed out before asyncpg sees the end
+                        # of its socket; it refuses the unit's first statement unsent
+                        # ("cannot switch to state"), so the unit runs once more on another.
+                        # (Units of several statements run in a transaction, rolled back
+                        # with the dropped connection.)
+                        if attempt == 2 or not _is_stale(exc):
+                            raise
+            raise AssertionError("unreachable")
 
         return await self._hop(in_pool)
 

@@ -10,6 +10,7 @@ the comparison with SQLite runs (6).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
@@ -32,6 +33,7 @@ from horace.backends.postgres import (
     _fetchrow,
     _Glob,
     _glob_regex,
+    _PoolSource,
     _prefix_upper,
     open_postgres,
 )
@@ -1229,3 +1231,47 @@ async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
         assert (total, [f.id for f in page]) == (1, [gone.id])
         total, page = await backend.search(SearchQuery(purpose="other", status=None))
         assert (total, [f.id for f in page]) == (1, [gone.id])
+
+
+async def test_a_connection_dropped_while_idle_costs_no_unit() -> None:
+    """The pool may hand out a connection the server has just dropped, before asyncpg has
+    seen the end of its socket: its first statement is refused unsent, and the unit runs
+    on another connection. Anything else lost is not run again."""
+    stale = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 11; another operation (2) is in progress"
+    )
+
+    class Conn:
+        def __init__(self, fails: Exception | None) -> None:
+            self.fails, self.terminated = fails, False
+
+        def is_closed(self) -> bool:
+            return self.terminated
+
+        def terminate(self) -> None:
+            self.terminated = True
+
+    class Pool:
+        def __init__(self, *conns: Conn) -> None:
+            self.conns = list(conns)
+
+        @contextlib.asynccontextmanager
+        async def acquire(self) -> AsyncIterator[Conn]:
+            yield self.conns.pop(0)
+
+    async def unit(conn: Conn) -> str:
+        if conn.fails is not None:
+            raise conn.fails
+        return "done"
+
+    async def hop(fn: Any) -> Any:
+        return await fn()
+
+    dropped, fresh = Conn(stale), Conn(None)
+    assert await _PoolSource(Pool(dropped, fresh), hop).run(unit) == "done"  # type: ignore[arg-type]
+    assert dropped.terminated and not fresh.terminated
+    with pytest.raises(asyncpg.exceptions.InternalClientError):  # twice: the server is going away
+        await _PoolSource(Pool(Conn(stale), Conn(stale), Conn(None)), hop).run(unit)  # type: ignore[arg-type]
+    lost = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):  # it may have run: not again
+        await _PoolSource(Pool(Conn(lost), Conn(None)), hop).run(unit)  # type: ignore[arg-type]
