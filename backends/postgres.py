@@ -601,7 +601,7 @@ _FILE_BY_CHECKSUM = (
     "ORDER BY created_at, id LIMIT 1"
 )
 _VERSIONS = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid ORDER BY version DESC"
-_VERSION = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid AND version = $2::integer"
+_VERSION = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid AND version = $2::bigint"
 
 _INSERT_INPUT = """
 input AS (
@@ -879,7 +879,7 @@ SELECT * FROM repaired
 UNION ALL
 SELECT {F} FROM horace_files WHERE id = $1::uuid AND NOT EXISTS (SELECT 1 FROM repaired)
 """
-_DELETE_VERSION = "DELETE FROM horace_versions WHERE file_id = $1::uuid AND version = $2::integer"
+_DELETE_VERSION = "DELETE FROM horace_versions WHERE file_id = $1::uuid AND version = $2::bigint"
 _PURGE_DELETED = """
 WITH gone AS (
     DELETE FROM horace_files WHERE status = 'deleted' AND deleted_at < $1::timestamptz

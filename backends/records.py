@@ -112,12 +112,14 @@ class SearchQuery:
     order: Order = Order.DESC
 
 
-_INT64 = 1 << 63
+# The integers a catalog column holds (BIGINT; SQLite's INTEGER): a number outside them is
+# refused at the edge, never handed to a backend.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def to_int64(value: int) -> int:
     """An unsigned 64-bit stat field (an inode, a device) as the signed BIGINT columns keep it."""
-    return value - (1 << 64) if value >= _INT64 else value
+    return value - (1 << 64) if value > INT64_MAX else value
 
 
 def from_int64(value: int) -> int:

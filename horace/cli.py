@@ -30,7 +30,16 @@ import trio
 from horace.backends import CatalogMissing, DatabaseFull
 from horace.backends.migrations import SchemaTooNew
 from horace.backends.protocol import BackendUnavailable
-from horace.backends.records import FileChanges, FileRecord, Order, SearchQuery, SortKey, Status
+from horace.backends.records import (
+    INT64_MAX,
+    MAX_SEARCH_LIMIT,
+    FileChanges,
+    FileRecord,
+    Order,
+    SearchQuery,
+    SortKey,
+    Status,
+)
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
@@ -288,15 +297,15 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 @click.option("--path", help="Glob relative to files/.")
 @click.option("--collection")
 @click.option("--type", "file_type", help="MIME type (image/*) or extension.")
-@click.option("--min-size", type=click.IntRange(0))
-@click.option("--max-size", type=click.IntRange(0))
+@click.option("--min-size", type=click.IntRange(0, INT64_MAX))
+@click.option("--max-size", type=click.IntRange(0, INT64_MAX))
 @click.option("--created-after", type=click.DateTime())
 @click.option("--created-before", type=click.DateTime())
 @click.option("--checksum")
 @click.option("--correlation-id")
 @click.option("--status", type=click.Choice([*(s.value for s in Status), "all"]), default="active")
-@click.option("--limit", type=click.IntRange(1, 1000), default=50)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--limit", type=click.IntRange(1, MAX_SEARCH_LIMIT), default=50)
+@click.option("--offset", type=click.IntRange(0, INT64_MAX), default=0)
 @click.option("--cursor")
 @click.option("--sort-by", type=click.Choice([k.value for k in SortKey]), default="created_at")
 @click.option("--order", type=click.Choice([o.value for o in Order]), default="desc")
@@ -385,7 +394,7 @@ def update(
 
 @cli.command()
 @click.argument("ref", metavar="PATH|ID")
-@click.argument("version", type=click.IntRange(1))
+@click.argument("version", type=click.IntRange(1, INT64_MAX))
 @global_options
 @click.pass_context
 def restore(ctx: click.Context, ref: str, version: int) -> None:

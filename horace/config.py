@@ -163,7 +163,8 @@ class Settings:
     auth_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     max_message_bytes: int = 4 * 1024 * 1024
-    max_connections: int = 256  # WebSocket sessions, counted from before the handshake
+    # sessions, WebSocket (counted from before the handshake) and Streamable HTTP together
+    max_connections: int = 256
     # connections not yet a session (HTTP head, /health, handshake under way); more get 503
     max_pending_connections: int = 128
     max_calls_per_connection: int = 256
@@ -175,8 +176,11 @@ class Settings:
     max_read_bytes: int = 4 * 1024 * 1024
     # replies in the making (large results) or not yet read, per connection
     max_pending_reply_bytes: int = 16 * 1024 * 1024
-    idle_timeout: float = 300.0  # a session with nothing from the client and no call running
-    send_timeout: float = 30.0  # a reply the client does not take in this time closes the connection
+    # a session (either transport) with nothing from the client and no call running
+    idle_timeout: float = 300.0
+    # a reply the client does not take in this time closes the connection (HTTP: an answer
+    # whose connection was cut is kept this long for a resume)
+    send_timeout: float = 30.0
     call_deadline: float = 300.0
     shutdown_grace: float = 10.0
     # sinks

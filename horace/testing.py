@@ -8,7 +8,8 @@ soon as horace is installed:
   its own Trio loop, stopped gracefully after the test.
 
 Both give a :class:`RunningHorace`: ``url`` to connect an MCP WebSocket client to,
-``files`` to write working files into, ``settings``.
+``http_url`` for a Streamable HTTP client, ``files`` to write working files into,
+``settings``.
 
 pytest loads this module in every venv where Horace is installed, for every test run, so
 it imports nothing of the server until a fixture is used: a broken or partial install
@@ -32,11 +33,16 @@ if TYPE_CHECKING:
 
 
 class RunningHorace:
-    """A Horace serving in a test: ``url`` (ws://127.0.0.1:<port>/mcp), ``health_url``,
-    ``settings``, ``server``, and ``files`` to write working files into."""
+    """A Horace serving in a test: ``url`` (ws://127.0.0.1:<port>/mcp), ``http_url``
+    (http://127.0.0.1:<port>/mcp, Streamable HTTP), ``health_url``, ``settings``,
+    ``server``, and ``files`` to write working files into."""
 
     def __init__(self, url: str, health_url: str, settings: Settings, server: HoraceServer) -> None:
         self.url, self.health_url, self.settings, self.server = url, health_url, settings, server
+
+    @property
+    def http_url(self) -> str:
+        return "http://" + self.url.removeprefix("ws://")
 
     @property
     def files(self) -> Path:

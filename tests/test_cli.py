@@ -83,6 +83,9 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     # A storage root that cannot be created (sysfs refuses even root).
     one_line_error(horace("init", "--storage", "/sys/horace-store"), Exit.CONFIG, "cannot create the store")
     one_line_error(horace("search", "--limit", "0"), Exit.USAGE, "USAGE", "--limit")
+    # Numbers no catalog column holds are refused before any backend sees them.
+    one_line_error(horace("search", "--offset", str(2**64)), Exit.USAGE, "USAGE", "--offset")
+    one_line_error(horace("restore", "a.txt", str(2**64)), Exit.USAGE, "USAGE", "VERSION")
     one_line_error(horace("serch"), Exit.USAGE, "No such command")
 
 

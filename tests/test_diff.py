@@ -61,9 +61,10 @@ async def test_limits_and_missing_content(
     assert (
         too_big.value.code is ErrorCode.INVALID_ARGUMENT and "HORACE_MAX_READ_BYTES" in too_big.value.message
     )
-    with pytest.raises(HoraceError) as missing:
-        await diff(catalog, file_id=file_id, from_version=9)
-    assert missing.value.code is ErrorCode.VERSION_NOT_FOUND
+    for number in (9, 2**31, 2**63 - 1):
+        with pytest.raises(HoraceError) as missing:
+            await diff(catalog, file_id=file_id, from_version=number)
+        assert missing.value.code is ErrorCode.VERSION_NOT_FOUND
     stored = catalog.storage.object_path(sha256(big))
     stored.chmod(0o644)
     stored.write_text(big.upper())

@@ -250,6 +250,18 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
+def _is_response(message: Any) -> bool:
+    """JSON-RPC's response object, which a server never answers."""
+    return (
+        isinstance(message, dict)
+        and message.get("jsonrpc") == "2.0"
+        and "method" not in message
+        and "id" in message
+        and _valid_id(message["id"])
+        and ("result" in message) != ("error" in message)
+    )
+
+
 def _is_notification(message: Any) -> bool:
     return (
         isinstance(message, dict)
@@ -278,6 +290,8 @@ class Expected:
             cancel = message["method"] == "notifications/cancelled"
             if cancel and isinstance(params, dict) and "requestId" in params:
                 self.cancels.add(_hashable(params["requestId"]))
+            return
+        if _is_response(message):
             return
         answer_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
         self.required[answer_id] += 1
@@ -812,6 +826,22 @@ def test_deeply_nested_json(world: World, opener: str, closer: str) -> None:
     expected.add(info)
     _exchange(world, [json.dumps(info)], expected, answers)
     assert json.dumps(answers["info"]["result"]["structuredContent"]["file"]["metadata"]).count("[") == 20
+
+
+def test_responses_are_never_answered(world: World) -> None:
+    """A well-formed response (to a request Horace never sent) is dropped, alone or in a
+    batch; what only looks like one ({"result": null}: no "jsonrpc", no id) is an invalid
+    request; a request beside them is answered."""
+    _send_and_check(
+        world,
+        [
+            {"jsonrpc": "2.0", "id": 1, "result": {}},
+            {"jsonrpc": "2.0", "id": "x", "error": {"code": -1, "message": "no"}},
+            {"result": None},
+            [{"result": None}],
+            [{"jsonrpc": "2.0", "id": 2, "result": {}}, {"jsonrpc": "2.0", "id": 3, "method": "ping"}],
+        ],
+    )
 
 
 def test_hostile_paths_are_refused(world: World) -> None:

@@ -509,7 +509,7 @@ async def test_every_path_gives_its_slot_back(settings: Settings) -> None:
         token = [("Authorization", "Bearer s3cret")]
         assert (await http_get(running.health_url))[0] == 200
         assert (await http_get(base + "/nothing"))[0] == 404
-        assert (await http_get(base + "/mcp"))[0] == 426
+        assert (await http_get(base + "/mcp"))[0] == 401  # Streamable HTTP, without the token
         for headers, status in (([], 401), ([*token, ("Origin", "https://evil.example")], 403)):
             with pytest.raises(ConnectionRejected) as rejected:
                 async with open_websocket_url(running.url, extra_headers=headers):

@@ -1,4 +1,6 @@
-"""End to end with a client nobody here wrote: the official MCP Python SDK.
+"""End to end with a client nobody here wrote: the official MCP Python SDK 1.x, over
+both its WebSocket client and its Streamable HTTP client (2.x, which cannot share a venv
+with 1.x, is in test_mcp_sdk2.py).
 
 The SDK is asyncio/anyio, so each test runs it with ``asyncio.run`` against a Horace
 served from a thread (:func:`horace.testing.run_horace_in_thread`) on the suite's backend.
@@ -15,10 +17,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import attrs
+import httpx
 import mcp.types as types
 import pytest
 import tour
 from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from sdk1 import Sdk1Client
 
 import horace
@@ -38,9 +42,29 @@ def running(settings: Settings) -> Iterator[RunningHorace]:
         yield served
 
 
+@pytest.fixture(params=["websocket", "http"])
+def endpoint(running: RunningHorace, request: pytest.FixtureRequest) -> str:
+    """The server's URL for the transport under test: ws://... or http://... (Streamable HTTP)."""
+    return running.url if request.param == "websocket" else running.http_url
+
+
+@asynccontextmanager
+async def sdk_streams(url: str):  # type: ignore[no-untyped-def]
+    """The SDK's (read, write) streams over the transport the URL names."""
+    if url.startswith("ws://"):
+        async with websocket_client(url) as (read, write_stream):
+            yield read, write_stream
+    else:
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(30, read=300)) as http,
+            streamable_http_client(url, http_client=http) as (read, write_stream, _),
+        ):
+            yield read, write_stream
+
+
 @asynccontextmanager
 async def sdk_session(url: str):  # type: ignore[no-untyped-def]
-    async with websocket_client(url) as (read, write_stream), ClientSession(read, write_stream) as session:
+    async with sdk_streams(url) as (read, write_stream), ClientSession(read, write_stream) as session:
         yield session, await session.initialize()
 
 
@@ -55,9 +79,9 @@ def run(url: str, body: Callable[[Sdk1Client], Awaitable[object]]) -> None:
 # -- handshake and the tool list ---------------------------------------------------------------
 
 
-def test_initialize_and_list_tools(running: RunningHorace) -> None:
+def test_initialize_and_list_tools(endpoint: str) -> None:
     async def main() -> None:
-        async with sdk_session(running.url) as (session, init):
+        async with sdk_session(endpoint) as (session, init):
             assert init.protocolVersion == types.LATEST_PROTOCOL_VERSION
             assert init.serverInfo.name == "horace"
             assert init.serverInfo.version == horace.__version__
@@ -85,10 +109,10 @@ def test_initialize_and_list_tools(running: RunningHorace) -> None:
     asyncio.run(main())
 
 
-def test_older_protocol_version_is_echoed(running: RunningHorace) -> None:
+def test_older_protocol_version_is_echoed(endpoint: str) -> None:
     async def main() -> None:
         async with (
-            websocket_client(running.url) as (read, write_stream),
+            sdk_streams(endpoint) as (read, write_stream),
             ClientSession(read, write_stream) as session,
         ):
             # The SDK always asks for its latest; ask for an older one by hand.
@@ -112,13 +136,13 @@ def test_older_protocol_version_is_echoed(running: RunningHorace) -> None:
 # -- every tool ---------------------------------------------------------------------------------
 
 
-def test_every_tool(running: RunningHorace) -> None:
-    run(running.url, lambda client: tour.every_tool(client, running.files))
+def test_every_tool(running: RunningHorace, endpoint: str) -> None:
+    run(endpoint, lambda client: tour.every_tool(client, running.files))
 
 
-def test_scan_sends_progress(running: RunningHorace) -> None:
-    run(running.url, lambda client: tour.scan_progress(client, running.files))
+def test_scan_sends_progress(running: RunningHorace, endpoint: str) -> None:
+    run(endpoint, lambda client: tour.scan_progress(client, running.files))
 
 
-def test_tool_errors(running: RunningHorace) -> None:
-    run(running.url, tour.tool_errors)
+def test_tool_errors(endpoint: str) -> None:
+    run(endpoint, tour.tool_errors)

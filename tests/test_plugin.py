@@ -137,6 +137,7 @@ def test_server_is_gone_after_the_test(horace_server_thread):
     first = FIRST["running"]
     assert first.settings.storage_path != horace_server_thread.settings.storage_path
     assert not (horace_server_thread.files / "shared" / "hello.txt").exists()
+    assert first.server.stopped, "the first test's server was not shut down"
     if first.server.port != horace_server_thread.server.port:
         try:
             health(first.health_url)

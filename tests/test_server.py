@@ -102,6 +102,8 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
         ("42", -32600),
         ('{"jsonrpc": "1.0", "id": 7, "method": "ping"}', -32600),
         ('{"jsonrpc": "2.0", "id": 7, "method": 12}', -32600),
+        ('{"result": null}', -32600),  # not a response: no "jsonrpc", no id
+        ('{"jsonrpc": "2.0", "error": {"code": 1, "message": "m"}}', -32600),
         ('{"jsonrpc": "2.0", "id": 7, "method": "nope"}', -32601),
         ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "horace_nope"}}', -32602),
         ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {}}', -32602),
@@ -112,6 +114,13 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
         await client.send_raw(raw)
         answer = await reply.receive()
         assert answer["error"]["code"] == code, raw
+    # A well-formed response (to a request Horace never sent) is dropped unanswered.
+    unanswered = client.expect(5)
+    await client.send_raw('{"jsonrpc": "2.0", "id": 5, "result": {}}')
+    assert (await client.request("ping"))["result"] == {}
+    with trio.move_on_after(0.3) as waited:
+        await unanswered.receive()
+    assert waited.cancelled_caught
 
 
 @pytest.mark.parametrize(
@@ -445,7 +454,7 @@ async def test_health_and_plain_http(server: RunningHorace) -> None:
         assert status == 200 and body["status"] == "ok" and body["backend"]["ok"] is True
     base = server.health_url.removesuffix("/health")
     assert (await http_get(base + "/nothing"))[0] == 404
-    assert (await http_get(base + "/mcp"))[0] == 426
+    assert (await http_get(base + "/mcp"))[0] == 400  # Streamable HTTP: no session
 
 
 async def test_health_is_503_when_the_backend_is_down(

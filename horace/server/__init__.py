@@ -1,8 +1,14 @@
 """The MCP server, by job:
 
-- ``front``: the port's HTTP front (h11): health, upgrades, admission;
+- ``front``: the port's HTTP front: each connection's requests (keep-alive), health,
+  WebSocket upgrades, the rest of / and /mcp to Streamable HTTP;
+- ``httpio``: one HTTP/1.1 connection read and written with h11;
+- ``admission``: counts of connections and sessions against the limits, token and Origin;
 - ``websocket``: MCP over a WebSocket connection (reading, sending, idle and send timeouts);
 - ``stdio``: MCP over stdin/stdout, one session for the process (``horace mcp``);
+- ``http``: MCP over Streamable HTTP (POST, GET, DELETE; JSON or SSE answers);
+  ``httpsession``: one Streamable HTTP session (its calls, its answers, its end);
+  ``sse``: server-sent events and the answers kept for a client that resumes;
 - ``mcp``: one MCP session whatever the transport (methods, limits, cancellation);
 - ``jsonrpc``: JSON-RPC 2.0 checks and texts; ``runner``: one tool call under its scope;
 - ``observer``: what the logs and the conversation sink learn of a call;

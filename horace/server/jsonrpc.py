@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from horace.backends.records import INT64_MAX, INT64_MIN
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -23,7 +25,6 @@ REPLY_TOO_LARGE = -32003  # (-32002 is MCP's "resource not found")
 RESOURCE_NOT_FOUND = -32002
 
 MAX_PARAMS_DEPTH = 64  # levels of lists and objects in a request's params
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 _END = object()
 
@@ -58,10 +59,32 @@ def is_notification(message: Any) -> bool:
     )
 
 
-def is_response(message: Any) -> bool:
-    """A client's answer to a request of the server's (Horace sends none: it is dropped)."""
+def is_request(message: Any) -> bool:
+    """A well-formed request: a method, "jsonrpc": "2.0" and a valid id (answered)."""
     return (
-        isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message)
+        isinstance(message, dict)
+        and "id" in message
+        and is_valid_id(message["id"])
+        and isinstance(message.get("method"), str)
+        and message.get("jsonrpc") == "2.0"
+    )
+
+
+def too_large(size: int, limit: int) -> RpcError:
+    """The error for a message of *size* bytes over ``max_message_bytes``."""
+    return RpcError(INVALID_REQUEST, f"message of {size} bytes exceeds the limit of {limit}")
+
+
+def is_response(message: Any) -> bool:
+    """A well-formed answer to a request of the server's (Horace sends none: it is
+    dropped unanswered). Anything else without a method is an invalid request."""
+    return (
+        isinstance(message, dict)
+        and message.get("jsonrpc") == "2.0"
+        and "method" not in message
+        and "id" in message
+        and is_valid_id(message["id"])
+        and ("result" in message) != ("error" in message)
     )
 
 
@@ -179,6 +202,11 @@ def json_size_at_least(value: Any) -> int:
         else:
             size += 1
     return size
+
+
+def message_size(message: str | bytes) -> int:
+    """The bytes a message received takes on the wire (a frame's or a line's)."""
+    return len(message) if isinstance(message, bytes) else utf8_size(message)
 
 
 def utf8_size(text: str) -> int:

@@ -4,12 +4,14 @@ Nursery layout (each level owns the next):
 
     serve()                         signals, supervised children (sinks, watcher, purge)
       HoraceServer.run()
-        connections nursery         one task per TCP connection (Front.handle)
+        connections nursery         one task per TCP connection (Front.handle), and
+                                    one per Streamable HTTP session (they outlive connections)
           WebSocketSession.run()    one nursery per session: one task per message
+          HttpSession.run()         one nursery per session: one task per request
             tools/call              its own cancel scope (deadline) and nursery (McpSession)
 
-Shutdown: stop accepting, tell sessions to stop reading, let calls finish within
-``shutdown_grace``, then cancel what is left; the backend closes last.
+Shutdown: stop accepting, tell sessions (both kinds) to take no more messages, let calls
+finish within ``shutdown_grace``, then cancel what is left; the backend closes last.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.redact import redact_url
 from horace.server.front import ClientStream, Front
+from horace.server.httpsession import HttpSession
 from horace.server.mcp import McpSession
 from horace.server.observer import Observer
 from horace.server.websocket import WebSocketSession
@@ -43,13 +46,15 @@ class HoraceServer:
         self.settings = settings
         self.catalog = catalog
         self.observer = observer
-        self.sessions: set[WebSocketSession] = set()
+        self.sessions: set[WebSocketSession | HttpSession] = set()
         self.health_parts: dict[str, HealthPart] = {}  # e.g. sinks, watcher: name -> state
         self.port: int | None = None
         self._accepting = trio.CancelScope()
         self._idle = trio.Event()
         self._idle.set()
-        self.front = Front(settings, self.health, self._run_session)
+        self._nursery: trio.Nursery | None = None  # where connections and HTTP sessions run
+        self.front = Front(settings, self.health, self._run_session, self)
+        self.stopped = False
 
     async def run(self, *, task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
@@ -61,6 +66,7 @@ class HoraceServer:
             extra={"backend": redact_url(self.catalog.backend.url)},
         )
         async with trio.open_nursery() as connections:
+            self._nursery = connections
             with self._accepting:
                 task_status.started(self)
                 await trio.serve_listeners(self.front.handle, listeners, handler_nursery=connections)
@@ -77,22 +83,45 @@ class HoraceServer:
                     self.settings.shutdown_grace,
                 )
             connections.cancel_scope.cancel()
+        self.stopped = True  # its listeners closed and its sessions ended
         log.info("stopped")
 
     def shutdown(self) -> None:
         """Stop accepting; running calls get ``shutdown_grace`` seconds to finish."""
         self._accepting.cancel()
 
+    def new_session(self, transport: str) -> McpSession:
+        return McpSession(self.catalog, self.settings, self.observer, transport=transport)
+
     async def _run_session(self, ws: WebSocketConnection, stream: ClientStream) -> None:
-        mcp = McpSession(self.catalog, self.settings, self.observer, transport="websocket")
-        session = WebSocketSession(ws, stream, mcp)
+        await self._serve(WebSocketSession(ws, stream, self.new_session("websocket")))
+
+    async def start(self, session: HttpSession) -> None:
+        """Run a Streamable HTTP session among the others; return once it is running."""
+        assert self._nursery is not None
+        await self._nursery.start(self._serve, session)
+
+    async def _serve(
+        self,
+        session: WebSocketSession | HttpSession,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         self.sessions.add(session)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         log.info("session opened", extra={"conversation_id": session.conversation_id})
         try:
             if self._accepting.cancel_called:
                 session.drain()
-            await session.run()
+            if isinstance(session, HttpSession):
+                await session.run(task_status=task_status)
+            else:
+                task_status.started()
+                await session.run()
+        except Exception:
+            # A bug met by one session ends that session, never the server (an HTTP
+            # session runs in the connections nursery: uncaught, it would cancel them all).
+            log.exception("session failed", extra={"conversation_id": session.conversation_id})
         finally:
             self.sessions.discard(session)
             if not self.sessions:
@@ -118,13 +147,11 @@ class HoraceServer:
             "version": horace.__version__,
             "backend": backend,
             "sessions": len(self.sessions),
+            "http_sessions": len(self.front.http.sessions),
             "connections": {
-                "sessions": self.front.admission.sessions,
-                "pending": self.front.admission.pending,
+                **self.front.admission.counts(),
                 "max_connections": self.settings.max_connections,
                 "max_pending_connections": self.settings.max_pending_connections,
-                "refused": self.front.admission.refused,
-                "turned_away": self.front.admission.turned_away,
             },
         }
         if degraded:

@@ -27,8 +27,8 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 import trio
@@ -107,12 +107,12 @@ class McpSession:
 
     # -- what the transport uses ------------------------------------------------------------
 
-    def admit(self, message: str | bytes) -> int:
-        """Count a message just received among the requests under way, before anything is
-        done with it (call it as the transport reads the message, with no checkpoint in
-        between, so messages waiting for their turn count too); give the result to
-        :meth:`answer`. Past ``max_inflight_bytes`` the message gets a "busy" answer."""
-        size = len(message) if isinstance(message, bytes) else jsonrpc.utf8_size(message)
+    def admit(self, size: int) -> int:
+        """Count a message of *size* bytes just received among the requests under way,
+        before anything is done with it (call it as the transport reads the message, with
+        no checkpoint in between, so messages waiting for their turn count too); give the
+        result to :meth:`answer`. Past ``max_inflight_bytes`` the message gets a "busy"
+        answer."""
         if size > self.settings.max_message_bytes or not self._take_request_bytes(size):
             return -size  # not counted: answered without being run
         return size
@@ -122,11 +122,25 @@ class McpSession:
         it goes out through *send*, its reply last. The bytes the message was counted
         for are held until the reply has gone out: a client that sends many requests and
         reads no replies stops being read from, instead of piling them up."""
-        try:
+        async with self._answering(admitted, send):
             reply = await self._message(message, abs(admitted), admitted > 0, send)
             del message  # answered: what it held need not stay while the reply goes out
             if reply is not None:
                 await send(reply, final=True)
+
+    async def answer_parsed(self, parsed: Any, admitted: int, send: Send) -> None:
+        """As :meth:`answer`, for a message the transport has already parsed and checked
+        against ``max_message_bytes`` (Streamable HTTP reads it to route it)."""
+        async with self._answering(admitted, send):
+            reply = await self._parsed(parsed, admitted > 0, send)
+            del parsed
+            if reply is not None:
+                await send(reply, final=True)
+
+    @asynccontextmanager
+    async def _answering(self, admitted: int, send: Send) -> AsyncIterator[None]:
+        try:
+            yield
         except Exception:
             # A bug met by one message costs that message an error, never the session.
             log.exception("message failed", extra={"conversation_id": self.conversation_id})
@@ -142,14 +156,15 @@ class McpSession:
             return error_text(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC"))
         limit = self.settings.max_message_bytes
         if size > limit:
-            return error_text(
-                None, RpcError(INVALID_REQUEST, f"message of {size} bytes exceeds the limit of {limit}")
-            )
+            return error_text(None, jsonrpc.too_large(size, limit))
         try:
             parsed = json.loads(message)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             return error_text(None, RpcError(PARSE_ERROR, f"parse error: {exc}"))
         del message
+        return await self._parsed(parsed, admitted, send)
+
+    async def _parsed(self, parsed: Any, admitted: bool, send: Send) -> str | None:
         if isinstance(parsed, list):
             return await self._batch(parsed, admitted, send)
         if self.notification(parsed) or jsonrpc.is_response(parsed):

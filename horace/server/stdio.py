@@ -162,7 +162,7 @@ class StdioSession:
                             parse_error = RpcError(PARSE_ERROR, f"parse error: not UTF-8: {exc}")
                             calls.start_soon(self.send, error_text(None, parse_error))
                             continue
-                        admitted = self.session.admit(text)  # counted as it is read
+                        admitted = self.session.admit(len(line))  # counted as it is read
                         calls.start_soon(self.session.answer, text, admitted, self.send)
                         del text, line
             # Ended: stdin closed, stdout gone, or a signal. Nobody is left to answer.

@@ -21,6 +21,7 @@ from typing import Protocol
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from horace.server import jsonrpc
 from horace.server.mcp import McpSession
 
 log = logging.getLogger("horace.server")
@@ -67,7 +68,8 @@ class WebSocketSession:
                             except ConnectionClosed:
                                 self.gone = True
                                 break
-                            admitted = self.session.admit(message)  # counted as it is read
+                            # Counted as it is read:
+                            admitted = self.session.admit(jsonrpc.message_size(message))
                             calls.start_soon(self.session.answer, message, admitted, self.send)
                             del message
                     if self.gone:

@@ -1,0 +1,216 @@
+"""Who gets in: the counts of connections and sessions against the limits, the access
+checks (token, Origin), and a throttled log of refusals.
+
+Counts (:class:`Admission`): every TCP connection holds a :class:`Ticket` from accept
+to close. It is *pending* while the server waits for or reads a request that belongs to
+no session yet (``max_pending_connections``; past it a connection gets 503 unread). A
+WebSocket upgrade moves its connection to a *session* slot (``max_connections``); a
+Streamable HTTP session takes a session slot of its own, not tied to any connection,
+from ``initialize`` to its end. A connection answering a request of an admitted HTTP
+session (a call, an SSE stream) is *serving* meanwhile: it is a session's, not a
+stranger's, so it does not hold a pending place (what one session can hold is bounded
+by its calls: ``max_calls_per_connection``, and one GET stream).
+
+Trio switches tasks only at checkpoints, so a check and the reservation right after it
+(no ``await`` between) cannot be interleaved with another connection's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from attrs import frozen
+
+log = logging.getLogger("horace.server")
+
+REFUSAL_LOG_INTERVAL = 10.0  # at most one line per kind of refusal in this time
+# A WebSocket client that cannot send headers (a browser) offers the token as a
+# subprotocol beside "mcp": "bearer." + the token in unpadded base64url, which any
+# token survives (a subprotocol is an HTTP token: no "/", "=", spaces...).
+SUBPROTOCOL_TOKEN_PREFIX = "bearer."
+
+
+class Ticket:
+    """One connection's place in the counts: pending, a WebSocket session, or serving
+    a request of an HTTP session."""
+
+    state = "pending"
+
+
+class Admission:
+    """How many connections are pending, sessions and serving, against the limits."""
+
+    def __init__(self, max_pending: int, max_sessions: int) -> None:
+        self.max_pending, self.max_sessions = max_pending, max_sessions
+        self.pending = 0
+        self.sessions = 0  # WebSocket and Streamable HTTP sessions
+        self.serving = 0  # connections answering a request of an HTTP session
+        self.turned_away = 0  # past max_pending, since start
+        self.refused = 0  # sessions refused for want of a slot, since start
+
+    @contextmanager
+    def connection(self) -> Iterator[Ticket | None]:
+        """A ticket for a new connection (None past ``max_pending``), given back on the
+        way out whatever happened, from whichever count it is in by then."""
+        if self.pending >= self.max_pending:
+            self.turned_away += 1
+            yield None
+            return
+        ticket = Ticket()
+        self.pending += 1
+        try:
+            yield ticket
+        finally:
+            if ticket.state == "session":
+                self.sessions -= 1
+            else:
+                self.pending -= 1
+
+    def take_session(self, ticket: Ticket) -> bool:
+        """Move *ticket*'s connection (a WebSocket upgrade) from pending to a session
+        slot; False when none is free."""
+        if not self.take_http_session():
+            return False
+        self.pending -= 1
+        ticket.state = "session"
+        return True
+
+    def take_http_session(self) -> bool:
+        """A session slot for a Streamable HTTP session; False when none is free."""
+        if self.sessions >= self.max_sessions:
+            self.refused += 1
+            return False
+        self.sessions += 1
+        return True
+
+    def give_back_http_session(self) -> None:
+        self.sessions -= 1
+
+    @contextmanager
+    def serving_session(self, ticket: Ticket) -> Iterator[None]:
+        """*ticket*'s connection answers a request of an admitted HTTP session: out of
+        the pending count while it does."""
+        ticket.state = "serving"
+        self.pending -= 1
+        self.serving += 1
+        try:
+            yield
+        finally:
+            self.serving -= 1
+            self.pending += 1
+            ticket.state = "pending"
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "sessions": self.sessions,
+            "pending": self.pending,
+            "serving": self.serving,
+            "refused": self.refused,
+            "turned_away": self.turned_away,
+        }
+
+
+# -- access ---------------------------------------------------------------------------------
+
+
+@frozen
+class Refusal:
+    status: int
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), a listed one, or a loopback page: DNS-rebinding safe."""
+    if origin is None or origin in allowed or "*" in allowed:
+        return True
+    host = urlsplit(origin).hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def access_refusal(
+    headers: Mapping[bytes, bytes],
+    token: str | None,
+    allowed_origins: tuple[str, ...],
+    *,
+    websocket: bool = False,
+) -> Refusal | None:
+    """401 without the bearer token when one is set (``Authorization: Bearer``; for a
+    WebSocket upgrade also the subprotocol form), 403 for an Origin not allowed."""
+    if not authorized(headers, token, websocket=websocket):
+        return Refusal(
+            401, "a valid bearer token is required", ((b"www-authenticate", b'Bearer realm="horace"'),)
+        )
+    origin = headers.get(b"origin")
+    if not origin_allowed(origin.decode("latin-1") if origin else None, allowed_origins):
+        return Refusal(403, f"origin {origin!r} is not allowed")
+    return None
+
+
+def authorized(headers: Mapping[bytes, bytes], token: str | None, *, websocket: bool = False) -> bool:
+    if not token:
+        return True
+    expected = token.encode()
+    if hmac.compare_digest(headers.get(b"authorization", b""), b"Bearer " + expected):
+        return True
+    if websocket:
+        offered = subprotocol_token(headers.get(b"sec-websocket-protocol", b""))
+        return offered is not None and hmac.compare_digest(offered, expected)
+    return False
+
+
+def subprotocol_token(header: bytes) -> bytes | None:
+    """The token offered as ``bearer.<base64url>`` among the subprotocols, if any."""
+    for value in header.decode("latin-1").split(","):
+        value = value.strip()
+        if value.startswith(SUBPROTOCOL_TOKEN_PREFIX):
+            encoded = value[len(SUBPROTOCOL_TOKEN_PREFIX) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+def subprotocol_for_token(token: str) -> str:
+    """The subprotocol value that carries *token* (what a client offers beside "mcp")."""
+    return SUBPROTOCOL_TOKEN_PREFIX + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+class ThrottledLog:
+    """A warning logged at most once per *interval* with how many were held back: a
+    connect storm must not turn into a log storm (each line also goes to the sinks)."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.last = -math.inf
+        self.held_back = 0
+
+    def warning(self, message: str, *args: Any, **extra: Any) -> None:
+        now = trio.current_time()
+        if now - self.last < self.interval:
+            self.held_back += 1
+            return
+        if self.held_back:
+            message += f" ({self.held_back} more like it in the last {now - self.last:.0f} s)"
+        log.warning(message, *args, extra=extra)
+        self.last, self.held_back = now, 0
+
+
+class RefusalLogs:
+    """One throttled log per kind of refusal."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, ThrottledLog] = {}
+
+    def warning(self, kind: str, message: str, *args: Any, **extra: Any) -> None:
+        self._logs.setdefault(kind, ThrottledLog()).warning(message, *args, **extra)

@@ -1,0 +1,444 @@
+"""MCP over Streamable HTTP (MCP 2025-11-25; clients of 2025-06-18 and 2025-03-26 too),
+at / and /mcp beside the WebSocket upgrade: the front hands over every request there
+that is not an upgrade.
+
+| request | answer |
+|---|---|
+| POST ``initialize`` without ``Mcp-Session-Id`` | a new session: 200 JSON, its id in ``Mcp-Session-Id`` |
+| POST a request (or a batch) with the session | 200: JSON, or SSE (below) |
+| POST notifications or responses only | 202, no body (``notifications/cancelled`` stops the call) |
+| GET with the session | the session's SSE stream: keep-alive comments only (Horace sends nothing unasked) |
+| GET with the session and ``Last-Event-ID`` | SSE: the rest of that answer after that event |
+| DELETE with the session | 204: the session ends, its calls are cancelled |
+
+Refusals, each with a JSON-RPC error (id null) as body: 400 no ``Mcp-Session-Id`` (but
+for ``initialize``), an unsupported ``MCP-Protocol-Version``, a body that is not JSON,
+not a message, or a ``Last-Event-ID`` with nothing to resume; 401 no token (with
+``WWW-Authenticate``); 403 an Origin not allowed; 404 an unknown or ended session (the
+client initializes again); 405 another method (``Allow: GET, POST, DELETE``); 406 a POST
+that does not accept both ``application/json`` and ``text/event-stream``, a GET that does
+not accept ``text/event-stream``; 408 a body not in within ``HEAD_TIMEOUT``; 409 a second
+GET stream; 413 a body over ``max_message_bytes``; 415 a POST that is not
+``application/json``; 503 no session slot left (``max_connections``, shared with
+WebSocket sessions) or the server shutting down.
+
+``MCP-Protocol-Version`` may name any version Horace speaks, whatever the session
+negotiated (clients send 2025-03-26 on 2025-11-25 sessions). ``initialize`` is always
+answered with JSON, so that the session id goes out with a known outcome (a failed
+``initialize`` leaves no session). Any other request is answered with SSE when the
+client prefers it (``text/event-stream`` first in ``Accept``, or with a higher q) or when
+the call may send something before its reply: a ``progressToken``, or a ``tools/call``
+after ``logging/setLevel``. Otherwise JSON. SSE events, their ids and resumption:
+``horace.server.sse``; the session and its end: ``horace.server.httpsession``.
+
+One session layer for both transports: each HTTP session has an :class:`McpSession`
+(``transport="http"``) whose calls, cancel scopes, progress, conversation turns,
+correlation ids and limits are those of a WebSocket session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Protocol
+
+import trio
+
+from horace.config import Settings
+from horace.server import jsonrpc, sse
+from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal
+from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, Request
+from horace.server.httpsession import HttpSession
+from horace.server.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY, RpcError
+from horace.server.mcp import PROTOCOL_VERSIONS, McpSession
+from horace.server.sse import AnswerStream
+
+__all__ = ["Accept", "SessionHost", "StreamableHttp"]
+
+log = logging.getLogger("horace.server")
+
+JSON = "application/json"
+SSE = "text/event-stream"
+KEEPALIVE_INTERVAL = 15.0  # a comment on an open GET stream this often
+SSE_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+
+
+class SessionHost(Protocol):
+    """What the server provides the transport: sessions, and somewhere to run them."""
+
+    def new_session(self, transport: str) -> McpSession: ...
+
+    async def start(self, session: HttpSession) -> None:
+        """Run *session* among the server's sessions; return once it is running."""
+        ...
+
+
+class Refused(Exception):
+    """An HTTP refusal: a status, a message (sent as a JSON-RPC error), headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Headers = (),
+        *,
+        code: int = INVALID_REQUEST,
+        close: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers, self.code, self.close = status, message, headers, code, close
+
+
+class StreamableHttp:
+    def __init__(
+        self, settings: Settings, admission: Admission, refusals: RefusalLogs, host: SessionHost
+    ) -> None:
+        self.settings = settings
+        self.admission = admission
+        self.refusals = refusals
+        self.host = host
+        self.sessions: dict[str, HttpSession] = {}  # by id
+
+    async def handle(self, conn: HttpConnection, request: Request, ticket: Ticket) -> None:
+        """Answer one request on the MCP path that is not a WebSocket upgrade."""
+        try:
+            await self._handle(conn, request, ticket)
+        except Refused as refused:
+            if refused.status in (401, 403, 413, 503):
+                self.refusals.warning(
+                    f"http {refused.status}", "request refused: %s", refused.message, status=refused.status
+                )
+            else:
+                log.debug("request refused: %d %s", refused.status, refused.message)
+            body = jsonrpc.error(None, RpcError(refused.code, refused.message))
+            conn.finish_empty_body()  # (a request with a body not read: the connection closes)
+            await conn.respond_json(refused.status, body, headers=refused.headers, close=refused.close)
+
+    async def _handle(self, conn: HttpConnection, request: Request, ticket: Ticket) -> None:
+        settings = self.settings
+        refusal = access_refusal(request.headers, settings.auth_token, settings.allowed_origins)
+        if refusal is not None:
+            raise Refused(refusal.status, refusal.message, refusal.headers)
+        if request.method not in (b"POST", b"GET", b"DELETE"):
+            method = request.method.decode("latin-1")
+            raise Refused(
+                405, f"{method} is not served here: POST, GET or DELETE", [(b"allow", b"GET, POST, DELETE")]
+            )
+        version = request.header(b"mcp-protocol-version")
+        if version is not None and version not in PROTOCOL_VERSIONS:
+            raise Refused(
+                400,
+                f"unsupported MCP-Protocol-Version {version!r}: Horace speaks {', '.join(PROTOCOL_VERSIONS)}",
+            )
+        if request.method == b"POST":
+            await self._post(conn, request, ticket)
+        elif request.method == b"GET":
+            await self._get(conn, request, ticket)
+        else:
+            await self._delete(conn, request)
+
+    # -- POST ------------------------------------------------------------------------------------
+
+    async def _post(self, conn: HttpConnection, request: Request, ticket: Ticket) -> None:
+        accept = Accept(request.header(b"accept"))
+        if not (accept.allows(JSON) and accept.allows(SSE)):
+            raise Refused(406, f"a POST must accept both {JSON} and {SSE}")
+        if _media_type(request.header(b"content-type")) != JSON:
+            raise Refused(415, f"a POST's body must be {JSON}")
+        # A draining session still takes notifications (a cancel); requests get 503 below.
+        session = self._session(request, required=False, draining_ok=True)
+        body = await self._body(conn)
+        size = len(body)
+        try:
+            message = json.loads(body.decode())
+        except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
+            raise Refused(400, f"parse error: {exc}", code=PARSE_ERROR) from None
+        del body
+        opened = session is None
+        if session is None:
+            if not (jsonrpc.is_request(message) and message["method"] == "initialize"):
+                raise Refused(400, "Mcp-Session-Id header missing: a session starts with initialize")
+            session = await self._open()
+        session.touch()
+        with self.admission.serving_session(ticket):
+            if not _asks(message):  # notifications, responses, or what is neither
+                replies: list[str] = []
+
+                async def keep(text: str, *, final: bool = False) -> None:
+                    replies.append(text)
+
+                admitted = session.session.admit(size)
+                await session.session.answer_parsed(message, admitted, keep)
+                if not replies:
+                    await conn.respond(202)
+                else:  # not a message: the session's error says why
+                    await conn.respond(400, replies[-1].encode())
+                return
+            initialize = jsonrpc.is_request(message) and message["method"] == "initialize"
+            events = not initialize and (
+                accept.prefers(SSE, over=JSON) or _may_notify(message, session.session)
+            )
+            if not session.accepting:  # (no checkpoint between this and answer())
+                raise Refused(503, "the server is shutting down", [(b"retry-after", b"1")], code=SERVER_BUSY)
+            stream = session.answer(message, size, events=events)
+            del message
+            if events:
+                await self._write_events(conn, session, stream, after=None)
+            else:
+                await self._write_json(conn, session, stream, opened=opened)
+                if opened and not stream.delivered:  # the client never learnt the session's id
+                    session.end("its initialize was not delivered")
+
+    async def _body(self, conn: HttpConnection) -> bytes:
+        limit = self.settings.max_message_bytes
+        with trio.move_on_after(HEAD_TIMEOUT) as reading:
+            # Up to 4x the limit is read (and thrown away) past it, as over WebSocket:
+            # the answer comes on a connection that can go on.
+            body = await conn.read_body(limit, discard_up_to=4 * limit)
+        if reading.cancelled_caught:
+            raise Refused(408, f"the request's body did not come within {HEAD_TIMEOUT:g} s", close=True)
+        if body is None:
+            raise Refused(413, f"the message exceeds the limit of {limit} bytes (HORACE_MAX_MESSAGE_BYTES)")
+        return body
+
+    async def _open(self) -> HttpSession:
+        """A new session, in a session slot (503 when none is free)."""
+        if not self.admission.take_http_session():
+            limit = self.settings.max_connections
+            raise Refused(
+                503, f"too many sessions (limit {limit})", [(b"retry-after", b"1")], code=SERVER_BUSY
+            )
+        session = HttpSession(secrets.token_urlsafe(24), self.host.new_session("http"), self._forget)
+        self.sessions[session.id] = session
+        try:
+            await self.host.start(session)
+        except BaseException:
+            self._forget(session)  # (it never ran: nothing else gives its slot back)
+            raise
+        if not session.accepting:  # opened as the server shuts down: it ends at once
+            raise Refused(503, "the server is shutting down", [(b"retry-after", b"1")], code=SERVER_BUSY)
+        return session
+
+    def _forget(self, session: HttpSession) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            self.admission.give_back_http_session()
+
+    def _session(
+        self, request: Request, *, required: bool = True, draining_ok: bool = False
+    ) -> HttpSession | None:
+        session_id = request.header(b"mcp-session-id")
+        if session_id is None:
+            if required:
+                raise Refused(400, "Mcp-Session-Id header missing: a session starts with initialize")
+            return None
+        session = self.sessions.get(session_id)
+        if session is None or session.ending:
+            raise Refused(404, "no such session (ended, expired or never opened): initialize a new one")
+        if not session.accepting and not draining_ok:
+            raise Refused(503, "the server is shutting down", [(b"retry-after", b"1")], code=SERVER_BUSY)
+        return session
+
+    # -- GET and DELETE ---------------------------------------------------------------------------
+
+    async def _get(self, conn: HttpConnection, request: Request, ticket: Ticket) -> None:
+        if not Accept(request.header(b"accept")).allows(SSE):
+            raise Refused(406, f"a GET must accept {SSE}")
+        session = self._session(request)
+        assert session is not None
+        conn.finish_empty_body()
+        session.touch()
+        last_event_id = request.header(b"last-event-id")
+        with self.admission.serving_session(ticket):
+            if last_event_id is None:
+                await self._listen(conn, session)
+                return
+            found = sse.parse_event_id(last_event_id)
+            stream = session.streams.get(found[0]) if found else None
+            if found is None or stream is None or not stream.resumable:
+                raise Refused(
+                    400,
+                    f"nothing to resume after event {last_event_id!r}: its answer was delivered or dropped",
+                )
+            await self._write_events(conn, session, stream, after=found[1])
+
+    async def _listen(self, conn: HttpConnection, session: HttpSession) -> None:
+        """The session's standalone stream, until the session ends or the client goes:
+        Horace has nothing to say unasked, so only keep-alive comments."""
+        if session.listening:
+            raise Refused(409, "this session has a GET stream open already: one at a time")
+        session.listening = True
+        try:
+            async with _answering(conn):
+                await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
+                while not session.ended.is_set():
+                    with trio.move_on_after(KEEPALIVE_INTERVAL):
+                        await session.ended.wait()
+                    if not session.ended.is_set():
+                        await conn.send(sse.KEEPALIVE)
+                await conn.end_stream()
+        finally:
+            session.listening = False
+
+    async def _delete(self, conn: HttpConnection, request: Request) -> None:
+        session = self._session(request, draining_ok=True)
+        assert session is not None
+        conn.finish_empty_body()
+        session.end("deleted by the client")
+        await conn.respond(204)
+
+    # -- writing answers ---------------------------------------------------------------------------
+
+    async def _write_json(
+        self, conn: HttpConnection, session: HttpSession, stream: AnswerStream, opened: bool
+    ) -> None:
+        """The reply as one JSON body, once the call is done: 202 when it gives none (the
+        client cancelled it). A client gone meanwhile: the call runs on, its reply is
+        dropped."""
+        with _writing(session, stream):
+            async with _answering(conn):
+                while not stream.finished:
+                    await stream.changed.wait()
+                if not stream.replied:
+                    await conn.respond(202)
+                else:
+                    reply = stream.after(0)[-1][1]
+                    headers: list[tuple[bytes, bytes]] = []
+                    if opened:
+                        if "error" in json.loads(reply):
+                            session.end("initialize failed")  # nothing for the client to come back to
+                        else:
+                            headers.append((b"mcp-session-id", session.id.encode()))
+                    await conn.respond(200, reply.encode(), headers=headers)
+                stream.delivered = True
+
+    async def _write_events(
+        self, conn: HttpConnection, session: HttpSession, stream: AnswerStream, after: int | None
+    ) -> None:
+        """*stream* as SSE, from after event *after* (None: a new answer, primed first),
+        until its end. A client gone, or another connection resuming it: the events stay
+        for a resume."""
+        with _writing(session, stream):
+            async with _answering(conn):
+                await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
+                if after is None:
+                    await conn.send(sse.event("", stream.event_id(0), retry_ms=sse.RETRY_MS))
+                    after = 0
+                while True:
+                    changed = stream.changed
+                    for number, text in stream.after(after):
+                        await conn.send(sse.event(text, stream.event_id(number)))
+                        after = number
+                    if stream.finished and after >= stream.last:
+                        break
+                    await changed.wait()
+                await conn.end_stream()
+                stream.delivered = True
+
+
+@contextmanager
+def _writing(session: HttpSession, stream: AnswerStream) -> Iterator[None]:
+    """*stream* is written by this connection (a newer one takes over from an older
+    one, cancelled); once it is no longer, kept for a resume or dropped."""
+    scope = trio.CancelScope()
+    if stream.writer is not None:
+        stream.writer.cancel()
+    stream.writer = scope
+    try:
+        with session.writing(), scope:
+            yield
+    finally:
+        if stream.writer is scope:
+            stream.writer = None
+            if stream.delivered:
+                session.forget(stream)
+            else:
+                session.unclaimed(stream)
+
+
+@asynccontextmanager
+async def _answering(conn: HttpConnection) -> AsyncIterator[None]:
+    """Run the body (an answer being written, or waited for) while a task watches the
+    connection: a client that closes its end cancels the body. A client gone mid-write
+    ends it too. Either way the connection closes after (the answer is not complete)."""
+    async with trio.open_nursery() as watching:
+        watching.start_soon(_cancel_when_closed, conn, watching.cancel_scope)
+        try:
+            yield
+        except ClientGone as exc:  # (caught here: out of the nursery it would be a group)
+            log.debug("client gone during its answer: %s", exc)
+        watching.cancel_scope.cancel()
+
+
+async def _cancel_when_closed(conn: HttpConnection, scope: trio.CancelScope) -> None:
+    await conn.wait_closed()
+    log.debug("client closed the connection while its answer was under way")
+    scope.cancel()
+
+
+def _asks(message: Any) -> bool:
+    """Whether *message* holds a request (an answer is due): a request, or a batch with
+    one. Notifications, responses and what is none of these get no stream."""
+    items = message if isinstance(message, list) else [message]
+    return any(jsonrpc.is_request(item) for item in items)
+
+
+def _may_notify(message: Any, session: McpSession) -> bool:
+    """Whether answering *message* may send something before the reply: progress (a
+    progressToken), or a tool's failure as a log message (the client asked for logs)."""
+    for item in message if isinstance(message, list) else [message]:
+        if not isinstance(item, dict):
+            continue
+        params = item.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(meta, dict) and meta.get("progressToken") is not None:
+            return True
+        if item.get("method") == "tools/call" and session.log_level is not None:
+            return True
+    return False
+
+
+def _media_type(value: str | None) -> str | None:
+    return None if value is None else value.split(";", 1)[0].strip().lower()
+
+
+class Accept:
+    """An ``Accept`` header: which media types it allows, and in what preference. The
+    most specific range naming a type decides its q (``text/*;q=0, */*``: no text);
+    between equal q, the one listed first wins. No header allows anything."""
+
+    def __init__(self, header: str | None) -> None:
+        self.ranges: list[tuple[str, float]] = []
+        for item in (header or "*/*").split(","):
+            media, *params = (part.strip() for part in item.split(";"))
+            if not media:
+                continue
+            quality = 1.0
+            for param in params:
+                name, _, value = param.partition("=")
+                if name.strip().lower() == "q":
+                    try:
+                        quality = float(value)
+                    except ValueError:
+                        quality = 0.0
+            self.ranges.append((media.lower(), quality))
+
+    def _rank(self, media_type: str) -> tuple[float, int]:
+        """(q, -position) of the most specific range matching *media_type*."""
+        kind = media_type.split("/", 1)[0]
+        best: tuple[int, float, int] | None = None
+        for position, (media, quality) in enumerate(self.ranges):
+            specificity = (
+                2 if media == media_type else 1 if media == f"{kind}/*" else 0 if media == "*/*" else -1
+            )
+            if specificity >= 0 and (best is None or specificity > best[0]):
+                best = (specificity, quality, position)
+        return (0.0, 0) if best is None else (best[1], -best[2])
+
+    def allows(self, media_type: str) -> bool:
+        return self._rank(media_type)[0] > 0
+
+    def prefers(self, media_type: str, *, over: str) -> bool:
+        return self._rank(media_type) > self._rank(over)

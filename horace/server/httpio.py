@@ -1,0 +1,242 @@
+"""One HTTP/1.1 connection, read and written with h11: requests one after another
+(keep-alive), answers whole or streamed.
+
+The front reads every request through :class:`HttpConnection`; the Streamable HTTP
+transport answers through it. Nothing here knows MCP.
+
+- A request head is at most ``MAX_HEAD_BYTES`` (past it h11 refuses it: 431); a request
+  that is not HTTP is answered 400 and the connection closes.
+- A body is read only when asked for, up to a limit in bytes: past it nothing more is
+  read (the caller answers 413; the connection then closes, the rest of the body unread).
+  A client waiting for ``100 Continue`` (curl, for large bodies) gets it then.
+- Every write has ``send_timeout``: a client that takes nothing for that long is gone
+  (:class:`ClientGone`), as is one whose connection broke. A write cut by a timeout or a
+  cancel leaves the connection unusable: it is closed, never reused.
+- After an answer the connection serves the next request (keep-alive) when both sides
+  finished their messages and neither asked to close.
+- While a long answer streams, :meth:`HttpConnection.wait_closed` notices a client that
+  closes its end (a pipelined request read meanwhile is kept for the next cycle).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from http import HTTPStatus
+
+import h11
+import trio
+from attrs import frozen
+
+MAX_HEAD_BYTES = 64 * 1024
+# For a request to come (on a kept-alive connection too), and for its body once its
+# head is in; for an upgrade, for the head and the handshake together.
+HEAD_TIMEOUT = 10.0
+RECEIVE_BYTES = 65536
+
+Headers = Iterable[tuple[bytes, bytes]]
+
+
+class ClientGone(Exception):
+    """The client closed the connection, it broke, or the client stopped reading."""
+
+
+@frozen
+class Request:
+    """A request head. Header names are lower case; a header sent several times is one
+    value, joined with ", " (HTTP's list syntax)."""
+
+    method: bytes
+    target: bytes
+    headers: dict[bytes, bytes]
+
+    @property
+    def path(self) -> bytes:
+        return self.target.split(b"?", 1)[0]
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+
+def _joined(headers: Headers) -> dict[bytes, bytes]:
+    joined: dict[bytes, bytes] = {}
+    for name, value in headers:
+        name = name.lower()
+        joined[name] = joined[name] + b", " + value if name in joined else value
+    return joined
+
+
+class HttpConnection:
+    def __init__(self, stream: trio.abc.Stream, send_timeout: float) -> None:
+        self.stream = stream
+        self.send_timeout = send_timeout
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        # The bytes of the current request as received, replayed to trio-websocket when
+        # the request is a WebSocket upgrade (it reads the handshake itself).
+        self.received = bytearray()
+        self.broken = False
+        self._declared_length: int | None = None
+        self._no_body = False
+
+    async def next_request(self) -> Request | None:
+        """The next request's head; None when the client closed the connection, or sent
+        something that is not HTTP (answered 400 here)."""
+        self.received = bytearray(self.h11.trailing_data[0])  # a pipelined request's start
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                # h11 leaves our side able to answer after the peer's error.
+                await self.respond_json(exc.error_status_hint, {"error": str(exc)}, close=True)
+                return None
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    return None
+                self.received += data
+                self.h11.receive_data(bytes(data))
+            elif isinstance(event, h11.Request):
+                request = Request(event.method, event.target, _joined(event.headers))
+                # h11 has checked it (digits only, one value) before giving the request.
+                length = request.headers.get(b"content-length")
+                self._declared_length = int(length) if length is not None else None
+                # No length and no transfer-encoding: a request has no body (RFC 9112 6.3).
+                self._no_body = self._declared_length == 0 or (
+                    length is None and b"transfer-encoding" not in request.headers
+                )
+                return request
+            else:  # ConnectionClosed (or PAUSED: a pipelined request after a close)
+                return None
+
+    async def read_body(self, limit: int, *, discard_up_to: int = 0) -> bytes | None:
+        """The request's body; None when it is over *limit* bytes. A body over the limit
+        but within *discard_up_to* is read to its end and thrown away, so that the
+        connection can serve another request (and the client, still sending, does not
+        meet a reset); past that the rest is left unread and the connection must close."""
+        declared = self._declared_length
+        if declared is not None and declared > max(limit, discard_up_to):
+            return None
+        if self.h11.they_are_waiting_for_100_continue:
+            await self._write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        body = bytearray()
+        size = 0
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+                self.h11.receive_data(bytes(data))  # b"": h11 raises at the next event
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > max(limit, discard_up_to):
+                    return None
+                if size <= limit:
+                    body += event.data
+                else:
+                    body.clear()  # over the limit: only read on, to the end
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body) if size <= limit else None
+            else:
+                raise ClientGone("the request ended before its body")
+
+    def finish_empty_body(self) -> None:
+        """Take the end of a request that has no body (nothing to wait for), so that the
+        connection can serve another request after the answer. A request with a body is
+        left as it is: the connection closes after the answer."""
+        if self._no_body and self.h11.their_state is h11.SEND_BODY:
+            self.h11.next_event()  # EndOfMessage, from what is already there
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        content_type: bytes = b"application/json",
+        headers: Headers = (),
+        close: bool = False,
+        head_only: bool = False,
+    ) -> None:
+        """A whole answer. The connection closes after it when asked, or when the
+        request's body was left unread."""
+        close = close or self.h11.their_state is not h11.DONE
+        fields = list(headers)
+        if body:
+            fields.append((b"content-type", content_type))
+        if status != HTTPStatus.NO_CONTENT:
+            fields.append((b"content-length", str(len(body)).encode()))
+        if close:
+            fields.append((b"connection", b"close"))
+        await self._write(
+            self.h11.send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))
+        )
+        if body and not head_only:
+            await self._write(self.h11.send(h11.Data(data=body)))
+        await self._write(self.h11.send(h11.EndOfMessage()))
+
+    async def respond_json(
+        self,
+        status: int,
+        body: object,
+        *,
+        headers: Headers = (),
+        close: bool = False,
+        head_only: bool = False,
+    ) -> None:
+        await self.respond(
+            status, json.dumps(body).encode(), headers=headers, close=close, head_only=head_only
+        )
+
+    async def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
+        """The head of an answer whose body follows in pieces (chunked)."""
+        fields = [(b"content-type", content_type), *headers]
+        await self._write(
+            self.h11.send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))
+        )
+
+    async def send(self, data: bytes) -> None:
+        await self._write(self.h11.send(h11.Data(data=data)))
+
+    async def end_stream(self) -> None:
+        await self._write(self.h11.send(h11.EndOfMessage()))
+
+    async def wait_closed(self) -> None:
+        """Return when the client closes its end or the connection breaks. Only while an
+        answer is under way (the request was read whole): the front reads nothing then."""
+        while len(self.h11.trailing_data[0]) <= MAX_HEAD_BYTES:
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            self.h11.receive_data(bytes(data))  # a pipelined request: kept for next_request()
+            if not data:
+                return
+        await trio.sleep_forever()  # enough kept: read no more until this answer is done
+
+    def next_cycle(self) -> bool:
+        """Ready the connection for another request; False when it must close."""
+        if not self.broken and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return True
+        return False
+
+    async def _write(self, data: bytes | None) -> None:
+        if not data:
+            return
+        if self.broken:
+            raise ClientGone("the connection broke earlier")
+        self.broken = True  # until the write is complete: a cancel would leave half of it
+        with trio.move_on_after(self.send_timeout) as sending:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone(str(exc) or "connection broken") from None
+        if sending.cancelled_caught:
+            raise ClientGone(f"the client took nothing for {self.send_timeout:g} s")
+        self.broken = False
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

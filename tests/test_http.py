@@ -1,0 +1,817 @@
+"""MCP over Streamable HTTP at its edges: every status code, keep-alive, JSON and SSE
+answers, progress, resumption after a cut, cancellation, sessions and their end, and the
+limits shared with WebSocket sessions.
+
+Real servers in the test's loop, over real sockets, on the run's backend; on Trio's clock
+(autojump, and SQLite: see ``sqlite_settings``) where time matters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import h11
+import httpx
+import pytest
+import trio
+import trio.testing
+from helpers import write
+from http_client import (
+    BOTH,
+    EVENTS_FIRST,
+    INITIALIZE,
+    HttpMcp,
+    RawConnection,
+    connect,
+    notification,
+    replies,
+    request,
+    tool_call,
+)
+from httpx_sse import aconnect_sse
+from mcp_client import connect as connect_websocket
+from test_server import serving
+from test_sinks import drained, stored_turns
+from trio_websocket import ConnectionRejected, open_websocket_url
+
+from horace.config import Settings
+from horace.server import sse
+from horace.server.admission import subprotocol_for_token
+from horace.server.http import KEEPALIVE_INTERVAL, Accept
+from horace.server.httpio import HEAD_TIMEOUT
+from horace.server.httpsession import HttpSession
+from horace.server.tools import TOOLS
+from horace.testing import RunningHorace, run_horace
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[RunningHorace]:
+    async with run_horace(serving(settings)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: RunningHorace) -> AsyncIterator[HttpMcp]:
+    async with connect(server.http_url) as connected:
+        yield connected
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Any) -> Settings:
+    """On SQLite whatever the run's backend: on Trio's mock clock, asyncpg's own timers
+    (on the asyncio side of trio-asyncio) would fire as the clock jumps."""
+    return Settings(storage_path=tmp_path / "sqlite-root")
+
+
+def http_session(server: RunningHorace, client: HttpMcp) -> HttpSession:
+    assert client.session_id is not None
+    return server.server.front.http.sessions[client.session_id]
+
+
+async def eventually(
+    condition: Callable[[], bool], what: str, timeout: float = 10.0, every: float = 0.01
+) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(every)
+
+
+class HeldTool:
+    """A tool (``horace_scan`` unless told) replaced by a call that runs until released
+    (or cancelled)."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, result: dict[str, Any] | None = None, tool: str = "horace_scan"
+    ) -> None:
+        self.result = result or {"scanned": 0}
+        self.started = trio.Event()
+        self.release = trio.Event()
+        self.cancelled = False
+        monkeypatch.setitem(TOOLS, tool, attrs.evolve(TOOLS[tool], handler=self._run))
+
+    async def _run(self, ctx: Any, args: Any) -> dict[str, Any]:
+        self.started.set()
+        try:
+            await self.release.wait()
+        except trio.Cancelled:
+            self.cancelled = True
+            raise
+        return self.result
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC error (id null) every refusal carries."""
+    body = response.json()
+    assert body["jsonrpc"] == "2.0" and body["id"] is None, body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+async def test_a_session_from_initialize_to_delete(server: RunningHorace) -> None:
+    admission = server.server.front.admission
+    async with connect(server.http_url, initialize=False) as client:
+        answer = await client.post(INITIALIZE)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+        session_id = answer.headers["mcp-session-id"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32}", session_id)  # visible ASCII, 192 random bits
+        result = answer.json()["result"]
+        assert result["protocolVersion"] == "2025-11-25" and result["serverInfo"]["name"] == "horace"
+        client.session_id = session_id
+        initialized = await client.post(notification("notifications/initialized"))
+        assert initialized.status_code == 202 and initialized.content == b""
+        assert "content-type" not in initialized.headers
+        assert admission.sessions == 1 and len(server.server.sessions) == 1
+
+        write(server.files / "user/a.txt", "hello")
+        registered = await client.call("horace_register_file", file_path="user/a.txt")
+        assert registered["current_version"] == 1
+        # Any version Horace speaks may be named, whatever was negotiated.
+        older = await client.post(request(5, "ping"), mcp_protocol_version="2025-03-26")
+        assert older.status_code == 200 and older.json() == {"jsonrpc": "2.0", "id": 5, "result": {}}
+        # A response POSTed (to a request Horace never sent) is accepted and dropped.
+        response = await client.post({"jsonrpc": "2.0", "id": "s1", "result": {}})
+        assert response.status_code == 202 and response.content == b""
+
+        deleted = await client.delete()
+        assert deleted.status_code == 204 and deleted.content == b""
+        gone = await client.post(request(6, "ping"))
+        assert gone.status_code == 404 and "no such session" in error_of(gone)["message"]
+        assert (await client.delete()).status_code == 404
+        await eventually(lambda: admission.sessions == 0 and not server.server.sessions, "the slot back")
+
+
+async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpMcp) -> None:
+    url, http = server.http_url, client.http
+    ping = json.dumps(request(1, "ping")).encode()
+
+    async def post(body: bytes = ping, **changes: str | None) -> httpx.Response:
+        headers = {**client.headers(), **{k.replace("_", "-"): v for k, v in changes.items()}}
+        return await http.post(url, content=body, headers={k: v for k, v in headers.items() if v is not None})
+
+    async def get(**changes: str | None) -> httpx.Response:
+        headers = {**client.headers(accept="text/event-stream"), **changes}
+        return await http.get(url, headers={k: v for k, v in headers.items() if v is not None})
+
+    discover = json.dumps(request(1, "server/discover")).encode()  # the mcp 2.x probe
+    cases: list[tuple[httpx.Response, int, str]] = [
+        (await post(mcp_session_id=None), 400, "Mcp-Session-Id header missing"),
+        (await post(discover, mcp_session_id=None, mcp_protocol_version="2026-07-28"), 400, "unsupported"),
+        (await post(discover, mcp_session_id=None), 400, "Mcp-Session-Id header missing"),
+        (await post(mcp_session_id="nope"), 404, "no such session"),
+        (await post(mcp_protocol_version="1999-01-01"), 400, "unsupported MCP-Protocol-Version"),
+        (await post(accept="application/json"), 406, "must accept both"),
+        (await post(accept="text/event-stream"), 406, "must accept both"),
+        (await post(accept="application/json, text/event-stream;q=0"), 406, "must accept both"),
+        (await post(accept="application/*, text/*;q=0, */*"), 406, "must accept both"),
+        (await post(content_type="text/plain"), 415, "must be application/json"),
+        (await post(content_type=None), 415, "must be application/json"),
+        (await post(b"{not json"), 400, "parse error"),
+        (await post(b"\xff\xfe{}"), 400, "parse error"),
+        (await post(b"42"), 400, "a request is a JSON object"),
+        (await post(b'{"jsonrpc": "2.0", "id": true, "method": "ping"}'), 400, "id must be"),
+        (await post(b"[]"), 400, "empty batch"),
+        (await http.put(url, content=ping, headers=client.headers()), 405, "PUT is not served here"),
+        (await get(accept="application/json"), 406, "must accept text/event-stream"),
+        (await get(**{"mcp-session-id": None}), 400, "Mcp-Session-Id header missing"),
+        (await get(**{"mcp-session-id": "nope"}), 404, "no such session"),
+        (await get(**{"last-event-id": "7-3"}), 400, "nothing to resume after event '7-3'"),
+        (await get(**{"last-event-id": "garbage"}), 400, "nothing to resume"),
+        (await http.delete(url, headers={"mcp-session-id": "nope"}), 404, "no such session"),
+        (await http.delete(url), 400, "Mcp-Session-Id header missing"),
+    ]
+    for response, status, text in cases:
+        where = (response.request.method, dict(response.request.headers), response.text)
+        assert response.status_code == status, where
+        assert text in error_of(response)["message"], where
+    assert cases[0][0].json()["error"]["code"] == -32600
+    assert cases[11][0].json()["error"]["code"] == -32700
+    assert cases[16][0].headers["allow"] == "GET, POST, DELETE"
+    # Curl's default, and no Accept at all, allow both.
+    for accept in ("*/*", None):
+        assert (await post(accept=accept)).status_code == 200
+    assert (await client.request("ping"))["result"] == {}  # the session went through it all
+
+
+async def test_an_oversize_body_is_413_and_the_session_goes_on(settings: Settings) -> None:
+    async with (
+        run_horace(serving(settings, max_message_bytes=10_000)) as running,
+        connect(running.http_url) as client,
+    ):
+        padded = request(1, "ping", {"pad": "x" * 20_000})
+        refused = await client.post(padded)  # read to its end: the connection goes on
+        assert refused.status_code == 413 and "connection" not in refused.headers
+        error = error_of(refused)
+        assert error["code"] == -32600 and "exceeds the limit of 10000 bytes" in error["message"]
+
+        async def chunked() -> AsyncIterator[bytes]:  # no length given: read up to the limit
+            for _ in range(30):
+                yield b" " * 1000
+
+        streamed = await client.http.post(running.http_url, content=chunked(), headers=client.headers())
+        assert streamed.status_code == 413
+        huge = await client.post(request(1, "ping", {"pad": "x" * 50_000}))  # past 4x: not even read
+        assert huge.status_code == 413 and huge.headers["connection"] == "close"
+        at_limit = request(2, "ping", {"pad": "x" * (10_000 - 70)})
+        assert len(json.dumps(at_limit)) <= 10_000
+        assert (await client.post(at_limit)).status_code == 200
+        assert (await client.request("ping"))["result"] == {}
+
+
+async def test_requests_follow_one_another_on_one_connection(server: RunningHorace) -> None:
+    conn = await RawConnection.open(server.server.port)  # type: ignore[arg-type]
+    headers = {"accept": BOTH, "content-type": "application/json"}
+    try:
+        await conn.send(conn.request_bytes("POST", json.dumps(INITIALIZE).encode(), headers))
+        head, body = await conn.response()
+        assert head.status_code == 200 and json.loads(body)["id"] == 0
+        session = dict(head.headers)[b"mcp-session-id"].decode()
+        headers["mcp-session-id"] = session
+        for number in range(1, 4):
+            conn.next_cycle()
+            await conn.send(conn.request_bytes("POST", json.dumps(request(number, "ping")).encode(), headers))
+            head, body = await conn.response()
+            assert head.status_code == 200 and json.loads(body) == {
+                "jsonrpc": "2.0",
+                "id": number,
+                "result": {},
+            }
+        conn.next_cycle()  # an SSE answer, then a plain request again
+        answer = json.dumps(request(9, "ping")).encode()
+        await conn.send(conn.request_bytes("POST", answer, {**headers, "accept": EVENTS_FIRST}))
+        head, body = await conn.response()
+        assert dict(head.headers)[b"content-type"] == b"text/event-stream"
+        assert body.endswith(b'data: {"jsonrpc": "2.0", "id": 9, "result": {}}\n\n')
+        conn.next_cycle()
+        await conn.send(conn.request_bytes("DELETE", headers={"mcp-session-id": session}))
+        head, _ = await conn.response()
+        assert head.status_code == 204
+        conn.next_cycle()
+        await conn.send(conn.request_bytes("GET", headers={"accept": "text/event-stream"}))
+        head, _ = await conn.response()  # (refused: no session) still on the same connection
+        assert head.status_code == 400
+    finally:
+        await conn.aclose()
+
+
+async def test_a_kept_alive_connection_closes_after_the_head_timeout(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with run_horace(serving(sqlite_settings)) as running:
+        conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        await conn.send(conn.request_bytes("GET", headers={"accept": "text/event-stream"}))
+        head, _ = await conn.response()
+        answered = trio.current_time()
+        assert head.status_code == 400
+        assert await conn.stream.receive_some() == b""  # closed by the server, nothing said
+        assert HEAD_TIMEOUT <= trio.current_time() - answered < HEAD_TIMEOUT + 1
+        await conn.aclose()
+
+
+async def test_a_body_that_does_not_come_is_408(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with (
+        run_horace(serving(sqlite_settings)) as running,
+        connect(running.http_url, timeout=None) as client,
+    ):
+        conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        head_only = conn.request_bytes("POST", b"x" * 100, client.headers())[:-100]
+        await conn.send(head_only + b'{"jsonrpc": ')
+        sent = trio.current_time()
+        head, body = await conn.response()
+        assert head.status_code == 408 and b"did not come within 10 s" in body
+        assert HEAD_TIMEOUT <= trio.current_time() - sent < HEAD_TIMEOUT + 1
+        await conn.aclose()
+
+
+# -- answers: JSON or SSE ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "events"),
+    [
+        (BOTH, False),
+        ("*/*", False),
+        (EVENTS_FIRST, True),
+        ("application/json;q=0.5, text/event-stream", True),
+        ("text/event-stream;q=0.9, application/json", False),
+        ("text/*, application/json;q=0.1", True),
+    ],
+)
+async def test_an_answer_is_sse_when_the_client_prefers_it(
+    client: HttpMcp, accept: str, events: bool
+) -> None:
+    async with aconnect_sse(
+        client.http,
+        "POST",
+        client.url,
+        content=json.dumps(request(3, "ping")),
+        headers=client.headers(accept),
+    ) as source:
+        content_type = source.response.headers["content-type"]
+        if not events:
+            assert content_type == "application/json"
+            assert json.loads(await source.response.aread())["result"] == {}
+            return
+        assert content_type == "text/event-stream"
+        received = [event async for event in source.aiter_sse()]
+    priming, answer = received
+    assert (priming.data, priming.retry, priming.event) == ("", sse.RETRY_MS, "message")
+    number = priming.id.split("-")[0]
+    assert priming.id == f"{number}-0" and answer.id == f"{number}-1"
+    assert json.loads(answer.data) == {"jsonrpc": "2.0", "id": 3, "result": {}}
+
+
+async def test_initialize_is_answered_with_json_whatever_the_client_prefers(server: RunningHorace) -> None:
+    async with connect(server.http_url, initialize=False) as client:
+        answer = await client.post(INITIALIZE, accept=EVENTS_FIRST)
+        assert answer.headers["content-type"] == "application/json" and "mcp-session-id" in answer.headers
+        failed = await client.post(request(0, "initialize", ["not", "an", "object"]))
+        assert failed.status_code == 200 and failed.json()["error"]["code"] == -32602
+        assert "mcp-session-id" not in failed.headers  # a failed initialize leaves no session
+        await eventually(lambda: len(server.server.front.http.sessions) == 1, "the failed one gone")
+
+
+def test_accept_ranks_media_types() -> None:
+    assert Accept("text/*;q=0.5, */*;q=0.1").prefers("text/event-stream", over="application/json")
+    assert not Accept("text/event-stream;q=0, */*").allows("text/event-stream")
+    assert Accept("Application/JSON ; q=0.8 , TEXT/EVENT-STREAM").prefers(
+        "text/event-stream", over="application/json"
+    )
+    assert not Accept("application/json;q=oops").allows("application/json")
+    assert Accept(None).allows("application/json") and Accept("").allows("text/event-stream")
+
+
+async def test_progress_goes_before_the_reply_on_the_calls_stream(
+    server: RunningHorace, client: HttpMcp
+) -> None:
+    count = 600
+    for n in range(count):
+        write(server.files / f"user/p/{n}.txt", f"p{n}")
+    call = tool_call(1, "horace_scan", meta={"progressToken": "tok", "correlation_id": "scan-1"})
+    response, events = await client.events(call, accept=BOTH)  # progress: SSE whatever the client prefers
+    assert response.headers["content-type"] == "text/event-stream"
+    assert events[0].data == "" and events[0].retry == sse.RETRY_MS
+    ids = [event.id for event in events]
+    number = ids[0].split("-")[0]
+    assert ids == [f"{number}-{n}" for n in range(len(events))]
+    messages = replies(events)
+    progress = [m["params"] for m in messages[:-1]]
+    assert progress and all(m["method"] == "notifications/progress" for m in messages[:-1])
+    assert all(p["progressToken"] == "tok" for p in progress)
+    assert [p["progress"] for p in progress] == sorted(p["progress"] for p in progress)
+    assert progress[-1]["progress"] == progress[-1]["total"] == count
+    reply = messages[-1]
+    assert reply["id"] == 1 and reply["result"]["structuredContent"]["registered"] == count
+    assert reply["result"]["structuredContent"]["correlation_id"] == "scan-1"
+    # Another answer of the session is another stream: ids unique across the session.
+    _, again = await client.events(request(2, "ping"))
+    assert again[0].id.split("-")[0] != number
+
+
+async def test_a_failed_call_is_logged_to_a_client_that_asked(client: HttpMcp) -> None:
+    assert (await client.request("logging/setLevel", {"level": "warning"}))["result"] == {}
+    call = tool_call(1, "horace_get_file_info", file_id="missing")
+    response, events = await client.events(call, accept=BOTH)  # logs asked for: SSE
+    assert response.headers["content-type"] == "text/event-stream"
+    log_message, reply = replies(events)
+    assert log_message["method"] == "notifications/message" and log_message["params"]["level"] == "warning"
+    assert log_message["params"]["data"]["error_code"] == "NOT_CATALOGED"
+    assert reply["id"] == 1 and reply["result"]["isError"] is True
+
+
+async def test_a_batch_is_answered_whole(settings: Settings) -> None:
+    async with run_horace(serving(settings, max_batch=5)) as running, connect(running.http_url) as client:
+        batch = [request("a", "ping"), notification("notifications/initialized"), request("b", "tools/list")]
+        answer = await client.post(batch)
+        assert answer.status_code == 200
+        assert {item["id"] for item in answer.json()} == {"a", "b"}
+        too_long = await client.post([request(i, "ping") for i in range(6)])
+        error = too_long.json()["error"]
+        assert error["code"] == -32600 and "batch of 6 requests exceeds the limit of 5" in error["message"]
+        only_notifications = await client.post([notification("notifications/initialized")] * 2)
+        assert only_notifications.status_code == 202
+
+
+# -- resumption -------------------------------------------------------------------------------
+
+
+async def cut_after_priming(client: HttpMcp, message: dict[str, Any]) -> str:
+    """POST *message* for an SSE answer, read its priming event, then cut the connection."""
+    async with aconnect_sse(
+        client.http, "POST", client.url, content=json.dumps(message), headers=client.headers(EVENTS_FIRST)
+    ) as source:
+        async for event in source.aiter_sse():
+            assert event.data == "" and event.retry == sse.RETRY_MS
+            return event.id
+    raise AssertionError("no priming event")
+
+
+async def resume(client: HttpMcp, last_event_id: str) -> tuple[httpx.Response, list[Any]]:
+    async with aconnect_sse(
+        client.http,
+        "GET",
+        client.url,
+        headers={**client.headers("text/event-stream"), "last-event-id": last_event_id},
+    ) as source:
+        if source.response.status_code != 200:
+            await source.response.aread()
+            return source.response, []
+        return source.response, [event async for event in source.aiter_sse()]
+
+
+async def test_a_cut_post_stream_is_not_a_cancel_and_resumes_with_get(
+    server: RunningHorace, client: HttpMcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = HeldTool(monkeypatch)
+    session = http_session(server, client)
+    priming = await cut_after_priming(client, tool_call(7, "horace_scan"))
+    number = int(priming.split("-")[0])
+    await eventually(lambda: session.streams[number].writer is None, "the server to see the cut")
+    await tool.started.wait()
+    assert not tool.cancelled and session.session.inflight == 1  # the call runs on
+    tool.release.set()
+    await eventually(lambda: session.streams[number].finished, "the call to finish")
+    assert session.session.held()["reply_bytes"] > 0  # kept for the client, counted
+
+    response, events = await resume(client, priming)
+    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    assert [event.id for event in events] == [f"{number}-1"]
+    assert replies(events)[0]["result"]["structuredContent"]["scanned"] == 0
+    await eventually(lambda: number not in session.streams, "the delivered answer dropped")
+    assert session.session.held()["reply_bytes"] == 0
+    again, _ = await resume(client, priming)  # delivered: nothing left to resume
+    assert again.status_code == 400
+
+    # A resume while the call still runs follows it to its reply.
+    tool = HeldTool(monkeypatch)
+    priming = await cut_after_priming(client, tool_call(8, "horace_scan"))
+    number = int(priming.split("-")[0])
+    await eventually(lambda: session.streams[number].writer is None, "the server to see the cut")
+    resumed: list[Any] = []
+    async with trio.open_nursery() as nursery:
+
+        async def follow() -> None:
+            resumed.append(await resume(client, priming))
+
+        nursery.start_soon(follow)
+        await eventually(lambda: session.streams[number].writer is not None, "the GET to take the stream")
+        assert not session.streams[number].finished
+        tool.release.set()
+    response, events = resumed[0]
+    assert response.status_code == 200 and replies(events)[0]["id"] == 8
+    await eventually(lambda: server.server.front.admission.serving == 0, "the connections back")
+
+
+async def test_an_answer_nobody_comes_for_is_dropped_after_the_send_timeout(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = HeldTool(monkeypatch)
+    async with (
+        run_horace(serving(sqlite_settings, send_timeout=30, idle_timeout=10_000)) as running,
+        connect(running.http_url, timeout=None) as client,
+    ):
+        session = http_session(running, client)
+        priming = await cut_after_priming(client, tool_call(1, "horace_scan"))
+        number = int(priming.split("-")[0])
+        await eventually(lambda: session.streams[number].writer is None, "the server to see the cut")
+        tool.release.set()
+        await eventually(lambda: session.streams[number].finished, "the call to finish")
+        finished = trio.current_time()
+        await eventually(lambda: number not in session.streams, "the answer dropped", timeout=100, every=0.5)
+        assert 30 <= trio.current_time() - finished < 31
+        assert session.session.held()["reply_bytes"] == 0
+        response, _ = await resume(client, priming)
+        assert response.status_code == 400
+
+
+async def test_answers_kept_for_a_resume_are_bounded_in_bytes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (Not a tool with a large result: those wait for room that kept answers hold.)
+    tool = HeldTool(monkeypatch, {"pad": "x" * 30_000}, tool="horace_get_file_info")
+    async with (
+        run_horace(serving(settings, max_pending_reply_bytes=200_000)) as running,
+        connect(running.http_url) as client,
+    ):
+        session = http_session(running, client)
+        call = "horace_get_file_info"
+        primings = [await cut_after_priming(client, tool_call(i, call, file_id="x")) for i in range(5)]
+        numbers = [int(priming.split("-")[0]) for priming in primings]
+        await eventually(lambda: all(session.streams[n].writer is None for n in numbers), "the cuts seen")
+        tool.release.set()
+        await eventually(lambda: session.session.inflight == 0, "the calls to finish")
+        kept = [n for n in numbers if n in session.streams]
+        # Each reply holds its 30 KB twice (as text and as structured content): three fit.
+        assert len(kept) == 3 and session.session.held()["reply_bytes"] <= 200_000
+        for number in kept:  # whichever are kept can be resumed
+            response, events = await resume(client, f"{number}-0")
+            assert (
+                response.status_code == 200
+                and len(replies(events)[0]["result"]["content"][0]["text"]) > 30_000
+            )
+
+
+async def test_a_client_that_takes_nothing_loses_its_connection_not_its_answer(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = {"max_batch": 1000, "max_reply_bytes": 64 << 20, "send_timeout": 30, "idle_timeout": 10_000}
+    async with (
+        run_horace(serving(sqlite_settings, **limits)) as running,
+        connect(running.http_url, timeout=None) as client,
+    ):
+        session = http_session(running, client)
+        batch = json.dumps([request(i, "tools/list") for i in range(1000)]).encode()  # ~25 MB back
+        conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        await conn.send(conn.request_bytes("POST", batch, client.headers(EVENTS_FIRST)))
+        sent = trio.current_time()  # and never read: the answer fills the socket's buffers
+        await eventually(lambda: bool(session.streams), "the answer to start")
+        (number,) = session.streams
+        await eventually(lambda: session.streams[number].writer is None, "the connection dropped", 100, 0.5)
+        assert 30 <= trio.current_time() - sent < 40  # (real sockets: the clock may jump a little early)
+        response, events = await resume(client, f"{number}-0")
+        assert response.status_code == 200 and len(replies(events)[0]) == 1000
+        await conn.aclose()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- cancellation -----------------------------------------------------------------------------
+
+
+async def test_notifications_cancelled_stops_a_call_posted_for_json(
+    server: RunningHorace, client: HttpMcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = HeldTool(monkeypatch)
+    answers: list[httpx.Response] = []
+    async with trio.open_nursery() as nursery:
+
+        async def call() -> None:
+            answers.append(await client.post(tool_call(99, "horace_scan")))
+
+        nursery.start_soon(call)
+        await tool.started.wait()
+        cancel = notification("notifications/cancelled", {"requestId": 99, "reason": "changed my mind"})
+        assert (await client.post(cancel)).status_code == 202
+    assert tool.cancelled
+    assert answers[0].status_code == 202 and answers[0].content == b""  # no response to a cancelled call
+    assert (await client.request("ping"))["result"] == {}
+    held = http_session(server, client).session.held
+    await eventually(lambda: set(held().values()) == {0}, "nothing held")
+
+
+async def test_notifications_cancelled_ends_an_sse_answer_without_reply(
+    server: RunningHorace, client: HttpMcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = HeldTool(monkeypatch)
+    answered: list[Any] = []
+    async with trio.open_nursery() as nursery:
+
+        async def call() -> None:
+            answered.append(await client.events(tool_call("c", "horace_scan")))
+
+        nursery.start_soon(call)
+        await tool.started.wait()
+        assert (
+            await client.post(notification("notifications/cancelled", {"requestId": "c"}))
+        ).status_code == 202
+    response, events = answered[0]
+    assert tool.cancelled and response.status_code == 200
+    assert [event.data for event in events] == [""]  # the priming event, then the end
+    await eventually(lambda: not http_session(server, client).streams, "the answer dropped")
+    assert (await resume(client, events[0].id))[0].status_code == 400
+
+
+async def test_delete_cancels_the_calls_under_way(
+    server: RunningHorace, client: HttpMcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = HeldTool(monkeypatch)
+    answers: list[httpx.Response] = []
+    async with trio.open_nursery() as nursery:
+
+        async def call() -> None:
+            answers.append(await client.post(tool_call(1, "horace_scan")))
+
+        nursery.start_soon(call)
+        await tool.started.wait()
+        assert (await client.delete()).status_code == 204
+    assert tool.cancelled and answers[0].status_code == 202
+    assert (await client.post(request(2, "ping"))).status_code == 404
+    await eventually(lambda: server.server.front.admission.sessions == 0, "the slot back")
+
+
+async def test_http_calls_are_conversation_turns_as_websocket_ones(
+    server: RunningHorace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(server.files / "user/t.txt", "t")
+    async with connect(server.http_url) as client:
+        conversation_id = http_session(server, client).conversation_id
+        assert http_session(server, client).session.transport == "http"
+        done = await client.post(
+            tool_call(1, "horace_register_file", meta={"correlation_id": "http-1"}, file_path="user/t.txt")
+        )
+        assert done.json()["result"]["structuredContent"]["correlation_id"] == "http-1"
+        tool = HeldTool(monkeypatch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.post, tool_call(2, "horace_scan", meta={"correlation_id": "http-2"}))
+            await tool.started.wait()
+            await client.post(notification("notifications/cancelled", {"requestId": 2}))
+    await drained(server)
+    rows = [
+        r for r in await stored_turns(server.settings.catalog_url) if r["conversation_id"] == conversation_id
+    ]
+    assert [(r["turn_number"], r["role"], r["metadata"]["correlation_id"]) for r in rows] == [
+        (1, "user", "http-1"),
+        (2, "assistant", "http-1"),
+        (3, "user", "http-2"),  # cancelled: no response turn
+    ]
+
+
+# -- the GET stream -----------------------------------------------------------------------------
+
+
+async def test_the_get_stream_keeps_alive_is_one_at_a_time_and_ends_with_the_session(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with (
+        run_horace(serving(sqlite_settings, idle_timeout=10_000)) as running,
+        connect(running.http_url, timeout=None) as client,
+    ):
+        conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        await conn.send(conn.request_bytes("GET", headers=client.headers("text/event-stream")))
+        head = await conn.next_event()
+        assert head.status_code == 200 and dict(head.headers)[b"content-type"] == b"text/event-stream"
+        opened = trio.current_time()
+        second = await client.http.get(client.url, headers=client.headers("text/event-stream"))
+        assert second.status_code == 409 and "one at a time" in error_of(second)["message"]
+        comment = await conn.next_event()
+        assert isinstance(comment, h11.Data) and comment.data == sse.KEEPALIVE
+        assert KEEPALIVE_INTERVAL <= trio.current_time() - opened < KEEPALIVE_INTERVAL + 1
+        assert (await client.delete()).status_code == 204
+        assert isinstance(await conn.next_event(), h11.EndOfMessage)
+        await conn.aclose()
+
+
+# -- limits, shared with WebSocket sessions ----------------------------------------------------
+
+
+async def test_the_session_cap_is_shared_with_websocket(settings: Settings) -> None:
+    async with (
+        run_horace(serving(settings, max_connections=2)) as running,
+        connect_websocket(running.url) as ws,
+        connect(running.http_url) as first,
+    ):
+        assert (await ws.request("ping"))["result"] == {}
+        async with connect(running.http_url, initialize=False) as late:
+            refused = await late.post(INITIALIZE)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "too many sessions (limit 2)" in error_of(refused)["message"]
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(running.url):
+                pass
+        assert rejected.value.status_code == 503
+        health = (await first.http.get(running.health_url)).json()
+        assert health["sessions"] == 2 and health["http_sessions"] == 1
+        assert health["connections"]["sessions"] == 2 and health["connections"]["refused"] == 2
+        assert (await first.delete()).status_code == 204
+        async with connect(running.http_url) as again:  # its slot came back
+            assert (await again.request("ping"))["result"] == {}
+
+
+async def test_concurrent_calls_are_capped_per_session(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = HeldTool(monkeypatch)
+    async with (
+        run_horace(serving(settings, max_calls_per_connection=2)) as running,
+        connect(running.http_url) as client,
+        trio.open_nursery() as nursery,
+    ):
+        session = http_session(running, client)
+        for i in range(2):
+            nursery.start_soon(client.post, tool_call(i, "horace_scan"))
+        await eventually(lambda: session.session.inflight == 2, "two calls under way")
+        busy = (await client.post(request(9, "ping"))).json()
+        assert busy["error"]["code"] == -32000 and "too many calls" in busy["error"]["message"]
+        async with connect(running.http_url) as other:  # the cap is per session
+            assert (await other.request("ping"))["result"] == {}
+        tool.release.set()
+
+
+async def test_an_idle_session_ends_and_its_id_is_then_unknown(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        run_horace(serving(sqlite_settings, idle_timeout=300, call_deadline=10_000)) as running,
+        connect(running.http_url, timeout=None) as client,
+    ):
+        admission = running.server.front.admission
+        await trio.sleep(200)
+        # Any request counts, a notification too (which the MCP session never sees).
+        assert (await client.post(notification("notifications/initialized"))).status_code == 202
+        await trio.sleep(250)  # 450 s in, 250 s after it
+        assert admission.sessions == 1
+        assert (await client.request("ping"))["result"] == {}
+        tool = HeldTool(monkeypatch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.post, tool_call(1, "horace_scan"))
+            await tool.started.wait()
+            await trio.sleep(1000)  # a call under way: not idle, however long
+            assert admission.sessions == 1
+            tool.release.set()
+        finished = trio.current_time()
+        await eventually(lambda: admission.sessions == 0, "the session to end", timeout=400, every=0.5)
+        assert 300 <= trio.current_time() - finished < 302
+        gone = await client.post(request(2, "ping"))
+        assert gone.status_code == 404
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+
+async def test_token_and_origin(settings: Settings) -> None:
+    origins = ("https://ok.example",)
+    async with run_horace(serving(settings, auth_token="s3cret", allowed_origins=origins)) as running:
+        async with connect(running.http_url, initialize=False) as client:
+            for authorization in (None, "Bearer wrong", "s3cret"):
+                headers = {} if authorization is None else {"authorization": authorization}
+                refused = await client.post(INITIALIZE, **headers)
+                assert (
+                    refused.status_code == 401
+                    and refused.headers["www-authenticate"] == 'Bearer realm="horace"'
+                )
+            token = {"authorization": "Bearer s3cret"}
+            evil = await client.post(INITIALIZE, origin="https://evil.example", **token)
+            assert evil.status_code == 403 and "not allowed" in error_of(evil)["message"]
+            for origin in ("https://ok.example", "http://localhost:3000"):
+                assert (await client.post(INITIALIZE, origin=origin, **token)).status_code == 200
+        async with connect(running.http_url, headers=token) as client:
+            assert (await client.request("ping"))["result"] == {}
+            bare = {k: v for k, v in client.headers().items()}
+            for method in ("GET", "DELETE"):
+                response = await client.http.request(
+                    method, client.url, headers={**bare, "authorization": ""}
+                )
+                assert response.status_code == 401, method
+
+
+async def test_the_websocket_token_as_a_subprotocol(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "s3cret/with+chars=="  # base64 and slashes: not a valid subprotocol as it is
+    caplog.set_level(logging.DEBUG)
+    async with run_horace(serving(settings, auth_token=token)) as running:
+        offered = subprotocol_for_token(token)
+        assert re.fullmatch(r"bearer\.[A-Za-z0-9_-]+", offered)
+        async with open_websocket_url(running.url, subprotocols=["mcp", offered]) as ws:
+            assert ws.subprotocol == "mcp"  # never the token's: answered headers are seen by proxies
+            await ws.send_message(json.dumps(request(1, "ping")))
+            assert json.loads(await ws.get_message())["result"] == {}
+        for wrong in ("bearer." + subprotocol_for_token("nope")[7:], "bearer.!!", "bearer"):
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(running.url, subprotocols=["mcp", wrong]):
+                    pass
+            assert rejected.value.status_code == 401
+        async with connect(running.http_url, initialize=False) as client:  # not over HTTP: headers work there
+            assert (await client.post(INITIALIZE, sec_websocket_protocol=offered)).status_code == 401
+    logged = caplog.text
+    assert token not in logged and offered not in logged and offered[7:] not in logged
+
+
+# -- shutdown ---------------------------------------------------------------------------------------
+
+
+async def test_shutdown_lets_http_calls_finish(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    tool = HeldTool(monkeypatch)
+    async with run_horace(serving(settings, shutdown_grace=30)) as running:
+        async with connect(running.http_url) as client, trio.open_nursery() as nursery:
+            kept_alive = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+            answers: list[httpx.Response] = []
+
+            async def call() -> None:
+                answers.append(await client.post(tool_call(1, "horace_scan")))
+
+            nursery.start_soon(call)
+            await tool.started.wait()
+            running.server.shutdown()
+            await eventually(lambda: not http_session(running, client).accepting, "the session to drain")
+            ping = json.dumps(request(2, "ping")).encode()
+            await kept_alive.send(kept_alive.request_bytes("POST", ping, client.headers()))
+            head, body = await kept_alive.response()
+            assert head.status_code == 503 and b"shutting down" in body
+            kept_alive.next_cycle()  # a notification is still taken (a cancel would be)
+            initialized = json.dumps(notification("notifications/initialized")).encode()
+            await kept_alive.send(kept_alive.request_bytes("POST", initialized, client.headers()))
+            head, _ = await kept_alive.response()
+            assert head.status_code == 202
+            await kept_alive.aclose()
+            tool.release.set()
+        assert answers[0].status_code == 200 and "result" in answers[0].json()
+        await eventually(lambda: not running.server.sessions, "the session to end")
+        assert not tool.cancelled
