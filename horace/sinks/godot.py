@@ -230,12 +230,17 @@ class GodotTransport:
                     await ws.send(texts)
                     del texts
                     replies = []
-                    while pending:  # Godot silent for reply_timeout: gone (a long batch is fine)
-                        with trio.fail_after(self.reply_timeout):
+                    # Godot silent for reply_timeout: gone (a long batch is fine). One scope
+                    # for the batch, its deadline moved on at each answer.
+                    with trio.CancelScope() as silent:
+                        while pending:
+                            silent.deadline = trio.current_time() + self.reply_timeout
                             answer = json.loads(await ws.receive())
-                        for item in answer if isinstance(answer, list) else [answer]:
-                            if isinstance(item, dict) and pending.pop(item.get("id"), None) is not None:
-                                replies.append(item)
+                            for item in answer if isinstance(answer, list) else [answer]:
+                                if isinstance(item, dict) and pending.pop(item.get("id"), None) is not None:
+                                    replies.append(item)
+                    if silent.cancelled_caught:
+                        raise trio.TooSlowError(f"no answer from Godot in {self.reply_timeout:g} s")
                     return replies
 
                 await rpc_batch(
