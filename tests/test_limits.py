@@ -695,6 +695,7 @@ def worst_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
 
 
 @pytest.mark.memory
+@pytest.mark.xdist_group("memory")  # one at a time: each runs a server of its own at its peak
 @pytest.mark.parametrize("scenario", scenarios(), ids=lambda s: s.name.replace(" ", "-"))
 def test_peak_rss_under_the_worst_admissible_request(worst_storage: tuple[Path, str], scenario: Any) -> None:
     storage, database_url = worst_storage

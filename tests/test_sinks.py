@@ -14,7 +14,6 @@ import logging
 import os
 import sqlite3
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
@@ -355,54 +354,34 @@ async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:
 # -- Godot down: calls stay fast, entries arrive later -----------------------------------------
 
 
-async def _latencies(url: str, file_id: str, count: int, prefix: str) -> list[float]:
+async def _calls(url: str, file_id: str, count: int, prefix: str) -> None:
     async with connect(url) as client:
-        for i in range(30):  # warm-up
+        for i in range(30):  # as many again, traced "-warm"
             await call(client, "horace_get_file_info", f"{prefix}-warm-{i}", file_id=file_id)
-        times = []
         for i in range(count):
-            started = time.perf_counter()
             reply = await call(client, "horace_get_file_info", f"{prefix}-{i}", file_id=file_id)
-            times.append(time.perf_counter() - started)
             assert reply["result"]["isError"] is False, reply
-    return times
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, -(-len(ordered) * pct // 100) - 1))]  # type: ignore[call-overload]
-
-
-async def test_godot_down_costs_little_and_catches_up(settings: Settings) -> None:
-    """200 sequential calls, sinks off vs Godot at a closed port, in alternating rounds (the
-    best round of each compared, so that one scheduler hiccup does not decide); then Godot
-    comes back and gets every entry once, in order, the previous server's spill included."""
+async def test_godot_down_costs_no_call_and_catches_up(settings: Settings) -> None:
+    """Two servers in turn answer 230 calls each with Godot at a closed port (what that costs
+    a call is measured by scripts/bench_sinks); then Godot comes back and gets every entry
+    once, in order, the first server's spill included."""
     write(settings.storage_path / "files/user/f.txt", "f")
-    latencies: dict[str, list[list[float]]] = {"off": [], "down": []}
     async with godot_standin(listening=False) as godot:
+        async with run_horace(serving(settings, conversations=False)) as off:
+            async with connect(off.url) as client:
+                file_id = (await client.call("horace_register_file", file_path="user/f.txt"))["file_id"]
+            assert sinks_of(off) == {}
         for round_ in range(2):
-            async with run_horace(serving(settings, conversations=False)) as off:
-                async with connect(off.url) as client:
-                    file_id = (await client.call("horace_register_file", file_path="user/f.txt"))["file_id"]
-                assert sinks_of(off) == {}
-                latencies["off"].append(await _latencies(off.url, file_id, 200, f"off{round_}"))
             async with run_horace(serving(settings, conversations=False, godot_url=godot.url)) as down:
-                latencies["down"].append(await _latencies(down.url, file_id, 200, f"down{round_}"))
+                await _calls(down.url, file_id, 200, f"down{round_}")
                 status = sinks_of(down)["godot"]
                 assert status["state"] == "retrying" and status["delivered"] == 0 and status["queued"] >= 230
                 assert status["dropped"] == 0 and status["last_error"]
                 if round_ == 0:
                     continue
                 assert status["replayed"] >= 230  # the first down server's entries, spilled
-
-                p99_off, p99_down = (
-                    min(percentile(run, 99) for run in latencies[k]) for k in ("off", "down")
-                )
-                p50_off, p50_down = (
-                    min(percentile(run, 50) for run in latencies[k]) for k in ("off", "down")
-                )
-                assert p99_down <= 2 * p99_off + 0.005, (p99_off, p99_down)
-                assert p50_down <= 1.5 * p50_off + 0.002, (p50_off, p50_down)
 
                 await godot.start()  # Godot is back: everything queued goes out, once, in order
                 wanted = [
