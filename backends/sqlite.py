@@ -1,9 +1,17 @@
-"""The SQLite backend: WAL mode, every unit of work one hop to a worker thread.
+"""The SQLite backend: WAL mode, units of work in worker threads, lookups by key inline.
 
 Writes go through one connection, one unit at a time (SQLite has a single writer
-anyway); reads use a small pool of their own connections, so in WAL mode readers never
-wait for writers. Units run with ``abandon_on_cancel=False``: a unit that has started
-finishes and commits or rolls back before cancellation is delivered.
+anyway), each one hop to a worker thread; reads use a small pool of their own
+connections in worker threads, so in WAL mode readers never wait for writers. Units run
+with ``abandon_on_cancel=False``: a unit that has started finishes and commits or rolls
+back before cancellation is delivered.
+
+A lookup of one row by key (a file by id or path, one version) takes a few
+microseconds, and a hop to a worker thread and back costs some 80-100 µs of CPU (waking
+the thread, the GIL handed over and back, waking the event loop): lookups run on the
+event loop's thread instead, on a connection of their own that never waits for a lock
+(``busy_timeout`` 0). In the rare case SQLite answers "busy" (a WAL reader can meet it
+while the WAL index is being rebuilt), the lookup goes to the reader pool, which waits.
 """
 
 from __future__ import annotations
@@ -137,13 +145,15 @@ def _collection(row: sqlite3.Row) -> Collection:
     )
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+def _connect(path: Path, busy_timeout_ms: int = 30000) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+    )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe in WAL
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     return conn
 
 
@@ -894,29 +904,49 @@ def _purge_deleted(conn: sqlite3.Connection, deleted_before: datetime) -> tuple[
         return purged, _unreferenced(conn, checksums)
 
 
+_TURN_COLUMNS = (
+    "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, "
+    "metadata, created_at"
+)
+_TURN_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_TURNS_A_STATEMENT = 100  # 1,000 parameters: far below SQLite's limit (32,766)
+
+
 def _insert_turns(conn: sqlite3.Connection, turns: Sequence[Turn]) -> list[Turn]:
+    """Store *turns*; the ones that conflict with a stored turn of other content.
+
+    Many rows a statement: the sqlite3 module lets go of the GIL for each step of a
+    statement, and each time the event loop's thread may have to hand it back; one step
+    for a hundred rows keeps a batch from taking the GIL back and forth all along."""
+    params: list[Any] = []
+    for t in turns:
+        params += (
+            t.conversation_id,
+            t.turn_number,
+            t.role,
+            t.content,
+            t.model,
+            t.input_tokens,
+            t.output_tokens,
+            t.timing_ms,
+            json.dumps(dict(t.metadata), sort_keys=True),
+            _ts(t.created_at),
+        )
     conflicts = []
+    width = 10
     with _transaction(conn):
-        for t in turns:
-            row = (
-                t.conversation_id,
-                t.turn_number,
-                t.role,
-                t.content,
-                t.model,
-                t.input_tokens,
-                t.output_tokens,
-                t.timing_ms,
-                json.dumps(dict(t.metadata), sort_keys=True),
-                _ts(t.created_at),
-            )
-            inserted = conn.execute(
-                "INSERT INTO conversations (conversation_id, turn_number, role, content, model, "
-                "input_tokens, output_tokens, timing_ms, metadata, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                row,
+        inserted = 0
+        for start in range(0, len(turns), _TURNS_A_STATEMENT):
+            count = min(_TURNS_A_STATEMENT, len(turns) - start)
+            inserted += conn.execute(
+                f"INSERT INTO conversations ({_TURN_COLUMNS}) VALUES "
+                f"{', '.join([_TURN_ROW] * count)} ON CONFLICT DO NOTHING",
+                params[start * width : (start + count) * width],
             ).rowcount
-            if not inserted:
+        if inserted != len(turns):
+            # Some were stored already: each is either the same turn delivered again
+            # (fine) or another turn under the same number (a conflict to report).
+            for t in turns:
                 same = conn.execute(
                     "SELECT 1 FROM conversations WHERE conversation_id = ? AND turn_number = ? "
                     "AND role = ? AND content = ?",
@@ -1000,6 +1030,8 @@ class SqliteBackend:
         self._write_lock = trio.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._reader_slots = trio.CapacityLimiter(READERS)
+        # Lookups by key, on the event loop's thread: never waits for a lock (see the doc).
+        self._lookups = _connect(path, busy_timeout_ms=0)
         self._holds_file_lock = False
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -1020,6 +1052,18 @@ class SqliteBackend:
             finally:
                 if conn is not None:
                     self._readers.append(conn)
+
+    async def _lookup(self, fn: Callable[..., T], *args: Any) -> T:
+        """A read of one row by key (*fn* must be one), on this thread: see the doc."""
+        if self._holds_file_lock:
+            return await self._write(fn, *args)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            return fn(self._lookups, *args)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+        return await self._read(fn, *args)  # busy: a reader of the pool waits its turn
 
     async def identity(self) -> CatalogIdentity:
         return await self._read(_identity)
@@ -1044,6 +1088,7 @@ class SqliteBackend:
     async def aclose(self) -> None:
         async with self._write_lock:
             self._writer.close()
+            self._lookups.close()
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
@@ -1051,19 +1096,19 @@ class SqliteBackend:
     # -- units ----------------------------------------------------------------------------
 
     async def file_by_id(self, file_id: str) -> FileRecord | None:
-        return await self._read(_file_by, "id", file_id)
+        return await self._lookup(_file_by, "id", file_id)
 
     async def file_by_path(self, file_path: str) -> FileRecord | None:
-        return await self._read(_file_by, "file_path", file_path)
+        return await self._lookup(_file_by, "file_path", file_path)
 
     async def file_by_checksum(self, checksum: str) -> FileRecord | None:
         return await self._read(_file_by_checksum, checksum)
 
     async def versions(self, file_id: str) -> list[VersionRecord]:
-        return await self._read(_versions, file_id)
+        return await self._read(_versions, file_id)  # as many as retention keeps: the pool
 
     async def version(self, file_id: str, version: int) -> VersionRecord | None:
-        return await self._read(_one_version, file_id, version)
+        return await self._lookup(_one_version, file_id, version)
 
     async def insert_files(
         self,

@@ -135,6 +135,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "sink_queue": (("HORACE_SINK_QUEUE",), _count),
     "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _count),
     "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
+    "sink_linger": (("HORACE_SINK_LINGER",), parse_duration),
     "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), parse_duration),
     "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), parse_duration),
 }
@@ -192,6 +193,9 @@ class Settings:
     sink_queue: int = 10_000
     sink_queue_bytes: int = 32 * 1024 * 1024  # a turn holds a whole request or reply
     sink_flush: float = 5.0
+    # How long a sink gathers entries into a batch before it delivers them: one write (and
+    # one transaction) for many entries when calls come fast; also what a crash can lose.
+    sink_linger: float = 0.05
     sink_backoff_base: float = 1.0  # a sink's first retry delay, doubling up to the cap
     sink_backoff_cap: float = 30.0
 

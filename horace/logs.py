@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from horace.model import CallRecord
 from horace.redact import redact, redact_text
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -27,7 +28,11 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": redact_text(record.getMessage()),
         }
-        extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
+        extras = {
+            k: v
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD and v is not None and not k.startswith("_")  # (_: markers)
+        }
         if extras:
             line.update(redact(extras))
         if record.exc_info:
@@ -42,3 +47,25 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+# -- each tool call's line ---------------------------------------------------------------------
+
+CALL_LINE = "tools/call %s %s in %.1f ms"  # each call's log line
+OBSERVED = "_observed"  # on a call's log record: handlers that learn of calls otherwise skip it
+
+
+def outcome_of(record: CallRecord) -> str:
+    """What a finished call's log line says of it: ok, its error code, or cancelled."""
+    return record.error_code or ("ok" if record.response_turn else "cancelled")
+
+
+def call_line_data(record: CallRecord) -> dict[str, Any]:
+    """The fields of a call's log line (``extra`` of its record), correlation id aside."""
+    return {
+        "tool": record.tool,
+        "file_ids": list(record.file_ids),
+        "conversation_id": record.conversation_id,
+        "duration_ms": round(record.timing_ms, 3),
+        "outcome": outcome_of(record),
+    }

@@ -77,3 +77,4 @@ class CallRecord:
     error_code: str | None = None
     timing_ms: float = 0.0
     file_ids: tuple[str, ...] = ()
+    result_json: str | None = None  # the result as the reply carries it (JSON text), when made

@@ -9,6 +9,7 @@ has any URL in it redacted the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -35,8 +36,17 @@ _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 def secret_key(key: Any) -> bool:
     # "X-Api-Key", "api key" and "sslPassword" are spelled api_key and sslpassword too.
+    if type(key) is str and len(key) <= 64:
+        return _secret_name(key)  # the same few keys again and again: remembered
+    return _is_secret(key)
+
+
+def _is_secret(key: Any) -> bool:
     name = str(key).lower().replace("-", "_").replace(" ", "_")
     return any(s in name for s in SECRET_KEYS)
+
+
+_secret_name = functools.lru_cache(maxsize=4096)(_is_secret)
 
 
 def redact_url(url: str) -> str:
@@ -67,20 +77,32 @@ def redact_text(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def redact(value: Any) -> Any:
     """A JSON-shaped value with the values of secret keys replaced, at any depth."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is str:
+        return _redact_string(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {key: REDACTED if secret_key(key) else redact(inner) for key, inner in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        if value[:1] in ("{", "["):
-            # JSON text (a conversation turn's content, a tool result's text): redacted inside.
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                return redact_text(value)
-            redacted = redact(parsed)
-            return json.dumps(redacted) if redacted != parsed else value
-        return redact_text(value)
+        return _redact_string(value)
     return value
+
+
+def _redact_string(value: str) -> str:
+    if value[:1] in ("{", "["):
+        # JSON text (a conversation turn's content, a tool result's text): redacted inside.
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return redact_text(value)
+        redacted = redact(parsed)
+        return json.dumps(redacted) if redacted != parsed else value
+    return redact_text(value)

@@ -35,7 +35,7 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.redact import REDACTED, redact
-from horace.sinks.conversations import ConversationTransport
+from horace.sinks.conversations import ConversationRecorder, ConversationTransport
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
 from horace.testing import RunningHorace, run_horace
@@ -78,9 +78,11 @@ def sinks_of(horace: RunningHorace) -> dict[str, dict[str, Any]]:
 
 
 def conversation_runner(horace: RunningHorace) -> SinkRunner:
-    runner = horace.server.observer.conversations  # type: ignore[union-attr]
-    assert runner is not None
-    return runner
+    observer = horace.server.observer
+    observers = getattr(observer, "observers", (observer,))  # (Observers: the sinks' observers)
+    recorder = next(o for o in observers if isinstance(o, ConversationRecorder))
+    assert recorder.conversations is not None
+    return recorder.conversations
 
 
 async def call(client: McpClient, tool: str, correlation_id: str, **arguments: Any) -> dict[str, Any]:
@@ -245,6 +247,56 @@ async def test_log_records_reach_godot_with_levels_trace_id_and_redacted_data() 
     }
     assert calls[1]["data"] == {"logger": "horace.test_sinks", "token": REDACTED}
     assert runner.delivered == 6 and runner.dropped == 0
+
+
+class Collecting:
+    """A stand-in for a SinkRunner: what is emitted, kept."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def emit(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+
+
+@pytest.mark.parametrize("outcome", ["ok", "NOT_CATALOGED", "cancelled"])
+def test_a_calls_line_from_the_observer_is_the_entry_its_log_record_gave(outcome: str) -> None:
+    """GodotCallLog sends each call's line made from the call itself: the very entry
+    GodotLogHandler makes of the call's log record (fields, redaction, trace id)."""
+    from horace.server.observer import CallWatch
+    from horace.sinks.godot import GodotCallLog
+
+    by_handler, by_observer = Collecting(), Collecting()
+    handler = GodotLogHandler(by_handler, level=logging.INFO)  # type: ignore[arg-type]
+    logger = logging.getLogger("horace.server")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        record = CallRecord(
+            "conv-1", "corr-1 https://u:secret-LEAK@example.org/?token=LEAK", "horace_get_file_info", {}, 1
+        )
+        watch = CallWatch(GodotCallLog(by_observer), record)  # type: ignore[arg-type]
+        if outcome != "cancelled":
+            structured = {"file_id": "f-1", "password": "LEAK"}
+            error = None if outcome == "ok" else outcome
+            watch.answered({"structuredContent": structured, "isError": error is not None}, error)
+        watch.finish(0 if outcome == "cancelled" else 2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    (from_record,) = by_handler.entries  # (observes_calls off: the handler takes the record)
+    (from_call,) = by_observer.entries
+    assert from_call == from_record
+    assert from_call["data"]["outcome"] == outcome and from_call["level"] == "INFO"
+    assert from_call["data"]["file_ids"] == ([] if outcome == "cancelled" else ["f-1"])
+    handler.observes_calls = True  # now the observer's line is the only one
+    logger.addHandler(handler)
+    try:
+        CallWatch(GodotCallLog(by_observer), record).finish(0)  # type: ignore[arg-type]
+    finally:
+        logger.removeHandler(handler)
+    assert len(by_handler.entries) == 1 and len(by_observer.entries) == 2
 
 
 async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:

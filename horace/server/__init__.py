@@ -36,10 +36,10 @@ from horace.config import Settings
 from horace.redact import redact_url
 from horace.server.lifecycle import HealthPart, HoraceServer, watch_signals
 from horace.server.mcp import McpSession
-from horace.server.observer import Observer
+from horace.server.observer import Observer, Observers
 from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
 from horace.sinks.conversations import ConversationRecorder, ConversationTransport
-from horace.sinks.godot import GodotLogHandler, GodotTransport
+from horace.sinks.godot import GodotCallLog, GodotLogHandler, GodotTransport
 from horace.sinks.supervisor import SinkRunner
 from horace.tasks import start_background
 from horace.watch import reconcile_logged
@@ -78,6 +78,7 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
             "capacity": settings.sink_queue,
             "capacity_bytes": settings.sink_queue_bytes,
             "flush_seconds": settings.sink_flush,
+            "linger": settings.sink_linger,
             "backoff_base": settings.sink_backoff_base,
             "backoff_cap": settings.sink_backoff_cap,
         }
@@ -91,9 +92,15 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
         )
         runners = [runner for runner in (godot, conversations) if runner is not None]
         forward = godot if settings.conversations_to_godot else None
-        recorder = ConversationRecorder(conversations, forward) if conversations or forward else None
+        observers: list[Observer] = []
+        if conversations or forward:
+            observers.append(ConversationRecorder(conversations, forward))
         horace_log = logging.getLogger("horace")
         handler = GodotLogHandler(godot, settings.godot_level) if godot else None
+        if godot is not None and handler is not None and handler.level <= logging.INFO:
+            observers.append(GodotCallLog(godot))  # each call's line (an INFO line)
+            handler.observes_calls = True
+        observer = observers[0] if len(observers) == 1 else Observers(*observers) if observers else None
         async with trio.open_nursery() as nursery:
             for runner in runners:
                 await nursery.start(runner.run)
@@ -103,7 +110,7 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
                     horace_log.setLevel(handler.level)
             try:
                 yield LogSinks(
-                    recorder, {"sinks": lambda: {runner.name: runner.status() for runner in runners}}
+                    observer, {"sinks": lambda: {runner.name: runner.status() for runner in runners}}
                 )
             finally:
                 if handler is not None:

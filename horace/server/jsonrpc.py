@@ -156,16 +156,25 @@ def error_text(request_id: Any, exc: RpcError) -> str:
 
 
 def result_text(request_id: Any, result: Any) -> str:
-    """The reply's JSON text. A tool result's structured content is encoded once and
-    reused for its text content, instead of being serialised twice."""
+    """The reply's JSON text."""
+    return reply_text(request_id, result_json(result))
+
+
+def result_json(result: Any) -> str:
+    """A result's JSON text, as a reply carries it. A tool result's structured content is
+    encoded once and reused for its text content, instead of being serialised twice."""
     if isinstance(result, dict) and "structuredContent" in result and "content" in result:
         body = result["content"][0]["text"]
         return (
-            f'{{"jsonrpc": "2.0", "id": {json.dumps(request_id)}, "result": {{"content": '
-            f'[{{"type": "text", "text": {json.dumps(body)}}}], "structuredContent": {body}, '
-            f'"isError": {json.dumps(result["isError"])}}}}}'
+            f'{{"content": [{{"type": "text", "text": {json.dumps(body)}}}], "structuredContent": {body}, '
+            f'"isError": {"true" if result["isError"] else "false"}}}'
         )
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+    return json.dumps(result)
+
+
+def reply_text(request_id: Any, result: str) -> str:
+    """The reply carrying a result already in JSON (:func:`result_json`)."""
+    return f'{{"jsonrpc": "2.0", "id": {json.dumps(request_id)}, "result": {result}}}'
 
 
 def notification_text(method: str, params: dict[str, Any]) -> str:

@@ -450,11 +450,13 @@ class McpSession:
                 return None  # cancelled by the client: MCP says no response follows
             answered = True
             error_code = reply["structuredContent"]["error_code"] if reply.get("isError") else None
-            watch.answered(reply, error_code)
+            result = jsonrpc.result_json(reply)  # encoded once: for the reply and the log
+            watch.answered(reply, error_code, result)
             if error_code is not None:
                 await self._log_to_client(send, "error" if error_code == "INTERNAL" else "warning", reply)
             limit = self.settings.max_reply_bytes
-            text = result_text(request_id, reply)
+            text = jsonrpc.reply_text(request_id, result)
+            del result
             if len(text) > limit:  # recorded as the error it is answered with, not as the result
                 raise RpcError(
                     REPLY_TOO_LARGE,

@@ -96,11 +96,12 @@ async def run_tool(
     (of the caller's scope) passes through; the caller tells a deadline from a cancel."""
     correlation_id = context.correlation_id
     try:
-        async with trio.open_nursery() as call:  # the call's own nursery
-            if pump is not None:
-                call.start_soon(pump.run)
+        if pump is None:
             done = await outcome.acapture(tool.handler, context, args)
-            if pump is not None:
+        else:
+            async with trio.open_nursery() as call:  # the call's own nursery, for its progress
+                call.start_soon(pump.run)
+                done = await outcome.acapture(tool.handler, context, args)
                 pump.close()
         try:
             structured = to_json(done.unwrap())

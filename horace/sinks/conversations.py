@@ -9,14 +9,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
+
 from horace.backends.protocol import Backend, BackendUnavailable
 from horace.backends.records import Turn
 from horace.model import CallRecord
 from horace.redact import redact
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
-from horace.wire import structure, to_json
+from horace.wire import structure
 
 MODEL = "horace"
+_ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str), without a new encoder a call
 
 
 class ConversationTransport:
@@ -34,7 +37,7 @@ class ConversationTransport:
             raise SinkUnavailable(str(exc)) from exc
 
         async def deliver(batch: list[dict[str, Any]]) -> None:
-            turns = [structure(entry, Turn) for entry in batch]
+            turns = [turn_of(entry) for entry in batch]
             try:
                 conflicts = await self.backend.insert_turns(turns)
             except BackendUnavailable as exc:
@@ -52,6 +55,66 @@ class ConversationTransport:
         yield deliver
 
 
+_TURN_FIELDS = frozenset(attrs.fields_dict(Turn))
+
+
+def turn_of(entry: Any) -> Turn:
+    """A queued (or replayed) entry as a :class:`Turn`. Entries of this module's making
+    are taken as they are, their types checked; anything else (a spool line edited by
+    hand, say) goes through the strict converter, which says what is wrong with it."""
+    if isinstance(entry, dict) and entry.keys() == _TURN_FIELDS:
+        created, timing = entry["created_at"], entry["timing_ms"]
+        if (
+            type(entry["conversation_id"]) is str
+            and type(entry["turn_number"]) is int
+            and type(entry["role"]) is str
+            and type(entry["content"]) is str
+            and (entry["model"] is None or type(entry["model"]) is str)
+            and entry["input_tokens"] is None
+            and entry["output_tokens"] is None
+            and (timing is None or type(timing) is float)
+            and type(entry["metadata"]) is dict
+            and all(type(key) is str for key in entry["metadata"])
+            and type(created) is str
+        ):
+            try:
+                at = datetime.fromisoformat(created)
+            except ValueError:
+                at = None
+            if at is not None and at.tzinfo is not None:
+                return Turn(
+                    entry["conversation_id"],
+                    entry["turn_number"],
+                    entry["role"],
+                    entry["content"],
+                    entry["model"],
+                    None,
+                    None,
+                    timing,
+                    entry["metadata"],
+                    at,
+                )
+    return structure(entry, Turn)
+
+
+def _turn(
+    record: CallRecord, turn_number: int, role: str, content: str, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """A turn as the sink queues it (what ``to_json(Turn(...))`` gives, made directly)."""
+    return {
+        "conversation_id": record.conversation_id,
+        "turn_number": turn_number,
+        "role": role,
+        "content": content,
+        "model": MODEL if role == "assistant" else None,
+        "input_tokens": None,
+        "output_tokens": None,
+        "timing_ms": record.timing_ms if role == "assistant" else None,
+        "metadata": metadata,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+
+
 class ConversationRecorder:
     """The session observer that turns calls into conversation turns (and optionally
     forwards them to Godot)."""
@@ -60,60 +123,39 @@ class ConversationRecorder:
         self.conversations = conversations
         self.godot = godot
 
-    def _emit(self, turn: Turn) -> None:
-        entry = to_json(turn)
+    def _emit(self, entry: dict[str, Any]) -> None:
         if self.conversations is not None:
             self.conversations.emit(entry)
         if self.godot is not None:
             self.godot.emit(
                 {
                     "level": "DEBUG",
-                    "message": f"conversation turn {turn.turn_number} ({turn.role})",
-                    "trace_id": turn.metadata.get("correlation_id"),
+                    "message": f"conversation turn {entry['turn_number']} ({entry['role']})",
+                    "trace_id": entry["metadata"].get("correlation_id"),
                     "data": redact(entry),
                 }
             )
 
     def call_started(self, record: CallRecord) -> None:
-        self._emit(
-            Turn(
-                conversation_id=record.conversation_id,
-                turn_number=record.request_turn,
-                role="user",
-                content=json.dumps({"tool": record.tool, "arguments": record.arguments}, default=str),
-                model=None,
-                input_tokens=None,
-                output_tokens=None,
-                timing_ms=None,
-                metadata={
-                    "correlation_id": record.correlation_id,
-                    "tool": record.tool,
-                    "file_ids": [],
-                    "error_code": None,
-                },
-                created_at=datetime.now(UTC),
-            )
-        )
+        content = _ENCODER.encode({"tool": record.tool, "arguments": record.arguments})
+        metadata: dict[str, Any] = {
+            "correlation_id": record.correlation_id,
+            "tool": record.tool,
+            "file_ids": [],
+            "error_code": None,
+        }
+        self._emit(_turn(record, record.request_turn, "user", content, metadata))
 
     def call_finished(self, record: CallRecord) -> None:
         if not record.response_turn:
             return  # cancelled by the client: no response, no turn
-        self._emit(
-            Turn(
-                conversation_id=record.conversation_id,
-                turn_number=record.response_turn,
-                role="assistant",
-                content=json.dumps(record.result, default=str),
-                model=MODEL,
-                input_tokens=None,
-                output_tokens=None,
-                timing_ms=record.timing_ms,
-                metadata={
-                    "correlation_id": record.correlation_id,
-                    "tool": record.tool,
-                    "file_ids": list(record.file_ids),
-                    "error_code": record.error_code,
-                },
-                created_at=datetime.now(UTC),
-            )
-        )
+        content = record.result_json
+        if content is None:
+            content = _ENCODER.encode(record.result)
+        metadata = {
+            "correlation_id": record.correlation_id,
+            "tool": record.tool,
+            "file_ids": list(record.file_ids),
+            "error_code": record.error_code,
+        }
+        self._emit(_turn(record, record.response_turn, "assistant", content, metadata))

@@ -4,7 +4,9 @@
 entries, or in bytes: a conversation turn holds a whole request or reply) the oldest
 entries are dropped and counted. The delivery task opens the transport, hands it
 batches, and on any failure waits (about 1 s doubling to 30 s, with jitter) and starts
-over; entries are only taken off the queue once delivered. On shutdown what is queued
+over; entries are only taken off the queue once delivered. A batch is gathered for up
+to ``linger`` seconds (until it is full) before it goes: many entries a write and a
+transaction, rather than one each, when calls come fast. On shutdown what is queued
 gets ``flush_seconds`` to go out, and the rest is spilled to
 ``<root>/.horace/spool/<name>.jsonl``, replayed the next time the sink starts.
 
@@ -42,6 +44,9 @@ BATCH_BYTES = 1024 * 1024
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def entry_size(entry: Any) -> int:
     """About how many bytes *entry* holds: its strings' lengths, plus a little for
     everything else. Entries are small dicts; what makes one big is a long string."""
@@ -49,7 +54,19 @@ def entry_size(entry: Any) -> int:
     stack = [entry]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)
+        if kind is dict:
+            size += 8 * len(item)
+            for key, value in item.items():
+                size += len(key) if type(key) is str else 8
+                inner = type(value)
+                if inner is str:
+                    size += len(value)
+                elif inner in _SCALARS:
+                    size += 8
+                else:
+                    stack.append(value)
+        elif kind is str or isinstance(item, str):
             size += len(item)
         elif isinstance(item, dict):
             size += 8 * len(item)
@@ -79,6 +96,7 @@ class SinkRunner:
         capacity: int = 10_000,
         capacity_bytes: int = 32 * 1024 * 1024,
         batch_size: int = 200,
+        linger: float = 0.0,
         flush_seconds: float = 5.0,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
@@ -93,6 +111,8 @@ class SinkRunner:
         # After a failed delivery the next batch is half as long (down to 1), then grows
         # back: a batch too long for one connection's life would otherwise never get out.
         self._batch_limit = batch_size
+        self.linger = linger
+        self._wake_at = 1  # queued entries that wake the delivery task (a full batch when lingering)
         self._in_flight = 0
         self._strikes = 0
         self.flush_seconds = flush_seconds
@@ -122,7 +142,8 @@ class SinkRunner:
         self._seq += 1
         self._queue.append((self._seq, entry, size))
         self._queued_bytes += size
-        self._ready.set()
+        if len(self._queue) >= self._wake_at or self._queued_bytes >= BATCH_BYTES:
+            self._ready.set()
 
     def _take_oldest(self) -> dict[str, Any]:
         _, entry, size = self._queue.popleft()
@@ -205,12 +226,20 @@ class SinkRunner:
             self.state = "connected"
             self.failures = 0
             while True:
-                await self._deliver_one(deliver)
+                await self._deliver_one(deliver, self.linger)
 
-    async def _deliver_one(self, deliver: Deliver) -> None:
+    async def _deliver_one(self, deliver: Deliver, linger: float = 0.0) -> None:
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()
+        if linger and len(self._queue) < self._batch_limit and self._queued_bytes < BATCH_BYTES:
+            with trio.move_on_after(linger):  # gather a batch (emit wakes us when it is full)
+                self._wake_at = self._batch_limit
+                self._ready = trio.Event()
+                try:
+                    await self._ready.wait()
+                finally:
+                    self._wake_at = 1
         taken = [self._queue[0]]
         size = taken[0][2]
         for queued in itertools.islice(self._queue, 1, self._batch_limit):
