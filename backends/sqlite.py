@@ -1,17 +1,9 @@
-"""The SQLite backend: WAL mode, units of work in worker threads, lookups by key inline.
+"""The SQLite backend: WAL mode, every unit of work one hop to a worker thread.
 
 Writes go through one connection, one unit at a time (SQLite has a single writer
-anyway), each one hop to a worker thread; reads use a small pool of their own
-connections in worker threads, so in WAL mode readers never wait for writers. Units run
-with ``abandon_on_cancel=False``: a unit that has started finishes and commits or rolls
-back before cancellation is delivered.
-
-A lookup of one row by key (a file by id or path, one version) takes a few
-microseconds, and a hop to a worker thread and back costs some 80-100 µs of CPU (waking
-the thread, the GIL handed over and back, waking the event loop): lookups run on the
-event loop's thread instead, on a connection of their own that never waits for a lock
-(``busy_timeout`` 0). In the rare case SQLite answers "busy" (a WAL reader can meet it
-while the WAL index is being rebuilt), the lookup goes to the reader pool, which waits.
+anyway); reads use a small pool of their own connections, so in WAL mode readers never
+wait for writers. Units run with ``abandon_on_cancel=False``: a unit that has started
+finishes and commits or rolls back before cancellation is delivered.
 """
 
 from __future__ import annotations
@@ -145,15 +137,13 @@ def _collection(row: sqlite3.Row) -> Collection:
     )
 
 
-def _connect(path: Path, busy_timeout_ms: int = 30000) -> sqlite3.Connection:
-    conn = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
-    )
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe in WAL
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
@@ -1030,8 +1020,6 @@ class SqliteBackend:
         self._write_lock = trio.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._reader_slots = trio.CapacityLimiter(READERS)
-        # Lookups by key, on the event loop's thread: never waits for a lock (see the doc).
-        self._lookups = _connect(path, busy_timeout_ms=0)
         self._holds_file_lock = False
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -1052,18 +1040,6 @@ class SqliteBackend:
             finally:
                 if conn is not None:
                     self._readers.append(conn)
-
-    async def _lookup(self, fn: Callable[..., T], *args: Any) -> T:
-        """A read of one row by key (*fn* must be one), on this thread: see the doc."""
-        if self._holds_file_lock:
-            return await self._write(fn, *args)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            return fn(self._lookups, *args)
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise
-        return await self._read(fn, *args)  # busy: a reader of the pool waits its turn
 
     async def identity(self) -> CatalogIdentity:
         return await self._read(_identity)
@@ -1088,7 +1064,6 @@ class SqliteBackend:
     async def aclose(self) -> None:
         async with self._write_lock:
             self._writer.close()
-            self._lookups.close()
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
@@ -1096,19 +1071,19 @@ class SqliteBackend:
     # -- units ----------------------------------------------------------------------------
 
     async def file_by_id(self, file_id: str) -> FileRecord | None:
-        return await self._lookup(_file_by, "id", file_id)
+        return await self._read(_file_by, "id", file_id)
 
     async def file_by_path(self, file_path: str) -> FileRecord | None:
-        return await self._lookup(_file_by, "file_path", file_path)
+        return await self._read(_file_by, "file_path", file_path)
 
     async def file_by_checksum(self, checksum: str) -> FileRecord | None:
         return await self._read(_file_by_checksum, checksum)
 
     async def versions(self, file_id: str) -> list[VersionRecord]:
-        return await self._read(_versions, file_id)  # as many as retention keeps: the pool
+        return await self._read(_versions, file_id)
 
     async def version(self, file_id: str, version: int) -> VersionRecord | None:
-        return await self._lookup(_one_version, file_id, version)
+        return await self._read(_one_version, file_id, version)
 
     async def insert_files(
         self,

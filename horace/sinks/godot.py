@@ -1,22 +1,17 @@
 """The Godot sink: Horace's log, as ``logger_log`` tool calls over one WebSocket.
 
 Calls of a batch are pipelined: their frames are written together, with one send, then
-the answers are read as they come. The client is a small one of its own
-(:class:`_Socket`, RFC 6455 for a client that sends and receives text): a log entry
-costs an encoding and a decoding of a few microseconds, where a general WebSocket
-library would spend several times that on each message and write each with a send of
-its own. Secrets are redacted at any depth before an entry is queued, so they never
-reach the spool either.
+the answers are read as they come. The WebSocket is spoken with wsproto (what
+trio-websocket is built on) straight on the TCP stream, without trio-websocket's reader
+task and per-message send: a log entry costs its framing and nothing more. Secrets are
+redacted at any depth before an entry is queued, so they never reach the spool either.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
 import json
 import logging
-import os
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -25,6 +20,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from horace.logs import CALL_LINE, OBSERVED, call_line_data
 from horace.model import CallRecord
@@ -34,10 +42,7 @@ from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
 LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INFO", "DEBUG": "DEBUG"}
 TRACE = 5  # below DEBUG
 RECEIVE_BYTES = 256 * 1024
-MAX_HEAD_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # an answer longer than this is not Godot's
-_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TEXT, _CONTINUATION, _CLOSE, _PING, _PONG = 0x1, 0x0, 0x8, 0x9, 0xA
 
 
 class _Closed(Exception):
@@ -45,18 +50,8 @@ class _Closed(Exception):
     the protocol."""
 
 
-def _frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
-    """One final frame, masked with *mask* (4 bytes) as a client's must be."""
-    size = len(payload)
-    if size < 126:
-        head = bytes((0x80 | opcode, 0x80 | size))
-    elif size < 1 << 16:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
-    key = (mask * (size // 4 + 1))[:size]
-    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
-    return head + mask + masked
+# What says Godot is gone (or was never there): the sink retries later.
+_GONE = (_Closed, OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError)
 
 
 class _Socket:
@@ -65,10 +60,11 @@ class _Socket:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        self._buffer = bytearray()
+        self._ws = WSConnection(ConnectionType.CLIENT)
         self._received: deque[str] = deque()
-        self._fragments: list[bytes] = []
-        self._fragment_bytes = 0
+        self._fragments: list[str] = []
+        self._fragment_chars = 0
+        self._accepted = False
 
     @classmethod
     async def connect(cls, url: str) -> _Socket:
@@ -79,128 +75,75 @@ class _Socket:
         stream: trio.abc.Stream = await trio.open_tcp_stream(
             parts.hostname, parts.port or (443 if secure else 80)
         )
-        if secure:
-            tls = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=parts.hostname)
-            await tls.do_handshake()
-            stream = tls
-        socket = cls(stream)
         try:
-            await socket._handshake(parts.netloc.rpartition("@")[2], parts.path or "/", parts.query)
+            if secure:
+                stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=parts.hostname)
+            socket = cls(stream)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            await socket._send(Request(host=parts.netloc.rpartition("@")[2], target=target))
+            while not socket._accepted:
+                await socket._read()
         except BaseException:
-            await stream.aclose()
+            await trio.aclose_forcefully(stream)
             raise
         return socket
 
-    async def _handshake(self, host: str, path: str, query: str) -> None:
-        key = base64.b64encode(os.urandom(16))
-        target = path + (f"?{query}" if query else "")
-        await self._stream.send_all(
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        while b"\r\n\r\n" not in self._buffer:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise _Closed("the upgrade's answer has no end")
+    async def _send(self, *events: Event) -> None:
+        try:
+            data = b"".join(self._ws.send(event) for event in events)
+        except LocalProtocolError as exc:  # (closed by Godot meanwhile)
+            raise _Closed(str(exc)) from exc
+        await self._stream.send_all(data)
+
+    async def send(self, texts: list[str]) -> None:
+        await self._send(*(Message(data=text) for text in texts))
+
+    async def receive(self) -> str:
+        while not self._received:
             await self._read()
-        head, _, rest = bytes(self._buffer).partition(b"\r\n\r\n")
-        self._buffer = bytearray(rest)  # (frames Godot sent right after its answer)
-        lines = head.decode("latin-1").split("\r\n")
-        status = lines[0].split(" ", 2)
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if len(status) < 2 or status[1] != "101":
-            raise SinkUnavailable(f"the WebSocket upgrade was refused: {lines[0]}")
-        expected = base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest()).decode()
-        if (
-            headers.get("sec-websocket-accept") != expected
-            or headers.get("upgrade", "").lower() != "websocket"
-        ):
-            raise SinkUnavailable("the WebSocket upgrade was answered wrongly")
+        return self._received.popleft()
 
     async def _read(self) -> None:
         data = await self._stream.receive_some(RECEIVE_BYTES)
         if not data:
             raise _Closed("the connection was closed")
-        self._buffer += data
+        try:
+            self._ws.receive_data(bytes(data))
+            for event in self._ws.events():
+                await self._handle(event)
+        except RemoteProtocolError as exc:
+            raise _Closed(f"Godot broke the WebSocket protocol: {exc}") from exc
 
-    async def send(self, texts: list[str]) -> None:
-        masks = os.urandom(4 * len(texts))
-        await self._stream.send_all(
-            b"".join(_frame(_TEXT, text.encode(), masks[4 * i : 4 * i + 4]) for i, text in enumerate(texts))
-        )
-
-    async def receive(self) -> str:
-        while not self._received:
-            if not await self._parse():
-                await self._read()
-        return self._received.popleft()
-
-    async def _parse(self) -> bool:
-        """Take one frame off the buffer; False when it holds no whole frame."""
-        buffer = self._buffer
-        if len(buffer) < 2:
-            return False
-        first, second = buffer[0], buffer[1]
-        if first & 0x70:
-            raise _Closed("a frame with reserved bits (no extension was agreed)")
-        opcode, length, at = first & 0x0F, second & 0x7F, 2
-        if length == 126:
-            if len(buffer) < 4:
-                return False
-            length, at = int.from_bytes(buffer[2:4], "big"), 4
-        elif length == 127:
-            if len(buffer) < 10:
-                return False
-            length, at = int.from_bytes(buffer[2:10], "big"), 10
-        mask = b""
-        if second & 0x80:  # (a server must not mask; taken anyway)
-            if len(buffer) < at + 4:
-                return False
-            mask, at = bytes(buffer[at : at + 4]), at + 4
-        if length > MAX_MESSAGE_BYTES:
-            raise _Closed(f"a frame of {length} bytes")
-        if len(buffer) < at + length:
-            return False
-        payload = bytes(buffer[at : at + length])
-        del buffer[: at + length]
-        if mask:
-            key = (mask * (length // 4 + 1))[:length]
-            payload = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
-                length, "little"
-            )
-        final = first & 0x80
-        if opcode in (_TEXT, _CONTINUATION):
-            self._fragments.append(payload)
-            self._fragment_bytes += length
-            if self._fragment_bytes > MAX_MESSAGE_BYTES:
-                raise _Closed(f"a message of over {MAX_MESSAGE_BYTES} bytes")
-            if final:
-                whole = b"".join(self._fragments)
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, AcceptConnection):
+            self._accepted = True
+        elif isinstance(event, RejectConnection | RejectData):
+            status = getattr(event, "status_code", "")
+            raise SinkUnavailable(f"the WebSocket upgrade was refused {status}".rstrip())
+        elif isinstance(event, TextMessage):
+            self._fragments.append(event.data)
+            self._fragment_chars += len(event.data)
+            if self._fragment_chars > MAX_MESSAGE_BYTES:
+                raise _Closed(f"a message of over {MAX_MESSAGE_BYTES} characters")
+            if event.message_finished:
+                self._received.append("".join(self._fragments))
                 self._fragments.clear()
-                self._fragment_bytes = 0
-                try:
-                    self._received.append(whole.decode())
-                except UnicodeDecodeError as exc:
-                    raise _Closed(f"a text message that is not UTF-8: {exc}") from exc
-        elif opcode == _PING:
-            await self._stream.send_all(_frame(_PONG, payload, os.urandom(4)))
-        elif opcode == _CLOSE:
-            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            raise _Closed(f"closed by Godot ({code} {payload[2:].decode(errors='replace')})")
-        elif opcode != _PONG:
-            raise _Closed(f"a frame of opcode {opcode} (only text is spoken here)")
-        return True
+                self._fragment_chars = 0
+        elif isinstance(event, Ping):
+            await self._send(event.response())
+        elif isinstance(event, CloseConnection):
+            raise _Closed(f"closed by Godot ({event.code} {event.reason or ''})".rstrip())
+        elif isinstance(event, Message):  # bytes: not what Godot speaks
+            raise _Closed("a binary message (only text is spoken here)")
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as cleanup:
             cleanup.shield = True
             try:
-                await self._stream.send_all(_frame(_CLOSE, (1000).to_bytes(2, "big"), os.urandom(4)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._send(CloseConnection(code=1000))
+            except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("godot: no close frame sent (%s); closing anyway", exc)
-            await self._stream.aclose()
+            await trio.aclose_forcefully(self._stream)
 
 
 class GodotTransport:
@@ -277,7 +220,13 @@ class GodotTransport:
                 yield deliver
             finally:
                 await ws.aclose()
-        except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+        except (
+            _Closed,
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.TooSlowError,
+        ) as exc:
             raise SinkUnavailable(f"godot at {self.url}: {type(exc).__name__} {exc}") from exc
 
 
