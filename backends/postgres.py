@@ -961,12 +961,14 @@ async def _add_version(conn: Conn, *args: Any) -> Row | None:
     # Writers of one file hold its lock, so the number max+1 is normally free. Without the
     # lock, two writers can pick the same number from their snapshots: the second one
     # then waits for the first to commit, fails on the key, and simply goes again with a
-    # fresh snapshot, as the serialized SQLite writer would have.
+    # fresh snapshot, as the serialized SQLite writer would have. Each failure means that
+    # another writer's version was committed, so n writers at once cost one of them n - 1
+    # tries at most; the bound is only a backstop.
     for attempt in itertools.count(1):
         try:
             return await conn.fetchrow(_ADD_VERSION, *args)
         except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != "horace_versions_pkey" or attempt >= 10:
+            if exc.constraint_name != "horace_versions_pkey" or attempt >= 1000:
                 raise
     raise AssertionError("unreachable")
 
