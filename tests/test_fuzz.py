@@ -825,7 +825,9 @@ def test_deeply_nested_json(world: World, opener: str, closer: str) -> None:
     expected = Expected()
     expected.add(info)
     _exchange(world, [json.dumps(info)], expected, answers)
-    assert json.dumps(answers["info"]["result"]["structuredContent"]["file"]["metadata"]).count("[") == 20
+    # (Only the custom field x: other tests on the shared world may have set others.)
+    kept = answers["info"]["result"]["structuredContent"]["file"]["metadata"]["x"]
+    assert json.dumps(kept).count("[") == 20
 
 
 def test_responses_are_never_answered(world: World) -> None:
