@@ -540,7 +540,10 @@ async def test_a_client_that_takes_nothing_loses_its_connection_not_its_answer(
         await eventually(lambda: bool(session.streams), "the answer to start")
         (number,) = session.streams
         await eventually(lambda: session.streams[number].writer is None, "the connection dropped", 100, 0.5)
-        assert 30 <= trio.current_time() - sent < 40  # (real sockets: the clock may jump a little early)
+        # Not before the send timeout. No upper bound here: with real sockets the fake clock
+        # also jumps while the server waits on its worker threads, by as much as the machine
+        # is busy; the exact timing is tested on a fake connection.
+        assert trio.current_time() - sent >= 30
         # The clock stops jumping: a 25 MB read on a busy machine is no client taking nothing.
         autojump_clock.autojump_threshold = math.inf
         response, events = await resume(client, f"{number}-0")

@@ -458,9 +458,11 @@ async def test_a_client_that_stops_reading_is_dropped(
         with trio.fail_after(120):
             while running.server.sessions:
                 await trio.sleep(0.5)
-        # Real sockets: the clock may jump a little while the buffers are still being
-        # filled; the exact timing is tested on a fake WebSocket above.
-        assert 30 <= trio.current_time() - stopped_reading < 40
+        # Not before the send timeout. No upper bound but fail_after's: with real sockets the
+        # fake clock also jumps while the server waits on its worker threads, by as much as
+        # the machine is busy (46 s once in CI); the exact timing is tested on a fake
+        # WebSocket above.
+        assert trio.current_time() - stopped_reading >= 30
         with pytest.raises(ConnectionClosed):
             while True:  # what the socket buffered, then the end
                 await ws.get_message()
