@@ -289,7 +289,57 @@ def _insert_files(
             now = _ts(inserted[0].created_at)
             _ensure_collection(conn, collection, now)
             _add_members(conn, collection, [f.id for f in inserted], now)
+        _insert_words(conn, [f.id for f in inserted])  # last: see _insert_words
     return inserted
+
+
+# The creation second of a horace_word_keys key, newest first: as in schema/sqlite/003.
+_SECOND_SQL = "(17179869183 - min(max(CAST(strftime('%s', {}) AS INTEGER), 0), 17179869183))"
+_SECOND_SHIFT = 29
+_SECOND_LOW_BITS = (1 << _SECOND_SHIFT) - 1
+
+# A new file's key in horace_word_keys, as schema step 003 numbers them: its creation
+# second, the next sequence number in that second (after the newest key of the second,
+# read from the key's own index), its status. One file an execution: each key follows the
+# one before. None is inserted when the second's sequence numbers have run out.
+_INSERT_WORD_KEY = f"""
+INSERT INTO horace_word_keys (key, file_id)
+SELECT n.next | n.code, n.id
+FROM (
+    SELECT f.id, f.second, f.code, coalesce(
+               (SELECT (k.key & ~3) + 4 FROM horace_word_keys k
+                WHERE k.key BETWEEN (f.second << {_SECOND_SHIFT})
+                                AND ((f.second << {_SECOND_SHIFT}) | {_SECOND_LOW_BITS})
+                ORDER BY k.key DESC LIMIT 1),
+               f.second << {_SECOND_SHIFT}
+           ) AS next
+    FROM (
+        SELECT id, {_SECOND_SQL.format("created_at")} AS second,
+               CASE status WHEN 'active' THEN 0 WHEN 'archived' THEN 1 ELSE 2 END AS code
+        FROM horace_files WHERE id = ?
+    ) f
+) n
+WHERE n.next >> {_SECOND_SHIFT} = n.second
+"""
+_INSERT_WORDS = (
+    "INSERT INTO horace_words (rowid, purpose, path) "
+    "SELECT k.key, substr(f.purpose, 1, 100000), f.file_path "
+    "FROM horace_word_keys k CROSS JOIN horace_files f ON f.id = k.file_id WHERE k.file_id = ?"
+)
+
+
+def _insert_words(conn: sqlite3.Connection, file_ids: Sequence[str]) -> None:
+    """Index the words of files just inserted (schema step 005: no trigger does it).
+
+    Called last in its transaction: once the FTS5 table has been written, every statement
+    that opens a statement journal makes it flush what it holds in memory."""
+    if not file_ids:
+        return
+    ids = [(file_id,) for file_id in file_ids]
+    keys = conn.executemany(_INSERT_WORD_KEY, ids).rowcount
+    if keys != len(ids):
+        raise sqlite3.IntegrityError("horace_word_keys: too many files created in one second")
+    conn.executemany(_INSERT_WORDS, ids)
 
 
 def _add_version(
@@ -403,10 +453,6 @@ def _move_file(conn: sqlite3.Connection, file_id: str, new_path: str, at: dateti
 # search goes through horace_files, whose sorter keeps only (sort value, id) pairs.
 
 _STATUS_CODE = {Status.ACTIVE: 0, Status.ARCHIVED: 1, Status.DELETED: 2}
-# The creation second of a horace_word_keys key, newest first: as in schema/sqlite/003.
-_SECOND_SQL = "(17179869183 - min(max(CAST(strftime('%s', {}) AS INTEGER), 0), 17179869183))"
-_SECOND_SHIFT = 29
-_SECOND_LOW_BITS = (1 << _SECOND_SHIFT) - 1
 _TEXT_MATCHES = "SELECT k.file_id FROM horace_words(?) w CROSS JOIN horace_word_keys k ON k.key = w.rowid"
 
 

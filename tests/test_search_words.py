@@ -193,3 +193,25 @@ async def test_sqlite_step_3_indexes_the_files_already_there(tmp_path: Path) -> 
         # New files after the step get keys after the ones it gave.
         await backend.insert_files([record("a/newer.txt", "quarterly", when=0)])
         assert await found(backend, "quarterly") == {"a/old report.txt", "a/new.txt", "a/newer.txt"}
+
+
+async def test_sqlite_a_second_without_sequence_numbers_left_refuses_its_files(tmp_path: Path) -> None:
+    """A words key is (creation second, sequence number, status): a file of a second whose
+    2^27 sequence numbers are used up is refused whole, and the next second goes on."""
+    db = tmp_path / "catalog.db"
+    async with open_sqlite(db) as backend:
+        await backend.migrate()
+        await backend.insert_files([record("a/first.txt", "alpha")])
+        conn = sqlite3.connect(db)
+        (key,) = conn.execute("SELECT key FROM horace_word_keys").fetchone()
+        last = key | (1 << 29) - 4  # the second's last sequence number
+        conn.execute("INSERT INTO horace_word_keys VALUES (?, 'the last of its second')", (last,))
+        conn.commit()
+        conn.close()
+        with pytest.raises(sqlite3.IntegrityError, match="too many files created in one second"):
+            await backend.insert_files([record("a/second.txt", "beta", when=0.5)])
+        assert await backend.file_by_path("a/second.txt") is None
+        assert await found(backend, "beta") == set()
+        await backend.insert_files([record("a/third.txt", "beta", when=1)])
+        assert await found(backend, "beta") == {"a/third.txt"}
+        assert await found(backend, "alpha") == {"a/first.txt"}
