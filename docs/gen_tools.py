@@ -84,13 +84,13 @@ NOTES = {
     "Metadata given when re-registering a catalogued path is not applied: use "
     "`horace_update_file`.",
     "horace_search_files": "Every filter may also be given inside `query{}`; a filter given both "
-    "ways takes the top-level value. A `limit` above 1000 is refused (-32602), as the CLI "
-    "refuses it. A `cursor` is tied to the filters it was issued for.",
+    "ways takes the top-level value. A `limit` above 1000 is refused (`INVALID_ARGUMENT`), as "
+    "the CLI refuses it. A `cursor` is tied to the filters it was issued for.",
     "horace_get_file_info": "Give `file_id` or `file_path`; `file_id` wins when both are given. "
     "`versions` is null unless `include_versions`.",
     "horace_update_file": "`tags` replaces the tags; `collection` adds the file to that collection "
     "(created if missing); `custom` is merged into the file's `metadata`. Any other field is "
-    "refused (-32602). A `status` change away from `active` moves the working file out of "
+    "refused (`INVALID_ARGUMENT`). A `status` change away from `active` moves the working file out of "
     "files/ and versions exactly what was moved (whatever `check_for_changes` says); back to "
     "`active` writes the current version back.",
     "horace_restore_version": "The file must be `active`. `preserved_version` is the version that "
@@ -205,13 +205,16 @@ def main() -> None:
         "as one `text` item in `content`; `isError` is false. Every result carries the call's "
         "`correlation_id`: the caller's `metadata.correlation_id`, else `_meta.correlation_id` "
         "(or `correlationId`), else a new UUID.",
-        "- An error that belongs to the tool is a result with `isError: true` and "
-        "`structuredContent` `{error_code, message, correlation_id}`.",
+        "- An error that belongs to the tool is a result with `isError: true` whose one `text` "
+        "item is the JSON `{error_code, message, correlation_id}`; it has no `structuredContent` "
+        "(the `outputSchema` describes results, and clients check structured content against it).",
         "- Arguments the tool's `inputSchema` does not admit (an unknown argument at any level, "
         "a missing required one, a wrong JSON type, a value out of bounds or not in an enum) are "
-        "a JSON-RPC error `-32602` with "
-        '`data: {error_code: "INVALID_ARGUMENT", correlation_id}`; an unknown tool is `-32602` '
-        "too. A call past `HORACE_CALL_DEADLINE` is JSON-RPC error `-32001`.",
+        "such a tool error, `INVALID_ARGUMENT`, in a session of MCP 2025-11-25 (which says so: "
+        "a model reads the message and can correct the call); for a client of an earlier "
+        "version they are a JSON-RPC error `-32602` with "
+        '`data: {error_code: "INVALID_ARGUMENT", correlation_id}`. An unknown tool is `-32602` '
+        "in every version. A call past `HORACE_CALL_DEADLINE` is JSON-RPC error `-32001`.",
         "- Every tool may also return `BACKEND_UNAVAILABLE` and `INTERNAL`.",
         "- Annotations: `openWorldHint` is false for every tool (Horace touches only its own storage).",
         "",

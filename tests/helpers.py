@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
@@ -60,3 +62,13 @@ def write(path: Path, content: bytes | str) -> Path:
 
 def sha256(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def tool_body(result: dict[str, Any]) -> dict[str, Any]:
+    """What a tool result carries: its structuredContent, or for a tool error (which has
+    none: the outputSchema describes results) the JSON of its text content."""
+    if result["isError"]:
+        assert "structuredContent" not in result, result
+        return json.loads(result["content"][0]["text"])  # type: ignore[no-any-return]
+    assert json.loads(result["content"][0]["text"]) == result["structuredContent"], result
+    return result["structuredContent"]  # type: ignore[no-any-return]

@@ -13,6 +13,7 @@ from typing import Any
 import h11
 import httpx
 import trio
+from helpers import tool_body
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 BOTH = "application/json, text/event-stream"
@@ -89,10 +90,11 @@ class HttpMcp:
         return response.json()  # type: ignore[no-any-return]
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
-        """The tool's structuredContent; fails the test on a JSON-RPC error."""
+        """The tool's structuredContent, or its error's body; fails the test on a JSON-RPC
+        error."""
         reply = await self.request("tools/call", {"name": tool, "arguments": arguments})
         assert "result" in reply, reply
-        return reply["result"]["structuredContent"]  # type: ignore[no-any-return]
+        return tool_body(reply["result"])
 
     async def events(
         self, message: Any, *, accept: str = EVENTS_FIRST

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from helpers import tool_body
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 
@@ -53,10 +54,11 @@ class McpClient:
         return await reply.receive()  # type: ignore[no-any-return]
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
-        """The tool's structuredContent; fails the test on a JSON-RPC error."""
+        """The tool's structuredContent, or its error's body; fails the test on a JSON-RPC
+        error."""
         reply = await self.request("tools/call", {"name": tool, "arguments": arguments})
         assert "result" in reply, reply
-        return reply["result"]["structuredContent"]  # type: ignore[no-any-return]
+        return tool_body(reply["result"])
 
     async def initialize(self, version: str = "2025-06-18") -> dict[str, Any]:
         reply = await self.request(

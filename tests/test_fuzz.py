@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import jsonschema
 import pytest
-from helpers import fresh_database, write
+from helpers import fresh_database, tool_body, write
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -337,10 +337,9 @@ def _check_answer(item: Any, expected: Expected) -> None:
         return
     result = item["result"]
     assert isinstance(result, dict), item
-    if item["id"] in expected.tool_calls and "structuredContent" in result:
-        structured = result["structuredContent"]
-        assert isinstance(result.get("content"), list) and isinstance(result.get("isError"), bool), item
-        assert json.loads(result["content"][0]["text"]) == structured
+    if item["id"] in expected.tool_calls and isinstance(result.get("content"), list):
+        assert isinstance(result.get("isError"), bool), item
+        structured = tool_body(result)
         names = [name for name in expected.tool_calls[item["id"]] if name in TOOLS]
         if result["isError"]:
             assert structured["error_code"] in ERROR_CODES, item
@@ -876,10 +875,10 @@ def test_hostile_paths_are_refused(world: World) -> None:
             continue
         result = answers[request_id]["result"]
         if tool == "horace_search_files":  # a glob is matched, never resolved: no error needed
-            assert not result["isError"] or result["structuredContent"]["error_code"] == "INVALID_ARGUMENT"
+            assert not result["isError"] or tool_body(result)["error_code"] == "INVALID_ARGUMENT"
             continue
         assert result["isError"], (tool, path, result["structuredContent"])
-        assert result["structuredContent"]["error_code"] in (
+        assert tool_body(result)["error_code"] in (
             "INVALID_PATH",
             "FILE_NOT_FOUND",
             "NOT_CATALOGED",
@@ -900,7 +899,7 @@ def test_overlong_paths(world: World, path: str) -> None:
     expected.add(message)
     answers: dict[Any, Any] = {}
     _exchange(world, [json.dumps(message)], expected, answers)
-    assert answers["long"]["result"]["structuredContent"]["error_code"] in ("INVALID_PATH", "FILE_NOT_FOUND")
+    assert tool_body(answers["long"]["result"])["error_code"] in ("INVALID_PATH", "FILE_NOT_FOUND")
 
 
 def test_oversized_and_odd_frames(world: World) -> None:

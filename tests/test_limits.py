@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.testing
 from conftest import BACKEND, fresh_database
-from helpers import write
+from helpers import tool_body, write
 from limits_load import Measured, measure, populate, scenarios
 from mcp_client import connect
 from test_server import http_get, serving, wait_idle
@@ -285,7 +285,7 @@ async def test_a_failed_call_frees_what_it_raised_at_once(monkeypatch: pytest.Mo
             fake = await start_session(nursery, Settings())
             await fake.send(call(1, "horace_get_file_info", file_id="x"))
             await trio.testing.wait_all_tasks_blocked()
-            assert fake.ws.sent[0]["result"]["structuredContent"]["error_code"] == "NOT_CATALOGED"
+            assert tool_body(fake.ws.sent[0]["result"])["error_code"] == "NOT_CATALOGED"
             assert raised and raised[0]() is None
             nursery.cancel_scope.cancel()
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from helpers import BACKEND, sha256, write
+from helpers import BACKEND, sha256, tool_body, write
 from mcp_client import McpClient, connect
 from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
 
@@ -139,15 +139,39 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
 async def test_wrong_arguments_are_invalid_params(
     client: McpClient, tool: str, arguments: Any, field: str
 ) -> None:
+    """Before MCP 2025-11-25: JSON-RPC -32602."""
+    await client.initialize("2025-06-18")
     reply = await client.request("tools/call", {"name": tool, "arguments": arguments})
     if "error" in reply:
         assert reply["error"]["code"] == -32602
         assert field in reply["error"]["message"]
         assert reply["error"]["data"]["error_code"] == "INVALID_ARGUMENT"
     else:  # semantic refusals that are only known past structuring are tool errors
-        body = reply["result"]["structuredContent"]
+        body = tool_body(reply["result"])
         assert reply["result"]["isError"] and body["error_code"] == "INVALID_ARGUMENT"
         assert field in body["message"]
+
+
+@pytest.mark.parametrize(("version", "as_result"), [("2025-11-25", True), ("2025-06-18", False)])
+async def test_wrong_arguments_are_a_tool_error_from_2025_11_25_on(
+    server: RunningHorace, version: str, as_result: bool
+) -> None:
+    """MCP 2025-11-25 (SEP-1303) makes arguments that fail the inputSchema a tool error, which
+    a model can read and correct; a client of an earlier version keeps JSON-RPC -32602. An
+    unknown tool is -32602 in both."""
+    async with connect(server.url) as client:
+        await client.initialize(version)
+        arguments = {"file_id": "x", "version": "one"}
+        reply = await client.request("tools/call", {"name": "horace_restore_version", "arguments": arguments})
+        if as_result:
+            body = tool_body(reply["result"])
+            assert reply["result"]["isError"] and body["error_code"] == "INVALID_ARGUMENT", reply
+            assert "version" in body["message"] and body["correlation_id"]
+        else:
+            error = reply["error"]
+            assert error["code"] == -32602 and error["data"]["error_code"] == "INVALID_ARGUMENT"
+        unknown = await client.request("tools/call", {"name": "horace_nope", "arguments": {}})
+        assert unknown["error"]["code"] == -32602
 
 
 async def test_tool_errors_are_results_with_code_and_correlation(client: McpClient) -> None:
@@ -161,12 +185,12 @@ async def test_tool_errors_are_results_with_code_and_correlation(client: McpClie
     )
     result = reply["result"]
     assert result["isError"] is True
-    assert result["structuredContent"] == {
+    assert "structuredContent" not in result  # the outputSchema describes results, not errors
+    assert json.loads(result["content"][0]["text"]) == {
         "error_code": "NOT_CATALOGED",
         "message": "no catalogued file with id 'nope'",
         "correlation_id": "corr-42",
     }
-    assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
     path = await client.call("horace_register_file", file_path="../../etc/passwd")
     assert path["error_code"] == "INVALID_PATH"
 

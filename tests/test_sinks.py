@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.lowlevel
 from godot_standin import godot_standin
-from helpers import BACKEND, write
+from helpers import BACKEND, tool_body, write
 from mcp_client import McpClient, connect
 
 from horace.backends.records import Turn
@@ -320,7 +320,7 @@ async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:
             info = await call(client, "horace_get_file_info", "corr-info", file_id=file_id)
             assert not info["result"]["isError"]
             missing = await call(client, "horace_get_file_info", "corr-missing", file_id="nope")
-            assert missing["result"]["structuredContent"]["error_code"] == "NOT_CATALOGED"
+            assert tool_body(missing["result"])["error_code"] == "NOT_CATALOGED"
 
         def logged(correlation_id: str) -> list[dict[str, Any]]:
             return [
@@ -634,7 +634,7 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
             if "error" in reply:
                 error_code, file_ids = str(reply["error"]["code"]), []
             else:
-                body = reply["result"]["structuredContent"]
+                body = tool_body(reply["result"])
                 error_code = body.get("error_code")
                 file_ids = (
                     [body["file_id"]]
@@ -646,6 +646,7 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
             expected[correlation_id] = {"tool": tool, "error_code": error_code, "file_ids": file_ids}
 
         async with connect(horace.url) as client:
+            await client.initialize("2025-06-18")  # arguments refused are JSON-RPC errors then
             conversation_id = next(iter(horace.server.sessions)).conversation_id
             ids: dict[int, str] = {}
 
@@ -891,7 +892,7 @@ async def test_turns_survive_postgresql_stopped_and_started_under_load(tmp_path:
                     n = 0
                     while not stop_load.is_set():
                         reply = await call(client, "horace_search_files", f"w{worker}-{n}", tags=["x"])
-                        body = reply["result"]["structuredContent"]
+                        body = tool_body(reply["result"])
                         outcome = body.get("error_code", "ok")
                         outcomes[outcome] = outcomes.get(outcome, 0) + 1
                         n += 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from helpers import write
+from helpers import tool_body, write
 from mcp_client import connect
 from soundness import assert_sound, temps_left
 
@@ -65,7 +65,7 @@ async def test_mcp_clients_get_storage_full_without_a_traceback(
             "tools/call", {"name": "horace_register_file", "arguments": {"file_path": "user/a.txt"}}
         )
     result = reply["result"]
-    assert result["isError"] and result["structuredContent"]["error_code"] == "STORAGE_FULL"
+    assert result["isError"] and tool_body(result)["error_code"] == "STORAGE_FULL"
     assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
 
 

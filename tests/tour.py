@@ -94,26 +94,32 @@ async def ok(c: Client, tool: str, arguments: dict[str, Any], **kw: Any) -> dict
     return structured
 
 
-async def bad_arguments(c: Client, tool: str, arguments: dict[str, Any]) -> Refused:
-    """Arguments the tool's inputSchema does not admit: JSON-RPC error -32602."""
-    try:
-        await c.call(tool, arguments)
-    except Refused as refused:
-        assert refused.code == INVALID_PARAMS, (refused.code, refused.message)
-        assert refused.data["error_code"] == "INVALID_ARGUMENT"
-        return refused
-    raise AssertionError(f"{tool} took {arguments}")
+async def bad_arguments(c: Client, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Arguments the tool's inputSchema does not admit: with MCP 2025-11-25, which the SDKs
+    negotiate, a tool error INVALID_ARGUMENT (a model reads it and can correct the call);
+    its body."""
+    result = await c.call(tool, arguments)
+    if not result.is_error:
+        raise AssertionError(f"{tool} took {arguments}")
+    return error_body(result, "INVALID_ARGUMENT")
 
 
 async def failed(c: Client, tool: str, arguments: dict[str, Any], code: str) -> dict[str, Any]:
     result = await c.call(tool, arguments)
-    assert result.is_error, (tool, result.structured)
-    structured = result.structured
-    assert structured is not None
-    assert structured["error_code"] == code, structured
-    assert isinstance(structured["message"], str) and structured["message"]
-    assert isinstance(structured["correlation_id"], str) and structured["correlation_id"]
-    return structured
+    assert result.is_error, (tool, result.content)
+    return error_body(result, code)
+
+
+def error_body(result: Called, code: str) -> dict[str, Any]:
+    """A tool error's body, checked: it comes as text content only (no structuredContent,
+    which a client checks against the outputSchema of the tool's results)."""
+    assert result.structured is None, result.structured
+    assert [item["type"] for item in result.content] == ["text"]
+    body: dict[str, Any] = json.loads(result.content[0]["text"])
+    assert body["error_code"] == code, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["correlation_id"], str) and body["correlation_id"]
+    return body
 
 
 async def tool_list(c: Client) -> None:
@@ -261,7 +267,7 @@ async def every_tool(c: Client, files: Path) -> None:
     refused = await bad_arguments(
         c, "horace_update_file", {"file_id": report_id, "metadata": {"checksum": "x"}}
     )
-    assert "checksum" in refused.message  # only the fields listed may change
+    assert "checksum" in refused["message"]  # only the fields listed may change
 
     # get_file_info with versions, newest first
     info = await ok(c, "horace_get_file_info", {"file_id": report_id, "include_versions": True})
@@ -437,14 +443,12 @@ async def tool_errors(c: Client) -> None:
     result = await c.call(
         "horace_get_file_info", {"file_id": UNKNOWN_ID}, meta={"correlation_id": "cid-from-meta"}
     )
-    assert result.is_error and result.structured == {
-        "error_code": "NOT_CATALOGED",
-        "message": result.structured["message"],  # type: ignore[index]
-        "correlation_id": "cid-from-meta",
-    }
-    # Malformed arguments are a JSON-RPC error, which the SDKs raise.
+    assert result.is_error
+    assert error_body(result, "NOT_CATALOGED")["correlation_id"] == "cid-from-meta"
+    # Malformed arguments are a tool error too (MCP 2025-11-25); an unknown tool is a
+    # JSON-RPC error, which the SDKs raise.
     wrong = await bad_arguments(c, "horace_get_file_info", {"file_id": 42})
-    assert "file_id" in wrong.message
+    assert "file_id" in wrong["message"]
     try:
         await c.call("horace_no_such_tool", {})
     except Refused as unknown:

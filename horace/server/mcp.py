@@ -55,12 +55,13 @@ from horace.server.jsonrpc import (
 )
 from horace.server.observer import CallWatch, NoObserver, Observer
 from horace.server.resources import Resources
-from horace.server.runner import ProgressPump, reply_too_large, run_tool
+from horace.server.runner import ProgressPump, error_body, reply_too_large, run_tool, tool_error
 from horace.server.tools import TOOLS, CallContext
 
 log = logging.getLogger("horace.server")
 
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
+ARGUMENT_ERRORS_AS_RESULTS = "2025-11-25"  # the version that made them tool errors
 # A progress token is echoed in every progress notification (up to 10 a second for the
 # life of a call): a long one would turn one request into a stream of copies of it.
 MAX_PROGRESS_TOKEN_CHARS = 1024
@@ -440,20 +441,24 @@ class McpSession:
             try:
                 args = tool.structure(arguments)
             except HoraceError as exc:
-                raise RpcError(
-                    INVALID_PARAMS,
-                    exc.message,
-                    {"error_code": exc.code.value, "correlation_id": correlation_id},
-                ) from None
-            reply = await self._run(request_id, tool, args, correlation_id, token, send)
+                if not self._argument_errors_are_results():
+                    raise RpcError(
+                        INVALID_PARAMS,
+                        exc.message,
+                        {"error_code": exc.code.value, "correlation_id": correlation_id},
+                    ) from None
+                reply: dict[str, Any] | None = tool_error(exc.code, exc.message, correlation_id)
+            else:
+                reply = await self._run(request_id, tool, args, correlation_id, token, send)
             if reply is None:
                 return None  # cancelled by the client: MCP says no response follows
             answered = True
-            error_code = reply["structuredContent"]["error_code"] if reply.get("isError") else None
+            error = error_body(reply)
+            error_code = error["error_code"] if error is not None else None
             result = jsonrpc.result_json(reply)  # encoded once: for the reply and the log
             watch.answered(reply, error_code, result)
-            if error_code is not None:
-                await self._log_to_client(send, "error" if error_code == "INTERNAL" else "warning", reply)
+            if error is not None:
+                await self._log_to_client(send, "error" if error_code == "INTERNAL" else "warning", error)
             limit = self.settings.max_reply_bytes
             text = jsonrpc.reply_text(request_id, result)
             del result
@@ -470,6 +475,12 @@ class McpSession:
             raise
         finally:
             watch.finish(self.next_turn() if answered else 0)
+
+    def _argument_errors_are_results(self) -> bool:
+        """Whether arguments the tool's inputSchema refuses are a tool error (isError, which
+        a model reads and can correct) rather than JSON-RPC error -32602: so from MCP
+        2025-11-25 on (SEP-1303); a client of an earlier version gets -32602."""
+        return self.protocol_version is None or self.protocol_version >= ARGUMENT_ERRORS_AS_RESULTS
 
     async def _run(
         self, request_id: Any, tool: Any, args: Any, correlation_id: str, token: Any, send: Send
@@ -514,10 +525,9 @@ class McpSession:
             )
         return reply
 
-    async def _log_to_client(self, send: Send, level: str, reply: dict[str, Any]) -> None:
+    async def _log_to_client(self, send: Send, level: str, body: dict[str, Any]) -> None:
         """A failed call as a log message too, for clients that asked (logging/setLevel)."""
         if self.wants_log(level):
-            body = reply["structuredContent"]
             await send(
                 jsonrpc.notification_text(
                     "notifications/message", {"level": level, "logger": "horace", "data": body}

@@ -27,18 +27,25 @@ log = logging.getLogger("horace.server")
 Send = Callable[[str], Awaitable[None]]
 
 
-def tool_result(structured: dict[str, Any], *, is_error: bool = False) -> dict[str, Any]:
+def tool_result(structured: dict[str, Any]) -> dict[str, Any]:
     return {
         "content": [{"type": "text", "text": json.dumps(structured)}],
         "structuredContent": structured,
-        "isError": is_error,
+        "isError": False,
     }
 
 
 def tool_error(code: ErrorCode, message: str, correlation_id: str) -> dict[str, Any]:
-    return tool_result(
-        {"error_code": code.value, "message": message, "correlation_id": correlation_id}, is_error=True
-    )
+    """A tool error: its body ``{error_code, message, correlation_id}`` as text content only.
+    A tool's outputSchema describes its results, and clients that check structuredContent
+    against it (the TypeScript SDK, the Inspector) do so for errors too."""
+    body = {"error_code": code.value, "message": message, "correlation_id": correlation_id}
+    return {"content": [{"type": "text", "text": json.dumps(body)}], "isError": True}
+
+
+def error_body(reply: dict[str, Any]) -> dict[str, Any] | None:
+    """The body of a tool error made by :func:`tool_error`; None for a result."""
+    return json.loads(reply["content"][0]["text"]) if reply.get("isError") else None
 
 
 def reply_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
