@@ -29,7 +29,7 @@ import pytest
 import sdk2
 import tour
 import trio
-from helpers import sha256, write
+from helpers import sha256, tool_body, write
 from mcp_client import connect
 from soundness import assert_sound, check_file_versions
 from test_sinks import stored_turns
@@ -318,13 +318,45 @@ async def test_sigterm_ends_the_session(env: dict[str, str]) -> None:
     assert "stdio session closed: signal SIGTERM" in [r["message"] for r in client.log_records()]
 
 
+def test_messages_piped_in_before_stdin_ends_are_answered(storage: Path, env: dict[str, str]) -> None:
+    """`printf '...' | horace mcp`: stdin ends right after the messages, and each request
+    is still answered (a tool call included) before the process exits 0."""
+    write(storage / "files/user/piped.txt", "piped in")
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "horace_register_file", "arguments": {"file_path": "user/piped.txt"}},
+        },
+    ]
+    done = subprocess.run(
+        MCP_COMMAND,
+        input="".join(json.dumps(m) + "\n" for m in messages) + "{garbage\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    replies = {r["id"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert set(replies) == {1, 2, 3, None}, done.stdout
+    assert replies[None]["error"]["code"] == -32700
+    assert len(replies[2]["result"]["tools"]) == len(tour.TOOL_NAMES)
+    registered = tool_body(replies[3]["result"])
+    assert registered["file"]["checksum"] == sha256("piped in"), registered
+
+
 async def test_stdin_closed_mid_restore_leaves_nothing_half_written(
     storage: Path, env: dict[str, str], settings: Settings
 ) -> None:
-    """The client goes away while a restore runs: the call is cancelled, the process
-    exits 0, and the file is whole: the unsaved content, or version 1 with the unsaved
-    content kept as a version first."""
+    """The client goes away while a restore runs, with no grace for running calls: the
+    call is cancelled, the process exits 0, and the file is whole: the unsaved content, or
+    version 1 with the unsaved content kept as a version first."""
     settings = attrs.evolve(settings, storage_path=storage)
+    env = {**env, "HORACE_SHUTDOWN_GRACE": "0"}
     path = write(storage / "files/user/big.bin", os.urandom(32 << 20))
     async with open_catalog(settings, create=True) as catalog:
         file = (await catalog.register("user/big.bin")).file

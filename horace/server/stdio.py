@@ -6,10 +6,13 @@ replies and progress go out under a lock, each as one line (``json.dumps`` never
 a newline). The session ends when
 
 - stdin ends: the client closed it, which is how a client stops a stdio server. The
-  calls still running are cancelled (nobody is left to answer; each leaves the whole
-  version or nothing) and the process exits 0;
-- stdout is closed by the client, or not read for ``send_timeout``;
-- SIGTERM or SIGINT comes (a second SIGINT stops at once).
+  messages read before the end are answered: the calls still running get
+  ``shutdown_grace`` to finish (so ``echo '{...}' | horace mcp`` gets its reply), then
+  what is left is cancelled (each leaves the whole version or nothing), and the process
+  exits 0;
+- SIGTERM or SIGINT comes: the same (a second SIGINT stops at once);
+- stdout is closed by the client, or not read for ``send_timeout``: nobody is left to
+  answer, and the calls are cancelled at once.
 
 A line longer than ``max_message_bytes`` gets one JSON-RPC error, and the rest of it is
 read and dropped up to its newline: an endless line is never held. Nothing but
@@ -134,6 +137,7 @@ class StdioSession:
         self._send_lock = trio.Lock()
         self._reading = trio.CancelScope()
         self.gone = False  # stdout can take nothing more
+        self._calls: trio.CancelScope | None = None  # once reading has ended
         self.ended_by: str | None = None
 
     @property
@@ -165,16 +169,23 @@ class StdioSession:
                         admitted = self.session.admit(len(line))  # counted as it is read
                         calls.start_soon(self.session.answer, text, admitted, self.send)
                         del text, line
-            # Ended: stdin closed, stdout gone, or a signal. Nobody is left to answer.
-            self.session.cancel_all()
-            calls.cancel_scope.cancel()
+            # Ended: stdin closed or a signal (what was read is answered, within the
+            # grace), or stdout gone (nobody is left to answer).
+            self._calls = calls.cancel_scope
+            if self.gone:
+                calls.cancel_scope.cancel()
+            else:
+                calls.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
         log.info("stdio session closed: %s", self.ended_by, extra={"conversation_id": self.conversation_id})
 
     def end(self, reason: str) -> None:
-        """Stop reading; the calls still running are cancelled (see :meth:`run`)."""
+        """Stop reading; the calls still running get their grace (see :meth:`run`), or
+        none once stdout is gone."""
         if self.ended_by is None:
             self.ended_by = reason
         self._reading.cancel()
+        if self.gone and self._calls is not None:
+            self._calls.cancel()
 
     def _too_long(self, line: TooLong) -> str:
         limit = self.settings.max_message_bytes
