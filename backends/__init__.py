@@ -6,14 +6,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from .protocol import Backend, BackendUnavailable, CatalogMissing, DatabaseFull, Units
+from .protocol import (
+    Backend,
+    BackendUnavailable,
+    CatalogMissing,
+    CatalogUnwritable,
+    DatabaseFull,
+    Units,
+    UnusableURL,
+)
 
 __all__ = [
     "Backend",
     "BackendUnavailable",
     "CatalogMissing",
+    "CatalogUnwritable",
     "DatabaseFull",
     "Units",
+    "UnusableURL",
     "open_backend",
     "url_problem",
 ]
@@ -27,8 +37,15 @@ def url_problem(url: str) -> str | None:
         scheme = url.partition("://")[0] if "://" in url else None
         named = f"the scheme {scheme!r} is not supported" if scheme else "it is not a URL"
         return f"{named}: use sqlite:///absolute/path.db or postgresql://user@host/database"
-    if url.startswith("sqlite://") and not url.removeprefix("sqlite://"):
-        return "sqlite:// needs a path, e.g. sqlite:///var/lib/horace/catalog.db"
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        if not path:
+            return "sqlite:// needs a path, e.g. sqlite:///var/lib/horace/catalog.db"
+        if not path.startswith("/"):  # it would name a different file in every folder
+            return (
+                f"sqlite:// needs an absolute path, as in sqlite:///var/lib/horace/catalog.db "
+                f"(three slashes): {url}"
+            )
     return None
 
 
@@ -42,7 +59,7 @@ async def open_backend(url: str, *, migrate: bool = True, create: bool = True) -
     """
     problem = url_problem(url)
     if problem is not None:
-        raise ValueError(f"unusable database URL: {problem}")
+        raise UnusableURL(f"unusable database URL: {problem}")
     backend: Backend
     if url.startswith("sqlite://"):
         from .sqlite import open_sqlite

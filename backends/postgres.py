@@ -36,7 +36,7 @@ import trio
 import trio_asyncio
 
 from . import migrations, words
-from .protocol import BackendUnavailable, DatabaseFull, Units
+from .protocol import BackendUnavailable, DatabaseFull, Units, UnusableURL
 from .records import (
     CatalogIdentity,
     Collection,
@@ -1570,8 +1570,9 @@ async def open_postgres(
                     raise BackendUnavailable(
                         f"PostgreSQL at {hop.where} refused the connection: {exc}"
                     ) from None
-                except asyncpg.exceptions.ClientConfigurationError as exc:
-                    raise ValueError(f"bad PostgreSQL URL {hop.where}: {exc}") from None
+                except (asyncpg.exceptions.ClientConfigurationError, ValueError) as exc:
+                    # (asyncpg parses the URL here: a port that is not a number is a ValueError)
+                    raise UnusableURL(f"bad PostgreSQL URL {hop.where}: {exc}") from None
                 backend = PostgresBackend(url, pool, hop, ping_timeout)
                 try:
                     yield backend

@@ -41,6 +41,15 @@ class DatabaseFull(Exception):
     """The database's disk is full: nothing more can be written until there is room."""
 
 
+class UnusableURL(ValueError):
+    """A database URL that names no catalog Horace can open (scheme, path, port, options)."""
+
+
+class CatalogUnwritable(Exception):
+    """The catalog database file cannot be opened or written: a read-only filesystem, or
+    a folder or file this user may not write."""
+
+
 class Units(Protocol):
     """The units of work. ``Backend`` offers them, and so does a held file lock."""
 

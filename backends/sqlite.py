@@ -22,7 +22,7 @@ import trio
 from attrs import frozen
 
 from . import migrations, words
-from .protocol import CatalogMissing, DatabaseFull, Units
+from .protocol import CatalogMissing, CatalogUnwritable, DatabaseFull, Units
 from .records import (
     CatalogIdentity,
     Collection,
@@ -140,7 +140,16 @@ def _collection(row: sqlite3.Row) -> Collection:
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")  # the first statement that opens the file
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "unable to open" in str(exc) or "readonly" in str(exc):
+            raise CatalogUnwritable(
+                f"the catalog {path} cannot be opened for writing ({exc}): "
+                "is the storage read-only, or not this user's to write?"
+            ) from None
+        raise
     conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe in WAL
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")

@@ -744,12 +744,22 @@ class Catalog:
             else:
                 suspects.append(entry)
         tally.advance(tally.unchanged)
+        not_inserted: list[str] = []
         for batch in _slices(new, SCAN_COMMIT_GROUP):
             outcome = await self.register_new(batch, correlation_id)
             tally.registered += len(outcome.registered)
-            tally.duplicates += len(outcome.skipped)
+            not_inserted += outcome.skipped
             tally.errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
             tally.advance(len(batch))
+        if not_inserted:
+            # Another writer (a second instance's scan, say) may have catalogued some of
+            # them meanwhile: those are unchanged, not duplicate content.
+            catalogued = {e.file_path for e in await self.backend.working_index()}
+            for rel in not_inserted:
+                if rel in catalogued:
+                    tally.unchanged += 1
+                else:
+                    tally.duplicates += 1
         for entries in _slices(suspects, SCAN_COMMIT_GROUP):
             await self._look_again(entries, correlation_id, tally)
             tally.advance(len(entries))

@@ -27,7 +27,7 @@ import attrs
 import click
 import trio
 
-from horace.backends import CatalogMissing, DatabaseFull
+from horace.backends import CatalogMissing, CatalogUnwritable, DatabaseFull, UnusableURL
 from horace.backends.migrations import SchemaTooNew
 from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import (
@@ -43,7 +43,7 @@ from horace.backends.records import (
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
-from horace.model import ErrorCode, HoraceError, NewFile
+from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
 from horace.storage import StorageUnusable
 
 T = TypeVar("T")
@@ -610,26 +610,7 @@ def _run_service(ctx: click.Context, log_level: str, service: Any, **overrides: 
     logs.configure(log_level)
     settings = _settings(ctx, **overrides)
     with _progress(ctx, "reconcile") if settings.watch else _no_progress() as progress:
-        try:
-            trio.run(partial(service, settings, progress=progress))
-        except BaseException as exc:
-            inner = _unwrap(exc)
-            if isinstance(inner, OSError) and inner.errno in (
-                errno.EADDRINUSE,
-                errno.EADDRNOTAVAIL,
-                errno.EACCES,
-            ):
-                raise Failure(
-                    Exit.ADDRESS,
-                    "ADDRESS_IN_USE" if inner.errno == errno.EADDRINUSE else "ADDRESS",
-                    f"cannot listen on {settings.host}:{settings.port}: {inner.strerror}"
-                    + (
-                        " (another server is there: choose another --port)"
-                        if inner.errno == errno.EADDRINUSE
-                        else ""
-                    ),
-                ) from None
-            raise
+        trio.run(partial(service, settings, progress=progress))
 
 
 @contextmanager
@@ -658,6 +639,8 @@ def _failure(exc: BaseException) -> Failure | None:
     if isinstance(exc, HoraceError):
         kind = Exit.STORAGE if exc.code is ErrorCode.STORAGE_FULL else Exit.REFUSED
         return Failure(kind, exc.code.value, exc.message)
+    if isinstance(exc, CannotListen):
+        return Failure(Exit.ADDRESS, "ADDRESS_IN_USE" if exc.in_use else "ADDRESS", str(exc))
     if isinstance(exc, StoreRefused):
         return Failure(Exit.STORE, "STORE_REFUSED", str(exc))
     if isinstance(exc, CatalogMissing):
@@ -670,13 +653,20 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(Exit.BACKEND, "BACKEND_UNAVAILABLE", str(exc))
     if isinstance(exc, DatabaseFull):
         return Failure(Exit.STORAGE, ErrorCode.STORAGE_FULL.value, str(exc))
-    if isinstance(exc, ValueError) and "database URL" in str(exc):
+    if isinstance(exc, UnusableURL):
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
-        where = f" ({exc.filename})" if exc.filename else ""
-        return Failure(Exit.STORAGE, "STORAGE_ERROR", f"{exc.strerror}{where}")
-    if isinstance(exc, PermissionError):
-        return Failure(Exit.CONFIG, "CONFIG", f"permission denied: {exc.filename or exc}")
+    if isinstance(exc, CatalogUnwritable):
+        return Failure(Exit.STORAGE, "STORAGE_ERROR", str(exc))
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.EACCES,
+        errno.EPERM,
+    ):
+        where = f": {exc.filename}" if exc.filename else ""
+        return Failure(Exit.STORAGE, "STORAGE_ERROR", f"{exc.strerror or exc}{where}")
     return None
 
 

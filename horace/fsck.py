@@ -155,7 +155,13 @@ async def leftovers(catalog: Catalog) -> FsckReport:
 
 
 def log_findings(report: FsckReport, when: str) -> None:
+    """One warning per finding about a file; findings about no file (the temps a crash
+    left, say: thousands after a killed scan) one per kind, with their count and a subject."""
+    alike: dict[tuple[str, str, bool], list[Finding]] = {}
     for finding in report.findings:
+        if finding.file_id is None and finding.file_path is None:
+            alike.setdefault((finding.kind, finding.detail, finding.repaired), []).append(finding)
+            continue
         log.warning(
             "fsck %s: %s: %s%s",
             when,
@@ -163,6 +169,17 @@ def log_findings(report: FsckReport, when: str) -> None:
             finding.detail,
             " (repaired)" if finding.repaired else "",
             extra={"file_id": finding.file_id, "file_path": finding.file_path},
+        )
+    for (kind, detail, repaired), group in alike.items():
+        subjects = [f.subject for f in group if f.subject]
+        log.warning(
+            "fsck %s: %s%s: %s%s%s",
+            when,
+            kind,
+            f" x{len(group)}" if len(group) > 1 else "",
+            detail,
+            " (repaired)" if repaired else "",
+            f" ({'e.g. ' if len(group) > 1 else ''}{subjects[0]})" if subjects else "",
         )
 
 

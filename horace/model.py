@@ -1,4 +1,4 @@
-"""The values of the catalog's edges, and the one error type with its codes.
+"""The values of the catalog's edges, and the errors with their codes.
 
 Everything here is frozen. The rows a catalog stores and the queries it answers are the
 backends' vocabulary and live with their protocol (``horace.backends.records``); what is
@@ -8,6 +8,7 @@ log sinks of a call.
 """
 
 import enum
+import errno
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +42,16 @@ class HoraceError(Exception):
 
     def __repr__(self) -> str:
         return f"HoraceError({self.code.value}, {self.message!r})"
+
+
+class CannotListen(Exception):
+    """The server cannot listen where it was told: the port is taken, the address is not
+    this host's, or the host name does not resolve."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        self.in_use = cause.errno == errno.EADDRINUSE
+        hint = " (another server is there: choose another --port)" if self.in_use else ""
+        super().__init__(f"cannot listen on {host}:{port}: {cause.strerror or cause}{hint}")
 
 
 @frozen

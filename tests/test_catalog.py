@@ -515,6 +515,26 @@ async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> Non
     assert excinfo.value.code is ErrorCode.FILE_NOT_FOUND
 
 
+async def test_files_another_instance_catalogued_mid_scan_count_as_unchanged(
+    catalog: Catalog, settings: Settings, files: Path
+) -> None:
+    """Two instances scan one tree: the files the other one inserted first are reported
+    as unchanged (catalogued, same content), not as duplicate content."""
+    for i in range(20):
+        write(files / f"shared/both/{i}.txt", f"both {i}")
+    async with open_catalog(settings, check=False) as other:
+        first = catalog.register_new
+
+        async def other_goes_first(batch: Any, correlation_id: str | None = None) -> Any:
+            assert (await other.scan()).registered == 20  # between our walk and our insert
+            return await first(batch, correlation_id)
+
+        catalog.register_new = other_goes_first  # type: ignore[method-assign]
+        report = await catalog.scan()
+    assert (report.registered, report.unchanged, report.duplicates) == (0, 20, 0), report
+    assert (await fsck(catalog, deep=True)).clean
+
+
 async def test_scan_skips_editor_and_writer_temp_files(catalog: Catalog, files: Path) -> None:
     for name in ("draft.tmp", "notes.txt~", ".#notes.txt", ".notes.txt.swp", ".horace-tmp-x-1-abc"):
         write(files / "user" / name, f"temp {name}")

@@ -71,10 +71,18 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         ("mysql://x", ("CONFIG", "'mysql' is not supported")),
         ("garbage", ("CONFIG", "not a URL")),
         ("sqlite://", ("CONFIG", "needs a path")),
+        ("sqlite://relative.db", ("CONFIG", "absolute path")),  # a different file in each folder
     ]:
         one_line_error(horace("search", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
         one_line_error(horace("serve", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
         one_line_error(horace("mcp", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
+    for url, word in [  # found out as the database is opened (asyncpg parses the URL)
+        ("postgresql://u:pw@127.0.0.1:notaport/db", "notaport"),
+        ("postgresql://u@127.0.0.1:1/db?sslmode=bogus", "sslmode"),
+    ]:
+        for command in ("init", "serve"):
+            done = horace(command, env={**root, "HORACE_DATABASE_URL": url})
+            one_line_error(done, Exit.CONFIG, "CONFIG", "bad PostgreSQL URL", word)
     one_line_error(
         horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
     )
@@ -162,6 +170,11 @@ def test_serve_on_a_port_in_use_is_one_line(store: tuple[Path, dict[str, str]]) 
     assert done.returncode == Exit.ADDRESS, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "ADDRESS_IN_USE" in errors[0] and "Traceback" not in done.stderr
+    # A host name that does not resolve is an address error too, not an internal one.
+    done = horace("serve", "--host", "nonexistent.invalid", "--port", "0", env=env)
+    assert done.returncode == Exit.ADDRESS, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "cannot listen on nonexistent.invalid" in errors[0], done.stderr
 
 
 def test_migrate_makes_the_schema_ahead_of_any_store(tmp_path: Path, database_url: str) -> None:

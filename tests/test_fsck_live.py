@@ -10,12 +10,14 @@ copy written back.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import sys
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
 from helpers import write
 from mcp_client import connect
@@ -23,6 +25,7 @@ from soundness import assert_sound
 
 from horace.assemble import open_catalog
 from horace.config import Settings
+from horace.fsck import Finding, FsckReport, log_findings
 from horace.testing import run_horace
 
 FILES = 12
@@ -104,3 +107,18 @@ async def test_fsck_beside_a_busy_server_finds_nothing(settings: Settings, files
         await catalog.collect_orphans()  # what pruning left, past a grace period of 0 now
         await assert_sound(catalog)
     print(f"beside fsck: {done}")
+
+
+def test_findings_about_no_file_are_logged_once_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    """Thousands of temps a killed scan left make one warning with their count, not one
+    each; a finding about a file keeps a line of its own."""
+    gone = "left by a process that is gone; removed"
+    temps = [Finding("temp_leftover", gone, True, subject=f".horace-tmp-stage.h.1.{i}") for i in range(2048)]
+    damaged = Finding("object_corrupt", "checksum mismatch", False, file_id="f1", file_path="user/a.txt")
+    with caplog.at_level(logging.WARNING, logger="horace"):
+        log_findings(FsckReport((*temps, damaged), files=1, versions=1, objects=1), "at start")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "fsck at start: object_corrupt: checksum mismatch",
+        f"fsck at start: temp_leftover x2048: {gone} (repaired) (e.g. .horace-tmp-stage.h.1.0)",
+    ], lines

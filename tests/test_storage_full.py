@@ -23,6 +23,7 @@ from soundness import assert_sound, temps_left
 import horace.storage
 from horace.assemble import open_catalog
 from horace.catalog import Catalog
+from horace.cli import Exit
 from horace.config import Settings
 from horace.model import ErrorCode, HoraceError
 from horace.testing import run_horace
@@ -97,3 +98,21 @@ async def test_a_real_full_filesystem(small_tmpfs: Path) -> None:
         assert temps_left(catalog) == []
         (files / "user/big.bin").unlink()
         await assert_sound(catalog)
+
+
+def test_a_read_only_storage_is_a_storage_error_in_one_line(small_tmpfs: Path) -> None:
+    """A store whose filesystem went read-only: every command says so in one line, exit 8
+    (the SQLite catalog beside the files cannot be opened for writing), not an internal
+    error; the files are untouched."""
+    from test_cli import horace, one_line_error
+
+    root = small_tmpfs / "store"
+    env = {"HORACE_STORAGE_PATH": str(root)}
+    assert horace("init", env=env).returncode == 0
+    write(root / "files/user/a.txt", "kept")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], capture_output=True)
+    assert remount.returncode == 0, remount.stderr
+    for command in (["search"], ["info", "user/a.txt"], ["scan"], ["mcp"]):
+        one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_ERROR", "read-only")
+    assert (root / "files/user/a.txt").read_text() == "kept"

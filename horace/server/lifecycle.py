@@ -28,6 +28,7 @@ import horace
 from horace.backends.protocol import BackendUnavailable
 from horace.catalog import Catalog
 from horace.config import Settings
+from horace.model import CannotListen
 from horace.redact import redact_url
 from horace.server.front import ClientStream, Front
 from horace.server.httpsession import HttpSession
@@ -57,7 +58,10 @@ class HoraceServer:
         self.stopped = False
 
     async def run(self, *, task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+        try:
+            listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+        except OSError as exc:  # a name that does not resolve (socket.gaierror) too
+            raise CannotListen(self.settings.host, self.settings.port, exc) from exc
         self.port = listeners[0].socket.getsockname()[1]
         log.info(
             "listening on %s:%s",
