@@ -30,9 +30,11 @@ reported or repaired, and a temp file whose writer still runs is never touched.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import time
 import uuid
 from collections import defaultdict
@@ -193,12 +195,16 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
     storage = catalog.storage
     found: list[Finding] = []
     now = time.time()
-    for path, name, mtime in await in_thread(_temps_with_mtimes, storage):
-        age = now - mtime
+    for path, name, st in await in_thread(_temps_with_stats, storage):
+        age = now - st.st_mtime
         alive = name.owner_alive() if name is not None else None
         if alive or (alive is None and age < STALE_TEMP_SECONDS):
             continue  # a live writer's, or perhaps one on another host
-        if (
+        if not stat.S_ISREG(st.st_mode):
+            # Horace's temps are regular files: a folder, symlink or FIFO here is a user's
+            # (a restore displaced it, or someone put it there). Never read, never removed.
+            found.append(await _put_back(catalog, path, name, "something that is not a regular file"))
+        elif (
             name is not None
             and name.kind is TempKind.STAGE
             and await _put_back_object(catalog, path, referenced)
@@ -232,15 +238,19 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
 
 
 def _sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
+    # Never through a symlink, never blocking on a FIFO: _temps sent regular files only.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _temps_with_mtimes(storage: Storage) -> list[tuple[Path, TempName | None, float]]:
+def _temps_with_stats(storage: Storage) -> list[tuple[Path, TempName | None, os.stat_result]]:
     found = []
     for path, name in storage.walk_temps():
         try:
-            found.append((path, name, path.stat().st_mtime))
+            found.append((path, name, path.lstat()))
         except FileNotFoundError:
             continue  # its writer removed it meanwhile
     return found
@@ -292,14 +302,26 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
             file_id,
             subject=str(path),
         )
+    return await _put_back(catalog, path, name, "a working file caught outside files/ by a crash", file)
+
+
+async def _put_back(
+    catalog: Catalog, path: Path, name: TempName | None, what: str, file: FileRecord | None = None
+) -> Finding:
+    """Return *path* from ``.horace/tmp`` to files/: at its file's path when it is known,
+    else under ``user/recovered/``."""
+    if file is None and name is not None and name.kind is TempKind.HELD:
+        try:
+            file = await catalog.backend.file_by_id(str(uuid.UUID(name.extra)))
+        except ValueError:
+            file = None
     where = file.file_path if file is not None else f"user/recovered/{path.name[-12:]}"
-    placed = await in_thread(storage.put_back, path, where)
+    placed = await in_thread(catalog.storage.put_back, path, where)
     return Finding(
         "working_recovered",
-        f"a working file caught outside files/ by a crash was put back as {placed}"
-        + (" (its name was taken)" if placed != where else ""),
+        f"{what} was put back as {placed}" + (" (its name was taken)" if placed != where else ""),
         placed is not None,
-        file_id or None,
+        file.id if file is not None else None,
         placed,
         str(path),
     )

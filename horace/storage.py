@@ -727,6 +727,7 @@ class Storage:
         over it, or rewrote it, after the caller looked) is returned, held in
         ``.horace/tmp``, for the caller to version and then :meth:`release_held`.
         """
+        self._refuse_non_regular(rel)  # before the copy: nothing changes for a folder
         held = self._prepare(checksum, file_id, check_cancelled)
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
@@ -757,13 +758,18 @@ class Storage:
         if self._renameat2:
             try:
                 _renameat2(tmp_fd, held, dfd, name, _RENAME_EXCHANGE)
-                return True
             except FileNotFoundError:  # removed since the first try: try again
                 return self._swap_in(tmp_fd, held, dfd, name, expected)
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
                     raise
                 self._renameat2 = False  # e.g. NFS: fall back below
+            else:
+                if stat.S_ISREG(os.stat(held, dir_fd=tmp_fd, follow_symlinks=False).st_mode):
+                    return True
+                # A folder, symlink or FIFO took the path after the check: given back.
+                _renameat2(tmp_fd, held, dfd, name, _RENAME_EXCHANGE)
+                raise HoraceError(ErrorCode.INVALID_PATH, f"{name!r} is not a regular file")
         # Without an atomic exchange the check and the rename are two steps; the window
         # between them is a few microseconds instead of none.
         try:
@@ -774,6 +780,16 @@ class Storage:
             raise HoraceError(ErrorCode.FILE_LOCKED, f"{name!r} changed while it was being replaced")
         os.rename(held, name, src_dir_fd=tmp_fd, dst_dir_fd=dfd)
         return False
+
+    def _refuse_non_regular(self, rel: str) -> None:
+        """INVALID_PATH when something other than a regular file is at *rel*."""
+        try:
+            with self._parent_fd(rel) as (dfd, name):
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file")
 
     @_storage_full
     def take_working(self, rel: str, file_id: str) -> Path | None:

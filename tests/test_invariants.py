@@ -223,6 +223,63 @@ async def test_a_working_file_caught_outside_files_by_a_crash_goes_back(
         assert path.read_text() == "written since"
 
 
+@pytest.mark.parametrize("kind", ["folder", "symlink to a FIFO", "FIFO"])
+async def test_what_is_not_a_regular_file_in_tmp_goes_back_unread(
+    catalog: Catalog, files: Path, kind: str
+) -> None:
+    """Horace's temps are regular files: a folder, symlink or FIFO left in .horace/tmp (a
+    user's, displaced) is put back into files/ whole, never read (a FIFO would block) and
+    never removed; the store still opens."""
+    file = (await catalog.register(str(write(files / "user/z", "v1").relative_to(files)))).file
+    held = catalog.storage.tmp / storage_temp_name("held", _dead_pid(), file.id.replace("-", ""))
+    fifo = catalog.storage.root / "fifo"
+    if kind == "folder":
+        write(held / "precious.txt", "the user's")
+    elif kind == "FIFO":
+        os.mkfifo(held)
+    else:
+        os.mkfifo(fifo)
+        held.symlink_to(fifo)
+    with trio.fail_after(30):
+        report = await fsck(catalog)
+    recovered = [f for f in report.findings if f.kind == "working_recovered"]
+    assert recovered and recovered[0].repaired, report.findings
+    back = files / (recovered[0].file_path or "")
+    assert back.parent == files / "user" and back != files / "user/z"  # user/z is taken
+    if kind == "folder":
+        assert (back / "precious.txt").read_text() == "the user's"
+    else:
+        assert back.is_fifo() if kind == "FIFO" else os.readlink(back) == str(fifo)
+    assert not held.exists() and not held.is_symlink()
+    assert (files / "user/z").read_text() == "v1"
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink", "FIFO"])
+async def test_restore_over_something_not_a_regular_file_changes_nothing(
+    catalog: Catalog, files: Path, kind: str
+) -> None:
+    path = write(files / "user/z", "v1")
+    file = (await catalog.register("user/z")).file
+    path.unlink()
+    if kind == "folder":
+        write(path / "precious.txt", "the user's")
+    elif kind == "symlink":
+        path.symlink_to(files / "elsewhere")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(HoraceError) as refused:
+        await catalog.restore(file.id, 1)
+    assert refused.value.code is ErrorCode.INVALID_PATH, refused.value
+    if kind == "folder":
+        assert (path / "precious.txt").read_text() == "the user's"
+    else:
+        assert path.is_symlink() if kind == "symlink" else path.is_fifo()
+    assert sorted(p.name for p in (files / "user").iterdir()) == ["z"]
+    info = await catalog.get_info(file_id=file.id, include_versions=True)
+    assert info.file.current_version == 1 and len(info.versions or ()) == 1
+    assert list(catalog.storage.tmp.iterdir()) == []
+
+
 def storage_temp_name(kind: str, pid: int, extra: str) -> str:
     from horace.storage import _HOST, TMP_PREFIX
 
