@@ -515,7 +515,8 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
                     else ""
                 ),
                 *(
-                    f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: {f.file_path or f.subject or ''} {f.detail}"
+                    f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: "
+                    f"{f.file_path or f.subject or ''} {f.detail}"
                     for f in r.findings
                 ),
             ]
