@@ -2,11 +2,18 @@
 
 Text (UTF-8 without NUL bytes) gets a unified diff, cut at a size an agent can take;
 anything else a summary: sizes, checksums, and whether the two are the same.
+
+difflib's matching takes time that grows with the product of the line counts (minutes
+for two 4 MiB texts of shuffled lines, in a thread no deadline can stop), so only the
+part between the common first and last lines is matched, and when that part is still
+too large (over ``MAX_MATCHED_LINE_PAIRS``) it is given as one hunk that replaces all of
+it: a correct diff, if not the shortest.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 
 from attrs import frozen
 
@@ -14,6 +21,7 @@ from horace.catalog import Content
 from horace.schema import param
 
 CONTEXT_LINES = 3
+MAX_MATCHED_LINE_PAIRS = 4_000_000  # about 0.2 s of difflib at worst
 
 
 @frozen(kw_only=True)
@@ -48,12 +56,11 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
     diff: str | None = None
     truncated = False
     if before is not None and after is not None:
-        lines = difflib.unified_diff(
+        lines = _unified(
             before.splitlines(keepends=True),
             after.splitlines(keepends=True),
-            fromfile=f"{old.file.file_path}@v{old.version.version}",
-            tofile=f"{new.file.file_path}@v{new.version.version}",
-            n=CONTEXT_LINES,
+            f"{old.file.file_path}@v{old.version.version}",
+            f"{new.file.file_path}@v{new.version.version}",
         )
         kept: list[str] = []
         size = 0
@@ -78,3 +85,35 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
         from_checksum=old.version.checksum,
         to_checksum=new.version.checksum,
     )
+
+
+def _unified(a: list[str], b: list[str], fromfile: str, tofile: str) -> Iterator[str]:
+    """difflib's unified diff of *a* and *b*, or, when the part between their common
+    first and last lines is too large to match, one hunk replacing that part."""
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    changed_a, changed_b = len(a) - head - tail, len(b) - head - tail
+    if changed_a * changed_b <= MAX_MATCHED_LINE_PAIRS:
+        yield from difflib.unified_diff(a, b, fromfile=fromfile, tofile=tofile, n=CONTEXT_LINES)
+        return
+    before, after = min(CONTEXT_LINES, head), min(CONTEXT_LINES, tail)
+    start = head - before
+    yield f"--- {fromfile}\n"
+    yield f"+++ {tofile}\n"
+    span = before + after
+    yield f"@@ -{_range(start, span + changed_a)} +{_range(start, span + changed_b)} @@\n"
+    yield from (" " + line for line in a[start:head])
+    yield from ("-" + line for line in a[head : len(a) - tail])
+    yield from ("+" + line for line in b[head : len(b) - tail])
+    yield from (" " + line for line in a[len(a) - tail : len(a) - tail + after])
+
+
+def _range(start: int, length: int) -> str:
+    """A hunk's range as unified diffs write it (*start* counted from 0)."""
+    if length == 1:
+        return str(start + 1)
+    return f"{start if length == 0 else start + 1},{length}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,53 @@ async def test_limits_and_missing_content(
     with pytest.raises(HoraceError) as corrupt:
         await diff(catalog, file_id=file_id, from_version=1)
     assert corrupt.value.code is ErrorCode.CHECKSUM_MISMATCH
+
+
+def _apply(old: str, unified: str) -> str:
+    """*unified* applied to *old* (hunks in order; context checked)."""
+    lines, out, at = old.splitlines(keepends=True), [], 0
+    body = unified.splitlines(keepends=True)[2:]
+    for line in body:
+        if line.startswith("@@"):
+            start = int(line.split()[1][1:].split(",")[0])
+            length = int(line.split()[1].split(",")[1]) if "," in line.split()[1] else 1
+            target = start - 1 if length else start
+            out += lines[at:target]
+            at = target
+        elif line.startswith(" "):
+            assert lines[at] == line[1:], (at, line)
+            out.append(line[1:])
+            at += 1
+        elif line.startswith("-"):
+            assert lines[at] == line[1:], (at, line)
+            at += 1
+        elif line.startswith("+"):
+            out.append(line[1:])
+    return "".join(out + lines[at:])
+
+
+@pytest.mark.parametrize("shape", ["small", "shuffled"])
+async def test_a_diff_too_large_to_match_is_one_hunk_that_still_applies(
+    catalog: Catalog, files: Path, shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two texts whose changed middle is too large for difflib's matching (quadratic: a
+    diff of two such 4 MiB texts ran for many minutes, past every deadline) get one hunk
+    replacing that middle; a small change keeps difflib's own diff. Both apply."""
+    pool = [f"line {n} of a pool\n" for n in range(150)]
+    rng = random.Random(7)
+    count = 40 if shape == "small" else 6000  # 6000 x 6000 line pairs is over the limit
+    head, tail = ["# title\n", "intro\n", "more\n", "even more\n"], ["closing\n", "end\n"]
+    old = "".join(head + [rng.choice(pool) for _ in range(count)] + tail)
+    new = "".join(head + [rng.choice(pool) for _ in range(count)] + tail)
+    file_id = await versions(catalog, files, old, new)
+    monkeypatch.setattr(tools, "DIFF_LIMIT", 8 << 20)  # the whole diff, to apply it
+    found = await diff(catalog, file_id=file_id, from_version=1)
+    assert not found.truncated
+    hunks = [line for line in found.diff.splitlines() if line.startswith("@@")]
+    if shape == "shuffled":  # all of the middle out, then all of it in: no matching
+        assert hunks == [f"@@ -2,{count + 5} +2,{count + 5} @@"], hunks
+        body = found.diff.splitlines()[3:]
+        assert [line[0] for line in body] == [" "] * 3 + ["-"] * count + ["+"] * count + [" "] * 2
+    else:
+        assert len(hunks) >= 1
+    assert _apply(old, found.diff) == new
