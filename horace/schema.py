@@ -26,12 +26,18 @@ def param(
     doc: str,
     minimum: int | None = None,
     maximum: int | None = None,
+    max_length: int | None = None,
+    max_items: int | None = None,
     rest: bool = False,
     **schema: Any,
 ) -> Any:
     """An argument field: its description, its bounds (checked when structured), and
     any further JSON Schema keywords (``format``, ...)."""
-    validators = []
+    validators: list[Any] = []
+    for bound, keyword in ((max_length, "maxLength"), (max_items, "maxItems")):
+        if bound is not None:
+            validators.append(attrs.validators.max_len(bound))
+            schema[keyword] = bound
     if minimum is not None:
         validators.append(attrs.validators.ge(minimum))
         schema["minimum"] = minimum

@@ -11,10 +11,12 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 from helpers import write
 from mcp_client import McpClient, connect
 
 from horace.config import Settings
+from horace.server.resources import Resources
 from horace.testing import RunningHorace, run_horace
 
 
@@ -77,6 +79,8 @@ async def test_what_cannot_be_read_is_a_clear_error(served: RunningHorace) -> No
         assert refused["code"] == -32602 and "HORACE_MAX_READ_BYTES" in refused["message"]
         for uri in (
             f"horace://files/{notes}/versions/9",
+            f"horace://files/{notes}/versions/9223372036854775808",  # past what a column holds
+            f"horace://files/{notes}/versions/{'9' * 5000}",
             "horace://files/00000000-0000-0000-0000-000000000000",
             "horace://elsewhere/x",
             "file:///etc/passwd",
@@ -110,6 +114,10 @@ async def test_completion_and_log_level(served: RunningHorace) -> None:
             "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": "q3"}}
         )
         assert by_path["result"]["completion"]["values"] == [file_id]
+        endless = await client.request(
+            "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": "q" * 100_000}}
+        )
+        assert endless["result"]["completion"]["values"] == [], endless
         versions = await client.request(
             "completion/complete",
             {
@@ -136,3 +144,17 @@ async def test_completion_and_log_level(served: RunningHorace) -> None:
             and messages[0]["level"] == "warning"
             and messages[0]["data"]["error_code"] == "NOT_CATALOGED"
         )
+
+
+async def test_a_bug_met_by_a_request_is_an_internal_error_with_its_id(
+    served: RunningHorace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Any, params: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Resources, "read", broken)
+    async with connect(served.url) as client:
+        with trio.fail_after(10):  # an answer without the id would never be matched
+            reply = await client.request("resources/read", {"uri": "horace://files/x"}, request_id="r-1")
+        assert reply["id"] == "r-1" and reply["error"]["code"] == -32603, reply
+        assert (await client.request("ping"))["result"] == {}  # the session goes on

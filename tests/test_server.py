@@ -132,6 +132,10 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
         ("horace_register_file", {"file_path": 5}, "file_path"),
         ("horace_search_files", {"limit": "ten"}, "limit"),
         ("horace_search_files", {"tags": "a", "bogus": 1}, "bogus"),
+        ("horace_search_files", {"any_tags": [f"t{n}" for n in range(101)]}, "any_tags"),
+        ("horace_search_files", {"query": {"tags": ["t"] * 101}}, "tags"),
+        ("horace_search_files", {"path": "*" * 4097}, "path"),
+        ("horace_search_files", {"file_type": "%" * 4097}, "file_type"),
         ("horace_update_file", {"file_id": "x", "metadata": {"checksum": "0" * 64}}, "checksum"),
         ("horace_get_file_info", [1, 2], "object"),
     ],
@@ -172,6 +176,22 @@ async def test_wrong_arguments_are_a_tool_error_from_2025_11_25_on(
             assert error["code"] == -32602 and error["data"]["error_code"] == "INVALID_ARGUMENT"
         unknown = await client.request("tools/call", {"name": "horace_nope", "arguments": {}})
         assert unknown["error"]["code"] == -32602
+
+
+async def test_the_largest_search_filters_admitted_are_answered(client: McpClient) -> None:
+    """At each bound of the search filters the database is still within its own limits
+    (SQLite: 500 terms in a compound SELECT, a LIKE or GLOB pattern of 50,000 bytes)."""
+    widest = {
+        "tags": [f"t{n}" for n in range(100)],
+        "any_tags": [f"a{n}" for n in range(100)],
+        "path": "*" * 4096,
+        "file_type": "%" * 4096,
+    }
+    for name, value in widest.items():
+        found = await client.call("horace_search_files", **{name: value})
+        assert found.get("error_code") is None and found["total_count"] == 0, (name, found)
+    found = await client.call("horace_search_files", **widest)
+    assert found.get("error_code") is None and found["total_count"] == 0, found
 
 
 async def test_tool_errors_are_results_with_code_and_correlation(client: McpClient) -> None:

@@ -350,6 +350,10 @@ class McpSession:
             text = await self._dispatch(request_id, method, params, send)
         except RpcError as exc:
             return error_text(request_id, exc)
+        except Exception:
+            # A bug met by one request costs it an error (with its id), never the session.
+            log.exception("%s failed", method, extra={"conversation_id": self.conversation_id})
+            return error_text(request_id, RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
         finally:
             self.inflight -= 1
             self.quiet_since = trio.current_time()

@@ -19,14 +19,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from horace.backends.protocol import BackendUnavailable
-from horace.backends.records import FileRecord, Order, SearchQuery, SortKey, Status
+from horace.backends.records import INT64_MAX, FileRecord, Order, SearchQuery, SortKey, Status
 from horace.catalog import Catalog
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RESOURCE_NOT_FOUND, RpcError
+from horace.server.tools import MAX_PATTERN
 
 FILE_URI = "horace://files/{file_id}"
 VERSION_URI = "horace://files/{file_id}/versions/{version}"
-_URI = re.compile(r"^horace://files/(?P<file_id>[^/?#]+)(?:/versions/(?P<version>[0-9]+))?$")
+# A version number is at most 19 digits (what a catalog column holds is checked below).
+_URI = re.compile(r"^horace://files/(?P<file_id>[^/?#]+)(?:/versions/(?P<version>[0-9]{1,19}))?$")
 PAGE = 100
 COMPLETIONS = 100
 TEXT_TYPES = ("application/json", "application/xml", "application/javascript", "application/x-yaml")
@@ -71,7 +73,7 @@ class Resources:
         if not isinstance(uri, str):
             raise RpcError(INVALID_PARAMS, "resources/read needs params.uri")
         found = _URI.match(uri)
-        if found is None:
+        if found is None or (found["version"] and int(found["version"]) > INT64_MAX):
             raise RpcError(
                 RESOURCE_NOT_FOUND,
                 f"no resource {uri!r}: Horace serves {FILE_URI} and {VERSION_URI}",
@@ -114,6 +116,8 @@ class Resources:
             return []
         if exact is not None:
             return [exact.id]
+        if len(typed) > MAX_PATTERN // 3:  # escaped below, it would pass the pattern's bound
+            return []
         pattern = "*" + "".join(f"[{ch}]" if ch in "*?[" else ch for ch in typed) + "*"
         page = await self._catalog_call(
             self.catalog.search(

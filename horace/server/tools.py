@@ -43,6 +43,8 @@ from horace.wire import structure
 
 READ_LIMIT = 8 * 1024 * 1024  # bytes of one version read through MCP (a diff, a resource)
 DIFF_LIMIT = 256 * 1024  # bytes of a unified diff in one result
+MAX_TAGS = 100  # tags in one filter
+MAX_PATTERN = 4096  # characters of a path glob or a file type (PATH_MAX)
 
 
 @frozen
@@ -101,13 +103,19 @@ class StatusFilter(enum.StrEnum):
 
 @frozen(kw_only=True)
 class SearchFilters:
-    tags: tuple[str, ...] = param((), doc="files that have all of these tags")
-    any_tags: tuple[str, ...] = param((), doc="files that have any of these tags")
+    # Bounds where a database has limits of its own (SQLite: the terms of a compound
+    # SELECT, a LIKE or GLOB pattern's length), far above any real search.
+    tags: tuple[str, ...] = param((), doc="files that have all of these tags", max_items=MAX_TAGS)
+    any_tags: tuple[str, ...] = param((), doc="files that have any of these tags", max_items=MAX_TAGS)
     owner: str | None = param(None, doc="files of this owner")
     purpose: str | None = param(None, doc="prefixes of words of the purpose or path (all; ASCII in any case)")
-    path: str | None = param(None, doc="glob relative to files/, e.g. gates/*.md")
+    path: str | None = param(
+        None, doc="glob relative to files/, e.g. gates/*.md (* also crosses /)", max_length=MAX_PATTERN
+    )
     collection: str | None = param(None, doc="files in this collection")
-    file_type: str | None = param(None, doc="MIME type (image/png, image/*) or extension (pdf)")
+    file_type: str | None = param(
+        None, doc="MIME type (image/png, image/*) or extension (pdf)", max_length=MAX_PATTERN
+    )
     min_size: int | None = param(None, doc="bytes", minimum=0)
     max_size: int | None = param(None, doc="bytes", minimum=0)
     created_after: datetime | None = param(None, doc="ISO 8601; without a zone: UTC")
