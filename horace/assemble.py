@@ -18,7 +18,7 @@ from horace.config import Settings
 from horace.fsck import fsck, leftovers, log_findings
 from horace.locks import FileLocks
 from horace.redact import redact_url
-from horace.storage import Storage
+from horace.storage import Storage, StorageUnusable
 
 log = logging.getLogger("horace")
 
@@ -66,6 +66,13 @@ async def open_catalog(
             f"no Horace store at {storage.root} (no .horace folder there): create one with "
             "`horace init` or `horace serve`, or point --storage (HORACE_STORAGE_PATH) at a store"
         )
+    if create and not state.exists:
+        outer = await in_thread(storage.enclosing_store)
+        if outer is not None:
+            raise StorageUnusable(
+                f"{storage.root} is inside the store at {outer}: a store there would be "
+                "catalogued as that store's files; choose a folder outside it"
+            )
     url = settings.catalog_url
     if create and not state.exists and settings.database_url is None:
         await in_thread(storage.ensure_layout)  # the default catalog lives inside the new store

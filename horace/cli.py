@@ -60,8 +60,8 @@ class Exit(enum.IntEnum):
     BACKEND = 7  # the catalog database cannot be reached or refuses the login
     STORAGE = 8  # the storage is full, read-only or failing
     ADDRESS = 9  # the server cannot listen: the port is in use, or the address is not this host's
-    INTERRUPTED = 130  # Ctrl-C
     INTERNAL = 70  # a bug in Horace: run again with --debug and report what it prints
+    INTERRUPTED = 130  # Ctrl-C
 
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
@@ -136,9 +136,9 @@ def _as_json(ctx: click.Context) -> bool:
 def cli() -> None:
     """Horace: the file catalog and versioning server of the ICCM tool ecosystem.
 
-    Serve MCP with `horace serve` (WebSocket), or `horace mcp` (stdin/stdout, for a desktop
-    client); the other commands work on the same store (by default ./horace-data) and may
-    run while a server does.
+    Serve MCP with `horace serve` (WebSocket and Streamable HTTP, both at /mcp), or
+    `horace mcp` (stdin/stdout, for a desktop client); the other commands work on the same
+    store (by default ./horace-data) and may run while a server does.
     """
 
 
@@ -294,7 +294,7 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 @click.option("--any-tag", "any_tags", multiple=True, help="Has any of these tags.")
 @click.option("--owner")
 @click.option("--purpose", help="Prefixes of words of the purpose or path (all).")
-@click.option("--path", help="Glob relative to files/.")
+@click.option("--path", help="Glob relative to files/ (* also crosses /).")
 @click.option("--collection")
 @click.option("--type", "file_type", help="MIME type (image/*) or extension.")
 @click.option("--min-size", type=click.IntRange(0, INT64_MAX))
@@ -568,8 +568,8 @@ def serve(
     poll: bool | None,
     log_level: str,
 ) -> None:
-    """Serve MCP over WebSocket (and /health) until SIGINT or SIGTERM. Creates the store
-    when there is none."""
+    """Serve MCP over WebSocket and Streamable HTTP (both at /mcp), and /health, until
+    SIGINT or SIGTERM. Creates the store when there is none."""
     from horace.server import serve as run_server
 
     _run_service(ctx, log_level, run_server, host=host, port=port, watch=watch, watch_poll=poll)
@@ -695,6 +695,9 @@ def _configure_cli_logging(as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
+    if not args:  # `horace` alone: what there is to do, not an error
+        click.echo(cli.make_context("horace", [], resilient_parsing=True).get_help())
+        sys.exit(Exit.OK)
     as_json, debug = "--json" in args, "--debug" in args
     _configure_cli_logging(as_json)
     try:

@@ -289,6 +289,17 @@ class Storage:
             raise StorageUnusable(f"cannot read the store's identity {self.identity_file}: {exc}") from None
         return StoreState(True, store_id, catalog_url, self._has_objects())
 
+    def enclosing_store(self) -> Path | None:
+        """The store whose ``files/`` (or ``.horace/``) folder holds this root, if any: a
+        store made there would be catalogued, object by object, as that store's files."""
+        root = self.root.resolve()
+        for above in root.parents:
+            if (above / HORACE_DIR).is_dir() and root.is_relative_to(above / "files"):
+                return above
+            if above.name == HORACE_DIR and (above.parent / "files").is_dir():
+                return above.parent
+        return None
+
     def _has_objects(self) -> bool:
         try:
             with os.scandir(self.objects) as subs:

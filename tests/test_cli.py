@@ -63,6 +63,18 @@ def test_version_and_module_entry() -> None:
     done = horace("--version")
     assert done.returncode == 0 and done.stdout.startswith("horace "), done
     assert "Exit codes" in horace("--help").stdout
+    alone = horace()  # what there is to do, on stdout: not an error
+    assert alone.returncode == 0 and alone.stderr == "" and alone.stdout == horace("--help").stdout
+
+
+def test_a_store_inside_another_stores_folders_is_refused(store: tuple[Path, dict[str, str]]) -> None:
+    """Its objects and catalog would be catalogued as the outer store's files."""
+    root, _env = store
+    for inner in (root / "files/gates/horace-data", root / ".horace/tmp/nested"):
+        one_line_error(horace("init", "--storage", str(inner)), Exit.CONFIG, "inside the store at")
+        assert not inner.exists()
+    one_line_error(horace("init", cwd=root / "files/gates"), Exit.CONFIG, "inside the store at")
+    assert not (root / "files/gates/horace-data").exists()
 
 
 def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
