@@ -182,11 +182,15 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         (await get(accept="application/json"), 406, "must accept text/event-stream"),
         (await get(**{"mcp-session-id": None}), 400, "Mcp-Session-Id header missing"),
         (await get(**{"mcp-session-id": "nope"}), 404, "no such session"),
-        (await get(**{"last-event-id": "7-3"}), 400, "nothing to resume after event '7-3'"),
-        (await get(**{"last-event-id": "garbage"}), 400, "nothing to resume"),
         (await http.delete(url, headers={"mcp-session-id": "nope"}), 404, "no such session"),
         (await http.delete(url), 400, "Mcp-Session-Id header missing"),
     ]
+    # A Last-Event-ID with nothing after it (unknown, or its answer delivered): an SSE
+    # stream that ends at once (MCP: a GET gets a stream or 405).
+    for last_event_id in ("7-3", "garbage"):
+        resumed = await get(**{"last-event-id": last_event_id})
+        assert resumed.status_code == 200, resumed.text
+        assert resumed.headers["content-type"].startswith("text/event-stream") and resumed.text == ""
     for response, status, text in cases:
         where = (response.request.method, dict(response.request.headers), response.text)
         assert response.status_code == status, where
@@ -448,8 +452,8 @@ async def test_a_cut_post_stream_is_not_a_cancel_and_resumes_with_get(
     assert replies(events)[0]["result"]["structuredContent"]["scanned"] == 0
     await eventually(lambda: number not in session.streams, "the delivered answer dropped")
     assert session.session.held()["reply_bytes"] == 0
-    again, _ = await resume(client, priming)  # delivered: nothing left to resume
-    assert again.status_code == 400
+    again, left = await resume(client, priming)  # delivered: nothing left, the stream ends
+    assert again.status_code == 200 and left == []
 
     # A resume while the call still runs follows it to its reply.
     tool = HeldTool(monkeypatch)
@@ -489,8 +493,8 @@ async def test_an_answer_nobody_comes_for_is_dropped_after_the_send_timeout(
         await eventually(lambda: number not in session.streams, "the answer dropped", timeout=100, every=0.5)
         assert 30 <= trio.current_time() - finished < 31
         assert session.session.held()["reply_bytes"] == 0
-        response, _ = await resume(client, priming)
-        assert response.status_code == 400
+        response, left = await resume(client, priming)
+        assert response.status_code == 200 and left == []  # dropped: nothing to replay
 
 
 async def test_answers_kept_for_a_resume_are_bounded_in_bytes(
@@ -603,7 +607,7 @@ async def test_notifications_cancelled_ends_an_sse_answer_without_reply(
     assert tool.cancelled and response.status_code == 200
     assert [event.data for event in events] == [""]  # the priming event, then the end
     await eventually(lambda: not http_session(server, client).streams, "the answer dropped")
-    assert (await resume(client, events[0].id))[0].status_code == 400
+    assert (await resume(client, events[0].id))[1] == []  # nothing to replay
 
 
 async def test_delete_cancels_the_calls_under_way(

@@ -8,12 +8,12 @@ that is not an upgrade.
 | POST a request (or a batch) with the session | 200: JSON, or SSE (below) |
 | POST notifications or responses only | 202, no body (``notifications/cancelled`` stops the call) |
 | GET with the session | the session's SSE stream: keep-alive comments only (Horace sends nothing unasked) |
-| GET with the session and ``Last-Event-ID`` | SSE: the rest of that answer after that event |
+| GET with the session and ``Last-Event-ID`` | SSE: the rest of that answer after that event (none: it ends at once) |
 | DELETE with the session | 204: the session ends, its calls are cancelled |
 
 Refusals, each with a JSON-RPC error (id null) as body: 400 no ``Mcp-Session-Id`` (but
 for ``initialize``), an unsupported ``MCP-Protocol-Version``, a body that is not JSON,
-not a message, or a ``Last-Event-ID`` with nothing to resume; 401 no token (with
+or not a message; 401 no token (with
 ``WWW-Authenticate``); 403 an Origin not allowed; 404 an unknown or ended session (the
 client initializes again); 405 another method (``Allow: GET, POST, DELETE``); 406 a POST
 that does not accept both ``application/json`` and ``text/event-stream``, a GET that does
@@ -258,10 +258,13 @@ class StreamableHttp:
             found = sse.parse_event_id(last_event_id)
             stream = session.streams.get(found[0]) if found else None
             if found is None or stream is None or not stream.resumable:
-                raise Refused(
-                    400,
-                    f"nothing to resume after event {last_event_id!r}: its answer was delivered or dropped",
-                )
+                # Nothing left to send after that event (its answer was delivered or
+                # dropped, or the id is not one of ours): an SSE stream that ends at once,
+                # as MCP asks of a GET (a stream or 405), and as a delivered answer ended.
+                async with _answering(conn):
+                    await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
+                    await conn.end_stream()
+                return
             await self._write_events(conn, session, stream, after=found[1])
 
     async def _listen(self, conn: HttpConnection, session: HttpSession) -> None:
