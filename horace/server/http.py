@@ -8,7 +8,7 @@ that is not an upgrade.
 | POST a request (or a batch) with the session | 200: JSON, or SSE (below) |
 | POST notifications or responses only | 202, no body (``notifications/cancelled`` stops the call) |
 | GET with the session | the session's SSE stream: keep-alive comments only (Horace sends nothing unasked) |
-| GET with the session and ``Last-Event-ID`` | SSE: the rest of that answer after that event (none: it ends at once) |
+| GET with the session and ``Last-Event-ID`` | SSE: the rest of that answer (if none, it ends at once) |
 | DELETE with the session | 204: the session ends, its calls are cancelled |
 
 Refusals, each with a JSON-RPC error (id null) as body: 400 no ``Mcp-Session-Id`` (but
