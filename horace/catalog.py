@@ -463,10 +463,11 @@ class Catalog:
     async def search(self, query: SearchQuery, cursor: str | None = None) -> SearchPage:
         if cursor:
             query = attrs.evolve(query, after=_decode_cursor(cursor, query), offset=0)
-        total, rows = await self.backend.search(query)
-        next_cursor = None
-        if len(rows) == query.limit and rows:
-            next_cursor = _encode_cursor(query, rows[-1])
+        # One row past the page says whether there is a next one (a cursor is only given
+        # when there is: a full last page used to get one that led to an empty page).
+        total, rows = await self.backend.search(attrs.evolve(query, limit=query.limit + 1))
+        more, rows = len(rows) > query.limit, rows[: query.limit]
+        next_cursor = _encode_cursor(query, rows[-1]) if more else None
         return SearchPage(total, tuple(rows), query.limit, query.offset, next_cursor)
 
     async def find_duplicates(self, limit: int = 100) -> list[DuplicateGroup]:

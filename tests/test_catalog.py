@@ -390,14 +390,16 @@ async def test_search_pagination_with_cursor_and_offset(corpus: Catalog, sort_by
     seen: list[str] = []
     query = SearchQuery(limit=2, sort_by=sort_by, status=None)
     cursor = None
+    pages = 0
     while True:
         page = await corpus.search(query, cursor)
-        assert page.total_count == 6
+        assert page.total_count == 6 and len(page.results) == 2  # no empty page at the end
+        pages += 1
         seen += [f.id for f in page.results]
         cursor = page.next_cursor
         if cursor is None:
             break
-    assert len(seen) == len(set(seen)) == 6
+    assert len(seen) == len(set(seen)) == 6 and pages == 3
     by_offset = []
     for offset in range(0, 6, 2):
         by_offset += [f.id for f in (await corpus.search(attrs.evolve(query, offset=offset))).results]
