@@ -143,10 +143,8 @@ def _of(kind: Any, *, output: bool) -> dict[str, Any]:
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    kind = schema.get("type")
-    if isinstance(kind, str):
-        schema = {**schema, "type": [kind, "null"]}
-        if "enum" in schema:
-            schema["enum"] = [*schema["enum"], None]
-        return schema
+    # anyOf rather than a list of types: what pydantic writes, and what clients that take
+    # only a subset of JSON Schema (OpenAPI's, Gemini's) read; the Inspector warns of lists.
+    if "anyOf" in schema:
+        return {"anyOf": [*schema["anyOf"], {"type": "null"}]}
     return {"anyOf": [schema, {"type": "null"}]}
