@@ -716,7 +716,10 @@ class Catalog:
             nursery.start_soon(read_index)
         for why in skipped:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
-        return await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
+        report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
+        for error in report.errors:
+            log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
+        return report
 
     async def _scan_found(
         self,

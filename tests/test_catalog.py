@@ -10,6 +10,7 @@ import attrs
 import pytest
 from helpers import sha256, write
 
+import horace.server.tools as tools
 from horace.assemble import open_catalog
 from horace.backends.records import FileChanges, Order, SearchQuery, SortKey, Status
 from horace.catalog import Catalog, CatalogPolicy
@@ -546,3 +547,22 @@ async def test_scan_skips_editor_and_writer_temp_files(catalog: Catalog, files: 
     assert await paths(catalog) == {"user/notes.txt"}
     # Asked for explicitly, a temp-looking file is still catalogued.
     assert not (await catalog.register("user/draft.tmp")).duplicate
+
+
+async def test_verify_and_scan_replies_stay_readable_however_many_problems(
+    catalog: Catalog, files: Path
+) -> None:
+    """A verify lists at most `limit` problems (problem_count has them all); a scan's
+    errors and skipped names are cut at 1000 with a line saying how many more."""
+    for i in range(3):
+        write(files / f"user/v/{i}.txt", f"v{i}")
+        await catalog.register(f"user/v/{i}.txt")
+        write(files / f"user/v/{i}.txt", f"changed {i}")
+    tool = TOOLS["horace_verify"]
+    found = await tool.handler(CallContext(catalog, "test"), tool.structure({"limit": 1}))
+    assert (found.ok, found.problem_count, len(found.problems)) == (False, 3, 1), found
+    everything = await tool.handler(CallContext(catalog, "test"), tool.structure({}))
+    assert everything.problem_count == len(everything.problems) == 3
+    lines = tuple(f"user/x/{n}: unreadable" for n in range(1005))
+    assert tools._at_most(lines) == (*lines[:1000], "... and 5 more (the server's log has each)")
+    assert tools._at_most(lines[:1000]) == lines[:1000]

@@ -220,6 +220,12 @@ class LimitArgs:
 class VerifyArgs:
     file_id: str | None = param(None, doc="only this file (by id); else everything")
     file_path: str | None = param(None, doc="only this file (by path)")
+    limit: int = param(
+        MAX_SEARCH_LIMIT,
+        doc="problems listed at most (problem_count has them all)",
+        minimum=1,
+        maximum=MAX_SEARCH_LIMIT,
+    )
 
 
 @frozen(kw_only=True)
@@ -310,6 +316,7 @@ class VerifyResult:
     ok: bool
     files_checked: int
     objects_checked: int
+    problem_count: int
     problems: tuple[fsck.Problem, ...]
 
 
@@ -464,12 +471,21 @@ async def verify(ctx: CallContext, args: VerifyArgs) -> VerifyResult:
         ok=not report.problems,
         files_checked=report.files_checked,
         objects_checked=report.objects_checked,
-        problems=report.problems,
+        problem_count=len(report.problems),
+        problems=report.problems[: args.limit],  # a reply that can always be read
     )
 
 
 async def scan(ctx: CallContext, args: ScanArgs) -> ScanReport:
-    return await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
+    report = await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
+    # Thousands of unreadable files must not make a reply too large to be read.
+    return attrs.evolve(report, errors=_at_most(report.errors), skipped=_at_most(report.skipped))
+
+
+def _at_most(lines: tuple[str, ...], count: int = MAX_SEARCH_LIMIT) -> tuple[str, ...]:
+    if len(lines) <= count:
+        return lines
+    return (*lines[:count], f"... and {len(lines) - count} more (the server's log has each)")
 
 
 # -- the table -------------------------------------------------------------------------------
