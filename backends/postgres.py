@@ -36,7 +36,7 @@ import trio
 import trio_asyncio
 
 from . import migrations, words
-from .protocol import BackendUnavailable, DatabaseFull, Units, UnusableURL
+from .protocol import BackendUnavailable, DatabaseFull, FileGone, Units, UnusableURL
 from .records import (
     CatalogIdentity,
     Collection,
@@ -1237,7 +1237,7 @@ class _Units:
                 *_stat_values(new.working),
             )
         if row is None:
-            raise LookupError(f"add_version: no catalogued file {file_id!r}")
+            raise FileGone(f"add_version: no catalogued file {file_id!r}")
         return _file(row), _version(row, "v_"), sorted(set(row["orphans"]))
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:

@@ -41,6 +41,10 @@ class DatabaseFull(Exception):
     """The database's disk is full: nothing more can be written until there is room."""
 
 
+class FileGone(LookupError):
+    """The file a unit of work names is not (or no longer) in the catalog: purged meanwhile."""
+
+
 class UnusableURL(ValueError):
     """A database URL that names no catalog Horace can open (scheme, path, port, options)."""
 
@@ -91,7 +95,7 @@ class Units(Protocol):
         """Record version max+1 as current (optionally setting status), prune by
         retention, and return the file, the version, and the checksums of pruned
         versions that no version row refers to any more. The file's stat identity becomes
-        ``new.working`` (cleared when None). LookupError when the file is not
+        ``new.working`` (cleared when None). :class:`FileGone` when the file is not
         catalogued."""
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:

@@ -22,7 +22,7 @@ import trio
 from attrs import frozen
 
 from . import migrations, words
-from .protocol import CatalogMissing, CatalogUnwritable, DatabaseFull, Units
+from .protocol import CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, Units
 from .records import (
     CatalogIdentity,
     Collection,
@@ -363,7 +363,7 @@ def _add_version(
     now = _ts(at)
     with _transaction(conn):
         if _file_by(conn, "id", file_id) is None:
-            raise LookupError(f"add_version: no catalogued file {file_id!r}")
+            raise FileGone(f"add_version: no catalogued file {file_id!r}")
         (number,) = conn.execute(
             "SELECT coalesce(max(version), 0) + 1 FROM horace_versions WHERE file_id = ?",
             (file_id,),

@@ -35,7 +35,7 @@ import trio
 from attrs import frozen
 
 from horace import mime, paths
-from horace.backends.protocol import Backend, Units
+from horace.backends.protocol import Backend, FileGone, Units
 from horace.backends.records import (
     Collection,
     DuplicateGroup,
@@ -396,7 +396,10 @@ class Catalog:
         async with self.writing(rel) as db:
             existing = await db.file_by_path(rel)
             if existing is not None:
-                return await self._reregister(db, existing, correlation_id)
+                try:
+                    return await self._reregister(db, existing, correlation_id)
+                except FileGone:  # a deleted file purged meanwhile (purge takes no file lock)
+                    log.info("register: %s was purged meanwhile: catalogued anew", rel)
             staged = await self._stage(rel)
             try:
                 duplicate = await db.file_by_checksum(staged.checksum)
@@ -426,7 +429,8 @@ class Catalog:
         record, version, _ = await self._version_working_copy(db, existing, correlation_id, revive)
         if version is None and revive is not None:
             revived = await db.update_file(existing.id, FileChanges(status=revive), self.clock())
-            assert revived is not None
+            if revived is None:
+                raise FileGone(f"{existing.file_path!r} was purged meanwhile")
             record = revived
         return Registered(record, duplicate=False, version_created=version is not None)
 

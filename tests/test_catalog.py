@@ -566,3 +566,26 @@ async def test_verify_and_scan_replies_stay_readable_however_many_problems(
     lines = tuple(f"user/x/{n}: unreadable" for n in range(1005))
     assert tools._at_most(lines) == (*lines[:1000], "... and 5 more (the server's log has each)")
     assert tools._at_most(lines[:1000]) == lines[:1000]
+
+
+@pytest.mark.parametrize("content", ["same", "changed"])
+async def test_registering_a_deleted_file_the_purge_takes_meanwhile_catalogs_it_anew(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, content: str
+) -> None:
+    """The purge takes no file lock: a register of a deleted file's path that it purges
+    between the look-up and the new version (or the revival) registers the file anew,
+    instead of failing with an internal error."""
+    old = (await catalog.register(str(write(files / "user/p.txt", "same").relative_to(files)))).file
+    await catalog.delete(old.id)
+    write(files / "user/p.txt", content)  # back in files/: a register revives it
+    first = catalog._version_working_copy
+
+    async def purged_first(*args: Any, **kwargs: Any) -> Any:
+        await catalog.backend.purge_deleted(datetime.now(UTC) + timedelta(days=1))
+        return await first(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "_version_working_copy", purged_first)
+    again = await catalog.register("user/p.txt")
+    assert again.file.id != old.id and again.version_created and again.file.status is Status.ACTIVE
+    assert again.file.checksum == sha256(content)
+    assert await catalog.backend.file_by_id(old.id) is None
