@@ -1021,7 +1021,9 @@ def _same_content_as(path: Path, other: Path) -> bool:
 def _copy_and_hash(src: int, dst: int | None, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]:
     """One pass over *src*: hash it, keep its first bytes, and copy it to *dst* if given."""
     digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
+    # A buffer the file's size (one read and the end), CHUNK at most: zeroing 1 MiB for
+    # each small file of a scan cost more than reading it.
+    buf = bytearray(min(CHUNK, os.fstat(src).st_size + 1))
     view = memoryview(buf)
     size = 0
     head = b""
@@ -1036,6 +1038,9 @@ def _copy_and_hash(src: int, dst: int | None, check_cancelled: CheckCancelled) -
         size += n
         if n == CHUNK:
             check_cancelled()
+        elif n == len(buf) and len(buf) < CHUNK:  # it grew since: read on in chunks
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
     return digest.hexdigest(), size, head
 
 

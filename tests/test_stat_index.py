@@ -6,6 +6,7 @@ fails if a change were missed, or if the shortcut were never taken.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from horace.assemble import StartCheck, open_catalog
 from horace.backends.records import FileChanges, IndexEntry, WorkingStat
 from horace.catalog import Catalog
 from horace.config import Settings
-from horace.storage import Storage
+from horace.storage import CHUNK, HEAD_BYTES, Storage, _copy_and_hash
 
 TICK = 0.05  # longer than the kernel's timestamp tick: a file written before it is "old"
 
@@ -287,3 +288,35 @@ def test_unchanged_since_wants_every_field_and_an_old_enough_recording(tmp_path:
         linked.st_size, linked.st_mtime_ns, linked.st_ctime_ns, linked.st_ino, linked.st_dev, 2 * changed
     )
     assert unchanged_since(as_linked, linked, 10**9) is False
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+def test_copy_and_hash_takes_every_byte_whatever_the_size(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT)
+    try:
+        checksum, copied, head = _copy_and_hash(src, dst, lambda: None)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (checksum, copied, head) == (hashlib.sha256(data).hexdigest(), size, data[:HEAD_BYTES])
+    assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_copy_and_hash_reads_on_when_the_file_grew_after_its_size_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buffer is sized from fstat; a file longer by the time it is read is still read
+    to its end (the torn-copy check then says whether the copy may be kept)."""
+    data = os.urandom(3 * CHUNK)
+    (tmp_path / "src").write_bytes(data)
+    real = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real(fd)[:6], 100, *real(fd)[7:])))
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    try:
+        checksum, copied, _ = _copy_and_hash(src, None, lambda: None)
+    finally:
+        os.close(src)
+    assert (checksum, copied) == (hashlib.sha256(data).hexdigest(), len(data))
