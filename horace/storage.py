@@ -31,7 +31,6 @@ import signal
 import socket
 import stat
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -106,7 +105,7 @@ class TempName:
 
 def temp_name(kind: TempKind, extra: str = "") -> str:
     """A temp file name that says what it holds, and which host and process made it."""
-    name = f"{TMP_PREFIX}{kind.value}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+    name = f"{TMP_PREFIX}{kind.value}.{_HOST}.{os.getpid()}.{os.urandom(6).hex()}"
     return f"{name}.{extra}" if extra else name
 
 
