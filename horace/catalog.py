@@ -71,6 +71,7 @@ def _cores() -> int:
 
 
 WORKER_THREADS = max(1, min(_cores(), 8))  # batches are staged and hashed on this many threads
+BYTES_PER_THREAD = 64 << 20  # at least, in each thread's slice of a batch of known size
 
 
 def unchanged_since(recorded: WorkingStat | None, now: os.stat_result, margin_ns: int) -> bool:
@@ -739,12 +740,14 @@ class Catalog:
         tally = _ScanTally(len(found), progress)
         margin = self.policy.racy_margin_ns
         new: list[str] = []
+        sizes: dict[str, int] = {}  # of the new files: how to spread a batch over threads
         suspects: list[IndexEntry] = []
         back: list[str] = []  # catalogued, not active, and in files/ again
         for rel, st in found:
             entry = index.get(rel)
             if entry is None:
                 new.append(rel)
+                sizes[rel] = st.st_size
             elif entry.status is not Status.ACTIVE:
                 back.append(rel)
             elif not rehash and unchanged_since(entry.working, st, margin):
@@ -754,7 +757,7 @@ class Catalog:
         tally.advance(tally.unchanged)
         not_inserted: list[str] = []
         for batch in _slices(new, SCAN_COMMIT_GROUP):
-            outcome = await self.register_new(batch, correlation_id)
+            outcome = await self.register_new(batch, correlation_id, sum(sizes[rel] for rel in batch))
             tally.registered += len(outcome.registered)
             not_inserted += outcome.skipped
             tally.errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
@@ -785,7 +788,9 @@ class Catalog:
     ) -> None:
         """Hash catalogued files whose stat identity moved: the unchanged ones get their new
         identity recorded, the changed ones are versioned."""
-        hashed = await self._in_threads(self.storage.hash_many, [e.file_path for e in entries])
+        hashed = await self._in_threads(
+            self.storage.hash_many, [e.file_path for e in entries], _recorded_bytes(entries)
+        )
         unchanged: list[IndexEntry] = []
         changed: list[IndexEntry] = []
         for entry, outcome in zip(entries, hashed, strict=True):
@@ -808,7 +813,7 @@ class Catalog:
         objects with one filesystem sync, then each committed under its file's lock, as
         long as no other writer versioned the file since it was looked at (that one is
         taken again the usual way, under the lock)."""
-        staged = await self._stage_batch([e.file_path for e in entries])
+        staged = await self._stage_batch([e.file_path for e in entries], _recorded_bytes(entries))
         kept: list[Staged] = []
         released: list[Staged] = []
         try:
@@ -851,15 +856,17 @@ class Catalog:
             await self._commit_version(db, current, new, correlation_id)
             return True
 
-    async def register_new(self, batch: Sequence[str], correlation_id: str | None = None) -> NewFiles:
-        """Register files not catalogued yet, in one commit: stage all (on every core), one
-        filesystem sync, one insert. Paths must be relative to files/ (as the walks give
-        them).
+    async def register_new(
+        self, batch: Sequence[str], correlation_id: str | None = None, total_bytes: int | None = None
+    ) -> NewFiles:
+        """Register files not catalogued yet, in one commit: stage all (on every core, when
+        *total_bytes* is worth it: see :func:`_thread_slices`), one filesystem sync, one
+        insert. Paths must be relative to files/ (as the walks give them).
 
         No per-file lock is needed: nothing but the insert is written, and the unique
         path constraint decides any race with another writer.
         """
-        staged = await self._stage_batch(list(batch))
+        staged = await self._stage_batch(list(batch), total_bytes)
         kept: list[Staged] = []
         released: list[Staged] = []
         try:
@@ -889,11 +896,12 @@ class Catalog:
 
     # -- batches: staged on every core, kept with one sync --------------------------------
 
-    async def _in_threads(self, work: Callable[[list[str]], list[T]], items: list[str]) -> list[T]:
-        """*work* over *items* in contiguous slices, one worker thread each, on as many
-        cores as there are (hashing releases the GIL); the outcomes in order."""
-        per_thread = max(MIN_PER_THREAD, -(-len(items) // WORKER_THREADS))
-        slices = _slices(items, per_thread)
+    async def _in_threads(
+        self, work: Callable[[list[str]], list[T]], items: list[str], total_bytes: int | None
+    ) -> list[T]:
+        """*work* over *items* in contiguous slices, one worker thread each (see
+        :func:`_thread_slices`); the outcomes in order."""
+        slices = _thread_slices(items, total_bytes)
         outcomes: list[list[T]] = [[] for _ in slices]
 
         async def run(i: int, part: list[str]) -> None:
@@ -904,9 +912,12 @@ class Catalog:
                 nursery.start_soon(run, i, part)
         return [outcome for part in outcomes for outcome in part]
 
-    async def _stage_batch(self, rels: list[str]) -> list[tuple[str, tuple[Staged, str] | HoraceError]]:
+    async def _stage_batch(
+        self, rels: list[str], total_bytes: int | None = None
+    ) -> list[tuple[str, tuple[Staged, str] | HoraceError]]:
         """Stage working files (copy + hash into .horace/tmp) with their MIME types, on
-        every core; each outcome with its path. Cancelled, nothing staged is left."""
+        as many threads as :func:`_thread_slices` says; each outcome with its path.
+        Cancelled, nothing staged is left."""
 
         def stage(part: list[str]) -> list[tuple[str, tuple[Staged, str] | HoraceError]]:
             outcomes = self.storage.stage_many(part, check_cancelled)
@@ -923,8 +934,7 @@ class Catalog:
 
         try:
             async with _together() as nursery:
-                per_thread = max(MIN_PER_THREAD, -(-len(rels) // WORKER_THREADS))
-                for part in _slices(rels, per_thread):
+                for part in _thread_slices(rels, total_bytes):
                     nursery.start_soon(staging, part)
         except BaseException:
             await self._discard_batch(done)  # what the slices that finished had staged
@@ -1115,6 +1125,30 @@ class _ScanTally:
             tuple(self.errors),
             tuple(skipped),
         )
+
+
+def _thread_slices(items: list[T], total_bytes: int | None) -> list[list[T]]:
+    """*items* (files to copy or hash) in contiguous slices, one a worker thread. A slice
+    holds at least MIN_PER_THREAD files and, when the batch's size is known, at least
+    BYTES_PER_THREAD bytes: for small files the work is Python and system calls in the
+    same folders, which a second thread only contends for (a first scan of 10,000 files
+    of 4 KiB on tmpfs: 2.0-2.3 s on one thread, 2.6-3.3 s on two), while the hashing and
+    copying of large ones (which release the GIL) gain from every core (2,000 files of
+    256 KiB: 1.24-1.29 s on one, 0.88-1.15 s on two)."""
+    threads = WORKER_THREADS
+    if total_bytes is not None:
+        threads = max(1, min(WORKER_THREADS, total_bytes // BYTES_PER_THREAD))
+    return _slices(items, max(MIN_PER_THREAD, -(-len(items) // threads)))
+
+
+def _recorded_bytes(entries: Sequence[IndexEntry]) -> int | None:
+    """The bytes catalogued files held when last read (None if one is not known)."""
+    total = 0
+    for entry in entries:
+        if entry.working is None:
+            return None
+        total += entry.working.size
+    return total
 
 
 def _slices(items: Sequence[T], size: int) -> list[list[T]]:
