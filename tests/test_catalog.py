@@ -528,9 +528,9 @@ async def test_files_another_instance_catalogued_mid_scan_count_as_unchanged(
     async with open_catalog(settings, check=False) as other:
         first = catalog.register_new
 
-        async def other_goes_first(batch: Any, correlation_id: str | None = None) -> Any:
+        async def other_goes_first(*args: Any) -> Any:
             assert (await other.scan()).registered == 20  # between our walk and our insert
-            return await first(batch, correlation_id)
+            return await first(*args)
 
         catalog.register_new = other_goes_first  # type: ignore[method-assign]
         report = await catalog.scan()
