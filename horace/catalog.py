@@ -809,10 +809,10 @@ class Catalog:
     async def _version_changed(
         self, entries: Sequence[IndexEntry], correlation_id: str | None, tally: _ScanTally
     ) -> None:
-        """Version changed catalogued files as one batch: staged together (all cores), made
-        objects with one filesystem sync, then each committed under its file's lock, as
-        long as no other writer versioned the file since it was looked at (that one is
-        taken again the usual way, under the lock)."""
+        """Version changed catalogued files as one batch: staged together (on the threads
+        :func:`_thread_slices` gives), made objects with one filesystem sync, then each
+        committed under its file's lock, as long as no other writer versioned the file
+        since it was looked at (that one is taken again the usual way, under the lock)."""
         staged = await self._stage_batch([e.file_path for e in entries], _recorded_bytes(entries))
         kept: list[Staged] = []
         released: list[Staged] = []
@@ -894,7 +894,7 @@ class Catalog:
         done = {f.file_path for f in inserted}
         return NewFiles(tuple(inserted), tuple(rel for rel, _, _ in taken if rel not in done), tuple(failed))
 
-    # -- batches: staged on every core, kept with one sync --------------------------------
+    # -- batches: staged on one thread or several, kept with one sync ---------------------
 
     async def _in_threads(
         self, work: Callable[[list[str]], list[T]], items: list[str], total_bytes: int | None
