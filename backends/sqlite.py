@@ -98,22 +98,6 @@ def _stat_values(working: WorkingStat | None) -> tuple[int | None, ...]:
     return (w.size, w.mtime_ns, w.ctime_ns, to_int64(w.inode), to_int64(w.device), w.recorded_ns)
 
 
-def _index_entry(row: sqlite3.Row) -> IndexEntry:
-    working = None
-    if row["stat_recorded_ns"] is not None:
-        working = WorkingStat(
-            size=row["stat_size"],
-            mtime_ns=row["stat_mtime_ns"],
-            ctime_ns=row["stat_ctime_ns"],
-            inode=from_int64(row["stat_inode"]),
-            device=from_int64(row["stat_device"]),
-            recorded_ns=row["stat_recorded_ns"],
-        )
-    return IndexEntry(
-        row["id"], row["file_path"], row["checksum"], Status(row["status"]), row["current_version"], working
-    )
-
-
 def _version(row: sqlite3.Row) -> VersionRecord:
     return VersionRecord(
         file_id=row["file_id"],
@@ -910,11 +894,31 @@ def _repair_current(conn: sqlite3.Connection, file_id: str) -> FileRecord | None
         return _file_by(conn, "id", file_id)
 
 
+_STATUS_OF = {status.value: status for status in Status}
+
+
 def _working_index(conn: sqlite3.Connection) -> list[IndexEntry]:
-    rows = conn.execute(
+    # Every file, at every scan: plain tuples read by position (a Row looked up by name,
+    # and Status() for each, took three quarters of the time on 10,000 files).
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    rows = cursor.execute(
         f"SELECT id, file_path, checksum, status, current_version, {_STAT_COLUMNS} FROM horace_files"
     )
-    return [_index_entry(r) for r in rows]
+    status_of = _STATUS_OF
+    return [
+        IndexEntry(
+            file_id,
+            path,
+            checksum,
+            status_of[status],
+            version,
+            None
+            if recorded is None
+            else WorkingStat(size, mtime, ctime, from_int64(inode), from_int64(device), recorded),
+        )
+        for file_id, path, checksum, status, version, size, mtime, ctime, inode, device, recorded in rows
+    ]
 
 
 def _refresh_working(conn: sqlite3.Connection, entries: Sequence[IndexEntry]) -> int:
