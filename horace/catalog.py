@@ -270,7 +270,11 @@ class Catalog:
 
     # -- shared steps -------------------------------------------------------------------
 
-    def relative(self, client_path: str) -> str:
+    def relative(self, client_path: str, *, folder: bool = False) -> str:
+        """*client_path* relative to files/: a file's path, or with *folder* a folder's
+        (which may end in "/"; a file's may not: ``a.txt/`` names no file)."""
+        if not folder and isinstance(client_path, str) and client_path.endswith("/"):
+            raise HoraceError(ErrorCode.INVALID_PATH, f"invalid path {client_path!r}: ends in / (a folder)")
         return paths.to_relative(self.storage.files, client_path)
 
     def _check_described(self, what: str, description: dict[str, Any]) -> None:
@@ -703,7 +707,7 @@ class Catalog:
         A catalogued file is read again only when its stat identity says it may have
         changed (:func:`unchanged_since`), or with *rehash*, always.
         """
-        rel_under = self.relative(under) if under is not None else None  # "" is refused
+        rel_under = self.relative(under, folder=True) if under is not None else None  # "" is refused
         if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
         skipped: list[str] = []

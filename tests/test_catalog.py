@@ -589,3 +589,14 @@ async def test_registering_a_deleted_file_the_purge_takes_meanwhile_catalogs_it_
     assert again.file.id != old.id and again.version_created and again.file.status is Status.ACTIVE
     assert again.file.checksum == sha256(content)
     assert await catalog.backend.file_by_id(old.id) is None
+
+
+async def test_a_file_path_ending_in_a_slash_names_no_file(catalog: Catalog, files: Path) -> None:
+    """`a.txt/` is a folder's path (as the shell reads it): refused where a file is meant,
+    taken where a folder is (a scan)."""
+    write(files / "user/a.txt", "a")
+    for attempt in (catalog.register("user/a.txt/"), catalog.get_info(file_path="user/a.txt/")):
+        with pytest.raises(HoraceError) as refused:
+            await attempt
+        assert refused.value.code is ErrorCode.INVALID_PATH and "ends in /" in refused.value.message
+    assert (await catalog.scan("user/")).registered == 1
