@@ -1333,6 +1333,12 @@ class _Units:
             found = {str(r["id"]) for r in await self._source.run(_fetch, _PRESENT_IDS, valid)}
         return [fid for fid in file_ids if fid not in found]
 
+    async def file_ids_from(self, lowest: str, limit: int) -> list[str]:
+        rows = await self._source.run(
+            _fetch, "SELECT id FROM horace_files WHERE id >= $1::uuid ORDER BY id LIMIT $2", lowest, limit
+        )
+        return [str(r["id"]) for r in rows]
+
     # maintenance
 
     async def unreferenced(self, checksums: Sequence[str]) -> list[str]:

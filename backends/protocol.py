@@ -137,6 +137,9 @@ class Units(Protocol):
     async def missing_file_ids(self, file_ids: Sequence[str]) -> list[str]:
         """Which of *file_ids* are not catalogued."""
 
+    async def file_ids_from(self, lowest: str, limit: int) -> list[str]:
+        """Up to *limit* catalogued ids from *lowest* (a canonical uuid) on, in id order."""
+
     # -- maintenance ------------------------------------------------------------------
     async def unreferenced(self, checksums: Sequence[str]) -> list[str]:
         """Which of *checksums* no version row refers to."""

@@ -1211,6 +1211,16 @@ class SqliteBackend:
     async def missing_file_ids(self, file_ids: Sequence[str]) -> list[str]:
         return await self._read(_missing_file_ids, file_ids)
 
+    async def file_ids_from(self, lowest: str, limit: int) -> list[str]:
+        return await self._read(
+            lambda conn: [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM horace_files WHERE id >= ? ORDER BY id LIMIT ?", (lowest, limit)
+                )
+            ]
+        )
+
     async def unreferenced(self, checksums: Sequence[str]) -> list[str]:
         return await self._read(_unreferenced, checksums)
 

@@ -114,6 +114,11 @@ async def test_completion_and_log_level(served: RunningHorace) -> None:
             "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": "q3"}}
         )
         assert by_path["result"]["completion"]["values"] == [file_id]
+        for typed in (file_id[:4], file_id[:11], file_id[:13].replace("-", "").upper()):
+            by_id = await client.request(
+                "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": typed}}
+            )
+            assert file_id in by_id["result"]["completion"]["values"], (typed, by_id)
         endless = await client.request(
             "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": "q" * 100_000}}
         )

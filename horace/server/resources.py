@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,15 +117,28 @@ class Resources:
             return []
         if exact is not None:
             return [exact.id]
+        by_id = await self._ids_starting(typed)
         if len(typed) > MAX_PATTERN // 3:  # escaped below, it would pass the pattern's bound
-            return []
+            return by_id
         pattern = "*" + "".join(f"[{ch}]" if ch in "*?[" else ch for ch in typed) + "*"
         page = await self._catalog_call(
             self.catalog.search(
                 SearchQuery(path=pattern, limit=COMPLETIONS, sort_by=SortKey.PATH, order=Order.ASC)
             )
         )
-        return [f.id for f in page.results]
+        return by_id + [f.id for f in page.results if f.id not in by_id]
+
+    async def _ids_starting(self, typed: str) -> list[str]:
+        """Ids that start with *typed* (hex digits, dashes where an id has them)."""
+        digits = typed.replace("-", "").lower()
+        if not digits or len(digits) > 32 or digits.strip("0123456789abcdef"):
+            return []
+        lowest = str(uuid.UUID(hex=digits.ljust(32, "0")))
+        try:
+            ids = await self.catalog.backend.file_ids_from(lowest, COMPLETIONS)
+        except BackendUnavailable:
+            return []
+        return [found for found in ids if found.replace("-", "").startswith(digits)]
 
     async def _versions(self, file_id: str, typed: str) -> list[str]:
         try:
