@@ -181,7 +181,9 @@ class ScanReport:
 @frozen
 class NewFiles:
     registered: tuple[FileRecord, ...]
-    skipped: tuple[str, ...]  # content catalogued already, or the path taken meanwhile
+    # (path, checksum) of those not inserted: content catalogued already (or earlier in the
+    # batch), or the path taken meanwhile by another writer
+    skipped: tuple[tuple[str, str], ...]
     failed: tuple[tuple[str, HoraceError], ...]
 
 
@@ -759,20 +761,27 @@ class Catalog:
             else:
                 suspects.append(entry)
         tally.advance(tally.unchanged)
-        not_inserted: list[str] = []
+        # Content catalogued at the start or by this scan: a file of it not inserted is a
+        # duplicate. Any other was refused for its path, or for content another writer (a
+        # second instance's scan, say) catalogued meanwhile: the index, read again, tells.
+        known = {e.checksum for e in entries if e.status is not Status.DELETED}
+        unexplained: list[str] = []
         for batch in _slices(new, SCAN_COMMIT_GROUP):
             outcome = await self.register_new(batch, correlation_id, sum(sizes[rel] for rel in batch))
             tally.registered += len(outcome.registered)
-            not_inserted += outcome.skipped
+            known.update(f.checksum for f in outcome.registered)
+            for rel, checksum in outcome.skipped:
+                if checksum in known:
+                    tally.duplicates += 1
+                else:
+                    unexplained.append(rel)
             tally.errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
             tally.advance(len(batch))
-        if not_inserted:
-            # Another writer (a second instance's scan, say) may have catalogued some of
-            # them meanwhile: those are unchanged, not duplicate content.
+        if unexplained:
             catalogued = {e.file_path for e in await self.backend.working_index()}
-            for rel in not_inserted:
+            for rel in unexplained:
                 if rel in catalogued:
-                    tally.unchanged += 1
+                    tally.unchanged += 1  # catalogued meanwhile, with this very content
                 else:
                     tally.duplicates += 1
         for entries in _slices(suspects, SCAN_COMMIT_GROUP):
@@ -896,7 +905,8 @@ class Catalog:
         finally:
             await self._discard_batch(staged, released)
         done = {f.file_path for f in inserted}
-        return NewFiles(tuple(inserted), tuple(rel for rel, _, _ in taken if rel not in done), tuple(failed))
+        skipped = tuple((rel, s.checksum) for rel, s, _ in taken if rel not in done)
+        return NewFiles(tuple(inserted), skipped, tuple(failed))
 
     # -- batches: staged on one thread or several, kept with one sync ---------------------
 

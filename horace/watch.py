@@ -291,7 +291,7 @@ class Watcher:
         correlation_id = f"watch-{uuid.uuid4()}"
         outcome = await self.catalog.register_new(batch, correlation_id)
         self.counts.registered += len(outcome.registered)
-        for rel in outcome.skipped:
+        for rel, _ in outcome.skipped:
             # A duplicate, or the second half of a rename: the one-by-one path tells which.
             self._one_by_one.add(rel)
             await self._settle(rel)
