@@ -448,7 +448,7 @@ class Storage:
         dfd, name = folders.parent(rel)
         fd, before = _open_regular(dfd, name, rel)
         try:
-            checksum = _hash_fd(fd, check_cancelled)[0]
+            checksum = _hash_fd(fd, check_cancelled, before.st_size)[0]
             after = os.fstat(fd)
         finally:
             os.close(fd)
@@ -524,7 +524,7 @@ class Storage:
     ) -> Staged:
         """Stage the open file *src*, whose stat was *before*; a working file (read after
         *recorded_ns*) is staged with its stat identity."""
-        staged = self._copy_to_temp(src, check_cancelled)
+        staged = self._copy_to_temp(src, check_cancelled, before.st_size)
         after = os.fstat(src)
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
             # A writer was at work while we copied: what we have may be torn. (Not ctime:
@@ -561,24 +561,24 @@ class Storage:
         except HoraceError:
             return False
 
-    def _copy_to_temp(self, src: int, check_cancelled: CheckCancelled) -> Staged:
+    def _copy_to_temp(self, src: int, check_cancelled: CheckCancelled, size_hint: int) -> Staged:
         tmp_path = self.tmp / temp_name(TempKind.STAGE)
         dst = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             if self._reflink and self._try_clone(src, dst):
                 clone = os.open(tmp_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    checksum, size, head = _hash_fd(clone, check_cancelled)
+                    checksum, copied, head = _hash_fd(clone, check_cancelled, size_hint)
                 finally:
                     os.close(clone)
             else:
-                checksum, size, head = _copy_and_hash(src, dst, check_cancelled)
+                checksum, copied, head = _copy_and_hash(src, dst, check_cancelled, size_hint)
         except BaseException:
             os.close(dst)
             tmp_path.unlink(missing_ok=True)
             raise
         os.close(dst)
-        return Staged(tmp_path=tmp_path, checksum=checksum, size=size, head=head)
+        return Staged(tmp_path=tmp_path, checksum=checksum, size=copied, head=head)
 
     def _try_clone(self, src: int, dst: int) -> bool:
         try:
@@ -1017,12 +1017,17 @@ def _same_content_as(path: Path, other: Path) -> bool:
         return False
 
 
-def _copy_and_hash(src: int, dst: int | None, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]:
-    """One pass over *src*: hash it, keep its first bytes, and copy it to *dst* if given."""
+def _copy_and_hash(
+    src: int, dst: int | None, check_cancelled: CheckCancelled, size_hint: int | None = None
+) -> tuple[str, int, bytes]:
+    """One pass over *src*: hash it, keep its first bytes, and copy it to *dst* if given.
+    *size_hint*: the size the caller's own stat of *src* gave, if it has one."""
     digest = hashlib.sha256()
     # A buffer the file's size (one read and the end), CHUNK at most: zeroing 1 MiB for
     # each small file of a scan cost more than reading it.
-    buf = bytearray(min(CHUNK, os.fstat(src).st_size + 1))
+    if size_hint is None:
+        size_hint = os.fstat(src).st_size
+    buf = bytearray(min(CHUNK, size_hint + 1))
     view = memoryview(buf)
     size = 0
     head = b""
@@ -1043,8 +1048,10 @@ def _copy_and_hash(src: int, dst: int | None, check_cancelled: CheckCancelled) -
     return digest.hexdigest(), size, head
 
 
-def _hash_fd(fd: int, check_cancelled: CheckCancelled) -> tuple[str, int, bytes]:
-    return _copy_and_hash(fd, None, check_cancelled)
+def _hash_fd(
+    fd: int, check_cancelled: CheckCancelled, size_hint: int | None = None
+) -> tuple[str, int, bytes]:
+    return _copy_and_hash(fd, None, check_cancelled, size_hint)
 
 
 _libc: Any = ctypes.CDLL(None, use_errno=True)

@@ -31,11 +31,13 @@ from horace.testing import run_horace
 _copy_and_hash = horace.storage._copy_and_hash
 
 
-def _no_space(src: int, dst: int | None, check: Callable[[], None]) -> tuple[str, int, bytes]:
+def _no_space(
+    src: int, dst: int | None, check: Callable[[], None], *hint: int | None
+) -> tuple[str, int, bytes]:
     """Copies fail as on a full disk; reading (hashing) still works."""
     if dst is not None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return _copy_and_hash(src, dst, check)
+    return _copy_and_hash(src, dst, check, *hint)
 
 
 async def test_a_full_disk_during_a_copy_is_storage_full(
