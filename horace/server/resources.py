@@ -111,13 +111,9 @@ class Resources:
         return {"completion": {"values": values[:COMPLETIONS], "total": len(values), "hasMore": False}}
 
     async def _file_ids(self, typed: str) -> list[str]:
-        try:
-            exact = await self.catalog.backend.file_by_id(typed) if typed else None
-        except BackendUnavailable:
-            return []
-        if exact is not None:
-            return [exact.id]
-        by_id = await self._ids_starting(typed)
+        by_id = await self._ids_starting(typed)  # a whole id is its own prefix
+        if len(by_id) == 1 and len(by_id[0]) == len(typed):
+            return by_id
         if len(typed) > MAX_PATTERN // 3:  # escaped below, it would pass the pattern's bound
             return by_id
         pattern = "*" + "".join(f"[{ch}]" if ch in "*?[" else ch for ch in typed) + "*"
