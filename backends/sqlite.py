@@ -286,6 +286,11 @@ def _insert_files(
     return inserted
 
 
+# The status in a horace_word_keys key's low bits (schema step 003 spells it in its triggers).
+_STATUS_CODE = {Status.ACTIVE: 0, Status.ARCHIVED: 1, Status.DELETED: 2}
+_STATUS_CODE_SQL = (
+    "CASE status " + " ".join(f"WHEN '{s.value}' THEN {code}" for s, code in _STATUS_CODE.items()) + " END"
+)
 # The creation second of a horace_word_keys key, newest first: as in schema/sqlite/003.
 _SECOND_SQL = "(17179869183 - min(max(CAST(strftime('%s', {}) AS INTEGER), 0), 17179869183))"
 _SECOND_SHIFT = 29
@@ -308,7 +313,7 @@ FROM (
            ) AS next
     FROM (
         SELECT id, {_SECOND_SQL.format("created_at")} AS second,
-               CASE status WHEN 'active' THEN 0 WHEN 'archived' THEN 1 ELSE 2 END AS code
+               {_STATUS_CODE_SQL} AS code
         FROM horace_files WHERE id = ?
     ) f
 ) n
@@ -445,7 +450,6 @@ def _move_file(conn: sqlite3.Connection, file_id: str, new_path: str, at: dateti
 # entries only, and the page reads the matches in order and stops after it. Every other
 # search goes through horace_files, whose sorter keeps only (sort value, id) pairs.
 
-_STATUS_CODE = {Status.ACTIVE: 0, Status.ARCHIVED: 1, Status.DELETED: 2}
 _TEXT_MATCHES = "SELECT k.file_id FROM horace_words(?) w CROSS JOIN horace_word_keys k ON k.key = w.rowid"
 
 
