@@ -1,6 +1,7 @@
 // The official MCP TypeScript SDK's client against Horace: run by scripts/sdk_ts from the
 // folder where the SDK is installed. Usage: node sdk_ts_client.mjs http URL
-//                                             node sdk_ts_client.mjs stdio PYTHON STORE
+//                                             node sdk_ts_client.mjs stdio PYTHON
+// (stdio: `PYTHON -m horace mcp` with this process's environment, HORACE_STORAGE_PATH included)
 // Prints one line per check ("ok" or "FAIL") and exits 1 when one failed.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -13,7 +14,7 @@ const transport =
     : new StdioClientTransport({
         command: rest[0],
         args: ["-m", "horace", "mcp"],
-        env: { ...process.env, HORACE_STORAGE_PATH: rest[1] },
+        env: process.env,
         stderr: "ignore",
       });
 const client = new Client({ name: "horace-sdk-ts-check", version: "1.0.0" });
