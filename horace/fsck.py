@@ -203,7 +203,8 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
         if not stat.S_ISREG(st.st_mode):
             # Horace's temps are regular files: a folder, symlink or FIFO here is a user's
             # (a restore displaced it, or someone put it there). Never read, never removed.
-            found.append(await _put_back(catalog, path, name, "something that is not a regular file"))
+            what = "something that is not a regular file"
+            found.append(await _put_back(catalog, path, what, await _held_for(catalog, name)))
         elif (
             name is not None
             and name.kind is TempKind.STAGE
@@ -285,36 +286,36 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     back into files/."""
     storage = catalog.storage
     checksum = await in_thread(_sha256_of, path)
-    try:
-        file_id = str(uuid.UUID(name.extra))
-    except ValueError:
-        file_id = ""
-    file = await catalog.backend.file_by_id(file_id) if file_id else None
+    file = await _held_for(catalog, name)
     versioned = file is not None and any(
         v.checksum == checksum for v in await catalog.backend.versions(file.id)
     )
-    if versioned and await in_thread(storage.has_object, checksum):
+    if file is not None and versioned and await in_thread(storage.has_object, checksum):
         await in_thread(path.unlink, True)
         return Finding(
             "temp_leftover",
             "a working file held by a process that is gone; its content is a version: removed",
             True,
-            file_id,
+            file.id,
             subject=str(path),
         )
-    return await _put_back(catalog, path, name, "a working file caught outside files/ by a crash", file)
+    return await _put_back(catalog, path, "a working file caught outside files/ by a crash", file)
 
 
-async def _put_back(
-    catalog: Catalog, path: Path, name: TempName | None, what: str, file: FileRecord | None = None
-) -> Finding:
-    """Return *path* from ``.horace/tmp`` to files/: at its file's path when it is known,
+async def _held_for(catalog: Catalog, name: TempName | None) -> FileRecord | None:
+    """The file a held temp's name says it was moved out for, if it is catalogued."""
+    if name is None or name.kind is not TempKind.HELD:
+        return None
+    try:
+        file_id = str(uuid.UUID(name.extra))
+    except ValueError:
+        return None
+    return await catalog.backend.file_by_id(file_id)
+
+
+async def _put_back(catalog: Catalog, path: Path, what: str, file: FileRecord | None) -> Finding:
+    """Return *path* from ``.horace/tmp`` to files/: at *file*'s path when there is one,
     else under ``user/recovered/``."""
-    if file is None and name is not None and name.kind is TempKind.HELD:
-        try:
-            file = await catalog.backend.file_by_id(str(uuid.UUID(name.extra)))
-        except ValueError:
-            file = None
     where = file.file_path if file is not None else f"user/recovered/{path.name[-12:]}"
     placed = await in_thread(catalog.storage.put_back, path, where)
     return Finding(
