@@ -290,13 +290,13 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     versioned = file is not None and any(
         v.checksum == checksum for v in await catalog.backend.versions(file.id)
     )
-    if file is not None and versioned and await in_thread(storage.has_object, checksum):
+    if versioned and await in_thread(storage.has_object, checksum):
         await in_thread(path.unlink, True)
         return Finding(
             "temp_leftover",
             "a working file held by a process that is gone; its content is a version: removed",
             True,
-            file.id,
+            file.id if file is not None else None,
             subject=str(path),
         )
     return await _put_back(catalog, path, "a working file caught outside files/ by a crash", file)
