@@ -713,18 +713,11 @@ class Catalog:
         if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
         skipped: list[str] = []
-        found: list[tuple[str, os.stat_result]] = []
-        index: list[IndexEntry] = []
-
-        async def walk() -> None:
-            found.extend(await in_thread(self.storage.walk_stats, rel_under, skipped, check_cancelled))
-
-        async def read_index() -> None:
-            index.extend(await self.backend.working_index())
-
-        async with _together() as nursery:  # the disk and the catalog at once
-            nursery.start_soon(walk)
-            nursery.start_soon(read_index)
+        # One after the other: run at once, the walk's thread (a system call a file, each
+        # giving up the GIL) waits behind the index read's Python for the GIL, and the two
+        # take longer together than in turn.
+        found = await in_thread(self.storage.walk_stats, rel_under, skipped, check_cancelled)
+        index = await self.backend.working_index()
         for why in skipped:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
         report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
