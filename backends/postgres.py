@@ -689,12 +689,14 @@ SELECT ord FROM done ORDER BY ord
 _INSERT_SIMPLE = "WITH " + _INSERT_INPUT + _CHOSEN_SIMPLE + _INSERT_REST
 _INSERT_WALK = "WITH RECURSIVE " + _INSERT_INPUT + _CHOSEN_WALK + _INSERT_REST
 
-_ADD_VERSION = f"""
+
+def _add_version_sql(only: str = "") -> str:
+    return f"""
 WITH numbered AS (
     SELECT f.id, coalesce(
                (SELECT max(v.version) FROM horace_versions v WHERE v.file_id = f.id), 0
            ) + 1 AS number
-    FROM horace_files f WHERE f.id = $1::uuid
+    FROM horace_files f WHERE f.id = $1::uuid{only}
 ),
 inserted AS (
     INSERT INTO horace_versions ({V})
@@ -733,6 +735,11 @@ SELECT {_cols(_FILE_COLUMNS, "u")}, {_cols(_VERSION_COLUMNS, "i", "v_")},
     ) AS orphans
 FROM updated u, inserted i
 """
+
+
+_ADD_VERSION = _add_version_sql()
+# Only to a file still active at the version the caller looked at ($17); else no row.
+_ADD_SEEN_VERSION = _add_version_sql(" AND f.current_version = $17::integer AND f.status = 'active'")
 
 _UPDATE_FILE = f"""
 WITH updated AS (
@@ -957,6 +964,35 @@ async def _execute(conn: Conn, sql: str, *args: Any) -> str:
     return str(await conn.execute(sql, *args))
 
 
+def _version_args(
+    fid: uuid.UUID,
+    new: NewVersion,
+    at: datetime,
+    correlation_id: str | None,
+    retention: Retention,
+    status: str | None,
+) -> tuple[Any, ...]:
+    """The parameters $1..$16 of :data:`_ADD_VERSION`."""
+    cutoff = datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC)
+    return (
+        fid,
+        new.checksum,
+        new.size,
+        at,
+        new.restored_from_version,
+        correlation_id,
+        new.mime_type,
+        None if status is None else str(status),
+        retention.keep,
+        cutoff,
+        *_stat_values(new.working),
+    )
+
+
+def _added(row: Row) -> tuple[FileRecord, VersionRecord, list[str]]:
+    return _file(row), _version(row, "v_"), sorted(set(row["orphans"]))
+
+
 async def _add_version(conn: Conn, *args: Any) -> Row | None:
     # Writers of one file hold its lock, so the number max+1 is normally free. Without the
     # lock, two writers can pick the same number from their snapshots: the second one
@@ -971,6 +1007,19 @@ async def _add_version(conn: Conn, *args: Any) -> Row | None:
             if exc.constraint_name != "horace_versions_pkey" or attempt >= 1000:
                 raise
     raise AssertionError("unreachable")
+
+
+async def _add_seen_versions(conn: Conn, each: Sequence[tuple[Any, ...]]) -> list[Row | None]:
+    # One transaction, one commit (and WAL flush) for the lot. Its files' locks are held,
+    # so a version number is taken from under it only by a writer that holds none; then
+    # the lot is undone and reported as not done, and each file goes again on its own.
+    try:
+        async with conn.transaction():
+            return [await conn.fetchrow(_ADD_SEEN_VERSION, *args) for args in each]
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "horace_versions_pkey":
+            raise
+        return [None] * len(each)
 
 
 async def _move_file(conn: Conn, *args: Any) -> Row | None:
@@ -1221,24 +1270,29 @@ class _Units:
         fid = _uuid(file_id)
         row = None
         if fid is not None:
-            cutoff = datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC)
-            row = await self._source.run(
-                _add_version,
-                fid,
-                new.checksum,
-                new.size,
-                at,
-                new.restored_from_version,
-                correlation_id,
-                new.mime_type,
-                None if status is None else str(status),
-                retention.keep,
-                cutoff,
-                *_stat_values(new.working),
-            )
+            args = _version_args(fid, new, at, correlation_id, retention, status)
+            row = await self._source.run(_add_version, *args)
         if row is None:
             raise FileGone(f"add_version: no catalogued file {file_id!r}")
-        return _file(row), _version(row, "v_"), sorted(set(row["orphans"]))
+        return _added(row)
+
+    async def add_versions(
+        self,
+        changes: Sequence[tuple[IndexEntry, NewVersion]],
+        at: datetime,
+        correlation_id: str | None,
+        retention: Retention,
+    ) -> list[tuple[FileRecord, VersionRecord, list[str]] | None]:
+        each = [
+            (*_version_args(fid, new, at, correlation_id, retention, None), seen.current_version)
+            for seen, new in changes
+            if (fid := _uuid(seen.file_id)) is not None
+        ]
+        rows = iter(await self._source.run(_add_seen_versions, each) if each else [])
+        return [
+            None if _uuid(seen.file_id) is None or (row := next(rows)) is None else _added(row)
+            for seen, _ in changes
+        ]
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         fid = _uuid(file_id)
@@ -1420,15 +1474,19 @@ class _Units:
 # -- the backend ---------------------------------------------------------------------------
 
 _TRY_LOCK = "SELECT pg_try_advisory_lock($1::bigint)"
-_UNLOCK = "SELECT pg_advisory_unlock($1::bigint)"
+_TRY_LOCKS = (
+    "SELECT coalesce(array_agg(k), '{}') FROM unnest($1::bigint[]) AS k WHERE pg_try_advisory_lock(k)"
+)
+_UNLOCKS = "SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) AS k"
 
 
-async def _acquire_and_try(pool: Any, key: int) -> tuple[Conn, bool]:
+async def _acquire_and_try(pool: Any, keys: list[int]) -> tuple[Conn, list[int]]:
+    """A connection from the pool, and those of *keys* (distinct) it could lock."""
     conn = await pool.acquire()
     try:
-        got = bool(await conn.fetchval(_TRY_LOCK, key))
+        got = list(await conn.fetchval(_TRY_LOCKS, keys))
     except BaseException:
-        await _give_back(pool, conn, key, None)  # the try may have been granted
+        await _give_back(pool, conn, None)  # a try may have been granted
         raise
     return conn, got
 
@@ -1437,8 +1495,8 @@ async def _try_lock(conn: Conn, key: int) -> bool:
     return bool(await conn.fetchval(_TRY_LOCK, key))
 
 
-async def _give_back(pool: Any, conn: Conn, key: int, locked: bool | None) -> None:
-    """Release the lock (``locked``; ``None``: unknown, after an interrupted try) and
+async def _give_back(pool: Any, conn: Conn, keys: Sequence[int] | None) -> None:
+    """Release the locks *keys* (``None``: unknown, after an interrupted try) and
     return the connection to the pool.
 
     A statement interrupted by cancellation is cancelled on the server by asyncpg, and
@@ -1448,10 +1506,10 @@ async def _give_back(pool: Any, conn: Conn, key: int, locked: bool | None) -> No
     """
     try:
         async with asyncio.timeout(CLOSE_TIMEOUT):
-            if locked is None:
+            if keys is None:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
-            elif locked:
-                await conn.execute(_UNLOCK, key)
+            elif keys:
+                await conn.execute(_UNLOCKS, list(keys))
     except BaseException:
         conn.terminate()
         raise
@@ -1513,9 +1571,9 @@ class PostgresBackend(_Units):
 
     @asynccontextmanager
     async def exclusive(self, key: int) -> AsyncIterator[Units]:
-        conn, got = await self._hop(_acquire_and_try, self._pool, key)
+        conn, got = await self._hop(_acquire_and_try, self._pool, [key])
         held = _HeldSource(conn, self._hop)
-        locked: bool | None = got
+        locked: bool | None = bool(got)
         try:
             delay = 0.001
             while not locked:  # polling keeps the wait cancellable
@@ -1527,7 +1585,19 @@ class PostgresBackend(_Units):
         finally:
             held.open = False
             with trio.CancelScope(shield=True):
-                await self._hop(_give_back, self._pool, conn, key, locked)
+                keys = None if locked is None else [key] if locked else []
+                await self._hop(_give_back, self._pool, conn, keys)
+
+    @asynccontextmanager
+    async def exclusive_free(self, keys: Sequence[int]) -> AsyncIterator[tuple[Units, frozenset[int]]]:
+        conn, got = await self._hop(_acquire_and_try, self._pool, sorted(set(keys)))
+        held = _HeldSource(conn, self._hop)
+        try:
+            yield _Units(held), frozenset(got)
+        finally:
+            held.open = False
+            with trio.CancelScope(shield=True):
+                await self._hop(_give_back, self._pool, conn, got)
 
     async def aclose(self) -> None:
         if self._closed:

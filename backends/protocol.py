@@ -98,6 +98,17 @@ class Units(Protocol):
         ``new.working`` (cleared when None). :class:`FileGone` when the file is not
         catalogued."""
 
+    async def add_versions(
+        self,
+        changes: Sequence[tuple[IndexEntry, NewVersion]],
+        at: datetime,
+        correlation_id: str | None,
+        retention: Retention,
+    ) -> list[tuple[FileRecord, VersionRecord, list[str]] | None]:
+        """:meth:`add_version` for each (entry, new version) whose file is still active at
+        the entry's ``current_version`` (the content the caller looked at), and None,
+        touching nothing, for any other: changed, no longer active, or gone meanwhile."""
+
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         """Apply the allow-listed changes; a status change sets or clears deleted_at
         and clears the stat identity (the working file leaves or comes back);
@@ -184,5 +195,12 @@ class Backend(Units, Protocol):
     def exclusive(self, key: int) -> AbstractAsyncContextManager[Units]:
         """Hold the cross-host write lock *key* for a file; the units it yields run
         under that lock (on PostgreSQL, on the connection that holds it)."""
+
+    def exclusive_free(
+        self, keys: Sequence[int]
+    ) -> AbstractAsyncContextManager[tuple[Units, frozenset[int]]]:
+        """Hold those of the write locks *keys* that no other holder has, without waiting
+        for the others (so it cannot deadlock); yields the units that run under them and
+        the keys held."""
 
     async def aclose(self) -> None: ...

@@ -349,48 +349,81 @@ def _add_version(
     retention: Retention,
     status: str | None,
 ) -> tuple[FileRecord, VersionRecord, list[str]]:
-    now = _ts(at)
     with _transaction(conn):
         if _file_by(conn, "id", file_id) is None:
             raise FileGone(f"add_version: no catalogued file {file_id!r}")
-        (number,) = conn.execute(
-            "SELECT coalesce(max(version), 0) + 1 FROM horace_versions WHERE file_id = ?",
-            (file_id,),
-        ).fetchone()
-        conn.execute(
-            f"INSERT INTO horace_versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (file_id, number, new.checksum, new.size, now, new.restored_from_version, correlation_id),
+        return _record_version(conn, file_id, new, at, correlation_id, retention, status)
+
+
+def _add_versions(
+    conn: sqlite3.Connection,
+    changes: Sequence[tuple[IndexEntry, NewVersion]],
+    at: datetime,
+    correlation_id: str | None,
+    retention: Retention,
+) -> list[tuple[FileRecord, VersionRecord, list[str]] | None]:
+    done: list[tuple[FileRecord, VersionRecord, list[str]] | None] = []
+    with _transaction(conn):
+        for seen, new in changes:
+            row = conn.execute(
+                "SELECT current_version, status FROM horace_files WHERE id = ?", (seen.file_id,)
+            ).fetchone()
+            if row is None or tuple(row) != (seen.current_version, Status.ACTIVE.value):
+                done.append(None)
+            else:
+                done.append(_record_version(conn, seen.file_id, new, at, correlation_id, retention, None))
+    return done
+
+
+def _record_version(
+    conn: sqlite3.Connection,
+    file_id: str,
+    new: NewVersion,
+    at: datetime,
+    correlation_id: str | None,
+    retention: Retention,
+    status: str | None,
+) -> tuple[FileRecord, VersionRecord, list[str]]:
+    """In the caller's transaction, of a file known to be catalogued."""
+    now = _ts(at)
+    (number,) = conn.execute(
+        "SELECT coalesce(max(version), 0) + 1 FROM horace_versions WHERE file_id = ?",
+        (file_id,),
+    ).fetchone()
+    conn.execute(
+        f"INSERT INTO horace_versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (file_id, number, new.checksum, new.size, now, new.restored_from_version, correlation_id),
+    )
+    conn.execute(
+        "UPDATE horace_files SET current_version = ?, checksum = ?, size = ?, mime_type = ?, "
+        "updated_at = ?, status = coalesce(?, status), "
+        "deleted_at = CASE WHEN coalesce(?, status) = 'deleted' THEN deleted_at END, "
+        f"({_STAT_COLUMNS}) = ({_placeholders(range(6))}) "
+        "WHERE id = ?",
+        (
+            number,
+            new.checksum,
+            new.size,
+            new.mime_type,
+            now,
+            status,
+            status,
+            *_stat_values(new.working),
+            file_id,
+        ),
+    )
+    cutoff = _ts(datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC))
+    pruned = [
+        r[0]
+        for r in conn.execute(
+            "DELETE FROM horace_versions WHERE file_id = ? AND version <= ? AND created_at <= ? "
+            "RETURNING checksum",
+            (file_id, number - retention.keep, cutoff),
         )
-        conn.execute(
-            "UPDATE horace_files SET current_version = ?, checksum = ?, size = ?, mime_type = ?, "
-            "updated_at = ?, status = coalesce(?, status), "
-            "deleted_at = CASE WHEN coalesce(?, status) = 'deleted' THEN deleted_at END, "
-            f"({_STAT_COLUMNS}) = ({_placeholders(range(6))}) "
-            "WHERE id = ?",
-            (
-                number,
-                new.checksum,
-                new.size,
-                new.mime_type,
-                now,
-                status,
-                status,
-                *_stat_values(new.working),
-                file_id,
-            ),
-        )
-        cutoff = _ts(datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC))
-        pruned = [
-            r[0]
-            for r in conn.execute(
-                "DELETE FROM horace_versions WHERE file_id = ? AND version <= ? AND created_at <= ? "
-                "RETURNING checksum",
-                (file_id, number - retention.keep, cutoff),
-            )
-        ]
-        orphans = _unreferenced(conn, pruned)
-        record = _file_by(conn, "id", file_id)
-        version = _one_version(conn, file_id, number)
+    ]
+    orphans = _unreferenced(conn, pruned)
+    record = _file_by(conn, "id", file_id)
+    version = _one_version(conn, file_id, number)
     assert record is not None and version is not None
     return record, version, orphans
 
@@ -1127,6 +1160,12 @@ class SqliteBackend:
         holder._holds_file_lock = True
         yield holder
 
+    @asynccontextmanager
+    async def exclusive_free(self, keys: Sequence[int]) -> AsyncIterator[tuple[Units, frozenset[int]]]:
+        # As exclusive(): the caller's fcntl locks are the ones that count.
+        async with self.exclusive(0) as holder:
+            yield holder, frozenset(keys)
+
     async def aclose(self) -> None:
         async with self._write_lock:
             self._writer.close()
@@ -1169,6 +1208,15 @@ class SqliteBackend:
         status: str | None = None,
     ) -> tuple[FileRecord, VersionRecord, list[str]]:
         return await self._write(_add_version, file_id, new, at, correlation_id, retention, status)
+
+    async def add_versions(
+        self,
+        changes: Sequence[tuple[IndexEntry, NewVersion]],
+        at: datetime,
+        correlation_id: str | None,
+        retention: Retention,
+    ) -> list[tuple[FileRecord, VersionRecord, list[str]] | None]:
+        return await self._write(_add_versions, changes, at, correlation_id, retention)
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         return await self._write(_update_file, file_id, changes, at)

@@ -61,6 +61,9 @@ SCAN_BATCH = 256
 # A scan commits new and changed files in groups this large: one filesystem sync each.
 SCAN_COMMIT_GROUP = 2048
 MIN_PER_THREAD = 16  # a batch is split over the cores only in slices at least this long
+# Changed files a scan commits together hold this many locks at once (PostgreSQL's lock
+# table is sized for 64 a connection on average: max_locks_per_transaction).
+LOCKS_AT_ONCE = 64
 
 
 def _cores() -> int:
@@ -816,11 +819,8 @@ class Catalog:
         self, entries: Sequence[IndexEntry], correlation_id: str | None, tally: _ScanTally
     ) -> None:
         """Version changed catalogued files as one batch: staged together (on the threads
-        :func:`_thread_slices` gives), made objects with one filesystem sync, then each
-        committed under its file's lock, as long as no other writer versioned the file
-        since it was looked at (that one is taken again the usual way, under the lock)."""
+        :func:`_thread_slices` gives), then committed in groups (:meth:`_commit_together`)."""
         staged = await self._stage_batch([e.file_path for e in entries], _recorded_bytes(entries))
-        kept: list[Staged] = []
         released: list[Staged] = []
         try:
             ready: list[tuple[IndexEntry, Staged, str]] = []
@@ -836,30 +836,72 @@ class Catalog:
                     ready.append((entry, *outcome))
             if unchanged:
                 await self.backend.refresh_working(unchanged)
-            await self._keep_batch([s for _, s, _ in ready], kept)
-            for entry, copy, mime_type in ready:
+            for part in _slices(ready, LOCKS_AT_ONCE):
+                await self._commit_together(part, correlation_id, tally, released)
+        finally:
+            await self._discard_batch(staged, released)
+
+    async def _commit_together(
+        self,
+        ready: Sequence[tuple[IndexEntry, Staged, str]],
+        correlation_id: str | None,
+        tally: _ScanTally,
+        released: list[Staged],
+    ) -> None:
+        """Record the staged copies of *ready* as new versions. Those of files whose locks
+        are free and that no other writer versioned since the scan looked go together,
+        shielded as one version is (:meth:`_commit_version`): made objects with one
+        filesystem sync, recorded in one unit of work. Each of the others goes the usual
+        way, waiting for its lock (:meth:`_commit_looked_at`)."""
+        committed: set[str] = set()
+        orphans: list[str] = []
+        async with (
+            self.locks.hold_free([entry.file_path for entry, _, _ in ready]) as held,
+            self.backend.exclusive_free([lock_key(rel) for rel in held]) as (db, keys),
+        ):
+            free = set(held)
+            together = [
+                (entry, copy, mime_type)
+                for entry, copy, mime_type in ready
+                if entry.file_path in free and lock_key(entry.file_path) in keys
+            ]
+            if together:
+                changes = [
+                    (entry, NewVersion(copy.checksum, copy.size, mime_type, working=copy.working))
+                    for entry, copy, mime_type in together
+                ]
+                with trio.CancelScope(shield=True):
+                    await self._keep_batch([copy for _, copy, _ in together], [])
+                    done = await db.add_versions(changes, self.clock(), correlation_id, self.policy.retention)
+                    recorded = [copy for (_, copy, _), outcome in zip(together, done, strict=True) if outcome]
+                    await self._release(recorded, released)
+                for (entry, _, _), outcome in zip(together, done, strict=True):
+                    if outcome is not None:
+                        committed.add(entry.file_path)
+                        orphans += outcome[2]
+                        tally.count(True)
+        if orphans:
+            await self.collect(orphans)
+        for entry, copy, mime_type in ready:
+            if entry.file_path not in committed:
                 try:
                     tally.count(await self._commit_looked_at(entry, copy, mime_type, correlation_id))
                 except HoraceError as exc:
                     tally.errors.append(f"{entry.file_path}: {exc.message}")
-            await self._release(kept, released)
-        finally:
-            await self._discard_batch(staged, released)
 
     async def _commit_looked_at(
-        self, entry: IndexEntry, kept: Staged, mime_type: str, correlation_id: str | None
+        self, entry: IndexEntry, copy: Staged, mime_type: str, correlation_id: str | None
     ) -> bool:
-        """Under the file's lock: record *kept* (an object already) as the file's new
-        version if the file is where *entry* saw it; else take the file the usual way.
-        Whether a version was made."""
+        """Under the file's lock: record *copy* as the file's new version if the file is
+        where *entry* saw it; else take the file the usual way. Whether a version was made."""
         async with self.writing(entry.file_path) as db:
             current = await db.file_by_id(entry.file_id)
             if current is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{entry.file_path!r} was purged meanwhile")
             if (current.current_version, current.status) != (entry.current_version, Status.ACTIVE):
                 return (await self._reregister(db, current, correlation_id)).version_created
-            new = NewVersion(kept.checksum, kept.size, mime_type, working=kept.working)
-            await self._commit_version(db, current, new, correlation_id)
+            new = NewVersion(copy.checksum, copy.size, mime_type, working=copy.working)
+            await self._commit_version(db, current, new, correlation_id, copy)
             return True
 
     async def register_new(

@@ -15,7 +15,7 @@ import fcntl
 import hashlib
 import os
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -63,16 +63,60 @@ class FileLocks:
                 raise HoraceError(ErrorCode.FILE_LOCKED, f"{rel_path!r} is being written")
             try:
                 await self._acquire_record(rel_path)
-                try:
-                    yield
-                finally:
-                    fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, lock_key(rel_path)))
-            finally:
+            except BaseException:
                 entry.lock.release()
+                raise
+        except BaseException:
+            self._leave(rel_path, entry)
+            raise
+        try:
+            yield
         finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._entries[rel_path]
+            self._release(rel_path)
+
+    @asynccontextmanager
+    async def hold_free(self, rel_paths: Sequence[str]) -> AsyncIterator[list[str]]:
+        """Hold the write locks of those of *rel_paths* that no one holds, without waiting
+        for the others; yield the paths held. It never waits while it holds a lock, so no
+        order of taking locks, here or in other holders, can deadlock with it."""
+        await trio.lowlevel.checkpoint()
+        held: list[str] = []
+        try:
+            for rel_path in dict.fromkeys(rel_paths):
+                if self._take_free(rel_path):
+                    held.append(rel_path)
+            yield held
+        finally:
+            for rel_path in reversed(held):
+                self._release(rel_path)
+
+    def _take_free(self, rel_path: str) -> bool:
+        entry = self._entries.setdefault(rel_path, _Entry())
+        entry.users += 1
+        if entry.lock.locked():  # by another task, or by this one (not free either)
+            self._leave(rel_path, entry)
+            return False
+        entry.lock.acquire_nowait()
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, lock_key(rel_path)))
+        except (BlockingIOError, PermissionError):
+            entry.lock.release()
+            self._leave(rel_path, entry)
+            return False
+        return True
+
+    def _release(self, rel_path: str) -> None:
+        entry = self._entries[rel_path]
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, lock_key(rel_path)))
+        finally:
+            entry.lock.release()
+            self._leave(rel_path, entry)
+
+    def _leave(self, rel_path: str, entry: _Entry) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            del self._entries[rel_path]
 
     async def _acquire_record(self, rel_path: str) -> None:
         # Polling the non-blocking F_OFD_SETLK keeps the wait cancellable; a blocking

@@ -175,7 +175,8 @@ class RegisterNew(Scenario):
 
 
 class Update(Scenario):
-    """Update with a content change (and a tag change); via_register: re-register the path."""
+    """Update with a content change (and a tag change); via_register: re-register the path;
+    via_scan: scan the file's folder (a changed file, committed with the scan's others)."""
 
     name = "update"
 
@@ -186,21 +187,25 @@ class Update(Scenario):
         *,
         fresh: bool = True,
         via_register: bool = False,
+        via_scan: bool = False,
         size: int | None = None,
         unchanged_share: float = 0.0,
     ) -> None:
         super().__init__(files, rng)
         self.fresh = fresh
         self.via_register = via_register
+        self.via_scan = via_scan
         self.fixed_size = size
         self.unchanged_share = unchanged_share
         if via_register:
             self.name = "reregister"
+        if via_scan:
+            self.name = "rescan"
 
     async def ensure_subject(self, catalog: Catalog) -> FileRecord:
         if self.subject is None:
             tag = self.next_tag()
-            self.rel = f"user/upd/{tag}.bin"
+            self.rel = f"user/upd/{tag}/{tag}.bin"  # a folder of its own, for a scan
             self.write(self.rel, make_content(self.rng, tag, self.fixed_size))
             self.subject = (await catalog.register(self.rel)).file
         found = await catalog.backend.file_by_id(self.subject.id)
@@ -221,6 +226,8 @@ class Update(Scenario):
     async def run(self, catalog: Catalog) -> Any:
         if self.via_register:
             return await catalog.register(self.rel)
+        if self.via_scan:
+            return await catalog.scan(self.rel.rpartition("/")[0])
         return await catalog.update(self.before.id, FileChanges(tags=(self.tag,)))
 
     async def verify(self, catalog: Catalog) -> bool:
@@ -248,8 +255,11 @@ class Update(Scenario):
 
     async def retry(self, catalog: Catalog) -> None:
         result = await self.run(catalog)
+        if self.via_scan:
+            assert not result.errors and result.versioned + result.unchanged == 1, result
+            result = await catalog.get_info(file_id=self.before.id)
         assert result.file.checksum == digest(self.content)
-        if not self.via_register:
+        if not (self.via_register or self.via_scan):
             assert result.file.tags == (self.tag,)
         assert self.working(self.rel) == self.content
         await assert_sound(catalog, deep=False)
@@ -415,10 +425,19 @@ class CountingUnits:
             @asynccontextmanager
             async def exclusive(key: int) -> Any:
                 async with AsyncExitStack() as stack:
-                    units = await injector.around("exclusive", lambda: stack.enter_async_context(attr(key)))
+                    units = await injector.around(name, lambda: stack.enter_async_context(attr(key)))
                     yield CountingUnits(units, injector)
 
             return exclusive
+        if name == "exclusive_free":
+
+            @asynccontextmanager
+            async def exclusive_free(keys: Any) -> Any:
+                async with AsyncExitStack() as stack:
+                    units, held = await injector.around(name, lambda: stack.enter_async_context(attr(keys)))
+                    yield CountingUnits(units, injector), held
+
+            return exclusive_free
         if not callable(attr) or name.startswith("_"):
             return attr
 
@@ -476,6 +495,7 @@ SCENARIOS: dict[str, Callable[[Path, random.Random], Scenario]] = {
     "register": lambda f, r: RegisterNew(f, r),
     "reregister": lambda f, r: Update(f, r, via_register=True),
     "update": lambda f, r: Update(f, r),
+    "rescan": lambda f, r: Update(f, r, via_scan=True),
     "restore-clean": lambda f, r: Restore(f, r, unsaved=False),
     "restore-unsaved": lambda f, r: Restore(f, r, unsaved=True),
 }

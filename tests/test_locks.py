@@ -56,3 +56,22 @@ async def test_waiting_is_cancellable_and_every_waiter_gets_its_turn(tmp_path: P
         for n in range(10):
             nursery.start_soon(writer, n)
     assert sorted(turns) == list(range(10))
+
+
+async def test_hold_free_takes_what_is_free_and_waits_for_nothing(tmp_path: Path) -> None:
+    lock_file = tmp_path / "locks"
+    here, there = FileLocks(lock_file, wait_seconds=0.2), FileLocks(lock_file, wait_seconds=0.2)
+    async with here.hold("a"), there.hold("b"):  # one held in this table, one in another
+        with trio.fail_after(1):  # never waits for either
+            async with here.hold_free(["a", "b", "c", "d", "c"]) as held:
+                assert held == ["c", "d"]
+                for path in held:  # really held, against both tables
+                    with pytest.raises(HoraceError):
+                        async with there.hold(path):
+                            pass
+    # Every lock it took is given back, in this table and in the file.
+    async with there.hold("c"), there.hold("d"):
+        pass
+    async with here.hold_free(["a", "b", "c"]) as held:
+        assert held == ["a", "b", "c"]
+    assert not here._entries and not there._entries  # no entry outlives its holders

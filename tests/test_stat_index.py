@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from horace.assemble import StartCheck, open_catalog
 from horace.backends.records import FileChanges, IndexEntry, WorkingStat
 from horace.catalog import Catalog
 from horace.config import Settings
+from horace.locks import FileLocks
 from horace.storage import CHUNK, HEAD_BYTES, Storage, _copy_and_hash
 
 TICK = 0.05  # longer than the kernel's timestamp tick: a file written before it is "old"
@@ -195,22 +197,23 @@ async def test_a_scan_never_records_content_a_restore_replaced_meanwhile(
     exact: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The scan stages a changed file without its lock; a restore runs before the scan
-    commits. The scan must not make the content it staged current over the restore's."""
+    takes the lock to commit. The scan must not make the content it staged current over
+    the restore's."""
     path = write(files / "user/a.txt", "AAAA")
     file = (await exact.register("user/a.txt")).file
     await trio.sleep(TICK)
     write(path, "BBBB, unsaved")
-    token = trio.lowlevel.current_trio_token()
-    real_sync = Storage.sync
+    real_hold_free = FileLocks.hold_free
     restored: list[int] = []
 
-    def restore_then_sync(self: Storage) -> None:
+    @asynccontextmanager
+    async def restore_then_hold(self: FileLocks, rel_paths: Sequence[str]) -> AsyncIterator[list[str]]:
         if not restored:
-            done = trio.from_thread.run(exact.restore, file.id, 1, trio_token=token)
-            restored.append(done.version.version)
-        real_sync(self)
+            restored.append((await exact.restore(file.id, 1)).version.version)
+        async with real_hold_free(self, rel_paths) as held:
+            yield held
 
-    monkeypatch.setattr(Storage, "sync", restore_then_sync)
+    monkeypatch.setattr(FileLocks, "hold_free", restore_then_hold)
     await exact.scan()
     monkeypatch.undo()
     assert restored == [3], "the restore never ran inside the scan"

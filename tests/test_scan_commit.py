@@ -1,0 +1,144 @@
+"""A scan commits its changed files together: under the locks that are free, in one unit of
+work, and only for files still as the scan saw them. Everything else goes the way of one
+file, waiting for its lock and looking again (SPEC §2 "Locks"). Each test runs on the
+backend the suite runs on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from helpers import sha256, write
+from soundness import assert_sound
+
+from horace.backends.records import IndexEntry, NewVersion, Retention, Status
+from horace.catalog import Catalog
+from horace.locks import lock_key
+
+
+async def _versions(catalog: Catalog, rel: str) -> list[tuple[int, str]]:
+    file = await catalog.backend.file_by_path(rel)
+    assert file is not None
+    return sorted((v.version, v.checksum) for v in await catalog.backend.versions(file.id))
+
+
+async def _entries(catalog: Catalog) -> dict[str, IndexEntry]:
+    return {e.file_path: e for e in await catalog.backend.working_index()}
+
+
+async def test_add_versions_records_only_files_still_as_seen(catalog: Catalog, files: Path) -> None:
+    for name in ("seen", "moved_on", "deleted"):
+        write(files / f"user/{name}.txt", name)
+        await catalog.register(f"user/{name}.txt")
+    entries = await _entries(catalog)
+    deleted = entries["user/deleted.txt"]
+    await catalog.delete(deleted.file_id)
+    write(files / "user/moved_on.txt", "moved on")
+    await catalog.register("user/moved_on.txt")  # version 2: the entry's version 1 is stale
+    stale = attrs.evolve(entries["user/seen.txt"], file_id="00000000-0000-4000-8000-000000000000")
+
+    def new(text: str) -> NewVersion:
+        return NewVersion(sha256(text), len(text), "text/plain")
+
+    done = await catalog.backend.add_versions(
+        [
+            (entries["user/seen.txt"], new("seen 2")),
+            (entries["user/moved_on.txt"], new("moved on 3")),
+            (deleted, new("deleted 2")),
+            (stale, new("nobody")),
+            (attrs.evolve(stale, file_id="not an id"), new("nobody")),
+        ],
+        datetime.now(UTC),
+        "corr-1",
+        Retention(),
+    )
+    assert [outcome is not None for outcome in done] == [True, False, False, False, False]
+    assert done[0] is not None
+    record, version, orphans = done[0]
+    assert (record.current_version, record.checksum, version.version) == (2, sha256("seen 2"), 2)
+    assert (version.correlation_id, orphans) == ("corr-1", [])
+    # What was not as seen is untouched.
+    assert await _versions(catalog, "user/moved_on.txt") == [(1, sha256("moved_on")), (2, sha256("moved on"))]
+    assert await _versions(catalog, "user/deleted.txt") == [(1, sha256("deleted"))]
+    file = await catalog.backend.file_by_id(deleted.file_id)
+    assert file is not None and file.status is Status.DELETED
+
+
+async def test_exclusive_free_never_waits_and_gives_back_what_it_took(catalog: Catalog) -> None:
+    backend = catalog.backend
+    busy, free = lock_key("user/busy.txt"), lock_key("user/free.txt")
+    async with backend.exclusive(busy):
+        with trio.fail_after(5):
+            async with backend.exclusive_free([busy, free, free]) as (_, keys):
+                if backend.url.startswith("sqlite"):
+                    # One host's catalog: the caller's fcntl locks are what exclude.
+                    assert keys == {busy, free}
+                else:
+                    assert keys == {free}
+    async with backend.exclusive_free([busy, free]) as (_, keys):
+        assert keys == {busy, free}
+        if not backend.url.startswith("sqlite"):
+            with trio.move_on_after(0.2) as waited:  # held now: exclusive() waits
+                async with backend.exclusive(free):
+                    pass
+            assert waited.cancelled_caught
+    with trio.fail_after(5):  # and free again once it is left
+        async with backend.exclusive(free):
+            pass
+
+
+async def test_a_file_whose_lock_is_held_is_committed_after_its_holder(catalog: Catalog, files: Path) -> None:
+    names = [f"user/{n}.txt" for n in ("a", "b", "c")]
+    for rel in names:
+        write(files / rel, f"{rel} 1")
+    assert (await catalog.scan()).registered == 3
+    for rel in names:
+        write(files / rel, f"{rel} two")
+    released = trio.Event()
+    order: list[str] = []
+
+    async def holder(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with catalog.writing("user/b.txt"):
+            task_status.started()
+            await trio.sleep(0.3)
+            order.append("released")
+            released.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(holder)
+        report = await catalog.scan()
+        order.append("scanned")
+    assert order == ["released", "scanned"]  # the scan waited for b's lock
+    assert (report.versioned, report.errors) == (3, ())
+    for rel in names:
+        assert await _versions(catalog, rel) == [(1, sha256(f"{rel} 1")), (2, sha256(f"{rel} two"))]
+    await assert_sound(catalog)
+
+
+async def test_a_file_versioned_after_the_scan_looked_is_taken_again(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer versions the file between the scan's look at the catalog and its
+    commit: the scan's copy is not recorded over it as a version of its own; the file is
+    taken again, under its lock, and found as that writer left it."""
+    for rel in ("user/a.txt", "user/b.txt"):
+        write(files / rel, f"{rel} 1")
+    await catalog.scan()
+    write(files / "user/a.txt", "a two")
+    write(files / "user/b.txt", "b two")
+    real_index = catalog.backend.working_index
+
+    async def index_then_a_writer() -> list[IndexEntry]:
+        seen = await real_index()
+        await catalog.register("user/a.txt")  # versions "a two" as version 2
+        return seen  # a is still at version 1 here
+
+    monkeypatch.setattr(catalog.backend, "working_index", index_then_a_writer)
+    report = await catalog.scan()
+    assert await _versions(catalog, "user/a.txt") == [(1, sha256("user/a.txt 1")), (2, sha256("a two"))]
+    assert await _versions(catalog, "user/b.txt") == [(1, sha256("user/b.txt 1")), (2, sha256("b two"))]
+    assert (report.versioned, report.unchanged, report.errors) == (1, 1, ())
+    await assert_sound(catalog)
