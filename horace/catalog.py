@@ -994,30 +994,17 @@ class Catalog:
     async def _keep_batch(self, staged: Sequence[Staged], kept: list[Staged]) -> None:
         """Shielded: make each staged copy an object (adding it to *kept*), then one
         filesystem sync for all."""
-
-        def keep_all() -> None:
-            for s in staged:
-                self.storage.keep(s, durable=False)
-                kept.append(s)
-            self.storage.sync()
-
         if staged:
             with trio.CancelScope(shield=True):
-                await in_thread(keep_all)
+                await in_thread(self.storage.keep_batch, staged, kept)
 
     async def _release(self, kept: Sequence[Staged], released: list[Staged]) -> None:
         """Shielded, after the commit: make sure each kept object is in place (the
         collector may have taken it meanwhile), then drop its staged copy (adding it to
         *released*)."""
-
-        def release_all() -> None:
-            for s in kept:
-                self.storage.release(s)
-                released.append(s)
-
         if kept:
             with trio.CancelScope(shield=True):
-                await in_thread(release_all)
+                await in_thread(self.storage.release_batch, kept, released)
 
     async def _discard_batch(
         self, staged: Sequence[tuple[str, tuple[Staged, str] | HoraceError]], released: Sequence[Staged] = ()

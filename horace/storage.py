@@ -31,7 +31,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -250,6 +250,63 @@ def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+class _StoreFolders:
+    """``.horace/tmp`` and ``objects/``, opened once for a batch of keeps or releases: each
+    file's links are made relative to them, with no path built or walked per file."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._tmp = os.open(storage.tmp, _DIR_FLAGS)
+        try:
+            self._objects = os.open(storage.objects, _DIR_FLAGS)
+        except BaseException:
+            os.close(self._tmp)
+            raise
+
+    def __enter__(self) -> _StoreFolders:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self._objects)
+        os.close(self._tmp)
+
+    def keep(self, staged: Staged) -> None:
+        """:meth:`Storage.keep`, not durable."""
+        name, target = staged.tmp_path.name, _object_name(staged.checksum)
+        os.utime(name, dir_fd=self._tmp)
+        try:
+            os.link(name, target, src_dir_fd=self._tmp, dst_dir_fd=self._objects)  # a new object
+        except FileExistsError:
+            # There already: renamed over, to refresh its mtime and replace a damaged copy.
+            second = temp_name(TempKind.STAGE)
+            os.link(name, second, src_dir_fd=self._tmp, dst_dir_fd=self._tmp)
+            os.rename(second, target, src_dir_fd=self._tmp, dst_dir_fd=self._objects)
+
+    def release(self, staged: Staged) -> None:
+        """:meth:`Storage.release`."""
+        name, target = staged.tmp_path.name, _object_name(staged.checksum)
+        try:
+            os.stat(target, dir_fd=self._objects)
+        except FileNotFoundError:  # the collector took it meanwhile: put back
+            os.link(name, target, src_dir_fd=self._tmp, dst_dir_fd=self._objects)
+            self.sync_object_folder(staged.checksum)
+        try:
+            os.unlink(name, dir_fd=self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def sync_object_folder(self, checksum: str) -> None:
+        fd = os.open(checksum[:2], _DIR_FLAGS, dir_fd=self._objects)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _object_name(checksum: str) -> str:
+    """An object's path under ``objects/`` (as :meth:`Storage.object_path` spells it)."""
+    return f"{checksum[:2]}/{checksum}"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, _DIR_FLAGS)
     try:
@@ -339,7 +396,7 @@ class Storage:
         _fsync_dir(self.private)
 
     def object_path(self, checksum: str) -> Path:
-        return self.objects / checksum[:2] / checksum
+        return self.objects / _object_name(checksum)
 
     def working_path(self, rel: str) -> Path:
         return self.files / rel
@@ -601,33 +658,41 @@ class Storage:
         and the commit (a grace period of 0), :meth:`release` puts it back from the
         staged link. ``durable=False`` leaves the fsync to a later :meth:`sync`.
         """
-        target = self.object_path(staged.checksum)
-        os.utime(staged.tmp_path)
         if durable:
             fd = os.open(staged.tmp_path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        try:
-            os.link(staged.tmp_path, target)  # a new object: one link
-        except FileExistsError:
-            # There already: renamed over, to refresh its mtime and replace a damaged copy.
-            second = self.tmp / temp_name(TempKind.STAGE)
-            os.link(staged.tmp_path, second)
-            os.rename(second, target)
-        if durable:
-            _fsync_dir(target.parent)
+        with _StoreFolders(self) as folders:
+            folders.keep(staged)
+            if durable:
+                folders.sync_object_folder(staged.checksum)
+
+    @_storage_full
+    def keep_batch(self, staged: Sequence[Staged], kept: list[Staged]) -> None:
+        """:meth:`keep` each of *staged* (adding it to *kept*), then one :meth:`sync` for
+        all: a batch's objects made durable together."""
+        with _StoreFolders(self) as folders:
+            for one in staged:
+                folders.keep(one)
+                kept.append(one)
+        self.sync()
 
     @_storage_full
     def release(self, staged: Staged) -> None:
         """After the commit that refers to it: make sure the object is in place, then drop
         the staged link."""
-        target = self.object_path(staged.checksum)
-        if not target.exists():
-            os.link(staged.tmp_path, target)
-            _fsync_dir(target.parent)
-        staged.tmp_path.unlink(missing_ok=True)
+        with _StoreFolders(self) as folders:
+            folders.release(staged)
+
+    @_storage_full
+    def release_batch(self, kept: Sequence[Staged], released: list[Staged]) -> None:
+        """:meth:`release` each of *kept* (adding it to *released*)."""
+        with _StoreFolders(self) as folders:
+            for one in kept:
+                folders.release(one)
+                released.append(one)
 
     @_storage_full
     def sync(self) -> None:
