@@ -282,15 +282,12 @@ def _insert_files(
             now = _ts(inserted[0].created_at)
             _ensure_collection(conn, collection, now)
             _add_members(conn, collection, [f.id for f in inserted], now)
-        _insert_words(conn, [f.id for f in inserted])  # last: see _insert_words
+        _insert_words(conn, inserted)  # last: see _insert_words
     return inserted
 
 
 # The status in a horace_word_keys key's low bits (schema step 003 spells it in its triggers).
 _STATUS_CODE = {Status.ACTIVE: 0, Status.ARCHIVED: 1, Status.DELETED: 2}
-_STATUS_CODE_SQL = (
-    "CASE status " + " ".join(f"WHEN '{s.value}' THEN {code}" for s, code in _STATUS_CODE.items()) + " END"
-)
 # The creation second of a horace_word_keys key, newest first: as in schema/sqlite/003.
 _SECOND_SQL = "(17179869183 - min(max(CAST(strftime('%s', {}) AS INTEGER), 0), 17179869183))"
 _SECOND_SHIFT = 29
@@ -298,46 +295,47 @@ _SECOND_LOW_BITS = (1 << _SECOND_SHIFT) - 1
 
 # A new file's key in horace_word_keys, as schema step 003 numbers them: its creation
 # second, the next sequence number in that second (after the newest key of the second,
-# read from the key's own index), its status. One file an execution: each key follows the
-# one before. None is inserted when the second's sequence numbers have run out.
-_INSERT_WORD_KEY = f"""
-INSERT INTO horace_word_keys (key, file_id)
-SELECT n.next | n.code, n.id
-FROM (
-    SELECT f.id, f.second, f.code, coalesce(
-               (SELECT (k.key & ~3) + 4 FROM horace_word_keys k
-                WHERE k.key BETWEEN (f.second << {_SECOND_SHIFT})
-                                AND ((f.second << {_SECOND_SHIFT}) | {_SECOND_LOW_BITS})
-                ORDER BY k.key DESC LIMIT 1),
-               f.second << {_SECOND_SHIFT}
-           ) AS next
-    FROM (
-        SELECT id, {_SECOND_SQL.format("created_at")} AS second,
-               {_STATUS_CODE_SQL} AS code
-        FROM horace_files WHERE id = ?
-    ) f
-) n
-WHERE n.next >> {_SECOND_SHIFT} = n.second
+# read from the key's own index), its status. This reads a second and its newest key.
+_NEWEST_KEY_OF_SECOND = f"""
+SELECT s.second, (SELECT max(k.key) FROM horace_word_keys k
+                  WHERE k.key BETWEEN (s.second << {_SECOND_SHIFT})
+                                  AND ((s.second << {_SECOND_SHIFT}) | {_SECOND_LOW_BITS}))
+FROM (SELECT {_SECOND_SQL.format("?")} AS second) s
 """
-_INSERT_WORDS = (
-    "INSERT INTO horace_words (rowid, purpose, path) "
-    "SELECT k.key, substr(f.purpose, 1, 100000), f.file_path "
-    "FROM horace_word_keys k CROSS JOIN horace_files f ON f.id = k.file_id WHERE k.file_id = ?"
-)
 
 
-def _insert_words(conn: sqlite3.Connection, file_ids: Sequence[str]) -> None:
-    """Index the words of files just inserted (schema step 005: no trigger does it).
+def _insert_words(conn: sqlite3.Connection, files: Sequence[FileRecord]) -> None:
+    """Number and index the words of files just inserted (schema step 005: no trigger
+    does it).
 
-    Called last in its transaction: once the FTS5 table has been written, every statement
-    that opens a statement journal makes it flush what it holds in memory."""
-    if not file_ids:
-        return
-    ids = [(file_id,) for file_id in file_ids]
-    keys = conn.executemany(_INSERT_WORD_KEY, ids).rowcount
-    if keys != len(ids):
-        raise sqlite3.IntegrityError("horace_word_keys: too many files created in one second")
-    conn.executemany(_INSERT_WORDS, ids)
+    Called last in its transaction, and one row an execution with VALUES (never INSERT
+    ... SELECT): once the FTS5 table has been written, every statement that opens a
+    statement journal, as one that may write several rows does, makes it flush what it
+    holds in memory (a first scan of 10,000 files: 260 ms for the words that way, 30 ms
+    this way)."""
+    seconds: dict[str, int] = {}  # created_at as stored -> its second
+    next_key: dict[int, int] = {}  # second -> the next free key in it (status bits clear)
+    keyed: list[tuple[int, FileRecord]] = []
+    for f in files:
+        at = _ts(f.created_at)
+        second = seconds.get(at)
+        if second is None:
+            second, newest = conn.execute(_NEWEST_KEY_OF_SECOND, (at,)).fetchone()
+            seconds[at] = second
+            if second not in next_key:
+                next_key[second] = second << _SECOND_SHIFT if newest is None else (newest & ~3) + 4
+        key = next_key[second]
+        if key >> _SECOND_SHIFT != second:
+            raise sqlite3.IntegrityError("horace_word_keys: too many files created in one second")
+        next_key[second] = key + 4
+        keyed.append((key | _STATUS_CODE[f.status], f))
+    conn.executemany(
+        "INSERT INTO horace_word_keys (key, file_id) VALUES (?, ?)", [(k, f.id) for k, f in keyed]
+    )
+    conn.executemany(
+        "INSERT INTO horace_words (rowid, purpose, path) VALUES (?, substr(?, 1, 100000), ?)",
+        [(k, f.purpose, f.file_path) for k, f in keyed],
+    )
 
 
 def _add_version(
