@@ -54,6 +54,7 @@ from .records import (
     VersionRecord,
     WorkingStat,
     from_int64,
+    metadata_json,
     to_int64,
 )
 
@@ -1464,7 +1465,7 @@ class _Units:
                 [t.input_tokens for t in stored],
                 [t.output_tokens for t in stored],
                 [t.timing_ms for t in stored],
-                [json.dumps(dict(t.metadata), sort_keys=True) for t in stored],
+                [metadata_json(t) for t in stored],
                 [t.created_at for t in stored],
             )
             refused.update(good[row["ord"] - 1] for row in rows)

@@ -5,6 +5,7 @@ mutates them. This module depends on nothing of Horace above the backends.
 """
 
 import enum
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -204,3 +205,12 @@ class Turn:
     timing_ms: float | None
     metadata: Mapping[str, Any]
     created_at: datetime
+
+
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)  # made once: json.dumps(sort_keys=True) makes one a call
+
+
+def metadata_json(turn: Turn) -> str:
+    """A turn's metadata as both backends store it: JSON, keys sorted."""
+    metadata = turn.metadata
+    return _SORTED_JSON.encode(metadata if type(metadata) is dict else dict(metadata))

@@ -40,6 +40,7 @@ from .records import (
     VersionRecord,
     WorkingStat,
     from_int64,
+    metadata_json,
     to_int64,
 )
 
@@ -1016,7 +1017,7 @@ def _insert_turns(conn: sqlite3.Connection, turns: Sequence[Turn]) -> list[Turn]
             t.input_tokens,
             t.output_tokens,
             t.timing_ms,
-            json.dumps(dict(t.metadata), sort_keys=True),
+            metadata_json(t),
             _ts(t.created_at),
         )
     conflicts = []
