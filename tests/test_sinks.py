@@ -569,6 +569,19 @@ async def test_godot_slower_than_the_reply_timeout_per_batch_still_gets_each_ent
     assert runner.failures == 0
 
 
+async def test_a_silent_godot_is_given_up_after_the_reply_timeout_and_retried() -> None:
+    async with godot_standin(delay=30) as godot:  # takes the calls, answers none in time
+        runner = SinkRunner(GodotTransport(godot.url, reply_timeout=0.2), spool_dir=None, **FAST)
+        async with running(runner):
+            runner.emit(entry(0))
+            await eventually(lambda: runner.failures >= 1, 5, "a failure for the silence")
+            assert "TooSlowError" in (runner.status()["last_error"] or "")
+            assert runner.delivered == 0 and runner.status()["queued"] == 1
+            godot.delay = 0
+            await eventually(lambda: runner.delivered == 1, 10, "the entry delivered after all")
+    assert godot.calls[-1]["message"] == "m0"
+
+
 async def test_flapping_godot_gets_every_entry() -> None:
     async with godot_standin(flap_every=7) as godot:
         runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, **FAST)
