@@ -1284,16 +1284,14 @@ class _Units:
         correlation_id: str | None,
         retention: Retention,
     ) -> list[tuple[FileRecord, VersionRecord, list[str]] | None]:
+        fids = [_uuid(seen.file_id) for seen, _ in changes]
         each = [
             (*_version_args(fid, new, at, correlation_id, retention, None), seen.current_version)
-            for seen, new in changes
-            if (fid := _uuid(seen.file_id)) is not None
+            for fid, (seen, new) in zip(fids, changes, strict=True)
+            if fid is not None
         ]
         rows = iter(await self._source.run(_add_seen_versions, each) if each else [])
-        return [
-            None if _uuid(seen.file_id) is None or (row := next(rows)) is None else _added(row)
-            for seen, _ in changes
-        ]
+        return [None if fid is None or (row := next(rows)) is None else _added(row) for fid in fids]
 
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         fid = _uuid(file_id)

@@ -855,30 +855,33 @@ class Catalog:
         way, waiting for its lock (:meth:`_commit_looked_at`)."""
         committed: set[str] = set()
         orphans: list[str] = []
-        async with (
-            self.locks.hold_free([entry.file_path for entry, _, _ in ready]) as held,
-            self.backend.exclusive_free([lock_key(rel) for rel in held]) as (db, keys),
-        ):
-            free = set(held)
-            together = [
-                (entry, copy, mime_type)
-                for entry, copy, mime_type in ready
-                if entry.file_path in free and lock_key(entry.file_path) in keys
-            ]
-            if together:
-                changes = [
-                    (entry, NewVersion(copy.checksum, copy.size, mime_type, working=copy.working))
-                    for entry, copy, mime_type in together
+        async with self.locks.hold_free([entry.file_path for entry, _, _ in ready]) as held:
+            key_of = {rel: lock_key(rel) for rel in held}
+            async with self.backend.exclusive_free(list(key_of.values())) as (db, keys):
+                together = [
+                    (entry, copy, mime_type)
+                    for entry, copy, mime_type in ready
+                    if key_of.get(entry.file_path) in keys
                 ]
-                with trio.CancelScope(shield=True):
-                    await self._keep_batch([copy for _, copy, _ in together], [])
-                    done = await db.add_versions(changes, self.clock(), correlation_id, self.policy.retention)
-                    recorded = [copy for (_, copy, _), outcome in zip(together, done, strict=True) if outcome]
-                    await self._release(recorded, released)
-                for (entry, _, _), outcome in zip(together, done, strict=True):
-                    if outcome is not None:
+                if together:
+                    changes = [
+                        (entry, NewVersion(copy.checksum, copy.size, mime_type, working=copy.working))
+                        for entry, copy, mime_type in together
+                    ]
+                    with trio.CancelScope(shield=True):
+                        await self._keep_batch([copy for _, copy, _ in together], [])
+                        done = await db.add_versions(
+                            changes, self.clock(), correlation_id, self.policy.retention
+                        )
+                        recorded = [
+                            (entry, copy, outcome)
+                            for (entry, copy, _), outcome in zip(together, done, strict=True)
+                            if outcome is not None
+                        ]
+                        await self._release([copy for _, copy, _ in recorded], released)
+                    for entry, _, (_, _, pruned) in recorded:
                         committed.add(entry.file_path)
-                        orphans += outcome[2]
+                        orphans += pruned
                         tally.count(True)
         if orphans:
             await self.collect(orphans)
