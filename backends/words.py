@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import re
 
-# One character beyond ASCII, or an ASCII letter or digit, is part of a word.
-_WORD = re.compile(r"[0-9A-Za-z\u0080-\U0010ffff]+")
+# One character beyond ASCII, or an ASCII letter or digit, is part of a word: written as
+# "not an ASCII non-alphanumeric", which compiles in 0.1 ms where the range up to
+# U+10FFFF takes 3-6 ms of every command's start.
+_WORD = re.compile(r"[^\x00-/:-@\[-`{-\x7f]+")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 # PostgreSQL keeps the first WORD_CHARS characters of a word (a lexeme has a size limit):

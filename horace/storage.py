@@ -156,7 +156,9 @@ class StoreState:
     exists: bool  # a .horace folder is there
     store_id: str | None
     catalog_url: str | None  # as recorded at creation (redacted)
-    has_objects: bool
+    # Looked at only for a store without an identity (None otherwise): it is what tells a
+    # store whose identity was lost from a new one, and looking costs 256 folder reads.
+    has_objects: bool | None
 
 
 class StorageUnusable(Exception):
@@ -343,7 +345,7 @@ class Storage:
             store_id, catalog_url = None, None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StorageUnusable(f"cannot read the store's identity {self.identity_file}: {exc}") from None
-        return StoreState(True, store_id, catalog_url, self._has_objects())
+        return StoreState(True, store_id, catalog_url, self._has_objects() if store_id is None else None)
 
     def enclosing_store(self) -> Path | None:
         """The store whose ``files/`` (or ``.horace/``) folder holds this root, if any: a
@@ -371,8 +373,11 @@ class Storage:
             for folder in COMPONENT_FOLDERS:
                 (self.files / folder).mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(parents=True, exist_ok=True)
-            for i in range(256):
-                (self.objects / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+            self.objects.mkdir(parents=True, exist_ok=True)
+            present = set(os.listdir(self.objects))  # one read, not 256 mkdir calls
+            for sub in (f"{i:02x}" for i in range(256)):
+                if sub not in present:
+                    (self.objects / sub).mkdir(exist_ok=True)
             self.lock_file.touch(exist_ok=True)
         except OSError as exc:
             raise StorageUnusable(
