@@ -54,6 +54,8 @@ from .records import (
     VersionRecord,
     WorkingStat,
     from_int64,
+    json_array,
+    json_object,
     metadata_json,
     to_int64,
 )
@@ -1245,7 +1247,7 @@ class _Units:
             paths,
             [f.owner for f in files],
             [f.purpose for f in files],
-            [json.dumps(list(f.tags)) for f in files],
+            [json_array(f.tags) for f in files],
             [f.size for f in files],
             [f.mime_type for f in files],
             sums,
@@ -1253,7 +1255,7 @@ class _Units:
             [f.correlation_id for f in files],
             [f.created_at for f in files],
             [f.updated_at for f in files],
-            [json.dumps(dict(f.metadata)) for f in files],
+            [json_object(f.metadata) for f in files],
             collection or None,
             *(list(column) for column in stats),
         )

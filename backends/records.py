@@ -6,7 +6,7 @@ mutates them. This module depends on nothing of Horace above the backends.
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -208,6 +208,16 @@ class Turn:
 
 
 _SORTED_JSON = json.JSONEncoder(sort_keys=True)  # made once: json.dumps(sort_keys=True) makes one a call
+
+
+def json_array(items: Sequence[Any]) -> str:
+    """*items* as JSON text; most files have no tags, and "[]" costs nothing to make."""
+    return json.dumps(list(items)) if items else "[]"
+
+
+def json_object(mapping: Mapping[str, Any]) -> str:
+    """*mapping* as JSON text (a file's metadata: most often empty)."""
+    return json.dumps(dict(mapping)) if mapping else "{}"
 
 
 def metadata_json(turn: Turn) -> str:
