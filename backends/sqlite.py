@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
+import math
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -48,7 +51,16 @@ from .records import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("horace.backends")
+
 READERS = 4
+# A read by key on the event loop's thread that takes this long has waited for a slow disk
+# (network storage, a disk spun down), stalling every session: then such reads go to worker
+# threads for a while (SqliteBackend._read_by_key). Well above the 5 ms another thread may
+# keep the GIL when the read wants it back, and far above a read from memory or an SSD.
+KEY_READ_SLOW = 0.02
+KEY_READ_BACKOFF = 10.0
 _FILE_COLUMNS = (
     "id, file_path, owner, purpose, tags, size, mime_type, checksum, status, current_version, "
     "correlation_id, created_at, updated_at, deleted_at, metadata"
@@ -1130,6 +1142,7 @@ class SqliteBackend:
         self._writer = _connect(path)
         self._write_lock = trio.Lock()
         self._key_reader = _connect_key_reader(path)
+        self._key_reads_on_threads_until = -math.inf
         self._readers: list[sqlite3.Connection] = []
         self._reader_slots = trio.CapacityLimiter(READERS)
         self._holds_file_lock = False
@@ -1163,15 +1176,31 @@ class SqliteBackend:
         call through threads, 320 µs this way). It never waits for a lock: its connection
         has no busy timeout, and a read that finds the database busy (a WAL being
         recovered, an exclusive lock) is done again on a worker thread, as other reads are.
+        What it may wait for is the disk, for pages in no cache: a read that took longer
+        than KEY_READ_SLOW sends the reads by key of the next KEY_READ_BACKOFF seconds to
+        the worker threads, so a slow disk stalls the loop once in that time at most.
         """
         if self._holds_file_lock:
             return await self._write(fn, *args)
+        if trio.current_time() < self._key_reads_on_threads_until:
+            return await self._read(fn, *args)
         await trio.lowlevel.checkpoint()
+        started = time.perf_counter()
         try:
             return fn(self._key_reader, *args)
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
+        finally:
+            took = time.perf_counter() - started
+            if took > KEY_READ_SLOW:
+                self._key_reads_on_threads_until = trio.current_time() + KEY_READ_BACKOFF
+                log.info(
+                    "a catalog read by key took %.1f ms (a slow disk?): such reads go to worker "
+                    "threads for %g s",
+                    took * 1000,
+                    KEY_READ_BACKOFF,
+                )
         return await self._read(fn, *args)
 
     async def identity(self) -> CatalogIdentity:
