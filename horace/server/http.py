@@ -365,8 +365,9 @@ def _writing(session: HttpSession, stream: AnswerStream) -> Iterator[None]:
 @asynccontextmanager
 async def _answering(conn: HttpConnection) -> AsyncIterator[None]:
     """Run the body (an answer being written, or waited for) while a task watches the
-    connection: a client that closes its end cancels the body. A client gone mid-write
-    ends it too. Either way the connection closes after (the answer is not complete)."""
+    connection (once the body has run WATCH_AFTER): a client that closes its end cancels
+    the body. A client gone mid-write ends it too. Either way the connection closes after
+    (the answer is not complete)."""
     async with trio.open_nursery() as watching:
         watching.start_soon(_cancel_when_closed, conn, watching.cancel_scope)
         try:
