@@ -166,12 +166,13 @@ class HttpConnection:
             fields.append((b"content-length", str(len(body)).encode()))
         if close:
             fields.append((b"connection", b"close"))
-        await self._write(
-            self.h11.send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))
-        )
+        # One write for the whole answer: one system call, and no head sent on its own to
+        # wait for the body in a packet of its own.
+        answer = [self.h11.send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))]
         if body and not head_only:
-            await self._write(self.h11.send(h11.Data(data=body)))
-        await self._write(self.h11.send(h11.EndOfMessage()))
+            answer.append(self.h11.send(h11.Data(data=body)))
+        answer.append(self.h11.send(h11.EndOfMessage()))
+        await self._write(b"".join(part for part in answer if part))
 
     async def respond_json(
         self,
