@@ -272,7 +272,7 @@ class _StoreFolders:
         os.close(self._tmp)
 
     def keep(self, staged: Staged) -> None:
-        """:meth:`Storage.keep`, not durable."""
+        """:meth:`Storage.keep` without its syncs (the caller makes it durable)."""
         name, target = staged.tmp_path.name, _object_name(staged.checksum)
         os.utime(name, dir_fd=self._tmp)
         try:
@@ -653,26 +653,24 @@ class Storage:
         return True
 
     @_storage_full
-    def keep(self, staged: Staged, *, durable: bool = True) -> None:
-        """Make *staged* the object named by its checksum, keeping the staged file as a
-        second link until :meth:`release` (after the catalog commit).
+    def keep(self, staged: Staged) -> None:
+        """Make *staged* the object named by its checksum, durably, keeping the staged file
+        as a second link until :meth:`release` (after the catalog commit).
 
         The object is renamed into place, also over an identical existing object: that
         refreshes the object's mtime, which the collector's grace period looks at, and
         replaces a damaged copy. Should the collector take the object between this keep
         and the commit (a grace period of 0), :meth:`release` puts it back from the
-        staged link. ``durable=False`` leaves the fsync to a later :meth:`sync`.
+        staged link. (A batch is kept with one sync for all: :meth:`keep_batch`.)
         """
-        if durable:
-            fd = os.open(staged.tmp_path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fd = os.open(staged.tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         with _StoreFolders(self) as folders:
             folders.keep(staged)
-            if durable:
-                folders.sync_object_folder(staged.checksum)
+            folders.sync_object_folder(staged.checksum)
 
     @_storage_full
     def keep_batch(self, staged: Sequence[Staged], kept: list[Staged]) -> None:
