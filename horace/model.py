@@ -9,6 +9,7 @@ log sinks of a call.
 
 import enum
 import errno
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,3 +90,6 @@ class CallRecord:
     timing_ms: float = 0.0
     file_ids: tuple[str, ...] = ()
     result_json: str | None = None  # the result as the reply carries it (JSON text), when made
+    # When the call started (its request record) or ended (the record it ends with): the
+    # turn's time, also when a sink in another process makes the turn later.
+    at: float = attrs.field(factory=time.time)

@@ -46,7 +46,9 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def serving(settings: Settings, **changes: Any) -> Settings:
-    fast = {"sink_backoff_base": 0.01, "sink_backoff_cap": 0.1}
+    """A server whose sinks run in its own process, where these tests can look into them
+    (tests/test_sink_process.py runs them in a child process)."""
+    fast = {"sink_backoff_base": 0.01, "sink_backoff_cap": 0.1, "sink_process": False}
     return attrs.evolve(settings, host="127.0.0.1", port=0, **{**fast, **changes})
 
 
@@ -136,7 +138,8 @@ def test_sink_backoff_settings_from_the_environment() -> None:
 async def stored_turns(database_url: str) -> list[dict[str, Any]]:
     """Every row of ``conversations``, by conversation then turn number."""
     columns = (
-        "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, metadata"
+        "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, metadata, "
+        "created_at"
     )
     query = f"SELECT {columns} FROM conversations ORDER BY conversation_id, turn_number"
     if database_url.startswith("sqlite://"):
@@ -165,9 +168,19 @@ async def stored_turns(database_url: str) -> list[dict[str, Any]]:
     return rows
 
 
+def sinks_drained(horace: RunningHorace) -> bool:
+    """Has every sink delivered what it was given (in a child process: taken in all it
+    was handed, and delivered that)?"""
+    parts = horace.server.health_parts
+    if "sink_process" in parts:
+        process = parts["sink_process"]()
+        if process["queued"] or process["received"] != process["handed"]:
+            return False
+    return all(sink.get("queued", 1) == 0 for sink in sinks_of(horace).values())
+
+
 async def drained(horace: RunningHorace, timeout: float = 20.0) -> None:
-    runner = conversation_runner(horace)
-    await eventually(lambda: runner.status()["queued"] == 0, timeout, "the conversation sink to drain")
+    await eventually(lambda: sinks_drained(horace), timeout, "the sinks to drain")
 
 
 # -- redaction and the shape of Godot entries ---------------------------------------------------

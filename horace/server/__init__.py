@@ -13,34 +13,36 @@
 - ``jsonrpc``: JSON-RPC 2.0 checks and texts; ``runner``: one tool call under its scope;
 - ``observer``: what the logs and the conversation sink learn of a call;
 - ``tools``: the tool table; ``resources``: history as MCP resources;
+- ``sinks``: which log sinks run and what they learn of calls; ``sinkprocess``: the child
+  process they run in (by default);
 - ``lifecycle``: listen, sessions, health, graceful shutdown.
 
-:func:`serve` puts them together with the log sinks (:func:`log_sinks`), which run as
-supervised children of the same nursery, and the background tasks; :func:`serve_stdio`
+:func:`serve` puts them together with the log sinks (:func:`log_sinks`: a child process,
+or supervised children of the same nursery) and the background tasks; :func:`serve_stdio`
 does the same for one stdio session, without the background tasks and the port."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import attrs
 import trio
 
 from horace.assemble import StartCheck, open_catalog
-from horace.backends import Backend, open_backend
+from horace.backends import open_backend
 from horace.catalog import Catalog, Progress
 from horace.config import Settings
 from horace.redact import redact_url
 from horace.server.lifecycle import HealthPart, HoraceServer, watch_signals
 from horace.server.mcp import McpSession
-from horace.server.observer import Observer, Observers
+from horace.server.observer import Observer
+from horace.server.sinkprocess import SinkPlan, sink_process
+from horace.server.sinks import SinkWiring, godot_level, run_sinks
 from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
-from horace.sinks.conversations import ConversationRecorder, ConversationTransport
-from horace.sinks.godot import GodotCallLog, GodotLogHandler, GodotTransport
-from horace.sinks.supervisor import SinkRunner
+from horace.sinks.godot import GodotLogHandler
+from horace.sinks.supervisor import Emitter
 from horace.tasks import start_background
 from horace.watch import reconcile_logged
 
@@ -59,63 +61,47 @@ class LogSinks:
 
 
 @asynccontextmanager
-async def _conversation_backend(settings: Settings, catalog_backend: Backend) -> AsyncIterator[Backend]:
-    if settings.conversations_url:
-        async with open_backend(settings.conversations_url) as separate:
-            yield separate
-    else:
-        yield catalog_backend
-
-
-@asynccontextmanager
 async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSinks]:
-    """Run the Godot and conversation sinks (as configured) as supervised children while
-    the body runs, Horace's own log forwarded to Godot; on exit they flush what they hold
-    and spill the rest to the store's spool."""
-    async with _conversation_backend(settings, catalog.backend) as talks:
-        sink_options: dict[str, Any] = {
-            "spool_dir": catalog.storage.private / "spool",
-            "capacity": settings.sink_queue,
-            "capacity_bytes": settings.sink_queue_bytes,
-            "flush_seconds": settings.sink_flush,
-            "linger": settings.sink_linger,
-            "backoff_base": settings.sink_backoff_base,
-            "backoff_cap": settings.sink_backoff_cap,
-        }
-        godot = (
-            SinkRunner(GodotTransport(settings.godot_url, settings.godot_tool), **sink_options)
-            if settings.godot_url
-            else None
-        )
-        conversations = (
-            SinkRunner(ConversationTransport(talks), **sink_options) if settings.conversations else None
-        )
-        runners = [runner for runner in (godot, conversations) if runner is not None]
-        forward = godot if settings.conversations_to_godot else None
-        observers: list[Observer] = []
-        if conversations or forward:
-            observers.append(ConversationRecorder(conversations, forward))
+    """Run the Godot and conversation sinks (as configured) while the body runs, in a
+    child process (:mod:`horace.server.sinkprocess`) or as supervised children here,
+    Horace's own log forwarded to Godot; on exit they flush what they hold and spill the
+    rest to the store's spool."""
+    wiring = SinkWiring.of(settings)
+    if not wiring.any:
+        yield LogSinks(None, {"sinks": dict})
+        return
+    spool_dir = catalog.storage.private / "spool"
+    godot: Emitter | None
+    async with AsyncExitStack() as running:
+        if settings.sink_process:
+            talks_url = (settings.conversations_url or catalog.backend.url) if wiring.conversations else None
+            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+            child = await running.enter_async_context(
+                sink_process(SinkPlan(settings, talks_url, spool_dir, level))
+            )
+            observer: Observer | None = child if wiring.observes_calls else None
+            godot = child if wiring.godot else None
+            parts: dict[str, HealthPart] = {"sinks": lambda: child.sink_status, "sink_process": child.status}
+        else:
+            talks = None
+            if wiring.conversations:
+                talks = catalog.backend
+                if settings.conversations_url:
+                    talks = await running.enter_async_context(open_backend(settings.conversations_url))
+            here = await running.enter_async_context(run_sinks(settings, talks, spool_dir))
+            observer, godot, parts = here.observer, here.godot, {"sinks": here.status}
         horace_log = logging.getLogger("horace")
-        handler = GodotLogHandler(godot, settings.godot_level) if godot else None
-        if godot is not None and handler is not None and handler.level <= logging.INFO:
-            observers.append(GodotCallLog(godot))  # each call's line (an INFO line)
-            handler.observes_calls = True
-        observer = observers[0] if len(observers) == 1 else Observers(*observers) if observers else None
-        async with trio.open_nursery() as nursery:
-            for runner in runners:
-                await nursery.start(runner.run)
+        handler = GodotLogHandler(godot, godot_level(settings)) if godot else None
+        if handler is not None:
+            handler.observes_calls = wiring.call_lines_to_godot  # (each call's line comes from its record)
+            horace_log.addHandler(handler)
+            if horace_log.getEffectiveLevel() > handler.level:
+                horace_log.setLevel(handler.level)
+        try:
+            yield LogSinks(observer, parts)
+        finally:
             if handler is not None:
-                horace_log.addHandler(handler)
-                if horace_log.getEffectiveLevel() > handler.level:
-                    horace_log.setLevel(handler.level)
-            try:
-                yield LogSinks(
-                    observer, {"sinks": lambda: {runner.name: runner.status() for runner in runners}}
-                )
-            finally:
-                if handler is not None:
-                    horace_log.removeHandler(handler)
-                nursery.cancel_scope.cancel()  # the sinks flush what they hold, then spill
+                horace_log.removeHandler(handler)
 
 
 async def serve(

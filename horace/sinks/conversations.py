@@ -111,7 +111,7 @@ def _turn(
         "output_tokens": None,
         "timing_ms": record.timing_ms if role == "assistant" else None,
         "metadata": metadata,
-        "created_at": datetime.now(UTC).isoformat(),
+        "created_at": datetime.fromtimestamp(record.at, UTC).isoformat(),
     }
 
 

@@ -37,7 +37,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from horace.logs import CALL_LINE, OBSERVED, call_line_data
 from horace.model import CallRecord
 from horace.redact import redact
-from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
+from horace.sinks.supervisor import Deliver, Emitter, SinkRunner, SinkUnavailable, log
 
 LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INFO", "DEBUG": "DEBUG"}
 TRACE = 5  # below DEBUG
@@ -237,7 +237,7 @@ class GodotLogHandler(logging.Handler):
     :class:`GodotCallLog` instead, and the call's record (if one is made for another
     handler) is skipped here."""
 
-    def __init__(self, runner: SinkRunner, level: int | str = logging.INFO) -> None:
+    def __init__(self, runner: Emitter, level: int | str = logging.INFO) -> None:
         super().__init__(level)
         self.runner = runner
         self.observes_calls = False

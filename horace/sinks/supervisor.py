@@ -80,6 +80,11 @@ def entry_size(entry: Any) -> int:
     return size
 
 
+class Emitter(Protocol):
+    def emit(self, entry: dict[str, Any]) -> None:
+        """Queue *entry* for the sink; never blocks, never raises."""
+
+
 class Transport(Protocol):
     name: str
 

@@ -1,0 +1,202 @@
+"""The log sinks in a child process (``HORACE_SINK_PROCESS``, the default): what reaches
+the conversation log and Godot through it, its part of /health, and its life beside the
+server's (killed, signalled, outlived)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from godot_standin import godot_standin
+from helpers import write
+from limits_load import horace_process
+from mcp_client import connect
+from test_sinks import call, drained, eventually, serving, sinks_drained, sinks_of, stored_turns
+
+from horace.config import Settings
+from horace.model import CallRecord
+from horace.server.sinkprocess import record_message
+from horace.testing import RunningHorace, run_horace
+
+
+def in_child(settings: Settings, **changes: Any) -> Settings:
+    return serving(settings, sink_process=True, **changes)
+
+
+def process_part(horace: RunningHorace) -> dict[str, Any]:
+    return horace.server.health_parts["sink_process"]()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def children_of(pid: int) -> list[int]:
+    return [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+
+
+def test_a_record_crosses_the_pipe_whole() -> None:
+    made = CallRecord("conv", "corr", "horace_get_file_info", {"file_id": "x", "n": [1, 2]}, 3)
+    assert CallRecord(*record_message(made)) == made
+    ended = attrs.evolve(made, response_turn=4, result={"isError": False}, error_code="E", timing_ms=1.5)
+    assert CallRecord(*record_message(ended)) == ended
+    sent = attrs.evolve(ended, file_ids=("a", "b"), result_json='{"isError": false}')
+    assert CallRecord(*record_message(sent)) == attrs.evolve(sent, result=None)  # the reply once
+
+
+async def test_calls_and_log_records_reach_both_sinks_through_the_child(settings: Settings) -> None:
+    async with (
+        godot_standin() as godot,
+        run_horace(in_child(settings, godot_url=godot.url, conversations_to_godot=True)) as horace,
+    ):
+        write(horace.files / "user/a.txt", "a")
+        async with connect(horace.url) as client:
+            before = datetime.now().astimezone()
+            registered = await call(
+                client,
+                "horace_register_file",
+                "p-reg",
+                file_path="user/a.txt",
+                metadata={"api_key": "sk-LEAK"},
+            )
+            file_id = registered["result"]["structuredContent"]["file_id"]
+            await call(client, "horace_get_file_info", "p-info", file_id=file_id)
+            after = datetime.now().astimezone()
+            conversation_id = next(iter(horace.server.sessions)).conversation_id
+        await drained(horace)
+        await godot.wait_until(lambda: any(c["message"] == "session closed" for c in godot.calls))
+        status = sinks_of(horace)
+        assert set(status) == {"godot", "conversations"}
+        assert status["conversations"]["state"] == "connected" and status["conversations"]["delivered"] == 4
+        part = process_part(horace)
+        assert part["state"] == "running" and part["starts"] == 1 and part["dropped"] == 0
+        child = part["pid"]
+        assert child in children_of(os.getpid()) and alive(child)
+        code, body = await horace.server.health()
+        assert code == 200 and body["sink_process"]["pid"] == child
+    assert not alive(child)  # ended with the server
+    lines = {c["trace_id"]: c for c in godot.calls if c["message"].startswith("tools/call")}
+    assert lines["p-info"]["data"]["file_ids"] == [file_id] and lines["p-info"]["data"]["outcome"] == "ok"
+    turns = [c for c in godot.calls if c["level"] == "DEBUG" and c["trace_id"] == "p-reg"]
+    assert len(turns) == 2 and "sk-LEAK" not in json.dumps(turns)  # redacted in the child too
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
+    assert [(r["turn_number"], r["role"]) for r in rows] == [
+        (1, "user"),
+        (2, "assistant"),
+        (3, "user"),
+        (4, "assistant"),
+    ]
+    assert [r["metadata"]["correlation_id"] for r in rows] == ["p-reg"] * 2 + ["p-info"] * 2
+    stamps = [r["created_at"] for r in rows]
+    stamps = [datetime.fromisoformat(s) if isinstance(s, str) else s for s in stamps]
+    # Each turn carries the time of its call's start or end, not of its arrival in the child.
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= stamps[3] <= after
+
+
+async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settings: Settings) -> None:
+    async with run_horace(in_child(settings)) as horace:
+        async with connect(horace.url) as client:
+            await call(client, "horace_search_files", "k-0")
+            conversation_id = next(iter(horace.server.sessions)).conversation_id
+            await drained(horace)
+            first = process_part(horace)["pid"]
+            os.kill(first, signal.SIGKILL)
+            await eventually(lambda: process_part(horace)["starts"] == 2, 30, "a second sink process")
+            assert process_part(horace)["last_error"] == "the sink process ended with exit code -9"
+            for i in range(1, 6):
+                await call(client, "horace_search_files", f"k-{i}")
+            await drained(horace)
+            assert process_part(horace)["pid"] != first and alive(process_part(horace)["pid"])
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
+    assert [r["turn_number"] for r in rows] == list(range(1, 13))  # before the kill and after
+
+
+async def test_the_sink_process_waits_for_the_server_not_for_signals(settings: Settings) -> None:
+    """A terminal's Ctrl-C or a service manager's SIGTERM reaches the whole process group:
+    the child goes on until the server closes its stdin, delivering what it is given."""
+    async with run_horace(in_child(settings)) as horace, connect(horace.url) as client:
+        await call(client, "horace_search_files", "s-0")
+        await drained(horace)
+        child = process_part(horace)["pid"]
+        os.kill(child, signal.SIGINT)
+        os.kill(child, signal.SIGTERM)
+        await call(client, "horace_search_files", "s-1")
+        await drained(horace)
+        assert alive(child) and process_part(horace)["starts"] == 1
+        assert sinks_of(horace)["conversations"]["delivered"] == 4
+
+
+@pytest.mark.parametrize("sink_process", [False, True], ids=["here", "child"])
+async def test_a_server_killed_outright_loses_no_turn_it_handed_over(
+    settings: Settings, tmp_path: Path, sink_process: bool
+) -> None:
+    """SIGKILL to ``horace serve``: the child sees its stdin end, stores every turn it was
+    handed, and ends (no orphan). With the sinks in the server, what they held is lost."""
+    storage = settings.storage_path
+    env = {"HORACE_SINK_PROCESS": "on" if sink_process else "off", "HORACE_SINK_LINGER": "60s"}
+    with horace_process(storage, env, settings.database_url) as server:
+        url = f"ws://127.0.0.1:{server.port}/mcp"
+        async with connect(url) as client:
+            for i in range(10):
+                await call(client, "horace_search_files", f"x-{i}")
+
+        def health() -> dict[str, Any]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10) as answer:
+                return dict(json.load(answer))
+
+        def handed_over() -> bool:
+            part = health().get("sink_process")
+            return bool(part) and part["queued"] == 0 and part["received"] == part["handed"] == 20
+
+        if sink_process:
+            with trio.fail_after(20):
+                while not await trio.to_thread.run_sync(handed_over):
+                    await trio.sleep(0.05)
+        children = children_of(server.pid)
+        assert len(children) == (1 if sink_process else 0)
+        server.process.kill()
+        server.process.wait()
+        with trio.fail_after(20):
+            while any(alive(child) for child in children):
+                await trio.sleep(0.05)
+    stored = [
+        r
+        for r in await stored_turns(settings.catalog_url)
+        if r["metadata"]["correlation_id"].startswith("x-")
+    ]
+    # The sinks' linger (60 s) held every turn back from the database when the server died.
+    assert len(stored) == (20 if sink_process else 0)
+
+
+async def test_a_spill_of_the_child_is_replayed_by_the_next(settings: Settings) -> None:
+    async with godot_standin(listening=False) as godot:
+        configured = in_child(settings, godot_url=godot.url, conversations=False, sink_flush=0.5)
+        async with run_horace(configured) as first, connect(first.url) as client:
+            for i in range(5):
+                await call(client, "horace_search_files", f"spill-{i}")
+            await eventually(lambda: process_part(first)["received"] == process_part(first)["handed"] > 0)
+        spool = settings.storage_path / ".horace" / "spool" / "godot.jsonl"
+        spilled = [json.loads(line)["trace_id"] for line in spool.read_text().splitlines()]
+        assert {f"spill-{i}" for i in range(5)} <= set(spilled)
+        await godot.start()
+        async with run_horace(configured) as second:
+            await eventually(lambda: sinks_of(second).get("godot", {}).get("replayed") == len(spilled))
+            await eventually(lambda: sinks_drained(second))
+        assert [c["trace_id"] for c in godot.calls[: len(spilled)]] == spilled
+    assert not spool.exists()
