@@ -40,7 +40,7 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # (not a zombie)
 
 
 def children_of(pid: int) -> list[int]:
@@ -110,19 +110,18 @@ async def test_calls_and_log_records_reach_both_sinks_through_the_child(settings
 
 
 async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settings: Settings) -> None:
-    async with run_horace(in_child(settings)) as horace:
-        async with connect(horace.url) as client:
-            await call(client, "horace_search_files", "k-0")
-            conversation_id = next(iter(horace.server.sessions)).conversation_id
-            await drained(horace)
-            first = process_part(horace)["pid"]
-            os.kill(first, signal.SIGKILL)
-            await eventually(lambda: process_part(horace)["starts"] == 2, 30, "a second sink process")
-            assert process_part(horace)["last_error"] == "the sink process ended with exit code -9"
-            for i in range(1, 6):
-                await call(client, "horace_search_files", f"k-{i}")
-            await drained(horace)
-            assert process_part(horace)["pid"] != first and alive(process_part(horace)["pid"])
+    async with run_horace(in_child(settings)) as horace, connect(horace.url) as client:
+        await call(client, "horace_search_files", "k-0")
+        conversation_id = next(iter(horace.server.sessions)).conversation_id
+        await drained(horace)
+        first = process_part(horace)["pid"]
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: process_part(horace)["starts"] == 2, 30, "a second sink process")
+        assert process_part(horace)["last_error"] == "the sink process ended with exit code -9"
+        for i in range(1, 6):
+            await call(client, "horace_search_files", f"k-{i}")
+        await drained(horace)
+        assert process_part(horace)["pid"] != first and alive(process_part(horace)["pid"])
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
     assert [r["turn_number"] for r in rows] == list(range(1, 13))  # before the kill and after
 
@@ -200,3 +199,17 @@ async def test_a_spill_of_the_child_is_replayed_by_the_next(settings: Settings) 
             await eventually(lambda: sinks_drained(second))
         assert [c["trace_id"] for c in godot.calls[: len(spilled)]] == spilled
     assert not spool.exists()
+
+
+async def test_a_conversation_database_that_is_down_costs_no_call(settings: Settings) -> None:
+    """The sinks cannot start (their database refuses): the calls are answered, the child
+    is started again and again, and /health says why."""
+    down = "postgresql://nobody@127.0.0.1:1/nowhere"
+    async with run_horace(in_child(settings, conversations_url=down)) as horace:
+        async with connect(horace.url) as client:
+            for i in range(3):
+                reply = await call(client, "horace_search_files", f"d-{i}")
+                assert reply["result"]["isError"] is False
+        await eventually(lambda: process_part(horace)["starts"] >= 2, 30, "the sink process started again")
+        assert process_part(horace)["last_error"] == "the sink process ended with exit code 1"
+        assert sinks_of(horace) == {"conversations": {"state": "starting"}}

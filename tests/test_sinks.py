@@ -138,8 +138,8 @@ def test_sink_backoff_settings_from_the_environment() -> None:
 async def stored_turns(database_url: str) -> list[dict[str, Any]]:
     """Every row of ``conversations``, by conversation then turn number."""
     columns = (
-        "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, metadata, "
-        "created_at"
+        "conversation_id, turn_number, role, content, model, input_tokens, output_tokens, timing_ms, "
+        "metadata, created_at"
     )
     query = f"SELECT {columns} FROM conversations ORDER BY conversation_id, turn_number"
     if database_url.startswith("sqlite://"):

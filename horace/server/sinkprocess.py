@@ -8,8 +8,9 @@ child process, which runs :func:`horace.server.sinks.run_sinks` on another core 
 reports its sinks' status on its stdout (a JSON line at each change) for /health.
 
 The child ends when its stdin closes (the server stopping, or dead): its sinks flush and
-spill as they would in the server. It ignores SIGINT and SIGTERM, which a terminal or a
-service manager sends the whole process group: the server's end is its signal. A child
+spill as they would in the server. It runs in a session of its own (a terminal's Ctrl-C
+reaches the server only) and ignores SIGINT and SIGTERM (a service manager may signal every
+process of the service): the server's end is its signal. A child
 that dies is started again, with backoff; what it held and had not delivered is lost, as
 a server that dies loses what its own sinks hold.
 """
@@ -37,6 +38,7 @@ import trio
 
 import horace
 from horace.backends import Backend, open_backend
+from horace.backends.protocol import BackendUnavailable, CatalogMissing, CatalogUnwritable, UnusableURL
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
@@ -192,6 +194,7 @@ class SinkProcess:
                 [sys.executable, "-c", CHILD_CODE],
                 stdin=read_end,
                 stdout=subprocess.PIPE,
+                start_new_session=True,  # out of the terminal's group: Ctrl-C is the server's
             )
         except BaseException:
             os.close(write_end)
@@ -463,7 +466,21 @@ def _take_idle_time_only() -> None:
         os.nice(19)
 
 
+# What keeps the sinks from starting, said in one line (the server starts another child).
+_EXPECTED = (BackendUnavailable, CatalogMissing, CatalogUnwritable, UnusableURL, OSError)
+
+
 def main() -> None:
+    from horace import logs
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    trio.run(serve_sinks)
+    logs.configure("WARNING")  # until the plan gives the server's level
+    try:
+        trio.run(serve_sinks)
+    except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        expected = isinstance(exc, _EXPECTED)
+        log.error("sink process: %s: %s", type(exc).__name__, exc, exc_info=not expected)
+        sys.exit(1)
