@@ -73,13 +73,6 @@ def _switch(text: str, name: str) -> bool:
     raise ConfigError(f"{name}={text!r}: use on or off")
 
 
-def _sink_priority(text: str, name: str) -> str:
-    lowered = text.strip().lower()
-    if lowered not in ("idle", "normal"):
-        raise ConfigError(f"{name}={text!r}: use idle or normal")
-    return lowered
-
-
 def _text(text: str, name: str) -> str:
     return text
 
@@ -146,7 +139,6 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), parse_duration),
     "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), parse_duration),
     "sink_process": (("HORACE_SINK_PROCESS",), _switch),
-    "sink_priority": (("HORACE_SINK_PRIORITY",), _sink_priority),
 }
 
 
@@ -210,9 +202,6 @@ class Settings:
     # The sinks' work (turns made and stored, entries sent to Godot) in a child process, on
     # another core, rather than beside the sessions (horace.sinks.process).
     sink_process: bool = True
-    # idle: the sink process runs on CPU time the sessions leave (it falls behind, and its
-    # queue drops the oldest, only while every core is busy); normal: it competes for it.
-    sink_priority: str = "idle"
 
     @property
     def catalog_url(self) -> str:

@@ -9,6 +9,7 @@ import os
 import signal
 import urllib.request
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from test_sinks import call, drained, eventually, serving, sinks_drained, sinks_
 
 from horace.config import Settings
 from horace.model import CallRecord
+from horace.server import sinkprocess
 from horace.server.sinkprocess import record_message
 from horace.testing import RunningHorace, run_horace
 
@@ -107,6 +109,22 @@ async def test_calls_and_log_records_reach_both_sinks_through_the_child(settings
     stamps = [datetime.fromisoformat(s) if isinstance(s, str) else s for s in stamps]
     # Each turn carries the time of its call's start or end, not of its arrival in the child.
     assert before <= stamps[0] <= stamps[1] <= stamps[2] <= stamps[3] <= after
+
+
+async def test_a_stopping_server_hands_over_every_call_it_still_queues(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer waits long (30 s) before it hands anything over: every record is still
+    in the server's queue when it stops, and reaches the database through the shutdown."""
+    monkeypatch.setattr(sinkprocess, "GATHER", 30.0)
+    async with run_horace(in_child(settings)) as horace, connect(horace.url) as client:
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(partial(call, client, "horace_search_files", f"q-{i}"))
+        conversation_id = next(iter(horace.server.sessions)).conversation_id
+        assert process_part(horace)["queued"] == 40 and process_part(horace)["handed"] == 0
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
+    assert [r["turn_number"] for r in rows] == list(range(1, 41))
 
 
 async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settings: Settings) -> None:

@@ -437,8 +437,6 @@ async def serve_sinks() -> None:
     from horace import logs
 
     logs.configure(plan.log_level)
-    if plan.settings.sink_priority == "idle":
-        _take_idle_time_only()
     async with (
         _talks(plan) as talks,
         run_sinks(plan.settings, talks, plan.spool_dir) as sinks,
@@ -453,17 +451,6 @@ async def serve_sinks() -> None:
             taken[0] += len(messages)
             await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
-
-
-def _take_idle_time_only() -> None:
-    """Run only on CPU time nothing else wants (SCHED_IDLE, which threads made later
-    inherit; nice 19 where there is none): the sessions are never kept waiting for a core
-    by the log, which catches up when the machine is less busy."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError) as exc:
-        log.info("sink process: no idle scheduling here (%s); nice 19 instead", exc)
-        os.nice(19)
 
 
 # What keeps the sinks from starting, said in one line (the server starts another child).
