@@ -171,19 +171,26 @@ class SinkProcess:
         """Keep a child running until cancelled; then hand it what is queued and wait for
         it to deliver (or spill) everything and end."""
         failures = 0
-        while True:
-            started = trio.current_time()
-            try:
-                code = await self._run_child()
-                self.last_error = f"the sink process ended with exit code {code}"
-            except (OSError, _ChildGone) as exc:
-                self.last_error = f"the sink process failed: {type(exc).__name__}: {exc}"
-            self.state = "retrying"
-            failures = 1 if trio.current_time() - started > STEADY else failures + 1
-            settings = self.plan.settings
-            delay = backoff(failures, settings.sink_backoff_base, settings.sink_backoff_cap)
-            log.error("%s; starting another in %.1f s", self.last_error, delay)
-            await trio.sleep(delay)
+        try:
+            while True:
+                started = trio.current_time()
+                unexpected = False
+                try:
+                    code = await self._run_child()
+                    self.last_error = f"the sink process ended with exit code {code}"
+                except Exception as exc:  # every failure: log it, back off, start another
+                    unexpected = not isinstance(exc, OSError | _ChildGone)
+                    self.last_error = f"the sink process failed: {type(exc).__name__}: {exc}"
+                self.state = "retrying"
+                failures = 1 if trio.current_time() - started > STEADY else failures + 1
+                settings = self.plan.settings
+                delay = backoff(failures, settings.sink_backoff_base, settings.sink_backoff_cap)
+                log.error("%s; starting another in %.1f s", self.last_error, delay, exc_info=unexpected)
+                await trio.sleep(delay)
+        finally:
+            if self._queue:  # stopping with no child to take them
+                self.lost += len(self._queue)
+                log.error("sink process: %d log entries lost at shutdown (no sink process)", len(self._queue))
 
     async def _run_child(self) -> int:
         read_end, write_end = os.pipe()
@@ -222,13 +229,15 @@ class SinkProcess:
         """Hand over what is queued (the server stopping), close the child's stdin, wait
         for it to deliver or spill it and end."""
         flush = self.plan.settings.sink_flush
+        gone = False
         with trio.move_on_after(flush):
             try:
                 while process.returncode is None and (pipe.unsent or self._queue):
                     await self._hand_over(pipe)
             except _ChildGone as exc:
                 log.warning("sink process: %s", exc)
-        if process.returncode is not None:
+                gone = True
+        if gone or process.returncode is not None:
             self._requeue()  # a frame the dead child did not take whole: for the next one
         elif self._queue or self._in_pipe:
             lost = len(self._queue) + len(self._in_pipe)
@@ -292,9 +301,14 @@ class SinkProcess:
         async for chunk in stdout:
             *lines, pending = (pending + chunk).split(b"\n")
             if lines and lines[-1]:
-                report = json.loads(lines[-1])
-                self.sink_status = report["sinks"]
-                self.received = self._handed_before + report["received"]
+                try:
+                    report = json.loads(lines[-1])
+                    sinks, received = dict(report["sinks"]), int(report["received"])
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.warning("sink process: a status line that is not one (%s): %.200r", exc, lines[-1])
+                    continue
+                self.sink_status = sinks
+                self.received = self._handed_before + received
 
 
 def _frame(data: bytes) -> bytes:
@@ -405,11 +419,16 @@ async def _talks(plan: SinkPlan) -> AsyncIterator[Backend | None]:
 
 
 async def _report(sinks: LocalSinks, taken: list[int], stdout: trio.abc.SendStream) -> None:
+    """The sinks' status to the server at each change, until nobody reads it (a server
+    killed outright: the child still delivers what it holds, then ends)."""
     last = None
     while True:
         status = json.dumps({"sinks": sinks.status(), "received": taken[0]})
         if status != last:
-            await stdout.send_all(status.encode() + b"\n")
+            try:
+                await stdout.send_all(status.encode() + b"\n")
+            except trio.BrokenResourceError:
+                return
             last = status
         await trio.sleep(REPORT_EVERY)
 
@@ -437,10 +456,12 @@ async def serve_sinks() -> None:
     from horace import logs
 
     logs.configure(plan.log_level)
+    reports = os.dup(1)
+    os.dup2(2, 1)  # a stray print goes to the log, not into the status lines
     async with (
         _talks(plan) as talks,
         run_sinks(plan.settings, talks, plan.spool_dir) as sinks,
-        trio.lowlevel.FdStream(os.dup(1)) as stdout,
+        trio.lowlevel.FdStream(reports) as stdout,
         trio.open_nursery() as nursery,
     ):
         taken = [0]  # messages taken in
