@@ -134,19 +134,23 @@ async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settin
         await drained(horace)
         first = process_part(horace)["pid"]
         os.kill(first, signal.SIGKILL)
-        await eventually(lambda: process_part(horace)["starts"] == 2, 30, "a second sink process")
-        assert process_part(horace)["last_error"] == "the sink process ended with exit code -9"
-        for i in range(1, 6):
+        for i in range(1, 6):  # while it is dead: queued, then handed to the next
             await call(client, "horace_search_files", f"k-{i}")
+        await eventually(lambda: process_part(horace)["starts"] == 2, 30, "a second sink process")
         await drained(horace)
+        assert process_part(horace)["last_error"] in {
+            "the sink process ended with exit code -9",
+            "the sink process failed: _ChildGone: its stdin is closed (Broken pipe)",
+        }
         assert process_part(horace)["pid"] != first and alive(process_part(horace)["pid"])
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
     assert [r["turn_number"] for r in rows] == list(range(1, 13))  # before the kill and after
 
 
 async def test_the_sink_process_waits_for_the_server_not_for_signals(settings: Settings) -> None:
-    """A terminal's Ctrl-C or a service manager's SIGTERM reaches the whole process group:
-    the child goes on until the server closes its stdin, delivering what it is given."""
+    """A service manager may signal every process of the service (a terminal's Ctrl-C
+    reaches only the server's group): the child goes on until the server closes its stdin,
+    delivering what it is given."""
     async with run_horace(in_child(settings)) as horace, connect(horace.url) as client:
         await call(client, "horace_search_files", "s-0")
         await drained(horace)
