@@ -5,6 +5,7 @@ server's (killed, signalled, outlived)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import urllib.request
@@ -235,3 +236,14 @@ async def test_a_conversation_database_that_is_down_costs_no_call(settings: Sett
         await eventually(lambda: process_part(horace)["starts"] >= 2, 30, "the sink process started again")
         assert process_part(horace)["last_error"] == "the sink process ended with exit code 1"
         assert sinks_of(horace) == {"conversations": {"state": "starting"}}
+
+
+async def test_a_log_record_made_on_a_worker_thread_reaches_godot(settings: Settings) -> None:
+    async with godot_standin() as godot, run_horace(in_child(settings, godot_url=godot.url)) as horace:
+        said = logging.getLogger("horace.test")
+        await trio.to_thread.run_sync(said.warning, "from a worker thread")
+        said.warning("from the event loop")
+        await godot.wait_until(
+            lambda: {"from a worker thread", "from the event loop"} <= {c["message"] for c in godot.calls}
+        )
+        assert process_part(horace)["dropped"] == 0

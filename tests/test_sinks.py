@@ -609,6 +609,20 @@ async def test_flapping_godot_gets_every_entry() -> None:
     assert godot.connections > 5 and runner.restarts == 0  # closed connections are retried, not crashes
 
 
+async def test_an_entry_from_a_worker_thread_is_queued_by_the_trio_thread() -> None:
+    """A log record made on a worker thread: a Trio event may not be set there (the
+    delivery task would never wake again); the Trio thread queues the entry instead."""
+    transport = MemoryTransport()
+    runner = SinkRunner(transport, spool_dir=None, **FAST)
+    async with running(runner):
+        await trio.to_thread.run_sync(runner.emit, entry(0))
+        await eventually(lambda: runner.delivered == 1)
+        runner.emit(entry(1))
+        await eventually(lambda: runner.delivered == 2)
+    assert [e["message"] for e in transport.stored] == ["m0", "m1"]
+    assert runner.dropped == 0
+
+
 async def test_godot_error_replies_are_counted_not_retried(caplog: pytest.LogCaptureFixture) -> None:
     async with godot_standin(erroring=True) as godot:
         transport = GodotTransport(godot.url)

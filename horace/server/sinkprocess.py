@@ -42,7 +42,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogMissing, Catalog
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
-from horace.sinks.supervisor import BATCH_BYTES, entry_size
+from horace.sinks.supervisor import BATCH_BYTES, entry_size, queue_from_thread
 from horace.supervise import backoff
 
 log = logging.getLogger("horace.sinks")  # (the sinks' own log never feeds a sink)
@@ -110,6 +110,7 @@ class SinkProcess:
         self._queue: deque[tuple[tuple[str, Any], int]] = deque()  # (message, size)
         self._queued_bytes = 0
         self._ready = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None  # (the run, for other threads)
         names = [
             name
             for name, on in (("godot", self.wiring.godot), ("conversations", self.wiring.conversations))
@@ -139,7 +140,11 @@ class SinkProcess:
         self._put(("finished", record_message(record)), 256 + reply)
 
     def emit(self, entry: dict[str, Any]) -> None:
-        """An entry for the Godot sink (one of Horace's own log records)."""
+        """An entry for the Godot sink (one of Horace's own log records; from another
+        thread, queued by the Trio thread)."""
+        if not trio.lowlevel.in_trio_run():
+            queue_from_thread(self._token, self.emit, entry, self)
+            return
         self._put(("godot", entry), entry_size(entry))
 
     def _put(self, message: tuple[str, Any], size: int) -> None:
@@ -170,6 +175,7 @@ class SinkProcess:
     async def run(self) -> None:
         """Keep a child running until cancelled; then hand it what is queued and wait for
         it to deliver (or spill) everything and end."""
+        self._token = trio.lowlevel.current_trio_token()
         failures = 0
         try:
             while True:

@@ -125,6 +125,7 @@ class SinkRunner:
         self._queue: deque[tuple[int, dict[str, Any], int]] = deque()  # (sequence, entry, size)
         self._seq = 0
         self._ready = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None  # (the run, for other threads)
         self.state = "starting"
         self.delivered = 0
         self.dropped = 0
@@ -137,7 +138,12 @@ class SinkRunner:
     # -- the caller's side ------------------------------------------------------------
 
     def emit(self, entry: dict[str, Any]) -> None:
-        """Queue *entry*; never blocks, never raises. The newest entry is always kept."""
+        """Queue *entry*; never blocks, never raises. The newest entry is always kept.
+        From another thread (a log record made on a worker thread) it is queued by the
+        Trio thread, soon: a Trio event may only be set there."""
+        if not trio.lowlevel.in_trio_run():
+            queue_from_thread(self._token, self.emit, entry, self)
+            return
         size = entry_size(entry)
         while self._queue and (
             len(self._queue) >= self.capacity or self._queued_bytes + size > self.capacity_bytes
@@ -172,6 +178,7 @@ class SinkRunner:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver until cancelled; then flush within the deadline and spill the rest."""
+        self._token = trio.lowlevel.current_trio_token()
         await self._replay()
         task_status.started()
         try:
@@ -354,6 +361,27 @@ def _take_in(spool_path: Path, replaying: Path) -> list[str]:
             merged.write(spool_path.read_text(encoding="utf-8"))
         spool_path.unlink()
     return replaying.read_text(encoding="utf-8").splitlines() if replaying.exists() else []
+
+
+class _Dropping(Protocol):
+    dropped: int
+
+
+def queue_from_thread(
+    token: trio.lowlevel.TrioToken | None,
+    emit: Callable[[dict[str, Any]], None],
+    entry: Any,
+    queue: _Dropping,
+) -> None:
+    """Have the Trio thread of *token* run ``emit(entry)``; an entry with no run to take
+    it (not started, or over) is counted as dropped by *queue*."""
+    if token is not None:
+        try:
+            token.run_sync_soon(emit, entry)
+            return
+        except trio.RunFinishedError:
+            pass
+    queue.dropped += 1
 
 
 class SinkUnavailable(Exception):
