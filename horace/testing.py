@@ -63,10 +63,18 @@ def _running(settings: Settings, server: HoraceServer) -> RunningHorace:
 
 @asynccontextmanager
 async def run_horace(settings: Settings) -> AsyncIterator[RunningHorace]:
-    """Serve in a nursery of the caller's Trio loop; shut down gracefully on exit."""
+    """Serve in a nursery of the caller's Trio loop; shut down gracefully on exit.
+
+    On Trio's mock clock the sinks run in the server: a child process runs in real time,
+    and the clock, jumping while the server waits for it, would not wait."""
+    import attrs
     import trio
+    import trio.testing
 
     from horace.server import serve
+
+    if settings.sink_process and isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        settings = attrs.evolve(settings, sink_process=False)
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, settings, handle_signals=False))
