@@ -200,7 +200,7 @@ class Settings:
     sink_backoff_base: float = 1.0  # a sink's first retry delay, doubling up to the cap
     sink_backoff_cap: float = 30.0
     # The sinks' work (turns made and stored, entries sent to Godot) in a child process, on
-    # another core, rather than beside the sessions (horace.sinks.process).
+    # another core, rather than beside the sessions (horace.server.sinkprocess).
     sink_process: bool = True
 
     @property

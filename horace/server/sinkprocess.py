@@ -111,12 +111,8 @@ class SinkProcess:
         self._queued_bytes = 0
         self._ready = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None  # (the run, for other threads)
-        names = [
-            name
-            for name, on in (("godot", self.wiring.godot), ("conversations", self.wiring.conversations))
-            if on
-        ]
-        self.sink_status: dict[str, dict[str, Any]] = {name: {"state": "starting"} for name in names}
+        # What the child last said of its sinks; until it speaks, each is starting.
+        self.sink_status: dict[str, dict[str, Any]] = {n: {"state": "starting"} for n in self.wiring.names}
         self.state = "starting"
         self.pid: int | None = None
         self.starts = 0
@@ -148,11 +144,7 @@ class SinkProcess:
         self._put(("godot", entry), entry_size(entry))
 
     def _put(self, message: tuple[str, Any], size: int) -> None:
-        while self._queue and (
-            len(self._queue) >= self.capacity or self._queued_bytes + size > self.capacity_bytes
-        ):
-            self._queued_bytes -= self._queue.popleft()[1]
-            self.dropped += 1
+        self._drop_oldest(1, size)
         self._queue.append((message, size))
         self._queued_bytes += size
         self._ready.set()
@@ -298,7 +290,13 @@ class SinkProcess:
             self._queue.appendleft((message, size))
             self._queued_bytes += size
         self._in_pipe, self._in_pipe_kept = [], 0
-        while len(self._queue) > self.capacity or self._queued_bytes > self.capacity_bytes:
+        self._drop_oldest()
+
+    def _drop_oldest(self, count: int = 0, size: int = 0) -> None:
+        """Drop the oldest messages, counted, until *count* more of *size* bytes fit."""
+        while self._queue and (
+            len(self._queue) + count > self.capacity or self._queued_bytes + size > self.capacity_bytes
+        ):
             self._queued_bytes -= self._queue.popleft()[1]
             self.dropped += 1
 

@@ -49,6 +49,12 @@ class SinkWiring:
         return self.godot or self.conversations
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The sinks that run, by name (as their runners are named)."""
+        running = (("godot", self.godot), ("conversations", self.conversations))
+        return tuple(name for name, on in running if on)
+
+    @property
     def turns(self) -> bool:
         """Are calls made into conversation turns (stored, or sent to Godot)?"""
         return self.conversations or self.turns_to_godot
