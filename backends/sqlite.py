@@ -154,6 +154,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe in WAL
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    # A statement journal (each many-row INSERT in a transaction makes one) stays in
+    # memory: past 64 KiB it would be a temp file in /var/tmp, written page by page and
+    # deleted, a transaction at a time (and a full /var/tmp would fail the write).
+    conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
 
