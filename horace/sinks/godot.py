@@ -1,7 +1,7 @@
 """The Godot sink: Horace's log, as ``logger_log`` tool calls over one WebSocket.
 
 Calls of a batch are pipelined: their frames are written together, with one send, then
-the answers are read as they come. The WebSocket is spoken with wsproto (what
+the answers are read, several a read (see :data:`ANSWER_GATHER`). The WebSocket is spoken with wsproto (what
 trio-websocket is built on) straight on the TCP stream, without trio-websocket's reader
 task and per-message send: a log entry costs its framing and nothing more. Secrets are
 redacted at any depth before an entry is queued, so they never reach the spool either.
