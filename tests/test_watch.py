@@ -462,6 +462,10 @@ async def test_a_file_written_again_before_it_settled_is_taken_once_settled(
         # third write is younger than the settle time when the second falls due.
         await eventually(partial(_scheduled, watcher, seen), "the second write to be seen", within=2 * poll)
         retried = watcher.counts.retried
+        # Half a settle time on: when the second falls due the third is half a settle time
+        # old, whether the watcher wakes on time or late (written at once, it could be
+        # old enough by a late wake-up, and rightly taken).
+        await trio.sleep(settle / 2)
         write(path, "third, in between")  # not seen: the next poll is seconds away
         # The second write falls due with the third in its place, younger than the settle
         # time: it waits again. (A fixed sleep here let a loaded machine reach the next
