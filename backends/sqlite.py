@@ -695,16 +695,20 @@ def _search_by_any_tag(conn: sqlite3.Connection, q: SearchQuery) -> tuple[int, l
     others = _others(q, (), ())
     join = " CROSS JOIN horace_files f ON f.id = t.file_id" if others.clauses else ""
     status = _where("t.status = ?", q.status.value)
-    any_tag = _where(f"t.tag IN ({_placeholders(q.any_tags)})", *q.any_tags)
-    counted = any_tag + status + others
-    # (count(DISTINCT) in the aggregate: a third faster than counting a DISTINCT subquery.)
+    tags = list(dict.fromkeys(q.any_tags))
+    # Counted as a UNION of one arm a tag, each read from the primary key (tag, file_id)
+    # in file_id order, which SQLite merges as it goes; count(DISTINCT) put every match
+    # into a temporary b-tree first (3,400 matches at 100,000 files: 3.4 -> 2.4 ms).
+    arms = [_where("t.tag = ?", tag) + status + others for tag in tags]
     (total,) = conn.execute(
-        f"SELECT count(DISTINCT t.file_id) FROM horace_file_tags t{join} WHERE 1{counted.sql()}",
-        counted.params,
+        "SELECT count(*) FROM ("
+        + " UNION ".join(f"SELECT t.file_id FROM horace_file_tags t{join} WHERE 1{arm.sql()}" for arm in arms)
+        + " ORDER BY 1)",
+        [param for arm in arms for param in arm.params],
     ).fetchone()
     order = f"created_at {_direction(q)}, file_id {_direction(q)}"
     heads, params = [], []
-    for tag in dict.fromkeys(q.any_tags):
+    for tag in tags:
         head = _where("t.tag = ?", tag) + status + others + _after(q, "t.created_at", "t.file_id")
         heads.append(
             f"SELECT * FROM (SELECT t.file_id, t.created_at FROM horace_file_tags t{join} "

@@ -343,6 +343,10 @@ ALL = {
         ({"tags": ["report"]}, {"gates/doc1.md", "gates/doc2.md"}),
         ({"tags": ["report", "q1"]}, {"gates/doc1.md"}),
         ({"any_tags": ["chart", "log"]}, {"playfair/chart.png", "fiedler/log.txt"}),
+        # doc1 has both: counted once (paths() checks the total against the page)
+        ({"any_tags": ["report", "q1"]}, {"gates/doc1.md", "gates/doc2.md", "playfair/chart.png"}),
+        ({"any_tags": ["q1", "chart", "q1"]}, {"gates/doc1.md", "playfair/chart.png"}),
+        ({"any_tags": ["report", "q1"], "owner": "gates"}, {"gates/doc1.md", "gates/doc2.md"}),
         ({"owner": "alice"}, {"user/notes/a.TXT"}),
         ({"purpose": "REPORT"}, {"gates/doc1.md"}),
         ({"path": "gates/*"}, {"gates/doc1.md", "gates/doc2.md"}),
