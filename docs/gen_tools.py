@@ -16,7 +16,10 @@ import sys
 from typing import Any
 
 from horace.backends.records import Collection, FileRecord, VersionRecord
+from horace.config import Settings
 from horace.schema import record_schema
+from horace.server.jsonrpc import REPLY_TOO_LARGE
+from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS
 from horace.server.tools import TOOLS
 
 SHAPES = {
@@ -35,13 +38,20 @@ ERRORS: dict[str, list[str]] = {
     "horace_update_file": ["NOT_CATALOGED", "INVALID_ARGUMENT", "CHECKSUM_MISMATCH", "INVALID_PATH", *WRITES],
     "horace_restore_version": [
         "NOT_CATALOGED",
+        "INVALID_PATH",
         "VERSION_NOT_FOUND",
         "CHECKSUM_MISMATCH",
         "INVALID_ARGUMENT",
         *WRITES,
     ],
     "horace_delete_file": ["NOT_CATALOGED", "INVALID_PATH", *WRITES],
-    "horace_undelete_file": ["NOT_CATALOGED", "INVALID_ARGUMENT", "CHECKSUM_MISMATCH", *WRITES],
+    "horace_undelete_file": [
+        "NOT_CATALOGED",
+        "INVALID_PATH",
+        "INVALID_ARGUMENT",
+        "CHECKSUM_MISMATCH",
+        *WRITES,
+    ],
     "horace_diff_versions": [
         "NOT_CATALOGED",
         "INVALID_PATH",
@@ -56,14 +66,15 @@ ERRORS: dict[str, list[str]] = {
     "horace_remove_from_collection": ["COLLECTION_NOT_FOUND", "STORAGE_FULL"],
     "horace_delete_collection": ["COLLECTION_NOT_FOUND", "STORAGE_FULL"],
     "horace_find_duplicates": ["INVALID_ARGUMENT"],
-    "horace_verify": ["NOT_CATALOGED"],
+    "horace_verify": ["NOT_CATALOGED", "INVALID_PATH", "INVALID_ARGUMENT"],
     "horace_scan": ["INVALID_PATH", "FILE_NOT_FOUND", "STORAGE_FULL"],
 }
 
 # When each code is returned, in a few words (shown once, at the end).
 ERROR_MEANINGS = {
     "INVALID_PATH": "the path leaves files/, names `.horace` or a `.horace-tmp-` name, holds a NUL byte "
-    "or a symlink, is not a regular file, or has more than one hard link",
+    "or a symlink, ends in `/` (where a file is meant), is not a regular file, or has more than one "
+    "hard link",
     "FILE_NOT_FOUND": "no file (or, for a scan, no folder) at that path under files/",
     "NOT_CATALOGED": "no catalogued file with that id or path (also: an unknown id in `file_ids`)",
     "VERSION_NOT_FOUND": "the file has no such version (never had it, or it was pruned)",
@@ -81,8 +92,10 @@ ERROR_MEANINGS = {
 NOTES = {
     "horace_register_file": "When no `owner` is given and the path starts with a component folder "
     "(`gates/`, `playfair/`, `fiedler/`, `user/`, `shared/`), the owner is that folder's name. "
+    "Keys of `metadata` other than those above are kept as the file's custom metadata. "
     "Metadata given when re-registering a catalogued path is not applied: use "
-    "`horace_update_file`.",
+    "`horace_update_file`. Re-registering a deleted or archived file whose working copy is back "
+    "makes it active again (versioned if its content changed).",
     "horace_search_files": "Every filter may also be given inside `query{}`; a filter given both "
     "ways takes the top-level value. A `limit` above 1000 is refused (`INVALID_ARGUMENT`), as "
     "the CLI refuses it. A `cursor` is tied to the filters it was issued for.",
@@ -105,10 +118,12 @@ NOTES = {
     "their checksums), each at most `HORACE_MAX_READ_BYTES` (else `INVALID_ARGUMENT`). Text is "
     "UTF-8 without NUL bytes; the diff has 3 lines of context.",
     "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `working_missing`, "
-    "`working_modified`; `version` is null for working-file problems.",
+    "`working_modified`; `version` is null for working-file problems. With a `progressToken` in "
+    "`_meta`, `notifications/progress` are sent while it runs.",
     "horace_scan": "`skipped` lists names that can never be catalogued (not UTF-8, `.horace`, or "
     "in Horace's reserved `.horace-tmp-` form), each with why. Files that could not be taken are "
-    "listed in `errors`, not returned as a tool error. With a `progressToken` in `_meta`, "
+    "listed in `errors`, not returned as a tool error. Each list shows at most 1000 entries, then "
+    "a line saying how many more the server's log has. With a `progressToken` in `_meta`, "
     "`notifications/progress` are sent while it runs.",
 }
 
@@ -128,8 +143,14 @@ def type_of(schema: Any) -> str:
         text = kind
     if schema.get("format"):
         text += f" ({schema['format']})"
-    if "minimum" in schema:
+    if "minimum" in schema and "maximum" in schema:
+        text += f", {schema['minimum']} to {schema['maximum']}"
+    elif "minimum" in schema:
         text += f", ≥ {schema['minimum']}"
+    if "maxItems" in schema:
+        text += f", at most {schema['maxItems']} items"
+    if "maxLength" in schema:
+        text += f", at most {schema['maxLength']} characters"
     return text
 
 
@@ -208,14 +229,20 @@ def main() -> None:
         "- An error that belongs to the tool is a result with `isError: true` whose one `text` "
         "item is the JSON `{error_code, message, correlation_id}`; it has no `structuredContent` "
         "(the `outputSchema` describes results, and clients check structured content against it).",
-        "- Arguments the tool's `inputSchema` does not admit (an unknown argument at any level, "
+        "- Arguments the tool's `inputSchema` does not admit (an unknown argument at any level "
+        "but inside `horace_register_file`'s `metadata`, "
         "a missing required one, a wrong JSON type, a value out of bounds or not in an enum) are "
         "such a tool error, `INVALID_ARGUMENT`, in a session of MCP 2025-11-25 (which says so: "
         "a model reads the message and can correct the call); for a client of an earlier "
         "version they are a JSON-RPC error `-32602` with "
         '`data: {error_code: "INVALID_ARGUMENT", correlation_id}`. An unknown tool is `-32602` '
         "in every version. A call past `HORACE_CALL_DEADLINE` is JSON-RPC error `-32001`.",
-        "- Every tool may also return `BACKEND_UNAVAILABLE` and `INTERNAL`.",
+        "- Every tool may also return `INVALID_ARGUMENT` (arguments its schema does not admit, as "
+        "above), `BACKEND_UNAVAILABLE` and `INTERNAL`; each tool's list below names the codes of "
+        "its own work.",
+        f"- A reply larger than `HORACE_MAX_REPLY_BYTES` ({Settings().max_reply_bytes // 2**20} MiB) "
+        f"is JSON-RPC error `{REPLY_TOO_LARGE}`, with the reply's size and the limit in `data`; a "
+        f"`_meta.progressToken` longer than {MAX_PROGRESS_TOKEN_CHARS} characters is `-32602`.",
         "- Annotations: `openWorldHint` is false for every tool (Horace touches only its own storage).",
         "",
         "| tool | read-only | destructive | idempotent |",

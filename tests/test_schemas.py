@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,15 @@ def test_the_tools_match_the_golden_file() -> None:
         GOLDEN.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
     golden = json.loads(GOLDEN.read_text())
     assert current == golden, "the tools' wire contract changed: review, then HORACE_UPDATE_GOLDEN=1"
+
+
+def test_docs_tools_md_is_what_its_generator_writes() -> None:
+    """docs/tools.md is made from the tool table: a tool changed without it is caught here."""
+    root = Path(__file__).parents[1]
+    made = subprocess.run(
+        [sys.executable, str(root / "docs" / "gen_tools.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert made == (root / "docs" / "tools.md").read_text(), "run: python docs/gen_tools.py > docs/tools.md"
 
 
 @pytest.mark.parametrize("name", sorted(TOOLS))

@@ -4,7 +4,8 @@ Each tool is declared once. Its argument class says every field's type, default,
 description and bounds (``horace.server.schema.param``); its ``inputSchema`` and
 ``outputSchema`` are generated from the two classes, and the bounds are checked when the
 arguments are structured (strictly, with cattrs: a wrong type, an unknown field, a value
-out of bounds is JSON-RPC error -32602). A handler takes a :class:`CallContext` and the
+out of bounds is ``INVALID_ARGUMENT``: a tool error in a session of MCP 2025-11-25, JSON-RPC
+error -32602 for earlier clients). A handler takes a :class:`CallContext` and the
 structured arguments, calls the catalog, and returns the result class; the session
 unstructures it into ``structuredContent``.
 """
@@ -183,7 +184,7 @@ class DiffArgs(FileRef):
 
 @frozen(kw_only=True)
 class CreateCollectionArgs:
-    name: str = param(doc="1 to 200 characters")
+    name: str = param(doc="1 to 200 characters, not blank, no NUL")
     description: str | None = param(None, doc="")
     file_ids: tuple[str, ...] = param((), doc="files to add")
     metadata: Mapping[str, Any] | None = param(None, doc="replaces the collection's metadata")
