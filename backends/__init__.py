@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .protocol import (
     Backend,
@@ -46,6 +47,17 @@ def url_problem(url: str) -> str | None:
                 f"sqlite:// needs an absolute path, as in sqlite:///var/lib/horace/catalog.db "
                 f"(three slashes): {url}"
             )
+        return None
+    # PostgreSQL: what asyncpg would fail on later with a bare ValueError.
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a [ without its ]
+        return f"the server's address cannot be read ({exc}): use postgresql://user@host:port/database"
+    try:
+        _ = parts.port
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+        return f"the port {port!r} is not a port number: use postgresql://user@host:port/database"
     return None
 
 

@@ -90,7 +90,11 @@ async def open_catalog(
                 if state.store_id
                 else "has no record of its catalog"
             )
-            raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}") from None
+            raise StoreRefused(
+                f"{exc}, and the store at {storage.root} {owner}: point --database at that "
+                "catalog (or bring its file back), or, if it is lost for good, "
+                "`horace init --adopt` makes a new one"
+            ) from None
         decision = decide(state, await backend.identity(), str(storage.root), url, adopt=adopt)
         if not read_only:
             # Read-only commands leave the schema as it is: they read only what every

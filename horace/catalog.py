@@ -167,7 +167,6 @@ class Content:
 class FileInfo:
     file: FileRecord
     versions: tuple[VersionRecord, ...] | None
-    collections: tuple[str, ...] = ()
 
 
 @frozen

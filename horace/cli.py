@@ -42,7 +42,7 @@ from horace.backends.records import (
 )
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
-from horace.config import ConfigError, Settings
+from horace.config import ConfigError, Settings, unknown_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
 from horace.storage import StorageUnusable
 
@@ -119,11 +119,16 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     try:
-        return Settings.from_env(
+        settings = Settings.from_env(
             storage_path=ctx.meta.get("storage"), database_url=ctx.meta.get("database"), **overrides
         )
     except ConfigError as exc:
         raise Failure(Exit.CONFIG, "CONFIG", str(exc)) from None
+    if not ctx.meta.get("variables_checked"):
+        ctx.meta["variables_checked"] = True
+        for line in unknown_variables(os.environ):
+            click.echo(f"horace: warning: {line}", err=True)
+    return settings
 
 
 def _as_json(ctx: click.Context) -> bool:

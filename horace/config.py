@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 from attrs import frozen
 
 from horace.backends import url_problem
 from horace.backends.records import Retention
+from horace.redact import redact_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -70,10 +71,31 @@ def _switch(text: str, name: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name}={text!r}: use on or off")
+    raise ConfigError(f"{name}={text!r}: use on or off (or 1/0, true/false, yes/no)")
 
 
 def _text(text: str, name: str) -> str:
+    return text
+
+
+_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING", "ERROR": "ERROR"}
+
+
+def _log_level(text: str, name: str) -> str:
+    level = _LEVELS.get(text.strip().upper())
+    if level is None:
+        raise ConfigError(f"{name}={text!r}: use DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _websocket_url(text: str, name: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(f"{name}={redact_url(text)!r}: a WebSocket URL, e.g. ws://godot-mcp:9060")
+    try:
+        _ = parts.port  # (raises on a port that is no number)
+    except ValueError:
+        raise ConfigError(f"{name}={redact_url(text)!r}: the port is not a number") from None
     return text
 
 
@@ -126,9 +148,9 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "send_timeout": (("HORACE_SEND_TIMEOUT",), _timeout),
     "call_deadline": (("HORACE_CALL_DEADLINE",), parse_duration),
     "shutdown_grace": (("HORACE_SHUTDOWN_GRACE",), parse_duration),
-    "godot_url": (("GODOT_URL", "GODOT_MCP_URL"), _text),
+    "godot_url": (("GODOT_URL", "GODOT_MCP_URL"), _websocket_url),
     "godot_tool": (("HORACE_GODOT_TOOL",), _text),
-    "godot_level": (("HORACE_GODOT_LEVEL",), _text),
+    "godot_level": (("HORACE_GODOT_LEVEL",), _log_level),
     "conversations": (("HORACE_CONVERSATIONS",), _switch),
     "conversations_url": (("HORACE_CONVERSATIONS_URL",), _database_url),
     "conversations_to_godot": (("HORACE_CONVERSATIONS_TO_GODOT",), _switch),
@@ -140,6 +162,40 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), parse_duration),
     "sink_process": (("HORACE_SINK_PROCESS",), _switch),
 }
+
+
+# Read by the repository's own tooling (tests, benchmarks, scripts), not by Horace.
+_TOOLING: tuple[str, ...] = (
+    "HORACE_TEST_",
+    "HORACE_BENCH_",
+    "HORACE_FUZZ_",
+    "HORACE_PG_",
+    "HORACE_CONFORMANCE_",
+    "HORACE_INSPECTOR_",
+    "HORACE_UPDATE_GOLDEN",
+)
+_PARTS = ("HORACE_DB_HOST", "HORACE_DB_PORT", "HORACE_DB_NAME", "HORACE_DB_USER", "HORACE_DB_PASSWORD")
+KNOWN_VARIABLES = frozenset({name for names, _ in ENVIRONMENT.values() for name in names} | set(_PARTS))
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A line for each ``HORACE_*`` variable that is no setting: a typo (``HORACE_PORT``,
+    ``HORACE_AUTH_TOKN``) would otherwise leave the setting it meant at its default."""
+    unknown = [
+        name
+        for name in sorted(env)
+        if name.startswith("HORACE_") and name not in KNOWN_VARIABLES and not name.startswith(_TOOLING)
+    ]
+    if not unknown:
+        return []
+    import difflib  # (only then: every command reads the environment)
+
+    lines = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=2, cutoff=0.75)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        lines.append(f"{name} is not a Horace setting{hint}: ignored")
+    return lines
 
 
 @frozen
@@ -231,7 +287,7 @@ class Settings:
             if name is not None:
                 values[field] = parse(env[name], name)
         if "database_url" not in values and env.get("HORACE_DB_HOST"):
-            values["database_url"] = _url_from_parts(env)
+            values["database_url"] = _database_url(_url_from_parts(env), "HORACE_DB_HOST/PORT/NAME/USER")
         for field, value in overrides.items():
             if value is not None:
                 values[field] = _database_url(str(value), "--database") if field == "database_url" else value

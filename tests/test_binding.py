@@ -257,6 +257,7 @@ def test_the_cli_refuses_the_wrong_catalog_and_history_survives(tmp_path: Path, 
         done = run(wrong, *args)
         assert done.returncode == Exit.STORE, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and str(root) in done.stderr
+        assert "point --database at that catalog" in done.stderr and "init --adopt" in done.stderr
     assert not (root / ".horace/catalog.db").exists() or database_url.endswith("catalog.db")
     done = run(right, "restore", "user/notes.md", "1")
     assert done.returncode == 0, done.stderr

@@ -84,12 +84,13 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         ("garbage", ("CONFIG", "not a URL")),
         ("sqlite://", ("CONFIG", "needs a path")),
         ("sqlite://relative.db", ("CONFIG", "absolute path")),  # a different file in each folder
+        ("postgresql://u:pw@127.0.0.1:notaport/db", ("CONFIG", "'notaport' is not a port number")),
+        ("postgresql://u@[bad/db", ("CONFIG", "address cannot be read")),  # urllib: a ValueError
     ]:
         one_line_error(horace("search", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
         one_line_error(horace("serve", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
         one_line_error(horace("mcp", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
     for url, word in [  # found out as the database is opened (asyncpg parses the URL)
-        ("postgresql://u:pw@127.0.0.1:notaport/db", "notaport"),
         ("postgresql://u@127.0.0.1:1/db?sslmode=bogus", "sslmode"),
     ]:
         for command in ("init", "serve"):
@@ -98,6 +99,16 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     one_line_error(
         horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
     )
+    parts = {**root, "HORACE_DB_HOST": "127.0.0.1", "HORACE_DB_PORT": "abc"}
+    one_line_error(horace("search", env=parts), Exit.CONFIG, "HORACE_DB_HOST/PORT", "'abc'")
+    for name, value, words in [  # the log sinks' settings too, before anything starts
+        ("HORACE_GODOT_LEVEL", "LOUD", ("DEBUG, INFO, WARNING or ERROR",)),
+        ("GODOT_URL", "http://godot:9060", ("a WebSocket URL",)),
+        ("GODOT_URL", "ws://u:s3cret@godot:port/", ("the port is not a number",)),
+    ]:
+        for command in ("serve", "mcp"):
+            line = one_line_error(horace(command, env={**root, name: value}), Exit.CONFIG, name, *words)
+            assert "s3cret" not in line
     one_line_error(horace("serve", "--storage", "/etc/passwd"), Exit.CONFIG, "not a folder")
     one_line_error(horace("search", "--database", "mysql://x", env=root), Exit.CONFIG, "--database:")
     # A storage root that cannot be created (sysfs refuses even root).
@@ -107,6 +118,23 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     one_line_error(horace("search", "--offset", str(2**64)), Exit.USAGE, "USAGE", "--offset")
     one_line_error(horace("restore", "a.txt", str(2**64)), Exit.USAGE, "USAGE", "VERSION")
     one_line_error(horace("serch"), Exit.USAGE, "No such command")
+
+
+def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp_path: Path) -> None:
+    """A typo (HORACE_AUTH_TOKN) would leave the setting it meant at its default, silently:
+    each command says so on stderr, once, and goes on."""
+    env = {
+        "HORACE_STORAGE_PATH": str(tmp_path / "s"),
+        "HORACE_AUTH_TOKN": "secret",
+        "HORACE_TEST_SOMETHING": "1",  # the repository's tooling: not a setting, not reported
+    }
+    assert horace("init", env=env).returncode == 0
+    done = horace("search", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert lines == [
+        "horace: warning: HORACE_AUTH_TOKN is not a Horace setting (did you mean HORACE_AUTH_TOKEN?): ignored"
+    ], done.stderr
 
 
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:

@@ -150,9 +150,10 @@ def access_refusal(
         return Refusal(
             401, "a valid bearer token is required", ((b"www-authenticate", b'Bearer realm="horace"'),)
         )
-    origin = headers.get(b"origin")
-    if not origin_allowed(origin.decode("latin-1") if origin else None, allowed_origins):
-        return Refusal(403, f"origin {origin!r} is not allowed")
+    raw = headers.get(b"origin")
+    origin = raw.decode("latin-1") if raw else None
+    if not origin_allowed(origin, allowed_origins):
+        return Refusal(403, f"origin {origin!r} is not allowed (HORACE_ALLOWED_ORIGINS)")
     return None
 
 
