@@ -36,7 +36,7 @@ import trio
 import trio_asyncio
 
 from . import migrations, words
-from .protocol import BackendUnavailable, DatabaseFull, FileGone, Units, UnusableURL
+from .protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull, FileGone, Units, UnusableURL
 from .records import (
     CatalogIdentity,
     Collection,
@@ -1078,6 +1078,12 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
+# A new connection refused (the role's login revoked or its password changed, the database
+# dropped): unavailable until an operator mends it, as a server down is.
+_REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # class 28, a wrong password too
+    asyncpg.exceptions.InvalidCatalogNameError,  # no such database
+)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -1119,6 +1125,9 @@ class _Hop:
         try:
             result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args, **kwargs)
         except Exception as exc:
+            if isinstance(exc, _REFUSED):
+                refused = f"PostgreSQL at {self.where} refused the connection: {exc}"
+                raise BackendUnavailable(refused) from None
             if _is_unavailable(exc):
                 raise BackendUnavailable(
                     f"PostgreSQL at {self.where} is unavailable: {str(exc) or type(exc).__name__}"
@@ -1560,7 +1569,18 @@ class PostgresBackend(_Units):
         return str(bound[0])
 
     async def migrate(self) -> int:
-        return await self._source.run(_migrate)
+        try:
+            return await self._source.run(_migrate)
+        except asyncpg.exceptions.InvalidSchemaNameError as exc:  # search_path=<a schema not made>
+            raise UnusableURL(
+                f"PostgreSQL at {self._hop.where}: {exc}: the schema the URL's search_path names "
+                "must exist, and Horace's role may use it (CREATE SCHEMA ... AUTHORIZATION <role>)"
+            ) from None
+        except asyncpg.exceptions.InsufficientPrivilegeError as exc:
+            raise CatalogUnwritable(
+                f"PostgreSQL at {self._hop.where} does not let Horace's role make its tables: {exc} "
+                "(make the role the database's owner, or the schema's)"
+            ) from None
 
     async def ping(self) -> None:
         with trio.move_on_after(self._ping_timeout):

@@ -42,7 +42,7 @@ from horace.backends.records import (
 )
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
-from horace.config import ConfigError, Settings, unknown_variables
+from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
 from horace.storage import StorageUnusable
 
@@ -126,7 +126,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise Failure(Exit.CONFIG, "CONFIG", str(exc)) from None
     if not ctx.meta.get("variables_checked"):
         ctx.meta["variables_checked"] = True
-        for line in unknown_variables(os.environ):
+        for line in ignored_variables(os.environ):
             click.echo(f"horace: warning: {line}", err=True)
     return settings
 

@@ -178,19 +178,26 @@ _PARTS = ("HORACE_DB_HOST", "HORACE_DB_PORT", "HORACE_DB_NAME", "HORACE_DB_USER"
 KNOWN_VARIABLES = frozenset({name for names, _ in ENVIRONMENT.values() for name in names} | set(_PARTS))
 
 
-def unknown_variables(env: Mapping[str, str]) -> list[str]:
-    """A line for each ``HORACE_*`` variable that is no setting: a typo (``HORACE_PORT``,
-    ``HORACE_AUTH_TOKN``) would otherwise leave the setting it meant at its default."""
+def ignored_variables(env: Mapping[str, str]) -> list[str]:
+    """A line for each ``HORACE_*`` variable that does nothing: one that is no setting (a
+    typo, ``HORACE_PORT`` or ``HORACE_AUTH_TOKN``, would otherwise leave the setting it
+    meant at its default), or a part of a PostgreSQL URL without ``HORACE_DB_HOST``."""
+    lines = []
+    if not env.get("HORACE_DB_HOST"):
+        lines += [
+            f"{name} is read only with HORACE_DB_HOST, which selects PostgreSQL: ignored"
+            for name in _PARTS[1:]
+            if env.get(name)
+        ]
     unknown = [
         name
         for name in sorted(env)
         if name.startswith("HORACE_") and name not in KNOWN_VARIABLES and not name.startswith(_TOOLING)
     ]
     if not unknown:
-        return []
+        return lines
     import difflib  # (only then: every command reads the environment)
 
-    lines = []
     for name in unknown:
         close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=2, cutoff=0.75)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""

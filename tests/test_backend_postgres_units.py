@@ -37,7 +37,7 @@ from horace.backends.postgres import (
     _prefix_upper,
     open_postgres,
 )
-from horace.backends.protocol import BackendUnavailable
+from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, UnusableURL
 from horace.backends.records import (
     Collection,
     FileChanges,
@@ -880,6 +880,59 @@ async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
             await backend.file_by_path("x")
         with pytest.raises(BackendUnavailable):
             await backend.ping()
+
+
+async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg_url: str) -> None:
+    """The role's login revoked (its password changed, alike) while Horace runs: each new
+    connection is refused, which is BackendUnavailable (a tool error of that code, /health
+    503), not a bug; the pool comes back once the login does."""
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(pg_url)
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    app = dict(parse_qsl(parts.query))["application_name"]
+    kill = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE application_name = '{app}' AND pid <> pg_backend_pid()"
+    )
+    await trio.to_thread.run_sync(admin, f"CREATE ROLE {role} LOGIN")
+    try:
+        async with open_postgres(as_role, max_connections=2) as backend:
+            await backend.ping()
+            await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} NOLOGIN", kill)
+            with pytest.raises(BackendUnavailable, match=f'refused the connection: .*"{role}"'):
+                for _ in range(20):  # (until the pool has found its connections gone)
+                    await backend.ping()
+                    await trio.sleep(0.05)
+            await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} LOGIN")
+            await backend.ping()
+    finally:
+        await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
+
+
+async def test_a_schema_horace_may_not_make_its_tables_in_is_said_plainly() -> None:
+    """A search_path naming no schema, or a role without the right to create in it: a
+    setup mistake said as such (CONFIG, STORAGE_ERROR at the CLI), never a bug's exit 70."""
+    missing = f"none_{uuid.uuid4().hex[:12]}"
+    async with open_postgres(with_query(PG_DSN, search_path=missing)) as backend:
+        with pytest.raises(UnusableURL, match="the schema the URL's search_path names must exist, and"):
+            await backend.migrate()
+    role, schema = f"r_{uuid.uuid4().hex[:12]}", f"t_{uuid.uuid4().hex[:16]}"
+    await trio.to_thread.run_sync(
+        admin,
+        f"CREATE ROLE {role} LOGIN",
+        f"CREATE SCHEMA {schema}",
+        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+    )
+    parts = urlsplit(with_query(PG_DSN, search_path=schema))
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    try:
+        async with open_postgres(as_role) as backend:
+            with pytest.raises(CatalogUnwritable, match="does not let Horace's role make its tables"):
+                await backend.migrate()
+    finally:
+        await trio.to_thread.run_sync(
+            admin, f"DROP SCHEMA {schema} CASCADE", f"DROP OWNED BY {role}", f"DROP ROLE {role}"
+        )
 
 
 # -- the same answers as SQLite --------------------------------------------------------------

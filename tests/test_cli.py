@@ -127,13 +127,15 @@ def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp
         "HORACE_STORAGE_PATH": str(tmp_path / "s"),
         "HORACE_AUTH_TOKN": "secret",
         "HORACE_TEST_SOMETHING": "1",  # the repository's tooling: not a setting, not reported
+        "HORACE_DB_NAME": "horace",  # read only with HORACE_DB_HOST
     }
     assert horace("init", env=env).returncode == 0
     done = horace("search", env=env)
     assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if "warning" in line]
+    lines = [line.removeprefix("horace: warning: ") for line in done.stderr.splitlines()]
     assert lines == [
-        "horace: warning: HORACE_AUTH_TOKN is not a Horace setting (did you mean HORACE_AUTH_TOKEN?): ignored"
+        "HORACE_DB_NAME is read only with HORACE_DB_HOST, which selects PostgreSQL: ignored",
+        "HORACE_AUTH_TOKN is not a Horace setting (did you mean HORACE_AUTH_TOKEN?): ignored",
     ], done.stderr
 
 

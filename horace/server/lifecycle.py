@@ -140,6 +140,9 @@ class HoraceServer:
             backend["ok"] = True
         except (BackendUnavailable, trio.TooSlowError, OSError) as exc:
             backend.update(ok=False, error=str(exc) or type(exc).__name__)
+        except Exception as exc:  # of no kind foreseen: /health still answers, and says what
+            log.exception("health: the catalog database's ping failed")
+            backend.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         parts = {name: part() for name, part in self.health_parts.items()}
         # A part that says ok: false (the watcher not watching, say) degrades the server
         # but leaves it serving every request: still 200, so that a probe does not take
