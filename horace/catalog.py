@@ -526,7 +526,9 @@ class Catalog:
         if changes.tags is not None:
             changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
         async with self.writing(before.file_path) as db:
-            current = await self.file(file_id, db)
+            # What this update changes is told against the file as it found it under the
+            # lock: another writer's change made while it waited is not this one's.
+            locked = current = await self.file(file_id, db)
             if any(v is not None for v in (changes.owner, changes.purpose, changes.tags, changes.custom)):
                 self._check_described(  # as it will be stored: custom fields are merged
                     "the file's metadata",
@@ -556,7 +558,7 @@ class Catalog:
         changed = tuple(
             name
             for name in ("owner", "purpose", "tags", "status", "metadata", "checksum", "current_version")
-            if getattr(before, name) != getattr(updated, name)
+            if getattr(locked, name) != getattr(updated, name)
         ) + (("collection",) if changes.collection else ())
         return Updated(updated, changed, version_created)
 

@@ -29,7 +29,7 @@ from soundness import assert_sound, check_file_versions, digest
 
 from horace.assemble import open_catalog
 from horace.backends.records import FileChanges, FileRecord
-from horace.catalog import Catalog
+from horace.catalog import Catalog, Updated
 from horace.config import Settings
 
 TASKS = 200
@@ -277,3 +277,26 @@ async def test_two_processes_on_one_root_and_database(settings: Settings, files:
         handovers = sum(a != b for a, b in pairwise(order))
         print(f"two processes: {len(order)} versions of the shared file, {handovers} handovers")
         await assert_sound(catalog)
+
+
+async def test_an_update_reports_its_own_changes_not_those_made_while_it_waited(
+    catalog: Catalog, files: Path
+) -> None:
+    """Two editors of one file: the second waits for the first's lock, and what it says it
+    changed is told against the file as it found it then, not as it was when it asked."""
+    write(files / "user/shared.md", "v1")
+    file = (await catalog.register("user/shared.md")).file
+    done: list[Updated] = []
+
+    async def second_editor() -> None:
+        done.append(await catalog.update(file.id, FileChanges(owner="bob")))
+
+    async with trio.open_nursery() as nursery, catalog.writing(file.file_path) as db:
+        nursery.start_soon(second_editor)
+        await trio.sleep(0.2)
+        assert not done  # waiting for the lock
+        # the first editor's change, made under the lock the second waits for
+        await db.update_file(file.id, FileChanges(purpose="the first editor's"), catalog.clock())
+    (second,) = done
+    assert second.changed_fields == ("owner",), second
+    assert second.file.purpose == "the first editor's" and second.file.owner == "bob"
