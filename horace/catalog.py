@@ -474,6 +474,8 @@ class Catalog:
         return FileInfo(record, versions)
 
     async def search(self, query: SearchQuery, cursor: str | None = None) -> SearchPage:
+        # Tags are looked for as they are stored: " x " was stored as "x".
+        query = attrs.evolve(query, tags=_clean_tags(query.tags), any_tags=_clean_tags(query.any_tags))
         if cursor:
             query = attrs.evolve(query, after=_decode_cursor(cursor, query), offset=0)
         # One row past the page says whether there is a next one (a cursor is only given
@@ -1076,9 +1078,20 @@ class Catalog:
             index = await self.backend.working_index()
         scanned = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         missing = vanished.expired(before=math.inf)
+        deleted = 0
         for file in missing:
-            await self.delete(file.id, correlation_id)
-        return ReconcileReport(scanned, moved, len(missing))
+            try:
+                await self.delete(file.id, correlation_id)
+            except HoraceError as exc:  # this file only (written to meanwhile, say): later
+                log.warning(
+                    "reconcile: %s left as it is: %s",
+                    file.file_path,
+                    exc.message,
+                    extra={"correlation_id": correlation_id},
+                )
+            else:
+                deleted += 1
+        return ReconcileReport(scanned, moved, deleted)
 
     async def purge(self) -> PurgeReport:
         """Remove files deleted longer ago than the retention: rows, then objects; then

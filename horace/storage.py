@@ -876,6 +876,9 @@ class Storage:
 
         The caller versions the held file (:meth:`stage_held`) and then releases it;
         should the process die in between, fsck puts the content back.
+
+        What holds the path now, when it is no regular file (a folder, a symlink, a FIFO
+        put there since), is not the catalogued file and is never moved: the file is gone.
         """
         held = self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
@@ -883,7 +886,7 @@ class Storage:
             with self._parent_fd(rel) as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
-                    raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file")
+                    return None
                 os.rename(name, held.name, src_dir_fd=dfd, dst_dir_fd=tmp_fd)
                 os.fsync(dfd)
             os.fsync(tmp_fd)

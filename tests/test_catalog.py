@@ -347,6 +347,8 @@ ALL = {
         ({"any_tags": ["report", "q1"]}, {"gates/doc1.md", "gates/doc2.md", "playfair/chart.png"}),
         ({"any_tags": ["q1", "chart", "q1"]}, {"gates/doc1.md", "playfair/chart.png"}),
         ({"any_tags": ["report", "q1"], "owner": "gates"}, {"gates/doc1.md", "gates/doc2.md"}),
+        ({"tags": [" report ", "q1 "]}, {"gates/doc1.md"}),  # as stored: tags are kept stripped
+        ({"any_tags": [" chart"]}, {"playfair/chart.png"}),
         ({"owner": "alice"}, {"user/notes/a.TXT"}),
         ({"purpose": "REPORT"}, {"gates/doc1.md"}),
         ({"path": "gates/*"}, {"gates/doc1.md", "gates/doc2.md"}),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import struct
 import subprocess
 import urllib.error
 import urllib.request
@@ -538,6 +540,29 @@ async def test_origin_check(settings: Settings) -> None:
         for origin in ("https://ok.example", "http://localhost:3000"):
             async with connect(running.url, extra_headers=[("Origin", origin)]) as client:
                 assert (await client.request("ping"))["result"] == {}
+
+
+async def test_a_client_gone_during_the_handshake_is_no_error(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade request and then a reset: common, and a flood of them must not fill the
+    log with tracebacks (one ERROR each, before)."""
+    async with run_horace(serving(settings)) as running:
+        host, port = running.url.removeprefix("ws://").split("/")[0].split(":")
+        for _ in range(5):
+            client = trio.socket.socket()
+            await client.connect((host, int(port)))
+            await client.send(
+                b"GET /mcp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset, not a close
+        await trio.sleep(0.5)
+        async with connect(running.url) as fine:
+            assert (await fine.request("ping"))["result"] == {}
+    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failed, [r.getMessage() for r in failed]
 
 
 async def test_connection_limit(settings: Settings) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 import urllib.request
@@ -639,6 +640,34 @@ async def test_reconcile_after_downtime_soft_deletes_and_moves(settings: Setting
         moved = await catalog.backend.file_by_id(ids["rename"])
         assert (moved.file_path, moved.status) == ("shared/renamed.txt", Status.ACTIVE)
         assert await catalog.backend.file_by_path("user/rename.txt") is None
+
+
+async def test_a_catalogued_path_taken_by_a_folder_a_symlink_or_a_fifo_never_stops_the_start(
+    settings: Settings,
+) -> None:
+    """While the server was down, another service put a folder, a symlink or a FIFO where a
+    catalogued file was. The start's reconcile takes each file as gone (soft-deleted, its
+    history kept) and never moves, opens or follows what is there now; the server starts."""
+    files = settings.storage_path / "files"
+    ids = await _catalogue_then_stop(settings, ["folder", "link", "fifo"])
+    for name in ids:
+        (files / f"user/{name}.txt").unlink()
+    write(files / "user/folder.txt/inside.txt", "a file of the folder")
+    os.symlink(files / "user/elsewhere.txt", files / "user/link.txt")
+    os.mkfifo(files / "user/fifo.txt")
+    async with run_horace(watching(settings)) as running:
+        catalog = running.server.catalog
+        await wait_watching(running)
+        for name, file_id in ids.items():
+            gone = await catalog.backend.file_by_id(file_id)
+            assert gone is not None and gone.status is Status.DELETED, (name, gone)
+            assert catalog.storage.has_object(gone.checksum)
+        inside = await eventually(
+            partial(catalog.backend.file_by_path, "user/folder.txt/inside.txt"), "the folder's file"
+        )
+        assert inside.checksum == sha256("a file of the folder")
+    assert (files / "user/folder.txt").is_dir() and (files / "user/link.txt").is_symlink()
+    assert stat.S_ISFIFO(os.lstat(files / "user/fifo.txt").st_mode)
 
 
 async def test_purge_after_retention_with_injected_time(settings: Settings) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import h11
 import trio
-from trio_websocket import WebSocketConnection, wrap_server_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from horace.config import Settings
 from horace.server.admission import (
@@ -196,7 +196,10 @@ class Front:
                 )
                 # Never the token's subprotocol: what is answered is seen by proxies and logs.
                 subprotocol = "mcp" if "mcp" in handshake.proposed_subprotocols else None
-                ws = await handshake.accept(subprotocol=subprotocol)
+                try:
+                    ws = await handshake.accept(subprotocol=subprotocol)
+                except ConnectionClosed as exc:  # the client went during the handshake (1006)
+                    log.debug("connection dropped during the WebSocket handshake: %s", exc)
             if opening.cancelled_caught:
                 log.debug("connection closed: no request and handshake within %.0f s", HEAD_TIMEOUT)
             try:
