@@ -88,14 +88,25 @@ def _log_level(text: str, name: str) -> str:
     return level
 
 
-def _websocket_url(text: str, name: str) -> str:
-    parts = urlsplit(text)
+def websocket_url_problem(url: str) -> str | None:
+    """Why *url* names no WebSocket server to connect to, or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a [ without its ]
+        return f"the address cannot be read ({exc})"
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(f"{name}={redact_url(text)!r}: a WebSocket URL, e.g. ws://godot-mcp:9060")
+        return "a WebSocket URL, e.g. ws://godot-mcp:9060"
     try:
         _ = parts.port  # (raises on a port that is no number)
     except ValueError:
-        raise ConfigError(f"{name}={redact_url(text)!r}: the port is not a number") from None
+        return "the port is not a number"
+    return None
+
+
+def _websocket_url(text: str, name: str) -> str:
+    problem = websocket_url_problem(text)
+    if problem is not None:
+        raise ConfigError(f"{name}={redact_url(text)!r}: {problem}")
     return text
 
 

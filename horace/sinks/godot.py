@@ -34,9 +34,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from horace.config import websocket_url_problem
 from horace.logs import CALL_LINE, OBSERVED, call_line_data
 from horace.model import CallRecord
-from horace.redact import redact
+from horace.redact import redact, redact_url
 from horace.sinks.supervisor import Deliver, Emitter, SinkRunner, SinkUnavailable, log
 
 LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INFO", "DEBUG": "DEBUG"}
@@ -75,9 +76,11 @@ class _Socket:
 
     @classmethod
     async def connect(cls, url: str) -> _Socket:
+        problem = websocket_url_problem(url)
+        if problem is not None:
+            raise SinkUnavailable(f"{redact_url(url)}: {problem}")
         parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise SinkUnavailable(f"not a WebSocket URL: {url}")
+        assert parts.hostname is not None  # (checked above)
         secure = parts.scheme == "wss"
         stream: trio.abc.Stream = await trio.open_tcp_stream(
             parts.hostname, parts.port or (443 if secure else 80)
