@@ -60,10 +60,23 @@ strict.register_structure_hook(bool, _exact(bool, "a boolean"))
 
 
 def _datetime(value: Any, _: Any) -> datetime:
+    """An ISO 8601 date/time as an instant in UTC (without a zone: UTC)."""
     if not isinstance(value, str):
         raise TypeError("expected an ISO 8601 date/time string")
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:  # (Python's words for an offset name its timedelta class)
+        reason = str(exc)
+        if "offset" in reason:
+            reason = "its zone offset is not under 24 hours"
+        reason = "" if reason.startswith("Invalid isoformat") else f": {reason}"
+        raise ValueError(f"{value[:64]!r} is not an ISO 8601 date/time{reason}") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before the first instant there is
+        raise ValueError(f"{value[:64]!r} is outside years 1 to 9999 in UTC") from None
 
 
 strict.register_structure_hook(datetime, _datetime)

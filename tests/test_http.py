@@ -174,7 +174,9 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         (await post(content_type="text/plain"), 415, "must be application/json"),
         (await post(content_type=None), 415, "must be application/json"),
         (await post(b"{not json"), 400, "parse error"),
-        (await post(b"\xff\xfe{}"), 400, "parse error"),
+        (await post(b"\xff\xfe{}"), 400, "parse error: not UTF-8"),
+        (await post(b"[" * 100_000 + b"]" * 100_000), 400, "parse error: nested too deeply"),
+        (await post(b'{"id": ' + b"9" * 5000 + b"}"), 400, "parse error: a number of more than 4300 digits"),
         (await post(b"42"), 400, "a request is a JSON object"),
         (await post(b'{"jsonrpc": "2.0", "id": true, "method": "ping"}'), 400, "id must be"),
         (await post(b"[]"), 400, "empty batch"),
@@ -196,8 +198,9 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         assert response.status_code == status, where
         assert text in error_of(response)["message"], where
     assert cases[0][0].json()["error"]["code"] == -32600
-    assert cases[11][0].json()["error"]["code"] == -32700
-    assert cases[16][0].headers["allow"] == "GET, POST, DELETE"
+    assert all(r.json()["error"]["code"] == -32700 for r, _, text in cases if text.startswith("parse error"))
+    (put,) = [response for response, _, _ in cases if response.request.method == "PUT"]
+    assert put.headers["allow"] == "GET, POST, DELETE"
     # Curl's default, and no Accept at all, allow both.
     for accept in ("*/*", None):
         assert (await post(accept=accept)).status_code == 200
@@ -294,6 +297,21 @@ async def test_a_body_that_does_not_come_is_408(
         assert head.status_code == 408 and b"did not come within 10 s" in body
         assert HEAD_TIMEOUT <= trio.current_time() - sent < HEAD_TIMEOUT + 1
         await conn.aclose()
+
+
+async def test_a_body_that_breaks_http_framing_is_400(server: RunningHorace, client: HttpMcp) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)  # type: ignore[arg-type]
+    head = "".join(f"{name}: {value}\r\n" for name, value in client.headers().items())
+    await stream.send_all(
+        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n{head}\r\n".encode()
+        + b"zz\r\n{}\r\n0\r\n\r\n"  # a chunk size that is not hexadecimal
+    )
+    answer = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):  # (the connection closes after it)
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"body is not valid HTTP" in answer, answer
+    await stream.aclose()
 
 
 # -- answers: JSON or SSE ---------------------------------------------------------------------

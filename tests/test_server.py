@@ -99,6 +99,16 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
     sentinel = client.expect(None)
     await client.send_raw("{not json")
     assert (await sentinel.receive())["error"]["code"] == -32700
+    # Said in JSON's words, not Python's (sys.set_int_max_str_digits, recursion depth)
+    for raw, reason in [
+        ("[" * 100_000 + "]" * 100_000, "parse error: nested too deeply"),
+        ('{"jsonrpc": "2.0", "id": ' + "9" * 5000 + ', "method": "ping"}', "more than 4300 digits"),
+    ]:
+        sentinel = client.expect(None)
+        await client.send_raw(raw)
+        error = (await sentinel.receive())["error"]
+        assert error["code"] == -32700 and reason in error["message"], error
+        assert "sys." not in error["message"] and "recursion" not in error["message"]
     for raw, code in [
         ("[]", -32600),
         ("42", -32600),
@@ -140,6 +150,10 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
         ("horace_search_files", {"file_type": "%" * 4097}, "file_type"),
         ("horace_update_file", {"file_id": "x", "metadata": {"checksum": "0" * 64}}, "checksum"),
         ("horace_get_file_info", [1, 2], "object"),
+        ("horace_search_files", {"created_after": "2024-01-01T00:00:00+25:00"}, "under 24 hours"),
+        ("horace_search_files", {"created_after": "0001-01-01T00:00:00+05:00"}, "years 1 to 9999"),
+        ("horace_search_files", {"created_before": "9999-12-31T23:00:00-05:00"}, "years 1 to 9999"),
+        ("horace_search_files", {"created_before": "2024-02-30"}, "created_before"),
     ],
 )
 async def test_wrong_arguments_are_invalid_params(
@@ -151,6 +165,7 @@ async def test_wrong_arguments_are_invalid_params(
     if "error" in reply:
         assert reply["error"]["code"] == -32602
         assert field in reply["error"]["message"]
+        assert "timedelta" not in reply["error"]["message"]  # (said in words, not Python's)
         assert reply["error"]["data"]["error_code"] == "INVALID_ARGUMENT"
     else:  # semantic refusals that are only known past structuring are tool errors
         body = tool_body(reply["result"])
@@ -263,7 +278,8 @@ async def test_oversize_message_is_answered(settings: Settings) -> None:
         reply = client.expect(None)
         await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x" * 20_000}))
         error = (await reply.receive())["error"]
-        assert error["code"] == -32600 and "exceeds the limit of 10000" in error["message"]
+        assert error["code"] == -32600
+        assert "exceeds the limit of 10000 (HORACE_MAX_MESSAGE_BYTES)" in error["message"]
         assert (await client.request("ping"))["result"] == {}  # the connection is still good
 
 

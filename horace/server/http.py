@@ -50,7 +50,7 @@ import trio
 from horace.config import Settings
 from horace.server import jsonrpc, sse
 from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal
-from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, Request
+from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, MalformedBody, Request
 from horace.server.httpsession import HttpSession
 from horace.server.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY, RpcError
 from horace.server.mcp import PROTOCOL_VERSIONS, McpSession
@@ -154,9 +154,11 @@ class StreamableHttp:
         body = await self._body(conn)
         size = len(body)
         try:
-            message = json.loads(body.decode())
-        except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
-            raise Refused(400, f"parse error: {exc}", code=PARSE_ERROR) from None
+            message = jsonrpc.parse(body.decode())
+        except UnicodeDecodeError as exc:
+            raise Refused(400, f"parse error: not UTF-8: {exc}", code=PARSE_ERROR) from None
+        except RpcError as exc:
+            raise Refused(400, exc.message, code=PARSE_ERROR) from None
         del body
         opened = session is None
         if session is None:
@@ -198,7 +200,10 @@ class StreamableHttp:
         with trio.move_on_after(HEAD_TIMEOUT) as reading:
             # Up to 4x the limit is read (and thrown away) past it, as over WebSocket:
             # the answer comes on a connection that can go on.
-            body = await conn.read_body(limit, discard_up_to=4 * limit)
+            try:
+                body = await conn.read_body(limit, discard_up_to=4 * limit)
+            except MalformedBody as exc:
+                raise Refused(400, f"the request's body is not valid HTTP: {exc}", close=True) from None
         if reading.cancelled_caught:
             raise Refused(408, f"the request's body did not come within {HEAD_TIMEOUT:g} s", close=True)
         if body is None:

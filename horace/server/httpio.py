@@ -8,7 +8,8 @@ transport answers through it. Nothing here knows MCP.
   that is not HTTP is answered 400 and the connection closes.
 - A body is read only when asked for, up to a limit in bytes: past it nothing more is
   read (the caller answers 413; the connection then closes, the rest of the body unread).
-  A client waiting for ``100 Continue`` (curl, for large bodies) gets it then.
+  A client waiting for ``100 Continue`` (curl, for large bodies) gets it then. A body
+  that breaks HTTP's framing (a chunk size that is not hex) is :class:`MalformedBody`.
 - Every write has ``send_timeout``: a client that takes nothing for that long is gone
   (:class:`ClientGone`), as is one whose connection broke. A write cut by a timeout or a
   cancel leaves the connection unusable: it is closed, never reused.
@@ -39,6 +40,10 @@ Headers = Iterable[tuple[bytes, bytes]]
 
 class ClientGone(Exception):
     """The client closed the connection, it broke, or the client stopped reading."""
+
+
+class MalformedBody(Exception):
+    """The request's body breaks HTTP's framing (answered 400; the connection closes)."""
 
 
 @frozen
@@ -122,7 +127,10 @@ class HttpConnection:
         body = bytearray()
         size = 0
         while True:
-            event = self.h11.next_event()
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:  # a chunk size that is not one, say
+                raise MalformedBody(str(exc)) from None
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
                 self.h11.receive_data(bytes(data))  # b"": h11 raises at the next event

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,19 @@ class RpcError(Exception):
         if self.data is not None:
             error["data"] = self.data
         return error
+
+
+def parse(text: str) -> Any:
+    """*text* as JSON, or :class:`RpcError` -32700 saying in JSON's words what is wrong."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        reason = "nested too deeply"
+    except json.JSONDecodeError as exc:
+        reason = str(exc)
+    except ValueError:  # (json.loads raises nothing else but for an integer's digits)
+        reason = f"a number of more than {sys.get_int_max_str_digits()} digits"
+    raise RpcError(PARSE_ERROR, f"parse error: {reason}")
 
 
 def is_valid_id(value: Any) -> bool:
@@ -72,7 +86,9 @@ def is_request(message: Any) -> bool:
 
 def too_large(size: int, limit: int) -> RpcError:
     """The error for a message of *size* bytes over ``max_message_bytes``."""
-    return RpcError(INVALID_REQUEST, f"message of {size} bytes exceeds the limit of {limit}")
+    return RpcError(
+        INVALID_REQUEST, f"message of {size} bytes exceeds the limit of {limit} (HORACE_MAX_MESSAGE_BYTES)"
+    )
 
 
 def is_response(message: Any) -> bool:

@@ -23,7 +23,6 @@ Limits that bound what one session can make the server hold:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -43,7 +42,6 @@ from horace.server.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
-    PARSE_ERROR,
     REPLY_TOO_LARGE,
     REQUEST_TIMEOUT,
     SERVER_BUSY,
@@ -159,9 +157,9 @@ class McpSession:
         if size > limit:
             return error_text(None, jsonrpc.too_large(size, limit))
         try:
-            parsed = json.loads(message)
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-            return error_text(None, RpcError(PARSE_ERROR, f"parse error: {exc}"))
+            parsed = jsonrpc.parse(message)
+        except RpcError as exc:
+            return error_text(None, exc)
         del message
         return await self._parsed(parsed, admitted, send)
 
