@@ -282,7 +282,8 @@ class Catalog:
         return paths.to_relative(self.storage.files, client_path)
 
     def _check_described(self, what: str, description: dict[str, Any]) -> None:
-        size = len(json.dumps(description, default=str))
+        # In UTF-8, as the wire carries it (not as \uXXXX escapes, 2-6 times as long)
+        size = len(json.dumps(description, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         limit = self.policy.max_metadata_bytes
         if size > limit:
             raise HoraceError(

@@ -655,6 +655,12 @@ async def test_metadata_past_its_cap_is_refused(catalog: Catalog, files: Path) -
     await catalog.update(file.id, FileChanges(custom={"a": "y" * 1_500}), check_for_changes=False)
     assert (await catalog.get_info(file_id=file.id)).file.metadata == {"a": "y" * 1_500}
     await catalog.update(file.id, FileChanges(tags=("kept",)), check_for_changes=False)
+    # Counted in UTF-8, as the wire carries it: 600 CJK characters are 1,800 bytes (as
+    # \uXXXX escapes, 3,600)
+    wide = (await catalog.register("user/n.txt", NewFile(custom={"w": "漢" * 600}))).file
+    assert wide.metadata == {"w": "漢" * 600}
+    with pytest.raises(HoraceError):
+        await catalog.update(wide.id, FileChanges(custom={"w": "漢" * 700}), check_for_changes=False)
     with pytest.raises(HoraceError):
         await catalog.create_collection("c", "d" * 2_000)
     assert (await catalog.create_collection("c", "d" * 1_000)).name == "c"
