@@ -43,7 +43,7 @@ from horace.redact import REDACTED, redact
 from horace.sinks.conversations import ConversationRecorder, ConversationTransport
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.godot import _Socket as GodotSocket
-from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
+from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, entry_size
 from horace.testing import RunningHorace, run_horace
 from horace.wire import to_json
 
@@ -273,9 +273,35 @@ class Collecting:
 
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
+        self.sizes: list[int | None] = []
 
-    def emit(self, entry: dict[str, Any]) -> None:
+    def emit(self, entry: dict[str, Any], size: int | None = None) -> None:
         self.entries.append(entry)
+        self.sizes.append(size)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reply", "file_ids", "correlation_id"),
+    [
+        ({}, {"ok": True}, (), "c"),
+        ({"file_path": "é" * 4096, "tags": ["t"] * 100}, {"x": "y" * 100_000}, (), "c" * 4096),
+        ({"limit": 1000}, {"results": []}, tuple(str(uuid.uuid4()) for _ in range(1000)), "c"),
+    ],
+)
+def test_a_turn_is_queued_with_no_fewer_bytes_than_it_holds(
+    arguments: Any, reply: Any, file_ids: tuple[str, ...], correlation_id: str
+) -> None:
+    """The recorder tells the queue each turn's size (cheaper than entry_size's walk): it
+    must not undercount, or the queue's bound in bytes would not hold."""
+    conversations, godot = Collecting(), Collecting()
+    recorder = ConversationRecorder(conversations, godot)  # type: ignore[arg-type]
+    record = CallRecord("conv", correlation_id, "horace_search_files", arguments, 1)
+    recorder.call_started(record)
+    recorder.call_finished(attrs.evolve(record, response_turn=2, result=reply, file_ids=file_ids))
+    assert len(conversations.entries) == len(godot.entries) == 2
+    for entry, size in zip(conversations.entries, conversations.sizes, strict=True):
+        assert size is not None and entry_size(entry) <= size <= entry_size(entry) * 1.2 + 2048, entry
+    assert godot.sizes == [None, None]  # (measured by the queue: redaction may lengthen it)
 
 
 @pytest.mark.parametrize("outcome", ["ok", "NOT_CATALOGED", "cancelled"])
@@ -307,6 +333,9 @@ def test_a_calls_line_from_the_observer_is_the_entry_its_log_record_gave(outcome
     (from_record,) = by_handler.entries  # (observes_calls off: the handler takes the record)
     (from_call,) = by_observer.entries
     assert from_call == from_record
+    assert redact(from_call["data"]) == from_call["data"]  # (the observer's is not redacted)
+    # The size it is queued with is at least what entry_size() would count.
+    assert by_observer.sizes[0] is not None and by_observer.sizes[0] >= entry_size(from_call)
     assert from_call["data"]["outcome"] == outcome and from_call["level"] == "INFO"
     assert from_call["data"]["file_ids"] == ([] if outcome == "cancelled" else ["f-1"])
     handler.observes_calls = True  # now the observer's line is the only one

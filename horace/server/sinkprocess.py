@@ -135,13 +135,13 @@ class SinkProcess:
         reply = len(record.result_json) if record.result_json is not None else entry_size(record.result)
         self._put(("finished", record_message(record)), 256 + reply)
 
-    def emit(self, entry: dict[str, Any]) -> None:
+    def emit(self, entry: dict[str, Any], size: int | None = None) -> None:
         """An entry for the Godot sink (one of Horace's own log records; from another
         thread, queued by the Trio thread)."""
         if not trio.lowlevel.in_trio_run():
             queue_from_thread(self._token, self.emit, entry, self)
             return
-        self._put(("godot", entry), entry_size(entry))
+        self._put(("godot", entry), entry_size(entry) if size is None else size)
 
     def _put(self, message: tuple[str, Any], size: int) -> None:
         self._drop_oldest(1, size)

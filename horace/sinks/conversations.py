@@ -19,6 +19,7 @@ from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
 from horace.wire import structure
 
 MODEL = "horace"
+TURN_BYTES = 512  # a turn's fields but its content, correlation id and file ids, and more
 _ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str), without a new encoder a call
 
 
@@ -124,14 +125,19 @@ class ConversationRecorder:
         self.godot = godot
 
     def _emit(self, entry: dict[str, Any]) -> None:
+        # What entry_size() would say, give or take, for a fraction of its walk: the
+        # content and the ids are all that grow.
+        metadata = entry["metadata"]
+        size = len(entry["content"]) + len(metadata["correlation_id"]) + 48 * len(metadata["file_ids"])
+        size += TURN_BYTES
         if self.conversations is not None:
-            self.conversations.emit(entry)
-        if self.godot is not None:
+            self.conversations.emit(entry, size)
+        if self.godot is not None:  # (redacted, its content may be longer: measured)
             self.godot.emit(
                 {
                     "level": "DEBUG",
                     "message": f"conversation turn {entry['turn_number']} ({entry['role']})",
-                    "trace_id": entry["metadata"].get("correlation_id"),
+                    "trace_id": metadata.get("correlation_id"),
                     "data": redact(entry),
                 }
             )

@@ -42,6 +42,7 @@ from horace.sinks.supervisor import Deliver, Emitter, SinkRunner, SinkUnavailabl
 
 LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INFO", "DEBUG": "DEBUG"}
 TRACE = 5  # below DEBUG
+CALL_LINE_BYTES = 256  # a call line's fields but its message, trace id and file ids
 RECEIVE_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # an answer longer than this is not Godot's
 # Godot answers a batch's calls one by one. With many answers still to come, the sink
@@ -312,13 +313,18 @@ class GodotCallLog:
 
     def call_finished(self, record: CallRecord) -> None:
         data = call_line_data(record)
+        message = CALL_LINE % (record.tool, data["outcome"], record.timing_ms)
         self.runner.emit(
             {
                 "level": "INFO",
-                "message": CALL_LINE % (record.tool, data["outcome"], record.timing_ms),
+                "message": message,
                 "trace_id": record.correlation_id,
-                "data": redact({"logger": self.logger, **data}),  # (as the handler redacts)
-            }
+                # Not redacted, unlike a record's fields: these keys are no secret's, and
+                # their values Horace's own names, ids and numbers (redact() would give
+                # them back unchanged, at a third of the line's cost).
+                "data": {"logger": self.logger, **data},
+            },
+            len(message) + len(record.correlation_id) + 48 * len(record.file_ids) + CALL_LINE_BYTES,
         )
 
 

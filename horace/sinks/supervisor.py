@@ -81,7 +81,7 @@ def entry_size(entry: Any) -> int:
 
 
 class Emitter(Protocol):
-    def emit(self, entry: dict[str, Any]) -> None:
+    def emit(self, entry: dict[str, Any], size: int | None = None) -> None:
         """Queue *entry* for the sink; never blocks, never raises."""
 
 
@@ -137,14 +137,17 @@ class SinkRunner:
 
     # -- the caller's side ------------------------------------------------------------
 
-    def emit(self, entry: dict[str, Any]) -> None:
+    def emit(self, entry: dict[str, Any], size: int | None = None) -> None:
         """Queue *entry*; never blocks, never raises. The newest entry is always kept.
+        *size*: about how many bytes it holds, from a caller that knows it for less than
+        :func:`entry_size` costs (a walk of the whole entry, a good part of a call's log).
         From another thread (a log record made on a worker thread) it is queued by the
         Trio thread, soon: a Trio event may only be set there."""
         if not trio.lowlevel.in_trio_run():
             queue_from_thread(self._token, self.emit, entry, self)
             return
-        size = entry_size(entry)
+        if size is None:
+            size = entry_size(entry)
         while self._queue and (
             len(self._queue) >= self.capacity or self._queued_bytes + size > self.capacity_bytes
         ):
