@@ -1089,12 +1089,25 @@ _REFUSED: tuple[type[BaseException], ...] = (
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
-    # The pool or the connection is closed (or closing); other interface errors are bugs.
-    if isinstance(exc, asyncpg.exceptions.InterfaceError) and "clos" in str(exc):
+    # The pool or the connection is closed (or closing), or the connection was lost under
+    # a unit that had more to do (asyncpg then detaches it from its pool: "released back
+    # to the pool"); other interface errors are bugs.
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and (
+        "clos" in str(exc) or "released back to the pool" in str(exc)
+    ):
         return True
     # A connection the server dropped mid-statement (fast shutdown) is left in a protocol
     # state asyncpg reports as "cannot switch to state ...": the server is going away.
     return _is_stale(exc)
+
+
+def _still_open(conn: Conn) -> bool:
+    """Is *conn* open? A pool's connection that was lost has been detached from its pool
+    by asyncpg, which then refuses every call on it, this question too."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        return False
 
 
 def _is_stale(exc: BaseException) -> bool:
@@ -1129,11 +1142,25 @@ class _Hop:
                 refused = f"PostgreSQL at {self.where} refused the connection: {exc}"
                 raise BackendUnavailable(refused) from None
             if _is_unavailable(exc):
-                raise BackendUnavailable(
-                    f"PostgreSQL at {self.where} is unavailable: {str(exc) or type(exc).__name__}"
-                ) from exc
+                detail = str(exc) or type(exc).__name__
+                if "released back to the pool" in detail:  # (asyncpg's words for it)
+                    detail = "its connection was lost"
+                raise BackendUnavailable(f"PostgreSQL at {self.where} is unavailable: {detail}") from exc
             if isinstance(exc, asyncpg.exceptions.DiskFullError):
                 raise DatabaseFull(f"the disk of PostgreSQL at {self.where} is full: {exc}") from None
+            # Not by Horace (it cancels its statements by cancelling its task): by a timeout.
+            if isinstance(
+                exc, asyncpg.exceptions.QueryCanceledError | asyncpg.exceptions.LockNotAvailableError
+            ):
+                raise BackendUnavailable(
+                    f"PostgreSQL at {self.where} cancelled a statement: {exc} "
+                    "(a statement_timeout or lock_timeout of the role, database or URL?)"
+                ) from None
+            if isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError):
+                raise CatalogUnwritable(
+                    f"PostgreSQL at {self.where} refuses Horace's role: {exc} (the role in the URL "
+                    "must own Horace's tables: run `horace migrate` as that role, or GRANT it them)"
+                ) from exc
             raise
         return result
 
@@ -1158,7 +1185,7 @@ class _PoolSource:
                     except Exception as exc:
                         if not _is_unavailable(exc):
                             raise
-                        if not conn.is_closed():
+                        if _still_open(conn):
                             # Lost under a statement, asyncpg may leave the connection in a
                             # half state; it must not go back to the pool for the next unit.
                             conn.terminate()
@@ -1514,6 +1541,9 @@ async def _give_back(pool: Any, conn: Conn, keys: Sequence[int] | None) -> None:
     connection is gone, or it takes too long), the session is ended instead, which ends
     its locks too, and never goes back to the pool holding one.
     """
+    if not _still_open(conn):  # lost under its unit: its session, and its locks, are over
+        await pool.release(conn)
+        return
     try:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             if keys is None:
@@ -1521,7 +1551,8 @@ async def _give_back(pool: Any, conn: Conn, keys: Sequence[int] | None) -> None:
             elif keys:
                 await conn.execute(_UNLOCKS, list(keys))
     except BaseException:
-        conn.terminate()
+        if _still_open(conn):
+            conn.terminate()
         raise
     finally:
         await pool.release(conn)
@@ -1576,10 +1607,10 @@ class PostgresBackend(_Units):
                 f"PostgreSQL at {self._hop.where}: {exc}: the schema the URL's search_path names "
                 "must exist, and Horace's role may use it (CREATE SCHEMA ... AUTHORIZATION <role>)"
             ) from None
-        except asyncpg.exceptions.InsufficientPrivilegeError as exc:
+        except CatalogUnwritable as exc:  # (a privilege refused, said by _Hop)
             raise CatalogUnwritable(
-                f"PostgreSQL at {self._hop.where} does not let Horace's role make its tables: {exc} "
-                "(make the role the database's owner, or the schema's)"
+                f"PostgreSQL at {self._hop.where} does not let Horace's role make its tables: "
+                f"{exc.__cause__ or exc} (make the role the database's owner, or the schema's)"
             ) from None
 
     async def ping(self) -> None:

@@ -543,19 +543,24 @@ class Catalog:
                     },
                 )
             target = changes.status if changes.status is not current.status else None
-            version_created = False
+            version_created = taken = False
             if current.status is Status.ACTIVE and target is not None:
                 # The working copy leaves files/: moved out first, then versioned, so the
                 # version kept is exactly the content removed (whatever the flag says).
-                current, version_created = await self._take_working_copy(db, current, correlation_id)
+                current, version_created, taken = await self._take_working_copy(db, current, correlation_id)
             elif current.status is Status.ACTIVE and check_for_changes:
                 if await in_thread(self.storage.working_exists, current.file_path):
                     current, version, _ = await self._version_working_copy(db, current, correlation_id)
                     version_created = version is not None
             elif target is Status.ACTIVE:
                 version_created = await self._bring_back(db, current, correlation_id)
-            with trio.CancelScope(shield=True):
-                updated = await db.update_file(file_id, changes, self.clock())
+            try:
+                with trio.CancelScope(shield=True):
+                    updated = await db.update_file(file_id, changes, self.clock())
+            except BaseException:
+                if taken:  # still active, as the catalog says: its working copy comes back
+                    await self._put_working_back(current)
+                raise
             if updated is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
         changed = tuple(
@@ -567,12 +572,30 @@ class Catalog:
 
     async def _take_working_copy(
         self, db: Units, file: FileRecord, correlation_id: str | None
-    ) -> tuple[FileRecord, bool]:
+    ) -> tuple[FileRecord, bool, bool]:
+        """Move the working copy out and version it: the file's record then, whether a
+        version was made, and whether there was a working copy to take."""
         held = await in_thread(self.storage.take_working, file.file_path, file.id)
         if held is None:
-            return file, False  # already gone: its last content is the current version
+            return file, False, False  # already gone: its last content is the current version
         record, version = await self._version_held(db, file, held, correlation_id)
-        return record, version is not None
+        return record, version is not None, True
+
+    async def _put_working_back(self, file: FileRecord) -> None:
+        """Write *file*'s working copy again from its current version (the content just
+        taken), where nothing has appeared meanwhile: a status change that failed after
+        the copy left files/ must not leave an active file without it. What cannot be
+        written now is logged; ``horace fsck --repair`` writes it."""
+        with trio.CancelScope(shield=True):
+            try:
+                await in_thread(self.storage.create_working, file.file_path, file.checksum, file.id)
+            except Exception as exc:
+                log.error(
+                    "%r: its working copy could not be put back (%s); `horace fsck --repair` writes it",
+                    file.file_path,
+                    exc,
+                    extra={"file_id": file.id},
+                )
 
     async def _bring_back(self, db: Units, file: FileRecord, correlation_id: str | None) -> bool:
         """Back to active: the working copy is written again from the current version,

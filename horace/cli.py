@@ -686,10 +686,11 @@ def _say(failure: Failure, as_json: bool) -> None:
 
 def _configure_cli_logging(as_json: bool) -> None:
     """Warnings of a command (fsck at start, say) as one line each, like its errors."""
-    handler = logging.StreamHandler(sys.stderr)
-    if as_json:
-        from horace.logs import JsonLines
+    from horace.logs import JsonLines, one_line
 
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(one_line)
+    if as_json:
         handler.setFormatter(JsonLines())
     else:
         handler.setFormatter(logging.Formatter("horace: %(levelname)s: %(message)s"))

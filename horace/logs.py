@@ -40,9 +40,20 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def one_line(record: logging.LogRecord) -> bool:
+    """asyncpg's pool logs each retry of its connections during an outage with a whole
+    traceback (every few seconds, on every process): the error's line is what matters."""
+    if record.exc_info and record.exc_info[1] is not None and record.name.startswith("asyncpg"):
+        error = record.exc_info[1]
+        record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {error}", None
+        record.exc_info = record.exc_text = None
+    return True
+
+
 def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
+    handler.addFilter(one_line)
     handler.setLevel(level)  # a sink lowering the "horace" logger must not flood stderr
     root = logging.getLogger()
     root.handlers[:] = [handler]

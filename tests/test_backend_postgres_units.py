@@ -909,6 +909,59 @@ async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg
         await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
 
 
+async def test_a_connection_lost_inside_an_exclusive_block_is_backend_unavailable(pg_url: str) -> None:
+    """A held connection killed under a unit: asyncpg detaches it from its pool, and every
+    later unit of the block, and giving it back, meet "released back to the pool": that is
+    the connection lost (BackendUnavailable), never a bug, and the pool goes on."""
+    app = dict(parse_qsl(urlsplit(pg_url).query))["application_name"]
+    kill = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE application_name = '{app}' AND pid <> pg_backend_pid() AND state = 'active'"
+    )
+    async with open_postgres(pg_url, max_connections=2) as backend:
+        await backend.migrate()
+        with pytest.raises(BackendUnavailable, match="its connection was lost"):
+            async with backend.exclusive(7) as units:  # (its end raises no InterfaceError)
+
+                async def killer() -> None:
+                    await trio.sleep(0.3)
+                    await trio.to_thread.run_sync(admin, kill)
+
+                with pytest.RaisesGroup(BackendUnavailable):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(killer)
+                        await units._source.run(_fetchrow, "SELECT pg_sleep(10)")  # type: ignore[attr-defined]
+                await units.file_by_path("x")  # on the connection lost
+        async with backend.exclusive(7) as units:  # the lock went with the session
+            assert await units.file_by_path("x") is None
+
+
+async def test_a_statement_timeout_and_a_privilege_refused_are_said_as_such(pg_url: str) -> None:
+    """The operator's settings, not bugs: a statement the server cancels (statement_timeout)
+    is BackendUnavailable; a role that may not use Horace's tables, CatalogUnwritable
+    (STORAGE_ERROR at the CLI), with what to do."""
+    async with open_postgres(with_query(pg_url, statement_timeout="100")) as backend:
+        await backend.migrate()
+        with pytest.raises(BackendUnavailable, match=r"cancelled a statement: .*statement_timeout"):
+            await backend._source.run(_fetchrow, "SELECT pg_sleep(2)")
+        assert await backend.file_by_path("x") is None  # the next statement runs
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(pg_url)
+    schema = dict(parse_qsl(parts.query))["search_path"]
+    await trio.to_thread.run_sync(
+        admin, f"CREATE ROLE {role} LOGIN", f"GRANT USAGE ON SCHEMA {schema} TO {role}"
+    )
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    try:
+        async with open_postgres(as_role) as backend:
+            with pytest.raises(
+                CatalogUnwritable, match=r"refuses Horace's role: permission denied.*horace migrate"
+            ):
+                await backend.file_by_path("x")
+    finally:
+        await trio.to_thread.run_sync(admin, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
 async def test_a_schema_horace_may_not_make_its_tables_in_is_said_plainly() -> None:
     """A search_path naming no schema, or a role without the right to create in it: a
     setup mistake said as such (CONFIG, STORAGE_ERROR at the CLI), never a bug's exit 70."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from helpers import sha256, write
 
 import horace.server.tools as tools
 from horace.assemble import open_catalog
+from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import FileChanges, Order, SearchQuery, SortKey, Status
 from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
@@ -245,6 +248,42 @@ async def test_delete_and_undelete(catalog: Catalog, files: Path) -> None:
     await catalog.delete(file.id)
     twice = await catalog.delete(file.id)
     assert twice.changed_fields == () and twice.file.status is Status.DELETED
+
+
+async def test_a_delete_whose_status_change_fails_puts_the_working_copy_back(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The working copy leaves files/ and is versioned before the status changes: should
+    the change fail (a statement timeout, a connection cut), the file is still active, so
+    its working copy is written back (the unsaved edit, now its current version)."""
+    path = write(files / "user/a.txt", "keep me")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("unsaved edit")
+    exclusive = catalog.backend.exclusive
+
+    @asynccontextmanager
+    async def failing_status_changes(key: int) -> AsyncIterator[Any]:
+        async with exclusive(key) as units:
+
+            class Failing:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(units, name)
+
+                async def update_file(self, *args: Any) -> Any:
+                    raise BackendUnavailable("the statement was cancelled")
+
+            yield Failing()
+
+    monkeypatch.setattr(catalog.backend, "exclusive", failing_status_changes)
+    for change in (catalog.delete(file.id), catalog.update(file.id, FileChanges(status=Status.ARCHIVED))):
+        with pytest.raises(BackendUnavailable):
+            await change
+        assert path.read_text() == "unsaved edit"
+    monkeypatch.undo()
+    info = await catalog.get_info(file_id=file.id, include_versions=True)
+    assert info.file.status is Status.ACTIVE and info.file.current_version == 2
+    assert (await fsck(catalog)).findings == ()
+    assert (await catalog.delete(file.id)).file.status is Status.DELETED and not path.exists()
 
 
 async def test_undelete_refuses_an_archived_file(catalog: Catalog, files: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -47,3 +48,19 @@ def test_text_and_log_lines_lose_the_secrets_of_urls_in_them() -> None:
     for secret in ("pw1", "pw2", "pw3", "k3y"):
         assert secret not in line
     assert json.loads(line)["data"]["fine"] == "ok"
+
+
+def test_asyncpg_retries_are_logged_in_one_line() -> None:
+    """asyncpg's pool logs its retries during an outage with a traceback each: one line."""
+    from horace.logs import one_line
+
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed")
+    except OSError:
+        exc_info = sys.exc_info()
+    message = "Failed to restore the %s"
+    record = logging.LogRecord("asyncpg.pool", logging.WARNING, "pool.py", 1, message, ("floor",), exc_info)
+    assert one_line(record) and record.exc_info is None
+    said = record.getMessage()
+    assert said == "Failed to restore the floor: ConnectionRefusedError: [Errno 111] Connect call failed"
+    assert "Traceback" not in logging.Formatter().format(record)

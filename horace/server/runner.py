@@ -16,7 +16,7 @@ from typing import Any
 import outcome
 import trio
 
-from horace.backends.protocol import BackendUnavailable, DatabaseFull
+from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, json_size_at_least, notification_text
 from horace.server.tools import CallContext, Tool
@@ -127,6 +127,11 @@ async def run_tool(
     except DatabaseFull as exc:
         log.warning("%s", exc, extra={"correlation_id": correlation_id})
         return tool_error(ErrorCode.STORAGE_FULL, str(exc), correlation_id)
+    except CatalogUnwritable as exc:  # the operator's to mend (a privilege refused); retry later
+        log.error("%s", exc, extra={"correlation_id": correlation_id})
+        return tool_error(
+            ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}", correlation_id
+        )
     except Exception:
         log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
         return tool_error(
