@@ -82,6 +82,17 @@ def admin(*statements: str) -> None:
     asyncio.run(run())
 
 
+def kill_sessions(url: str, *, busy_only: bool = False) -> str:
+    """SQL that ends the sessions of *url*'s application_name (with *busy_only*, those
+    running a statement)."""
+    app = dict(parse_qsl(urlsplit(url).query))["application_name"]
+    busy = " AND state = 'active'" if busy_only else ""
+    return (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE application_name = '{app}' AND pid <> pg_backend_pid(){busy}"
+    )
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -852,11 +863,7 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
 
 
 async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
-    app = dict(parse_qsl(urlsplit(pg_url).query))["application_name"]
-    kill = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE application_name = '{app}' AND pid <> pg_backend_pid()"
-    )
+    kill = kill_sessions(pg_url)
     async with open_postgres(pg_url, max_connections=2) as backend:
         await backend.migrate()
         await backend.ping()
@@ -889,11 +896,7 @@ async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg
     role = f"r_{uuid.uuid4().hex[:12]}"
     parts = urlsplit(pg_url)
     as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
-    app = dict(parse_qsl(parts.query))["application_name"]
-    kill = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE application_name = '{app}' AND pid <> pg_backend_pid()"
-    )
+    kill = kill_sessions(pg_url)
     await trio.to_thread.run_sync(admin, f"CREATE ROLE {role} LOGIN")
     try:
         async with open_postgres(as_role, max_connections=2) as backend:
@@ -913,11 +916,7 @@ async def test_a_connection_lost_inside_an_exclusive_block_is_backend_unavailabl
     """A held connection killed under a unit: asyncpg detaches it from its pool, and every
     later unit of the block, and giving it back, meet "released back to the pool": that is
     the connection lost (BackendUnavailable), never a bug, and the pool goes on."""
-    app = dict(parse_qsl(urlsplit(pg_url).query))["application_name"]
-    kill = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE application_name = '{app}' AND pid <> pg_backend_pid() AND state = 'active'"
-    )
+    kill = kill_sessions(pg_url, busy_only=True)
     async with open_postgres(pg_url, max_connections=2) as backend:
         await backend.migrate()
         with pytest.raises(BackendUnavailable, match="its connection was lost"):
