@@ -206,6 +206,9 @@ class PurgeReport:
 class CatalogPolicy:
     retention: Retention = Retention()
     gc_grace_seconds: float = 600.0  # an object younger than this is never collected
+    # Also how long an object no version row refers to is kept, unless the catalog itself
+    # let it go (a purged or pruned version): such a stray may be the only copy of a
+    # version, when the catalog was restored from a backup older than the store.
     deleted_retention: timedelta = timedelta(days=30)
     # A stat identity taken within this long after the file's last change is not trusted
     # (see unchanged_since): beyond the clock's tick, it covers a clock set back a little.
@@ -1127,16 +1130,21 @@ class Catalog:
         return PurgeReport(purged, len(deleted))
 
     async def collect_orphans(self) -> list[str]:
-        """Collect the objects no version row refers to and older than the grace period.
+        """Collect the objects no version row refers to that are older than the deleted
+        files' retention (``CatalogPolicy.deleted_retention``).
 
-        Only a catalog that owns its store (``horace.binding``) ever gets here.
+        The catalog lets go of the objects of the versions it purges or prunes itself, at
+        once. Any other object without a row (a crash between an object's rename and its
+        commit, a copy a scan kept for a file another writer took first; or a version
+        made after the backup a catalog was restored from) is kept that long: fsck lists
+        it meanwhile. Only a catalog that owns its store (``horace.binding``) gets here.
         """
-        grace = self.policy.gc_grace_seconds
+        keep = max(self.policy.gc_grace_seconds, self.policy.deleted_retention.total_seconds())
         now = time.time()
         on_disk = [
             name
             for name, st in await in_thread(lambda: list(self.storage.walk_objects()))
-            if now - st.st_mtime >= grace
+            if now - st.st_mtime >= keep
         ]
         collected: list[str] = []
         for start in range(0, len(on_disk), SCAN_BATCH):

@@ -10,7 +10,6 @@ inside ``files/``, and is taken relative to ``files/`` otherwise.
 from __future__ import annotations
 
 import enum
-import errno
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
-from horace.storage import StorageUnusable
+from horace.storage import STORAGE_ERRNOS, StorageUnusable
 
 T = TypeVar("T")
 
@@ -514,8 +513,10 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
                 + ("clean" if r.clean else f"{len(r.findings)} findings")
                 + (f" ({r.busy} files busy, not checked)" if r.busy else "")
                 + (
-                    f"; {len(r.orphans)} objects no version refers to, left for the collector "
-                    "(the periodic purge, or --repair)"
+                    f"; {len(r.orphans)} objects no version refers to, kept until "
+                    "HORACE_DELETED_RETENTION has passed (left by a crash or by concurrent scans; "
+                    "or versions newer than a catalog restored from a backup: their content is "
+                    "in .horace/objects/)"
                     if r.orphans
                     else ""
                 ),
@@ -663,14 +664,7 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
     if isinstance(exc, CatalogUnwritable):
         return Failure(Exit.STORAGE, "STORAGE_ERROR", str(exc))
-    if isinstance(exc, OSError) and exc.errno in (
-        errno.ENOSPC,
-        errno.EDQUOT,
-        errno.EROFS,
-        errno.EIO,
-        errno.EACCES,
-        errno.EPERM,
-    ):
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         where = f": {exc.filename}" if exc.filename else ""
         return Failure(Exit.STORAGE, "STORAGE_ERROR", f"{exc.strerror or exc}{where}")
     return None

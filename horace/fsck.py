@@ -3,7 +3,8 @@
 - every version row has a complete object with the right content;
 - the file row agrees with its newest version (current_version, checksum, size);
 - every active file has its working copy;
-- no object without a version row (once older than the grace period);
+- no object without a version row (kept, and listed, until the deleted files' retention
+  has passed: it may be the only copy of a version the catalog lost);
 - nothing left in ``.horace/tmp`` by a process that is gone.
 
 Four strengths, from the CLI's start-up check to the operator's repair:
@@ -21,7 +22,7 @@ Four strengths, from the CLI's start-up check to the operator's repair:
   gone from ``files/`` is the reconcile's business.
 - ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
   recovers lost objects from working copies, drops the rows of versions whose content
-  is lost, and hands orphan objects to the collector.
+  is lost, and hands the collector orphan objects older than the deleted files' retention.
 
 A live server may be working while fsck runs. A finding about a file is therefore
 checked again under the file's write lock (shared with every writer) before it is
@@ -70,8 +71,11 @@ class FsckReport:
     versions: int
     objects: int
     busy: int = 0  # files a writer held throughout: not checked this time
-    # Objects no version refers to, past the grace period: garbage for the collector (the
-    # periodic purge, or --repair), not damage, so not findings. Not looked for at start.
+    # Objects no version refers to, past the grace period: not findings (a crash leaves
+    # them, and concurrent scans), but kept until the deleted files' retention has passed
+    # (then the periodic purge or --repair collects them): a catalog restored from an
+    # older backup than the store has only them left of its newer versions. Not looked
+    # for at start.
     orphans: tuple[str, ...] = ()
 
     @property
@@ -139,9 +143,12 @@ async def fsck(
             busy += 1
             log.info("fsck: %s is being written; not checked this time", file.file_path)
 
-    orphans = [] if automatic else await _orphans(catalog, {v.checksum for v in versions})
-    if repair and orphans:
-        collected = await catalog.collect(orphans)
+    aged = [] if automatic else await _orphans(catalog, {v.checksum for v in versions})
+    keep = catalog.policy.deleted_retention.total_seconds()
+    expired = [name for name, age in aged if age >= keep]
+    orphans = [name for name, _ in aged]
+    if repair and expired:
+        collected = await catalog.collect(expired)
         findings += [
             Finding("orphan_object", f"object {name} had no version row: collected", True, subject=name)
             for name in collected
@@ -501,12 +508,13 @@ def _working_problem(storage: Storage, file: FileRecord) -> str | None:
 # -- objects nobody refers to ----------------------------------------------------------------
 
 
-async def _orphans(catalog: Catalog, referenced: set[str]) -> list[str]:
-    """The objects no version refers to, once past the grace period."""
+async def _orphans(catalog: Catalog, referenced: set[str]) -> list[tuple[str, float]]:
+    """The objects no version refers to, once past the grace period, with their age in
+    seconds."""
     grace = catalog.policy.gc_grace_seconds
     now = time.time()
     return [
-        name
+        (name, now - st.st_mtime)
         for name, st in await in_thread(lambda: list(catalog.storage.walk_objects()))
         if name not in referenced and now - st.st_mtime >= grace
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -323,6 +325,28 @@ async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) 
         assert not catalog.storage.has_object(a.checksum)
         assert await catalog.backend.file_by_id(b.id) is not None
         assert catalog.storage.has_object(b.checksum)
+
+
+async def test_an_object_no_version_refers_to_is_kept_a_retention_long(catalog: Catalog, files: Path) -> None:
+    """An object without a row that the catalog did not let go of itself may be all that
+    is left of a version (a catalog restored from a backup older than the store): the
+    periodic purge and fsck --repair keep it, and fsck lists it, until the deleted files'
+    retention has passed since it was written; only then is it collected."""
+    write(files / "user/a.txt", "v1")
+    await catalog.register("user/a.txt")
+    stray = catalog.storage.object_path(sha256("v2, made after the backup"))
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_text("v2, made after the backup")
+    hour_ago = time.time() - 3600
+    os.utime(stray, (hour_ago, hour_ago))
+    catalog.policy = attrs.evolve(catalog.policy, deleted_retention=timedelta(days=30))
+    report = await fsck(catalog)
+    assert report.findings == () and report.orphans == (stray.name,)
+    assert (await catalog.purge()).objects_deleted == 0
+    assert (await fsck(catalog, repair=True)).orphans == (stray.name,)
+    assert stray.read_text() == "v2, made after the backup"
+    catalog.policy = attrs.evolve(catalog.policy, deleted_retention=timedelta(minutes=30))
+    assert (await catalog.purge()).objects_deleted == 1 and not stray.exists()
 
 
 # -- search ---------------------------------------------------------------------------------

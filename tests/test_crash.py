@@ -17,6 +17,7 @@ import signal
 from itertools import pairwise
 from pathlib import Path
 
+import attrs
 import trio
 from helpers import write
 from processes import parse, start_worker, worker_command
@@ -78,8 +79,10 @@ async def test_sigkill_loses_no_committed_version(settings: Settings, files: Pat
     assert len(committed) >= KILLS, f"the workers committed too little to prove anything: {len(committed)}"
     assert killed_mid_run >= 1, "no kill landed between a write and its commit"
 
-    # Look at what the kills left, then repair it.
-    async with open_catalog(settings, create=True, check=False) as catalog:
+    # Look at what the kills left, then repair it (objects a kill left without their rows
+    # too: collected here at once, not a retention later).
+    repairing = attrs.evolve(settings, deleted_retention=0.0)
+    async with open_catalog(repairing, create=True, check=False) as catalog:
         temps = [p for p in temps_left(catalog) if p.name.startswith(TMP_PREFIX)]
         report = await fsck(catalog, repair=True, deep=True)
         kinds = {f.kind for f in report.findings}

@@ -100,11 +100,11 @@ async def test_fsck_beside_a_busy_server_finds_nothing(settings: Settings, files
     for flags, code, report in runs:
         assert code == 0, (flags, report.get("findings"))
         assert report["findings"] == [], (flags, report["findings"])
-    async with open_catalog(attrs.evolve(served, gc_grace=0.0)) as catalog:
+    async with open_catalog(attrs.evolve(served, gc_grace=0.0, deleted_retention=0.0)) as catalog:
         for file in await catalog.backend.all_files():
             exists = (files / file.file_path).exists()
             assert exists == (file.status.value == "active"), (file.file_path, file.status, exists)
-        await catalog.collect_orphans()  # what pruning left, past a grace period of 0 now
+        await catalog.collect_orphans()  # what concurrent scans left, past a retention of 0 now
         await assert_sound(catalog)
     print(f"beside fsck: {done}")
 
