@@ -517,8 +517,13 @@ class McpSession:
         # otherwise stay in the set for the life of the session.
         asked_to_stop = request_id in self._cancelled_by_client
         self._cancelled_by_client.discard(request_id)
+        if asked_to_stop:
+            # MCP: no response to a cancelled request, also when the cancel came as the
+            # work finished (a shielded commit ran to its end meanwhile): the client that
+            # sent it has stopped waiting.
+            return None
         if reply is None:
-            if asked_to_stop or self.closing:
+            if self.closing:
                 return None
             raise RpcError(
                 REQUEST_TIMEOUT,
