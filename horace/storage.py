@@ -161,6 +161,10 @@ class StoreState:
     has_objects: bool | None
 
 
+# What the storage says of itself (read-only, no permission, full, failing): STORAGE_ERROR.
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
 class StorageUnusable(Exception):
     """The storage root cannot be used: not a folder, not writable, not readable."""
 
@@ -380,12 +384,15 @@ class Storage:
                     (self.objects / sub).mkdir(exist_ok=True)
             self.lock_file.touch(exist_ok=True)
         except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:  # (a storage error, as for a store made already)
+                raise
             raise StorageUnusable(
                 f"cannot create the store at {self.root}: {exc.strerror or exc}"
                 + (f" ({exc.filename})" if exc.filename else "")
             ) from None
-        if not os.access(self.tmp, os.W_OK) or not os.access(self.files, os.W_OK):
-            raise StorageUnusable(f"the store at {self.root} is not writable")
+        for writable in (self.tmp, self.files):
+            if not os.access(writable, os.W_OK):
+                raise PermissionError(errno.EACCES, "the store is not writable", str(writable))
 
     @_storage_full
     def write_identity(self, store_id: str, catalog_url: str) -> None:

@@ -49,6 +49,38 @@ def one_line_error(done: subprocess.CompletedProcess[str], exit_code: Exit, *wor
     return lines[0]
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_while_the_cli_is_imported_is_one_line_and_130(as_json: bool) -> None:
+    """The CLI's imports take a tenth of a second: a Ctrl-C then is said as one at any
+    other time (here, raised where the import of horace.cli begins)."""
+    interrupt_the_import = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'horace.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from horace.__main__ import run\n"
+        "run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", interrupt_the_import, "search", *(["--json"] if as_json else [])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == Exit.INTERRUPTED and "Traceback" not in done.stderr, done.stderr
+    if as_json:
+        assert json.loads(done.stderr)["error"] == {
+            "code": "INTERRUPTED",
+            "message": "interrupted",
+            "exit_code": 130,
+        }
+    else:
+        assert done.stderr == "horace: error: INTERRUPTED: interrupted\n"
+
+
 @pytest.fixture
 def store(tmp_path: Path, database_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
     """A store created by `horace init` (its catalog: the test backend's database)."""
@@ -111,8 +143,11 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
             assert "s3cret" not in line
     one_line_error(horace("serve", "--storage", "/etc/passwd"), Exit.CONFIG, "not a folder")
     one_line_error(horace("search", "--database", "mysql://x", env=root), Exit.CONFIG, "--database:")
-    # A storage root that cannot be created (sysfs refuses even root).
-    one_line_error(horace("init", "--storage", "/sys/horace-store"), Exit.CONFIG, "cannot create the store")
+    # A storage root that cannot be created (sysfs refuses even root): a storage error, as
+    # for a read-only or forbidden store made already.
+    one_line_error(
+        horace("init", "--storage", "/sys/horace-store"), Exit.STORAGE, "STORAGE_ERROR", "/sys/horace-store"
+    )
     one_line_error(horace("search", "--limit", "0"), Exit.USAGE, "USAGE", "--limit")
     # Numbers no catalog column holds are refused before any backend sees them.
     one_line_error(horace("search", "--offset", str(2**64)), Exit.USAGE, "USAGE", "--offset")
