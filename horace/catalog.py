@@ -227,7 +227,8 @@ class CatalogPolicy:
 class Vanished:
     """Catalogued files gone from their paths, each waiting for its content to turn up
     at another path (a rename, which keeps the file's id and history): the one rename
-    matcher, of the reconcile and of the watcher. Matched by content, first come."""
+    matcher, of the reconcile and of the watcher. Matched by content; of several files
+    with that content, the one whose path ends as the new one does, then first come."""
 
     def __init__(self, files: Sequence[FileRecord] = (), since: float = 0.0) -> None:
         self._files: dict[str, tuple[FileRecord, float]] = {f.id: (f, since) for f in files}
@@ -241,13 +242,19 @@ class Vanished:
     def discard(self, file_id: str) -> None:
         self._files.pop(file_id, None)
 
-    def claim(self, checksum: str) -> FileRecord | None:
-        """The vanished file whose content this is, taken off the list; or None."""
-        for file, _ in self._files.values():
-            if file.checksum == checksum:
-                del self._files[file.id]
-                return file
-        return None
+    def claim(self, checksum: str, rel: str) -> FileRecord | None:
+        """The vanished file whose content the file now at *rel* has, taken off the list;
+        or None. Of several, the one with the most path parts in common with *rel* at its
+        end: a folder renamed keeps its files' names, and what lies below it, so that
+        `sub/t.txt` -> `new/t.txt` is not taken for `s.txt` -> `new/t.txt` when both held
+        the same bytes (on ties, the first to vanish)."""
+        same = [file for file, _ in self._files.values() if file.checksum == checksum]
+        if not same:
+            return None
+        parts = rel.split("/")
+        chosen = max(same, key=lambda file: _common_tail(file.file_path.split("/"), parts))
+        del self._files[chosen.id]
+        return chosen
 
     def times(self) -> list[float]:
         return [since for _, since in self._files.values()]
@@ -1075,7 +1082,7 @@ class Catalog:
             digest = await in_thread(self.storage.hash_working, rel, check_cancelled)
         except HoraceError:
             return None
-        old = vanished.claim(digest)
+        old = vanished.claim(digest, rel)
         return await self.move(old.id, rel, correlation_id) if old is not None else None
 
     async def reconcile(
@@ -1177,6 +1184,16 @@ class Catalog:
 
 
 # -- small helpers -----------------------------------------------------------------------
+
+
+def _common_tail(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many parts two paths have in common at their ends."""
+    count = 0
+    for x, y in zip(reversed(a), reversed(b), strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 class _ScanTally:

@@ -288,6 +288,30 @@ async def test_a_delete_whose_status_change_fails_puts_the_working_copy_back(
     assert (await catalog.delete(file.id)).file.status is Status.DELETED and not path.exists()
 
 
+async def test_a_folder_renamed_as_a_file_of_the_same_content_goes_keeps_each_history(
+    catalog: Catalog, files: Path
+) -> None:
+    """s.txt and sub/t.txt end with the same bytes; while nobody watched, s.txt was deleted
+    and sub/ renamed: sub_real/t.txt is t.txt moved (its history), s.txt the one gone."""
+    write(files / "user/s.txt", "AAA")
+    write(files / "user/sub/t.txt", "BBB")
+    s_file = (await catalog.register("user/s.txt")).file
+    t_file = (await catalog.register("user/sub/t.txt")).file
+    for rel in ("user/s.txt", "user/sub/t.txt"):
+        write(files / rel, "SAME")
+    await catalog.scan()
+    (files / "user/s.txt").unlink()
+    (files / "user/sub").rename(files / "user/sub_real")
+    report = await catalog.reconcile()
+    assert (report.moved, report.deleted) == (1, 1)
+    moved = (await catalog.get_info(file_path="user/sub_real/t.txt", include_versions=True)).file
+    assert moved.id == t_file.id
+    first = await catalog.backend.version(t_file.id, 1)
+    assert first is not None and first.checksum == sha256("BBB")
+    gone = await catalog.backend.file_by_id(s_file.id)
+    assert gone is not None and (gone.status, gone.file_path) == (Status.DELETED, "user/s.txt")
+
+
 async def test_undelete_refuses_an_archived_file(catalog: Catalog, files: Path) -> None:
     write(files / "user/a.txt", "archived")
     file = (await catalog.register("user/a.txt")).file

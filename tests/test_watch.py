@@ -328,6 +328,28 @@ async def test_rename_of_a_folder_keeps_every_files_id(watched: Watched) -> None
     assert not any(p.startswith("user/project/") for p in await watched.catalogued_paths())
 
 
+async def test_a_folder_renamed_as_a_file_of_its_content_is_deleted_keeps_each_history(
+    watched: Watched,
+) -> None:
+    """s.txt and sub/t.txt hold the same bytes; s.txt is deleted and sub/ renamed at once:
+    sub_real/t.txt is t.txt moved, not s.txt."""
+    user = watched.files / "user"
+    write(user / "s.txt", "AAA")
+    write(user / "sub/t.txt", "BBB")  # (the same content at once would be a duplicate)
+    await watched.wait_checksum("user/s.txt", sha256("AAA"))
+    await watched.wait_checksum("user/sub/t.txt", sha256("BBB"))
+    write(user / "s.txt", "SAME")
+    write(user / "sub/t.txt", "SAME")
+    s_file = await watched.wait_checksum("user/s.txt", sha256("SAME"))
+    t_file = await watched.wait_checksum("user/sub/t.txt", sha256("SAME"))
+    (user / "s.txt").unlink()
+    (user / "sub").rename(user / "sub_real")
+    moved = await watched.wait_checksum("user/sub_real/t.txt", sha256("SAME"))
+    assert moved.id == t_file.id
+    await watched.wait_checksum("user/s.txt", sha256("SAME"), Status.DELETED)
+    assert (await watched.catalog.backend.file_by_id(s_file.id)).status is Status.DELETED
+
+
 async def test_a_folder_moved_out_soft_deletes_its_files(watched: Watched, tmp_path: Path) -> None:
     folder = watched.files / "shared/leaving"
     for name in ("one.txt", "deep/two.txt"):
