@@ -104,8 +104,8 @@ strict.register_structure_hook_func(lambda kind: kind == Mapping[str, Any], _map
 
 
 def _tuple_of_str(value: Any, _: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)  # a single tag given as a string
+    # (A lone string is refused, as the inputSchema says: taken as a list of one, it was a
+    # second way to say the same thing that no schema-driven client would know of.)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise TypeError("expected a list of strings")
     return tuple(value)

@@ -143,7 +143,10 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
         ("horace_restore_version", {"file_id": "x"}, "version"),
         ("horace_register_file", {"file_path": 5}, "file_path"),
         ("horace_search_files", {"limit": "ten"}, "limit"),
-        ("horace_search_files", {"tags": "a", "bogus": 1}, "bogus"),
+        ("horace_search_files", {"tags": ["a"], "bogus": 1}, "bogus"),
+        ("horace_search_files", {"tags": "report"}, "tags"),  # an array, as the schema says
+        ("horace_update_file", {"file_id": "x", "metadata": {"tags": "abc"}}, "tags"),
+        ("horace_remove_from_collection", {"name": "c", "file_ids": "x"}, "file_ids"),
         ("horace_search_files", {"any_tags": [f"t{n}" for n in range(101)]}, "any_tags"),
         ("horace_search_files", {"query": {"tags": ["t"] * 101}}, "tags"),
         ("horace_search_files", {"path": "*" * 4097}, "path"),
