@@ -538,6 +538,13 @@ async def test_health_is_503_when_the_backend_is_down(
         "error": "connection refused",
     }
 
+    async def silent() -> None:  # (a pool whose every connection is busy, too)
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(server.server.catalog.backend, "ping", silent)
+    status, body = await http_get(server.health_url)
+    assert status == 503 and "no answer within 2 s" in body["backend"]["error"], body
+
 
 async def test_bearer_token(settings: Settings) -> None:
     async with run_horace(serving(settings, auth_token="s3cret")) as running:

@@ -236,6 +236,10 @@ async def test_a_conversation_database_that_is_down_costs_no_call(settings: Sett
         await eventually(lambda: process_part(horace)["starts"] >= 2, 30, "the sink process started again")
         assert process_part(horace)["last_error"] == "the sink process ended with exit code 1"
         assert sinks_of(horace) == {"conversations": {"state": "starting"}}
+        # Calls are served (200), but the log is not kept: /health says the server is degraded.
+        await eventually(lambda: process_part(horace)["state"] == "retrying", 30, "the child retrying")
+        code, body = await horace.server.health()
+        assert (code, body["status"], body["sink_process"]["ok"]) == (200, "degraded", False), body
 
 
 async def test_a_log_record_made_on_a_worker_thread_reaches_godot(settings: Settings) -> None:

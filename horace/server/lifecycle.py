@@ -138,7 +138,13 @@ class HoraceServer:
             with trio.fail_after(HEALTH_TIMEOUT):
                 await self.catalog.backend.ping()
             backend["ok"] = True
-        except (BackendUnavailable, trio.TooSlowError, OSError) as exc:
+        except trio.TooSlowError:
+            backend.update(
+                ok=False,
+                error=f"no answer within {HEALTH_TIMEOUT:g} s (the database down, or every "
+                "connection of the pool busy)",
+            )
+        except (BackendUnavailable, OSError) as exc:
             backend.update(ok=False, error=str(exc) or type(exc).__name__)
         except Exception as exc:  # of no kind foreseen: /health still answers, and says what
             log.exception("health: the catalog database's ping failed")

@@ -150,7 +150,13 @@ class SinkProcess:
         self._ready.set()
 
     def status(self) -> dict[str, Any]:
+        # Not ok (the server "degraded" in /health) while the child or one of its sinks is
+        # retrying: a conversation database that cannot be opened, Godot gone.
+        retrying = self.state == "retrying" or any(
+            sink.get("state") == "retrying" for sink in self.sink_status.values()
+        )
         return {
+            "ok": not retrying,
             "state": self.state,
             "pid": self.pid,
             "starts": self.starts,
