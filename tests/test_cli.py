@@ -118,8 +118,12 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         ("sqlite://relative.db", ("CONFIG", "absolute path")),  # a different file in each folder
         ("postgresql://u:pw@127.0.0.1:notaport/db", ("CONFIG", "'notaport' is not a port number")),
         ("postgresql://u@[bad/db", ("CONFIG", "address cannot be read")),  # urllib: a ValueError
+        # A password holding / and @ unencoded: its tail would be read as host and database
+        ("postgresql://horace:se:cr@t/pw@127.0.0.1:5432/horace", ("CONFIG", "must be percent-encoded")),
+        ("postgresql://horace:a#b@127.0.0.1:5432/horace", ("CONFIG", "must be percent-encoded")),
     ]:
-        one_line_error(horace("search", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
+        line = one_line_error(horace("search", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
+        assert not any(part in line for part in ("cr@t", "pw@", "a#b")), line  # none of a password
         one_line_error(horace("serve", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
         one_line_error(horace("mcp", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
     for url, word in [  # found out as the database is opened (asyncpg parses the URL)
