@@ -43,6 +43,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
+from horace.redact import redact_url
 from horace.storage import STORAGE_ERRNOS, StorageUnusable
 
 T = TypeVar("T")
@@ -241,7 +242,13 @@ def init(ctx: click.Context, adopt: bool) -> None:
 
     async def work(c: Catalog) -> dict[str, Any]:
         state = await trio.to_thread.run_sync(c.storage.state)
-        return {"storage": str(c.storage.root), "store_id": state.store_id, "catalog": state.catalog_url}
+        # The catalog in use: the store's record keeps the URL it was made with, which a
+        # catalog restored under another name (same identity) no longer has.
+        return {
+            "storage": str(c.storage.root),
+            "store_id": state.store_id,
+            "catalog": redact_url(c.backend.url),
+        }
 
     done = _run(ctx, work, create=True, adopt=adopt)
     _emit(ctx, done, lambda d: f"store {d['store_id']} at {d['storage']}\ncatalog {d['catalog']}")

@@ -81,6 +81,19 @@ def test_ctrl_c_while_the_cli_is_imported_is_one_line_and_130(as_json: bool) -> 
         assert done.stderr == "horace: error: INTERRUPTED: interrupted\n"
 
 
+def test_init_names_the_catalog_in_use(tmp_path: Path) -> None:
+    """A catalog copied under another name (the same identity) opens the store as its
+    own; init names the copy, not the name the store was made with."""
+    root = tmp_path / "root"
+    made = f"sqlite:///{tmp_path}/made.db"
+    assert horace("init", "--storage", str(root), "--database", made).returncode == 0
+    copy = tmp_path / "copy.db"
+    copy.write_bytes((tmp_path / "made.db").read_bytes())
+    done = horace("init", "--storage", str(root), "--database", f"sqlite:///{copy}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"catalog sqlite:///{copy}", done.stdout
+
+
 @pytest.fixture
 def store(tmp_path: Path, database_url: str) -> Iterator[tuple[Path, dict[str, str]]]:
     """A store created by `horace init` (its catalog: the test backend's database)."""
