@@ -465,6 +465,39 @@ async def test_notifications_cancelled_stops_a_call(server: RunningHorace, clien
     assert (await fsck(server.server.catalog, deep=True)).clean
 
 
+async def test_a_call_that_finishes_as_it_is_cancelled_gets_no_response(
+    server: RunningHorace, client: McpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel comes while the call's work runs shielded (a commit) and the work then
+    finishes: MCP asks for no response to a cancelled request all the same."""
+    started, finish = trio.Event(), trio.Event()
+    tool = TOOLS["horace_get_file_info"]
+    answer = tool.handler
+
+    async def committing(context: Any, args: Any) -> Any:
+        with trio.CancelScope(shield=True):
+            started.set()
+            await finish.wait()
+            return await answer(context, args)
+
+    monkeypatch.setitem(TOOLS, tool.name, attrs.evolve(tool, handler=committing))
+    write(server.files / "user/c.txt", "c")
+    file_id = (await client.call("horace_register_file", file_path="user/c.txt"))["file"]["id"]
+    reply = client.expect(7)
+    call = {"name": tool.name, "arguments": {"file_id": file_id}}
+    await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": call}))
+    with trio.fail_after(10):
+        await started.wait()
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}}
+    await client.send_raw(json.dumps(cancel))
+    assert (await client.request("ping"))["result"] == {}  # (the cancel has been read)
+    finish.set()
+    with trio.move_on_after(0.5) as waited:
+        await reply.receive()
+    assert waited.cancelled_caught, "a cancelled request gets no response"
+    assert (await client.request("ping"))["result"] == {}
+
+
 async def test_scan_sends_progress_notifications(server: RunningHorace, client: McpClient) -> None:
     for i in range(600):
         write(server.files / f"user/p/{i}.txt", f"p{i}")
