@@ -264,6 +264,14 @@ def test_serve_on_a_port_in_use_is_one_line(store: tuple[Path, dict[str, str]]) 
     assert done.returncode == Exit.ADDRESS, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "ADDRESS_IN_USE" in errors[0] and "Traceback" not in done.stderr
+    # The port is taken before the store is made: a newcomer's first try leaves nothing.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fresh = _root.parent / "fresh"
+        done = horace("serve", "--storage", str(fresh), "--port", str(port), env=env)
+    assert done.returncode == Exit.ADDRESS and not fresh.exists(), done.stderr
     # A host name that does not resolve is an address error too, not an internal one.
     done = horace("serve", "--host", "nonexistent.invalid", "--port", "0", env=env)
     assert done.returncode == Exit.ADDRESS, done.stderr

@@ -35,7 +35,7 @@ from horace.backends import open_backend
 from horace.catalog import Catalog, Progress
 from horace.config import Settings
 from horace.redact import redact_url
-from horace.server.lifecycle import HealthPart, HoraceServer, watch_signals
+from horace.server.lifecycle import HealthPart, HoraceServer, listen, watch_signals
 from horace.server.mcp import McpSession
 from horace.server.observer import Observer
 from horace.server.sinkprocess import SinkPlan, sink_process
@@ -113,20 +113,27 @@ async def serve(
 ) -> None:
     """Run Horace until shut down (a signal, or ``server.shutdown()``).
 
-    In watch mode the start-up reconcile runs first (its *progress* reported, and logged).
+    The port is taken first (a port in use leaves no new store behind); in watch mode
+    the start-up reconcile runs before serving (its *progress* reported, and logged).
     """
-    async with open_catalog(settings, create=True) as catalog:
-        if settings.watch:
-            await reconcile_logged(catalog, progress)
-        async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
-            server = HoraceServer(settings, catalog, sinks.observer)
-            server.health_parts.update(sinks.health_parts)
-            for name, state in start_background(nursery, catalog, settings).items():
-                server.health_parts[name] = state
-            if handle_signals:
-                nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
-            await server.run(task_status=task_status)
-            nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
+    listeners = await listen(settings)
+    try:
+        async with open_catalog(settings, create=True) as catalog:
+            if settings.watch:
+                await reconcile_logged(catalog, progress)
+            async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
+                server = HoraceServer(settings, catalog, sinks.observer)
+                server.health_parts.update(sinks.health_parts)
+                for name, state in start_background(nursery, catalog, settings).items():
+                    server.health_parts[name] = state
+                if handle_signals:
+                    nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
+                await server.run(listeners, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
+    finally:
+        with trio.CancelScope(shield=True):  # (closed already when served; not when failed)
+            for listener in listeners:
+                await listener.aclose()
 
 
 async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool = True) -> None:

@@ -42,6 +42,16 @@ HEALTH_TIMEOUT = 2.0
 HealthPart = Callable[[], dict[str, Any]]
 
 
+async def listen(settings: Settings) -> list[trio.SocketListener]:
+    """The server's listening sockets, or :class:`CannotListen` (the port taken, a host
+    that does not resolve). ``serve`` takes them before it opens the store, so that such
+    a start leaves nothing behind; connections wait in the backlog until it serves."""
+    try:
+        return await trio.open_tcp_listeners(settings.port, host=settings.host)
+    except OSError as exc:  # a name that does not resolve (socket.gaierror) too
+        raise CannotListen(settings.host, settings.port, exc) from exc
+
+
 class HoraceServer:
     def __init__(self, settings: Settings, catalog: Catalog, observer: Observer | None = None) -> None:
         self.settings = settings
@@ -57,11 +67,16 @@ class HoraceServer:
         self.front = Front(settings, self.health, self._run_session, self)
         self.stopped = False
 
-    async def run(self, *, task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
-        except OSError as exc:  # a name that does not resolve (socket.gaierror) too
-            raise CannotListen(self.settings.host, self.settings.port, exc) from exc
+    async def run(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on *listeners* (by default, opened here from the settings) until shut
+        down; they are closed then."""
+        if listeners is None:
+            listeners = await listen(self.settings)
         self.port = listeners[0].socket.getsockname()[1]
         log.info(
             "listening on %s:%s",
