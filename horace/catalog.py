@@ -245,14 +245,20 @@ class Vanished:
     def claim(self, checksum: str, rel: str) -> FileRecord | None:
         """The vanished file whose content the file now at *rel* has, taken off the list;
         or None. Of several, the one with the most path parts in common with *rel* at its
-        end: a folder renamed keeps its files' names, and what lies below it, so that
-        `sub/t.txt` -> `new/t.txt` is not taken for `s.txt` -> `new/t.txt` when both held
-        the same bytes (on ties, the first to vanish)."""
+        end, then at its start: a folder renamed keeps its files' names and what lies
+        below it, and what lies above, so that `p/A/a.txt` -> `p/B/a.txt` is not taken for
+        `other/a.txt` -> `p/B/a.txt` when both held the same bytes (on ties, the first to
+        vanish)."""
         same = [file for file, _ in self._files.values() if file.checksum == checksum]
         if not same:
             return None
         parts = rel.split("/")
-        chosen = max(same, key=lambda file: _common_tail(file.file_path.split("/"), parts))
+
+        def kinship(file: FileRecord) -> tuple[int, int]:
+            theirs = file.file_path.split("/")
+            return _common_tail(theirs, parts), _common_tail(theirs[::-1], parts[::-1])
+
+        chosen = max(same, key=kinship)
         del self._files[chosen.id]
         return chosen
 
@@ -350,7 +356,7 @@ class Catalog:
             if staged is not None:
                 await in_thread(self.storage.release, staged)
         if orphans:
-            await self.collect(orphans)
+            await self.release(orphans)
         return record, version
 
     async def _version_working_copy(
@@ -921,7 +927,7 @@ class Catalog:
                         orphans += pruned
                         tally.count(True)
         if orphans:
-            await self.collect(orphans)
+            await self.release(orphans)
         for entry, copy, mime_type in ready:
             if entry.file_path not in committed:
                 try:
@@ -1132,7 +1138,7 @@ class Catalog:
         collect any other object no version refers to (once past the grace period)."""
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
-        deleted = await self.collect(orphans, grace_seconds=0.0) if orphans else []
+        deleted = await self.release(orphans, grace_seconds=0.0) if orphans else []
         deleted += await self.collect_orphans()
         return PurgeReport(purged, len(deleted))
 
@@ -1140,24 +1146,37 @@ class Catalog:
         """Collect the objects no version row refers to that are older than the deleted
         files' retention (``CatalogPolicy.deleted_retention``).
 
-        The catalog lets go of the objects of the versions it purges or prunes itself, at
-        once. Any other object without a row (a crash between an object's rename and its
-        commit, a copy a scan kept for a file another writer took first; or a version
-        made after the backup a catalog was restored from) is kept that long: fsck lists
-        it meanwhile. Only a catalog that owns its store (``horace.binding``) gets here.
+        The catalog lets go of the objects of the versions it purges or prunes itself
+        (:meth:`release`): at once, or once past the grace period when they were fresh
+        then (marked released till then). Any other object without a row (a crash between
+        an object's rename and its commit, a copy a scan kept for a file another writer
+        took first; or a version made after the backup a catalog was restored from) is
+        kept that long: fsck lists it meanwhile. Only a catalog that owns its store
+        (``horace.binding``) gets here.
         """
-        keep = max(self.policy.gc_grace_seconds, self.policy.deleted_retention.total_seconds())
+        grace = self.policy.gc_grace_seconds
+        keep = max(grace, self.policy.deleted_retention.total_seconds())
+        released = await in_thread(self.storage.released_marks)
         now = time.time()
-        on_disk = [
-            name
-            for name, st in await in_thread(lambda: list(self.storage.walk_objects()))
-            if now - st.st_mtime >= keep
-        ]
+        objects = await in_thread(lambda: list(self.storage.walk_objects()))
+        due = [name for name, st in objects if now - st.st_mtime >= (grace if name in released else keep)]
         collected: list[str] = []
-        for start in range(0, len(on_disk), SCAN_BATCH):
-            chunk = on_disk[start : start + SCAN_BATCH]
+        for start in range(0, len(due), SCAN_BATCH):
+            chunk = due[start : start + SCAN_BATCH]
             collected += await self.collect(await self.backend.unreferenced(chunk))
+        # The marks of objects gone meanwhile (collected by another process): dropped.
+        await in_thread(self.storage.unmark_released, released - {name for name, _ in objects})
         return collected
+
+    async def release(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
+        """Collect the objects of versions the catalog has let go of (pruned, purged).
+        Those still within the grace period (a writer may be about to use one again) are
+        marked released, and the periodic sweep collects them once past it."""
+        deleted = await self.collect(checksums, grace_seconds)
+        left = set(checksums) - set(deleted)
+        if left:
+            await in_thread(self.storage.mark_released, left)
+        return deleted
 
     async def collect(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
         """Delete the objects among *checksums* that no version row refers to.
@@ -1180,6 +1199,7 @@ class Catalog:
                     await in_thread(moved.unlink, True)
                 else:
                     await in_thread(self.storage.unquarantine, moved, checksum)
+            await in_thread(self.storage.unmark_released, free)
         return sorted(free)
 
 

@@ -145,8 +145,11 @@ async def fsck(
 
     aged = [] if automatic else await _orphans(catalog, {v.checksum for v in versions})
     keep = catalog.policy.deleted_retention.total_seconds()
-    expired = [name for name, age in aged if age >= keep]
-    orphans = [name for name, _ in aged]
+    # Pruned or purged versions' objects (released, past the grace period already) are the
+    # collector's; the others are kept a retention long, and listed.
+    released = await in_thread(catalog.storage.released_marks) if aged else set()
+    expired = [name for name, age in aged if age >= keep or name in released]
+    orphans = [name for name, _ in aged if name not in released]
     if repair and expired:
         collected = await catalog.collect(expired)
         findings += [

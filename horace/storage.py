@@ -31,7 +31,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -329,6 +329,10 @@ class Storage:
         self.objects = self.private / "objects"
         self.tmp = self.private / "tmp"
         self.lock_file = self.private / "locks"
+        # One empty file per object the catalog let go of (a pruned or purged version's)
+        # that was too fresh to collect then: the sweep collects it past the grace period,
+        # not the retention an object without a row is otherwise kept.
+        self.released = self.private / "released"
         self.identity_file = self.private / IDENTITY_FILE
         self._reflink = True  # until the filesystem says otherwise
         self._renameat2 = True  # until the filesystem says otherwise
@@ -1021,6 +1025,21 @@ class Storage:
             yield path, TempName.parse(path.name)
 
     # -- object collection --------------------------------------------------------------
+
+    def mark_released(self, checksums: Iterable[str]) -> None:
+        self.released.mkdir(exist_ok=True)
+        for checksum in checksums:
+            (self.released / checksum).touch()
+
+    def released_marks(self) -> set[str]:
+        try:
+            return set(os.listdir(self.released))
+        except FileNotFoundError:
+            return set()
+
+    def unmark_released(self, checksums: Iterable[str]) -> None:
+        for checksum in checksums:
+            (self.released / checksum).unlink(missing_ok=True)
 
     def quarantine(self, checksum: str, grace_seconds: float) -> Path | None:
         """Move an object aside before deleting it; None when it is missing or fresh.

@@ -17,7 +17,7 @@ from helpers import sha256, write
 import horace.server.tools as tools
 from horace.assemble import open_catalog
 from horace.backends.protocol import BackendUnavailable
-from horace.backends.records import FileChanges, Order, SearchQuery, SortKey, Status
+from horace.backends.records import FileChanges, Order, Retention, SearchQuery, SortKey, Status
 from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
 from horace.fsck import fsck, verify
@@ -293,23 +293,28 @@ async def test_a_folder_renamed_as_a_file_of_the_same_content_goes_keeps_each_hi
 ) -> None:
     """s.txt and sub/t.txt end with the same bytes; while nobody watched, s.txt was deleted
     and sub/ renamed: sub_real/t.txt is t.txt moved (its history), s.txt the one gone."""
-    write(files / "user/s.txt", "AAA")
-    write(files / "user/sub/t.txt", "BBB")
-    s_file = (await catalog.register("user/s.txt")).file
-    t_file = (await catalog.register("user/sub/t.txt")).file
-    for rel in ("user/s.txt", "user/sub/t.txt"):
-        write(files / rel, "SAME")
-    await catalog.scan()
-    (files / "user/s.txt").unlink()
-    (files / "user/sub").rename(files / "user/sub_real")
-    report = await catalog.reconcile()
-    assert (report.moved, report.deleted) == (1, 1)
-    moved = (await catalog.get_info(file_path="user/sub_real/t.txt", include_versions=True)).file
-    assert moved.id == t_file.id
-    first = await catalog.backend.version(t_file.id, 1)
-    assert first is not None and first.checksum == sha256("BBB")
-    gone = await catalog.backend.file_by_id(s_file.id)
-    assert gone is not None and (gone.status, gone.file_path) == (Status.DELETED, "user/s.txt")
+    for s_path, t_path, renamed in [
+        ("user/s.txt", "user/sub/t.txt", "user/sub_real/t.txt"),
+        ("shared/a.txt", "user/p/A/a.txt", "user/p/B/a.txt"),  # the same name: what is above
+    ]:
+        write(files / s_path, "AAA " + s_path)
+        write(files / t_path, "BBB " + t_path)
+        s_file = (await catalog.register(s_path)).file
+        t_file = (await catalog.register(t_path)).file
+        for rel in (s_path, t_path):
+            write(files / rel, "SAME " + renamed)
+        await catalog.scan()
+        (files / s_path).unlink()
+        old_folder = (files / t_path).parent
+        old_folder.rename(files / renamed.rpartition("/")[0])
+        report = await catalog.reconcile()
+        assert (report.moved, report.deleted) == (1, 1)
+        moved = (await catalog.get_info(file_path=renamed, include_versions=True)).file
+        assert moved.id == t_file.id, (s_path, t_path)
+        first = await catalog.backend.version(t_file.id, 1)
+        assert first is not None and first.checksum == sha256("BBB " + t_path)
+        gone = await catalog.backend.file_by_id(s_file.id)
+        assert gone is not None and (gone.status, gone.file_path) == (Status.DELETED, s_path)
 
 
 async def test_undelete_refuses_an_archived_file(catalog: Catalog, files: Path) -> None:
@@ -371,6 +376,33 @@ async def test_an_object_no_version_refers_to_is_kept_a_retention_long(catalog: 
     assert stray.read_text() == "v2, made after the backup"
     catalog.policy = attrs.evolve(catalog.policy, deleted_retention=timedelta(minutes=30))
     assert (await catalog.purge()).objects_deleted == 1 and not stray.exists()
+
+
+async def test_a_pruned_versions_object_too_fresh_to_collect_goes_past_the_grace(
+    catalog: Catalog, files: Path
+) -> None:
+    """Objects the catalog let go of itself (pruning) but that were within the grace period
+    then are marked released: the sweep collects them once past the grace, not a retention
+    later as it would a stray, and fsck does not list them as strays."""
+    catalog.policy = attrs.evolve(
+        catalog.policy,
+        retention=Retention(keep=1),
+        gc_grace_seconds=600.0,
+        deleted_retention=timedelta(days=30),
+    )
+    path = write(files / "user/p.txt", "v1")
+    file = (await catalog.register("user/p.txt")).file
+    path.write_text("v2")
+    await catalog.update(file.id, FileChanges())
+    pruned = catalog.storage.object_path(sha256("v1"))
+    assert pruned.exists()  # too fresh to collect when its version was pruned
+    assert catalog.storage.released_marks() == {sha256("v1")}
+    assert (await fsck(catalog)).orphans == ()  # the collector's, not a stray to keep
+    assert (await catalog.purge()).objects_deleted == 0 and pruned.exists()  # (still fresh)
+    eleven_minutes_ago = time.time() - 660
+    os.utime(pruned, (eleven_minutes_ago, eleven_minutes_ago))
+    assert (await catalog.purge()).objects_deleted == 1 and not pruned.exists()
+    assert catalog.storage.released_marks() == set()
 
 
 # -- search ---------------------------------------------------------------------------------
