@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -1068,6 +1069,21 @@ async def _migrate(conn: Conn) -> int:
     return current
 
 
+log = logging.getLogger("horace.backends")
+
+
+def _asyncio_error(loop: Any, context: dict[str, Any]) -> None:
+    """What asyncio reports with nobody to raise it to. trio-asyncio's own handler raises
+    it into the loop's nursery, which ends the backend and everything in it; a connection
+    lost without a statement on it ("Future exception was never retrieved": asyncpg's
+    pool is told of it later, and replaces it) is no reason for that: logged, one line."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError | asyncpg.exceptions.PostgresConnectionError):
+        log.warning("PostgreSQL: %s: %s: %s", context.get("message"), type(exc).__name__, exc)
+        return
+    loop.default_exception_handler(context)
+
+
 # -- connection sources --------------------------------------------------------------------
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -1684,6 +1700,7 @@ async def open_postgres(
     raised: BaseException | None = None
     try:
         async with trio_asyncio.open_loop() as loop:
+            loop.set_exception_handler(_asyncio_error)
             try:
                 hop = _Hop(loop, url)
                 try:

@@ -935,6 +935,25 @@ async def test_a_connection_lost_inside_an_exclusive_block_is_backend_unavailabl
             assert await units.file_by_path("x") is None
 
 
+async def test_a_connection_lost_with_nobody_waiting_on_it_does_not_end_the_backend(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg leaves a lost idle connection's error in a future nobody reads; asyncio
+    reports it to the loop's handler, which trio-asyncio turns into an error that ends the
+    backend (a CLI command then exited 70). Logged instead, and the backend goes on."""
+    async with open_postgres(pg_url) as backend:
+        loop = backend._hop.loop
+        lost = ConnectionError("unexpected connection_lost() call")
+        loop.call_exception_handler({"message": "Future exception was never retrieved", "exception": lost})
+        await trio.sleep(0.05)  # (where trio-asyncio's handler would have raised it)
+        await backend.ping()
+    said = [r.getMessage() for r in caplog.records if r.name == "horace.backends"]
+    assert (
+        "PostgreSQL: Future exception was never retrieved: ConnectionError: unexpected connection_lost() call"
+        in said
+    )
+
+
 async def test_a_statement_timeout_and_a_privilege_refused_are_said_as_such(pg_url: str) -> None:
     """The operator's settings, not bugs: a statement the server cancels (statement_timeout)
     is BackendUnavailable; a role that may not use Horace's tables, CatalogUnwritable
