@@ -1625,7 +1625,7 @@ class PostgresBackend(_Units):
             ) from None
         except CatalogUnwritable as exc:  # (a privilege refused, said by _Hop)
             raise CatalogUnwritable(
-                f"PostgreSQL at {self._hop.where} does not let Horace's role make its tables: "
+                f"PostgreSQL at {self._hop.where} does not let Horace's role make or change its tables: "
                 f"{exc.__cause__ or exc} (make the role the database's owner, or the schema's)"
             ) from None
 

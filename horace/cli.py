@@ -224,6 +224,9 @@ async def _resolve(ctx: click.Context, c: Catalog, ref: str) -> FileRecord:
     return by_id or await c.resolve(_client_path(ctx, ref))
 
 
+SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace fsck`
+
+
 def _record_line(file: Any) -> str:
     tags = ",".join(file.tags)
     status = file.status.value
@@ -531,6 +534,12 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
                     f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: "
                     f"{f.file_path or f.subject or ''} {f.detail}"
                     for f in r.findings
+                ),
+                *(f"  kept: .horace/objects/{name[:2]}/{name}" for name in r.orphans[:SHOWN_ORPHANS]),
+                *(
+                    [f"  … and {len(r.orphans) - SHOWN_ORPHANS} more (--json lists them all)"]
+                    if len(r.orphans) > SHOWN_ORPHANS
+                    else []
                 ),
             ]
         ),

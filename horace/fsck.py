@@ -149,7 +149,7 @@ async def fsck(
     # collector's; the others are kept a retention long, and listed.
     released = await in_thread(catalog.storage.released_marks) if aged else set()
     expired = [name for name, age in aged if age >= keep or name in released]
-    orphans = [name for name, _ in aged if name not in released]
+    orphans = sorted(name for name, _ in aged if name not in released)
     if repair and expired:
         collected = await catalog.collect(expired)
         findings += [

@@ -104,6 +104,23 @@ def store(tmp_path: Path, database_url: str) -> Iterator[tuple[Path, dict[str, s
     yield root, env
 
 
+def test_fsck_names_the_objects_no_version_refers_to(store: tuple[Path, dict[str, str]]) -> None:
+    """Each may be all that is left of a version (a catalog older than the store): named
+    where its content is, the first 20 a line each, the rest counted."""
+    root, env = store
+    names = [f"{n:064x}" for n in range(23)]
+    for name in names:
+        stray = root / ".horace/objects" / name[:2] / name
+        stray.write_text(name)
+        os.utime(stray, (0, 0))  # (past the grace period)
+    done = horace("fsck", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "23 objects no version refers to, kept until HORACE_DELETED_RETENTION" in lines[0]
+    assert lines[1:21] == [f"  kept: .horace/objects/{n[:2]}/{n}" for n in sorted(names)[:20]]
+    assert lines[21] == "  … and 3 more (--json lists them all)"
+
+
 def test_version_and_module_entry() -> None:
     done = horace("--version")
     assert done.returncode == 0 and done.stdout.startswith("horace "), done

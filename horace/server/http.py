@@ -202,8 +202,9 @@ class StreamableHttp:
             # the answer comes on a connection that can go on.
             try:
                 body = await conn.read_body(limit, discard_up_to=4 * limit)
-            except MalformedBody as exc:
-                raise Refused(400, f"the request's body is not valid HTTP: {exc}", close=True) from None
+            except MalformedBody as exc:  # (h11's words, without the bytes it quotes)
+                reason = str(exc).partition(":")[0]
+                raise Refused(400, f"the request's body is not valid HTTP: {reason}", close=True) from None
         if reading.cancelled_caught:
             raise Refused(408, f"the request's body did not come within {HEAD_TIMEOUT:g} s", close=True)
         if body is None:
