@@ -1102,15 +1102,17 @@ _REFUSED: tuple[type[BaseException], ...] = (
 )
 
 
+# asyncpg's words for a call on a pool connection it detached, once lost, from its pool.
+_DETACHED = "released back to the pool"
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
     # The pool or the connection is closed (or closing), or the connection was lost under
     # a unit that had more to do (asyncpg then detaches it from its pool: "released back
     # to the pool"); other interface errors are bugs.
-    if isinstance(exc, asyncpg.exceptions.InterfaceError) and (
-        "clos" in str(exc) or "released back to the pool" in str(exc)
-    ):
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and ("clos" in str(exc) or _DETACHED in str(exc)):
         return True
     # A connection the server dropped mid-statement (fast shutdown) is left in a protocol
     # state asyncpg reports as "cannot switch to state ...": the server is going away.
@@ -1159,7 +1161,7 @@ class _Hop:
                 raise BackendUnavailable(refused) from None
             if _is_unavailable(exc):
                 detail = str(exc) or type(exc).__name__
-                if "released back to the pool" in detail:  # (asyncpg's words for it)
+                if _DETACHED in detail:
                     detail = "its connection was lost"
                 raise BackendUnavailable(f"PostgreSQL at {self.where} is unavailable: {detail}") from exc
             if isinstance(exc, asyncpg.exceptions.DiskFullError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -256,7 +257,7 @@ class Vanished:
 
         def kinship(file: FileRecord) -> tuple[int, int]:
             theirs = file.file_path.split("/")
-            return _common_tail(theirs, parts), _common_tail(theirs[::-1], parts[::-1])
+            return _parts_in_common(theirs[::-1], parts[::-1]), _parts_in_common(theirs, parts)
 
         chosen = max(same, key=kinship)
         del self._files[chosen.id]
@@ -1154,12 +1155,10 @@ class Catalog:
         kept that long: fsck lists it meanwhile. Only a catalog that owns its store
         (``horace.binding``) gets here.
         """
-        grace = self.policy.gc_grace_seconds
-        keep = max(grace, self.policy.deleted_retention.total_seconds())
         released = await in_thread(self.storage.released_marks)
         now = time.time()
         objects = await in_thread(lambda: list(self.storage.walk_objects()))
-        due = [name for name, st in objects if now - st.st_mtime >= (grace if name in released else keep)]
+        due = [name for name, st in objects if self.collectable(now - st.st_mtime, name in released)]
         collected: list[str] = []
         for start in range(0, len(due), SCAN_BATCH):
             chunk = due[start : start + SCAN_BATCH]
@@ -1167,6 +1166,13 @@ class Catalog:
         # The marks of objects gone meanwhile (collected by another process): dropped.
         await in_thread(self.storage.unmark_released, released - {name for name, _ in objects})
         return collected
+
+    def collectable(self, age: float, released: bool) -> bool:
+        """May an object no version row refers to, *age* seconds old, be collected? One
+        the catalog let go of (*released*) once past the grace period; any other once
+        past the deleted files' retention too."""
+        grace = self.policy.gc_grace_seconds
+        return age >= (grace if released else max(grace, self.policy.deleted_retention.total_seconds()))
 
     async def release(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
         """Collect the objects of versions the catalog has let go of (pruned, purged).
@@ -1196,24 +1202,19 @@ class Catalog:
             free = set(await self.backend.unreferenced([c for c, _ in aside]))
             for checksum, moved in aside:
                 if checksum in free:
-                    await in_thread(moved.unlink, True)
+                    await in_thread(self.storage.discard_aside, moved, checksum)
                 else:
                     await in_thread(self.storage.unquarantine, moved, checksum)
-            await in_thread(self.storage.unmark_released, free)
         return sorted(free)
 
 
 # -- small helpers -----------------------------------------------------------------------
 
 
-def _common_tail(a: Sequence[str], b: Sequence[str]) -> int:
-    """How many parts two paths have in common at their ends."""
-    count = 0
-    for x, y in zip(reversed(a), reversed(b), strict=False):
-        if x != y:
-            break
-        count += 1
-    return count
+def _parts_in_common(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many path parts *a* and *b* share from their start."""
+    same = itertools.takewhile(lambda pair: pair[0] == pair[1], zip(a, b, strict=False))
+    return sum(1 for _ in same)
 
 
 class _ScanTally:

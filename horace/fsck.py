@@ -144,11 +144,10 @@ async def fsck(
             log.info("fsck: %s is being written; not checked this time", file.file_path)
 
     aged = [] if automatic else await _orphans(catalog, {v.checksum for v in versions})
-    keep = catalog.policy.deleted_retention.total_seconds()
-    # Pruned or purged versions' objects (released, past the grace period already) are the
-    # collector's; the others are kept a retention long, and listed.
+    # Pruned or purged versions' objects (released) are the collector's; the others are
+    # kept a retention long, and listed.
     released = await in_thread(catalog.storage.released_marks) if aged else set()
-    expired = [name for name, age in aged if age >= keep or name in released]
+    expired = [name for name, age in aged if catalog.collectable(age, name in released)]
     orphans = sorted(name for name, _ in aged if name not in released)
     if repair and expired:
         collected = await catalog.collect(expired)

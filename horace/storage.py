@@ -1041,6 +1041,11 @@ class Storage:
         for checksum in checksums:
             (self.released / checksum).unlink(missing_ok=True)
 
+    def discard_aside(self, aside: Path, checksum: str) -> None:
+        """Delete for good an object :meth:`quarantine` moved aside, and its released mark."""
+        aside.unlink(missing_ok=True)
+        self.unmark_released([checksum])
+
     def quarantine(self, checksum: str, grace_seconds: float) -> Path | None:
         """Move an object aside before deleting it; None when it is missing or fresh.
 

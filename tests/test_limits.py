@@ -40,7 +40,7 @@ from horace.model import ErrorCode, HoraceError, SearchPage
 from horace.redact import MASK, redact_url
 from horace.server.front import HEAD_TIMEOUT
 from horace.server.jsonrpc import REPLY_TOO_LARGE, SERVER_BUSY, json_size_at_least, unusable
-from horace.server.lifecycle import HoraceServer
+from horace.server.lifecycle import HoraceServer, listen
 from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS, McpSession
 from horace.server.tools import TOOLS
 from horace.server.websocket import WebSocketSession
@@ -625,7 +625,7 @@ async def test_health_and_the_listening_line_mask_the_database_url(
         catalog.backend.url = SECRET_URL  # type: ignore[misc]
         server = HoraceServer(settings, catalog)
         with caplog.at_level("INFO", logger="horace.server"):
-            await nursery.start(server.run)
+            await nursery.start(server.run, await listen(settings))
         health = f"http://127.0.0.1:{server.port}/health"
         status, body = await http_get(health, {"Authorization": "Bearer s3cret"})
         assert status == 200

@@ -52,7 +52,7 @@ from horace.server import jsonrpc, sse
 from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal
 from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, MalformedBody, Request
 from horace.server.httpsession import HttpSession
-from horace.server.jsonrpc import INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY, RpcError
+from horace.server.jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError
 from horace.server.mcp import PROTOCOL_VERSIONS, McpSession
 from horace.server.sse import AnswerStream
 
@@ -154,11 +154,9 @@ class StreamableHttp:
         body = await self._body(conn)
         size = len(body)
         try:
-            message = jsonrpc.parse(body.decode())
-        except UnicodeDecodeError as exc:
-            raise Refused(400, f"parse error: not UTF-8: {exc}", code=PARSE_ERROR) from None
+            message = jsonrpc.parse(jsonrpc.text_of(body))
         except RpcError as exc:
-            raise Refused(400, exc.message, code=PARSE_ERROR) from None
+            raise Refused(400, exc.message, code=exc.code) from None
         del body
         opened = session is None
         if session is None:

@@ -42,6 +42,14 @@ class RpcError(Exception):
         return error
 
 
+def text_of(data: bytes) -> str:
+    """A message's bytes as text, or :class:`RpcError` -32700 when they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RpcError(PARSE_ERROR, f"parse error: not UTF-8: {exc}") from None
+
+
 def parse(text: str) -> Any:
     """*text* as JSON, or :class:`RpcError` -32700 saying in JSON's words what is wrong."""
     try:

@@ -69,14 +69,11 @@ class HoraceServer:
 
     async def run(
         self,
-        listeners: list[trio.SocketListener] | None = None,
+        listeners: list[trio.SocketListener],
         *,
         task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve on *listeners* (by default, opened here from the settings) until shut
-        down; they are closed then."""
-        if listeners is None:
-            listeners = await listen(self.settings)
+        """Serve on *listeners* (from :func:`listen`) until shut down; they are closed then."""
         self.port = listeners[0].socket.getsockname()[1]
         log.info(
             "listening on %s:%s",

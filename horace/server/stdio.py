@@ -31,7 +31,8 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from horace.server.jsonrpc import INVALID_REQUEST, PARSE_ERROR, RpcError, error_text
+from horace.server import jsonrpc
+from horace.server.jsonrpc import INVALID_REQUEST, RpcError, error_text
 from horace.server.mcp import McpSession
 
 log = logging.getLogger("horace.server")
@@ -161,9 +162,8 @@ class StdioSession:
                         calls.start_soon(self.send, self._too_long(line))
                     elif line.strip():  # blank lines carry no message
                         try:
-                            text = line.decode("utf-8")
-                        except UnicodeDecodeError as exc:
-                            parse_error = RpcError(PARSE_ERROR, f"parse error: not UTF-8: {exc}")
+                            text = jsonrpc.text_of(line)
+                        except RpcError as parse_error:
                             calls.start_soon(self.send, error_text(None, parse_error))
                             continue
                         admitted = self.session.admit(len(line))  # counted as it is read

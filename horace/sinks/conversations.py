@@ -15,7 +15,7 @@ from horace.backends.protocol import Backend, BackendUnavailable
 from horace.backends.records import Turn
 from horace.model import CallRecord
 from horace.redact import redact
-from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log
+from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log, size_of
 from horace.wire import structure
 
 MODEL = "horace"
@@ -128,8 +128,9 @@ class ConversationRecorder:
         # What entry_size() would say, give or take, for a fraction of its walk: the
         # content and the ids are all that grow.
         metadata = entry["metadata"]
-        size = len(entry["content"]) + len(metadata["correlation_id"]) + 48 * len(metadata["file_ids"])
-        size += TURN_BYTES
+        size = size_of(
+            entry["content"], metadata["correlation_id"], ids=len(metadata["file_ids"]), fixed=TURN_BYTES
+        )
         if self.conversations is not None:
             self.conversations.emit(entry, size)
         if self.godot is not None:  # (redacted, its content may be longer: measured)

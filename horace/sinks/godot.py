@@ -38,7 +38,7 @@ from horace.config import websocket_url_problem
 from horace.logs import CALL_LINE, OBSERVED, call_line_data
 from horace.model import CallRecord
 from horace.redact import redact, redact_url
-from horace.sinks.supervisor import Deliver, Emitter, SinkRunner, SinkUnavailable, log
+from horace.sinks.supervisor import Deliver, Emitter, SinkRunner, SinkUnavailable, log, size_of
 
 LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INFO", "DEBUG": "DEBUG"}
 TRACE = 5  # below DEBUG
@@ -324,7 +324,7 @@ class GodotCallLog:
                 # them back unchanged, at a third of the line's cost).
                 "data": {"logger": self.logger, **data},
             },
-            len(message) + len(record.correlation_id) + 48 * len(record.file_ids) + CALL_LINE_BYTES,
+            size_of(message, record.correlation_id, ids=len(record.file_ids), fixed=CALL_LINE_BYTES),
         )
 
 
