@@ -37,7 +37,7 @@ import trio
 import trio_asyncio
 
 from . import migrations, words
-from .protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull, FileGone, Units, UnusableURL
+from .protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull, FileGone, PING, Units, UnusableURL
 from .records import (
     CatalogIdentity,
     Collection,
@@ -1633,7 +1633,7 @@ class PostgresBackend(_Units):
 
     async def ping(self) -> None:
         with trio.move_on_after(self._ping_timeout):
-            await self._source.run(_fetchrow, "SELECT 1")
+            await self._source.run(_fetchrow, PING)
             return
         raise BackendUnavailable(
             f"PostgreSQL at {self._hop.where} did not answer within {self._ping_timeout:g} s"

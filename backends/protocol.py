@@ -54,6 +54,11 @@ class CatalogUnwritable(Exception):
     a folder or file this user may not write."""
 
 
+# A ping reads the tables every call and every turn needs, a row at most: a role refused
+# them is as unable to serve as a database that does not answer.
+PING = "SELECT EXISTS (SELECT 1 FROM horace_files), EXISTS (SELECT 1 FROM conversations)"
+
+
 class Units(Protocol):
     """The units of work. ``Backend`` offers them, and so does a held file lock."""
 
@@ -190,7 +195,9 @@ class Backend(Units, Protocol):
         """Apply pending schema steps; return the schema version now in force."""
 
     async def ping(self) -> None:
-        """Raise :class:`BackendUnavailable` when the database does not answer."""
+        """Raise :class:`BackendUnavailable` when the database does not answer, and
+        :class:`CatalogUnwritable` when it refuses Horace's role its tables (it reads
+        them: ``PING``)."""
 
     def exclusive(self, key: int) -> AbstractAsyncContextManager[Units]:
         """Hold the cross-host write lock *key* for a file; the units it yields run

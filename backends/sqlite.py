@@ -26,7 +26,7 @@ import trio
 from attrs import frozen
 
 from . import migrations, words
-from .protocol import CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, Units
+from .protocol import CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, PING, Units
 from .records import (
     CatalogIdentity,
     Collection,
@@ -1221,7 +1221,7 @@ class SqliteBackend:
         return await self._write(_migrate)
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._read(lambda conn: conn.execute(PING).fetchone())
 
     @asynccontextmanager
     async def exclusive(self, key: int) -> AsyncIterator[Units]:

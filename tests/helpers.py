@@ -17,14 +17,15 @@ BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
 PG_DSN = os.environ.get("HORACE_TEST_PG_DSN")
 
 
-def pg_execute(statement: str) -> None:
-    """Run one statement on the test PostgreSQL server, outside any backend."""
+def pg_execute(*statements: str) -> None:
+    """Run statements on the test PostgreSQL server, outside any backend."""
     import asyncpg
 
     async def run() -> None:
         conn = await asyncpg.connect(PG_DSN)
         try:
-            await conn.execute(statement)
+            for statement in statements:
+                await conn.execute(statement)
         finally:
             await conn.close()
 

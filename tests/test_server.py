@@ -9,6 +9,7 @@ import struct
 import subprocess
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from helpers import BACKEND, sha256, tool_body, write
+from helpers import BACKEND, pg_execute, sha256, tool_body, with_query, write
 from mcp_client import McpClient, connect
 from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
 
@@ -668,3 +669,31 @@ async def test_health_while_postgresql_is_stopped(tmp_path: Path) -> None:
                 assert result["error_code"] == "BACKEND_UNAVAILABLE"
     finally:
         subprocess.run([str(script), "stop", cluster], check=False, capture_output=True)
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a PostgreSQL role refused its tables")
+async def test_health_is_503_when_the_role_is_refused_its_tables(tmp_path: Path) -> None:
+    """Every call then answers BACKEND_UNAVAILABLE: /health must not say ok (its ping
+    reads the tables), and says why."""
+    dsn = os.environ["HORACE_TEST_PG_DSN"]
+    role, schema = f"r_{os.urandom(6).hex()}", f"t_{os.urandom(8).hex()}"
+
+    async def admin(*statements: str) -> None:
+        await trio.to_thread.run_sync(pg_execute, *statements)
+
+    await admin(f"CREATE ROLE {role} LOGIN", f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+    parts = urlsplit(with_query(dsn, search_path=schema))
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    try:
+        settings = Settings(storage_path=tmp_path / "root", database_url=as_role, host="127.0.0.1", port=0)
+        async with run_horace(settings) as running:
+            assert (await http_get(running.health_url))[0] == 200
+            await admin(f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role}")
+            status, body = await http_get(running.health_url)
+            assert status == 503 and body["status"] == "unavailable", body
+            assert "refuses Horace's role: permission denied" in body["backend"]["error"]
+            async with connect(running.url) as client:
+                result = await client.call("horace_search_files")
+                assert result["error_code"] == "BACKEND_UNAVAILABLE"
+    finally:
+        await admin(f"DROP SCHEMA {schema} CASCADE", f"DROP OWNED BY {role}", f"DROP ROLE {role}")

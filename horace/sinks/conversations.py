@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from horace.backends.protocol import Backend, BackendUnavailable
+from horace.backends.protocol import Backend, BackendUnavailable, CatalogUnwritable, DatabaseFull
 from horace.backends.records import Turn
 from horace.model import CallRecord
 from horace.redact import redact
@@ -34,14 +34,14 @@ class ConversationTransport:
     async def open(self) -> AsyncIterator[Deliver]:
         try:
             await self.backend.ping()
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, CatalogUnwritable) as exc:
             raise SinkUnavailable(str(exc)) from exc
 
         async def deliver(batch: list[dict[str, Any]]) -> None:
             turns = [turn_of(entry) for entry in batch]
             try:
                 conflicts = await self.backend.insert_turns(turns)
-            except BackendUnavailable as exc:
+            except (BackendUnavailable, CatalogUnwritable, DatabaseFull) as exc:  # (not the turns' fault)
                 raise SinkUnavailable(str(exc)) from exc
             for turn in conflicts:
                 self.conflicts += 1
