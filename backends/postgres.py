@@ -37,7 +37,7 @@ import trio
 import trio_asyncio
 
 from . import migrations, words
-from .protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull, FileGone, PING, Units, UnusableURL
+from .protocol import PING, BackendUnavailable, CatalogUnwritable, DatabaseFull, FileGone, Units, UnusableURL
 from .records import (
     CatalogIdentity,
     Collection,

@@ -26,7 +26,7 @@ import trio
 from attrs import frozen
 
 from . import migrations, words
-from .protocol import CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, PING, Units
+from .protocol import PING, CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, Units
 from .records import (
     CatalogIdentity,
     Collection,

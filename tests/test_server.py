@@ -9,11 +9,11 @@ import struct
 import subprocess
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit, urlunsplit
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import pytest
