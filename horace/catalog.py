@@ -560,7 +560,7 @@ class Catalog:
                     },
                 )
             target = changes.status if changes.status is not current.status else None
-            version_created = taken = False
+            version_created = taken = written = False
             if current.status is Status.ACTIVE and target is not None:
                 # The working copy leaves files/: moved out first, then versioned, so the
                 # version kept is exactly the content removed (whatever the flag says).
@@ -570,13 +570,15 @@ class Catalog:
                     current, version, _ = await self._version_working_copy(db, current, correlation_id)
                     version_created = version is not None
             elif target is Status.ACTIVE:
-                version_created = await self._bring_back(db, current, correlation_id)
+                version_created, written = await self._bring_back(db, current, correlation_id)
             try:
                 with trio.CancelScope(shield=True):
                     updated = await db.update_file(file_id, changes, self.clock())
             except BaseException:
                 if taken:  # still active, as the catalog says: its working copy comes back
                     await self._put_working_back(current)
+                elif written:  # still deleted or archived: the copy written for it goes
+                    await self._withdraw_working(current)
                 raise
             if updated is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
@@ -614,18 +616,36 @@ class Catalog:
                     extra={"file_id": file.id},
                 )
 
-    async def _bring_back(self, db: Units, file: FileRecord, correlation_id: str | None) -> bool:
+    async def _withdraw_working(self, file: FileRecord) -> None:
+        """Undo :meth:`_bring_back`'s write when the status change then failed: the file
+        is still out of files/ as the catalog says (its content is its current version).
+        A copy changed meanwhile is a writer's, and stays; what fails is logged, and the
+        next scan takes the copy in."""
+        with trio.CancelScope(shield=True):
+            try:
+                await in_thread(self.storage.withdraw_working, file.file_path, file.id, file.checksum)
+            except Exception as exc:
+                log.error(
+                    "%r: the working copy written for it could not be taken back (%s); "
+                    "the next scan brings the file back",
+                    file.file_path,
+                    exc,
+                    extra={"file_id": file.id},
+                )
+
+    async def _bring_back(self, db: Units, file: FileRecord, correlation_id: str | None) -> tuple[bool, bool]:
         """Back to active: the working copy is written again from the current version,
-        unless one is there (it came back on its own): then that is versioned."""
+        unless one is there (it came back on its own): then that is versioned. Whether a
+        version was made, and whether a working copy was written."""
         if not await in_thread(self.storage.working_exists, file.file_path):
             await self._verified_object(file.checksum, file.file_path)
             written = await in_thread(
                 self.storage.create_working, file.file_path, file.checksum, file.id, check_cancelled
             )
             if written:
-                return False
+                return False, True
         _, version, _ = await self._version_working_copy(db, file, correlation_id)
-        return version is not None
+        return version is not None, False
 
     async def delete(self, file_id: str, correlation_id: str | None = None) -> Updated:
         """Soft delete; a file deleted already stays as it is (and is answered as such)."""

@@ -907,6 +907,25 @@ class Storage:
             os.close(tmp_fd)
         return held
 
+    def withdraw_working(self, rel: str, file_id: str, checksum: str) -> bool:
+        """Take back a working copy written from the object *checksum*: removed when it
+        still holds that content (kept in the object store), else left where it is (a
+        writer's since; put back beside it should its place be taken meanwhile). Whether
+        it was removed."""
+        held = self.take_working(rel, file_id)
+        if held is None:
+            return False
+        fd = os.open(held, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            found = _hash_fd(fd, _never_cancelled)[0]
+        finally:
+            os.close(fd)
+        if found == checksum:
+            self.release_held(held)
+            return True
+        self.put_back(held, rel)
+        return False
+
     @staticmethod
     def release_held(held: Path) -> None:
         held.unlink(missing_ok=True)

@@ -252,16 +252,19 @@ async def test_delete_and_undelete(catalog: Catalog, files: Path) -> None:
     assert twice.changed_fields == () and twice.file.status is Status.DELETED
 
 
-async def test_a_delete_whose_status_change_fails_puts_the_working_copy_back(
+async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The working copy leaves files/ and is versioned before the status changes: should
     the change fail (a statement timeout, a connection cut), the file is still active, so
-    its working copy is written back (the unsaved edit, now its current version)."""
+    its working copy is written back (the unsaved edit, now its current version). An
+    undelete writes the copy first: failing, it takes the copy back, unless a writer
+    changed it meanwhile (then it stays, for the next scan)."""
     path = write(files / "user/a.txt", "keep me")
     file = (await catalog.register("user/a.txt")).file
     path.write_text("unsaved edit")
     exclusive = catalog.backend.exclusive
+    meanwhile: list[str] = []  # what a writer puts in the working copy as the change fails
 
     @asynccontextmanager
     async def failing_status_changes(key: int) -> AsyncIterator[Any]:
@@ -272,6 +275,8 @@ async def test_a_delete_whose_status_change_fails_puts_the_working_copy_back(
                     return getattr(units, name)
 
                 async def update_file(self, *args: Any) -> Any:
+                    if meanwhile:
+                        path.write_text(meanwhile[0])
                     raise BackendUnavailable("the statement was cancelled")
 
             yield Failing()
@@ -286,6 +291,22 @@ async def test_a_delete_whose_status_change_fails_puts_the_working_copy_back(
     assert info.file.status is Status.ACTIVE and info.file.current_version == 2
     assert (await fsck(catalog)).findings == ()
     assert (await catalog.delete(file.id)).file.status is Status.DELETED and not path.exists()
+
+    monkeypatch.setattr(catalog.backend, "exclusive", failing_status_changes)
+    for change in (catalog.undelete(file.id), catalog.update(file.id, FileChanges(status=Status.ACTIVE))):
+        with pytest.raises(BackendUnavailable):
+            await change
+        assert not path.exists()  # still deleted, as the catalog says
+    meanwhile.append("written as the undelete failed")
+    with pytest.raises(BackendUnavailable):
+        await catalog.undelete(file.id)
+    assert path.read_text() == "written as the undelete failed"  # a writer's: kept
+    monkeypatch.undo()
+    assert (await catalog.file(file.id)).status is Status.DELETED
+    assert (await fsck(catalog)).findings == ()
+    back = await catalog.undelete(file.id)  # it takes in what is there
+    assert back.file.status is Status.ACTIVE and back.version_created
+    assert path.read_text() == "written as the undelete failed"
 
 
 async def test_a_folder_renamed_as_a_file_of_the_same_content_goes_keeps_each_history(
