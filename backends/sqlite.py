@@ -26,7 +26,7 @@ import trio
 from attrs import frozen
 
 from . import migrations, words
-from .protocol import PING, CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, Units
+from .protocol import PING, CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, Units, UnusableURL
 from .records import (
     CatalogIdentity,
     Collection,
@@ -1139,7 +1139,11 @@ def _full_is_an_error(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any
 def _open(path: Path, create: bool) -> SqliteBackend:
     if not create and not path.is_file():
         raise CatalogMissing(f"no catalog database at {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():  # a typo in a URL makes no folders
+        raise UnusableURL(
+            f"unusable database URL: sqlite://{path}: there is no folder {path.parent} "
+            "(make it first, or mend the URL)"
+        )
     return SqliteBackend(path)
 
 

@@ -37,6 +37,7 @@ def fresh_database(folder: Path, name: str = "catalog") -> Iterator[str]:
     """The URL of a new, empty catalog database of the backend under test (a PostgreSQL
     schema of its own, through the URL's ``search_path``, dropped afterwards)."""
     if BACKEND == "sqlite":
+        folder.mkdir(parents=True, exist_ok=True)
         yield f"sqlite://{folder / f'{name}.db'}"
         return
     assert PG_DSN is not None

@@ -162,6 +162,11 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         for command in ("init", "serve"):
             done = horace(command, env={**root, "HORACE_DATABASE_URL": url})
             one_line_error(done, Exit.CONFIG, "CONFIG", "bad PostgreSQL URL", word)
+    typo = tmp_path / "var" / "lib" / "horrace" / "catalog.db"  # a folder nobody made
+    for command in ("init", "serve"):
+        done = horace(command, env={**root, "HORACE_DATABASE_URL": f"sqlite://{typo}"})
+        one_line_error(done, Exit.CONFIG, "CONFIG", f"there is no folder {typo.parent}")
+        assert not (tmp_path / "var").exists()
     one_line_error(
         horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
     )
