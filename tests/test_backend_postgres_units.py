@@ -892,7 +892,8 @@ async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
 async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg_url: str) -> None:
     """The role's login revoked (its password changed, alike) while Horace runs: each new
     connection is refused, which is BackendUnavailable (a tool error of that code, /health
-    503), not a bug; the pool comes back once the login does."""
+    503), not a bug; the pool comes back once the login does. (The role has no tables:
+    statements that need none.)"""
     role = f"r_{uuid.uuid4().hex[:12]}"
     parts = urlsplit(pg_url)
     as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
@@ -900,14 +901,14 @@ async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg
     await trio.to_thread.run_sync(admin, f"CREATE ROLE {role} LOGIN")
     try:
         async with open_postgres(as_role, max_connections=2) as backend:
-            await backend.ping()
+            await backend._source.run(_fetchrow, "SELECT 1")
             await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} NOLOGIN", kill)
             with pytest.raises(BackendUnavailable, match=f'refused the connection: .*"{role}"'):
                 for _ in range(20):  # (until the pool has found its connections gone)
-                    await backend.ping()
+                    await backend._source.run(_fetchrow, "SELECT 1")
                     await trio.sleep(0.05)
             await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} LOGIN")
-            await backend.ping()
+            await backend._source.run(_fetchrow, "SELECT 1")
     finally:
         await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
 
@@ -942,6 +943,7 @@ async def test_a_connection_lost_with_nobody_waiting_on_it_does_not_end_the_back
     reports it to the loop's handler, which trio-asyncio turns into an error that ends the
     backend (a CLI command then exited 70). Logged instead, and the backend goes on."""
     async with open_postgres(pg_url) as backend:
+        await backend.migrate()
         loop = backend._hop.loop
         lost = ConnectionError("unexpected connection_lost() call")
         loop.call_exception_handler({"message": "Future exception was never retrieved", "exception": lost})
