@@ -41,7 +41,7 @@ from test_sinks import drained, stored_turns
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from horace.config import Settings
-from horace.server import sse
+from horace.server import http, sse
 from horace.server.admission import subprotocol_for_token
 from horace.server.http import KEEPALIVE_INTERVAL, Accept
 from horace.server.httpio import HEAD_TIMEOUT
@@ -716,6 +716,43 @@ async def test_the_session_cap_is_shared_with_websocket(settings: Settings) -> N
         assert (await first.delete()).status_code == 204
         async with connect(running.http_url) as again:  # its slot came back
             assert (await again.request("ping"))["result"] == {}
+
+
+async def test_a_slot_is_taken_back_from_the_session_quiet_longest(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients that leave without DELETE hold their slots until idle_timeout: a new session
+    (HTTP or WebSocket) that finds none free takes back the slot of the session quiet
+    longest among those that ask nothing now; that one's next request is 404 (MCP has its
+    client start a new session). A session with a GET stream open keeps its slot."""
+    monkeypatch.setattr(http, "RECLAIM_AFTER", 0.2)
+    async with (
+        run_horace(serving(settings, max_connections=2)) as running,
+        connect(running.http_url) as oldest,
+        connect(running.http_url) as listening,
+    ):
+        async with listening.http.stream(
+            "GET", listening.url, headers=listening.headers("text/event-stream")
+        ) as stream:
+            assert stream.status_code == 200
+            await trio.sleep(0.3)
+            async with connect(running.http_url) as newcomer:  # takes oldest's slot
+                assert (await newcomer.request("ping"))["result"] == {}
+                gone = await oldest.post({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+                assert gone.status_code == 404
+                assert (await listening.request("ping"))["result"] == {}
+                await trio.sleep(0.3)
+                async with connect_websocket(running.url) as ws:  # takes newcomer's
+                    assert (await ws.request("ping"))["result"] == {}
+                    gone = await newcomer.post({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+                    assert gone.status_code == 404
+                    # None left to take back (the WebSocket's is a connection's, the other
+                    # has a stream open): refused as before.
+                    async with connect(running.http_url, initialize=False) as late:
+                        refused = await late.post(INITIALIZE)
+                        assert refused.status_code == 503
+        health = (await listening.http.get(running.health_url)).json()
+        assert health["connections"]["refused"] == 1
 
 
 async def test_concurrent_calls_are_capped_per_session(

@@ -84,9 +84,14 @@ class Admission:
         ticket.state = "session"
         return True
 
+    @property
+    def full(self) -> bool:
+        """Every session slot is taken."""
+        return self.sessions >= self.max_sessions
+
     def take_http_session(self) -> bool:
         """A session slot for a Streamable HTTP session; False when none is free."""
-        if self.sessions >= self.max_sessions:
+        if self.full:
             self.refused += 1
             return False
         self.sessions += 1

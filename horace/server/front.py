@@ -171,6 +171,8 @@ class Front:
         refusal = access_refusal(
             request.headers, settings.auth_token, settings.allowed_origins, websocket=True
         )
+        if refusal is None and self.admission.full:
+            self.http.reclaim()
         if refusal is None and not self.admission.take_session(ticket):  # no checkpoint in between
             refusal = Refusal(
                 503, f"too many connections (limit {settings.max_connections})", ((b"retry-after", b"1"),)

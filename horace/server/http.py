@@ -93,6 +93,11 @@ class Refused(Exception):
         self.status, self.message, self.headers, self.code, self.close = status, message, headers, code, close
 
 
+# Seconds a Streamable HTTP session must have been quiet for its slot to be taken back
+# when a new session finds none free (StreamableHttp.reclaim).
+RECLAIM_AFTER = 5.0
+
+
 class StreamableHttp:
     def __init__(
         self, settings: Settings, admission: Admission, refusals: RefusalLogs, host: SessionHost
@@ -209,8 +214,26 @@ class StreamableHttp:
             raise Refused(413, f"the message exceeds the limit of {limit} bytes (HORACE_MAX_MESSAGE_BYTES)")
         return body
 
+    def reclaim(self) -> bool:
+        """Every session slot taken: end the least recently active HTTP session that asks
+        nothing now (see :meth:`HttpSession.reclaimable`), quiet RECLAIM_AFTER seconds at
+        least, and give its slot back at once. Clients that leave without DELETE (most
+        command-line ones) would otherwise hold their slots for ``idle_timeout``; MCP has
+        a client whose session is gone (404) start a new one."""
+        quiet_before = trio.current_time() - RECLAIM_AFTER
+        idle = [session for session in self.sessions.values() if session.reclaimable(quiet_before)]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda session: max(session.last_request, session.session.quiet_since))
+        self._forget(oldest)
+        oldest.end("its slot was taken back for a new session (all HORACE_MAX_CONNECTIONS in use)")
+        return True
+
     async def _open(self) -> HttpSession:
-        """A new session, in a session slot (503 when none is free)."""
+        """A new session, in a session slot (taken back from an idle session when none is
+        free; 503 when none can be)."""
+        if self.admission.full:
+            self.reclaim()
         if not self.admission.take_http_session():
             limit = self.settings.max_connections
             raise Refused(

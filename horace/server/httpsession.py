@@ -13,6 +13,8 @@ How a session ends:
   (an open GET stream does not count: it asks for nothing): its calls are cancelled
   and answer nothing (:meth:`McpSession.cancel_all`), its id is forgotten (answered 404
   from then on), its session slot goes back;
+- its slot taken back for a new session when every slot is taken (``reclaimable``: the
+  least recently active of those that ask nothing now; see ``StreamableHttp.reclaim``);
 - the server shutting down: :meth:`HttpSession.drain` refuses new requests (503) and
   lets the calls under way finish, within the server's ``shutdown_grace``.
 
@@ -87,6 +89,18 @@ class HttpSession:
             stream.finish()
             if stream.writer is None:
                 self.forget(stream)
+
+    def reclaimable(self, quiet_before: float) -> bool:
+        """Whether the session asks nothing of the server now (no call running, no GET
+        stream, no answer kept) and has been quiet since before *quiet_before*."""
+        return (
+            self._calls is not None
+            and self.accepting
+            and not self.listening
+            and not self.streams
+            and self.session.inflight == 0
+            and max(self.last_request, self.session.quiet_since) < quiet_before
+        )
 
     def touch(self) -> None:
         """A request came (whatever it asks): the session is not idle."""
