@@ -165,6 +165,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "conversations": (("HORACE_CONVERSATIONS",), _switch),
     "conversations_url": (("HORACE_CONVERSATIONS_URL",), _database_url),
     "conversations_to_godot": (("HORACE_CONVERSATIONS_TO_GODOT",), _switch),
+    "turn_max_bytes": (("HORACE_TURN_MAX_BYTES",), _count),
     "sink_queue": (("HORACE_SINK_QUEUE",), _count),
     "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _count),
     "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
@@ -265,6 +266,7 @@ class Settings:
     conversations: bool = True
     conversations_url: str | None = None  # None: the catalog's own database
     conversations_to_godot: bool = False
+    turn_max_bytes: int = 64 * 1024  # a turn's content, past which it is cut (conversations.within)
     sink_queue: int = 10_000
     sink_queue_bytes: int = 32 * 1024 * 1024  # a turn holds a whole request or reply
     sink_flush: float = 5.0

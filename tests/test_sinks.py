@@ -40,7 +40,7 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.redact import REDACTED, redact
-from horace.sinks.conversations import ConversationRecorder, ConversationTransport
+from horace.sinks.conversations import ConversationRecorder, ConversationTransport, within
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.godot import _Socket as GodotSocket
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, entry_size
@@ -868,6 +868,37 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
         assert response["timing_ms"] is not None and response["timing_ms"] >= 0
         assert response["input_tokens"] is None and response["output_tokens"] is None
     assert {w["error_code"] for w in expected.values()} == {None, "NOT_CATALOGED", "-32602"}
+
+
+@pytest.mark.parametrize("text", ["x" * 5000, "é" * 3000, '"\\' * 2000, "\x01" * 4000, "😀" * 1500])
+def test_a_long_turn_is_cut_to_the_limit_and_says_so(text: str) -> None:
+    cut = within(text, 1000)
+    assert len(cut.encode()) <= 1000
+    said = json.loads(cut)
+    assert said["cut"] == {"bytes": len(text.encode()), "limit": 1000}
+    assert said["head"] and text.startswith(said["head"])
+    assert within(text, len(text.encode())) == text  # at the limit: whole
+
+
+async def test_a_long_reply_is_stored_cut(settings: Settings) -> None:
+    """HORACE_TURN_MAX_BYTES: the conversation log keeps no more of a turn (a search of
+    many files replies with megabytes, call after call)."""
+    async with run_horace(serving(settings, turn_max_bytes=4096)) as horace:
+        for i in range(200):
+            write(horace.files / f"user/n/{i}.txt", f"n{i}")
+        async with connect(horace.url) as client:
+            await call(client, "horace_scan", "scan")
+            found = await call(client, "horace_search_files", "big", limit=200)
+            assert found["result"]["structuredContent"]["total_count"] == 200
+            await call(client, "horace_search_files", "small", limit=1)
+        await drained(horace)
+    turns = {(r["metadata"]["correlation_id"], r["role"]): r for r in await stored_turns(settings.catalog_url)}
+    big = turns["big", "assistant"]["content"]
+    assert len(big.encode()) <= 4096
+    assert json.loads(big)["cut"]["bytes"] > 4096 * 10
+    small = json.loads(turns["small", "assistant"]["content"])  # whole: the reply itself
+    assert small["structuredContent"]["total_count"] == 200
+    assert json.loads(turns["big", "user"]["content"])["arguments"] == {"limit": 200}
 
 
 async def test_a_cancelled_call_has_a_request_turn_and_no_response_turn(settings: Settings) -> None:

@@ -107,7 +107,11 @@ async def run_sinks(settings: Settings, talks: Backend | None, spool_dir: Path) 
         conversations = SinkRunner(ConversationTransport(talks), **options)
     observers: list[Observer] = []
     if wiring.turns:
-        observers.append(ConversationRecorder(conversations, godot if wiring.turns_to_godot else None))
+        observers.append(
+            ConversationRecorder(
+                conversations, godot if wiring.turns_to_godot else None, settings.turn_max_bytes
+            )
+        )
     if godot is not None and wiring.call_lines_to_godot:
         observers.append(GodotCallLog(godot))
     observer = observers[0] if len(observers) == 1 else Observers(*observers) if observers else None

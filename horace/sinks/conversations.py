@@ -116,13 +116,36 @@ def _turn(
     }
 
 
+def within(content: str, limit: int) -> str:
+    """*content*, or, when its UTF-8 is longer than *limit* bytes, a JSON object that says
+    so, with as much of its start as fits: ``{"cut": {"bytes": N, "limit": L}, "head":
+    "..."}``. (A search of 1,000 files replies with a megabyte: stored whole for every
+    call, the log would outgrow the catalog it sits beside.)"""
+    if len(content) * 4 <= limit:  # (4 bytes a character at most)
+        return content
+    data = content.encode()
+    if len(data) <= limit:
+        return content
+    head = limit // 2  # room for the JSON escapes of the head
+    while True:
+        cut = _ENCODER.encode(
+            {"cut": {"bytes": len(data), "limit": limit}, "head": data[:head].decode("utf-8", "ignore")}
+        )
+        if len(cut) <= limit or head == 0:
+            return cut
+        head //= 2
+
+
 class ConversationRecorder:
     """The session observer that turns calls into conversation turns (and optionally
-    forwards them to Godot)."""
+    forwards them to Godot); a turn's content is cut to *max_bytes* (:func:`within`)."""
 
-    def __init__(self, conversations: SinkRunner | None, godot: SinkRunner | None = None) -> None:
+    def __init__(
+        self, conversations: SinkRunner | None, godot: SinkRunner | None = None, max_bytes: int = 65536
+    ) -> None:
         self.conversations = conversations
         self.godot = godot
+        self.max_bytes = max_bytes
 
     def _emit(self, entry: dict[str, Any]) -> None:
         # What entry_size() would say, give or take, for a fraction of its walk: the
@@ -144,7 +167,7 @@ class ConversationRecorder:
             )
 
     def call_started(self, record: CallRecord) -> None:
-        content = _ENCODER.encode({"tool": record.tool, "arguments": record.arguments})
+        content = within(_ENCODER.encode({"tool": record.tool, "arguments": record.arguments}), self.max_bytes)
         metadata: dict[str, Any] = {
             "correlation_id": record.correlation_id,
             "tool": record.tool,
@@ -159,6 +182,7 @@ class ConversationRecorder:
         content = record.result_json
         if content is None:
             content = _ENCODER.encode(record.result)
+        content = within(content, self.max_bytes)
         metadata = {
             "correlation_id": record.correlation_id,
             "tool": record.tool,
