@@ -892,7 +892,8 @@ async def test_a_long_reply_is_stored_cut(settings: Settings) -> None:
             assert found["result"]["structuredContent"]["total_count"] == 200
             await call(client, "horace_search_files", "small", limit=1)
         await drained(horace)
-    turns = {(r["metadata"]["correlation_id"], r["role"]): r for r in await stored_turns(settings.catalog_url)}
+    stored = await stored_turns(settings.catalog_url)
+    turns = {(r["metadata"]["correlation_id"], r["role"]): r for r in stored}
     big = turns["big", "assistant"]["content"]
     assert len(big.encode()) <= 4096
     assert json.loads(big)["cut"]["bytes"] > 4096 * 10

@@ -167,7 +167,8 @@ class ConversationRecorder:
             )
 
     def call_started(self, record: CallRecord) -> None:
-        content = within(_ENCODER.encode({"tool": record.tool, "arguments": record.arguments}), self.max_bytes)
+        asked = _ENCODER.encode({"tool": record.tool, "arguments": record.arguments})
+        content = within(asked, self.max_bytes)
         metadata: dict[str, Any] = {
             "correlation_id": record.correlation_id,
             "tool": record.tool,
