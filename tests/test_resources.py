@@ -113,7 +113,20 @@ async def test_completion_and_log_level(served: RunningHorace) -> None:
         by_path = await client.request(
             "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": "q3"}}
         )
-        assert by_path["result"]["completion"]["values"] == [file_id]
+        assert by_path["result"]["completion"] == {"values": [file_id], "total": 1, "hasMore": False}
+        # More matches than a completion holds (100): it says so, with no total.
+        for i in range(150):
+            write(served.files / f"shared/many/m{i:03}.txt", f"m{i}")
+        await client.call("horace_scan")
+        many = await client.request(
+            "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": "many/m"}}
+        )
+        assert len(many["result"]["completion"]["values"]) == 100
+        assert many["result"]["completion"]["hasMore"] is True and "total" not in many["result"]["completion"]
+        anything = await client.request(  # ids that start with 0, then more than 100 paths that hold it
+            "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": "0"}}
+        )
+        assert anything["result"]["completion"]["hasMore"] is True
         for typed in (file_id[:4], file_id[:11], file_id[:13].replace("-", "").upper()):
             by_id = await client.request(
                 "completion/complete", {"ref": ref, "argument": {"name": "file_id", "value": typed}}

@@ -99,42 +99,54 @@ class Resources:
         if not isinstance(value, str):
             raise RpcError(INVALID_PARAMS, "argument.value must be a string")
         values: list[str] = []
+        more = False  # matches beyond those in values (then their number is not known)
         if ref.get("type") == "ref/resource" and ref.get("uri") in (FILE_URI, VERSION_URI):
             if name == "file_id":
-                values = await self._file_ids(value)
+                values, more = await self._file_ids(value)
             elif name == "version":
                 context = params.get("context")
                 arguments = context.get("arguments") if isinstance(context, Mapping) else None
                 file_id = arguments.get("file_id") if isinstance(arguments, Mapping) else None
                 values = await self._versions(file_id, value) if isinstance(file_id, str) else []
         # Anything else (Horace has no prompts) completes to nothing.
-        return {"completion": {"values": values[:COMPLETIONS], "total": len(values), "hasMore": False}}
+        completion: dict[str, Any] = {
+            "values": values[:COMPLETIONS],
+            "hasMore": more or len(values) > COMPLETIONS,
+        }
+        if not more:
+            completion["total"] = len(values)
+        return {"completion": completion}
 
-    async def _file_ids(self, typed: str) -> list[str]:
-        by_id = await self._ids_starting(typed)  # a whole id is its own prefix
+    async def _file_ids(self, typed: str) -> tuple[list[str], bool]:
+        """Ids that start with *typed*, then those of files whose paths hold it; and
+        whether there are more of either than those."""
+        by_id, more = await self._ids_starting(typed)  # a whole id is its own prefix
         if len(by_id) == 1 and len(by_id[0]) == len(typed):
-            return by_id
+            return by_id, False
         if len(typed) > MAX_PATTERN // 3:  # escaped below, it would pass the pattern's bound
-            return by_id
+            return by_id, more
         pattern = "*" + "".join(f"[{ch}]" if ch in "*?[" else ch for ch in typed) + "*"
         page = await self._catalog_call(
             self.catalog.search(
                 SearchQuery(path=pattern, limit=COMPLETIONS, sort_by=SortKey.PATH, order=Order.ASC)
             )
         )
-        return by_id + [f.id for f in page.results if f.id not in by_id]
+        more = more or page.total_count > len(page.results)
+        return by_id + [f.id for f in page.results if f.id not in by_id], more
 
-    async def _ids_starting(self, typed: str) -> list[str]:
-        """Ids that start with *typed* (hex digits, dashes where an id has them)."""
+    async def _ids_starting(self, typed: str) -> tuple[list[str], bool]:
+        """Ids that start with *typed* (hex digits, dashes where an id has them), at most
+        COMPLETIONS; and whether there are more."""
         digits = typed.replace("-", "").lower()
         if not digits or len(digits) > 32 or digits.strip("0123456789abcdef"):
-            return []
+            return [], False
         lowest = str(uuid.UUID(hex=digits.ljust(32, "0")))
         try:
-            ids = await self.catalog.backend.file_ids_from(lowest, COMPLETIONS)
+            ids = await self.catalog.backend.file_ids_from(lowest, COMPLETIONS + 1)
         except BackendUnavailable:
-            return []
-        return [found for found in ids if found.replace("-", "").startswith(digits)]
+            return [], False
+        starting = [found for found in ids if found.replace("-", "").startswith(digits)]
+        return starting[:COMPLETIONS], len(starting) > COMPLETIONS
 
     async def _versions(self, file_id: str, typed: str) -> list[str]:
         try:
