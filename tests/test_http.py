@@ -161,6 +161,10 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         return await http.get(url, headers={k: v for k, v in headers.items() if v is not None})
 
     discover = json.dumps(request(1, "server/discover")).encode()  # the mcp 2.x probe
+
+    def initialize_with(request_id: Any) -> bytes:
+        return json.dumps({**INITIALIZE, "id": request_id}).encode()
+
     cases: list[tuple[httpx.Response, int, str]] = [
         (await post(mcp_session_id=None), 400, "Mcp-Session-Id header missing"),
         (await post(discover, mcp_session_id=None, mcp_protocol_version="2026-07-28"), 400, "unsupported"),
@@ -179,6 +183,13 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         (await post(b'{"id": ' + b"9" * 5000 + b"}"), 400, "parse error: a number of more than 4300 digits"),
         (await post(b"42"), 400, "a request is a JSON object"),
         (await post(b'{"jsonrpc": "2.0", "id": true, "method": "ping"}'), 400, "id must be"),
+        (await post(b'{"jsonrpc": "2.0", "id": null, "method": "ping"}'), 400, "(never null)"),
+        (await post(initialize_with(None), mcp_session_id=None), 400, "initialize must be a request"),
+        (
+            await post(b"[" + initialize_with(1) + b"]", mcp_session_id=None),
+            400,
+            "sent alone, not in a batch",
+        ),
         (await post(b"[]"), 400, "empty batch"),
         (await http.put(url, content=ping, headers=client.headers()), 405, "PUT is not served here"),
         (await get(accept="application/json"), 406, "must accept text/event-stream"),

@@ -166,6 +166,12 @@ class StreamableHttp:
         opened = session is None
         if session is None:
             if not (jsonrpc.is_request(message) and message["method"] == "initialize"):
+                if isinstance(message, list) and any(
+                    isinstance(item, dict) and item.get("method") == "initialize" for item in message
+                ):
+                    raise Refused(400, "initialize must be sent alone, not in a batch")
+                if isinstance(message, dict) and message.get("method") == "initialize":
+                    raise Refused(400, "initialize must be a request: a string or integer id (never null)")
                 raise Refused(400, "Mcp-Session-Id header missing: a session starts with initialize")
             session = await self._open()
         session.touch()

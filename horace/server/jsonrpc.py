@@ -64,7 +64,8 @@ def parse(text: str) -> Any:
 
 
 def is_valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
+    """A request's id: a string or an integer (MCP: never null, which JSON-RPC allows)."""
+    return isinstance(value, str | int) and not isinstance(value, bool)
 
 
 def is_notification(message: Any) -> bool:
@@ -107,7 +108,7 @@ def is_response(message: Any) -> bool:
         and message.get("jsonrpc") == "2.0"
         and "method" not in message
         and "id" in message
-        and is_valid_id(message["id"])
+        and (message["id"] is None or is_valid_id(message["id"]))  # (an error about no request)
         and ("result" in message) != ("error" in message)
     )
 

@@ -323,9 +323,11 @@ class McpSession:
         """The reply's JSON text (never over ``max_reply_bytes``), or None."""
         if not isinstance(message, dict):
             return error_text(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
-        request_id = message.get("id")
-        if not is_valid_id(request_id):
-            return error_text(None, RpcError(INVALID_REQUEST, "id must be a string, an integer or null"))
+        request_id = message.get("id")  # (none: a notification gone wrong, answered with id null)
+        if "id" in message and not is_valid_id(request_id):
+            return error_text(
+                None, RpcError(INVALID_REQUEST, "id must be a string or an integer (never null)")
+            )
         method, params = message.get("method"), message.get("params", {})
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return error_text(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
