@@ -58,6 +58,13 @@ async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int
     return await trio.to_thread.run_sync(fetch)
 
 
+INITIALIZE_PARAMS = {
+    "protocolVersion": "2025-06-18",
+    "capabilities": {},
+    "clientInfo": {"name": "t", "version": "0"},
+}
+
+
 async def wait_idle(running: RunningHorace) -> None:
     with trio.fail_after(30):
         while running.server.sessions:
@@ -74,6 +81,25 @@ async def test_initialize_negotiates_the_version(client: McpClient, version: str
     assert result["protocolVersion"] == expected
     assert result["serverInfo"]["name"] == "horace"
     assert "tools" in result["capabilities"]
+
+
+async def test_initialize_once_with_what_mcp_requires(client: McpClient) -> None:
+    """protocolVersion, capabilities and clientInfo are required; a session is initialized
+    once (its protocol version does not change under it)."""
+    for params in (
+        {},
+        {"capabilities": {}, "clientInfo": {"name": "c", "version": "1"}},
+        {"protocolVersion": 20250618, "capabilities": {}, "clientInfo": {"name": "c"}},
+        {"protocolVersion": "2025-06-18", "clientInfo": {"name": "c"}},
+        {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": "c"},
+    ):
+        error = (await client.request("initialize", params))["error"]
+        assert error["code"] == -32602 and "initialize needs params.protocolVersion" in error["message"]
+    assert (await client.initialize("2025-06-18"))["protocolVersion"] == "2025-06-18"
+    again = (await client.request("initialize", {**INITIALIZE_PARAMS, "protocolVersion": "2025-03-26"}))[
+        "error"
+    ]
+    assert again["code"] == -32600 and "initialized already (protocol 2025-06-18)" in again["message"]
 
 
 async def test_tools_list_declares_every_tool_with_schemas(client: McpClient) -> None:

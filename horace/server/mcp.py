@@ -397,7 +397,24 @@ class McpSession:
         return result_text(request_id, result)
 
     def _initialize(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        asked = params.get("protocolVersion")
+        if self.protocol_version is not None:
+            raise RpcError(
+                INVALID_REQUEST,
+                f"this session is initialized already (protocol {self.protocol_version}); "
+                "a new session starts on a new connection (over HTTP, without Mcp-Session-Id)",
+            )
+        asked, client = params.get("protocolVersion"), params.get("clientInfo")
+        if not (
+            isinstance(asked, str)
+            and isinstance(params.get("capabilities"), dict)
+            and isinstance(client, dict)
+            and isinstance(client.get("name"), str)
+        ):
+            raise RpcError(
+                INVALID_PARAMS,
+                "initialize needs params.protocolVersion (a string), params.capabilities (an object) "
+                "and params.clientInfo (an object with a name)",
+            )
         self.protocol_version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
         self.client_info = params.get("clientInfo")
         return {
