@@ -40,6 +40,23 @@ def to_json(value: Any) -> Any:
 strict = cattrs.Converter(forbid_extra_keys=True)
 
 
+def json_kind(value: Any) -> str:
+    """What *value* is in JSON's words (a client knows no Python type names)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
 def _exact(kind: type, name: str) -> Any:
     def hook(value: Any, _: Any) -> Any:
         if type(value) is bool and kind is not bool:
@@ -47,7 +64,7 @@ def _exact(kind: type, name: str) -> Any:
         if kind is float and isinstance(value, int):
             return float(value)
         if not isinstance(value, kind):
-            raise TypeError(f"expected {name}, got {type(value).__name__}")
+            raise TypeError(f"expected {name}, got {json_kind(value)}")
         return value
 
     return hook
@@ -160,7 +177,7 @@ def _describe(exc: BaseException, path: str = "") -> list[str]:
 def structure(data: Any, cls: type[T]) -> T:
     """*data* as a *cls*, or ``INVALID_ARGUMENT`` saying which field is wrong and why."""
     if not isinstance(data, Mapping):
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"expected an object, got {type(data).__name__}")
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"expected an object, got {json_kind(data)}")
     try:
         return strict.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:

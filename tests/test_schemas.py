@@ -89,3 +89,24 @@ def test_bounds_in_the_schema_are_enforced(name: str) -> None:
                 with pytest.raises(HoraceError, match=field):
                     tool.structure({**base, field: schema[bound] + beyond})
                 tool.structure({**base, field: schema[bound]})
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "said"),
+    [
+        (
+            "horace_restore_version",
+            {"file_id": "x", "version": None},
+            "version: expected an integer, got null",
+        ),
+        ("horace_search_files", {"limit": "5"}, "limit: expected an integer, got a string"),
+        ("horace_search_files", {"min_size": 1.5}, "min_size: expected an integer, got the number 1.5"),
+        ("horace_search_files", {"owner": ["a"]}, "owner: expected a string, got an array"),
+        ("horace_search_files", {"owner": {}}, "owner: expected a string, got an object"),
+    ],
+)
+def test_a_wrong_type_is_said_in_json_words(name: str, arguments: dict[str, object], said: str) -> None:
+    """A client knows JSON's types, not Python's (NoneType, str, list)."""
+    with pytest.raises(HoraceError) as refused:
+        TOOLS[name].structure(arguments)
+    assert said in refused.value.message
