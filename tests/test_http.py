@@ -326,6 +326,32 @@ async def test_a_body_that_breaks_http_framing_is_400(server: RunningHorace, cli
     await stream.aclose()
 
 
+@pytest.mark.parametrize(
+    ("head", "status", "said"),
+    [
+        (
+            b"".join(b"x-pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(200)),
+            431,
+            b"head is over 65536 bytes",
+        ),
+        (b"bad header line\r\n", 400, b"the request is not valid HTTP"),
+    ],
+)
+async def test_a_head_h11_refuses_is_answered_as_every_refusal(
+    server: RunningHorace, head: bytes, status: int, said: bytes
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)  # type: ignore[arg-type]
+    await stream.send_all(b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n" + head + b"\r\n")
+    answer = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["jsonrpc"] == "2.0" and body["id"] is None and said in body["error"]["message"].encode()
+    await stream.aclose()
+
+
 # -- answers: JSON or SSE ---------------------------------------------------------------------
 
 

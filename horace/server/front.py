@@ -47,6 +47,11 @@ MCP_PATHS = (b"/", b"/mcp")
 HEALTH_PATHS = (b"/health", b"/healthz")
 
 TURN_AWAY_TIMEOUT = 1.0  # for writing the 503 to a connection past max_pending_connections
+# Closing a socket with bytes unread makes the kernel reset the connection, and the client
+# may lose the answer just written (a 431 to a head that goes on): what comes is read and
+# thrown away first, for so long and so much at most.
+LINGER_SECONDS = 0.5
+LINGER_BYTES = 1024 * 1024
 
 Health = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 
@@ -113,6 +118,7 @@ class Front:
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
+                await _linger(stream)
                 await stream.aclose()
 
     async def _turn_away(self, stream: trio.abc.Stream) -> None:
@@ -213,3 +219,17 @@ class Front:
 
 def _is_upgrade(request: Request) -> bool:
     return request.headers.get(b"upgrade", b"").lower() == b"websocket"
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Our side shut, read what the client still sends (see LINGER_SECONDS)."""
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return
+    with trio.move_on_after(LINGER_SECONDS):
+        try:
+            await stream.send_eof()
+            read = 0
+            while read < LINGER_BYTES and (data := await stream.receive_some(65536)):
+                read += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # gone already: nothing to wait for

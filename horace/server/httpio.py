@@ -92,8 +92,16 @@ class HttpConnection:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                # h11 leaves our side able to answer after the peer's error.
-                await self.respond_json(exc.error_status_hint, {"error": str(exc)}, close=True)
+                # h11 leaves our side able to answer after the peer's error. Said as every
+                # refusal is (a JSON-RPC error with id null), in words of ours: h11's
+                # quote the bytes it choked on.
+                status = exc.error_status_hint
+                if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+                    why = f"the request's head is over {MAX_HEAD_BYTES} bytes"
+                else:
+                    why = f"the request is not valid HTTP: {str(exc).partition(':')[0]}"
+                body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": why}}
+                await self.respond_json(status, body, close=True)
                 return None
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
