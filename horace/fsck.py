@@ -21,8 +21,11 @@ Four strengths, from the CLI's start-up check to the operator's repair:
   working copy back: orphan objects are counted (the collector reclaims them), a file
   gone from ``files/`` is the reconcile's business.
 - ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
-  recovers lost objects from working copies, drops the rows of versions whose content
-  is lost, and hands the collector orphan objects older than the deleted files' retention.
+  recovers lost objects from working copies (the file's own, then those of every active
+  file whose current content it is), drops the rows of versions whose content is in
+  none of them (said so in the finding), and hands the collector orphan objects older
+  than the deleted files' retention. A file that cannot be reached (its path now runs
+  through a symlink, say) is an ``unreachable`` finding; the others are still repaired.
 
 A live server may be working while fsck runs. A finding about a file is therefore
 checked again under the file's write lock (shared with every writer) before it is
@@ -39,7 +42,7 @@ import stat
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from attrs import frozen
@@ -128,6 +131,12 @@ async def fsck(
         or _row_problem(f, by_file.get(f.id, []))
         or any(not objects_ok[v.checksum] for v in by_file.get(f.id, []))
     ]
+    # Where a lost object may be found again: the working copies of the active files
+    # whose current content it is (another file's, often: a copy, or content moved on).
+    holders: dict[str, list[str]] = defaultdict(list)
+    for f in active:
+        if f.id not in missing:
+            holders[f.checksum].append(f.file_path)
     busy = 0
     for file in suspects:
         try:
@@ -136,10 +145,15 @@ async def fsck(
                 if current is None:
                     continue  # purged meanwhile
                 rows = await db.versions(file.id)
-                findings += await _file(catalog, db, current, rows, objects_ok, repair=repair, deep=deep)
+                findings += await _file(
+                    catalog, db, current, rows, objects_ok, holders, repair=repair, deep=deep
+                )
         except HoraceError as exc:
             if exc.code is not ErrorCode.FILE_LOCKED:
-                raise
+                # This file only (its path now runs through a symlink, say): the others
+                # are still checked and repaired.
+                findings.append(Finding("unreachable", exc.message, False, file.id, file.file_path))
+                continue
             busy += 1
             log.info("fsck: %s is being written; not checked this time", file.file_path)
 
@@ -355,11 +369,13 @@ async def _file(
     file: FileRecord,
     rows: list[VersionRecord],
     objects_ok: dict[str, bool],
+    holders: Mapping[str, list[str]],
     *,
     repair: bool,
     deep: bool,
 ) -> list[Finding]:
-    """The findings about one file, looked at under its write lock."""
+    """The findings about one file, looked at under its write lock; a lost object is
+    looked for in its working copy, then in those of *holders* (paths by checksum)."""
     storage = catalog.storage
     found: list[Finding] = []
 
@@ -379,27 +395,35 @@ async def _file(
         ok = objects_ok[v.checksum] = await _object_ok(catalog, v, deep)
         if ok:
             continue
-        repaired = False
+        repaired, outcome = False, ""
         if repair:
-            repaired = await _recover_object(catalog, file.file_path, v.checksum)
-            objects_ok[v.checksum] = repaired
-            if not repaired and v.version != file.current_version:
+            source = await _recover_object(
+                catalog, [file.file_path, *holders.get(v.checksum, ())], v.checksum
+            )
+            objects_ok[v.checksum] = repaired = source is not None
+            if source is not None:
+                outcome = f" (recovered from the working copy of {source!r})"
+            elif v.version != file.current_version:
                 await db.delete_version(v.file_id, v.version)
-                repaired = True  # the row went: its content was already lost
+                repaired = True
+                outcome = " (its content is nowhere in the store: the version was dropped)"
         finding(
             "missing_object",
-            f"version {v.version}: object {v.checksum} is missing or damaged"
-            + (" (recovered from the working copy)" if objects_ok[v.checksum] else ""),
+            f"version {v.version}: object {v.checksum} is missing or damaged{outcome}",
             repaired,
         )
 
     if file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path):
         repaired = False
+        detail = "the active file's working copy is missing"
         if repair and objects_ok.get(file.checksum, False):
-            # A file that appeared there meanwhile stays, untouched: it is back, after all.
             await in_thread(storage.create_working, file.file_path, file.checksum, file.id)
-            repaired = True
-        finding("working_missing", "the active file's working copy is missing", repaired)
+            # A file that appeared there meanwhile stays, untouched: it is back, after all.
+            # Anything else (a folder) is not the working copy, and stays found.
+            repaired = await in_thread(storage.working_exists, file.file_path)
+            if not repaired:
+                detail += ": something that is not a file is at its path (move it away, then repair)"
+        finding("working_missing", detail, repaired)
     return found
 
 
@@ -423,21 +447,23 @@ async def _object_ok(catalog: Catalog, v: VersionRecord, deep: bool) -> bool:
     return await in_thread(object_problem, catalog.storage, v.checksum, v.size, deep) is None
 
 
-async def _recover_object(catalog: Catalog, rel: str, checksum: str) -> bool:
-    """Put an object back from the working copy when that still holds its content."""
+async def _recover_object(catalog: Catalog, rels: Sequence[str], checksum: str) -> str | None:
+    """Put an object back from the first of the working copies *rels* that still holds
+    its content; which one, or None."""
     storage = catalog.storage
-    try:
-        staged = await in_thread(storage.stage, rel)
-    except (HoraceError, OSError):
-        return False
-    try:
-        if staged.checksum != checksum:
-            return False
-        await in_thread(storage.keep, staged)
-        await in_thread(storage.release, staged)
-        return True
-    finally:
-        await catalog.discard(staged)
+    for rel in dict.fromkeys(rels):
+        try:
+            staged = await in_thread(storage.stage, rel)
+        except (HoraceError, OSError):
+            continue  # gone, or being written: the next one may do
+        try:
+            if staged.checksum == checksum:
+                await in_thread(storage.keep, staged)
+                await in_thread(storage.release, staged)
+                return rel
+        finally:
+            await catalog.discard(staged)
+    return None
 
 
 # -- verify: everything re-hashed, nothing repaired --------------------------------------------

@@ -644,6 +644,72 @@ async def test_verify_reports_mismatches(catalog: Catalog, files: Path) -> None:
     assert kinds == {"working_missing", "missing_object"}
 
 
+async def test_repair_finds_a_lost_object_in_another_files_working_copy(
+    catalog: Catalog, files: Path
+) -> None:
+    """A version's object lost: fsck --repair looks for its content in the file's working
+    copy, then in those of the files whose current content it is; only when none holds it
+    is the version dropped, and the finding says so."""
+    a_path, z_path, n_path = files / "user/a_x.txt", files / "user/z_y.txt", files / "user/n.txt"
+    write(a_path, "SSS")
+    a = (await catalog.register("user/a_x.txt")).file
+    write(a_path, "TTT")
+    await catalog.update(a.id, FileChanges())
+    write(z_path, "UUU")
+    z = (await catalog.register("user/z_y.txt")).file
+    write(z_path, "SSS")  # z_y's current content is a_x's first
+    await catalog.update(z.id, FileChanges())
+    write(n_path, "gone for good")
+    n = (await catalog.register("user/n.txt")).file
+    write(n_path, "newer")
+    await catalog.update(n.id, FileChanges())
+    catalog.storage.object_path(sha256("SSS")).unlink()
+    catalog.storage.object_path(sha256("gone for good")).unlink()
+    report = await fsck(catalog, repair=True)
+    said = {(f.file_path, f.detail) for f in report.findings}
+    assert (
+        "user/a_x.txt",
+        f"version 1: object {sha256('SSS')} is missing or damaged "
+        "(recovered from the working copy of 'user/z_y.txt')",
+    ) in said, said
+    assert (
+        "user/n.txt",
+        f"version 1: object {sha256('gone for good')} is missing or damaged "
+        "(its content is nowhere in the store: the version was dropped)",
+    ) in said, said
+    a_versions = (await catalog.get_info(file_id=a.id, include_versions=True)).versions
+    assert [v.version for v in a_versions or ()] == [2, 1]
+    assert (await catalog.content(a, 1, 1024)).data == b"SSS"
+    n_versions = (await catalog.get_info(file_id=n.id, include_versions=True)).versions
+    assert [v.version for v in n_versions or ()] == [2]
+    assert (await fsck(catalog, deep=True)).clean
+
+
+async def test_repair_goes_on_past_a_file_it_cannot_reach(
+    catalog: Catalog, files: Path, tmp_path: Path
+) -> None:
+    """A file whose folder became a symlink is reported unreachable (and never followed);
+    a file whose path became a folder is not said to be repaired; the others are."""
+    write(files / "user/sub/f.txt", "in sub")
+    write(files / "user/x", "x")
+    write(files / "user/zzz.txt", "z")
+    for rel in ("user/sub/f.txt", "user/x", "user/zzz.txt"):
+        await catalog.register(rel)
+    (files / "user/sub").rename(files / "user/sub_moved")
+    outside = write(tmp_path / "outside/f.txt", "OUTSIDE").parent
+    (files / "user/sub").symlink_to(outside)
+    (files / "user/x").unlink()
+    (files / "user/x").mkdir()
+    (files / "user/zzz.txt").unlink()
+    report = await fsck(catalog, repair=True)
+    by_path = {f.file_path: f for f in report.findings}
+    assert by_path["user/sub/f.txt"].kind == "unreachable" and not by_path["user/sub/f.txt"].repaired
+    assert by_path["user/x"].kind == "working_missing" and not by_path["user/x"].repaired
+    assert "something that is not a file is at its path" in by_path["user/x"].detail
+    assert by_path["user/zzz.txt"].repaired and (files / "user/zzz.txt").read_text() == "z"
+    assert (outside / "f.txt").read_text() == "OUTSIDE"
+
+
 async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> None:
     for i in range(30):
         write(files / f"user/many/{i}.txt", f"file {i}")
