@@ -81,8 +81,9 @@ ERROR_MEANINGS = {
     "COLLECTION_NOT_FOUND": "no collection of that name",
     "CHECKSUM_MISMATCH": "a stored object is missing or does not hash to its name; nothing was changed",
     "INVALID_ARGUMENT": "an argument is valid JSON but not acceptable (see each tool)",
-    "FILE_LOCKED": "another writer held the file longer than `HORACE_LOCK_WAIT`, or the file changed "
-    "while Horace was reading it; try again",
+    "FILE_LOCKED": "another writer held the file longer than `HORACE_LOCK_WAIT`, the file changed "
+    "while Horace was reading it, or (delete, archive, restore) another process has it open for "
+    "writing; try again",
     "STORAGE_FULL": "the storage's disk or quota is full, or the catalog database's disk (SQLite or "
     "PostgreSQL); nothing was changed",
     "BACKEND_UNAVAILABLE": "the catalog database cannot be reached",

@@ -564,6 +564,7 @@ class Catalog:
             if current.status is Status.ACTIVE and target is not None:
                 # The working copy leaves files/: moved out first, then versioned, so the
                 # version kept is exactly the content removed (whatever the flag says).
+                await self._not_being_written(current.file_path)
                 current, version_created, taken = await self._take_working_copy(db, current, correlation_id)
             elif current.status is Status.ACTIVE and check_for_changes:
                 if await in_thread(self.storage.working_exists, current.file_path):
@@ -588,6 +589,17 @@ class Catalog:
             if getattr(locked, name) != getattr(updated, name)
         ) + (("collection",) if changes.collection else ())
         return Updated(updated, changed, version_created)
+
+    async def _not_being_written(self, rel: str) -> None:
+        """Refuse to move a working copy out from under a process that has it open for
+        writing (a log being appended to, say): what it wrote after the move would go to
+        a file no longer in files/, and be lost. (Local filesystems: see
+        :meth:`Storage.is_being_written`.)"""
+        if await in_thread(self.storage.is_being_written, rel):
+            raise HoraceError(
+                ErrorCode.FILE_LOCKED,
+                f"{rel!r} is open for writing by another process: try again once it is closed",
+            )
 
     async def _take_working_copy(
         self, db: Units, file: FileRecord, correlation_id: str | None
@@ -691,6 +703,7 @@ class Catalog:
             preserved = None
             examined: FileIdentity | None = None
             if await in_thread(self.storage.working_exists, current.file_path):
+                await self._not_being_written(current.file_path)
                 current, kept, examined = await self._version_working_copy(db, current, correlation_id)
                 preserved = kept.version if kept else None
             displaced = await in_thread(

@@ -252,6 +252,33 @@ async def test_delete_and_undelete(catalog: Catalog, files: Path) -> None:
     assert twice.changed_fields == () and twice.file.status is Status.DELETED
 
 
+async def test_a_file_open_for_writing_is_not_moved_out_from_under_its_writer(
+    catalog: Catalog, files: Path
+) -> None:
+    """Delete, archive and restore move the working copy out of files/: what a writer
+    that holds it open writes afterwards would be lost. Refused (FILE_LOCKED) while it
+    is open for writing; done once it is closed."""
+    path = write(files / "user/log.txt", "line 1\n")
+    file = (await catalog.register("user/log.txt")).file
+    with path.open("a") as writer:
+        writer.write("line 2\n")
+        writer.flush()
+        await catalog.update(file.id, FileChanges())  # reading it is fine
+        for change in (
+            catalog.delete(file.id),
+            catalog.update(file.id, FileChanges(status=Status.ARCHIVED)),
+            catalog.restore(file.id, 1),
+        ):
+            with pytest.raises(HoraceError) as refused:
+                await change
+            assert refused.value.code is ErrorCode.FILE_LOCKED and "open for writing" in refused.value.message
+        writer.write("line 3\n")
+    assert path.read_text() == "line 1\nline 2\nline 3\n"
+    restored = await catalog.restore(file.id, 1)
+    assert path.read_text() == "line 1\n" and restored.preserved_version == 3
+    assert (await catalog.delete(file.id)).file.status is Status.DELETED
+
+
 async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
