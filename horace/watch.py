@@ -84,6 +84,11 @@ class Watcher:
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
+        # Copies: paths not catalogued because their content is another file's (the
+        # duplicate rule), by that file's id, with the content. Taken again once that file
+        # no longer holds it, before its version of it can be pruned away.
+        self._copies: dict[str, dict[str, str]] = {}
+        self._copy_of: dict[str, str] = {}  # path -> the id of the file whose copy it is
         self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
 
     def status(self) -> dict[str, Any]:
@@ -253,6 +258,7 @@ class Watcher:
             self.counts.retried += 1
             self.schedule(rel)
             return
+        self._forget_copy(rel)  # looked at again: whatever it is now
         record = await self.catalog.backend.file_by_path(rel)
         if (
             record is None
@@ -277,10 +283,31 @@ class Watcher:
             await self.catalog.move(done.file.id, rel, correlation_id)
             self.counts.moved += 1
             return
-        if record is None and not done.duplicate:
+        if record is None and done.duplicate:
+            self._copies.setdefault(done.file.id, {})[rel] = done.file.checksum
+            self._copy_of[rel] = done.file.id
+        elif record is None:
             self.counts.registered += 1
-        elif done.version_created:
-            self.counts.versioned += 1
+        else:
+            if done.version_created:
+                self.counts.versioned += 1
+            self._look_again_at_copies(record.id, done.file.checksum)
+
+    def _forget_copy(self, rel: str) -> None:
+        owner = self._copy_of.pop(rel, None)
+        if owner is not None:
+            self._copies.get(owner, {}).pop(rel, None)
+
+    def _look_again_at_copies(self, owner: str, checksum: str | None) -> None:
+        """*owner* now holds *checksum* (None: gone): its copies of other content are due
+        again (registered then, their content being no other file's)."""
+        copies = self._copies.pop(owner, {})
+        for rel, content in copies.items():
+            if content == checksum:
+                self._copies.setdefault(owner, {})[rel] = content
+            else:
+                del self._copy_of[rel]
+                self.schedule(rel, 0)
 
     async def _register_new(self) -> None:
         pending, self._new = self._new, []
@@ -330,6 +357,7 @@ class Watcher:
             try:
                 await self.catalog.delete(record.id, correlation_id)
                 self.counts.deleted += 1
+                self._look_again_at_copies(record.id, None)
             except HoraceError as exc:
                 self.counts.errors += 1
                 log.warning(

@@ -390,6 +390,34 @@ async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> N
     )
 
 
+async def test_a_copy_is_catalogued_once_its_content_is_no_other_files(settings: Settings) -> None:
+    """A copy of a catalogued file is not catalogued (the duplicate rule: its content is
+    safe in the other's version). Once the other file moves on, the copy is taken in, before
+    retention can prune that version away and leave the copy's content nowhere but on disk."""
+    async with run_horace(watching(settings, version_count=1)) as running:
+        await wait_watching(running)
+        catalog = running.server.catalog
+        watched = Watched(running, catalog, None)  # type: ignore[arg-type]
+        a, b = running.files / "gates/a.txt", running.files / "shared/b.txt"
+        write(a, "precious")
+        await watched.wait_checksum("gates/a.txt", sha256("precious"))
+        write(b, "precious")
+        await quiet(running)
+        assert await watched.record("shared/b.txt") is None  # a duplicate, for now
+        write(a, "a moved on")  # (keeping one version, a's "precious" is pruned)
+        copy = await watched.wait_checksum("shared/b.txt", sha256("precious"))
+        assert [v.version for v in await watched.versions("gates/a.txt")] == [2]
+        await catalog.purge()
+        assert (await catalog.content(copy, 1, 1024)).data == b"precious"
+        # A copy of a file that goes is taken in too.
+        c = running.files / "user/c.txt"
+        write(c, "a moved on")
+        await quiet(running)
+        assert await watched.record("user/c.txt") is None
+        a.unlink()
+        await watched.wait_checksum("user/c.txt", sha256("a moved on"))
+
+
 async def test_a_new_folder_of_files_is_registered_with_its_owner(watched: Watched) -> None:
     names = ["a.md", "b.csv", "deep/er/c.txt", "deep/d.bin"]
 
