@@ -672,7 +672,12 @@ class Catalog:
                 ErrorCode.INVALID_ARGUMENT,
                 f"{file.file_path!r} is archived, not deleted: update its status to active instead",
             )
-        return await self.update(file_id, FileChanges(status=Status.ACTIVE), correlation_id=correlation_id)
+        # Of an active file: nothing to do (not even a look for unsaved changes, which
+        # would write a version).
+        check = file.status is not Status.ACTIVE
+        return await self.update(
+            file_id, FileChanges(status=Status.ACTIVE), check_for_changes=check, correlation_id=correlation_id
+        )
 
     async def _verified_object(self, checksum: str, what: str) -> None:
         found = await in_thread(self.storage.hash_object, checksum, check_cancelled)

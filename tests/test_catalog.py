@@ -245,8 +245,10 @@ async def test_delete_and_undelete(catalog: Catalog, files: Path) -> None:
     assert path.read_text() == "unsaved edit"
     # Both directions are idempotent: undeleting an active file changes nothing, and so
     # does deleting a deleted one.
+    path.write_text("an edit the undelete of an active file leaves alone")
     again = await catalog.undelete(file.id)
     assert again.changed_fields == () and again.file.status is Status.ACTIVE
+    assert not again.version_created and again.file.current_version == back.file.current_version
     await catalog.delete(file.id)
     twice = await catalog.delete(file.id)
     assert twice.changed_fields == () and twice.file.status is Status.DELETED
