@@ -145,6 +145,8 @@ async def test_malformed_messages_get_standard_errors(client: McpClient) -> None
         ('{"jsonrpc": "2.0", "error": {"code": 1, "message": "m"}}', -32600),
         ('{"jsonrpc": "2.0", "id": null, "method": "ping"}', -32600),  # MCP: an id is never null
         ('{"jsonrpc": "2.0", "id": 7, "method": "nope"}', -32601),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"cursor": 5}}', -32602),
+        ('{"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"cursor": "x"}}', -32602),
         ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "horace_nope"}}', -32602),
         ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {}}', -32602),
         ('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": "x"}', -32602),

@@ -163,7 +163,10 @@ def what_is_read(message: Any) -> Any:
     kept = {key: message[key] for key in ("jsonrpc", "id", "method", "params") if key in message}
     params, method = kept.get("params"), kept.get("method")
     if isinstance(params, dict | list) and isinstance(method, str) and method in TAKES_NO_PARAMS:
-        kept["params"] = type(params)()
+        # (A cursor is kept: sent to a list of one page, it is refused.)
+        kept["params"] = (
+            {"cursor": params["cursor"]} if "cursor" in params and type(params) is dict else type(params)()
+        )
     elif isinstance(params, dict) and method == "tools/call":
         kept["params"] = {key: params[key] for key in ("name", "arguments", "_meta") if key in params}
     return kept

@@ -381,10 +381,12 @@ class McpSession:
         elif method == "ping":
             result = {}
         elif method == "tools/list":
+            _one_page(params)
             result = {"tools": [tool.describe() for tool in TOOLS.values()]}
         elif method == "resources/list":
             result = await self.resources.listing(params)
         elif method == "resources/templates/list":
+            _one_page(params)
             result = self.resources.templates()
         elif method == "resources/read":
             result = await self.resources.read(params)
@@ -570,3 +572,10 @@ def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
         if isinstance(meta.get(key), str) and meta[key]:
             return str(meta[key])
     return str(uuid.uuid4())
+
+
+def _one_page(params: Mapping[str, Any]) -> None:
+    """A list that is one page gives no cursor: any cursor sent for it is not one of ours
+    (MCP: an invalid cursor is -32602)."""
+    if params.get("cursor") is not None:
+        raise RpcError(INVALID_PARAMS, "cursor: this list is one page, and gives no cursors")
