@@ -908,6 +908,12 @@ SELECT (SELECT count(*) FROM gone) AS purged,
         )
     ) AS orphans
 """
+# In id order, as SQLite's (see there).
+_PRUNE_TURNS = (
+    "DELETE FROM conversations WHERE id IN "
+    "(SELECT id FROM conversations WHERE created_at < $1 ORDER BY id LIMIT $2)"
+)
+
 _INSERT_TURNS = """
 WITH input AS (
     SELECT t.*, min(t.ord) OVER (PARTITION BY t.conversation_id, t.turn_number) AS first_ord
@@ -1499,6 +1505,10 @@ class _Units:
         return row["purged"], sorted(row["orphans"])
 
     # conversations
+
+    async def prune_turns(self, before: datetime, limit: int) -> int:
+        status = await self._source.run(_execute, _PRUNE_TURNS, before, limit)
+        return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
 
     async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:
         """As SQLite; a turn whose conversation_id is not a UUID cannot be stored in this

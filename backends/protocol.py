@@ -180,6 +180,10 @@ class Units(Protocol):
         retried delivery) is not stored twice; returns the turns whose
         (conversation_id, turn_number) is taken by a *different* row: a bug to report."""
 
+    async def prune_turns(self, before: datetime, limit: int) -> int:
+        """Delete at most *limit* conversation turns created before *before*, oldest
+        first; how many went."""
+
 
 class Backend(Units, Protocol):
     url: str

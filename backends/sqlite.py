@@ -1033,6 +1033,17 @@ _TURN_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _TURNS_A_STATEMENT = 100  # 1,000 parameters: far below SQLite's limit (32,766)
 
 
+def _prune_turns(conn: sqlite3.Connection, before: str, limit: int) -> int:
+    # In id order (the order turns are stored in, near enough the order of their times):
+    # the oldest are found first, without an index on created_at to keep up per turn.
+    with _transaction(conn):
+        return conn.execute(
+            "DELETE FROM conversations WHERE id IN "
+            "(SELECT id FROM conversations WHERE created_at < ? ORDER BY id LIMIT ?)",
+            (before, limit),
+        ).rowcount
+
+
 def _insert_turns(conn: sqlite3.Connection, turns: Sequence[Turn]) -> list[Turn]:
     """Store *turns*; the ones that conflict with a stored turn of other content.
 
@@ -1378,6 +1389,9 @@ class SqliteBackend:
 
     async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:
         return await self._write(_insert_turns, turns)
+
+    async def prune_turns(self, before: datetime, limit: int) -> int:
+        return await self._write(_prune_turns, _ts(before), limit)
 
 
 @asynccontextmanager

@@ -74,6 +74,14 @@ def _switch(text: str, name: str) -> bool:
     raise ConfigError(f"{name}={text!r}: use on or off (or 1/0, true/false, yes/no)")
 
 
+def _retention(text: str, name: str) -> float | None:
+    """A duration, or ``off`` (None: kept for ever)."""
+    if text.strip().lower() in ("off", "0", "none", "forever"):
+        return None
+    seconds = parse_duration(text, name)
+    return seconds if seconds > 0 else None
+
+
 def _text(text: str, name: str) -> str:
     return text
 
@@ -166,6 +174,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "conversations_url": (("HORACE_CONVERSATIONS_URL",), _database_url),
     "conversations_to_godot": (("HORACE_CONVERSATIONS_TO_GODOT",), _switch),
     "turn_max_bytes": (("HORACE_TURN_MAX_BYTES",), _count),
+    "conversation_retention": (("HORACE_CONVERSATION_RETENTION",), _retention),
     "sink_queue": (("HORACE_SINK_QUEUE",), _count),
     "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _count),
     "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
@@ -267,6 +276,7 @@ class Settings:
     conversations_url: str | None = None  # None: the catalog's own database
     conversations_to_godot: bool = False
     turn_max_bytes: int = 64 * 1024  # a turn's content, past which it is cut (conversations.within)
+    conversation_retention: float | None = None  # seconds turns are kept (None: for ever)
     sink_queue: int = 10_000
     sink_queue_bytes: int = 32 * 1024 * 1024  # a turn holds a whole request or reply
     sink_flush: float = 5.0

@@ -17,7 +17,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,7 +40,12 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.redact import REDACTED, redact
-from horace.sinks.conversations import ConversationRecorder, ConversationTransport, within
+from horace.sinks.conversations import (
+    ConversationRecorder,
+    ConversationTransport,
+    prune_conversations,
+    within,
+)
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.godot import _Socket as GodotSocket
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, entry_size
@@ -900,6 +905,33 @@ async def test_a_long_reply_is_stored_cut(settings: Settings) -> None:
     small = json.loads(turns["small", "assistant"]["content"])  # whole: the reply itself
     assert small["structuredContent"]["total_count"] == 200
     assert json.loads(turns["big", "user"]["content"])["arguments"] == {"limit": 200}
+
+
+async def test_turns_older_than_the_retention_are_pruned(catalog: Catalog) -> None:
+    """HORACE_CONVERSATION_RETENTION: the log's oldest turns go, a batch at a time; the
+    newer stay (both backends)."""
+    now = datetime.now(UTC)
+    conversation = str(uuid.uuid4())
+    turns = [
+        Turn(conversation, n, "user", f"turn {n}", None, None, None, None, {}, now - timedelta(days=40 - n))
+        for n in range(1, 31)  # 40 days old down to 11
+    ]
+    assert await catalog.backend.insert_turns(turns) == []
+    assert await catalog.backend.prune_turns(now - timedelta(days=20), 5) == 5
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(prune_conversations, catalog.backend, 20 * 86400.0, 3600.0)
+        with trio.fail_after(10):
+            while len(await stored_turns(catalog.backend.url)) > 10:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    kept = await stored_turns(catalog.backend.url)
+    assert [t["turn_number"] for t in kept] == list(range(21, 31))  # 19 days old and newer
+
+
+def test_the_retention_setting() -> None:
+    assert Settings.from_env({"HORACE_CONVERSATION_RETENTION": "90d"}).conversation_retention == 90 * 86400
+    assert Settings.from_env({"HORACE_CONVERSATION_RETENTION": "off"}).conversation_retention is None
+    assert Settings.from_env({}).conversation_retention is None
 
 
 async def test_a_cancelled_call_has_a_request_turn_and_no_response_turn(settings: Settings) -> None:

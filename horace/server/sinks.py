@@ -20,7 +20,7 @@ import trio
 from horace.backends.protocol import Backend
 from horace.config import Settings
 from horace.server.observer import Observer, Observers
-from horace.sinks.conversations import ConversationRecorder, ConversationTransport
+from horace.sinks.conversations import ConversationRecorder, ConversationTransport, prune_conversations
 from horace.sinks.godot import GodotCallLog, GodotTransport
 from horace.sinks.supervisor import SinkRunner
 
@@ -119,6 +119,10 @@ async def run_sinks(settings: Settings, talks: Backend | None, spool_dir: Path) 
     async with trio.open_nursery() as nursery:
         for runner in runners:
             await nursery.start(runner.run)
+        if conversations is not None and talks is not None and settings.conversation_retention is not None:
+            nursery.start_soon(
+                prune_conversations, talks, settings.conversation_retention, settings.purge_interval
+            )
         try:
             yield LocalSinks(observer, godot, runners)
         finally:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
+import trio
 
 from horace.backends.protocol import Backend, BackendUnavailable, CatalogUnwritable, DatabaseFull
 from horace.backends.records import Turn
@@ -54,6 +55,26 @@ class ConversationTransport:
                 )
 
         yield deliver
+
+
+PRUNE_BATCH = 10_000  # turns a statement: short transactions beside the sink's inserts
+
+
+async def prune_conversations(backend: Backend, retention: float, every: float) -> None:
+    """Every *every* seconds, delete the turns older than *retention* seconds
+    (``HORACE_CONVERSATION_RETENTION``), a batch at a time. A database that cannot be
+    reached now is tried again at the next round."""
+    while True:
+        before = datetime.now(UTC) - timedelta(seconds=retention)
+        pruned = 0
+        try:
+            while (batch := await backend.prune_turns(before, PRUNE_BATCH)) > 0:
+                pruned += batch
+        except (BackendUnavailable, CatalogUnwritable, DatabaseFull) as exc:
+            log.warning("conversations: turns older than %s not pruned now: %s", before.isoformat(), exc)
+        if pruned:
+            log.info("conversations: %d turns older than %s pruned", pruned, before.isoformat())
+        await trio.sleep(every)
 
 
 _TURN_FIELDS = frozenset(attrs.fields_dict(Turn))
