@@ -247,6 +247,7 @@ class Watcher:
 
     async def _take(self, rel: str, correlation_id: str) -> None:
         storage = self.catalog.storage
+        self._forget_copy(rel)  # looked at again: whatever it is now (gone, say)
         try:
             st = await in_thread(os.lstat, self.files / rel)
         except (FileNotFoundError, NotADirectoryError):
@@ -258,7 +259,6 @@ class Watcher:
             self.counts.retried += 1
             self.schedule(rel)
             return
-        self._forget_copy(rel)  # looked at again: whatever it is now
         record = await self.catalog.backend.file_by_path(rel)
         if (
             record is None
