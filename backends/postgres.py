@@ -601,7 +601,7 @@ def _by_any_tag(q: SearchQuery, p: _Params) -> tuple[str, str]:
 _FILE_BY_ID = f"SELECT {F} FROM horace_files WHERE id = $1::uuid"
 _FILE_BY_PATH = f"SELECT {F} FROM horace_files WHERE file_path = $1::text"
 _FILE_BY_CHECKSUM = (
-    f"SELECT {F} FROM horace_files WHERE checksum = $1::text AND status <> 'deleted' "
+    f"SELECT {F} FROM horace_files WHERE checksum = $1::text AND status = 'active' "
     "ORDER BY created_at, id LIMIT 1"
 )
 _VERSIONS = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid ORDER BY version DESC"
@@ -618,22 +618,22 @@ input AS (
                            stat_size, stat_mtime_ns, stat_ctime_ns, stat_inode, stat_device,
                            stat_recorded_ns, ord)
 ),
-candidates AS (  -- not catalogued already, by path or by (non-deleted) content
+candidates AS (  -- not catalogued already, by path or by (an active file's) content
     SELECT i.* FROM input i
     WHERE NOT EXISTS (SELECT 1 FROM horace_files f WHERE f.file_path = i.file_path)
       AND NOT EXISTS (SELECT 1 FROM horace_files f
-                      WHERE f.checksum = i.checksum AND f.status <> 'deleted')
+                      WHERE f.checksum = i.checksum AND f.status = 'active')
 ),
 """
 # Inside the batch, a file is skipped when an earlier one that was inserted has its path or
-# (when that one is not deleted) its checksum. If the batch repeats only paths or only
+# (when that one is active) its checksum. If the batch repeats only paths or only
 # checksums, "an earlier candidate" is the same as "an earlier inserted file":
 _CHOSEN_SIMPLE = """
 chosen AS (
     SELECT c.* FROM candidates c
     WHERE NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord AND e.file_path = c.file_path)
       AND NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord
-                      AND e.checksum = c.checksum AND e.status <> 'deleted')
+                      AND e.checksum = c.checksum AND e.status = 'active')
 ),
 """
 # ... if it repeats both, one file at a time, in order (quadratic, only for such batches):
@@ -644,7 +644,7 @@ walk (n, paths, sums, take) AS (
     UNION ALL
     SELECT x.n,
            CASE WHEN x.take THEN w.paths || x.file_path ELSE w.paths END,
-           CASE WHEN x.take AND x.status <> 'deleted' THEN w.sums || x.checksum ELSE w.sums END,
+           CASE WHEN x.take AND x.status = 'active' THEN w.sums || x.checksum ELSE w.sums END,
            x.take
     FROM walk w
     CROSS JOIN LATERAL (

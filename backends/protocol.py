@@ -66,7 +66,8 @@ class Units(Protocol):
     async def file_by_id(self, file_id: str) -> FileRecord | None: ...
     async def file_by_path(self, file_path: str) -> FileRecord | None: ...
     async def file_by_checksum(self, checksum: str) -> FileRecord | None:
-        """The oldest non-deleted file whose current content has this checksum."""
+        """The oldest active file whose current content has this checksum (what makes a
+        new file of that content a duplicate)."""
 
     async def versions(self, file_id: str) -> list[VersionRecord]:
         """Newest first."""

@@ -206,7 +206,7 @@ def _file_by(conn: sqlite3.Connection, column: str, value: str) -> FileRecord | 
 
 def _file_by_checksum(conn: sqlite3.Connection, checksum: str) -> FileRecord | None:
     row = conn.execute(
-        f"SELECT {_FILE_COLUMNS} FROM horace_files WHERE checksum = ? AND status != 'deleted' "
+        f"SELECT {_FILE_COLUMNS} FROM horace_files WHERE checksum = ? AND status = 'active' "
         "ORDER BY created_at, id LIMIT 1",
         (checksum,),
     ).fetchone()
@@ -266,13 +266,13 @@ def _insert_files(
                 [*paths, *sums],
             ):
                 taken_paths.add(path)
-                if status != "deleted":
+                if status == "active":
                     taken_sums.add(checksum)
         for f in files:  # also refuses a repeat inside the batch, as one-by-one inserts did
             if f.file_path in taken_paths or f.checksum in taken_sums:
                 continue
             taken_paths.add(f.file_path)
-            if f.status is not Status.DELETED:  # deleted content does not count as taken
+            if f.status is Status.ACTIVE:  # only an active file's content counts as taken
                 taken_sums.add(f.checksum)
             inserted.append(f)
         conn.executemany(

@@ -842,7 +842,7 @@ class Catalog:
         # Content catalogued at the start or by this scan: a file of it not inserted is a
         # duplicate. Any other was refused for its path, or for content another writer (a
         # second instance's scan, say) catalogued meanwhile: the index, read again, tells.
-        known = {e.checksum for e in entries if e.status is not Status.DELETED}
+        known = {e.checksum for e in entries if e.status is Status.ACTIVE}
         unexplained: list[str] = []
         for batch in _slices(new, SCAN_COMMIT_GROUP):
             outcome = await self.register_new(batch, correlation_id, sum(sizes[rel] for rel in batch))

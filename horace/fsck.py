@@ -135,8 +135,7 @@ async def fsck(
     # whose current content it is (another file's, often: a copy, or content moved on).
     holders: dict[str, list[str]] = defaultdict(list)
     for f in active:
-        if f.id not in missing:
-            holders[f.checksum].append(f.file_path)
+        holders[f.checksum].append(f.file_path)
     busy = 0
     for file in suspects:
         try:
@@ -397,12 +396,14 @@ async def _file(
             continue
         repaired, outcome = False, ""
         if repair:
-            source = await _recover_object(
+            source, unread = await _recover_object(
                 catalog, [file.file_path, *holders.get(v.checksum, ())], v.checksum
             )
             objects_ok[v.checksum] = repaired = source is not None
             if source is not None:
                 outcome = f" (recovered from the working copy of {source!r})"
+            elif unread:  # it may be there: nothing is dropped on a guess
+                outcome = f" (the working copy of {unread[0]!r} may hold it, but cannot be read now)"
             elif v.version != file.current_version:
                 await db.delete_version(v.file_id, v.version)
                 repaired = True
@@ -413,7 +414,12 @@ async def _file(
             repaired,
         )
 
+    unreachable = None
     if file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path):
+        unreachable = await in_thread(storage.unreachable, file.file_path)
+    if unreachable is not None:
+        finding("unreachable", unreachable, False)  # never written through, nor "missing"
+    elif file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path):
         repaired = False
         detail = "the active file's working copy is missing"
         if repair and objects_ok.get(file.checksum, False):
@@ -447,23 +453,32 @@ async def _object_ok(catalog: Catalog, v: VersionRecord, deep: bool) -> bool:
     return await in_thread(object_problem, catalog.storage, v.checksum, v.size, deep) is None
 
 
-async def _recover_object(catalog: Catalog, rels: Sequence[str], checksum: str) -> str | None:
+async def _recover_object(
+    catalog: Catalog, rels: Sequence[str], checksum: str
+) -> tuple[str | None, list[str]]:
     """Put an object back from the first of the working copies *rels* that still holds
-    its content; which one, or None."""
+    its content: which one (None: none does); and those that could not be read (behind
+    a symlink, being written, unreadable), which may."""
     storage = catalog.storage
+    unread: list[str] = []
     for rel in dict.fromkeys(rels):
         try:
             staged = await in_thread(storage.stage, rel)
-        except (HoraceError, OSError):
-            continue  # gone, or being written: the next one may do
+        except HoraceError as exc:
+            if exc.code is not ErrorCode.FILE_NOT_FOUND:
+                unread.append(rel)
+            continue
+        except OSError:
+            unread.append(rel)
+            continue
         try:
             if staged.checksum == checksum:
                 await in_thread(storage.keep, staged)
                 await in_thread(storage.release, staged)
-                return rel
+                return rel, unread
         finally:
             await catalog.discard(staged)
-    return None
+    return None, unread
 
 
 # -- verify: everything re-hashed, nothing repaired --------------------------------------------

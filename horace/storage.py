@@ -466,6 +466,17 @@ class Storage:
         except (FileNotFoundError, NotADirectoryError, HoraceError):
             return False
 
+    def unreachable(self, rel: str) -> str | None:
+        """Why *rel* cannot be reached (a symlink, or a file, where a folder of its path
+        should be); None when it can, or its folder is merely missing."""
+        try:
+            with self._parent_fd(rel):
+                return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except HoraceError as exc:
+            return exc.message
+
     def hash_working(self, rel: str, check_cancelled: CheckCancelled = _never_cancelled) -> str:
         with self.open_working(rel) as (fd, _):
             return _hash_fd(fd, check_cancelled)[0]

@@ -336,6 +336,8 @@ class Watcher:
         if record is not None:
             if record.status is Status.ACTIVE:
                 self._vanished.add(record, now)
+            else:  # deleted or archived through Horace (a tool, the CLI): its copies' turn
+                self._look_again_at_copies(record.id, None)
         else:
             # Perhaps a folder, moved or removed whole: each file catalogued under it.
             query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
@@ -353,6 +355,12 @@ class Watcher:
         for record in self._vanished.expired(before=trio.current_time() - self.settle):
             if await in_thread(self.catalog.storage.working_exists, record.file_path):
                 continue  # it came back
+            current = await self.catalog.backend.file_by_id(record.id)
+            active = current is not None and current.status is Status.ACTIVE
+            if current is None or not active or current.file_path != record.file_path:
+                # Deleted, archived or moved through Horace since it went: not ours to delete.
+                self._look_again_at_copies(record.id, current.checksum if current and active else None)
+                continue
             correlation_id = f"watch-{uuid.uuid4()}"
             try:
                 await self.catalog.delete(record.id, correlation_id)

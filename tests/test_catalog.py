@@ -730,6 +730,12 @@ async def test_repair_goes_on_past_a_file_it_cannot_reach(
     (files / "user/x").unlink()
     (files / "user/x").mkdir()
     (files / "user/zzz.txt").unlink()
+    looked = {f.file_path: f.kind for f in (await fsck(catalog)).findings}
+    assert looked == {
+        "user/sub/f.txt": "unreachable",
+        "user/x": "working_missing",
+        "user/zzz.txt": "working_missing",
+    }
     report = await fsck(catalog, repair=True)
     by_path = {f.file_path: f for f in report.findings}
     assert by_path["user/sub/f.txt"].kind == "unreachable" and not by_path["user/sub/f.txt"].repaired
@@ -737,6 +743,33 @@ async def test_repair_goes_on_past_a_file_it_cannot_reach(
     assert "something that is not a file is at its path" in by_path["user/x"].detail
     assert by_path["user/zzz.txt"].repaired and (files / "user/zzz.txt").read_text() == "z"
     assert (outside / "f.txt").read_text() == "OUTSIDE"
+
+
+async def test_repair_drops_no_version_whose_content_a_file_it_cannot_read_may_hold(
+    catalog: Catalog, files: Path, tmp_path: Path
+) -> None:
+    """g.txt's first version is lost; sub/w.txt holds it, but sub/ is now a symlink: the
+    version is kept (and said why), and recovered once sub/ is back."""
+    g = write(files / "user/g.txt", "content W1")
+    file = (await catalog.register("user/g.txt")).file
+    write(g, "content W2")
+    await catalog.update(file.id, FileChanges())
+    write(files / "sub/w.txt", "content W1")  # a copy, catalogued once g.txt moved on
+    await catalog.register("sub/w.txt")
+    catalog.storage.object_path(sha256("content W1")).unlink()
+    (files / "sub").rename(tmp_path / "subreal")
+    (files / "sub").symlink_to(tmp_path / "subreal")
+    report = await fsck(catalog, repair=True)
+    lost = next(f for f in report.findings if f.file_path == "user/g.txt")
+    assert not lost.repaired and "the working copy of 'sub/w.txt' may hold it" in lost.detail, lost
+    assert [
+        v.version for v in (await catalog.get_info(file_id=file.id, include_versions=True)).versions or ()
+    ] == [2, 1]
+    (files / "sub").unlink()
+    (tmp_path / "subreal").rename(files / "sub")
+    again = await fsck(catalog, repair=True)
+    assert all(f.repaired for f in again.findings), again.findings
+    assert (await catalog.content(file, 1, 1024)).data == b"content W1"
 
 
 async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> None:

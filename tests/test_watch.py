@@ -31,13 +31,14 @@ from mcp_client import McpClient, connect
 
 import horace.tasks
 import horace.watch
-from horace.backends.records import Status, VersionRecord
+from horace.backends.records import FileChanges, Status, VersionRecord
 from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
 from horace.storage import Storage
 from horace.supervise import supervise
 from horace.testing import RunningHorace, run_horace
+from horace.watch import Watcher
 
 SETTLE = 0.2
 TIMEOUT = 20.0
@@ -409,13 +410,39 @@ async def test_a_copy_is_catalogued_once_its_content_is_no_other_files(settings:
         assert [v.version for v in await watched.versions("gates/a.txt")] == [2]
         await catalog.purge()
         assert (await catalog.content(copy, 1, 1024)).data == b"precious"
-        # A copy of a file that goes is taken in too.
-        c = running.files / "user/c.txt"
-        write(c, "a moved on")
-        await quiet(running)
-        assert await watched.record("user/c.txt") is None
-        a.unlink()
-        await watched.wait_checksum("user/c.txt", sha256("a moved on"))
+        # A copy of a file that goes is taken in too: removed on disk, or deleted or
+        # archived through Horace.
+        for i, goes in enumerate(("unlink", "horace_delete_file", "horace_update_file")):
+            original, copy_path = f"gates/o{i}.txt", f"user/c{i}.txt"
+            write(running.files / original, f"original {i}")
+            await watched.wait_checksum(original, sha256(f"original {i}"))
+            write(running.files / copy_path, f"original {i}")
+            await quiet(running)
+            assert await watched.record(copy_path) is None
+            if goes == "unlink":
+                (running.files / original).unlink()
+            else:
+                async with connect(running.url) as client:
+                    extra = {"metadata": {"status": "archived"}} if goes == "horace_update_file" else {}
+                    done = await client.call(goes, file_path=original, **extra)
+                    assert done["status" if goes == "horace_delete_file" else "changed_fields"], done
+            await watched.wait_checksum(copy_path, sha256(f"original {i}"))
+
+
+async def test_a_file_archived_through_horace_as_the_watcher_saw_it_go_stays_archived(
+    catalog: Catalog, files: Path
+) -> None:
+    """The watcher may see a file leave files/ (an archive moving it out) before the
+    archive is committed: when its time comes to delete the file, the catalog already
+    says archived, and archived it stays."""
+    write(files / "user/a.txt", "a")
+    record = (await catalog.register("user/a.txt")).file
+    watcher = Watcher(catalog, settle=0.0)
+    watcher._vanished.add(record, trio.current_time() - 1)  # seen gone while still active
+    await catalog.update(record.id, FileChanges(status=Status.ARCHIVED))
+    await watcher._expire_vanished()
+    assert (await catalog.file(record.id)).status is Status.ARCHIVED
+    assert watcher.counts.deleted == 0
 
 
 async def test_a_new_folder_of_files_is_registered_with_its_owner(watched: Watched) -> None:
