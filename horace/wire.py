@@ -113,7 +113,7 @@ strict.register_structure_hook(enum.StrEnum, _enum)
 
 def _mapping(value: Any, _: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise TypeError("expected an object")
+        raise TypeError(f"expected an object, got {json_kind(value)}")
     return dict(value)
 
 
@@ -123,8 +123,11 @@ strict.register_structure_hook_func(lambda kind: kind == Mapping[str, Any], _map
 def _tuple_of_str(value: Any, _: Any) -> tuple[str, ...]:
     # (A lone string is refused, as the inputSchema says: taken as a list of one, it was a
     # second way to say the same thing that no schema-driven client would know of.)
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise TypeError("expected a list of strings")
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list of strings, got {json_kind(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"expected a list of strings, got one that is {json_kind(item)}")
     return tuple(value)
 
 
@@ -144,7 +147,7 @@ def _with_the_rest(kind: type) -> Any:
 
     def hook(value: Any, _: Any) -> Any:
         if not isinstance(value, Mapping):
-            raise TypeError("expected an object")
+            raise TypeError(f"expected an object, got {json_kind(value)}")
         known = {k: v for k, v in value.items() if k in named}
         others = {k: v for k, v in value.items() if k not in named}
         if not all(isinstance(k, str) for k in others):

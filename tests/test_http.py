@@ -335,6 +335,7 @@ async def test_a_body_that_breaks_http_framing_is_400(server: RunningHorace, cli
             b"head is over 65536 bytes",
         ),
         (b"bad header line\r\n", 400, b"the request is not valid HTTP"),
+        (b"x-one: " + b"p" * 80_000 + b"\r\n", 431, b"head is over 65536 bytes"),  # whole in one read
     ],
 )
 async def test_a_head_h11_refuses_is_answered_as_every_refusal(

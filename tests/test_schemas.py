@@ -103,6 +103,18 @@ def test_bounds_in_the_schema_are_enforced(name: str) -> None:
         ("horace_search_files", {"min_size": 1.5}, "min_size: expected an integer, got the number 1.5"),
         ("horace_search_files", {"owner": ["a"]}, "owner: expected a string, got an array"),
         ("horace_search_files", {"owner": {}}, "owner: expected a string, got an object"),
+        ("horace_search_files", {"tags": "x"}, "tags: expected a list of strings, got a string"),
+        (
+            "horace_search_files",
+            {"tags": ["a", None]},
+            "tags: expected a list of strings, got one that is null",
+        ),
+        ("horace_search_files", {"query": [1]}, "query: expected an object, got an array"),
+        (
+            "horace_register_file",
+            {"file_path": "a", "metadata": 5},
+            "metadata: expected an object, got the number 5",
+        ),
     ],
 )
 def test_a_wrong_type_is_said_in_json_words(name: str, arguments: dict[str, object], said: str) -> None:

@@ -97,11 +97,11 @@ class HttpConnection:
                 # quote the bytes it choked on.
                 status = exc.error_status_hint
                 if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
-                    why = f"the request's head is over {MAX_HEAD_BYTES} bytes"
+                    await self._refuse_head(status, f"the request's head is over {MAX_HEAD_BYTES} bytes")
                 else:
-                    why = f"the request is not valid HTTP: {str(exc).partition(':')[0]}"
-                body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": why}}
-                await self.respond_json(status, body, close=True)
+                    await self._refuse_head(
+                        status, f"the request is not valid HTTP: {str(exc).partition(':')[0]}"
+                    )
                 return None
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
@@ -110,6 +110,14 @@ class HttpConnection:
                 self.received += data
                 self.h11.receive_data(bytes(data))
             elif isinstance(event, h11.Request):
+                # h11 bounds only a head still incomplete in its buffer: one that came
+                # whole in a read is measured here.
+                head = (
+                    len(event.method) + len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                )
+                if head > MAX_HEAD_BYTES:
+                    await self._refuse_head(431, f"the request's head is over {MAX_HEAD_BYTES} bytes")
+                    return None
                 request = Request(event.method, event.target, _joined(event.headers))
                 # h11 has checked it (digits only, one value) before giving the request.
                 length = request.headers.get(b"content-length")
@@ -121,6 +129,10 @@ class HttpConnection:
                 return request
             else:  # ConnectionClosed (or PAUSED: a pipelined request after a close)
                 return None
+
+    async def _refuse_head(self, status: int, why: str) -> None:
+        body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": why}}
+        await self.respond_json(status, body, close=True)
 
     async def read_body(self, limit: int, *, discard_up_to: int = 0) -> bytes | None:
         """The request's body; None when it is over *limit* bytes. A body over the limit

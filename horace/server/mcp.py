@@ -55,6 +55,7 @@ from horace.server.observer import CallWatch, NoObserver, Observer
 from horace.server.resources import Resources
 from horace.server.runner import ProgressPump, error_body, reply_too_large, run_tool, tool_error
 from horace.server.tools import TOOLS, CallContext
+from horace.wire import json_kind
 
 log = logging.getLogger("horace.server")
 
@@ -325,9 +326,8 @@ class McpSession:
             return error_text(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
         request_id = message.get("id")  # (none: a notification gone wrong, answered with id null)
         if "id" in message and not is_valid_id(request_id):
-            return error_text(
-                None, RpcError(INVALID_REQUEST, "id must be a string or an integer (never null)")
-            )
+            said = "never null" if request_id is None else f"not {json_kind(request_id)}"
+            return error_text(None, RpcError(INVALID_REQUEST, f"id must be a string or an integer ({said})"))
         method, params = message.get("method"), message.get("params", {})
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return error_text(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
