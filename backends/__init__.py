@@ -53,9 +53,10 @@ def url_problem(url: str) -> str | None:
         parts = urlsplit(url)
     except ValueError as exc:  # "Invalid IPv6 URL": a [ without its ]
         return f"the server's address cannot be read ({exc}): use postgresql://user@host:port/database"
-    if "@" in parts.path or parts.fragment:
+    if "@" in parts.path or parts.fragment or parts.netloc.count("@") > 1:
         # A / or # in the password ends the authority early: the rest of it would be read
-        # as the host and the database (and shown, in messages, as the server's name).
+        # as the host and the database (and shown, in messages, as the server's name); of
+        # two @, libpq and asyncpg take the first as the end of the password.
         return (
             "a '/', '@' or '#' in the user name or password must be percent-encoded "
             "(%2F, %40, %23), or the password given in PGPASSWORD"

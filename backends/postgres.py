@@ -1183,7 +1183,8 @@ class _Hop:
             if isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError):
                 raise CatalogUnwritable(
                     f"PostgreSQL at {self.where} refuses Horace's role: {exc} (the role in the URL "
-                    "must own Horace's tables: run `horace migrate` as that role, or GRANT it them)"
+                    "must own Horace's tables: made by another role, they want ALTER TABLE ... OWNER TO "
+                    "it, or a GRANT; see docs/postgres.md)"
                 ) from exc
             raise
         return result
@@ -1638,7 +1639,8 @@ class PostgresBackend(_Units):
         except CatalogUnwritable as exc:  # (a privilege refused, said by _Hop)
             raise CatalogUnwritable(
                 f"PostgreSQL at {self._hop.where} does not let Horace's role make or change its tables: "
-                f"{exc.__cause__ or exc} (make the role the database's owner, or the schema's)"
+                f"{exc.__cause__ or exc} (make the role the database's owner, or the schema's; "
+                "tables made by another role, ALTER TABLE ... OWNER TO it)"
             ) from None
 
     async def ping(self) -> None:

@@ -276,6 +276,13 @@ def register(
     """Catalog a file under files/."""
     new = NewFile(owner=owner, purpose=purpose, tags=tags, collection=collection)
     result = _run(ctx, lambda c: c.register(_client_path(ctx, path), new))
+    catalogued_before = result.duplicate or not result.version_created or result.file.current_version > 1
+    if catalogued_before and (owner or purpose or tags or collection):
+        click.echo(
+            f"horace: note: {'its content' if result.duplicate else 'it'} was catalogued already: "
+            "the metadata given was not applied (use `horace update`)",
+            err=True,
+        )
     _emit(ctx, result, lambda r: ("duplicate of " if r.duplicate else "") + _record_line(r.file))
 
 
@@ -709,6 +716,10 @@ def _configure_cli_logging(as_json: bool) -> None:
     root.setLevel(logging.WARNING)
 
 
+# Each file's work is committed whole or not at all (a scan commits as it goes).
+INTERRUPTED = "interrupted: what was done is kept, nothing is half-done; run it again to go on"
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
     if not args:  # `horace` alone: what there is to do, not an error
@@ -727,13 +738,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _say(Failure(Exit.USAGE, "USAGE", message), as_json)
         sys.exit(Exit.USAGE)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", "interrupted"), as_json)
+        _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", INTERRUPTED), as_json)
         sys.exit(Exit.INTERRUPTED)
     except BaseException as exc:
         failure = _failure(exc)
         if failure is None:
             if isinstance(_unwrap(exc), KeyboardInterrupt):
-                _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", "interrupted"), as_json)
+                _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", INTERRUPTED), as_json)
                 sys.exit(Exit.INTERRUPTED)
             if debug:
                 traceback.print_exception(exc)

@@ -151,9 +151,10 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         # A password holding / and @ unencoded: its tail would be read as host and database
         ("postgresql://horace:se:cr@t/pw@127.0.0.1:5432/horace", ("CONFIG", "must be percent-encoded")),
         ("postgresql://horace:a#b@127.0.0.1:5432/horace", ("CONFIG", "must be percent-encoded")),
+        ("postgresql://horace:p@ss@127.0.0.1:5432/horace", ("CONFIG", "must be percent-encoded")),
     ]:
         line = one_line_error(horace("search", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
-        assert not any(part in line for part in ("cr@t", "pw@", "a#b")), line  # none of a password
+        assert not any(part in line for part in ("cr@t", "pw@", "a#b", "p@ss")), line  # none of a password
         one_line_error(horace("serve", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
         one_line_error(horace("mcp", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
     for url, word in [  # found out as the database is opened (asyncpg parses the URL)
@@ -253,6 +254,14 @@ def test_domain_errors_json_and_global_options_anywhere(store: tuple[Path, dict[
     found = horace("--storage", str(root), "search", "--json", env=others)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["total_count"] == 1
+    # Registered again with metadata: not applied (update does that), and said so.
+    again = horace("register", "user/a.txt", "--tag", "x", env=env)
+    assert (
+        again.returncode == 0 and "the metadata given was not applied (use `horace update`)" in again.stderr
+    )
+    write(root / "files/user/b.txt", "b")
+    first = horace("register", "user/b.txt", "--tag", "x", env=env)
+    assert first.returncode == 0 and first.stderr == "", first.stderr
     for command in (["migrate"], ["fsck"], ["scan"], ["verify"]):
         done = horace(*command, "--json", env=env)
         assert done.returncode == 0, (command, done.stderr)
