@@ -261,7 +261,7 @@ def init(ctx: click.Context, adopt: bool) -> None:
 @click.argument("path")
 @click.option("--owner")
 @click.option("--purpose")
-@click.option("--tag", "tags", multiple=True)
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
 @click.option("--collection")
 @global_options
 @click.pass_context
@@ -311,7 +311,7 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 
 
 @cli.command()
-@click.option("--tag", "tags", multiple=True, help="Has all of these tags.")
+@click.option("--tag", "tags", multiple=True, help="Has all of these tags (repeat for more).")
 @click.option("--any-tag", "any_tags", multiple=True, help="Has any of these tags.")
 @click.option("--owner")
 @click.option("--purpose", help="Prefixes of words of the purpose or path (all).")
@@ -575,7 +575,10 @@ def migrate(ctx: click.Context) -> None:
 
 
 _LOG_LEVEL = click.option(
-    "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+    "--log-level",
+    default="INFO",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    help="The least level logged on stderr (one JSON object a line).",
 )
 
 
