@@ -414,12 +414,11 @@ async def _file(
             repaired,
         )
 
-    unreachable = None
-    if file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path):
-        unreachable = await in_thread(storage.unreachable, file.file_path)
+    gone = file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path)
+    unreachable = await in_thread(storage.unreachable, file.file_path) if gone else None
     if unreachable is not None:
         finding("unreachable", unreachable, False)  # never written through, nor "missing"
-    elif file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path):
+    elif gone:
         repaired = False
         detail = "the active file's working copy is missing"
         if repair and objects_ok.get(file.checksum, False):

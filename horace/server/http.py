@@ -230,7 +230,7 @@ class StreamableHttp:
         idle = [session for session in self.sessions.values() if session.reclaimable(quiet_before)]
         if not idle:
             return False
-        oldest = min(idle, key=lambda session: max(session.last_request, session.session.quiet_since))
+        oldest = min(idle, key=lambda session: session.quiet_since)
         self._forget(oldest)
         oldest.end("its slot was taken back for a new session (all HORACE_MAX_CONNECTIONS in use)")
         return True

@@ -29,7 +29,11 @@ import h11
 import trio
 from attrs import frozen
 
+from horace.server import jsonrpc
+from horace.server.jsonrpc import INVALID_REQUEST, RpcError
+
 MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE = f"the request's head is over {MAX_HEAD_BYTES} bytes"
 # For a request to come (on a kept-alive connection too), and for its body once its
 # head is in; for an upgrade, for the head and the handshake together.
 HEAD_TIMEOUT = 10.0
@@ -97,7 +101,7 @@ class HttpConnection:
                 # quote the bytes it choked on.
                 status = exc.error_status_hint
                 if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
-                    await self._refuse_head(status, f"the request's head is over {MAX_HEAD_BYTES} bytes")
+                    await self._refuse_head(status, HEAD_TOO_LARGE)
                 else:
                     await self._refuse_head(
                         status, f"the request is not valid HTTP: {str(exc).partition(':')[0]}"
@@ -116,7 +120,7 @@ class HttpConnection:
                     len(event.method) + len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 )
                 if head > MAX_HEAD_BYTES:
-                    await self._refuse_head(431, f"the request's head is over {MAX_HEAD_BYTES} bytes")
+                    await self._refuse_head(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, HEAD_TOO_LARGE)
                     return None
                 request = Request(event.method, event.target, _joined(event.headers))
                 # h11 has checked it (digits only, one value) before giving the request.
@@ -131,8 +135,7 @@ class HttpConnection:
                 return None
 
     async def _refuse_head(self, status: int, why: str) -> None:
-        body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": why}}
-        await self.respond_json(status, body, close=True)
+        await self.respond_json(status, jsonrpc.error(None, RpcError(INVALID_REQUEST, why)), close=True)
 
     async def read_body(self, limit: int, *, discard_up_to: int = 0) -> bytes | None:
         """The request's body; None when it is over *limit* bytes. A body over the limit

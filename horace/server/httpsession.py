@@ -99,8 +99,13 @@ class HttpSession:
             and not self.listening
             and not self.streams
             and self.session.inflight == 0
-            and max(self.last_request, self.session.quiet_since) < quiet_before
+            and self.quiet_since < quiet_before
         )
+
+    @property
+    def quiet_since(self) -> float:
+        """When the session last asked for something, or a call of it ended."""
+        return max(self.last_request, self.session.quiet_since)
 
     def touch(self) -> None:
         """A request came (whatever it asks): the session is not idle."""
@@ -215,7 +220,7 @@ class HttpSession:
     async def _end_when_idle(self) -> None:
         timeout = self.settings.idle_timeout
         while True:
-            quiet_since = max(self.last_request, self.session.quiet_since)
+            quiet_since = self.quiet_since
             busy = self.session.inflight > 0
             if not busy and trio.current_time() >= quiet_since + timeout:
                 break
