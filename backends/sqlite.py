@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -150,6 +151,8 @@ def _connect(path: Path) -> sqlite3.Connection:
                 f"the catalog {path} cannot be opened for writing ({exc}): "
                 "is the storage read-only, or not this user's to write?"
             ) from None
+        if _disk_full(exc, path):
+            raise DatabaseFull(f"the disk of the SQLite catalog {path} is full: {exc}") from None
         raise
     conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe in WAL
     conn.execute("PRAGMA foreign_keys=ON")
@@ -1135,6 +1138,21 @@ def _statements(script: str) -> Iterator[str]:
             if buffer.strip():
                 yield buffer
             buffer = ""
+
+
+def _disk_full(exc: sqlite3.OperationalError, path: Path) -> bool:
+    """Whether *exc* comes of a full disk under the catalog at *path*. Opening it, SQLite
+    says "disk I/O error" when it cannot grow the ``-shm`` file beside it: the disk is
+    asked then."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _full_is_an_error(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:

@@ -16,6 +16,7 @@ The server, the CLI and the watcher are thin edges over this class.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
@@ -53,7 +54,7 @@ from horace.backends.records import (
 )
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
-from horace.storage import FileIdentity, Staged, Storage
+from horace.storage import FileIdentity, Hashed, Staged, Storage
 
 log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
@@ -341,8 +342,14 @@ class Catalog:
         correlation_id: str | None,
         staged: Staged | None = None,
         status: Status | None = None,
+        spare: int | None = None,
     ) -> tuple[FileRecord, VersionRecord]:
-        """Shielded: make *staged* an object (when given) and record the version."""
+        """Shielded: make *staged* an object (when given) and record the version. Retention
+        prunes no version from *spare* on: a restore keeps the one it is about to put back
+        (and its object) until the restored version refers to its content."""
+        retention = self.policy.retention
+        if spare is not None:
+            retention = attrs.evolve(retention, keep=max(retention.keep, file.current_version + 2 - spare))
         with trio.CancelScope(shield=True):
             if staged is not None:
                 await in_thread(self.storage.keep, staged)
@@ -351,7 +358,7 @@ class Catalog:
                 new,
                 self.clock(),
                 correlation_id,
-                self.policy.retention,
+                retention,
                 status.value if status else None,
             )
             if staged is not None:
@@ -361,13 +368,18 @@ class Catalog:
         return record, version
 
     async def _version_working_copy(
-        self, db: Units, file: FileRecord, correlation_id: str | None, status: Status | None = None
+        self,
+        db: Units,
+        file: FileRecord,
+        correlation_id: str | None,
+        status: Status | None = None,
+        spare: int | None = None,
     ) -> tuple[FileRecord, VersionRecord | None, FileIdentity | None]:
         """Keep the working file as a new version when it differs from the current one;
         also say which file that was (for a later replace to check against)."""
         staged = await self._stage(file.file_path)
         try:
-            record, version = await self._version_staged(db, file, staged, correlation_id, status)
+            record, version = await self._version_staged(db, file, staged, correlation_id, status, spare)
             return record, version, staged.source
         finally:
             await self.discard(staged)
@@ -379,6 +391,7 @@ class Catalog:
         staged: Staged,
         correlation_id: str | None,
         status: Status | None = None,
+        spare: int | None = None,
     ) -> tuple[FileRecord, VersionRecord | None]:
         if staged.checksum == file.checksum:
             if staged.working is not None:
@@ -387,10 +400,10 @@ class Catalog:
             return file, None
         mime_type = mime.detect(file.file_path, staged.head)
         new = NewVersion(staged.checksum, staged.size, mime_type, working=staged.working)
-        return await self._commit_version(db, file, new, correlation_id, staged, status)
+        return await self._commit_version(db, file, new, correlation_id, staged, status, spare)
 
     async def _version_held(
-        self, db: Units, file: FileRecord, held: Path, correlation_id: str | None
+        self, db: Units, file: FileRecord, held: Path, correlation_id: str | None, spare: int | None = None
     ) -> tuple[FileRecord, VersionRecord | None]:
         """Version a working file moved out of files/, then let it go. Shielded: the file
         has left files/ already, and its content must not be dropped half-way. Should
@@ -399,7 +412,7 @@ class Catalog:
             try:
                 staged = await in_thread(self.storage.stage_held, held)
                 try:
-                    done = await self._version_staged(db, file, staged, correlation_id)
+                    done = await self._version_staged(db, file, staged, correlation_id, spare=spare)
                 finally:
                     await self.discard(staged)
             except BaseException:
@@ -709,7 +722,10 @@ class Catalog:
             examined: FileIdentity | None = None
             if await in_thread(self.storage.working_exists, current.file_path):
                 await self._not_being_written(current.file_path)
-                current, kept, examined = await self._version_working_copy(db, current, correlation_id)
+                # (Retention spares the wanted version: its object is read below.)
+                current, kept, examined = await self._version_working_copy(
+                    db, current, correlation_id, spare=version
+                )
                 preserved = kept.version if kept else None
             displaced = await in_thread(
                 self.storage.replace_working,
@@ -723,7 +739,7 @@ class Catalog:
             with trio.CancelScope(shield=True):
                 if displaced is not None:
                     # A writer replaced the file after it was versioned: keep that too.
-                    current, _ = await self._version_held(db, current, displaced, correlation_id)
+                    current, _ = await self._version_held(db, current, displaced, correlation_id, version)
                 new = NewVersion(
                     wanted.checksum, wanted.size, current.mime_type, restored_from_version=version
                 )
@@ -1177,9 +1193,50 @@ class Catalog:
         collect any other object no version refers to (once past the grace period)."""
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
+        if orphans:
+            untaken = await self._take_in_copies(orphans)
+            orphans = [c for c in orphans if c not in untaken]  # kept: strays for fsck to list
         deleted = await self.release(orphans, grace_seconds=0.0) if orphans else []
         deleted += await self.collect_orphans()
         return PurgeReport(purged, len(deleted))
+
+    async def _take_in_copies(self, checksums: Sequence[str]) -> set[str]:
+        """Catalog the files under files/ that hold one of *checksums*, content the catalog
+        is letting go of, and that nobody catalogued: a copy registered as a duplicate of a
+        file since deleted and purged, with no scan or watcher to take it in meanwhile,
+        would be the only place left of its content, unversioned. Only untracked files of
+        those contents' sizes are read. Returns the contents of copies that could not be
+        catalogued (their objects must stay)."""
+
+        def sizes() -> set[int]:
+            found = set()
+            for checksum in checksums:
+                with contextlib.suppress(OSError):  # gone already: nothing to match
+                    found.add(self.storage.object_path(checksum).stat().st_size)
+            return found
+
+        wanted_sizes = await in_thread(sizes)
+        found = await in_thread(self.storage.walk_stats, None, [], check_cancelled)
+        catalogued = {e.file_path for e in await self.backend.working_index()}
+        candidates = [rel for rel, st in found if rel not in catalogued and st.st_size in wanted_sizes]
+        if not candidates:
+            return set()
+        wanted = set(checksums)
+        hashed = await self._in_threads(self.storage.hash_many, candidates, None)
+        copies = {
+            rel: outcome.checksum
+            for rel, outcome in zip(candidates, hashed, strict=True)
+            if isinstance(outcome, Hashed) and outcome.checksum in wanted
+        }
+        untaken: set[str] = set()
+        for batch in _slices(list(copies), SCAN_COMMIT_GROUP):
+            outcome = await self.register_new(batch)
+            for file in outcome.registered:
+                log.info("purge: catalogued %s, the last copy of a purged file's content", file.file_path)
+            for rel, exc in outcome.failed:
+                log.warning("purge: kept the content of %s, not catalogued: %s", rel, exc.message)
+                untaken.add(copies[rel])
+        return untaken
 
     async def collect_orphans(self) -> list[str]:
         """Collect the objects no version row refers to that are older than the deleted

@@ -163,6 +163,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "max_reply_bytes": (("HORACE_MAX_REPLY_BYTES",), _count),
     "max_read_bytes": (("HORACE_MAX_READ_BYTES",), _count),
     "max_pending_reply_bytes": (("HORACE_MAX_PENDING_REPLY_BYTES",), _count),
+    "max_pending_reply_bytes_total": (("HORACE_MAX_PENDING_REPLY_BYTES_TOTAL",), _count),
     "idle_timeout": (("HORACE_IDLE_TIMEOUT",), _timeout),
     "send_timeout": (("HORACE_SEND_TIMEOUT",), _timeout),
     "call_deadline": (("HORACE_CALL_DEADLINE",), parse_duration),
@@ -261,6 +262,8 @@ class Settings:
     max_read_bytes: int = 4 * 1024 * 1024
     # replies in the making (large results) or not yet read, per connection
     max_pending_reply_bytes: int = 16 * 1024 * 1024
+    # the same, every session together
+    max_pending_reply_bytes_total: int = 64 * 1024 * 1024
     # a session (either transport) with nothing from the client and no call running
     idle_timeout: float = 300.0
     # a reply the client does not take in this time closes the connection (HTTP: an answer

@@ -108,6 +108,29 @@ async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catal
     assert (await catalog.get_info(file_id=file.id)).file.current_version == 2
 
 
+async def test_restoring_the_oldest_kept_version_over_unsaved_work_keeps_it(
+    catalog: Catalog, files: Path
+) -> None:
+    """The unsaved work is kept as a version first: that commit must not prune the version
+    being restored (nor collect its object, past the grace at once here) before it is read."""
+    catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=3), gc_grace_seconds=0.0)
+    path = write(files / "user/doc.txt", "v1")
+    file = (await catalog.register("user/doc.txt")).file
+    for n in (2, 3):
+        path.write_text(f"v{n}")
+        await catalog.update(file.id, FileChanges())
+    path.write_text("unsaved")
+    restored = await catalog.restore(file.id, 1)
+    assert restored.preserved_version == 4 and restored.version.version == 5
+    assert path.read_text() == "v1"
+    kept = {
+        v.version: catalog.storage.object_path(v.checksum).read_bytes()
+        for v in await catalog.backend.versions(file.id)
+    }
+    assert kept == {5: b"v1", 4: b"unsaved", 3: b"v3"}  # retention as usual once restored
+    assert (await fsck(catalog)).clean
+
+
 async def test_pruning_keeps_exactly_the_newest_n(settings: Settings, files: Path) -> None:
     async with open_catalog(attrs.evolve(settings, version_count=3), create=True) as catalog:
         path = write(files / "user/a.txt", "c1")
@@ -404,6 +427,30 @@ async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) 
         assert not catalog.storage.has_object(a.checksum)
         assert await catalog.backend.file_by_id(b.id) is not None
         assert catalog.storage.has_object(b.checksum)
+
+
+async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Settings, files: Path) -> None:
+    """A copy registered as a duplicate is not catalogued; once the file whose content it
+    is has been deleted and purged, the copy would be that content's only place, and any
+    write to it would lose it. Without a scan or a watcher, the purge takes it in."""
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    async with open_catalog(settings, create=True) as catalog:
+        catalog.clock = lambda: now[0]
+        catalog.policy = CatalogPolicy(deleted_retention=timedelta(days=30), gc_grace_seconds=0.0)
+        write(files / "user/p.txt", "shared content")
+        copy = write(files / "user/r.txt", "shared content")
+        write(files / "user/other.txt", "same size here")  # untracked too, not a copy: left alone
+        p = (await catalog.register("user/p.txt")).file
+        assert (await catalog.register("user/r.txt")).duplicate
+        await catalog.delete(p.id)
+        now[0] += timedelta(days=31)
+        report = await catalog.purge()
+        assert (report.files_purged, report.objects_deleted) == (1, 0)
+        taken = await catalog.backend.file_by_path("user/r.txt")
+        assert taken is not None and taken.checksum == p.checksum
+        assert catalog.storage.object_path(p.checksum).read_bytes() == copy.read_bytes()
+        assert await catalog.backend.file_by_path("user/other.txt") is None
+        assert (await fsck(catalog)).clean
 
 
 async def test_an_object_no_version_refers_to_is_kept_a_retention_long(catalog: Catalog, files: Path) -> None:

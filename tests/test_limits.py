@@ -42,6 +42,8 @@ from horace.server.front import HEAD_TIMEOUT
 from horace.server.jsonrpc import REPLY_TOO_LARGE, SERVER_BUSY, json_size_at_least, unusable
 from horace.server.lifecycle import HoraceServer, listen
 from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS, McpSession
+from horace.server.replyroom import ReplyRoom
+from horace.server.resources import Resources
 from horace.server.tools import TOOLS
 from horace.server.websocket import WebSocketSession
 from horace.sinks.supervisor import SinkRunner
@@ -113,11 +115,14 @@ class FakeSession:
 
 
 async def start_session(
-    nursery: trio.Nursery, settings: Settings, catalog: Catalog | None = None
+    nursery: trio.Nursery,
+    settings: Settings,
+    catalog: Catalog | None = None,
+    server_room: ReplyRoom | None = None,
 ) -> FakeSession:
     ws = FakeWebSocket()
     peer = FakePeer(ws)
-    mcp = McpSession(catalog, settings, transport="websocket")  # type: ignore[arg-type]
+    mcp = McpSession(catalog, settings, transport="websocket", server_room=server_room)  # type: ignore[arg-type]
     session = WebSocketSession(ws, peer, mcp)  # type: ignore[arg-type]
     ended = trio.Event()
 
@@ -232,12 +237,67 @@ async def test_large_result_calls_wait_for_room_instead_of_piling_up(
         await fake.send(request(4, "ping"))  # small results never wait
         await trio.testing.wait_all_tasks_blocked()
         assert ran == [1]  # its reply waits for the client; the other searches wait for room
-        assert fake.session.session.reply_bytes <= settings.max_pending_reply_bytes
+        assert fake.session.session.reply_room.used <= settings.max_pending_reply_bytes
         fake.ws.reading.set()
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(ran) == [1, 2, 3]
         replies = by_id(fake.ws.sent)
         assert set(replies) == {1, 2, 3, 4} and all("result" in r for r in replies.values())
+        nursery.cancel_scope.cancel()
+
+
+def fake_reads(monkeypatch: pytest.MonkeyPatch, size: int) -> list[str]:
+    """resources/read answers *size* characters of text; the URIs read, in order."""
+    ran: list[str] = []
+
+    async def read(self: Resources, params: Any) -> dict[str, Any]:
+        ran.append(params["uri"])
+        return {"contents": [{"uri": params["uri"], "text": "x" * size}]}
+
+    monkeypatch.setattr(Resources, "read", read)
+    return ran
+
+
+async def test_resource_reads_wait_for_room_instead_of_piling_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resource's content is a reply as large as a page: 256 reads of a 4 MB file left
+    # unread took a server past a gigabyte when reads did not wait for room.
+    ran = fake_reads(monkeypatch, 4_000)
+    settings = Settings(max_reply_bytes=10_000, max_pending_reply_bytes=10_000)
+    async with trio.open_nursery() as nursery:
+        fake = await start_session(nursery, settings)
+        fake.ws.reading = trio.Event()  # the client reads nothing
+        for i in range(1, 4):
+            await fake.send(request(i, "resources/read", {"uri": f"horace://files/{i}"}))
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == ["horace://files/1"]  # the others wait for its reply to be taken
+        assert fake.session.session.reply_room.used <= settings.max_pending_reply_bytes
+        fake.ws.reading.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ran) == 3 and set(by_id(fake.ws.sent)) == {1, 2, 3}
+        nursery.cancel_scope.cancel()
+
+
+async def test_sessions_together_stay_within_the_servers_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = fake_reads(monkeypatch, 9_000)
+    # Each session has room for two large replies; the server, for two in all.
+    settings = Settings(max_reply_bytes=10_000, max_pending_reply_bytes=20_000)
+    server_room = ReplyRoom(20_000)
+    async with trio.open_nursery() as nursery:
+        sessions = [await start_session(nursery, settings, server_room=server_room) for _ in range(3)]
+        for n, fake in enumerate(sessions):
+            fake.ws.reading = trio.Event()  # no client reads
+            await fake.send(request(1, "resources/read", {"uri": f"horace://files/{n}"}))
+            await trio.testing.wait_all_tasks_blocked()
+        # The third session waits, though its own room is free.
+        assert ran == ["horace://files/0", "horace://files/1"]
+        assert server_room.used <= 20_000
+        sessions[0].ws.reading.set()  # the first client reads its reply: room for the third
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ran) == 3
+        for fake in sessions:
+            fake.ws.reading.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server_room.used == 0 and all(len(fake.ws.sent) == 1 for fake in sessions)
         nursery.cancel_scope.cancel()
 
 
@@ -307,7 +367,7 @@ def test_the_params_walk_holds_one_iterator_per_level() -> None:
     nested: Any = "x"
     for _ in range(70):
         nested = [nested]
-    assert "nested deeper than 64" in str(unusable({"deep": nested}))
+    assert "nests deeper than 64" in str(unusable({"deep": nested}))
 
 
 # -- the protocol limits over a real WebSocket ---------------------------------------------

@@ -6,6 +6,7 @@ injecting ENOSPC into the copy, through the catalog and through an MCP client.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -117,4 +118,26 @@ def test_a_read_only_storage_is_a_storage_error_in_one_line(small_tmpfs: Path) -
     assert remount.returncode == 0, remount.stderr
     for command in (["search"], ["info", "user/a.txt"], ["scan"], ["mcp"]):
         one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_ERROR", "read-only")
+    assert (root / "files/user/a.txt").read_text() == "kept"
+
+
+def test_a_full_disk_under_the_catalog_is_storage_full_at_start(small_tmpfs: Path) -> None:
+    """With not a byte free, SQLite cannot grow the ``-shm`` file it opens beside the
+    catalog and says "disk I/O error": every command, read-only ones too, says
+    STORAGE_FULL in one line (exit 8), and works again once there is room."""
+    from test_cli import horace, one_line_error
+
+    root = small_tmpfs / "store"
+    env = {"HORACE_STORAGE_PATH": str(root)}
+    assert horace("init", env=env).returncode == 0
+    write(root / "files/user/a.txt", "kept")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    filler = small_tmpfs / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+    for command in (["info", "user/a.txt"], ["search"], ["scan"]):
+        one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_FULL", "full")
+    filler.unlink()
+    assert horace("info", "user/a.txt", env=env).returncode == 0
     assert (root / "files/user/a.txt").read_text() == "kept"

@@ -6,12 +6,13 @@ each message with these functions and answers with their texts, whatever carried
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+import attrs
 
 from horace.backends.records import INT64_MAX, INT64_MIN
 
@@ -53,7 +54,9 @@ def text_of(data: bytes) -> str:
 def parse(text: str) -> Any:
     """*text* as JSON, or :class:`RpcError` -32700 saying in JSON's words what is wrong."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
+    except _NotJson as exc:
+        reason = str(exc)
     except RecursionError:
         reason = "nested too deeply"
     except json.JSONDecodeError as exc:
@@ -61,6 +64,15 @@ def parse(text: str) -> Any:
     except ValueError:  # (json.loads raises nothing else but for an integer's digits)
         reason = f"a number of more than {sys.get_int_max_str_digits()} digits"
     raise RpcError(PARSE_ERROR, f"parse error: {reason}")
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(constant: str) -> Any:
+    # Python's parser takes NaN, Infinity and -Infinity, which JSON does not have.
+    raise _NotJson(f"{constant} is not a JSON value")
 
 
 def is_valid_id(value: Any) -> bool:
@@ -113,45 +125,90 @@ def is_response(message: Any) -> bool:
     )
 
 
-def unusable(params: Any) -> str | None:
+@attrs.frozen
+class Unusable:
+    """Why a request's params cannot be used, and where in them: *where* as
+    ``arguments.tags[2]`` (``params`` for the whole)."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where} {self.reason}"
+
+    def within(self, key: str) -> bool:
+        """Whether it is in the value of params' *key*."""
+        return self.where == key or self.where.startswith((f"{key}.", f"{key}["))
+
+    @property
+    def names_a_path(self) -> bool:
+        """A NUL in a call's ``file_path``: the path is what is invalid (INVALID_PATH)."""
+        return self.reason.startswith(_NUL) and self.where == "arguments.file_path"
+
+
+_NUL = "holds a NUL character"
+
+
+def unusable(params: Any) -> Unusable | None:
     """Why *params* cannot be used whatever the method, or None.
 
     Values nested too deep would overflow the recursive code past this point (structuring,
     JSON for the catalog and the sinks) and, once stored, break every later read of the
     file. A lone surrogate (a ``\\udXXX`` escape without its pair) is valid JSON text but
     not Unicode, and a NUL character fits no database text: neither can be a path or a
-    stored string. Integers beyond 64 bits fit no database column, and NaN or Infinity
-    (which Python's parser lets through) are not JSON and could not be sent back. Walked
-    iteratively, with one iterator per level open (not one entry per value: a 4 MiB list of
-    a million values stays a list).
+    stored string (nor a key). Integers beyond 64 bits fit no database column, and a
+    number too large for a float (``1e999``) is not finite and could not be sent back.
+    Walked iteratively, with one iterator per level open (not one entry per value: a 4 MiB
+    list of a million values stays a list); where it is found is spelled out only then.
     """
-    levels: list[Iterator[Any]] = [iter((params,))]
+    levels: list[Iterator[tuple[Any, Any]]] = [iter(((None, params),))]
+    keys: list[Any] = [None]  # at each level, the key (or index) of the value last taken
     while levels:
-        item = next(levels[-1], _END)
-        if item is _END:
+        entry: Any = next(levels[-1], _END)
+        if entry is _END:
             levels.pop()
-        elif isinstance(item, str):
-            if "\x00" in item:
-                return "a string in params holds a NUL character, which no catalog can store"
-            if not item.isascii():
-                try:
-                    item.encode()
-                except UnicodeEncodeError:
-                    return f"a string in params is not valid Unicode (lone surrogate): {item[:40]!r}"
+            keys.pop()
+            continue
+        key, item = entry
+        keys[-1] = key
+        reason: str | None = _text_unusable(key) if isinstance(key, str) else None
+        if reason is not None:
+            return Unusable(_where(keys), f"has a key that {reason}")
+        if isinstance(item, str):
+            reason = _text_unusable(item)
         elif isinstance(item, bool):
             continue
         elif isinstance(item, int):
             if not INT64_MIN <= item <= INT64_MAX:
-                return f"an integer in params is out of the 64-bit range: {item}"
+                reason = f"is out of the 64-bit range: {item}"
         elif isinstance(item, float):
             if not math.isfinite(item):
-                return f"a number in params is not finite: {item}"
+                reason = f"is not a finite number: {item}"
         elif isinstance(item, dict | list):
             if len(levels) > MAX_PARAMS_DEPTH:
-                return f"params nested deeper than {MAX_PARAMS_DEPTH} levels"
-            children = itertools.chain(item.keys(), item.values()) if isinstance(item, dict) else iter(item)
-            levels.append(children)
+                reason = f"nests deeper than {MAX_PARAMS_DEPTH} levels"
+            else:
+                levels.append(iter(item.items()) if isinstance(item, dict) else enumerate(item))
+                keys.append(None)
+        if reason is not None:
+            return Unusable(_where(keys), reason)
     return None
+
+
+def _text_unusable(text: str) -> str | None:
+    if "\x00" in text:
+        return f"{_NUL}, which no catalog can store"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return f"is not valid Unicode (a lone surrogate): {text[:40]!r}"
+    return None
+
+
+def _where(keys: list[Any]) -> str:
+    where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in keys[1:])
+    return where.lstrip(".") or "params"
 
 
 def what_is_read(message: Any) -> Any:

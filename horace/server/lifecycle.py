@@ -34,6 +34,7 @@ from horace.server.front import ClientStream, Front
 from horace.server.httpsession import HttpSession
 from horace.server.mcp import McpSession
 from horace.server.observer import Observer
+from horace.server.replyroom import ReplyRoom
 from horace.server.websocket import WebSocketSession
 
 log = logging.getLogger("horace.server")
@@ -58,6 +59,9 @@ class HoraceServer:
         self.catalog = catalog
         self.observer = observer
         self.sessions: set[WebSocketSession | HttpSession] = set()
+        # Every session's replies in the making or unread, together (a session's own room
+        # is within it).
+        self.reply_room = ReplyRoom(settings.max_pending_reply_bytes_total)
         self.health_parts: dict[str, HealthPart] = {}  # e.g. sinks, watcher: name -> state
         self.port: int | None = None
         self._accepting = trio.CancelScope()
@@ -107,7 +111,9 @@ class HoraceServer:
         self._accepting.cancel()
 
     def new_session(self, transport: str) -> McpSession:
-        return McpSession(self.catalog, self.settings, self.observer, transport=transport)
+        return McpSession(
+            self.catalog, self.settings, self.observer, transport=transport, server_room=self.reply_room
+        )
 
     async def _run_session(self, ws: WebSocketConnection, stream: ClientStream) -> None:
         await self._serve(WebSocketSession(ws, stream, self.new_session("websocket")))

@@ -15,10 +15,12 @@ Limits that bound what one session can make the server hold:
 - a reply (single or batch) has at most ``max_reply_bytes``, past which it is replaced
   by a JSON-RPC error (in a batch, each reply that no longer fits is);
 - replies in the making or not yet taken by the client add up to
-  ``max_pending_reply_bytes``: a call whose result grows with a page (``large_result``)
-  reserves ``max_reply_bytes`` while it runs, and waits for that room before it starts;
-  replies count from when the transport sends them until the client has taken them
-  (:meth:`McpSession.sending`). Backpressure, not loss: no reply is dropped.
+  ``max_pending_reply_bytes`` (and those of every session to
+  ``max_pending_reply_bytes_total``): a call whose result grows with a page
+  (``large_result``) or with a file (``resources/read``) reserves ``max_reply_bytes``
+  while it runs, and waits for that room before it starts; replies count from when the
+  transport sends them until the client has taken them (:meth:`McpSession.sending`).
+  Backpressure, not loss: no reply is dropped (:mod:`horace.server.replyroom`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import trio
@@ -35,7 +37,7 @@ import trio
 import horace
 from horace.catalog import Catalog
 from horace.config import Settings
-from horace.model import CallRecord, HoraceError
+from horace.model import CallRecord, ErrorCode, HoraceError
 from horace.server import jsonrpc
 from horace.server.jsonrpc import (
     INTERNAL_ERROR,
@@ -46,12 +48,14 @@ from horace.server.jsonrpc import (
     REQUEST_TIMEOUT,
     SERVER_BUSY,
     RpcError,
+    Unusable,
     error_text,
     is_notification,
     is_valid_id,
     result_text,
 )
 from horace.server.observer import CallWatch, NoObserver, Observer
+from horace.server.replyroom import ReplyRoom
 from horace.server.resources import Resources
 from horace.server.runner import ProgressPump, error_body, reply_too_large, run_tool, tool_error
 from horace.server.tools import TOOLS, CallContext
@@ -82,7 +86,13 @@ class Send(Protocol):
 
 class McpSession:
     def __init__(
-        self, catalog: Catalog, settings: Settings, observer: Observer | None = None, *, transport: str
+        self,
+        catalog: Catalog,
+        settings: Settings,
+        observer: Observer | None = None,
+        *,
+        transport: str,
+        server_room: ReplyRoom | None = None,
     ) -> None:
         self.catalog = catalog
         self.settings = settings
@@ -100,8 +110,7 @@ class McpSession:
         self.inflight = 0
         self._request_bytes = 0  # the messages whose requests are under way
         # Reserved by running large_result calls, plus what is being sent until it is taken.
-        self.reply_bytes = 0
-        self._reply_room = trio.lowlevel.ParkingLot()
+        self.reply_room = ReplyRoom(settings.max_pending_reply_bytes, within=server_room)
         self.quiet_since = trio.current_time()  # when the last call finished or reply went out
         self._turns = 0
 
@@ -199,11 +208,11 @@ class McpSession:
         """Count *size* bytes of reply among those not yet taken, while the transport
         sends them. Entered with no checkpoint since the call that made the reply gave
         back its reservation, so waiting calls cannot slip in between."""
-        self.reply_bytes += size
+        self.reply_room.count(size)
         try:
             yield
         finally:
-            self._release_reply_room(size)
+            self.reply_room.give_back(size)
             self.quiet_since = trio.current_time()
 
     def held(self) -> dict[str, int]:
@@ -213,7 +222,7 @@ class McpSession:
             "cancellable": len(self._scopes),
             "cancelled_by_client": len(self._cancelled_by_client),
             "request_bytes": self._request_bytes,
-            "reply_bytes": self.reply_bytes,
+            "reply_bytes": self.reply_room.used,
         }
 
     def next_turn(self) -> int:
@@ -244,20 +253,18 @@ class McpSession:
             ),
         )
 
-    async def _reserve_reply_room(self, size: int) -> None:
-        """Wait until *size* more bytes of replies fit in ``max_pending_reply_bytes`` (one
-        reservation alone always fits), then count them. Without this, replies to a
-        client that reads slowly or not at all would pile up to
-        ``max_calls_per_connection`` x ``max_reply_bytes`` (calls that start together
-        all finish before any reply is taken). A checkpoint only when it waits."""
-        limit = self.settings.max_pending_reply_bytes
-        while self.reply_bytes and self.reply_bytes + size > limit:
-            await self._reply_room.park()  # woken by _release_reply_room
-        self.reply_bytes += size
-
-    def _release_reply_room(self, size: int) -> None:
-        self.reply_bytes -= size
-        self._reply_room.unpark_all()  # each looks again: several smaller ones may fit
+    @asynccontextmanager
+    async def _room_for_a_reply(self) -> AsyncIterator[None]:
+        """Room for one reply of ``max_reply_bytes`` while the body runs (waiting for it
+        first, cancellably): see :mod:`horace.server.replyroom`. Given back before the
+        reply is encoded and handed to the transport, with no checkpoint in between
+        (:meth:`sending` counts it at once), so waiting calls cannot slip in between."""
+        size = self.settings.max_reply_bytes
+        await self.reply_room.reserve(size)
+        try:
+            yield
+        finally:
+            self.reply_room.give_back(size)
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -334,8 +341,8 @@ class McpSession:
         if not isinstance(params, dict | list):
             return error_text(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
         refusal = jsonrpc.unusable(params)
-        if refusal is not None:
-            return error_text(request_id, RpcError(INVALID_PARAMS, refusal))
+        if refusal is not None and not (method == "tools/call" and refusal.within("arguments")):
+            return error_text(request_id, RpcError(INVALID_PARAMS, str(refusal)))
         if self.inflight >= self.settings.max_calls_per_connection:
             return error_text(
                 request_id,
@@ -347,7 +354,7 @@ class McpSession:
             )
         self.inflight += 1
         try:
-            text = await self._dispatch(request_id, method, params, send)
+            text = await self._dispatch(request_id, method, params, send, refusal)
         except RpcError as exc:
             return error_text(request_id, exc)
         except Exception:
@@ -371,9 +378,11 @@ class McpSession:
             )
         return text
 
-    async def _dispatch(self, request_id: Any, method: str, params: Any, send: Send) -> str | None:
+    async def _dispatch(
+        self, request_id: Any, method: str, params: Any, send: Send, refusal: Unusable | None
+    ) -> str | None:
         if method == "tools/call":
-            return await self._call_tool(request_id, params, send)
+            return await self._call_tool(request_id, params, send, refusal)
         if not isinstance(params, dict):
             raise RpcError(INVALID_PARAMS, f"{method} takes an object as params")
         if method == "initialize":
@@ -389,7 +398,8 @@ class McpSession:
             _one_page(params)
             result = self.resources.templates()
         elif method == "resources/read":
-            result = await self.resources.read(params)
+            async with self._room_for_a_reply():  # a file's content: up to max_read_bytes
+                result = await self.resources.read(params)
         elif method == "completion/complete":
             result = await self.resources.complete(params)
         elif method == "logging/setLevel":
@@ -439,11 +449,15 @@ class McpSession:
 
     # -- tools/call ----------------------------------------------------------------------------
 
-    async def _call_tool(self, request_id: Any, params: Any, send: Send) -> str | None:
+    async def _call_tool(
+        self, request_id: Any, params: Any, send: Send, refusal: Unusable | None
+    ) -> str | None:
+        """A tool call; *refusal*: why its arguments cannot be used (answered as any
+        argument the tool refuses, and logged in their stead: they may not be storable)."""
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
         name = params["name"]
-        arguments = params.get("arguments")
+        arguments = params.get("arguments") if refusal is None else {"unusable": str(refusal)}
         meta: dict[str, Any] = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
         correlation_id = _correlation_id(arguments, meta)
         tool = TOOLS.get(name)
@@ -462,6 +476,9 @@ class McpSession:
         answered = False
         try:
             try:
+                if refusal is not None:
+                    code = ErrorCode.INVALID_PATH if refusal.names_a_path else ErrorCode.INVALID_ARGUMENT
+                    raise HoraceError(code, str(refusal))
                 args = tool.structure(arguments)
             except HoraceError as exc:
                 if not self._argument_errors_are_results():
@@ -519,21 +536,14 @@ class McpSession:
         )
         self._scopes[request_id] = scope
         self._running.add(scope)
-        reserved = 0
         reply: dict[str, Any] | None = None
         try:
             with scope:  # the wait for room is under the call's deadline, and cancellable
-                if tool.large_result:
-                    await self._reserve_reply_room(self.settings.max_reply_bytes)
-                    reserved = self.settings.max_reply_bytes
-                reply = await run_tool(tool, args, context, pump, self.settings.max_reply_bytes)
+                async with self._room_for_a_reply() if tool.large_result else nullcontext():
+                    reply = await run_tool(tool, args, context, pump, self.settings.max_reply_bytes)
         finally:
             self._scopes.pop(request_id, None)
             self._running.discard(scope)
-            if reserved:
-                # Given back before the reply is encoded and handed to the transport, with
-                # no checkpoint in between (sending() counts it at once).
-                self._release_reply_room(reserved)
         # Discarded whatever the outcome: a cancel that came as the call was finishing would
         # otherwise stay in the set for the life of the session.
         asked_to_stop = request_id in self._cancelled_by_client

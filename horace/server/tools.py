@@ -505,7 +505,7 @@ class Tool:
     idempotent: bool = False
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # raw arguments, first
     # Its result grows with a page or with the catalog, up to a reply's limit: such a call
-    # reserves a whole reply's room before it runs (see Session._reserve_reply_room).
+    # reserves a whole reply's room before it runs (see McpSession._room_for_a_reply).
     large_result: bool = False
 
     def structure(self, raw: Any) -> Any:
