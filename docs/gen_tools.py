@@ -232,7 +232,10 @@ def main() -> None:
         "(the `outputSchema` describes results, and clients check structured content against it).",
         "- Arguments the tool's `inputSchema` does not admit (an unknown argument at any level "
         "but inside `horace_register_file`'s `metadata`, "
-        "a missing required one, a wrong JSON type, a value out of bounds or not in an enum) are "
+        "a missing required one, a wrong JSON type, a value out of bounds or not in an enum; "
+        "a string with a NUL character or a lone surrogate, an integer past 64 bits, a number "
+        "past a float, nesting past 64 levels, the message naming where: a NUL in `file_path` "
+        "is `INVALID_PATH`) are "
         "such a tool error, `INVALID_ARGUMENT`, in a session of MCP 2025-11-25 (which says so: "
         "a model reads the message and can correct the call); for a client of an earlier "
         "version they are a JSON-RPC error `-32602` with "
