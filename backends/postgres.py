@@ -1061,13 +1061,19 @@ _BIND = (
 
 
 async def _migrate(conn: Conn) -> int:
+    # Up to date (every start but the first after an upgrade): nothing is made, so a role
+    # that may only read and write the tables (no CREATE on the schema) can run Horace.
+    if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+        current: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        if not migrations.pending("postgres", current):
+            return current
     async with conn.transaction():
         # Several instances starting together queue here; the lock ends with the transaction.
         await conn.execute(
             f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK[0]}, {MIGRATION_LOCK[1]}); "
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
         )
-        current: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
         for step in migrations.pending("postgres", current):
             await conn.execute(step.sql)  # no arguments: a multi-statement simple query
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step.version)
@@ -1204,24 +1210,26 @@ class _PoolSource:
 
         async def in_pool() -> T:
             for attempt in (1, 2):
-                async with pool.acquire() as conn:
-                    try:
-                        return await fn(conn, *args, **kwargs)
-                    except Exception as exc:
-                        if not _is_unavailable(exc):
-                            raise
-                        if _still_open(conn):
-                            # Lost under a statement, asyncpg may leave the connection in a
-                            # half state; it must not go back to the pool for the next unit.
-                            conn.terminate()
-                        # An idle connection the server has just dropped (a restart, a
-                        # terminated backend) can be handed out before asyncpg sees the end
-                        # of its socket; it refuses the unit's first statement unsent
-                        # ("cannot switch to state"), so the unit runs once more on another.
-                        # (Units of several statements run in a transaction, rolled back
-                        # with the dropped connection.)
-                        if attempt == 2 or not _is_stale(exc):
-                            raise
+                conn = await _acquire(pool)
+                try:
+                    return await fn(conn, *args, **kwargs)
+                except Exception as exc:
+                    if not _is_unavailable(exc):
+                        raise
+                    if _still_open(conn):
+                        # Lost under a statement, asyncpg may leave the connection in a
+                        # half state; it must not go back to the pool for the next unit.
+                        conn.terminate()
+                    # An idle connection the server has just dropped (a restart, a
+                    # terminated backend) can be handed out before asyncpg sees the end
+                    # of its socket; it refuses the unit's first statement unsent
+                    # ("cannot switch to state"), so the unit runs once more on another.
+                    # (Units of several statements run in a transaction, rolled back
+                    # with the dropped connection.)
+                    if attempt == 2 or not _is_stale(exc):
+                        raise
+                finally:
+                    await pool.release(conn)
             raise AssertionError("unreachable")
 
         return await self._hop(in_pool)
@@ -1546,9 +1554,30 @@ _TRY_LOCKS = (
 _UNLOCKS = "SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) AS k"
 
 
+# Waits between tries for a connection when PostgreSQL refuses the pool a new one.
+_CROWDED_FIRST, _CROWDED_MOST = 0.005, 0.2
+
+
+async def _acquire(pool: Any) -> Conn:
+    """A connection from the pool. When PostgreSQL refuses a new one (the role's, the
+    database's or the server's connection limit: several instances and their sink
+    processes under a budget) while the pool holds others, the unit waits for one of
+    those rather than failing; with none, the refusal stands. (The call's deadline bounds
+    the wait: a cancelled task stops it.)"""
+    wait = _CROWDED_FIRST
+    while True:
+        try:
+            return await pool.acquire()
+        except asyncpg.exceptions.TooManyConnectionsError:
+            if pool.get_size() == 0:
+                raise
+        await asyncio.sleep(wait)  # (the pool's other holders are handed out first, LIFO)
+        wait = min(2 * wait, _CROWDED_MOST)
+
+
 async def _acquire_and_try(pool: Any, keys: list[int]) -> tuple[Conn, list[int]]:
     """A connection from the pool, and those of *keys* (distinct) it could lock."""
-    conn = await pool.acquire()
+    conn = await _acquire(pool)
     try:
         got = list(await conn.fetchval(_TRY_LOCKS, keys))
     except BaseException:

@@ -144,8 +144,12 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA journal_mode=WAL")  # the first statement that opens the file
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:
         conn.close()
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+            raise UnusableURL(f"unusable database URL: sqlite://{path} is not an SQLite database") from None
+        if not isinstance(exc, sqlite3.OperationalError):
+            raise
         if "unable to open" in str(exc) or "readonly" in str(exc):
             raise CatalogUnwritable(
                 f"the catalog {path} cannot be opened for writing ({exc}): "
@@ -1168,6 +1172,10 @@ def _full_is_an_error(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any
 def _open(path: Path, create: bool) -> SqliteBackend:
     if not create and not path.is_file():
         raise CatalogMissing(f"no catalog database at {path}")
+    if path.is_dir():
+        raise UnusableURL(
+            f"unusable database URL: sqlite://{path} is a folder; name the catalog's file in it"
+        )
     if not path.parent.is_dir():  # a typo in a URL makes no folders
         raise UnusableURL(
             f"unusable database URL: sqlite://{path}: there is no folder {path.parent} "

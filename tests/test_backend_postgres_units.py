@@ -103,6 +103,13 @@ def pg_url() -> Iterator[str]:
         admin(f"DROP SCHEMA {schema} CASCADE")
 
 
+def new_role(pg_url: str) -> tuple[str, str]:
+    """A name for a new role, and *pg_url* as that role."""
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(pg_url)
+    return role, urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+
+
 @pytest.fixture
 async def db(pg_url: str) -> AsyncIterator[PostgresBackend]:
     async with open_postgres(pg_url) as backend:
@@ -894,9 +901,7 @@ async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg
     connection is refused, which is BackendUnavailable (a tool error of that code, /health
     503), not a bug; the pool comes back once the login does. (The role has no tables:
     statements that need none.)"""
-    role = f"r_{uuid.uuid4().hex[:12]}"
-    parts = urlsplit(pg_url)
-    as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    role, as_role = new_role(pg_url)
     kill = kill_sessions(pg_url)
     await trio.to_thread.run_sync(admin, f"CREATE ROLE {role} LOGIN")
     try:
@@ -909,6 +914,56 @@ async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg
                     await trio.sleep(0.05)
             await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} LOGIN")
             await backend._source.run(_fetchrow, "SELECT 1")
+    finally:
+        await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
+
+
+async def test_a_role_that_may_only_read_and_write_runs_an_up_to_date_catalog(pg_url: str) -> None:
+    """Least privilege, as docs/postgres.md shows it: an owner makes the schema, the
+    instances' role may only use the tables (no CREATE): its start makes nothing."""
+    role, as_role = new_role(pg_url)
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    kill = kill_sessions(pg_url)
+    async with open_postgres(pg_url) as owner:
+        await owner.migrate()
+    await trio.to_thread.run_sync(
+        admin,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+    )
+    try:
+        async with open_postgres(as_role) as backend:
+            assert await backend.migrate() == NEWEST_SCHEMA
+            assert await backend.file_by_path("x") is None
+    finally:
+        await trio.to_thread.run_sync(admin, kill, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+async def test_units_wait_for_a_connection_when_postgresql_allows_no_more(pg_url: str) -> None:
+    """Instances that share a connection budget (a role's CONNECTION LIMIT, the server's
+    max_connections): when PostgreSQL refuses the pool a new connection, a unit waits for
+    one of those the pool holds instead of failing; with none, the refusal stands."""
+    role, as_role = new_role(pg_url)
+    kill = kill_sessions(pg_url)
+    await trio.to_thread.run_sync(admin, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    try:
+        async with open_postgres(as_role, max_connections=10) as backend:
+            done = []
+
+            async def unit() -> None:
+                await backend._source.run(_fetchrow, "SELECT pg_sleep(0.05)")
+                done.append(1)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(12):
+                    nursery.start_soon(unit)
+            assert len(done) == 12
+        await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} CONNECTION LIMIT 0")
+        with pytest.raises(BackendUnavailable, match="too many connections"):
+            async with open_postgres(as_role, max_connections=10) as backend:
+                await backend._source.run(_fetchrow, "SELECT 1")
     finally:
         await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
 

@@ -168,6 +168,15 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         done = horace(command, env={**root, "HORACE_DATABASE_URL": f"sqlite://{typo}"})
         one_line_error(done, Exit.CONFIG, "CONFIG", f"there is no folder {typo.parent}")
         assert not (tmp_path / "var").exists()
+    not_a_database = write(tmp_path / "notes.db", "not a database\n")
+    for url, words in [
+        (f"sqlite://{tmp_path}/", ("is a folder",)),
+        (f"sqlite://{not_a_database}", ("is not an SQLite database",)),
+    ]:
+        for command in ("init", "serve"):
+            done = horace(command, env={**root, "HORACE_DATABASE_URL": url})
+            one_line_error(done, Exit.CONFIG, "CONFIG", *words)
+    assert not_a_database.read_text() == "not a database\n"
     one_line_error(
         horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
     )

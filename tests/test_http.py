@@ -8,6 +8,7 @@ Real servers in the test's loop, over real sockets, on the run's backend; on Tri
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -177,6 +178,16 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         (await post(accept="application/*, text/*;q=0, */*"), 406, "must accept both"),
         (await post(content_type="text/plain"), 415, "must be application/json"),
         (await post(content_type=None), 415, "must be application/json"),
+        (
+            await post(gzip.compress(ping), content_encoding="gzip"),
+            415,
+            "Content-Encoding 'gzip' is not taken",
+        ),
+        (
+            await post(b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"a": NaN}}'),
+            400,
+            "NaN is not",
+        ),
         (await post(b"{not json"), 400, "parse error"),
         (await post(b"\xff\xfe{}"), 400, "parse error: not UTF-8"),
         (await post(b"[" * 100_000 + b"]" * 100_000), 400, "parse error: nested too deeply"),

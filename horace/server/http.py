@@ -19,8 +19,8 @@ client initializes again); 405 another method (``Allow: GET, POST, DELETE``); 40
 that does not accept both ``application/json`` and ``text/event-stream``, a GET that does
 not accept ``text/event-stream``; 408 a body not in within ``HEAD_TIMEOUT``; 409 a second
 GET stream; 413 a body over ``max_message_bytes``; 415 a POST that is not
-``application/json``; 503 no session slot left (``max_connections``, shared with
-WebSocket sessions) or the server shutting down.
+``application/json``, or is compressed (``Content-Encoding``); 503 no session slot left
+(``max_connections``, shared with WebSocket sessions) or the server shutting down.
 
 ``MCP-Protocol-Version`` may name any version Horace speaks, whatever the session
 negotiated (clients send 2025-03-26 on 2025-11-25 sessions). ``initialize`` is always
@@ -154,6 +154,9 @@ class StreamableHttp:
             raise Refused(406, f"a POST must accept both {JSON} and {SSE}")
         if _media_type(request.header(b"content-type")) != JSON:
             raise Refused(415, f"a POST's body must be {JSON}")
+        encoding = (request.header(b"content-encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise Refused(415, f"Content-Encoding {encoding!r} is not taken: send the body uncompressed")
         # A draining session still takes notifications (a cancel); requests get 503 below.
         session = self._session(request, required=False, draining_ok=True)
         body = await self._body(conn)
