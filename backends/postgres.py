@@ -24,12 +24,13 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import attrs
@@ -1060,6 +1061,12 @@ _BIND = (
 )
 
 
+_REBIND = (
+    "UPDATE horace_store SET store_id = $2::uuid, storage_path = $3, bound_at = $4 "
+    "WHERE store_id = $1::uuid RETURNING store_id"
+)
+
+
 async def _migrate(conn: Conn) -> int:
     # Up to date (every start but the first after an upgrade): nothing is made, so a role
     # that may only read and write the tables (no CREATE on the schema) can run Horace.
@@ -1657,6 +1664,9 @@ class PostgresBackend(_Units):
         assert bound is not None
         return str(bound[0])
 
+    async def rebind(self, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:
+        return await self._source.run(_fetchrow, _REBIND, old_id, new_id, storage_path, at) is not None
+
     async def migrate(self) -> int:
         try:
             return await self._source.run(_migrate)
@@ -1737,6 +1747,7 @@ async def open_postgres(
     The URL goes to asyncpg as it is: query parameters it does not know (``search_path``,
     ``application_name``, ...) become server settings of every connection.
     """
+    url, connect_timeout = _libpq_parameters(url, connect_timeout)
     # Whatever escapes the body (or our own set-up) leaves open_loop()'s nurseries wrapped
     # in exception groups; a lone exception is given back as itself, as a backend without
     # nurseries would raise it.
@@ -1754,6 +1765,15 @@ async def open_postgres(
                         max_connections,
                         connect_timeout,
                     )
+                except (
+                    asyncpg.exceptions.UndefinedObjectError,
+                    asyncpg.exceptions.InvalidParameterValueError,
+                ) as exc:  # a URL parameter asyncpg passed on as a server setting
+                    raise UnusableURL(
+                        f"bad PostgreSQL URL {hop.where}: the server refused a setting the URL gives: "
+                        f"{exc} (asyncpg passes a URL parameter it does not know on to the server, "
+                        "as a setting of every connection)"
+                    ) from None
                 except asyncpg.PostgresError as exc:  # login refused, no such database, ...
                     raise BackendUnavailable(
                         f"PostgreSQL at {hop.where} refused the connection: {exc}"
@@ -1775,6 +1795,35 @@ async def open_postgres(
     else:
         return
     raise raised
+
+
+_SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+_FOREVER = 24 * 3600.0
+
+
+def _libpq_parameters(url: str, connect_timeout: float) -> tuple[str, float]:
+    """Parameters of libpq's URLs that asyncpg does not take as libpq does: the URL
+    without ``connect_timeout`` (asyncpg would send it to the server as a setting, which
+    refuses it), and the timeout it gives; the certificate files the URL names, each
+    checked to exist (asyncpg's error names none)."""
+    parts = urlsplit(url)
+    kept, timeout = [], connect_timeout
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "connect_timeout":
+            try:
+                seconds = int(value)
+            except ValueError:
+                raise UnusableURL(
+                    f"bad PostgreSQL URL: connect_timeout={value!r} is not whole seconds"
+                ) from None
+            timeout = seconds if seconds > 0 else _FOREVER  # libpq: 0 or less waits for ever
+            continue
+        if name in _SSL_FILES and not os.path.exists(os.path.expanduser(value)):
+            raise UnusableURL(f"bad PostgreSQL URL: {name}={value}: no such file")
+        kept.append((name, value))
+    if len(kept) == len(parse_qsl(parts.query, keep_blank_values=True)):
+        return url, timeout
+    return urlunsplit(parts._replace(query=urlencode(kept))), timeout
 
 
 def _wraps_only(group: BaseExceptionGroup[Any], exc: BaseException) -> bool:

@@ -54,6 +54,11 @@ class CatalogUnwritable(Exception):
     a folder or file this user may not write."""
 
 
+# What the database's state makes fail (it is down, refuses Horace's role, or is full),
+# not what Horace or the data did: worth a line in the log and a retry, not a traceback.
+OUTAGES = (BackendUnavailable, CatalogUnwritable, DatabaseFull)
+
+
 # A ping reads the tables every call and every turn needs, a row at most: a role refused
 # them is as unable to serve as a database that does not answer.
 PING = "SELECT EXISTS (SELECT 1 FROM horace_files), EXISTS (SELECT 1 FROM conversations)"
@@ -195,6 +200,11 @@ class Backend(Units, Protocol):
     async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
         """Record the store this catalog belongs to, unless one is recorded already;
         return the store id in force (the first binding wins)."""
+
+    async def rebind(self, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:
+        """Give the store this catalog is bound to (*old_id*) a new identity, *new_id*:
+        an operator's choice of this catalog over another copy of it. False when the
+        catalog is not bound to *old_id* (any more)."""
 
     async def migrate(self) -> int:
         """Apply pending schema steps; return the schema version now in force."""

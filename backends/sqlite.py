@@ -1120,6 +1120,15 @@ def _bind(conn: sqlite3.Connection, store_id: str, storage_path: str, at: dateti
     return str(bound)
 
 
+def _rebind(conn: sqlite3.Connection, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:
+    with _transaction(conn):
+        done = conn.execute(
+            "UPDATE horace_store SET store_id = ?, storage_path = ?, bound_at = ? WHERE store_id = ?",
+            (new_id, storage_path, _ts(at), old_id),
+        )
+        return done.rowcount == 1
+
+
 def _migrate(conn: sqlite3.Connection) -> int:
     with _transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -1257,6 +1266,9 @@ class SqliteBackend:
 
     async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
         return await self._write(_bind, store_id, storage_path, at)
+
+    async def rebind(self, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:
+        return await self._write(_rebind, old_id, new_id, storage_path, at)
 
     async def migrate(self) -> int:
         return await self._write(_migrate)

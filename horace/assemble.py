@@ -11,14 +11,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
-from horace.backends import CatalogMissing, open_backend
+from horace.backends import Backend, CatalogMissing, open_backend
 from horace.binding import StoreRefused, Verdict, decide
 from horace.catalog import Catalog, CatalogPolicy, in_thread, utcnow
 from horace.config import Settings
 from horace.fsck import fsck, leftovers, log_findings
 from horace.locks import FileLocks
 from horace.redact import redact_url
-from horace.storage import Storage, StorageUnusable
+from horace.storage import Storage, StorageUnusable, StoreState
 
 log = logging.getLogger("horace")
 
@@ -73,51 +73,17 @@ async def open_catalog(
                 f"{storage.root} is inside the store at {outer}: a store there would be "
                 "catalogued as that store's files; choose a folder outside it"
             )
-    url = settings.catalog_url
-    if create and not state.exists and settings.database_url is None:
-        await in_thread(storage.ensure_layout)  # the default catalog lives inside the new store
-    # A catalog for a store that has an identity must exist already; only a new (or
-    # legacy) store may bring a new SQLite file into being.
+    made = create and not state.exists
     async with AsyncExitStack() as stack:
         try:
-            backend = await stack.enter_async_context(
-                open_backend(url, migrate=False, create=create and (state.store_id is None or adopt))
+            backend = await _bound_backend(
+                stack, storage, state, settings, create=create, read_only=read_only, adopt=adopt
             )
-        except CatalogMissing as exc:
-            owner = (
-                f"belongs to catalog {state.store_id}"
-                + (f" (created with {state.catalog_url})" if state.catalog_url else "")
-                if state.store_id
-                else "has no record of its catalog"
-            )
-            raise StoreRefused(
-                f"{exc}, and the store at {storage.root} {owner}: point --database at that "
-                "catalog (or bring its file back), or, if it is lost for good, "
-                "`horace init --adopt` makes a new one"
-            ) from None
-        decision = decide(state, await backend.identity(), str(storage.root), url, adopt=adopt)
-        if not read_only:
-            # Read-only commands leave the schema as it is: they read only what every
-            # schema step has had (files, versions, collections).
-            await in_thread(storage.ensure_layout)
-            await backend.migrate()
-        if not read_only and decision.verdict is not Verdict.MATCH:
-            store_id = decision.store_id or str(uuid.uuid4())
-            if decision.verdict is Verdict.BIND:
-                store_id = await backend.bind(store_id, str(storage.root), utcnow())
-            with trio.CancelScope(shield=True):
-                await in_thread(storage.write_identity, store_id, redact_url(url))
-            if decision.verdict is Verdict.COMPLETE:
-                log.warning(
-                    "the store at %s had no record of its catalog; written again from the catalog's",
-                    storage.root,
-                    extra={"store_id": store_id},
-                )
-            log.info(
-                "store %s bound to its catalog",
-                storage.root,
-                extra={"store_id": store_id, "catalog": redact_url(url)},
-            )
+        except BaseException:
+            if made:  # nothing may be left to look like a store (its catalog refused it, say)
+                with trio.CancelScope(shield=True):
+                    await in_thread(storage.undo_layout)
+            raise
         locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
         try:
             catalog = Catalog(storage, backend, locks, policy_of(settings))
@@ -129,6 +95,71 @@ async def open_catalog(
             yield catalog
         finally:
             locks.close()
+
+
+async def _bound_backend(
+    stack: AsyncExitStack,
+    storage: Storage,
+    state: StoreState,
+    settings: Settings,
+    *,
+    create: bool,
+    read_only: bool,
+    adopt: bool,
+) -> Backend:
+    """The catalog's backend, opened on *stack*, its schema brought up to date (unless
+    *read_only*), and bound to the store when it was not (:func:`horace.binding.decide`)."""
+    url = settings.catalog_url
+    if create and not state.exists and settings.database_url is None:
+        await in_thread(storage.ensure_layout)  # the default catalog lives inside the new store
+    # A catalog for a store that has an identity must exist already; only a new (or
+    # legacy) store may bring a new SQLite file into being.
+    try:
+        backend = await stack.enter_async_context(
+            open_backend(url, migrate=False, create=create and (state.store_id is None or adopt))
+        )
+    except CatalogMissing as exc:
+        owner = (
+            f"belongs to catalog {state.store_id}"
+            + (f" (created with {state.catalog_url})" if state.catalog_url else "")
+            if state.store_id
+            else "has no record of its catalog"
+        )
+        raise StoreRefused(
+            f"{exc}, and the store at {storage.root} {owner}: point --database at that "
+            "catalog (or bring its file back), or, if it is lost for good, "
+            "`horace init --adopt` makes a new one"
+        ) from None
+    decision = decide(state, await backend.identity(), str(storage.root), url, adopt=adopt)
+    if read_only:
+        # Read-only commands leave the schema as it is: they read only what every schema
+        # step has had (files, versions, collections); and they bind nothing.
+        return backend
+    await in_thread(storage.ensure_layout)
+    await backend.migrate()
+    if decision.verdict is Verdict.MATCH:
+        return backend
+    store_id = decision.store_id or str(uuid.uuid4())
+    if decision.verdict is Verdict.BIND:
+        store_id = await backend.bind(store_id, str(storage.root), utcnow())
+    if decision.verdict is Verdict.REBIND:
+        old_id, store_id = store_id, str(uuid.uuid4())
+        if not await backend.rebind(old_id, store_id, str(storage.root), utcnow()):
+            raise StoreRefused(f"the catalog {redact_url(url)} was bound anew meanwhile: try again")
+    with trio.CancelScope(shield=True):
+        await in_thread(storage.write_identity, store_id, redact_url(url))
+    if decision.verdict is Verdict.COMPLETE:
+        log.warning(
+            "the store at %s had no record of its catalog; written again from the catalog's",
+            storage.root,
+            extra={"store_id": store_id},
+        )
+    log.info(
+        "store %s bound to its catalog",
+        storage.root,
+        extra={"store_id": store_id, "catalog": redact_url(url)},
+    )
+    return backend
 
 
 def _start_check(check: StartCheck | bool) -> StartCheck:

@@ -13,6 +13,7 @@ everything in it would look like an orphan.
 from __future__ import annotations
 
 import enum
+from urllib.parse import parse_qsl, urlsplit
 
 from attrs import frozen
 
@@ -29,6 +30,7 @@ class Verdict(enum.Enum):
     MATCH = "match"  # the pair is bound: go on
     BIND = "bind"  # a new pair, or one from before identities: record a new identity
     COMPLETE = "complete"  # the catalog is bound to this store, the store file was not written
+    REBIND = "rebind"  # an operator chose this copy of the store's catalog: a new identity
 
 
 @frozen
@@ -45,14 +47,29 @@ def decide(
     *adopt* (an operator's explicit ``horace init --adopt``) binds an empty, unbound
     catalog to a store whose own catalog is lost, under a new identity: should the lost
     catalog turn up again, it no longer opens the store (its collector would delete what
-    the new catalog refers to).
+    the new catalog refers to). It also binds a copy of the store's catalog (the same
+    identity, in another database or file: a restored dump) under a new identity; without
+    it such a copy is refused, as two catalogs serving one store would each collect what
+    only the other refers to.
     """
     shown = redact_url(url)
     if adopt and catalog.empty and catalog.store_id is None:
         return Decision(Verdict.BIND)
     if store.store_id is not None and catalog.store_id is not None:
         if store.store_id == catalog.store_id:
-            return Decision(Verdict.MATCH)
+            recorded = store.catalog_url
+            if recorded is None or _place(recorded) in (None, _place(url)):
+                return Decision(Verdict.MATCH)
+            if adopt:
+                return Decision(Verdict.REBIND, store.store_id)
+            raise StoreRefused(
+                f"the catalog {shown} carries the identity of the store at {root} ({store.store_id}), "
+                f"but the store is bound to the catalog {recorded}: this one is a copy of it (a "
+                "restored dump?), and two catalogs serving one store each collect what only the "
+                f"other refers to. Point --database at {recorded}; if this copy is to be the "
+                "store's catalog from now on (that one is gone or retired), `horace init --adopt` "
+                "binds it under a new identity, after which the other no longer opens the store"
+            )
         raise StoreRefused(
             f"the store at {root} (id {store.store_id}) and the catalog {shown} "
             f"(bound to store {catalog.store_id} at {catalog.storage_path}) do not belong together"
@@ -86,6 +103,18 @@ def decide(
             "empty one to the store"
         )
     return Decision(Verdict.BIND)
+
+
+def _place(url: str) -> tuple[str, str, str] | None:
+    """Where a catalog lives, as far as telling a copy of it from itself goes: the
+    PostgreSQL database (and the schema a search_path names), the SQLite file; None for
+    the SQLite file inside the store, which moves with it. (A PostgreSQL host or port may
+    change, as in a failover, and the role or password: those stay the same catalog.)"""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return None if parts.path.endswith("/.horace/catalog.db") else ("sqlite", parts.path, "")
+    schema = dict(parse_qsl(parts.query)).get("search_path", "")
+    return ("postgresql", parts.path.strip("/") or (parts.username or ""), schema)
 
 
 def _hint(store: StoreState) -> str:

@@ -259,10 +259,10 @@ def init(ctx: click.Context, adopt: bool) -> None:
 
 @cli.command()
 @click.argument("path")
-@click.option("--owner")
-@click.option("--purpose")
+@click.option("--owner", help="Who owns it (default: the component folder it is in).")
+@click.option("--purpose", help="What it is for (searchable text).")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
-@click.option("--collection")
+@click.option("--collection", help="Add it to this collection (made if new).")
 @global_options
 @click.pass_context
 def register(
@@ -374,9 +374,9 @@ def _aware(moment: datetime | None) -> datetime | None:
 @cli.command()
 @click.argument("ref", metavar="PATH|ID")
 @click.option("--tag", "tags", multiple=True, help="Replace the tags (repeat).")
-@click.option("--clear-tags", is_flag=True)
-@click.option("--owner")
-@click.option("--purpose")
+@click.option("--clear-tags", is_flag=True, help="Remove every tag.")
+@click.option("--owner", help="The new owner.")
+@click.option("--purpose", help="The new purpose.")
 @click.option("--status", type=click.Choice([s.value for s in Status]))
 @click.option("--collection", help="Add to this collection.")
 @click.option("--no-check", is_flag=True, help="Do not look for changed content.")
@@ -413,9 +413,22 @@ def update(
     )
 
 
+class VersionNumber(click.ParamType):
+    """A version as ``info --versions`` shows it (``v3``) or as a number (``3``)."""
+
+    name = "VERSION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        digits = text[1:] if text[:1] in ("v", "V") else text
+        if digits.isascii() and digits.isdigit() and len(digits) < 20 and 1 <= int(digits) <= INT64_MAX:
+            return int(digits)
+        self.fail(f"{value!r} is not a version: a number from 1 (as 3, or v3)", param, ctx)
+
+
 @cli.command()
 @click.argument("ref", metavar="PATH|ID")
-@click.argument("version", type=click.IntRange(1, INT64_MAX))
+@click.argument("version", type=VersionNumber())
 @global_options
 @click.pass_context
 def restore(ctx: click.Context, ref: str, version: int) -> None:
@@ -701,7 +714,9 @@ def _say(failure: Failure, as_json: bool) -> None:
         body = {"error": {"code": failure.code, "message": failure.message, "exit_code": int(failure.exit)}}
         click.echo(json.dumps(body), err=True)
     else:
-        click.echo(f"horace: error: {failure.code}: {failure.message}", err=True)
+        # One line, whatever the message holds (PostgreSQL's add "\nHINT: ..." lines).
+        message = "; ".join(line.strip() for line in failure.message.splitlines() if line.strip())
+        click.echo(f"horace: error: {failure.code}: {message}", err=True)
 
 
 def _configure_cli_logging(as_json: bool) -> None:

@@ -398,6 +398,20 @@ class Storage:
             if not os.access(writable, os.W_OK):
                 raise PermissionError(errno.EACCES, "the store is not writable", str(writable))
 
+    def undo_layout(self) -> None:
+        """Take back what :meth:`ensure_layout` made for a store whose creation failed
+        before it was bound (its catalog refused it, say): only empty folders and the empty
+        lock file go, so that nothing is left to look like a store; a file anyone wrote
+        there keeps its folders."""
+        if self.lock_file.is_file() and self.lock_file.stat().st_size == 0:
+            self.lock_file.unlink()
+        for top in (self.private, self.files):
+            if not top.is_dir() or top.is_symlink():
+                continue
+            for folder, _, _ in sorted(os.walk(top), key=lambda found: -len(found[0])):
+                with contextlib.suppress(OSError):  # not empty: kept
+                    os.rmdir(folder)
+
     @_storage_full
     def write_identity(self, store_id: str, catalog_url: str) -> None:
         record = {"store_id": store_id, "catalog": catalog_url, "created_at": time.time()}

@@ -11,6 +11,8 @@ from typing import Any
 import attrs
 import trio
 
+from horace.backends.protocol import OUTAGES
+
 log = logging.getLogger("horace.supervise")
 
 
@@ -52,20 +54,35 @@ async def supervise(
             state.restarts += 1
             state.state = "restarting"
             state.last_error = _describe(exc)
-            log.exception(
-                "task %s crashed; restarting (%d)", state.name, state.restarts, extra={"task": state.name}
-            )
-            await trio.sleep(backoff(failures, backoff_base, backoff_cap))
+            delay = backoff(failures, backoff_base, backoff_cap)
+            if isinstance(_inner(exc), OUTAGES):  # the database or the disk, not a bug: one line
+                log.warning(
+                    "task %s failed (%s); again in %.0f s",
+                    state.name,
+                    state.last_error,
+                    delay,
+                    extra={"task": state.name},
+                )
+            else:
+                log.exception(
+                    "task %s crashed; restarting (%d)", state.name, state.restarts, extra={"task": state.name}
+                )
+            await trio.sleep(delay)
         else:
             state.state = "done"
             return
 
 
-def _describe(exc: BaseException) -> str:
-    # A task's own nursery wraps what it raised in a group: name the one failure inside.
+def _inner(exc: BaseException) -> BaseException:
+    # A task's own nursery wraps what it raised in a group: the one failure inside.
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    inner = _inner(exc)
+    return f"{type(inner).__name__}: {inner}"
 
 
 async def every(state: TaskState, interval: float, work: Callable[[], Awaitable[Any]]) -> None:

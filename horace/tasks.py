@@ -33,6 +33,7 @@ async def _fsck(catalog: Catalog) -> dict[str, Any]:
 
 
 async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -> None:
+    state.state = "idle"  # (until its first run: the one at start was open_catalog's)
     await trio.sleep(delay)
     await every(state, interval, work)
 

@@ -10,7 +10,6 @@ the comparison with SQLite runs (6).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import sqlite3
@@ -918,6 +917,16 @@ async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg
         await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
 
 
+async def test_libpq_url_parameters(pg_url: str) -> None:
+    """connect_timeout is libpq's, not a server setting (asyncpg would send it on, and the
+    server refuse it); a parameter the server does not know is a bad URL, not a refusal."""
+    async with open_postgres(with_query(pg_url, connect_timeout="5")) as backend:
+        await backend._source.run(_fetchrow, "SELECT 1")
+    with pytest.raises(UnusableURL, match=r"refused a setting the URL gives: .*no_such_setting"):
+        async with open_postgres(with_query(pg_url, no_such_setting="1")):
+            pass
+
+
 async def test_a_role_that_may_only_read_and_write_runs_an_up_to_date_catalog(pg_url: str) -> None:
     """Least privilege, as docs/postgres.md shows it: an owner makes the schema, the
     instances' role may only use the tables (no CREATE): its start makes nothing."""
@@ -1435,10 +1444,14 @@ async def test_a_connection_dropped_while_idle_costs_no_unit() -> None:
     class Pool:
         def __init__(self, *conns: Conn) -> None:
             self.conns = list(conns)
+            self.out = 0
 
-        @contextlib.asynccontextmanager
-        async def acquire(self) -> AsyncIterator[Conn]:
-            yield self.conns.pop(0)
+        async def acquire(self) -> Conn:
+            self.out += 1
+            return self.conns.pop(0)
+
+        async def release(self, conn: Conn) -> None:
+            self.out -= 1
 
     async def unit(conn: Conn) -> str:
         if conn.fails is not None:

@@ -21,12 +21,13 @@ from helpers import sha256, write
 from soundness import assert_sound, objects_on_disk
 
 from horace.assemble import open_catalog
-from horace.backends import open_backend
-from horace.binding import StoreRefused
+from horace.backends import CatalogUnwritable, open_backend
+from horace.backends.records import CatalogIdentity
+from horace.binding import StoreRefused, Verdict, decide
 from horace.cli import Exit
 from horace.config import Settings
 from horace.fsck import fsck
-from horace.storage import TMP_PREFIX
+from horace.storage import TMP_PREFIX, StoreState
 
 
 async def _history(settings: Settings, files: Path) -> tuple[str, set[str]]:
@@ -259,7 +260,83 @@ def test_the_cli_refuses_the_wrong_catalog_and_history_survives(tmp_path: Path, 
         assert len(done.stderr.strip().splitlines()) == 1 and str(root) in done.stderr
         assert "point --database at that catalog" in done.stderr and "init --adopt" in done.stderr
     assert not (root / ".horace/catalog.db").exists() or database_url.endswith("catalog.db")
-    done = run(right, "restore", "user/notes.md", "1")
+    done = run(right, "restore", "user/notes.md", "v1")  # as `info --versions` shows it
     assert done.returncode == 0, done.stderr
     assert (root / "files/user/notes.md").read_text() == "first"
     assert sha256("first") in {p.name for p in (root / ".horace/objects").rglob("*")}
+
+
+async def test_a_copy_of_the_catalog_is_refused_until_adopted(tmp_path: Path) -> None:
+    """A catalog restored beside its original (another file, another database) carries the
+    store's identity: served both, each would collect what only the other refers to. The
+    copy is refused, and once adopted the original is."""
+    original = Settings(
+        storage_path=tmp_path / "root", database_url=f"sqlite://{tmp_path}/a.db", gc_grace=0.0
+    )
+    file_id, objects = await _history(original, original.storage_path / "files")
+    copy = attrs.evolve(original, database_url=f"sqlite://{tmp_path}/b.db")
+    with sqlite3.connect(tmp_path / "a.db") as source, sqlite3.connect(tmp_path / "b.db") as target:
+        source.backup(target)  # as a restored backup would be
+    for read_only in (False, True):
+        with pytest.raises(StoreRefused, match="is a copy of it"):
+            async with open_catalog(copy, read_only=read_only):
+                pass
+    async with open_catalog(original) as catalog:  # the original still opens
+        assert objects <= objects_on_disk(catalog)
+    async with open_catalog(copy, create=True, adopt=True) as catalog:  # `horace init --adopt`
+        assert (await catalog.get_info(file_id=file_id)).file.current_version == 3
+    with pytest.raises(StoreRefused, match="do not belong together"):
+        async with open_catalog(original):
+            pass
+    await _restorable(copy, file_id, copy.storage_path / "files")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "opened", "same"),
+    [
+        ("postgresql://h:***@db:5432/horace", "postgresql://h:pw@db-2:6432/horace", True),  # a failover
+        ("postgresql://h:***@db:5432/horace", "postgresql://other@db:5432/horace?application_name=x", True),
+        ("postgresql://h:***@db:5432/horace", "postgresql://h:pw@db:5432/horace_restored", False),
+        ("postgresql://h@db/horace?search_path=a", "postgresql://h@db/horace?search_path=b", False),
+        ("sqlite:///old/root/.horace/catalog.db", "sqlite:///new/root/.horace/catalog.db", True),  # moved
+        ("sqlite:///var/lib/a.db", "sqlite:///var/lib/b.db", False),
+    ],
+)
+def test_what_makes_a_catalog_a_copy(recorded: str, opened: str, same: bool) -> None:
+    store = StoreState(True, "id-1", recorded, None)
+    catalog = CatalogIdentity("id-1", "/root", empty=False)
+    if same:
+        assert decide(store, catalog, "/root", opened).verdict is Verdict.MATCH
+    else:
+        with pytest.raises(StoreRefused, match="is a copy of it"):
+            decide(store, catalog, "/root", opened)
+        assert decide(store, catalog, "/root", opened, adopt=True).verdict is Verdict.REBIND
+
+
+async def test_a_store_whose_catalog_refuses_it_is_not_left_half_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`horace init` with a catalog that refuses the schema (a role without the right to
+    make tables): no .horace folder may be left, or the next command would take it for a
+    store whose catalog is lost, and point to --adopt."""
+    from horace.backends.sqlite import SqliteBackend
+
+    async def refused(self: SqliteBackend) -> int:
+        raise CatalogUnwritable("permission denied for schema public")
+
+    monkeypatch.setattr(SqliteBackend, "migrate", refused)
+    root = tmp_path / "root"
+    write(root / "files/user/mine.txt", "the user's")  # a folder with files in it already
+    settings = Settings(storage_path=root, database_url=f"sqlite://{tmp_path}/catalog.db")
+    with pytest.raises(CatalogUnwritable):
+        async with open_catalog(settings, create=True):
+            pass
+    assert not (root / ".horace").exists()
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "files",
+        "files/user",
+        "files/user/mine.txt",
+    ]
+    monkeypatch.undo()
+    async with open_catalog(settings, create=True) as catalog:  # a plain init then works
+        assert (await catalog.register("user/mine.txt")).file.current_version == 1

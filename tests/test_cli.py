@@ -82,16 +82,20 @@ def test_ctrl_c_while_the_cli_is_imported_is_one_line_and_130(as_json: bool) -> 
 
 
 def test_init_names_the_catalog_in_use(tmp_path: Path) -> None:
-    """A catalog copied under another name (the same identity) opens the store as its
-    own; init names the copy, not the name the store was made with."""
+    """A catalog copied under another name (the same identity) is refused while the store
+    is bound to the original; adopted, it is the store's, and init names the copy, not the
+    name the store was made with."""
     root = tmp_path / "root"
     made = f"sqlite:///{tmp_path}/made.db"
     assert horace("init", "--storage", str(root), "--database", made).returncode == 0
     copy = tmp_path / "copy.db"
     copy.write_bytes((tmp_path / "made.db").read_bytes())
     done = horace("init", "--storage", str(root), "--database", f"sqlite:///{copy}")
+    one_line_error(done, Exit.STORE, "STORE_REFUSED", "is a copy of it", "init --adopt")
+    done = horace("init", "--adopt", "--storage", str(root), "--database", f"sqlite:///{copy}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"catalog sqlite:///{copy}", done.stdout
+    one_line_error(horace("search", "--storage", str(root), "--database", made), Exit.STORE, "do not belong")
 
 
 @pytest.fixture
@@ -159,6 +163,8 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         one_line_error(horace("mcp", env={**root, "HORACE_DATABASE_URL": url}), Exit.CONFIG, *words)
     for url, word in [  # found out as the database is opened (asyncpg parses the URL)
         ("postgresql://u@127.0.0.1:1/db?sslmode=bogus", "sslmode"),
+        ("postgresql://u@127.0.0.1:1/db?sslmode=verify-full&sslrootcert=/nowhere/ca.pem", "sslrootcert"),
+        ("postgresql://u@127.0.0.1:1/db?connect_timeout=soon", "connect_timeout='soon'"),
     ]:
         for command in ("init", "serve"):
             done = horace(command, env={**root, "HORACE_DATABASE_URL": url})
@@ -201,6 +207,8 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     # Numbers no catalog column holds are refused before any backend sees them.
     one_line_error(horace("search", "--offset", str(2**64)), Exit.USAGE, "USAGE", "--offset")
     one_line_error(horace("restore", "a.txt", str(2**64)), Exit.USAGE, "USAGE", "VERSION")
+    for wrong in ("0", "v", "vv1", "1.5", "9" * 5000):
+        one_line_error(horace("restore", "a.txt", wrong), Exit.USAGE, "USAGE", "is not a version")
     one_line_error(horace("serch"), Exit.USAGE, "No such command")
 
 

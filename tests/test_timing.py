@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from horace.backends.protocol import BackendUnavailable
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
 from horace.supervise import TaskState, backoff, every, supervise
 
@@ -96,6 +97,24 @@ async def test_a_crashing_task_is_restarted_on_the_backoff_schedule(
     for wait, (low, high) in zip(waits, expected_delays(5), strict=True):
         assert low <= wait <= high + 1e-6
     assert state.restarts == 5 and state.state == "done" and "RuntimeError: crash" in str(state.last_error)
+
+
+async def test_a_task_failing_for_the_database_says_so_in_one_line(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database down (or refusing Horace's role, or full) is not a bug: a warning with
+    no traceback; anything else is logged with its traceback."""
+    failures = [BackendUnavailable("PostgreSQL at db:5432/horace is unavailable"), RuntimeError("a bug")]
+
+    async def fails_twice() -> None:
+        if failures:
+            raise failures.pop(0)
+
+    await supervise(TaskState("purge"), fails_twice, backoff_base=BASE, backoff_cap=CAP)
+    outage, bug = [r for r in caplog.records if r.name == "horace.supervise"]
+    assert outage.levelname == "WARNING" and outage.exc_info is None
+    assert "BackendUnavailable: PostgreSQL at db:5432/horace is unavailable" in outage.getMessage()
+    assert bug.levelname == "ERROR" and bug.exc_info is not None
 
 
 @pytest.mark.parametrize("interval", [60.0, 3600.0])

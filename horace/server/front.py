@@ -159,7 +159,8 @@ class Front:
                 await self.http.handle(conn, request, ticket)
             else:
                 conn.finish_empty_body()
-                await conn.respond_json(404, {"error": "not found: MCP is served at / and /mcp"})
+                where = "not found: MCP is served at / and /mcp, health at /health"
+                await conn.respond_json(404, {"error": where})
             if not conn.next_cycle():
                 return
 

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import trio
 
-from horace.backends.protocol import Backend, BackendUnavailable, CatalogUnwritable, DatabaseFull
+from horace.backends.protocol import OUTAGES, Backend, BackendUnavailable, CatalogUnwritable
 from horace.backends.records import Turn
 from horace.model import CallRecord
 from horace.redact import redact
@@ -23,7 +23,7 @@ MODEL = "horace"
 TURN_BYTES = 512  # a turn's fields but its content, correlation id and file ids, and more
 _ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str), without a new encoder a call
 # The database's state, not the turns' fault: retried, never a reason to drop a turn.
-NOT_THE_TURNS = (BackendUnavailable, CatalogUnwritable, DatabaseFull)
+NOT_THE_TURNS = OUTAGES  # (a turn refused for its own sake is another matter)
 
 
 class ConversationTransport:
