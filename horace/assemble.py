@@ -74,6 +74,7 @@ async def open_catalog(
                 "catalogued as that store's files; choose a folder outside it"
             )
     made = create and not state.exists
+    present = await in_thread(storage.layout_present) if made else set()
     async with AsyncExitStack() as stack:
         try:
             backend = await _bound_backend(
@@ -82,7 +83,7 @@ async def open_catalog(
         except BaseException:
             if made:  # nothing may be left to look like a store (its catalog refused it, say)
                 with trio.CancelScope(shield=True):
-                    await in_thread(storage.undo_layout)
+                    await in_thread(storage.undo_layout, present)
             raise
         locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
         try:

@@ -398,19 +398,23 @@ class Storage:
             if not os.access(writable, os.W_OK):
                 raise PermissionError(errno.EACCES, "the store is not writable", str(writable))
 
-    def undo_layout(self) -> None:
+    def layout_present(self) -> set[Path]:
+        """The folders of the layout outside ``.horace`` that exist now (see :meth:`undo_layout`)."""
+        return {p for p in (self.files, *(self.files / f for f in COMPONENT_FOLDERS)) if p.is_dir()}
+
+    def undo_layout(self, present: set[Path]) -> None:
         """Take back what :meth:`ensure_layout` made for a store whose creation failed
-        before it was bound (its catalog refused it, say): only empty folders and the empty
-        lock file go, so that nothing is left to look like a store; a file anyone wrote
-        there keeps its folders."""
+        before it was bound (its catalog refused it, say), so that nothing is left to look
+        like a store: the empty folders of ``.horace`` and its empty lock file, and those of
+        the layout's folders under ``files/`` that were not *present* before, if empty."""
         if self.lock_file.is_file() and self.lock_file.stat().st_size == 0:
             self.lock_file.unlink()
-        for top in (self.private, self.files):
-            if not top.is_dir() or top.is_symlink():
-                continue
-            for folder, _, _ in sorted(os.walk(top), key=lambda found: -len(found[0])):
-                with contextlib.suppress(OSError):  # not empty: kept
-                    os.rmdir(folder)
+        made = [p for p in (*(self.files / f for f in COMPONENT_FOLDERS), self.files) if p not in present]
+        if self.private.is_dir() and not self.private.is_symlink():
+            made = [Path(folder) for folder, _, _ in os.walk(self.private)][::-1] + made
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty (or gone): kept
+                folder.rmdir()
 
     @_storage_full
     def write_identity(self, store_id: str, catalog_url: str) -> None:

@@ -327,6 +327,7 @@ async def test_a_store_whose_catalog_refuses_it_is_not_left_half_made(
     monkeypatch.setattr(SqliteBackend, "migrate", refused)
     root = tmp_path / "root"
     write(root / "files/user/mine.txt", "the user's")  # a folder with files in it already
+    (root / "files/gates").mkdir()  # and an empty one of the layout's, the user's too
     settings = Settings(storage_path=root, database_url=f"sqlite://{tmp_path}/catalog.db")
     with pytest.raises(CatalogUnwritable):
         async with open_catalog(settings, create=True):
@@ -334,6 +335,7 @@ async def test_a_store_whose_catalog_refuses_it_is_not_left_half_made(
     assert not (root / ".horace").exists()
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
         "files",
+        "files/gates",
         "files/user",
         "files/user/mine.txt",
     ]
