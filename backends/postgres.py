@@ -1043,15 +1043,19 @@ async def _move_file(conn: Conn, *args: Any) -> Row | None:
 
 
 async def _identity(conn: Conn) -> CatalogIdentity:
-    # to_regclass: the tables as the connection's search_path finds them, or NULL.
-    files, store = await conn.fetchrow(
-        "SELECT to_regclass('horace_files') IS NOT NULL, to_regclass('horace_store') IS NOT NULL"
+    # to_regclass: the tables as the connection's search_path finds them, or NULL; their
+    # schema (else the one new tables would go to) is their place, with the database.
+    files, store, place = await conn.fetchrow(
+        "SELECT to_regclass('horace_files') IS NOT NULL, to_regclass('horace_store') IS NOT NULL, "
+        "'postgresql:' || current_database() || '/' || coalesce("
+        "(SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass('horace_files')), current_schema(), '')"
     )
     if not files:
-        return CatalogIdentity(None, None, empty=True)
+        return CatalogIdentity(None, None, empty=True, place=place)
     empty = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM horace_files)")
     row = await conn.fetchrow("SELECT store_id::text, storage_path FROM horace_store") if store else None
-    return CatalogIdentity(row[0] if row else None, row[1] if row else None, bool(empty))
+    return CatalogIdentity(row[0] if row else None, row[1] if row else None, bool(empty), place)
 
 
 _BIND = (

@@ -189,6 +189,9 @@ class CatalogIdentity:
     store_id: str | None  # None: never bound (new, or from before stores had identities)
     storage_path: str | None  # where the store was when the pair was bound
     empty: bool  # no file catalogued
+    # Where the catalog's tables are, as the database says (the SQLite file's real path; the
+    # PostgreSQL database and schema): what tells a copy of it from itself.
+    place: str | None = None
 
 
 @frozen

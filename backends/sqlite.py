@@ -1197,6 +1197,7 @@ class SqliteBackend:
     def __init__(self, path: Path) -> None:
         self.url = f"sqlite://{path}"
         self.path = path
+        self._place = f"sqlite:{os.path.realpath(path)}"  # (see CatalogIdentity.place)
         self._writer = _connect(path)
         self._write_lock = trio.Lock()
         self._key_reader = _connect_key_reader(path)
@@ -1262,7 +1263,8 @@ class SqliteBackend:
         return await self._read(fn, *args)
 
     async def identity(self) -> CatalogIdentity:
-        return await self._read(_identity)
+        found = await self._read(_identity)
+        return attrs.evolve(found, place=self._place)
 
     async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
         return await self._write(_bind, store_id, storage_path, at)

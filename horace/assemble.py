@@ -131,7 +131,8 @@ async def _bound_backend(
             "catalog (or bring its file back), or, if it is lost for good, "
             "`horace init --adopt` makes a new one"
         ) from None
-    decision = decide(state, await backend.identity(), str(storage.root), url, adopt=adopt)
+    identity = await backend.identity()
+    decision = decide(state, identity, str(storage.root), url, adopt=adopt)
     if read_only:
         # Read-only commands leave the schema as it is: they read only what every schema
         # step has had (files, versions, collections); and they bind nothing.
@@ -139,6 +140,10 @@ async def _bound_backend(
     await in_thread(storage.ensure_layout)
     await backend.migrate()
     if decision.verdict is Verdict.MATCH:
+        if state.catalog_place is None and identity.place is not None and state.store_id is not None:
+            # A store from before places were recorded: the catalog it meets first is its own.
+            with trio.CancelScope(shield=True):
+                await in_thread(storage.write_identity, state.store_id, redact_url(url), identity.place)
         return backend
     store_id = decision.store_id or str(uuid.uuid4())
     if decision.verdict is Verdict.BIND:
@@ -148,7 +153,7 @@ async def _bound_backend(
         if not await backend.rebind(old_id, store_id, str(storage.root), utcnow()):
             raise StoreRefused(f"the catalog {redact_url(url)} was bound anew meanwhile: try again")
     with trio.CancelScope(shield=True):
-        await in_thread(storage.write_identity, store_id, redact_url(url))
+        await in_thread(storage.write_identity, store_id, redact_url(url), identity.place)
     if decision.verdict is Verdict.COMPLETE:
         log.warning(
             "the store at %s had no record of its catalog; written again from the catalog's",

@@ -13,7 +13,6 @@ everything in it would look like an orphan.
 from __future__ import annotations
 
 import enum
-from urllib.parse import parse_qsl, urlsplit
 
 from attrs import frozen
 
@@ -57,11 +56,11 @@ def decide(
         return Decision(Verdict.BIND)
     if store.store_id is not None and catalog.store_id is not None:
         if store.store_id == catalog.store_id:
-            recorded = store.catalog_url
-            if recorded is None or _place(recorded) in (None, _place(url)):
+            if _same_place(store, catalog.place):
                 return Decision(Verdict.MATCH)
             if adopt:
                 return Decision(Verdict.REBIND, store.store_id)
+            recorded = store.catalog_url or store.catalog_place
             raise StoreRefused(
                 f"the catalog {shown} carries the identity of the store at {root} ({store.store_id}), "
                 f"but the store is bound to the catalog {recorded}: this one is a copy of it (a "
@@ -105,16 +104,17 @@ def decide(
     return Decision(Verdict.BIND)
 
 
-def _place(url: str) -> tuple[str, str, str] | None:
-    """Where a catalog lives, as far as telling a copy of it from itself goes: the
-    PostgreSQL database (and the schema a search_path names), the SQLite file; None for
-    the SQLite file inside the store, which moves with it. (A PostgreSQL host or port may
-    change, as in a failover, and the role or password: those stay the same catalog.)"""
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        return None if parts.path.endswith("/.horace/catalog.db") else ("sqlite", parts.path, "")
-    schema = dict(parse_qsl(parts.query)).get("search_path", "")
-    return ("postgresql", parts.path.strip("/") or (parts.username or ""), schema)
+def _same_place(store: StoreState, found: str | None) -> bool:
+    """Whether the catalog found where its tables are (:attr:`CatalogIdentity.place`) is
+    the one the store recorded. A store that recorded none (made before places were) takes
+    the first it meets. The SQLite file inside a store moves with it: a store's own file
+    recorded, and this store's own file found, is the same catalog. (A PostgreSQL host or
+    port may change, as in a failover, and the role: the place is database and schema.)"""
+    recorded = store.catalog_place
+    if recorded is None or found is None or recorded == found:
+        return True
+    moved_with_the_store = recorded.startswith("sqlite:") and recorded.endswith("/.horace/catalog.db")
+    return moved_with_the_store and found == store.own_catalog_place
 
 
 def _hint(store: StoreState) -> str:

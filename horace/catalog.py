@@ -1193,50 +1193,72 @@ class Catalog:
         collect any other object no version refers to (once past the grace period)."""
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
-        if orphans:
-            untaken = await self._take_in_copies(orphans)
-            orphans = [c for c in orphans if c not in untaken]  # kept: strays for fsck to list
+        orphans = await self._unless_copied(orphans)
         deleted = await self.release(orphans, grace_seconds=0.0) if orphans else []
         deleted += await self.collect_orphans()
         return PurgeReport(purged, len(deleted))
+
+    async def _unless_copied(self, checksums: Sequence[str]) -> list[str]:
+        """*checksums* (contents no version holds any more, about to be collected) but those
+        an uncatalogued file under files/ still holds. Such files are catalogued
+        (:meth:`_take_in_copies`); the content of one that cannot be (being written, hard
+        linked, ...) is kept as a stray: its object dated now and its released mark
+        dropped, so the collector keeps it a retention long and then looks for copies of
+        it again; fsck lists it meanwhile."""
+        if not checksums:
+            return []
+        untaken = await self._take_in_copies(checksums)
+        if untaken:
+            await in_thread(self.storage.keep_as_stray, untaken)
+        return [c for c in checksums if c not in untaken]
 
     async def _take_in_copies(self, checksums: Sequence[str]) -> set[str]:
         """Catalog the files under files/ that hold one of *checksums*, content the catalog
         is letting go of, and that nobody catalogued: a copy registered as a duplicate of a
         file since deleted and purged, with no scan or watcher to take it in meanwhile,
         would be the only place left of its content, unversioned. Only untracked files of
-        those contents' sizes are read. Returns the contents of copies that could not be
-        catalogued (their objects must stay)."""
+        those contents' sizes are read. Returns the contents that must stay: those of
+        copies that could not be catalogued, and, should a file of such a size not be
+        readable now, every content of that size."""
 
-        def sizes() -> set[int]:
-            found = set()
+        def sizes() -> dict[str, int]:
+            found = {}
             for checksum in checksums:
                 with contextlib.suppress(OSError):  # gone already: nothing to match
-                    found.add(self.storage.object_path(checksum).stat().st_size)
+                    found[checksum] = self.storage.object_path(checksum).stat().st_size
             return found
 
-        wanted_sizes = await in_thread(sizes)
+        size_of = await in_thread(sizes)
         found = await in_thread(self.storage.walk_stats, None, [], check_cancelled)
         catalogued = {e.file_path for e in await self.backend.working_index()}
-        candidates = [rel for rel, st in found if rel not in catalogued and st.st_size in wanted_sizes]
+        wanted_sizes = set(size_of.values())
+        candidates = [
+            (rel, st.st_size) for rel, st in found if rel not in catalogued and st.st_size in wanted_sizes
+        ]
         if not candidates:
             return set()
-        wanted = set(checksums)
-        hashed = await self._in_threads(self.storage.hash_many, candidates, None)
-        copies = {
-            rel: outcome.checksum
-            for rel, outcome in zip(candidates, hashed, strict=True)
-            if isinstance(outcome, Hashed) and outcome.checksum in wanted
-        }
+        hashed = await self._in_threads(self.storage.hash_many, [rel for rel, _ in candidates], None)
+        copies: dict[str, str] = {}
         untaken: set[str] = set()
+        unread: set[int] = set()  # sizes of candidates that could not be read
+        for (rel, size), outcome in zip(candidates, hashed, strict=True):
+            checksum = outcome.checksum if isinstance(outcome, Hashed) else None
+            if checksum is None:  # not catalogable (hard links, ...), or being written
+                checksum = await in_thread(self.storage.checksum_of_any, rel)
+                if checksum is None:
+                    unread.add(size)
+                elif checksum in size_of:
+                    untaken.add(checksum)
+            elif checksum in size_of:
+                copies[rel] = checksum
         for batch in _slices(list(copies), SCAN_COMMIT_GROUP):
-            outcome = await self.register_new(batch)
-            for file in outcome.registered:
+            taken = await self.register_new(batch)
+            for file in taken.registered:
                 log.info("purge: catalogued %s, the last copy of a purged file's content", file.file_path)
-            for rel, exc in outcome.failed:
+            for rel, exc in taken.failed:
                 log.warning("purge: kept the content of %s, not catalogued: %s", rel, exc.message)
                 untaken.add(copies[rel])
-        return untaken
+        return untaken | {checksum for checksum, size in size_of.items() if size in unread}
 
     async def collect_orphans(self) -> list[str]:
         """Collect the objects no version row refers to that are older than the deleted
@@ -1254,10 +1276,12 @@ class Catalog:
         now = time.time()
         objects = await in_thread(lambda: list(self.storage.walk_objects()))
         due = [name for name, st in objects if self.collectable(now - st.st_mtime, name in released)]
+        unreferenced: list[str] = []
+        for chunk in _slices(due, SCAN_BATCH):
+            unreferenced += await self.backend.unreferenced(chunk)
         collected: list[str] = []
-        for start in range(0, len(due), SCAN_BATCH):
-            chunk = due[start : start + SCAN_BATCH]
-            collected += await self.collect(await self.backend.unreferenced(chunk))
+        for chunk in _slices(await self._unless_copied(unreferenced), SCAN_BATCH):
+            collected += await self.collect(chunk)
         # The marks of objects gone meanwhile (collected by another process): dropped.
         await in_thread(self.storage.unmark_released, released - {name for name, _ in objects})
         return collected

@@ -159,6 +159,8 @@ class StoreState:
     # Looked at only for a store without an identity (None otherwise): it is what tells a
     # store whose identity was lost from a new one, and looking costs 256 folder reads.
     has_objects: bool | None
+    catalog_place: str | None = None  # where its catalog's tables are (CatalogIdentity.place)
+    own_catalog_place: str | None = None  # that of the SQLite catalog inside it, if it were used
 
 
 # What the storage says of itself (read-only, no permission, full, failing): STORAGE_ERROR.
@@ -349,11 +351,16 @@ class Storage:
         try:
             recorded = json.loads(self.identity_file.read_text())
             store_id, catalog_url = str(recorded["store_id"]), recorded.get("catalog")
+            place = recorded.get("catalog_place")
         except FileNotFoundError:
-            store_id, catalog_url = None, None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            store_id, catalog_url, place = None, None, None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageUnusable(f"cannot read the store's identity {self.identity_file}: {exc}") from None
-        return StoreState(True, store_id, catalog_url, self._has_objects() if store_id is None else None)
+        has_objects = self._has_objects() if store_id is None else None
+        own = f"sqlite:{os.path.realpath(self.private / 'catalog.db')}"
+        return StoreState(
+            True, store_id, catalog_url, has_objects, place if isinstance(place, str) else None, own
+        )
 
     def enclosing_store(self) -> Path | None:
         """The store whose ``files/`` (or ``.horace/``) folder holds this root, if any: a
@@ -399,17 +406,22 @@ class Storage:
                 raise PermissionError(errno.EACCES, "the store is not writable", str(writable))
 
     def layout_present(self) -> set[Path]:
-        """The folders of the layout outside ``.horace`` that exist now (see :meth:`undo_layout`)."""
-        return {p for p in (self.files, *(self.files / f for f in COMPONENT_FOLDERS)) if p.is_dir()}
+        """The root and the layout's folders outside ``.horace`` that exist now (see
+        :meth:`undo_layout`)."""
+        return {
+            p for p in (self.root, self.files, *(self.files / f for f in COMPONENT_FOLDERS)) if p.is_dir()
+        }
 
     def undo_layout(self, present: set[Path]) -> None:
         """Take back what :meth:`ensure_layout` made for a store whose creation failed
         before it was bound (its catalog refused it, say), so that nothing is left to look
         like a store: the empty folders of ``.horace`` and its empty lock file, and those of
-        the layout's folders under ``files/`` that were not *present* before, if empty."""
+        the layout's folders under ``files/`` and the root that were not *present* before,
+        if empty."""
         if self.lock_file.is_file() and self.lock_file.stat().st_size == 0:
             self.lock_file.unlink()
         made = [p for p in (*(self.files / f for f in COMPONENT_FOLDERS), self.files) if p not in present]
+        made += [self.root] if self.root not in present else []  # (last: after .horace)
         if self.private.is_dir() and not self.private.is_symlink():
             made = [Path(folder) for folder, _, _ in os.walk(self.private)][::-1] + made
         for folder in made:
@@ -417,8 +429,13 @@ class Storage:
                 folder.rmdir()
 
     @_storage_full
-    def write_identity(self, store_id: str, catalog_url: str) -> None:
-        record = {"store_id": store_id, "catalog": catalog_url, "created_at": time.time()}
+    def write_identity(self, store_id: str, catalog_url: str, catalog_place: str | None) -> None:
+        record = {
+            "store_id": store_id,
+            "catalog": catalog_url,
+            "catalog_place": catalog_place,
+            "created_at": time.time(),
+        }
         tmp = self.tmp / temp_name(TempKind.META)
         tmp.write_text(json.dumps(record) + "\n")
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
@@ -543,6 +560,25 @@ class Storage:
                 except OSError as exc:  # unreadable, say: this file only
                     found.append(_unreadable(rel, exc))
         return found
+
+    def checksum_of_any(self, rel: str) -> str | None:
+        """The checksum of the regular file at *rel*, catalogable or not (hard linked,
+        say): for telling whether it holds a content; None when it cannot be read whole
+        (gone, unreadable, being written)."""
+        try:
+            with _Folders(self.files) as folders:
+                dfd, name = folders.parent(rel)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+                try:
+                    before = os.fstat(fd)
+                    if not stat.S_ISREG(before.st_mode):
+                        return None
+                    checksum = _hash_fd(fd, _never_cancelled, before.st_size)[0]
+                    return None if _stat_moved(before, os.fstat(fd)) else checksum
+                finally:
+                    os.close(fd)
+        except (OSError, HoraceError):
+            return None
 
     def _hash_in(
         self, folders: _Folders, rel: str, recorded_ns: int, check_cancelled: CheckCancelled
@@ -1087,6 +1123,15 @@ class Storage:
 
     def unmark_released(self, checksums: Iterable[str]) -> None:
         for checksum in checksums:
+            (self.released / checksum).unlink(missing_ok=True)
+
+    def keep_as_stray(self, checksums: Iterable[str]) -> None:
+        """Keep these objects a retention long from now: dated now, their released marks
+        dropped (the collector keeps an object without a row that long since it was
+        written, and a released one only a grace period)."""
+        for checksum in checksums:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.object_path(checksum))
             (self.released / checksum).unlink(missing_ok=True)
 
     def discard_aside(self, aside: Path, checksum: str) -> None:

@@ -14,10 +14,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import attrs
 import pytest
-from helpers import sha256, write
+import trio
+from conftest import BACKEND
+from helpers import pg_execute, sha256, write
 from soundness import assert_sound, objects_on_disk
 
 from horace.assemble import open_catalog
@@ -292,25 +295,60 @@ async def test_a_copy_of_the_catalog_is_refused_until_adopted(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("recorded", "opened", "same"),
+    ("recorded", "found", "same"),
     [
-        ("postgresql://h:***@db:5432/horace", "postgresql://h:pw@db-2:6432/horace", True),  # a failover
-        ("postgresql://h:***@db:5432/horace", "postgresql://other@db:5432/horace?application_name=x", True),
-        ("postgresql://h:***@db:5432/horace", "postgresql://h:pw@db:5432/horace_restored", False),
-        ("postgresql://h@db/horace?search_path=a", "postgresql://h@db/horace?search_path=b", False),
-        ("sqlite:///old/root/.horace/catalog.db", "sqlite:///new/root/.horace/catalog.db", True),  # moved
-        ("sqlite:///var/lib/a.db", "sqlite:///var/lib/b.db", False),
+        ("postgresql:horace/public", "postgresql:horace/public", True),  # any host, port or role
+        ("postgresql:horace/public", "postgresql:horace_restored/public", False),
+        ("postgresql:horace/public", "postgresql:horace/s2", False),  # a schema, however named
+        ("sqlite:/old/root/.horace/catalog.db", "sqlite:/srv/root/.horace/catalog.db", True),  # moved
+        ("sqlite:/srv/root/.horace/catalog.db", "sqlite:/x/copy.db", False),  # its own file, copied
+        ("sqlite:/srv/root/.horace/catalog.db", "sqlite:/srv/other/.horace/catalog.db", False),
+        ("sqlite:/var/lib/a.db", "sqlite:/var/lib/b.db", False),
+        ("sqlite:/var/lib/a.db", "sqlite:/srv/root/.horace/catalog.db", False),
+        (None, "postgresql:horace/public", True),  # recorded before places were: the first met
     ],
 )
-def test_what_makes_a_catalog_a_copy(recorded: str, opened: str, same: bool) -> None:
-    store = StoreState(True, "id-1", recorded, None)
-    catalog = CatalogIdentity("id-1", "/root", empty=False)
+def test_what_makes_a_catalog_a_copy(recorded: str | None, found: str, same: bool) -> None:
+    url = "postgresql://h@db/x"  # (only shown: the places decide)
+    store = StoreState(True, "id-1", url, None, recorded, "sqlite:/srv/root/.horace/catalog.db")
+    catalog = CatalogIdentity("id-1", "/srv/root", empty=False, place=found)
     if same:
-        assert decide(store, catalog, "/root", opened).verdict is Verdict.MATCH
+        assert decide(store, catalog, "/srv/root", url).verdict is Verdict.MATCH
     else:
         with pytest.raises(StoreRefused, match="is a copy of it"):
-            decide(store, catalog, "/root", opened)
-        assert decide(store, catalog, "/root", opened, adopt=True).verdict is Verdict.REBIND
+            decide(store, catalog, "/srv/root", url)
+        assert decide(store, catalog, "/srv/root", url, adopt=True).verdict is Verdict.REBIND
+
+
+async def test_the_catalog_under_another_spelling_is_itself(tmp_path: Path) -> None:
+    """Another spelling of the same catalog (.., //, a symlinked folder) is no copy."""
+    (tmp_path / "ext").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "ext", target_is_directory=True)
+    settings = Settings(storage_path=tmp_path / "root", database_url=f"sqlite://{tmp_path}/ext/cat.db")
+    async with open_catalog(settings, create=True):
+        pass
+    for spelling in (f"{tmp_path}/ext/../ext/cat.db", f"{tmp_path}//ext/cat.db", f"{tmp_path}/link/cat.db"):
+        async with open_catalog(attrs.evolve(settings, database_url=f"sqlite://{spelling}")):
+            pass
+
+
+async def test_a_copy_of_the_stores_own_catalog_is_refused(tmp_path: Path) -> None:
+    settings = Settings(storage_path=tmp_path / "root")
+    async with open_catalog(settings, create=True):
+        pass
+    copy = tmp_path / "copy.db"
+    with (
+        sqlite3.connect(settings.storage_path / ".horace/catalog.db") as source,
+        sqlite3.connect(copy) as target,
+    ):
+        source.backup(target)
+    with pytest.raises(StoreRefused, match="is a copy of it"):
+        async with open_catalog(attrs.evolve(settings, database_url=f"sqlite://{copy}")):
+            pass
+    moved = tmp_path / "moved"
+    settings.storage_path.rename(moved)  # the store with its own catalog: still its own
+    async with open_catalog(attrs.evolve(settings, storage_path=moved)):
+        pass
 
 
 async def test_a_store_whose_catalog_refuses_it_is_not_left_half_made(
@@ -339,6 +377,38 @@ async def test_a_store_whose_catalog_refuses_it_is_not_left_half_made(
         "files/user",
         "files/user/mine.txt",
     ]
+    nowhere = attrs.evolve(settings, storage_path=tmp_path / "new" / "root")  # no folder there yet
+    with pytest.raises(CatalogUnwritable):
+        async with open_catalog(nowhere, create=True):
+            pass
+    assert not (tmp_path / "new" / "root").exists()
     monkeypatch.undo()
     async with open_catalog(settings, create=True) as catalog:  # a plain init then works
         assert (await catalog.register("user/mine.txt")).file.current_version == 1
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="PostgreSQL schemas and URL spellings")
+async def test_a_copy_of_a_postgresql_catalog_in_another_schema_is_refused(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> None:
+    """The place is what the database says (database and schema), whatever the URL's
+    spelling: a copy in another schema is refused, however its search_path is given; the
+    same schema under another spelling is the same catalog."""
+    settings = Settings(storage_path=tmp_path / "root", database_url=database_url)
+    async with open_catalog(settings, create=True):
+        pass
+    source = dict(parse_qsl(urlsplit(database_url).query))["search_path"]
+    target = dict(parse_qsl(urlsplit(other_database_url).query))["search_path"]
+    copying = [f"CREATE TABLE {target}.{t} AS TABLE {source}.{t}" for t in ("horace_files", "horace_store")]
+    await trio.to_thread.run_sync(pg_execute, *copying)  # what identity() reads: copy enough
+    base = urlunsplit(urlsplit(database_url)._replace(query=""))
+    for copy in (
+        other_database_url,
+        f"{base}?SEARCH_PATH={target}",
+        f"{base}?options=-csearch_path%3D{target}",
+    ):
+        with pytest.raises(StoreRefused, match="is a copy of it"):
+            async with open_catalog(attrs.evolve(settings, database_url=copy)):
+                pass
+    async with open_catalog(attrs.evolve(settings, database_url=f"{base}?SEARCH_PATH={source}")):
+        pass

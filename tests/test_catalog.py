@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -429,14 +430,21 @@ async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) 
         assert catalog.storage.has_object(b.checksum)
 
 
-async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Settings, files: Path) -> None:
-    """A copy registered as a duplicate is not catalogued; once the file whose content it
-    is has been deleted and purged, the copy would be that content's only place, and any
-    write to it would lose it. Without a scan or a watcher, the purge takes it in."""
+@contextlib.asynccontextmanager
+async def purging(settings: Settings) -> AsyncIterator[tuple[Catalog, list[datetime]]]:
+    """A catalog on a clock of the test's (``now[0]``), deleted files kept 30 days, no grace."""
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
     async with open_catalog(settings, create=True) as catalog:
         catalog.clock = lambda: now[0]
         catalog.policy = CatalogPolicy(deleted_retention=timedelta(days=30), gc_grace_seconds=0.0)
+        yield catalog, now
+
+
+async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Settings, files: Path) -> None:
+    """A copy registered as a duplicate is not catalogued; once the file whose content it
+    is has been deleted and purged, the copy would be that content's only place, and any
+    write to it would lose it. Without a scan or a watcher, the purge takes it in."""
+    async with purging(settings) as (catalog, now):
         write(files / "user/p.txt", "shared content")
         copy = write(files / "user/r.txt", "shared content")
         write(files / "user/other.txt", "same size here")  # untracked too, not a copy: left alone
@@ -451,6 +459,30 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
         assert catalog.storage.object_path(p.checksum).read_bytes() == copy.read_bytes()
         assert await catalog.backend.file_by_path("user/other.txt") is None
         assert (await fsck(catalog)).clean
+
+
+async def test_the_purge_keeps_the_content_of_a_copy_it_cannot_catalog(
+    settings: Settings, files: Path
+) -> None:
+    """A copy with two names (hard links) cannot be catalogued: its content stays, as an
+    object the collector keeps a retention long, then looks at again; however old the
+    object was (written long ago, or released by pruning)."""
+    async with purging(settings) as (catalog, now):
+        write(files / "user/p.txt", "shared content")
+        copy = write(files / "user/r.txt", "shared content")
+        os.link(copy, files / "user/r-too.txt")
+        p = (await catalog.register("user/p.txt")).file
+        await catalog.delete(p.id)
+        obj = catalog.storage.object_path(p.checksum)
+        now[0] += timedelta(days=31)
+        for _ in range(2):  # the deleted file's purge, then the collector's look a retention on
+            long_ago = time.time() - 40 * 86400
+            os.utime(obj, (long_ago, long_ago))
+            catalog.storage.mark_released([p.checksum])
+            report = await catalog.purge()
+            assert report.objects_deleted == 0 and obj.read_bytes() == copy.read_bytes()
+        assert p.checksum in (await fsck(catalog)).orphans  # listed meanwhile, where it is
+        assert await catalog.backend.file_by_path("user/r.txt") is None
 
 
 async def test_an_object_no_version_refers_to_is_kept_a_retention_long(catalog: Catalog, files: Path) -> None:
