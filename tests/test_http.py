@@ -195,6 +195,9 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         (await post(b"42"), 400, "a request is a JSON object"),
         (await post(b'{"jsonrpc": "2.0", "id": true, "method": "ping"}'), 400, "id must be"),
         (await post(b'{"jsonrpc": "2.0", "id": null, "method": "ping"}'), 400, "(never null)"),
+        # (a request, answered with a JSON-RPC error whose id is null: HTTP's part went well)
+        (await post(b'{"jsonrpc": "2.0", "id": 123456789012345678901, "method": "ping"}'), 200, "64-bit"),
+        (await post(b'{"jsonrpc": "2.0", "id": "a\\u0000b", "method": "ping"}'), 200, "the id holds a NUL"),
         (await post(initialize_with(None), mcp_session_id=None), 400, "initialize must be a request"),
         (
             await post(b"[" + initialize_with(1) + b"]", mcp_session_id=None),
@@ -334,6 +337,26 @@ async def test_a_body_that_breaks_http_framing_is_400(server: RunningHorace, cli
             answer += data
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b'body is not valid HTTP: illegal chunk header"' in answer, answer  # (no bytes quoted)
+    await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("length", "first"), [(100, b"HTTP/1.1 100 Continue\r\n"), (5 << 20, b"HTTP/1.1 413 ")]
+)
+async def test_a_client_waiting_to_send_its_body_is_told_first(
+    server: RunningHorace, client: HttpMcp, length: int, first: bytes
+) -> None:
+    """``Expect: 100-continue``: a body within the limit is asked for (100 Continue); one
+    declared past it is refused at once, before the client sends it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)  # type: ignore[arg-type]
+    head = "".join(f"{name}: {value}\r\n" for name, value in client.headers().items())
+    await stream.send_all(
+        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nexpect: 100-continue\r\n"
+        f"content-length: {length}\r\n{head}\r\n".encode()
+    )
+    with trio.fail_after(5):  # (the body is not sent: only the first answer can come)
+        answer = await stream.receive_some(65536)
+    assert answer.startswith(first), answer[:200]
     await stream.aclose()
 
 

@@ -301,6 +301,27 @@ async def test_sessions_together_stay_within_the_servers_room(monkeypatch: pytes
         nursery.cancel_scope.cancel()
 
 
+async def test_batches_keep_their_replies_within_the_servers_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch keeps its members' replies until its own reply goes out: those count in the
+    server's room, and a member's reply past it is an error (never a wait: the room could
+    be held by the very batch waiting)."""
+    fake_reads(monkeypatch, 9_000)
+    settings = Settings(max_reply_bytes=100_000, max_pending_reply_bytes=100_000)
+    server_room = ReplyRoom(20_000)
+    async with trio.open_nursery() as nursery:
+        fake = await start_session(nursery, settings, server_room=server_room)
+        await fake.ws.incoming_send.send(
+            json.dumps([request(i, "resources/read", {"uri": f"horace://files/{i}"}) for i in range(3)])
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        (batch,) = fake.ws.sent
+        errors = [reply["error"] for reply in batch if "error" in reply]
+        assert len(batch) == 3 and len(errors) == 1  # two fit: 2 x ~9 KB of a 20 KB room
+        assert errors[0]["code"] == REPLY_TOO_LARGE and "room for batches' replies" in errors[0]["message"]
+        assert server_room.batched == 0 and server_room.used == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_cancel_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     started = trio.Event()
 
@@ -368,6 +389,15 @@ def test_the_params_walk_holds_one_iterator_per_level() -> None:
     for _ in range(70):
         nested = [nested]
     assert "nests deeper than 64" in str(unusable({"deep": nested}))
+    # Where it is, as a message can show it: keys escaped and cut, the whole bounded.
+    odd = unusable({"arguments": {"k" + "y" * 100: [0, {"z\x00": 1}]}})
+    assert odd is not None and odd.within("arguments") and "has a key that holds a NUL" in odd.reason
+    assert odd.where == "arguments.k" + "y" * 39 + "…[1].z\\x00"
+    long_keys: Any = "\x00"
+    for n in range(60):
+        long_keys = {f"{n}" + "k" * 60_000: long_keys}
+    odd = unusable({"arguments": long_keys})
+    assert odd is not None and odd.within("arguments") and len(str(odd)) < 300
 
 
 # -- the protocol limits over a real WebSocket ---------------------------------------------

@@ -146,6 +146,8 @@ class HttpConnection:
         if declared is not None and declared > max(limit, discard_up_to):
             return None
         if self.h11.they_are_waiting_for_100_continue:
+            if declared is not None and declared > limit:
+                return None  # refused before it is sent: no 100 Continue for it
             go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             await self._write(self.h11.send(go_on))
         body = bytearray()

@@ -27,6 +27,7 @@ REPLY_TOO_LARGE = -32003  # (-32002 is MCP's "resource not found")
 RESOURCE_NOT_FOUND = -32002
 
 MAX_PARAMS_DEPTH = 64  # levels of lists and objects in a request's params
+MAX_WHERE_CHARS = 200  # of where an unusable value is, in its message
 
 _END = object()
 
@@ -207,8 +208,15 @@ def _text_unusable(text: str) -> str | None:
 
 
 def _where(keys: list[Any]) -> str:
-    where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in keys[1:])
-    return where.lstrip(".") or "params"
+    where = "".join(f"[{key}]" if isinstance(key, int) else f".{_named(key)}" for key in keys[1:])
+    where = where.lstrip(".") or "params"
+    return where if len(where) <= MAX_WHERE_CHARS else f"{where[:MAX_WHERE_CHARS]}…"
+
+
+def _named(key: str) -> str:
+    # A key as a message can show it: printable (a NUL or a lone surrogate escaped), short.
+    shown = key if key.isprintable() else ascii(key)[1:-1]
+    return shown if len(shown) <= 40 else f"{shown[:40]}…"
 
 
 def what_is_read(message: Any) -> Any:

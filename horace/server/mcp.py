@@ -300,31 +300,42 @@ class McpSession:
         limit = self.settings.max_reply_bytes
         replies: list[str] = []
         total = 2  # the brackets
+        kept = 0  # of the replies, what the server's room counts until the batch's goes out
 
         async def one(item: Any) -> None:
-            nonlocal total
+            nonlocal total, kept
             reply = await self._answer(item, send)
             if reply is None:
                 return
             separator = 2 if replies else 0
             if total + separator + len(reply) > limit:
+                why = f"the batch's reply, limited to {limit} bytes (HORACE_MAX_REPLY_BYTES)"
+            elif not self.reply_room.keep_for_batch(len(reply)):
+                why = "the server's room for batches' replies (HORACE_MAX_PENDING_REPLY_BYTES_TOTAL)"
+            else:
+                why = None
+                kept += len(reply)
+            if why is not None:
                 request_id = item.get("id") if isinstance(item, dict) else None
                 reply = error_text(
                     request_id if is_valid_id(request_id) else None,
                     RpcError(
                         REPLY_TOO_LARGE,
-                        f"this reply ({len(reply)} bytes) did not fit in the batch's reply, limited to "
-                        f"{limit} bytes (HORACE_MAX_REPLY_BYTES); the request ran: send it alone or ask "
-                        "for less",
+                        f"this reply ({len(reply)} bytes) did not fit in {why}; the request ran: send "
+                        "it alone or ask for less",
                         {"reply_bytes": len(reply), "limit": limit},
                     ),
                 )
             total += separator + len(reply)
             replies.append(reply)
 
-        async with trio.open_nursery() as nursery:
-            for item in requests:
-                nursery.start_soon(one, item)
+        try:
+            async with trio.open_nursery() as nursery:
+                for item in requests:
+                    nursery.start_soon(one, item)
+        finally:
+            # Let go with no checkpoint before the transport counts the batch's reply.
+            self.reply_room.let_go_for_batch(kept)
         return "[" + ", ".join(replies) + "]" if replies else None
 
     async def _answer(self, message: Any, send: Send) -> str | None:
@@ -335,6 +346,9 @@ class McpSession:
         if "id" in message and not is_valid_id(request_id):
             said = "never null" if request_id is None else f"not {json_kind(request_id)}"
             return error_text(None, RpcError(INVALID_REQUEST, f"id must be a string or an integer ({said})"))
+        odd = jsonrpc.unusable(request_id)  # (echoed in the reply: it must be sendable, and storable)
+        if odd is not None:
+            return error_text(None, RpcError(INVALID_REQUEST, f"the id {odd.reason}"))
         method, params = message.get("method"), message.get("params", {})
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return error_text(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))

@@ -20,6 +20,7 @@ class ReplyRoom:
         self.limit = limit
         self.within = within
         self.used = 0
+        self.batched = 0  # the server's: batch members' replies kept for their batch's reply
         self._waiting = trio.lowlevel.ParkingLot()
 
     def _fits(self, size: int) -> bool:
@@ -49,3 +50,17 @@ class ReplyRoom:
         self._waiting.unpark_all()  # each looks again: several smaller ones may fit
         if self.within is not None:
             self.within.give_back(size)
+
+    def keep_for_batch(self, size: int) -> bool:
+        """Count *size* bytes of a batch member's reply, kept until the batch's reply goes
+        out, against the server's limit (besides what :meth:`reserve` counts); False, and
+        nothing counted, when they do not fit. It never waits: the room a member would
+        wait for could be held by its own batch, or by batches waiting likewise."""
+        server = self.within or self
+        if server.batched and server.batched + size > server.limit:
+            return False
+        server.batched += size
+        return True
+
+    def let_go_for_batch(self, size: int) -> None:
+        (self.within or self).batched -= size

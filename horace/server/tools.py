@@ -504,8 +504,9 @@ class Tool:
     destructive: bool = False
     idempotent: bool = False
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None  # raw arguments, first
-    # Its result grows with a page or with the catalog, up to a reply's limit: such a call
-    # reserves a whole reply's room before it runs (see McpSession._room_for_a_reply).
+    # Its result grows with a page or with the catalog, up to a reply's limit, or it holds
+    # whole versions while it runs: such a call reserves a whole reply's room before it
+    # runs (see McpSession._room_for_a_reply).
     large_result: bool = False
 
     def structure(self, raw: Any) -> Any:
@@ -634,6 +635,7 @@ TOOLS: dict[str, Tool] = {
             diff_versions,
             read_only=True,
             idempotent=True,
+            large_result=True,  # (it holds two versions, up to HORACE_MAX_READ_BYTES each)
         ),
         Tool(
             "horace_create_collection",
