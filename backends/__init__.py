@@ -47,6 +47,8 @@ def url_problem(url: str) -> str | None:
                 f"sqlite:// needs an absolute path, as in sqlite:///var/lib/horace/catalog.db "
                 f"(three slashes): {url}"
             )
+        if "?" in path or "#" in path:  # (SQLite's own URI options are not taken)
+            return f"sqlite:// takes a path only, no ?options or #: {url}"
         return None
     # PostgreSQL: what asyncpg would fail on later with a bare ValueError.
     try:

@@ -1204,22 +1204,22 @@ class Catalog:
         (:meth:`_take_in_copies`); the content of one that cannot be (being written, hard
         linked, ...) is kept as a stray: its object dated now and its released mark
         dropped, so the collector keeps it a retention long and then looks for copies of
-        it again; fsck lists it meanwhile."""
+        it again; fsck lists it meanwhile. (A content catalogued again loses its mark too.)"""
         if not checksums:
             return []
-        untaken = await self._take_in_copies(checksums)
-        if untaken:
-            await in_thread(self.storage.keep_as_stray, untaken)
-        return [c for c in checksums if c not in untaken]
+        staying = await self._take_in_copies(checksums)
+        if staying:
+            await in_thread(self.storage.keep_as_stray, staying)
+        return [c for c in checksums if c not in staying]
 
     async def _take_in_copies(self, checksums: Sequence[str]) -> set[str]:
         """Catalog the files under files/ that hold one of *checksums*, content the catalog
         is letting go of, and that nobody catalogued: a copy registered as a duplicate of a
         file since deleted and purged, with no scan or watcher to take it in meanwhile,
         would be the only place left of its content, unversioned. Only untracked files of
-        those contents' sizes are read. Returns the contents that must stay: those of
-        copies that could not be catalogued, and, should a file of such a size not be
-        readable now, every content of that size."""
+        those contents' sizes are read. Returns the contents that must stay: those of the
+        copies catalogued now, and of those that could not be, and, should a file of such a
+        size not be readable now, every content of that size."""
 
         def sizes() -> dict[str, int]:
             found = {}
@@ -1239,7 +1239,7 @@ class Catalog:
             return set()
         hashed = await self._in_threads(self.storage.hash_many, [rel for rel, _ in candidates], None)
         copies: dict[str, str] = {}
-        untaken: set[str] = set()
+        staying: set[str] = set()  # contents that must stay
         unread: set[int] = set()  # sizes of candidates that could not be read
         for (rel, size), outcome in zip(candidates, hashed, strict=True):
             checksum = outcome.checksum if isinstance(outcome, Hashed) else None
@@ -1248,17 +1248,18 @@ class Catalog:
                 if checksum is None:
                     unread.add(size)
                 elif checksum in size_of:
-                    untaken.add(checksum)
+                    staying.add(checksum)
             elif checksum in size_of:
                 copies[rel] = checksum
         for batch in _slices(list(copies), SCAN_COMMIT_GROUP):
             taken = await self.register_new(batch)
             for file in taken.registered:
                 log.info("purge: catalogued %s, the last copy of a purged file's content", file.file_path)
+                staying.add(file.checksum)  # (referred to again)
             for rel, exc in taken.failed:
                 log.warning("purge: kept the content of %s, not catalogued: %s", rel, exc.message)
-                untaken.add(copies[rel])
-        return untaken | {checksum for checksum, size in size_of.items() if size in unread}
+                staying.add(copies[rel])
+        return staying | {checksum for checksum, size in size_of.items() if size in unread}
 
     async def collect_orphans(self) -> list[str]:
         """Collect the objects no version row refers to that are older than the deleted

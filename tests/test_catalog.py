@@ -451,6 +451,7 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
         p = (await catalog.register("user/p.txt")).file
         assert (await catalog.register("user/r.txt")).duplicate
         await catalog.delete(p.id)
+        catalog.storage.mark_released([p.checksum])  # (as pruning, within the grace, would)
         now[0] += timedelta(days=31)
         report = await catalog.purge()
         assert (report.files_purged, report.objects_deleted) == (1, 0)
@@ -458,6 +459,7 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
         assert taken is not None and taken.checksum == p.checksum
         assert catalog.storage.object_path(p.checksum).read_bytes() == copy.read_bytes()
         assert await catalog.backend.file_by_path("user/other.txt") is None
+        assert catalog.storage.released_marks() == set()  # referred to again: not the collector's
         assert (await fsck(catalog)).clean
 
 

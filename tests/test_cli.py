@@ -176,6 +176,7 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         assert not (tmp_path / "var").exists()
     not_a_database = write(tmp_path / "notes.db", "not a database\n")
     for url, words in [
+        (f"sqlite://{tmp_path}/c.db?mode=rw", ("takes a path only",)),
         (f"sqlite://{tmp_path}/", ("is a folder",)),
         (f"sqlite://{not_a_database}", ("is not an SQLite database",)),
     ]:
