@@ -250,6 +250,20 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
+def _answered_as(value: Any) -> Any:
+    """The id an answer to a request with this id carries: its own, or null for one that
+    cannot be sent back (past 64 bits, a NUL, a lone surrogate)."""
+    if not _valid_id(value) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return None if "\x00" in value else value
+
+
 def _is_response(message: Any) -> bool:
     """JSON-RPC's response object, which a server never answers."""
     return (
@@ -293,7 +307,7 @@ class Expected:
             return
         if _is_response(message):
             return
-        answer_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
+        answer_id = _answered_as(message.get("id")) if isinstance(message, dict) else None
         self.required[answer_id] += 1
         if not (isinstance(message, dict) and message.get("method") == "tools/call"):
             return
