@@ -120,6 +120,12 @@ async def _bound_backend(
             open_backend(url, migrate=False, create=create and (state.store_id is None or adopt))
         )
     except CatalogMissing as exc:
+        if state.store_id is None and not state.has_objects:
+            raise StoreRefused(
+                f"{exc}, and the store at {storage.root} was never bound to a catalog and holds no "
+                "versions (a first start that did not finish?): `horace init` finishes it, with "
+                "--database when its catalog is to be PostgreSQL"
+            ) from None
         owner = (
             f"belongs to catalog {state.store_id}"
             + (f" (created with {state.catalog_url})" if state.catalog_url else "")

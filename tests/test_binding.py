@@ -382,6 +382,11 @@ async def test_a_store_whose_catalog_refuses_it_is_not_left_half_made(
         async with open_catalog(nowhere, create=True):
             pass
     assert not (tmp_path / "new" / "root").exists()
+    (root / ".horace").mkdir()  # as an init of an earlier Horace, or another one, left it
+    with pytest.raises(StoreRefused, match=r"never bound to a catalog .*`horace init` finishes it"):
+        async with open_catalog(attrs.evolve(settings, database_url=None)):  # `horace search`
+            pass
+    (root / ".horace").rmdir()
     monkeypatch.undo()
     async with open_catalog(settings, create=True) as catalog:  # a plain init then works
         assert (await catalog.register("user/mine.txt")).file.current_version == 1
