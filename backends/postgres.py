@@ -1811,8 +1811,9 @@ def _libpq_parameters(url: str, connect_timeout: float) -> tuple[str, float]:
     refuses it), and the timeout it gives; the certificate files the URL names, each
     checked to exist (asyncpg's error names none)."""
     parts = urlsplit(url)
+    given = parse_qsl(parts.query, keep_blank_values=True)
     kept, timeout = [], connect_timeout
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in given:
         if name == "connect_timeout":
             try:
                 seconds = int(value)
@@ -1825,7 +1826,7 @@ def _libpq_parameters(url: str, connect_timeout: float) -> tuple[str, float]:
         if name in _SSL_FILES and not os.path.exists(os.path.expanduser(value)):
             raise UnusableURL(f"bad PostgreSQL URL: {name}={value}: no such file")
         kept.append((name, value))
-    if len(kept) == len(parse_qsl(parts.query, keep_blank_values=True)):
+    if len(kept) == len(given):
         return url, timeout
     return urlunsplit(parts._replace(query=urlencode(kept))), timeout
 

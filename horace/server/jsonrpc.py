@@ -142,9 +142,9 @@ class Unusable:
         return self.where == key or self.where.startswith((f"{key}.", f"{key}["))
 
     @property
-    def names_a_path(self) -> bool:
-        """A NUL in a call's ``file_path``: the path is what is invalid (INVALID_PATH)."""
-        return self.reason.startswith(_NUL) and self.where == "arguments.file_path"
+    def holds_nul(self) -> bool:
+        """A NUL in a string value (where a path holds one, the path is what is invalid)."""
+        return self.reason.startswith(_NUL)
 
 
 _NUL = "holds a NUL character"

@@ -491,7 +491,8 @@ class McpSession:
         try:
             try:
                 if refusal is not None:
-                    code = ErrorCode.INVALID_PATH if refusal.names_a_path else ErrorCode.INVALID_ARGUMENT
+                    in_path = refusal.holds_nul and refusal.where == "arguments.file_path"
+                    code = ErrorCode.INVALID_PATH if in_path else ErrorCode.INVALID_ARGUMENT
                     raise HoraceError(code, str(refusal))
                 args = tool.structure(arguments)
             except HoraceError as exc:

@@ -22,8 +22,6 @@ from horace.wire import structure
 MODEL = "horace"
 TURN_BYTES = 512  # a turn's fields but its content, correlation id and file ids, and more
 _ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str), without a new encoder a call
-# The database's state, not the turns' fault: retried, never a reason to drop a turn.
-NOT_THE_TURNS = OUTAGES  # (a turn refused for its own sake is another matter)
 
 
 class ConversationTransport:
@@ -44,7 +42,7 @@ class ConversationTransport:
             turns = [turn_of(entry) for entry in batch]
             try:
                 conflicts = await self.backend.insert_turns(turns)
-            except NOT_THE_TURNS as exc:
+            except OUTAGES as exc:  # the database's state, never a reason to drop a turn
                 raise SinkUnavailable(str(exc)) from exc
             for turn in conflicts:
                 self.conflicts += 1
@@ -72,7 +70,7 @@ async def prune_conversations(backend: Backend, retention: float, every: float) 
         try:
             while (batch := await backend.prune_turns(before, PRUNE_BATCH)) > 0:
                 pruned += batch
-        except NOT_THE_TURNS as exc:
+        except OUTAGES as exc:
             log.warning("conversations: turns older than %s not pruned now: %s", before.isoformat(), exc)
         if pruned:
             log.info("conversations: %d turns older than %s pruned", pruned, before.isoformat())
