@@ -63,12 +63,13 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
         watcher = Watcher(catalog, settle=settings.watch_settle, poll=settings.watch_poll)
         states["watcher"] = TaskState("watcher")
         nursery.start_soon(supervise, states["watcher"], watcher.run)
-        # Not watching (crashed and waiting to restart, or its watch not in place yet):
-        # writes go unversioned, so the server is degraded (see HoraceServer.health).
+        # Not watching (crashed and waiting to restart, or its watch not in place yet), or
+        # paths waiting to be taken again after a failure: writes go unversioned, so the
+        # server is degraded (see HoraceServer.health).
         status["watcher"] = lambda: {
             **states["watcher"].status(),
             **watcher.status(),
-            "ok": watcher.watching,
+            "ok": watcher.ok,
         }
     for name, state in states.items():
         status.setdefault(name, state.status)

@@ -15,7 +15,11 @@ report: files changed since the watcher last saw events, files not catalogued, a
 catalogued files gone; so does a pass after the kernel dropped events.
 
 A name that can never be catalogued (not UTF-8, reserved for Horace) is counted, logged
-once and listed in the status, and the watch goes on.
+once and listed in the status, and the watch goes on. A path that could not be taken for
+another reason (the storage full, the catalog down, the file unreadable) is taken again,
+after ``settle`` seconds doubled at each failure up to :data:`RETRY_CAP`, until it is taken
+or gone; while any such path waits the watcher is not ok (the server is degraded in
+/health), since a change it holds may be overwritten before it is versioned.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ log = logging.getLogger("horace.watch")
 CATCH_UP_SLACK = 10.0
 NEW_FILES_BATCH = 256
 SKIPPED_SHOWN = 20  # the latest skipped names /health lists
+FAILING_SHOWN = 20  # the latest paths /health lists that failed and wait to be taken again
+RETRY_CAP = 60.0  # seconds: the longest wait before a failed path is taken again
 
 
 def _glob_literal(text: str) -> str:
@@ -58,7 +64,7 @@ class WatchCounts:
     moved: int = 0
     deleted: int = 0
     retried: int = 0
-    errors: int = 0
+    errors: int = 0  # failures to take a path (each is taken again later)
     skipped: int = 0  # names that can never be catalogued
 
 
@@ -90,6 +96,12 @@ class Watcher:
         self._copies: dict[str, dict[str, str]] = {}
         self._copy_of: dict[str, str] = {}  # path -> the id of the file whose copy it is
         self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
+        self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
+
+    @property
+    def ok(self) -> bool:
+        """Watching, and no path waits to be taken again after a failure."""
+        return self.watching and not self._failing
 
     def status(self) -> dict[str, Any]:
         return {
@@ -98,6 +110,8 @@ class Watcher:
             "mode": "poll" if self.poll else "inotify",
             **attrs.asdict(self.counts),
             "skipped_names": list(self.skipped),
+            "failing": len(self._failing),
+            "failing_paths": list(self._failing)[-FAILING_SHOWN:],
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -231,34 +245,65 @@ class Watcher:
     async def _settle(self, rel: str) -> None:
         correlation_id = f"watch-{uuid.uuid4()}"
         try:
-            await self._take(rel, correlation_id)
+            done = await self._take(rel, correlation_id)
         except HoraceError as exc:
-            if exc.code is ErrorCode.FILE_LOCKED:  # written to while we read it: later
-                self.counts.retried += 1
-                self.schedule(rel)
-            elif exc.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH):
-                log.debug("watch: skipped %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
-            else:
-                self.counts.errors += 1
-                log.warning("watch: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
+            self._not_taken(rel, exc, correlation_id)
         except OSError as exc:  # this file only (unreadable, say): the watch goes on
-            self.counts.errors += 1
-            log.warning("watch: %s: %s", rel, exc, extra={"correlation_id": correlation_id})
+            self._failed(rel, str(exc), correlation_id)
+        else:
+            if done:
+                self._taken(rel)
 
-    async def _take(self, rel: str, correlation_id: str) -> None:
+    def _not_taken(self, rel: str, exc: HoraceError, correlation_id: str) -> None:
+        if exc.code is ErrorCode.FILE_LOCKED:  # written to while we read it: later
+            self.counts.retried += 1
+            self.schedule(rel)
+        elif exc.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH):
+            # Gone, or never to be catalogued as it is: an event brings it back if that changes.
+            self._failing.pop(rel, None)
+            log.debug("watch: skipped %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
+        else:
+            self._failed(rel, exc.message, correlation_id)
+
+    def _failed(self, rel: str, why: str, correlation_id: str) -> None:
+        """*rel* could not be taken: taken again later, each wait twice the last."""
+        self.counts.errors += 1
+        failures = self._failing.pop(rel, 0) + 1
+        self._failing[rel] = failures  # (re-inserted: the latest failures are listed last)
+        delay = min(self.settle * 2**failures, RETRY_CAP)
+        self.schedule(rel, delay)
+        level = logging.WARNING if failures == 1 else logging.DEBUG  # once, not at every retry
+        log.log(
+            level,
+            "watch: %s: %s (taken again in %.1f s)",
+            rel,
+            why,
+            delay,
+            extra={"correlation_id": correlation_id},
+        )
+
+    def _taken(self, rel: str) -> None:
+        failures = self._failing.pop(rel, None)
+        if failures is not None:
+            log.info("watch: %s taken after %d failure%s", rel, failures, "s" * (failures > 1))
+
+    async def _take(self, rel: str, correlation_id: str) -> bool:
+        """Catalog, version, move or delete *rel* as it now is; False when it waits for
+        the pass's batch of new files (or is looked at again later)."""
         storage = self.catalog.storage
         self._forget_copy(rel)  # looked at again: whatever it is now (gone, say)
         try:
             st = await in_thread(os.lstat, self.files / rel)
         except (FileNotFoundError, NotADirectoryError):
-            await self._vanish(rel)
-            return
+            # A catalogued file is deleted later, unless a new path takes its content
+            # (_expire_vanished says when it is done).
+            return not await self._vanish(rel)
         if not stat.S_ISREG(st.st_mode):
-            return  # symlinks and special files are never catalogued
+            return True  # symlinks and special files are never catalogued
         if await in_thread(storage.is_being_written, rel) or _age(st) < self.settle:
             self.counts.retried += 1
             self.schedule(rel)
-            return
+            return False
         record = await self.catalog.backend.file_by_path(rel)
         if (
             record is None
@@ -266,10 +311,10 @@ class Watcher:
             and await self.catalog.follow_rename(self._vanished, rel, correlation_id)
         ):
             self.counts.moved += 1
-            return
+            return True
         if record is None and rel not in self._one_by_one:
             self._new.append(rel)  # registered with the others of this pass, in one commit
-            return
+            return False
         self._one_by_one.discard(rel)
         done = await self.catalog.register(rel, correlation_id=correlation_id)
         if (
@@ -282,7 +327,7 @@ class Watcher:
             self._vanished.discard(done.file.id)
             await self.catalog.move(done.file.id, rel, correlation_id)
             self.counts.moved += 1
-            return
+            return True
         if record is None and done.duplicate:
             self._copies.setdefault(done.file.id, {})[rel] = done.file.checksum
             self._copy_of[rel] = done.file.id
@@ -292,6 +337,7 @@ class Watcher:
             if done.version_created:
                 self.counts.versioned += 1
             self._look_again_at_copies(record.id, done.file.checksum)
+        return True
 
     def _forget_copy(self, rel: str) -> None:
         owner = self._copy_of.pop(rel, None)
@@ -318,21 +364,21 @@ class Watcher:
         correlation_id = f"watch-{uuid.uuid4()}"
         outcome = await self.catalog.register_new(batch, correlation_id)
         self.counts.registered += len(outcome.registered)
+        for file in outcome.registered:
+            self._taken(file.file_path)
         for rel, _ in outcome.skipped:
             # A duplicate, or the second half of a rename: the one-by-one path tells which.
             self._one_by_one.add(rel)
             await self._settle(rel)
         for rel, exc in outcome.failed:
-            if exc.code is ErrorCode.FILE_LOCKED:  # written to while we read it: later
-                self.counts.retried += 1
-                self.schedule(rel)
-            elif exc.code not in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH):
-                self.counts.errors += 1
-                log.warning("watch: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
+            self._not_taken(rel, exc, correlation_id)
 
-    async def _vanish(self, rel: str) -> None:
+    async def _vanish(self, rel: str) -> bool:
+        """*rel* is gone: True when it is an active catalogued file, now waiting to be
+        deleted (or moved); a folder's files wait likewise."""
         record = await self.catalog.backend.file_by_path(rel)
         now = trio.current_time()
+        waits = record is not None and record.status is Status.ACTIVE
         if record is not None:
             if record.status is Status.ACTIVE:
                 self._vanished.add(record, now)
@@ -350,6 +396,7 @@ class Watcher:
                     break
                 cursor = page.next_cursor
         self._wakeup.set()
+        return waits
 
     async def _expire_vanished(self) -> None:
         for record in self._vanished.expired(before=trio.current_time() - self.settle):
@@ -360,20 +407,17 @@ class Watcher:
             if current is None or not active or current.file_path != record.file_path:
                 # Deleted, archived or moved through Horace since it went: not ours to delete.
                 self._look_again_at_copies(record.id, current.checksum if current and active else None)
+                self._taken(record.file_path)
                 continue
             correlation_id = f"watch-{uuid.uuid4()}"
             try:
                 await self.catalog.delete(record.id, correlation_id)
-                self.counts.deleted += 1
-                self._look_again_at_copies(record.id, None)
             except HoraceError as exc:
-                self.counts.errors += 1
-                log.warning(
-                    "watch: delete of %s: %s",
-                    record.file_path,
-                    exc.message,
-                    extra={"correlation_id": correlation_id},
-                )
+                self._failed(record.file_path, f"delete: {exc.message}", correlation_id)
+                continue
+            self.counts.deleted += 1
+            self._look_again_at_copies(record.id, None)
+            self._taken(record.file_path)
 
 
 def _age(st: os.stat_result) -> float:

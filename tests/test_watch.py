@@ -9,6 +9,7 @@ throughout (``watched``), and every one of its calls must succeed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ import trio
 from helpers import sha256, write
 from mcp_client import McpClient, connect
 
+import horace.storage
 import horace.tasks
 import horace.watch
 from horace.backends.records import FileChanges, Status, VersionRecord
@@ -871,6 +873,56 @@ async def test_health_is_degraded_while_files_is_away(
             lambda: _has_checksum(running, "user/while-away.txt", sha256("written while files/ was away")),
             "the write made while files/ was away",
         )
+
+
+async def test_a_write_that_failed_on_a_full_disk_is_taken_once_there_is_room(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else will write the file again: the watcher must take it again itself, and
+    say it is behind (degraded) until then."""
+    copy_and_hash = horace.storage._copy_and_hash
+    full = True
+
+    def no_space_while_full(src: int, dst: int | None, *rest: Any) -> Any:
+        if full and dst is not None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return copy_and_hash(src, dst, *rest)
+
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        write(running.files / "user/kept.txt", "first")
+        await eventually(lambda: _has_checksum(running, "user/kept.txt", sha256("first")), "the first save")
+        monkeypatch.setattr(horace.storage, "_copy_and_hash", no_space_while_full)
+        write(running.files / "user/kept.txt", "second, written while the disk is full")
+        write(running.files / "user/new.txt", "new, written while the disk is full")
+
+        async def behind() -> dict[str, Any] | None:
+            body = await _http_health(running)
+            return body if body["watcher"]["failing"] == 2 else None
+
+        body = await eventually(behind, "both writes to fail")
+        assert (body["status"], body["degraded"], body["watcher"]["ok"]) == ("degraded", ["watcher"], False)
+        assert sorted(body["watcher"]["failing_paths"]) == ["user/kept.txt", "user/new.txt"]
+        await trio.sleep(SETTLE * 4)  # taken again, and failing again, while full
+        full = False
+        await eventually(
+            lambda: _has_checksum(running, "user/kept.txt", sha256("second, written while the disk is full")),
+            "the failed save taken again",
+        )
+        await eventually(
+            lambda: _has_checksum(running, "user/new.txt", sha256("new, written while the disk is full")),
+            "the failed new file taken again",
+        )
+        body = await _http_health(running)
+        assert body["status"] == "ok" and body["watcher"]["failing"] == 0
+        assert body["watcher"]["errors"] >= 4  # each failed at least twice
+        versions = await running.server.catalog.backend.versions(
+            (await running.server.catalog.backend.file_by_path("user/kept.txt")).id
+        )
+        assert [v.checksum for v in versions] == [  # newest first
+            sha256("second, written while the disk is full"),
+            sha256("first"),
+        ]
 
 
 @attrs.define
