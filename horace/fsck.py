@@ -48,7 +48,7 @@ from pathlib import Path
 from attrs import frozen
 
 from horace.backends.protocol import Units
-from horace.backends.records import FileRecord, Status, VersionRecord
+from horace.backends.records import FileRecord, NewVersion, Status, VersionRecord
 from horace.catalog import Catalog, check_cancelled, in_thread
 from horace.model import ErrorCode, HoraceError
 from horace.storage import Storage, TempKind, TempName
@@ -304,11 +304,18 @@ async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str] | 
 
 async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     """A working file caught in ``.horace/tmp`` by a crash (between moving it out of
-    files/ and versioning it): removed if its content is safe in a version, else put
-    back into files/."""
+    files/ and committing what moved it): put back into files/ while its file is still
+    active with nothing at its path (the delete or move never committed), else removed if
+    its content is safe in a version, else put back."""
     storage = catalog.storage
     checksum = await in_thread(_sha256_of, path)
     file = await _held_for(catalog, name)
+    if (
+        file is not None
+        and file.status is Status.ACTIVE
+        and not await in_thread(storage.working_exists, file.file_path)
+    ):
+        return await _put_back(catalog, path, "a working file caught outside files/ by a crash", file)
     versioned = file is not None and any(
         v.checksum == checksum for v in await catalog.backend.versions(file.id)
     )
@@ -388,7 +395,9 @@ async def _file(
         file = fixed or file
         finding("current_inconsistent", problem, True)
     elif problem is not None:
-        finding("no_versions", problem, False)
+        fixed, outcome = await _version_again(catalog, db, file, holders, deep) if repair else (None, "")
+        file = fixed or file
+        finding("no_versions", problem + outcome, fixed is not None)
 
     for v in rows:
         ok = objects_ok[v.checksum] = await _object_ok(catalog, v, deep)
@@ -422,14 +431,44 @@ async def _file(
         repaired = False
         detail = "the active file's working copy is missing"
         if repair and objects_ok.get(file.checksum, False):
-            await in_thread(storage.create_working, file.file_path, file.checksum, file.id)
+            written = await in_thread(storage.create_working, file.file_path, file.checksum, file.id)
             # A file that appeared there meanwhile stays, untouched: it is back, after all.
             # Anything else (a folder) is not the working copy, and stays found.
             repaired = await in_thread(storage.working_exists, file.file_path)
             if not repaired:
                 detail += ": something that is not a file is at its path (move it away, then repair)"
+            elif written:
+                detail += ": written back from its current version"
+            else:
+                detail += ": a file appeared at its path meanwhile, left as it is (a scan versions it)"
         finding("working_missing", detail, repaired)
     return found
+
+
+async def _version_again(
+    catalog: Catalog, db: Units, file: FileRecord, holders: Mapping[str, list[str]], deep: bool
+) -> tuple[FileRecord | None, str]:
+    """A file without version rows (removed by hand, say): its current content recorded
+    as a version again, from its object or, that lost, from a working copy that holds it
+    (else its object would be an orphan, collected in time). The file as it now is (None:
+    not done), and what was done."""
+    storage = catalog.storage
+    if await in_thread(object_problem, storage, file.checksum, file.size, deep) is not None:
+        source, unread = await _recover_object(
+            catalog, [file.file_path, *holders.get(file.checksum, ())], file.checksum
+        )
+        if source is None:
+            if unread:
+                return None, f" (the working copy of {unread[0]!r} may hold its content: cannot be read now)"
+            return None, " (its content is nowhere in the store; a scan versions what its working copy holds)"
+    fixed, version, _ = await db.add_version(
+        file.id,
+        NewVersion(file.checksum, file.size, file.mime_type),
+        catalog.clock(),
+        f"fsck-{uuid.uuid4()}",
+        catalog.policy.retention,
+    )
+    return fixed, f" (its content recorded again as version {version.version})"
 
 
 def object_problem(storage: Storage, checksum: str, size: int, deep: bool) -> str | None:
@@ -512,6 +551,7 @@ async def verify(
         versions = await catalog.backend.all_versions()
     by_id = {f.id: f for f in files}
     problems: list[Problem] = []
+    versioned = {v.file_id for v in versions}
     checked: dict[str, str | None] = {}
     total = len(versions) + len(files)
     for done, v in enumerate(versions, 1):
@@ -525,6 +565,9 @@ async def verify(
         if progress:
             progress(done, total)
     for done, f in enumerate(files, len(versions) + 1):
+        if f.id not in versioned:
+            detail = "the file has no version rows (horace fsck --repair records its content again)"
+            problems.append(Problem("no_versions", f.id, f.file_path, None, detail))
         if f.status is Status.ACTIVE:
             kind = await in_thread(_working_problem, catalog.storage, f)
             if kind is not None:

@@ -795,6 +795,36 @@ async def test_repair_finds_a_lost_object_in_another_files_working_copy(
     assert (await fsck(catalog, deep=True)).clean
 
 
+@pytest.mark.parametrize("object_lost", [False, True])
+async def test_repair_records_again_the_content_of_a_file_whose_version_rows_are_gone(
+    catalog: Catalog, files: Path, object_lost: bool
+) -> None:
+    """Version rows removed by hand: verify and fsck say so, and fsck --repair records the
+    file's content as a version again (from its object, or its working copy when the object
+    is lost too), so that the object is no orphan for the collector once the file changes."""
+    path = write(files / "user/c.txt", "content Z")
+    file = (await catalog.register("user/c.txt")).file
+    write(path, "content Z, then more")
+    file = (await catalog.update(file.id, FileChanges())).file
+    for v in (1, 2):
+        await catalog.backend.delete_version(file.id, v)
+    if object_lost:
+        catalog.storage.object_path(file.checksum).unlink()
+    assert [p.kind for p in (await verify(catalog)).problems] == ["no_versions"]
+    assert [(f.kind, f.repaired) for f in (await fsck(catalog)).findings] == [("no_versions", False)]
+    report = await fsck(catalog, repair=True)
+    assert [(f.kind, f.repaired) for f in report.findings] == [("no_versions", True)], report.findings
+    assert "recorded again as version 1" in report.findings[0].detail
+    info = await catalog.get_info(file_id=file.id, include_versions=True)
+    assert [(v.version, v.checksum) for v in info.versions or ()] == [(1, sha256("content Z, then more"))]
+    assert info.file.current_version == 1
+    assert (await catalog.content(info.file, 1, 1024)).data == b"content Z, then more"
+    write(path, "content Z2")
+    await catalog.update(file.id, FileChanges())
+    assert (await catalog.content(info.file, 1, 1024)).data == b"content Z, then more"
+    assert (await fsck(catalog, deep=True)).clean and (await verify(catalog)).problems == ()
+
+
 async def test_repair_goes_on_past_a_file_it_cannot_reach(
     catalog: Catalog, files: Path, tmp_path: Path
 ) -> None:

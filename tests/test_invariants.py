@@ -26,7 +26,7 @@ from soundness import assert_sound, objects_on_disk
 
 import horace.catalog
 from horace.assemble import open_catalog
-from horace.backends.records import FileChanges
+from horace.backends.records import FileChanges, Status
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.fsck import fsck
@@ -221,6 +221,23 @@ async def test_a_working_file_caught_outside_files_by_a_crash_goes_back(
     assert (where == path) is not path_taken
     if path_taken:
         assert path.read_text() == "written since"
+
+
+async def test_a_working_file_held_by_a_delete_that_never_committed_goes_back(
+    catalog: Catalog, files: Path
+) -> None:
+    """Killed after moving the working file out and before its commit, a delete leaves the
+    file active with its content (a version) held: the held file goes back to its path,
+    not away because a version has it."""
+    path = write(files / "user/a.txt", "versioned")
+    file = (await catalog.register("user/a.txt")).file
+    held = catalog.storage.tmp / storage_temp_name("held", _dead_pid(), file.id.replace("-", ""))
+    os.rename(path, held)
+    report = await fsck(catalog)  # the plain check, as at every start
+    assert path.read_text() == "versioned" and not held.exists()
+    assert [f.kind for f in report.findings] == ["working_recovered"], report.findings
+    assert (await catalog.backend.file_by_id(file.id)).status is Status.ACTIVE
+    assert not (await fsck(catalog)).findings
 
 
 @pytest.mark.parametrize("kind", ["folder", "symlink to a FIFO", "FIFO"])
