@@ -394,6 +394,8 @@ class Catalog:
         spare: int | None = None,
     ) -> tuple[FileRecord, VersionRecord | None]:
         if staged.checksum == file.checksum:
+            if not await in_thread(self.storage.object_intact, staged.checksum, staged.size):
+                await self._object_from_copy(file, staged)
             if staged.working is not None:
                 # Read again and unchanged: its stat identity now is the one to trust.
                 await db.refresh_working([_entry(file, staged.working)])
@@ -401,6 +403,20 @@ class Catalog:
         mime_type = mime.detect(file.file_path, staged.head)
         new = NewVersion(staged.checksum, staged.size, mime_type, working=staged.working)
         return await self._commit_version(db, file, new, correlation_id, staged, status, spare)
+
+    async def _object_from_copy(self, file: FileRecord, staged: Staged) -> None:
+        """The object of *file*'s current version is lost or damaged, and *staged* holds
+        its content: it takes the object's place, before the working copy it was read
+        from may leave files/ or be overwritten (a delete, a restore), which would lose
+        the last copy of that content."""
+        with trio.CancelScope(shield=True):
+            await in_thread(self.storage.keep, staged)
+            await in_thread(self.storage.release, staged)
+        log.warning(
+            "%r: the object of its current version was missing or damaged; put back from its working copy",
+            file.file_path,
+            extra={"file_id": file.id},
+        )
 
     async def _version_held(
         self, db: Units, file: FileRecord, held: Path, correlation_id: str | None, spare: int | None = None

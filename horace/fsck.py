@@ -319,7 +319,7 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     versioned = file is not None and any(
         v.checksum == checksum for v in await catalog.backend.versions(file.id)
     )
-    if versioned and await in_thread(storage.has_object, checksum):
+    if versioned and await in_thread(lambda: storage.object_intact(checksum, path.stat().st_size)):
         await in_thread(path.unlink, True)
         return Finding(
             "temp_leftover",
@@ -480,11 +480,9 @@ def object_problem(storage: Storage, checksum: str, size: int, deep: bool) -> st
         if found is None:
             return "missing_object"
         return None if found == (checksum, size) else "checksum_mismatch"
-    try:
-        stored = storage.object_path(checksum).stat().st_size
-    except FileNotFoundError:
-        return "missing_object"
-    return None if stored == size else "checksum_mismatch"
+    if storage.object_intact(checksum, size):
+        return None
+    return "checksum_mismatch" if storage.has_object(checksum) else "missing_object"
 
 
 async def _object_ok(catalog: Catalog, v: VersionRecord, deep: bool) -> bool:

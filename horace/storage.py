@@ -789,6 +789,13 @@ class Storage:
     def has_object(self, checksum: str) -> bool:
         return self.object_path(checksum).is_file()
 
+    def object_intact(self, checksum: str, size: int) -> bool:
+        """Is the object there, at its size? (Its bytes are not read: see :meth:`hash_object`.)"""
+        try:
+            return self.object_path(checksum).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
     def read_object(self, checksum: str, check_cancelled: CheckCancelled = _never_cancelled) -> bytes | None:
         """The object's bytes as stored, or None when it is missing."""
         try:

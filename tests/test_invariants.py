@@ -188,6 +188,31 @@ async def test_restore_of_a_version_whose_object_is_lost_changes_nothing(
     assert info.file.current_version == 2 and len(info.versions or ()) == 2
 
 
+@pytest.mark.parametrize("how", ["delete", "restore"])
+async def test_a_working_copy_whose_object_is_lost_is_never_the_last_copy_to_go(
+    catalog: Catalog, files: Path, how: str
+) -> None:
+    """The current version's object lost (by hand, a disk fault): a delete moves the working
+    copy out, a restore overwrites it; either would take the last copy of that content. The
+    working copy's content takes the object's place first."""
+    path = write(files / "user/doc.txt", "first")
+    file = (await catalog.register("user/doc.txt")).file
+    write(path, "only copy")
+    file = (await catalog.update(file.id, FileChanges())).file
+    catalog.storage.object_path(file.checksum).unlink()
+    if how == "delete":
+        await catalog.delete(file.id)
+        assert not path.exists()
+        await catalog.undelete(file.id)
+        assert path.read_text() == "only copy"
+    else:
+        await catalog.restore(file.id, 1)
+        assert path.read_text() == "first"
+        assert (await catalog.content(file, 2, 1024)).data == b"only copy"
+    assert catalog.storage.object_path(sha256("only copy")).read_bytes() == b"only copy"
+    assert (await fsck(catalog, deep=True)).clean
+
+
 # -- what a crash leaves in .horace/tmp -----------------------------------------------------
 
 
