@@ -28,6 +28,9 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 WORD_CHARS = 255
 # Only the head of a long purpose is searchable (a tsvector has a size limit too).
 PURPOSE_CHARS = 100_000
+# Words a query may have: each is one more term for the database to match and join (work
+# that grows faster than the words), and no real search names more.
+QUERY_WORDS = 64
 
 
 def query_words(text: str) -> list[str]:

@@ -37,6 +37,7 @@ import trio
 from attrs import frozen
 
 from horace import mime, paths
+from horace.backends import words
 from horace.backends.protocol import Backend, FileGone, Units
 from horace.backends.records import (
     Collection,
@@ -521,6 +522,10 @@ class Catalog:
         return FileInfo(record, versions)
 
     async def search(self, query: SearchQuery, cursor: str | None = None) -> SearchPage:
+        asked = len(words.query_words(query.purpose or ""))
+        if asked > words.QUERY_WORDS:
+            said = f"purpose: at most {words.QUERY_WORDS} words to search for, not {asked}"
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, said)
         # Tags are looked for as they are stored: " x " was stored as "x".
         query = attrs.evolve(query, tags=_clean_tags(query.tags), any_tags=_clean_tags(query.any_tags))
         if cursor:

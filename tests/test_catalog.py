@@ -19,6 +19,7 @@ import horace.server.tools as tools
 from horace.assemble import open_catalog
 from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import FileChanges, Order, Retention, SearchQuery, SortKey, Status
+from horace.backends.words import QUERY_WORDS
 from horace.catalog import Catalog, CatalogPolicy
 from horace.config import Settings
 from horace.fsck import fsck, verify
@@ -681,6 +682,22 @@ async def test_search_limit_is_at_most_1000() -> None:
         tool.structure({"limit": 5000})  # refused, as the CLI refuses it: never cut quietly
     assert refused.value.code is ErrorCode.INVALID_ARGUMENT and "limit" in refused.value.message
     assert tool.describe()["inputSchema"]["properties"]["limit"]["maximum"] == 1000
+
+
+async def test_a_search_for_more_words_than_any_real_one_is_refused(corpus: Catalog) -> None:
+    """Each word is one more term to match: a query of thousands (each admitted by the
+    message size) would hold the database for seconds to minutes."""
+    many = " ".join(f"w{i}" for i in range(QUERY_WORDS))
+    assert (await corpus.search(SearchQuery(purpose=many))).total_count == 0
+    with pytest.raises(HoraceError) as refused:
+        await corpus.search(SearchQuery(purpose=f"{many} one-more"))
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+    assert (
+        refused.value.message == f"purpose: at most {QUERY_WORDS} words to search for, not {QUERY_WORDS + 2}"
+    )
+    assert (await corpus.search(SearchQuery(purpose=f"report {' '.join(['report'] * 500)}"))).total_count == 1
+    tool = TOOLS["horace_search_files"]
+    assert tool.describe()["inputSchema"]["properties"]["purpose"]["maxLength"] == 4096
 
 
 # -- collections and duplicates -----------------------------------------------------------------

@@ -36,6 +36,7 @@ from horace.backends.records import (
     Status,
     VersionRecord,
 )
+from horace.backends.words import QUERY_WORDS
 from horace.catalog import Catalog, Progress, ScanReport
 from horace.diff import Diff, compare
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
@@ -109,7 +110,11 @@ class SearchFilters:
     tags: tuple[str, ...] = param((), doc="files that have all of these tags", max_items=MAX_TAGS)
     any_tags: tuple[str, ...] = param((), doc="files that have any of these tags", max_items=MAX_TAGS)
     owner: str | None = param(None, doc="files of this owner")
-    purpose: str | None = param(None, doc="prefixes of words of the purpose or path (all; ASCII in any case)")
+    purpose: str | None = param(
+        None,
+        doc=f"prefixes of words of the purpose or path (all, at most {QUERY_WORDS}; ASCII in any case)",
+        max_length=MAX_PATTERN,
+    )
     path: str | None = param(
         None, doc="glob relative to files/, e.g. gates/*.md (* also crosses /)", max_length=MAX_PATTERN
     )
