@@ -61,6 +61,7 @@ log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
 SCAN_BATCH = 256
+NAMED_MISSING = 20  # file ids an error names (of the ones not catalogued)
 # A scan commits new and changed files in groups this large: one filesystem sync each.
 SCAN_COMMIT_GROUP = 2048
 MIN_PER_THREAD = 16  # a batch is split over the cores only in slices at least this long
@@ -773,7 +774,10 @@ class Catalog:
         ids = list(dict.fromkeys(file_ids))
         missing = await self.backend.missing_file_ids(ids)
         if missing:
-            raise HoraceError(ErrorCode.NOT_CATALOGED, f"not catalogued: {', '.join(missing)}")
+            more = f" and {len(missing) - NAMED_MISSING} more" if len(missing) > NAMED_MISSING else ""
+            raise HoraceError(
+                ErrorCode.NOT_CATALOGED, f"not catalogued: {', '.join(missing[:NAMED_MISSING])}{more}"
+            )
         return ids
 
     async def create_collection(

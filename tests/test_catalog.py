@@ -703,6 +703,20 @@ async def test_a_search_for_more_words_than_any_real_one_is_refused(corpus: Cata
 # -- collections and duplicates -----------------------------------------------------------------
 
 
+async def test_a_collection_call_names_at_most_10000_files_and_20_missing_ones(catalog: Catalog) -> None:
+    for name in ("horace_create_collection", "horace_add_to_collection", "horace_remove_from_collection"):
+        tool = TOOLS[name]
+        assert tool.describe()["inputSchema"]["properties"]["file_ids"]["maxItems"] == 10_000
+        with pytest.raises(HoraceError) as refused:
+            tool.structure({"name": "c", "file_ids": [str(i) for i in range(10_001)]})
+        assert refused.value.code is ErrorCode.INVALID_ARGUMENT and "file_ids" in refused.value.message
+    unknown = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(10_000)]
+    with pytest.raises(HoraceError) as missing:
+        await catalog.create_collection("c", file_ids=unknown)
+    assert missing.value.code is ErrorCode.NOT_CATALOGED
+    assert missing.value.message == f"not catalogued: {', '.join(unknown[:20])} and 9980 more"
+
+
 async def test_collections_many_to_many(catalog: Catalog, files: Path) -> None:
     write(files / "user/a.txt", "a")
     write(files / "user/b.txt", "b")

@@ -47,6 +47,7 @@ READ_LIMIT = 8 * 1024 * 1024  # bytes of one version read through MCP (a diff, a
 DIFF_LIMIT = 256 * 1024  # bytes of a unified diff in one result
 MAX_TAGS = 100  # tags in one filter
 MAX_PATTERN = 4096  # characters of a path glob or a file type (PATH_MAX)
+MAX_FILE_IDS = 10_000  # files added to or removed from a collection in one call
 
 
 @frozen
@@ -191,7 +192,7 @@ class DiffArgs(FileRef):
 class CreateCollectionArgs:
     name: str = param(doc="1 to 200 characters, not blank, no NUL")
     description: str | None = param(None, doc="")
-    file_ids: tuple[str, ...] = param((), doc="files to add")
+    file_ids: tuple[str, ...] = param((), doc="files to add", max_items=MAX_FILE_IDS)
     metadata: Mapping[str, Any] | None = param(None, doc="replaces the collection's metadata")
 
 
@@ -209,7 +210,7 @@ class GetCollectionArgs(PageArgs):
 @frozen(kw_only=True)
 class MembersArgs:
     name: str = param(doc="the collection")
-    file_ids: tuple[str, ...] = param(doc="")
+    file_ids: tuple[str, ...] = param(doc="", max_items=MAX_FILE_IDS)
 
 
 @frozen(kw_only=True)
