@@ -93,3 +93,6 @@ class CallRecord:
     # When the call started (its request record) or ended (the record it ends with): the
     # turn's time, also when a sink in another process makes the turn later.
     at: float = attrs.field(factory=time.time)
+    # The request turn's content, made (and cut) where the call ran instead of from
+    # *arguments* in the sink: for a request too big to hand over as objects.
+    request_json: str | None = None

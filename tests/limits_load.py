@@ -154,11 +154,19 @@ def search(request_id: Any, limit: int = 1000) -> dict[str, Any]:
     return tool_call(request_id, "horace_search_files", path="user/*", limit=limit)
 
 
-def densest_message(size: int) -> str:
-    """A ping of exactly *size* bytes whose params parse into as many Python objects as
-    that many bytes can hold: a list of empty objects, 3 bytes each and ~64 parsed."""
-    head = '{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": ['
-    tail = "]}}"
+def densest_message(size: int, method: str = "ping") -> str:
+    """A request of exactly *size* bytes whose params parse into as many Python objects as
+    that many bytes can hold: a list of empty objects, 3 bytes each and ~64 parsed. A
+    tools/call has them as its arguments."""
+    if method == "tools/call":
+        head = (
+            '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": '
+            '{"name": "horace_search_files", "arguments": {"pad": ['
+        )
+        tail = "]}}}"
+    else:
+        head = f'{{"jsonrpc": "2.0", "id": 1, "method": "{method}", "params": {{"pad": ['
+        tail = "]}}"
     room = size - len(head) - len(tail)
     count = (room + 1) // 3  # "{}," each, no comma after the last
     body = ",".join(["{}"] * count)
@@ -284,6 +292,19 @@ def scenarios(settings: Settings = DEFAULTS) -> list[Scenario]:
     async def densest_request(server: ServerProcess) -> Outcome:
         return await exchange(server.url, [densest_message(message)], 1)
 
+    async def densest_arguments_at_once(server: ServerProcess) -> Outcome:
+        # Each its own connection: the arguments reach a tool (refused), and the log sinks.
+        text = densest_message(message, "tools/call")
+        outcomes: list[Outcome] = []
+
+        async def one() -> None:
+            outcomes.append(await exchange(server.url, [text], 1))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(one)
+        return tally_outcomes(outcomes)
+
     async def oversize_message(server: ServerProcess) -> Outcome:
         # Just under 4x the limit: read whole and answered with an error, not parsed.
         return await exchange(server.url, [densest_message(4 * message - 64)], 1)
@@ -316,6 +337,11 @@ def scenarios(settings: Settings = DEFAULTS) -> list[Scenario]:
         Scenario("batch of tools/list at the cap", f"max_batch={batch}", batch_of_tool_lists),
         Scenario("batch of 1000-file searches at the cap", f"max_batch={batch}", batch_of_searches),
         Scenario("densest message at the size limit", f"max_message_bytes={message}", densest_request),
+        Scenario(
+            "the densest tool arguments at the size limit, 20 connections at once",
+            f"max_message_bytes={message}",
+            densest_arguments_at_once,
+        ),
         Scenario("message just under 4x the size limit", f"max_message_bytes={message}", oversize_message),
         Scenario("20 calls echoing max-size arguments", f"max_message_bytes={message}", biggest_arguments),
         Scenario(

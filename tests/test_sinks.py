@@ -896,6 +896,8 @@ async def test_a_long_reply_is_stored_cut(settings: Settings) -> None:
             found = await call(client, "horace_search_files", "big", limit=200)
             assert found["result"]["structuredContent"]["total_count"] == 200
             await call(client, "horace_search_files", "small", limit=1)
+            # A request past the limit: its turn is made, cut, by the session itself.
+            await call(client, "horace_search_files", "long", owner="o" * 5000)
         await drained(horace)
     stored = await stored_turns(settings.catalog_url)
     turns = {(r["metadata"]["correlation_id"], r["role"]): r for r in stored}
@@ -905,6 +907,10 @@ async def test_a_long_reply_is_stored_cut(settings: Settings) -> None:
     small = json.loads(turns["small", "assistant"]["content"])  # whole: the reply itself
     assert small["structuredContent"]["total_count"] == 200
     assert json.loads(turns["big", "user"]["content"])["arguments"] == {"limit": 200}
+    long = json.loads(turns["long", "user"]["content"])
+    assert long["cut"]["limit"] == 4096 and long["cut"]["bytes"] > 5000
+    assert long["head"].startswith('{"tool": "horace_search_files", "arguments": {"owner": "ooo')
+    assert len(turns["long", "user"]["content"].encode()) <= 4096
 
 
 async def test_turns_older_than_the_retention_are_pruned(catalog: Catalog) -> None:

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any, Protocol
 
+import attrs
 import trio
 
 import horace
@@ -59,6 +60,7 @@ from horace.server.replyroom import ReplyRoom
 from horace.server.resources import Resources
 from horace.server.runner import ProgressPump, error_body, reply_too_large, run_tool, tool_error
 from horace.server.tools import TOOLS, CallContext
+from horace.sinks.conversations import request_content
 from horace.wire import json_kind
 
 log = logging.getLogger("horace.server")
@@ -141,7 +143,7 @@ class McpSession:
         """As :meth:`answer`, for a message the transport has already parsed and checked
         against ``max_message_bytes`` (Streamable HTTP reads it to route it)."""
         async with self._answering(admitted, send):
-            reply = await self._parsed(parsed, admitted > 0, send)
+            reply = await self._parsed(parsed, abs(admitted), admitted > 0, send)
             del parsed
             if reply is not None:
                 await send(reply, final=True)
@@ -171,16 +173,17 @@ class McpSession:
         except RpcError as exc:
             return error_text(None, exc)
         del message
-        return await self._parsed(parsed, admitted, send)
+        return await self._parsed(parsed, size, admitted, send)
 
-    async def _parsed(self, parsed: Any, admitted: bool, send: Send) -> str | None:
+    async def _parsed(self, parsed: Any, size: int, admitted: bool, send: Send) -> str | None:
+        """Answer a parsed message of *size* bytes."""
         if isinstance(parsed, list):
-            return await self._batch(parsed, admitted, send)
+            return await self._batch(parsed, size, admitted, send)
         if self.notification(parsed) or jsonrpc.is_response(parsed):
             return None
         if not admitted:
             return self._busy_with_requests(parsed)
-        return await self._answer(jsonrpc.what_is_read(parsed), send)
+        return await self._answer(jsonrpc.what_is_read(parsed), send, size)
 
     def notification(self, message: Any) -> bool:
         """Act on *message* if it is a well-formed notification; True if it was one."""
@@ -268,7 +271,7 @@ class McpSession:
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def _batch(self, items: list[Any], admitted: bool, send: Send) -> str | None:
+    async def _batch(self, items: list[Any], size: int, admitted: bool, send: Send) -> str | None:
         """Answer a batch with one array of at most ``max_reply_bytes``: replies are kept
         as they come; one that would not fit any more is replaced by a short error
         (REPLY_TOO_LARGE, with its id), so what is kept stays within the limit, give or
@@ -304,7 +307,7 @@ class McpSession:
 
         async def one(item: Any) -> None:
             nonlocal total, kept
-            reply = await self._answer(item, send)
+            reply = await self._answer(item, send, size)  # (the batch's size: at most)
             if reply is None:
                 return
             separator = 2 if replies else 0
@@ -338,8 +341,9 @@ class McpSession:
             self.reply_room.let_go_for_batch(kept)
         return "[" + ", ".join(replies) + "]" if replies else None
 
-    async def _answer(self, message: Any, send: Send) -> str | None:
-        """The reply's JSON text (never over ``max_reply_bytes``), or None."""
+    async def _answer(self, message: Any, send: Send, size: int) -> str | None:
+        """The reply's JSON text (never over ``max_reply_bytes``), or None; *size*: the
+        bytes of the message it came in."""
         if not isinstance(message, dict):
             return error_text(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
         request_id = message.get("id")  # (none: a notification gone wrong, answered with id null)
@@ -368,7 +372,7 @@ class McpSession:
             )
         self.inflight += 1
         try:
-            text = await self._dispatch(request_id, method, params, send, refusal)
+            text = await self._dispatch(request_id, method, params, send, refusal, size)
         except RpcError as exc:
             return error_text(request_id, exc)
         except Exception:
@@ -393,10 +397,10 @@ class McpSession:
         return text
 
     async def _dispatch(
-        self, request_id: Any, method: str, params: Any, send: Send, refusal: Unusable | None
+        self, request_id: Any, method: str, params: Any, send: Send, refusal: Unusable | None, size: int
     ) -> str | None:
         if method == "tools/call":
-            return await self._call_tool(request_id, params, send, refusal)
+            return await self._call_tool(request_id, params, send, refusal, size)
         if not isinstance(params, dict):
             raise RpcError(INVALID_PARAMS, f"{method} takes an object as params")
         if method == "initialize":
@@ -464,10 +468,11 @@ class McpSession:
     # -- tools/call ----------------------------------------------------------------------------
 
     async def _call_tool(
-        self, request_id: Any, params: Any, send: Send, refusal: Unusable | None
+        self, request_id: Any, params: Any, send: Send, refusal: Unusable | None, size: int
     ) -> str | None:
         """A tool call; *refusal*: why its arguments cannot be used (answered as any
-        argument the tool refuses, and logged in their stead: they may not be storable)."""
+        argument the tool refuses, and logged in their stead: they may not be storable);
+        *size*: the bytes of the message it came in."""
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
         name = params["name"]
@@ -484,9 +489,14 @@ class McpSession:
                 f"progressToken longer than {MAX_PROGRESS_TOKEN_CHARS} characters",
                 {"correlation_id": correlation_id},
             )
-        watch = CallWatch(
-            self.observer, CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
-        )
+        record = CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
+        if size > self.settings.turn_max_bytes and not isinstance(self.observer, NoObserver):
+            # Its turn is made now, cut, rather than by the sink from the arguments queued
+            # until the sink process takes them: parsed, a message's objects can take twenty
+            # times its bytes (4 MiB of "[]," is 90 MB of lists).
+            made = request_content(name, arguments, self.settings.turn_max_bytes)
+            record = attrs.evolve(record, arguments=None, request_json=made)
+        watch = CallWatch(self.observer, record)
         answered = False
         try:
             try:

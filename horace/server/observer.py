@@ -98,7 +98,7 @@ class CallWatch:
             given.conversation_id,
             given.correlation_id,
             given.tool,
-            given.arguments,
+            None,  # (the request turn had them: the end needs none, and they may be big)
             given.request_turn,
             response_turn=response_turn,
             result=self.reply if answered else None,

@@ -90,6 +90,7 @@ def record_message(record: CallRecord) -> tuple[Any, ...]:
         record.file_ids,
         record.result_json,
         record.at,
+        record.request_json,
     )
 
 
@@ -129,7 +130,9 @@ class SinkProcess:
 
     def call_started(self, record: CallRecord) -> None:
         if self.wiring.turns:  # (a call's log line needs only its end)
-            self._put(("started", record_message(record)), 256 + entry_size(record.arguments))
+            made = record.request_json
+            size = len(made) if made is not None else entry_size(record.arguments)
+            self._put(("started", record_message(record)), 256 + size)
 
     def call_finished(self, record: CallRecord) -> None:
         reply = len(record.result_json) if record.result_json is not None else entry_size(record.result)

@@ -157,6 +157,11 @@ def within(content: str, limit: int) -> str:
         head //= 2
 
 
+def request_content(tool: str, arguments: Any, max_bytes: int) -> str:
+    """A request turn's content: the tool and its arguments as JSON, cut to *max_bytes*."""
+    return within(_ENCODER.encode({"tool": tool, "arguments": arguments}), max_bytes)
+
+
 class ConversationRecorder:
     """The session observer that turns calls into conversation turns (and optionally
     forwards them to Godot); a turn's content is cut to *max_bytes* (:func:`within`)."""
@@ -188,8 +193,9 @@ class ConversationRecorder:
             )
 
     def call_started(self, record: CallRecord) -> None:
-        asked = _ENCODER.encode({"tool": record.tool, "arguments": record.arguments})
-        content = within(asked, self.max_bytes)
+        content = record.request_json
+        if content is None:
+            content = request_content(record.tool, record.arguments, self.max_bytes)
         metadata: dict[str, Any] = {
             "correlation_id": record.correlation_id,
             "tool": record.tool,
