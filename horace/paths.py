@@ -18,6 +18,10 @@ from horace.model import ErrorCode, HoraceError
 HORACE_DIR = ".horace"
 TMP_PREFIX = ".horace-tmp-"  # Horace's own temp files; a name of this form is never catalogued
 COMPONENT_FOLDERS = ("gates", "playfair", "fiedler", "user", "shared")
+# Bytes of a path from / (its NUL included) past which the system names no file (Linux's
+# PATH_MAX): a file deeper than that can be listed from its folder, but never opened, read
+# or restored by its path, so it is never catalogued.
+PATH_MAX = 4096
 
 # Editor and writer temp files (swap files, backups, lock files): a scan, a reconcile and
 # the watcher pass over them silently; register accepts them when asked by name.
@@ -44,6 +48,14 @@ def unusable_name(name: str) -> str | None:
     if name.startswith(TMP_PREFIX):
         return f"names starting with {TMP_PREFIX} are reserved for Horace's temp files"
     return None
+
+
+def too_long(files_root: Path, rel: str) -> str | None:
+    """Why *rel* under *files_root* (resolved) is too long to be catalogued, or None."""
+    length = len(os.fsencode(files_root)) + 1 + len(os.fsencode(rel))
+    if length < PATH_MAX:
+        return None
+    return f"the path is {length} bytes from /, past the system's limit of {PATH_MAX - 1} (PATH_MAX)"
 
 
 def printable(path: str) -> str:
@@ -86,6 +98,9 @@ def to_relative(files_root: Path, client_path: str) -> str:
         why = unusable_name(part)
         if why is not None:
             raise _invalid(client_path, why)
+    why = too_long(root, rel)
+    if why is not None:
+        raise _invalid(client_path, why)
     # Refuse symlinks anywhere along the path (dangling ones included).
     current = root
     for part in parts:

@@ -39,7 +39,15 @@ from attrs import frozen
 
 from horace.backends.records import WorkingStat
 from horace.model import ErrorCode, HoraceError
-from horace.paths import COMPONENT_FOLDERS, HORACE_DIR, TMP_PREFIX, editor_temp, printable, unusable_name
+from horace.paths import (
+    COMPONENT_FOLDERS,
+    HORACE_DIR,
+    TMP_PREFIX,
+    editor_temp,
+    printable,
+    too_long,
+    unusable_name,
+)
 
 CHUNK = 1 << 20
 HEAD_BYTES = 4096  # kept from each ingest for MIME sniffing
@@ -1080,7 +1088,7 @@ class Storage:
                 continue
             if is_file and editor_temp(name):
                 continue  # swap files, backups, lock files: never catalogued, nothing to report
-            why = unusable_name(name)
+            why = unusable_name(name) or too_long(self._resolved_files, prefix + name)
             if why is not None:
                 if skipped is not None:
                     skipped.append(f"{printable(prefix + name)}: {why}")
@@ -1103,6 +1111,11 @@ class Storage:
                     continue  # gone since the listing
                 if stat.S_ISREG(st.st_mode):
                     yield f"{prefix}{name}", st
+
+    @functools.cached_property
+    def _resolved_files(self) -> Path:
+        """files/ as the paths of tools are resolved against (``paths.to_relative``)."""
+        return self.files.resolve()
 
     def walk_objects(self) -> Iterator[tuple[str, os.stat_result]]:
         for sub in sorted(self.objects.iterdir()):

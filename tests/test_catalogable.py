@@ -46,6 +46,33 @@ async def test_one_bad_name_never_stops_a_scan(catalog: Catalog, files: Path) ->
     await assert_sound(catalog)
 
 
+async def test_a_path_past_path_max_is_skipped_by_the_scan_and_refused_by_name(
+    catalog: Catalog, files: Path
+) -> None:
+    """A file deeper than PATH_MAX can be listed folder by folder, but never reached by
+    its path again (info, restore, delete by path): it is skipped, and said to be."""
+    write(files / "user/short.txt", "reachable")
+    fd = os.open(files / "user", os.O_RDONLY)
+    rel = "user"
+    try:
+        while len(os.fsencode(files.resolve() / rel)) < 4200:
+            os.mkdir("d" * 200, dir_fd=fd)
+            deeper = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd, rel = deeper, f"{rel}/{'d' * 200}"
+        deep = os.open("deep.txt", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
+        os.write(deep, b"too deep")
+        os.close(deep)
+    finally:
+        os.close(fd)
+    report = await catalog.scan()
+    assert report.registered == 1 and report.errors == (), report
+    assert len(report.skipped) == 1 and "PATH_MAX" in report.skipped[0], report.skipped
+    assert {f.file_path for f in await catalog.backend.all_files()} == {"user/short.txt"}
+    refused = await _refused(catalog, f"{rel}/deep.txt")
+    assert refused.code is ErrorCode.INVALID_PATH and "PATH_MAX" in refused.message
+
+
 async def test_hard_links_are_refused(catalog: Catalog, files: Path, tmp_path: Path) -> None:
     outside = write(tmp_path / "outside/secret.txt", "not Horace's to read")
     os.link(outside, files / "user/linked.txt")
