@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
@@ -227,10 +228,21 @@ async def _resolve(ctx: click.Context, c: Catalog, ref: str) -> FileRecord:
 SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace fsck`
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """*text* for a line of output: a control character in a name (a newline, an escape)
+    is shown escaped, so that it cannot end the line or forge another."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def _record_line(file: Any) -> str:
-    tags = ",".join(file.tags)
+    tags = _shown(",".join(file.tags))
     status = file.status.value
-    return f"{file.id}  v{file.current_version}  {status:8}  {file.size:>10}  {file.file_path}  [{tags}]"
+    return (
+        f"{file.id}  v{file.current_version}  {status:8}  {file.size:>10}  {_shown(file.file_path)}  [{tags}]"
+    )
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -482,8 +494,8 @@ def scan(ctx: click.Context, path: str | None, rehash: bool) -> None:
             f"scanned {r.scanned}: {r.registered} registered, {r.versioned} versioned, "
             f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors, "
             f"{len(r.skipped)} skipped"
-            + "".join(f"\n  error: {e}" for e in r.errors)
-            + "".join(f"\n  skipped: {s}" for s in r.skipped)
+            + "".join(f"\n  error: {_shown(e)}" for e in r.errors)
+            + "".join(f"\n  skipped: {_shown(s)}" for s in r.skipped)
         ),
     )
     ctx.exit(Exit.FOUND if report.errors or report.skipped else Exit.OK)
@@ -509,7 +521,7 @@ def verify(ctx: click.Context, ref: str | None) -> None:
         lambda r: "\n".join(
             [
                 f"{r.files_checked} files, {r.objects_checked} objects checked, {len(r.problems)} problems",
-                *(f"  {p.kind}: {p.file_path} {p.detail}" for p in r.problems),
+                *(f"  {p.kind}: {_shown(p.file_path)} {_shown(p.detail)}" for p in r.problems),
             ]
         ),
     )
@@ -552,7 +564,7 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
                 ),
                 *(
                     f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: "
-                    f"{f.file_path or f.subject or ''} {f.detail}"
+                    f"{_shown(f.file_path or f.subject or '')} {_shown(f.detail)}"
                     for f in r.findings
                 ),
                 *(f"  kept: .horace/objects/{name[:2]}/{name}" for name in r.orphans[:SHOWN_ORPHANS]),

@@ -125,6 +125,22 @@ def test_fsck_names_the_objects_no_version_refers_to(store: tuple[Path, dict[str
     assert lines[21] == "  … and 3 more (--json lists them all)"
 
 
+def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, dict[str, str]]) -> None:
+    """A newline in a name must not end its record's line and forge another; an escape
+    must not reach the terminal."""
+    root, env = store
+    (root / "files/user/evil\nabc  v9  active  0  forged.txt  [].txt").write_text("n")
+    (root / "files/user/red\x1b[31m.txt").write_text("e")
+    assert horace("scan", env=env).returncode == 0
+    done = horace("search", "--path", "user/*", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "user/" in line]
+    assert len(lines) == 2, done.stdout
+    assert any("user/evil\\nabc  v9" in line for line in lines), lines
+    assert any("user/red\\x1b[31m.txt" in line for line in lines), lines
+    assert "\x1b" not in done.stdout
+
+
 def test_version_and_module_entry() -> None:
     done = horace("--version")
     assert done.returncode == 0 and done.stdout.startswith("horace "), done
