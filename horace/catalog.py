@@ -504,9 +504,16 @@ class Catalog:
         return found
 
     async def locate(self, file_id: str | None = None, file_path: str | None = None) -> FileRecord:
-        """A file by its id, else by its path; ``NOT_CATALOGED`` when there is none."""
+        """A file by its id, else by its path; ``NOT_CATALOGED`` when there is none. Given
+        both, they must name the same file: a call about one file must not act on another."""
         if file_id:
-            return await self.file(file_id)
+            by_id = await self.file(file_id)
+            if file_path is not None and self.relative(file_path) != by_id.file_path:
+                said = f"{by_id.file_path!r}, not {paths.printable(file_path)!r}"
+                raise HoraceError(
+                    ErrorCode.INVALID_ARGUMENT, f"file_id {file_id!r} is {said}: give one of them"
+                )
+            return by_id
         if file_path is not None:  # an empty path is an invalid path, not a missing one
             rel = self.relative(file_path)
             found = await self.backend.file_by_path(rel)

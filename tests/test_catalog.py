@@ -766,6 +766,21 @@ async def test_find_duplicates(catalog: Catalog, files: Path) -> None:
     assert groups[0].checksum == sha256("b")
 
 
+async def test_a_file_id_and_a_path_of_two_files_are_refused(catalog: Catalog, files: Path) -> None:
+    """A call given both must not act on one of them when the caller meant the other."""
+    write(files / "user/a.txt", "a")
+    write(files / "user/b.txt", "b")
+    a = (await catalog.register("user/a.txt")).file
+    await catalog.register("user/b.txt")
+    assert (await catalog.locate(a.id, "user/a.txt")).id == a.id
+    with pytest.raises(HoraceError) as refused:
+        await catalog.locate(a.id, "user/b.txt")
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+    assert refused.value.message == f"file_id {a.id!r} is 'user/a.txt', not 'user/b.txt': give one of them"
+    with pytest.raises(HoraceError):
+        await catalog.get_info(file_id=a.id, file_path="user/b.txt")
+
+
 # -- verify and scan ------------------------------------------------------------------------
 
 
