@@ -679,6 +679,27 @@ async def test_notifications_cancelled_stops_a_call_posted_for_json(
     await eventually(lambda: set(held().values()) == {0}, "nothing held")
 
 
+async def test_a_call_reusing_the_id_of_one_under_way_is_refused(
+    server: RunningHorace, client: HttpMcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its reply and a cancel by that id would be the other call's too."""
+    tool = HeldTool(monkeypatch)
+    cancel = notification("notifications/cancelled", {"requestId": 5})
+
+    async def again_then_cancel() -> httpx.Response:
+        again = await client.post(tool_call(5, "horace_scan"))
+        await client.post(cancel)
+        return again
+
+    first, again = await post_while_held(client, tool, tool_call(5, "horace_scan"), again_then_cancel())
+    body = again.json()
+    assert body["id"] == 5 and body["error"]["code"] == -32600
+    assert body["error"]["message"] == "id 5 is a call's still under way on this session"
+    assert tool.cancelled and first.status_code == 202  # the first, cancelled by its id
+    tool.release.set()
+    assert (await client.request("tools/call", {"name": "horace_scan", "arguments": {}}))["result"]
+
+
 async def test_notifications_cancelled_ends_an_sse_answer_without_reply(
     server: RunningHorace, client: HttpMcp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
