@@ -225,7 +225,7 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
     assert cases[0][0].json()["error"]["code"] == -32600
     assert all(r.json()["error"]["code"] == -32700 for r, _, text in cases if text.startswith("parse error"))
     (put,) = [response for response, _, _ in cases if response.request.method == "PUT"]
-    assert put.headers["allow"] == "GET, POST, DELETE"
+    assert put.headers["allow"] == "GET, POST, DELETE, OPTIONS"
     # Curl's default, and no Accept at all, allow both.
     for accept in ("*/*", None):
         assert (await post(accept=accept)).status_code == 200
@@ -924,6 +924,49 @@ async def test_token_and_origin(settings: Settings) -> None:
                     method, client.url, headers={**bare, "authorization": ""}
                 )
                 assert response.status_code == 401, method
+
+
+async def test_a_page_of_an_allowed_origin_may_read_the_answers(settings: Settings) -> None:
+    """CORS: the preflight (no token: browsers send none with it) lists what a page may
+    send; every answer, a refusal too, lets the page read it and the session's id; a page
+    of another origin gets nothing of that."""
+    origins = ("https://ok.example",)
+    async with (
+        run_horace(serving(settings, auth_token="s3cret", allowed_origins=origins)) as running,
+        connect(running.http_url, initialize=False) as client,
+    ):
+        http, url = client.http, client.url
+        preflight = await http.request(
+            "OPTIONS",
+            url,
+            headers={
+                "origin": "https://ok.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type, mcp-session-id, authorization",
+            },
+        )
+        assert preflight.status_code == 204, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == "https://ok.example"
+        assert preflight.headers["access-control-allow-methods"] == "GET, POST, DELETE"
+        allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
+        assert {"content-type", "mcp-session-id", "authorization", "mcp-protocol-version"} <= allowed
+        evil = await http.request("OPTIONS", url, headers={"origin": "https://evil.example"})
+        assert evil.status_code == 403 and "access-control-allow-origin" not in evil.headers
+        plain = await http.request("OPTIONS", url)  # not a browser's: the methods only
+        assert plain.status_code == 204 and plain.headers["allow"] == "GET, POST, DELETE, OPTIONS"
+        token = {"authorization": "Bearer s3cret"}
+        opened = await client.post(INITIALIZE, origin="https://ok.example", **token)
+        assert opened.status_code == 200
+        assert opened.headers["access-control-allow-origin"] == "https://ok.example"
+        assert "mcp-session-id" in opened.headers["access-control-expose-headers"]
+        assert opened.headers["vary"] == "origin"
+        refused = await client.post(INITIALIZE, origin="https://ok.example")
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == "https://ok.example"
+        away = await client.post(INITIALIZE, origin="https://evil.example", **token)
+        assert away.status_code == 403 and "access-control-allow-origin" not in away.headers
+        alone = await client.post(INITIALIZE, **token)  # no Origin: no CORS headers
+        assert alone.status_code == 200 and "access-control-allow-origin" not in alone.headers
 
 
 async def test_the_websocket_token_as_a_subprotocol(

@@ -10,17 +10,22 @@ that is not an upgrade.
 | GET with the session | the session's SSE stream: keep-alive comments only (Horace sends nothing unasked) |
 | GET with the session and ``Last-Event-ID`` | SSE: the rest of that answer (if none, it ends at once) |
 | DELETE with the session | 204: the session ends, its calls are cancelled |
+| OPTIONS (a browser's CORS preflight) | 204: the methods and headers a page may use |
 
 Refusals, each with a JSON-RPC error (id null) as body: 400 no ``Mcp-Session-Id`` (but
 for ``initialize``), an unsupported ``MCP-Protocol-Version``, a body that is not JSON,
 or not a message; 401 no token (with
 ``WWW-Authenticate``); 403 an Origin not allowed; 404 an unknown or ended session (the
-client initializes again); 405 another method (``Allow: GET, POST, DELETE``); 406 a POST
+client initializes again); 405 another method (``Allow: GET, POST, DELETE, OPTIONS``); 406 a POST
 that does not accept both ``application/json`` and ``text/event-stream``, a GET that does
 not accept ``text/event-stream``; 408 a body not in within ``HEAD_TIMEOUT``; 409 a second
 GET stream; 413 a body over ``max_message_bytes``; 415 a POST that is not
 ``application/json``, or is compressed (``Content-Encoding``); 503 no session slot left
 (``max_connections``, shared with WebSocket sessions) or the server shutting down.
+
+Every answer to a request from a page of an allowed ``Origin`` (``HORACE_ALLOWED_ORIGINS``,
+or a loopback page) says that page may read it (``Access-Control-Allow-Origin``, and
+``Mcp-Session-Id`` among the headers it may read), refusals included.
 
 ``MCP-Protocol-Version`` may name any version Horace speaks, whatever the session
 negotiated (clients send 2025-03-26 on 2025-11-25 sessions). ``initialize`` is always
@@ -49,7 +54,7 @@ import trio
 
 from horace.config import Settings
 from horace.server import jsonrpc, sse
-from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal
+from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal, origin_allowed
 from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, MalformedBody, Request
 from horace.server.httpsession import HttpSession
 from horace.server.jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError
@@ -62,6 +67,12 @@ log = logging.getLogger("horace.server")
 
 JSON = "application/json"
 SSE = "text/event-stream"
+ALLOWED = b"GET, POST, DELETE, OPTIONS"  # the methods of the MCP path (405's Allow)
+# CORS: what a page may send, and may read of an answer.
+CORS_REQUEST_HEADERS = (
+    b"authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id"
+)
+CORS_EXPOSED = b"mcp-session-id, mcp-protocol-version, www-authenticate, retry-after"
 KEEPALIVE_INTERVAL = 15.0  # a comment on an open GET stream this often
 WATCH_AFTER = 0.05  # an answer under way this long has its connection watched for a close
 SSE_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
@@ -125,14 +136,24 @@ class StreamableHttp:
 
     async def _handle(self, conn: HttpConnection, request: Request, ticket: Ticket) -> None:
         settings = self.settings
+        origin = request.header(b"origin")
+        if origin is not None and origin_allowed(origin, settings.allowed_origins):
+            # A page of an allowed origin may read the answers, refusals included, and the
+            # session's id (CORS).
+            conn.answer_headers = [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-expose-headers", CORS_EXPOSED),
+                (b"vary", b"origin"),
+            ]
+        if request.method == b"OPTIONS":
+            await self._options(conn, request)
+            return
         refusal = access_refusal(request.headers, settings.auth_token, settings.allowed_origins)
         if refusal is not None:
             raise Refused(refusal.status, refusal.message, refusal.headers)
         if request.method not in (b"POST", b"GET", b"DELETE"):
             method = request.method.decode("latin-1")
-            raise Refused(
-                405, f"{method} is not served here: POST, GET or DELETE", [(b"allow", b"GET, POST, DELETE")]
-            )
+            raise Refused(405, f"{method} is not served here: POST, GET or DELETE", [(b"allow", ALLOWED)])
         version = request.header(b"mcp-protocol-version")
         if version is not None and version not in PROTOCOL_VERSIONS:
             raise Refused(
@@ -145,6 +166,23 @@ class StreamableHttp:
             await self._get(conn, request, ticket)
         else:
             await self._delete(conn, request)
+
+    async def _options(self, conn: HttpConnection, request: Request) -> None:
+        """A browser's preflight (before a POST with a JSON body, or a request with
+        ``Mcp-Session-Id``): the methods and headers a page of an allowed origin may use.
+        It carries no token (browsers send none with it), so none is asked for."""
+        origin = request.header(b"origin")
+        if not origin_allowed(origin, self.settings.allowed_origins):
+            raise Refused(403, f"origin {origin!r} is not allowed (HORACE_ALLOWED_ORIGINS)")
+        conn.finish_empty_body()
+        headers = [(b"allow", ALLOWED)]
+        if origin is not None:
+            headers += [
+                (b"access-control-allow-methods", b"GET, POST, DELETE"),
+                (b"access-control-allow-headers", CORS_REQUEST_HEADERS),
+                (b"access-control-max-age", b"600"),
+            ]
+        await conn.respond(204, headers=headers)
 
     # -- POST ------------------------------------------------------------------------------------
 

@@ -87,11 +87,14 @@ class HttpConnection:
         self.broken = False
         self._declared_length: int | None = None
         self._no_body = False
+        # Sent in the head of every answer to the current request (CORS headers, say).
+        self.answer_headers: list[tuple[bytes, bytes]] = []
 
     async def next_request(self) -> Request | None:
         """The next request's head; None when the client closed the connection, or sent
         something that is not HTTP (answered 400 here)."""
         self.received = bytearray(self.h11.trailing_data[0])  # a pipelined request's start
+        self.answer_headers = []
         while True:
             try:
                 event = self.h11.next_event()
@@ -193,7 +196,7 @@ class HttpConnection:
         """A whole answer. The connection closes after it when asked, or when the
         request's body was left unread."""
         close = close or self.h11.their_state is not h11.DONE
-        fields = list(headers)
+        fields = [*headers, *self.answer_headers]
         if body:
             fields.append((b"content-type", content_type))
         if status != HTTPStatus.NO_CONTENT:
@@ -223,7 +226,7 @@ class HttpConnection:
 
     async def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         """The head of an answer whose body follows in pieces (chunked)."""
-        fields = [(b"content-type", content_type), *headers]
+        fields = [(b"content-type", content_type), *headers, *self.answer_headers]
         await self._write(
             self.h11.send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))
         )
