@@ -1168,6 +1168,32 @@ def _disk_full(exc: sqlite3.OperationalError, path: Path) -> bool:
         return False
 
 
+async def _interruptible(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(conn, *args)`` (a read) in a worker thread, its statement interrupted when the
+    caller is cancelled (a call's deadline, a client's cancel): a thread cannot be
+    cancelled, and one long statement would hold the call past its deadline."""
+    finished = False
+
+    async def interrupt_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not finished:
+                conn.interrupt()  # (from another thread: what it is for)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(interrupt_when_cancelled)
+        try:
+            return await trio.to_thread.run_sync(fn, conn, *args)
+        except sqlite3.OperationalError as exc:
+            if str(exc) == "interrupted":
+                await trio.lowlevel.checkpoint()  # the cancel that interrupted it
+            raise
+        finally:
+            finished = True
+            nursery.cancel_scope.cancel()
+
+
 def _full_is_an_error(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
     """A full disk under the database is :class:`DatabaseFull`, not a bug."""
     try:
@@ -1220,7 +1246,7 @@ class SqliteBackend:
             try:
                 if conn is None:
                     conn = await trio.to_thread.run_sync(_connect, self.path)
-                return await trio.to_thread.run_sync(fn, conn, *args)
+                return await _interruptible(conn, fn, *args)
             finally:
                 if conn is not None:
                     self._readers.append(conn)

@@ -17,8 +17,8 @@ import trio
 from helpers import write
 
 from horace.assemble import open_catalog
-from horace.backends.records import FileRecord
-from horace.backends.sqlite import KEY_READ_SLOW, SqliteBackend
+from horace.backends.records import FileRecord, SearchQuery
+from horace.backends.sqlite import KEY_READ_SLOW, READERS, SqliteBackend
 from horace.catalog import Catalog
 from horace.config import Settings
 
@@ -129,3 +129,25 @@ async def test_a_slow_read_by_key_sends_the_next_ones_to_worker_threads(one_file
     slow.seconds = 0
     assert await backend.file_by_id(file.id) == file
     assert slow.statements == 2
+
+
+async def test_a_read_is_interrupted_when_its_caller_is_cancelled(one_file: OneFile) -> None:
+    """A call's deadline (or its client's cancel) does not wait for a long statement in a
+    worker thread to end; the connection it ran on serves the next read."""
+    backend = one_file.backend
+    # Some seconds of counting (bounded: without the interrupt the test fails, not hangs).
+    endless = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000) "
+        "SELECT count(*) FROM n"
+    )
+    started = time.monotonic()
+    with trio.move_on_after(0.3) as scope:
+        await backend._read(lambda conn: conn.execute(endless).fetchone())
+    assert scope.cancelled_caught and time.monotonic() - started < 2
+    async with trio.open_nursery() as nursery:  # every pooled connection, at once
+        for _ in range(2 * READERS):
+            nursery.start_soon(
+                backend._read, lambda conn: conn.execute("SELECT count(*) FROM horace_files").fetchone()
+            )
+    found = await backend.search(SearchQuery(path="user/*"))
+    assert found[0] == 1
