@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import trio
+from http_client import connect as http_connect
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 import horace
@@ -305,6 +307,30 @@ def scenarios(settings: Settings = DEFAULTS) -> list[Scenario]:
                 nursery.start_soon(one)
         return tally_outcomes(outcomes)
 
+    async def densest_arguments_over_http(server: ServerProcess) -> Outcome:
+        # 10 sessions, 2 POSTs each at once: bodies read and parsed side by side.
+        text = densest_message(message, "tools/call").encode()
+        outcomes: list[Outcome] = []
+
+        async def one_session() -> None:
+            async with http_connect(
+                f"http://127.0.0.1:{server.port}/mcp", timeout=httpx.Timeout(300.0)
+            ) as client:
+                answers: list[str] = []
+
+                async def post() -> None:
+                    answers.append((await client.post(text)).text)
+
+                async with trio.open_nursery() as posts:
+                    for _ in range(2):
+                        posts.start_soon(post)
+                outcomes.append(tally(answers))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(one_session)
+        return tally_outcomes(outcomes)
+
     async def oversize_message(server: ServerProcess) -> Outcome:
         # Just under 4x the limit: read whole and answered with an error, not parsed.
         return await exchange(server.url, [densest_message(4 * message - 64)], 1)
@@ -341,6 +367,11 @@ def scenarios(settings: Settings = DEFAULTS) -> list[Scenario]:
             "the densest tool arguments at the size limit, 20 connections at once",
             f"max_message_bytes={message}",
             densest_arguments_at_once,
+        ),
+        Scenario(
+            "the densest tool arguments over Streamable HTTP, 20 POSTs at once",
+            f"max_message_bytes={message}",
+            densest_arguments_over_http,
         ),
         Scenario("message just under 4x the size limit", f"max_message_bytes={message}", oversize_message),
         Scenario("20 calls echoing max-size arguments", f"max_message_bytes={message}", biggest_arguments),

@@ -58,7 +58,7 @@ from horace.server.admission import Admission, RefusalLogs, Ticket, access_refus
 from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, MalformedBody, Request
 from horace.server.httpsession import HttpSession
 from horace.server.jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError
-from horace.server.mcp import PROTOCOL_VERSIONS, McpSession
+from horace.server.mcp import LARGE_REQUEST_BYTES, PROTOCOL_VERSIONS, McpSession, one_large_request_at_a_time
 from horace.server.sse import AnswerStream
 
 __all__ = ["Accept", "SessionHost", "StreamableHttp"]
@@ -80,6 +80,8 @@ SSE_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
 class SessionHost(Protocol):
     """What the server provides the transport: sessions, and somewhere to run them."""
+
+    large_requests: trio.CapacityLimiter  # see one_large_request_at_a_time
 
     def new_session(self, transport: str) -> McpSession: ...
 
@@ -197,6 +199,19 @@ class StreamableHttp:
             raise Refused(415, f"Content-Encoding {encoding!r} is not taken: send the body uncompressed")
         # A draining session still takes notifications (a cancel); requests get 503 below.
         session = self._session(request, required=False, draining_ok=True)
+        declared = request.header(b"content-length")
+        size = int(declared) if declared is not None else LARGE_REQUEST_BYTES + 1  # (chunked: any size)
+        async with one_large_request_at_a_time(self.host.large_requests, size):
+            await self._post_body(conn, request, ticket, accept, session)
+
+    async def _post_body(
+        self,
+        conn: HttpConnection,
+        request: Request,
+        ticket: Ticket,
+        accept: Accept,
+        session: HttpSession | None,
+    ) -> None:
         body = await self._body(conn)
         size = len(body)
         try:

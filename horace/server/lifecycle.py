@@ -62,6 +62,8 @@ class HoraceServer:
         # Every session's replies in the making or unread, together (a session's own room
         # is within it).
         self.reply_room = ReplyRoom(settings.max_pending_reply_bytes_total)
+        # Messages past LARGE_REQUEST_BYTES, of every session: one at a time.
+        self.large_requests = trio.CapacityLimiter(1)
         self.health_parts: dict[str, HealthPart] = {}  # e.g. sinks, watcher: name -> state
         self.port: int | None = None
         self._accepting = trio.CancelScope()
@@ -112,7 +114,12 @@ class HoraceServer:
 
     def new_session(self, transport: str) -> McpSession:
         return McpSession(
-            self.catalog, self.settings, self.observer, transport=transport, server_room=self.reply_room
+            self.catalog,
+            self.settings,
+            self.observer,
+            transport=transport,
+            server_room=self.reply_room,
+            large_requests=self.large_requests,
         )
 
     async def _run_session(self, ws: WebSocketConnection, stream: ClientStream) -> None:

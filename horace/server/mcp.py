@@ -70,6 +70,10 @@ ARGUMENT_ERRORS_AS_RESULTS = "2025-11-25"  # the version that made them tool err
 # A progress token is echoed in every progress notification (up to 10 a second for the
 # life of a call): a long one would turn one request into a stream of copies of it.
 MAX_PROGRESS_TOKEN_CHARS = 1024
+# A message larger than this is read, parsed and answered one at a time in the server
+# (one_large_request_at_a_time): a batch of registers with metadata at its limit is about
+# 1.7 MB, a single call's arguments a few kilobytes.
+LARGE_REQUEST_BYTES = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 CAPABILITIES = {
     "tools": {"listChanged": False},
@@ -95,8 +99,10 @@ class McpSession:
         *,
         transport: str,
         server_room: ReplyRoom | None = None,
+        large_requests: trio.CapacityLimiter | None = None,
     ) -> None:
         self.catalog = catalog
+        self.large_requests = large_requests  # the server's: see LARGE_REQUEST_BYTES
         self.settings = settings
         self.observer = observer or NoObserver()
         self.transport = transport
@@ -134,8 +140,9 @@ class McpSession:
         for are held until the reply has gone out: a client that sends many requests and
         reads no replies stops being read from, instead of piling them up."""
         async with self._answering(admitted, send):
-            reply = await self._message(message, abs(admitted), admitted > 0, send)
-            del message  # answered: what it held need not stay while the reply goes out
+            async with one_large_request_at_a_time(self.large_requests, abs(admitted)):
+                reply = await self._message(message, abs(admitted), admitted > 0, send)
+                del message  # answered: what it held need not stay while the reply goes out
             if reply is not None:
                 await send(reply, final=True)
 
@@ -600,6 +607,21 @@ class McpSession:
                     "notifications/message", {"level": level, "logger": "horace", "data": body}
                 )
             )
+
+
+@asynccontextmanager
+async def one_large_request_at_a_time(
+    large_requests: trio.CapacityLimiter | None, size: int
+) -> AsyncIterator[None]:
+    """Hold one of the server's *large_requests* slots while a message of more than
+    :data:`LARGE_REQUEST_BYTES` is read, parsed and answered (a checkpoint only when it
+    waits): parsed, 4 MiB of ``[{},{},…]`` are 90 MB of objects, and sessions parsing such
+    messages side by side would add them up. No real request comes near that size."""
+    if large_requests is None or size <= LARGE_REQUEST_BYTES:
+        yield
+    else:
+        async with large_requests:
+            yield
 
 
 def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
