@@ -77,6 +77,9 @@ class Batch:
 
 
 class ChangeFeed(Protocol):
+    # Folders under the root whose changes are not seen now (unreadable, say), with why.
+    unwatched: dict[str, str]
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
@@ -114,11 +117,14 @@ class InotifyFeed:
     The kernel gives events as (watch, name); each watch's folder path is kept here and
     follows moves: a folder moved away loses its watches, a folder moved (back) in is
     watched anew. Watches are added before their folder is listed, so an entry made in
-    between is either listed or reported.
+    between is either listed or reported. A folder that cannot be watched (unreadable) is
+    kept in :attr:`unwatched` and watched again, with what is under it, when its
+    attributes change (a chmod reported by its parent's watch).
     """
 
     def __init__(self, root: Path) -> None:
         self.root = str(root)
+        self.unwatched: dict[str, str] = {}
         self._inotify: INotify | None = None
         self._paths: dict[int, str] = {}  # watch descriptor -> its folder
         self._wds: dict[str, int] = {}  # folder -> its watch descriptor
@@ -201,8 +207,12 @@ class InotifyFeed:
             if mask & flags.ISDIR:
                 if mask & flags.MOVED_FROM:
                     self._forget(path)
+                elif mask & flags.DELETE:
+                    self._forget_unwatched(path)  # (its watches end on their own: IN_IGNORED)
                 elif mask & (flags.CREATE | flags.MOVED_TO) and unusable_name(name) is None:
                     new_folders.append(path)
+                elif mask & flags.ATTRIB and self._holds_unwatched(path):
+                    new_folders.append(path)  # readable again, perhaps: watched anew
             collected.add(path, gone)
         self._drained_at = time.time()
         if rewatch:
@@ -217,6 +227,7 @@ class InotifyFeed:
 
     def _remember_all(self, added: list[tuple[str, int]]) -> None:
         for folder, wd in added:
+            self.unwatched.pop(folder, None)
             old = self._paths.get(wd)
             if old is not None and old != folder and self._wds.get(old) == wd:
                 del self._wds[old]  # the same folder, found under its new path
@@ -230,6 +241,16 @@ class InotifyFeed:
             wd = self._wds.pop(folder)
             self._paths.pop(wd, None)
             self._rm_watch(wd)
+        self._forget_unwatched(top)
+
+    def _forget_unwatched(self, top: str) -> None:
+        prefix = top + "/"
+        for folder in [f for f in self.unwatched if f == top or f.startswith(prefix)]:
+            del self.unwatched[folder]
+
+    def _holds_unwatched(self, top: str) -> bool:
+        prefix = top + "/"
+        return any(f == top or f.startswith(prefix) for f in self.unwatched)
 
     def _rm_watch(self, wd: int) -> None:
         assert self._inotify is not None
@@ -268,7 +289,9 @@ class InotifyFeed:
                         "raise it, or watch by polling"
                     ) from exc
                 if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # not gone: unreadable, say
-                    log.warning("watch: cannot watch %s: %s", printable(folder), exc.strerror)
+                    if folder not in self.unwatched:
+                        log.warning("watch: cannot watch %s: %s", printable(folder), exc.strerror)
+                    self.unwatched[folder] = exc.strerror or type(exc).__name__
                 continue
             added.append((folder, wd))
             try:
@@ -296,6 +319,7 @@ class PollFeed:
 
     def __init__(self, root: Path, interval: float) -> None:
         self.root = str(root)
+        self.unwatched: dict[str, str] = {}  # folders the last look could not list
         self.interval = interval
         self._identity: tuple[int, int] = (0, 0)
         self._seen: dict[str, _Signature] = {}
@@ -340,6 +364,7 @@ class PollFeed:
         """Every file's signature now (in a worker thread). A folder that cannot be listed
         keeps what it held at the last look, so that its files do not seem gone."""
         found: dict[str, _Signature] = {}
+        unlisted: dict[str, str] = {}
         pending = [self.root]
         while pending:
             folder = pending.pop()
@@ -352,6 +377,7 @@ class PollFeed:
                 if not isinstance(exc, FileNotFoundError | NotADirectoryError):
                     prefix = folder + "/"
                     found.update((p, s) for p, s in before.items() if p.startswith(prefix))
+                    unlisted[folder] = exc.strerror or type(exc).__name__
                 continue
             for entry in entries:
                 try:
@@ -362,4 +388,5 @@ class PollFeed:
                     pending.append(entry.path)
                 else:
                     found[entry.path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self.unwatched = unlisted
         return found

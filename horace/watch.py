@@ -38,7 +38,7 @@ import trio
 
 from horace.backends.records import SearchQuery, Status
 from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
-from horace.changefeed import Change, open_change_feed
+from horace.changefeed import Change, ChangeFeed, open_change_feed
 from horace.model import ErrorCode, HoraceError
 from horace.paths import editor_temp, printable, unusable_name
 
@@ -97,11 +97,15 @@ class Watcher:
         self._copy_of: dict[str, str] = {}  # path -> the id of the file whose copy it is
         self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
         self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
+        self._feed: ChangeFeed | None = None
 
     @property
     def ok(self) -> bool:
-        """Watching, and no path waits to be taken again after a failure."""
-        return self.watching and not self._failing
+        """Watching every folder, and no path waits to be taken again after a failure."""
+        return self.watching and not self._failing and not self._unwatched()
+
+    def _unwatched(self) -> dict[str, str]:
+        return self._feed.unwatched if self._feed is not None and self.watching else {}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -112,6 +116,10 @@ class Watcher:
             "skipped_names": list(self.skipped),
             "failing": len(self._failing),
             "failing_paths": list(self._failing)[-FAILING_SHOWN:],
+            "unwatched_folders": [
+                f"{printable(os.path.relpath(folder, self.files))}: {why}"
+                for folder, why in list(self._unwatched().items())[:FAILING_SHOWN]
+            ],
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -128,6 +136,7 @@ class Watcher:
             open_change_feed(self.files, poll=self.poll, poll_interval=self.poll_ms / 1000) as feed,
         ):
             # The feed is entered: the watch is in place.
+            self._feed = feed
             self.watching = True
             nursery.start_soon(self._settle_loop)
             nursery.start_soon(self._catch_up, self._since)

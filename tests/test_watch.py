@@ -925,6 +925,48 @@ async def test_a_write_that_failed_on_a_full_disk_is_taken_once_there_is_room(
         ]
 
 
+async def test_a_folder_that_cannot_be_watched_is_watched_once_its_mode_changes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable folder (which root reads anyway: here the kernel's refusal is made
+    up) is listed as unwatched, the watcher not ok; its chmod brings it under watch, with
+    what was written in it meanwhile."""
+    refused = {"locked"}
+    add_watch = inotify_simple.INotify.add_watch
+
+    def refusing(self: inotify_simple.INotify, path: str, mask: int) -> int:
+        if os.path.basename(path) in refused:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return add_watch(self, path, mask)
+
+    monkeypatch.setattr(inotify_simple.INotify, "add_watch", refusing)
+    locked = settings.storage_path / "files/user/locked"
+    write(locked / "before.txt", "written before the start")
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        body = await _http_health(running)
+        assert (body["status"], body["watcher"]["ok"]) == ("degraded", False)
+        assert body["watcher"]["unwatched_folders"] == ["user/locked: Permission denied"]
+        await eventually(
+            lambda: _has_checksum(running, "user/locked/before.txt", sha256("written before the start")),
+            "the catch-up of the folder it could list",
+        )
+        write(locked / "meanwhile.txt", "written while unwatched")
+        refused.clear()
+        locked.chmod(0o755)
+        await eventually(
+            lambda: _has_checksum(running, "user/locked/meanwhile.txt", sha256("written while unwatched")),
+            "what was written while the folder was not watched",
+        )
+        write(locked / "after.txt", "written once watched")
+        await eventually(
+            lambda: _has_checksum(running, "user/locked/after.txt", sha256("written once watched")),
+            "a write in the folder now watched",
+        )
+        body = await _http_health(running)
+        assert (body["status"], body["watcher"]["unwatched_folders"]) == ("ok", [])
+
+
 @attrs.define
 class Lossy:
     """The real change feed, but the changes of files named *hidden* are dropped until
@@ -939,6 +981,10 @@ class Lossy:
     async def __aenter__(self) -> Lossy:
         await self.feed.__aenter__()
         return self
+
+    @property
+    def unwatched(self) -> dict[str, str]:
+        return self.feed.unwatched  # type: ignore[no-any-return]
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.feed.__aexit__(*exc)
