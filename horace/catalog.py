@@ -397,7 +397,7 @@ class Catalog:
     ) -> tuple[FileRecord, VersionRecord | None]:
         if staged.checksum == file.checksum:
             if not await in_thread(self.storage.object_intact, staged.checksum, staged.size):
-                await self._object_from_copy(file, staged)
+                await self._object_from_copy(file.file_path, file.id, staged)
             if staged.working is not None:
                 # Read again and unchanged: its stat identity now is the one to trust.
                 await db.refresh_working([_entry(file, staged.working)])
@@ -406,18 +406,18 @@ class Catalog:
         new = NewVersion(staged.checksum, staged.size, mime_type, working=staged.working)
         return await self._commit_version(db, file, new, correlation_id, staged, status, spare)
 
-    async def _object_from_copy(self, file: FileRecord, staged: Staged) -> None:
-        """The object of *file*'s current version is lost or damaged, and *staged* holds
-        its content: it takes the object's place, before the working copy it was read
-        from may leave files/ or be overwritten (a delete, a restore), which would lose
-        the last copy of that content."""
+    async def _object_from_copy(self, rel: str, file_id: str, staged: Staged) -> None:
+        """The object of the current version of *rel* is lost or damaged, and *staged*
+        holds its content: it takes the object's place, before the working copy it was
+        read from may leave files/ or be overwritten (a delete, a restore), which would
+        lose the last copy of that content."""
         with trio.CancelScope(shield=True):
             await in_thread(self.storage.keep, staged)
             await in_thread(self.storage.release, staged)
         log.warning(
             "%r: the object of its current version was missing or damaged; put back from its working copy",
-            file.file_path,
-            extra={"file_id": file.id},
+            rel,
+            extra={"file_id": file_id},
         )
 
     async def _version_held(
@@ -942,8 +942,32 @@ class Catalog:
         if unchanged:
             await self.backend.refresh_working(unchanged)
             tally.unchanged += len(unchanged)
+            await self._objects_from_copies(unchanged, tally)
         if changed:
             await self._version_changed(changed, correlation_id, tally)
+
+    async def _objects_from_copies(self, entries: Sequence[IndexEntry], tally: _ScanTally) -> None:
+        """Files read again and unchanged whose current object is lost or damaged: their
+        working copies put it back (:meth:`_object_from_copy`)."""
+
+        def lost() -> list[IndexEntry]:
+            return [
+                e
+                for e in entries
+                if e.working is not None and not self.storage.object_intact(e.checksum, e.working.size)
+            ]
+
+        for entry in await in_thread(lost):
+            try:
+                staged = await self._stage(entry.file_path)
+            except HoraceError as exc:
+                tally.errors.append(f"{entry.file_path}: {exc.message}")
+                continue
+            try:
+                if staged.checksum == entry.checksum:
+                    await self._object_from_copy(entry.file_path, entry.file_id, staged)
+            finally:
+                await self.discard(staged)
 
     async def _version_changed(
         self, entries: Sequence[IndexEntry], correlation_id: str | None, tally: _ScanTally

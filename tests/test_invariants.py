@@ -188,7 +188,7 @@ async def test_restore_of_a_version_whose_object_is_lost_changes_nothing(
     assert info.file.current_version == 2 and len(info.versions or ()) == 2
 
 
-@pytest.mark.parametrize("how", ["delete", "restore"])
+@pytest.mark.parametrize("how", ["delete", "restore", "rescan"])
 async def test_a_working_copy_whose_object_is_lost_is_never_the_last_copy_to_go(
     catalog: Catalog, files: Path, how: str
 ) -> None:
@@ -205,9 +205,15 @@ async def test_a_working_copy_whose_object_is_lost_is_never_the_last_copy_to_go(
         assert not path.exists()
         await catalog.undelete(file.id)
         assert path.read_text() == "only copy"
-    else:
+    elif how == "restore":
         await catalog.restore(file.id, 1)
         assert path.read_text() == "first"
+        assert (await catalog.content(file, 2, 1024)).data == b"only copy"
+    else:  # a scan that reads the file again puts the object back, before any change comes
+        report = await catalog.scan(rehash=True)
+        assert report.unchanged == 1 and report.errors == (), report
+        write(path, "changed since")
+        await catalog.scan()
         assert (await catalog.content(file, 2, 1024)).data == b"only copy"
     assert catalog.storage.object_path(sha256("only copy")).read_bytes() == b"only copy"
     assert (await fsck(catalog, deep=True)).clean
