@@ -228,13 +228,23 @@ async def _resolve(ctx: click.Context, c: Catalog, ref: str) -> FileRecord:
 SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace fsck`
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, line and paragraph separators, and the bidirectional overrides and
+# isolates (which make a name read as another).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _shown(text: str) -> str:
-    """*text* for a line of output: a control character in a name (a newline, an escape)
-    is shown escaped, so that it cannot end the line or forge another."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    """*text* for a line of output: a control character in a name (a newline, an escape,
+    a right-to-left override) is shown escaped, so that it cannot end the line, forge
+    another, or disguise the name."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class _ShownLines(logging.Formatter):
+    """A command's log lines on stderr, escaped as its output is (:func:`_shown`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _shown(super().format(record))
 
 
 def _record_line(file: Any) -> str:
@@ -728,7 +738,7 @@ def _say(failure: Failure, as_json: bool) -> None:
     else:
         # One line, whatever the message holds (PostgreSQL's add "\nHINT: ..." lines).
         message = "; ".join(line.strip() for line in failure.message.splitlines() if line.strip())
-        click.echo(f"horace: error: {failure.code}: {message}", err=True)
+        click.echo(_shown(f"horace: error: {failure.code}: {message}"), err=True)
 
 
 def _configure_cli_logging(as_json: bool) -> None:
@@ -740,7 +750,7 @@ def _configure_cli_logging(as_json: bool) -> None:
     if as_json:
         handler.setFormatter(JsonLines())
     else:
-        handler.setFormatter(logging.Formatter("horace: %(levelname)s: %(message)s"))
+        handler.setFormatter(_ShownLines("horace: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

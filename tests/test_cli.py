@@ -131,11 +131,18 @@ def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, d
     root, env = store
     (root / "files/user/evil\nabc  v9  active  0  forged.txt  [].txt").write_text("n")
     (root / "files/user/red\x1b[31m.txt").write_text("e")
-    assert horace("scan", env=env).returncode == 0
+    (root / "files/user/bidi\u202etxt.exe").write_text("b")
+    scanned = horace("scan", env=env)
+    assert scanned.returncode == 0, scanned.stderr
+    (root / "files/user/.horace-tmp-\x1b[2J\nforged").write_text("reserved name, skipped with a warning")
+    warned = horace("scan", env=env)
+    assert "\x1b" not in warned.stdout + warned.stderr and "\\x1b[2J\\nforged" in warned.stderr
+    assert len([line for line in warned.stderr.splitlines() if "forged" in line]) == 1, warned.stderr
     done = horace("search", "--path", "user/*", env=env)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "user/" in line]
-    assert len(lines) == 2, done.stdout
+    assert len(lines) == 3, done.stdout
+    assert any("user/bidi\\u202etxt.exe" in line for line in lines), lines
     assert any("user/evil\\nabc  v9" in line for line in lines), lines
     assert any("user/red\\x1b[31m.txt" in line for line in lines), lines
     assert "\x1b" not in done.stdout
