@@ -698,9 +698,11 @@ _INSERT_WALK = "WITH RECURSIVE " + _INSERT_INPUT + _CHOSEN_WALK + _INSERT_REST
 def _add_version_sql(only: str = "") -> str:
     return f"""
 WITH numbered AS (
-    SELECT f.id, coalesce(
+    -- The next number after the newest row, and never below the file's current one (see
+    -- the SQLite backend).
+    SELECT f.id, greatest(coalesce(
                (SELECT max(v.version) FROM horace_versions v WHERE v.file_id = f.id), 0
-           ) + 1 AS number
+           ), f.current_version - 1) + 1 AS number
     FROM horace_files f WHERE f.id = $1::uuid{only}
 ),
 inserted AS (

@@ -421,8 +421,11 @@ def _record_version(
 ) -> tuple[FileRecord, VersionRecord, list[str]]:
     """In the caller's transaction, of a file known to be catalogued."""
     now = _ts(at)
+    # The next number after the newest row, and never below the file's current one: a file
+    # whose rows were lost (fsck records its content again) keeps the number it had.
     (number,) = conn.execute(
-        "SELECT coalesce(max(version), 0) + 1 FROM horace_versions WHERE file_id = ?",
+        "SELECT max(coalesce((SELECT max(version) FROM horace_versions WHERE file_id = ?1), 0), "
+        "current_version - 1) + 1 FROM horace_files WHERE id = ?1",
         (file_id,),
     ).fetchone()
     conn.execute(

@@ -860,14 +860,14 @@ async def test_repair_records_again_the_content_of_a_file_whose_version_rows_are
     assert [(f.kind, f.repaired) for f in (await fsck(catalog)).findings] == [("no_versions", False)]
     report = await fsck(catalog, repair=True)
     assert [(f.kind, f.repaired) for f in report.findings] == [("no_versions", True)], report.findings
-    assert "recorded again as version 1" in report.findings[0].detail
+    assert "recorded again as version 2" in report.findings[0].detail  # the number it had
     info = await catalog.get_info(file_id=file.id, include_versions=True)
-    assert [(v.version, v.checksum) for v in info.versions or ()] == [(1, sha256("content Z, then more"))]
-    assert info.file.current_version == 1
-    assert (await catalog.content(info.file, 1, 1024)).data == b"content Z, then more"
+    assert [(v.version, v.checksum) for v in info.versions or ()] == [(2, sha256("content Z, then more"))]
+    assert info.file.current_version == 2
+    assert (await catalog.content(info.file, 2, 1024)).data == b"content Z, then more"
     write(path, "content Z2")
-    await catalog.update(file.id, FileChanges())
-    assert (await catalog.content(info.file, 1, 1024)).data == b"content Z, then more"
+    assert (await catalog.update(file.id, FileChanges())).file.current_version == 3
+    assert (await catalog.content(info.file, 2, 1024)).data == b"content Z, then more"
     assert (await fsck(catalog, deep=True)).clean and (await verify(catalog)).problems == ()
 
 

@@ -485,7 +485,9 @@ class McpSession:
         if request_id in self._scopes:
             # Its cancellation and its reply would be the other's too (MCP: an id is never
             # used twice by a session's requests).
-            raise RpcError(INVALID_REQUEST, f"id {request_id!r} is a call's still under way on this session")
+            raise RpcError(
+                INVALID_REQUEST, f"id {request_id!r} is already in use by a call under way on this session"
+            )
         name = params["name"]
         arguments = params.get("arguments") if refusal is None else {"unusable": str(refusal)}
         meta: dict[str, Any] = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
