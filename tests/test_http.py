@@ -688,13 +688,15 @@ async def test_a_call_reusing_the_id_of_one_under_way_is_refused(
 
     async def again_then_cancel() -> httpx.Response:
         again = await client.post(tool_call(5, "horace_scan"))
+        ping = (await client.post(request(5, "ping"))).json()
+        assert ping["error"]["code"] == -32600, ping  # any request: its reply would be the call's
         await client.post(cancel)
         return again
 
     first, again = await post_while_held(client, tool, tool_call(5, "horace_scan"), again_then_cancel())
     body = again.json()
     assert body["id"] == 5 and body["error"]["code"] == -32600
-    assert body["error"]["message"] == "id 5 is already in use by a call under way on this session"
+    assert body["error"]["message"] == "id 5 is already in use by a request under way on this session"
     assert tool.cancelled and first.status_code == 202  # the first, cancelled by its id
     tool.release.set()
     assert (await client.request("tools/call", {"name": "horace_scan", "arguments": {}}))["result"]

@@ -112,6 +112,7 @@ class McpSession:
         self.log_level: str | None = None  # none sent until the client asks (logging/setLevel)
         self.resources = Resources(catalog, settings.max_read_bytes)
         self._scopes: dict[Any, trio.CancelScope] = {}
+        self._under_way: set[Any] = set()  # the ids of the requests being answered
         self._cancelled_by_client: set[Any] = set()
         self._running: set[trio.CancelScope] = set()  # every call's scope, for cancel_all()
         self.closing = False
@@ -377,7 +378,15 @@ class McpSession:
                     f"(limit {self.settings.max_calls_per_connection})",
                 ),
             )
+        tracked = "id" in message
+        if tracked and request_id in self._under_way:
+            # Its reply, and a cancel by that id, would be the other's too (MCP: an id is
+            # never used twice by a session's requests).
+            said = f"id {request_id!r} is already in use by a request under way on this session"
+            return error_text(request_id, RpcError(INVALID_REQUEST, said))
         self.inflight += 1
+        if tracked:
+            self._under_way.add(request_id)
         try:
             text = await self._dispatch(request_id, method, params, send, refusal, size)
         except RpcError as exc:
@@ -388,6 +397,8 @@ class McpSession:
             return error_text(request_id, RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
         finally:
             self.inflight -= 1
+            if tracked:
+                self._under_way.discard(request_id)
             self.quiet_since = trio.current_time()
         if text is None:
             return None
@@ -482,12 +493,6 @@ class McpSession:
         *size*: the bytes of the message it came in."""
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
-        if request_id in self._scopes:
-            # Its cancellation and its reply would be the other's too (MCP: an id is never
-            # used twice by a session's requests).
-            raise RpcError(
-                INVALID_REQUEST, f"id {request_id!r} is already in use by a call under way on this session"
-            )
         name = params["name"]
         arguments = params.get("arguments") if refusal is None else {"unusable": str(refusal)}
         meta: dict[str, Any] = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
