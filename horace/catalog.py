@@ -376,12 +376,16 @@ class Catalog:
         correlation_id: str | None,
         status: Status | None = None,
         spare: int | None = None,
+        leaving: bool = False,
     ) -> tuple[FileRecord, VersionRecord | None, FileIdentity | None]:
         """Keep the working file as a new version when it differs from the current one;
-        also say which file that was (for a later replace to check against)."""
+        also say which file that was (for a later replace to check against). *leaving*:
+        the working file is about to be overwritten (see :meth:`_version_staged`)."""
         staged = await self._stage(file.file_path)
         try:
-            record, version = await self._version_staged(db, file, staged, correlation_id, status, spare)
+            record, version = await self._version_staged(
+                db, file, staged, correlation_id, status, spare, leaving
+            )
             return record, version, staged.source
         finally:
             await self.discard(staged)
@@ -394,9 +398,20 @@ class Catalog:
         correlation_id: str | None,
         status: Status | None = None,
         spare: int | None = None,
+        leaving: bool = False,
     ) -> tuple[FileRecord, VersionRecord | None]:
+        """*leaving*: the working copy *staged* was read from is about to leave files/ or
+        be overwritten, so the current version's object is read whole to be sure it holds
+        that content (else the copy takes its place); otherwise its size is looked at."""
         if staged.checksum == file.checksum:
-            if not await in_thread(self.storage.object_intact, staged.checksum, staged.size):
+            if leaving:
+                intact = await in_thread(self.storage.hash_object, staged.checksum, check_cancelled) == (
+                    staged.checksum,
+                    staged.size,
+                )
+            else:
+                intact = await in_thread(self.storage.object_intact, staged.checksum, staged.size)
+            if not intact:
                 await self._object_from_copy(file.file_path, file.id, staged)
             if staged.working is not None:
                 # Read again and unchanged: its stat identity now is the one to trust.
@@ -430,7 +445,9 @@ class Catalog:
             try:
                 staged = await in_thread(self.storage.stage_held, held)
                 try:
-                    done = await self._version_staged(db, file, staged, correlation_id, spare=spare)
+                    done = await self._version_staged(
+                        db, file, staged, correlation_id, spare=spare, leaving=True
+                    )
                 finally:
                     await self.discard(staged)
             except BaseException:
@@ -753,7 +770,7 @@ class Catalog:
                 await self._not_being_written(current.file_path)
                 # (Retention spares the wanted version: its object is read below.)
                 current, kept, examined = await self._version_working_copy(
-                    db, current, correlation_id, spare=version
+                    db, current, correlation_id, spare=version, leaving=True
                 )
                 preserved = kept.version if kept else None
             displaced = await in_thread(

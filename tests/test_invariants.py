@@ -188,9 +188,19 @@ async def test_restore_of_a_version_whose_object_is_lost_changes_nothing(
     assert info.file.current_version == 2 and len(info.versions or ()) == 2
 
 
-@pytest.mark.parametrize("how", ["delete", "restore", "rescan"])
+@pytest.mark.parametrize(
+    ("how", "damage"),
+    [
+        ("delete", "missing"),
+        ("delete", "same size"),
+        ("restore", "missing"),
+        ("restore", "same size"),
+        ("rescan", "missing"),
+        ("rescan", "truncated"),
+    ],
+)
 async def test_a_working_copy_whose_object_is_lost_is_never_the_last_copy_to_go(
-    catalog: Catalog, files: Path, how: str
+    catalog: Catalog, files: Path, how: str, damage: str
 ) -> None:
     """The current version's object lost (by hand, a disk fault): a delete moves the working
     copy out, a restore overwrites it; either would take the last copy of that content. The
@@ -199,7 +209,12 @@ async def test_a_working_copy_whose_object_is_lost_is_never_the_last_copy_to_go(
     file = (await catalog.register("user/doc.txt")).file
     write(path, "only copy")
     file = (await catalog.update(file.id, FileChanges())).file
-    catalog.storage.object_path(file.checksum).unlink()
+    lost = catalog.storage.object_path(file.checksum)
+    if damage == "missing":
+        lost.unlink()
+    else:  # a disk fault: one byte changed (found only by reading it), or the end cut off
+        lost.chmod(0o644)
+        lost.write_bytes(b"only cOpy" if damage == "same size" else b"only")
     if how == "delete":
         await catalog.delete(file.id)
         assert not path.exists()
