@@ -1232,9 +1232,7 @@ class Catalog:
         index = await self.backend.working_index()
         unseen = [e for e in index if e.status is Status.ACTIVE and e.file_path not in walked]
         # Not walked: gone, or under a name the walk passes over (an editor's temp form).
-        gone = await in_thread(
-            lambda: {e.file_id for e in unseen if not self.storage.working_exists(e.file_path)}
-        )
+        gone = await in_thread(lambda: {e.file_id for e in unseen if self.storage.surely_gone(e.file_path)})
         vanished = Vanished([f for f in await self.backend.all_files() if f.id in gone] if gone else [])
         moved = 0
         if vanished:

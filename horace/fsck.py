@@ -122,7 +122,7 @@ async def fsck(
 
     active = [f for f in files.values() if f.status is Status.ACTIVE]
     missing = await in_thread(
-        lambda: {f.id for f in active if not catalog.storage.working_exists(f.file_path)}
+        lambda: {f.id for f in active if not _working_exists(catalog.storage, f.file_path)}
     )
     suspects = [
         f
@@ -423,8 +423,8 @@ async def _file(
             repaired,
         )
 
-    gone = file.status is Status.ACTIVE and not await in_thread(storage.working_exists, file.file_path)
-    unreachable = await in_thread(storage.unreachable, file.file_path) if gone else None
+    gone = file.status is Status.ACTIVE and not await in_thread(_working_exists, storage, file.file_path)
+    unreachable = await in_thread(_unreachable, storage, file.file_path) if gone else None
     if unreachable is not None:
         finding("unreachable", unreachable, False)  # never written through, nor "missing"
     elif gone:
@@ -469,6 +469,22 @@ async def _version_again(
         catalog.policy.retention,
     )
     return fixed, f" (its content recorded again as version {version.version})"
+
+
+def _working_exists(storage: Storage, rel: str) -> bool:
+    """Is *rel*'s working copy there? False too when it cannot be looked at (a folder on
+    its way unreadable): :func:`_unreachable` then says why, and the rest goes on."""
+    try:
+        return storage.working_exists(rel)
+    except OSError:
+        return False
+
+
+def _unreachable(storage: Storage, rel: str) -> str | None:
+    try:
+        return storage.unreachable(rel)
+    except OSError as exc:
+        return f"its folder cannot be read: {exc.strerror or exc}"
 
 
 def object_problem(storage: Storage, checksum: str, size: int, deep: bool) -> str | None:
@@ -569,11 +585,10 @@ async def verify(
         if f.status is Status.ACTIVE:
             kind = await in_thread(_working_problem, catalog.storage, f)
             if kind is not None:
-                detail = (
-                    "the working copy is missing"
-                    if kind == "working_missing"
-                    else "the working copy differs from the current version (not yet versioned)"
-                )
+                detail = {
+                    "working_missing": "the working copy is missing",
+                    "working_unreadable": "the working copy cannot be read (its folder, or itself)",
+                }.get(kind, "the working copy differs from the current version (not yet versioned)")
                 problems.append(Problem(kind, f.id, f.file_path, None, detail))
         if progress:
             progress(done, total)
@@ -585,6 +600,8 @@ def _working_problem(storage: Storage, file: FileRecord) -> str | None:
         digest = storage.hash_working(file.file_path, check_cancelled)
     except HoraceError:
         return "working_missing"
+    except OSError:  # its folder, or itself, unreadable: not missing, not checked
+        return "working_unreadable"
     return None if digest == file.checksum else "working_modified"
 
 

@@ -509,6 +509,14 @@ class Storage:
         except (FileNotFoundError, NotADirectoryError, HoraceError):
             return False
 
+    def surely_gone(self, rel: str) -> bool:
+        """No working copy at *rel*, as far as can be seen: False also when it cannot be
+        looked at (a folder on its way unreadable), which is not taken for gone."""
+        try:
+            return not self.working_exists(rel)
+        except OSError:
+            return False
+
     def unreachable(self, rel: str) -> str | None:
         """Why *rel* cannot be reached (a symlink, or a file, where a folder of its path
         should be); None when it can, or its folder is merely missing."""
@@ -1096,8 +1104,13 @@ class Storage:
             if is_dir:
                 try:
                     sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except OSError:
-                    continue  # gone, or swapped for a symlink since the listing
+                except OSError as exc:
+                    # Gone, or swapped for a symlink, since the listing; else unreadable.
+                    if skipped is not None and exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        skipped.append(
+                            f"{printable(prefix + name)}: the folder cannot be read ({exc.strerror})"
+                        )
+                    continue
                 try:
                     yield from self._walk_fd(sub, f"{prefix}{name}/", skipped, with_stat, check_cancelled)
                 finally:

@@ -409,7 +409,7 @@ class Watcher:
 
     async def _expire_vanished(self) -> None:
         for record in self._vanished.expired(before=trio.current_time() - self.settle):
-            if await in_thread(self.catalog.storage.working_exists, record.file_path):
+            if not await in_thread(self.catalog.storage.surely_gone, record.file_path):
                 continue  # it came back
             current = await self.catalog.backend.file_by_id(record.id)
             active = current is not None and current.status is Status.ACTIVE

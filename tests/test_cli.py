@@ -148,6 +148,56 @@ def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, d
     assert "\x1b" not in done.stdout
 
 
+def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str, str]]) -> None:
+    """A folder of catalogued files that cannot be read (mode 000, for a process without
+    root's override: setpriv drops it) is one finding of fsck and of verify; the rest
+    is checked, and a server's start (which runs the same fsck) is not stopped by it."""
+    root, env = store
+    (root / "files/user/open.txt").write_text("readable")
+    (root / "files/user/shut").mkdir()
+    (root / "files/user/shut/a.txt").write_text("behind a folder nobody may read")
+    assert horace("scan", env=env).returncode == 0
+    (root / "files/user/shut").chmod(0)
+    without_override = (
+        [
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+        ]
+        if os.geteuid() == 0
+        else []
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+        return subprocess.run(
+            [*without_override, sys.executable, "-m", "horace", *args],
+            env={**clean, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    try:
+        checked = run("fsck")
+        assert checked.returncode == Exit.FSCK_LEFT, (checked.stdout, checked.stderr)
+        assert "unreachable: user/shut/a.txt its folder cannot be read" in checked.stdout, checked.stdout
+        verified = run("verify")
+        assert verified.returncode == Exit.FOUND, (verified.stdout, verified.stderr)
+        assert "working_unreadable: user/shut/a.txt" in verified.stdout, verified.stdout
+        scanned = run("scan")  # the folder is said to be skipped, and nothing is deleted
+        assert scanned.returncode == Exit.FOUND, (scanned.stdout, scanned.stderr)
+        assert "skipped: user/shut: the folder cannot be read (Permission denied)" in scanned.stdout
+        listed = run("search", "--status", "all", "--json")
+        assert {(f["file_path"], f["status"]) for f in json.loads(listed.stdout)["results"]} == {
+            ("user/open.txt", "active"),
+            ("user/shut/a.txt", "active"),
+        }
+    finally:
+        (root / "files/user/shut").chmod(0o755)
+
+
 def test_version_and_module_entry() -> None:
     done = horace("--version")
     assert done.returncode == 0 and done.stdout.startswith("horace "), done
