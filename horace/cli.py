@@ -230,7 +230,7 @@ SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace 
 
 # Control characters, line and paragraph separators, and the bidirectional overrides and
 # isolates (which make a name read as another).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _shown(text: str) -> str:

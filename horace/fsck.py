@@ -396,6 +396,8 @@ async def _file(
         finding("current_inconsistent", problem, True)
     elif problem is not None:
         fixed, outcome = await _version_again(catalog, db, file, holders, deep) if repair else (None, "")
+        if fixed is not None:
+            objects_ok[fixed.checksum] = True  # (so a missing working copy is written back too)
         file = fixed or file
         finding("no_versions", problem + outcome, fixed is not None)
 

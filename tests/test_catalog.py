@@ -766,6 +766,22 @@ async def test_find_duplicates(catalog: Catalog, files: Path) -> None:
     assert groups[0].checksum == sha256("b")
 
 
+async def test_one_repair_restores_a_file_without_versions_or_working_copy(
+    catalog: Catalog, files: Path
+) -> None:
+    path = write(files / "user/w.txt", "kept as an object only")
+    file = (await catalog.register("user/w.txt")).file
+    await catalog.backend.delete_version(file.id, 1)
+    path.unlink()
+    report = await fsck(catalog, repair=True)
+    assert {(f.kind, f.repaired) for f in report.findings} == {
+        ("no_versions", True),
+        ("working_missing", True),
+    }
+    assert path.read_text() == "kept as an object only"
+    assert (await fsck(catalog, deep=True)).clean
+
+
 async def test_a_file_id_and_a_path_of_two_files_are_refused(catalog: Catalog, files: Path) -> None:
     """A call given both must not act on one of them when the caller meant the other."""
     write(files / "user/a.txt", "a")
