@@ -424,9 +424,9 @@ def _record_version(
     # The next number after the newest row, and never below the file's current one: a file
     # whose rows were lost (fsck records its content again) keeps the number it had.
     (number,) = conn.execute(
-        "SELECT max(coalesce((SELECT max(version) FROM horace_versions WHERE file_id = ?1), 0), "
-        "current_version - 1) + 1 FROM horace_files WHERE id = ?1",
-        (file_id,),
+        "SELECT max(coalesce((SELECT max(version) FROM horace_versions WHERE file_id = ?), 0), "
+        "current_version - 1) + 1 FROM horace_files WHERE id = ?",
+        (file_id, file_id),
     ).fetchone()
     conn.execute(
         f"INSERT INTO horace_versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
