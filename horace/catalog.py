@@ -404,13 +404,9 @@ class Catalog:
         be overwritten, so the current version's object is read whole to be sure it holds
         that content (else the copy takes its place); otherwise its size is looked at."""
         if staged.checksum == file.checksum:
-            if leaving:
-                intact = await in_thread(self.storage.hash_object, staged.checksum, check_cancelled) == (
-                    staged.checksum,
-                    staged.size,
-                )
-            else:
-                intact = await in_thread(self.storage.object_intact, staged.checksum, staged.size)
+            intact = await in_thread(
+                self.storage.object_holds, staged.checksum, staged.size, leaving, check_cancelled
+            )
             if not intact:
                 await self._object_from_copy(file.file_path, file.id, staged)
             if staged.working is not None:

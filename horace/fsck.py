@@ -493,12 +493,7 @@ def object_problem(storage: Storage, checksum: str, size: int, deep: bool) -> st
     """What is wrong with the object of a version (None: nothing): ``missing_object``, or
     ``checksum_mismatch`` (with *deep*, its bytes re-hashed; else its size compared).
     Blocking: for a worker thread. The one object check of fsck and verify."""
-    if deep:
-        found = storage.hash_object(checksum, check_cancelled)
-        if found is None:
-            return "missing_object"
-        return None if found == (checksum, size) else "checksum_mismatch"
-    if storage.object_intact(checksum, size):
+    if storage.object_holds(checksum, size, deep, check_cancelled):
         return None
     return "checksum_mismatch" if storage.has_object(checksum) else "missing_object"
 

@@ -805,6 +805,14 @@ class Storage:
     def has_object(self, checksum: str) -> bool:
         return self.object_path(checksum).is_file()
 
+    def object_holds(
+        self, checksum: str, size: int, deep: bool, check_cancelled: CheckCancelled = _never_cancelled
+    ) -> bool:
+        """Does the object hold its content: read whole and hashed (*deep*), else by size."""
+        if deep:
+            return self.hash_object(checksum, check_cancelled) == (checksum, size)
+        return self.object_intact(checksum, size)
+
     def object_intact(self, checksum: str, size: int) -> bool:
         """Is the object there, at its size? (Its bytes are not read: see :meth:`hash_object`.)"""
         try:
