@@ -9,6 +9,7 @@ copy written back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -81,8 +82,11 @@ async def test_fsck_beside_a_busy_server_finds_nothing(settings: Settings, files
                 else:
                     done["update"] += 1
                     path = files / info["file"]["file_path"]
-                    if path.exists():
-                        path.write_text(f"file {i} by {worker} #{n}")
+                    # In place, never made anew: a delete by another worker may come
+                    # between the look and the write (a write after it would be a new file).
+                    with contextlib.suppress(FileNotFoundError), path.open("r+") as f:
+                        f.truncate(0)
+                        f.write(f"file {i} by {worker} #{n}")
                     await client.request(
                         "tools/call", {"name": "horace_update_file", "arguments": {"file_id": ids[i]}}
                     )
