@@ -769,7 +769,7 @@ class Catalog:
                     db, current, correlation_id, spare=version, leaving=True
                 )
                 preserved = kept.version if kept else None
-            displaced = await in_thread(
+            written, displaced = await in_thread(
                 self.storage.replace_working,
                 current.file_path,
                 wanted.checksum,
@@ -777,16 +777,50 @@ class Catalog:
                 examined,
                 check_cancelled,
             )
-            # The working file holds version N now: what follows is recorded whatever happens.
+            # The working file holds version N now: what follows is recorded whatever
+            # happens, or, should the record fail, undone.
+            had_working = examined is not None
             with trio.CancelScope(shield=True):
-                if displaced is not None:
-                    # A writer replaced the file after it was versioned: keep that too.
-                    current, _ = await self._version_held(db, current, displaced, correlation_id, version)
-                new = NewVersion(
-                    wanted.checksum, wanted.size, current.mime_type, restored_from_version=version
-                )
-                record, restored = await self._commit_version(db, current, new, correlation_id)
+                try:
+                    if displaced is not None:
+                        # A writer replaced the file after it was versioned: keep that too.
+                        current, _ = await self._version_held(db, current, displaced, correlation_id, version)
+                        had_working = True
+                    new = NewVersion(
+                        wanted.checksum, wanted.size, current.mime_type, restored_from_version=version
+                    )
+                    record, restored = await self._commit_version(db, current, new, correlation_id)
+                except BaseException:
+                    await self._unrestore(current, written, wanted.checksum, had_working)
+                    raise
         return Restored(record, restored, preserved)
+
+    async def _unrestore(
+        self, current: FileRecord, written: FileIdentity, restored_checksum: str, had_working: bool
+    ) -> None:
+        """Undo a restore's write when its record failed (the catalog gone, a full disk),
+        so that the working file holds again what the catalog says is current (*current*,
+        or no working file when there was none) and the client's error tells the truth.
+        A file changed since it was written is a writer's, and stays. What cannot be undone
+        is logged; nothing is lost either way (both contents are versions)."""
+        rel = current.file_path
+        try:
+            if not had_working:
+                await in_thread(self.storage.withdraw_working, rel, current.id, restored_checksum)
+            elif await in_thread(self.storage.holds_file, rel, written):
+                _, displaced = await in_thread(
+                    self.storage.replace_working, rel, current.checksum, current.id, written
+                )
+                if displaced is not None:  # written to between the look and the swap
+                    await in_thread(self.storage.put_back, displaced, rel)
+        except Exception as exc:
+            log.error(
+                "%r: the restored content could not be taken back after the restore failed (%s); "
+                "the next scan records it as a new version",
+                rel,
+                exc,
+                extra={"file_id": current.id},
+            )
 
     # -- collections --------------------------------------------------------------------
 

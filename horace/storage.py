@@ -901,7 +901,7 @@ class Storage:
         file_id: str,
         expected: FileIdentity | None,
         check_cancelled: CheckCancelled = _never_cancelled,
-    ) -> Path | None:
+    ) -> tuple[FileIdentity, Path | None]:
         """Atomically make the working file *rel* hold object *checksum*.
 
         The content is written and fsynced in ``.horace/tmp``, then swapped in with one
@@ -910,10 +910,12 @@ class Storage:
         None when there was none. Whatever the swap displaced is looked at afterwards: the
         examined file, unchanged, is removed; anything else (a writer renamed another file
         over it, or rewrote it, after the caller looked) is returned, held in
-        ``.horace/tmp``, for the caller to version and then :meth:`release_held`.
+        ``.horace/tmp``, for the caller to version and then :meth:`release_held`. Also
+        returned, first: the file written (to tell later whether it is still there as it was).
         """
         self._refuse_non_regular(rel)  # before the copy: nothing changes for a folder
         held = self._prepare(checksum, file_id, check_cancelled)
+        written = FileIdentity.of(os.stat(held, follow_symlinks=False))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel, create=True) as (dfd, name):
@@ -927,11 +929,19 @@ class Storage:
         finally:
             os.close(tmp_fd)
         if not swapped:
-            return None  # nothing was there: the new content simply went in
+            return written, None  # nothing was there: the new content simply went in
         if expected is not None and _is_file(held, expected):
             held.unlink()
-            return None
-        return held
+            return written, None
+        return written, held
+
+    def holds_file(self, rel: str, expected: FileIdentity) -> bool:
+        """Whether *rel* is still the file *expected* names, unchanged."""
+        try:
+            with self._parent_fd(rel) as (dfd, name):
+                return FileIdentity.of(os.stat(name, dir_fd=dfd, follow_symlinks=False)) == expected
+        except (FileNotFoundError, NotADirectoryError, HoraceError):
+            return False
 
     def _swap_in(self, tmp_fd: int, held: str, dfd: int, name: str, expected: FileIdentity | None) -> bool:
         """Put ``tmp/held`` at *name*; True when something was displaced into ``held``."""

@@ -188,6 +188,52 @@ async def test_restore_of_a_version_whose_object_is_lost_changes_nothing(
     assert info.file.current_version == 2 and len(info.versions or ()) == 2
 
 
+@pytest.mark.parametrize("before", ["saved", "unsaved", "none"])
+@pytest.mark.parametrize("failure", ["backend", "full"])
+async def test_a_restore_whose_record_fails_takes_its_write_back(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, before: str, failure: str
+) -> None:
+    """The restored content is in place and then its version cannot be recorded (the
+    catalog's disk full, its connection cut): the error tells the truth, for the working
+    file holds again what the catalog says is current (none, when there was none)."""
+    path = write(files / "user/a.txt", "version one")
+    file = (await catalog.register("user/a.txt")).file
+    write(path, "version two")
+    file = (await catalog.update(file.id, FileChanges())).file
+    if before == "unsaved":
+        write(path, "unsaved three")
+    elif before == "none":
+        path.unlink()
+    real_commit = Catalog._commit_version
+    error = (
+        HoraceError(ErrorCode.STORAGE_FULL, "the catalog's disk is full")
+        if failure == "full"
+        else HoraceError(ErrorCode.BACKEND_UNAVAILABLE, "its connection was lost")
+    )
+
+    async def commit_fails_for_a_restore(self: Catalog, db: Any, f: Any, new: Any, *args: Any) -> Any:
+        if new.restored_from_version is not None:
+            assert path.read_text() == "version one"  # (the write came first)
+            raise error
+        return await real_commit(self, db, f, new, *args)
+
+    monkeypatch.setattr(Catalog, "_commit_version", commit_fails_for_a_restore)
+    with pytest.raises(HoraceError) as failed:
+        await catalog.restore(file.id, 1)
+    assert failed.value is error
+    monkeypatch.undo()
+    now = await catalog.file(file.id)
+    if before == "none":
+        assert not path.exists() and now.current_version == 2
+    else:
+        expected = "unsaved three" if before == "unsaved" else "version two"
+        assert path.read_text() == expected and now.checksum == sha256(expected)
+        assert (await fsck(catalog, deep=True)).clean
+        await assert_sound(catalog)
+    versions = (await catalog.get_info(file_id=file.id, include_versions=True)).versions or ()
+    assert not [v for v in versions if v.restored_from_version]
+
+
 @pytest.mark.parametrize(
     ("how", "damage"),
     [
