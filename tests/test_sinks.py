@@ -35,6 +35,7 @@ from wsproto.events import AcceptConnection, TextMessage
 from wsproto.events import Message as WsMessage
 from wsproto.events import Request as WsRequest
 
+from horace.backends.protocol import CatalogUnwritable, DatabaseFull
 from horace.backends.records import Turn
 from horace.catalog import Catalog
 from horace.config import Settings
@@ -1045,6 +1046,64 @@ async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
         (4, "four"),
         (5, "five"),
     ]
+
+
+@pytest.mark.parametrize("outage", [DatabaseFull, CatalogUnwritable])
+async def test_turns_a_full_or_read_only_database_refuses_are_kept_until_it_takes_them(
+    catalog: Catalog, settings: Settings, monkeypatch: pytest.MonkeyPatch, outage: type[Exception]
+) -> None:
+    """A database that answers but cannot write (its disk full, made read-only) refuses
+    every batch, a lone turn too: that is no fault of the turn's, and none is dropped."""
+    transport = ConversationTransport(catalog.backend)
+    conversation = str(uuid.uuid4())
+    real_insert = catalog.backend.insert_turns
+    refusals = 0
+
+    async def refusing(turns: list[Turn]) -> list[Turn]:
+        nonlocal refusals
+        if refusals < 12:
+            refusals += 1
+            raise outage("the database cannot write now")
+        return await real_insert(turns)
+
+    monkeypatch.setattr(catalog.backend, "insert_turns", refusing)
+    runner = SinkRunner(transport, spool_dir=None, **FAST)
+    async with running(runner):
+        for number in range(1, 6):
+            runner.emit(_turn(conversation, number, f"turn {number}"))
+        await eventually(lambda: runner.delivered == 5, 10, "every turn stored")
+    assert refusals == 12 and runner.failures == 0 and runner.dropped == 0
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation]
+    assert [r["turn_number"] for r in rows] == [1, 2, 3, 4, 5]
+
+
+async def test_a_spill_the_disk_cannot_take_is_counted_and_leaves_the_spool_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    before = json.dumps(entry(0)) + "\n"
+    transport = MemoryTransport()
+    transport.up = False
+    runner = SinkRunner(transport, spool_dir=spool, flush_seconds=0.1, **FAST)
+    real_write = os.write
+
+    def disk_fills(fd: int, data: Any) -> int:
+        if len(data) > 100:
+            real_write(fd, bytes(data[:100]))  # part of it goes in, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    with caplog.at_level(logging.ERROR, logger="horace.sinks"):
+        async with running(runner):
+            (spool / "memory.jsonl").write_text(before)  # another server's spill, meanwhile
+            for i in range(1, 21):
+                runner.emit(entry(i))
+            await eventually(lambda: runner.failures >= 1)
+            monkeypatch.setattr(os, "write", disk_fills)
+    monkeypatch.undo()
+    assert (spool / "memory.jsonl").read_text() == before
+    assert runner.spilled == 0 and runner.dropped == 20
+    assert any("20 entries lost at shutdown" in r.getMessage() for r in caplog.records)
 
 
 # -- PostgreSQL stopped and started under load ---------------------------------------------------

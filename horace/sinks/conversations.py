@@ -16,7 +16,7 @@ from horace.backends.protocol import OUTAGES, Backend, BackendUnavailable, Catal
 from horace.backends.records import Turn
 from horace.model import CallRecord
 from horace.redact import redact
-from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, log, size_of
+from horace.sinks.supervisor import Deliver, DestinationDown, SinkRunner, log, size_of
 from horace.wire import structure
 
 MODEL = "horace"
@@ -36,14 +36,14 @@ class ConversationTransport:
         try:
             await self.backend.ping()
         except (BackendUnavailable, CatalogUnwritable) as exc:
-            raise SinkUnavailable(str(exc)) from exc
+            raise DestinationDown(str(exc)) from exc
 
         async def deliver(batch: list[dict[str, Any]]) -> None:
             turns = [turn_of(entry) for entry in batch]
             try:
                 conflicts = await self.backend.insert_turns(turns)
             except OUTAGES as exc:  # the database's state, never a reason to drop a turn
-                raise SinkUnavailable(str(exc)) from exc
+                raise DestinationDown(str(exc)) from exc
             for turn in conflicts:
                 self.conflicts += 1
                 log.error(

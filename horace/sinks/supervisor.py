@@ -200,7 +200,11 @@ class SinkRunner:
                     await self._connected()
                 except Exception as exc:  # every failure: log it, back off, start again
                     self.failures += 1
-                    if self._in_flight == 1 and self.state == "connected":
+                    if (
+                        self._in_flight == 1
+                        and self.state == "connected"
+                        and not isinstance(exc, DestinationDown)
+                    ):
                         self._strike_single_entry()
                     if self._in_flight:
                         self._batch_limit = max(1, self._in_flight // 2)
@@ -305,8 +309,19 @@ class SinkRunner:
             log.error("sink %s: %d entries lost at shutdown (no spool)", self.name, len(self._queue))
             return
         text = "".join(json.dumps(entry, default=str) + "\n" for _, entry, _ in self._queue)
-        async with _spool_locked(self.spool_path):
-            await trio.to_thread.run_sync(_append, self.spool_path, text)
+        try:
+            async with _spool_locked(self.spool_path):
+                await trio.to_thread.run_sync(_append, self.spool_path, text)
+        except OSError as exc:  # a full disk, say: the spool is as it was
+            self.dropped += len(self._queue)
+            log.error(
+                "sink %s: %d entries lost at shutdown: the spool %s could not take them (%s)",
+                self.name,
+                len(self._queue),
+                self.spool_path,
+                exc,
+            )
+            return
         self.spilled += len(self._queue)
         log.warning("sink %s: spilled %d entries to %s", self.name, len(self._queue), self.spool_path)
         self._queue.clear()
@@ -362,8 +377,20 @@ def _open_lock(path: Path) -> int:
 
 
 def _append(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as spool:
-        spool.write(text)
+    """Append *text* whole, or not at all (a write cut short is cut off again, so that no
+    torn line is left for the next append to run into)."""
+    data = memoryview(text.encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except BaseException:
+            os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _take_in(spool_path: Path, replaying: Path) -> list[str]:
@@ -399,3 +426,8 @@ def queue_from_thread(
 
 class SinkUnavailable(Exception):
     """The destination refused or could not take a batch; retried with backoff."""
+
+
+class DestinationDown(SinkUnavailable):
+    """The destination can take nothing now (its disk full, read-only, unreachable): no
+    entry is to blame, and none is dropped as refused, however often it is tried."""
