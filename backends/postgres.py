@@ -1176,6 +1176,7 @@ class _Hop:
     def __init__(self, loop: Any, url: str) -> None:
         self.loop = loop
         self.where = server_of(url)
+        self.pool: Any = None  # once made: its connections are replaced after a read-only refusal
 
     async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -1189,6 +1190,16 @@ class _Hop:
                 if _DETACHED in detail:
                     detail = "its connection was lost"
                 raise BackendUnavailable(f"PostgreSQL at {self.where} is unavailable: {detail}") from exc
+            if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+                # A session keeps the default_transaction_read_only it started with: once
+                # the operator turns it off, only new connections write. So every
+                # connection is replaced (those in use when they come back).
+                if self.pool is not None:
+                    await trio_asyncio.aio_as_trio(self.pool.expire_connections, loop=self.loop)()
+                raise CatalogUnwritable(
+                    f"PostgreSQL at {self.where} takes no writes: {exc} (default_transaction_read_only "
+                    "set on the role or database, or a standby server?)"
+                ) from None
             if isinstance(exc, asyncpg.exceptions.DiskFullError):
                 raise DatabaseFull(f"the disk of PostgreSQL at {self.where} is full: {exc}") from None
             # Not by Horace (it cancels its statements by cancelling its task): by a timeout.
@@ -1640,6 +1651,11 @@ async def _init_connection(conn: Conn) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
     )
+    if conn.get_server_version() >= (14,):
+        # A connection holding a file's lock waits, idle, while the file is copied (a
+        # big restore: minutes); an idle_session_timeout of the role or database would
+        # end it, and that call, every time. The pool closes idle connections itself.
+        await conn.execute("SET idle_session_timeout = 0")
 
 
 async def _create_pool(url: str, min_size: int, max_size: int, connect_timeout: float) -> Any:
@@ -1651,6 +1667,9 @@ async def _create_pool(url: str, min_size: int, max_size: int, connect_timeout: 
         init=_init_connection,
         reset=_no_reset,
     )
+
+
+_PING_WRITABLE = PING + ", current_setting('transaction_read_only')"
 
 
 class PostgresBackend(_Units):
@@ -1690,8 +1709,16 @@ class PostgresBackend(_Units):
 
     async def ping(self) -> None:
         with trio.move_on_after(self._ping_timeout):
-            await self._source.run(_fetchrow, PING)
-            return
+            for _ in range(2):
+                row = await self._source.run(_fetchrow, _PING_WRITABLE)
+                if row is None or row[-1] != "on":
+                    return
+                # A session keeps the setting it started with: asked again on a new one.
+                await self._hop(self._pool.expire_connections)
+            raise CatalogUnwritable(
+                f"PostgreSQL at {self._hop.where} takes no writes (default_transaction_read_only "
+                "set on the role or database, or a standby server?)"
+            )
         raise BackendUnavailable(
             f"PostgreSQL at {self._hop.where} did not answer within {self._ping_timeout:g} s"
         )
@@ -1787,6 +1814,7 @@ async def open_postgres(
                 except (asyncpg.exceptions.ClientConfigurationError, ValueError) as exc:
                     # (asyncpg parses the URL here: a port that is not a number is a ValueError)
                     raise UnusableURL(f"bad PostgreSQL URL {hop.where}: {exc}") from None
+                hop.pool = pool
                 backend = PostgresBackend(url, pool, hop, ping_timeout)
                 try:
                     yield backend

@@ -10,6 +10,7 @@ the comparison with SQLite runs (6).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
@@ -1044,6 +1045,67 @@ async def test_a_statement_timeout_and_a_privilege_refused_are_said_as_such(pg_u
                 await backend.file_by_path("x")
     finally:
         await trio.to_thread.run_sync(admin, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+async def test_a_read_only_database_is_said_as_such_and_writable_again_once_reset(pg_url: str) -> None:
+    """default_transaction_read_only set on Horace's role: writes and pings are
+    CatalogUnwritable, saying why; once the operator resets it, the running backend
+    writes again (its connections, which keep the setting they started with, replaced)."""
+    role, as_role = new_role(pg_url)
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    await trio.to_thread.run_sync(
+        admin, f"CREATE ROLE {role} LOGIN", f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}"
+    )
+    cid = str(uuid.uuid4())
+    try:
+        async with open_postgres(as_role) as backend:
+            await backend.migrate()
+            await trio.to_thread.run_sync(
+                admin, f"ALTER ROLE {role} SET default_transaction_read_only = on", kill_sessions(pg_url)
+            )
+            for _ in range(3):  # until the pool's connections the kill left are gone
+                with contextlib.suppress(BackendUnavailable):
+                    await backend.file_by_path("x")
+            for attempt in (lambda: backend.insert_turns([turn(cid, 1)]), backend.ping):
+                with pytest.raises(
+                    CatalogUnwritable, match=r"takes no writes.*default_transaction_read_only"
+                ):
+                    await attempt()
+            async with backend.exclusive(7) as units:
+                with pytest.raises(CatalogUnwritable, match="takes no writes"):
+                    await units.insert_turns([turn(cid, 1)])
+            await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} RESET default_transaction_read_only")
+            await backend.ping()
+            assert await backend.insert_turns([turn(cid, 1)]) == []
+            async with backend.exclusive(7) as units:
+                assert await units.insert_turns([turn(cid, 2)]) == []
+    finally:
+        await trio.to_thread.run_sync(
+            admin, kill_sessions(pg_url), f"DROP OWNED BY {role}", f"DROP ROLE {role}"
+        )
+
+
+async def test_an_idle_session_timeout_never_ends_a_connection_holding_a_lock(pg_url: str) -> None:
+    """A file's lock is held, its connection idle, while the file is copied: an operator's
+    idle_session_timeout would end it mid-call, every time the copy is slower."""
+    role, as_role = new_role(pg_url)
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    await trio.to_thread.run_sync(
+        admin,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}",
+        f"ALTER ROLE {role} SET idle_session_timeout = '100ms'",
+    )
+    try:
+        async with open_postgres(as_role) as backend:
+            await backend.migrate()
+            async with backend.exclusive(7) as units:
+                await trio.sleep(0.5)  # (the copy)
+                assert await units.insert_turns([turn(str(uuid.uuid4()), 1)]) == []
+    finally:
+        await trio.to_thread.run_sync(
+            admin, kill_sessions(pg_url), f"DROP OWNED BY {role}", f"DROP ROLE {role}"
+        )
 
 
 async def test_a_schema_horace_may_not_make_its_tables_in_is_said_plainly() -> None:
