@@ -29,12 +29,22 @@ class ConfigError(ValueError):
     pass
 
 
+# The longest duration taken (100 years): dates this far from now are still dates, in
+# Python and in both catalogs.
+MAX_DURATION_DAYS = 36500
+# The largest count taken: an integer that both catalogs store (PostgreSQL's integer).
+MAX_COUNT = 2**31 - 1
+
+
 def parse_duration(text: str, name: str) -> float:
     """Seconds from ``"30"``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"30d"``."""
     match = _DURATION.match(text)
     if not match:
         raise ConfigError(f"{name}={text!r}: expected a number of seconds or e.g. 15m, 12h, 30d")
-    return float(match[1]) * _UNITS[match[2]]
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise ConfigError(f"{name}={text!r}: must be at most {MAX_DURATION_DAYS}d (100 years)")
+    return seconds
 
 
 def _timeout(text: str, name: str) -> float:
@@ -45,13 +55,21 @@ def _timeout(text: str, name: str) -> float:
     return seconds
 
 
+def _interval(text: str, name: str) -> float:
+    """How often a periodic task runs: at least a second (0 would run it without pause)."""
+    seconds = parse_duration(text, name)
+    if seconds < 1:
+        raise ConfigError(f"{name}={text!r}: must be at least 1s")
+    return seconds
+
+
 def _count(text: str, name: str) -> int:
     try:
         number = int(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not an integer") from None
-    if number < 1:
-        raise ConfigError(f"{name}={text!r}: must be at least 1")
+    if not 1 <= number <= MAX_COUNT:
+        raise ConfigError(f"{name}={text!r}: must be at least 1 and at most {MAX_COUNT}")
     return number
 
 
@@ -148,8 +166,8 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "watch": (("HORACE_WATCH",), _switch),
     "watch_poll": (("HORACE_WATCH_POLL",), _switch),
     "watch_settle": (("HORACE_WATCH_SETTLE",), parse_duration),
-    "purge_interval": (("HORACE_PURGE_INTERVAL",), parse_duration),
-    "fsck_interval": (("HORACE_FSCK_INTERVAL",), parse_duration),
+    "purge_interval": (("HORACE_PURGE_INTERVAL",), _interval),
+    "fsck_interval": (("HORACE_FSCK_INTERVAL",), _interval),
     "host": (("HORACE_MCP_HOST",), _text),
     "port": (("HORACE_MCP_PORT",), _port),
     "auth_token": (("HORACE_AUTH_TOKEN",), _text),
@@ -166,7 +184,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "max_pending_reply_bytes_total": (("HORACE_MAX_PENDING_REPLY_BYTES_TOTAL",), _count),
     "idle_timeout": (("HORACE_IDLE_TIMEOUT",), _timeout),
     "send_timeout": (("HORACE_SEND_TIMEOUT",), _timeout),
-    "call_deadline": (("HORACE_CALL_DEADLINE",), parse_duration),
+    "call_deadline": (("HORACE_CALL_DEADLINE",), _timeout),
     "shutdown_grace": (("HORACE_SHUTDOWN_GRACE",), parse_duration),
     "godot_url": (("GODOT_URL", "GODOT_MCP_URL"), _websocket_url),
     "godot_tool": (("HORACE_GODOT_TOOL",), _text),

@@ -34,6 +34,7 @@ from test_server import http_get, serving, wait_idle
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
 from horace.model import ErrorCode, HoraceError, SearchPage
@@ -733,7 +734,6 @@ async def test_metadata_past_its_cap_is_refused(catalog: Catalog, files: Path) -
     catalog.policy = attrs.evolve(catalog.policy, max_metadata_bytes=2_000)
     write(files / "user/m.txt", "m")
     write(files / "user/n.txt", "n")
-    from horace.backends.records import FileChanges
     from horace.model import NewFile
 
     with pytest.raises(HoraceError) as refused:
@@ -778,6 +778,49 @@ def test_timeouts_must_be_positive() -> None:
     with pytest.raises(ConfigError):
         Settings.from_env({"HORACE_IDLE_TIMEOUT": "0"})
     assert Settings.from_env({"HORACE_SEND_TIMEOUT": "2m"}).send_timeout == 120
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("HORACE_VERSION_COUNT", "99999999999999999999999", "at most 2147483647"),
+        ("HORACE_VERSION_MIN_AGE", "99999999999999999d", "at most 36500d"),
+        ("HORACE_DELETED_RETENTION", "36501d", "at most 36500d"),
+        ("HORACE_FSCK_INTERVAL", "0", "at least 1s"),
+        ("HORACE_PURGE_INTERVAL", "0.5", "at least 1s"),
+        ("HORACE_CALL_DEADLINE", "0", "more than 0"),
+    ],
+)
+def test_values_past_what_a_setting_can_use_are_refused_at_start(
+    variable: str, value: str, said: str
+) -> None:
+    """Refused as it is read, not met later as an overflow in a write or a busy loop."""
+    with pytest.raises(ConfigError, match=f"{variable}=.*{said}"):
+        Settings.from_env({variable: value})
+
+
+async def test_the_largest_values_a_setting_takes_still_work(settings: Settings) -> None:
+    """Versions kept, their age and a deleted file's retention at their largest: a write,
+    a purge and a restore work (once an overflow of SQLite's INTEGER or of time_t)."""
+    largest = Settings.from_env(
+        {
+            "HORACE_VERSION_COUNT": str(2**31 - 1),
+            "HORACE_VERSION_MIN_AGE": "36500d",
+            "HORACE_DELETED_RETENTION": "36500d",
+            "HORACE_FSCK_INTERVAL": "1",
+        }
+    )
+    assert largest.version_count == 2**31 - 1 and largest.fsck_interval == 1.0
+    limits = {k: getattr(largest, k) for k in ("version_count", "version_min_age", "deleted_retention")}
+    async with open_catalog(attrs.evolve(settings, **limits), create=True) as catalog:
+        path = write(catalog.storage.files / "user/a.txt", "one")
+        file = (await catalog.register("user/a.txt")).file
+        write(path, "two")
+        assert (await catalog.update(file.id, FileChanges())).version_created
+        await catalog.restore(file.id, 1)
+        await catalog.delete(file.id)
+        await catalog.purge()
+        assert (await catalog.file(file.id)).current_version == 3
 
 
 # -- peak memory of a real server process ---------------------------------------------------
