@@ -140,12 +140,15 @@ def _collection(row: sqlite3.Row) -> Collection:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.row_factory = sqlite3.Row
+    conn = None
     try:
+        # (Some SQLite builds open the file here, others at the first statement.)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")  # the first statement that opens the file
     except sqlite3.DatabaseError as exc:
-        conn.close()
+        if conn is not None:
+            conn.close()
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
             raise UnusableURL(f"unusable database URL: sqlite://{path} is not an SQLite database") from None
         if not isinstance(exc, sqlite3.OperationalError):

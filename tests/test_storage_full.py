@@ -14,6 +14,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -141,3 +142,31 @@ def test_a_full_disk_under_the_catalog_is_storage_full_at_start(small_tmpfs: Pat
     filler.unlink()
     assert horace("info", "user/a.txt", env=env).returncode == 0
     assert (root / "files/user/a.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize("at", ["connect", "first statement"])
+def test_a_catalog_sqlite_cannot_open_is_unwritable_not_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """A folder this user may not write: some SQLite builds refuse the file as the
+    connection is made, others at its first statement; either is CatalogUnwritable
+    (STORAGE_ERROR, exit 8), never INTERNAL."""
+    import sqlite3
+
+    import horace.backends.sqlite as sqlite_backend
+    from horace.backends import CatalogUnwritable
+
+    real_connect = sqlite3.connect
+
+    class Refusing(sqlite3.Connection):
+        def execute(self, *args: Any) -> sqlite3.Cursor:
+            raise sqlite3.OperationalError("unable to open database file")
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        if at == "connect":
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(*args, **kwargs, factory=Refusing)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(CatalogUnwritable, match="cannot be opened for writing"):
+        sqlite_backend._connect(tmp_path / "catalog.db")
