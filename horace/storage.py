@@ -256,6 +256,8 @@ def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
             ) from None
         if exc.errno == errno.EISDIR:
             raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is a folder, not a file") from None
+        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # a socket, a device
+            raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file") from None
         raise
     try:
         st = os.fstat(fd)

@@ -389,6 +389,35 @@ async def test_restore_over_something_not_a_regular_file_changes_nothing(
     assert list(catalog.storage.tmp.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+async def test_a_fifo_or_socket_where_a_file_was_is_invalid_path_for_every_tool(
+    catalog: Catalog, files: Path, kind: str
+) -> None:
+    import socket
+
+    path = write(files / "user/z", "v1")
+    file = (await catalog.register("user/z")).file
+    path.unlink()
+    listener = None
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+    try:
+        with pytest.raises(HoraceError) as refused:
+            await catalog.register("user/z")
+        assert refused.value.code is ErrorCode.INVALID_PATH, refused.value
+        assert not (await catalog.update(file.id, FileChanges())).version_created
+        # What holds the path is not the file: it is gone, and what is there stays.
+        assert (await catalog.delete(file.id)).file.status is Status.DELETED
+        assert path.is_fifo() if kind == "fifo" else path.is_socket()
+        assert (await catalog.file(file.id)).current_version == 1
+    finally:
+        if listener is not None:
+            listener.close()
+
+
 def storage_temp_name(kind: str, pid: int, extra: str) -> str:
     from horace.storage import _HOST, TMP_PREFIX
 
