@@ -196,6 +196,10 @@ def _storage_full(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+class _NoFolderThere(NotADirectoryError):
+    """A file (not a symlink) where a folder of a path should be: the path names nothing."""
+
+
 class _Folders:
     """The folders of a batch of working files, each opened once, component by component
     with ``O_NOFOLLOW`` from ``files/`` (so a folder swapped for a symlink is refused, as
@@ -466,7 +470,12 @@ class Storage:
 
     @contextlib.contextmanager
     def _parent_fd(self, rel: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
-        """Open the folder holding *rel* without following any symlink on the way."""
+        """Open the folder holding *rel* without following any symlink on the way.
+
+        A symlink on the way is refused (``INVALID_PATH``: what it leads to is out of
+        reach, not gone). A file where a folder should be means *rel* names nothing:
+        ``NotADirectoryError``, as for a missing folder ``FileNotFoundError`` (with
+        *create*, when a folder cannot be made there, ``INVALID_PATH``)."""
         *dirs, name = rel.split("/")
         fd = os.open(self.files, _DIR_FLAGS)
         try:
@@ -479,11 +488,15 @@ class Storage:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=fd)
                     nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except NotADirectoryError:
+                    if create or stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise
+                    raise _NoFolderThere(errno.ENOTDIR, f"{part!r} on the way is not a folder") from None
                 os.close(fd)
                 fd = nxt
             yield fd, name
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not isinstance(exc, _NoFolderThere):
                 raise HoraceError(
                     ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlink or non-folder on the way"
                 ) from None
@@ -497,7 +510,7 @@ class Storage:
         try:
             with self._parent_fd(rel) as (dfd, name):
                 fd, st = _open_regular(dfd, name, rel)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
         try:
             yield fd, st

@@ -366,6 +366,23 @@ async def test_a_folder_moved_out_soft_deletes_its_files(watched: Watched, tmp_p
         await watched.wait_checksum(record.file_path, record.checksum, Status.DELETED)
 
 
+async def test_a_folder_replaced_by_a_file_of_its_name_deletes_its_files(watched: Watched) -> None:
+    """The folder's files are gone (their path can name nothing now): deleted, the file
+    catalogued in its place; nothing left to retry, the watcher healthy."""
+    folder = watched.files / "user/thing"
+    write(folder / "i1.txt", "in one")
+    inner = await watched.wait_checksum("user/thing/i1.txt", sha256("in one"))
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()
+    write(folder, "now a file")
+    await watched.wait_checksum("user/thing", sha256("now a file"))
+    await watched.wait_checksum("user/thing/i1.txt", inner.checksum, Status.DELETED)
+    await quiet(watched.running)
+    state = (await health(watched.running))["watcher"]
+    assert state["ok"] and not state.get("failing_paths"), state
+
+
 async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> None:
     path = watched.files / "shared/notes.txt"
     write(path, "notes v1")
