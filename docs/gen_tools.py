@@ -118,8 +118,10 @@ NOTES = {
     "horace_diff_versions": "Both versions are read from the object store (and checked against "
     "their checksums), each at most `HORACE_MAX_READ_BYTES` (else `INVALID_ARGUMENT`). Text is "
     "UTF-8 without NUL bytes; the diff has 3 lines of context.",
-    "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `working_missing`, "
-    "`working_modified`; `version` is null for working-file problems. With a `progressToken` in "
+    "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `no_versions`, "
+    "`working_missing`, `working_modified`, `working_unreadable` (its folder, or itself), "
+    "`working_refused` (there, but not catalogable as it is: hard linked, a FIFO; its changes "
+    "are not versioned); `version` is null for file problems. With a `progressToken` in "
     "`_meta`, `notifications/progress` are sent while it runs.",
     "horace_scan": "`skipped` lists names that can never be catalogued (not UTF-8, `.horace`, or "
     "in Horace's reserved `.horace-tmp-` form), each with why. Files that could not be taken are "

@@ -580,26 +580,29 @@ async def verify(
             detail = "the file has no version rows (horace fsck --repair records its content again)"
             problems.append(Problem("no_versions", f.id, f.file_path, None, detail))
         if f.status is Status.ACTIVE:
-            kind = await in_thread(_working_problem, catalog.storage, f)
-            if kind is not None:
-                detail = {
-                    "working_missing": "the working copy is missing",
-                    "working_unreadable": "the working copy cannot be read (its folder, or itself)",
-                }.get(kind, "the working copy differs from the current version (not yet versioned)")
-                problems.append(Problem(kind, f.id, f.file_path, None, detail))
+            found = await in_thread(_working_problem, catalog.storage, f)
+            if found is not None:
+                problems.append(Problem(found[0], f.id, f.file_path, None, found[1]))
         if progress:
             progress(done, total)
     return VerifyReport(len(files), len(checked), tuple(problems))
 
 
-def _working_problem(storage: Storage, file: FileRecord) -> str | None:
+def _working_problem(storage: Storage, file: FileRecord) -> tuple[str, str] | None:
+    """What is wrong with *file*'s working copy, and said how; None when nothing."""
     try:
         digest = storage.hash_working(file.file_path, check_cancelled)
-    except HoraceError:
-        return "working_missing"
+    except HoraceError as exc:
+        if exc.code is ErrorCode.FILE_NOT_FOUND:
+            return "working_missing", "the working copy is missing"
+        # There, but not to be catalogued as it is (hard linked, a FIFO, a symlink on the
+        # way): its changes are not versioned until that changes.
+        return "working_refused", f"the working copy is not catalogable: {exc.message}"
     except OSError:  # its folder, or itself, unreadable: not missing, not checked
-        return "working_unreadable"
-    return None if digest == file.checksum else "working_modified"
+        return "working_unreadable", "the working copy cannot be read (its folder, or itself)"
+    if digest == file.checksum:
+        return None
+    return "working_modified", "the working copy differs from the current version (not yet versioned)"
 
 
 # -- objects nobody refers to ----------------------------------------------------------------

@@ -267,10 +267,14 @@ class Watcher:
         if exc.code is ErrorCode.FILE_LOCKED:  # written to while we read it: later
             self.counts.retried += 1
             self.schedule(rel)
-        elif exc.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH):
-            # Gone, or never to be catalogued as it is: an event brings it back if that changes.
+        elif exc.code is ErrorCode.FILE_NOT_FOUND:  # gone: an event brings it back if it comes
             self._failing.pop(rel, None)
             log.debug("watch: skipped %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
+        elif exc.code is ErrorCode.INVALID_PATH:
+            # Not to be catalogued as it is (hard linked, say): said once, listed among the
+            # skipped names of /health; an event about it takes it again.
+            self._failing.pop(rel, None)
+            self._skip(exc.message)
         else:
             self._failed(rel, exc.message, correlation_id)
 

@@ -17,6 +17,7 @@ from helpers import write
 from soundness import assert_sound
 
 from horace.catalog import Catalog
+from horace.fsck import verify
 from horace.model import ErrorCode, HoraceError
 from horace.storage import Storage
 
@@ -85,6 +86,20 @@ async def test_hard_links_are_refused(catalog: Catalog, files: Path, tmp_path: P
         p.read_text(errors="replace") for p in catalog.storage.objects.rglob("*") if p.is_file()
     )
     await assert_sound(catalog)
+
+
+async def test_verify_says_a_catalogued_file_that_gained_a_hard_link_is_refused_not_missing(
+    catalog: Catalog, files: Path, tmp_path: Path
+) -> None:
+    path = write(files / "user/doc.txt", "mine")
+    await catalog.register("user/doc.txt")
+    (tmp_path / "backup").mkdir()
+    os.link(path, tmp_path / "backup/doc.txt")
+    (problem,) = (await verify(catalog)).problems
+    assert problem.kind == "working_refused" and "hard links" in problem.detail, problem
+    path.unlink()
+    (problem,) = (await verify(catalog)).problems
+    assert problem.kind == "working_missing", problem
 
 
 async def test_a_file_that_turns_into_a_folder_mid_call_is_refused(

@@ -383,6 +383,25 @@ async def test_a_folder_replaced_by_a_file_of_its_name_deletes_its_files(watched
     assert state["ok"] and not state.get("failing_paths"), state
 
 
+async def test_a_catalogued_file_that_gains_a_hard_link_is_listed_as_skipped(
+    watched: Watched, tmp_path: Path
+) -> None:
+    """Its changes are no longer versioned (another link could change it from outside):
+    said once, and listed among the skipped names of /health, not passed over in silence."""
+    path = watched.files / "user/linked.txt"
+    write(path, "one link")
+    await watched.wait_checksum("user/linked.txt", sha256("one link"))
+    (tmp_path / "backup").mkdir()
+    os.link(path, tmp_path / "backup/linked.txt")
+    write(path, "two links")  # (in place: both names see it)
+
+    async def listed() -> list[str] | None:
+        names = (await health(watched.running))["watcher"]["skipped_names"]
+        return names if any("user/linked.txt" in n and "hard links" in n for n in names) else None
+
+    await eventually(listed, "the hard-linked file listed as skipped")
+
+
 async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> None:
     path = watched.files / "shared/notes.txt"
     write(path, "notes v1")
