@@ -50,6 +50,23 @@ from horace.storage import STORAGE_ERRNOS, StorageUnusable
 T = TypeVar("T")
 
 
+class _Moment(click.ParamType):
+    """An ISO 8601 date or date and time, with a zone (``Z``, ``+02:00``) or without one."""
+
+    name = "datetime"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date or time (e.g. 2026-01-31 or 2026-01-31T12:00:00Z)")
+
+
+MOMENT = _Moment()
+
+
 class Exit(enum.IntEnum):
     OK = 0
     FOUND = 1  # the command finished and found problems (verify, scan errors, fsck repaired all)
@@ -342,8 +359,8 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 @click.option("--type", "file_type", help="MIME type (image/*) or extension.")
 @click.option("--min-size", type=click.IntRange(0, INT64_MAX))
 @click.option("--max-size", type=click.IntRange(0, INT64_MAX))
-@click.option("--created-after", type=click.DateTime())
-@click.option("--created-before", type=click.DateTime())
+@click.option("--created-after", type=MOMENT, help="ISO 8601; local time when no zone is given.")
+@click.option("--created-before", type=MOMENT, help="ISO 8601; local time when no zone is given.")
 @click.option("--checksum")
 @click.option("--correlation-id")
 @click.option("--status", type=click.Choice([*(s.value for s in Status), "all"]), default="active")
@@ -390,7 +407,7 @@ def search(
 
 
 def _aware(moment: datetime | None) -> datetime | None:
-    return moment.astimezone() if moment is not None else None
+    return moment.astimezone() if moment is not None else None  # (naive: local time)
 
 
 @cli.command()
@@ -612,7 +629,7 @@ def migrate(ctx: click.Context) -> None:
 _LOG_LEVEL = click.option(
     "--log-level",
     default="INFO",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="The least level logged on stderr (one JSON object a line).",
 )
 

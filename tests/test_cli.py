@@ -408,3 +408,20 @@ def test_migrate_makes_the_schema_ahead_of_any_store(tmp_path: Path, database_ur
     assert json.loads(done.stdout)["schema_version"] >= 2
     assert not (tmp_path / "not-yet").exists()
     assert horace("init", env=env).returncode == 0  # and the store binds to it afterwards
+
+
+def test_search_takes_iso_8601_moments_with_or_without_a_zone(store: tuple[Path, dict[str, str]]) -> None:
+    root, env = store
+    (root / "files/user/a.txt").write_text("a")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+
+    def found(*args: str) -> int:
+        done = horace("search", "--json", *args, env=env)
+        assert done.returncode == 0, done.stderr
+        return int(json.loads(done.stdout)["total_count"])
+
+    assert found("--created-after", "2020-01-01T00:00:00Z") == 1
+    assert found("--created-after", "2020-01-01") == 1
+    assert found("--created-before", "2020-01-01T00:00:00+02:00") == 0
+    assert found("--created-after", "2999-01-01T00:00:00-05:00") == 0
+    one_line_error(horace("search", "--created-after", "yesterday", env=env), Exit.USAGE, "ISO 8601")
