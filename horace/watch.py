@@ -242,7 +242,12 @@ class Watcher:
                 await self._settle(rel)
             if self._new:
                 await self._register_new()
-            await self._expire_vanished()
+            # A vanished file is deleted only once every path due has been looked at: one
+            # of them may be where it went (a folder renamed again while the files of its
+            # first rename were still being taken). Under a steady overload that delays
+            # deletes; it never loses a file's history.
+            if not any(due <= trio.current_time() for due in self._due.values()):
+                await self._expire_vanished()
             upcoming = [*self._due.values(), *(since + self.settle for since in self._vanished.times())]
             self._wakeup = trio.Event()
             with trio.move_on_at(min(upcoming) if upcoming else now + 3600):

@@ -331,6 +331,39 @@ async def test_rename_of_a_folder_keeps_every_files_id(watched: Watched) -> None
     assert not any(p.startswith("user/project/") for p in await watched.catalogued_paths())
 
 
+async def test_a_folder_renamed_again_while_its_first_rename_is_taken_keeps_every_files_id(
+    watched: Watched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second rename comes while the files of the first are still being taken (slowed
+    here): those not yet reached vanish from their first new path too. Every file is
+    followed to its last path, none deleted and registered anew."""
+    folder = watched.files / "user/mv/a"
+    names = [f"{i % 5}/m{i}.txt" for i in range(60)]
+    for name in names:
+        write(folder / name, f"content of {name}")
+    before = {
+        name: await watched.wait_checksum(f"user/mv/a/{name}", sha256(f"content of {name}")) for name in names
+    }
+    real_take = Watcher._take
+
+    async def slow_take(self: Watcher, rel: str, correlation_id: str) -> bool:
+        await trio.sleep(0.03)
+        return await real_take(self, rel, correlation_id)
+
+    monkeypatch.setattr(Watcher, "_take", slow_take)
+    os.rename(folder, watched.files / "user/mv/b")
+    await trio.sleep(SETTLE + 0.5)  # the first rename's files being taken, one by one
+    os.rename(watched.files / "user/mv/b", watched.files / "shared/c")
+    for name, record in before.items():
+        moved = await watched.wait_checksum(f"shared/c/{name}", record.checksum)
+        assert moved.id == record.id, name
+    await quiet(watched.running)
+    moved = [
+        f for f in await watched.catalog.backend.all_files() if "/mv/" in f.file_path or "/c/" in f.file_path
+    ]
+    assert len(moved) == len(names) and all(f.status is Status.ACTIVE for f in moved), moved
+
+
 async def test_a_folder_renamed_as_a_file_of_its_content_is_deleted_keeps_each_history(
     watched: Watched,
 ) -> None:
