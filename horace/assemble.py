@@ -73,6 +73,14 @@ async def open_catalog(
                 f"{storage.root} is inside the store at {outer}: a store there would be "
                 "catalogued as that store's files; choose a folder outside it"
             )
+        beside = storage.root.absolute().parent
+        if await in_thread(Storage(beside).looks_like_a_store):
+            # (`horace serve` run in a store's own folder: ./horace-data there is a slip.)
+            raise StorageUnusable(
+                f"{storage.root.absolute()} would be a new store in the folder of the store at "
+                f"{beside}: to use that store, run with --storage {beside} (HORACE_STORAGE_PATH), "
+                "or from its parent folder"
+            )
     made = create and not state.exists
     present = await in_thread(storage.layout_present) if made else set()
     async with AsyncExitStack() as stack:

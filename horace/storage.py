@@ -376,6 +376,10 @@ class Storage:
             True, store_id, catalog_url, has_objects, place if isinstance(place, str) else None, own
         )
 
+    def looks_like_a_store(self) -> bool:
+        """Whether the root holds a store's two folders (``.horace/`` and ``files/``)."""
+        return self.private.is_dir() and self.files.is_dir()
+
     def enclosing_store(self) -> Path | None:
         """The store whose ``files/`` (or ``.horace/``) folder holds this root, if any: a
         store made there would be catalogued, object by object, as that store's files."""

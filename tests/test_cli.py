@@ -214,6 +214,11 @@ def test_a_store_inside_another_stores_folders_is_refused(store: tuple[Path, dic
         assert not inner.exists()
     one_line_error(horace("init", cwd=root / "files/gates"), Exit.CONFIG, "inside the store at")
     assert not (root / "files/gates/horace-data").exists()
+    # Run in the store's own folder, the default ./horace-data would be a new store in it.
+    for command in (["init"], ["serve", "--port", "0"]):
+        line = one_line_error(horace(*command, cwd=root), Exit.CONFIG, "in the folder of the store at")
+        assert f"--storage {root}" in line
+        assert not (root / "horace-data").exists()
 
 
 def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
