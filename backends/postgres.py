@@ -1187,7 +1187,7 @@ class _Hop:
                 raise BackendUnavailable(refused) from None
             if _is_unavailable(exc):
                 detail = str(exc) or type(exc).__name__
-                if _DETACHED in detail:
+                if _DETACHED in detail or _is_stale(exc):  # (asyncpg's words for it)
                     detail = "its connection was lost"
                 raise BackendUnavailable(f"PostgreSQL at {self.where} is unavailable: {detail}") from exc
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):

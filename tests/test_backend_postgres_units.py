@@ -1531,3 +1531,17 @@ async def test_a_connection_dropped_while_idle_costs_no_unit() -> None:
     lost = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
     with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):  # it may have run: not again
         await _PoolSource(Pool(Conn(lost), Conn(None)), hop).run(unit)  # type: ignore[arg-type]
+
+
+async def test_a_connection_the_server_dropped_is_said_plainly(pg_url: str) -> None:
+    """asyncpg's words for a dropped connection ("cannot switch to state ...") are its
+    internals: the message says the connection was lost."""
+
+    async def dropped() -> None:
+        raise asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        )
+
+    async with open_postgres(pg_url) as backend:
+        with pytest.raises(BackendUnavailable, match=r"is unavailable: its connection was lost$"):
+            await backend._hop(dropped)
