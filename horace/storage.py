@@ -734,6 +734,41 @@ class Storage:
         except HoraceError:
             return False
 
+    @contextlib.contextmanager
+    def _no_writer_comes(self, dfd: int, name: str) -> Iterator[Callable[[], bool]]:
+        """Hold a read lease on the file at *name* while it is moved or swapped away:
+        ``FILE_LOCKED`` when a process has it open for writing already; the function
+        yielded says afterwards whether one tried to open it meanwhile. (Its open waits
+        for the lease, on the file it found at *name*: the caller puts that file back,
+        and the writer's write lands where it meant it to.) Where leases are not
+        supported, or nothing is at *name*, nobody is seen coming."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+        except OSError:
+            yield lambda: False  # nothing there (or nothing a writer could open as a file)
+            return
+        try:
+            leased = False
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)  # (see is_being_written)
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+                    leased = True
+                except BlockingIOError:
+                    raise HoraceError(
+                        ErrorCode.FILE_LOCKED,
+                        f"{name!r} is open for writing by another process: try again once it is closed",
+                    ) from None
+                except OSError:
+                    pass  # leases not supported here
+
+            def writer_came() -> bool:
+                return leased and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
+
+            yield writer_came
+        finally:
+            os.close(fd)  # (releases the lease: the waiting open goes on)
+
     def _copy_to_temp(self, src: int, check_cancelled: CheckCancelled, size_hint: int) -> Staged:
         tmp_path = self.tmp / temp_name(TempKind.STAGE)
         dst = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
@@ -937,8 +972,16 @@ class Storage:
         written = FileIdentity.of(os.stat(held, follow_symlinks=False))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
-            with self._parent_fd(rel, create=True) as (dfd, name):
+            with self._parent_fd(rel, create=True) as (dfd, name), self._no_writer_comes(dfd, name) as came:
                 swapped = self._swap_in(tmp_fd, held.name, dfd, name, expected)
+                if swapped and came():
+                    # A writer opened the file being swapped out: it goes back, with the
+                    # writer's write to come, and the restore is to be tried again.
+                    _renameat2(tmp_fd, held.name, dfd, name, _RENAME_EXCHANGE)
+                    raise HoraceError(
+                        ErrorCode.FILE_LOCKED,
+                        f"{rel!r} was opened for writing by another process meanwhile: try again",
+                    )
                 os.fsync(dfd)
             os.fsync(tmp_fd)
         except BaseException:
@@ -1023,7 +1066,17 @@ class Storage:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
                     return None
-                os.rename(name, held.name, src_dir_fd=dfd, dst_dir_fd=tmp_fd)
+                with self._no_writer_comes(dfd, name) as came:
+                    os.rename(name, held.name, src_dir_fd=dfd, dst_dir_fd=tmp_fd)
+                    if came():  # a writer opened it meanwhile: back it goes
+                        try:
+                            _rename_noreplace(tmp_fd, held.name, dfd, name)
+                        except FileExistsError:  # (a file made there meanwhile: beside it)
+                            self.put_back(held, rel)
+                        raise HoraceError(
+                            ErrorCode.FILE_LOCKED,
+                            f"{rel!r} was opened for writing by another process meanwhile: try again",
+                        )
                 os.fsync(dfd)
             os.fsync(tmp_fd)
         except (FileNotFoundError, NotADirectoryError):

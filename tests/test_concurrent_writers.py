@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from helpers import write
 from soundness import assert_sound
 
 from horace.assemble import open_catalog
+from horace.backends.records import FileChanges
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import ErrorCode, HoraceError
@@ -109,9 +111,9 @@ async def test_a_save_just_before_restore_swaps_is_kept_as_a_version(
     edit = write(path, os.urandom(BIG)).read_bytes()  # not versioned yet
     saved: list[str | None] = []
     token = trio.lowlevel.current_trio_token()
-    _at_step(
+    _at_step(  # (the last step before the swap, the working file's lease not yet taken)
         monkeypatch,
-        "_swap_in",
+        "_no_writer_comes",
         lambda: saved.append(trio.from_thread.run(replacer.save, path, 2_000_000, how, trio_token=token)),
     )
     done = await catalog.restore(file.id, 1)
@@ -121,6 +123,54 @@ async def test_a_save_just_before_restore_swaps_is_kept_as_a_version(
     # v1, the unsaved edit (preserved), the other program's save (displaced), the restore.
     assert history == [sha(first), sha(edit), saved[0], sha(first)], history
     assert done.version.restored_from_version == 1 and done.file.checksum == sha(first)
+    await assert_sound(catalog)
+
+
+PEER = (
+    "import os, sys, time; fd = os.open(sys.argv[1], os.O_WRONLY); print('opened', flush=True); "
+    "time.sleep(float(sys.argv[2])); os.ftruncate(fd, 0); os.write(fd, b'PEER WRITE'); os.close(fd)"
+)
+
+
+@pytest.mark.parametrize(
+    ("operation", "when"),
+    [("restore", "after the look"), ("delete", "after the look"), ("restore", "during the swap")],
+)
+async def test_a_writer_that_opens_the_file_while_it_is_being_replaced_keeps_its_write(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, operation: str, when: str
+) -> None:
+    """A writer opens the working file after the call looked at it (during a restore's
+    copy, say), or while it is being swapped out: moved from under the writer, the file
+    would take the write out of files/, and lose it. The call is refused (FILE_LOCKED),
+    and the write lands in the working file (an open during the swap waits on Horace's
+    lease, and then finds its file back in place)."""
+    path = files / "user/big.bin"
+    write(path, os.urandom(BIG))
+    file = (await catalog.register("user/big.bin")).file
+    write(path, b"v2")
+    await catalog.update(file.id, FileChanges())
+    peers: list[subprocess.Popen[str]] = []
+
+    def peer_opens() -> None:
+        pause = "0.3" if when == "after the look" else "0"
+        peer = subprocess.Popen(
+            [sys.executable, "-c", PEER, str(path), pause], stdout=subprocess.PIPE, text=True
+        )
+        peers.append(peer)
+        if when == "after the look":
+            assert peer.stdout is not None and peer.stdout.readline() == "opened\n"
+        else:
+            time.sleep(1.0)  # its open is under way, waiting on the lease
+
+    _at_step(monkeypatch, "_no_writer_comes" if when == "after the look" else "_swap_in", peer_opens)
+    with pytest.raises(HoraceError) as refused:
+        await (catalog.restore(file.id, 1) if operation == "restore" else catalog.delete(file.id))
+    assert refused.value.code is ErrorCode.FILE_LOCKED, refused.value
+    monkeypatch.undo()
+    assert peers[0].wait(10) == 0
+    assert path.read_bytes() == b"PEER WRITE"
+    assert (await catalog.update(file.id, FileChanges())).version_created
+    assert (await catalog.file(file.id)).checksum == sha(b"PEER WRITE")
     await assert_sound(catalog)
 
 
