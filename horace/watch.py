@@ -97,6 +97,7 @@ class Watcher:
         self._copy_of: dict[str, str] = {}  # path -> the id of the file whose copy it is
         self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
         self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
+        self._refused: dict[str, str] = {}  # path -> why it may not be catalogued as it is
         self._feed: ChangeFeed | None = None
 
     @property
@@ -164,8 +165,9 @@ class Watcher:
         if not change.gone:
             inside = await in_thread(self._folder_files, change.path, rel)
             if inside is not None:
-                # A new folder: its files may have been written before the watch saw it.
-                for found in inside:
+                # A new folder: its files may have been written before the watch saw it;
+                # and it may have taken a catalogued file's place (then deleted).
+                for found in [*inside, rel]:
                     self.schedule(found)
                 return
         self.schedule(rel)
@@ -274,11 +276,13 @@ class Watcher:
             self.schedule(rel)
         elif exc.code is ErrorCode.FILE_NOT_FOUND:  # gone: an event brings it back if it comes
             self._failing.pop(rel, None)
+            self._no_longer_refused(rel)
             log.debug("watch: skipped %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
         elif exc.code is ErrorCode.INVALID_PATH:
             # Not to be catalogued as it is (hard linked, say): said once, listed among the
-            # skipped names of /health; an event about it takes it again.
+            # skipped names of /health until it is taken; an event about it takes it again.
             self._failing.pop(rel, None)
+            self._refused[rel] = exc.message
             self._skip(exc.message)
         else:
             self._failed(rel, exc.message, correlation_id)
@@ -300,7 +304,13 @@ class Watcher:
             extra={"correlation_id": correlation_id},
         )
 
+    def _no_longer_refused(self, rel: str) -> None:
+        refused = self._refused.pop(rel, None)
+        if refused is not None:
+            self.skipped.pop(refused, None)
+
     def _taken(self, rel: str) -> None:
+        self._no_longer_refused(rel)
         failures = self._failing.pop(rel, None)
         if failures is not None:
             log.info("watch: %s taken after %d failure%s", rel, failures, "s" * (failures > 1))
@@ -317,7 +327,12 @@ class Watcher:
             # (_expire_vanished says when it is done).
             return not await self._vanish(rel)
         if not stat.S_ISREG(st.st_mode):
-            return True  # symlinks and special files are never catalogued
+            # Symlinks, folders and special files are never catalogued; one where a
+            # catalogued file was means that file is gone.
+            record = await self.catalog.backend.file_by_path(rel)
+            if record is not None and record.status is Status.ACTIVE:
+                return not await self._vanish(rel)
+            return True
         if await in_thread(storage.is_being_written, rel) or _age(st) < self.settle:
             self.counts.retried += 1
             self.schedule(rel)

@@ -416,6 +416,28 @@ async def test_a_folder_replaced_by_a_file_of_its_name_deletes_its_files(watched
     assert state["ok"] and not state.get("failing_paths"), state
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
+async def test_a_catalogued_file_replaced_by_a_folder_or_special_file_is_deleted(
+    watched: Watched, kind: str
+) -> None:
+    path = watched.files / "user/x"
+    write(path, "one")
+    record = await watched.wait_checksum("user/x", sha256("one"))
+    path.unlink()
+    if kind == "folder":
+        write(path / "i.txt", "inside")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("elsewhere")
+    await watched.wait_checksum("user/x", record.checksum, Status.DELETED)
+    if kind == "folder":
+        await watched.wait_checksum("user/x/i.txt", sha256("inside"))
+    await quiet(watched.running)
+    state = (await health(watched.running))["watcher"]
+    assert state["ok"] and not state.get("failing_paths"), state
+
+
 async def test_a_catalogued_file_that_gains_a_hard_link_is_listed_as_skipped(
     watched: Watched, tmp_path: Path
 ) -> None:
@@ -433,6 +455,11 @@ async def test_a_catalogued_file_that_gains_a_hard_link_is_listed_as_skipped(
         return names if any("user/linked.txt" in n and "hard links" in n for n in names) else None
 
     await eventually(listed, "the hard-linked file listed as skipped")
+    (tmp_path / "backup/linked.txt").unlink()
+    write(path, "one link again")
+    await watched.wait_checksum("user/linked.txt", sha256("one link again"))
+    names = (await health(watched.running))["watcher"]["skipped_names"]
+    assert not [n for n in names if "user/linked.txt" in n], names
 
 
 async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> None:
