@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -59,9 +59,13 @@ class _Moment(click.ParamType):
         if isinstance(value, datetime):
             return value
         try:
-            return datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             self.fail(f"{value!r} is not an ISO 8601 date or time (e.g. 2026-01-31 or 2026-01-31T12:00:00Z)")
+        try:  # without a zone, UTC, as the tool reads it
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except (OverflowError, ValueError):
+            self.fail(f"{value!r} is outside the years 1 to 9999 in UTC")
 
 
 MOMENT = _Moment()
@@ -359,8 +363,8 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 @click.option("--type", "file_type", help="MIME type (image/*) or extension.")
 @click.option("--min-size", type=click.IntRange(0, INT64_MAX))
 @click.option("--max-size", type=click.IntRange(0, INT64_MAX))
-@click.option("--created-after", type=MOMENT, help="ISO 8601; local time when no zone is given.")
-@click.option("--created-before", type=MOMENT, help="ISO 8601; local time when no zone is given.")
+@click.option("--created-after", type=MOMENT, help="ISO 8601; UTC when no zone is given.")
+@click.option("--created-before", type=MOMENT, help="ISO 8601; UTC when no zone is given.")
 @click.option("--checksum")
 @click.option("--correlation-id")
 @click.option("--status", type=click.Choice([*(s.value for s in Status), "all"]), default="active")
@@ -387,8 +391,8 @@ def search(
             status=None if status == "all" else Status(status),
             sort_by=SortKey(sort_by),
             order=Order(order),
-            created_after=_aware(created_after),
-            created_before=_aware(created_before),
+            created_after=created_after,
+            created_before=created_before,
         ),
         **filters,  # the remaining flags are named as the query's fields
     )
@@ -404,10 +408,6 @@ def search(
             ]
         ),
     )
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment.astimezone() if moment is not None else None  # (naive: local time)
 
 
 @cli.command()

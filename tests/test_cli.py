@@ -430,3 +430,5 @@ def test_search_takes_iso_8601_moments_with_or_without_a_zone(store: tuple[Path,
     assert found("--created-before", "2020-01-01T00:00:00+02:00") == 0
     assert found("--created-after", "2999-01-01T00:00:00-05:00") == 0
     one_line_error(horace("search", "--created-after", "yesterday", env=env), Exit.USAGE, "ISO 8601")
+    for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        one_line_error(horace("search", "--created-after", edge, env=env), Exit.USAGE, "years 1 to 9999")
