@@ -1632,6 +1632,12 @@ async def _give_back(pool: Any, conn: Conn, keys: Sequence[int] | None) -> None:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
             elif keys:
                 await conn.execute(_UNLOCKS, list(keys))
+    except Exception as exc:
+        # The block's work is done (its units said how it went); what is left is ending
+        # the session, which ends its locks: no error of the block's.
+        log.warning("PostgreSQL: a session's locks could not be released (%s): it is ended instead", exc)
+        if _still_open(conn):
+            conn.terminate()
     except BaseException:
         if _still_open(conn):
             conn.terminate()

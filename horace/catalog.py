@@ -808,11 +808,20 @@ class Catalog:
             if not had_working:
                 await in_thread(self.storage.withdraw_working, rel, current.id, restored_checksum)
             elif await in_thread(self.storage.holds_file, rel, written):
+                # (Checked to its ctime above; the swap checks what a rename leaves alike.)
+                examined = attrs.evolve(written, ctime_ns=None)
                 _, displaced = await in_thread(
-                    self.storage.replace_working, rel, current.checksum, current.id, written
+                    self.storage.replace_working, rel, current.checksum, current.id, examined
                 )
                 if displaced is not None:  # written to between the look and the swap
                     await in_thread(self.storage.put_back, displaced, rel)
+            else:
+                log.warning(
+                    "%r was written to after the restore wrote it: left as it is, for the next "
+                    "scan to record",
+                    rel,
+                    extra={"file_id": current.id},
+                )
         except Exception as exc:
             log.error(
                 "%r: the restored content could not be taken back after the restore failed (%s); "

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import attrs
 from attrs import frozen
 
 from horace.backends.records import WorkingStat
@@ -126,10 +127,17 @@ class FileIdentity:
     inode: int
     size: int
     mtime_ns: int
+    # Only for a file Horace wrote and did not rename since (a rename moves ctime): a
+    # writer can set mtime back, not ctime.
+    ctime_ns: int | None = None
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileIdentity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    def exact(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def working_stat(st: os.stat_result, recorded_ns: int) -> WorkingStat:
@@ -982,6 +990,10 @@ class Storage:
                         ErrorCode.FILE_LOCKED,
                         f"{rel!r} was opened for writing by another process meanwhile: try again",
                     )
+                in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                # Its ctime as it landed; a file already written to is no longer ours.
+                exact = FileIdentity.exact(in_place)
+                written = exact if FileIdentity.of(in_place) == written else attrs.evolve(exact, ctime_ns=-1)
                 os.fsync(dfd)
             os.fsync(tmp_fd)
         except BaseException:
@@ -998,10 +1010,13 @@ class Storage:
         return written, held
 
     def holds_file(self, rel: str, expected: FileIdentity) -> bool:
-        """Whether *rel* is still the file *expected* names, unchanged."""
+        """Whether *rel* is still the file *expected* names, unchanged (its ctime too,
+        when *expected* has one)."""
         try:
             with self._parent_fd(rel) as (dfd, name):
-                return FileIdentity.of(os.stat(name, dir_fd=dfd, follow_symlinks=False)) == expected
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                found = FileIdentity.of(st) if expected.ctime_ns is None else FileIdentity.exact(st)
+                return found == expected
         except (FileNotFoundError, NotADirectoryError, HoraceError):
             return False
 

@@ -1001,6 +1001,27 @@ async def test_a_connection_lost_inside_an_exclusive_block_is_backend_unavailabl
             assert await units.file_by_path("x") is None
 
 
+async def test_a_block_whose_work_is_done_ends_well_when_its_lock_cannot_be_released(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session is lost at the unlock, after the block's last unit (a restore recorded):
+    the work stands, and the block's end is no error (the session's end released its
+    lock), so no caller is told its recorded work failed."""
+    import horace.backends.postgres as postgres_backend
+
+    cid = str(uuid.uuid4())
+    async with open_postgres(pg_url, max_connections=2) as backend:
+        await backend.migrate()
+        monkeypatch.setattr(  # the unlock meets its session's end
+            postgres_backend, "_UNLOCKS", "SELECT pg_terminate_backend(pg_backend_pid()), $1::bigint[]"
+        )
+        async with backend.exclusive(7) as units:
+            assert await units.insert_turns([turn(cid, 1)]) == []
+        monkeypatch.undo()
+        async with backend.exclusive(7) as units:  # the lock went with the session
+            assert await units.insert_turns([turn(cid, 1)]) == []  # (stored once: the same turn)
+
+
 async def test_a_connection_lost_with_nobody_waiting_on_it_does_not_end_the_backend(
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

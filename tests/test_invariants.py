@@ -234,6 +234,34 @@ async def test_a_restore_whose_record_fails_takes_its_write_back(
     assert not [v for v in versions if v.restored_from_version]
 
 
+async def test_a_restore_whose_record_fails_leaves_a_writers_edit_alone(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer edits the restored file in place (same size, its mtime set back) before
+    the record fails: the file is the writer's, and is not taken back."""
+    path = write(files / "user/a.txt", "version one")
+    file = (await catalog.register("user/a.txt")).file
+    write(path, "version two")
+    await catalog.update(file.id, FileChanges())
+    real_commit = Catalog._commit_version
+
+    async def edited_then_fails(self: Catalog, db: Any, f: Any, new: Any, *args: Any) -> Any:
+        if new.restored_from_version is None:
+            return await real_commit(self, db, f, new, *args)
+        before = path.stat()
+        with path.open("r+") as edit:
+            edit.write("VERSION")  # same size
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        raise HoraceError(ErrorCode.STORAGE_FULL, "the catalog's disk is full")
+
+    monkeypatch.setattr(Catalog, "_commit_version", edited_then_fails)
+    with pytest.raises(HoraceError):
+        await catalog.restore(file.id, 1)
+    monkeypatch.undo()
+    assert path.read_text() == "VERSION one"
+    assert any("written to after the restore wrote it" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     ("how", "damage"),
     [
