@@ -21,7 +21,7 @@ from horace.backends import url_problem
 from horace.backends.records import Retention
 from horace.redact import redact_url
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")  # ASCII digits only
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -55,6 +55,18 @@ def _timeout(text: str, name: str) -> float:
     return seconds
 
 
+MAX_SINK_LINGER = 60.0  # seconds a sink may wait to gather a batch
+
+
+def _linger(text: str, name: str) -> float:
+    """How long a sink gathers a batch: at most a minute (what it holds meanwhile is
+    what a crash loses)."""
+    seconds = parse_duration(text, name)
+    if seconds > MAX_SINK_LINGER:
+        raise ConfigError(f"{name}={text!r}: must be at most {MAX_SINK_LINGER:g}s")
+    return seconds
+
+
 def _interval(text: str, name: str) -> float:
     """How often a periodic task runs: at least a second (0 would run it without pause)."""
     seconds = parse_duration(text, name)
@@ -65,6 +77,8 @@ def _interval(text: str, name: str) -> float:
 
 def _count(text: str, name: str) -> int:
     try:
+        if not text.strip().isascii():  # (int() would take other scripts' digits too)
+            raise ValueError(text)
         number = int(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not an integer") from None
@@ -197,9 +211,9 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "sink_queue": (("HORACE_SINK_QUEUE",), _count),
     "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _count),
     "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
-    "sink_linger": (("HORACE_SINK_LINGER",), parse_duration),
-    "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), parse_duration),
-    "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), parse_duration),
+    "sink_linger": (("HORACE_SINK_LINGER",), _linger),
+    "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), _timeout),
+    "sink_backoff_cap": (("HORACE_SINK_BACKOFF_CAP",), _timeout),
     "sink_process": (("HORACE_SINK_PROCESS",), _switch),
 }
 

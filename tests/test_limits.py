@@ -789,6 +789,11 @@ def test_timeouts_must_be_positive() -> None:
         ("HORACE_FSCK_INTERVAL", "0", "at least 1s"),
         ("HORACE_PURGE_INTERVAL", "0.5", "at least 1s"),
         ("HORACE_CALL_DEADLINE", "0", "more than 0"),
+        ("HORACE_SINK_BACKOFF_BASE", "0", "more than 0"),
+        ("HORACE_SINK_BACKOFF_CAP", "0", "more than 0"),
+        ("HORACE_SINK_LINGER", "36500d", "at most 60s"),
+        ("HORACE_LOCK_WAIT", "\uff11\uff10", "expected a number"),
+        ("HORACE_MAX_BATCH", "\uff11\uff10", "not an integer"),
     ],
 )
 def test_values_past_what_a_setting_can_use_are_refused_at_start(
