@@ -35,6 +35,7 @@ from wsproto.events import AcceptConnection, TextMessage
 from wsproto.events import Message as WsMessage
 from wsproto.events import Request as WsRequest
 
+import horace.sinks.supervisor
 from horace.backends.protocol import CatalogUnwritable, DatabaseFull
 from horace.backends.records import Turn
 from horace.catalog import Catalog
@@ -567,7 +568,9 @@ async def test_server_spills_at_shutdown_and_replays_after_restart(settings: Set
         async with run_horace(configured) as second:
             await godot.wait_until(lambda: {c["trace_id"] for c in godot.calls} >= wanted)
             assert sinks_of(second)["godot"]["replayed"] == len(spilled)
-            assert not spool.exists() and not spool.with_suffix(".replaying").exists()
+            # (The replay file goes once the delivery of what it held is acknowledged.)
+            await eventually(lambda: not spool.with_suffix(".replaying").exists())
+            assert not spool.exists()
         first_delivered = godot.calls[: len(spilled)]
         assert [(c["message"], c["trace_id"]) for c in first_delivered] == [
             (e["message"], e["trace_id"]) for e in spilled
@@ -1221,6 +1224,35 @@ async def test_an_entry_refused_again_and_again_is_dropped_not_blocking(tmp_path
         await eventually(lambda: len(transport.stored) == 9, what="the good entries")
     assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(10) if i != 5]
     assert runner.dropped == 1
+
+
+async def test_replayed_entries_a_full_disk_keeps_out_of_the_spool_are_replayed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken from the spool at start, not delivered (the destination still down), and the
+    spill at shutdown refused by a full disk: they are still on disk for the next start."""
+    spooled = "".join(json.dumps(entry(i)) + "\n" for i in range(5))
+    (tmp_path / "memory.jsonl").write_text(spooled)
+    transport = MemoryTransport()
+    transport.up = False
+    runner = SinkRunner(transport, spool_dir=tmp_path, flush_seconds=0.1, **FAST)
+
+    def disk_full(path: Path, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    async with running(runner):
+        assert runner.replayed == 5
+        runner.emit(entry(5))
+        await eventually(lambda: runner.failures >= 1)
+        monkeypatch.setattr(horace.sinks.supervisor, "_append", disk_full)
+    monkeypatch.undo()
+    assert runner.dropped == 6  # counted as lost from memory, yet the 5 are still on disk
+    transport.up = True
+    again = SinkRunner(transport, spool_dir=tmp_path, **FAST)
+    async with running(again):
+        await eventually(lambda: len(transport.stored) == 5, what="the replayed entries")
+    assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(5)]
+    assert [p.name for p in tmp_path.iterdir()] == ["memory.lock"]
 
 
 async def test_a_replay_interrupted_by_a_crash_is_picked_up(tmp_path: Path) -> None:

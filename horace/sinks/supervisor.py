@@ -134,6 +134,10 @@ class SinkRunner:
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self._queue: deque[tuple[int, dict[str, Any], int]] = deque()  # (sequence, entry, size)
         self._seq = 0
+        # The replay file stays until the entries taken from it have left the queue (or a
+        # spill holds them): a shutdown that cannot spill then still finds them there.
+        self._replaying: Path | None = None
+        self._replayed_through = 0  # the last sequence number they were given
         self._ready = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None  # (the run, for other threads)
         self.state = "starting"
@@ -289,6 +293,12 @@ class SinkRunner:
         while self._queue and self._queue[0][0] <= last:
             self._take_oldest()
             self.delivered += 1
+        self._forget_replay_once_out()
+
+    def _forget_replay_once_out(self) -> None:
+        if self._replaying is not None and (not self._queue or self._queue[0][0] > self._replayed_through):
+            self._replaying.unlink(missing_ok=True)  # (a few bytes of metadata: no thread)
+            self._replaying = None
 
     async def _flush(self) -> None:
         if not self._queue:
@@ -303,6 +313,7 @@ class SinkRunner:
     # -- spool ------------------------------------------------------------------------
 
     async def _spill(self) -> None:
+        self._forget_replay_once_out()
         if not self._queue:
             return
         if self.spool_path is None:
@@ -326,6 +337,7 @@ class SinkRunner:
         log.warning("sink %s: spilled %d entries to %s", self.name, len(self._queue), self.spool_path)
         self._queue.clear()
         self._queued_bytes = 0
+        self._forget_replay_once_out()  # (what was left of it is in the spool now)
 
     async def _replay(self) -> None:
         if self.spool_path is None:
@@ -346,11 +358,12 @@ class SinkRunner:
             self._queued_bytes = 0
             for entry in entries:
                 self.emit(entry)
+            self._replaying, self._replayed_through = replaying, self._seq
             for _, entry, _ in queued:
                 self.emit(entry)
             self.replayed += len(entries)
-            # Back in memory; spilled again at shutdown if undelivered.
-            await trio.Path(replaying).unlink(missing_ok=True)
+            # Back in memory; the file goes once they are delivered, or spilled again.
+            self._forget_replay_once_out()
 
 
 @asynccontextmanager
