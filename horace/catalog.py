@@ -649,7 +649,8 @@ class Catalog:
         """Refuse to move a working copy out from under a process that has it open for
         writing (a log being appended to, say): what it wrote after the move would go to
         a file no longer in files/, and be lost. (Local filesystems: see
-        :meth:`Storage.is_being_written`.)"""
+        :meth:`Storage.is_being_written`.) A quick refusal before any copy is made; what
+        guarantees it to the instant of the move is the lease the move holds."""
         if await in_thread(self.storage.is_being_written, rel):
             raise HoraceError(
                 ErrorCode.FILE_LOCKED,
