@@ -727,17 +727,11 @@ class Storage:
         """
         try:
             with self.open_working(rel) as (fd, _):
-                # Should a writer open the file while we hold the lease for this instant,
-                # the kernel signals the holder: SIGURG (ignored by default) instead of
-                # SIGIO (whose default ends the process).
-                fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
                 try:
-                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+                    if _read_lease(fd):
+                        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
                 except BlockingIOError:
                     return True
-                except OSError:
-                    return False
-                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
                 return False
         except HoraceError:
             return False
@@ -758,17 +752,13 @@ class Storage:
         try:
             leased = False
             if stat.S_ISREG(os.fstat(fd).st_mode):
-                fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)  # (see is_being_written)
                 try:
-                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-                    leased = True
+                    leased = _read_lease(fd)
                 except BlockingIOError:
                     raise HoraceError(
                         ErrorCode.FILE_LOCKED,
                         f"{name!r} is open for writing by another process: try again once it is closed",
                     ) from None
-                except OSError:
-                    pass  # leases not supported here
 
             def writer_came() -> bool:
                 return leased and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
@@ -1302,6 +1292,22 @@ class Storage:
             aside.unlink(missing_ok=True)
         else:
             os.rename(aside, target)
+
+
+def _read_lease(fd: int) -> bool:
+    """Take a read lease on *fd*: True when taken, False where leases are not supported
+    (NFS, a file of another owner without CAP_LEASE). ``BlockingIOError``: a process has
+    the file open for writing."""
+    # Should a writer open the file while the lease is held, the kernel signals the
+    # holder: SIGURG (ignored by default) instead of SIGIO (whose default ends the process).
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except BlockingIOError:
+        raise
+    except OSError:
+        return False
+    return True
 
 
 def _check_catalogable(rel: str, st: os.stat_result) -> None:
