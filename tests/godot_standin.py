@@ -6,7 +6,9 @@ and can misbehave on demand, also while running (the attributes are read per mes
 
 - absent: ``await standin.stop()`` closes the listener and drops every connection;
   ``await standin.start()`` listens again on the same port. ``listening=False`` makes
-  one that has a port but does not listen on it yet.
+  one that has a port but does not listen on it yet. While it does not listen, the port
+  stays bound to a socket that does not listen either: connections to it are refused, and
+  no other server (of a test running beside) and no outgoing connection can take it.
 - slow: ``delay`` seconds before each reply (replies go out one after another, in order,
   while the reader keeps reading: :attr:`max_outstanding` is the largest number of requests
   received but not yet answered, i.e. how many calls the client had on the wire).
@@ -41,6 +43,25 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def held_port(port: int = 0) -> socket.socket:
+    """A socket bound to *port* (a free one for 0) that does not listen: it refuses
+    connections and keeps the port from anyone else until closed (from a listener setting
+    ``SO_REUSEADDR`` too, unless the port's TIME_WAIT made the hold set it)."""
+    for shared in (False, True):
+        hold = socket.socket()
+        try:
+            if shared:  # the port's last connections linger in TIME_WAIT: bind past them
+                hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hold.bind((HOST, port))
+        except OSError:
+            hold.close()
+            if shared or not port:
+                raise
+        else:
+            return hold
+    raise AssertionError("unreachable")
+
+
 class GodotStandIn:
     def __init__(
         self,
@@ -70,6 +91,7 @@ class GodotStandIn:
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._stopped.set()
+        self._hold: socket.socket | None = None  # the port, held while not listening
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -85,7 +107,16 @@ class GodotStandIn:
     def bind(self, nursery: trio.Nursery, *, reserve_port: bool = False) -> None:
         self._nursery = nursery
         if self.port is None and reserve_port:
-            self.port = free_port()
+            self._hold_port()
+
+    def _hold_port(self) -> None:
+        self._hold = held_port(self.port or 0)
+        self.port = int(self._hold.getsockname()[1])
+
+    def release_port(self) -> None:
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
 
     async def start(self) -> None:
         """Listen (on the same port as before, or a free one the first time)."""
@@ -102,6 +133,7 @@ class GodotStandIn:
 
     async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._stopped = trio.Event()
+        self.release_port()  # (listened on at once: nothing else binds it in between)
         try:
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as handlers:
@@ -116,6 +148,8 @@ class GodotStandIn:
                     task_status.started()
         finally:
             self._scope = None
+            if self.port is not None:
+                self._hold_port()
             self._stopped.set()
 
     # -- waiting ----------------------------------------------------------------------------
@@ -258,6 +292,7 @@ async def godot_standin(*, listening: bool = True, **options: Any) -> AsyncItera
             yield standin
         finally:
             await standin.stop()
+            standin.release_port()
             nursery.cancel_scope.cancel()
 
 

@@ -311,18 +311,18 @@ def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp
 
 
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
+    with socket.socket() as probe:  # bound, never listening: refused, and nobody else's
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {
-        "HORACE_STORAGE_PATH": str(tmp_path / "s"),
-        "HORACE_DATABASE_URL": f"postgresql://horace:s3cret@127.0.0.1:{port}/horace",
-    }
-    line = one_line_error(horace("init", env=env), Exit.BACKEND, "BACKEND_UNAVAILABLE")
-    assert "s3cret" not in line
-    done = horace("mcp", env=env)  # a desktop client shows this line from the server's stderr
-    line = one_line_error(done, Exit.BACKEND, "BACKEND_UNAVAILABLE")
-    assert "s3cret" not in line and done.stdout == ""
+        env = {
+            "HORACE_STORAGE_PATH": str(tmp_path / "s"),
+            "HORACE_DATABASE_URL": f"postgresql://horace:s3cret@127.0.0.1:{port}/horace",
+        }
+        line = one_line_error(horace("init", env=env), Exit.BACKEND, "BACKEND_UNAVAILABLE")
+        assert "s3cret" not in line
+        done = horace("mcp", env=env)  # a desktop client shows this line from the server's stderr
+        line = one_line_error(done, Exit.BACKEND, "BACKEND_UNAVAILABLE")
+        assert "s3cret" not in line and done.stdout == ""
 
 
 def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
