@@ -1004,9 +1004,7 @@ class Storage:
         when *expected* has one)."""
         try:
             with self._parent_fd(rel) as (dfd, name):
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                found = FileIdentity.of(st) if expected.ctime_ns is None else FileIdentity.exact(st)
-                return found == expected
+                return _is_file(name, expected, dfd)
         except (FileNotFoundError, NotADirectoryError, HoraceError):
             return False
 
@@ -1341,11 +1339,15 @@ def _unreadable(rel: str, exc: OSError) -> HoraceError:
     return HoraceError(ErrorCode.INVALID_PATH, f"{rel!r}: {exc.strerror or exc}")
 
 
-def _is_file(path: Path, expected: FileIdentity) -> bool:
+def _is_file(path: Path | str, expected: FileIdentity, dir_fd: int | None = None) -> bool:
+    """Whether *path* (in *dir_fd*) is the file *expected* names, unchanged (its ctime
+    too, when *expected* has one)."""
     try:
-        return FileIdentity.of(os.stat(path, follow_symlinks=False)) == expected
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    found = FileIdentity.of(st) if expected.ctime_ns is None else FileIdentity.exact(st)
+    return found == expected
 
 
 def _same_content_as(path: Path, other: Path) -> bool:
