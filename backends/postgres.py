@@ -1173,10 +1173,10 @@ class _Hop:
     """Runs asyncio-flavoured coroutines on the trio-asyncio loop, mapping lost
     connections to :class:`BackendUnavailable`."""
 
-    def __init__(self, loop: Any, url: str) -> None:
+    def __init__(self, loop: Any, url: str, renew: Callable[[], Awaitable[None]] | None = None) -> None:
         self.loop = loop
         self.where = server_of(url)
-        self.pool: Any = None  # once made: its connections are replaced after a read-only refusal
+        self.renew = renew  # the pool's: replaces its connections (after a read-only refusal)
 
     async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -1194,8 +1194,8 @@ class _Hop:
                 # A session keeps the default_transaction_read_only it started with: once
                 # the operator turns it off, only new connections write. So every
                 # connection is replaced (those in use when they come back).
-                if self.pool is not None:
-                    await trio_asyncio.aio_as_trio(self.pool.expire_connections, loop=self.loop)()
+                if self.renew is not None:
+                    await trio_asyncio.aio_as_trio(self.renew, loop=self.loop)()
                 raise CatalogUnwritable(
                     f"PostgreSQL at {self.where} takes no writes: {exc} (default_transaction_read_only "
                     "set on the role or database, or a standby server?)"
@@ -1675,7 +1675,12 @@ async def _create_pool(url: str, min_size: int, max_size: int, connect_timeout: 
     )
 
 
-_PING_WRITABLE = PING + ", current_setting('transaction_read_only')"
+# Refused as a write would be when the session takes none (the hop replaces the pool's
+# connections then, as after any read-only refusal).
+_PING_WRITABLE = (
+    "DO $$ BEGIN IF current_setting('transaction_read_only') = 'on' THEN "
+    "RAISE read_only_sql_transaction USING MESSAGE = 'the session is read-only'; END IF; END $$; " + PING
+)
 
 
 class PostgresBackend(_Units):
@@ -1715,16 +1720,12 @@ class PostgresBackend(_Units):
 
     async def ping(self) -> None:
         with trio.move_on_after(self._ping_timeout):
-            for _ in range(2):
-                row = await self._source.run(_fetchrow, _PING_WRITABLE)
-                if row is None or row[-1] != "on":
-                    return
+            try:
+                await self._source.run(_execute, _PING_WRITABLE)
+            except CatalogUnwritable:
                 # A session keeps the setting it started with: asked again on a new one.
-                await self._hop(self._pool.expire_connections)
-            raise CatalogUnwritable(
-                f"PostgreSQL at {self._hop.where} takes no writes (default_transaction_read_only "
-                "set on the role or database, or a standby server?)"
-            )
+                await self._source.run(_execute, _PING_WRITABLE)
+            return
         raise BackendUnavailable(
             f"PostgreSQL at {self._hop.where} did not answer within {self._ping_timeout:g} s"
         )
@@ -1820,7 +1821,7 @@ async def open_postgres(
                 except (asyncpg.exceptions.ClientConfigurationError, ValueError) as exc:
                     # (asyncpg parses the URL here: a port that is not a number is a ValueError)
                     raise UnusableURL(f"bad PostgreSQL URL {hop.where}: {exc}") from None
-                hop.pool = pool
+                hop = _Hop(loop, url, renew=pool.expire_connections)
                 backend = PostgresBackend(url, pool, hop, ping_timeout)
                 try:
                     yield backend
