@@ -20,7 +20,7 @@ from horace.config import Settings
 from horace.schema import record_schema
 from horace.server.jsonrpc import REPLY_TOO_LARGE
 from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS
-from horace.server.tools import TOOLS
+from horace.server.tools import MAX_CORRELATION_ID, TOOLS
 
 SHAPES = {
     "File": record_schema(FileRecord),
@@ -228,7 +228,8 @@ def main() -> None:
         "- A successful call's result has `structuredContent` (the fields below) and the same JSON "
         "as one `text` item in `content`; `isError` is false. Every result carries the call's "
         "`correlation_id`: the caller's `metadata.correlation_id`, else `_meta.correlation_id` "
-        "(or `correlationId`), else a new UUID.",
+        f"(or `correlationId`), else a new UUID; at most {MAX_CORRELATION_ID} characters (a longer "
+        "one is `INVALID_ARGUMENT` in `metadata`, `-32602` in `_meta`).",
         "- An error that belongs to the tool is a result with `isError: true` whose one `text` "
         "item is the JSON `{error_code, message, correlation_id}`; it has no `structuredContent` "
         "(the `outputSchema` describes results, and clients check structured content against it).",

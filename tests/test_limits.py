@@ -45,7 +45,7 @@ from horace.server.lifecycle import HoraceServer, listen
 from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS, McpSession
 from horace.server.replyroom import ReplyRoom
 from horace.server.resources import Resources
-from horace.server.tools import TOOLS
+from horace.server.tools import MAX_CORRELATION_ID, TOOLS
 from horace.server.websocket import WebSocketSession
 from horace.sinks.supervisor import SinkRunner
 from horace.testing import RunningHorace, run_horace
@@ -493,6 +493,38 @@ async def test_a_long_progress_token_is_refused(limited: RunningHorace) -> None:
         assert error["code"] == -32602 and f"longer than {MAX_PROGRESS_TOKEN_CHARS}" in error["message"]
         params["_meta"] = {"progressToken": "t" * MAX_PROGRESS_TOKEN_CHARS}
         assert "result" in await client.request("tools/call", params)
+
+
+async def test_a_long_correlation_id_is_refused_and_never_stored(limited: RunningHorace) -> None:
+    """Stored with files and versions and echoed in every reply of its call: one too long
+    would make the reads of that file, and searches that list it, too large for anyone."""
+    write(limited.files / "user/a.txt", "a")
+    longest, too_long = "c" * MAX_CORRELATION_ID, "c" * (MAX_CORRELATION_ID + 1)
+    async with connect(limited.url) as client:
+        for key in ("correlation_id", "correlationId"):
+            params = {"name": "horace_register_file", "arguments": {"file_path": "user/a.txt"}}
+            error = (await client.request("tools/call", {**params, "_meta": {key: too_long}}))["error"]
+            assert (
+                error["code"] == -32602
+                and f"_meta.{key} longer than {MAX_CORRELATION_ID}" in error["message"]
+            )
+            assert too_long not in json.dumps(error)
+        for arguments in (
+            {"file_path": "user/a.txt", "metadata": {"correlation_id": too_long}},
+            {"correlation_id": too_long},
+        ):
+            name = "horace_register_file" if "file_path" in arguments else "horace_search_files"
+            result = (await client.request("tools/call", {"name": name, "arguments": arguments}))["result"]
+            body = tool_body(result)
+            assert result["isError"] and body["error_code"] == "INVALID_ARGUMENT", body
+            assert "correlation_id" in body["message"] and too_long not in json.dumps(result)
+        assert (await client.call("horace_search_files"))["total_count"] == 0  # nothing was stored
+        params = {"name": "horace_register_file", "arguments": {"file_path": "user/a.txt"}}
+        registered = tool_body(
+            (await client.request("tools/call", {**params, "_meta": {"correlation_id": longest}}))["result"]
+        )
+        info = await client.call("horace_get_file_info", file_id=registered["file_id"], include_versions=True)
+        assert info["file"]["correlation_id"] == longest, info
 
 
 # -- idle and slow clients over real sockets, on Trio's clock --------------------------------

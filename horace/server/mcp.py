@@ -59,7 +59,7 @@ from horace.server.observer import CallWatch, NoObserver, Observer
 from horace.server.replyroom import ReplyRoom
 from horace.server.resources import Resources
 from horace.server.runner import ProgressPump, error_body, reply_too_large, run_tool, tool_error
-from horace.server.tools import TOOLS, CallContext
+from horace.server.tools import MAX_CORRELATION_ID, TOOLS, CallContext
 from horace.sinks.conversations import request_content
 from horace.wire import json_kind
 
@@ -449,7 +449,8 @@ class McpSession:
             raise RpcError(
                 INVALID_REQUEST,
                 f"this session is initialized already (protocol {self.protocol_version}); "
-                "a new session starts on a new connection (over HTTP, without Mcp-Session-Id)",
+                "a new session is a new WebSocket or stdio process, or over HTTP an initialize "
+                "without Mcp-Session-Id",
             )
         asked, client = params.get("protocolVersion"), params.get("clientInfo")
         if not (
@@ -632,13 +633,25 @@ async def one_large_request_at_a_time(
 
 
 def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
+    """The call's correlation id: the one its arguments' metadata gives, or its ``_meta``,
+    or a new one. One too long in the arguments is passed over here (the tool refuses
+    it); in ``_meta`` it is refused, the refusal under a new id."""
     if isinstance(arguments, Mapping):
         metadata = arguments.get("metadata")
-        if isinstance(metadata, Mapping) and isinstance(metadata.get("correlation_id"), str):
-            return str(metadata["correlation_id"])
+        if isinstance(metadata, Mapping):
+            given = metadata.get("correlation_id")
+            if isinstance(given, str) and len(given) <= MAX_CORRELATION_ID:
+                return given
     for key in ("correlation_id", "correlationId"):
-        if isinstance(meta.get(key), str) and meta[key]:
-            return str(meta[key])
+        given = meta.get(key)
+        if isinstance(given, str) and len(given) > MAX_CORRELATION_ID:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"_meta.{key} longer than {MAX_CORRELATION_ID} characters",
+                {"correlation_id": str(uuid.uuid4())},
+            )
+        if isinstance(given, str) and given:
+            return given
     return str(uuid.uuid4())
 
 

@@ -48,6 +48,9 @@ DIFF_LIMIT = 256 * 1024  # bytes of a unified diff in one result
 MAX_TAGS = 100  # tags in one filter
 MAX_PATTERN = 4096  # characters of a path glob or a file type (PATH_MAX)
 MAX_FILE_IDS = 10_000  # files added to or removed from a collection in one call
+# Characters of a correlation id: stored with files and versions and echoed in every
+# reply and log line of the call, so one unbounded id would swell each of them.
+MAX_CORRELATION_ID = 200
 
 
 @frozen
@@ -87,7 +90,9 @@ class NewFileMetadata:
     purpose: str | None = param(None, doc="what the file is for, searchable by its words")
     tags: tuple[str, ...] = param((), doc="labels to search by")
     collection: str | None = param(None, doc="add the file to this collection (created if missing)")
-    correlation_id: str | None = param(None, doc="stored with the file and its version")
+    correlation_id: str | None = param(
+        None, doc="stored with the file and its version", max_length=MAX_CORRELATION_ID
+    )
     custom: Mapping[str, Any] = param(attrs.Factory(dict), doc="", rest=True)
 
 
@@ -128,7 +133,9 @@ class SearchFilters:
     created_after: datetime | None = param(None, doc="ISO 8601; without a zone: UTC")
     created_before: datetime | None = param(None, doc="ISO 8601; without a zone: UTC")
     checksum: str | None = param(None, doc="SHA-256 of the current content")
-    correlation_id: str | None = param(None, doc="files registered under this correlation id")
+    correlation_id: str | None = param(
+        None, doc="files registered under this correlation id", max_length=MAX_CORRELATION_ID
+    )
     status: StatusFilter = param(StatusFilter.ACTIVE, doc="all: every status")
     limit: int = param(DEFAULT_SEARCH_LIMIT, doc="results per page", minimum=1, maximum=MAX_SEARCH_LIMIT)
     offset: int = param(0, doc="results to skip", minimum=0)
@@ -161,7 +168,9 @@ class FileChangeArgs:
     )
     collection: str | None = param(None, doc="add the file to this collection (created if missing)")
     custom: Mapping[str, Any] | None = param(None, doc="merged into the file's custom metadata")
-    correlation_id: str | None = param(None, doc="stored with a version this update makes")
+    correlation_id: str | None = param(
+        None, doc="stored with a version this update makes", max_length=MAX_CORRELATION_ID
+    )
 
 
 @frozen(kw_only=True)
