@@ -63,6 +63,8 @@ def _exact(kind: type, name: str) -> Any:
             raise TypeError(f"expected {name}, got a boolean")
         if kind is float and isinstance(value, int):
             return float(value)
+        if kind is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            return int(value)  # JSON Schema: 5.0 is an integer (a client may send numbers as floats)
         if not isinstance(value, kind):
             raise TypeError(f"expected {name}, got {json_kind(value)}")
         return value

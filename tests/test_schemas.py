@@ -91,6 +91,15 @@ def test_bounds_in_the_schema_are_enforced(name: str) -> None:
                 tool.structure({**base, field: schema[bound]})
 
 
+def test_a_whole_number_written_as_a_float_is_an_integer() -> None:
+    """JSON Schema counts 5.0 as an integer; a client may send every number as a float."""
+    args = TOOLS["horace_search_files"].structure({"limit": 5.0, "offset": 0.0, "min_size": -0.0})
+    assert (args.limit, args.offset, args.min_size) == (5, 0, 0)
+    assert all(type(value) is int for value in (args.limit, args.offset, args.min_size))
+    with pytest.raises(HoraceError, match="limit"):
+        TOOLS["horace_search_files"].structure({"limit": 1001.0})  # bounds as for 1001
+
+
 @pytest.mark.parametrize(
     ("name", "arguments", "said"),
     [
@@ -101,6 +110,7 @@ def test_bounds_in_the_schema_are_enforced(name: str) -> None:
         ),
         ("horace_search_files", {"limit": "5"}, "limit: expected an integer, got a string"),
         ("horace_search_files", {"min_size": 1.5}, "min_size: expected an integer, got the number 1.5"),
+        ("horace_search_files", {"offset": 1e300}, "offset: expected an integer, got the number 1e+300"),
         ("horace_search_files", {"owner": ["a"]}, "owner: expected a string, got an array"),
         ("horace_search_files", {"owner": {}}, "owner: expected a string, got an object"),
         ("horace_search_files", {"tags": "x"}, "tags: expected a list of strings, got a string"),
