@@ -44,7 +44,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from horace.config import Settings
 from horace.server import http, sse
 from horace.server.admission import subprotocol_for_token
-from horace.server.http import KEEPALIVE_INTERVAL, Accept
+from horace.server.http import KEEPALIVE_INTERVAL, MAX_GET_STREAMS, Accept
 from horace.server.httpio import HEAD_TIMEOUT
 from horace.server.httpsession import HttpSession
 from horace.server.tools import TOOLS
@@ -765,26 +765,36 @@ async def test_http_calls_are_conversation_turns_as_websocket_ones(
 # -- the GET stream -----------------------------------------------------------------------------
 
 
-async def test_the_get_stream_keeps_alive_is_one_at_a_time_and_ends_with_the_session(
+async def test_get_streams_keep_alive_are_bounded_and_end_with_the_session(
     sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with (
         run_horace(serving(sqlite_settings, idle_timeout=10_000)) as running,
         connect(running.http_url, timeout=None) as client,
     ):
-        conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
-        await conn.send(conn.request_bytes("GET", headers=client.headers("text/event-stream")))
-        head = await conn.next_event()
-        assert head.status_code == 200 and dict(head.headers)[b"content-type"] == b"text/event-stream"
+        conns = []
+        for _ in range(MAX_GET_STREAMS):
+            conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+            await conn.send(conn.request_bytes("GET", headers=client.headers("text/event-stream")))
+            head = await conn.next_event()
+            assert head.status_code == 200 and dict(head.headers)[b"content-type"] == b"text/event-stream"
+            conns.append(conn)
         opened = trio.current_time()
-        second = await client.http.get(client.url, headers=client.headers("text/event-stream"))
-        assert second.status_code == 409 and "one at a time" in error_of(second)["message"]
-        comment = await conn.next_event()
-        assert isinstance(comment, h11.Data) and comment.data == sse.KEEPALIVE
+        past = await client.http.get(client.url, headers=client.headers("text/event-stream"))
+        assert past.status_code == 409 and f"{MAX_GET_STREAMS} GET streams" in error_of(past)["message"]
+        for conn in conns:
+            comment = await conn.next_event()
+            assert isinstance(comment, h11.Data) and comment.data == sse.KEEPALIVE
         assert KEEPALIVE_INTERVAL <= trio.current_time() - opened < KEEPALIVE_INTERVAL + 1
+        await conns.pop().aclose()  # one gone: room for another
+        again = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        await again.send(again.request_bytes("GET", headers=client.headers("text/event-stream")))
+        assert (await again.next_event()).status_code == 200
+        conns.append(again)
         assert (await client.delete()).status_code == 204
-        assert isinstance(await conn.next_event(), h11.EndOfMessage)
-        await conn.aclose()
+        for conn in conns:
+            assert isinstance(await conn.next_event(), h11.EndOfMessage)
+            await conn.aclose()
 
 
 # -- limits, shared with WebSocket sessions ----------------------------------------------------

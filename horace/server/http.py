@@ -18,10 +18,11 @@ or not a message; 401 no token (with
 ``WWW-Authenticate``); 403 an Origin not allowed; 404 an unknown or ended session (the
 client initializes again); 405 another method (``Allow: GET, POST, DELETE, OPTIONS``); 406 a POST
 that does not accept both ``application/json`` and ``text/event-stream``, a GET that does
-not accept ``text/event-stream``; 408 a body not in within ``HEAD_TIMEOUT``; 409 a second
-GET stream; 413 a body over ``max_message_bytes``; 415 a POST that is not
-``application/json``, or is compressed (``Content-Encoding``); 503 no session slot left
-(``max_connections``, shared with WebSocket sessions) or the server shutting down.
+not accept ``text/event-stream``; 408 a body not in within ``HEAD_TIMEOUT``; 409 a GET
+stream past ``MAX_GET_STREAMS`` open on the session; 413 a body over
+``max_message_bytes``; 415 a POST that is not ``application/json``, or is compressed
+(``Content-Encoding``); 503 no session slot left (``max_connections``, shared with
+WebSocket sessions) or the server shutting down.
 
 Every answer to a request from a page of an allowed ``Origin`` (``HORACE_ALLOWED_ORIGINS``,
 or a loopback page) says that page may read it (``Access-Control-Allow-Origin``, and
@@ -74,6 +75,9 @@ CORS_REQUEST_HEADERS = (
 )
 CORS_EXPOSED = b"mcp-session-id, mcp-protocol-version, www-authenticate, retry-after"
 KEEPALIVE_INTERVAL = 15.0  # a comment on an open GET stream this often
+# GET streams one session may hold open: MCP lets a client hold several (the TypeScript SDK
+# opens one beside another when a resumed answer has ended); each holds a connection.
+MAX_GET_STREAMS = 4
 WATCH_AFTER = 0.05  # an answer under way this long has its connection watched for a close
 SSE_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
@@ -360,9 +364,9 @@ class StreamableHttp:
     async def _listen(self, conn: HttpConnection, session: HttpSession) -> None:
         """The session's standalone stream, until the session ends or the client goes:
         Horace has nothing to say unasked, so only keep-alive comments."""
-        if session.listening:
-            raise Refused(409, "this session has a GET stream open already: one at a time")
-        session.listening = True
+        if session.listening >= MAX_GET_STREAMS:
+            raise Refused(409, f"this session has {MAX_GET_STREAMS} GET streams open already")
+        session.listening += 1
         try:
             async with _answering(conn):
                 await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
@@ -373,7 +377,7 @@ class StreamableHttp:
                         await conn.send(sse.KEEPALIVE)
                 await conn.end_stream()
         finally:
-            session.listening = False
+            session.listening -= 1
 
     async def _delete(self, conn: HttpConnection, request: Request) -> None:
         session = self._session(request, draining_ok=True)

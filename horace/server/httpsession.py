@@ -60,7 +60,7 @@ class HttpSession:
         self._draining = trio.Event()
         self._writers = 0  # connections writing one of its answers now
         self._writers_gone = trio.Event()
-        self.listening = False  # a standalone GET stream is open
+        self.listening = 0  # standalone GET streams open
 
     @property
     def conversation_id(self) -> str:
@@ -96,7 +96,7 @@ class HttpSession:
         return (
             self._calls is not None
             and self.accepting
-            and not self.listening
+            and self.listening == 0
             and not self.streams
             and self.session.inflight == 0
             and self.quiet_since < quiet_before
