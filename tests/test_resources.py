@@ -16,6 +16,7 @@ from helpers import write
 from mcp_client import McpClient, connect
 
 from horace.config import Settings
+from horace.server import resources
 from horace.server.resources import Resources
 from horace.testing import RunningHorace, run_horace
 
@@ -90,17 +91,22 @@ async def test_what_cannot_be_read_is_a_clear_error(served: RunningHorace) -> No
         assert (await client.request("resources/read", {}))["error"]["code"] == -32602
 
 
-async def test_resources_list_pages_the_catalog(served: RunningHorace) -> None:
+async def test_resources_list_pages_the_catalog(
+    served: RunningHorace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resources, "PAGE", 50)  # (1000 a page: three pages of 50 here)
     async with connect(served.url) as client:
         ids = {await register(client, served.files, f"shared/r{i:03}.txt", f"r{i}") for i in range(130)}
         seen: list[dict[str, Any]] = []
-        cursor = None
+        cursor, pages = None, 0
         while True:
             listed = (await client.request("resources/list", {"cursor": cursor} if cursor else {}))["result"]
             seen += listed["resources"]
+            pages += 1
             cursor = listed.get("nextCursor")
             if not cursor:
                 break
+        assert pages == 3
         assert {r["uri"].rsplit("/", 1)[1] for r in seen} == ids
         assert [r["name"] for r in seen] == sorted(r["name"] for r in seen)
         assert all(r["mimeType"] == "text/plain" and r["size"] >= 2 for r in seen)

@@ -30,7 +30,9 @@ FILE_URI = "horace://files/{file_id}"
 VERSION_URI = "horace://files/{file_id}/versions/{version}"
 # A version number is at most 19 digits (what a catalog column holds is checked below).
 _URI = re.compile(r"^horace://files/(?P<file_id>[^/?#]+)(?:/versions/(?P<version>[0-9]{1,19}))?$")
-PAGE = 100
+# Active files a resources/list page holds: clients stop after some number of pages
+# (the MCP Inspector after 64), so pages are large (a page of 1000 is about 300 KB).
+PAGE = 1000
 COMPLETIONS = 100
 TEXT_TYPES = ("application/json", "application/xml", "application/javascript", "application/x-yaml")
 
