@@ -7,7 +7,8 @@ Every write follows the same shape, inside the caller's cancel scope:
       -> shielded: rename into objects/ + commit     (all or nothing)
 
 so a cancelled call leaves either the whole version or nothing. Objects are never
-deleted inline with a commit; pruned content goes through :meth:`Catalog.collect`, which
+deleted inline with a commit; pruned content is marked released (:meth:`Catalog.let_go`)
+and collected by the periodic purge, which looks for uncatalogued copies of it first and
 re-checks references under the storage's grace-period protocol.
 
 The server, the CLI and the watcher are thin edges over this class.
@@ -366,7 +367,7 @@ class Catalog:
             if staged is not None:
                 await in_thread(self.storage.release, staged)
         if orphans:
-            await self.release(orphans)
+            await self.let_go(orphans)
         return record, version
 
     async def _version_working_copy(
@@ -1095,7 +1096,7 @@ class Catalog:
                         orphans += pruned
                         tally.count(True)
         if orphans:
-            await self.release(orphans)
+            await self.let_go(orphans)
         for entry, copy, mime_type in ready:
             if entry.file_path not in committed:
                 try:
@@ -1404,6 +1405,16 @@ class Catalog:
         past the deleted files' retention too."""
         grace = self.policy.gc_grace_seconds
         return age >= (grace if released else max(grace, self.policy.deleted_retention.total_seconds()))
+
+    async def let_go(self, checksums: Sequence[str]) -> None:
+        """The objects of versions retention pruned: marked released, never collected at
+        once. The periodic purge collects them once past the grace period, after it has
+        catalogued the uncatalogued files under files/ holding such content (a copy
+        registered as a duplicate of the pruned version's file): one walk of files/ a purge,
+        not one for each version made. Shielded: the rows are gone already, and unmarked
+        content would wait out the deleted files' retention."""
+        with trio.CancelScope(shield=True):
+            await in_thread(self.storage.mark_released, checksums)
 
     async def release(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
         """Collect the objects of versions the catalog has let go of (pruned, purged).

@@ -143,9 +143,11 @@ async def test_pruning_keeps_exactly_the_newest_n(settings: Settings, files: Pat
         versions = await catalog.backend.versions(file.id)
         assert [v.version for v in versions] == [8, 7, 6]
         assert await objects_of(catalog, file.id) == {8: b"c8", 7: b"c7", 6: b"c6"}
-        # Pruned content is gone from the object store too.
-        for i in range(1, 6):
-            assert not catalog.storage.has_object(sha256(f"c{i}"))
+        pruned = {sha256(f"c{i}") for i in range(1, 6)}
+        assert catalog.storage.released_marks() == pruned  # for the purge to collect
+        await catalog.purge()
+        assert not [c for c in pruned if catalog.storage.has_object(c)]
+        assert catalog.storage.released_marks() == set()
 
 
 async def test_pruning_respects_min_age(settings: Settings, files: Path) -> None:
@@ -461,6 +463,32 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
         assert catalog.storage.object_path(p.checksum).read_bytes() == copy.read_bytes()
         assert await catalog.backend.file_by_path("user/other.txt") is None
         assert catalog.storage.released_marks() == set()  # referred to again: not the collector's
+        assert (await fsck(catalog)).clean
+
+
+async def test_the_purge_catalogs_a_copy_of_a_pruned_version(settings: Settings, files: Path) -> None:
+    """A copy registered as a duplicate of a file that moves on past its retention: the
+    pruned version's content is the copy's, and is not collected before the copy is
+    catalogued (any write to it would lose it otherwise)."""
+    async with purging(settings) as (catalog, _):
+        catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=2))
+        original = write(files / "user/p.txt", "precious")
+        copy = write(files / "user/r.txt", "precious")
+        p = (await catalog.register("user/p.txt")).file
+        assert (await catalog.register("user/r.txt")).duplicate
+        for i in range(3):
+            write(original, f"p moves on {i}")
+            await catalog.update(p.id, FileChanges())
+        assert sha256("precious") not in {v.checksum for v in await catalog.backend.versions(p.id)}
+        await catalog.purge()
+        taken = await catalog.backend.file_by_path("user/r.txt")
+        assert taken is not None and taken.checksum == sha256("precious")
+        write(copy, "the copy moves on")
+        await catalog.update(taken.id, FileChanges())
+        assert catalog.storage.object_path(sha256("precious")).read_bytes() == b"precious"
+        assert {v.checksum for v in await catalog.backend.versions(taken.id)} >= {sha256("precious")}
+        pruned = {sha256("p moves on 0")}  # (no copy of it: collected)
+        assert not [c for c in pruned if catalog.storage.has_object(c)]
         assert (await fsck(catalog)).clean
 
 

@@ -92,7 +92,7 @@ async def test_an_object_pruned_while_another_file_commits_it_survives_the_colle
     pruning: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer is caught between its keep (the object renamed into place) and its
-    commit, and the collector of the other file runs in that moment."""
+    commit, and the other file's pruning, then the collector, run in that moment."""
     catalog = pruning
     shared = os.urandom(64 * 1024)
     write(files / "user/a.bin", shared)
@@ -118,6 +118,7 @@ async def test_an_object_pruned_while_another_file_commits_it_survives_the_colle
         write(files / "user/a.bin", b"a, second")  # a moves on: its version of `shared` is pruned
         pruned = await catalog.update(a.id, FileChanges())
         assert pruned.file.current_version == 2
+        await catalog.purge()
         go_on.set()
     monkeypatch.undo()
     assert (await catalog.get_info(file_id=b.id)).file.checksum == sha256(shared)
@@ -150,9 +151,14 @@ async def test_the_collector_rechecks_references_before_deleting(
         return await real_collect(self, checksums, grace_seconds)
 
     monkeypatch.setattr(Catalog, "collect", collect_later)
+    write(files / "user/a.bin", b"a, second")
+    await catalog.update(a.id, FileChanges())  # `shared` pruned: released, for the purge
+    if catalog.policy.gc_grace_seconds:  # fresh content: the purge leaves it to a later one
+        await catalog.purge()
+        assert catalog.storage.object_path(sha256(shared)).read_bytes() == shared
+        catalog.policy = attrs.evolve(catalog.policy, gc_grace_seconds=0.0)
     async with trio.open_nursery() as nursery:
-        write(files / "user/a.bin", b"a, second")
-        nursery.start_soon(catalog.update, a.id, FileChanges())
+        nursery.start_soon(catalog.purge)
         await pruned.wait()
         write(b_path, shared)
         assert (await catalog.update(b.id, FileChanges())).version_created  # commits `shared`
