@@ -1306,7 +1306,7 @@ class Catalog:
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
         orphans = await self._unless_copied(orphans)
-        deleted = await self.release(orphans, grace_seconds=0.0) if orphans else []
+        deleted = await self.collect(orphans, grace_seconds=0.0) if orphans else []
         deleted += await self.collect_orphans()
         return PurgeReport(purged, len(deleted))
 
@@ -1377,9 +1377,9 @@ class Catalog:
         """Collect the objects no version row refers to that are older than the deleted
         files' retention (``CatalogPolicy.deleted_retention``).
 
-        The catalog lets go of the objects of the versions it purges or prunes itself
-        (:meth:`release`): at once, or once past the grace period when they were fresh
-        then (marked released till then). Any other object without a row (a crash between
+        The catalog lets go of the objects of the versions it purges (at once, by
+        :meth:`purge`) or prunes (marked released by :meth:`let_go`, collected here once
+        past the grace period). Any other object without a row (a crash between
         an object's rename and its commit, a copy a scan kept for a file another writer
         took first; or a version made after the backup a catalog was restored from) is
         kept that long: fsck lists it meanwhile. Only a catalog that owns its store
@@ -1415,16 +1415,6 @@ class Catalog:
         content would wait out the deleted files' retention."""
         with trio.CancelScope(shield=True):
             await in_thread(self.storage.mark_released, checksums)
-
-    async def release(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
-        """Collect the objects of versions the catalog has let go of (pruned, purged).
-        Those still within the grace period (a writer may be about to use one again) are
-        marked released, and the periodic sweep collects them once past it."""
-        deleted = await self.collect(checksums, grace_seconds)
-        left = set(checksums) - set(deleted)
-        if left:
-            await in_thread(self.storage.mark_released, left)
-        return deleted
 
     async def collect(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
         """Delete the objects among *checksums* that no version row refers to.

@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 import trio
 
-from horace.backends.records import SearchQuery, Status
+from horace.backends.records import FileRecord, SearchQuery, Status
 from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
 from horace.changefeed import Change, ChangeFeed, open_change_feed
 from horace.model import ErrorCode, HoraceError
@@ -331,7 +331,7 @@ class Watcher:
             # catalogued file was means that file is gone.
             record = await self.catalog.backend.file_by_path(rel)
             if record is not None and record.status is Status.ACTIVE:
-                return not await self._vanish(rel)
+                return not self._file_vanished(record)
             return True
         if await in_thread(storage.is_being_written, rel) or _age(st) < self.settle:
             self.counts.retried += 1
@@ -410,26 +410,32 @@ class Watcher:
         """*rel* is gone: True when it is an active catalogued file, now waiting to be
         deleted (or moved); a folder's files wait likewise."""
         record = await self.catalog.backend.file_by_path(rel)
-        now = trio.current_time()
-        waits = record is not None and record.status is Status.ACTIVE
         if record is not None:
-            if record.status is Status.ACTIVE:
-                self._vanished.add(record, now)
-            else:  # deleted or archived through Horace (a tool, the CLI): its copies' turn
-                self._look_again_at_copies(record.id, None)
-        else:
-            # Perhaps a folder, moved or removed whole: each file catalogued under it.
-            query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
-            cursor = None
-            while True:
-                page = await self.catalog.search(query, cursor)
-                for found in page.results:
-                    self._vanished.add(found, now)
-                if page.next_cursor is None:
-                    break
-                cursor = page.next_cursor
+            return self._file_vanished(record)
+        # Perhaps a folder, moved or removed whole: each file catalogued under it.
+        now = trio.current_time()
+        query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
+        cursor = None
+        while True:
+            page = await self.catalog.search(query, cursor)
+            for found in page.results:
+                self._vanished.add(found, now)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
         self._wakeup.set()
-        return waits
+        return False
+
+    def _file_vanished(self, record: FileRecord) -> bool:
+        """*record*'s path no longer holds it: True when it is active, now waiting to be
+        deleted (or moved)."""
+        active = record.status is Status.ACTIVE
+        if active:
+            self._vanished.add(record, trio.current_time())
+        else:  # deleted or archived through Horace (a tool, the CLI): its copies' turn
+            self._look_again_at_copies(record.id, None)
+        self._wakeup.set()
+        return active
 
     async def _expire_vanished(self) -> None:
         for record in self._vanished.expired(before=trio.current_time() - self.settle):
