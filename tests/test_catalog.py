@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,11 +111,18 @@ async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catal
 
 
 async def test_restoring_the_oldest_kept_version_over_unsaved_work_keeps_it(
-    catalog: Catalog, files: Path
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The unsaved work is kept as a version first: that commit must not prune the version
     being restored (nor collect its object, past the grace at once here) before it is read."""
     catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=3), gc_grace_seconds=0.0)
+    let_go = Catalog.let_go
+
+    async def purged_at_once(self: Catalog, checksums: Sequence[str]) -> None:
+        await let_go(self, checksums)
+        await self.collect(checksums)  # (as a purge running right then would)
+
+    monkeypatch.setattr(Catalog, "let_go", purged_at_once)
     path = write(files / "user/doc.txt", "v1")
     file = (await catalog.register("user/doc.txt")).file
     for n in (2, 3):
