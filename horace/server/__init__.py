@@ -35,6 +35,7 @@ from horace.backends import open_backend
 from horace.catalog import Catalog, Progress
 from horace.config import Settings
 from horace.redact import redact_url
+from horace.server import heap
 from horace.server.lifecycle import HealthPart, HoraceServer, listen, watch_signals
 from horace.server.mcp import McpSession
 from horace.server.observer import Observer
@@ -116,6 +117,7 @@ async def serve(
     The port is taken first (a port in use leaves no new store behind); in watch mode
     the start-up reconcile runs before serving (its *progress* reported, and logged).
     """
+    heap.hold_large_blocks_apart()
     listeners = await listen(settings)
     try:
         async with open_catalog(settings, create=True) as catalog:

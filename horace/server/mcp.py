@@ -39,7 +39,7 @@ import horace
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CallRecord, ErrorCode, HoraceError
-from horace.server import jsonrpc
+from horace.server import heap, jsonrpc
 from horace.server.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -136,7 +136,8 @@ class McpSession:
         return size
 
     async def answer(self, message: str | bytes, admitted: int, send: Send) -> None:
-        """Answer one message received (*admitted* as :meth:`admit` said): what belongs to
+        """Answer one message received, as text or as its UTF-8 (decoded only when its
+        turn comes: see one_large_request_at_a_time), *admitted* as :meth:`admit` said: what belongs to
         it goes out through *send*, its reply last. The bytes the message was counted
         for are held until the reply has gone out: a client that sends many requests and
         reads no replies stops being read from, instead of piling them up."""
@@ -171,13 +172,11 @@ class McpSession:
                 self._request_bytes -= admitted
 
     async def _message(self, message: str | bytes, size: int, admitted: bool, send: Send) -> str | None:
-        if isinstance(message, bytes):
-            return error_text(None, RpcError(INVALID_REQUEST, "binary frames are not JSON-RPC"))
         limit = self.settings.max_message_bytes
         if size > limit:
             return error_text(None, jsonrpc.too_large(size, limit))
         try:
-            parsed = jsonrpc.parse(message)
+            parsed = jsonrpc.parse(message if isinstance(message, str) else jsonrpc.text_of(message))
         except RpcError as exc:
             return error_text(None, exc)
         del message
@@ -624,12 +623,16 @@ async def one_large_request_at_a_time(
     """Hold one of the server's *large_requests* slots while a message of more than
     :data:`LARGE_REQUEST_BYTES` is read, parsed and answered (a checkpoint only when it
     waits): parsed, 4 MiB of ``[{},{},…]`` are 90 MB of objects, and sessions parsing such
-    messages side by side would add them up. No real request comes near that size."""
+    messages side by side would add them up. No real request comes near that size. What
+    it freed is then given back to the system (horace.server.heap)."""
     if large_requests is None or size <= LARGE_REQUEST_BYTES:
         yield
     else:
         async with large_requests:
-            yield
+            try:
+                yield
+            finally:
+                heap.give_back()
 
 
 def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
