@@ -33,6 +33,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 import horace
 from horace.config import Settings
+from horace.server.jsonrpc import MAX_VALUES
 
 # The server runs the code this process imported (a benchmark may choose another tree).
 SOURCE = Path(horace.__file__).resolve().parent.parent
@@ -157,9 +158,12 @@ def search(request_id: Any, limit: int = 1000) -> dict[str, Any]:
 
 
 def densest_message(size: int, method: str = "ping") -> str:
-    """A request of exactly *size* bytes whose params parse into as many Python objects as
-    that many bytes can hold: a list of empty objects, 3 bytes each and ~64 parsed. A
-    tools/call has them as its arguments."""
+    """A request of exactly *size* bytes that costs the server the most to parse:
+    ``MAX_VALUES`` short strings (about 50 bytes each parsed), then spaces. (Before values
+    were counted, 4 MiB of ``[]`` parsed into 85 MB of lists; now that is refused
+    unparsed.) ASCII only: a character past it makes trio-websocket hold every character
+    of the text in four bytes while it assembles the message (see the README's "Memory
+    bound"). A tools/call has them as its arguments."""
     if method == "tools/call":
         head = (
             '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": '
@@ -169,9 +173,10 @@ def densest_message(size: int, method: str = "ping") -> str:
     else:
         head = f'{{"jsonrpc": "2.0", "id": 1, "method": "{method}", "params": {{"pad": ['
         tail = "]}}"
+    unit = '"abcdefghijkl"'
     room = size - len(head) - len(tail)
-    count = (room + 1) // 3  # "{}," each, no comma after the last
-    body = ",".join(["{}"] * count)
+    count = min(MAX_VALUES - 16, (room + 1) // (len(unit) + 1))  # (the head's commas and braces)
+    body = ",".join([unit] * count)
     return head + body + " " * (room - len(body)) + tail
 
 

@@ -40,7 +40,15 @@ from horace.config import ConfigError, Settings
 from horace.model import ErrorCode, HoraceError, SearchPage
 from horace.redact import MASK, redact_url
 from horace.server.front import HEAD_TIMEOUT
-from horace.server.jsonrpc import REPLY_TOO_LARGE, SERVER_BUSY, json_size_at_least, unusable
+from horace.server.jsonrpc import (
+    MAX_VALUES,
+    REPLY_TOO_LARGE,
+    SERVER_BUSY,
+    RpcError,
+    json_size_at_least,
+    parse,
+    unusable,
+)
 from horace.server.lifecycle import HoraceServer, listen
 from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS, McpSession
 from horace.server.replyroom import ReplyRoom
@@ -401,6 +409,36 @@ def test_the_params_walk_holds_one_iterator_per_level() -> None:
     assert odd is not None and odd.within("arguments") and len(str(odd)) < 300
 
 
+def test_a_message_of_more_values_than_the_limit_is_refused_unparsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Brackets and commas inside strings are not values: this one is a single string.
+    inside = json.dumps(["[{," * MAX_VALUES])
+    assert parse(inside) == ["[{," * MAX_VALUES]
+    # A batch at the cap of registers, each with an embedding of 1,536 numbers, is taken.
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": i,
+            "method": "tools/call",
+            "params": {
+                "name": "horace_register_file",
+                "arguments": {"metadata": {"embedding": [0.5] * 1536}},
+            },
+        }
+        for i in range(100)
+    ]
+    assert parse(json.dumps(batch)) == batch
+    over = "[" + ",".join(["[]"] * (MAX_VALUES // 2 + 1)) + "]"
+
+    def no_parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(json, "loads", no_parse)
+    with pytest.raises(RpcError) as refused:
+        parse(over)
+    assert refused.value.code == -32600
+    assert f"too many JSON values ({MAX_VALUES + 2} commas, objects and arrays" in refused.value.message
+
+
 # -- the protocol limits over a real WebSocket ---------------------------------------------
 
 
@@ -424,6 +462,27 @@ async def test_a_batch_past_the_cap_is_one_error_and_runs_nothing(limited: Runni
         replies = [client.expect(f"p{i}") for i in range(5)]
         await client.send_raw(json.dumps(at_cap))
         assert [(await r.receive())["result"] for r in replies] == [{}] * 5
+
+
+async def test_dense_non_ascii_and_binary_messages_over_websocket(limited: RunningHorace) -> None:
+    async with connect(limited.url) as client:
+        refused = client.expect(None)
+        await client.send_raw(json.dumps(request("dense", "ping", {"pad": [[]] * MAX_VALUES})))
+        error = (await refused.receive())["error"]
+        assert error["code"] == -32600 and "too many JSON values" in error["message"]
+        # Past ASCII, a message is held as UTF-8 until its turn, and answered as any other.
+        write(limited.files / "user/é😀.txt", "x")
+        registered = await client.call(
+            "horace_register_file", file_path="user/é😀.txt", metadata={"description": "日本 😀"}
+        )
+        info = await client.call("horace_get_file_info", file_id=registered["file_id"])
+        assert (
+            info["file"]["file_path"] == "user/é😀.txt"
+            and info["file"]["metadata"]["description"] == "日本 😀"
+        )
+        binary = client.expect(None)
+        await client.ws.send_message(b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}')
+        assert (await binary.receive())["error"]["message"] == "binary frames are not JSON-RPC"
 
 
 async def test_a_reply_past_the_cap_is_an_error(limited: RunningHorace) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,10 @@ REPLY_TOO_LARGE = -32003  # (-32002 is MCP's "resource not found")
 RESOURCE_NOT_FOUND = -32002
 
 MAX_PARAMS_DEPTH = 64  # levels of lists and objects in a request's params
+# Parsed, each JSON value is a Python object of 30-80 bytes and a pointer to it: at the
+# size limit, 4 MiB of "[[]]," were 125 MB. No request needs many: a batch at the cap of
+# registers, each with an embedding of 1,536 numbers in its metadata, holds 160,000.
+MAX_VALUES = 262_144  # in one message, counted as its commas, objects and arrays
 MAX_WHERE_CHARS = 200  # of where an unusable value is, in its message
 
 _END = object()
@@ -53,7 +58,15 @@ def text_of(data: bytes) -> str:
 
 
 def parse(text: str) -> Any:
-    """*text* as JSON, or :class:`RpcError` -32700 saying in JSON's words what is wrong."""
+    """*text* as JSON, or :class:`RpcError`: -32700 saying in JSON's words what is wrong,
+    -32600 when it holds more than :data:`MAX_VALUES` values (counted before parsing)."""
+    values = _values(text)
+    if values > MAX_VALUES:
+        raise RpcError(
+            INVALID_REQUEST,
+            f"the message holds too many JSON values ({values} commas, objects and arrays; at "
+            f"most {MAX_VALUES} in one message): send fewer requests in a batch",
+        )
     try:
         return json.loads(text, parse_constant=_not_json)
     except _NotJson as exc:
@@ -65,6 +78,23 @@ def parse(text: str) -> Any:
     except ValueError:  # (json.loads raises nothing else but for an integer's digits)
         reason = f"a number of more than {sys.get_int_max_str_digits()} digits"
     raise RpcError(PARSE_ERROR, f"parse error: {reason}")
+
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _values(text: str) -> int:
+    """How many values *text* holds, counted as its commas, objects and arrays outside
+    strings (a list of *n* items holds *n - 1* commas; an empty one is a value, and those
+    that hold something cost more than one). Counted at C speed, and outside strings
+    only when a count of every such character says it could be over the limit."""
+    if len(text) <= MAX_VALUES:  # (each is counted by a character of its own)
+        return 0
+    count = text.count(",") + text.count("{") + text.count("[")
+    if count <= MAX_VALUES:
+        return count
+    outside = _STRING.sub("", text)
+    return outside.count(",") + outside.count("{") + outside.count("[")
 
 
 class _NotJson(ValueError):

@@ -31,7 +31,6 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from horace.server import jsonrpc
 from horace.server.jsonrpc import INVALID_REQUEST, RpcError, error_text
 from horace.server.mcp import McpSession
 
@@ -161,14 +160,9 @@ class StdioSession:
                     if isinstance(line, TooLong):
                         calls.start_soon(self.send, self._too_long(line))
                     elif line.strip():  # blank lines carry no message
-                        try:
-                            text = jsonrpc.text_of(line)
-                        except RpcError as parse_error:
-                            calls.start_soon(self.send, error_text(None, parse_error))
-                            continue
                         admitted = self.session.admit(len(line))  # counted as it is read
-                        calls.start_soon(self.session.answer, text, admitted, self.send)
-                        del text, line
+                        calls.start_soon(self.session.answer, line, admitted, self.send)
+                        del line
             # Ended: stdin closed or a signal (what was read is answered, within the
             # grace), or stdout gone (nobody is left to answer).
             self._calls = calls.cancel_scope

@@ -27,6 +27,9 @@ from horace.server.mcp import McpSession
 log = logging.getLogger("horace.server")
 
 IDLE_CLOSE_CODE = 1001  # going away: a client may simply reconnect
+BINARY_FRAME_REFUSED = jsonrpc.error_text(
+    None, jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, "binary frames are not JSON-RPC")
+)
 
 
 class Peer(Protocol):
@@ -68,6 +71,13 @@ class WebSocketSession:
                             except ConnectionClosed:
                                 self.gone = True
                                 break
+                            if isinstance(message, bytes):
+                                calls.start_soon(self.send, BINARY_FRAME_REFUSED)
+                                continue
+                            if not message.isascii():
+                                # Held as UTF-8 until its turn: a str with one character past
+                                # ASCII takes up to four bytes for every character.
+                                message = message.encode()
                             # Counted as it is read:
                             admitted = self.session.admit(jsonrpc.message_size(message))
                             calls.start_soon(self.session.answer, message, admitted, self.send)
