@@ -319,8 +319,9 @@ async def test_sigterm_ends_the_session(env: dict[str, str]) -> None:
 
 
 def test_messages_piped_in_before_stdin_ends_are_answered(storage: Path, env: dict[str, str]) -> None:
-    """`printf '...' | horace mcp`: stdin ends right after the messages, and each request
-    is still answered (a tool call included) before the process exits 0."""
+    """`printf '...' | horace mcp`: stdin ends right after the messages, the last without
+    its newline, and each request is still answered (a tool call included) before the
+    process exits 0."""
     write(storage / "files/user/piped.txt", "piped in")
     messages = [
         {"jsonrpc": "2.0", "id": 1, "method": "ping"},
@@ -332,9 +333,10 @@ def test_messages_piped_in_before_stdin_ends_are_answered(storage: Path, env: di
             "params": {"name": "horace_register_file", "arguments": {"file_path": "user/piped.txt"}},
         },
     ]
+    last = {"jsonrpc": "2.0", "id": 4, "method": "ping"}  # (no newline after it)
     done = subprocess.run(
         MCP_COMMAND,
-        input="".join(json.dumps(m) + "\n" for m in messages) + "{garbage\n",
+        input="".join(json.dumps(m) + "\n" for m in messages) + "{garbage\n" + json.dumps(last),
         capture_output=True,
         text=True,
         env=env,
@@ -342,7 +344,7 @@ def test_messages_piped_in_before_stdin_ends_are_answered(storage: Path, env: di
     )
     assert done.returncode == 0, done.stderr
     replies = {r["id"]: r for r in map(json.loads, done.stdout.splitlines())}
-    assert set(replies) == {1, 2, 3, None}, done.stdout
+    assert set(replies) == {1, 2, 3, 4, None}, done.stdout
     assert replies[None]["error"]["code"] == -32700
     assert len(replies[2]["result"]["tools"]) == len(tour.TOOL_NAMES)
     registered = tool_body(replies[3]["result"])

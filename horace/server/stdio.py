@@ -96,8 +96,8 @@ class LineReader:
         self._dropping = False  # inside an over-long line: drop up to its newline
 
     async def receive_line(self) -> bytes | TooLong | None:
-        """The next line without its newline, :class:`TooLong` for one over the limit
-        (once per line), or None at the end of the stream."""
+        """The next line without its newline (the last one may have none), :class:`TooLong`
+        for one over the limit (once per line), or None at the end of the stream."""
         while True:
             newline = self._buffer.find(b"\n", self._searched)
             if newline >= 0:
@@ -118,11 +118,11 @@ class LineReader:
                     return TooLong(size)
             chunk = await self.stream.receive_some(CHUNK)
             if not chunk:
-                if self._buffer.strip() and not self._dropping:
-                    log.warning(
-                        "stdin ended inside a line: %d bytes without a newline dropped", len(self._buffer)
-                    )
-                return None
+                # A last line without its newline (`printf '{...}' | horace mcp`) is a line.
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                self._searched = 0
+                return None if self._dropping or not line.strip() else line
             self._buffer += chunk
 
 
