@@ -1537,6 +1537,9 @@ class _Units:
         assert row is not None
         return row["purged"], sorted(row["orphans"])
 
+    async def tidy(self) -> None:
+        return None  # autovacuum keeps the tables and the word index (GIN) in shape
+
     # conversations
 
     async def prune_turns(self, before: datetime, limit: int) -> int:

@@ -180,6 +180,10 @@ class Units(Protocol):
         """Remove files deleted before the cutoff; (files purged, checksums left
         without any version row)."""
 
+    async def tidy(self) -> None:
+        """The backend's own upkeep, run by each periodic purge, in steps short enough that
+        writers barely wait (SQLite merges its word index; PostgreSQL has autovacuum)."""
+
     # -- conversations ----------------------------------------------------------------
     async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:
         """Store conversation turns. A turn already stored with the same content (a

@@ -1021,6 +1021,22 @@ def _delete_version(conn: sqlite3.Connection, file_id: str, version: int) -> Non
         conn.execute("DELETE FROM horace_versions WHERE file_id = ? AND version = ?", (file_id, version))
 
 
+# FTS5 adds a segment to the word index with every write and merges them a few at a time,
+# and a search reads each segment's entries for its words: loaded in 20 batches, 100,000
+# files' index took 0.7 ms of a purpose search's 2.4. Merged into one segment (0.13 s in
+# all), in steps of 200 pages (20 ms at most), each its own transaction.
+_MERGE_PAGES = 200
+
+
+def _merge_words(conn: sqlite3.Connection) -> bool:
+    """One step of merging the word index into one segment; False once there was none
+    left to take."""
+    with _transaction(conn):
+        before = conn.total_changes
+        conn.execute("INSERT INTO horace_words (horace_words, rank) VALUES ('merge', ?)", (-_MERGE_PAGES,))
+        return conn.total_changes - before >= 2  # (FTS5's way of saying it merged something)
+
+
 def _purge_deleted(conn: sqlite3.Connection, deleted_before: datetime) -> tuple[int, list[str]]:
     with _transaction(conn):
         checksums = [
@@ -1458,6 +1474,10 @@ class SqliteBackend:
 
     async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
         return await self._write(_purge_deleted, deleted_before)
+
+    async def tidy(self) -> None:
+        while await self._write(_merge_words):  # (other writers get in between the steps)
+            pass
 
     async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:
         return await self._write(_insert_turns, turns)

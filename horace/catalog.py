@@ -1302,12 +1302,14 @@ class Catalog:
 
     async def purge(self) -> PurgeReport:
         """Remove files deleted longer ago than the retention: rows, then objects; then
-        collect any other object no version refers to (once past the grace period)."""
+        collect any other object no version refers to (once past the grace period); then
+        the backend's upkeep (:meth:`Backend.tidy`)."""
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
         orphans = await self._unless_copied(orphans)
         deleted = await self.collect(orphans, grace_seconds=0.0) if orphans else []
         deleted += await self.collect_orphans()
+        await self.backend.tidy()
         return PurgeReport(purged, len(deleted))
 
     async def _unless_copied(self, checksums: Sequence[str]) -> list[str]:

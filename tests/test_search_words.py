@@ -114,6 +114,25 @@ async def test_words_follow_updates_moves_status_and_purges(backend: Backend) ->
     assert await found(backend, "docs", status=None) == {"docs/gamma.md"}
 
 
+async def test_tidy_leaves_one_word_segment_and_the_same_answers(backend: Backend, database_url: str) -> None:
+    for i in range(40):  # a transaction each: a segment each, a few merged as they come
+        await backend.insert_files([record(f"w/{i:02d}.txt", f"weekly report q{i % 4}", when=i)])
+    before = {text: await found(backend, text, status=None) for text in ("report", "w 1", "week q3", "0")}
+    segments = "SELECT count(DISTINCT segid) FROM horace_words_idx"
+    path = database_url.removeprefix("sqlite://")
+    if database_url.startswith("sqlite://"):
+        with sqlite3.connect(path) as conn:
+            assert conn.execute(segments).fetchone()[0] > 1
+    await backend.tidy()
+    assert {text: await found(backend, text, status=None) for text in before} == before
+    assert len(before["report"]) == 40 and len(before["week q3"]) == 10
+    if database_url.startswith("sqlite://"):
+        with sqlite3.connect(path) as conn:
+            assert conn.execute(segments).fetchone()[0] == 1
+            conn.execute("INSERT INTO horace_words (horace_words) VALUES ('integrity-check')")
+    await backend.tidy()  # nothing left to merge: it ends at once
+
+
 async def test_a_file_counts_once_however_many_of_its_words_match(backend: Backend) -> None:
     await backend.insert_files(
         [record("x/a.txt", "report reports reporting"), record("x/b.txt", "reporter", when=1)]
