@@ -5,9 +5,10 @@ of a million pointers, and its turn in the conversation log a few megabytes of t
 glibc maps blocks that large on their own and unmaps them when freed, but after the
 first such block is freed it raises that threshold to the block's size, and from then
 on the next ones come from its heap, where what is freed stays resident. Measured with
-20 connections each sending such a message at once: the server's peak varied from 250
-to 300 MiB, highest on the second or third message; with the threshold held and the
-heap trimmed after each large message, 236-251 MiB. Elsewhere than glibc neither is
+20 connections each sending 4 MiB of ``[{},…]`` at once (before values were counted,
+horace.server.jsonrpc.MAX_VALUES): the server's peak varied from 250 to 300 MiB, highest
+on the second or third message; with the threshold held and the heap trimmed after each
+large message, 236-258 MiB. Elsewhere than glibc neither is
 there, and nothing is done.
 """
 

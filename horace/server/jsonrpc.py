@@ -80,7 +80,10 @@ def parse(text: str) -> Any:
     raise RpcError(PARSE_ERROR, f"parse error: {reason}")
 
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string, or what is left of the text after an opening quote never closed: matched to
+# the end at once, never tried again from each quote inside it (which a pattern that must
+# find the closing quote does, in time quadratic in the text).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 
 
 def _values(text: str) -> int:

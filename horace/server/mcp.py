@@ -136,9 +136,9 @@ class McpSession:
         return size
 
     async def answer(self, message: str | bytes, admitted: int, send: Send) -> None:
-        """Answer one message received, as text or as its UTF-8 (decoded only when its
-        turn comes: see one_large_request_at_a_time), *admitted* as :meth:`admit` said: what belongs to
-        it goes out through *send*, its reply last. The bytes the message was counted
+        """Answer one message received (as text, or as its UTF-8, decoded only when its turn
+        comes), *admitted* as :meth:`admit` said: what belongs to it goes out through
+        *send*, its reply last. The bytes the message was counted
         for are held until the reply has gone out: a client that sends many requests and
         reads no replies stops being read from, instead of piling them up."""
         async with self._answering(admitted, send):
