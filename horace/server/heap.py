@@ -15,10 +15,9 @@ there, and nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from typing import Any
 
-_libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or None)
+_libc: Any = ctypes.CDLL(None)  # (the process's own symbols, libc's among them)
 _mallopt = getattr(_libc, "mallopt", None)
 _malloc_trim = getattr(_libc, "malloc_trim", None)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # (glibc's malloc.h)

@@ -219,7 +219,7 @@ class StreamableHttp:
         body = await self._body(conn)
         size = len(body)
         try:
-            message = jsonrpc.parse(jsonrpc.text_of(body))
+            message = jsonrpc.parse(body)
         except RpcError as exc:
             raise Refused(400, exc.message, code=exc.code) from None
         del body

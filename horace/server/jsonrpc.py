@@ -49,7 +49,7 @@ class RpcError(Exception):
         return error
 
 
-def text_of(data: bytes) -> str:
+def _text_of(data: bytes) -> str:
     """A message's bytes as text, or :class:`RpcError` -32700 when they are not UTF-8."""
     try:
         return data.decode("utf-8")
@@ -57,9 +57,11 @@ def text_of(data: bytes) -> str:
         raise RpcError(PARSE_ERROR, f"parse error: not UTF-8: {exc}") from None
 
 
-def parse(text: str) -> Any:
-    """*text* as JSON, or :class:`RpcError`: -32700 saying in JSON's words what is wrong,
-    -32600 when it holds more than :data:`MAX_VALUES` values (counted before parsing)."""
+def parse(message: str | bytes) -> Any:
+    """*message* (text, or its UTF-8) as JSON, or :class:`RpcError`: -32700 saying in
+    JSON's words what is wrong, -32600 when it holds more than :data:`MAX_VALUES` values
+    (counted before parsing)."""
+    text = message if isinstance(message, str) else _text_of(message)
     values = _values(text)
     if values > MAX_VALUES:
         raise RpcError(

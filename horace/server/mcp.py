@@ -176,7 +176,7 @@ class McpSession:
         if size > limit:
             return error_text(None, jsonrpc.too_large(size, limit))
         try:
-            parsed = jsonrpc.parse(message if isinstance(message, str) else jsonrpc.text_of(message))
+            parsed = jsonrpc.parse(message)
         except RpcError as exc:
             return error_text(None, exc)
         del message
