@@ -590,11 +590,12 @@ def _by_any_tag(q: SearchQuery, p: _Params) -> tuple[str, str]:
         for tag in dict.fromkeys(q.any_tags)
     )
     limit, offset = p(q.limit, "bigint"), p(q.offset, "bigint")
-    page = (
-        f"SELECT {F_F} FROM ({heads}) h JOIN horace_files f ON f.id = h.file_id "
-        f"ORDER BY h.created_at {direction}, h.file_id {direction} LIMIT {limit} OFFSET {offset}"
+    # The page's ids first, then their rows: not the rows of every head.
+    ids = (
+        f"SELECT u.file_id FROM ({heads}) u "
+        f"ORDER BY u.created_at {direction}, u.file_id {direction} LIMIT {limit} OFFSET {offset}"
     )
-    return count, page
+    return count, f"SELECT {F_F} FROM ({ids}) h JOIN horace_files f ON f.id = h.file_id"
 
 
 # -- the units of work: asyncio coroutines of one connection ------------------------------

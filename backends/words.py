@@ -16,6 +16,7 @@ words: no character in it is query syntax, and a query with no word matches noth
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 # One character beyond ASCII, or an ASCII letter or digit, is part of a word: written as
 # "not an ASCII non-alphanumeric", which compiles in 0.1 ms where the range up to
@@ -41,10 +42,33 @@ def query_words(text: str) -> list[str]:
     return list(words)
 
 
-def fts5_match(words: list[str]) -> str:
-    """An FTS5 query: every word as a prefix. Words hold no '"', so quoting them is enough
-    to keep FTS5 from reading any of them (AND, NEAR, ``*``, ``:``...) as syntax."""
-    return " AND ".join(f'"{word}"*' for word in words)
+def fts5_match(words: list[str], terms: Mapping[str, list[str]] | None = None) -> str:
+    """An FTS5 query: every word as a prefix, or, where *terms* gives them, as the
+    index's words it begins (exactly, any of them; none: the word matches nothing). Words
+    hold no '"', so quoting them is enough to keep FTS5 from reading any of them (AND,
+    NEAR, ``*``, ``:``...) as syntax."""
+    terms = terms or {}
+
+    def one(word: str) -> str:
+        exact = terms.get(word)
+        if exact is None:
+            return f'"{word}"*'
+        return "(" + " OR ".join(f'"{term}"' for term in exact or [word]) + ")"
+
+    return " AND ".join(map(one, words))
+
+
+def prefix_end(word: str) -> str | None:
+    """The first string after every string that begins with *word*, in code point order
+    (which is UTF-8's byte order, SQLite's); None when there is none."""
+    while word:
+        last = ord(word[-1]) + 1
+        if last == 0xD800:  # (no surrogate is ever in UTF-8)
+            last = 0xE000
+        if last <= 0x10FFFF:
+            return word[:-1] + chr(last)
+        word = word[:-1]
+    return None
 
 
 def tsquery(words: list[str], statuses: list[str]) -> str:

@@ -17,11 +17,12 @@ import attrs
 import pytest
 
 from horace.backends import open_backend
+from horace.backends import sqlite as sqlite_backend
 from horace.backends.migrations import steps
 from horace.backends.protocol import Backend
 from horace.backends.records import FileChanges, FileRecord, SearchQuery, Status
 from horace.backends.sqlite import open_sqlite
-from horace.backends.words import WORD_CHARS, fts5_match, query_words, tsquery
+from horace.backends.words import WORD_CHARS, fts5_match, prefix_end, query_words, tsquery
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -69,8 +70,29 @@ def test_query_words(text: str, expected: list[str]) -> None:
 
 def test_queries_quote_every_word() -> None:
     assert fts5_match(["near", "ab"]) == '"near"* AND "ab"*'
+    # Words whose index words are known are written as those (none: nothing matches).
+    terms = {"ab": ["ab", "abc"], "zz": []}
+    assert fts5_match(["near", "ab", "zz"], terms) == '"near"* AND ("ab" OR "abc") AND ("zz")'
     assert tsquery(["near", "ab"], ["active"]) == "('active:near':*) & ('active:ab':*)"
     assert tsquery(["x"], ["active", "deleted"]) == "('active:x':* | 'deleted:x':*)"
+
+
+@pytest.mark.parametrize(
+    ("word", "end"),
+    [
+        ("abc", "abd"),
+        ("az", "a{"),
+        ("a\U0010ffff", "b"),
+        ("\U0010ffff", None),
+        ("x\ud7ff", "x\ue000"),  # past the surrogates, which UTF-8 never holds
+        ("café", "cafê"),
+    ],
+)
+def test_prefix_end(word: str, end: str | None) -> None:
+    assert prefix_end(word) == end
+    if end is not None:  # every string that begins with the word is before it, in UTF-8 too
+        for longer in (word, word + "\U0010ffff" * 3, word + "zzz"):
+            assert word.encode() <= longer.encode() < end.encode()
 
 
 # -- the index follows every change -------------------------------------------------------------
@@ -142,6 +164,37 @@ async def test_a_file_counts_once_however_many_of_its_words_match(backend: Backe
     assert await found(backend, "rep", status=None) == both
     assert await found(backend, "rep x") == both
     assert await found(backend, "reports") == {"x/a.txt"}
+
+
+async def test_a_word_that_begins_few_words_and_one_that_begins_many(backend: Backend) -> None:
+    # SQLite reads a word that begins at most 8 of the index's words as those words, and
+    # one that begins more as a prefix: the same answers either way.
+    await backend.insert_files([record(f"p/pre{i}.txt", f"preset pre{i}", when=i) for i in range(12)])
+    assert await found(backend, "pre") == {f"p/pre{i}.txt" for i in range(12)}  # 13 words
+    assert await found(backend, "pre1") == {"p/pre1.txt", "p/pre10.txt", "p/pre11.txt"}
+    assert await found(backend, "pre10 preset") == {"p/pre10.txt"}
+    assert await found(backend, "pre1 prf") == set()  # no word begins with "prf"
+    await backend.update_file((await backend.file_by_path("p/pre10.txt")).id, FileChanges(purpose="x"), T0)
+    assert await found(backend, "pre10") == {"p/pre10.txt"}  # (its path)
+    assert await found(backend, "preset pre10") == set()
+
+
+async def test_sqlite_writes_a_word_as_the_words_it_begins(tmp_path: Path) -> None:
+    async with open_sqlite(tmp_path / "c.db") as backend:
+        await backend.migrate()
+        await backend.insert_files([record(f"p/pre{i}.txt", None, when=i) for i in range(12)])
+    conn = sqlite_backend._connect(tmp_path / "c.db")
+    try:
+
+        def match(text: str) -> str | None:
+            return sqlite_backend._text_match(conn, SearchQuery(purpose=text))
+
+        assert match("pre1") == '("pre1" OR "pre10" OR "pre11")'
+        assert match("pre") == '"pre"*'  # 12 words: more than 8
+        assert match("prf txt") == '("prf") AND ("txt")'
+        assert match("") is None
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("per_second", [10, 40])
