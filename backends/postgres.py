@@ -319,17 +319,6 @@ def _glob_regex(pattern: str) -> str | None:
     return "".join(out)
 
 
-def _prefix_upper(prefix: str) -> str | None:
-    """The least string above every string starting with *prefix* (code point order)."""
-    for i in range(len(prefix) - 1, -1, -1):
-        code = ord(prefix[i]) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            return prefix[:i] + chr(code)
-    return None
-
-
 # -- search ------------------------------------------------------------------------------
 
 
@@ -355,7 +344,7 @@ def _path_filter(pattern: str, p: _Params) -> list[str]:
         # The constant head as a plain range too, so that the index serves it even in a
         # generic plan of the prepared statement (where LIKE $n tells the planner nothing).
         where.append(f"f.file_path >= {p(glob.prefix, 'text')}")
-        upper = _prefix_upper(glob.prefix)
+        upper = words.prefix_end(glob.prefix)
         if upper is not None:
             where.append(f"f.file_path < {p(upper, 'text')}")
     if glob.like is not None:
@@ -538,7 +527,7 @@ def _words_count(q: SearchQuery, p: _Params) -> str:
 def _lexeme_range(prefix: str, p: _Params) -> str:
     """Lexemes that start with *prefix* (code point order: the column is "C")."""
     where = f"(lexeme >= {p(prefix, 'text')}"
-    upper = _prefix_upper(prefix)
+    upper = words.prefix_end(prefix)
     return where + (f" AND lexeme < {p(upper, 'text')})" if upper is not None else ")")
 
 

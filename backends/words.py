@@ -60,14 +60,14 @@ def fts5_match(words: list[str], terms: Mapping[str, list[str]] | None = None) -
 
 def prefix_end(word: str) -> str | None:
     """The first string after every string that begins with *word*, in code point order
-    (which is UTF-8's byte order, SQLite's); None when there is none."""
-    while word:
-        last = ord(word[-1]) + 1
-        if last == 0xD800:  # (no surrogate is ever in UTF-8)
-            last = 0xE000
-        if last <= 0x10FFFF:
-            return word[:-1] + chr(last)
-        word = word[:-1]
+    (which is UTF-8's byte order, SQLite's, and that of PostgreSQL's "C" collation); None
+    when there is none."""
+    for i in range(len(word) - 1, -1, -1):
+        code = ord(word[i]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # (no surrogate is ever in UTF-8)
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return word[:i] + chr(code)
     return None
 
 

@@ -34,7 +34,6 @@ from horace.backends.postgres import (
     _Glob,
     _glob_regex,
     _PoolSource,
-    _prefix_upper,
     open_postgres,
 )
 from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, UnusableURL
@@ -51,6 +50,7 @@ from horace.backends.records import (
     Turn,
 )
 from horace.backends.sqlite import SqliteBackend, open_sqlite
+from horace.backends.words import prefix_end
 
 # The sqlite environments of the tox matrix have no server; the postgres ones run these.
 pytestmark = pytest.mark.skipif(
@@ -600,7 +600,7 @@ async def test_glob_matches_sqlite_glob() -> None:
             if glob.like is not None
             else ("regex", glob.regex)
         )
-        upper = _prefix_upper(glob.prefix) if glob.prefix else None
+        upper = prefix_end(glob.prefix) if glob.prefix else None
         for text in sorted(strings):
             want = bool(lite.execute("SELECT ? GLOB ?", (text, pattern)).fetchone()[0])
             cases.append((pattern, text, kind, param, glob.prefix, upper, want))
