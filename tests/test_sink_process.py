@@ -112,6 +112,21 @@ async def test_calls_and_log_records_reach_both_sinks_through_the_child(settings
     assert before <= stamps[0] <= stamps[1] <= stamps[2] <= stamps[3] <= after
 
 
+async def test_the_child_runs_the_servers_horace_not_one_in_the_working_directory(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``horace serve`` started in a folder that holds a ``horace`` package (another
+    checkout, say): the child imports the server's Horace, as the server did."""
+    shadow = tmp_path / "elsewhere" / "horace"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the horace of the working directory')\n")
+    monkeypatch.chdir(shadow.parent)
+    async with run_horace(in_child(settings)) as horace, connect(horace.url) as client:
+        await call(client, "horace_search_files", "cwd-0")
+        await drained(horace)
+        assert process_part(horace)["starts"] == 1 and process_part(horace)["last_error"] is None
+
+
 async def test_a_stopping_server_hands_over_every_call_it_still_queues(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

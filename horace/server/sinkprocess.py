@@ -57,8 +57,10 @@ STEADY = 30.0  # seconds a child must live for its restart to count as a first f
 REPORT_EVERY = 0.1  # seconds between the child's looks at its sinks' status
 READ_BYTES = 1024 * 1024
 # The child's program. Horace is imported as the server's interpreter finds it (the same
-# environment, folder and PYTHONPATH); the folder the server's came from is a last resort
-# (a test runner's path), put last so that it shadows nothing.
+# environment and PYTHONPATH; -P: not from the working directory, where a ``horace``
+# folder, such as another checkout, would shadow the server's own); the folder the
+# server's came from is a last resort (a test runner's path), put last so that it shadows
+# nothing.
 _HORACE_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(horace.__file__)))
 CHILD_CODE = (
     f"import sys; sys.path.append({_HORACE_FOLDER!r}); from horace.server.sinkprocess import main; main()"
@@ -205,7 +207,7 @@ class SinkProcess:
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-c", CHILD_CODE],
+                [sys.executable, "-P", "-c", CHILD_CODE],
                 stdin=read_end,
                 stdout=subprocess.PIPE,
                 start_new_session=True,  # out of the terminal's group: Ctrl-C is the server's
