@@ -659,7 +659,7 @@ async def test_godot_answers_are_read_many_at_a_time(
                     await godot_end.send_all(godot.send(WsMessage(data=json.dumps(reply))))
 
     async def connect(url: str) -> GodotSocket:
-        return await GodotSocket.over(client, "godot", "/")
+        return await GodotSocket.over(client, "ws://godot/")
 
     monkeypatch.setattr(GodotSocket, "connect", connect)
     async with trio.open_nursery() as nursery:
@@ -671,6 +671,138 @@ async def test_godot_answers_are_read_many_at_a_time(
         nursery.cancel_scope.cancel()
     assert [e["message"] for e in logged[1:]] == [f"m{i}" for i in range(50)]  # (after initialize)
     assert reads <= 50 // 2, reads  # one wakeup an answer would be 50 reads
+
+
+def scripted_godot(
+    godot_end: trio.testing.MemoryReceiveStream | Any, answer: Any, upgrade: bytes | None = None
+) -> Any:
+    """A Godot made with wsproto (another library than the sink's) on *godot_end*: it
+    accepts the upgrade (or sends the raw *upgrade* answer instead), answers initialize,
+    and answers each call (and any other event but a message) through ``answer(godot,
+    call or event) -> bytes``: what to send back."""
+    godot = WSConnection(ConnectionType.SERVER)
+    heard: list[Any] = []
+
+    async def run() -> None:
+        while data := await godot_end.receive_some():
+            godot.receive_data(data)
+            for event in godot.events():
+                heard.append(event)
+                if isinstance(event, WsRequest):
+                    await godot_end.send_all(upgrade or godot.send(AcceptConnection()))
+                elif isinstance(event, TextMessage) and "id" in (call := json.loads(event.data)):
+                    if call["method"] == "initialize":
+                        reply = {"jsonrpc": "2.0", "id": call["id"], "result": {}}
+                        await godot_end.send_all(godot.send(WsMessage(data=json.dumps(reply))))
+                    else:
+                        await godot_end.send_all(answer(godot, call))
+                elif not isinstance(event, TextMessage):  # (a pong, a close)
+                    await godot_end.send_all(answer(godot, event))
+
+    run.heard = heard  # type: ignore[attr-defined]
+    return run
+
+
+def answered(call: dict[str, Any]) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": {"isError": False}})
+
+
+async def deliver_to(godot: Any, godot_end: Any, client_end: Any, batch: list[dict[str, Any]]) -> None:
+    async def connect(url: str) -> GodotSocket:
+        return await GodotSocket.over(client_end, url)
+
+    unavailable = None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GodotSocket, "connect", connect)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(godot)
+            try:
+                async with GodotTransport("ws://godot/", reply_timeout=5).open() as deliver:
+                    await deliver(batch)
+            except SinkUnavailable as exc:  # (raised alone, not in the nursery's group)
+                unavailable = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    if unavailable is not None:
+        raise unavailable
+
+
+async def test_godot_pings_and_fragmented_answers_are_taken_in_stride() -> None:
+    """Godot pings for each call and answers it only once its pong is in, in three
+    fragments: the sink answers each ping at once (nothing else would come) and reads
+    each answer whole."""
+    from wsproto.events import Ping, Pong
+
+    client_end, godot_end = trio.testing.memory_stream_pair()
+    waiting: dict[str, str] = {}  # the answers held back, by their ping's payload
+
+    def ping_then_fragments(godot: WSConnection, heard: Any) -> bytes:
+        if isinstance(heard, dict):  # a call
+            waiting[str(heard["id"])] = answered(heard)
+            return godot.send(Ping(payload=str(heard["id"]).encode()))
+        if not isinstance(heard, Pong):
+            return b""
+        text = waiting.pop(bytes(heard.payload).decode())
+        third = len(text) // 3
+        return b"".join(
+            godot.send(WsMessage(data=part, message_finished=last))
+            for part, last in (
+                (text[:third], False),
+                (text[third : 2 * third], False),
+                (text[2 * third :], True),
+            )
+        )
+
+    godot = scripted_godot(godot_end, ping_then_fragments)
+    await deliver_to(godot, godot_end, client_end, [entry(i) for i in range(5)])
+    pongs = [bytes(e.payload).decode() for e in godot.heard if isinstance(e, Pong)]
+    calls = [json.loads(e.data) for e in godot.heard if isinstance(e, TextMessage)]
+    assert [c["params"]["arguments"]["message"] for c in calls[2:]] == [f"m{i}" for i in range(5)]
+    assert pongs == [str(c["id"]) for c in calls[2:]]  # (after initialize and initialized)
+
+
+@pytest.mark.parametrize(
+    ("misbehaviour", "said"),
+    [
+        ("refused", "the WebSocket upgrade was refused 403"),
+        ("not-http", "the WebSocket upgrade failed"),
+        ("binary", "a binary message (only text is spoken here)"),
+        ("closed", "closed by Godot (1001 going away)"),
+        ("too-long", "Godot broke the WebSocket protocol"),
+        ("not-utf8", "Godot broke the WebSocket protocol: a text message"),
+    ],
+)
+async def test_a_godot_that_breaks_the_websocket_is_unavailable_with_the_reason(
+    misbehaviour: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each is a SinkUnavailable that says what went wrong (the runner retries later):
+    none hangs the sink, none is taken for an answer."""
+    from wsproto.events import CloseConnection
+
+    monkeypatch.setattr(horace.sinks.godot, "MAX_MESSAGE_BYTES", 1000)
+    client_end, godot_end = trio.testing.memory_stream_pair()
+    upgrade = {
+        "refused": b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+        "not-http": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+    }.get(misbehaviour)
+
+    def misbehave(godot: WSConnection, call: Any) -> bytes:
+        if not isinstance(call, dict):  # (the sink's close, after it gave up)
+            return b""
+        if misbehaviour == "binary":
+            return godot.send(WsMessage(data=answered(call).encode()))
+        if misbehaviour == "closed":
+            return godot.send(CloseConnection(code=1001, reason="going away"))
+        if misbehaviour == "too-long":
+            return godot.send(WsMessage(data=answered(call) + " " * 1000))
+        # A text frame of bytes that are not UTF-8 (wsproto will not make one): FIN+text,
+        # its length, the bytes.
+        return b"\x81\x03\xff\xfe\xfd"
+
+    godot = scripted_godot(godot_end, misbehave, upgrade)
+    with pytest.raises(SinkUnavailable) as raised, trio.fail_after(10):
+        await deliver_to(godot, godot_end, client_end, [entry(0)])
+    assert said in str(raised.value), raised.value
 
 
 async def test_godot_slower_than_the_reply_timeout_per_batch_still_gets_each_entry_once() -> None:

@@ -1,10 +1,12 @@
 """The Godot sink: Horace's log, as ``logger_log`` tool calls over one WebSocket.
 
 Calls of a batch are pipelined: their frames are written together, with one send, then
-the answers are read, several a read (see :data:`ANSWER_GATHER`). The WebSocket is spoken with wsproto (what
-trio-websocket is built on) straight on the TCP stream, without trio-websocket's reader
-task and per-message send: a log entry costs its framing and nothing more. Secrets are
-redacted at any depth before an entry is queued, so they never reach the spool either.
+the answers are read, several a read (see :data:`ANSWER_GATHER`). The WebSocket is spoken
+with the Sans-I/O client of ``websockets`` straight on the TCP stream, without
+trio-websocket's reader task and per-message send: a log entry costs its framing and
+nothing more (websockets frames and parses a message in a fifth to half the time wsproto
+takes: see ``scripts/bench_sinks``). Secrets are redacted at any depth before an entry is
+queued, so they never reach the spool either.
 """
 
 from __future__ import annotations
@@ -20,19 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Event,
-    Message,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from horace.config import websocket_url_problem
 from horace.logs import CALL_LINE, OBSERVED, call_line_data
@@ -52,6 +46,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # an answer longer than this is not Godot'
 # before a shutdown, is not held on the wire.
 ANSWER_GATHER = 0.002
 GATHER_FROM = 8  # answers outstanding
+# The WebSocket library's own log: under the sinks' logger, which never feeds a sink.
+_PROTOCOL_LOG = logging.getLogger("horace.sinks.godot.websocket")
 
 
 class _Closed(Exception):
@@ -67,13 +63,11 @@ class _Socket:
     """A WebSocket client as the sink needs it: text messages out, several with one send,
     and text messages in; pings answered; no task of its own."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, url: str) -> None:
         self._stream = stream
-        self._ws = WSConnection(ConnectionType.CLIENT)
+        self._ws = ClientProtocol(parse_uri(url), max_size=MAX_MESSAGE_BYTES, logger=_PROTOCOL_LOG)
         self._received: deque[str] = deque()
-        self._fragments: list[str] = []
-        self._fragment_chars = 0
-        self._accepted = False
+        self._fragments: list[bytes | bytearray | memoryview] = []
 
     @classmethod
     async def connect(cls, url: str) -> _Socket:
@@ -89,30 +83,34 @@ class _Socket:
         try:
             if secure:
                 stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=parts.hostname)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            return await cls.over(stream, parts.netloc.rpartition("@")[2], target)
+            return await cls.over(stream, url)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
 
     @classmethod
-    async def over(cls, stream: trio.abc.Stream, host: str, target: str) -> _Socket:
-        """The WebSocket opened on *stream* (the upgrade asked and accepted)."""
-        socket = cls(stream)
-        await socket._send(Request(host=host, target=target))
-        while not socket._accepted:
+    async def over(cls, stream: trio.abc.Stream, url: str) -> _Socket:
+        """The WebSocket of *url* opened on *stream* (the upgrade asked and accepted)."""
+        socket = cls(stream, url)
+        socket._ws.send_request(socket._ws.connect())
+        await socket._flush()
+        while socket._ws.state is State.CONNECTING:
             await socket._read()
         return socket
 
-    async def _send(self, *events: Event) -> None:
-        try:
-            data = b"".join(self._ws.send(event) for event in events)
-        except LocalProtocolError as exc:  # (closed by Godot meanwhile)
-            raise _Closed(str(exc)) from exc
-        await self._stream.send_all(data)
+    async def _flush(self) -> None:
+        """Send what the protocol has to send (frames, a pong, a close)."""
+        data = b"".join(self._ws.data_to_send())
+        if data:
+            await self._stream.send_all(data)
 
     async def send(self, texts: list[str]) -> None:
-        await self._send(*(Message(data=text) for text in texts))
+        try:
+            for text in texts:
+                self._ws.send_text(text.encode())
+        except InvalidState as exc:  # (closed by Godot meanwhile)
+            raise _Closed(str(exc)) from exc
+        await self._flush()
 
     async def receive_all(self, pause: float = 0.0) -> list[str]:
         """The messages received so far, at least one. With none held yet, waits *pause*
@@ -129,41 +127,44 @@ class _Socket:
         data = await self._stream.receive_some(RECEIVE_BYTES)
         if not data:
             raise _Closed("the connection was closed")
-        try:
-            self._ws.receive_data(bytes(data))
-            for event in self._ws.events():
-                await self._handle(event)
-        except RemoteProtocolError as exc:
-            raise _Closed(f"Godot broke the WebSocket protocol: {exc}") from exc
+        self._ws.receive_data(bytes(data))
+        for event in self._ws.events_received():
+            if isinstance(event, Frame):  # (else the answer to the upgrade: checked below)
+                self._frame(event)
+        refused = self._ws.handshake_exc
+        if isinstance(refused, InvalidStatus):
+            raise SinkUnavailable(f"the WebSocket upgrade was refused {refused.response.status_code}")
+        if refused is not None:  # (an answer that is not HTTP, or not an upgrade)
+            raise SinkUnavailable(f"the WebSocket upgrade failed: {refused}")
+        if self._ws.parser_exc is not None:  # (a message too long, a frame malformed)
+            raise _Closed(f"Godot broke the WebSocket protocol: {self._ws.parser_exc}")
+        await self._flush()  # (a pong)
 
-    async def _handle(self, event: Event) -> None:
-        if isinstance(event, AcceptConnection):
-            self._accepted = True
-        elif isinstance(event, RejectConnection | RejectData):
-            status = getattr(event, "status_code", "")
-            raise SinkUnavailable(f"the WebSocket upgrade was refused {status}".rstrip())
-        elif isinstance(event, TextMessage):
-            self._fragments.append(event.data)
-            self._fragment_chars += len(event.data)
-            if self._fragment_chars > MAX_MESSAGE_BYTES:
-                raise _Closed(f"a message of over {MAX_MESSAGE_BYTES} characters")
-            if event.message_finished:
-                self._received.append("".join(self._fragments))
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.TEXT or (frame.opcode is Opcode.CONT and self._fragments):
+            self._fragments.append(frame.data)
+            if frame.fin:
+                data = b"".join(self._fragments)
                 self._fragments.clear()
-                self._fragment_chars = 0
-        elif isinstance(event, Ping):
-            await self._send(event.response())
-        elif isinstance(event, CloseConnection):
-            raise _Closed(f"closed by Godot ({event.code} {event.reason or ''})".rstrip())
-        elif isinstance(event, Message):  # bytes: not what Godot speaks
+                try:
+                    self._received.append(data.decode())
+                except UnicodeDecodeError as exc:
+                    raise _Closed(f"Godot broke the WebSocket protocol: a text message {exc}") from exc
+        elif frame.opcode is Opcode.CLOSE:
+            close = self._ws.close_rcvd
+            said = f"{close.code} {close.reason}".rstrip() if close is not None else "no status"
+            raise _Closed(f"closed by Godot ({said})")
+        elif frame.opcode is Opcode.BINARY or frame.opcode is Opcode.CONT:
             raise _Closed("a binary message (only text is spoken here)")
+        # A ping is answered by the protocol (sent at the next flush); a pong needs nothing.
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as cleanup:
             cleanup.shield = True
             try:
-                await self._send(CloseConnection(code=1000))
-            except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._ws.send_close(1000)
+                await self._flush()
+            except (InvalidState, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("godot: no close frame sent (%s); closing anyway", exc)
             await trio.aclose_forcefully(self._stream)
 
