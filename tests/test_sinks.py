@@ -805,6 +805,16 @@ async def test_a_godot_that_breaks_the_websocket_is_unavailable_with_the_reason(
     assert said in str(raised.value), raised.value
 
 
+async def test_a_godot_url_with_a_user_and_a_fragment_is_served_without_them() -> None:
+    async with godot_standin() as godot:
+        url = godot.url.replace("ws://", "ws://someone@") + "/#log"
+        runner = SinkRunner(GodotTransport(url), spool_dir=None, **FAST)
+        async with running(runner):
+            runner.emit(entry(0))
+            await eventually(lambda: runner.delivered == 1, 10, "the entry delivered")
+    assert [c["message"] for c in godot.calls] == ["m0"] and runner.failures == 0
+
+
 async def test_godot_slower_than_the_reply_timeout_per_batch_still_gets_each_entry_once() -> None:
     """A batch takes longer than ``reply_timeout`` in all, but every reply comes quickly."""
     async with godot_standin(delay=0.02) as godot:

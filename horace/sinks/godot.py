@@ -19,14 +19,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidState, InvalidStatus
+from websockets.exceptions import InvalidState, InvalidStatus, InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI, parse_uri
 
 from horace.config import websocket_url_problem
 from horace.logs import CALL_LINE, OBSERVED, call_line_data
@@ -65,7 +65,7 @@ class _Socket:
 
     def __init__(self, stream: trio.abc.Stream, url: str) -> None:
         self._stream = stream
-        self._ws = ClientProtocol(parse_uri(url), max_size=MAX_MESSAGE_BYTES, logger=_PROTOCOL_LOG)
+        self._ws = ClientProtocol(_uri(url), max_size=MAX_MESSAGE_BYTES, logger=_PROTOCOL_LOG)
         self._received: deque[str] = deque()
         self._fragments: list[bytes | bytearray | memoryview] = []
 
@@ -167,6 +167,17 @@ class _Socket:
             except (InvalidState, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("godot: no close frame sent (%s); closing anyway", exc)
             await trio.aclose_forcefully(self._stream)
+
+
+def _uri(url: str) -> WebSocketURI:
+    """*url* as the protocol takes it, without a fragment (meaningless here) and without
+    credentials (Horace sends none: a ``user@`` in GODOT_URL is ignored, not a failure)."""
+    parts = urlsplit(url)
+    bare = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
+    try:
+        return parse_uri(bare)
+    except InvalidURI as exc:
+        raise SinkUnavailable(f"{redact_url(url)}: {exc}") from None
 
 
 class GodotTransport:
