@@ -16,6 +16,7 @@ import pstats
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -442,6 +443,55 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
         print(json.dumps(data, indent=2, default=str))
     else:
         print(text)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of these processes (all their threads) so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class GodotStandIn:
+    """``scripts/rpcpeers.py godot`` in a process of its own: a Godot that answers each
+    log call as cheaply as it can (asyncio and the C-accelerated ``websockets``), so that
+    a benchmark measures the sink, not its peer. (tests/godot_standin.py, on
+    trio-websocket, spent 190-240 µs an entry: more than the sink.)"""
+
+    def __init__(self) -> None:
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "rpcpeers.py"), "godot", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.url = f"ws://127.0.0.1:{port}"
+        self.entries: int | None = None
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "READY":
+            self.proc.kill()
+            raise SystemExit(f"the Godot stand-in did not start: {line!r}")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds([self.proc.pid])
+
+    def stop(self) -> int | None:
+        """Stop it (once); how many log entries it took."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            out, _ = self.proc.communicate(timeout=30)
+            said = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            self.entries = int(said[0]["entries"]) if said else None
+        return self.entries
 
 
 def use_source(src: str | None) -> Path:
