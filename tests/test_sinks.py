@@ -30,6 +30,7 @@ import trio.testing
 from godot_standin import godot_standin
 from helpers import BACKEND, tool_body, write
 from mcp_client import McpClient, connect
+from websockets.uri import parse_uri
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, TextMessage
 from wsproto.events import Message as WsMessage
@@ -659,7 +660,7 @@ async def test_godot_answers_are_read_many_at_a_time(
                     await godot_end.send_all(godot.send(WsMessage(data=json.dumps(reply))))
 
     async def connect(url: str) -> GodotSocket:
-        return await GodotSocket.over(client, "ws://godot/")
+        return await GodotSocket.over(client, parse_uri("ws://godot/"))
 
     monkeypatch.setattr(GodotSocket, "connect", connect)
     async with trio.open_nursery() as nursery:
@@ -709,7 +710,7 @@ def answered(call: dict[str, Any]) -> str:
 
 async def deliver_to(godot: Any, godot_end: Any, client_end: Any, batch: list[dict[str, Any]]) -> None:
     async def connect(url: str) -> GodotSocket:
-        return await GodotSocket.over(client_end, url)
+        return await GodotSocket.over(client_end, parse_uri(url))
 
     unavailable = None
     with pytest.MonkeyPatch.context() as patch:

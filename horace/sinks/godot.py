@@ -63,9 +63,9 @@ class _Socket:
     """A WebSocket client as the sink needs it: text messages out, several with one send,
     and text messages in; pings answered; no task of its own."""
 
-    def __init__(self, stream: trio.abc.Stream, url: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, uri: WebSocketURI) -> None:
         self._stream = stream
-        self._ws = ClientProtocol(_uri(url), max_size=MAX_MESSAGE_BYTES, logger=_PROTOCOL_LOG)
+        self._ws = ClientProtocol(uri, max_size=MAX_MESSAGE_BYTES, logger=_PROTOCOL_LOG)
         self._received: deque[str] = deque()
         self._fragments: list[bytes | bytearray | memoryview] = []
 
@@ -74,24 +74,20 @@ class _Socket:
         problem = websocket_url_problem(url)
         if problem is not None:
             raise SinkUnavailable(f"{redact_url(url)}: {problem}")
-        parts = urlsplit(url)
-        assert parts.hostname is not None  # (checked above)
-        secure = parts.scheme == "wss"
-        stream: trio.abc.Stream = await trio.open_tcp_stream(
-            parts.hostname, parts.port or (443 if secure else 80)
-        )
+        uri = _uri(url)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(uri.host, uri.port)
         try:
-            if secure:
-                stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=parts.hostname)
-            return await cls.over(stream, url)
+            if uri.secure:
+                stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=uri.host)
+            return await cls.over(stream, uri)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
 
     @classmethod
-    async def over(cls, stream: trio.abc.Stream, url: str) -> _Socket:
-        """The WebSocket of *url* opened on *stream* (the upgrade asked and accepted)."""
-        socket = cls(stream, url)
+    async def over(cls, stream: trio.abc.Stream, uri: WebSocketURI) -> _Socket:
+        """The WebSocket of *uri* opened on *stream* (the upgrade asked and accepted)."""
+        socket = cls(stream, uri)
         socket._ws.send_request(socket._ws.connect())
         await socket._flush()
         while socket._ws.state is State.CONNECTING:
