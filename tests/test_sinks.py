@@ -676,11 +676,11 @@ async def test_godot_answers_are_read_many_at_a_time(
 
 def scripted_godot(
     godot_end: trio.testing.MemoryReceiveStream | Any, answer: Any, upgrade: bytes | None = None
-) -> Any:
+) -> tuple[Any, list[Any]]:
     """A Godot made with wsproto (another library than the sink's) on *godot_end*: it
     accepts the upgrade (or sends the raw *upgrade* answer instead), answers initialize,
     and answers each call (and any other event but a message) through ``answer(godot,
-    call or event) -> bytes``: what to send back."""
+    call or event) -> bytes``: what to send back. Returns its task and what it heard."""
     godot = WSConnection(ConnectionType.SERVER)
     heard: list[Any] = []
 
@@ -700,8 +700,7 @@ def scripted_godot(
                 elif not isinstance(event, TextMessage):  # (a pong, a close)
                     await godot_end.send_all(answer(godot, event))
 
-    run.heard = heard  # type: ignore[attr-defined]
-    return run
+    return run, heard
 
 
 def answered(call: dict[str, Any]) -> str:
@@ -754,10 +753,10 @@ async def test_godot_pings_and_fragmented_answers_are_taken_in_stride() -> None:
             )
         )
 
-    godot = scripted_godot(godot_end, ping_then_fragments)
+    godot, heard = scripted_godot(godot_end, ping_then_fragments)
     await deliver_to(godot, godot_end, client_end, [entry(i) for i in range(5)])
-    pongs = [bytes(e.payload).decode() for e in godot.heard if isinstance(e, Pong)]
-    calls = [json.loads(e.data) for e in godot.heard if isinstance(e, TextMessage)]
+    pongs = [bytes(e.payload).decode() for e in heard if isinstance(e, Pong)]
+    calls = [json.loads(e.data) for e in heard if isinstance(e, TextMessage)]
     assert [c["params"]["arguments"]["message"] for c in calls[2:]] == [f"m{i}" for i in range(5)]
     assert pongs == [str(c["id"]) for c in calls[2:]]  # (after initialize and initialized)
 
@@ -800,7 +799,7 @@ async def test_a_godot_that_breaks_the_websocket_is_unavailable_with_the_reason(
         # its length, the bytes.
         return b"\x81\x03\xff\xfe\xfd"
 
-    godot = scripted_godot(godot_end, misbehave, upgrade)
+    godot, _ = scripted_godot(godot_end, misbehave, upgrade)
     with pytest.raises(SinkUnavailable) as raised, trio.fail_after(10):
         await deliver_to(godot, godot_end, client_end, [entry(0)])
     assert said in str(raised.value), raised.value
