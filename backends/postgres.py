@@ -456,23 +456,27 @@ def _direction(q: SearchQuery) -> str:
     return "ASC" if q.order is Order.ASC else "DESC"
 
 
-def _search_sql(q: SearchQuery) -> tuple[str, list[Any]]:
-    """One statement: the count, and the page (every column of each row)."""
+def _search_sql(q: SearchQuery) -> tuple[str, list[Any], bool]:
+    """One statement: the count, and the page (every column of each row); and whether
+    one plan fits every run of it (else it is planned anew for its arguments, as
+    _fetch_planned says)."""
     p = _Params()
     newest_first_of_a_status = q.sort_by is SortKey.CREATED_AT and q.status is not None
     if newest_first_of_a_status and q.tags:
         count, page = _by_tag(q, p)
     elif newest_first_of_a_status and q.any_tags:
         count, page = _by_any_tag(q, p)
+    elif _words_alone(q):
+        count, page = _by_words(q, p)
     else:
         count, page = _by_files(q, p)
     column = _SORT[q.sort_by][0]
     sql = (
-        f"WITH page AS ({page}) "
-        f"SELECT c.total, page.* FROM ({count}) c LEFT JOIN page ON true "
+        f"WITH c AS MATERIALIZED ({count}), page AS ({page}) "
+        f"SELECT c.total, page.* FROM c LEFT JOIN page ON true "
         f"ORDER BY page.{column} {_direction(q)}, page.id {_direction(q)}"
     )
-    return sql, p.values
+    return sql, p.values, not q.purpose or _words_alone(q)
 
 
 def _by_files(q: SearchQuery, p: _Params) -> tuple[str, str]:
@@ -494,6 +498,66 @@ def _by_files(q: SearchQuery, p: _Params) -> tuple[str, str]:
         f"LIMIT {p(q.limit, 'bigint')} OFFSET {p(q.offset, 'bigint')}"
     )
     return count, f"SELECT {F_F} FROM ({ids}) ids JOIN horace_files f ON f.id = ids.id"
+
+
+def _words_alone(q: SearchQuery) -> bool:
+    """A search by purpose words and a status, and nothing else."""
+    return (
+        bool(q.purpose and words.query_words(q.purpose))
+        and q.status is not None
+        and not _tag_filters(q, _Params())
+        and not _field_filters(q, _Params())
+    )
+
+
+# The sort key as an expression: its index cannot serve the order.
+_UNINDEXED_ORDER = {
+    SortKey.CREATED_AT: "f.created_at + interval '0'",
+    SortKey.UPDATED_AT: "f.updated_at + interval '0'",
+    SortKey.SIZE: "f.size + 0",
+    SortKey.PATH: "f.file_path || ''",
+}
+
+
+def _by_words(q: SearchQuery, p: _Params) -> tuple[str, str]:
+    """Purpose words and a status alone. The count comes from horace_file_words' index
+    (_words_count); the page one of two ways, chosen by that count as the statement runs:
+
+    - many matches: the status's files in page order (the sort key's index), each tested,
+      until the page is full: about (offset + limit) x files / matches rows read;
+    - few: every match, through the words' GIN index, then sorted: about matches rows.
+
+    The first reads fewer when matches² > (offset + limit) x files (pg_class.reltuples, the
+    planner's own estimate). Chosen so, not by the planner, the one plan fits every word,
+    and the statement is prepared once: a plan made without the words (the generic plan a
+    prepared statement gets from its sixth run) cannot tell a common word from a rare one,
+    and was several times slower than either way; planning each run for its words cost a
+    round trip and about as long as the run itself. Each way is held to its own index:
+    ts_match_vq (the function under @@) keeps the GIN index out of the first, an order by
+    an expression of the sort key keeps the sort key's index out of the second (and there
+    is no status filter: the status is in the words' lexemes)."""
+    assert q.status is not None and q.purpose is not None
+    tsquery = p(words.tsquery(words.query_words(q.purpose), [q.status.value]), "tsquery")
+    reach = p(q.limit + q.offset, "bigint")
+    many = (
+        f"(SELECT total FROM c)::float8 ^ 2 > {reach}::float8 * "
+        "greatest((SELECT reltuples FROM pg_class WHERE oid = 'horace_files'::regclass), 1000)"
+    )
+    column = f"f.{_SORT[q.sort_by][0]}"
+    after = _after(q, p, column, "f.id")
+    direction = _direction(q)
+    limit = f"LIMIT {p(q.limit, 'bigint')} OFFSET {p(q.offset, 'bigint')}"
+    in_order = (
+        f"SELECT f.id FROM horace_files f "
+        f"WHERE {_and([many, *_status_filter(q, p), f'ts_match_vq(f.words, {tsquery})', *after])} "
+        f"ORDER BY {column} {direction}, f.id {direction} {limit}"
+    )
+    by_index = (
+        f"SELECT f.id FROM horace_files f WHERE {_and([f'NOT {many}', f'f.words @@ {tsquery}', *after])} "
+        f"ORDER BY {_UNINDEXED_ORDER[q.sort_by]} {direction}, f.id {direction} {limit}"
+    )
+    ids = f"({in_order}) UNION ALL ({by_index})"
+    return _words_count(q, p), f"SELECT {F_F} FROM ({ids}) ids JOIN horace_files f ON f.id = ids.id"
 
 
 def _words_count(q: SearchQuery, p: _Params) -> str:
@@ -1409,8 +1473,8 @@ class _Units:
     # searching
 
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
-        sql, params = _search_sql(query)
-        rows = await self._source.run(_fetch_planned if query.purpose else _fetch, sql, *params)
+        sql, params, one_plan = _search_sql(query)
+        rows = await self._source.run(_fetch if one_plan else _fetch_planned, sql, *params)
         total = rows[0]["total"] if rows else 0
         return total, [_file(r) for r in rows if r["id"] is not None]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import sqlite3
@@ -29,11 +30,14 @@ import trio
 
 from horace.backends.migrations import SchemaTooNew, steps
 from horace.backends.postgres import (
+    Conn,
     PostgresBackend,
+    _execute,
     _fetchrow,
     _Glob,
     _glob_regex,
     _PoolSource,
+    _search_sql,
     open_postgres,
 )
 from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, UnusableURL
@@ -238,25 +242,99 @@ async def test_insert_files_large_batch(db: PostgresBackend) -> None:
     assert total == len([i for i in range(600) if i % 7 == 3])
 
 
-async def test_batches_and_word_searches_are_planned_for_their_arguments(pg_url: str) -> None:
+async def test_batches_and_filtered_word_searches_are_planned_for_their_arguments(pg_url: str) -> None:
     # From a prepared statement's sixth run on, PostgreSQL may plan it without its
     # arguments: a batch's arrays taken for 10 rows, joined by nested loops (5,000 files
-    # took 20 s instead of 1.5 s). Such statements are prepared for their one run.
+    # took 20 s instead of 1.5 s). Such statements are prepared for their one run; so are
+    # searches by words and other filters, whose best plan depends on how common the word is.
     async with open_postgres(pg_url, max_connections=1) as one:  # (one session to look at)
         await one.migrate()
         for batch in range(8):
-            files = [rec(f"b{batch}/{i}.txt", f"s{batch}-{i}", purpose="nightly report") for i in range(50)]
+            files = [
+                rec(f"b{batch}/{i}.txt", f"s{batch}-{i}", purpose="nightly report", owner="gates")
+                for i in range(50)
+            ]
             assert len(await one.insert_files(files)) == 50
-            total, _ = await one.search(SearchQuery(purpose="nightly"))
+            total, _ = await one.search(SearchQuery(purpose="nightly", owner="gates"))
             assert total == 50 * (batch + 1)
         row = await one._source.run(
             _fetchrow,
             "SELECT count(*) AS statements, coalesce(sum(generic_plans), 0) AS generic "
             "FROM pg_prepared_statements WHERE (statement LIKE '%WITH ORDINALITY AS t(id, file_path%' "
-            "OR statement LIKE '%horace_file_words%') AND statement NOT LIKE '%pg_prepared_statements%'",
+            "OR statement LIKE '%words @@%') AND statement NOT LIKE '%pg_prepared_statements%'",
         )
         assert row is not None
         assert row["generic"] == 0
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
+async def test_a_search_by_words_alone_reads_the_way_its_count_chooses_in_one_plan_for_all(
+    db: PostgresBackend,
+) -> None:
+    # One prepared plan serves every word (no planning per search); the count, as the
+    # statement runs, chooses between reading the files in page order until the page is
+    # full (a common word) and reading every match through the words' index (a rare one).
+    # (enough files, analyzed, that the planner would rather use an index than read them all)
+    files = [
+        rec(f"common/{i}.txt", f"c{i}", purpose="nightly report" if i % 4 else "weekly", when=i, size=i)
+        for i in range(4000)
+    ]
+    files.append(rec("rare/zebra.txt", "z", purpose="nightly zebra", when=5000))
+    await db.insert_files(files)
+    await db._source.run(_execute, "ANALYZE")
+
+    async def run_generic(conn: Conn, query: SearchQuery) -> tuple[dict[str, Any], list[Any]]:
+        sql, params, one_plan = _search_sql(query)
+        assert one_plan
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE words_alone AS {sql}")
+        try:
+            # (EXECUTE takes no parameters: its arguments as literals)
+            literals = [await conn.fetchval("SELECT quote_literal($1::text)", str(v)) for v in params]
+            execute = f"EXECUTE words_alone({', '.join(literals)})"
+            (plan,) = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {execute}"))
+            return plan["Plan"], list(await conn.fetch(execute))
+        finally:
+            await conn.execute("DEALLOCATE words_alone; RESET plan_cache_mode")
+
+    def ways(plan: dict[str, Any]) -> tuple[bool, bool]:
+        """Whether the way in page order ran, and whether the way through the index did."""
+        ran = {
+            # (matches² > reach x files, or its NOT, which PostgreSQL shows as <=)
+            " <= " in node["One-Time Filter"]: node["Plans"][0]["Actual Loops"] > 0
+            for node in _plan_nodes(plan)
+            if "One-Time Filter" in node
+        }
+        assert len(ran) == 2, ran
+        return ran[False], ran[True]
+
+    def index_loops(plan: dict[str, Any], index: str) -> int:
+        return sum(n["Actual Loops"] for n in _plan_nodes(plan) if n.get("Index Name") == index)
+
+    for sort_by, ordered_index in (
+        (SortKey.CREATED_AT, "horace_files_status_created"),
+        (SortKey.UPDATED_AT, "horace_files_status_updated"),
+        (SortKey.SIZE, "horace_files_status_size"),
+        (SortKey.PATH, "horace_files_file_path_key"),
+    ):
+        plan, rows = await db._source.run(
+            run_generic, SearchQuery(purpose="report", sort_by=sort_by, limit=20)
+        )
+        assert rows[0]["total"] == 3000 and len(rows) == 20
+        assert ways(plan) == (True, False), sort_by
+        assert index_loops(plan, ordered_index) > 0 and index_loops(plan, "horace_files_words") == 0
+
+        plan, rows = await db._source.run(
+            run_generic, SearchQuery(purpose="zebra", sort_by=sort_by, limit=20)
+        )
+        assert [(r["total"], r["file_path"]) for r in rows] == [(1, "rare/zebra.txt")]
+        assert ways(plan) == (False, True), sort_by
+        assert index_loops(plan, ordered_index) == 0
 
 
 # -- versions --------------------------------------------------------------------------------
