@@ -564,7 +564,8 @@ def _words_count(q: SearchQuery, p: _Params) -> str:
     """The count of a search by purpose words (and status) alone, from the index of
     horace_file_words: for each word, the files with a lexeme in one of its ranges
     ("<status>:<word>" and longer). A file may have several lexemes of a range ("report",
-    "reports"), so the files are told apart, unless the range holds one lexeme only."""
+    "reports"), so the files are told apart; a range that holds one lexeme only is counted
+    by horace_word_counts (schema step 5), without reading its matches."""
     assert q.purpose is not None
     found = words.query_words(q.purpose)
     if not found:
@@ -573,10 +574,10 @@ def _words_count(q: SearchQuery, p: _Params) -> str:
     ranges = [_lexeme_range(f"{s.value}:{word}", p) for word in found for s in statuses]
     if len(ranges) == 1:
         (where,) = ranges
+        least = f"(SELECT min(lexeme) FROM horace_file_words WHERE {where})"
         return (
-            f"SELECT CASE WHEN (SELECT min(lexeme) FROM horace_file_words WHERE {where}) "
-            f"= (SELECT max(lexeme) FROM horace_file_words WHERE {where}) "
-            f"THEN (SELECT count(*) FROM horace_file_words WHERE {where}) "
+            f"SELECT CASE WHEN {least} = (SELECT max(lexeme) FROM horace_file_words WHERE {where}) "
+            f"THEN (SELECT coalesce(sum(files), 0)::bigint FROM horace_word_counts WHERE lexeme = {least}) "
             f"ELSE (SELECT count(DISTINCT file_id) FROM horace_file_words WHERE {where}) END AS total"
         )
     per_word = [
@@ -1028,6 +1029,29 @@ async def _fetch_planned(conn: Conn, sql: str, *args: Any) -> list[Row]:
     rows make inside the statement: three times as long.)"""
     statement = await conn.prepare(sql)
     return list(await statement.fetch(*args))
+
+
+# One fold at a time per schema (several instances share one); another finding it under way
+# leaves it be. (A two-int4 key, as the migration lock's.)
+_FOLD_LOCK = f"SELECT pg_try_advisory_xact_lock({MIGRATION_LOCK[0]}, hashtext(current_schema()))"
+# Rows that a writer adds meanwhile are not in this statement's snapshot: they stay as they
+# are, and a row another fold took first is not returned by this one's DELETE.
+_FOLD_WORD_COUNTS = """
+WITH folded AS (
+    DELETE FROM horace_word_counts WHERE lexeme IN (
+        SELECT lexeme FROM horace_word_counts GROUP BY lexeme HAVING count(*) > 1 OR sum(files) = 0
+    )
+    RETURNING lexeme, files
+)
+INSERT INTO horace_word_counts (lexeme, files)
+SELECT lexeme, sum(files) FROM folded GROUP BY lexeme HAVING sum(files) <> 0
+"""
+
+
+async def _fold_word_counts(conn: Conn) -> None:
+    async with conn.transaction():
+        if await conn.fetchval(_FOLD_LOCK):
+            await conn.execute(_FOLD_WORD_COUNTS)
 
 
 async def _execute(conn: Conn, sql: str, *args: Any) -> str:
@@ -1595,7 +1619,8 @@ class _Units:
         return row["purged"], sorted(row["orphans"])
 
     async def tidy(self) -> None:
-        return None  # autovacuum keeps the tables and the word index (GIN) in shape
+        """Each word's count rows folded into one (autovacuum keeps the rest in shape)."""
+        await self._source.run(_fold_word_counts)
 
     # conversations
 

@@ -182,7 +182,8 @@ class Units(Protocol):
 
     async def tidy(self) -> None:
         """The backend's own upkeep, run by each periodic purge, in steps short enough that
-        writers barely wait (SQLite merges its word index; PostgreSQL has autovacuum)."""
+        writers barely wait (SQLite merges its word index; PostgreSQL folds its word
+        counts)."""
 
     # -- conversations ----------------------------------------------------------------
     async def insert_turns(self, turns: Sequence[Turn]) -> list[Turn]:

@@ -33,6 +33,7 @@ from horace.backends.postgres import (
     Conn,
     PostgresBackend,
     _execute,
+    _fetch,
     _fetchrow,
     _Glob,
     _glob_regex,
@@ -1576,6 +1577,87 @@ async def test_text_search_edge_cases_agree(both: Both) -> None:
     assert answers["42"] == set() and answers["0042"] == {"x/digits.txt"}
 
 
+_COUNTS_DISAGREE = """
+SELECT lexeme, w.files AS indexed, c.files AS counted
+FROM (SELECT lexeme, count(*) AS files FROM horace_file_words GROUP BY lexeme) w
+FULL JOIN (SELECT lexeme, sum(files) AS files FROM horace_word_counts GROUP BY lexeme) c USING (lexeme)
+WHERE coalesce(w.files, 0) <> coalesce(c.files, 0)
+"""
+
+
+async def word_counts(db: PostgresBackend) -> tuple[list[Any], int, int]:
+    """(lexemes whose count disagrees with horace_file_words, count rows, lexemes)."""
+    wrong = await db._source.run(_fetch, _COUNTS_DISAGREE)
+    shape = await db._source.run(
+        _fetchrow, "SELECT count(*) AS n, count(DISTINCT lexeme) AS lexemes FROM horace_word_counts"
+    )
+    assert shape is not None
+    return [tuple(r) for r in wrong], shape["n"], shape["lexemes"]
+
+
+async def test_word_counts_follow_every_change_and_fold_into_one_row_each(db: PostgresBackend) -> None:
+    files = [
+        rec(f"dir/f{i}.txt", f"s{i}", purpose="nightly report" if i % 2 else "weekly") for i in range(40)
+    ]
+    await db.insert_files(files[:20])
+    await db.insert_files(files[20:])
+    for f in files[:10]:
+        await db.update_file(f.id, FileChanges(purpose="nightly summary"), at(1))
+    for f in files[10:15]:
+        await db.update_file(f.id, FileChanges(status=Status.DELETED), at(2))
+    for f in files[15:18]:
+        await db.update_file(f.id, FileChanges(status=Status.ARCHIVED), at(2))
+    await db.move_file(files[30].id, "elsewhere/renamed.txt", at(3))
+    assert (await db.purge_deleted(at(10)))[0] == 5  # (the rows go by the foreign key's cascade)
+    wrong, rows, lexemes = await word_counts(db)
+    assert wrong == [] and rows > lexemes  # several rows for a lexeme until folded
+
+    await db.tidy()
+    wrong, rows, lexemes = await word_counts(db)
+    assert wrong == [] and rows == lexemes
+    # (searches by one word of one status are counted from horace_word_counts)
+    assert (await db.search(SearchQuery(purpose="report")))[0] == 11  # odd 19..39
+    assert (await db.search(SearchQuery(purpose="summary")))[0] == 10  # 0..9
+    assert (await db.search(SearchQuery(purpose="weekly", status=Status.ARCHIVED)))[0] == 1  # 16 (15..17)
+    assert (await db.search(SearchQuery(purpose="renamed")))[0] == 1
+    assert (await db.search(SearchQuery(purpose="f30")))[0] == 0
+    assert (await db.search(SearchQuery(purpose="f31")))[0] == 1
+    for bypass in ("TRUNCATE horace_file_words CASCADE", "UPDATE horace_file_words SET lexeme = 'x'"):
+        with pytest.raises(asyncpg.exceptions.RaiseError, match="would bypass horace_word_counts"):
+            await db._source.run(_execute, bypass)
+    assert (await word_counts(db))[0] == []
+
+
+async def test_word_counts_stay_true_under_concurrent_writers_and_folds(pg_url: str) -> None:
+    async with open_postgres(pg_url, max_connections=8) as db:
+        await db.migrate()
+
+        async def writer(w: int) -> None:
+            for batch in range(6):
+                files = [
+                    rec(f"w{w}/{batch}-{i}.txt", f"{w}-{batch}-{i}", purpose="shared words") for i in range(5)
+                ]
+                await db.insert_files(files)
+                await db.update_file(files[0].id, FileChanges(purpose="other words"), at(1))
+
+        async def folder() -> None:
+            for _ in range(12):
+                await db.tidy()
+
+        async with trio.open_nursery() as nursery:
+            for w in range(4):
+                nursery.start_soon(writer, w)
+            nursery.start_soon(folder)
+            nursery.start_soon(folder)
+        wrong, _, _ = await word_counts(db)
+        assert wrong == []
+        total, _ = await db.search(SearchQuery(purpose="shared"))
+        assert total == 4 * 6 * 4
+        await db.tidy()
+        wrong, rows, lexemes = await word_counts(db)
+        assert wrong == [] and rows == lexemes
+
+
 async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
     schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
     old = rec("a/old report.txt", "s1", tags=("q", "r"), purpose="Quarterly numbers")
@@ -1603,6 +1685,8 @@ async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
         assert (total, [f.id for f in page]) == (1, [gone.id])
         total, page = await backend.search(SearchQuery(purpose="other", status=None))
         assert (total, [f.id for f in page]) == (1, [gone.id])
+        wrong, rows, _ = await word_counts(backend)  # step 5 counted them
+        assert wrong == [] and rows > 0
 
 
 async def test_a_connection_dropped_while_idle_costs_no_unit() -> None:
