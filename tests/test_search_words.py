@@ -20,7 +20,7 @@ from horace.backends import open_backend
 from horace.backends import sqlite as sqlite_backend
 from horace.backends.migrations import steps
 from horace.backends.protocol import Backend
-from horace.backends.records import FileChanges, FileRecord, SearchQuery, Status
+from horace.backends.records import FileChanges, FileRecord, Order, SearchQuery, SortKey, Status
 from horace.backends.sqlite import open_sqlite
 from horace.backends.words import WORD_CHARS, fts5_match, prefix_end, query_words, tsquery
 
@@ -218,6 +218,49 @@ async def test_pages_of_many_files_created_in_one_second(backend: Backend, per_s
     assert seen == expected
     _, offset_page = await backend.search(SearchQuery(purpose="batch", limit=5, offset=12))
     assert [f.id for f in offset_page] == expected[12:17]
+
+
+@pytest.mark.parametrize("order", list(Order))
+@pytest.mark.parametrize("sort_by", list(SortKey))
+async def test_pages_of_a_common_word_and_a_rare_one_in_every_order(
+    backend: Backend, sort_by: SortKey, order: Order
+) -> None:
+    """Every page of a word in most files and of one in few, by cursor and by offset, in
+    the order asked, ties included (on PostgreSQL, the first pages of the common word are
+    read in page order, its far offsets and the rare word through the word index)."""
+    files = [
+        attrs.evolve(
+            record(f"d{i % 4}/f{i:03d}.txt", "common" if i % 5 else "common rare", when=i // 3),
+            size=i % 7,
+            status=Status.ARCHIVED if i % 11 == 0 else Status.ACTIVE,
+        )
+        for i in range(300)
+    ]
+    await backend.insert_files(files)
+    key = {
+        SortKey.CREATED_AT: lambda f: (f.created_at, f.id),
+        SortKey.UPDATED_AT: lambda f: (f.updated_at, f.id),
+        SortKey.SIZE: lambda f: (f.size, f.id),
+        SortKey.PATH: lambda f: (f.file_path, f.id),
+    }[sort_by]
+    for word, which in (("common", lambda f: True), ("rare", lambda f: f.purpose == "common rare")):
+        matching = [f for f in files if f.status is Status.ACTIVE and which(f)]
+        expected = [f.id for f in sorted(matching, key=key, reverse=order is Order.DESC)]
+        seen: list[str] = []
+        after = None
+        while True:
+            query = SearchQuery(purpose=word, sort_by=sort_by, order=order, limit=25, after=after)
+            total, page = await backend.search(query)
+            assert total == len(expected)
+            if not page:
+                break
+            seen += [f.id for f in page]
+            after = key(page[-1])  # (the cursor's position: sort value, id)
+        assert seen == expected, word
+        for offset in (0, 40, len(expected) - 10):
+            query = SearchQuery(purpose=word, sort_by=sort_by, order=order, limit=25, offset=offset)
+            _, page = await backend.search(query)
+            assert [f.id for f in page] == expected[offset : offset + 25], (word, offset)
 
 
 # -- SQLite: step 003 on a catalog that has files ------------------------------------------------
