@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import httpx
 import trio
+from godot_standin import free_port
 from http_client import connect as http_connect
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
@@ -43,12 +44,6 @@ DEFAULTS = Settings()
 # The custom field that brings each file's metadata up to the default limit (the rest of
 # what is measured, owner/purpose/tags/keys, takes well under 200 bytes).
 METADATA_PAD = DEFAULTS.max_metadata_bytes - 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_status(pid: int, field: str) -> int:
