@@ -565,28 +565,33 @@ def _words_count(q: SearchQuery, p: _Params) -> str:
     horace_file_words: for each word, the files with a lexeme in one of its ranges
     ("<status>:<word>" and longer). A file may have several lexemes of a range ("report",
     "reports"), so the files are told apart; a range that holds one lexeme only is counted
-    by horace_word_counts (schema step 5), without reading its matches."""
+    by horace_word_counts (schema step 5), without reading its matches. A file has one
+    status: a single word's matches of each status add up."""
     assert q.purpose is not None
     found = words.query_words(q.purpose)
     if not found:
         return "SELECT 0::bigint AS total"
     statuses = [q.status] if q.status is not None else list(Status)
     ranges = [_lexeme_range(f"{s.value}:{word}", p) for word in found for s in statuses]
-    if len(ranges) == 1:
-        (where,) = ranges
-        least = f"(SELECT min(lexeme) FROM horace_file_words WHERE {where})"
-        return (
-            f"SELECT CASE WHEN {least} = (SELECT max(lexeme) FROM horace_file_words WHERE {where}) "
-            f"THEN (SELECT coalesce(sum(files), 0)::bigint FROM horace_word_counts WHERE lexeme = {least}) "
-            f"ELSE (SELECT count(DISTINCT file_id) FROM horace_file_words WHERE {where}) END AS total"
-        )
+    if len(found) == 1:
+        return f"SELECT {' + '.join(map(_range_count, ranges))} AS total"
     per_word = [
         "SELECT file_id FROM horace_file_words WHERE "
         + " OR ".join(ranges[i * len(statuses) : (i + 1) * len(statuses)])
         for i in range(len(found))
     ]
-    # INTERSECT tells the files apart; a single word's set needs DISTINCT to do so.
-    return f"SELECT count(DISTINCT file_id) AS total FROM ({' INTERSECT '.join(per_word)}) w"
+    # INTERSECT tells the files apart (its rows are distinct).
+    return f"SELECT count(*) AS total FROM ({' INTERSECT '.join(per_word)}) w"
+
+
+def _range_count(where: str) -> str:
+    """The files with a lexeme in one range (*where*), as an expression."""
+    least = f"(SELECT min(lexeme) FROM horace_file_words WHERE {where})"
+    return (
+        f"CASE WHEN {least} = (SELECT max(lexeme) FROM horace_file_words WHERE {where}) "
+        f"THEN (SELECT coalesce(sum(files), 0)::bigint FROM horace_word_counts WHERE lexeme = {least}) "
+        f"ELSE (SELECT count(DISTINCT file_id) FROM horace_file_words WHERE {where}) END"
+    )
 
 
 def _lexeme_range(prefix: str, p: _Params) -> str:

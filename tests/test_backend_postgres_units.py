@@ -1617,6 +1617,8 @@ async def test_word_counts_follow_every_change_and_fold_into_one_row_each(db: Po
     assert wrong == [] and rows == lexemes
     # (searches by one word of one status are counted from horace_word_counts)
     assert (await db.search(SearchQuery(purpose="report")))[0] == 11  # odd 19..39
+    assert (await db.search(SearchQuery(purpose="report", status=None)))[0] == 13  # and 15, 17
+    assert (await db.search(SearchQuery(purpose="report nightly", status=None)))[0] == 13
     assert (await db.search(SearchQuery(purpose="summary")))[0] == 10  # 0..9
     assert (await db.search(SearchQuery(purpose="weekly", status=Status.ARCHIVED)))[0] == 1  # 16 (15..17)
     assert (await db.search(SearchQuery(purpose="renamed")))[0] == 1
