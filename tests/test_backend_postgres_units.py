@@ -1047,6 +1047,13 @@ async def test_a_role_that_may_only_read_and_write_runs_an_up_to_date_catalog(pg
         async with open_postgres(as_role) as backend:
             assert await backend.migrate() == NEWEST_SCHEMA
             assert await backend.file_by_path("x") is None
+            # and writes, through every table the triggers keep, and the upkeep
+            f = rec("a/x.txt", "s1", purpose="weekly report", tags=("t",))
+            await backend.insert_files([f])
+            await backend.update_file(f.id, FileChanges(purpose="monthly report"), at(1))
+            await backend.tidy()
+            assert (await backend.search(SearchQuery(purpose="report")))[0] == 1
+            assert (await backend.search(SearchQuery(purpose="weekly")))[0] == 0
     finally:
         await trio.to_thread.run_sync(admin, kill, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
 
