@@ -520,8 +520,8 @@ _UNINDEXED_ORDER = {
 
 
 def _by_words(q: SearchQuery, p: _Params) -> tuple[str, str]:
-    """Purpose words and a status alone. The count comes from horace_file_words' index
-    (_words_count); the page one of two ways, chosen by that count as the statement runs:
+    """Purpose words and a status alone. The count comes first (_words_count); the page
+    one of two ways, chosen by that count as the statement runs:
 
     - many matches: the status's files in page order (the sort key's index), each tested,
       until the page is full: about (offset + limit) x files / matches rows read;
