@@ -462,11 +462,12 @@ def _search_sql(q: SearchQuery) -> tuple[str, list[Any], bool]:
     _fetch_planned says)."""
     p = _Params()
     newest_first_of_a_status = q.sort_by is SortKey.CREATED_AT and q.status is not None
+    words_alone = _words_alone(q)
     if newest_first_of_a_status and q.tags:
         count, page = _by_tag(q, p)
     elif newest_first_of_a_status and q.any_tags:
         count, page = _by_any_tag(q, p)
-    elif _words_alone(q):
+    elif words_alone:
         count, page = _by_words(q, p)
     else:
         count, page = _by_files(q, p)
@@ -476,7 +477,7 @@ def _search_sql(q: SearchQuery) -> tuple[str, list[Any], bool]:
         f"SELECT c.total, page.* FROM c LEFT JOIN page ON true "
         f"ORDER BY page.{column} {_direction(q)}, page.id {_direction(q)}"
     )
-    return sql, p.values, not q.purpose or _words_alone(q)
+    return sql, p.values, not q.purpose or words_alone
 
 
 def _by_files(q: SearchQuery, p: _Params) -> tuple[str, str]:
@@ -510,13 +511,8 @@ def _words_alone(q: SearchQuery) -> bool:
     )
 
 
-# The sort key as an expression: its index cannot serve the order.
-_UNINDEXED_ORDER = {
-    SortKey.CREATED_AT: "f.created_at + interval '0'",
-    SortKey.UPDATED_AT: "f.updated_at + interval '0'",
-    SortKey.SIZE: "f.size + 0",
-    SortKey.PATH: "f.file_path || ''",
-}
+# A sort key (by its type, _SORT) as an expression of itself: no index can serve the order.
+_UNINDEXED = {"timestamptz": "{} + interval '0'", "bigint": "{} + 0", "text": "{} || ''"}
 
 
 def _by_words(q: SearchQuery, p: _Params) -> tuple[str, str]:
@@ -539,11 +535,12 @@ def _by_words(q: SearchQuery, p: _Params) -> tuple[str, str]:
     assert q.status is not None and q.purpose is not None
     tsquery = p(words.tsquery(words.query_words(q.purpose), [q.status.value]), "tsquery")
     reach = p(q.limit + q.offset, "bigint")
-    many = (
+    many = (  # (c: the count, as _search_sql names it)
         f"(SELECT total FROM c)::float8 ^ 2 > {reach}::float8 * "
         "greatest((SELECT reltuples FROM pg_class WHERE oid = 'horace_files'::regclass), 1000)"
     )
-    column = f"f.{_SORT[q.sort_by][0]}"
+    name, cast = _SORT[q.sort_by]
+    column = f"f.{name}"
     after = _after(q, p, column, "f.id")
     direction = _direction(q)
     limit = f"LIMIT {p(q.limit, 'bigint')} OFFSET {p(q.offset, 'bigint')}"
@@ -554,7 +551,7 @@ def _by_words(q: SearchQuery, p: _Params) -> tuple[str, str]:
     )
     by_index = (
         f"SELECT f.id FROM horace_files f WHERE {_and([f'NOT {many}', f'f.words @@ {tsquery}', *after])} "
-        f"ORDER BY {_UNINDEXED_ORDER[q.sort_by]} {direction}, f.id {direction} {limit}"
+        f"ORDER BY {_UNINDEXED[cast].format(column)} {direction}, f.id {direction} {limit}"
     )
     ids = f"({in_order}) UNION ALL ({by_index})"
     return _words_count(q, p), f"SELECT {F_F} FROM ({ids}) ids JOIN horace_files f ON f.id = ids.id"

@@ -296,8 +296,12 @@ async def test_a_search_by_words_alone_reads_the_way_its_count_chooses_in_one_pl
         await conn.execute(f"PREPARE words_alone AS {sql}")
         try:
             # (EXECUTE takes no parameters: its arguments as literals)
-            literals = [await conn.fetchval("SELECT quote_literal($1::text)", str(v)) for v in params]
-            execute = f"EXECUTE words_alone({', '.join(literals)})"
+            literals = await conn.fetchval(
+                "SELECT string_agg(quote_literal(v), ', ' ORDER BY n) FROM unnest($1::text[]) "
+                "WITH ORDINALITY AS a(v, n)",
+                [str(v) for v in params],
+            )
+            execute = f"EXECUTE words_alone({literals})"
             (plan,) = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {execute}"))
             return plan["Plan"], list(await conn.fetch(execute))
         finally:
