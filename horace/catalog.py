@@ -60,11 +60,17 @@ from horace.storage import FileIdentity, Hashed, Staged, Storage
 
 log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
+# A batch's outcome of staging, path by path: staged with its MIME type, or why not.
+StagedBatch = list[tuple[str, tuple[Staged, str] | HoraceError]]
 Progress = Callable[[int, int], None]
 SCAN_BATCH = 256
 NAMED_MISSING = 20  # file ids an error names (of the ones not catalogued)
 # A scan commits new and changed files in groups this large: one filesystem sync each.
 SCAN_COMMIT_GROUP = 2048
+# A batch of new files at least this long keeps its small ones as one pack, staged in
+# memory (at most this many bytes of them per thread): see Storage.stage_many.
+PACK_MIN_FILES = 64
+PACK_BATCH_BYTES = 8 << 20
 MIN_PER_THREAD = 16  # a batch is split over the cores only in slices at least this long
 # Changed files a scan commits together hold this many locks at once (PostgreSQL's lock
 # table is sized for 64 a connection on average: max_locks_per_transaction).
@@ -1129,7 +1135,10 @@ class Catalog:
         No per-file lock is needed: nothing but the insert is written, and the unique
         path constraint decides any race with another writer.
         """
-        staged = await self._stage_batch(list(batch), total_bytes)
+        # A batch this long has its small files read into memory and kept as one pack
+        # (fewer, larger files: see horace.packs); a short one, as objects of their own.
+        in_memory = PACK_BATCH_BYTES if len(batch) >= PACK_MIN_FILES else 0
+        staged = await self._stage_batch(list(batch), total_bytes, in_memory)
         kept: list[Staged] = []
         released: list[Staged] = []
         try:
@@ -1177,21 +1186,22 @@ class Catalog:
         return [outcome for part in outcomes for outcome in part]
 
     async def _stage_batch(
-        self, rels: list[str], total_bytes: int | None = None
-    ) -> list[tuple[str, tuple[Staged, str] | HoraceError]]:
-        """Stage working files (copy + hash into .horace/tmp) with their MIME types, on
-        as many threads as :func:`_thread_slices` says; each outcome with its path.
-        Cancelled, nothing staged is left."""
+        self, rels: list[str], total_bytes: int | None = None, in_memory: int = 0
+    ) -> StagedBatch:
+        """Stage working files (copy + hash into .horace/tmp, or small ones into memory:
+        see :meth:`Storage.stage_many`) with their MIME types, on as many threads as
+        :func:`_thread_slices` says; each outcome with its path. Cancelled, nothing
+        staged is left."""
 
-        def stage(part: list[str]) -> list[tuple[str, tuple[Staged, str] | HoraceError]]:
-            outcomes = self.storage.stage_many(part, check_cancelled)
+        def stage(part: list[str]) -> StagedBatch:
+            outcomes = self.storage.stage_many(part, check_cancelled, in_memory)
             # MIME types here, off the Trio thread.
             return [
                 (rel, o if isinstance(o, HoraceError) else (o, mime.detect(rel, o.head)))
                 for rel, o in zip(part, outcomes, strict=True)
             ]
 
-        done: list[tuple[str, tuple[Staged, str] | HoraceError]] = []
+        done: StagedBatch = []
 
         async def staging(part: list[str]) -> None:
             done.extend(await in_thread(stage, part))
@@ -1227,7 +1237,11 @@ class Catalog:
         """Shielded: remove the staged copies not released already (on the way out,
         cancelled or not)."""
         gone = {s.tmp_path for s in released}
-        copies = [o[0] for _, o in staged if not isinstance(o, HoraceError) and o[0].tmp_path not in gone]
+        copies = [
+            o[0]
+            for _, o in staged
+            if not isinstance(o, HoraceError) and o[0].tmp_path is not None and o[0].tmp_path not in gone
+        ]
         if copies:
             await self.discard(*copies)
 
@@ -1339,7 +1353,9 @@ class Catalog:
             found = {}
             for checksum in checksums:
                 with contextlib.suppress(OSError):  # gone already: nothing to match
-                    found[checksum] = self.storage.object_path(checksum).stat().st_size
+                    size = self.storage.object_size(checksum)
+                    if size is not None:
+                        found[checksum] = size
             return found
 
         size_of = await in_thread(sizes)
@@ -1397,9 +1413,45 @@ class Catalog:
         collected: list[str] = []
         for chunk in _slices(await self._unless_copied(unreferenced), SCAN_BATCH):
             collected += await self.collect(chunk)
+        # A pack goes whole, once no version row refers to any of its entries and each
+        # is past the time collectable() gives it.
+        packed: set[str] = set()
+        dead: list[tuple[str, list[str]]] = []
+        for name, st, entries in await in_thread(lambda: list(self.storage.walk_packs())):
+            if entries is None:
+                continue  # damaged: fsck says so, and nothing takes it
+            packed.update(entries)
+            due_all = all(self.collectable(now - st.st_mtime, c in released) for c in entries)
+            if due_all and await self._none_referenced(list(entries)):
+                dead.append((name, list(entries)))
+        if dead:
+            free = set(await self._unless_copied([c for _, held in dead for c in held]))
+            for name, held in dead:
+                if free.issuperset(held):
+                    collected += await self._collect_pack(name, held)
         # The marks of objects gone meanwhile (collected by another process): dropped.
-        await in_thread(self.storage.unmark_released, released - {name for name, _ in objects})
+        await in_thread(self.storage.unmark_released, released - {name for name, _ in objects} - packed)
         return collected
+
+    async def _collect_pack(self, name: str, entries: list[str]) -> list[str]:
+        """Collect a pack none of whose entries a version row refers to: moved aside
+        first, and put back as :meth:`collect` puts back an object."""
+        with trio.CancelScope(shield=True):
+            aside = await in_thread(self.storage.quarantine_pack, name, self.policy.gc_grace_seconds)
+            if aside is None:
+                return []
+            if await self._none_referenced(entries):
+                await in_thread(self.storage.discard_pack_aside, aside, entries)
+                log.info("collected pack %s (%d objects)", name, len(entries))
+                return sorted(entries)
+            await in_thread(self.storage.unquarantine_pack, aside, name)
+        return []
+
+    async def _none_referenced(self, checksums: Sequence[str]) -> bool:
+        for chunk in _slices(checksums, SCAN_BATCH):
+            if len(await self.backend.unreferenced(chunk)) < len(chunk):
+                return False
+        return True
 
     def collectable(self, age: float, released: bool) -> bool:
         """May an object no version row refers to, *age* seconds old, be collected? One
@@ -1427,10 +1479,17 @@ class Catalog:
         grace = self.policy.gc_grace_seconds if grace_seconds is None else grace_seconds
         with trio.CancelScope(shield=True):
             aside = []
+            in_packs = []
             for checksum in checksums:
                 moved = await in_thread(self.storage.quarantine, checksum, grace)
                 if moved is not None:
                     aside.append((checksum, moved))
+                elif await in_thread(self.storage.only_in_a_pack, checksum):
+                    in_packs.append(checksum)
+            # Kept in a pack, which goes whole once none of its entries is referred to
+            # (collect_orphans): let go of, so that a grace period is all it waits.
+            if in_packs:
+                await in_thread(self.storage.mark_released, in_packs)
             if not aside:
                 return []
             free = set(await self.backend.unreferenced([c for c, _ in aside]))

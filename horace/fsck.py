@@ -47,6 +47,7 @@ from pathlib import Path
 
 from attrs import frozen
 
+from horace import packs
 from horace.backends.protocol import Units
 from horace.backends.records import FileRecord, NewVersion, Status, VersionRecord
 from horace.catalog import Catalog, check_cancelled, in_thread
@@ -108,6 +109,17 @@ async def fsck(
     files = {f.id: f for f in await catalog.backend.all_files()}
     versions = await catalog.backend.all_versions()
     findings += await _temps(catalog, {v.checksum for v in versions})
+    findings += [
+        Finding(
+            "pack_damaged",
+            "a pack's index does not read back as written: what it holds is missing (nothing "
+            "removes it; the versions whose content was there are listed too)",
+            False,
+            subject=name,
+        )
+        for name, _, entries in await in_thread(lambda: list(catalog.storage.walk_packs()))
+        if entries is None
+    ]
     by_file: dict[str, list[VersionRecord]] = defaultdict(list)
     for v in versions:
         by_file[v.file_id].append(v)
@@ -240,7 +252,7 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
                     subject=str(path),
                 )
             )
-        elif name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META):
+        elif name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META, TempKind.PACK):
             await in_thread(path.unlink, True)
             found.append(
                 Finding("temp_leftover", "left by a process that is gone; removed", True, subject=str(path))
@@ -251,6 +263,16 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
                 Finding(
                     "object_aside",
                     f"object {name.extra} was moved aside by a collector that died; put back",
+                    True,
+                    subject=str(path),
+                )
+            )
+        elif name.kind is TempKind.PACK_ASIDE:
+            await in_thread(storage.unquarantine_pack, path, name.extra + packs.SUFFIX)
+            found.append(
+                Finding(
+                    "pack_aside",
+                    f"pack {name.extra} was moved aside by a collector that died; put back",
                     True,
                     subject=str(path),
                 )
@@ -613,8 +635,15 @@ async def _orphans(catalog: Catalog, referenced: set[str]) -> list[tuple[str, fl
     seconds."""
     grace = catalog.policy.gc_grace_seconds
     now = time.time()
+
+    def stored() -> list[tuple[str, float]]:
+        found = [(name, st.st_mtime) for name, st in catalog.storage.walk_objects()]
+        for _, st, entries in catalog.storage.walk_packs():
+            found += [(name, st.st_mtime) for name in entries or ()]  # (a pack's age)
+        return found
+
     return [
-        (name, now - st.st_mtime)
-        for name, st in await in_thread(lambda: list(catalog.storage.walk_objects()))
-        if name not in referenced and now - st.st_mtime >= grace
+        (name, now - mtime)
+        for name, mtime in dict(await in_thread(stored)).items()
+        if name not in referenced and now - mtime >= grace
     ]

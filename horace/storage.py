@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 import attrs
 from attrs import frozen
 
+from horace import packs
 from horace.backends.records import WorkingStat
 from horace.model import ErrorCode, HoraceError
 from horace.paths import (
@@ -76,6 +78,8 @@ class TempKind(enum.StrEnum):
     ASIDE = "aside"  # an object the collector moved aside (named by checksum): put back
     HELD = "held"  # a working file moved out of files/ (named by file id): keep its content
     META = "meta"  # the store's identity being written: garbage
+    PACK = "pack"  # a pack being written: garbage
+    PACK_ASIDE = "packaside"  # a pack the collector moved aside (named by its name): put back
     CLOCK = "clock"  # read for the filesystem's time (where O_TMPFILE is not supported): garbage
 
 
@@ -147,14 +151,24 @@ def working_stat(st: os.stat_result, recorded_ns: int) -> WorkingStat:
 
 @frozen
 class Staged:
-    """Content copied into ``.horace/tmp`` and hashed, not yet an object."""
+    """Content copied into ``.horace/tmp`` and hashed, not yet an object; or, for a
+    small file of a batch (:meth:`Storage.stage_many`), read into memory (*content*, no
+    temp file), to be kept in a pack."""
 
-    tmp_path: Path
+    tmp_path: Path | None
     checksum: str
     size: int
     head: bytes
     source: FileIdentity | None = None  # the working file it was read from
     working: WorkingStat | None = None  # the same, as the catalog records it
+    content: bytes | None = None  # the bytes of a small file staged in memory
+
+    @property
+    def copy(self) -> Path:
+        """The temp copy (of content not staged in memory)."""
+        if self.tmp_path is None:
+            raise ValueError("staged in memory: no temp copy")
+        return self.tmp_path
 
 
 @frozen
@@ -213,9 +227,11 @@ class _Folders:
     with ``O_NOFOLLOW`` from ``files/`` (so a folder swapped for a symlink is refused, as
     :meth:`Storage._parent_fd` refuses it), and closed together at the end."""
 
-    def __init__(self, files: Path) -> None:
+    def __init__(self, files: Path, objects: Path) -> None:
         self._files = files
+        self._objects = objects
         self._fds: dict[str, int] = {}
+        self._objects_fd: int | None = None
 
     def __enter__(self) -> _Folders:
         return self
@@ -224,6 +240,16 @@ class _Folders:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        if self._objects_fd is not None:
+            os.close(self._objects_fd)
+            self._objects_fd = None
+
+    def objects(self) -> int:
+        """The descriptor of ``objects/`` (opened on first use), to look for objects by
+        name without walking the store's path each time."""
+        if self._objects_fd is None:
+            self._objects_fd = os.open(self._objects, _DIR_FLAGS)
+        return self._objects_fd
 
     def parent(self, rel: str) -> tuple[int, str]:
         """The descriptor of the folder holding *rel*, and *rel*'s name in it."""
@@ -301,7 +327,7 @@ class _StoreFolders:
 
     def keep(self, staged: Staged) -> None:
         """:meth:`Storage.keep` without its syncs (the caller makes it durable)."""
-        name, target = staged.tmp_path.name, _object_name(staged.checksum)
+        name, target = staged.copy.name, _object_name(staged.checksum)
         os.utime(name, dir_fd=self._tmp)
         try:
             os.link(name, target, src_dir_fd=self._tmp, dst_dir_fd=self._objects)  # a new object
@@ -313,7 +339,7 @@ class _StoreFolders:
 
     def release(self, staged: Staged) -> None:
         """:meth:`Storage.release`."""
-        name, target = staged.tmp_path.name, _object_name(staged.checksum)
+        name, target = staged.copy.name, _object_name(staged.checksum)
         try:
             os.stat(target, dir_fd=self._objects)
         except FileNotFoundError:  # the collector took it meanwhile: put back
@@ -351,6 +377,7 @@ class Storage:
         self.files = self.root / "files"
         self.private = self.root / HORACE_DIR
         self.objects = self.private / "objects"
+        self.packs = self.objects / "packs"
         self.tmp = self.private / "tmp"
         self.lock_file = self.private / "locks"
         # One empty file per object the catalog let go of (a pruned or purged version's)
@@ -360,6 +387,10 @@ class Storage:
         self.identity_file = self.private / IDENTITY_FILE
         self._reflink = True  # until the filesystem says otherwise
         self._renameat2 = True  # until the filesystem says otherwise
+        # What the packs hold, read when a lookup misses (another process may have
+        # written a pack since): checksum -> (pack, offset, length).
+        self._packs_lock = threading.Lock()
+        self._packed_at = packs.Locations()
 
     # -- layout and identity ------------------------------------------------------------
 
@@ -415,8 +446,8 @@ class Storage:
                 (self.files / folder).mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(parents=True, exist_ok=True)
             self.objects.mkdir(parents=True, exist_ok=True)
-            present = set(os.listdir(self.objects))  # one read, not 256 mkdir calls
-            for sub in (f"{i:02x}" for i in range(256)):
+            present = set(os.listdir(self.objects))  # one read, not 257 mkdir calls
+            for sub in (*(f"{i:02x}" for i in range(256)), self.packs.name):
                 if sub not in present:
                     (self.objects / sub).mkdir(exist_ok=True)
             self.lock_file.touch(exist_ok=True)
@@ -593,7 +624,7 @@ class Storage:
         path, in order (a file that cannot be read is a :class:`HoraceError` of its own)."""
         recorded_ns = self.clock_ns()  # before any of them is read: see WorkingStat
         found: list[Hashed | HoraceError] = []
-        with _Folders(self.files) as folders:
+        with _Folders(self.files, self.objects) as folders:
             for rel in rels:
                 check_cancelled()
                 try:
@@ -609,7 +640,7 @@ class Storage:
         say): for telling whether it holds a content; None when it cannot be read whole
         (gone, unreadable, being written)."""
         try:
-            with _Folders(self.files) as folders:
+            with _Folders(self.files, self.objects) as folders:
                 dfd, name = folders.parent(rel)
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
                 try:
@@ -650,19 +681,24 @@ class Storage:
             return self._stage_fd(src, before, rel, check_cancelled, recorded_ns)
 
     def stage_many(
-        self, rels: list[str], check_cancelled: CheckCancelled = _never_cancelled
+        self, rels: list[str], check_cancelled: CheckCancelled = _never_cancelled, in_memory: int = 0
     ) -> list[Staged | HoraceError]:
         """:meth:`stage` for a batch of working files, their folders opened once; one
         outcome per path, in order (a file that cannot be taken is a :class:`HoraceError`
-        of its own). Cancelled, it removes what it staged."""
+        of its own). Files of at most ``packs.OBJECT_MAX`` bytes whose content is not an
+        object yet are read into memory instead, *in_memory* bytes at most, for
+        :meth:`keep_batch` to write as one pack. Cancelled, it removes what it staged."""
         recorded_ns = self.clock_ns()  # before any of them is read: see WorkingStat
         found: list[Staged | HoraceError] = []
         try:
-            with _Folders(self.files) as folders:
+            with _Folders(self.files, self.objects) as folders:
                 for rel in rels:
                     check_cancelled()  # between files, as between the chunks of one
                     try:
-                        found.append(self._stage_in(folders, rel, recorded_ns, check_cancelled))
+                        one = self._stage_in(folders, rel, recorded_ns, check_cancelled, in_memory)
+                        if one.content is not None:
+                            in_memory -= one.size
+                        found.append(one)
                     except HoraceError as exc:
                         found.append(exc)
                     except OSError as exc:  # unreadable, say: this file only, never the batch
@@ -676,14 +712,47 @@ class Storage:
 
     @_storage_full
     def _stage_in(
-        self, folders: _Folders, rel: str, recorded_ns: int, check_cancelled: CheckCancelled
+        self, folders: _Folders, rel: str, recorded_ns: int, check_cancelled: CheckCancelled, in_memory: int
     ) -> Staged:
         dfd, name = folders.parent(rel)
         src, before = _open_regular(dfd, name, rel)
         try:
+            if in_memory > 0 and before.st_size <= min(packs.OBJECT_MAX, in_memory):
+                return self._stage_small(src, before, rel, recorded_ns, folders.objects())
             return self._stage_fd(src, before, rel, check_cancelled, recorded_ns)
         finally:
             os.close(src)
+
+    def _stage_small(
+        self, src: int, before: os.stat_result, what: str, recorded_ns: int, objects: int
+    ) -> Staged:
+        """A small file read into memory and hashed; copied into ``.horace/tmp`` as any
+        other when its content is an object already (so that keeping it refreshes that
+        object: see :meth:`keep`)."""
+        content = _read_small(src, before.st_size)
+        after = os.fstat(src)
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(
+            content
+        ) != after.st_size:
+            raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
+        checksum = hashlib.sha256(content).hexdigest()
+        tmp_path = None
+        try:
+            os.stat(_object_name(checksum), dir_fd=objects)
+        except FileNotFoundError:
+            pass
+        else:
+            tmp_path = self.tmp / temp_name(TempKind.STAGE)
+            _write_new(tmp_path, content, 0o444, sync=False)
+        return Staged(
+            tmp_path,
+            checksum,
+            len(content),
+            content[:HEAD_BYTES],
+            FileIdentity.of(after),
+            working_stat(after, recorded_ns),
+            content if tmp_path is None else None,
+        )
 
     @_storage_full
     def stage_held(self, held: Path, check_cancelled: CheckCancelled = _never_cancelled) -> Staged:
@@ -807,7 +876,7 @@ class Storage:
         and the commit (a grace period of 0), :meth:`release` puts it back from the
         staged link. (A batch is kept with one sync for all: :meth:`keep_batch`.)
         """
-        fd = os.open(staged.tmp_path, os.O_RDONLY)
+        fd = os.open(staged.copy, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -818,13 +887,36 @@ class Storage:
 
     @_storage_full
     def keep_batch(self, staged: Sequence[Staged], kept: list[Staged]) -> None:
-        """:meth:`keep` each of *staged* (adding it to *kept*), then one :meth:`sync` for
-        all: a batch's objects made durable together."""
+        """:meth:`keep` each of *staged* (adding it to *kept*), those staged in memory
+        written as one pack, then one :meth:`sync` for all: a batch's objects made
+        durable together."""
         with _StoreFolders(self) as folders:
             for one in staged:
-                folders.keep(one)
-                kept.append(one)
+                if one.content is None:
+                    folders.keep(one)
+                    kept.append(one)
+        small = {one.checksum: one for one in staged if one.content is not None}
+        if small:
+            self._write_pack([(c, one.content) for c, one in small.items() if one.content is not None])
+            kept.extend(one for one in staged if one.content is not None)
         self.sync()
+
+    def _write_pack(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        tmp_path = self.tmp / temp_name(TempKind.PACK)
+        name = packs.new_name()
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        try:
+            try:
+                index = packs.write(fd, entries)
+            finally:
+                os.close(fd)
+            self.packs.mkdir(exist_ok=True)  # (made with the store; a store of before, too)
+            os.rename(tmp_path, self.packs / name)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        with self._packs_lock:
+            self._packed_at.add(name, index)
 
     @_storage_full
     def release(self, staged: Staged) -> None:
@@ -835,11 +927,33 @@ class Storage:
 
     @_storage_full
     def release_batch(self, kept: Sequence[Staged], released: list[Staged]) -> None:
-        """:meth:`release` each of *kept* (adding it to *released*)."""
+        """:meth:`release` each of *kept* (adding it to *released*). One kept in a pack
+        that the collector took meanwhile becomes an object of its own, from memory."""
+        present: dict[str, bool] = {}  # pack -> still there (one look a pack)
         with _StoreFolders(self) as folders:
             for one in kept:
-                folders.release(one)
+                if one.content is None:
+                    folders.release(one)
+                else:
+                    with self._packs_lock:
+                        found = self._packed_at.get(one.checksum)
+                    there = found is not None and present.setdefault(
+                        found[0], (self.packs / found[0]).exists()
+                    )
+                    if not there and not self.has_object(one.checksum):
+                        self._put_back_from(one.content, one.checksum)
                 released.append(one)
+
+    def _put_back_from(self, content: bytes, checksum: str) -> None:
+        """Make *content* the object *checksum*, durably (where none is)."""
+        tmp_path = self.tmp / temp_name(TempKind.STAGE)
+        _write_new(tmp_path, content, 0o444, sync=True)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp_path, self.object_path(checksum))
+            _fsync_dir(self.object_path(checksum).parent)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
     @_storage_full
     def sync(self) -> None:
@@ -852,10 +966,11 @@ class Storage:
 
     @staticmethod
     def discard(staged: Staged) -> None:
-        staged.tmp_path.unlink(missing_ok=True)
+        if staged.tmp_path is not None:
+            staged.tmp_path.unlink(missing_ok=True)
 
     def has_object(self, checksum: str) -> bool:
-        return self.object_path(checksum).is_file()
+        return self.object_path(checksum).is_file() or self._packed(checksum) is not None
 
     def object_holds(
         self, checksum: str, size: int, deep: bool, check_cancelled: CheckCancelled = _never_cancelled
@@ -867,17 +982,22 @@ class Storage:
 
     def object_intact(self, checksum: str, size: int) -> bool:
         """Is the object there, at its size? (Its bytes are not read: see :meth:`hash_object`.)"""
+        return self.object_size(checksum) == size
+
+    def object_size(self, checksum: str) -> int | None:
+        """The object's size as stored (None: missing)."""
         try:
-            return self.object_path(checksum).stat().st_size == size
+            return self.object_path(checksum).stat().st_size
         except FileNotFoundError:
-            return False
+            found = self._packed(checksum)
+            return found[2] if found is not None else None
 
     def read_object(self, checksum: str, check_cancelled: CheckCancelled = _never_cancelled) -> bytes | None:
         """The object's bytes as stored, or None when it is missing."""
         try:
             fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            return self._read_packed(checksum)
         try:
             chunks = []
             while chunk := os.read(fd, CHUNK):
@@ -894,7 +1014,8 @@ class Storage:
         try:
             fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            content = self._read_packed(checksum)
+            return None if content is None else (hashlib.sha256(content).hexdigest(), len(content))
         try:
             sha, size, _ = _hash_fd(fd, check_cancelled)
         finally:
@@ -907,20 +1028,27 @@ class Storage:
         """Object *checksum* copied into ``.horace/tmp`` and fsynced, named HELD: from
         here a crash leaves nothing fsck would throw away unlooked-at."""
         part = self.tmp / temp_name(TempKind.PART)
-        source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            dst = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            content = self._read_packed(checksum)
+            if content is None:
+                raise
+            _write_new(part, content, 0o644, sync=True)
+        else:
             try:
-                if not (self._reflink and self._try_clone(source, dst)):
-                    _copy_and_hash(source, dst, check_cancelled)
-                os.fsync(dst)
+                dst = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    if not (self._reflink and self._try_clone(source, dst)):
+                        _copy_and_hash(source, dst, check_cancelled)
+                    os.fsync(dst)
+                finally:
+                    os.close(dst)
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
             finally:
-                os.close(dst)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(source)
+                os.close(source)
         held = self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
         os.rename(part, held)
         return held
@@ -987,7 +1115,7 @@ class Storage:
                 os.fsync(dfd)
             os.fsync(tmp_fd)
         except BaseException:
-            if not held.exists() or _same_content_as(held, self.object_path(checksum)):
+            if not held.exists() or self._same_content_as(held, checksum):
                 held.unlink(missing_ok=True)
             raise
         finally:
@@ -1224,8 +1352,11 @@ class Storage:
         return self.files.resolve()
 
     def walk_objects(self) -> Iterator[tuple[str, os.stat_result]]:
-        for sub in sorted(self.objects.iterdir()):
-            with os.scandir(sub) as entries:
+        """The objects of their own (not those in packs: see :meth:`walk_packs`)."""
+        for sub in sorted(os.listdir(self.objects)):
+            if sub == self.packs.name:
+                continue
+            with os.scandir(self.objects / sub) as entries:
                 for entry in entries:
                     yield entry.name, entry.stat(follow_symlinks=False)
 
@@ -1256,8 +1387,13 @@ class Storage:
         dropped (the collector keeps an object without a row that long since it was
         written, and a released one only a grace period)."""
         for checksum in checksums:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.utime(self.object_path(checksum))
+            except FileNotFoundError:
+                found = self._packed(checksum)  # (its whole pack, then)
+                with contextlib.suppress(FileNotFoundError):
+                    if found is not None:
+                        os.utime(self.packs / found[0])
             (self.released / checksum).unlink(missing_ok=True)
 
     def discard_aside(self, aside: Path, checksum: str) -> None:
@@ -1290,6 +1426,123 @@ class Storage:
             aside.unlink(missing_ok=True)
         else:
             os.rename(aside, target)
+
+    # -- packs ---------------------------------------------------------------------------
+
+    def _packed(self, checksum: str) -> tuple[str, int, int] | None:
+        """Where a pack holds *checksum* (pack, offset, length), if one does; the packs
+        are looked at again when none is known to (another process may have made one)."""
+        with self._packs_lock:
+            found = self._packed_at.get(checksum)
+            if found is None or not (self.packs / found[0]).exists():  # (collected meanwhile)
+                self._read_packs()
+                found = self._packed_at.get(checksum)
+            return found
+
+    def only_in_a_pack(self, checksum: str) -> bool:
+        return not self.object_path(checksum).exists() and self._packed(checksum) is not None
+
+    def _read_packs(self) -> None:
+        """Bring the index of every pack up to date (under ``_packs_lock``)."""
+        try:
+            names = {name for name in os.listdir(self.packs) if packs.is_pack_name(name)}
+        except FileNotFoundError:
+            names = set()
+        if not names.issuperset(self._packed_at.packs):  # some are gone: start again
+            self._packed_at = packs.Locations()
+        for name in sorted(names.difference(self._packed_at.packs)):
+            try:
+                entries = self._pack_index(name)
+            except FileNotFoundError:
+                continue
+            except packs.PackDamaged:
+                entries = {}  # (fsck says so; nothing is read from it)
+            self._packed_at.add(name, entries)
+
+    def _pack_index(self, name: str) -> dict[str, tuple[int, int]]:
+        """The index of the pack *name*; :class:`packs.PackDamaged` for anything there that
+        is not a pack that reads back (a folder or a symlink by that name, say)."""
+        try:
+            fd = os.open(self.packs / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise packs.PackDamaged(f"cannot be opened: {exc.strerror or exc}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise packs.PackDamaged("not a regular file")
+            return packs.read_index(fd)
+        except OSError as exc:
+            raise packs.PackDamaged(f"cannot be read: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
+
+    def _read_packed(self, checksum: str) -> bytes | None:
+        """The bytes a pack holds for *checksum* as stored; None when no pack does."""
+        for _ in range(2):  # (once more should the collector take the pack meanwhile)
+            found = self._packed(checksum)
+            if found is None:
+                return None
+            name, offset, length = found
+            try:
+                fd = os.open(self.packs / name, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                return packs.read_entry(fd, offset, length)
+            except (packs.PackDamaged, OSError):
+                return b""  # cut short, unreadable: as damaged as an object of the wrong size
+            finally:
+                os.close(fd)
+        return None
+
+    def _same_content_as(self, path: Path, checksum: str) -> bool:
+        """Does the file at *path* hold what the object *checksum* holds as stored?"""
+        stored = self.hash_object(checksum)
+        try:
+            with open(path, "rb") as f:
+                return stored is not None and _hash_fd(f.fileno(), _never_cancelled)[0] == stored[0]
+        except OSError:
+            return False
+
+    def walk_packs(self) -> Iterator[tuple[str, os.stat_result, dict[str, int] | None]]:
+        """Every pack, its stat, and its entries (checksum -> length; None: damaged)."""
+        try:
+            names = sorted(name for name in os.listdir(self.packs) if packs.is_pack_name(name))
+        except FileNotFoundError:
+            return
+        for name in names:
+            try:
+                st = os.stat(self.packs / name)
+                entries: dict[str, int] | None
+                try:
+                    entries = {c: length for c, (_, length) in self._pack_index(name).items()}
+                except packs.PackDamaged:
+                    entries = None
+            except FileNotFoundError:
+                continue  # collected meanwhile
+            yield name, st, entries
+
+    def quarantine_pack(self, name: str, grace_seconds: float) -> Path | None:
+        """:meth:`quarantine` for a whole pack (named *name*)."""
+        aside = self.tmp / temp_name(TempKind.PACK_ASIDE, name.removesuffix(packs.SUFFIX))
+        try:
+            os.rename(self.packs / name, aside)
+        except FileNotFoundError:
+            return None
+        if time.time() - aside.stat().st_mtime < grace_seconds:
+            self.unquarantine_pack(aside, name)
+            return None
+        return aside
+
+    def unquarantine_pack(self, aside: Path, name: str) -> None:
+        os.rename(aside, self.packs / name)
+
+    def discard_pack_aside(self, aside: Path, checksums: Iterable[str]) -> None:
+        """Delete for good a pack :meth:`quarantine_pack` moved aside, and the released
+        marks of its entries."""
+        aside.unlink(missing_ok=True)
+        self.unmark_released(checksums)
 
 
 def _read_lease(fd: int) -> bool:
@@ -1350,12 +1603,27 @@ def _is_file(path: Path | str, expected: FileIdentity, dir_fd: int | None = None
     return found == expected
 
 
-def _same_content_as(path: Path, other: Path) -> bool:
+def _read_small(fd: int, size: int) -> bytes:
+    """A small file's bytes, in one read: one byte more than *size* asked for, so that a
+    file that grew reads longer than its stat, and one that reads shorter (it shrank, or
+    a filesystem gave a short read) is told by its length too (see _stage_small)."""
+    return os.read(fd, size + 1)
+
+
+def _write_new(path: Path, content: bytes, mode: int, *, sync: bool) -> None:
+    """A new file at *path* holding *content* (removed again should that fail)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        with open(path, "rb") as a, open(other, "rb") as b:
-            return _hash_fd(a.fileno(), _never_cancelled)[0] == _hash_fd(b.fileno(), _never_cancelled)[0]
-    except OSError:
-        return False
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def _copy_and_hash(

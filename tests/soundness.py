@@ -25,7 +25,10 @@ def digest(data: bytes) -> str:
 
 
 def object_bytes(catalog: Catalog, checksum: str) -> bytes:
-    return catalog.storage.object_path(checksum).read_bytes()
+    """An object's bytes, of its own or in a pack."""
+    found = catalog.storage.read_object(checksum)
+    assert found is not None, f"object {checksum} missing"
+    return found
 
 
 def temps_left(catalog: Catalog) -> list[Path]:
@@ -38,7 +41,12 @@ def temps_left(catalog: Catalog) -> list[Path]:
 
 
 def objects_on_disk(catalog: Catalog) -> set[str]:
-    return {name for name, _ in catalog.storage.walk_objects()}
+    """Every object, of its own or in a pack."""
+    found = {name for name, _ in catalog.storage.walk_objects()}
+    for name, _, entries in catalog.storage.walk_packs():
+        assert entries is not None, f"pack {name} damaged"
+        found.update(entries)
+    return found
 
 
 _hashed: dict[Path, tuple[int, int, int, str]] = {}
@@ -73,8 +81,13 @@ def check_file_versions(
     ), f"{file.file_path}: file row {file.current_version}/{file.checksum[:12]} vs newest {newest}"
     for v in versions:
         path = catalog.storage.object_path(v.checksum)
-        assert path.is_file(), f"{file.file_path} v{v.version}: object {v.checksum} missing"
-        assert object_digest(path) == (v.checksum, v.size), (
+        if path.is_file():
+            found = object_digest(path)
+        else:  # in a pack, then
+            content = catalog.storage.read_object(v.checksum)
+            assert content is not None, f"{file.file_path} v{v.version}: object {v.checksum} missing"
+            found = (digest(content), len(content))
+        assert found == (v.checksum, v.size), (
             f"{file.file_path} v{v.version}: object {v.checksum} holds other bytes"
         )
 

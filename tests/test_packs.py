@@ -1,0 +1,407 @@
+"""Packs: the small files of a long batch kept as one file (horace.packs), read back,
+checked, collected and repaired like objects of their own."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from helpers import write
+from soundness import assert_sound, digest, objects_on_disk, temps_left
+from test_invariants import _dead_pid, storage_temp_name
+from test_storage_full import small_tmpfs  # noqa: F401 (a fixture)
+
+from horace import packs
+from horace.assemble import open_catalog
+from horace.backends.records import FileChanges
+from horace.catalog import PACK_BATCH_BYTES, PACK_MIN_FILES, Catalog
+from horace.config import Settings
+from horace.fsck import fsck
+from horace.model import ErrorCode, HoraceError
+from horace.storage import Storage
+
+N = PACK_MIN_FILES + 6
+
+
+def many(files: Path, n: int = N, folder: str = "user/many", seed: int = 0) -> dict[str, bytes]:
+    """*n* small files of distinct content (sizes 0 to 64 KiB), by path under files/."""
+    rng = random.Random(seed)
+    made = {}
+    for i in range(n):
+        rel = f"{folder}/{i:03d}.bin"
+        head = f"{folder} {i}\n".encode()
+        size = rng.choice([0, 1, 100, 4096, packs.OBJECT_MAX - len(head)])
+        made[rel] = write(files / rel, head + rng.randbytes(size)).read_bytes()
+    made[f"{folder}/000.bin"] = write(files / f"{folder}/000.bin", b"").read_bytes()  # (one empty)
+    return made
+
+
+def pack_names(storage: Storage) -> list[str]:
+    return sorted(name for name, _, _ in storage.walk_packs())
+
+
+# -- the format ------------------------------------------------------------------------------
+
+
+def test_a_pack_reads_back_what_was_written_and_refuses_damage(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    contents = [rng.randbytes(rng.randrange(0, 5000)) for _ in range(200)] + [b"x" * (3 << 20)]
+    entries = {digest(c): c for c in contents}
+    path = tmp_path / packs.new_name()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        index = packs.write(fd, list(entries.items()))
+        assert packs.read_index(fd) == index
+        assert {c: packs.read_entry(fd, *index[c]) for c in index} == entries
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    for damaged in (
+        data[:-1],  # cut short
+        data[:10] + b"X" + data[11:],  # header
+        data[:-60] + bytes([data[-60] ^ 1]) + data[-59:],  # an index row
+        data[:-20] + bytes([data[-20] ^ 1]) + data[-19:],  # the trailer's sha256
+        b"",
+    ):
+        path.write_bytes(damaged)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(packs.PackDamaged):
+                packs.read_index(fd)
+        finally:
+            os.close(fd)
+    assert packs.is_pack_name(packs.new_name()) and not packs.is_pack_name("0" * 24 + ".pack.tmp")
+
+
+# -- kept, read, restored --------------------------------------------------------------------
+
+
+async def test_a_long_batch_keeps_its_small_files_in_one_pack(catalog: Catalog, files: Path) -> None:
+    made = many(files)
+    big = write(files / "user/many/big.bin", os.urandom(packs.OBJECT_MAX + 1)).read_bytes()
+    known = write(files / "user/known.txt", "already an object").read_bytes()
+    await catalog.register("user/known.txt")
+    write(files / "user/many/copy-of-known.txt", known)
+    report = await catalog.scan()
+    assert (report.registered, report.duplicates, report.errors) == (N + 1, 1, ())
+    assert len(pack_names(catalog.storage)) == 1
+    loose = {name for name, _ in catalog.storage.walk_objects()}
+    assert loose == {digest(big), digest(known)}  # the big one, and the one there already
+    for rel, data in made.items():
+        file = (await catalog.get_info(file_path=rel)).file
+        assert catalog.storage.read_object(file.checksum) == data
+        assert (await catalog.content(file, None, 1 << 20)).data == data
+    await assert_sound(catalog)
+
+
+async def test_a_batch_stages_a_bounded_amount_in_memory(catalog: Catalog, files: Path) -> None:
+    """Past PACK_BATCH_BYTES of small files, a batch's files are staged as temp copies and
+    kept as objects of their own: the pack, and the memory, stay bounded."""
+    n = PACK_BATCH_BYTES // packs.OBJECT_MAX + 20
+    made = {f"user/big/{i:03d}.bin": os.urandom(packs.OBJECT_MAX) for i in range(n)}
+    for rel, data in made.items():
+        write(files / rel, data)
+    assert (await catalog.scan()).registered == n
+    ((_, st, entries),) = list(catalog.storage.walk_packs())
+    assert entries is not None and len(entries) == PACK_BATCH_BYTES // packs.OBJECT_MAX
+    assert st.st_size <= PACK_BATCH_BYTES + 88 * len(entries) + 64  # (an entry: 40 + 48 bytes)
+    assert len({name for name, _ in catalog.storage.walk_objects()}) == n - len(entries)
+    await assert_sound(catalog)
+
+
+async def test_a_short_batch_makes_no_pack(catalog: Catalog, files: Path) -> None:
+    many(files, PACK_MIN_FILES - 1)
+    assert (await catalog.scan()).registered == PACK_MIN_FILES - 1
+    assert pack_names(catalog.storage) == []
+    await assert_sound(catalog)
+
+
+async def test_a_packed_version_is_restored_and_read_after_changes(catalog: Catalog, files: Path) -> None:
+    made = many(files)
+    await catalog.scan()
+    rel = "user/many/007.bin"
+    write(files / rel, b"changed since")
+    file = (await catalog.get_info(file_path=rel)).file
+    assert (await catalog.update(file.id, FileChanges())).version_created
+    restored = await catalog.restore(file.id, 1)
+    assert restored.file.checksum == digest(made[rel])
+    assert (files / rel).read_bytes() == made[rel]
+    # Deleted and brought back: the working copy is written from the pack again.
+    await catalog.delete(file.id)
+    assert not (files / rel).exists()
+    await catalog.undelete(file.id)
+    assert (files / rel).read_bytes() == made[rel]
+    await assert_sound(catalog)
+
+
+async def test_another_process_s_pack_is_found(catalog: Catalog, files: Path) -> None:
+    """A pack written by another process (another Storage) is found when a lookup misses."""
+    other = Storage(catalog.storage.root)
+    assert catalog.storage.read_object(digest(b"nowhere yet")) is None  # (looked at the packs)
+    made = many(files)
+    staged = other.stage_many(list(made), in_memory=1 << 20)
+    kept: list[Any] = []
+    other.keep_batch([s for s in staged if not isinstance(s, Exception)], kept)
+    for data in made.values():
+        assert catalog.storage.read_object(digest(data)) == data
+        assert catalog.storage.object_intact(digest(data), len(data))
+    other.release_batch(kept, [])
+
+
+# -- collected -------------------------------------------------------------------------------
+
+
+async def test_a_pack_goes_once_none_of_its_files_is_left(catalog: Catalog, files: Path) -> None:
+    made = many(files)
+    await catalog.scan()
+    catalog.policy = attrs.evolve(catalog.policy, deleted_retention=timedelta(0))
+    ids = [(await catalog.get_info(file_path=rel)).file.id for rel in made]
+    for file_id in ids[:-1]:
+        await catalog.delete(file_id)
+    await catalog.purge()
+    assert len(pack_names(catalog.storage)) == 1, "a pack holding a file's content was taken"
+    last = (await catalog.get_info(file_path=list(made)[-1])).file
+    assert catalog.storage.read_object(last.checksum) == made[list(made)[-1]]
+    await assert_sound(catalog)
+    await catalog.delete(ids[-1])
+    await catalog.purge()
+    assert pack_names(catalog.storage) == []
+    assert objects_on_disk(catalog) == set()
+    await assert_sound(catalog)
+
+
+async def test_a_pack_whose_content_a_file_still_holds_stays(
+    catalog: Catalog, files: Path, tmp_path: Path
+) -> None:
+    """Every file of a pack is gone, but the content of one is in an uncatalogued copy
+    that cannot be catalogued (a second hard link): the pack stays, as an object would."""
+    made = many(files)
+    await catalog.scan()
+    catalog.policy = attrs.evolve(catalog.policy, deleted_retention=timedelta(0))
+    for rel in made:
+        await catalog.delete((await catalog.get_info(file_path=rel)).file.id)
+    linked = made["user/many/011.bin"]
+    os.link(write(files / "user/other/linked.bin", linked), tmp_path / "second-link")
+    for _ in range(2):
+        await catalog.purge()
+        assert catalog.storage.read_object(digest(linked)) == linked
+        assert len(pack_names(catalog.storage)) == 1
+    os.unlink(tmp_path / "second-link")  # catalogable now: catalogued
+    await catalog.purge()
+    kept = (await catalog.get_info(file_path="user/other/linked.bin")).file
+    assert catalog.storage.read_object(kept.checksum) == linked
+    await assert_sound(catalog)
+
+
+async def test_a_pack_referred_to_by_the_time_it_is_moved_aside_goes_back(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector looks at the rows again once the pack is aside: a row that came
+    meanwhile (here: rows the first look did not see) puts it back."""
+    made = many(files)
+    await catalog.scan()
+    catalog.policy = attrs.evolve(catalog.policy, deleted_retention=timedelta(0))
+    storage, backend = catalog.storage, catalog.backend
+    unreferenced, quarantine_pack = backend.unreferenced, storage.quarantine_pack
+    aside: list[str] = []
+
+    async def blind_until_aside(checksums: Any) -> Any:
+        return list(checksums) if not aside else await unreferenced(checksums)
+
+    def moving(name: str, grace: float) -> Any:
+        aside.append(name)
+        return quarantine_pack(name, grace)
+
+    monkeypatch.setattr(backend, "unreferenced", blind_until_aside)
+    monkeypatch.setattr(storage, "quarantine_pack", moving)
+    await catalog.collect_orphans()
+    assert len(aside) == 1 and pack_names(storage) == aside
+    for data in made.values():
+        assert storage.read_object(digest(data)) == data
+    await assert_sound(catalog)
+
+
+async def test_a_pack_the_collector_takes_before_the_commit_is_put_back(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector (grace period 0) finds a new pack before its rows are committed and
+    takes it: the release writes each of its objects back, from memory."""
+    made = many(files)
+    storage = catalog.storage
+    insert = catalog.backend.insert_files
+
+    async def collector_first(*args: Any, **kwargs: Any) -> Any:
+        (name,) = pack_names(storage)
+        aside = storage.quarantine_pack(name, 0.0)
+        assert aside is not None
+        storage.discard_pack_aside(aside, [])  # nothing referred to it: gone for good
+        return await insert(*args, **kwargs)
+
+    monkeypatch.setattr(catalog.backend, "insert_files", collector_first)
+    assert (await catalog.scan()).registered == N
+    assert pack_names(storage) == []
+    assert {name for name, _ in storage.walk_objects()} == {digest(d) for d in made.values()}
+    await assert_sound(catalog)
+
+
+# -- checked and repaired --------------------------------------------------------------------
+
+
+async def test_what_a_dead_process_left_of_packs_is_cleared(catalog: Catalog, files: Path) -> None:
+    made = many(files)
+    await catalog.scan()
+    (name,) = pack_names(catalog.storage)
+    # A collector died with the pack moved aside; a scan died writing another.
+    aside = catalog.storage.tmp / storage_temp_name("packaside", _dead_pid(), name.removesuffix(".pack"))
+    os.rename(catalog.storage.packs / name, aside)
+    half = write(catalog.storage.tmp / storage_temp_name("pack", _dead_pid(), ""), packs.HEADER + b"cut")
+    report = await fsck(catalog)
+    assert {f.kind for f in report.findings} == {"pack_aside", "temp_leftover"}
+    assert all(f.repaired for f in report.findings)
+    assert pack_names(catalog.storage) == [name] and not half.exists()
+    for data in made.values():
+        assert catalog.storage.read_object(digest(data)) == data
+    await assert_sound(catalog)
+
+
+async def test_a_damaged_pack_is_reported_and_its_content_recovered_from_working_copies(
+    catalog: Catalog, files: Path
+) -> None:
+    made = many(files)
+    await catalog.scan()
+    (name,) = pack_names(catalog.storage)
+    path = catalog.storage.packs / name
+    os.chmod(path, 0o644)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # its trailer
+    fresh = await open_again(catalog)
+    report = await fsck(fresh, deep=True)
+    kinds = {f.kind for f in report.findings}
+    assert "pack_damaged" in kinds and "missing_object" in kinds, kinds
+    repaired = await fsck(fresh, repair=True, deep=True)
+    assert {f.kind for f in repaired.findings if not f.repaired} == {"pack_damaged"}
+    for rel, content in made.items():
+        file = (await fresh.get_info(file_path=rel)).file
+        assert fresh.storage.read_object(file.checksum) == content
+    assert path.exists(), "a damaged pack is never removed"
+    assert temps_left(fresh) == []
+
+
+async def test_what_is_not_a_pack_in_the_packs_folder_is_reported_and_left_alone(
+    catalog: Catalog, files: Path
+) -> None:
+    made = many(files)
+    await catalog.scan()
+    odd = catalog.storage.packs / packs.new_name()
+    odd.mkdir()  # a folder by a pack's name
+    (catalog.storage.packs / packs.new_name()).symlink_to("/etc/passwd")
+    (catalog.storage.packs / "notes.txt").write_text("not a pack's name: never read")
+    fresh = await open_again(catalog)
+    for data in made.values():
+        assert fresh.storage.read_object(digest(data)) == data
+    assert fresh.storage.read_object(digest(b"nowhere")) is None
+    report = await fsck(fresh, deep=True)
+    assert [f.kind for f in report.findings] == ["pack_damaged", "pack_damaged"], report.findings
+    await fresh.purge()
+    assert odd.is_dir() and (catalog.storage.packs / "notes.txt").exists()
+
+
+async def test_a_damaged_packed_entry_is_found_by_a_deep_check_and_repaired(
+    catalog: Catalog, files: Path
+) -> None:
+    made = many(files)
+    await catalog.scan()
+    (name,) = pack_names(catalog.storage)
+    rel = "user/many/005.bin"
+    checksum = digest(made[rel])
+    fd = os.open(catalog.storage.packs / name, os.O_RDONLY)
+    try:
+        offset, length = packs.read_index(fd)[checksum]
+    finally:
+        os.close(fd)
+    assert length > 0
+    path = catalog.storage.packs / name
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert (await fsck(catalog)).clean  # sizes only: as for an object of its own
+    report = await fsck(catalog, deep=True, repair=True)
+    assert [(f.kind, f.repaired) for f in report.findings] == [("missing_object", True)], report.findings
+    assert "damaged" in report.findings[0].detail
+    assert catalog.storage.read_object(checksum) == made[rel]
+    await assert_sound(catalog)
+
+
+async def open_again(catalog: Catalog) -> Catalog:
+    """The same catalog through a new Storage (nothing it read of the packs remembered)."""
+    catalog.storage = Storage(catalog.storage.root)
+    return catalog
+
+
+async def test_sigkilled_scans_of_many_small_files_lose_nothing(settings: Settings, files: Path) -> None:
+    """`horace scan` killed again and again while it packs: afterwards every catalogued
+    file's content reads back, fsck repairs what the kills left, and the store is sound."""
+    made = many(files, 20 * PACK_MIN_FILES, seed=3)
+    env = {
+        **os.environ,
+        "HORACE_STORAGE_PATH": str(settings.storage_path),
+        "HORACE_DATABASE_URL": settings.catalog_url,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    async with open_catalog(settings, create=True):
+        pass
+    rng = random.Random(4)
+    killed = 0
+    for _ in range(8):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "horace", "scan"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await trio.sleep(rng.uniform(0.3, 1.2))
+        process.send_signal(signal.SIGKILL)
+        killed += await process.wait() == -signal.SIGKILL
+    assert killed >= 1, "no scan was killed before it ended"
+    repairing = attrs.evolve(settings, deleted_retention=0.0)
+    async with open_catalog(repairing, check=False) as catalog:
+        await fsck(catalog, repair=True, deep=True)
+        assert (await catalog.scan()).errors == ()
+        for rel, content in made.items():
+            file = (await catalog.get_info(file_path=rel)).file
+            assert catalog.storage.read_object(file.checksum) == content
+        await assert_sound(catalog)
+
+
+async def test_a_pack_that_does_not_fit_is_storage_full_and_loses_nothing(
+    small_tmpfs: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The working files fit, a pack of them does not: STORAGE_FULL, nothing catalogued,
+    nothing left behind; once they are smaller, the same scan goes through."""
+    settings = Settings(storage_path=small_tmpfs / "root", gc_grace=0.0)
+    async with open_catalog(settings, create=True) as catalog:
+        files = catalog.storage.files
+        made = {f"user/many/{i:03d}.bin": os.urandom(20 << 10) for i in range(80)}
+        for rel, data in made.items():
+            write(files / rel, data)
+        with pytest.raises(HoraceError) as full:
+            await catalog.scan()
+        assert full.value.code is ErrorCode.STORAGE_FULL
+        assert all((files / rel).read_bytes() == data for rel, data in made.items())
+        assert temps_left(catalog) == [] and pack_names(catalog.storage) == []
+        await assert_sound(catalog)
+        for rel in made:
+            made[rel] = write(files / rel, os.urandom(8 << 10)).read_bytes()  # (smaller now)
+        assert (await catalog.scan()).registered == 80
+        assert len(pack_names(catalog.storage)) == 1
+        await assert_sound(catalog)
