@@ -57,6 +57,7 @@ from horace.backends.records import (
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.storage import FileIdentity, Hashed, Staged, Storage
+from horace.supervise import the_failure
 
 log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
@@ -132,10 +133,10 @@ async def _together() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        failures = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(failures) == 1 and not isinstance(failures[0], BaseExceptionGroup):
-            raise failures[0] from None  # the others were cancelled because of it
-        raise
+        failure = the_failure(group)
+        if failure is group:
+            raise
+        raise failure from None  # the others were cancelled because of it
 
 
 def check_cancelled() -> None:

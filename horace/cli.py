@@ -46,6 +46,7 @@ from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
 from horace.redact import redact_url
 from horace.storage import STORAGE_ERRNOS, StorageUnusable
+from horace.supervise import the_failure
 
 T = TypeVar("T")
 
@@ -706,19 +707,9 @@ def _no_progress() -> Iterator[None]:
 # -- the edge: errors to one line and an exit code -----------------------------------------
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The one exception inside nested groups (Trio nurseries wrap what they raise)."""
-    while isinstance(exc, BaseExceptionGroup):
-        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(inner) != 1:
-            return exc
-        exc = inner[0]
-    return exc
-
-
 def _failure(exc: BaseException) -> Failure | None:
     """What a person should be told of *exc*; None for a bug."""
-    exc = _unwrap(exc)
+    exc = the_failure(exc)
     if isinstance(exc, Failure):
         return exc
     if isinstance(exc, HoraceError):
@@ -800,12 +791,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except BaseException as exc:
         failure = _failure(exc)
         if failure is None:
-            if isinstance(_unwrap(exc), KeyboardInterrupt):
+            if isinstance(the_failure(exc), KeyboardInterrupt):
                 _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", INTERRUPTED), as_json)
                 sys.exit(Exit.INTERRUPTED)
             if debug:
                 traceback.print_exception(exc)
-            inner = _unwrap(exc)
+            inner = the_failure(exc)
             failure = Failure(
                 Exit.INTERNAL,
                 ErrorCode.INTERNAL.value,

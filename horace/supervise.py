@@ -55,7 +55,7 @@ async def supervise(
             state.state = "restarting"
             state.last_error = _describe(exc)
             delay = backoff(failures, backoff_base, backoff_cap)
-            if isinstance(_inner(exc), OUTAGES):  # the database or the disk, not a bug: one line
+            if isinstance(the_failure(exc), OUTAGES):  # the database or the disk, not a bug: one line
                 log.warning(
                     "task %s failed (%s); again in %.0f s",
                     state.name,
@@ -73,15 +73,20 @@ async def supervise(
             return
 
 
-def _inner(exc: BaseException) -> BaseException:
-    # A task's own nursery wraps what it raised in a group: the one failure inside.
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+def the_failure(exc: BaseException) -> BaseException:
+    """The one exception inside nested groups (a nursery wraps what its tasks raised, and
+    the tasks it cancelled because of it add their Cancelled); *exc* itself when there
+    are several."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(inner) != 1:
+            return exc
+        exc = inner[0]
     return exc
 
 
 def _describe(exc: BaseException) -> str:
-    inner = _inner(exc)
+    inner = the_failure(exc)
     return f"{type(inner).__name__}: {inner}"
 
 

@@ -43,7 +43,7 @@ from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
 from horace.sinks.supervisor import BATCH_BYTES, entry_size, queue_from_thread
-from horace.supervise import backoff
+from horace.supervise import backoff, the_failure
 
 log = logging.getLogger("horace.sinks")  # (the sinks' own log never feeds a sink)
 
@@ -188,8 +188,9 @@ class SinkProcess:
                     code = await self._run_child()
                     self.last_error = f"the sink process ended with exit code {code}"
                 except Exception as exc:  # every failure: log it, back off, start another
-                    unexpected = not isinstance(exc, OSError | _ChildGone)
-                    self.last_error = f"the sink process failed: {type(exc).__name__}: {exc}"
+                    failure = the_failure(exc)  # (the child's tasks' nursery wraps it)
+                    unexpected = not isinstance(failure, OSError | _ChildGone)
+                    self.last_error = f"the sink process failed: {type(failure).__name__}: {failure}"
                 self.state = "retrying"
                 failures = 1 if trio.current_time() - started > STEADY else failures + 1
                 settings = self.plan.settings
@@ -502,8 +503,7 @@ def main() -> None:
     try:
         trio.run(serve_sinks)
     except BaseException as exc:
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
-        expected = isinstance(exc, _EXPECTED)
-        log.error("sink process: %s: %s", type(exc).__name__, exc, exc_info=not expected)
+        failure = the_failure(exc)
+        expected = isinstance(failure, _EXPECTED)
+        log.error("sink process: %s: %s", type(failure).__name__, failure, exc_info=not expected)
         sys.exit(1)
