@@ -1163,7 +1163,7 @@ class Catalog:
                 inserted = await self.backend.insert_files(records, working=working)
             await self._release(kept, released)
         finally:
-            await self._discard_batch(staged, released)
+            await self._discard_batch(staged, released, kept)
         done = {f.file_path for f in inserted}
         skipped = tuple((rel, s.checksum) for rel, s, _ in taken if rel not in done)
         return NewFiles(tuple(inserted), skipped, tuple(failed))
@@ -1233,18 +1233,18 @@ class Catalog:
                 await in_thread(self.storage.release_batch, kept, released)
 
     async def _discard_batch(
-        self, staged: Sequence[tuple[str, tuple[Staged, str] | HoraceError]], released: Sequence[Staged] = ()
+        self,
+        staged: Sequence[tuple[str, tuple[Staged, str] | HoraceError]],
+        released: Sequence[Staged] = (),
+        kept: Sequence[Staged] = (),
     ) -> None:
-        """Shielded: remove the staged copies not released already (on the way out,
-        cancelled or not)."""
+        """Shielded: remove the staged copies (and the staged links of the packs *kept*)
+        not released already (on the way out, cancelled or not)."""
         gone = {s.tmp_path for s in released}
-        copies = [
-            o[0]
-            for _, o in staged
-            if not isinstance(o, HoraceError) and o[0].tmp_path is not None and o[0].tmp_path not in gone
-        ]
-        if copies:
-            await self.discard(*copies)
+        copies = [o[0] for _, o in staged if not isinstance(o, HoraceError)] + list(kept)
+        left = {s.tmp_path: s for s in copies if s.tmp_path is not None and s.tmp_path not in gone}
+        if left:
+            await self.discard(*left.values())
 
     async def move(self, file_id: str, new_client_path: str, correlation_id: str | None = None) -> FileRecord:
         """A rename seen on disk: the file keeps its id and history under its new path."""
@@ -1423,7 +1423,7 @@ class Catalog:
                 continue  # damaged: fsck says so, and nothing takes it
             packed.update(entries)
             due_all = all(self.collectable(now - st.st_mtime, c in released) for c in entries)
-            if due_all and await self._none_referenced(list(entries)):
+            if due_all and await self.none_referenced(list(entries)):
                 dead.append((name, list(entries)))
         if dead:
             free = set(await self._unless_copied([c for _, held in dead for c in held]))
@@ -1441,14 +1441,15 @@ class Catalog:
             aside = await in_thread(self.storage.quarantine_pack, name, self.policy.gc_grace_seconds)
             if aside is None:
                 return []
-            if await self._none_referenced(entries):
+            if await self.none_referenced(entries):
                 await in_thread(self.storage.discard_pack_aside, aside, entries)
                 log.info("collected pack %s (%d objects)", name, len(entries))
                 return sorted(entries)
             await in_thread(self.storage.unquarantine_pack, aside, name)
         return []
 
-    async def _none_referenced(self, checksums: Sequence[str]) -> bool:
+    async def none_referenced(self, checksums: Sequence[str]) -> bool:
+        """Does no version row refer to any of *checksums*?"""
         for chunk in _slices(checksums, SCAN_BATCH):
             if len(await self.backend.unreferenced(chunk)) < len(chunk):
                 return False

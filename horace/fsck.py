@@ -241,6 +241,19 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
             found.append(await _put_back(catalog, path, what, await _held_for(catalog, name)))
         elif (
             name is not None
+            and name.kind is TempKind.PACK
+            and await _put_back_pack(catalog, path, name, referenced)
+        ):
+            found.append(
+                Finding(
+                    "pack_recovered",
+                    "a pack holding referenced content was missing; put back from its staged link",
+                    True,
+                    subject=str(path),
+                )
+            )
+        elif (
+            name is not None
             and name.kind is TempKind.STAGE
             and await _put_back_object(catalog, path, referenced)
         ):
@@ -299,6 +312,46 @@ def _temps_with_stats(storage: Storage) -> list[tuple[Path, TempName | None, os.
         except FileNotFoundError:
             continue  # its writer removed it meanwhile
     return found
+
+
+async def _put_back_pack(catalog: Catalog, path: Path, name: TempName, referenced: set[str] | None) -> bool:
+    """A pack's staged link whose pack is missing while a version refers to one of its
+    entries (a process died between its batch's commit and releasing the link, as the
+    collector took the pack): it becomes the pack again. A pack only half written (its
+    writer died before linking it) does not read back, and is garbage."""
+    storage = catalog.storage
+    if not name.extra:
+        return False
+    target = storage.packs / (name.extra + packs.SUFFIX)
+    try:
+        entries = await in_thread(_pack_entries, path)
+    except packs.PackDamaged:
+        return False
+    if not entries or await in_thread(target.exists):
+        return False
+    if referenced is None:
+        wanted = not await catalog.none_referenced(entries)
+    else:
+        wanted = not referenced.isdisjoint(entries)
+    if not wanted:
+        return False
+
+    def put_back() -> None:
+        storage.packs.mkdir(exist_ok=True)
+        os.link(path, target)
+        path.unlink()
+
+    await in_thread(put_back)
+    return True
+
+
+def _pack_entries(path: Path) -> list[str]:
+    # Never through a symlink, never blocking on a FIFO: _temps sent regular files only.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return list(packs.read_index(fd))
+    finally:
+        os.close(fd)
 
 
 async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str] | None) -> bool:

@@ -78,7 +78,7 @@ class TempKind(enum.StrEnum):
     ASIDE = "aside"  # an object the collector moved aside (named by checksum): put back
     HELD = "held"  # a working file moved out of files/ (named by file id): keep its content
     META = "meta"  # the store's identity being written: garbage
-    PACK = "pack"  # a pack being written: garbage
+    PACK = "pack"  # a pack being written, or its staged link (named by the pack): see fsck
     PACK_ASIDE = "packaside"  # a pack the collector moved aside (named by its name): put back
     CLOCK = "clock"  # read for the filesystem's time (where O_TMPFILE is not supported): garbage
 
@@ -889,21 +889,25 @@ class Storage:
     def keep_batch(self, staged: Sequence[Staged], kept: list[Staged]) -> None:
         """:meth:`keep` each of *staged* (adding it to *kept*), those staged in memory
         written as one pack, then one :meth:`sync` for all: a batch's objects made
-        durable together."""
+        durable together. Each of the pack's is added to *kept* with the pack's staged
+        link (its second link in ``.horace/tmp``, kept until :meth:`release_batch`, as a
+        staged copy is kept beside its object)."""
         with _StoreFolders(self) as folders:
             for one in staged:
                 if one.content is None:
                     folders.keep(one)
                     kept.append(one)
-        small = {one.checksum: one for one in staged if one.content is not None}
+        small = {one.checksum: one.content for one in staged if one.content is not None}
         if small:
-            self._write_pack([(c, one.content) for c, one in small.items() if one.content is not None])
-            kept.extend(one for one in staged if one.content is not None)
+            link = self._write_pack(list(small.items()))
+            kept.extend(attrs.evolve(one, tmp_path=link) for one in staged if one.content is not None)
         self.sync()
 
-    def _write_pack(self, entries: Sequence[tuple[str, bytes]]) -> None:
-        tmp_path = self.tmp / temp_name(TempKind.PACK)
+    def _write_pack(self, entries: Sequence[tuple[str, bytes]]) -> Path:
+        """Write a pack of *entries* in ``.horace/tmp`` and link it into ``objects/packs/``;
+        its link in ``.horace/tmp`` (named after the pack) stays, and is returned."""
         name = packs.new_name()
+        tmp_path = self.tmp / temp_name(TempKind.PACK, name.removesuffix(packs.SUFFIX))
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             try:
@@ -911,12 +915,13 @@ class Storage:
             finally:
                 os.close(fd)
             self.packs.mkdir(exist_ok=True)  # (made with the store; a store of before, too)
-            os.rename(tmp_path, self.packs / name)
+            os.link(tmp_path, self.packs / name)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
         with self._packs_lock:
             self._packed_at.add(name, index)
+        return tmp_path
 
     @_storage_full
     def release(self, staged: Staged) -> None:
@@ -927,33 +932,29 @@ class Storage:
 
     @_storage_full
     def release_batch(self, kept: Sequence[Staged], released: list[Staged]) -> None:
-        """:meth:`release` each of *kept* (adding it to *released*). One kept in a pack
-        that the collector took meanwhile becomes an object of its own, from memory."""
-        present: dict[str, bool] = {}  # pack -> still there (one look a pack)
+        """:meth:`release` each of *kept* (adding it to *released*); a pack's staged link
+        once for all of its entries."""
+        packed: set[Path] = set()
         with _StoreFolders(self) as folders:
             for one in kept:
                 if one.content is None:
                     folders.release(one)
-                else:
-                    with self._packs_lock:
-                        found = self._packed_at.get(one.checksum)
-                    there = found is not None and present.setdefault(
-                        found[0], (self.packs / found[0]).exists()
-                    )
-                    if not there and not self.has_object(one.checksum):
-                        self._put_back_from(one.content, one.checksum)
+                elif one.copy not in packed:
+                    packed.add(one.copy)
+                    self.release_pack(one.copy)
                 released.append(one)
 
-    def _put_back_from(self, content: bytes, checksum: str) -> None:
-        """Make *content* the object *checksum*, durably (where none is)."""
-        tmp_path = self.tmp / temp_name(TempKind.STAGE)
-        _write_new(tmp_path, content, 0o444, sync=True)
-        try:
+    def release_pack(self, link: Path) -> None:
+        """After the commit that refers to a pack's entries: make sure the pack is in
+        place (the collector may have taken it meanwhile: it goes back from its staged
+        link), then drop that link."""
+        name = _pack_linked(link)
+        target = self.packs / name
+        if not target.exists():
             with contextlib.suppress(FileExistsError):
-                os.link(tmp_path, self.object_path(checksum))
-            _fsync_dir(self.object_path(checksum).parent)
-        finally:
-            tmp_path.unlink(missing_ok=True)
+                os.link(link, target)
+            _fsync_dir(self.packs)
+        link.unlink(missing_ok=True)
 
     @_storage_full
     def sync(self) -> None:
@@ -1601,6 +1602,14 @@ def _is_file(path: Path | str, expected: FileIdentity, dir_fd: int | None = None
         return False
     found = FileIdentity.of(st) if expected.ctime_ns is None else FileIdentity.exact(st)
     return found == expected
+
+
+def _pack_linked(link: Path) -> str:
+    """The name of the pack whose staged link is *link* (see :meth:`Storage._write_pack`)."""
+    found = TempName.parse(link.name)
+    if found is None or found.kind is not TempKind.PACK or not found.extra:
+        raise ValueError(f"not a pack's staged link: {link.name}")
+    return found.extra + packs.SUFFIX
 
 
 def _read_small(fd: int, size: int) -> bytes:

@@ -25,9 +25,9 @@ from horace.assemble import open_catalog
 from horace.backends.records import FileChanges
 from horace.catalog import PACK_BATCH_BYTES, PACK_MIN_FILES, Catalog
 from horace.config import Settings
-from horace.fsck import fsck
+from horace.fsck import fsck, leftovers
 from horace.model import ErrorCode, HoraceError
-from horace.storage import Storage
+from horace.storage import TMP_PREFIX, Storage
 
 N = PACK_MIN_FILES + 6
 
@@ -230,26 +230,64 @@ async def test_a_pack_referred_to_by_the_time_it_is_moved_aside_goes_back(
     await assert_sound(catalog)
 
 
-async def test_a_pack_the_collector_takes_before_the_commit_is_put_back(
-    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The collector (grace period 0) finds a new pack before its rows are committed and
-    takes it: the release writes each of its objects back, from memory."""
-    made = many(files)
-    storage = catalog.storage
-    insert = catalog.backend.insert_files
+def collector_before_the_insert(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the collector (grace period 0) take the new pack of the next batch before its
+    rows are inserted, as if none referred to it; the names of the packs it took."""
+    storage, insert = catalog.storage, catalog.backend.insert_files
+    taken: list[str] = []
 
     async def collector_first(*args: Any, **kwargs: Any) -> Any:
-        (name,) = pack_names(storage)
-        aside = storage.quarantine_pack(name, 0.0)
+        taken.extend(pack_names(storage))
+        aside = storage.quarantine_pack(taken[0], 0.0)
         assert aside is not None
         storage.discard_pack_aside(aside, [])  # nothing referred to it: gone for good
         return await insert(*args, **kwargs)
 
     monkeypatch.setattr(catalog.backend, "insert_files", collector_first)
+    return taken
+
+
+async def test_a_pack_the_collector_takes_before_the_commit_is_put_back(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector finds a new pack before its rows are committed and takes it: the
+    release puts it back from its staged link."""
+    made = many(files)
+    storage = catalog.storage
+    taken = collector_before_the_insert(catalog, monkeypatch)
     assert (await catalog.scan()).registered == N
+    assert pack_names(storage) == taken
+    for data in made.values():
+        assert storage.read_object(digest(data)) == data
+    await assert_sound(catalog)
+
+
+async def test_a_pack_taken_before_a_commit_whose_process_then_died_is_put_back(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, and the process dies after the commit, before its release: the pack's
+    staged link, left in .horace/tmp, puts it back at the next fsck (the start-up check
+    of a command included)."""
+    made = many(files)
+    storage = catalog.storage
+    collector_before_the_insert(catalog, monkeypatch)
+
+    def died(*_: Any) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(storage, "release_batch", died)
+    monkeypatch.setattr(storage, "discard", died)  # (nothing runs on the way out of a SIGKILL)
+    with pytest.raises(SystemExit):
+        await catalog.scan()
+    monkeypatch.undo()
+    (link,) = [p for p in storage.tmp.iterdir() if p.name.startswith(TMP_PREFIX + "pack.")]
+    dead = storage.tmp / link.name.replace(f".{os.getpid()}.", f".{_dead_pid()}.")
+    os.rename(link, dead)  # as a dead process leaves it
     assert pack_names(storage) == []
-    assert {name for name, _ in storage.walk_objects()} == {digest(d) for d in made.values()}
+    report = await leftovers(catalog)
+    assert [(f.kind, f.repaired) for f in report.findings] == [("pack_recovered", True)]
+    for data in made.values():
+        assert storage.read_object(digest(data)) == data
     await assert_sound(catalog)
 
 
@@ -263,11 +301,19 @@ async def test_what_a_dead_process_left_of_packs_is_cleared(catalog: Catalog, fi
     # A collector died with the pack moved aside; a scan died writing another.
     aside = catalog.storage.tmp / storage_temp_name("packaside", _dead_pid(), name.removesuffix(".pack"))
     os.rename(catalog.storage.packs / name, aside)
-    half = write(catalog.storage.tmp / storage_temp_name("pack", _dead_pid(), ""), packs.HEADER + b"cut")
+    half = write(
+        catalog.storage.tmp / storage_temp_name("pack", _dead_pid(), packs.new_name().removesuffix(".pack")),
+        packs.HEADER + b"cut",
+    )
+    # And one died between linking its pack and releasing the link (the pack in place).
+    link = catalog.storage.tmp / storage_temp_name("pack", _dead_pid(), name.removesuffix(".pack"))
     report = await fsck(catalog)
     assert {f.kind for f in report.findings} == {"pack_aside", "temp_leftover"}
     assert all(f.repaired for f in report.findings)
     assert pack_names(catalog.storage) == [name] and not half.exists()
+    os.link(catalog.storage.packs / name, link)
+    report = await fsck(catalog)
+    assert [f.kind for f in report.findings] == ["temp_leftover"] and not link.exists()
     for data in made.values():
         assert catalog.storage.read_object(digest(data)) == data
     await assert_sound(catalog)
