@@ -1,8 +1,9 @@
 """Packs: many small objects in one file, so that a first scan of many small files
 makes a few files instead of one per file.
 
-A pack is written whole in ``.horace/tmp``, made durable with the rest of its batch, and
-renamed into ``objects/packs/``; it is never changed afterwards. Its layout::
+A pack is written whole in ``.horace/tmp``, linked into ``objects/packs/`` and made
+durable with the rest of its batch (its link in ``.horace/tmp`` stays until the batch is
+committed: see ``Storage.release_pack``); it is never changed afterwards. Its layout::
 
     HEADER
     entry*        32-byte sha256, 8-byte length (big-endian), the content

@@ -8,6 +8,10 @@ Paths given here are already validated (``horace.paths``); each is still opened 
 component at a time with ``O_NOFOLLOW`` relative to a directory descriptor, so a
 symlink swapped in after validation is refused rather than followed.
 
+An object is a file of its own under ``objects/`` or, for the small files of a long batch
+of new ones, an entry of a pack under ``objects/packs/`` (``horace.packs``); every reader
+here looks for the first, then the second.
+
 Horace writes its temp files only in ``.horace/tmp``, never under ``files/``, and names
 each by what it holds (see :class:`TempKind`), so that ``fsck`` can tell garbage left by
 a dead process from content that must be kept. A working file is never renamed over or
