@@ -14,9 +14,10 @@ Four strengths, from the CLI's start-up check to the operator's repair:
   the size of the store), dealt with as below.
 - every other run (at the server's start, periodic, and ``horace fsck``) clears what a crash leaves
   behind in ``.horace/tmp``, judged by what each temp file's name says it holds
-  (``storage.TempKind``): copies are removed, an object the collector had moved aside goes
-  back, and a working file caught outside ``files/`` goes back to ``files/`` unless its
-  content is safe in a version. File rows are put back in step with their versions.
+  (``storage.TempKind``): copies are removed, an object (or a pack) the collector had moved
+  aside goes back, a pack's staged link puts its pack back should the collector have taken
+  it before its batch's commit, and a working file caught outside ``files/`` goes back to
+  ``files/`` unless its content is safe in a version. File rows are put back in step with their versions.
 - nothing automatic deletes an object, a version row or a working file, nor writes a
   working copy back: orphan objects are counted (the collector reclaims them), a file
   gone from ``files/`` is the reconcile's business.
@@ -34,6 +35,7 @@ reported or repaired, and a temp file whose writer still runs is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -338,7 +340,8 @@ async def _put_back_pack(catalog: Catalog, path: Path, name: TempName, reference
 
     def put_back() -> None:
         storage.packs.mkdir(exist_ok=True)
-        os.link(path, target)
+        with contextlib.suppress(FileExistsError):  # (another fsck, at the same moment)
+            os.link(path, target)
         path.unlink()
 
     await in_thread(put_back)
