@@ -1541,7 +1541,12 @@ class Storage:
         return aside
 
     def unquarantine_pack(self, aside: Path, name: str) -> None:
-        os.rename(aside, self.packs / name)
+        # A link, not a rename: should the pack be back already (its batch's release put
+        # it back from the staged link: the same file), a rename would do nothing and
+        # leave the aside name behind.
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, self.packs / name)
+        aside.unlink()
 
     def discard_pack_aside(self, aside: Path, checksums: Iterable[str]) -> None:
         """Delete for good a pack :meth:`quarantine_pack` moved aside, and the released

@@ -451,3 +451,24 @@ async def test_a_pack_that_does_not_fit_is_storage_full_and_loses_nothing(
         assert (await catalog.scan()).registered == 80
         assert len(pack_names(catalog.storage)) == 1
         await assert_sound(catalog)
+
+
+async def test_a_pack_put_back_by_its_release_while_aside_is_not_left_aside(
+    catalog: Catalog, files: Path
+) -> None:
+    """The collector moves a pack aside; the batch's release puts it back from its staged
+    link (the same file); the collector, finding it referred to, puts it back too: one
+    pack in place, nothing left in .horace/tmp."""
+    many(files)
+    await catalog.scan()
+    (name,) = pack_names(catalog.storage)
+    storage = catalog.storage
+    link = storage.tmp / storage_temp_name("pack", os.getpid(), name.removesuffix(".pack"))
+    os.link(storage.packs / name, link)  # as a batch's link before its release
+    aside = storage.quarantine_pack(name, 0.0)
+    assert aside is not None
+    storage.release_pack(link)
+    storage.unquarantine_pack(aside, name)
+    assert pack_names(storage) == [name]
+    assert temps_left(catalog) == []
+    await assert_sound(catalog)
