@@ -1414,23 +1414,12 @@ class Storage:
         Checked after the move, so a writer racing with us either lands after the
         move (its object stays in place) or before it (fresh mtime, put back).
         """
-        target = self.object_path(checksum)
-        aside = self.tmp / temp_name(TempKind.ASIDE, checksum)
-        try:
-            os.rename(target, aside)
-        except FileNotFoundError:
-            return None
-        if time.time() - aside.stat().st_mtime < grace_seconds:
-            self.unquarantine(aside, checksum)
-            return None
-        return aside
+        return _move_aside(
+            self.object_path(checksum), self.tmp / temp_name(TempKind.ASIDE, checksum), grace_seconds
+        )
 
     def unquarantine(self, aside: Path, checksum: str) -> None:
-        target = self.object_path(checksum)
-        if target.exists():  # a writer put an identical object back meanwhile
-            aside.unlink(missing_ok=True)
-        else:
-            os.rename(aside, target)
+        _put_back(aside, self.object_path(checksum))
 
     # -- packs ---------------------------------------------------------------------------
 
@@ -1531,28 +1520,39 @@ class Storage:
     def quarantine_pack(self, name: str, grace_seconds: float) -> Path | None:
         """:meth:`quarantine` for a whole pack (named *name*)."""
         aside = self.tmp / temp_name(TempKind.PACK_ASIDE, name.removesuffix(packs.SUFFIX))
-        try:
-            os.rename(self.packs / name, aside)
-        except FileNotFoundError:
-            return None
-        if time.time() - aside.stat().st_mtime < grace_seconds:
-            self.unquarantine_pack(aside, name)
-            return None
-        return aside
+        return _move_aside(self.packs / name, aside, grace_seconds)
 
     def unquarantine_pack(self, aside: Path, name: str) -> None:
-        # A link, not a rename: should the pack be back already (its batch's release put
-        # it back from the staged link: the same file), a rename would do nothing and
-        # leave the aside name behind.
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, self.packs / name)
-        aside.unlink()
+        _put_back(aside, self.packs / name)
 
     def discard_pack_aside(self, aside: Path, checksums: Iterable[str]) -> None:
         """Delete for good a pack :meth:`quarantine_pack` moved aside, and the released
         marks of its entries."""
         aside.unlink(missing_ok=True)
         self.unmark_released(checksums)
+
+
+def _move_aside(target: Path, aside: Path, grace_seconds: float) -> Path | None:
+    """Move *target* (an object, a pack) aside before deleting it: where it went, or None
+    when it is missing, or fresh (then it is put back)."""
+    try:
+        os.rename(target, aside)
+    except FileNotFoundError:
+        return None
+    if time.time() - aside.stat().st_mtime < grace_seconds:
+        _put_back(aside, target)
+        return None
+    return aside
+
+
+def _put_back(aside: Path, target: Path) -> None:
+    """Return what :func:`_move_aside` moved, unless a writer put it back meanwhile. A
+    link, not a rename: what was put back may be the very same file (a staged link's),
+    and a rename onto it would do nothing and leave the aside name behind."""
+    if not target.exists():
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, target)
+    aside.unlink(missing_ok=True)
 
 
 def _read_lease(fd: int) -> bool:
