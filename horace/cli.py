@@ -610,6 +610,21 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
 @cli.command()
 @global_options
 @click.pass_context
+def purge(ctx: click.Context) -> None:
+    """Purge the files deleted longer ago than HORACE_DELETED_RETENTION and collect the
+    content no version holds any more: what a server does every HORACE_PURGE_INTERVAL
+    (a store used only through the CLI has no server to do it)."""
+    report = _run(ctx, lambda c: c.purge())
+    _emit(
+        ctx,
+        report,
+        lambda r: f"{r.files_purged} deleted files purged, {r.objects_deleted} objects collected",
+    )
+
+
+@cli.command()
+@global_options
+@click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Bring the catalog schema up to date (also done at every writing start). With a
     --database of its own, no store is needed: the schema can be made ahead."""

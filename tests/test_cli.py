@@ -7,11 +7,13 @@ Every command runs as a real process (``python -m horace``) with a clean environ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -413,6 +415,40 @@ def test_migrate_makes_the_schema_ahead_of_any_store(tmp_path: Path, database_ur
     assert json.loads(done.stdout)["schema_version"] >= 2
     assert not (tmp_path / "not-yet").exists()
     assert horace("init", env=env).returncode == 0  # and the store binds to it afterwards
+
+
+def test_purge_does_what_a_server_does_every_purge_interval(store: tuple[Path, dict[str, str]]) -> None:
+    """A store used only through the CLI: a file deleted longer ago than the retention goes,
+    and its content unless another file holds it; a file deleted since and a live file stay;
+    an object nothing refers to goes once past the retention too."""
+    root, env = store
+    contents = {"old.txt": "old", "gone.txt": "gone", "recent.txt": "recent", "live.txt": "live"}
+    for name, text in {**contents, "twin.txt": "old"}.items():
+        write(root / "files/user" / name, text)
+    assert horace("scan", env=env).returncode == 0
+    for name in ("old.txt", "gone.txt"):
+        assert horace("delete", f"user/{name}", env=env).returncode == 0
+    time.sleep(6)
+    assert horace("delete", "user/recent.txt", env=env).returncode == 0
+    objects = root / ".horace/objects"
+    stray = objects / "ff" / ("ff" * 32)
+    stray.write_text("nobody's")
+    os.utime(stray, (0, 0))
+
+    five_seconds = {**env, "HORACE_DELETED_RETENTION": "5s"}
+    done = horace("purge", "--json", env=five_seconds)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"files_purged": 2, "objects_deleted": 2}
+    kept = {p.name for p in objects.rglob("*") if p.is_file()}
+    assert kept == {hashlib.sha256(text.encode()).hexdigest() for text in ("old", "recent", "live")}
+    found = json.loads(horace("search", "--json", "--status", "all", env=env).stdout)
+    assert {(f["file_path"], f["status"]) for f in found["results"]} == {
+        ("user/recent.txt", "deleted"),
+        ("user/live.txt", "active"),
+        ("user/twin.txt", "active"),
+    }
+    done = horace("purge", env=five_seconds)
+    assert (done.returncode, done.stdout) == (0, "0 deleted files purged, 0 objects collected\n"), done.stderr
 
 
 def test_search_takes_iso_8601_moments_with_or_without_a_zone(store: tuple[Path, dict[str, str]]) -> None:
