@@ -952,6 +952,19 @@ class Catalog:
             else:
                 suspects.append(entry)
         tally.advance(tally.unchanged)
+        # The files the catalog knows first, then the new ones: a new file is a duplicate
+        # only of content still catalogued once this scan is done (a copy of what its
+        # original is leaving in this scan is catalogued, not passed over).
+        for group in _slices(suspects, SCAN_COMMIT_GROUP):
+            await self._look_again(group, correlation_id, tally)
+            tally.advance(len(group))
+        for rel in back:  # register revives it (or versions it)
+            try:
+                result = await self.register(rel, correlation_id=correlation_id)
+                tally.count(result.version_created)
+            except HoraceError as exc:
+                tally.errors.append(f"{rel}: {exc.message}")
+            tally.advance(1)
         # Content catalogued at the start or by this scan: a file of it not inserted is a
         # duplicate. Any other was refused for its path, or for content another writer (a
         # second instance's scan, say) catalogued meanwhile: the index, read again, tells.
@@ -975,16 +988,6 @@ class Catalog:
                     tally.unchanged += 1  # catalogued meanwhile, with this very content
                 else:
                     tally.duplicates += 1
-        for entries in _slices(suspects, SCAN_COMMIT_GROUP):
-            await self._look_again(entries, correlation_id, tally)
-            tally.advance(len(entries))
-        for rel in back:  # register revives it (or versions it)
-            try:
-                result = await self.register(rel, correlation_id=correlation_id)
-                tally.count(result.version_created)
-            except HoraceError as exc:
-                tally.errors.append(f"{rel}: {exc.message}")
-            tally.advance(1)
         return tally.report(skipped)
 
     async def _look_again(

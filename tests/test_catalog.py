@@ -1000,6 +1000,31 @@ async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> Non
     assert excinfo.value.code is ErrorCode.FILE_NOT_FOUND
 
 
+async def test_a_copy_of_what_its_original_leaves_in_the_same_scan_is_catalogued(
+    catalog: Catalog, files: Path
+) -> None:
+    """A copy is a duplicate only of content that stays catalogued: when one scan finds a
+    new copy of a file and that file rewritten, the copy is catalogued (it holds what is
+    now only an old version), and a new file of the rewritten content is the duplicate."""
+    write(files / "user/a.bin", "X")
+    write(files / "user/b.bin", "P")
+    await catalog.scan()
+    write(files / "user/copy-of-a.bin", "X")
+    write(files / "user/a.bin", "Y")
+    write(files / "user/b-to-be.bin", "Q")
+    write(files / "user/b.bin", "Q")
+    report = await catalog.scan()
+    assert (report.registered, report.versioned, report.duplicates) == (1, 2, 1), report
+    copy = await catalog.resolve("user/copy-of-a.bin")
+    assert (await catalog.content(copy, 1, 16)).data == b"X"
+    a = await catalog.resolve("user/a.bin")
+    assert (a.current_version, (await catalog.content(a, 2, 16)).data) == (2, b"Y")
+    with pytest.raises(HoraceError):  # Q is b.bin's now
+        await catalog.resolve("user/b-to-be.bin")
+    again = await catalog.scan()
+    assert (again.registered, again.versioned, again.duplicates) == (0, 0, 1), again
+
+
 async def test_files_another_instance_catalogued_mid_scan_count_as_unchanged(
     catalog: Catalog, settings: Settings, files: Path
 ) -> None:
