@@ -38,7 +38,7 @@ def _matchers() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """filetype's matchers, all of them and all but the zipped documents'. Those (docx,
     xlsx, odt, ...) match only content that starts with a zip's signature, but each looks
     for it through the whole head first: without them a head that is not a zip is typed
-    in two thirds of the time, with the same answer."""
+    in about half the time, with the same answer."""
     import filetype
     from filetype.types.document import ZippedDocumentBase
 
