@@ -75,7 +75,7 @@ ERROR_MEANINGS = {
     "INVALID_PATH": "the path leaves files/, names `.horace` or a `.horace-tmp-` name, holds a NUL byte "
     "or a symlink, ends in `/` (where a file is meant), is not a regular file, or has more than one "
     "hard link",
-    "FILE_NOT_FOUND": "no file (or, for a scan, no folder) at that path under files/",
+    "FILE_NOT_FOUND": "no file (for a scan: no folder or file) at that path under files/",
     "NOT_CATALOGED": "no catalogued file with that id or path (also: an unknown id in `file_ids`)",
     "VERSION_NOT_FOUND": "the file has no such version (never had it, or it was pruned)",
     "COLLECTION_NOT_FOUND": "no collection of that name",

@@ -902,14 +902,19 @@ class Catalog:
         *,
         rehash: bool = False,
     ) -> ScanReport:
-        """Register untracked files and version changed ones under files/ (or *under*).
+        """Register untracked files and version changed ones under files/ (or *under*, a
+        folder or one file).
 
         A catalogued file is read again only when its stat identity says it may have
         changed (:func:`unchanged_since`), or with *rehash*, always.
         """
-        rel_under = self.relative(under, folder=True) if under is not None else None  # "" is refused
-        if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
-            raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder {rel_under!r} under files/")
+        rel_under = None
+        if under is not None:
+            rel_under = self.relative(under, folder=True)  # "" is refused
+            if not await in_thread((self.storage.files / rel_under).is_dir):
+                if not under.endswith("/") and await in_thread((self.storage.files / rel_under).is_file):
+                    return await self._scan_one(rel_under, correlation_id, progress)
+                raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder or file {rel_under!r} under files/")
         skipped: list[str] = []
         # One after the other: run at once, the walk's thread (a system call a file, each
         # giving up the GIL) waits behind the index read's Python for the GIL, and the two
@@ -922,6 +927,25 @@ class Catalog:
         for error in report.errors:
             log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
         return report
+
+    async def _scan_one(self, rel: str, correlation_id: str | None, progress: Progress | None) -> ScanReport:
+        """A scan of one file: it is registered (or versioned, or found a duplicate) as
+        :meth:`register` does, and counted as a scan counts it."""
+        tally = _ScanTally(1, progress)
+        try:
+            taken = await self.register(rel, correlation_id=correlation_id)
+        except HoraceError as exc:
+            tally.errors.append(f"{rel}: {exc.message}")
+            log.warning("scan: not taken: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
+        else:
+            if taken.duplicate:
+                tally.duplicates += 1
+            elif taken.version_created and taken.file.current_version == 1:
+                tally.registered += 1
+            else:
+                tally.count(taken.version_created)
+        tally.advance(1)
+        return tally.report(())
 
     async def _scan_found(
         self,

@@ -1000,6 +1000,27 @@ async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> Non
     assert excinfo.value.code is ErrorCode.FILE_NOT_FOUND
 
 
+async def test_a_scan_of_one_file_takes_that_file(catalog: Catalog, files: Path) -> None:
+    write(files / "user/one.txt", "one")
+    write(files / "user/other.txt", "other")
+    counts = lambda r: (r.scanned, r.registered, r.versioned, r.unchanged, r.duplicates, r.errors)  # noqa: E731
+    assert counts(await catalog.scan("user/one.txt")) == (1, 1, 0, 0, 0, ())
+    with pytest.raises(HoraceError):  # nothing else was taken
+        await catalog.resolve("user/other.txt")
+    assert counts(await catalog.scan(str(files / "user/one.txt"))) == (1, 0, 0, 1, 0, ())
+    write(files / "user/one.txt", "one, changed")
+    assert counts(await catalog.scan("user/one.txt")) == (1, 0, 1, 0, 0, ())
+    write(files / "user/copy.txt", "one, changed")
+    assert counts(await catalog.scan("user/copy.txt")) == (1, 0, 0, 0, 1, ())
+    os.link(files / "user/other.txt", files / "user/other-link.txt")  # two names: not catalogable
+    report = await catalog.scan("user/other.txt")
+    assert (report.scanned, report.registered, len(report.errors)) == (1, 0, 1), report
+    for absent in ("user/absent.txt", "user/one.txt/", "user/.horace-tmp-x"):
+        with pytest.raises(HoraceError) as excinfo:
+            await catalog.scan(absent)
+        assert excinfo.value.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH), excinfo.value
+
+
 async def test_a_copy_of_what_its_original_leaves_in_the_same_scan_is_catalogued(
     catalog: Catalog, files: Path
 ) -> None:

@@ -246,7 +246,7 @@ class VerifyArgs:
 
 @frozen(kw_only=True)
 class ScanArgs:
-    path: str | None = param(None, doc="a folder under files/; else all of files/")
+    path: str | None = param(None, doc="a folder under files/, or one file; else all of files/")
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -736,8 +736,8 @@ TOOLS: dict[str, Tool] = {
         Tool(
             "horace_scan",
             "Scan for changes",
-            "Register untracked files and version changed ones under files/ (or a folder of it); "
-            "sends progress notifications when the call carries a progressToken.",
+            "Register untracked files and version changed ones under files/ (or a folder of it, "
+            "or one file); sends progress notifications when the call carries a progressToken.",
             ScanArgs,
             ScanReport,
             scan,
