@@ -22,8 +22,9 @@ Four strengths, from the CLI's start-up check to the operator's repair:
   working copy back: orphan objects are counted (the collector reclaims them), a file
   gone from ``files/`` is the reconcile's business.
 - ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
-  recovers lost objects from working copies (the file's own, then those of every active
-  file whose current content it is), drops the rows of versions whose content is in
+  recovers lost objects from a damaged pack's entries that still read back, then from
+  working copies (the file's own, then those of every active file whose current content
+  it is), sets a damaged pack aside once no version lacks its content, drops the rows of versions whose content is in
   none of them (said so in the finding), and hands the collector orphan objects older
   than the deleted files' retention. A file that cannot be reached (its path now runs
   through a symlink, say) is an ``unreachable`` finding; the others are still repaired.
@@ -111,17 +112,19 @@ async def fsck(
     files = {f.id: f for f in await catalog.backend.all_files()}
     versions = await catalog.backend.all_versions()
     findings += await _temps(catalog, {v.checksum for v in versions})
-    findings += [
-        Finding(
-            "pack_damaged",
-            "a pack's index does not read back as written: what it holds is missing (nothing "
-            "removes it; the versions whose content was there are listed too)",
-            False,
-            subject=name,
-        )
+    damaged = [
+        name
         for name, _, entries in await in_thread(lambda: list(catalog.storage.walk_packs()))
         if entries is None
     ]
+    # Repair reads a damaged pack entry by entry first: what still reads back is kept as
+    # objects of their own, before the versions are checked (and the rest looked for in
+    # the working copies).
+    salvaged = {}
+    if repair:
+        wanted = {v.checksum for v in versions}
+        for name in damaged:
+            salvaged[name] = await in_thread(catalog.storage.salvage_pack, name, wanted)
     by_file: dict[str, list[VersionRecord]] = defaultdict(list)
     for v in versions:
         by_file[v.file_id].append(v)
@@ -170,6 +173,7 @@ async def fsck(
             busy += 1
             log.info("fsck: %s is being written; not checked this time", file.file_path)
 
+    findings += await _damaged_packs(catalog, damaged, salvaged)
     aged = [] if automatic else await _orphans(catalog, {v.checksum for v in versions})
     # Pruned or purged versions' objects (released) are the collector's; the others are
     # kept a retention long, and listed.
@@ -184,6 +188,41 @@ async def fsck(
         ]
         orphans = [name for name in orphans if name not in set(collected)]
     return FsckReport(tuple(findings), len(files), len(versions), len(objects_ok), busy, tuple(orphans))
+
+
+async def _damaged_packs(
+    catalog: Catalog, damaged: list[str], salvaged: dict[str, tuple[int, str | None]]
+) -> list[Finding]:
+    """A finding for each pack that does not read back as written. After a repair that
+    left no version without its content, the pack is set aside (``.horace/damaged/``):
+    nothing needs it, and fsck is clean again; otherwise it stays where it is."""
+    if not damaged:
+        return []
+    all_there = False
+    if salvaged:
+        checksums = {v.checksum for v in await catalog.backend.all_versions()}
+        all_there = await in_thread(lambda: all(catalog.storage.has_object(c) for c in checksums))
+    findings = []
+    for name in damaged:
+        said = "does not read back as written (its index or trailer)"
+        if name not in salvaged:
+            detail = (
+                f"{said}: the versions whose content it held are listed missing; "
+                "`horace fsck --repair` reads back what it can of it, entry by entry"
+            )
+            findings.append(Finding("pack_damaged", detail, False, subject=name))
+            continue
+        kept, stopped = salvaged[name]
+        detail = f"{said}; {kept} of its entries read back and kept as objects of their own"
+        if stopped:
+            detail += f" (read no further: {stopped})"
+        if all_there:
+            aside = await in_thread(catalog.storage.set_aside_damaged_pack, name)
+            detail += f"; no version needs it any more: moved to {aside} (delete it when you like)"
+        else:
+            detail += "; left in place: versions without their content are listed"
+        findings.append(Finding("pack_damaged", detail, all_there, subject=name))
+    return findings
 
 
 async def leftovers(catalog: Catalog) -> FsckReport:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 HEADER = b"HORACE-PACK-1\n\x00\x00"
 END = b"HPACKEND"
@@ -87,6 +87,24 @@ def read_index(fd: int) -> dict[str, tuple[int, int]]:
 def read_entry(fd: int, offset: int, length: int) -> bytes:
     """An entry's content as stored (its bytes are not checked here)."""
     return _pread_all(fd, length, offset)
+
+
+def salvage(fd: int) -> Iterator[tuple[str, bytes]]:
+    """The entries of the pack open at *fd* read one after the other from its start,
+    without its index or trailer (for a pack whose index does not read back): each
+    whose content still has its sha256. An entry whose content does not is passed over
+    by its length; the walk ends where a length runs past the end or past any entry's."""
+    size = os.fstat(fd).st_size
+    offset = len(HEADER)
+    while offset + _ENTRY.size <= size:
+        digest, length = _ENTRY.unpack(_pread_all(fd, _ENTRY.size, offset))
+        start = offset + _ENTRY.size
+        if length > OBJECT_MAX or start + length > size:
+            return
+        content = _pread_all(fd, length, start)
+        if hashlib.sha256(content).digest() == digest:
+            yield digest.hex(), content
+        offset = start + length
 
 
 class Locations:

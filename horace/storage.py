@@ -388,6 +388,7 @@ class Storage:
         # that was too fresh to collect then: the sweep collects it past the grace period,
         # not the retention an object without a row is otherwise kept.
         self.released = self.private / "released"
+        self.damaged = self.private / "damaged"  # damaged packs nothing needs, kept for a look
         self.identity_file = self.private / IDENTITY_FILE
         self._reflink = True  # until the filesystem says otherwise
         self._renameat2 = True  # until the filesystem says otherwise
@@ -1507,7 +1508,7 @@ class Storage:
             return
         for name in names:
             try:
-                st = os.stat(self.packs / name)
+                st = os.lstat(self.packs / name)  # (a symlink is no pack: damaged below)
                 entries: dict[str, int] | None
                 try:
                     entries = {c: length for c, (_, length) in self._pack_index(name).items()}
@@ -1516,6 +1517,48 @@ class Storage:
             except FileNotFoundError:
                 continue  # collected meanwhile
             yield name, st, entries
+
+    def salvage_pack(self, name: str, wanted: set[str]) -> tuple[int, str | None]:
+        """Keep as objects of their own the entries of the damaged pack *name* that read
+        back (their sha256 checked: :func:`packs.salvage`) whose content is *wanted* and
+        not an intact object already: how many were kept, and why the pack could not be
+        read to its end, if it could not."""
+        try:
+            fd = os.open(self.packs / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:  # a symlink, a folder, gone: nothing to read
+            return 0, exc.strerror or str(exc)
+        kept = 0
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return 0, "not a regular file"
+            for checksum, content in packs.salvage(fd):
+                if checksum in wanted and not self.object_intact(checksum, len(content)):
+                    staged = self._stage_content(checksum, content)
+                    try:
+                        self.keep(staged)
+                        self.release(staged)
+                    finally:
+                        self.discard(staged)
+                    kept += 1
+        except (OSError, packs.PackDamaged) as exc:  # unreadable from here on: what was kept stays
+            return kept, str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+        finally:
+            os.close(fd)
+        return kept, None
+
+    @_storage_full
+    def _stage_content(self, checksum: str, content: bytes) -> Staged:
+        tmp_path = self.tmp / temp_name(TempKind.STAGE)
+        _write_new(tmp_path, content, 0o444, sync=False)
+        return Staged(tmp_path, checksum, len(content), content[:HEAD_BYTES])
+
+    def set_aside_damaged_pack(self, name: str) -> Path:
+        """Move the damaged pack *name* (nothing needs it any more) out of objects/, into
+        ``.horace/damaged/``, where nothing reads it and nothing removes it."""
+        self.damaged.mkdir(exist_ok=True)
+        aside = self.damaged / name
+        os.rename(self.packs / name, aside)
+        return aside
 
     def quarantine_pack(self, name: str, grace_seconds: float) -> Path | None:
         """:meth:`quarantine` for a whole pack (named *name*)."""

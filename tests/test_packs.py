@@ -334,12 +334,71 @@ async def test_a_damaged_pack_is_reported_and_its_content_recovered_from_working
     kinds = {f.kind for f in report.findings}
     assert "pack_damaged" in kinds and "missing_object" in kinds, kinds
     repaired = await fsck(fresh, repair=True, deep=True)
-    assert {f.kind for f in repaired.findings if not f.repaired} == {"pack_damaged"}
+    assert all(f.repaired for f in repaired.findings), repaired.findings
     for rel, content in made.items():
         file = (await fresh.get_info(file_path=rel)).file
         assert fresh.storage.read_object(file.checksum) == content
-    assert path.exists(), "a damaged pack is never removed"
+    # Nothing needs the pack any more: set aside (never removed), and fsck is clean again.
+    assert not path.exists() and (fresh.storage.damaged / name).read_bytes() == data[:-1] + bytes(
+        [data[-1] ^ 1]
+    )
+    assert (await fsck(fresh, deep=True)).clean
     assert temps_left(fresh) == []
+
+
+def test_a_damaged_pack_is_read_back_entry_by_entry(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    contents = [rng.randbytes(rng.randrange(0, 5000)) for _ in range(50)]
+    path = tmp_path / packs.new_name()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        index = packs.write(fd, [(digest(c), c) for c in contents])
+    finally:
+        os.close(fd)
+    data = bytearray(path.read_bytes())
+    flipped = digest(contents[7])
+    data[index[flipped][0]] ^= 1 if index[flipped][1] else 0  # one entry's content
+    data[-30] ^= 1  # the trailer
+    cut = bytes(data[: index[digest(contents[40])][0] + 3])  # and, again, cut inside entry 40
+    for damaged, expected in (
+        (bytes(data), [c for c in contents if digest(c) != flipped or not c]),
+        (cut, [c for c in contents[:40] if digest(c) != flipped or not c]),
+    ):
+        path.write_bytes(damaged)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(packs.PackDamaged):
+                packs.read_index(fd)
+            assert list(packs.salvage(fd)) == [(digest(c), c) for c in expected]
+        finally:
+            os.close(fd)
+
+
+async def test_a_damaged_pack_gives_back_old_versions_no_working_copy_holds(
+    catalog: Catalog, files: Path
+) -> None:
+    made = many(files)
+    await catalog.scan()
+    for rel in made:
+        write(files / rel, "rewritten " + rel)  # the first versions are in the pack only
+    await catalog.scan()
+    (name,) = pack_names(catalog.storage)
+    path = catalog.storage.packs / name
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes()[:-5])  # its trailer cut short
+    fresh = await open_again(catalog)
+    first = await fsck(fresh)
+    assert [f.kind for f in first.findings if f.kind == "pack_damaged"] == ["pack_damaged"]
+    assert "fsck --repair" in next(f.detail for f in first.findings if f.kind == "pack_damaged")
+    assert not all(f.repaired for f in first.findings)
+    repaired = await fsck(fresh, repair=True)
+    assert all(f.repaired for f in repaired.findings), repaired.findings
+    assert f"{len(made)} of its entries read back" in repaired.findings[-1].detail
+    for rel, content in made.items():
+        file = (await fresh.get_info(file_path=rel)).file
+        assert (await fresh.content(file, 1, 1 << 20)).data == content
+    assert (await fsck(fresh, deep=True)).clean
+    await assert_sound(fresh)
 
 
 async def test_what_is_not_a_pack_in_the_packs_folder_is_reported_and_left_alone(
@@ -350,13 +409,14 @@ async def test_what_is_not_a_pack_in_the_packs_folder_is_reported_and_left_alone
     odd = catalog.storage.packs / packs.new_name()
     odd.mkdir()  # a folder by a pack's name
     (catalog.storage.packs / packs.new_name()).symlink_to("/etc/passwd")
+    (catalog.storage.packs / packs.new_name()).symlink_to("/nowhere")
     (catalog.storage.packs / "notes.txt").write_text("not a pack's name: never read")
     fresh = await open_again(catalog)
     for data in made.values():
         assert fresh.storage.read_object(digest(data)) == data
     assert fresh.storage.read_object(digest(b"nowhere")) is None
     report = await fsck(fresh, deep=True)
-    assert [f.kind for f in report.findings] == ["pack_damaged", "pack_damaged"], report.findings
+    assert [f.kind for f in report.findings] == ["pack_damaged"] * 3, report.findings
     await fresh.purge()
     assert odd.is_dir() and (catalog.storage.packs / "notes.txt").exists()
 
