@@ -24,10 +24,11 @@ Four strengths, from the CLI's start-up check to the operator's repair:
 - ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
   recovers lost objects from a damaged pack's entries that still read back, then from
   working copies (the file's own, then those of every active file whose current content
-  it is), sets a damaged pack aside once no version lacks its content, drops the rows of versions whose content is in
-  none of them (said so in the finding), and hands the collector orphan objects older
-  than the deleted files' retention. A file that cannot be reached (its path now runs
-  through a symlink, say) is an ``unreachable`` finding; the others are still repaired.
+  it is), sets a damaged pack aside once no version lacks its content, drops the rows of
+  versions whose content is in none of them (said so in the finding), and hands the
+  collector orphan objects older than the deleted files' retention. A file that cannot
+  be reached (its path now runs through a symlink, say) is an ``unreachable`` finding;
+  the others are still repaired.
 
 A live server may be working while fsck runs. A finding about a file is therefore
 checked again under the file's write lock (shared with every writer) before it is
@@ -536,6 +537,11 @@ async def _file(
                 await db.delete_version(v.file_id, v.version)
                 repaired = True
                 outcome = " (its content is nowhere in the store: the version was dropped)"
+            else:  # the current version: kept while the file is catalogued by it
+                outcome = (
+                    " (no working copy holds it: if the file changed since, `horace scan` versions "
+                    "what it holds now, and a repair then drops this version)"
+                )
         finding(
             "missing_object",
             f"version {v.version}: object {v.checksum} is missing or damaged{outcome}",
