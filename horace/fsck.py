@@ -112,7 +112,8 @@ async def fsck(
     findings: list[Finding] = []
     files = {f.id: f for f in await catalog.backend.all_files()}
     versions = await catalog.backend.all_versions()
-    findings += await _temps(catalog, {v.checksum for v in versions})
+    referenced = {v.checksum for v in versions}
+    findings += await _temps(catalog, referenced)
     damaged = [
         name
         for name, _, entries in await in_thread(lambda: list(catalog.storage.walk_packs()))
@@ -123,9 +124,8 @@ async def fsck(
     # the working copies).
     salvaged = {}
     if repair:
-        wanted = {v.checksum for v in versions}
         for name in damaged:
-            salvaged[name] = await in_thread(catalog.storage.salvage_pack, name, wanted)
+            salvaged[name] = await in_thread(catalog.storage.salvage_pack, name, referenced)
     by_file: dict[str, list[VersionRecord]] = defaultdict(list)
     for v in versions:
         by_file[v.file_id].append(v)
@@ -175,7 +175,7 @@ async def fsck(
             log.info("fsck: %s is being written; not checked this time", file.file_path)
 
     findings += await _damaged_packs(catalog, damaged, salvaged)
-    aged = [] if automatic else await _orphans(catalog, {v.checksum for v in versions})
+    aged = [] if automatic else await _orphans(catalog, referenced)
     # Pruned or purged versions' objects (released) are the collector's; the others are
     # kept a retention long, and listed.
     released = await in_thread(catalog.storage.released_marks) if aged else set()

@@ -747,8 +747,7 @@ class Storage:
         except FileNotFoundError:
             pass
         else:
-            tmp_path = self.tmp / temp_name(TempKind.STAGE)
-            _write_new(tmp_path, content, 0o444, sync=False)
+            tmp_path = self._staged_copy(content)
         return Staged(
             tmp_path,
             checksum,
@@ -1457,20 +1456,27 @@ class Storage:
     def _pack_index(self, name: str) -> dict[str, tuple[int, int]]:
         """The index of the pack *name*; :class:`packs.PackDamaged` for anything there that
         is not a pack that reads back (a folder or a symlink by that name, say)."""
+        fd = self._open_pack(name)
+        try:
+            return packs.read_index(fd)
+        except OSError as exc:
+            raise packs.PackDamaged(f"cannot be read: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
+
+    def _open_pack(self, name: str) -> int:
+        """The pack *name* opened for reading; :class:`packs.PackDamaged` for anything by
+        that name that is no regular file (FileNotFoundError: none)."""
         try:
             fd = os.open(self.packs / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise
         except OSError as exc:
             raise packs.PackDamaged(f"cannot be opened: {exc.strerror or exc}") from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise packs.PackDamaged("not a regular file")
-            return packs.read_index(fd)
-        except OSError as exc:
-            raise packs.PackDamaged(f"cannot be read: {exc.strerror or exc}") from None
-        finally:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
+            raise packs.PackDamaged("not a regular file")
+        return fd
 
     def _read_packed(self, checksum: str) -> bytes | None:
         """The bytes a pack holds for *checksum* as stored; None when no pack does."""
@@ -1524,13 +1530,11 @@ class Storage:
         not an intact object already: how many were kept, and why the pack could not be
         read to its end, if it could not."""
         try:
-            fd = os.open(self.packs / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:  # a symlink, a folder, gone: nothing to read
-            return 0, exc.strerror or str(exc)
+            fd = self._open_pack(name)
+        except (OSError, packs.PackDamaged) as exc:  # a symlink, a folder, gone: nothing to read
+            return 0, str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
         kept = 0
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return 0, "not a regular file"
             for checksum, content in packs.salvage(fd):
                 if checksum in wanted and not self.object_intact(checksum, len(content)):
                     staged = self._stage_content(checksum, content)
@@ -1548,9 +1552,13 @@ class Storage:
 
     @_storage_full
     def _stage_content(self, checksum: str, content: bytes) -> Staged:
+        return Staged(self._staged_copy(content), checksum, len(content), content[:HEAD_BYTES])
+
+    def _staged_copy(self, content: bytes) -> Path:
+        """*content* (read into memory) as a staged copy in ``.horace/tmp``."""
         tmp_path = self.tmp / temp_name(TempKind.STAGE)
         _write_new(tmp_path, content, 0o444, sync=False)
-        return Staged(tmp_path, checksum, len(content), content[:HEAD_BYTES])
+        return tmp_path
 
     def set_aside_damaged_pack(self, name: str) -> Path:
         """Move the damaged pack *name* (nothing needs it any more) out of objects/, into
