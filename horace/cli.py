@@ -670,7 +670,7 @@ def serve(
 ) -> None:
     """Serve MCP over WebSocket and Streamable HTTP (both at /mcp), and /health, until
     SIGINT or SIGTERM. Creates the store when there is none."""
-    from horace.server import serve as run_server
+    from horace.server.serving import serve as run_server
 
     _run_service(ctx, log_level, run_server, host=host, port=port, watch=watch, watch_poll=poll)
 
@@ -687,7 +687,7 @@ def mcp_command(ctx: click.Context, log_level: str) -> None:
 
     fds = claim_stdio()  # first: from here on nothing but the protocol reaches stdout
     from horace import logs
-    from horace.server import serve_stdio
+    from horace.server.serving import serve_stdio
 
     logs.configure(log_level)
     trio.run(serve_stdio, _settings(ctx), fds)

@@ -29,7 +29,7 @@ import pytest
 
 if TYPE_CHECKING:
     from horace.config import Settings
-    from horace.server import HoraceServer
+    from horace.server.lifecycle import HoraceServer
 
 
 class RunningHorace:
@@ -71,7 +71,7 @@ async def run_horace(settings: Settings) -> AsyncIterator[RunningHorace]:
     import trio
     import trio.testing
 
-    from horace.server import serve
+    from horace.server.serving import serve
 
     if settings.sink_process and isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
         settings = attrs.evolve(settings, sink_process=False)
@@ -89,7 +89,7 @@ def run_horace_in_thread(settings: Settings, start_timeout: float = 30.0) -> Ite
     """Serve from a thread with its own Trio loop, for code that is not Trio."""
     import trio
 
-    from horace.server import serve
+    from horace.server.serving import serve
 
     started: list[tuple[HoraceServer, trio.lowlevel.TrioToken]] = []
     failure: list[BaseException] = []

@@ -1,0 +1,144 @@
+"""The server put together: the sessions, the log sinks and the background tasks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import attrs
+import trio
+
+from horace.assemble import StartCheck, open_catalog
+from horace.backends import open_backend
+from horace.catalog import Catalog, Progress
+from horace.config import Settings
+from horace.redact import redact_url
+from horace.server import heap
+from horace.server.lifecycle import HealthPart, HoraceServer, listen, watch_signals
+from horace.server.mcp import McpSession
+from horace.server.observer import Observer
+from horace.server.sinkprocess import SinkPlan, sink_process
+from horace.server.sinks import SinkWiring, godot_level, run_sinks
+from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
+from horace.sinks.godot import GodotLogHandler
+from horace.sinks.supervisor import Emitter
+from horace.tasks import start_background
+from horace.watch import reconcile_logged
+
+log = logging.getLogger("horace.server")
+
+
+@attrs.frozen
+class LogSinks:
+    """What the running sinks give the sessions: the observer of their calls (None when
+    no sink wants them) and the sinks' part of /health."""
+
+    observer: Observer | None
+    health_parts: dict[str, HealthPart]
+
+
+@asynccontextmanager
+async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSinks]:
+    """Run the Godot and conversation sinks (as configured) while the body runs, in a
+    child process (:mod:`horace.server.sinkprocess`) or as supervised children here,
+    Horace's own log forwarded to Godot; on exit they flush what they hold and spill the
+    rest to the store's spool."""
+    wiring = SinkWiring.of(settings)
+    if not wiring.any:
+        yield LogSinks(None, {"sinks": dict})
+        return
+    spool_dir = catalog.storage.private / "spool"
+    godot: Emitter | None
+    async with AsyncExitStack() as running:
+        if settings.sink_process:
+            talks_url = (settings.conversations_url or catalog.backend.url) if wiring.conversations else None
+            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+            child = await running.enter_async_context(
+                sink_process(SinkPlan(settings, talks_url, spool_dir, level))
+            )
+            observer: Observer | None = child if wiring.observes_calls else None
+            godot = child if wiring.godot else None
+            parts: dict[str, HealthPart] = {"sinks": lambda: child.sink_status, "sink_process": child.status}
+        else:
+            talks = None
+            if wiring.conversations:
+                talks = catalog.backend
+                if settings.conversations_url:
+                    talks = await running.enter_async_context(open_backend(settings.conversations_url))
+            here = await running.enter_async_context(run_sinks(settings, talks, spool_dir))
+            observer, godot, parts = here.observer, here.godot, {"sinks": here.status}
+        horace_log = logging.getLogger("horace")
+        handler = GodotLogHandler(godot, godot_level(settings)) if godot else None
+        if handler is not None:
+            handler.observes_calls = wiring.call_lines_to_godot  # (each call's line comes from its record)
+            horace_log.addHandler(handler)
+            if horace_log.getEffectiveLevel() > handler.level:
+                horace_log.setLevel(handler.level)
+        try:
+            yield LogSinks(observer, parts)
+        finally:
+            if handler is not None:
+                horace_log.removeHandler(handler)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    progress: Progress | None = None,
+    task_status: trio.TaskStatus[HoraceServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run Horace until shut down (a signal, or ``server.shutdown()``).
+
+    The port is taken first (a port in use leaves no new store behind); in watch mode
+    the start-up reconcile runs before serving (its *progress* reported, and logged).
+    """
+    heap.hold_large_blocks_apart()
+    listeners = await listen(settings)
+    try:
+        async with open_catalog(settings, create=True) as catalog:
+            if settings.watch:
+                await reconcile_logged(catalog, progress)
+            async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
+                server = HoraceServer(settings, catalog, sinks.observer)
+                server.health_parts.update(sinks.health_parts)
+                for name, state in start_background(nursery, catalog, settings).items():
+                    server.health_parts[name] = state
+                if handle_signals:
+                    nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
+                await server.run(listeners, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
+    finally:
+        with trio.CancelScope(shield=True):  # (closed already when served; not when failed)
+            for listener in listeners:
+                await listener.aclose()
+
+
+async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool = True) -> None:
+    """One MCP session over *fds* (the process's stdin and stdout, taken by
+    :func:`horace.server.stdio.claim_stdio`) until the client closes stdin, stops reading
+    stdout, or a signal comes. The store is created when there is none, as by ``serve``.
+
+    Only what dead processes left is checked at start (a bounded look, as the CLI's
+    commands do): a desktop client starts a process per session and waits for it, and
+    the full fsck, the watcher, the purge and the periodic fsck are the long-running
+    server's. The store and catalog are shared with any server through the per-file locks.
+    """
+    async with (
+        open_catalog(settings, create=True, check=StartCheck.LEFTOVERS) as catalog,
+        log_sinks(settings, catalog) as sinks,
+        open_stdio(fds) as (reading, writing),
+    ):
+        session = StdioSession(
+            reading, writing, McpSession(catalog, settings, sinks.observer, transport="stdio")
+        )
+        log.info(
+            "serving MCP over stdio",
+            extra={"storage": str(catalog.storage.root), "backend": redact_url(catalog.backend.url)},
+        )
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(end_on_signals, session)
+            await session.run()
+            nursery.cancel_scope.cancel()
