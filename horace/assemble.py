@@ -85,7 +85,7 @@ async def open_catalog(
     present = await in_thread(storage.layout_present) if made else set()
     async with AsyncExitStack() as stack:
         try:
-            backend = await _bound_backend(
+            backend, store_id = await _bound_backend(
                 stack, storage, state, settings, create=create, read_only=read_only, adopt=adopt
             )
         except BaseException:
@@ -95,7 +95,7 @@ async def open_catalog(
             raise
         locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
         try:
-            catalog = Catalog(storage, backend, locks, policy_of(settings))
+            catalog = Catalog(storage, backend, locks, policy_of(settings), store_id=store_id)
             start_check = _start_check(check)
             if start_check is StartCheck.FULL and not read_only:
                 log_findings(await fsck(catalog, automatic=True), "at start")
@@ -115,9 +115,10 @@ async def _bound_backend(
     create: bool,
     read_only: bool,
     adopt: bool,
-) -> Backend:
+) -> tuple[Backend, str | None]:
     """The catalog's backend, opened on *stack*, its schema brought up to date (unless
-    *read_only*), and bound to the store when it was not (:func:`horace.binding.decide`)."""
+    *read_only*), and bound to the store when it was not (:func:`horace.binding.decide`);
+    and the identity they are bound under."""
     url = settings.catalog_url
     if create and not state.exists and settings.database_url is None:
         await in_thread(storage.ensure_layout)  # the default catalog lives inside the new store
@@ -150,7 +151,7 @@ async def _bound_backend(
     if read_only:
         # Read-only commands leave the schema as it is: they read only what every schema
         # step has had (files, versions, collections); and they bind nothing.
-        return backend
+        return backend, state.store_id
     await in_thread(storage.ensure_layout)
     await backend.migrate()
     if decision.verdict is Verdict.MATCH:
@@ -158,7 +159,7 @@ async def _bound_backend(
             # A store from before places were recorded: the catalog it meets first is its own.
             with trio.CancelScope(shield=True):
                 await in_thread(storage.write_identity, state.store_id, redact_url(url), identity.place)
-        return backend
+        return backend, state.store_id
     store_id = decision.store_id or str(uuid.uuid4())
     if decision.verdict is Verdict.BIND:
         store_id = await backend.bind(store_id, str(storage.root), utcnow())
@@ -179,7 +180,7 @@ async def _bound_backend(
         storage.root,
         extra={"store_id": store_id, "catalog": redact_url(url)},
     )
-    return backend
+    return backend, store_id
 
 
 def _start_check(check: StartCheck | bool) -> StartCheck:

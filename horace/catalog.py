@@ -54,6 +54,7 @@ from horace.backends.records import (
     VersionRecord,
     WorkingStat,
 )
+from horace.binding import StoreRefused
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.storage import FileIdentity, Hashed, Staged, Storage
@@ -293,14 +294,33 @@ class Catalog:
         locks: FileLocks,
         policy: CatalogPolicy = CatalogPolicy(),
         clock: Callable[[], datetime] = utcnow,
+        store_id: str | None = None,
     ) -> None:
         self.storage = storage
         self.backend = backend
         self.locks = locks
         self.policy = policy
         self.clock = clock
+        self.store_id = store_id  # the identity the pair was bound under (None: unbound)
 
     # -- shared steps -------------------------------------------------------------------
+
+    async def ensure_bound(self) -> None:
+        """Refuse (:class:`StoreRefused`) when the store is no longer bound to this catalog:
+        an operator may have bound it to another since this process opened it (`horace init
+        --adopt`, of a copy of this catalog or of a new one). From then on this catalog no
+        longer opens the store, and nothing it does may delete what only the other refers
+        to: checked before the collector, the purge and a repair delete anything."""
+        if self.store_id is None:
+            return
+        state = await in_thread(self.storage.state)
+        if state.store_id != self.store_id:
+            now = f"bound to catalog {state.store_id}" if state.store_id else "without its store.json"
+            raise StoreRefused(
+                f"the store at {self.storage.root} is {now} now, no longer to this one ({self.store_id}), "
+                "which opened it: another catalog was made the store's own meanwhile (`horace init "
+                "--adopt`), and this one no longer opens it; nothing was deleted"
+            )
 
     def relative(self, client_path: str, *, folder: bool = False) -> str:
         """*client_path* relative to files/: a file's path, or with *folder* a folder's
@@ -604,7 +624,13 @@ class Catalog:
         *,
         check_for_changes: bool = True,
         correlation_id: str | None = None,
+        vanished: bool = False,
     ) -> Updated:
+        """Change a file's record (metadata, status), versioning its working copy first
+        when it changed. *vanished*: the caller found the working copy gone (the watcher,
+        the reconcile) and is taking the file out of files/ for that: should a file be back
+        at its path by the time the lock is held, nothing is done (it is a writer's,
+        re-created meanwhile, and the caller's next look takes it in)."""
         before = await self.file(file_id)
         if changes.tags is not None:
             changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
@@ -624,6 +650,12 @@ class Catalog:
                 )
             target = changes.status if changes.status is not current.status else None
             version_created = taken = written = False
+            if (
+                vanished
+                and current.status is Status.ACTIVE
+                and not await in_thread(self.storage.surely_gone, current.file_path)
+            ):
+                return Updated(current, (), False)  # back meanwhile: not gone after all
             if current.status is Status.ACTIVE and target is not None:
                 # The working copy leaves files/: moved out first, then versioned, so the
                 # version kept is exactly the content removed (whatever the flag says).
@@ -723,9 +755,14 @@ class Catalog:
         _, version, _ = await self._version_working_copy(db, file, correlation_id)
         return version is not None, False
 
-    async def delete(self, file_id: str, correlation_id: str | None = None) -> Updated:
-        """Soft delete; a file deleted already stays as it is (and is answered as such)."""
-        return await self.update(file_id, FileChanges(status=Status.DELETED), correlation_id=correlation_id)
+    async def delete(
+        self, file_id: str, correlation_id: str | None = None, *, vanished: bool = False
+    ) -> Updated:
+        """Soft delete; a file deleted already stays as it is (and is answered as such).
+        *vanished*: see :meth:`update`."""
+        return await self.update(
+            file_id, FileChanges(status=Status.DELETED), correlation_id=correlation_id, vanished=vanished
+        )
 
     async def undelete(self, file_id: str, correlation_id: str | None = None) -> Updated:
         """Back to active; an active file stays as it is. An archived file is not deleted:
@@ -1330,7 +1367,7 @@ class Catalog:
         deleted = 0
         for file in missing:
             try:
-                await self.delete(file.id, correlation_id)
+                done = await self.delete(file.id, correlation_id, vanished=True)
             except HoraceError as exc:  # this file only (written to meanwhile, say): later
                 log.warning(
                     "reconcile: %s left as it is: %s",
@@ -1339,13 +1376,14 @@ class Catalog:
                     extra={"correlation_id": correlation_id},
                 )
             else:
-                deleted += 1
+                deleted += "status" in done.changed_fields  # (not when it came back meanwhile)
         return ReconcileReport(scanned, moved, deleted)
 
     async def purge(self) -> PurgeReport:
         """Remove files deleted longer ago than the retention: rows, then objects; then
         collect any other object no version refers to (once past the grace period); then
         the backend's upkeep (:meth:`Backend.tidy`)."""
+        await self.ensure_bound()
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
         orphans = await self._unless_copied(orphans)
@@ -1431,6 +1469,7 @@ class Catalog:
         kept that long: fsck lists it meanwhile. Only a catalog that owns its store
         (``horace.binding``) gets here.
         """
+        await self.ensure_bound()
         released = await in_thread(self.storage.released_marks)
         now = time.time()
         objects = await in_thread(lambda: list(self.storage.walk_objects()))
@@ -1464,6 +1503,7 @@ class Catalog:
     async def _collect_pack(self, name: str, entries: list[str]) -> list[str]:
         """Collect a pack none of whose entries a version row refers to: moved aside
         first, and put back as :meth:`collect` puts back an object."""
+        await self.ensure_bound()
         with trio.CancelScope(shield=True):
             aside = await in_thread(self.storage.quarantine_pack, name, self.policy.gc_grace_seconds)
             if aside is None:
@@ -1506,6 +1546,7 @@ class Catalog:
         commit a row for it) or if a row refers to it by the time we look.
         """
         grace = self.policy.gc_grace_seconds if grace_seconds is None else grace_seconds
+        await self.ensure_bound()
         with trio.CancelScope(shield=True):
             aside = []
             in_packs = []

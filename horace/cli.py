@@ -559,9 +559,14 @@ def verify(ctx: click.Context, ref: str | None) -> None:
 @cli.command(name="fsck")
 @click.option("--repair", is_flag=True, help="Also write missing working copies back and collect orphans.")
 @click.option("--deep", is_flag=True, help="Re-hash every object (slow), not only sizes.")
+@click.option(
+    "--forget-missing",
+    is_flag=True,
+    help="With --repair: drop old versions whose content is nowhere in the store (lost for good).",
+)
 @global_options
 @click.pass_context
-def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
+def fsck_command(ctx: click.Context, repair: bool, deep: bool, forget_missing: bool) -> None:
     """Check the catalog against the object store.
 
     Without --repair only what a crash leaves behind is repaired (as at every start).
@@ -569,9 +574,12 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool) -> None:
     """
     from horace.fsck import fsck
 
+    if forget_missing and not repair:
+        raise click.UsageError("--forget-missing is a kind of repair: give --repair with it")
+
     async def work(c: Catalog) -> Any:
         with _progress(ctx, "fsck") as progress:
-            return await fsck(c, repair=repair, deep=deep, progress=progress)
+            return await fsck(c, repair=repair, deep=deep, forget_missing=forget_missing, progress=progress)
 
     report = _run(ctx, work, check=False)
     _emit(

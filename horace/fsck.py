@@ -24,9 +24,11 @@ Four strengths, from the CLI's start-up check to the operator's repair:
 - ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
   recovers lost objects from a damaged pack's entries that still read back, then from
   working copies (the file's own, then those of every active file whose current content
-  it is), sets a damaged pack aside once no version lacks its content, drops the rows of
-  versions whose content is in none of them (said so in the finding), and hands the
-  collector orphan objects older than the deleted files' retention. A file that cannot
+  it is), sets a damaged pack aside once no version lacks its content, and hands the
+  collector orphan objects older than the deleted files' retention. An old version whose
+  content is in none of them is kept and reported (the folder may be a stale copy of the
+  store, whose live folder holds it); ``forget_missing=True`` (``--forget-missing``) drops
+  its row. A file that cannot
   be reached (its path now runs through a symlink, say) is an ``unreachable`` finding;
   the others are still repaired.
 
@@ -104,11 +106,15 @@ async def fsck(
     repair: bool = False,
     deep: bool = False,
     automatic: bool = False,
+    forget_missing: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> FsckReport:
     """Check the store against the catalog; see the module docstring for what is
     repaired. *automatic* (the start-up and periodic runs) leaves the objects nobody
-    refers to alone: they are the collector's."""
+    refers to alone: they are the collector's. With *repair*, *forget_missing* drops the
+    rows of old versions whose content is nowhere in the store. A store bound to another catalog since
+    this one opened it is refused first (:meth:`Catalog.ensure_bound`)."""
+    await catalog.ensure_bound()
     findings: list[Finding] = []
     files = {f.id: f for f in await catalog.backend.all_files()}
     versions = await catalog.backend.all_versions()
@@ -163,7 +169,15 @@ async def fsck(
                     continue  # purged meanwhile
                 rows = await db.versions(file.id)
                 findings += await _file(
-                    catalog, db, current, rows, objects_ok, holders, repair=repair, deep=deep
+                    catalog,
+                    db,
+                    current,
+                    rows,
+                    objects_ok,
+                    holders,
+                    repair=repair,
+                    deep=deep,
+                    forget_missing=forget_missing,
                 )
         except HoraceError as exc:
             if exc.code is not ErrorCode.FILE_LOCKED:
@@ -497,6 +511,7 @@ async def _file(
     *,
     repair: bool,
     deep: bool,
+    forget_missing: bool,
 ) -> list[Finding]:
     """The findings about one file, looked at under its write lock; a lost object is
     looked for in its working copy, then in those of *holders* (paths by checksum)."""
@@ -533,10 +548,18 @@ async def _file(
                 outcome = f" (recovered from the working copy of {source!r})"
             elif unread:  # it may be there: nothing is dropped on a guess
                 outcome = f" (the working copy of {unread[0]!r} may hold it, but cannot be read now)"
-            elif v.version != file.current_version:
+            elif v.version != file.current_version and forget_missing:
                 await db.delete_version(v.file_id, v.version)
                 repaired = True
                 outcome = " (its content is nowhere in the store: the version was dropped)"
+            elif v.version != file.current_version:
+                # Kept: this folder may be a stale copy of the store (an old snapshot, a
+                # mount of the wrong host) whose live folder holds the content.
+                outcome = (
+                    " (its content is nowhere in this store: the version is kept. Is this the "
+                    "store's live folder, not an old copy of it? If so, and the content is lost "
+                    "for good, `horace fsck --repair --forget-missing` drops the version)"
+                )
             else:  # the current version: kept while the file is catalogued by it
                 outcome = (
                     " (no working copy holds it: if the file changed since, `horace scan` versions "

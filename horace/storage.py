@@ -479,7 +479,10 @@ class Storage:
         before it was bound (its catalog refused it, say), so that nothing is left to look
         like a store: the empty folders of ``.horace`` and its empty lock file, and those of
         the layout's folders under ``files/`` and the root that were not *present* before,
-        if empty."""
+        if empty. Nothing, once the store has an identity: another process (an instance
+        started at the same time) has bound it meanwhile and is using its folders."""
+        if self.identity_file.exists():
+            return
         if self.lock_file.is_file() and self.lock_file.stat().st_size == 0:
             self.lock_file.unlink()
         made = [p for p in (*(self.files / f for f in COMPONENT_FOLDERS), self.files) if p not in present]

@@ -42,14 +42,19 @@ async def supervise(
     *,
     backoff_base: float = 1.0,
     backoff_cap: float = 30.0,
+    fatal: tuple[type[Exception], ...] = (),
 ) -> None:
-    """Run *body* until it returns; when it raises, log, wait, and run it again."""
+    """Run *body* until it returns; when it raises, log, wait, and run it again. A *fatal*
+    failure is not retried: it ends the task, and the nursery it runs in."""
     failures = 0
     while True:
         state.state = "running"
         try:
             await body()
         except Exception as exc:
+            if isinstance(the_failure(exc), fatal):
+                state.state, state.last_error = "failed", _describe(exc)
+                raise
             failures += 1
             state.restarts += 1
             state.state = "restarting"

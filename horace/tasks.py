@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import trio
 
+from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.fsck import fsck, log_findings
@@ -45,18 +46,25 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     happens from its start.
     """
     states = {"purge": TaskState("purge"), "fsck": TaskState("fsck")}
+    # A store bound to another catalog meanwhile (`horace init --adopt`) stops the server:
+    # this catalog no longer opens it.
     nursery.start_soon(
-        supervise,
-        states["purge"],
-        partial(every, states["purge"], settings.purge_interval, partial(purge_and_report, catalog)),
+        partial(
+            supervise,
+            states["purge"],
+            partial(every, states["purge"], settings.purge_interval, partial(purge_and_report, catalog)),
+            fatal=(StoreRefused,),
+        )
     )
     # fsck already ran at start (open_catalog); the periodic one waits an interval first.
+    interval = settings.fsck_interval
     nursery.start_soon(
-        supervise,
-        states["fsck"],
         partial(
-            _delayed, settings.fsck_interval, states["fsck"], settings.fsck_interval, partial(_fsck, catalog)
-        ),
+            supervise,
+            states["fsck"],
+            partial(_delayed, interval, states["fsck"], interval, partial(_fsck, catalog)),
+            fatal=(StoreRefused,),
+        )
     )
     status: dict[str, Any] = {}
     if settings.watch:

@@ -450,10 +450,18 @@ class Watcher:
                 continue
             correlation_id = f"watch-{uuid.uuid4()}"
             try:
-                await self.catalog.delete(record.id, correlation_id)
+                done = await self.catalog.delete(record.id, correlation_id, vanished=True)
             except HoraceError as exc:
                 self._failed(record.file_path, f"delete: {exc.message}", correlation_id)
                 continue
+            if "status" not in done.changed_fields:  # back at its path since the look above
+                self.schedule(record.file_path)
+                continue
+            log.info(
+                "watch: %s is gone: deleted (soft; `horace_undelete_file` brings it back)",
+                record.file_path,
+                extra={"correlation_id": correlation_id, "file_id": record.id},
+            )
             self.counts.deleted += 1
             self._look_again_at_copies(record.id, None)
             self._taken(record.file_path)

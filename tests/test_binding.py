@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
+from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -30,7 +34,14 @@ from horace.binding import StoreRefused, Verdict, decide
 from horace.cli import Exit
 from horace.config import Settings
 from horace.fsck import fsck
-from horace.storage import TMP_PREFIX, StoreState
+from horace.storage import TMP_PREFIX, Storage, StoreState
+
+
+def run(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A CLI command in a process of its own, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "horace", *args], env=environment, capture_output=True, text=True, timeout=60
+    )
 
 
 async def _history(settings: Settings, files: Path) -> tuple[str, set[str]]:
@@ -244,15 +255,6 @@ def test_the_cli_refuses_the_wrong_catalog_and_history_survives(tmp_path: Path, 
     }
     wrong = {**env, "HORACE_STORAGE_PATH": str(root), "HORACE_GC_GRACE": "0"}
 
-    def run(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "horace", *args],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
     assert run(right, "init").returncode == 0
     assert run(right, "register", "user/notes.md").returncode == 0
     write(root / "files/user/notes.md", "second")
@@ -292,6 +294,36 @@ async def test_a_copy_of_the_catalog_is_refused_until_adopted(tmp_path: Path) ->
         async with open_catalog(original):
             pass
     await _restorable(copy, file_id, copy.storage_path / "files")
+
+
+async def test_a_catalog_still_open_when_another_is_adopted_deletes_nothing(tmp_path: Path) -> None:
+    """A server still running on the original catalog while a copy of it is adopted
+    (`horace init --adopt`): its purge, collector and repair would delete what only the
+    adopted catalog refers to. Each is refused before it deletes anything, and every
+    version stays restorable through the adopted catalog."""
+    original = Settings(
+        storage_path=tmp_path / "root",
+        database_url=f"sqlite://{tmp_path}/a.db",
+        gc_grace=0.0,
+        deleted_retention=0.0,
+    )
+    files = original.storage_path / "files"
+    file_id, objects = await _history(original, files)
+    copy = attrs.evolve(original, database_url=f"sqlite://{tmp_path}/b.db")
+    with sqlite3.connect(tmp_path / "a.db") as source, sqlite3.connect(tmp_path / "b.db") as target:
+        source.backup(target)
+    async with open_catalog(original) as running:  # the server that was not stopped
+        async with open_catalog(copy, create=True, adopt=True):
+            pass
+        await running.delete(file_id)  # through the server that was not stopped: its purge
+        for work in (running.purge, running.collect_orphans, partial(fsck, running, repair=True)):
+            with pytest.raises(StoreRefused, match="no longer to this one"):
+                await work()
+        with pytest.raises(StoreRefused, match="no longer to this one"):
+            await running.collect(sorted(objects))
+        assert objects <= objects_on_disk(running)
+    write(files / "user/report.md", "three")  # (the running catalog's delete took it away)
+    await _restorable(copy, file_id, files)
 
 
 @pytest.mark.parametrize(
@@ -417,3 +449,72 @@ async def test_a_copy_of_a_postgresql_catalog_in_another_schema_is_refused(
                 pass
     async with open_catalog(attrs.evolve(settings, database_url=f"{base}?SEARCH_PATH={source}")):
         pass
+
+
+def test_a_server_whose_store_another_catalog_adopted_stops(tmp_path: Path) -> None:
+    """`horace serve` on the original catalog, left running while a copy of it is adopted:
+    at its next purge it stops with STORE_REFUSED (exit 5), having deleted nothing, and the
+    adopted catalog keeps every version."""
+    root = tmp_path / "horace-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}
+    original = {**env, "HORACE_STORAGE_PATH": str(root), "HORACE_DATABASE_URL": f"sqlite://{tmp_path}/a.db"}
+    adopted = {**original, "HORACE_DATABASE_URL": f"sqlite://{tmp_path}/b.db"}
+
+    assert run(original, "init").returncode == 0
+    for text in ("first", "second"):
+        write(root / "files/user/notes.md", text)
+        assert run(original, "register", "user/notes.md").returncode == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "horace", "serve", "--port", str(port), "--log-level", "WARNING"],
+        env={
+            **original,
+            "HORACE_PURGE_INTERVAL": "1s",
+            "HORACE_GC_GRACE": "0",
+            "HORACE_DELETED_RETENTION": "0s",
+        },
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # serving: its catalog opened, the store bound to it
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        with sqlite3.connect(tmp_path / "a.db") as source, sqlite3.connect(tmp_path / "b.db") as target:
+            source.backup(target)
+        done = run(adopted, "init", "--adopt")
+        assert done.returncode == 0, done.stderr
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == Exit.STORE, stderr
+    assert "STORE_REFUSED" in stderr and "no longer to this one" in stderr, stderr
+    info = run(adopted, "--json", "info", "user/notes.md", "--versions")
+    assert info.returncode == 0, info.stderr
+    versions = json.loads(info.stdout)["versions"]
+    assert [v["version"] for v in versions] == [2, 1]
+    assert {sha256("first"), sha256("second")} <= {p.name for p in (root / ".horace/objects").rglob("*")}
+
+
+def test_a_failed_first_start_leaves_a_store_another_instance_bound(tmp_path: Path) -> None:
+    """Two instances create one store at once; one's catalog fails before it binds (its
+    connection cut) and it takes back the folders it made: not once the other has bound
+    the store, whose folders it is using."""
+    storage = Storage(tmp_path / "root")
+    present = storage.layout_present()
+    storage.ensure_layout()
+    storage.write_identity("5e1f", "sqlite:///elsewhere.db", None)  # the other instance
+    storage.undo_layout(present)
+    assert storage.tmp.is_dir() and storage.files.is_dir() and (storage.objects / "00").is_dir()
+    storage.identity_file.unlink()  # nobody bound it: taken back, as before
+    storage.undo_layout(present)
+    assert not storage.private.exists() and not storage.root.exists()

@@ -855,8 +855,9 @@ async def test_repair_finds_a_lost_object_in_another_files_working_copy(
     catalog: Catalog, files: Path
 ) -> None:
     """A version's object lost: fsck --repair looks for its content in the file's working
-    copy, then in those of the files whose current content it is; only when none holds it
-    is the version dropped, and the finding says so."""
+    copy, then in those of the files whose current content it is. One that none holds is
+    kept (this may be an old copy of the store) and the finding says how to drop it;
+    --forget-missing drops it."""
     a_path, z_path, n_path = files / "user/a_x.txt", files / "user/z_y.txt", files / "user/n.txt"
     write(a_path, "SSS")
     a = (await catalog.register("user/a_x.txt")).file
@@ -879,14 +880,23 @@ async def test_repair_finds_a_lost_object_in_another_files_working_copy(
         f"version 1: object {sha256('SSS')} is missing or damaged "
         "(recovered from the working copy of 'user/z_y.txt')",
     ) in said, said
-    assert (
-        "user/n.txt",
-        f"version 1: object {sha256('gone for good')} is missing or damaged "
-        "(its content is nowhere in the store: the version was dropped)",
-    ) in said, said
+    kept = [f for f in report.findings if f.file_path == "user/n.txt"]
+    assert [(f.kind, f.repaired) for f in kept] == [("missing_object", False)], kept
+    assert "the version is kept" in kept[0].detail and "--forget-missing" in kept[0].detail, kept
     a_versions = (await catalog.get_info(file_id=a.id, include_versions=True)).versions
     assert [v.version for v in a_versions or ()] == [2, 1]
     assert (await catalog.content(a, 1, 1024)).data == b"SSS"
+    n_versions = (await catalog.get_info(file_id=n.id, include_versions=True)).versions
+    assert [v.version for v in n_versions or ()] == [2, 1]
+    assert report.exit_code == 4
+    report = await fsck(catalog, repair=True, forget_missing=True)
+    assert {(f.file_path, f.detail) for f in report.findings} == {
+        (
+            "user/n.txt",
+            f"version 1: object {sha256('gone for good')} is missing or damaged "
+            "(its content is nowhere in the store: the version was dropped)",
+        )
+    }, report.findings
     n_versions = (await catalog.get_info(file_id=n.id, include_versions=True)).versions
     assert [v.version for v in n_versions or ()] == [2]
     assert (await fsck(catalog, deep=True)).clean
@@ -1128,3 +1138,21 @@ async def test_a_file_path_ending_in_a_slash_names_no_file(catalog: Catalog, fil
             await attempt
         assert refused.value.code is ErrorCode.INVALID_PATH and "ends in /" in refused.value.message
     assert (await catalog.scan("user/")).registered == 1
+
+
+async def test_a_vanished_file_back_at_its_path_is_not_deleted(catalog: Catalog, files: Path) -> None:
+    """The watcher and the reconcile delete a file they found gone (``vanished=True``). A
+    writer may put a file back at its path between that look and the delete's lock: the
+    delete then does nothing, and the writer's file stays in files/ (it was taken out of
+    files/ and the file marked deleted)."""
+    write(files / "user/w.txt", "first")
+    file = (await catalog.register("user/w.txt")).file
+    (files / "user/w.txt").unlink()  # the look: gone
+    write(files / "user/w.txt", "written again")  # back before the delete's lock
+    done = await catalog.delete(file.id, vanished=True)
+    assert done.changed_fields == () and not done.version_created
+    assert (files / "user/w.txt").read_text() == "written again"
+    assert (await catalog.file(file.id)).status is Status.ACTIVE
+    (files / "user/w.txt").unlink()  # gone for good: deleted as before
+    done = await catalog.delete(file.id, vanished=True)
+    assert "status" in done.changed_fields and (await catalog.file(file.id)).status is Status.DELETED
