@@ -474,10 +474,21 @@ class Catalog:
                     )
                 finally:
                     await self.discard(staged)
-            except BaseException:
+            except BaseException as exc:
                 # Not versioned (a full disk, say): the file goes back where it was, or
                 # beside it when its name is taken meanwhile.
-                await in_thread(self.storage.put_back, held, file.file_path)
+                placed = await in_thread(self.storage.put_back, held, file.file_path)
+                if placed != file.file_path:
+                    log.warning(
+                        "%r could not be versioned (%s: %s); its content %s",
+                        file.file_path,
+                        type(exc).__name__,
+                        exc,
+                        f"was put back beside it as {placed!r}, a file having been made at its path meanwhile"
+                        if placed
+                        else f"stays in {held} for fsck: its folder can no longer be reached",
+                        extra={"file_id": file.id, "correlation_id": correlation_id},
+                    )
                 raise
             await in_thread(self.storage.release_held, held)
         return done

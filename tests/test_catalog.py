@@ -1156,3 +1156,26 @@ async def test_a_vanished_file_back_at_its_path_is_not_deleted(catalog: Catalog,
     (files / "user/w.txt").unlink()  # gone for good: deleted as before
     done = await catalog.delete(file.id, vanished=True)
     assert "status" in done.changed_fields and (await catalog.file(file.id)).status is Status.DELETED
+
+
+async def test_a_delete_that_fails_puts_the_content_back_beside_a_new_file_and_says_so(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delete moves the working copy out, then versions it. Should versioning fail (the
+    catalog read-only, say) while a writer makes a new file at the path, the content goes
+    back beside it, under a name that says so, and the log says where."""
+    write(files / "user/d.txt", "first")
+    file = (await catalog.register("user/d.txt")).file
+    write(files / "user/d.txt", "second, not versioned yet")
+
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        write(files / "user/d.txt", "a writer's new file")
+        raise BackendUnavailable("the catalog takes no writes now")
+
+    monkeypatch.setattr(catalog, "_version_staged", refused)
+    with pytest.raises(BackendUnavailable), caplog.at_level("WARNING", logger="horace.catalog"):
+        await catalog.delete(file.id)
+    assert (files / "user/d.txt").read_text() == "a writer's new file"
+    assert (files / "user/d.txt.recovered-1").read_text() == "second, not versioned yet"
+    said = [r.getMessage() for r in caplog.records if r.name == "horace.catalog"]
+    assert any("put back beside it as 'user/d.txt.recovered-1'" in line for line in said), said
