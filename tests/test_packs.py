@@ -456,26 +456,37 @@ async def open_again(catalog: Catalog) -> Catalog:
 
 async def test_sigkilled_scans_of_many_small_files_lose_nothing(settings: Settings, files: Path) -> None:
     """`horace scan` killed again and again while it packs: afterwards every catalogued
-    file's content reads back, fsck repairs what the kills left, and the store is sound."""
-    made = many(files, 20 * PACK_MIN_FILES, seed=3)
+    file's content reads back, fsck repairs what the kills left, and the store is sound.
+    Each round gives its scan new files, and the kill comes once the scan is seen staging
+    them (a new temp in .horace/tmp), so that it lands inside the scan whatever the
+    machine's speed."""
     env = {
         **os.environ,
         "HORACE_STORAGE_PATH": str(settings.storage_path),
         "HORACE_DATABASE_URL": settings.catalog_url,
         "PYTHONPATH": os.pathsep.join(sys.path),
     }
-    async with open_catalog(settings, create=True):
-        pass
+    async with open_catalog(settings, create=True) as catalog:
+        tmp = catalog.storage.tmp
     rng = random.Random(4)
+    made: dict[str, bytes] = {}
     killed = 0
-    for _ in range(8):
+    for round_number in range(8):
+        made |= many(files, 4 * PACK_MIN_FILES, folder=f"user/many{round_number}", seed=round_number)
+        before = set(os.listdir(tmp))
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "horace", "scan"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        await trio.sleep(rng.uniform(0.3, 1.2))
+        with trio.move_on_after(30):
+            while (
+                process.poll() is None
+                and not {n for n in os.listdir(tmp) if n.startswith(TMP_PREFIX)} - before
+            ):
+                await trio.sleep(0.002)
+        await trio.sleep(rng.uniform(0, 0.15))
         process.send_signal(signal.SIGKILL)
         killed += await process.wait() == -signal.SIGKILL
     assert killed >= 1, "no scan was killed before it ended"
@@ -483,9 +494,13 @@ async def test_sigkilled_scans_of_many_small_files_lose_nothing(settings: Settin
     async with open_catalog(repairing, check=False) as catalog:
         await fsck(catalog, repair=True, deep=True)
         assert (await catalog.scan()).errors == ()
+        paths: dict[bytes, list[str]] = {}  # (each round's empty 000.bin: one content, one file)
         for rel, content in made.items():
-            file = (await catalog.get_info(file_path=rel)).file
-            assert catalog.storage.read_object(file.checksum) == content
+            paths.setdefault(content, []).append(rel)
+        for content, rels in paths.items():
+            found = [file for rel in rels if (file := await catalog.backend.file_by_path(rel))]
+            assert found, f"no file of {rels} is catalogued"
+            assert all(catalog.storage.read_object(file.checksum) == content for file in found)
         await assert_sound(catalog)
 
 
