@@ -28,9 +28,8 @@ Four strengths, from the CLI's start-up check to the operator's repair:
   collector orphan objects older than the deleted files' retention. An old version whose
   content is in none of them is kept and reported (the folder may be a stale copy of the
   store, whose live folder holds it); ``forget_missing=True`` (``--forget-missing``) drops
-  its row. A file that cannot
-  be reached (its path now runs through a symlink, say) is an ``unreachable`` finding;
-  the others are still repaired.
+  its row. A file that cannot be reached (its path now runs through a symlink, say) is an
+  ``unreachable`` finding; the others are still repaired.
 
 A live server may be working while fsck runs. A finding about a file is therefore
 checked again under the file's write lock (shared with every writer) before it is
@@ -112,8 +111,8 @@ async def fsck(
     """Check the store against the catalog; see the module docstring for what is
     repaired. *automatic* (the start-up and periodic runs) leaves the objects nobody
     refers to alone: they are the collector's. With *repair*, *forget_missing* drops the
-    rows of old versions whose content is nowhere in the store. A store bound to another catalog since
-    this one opened it is refused first (:meth:`Catalog.ensure_bound`)."""
+    rows of old versions whose content is nowhere in the store. A store bound to another
+    catalog since this one opened it is refused first (:meth:`Catalog.ensure_bound`)."""
     await catalog.ensure_bound()
     findings: list[Finding] = []
     files = {f.id: f for f in await catalog.backend.all_files()}
