@@ -562,7 +562,8 @@ async def _file(
             else:  # the current version: kept while the file is catalogued by it
                 outcome = (
                     " (no working copy holds it: if the file changed since, `horace scan` versions "
-                    "what it holds now, and a repair then drops this version)"
+                    "what it holds now; should this content be lost for good, `horace fsck "
+                    "--repair --forget-missing` then drops this version)"
                 )
         finding(
             "missing_object",

@@ -1535,7 +1535,7 @@ class Storage:
         try:
             fd = self._open_pack(name)
         except (OSError, packs.PackDamaged) as exc:  # a symlink, a folder, gone: nothing to read
-            return 0, str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+            return 0, _why(exc)
         kept = 0
         try:
             for checksum, content in packs.salvage(fd):
@@ -1548,7 +1548,7 @@ class Storage:
                         self.discard(staged)
                     kept += 1
         except (OSError, packs.PackDamaged) as exc:  # unreadable from here on: what was kept stays
-            return kept, str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+            return kept, _why(exc)
         finally:
             os.close(fd)
         return kept, None
@@ -1680,6 +1680,11 @@ def _read_small(fd: int, size: int) -> bytes:
     file that grew reads longer than its stat, and one that reads shorter (it shrank, or
     a filesystem gave a short read) is told by its length too (see _stage_small)."""
     return os.read(fd, size + 1)
+
+
+def _why(exc: Exception) -> str:
+    """What went wrong, in a few words: an OSError's strerror when it has one."""
+    return str(exc.strerror) if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _write_new(path: Path, content: bytes, mode: int, *, sync: bool) -> None:
