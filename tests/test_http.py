@@ -293,6 +293,25 @@ async def test_requests_follow_one_another_on_one_connection(server: RunningHora
         await conn.aclose()
 
 
+async def test_a_head_request_gets_the_head_of_its_answer(server: RunningHorace) -> None:
+    """HEAD (a proxy's or a health checker's probe): the answer GET would get, without
+    its body (RFC 9110 9.3.2), and the connection serves the next request."""
+    conn = await RawConnection.open(server.server.port)  # type: ignore[arg-type]
+    try:
+        await conn.send(conn.request_bytes("HEAD"))
+        head, body = await conn.response()
+        fields = dict(head.headers)
+        assert head.status_code == 405 and fields[b"allow"] == b"GET, POST, DELETE, OPTIONS"
+        assert body == b"" and int(fields[b"content-length"]) > 0
+        conn.next_cycle()
+        headers = {"accept": BOTH, "content-type": "application/json"}
+        await conn.send(conn.request_bytes("POST", json.dumps(INITIALIZE).encode(), headers))
+        head, body = await conn.response()
+        assert head.status_code == 200 and json.loads(body)["id"] == 0
+    finally:
+        await conn.aclose()
+
+
 async def test_a_kept_alive_connection_closes_after_the_head_timeout(
     sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
 ) -> None:

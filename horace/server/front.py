@@ -169,7 +169,7 @@ class Front:
         status, body = await self.health()
         if self.settings.auth_token and not authorized(request.headers, self.settings.auth_token):
             body = {"status": body["status"]}  # liveness only: nothing about the setup
-        await conn.respond_json(status, body, head_only=request.method == b"HEAD")
+        await conn.respond_json(status, body)
 
     async def _upgrade(
         self, conn: HttpConnection, stream: ClientStream, request: Request, ticket: Ticket, deadline: float

@@ -87,6 +87,7 @@ class HttpConnection:
         self.broken = False
         self._declared_length: int | None = None
         self._no_body = False
+        self._head = False  # the current request is a HEAD: its answer has a head only
         # Sent in the head of every answer to the current request (CORS headers, say).
         self.answer_headers: list[tuple[bytes, bytes]] = []
 
@@ -126,6 +127,7 @@ class HttpConnection:
                     await self._refuse_head(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, HEAD_TOO_LARGE)
                     return None
                 request = Request(event.method, event.target, _joined(event.headers))
+                self._head = event.method == b"HEAD"
                 # h11 has checked it (digits only, one value) before giving the request.
                 length = request.headers.get(b"content-length")
                 self._declared_length = int(length) if length is not None else None
@@ -191,10 +193,10 @@ class HttpConnection:
         content_type: bytes = b"application/json",
         headers: Headers = (),
         close: bool = False,
-        head_only: bool = False,
     ) -> None:
-        """A whole answer. The connection closes after it when asked, or when the
-        request's body was left unread."""
+        """A whole answer (its head alone to a HEAD). The
+        connection closes after it when asked, or when the request's body was left
+        unread."""
         close = close or self.h11.their_state is not h11.DONE
         fields = [*headers, *self.answer_headers]
         if body:
@@ -206,7 +208,7 @@ class HttpConnection:
         # One write for the whole answer: one system call, and no head sent on its own to
         # wait for the body in a packet of its own.
         answer = [self.h11.send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))]
-        if body and not head_only:
+        if body and not self._head:
             answer.append(self.h11.send(h11.Data(data=body)))
         answer.append(self.h11.send(h11.EndOfMessage()))
         await self._write(b"".join(part for part in answer if part))
@@ -218,11 +220,8 @@ class HttpConnection:
         *,
         headers: Headers = (),
         close: bool = False,
-        head_only: bool = False,
     ) -> None:
-        await self.respond(
-            status, json.dumps(body).encode(), headers=headers, close=close, head_only=head_only
-        )
+        await self.respond(status, json.dumps(body).encode(), headers=headers, close=close)
 
     async def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         """The head of an answer whose body follows in pieces (chunked)."""
