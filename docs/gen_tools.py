@@ -244,6 +244,8 @@ def main() -> None:
         "version they are a JSON-RPC error `-32602` with "
         '`data: {error_code: "INVALID_ARGUMENT", correlation_id}`. An unknown tool is `-32602` '
         "in every version. A call past `HORACE_CALL_DEADLINE` is JSON-RPC error `-32001`.",
+        "- An optional argument whose schema admits `null` may be sent as `null`: the same as "
+        "leaving it out (its default). Any other `null` is a wrong JSON type.",
         "- Every tool may also return `INVALID_ARGUMENT` (arguments its schema does not admit, as "
         "above), `BACKEND_UNAVAILABLE` and `INTERNAL`; each tool's list below names the codes of "
         "its own work.",

@@ -118,7 +118,7 @@ def _of(kind: Any, *, output: bool) -> dict[str, Any]:
             if len(inner) == 1
             else {"anyOf": [_of(a, output=output) for a in inner]}
         )
-        if output and type(None) in args:
+        if type(None) in args:  # (an argument's null: as if it were left out, its default)
             found = _nullable(found)
         return found
     if isinstance(kind, type) and issubclass(kind, enum.Enum):

@@ -102,10 +102,12 @@ strict.register_structure_hook(datetime, _datetime)
 
 
 def _enum(value: Any, kind: type[enum.Enum]) -> Any:
+    choices = ", ".join(str(member.value) for member in kind)
+    if not isinstance(value, str):
+        raise TypeError(f"expected one of {choices}, got {json_kind(value)}")
     try:
         return kind(value)
     except ValueError:
-        choices = ", ".join(str(member.value) for member in kind)
         raise ValueError(f"{value!r} is not one of {choices}") from None
 
 
@@ -136,6 +138,19 @@ def _tuple_of_str(value: Any, _: Any) -> tuple[str, ...]:
 strict.register_structure_hook_func(lambda kind: kind == tuple[str, ...], _tuple_of_str)
 
 
+def _record(kind: type) -> Any:
+    """Structure an attrs class nested in the arguments: an object, or said so in JSON's
+    words (cattrs alone would say what Python found missing on a string or a None)."""
+    structure_fields: Any = make_dict_structure_fn(kind, strict, _cattrs_forbid_extra_keys=True)
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {json_kind(value)}")
+        return structure_fields(value, kind)
+
+    return hook
+
+
 def _takes_the_rest(kind: Any) -> bool:
     return attrs.has(kind) and any(f.metadata.get(REST) for f in attrs.fields(kind))
 
@@ -159,6 +174,7 @@ def _with_the_rest(kind: type) -> Any:
     return hook
 
 
+strict.register_structure_hook_factory(lambda kind: attrs.has(kind) and not _takes_the_rest(kind), _record)
 strict.register_structure_hook_factory(_takes_the_rest, _with_the_rest)
 
 

@@ -121,6 +121,22 @@ def test_a_whole_number_written_as_a_float_is_an_integer() -> None:
         ),
         ("horace_search_files", {"query": [1]}, "query: expected an object, got an array"),
         (
+            "horace_update_file",
+            {"file_id": "x", "metadata": "x"},
+            "metadata: expected an object, got a string",
+        ),
+        ("horace_update_file", {"file_id": "x", "metadata": None}, "metadata: expected an object, got null"),
+        (
+            "horace_update_file",
+            {"file_id": "x", "metadata": {"status": 5}},
+            "metadata: status: expected one of active, archived, deleted, got the number 5",
+        ),
+        (
+            "horace_search_files",
+            {"status": None},
+            "status: expected one of active, archived, deleted, all, got null",
+        ),
+        (
             "horace_register_file",
             {"file_path": "a", "metadata": 5},
             "metadata: expected an object, got the number 5",
@@ -132,3 +148,25 @@ def test_a_wrong_type_is_said_in_json_words(name: str, arguments: dict[str, obje
     with pytest.raises(HoraceError) as refused:
         TOOLS[name].structure(arguments)
     assert said in refused.value.message
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_null_is_admitted_where_the_schema_says_and_only_there(name: str) -> None:
+    """An argument whose schema admits null takes it as its default (as if left out);
+    one whose schema does not is refused, naming it."""
+    tool = TOOLS[name]
+    schema = tool.describe()["inputSchema"]
+    base = {field: "x" for field in schema.get("required", ())}
+    if name in ONE_FILE:
+        base["file_id"] = "x"
+    base.update({k: 1 for k in ("version", "from_version") if k in base})
+    base.update({k: [] for k in ("file_ids",) if k in base})
+    left_out = tool.structure(base)
+    for field, property_schema in schema["properties"].items():
+        if field in base:
+            continue
+        if {"type": "null"} in property_schema.get("anyOf", ()):
+            assert tool.structure({**base, field: None}) == left_out, field
+        else:
+            with pytest.raises(HoraceError, match=f"{field}: expected"):
+                tool.structure({**base, field: None})
