@@ -125,7 +125,10 @@ NOTES = {
     "`_meta`, `notifications/progress` are sent while it runs.",
     "horace_scan": "`skipped` lists names that can never be catalogued (not UTF-8, `.horace`, or "
     "in Horace's reserved `.horace-tmp-` form), each with why. Files that could not be taken are "
-    "listed in `errors`, not returned as a tool error. Each list shows at most 1000 entries, then "
+    "listed in `errors`, not returned as a tool error. `missing` lists the active catalogued files "
+    "under the scanned folder that are gone from files/ (deleted or moved outside Horace): a scan "
+    "records nothing of them, they stay active and restorable (`horace_delete_file` records a "
+    "deletion; watch mode records them all). Each list shows at most 1000 entries, then "
     "a line saying how many more the server's log has. With a `progressToken` in `_meta`, "
     "`notifications/progress` are sent while it runs.",
 }
@@ -138,7 +141,9 @@ def type_of(schema: Any) -> str:
     if "enum" in schema:
         return "one of " + ", ".join(f"`{v}`" for v in schema["enum"])
     kind = schema.get("type", "any")
-    if isinstance(kind, list):
+    if "anyOf" in schema:  # (a nullable one: its type or null)
+        text = " or ".join(type_of(alternative) for alternative in schema["anyOf"])
+    elif isinstance(kind, list):
         text = " or ".join(kind)
     elif kind == "array":
         text = f"array of {type_of(schema.get('items', {}))}"

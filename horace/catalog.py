@@ -191,6 +191,10 @@ class ScanReport:
     duplicates: int
     errors: tuple[str, ...]
     skipped: tuple[str, ...] = ()  # names that can never be catalogued, each with why
+    # Active catalogued files the scan looked for and did not find: deleted, moved or
+    # renamed outside Horace. A scan records nothing of them (each stays restorable, and
+    # fsck --repair would put it back); the watcher's reconcile soft-deletes them.
+    missing: tuple[str, ...] = ()
 
 
 @frozen
@@ -971,10 +975,28 @@ class Catalog:
         index = await self.backend.working_index()
         for why in skipped:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
+        missing = await self._missing(rel_under, found, index)
         report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         for error in report.errors:
             log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
-        return report
+        return attrs.evolve(report, missing=missing)
+
+    async def _missing(
+        self, rel_under: str | None, found: list[tuple[str, os.stat_result]], index: list[IndexEntry]
+    ) -> tuple[str, ...]:
+        """The active files of *index* under *rel_under* that the walk did not find and
+        that are not there (a name the walk passes over, an editor's temp form, is)."""
+        walked = {rel for rel, _ in found}
+        prefix = f"{rel_under}/" if rel_under else ""
+        unseen = [
+            e.file_path
+            for e in index
+            if e.status is Status.ACTIVE and e.file_path.startswith(prefix) and e.file_path not in walked
+        ]
+        if not unseen:
+            return ()
+        gone = await in_thread(lambda: [rel for rel in unseen if self.storage.surely_gone(rel)])
+        return tuple(sorted(gone))
 
     async def _scan_one(self, rel: str, correlation_id: str | None, progress: Progress | None) -> ScanReport:
         """A scan of one file: it is registered (or versioned, or found a duplicate) as

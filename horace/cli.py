@@ -247,6 +247,11 @@ async def _resolve(ctx: click.Context, c: Catalog, ref: str) -> FileRecord:
     return by_id or await c.resolve(_client_path(ctx, ref))
 
 
+# After a scan's missing files: what they are, and what records them.
+MISSING_HINT = (
+    "\n  (missing: catalogued, and gone from files/ since; still active and restorable. "
+    "`horace delete` records a deletion, `horace watch` or `horace serve --watch` records them all)"
+)
 SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace fsck`
 
 
@@ -521,9 +526,11 @@ def scan(ctx: click.Context, path: str | None, rehash: bool) -> None:
         lambda r: (
             f"scanned {r.scanned}: {r.registered} registered, {r.versioned} versioned, "
             f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors, "
-            f"{len(r.skipped)} skipped"
+            f"{len(r.skipped)} skipped, {len(r.missing)} missing"
             + "".join(f"\n  error: {_shown(e)}" for e in r.errors)
             + "".join(f"\n  skipped: {_shown(s)}" for s in r.skipped)
+            + "".join(f"\n  missing: {_shown(m)}" for m in r.missing)
+            + (MISSING_HINT if r.missing else "")
         ),
     )
     ctx.exit(Exit.FOUND if report.errors or report.skipped else Exit.OK)

@@ -1087,6 +1087,31 @@ async def test_scan_skips_editor_and_writer_temp_files(catalog: Catalog, files: 
     assert not (await catalog.register("user/draft.tmp")).duplicate
 
 
+async def test_a_scan_names_the_catalogued_files_gone_from_its_folder_and_keeps_them(
+    catalog: Catalog, files: Path
+) -> None:
+    """A file removed outside Horace is reported by the scans that look where it was (and
+    only by them); it stays active and restorable, and once it is deleted or back it is
+    no longer missing."""
+    for rel in ("user/a/gone.txt", "user/a/kept.txt", "user/a/back.txt", "user/ab/gone.txt", "gates/x.md"):
+        write(files / rel, rel)
+    await catalog.scan()
+    for rel in ("user/a/gone.txt", "user/a/back.txt", "user/ab/gone.txt"):
+        (files / rel).unlink()
+    write(files / "user/a/.#kept.txt", "an editor's lock file: walked past, not missing")
+    report = await catalog.scan()
+    assert report.missing == ("user/a/back.txt", "user/a/gone.txt", "user/ab/gone.txt")
+    assert (await catalog.scan("user/a")).missing == ("user/a/back.txt", "user/a/gone.txt")
+    assert (await catalog.scan("gates")).missing == ()
+    gone = await catalog.resolve("user/a/gone.txt")
+    assert gone.status is Status.ACTIVE
+    await catalog.restore(gone.id, 1)
+    assert (files / "user/a/gone.txt").read_text() == "user/a/gone.txt"
+    await catalog.delete((await catalog.resolve("user/ab/gone.txt")).id)
+    write(files / "user/a/back.txt", "user/a/back.txt")
+    assert (await catalog.scan()).missing == ()
+
+
 async def test_verify_and_scan_replies_stay_readable_however_many_problems(
     catalog: Catalog, files: Path
 ) -> None:

@@ -148,6 +148,12 @@ def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, d
     assert any("user/evil\\nabc  v9" in line for line in lines), lines
     assert any("user/red\\x1b[31m.txt" in line for line in lines), lines
     assert "\x1b" not in done.stdout
+    (root / "files/user/red\x1b[31m.txt").unlink()  # gone: named by the next scan, escaped
+    gone = horace("scan", "user", env=env)
+    assert gone.returncode == 1, gone.stderr  # (the reserved name is still skipped)
+    assert "1 skipped, 1 missing\n" in gone.stdout, gone.stdout
+    assert "\n  missing: user/red\\x1b[31m.txt\n" in gone.stdout, gone.stdout
+    assert "\x1b" not in gone.stdout and "horace delete" in gone.stdout
 
 
 def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str, str]]) -> None:

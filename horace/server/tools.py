@@ -495,7 +495,12 @@ async def verify(ctx: CallContext, args: VerifyArgs) -> VerifyResult:
 async def scan(ctx: CallContext, args: ScanArgs) -> ScanReport:
     report = await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
     # Thousands of unreadable files must not make a reply too large to be read.
-    return attrs.evolve(report, errors=_at_most(report.errors), skipped=_at_most(report.skipped))
+    return attrs.evolve(
+        report,
+        errors=_at_most(report.errors),
+        skipped=_at_most(report.skipped),
+        missing=_at_most(report.missing),
+    )
 
 
 def _at_most(lines: tuple[str, ...], count: int = MAX_SEARCH_LIMIT) -> tuple[str, ...]:
