@@ -1283,6 +1283,14 @@ class _Hop:
                     f"PostgreSQL at {self.where} takes no writes: {exc} (default_transaction_read_only "
                     "set on the role or database, or a standby server?)"
                 ) from None
+            if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
+                # The schema was made at start: its tables gone since is the operator's doing
+                # (the database dropped and made again, a dump restored without them).
+                raise BackendUnavailable(
+                    f"PostgreSQL at {self.where} no longer holds Horace's catalog: {exc} (the database "
+                    "or schema dropped or replaced under a running Horace? Restore it; a restart says "
+                    "whether the database is this store's)"
+                ) from None
             if isinstance(exc, asyncpg.exceptions.DiskFullError):
                 raise DatabaseFull(f"the disk of PostgreSQL at {self.where} is full: {exc}") from None
             # Not by Horace (it cancels its statements by cancelling its task): by a timeout.

@@ -1179,6 +1179,23 @@ async def test_a_statement_timeout_and_a_privilege_refused_are_said_as_such(pg_u
         await trio.to_thread.run_sync(admin, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
 
 
+async def test_a_catalog_dropped_under_a_running_backend_is_unavailable_not_a_bug(pg_url: str) -> None:
+    """Horace's tables gone from under a running backend (the database dropped and made
+    again empty; here its schema): BackendUnavailable, saying so (a tool error of that
+    code, /health 503), not an internal error; back once the catalog is."""
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    async with open_postgres(pg_url) as backend:
+        await backend.migrate()
+        assert await backend.file_by_path("x") is None
+        await trio.to_thread.run_sync(admin, f"DROP SCHEMA {schema} CASCADE", f"CREATE SCHEMA {schema}")
+        with pytest.raises(BackendUnavailable, match=r"no longer holds Horace's catalog: .*horace_files"):
+            await backend.file_by_path("x")
+        with pytest.raises(BackendUnavailable, match="no longer holds Horace's catalog"):
+            await backend.ping()
+        await backend.migrate()
+        assert await backend.file_by_path("x") is None
+
+
 async def test_a_read_only_database_is_said_as_such_and_writable_again_once_reset(pg_url: str) -> None:
     """default_transaction_read_only set on Horace's role: writes and pings are
     CatalogUnwritable, saying why; once the operator resets it, the running backend
