@@ -154,7 +154,7 @@ def _path(text: str, name: str) -> Path:
     return Path(text)
 
 
-def _origins(text: str, name: str) -> tuple[str, ...]:
+def _names(text: str, name: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
@@ -185,7 +185,8 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "host": (("HORACE_MCP_HOST",), _text),
     "port": (("HORACE_MCP_PORT",), _port),
     "auth_token": (("HORACE_AUTH_TOKEN",), _text),
-    "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _origins),
+    "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _names),
+    "allowed_hosts": (("HORACE_ALLOWED_HOSTS",), _names),
     "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _count),
     "max_connections": (("HORACE_MAX_CONNECTIONS",), _count),
     "max_pending_connections": (("HORACE_MAX_PENDING_CONNECTIONS",), _count),
@@ -280,6 +281,7 @@ class Settings:
     port: int = 8070
     auth_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names served beside loopback ones ("*": any)
     max_message_bytes: int = 4 * 1024 * 1024
     # sessions, WebSocket (counted from before the handshake) and Streamable HTTP together
     max_connections: int = 256

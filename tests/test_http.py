@@ -957,6 +957,54 @@ async def test_token_and_origin(settings: Settings) -> None:
                 assert response.status_code == 401, method
 
 
+@pytest.mark.parametrize("allowed", [(), ("horace.example",)])
+async def test_a_host_that_is_not_the_servers_name_is_refused_on_loopback(
+    settings: Settings, allowed: tuple[str, ...]
+) -> None:
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends that name as Host (and
+    no Origin with a GET of its own site). On a loopback address only loopback names, and
+    those listed, are answered, on every path; a WebSocket upgrade too."""
+    async with run_horace(serving(settings, allowed_hosts=allowed)) as running:
+        port = running.server.port
+        health = f"http://127.0.0.1:{port}/health"
+        async with httpx.AsyncClient() as http:
+            for host in ("evil.example", "evil.example:80", "127.0.0.1.evil.example", "x:notaport"):
+                refused = await http.get(health, headers={"host": host})
+                assert refused.status_code == 403, host
+                assert "is not this server's name (HORACE_ALLOWED_HOSTS)" in error_of(refused)["message"]
+                posted = await http.post(
+                    running.http_url, json=INITIALIZE, headers={"host": host, "accept": BOTH}
+                )
+                assert posted.status_code == 403 and "mcp-session-id" not in posted.headers
+            named = ["localhost", f"localhost:{port}", "127.0.0.1", "127.0.0.2:1", "[::1]:8", "LOCALHOST"]
+            for host in [*named, *(f"{name}:{port}" for name in allowed)]:
+                assert (await http.get(health, headers={"host": host})).status_code == 200, host
+        upgrade = (
+            "GET /mcp HTTP/1.1\r\nhost: evil.example\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        )
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(upgrade.encode())
+            answer = await stream.receive_some(65536)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+        async with connect_websocket(running.url) as ws:  # (its Host: 127.0.0.1:port)
+            assert (await ws.request("ping"))["result"] == {}
+
+
+async def test_a_server_listening_elsewhere_answers_any_host_unless_told(settings: Settings) -> None:
+    anywhere = attrs.evolve(serving(settings), host="0.0.0.0")
+    async with run_horace(anywhere) as running:
+        health = f"http://127.0.0.1:{running.server.port}/health"
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(health, headers={"host": "horace.example"})).status_code == 200
+    async with run_horace(attrs.evolve(anywhere, allowed_hosts=("horace.example",))) as running:
+        health = f"http://127.0.0.1:{running.server.port}/health"
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(health, headers={"host": "horace.example"})).status_code == 200
+            assert (await http.get(health, headers={"host": "evil.example"})).status_code == 403
+
+
 async def test_a_page_of_an_allowed_origin_may_read_the_answers(settings: Settings) -> None:
     """CORS: the preflight (no token: browsers send none with it) lists what a page may
     send; every answer, a refusal too, lets the page read it and the session's id; a page

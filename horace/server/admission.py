@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -132,6 +133,45 @@ class Refusal:
     status: int
     message: str
     headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _loopback(name: str) -> bool:
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def hosts_served(bound: str, allowed: tuple[str, ...]) -> frozenset[str] | None:
+    """The names a request's ``Host`` may give (None: any). A server that listens on a
+    loopback address answers only for loopback names and those listed: a page whose own
+    name an attacker made resolve to 127.0.0.1 (DNS rebinding) sends that name, and no
+    Origin with a GET of its own site (``/health``). One that listens elsewhere answers
+    for any name, unless names are listed."""
+    if "*" in allowed or (not allowed and not _loopback(bound.strip("[]").lower())):
+        return None
+    return frozenset(LOOPBACK_NAMES) | {name.lower() for name in allowed}
+
+
+def host_refusal(headers: Mapping[bytes, bytes], served: frozenset[str] | None) -> Refusal | None:
+    """403 for a ``Host`` this server does not answer for (see :func:`hosts_served`); a
+    request without one (HTTP/1.0, no browser's) is served."""
+    raw = headers.get(b"host")
+    if served is None or raw is None:
+        return None
+    host = raw.decode("latin-1")
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").lower()
+    except ValueError:  # (a port that is not one)
+        name = ""
+    if name in served or _loopback(name):
+        return None
+    return Refusal(403, f"host {host!r} is not this server's name (HORACE_ALLOWED_HOSTS)")
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:

@@ -34,10 +34,13 @@ from horace.server.admission import (
     Ticket,
     access_refusal,
     authorized,
+    host_refusal,
+    hosts_served,
     origin_allowed,
 )
 from horace.server.http import SessionHost, StreamableHttp
 from horace.server.httpio import HEAD_TIMEOUT, MAX_HEAD_BYTES, ClientGone, HttpConnection, Request
+from horace.server.jsonrpc import INVALID_REQUEST, RpcError, error
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "ClientStream", "Front", "origin_allowed"]
 
@@ -100,6 +103,7 @@ class Front:
         self.run_session = run_session
         self.admission = Admission(settings.max_pending_connections, settings.max_connections)
         self.refusals = RefusalLogs()
+        self.hosts = hosts_served(settings.host, settings.allowed_hosts)
         self.http = StreamableHttp(settings, self.admission, self.refusals, host)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
@@ -149,6 +153,13 @@ class Front:
                 log.debug("connection closed: no request within %.0f s", HEAD_TIMEOUT)
                 return
             if request is None:
+                return
+            refusal = host_refusal(request.headers, self.hosts)
+            if refusal is not None:  # whatever the path: /health says much of the setup
+                self.refusals.warning("host", "request refused: %s", refusal.message, status=refusal.status)
+                conn.finish_empty_body()
+                said = error(None, RpcError(INVALID_REQUEST, refusal.message))
+                await conn.respond_json(refusal.status, said, close=True)
                 return
             if request.path in MCP_PATHS and _is_upgrade(request):
                 await self._upgrade(conn, stream, request, ticket, deadline)
