@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 
 from horace.backends import Backend, CatalogMissing, open_backend
-from horace.binding import StoreRefused, Verdict, decide
+from horace.binding import StoreRefused, Verdict, bound_elsewhere, check_adoption, decide
 from horace.catalog import Catalog, CatalogPolicy, in_thread, utcnow
 from horace.config import Settings
 from horace.fsck import fsck, leftovers, log_findings
@@ -120,6 +120,8 @@ async def _bound_backend(
     *read_only*), and bound to the store when it was not (:func:`horace.binding.decide`);
     and the identity they are bound under."""
     url = settings.catalog_url
+    if adopt:
+        check_adoption(state, str(storage.root), named=settings.database_url is not None)
     if create and not state.exists and settings.database_url is None:
         await in_thread(storage.ensure_layout)  # the default catalog lives inside the new store
     # A catalog for a store that has an identity must exist already; only a new (or
@@ -141,6 +143,13 @@ async def _bound_backend(
             if state.store_id
             else "has no record of its catalog"
         )
+        if settings.database_url is None and bound_elsewhere(state):
+            # The default catalog, missing, of a store made with another: the variable was
+            # forgotten. Its own catalog is named, and adopting is not offered in passing.
+            raise StoreRefused(
+                f"{exc}, and the store at {storage.root} {owner}: point HORACE_DATABASE_URL "
+                "(or --database) at that catalog"
+            ) from None
         raise StoreRefused(
             f"{exc}, and the store at {storage.root} {owner}: point --database at that "
             "catalog (or bring its file back), or, if it is lost for good, "

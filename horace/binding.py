@@ -104,6 +104,28 @@ def decide(
     return Decision(Verdict.BIND)
 
 
+def check_adoption(store: StoreState, root: str, named: bool) -> None:
+    """Refuse an adoption that falls back on the default catalog (no ``--database``, no
+    ``HORACE_DATABASE_URL``) of a store whose catalog is another one: the operator who
+    forgot the variable would bind an empty catalog, and the history, in the catalog not
+    named, would be orphaned and collected. A catalog that takes the lost one's place
+    is named."""
+    if named or not bound_elsewhere(store):
+        return
+    recorded = store.catalog_url or store.catalog_place
+    raise StoreRefused(
+        f"the store at {root} is bound to the catalog {recorded}, and no catalog was named: "
+        "point HORACE_DATABASE_URL (or --database) at it. If it is lost for good, "
+        "`horace init --adopt --database URL` binds the empty catalog at URL in its place "
+        "(the default one too, named: sqlite:///<storage>/.horace/catalog.db)"
+    )
+
+
+def bound_elsewhere(store: StoreState) -> bool:
+    """Is the store bound to a catalog other than the SQLite one inside it?"""
+    return store.store_id is not None and not _same_place(store, store.own_catalog_place)
+
+
 def _same_place(store: StoreState, found: str | None) -> bool:
     """Whether the catalog found where its tables are (:attr:`CatalogIdentity.place`) is
     the one the store recorded. A store that recorded none (made before places were) takes

@@ -263,8 +263,14 @@ def test_the_cli_refuses_the_wrong_catalog_and_history_survives(tmp_path: Path, 
         done = run(wrong, *args)
         assert done.returncode == Exit.STORE, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and str(root) in done.stderr
-        assert "point --database at that catalog" in done.stderr and "init --adopt" in done.stderr
-    assert not (root / ".horace/catalog.db").exists() or database_url.endswith("catalog.db")
+        # The catalog it was made with is named; adopting a new one is not offered in passing.
+        assert "point HORACE_DATABASE_URL (or --database) at that catalog" in done.stderr, done.stderr
+        assert "adopt" not in done.stderr
+    # Nor taken: the default catalog is not adopted in place of the one the store names.
+    adopted = run(wrong, "init", "--adopt")
+    assert adopted.returncode == Exit.STORE, adopted.stderr
+    assert "no catalog was named" in adopted.stderr and "--adopt --database URL" in adopted.stderr
+    assert not (root / ".horace/catalog.db").exists()
     done = run(right, "restore", "user/notes.md", "v1")  # as `info --versions` shows it
     assert done.returncode == 0, done.stderr
     assert (root / "files/user/notes.md").read_text() == "first"
