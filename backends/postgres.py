@@ -1270,7 +1270,9 @@ class _Hop:
                 raise BackendUnavailable(refused) from None
             if _is_unavailable(exc):
                 detail = str(exc) or type(exc).__name__
-                if _DETACHED in detail or _is_stale(exc):  # (asyncpg's words for it)
+                # (asyncpg's words for it: "released back to the pool", "cannot call
+                # Transaction.__aexit__(): the underlying connection is closed", ...)
+                if _DETACHED in detail or "connection is closed" in detail or _is_stale(exc):
                     detail = "its connection was lost"
                 raise BackendUnavailable(f"PostgreSQL at {self.where} is unavailable: {detail}") from exc
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):

@@ -1776,6 +1776,12 @@ async def test_a_connection_the_server_dropped_is_said_plainly(pg_url: str) -> N
             "cannot switch to state 12; another operation (2) is in progress"
         )
 
+    async def closed_under_a_transaction() -> None:  # (the database dropped mid-scan)
+        raise asyncpg.exceptions.InterfaceError(
+            "cannot call Transaction.__aexit__(): the underlying connection is closed"
+        )
+
     async with open_postgres(pg_url) as backend:
-        with pytest.raises(BackendUnavailable, match=r"is unavailable: its connection was lost$"):
-            await backend._hop(dropped)
+        for fails in (dropped, closed_under_a_transaction):
+            with pytest.raises(BackendUnavailable, match=r"is unavailable: its connection was lost$"):
+                await backend._hop(fails)
