@@ -459,9 +459,20 @@ class Storage:
         except OSError as exc:
             if exc.errno in STORAGE_ERRNOS:  # (a storage error, as for a store made already)
                 raise
+            # A file where a folder of the layout goes: named, not the folder in it that
+            # could not be made.
+            where = str(exc.filename) if exc.filename else ""
+            if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+                in_the_way = [
+                    p for p in (self.files, self.private, self.objects) if p.exists() and not p.is_dir()
+                ]
+                if in_the_way:
+                    raise StorageUnusable(
+                        f"cannot create the store at {self.root}: {in_the_way[0]} is a file, not a folder"
+                    ) from None
             raise StorageUnusable(
                 f"cannot create the store at {self.root}: {exc.strerror or exc}"
-                + (f" ({exc.filename})" if exc.filename else "")
+                + (f" ({where})" if where else "")
             ) from None
         for writable in (self.tmp, self.files):
             if not os.access(writable, os.W_OK):

@@ -284,6 +284,15 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
             line = one_line_error(horace(command, env={**root, name: value}), Exit.CONFIG, name, *words)
             assert "s3cret" not in line
     one_line_error(horace("serve", "--storage", "/etc/passwd"), Exit.CONFIG, "not a folder")
+    for in_the_way in ("files", ".horace"):  # a file where a folder of the layout goes: named
+        blocked = tmp_path / f"blocked-{in_the_way}"
+        write(blocked / in_the_way, "a file")
+        one_line_error(
+            horace("init", "--storage", str(blocked)),
+            Exit.CONFIG,
+            f"{blocked / in_the_way} is a file, not a folder",
+        )
+        assert (blocked / in_the_way).read_text() == "a file"
     one_line_error(horace("search", "--database", "mysql://x", env=root), Exit.CONFIG, "--database:")
     # A storage root that cannot be created (sysfs refuses even root): a storage error, as
     # for a read-only or forbidden store made already.
