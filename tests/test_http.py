@@ -920,6 +920,15 @@ async def test_an_idle_session_ends_and_its_id_is_then_unknown(
             await trio.sleep(1000)  # a call under way: not idle, however long
             assert admission.sessions == 1
             tool.release.set()
+        # A client that listens (a GET stream open, getting keep-alives) is there too,
+        # however long; its idle time runs from the stream's end.
+        listening = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        await listening.send(listening.request_bytes("GET", headers=client.headers("text/event-stream")))
+        assert (await listening.next_event()).status_code == 200
+        await trio.sleep(1000)
+        assert admission.sessions == 1
+        await listening.aclose()
+        await eventually(lambda: http_session(running, client).listening == 0, "the stream to end")
         finished = trio.current_time()
         await eventually(lambda: admission.sessions == 0, "the session to end", timeout=400, every=0.5)
         assert 300 <= trio.current_time() - finished < 302

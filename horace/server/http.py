@@ -378,6 +378,7 @@ class StreamableHttp:
                 await conn.end_stream()
         finally:
             session.listening -= 1
+            session.touch()  # (its idle time runs from the stream's end)
 
     async def _delete(self, conn: HttpConnection, request: Request) -> None:
         session = self._session(request, draining_ok=True)

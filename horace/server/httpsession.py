@@ -9,8 +9,9 @@ before its reply goes on its own answer, never on another request's.
 
 How a session ends:
 
-- ``DELETE`` from the client, or ``idle_timeout`` with no request and no call running
-  (an open GET stream does not count: it asks for nothing): its calls are cancelled
+- ``DELETE`` from the client, or ``idle_timeout`` with no request, no call running and
+  no GET stream open (a client that listens is there, as a WebSocket client that sends
+  pings is; the stream's keep-alives find it gone): its calls are cancelled
   and answer nothing (:meth:`McpSession.cancel_all`), its id is forgotten (answered 404
   from then on), its session slot goes back;
 - its slot taken back for a new session when every slot is taken (``reclaimable``: the
@@ -221,10 +222,10 @@ class HttpSession:
         timeout = self.settings.idle_timeout
         while True:
             quiet_since = self.quiet_since
-            busy = self.session.inflight > 0
+            busy = self.session.inflight > 0 or self.listening > 0
             if not busy and trio.current_time() >= quiet_since + timeout:
                 break
-            # Busy: look again once the calls could have finished.
+            # Busy: look again once the calls (or the streams) could have finished.
             with trio.move_on_at(trio.current_time() + timeout if busy else quiet_since + timeout):
                 await self._draining.wait()
             if self._draining.is_set():
