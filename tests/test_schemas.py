@@ -55,6 +55,12 @@ def test_every_tool_is_described_whole(name: str) -> None:
     assert "correlation_id" in output["required"] and set(output["required"]) <= set(output["properties"])
 
 
+def test_the_tools_that_can_remove_a_working_copy_say_they_are_destructive() -> None:
+    """A client that asks before a destructive tool asks before either way of deleting."""
+    for name in ("horace_delete_file", "horace_update_file"):  # (update: status deleted)
+        assert TOOLS[name].describe()["annotations"]["destructiveHint"] is True, name
+
+
 @pytest.mark.parametrize("name", sorted(ONE_FILE))
 def test_a_tool_on_one_file_takes_its_id_or_its_path(name: str) -> None:
     tool = TOOLS[name]

@@ -611,10 +611,12 @@ TOOLS: dict[str, Tool] = {
             "horace_update_file",
             "Update a file",
             "Change a file's metadata: only the fields listed may change. By default the working "
-            "file is checked first and versioned if it changed.",
+            "file is checked first and versioned if it changed. A status of archived or deleted "
+            "removes the working copy, as horace_delete_file does.",
             UpdateArgs,
             UpdateResult,
             update_file,
+            destructive=True,  # (a status change removes the working copy)
         ),
         Tool(
             "horace_restore_version",
