@@ -956,6 +956,11 @@ async def test_token_and_origin(settings: Settings) -> None:
             assert error_of(evil)["message"].startswith("origin 'https://evil.example' is not allowed")
             for origin in ("https://ok.example", "http://localhost:3000"):
                 assert (await client.post(INITIALIZE, origin=origin, **token)).status_code == 200
+            for scheme in ("bearer", "BEARER", "Bearer  "):  # the scheme in any case (RFC 9110)
+                said = {"authorization": f"{scheme} s3cret"}
+                assert (await client.post(INITIALIZE, **said)).status_code == 200, scheme
+            for wrong in ("Basic s3cret", "Bearers3cret", "Bearer s3cret2", "Bearer"):
+                assert (await client.post(INITIALIZE, authorization=wrong)).status_code == 401, wrong
         async with connect(running.http_url, headers=token) as client:
             assert (await client.request("ping"))["result"] == {}
             bare = {k: v for k, v in client.headers().items()}

@@ -206,7 +206,9 @@ def authorized(headers: Mapping[bytes, bytes], token: str | None, *, websocket: 
     if not token:
         return True
     expected = token.encode()
-    if hmac.compare_digest(headers.get(b"authorization", b""), b"Bearer " + expected):
+    scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+    # The scheme in any case (RFC 9110 11.1): "bearer" is Bearer.
+    if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(b" "), expected):
         return True
     if websocket:
         offered = subprotocol_token(headers.get(b"sec-websocket-protocol", b""))
