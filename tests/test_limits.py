@@ -557,6 +557,12 @@ async def test_a_long_progress_token_is_refused(limited: RunningHorace) -> None:
         assert error["code"] == -32602 and f"longer than {MAX_PROGRESS_TOKEN_CHARS}" in error["message"]
         params["_meta"] = {"progressToken": "t" * MAX_PROGRESS_TOKEN_CHARS}
         assert "result" in await client.request("tools/call", params)
+        for token in ({"a": 1}, [1], True, 1.5):  # MCP: a string or an integer
+            params["_meta"] = {"progressToken": token}
+            error = (await client.request("tools/call", params))["error"]
+            assert error["code"] == -32602 and "a string or an integer" in error["message"], token
+        params["_meta"] = {"progressToken": 7}
+        assert "result" in await client.request("tools/call", params)
 
 
 async def test_a_long_correlation_id_is_refused_and_never_stored(limited: RunningHorace) -> None:

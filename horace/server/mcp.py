@@ -501,6 +501,12 @@ class McpSession:
         if tool is None:
             raise RpcError(INVALID_PARAMS, f"unknown tool: {name}", {"correlation_id": correlation_id})
         token = meta.get("progressToken")
+        if token is not None and (type(token) is not int and not isinstance(token, str)):
+            raise RpcError(  # (MCP: a string or an integer; what notifications echo)
+                INVALID_PARAMS,
+                "progressToken must be a string or an integer",
+                {"correlation_id": correlation_id},
+            )
         if isinstance(token, str) and len(token) > MAX_PROGRESS_TOKEN_CHARS:
             raise RpcError(
                 INVALID_PARAMS,
