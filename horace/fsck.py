@@ -462,6 +462,20 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     return await _put_back(catalog, path, "a working file caught outside files/ by a crash", file)
 
 
+def _holder(storage: Storage, file_id: str) -> int | None:
+    """The process, still running, that holds the working file of *file_id* in
+    ``.horace/tmp`` (moved out to be versioned, for a delete or a restore), if any."""
+    for _, name in storage.walk_temps():
+        if (
+            name is not None
+            and name.kind is TempKind.HELD
+            and name.extra == file_id.replace("-", "")
+            and name.owner_alive() is not False
+        ):
+            return name.pid
+    return None
+
+
 async def _held_for(catalog: Catalog, name: TempName | None) -> FileRecord | None:
     """The file a held temp's name says it was moved out for, if it is catalogued."""
     if name is None or name.kind is not TempKind.HELD:
@@ -578,7 +592,17 @@ async def _file(
     elif gone:
         repaired = False
         detail = "the active file's working copy is missing"
-        if repair and objects_ok.get(file.checksum, False):
+        holder = await in_thread(_holder, storage, file.id) if repair else None
+        if holder is not None:
+            # Moved out by a process still seen running (a SIGKILL's exit not done yet): its
+            # content, newer than the current version maybe, goes back once it has ended,
+            # by the next fsck (or start); written back now, it would land beside the
+            # current version, as name.recovered-N.
+            detail += (
+                f": held in .horace/tmp by process {holder}, still running; not written back "
+                "(the next fsck puts the held content back once that process has ended)"
+            )
+        elif repair and objects_ok.get(file.checksum, False):
             written = await in_thread(storage.create_working, file.file_path, file.checksum, file.id)
             # A file that appeared there meanwhile stays, untouched: it is back, after all.
             # Anything else (a folder) is not the working copy, and stays found.

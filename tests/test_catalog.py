@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 from helpers import sha256, write
 
 import horace.server.tools as tools
@@ -25,6 +26,7 @@ from horace.config import Settings
 from horace.fsck import fsck, verify
 from horace.model import ErrorCode, HoraceError, NewFile
 from horace.server.tools import TOOLS, CallContext
+from horace.storage import TMP_PREFIX, TempKind, TempName, temp_name
 
 
 async def objects_of(catalog: Catalog, file_id: str) -> dict[int, bytes]:
@@ -814,6 +816,36 @@ async def test_one_repair_restores_a_file_without_versions_or_working_copy(
         ("working_missing", True),
     }
     assert path.read_text() == "kept as an object only"
+    assert (await fsck(catalog, deep=True)).clean
+
+
+async def test_a_working_copy_another_process_still_holds_is_not_written_back(
+    catalog: Catalog, files: Path
+) -> None:
+    """A delete SIGKILLed while it versions the working file (moved into .horace/tmp) may
+    still be ending, its lock gone, when a repair runs: the current version is not written
+    over the path, and once the process has ended, the held content (newer) goes back."""
+    path = write(files / "user/w.txt", "version 1")
+    file = (await catalog.register("user/w.txt")).file
+    path.write_text("unsaved, newer")
+    ending = await trio.lowlevel.open_process(["sleep", "60"])  # the process still seen running
+    try:
+        own = TempName.parse(temp_name(TempKind.HELD, "x"))
+        assert own is not None
+        held = catalog.storage.tmp / (
+            f"{TMP_PREFIX}{TempKind.HELD.value}.{own.host}.{ending.pid}.0a1b2c.{file.id.replace('-', '')}"
+        )
+        os.rename(path, held)
+        report = await fsck(catalog, repair=True)
+        (missing,) = [f for f in report.findings if f.kind == "working_missing"]
+        assert not missing.repaired and f"held in .horace/tmp by process {ending.pid}" in missing.detail
+        assert not path.exists() and held.read_text() == "unsaved, newer"
+    finally:
+        ending.kill()
+        await ending.wait()
+    await fsck(catalog, repair=True)  # its process gone: the held content goes back
+    assert path.read_text() == "unsaved, newer"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["w.txt"]  # no .recovered-N beside
     assert (await fsck(catalog, deep=True)).clean
 
 
