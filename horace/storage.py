@@ -824,8 +824,9 @@ class Storage:
             return False
 
     @contextlib.contextmanager
-    def _no_writer_comes(self, dfd: int, name: str) -> Iterator[Callable[[], bool]]:
-        """Hold a read lease on the file at *name* while it is moved or swapped away:
+    def _no_writer_comes(self, dfd: int, name: str, rel: str) -> Iterator[Callable[[], bool]]:
+        """Hold a read lease on the file at *name* (*rel*, for messages) while it is moved
+        or swapped away:
         ``FILE_LOCKED`` when a process has it open for writing already; the function
         yielded says afterwards whether one tried to open it meanwhile. (Its open waits
         for the lease, on the file it found at *name*: the caller puts that file back,
@@ -844,7 +845,7 @@ class Storage:
                 except BlockingIOError:
                     raise HoraceError(
                         ErrorCode.FILE_LOCKED,
-                        f"{name!r} is open for writing by another process: try again once it is closed",
+                        f"{rel!r} is open for writing by another process: try again once it is closed",
                     ) from None
 
             def writer_came() -> bool:
@@ -1117,7 +1118,10 @@ class Storage:
         written = FileIdentity.of(os.stat(held, follow_symlinks=False))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
-            with self._parent_fd(rel, create=True) as (dfd, name), self._no_writer_comes(dfd, name) as came:
+            with (
+                self._parent_fd(rel, create=True) as (dfd, name),
+                self._no_writer_comes(dfd, name, rel) as came,
+            ):
                 swapped = self._swap_in(tmp_fd, held.name, dfd, name, expected)
                 if swapped and came():
                     # A writer opened the file being swapped out: it goes back, with the
@@ -1216,7 +1220,7 @@ class Storage:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
                     return None
-                with self._no_writer_comes(dfd, name) as came:
+                with self._no_writer_comes(dfd, name, rel) as came:
                     os.rename(name, held.name, src_dir_fd=dfd, dst_dir_fd=tmp_fd)
                     if came():  # a writer opened it meanwhile: back it goes
                         try:

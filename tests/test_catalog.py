@@ -310,6 +310,9 @@ async def test_a_file_open_for_writing_is_not_moved_out_from_under_its_writer(
             with pytest.raises(HoraceError) as refused:
                 await change
             assert refused.value.code is ErrorCode.FILE_LOCKED and "open for writing" in refused.value.message
+        with pytest.raises(HoraceError) as refused:  # the storage's own check says the same
+            catalog.storage.take_working("user/log.txt", file.id)
+        assert refused.value.message.startswith("'user/log.txt' is open for writing"), refused.value.message
         writer.write("line 3\n")
     assert path.read_text() == "line 1\nline 2\nline 3\n"
     restored = await catalog.restore(file.id, 1)
