@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -167,7 +168,9 @@ async def _bound_backend(
         if state.catalog_place is None and identity.place is not None and state.store_id is not None:
             # A store from before places were recorded: the catalog it meets first is its own.
             with trio.CancelScope(shield=True):
-                await in_thread(storage.write_identity, state.store_id, redact_url(url), identity.place)
+                await in_thread(
+                    storage.write_identity, state.store_id, redact_url(url), identity.place, state.adopted_at
+                )
         return backend, state.store_id
     store_id = decision.store_id or str(uuid.uuid4())
     if decision.verdict is Verdict.BIND:
@@ -176,8 +179,12 @@ async def _bound_backend(
         old_id, store_id = store_id, str(uuid.uuid4())
         if not await backend.rebind(old_id, store_id, str(storage.root), utcnow()):
             raise StoreRefused(f"the catalog {redact_url(url)} was bound anew meanwhile: try again")
+    # An adopted catalog leaves the objects written before it to the lost one's history:
+    # the collector never takes them (Catalog.predates_adoption).
+    adopted = adopt and decision.verdict in (Verdict.BIND, Verdict.REBIND)
+    adopted_at = time.time() if adopted else state.adopted_at
     with trio.CancelScope(shield=True):
-        await in_thread(storage.write_identity, store_id, redact_url(url), identity.place)
+        await in_thread(storage.write_identity, store_id, redact_url(url), identity.place, adopted_at)
     if decision.verdict is Verdict.COMPLETE:
         log.warning(
             "the store at %s had no record of its catalog; written again from the catalog's",

@@ -306,6 +306,7 @@ class Catalog:
         self.policy = policy
         self.clock = clock
         self.store_id = store_id  # the identity the pair was bound under (None: unbound)
+        self.adopted_at: float | None = None  # the store's record, as ensure_bound last read it
 
     # -- shared steps -------------------------------------------------------------------
 
@@ -318,6 +319,7 @@ class Catalog:
         if self.store_id is None:
             return
         state = await in_thread(self.storage.state)
+        self.adopted_at = state.adopted_at
         if state.store_id != self.store_id:
             now = f"bound to catalog {state.store_id}" if state.store_id else "without its store.json"
             raise StoreRefused(
@@ -1506,7 +1508,7 @@ class Catalog:
         released = await in_thread(self.storage.released_marks)
         now = time.time()
         objects = await in_thread(lambda: list(self.storage.walk_objects()))
-        due = [name for name, st in objects if self.collectable(now - st.st_mtime, name in released)]
+        due = [name for name, st in objects if self.collectable(st.st_mtime, name in released, now)]
         unreferenced: list[str] = []
         for chunk in _slices(due, SCAN_BATCH):
             unreferenced += await self.backend.unreferenced(chunk)
@@ -1521,7 +1523,7 @@ class Catalog:
             if entries is None:
                 continue  # damaged: fsck says so, and nothing takes it
             packed.update(entries)
-            due_all = all(self.collectable(now - st.st_mtime, c in released) for c in entries)
+            due_all = all(self.collectable(st.st_mtime, c in released, now) for c in entries)
             if due_all and await self.none_referenced(list(entries)):
                 dead.append((name, list(entries)))
         if dead:
@@ -1555,12 +1557,26 @@ class Catalog:
                 return False
         return True
 
-    def collectable(self, age: float, released: bool) -> bool:
-        """May an object no version row refers to, *age* seconds old, be collected? One
-        the catalog let go of (*released*) once past the grace period; any other once
-        past the deleted files' retention too."""
+    def collectable(
+        self, written: float, released: bool, now: float, *, forget_adopted: bool = False
+    ) -> bool:
+        """May an object no version row refers to, *written* at that time, be collected?
+        One the catalog let go of (*released*) once past the grace period; any other once
+        past the deleted files' retention too; never one written before this catalog was
+        adopted (:meth:`predates_adoption`), unless *forget_adopted*."""
+        if self.predates_adoption(written) and not forget_adopted:
+            return False
         grace = self.policy.gc_grace_seconds
+        age = now - written
         return age >= (grace if released else max(grace, self.policy.deleted_retention.total_seconds()))
+
+    def predates_adoption(self, written: float) -> bool:
+        """Was an object written before this catalog was adopted (as the store's record
+        says, read again before each collection: :meth:`ensure_bound`)? Such an object
+        is the lost catalog's history, or that of versions newer than the dump adopted:
+        no row of this catalog refers to it, and it is kept for good (`horace fsck
+        --repair --forget-adopted` collects it)."""
+        return self.adopted_at is not None and written < self.adopted_at
 
     async def let_go(self, checksums: Sequence[str]) -> None:
         """The objects of versions retention pruned: marked released, never collected at

@@ -571,9 +571,16 @@ def verify(ctx: click.Context, ref: str | None) -> None:
     is_flag=True,
     help="With --repair: drop old versions whose content is nowhere in the store (lost for good).",
 )
+@click.option(
+    "--forget-adopted",
+    is_flag=True,
+    help="With --repair: collect the objects written before the catalog was adopted (the lost history).",
+)
 @global_options
 @click.pass_context
-def fsck_command(ctx: click.Context, repair: bool, deep: bool, forget_missing: bool) -> None:
+def fsck_command(
+    ctx: click.Context, repair: bool, deep: bool, forget_missing: bool, forget_adopted: bool
+) -> None:
     """Check the catalog against the object store.
 
     Without --repair only what a crash leaves behind is repaired (as at every start).
@@ -581,12 +588,20 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool, forget_missing: b
     """
     from horace.fsck import fsck
 
-    if forget_missing and not repair:
-        raise click.UsageError("--forget-missing is a kind of repair: give --repair with it")
+    for flag, given in (("--forget-missing", forget_missing), ("--forget-adopted", forget_adopted)):
+        if given and not repair:
+            raise click.UsageError(f"{flag} is a kind of repair: give --repair with it")
 
     async def work(c: Catalog) -> Any:
         with _progress(ctx, "fsck") as progress:
-            return await fsck(c, repair=repair, deep=deep, forget_missing=forget_missing, progress=progress)
+            return await fsck(
+                c,
+                repair=repair,
+                deep=deep,
+                forget_missing=forget_missing,
+                forget_adopted=forget_adopted,
+                progress=progress,
+            )
 
     report = _run(ctx, work, check=False)
     _emit(
@@ -604,6 +619,15 @@ def fsck_command(ctx: click.Context, repair: bool, deep: bool, forget_missing: b
                     "in .horace/objects/)"
                     if r.orphans
                     else ""
+                ),
+                *(
+                    [
+                        f"  {r.adopted} of the objects no version refers to were written before the "
+                        "catalog was adopted: the lost catalog's history, kept for good "
+                        "(`horace fsck --repair --forget-adopted` collects them)"
+                    ]
+                    if r.adopted
+                    else []
                 ),
                 *(
                     f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: "

@@ -86,6 +86,9 @@ class FsckReport:
     # older backup than the store has only them left of its newer versions. Not looked
     # for at start.
     orphans: tuple[str, ...] = ()
+    # Of the orphans (released ones too), those written before the catalog was adopted:
+    # the lost catalog's history, kept for good (Catalog.predates_adoption).
+    adopted: int = 0
 
     @property
     def clean(self) -> bool:
@@ -106,12 +109,14 @@ async def fsck(
     deep: bool = False,
     automatic: bool = False,
     forget_missing: bool = False,
+    forget_adopted: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> FsckReport:
     """Check the store against the catalog; see the module docstring for what is
     repaired. *automatic* (the start-up and periodic runs) leaves the objects nobody
     refers to alone: they are the collector's. With *repair*, *forget_missing* drops the
-    rows of old versions whose content is nowhere in the store. A store bound to another
+    rows of old versions whose content is nowhere in the store, and *forget_adopted*
+    collects the objects written before the catalog was adopted. A store bound to another
     catalog since this one opened it is refused first (:meth:`Catalog.ensure_bound`)."""
     await catalog.ensure_bound()
     findings: list[Finding] = []
@@ -190,18 +195,27 @@ async def fsck(
     findings += await _damaged_packs(catalog, damaged, salvaged)
     aged = [] if automatic else await _orphans(catalog, referenced)
     # Pruned or purged versions' objects (released) are the collector's; the others are
-    # kept a retention long, and listed.
+    # kept a retention long, and listed (those from before an adoption, for good).
     released = await in_thread(catalog.storage.released_marks) if aged else set()
-    expired = [name for name, age in aged if catalog.collectable(age, name in released)]
+    now = time.time()
+    expired = [
+        name
+        for name, written in aged
+        if catalog.collectable(written, name in released, now, forget_adopted=forget_adopted)
+    ]
     orphans = sorted(name for name, _ in aged if name not in released)
+    collected: set[str] = set()
     if repair and expired:
-        collected = await catalog.collect(expired)
+        collected = set(await catalog.collect(expired))
         findings += [
             Finding("orphan_object", f"object {name} had no version row: collected", True, subject=name)
-            for name in collected
+            for name in sorted(collected)
         ]
-        orphans = [name for name in orphans if name not in set(collected)]
-    return FsckReport(tuple(findings), len(files), len(versions), len(objects_ok), busy, tuple(orphans))
+        orphans = [name for name in orphans if name not in collected]
+    adopted = sum(1 for name, written in aged if name not in collected and catalog.predates_adoption(written))
+    return FsckReport(
+        tuple(findings), len(files), len(versions), len(objects_ok), busy, tuple(orphans), adopted
+    )
 
 
 async def _damaged_packs(
@@ -779,8 +793,8 @@ def _working_problem(storage: Storage, file: FileRecord) -> tuple[str, str] | No
 
 
 async def _orphans(catalog: Catalog, referenced: set[str]) -> list[tuple[str, float]]:
-    """The objects no version refers to, once past the grace period, with their age in
-    seconds."""
+    """The objects no version refers to, once past the grace period, with when they were
+    written (a pack's entries: when the pack was)."""
     grace = catalog.policy.gc_grace_seconds
     now = time.time()
 
@@ -791,7 +805,7 @@ async def _orphans(catalog: Catalog, referenced: set[str]) -> list[tuple[str, fl
         return found
 
     return [
-        (name, now - mtime)
+        (name, mtime)
         for name, mtime in dict(await in_thread(stored)).items()
         if name not in referenced and now - mtime >= grace
     ]

@@ -201,6 +201,35 @@ async def test_an_empty_catalog_never_adopts_a_store_with_versions_unasked(
             pass
 
 
+async def test_the_history_a_lost_catalog_leaves_is_never_collected_unasked(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> None:
+    """Adopted in place of a lost catalog, a new one refers to none of the store's
+    objects: they are the lost catalog's history, and the store records when the adoption
+    was. The collector (purge, fsck --repair) never takes what was written before, with
+    no retention and no grace left; what the new catalog lets go of later goes as ever;
+    `--forget-adopted` collects the rest."""
+    settings = Settings(
+        storage_path=tmp_path / "root", database_url=database_url, gc_grace=0.0, deleted_retention=0.0
+    )
+    files = settings.storage_path / "files"
+    _, history = await _history(settings, files)
+    adopted = attrs.evolve(settings, database_url=other_database_url)
+    async with open_catalog(adopted, create=True, adopt=True) as catalog:
+        state = await trio.to_thread.run_sync(catalog.storage.state)
+        assert state.adopted_at is not None and state.adopted_at <= time.time()
+        write(files / "user/extra.txt", "after")
+        extra = (await catalog.register("user/extra.txt")).file
+        await catalog.delete(extra.id)
+        await catalog.purge()  # the deleted file's rows and content go, the history stays
+        report = await fsck(catalog, repair=True)
+        assert report.adopted == len(history) == len(report.orphans), report
+        assert history <= objects_on_disk(catalog) and sha256("after") not in objects_on_disk(catalog)
+        forgotten = await fsck(catalog, repair=True, forget_adopted=True)
+        assert {f.subject for f in forgotten.findings if f.kind == "orphan_object"} == history
+        assert not history & objects_on_disk(catalog) and forgotten.adopted == 0
+
+
 @pytest.mark.parametrize("with_versions", [False, True])
 async def test_a_lost_store_record_is_written_again_from_its_catalog(
     tmp_path: Path, database_url: str, with_versions: bool
@@ -296,6 +325,9 @@ async def test_a_copy_of_the_catalog_is_refused_until_adopted(tmp_path: Path) ->
         assert objects <= objects_on_disk(catalog)
     async with open_catalog(copy, create=True, adopt=True) as catalog:  # `horace init --adopt`
         assert (await catalog.get_info(file_id=file_id)).file.current_version == 3
+        # (What was written before it is kept from its collector: versions newer than the
+        # copy are the original's alone.)
+        assert (await trio.to_thread.run_sync(catalog.storage.state)).adopted_at is not None
     with pytest.raises(StoreRefused, match="do not belong together"):
         async with open_catalog(original):
             pass
