@@ -613,21 +613,19 @@ def fsck_command(
                 + ("clean" if r.clean else f"{len(r.findings)} findings")
                 + (f" ({r.busy} files busy, not checked)" if r.busy else "")
                 + (
-                    f"; {len(r.orphans)} objects no version refers to, kept until "
+                    f"; {len(r.orphans) - r.adopted} objects no version refers to, kept until "
                     "HORACE_DELETED_RETENTION has passed (left by a crash or by concurrent scans; "
                     "or versions newer than a catalog restored from a backup: their content is "
                     "in .horace/objects/)"
-                    if r.orphans
+                    if len(r.orphans) > r.adopted
                     else ""
-                ),
-                *(
-                    [
-                        f"  {r.adopted} of the objects no version refers to were written before the "
-                        "catalog was adopted: the lost catalog's history, kept for good "
-                        "(`horace fsck --repair --forget-adopted` collects them)"
-                    ]
+                )
+                + (
+                    f"; {r.adopted} objects no version refers to written before the catalog was "
+                    "adopted: the lost catalog's history, kept for good (`horace fsck --repair "
+                    "--forget-adopted` collects them)"
                     if r.adopted
-                    else []
+                    else ""
                 ),
                 *(
                     f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: "

@@ -86,8 +86,8 @@ class FsckReport:
     # older backup than the store has only them left of its newer versions. Not looked
     # for at start.
     orphans: tuple[str, ...] = ()
-    # Of the orphans (released ones too), those written before the catalog was adopted:
-    # the lost catalog's history, kept for good (Catalog.predates_adoption).
+    # Of the orphans, those written before the catalog was adopted: the lost catalog's
+    # history, kept for good (Catalog.predates_adoption), released ones too.
     adopted: int = 0
 
     @property
@@ -203,7 +203,8 @@ async def fsck(
         for name, written in aged
         if catalog.collectable(written, name in released, now, forget_adopted=forget_adopted)
     ]
-    orphans = sorted(name for name, _ in aged if name not in released)
+    before = {name for name, written in aged if catalog.predates_adoption(written)}
+    orphans = sorted(name for name, _ in aged if name not in released or name in before)
     collected: set[str] = set()
     if repair and expired:
         collected = set(await catalog.collect(expired))
@@ -212,7 +213,7 @@ async def fsck(
             for name in sorted(collected)
         ]
         orphans = [name for name in orphans if name not in collected]
-    adopted = sum(1 for name, written in aged if name not in collected and catalog.predates_adoption(written))
+    adopted = len(before.intersection(orphans))
     return FsckReport(
         tuple(findings), len(files), len(versions), len(objects_ok), busy, tuple(orphans), adopted
     )
