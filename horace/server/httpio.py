@@ -194,9 +194,8 @@ class HttpConnection:
         headers: Headers = (),
         close: bool = False,
     ) -> None:
-        """A whole answer (its head alone to a HEAD). The
-        connection closes after it when asked, or when the request's body was left
-        unread."""
+        """A whole answer (its head alone to a HEAD). The connection closes after it
+        when asked, or when the request's body was left unread."""
         close = close or self.h11.their_state is not h11.DONE
         fields = [*headers, *self.answer_headers]
         if body:
