@@ -49,7 +49,8 @@ def decide(
     the new catalog refers to). It also binds a copy of the store's catalog (the same
     identity, in another database or file: a restored dump) under a new identity; without
     it such a copy is refused, as two catalogs serving one store would each collect what
-    only the other refers to.
+    only the other refers to. And it binds again a catalog that was the store's before an
+    adoption (bound to another identity at this very path), found again.
     """
     shown = redact_url(url)
     if adopt and catalog.empty and catalog.store_id is None:
@@ -69,10 +70,21 @@ def decide(
                 "store's catalog from now on (that one is gone or retired), `horace init --adopt` "
                 "binds it under a new identity, after which the other no longer opens the store"
             )
+        if catalog.storage_path == root:
+            if adopt:
+                # The store's catalog before an adoption, found again, made its own once
+                # more: the catalog adopted meanwhile is refused from then on, and what
+                # was written before this adoption is kept (Catalog.predates_adoption).
+                return Decision(Verdict.REBIND, catalog.store_id)
+            again = (
+                ": this catalog was bound to the store at this path before (an adoption since?); "
+                "if it is to be the store's again, `horace init --adopt` binds it"
+            )
+        else:
+            again = _hint(store)
         raise StoreRefused(
             f"the store at {root} (id {store.store_id}) and the catalog {shown} "
-            f"(bound to store {catalog.store_id} at {catalog.storage_path}) do not belong together"
-            + _hint(store)
+            f"(bound to store {catalog.store_id} at {catalog.storage_path}) do not belong together" + again
         )
     if store.store_id is not None:
         raise StoreRefused(

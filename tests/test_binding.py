@@ -54,6 +54,19 @@ async def _history(settings: Settings, files: Path) -> tuple[str, set[str]]:
         return file.id, objects_on_disk(catalog)
 
 
+async def _lost_history(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> tuple[str, set[str], Settings, Settings]:
+    """A store with a history (:func:`_history`) in the catalog at *database_url*, with no
+    retention and no grace (its collector would take any orphan at once); and settings of
+    the same store with the catalog at *other_database_url*, to be adopted in its place."""
+    original = Settings(
+        storage_path=tmp_path / "root", database_url=database_url, gc_grace=0.0, deleted_retention=0.0
+    )
+    file_id, history = await _history(original, original.storage_path / "files")
+    return file_id, history, original, attrs.evolve(original, database_url=other_database_url)
+
+
 async def _restorable(settings: Settings, file_id: str, files: Path) -> None:
     async with open_catalog(settings) as catalog:
         for version, text in ((1, "one"), (2, "two")):
@@ -209,12 +222,8 @@ async def test_the_history_a_lost_catalog_leaves_is_never_collected_unasked(
     was. The collector (purge, fsck --repair) never takes what was written before, with
     no retention and no grace left; what the new catalog lets go of later goes as ever;
     `--forget-adopted` collects the rest."""
-    settings = Settings(
-        storage_path=tmp_path / "root", database_url=database_url, gc_grace=0.0, deleted_retention=0.0
-    )
-    files = settings.storage_path / "files"
-    _, history = await _history(settings, files)
-    adopted = attrs.evolve(settings, database_url=other_database_url)
+    _, history, _, adopted = await _lost_history(tmp_path, database_url, other_database_url)
+    files = adopted.storage_path / "files"
     async with open_catalog(adopted, create=True, adopt=True) as catalog:
         state = await trio.to_thread.run_sync(catalog.storage.state)
         assert state.adopted_at is not None and state.adopted_at <= time.time()
@@ -228,6 +237,31 @@ async def test_the_history_a_lost_catalog_leaves_is_never_collected_unasked(
         forgotten = await fsck(catalog, repair=True, forget_adopted=True)
         assert {f.subject for f in forgotten.findings if f.kind == "orphan_object"} == history
         assert not history & objects_on_disk(catalog) and forgotten.adopted == 0
+
+
+async def test_a_lost_catalog_found_again_is_adopted_back_with_its_history(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> None:
+    """The catalog an adoption replaced, found again (bound to the store's old identity,
+    at this path), is refused as before, saying that `--adopt` binds it; adopted, its
+    versions restore from the objects the meantime's collector kept, and the catalog of
+    the meantime is refused, what it wrote kept on disk."""
+    file_id, history, original, meantime = await _lost_history(tmp_path, database_url, other_database_url)
+    files = original.storage_path / "files"
+    async with open_catalog(meantime, create=True, adopt=True) as catalog:
+        write(files / "user/meantime.md", "written meanwhile")
+        await catalog.register("user/meantime.md")
+        await catalog.purge()  # no retention, no grace: the old history is kept all the same
+    with pytest.raises(StoreRefused, match=r"bound to the store at this path before .* --adopt` binds it"):
+        async with open_catalog(original):
+            pass
+    async with open_catalog(original, create=True, adopt=True) as catalog:
+        await catalog.purge()
+        assert history | {sha256("written meanwhile")} <= objects_on_disk(catalog)
+    await _restorable(original, file_id, files)
+    with pytest.raises(StoreRefused, match="do not belong together"):
+        async with open_catalog(meantime):
+            pass
 
 
 @pytest.mark.parametrize("with_versions", [False, True])
