@@ -981,24 +981,24 @@ class Catalog:
         report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         for error in report.errors:
             log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
-        return attrs.evolve(report, missing=missing)
+        return attrs.evolve(report, missing=tuple(sorted(e.file_path for e in missing)))
 
     async def _missing(
         self, rel_under: str | None, found: list[tuple[str, os.stat_result]], index: list[IndexEntry]
-    ) -> tuple[str, ...]:
-        """The active files of *index* under *rel_under* that the walk did not find and
-        that are not there (a name the walk passes over, an editor's temp form, is)."""
+    ) -> list[IndexEntry]:
+        """The active files of *index* under *rel_under* (None: all of files/) that the walk
+        did not find and that are not there (a name the walk passes over, an editor's temp
+        form, is)."""
         walked = {rel for rel, _ in found}
         prefix = f"{rel_under}/" if rel_under else ""
         unseen = [
-            e.file_path
+            e
             for e in index
             if e.status is Status.ACTIVE and e.file_path.startswith(prefix) and e.file_path not in walked
         ]
         if not unseen:
-            return ()
-        gone = await in_thread(lambda: [rel for rel in unseen if self.storage.surely_gone(rel)])
-        return tuple(sorted(gone))
+            return []
+        return await in_thread(lambda: [e for e in unseen if self.storage.surely_gone(e.file_path)])
 
     async def _scan_one(self, rel: str, correlation_id: str | None, progress: Progress | None) -> ScanReport:
         """A scan of one file: it is registered (or versioned, or found a duplicate) as
@@ -1385,9 +1385,7 @@ class Catalog:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
         walked = {rel for rel, _ in found}
         index = await self.backend.working_index()
-        unseen = [e for e in index if e.status is Status.ACTIVE and e.file_path not in walked]
-        # Not walked: gone, or under a name the walk passes over (an editor's temp form).
-        gone = await in_thread(lambda: {e.file_id for e in unseen if self.storage.surely_gone(e.file_path)})
+        gone = {e.file_id for e in await self._missing(None, found, index)}
         vanished = Vanished([f for f in await self.backend.all_files() if f.id in gone] if gone else [])
         moved = 0
         if vanished:
