@@ -164,6 +164,9 @@ async def fsck(
     holders: dict[str, list[str]] = defaultdict(list)
     for f in active:
         holders[f.checksum].append(f.file_path)
+    # Working files a process still seen running holds in .horace/tmp (a SIGKILLed delete
+    # still ending): a repair does not write those back (see _file).
+    held_by = await in_thread(_holders, catalog.storage) if repair and suspects else {}
     busy = 0
     for file in suspects:
         try:
@@ -179,6 +182,7 @@ async def fsck(
                     rows,
                     objects_ok,
                     holders,
+                    held_by,
                     repair=repair,
                     deep=deep,
                     forget_missing=forget_missing,
@@ -477,29 +481,21 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     return await _put_back(catalog, path, "a working file caught outside files/ by a crash", file)
 
 
-def _holder(storage: Storage, file_id: str) -> int | None:
-    """The process, still running, that holds the working file of *file_id* in
-    ``.horace/tmp`` (moved out to be versioned, for a delete or a restore), if any."""
+def _holders(storage: Storage) -> dict[str, int]:
+    """The processes, still running, that hold a working file in ``.horace/tmp`` (moved
+    out to be versioned, for a delete or a restore), by the file's id."""
+    found = {}
     for _, name in storage.walk_temps():
-        if (
-            name is not None
-            and name.kind is TempKind.HELD
-            and name.extra == file_id.replace("-", "")
-            and name.owner_alive() is not False
-        ):
-            return name.pid
-    return None
+        file_id = name.held_file_id() if name is not None else None
+        if name is not None and file_id is not None and name.owner_alive() is not False:
+            found[file_id] = name.pid
+    return found
 
 
 async def _held_for(catalog: Catalog, name: TempName | None) -> FileRecord | None:
     """The file a held temp's name says it was moved out for, if it is catalogued."""
-    if name is None or name.kind is not TempKind.HELD:
-        return None
-    try:
-        file_id = str(uuid.UUID(name.extra))
-    except ValueError:
-        return None
-    return await catalog.backend.file_by_id(file_id)
+    file_id = name.held_file_id() if name is not None else None
+    return await catalog.backend.file_by_id(file_id) if file_id is not None else None
 
 
 async def _put_back(catalog: Catalog, path: Path, what: str, file: FileRecord | None) -> Finding:
@@ -536,13 +532,15 @@ async def _file(
     rows: list[VersionRecord],
     objects_ok: dict[str, bool],
     holders: Mapping[str, list[str]],
+    held_by: Mapping[str, int],
     *,
     repair: bool,
     deep: bool,
     forget_missing: bool,
 ) -> list[Finding]:
     """The findings about one file, looked at under its write lock; a lost object is
-    looked for in its working copy, then in those of *holders* (paths by checksum)."""
+    looked for in its working copy, then in those of *holders* (paths by checksum).
+    *held_by*: the processes still running that hold working files, by file id."""
     storage = catalog.storage
     found: list[Finding] = []
 
@@ -607,7 +605,7 @@ async def _file(
     elif gone:
         repaired = False
         detail = "the active file's working copy is missing"
-        holder = await in_thread(_holder, storage, file.id) if repair else None
+        holder = held_by.get(file.id)
         if holder is not None:
             # Moved out by a process still seen running (a SIGKILL's exit not done yet): its
             # content, newer than the current version maybe, goes back once it has ended,

@@ -36,6 +36,7 @@ import socket
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -102,6 +103,15 @@ class TempName:
         try:
             kind, host, pid, _rand, *extra = parts
             return cls(TempKind(kind), host, int(pid), extra[0] if extra else "")
+        except ValueError:
+            return None
+
+    def held_file_id(self) -> str | None:
+        """The id of the file a HELD temp holds the working copy of (None: another kind)."""
+        if self.kind is not TempKind.HELD:
+            return None
+        try:
+            return str(uuid.UUID(self.extra))
         except ValueError:
             return None
 
@@ -512,6 +522,11 @@ class Storage:
         for folder in made:
             with contextlib.suppress(OSError):  # not empty (or gone): kept
                 folder.rmdir()
+
+    def _held_path(self, file_id: str) -> Path:
+        """Where a working file moved out of files/ waits (its name says whose: see
+        :meth:`TempName.held_file_id`)."""
+        return self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
 
     @_storage_full
     def write_identity(
@@ -1082,7 +1097,7 @@ class Storage:
                 raise
             finally:
                 os.close(source)
-        held = self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
+        held = self._held_path(file_id)
         os.rename(part, held)
         return held
 
@@ -1226,7 +1241,7 @@ class Storage:
         What holds the path now, when it is no regular file (a folder, a symlink, a FIFO
         put there since), is not the catalogued file and is never moved: the file is gone.
         """
-        held = self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
+        held = self._held_path(file_id)
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel) as (dfd, name):
