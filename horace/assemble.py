@@ -147,15 +147,13 @@ async def _bound_backend(
         if settings.database_url is None and bound_elsewhere(state):
             # The default catalog, missing, of a store made with another: the variable was
             # forgotten. Its own catalog is named, and adopting is not offered in passing.
-            raise StoreRefused(
-                f"{exc}, and the store at {storage.root} {owner}: point HORACE_DATABASE_URL "
-                "(or --database) at that catalog"
-            ) from None
-        raise StoreRefused(
-            f"{exc}, and the store at {storage.root} {owner}: point --database at that "
-            "catalog (or bring its file back), or, if it is lost for good, "
-            "`horace init --adopt` makes a new one"
-        ) from None
+            advice = "point HORACE_DATABASE_URL (or --database) at that catalog"
+        else:
+            advice = (
+                "point --database at that catalog (or bring its file back), or, if it is lost "
+                "for good, `horace init --adopt` makes a new one"
+            )
+        raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}: {advice}") from None
     identity = await backend.identity()
     decision = decide(state, identity, str(storage.root), url, adopt=adopt)
     if read_only:

@@ -115,9 +115,16 @@ def _enum(value: Any, kind: type[enum.Enum]) -> Any:
 strict.register_structure_hook(enum.StrEnum, _enum)
 
 
-def _mapping(value: Any, _: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+def _object(value: Any) -> Mapping[str, Any]:
+    """*value*, a JSON object; or said in JSON's words what it is instead."""
+    if not isinstance(value, Mapping):
         raise TypeError(f"expected an object, got {json_kind(value)}")
+    return value
+
+
+def _mapping(value: Any, _: Any) -> dict[str, Any]:
+    if not all(isinstance(k, str) for k in _object(value)):
+        raise TypeError("expected an object")
     return dict(value)
 
 
@@ -144,9 +151,7 @@ def _record(kind: type) -> Any:
     structure_fields: Any = make_dict_structure_fn(kind, strict, _cattrs_forbid_extra_keys=True)
 
     def hook(value: Any, _: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected an object, got {json_kind(value)}")
-        return structure_fields(value, kind)
+        return structure_fields(_object(value), kind)
 
     return hook
 
@@ -163,9 +168,7 @@ def _with_the_rest(kind: type) -> Any:
     structure_named: Any = make_dict_structure_fn(kind, strict, _cattrs_forbid_extra_keys=True, **overrides)
 
     def hook(value: Any, _: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected an object, got {json_kind(value)}")
-        known = {k: v for k, v in value.items() if k in named}
+        known = {k: v for k, v in _object(value).items() if k in named}
         others = {k: v for k, v in value.items() if k not in named}
         if not all(isinstance(k, str) for k in others):
             raise TypeError("expected an object")

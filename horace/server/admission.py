@@ -179,7 +179,7 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     if origin is None or origin in allowed or "*" in allowed:
         return True
     host = urlsplit(origin).hostname or ""
-    return host in ("localhost", "127.0.0.1", "::1")
+    return host in LOOPBACK_NAMES
 
 
 def access_refusal(
