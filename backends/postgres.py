@@ -1139,8 +1139,14 @@ async def _identity(conn: Conn) -> CatalogIdentity:
     if not files:
         return CatalogIdentity(None, None, empty=True, place=place)
     empty = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM horace_files)")
-    row = await conn.fetchrow("SELECT store_id::text, storage_path FROM horace_store") if store else None
-    return CatalogIdentity(row[0] if row else None, row[1] if row else None, bool(empty), place)
+    row = (
+        await conn.fetchrow("SELECT store_id::text, storage_path, bound_at FROM horace_store")
+        if store
+        else None
+    )
+    if row is None:
+        return CatalogIdentity(None, None, bool(empty), place)
+    return CatalogIdentity(row[0], row[1], bool(empty), place, row[2])
 
 
 _BIND = (

@@ -192,6 +192,9 @@ class CatalogIdentity:
     # Where the catalog's tables are, as the database says (the SQLite file's real path; the
     # PostgreSQL database and schema): what tells a copy of it from itself.
     place: str | None = None
+    # When it was bound to that store (made its catalog, or adopted): whatever the store
+    # held before is not this catalog's history.
+    bound_at: datetime | None = None
 
 
 @frozen

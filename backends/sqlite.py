@@ -1155,11 +1155,13 @@ def _identity(conn: sqlite3.Connection) -> CatalogIdentity:
         return CatalogIdentity(None, None, empty=True)
     (empty,) = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM horace_files)").fetchone()
     row = (
-        conn.execute("SELECT store_id, storage_path FROM horace_store").fetchone()
+        conn.execute("SELECT store_id, storage_path, bound_at FROM horace_store").fetchone()
         if ("horace_store" in tables)
         else None
     )
-    return CatalogIdentity(row[0] if row else None, row[1] if row else None, bool(empty))
+    if row is None:
+        return CatalogIdentity(None, None, bool(empty))
+    return CatalogIdentity(row[0], row[1], bool(empty), bound_at=_dt(row[2]))
 
 
 def _bind(conn: sqlite3.Connection, store_id: str, storage_path: str, at: datetime) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 
 import trio
 
@@ -86,7 +86,7 @@ async def open_catalog(
     present = await in_thread(storage.layout_present) if made else set()
     async with AsyncExitStack() as stack:
         try:
-            backend, store_id = await _bound_backend(
+            backend, store_id, bound_at = await _bound_backend(
                 stack, storage, state, settings, create=create, read_only=read_only, adopt=adopt
             )
         except BaseException:
@@ -96,7 +96,9 @@ async def open_catalog(
             raise
         locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
         try:
-            catalog = Catalog(storage, backend, locks, policy_of(settings), store_id=store_id)
+            catalog = Catalog(
+                storage, backend, locks, policy_of(settings), store_id=store_id, bound_at=bound_at
+            )
             start_check = _start_check(check)
             if start_check is StartCheck.FULL and not read_only:
                 log_findings(await fsck(catalog, automatic=True), "at start")
@@ -116,10 +118,10 @@ async def _bound_backend(
     create: bool,
     read_only: bool,
     adopt: bool,
-) -> tuple[Backend, str | None]:
+) -> tuple[Backend, str | None, datetime | None]:
     """The catalog's backend, opened on *stack*, its schema brought up to date (unless
     *read_only*), and bound to the store when it was not (:func:`horace.binding.decide`);
-    and the identity they are bound under."""
+    the identity they are bound under, and since when."""
     url = settings.catalog_url
     if adopt:
         check_adoption(state, str(storage.root), named=settings.database_url is not None)
@@ -159,17 +161,15 @@ async def _bound_backend(
     if read_only:
         # Read-only commands leave the schema as it is: they read only what every schema
         # step has had (files, versions, collections); and they bind nothing.
-        return backend, state.store_id
+        return backend, state.store_id, identity.bound_at
     await in_thread(storage.ensure_layout)
     await backend.migrate()
     if decision.verdict is Verdict.MATCH:
         if state.catalog_place is None and identity.place is not None and state.store_id is not None:
             # A store from before places were recorded: the catalog it meets first is its own.
             with trio.CancelScope(shield=True):
-                await in_thread(
-                    storage.write_identity, state.store_id, redact_url(url), identity.place, state.adopted_at
-                )
-        return backend, state.store_id
+                await in_thread(storage.write_identity, state.store_id, redact_url(url), identity.place)
+        return backend, state.store_id, identity.bound_at
     store_id = decision.store_id or str(uuid.uuid4())
     if decision.verdict is Verdict.BIND:
         store_id = await backend.bind(store_id, str(storage.root), utcnow())
@@ -177,12 +177,8 @@ async def _bound_backend(
         old_id, store_id = store_id, str(uuid.uuid4())
         if not await backend.rebind(old_id, store_id, str(storage.root), utcnow()):
             raise StoreRefused(f"the catalog {redact_url(url)} was bound anew meanwhile: try again")
-    # An adopted catalog leaves the objects written before it to the lost one's history:
-    # the collector never takes them (Catalog.predates_adoption).
-    adopted = adopt and decision.verdict in (Verdict.BIND, Verdict.REBIND)
-    adopted_at = time.time() if adopted else state.adopted_at
     with trio.CancelScope(shield=True):
-        await in_thread(storage.write_identity, store_id, redact_url(url), identity.place, adopted_at)
+        await in_thread(storage.write_identity, store_id, redact_url(url), identity.place)
     if decision.verdict is Verdict.COMPLETE:
         log.warning(
             "the store at %s had no record of its catalog; written again from the catalog's",
@@ -194,7 +190,8 @@ async def _bound_backend(
         storage.root,
         extra={"store_id": store_id, "catalog": redact_url(url)},
     )
-    return backend, store_id
+    # Read again: a BIND that lost a race to another process is bound at that one's time.
+    return backend, store_id, (await backend.identity()).bound_at
 
 
 def _start_check(check: StartCheck | bool) -> StartCheck:

@@ -74,7 +74,7 @@ def decide(
             if adopt:
                 # The store's catalog before an adoption, found again, made its own once
                 # more: the catalog adopted meanwhile is refused from then on, and what
-                # was written before this adoption is kept (Catalog.predates_adoption).
+                # was written before this adoption is kept (Catalog.predates_binding).
                 return Decision(Verdict.REBIND, catalog.store_id)
             again = (
                 ": this catalog was bound to the store at this path before (an adoption since?); "

@@ -299,6 +299,7 @@ class Catalog:
         policy: CatalogPolicy = CatalogPolicy(),
         clock: Callable[[], datetime] = utcnow,
         store_id: str | None = None,
+        bound_at: datetime | None = None,
     ) -> None:
         self.storage = storage
         self.backend = backend
@@ -306,7 +307,8 @@ class Catalog:
         self.policy = policy
         self.clock = clock
         self.store_id = store_id  # the identity the pair was bound under (None: unbound)
-        self.adopted_at: float | None = None  # the store's record, as ensure_bound last read it
+        # When the pair was bound (the catalog made, or adopted): see predates_binding.
+        self.bound_at = None if bound_at is None else bound_at.timestamp()
 
     # -- shared steps -------------------------------------------------------------------
 
@@ -319,7 +321,6 @@ class Catalog:
         if self.store_id is None:
             return
         state = await in_thread(self.storage.state)
-        self.adopted_at = state.adopted_at
         if state.store_id != self.store_id:
             now = f"bound to catalog {state.store_id}" if state.store_id else "without its store.json"
             raise StoreRefused(
@@ -1561,20 +1562,20 @@ class Catalog:
         """May an object no version row refers to, *written* at that time, be collected?
         One the catalog let go of (*released*) once past the grace period; any other once
         past the deleted files' retention too; never one written before this catalog was
-        adopted (:meth:`predates_adoption`), unless *forget_adopted*."""
-        if self.predates_adoption(written) and not forget_adopted:
+        bound to the store (:meth:`predates_binding`), unless *forget_adopted*."""
+        if self.predates_binding(written) and not forget_adopted:
             return False
         grace = self.policy.gc_grace_seconds
         age = now - written
         return age >= (grace if released else max(grace, self.policy.deleted_retention.total_seconds()))
 
-    def predates_adoption(self, written: float) -> bool:
-        """Was an object written before this catalog was adopted (as the store's record
-        says, read again before each collection: :meth:`ensure_bound`)? Such an object
-        is the lost catalog's history, or that of versions newer than the dump adopted:
-        no row of this catalog refers to it, and it is kept for good (`horace fsck
-        --repair --forget-adopted` collects it)."""
-        return self.adopted_at is not None and written < self.adopted_at
+    def predates_binding(self, written: float) -> bool:
+        """Was an object written before this catalog was bound to the store (the catalog's
+        own record of it, which an adoption sets)? In a catalog made with its store there
+        is none. In an adopted one, such an object is the lost catalog's history, or that
+        of versions newer than the dump adopted: no row of this catalog refers to it, and
+        it is kept for good (`horace fsck --repair --forget-adopted` collects it)."""
+        return self.bound_at is not None and written < self.bound_at
 
     async def let_go(self, checksums: Sequence[str]) -> None:
         """The objects of versions retention pruned: marked released, never collected at

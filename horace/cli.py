@@ -574,7 +574,7 @@ def verify(ctx: click.Context, ref: str | None) -> None:
 @click.option(
     "--forget-adopted",
     is_flag=True,
-    help="With --repair: collect the objects written before the catalog was adopted (the lost history).",
+    help="With --repair: collect the objects written before the catalog was bound (lost history).",
 )
 @global_options
 @click.pass_context
@@ -622,8 +622,8 @@ def fsck_command(
                 )
                 + (
                     f"; {r.adopted} objects no version refers to written before the catalog was "
-                    "adopted: the lost catalog's history, kept for good (`horace fsck --repair "
-                    "--forget-adopted` collects them)"
+                    "bound to the store (adopted): another catalog's history, kept for good "
+                    "(`horace fsck --repair --forget-adopted` collects them)"
                     if r.adopted
                     else ""
                 ),

@@ -86,8 +86,8 @@ class FsckReport:
     # older backup than the store has only them left of its newer versions. Not looked
     # for at start.
     orphans: tuple[str, ...] = ()
-    # Of the orphans, those written before the catalog was adopted: the lost catalog's
-    # history, kept for good (Catalog.predates_adoption), released ones too.
+    # Of the orphans, those written before the catalog was bound (adopted): the lost catalog's
+    # history, kept for good (Catalog.predates_binding), released ones too.
     adopted: int = 0
 
     @property
@@ -116,7 +116,7 @@ async def fsck(
     repaired. *automatic* (the start-up and periodic runs) leaves the objects nobody
     refers to alone: they are the collector's. With *repair*, *forget_missing* drops the
     rows of old versions whose content is nowhere in the store, and *forget_adopted*
-    collects the objects written before the catalog was adopted. A store bound to another
+    collects the objects written before the catalog was bound (adopted). A store bound to another
     catalog since this one opened it is refused first (:meth:`Catalog.ensure_bound`)."""
     await catalog.ensure_bound()
     findings: list[Finding] = []
@@ -207,7 +207,7 @@ async def fsck(
         for name, written in aged
         if catalog.collectable(written, name in released, now, forget_adopted=forget_adopted)
     ]
-    before = {name for name, written in aged if catalog.predates_adoption(written)}
+    before = {name for name, written in aged if catalog.predates_binding(written)}
     orphans = sorted(name for name, _ in aged if name not in released or name in before)
     collected: set[str] = set()
     if repair and expired:

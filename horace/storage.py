@@ -205,9 +205,6 @@ class StoreState:
     has_objects: bool | None
     catalog_place: str | None = None  # where its catalog's tables are (CatalogIdentity.place)
     own_catalog_place: str | None = None  # that of the SQLite catalog inside it, if it were used
-    # When a catalog was last adopted (`horace init --adopt`): what was written before is
-    # the lost catalog's history, which the collector leaves alone.
-    adopted_at: float | None = None
 
 
 # What the storage says of itself (read-only, no permission, full, failing): STORAGE_ERROR.
@@ -422,9 +419,9 @@ class Storage:
         try:
             recorded = json.loads(self.identity_file.read_text())
             store_id, catalog_url = str(recorded["store_id"]), recorded.get("catalog")
-            place, adopted_at = recorded.get("catalog_place"), recorded.get("adopted_at")
+            place = recorded.get("catalog_place")
         except FileNotFoundError:
-            store_id, catalog_url, place, adopted_at = None, None, None, None
+            store_id, catalog_url, place = None, None, None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageUnusable(f"cannot read the store's identity {self.identity_file}: {exc}") from None
         has_objects = self._has_objects() if store_id is None else None
@@ -436,7 +433,6 @@ class Storage:
             has_objects,
             place if isinstance(place, str) else None,
             own,
-            float(adopted_at) if type(adopted_at) in (int, float) else None,
         )
 
     def looks_like_a_store(self) -> bool:
@@ -529,17 +525,13 @@ class Storage:
         return self.tmp / temp_name(TempKind.HELD, file_id.replace("-", ""))
 
     @_storage_full
-    def write_identity(
-        self, store_id: str, catalog_url: str, catalog_place: str | None, adopted_at: float | None = None
-    ) -> None:
+    def write_identity(self, store_id: str, catalog_url: str, catalog_place: str | None) -> None:
         record: dict[str, object] = {
             "store_id": store_id,
             "catalog": catalog_url,
             "catalog_place": catalog_place,
             "created_at": time.time(),
         }
-        if adopted_at is not None:
-            record["adopted_at"] = adopted_at
         tmp = self.tmp / temp_name(TempKind.META)
         tmp.write_text(json.dumps(record) + "\n")
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)

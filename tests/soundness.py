@@ -116,11 +116,9 @@ async def assert_sound(catalog: Catalog, *, deep: bool = True, temps_allowed: bo
     referenced = {v.checksum for v in versions}
     on_disk = objects_on_disk(catalog)
     assert referenced <= on_disk
-    before_adoption = {
-        n for n, st in catalog.storage.walk_objects() if catalog.predates_adoption(st.st_mtime)
-    }
+    before_adoption = {n for n, st in catalog.storage.walk_objects() if catalog.predates_binding(st.st_mtime)}
     for _, st, entries in catalog.storage.walk_packs():
-        if catalog.predates_adoption(st.st_mtime):
+        if catalog.predates_binding(st.st_mtime):
             before_adoption.update(entries or ())
     unreferenced = on_disk - referenced - before_adoption
     assert unreferenced <= catalog.storage.released_marks(), "objects no version refers to, not released"

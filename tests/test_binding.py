@@ -218,15 +218,14 @@ async def test_the_history_a_lost_catalog_leaves_is_never_collected_unasked(
     tmp_path: Path, database_url: str, other_database_url: str
 ) -> None:
     """Adopted in place of a lost catalog, a new one refers to none of the store's
-    objects: they are the lost catalog's history, and the store records when the adoption
-    was. The collector (purge, fsck --repair) never takes what was written before, with
-    no retention and no grace left; what the new catalog lets go of later goes as ever;
+    objects: they are the lost catalog's history, and the catalog records when it was
+    bound. The collector (purge, fsck --repair) never takes what was written before, with
+    no retention and no grace left, also once the store's own record is lost and written
+    again from the catalog's; what the new catalog lets go of later goes as ever;
     `--forget-adopted` collects the rest."""
     _, history, _, adopted = await _lost_history(tmp_path, database_url, other_database_url)
     files = adopted.storage_path / "files"
     async with open_catalog(adopted, create=True, adopt=True) as catalog:
-        state = await trio.to_thread.run_sync(catalog.storage.state)
-        assert state.adopted_at is not None and state.adopted_at <= time.time()
         write(files / "user/extra.txt", "after")
         extra = (await catalog.register("user/extra.txt")).file
         await catalog.delete(extra.id)
@@ -234,6 +233,12 @@ async def test_the_history_a_lost_catalog_leaves_is_never_collected_unasked(
         report = await fsck(catalog, repair=True)
         assert report.adopted == len(history) == len(report.orphans), report
         assert history <= objects_on_disk(catalog) and sha256("after") not in objects_on_disk(catalog)
+    (adopted.storage_path / ".horace/store.json").unlink()  # lost: written again from the catalog's
+    async with open_catalog(adopted) as catalog:
+        await catalog.purge()
+        report = await fsck(catalog, repair=True)
+        assert report.adopted == len(history) == len(report.orphans), report
+        assert history <= objects_on_disk(catalog)
         forgotten = await fsck(catalog, repair=True, forget_adopted=True)
         assert {f.subject for f in forgotten.findings if f.kind == "orphan_object"} == history
         assert not history & objects_on_disk(catalog) and forgotten.adopted == 0
@@ -361,7 +366,7 @@ async def test_a_copy_of_the_catalog_is_refused_until_adopted(tmp_path: Path) ->
         assert (await catalog.get_info(file_id=file_id)).file.current_version == 3
         # (What was written before it is kept from its collector: versions newer than the
         # copy are the original's alone.)
-        assert (await trio.to_thread.run_sync(catalog.storage.state)).adopted_at is not None
+        assert catalog.bound_at is not None and catalog.bound_at <= time.time()
     with pytest.raises(StoreRefused, match="do not belong together"):
         async with open_catalog(original):
             pass

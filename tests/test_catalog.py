@@ -460,6 +460,7 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
     is has been deleted and purged, the copy would be that content's only place, and any
     write to it would lose it. Without a scan or a watcher, the purge takes it in."""
     async with purging(settings) as (catalog, now):
+        catalog.bound_at = time.time() - 60 * 86400  # (bound long ago: old objects are its own)
         write(files / "user/p.txt", "shared content")
         copy = write(files / "user/r.txt", "shared content")
         write(files / "user/other.txt", "same size here")  # untracked too, not a copy: left alone
@@ -511,6 +512,7 @@ async def test_the_purge_keeps_the_content_of_a_copy_it_cannot_catalog(
     object the collector keeps a retention long, then looks at again; however old the
     object was (written long ago, or released by pruning)."""
     async with purging(settings) as (catalog, now):
+        catalog.bound_at = time.time() - 60 * 86400  # (bound long ago: old objects are its own)
         write(files / "user/p.txt", "shared content")
         copy = write(files / "user/r.txt", "shared content")
         os.link(copy, files / "user/r-too.txt")
@@ -533,6 +535,7 @@ async def test_an_object_no_version_refers_to_is_kept_a_retention_long(catalog: 
     is left of a version (a catalog restored from a backup older than the store): the
     periodic purge and fsck --repair keep it, and fsck lists it, until the deleted files'
     retention has passed since it was written; only then is it collected."""
+    catalog.bound_at = time.time() - 86400  # (bound a day ago: an object an hour old is its own)
     write(files / "user/a.txt", "v1")
     await catalog.register("user/a.txt")
     stray = catalog.storage.object_path(sha256("v2, made after the backup"))
@@ -556,6 +559,7 @@ async def test_a_pruned_versions_object_too_fresh_to_collect_goes_past_the_grace
     """Objects the catalog let go of itself (pruning) but that were within the grace period
     then are marked released: the sweep collects them once past the grace, not a retention
     later as it would a stray, and fsck does not list them as strays."""
+    catalog.bound_at = time.time() - 86400  # (bound a day ago: an object 11 minutes old is its own)
     catalog.policy = attrs.evolve(
         catalog.policy,
         retention=Retention(keep=1),

@@ -116,10 +116,8 @@ def test_fsck_names_the_objects_no_version_refers_to(store: tuple[Path, dict[str
     root, env = store
     names = [f"{n:064x}" for n in range(23)]
     for name in names:
-        stray = root / ".horace/objects" / name[:2] / name
-        stray.write_text(name)
-        os.utime(stray, (0, 0))  # (past the grace period)
-    done = horace("fsck", env=env)
+        (root / ".horace/objects" / name[:2] / name).write_text(name)
+    done = horace("fsck", env={**env, "HORACE_GC_GRACE": "0s"})  # (past the grace period)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "23 objects no version refers to, kept until HORACE_DELETED_RETENTION" in lines[0]
@@ -437,6 +435,8 @@ def test_purge_does_what_a_server_does_every_purge_interval(store: tuple[Path, d
     and its content unless another file holds it; a file deleted since and a live file stay;
     an object nothing refers to goes once past the retention too."""
     root, env = store
+    objects = root / ".horace/objects"
+    (objects / "ff" / ("ff" * 32)).write_text("nobody's")  # (older than the retention, below)
     contents = {"old.txt": "old", "gone.txt": "gone", "recent.txt": "recent", "live.txt": "live"}
     for name, text in {**contents, "twin.txt": "old"}.items():
         write(root / "files/user" / name, text)
@@ -445,12 +445,8 @@ def test_purge_does_what_a_server_does_every_purge_interval(store: tuple[Path, d
         assert horace("delete", f"user/{name}", env=env).returncode == 0
     time.sleep(6)
     assert horace("delete", "user/recent.txt", env=env).returncode == 0
-    objects = root / ".horace/objects"
-    stray = objects / "ff" / ("ff" * 32)
-    stray.write_text("nobody's")
-    os.utime(stray, (0, 0))
 
-    five_seconds = {**env, "HORACE_DELETED_RETENTION": "5s"}
+    five_seconds = {**env, "HORACE_DELETED_RETENTION": "5s", "HORACE_GC_GRACE": "0s"}
     done = horace("purge", "--json", env=five_seconds)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"files_purged": 2, "objects_deleted": 2}
