@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from attrs import frozen
@@ -35,13 +36,19 @@ def steps(backend: str) -> list[Step]:
     return found
 
 
-def pending(backend: str, current: int) -> list[Step]:
-    """The steps after *current*; refuses a database newer than this code."""
+def pending(backend: str, applied: Collection[int]) -> list[Step]:
+    """The steps not *applied* yet, in order: those above the newest applied, and those
+    missing between the oldest and the newest (steps made on branches may have landed out
+    of order, and a catalog of that time lacks the earlier one); refuses a database newer
+    than this code. (Below the oldest recorded, all are taken as applied: a catalog may
+    record only the step it was made at.)"""
     known = steps(backend)
     newest = known[-1].version if known else 0
+    current = max(applied, default=0)
     if current > newest:
         raise SchemaTooNew(
             f"the {backend} catalog has schema version {current}, but this Horace knows only "
             f"up to {newest}: upgrade Horace before using this database"
         )
-    return [step for step in known if step.version > current]
+    oldest = min(applied, default=0)
+    return [step for step in known if step.version > oldest and step.version not in applied]

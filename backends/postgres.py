@@ -1166,21 +1166,25 @@ async def _migrate(conn: Conn) -> int:
     # Up to date (every start but the first after an upgrade): nothing is made, so a role
     # that may only read and write the tables (no CREATE on the schema) can run Horace.
     if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
-        current: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-        if not migrations.pending("postgres", current):
-            return current
+        applied = await _applied(conn)
+        if not migrations.pending("postgres", applied):
+            return max(applied, default=0)
     async with conn.transaction():
         # Several instances starting together queue here; the lock ends with the transaction.
         await conn.execute(
             f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK[0]}, {MIGRATION_LOCK[1]}); "
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
         )
-        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-        for step in migrations.pending("postgres", current):
+        applied = await _applied(conn)
+        for step in migrations.pending("postgres", applied):
             await conn.execute(step.sql)  # no arguments: a multi-statement simple query
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step.version)
-            current = step.version
-    return current
+            applied.add(step.version)
+    return max(applied, default=0)
+
+
+async def _applied(conn: Conn) -> set[int]:
+    return {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
 
 
 log = logging.getLogger("horace.backends")

@@ -1187,15 +1187,14 @@ def _rebind(conn: sqlite3.Connection, old_id: str, new_id: str, storage_path: st
 def _migrate(conn: sqlite3.Connection) -> int:
     with _transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        for step in migrations.pending("sqlite", current):
+        applied = {version for (version,) in conn.execute("SELECT version FROM schema_version")}
+        for step in migrations.pending("sqlite", applied):
             # executescript would COMMIT; run the statements one by one inside our transaction.
             for statement in _statements(step.sql):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (step.version,))
-            current = step.version
-    return current
+            applied.add(step.version)
+    return max(applied, default=0)
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -87,6 +87,19 @@ def admin(*statements: str) -> None:
     asyncio.run(run())
 
 
+def admin_column(query: str) -> list[Any]:
+    """The first column of *query*'s rows, read outside the backend (plain asyncio)."""
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            return [row[0] for row in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def kill_sessions(url: str, *, busy_only: bool = False) -> str:
     """SQL that ends the sessions of *url*'s application_name (with *busy_only*, those
     running a statement)."""
@@ -1717,6 +1730,32 @@ async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
         assert (total, [f.id for f in page]) == (1, [gone.id])
         wrong, rows, _ = await word_counts(backend)  # step 5 counted them
         assert wrong == [] and rows > 0
+
+
+async def test_a_step_that_landed_out_of_order_is_applied(pg_url: str) -> None:
+    """A catalog made when step 004 had landed and 003 had not (steps 1, 2 and 4) is given
+    003 and every step after, not only those above 4."""
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    old = rec("a/old report.txt", "s1", tags=("q",), purpose="Quarterly numbers")
+    by_number = {step.version: step for step in steps("postgres")}
+    await trio.to_thread.run_sync(
+        admin,
+        f"SET search_path = {schema}; {by_number[1].sql}; {by_number[2].sql}; {by_number[4].sql}; "
+        "CREATE TABLE schema_version (version INTEGER NOT NULL); "
+        "INSERT INTO schema_version VALUES (1), (2), (4); "
+        "INSERT INTO horace_files (id, file_path, purpose, tags, size, mime_type, checksum, status, "
+        f"current_version, created_at, updated_at) VALUES ('{old.id}', '{old.file_path}', "
+        f"'{old.purpose}', ARRAY['q']::text[], 1, 'text/plain', '{old.checksum}', 'active', 1, "
+        f"'{old.created_at.isoformat()}', '{old.updated_at.isoformat()}')",
+    )
+    async with open_postgres(pg_url) as backend:
+        assert await backend.migrate() == NEWEST_SCHEMA
+        total, page = await backend.search(SearchQuery(purpose="quart"))
+        assert (total, [f.id for f in page]) == (1, [old.id])
+        total, page = await backend.search(SearchQuery(tags=("q",)))
+        assert (total, [f.id for f in page]) == (1, [old.id])
+    applied = await trio.to_thread.run_sync(admin_column, f"SELECT version FROM {schema}.schema_version")
+    assert sorted(applied) == [step.version for step in steps("postgres")]
 
 
 async def test_a_connection_dropped_while_idle_costs_no_unit() -> None:

@@ -287,6 +287,26 @@ def sqlite_at_step_2(path: Path, files: list[FileRecord]) -> None:
     conn.close()
 
 
+async def test_sqlite_a_step_that_landed_out_of_order_is_applied(tmp_path: Path) -> None:
+    """A catalog made when step 004 had landed and 003 had not (steps 1, 2 and 4: they
+    came from two branches) is given 003 and every step after, not only those above 4."""
+    db = tmp_path / "gap.db"
+    sqlite_at_step_2(db, [record("a/report.txt", "Quarterly numbers", when=0, tags=("q",))])
+    conn = sqlite3.connect(db)
+    conn.executescript({step.version: step for step in steps("sqlite")}[4].sql)
+    conn.execute("INSERT INTO schema_version (version) VALUES (4)")
+    conn.commit()
+    conn.close()
+    async with open_sqlite(db, create=False) as backend:
+        assert await backend.migrate() == steps("sqlite")[-1].version
+        assert await found(backend, "quarter") == {"a/report.txt"}
+        await backend.insert_files([record("a/newer.txt", "quarterly", when=0)])
+        assert await found(backend, "quarterly") == {"a/report.txt", "a/newer.txt"}
+    with sqlite3.connect(db) as conn:
+        applied = sorted(version for (version,) in conn.execute("SELECT version FROM schema_version"))
+    assert applied == [step.version for step in steps("sqlite") if step.version >= 2]  # (1: before 2)
+
+
 async def test_sqlite_step_3_indexes_the_files_already_there(tmp_path: Path) -> None:
     files = [
         record("a/old report.txt", "Quarterly numbers", when=0, tags=("q",)),
