@@ -99,6 +99,17 @@ def decide(
         )
     if catalog.store_id is not None:
         if catalog.storage_path == root:
+            if not catalog.empty and not store.has_objects:
+                # Nothing of the store is here: the folder of a volume not mounted, say.
+                # Bound to it, the catalog would see every file deleted (a watcher would
+                # record it so, and a repair drop the versions it then finds missing).
+                found = "no .horace/store.json and no versions" if store.exists else "no .horace folder"
+                raise StoreRefused(
+                    f"the catalog {shown} holds the files of the store at {root}, but no store is "
+                    f"there ({found}): is the volume it lives on mounted? A catalog that has files "
+                    "is not bound to an empty folder. If the store is lost for good, restore it "
+                    "from a backup"
+                )
             # The catalog was bound to this very root, and the store's own record was
             # never written (a crash between the two writes) or is lost: write it again.
             return Decision(Verdict.COMPLETE, catalog.store_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -29,7 +30,7 @@ from soundness import assert_sound, objects_on_disk
 
 from horace.assemble import open_catalog
 from horace.backends import CatalogUnwritable, open_backend
-from horace.backends.records import CatalogIdentity
+from horace.backends.records import CatalogIdentity, Status
 from horace.binding import StoreRefused, Verdict, decide
 from horace.cli import Exit
 from horace.config import Settings
@@ -343,6 +344,32 @@ def test_the_cli_refuses_the_wrong_catalog_and_history_survives(tmp_path: Path, 
     assert done.returncode == 0, done.stderr
     assert (root / "files/user/notes.md").read_text() == "first"
     assert sha256("first") in {p.name for p in (root / ".horace/objects").rglob("*")}
+
+
+@pytest.mark.parametrize("left", ["nothing", "an empty .horace"])
+async def test_a_catalog_with_files_is_not_bound_to_an_empty_folder_at_its_path(
+    tmp_path: Path, database_url: str, left: str
+) -> None:
+    """The store's volume not mounted: its mount point, an empty folder at the path the
+    catalog was bound to. Bound to it, every file would look deleted (a watcher records
+    them so). It is refused, and left as it was; the store, back in place, opens whole."""
+    settings = Settings(storage_path=tmp_path / "root", database_url=database_url)
+    file_id, objects = await _history(settings, settings.storage_path / "files")
+    mounted = tmp_path / "volume"
+    settings.storage_path.rename(mounted)
+    settings.storage_path.mkdir()  # the mount point
+    if left == "an empty .horace":
+        (settings.storage_path / ".horace/objects").mkdir(parents=True)
+    before = sorted(p.relative_to(settings.storage_path) for p in settings.storage_path.rglob("*"))
+    with pytest.raises(StoreRefused, match="is the volume it lives on mounted"):
+        async with open_catalog(settings, create=True):  # as `horace serve` would
+            pass
+    assert sorted(p.relative_to(settings.storage_path) for p in settings.storage_path.rglob("*")) == before
+    shutil.rmtree(settings.storage_path)
+    mounted.rename(settings.storage_path)
+    async with open_catalog(settings) as catalog:
+        assert (await catalog.get_info(file_id=file_id)).file.status is Status.ACTIVE
+        assert objects <= objects_on_disk(catalog)
 
 
 async def test_a_copy_of_the_catalog_is_refused_until_adopted(tmp_path: Path) -> None:
