@@ -94,6 +94,7 @@ async def open_catalog(
                 with trio.CancelScope(shield=True):
                     await in_thread(storage.undo_layout, present)
             raise
+        await in_thread(storage.pin)  # (Catalog.ensure_bound looks whether it is still there)
         locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
         try:
             catalog = Catalog(

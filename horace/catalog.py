@@ -57,7 +57,7 @@ from horace.backends.records import (
 from horace.binding import StoreRefused
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
-from horace.storage import FileIdentity, Hashed, Staged, Storage
+from horace.storage import FileIdentity, Hashed, Staged, Storage, StorageUnusable, StoreState
 from horace.supervise import the_failure
 
 log = logging.getLogger("horace.catalog")
@@ -317,11 +317,30 @@ class Catalog:
         an operator may have bound it to another since this process opened it (`horace init
         --adopt`, of a copy of this catalog or of a new one). From then on this catalog no
         longer opens the store, and nothing it does may delete what only the other refers
-        to: checked before the collector, the purge and a repair delete anything."""
-        if self.store_id is None:
-            return
-        state = await in_thread(self.storage.state)
-        if state.store_id != self.store_id:
+        to: checked before the collector, the purge and a repair delete anything, and
+        before a vanished file is recorded deleted. So is a store no longer in place
+        (:meth:`Storage.in_place`): what the catalog would record of it is not so."""
+
+        def look() -> tuple[StoreState | None, bool]:
+            # The record first, then the place: a store moved while its record was read
+            # is said to be moved, not bound elsewhere.
+            try:
+                state = None if self.store_id is None else self.storage.state()
+            except StorageUnusable:  # (the root a file now, say)
+                if self.storage.in_place():
+                    raise
+                return None, False
+            return state, self.storage.in_place()
+
+        state, in_place = await in_thread(look)
+        if not in_place:
+            raise StoreRefused(
+                f"the store at {self.storage.root} is not the one this process opened any more: "
+                "it was moved, removed or replaced (a copy put in its place, a volume unmounted "
+                "or mounted over it) while Horace ran; nothing more is written to it: start "
+                "again once the store is back in place"
+            )
+        if state is not None and state.store_id != self.store_id:
             now = f"bound to catalog {state.store_id}" if state.store_id else "without its store.json"
             raise StoreRefused(
                 f"the store at {self.storage.root} is {now} now, no longer to this one ({self.store_id}), "
@@ -777,7 +796,10 @@ class Catalog:
         self, file_id: str, correlation_id: str | None = None, *, vanished: bool = False
     ) -> Updated:
         """Soft delete; a file deleted already stays as it is (and is answered as such).
-        *vanished*: see :meth:`update`."""
+        *vanished*: see :meth:`update` (a store gone from under the process would make
+        every file vanish: checked first)."""
+        if vanished:
+            await self.ensure_bound()
         return await self.update(
             file_id, FileChanges(status=Status.DELETED), correlation_id=correlation_id, vanished=vanished
         )

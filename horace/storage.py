@@ -406,8 +406,27 @@ class Storage:
         # written a pack since): checksum -> (pack, offset, length).
         self._packs_lock = threading.Lock()
         self._packed_at = packs.Locations()
+        self._pinned: tuple[int, int] | None = None  # .horace's device and inode: see pin()
 
     # -- layout and identity ------------------------------------------------------------
+
+    def pin(self) -> None:
+        """Remember which folder ``.horace`` is now (its device and inode), for
+        :meth:`in_place` to tell whether the store is still the one opened."""
+        found = os.stat(self.private)
+        self._pinned = (found.st_dev, found.st_ino)
+
+    def in_place(self) -> bool:
+        """Whether the store is still the one :meth:`pin` saw: not moved away, removed,
+        replaced by a copy, or hidden by a volume unmounted (or mounted) over it. The
+        paths would lead elsewhere while the catalog and open folders stay the old ones."""
+        if self._pinned is None:
+            return True
+        try:
+            found = os.stat(self.private)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return (found.st_dev, found.st_ino) == self._pinned
 
     def state(self) -> StoreState:
         """What is at the root, creating nothing; :class:`StorageUnusable` when the root

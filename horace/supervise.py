@@ -80,14 +80,18 @@ async def supervise(
 
 def the_failure(exc: BaseException) -> BaseException:
     """The one exception inside nested groups (a nursery wraps what its tasks raised, and
-    the tasks it cancelled because of it add their Cancelled); *exc* itself when there
-    are several."""
-    while isinstance(exc, BaseExceptionGroup):
-        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(inner) != 1:
-            return exc
-        exc = inner[0]
+    the tasks it cancelled because of it add their Cancelled; several tasks may meet the
+    same failure, which counts once); *exc* itself when there are several."""
+    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    if leaves and all(type(leaf) is type(leaves[0]) and str(leaf) == str(leaves[0]) for leaf in leaves):
+        return leaves[0]
     return exc
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _describe(exc: BaseException) -> str:

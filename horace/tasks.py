@@ -18,6 +18,7 @@ from horace.supervise import TaskState, every, supervise
 from horace.watch import Watcher
 
 log = logging.getLogger("horace.tasks")
+STORE_CHECK_EVERY = 1.0  # seconds
 
 
 async def purge_and_report(catalog: Catalog) -> dict[str, int]:
@@ -63,6 +64,18 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
             supervise,
             states["fsck"],
             partial(_delayed, interval, states["fsck"], interval, partial(_fsck, catalog)),
+            fatal=(StoreRefused,),
+        )
+    )
+    # The store moved, removed or replaced under the server, or bound to another catalog:
+    # looked at every STORE_CHECK_EVERY seconds, and the server stops (a supervisor's
+    # restart then finds the store as it is, and says what is wrong).
+    states["store"] = TaskState("store")
+    nursery.start_soon(
+        partial(
+            supervise,
+            states["store"],
+            partial(every, states["store"], STORE_CHECK_EVERY, catalog.ensure_bound),
             fatal=(StoreRefused,),
         )
     )

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import sys
 import time
@@ -33,12 +34,15 @@ from mcp_client import McpClient, connect
 import horace.storage
 import horace.tasks
 import horace.watch
+from horace.assemble import open_catalog
 from horace.backends.records import FileChanges, Status, VersionRecord
+from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
+from horace.server.serving import serve
 from horace.storage import Storage
-from horace.supervise import supervise
+from horace.supervise import supervise, the_failure
 from horace.testing import RunningHorace, run_horace
 from horace.watch import Watcher
 
@@ -397,6 +401,40 @@ async def test_a_folder_moved_out_soft_deletes_its_files(watched: Watched, tmp_p
     os.rename(folder, tmp_path / "elsewhere")  # one event for the folder, none for its files
     for record in records:
         await watched.wait_checksum(record.file_path, record.checksum, Status.DELETED)
+
+
+@pytest.mark.parametrize("left", ["nothing", "a copy"])
+async def test_a_store_taken_from_under_the_server_stops_it_and_no_file_is_recorded_deleted(
+    settings: Settings, tmp_path: Path, left: str
+) -> None:
+    """The store moved away (removed, a volume unmounted) or replaced by a copy while the
+    server runs: its paths lead elsewhere, where every file looks gone (or is not the
+    catalog's to write). The server stops (STORE_REFUSED), and no file is recorded
+    deleted; the store put back opens as it was."""
+    served = watching(settings)
+    write(served.storage_path / "files/user/a.txt", "a")
+    away = tmp_path / "away"
+    failure: BaseException | None = None
+    with trio.fail_after(TIMEOUT):
+        try:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(partial(serve, served, handle_signals=False))
+                await eventually(
+                    partial(server.catalog.backend.file_by_path, "user/a.txt"), "user/a.txt catalogued"
+                )
+                served.storage_path.rename(away)
+                if left == "a copy":
+                    shutil.copytree(away, served.storage_path, symlinks=True)
+                await trio.sleep_forever()
+        except BaseException as exc:
+            failure = the_failure(exc)
+    assert isinstance(failure, StoreRefused) and "not the one this process opened" in str(failure), failure
+    if left == "a copy":
+        shutil.rmtree(served.storage_path)
+    away.rename(served.storage_path)
+    async with open_catalog(settings) as catalog:
+        found = await catalog.backend.file_by_path("user/a.txt")
+        assert found is not None and found.status is Status.ACTIVE
 
 
 async def test_a_folder_replaced_by_a_file_of_its_name_deletes_its_files(watched: Watched) -> None:
