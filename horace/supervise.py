@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,9 @@ import trio
 from horace.backends.protocol import OUTAGES
 
 log = logging.getLogger("horace.supervise")
+# What ends a server, a watcher or a stdio session gracefully: Ctrl-C, a service manager's
+# stop, and the terminal or SSH session it ran in hanging up.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def backoff(failures: int, base: float = 1.0, cap: float = 30.0) -> float:

@@ -14,7 +14,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.fsck import fsck, log_findings
-from horace.supervise import TaskState, every, supervise
+from horace.supervise import STOP_SIGNALS, TaskState, every, supervise
 from horace.watch import Watcher
 
 log = logging.getLogger("horace.tasks")
@@ -99,8 +99,6 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
 
 async def run_watch(settings: Settings, *, progress: Any = None) -> None:
     """``horace watch``: reconcile, then watch, purge and fsck until a signal."""
-    import signal
-
     from horace.assemble import open_catalog
     from horace.watch import reconcile_logged
 
@@ -108,7 +106,7 @@ async def run_watch(settings: Settings, *, progress: Any = None) -> None:
         await reconcile_logged(catalog, progress)
         async with trio.open_nursery() as nursery:
             start_background(nursery, catalog, attrs.evolve(settings, watch=True))
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
                 async for _ in signals:
                     log.info("signal: stopping")
                     nursery.cancel_scope.cancel()

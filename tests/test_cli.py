@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -479,3 +480,31 @@ def test_search_takes_iso_8601_moments_with_or_without_a_zone(store: tuple[Path,
     one_line_error(horace("search", "--created-after", "yesterday", env=env), Exit.USAGE, "ISO 8601")
     for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
         one_line_error(horace("search", "--created-after", edge, env=env), Exit.USAGE, "years 1 to 9999")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_serve_stops_gracefully_on_a_stop_signal(store: tuple[Path, dict[str, str]], signum: int) -> None:
+    """Ctrl-C, a service manager's stop, a terminal hanging up: the server shuts down (its
+    sessions told, its sinks flushed) and exits 0."""
+    _, env = store
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "horace", "serve", "--port", "0"],
+        env={**clean, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    try:
+        for line in server.stderr:
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail(f"horace serve ended before listening: {server.wait()}")
+        server.send_signal(signum)
+        assert server.wait(timeout=30) == 0
+        rest = server.stderr.read()
+        assert f"signal {signal.Signals(signum).name}: shutting down" in rest, rest
+    finally:
+        server.kill()
+        server.wait()

@@ -310,12 +310,13 @@ async def test_stdout_closed_by_the_client_ends_the_session(env: dict[str, str])
     assert any(r["message"].startswith("stdio session closed: stdout closed") for r in client.log_records())
 
 
-async def test_sigterm_ends_the_session(env: dict[str, str]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+async def test_sigterm_or_a_hang_up_ends_the_session(env: dict[str, str], signum: signal.Signals) -> None:
     async with horace_mcp(env) as client:
         await client.initialize()
-        client.process.send_signal(signal.SIGTERM)
+        client.process.send_signal(signum)
         assert await client.exited() == 0
-    assert "stdio session closed: signal SIGTERM" in [r["message"] for r in client.log_records()]
+    assert f"stdio session closed: signal {signum.name}" in [r["message"] for r in client.log_records()]
 
 
 def test_messages_piped_in_before_stdin_ends_are_answered(storage: Path, env: dict[str, str]) -> None:

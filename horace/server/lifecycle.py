@@ -36,6 +36,7 @@ from horace.server.mcp import McpSession
 from horace.server.observer import Observer
 from horace.server.replyroom import ReplyRoom
 from horace.server.websocket import WebSocketSession
+from horace.supervise import STOP_SIGNALS
 
 log = logging.getLogger("horace.server")
 HEALTH_TIMEOUT = 2.0
@@ -198,9 +199,17 @@ class HoraceServer:
         return (200 if backend["ok"] else 503), body
 
 
-async def watch_signals(server: HoraceServer, cancel_all: Callable[[], None]) -> None:
-    """First SIGINT/SIGTERM: graceful shutdown. A second one: cancel everything now."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def watch_signals(
+    server: HoraceServer,
+    cancel_all: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """First SIGINT/SIGTERM/SIGHUP: graceful shutdown. A second one: cancel everything now.
+    Started (``nursery.start``) once the signals are caught: none that comes after the
+    server says it listens kills it outright."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
         async for signum in signals:
             if server._accepting.cancel_called:
                 log.warning("second signal: stopping now")

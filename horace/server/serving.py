@@ -106,7 +106,7 @@ async def serve(
                 for name, state in start_background(nursery, catalog, settings).items():
                     server.health_parts[name] = state
                 if handle_signals:
-                    nursery.start_soon(watch_signals, server, nursery.cancel_scope.cancel)
+                    await nursery.start(watch_signals, server, nursery.cancel_scope.cancel)
                 await server.run(listeners, task_status=task_status)
                 nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
     finally:
@@ -139,6 +139,6 @@ async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool
         )
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                nursery.start_soon(end_on_signals, session)
+                await nursery.start(end_on_signals, session)
             await session.run()
             nursery.cancel_scope.cancel()

@@ -33,6 +33,7 @@ import trio
 
 from horace.server.jsonrpc import INVALID_REQUEST, RpcError, error_text
 from horace.server.mcp import McpSession
+from horace.supervise import STOP_SIGNALS
 
 log = logging.getLogger("horace.server")
 
@@ -216,11 +217,14 @@ class StdioSession:
                     self.end("stdout not read")
 
 
-async def end_on_signals(session: StdioSession) -> None:
-    """SIGTERM (a client that gave up waiting for the exit), or SIGINT: end the session as
-    the end of stdin does. The receiver goes with the first signal, so a second SIGINT
-    stops the process at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def end_on_signals(
+    session: StdioSession, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """SIGTERM (a client that gave up waiting for the exit), SIGINT or SIGHUP: end the
+    session as the end of stdin does. The receiver goes with the first signal, so a second
+    SIGINT stops the process at once."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
         async for signum in signals:
             session.end(f"signal {signal.Signals(signum).name}")
             return
