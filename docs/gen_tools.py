@@ -86,6 +86,8 @@ ERROR_MEANINGS = {
     "writing; try again",
     "STORAGE_FULL": "the storage's disk or quota is full, or the catalog database's disk (SQLite or "
     "PostgreSQL); nothing was changed",
+    "STORAGE_ERROR": "the storage refuses (read-only, not Horace's to write, I/O errors); the "
+    "call did not complete",
     "BACKEND_UNAVAILABLE": "the catalog database cannot be reached",
     "INTERNAL": "a bug; the message carries the correlation id to look for in the log",
 }
@@ -252,7 +254,8 @@ def main() -> None:
         "- An optional argument whose schema admits `null` may be sent as `null`: the same as "
         "leaving it out (its default). Any other `null` is a wrong JSON type.",
         "- Every tool may also return `INVALID_ARGUMENT` (arguments its schema does not admit, as "
-        "above), `BACKEND_UNAVAILABLE` and `INTERNAL`; each tool's list below names the codes of "
+        "above), `STORAGE_ERROR`, `BACKEND_UNAVAILABLE` and `INTERNAL`; each tool's list below names "
+        "the codes of "
         "its own work.",
         f"- A reply larger than `HORACE_MAX_REPLY_BYTES` ({Settings().max_reply_bytes // 2**20} MiB) "
         f"is JSON-RPC error `{REPLY_TOO_LARGE}`, with the reply's size and the limit in `data`; a "

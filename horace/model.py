@@ -29,6 +29,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     FILE_LOCKED = "FILE_LOCKED"
     STORAGE_FULL = "STORAGE_FULL"
+    STORAGE_ERROR = "STORAGE_ERROR"  # read-only, not Horace's to write, failing (I/O errors)
     BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 

@@ -416,6 +416,11 @@ class Storage:
         found = os.stat(self.private)
         self._pinned = (found.st_dev, found.st_ino)
 
+    def writable(self) -> bool:
+        """Whether Horace may write to the store (``.horace/tmp``, where every write
+        begins): false on a filesystem gone read-only, or one not this user's to write."""
+        return os.access(self.tmp, os.W_OK)
+
     def in_place(self) -> bool:
         """Whether the store is still the one :meth:`pin` saw: not moved away, removed,
         replaced by a copy, or hidden by a volume unmounted (or mounted) over it. The

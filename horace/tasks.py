@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from horace.binding import StoreRefused
-from horace.catalog import Catalog
+from horace.catalog import Catalog, in_thread
 from horace.config import Settings
 from horace.fsck import fsck, log_findings
 from horace.supervise import STOP_SIGNALS, TaskState, every, supervise
@@ -38,6 +38,19 @@ async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -
     state.state = "idle"  # (until its first run: the one at start was open_catalog's)
     await trio.sleep(delay)
     await every(state, interval, work)
+
+
+async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
+    await catalog.ensure_bound()
+    writable = await in_thread(catalog.storage.writable)
+    if writable != state.details["writable"]:
+        if writable:
+            log.warning("the store at %s can be written again", catalog.storage.root)
+        else:
+            log.error(
+                "the store at %s cannot be written (read-only, or not ours to write)", catalog.storage.root
+            )
+    state.details["writable"] = writable
 
 
 def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings) -> dict[str, Any]:
@@ -70,16 +83,21 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     # The store moved, removed or replaced under the server, or bound to another catalog:
     # looked at every STORE_CHECK_EVERY seconds, and the server stops (a supervisor's
     # restart then finds the store as it is, and says what is wrong).
-    states["store"] = TaskState("store")
+    states["store"] = TaskState("store", details={"writable": True})
     nursery.start_soon(
         partial(
             supervise,
             states["store"],
-            partial(every, states["store"], STORE_CHECK_EVERY, catalog.ensure_bound),
+            partial(
+                every, states["store"], STORE_CHECK_EVERY, partial(_look_at_store, catalog, states["store"])
+            ),
             fatal=(StoreRefused,),
         )
     )
-    status: dict[str, Any] = {}
+    # A store that cannot be written (gone read-only) degrades the server: reads still work.
+    status: dict[str, Any] = {
+        "store": lambda: {**states["store"].status(), "ok": states["store"].details["writable"]}
+    }
     if settings.watch:
         watcher = Watcher(catalog, settle=settings.watch_settle, poll=settings.watch_poll)
         states["watcher"] = TaskState("watcher")

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 from helpers import tool_body, write
 from mcp_client import connect
 from soundness import assert_sound, temps_left
@@ -72,6 +73,45 @@ async def test_mcp_clients_get_storage_full_without_a_traceback(
     result = reply["result"]
     assert result["isError"] and tool_body(result)["error_code"] == "STORAGE_FULL"
     assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+
+
+def _read_only(
+    src: int, dst: int | None, check: Callable[[], None], *hint: int | None
+) -> tuple[str, int, bytes]:
+    """Copies fail as on a filesystem gone read-only (as the kernel makes one on errors)."""
+    if dst is not None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "/store/.horace/tmp")
+    return _copy_and_hash(src, dst, check, *hint)
+
+
+async def test_a_storage_gone_read_only_is_a_storage_error_and_degrades_health(
+    settings: Settings, files: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under a running server, the store's filesystem goes read-only: a write is
+    STORAGE_ERROR, said in one log line (no traceback), not INTERNAL; /health says the
+    store cannot be written (degraded); reads still work."""
+    write(files / "user/a.txt", "v1")
+    served = attrs.evolve(settings, port=0, conversations=False)
+    register = {"name": "horace_register_file", "arguments": {"file_path": "user/a.txt"}}
+    async with run_horace(served) as running, connect(running.url) as client:
+        first = tool_body((await client.request("tools/call", register))["result"])
+        write(files / "user/a.txt", "v2")
+        monkeypatch.setattr(horace.storage, "_copy_and_hash", _read_only)
+        monkeypatch.setattr(horace.storage.Storage, "writable", lambda self: False)
+        result = (await client.request("tools/call", register))["result"]
+        assert result["isError"], result
+        refused = tool_body(result)
+        assert refused["error_code"] == "STORAGE_ERROR" and "Read-only file system" in refused["message"]
+        with trio.fail_after(10):
+            while (await running.server.health())[1]["status"] != "degraded":
+                await trio.sleep(0.1)
+        assert (await running.server.health())[1]["store"]["ok"] is False
+        info = await client.request(
+            "tools/call", {"name": "horace_get_file_info", "arguments": {"file_id": first["file"]["id"]}}
+        )
+        assert not info["result"]["isError"]
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+    assert (files / "user/a.txt").read_text() == "v2"
 
 
 @pytest.fixture

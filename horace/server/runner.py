@@ -20,6 +20,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, Data
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, json_size_at_least, notification_text
 from horace.server.tools import CallContext, Tool
+from horace.storage import STORAGE_ERRNOS
 from horace.wire import to_json
 
 log = logging.getLogger("horace.server")
@@ -131,6 +132,23 @@ async def run_tool(
         log.error("%s", exc, extra={"correlation_id": correlation_id})
         return tool_error(
             ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}", correlation_id
+        )
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
+            return tool_error(
+                ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})", correlation_id
+            )
+        # The storage's state (read-only, not ours to write, failing), the operator's to mend.
+        log.error(
+            "tool %s: the storage refuses: %s", tool.name, exc, extra={"correlation_id": correlation_id}
+        )
+        return tool_error(
+            ErrorCode.STORAGE_ERROR,
+            f"the storage refuses: {exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename is not None else "")
+            + "; the call did not complete (a read-only, unwritable or failing disk: see the server's log)",
+            correlation_id,
         )
     except Exception:
         log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
