@@ -1088,9 +1088,12 @@ class Storage:
 
     # -- writing and removing working files ---------------------------------------------
 
-    def _prepare(self, checksum: str, file_id: str, check_cancelled: CheckCancelled) -> Path:
+    def _prepare(
+        self, checksum: str, file_id: str, check_cancelled: CheckCancelled, mode: int | None = None
+    ) -> Path:
         """Object *checksum* copied into ``.horace/tmp`` and fsynced, named HELD: from
-        here a crash leaves nothing fsck would throw away unlooked-at."""
+        here a crash leaves nothing fsck would throw away unlooked-at. Its permission
+        bits: *mode*, or 0o644 less the umask."""
         part = self.tmp / temp_name(TempKind.PART)
         try:
             source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
@@ -1113,8 +1116,14 @@ class Storage:
                 raise
             finally:
                 os.close(source)
-        held = self._held_path(file_id)
-        os.rename(part, held)
+        try:
+            if mode is not None:
+                os.chmod(part, mode)
+            held = self._held_path(file_id)
+            os.rename(part, held)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
         return held
 
     @_storage_full
@@ -1157,8 +1166,10 @@ class Storage:
         ``.horace/tmp``, for the caller to version and then :meth:`release_held`. Also
         returned, first: the file written (to tell later whether it is still there as it was).
         """
-        self._refuse_non_regular(rel)  # before the copy: nothing changes for a folder
-        held = self._prepare(checksum, file_id, check_cancelled)
+        # Before the copy: nothing changes for a folder. The content that goes in keeps the
+        # mode of the file it replaces (a script stays executable, a private file private).
+        mode = self._regular_mode(rel)
+        held = self._prepare(checksum, file_id, check_cancelled, mode)
         written = FileIdentity.of(os.stat(held, follow_symlinks=False))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
@@ -1236,15 +1247,17 @@ class Storage:
         os.rename(held, name, src_dir_fd=tmp_fd, dst_dir_fd=dfd)
         return False
 
-    def _refuse_non_regular(self, rel: str) -> None:
-        """INVALID_PATH when something other than a regular file is at *rel*."""
+    def _regular_mode(self, rel: str) -> int | None:
+        """The permission bits of the regular file at *rel*, None when nothing is there;
+        INVALID_PATH when something other than a regular file is."""
         try:
             with self._parent_fd(rel) as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
-            return
+            return None
         if not stat.S_ISREG(st.st_mode):
             raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file")
+        return stat.S_IMODE(st.st_mode)
 
     @_storage_full
     def take_working(self, rel: str, file_id: str) -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -88,6 +89,26 @@ async def test_restore_on_an_unchanged_file(catalog: Catalog, files: Path) -> No
     again = await catalog.restore(file.id, 3)  # restoring the current version still adds one
     assert again.version.version == 4 and again.version.restored_from_version == 3
     assert path.read_text() == "one"
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o600, 0o640])
+async def test_restore_keeps_the_mode_of_the_file_it_replaces(
+    catalog: Catalog, files: Path, mode: int
+) -> None:
+    """A script stays executable, a private file private: the content that goes in takes
+    the permission bits of the working file it replaces (the umask does not apply)."""
+    path = write(files / "user/run.sh", "#!/bin/sh\necho one\n")
+    file = (await catalog.register("user/run.sh")).file
+    path.write_text("#!/bin/sh\necho two\n")
+    await catalog.register("user/run.sh")
+    path.chmod(mode)
+    old_umask = os.umask(0o077)
+    try:
+        await catalog.restore(file.id, 1)
+    finally:
+        os.umask(old_umask)
+    assert path.read_text() == "#!/bin/sh\necho one\n"
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catalog, files: Path) -> None:
