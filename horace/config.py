@@ -87,6 +87,21 @@ def _count(text: str, name: str) -> int:
     return number
 
 
+MIN_PROTOCOL_BYTES = 64 * 1024  # below it, tools/list (48 KB) would no longer fit
+
+
+def _protocol_bytes(text: str, name: str) -> int:
+    """A limit on messages or replies: at least MIN_PROTOCOL_BYTES, which the protocol's
+    own messages need (a smaller one would refuse initialize or tools/list)."""
+    number = _count(text, name)
+    if number < MIN_PROTOCOL_BYTES:
+        raise ConfigError(
+            f"{name}={text!r}: must be at least {MIN_PROTOCOL_BYTES} (64 KiB): the protocol's own "
+            "messages (tools/list) need that much"
+        )
+    return number
+
+
 def _port(text: str, name: str) -> int:
     try:
         number = int(text)
@@ -187,16 +202,16 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "auth_token": (("HORACE_AUTH_TOKEN",), _text),
     "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _names),
     "allowed_hosts": (("HORACE_ALLOWED_HOSTS",), _names),
-    "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _count),
+    "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _protocol_bytes),
     "max_connections": (("HORACE_MAX_CONNECTIONS",), _count),
     "max_pending_connections": (("HORACE_MAX_PENDING_CONNECTIONS",), _count),
     "max_calls_per_connection": (("HORACE_MAX_CALLS_PER_CONNECTION",), _count),
-    "max_inflight_bytes": (("HORACE_MAX_INFLIGHT_BYTES",), _count),
+    "max_inflight_bytes": (("HORACE_MAX_INFLIGHT_BYTES",), _protocol_bytes),
     "max_batch": (("HORACE_MAX_BATCH",), _count),
-    "max_reply_bytes": (("HORACE_MAX_REPLY_BYTES",), _count),
+    "max_reply_bytes": (("HORACE_MAX_REPLY_BYTES",), _protocol_bytes),
     "max_read_bytes": (("HORACE_MAX_READ_BYTES",), _count),
-    "max_pending_reply_bytes": (("HORACE_MAX_PENDING_REPLY_BYTES",), _count),
-    "max_pending_reply_bytes_total": (("HORACE_MAX_PENDING_REPLY_BYTES_TOTAL",), _count),
+    "max_pending_reply_bytes": (("HORACE_MAX_PENDING_REPLY_BYTES",), _protocol_bytes),
+    "max_pending_reply_bytes_total": (("HORACE_MAX_PENDING_REPLY_BYTES_TOTAL",), _protocol_bytes),
     "idle_timeout": (("HORACE_IDLE_TIMEOUT",), _timeout),
     "send_timeout": (("HORACE_SEND_TIMEOUT",), _timeout),
     "call_deadline": (("HORACE_CALL_DEADLINE",), _timeout),
@@ -353,6 +368,14 @@ class Settings:
             name = next((n for n in names if env.get(n)), None)
             if name is not None:
                 values[field] = parse(env[name], name)
+        token = env.get("HORACE_AUTH_TOKEN")
+        if token is not None and not token.strip():
+            # Set, but to nothing: an operator who meant to require a token (a template's
+            # value left empty) would serve everyone without one.
+            raise ConfigError(
+                f"HORACE_AUTH_TOKEN={token!r}: set but empty: give the token clients must send, or "
+                "unset the variable to serve without one"
+            )
         if "database_url" not in values and env.get("HORACE_DB_HOST"):
             values["database_url"] = _database_url(_url_from_parts(env), "HORACE_DB_HOST/PORT/NAME/USER")
         for field, value in overrides.items():

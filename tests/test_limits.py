@@ -896,6 +896,11 @@ def test_timeouts_must_be_positive() -> None:
         ("HORACE_SINK_LINGER", "36500d", "at most 60s"),
         ("HORACE_LOCK_WAIT", "\uff11\uff10", "expected a number"),
         ("HORACE_MAX_BATCH", "\uff11\uff10", "not an integer"),
+        ("HORACE_MAX_REPLY_BYTES", "1", "at least 65536"),
+        ("HORACE_MAX_MESSAGE_BYTES", "1000", "at least 65536"),
+        ("HORACE_MAX_PENDING_REPLY_BYTES", "65535", "at least 65536"),
+        ("HORACE_AUTH_TOKEN", " ", "set but empty"),
+        ("HORACE_AUTH_TOKEN", "", "set but empty"),
     ],
 )
 def test_values_past_what_a_setting_can_use_are_refused_at_start(
