@@ -626,6 +626,12 @@ async def _file(
                 detail += ": written back from its current version"
             else:
                 detail += ": a file appeared at its path meanwhile, left as it is (a scan versions it)"
+        elif not repair:
+            # Most often removed by its user while no watcher ran: a repair would bring it back.
+            detail += (
+                " (removed on purpose? `horace delete` records that; `fsck --repair` writes it "
+                "back from its current version)"
+            )
         finding("working_missing", detail, repaired)
     return found
 
