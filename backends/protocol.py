@@ -49,6 +49,17 @@ class UnusableURL(ValueError):
     """A database URL that names no catalog Horace can open (scheme, path, port, options)."""
 
 
+class NotHoraces(Exception):
+    """The database (or schema) already holds a table of one of Horace's names that Horace
+    did not make: another application's. Said as an :class:`UnusableURL` by the backend."""
+
+
+NOT_HORACES_ADVICE = (
+    "another application's? Give Horace a database of its own (on PostgreSQL, or a schema of "
+    "its own: search_path in the URL)"
+)
+
+
 class CatalogUnwritable(Exception):
     """The catalog database file cannot be opened or written: a read-only filesystem, or
     a folder or file this user may not write."""

@@ -27,7 +27,17 @@ import trio
 from attrs import frozen
 
 from . import migrations, words
-from .protocol import PING, CatalogMissing, CatalogUnwritable, DatabaseFull, FileGone, Units, UnusableURL
+from .protocol import (
+    NOT_HORACES_ADVICE,
+    PING,
+    CatalogMissing,
+    CatalogUnwritable,
+    DatabaseFull,
+    FileGone,
+    NotHoraces,
+    Units,
+    UnusableURL,
+)
 from .records import (
     CatalogIdentity,
     Collection,
@@ -1187,7 +1197,15 @@ def _rebind(conn: sqlite3.Connection, old_id: str, new_id: str, storage_path: st
 def _migrate(conn: sqlite3.Connection) -> int:
     with _transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        columns = [
+            f"{name} {kind}" for _, name, kind, *_ in conn.execute("PRAGMA table_info(schema_version)")
+        ]
+        if columns != ["version INTEGER"]:
+            raise NotHoraces(f"its table schema_version ({', '.join(columns)}) is not Horace's")
         applied = {version for (version,) in conn.execute("SELECT version FROM schema_version")}
+        horaces = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'horace_files'").fetchone()
+        if applied and horaces is None:
+            raise NotHoraces("its table schema_version records steps, but none of Horace's tables is there")
         for step in migrations.pending("sqlite", applied):
             # executescript would COMMIT; run the statements one by one inside our transaction.
             for statement in _statements(step.sql):
@@ -1353,7 +1371,14 @@ class SqliteBackend:
         return await self._write(_rebind, old_id, new_id, storage_path, at)
 
     async def migrate(self) -> int:
-        return await self._write(_migrate)
+        try:
+            return await self._write(_migrate)
+        except NotHoraces as exc:
+            raise UnusableURL(f"the SQLite file {self.path}: {exc}: {NOT_HORACES_ADVICE}") from None
+        except sqlite3.OperationalError as exc:
+            if "already exists" not in str(exc):
+                raise
+            raise UnusableURL(f"the SQLite file {self.path}: {exc}: {NOT_HORACES_ADVICE}") from None
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute(PING).fetchone())

@@ -1732,6 +1732,41 @@ async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
         assert wrong == [] and rows > 0
 
 
+@pytest.mark.parametrize(
+    ("foreign", "said"),
+    [
+        ("CREATE TABLE conversations (id serial PRIMARY KEY, body jsonb)", 'relation "conversations"'),
+        ("CREATE TABLE horace_files (id int)", 'relation "horace_files"'),
+        (  # a migration tool's (Flyway's) table of the same name
+            "CREATE TABLE schema_version (installed_rank int, version varchar(50), script text)",
+            "schema_version (installed_rank integer, version character varying(50), script text)",
+        ),
+        (
+            "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (3)",
+            "records steps, but none of Horace's tables",
+        ),
+    ],
+)
+async def test_a_database_holding_another_applications_tables_is_refused_untouched(
+    pg_url: str, foreign: str, said: str
+) -> None:
+    """A table of one of Horace's names that Horace did not make: the URL is refused (a
+    CONFIG error, said so), and nothing is made beside it."""
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    await trio.to_thread.run_sync(admin, f"SET search_path = {schema}; {foreign}")
+    before = await trio.to_thread.run_sync(
+        admin_column, f"SELECT tablename::text FROM pg_tables WHERE schemaname = '{schema}' ORDER BY 1"
+    )
+    async with open_postgres(pg_url) as backend:
+        with pytest.raises(UnusableURL, match="another application's") as refused:
+            await backend.migrate()
+    assert said in str(refused.value)
+    after = await trio.to_thread.run_sync(
+        admin_column, f"SELECT tablename::text FROM pg_tables WHERE schemaname = '{schema}' ORDER BY 1"
+    )
+    assert after == before
+
+
 async def test_a_step_that_landed_out_of_order_is_applied(pg_url: str) -> None:
     """A catalog made when step 004 had landed and 003 had not (steps 1, 2 and 4) is given
     003 and every step after, not only those above 4."""

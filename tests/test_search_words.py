@@ -19,7 +19,7 @@ import pytest
 from horace.backends import open_backend
 from horace.backends import sqlite as sqlite_backend
 from horace.backends.migrations import steps
-from horace.backends.protocol import Backend
+from horace.backends.protocol import Backend, UnusableURL
 from horace.backends.records import FileChanges, FileRecord, Order, SearchQuery, SortKey, Status
 from horace.backends.sqlite import open_sqlite
 from horace.backends.words import WORD_CHARS, fts5_match, prefix_end, query_words, tsquery
@@ -285,6 +285,38 @@ def sqlite_at_step_2(path: Path, files: list[FileRecord]) -> None:
         )
     conn.commit()
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("foreign", "said"),
+    [
+        (
+            "CREATE TABLE conversations (id INTEGER PRIMARY KEY, body TEXT)",
+            "table conversations already exists",
+        ),
+        (
+            "CREATE TABLE schema_version (installed_rank INT, version TEXT)",
+            "(installed_rank INT, version TEXT)",
+        ),
+        (
+            "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (3)",
+            "records steps, but none of Horace's tables",
+        ),
+    ],
+)
+async def test_sqlite_a_file_holding_another_applications_tables_is_refused_untouched(
+    tmp_path: Path, foreign: str, said: str
+) -> None:
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(foreign)
+        before = conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
+    async with open_sqlite(db, create=False) as backend:
+        with pytest.raises(UnusableURL, match="another application's") as refused:
+            await backend.migrate()
+    assert said in str(refused.value)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall() == before
 
 
 async def test_sqlite_a_step_that_landed_out_of_order_is_applied(tmp_path: Path) -> None:
