@@ -127,6 +127,7 @@ class SinkProcess:
         self._in_pipe: list[tuple[tuple[str, Any], int]] = []  # the frame being written
         self._in_pipe_kept = 0  # of its messages, those that could be pickled
         self.last_error: str | None = None
+        self._child_error: str | None = None  # what the child said of its failure, if it did
 
     # -- the sessions' side: never blocks, never raises -----------------------------------
 
@@ -184,13 +185,17 @@ class SinkProcess:
             while True:
                 started = trio.current_time()
                 unexpected = False
+                self._child_error = None
                 try:
                     code = await self._run_child()
-                    self.last_error = f"the sink process ended with exit code {code}"
+                    said = f": {self._child_error}" if self._child_error else ""
+                    self.last_error = f"the sink process ended with exit code {code}{said}"
                 except Exception as exc:  # every failure: log it, back off, start another
                     failure = the_failure(exc)  # (the child's tasks' nursery wraps it)
                     unexpected = not isinstance(failure, OSError | _ChildGone)
                     self.last_error = f"the sink process failed: {type(failure).__name__}: {failure}"
+                    if self._child_error:
+                        self.last_error += f" (it said: {self._child_error})"
                 self.state = "retrying"
                 failures = 1 if trio.current_time() - started > STEADY else failures + 1
                 settings = self.plan.settings
@@ -319,6 +324,9 @@ class SinkProcess:
             if lines and lines[-1]:
                 try:
                     report = json.loads(lines[-1])
+                    if isinstance(report, dict) and isinstance(report.get("error"), str):
+                        self._child_error = report["error"]  # why it is about to end
+                        continue
                     sinks, received = dict(report["sinks"]), int(report["received"])
                 except (ValueError, TypeError, KeyError) as exc:
                     log.warning("sink process: a status line that is not one (%s): %.200r", exc, lines[-1])
@@ -474,20 +482,27 @@ async def serve_sinks() -> None:
     logs.configure(plan.log_level)
     reports = os.dup(1)
     os.dup2(2, 1)  # a stray print goes to the log, not into the status lines
-    async with (
-        _talks(plan) as talks,
-        run_sinks(plan.settings, talks, plan.spool_dir) as sinks,
-        trio.lowlevel.FdStream(reports) as stdout,
-        trio.open_nursery() as nursery,
-    ):
-        taken = [0]  # messages taken in
-        nursery.start_soon(_report, sinks, taken, stdout)
-        while (data := await frames.next()) is not None:
-            messages = pickle.loads(data)
-            _deliver(sinks, messages)
-            taken[0] += len(messages)
-            await trio.lowlevel.checkpoint()
-        nursery.cancel_scope.cancel()
+    async with trio.lowlevel.FdStream(reports) as stdout:
+        try:
+            async with (
+                _talks(plan) as talks,
+                run_sinks(plan.settings, talks, plan.spool_dir) as sinks,
+                trio.open_nursery() as nursery,
+            ):
+                taken = [0]  # messages taken in
+                nursery.start_soon(_report, sinks, taken, stdout)
+                while (data := await frames.next()) is not None:
+                    messages = pickle.loads(data)
+                    _deliver(sinks, messages)
+                    taken[0] += len(messages)
+                    await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # said to the server too, for /health (and raised on)
+            failure = the_failure(exc)
+            line = json.dumps({"error": f"{type(failure).__name__}: {failure}"}) + "\n"
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stdout.send_all(line.encode())
+            raise
 
 
 # What keeps the sinks from starting, said in one line (the server starts another child).
