@@ -1312,6 +1312,10 @@ class _Hop:
                 # Transaction.__aexit__(): the underlying connection is closed", ...)
                 if _DETACHED in detail or "connection is closed" in detail or _is_stale(exc):
                     detail = "its connection was lost"
+                elif isinstance(exc, TimeoutError) and not str(exc):
+                    # (asyncpg's connect timeout, or the pool's: a host that takes the
+                    # connection and never answers, a firewall that drops it)
+                    detail = "no answer in time (TimeoutError: connect_timeout in the URL sets the wait)"
                 raise BackendUnavailable(f"PostgreSQL at {self.where} is unavailable: {detail}") from exc
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
                 # A session keeps the default_transaction_read_only it started with: once
