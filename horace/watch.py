@@ -332,6 +332,10 @@ class Watcher:
             record = await self.catalog.backend.file_by_path(rel)
             if record is not None and record.status is Status.ACTIVE:
                 return not self._file_vanished(record)
+            if stat.S_ISDIR(st.st_mode):
+                # Perhaps made again where a folder was moved or removed whole, before the
+                # watcher looked: the files catalogued under it that are not there vanish.
+                await self._folder_vanished(rel)
             return True
         if await in_thread(storage.is_being_written, rel) or _age(st) < self.settle:
             self.counts.retried += 1
@@ -412,7 +416,12 @@ class Watcher:
         record = await self.catalog.backend.file_by_path(rel)
         if record is not None:
             return self._file_vanished(record)
-        # Perhaps a folder, moved or removed whole: each file catalogued under it.
+        await self._folder_vanished(rel)  # perhaps a folder, moved or removed whole
+        return False
+
+    async def _folder_vanished(self, rel: str) -> None:
+        """Each active file catalogued under the folder *rel* waits as vanished: deleted
+        (or moved) once the settle time has passed, unless it is at its path then."""
         now = trio.current_time()
         query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
         cursor = None
@@ -424,7 +433,6 @@ class Watcher:
                 break
             cursor = page.next_cursor
         self._wakeup.set()
-        return False
 
     def _file_vanished(self, record: FileRecord) -> bool:
         """*record*'s path no longer holds it: True when it is active, now waiting to be

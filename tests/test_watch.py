@@ -390,6 +390,35 @@ async def test_a_folder_renamed_as_a_file_of_its_content_is_deleted_keeps_each_h
     assert (await watched.catalog.backend.file_by_id(s_file.id)).status is Status.DELETED
 
 
+@pytest.mark.parametrize("appended", [False, True])
+async def test_a_folder_moved_aside_and_made_again_at_once_leaves_no_file_without_its_copy(
+    watched: Watched, appended: bool
+) -> None:
+    """Log rotation: `mv logs logs.1; mkdir logs` before the watcher looks, the writer still
+    appending to logs.1/app.log. The file follows its content to the new path (or, written
+    to meanwhile, is a new file there and the old one deleted); the old path is never left
+    an active file with no working copy."""
+    files = watched.files
+    write(files / "user/logs/app.log", "line 1\n")
+    first = await watched.wait_checksum("user/logs/app.log", sha256("line 1\n"))
+    (files / "user/logs").rename(files / "user/logs.1")
+    (files / "user/logs").mkdir()
+    write(files / "user/logs/other.txt", "a new log")
+    text = "line 1\n"
+    if appended:
+        text += "line 2\n"
+        overwrite_in_place(files / "user/logs.1/app.log", text.encode())  # (the writer's next line)
+    moved = await watched.wait_checksum("user/logs.1/app.log", sha256(text))
+    assert (moved.id == first.id) is not appended
+
+    async def old_path_settled() -> bool:
+        record = await watched.record("user/logs/app.log")
+        return record is None or record.status is Status.DELETED
+
+    await eventually(old_path_settled, "user/logs/app.log no longer an active file")
+    await watched.wait_checksum("user/logs/other.txt", sha256("a new log"))
+
+
 async def test_a_folder_moved_out_soft_deletes_its_files(watched: Watched, tmp_path: Path) -> None:
     folder = watched.files / "shared/leaving"
     for name in ("one.txt", "deep/two.txt"):
