@@ -133,24 +133,20 @@ async def run_tool(
         return tool_error(
             ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}", correlation_id
         )
-    except OSError as exc:
-        if exc.errno not in STORAGE_ERRNOS:
-            log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
-            return tool_error(
-                ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})", correlation_id
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            # The storage's state (read-only, not ours to write, failing): the operator's
+            # to mend, said in one line, not a bug.
+            log.error(
+                "tool %s: the storage refuses: %s", tool.name, exc, extra={"correlation_id": correlation_id}
             )
-        # The storage's state (read-only, not ours to write, failing), the operator's to mend.
-        log.error(
-            "tool %s: the storage refuses: %s", tool.name, exc, extra={"correlation_id": correlation_id}
-        )
-        return tool_error(
-            ErrorCode.STORAGE_ERROR,
-            f"the storage refuses: {exc.strerror or exc}"
-            + (f": {exc.filename}" if exc.filename is not None else "")
-            + "; the call did not complete (a read-only, unwritable or failing disk: see the server's log)",
-            correlation_id,
-        )
-    except Exception:
+            return tool_error(
+                ErrorCode.STORAGE_ERROR,
+                f"the storage refuses: {exc.strerror or exc}"
+                + (f": {exc.filename}" if exc.filename is not None else "")
+                + "; the call did not complete (a read-only, unwritable or failing disk: see the log)",
+                correlation_id,
+            )
         log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
         return tool_error(
             ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})", correlation_id
