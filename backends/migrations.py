@@ -7,6 +7,8 @@ from pathlib import Path
 
 from attrs import frozen
 
+from .protocol import NotHoraces
+
 
 class SchemaTooNew(Exception):
     pass
@@ -52,3 +54,13 @@ def pending(backend: str, applied: Collection[int]) -> list[Step]:
         )
     oldest = min(applied, default=0)
     return [step for step in known if step.version > oldest and step.version not in applied]
+
+
+def check_version_table(columns: list[str], records_steps: bool, has_files: bool) -> None:
+    """:class:`NotHoraces` when the ``schema_version`` table found (its *columns*, "name
+    type"; whether it holds rows; whether ``horace_files`` is beside it) is not Horace's:
+    of another shape (a migration tool's), or recording steps with none of Horace's tables."""
+    if [column.lower() for column in columns] != ["version integer"]:
+        raise NotHoraces(f"its table schema_version ({', '.join(columns)}) is not Horace's")
+    if records_steps and not has_files:
+        raise NotHoraces("its table schema_version records steps, but none of Horace's tables is there")

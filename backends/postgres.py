@@ -1176,7 +1176,14 @@ async def _migrate(conn: Conn) -> int:
     # Up to date (every start but the first after an upgrade): nothing is made, so a role
     # that may only read and write the tables (no CREATE on the schema) can run Horace.
     if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
-        await _check_version_table(conn)
+        # (Absent here, it is made below, empty: Horace's, or another starting Horace's.)
+        columns, records_steps, has_files = await conn.fetchrow(
+            "SELECT (SELECT array_agg(a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod)) "
+            "FROM pg_attribute a WHERE a.attrelid = to_regclass('schema_version') "
+            "AND a.attnum > 0 AND NOT a.attisdropped), EXISTS (SELECT 1 FROM schema_version), "
+            "to_regclass('horace_files') IS NOT NULL"
+        )
+        migrations.check_version_table(list(columns or ()), records_steps, has_files)
         applied = await _applied(conn)
         if not migrations.pending("postgres", applied):
             return max(applied, default=0)
@@ -1186,29 +1193,12 @@ async def _migrate(conn: Conn) -> int:
             f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK[0]}, {MIGRATION_LOCK[1]}); "
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
         )
-        await _check_version_table(conn)
         applied = await _applied(conn)
         for step in migrations.pending("postgres", applied):
             await conn.execute(step.sql)  # no arguments: a multi-statement simple query
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step.version)
             applied.add(step.version)
     return max(applied, default=0)
-
-
-async def _check_version_table(conn: Conn) -> None:
-    """:class:`NotHoraces` when ``schema_version`` is not Horace's: of another shape (a
-    migration tool's), or holding steps with none of Horace's tables beside it."""
-    columns = await conn.fetchval(
-        "SELECT array_agg(a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod)) "
-        "FROM pg_attribute a WHERE a.attrelid = to_regclass('schema_version') "
-        "AND a.attnum > 0 AND NOT a.attisdropped"
-    )
-    if list(columns or ()) != ["version integer"]:
-        raise NotHoraces(f"its table schema_version ({', '.join(columns or ())}) is not Horace's")
-    if await conn.fetchval(
-        "SELECT to_regclass('horace_files') IS NULL AND EXISTS (SELECT 1 FROM schema_version)"
-    ):
-        raise NotHoraces("its table schema_version records steps, but none of Horace's tables is there")
 
 
 async def _applied(conn: Conn) -> set[int]:

@@ -1200,12 +1200,12 @@ def _migrate(conn: sqlite3.Connection) -> int:
         columns = [
             f"{name} {kind}" for _, name, kind, *_ in conn.execute("PRAGMA table_info(schema_version)")
         ]
-        if columns != ["version INTEGER"]:
-            raise NotHoraces(f"its table schema_version ({', '.join(columns)}) is not Horace's")
+        records_steps, has_files = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM schema_version), "
+            "EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'horace_files')"
+        ).fetchone()
+        migrations.check_version_table(columns, bool(records_steps), bool(has_files))
         applied = {version for (version,) in conn.execute("SELECT version FROM schema_version")}
-        horaces = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'horace_files'").fetchone()
-        if applied and horaces is None:
-            raise NotHoraces("its table schema_version records steps, but none of Horace's tables is there")
         for step in migrations.pending("sqlite", applied):
             # executescript would COMMIT; run the statements one by one inside our transaction.
             for statement in _statements(step.sql):

@@ -16,11 +16,11 @@ import os
 import random
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -64,6 +64,7 @@ pytestmark = pytest.mark.skipif(
 PG_DSN = os.environ.get("HORACE_TEST_PG_DSN", "postgresql://root@/horace_dev?host=/var/run/postgresql")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NEWEST_SCHEMA = steps("postgres")[-1].version
+T = TypeVar("T")
 
 
 def with_query(url: str, **params: str) -> str:
@@ -73,31 +74,36 @@ def with_query(url: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def admin(*statements: str) -> None:
-    """Run statements on the test database outside the backend (plain asyncio)."""
+def on_admin(work: Callable[[Any], Awaitable[T]]) -> T:
+    """*work* on a connection to the test database, outside the backend (plain asyncio)."""
 
-    async def run() -> None:
+    async def run() -> T:
         conn = await asyncpg.connect(PG_DSN)
         try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def admin_column(query: str) -> list[Any]:
-    """The first column of *query*'s rows, read outside the backend (plain asyncio)."""
-
-    async def run() -> list[Any]:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            return [row[0] for row in await conn.fetch(query)]
+            return await work(conn)
         finally:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def admin(*statements: str) -> None:
+    """Run statements on the test database outside the backend."""
+
+    async def work(conn: Any) -> None:
+        for statement in statements:
+            await conn.execute(statement)
+
+    on_admin(work)
+
+
+def admin_column(query: str) -> list[Any]:
+    """The first column of *query*'s rows, read outside the backend."""
+
+    async def work(conn: Any) -> list[Any]:
+        return [row[0] for row in await conn.fetch(query)]
+
+    return on_admin(work)
 
 
 def kill_sessions(url: str, *, busy_only: bool = False) -> str:
@@ -1701,23 +1707,33 @@ async def test_word_counts_stay_true_under_concurrent_writers_and_folds(pg_url: 
         assert wrong == [] and rows == lexemes
 
 
-async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
-    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
-    old = rec("a/old report.txt", "s1", tags=("q", "r"), purpose="Quarterly numbers")
-    gone = rec("b/other.txt", "s2", when=5, tags=("r",), status=Status.ARCHIVED)
+def older_catalog(
+    schema: str, made: Sequence[int], recorded: Sequence[int], files: Sequence[FileRecord]
+) -> str:
+    """SQL that makes, in *schema*, a catalog of the schema steps *made* (recording
+    *recorded* in schema_version) holding *files*: one of an older release."""
+    by_number = {step.version: step for step in steps("postgres")}
     rows = ", ".join(
         f"('{f.id}', '{f.file_path}', {f'$${f.purpose}$$' if f.purpose else 'NULL'}, "
         f"ARRAY{list(f.tags)}::text[], 1, 'text/plain', '{f.checksum}', '{f.status.value}', 1, "
         f"'{f.created_at.isoformat()}', '{f.updated_at.isoformat()}')"
-        for f in (old, gone)
+        for f in files
     )
-    await trio.to_thread.run_sync(
-        admin,
-        f"SET search_path = {schema}; {steps('postgres')[0].sql}; {steps('postgres')[1].sql}; "
-        "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (2); "
-        "INSERT INTO horace_files (id, file_path, purpose, tags, size, mime_type, checksum, status, "
-        f"current_version, created_at, updated_at) VALUES {rows}",
+    return (
+        f"SET search_path = {schema}; "
+        + "".join(f"{by_number[number].sql}; " for number in made)
+        + "CREATE TABLE schema_version (version INTEGER NOT NULL); "
+        + f"INSERT INTO schema_version VALUES {', '.join(f'({number})' for number in recorded)}; "
+        + "INSERT INTO horace_files (id, file_path, purpose, tags, size, mime_type, checksum, status, "
+        + f"current_version, created_at, updated_at) VALUES {rows}"
     )
+
+
+async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
+    schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
+    old = rec("a/old report.txt", "s1", tags=("q", "r"), purpose="Quarterly numbers")
+    gone = rec("b/other.txt", "s2", when=5, tags=("r",), status=Status.ARCHIVED)
+    await trio.to_thread.run_sync(admin, older_catalog(schema, (1, 2), (2,), (old, gone)))
     async with open_postgres(pg_url) as backend:
         assert await backend.migrate() == NEWEST_SCHEMA
         total, page = await backend.search(SearchQuery(purpose="quart report"))
@@ -1772,17 +1788,7 @@ async def test_a_step_that_landed_out_of_order_is_applied(pg_url: str) -> None:
     003 and every step after, not only those above 4."""
     schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
     old = rec("a/old report.txt", "s1", tags=("q",), purpose="Quarterly numbers")
-    by_number = {step.version: step for step in steps("postgres")}
-    await trio.to_thread.run_sync(
-        admin,
-        f"SET search_path = {schema}; {by_number[1].sql}; {by_number[2].sql}; {by_number[4].sql}; "
-        "CREATE TABLE schema_version (version INTEGER NOT NULL); "
-        "INSERT INTO schema_version VALUES (1), (2), (4); "
-        "INSERT INTO horace_files (id, file_path, purpose, tags, size, mime_type, checksum, status, "
-        f"current_version, created_at, updated_at) VALUES ('{old.id}', '{old.file_path}', "
-        f"'{old.purpose}', ARRAY['q']::text[], 1, 'text/plain', '{old.checksum}', 'active', 1, "
-        f"'{old.created_at.isoformat()}', '{old.updated_at.isoformat()}')",
-    )
+    await trio.to_thread.run_sync(admin, older_catalog(schema, (1, 2, 4), (1, 2, 4), (old,)))
     async with open_postgres(pg_url) as backend:
         assert await backend.migrate() == NEWEST_SCHEMA
         total, page = await backend.search(SearchQuery(purpose="quart"))
