@@ -108,7 +108,9 @@ NOTES = {
     "(created if missing); `custom` is merged into the file's `metadata`. Any other field is "
     "refused (`INVALID_ARGUMENT`). A `status` change away from `active` moves the working file out of "
     "files/ and versions exactly what was moved (whatever `check_for_changes` says); back to "
-    "`active` writes the current version back.",
+    "`active` writes the current version back. With no `status`, a deleted or archived file whose "
+    "working file is back at its path is taken in as re-registering takes it (active again, "
+    "versioned if its content changed) before the change, unless `check_for_changes` is false.",
     "horace_restore_version": "The file must be `active`. `preserved_version` is the version that "
     "kept the working file's unsaved content (null when it had none). Restoring the current "
     "version still adds a version.",

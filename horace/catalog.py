@@ -704,6 +704,15 @@ class Catalog:
                     version_created = version is not None
             elif target is Status.ACTIVE:
                 version_created, written = await self._bring_back(db, current, correlation_id)
+            elif (
+                check_for_changes
+                and changes.status is None
+                and await in_thread(self.storage.working_exists, current.file_path)
+            ):
+                # A deleted or archived file whose working copy is back: taken in as
+                # registering takes it (active again, versioned if it changed), then changed.
+                taken_in = await self._reregister(db, current, correlation_id)
+                current, version_created = taken_in.file, taken_in.version_created
             try:
                 with trio.CancelScope(shield=True):
                     updated = await db.update_file(file_id, changes, self.clock())

@@ -278,6 +278,27 @@ async def test_update_versions_changed_content_unless_told_not_to(catalog: Catal
     assert checked.file.checksum == sha256("two")
 
 
+async def test_update_takes_in_the_working_copy_back_at_a_deleted_files_path(
+    catalog: Catalog, files: Path
+) -> None:
+    """As a register or scan would: the file is active again, its new content a version,
+    and the change applies to that record. Told the status, or not to check, it is not."""
+    path = write(files / "user/a.txt", "old")
+    file = (await catalog.register("user/a.txt")).file
+    await catalog.delete(file.id)
+    write(path, "new, by the user")
+    kept_deleted = await catalog.update(file.id, FileChanges(status=Status.DELETED, purpose="p"))
+    assert kept_deleted.file.status is Status.DELETED and not kept_deleted.version_created
+    unchecked = await catalog.update(file.id, FileChanges(purpose="q"), check_for_changes=False)
+    assert unchecked.file.status is Status.DELETED and unchecked.file.current_version == 1
+    updated = await catalog.update(file.id, FileChanges(tags=("t",)))
+    assert updated.version_created
+    assert (updated.file.status, updated.file.current_version) == (Status.ACTIVE, 2)
+    assert updated.file.checksum == sha256("new, by the user") and updated.file.tags == ("t",)
+    assert {"status", "tags", "checksum", "current_version"} <= set(updated.changed_fields)
+    assert path.read_text() == "new, by the user"
+
+
 async def test_update_unknown_file(catalog: Catalog) -> None:
     with pytest.raises(HoraceError) as excinfo:
         await catalog.update("00000000-0000-0000-0000-000000000000", FileChanges(owner="x"))
