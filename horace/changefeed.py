@@ -22,6 +22,7 @@ needed: Trio waits on the inotify descriptor.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -90,6 +91,9 @@ class ChangeFeed(Protocol):
 
     async def __anext__(self) -> Batch: ...
 
+    def wrote(self, path: Path) -> None:
+        """Horace itself wrote the file at *path* (from any thread)."""
+
 
 def open_change_feed(root: Path, *, poll: bool, poll_interval: float) -> ChangeFeed:
     """The feed of changes under *root*: inotify, or polling every *poll_interval* s."""
@@ -149,6 +153,9 @@ class InotifyFeed:
         if self._inotify is not None:
             trio.lowlevel.notify_closing(self._inotify.fd)  # no task waits on a closed fd
             self._inotify.close()
+
+    def wrote(self, path: Path) -> None:
+        pass  # inotify reports Horace's own writes as any other
 
     def __aiter__(self) -> Self:
         return self
@@ -323,6 +330,7 @@ class PollFeed:
         self.interval = interval
         self._identity: tuple[int, int] = (0, 0)
         self._seen: dict[str, _Signature] = {}
+        self._written: collections.deque[str] = collections.deque()  # see wrote()
 
     async def __aenter__(self) -> Self:
         self._identity = self._root_identity()
@@ -334,6 +342,9 @@ class PollFeed:
 
     def __aiter__(self) -> Self:
         return self
+
+    def wrote(self, path: Path) -> None:
+        self._written.append(str(path))
 
     async def __anext__(self) -> Batch:
         while True:
@@ -347,6 +358,12 @@ class PollFeed:
                     collected.add(path, gone=False)
             for path in self._seen.keys() - seen.keys():
                 collected.add(path, gone=True)
+            while self._written:
+                path = self._written.popleft()
+                if path not in seen and path not in self._seen:
+                    # Written by Horace and gone again between two looks: the gone
+                    # file is told (a file that is there after all, the watcher keeps).
+                    collected.add(path, gone=True)
             self._seen = seen
             if collected.changes:
                 return collected.batch()

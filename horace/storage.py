@@ -407,6 +407,8 @@ class Storage:
         self._packs_lock = threading.Lock()
         self._packed_at = packs.Locations()
         self._pinned: tuple[int, int] | None = None  # .horace's device and inode: see pin()
+        # Told of each working file Horace itself puts in files/ (see observe_writes).
+        self._write_observers: list[Callable[[Path], None]] = []
 
     # -- layout and identity ------------------------------------------------------------
 
@@ -568,6 +570,22 @@ class Storage:
 
     def object_path(self, checksum: str) -> Path:
         return self.objects / _object_name(checksum)
+
+    @contextlib.contextmanager
+    def observe_writes(self, observer: Callable[[Path], None]) -> Iterator[None]:
+        """While in the block, *observer* is told (from whichever thread wrote it) the path
+        of each working file Horace itself writes into files/: a restore, an undelete, a
+        working copy put back. A poller needs this: a file written and removed again
+        between two of its looks is otherwise never seen."""
+        self._write_observers.append(observer)
+        try:
+            yield
+        finally:
+            self._write_observers.remove(observer)
+
+    def _wrote(self, rel: str) -> None:
+        for observer in list(self._write_observers):
+            observer(self.files / rel)
 
     def working_path(self, rel: str) -> Path:
         return self.files / rel
@@ -1140,6 +1158,7 @@ class Storage:
                     _rename_noreplace(tmp_fd, held.name, dfd, name)
                 except FileExistsError:
                     return False
+                self._wrote(rel)
                 os.fsync(dfd)
             return True
         finally:
@@ -1186,6 +1205,7 @@ class Storage:
                         ErrorCode.FILE_LOCKED,
                         f"{rel!r} was opened for writing by another process meanwhile: try again",
                     )
+                self._wrote(rel)
                 in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 # Its ctime as it landed; a file already written to is no longer ours.
                 exact = FileIdentity.exact(in_place)
@@ -1333,8 +1353,10 @@ class Storage:
                         _rename_noreplace(tmp_fd, held.name, dfd, candidate)
                     except FileExistsError:
                         continue
+                    placed = rel.rsplit("/", 1)[0] + "/" + candidate if "/" in rel else candidate
+                    self._wrote(placed)
                     os.fsync(dfd)
-                    return rel.rsplit("/", 1)[0] + "/" + candidate if "/" in rel else candidate
+                    return placed
         except HoraceError:
             return None
         finally:

@@ -142,14 +142,15 @@ class Watcher:
             nursery.start_soon(self._settle_loop)
             nursery.start_soon(self._catch_up, self._since)
             task_status.started()
-            async for batch in feed:
-                if batch.lost_since is not None:
-                    nursery.start_soon(self._catch_up, batch.lost_since - CATCH_UP_SLACK)
-                for change in batch.changes:
-                    if editor_temp(change.path.name):
-                        continue
-                    self.counts.events += 1
-                    await self._noticed(change)
+            with self.catalog.storage.observe_writes(feed.wrote):
+                async for batch in feed:
+                    if batch.lost_since is not None:
+                        nursery.start_soon(self._catch_up, batch.lost_since - CATCH_UP_SLACK)
+                    for change in batch.changes:
+                        if editor_temp(change.path.name):
+                            continue
+                        self.counts.events += 1
+                        await self._noticed(change)
 
     async def _noticed(self, change: Change) -> None:
         try:

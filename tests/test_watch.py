@@ -728,6 +728,32 @@ async def test_a_file_written_again_before_it_settled_is_taken_once_settled(
     assert [v.checksum for v in versions] == [sha256("fourth, and last"), sha256("first")], versions
 
 
+async def test_polling_sees_a_file_horace_wrote_back_go_before_its_next_look(
+    catalog: Catalog, files: Path
+) -> None:
+    """An undelete writes the working copy back, and the user removes it again before the
+    next poll: no look ever saw it, yet it is gone, and the file is deleted again."""
+    poll = 0.5
+    watcher = horace.watch.Watcher(catalog, settle=0.1, poll=True, poll_ms=int(poll * 1000))
+    path = write(files / "user/back.txt", "brought back, then removed")
+    file = (await catalog.register("user/back.txt")).file
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        await catalog.delete(file.id)
+        await trio.sleep(2 * poll)  # the poller has seen it go
+        await catalog.undelete(file.id)
+        path.unlink()  # long before the next look
+
+        async def deleted() -> bool:
+            return (await catalog.backend.file_by_id(file.id)).status is Status.DELETED
+
+        await eventually(deleted, "the file deleted again", within=6 * poll)
+        nursery.cancel_scope.cancel()
+    assert not path.exists()
+    versions = await catalog.backend.versions(file.id)
+    assert [v.checksum for v in versions] == [sha256("brought back, then removed")]
+
+
 async def _scheduled(watcher: horace.watch.Watcher, events_before: int) -> bool:
     return watcher.counts.events > events_before and watcher.status()["pending"] > 0
 
@@ -1158,6 +1184,9 @@ class Lossy:
 
     def __aiter__(self) -> Lossy:
         return self
+
+    def wrote(self, path: Path) -> None:
+        self.feed.wrote(path)
 
     async def __anext__(self) -> Batch:
         batch = await self.feed.__anext__()
