@@ -1013,7 +1013,9 @@ class Catalog:
         report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         for error in report.errors:
             log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
-        return attrs.evolve(report, missing=tuple(sorted(e.file_path for e in missing)))
+        return attrs.evolve(
+            report, missing=tuple(sorted({e.file_path for e in missing} | set(report.missing)))
+        )
 
     async def _missing(
         self, rel_under: str | None, found: list[tuple[str, os.stat_result]], index: list[IndexEntry]
@@ -1091,7 +1093,7 @@ class Catalog:
                 result = await self.register(rel, correlation_id=correlation_id)
                 tally.count(result.version_created)
             except HoraceError as exc:
-                tally.errors.append(f"{rel}: {exc.message}")
+                tally.failed(rel, exc)
             tally.advance(1)
         # Content catalogued at the start or by this scan: a file of it not inserted is a
         # duplicate. Any other was refused for its path, or for content another writer (a
@@ -1107,7 +1109,8 @@ class Catalog:
                     tally.duplicates += 1
                 else:
                     unexplained.append(rel)
-            tally.errors += [f"{rel}: {exc.message}" for rel, exc in outcome.failed]
+            for rel, refused in outcome.failed:
+                tally.failed(rel, refused)
             tally.advance(len(batch))
         if unexplained:
             catalogued = {e.file_path for e in await self.backend.working_index()}
@@ -1116,7 +1119,13 @@ class Catalog:
                     tally.unchanged += 1  # catalogued meanwhile, with this very content
                 else:
                     tally.duplicates += 1
-        return tally.report(skipped)
+        active = {e.file_path for e in entries if e.status is Status.ACTIVE}
+        for rel in tally.gone:
+            if rel not in active:
+                log.info(
+                    "scan: %s was removed before it was read", rel, extra={"correlation_id": correlation_id}
+                )
+        return tally.report(skipped, [rel for rel in tally.gone if rel in active])
 
     async def _look_again(
         self, entries: Sequence[IndexEntry], correlation_id: str | None, tally: _ScanTally
@@ -1130,7 +1139,7 @@ class Catalog:
         changed: list[IndexEntry] = []
         for entry, outcome in zip(entries, hashed, strict=True):
             if isinstance(outcome, HoraceError):
-                tally.errors.append(f"{entry.file_path}: {outcome.message}")
+                tally.failed(entry.file_path, outcome)
             elif outcome.checksum == entry.checksum:
                 unchanged.append(attrs.evolve(entry, working=outcome.working))
             else:
@@ -1157,7 +1166,7 @@ class Catalog:
             try:
                 staged = await self._stage(entry.file_path)
             except HoraceError as exc:
-                tally.errors.append(f"{entry.file_path}: {exc.message}")
+                tally.failed(entry.file_path, exc)
                 continue
             try:
                 if staged.checksum == entry.checksum:
@@ -1177,7 +1186,7 @@ class Catalog:
             unchanged: list[IndexEntry] = []
             for entry, (_, outcome) in zip(entries, staged, strict=True):
                 if isinstance(outcome, HoraceError):
-                    tally.errors.append(f"{entry.file_path}: {outcome.message}")
+                    tally.failed(entry.file_path, outcome)
                 elif outcome[0].checksum == entry.checksum:  # changed back meanwhile
                     tally.unchanged += 1
                     if outcome[0].working is not None:
@@ -1240,7 +1249,7 @@ class Catalog:
                 try:
                     tally.count(await self._commit_looked_at(entry, copy, mime_type, correlation_id))
                 except HoraceError as exc:
-                    tally.errors.append(f"{entry.file_path}: {exc.message}")
+                    tally.failed(entry.file_path, exc)
 
     async def _commit_looked_at(
         self, entry: IndexEntry, copy: Staged, mime_type: str, correlation_id: str | None
@@ -1668,6 +1677,15 @@ class _ScanTally:
         self.done = 0
         self.registered = self.versioned = self.unchanged = self.duplicates = 0
         self.errors: list[str] = []
+        self.gone: list[str] = []  # found by the walk, gone before they were read
+
+    def failed(self, rel: str, exc: HoraceError) -> None:
+        """*rel* was not taken. A file removed since the walk found it is no failure of
+        the scan's (its owner removed it): it is told apart, not counted an error."""
+        if exc.code is ErrorCode.FILE_NOT_FOUND:
+            self.gone.append(rel)
+        else:
+            self.errors.append(f"{rel}: {exc.message}")
 
     def count(self, version_created: bool) -> None:
         if version_created:
@@ -1680,7 +1698,7 @@ class _ScanTally:
         if self.progress and files:
             self.progress(self.done, self.total)
 
-    def report(self, skipped: Sequence[str]) -> ScanReport:
+    def report(self, skipped: Sequence[str], missing: Sequence[str] = ()) -> ScanReport:
         return ScanReport(
             self.total,
             self.registered,
@@ -1689,6 +1707,7 @@ class _ScanTally:
             self.duplicates,
             tuple(self.errors),
             tuple(skipped),
+            tuple(missing),
         )
 
 

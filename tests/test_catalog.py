@@ -27,7 +27,7 @@ from horace.config import Settings
 from horace.fsck import fsck, verify
 from horace.model import ErrorCode, HoraceError, NewFile
 from horace.server.tools import TOOLS, CallContext
-from horace.storage import TMP_PREFIX, TempKind, TempName, temp_name
+from horace.storage import TMP_PREFIX, Storage, TempKind, TempName, temp_name
 
 
 async def objects_of(catalog: Catalog, file_id: str) -> dict[int, bytes]:
@@ -1191,6 +1191,33 @@ async def test_a_scan_names_the_catalogued_files_gone_from_its_folder_and_keeps_
     await catalog.delete((await catalog.resolve("user/ab/gone.txt")).id)
     write(files / "user/a/back.txt", "user/a/back.txt")
     assert (await catalog.scan()).missing == ()
+
+
+async def test_files_removed_between_the_walk_and_their_read_are_no_scan_errors(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their owner removed them: a new one is simply not taken, a catalogued one is
+    missing, and only a file that could not be read is an error."""
+    write(files / "user/old.txt", "catalogued")
+    write(files / "user/kept-old.txt", "catalogued, stays")
+    await catalog.scan()
+    write(files / "user/old.txt", "catalogued, then changed")  # read again by the scan
+    for name in ("new.txt", "kept-new.txt"):
+        write(files / "user" / name, f"new {name}")
+    walk = Storage.walk_stats
+
+    def walk_then_remove(self: Storage, *args: Any) -> Any:
+        found = walk(self, *args)
+        (files / "user/old.txt").unlink()
+        (files / "user/new.txt").unlink()
+        return found
+
+    monkeypatch.setattr(Storage, "walk_stats", walk_then_remove)
+    report = await catalog.scan()
+    assert report.errors == ()
+    assert (report.registered, report.unchanged, report.missing) == (1, 1, ("user/old.txt",))
+    assert await paths(catalog) == {"user/old.txt", "user/kept-old.txt", "user/kept-new.txt"}
+    assert (await catalog.resolve("user/old.txt")).status is Status.ACTIVE
 
 
 async def test_verify_and_scan_replies_stay_readable_however_many_problems(
