@@ -1158,8 +1158,8 @@ class Storage:
                     _rename_noreplace(tmp_fd, held.name, dfd, name)
                 except FileExistsError:
                     return False
-                self._wrote(rel)
                 os.fsync(dfd)
+                self._wrote(rel)
             return True
         finally:
             os.close(tmp_fd)
@@ -1205,12 +1205,12 @@ class Storage:
                         ErrorCode.FILE_LOCKED,
                         f"{rel!r} was opened for writing by another process meanwhile: try again",
                     )
-                self._wrote(rel)
                 in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 # Its ctime as it landed; a file already written to is no longer ours.
                 exact = FileIdentity.exact(in_place)
                 written = exact if FileIdentity.of(in_place) == written else attrs.evolve(exact, ctime_ns=-1)
                 os.fsync(dfd)
+                self._wrote(rel)
             os.fsync(tmp_fd)
         except BaseException:
             if not held.exists() or self._same_content_as(held, checksum):
@@ -1354,8 +1354,8 @@ class Storage:
                     except FileExistsError:
                         continue
                     placed = rel.rsplit("/", 1)[0] + "/" + candidate if "/" in rel else candidate
-                    self._wrote(placed)
                     os.fsync(dfd)
+                    self._wrote(placed)
                     return placed
         except HoraceError:
             return None
