@@ -303,17 +303,29 @@ async def test_batch_with_a_notification(client: McpClient) -> None:
     ]
 
 
-async def test_oversize_message_is_answered(settings: Settings) -> None:
-    async with (
-        run_horace(serving(settings, max_message_bytes=10_000)) as running,
-        connect(running.url) as client,
-    ):
-        reply = client.expect(None)
-        await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x" * 20_000}))
-        error = (await reply.receive())["error"]
-        assert error["code"] == -32600
-        assert "exceeds the limit of 10000 (HORACE_MAX_MESSAGE_BYTES)" in error["message"]
-        assert (await client.request("ping"))["result"] == {}  # the connection is still good
+async def test_oversize_message_is_answered_and_a_far_larger_one_closes_the_websocket(
+    settings: Settings,
+) -> None:
+    """A message a little over the limit gets a JSON-RPC error on a connection that goes
+    on; one past the cap that is read at all closes the WebSocket with 1009 (message too
+    big) instead of being held whole to be refused."""
+    limit = 64 * 1024
+    async with run_horace(serving(settings, max_message_bytes=limit)) as running:
+        async with connect(running.url) as client:
+            reply = client.expect(None)
+            pad = "x" * (limit + limit // 32)
+            await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": pad}))
+            error = (await reply.receive())["error"]
+            assert error["code"] == -32600
+            assert f"exceeds the limit of {limit} (HORACE_MAX_MESSAGE_BYTES)" in error["message"]
+            assert (await client.request("ping"))["result"] == {}  # the connection is still good
+        async with connect(running.url) as client:
+            await client.send_raw(
+                json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x" * 2 * limit})
+            )
+            with trio.fail_after(10):
+                await client.closed.wait()
+            assert client.ws.closed is not None and client.ws.closed.code == 1009
 
 
 async def test_200_concurrent_calls_on_one_connection(server: RunningHorace, client: McpClient) -> None:

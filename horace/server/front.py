@@ -210,9 +210,7 @@ class Front:
                 handshake = await wrap_server_stream(
                     websocket_tasks,
                     stream,
-                    # Oversize messages up to 4x the limit are read and answered with a JSON-RPC
-                    # error; beyond that the WebSocket closes with 1009 (message too big).
-                    max_message_size=settings.max_message_bytes * 4,
+                    max_message_size=websocket_message_cap(settings.max_message_bytes),
                 )
                 # Never the token's subprotocol: what is answered is seen by proxies and logs.
                 subprotocol = "mcp" if "mcp" in handshake.proposed_subprotocols else None
@@ -227,6 +225,15 @@ class Front:
                     await self.run_session(ws, stream)
             finally:
                 websocket_tasks.cancel_scope.cancel()
+
+
+def websocket_message_cap(limit: int) -> int:
+    """The most characters of one WebSocket message read (and held: trio-websocket joins a
+    message's frames before handing it over): a message a little over *limit* bytes is
+    read and answered with a JSON-RPC error; past a sixteenth over, the WebSocket closes
+    with 1009 (message too big) as it comes, so that a refused message costs no more
+    memory than one admitted."""
+    return limit + limit // 16
 
 
 def _is_upgrade(request: Request) -> bool:
