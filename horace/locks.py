@@ -31,6 +31,11 @@ def _flock(kind: int, offset: int) -> bytes:
     return struct.pack("hhqqi", kind, os.SEEK_SET, offset, 1, 0)
 
 
+# The lock byte of the store's watch lease (see FileLocks.take_watch_lease): the last one
+# a lock can take; a path's key is never it but once in 2**63.
+WATCH_LEASE = (1 << 63) - 1
+
+
 def lock_key(rel_path: str) -> int:
     """A stable signed 63-bit key for a path (fcntl offset, PostgreSQL advisory key)."""
     return int.from_bytes(hashlib.sha256(rel_path.encode()).digest()[:8], "big") >> 1
@@ -47,9 +52,24 @@ class FileLocks:
         self._fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._entries: dict[str, _Entry] = {}
         self.wait_seconds = wait_seconds
+        self.holds_watch_lease = False
 
     def close(self) -> None:
-        os.close(self._fd)
+        os.close(self._fd)  # (and with it the watch lease, if held)
+
+    def take_watch_lease(self) -> bool:
+        """Whether this catalog now holds the store's watch lease: one watcher per store,
+        whatever the processes and instances (two watchers would each act on the same
+        events, and a rename one follows the other may take for a deletion). Held until
+        :meth:`close`; never waits."""
+        if self.holds_watch_lease:
+            return True
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, WATCH_LEASE))
+        except (BlockingIOError, PermissionError):
+            return False
+        self.holds_watch_lease = True
+        return True
 
     @asynccontextmanager
     async def hold(self, rel_path: str) -> AsyncIterator[None]:

@@ -56,7 +56,7 @@ async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
 def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings) -> dict[str, Any]:
     """Start the supervised tasks; return name -> status function, for /health.
 
-    With watch mode on, call :func:`reconcile_logged` first: the watcher sees only what
+    With watch mode on, call :func:`horace.watch.reconcile_if_watching` first: the watcher sees only what
     happens from its start.
     """
     states = {"purge": TaskState("purge"), "fsck": TaskState("fsck")}
@@ -118,10 +118,10 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
 async def run_watch(settings: Settings, *, progress: Any = None) -> None:
     """``horace watch``: reconcile, then watch, purge and fsck until a signal."""
     from horace.assemble import open_catalog
-    from horace.watch import reconcile_logged
+    from horace.watch import reconcile_if_watching
 
     async with open_catalog(settings, create=True) as catalog:
-        await reconcile_logged(catalog, progress)
+        await reconcile_if_watching(catalog, progress)
         async with trio.open_nursery() as nursery:
             start_background(nursery, catalog, attrs.evolve(settings, watch=True))
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:

@@ -50,6 +50,7 @@ NEW_FILES_BATCH = 256
 SKIPPED_SHOWN = 20  # the latest skipped names /health lists
 FAILING_SHOWN = 20  # the latest paths /health lists that failed and wait to be taken again
 RETRY_CAP = 60.0  # seconds: the longest wait before a failed path is taken again
+LEASE_LOOK_EVERY = 1.0  # seconds between a standing-by watcher's looks at the watch lease
 
 
 def _glob_literal(text: str) -> str:
@@ -84,6 +85,7 @@ class Watcher:
         self.poll_ms = poll_ms
         self.counts = WatchCounts()
         self.watching = False  # the watch is in place
+        self.standby = False  # another process watches the store: see run()
         self._due: dict[str, float] = {}  # path -> when to look at it again
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
@@ -102,8 +104,9 @@ class Watcher:
 
     @property
     def ok(self) -> bool:
-        """Watching every folder, and no path waits to be taken again after a failure."""
-        return self.watching and not self._failing and not self._unwatched()
+        """Watching every folder, and no path waits to be taken again after a failure (or
+        standing by while another process watches)."""
+        return self.standby or (self.watching and not self._failing and not self._unwatched())
 
     def _unwatched(self) -> dict[str, str]:
         return self._feed.unwatched if self._feed is not None and self.watching else {}
@@ -111,6 +114,7 @@ class Watcher:
     def status(self) -> dict[str, Any]:
         return {
             "watching": self.watching,
+            "standby": self.standby,
             "pending": len(self._due),
             "mode": "poll" if self.poll else "inotify",
             **attrs.asdict(self.counts),
@@ -124,6 +128,19 @@ class Watcher:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch until cancelled, once this catalog holds the store's watch lease: while
+        another process (or catalog) watches the store, stand by; on taking the lease over,
+        reconcile first (what the watcher that stopped had not taken yet)."""
+        if not self.catalog.locks.take_watch_lease():
+            self.standby = True
+            log.info("watch: another process watches this store; standing by to take over")
+            while True:  # (a lock across processes: nothing to wait on but time)
+                await trio.sleep(LEASE_LOOK_EVERY)
+                if self.catalog.locks.take_watch_lease():
+                    break
+            log.info("watch: the store's watch lease taken over")
+            await reconcile_logged(self.catalog)
+            self.standby = False
         try:
             await self._watch(task_status)
         finally:
@@ -478,6 +495,14 @@ class Watcher:
 
 def _age(st: os.stat_result) -> float:
     return time.time() - max(st.st_mtime, st.st_ctime)
+
+
+async def reconcile_if_watching(catalog: Catalog, progress: Callable[[int, int], None] | None = None) -> None:
+    """The start of watch mode: with the store's watch lease (see
+    :meth:`FileLocks.take_watch_lease`), the start-up reconcile; without it, nothing (the
+    process that watches has reconciled, and this one's watcher stands by)."""
+    if catalog.locks.take_watch_lease():
+        await reconcile_logged(catalog, progress)
 
 
 async def reconcile_logged(

@@ -754,6 +754,44 @@ async def test_polling_sees_a_file_horace_wrote_back_go_before_its_next_look(
     assert [v.checksum for v in versions] == [sha256("brought back, then removed")]
 
 
+async def test_one_watcher_a_store_the_other_stands_by_and_takes_over(
+    catalog: Catalog, settings: Settings, files: Path
+) -> None:
+    """Two processes (here two catalogs) watching one store would each act on the same
+    events. The second stands by, ok in /health, until the first's lease goes; then it
+    reconciles (what came meanwhile) and watches."""
+    async with trio.open_nursery() as nursery:
+        async with open_catalog(settings, check=False) as first_catalog:
+            first = horace.watch.Watcher(first_catalog, settle=0.1)
+            first_scope = trio.CancelScope()
+
+            async def run_first(task_status: trio.TaskStatus[None]) -> None:
+                with first_scope:
+                    await first.run(task_status=task_status)
+
+            await nursery.start(run_first)
+            second = horace.watch.Watcher(catalog, settle=0.1)
+            nursery.start_soon(second.run)
+            await eventually(lambda: _true(second.standby), "the second watcher standing by")
+            assert second.ok and not second.watching and second.status()["standby"]
+            write(files / "user/seen-by-first.txt", "first")
+            await eventually(
+                lambda: catalog.backend.file_by_path("user/seen-by-first.txt"), "the first's take"
+            )
+            first_scope.cancel()
+        write(files / "user/while-none-watched.txt", "between")  # the reconcile's to take
+        await eventually(lambda: _true(second.watching), "the second watcher taking over", within=10)
+        assert not second.standby
+        write(files / "user/seen-by-second.txt", "second")
+        for rel in ("user/while-none-watched.txt", "user/seen-by-second.txt"):
+            await eventually(partial(catalog.backend.file_by_path, rel), rel)
+        nursery.cancel_scope.cancel()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def _scheduled(watcher: horace.watch.Watcher, events_before: int) -> bool:
     return watcher.counts.events > events_before and watcher.status()["pending"] > 0
 

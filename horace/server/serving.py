@@ -24,7 +24,7 @@ from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_std
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
 from horace.tasks import start_background
-from horace.watch import reconcile_logged
+from horace.watch import reconcile_if_watching
 
 log = logging.getLogger("horace.server")
 
@@ -99,7 +99,7 @@ async def serve(
     try:
         async with open_catalog(settings, create=True) as catalog:
             if settings.watch:
-                await reconcile_logged(catalog, progress)
+                await reconcile_if_watching(catalog, progress)
             async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
                 server = HoraceServer(settings, catalog, sinks.observer)
                 server.health_parts.update(sinks.health_parts)
