@@ -287,9 +287,31 @@ class _Folders:
             above, _, name = folder.rpartition("/")
             fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd(above))
         else:
-            fd = os.open(self._files, _DIR_FLAGS)
+            fd = _open_files_folder(self._files)
         self._fds[folder] = fd
         return fd
+
+
+_FILES_A_SYMLINK = (
+    "{files} is a symbolic link (to {to}): Horace follows none, so that nothing outside the "
+    "store is ever read or written through one; to keep the files on another disk, mount it "
+    "at files/ (a bind mount will do), or make the whole store there"
+)
+
+
+def _open_files_folder(files: Path) -> int:
+    """A descriptor of ``files/`` itself, never through a symlink: one put in its place
+    while Horace runs is a storage error that says so, not a path that names nothing."""
+    try:
+        return os.open(files, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        if files.is_symlink():
+            raise HoraceError(
+                ErrorCode.STORAGE_ERROR, _FILES_A_SYMLINK.format(files=files, to=os.readlink(files))
+            ) from None
+        raise HoraceError(ErrorCode.STORAGE_ERROR, f"{files} is not a folder") from None
 
 
 def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
@@ -440,6 +462,8 @@ class Storage:
         is something that cannot be a store."""
         if self.root.exists() and not self.root.is_dir():
             raise StorageUnusable(f"the storage path {self.root} is not a folder")
+        if self.files.is_symlink():
+            raise StorageUnusable(_FILES_A_SYMLINK.format(files=self.files, to=os.readlink(self.files)))
         if not self.private.is_dir():
             return StoreState(False, None, None, False)
         try:
@@ -601,7 +625,7 @@ class Storage:
         ``NotADirectoryError``, as for a missing folder ``FileNotFoundError`` (with
         *create*, when a folder cannot be made there, ``INVALID_PATH``)."""
         *dirs, name = rel.split("/")
-        fd = os.open(self.files, _DIR_FLAGS)
+        fd = _open_files_folder(self.files)
         try:
             for part in dirs:
                 try:

@@ -27,7 +27,7 @@ from horace.config import Settings
 from horace.fsck import fsck, verify
 from horace.model import ErrorCode, HoraceError, NewFile
 from horace.server.tools import TOOLS, CallContext
-from horace.storage import TMP_PREFIX, Storage, TempKind, TempName, temp_name
+from horace.storage import TMP_PREFIX, Storage, StorageUnusable, TempKind, TempName, temp_name
 
 
 async def objects_of(catalog: Catalog, file_id: str) -> dict[int, bytes]:
@@ -1218,6 +1218,38 @@ async def test_files_removed_between_the_walk_and_their_read_are_no_scan_errors(
     assert (report.registered, report.unchanged, report.missing) == (1, 1, ("user/old.txt",))
     assert await paths(catalog) == {"user/old.txt", "user/kept-old.txt", "user/kept-new.txt"}
     assert (await catalog.resolve("user/old.txt")).status is Status.ACTIVE
+
+
+async def test_a_files_folder_that_is_a_symlink_is_refused_and_nothing_is_recorded_through_it(
+    catalog: Catalog, settings: Settings, files: Path
+) -> None:
+    """files/ moved to another disk and a symlink left in its place: at open, the store is
+    refused saying so; under an open catalog, each call is a storage error, and nothing
+    is recorded (no file taken for gone, none deleted with its edit unversioned)."""
+    write(files / "user/a.txt", "catalogued")
+    file = (await catalog.register("user/a.txt")).file
+    elsewhere = files.parent.parent / "elsewhere"
+    files.rename(elsewhere)
+    files.symlink_to(elsewhere)
+    write(files / "user/a.txt", "an edit not versioned yet")
+    write(files / "user/b.txt", "new")
+    for call in (
+        lambda: catalog.register("user/b.txt"),
+        lambda: catalog.delete(file.id),
+        lambda: catalog.scan(),
+        lambda: catalog.restore(file.id, 1),
+    ):
+        with pytest.raises(HoraceError) as excinfo:
+            await call()
+        assert excinfo.value.code is ErrorCode.STORAGE_ERROR
+        assert "is a symbolic link" in excinfo.value.message
+    after = await catalog.resolve("user/a.txt")
+    assert (after.status, after.current_version) == (Status.ACTIVE, 1)
+    assert await catalog.backend.file_by_path("user/b.txt") is None
+    assert (elsewhere / "user/a.txt").read_text() == "an edit not versioned yet"
+    with pytest.raises(StorageUnusable, match="is a symbolic link"):
+        async with open_catalog(settings, check=False):
+            pass
 
 
 async def test_verify_and_scan_replies_stay_readable_however_many_problems(
