@@ -1101,7 +1101,7 @@ class Catalog:
         known = {e.checksum for e in entries if e.status is Status.ACTIVE}
         unexplained: list[str] = []
         for batch in _slices(new, SCAN_COMMIT_GROUP):
-            outcome = await self.register_new(batch, correlation_id, sum(sizes[rel] for rel in batch))
+            outcome = await self._register_what_fits(batch, correlation_id, sum(sizes[rel] for rel in batch))
             tally.registered += len(outcome.registered)
             known.update(f.checksum for f in outcome.registered)
             for rel, checksum in outcome.skipped:
@@ -1265,6 +1265,40 @@ class Catalog:
             new = NewVersion(copy.checksum, copy.size, mime_type, working=copy.working)
             await self._commit_version(db, current, new, correlation_id, copy)
             return True
+
+    async def _register_what_fits(
+        self, batch: Sequence[str], correlation_id: str | None, total_bytes: int
+    ) -> NewFiles:
+        """:meth:`register_new`; when the storage is too full for the batch as a whole, its
+        files one by one: what fits is taken, and each that does not is told apart."""
+        try:
+            return await self.register_new(batch, correlation_id, total_bytes)
+        except HoraceError as exc:
+            if exc.code is not ErrorCode.STORAGE_FULL:
+                raise
+            if len(batch) == 1:
+                return NewFiles((), (), ((batch[0], exc),))
+            log.warning(
+                "scan: %s; taking %d new files one by one",
+                exc.message,
+                len(batch),
+                extra={"correlation_id": correlation_id},
+            )
+        registered: list[FileRecord] = []
+        skipped: list[tuple[str, str]] = []
+        failed: list[tuple[str, HoraceError]] = []
+        for rel in batch:
+            try:
+                one = await self.register_new([rel], correlation_id)
+            except HoraceError as exc:
+                if exc.code is not ErrorCode.STORAGE_FULL:
+                    raise
+                failed.append((rel, exc))
+                continue
+            registered += one.registered
+            skipped += one.skipped
+            failed += one.failed
+        return NewFiles(tuple(registered), tuple(skipped), tuple(failed))
 
     async def register_new(
         self, batch: Sequence[str], correlation_id: str | None = None, total_bytes: int | None = None

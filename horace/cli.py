@@ -10,6 +10,7 @@ inside ``files/``, and is taken relative to ``files/`` otherwise.
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import logging
 import os
@@ -785,6 +786,8 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
     if isinstance(exc, CatalogUnwritable):
         return Failure(Exit.STORAGE, "STORAGE_ERROR", str(exc))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # (no inode left, say)
+        return Failure(Exit.STORAGE, ErrorCode.STORAGE_FULL.value, f"the storage is full: {exc.strerror}")
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         where = f": {exc.filename}" if exc.filename else ""
         return Failure(Exit.STORAGE, "STORAGE_ERROR", f"{exc.strerror or exc}{where}")

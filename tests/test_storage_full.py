@@ -23,6 +23,7 @@ from helpers import tool_body, write
 from mcp_client import connect
 from soundness import assert_sound, temps_left
 
+import horace.cli
 import horace.storage
 from horace.assemble import open_catalog
 from horace.catalog import Catalog
@@ -73,6 +74,27 @@ async def test_mcp_clients_get_storage_full_without_a_traceback(
     result = reply["result"]
     assert result["isError"] and tool_body(result)["error_code"] == "STORAGE_FULL"
     assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+
+
+async def test_no_space_met_outside_the_copy_is_storage_full_too(
+    settings: Settings, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC wherever it comes from (no inode left for a temp file, say) is STORAGE_FULL,
+    for an MCP client and for the CLI, not a failing disk's STORAGE_ERROR."""
+    write(files / "user/a.txt", "no inode for it")
+
+    async def no_inode(*_: Any, **__: Any) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/store/.horace/tmp")
+
+    monkeypatch.setattr(Catalog, "register", no_inode)
+    served = attrs.evolve(settings, port=0, conversations=False)
+    async with run_horace(served) as running, connect(running.url) as client:
+        reply = await client.request(
+            "tools/call", {"name": "horace_register_file", "arguments": {"file_path": "user/a.txt"}}
+        )
+    assert tool_body(reply["result"])["error_code"] == "STORAGE_FULL"
+    failure = horace.cli._failure(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert failure is not None and (failure.code, failure.exit) == ("STORAGE_FULL", Exit.STORAGE)
 
 
 def _read_only(
@@ -141,6 +163,31 @@ async def test_a_real_full_filesystem(small_tmpfs: Path) -> None:
         assert (files / "user/big.bin").read_bytes() == big
         assert temps_left(catalog) == []
         (files / "user/big.bin").unlink()
+        await assert_sound(catalog)
+
+
+async def test_a_scan_on_a_nearly_full_disk_takes_what_fits(small_tmpfs: Path, tmp_path: Path) -> None:
+    """New files staged as one pack that does not fit: taken one by one instead, each that
+    does not fit an error of its own, not the whole scan refused. Once there is room, the
+    next scan takes the rest."""
+    settings = Settings(
+        storage_path=small_tmpfs / "root", database_url=f"sqlite:///{tmp_path}/catalog.db", gc_grace=0.0
+    )
+    async with open_catalog(settings, create=True) as catalog:
+        files = catalog.storage.files
+        for i in range(300):
+            write(files / f"user/many/{i:03d}.bin", os.urandom(4096))
+        free = os.statvfs(small_tmpfs)
+        filler = small_tmpfs / "filler"
+        write(filler, b"\0" * (free.f_bavail * free.f_frsize - 400 * 1024))
+        report = await catalog.scan()
+        assert 0 < report.registered < 300
+        assert report.registered + len(report.errors) == 300
+        assert all("the storage is full" in error for error in report.errors), report.errors[:3]
+        assert temps_left(catalog) == []
+        filler.unlink()
+        again = await catalog.scan()
+        assert (again.registered, again.errors) == (300 - report.registered, ())
         await assert_sound(catalog)
 
 

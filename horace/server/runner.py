@@ -8,6 +8,7 @@ point, it leaves the whole version or nothing; the runner only has to report it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -134,6 +135,9 @@ async def run_tool(
             ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}", correlation_id
         )
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # (no inode left, say)
+            log.warning("tool %s: %s", tool.name, exc, extra={"correlation_id": correlation_id})
+            return tool_error(ErrorCode.STORAGE_FULL, f"the storage is full: {exc.strerror}", correlation_id)
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
             # The storage's state (read-only, not ours to write, failing): the operator's
             # to mend, said in one line, not a bug.
