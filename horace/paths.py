@@ -59,8 +59,9 @@ def too_long(files_root: Path, rel: str) -> str | None:
 
 
 def printable(path: str) -> str:
-    """*path* as it can be shown and sent as JSON (undecodable bytes as U+FFFD)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """*path* as it can be shown and sent as JSON: each undecodable byte as ``\\xNN``, so
+    that two names that differ only there are told apart."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _invalid(path: str, why: str) -> HoraceError:

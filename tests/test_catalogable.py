@@ -38,7 +38,7 @@ async def test_one_bad_name_never_stops_a_scan(catalog: Catalog, files: Path) ->
     report = await catalog.scan()
     assert report.registered == 2 and report.errors == (), report
     assert len(report.skipped) == 3, report.skipped
-    assert any("caf\ufffd.txt" in s and "UTF-8" in s for s in report.skipped)
+    assert any("caf\\xe9.txt" in s and "UTF-8" in s for s in report.skipped)
     assert any(".horace:" in s for s in report.skipped)
     assert any(".horace-tmp-notes.md" in s for s in report.skipped)
     assert {f.file_path for f in await catalog.backend.all_files()} == {"user/a.txt", "user/z.txt"}

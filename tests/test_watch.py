@@ -813,11 +813,11 @@ async def _has_checksum(running: RunningHorace, rel: str, checksum: str) -> bool
 # -- names that can never be catalogued ----------------------------------------------------------
 
 # A bad name as the file system has it (bytes), and as the watcher and a scan report it:
-# undecodable bytes shown as U+FFFD, only up to the bad name (nothing under it is looked at).
+# undecodable bytes shown as \xNN, only up to the bad name (nothing under it is looked at).
 NOT_UTF8 = "the name is not valid UTF-8"
 BAD_NAMES = {
-    "not-utf8-file": (b"user/bad\xff.txt", f"user/bad\ufffd.txt: {NOT_UTF8}"),
-    "not-utf8-folder": (b"user/bad\xfe-dir/inner.txt", f"user/bad\ufffd-dir: {NOT_UTF8}"),
+    "not-utf8-file": (b"user/bad\xff.txt", f"user/bad\\xff.txt: {NOT_UTF8}"),
+    "not-utf8-folder": (b"user/bad\xfe-dir/inner.txt", f"user/bad\\xfe-dir: {NOT_UTF8}"),
     "reserved-temp": (
         b"user/.horace-tmp-x",
         "user/.horace-tmp-x: names starting with .horace-tmp- are reserved for Horace's temp files",
