@@ -39,7 +39,7 @@ from attrs import frozen
 
 from horace import mime, paths
 from horace.backends import words
-from horace.backends.protocol import Backend, FileGone, Units
+from horace.backends.protocol import Backend, DatabaseFull, FileGone, Units
 from horace.backends.records import (
     Collection,
     DuplicateGroup,
@@ -1287,7 +1287,7 @@ class Catalog:
         registered: list[FileRecord] = []
         skipped: list[tuple[str, str]] = []
         failed: list[tuple[str, HoraceError]] = []
-        for rel in batch:
+        for i, rel in enumerate(batch):
             try:
                 one = await self.register_new([rel], correlation_id)
             except HoraceError as exc:
@@ -1295,6 +1295,10 @@ class Catalog:
                     raise
                 failed.append((rel, exc))
                 continue
+            except DatabaseFull as exc:  # the catalog's disk (often the same): no room for any
+                full = HoraceError(ErrorCode.STORAGE_FULL, str(exc))
+                failed += [(left, full) for left in batch[i:]]
+                break
             registered += one.registered
             skipped += one.skipped
             failed += one.failed
@@ -1334,7 +1338,11 @@ class Catalog:
                     working[records[-1].id] = s.working
             await self._keep_batch(firsts, kept)
             with trio.CancelScope(shield=True):
-                inserted = await self.backend.insert_files(records, working=working)
+                try:
+                    inserted = await self.backend.insert_files(records, working=working)
+                except BaseException:
+                    await self._let_go_unrecorded([s.checksum for s in kept], correlation_id)
+                    raise
             await self._release(kept, released)
         finally:
             await self._discard_batch(staged, released, kept)
@@ -1650,6 +1658,20 @@ class Catalog:
         of versions newer than the dump adopted: no row of this catalog refers to it, and
         it is kept for good (`horace fsck --repair --forget-adopted` collects it)."""
         return self.bound_at is not None and written < self.bound_at
+
+    async def _let_go_unrecorded(self, checksums: Sequence[str], correlation_id: str | None) -> None:
+        """Objects just made for rows that were not inserted (the catalog's disk full, its
+        connection cut): released, for the sweep to collect past the grace period; when
+        even that cannot be written, they wait for the orphan collection instead."""
+        try:
+            await self.let_go(checksums)
+        except OSError as exc:
+            log.warning(
+                "%d objects made for rows not inserted are left to the orphan collection: %s",
+                len(checksums),
+                exc,
+                extra={"correlation_id": correlation_id},
+            )
 
     async def let_go(self, checksums: Sequence[str]) -> None:
         """The objects of versions retention pruned: marked released, never collected at
