@@ -101,7 +101,8 @@ NOTES = {
     "makes it active again (versioned if its content changed).",
     "horace_search_files": "Every filter may also be given inside `query{}`; a filter given both "
     "ways takes the top-level value. A `limit` above 1000 is refused (`INVALID_ARGUMENT`), as "
-    "the CLI refuses it. A `cursor` is tied to the filters it was issued for.",
+    "the CLI refuses it. A `cursor` is tied to the filters it was issued for, and "
+    "given with a non-zero `offset` is refused (`INVALID_ARGUMENT`).",
     "horace_get_file_info": "Give `file_id` or `file_path` (both: they must name the same file, "
     "else `INVALID_ARGUMENT`). `versions` is null unless `include_versions`.",
     "horace_update_file": "`tags` replaces the tags; `collection` adds the file to that collection "

@@ -615,6 +615,11 @@ class Catalog:
         # Tags are looked for as they are stored: " x " was stored as "x".
         query = attrs.evolve(query, tags=_clean_tags(query.tags), any_tags=_clean_tags(query.any_tags))
         if cursor:
+            if query.offset:
+                raise HoraceError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    "give a cursor or an offset, not both: a cursor's page starts where it says",
+                )
             query = attrs.evolve(query, after=_decode_cursor(cursor, query), offset=0)
         # One row past the page says whether there is a next one (a cursor is only given
         # when there is: a full last page used to get one that led to an empty page).

@@ -440,6 +440,8 @@ def update(
     no_check: bool,
 ) -> None:
     """Change a file's metadata (and version it if its content changed)."""
+    if clear_tags and tags:
+        raise click.UsageError("--clear-tags removes every tag, --tag replaces them: give one of them")
     changes = FileChanges(
         owner=owner,
         purpose=purpose,
@@ -457,6 +459,10 @@ def update(
         _run(ctx, work),
         lambda u: f"changed: {', '.join(u.changed_fields) or 'nothing'}\n" + _record_line(u.file),
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class VersionNumber(click.ParamType):
@@ -556,7 +562,8 @@ def verify(ctx: click.Context, ref: str | None) -> None:
         report,
         lambda r: "\n".join(
             [
-                f"{r.files_checked} files, {r.objects_checked} objects checked, {len(r.problems)} problems",
+                f"{_count(r.files_checked, 'file')}, {_count(r.objects_checked, 'object')} checked, "
+                f"{_count(len(r.problems), 'problem')}",
                 *(f"  {p.kind}: {_shown(p.file_path)} {_shown(p.detail)}" for p in r.problems),
             ]
         ),
@@ -610,8 +617,8 @@ def fsck_command(
         report,
         lambda r: "\n".join(
             [
-                f"{r.files} files, {r.versions} versions, {r.objects} objects: "
-                + ("clean" if r.clean else f"{len(r.findings)} findings")
+                f"{_count(r.files, 'file')}, {_count(r.versions, 'version')}, {_count(r.objects, 'object')}: "
+                + ("clean" if r.clean else _count(len(r.findings), "finding"))
                 + (f" ({r.busy} files busy, not checked)" if r.busy else "")
                 + (
                     f"; {len(r.orphans) - r.adopted} objects no version refers to, kept until "
@@ -656,7 +663,10 @@ def purge(ctx: click.Context) -> None:
     _emit(
         ctx,
         report,
-        lambda r: f"{r.files_purged} deleted files purged, {r.objects_deleted} objects collected",
+        lambda r: (
+            f"{_count(r.files_purged, 'deleted file')} purged, "
+            f"{_count(r.objects_deleted, 'object')} collected"
+        ),
     )
 
 
@@ -707,7 +717,7 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve MCP over WebSocket and Streamable HTTP (both at /mcp), and /health, until
-    SIGINT or SIGTERM. Creates the store when there is none."""
+    SIGINT, SIGTERM or SIGHUP. Creates the store when there is none."""
     from horace.server.serving import serve as run_server
 
     _run_service(ctx, log_level, run_server, host=host, port=port, watch=watch, watch_poll=poll)

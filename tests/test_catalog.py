@@ -753,6 +753,9 @@ async def test_search_pagination_with_cursor_and_offset(corpus: Catalog, sort_by
             SearchQuery(limit=2, owner="gates"), cursor=_first_cursor(await corpus.search(query))
         )
     assert foreign.value.code is ErrorCode.INVALID_ARGUMENT
+    with pytest.raises(HoraceError, match="not both") as both:
+        await corpus.search(attrs.evolve(query, offset=2), cursor=_first_cursor(await corpus.search(query)))
+    assert both.value.code is ErrorCode.INVALID_ARGUMENT
 
 
 def _first_cursor(page: object) -> str:

@@ -305,6 +305,8 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     for wrong in ("0", "v", "vv1", "1.5", "9" * 5000):
         one_line_error(horace("restore", "a.txt", wrong), Exit.USAGE, "USAGE", "is not a version")
     one_line_error(horace("serch"), Exit.USAGE, "No such command")
+    cleared_and_set = horace("update", "a.txt", "--clear-tags", "--tag", "weekly")
+    one_line_error(cleared_and_set, Exit.USAGE, "USAGE", "--clear-tags", "give one of them")
 
 
 def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp_path: Path) -> None:
