@@ -86,6 +86,7 @@ class Watcher:
         self.counts = WatchCounts()
         self.watching = False  # the watch is in place
         self.standby = False  # another process watches the store: see run()
+        self._reconcile_due = False  # the lease taken over, the reconcile not done yet
         self._due: dict[str, float] = {}  # path -> when to look at it again
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
@@ -139,8 +140,11 @@ class Watcher:
                 if self.catalog.locks.take_watch_lease():
                     break
             log.info("watch: the store's watch lease taken over")
-            await reconcile_logged(self.catalog)
             self.standby = False
+            self._reconcile_due = True
+        if self._reconcile_due:  # (again after a failed one: this run may be a restart)
+            await reconcile_logged(self.catalog)
+            self._reconcile_due = False
         try:
             await self._watch(task_status)
         finally:

@@ -40,6 +40,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
+from horace.model import ErrorCode, HoraceError
 from horace.server.serving import serve
 from horace.storage import Storage
 from horace.supervise import supervise, the_failure
@@ -785,6 +786,43 @@ async def test_one_watcher_a_store_the_other_stands_by_and_takes_over(
         write(files / "user/seen-by-second.txt", "second")
         for rel in ("user/while-none-watched.txt", "user/seen-by-second.txt"):
             await eventually(partial(catalog.backend.file_by_path, rel), rel)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_takeover_whose_reconcile_failed_reconciles_when_run_again(
+    catalog: Catalog, settings: Settings, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconcile after taking the lease over fails (the catalog down, say): the run
+    that the supervisor starts again holds the lease already, and reconciles all the same."""
+    reconciled = []
+    real = catalog.reconcile
+
+    async def down_the_first_time(*args: Any, **kwargs: Any) -> Any:
+        reconciled.append(len(reconciled))
+        if len(reconciled) == 1:
+            raise HoraceError(ErrorCode.BACKEND_UNAVAILABLE, "the catalog is down")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "reconcile", down_the_first_time)
+    watcher = horace.watch.Watcher(catalog, settle=0.1)
+    async with trio.open_nursery() as nursery:
+        async with open_catalog(settings, check=False) as first:
+            assert first.locks.take_watch_lease()
+            failed = trio.Event()
+
+            async def first_run() -> None:
+                with pytest.raises(HoraceError, match="down"):
+                    await watcher.run()
+                failed.set()
+
+            nursery.start_soon(first_run)
+            await eventually(lambda: _true(watcher.standby), "standing by")
+            write(files / "user/meanwhile.txt", "for the reconcile")
+        with trio.fail_after(10):
+            await failed.wait()
+        await nursery.start(watcher.run)
+        assert reconciled == [0, 1] and watcher.watching
+        assert await catalog.backend.file_by_path("user/meanwhile.txt") is not None
         nursery.cancel_scope.cancel()
 
 
