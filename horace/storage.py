@@ -299,6 +299,14 @@ _FILES_A_SYMLINK = (
 )
 
 
+def _files_a_symlink(files: Path) -> str:
+    try:
+        to = os.readlink(files)
+    except OSError:  # (gone again meanwhile)
+        to = "?"
+    return _FILES_A_SYMLINK.format(files=files, to=to)
+
+
 def _open_files_folder(files: Path) -> int:
     """A descriptor of ``files/`` itself, never through a symlink: one put in its place
     while Horace runs is a storage error that says so, not a path that names nothing."""
@@ -308,9 +316,7 @@ def _open_files_folder(files: Path) -> int:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
         if files.is_symlink():
-            raise HoraceError(
-                ErrorCode.STORAGE_ERROR, _FILES_A_SYMLINK.format(files=files, to=os.readlink(files))
-            ) from None
+            raise HoraceError(ErrorCode.STORAGE_ERROR, _files_a_symlink(files)) from None
         raise HoraceError(ErrorCode.STORAGE_ERROR, f"{files} is not a folder") from None
 
 
@@ -463,7 +469,7 @@ class Storage:
         if self.root.exists() and not self.root.is_dir():
             raise StorageUnusable(f"the storage path {self.root} is not a folder")
         if self.files.is_symlink():
-            raise StorageUnusable(_FILES_A_SYMLINK.format(files=self.files, to=os.readlink(self.files)))
+            raise StorageUnusable(_files_a_symlink(self.files))
         if not self.private.is_dir():
             return StoreState(False, None, None, False)
         try:
