@@ -86,7 +86,7 @@ class Watcher:
         self.counts = WatchCounts()
         self.watching = False  # the watch is in place
         self.standby = False  # another process watches the store: see run()
-        self._reconcile_due = False  # the lease taken over, the reconcile not done yet
+        self._caught_up = False  # this run's first catch-up is done
         self._due: dict[str, float] = {}  # path -> when to look at it again
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
@@ -130,8 +130,10 @@ class Watcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled, once this catalog holds the store's watch lease: while
-        another process (or catalog) watches the store, stand by; on taking the lease over,
-        reconcile first (what the watcher that stopped had not taken yet)."""
+        another process (or catalog) watches the store, stand by. On taking the lease
+        over, the watch's catch-up looks at every file (what the watcher that stopped had
+        not taken yet): through the watch, so that a file renamed meanwhile is followed as
+        the watch follows a rename, where a reconcile racing the rename would delete it."""
         if not self.catalog.locks.take_watch_lease():
             self.standby = True
             log.info("watch: another process watches this store; standing by to take over")
@@ -141,16 +143,16 @@ class Watcher:
                     break
             log.info("watch: the store's watch lease taken over")
             self.standby = False
-            self._reconcile_due = True
-        if self._reconcile_due:  # (again after a failed one: this run may be a restart)
-            await reconcile_logged(self.catalog)
-            self._reconcile_due = False
+            self._since = 0.0  # a full catch-up
+        self._caught_up = False
         try:
             await self._watch(task_status)
         finally:
-            # Whatever the next run's watch misses from here on, its catch-up finds.
+            # Whatever the next run's watch misses from here on, its catch-up finds; one
+            # that did not finish is done again, from where it started.
             self.watching = False
-            self._since = time.time() - CATCH_UP_SLACK
+            if self._caught_up:
+                self._since = time.time() - CATCH_UP_SLACK
 
     async def _watch(self, task_status: trio.TaskStatus[None]) -> None:
         async with (
@@ -161,7 +163,7 @@ class Watcher:
             self._feed = feed
             self.watching = True
             nursery.start_soon(self._settle_loop)
-            nursery.start_soon(self._catch_up, self._since)
+            nursery.start_soon(self._first_catch_up)
             task_status.started()
             with self.catalog.storage.observe_writes(feed.wrote):
                 async for batch in feed:
@@ -228,6 +230,10 @@ class Watcher:
             while len(self.skipped) > SKIPPED_SHOWN:
                 del self.skipped[next(iter(self.skipped))]
             log.warning("watch: skipped %s", why)
+
+    async def _first_catch_up(self) -> None:
+        await self._catch_up(self._since)
+        self._caught_up = True
 
     async def _catch_up(self, since: float) -> None:
         """What no event reports: changes from before the watch was in place (at start, or
@@ -442,15 +448,19 @@ class Watcher:
         return False
 
     async def _folder_vanished(self, rel: str) -> None:
-        """Each active file catalogued under the folder *rel* waits as vanished: deleted
-        (or moved) once the settle time has passed, unless it is at its path then."""
+        """Each active file catalogued under the folder *rel* and not at its path waits as
+        vanished: deleted (or moved) once the settle time has passed, unless it is back
+        then. (One still there is left alone: should it go later, its own event says so,
+        and its wait starts then, not now, when the other half of its rename is not due.)"""
         now = trio.current_time()
         query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
         cursor = None
         while True:
             page = await self.catalog.search(query, cursor)
+            present = await in_thread(self._present, [found.file_path for found in page.results])
             for found in page.results:
-                self._vanished.add(found, now)
+                if found.file_path not in present:
+                    self._vanished.add(found, now)
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor

@@ -40,7 +40,6 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
-from horace.model import ErrorCode, HoraceError
 from horace.server.serving import serve
 from horace.storage import Storage
 from horace.supervise import supervise, the_failure
@@ -789,41 +788,78 @@ async def test_one_watcher_a_store_the_other_stands_by_and_takes_over(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_takeover_whose_reconcile_failed_reconciles_when_run_again(
+async def test_a_file_renamed_while_a_takeover_looks_keeps_its_history(
     catalog: Catalog, settings: Settings, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The reconcile after taking the lease over fails (the catalog down, say): the run
-    that the supervisor starts again holds the lease already, and reconciles all the same."""
-    reconciled = []
-    real = catalog.reconcile
+    """On taking the lease over, the new watcher looks at every file through its watch: a
+    file renamed just after that look walked past both its paths is followed as a rename
+    (a reconcile there had found it missing, deleted it, and the new path began anew)."""
+    write(files / "user/x/before.txt", "renamed during the takeover")
+    file = (await catalog.register("user/x/before.txt")).file
+    walk = Storage.walk_stats
+    renamed = []
 
-    async def down_the_first_time(*args: Any, **kwargs: Any) -> Any:
-        reconciled.append(len(reconciled))
-        if len(reconciled) == 1:
-            raise HoraceError(ErrorCode.BACKEND_UNAVAILABLE, "the catalog is down")
-        return await real(*args, **kwargs)
+    def walk_past_both_paths(self: Storage, *args: Any) -> Any:
+        # As a walk that passed y/ before the file came and x/ after it went.
+        if renamed:
+            return walk(self, *args)
+        renamed.append(True)
+        (files / "user/y").mkdir()
+        (files / "user/x/before.txt").rename(files / "user/y/after.txt")
+        return [(rel, st) for rel, st in walk(self, *args) if rel != "user/y/after.txt"]
 
-    monkeypatch.setattr(catalog, "reconcile", down_the_first_time)
     watcher = horace.watch.Watcher(catalog, settle=0.1)
     async with trio.open_nursery() as nursery:
         async with open_catalog(settings, check=False) as first:
             assert first.locks.take_watch_lease()
-            failed = trio.Event()
-
-            async def first_run() -> None:
-                with pytest.raises(HoraceError, match="down"):
-                    await watcher.run()
-                failed.set()
-
-            nursery.start_soon(first_run)
+            nursery.start_soon(watcher.run)
             await eventually(lambda: _true(watcher.standby), "standing by")
-            write(files / "user/meanwhile.txt", "for the reconcile")
-        with trio.fail_after(10):
-            await failed.wait()
-        await nursery.start(watcher.run)
-        assert reconciled == [0, 1] and watcher.watching
-        assert await catalog.backend.file_by_path("user/meanwhile.txt") is not None
+            monkeypatch.setattr(Storage, "walk_stats", walk_past_both_paths)
+
+        async def followed() -> bool:
+            return (await catalog.backend.file_by_id(file.id)).file_path == "user/y/after.txt"
+
+        await eventually(followed, "the rename followed", within=10)
+        await trio.sleep(1)
         nursery.cancel_scope.cancel()
+    assert renamed
+    after = await catalog.backend.file_by_id(file.id)
+    assert after.status is Status.ACTIVE
+    assert [f.file_path for f in await catalog.backend.all_files()] == ["user/y/after.txt"]
+
+
+async def test_a_file_moved_out_of_a_folder_just_renamed_keeps_its_history(
+    catalog: Catalog, files: Path
+) -> None:
+    """mv A B, then, once B has settled, mv B/f C/f: taking the new folder B must not set
+    its files (present) waiting as vanished, or f, gone from B before C/f is due, would be
+    deleted and C/f start a new history."""
+    settle = 0.5
+    watcher = horace.watch.Watcher(catalog, settle=settle)
+    write(files / "user/A/f.txt", "moved twice")
+    write(files / "user/C/other.txt", "C is there already")
+    file = (await catalog.register("user/A/f.txt")).file
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        (files / "user/A").rename(files / "user/B")
+
+        async def moved_to_b() -> bool:
+            return (await catalog.backend.file_by_id(file.id)).file_path == "user/B/f.txt"
+
+        await eventually(moved_to_b, "the first move followed")
+        await trio.sleep(settle * 0.6)
+        (files / "user/B/f.txt").rename(files / "user/C/f.txt")
+
+        async def moved_to_c() -> bool:
+            return (await catalog.backend.file_by_id(file.id)).file_path == "user/C/f.txt"
+
+        await eventually(moved_to_c, "the second move followed")
+        await trio.sleep(3 * settle)
+        nursery.cancel_scope.cancel()
+    after = await catalog.backend.file_by_id(file.id)
+    assert (after.file_path, after.status) == ("user/C/f.txt", Status.ACTIVE)
+    assert [f.id for f in await catalog.backend.all_files()].count(file.id) == 1
+    assert len(await catalog.backend.all_files()) == 2
 
 
 async def _true(value: bool) -> bool:
