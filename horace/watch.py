@@ -478,7 +478,15 @@ class Watcher:
         return active
 
     async def _expire_vanished(self) -> None:
-        for record in self._vanished.expired(before=trio.current_time() - self.settle):
+        # A file vanished a settle time ago is deleted, unless a path still settling was
+        # changed about when it went (due by then and a settle time more): the other half
+        # of its rename may be that path, its event come after the gone one (a file moved
+        # again, out of a folder just renamed, say). A file written without end past that
+        # holds no delete up.
+        before = trio.current_time() - self.settle
+        if self._due:
+            before = min(before, min(self._due.values()) - 2 * self.settle)
+        for record in self._vanished.expired(before=before):
             if not await in_thread(self.catalog.storage.surely_gone, record.file_path):
                 continue  # it came back
             current = await self.catalog.backend.file_by_id(record.id)

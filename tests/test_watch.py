@@ -862,6 +862,35 @@ async def test_a_file_moved_out_of_a_folder_just_renamed_keeps_its_history(
     assert len(await catalog.backend.all_files()) == 2
 
 
+async def test_a_file_moved_three_times_within_a_settle_time_keeps_its_history(
+    catalog: Catalog, files: Path
+) -> None:
+    """src/f -> A/f, A -> B, B/f -> C/f, the last a settle time after the first: the gone
+    src/f must wait for C/f, whose event came after src/f was seen gone."""
+    settle = 0.5
+    watcher = horace.watch.Watcher(catalog, settle=settle)
+    write(files / "user/src/f.txt", "moved three times")
+    for folder in ("A", "C"):
+        (files / "user" / folder).mkdir()
+    file = (await catalog.register("user/src/f.txt")).file
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        (files / "user/src/f.txt").rename(files / "user/A/f.txt")
+        await trio.sleep(0.1)
+        (files / "user/A").rename(files / "user/B")
+        await trio.sleep(settle)
+        (files / "user/B/f.txt").rename(files / "user/C/f.txt")
+
+        async def followed() -> bool:
+            return (await catalog.backend.file_by_id(file.id)).file_path == "user/C/f.txt"
+
+        await eventually(followed, "the moves followed")
+        await trio.sleep(3 * settle)
+        nursery.cancel_scope.cancel()
+    assert (await catalog.backend.file_by_id(file.id)).status is Status.ACTIVE
+    assert [f.id for f in await catalog.backend.all_files()] == [file.id]
+
+
 async def _true(value: bool) -> bool:
     return value
 
