@@ -10,7 +10,6 @@ inside ``files/``, and is taken relative to ``files/`` otherwise.
 from __future__ import annotations
 
 import enum
-import errno
 import json
 import logging
 import os
@@ -46,7 +45,7 @@ from horace.catalog import Catalog
 from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
 from horace.redact import redact_url
-from horace.storage import STORAGE_ERRNOS, StorageUnusable
+from horace.storage import STORAGE_ERRNOS, StorageUnusable, storage_full
 from horace.supervise import the_failure
 
 T = TypeVar("T")
@@ -796,8 +795,9 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
     if isinstance(exc, CatalogUnwritable):
         return Failure(Exit.STORAGE, "STORAGE_ERROR", str(exc))
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # (no inode left, say)
-        return Failure(Exit.STORAGE, ErrorCode.STORAGE_FULL.value, f"the storage is full: {exc.strerror}")
+    full = storage_full(exc)  # met outside the storage's own calls (no inode left, say)
+    if full is not None:
+        return Failure(Exit.STORAGE, full.code.value, full.message)
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         where = f": {exc.filename}" if exc.filename else ""
         return Failure(Exit.STORAGE, "STORAGE_ERROR", f"{exc.strerror or exc}{where}")

@@ -215,6 +215,13 @@ class StorageUnusable(Exception):
     """The storage root cannot be used: not a folder, not writable, not readable."""
 
 
+def storage_full(exc: BaseException) -> HoraceError | None:
+    """``STORAGE_FULL`` when *exc* says the disk (bytes or inodes) or a quota is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HoraceError(ErrorCode.STORAGE_FULL, f"the storage is full: {exc.strerror or exc}")
+    return None
+
+
 def _storage_full(fn: Callable[P, T]) -> Callable[P, T]:
     """A full disk (or quota) is ``STORAGE_FULL`` for the caller, not an internal error."""
 
@@ -223,10 +230,9 @@ def _storage_full(fn: Callable[P, T]) -> Callable[P, T]:
         try:
             return fn(*args, **kwargs)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise HoraceError(
-                    ErrorCode.STORAGE_FULL, f"the storage is full: {exc.strerror or exc}"
-                ) from None
+            full = storage_full(exc)
+            if full is not None:
+                raise full from None
             raise
 
     return wrapper
@@ -1773,8 +1779,9 @@ def _stat_moved(before: os.stat_result, after: os.stat_result) -> bool:
 
 
 def _unreadable(rel: str, exc: OSError) -> HoraceError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return HoraceError(ErrorCode.STORAGE_FULL, f"the storage is full: {exc.strerror or exc}")
+    full = storage_full(exc)
+    if full is not None:
+        return full
     if isinstance(exc, FileNotFoundError):
         return HoraceError(ErrorCode.FILE_NOT_FOUND, f"{rel!r} vanished")
     return HoraceError(ErrorCode.INVALID_PATH, f"{rel!r}: {exc.strerror or exc}")

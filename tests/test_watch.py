@@ -815,11 +815,7 @@ async def test_a_file_renamed_while_a_takeover_looks_keeps_its_history(
             nursery.start_soon(watcher.run)
             await eventually(lambda: _true(watcher.standby), "standing by")
             monkeypatch.setattr(Storage, "walk_stats", walk_past_both_paths)
-
-        async def followed() -> bool:
-            return (await catalog.backend.file_by_id(file.id)).file_path == "user/y/after.txt"
-
-        await eventually(followed, "the rename followed", within=10)
+        await eventually(partial(_at, catalog, file.id, "user/y/after.txt"), "the rename followed", within=10)
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert renamed
@@ -842,18 +838,10 @@ async def test_a_file_moved_out_of_a_folder_just_renamed_keeps_its_history(
     async with trio.open_nursery() as nursery:
         await nursery.start(watcher.run)
         (files / "user/A").rename(files / "user/B")
-
-        async def moved_to_b() -> bool:
-            return (await catalog.backend.file_by_id(file.id)).file_path == "user/B/f.txt"
-
-        await eventually(moved_to_b, "the first move followed")
+        await eventually(partial(_at, catalog, file.id, "user/B/f.txt"), "the first move followed")
         await trio.sleep(settle * 0.6)
         (files / "user/B/f.txt").rename(files / "user/C/f.txt")
-
-        async def moved_to_c() -> bool:
-            return (await catalog.backend.file_by_id(file.id)).file_path == "user/C/f.txt"
-
-        await eventually(moved_to_c, "the second move followed")
+        await eventually(partial(_at, catalog, file.id, "user/C/f.txt"), "the second move followed")
         await trio.sleep(3 * settle)
         nursery.cancel_scope.cancel()
     after = await catalog.backend.file_by_id(file.id)
@@ -880,15 +868,16 @@ async def test_a_file_moved_three_times_within_a_settle_time_keeps_its_history(
         (files / "user/A").rename(files / "user/B")
         await trio.sleep(settle)
         (files / "user/B/f.txt").rename(files / "user/C/f.txt")
-
-        async def followed() -> bool:
-            return (await catalog.backend.file_by_id(file.id)).file_path == "user/C/f.txt"
-
-        await eventually(followed, "the moves followed")
+        await eventually(partial(_at, catalog, file.id, "user/C/f.txt"), "the moves followed")
         await trio.sleep(3 * settle)
         nursery.cancel_scope.cancel()
     assert (await catalog.backend.file_by_id(file.id)).status is Status.ACTIVE
     assert [f.id for f in await catalog.backend.all_files()] == [file.id]
+
+
+async def _at(catalog: Catalog, file_id: str, rel: str) -> bool:
+    """Whether the file *file_id* is catalogued at *rel* now."""
+    return (await catalog.backend.file_by_id(file_id)).file_path == rel
 
 
 async def _true(value: bool) -> bool:

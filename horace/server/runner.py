@@ -8,7 +8,6 @@ point, it leaves the whole version or nothing; the runner only has to report it.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, Data
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, json_size_at_least, notification_text
 from horace.server.tools import CallContext, Tool
-from horace.storage import STORAGE_ERRNOS
+from horace.storage import STORAGE_ERRNOS, storage_full
 from horace.wire import to_json
 
 log = logging.getLogger("horace.server")
@@ -135,9 +134,10 @@ async def run_tool(
             ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}", correlation_id
         )
     except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # (no inode left, say)
+        full = storage_full(exc)  # met outside the storage's own calls (no inode left, say)
+        if full is not None:
             log.warning("tool %s: %s", tool.name, exc, extra={"correlation_id": correlation_id})
-            return tool_error(ErrorCode.STORAGE_FULL, f"the storage is full: {exc.strerror}", correlation_id)
+            return tool_error(full.code, full.message, correlation_id)
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
             # The storage's state (read-only, not ours to write, failing): the operator's
             # to mend, said in one line, not a bug.
