@@ -1316,7 +1316,7 @@ class Storage:
         return stat.S_IMODE(st.st_mode)
 
     @_storage_full
-    def take_working(self, rel: str, file_id: str) -> Path | None:
+    def take_working(self, rel: str, file_id: str, *, catalogable: bool = True) -> Path | None:
         """Move the working file out of ``files/`` into ``.horace/tmp`` (one rename), so
         that what is versioned next is exactly what was removed; None when it is gone.
 
@@ -1325,6 +1325,9 @@ class Storage:
 
         What holds the path now, when it is no regular file (a folder, a symlink, a FIFO
         put there since), is not the catalogued file and is never moved: the file is gone.
+        A file that may not be catalogued as it is (a second hard link) is refused, as
+        every tool that versions a working copy refuses it, unless *catalogable* is False
+        (a copy Horace wrote, taken back).
         """
         held = self._held_path(file_id)
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
@@ -1333,6 +1336,8 @@ class Storage:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
                     return None
+                if catalogable:
+                    _check_catalogable(rel, st)
                 with self._no_writer_comes(dfd, name, rel) as came:
                     os.rename(name, held.name, src_dir_fd=dfd, dst_dir_fd=tmp_fd)
                     if came():  # a writer opened it meanwhile: back it goes
@@ -1357,7 +1362,7 @@ class Storage:
         still holds that content (kept in the object store), else left where it is (a
         writer's since; put back beside it should its place be taken meanwhile). Whether
         it was removed."""
-        held = self.take_working(rel, file_id)
+        held = self.take_working(rel, file_id, catalogable=False)
         if held is None:
             return False
         fd = os.open(held, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

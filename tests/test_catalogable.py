@@ -16,6 +16,7 @@ import pytest
 from helpers import write
 from soundness import assert_sound
 
+from horace.backends.records import FileChanges, Status
 from horace.catalog import Catalog
 from horace.fsck import verify
 from horace.model import ErrorCode, HoraceError
@@ -85,6 +86,32 @@ async def test_hard_links_are_refused(catalog: Catalog, files: Path, tmp_path: P
     assert "not Horace's" not in "".join(
         p.read_text(errors="replace") for p in catalog.storage.objects.rglob("*") if p.is_file()
     )
+    await assert_sound(catalog)
+
+
+async def test_a_catalogued_file_that_gained_a_hard_link_is_neither_deleted_nor_archived(
+    catalog: Catalog, files: Path, tmp_path: Path
+) -> None:
+    """Deleting or archiving versions the working copy as it leaves files/: refused for a
+    file with a second link, as restoring and updating it are (not taken half-way)."""
+    path = write(files / "user/doc.txt", "mine")
+    registered = await catalog.register("user/doc.txt")
+    write(path, "mine, changed")
+    (tmp_path / "backup").mkdir()
+    os.link(path, tmp_path / "backup/doc.txt")
+    for change in (
+        catalog.delete(registered.file.id),
+        catalog.update(registered.file.id, FileChanges(status=Status.ARCHIVED)),
+    ):
+        with pytest.raises(HoraceError) as refused:
+            await change
+        assert refused.value.code is ErrorCode.INVALID_PATH and "hard links" in refused.value.message
+    file = await catalog.file(registered.file.id)
+    assert file.status is Status.ACTIVE and file.current_version == 1
+    assert path.read_text() == "mine, changed" and os.stat(path).st_nlink == 2
+    (tmp_path / "backup/doc.txt").unlink()
+    deleted = await catalog.delete(registered.file.id)
+    assert deleted.file.status is Status.DELETED and deleted.version_created and not path.exists()
     await assert_sound(catalog)
 
 
