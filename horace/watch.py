@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 import trio
 
+from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull
 from horace.backends.records import FileRecord, SearchQuery, Status
 from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
 from horace.changefeed import Change, ChangeFeed, open_change_feed
@@ -50,6 +51,9 @@ NEW_FILES_BATCH = 256
 SKIPPED_SHOWN = 20  # the latest skipped names /health lists
 FAILING_SHOWN = 20  # the latest paths /health lists that failed and wait to be taken again
 RETRY_CAP = 60.0  # seconds: the longest wait before a failed path is taken again
+# The catalog failing (down, full, refusing): a path's change waits in failing_paths, as
+# for a full storage; the watch goes on and takes it once the catalog is back.
+CATALOG_FAILURES = (BackendUnavailable, CatalogUnwritable, DatabaseFull)
 LEASE_LOOK_EVERY = 1.0  # seconds between a standing-by watcher's looks at the watch lease
 
 
@@ -101,13 +105,16 @@ class Watcher:
         self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
         self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
         self._refused: dict[str, str] = {}  # path -> why it may not be catalogued as it is
+        self._catch_up_failing: str | None = None  # why a catch-up waits to be done again
         self._feed: ChangeFeed | None = None
 
     @property
     def ok(self) -> bool:
         """Watching every folder, and no path waits to be taken again after a failure (or
         standing by while another process watches)."""
-        return self.standby or (self.watching and not self._failing and not self._unwatched())
+        return self.standby or (
+            self.watching and not self._failing and not self._unwatched() and self._catch_up_failing is None
+        )
 
     def _unwatched(self) -> dict[str, str]:
         return self._feed.unwatched if self._feed is not None and self.watching else {}
@@ -122,6 +129,7 @@ class Watcher:
             "skipped_names": list(self.skipped),
             "failing": len(self._failing),
             "failing_paths": list(self._failing)[-FAILING_SHOWN:],
+            "catch_up_failing": self._catch_up_failing,
             "unwatched_folders": [
                 f"{printable(os.path.relpath(folder, self.files))}: {why}"
                 for folder, why in list(self._unwatched().items())[:FAILING_SHOWN]
@@ -168,7 +176,7 @@ class Watcher:
             with self.catalog.storage.observe_writes(feed.wrote):
                 async for batch in feed:
                     if batch.lost_since is not None:
-                        nursery.start_soon(self._catch_up, batch.lost_since - CATCH_UP_SLACK)
+                        nursery.start_soon(self._catch_up_until_done, batch.lost_since - CATCH_UP_SLACK)
                     for change in batch.changes:
                         if editor_temp(change.path.name):
                             continue
@@ -232,8 +240,26 @@ class Watcher:
             log.warning("watch: skipped %s", why)
 
     async def _first_catch_up(self) -> None:
-        await self._catch_up(self._since)
+        await self._catch_up_until_done(self._since)
         self._caught_up = True
+
+    async def _catch_up_until_done(self, since: float) -> None:
+        """:meth:`_catch_up`, done again while the catalog fails (each wait twice the
+        last), the watch going on meanwhile."""
+        failures = 0
+        while True:
+            try:
+                await self._catch_up(since)
+            except CATALOG_FAILURES as exc:
+                failures += 1
+                delay = min(self.settle * 2**failures, RETRY_CAP)
+                self._catch_up_failing = f"the catalog: {exc}"
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "watch: catch-up not done: %s (done again in %.1f s)", exc, delay)
+                await trio.sleep(delay)
+            else:
+                self._catch_up_failing = None
+                return
 
     async def _catch_up(self, since: float) -> None:
         """What no event reports: changes from before the watch was in place (at start, or
@@ -294,6 +320,8 @@ class Watcher:
             self._not_taken(rel, exc, correlation_id)
         except OSError as exc:  # this file only (unreadable, say): the watch goes on
             self._failed(rel, str(exc), correlation_id)
+        except CATALOG_FAILURES as exc:
+            self._failed(rel, f"the catalog: {exc}", correlation_id)
         else:
             if done:
                 self._taken(rel)
@@ -315,8 +343,9 @@ class Watcher:
         else:
             self._failed(rel, exc.message, correlation_id)
 
-    def _failed(self, rel: str, why: str, correlation_id: str) -> None:
-        """*rel* could not be taken: taken again later, each wait twice the last."""
+    def _failed(self, rel: str, why: str, correlation_id: str) -> float:
+        """*rel* could not be taken: taken again later, each wait twice the last (the
+        wait, in seconds)."""
         self.counts.errors += 1
         failures = self._failing.pop(rel, 0) + 1
         self._failing[rel] = failures  # (re-inserted: the latest failures are listed last)
@@ -331,6 +360,7 @@ class Watcher:
             delay,
             extra={"correlation_id": correlation_id},
         )
+        return delay
 
     def _no_longer_refused(self, rel: str) -> None:
         refused = self._refused.pop(rel, None)
@@ -427,7 +457,12 @@ class Watcher:
 
     async def _register_batch(self, batch: list[str]) -> None:
         correlation_id = f"watch-{uuid.uuid4()}"
-        outcome = await self.catalog.register_new(batch, correlation_id)
+        try:
+            outcome = await self.catalog.register_new(batch, correlation_id)
+        except CATALOG_FAILURES as failure:
+            for rel in batch:
+                self._failed(rel, f"the catalog: {failure}", correlation_id)
+            return
         self.counts.registered += len(outcome.registered)
         for file in outcome.registered:
             self._taken(file.file_path)
@@ -487,32 +522,43 @@ class Watcher:
         if self._due:
             before = min(before, min(self._due.values()) - 2 * self.settle)
         for record in self._vanished.expired(before=before):
-            if not await in_thread(self.catalog.storage.surely_gone, record.file_path):
-                continue  # it came back
-            current = await self.catalog.backend.file_by_id(record.id)
-            active = current is not None and current.status is Status.ACTIVE
-            if current is None or not active or current.file_path != record.file_path:
-                # Deleted, archived or moved through Horace since it went: not ours to delete.
-                self._look_again_at_copies(record.id, current.checksum if current and active else None)
-                self._taken(record.file_path)
-                continue
-            correlation_id = f"watch-{uuid.uuid4()}"
             try:
-                done = await self.catalog.delete(record.id, correlation_id, vanished=True)
-            except HoraceError as exc:
-                self._failed(record.file_path, f"delete: {exc.message}", correlation_id)
-                continue
-            if "status" not in done.changed_fields:  # back at its path since the look above
-                self.schedule(record.file_path)
-                continue
-            log.info(
-                "watch: %s is gone: deleted (soft; `horace_undelete_file` brings it back)",
-                record.file_path,
-                extra={"correlation_id": correlation_id, "file_id": record.id},
-            )
-            self.counts.deleted += 1
-            self._look_again_at_copies(record.id, None)
+                await self._expire(record)
+            except CATALOG_FAILURES as exc:
+                # Still waiting as vanished (the other half of its rename may yet come),
+                # looked at again after the failed path's wait.
+                delay = self._failed(record.file_path, f"the catalog: {exc}", f"watch-{uuid.uuid4()}")
+                self._vanished.add(record, trio.current_time() + delay - self.settle)
+
+    async def _expire(self, record: FileRecord) -> None:
+        """*record* vanished a settle time ago and no rename took it: deleted, unless it
+        came back or Horace changed it meanwhile."""
+        if not await in_thread(self.catalog.storage.surely_gone, record.file_path):
+            return  # it came back
+        current = await self.catalog.backend.file_by_id(record.id)
+        active = current is not None and current.status is Status.ACTIVE
+        if current is None or not active or current.file_path != record.file_path:
+            # Deleted, archived or moved through Horace since it went: not ours to delete.
+            self._look_again_at_copies(record.id, current.checksum if current and active else None)
             self._taken(record.file_path)
+            return
+        correlation_id = f"watch-{uuid.uuid4()}"
+        try:
+            done = await self.catalog.delete(record.id, correlation_id, vanished=True)
+        except HoraceError as exc:
+            self._failed(record.file_path, f"delete: {exc.message}", correlation_id)
+            return
+        if "status" not in done.changed_fields:  # back at its path since the look above
+            self.schedule(record.file_path)
+            return
+        log.info(
+            "watch: %s is gone: deleted (soft; `horace_undelete_file` brings it back)",
+            record.file_path,
+            extra={"correlation_id": correlation_id, "file_id": record.id},
+        )
+        self.counts.deleted += 1
+        self._look_again_at_copies(record.id, None)
+        self._taken(record.file_path)
 
 
 def _age(st: os.stat_result) -> float:

@@ -35,6 +35,7 @@ import horace.storage
 import horace.tasks
 import horace.watch
 from horace.assemble import open_catalog
+from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import FileChanges, Status, VersionRecord
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
@@ -1246,6 +1247,97 @@ async def test_a_write_that_failed_on_a_full_disk_is_taken_once_there_is_room(
             sha256("second, written while the disk is full"),
             sha256("first"),
         ]
+
+
+async def test_changes_made_while_the_catalog_is_down_wait_in_failing_paths(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog down (a database outage): the watch goes on, each change it cannot take
+    is listed in failing_paths and taken again once the catalog answers, without a write
+    or a restart of the watcher."""
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        backend = running.server.catalog.backend
+        by_path, by_id = backend.file_by_path, backend.file_by_id
+        write(running.files / "user/kept.txt", "first")
+        write(running.files / "user/going.txt", "soon gone")
+        for rel, text in (("user/kept.txt", "first"), ("user/going.txt", "soon gone")):
+            await eventually(partial(_has_checksum, running, rel, sha256(text)), f"{rel} catalogued")
+        going = await by_path("user/going.txt")
+        down = True
+
+        def unless_down(read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def read_unless_down(*args: Any) -> Any:
+                if down:
+                    raise BackendUnavailable("the catalog database is down (test)")
+                return await read(*args)
+
+            return read_unless_down
+
+        monkeypatch.setattr(backend, "file_by_path", unless_down(by_path))
+        monkeypatch.setattr(backend, "file_by_id", unless_down(by_id))
+        write(running.files / "user/kept.txt", "second, written while the catalog is down")
+        write(running.files / "user/new.txt", "new, written while the catalog is down")
+        (running.files / "user/going.txt").unlink()
+
+        async def behind() -> dict[str, Any] | None:
+            body = await _http_health(running)
+            return body if body["watcher"]["failing"] == 3 else None
+
+        body = await eventually(behind, "the three changes to fail")
+        assert body["watcher"]["watching"] and not body["watcher"]["ok"], body["watcher"]
+        assert sorted(body["watcher"]["failing_paths"]) == ["user/going.txt", "user/kept.txt", "user/new.txt"]
+        await trio.sleep(SETTLE * 4)  # taken again, and failing again, while down
+        assert (await _http_health(running))["watcher"]["watching"]
+        down = False
+        for rel, text in (
+            ("user/kept.txt", "second, written while the catalog is down"),
+            ("user/new.txt", "new, written while the catalog is down"),
+        ):
+            await eventually(partial(_has_checksum, running, rel, sha256(text)), f"{rel} taken again")
+
+        async def deleted() -> bool:
+            return (await by_id(going.id)).status is Status.DELETED
+
+        await eventually(deleted, "the file gone while the catalog was down deleted")
+        kept = await by_path("user/kept.txt")
+        assert kept.current_version == 2
+        body = await _http_health(running)
+        assert body["status"] == "ok" and body["watcher"]["failing"] == 0, body["watcher"]
+
+
+async def test_a_catch_up_is_done_again_while_the_catalog_is_down(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catch-up (at the watch's start, after lost events) that meets the catalog down
+    waits and is done again, the watcher not ok meanwhile: it is not a crash."""
+    write(files / "user/written-before.txt", "before the watch")
+    working_index = catalog.backend.working_index
+    refusals = 2
+
+    async def down_twice() -> Any:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise BackendUnavailable("the catalog database is down (test)")
+        return await working_index()
+
+    monkeypatch.setattr(catalog.backend, "working_index", down_twice)
+    watcher = Watcher(catalog, settle=0.01)
+    seen: list[str | None] = []
+
+    async def look() -> None:
+        while True:
+            seen.append(watcher.status()["catch_up_failing"])
+            await trio.sleep(0.005)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(look)
+        await watcher._catch_up_until_done(0.0)
+        nursery.cancel_scope.cancel()
+    assert refusals == 0 and watcher._due.keys() == {"user/written-before.txt"}
+    assert any(why and "down (test)" in why for why in seen), seen
+    assert watcher.status()["catch_up_failing"] is None
 
 
 async def test_a_folder_that_cannot_be_watched_is_watched_once_its_mode_changes(
