@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,27 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, SOURCE)
     (built,) = out.glob("horace-*.whl")
     return built
+
+
+def test_the_wheel_built_from_the_sdist_is_the_wheel_built_from_the_tree(
+    wheel: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A release is built the way ``python -m build`` builds (the sdist, then the wheel
+    from it): an sdist keeps no symlink, and the wheel must not need horace/backends to be
+    one."""
+    out = tmp_path_factory.mktemp("release")
+    run(sys.executable, "-m", "build", "-q", "--outdir", out, SOURCE)
+    (released,) = out.glob("horace-*.whl")
+
+    def contents(built: Path) -> set[str]:
+        with zipfile.ZipFile(built) as archive:
+            return {name for name in archive.namelist() if ".dist-info/" not in name}
+
+    from_sdist, from_tree = contents(released), contents(wheel)
+    assert from_sdist == from_tree, sorted(from_sdist ^ from_tree)
+    modules = {p.name for p in (SOURCE / "backends").glob("*.py")}
+    assert {name.rsplit("/", 1)[1] for name in from_tree if name.startswith("horace/backends/")} >= modules
+    assert not any("__pycache__" in name for name in from_tree)
 
 
 def fresh_venv(where: Path, *packages: str | Path) -> Path:
