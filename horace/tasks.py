@@ -1,5 +1,6 @@
 """The server's background work, each a supervised child task: the watcher (after a
-start-up reconcile), the purge of long-deleted files, and the periodic fsck."""
+start-up reconcile), the purge of long-deleted files, the periodic fsck, the look at the
+store, and the sweep of what dead processes left in ``.horace/tmp``."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ import trio
 from horace.binding import StoreRefused
 from horace.catalog import Catalog, in_thread
 from horace.config import Settings
-from horace.fsck import fsck, log_findings
+from horace.fsck import FsckReport, fsck, leftovers, log_findings
 from horace.supervise import STOP_SIGNALS, TaskState, every, supervise
 from horace.watch import Watcher
 
 log = logging.getLogger("horace.tasks")
 STORE_CHECK_EVERY = 1.0  # seconds
+# What another process sharing the store left in .horace/tmp when it died (a working file
+# moved out for a delete it never committed, say) is dealt with this often, not only at
+# the next start: with several servers on one store, the others may run for months.
+LEFTOVERS_EVERY = 10.0  # seconds
 
 
 async def purge_and_report(catalog: Catalog) -> dict[str, int]:
@@ -28,10 +33,22 @@ async def purge_and_report(catalog: Catalog) -> dict[str, int]:
     return attrs.asdict(report)
 
 
+def _counts(report: FsckReport) -> dict[str, int]:
+    return {"findings": len(report.findings), "unrepaired": sum(not f.repaired for f in report.findings)}
+
+
 async def _fsck(catalog: Catalog) -> dict[str, Any]:
     report = await fsck(catalog, automatic=True)
     log_findings(report, "(periodic)")
-    return {"findings": len(report.findings), "unrepaired": sum(not f.repaired for f in report.findings)}
+    return _counts(report)
+
+
+async def _sweep_leftovers(catalog: Catalog) -> dict[str, int] | None:
+    report = await leftovers(catalog)
+    if not report.findings:
+        return None
+    log_findings(report, "(what a process that died left)")
+    return _counts(report)
 
 
 async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -> None:
@@ -90,6 +107,21 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
             states["store"],
             partial(
                 every, states["store"], STORE_CHECK_EVERY, partial(_look_at_store, catalog, states["store"])
+            ),
+            fatal=(StoreRefused,),
+        )
+    )
+    states["leftovers"] = TaskState("leftovers")
+    nursery.start_soon(
+        partial(
+            supervise,
+            states["leftovers"],
+            partial(
+                _delayed,
+                LEFTOVERS_EVERY,
+                states["leftovers"],
+                LEFTOVERS_EVERY,
+                partial(_sweep_leftovers, catalog),
             ),
             fatal=(StoreRefused,),
         )

@@ -25,6 +25,7 @@ from helpers import sha256, write
 from soundness import assert_sound, objects_on_disk
 
 import horace.catalog
+import horace.tasks
 from horace.assemble import open_catalog
 from horace.backends.records import FileChanges, Status
 from horace.catalog import Catalog
@@ -32,6 +33,7 @@ from horace.config import Settings
 from horace.fsck import fsck
 from horace.model import ErrorCode, HoraceError
 from horace.storage import Staged, Storage
+from horace.testing import run_horace
 
 MiB = 1 << 20
 
@@ -364,6 +366,29 @@ async def test_a_working_file_held_by_a_delete_that_never_committed_goes_back(
     assert [f.kind for f in report.findings] == ["working_recovered"], report.findings
     assert (await catalog.backend.file_by_id(file.id)).status is Status.ACTIVE
     assert not (await fsck(catalog)).findings
+
+
+async def test_a_running_server_puts_back_what_another_process_left_when_it_died(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several servers share a store: one killed in the middle of a delete leaves the
+    working file in .horace/tmp, and the others go on for months. They put it back
+    themselves, not only at their next start."""
+    monkeypatch.setattr(horace.tasks, "LEFTOVERS_EVERY", 0.1)
+    async with run_horace(attrs.evolve(settings, host="127.0.0.1", port=0, conversations=False)) as running:
+        catalog = running.server.catalog
+        path = write(running.files / "user/a.txt", "versioned")
+        file = (await catalog.register("user/a.txt")).file
+        write(path, "unsaved, then held by a delete that died")
+        held = catalog.storage.tmp / storage_temp_name("held", _dead_pid(), file.id.replace("-", ""))
+        os.rename(path, held)
+        with trio.fail_after(10):
+            while not path.exists():
+                await trio.sleep(0.05)
+        assert path.read_text() == "unsaved, then held by a delete that died" and not held.exists()
+        leftovers = (await running.server.health())[1]["leftovers"]
+        assert leftovers["details"]["last_result"] == {"findings": 1, "unrepaired": 0}, leftovers
+        assert (await catalog.backend.file_by_id(file.id)).status is Status.ACTIVE
 
 
 @pytest.mark.parametrize("kind", ["folder", "symlink to a FIFO", "FIFO"])
