@@ -25,6 +25,7 @@ or gone; while any such path waits the watcher is not ok (the server is degraded
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import time
@@ -49,6 +50,10 @@ log = logging.getLogger("horace.watch")
 CATCH_UP_SLACK = 10.0
 NEW_FILES_BATCH = 256
 SKIPPED_SHOWN = 20  # the latest skipped names /health lists
+# Skipped names logged one by one in a minute; past that, counted in one line at its end
+# (a `cp -al` of a tree gives each of its files a second link: thousands of names at once).
+SKIPS_LOGGED = 20
+SKIP_LOG_WINDOW = 60.0  # seconds
 FAILING_SHOWN = 20  # the latest paths /health lists that failed and wait to be taken again
 RETRY_CAP = 60.0  # seconds: the longest wait before a failed path is taken again
 # The catalog failing (down, full, refusing): a path's change waits in failing_paths, as
@@ -93,6 +98,7 @@ class Watcher:
         self._caught_up = False  # this run's first catch-up is done
         self._due: dict[str, float] = {}  # path -> when to look at it again
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
+        self._expiring = 0  # of them, taken off that list to be deleted, not yet done
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
@@ -103,6 +109,8 @@ class Watcher:
         self._copies: dict[str, dict[str, str]] = {}
         self._copy_of: dict[str, str] = {}  # path -> the id of the file whose copy it is
         self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
+        self._skip_window = -math.inf  # (monotonic) when this minute of skip logging began
+        self._skips_logged = self._skips_held_back = 0  # in this minute
         self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
         self._refused: dict[str, str] = {}  # path -> why it may not be catalogued as it is
         self._catch_up_failing: str | None = None  # why a catch-up waits to be done again
@@ -124,6 +132,7 @@ class Watcher:
             "watching": self.watching,
             "standby": self.standby,
             "pending": len(self._due),
+            "vanished": len(self._vanished) + self._expiring,
             "mode": "poll" if self.poll else "inotify",
             **attrs.asdict(self.counts),
             "skipped_names": list(self.skipped),
@@ -232,12 +241,30 @@ class Watcher:
 
     def _skip(self, why: str) -> None:
         """A name that can never be catalogued: reported once, counted, never fatal."""
-        if why not in self.skipped:
-            self.counts.skipped += 1
-            self.skipped[why] = None
-            while len(self.skipped) > SKIPPED_SHOWN:
-                del self.skipped[next(iter(self.skipped))]
+        if why in self.skipped:
+            return
+        self.counts.skipped += 1
+        self.skipped[why] = None
+        while len(self.skipped) > SKIPPED_SHOWN:
+            del self.skipped[next(iter(self.skipped))]
+        if time.monotonic() - self._skip_window >= SKIP_LOG_WINDOW:
+            self._log_skips_held_back()
+        if self._skips_logged < SKIPS_LOGGED:
+            self._skips_logged += 1
             log.warning("watch: skipped %s", why)
+        else:
+            self._skips_held_back += 1
+
+    def _log_skips_held_back(self) -> None:
+        """Say how many skipped names were not logged one by one; a new minute begins."""
+        if self._skips_held_back:
+            log.warning(
+                "watch: skipped %d more names in the last minute, not logged one by one "
+                "(/health: the watcher's skipped count and latest skipped_names)",
+                self._skips_held_back,
+            )
+        self._skip_window = time.monotonic()
+        self._skips_logged = self._skips_held_back = 0
 
     async def _first_catch_up(self) -> None:
         await self._catch_up_until_done(self._since)
@@ -305,6 +332,12 @@ class Watcher:
             if not any(due <= trio.current_time() for due in self._due.values()):
                 await self._expire_vanished()
             upcoming = [*self._due.values(), *(since + self.settle for since in self._vanished.times())]
+            if self._skips_held_back:
+                minute_left = self._skip_window + SKIP_LOG_WINDOW - time.monotonic()
+                if minute_left <= 0:
+                    self._log_skips_held_back()
+                else:
+                    upcoming.append(trio.current_time() + minute_left)
             self._wakeup = trio.Event()
             with trio.move_on_at(min(upcoming) if upcoming else now + 3600):
                 await self._wakeup.wait()
@@ -521,14 +554,20 @@ class Watcher:
         before = trio.current_time() - self.settle
         if self._due:
             before = min(before, min(self._due.values()) - 2 * self.settle)
-        for record in self._vanished.expired(before=before):
-            try:
-                await self._expire(record)
-            except CATALOG_FAILURES as exc:
-                # Still waiting as vanished (the other half of its rename may yet come),
-                # looked at again after the failed path's wait.
-                delay = self._failed(record.file_path, f"the catalog: {exc}", f"watch-{uuid.uuid4()}")
-                self._vanished.add(record, trio.current_time() + delay - self.settle)
+        expired = self._vanished.expired(before=before)
+        self._expiring = len(expired)
+        try:
+            for record in expired:
+                try:
+                    await self._expire(record)
+                except CATALOG_FAILURES as exc:
+                    # Still waiting as vanished (the other half of its rename may yet come),
+                    # looked at again after the failed path's wait.
+                    delay = self._failed(record.file_path, f"the catalog: {exc}", f"watch-{uuid.uuid4()}")
+                    self._vanished.add(record, trio.current_time() + delay - self.settle)
+                self._expiring -= 1
+        finally:
+            self._expiring = 0
 
     async def _expire(self, record: FileRecord) -> None:
         """*record* vanished a settle time ago and no rename took it: deleted, unless it

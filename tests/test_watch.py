@@ -615,6 +615,52 @@ async def test_a_file_archived_through_horace_as_the_watcher_saw_it_go_stays_arc
     assert watcher.counts.deleted == 0
 
 
+async def test_health_counts_vanished_files_until_they_are_deleted(catalog: Catalog, files: Path) -> None:
+    """Files gone from their paths wait (for the other half of a rename), then are deleted
+    one by one: /health counts them (`vanished`) until the last is done, so that a monitor
+    can tell when the catalog has caught up with a removal."""
+    records = []
+    for name in ("a", "b"):
+        write(files / f"user/{name}.txt", name)
+        records.append((await catalog.register(f"user/{name}.txt")).file)
+        (files / f"user/{name}.txt").unlink()
+    watcher = Watcher(catalog, settle=0.0)
+    for record in records:
+        watcher._vanished.add(record, trio.current_time() - 1)
+    assert watcher.status()["vanished"] == 2
+    seen = []
+    expire = watcher._expire
+
+    async def expire_counted(record: Any) -> None:
+        seen.append(watcher.status()["vanished"])
+        await expire(record)
+
+    watcher._expire = expire_counted  # type: ignore[method-assign]
+    await watcher._expire_vanished()
+    assert seen == [2, 1] and watcher.status()["vanished"] == 0
+    assert [(await catalog.file(r.id)).status for r in records] == [Status.DELETED] * 2
+
+
+async def test_thousands_of_skipped_names_log_twenty_lines_a_minute_and_a_count(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `cp -al` of a tree gives thousands of files a second link at once: each is counted
+    and the latest listed, but the log says the first twenty of a minute and then how many
+    more, not one line each."""
+    watcher = Watcher(catalog, settle=0.0)
+    caplog.set_level("WARNING", logger="horace.watch")
+    for n in range(25):
+        watcher._skip(f"'user/snap/{n}.txt' has 2 hard links")
+    one_by_one = [r.getMessage() for r in caplog.records if "hard links" in r.getMessage()]
+    assert len(one_by_one) == 20 and watcher.counts.skipped == 25
+    assert len(watcher.status()["skipped_names"]) == 20
+    watcher._skip_window -= 61  # a minute later
+    watcher._skip("'user/snap/late.txt' has 2 hard links")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("skipped 5 more names in the last minute" in m for m in messages), messages
+    assert "watch: skipped 'user/snap/late.txt' has 2 hard links" in messages
+
+
 async def test_a_new_folder_of_files_is_registered_with_its_owner(watched: Watched) -> None:
     names = ["a.md", "b.csv", "deep/er/c.txt", "deep/d.bin"]
 
