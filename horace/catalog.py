@@ -1692,14 +1692,21 @@ class Catalog:
         """Delete the objects among *checksums* that no version row refers to.
 
         Each is moved aside first and put back if it is fresh (a writer may be about to
-        commit a row for it) or if a row refers to it by the time we look.
+        commit a row for it) or if a row refers to it by the time we look. One a row refers
+        to already is never moved: the caller's list may be older than that row (an fsck's,
+        with a writer beside it), and while aside the object is missing to every reader.
         """
         grace = self.policy.gc_grace_seconds if grace_seconds is None else grace_seconds
         await self.ensure_bound()
+        unreferenced: set[str] = set()
+        for chunk in _slices(checksums, SCAN_BATCH):
+            unreferenced.update(await self.backend.unreferenced(chunk))
         with trio.CancelScope(shield=True):
             aside = []
             in_packs = []
             for checksum in checksums:
+                if checksum not in unreferenced:
+                    continue
                 moved = await in_thread(self.storage.quarantine, checksum, grace)
                 if moved is not None:
                     aside.append((checksum, moved))

@@ -316,6 +316,31 @@ async def test_a_working_copy_whose_object_is_lost_is_never_the_last_copy_to_go(
     assert (await fsck(catalog, deep=True)).clean
 
 
+async def test_the_collector_never_moves_aside_an_object_a_row_refers_to(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list of orphans can be older than the rows (an fsck's, listed before a writer
+    committed): an object moved aside is missing to every reader until put back, so one a
+    row refers to is never moved, only the ones no row refers to."""
+    write(files / "user/a.txt", "kept: a version refers to it")
+    await catalog.register("user/a.txt")
+    orphan = sha256("no row")
+    catalog.storage.object_path(orphan).parent.mkdir(parents=True, exist_ok=True)
+    catalog.storage.object_path(orphan).write_text("no row")
+    moved: list[str] = []
+    quarantine = catalog.storage.quarantine
+
+    def noted(checksum: str, grace: float) -> Any:
+        moved.append(checksum)
+        return quarantine(checksum, grace)
+
+    monkeypatch.setattr(catalog.storage, "quarantine", noted)
+    kept = sha256("kept: a version refers to it")
+    assert await catalog.collect([kept, orphan], grace_seconds=0.0) == [orphan]
+    assert moved == [orphan] and not catalog.storage.object_path(orphan).exists()
+    assert catalog.storage.object_path(kept).read_text() == "kept: a version refers to it"
+
+
 # -- what a crash leaves in .horace/tmp -----------------------------------------------------
 
 
