@@ -45,7 +45,7 @@ from horace.catalog import Catalog
 from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
 from horace.redact import redact_url
-from horace.storage import STORAGE_ERRNOS, StorageUnusable, storage_full
+from horace.storage import STORAGE_ERRNOS, StorageUnusable, storage_full, storage_refusal
 from horace.supervise import the_failure
 
 T = TypeVar("T")
@@ -799,8 +799,7 @@ def _failure(exc: BaseException) -> Failure | None:
     if full is not None:
         return Failure(Exit.STORAGE, full.code.value, full.message)
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-        where = f": {exc.filename}" if exc.filename else ""
-        return Failure(Exit.STORAGE, "STORAGE_ERROR", f"{exc.strerror or exc}{where}")
+        return Failure(Exit.STORAGE, "STORAGE_ERROR", storage_refusal(exc))
     return None
 
 

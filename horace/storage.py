@@ -207,8 +207,24 @@ class StoreState:
     own_catalog_place: str | None = None  # that of the SQLite catalog inside it, if it were used
 
 
-# What the storage says of itself (read-only, no permission, full, failing): STORAGE_ERROR.
-STORAGE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO})
+# What the storage says of itself (read-only, no permission, full, failing, a folder of it
+# mounted apart): STORAGE_ERROR.
+STORAGE_ERRNOS = frozenset(
+    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EXDEV}
+)
+ONE_FILE_SYSTEM = (
+    "Horace moves files between files/, .horace/tmp and .horace/objects by renaming them, "
+    "which works only within one file system: mount the disk at the store's folder (which "
+    "holds both files/ and .horace/), not at a folder inside it"
+)
+
+
+def storage_refusal(exc: OSError) -> str:
+    """What an OSError of :data:`STORAGE_ERRNOS` says, in one line, with the file."""
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    if exc.errno == errno.EXDEV:
+        return f"a folder of the store is on another file system{where} ({ONE_FILE_SYSTEM})"
+    return f"{exc.strerror or exc}{where}"
 
 
 class StorageUnusable(Exception):
@@ -478,6 +494,7 @@ class Storage:
             raise StorageUnusable(_files_a_symlink(self.files))
         if not self.private.is_dir():
             return StoreState(False, None, None, False)
+        self._check_one_file_system()
         try:
             recorded = json.loads(self.identity_file.read_text())
             store_id, catalog_url = str(recorded["store_id"]), recorded.get("catalog")
@@ -496,6 +513,18 @@ class Storage:
             place if isinstance(place, str) else None,
             own,
         )
+
+    def _check_one_file_system(self) -> None:
+        device = os.stat(self.private).st_dev
+        for folder in (self.files, self.tmp, self.objects):
+            try:
+                apart = os.stat(folder).st_dev != device
+            except FileNotFoundError:
+                continue
+            if apart:
+                raise StorageUnusable(
+                    f"{folder} is on another file system than {self.private}: {ONE_FILE_SYSTEM}"
+                )
 
     def looks_like_a_store(self) -> bool:
         """Whether the root holds a store's two folders (``.horace/`` and ``files/``)."""

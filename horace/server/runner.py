@@ -20,7 +20,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, Data
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, json_size_at_least, notification_text
 from horace.server.tools import CallContext, Tool
-from horace.storage import STORAGE_ERRNOS, storage_full
+from horace.storage import STORAGE_ERRNOS, storage_full, storage_refusal
 from horace.wire import to_json
 
 log = logging.getLogger("horace.server")
@@ -146,9 +146,8 @@ async def run_tool(
             )
             return tool_error(
                 ErrorCode.STORAGE_ERROR,
-                f"the storage refuses: {exc.strerror or exc}"
-                + (f": {exc.filename}" if exc.filename is not None else "")
-                + "; the call did not complete (a read-only, unwritable or failing disk: see the log)",
+                f"the storage refuses: {storage_refusal(exc)}; the call did not complete "
+                "(a read-only, unwritable or failing disk: see the log)",
                 correlation_id,
             )
         log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
