@@ -703,6 +703,8 @@ async def _recover_object(
         try:
             staged = await in_thread(storage.stage, rel)
         except HoraceError as exc:
+            if exc.code is ErrorCode.STORAGE_FULL:
+                raise  # no room to copy it back: the repair stops, saying why
             if exc.code is not ErrorCode.FILE_NOT_FOUND:
                 unread.append(rel)
             continue

@@ -29,6 +29,7 @@ from horace.assemble import open_catalog
 from horace.catalog import Catalog
 from horace.cli import Exit
 from horace.config import Settings
+from horace.fsck import fsck
 from horace.model import ErrorCode, HoraceError
 from horace.testing import run_horace
 
@@ -58,6 +59,29 @@ async def test_a_full_disk_during_a_copy_is_storage_full(
     monkeypatch.undo()
     assert (files / "user/big.bin").read_bytes() == b"y" * 100_000  # the unsaved edit is still there
     assert temps_left(catalog) == []
+    await assert_sound(catalog)
+
+
+async def test_a_repair_with_no_room_to_copy_an_object_back_says_the_disk_is_full(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The working copy that holds a lost object's content is readable; copying it into
+    the store is what fails. The file's finding says the storage is full (it blamed the
+    working copy: "cannot be read now"), and the repair is done once there is room."""
+    write(files / "user/a.bin", b"a" * 10_000)
+    file = (await catalog.register("user/a.bin")).file
+    catalog.storage.object_path(file.checksum).unlink()
+
+    def no_room(*_: Any) -> Any:
+        raise HoraceError(ErrorCode.STORAGE_FULL, "the storage is full: No space left on device")
+
+    monkeypatch.setattr(catalog.storage, "stage", no_room)
+    (full,) = (await fsck(catalog, repair=True)).findings
+    assert not full.repaired and "the storage is full" in full.detail, full
+    monkeypatch.undo()
+    (finding,) = (await fsck(catalog, repair=True)).findings
+    assert finding.repaired and "recovered from the working copy" in finding.detail, finding
+    assert catalog.storage.object_path(file.checksum).read_bytes() == b"a" * 10_000
     await assert_sound(catalog)
 
 
