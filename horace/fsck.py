@@ -704,7 +704,7 @@ async def _recover_object(
             staged = await in_thread(storage.stage, rel)
         except HoraceError as exc:
             if exc.code is ErrorCode.STORAGE_FULL:
-                raise  # no room to copy it back: the repair stops, saying why
+                raise  # no room to copy it back: the file's finding says so
             if exc.code is not ErrorCode.FILE_NOT_FOUND:
                 unread.append(rel)
             continue

@@ -56,6 +56,7 @@ SKIPS_LOGGED = 20
 SKIP_LOG_WINDOW = 60.0  # seconds
 FAILING_SHOWN = 20  # the latest paths /health lists that failed and wait to be taken again
 RETRY_CAP = 60.0  # seconds: the longest wait before a failed path is taken again
+RETRY_FLOOR = 0.1  # seconds: the first wait's half, whatever the settle time (0 is allowed)
 # The catalog failing (down, full, refusing): a path's change waits in failing_paths, as
 # for a full storage; the watch goes on and takes it once the catalog is back.
 CATALOG_FAILURES = (BackendUnavailable, CatalogUnwritable, DatabaseFull)
@@ -279,7 +280,7 @@ class Watcher:
                 await self._catch_up(since)
             except CATALOG_FAILURES as exc:
                 failures += 1
-                delay = min(self.settle * 2**failures, RETRY_CAP)
+                delay = min(max(self.settle, RETRY_FLOOR) * 2**failures, RETRY_CAP)
                 self._catch_up_failing = f"the catalog: {exc}"
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "watch: catch-up not done: %s (done again in %.1f s)", exc, delay)
@@ -382,7 +383,7 @@ class Watcher:
         self.counts.errors += 1
         failures = self._failing.pop(rel, 0) + 1
         self._failing[rel] = failures  # (re-inserted: the latest failures are listed last)
-        delay = min(self.settle * 2**failures, RETRY_CAP)
+        delay = min(max(self.settle, RETRY_FLOOR) * 2**failures, RETRY_CAP)
         self.schedule(rel, delay)
         level = logging.WARNING if failures == 1 else logging.DEBUG  # once, not at every retry
         log.log(
