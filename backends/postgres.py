@@ -21,6 +21,7 @@ as SQLite's binary collation does, whatever the database's locale.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import logging
@@ -87,6 +88,10 @@ CLOSE_TIMEOUT = 10.0
 # The migration lock lives in the two-int4 advisory key space, which never overlaps the
 # single-bigint space of the file locks (horace.locks.lock_key). "Hora", 1.
 MIGRATION_LOCK = (0x486F7261, 1)
+# New files' contents, each locked (in that space too) by the transaction that inserts files
+# with it: two instances registering one content at two paths at once take turns, and the
+# second sees the first's file (a duplicate), as one instance would.
+CONTENT_LOCK_CLASS = 0x486F7262
 
 _FILE_COLUMNS = (
     "id",
@@ -1043,6 +1048,28 @@ async def _fetch_planned(conn: Conn, sql: str, *args: Any) -> list[Row]:
     return list(await statement.fetch(*args))
 
 
+_CONTENT_LOCKS = (
+    f"SELECT pg_advisory_xact_lock({CONTENT_LOCK_CLASS}, k) "
+    "FROM unnest($1::int[]) WITH ORDINALITY AS t(k, n) ORDER BY n"
+)
+
+
+def _content_key(checksum: str) -> int:
+    """A content's lock key: 32 bits of its checksum's hash, as a signed int4."""
+    return int.from_bytes(hashlib.blake2b(checksum.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+async def _insert_by_content(conn: Conn, contents: list[int], sql: str, *args: Any) -> list[Row]:
+    """Insert files (*sql*) holding the locks of their contents, *contents* in order (so
+    that two batches sharing contents never wait on each other in a cycle): the insert's
+    look for an active file with its content sees any that another instance committed
+    while this one waited."""
+    async with conn.transaction():
+        if contents:
+            await conn.execute(_CONTENT_LOCKS, contents)
+        return await _fetch_planned(conn, sql, *args)
+
+
 # One fold at a time per schema (several instances share one); another finding it under way
 # leaves it be. (A two-int4 key, as the migration lock's.)
 _FOLD_LOCK = f"SELECT pg_try_advisory_xact_lock({MIGRATION_LOCK[0]}, hashtext(current_schema()))"
@@ -1458,8 +1485,10 @@ class _Units:
         paths = [f.file_path for f in files]
         sums = [f.checksum for f in files]
         repeats_both = len(set(paths)) < len(paths) and len(set(sums)) < len(sums)
+        contents = sorted({_content_key(f.checksum) for f in files if f.status is Status.ACTIVE})
         rows = await self._source.run(
-            _fetch_planned,
+            _insert_by_content,
+            contents,
             _INSERT_WALK if repeats_both else _INSERT_SIMPLE,
             [uuid.UUID(f.id) for f in files],
             paths,

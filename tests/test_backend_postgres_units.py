@@ -246,6 +246,33 @@ async def test_insert_files_skips_catalogued_paths_and_contents(db: PostgresBack
     assert await db.insert_files([]) == []
 
 
+async def _insert_into(
+    backend: PostgresBackend, file: FileRecord, won: list[list[FileRecord]], i: int
+) -> None:
+    won[i] = await backend.insert_files([file])
+
+
+async def test_one_content_inserted_at_two_paths_by_two_instances_at_once_is_one_file(
+    db: PostgresBackend, pg_url: str
+) -> None:
+    """Two instances (two pools) register the same new content at two paths at the same
+    instant: the inserts take turns on the content, and the second finds the first's file
+    (a duplicate), as on one instance. Without the turn both looked before either
+    committed, and both paths became files (some rounds in ten)."""
+    async with open_postgres(pg_url) as other:
+        doubles = 0
+        for n in range(40):
+            content = uuid.uuid4().hex
+            pair = [rec(f"a{n}.txt", content), rec(f"b{n}.txt", content)]
+            won: list[list[FileRecord]] = [[], []]
+            async with trio.open_nursery() as nursery:
+                for i, backend in enumerate((db, other)):
+                    nursery.start_soon(_insert_into, backend, pair[i], won, i)
+            assert len(won[0]) + len(won[1]) >= 1, n
+            doubles += len(won[0]) + len(won[1]) == 2
+        assert doubles == 0
+
+
 async def test_insert_files_batch_with_only_repeated_checksums(db: PostgresBackend) -> None:
     batch = [
         rec(f"p{i}.bin", f"c{i % 3}", status=Status.DELETED if i == 0 else Status.ACTIVE) for i in range(9)
