@@ -304,7 +304,9 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
     found: list[Finding] = []
     now = time.time()
     for path, name, st in await in_thread(_temps_with_stats, storage):
-        age = now - st.st_mtime
+        # Since it last changed: a working file moved here keeps its own mtime (perhaps a
+        # year old), while its rename moved its ctime.
+        age = now - max(st.st_mtime, st.st_ctime)
         alive = name.owner_alive() if name is not None else None
         if alive or (alive is None and age < STALE_TEMP_SECONDS):
             continue  # a live writer's, or perhaps one on another host

@@ -393,6 +393,26 @@ async def test_a_working_file_held_by_a_delete_that_never_committed_goes_back(
     assert not (await fsck(catalog)).findings
 
 
+async def test_a_working_file_another_host_holds_is_left_alone_however_old_its_mtime(
+    catalog: Catalog, files: Path
+) -> None:
+    """Another host's temps are taken for dead only once unchanged for an hour: a working
+    file it moved out a moment ago (a delete versioning it) keeps its own mtime, a year
+    old perhaps; the move is what counts."""
+    path = write(files / "user/a.txt", "versioned")
+    file = (await catalog.register("user/a.txt")).file
+    os.utime(path, (time.time() - 365 * 86400,) * 2)
+    from horace.storage import TMP_PREFIX
+
+    held = catalog.storage.tmp / (
+        f"{TMP_PREFIX}held.another-host.4242.000000000000.{file.id.replace('-', '')}"
+    )
+    os.rename(path, held)  # another host's delete, under way
+    findings = (await fsck(catalog)).findings
+    assert not any(f.repaired for f in findings), findings
+    assert held.exists() and not path.exists()
+
+
 async def test_a_running_server_puts_back_what_another_process_left_when_it_died(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
