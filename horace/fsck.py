@@ -590,9 +590,10 @@ async def _file(
                 )
             else:  # the current version: kept while the file is catalogued by it
                 outcome = (
-                    " (no working copy holds it: if the file changed since, `horace scan` versions "
-                    "what it holds now; should this content be lost for good, `horace fsck "
-                    "--repair --forget-missing` then drops this version)"
+                    " (no working copy holds it. The current version is kept while the file is "
+                    "catalogued by it, even by --forget-missing: if the file changed since, "
+                    "`horace scan` first versions what it holds now; should this content be lost "
+                    "for good, `horace fsck --repair --forget-missing` then drops this version)"
                 )
         finding(
             "missing_object",
