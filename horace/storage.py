@@ -222,6 +222,8 @@ ONE_FILE_SYSTEM = (
 def storage_refusal(exc: OSError) -> str:
     """What an OSError of :data:`STORAGE_ERRNOS` says, in one line, with the file."""
     where = f": {exc.filename}" if exc.filename is not None else ""
+    if exc.filename2 is not None:  # a rename's: where it was going says which folder refused
+        where += f" -> {exc.filename2}"
     if exc.errno == errno.EXDEV:
         return f"a folder of the store is on another file system{where} ({ONE_FILE_SYSTEM})"
     return f"{exc.strerror or exc}{where}"
