@@ -88,10 +88,14 @@ CLOSE_TIMEOUT = 10.0
 # The migration lock lives in the two-int4 advisory key space, which never overlaps the
 # single-bigint space of the file locks (horace.locks.lock_key). "Hora", 1.
 MIGRATION_LOCK = (0x486F7261, 1)
-# New files' contents, each locked (in that space too) by the transaction that inserts files
-# with it: two instances registering one content at two paths at once take turns, and the
-# second sees the first's file (a duplicate), as one instance would.
+# New files' contents, locked (in that space too) by the transaction that inserts files
+# with them: two instances registering one content at two paths at once take turns, and
+# the second sees the first's file (a duplicate), as one instance would. A content's lock
+# is one of CONTENT_LOCKS (by its checksum's hash): a batch of thousands of new files takes
+# at most that many from PostgreSQL's shared lock table (max_locks_per_transaction, 64 by
+# default, times max_connections), and unrelated contents sharing one only take turns.
 CONTENT_LOCK_CLASS = 0x486F7262
+CONTENT_LOCKS = 64
 
 _FILE_COLUMNS = (
     "id",
@@ -1048,15 +1052,15 @@ async def _fetch_planned(conn: Conn, sql: str, *args: Any) -> list[Row]:
     return list(await statement.fetch(*args))
 
 
-_CONTENT_LOCKS = (
+_LOCK_CONTENTS = (
     f"SELECT pg_advisory_xact_lock({CONTENT_LOCK_CLASS}, k) "
     "FROM unnest($1::int[]) WITH ORDINALITY AS t(k, n) ORDER BY n"
 )
 
 
 def _content_key(checksum: str) -> int:
-    """A content's lock key: 32 bits of its checksum's hash, as a signed int4."""
-    return int.from_bytes(hashlib.blake2b(checksum.encode(), digest_size=4).digest(), "big", signed=True)
+    """A content's lock: one of CONTENT_LOCKS, by its checksum's hash."""
+    return int.from_bytes(hashlib.blake2b(checksum.encode(), digest_size=4).digest(), "big") % CONTENT_LOCKS
 
 
 async def _insert_by_content(conn: Conn, contents: list[int], sql: str, *args: Any) -> list[Row]:
@@ -1066,7 +1070,7 @@ async def _insert_by_content(conn: Conn, contents: list[int], sql: str, *args: A
     while this one waited."""
     async with conn.transaction():
         if contents:
-            await conn.execute(_CONTENT_LOCKS, contents)
+            await conn.execute(_LOCK_CONTENTS, contents)
         return await _fetch_planned(conn, sql, *args)
 
 
