@@ -300,75 +300,73 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
     """What dead processes left in ``.horace/tmp``, each dealt with by its kind.
     *referenced* holds every checksum a version refers to; None: ask the catalog about
     each staged copy found (the bounded check)."""
-    storage = catalog.storage
     found: list[Finding] = []
     now = time.time()
-    for path, name, st in await in_thread(_temps_with_stats, storage):
+    for path, name, st in await in_thread(_temps_with_stats, catalog.storage):
         # Since it last changed: a working file moved here keeps its own mtime (perhaps a
         # year old), while its rename moved its ctime.
         age = now - max(st.st_mtime, st.st_ctime)
         alive = name.owner_alive() if name is not None else None
         if alive or (alive is None and age < STALE_TEMP_SECONDS):
             continue  # a live writer's, or perhaps one on another host
-        if not stat.S_ISREG(st.st_mode):
-            # Horace's temps are regular files: a folder, symlink or FIFO here is a user's
-            # (a restore displaced it, or someone put it there). Never read, never removed.
-            what = "something that is not a regular file"
-            found.append(await _put_back(catalog, path, what, await _held_for(catalog, name)))
-        elif (
-            name is not None
-            and name.kind is TempKind.PACK
-            and await _put_back_pack(catalog, path, name, referenced)
-        ):
-            found.append(
-                Finding(
-                    "pack_recovered",
-                    "a pack holding referenced content was missing; put back from its staged link",
-                    True,
-                    subject=str(path),
-                )
-            )
-        elif (
-            name is not None
-            and name.kind is TempKind.STAGE
-            and await _put_back_object(catalog, path, referenced)
-        ):
-            found.append(
-                Finding(
-                    "object_recovered",
-                    "a referenced object was missing; put back from a staged copy a process left",
-                    True,
-                    subject=str(path),
-                )
-            )
-        elif name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META, TempKind.PACK):
-            await in_thread(path.unlink, True)
-            found.append(
-                Finding("temp_leftover", "left by a process that is gone; removed", True, subject=str(path))
-            )
-        elif name.kind is TempKind.ASIDE:
-            await in_thread(storage.unquarantine, path, name.extra)
-            found.append(
-                Finding(
-                    "object_aside",
-                    f"object {name.extra} was moved aside by a collector that died; put back",
-                    True,
-                    subject=str(path),
-                )
-            )
-        elif name.kind is TempKind.PACK_ASIDE:
-            await in_thread(storage.unquarantine_pack, path, name.extra + packs.SUFFIX)
-            found.append(
-                Finding(
-                    "pack_aside",
-                    f"pack {name.extra} was moved aside by a collector that died; put back",
-                    True,
-                    subject=str(path),
-                )
-            )
-        else:
-            found.append(await _held(catalog, path, name))
+        try:
+            found.append(await _dead_temp(catalog, path, name, st, referenced))
+        except FileNotFoundError:
+            if await in_thread(os.path.lexists, path):
+                raise
+            # Dealt with meanwhile by another process sharing the store (each server
+            # looks every LEFTOVERS_EVERY seconds, and so does each CLI command).
     return found
+
+
+async def _dead_temp(
+    catalog: Catalog, path: Path, name: TempName | None, st: os.stat_result, referenced: set[str] | None
+) -> Finding:
+    """One temp a dead process left, dealt with by its kind."""
+    storage = catalog.storage
+    if not stat.S_ISREG(st.st_mode):
+        # Horace's temps are regular files: a folder, symlink or FIFO here is a user's
+        # (a restore displaced it, or someone put it there). Never read, never removed.
+        what = "something that is not a regular file"
+        return await _put_back(catalog, path, what, await _held_for(catalog, name))
+    if (
+        name is not None
+        and name.kind is TempKind.PACK
+        and await _put_back_pack(catalog, path, name, referenced)
+    ):
+        return Finding(
+            "pack_recovered",
+            "a pack holding referenced content was missing; put back from its staged link",
+            True,
+            subject=str(path),
+        )
+    if name is not None and name.kind is TempKind.STAGE and await _put_back_object(catalog, path, referenced):
+        return Finding(
+            "object_recovered",
+            "a referenced object was missing; put back from a staged copy a process left",
+            True,
+            subject=str(path),
+        )
+    if name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META, TempKind.PACK):
+        await in_thread(path.unlink, True)
+        return Finding("temp_leftover", "left by a process that is gone; removed", True, subject=str(path))
+    if name.kind is TempKind.ASIDE:
+        await in_thread(storage.unquarantine, path, name.extra)
+        return Finding(
+            "object_aside",
+            f"object {name.extra} was moved aside by a collector that died; put back",
+            True,
+            subject=str(path),
+        )
+    if name.kind is TempKind.PACK_ASIDE:
+        await in_thread(storage.unquarantine_pack, path, name.extra + packs.SUFFIX)
+        return Finding(
+            "pack_aside",
+            f"pack {name.extra} was moved aside by a collector that died; put back",
+            True,
+            subject=str(path),
+        )
+    return await _held(catalog, path, name)
 
 
 def _sha256_of(path: Path) -> str:

@@ -393,6 +393,26 @@ async def test_a_working_file_held_by_a_delete_that_never_committed_goes_back(
     assert not (await fsck(catalog)).findings
 
 
+async def test_a_temp_another_process_dealt_with_meanwhile_is_passed_over(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every server sharing a store looks at what dead processes left, and so does every
+    CLI command: one that finds a temp gone when it gets to it leaves it to the other."""
+    path = write(files / "user/a.txt", "versioned")
+    file = (await catalog.register("user/a.txt")).file
+    held = catalog.storage.tmp / storage_temp_name("held", _dead_pid(), file.id.replace("-", ""))
+    os.rename(path, held)
+    put_back = catalog.storage.put_back
+
+    def put_back_by_another_first(taken: Path, rel: str) -> Any:
+        os.rename(taken, path)
+        return put_back(taken, rel)
+
+    monkeypatch.setattr(catalog.storage, "put_back", put_back_by_another_first)
+    assert not (await fsck(catalog)).findings
+    assert path.read_text() == "versioned" and not held.exists()
+
+
 async def test_a_working_file_another_host_holds_is_left_alone_however_old_its_mtime(
     catalog: Catalog, files: Path
 ) -> None:
