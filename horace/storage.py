@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -217,6 +218,28 @@ ONE_FILE_SYSTEM = (
     "which works only within one file system: mount the disk at the store's folder (which "
     "holds both files/ and .horace/), not at a folder inside it"
 )
+
+
+def _mount_points() -> list[str]:
+    """The mount points of this process's view (``/proc/self/mountinfo``); none where that
+    cannot be read (not Linux): the device numbers alone are checked then."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+            lines = info.read().splitlines()
+    except OSError:
+        return []
+    # The fifth field, with space, tab, newline and backslash as octal escapes.
+    return [
+        re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split(" ")[4])
+        for line in lines
+        if line.count(" ") >= 4
+    ]
+
+
+def _mount_of(path: str, mounts: list[str]) -> str | None:
+    """The mount *path* is on: the longest mount point it is at or under."""
+    found = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    return max(found, key=len) if found else None
 
 
 def storage_refusal(exc: OSError) -> str:
@@ -517,15 +540,19 @@ class Storage:
         )
 
     def _check_one_file_system(self) -> None:
+        """Refuse a store whose folders are not one mount (no rename crosses mounts, not
+        even a bind mount of the same disk, which the device numbers do not tell)."""
         device = os.stat(self.private).st_dev
+        mounts = _mount_points()
+        home = _mount_of(os.path.realpath(self.private), mounts)
         for folder in (self.files, self.tmp, self.objects):
             try:
                 apart = os.stat(folder).st_dev != device
             except FileNotFoundError:
                 continue
-            if apart:
+            if apart or _mount_of(os.path.realpath(folder), mounts) != home:
                 raise StorageUnusable(
-                    f"{folder} is on another file system than {self.private}: {ONE_FILE_SYSTEM}"
+                    f"{folder} is on another file system (or mount) than {self.private}: {ONE_FILE_SYSTEM}"
                 )
 
     def looks_like_a_store(self) -> bool:

@@ -231,33 +231,38 @@ def test_a_store_inside_another_stores_folders_is_refused(store: tuple[Path, dic
 
 
 @contextlib.contextmanager
-def tmpfs_at(folder: Path) -> Iterator[None]:
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True, check=False
-    )
+def mounted_at(folder: Path, *how: str) -> Iterator[None]:
+    """*folder* a mount point while the block runs: a small tmpfs, or *how* (bind ...)."""
+    how = how or ("-t", "tmpfs", "-o", "size=8m", "tmpfs")
+    mounted = subprocess.run(["mount", *how, str(folder)], capture_output=True, check=False)
     if mounted.returncode != 0:  # (a container without the privilege)
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount here: {mounted.stderr.decode().strip()}")
     try:
         yield
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounts a tmpfs: root only")
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounts: root only")
 def test_a_folder_of_the_store_on_another_file_system_is_said_so(store: tuple[Path, dict[str, str]]) -> None:
     """Working files move to and from .horace/tmp by renaming: a disk mounted at files/
     (or under it) cannot be renamed across. Such a store is refused at open, saying so; a
     disk mounted deeper in files/ makes a delete a STORAGE_ERROR that says so, changing
     nothing (it was INTERNAL, "Invalid cross-device link")."""
     root, env = store
-    with tmpfs_at(root / "files/user"):
+    with mounted_at(root / "files/user"):
         write(root / "files/user/a.txt", "on its own disk")
         assert horace("scan", env=env).returncode == 0
         one_line_error(horace("delete", "user/a.txt", env=env), Exit.STORAGE, "STORAGE_ERROR", "file system")
         assert (root / "files/user/a.txt").read_text() == "on its own disk"
         assert horace("fsck", env=env).returncode == 0
-    with tmpfs_at(root / "files"):
+    with mounted_at(root / "files"):
         one_line_error(horace("search", env=env), Exit.CONFIG, "files is on another file system")
+    # A bind mount of the same disk: the same device number, and still no rename across.
+    (root.parent / "elsewhere").mkdir()
+    with mounted_at(root / "files", "--bind", str(root.parent / "elsewhere")):
+        one_line_error(horace("search", env=env), Exit.CONFIG, "files is on another file system (or mount)")
+    assert horace("search", env=env).returncode == 0
 
 
 def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
