@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +50,47 @@ def one_line(record: logging.LogRecord) -> bool:
         record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {error}", None
         record.exc_info = record.exc_text = None
     return True
+
+
+class ThrottledLog:
+    """Warnings of one kind, at most *burst* of them an *interval*: the rest are counted,
+    and the count is logged (*more*, formatted with ``count`` and ``seconds``) once the
+    interval is over, before the next warning or at :meth:`flush`. A storm (refused
+    connections, a tree whose files all gained a second link) must not become a storm of
+    log lines, each of which also goes to the sinks. On the monotonic clock: any thread
+    may log through it."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval: float,
+        burst: int = 1,
+        more: str = "{count} more like the last in {seconds:.0f} s, not logged one by one",
+    ) -> None:
+        self.logger, self.interval, self.burst, self.more = logger, interval, burst, more
+        self.started = -math.inf  # (monotonic) when this interval began
+        self.logged = self.held_back = 0  # in this interval
+
+    def warning(self, message: str, *args: Any, **extra: Any) -> None:
+        if time.monotonic() - self.started >= self.interval:
+            self.flush()
+        if self.logged < self.burst:
+            self.logged += 1
+            self.logger.warning(message, *args, extra=extra)
+        else:
+            self.held_back += 1
+
+    def flush(self) -> None:
+        """Say how many were held back; a new interval begins."""
+        now = time.monotonic()
+        if self.held_back:
+            self.logger.warning(self.more.format(count=self.held_back, seconds=now - self.started))
+        self.started, self.logged, self.held_back = now, 0, 0
+
+    def seconds_left(self) -> float | None:
+        """Until the count held back is due (None: nothing is held back)."""
+        return self.started + self.interval - time.monotonic() if self.held_back else None
 
 
 def configure(level: str = "INFO") -> None:

@@ -25,7 +25,6 @@ or gone; while any such path waits the watcher is not ok (the server is degraded
 from __future__ import annotations
 
 import logging
-import math
 import os
 import stat
 import time
@@ -41,6 +40,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, Data
 from horace.backends.records import FileRecord, SearchQuery, Status
 from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
 from horace.changefeed import Change, ChangeFeed, open_change_feed
+from horace.logs import ThrottledLog
 from horace.model import ErrorCode, HoraceError
 from horace.paths import editor_temp, printable, unusable_name
 
@@ -110,8 +110,13 @@ class Watcher:
         self._copies: dict[str, dict[str, str]] = {}
         self._copy_of: dict[str, str] = {}  # path -> the id of the file whose copy it is
         self.skipped: dict[str, None] = {}  # the latest names skipped, with why (for /health)
-        self._skip_window = -math.inf  # (monotonic) when this minute of skip logging began
-        self._skips_logged = self._skips_held_back = 0  # in this minute
+        self._skip_log = ThrottledLog(
+            log,
+            interval=SKIP_LOG_WINDOW,
+            burst=SKIPS_LOGGED,
+            more="watch: skipped {count} more names in the last minute, not logged one by one "
+            "(/health: the watcher's skipped count and latest skipped_names)",
+        )
         self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
         self._refused: dict[str, str] = {}  # path -> why it may not be catalogued as it is
         self._catch_up_failing: str | None = None  # why a catch-up waits to be done again
@@ -248,24 +253,7 @@ class Watcher:
         self.skipped[why] = None
         while len(self.skipped) > SKIPPED_SHOWN:
             del self.skipped[next(iter(self.skipped))]
-        if time.monotonic() - self._skip_window >= SKIP_LOG_WINDOW:
-            self._log_skips_held_back()
-        if self._skips_logged < SKIPS_LOGGED:
-            self._skips_logged += 1
-            log.warning("watch: skipped %s", why)
-        else:
-            self._skips_held_back += 1
-
-    def _log_skips_held_back(self) -> None:
-        """Say how many skipped names were not logged one by one; a new minute begins."""
-        if self._skips_held_back:
-            log.warning(
-                "watch: skipped %d more names in the last minute, not logged one by one "
-                "(/health: the watcher's skipped count and latest skipped_names)",
-                self._skips_held_back,
-            )
-        self._skip_window = time.monotonic()
-        self._skips_logged = self._skips_held_back = 0
+        self._skip_log.warning("watch: skipped %s", why)
 
     async def _first_catch_up(self) -> None:
         await self._catch_up_until_done(self._since)
@@ -280,7 +268,7 @@ class Watcher:
                 await self._catch_up(since)
             except CATALOG_FAILURES as exc:
                 failures += 1
-                delay = min(max(self.settle, RETRY_FLOOR) * 2**failures, RETRY_CAP)
+                delay = self._retry_wait(failures)
                 self._catch_up_failing = f"the catalog: {exc}"
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "watch: catch-up not done: %s (done again in %.1f s)", exc, delay)
@@ -333,12 +321,11 @@ class Watcher:
             if not any(due <= trio.current_time() for due in self._due.values()):
                 await self._expire_vanished()
             upcoming = [*self._due.values(), *(since + self.settle for since in self._vanished.times())]
-            if self._skips_held_back:
-                minute_left = self._skip_window + SKIP_LOG_WINDOW - time.monotonic()
-                if minute_left <= 0:
-                    self._log_skips_held_back()
-                else:
-                    upcoming.append(trio.current_time() + minute_left)
+            minute_left = self._skip_log.seconds_left()
+            if minute_left is not None and minute_left <= 0:
+                self._skip_log.flush()
+            elif minute_left is not None:
+                upcoming.append(trio.current_time() + minute_left)
             self._wakeup = trio.Event()
             with trio.move_on_at(min(upcoming) if upcoming else now + 3600):
                 await self._wakeup.wait()
@@ -383,7 +370,7 @@ class Watcher:
         self.counts.errors += 1
         failures = self._failing.pop(rel, 0) + 1
         self._failing[rel] = failures  # (re-inserted: the latest failures are listed last)
-        delay = min(max(self.settle, RETRY_FLOOR) * 2**failures, RETRY_CAP)
+        delay = self._retry_wait(failures)
         self.schedule(rel, delay)
         level = logging.WARNING if failures == 1 else logging.DEBUG  # once, not at every retry
         log.log(
@@ -395,6 +382,10 @@ class Watcher:
             extra={"correlation_id": correlation_id},
         )
         return delay
+
+    def _retry_wait(self, failures: int) -> float:
+        """Seconds before what failed *failures* times in a row is tried again."""
+        return min(max(self.settle, RETRY_FLOOR) * 2**failures, RETRY_CAP)
 
     def _no_longer_refused(self, rel: str) -> None:
         refused = self._refused.pop(rel, None)

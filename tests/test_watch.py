@@ -654,7 +654,7 @@ async def test_thousands_of_skipped_names_log_twenty_lines_a_minute_and_a_count(
     one_by_one = [r.getMessage() for r in caplog.records if "hard links" in r.getMessage()]
     assert len(one_by_one) == 20 and watcher.counts.skipped == 25
     assert len(watcher.status()["skipped_names"]) == 20
-    watcher._skip_window -= 61  # a minute later
+    watcher._skip_log.started -= 61  # a minute later
     watcher._skip("'user/snap/late.txt' has 2 hard links")
     messages = [r.getMessage() for r in caplog.records]
     assert any("skipped 5 more names in the last minute" in m for m in messages), messages

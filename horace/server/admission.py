@@ -22,14 +22,14 @@ import binascii
 import hmac
 import ipaddress
 import logging
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-import trio
 from attrs import frozen
+
+from horace.logs import ThrottledLog
 
 log = logging.getLogger("horace.server")
 
@@ -234,26 +234,6 @@ def subprotocol_for_token(token: str) -> str:
     return SUBPROTOCOL_TOKEN_PREFIX + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
-class ThrottledLog:
-    """A warning logged at most once per *interval* with how many were held back: a
-    connect storm must not turn into a log storm (each line also goes to the sinks)."""
-
-    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL) -> None:
-        self.interval = interval
-        self.last = -math.inf
-        self.held_back = 0
-
-    def warning(self, message: str, *args: Any, **extra: Any) -> None:
-        now = trio.current_time()
-        if now - self.last < self.interval:
-            self.held_back += 1
-            return
-        if self.held_back:
-            message += f" ({self.held_back} more like it in the last {now - self.last:.0f} s)"
-        log.warning(message, *args, extra=extra)
-        self.last, self.held_back = now, 0
-
-
 class RefusalLogs:
     """One throttled log per kind of refusal."""
 
@@ -261,4 +241,6 @@ class RefusalLogs:
         self._logs: dict[str, ThrottledLog] = {}
 
     def warning(self, kind: str, message: str, *args: Any, **extra: Any) -> None:
-        self._logs.setdefault(kind, ThrottledLog()).warning(message, *args, **extra)
+        if kind not in self._logs:
+            self._logs[kind] = ThrottledLog(log, interval=REFUSAL_LOG_INTERVAL)
+        self._logs[kind].warning(message, *args, **extra)
