@@ -62,6 +62,8 @@ async def open_catalog(
     """
     storage = Storage(settings.storage_path)
     state = await in_thread(storage.state)
+    if state.exists:
+        await in_thread(storage.check_one_file_system)
     if not state.exists and not create:
         raise StoreRefused(
             f"no Horace store at {storage.root} (no .horace folder there): create one with "

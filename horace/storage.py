@@ -519,7 +519,6 @@ class Storage:
             raise StorageUnusable(_files_a_symlink(self.files))
         if not self.private.is_dir():
             return StoreState(False, None, None, False)
-        self._check_one_file_system()
         try:
             recorded = json.loads(self.identity_file.read_text())
             store_id, catalog_url = str(recorded["store_id"]), recorded.get("catalog")
@@ -539,9 +538,11 @@ class Storage:
             own,
         )
 
-    def _check_one_file_system(self) -> None:
-        """Refuse a store whose folders are not one mount (no rename crosses mounts, not
-        even a bind mount of the same disk, which the device numbers do not tell)."""
+    def check_one_file_system(self) -> None:
+        """Refuse (:class:`StorageUnusable`) a store whose folders are not one mount (no
+        rename crosses mounts, not even a bind mount of the same disk, which the device
+        numbers do not tell). Looked at when the store is opened, not at every
+        :meth:`state` (which a running catalog reads every second)."""
         device = os.stat(self.private).st_dev
         mounts = _mount_points()
         home = _mount_of(os.path.realpath(self.private), mounts)
