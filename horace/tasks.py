@@ -76,56 +76,27 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     With watch mode on, call :func:`horace.watch.reconcile_if_watching` first: the watcher sees only what
     happens from its start.
     """
-    states = {"purge": TaskState("purge"), "fsck": TaskState("fsck")}
-    # A store bound to another catalog meanwhile (`horace init --adopt`) stops the server:
-    # this catalog no longer opens it.
-    nursery.start_soon(
-        partial(
-            supervise,
-            states["purge"],
-            partial(every, states["purge"], settings.purge_interval, partial(purge_and_report, catalog)),
-            fatal=(StoreRefused,),
-        )
-    )
+    states = {name: TaskState(name) for name in ("purge", "fsck", "leftovers")}
+    states["store"] = TaskState("store", details={"writable": True})
+
+    def periodic(name: str, interval: float, work: Any, *, first_after: float = 0.0) -> None:
+        # A store bound to another catalog meanwhile (`horace init --adopt`) stops the
+        # server: this catalog no longer opens it.
+        if first_after:
+            body = partial(_delayed, first_after, states[name], interval, work)
+        else:
+            body = partial(every, states[name], interval, work)
+        nursery.start_soon(partial(supervise, states[name], body, fatal=(StoreRefused,)))
+
+    periodic("purge", settings.purge_interval, partial(purge_and_report, catalog))
     # fsck already ran at start (open_catalog); the periodic one waits an interval first.
-    interval = settings.fsck_interval
-    nursery.start_soon(
-        partial(
-            supervise,
-            states["fsck"],
-            partial(_delayed, interval, states["fsck"], interval, partial(_fsck, catalog)),
-            fatal=(StoreRefused,),
-        )
-    )
+    periodic("fsck", settings.fsck_interval, partial(_fsck, catalog), first_after=settings.fsck_interval)
     # The store moved, removed or replaced under the server, or bound to another catalog:
     # looked at every STORE_CHECK_EVERY seconds, and the server stops (a supervisor's
     # restart then finds the store as it is, and says what is wrong).
-    states["store"] = TaskState("store", details={"writable": True})
-    nursery.start_soon(
-        partial(
-            supervise,
-            states["store"],
-            partial(
-                every, states["store"], STORE_CHECK_EVERY, partial(_look_at_store, catalog, states["store"])
-            ),
-            fatal=(StoreRefused,),
-        )
-    )
-    states["leftovers"] = TaskState("leftovers")
-    nursery.start_soon(
-        partial(
-            supervise,
-            states["leftovers"],
-            partial(
-                _delayed,
-                LEFTOVERS_EVERY,
-                states["leftovers"],
-                LEFTOVERS_EVERY,
-                partial(_sweep_leftovers, catalog),
-            ),
-            fatal=(StoreRefused,),
-        )
-    )
+    periodic("store", STORE_CHECK_EVERY, partial(_look_at_store, catalog, states["store"]))
+    # (What dead processes left was looked at at start too: open_catalog.)
+    periodic("leftovers", LEFTOVERS_EVERY, partial(_sweep_leftovers, catalog), first_after=LEFTOVERS_EVERY)
     # A store that cannot be written (gone read-only) degrades the server: reads still work.
     status: dict[str, Any] = {
         "store": lambda: {**states["store"].status(), "ok": states["store"].details["writable"]}
