@@ -422,11 +422,7 @@ async def test_a_working_file_another_host_holds_is_left_alone_however_old_its_m
     path = write(files / "user/a.txt", "versioned")
     file = (await catalog.register("user/a.txt")).file
     os.utime(path, (time.time() - 365 * 86400,) * 2)
-    from horace.storage import TMP_PREFIX
-
-    held = catalog.storage.tmp / (
-        f"{TMP_PREFIX}held.another-host.4242.000000000000.{file.id.replace('-', '')}"
-    )
+    held = catalog.storage.tmp / storage_temp_name("held", 4242, file.id.replace("-", ""), "another-host")
     os.rename(path, held)  # another host's delete, under way
     findings = (await fsck(catalog)).findings
     assert not any(f.repaired for f in findings), findings
@@ -547,7 +543,7 @@ async def test_a_fifo_or_socket_where_a_file_was_is_invalid_path_for_every_tool(
             listener.close()
 
 
-def storage_temp_name(kind: str, pid: int, extra: str) -> str:
+def storage_temp_name(kind: str, pid: int, extra: str, host: str | None = None) -> str:
     from horace.storage import _HOST, TMP_PREFIX
 
-    return f"{TMP_PREFIX}{kind}.{_HOST}.{pid}.000000000000.{extra}"
+    return f"{TMP_PREFIX}{kind}.{host or _HOST}.{pid}.000000000000.{extra}"
