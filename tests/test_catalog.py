@@ -6,6 +6,7 @@ import contextlib
 import os
 import stat
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,28 @@ async def test_register_records_version_one_as_a_real_object(catalog: Catalog, f
     assert file.mime_type == "text/markdown"
     assert file.tags == ("a", "b")
     assert await objects_of(catalog, file.id) == {1: b"# first"}
+
+
+async def test_file_ids_are_uuid7_that_sort_in_registration_order(catalog: Catalog, files: Path) -> None:
+    start = datetime(2026, 12, 5, 9, 30, tzinfo=UTC)
+    ids = []
+    for i in range(3):  # one by one, a millisecond apart
+        catalog.clock = lambda i=i: start + timedelta(milliseconds=i)
+        write(files / f"user/one-{i}.txt", f"one {i}")
+        ids.append((await catalog.register(f"user/one-{i}.txt")).file.id)
+    catalog.clock = lambda: start + timedelta(milliseconds=3)
+    for i in range(100):  # a scan's batch: one millisecond, told apart by the random bits
+        write(files / f"shared/batch-{i:03d}.txt", f"batch {i}")
+    await catalog.scan()
+    batch = [e.file_id for e in await catalog.backend.working_index() if e.file_path.startswith("shared/")]
+    assert len(set(batch)) == 100
+    for file_id in ids + batch:
+        parsed = uuid.UUID(file_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, file_id)
+    millis = [uuid.UUID(file_id).int >> 80 for file_id in ids + batch]
+    start_ms = int(start.timestamp() * 1000)
+    assert millis == [start_ms, start_ms + 1, start_ms + 2] + [start_ms + 3] * 100
+    assert ids == sorted(ids) and max(ids) < min(batch)
 
 
 async def test_version_one_restorable_after_overwrite(catalog: Catalog, files: Path) -> None:
