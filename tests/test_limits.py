@@ -39,6 +39,7 @@ from horace.catalog import Catalog
 from horace.config import ConfigError, Settings
 from horace.model import ErrorCode, HoraceError, SearchPage
 from horace.redact import MASK, redact_url
+from horace.server import wsintake
 from horace.server.front import HEAD_TIMEOUT
 from horace.server.jsonrpc import (
     MAX_VALUES,
@@ -50,11 +51,12 @@ from horace.server.jsonrpc import (
     unusable,
 )
 from horace.server.lifecycle import HoraceServer, listen
-from horace.server.mcp import MAX_PROGRESS_TOKEN_CHARS, McpSession
+from horace.server.mcp import LARGE_REQUEST_BYTES, MAX_PROGRESS_TOKEN_CHARS, McpSession
 from horace.server.replyroom import ReplyRoom
 from horace.server.resources import Resources
 from horace.server.tools import MAX_CORRELATION_ID, TOOLS
 from horace.server.websocket import WebSocketSession
+from horace.server.wsintake import UNHURRIED_BYTES
 from horace.sinks.supervisor import SinkRunner
 from horace.testing import RunningHorace, run_horace
 
@@ -109,6 +111,9 @@ class FakePeer:
         self.dropped = True
         self.ws.incoming.close()
         await trio.lowlevel.checkpoint()
+
+    def take_slot(self) -> None:
+        return None  # (its messages are all small)
 
 
 @attrs.define
@@ -659,6 +664,135 @@ async def test_a_client_that_stops_reading_is_dropped(
         with pytest.raises(ConnectionClosed):
             while True:  # what the socket buffered, then the end
                 await ws.get_message()
+
+
+async def open_raw_websocket(running: RunningHorace) -> trio.SocketStream:
+    """A TCP connection upgraded to a WebSocket by hand, for frames no client library sends
+    (a message cut short, then nothing)."""
+    port = running.server.port
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(
+        f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await stream.receive_some()
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    return stream
+
+
+def text_frame_head(length: int, *, final: bool = True) -> bytes:
+    """A client's text frame head for a payload of *length* bytes, masked with a zero key
+    (the payload goes as it is)."""
+    first = 0x81 if final else 0x01
+    if length < 126:
+        return bytes([first, 0x80 | length]) + bytes(4)
+    if length < 1 << 16:  # (the shortest form, as RFC 6455 asks)
+        return bytes([first, 0x80 | 126]) + length.to_bytes(2, "big") + bytes(4)
+    return bytes([first, 0x80 | 127]) + length.to_bytes(8, "big") + bytes(4)
+
+
+async def closed_after(stream: trio.SocketStream) -> float:
+    """Seconds until the server ends the connection (what it sends meanwhile, thrown away)."""
+    started = trio.current_time()
+    with trio.fail_after(60):
+        try:
+            while await stream.receive_some():
+                pass
+        except trio.BrokenResourceError:
+            pass  # reset: the server closed with our bytes unread
+    return trio.current_time() - started
+
+
+async def test_a_websocket_message_not_whole_in_time_drops_the_connection(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wsintake, "MESSAGE_TIMEOUT", 1.0)
+    async with run_horace(serving(sqlite_settings)) as running:
+        stalled = await open_raw_websocket(running)
+        await stalled.send_all(text_frame_head(2 * UNHURRIED_BYTES) + b" " * (UNHURRIED_BYTES + 1))
+        assert 1.0 <= await closed_after(stalled) < 5
+        # Under UNHURRIED_BYTES a message may take its time; pings are no message at all.
+        slow = await open_raw_websocket(running)
+        text = json.dumps(request(1, "ping")).encode()
+        await slow.send_all(text_frame_head(len(text)) + text[:10])
+        async with open_websocket_url(running.url) as pinging:
+            for _ in range(1 + 2 * UNHURRIED_BYTES // 125):
+                await pinging.ping(b"p" * 125)
+            await trio.sleep(2)
+            await slow.send_all(text[10:])
+            assert b'"id": 1, "result": {}' in await slow.receive_some()
+            await pinging.send_message(json.dumps(request(2, "ping")))
+            assert json.loads(await pinging.get_message())["result"] == {}
+        await slow.aclose()
+        await wait_idle(running)
+
+
+async def test_large_websocket_messages_come_in_one_at_a_time(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wsintake, "MESSAGE_TIMEOUT", 1.0)
+    async with run_horace(serving(sqlite_settings)) as running:
+        stalled = await open_raw_websocket(running)
+        await stalled.send_all(text_frame_head(3 * LARGE_REQUEST_BYTES) + b" " * (LARGE_REQUEST_BYTES + 1))
+        await stalled.send_all(b" " * 1024)  # read once the slot is taken: it holds it
+        large = json.dumps(request(1, "ping", {"pad": "x" * 2 * LARGE_REQUEST_BYTES}))
+        async with open_websocket_url(running.url, max_message_size=1 << 30) as ws:
+            sent = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ws.send_message, large)
+                assert 1.0 <= await closed_after(stalled) < 5
+                reply = json.loads(await ws.get_message())
+            # The large message waited for the slot until the stalled one lost it.
+            assert reply["id"] == 1 and trio.current_time() - sent >= 1.0
+        assert running.server.large_requests.borrowed_tokens == 0
+        await wait_idle(running)
+
+
+async def test_a_large_websocket_message_keeps_the_slot_until_answered(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were the slot let go once the message is whole, a reading queued for it would take
+    it before the answer: every queued message would be read whole first."""
+    answering, answer = trio.Event(), trio.Event()
+    message_of = McpSession._message
+
+    async def held_up(self: McpSession, message: Any, size: int, admitted: bool, send: Any) -> Any:
+        if 1 < size / LARGE_REQUEST_BYTES < 4:  # the first message, not the one queued
+            answering.set()
+            await answer.wait()
+        return await message_of(self, message, size, admitted, send)
+
+    monkeypatch.setattr(McpSession, "_message", held_up)
+    monkeypatch.setattr(wsintake, "MESSAGE_TIMEOUT", 60.0)
+    big = 48 * LARGE_REQUEST_BYTES  # far more than the sockets' buffers take in
+    async with run_horace(serving(sqlite_settings, max_message_bytes=64 * LARGE_REQUEST_BYTES)) as running:
+        first = await open_raw_websocket(running)
+        text = json.dumps(request(1, "ping", {"pad": "x" * 2 * LARGE_REQUEST_BYTES})).encode()
+        cut = LARGE_REQUEST_BYTES + LARGE_REQUEST_BYTES // 2
+        await first.send_all(text_frame_head(len(text)) + text[:cut])  # it reads in the slot
+        second_sent = trio.Event()
+        async with open_websocket_url(running.url, max_message_size=1 << 30) as second:
+
+            async def send_second() -> None:
+                await second.send_message(json.dumps(request(2, "ping", {"pad": "y" * big})))
+                second_sent.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_second)
+                await trio.sleep(1)  # its reading waits for the slot
+                await first.send_all(text[cut:])
+                with trio.fail_after(10):
+                    await answering.wait()
+                await trio.sleep(2)
+                assert not second_sent.is_set()  # not read on while the first is answered
+                answer.set()
+                assert b'"id": 1, "result": {}' in await first.receive_some()
+                assert json.loads(await second.get_message())["id"] == 2
+        await first.aclose()
+        assert running.server.large_requests.borrowed_tokens == 0
+        await wait_idle(running)
 
 
 # -- admission -------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from horace.server.admission import (
 from horace.server.http import SessionHost, StreamableHttp
 from horace.server.httpio import HEAD_TIMEOUT, MAX_HEAD_BYTES, ClientGone, HttpConnection, Request
 from horace.server.jsonrpc import INVALID_REQUEST, RpcError, error
+from horace.server.wsintake import MessageIntake
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "ClientStream", "Front", "origin_allowed"]
 
@@ -60,13 +61,11 @@ Health = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 class ClientStream(trio.abc.Stream):
-    """One client's TCP stream: first gives back the bytes the front already read, and
-    notes when the client last sent anything (a message, a ping: any frame)."""
+    """One client's TCP stream, which first gives back the bytes the front already read."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._prefix = b""
-        self.last_received = trio.current_time()
 
     def replay(self, prefix: bytes) -> None:
         self._prefix = prefix
@@ -77,9 +76,7 @@ class ClientStream(trio.abc.Stream):
             chunk, self._prefix = bytes(self._prefix[:size]), self._prefix[size:]
             await trio.lowlevel.checkpoint()
             return chunk
-        data = await self._stream.receive_some(max_bytes)
-        self.last_received = trio.current_time()
-        return data
+        return await self._stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -91,7 +88,7 @@ class ClientStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
-SessionRunner = Callable[[WebSocketConnection, ClientStream], Awaitable[None]]
+SessionRunner = Callable[[WebSocketConnection, MessageIntake], Awaitable[None]]
 
 
 class Front:
@@ -105,6 +102,7 @@ class Front:
         self.refusals = RefusalLogs()
         self.hosts = hosts_served(settings.host, settings.allowed_hosts)
         self.http = StreamableHttp(settings, self.admission, self.refusals, host)
+        self.large_requests = host.large_requests
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         try:
@@ -204,27 +202,31 @@ class Front:
             )
             return
         stream.replay(bytes(conn.received))
-        async with trio.open_nursery() as websocket_tasks:  # trio-websocket's reader lives here
-            ws: WebSocketConnection | None = None
-            with trio.move_on_at(deadline) as opening:
-                handshake = await wrap_server_stream(
-                    websocket_tasks,
-                    stream,
-                    max_message_size=websocket_message_cap(settings.max_message_bytes),
-                )
-                # Never the token's subprotocol: what is answered is seen by proxies and logs.
-                subprotocol = "mcp" if "mcp" in handshake.proposed_subprotocols else None
+        intake = MessageIntake(stream, self.large_requests)
+        try:
+            async with trio.open_nursery() as websocket_tasks:  # trio-websocket's reader lives here
+                ws: WebSocketConnection | None = None
+                with trio.move_on_at(deadline) as opening:
+                    handshake = await wrap_server_stream(
+                        websocket_tasks,
+                        intake,
+                        max_message_size=websocket_message_cap(settings.max_message_bytes),
+                    )
+                    # Never the token's subprotocol: what is answered is seen by proxies and logs.
+                    subprotocol = "mcp" if "mcp" in handshake.proposed_subprotocols else None
+                    try:
+                        ws = await handshake.accept(subprotocol=subprotocol)
+                    except ConnectionClosed as exc:  # the client went during the handshake (1006)
+                        log.debug("connection dropped during the WebSocket handshake: %s", exc)
+                if opening.cancelled_caught:
+                    log.debug("connection closed: no request and handshake within %.0f s", HEAD_TIMEOUT)
                 try:
-                    ws = await handshake.accept(subprotocol=subprotocol)
-                except ConnectionClosed as exc:  # the client went during the handshake (1006)
-                    log.debug("connection dropped during the WebSocket handshake: %s", exc)
-            if opening.cancelled_caught:
-                log.debug("connection closed: no request and handshake within %.0f s", HEAD_TIMEOUT)
-            try:
-                if ws is not None:
-                    await self.run_session(ws, stream)
-            finally:
-                websocket_tasks.cancel_scope.cancel()
+                    if ws is not None:
+                        await self.run_session(ws, intake)
+                finally:
+                    websocket_tasks.cancel_scope.cancel()
+        finally:  # (after the reader has ended: it could take the slot as it is cancelled)
+            intake.let_go()
 
 
 def websocket_message_cap(limit: int) -> int:

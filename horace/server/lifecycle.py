@@ -30,12 +30,13 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CannotListen
 from horace.redact import redact_url
-from horace.server.front import ClientStream, Front
+from horace.server.front import Front
 from horace.server.httpsession import HttpSession
 from horace.server.mcp import McpSession
 from horace.server.observer import Observer
 from horace.server.replyroom import ReplyRoom
 from horace.server.websocket import WebSocketSession
+from horace.server.wsintake import MessageIntake
 from horace.supervise import STOP_SIGNALS
 
 log = logging.getLogger("horace.server")
@@ -123,8 +124,8 @@ class HoraceServer:
             large_requests=self.large_requests,
         )
 
-    async def _run_session(self, ws: WebSocketConnection, stream: ClientStream) -> None:
-        await self._serve(WebSocketSession(ws, stream, self.new_session("websocket")))
+    async def _run_session(self, ws: WebSocketConnection, intake: MessageIntake) -> None:
+        await self._serve(WebSocketSession(ws, intake, self.new_session("websocket")))
 
     async def start(self, session: HttpSession) -> None:
         """Run a Streamable HTTP session among the others; return once it is running."""

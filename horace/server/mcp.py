@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -135,18 +135,27 @@ class McpSession:
             return -size  # not counted: answered without being run
         return size
 
-    async def answer(self, message: str | bytes, admitted: int, send: Send) -> None:
+    async def answer(
+        self, message: str | bytes, admitted: int, send: Send, slot: Callable[[], None] | None = None
+    ) -> None:
         """Answer one message received (as text, or as its UTF-8, decoded only when its turn
         comes), *admitted* as :meth:`admit` said: what belongs to it goes out through
         *send*, its reply last. The bytes the message was counted
         for are held until the reply has gone out: a client that sends many requests and
-        reads no replies stops being read from, instead of piling them up."""
-        async with self._answering(admitted, send):
-            async with one_large_request_at_a_time(self.large_requests, abs(admitted)):
-                reply = await self._message(message, abs(admitted), admitted > 0, send)
-                del message  # answered: what it held need not stay while the reply goes out
-            if reply is not None:
-                await send(reply, final=True)
+        reads no replies stops being read from, instead of piling them up. *slot*: the
+        transport read the message in the server's large-request slot, which it holds
+        still; this lets go of it, called once the message has been answered."""
+        try:
+            async with self._answering(admitted, send):
+                async with one_large_request_at_a_time(self.large_requests, abs(admitted), slot):
+                    slot = None  # (let go of by the context manager from here on)
+                    reply = await self._message(message, abs(admitted), admitted > 0, send)
+                    del message  # answered: what it held need not stay while the reply goes out
+                if reply is not None:
+                    await send(reply, final=True)
+        finally:
+            if slot is not None:  # (cancelled before its turn came)
+                slot()
 
     async def answer_parsed(self, parsed: Any, admitted: int, send: Send) -> None:
         """As :meth:`answer`, for a message the transport has already parsed and checked
@@ -624,14 +633,21 @@ class McpSession:
 
 @asynccontextmanager
 async def one_large_request_at_a_time(
-    large_requests: trio.CapacityLimiter | None, size: int
+    large_requests: trio.CapacityLimiter | None, size: int, held: Callable[[], None] | None = None
 ) -> AsyncIterator[None]:
     """Hold one of the server's *large_requests* slots while a message of more than
     :data:`LARGE_REQUEST_BYTES` is read, parsed and answered (a checkpoint only when it
     waits): parsed, 4 MiB of ``[{},{},…]`` are 90 MB of objects, and sessions parsing such
     messages side by side would add them up. No real request comes near that size. What
-    it freed is then given back to the system (horace.server.heap)."""
-    if large_requests is None or size <= LARGE_REQUEST_BYTES:
+    it freed is then given back to the system (horace.server.heap). *held*: the slot was
+    taken as the message was read (horace.server.wsintake); this lets go of it."""
+    if held is not None:
+        try:
+            yield
+        finally:
+            held()
+            heap.give_back()
+    elif large_requests is None or size <= LARGE_REQUEST_BYTES:
         yield
     else:
         async with large_requests:

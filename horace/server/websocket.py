@@ -11,11 +11,16 @@ finish. Two timeouts keep a connection from holding its slot for nothing:
 - ``send_timeout``: a reply the client does not take in that time drops the connection
   (a blocked send would hold the session, and everything queued behind it, for as long
   as the client cares to, and half a frame is left on the wire anyway).
+
+trio-websocket holds a message whole before handing it over; the stream under it
+(:class:`horace.server.wsintake.MessageIntake`) bounds what messages still coming hold,
+and hands the server's large-request slot a large message came in with to its answer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -42,6 +47,11 @@ class Peer(Protocol):
 
     async def aclose(self) -> None:
         """Drop the connection: the way out of a send the client does not take."""
+        ...
+
+    def take_slot(self) -> Callable[[], None] | None:
+        """For the message just handed over: what lets go of the large-request slot it
+        came in with (its answer calls it), or None."""
         ...
 
 
@@ -80,7 +90,8 @@ class WebSocketSession:
                                 message = message.encode()
                             # Counted as it is read:
                             admitted = self.session.admit(jsonrpc.message_size(message))
-                            calls.start_soon(self.session.answer, message, admitted, self.send)
+                            slot = self.peer.take_slot()
+                            calls.start_soon(self.session.answer, message, admitted, self.send, slot)
                             del message
                     if self.gone:
                         calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
