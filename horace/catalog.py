@@ -73,6 +73,9 @@ SCAN_COMMIT_GROUP = 2048
 # memory (at most this many bytes of them per thread): see Storage.stage_many.
 PACK_MIN_FILES = 64
 PACK_BATCH_BYTES = 8 << 20
+# An owner, a tag, a collection name: labels the catalog indexes, whose index entries a
+# database bounds (PostgreSQL's B-tree holds at most 2,704 bytes an entry).
+MAX_LABEL_CHARS = 200
 MIN_PER_THREAD = 16  # a batch is split over the cores only in slices at least this long
 # Changed files a scan commits together hold this many locks at once (PostgreSQL's lock
 # table is sized for 64 a connection on average: max_locks_per_transaction).
@@ -525,6 +528,7 @@ class Catalog:
         self, client_path: str, new: NewFile = NewFile(), correlation_id: str | None = None
     ) -> Registered:
         rel = self.relative(client_path)
+        _check_labels(new.owner, new.tags, new.collection)
         self._check_described(
             "the file's metadata",
             {"owner": new.owner, "purpose": new.purpose, "tags": new.tags, "custom": dict(new.custom)},
@@ -620,12 +624,12 @@ class Catalog:
                     ErrorCode.INVALID_ARGUMENT,
                     "give a cursor or an offset, not both: a cursor's page starts where it says",
                 )
-            query = attrs.evolve(query, after=_decode_cursor(cursor, query), offset=0)
+            query = attrs.evolve(query, after=_decode_cursor(cursor, query, self.store_id), offset=0)
         # One row past the page says whether there is a next one (a cursor is only given
         # when there is: a full last page used to get one that led to an empty page).
         total, rows = await self.backend.search(attrs.evolve(query, limit=query.limit + 1))
         more, rows = len(rows) > query.limit, rows[: query.limit]
-        next_cursor = _encode_cursor(query, rows[-1]) if more else None
+        next_cursor = _encode_cursor(query, rows[-1], self.store_id) if more else None
         return SearchPage(total, tuple(rows), query.limit, query.offset, next_cursor)
 
     async def find_duplicates(self, limit: int = 100) -> list[DuplicateGroup]:
@@ -673,6 +677,7 @@ class Catalog:
         the reconcile) and is taking the file out of files/ for that: should a file be back
         at its path by the time the lock is held, nothing is done (it is a writer's,
         re-created meanwhile, and the caller's next look takes it in)."""
+        _check_labels(changes.owner, changes.tags, changes.collection)
         before = await self.file(file_id)
         if changes.tags is not None:
             changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
@@ -1859,14 +1864,33 @@ def _clean_tags(tags: Sequence[str]) -> tuple[str, ...]:
     cleaned = []
     for tag in tags:
         if not isinstance(tag, str) or not tag.strip():
-            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "tags must be non-empty strings")
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, "a tag must have a character other than blanks")
+        if len(tag.strip()) > MAX_LABEL_CHARS:
+            why = f"a tag is at most {MAX_LABEL_CHARS} characters (one has {len(tag.strip())})"
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, why)
         cleaned.append(tag.strip())
     return tuple(dict.fromkeys(cleaned))
 
 
+def _check_labels(owner: str | None, tags: Sequence[str] | None, collection: str | None) -> None:
+    """Refuse what a caller says of a file that the catalog could not index."""
+    _check_owner(owner)
+    if tags is not None:
+        _clean_tags(tags)
+    if collection is not None:
+        _check_name(collection)
+
+
+def _check_owner(owner: str | None) -> None:
+    if owner is not None and len(owner) > MAX_LABEL_CHARS:
+        why = f"an owner is at most {MAX_LABEL_CHARS} characters (this one has {len(owner)})"
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, why)
+
+
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "a collection name is 1 to 200 characters, no NUL")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_LABEL_CHARS or "\x00" in name:
+        why = f"a collection name is 1 to {MAX_LABEL_CHARS} characters, not blank, no NUL"
+        raise HoraceError(ErrorCode.INVALID_ARGUMENT, why)
 
 
 def _bounded(limit: int, what: str, top: int = 1000) -> int:
@@ -1881,9 +1905,12 @@ def _offset(offset: int) -> int:
     return offset
 
 
-def _query_fingerprint(query: SearchQuery) -> str:
+def _query_fingerprint(query: SearchQuery, store_id: str | None) -> str:
+    """The search's filters (and the store's identity: a cursor of another store's
+    catalog is no position in this one), hashed."""
     filters = attrs.asdict(attrs.evolve(query, limit=0, offset=0, after=None), value_serializer=_jsonable)
-    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+    text = json.dumps({"store": store_id, "filters": filters}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _jsonable(_inst: Any, _field: Any, value: Any) -> Any:
@@ -1902,19 +1929,37 @@ def _sort_value(query: SearchQuery, record: FileRecord) -> Any:
             return record.file_path
 
 
-def _encode_cursor(query: SearchQuery, last: FileRecord) -> str:
-    payload = {"q": _query_fingerprint(query), "v": _sort_value(query, last), "id": last.id}
+def _encode_cursor(query: SearchQuery, last: FileRecord, store_id: str | None) -> str:
+    payload = {"q": _query_fingerprint(query, store_id), "v": _sort_value(query, last), "id": last.id}
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, query: SearchQuery) -> tuple[Any, str]:
+def _decode_cursor(cursor: str, query: SearchQuery, store_id: str | None) -> tuple[Any, str]:
+    """The position a cursor of :func:`_encode_cursor` holds. A cursor is the client's to
+    keep and send back, so it is read as any argument is: whatever it holds that this
+    search could not have put there is refused, never used."""
+    unusable = HoraceError(ErrorCode.INVALID_ARGUMENT, "the cursor is not one this server issued")
     try:
         payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         fingerprint, value, last_id = payload["q"], payload["v"], payload["id"]
     except (ValueError, KeyError, TypeError):
-        raise HoraceError(ErrorCode.INVALID_ARGUMENT, "the cursor is not one this server issued") from None
-    if fingerprint != _query_fingerprint(query):
+        raise unusable from None
+    if fingerprint != _query_fingerprint(query, store_id):
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, "the cursor belongs to a different search")
-    if query.sort_by in (SortKey.CREATED_AT, SortKey.UPDATED_AT):
-        value = datetime.fromisoformat(value)
-    return value, str(last_id)
+    try:
+        last_id = str(uuid.UUID(last_id))  # (a file's id: anything else matches no row)
+        match query.sort_by:
+            case SortKey.CREATED_AT | SortKey.UPDATED_AT:
+                value = datetime.fromisoformat(value)
+                if value.tzinfo is None:
+                    raise ValueError("a moment without a zone")
+            case SortKey.SIZE:
+                if type(value) is not int or not 0 <= value < 1 << 63:
+                    raise ValueError("not a size")
+            case SortKey.PATH:
+                if not isinstance(value, str) or "\x00" in value:
+                    raise ValueError("not a path")
+                value.encode("utf-8")  # (a lone surrogate: no path of a catalogued file)
+    except (ValueError, TypeError, AttributeError):
+        raise unusable from None
+    return value, last_id

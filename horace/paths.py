@@ -22,6 +22,10 @@ COMPONENT_FOLDERS = ("gates", "playfair", "fiedler", "user", "shared")
 # PATH_MAX): a file deeper than that can be listed from its folder, but never opened, read
 # or restored by its path, so it is never catalogued.
 PATH_MAX = 4096
+# Bytes (UTF-8) of a path under files/ past which it is not catalogued: the catalog
+# indexes paths, and a database bounds an index entry (PostgreSQL's B-tree holds 2,704
+# bytes at most). The same on every backend, so that a store keeps its files on either.
+MAX_PATH_BYTES = 2000
 
 # Editor and writer temp files (swap files, backups, lock files): a scan, a reconcile and
 # the watcher pass over them silently; register accepts them when asked by name.
@@ -52,7 +56,10 @@ def unusable_name(name: str) -> str | None:
 
 def too_long(files_root: Path, rel: str) -> str | None:
     """Why *rel* under *files_root* (resolved) is too long to be catalogued, or None."""
-    length = len(os.fsencode(files_root)) + 1 + len(os.fsencode(rel))
+    size = len(os.fsencode(rel))
+    if size > MAX_PATH_BYTES:
+        return f"the path is {size} bytes under files/, past the catalog's limit of {MAX_PATH_BYTES}"
+    length = len(os.fsencode(files_root)) + 1 + size
     if length < PATH_MAX:
         return None
     return f"the path is {length} bytes from /, past the system's limit of {PATH_MAX - 1} (PATH_MAX)"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
+import random
 import stat
 import time
 import uuid
@@ -23,10 +26,11 @@ from horace.assemble import open_catalog
 from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import FileChanges, Order, Retention, SearchQuery, SortKey, Status
 from horace.backends.words import QUERY_WORDS
-from horace.catalog import Catalog, CatalogPolicy
+from horace.catalog import MAX_LABEL_CHARS, Catalog, CatalogPolicy
 from horace.config import Settings
 from horace.fsck import fsck, verify
 from horace.model import ErrorCode, HoraceError, NewFile
+from horace.paths import MAX_PATH_BYTES
 from horace.server.tools import TOOLS, CallContext
 from horace.storage import TMP_PREFIX, Storage, StorageUnusable, TempKind, TempName, temp_name
 
@@ -71,6 +75,63 @@ async def test_file_ids_are_uuid7_that_sort_in_registration_order(catalog: Catal
     start_ms = int(start.timestamp() * 1000)
     assert millis == [start_ms, start_ms + 1, start_ms + 2] + [start_ms + 3] * 100
     assert ids == sorted(ids) and max(ids) < min(batch)
+
+
+def incompressible(chars: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz0123456789") -> str:
+    """Random text: PostgreSQL compresses a repetitive index key, and lets it through."""
+    return "".join(random.choices(alphabet, k=chars))
+
+
+async def test_labels_past_what_the_catalog_indexes_are_refused(catalog: Catalog, files: Path) -> None:
+    """Owners, tags and collection names are indexed; PostgreSQL's B-tree holds at most
+    2,704 bytes an entry. 200 characters is the limit on every backend."""
+    write(files / "user/a.txt", "a")
+    long = incompressible(MAX_LABEL_CHARS + 1)
+    for new in (
+        NewFile(owner=long),
+        NewFile(tags=("ok", long)),
+        NewFile(collection=long),
+        NewFile(collection=" "),
+    ):
+        with pytest.raises(HoraceError) as refused:
+            await catalog.register("user/a.txt", new)
+        assert refused.value.code is ErrorCode.INVALID_ARGUMENT, new
+        assert str(MAX_LABEL_CHARS) in refused.value.message
+    assert await catalog.backend.working_index() == []
+    widest = incompressible(MAX_LABEL_CHARS, "𝄞😀€ßж")  # 200 characters of up to four bytes
+    file = (
+        await catalog.register("user/a.txt", NewFile(owner=widest, tags=(widest,), collection=widest))
+    ).file
+    assert (file.owner, file.tags) == (widest, (widest,))
+    assert [f.id for f in (await catalog.search(SearchQuery(owner=widest, tags=(widest,)))).results] == [
+        file.id
+    ]
+    for changes in (FileChanges(owner=long), FileChanges(tags=(long,)), FileChanges(collection=long)):
+        with pytest.raises(HoraceError) as refused:
+            await catalog.update(file.id, changes)
+        assert refused.value.code is ErrorCode.INVALID_ARGUMENT, changes
+    assert await catalog.file(file.id) == file
+
+
+async def test_a_path_past_the_catalogs_limit_is_refused_and_skipped(catalog: Catalog, files: Path) -> None:
+    """Paths are indexed too: past MAX_PATH_BYTES (UTF-8) a file is refused by name and
+    passed over by a scan, which says so, and takes the other files of its batch."""
+    folders = "/".join(incompressible(200) for _ in range(9))  # 1,809 bytes
+    at_limit = f"user/{folders}/" + incompressible(MAX_PATH_BYTES - len(folders) - 6)
+    past = at_limit + "x"
+    assert len(at_limit.encode()) == MAX_PATH_BYTES
+    write(files / at_limit, "at the limit")
+    write(files / past, "past it")
+    write(files / "user/b.txt", "b")
+    with pytest.raises(HoraceError) as refused:
+        await catalog.register(past)
+    assert (
+        refused.value.code is ErrorCode.INVALID_PATH and f"limit of {MAX_PATH_BYTES}" in refused.value.message
+    )
+    report = await catalog.scan()
+    assert report.registered == 2 and report.errors == ()
+    assert len(report.skipped) == 1 and f"limit of {MAX_PATH_BYTES}" in report.skipped[0]
+    assert {e.file_path for e in await catalog.backend.working_index()} == {at_limit, "user/b.txt"}
 
 
 async def test_version_one_restorable_after_overwrite(catalog: Catalog, files: Path) -> None:
@@ -779,6 +840,39 @@ async def test_search_pagination_with_cursor_and_offset(corpus: Catalog, sort_by
     with pytest.raises(HoraceError, match="not both") as both:
         await corpus.search(attrs.evolve(query, offset=2), cursor=_first_cursor(await corpus.search(query)))
     assert both.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+TAMPERED_VALUES = [
+    *(None, True, 12.5, 2**70, -1, [], {}),
+    *("", "x", "2026-13-45T99:00:00", "2026-12-05T10:00:00", "a\x00b", "\ud800"),
+]
+
+
+@pytest.mark.parametrize("sort_by", list(SortKey))
+async def test_a_tampered_cursor_is_refused_never_used(corpus: Catalog, sort_by: SortKey) -> None:
+    """A cursor is the client's to keep: whatever it holds that the search could not have
+    put there is INVALID_ARGUMENT, on every backend (not INTERNAL, not a wrong page)."""
+    query = SearchQuery(limit=2, sort_by=sort_by, status=None)
+    issued = _first_cursor(await corpus.search(query))
+    payload = json.loads(base64.urlsafe_b64decode(issued + "=" * (-len(issued) % 4)))
+    changed = [{**payload, "v": value} for value in TAMPERED_VALUES]
+    changed += [{**payload, "id": value} for value in (None, 7, "not-an-id", "\ud800", payload["id"] + "x")]
+    for tampered in changed:
+        cursor = base64.urlsafe_b64encode(json.dumps(tampered).encode()).decode().rstrip("=")
+        try:
+            page = await corpus.search(query, cursor)
+        except HoraceError as exc:
+            assert exc.code is ErrorCode.INVALID_ARGUMENT, (tampered, exc)
+        else:  # a value of the right kind is a position, as good as any the search gave
+            assert isinstance(tampered["v"], type(payload["v"])), (tampered, page)
+            assert tampered["id"] == payload["id"]
+    corpus.store_id, mine = str(uuid.uuid4()), corpus.store_id  # another store's catalog
+    try:
+        with pytest.raises(HoraceError, match="different search") as foreign:
+            await corpus.search(query, issued)
+    finally:
+        corpus.store_id = mine
+    assert foreign.value.code is ErrorCode.INVALID_ARGUMENT
 
 
 def _first_cursor(page: object) -> str:

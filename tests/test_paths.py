@@ -26,6 +26,7 @@ import horace.paths
 from horace.backends.records import FileChanges, Status
 from horace.catalog import Catalog
 from horace.model import ErrorCode, HoraceError
+from horace.paths import MAX_PATH_BYTES, too_long
 
 
 @attrs.define
@@ -338,3 +339,11 @@ async def test_parent_swapped_for_a_symlink_is_not_followed_on_write(
     versions = await catalog.backend.versions(file.id)
     contents = {catalog.storage.object_path(v.checksum).read_bytes() for v in versions}
     assert contents == {b"version 1\n", b"version 2\n"}
+
+
+def test_too_long_says_which_limit_a_path_passes() -> None:
+    root = Path("/srv/horace/files")
+    assert too_long(root, "user/" + "a" * (MAX_PATH_BYTES - 5)) is None
+    assert "catalog's limit of 2000" in (too_long(root, "user/" + "é" * 998) or "")  # 2,001 bytes
+    deep_root = Path("/" + "r" * 3000)  # a store whose own path is long: PATH_MAX comes first
+    assert "PATH_MAX" in (too_long(deep_root, "user/" + "a" * 1100) or "")

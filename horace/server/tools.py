@@ -86,10 +86,14 @@ class NewFileMetadata:
     """What the caller says of the file; keys other than these are kept as its custom
     metadata."""
 
-    owner: str | None = param(None, doc="defaults to the component folder (gates/, user/, ...)")
+    owner: str | None = param(
+        None, doc="defaults to the component folder (gates/, user/, ...); at most 200 characters"
+    )
     purpose: str | None = param(None, doc="what the file is for, searchable by its words")
-    tags: tuple[str, ...] = param((), doc="labels to search by")
-    collection: str | None = param(None, doc="add the file to this collection (created if missing)")
+    tags: tuple[str, ...] = param((), doc="labels to search by, each at most 200 characters")
+    collection: str | None = param(
+        None, doc="add the file to this collection (created if missing; 1 to 200 characters)"
+    )
     correlation_id: str | None = param(
         None, doc="stored with the file and its version", max_length=MAX_CORRELATION_ID
     )
@@ -160,13 +164,15 @@ class FileInfoArgs(FileRef):
 class FileChangeArgs:
     """Only these fields may change."""
 
-    owner: str | None = param(None, doc="")
+    owner: str | None = param(None, doc="at most 200 characters")
     purpose: str | None = param(None, doc="")
-    tags: tuple[str, ...] | None = param(None, doc="replaces the tags")
+    tags: tuple[str, ...] | None = param(None, doc="replaces the tags (each at most 200 characters)")
     status: Status | None = param(
         None, doc="archived or deleted removes the working copy (kept as a version)"
     )
-    collection: str | None = param(None, doc="add the file to this collection (created if missing)")
+    collection: str | None = param(
+        None, doc="add the file to this collection (created if missing; 1 to 200 characters)"
+    )
     custom: Mapping[str, Any] | None = param(None, doc="merged into the file's custom metadata")
     correlation_id: str | None = param(
         None, doc="stored with a version this update makes", max_length=MAX_CORRELATION_ID
