@@ -747,6 +747,15 @@ async def test_large_websocket_messages_come_in_one_at_a_time(
             # The large message waited for the slot until the stalled one lost it.
             assert reply["id"] == 1 and trio.current_time() - sent >= 1.0
         assert running.server.large_requests.borrowed_tokens == 0
+        async with open_websocket_url(running.url, max_message_size=1 << 30) as ws:
+            # Binary frames are refused, a large one after reading it in the slot: each frees
+            # its slot, and the text messages after them get theirs.
+            for message in (b"binary", large.encode(), large, large):
+                await ws.send_message(message)
+            with trio.fail_after(30):
+                replies = [json.loads(await ws.get_message()) for _ in range(4)]
+            assert sorted(str(reply.get("id")) for reply in replies) == ["1", "1", "None", "None"]
+        assert running.server.large_requests.borrowed_tokens == 0
         await wait_idle(running)
 
 

@@ -81,7 +81,10 @@ class WebSocketSession:
                             except ConnectionClosed:
                                 self.gone = True
                                 break
+                            slot = self.peer.take_slot()  # (every message: they pair in order)
                             if isinstance(message, bytes):
+                                if slot is not None:
+                                    slot()
                                 calls.start_soon(self.send, BINARY_FRAME_REFUSED)
                                 continue
                             if not message.isascii():
@@ -90,7 +93,6 @@ class WebSocketSession:
                                 message = message.encode()
                             # Counted as it is read:
                             admitted = self.session.admit(jsonrpc.message_size(message))
-                            slot = self.peer.take_slot()
                             calls.start_soon(self.session.answer, message, admitted, self.send, slot)
                             del message
                     if self.gone:
