@@ -13,6 +13,7 @@ from .protocol import (
     CatalogMissing,
     CatalogUnwritable,
     DatabaseFull,
+    SchemaBehind,
     Units,
     UnusableURL,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "CatalogMissing",
     "CatalogUnwritable",
     "DatabaseFull",
+    "SchemaBehind",
     "Units",
     "UnusableURL",
     "open_backend",

@@ -47,6 +47,7 @@ from .protocol import (
     DatabaseFull,
     FileGone,
     NotHoraces,
+    SchemaBehind,
     Units,
     UnusableURL,
 )
@@ -1232,6 +1233,13 @@ async def _migrate(conn: Conn) -> int:
     return max(applied, default=0)
 
 
+async def _applied_if_any(conn: Conn) -> set[int]:
+    """The schema steps applied (none when there is no table of them)."""
+    if not await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+        return set()
+    return await _applied(conn)
+
+
 async def _applied(conn: Conn) -> set[int]:
     return {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
 
@@ -1319,6 +1327,9 @@ class _Hop:
         self.loop = loop
         self.where = server_of(url)
         self.renew = renew  # the pool's: replaces its connections (after a read-only refusal)
+        # The schema steps this code knows and the catalog has not had, when it is behind
+        # (as PostgresBackend.identity found it): "5, 6".
+        self.behind: str | None = None
 
     async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -1347,6 +1358,12 @@ class _Hop:
                 raise CatalogUnwritable(
                     f"PostgreSQL at {self.where} takes no writes: {exc} (default_transaction_read_only "
                     "set on the role or database, or a standby server?)"
+                ) from None
+            if isinstance(exc, asyncpg.exceptions.UndefinedTableError) and self.behind is not None:
+                raise SchemaBehind(
+                    f"PostgreSQL at {self.where} holds a catalog whose schema is behind this Horace "
+                    f"(steps {self.behind} not applied): {exc} (`horace migrate`, or any command that "
+                    "writes, brings it up; a command that only reads leaves the schema as it is)"
                 ) from None
             if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
                 # The schema was made at start: its tables gone since is the operator's doing
@@ -1855,7 +1872,11 @@ class PostgresBackend(_Units):
         self._closed = False
 
     async def identity(self) -> CatalogIdentity:
-        return await self._source.run(_identity)
+        found = await self._source.run(_identity)
+        applied = await self._source.run(_applied_if_any)
+        pending = migrations.pending("postgres", applied) if applied else []  # (none: a new database)
+        self._hop.behind = ", ".join(str(step.version) for step in pending) or None
+        return found
 
     async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
         bound = await self._source.run(_fetchrow, _BIND, store_id, storage_path, at)
@@ -1867,7 +1888,9 @@ class PostgresBackend(_Units):
 
     async def migrate(self) -> int:
         try:
-            return await self._source.run(_migrate)
+            version = await self._source.run(_migrate)
+            self._hop.behind = None
+            return version
         except (
             NotHoraces,
             asyncpg.exceptions.DuplicateTableError,
@@ -1880,6 +1903,14 @@ class PostgresBackend(_Units):
                 "must exist, and Horace's role may use it (CREATE SCHEMA ... AUTHORIZATION <role>)"
             ) from None
         except CatalogUnwritable as exc:  # (a privilege refused, said by _Hop)
+            if self._hop.behind is not None:  # (the least-privilege set-up: docs/postgres.md)
+                raise CatalogUnwritable(
+                    f"PostgreSQL at {self._hop.where} holds a catalog whose schema is behind this Horace "
+                    f"(steps {self._hop.behind} not applied), and Horace's role may not change its tables: "
+                    f"{exc.__cause__ or exc} (run `horace migrate` as the role that owns them, then "
+                    "grant this role what the new step made, before the instances start; or make "
+                    "this role their owner)"
+                ) from None
             raise CatalogUnwritable(
                 f"PostgreSQL at {self._hop.where} does not let Horace's role make or change its tables: "
                 f"{exc.__cause__ or exc} (make the role the database's owner, or the schema's; "

@@ -37,6 +37,11 @@ class CatalogMissing(Exception):
     """The catalog database does not exist, and was not to be created."""
 
 
+class SchemaBehind(Exception):
+    """A command that only reads (and so applies no schema step) needs what a step this
+    code knows and the catalog has not had yet would have made."""
+
+
 class DatabaseFull(Exception):
     """The database's disk is full: nothing more can be written until there is room."""
 

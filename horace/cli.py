@@ -27,7 +27,7 @@ import attrs
 import click
 import trio
 
-from horace.backends import CatalogMissing, CatalogUnwritable, DatabaseFull, UnusableURL
+from horace.backends import CatalogMissing, CatalogUnwritable, DatabaseFull, SchemaBehind, UnusableURL
 from horace.backends.migrations import SchemaTooNew
 from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import (
@@ -79,7 +79,7 @@ class Exit(enum.IntEnum):
     REFUSED = 3  # the operation was refused: not catalogued, invalid path, ... (the code says which)
     FSCK_LEFT = 4  # fsck: problems remain
     STORE = 5  # no store there, or the store and the catalog do not belong together
-    CONFIG = 6  # a setting is wrong: database URL, storage path, a value; or the schema is newer
+    CONFIG = 6  # a setting is wrong: database URL, storage path, a value; or the schema is newer (or behind)
     BACKEND = 7  # the catalog database cannot be reached or refuses the login
     STORAGE = 8  # the storage is full, read-only or failing
     ADDRESS = 9  # the server cannot listen: the port is in use, or the address is not this host's
@@ -787,6 +787,8 @@ def _failure(exc: BaseException) -> Failure | None:
         )
     if isinstance(exc, ConfigError | StorageUnusable | SchemaTooNew):
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
+    if isinstance(exc, SchemaBehind):
+        return Failure(Exit.CONFIG, "SCHEMA_BEHIND", str(exc))
     if isinstance(exc, BackendUnavailable):
         return Failure(Exit.BACKEND, "BACKEND_UNAVAILABLE", str(exc))
     if isinstance(exc, DatabaseFull):

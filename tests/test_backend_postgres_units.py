@@ -1329,6 +1329,38 @@ async def test_a_schema_horace_may_not_make_its_tables_in_is_said_plainly() -> N
         )
 
 
+async def test_a_user_role_meeting_a_schema_behind_is_told_to_migrate_as_the_owner() -> None:
+    """The least-privilege set-up (docs/postgres.md), after an upgrade: the instance's role
+    may use the tables but not change them, and the schema lacks this release's step."""
+    role, schema = f"r_{uuid.uuid4().hex[:12]}", f"t_{uuid.uuid4().hex[:16]}"
+    await trio.to_thread.run_sync(admin, f"CREATE ROLE {role} LOGIN", f"CREATE SCHEMA {schema}")
+    owners = with_query(PG_DSN, search_path=schema)
+    try:
+        async with open_postgres(owners) as backend:
+            await backend.migrate()
+        await trio.to_thread.run_sync(
+            admin,
+            f"SET search_path TO {schema}; DROP TABLE horace_word_counts; "
+            "DROP FUNCTION horace_word_counts_changed CASCADE; "
+            "DROP FUNCTION horace_word_counts_fixed CASCADE; DELETE FROM schema_version WHERE version = 5",
+            f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        )
+        parts = urlsplit(owners)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        async with open_postgres(as_role) as backend:
+            await backend.identity()  # (as every start reads it, before the schema steps)
+            with pytest.raises(CatalogUnwritable) as refused:
+                await backend.migrate()
+        message = str(refused.value)
+        assert "whose schema is behind this Horace (steps 5 not applied)" in message, message
+        assert "run `horace migrate` as the role that owns them" in message, message
+    finally:
+        await trio.to_thread.run_sync(
+            admin, f"DROP SCHEMA {schema} CASCADE", f"DROP OWNED BY {role}", f"DROP ROLE {role}"
+        )
+
+
 # -- the same answers as SQLite --------------------------------------------------------------
 
 

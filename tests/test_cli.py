@@ -7,6 +7,7 @@ Every command runs as a real process (``python -m horace``) with a clean environ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -459,6 +460,36 @@ def test_serve_on_a_port_in_use_is_one_line(store: tuple[Path, dict[str, str]]) 
     assert done.returncode == Exit.ADDRESS, done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "cannot listen on nonexistent.invalid" in errors[0], done.stderr
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="SQLite's read-only commands find every table")
+def test_a_read_only_command_on_a_schema_behind_says_to_migrate(store: tuple[Path, dict[str, str]]) -> None:
+    """A command that only reads applies no schema step: what it needs of a step the
+    catalog has not had yet is said to be that, not a catalog dropped under Horace."""
+    root, env = store
+    write(root / "files/user/notes.txt", "the minutes")
+    assert horace("register", "user/notes.txt", "--purpose", "meeting minutes", env=env).returncode == 0
+
+    import asyncpg  # (PostgreSQL runs only)
+
+    async def as_an_earlier_release_left_it() -> None:
+        conn = await asyncpg.connect(env["HORACE_DATABASE_URL"])  # (its search_path: the catalog's)
+        try:
+            await conn.execute(
+                "DROP TABLE horace_word_counts; DROP FUNCTION horace_word_counts_changed CASCADE; "
+                "DROP FUNCTION horace_word_counts_fixed CASCADE; DELETE FROM schema_version WHERE version = 5"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(as_an_earlier_release_left_it())
+    done = horace("search", "--purpose", "meeting", env=env)
+    line = one_line_error(done, Exit.CONFIG, "SCHEMA_BEHIND")
+    assert "schema is behind this Horace (steps 5 not applied)" in line and "horace migrate" in line, line
+    assert horace("migrate", env=env).returncode == 0
+    done = horace("search", "--json", "--purpose", "meeting", env=env)
+    assert done.returncode == 0, done.stderr
+    assert [f["file_path"] for f in json.loads(done.stdout)["results"]] == ["user/notes.txt"]
 
 
 def test_migrate_makes_the_schema_ahead_of_any_store(tmp_path: Path, database_url: str) -> None:
