@@ -42,6 +42,7 @@ from horace.redact import MASK, redact_url
 from horace.server import wsintake
 from horace.server.front import HEAD_TIMEOUT
 from horace.server.jsonrpc import (
+    MAX_ERROR_MESSAGE_CHARS,
     MAX_VALUES,
     REPLY_TOO_LARGE,
     SERVER_BUSY,
@@ -568,6 +569,25 @@ async def test_a_long_progress_token_is_refused(limited: RunningHorace) -> None:
             assert error["code"] == -32602 and "a string or an integer" in error["message"], token
         params["_meta"] = {"progressToken": 7}
         assert "result" in await client.request("tools/call", params)
+
+
+async def test_an_error_quotes_at_most_a_bounded_part_of_what_it_refuses(settings: Settings) -> None:
+    """A name of a million quotes is two million characters as JSON: echoed whole, the error
+    would be larger than the request."""
+    quotes = '"' * 1_000_000
+    async with run_horace(serving(settings)) as running, connect(running.url) as client:
+        for params in (
+            {"name": "horace_get_collection", "arguments": {"name": quotes}},  # a tool error
+            {"name": "horace_" + quotes, "arguments": {}},  # -32602: no such tool
+        ):
+            reply = await client.request("tools/call", params)
+            # (a quote is two characters as JSON, four as JSON in the text of JSON)
+            assert len(json.dumps(reply)) < 5 * MAX_ERROR_MESSAGE_CHARS, params["name"][:20]
+            assert "characters more)" in json.dumps(reply)
+        found = await client.request(
+            "tools/call", {"name": "horace_get_collection", "arguments": {"name": quotes}}
+        )
+        assert json.loads(found["result"]["content"][0]["text"])["error_code"] == "COLLECTION_NOT_FOUND"
 
 
 async def test_a_long_correlation_id_is_refused_and_never_stored(limited: RunningHorace) -> None:

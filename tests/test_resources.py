@@ -91,6 +91,18 @@ async def test_what_cannot_be_read_is_a_clear_error(served: RunningHorace) -> No
         assert (await client.request("resources/read", {}))["error"]["code"] == -32602
 
 
+async def test_a_text_whose_json_passes_the_reply_limit_says_so(settings: Settings) -> None:
+    """Control characters take six bytes each as JSON: a text within HORACE_MAX_READ_BYTES
+    can make a reply past HORACE_MAX_REPLY_BYTES, and there is no smaller to ask for."""
+    limits = attrs.evolve(settings, port=0, conversations=False, max_reply_bytes=65536, max_read_bytes=65536)
+    async with run_horace(limits) as running, connect(running.url) as client:
+        controls = await register(client, running.files, "user/controls.txt", "\x01" * 20_000)
+        error = (await read(client, f"horace://files/{controls}"))["error"]
+        assert error["code"] == -32003 and error["data"]["limit"] == 65536
+        assert "escaped as JSON is larger than the file" in error["message"]
+        assert "smaller limit" not in error["message"]
+
+
 async def test_resources_list_pages_the_catalog(
     served: RunningHorace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

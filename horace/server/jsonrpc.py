@@ -37,8 +37,22 @@ MAX_WHERE_CHARS = 200  # of where an unusable value is, in its message
 _END = object()
 
 
+# Error messages quote what they refuse (a name, an id, a path): this much of it at most,
+# so that an error is never larger than the request that caused it.
+MAX_ERROR_MESSAGE_CHARS = 2000
+
+
+def bounded(message: str) -> str:
+    """*message*, cut to MAX_ERROR_MESSAGE_CHARS with the rest counted."""
+    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
+        return message
+    cut = MAX_ERROR_MESSAGE_CHARS - 40
+    return f"{message[:cut]}… ({len(message) - cut} characters more)"
+
+
 class RpcError(Exception):
     def __init__(self, code: int, message: str, data: Any = None) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.code, self.message, self.data = code, message, data
 

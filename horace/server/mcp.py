@@ -58,7 +58,15 @@ from horace.server.jsonrpc import (
 from horace.server.observer import CallWatch, NoObserver, Observer
 from horace.server.replyroom import ReplyRoom
 from horace.server.resources import Resources
-from horace.server.runner import ProgressPump, error_body, reply_too_large, run_tool, tool_error
+from horace.server.runner import (
+    ASK_FOR_LESS,
+    READ_TOO_LARGE,
+    ProgressPump,
+    error_body,
+    reply_too_large,
+    run_tool,
+    tool_error,
+)
 from horace.server.tools import MAX_CORRELATION_ID, TOOLS, CallContext
 from horace.sinks.conversations import request_content
 from horace.wire import json_kind
@@ -414,10 +422,13 @@ class McpSession:
         if len(text) > limit:  # ASCII (json.dumps escapes the rest): characters are bytes
             size = len(text)
             del text  # the error goes out; the big reply need not stay while it does
+            advice = READ_TOO_LARGE if method == "resources/read" else ASK_FOR_LESS
             return error_text(
                 request_id,
                 RpcError(
-                    REPLY_TOO_LARGE, reply_too_large(size, limit), {"reply_bytes": size, "limit": limit}
+                    REPLY_TOO_LARGE,
+                    reply_too_large(size, limit, advice=advice),
+                    {"reply_bytes": size, "limit": limit},
                 ),
             )
         return text

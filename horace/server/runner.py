@@ -18,7 +18,7 @@ import trio
 
 from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull
 from horace.model import ErrorCode, HoraceError
-from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, json_size_at_least, notification_text
+from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, bounded, json_size_at_least, notification_text
 from horace.server.tools import CallContext, Tool
 from horace.storage import STORAGE_ERRNOS, storage_full, storage_refusal
 from horace.wire import to_json
@@ -40,7 +40,7 @@ def tool_error(code: ErrorCode, message: str, correlation_id: str) -> dict[str, 
     """A tool error: its body ``{error_code, message, correlation_id}`` as text content only.
     A tool's outputSchema describes its results, and clients that check structuredContent
     against it (the TypeScript SDK, the Inspector) do so for errors too."""
-    body = {"error_code": code.value, "message": message, "correlation_id": correlation_id}
+    body = {"error_code": code.value, "message": bounded(message), "correlation_id": correlation_id}
     return {"content": [{"type": "text", "text": json.dumps(body)}], "isError": True}
 
 
@@ -49,10 +49,17 @@ def error_body(reply: dict[str, Any]) -> dict[str, Any] | None:
     return json.loads(reply["content"][0]["text"]) if reply.get("isError") else None
 
 
-def reply_too_large(size: int, limit: int, *, at_least: bool = False) -> str:
+# What a client can do about a reply past the limit: ask for less, where it can.
+ASK_FOR_LESS = "ask for less (e.g. a smaller limit) to see its result"
+# resources/read has no smaller: a file's text, escaped as JSON (a control character takes
+# six bytes), can pass the limit although the file is within HORACE_MAX_READ_BYTES.
+READ_TOO_LARGE = "the text escaped as JSON is larger than the file; only a larger limit reads it whole"
+
+
+def reply_too_large(size: int, limit: int, *, at_least: bool = False, advice: str = ASK_FOR_LESS) -> str:
     return (
         f"the reply would be {'at least ' if at_least else ''}{size} bytes, over the limit of {limit} "
-        "(HORACE_MAX_REPLY_BYTES); the call ran: ask for less (e.g. a smaller limit) to see its result"
+        f"(HORACE_MAX_REPLY_BYTES); the call ran: {advice}"
     )
 
 
