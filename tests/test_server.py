@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import struct
 import subprocess
 import urllib.error
@@ -738,3 +739,21 @@ async def test_health_is_503_when_the_role_is_refused_its_tables(tmp_path: Path)
                 assert result["error_code"] == "BACKEND_UNAVAILABLE"
     finally:
         await admin(f"DROP SCHEMA {schema} CASCADE", f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+async def test_a_call_meeting_the_store_taken_from_under_the_server_is_a_storage_error(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's check (every second) stops the server; a call that meets the store's own
+    folder gone before that says so, not INTERNAL."""
+    monkeypatch.setattr("horace.tasks.STORE_CHECK_EVERY", 3600.0)  # (the call first, here)
+    async with run_horace(serving(settings)) as running, connect(running.url) as client:
+        write(running.files / "user/a.txt", "a")
+        assert (await client.call("horace_register_file", file_path="user/a.txt"))["file"]
+        shutil.rmtree(running.files.parent / ".horace")  # (a SQLite catalog's file too: still open)
+        write(running.files / "user/b.txt", "b")
+        reply = await client.request(
+            "tools/call", {"name": "horace_register_file", "arguments": {"file_path": "user/b.txt"}}
+        )
+        body = tool_body(reply["result"])
+        assert body["error_code"] == "STORAGE_ERROR" and "is gone" in body["message"], body

@@ -157,6 +157,23 @@ async def run_tool(
                 "(a read-only, unwritable or failing disk: see the log)",
                 correlation_id,
             )
+        private = context.catalog.storage.private
+        if isinstance(exc, FileNotFoundError) and not private.is_dir():
+            # The store taken from under the server: its check says so within a second, and
+            # stops it; a call met it first.
+            log.error(
+                "tool %s: the store's folder %s is gone: %s",
+                tool.name,
+                private,
+                exc,
+                extra={"correlation_id": correlation_id},
+            )
+            return tool_error(
+                ErrorCode.STORAGE_ERROR,
+                f"the store's own folder {private} is gone (the store removed or replaced under the "
+                "server?); the call did not complete",
+                correlation_id,
+            )
         log.exception("tool %s failed", tool.name, extra={"correlation_id": correlation_id})
         return tool_error(
             ErrorCode.INTERNAL, f"internal error (correlation id {correlation_id})", correlation_id
