@@ -1442,6 +1442,8 @@ class Catalog:
         """A rename seen on disk: the file keeps its id and history under its new path."""
         new_rel = self.relative(new_client_path)
         old = await self.file(file_id)
+        if old.file_path == new_rel:  # moved there already (by another watcher of the store)
+            return (await self.register(new_rel, correlation_id=correlation_id)).file
         async with self.writing(old.file_path) as db:
             moved = await db.move_file(file_id, new_rel, self.clock())
         if moved is None:

@@ -134,6 +134,19 @@ async def test_a_path_past_the_catalogs_limit_is_refused_and_skipped(catalog: Ca
     assert {e.file_path for e in await catalog.backend.working_index()} == {at_limit, "user/b.txt"}
 
 
+async def test_a_move_to_where_the_file_is_already_changes_nothing(
+    catalog: Catalog, files: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two watchers of one store (a release without the watch lease beside this one) see the
+    same rename: the second finds the file at its new path already."""
+    write(files / "user/a.txt", "a")
+    file = (await catalog.register("user/a.txt")).file
+    with caplog.at_level("INFO", logger="horace"):
+        again = await catalog.move(file.id, "user/a.txt")
+    assert again == file
+    assert not [r for r in caplog.records if r.getMessage().startswith("moved ")]
+
+
 async def test_version_one_restorable_after_overwrite(catalog: Catalog, files: Path) -> None:
     path = write(files / "user/a.txt", "original")
     file = (await catalog.register("user/a.txt")).file
