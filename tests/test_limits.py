@@ -714,6 +714,14 @@ def text_frame_head(length: int, *, final: bool = True) -> bytes:
     return bytes([first, 0x80 | 127]) + length.to_bytes(8, "big") + bytes(4)
 
 
+async def stalled_message(running: RunningHorace, length: int, sent: int) -> trio.SocketStream:
+    """A raw WebSocket that sends the first *sent* bytes of a text message of *length*
+    (spaces), then nothing more."""
+    stream = await open_raw_websocket(running)
+    await stream.send_all(text_frame_head(length) + b" " * sent)
+    return stream
+
+
 async def closed_after(stream: trio.SocketStream) -> float:
     """Seconds until the server ends the connection (what it sends meanwhile, thrown away)."""
     started = trio.current_time()
@@ -731,8 +739,7 @@ async def test_a_websocket_message_not_whole_in_time_drops_the_connection(
 ) -> None:
     monkeypatch.setattr(wsintake, "MESSAGE_TIMEOUT", 1.0)
     async with run_horace(serving(sqlite_settings)) as running:
-        stalled = await open_raw_websocket(running)
-        await stalled.send_all(text_frame_head(2 * UNHURRIED_BYTES) + b" " * (UNHURRIED_BYTES + 1))
+        stalled = await stalled_message(running, 2 * UNHURRIED_BYTES, UNHURRIED_BYTES + 1)
         assert 1.0 <= await closed_after(stalled) < 5
         # Under UNHURRIED_BYTES a message may take its time; pings are no message at all.
         slow = await open_raw_websocket(running)
@@ -755,8 +762,7 @@ async def test_large_websocket_messages_come_in_one_at_a_time(
 ) -> None:
     monkeypatch.setattr(wsintake, "MESSAGE_TIMEOUT", 1.0)
     async with run_horace(serving(sqlite_settings)) as running:
-        stalled = await open_raw_websocket(running)
-        await stalled.send_all(text_frame_head(3 * LARGE_REQUEST_BYTES) + b" " * (LARGE_REQUEST_BYTES + 1))
+        stalled = await stalled_message(running, 3 * LARGE_REQUEST_BYTES, LARGE_REQUEST_BYTES + 1)
         await stalled.send_all(b" " * 1024)  # read once the slot is taken: it holds it
         large = json.dumps(request(1, "ping", {"pad": "x" * 2 * LARGE_REQUEST_BYTES}))
         async with open_websocket_url(running.url, max_message_size=1 << 30) as ws:
