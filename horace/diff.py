@@ -65,11 +65,18 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
         kept: list[str] = []
         size = 0
         for line in lines:
-            size += len(line.encode())
-            if size > max_diff_bytes:
+            line = line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+            encoded = line.encode()
+            if size + len(encoded) > max_diff_bytes:
+                # The line that crosses the limit is given as far as it fits: a text of
+                # one long line would otherwise show nothing but the headers.
+                head = encoded[: max_diff_bytes - size - 1].decode("utf-8", "ignore")
+                if head:
+                    kept.append(head + "\n")
                 truncated = True
                 break
-            kept.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+            size += len(encoded)
+            kept.append(line)
         diff = "".join(kept)
     return Diff(
         file_id=new.file.id,

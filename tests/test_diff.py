@@ -57,6 +57,11 @@ async def test_limits_and_missing_content(
     monkeypatch.setattr(tools, "DIFF_LIMIT", 1000)
     cut = await diff(catalog, file_id=file_id, from_version=1)
     assert cut.truncated and len(cut.diff.encode()) <= 1000
+    # A text of one long line: the cut gives as much of its changed line as fits.
+    long_line = await versions(catalog, files, "é" * 3000, "é" * 2999 + "x", path="user/one-line.txt")
+    one = await diff(catalog, file_id=long_line, from_version=1)
+    assert one.truncated and 990 <= len(one.diff.encode()) <= 1000
+    assert one.diff.splitlines()[2].startswith("@@") and one.diff.splitlines()[3].startswith("-éé")
     with pytest.raises(HoraceError) as too_big:
         await diff(catalog, read_limit=1000, file_id=file_id, from_version=1)
     assert (
