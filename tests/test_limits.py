@@ -579,11 +579,13 @@ async def test_an_error_quotes_at_most_a_bounded_part_of_what_it_refuses(setting
         for params in (
             {"name": "horace_get_collection", "arguments": {"name": quotes}},  # a tool error
             {"name": "horace_" + quotes, "arguments": {}},  # -32602: no such tool
+            {"uri": "horace://" + quotes},  # resources/read: no such resource (data.uri too)
         ):
+            method = "resources/read" if "uri" in params else "tools/call"
             with trio.fail_after(60):  # (an 8 MB error is past the client's message limit)
-                reply = await client.request("tools/call", params)
+                reply = await client.request(method, params)
             # (a quote is two characters as JSON, four as JSON in the text of JSON)
-            assert len(json.dumps(reply)) < 5 * MAX_ERROR_MESSAGE_CHARS, params["name"][:20]
+            assert len(json.dumps(reply)) < 5 * MAX_ERROR_MESSAGE_CHARS, str(params)[:20]
             assert "characters more)" in json.dumps(reply)
         found = await client.request(
             "tools/call", {"name": "horace_get_collection", "arguments": {"name": quotes}}

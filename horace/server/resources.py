@@ -23,7 +23,7 @@ from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import INT64_MAX, FileRecord, Order, SearchQuery, SortKey, Status
 from horace.catalog import Catalog
 from horace.model import ErrorCode, HoraceError
-from horace.server.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RESOURCE_NOT_FOUND, RpcError
+from horace.server.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RESOURCE_NOT_FOUND, RpcError, bounded
 from horace.server.tools import MAX_PATTERN
 
 FILE_URI = "horace://files/{file_id}"
@@ -80,7 +80,7 @@ class Resources:
             raise RpcError(
                 RESOURCE_NOT_FOUND,
                 f"no resource {uri!r}: Horace serves {FILE_URI} and {VERSION_URI}",
-                {"uri": uri},
+                {"uri": bounded(uri)},  # (a URI that long is no resource of Horace's)
             )
         version = int(found["version"]) if found["version"] else None
         file = await self._catalog_call(self.catalog.file(found["file_id"]), uri)
