@@ -32,6 +32,16 @@ SECRET_KEYS = (
     "private_key",
 )
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+# What text that names a secret key holds, lower-cased, whatever the key's case and its "-" or
+# " " for "_" (api_key: "key"); JSON text with an escape (\u0070assword) may name one too.
+_ENDINGS = {key.rpartition("_")[2] for key in SECRET_KEYS}
+_SECRET_NAME_PARTS = ("\\u", *sorted(e for e in _ENDINGS if not any(o != e and o in e for o in _ENDINGS)))
+
+
+def token_count(key: Any, value: Any) -> bool:
+    """Is this a count of tokens (``input_tokens: 12``, a conversation turn's field), which
+    names no secret however much its key sounds like one?"""
+    return (value is None or type(value) is int) and str(key).lower().endswith("tokens")
 
 
 def secret_key(key: Any) -> bool:
@@ -88,12 +98,25 @@ def redact(value: Any) -> Any:
     if kind in _SCALARS:
         return value
     if kind is dict or isinstance(value, Mapping):
-        return {key: REDACTED if secret_key(key) else redact(inner) for key, inner in value.items()}
+        return {
+            key: REDACTED if secret_key(key) and not token_count(key, inner) else redact(inner)
+            for key, inner in value.items()
+        }
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
         return _redact_string(value)
     return value
+
+
+def redact_json_text(text: str) -> str:
+    """JSON text (a conversation turn's content) with the values of secret keys replaced,
+    at any depth and in JSON text inside it; given back as it is, unparsed, when it names
+    no secret key (a scan of the text, far cheaper than parsing it)."""
+    lowered = text.lower()
+    if not any(part in lowered for part in _SECRET_NAME_PARTS):
+        return text
+    return _redact_string(text)
 
 
 def _redact_string(value: str) -> str:

@@ -233,6 +233,14 @@ def test_redact_replaces_secret_values_at_any_depth() -> None:
     assert redact({"content": "[not json"}) == {"content": "[not json"}
     assert redact({"content": '{"fine": 1}'}) == {"content": '{"fine": 1}'}  # untouched, byte for byte
     assert value["password"] == "p"  # the input is not modified
+    # A count of tokens (a conversation turn's input_tokens, forwarded to Godot) is no secret.
+    counts = {"input_tokens": None, "output_tokens": 7, "api_tokens": ["t"], "token": 5}
+    assert redact(counts) == {
+        "input_tokens": None,
+        "output_tokens": 7,
+        "api_tokens": REDACTED,
+        "token": REDACTED,
+    }
 
 
 async def test_log_records_reach_godot_with_levels_trace_id_and_redacted_data() -> None:
@@ -1057,6 +1065,38 @@ async def test_a_long_reply_is_stored_cut(settings: Settings) -> None:
     assert long["cut"]["limit"] == 4096 and long["cut"]["bytes"] > 5000
     assert long["head"].startswith('{"tool": "horace_search_files", "arguments": {"owner": "ooo')
     assert len(turns["long", "user"]["content"].encode()) <= 4096
+
+
+async def test_secrets_in_a_calls_arguments_and_reply_are_redacted_in_its_turns(settings: Settings) -> None:
+    """The conversation log is a log: a secret a client puts in a file's metadata is kept
+    in the catalog (it is the file's data), and not in the turns (as not in Godot's)."""
+    secrets = {"api_key": "s3cret-a", "deep": [{"DB-Password": "s3cret-b"}], "note": "kept"}
+    async with run_horace(serving(settings)) as horace:
+        write(horace.files / "user/s.txt", "s")
+        write(horace.files / "user/escaped.txt", "e")
+        async with connect(horace.url) as client:
+            await call(client, "horace_register_file", "plain", file_path="user/s.txt", metadata=secrets)
+            # JSON text in a string, a key in it spelled with an escape: redacted inside too.
+            blob = '{"p\\u0061ssword": "s3cret-c"}'
+            await call(
+                client,
+                "horace_register_file",
+                "escaped",
+                file_path="user/escaped.txt",
+                metadata={"blob": blob},
+            )
+            found = await call(client, "horace_get_file_info", "info", file_path="user/s.txt")
+            assert found["result"]["structuredContent"]["file"]["metadata"] == secrets  # the catalog's
+        await drained(horace)
+    stored = await stored_turns(settings.catalog_url)
+    turns = {(r["metadata"]["correlation_id"], r["role"]): r["content"] for r in stored}
+    for key in ("plain", "user"), ("plain", "assistant"), ("info", "assistant"), ("escaped", "user"):
+        assert "s3cret" not in turns[key] and REDACTED in turns[key], key
+    request_turn = json.loads(turns["plain", "user"])["arguments"]["metadata"]
+    assert request_turn == {"api_key": REDACTED, "deep": [{"DB-Password": REDACTED}], "note": "kept"}
+    assert turns["info", "user"] == json.dumps(
+        {"tool": "horace_get_file_info", "arguments": {"file_path": "user/s.txt"}}
+    )  # (nothing secret: as made)
 
 
 async def test_turns_older_than_the_retention_are_pruned(catalog: Catalog) -> None:

@@ -15,7 +15,7 @@ import trio
 from horace.backends.protocol import OUTAGES, Backend, BackendUnavailable, CatalogUnwritable
 from horace.backends.records import Turn
 from horace.model import CallRecord
-from horace.redact import redact
+from horace.redact import redact, redact_json_text
 from horace.sinks.supervisor import Deliver, DestinationDown, SinkRunner, log, size_of
 from horace.wire import structure
 
@@ -158,8 +158,9 @@ def within(content: str, limit: int) -> str:
 
 
 def request_content(tool: str, arguments: Any, max_bytes: int) -> str:
-    """A request turn's content: the tool and its arguments as JSON, cut to *max_bytes*."""
-    return within(_ENCODER.encode({"tool": tool, "arguments": arguments}), max_bytes)
+    """A request turn's content: the tool and its arguments as JSON, secrets redacted, cut
+    to *max_bytes*."""
+    return within(redact_json_text(_ENCODER.encode({"tool": tool, "arguments": arguments})), max_bytes)
 
 
 class ConversationRecorder:
@@ -210,7 +211,7 @@ class ConversationRecorder:
         content = record.result_json
         if content is None:
             content = _ENCODER.encode(record.result)
-        content = within(content, self.max_bytes)
+        content = within(redact_json_text(content), self.max_bytes)  # (redacted whole, then cut)
         metadata = {
             "correlation_id": record.correlation_id,
             "tool": record.tool,
