@@ -620,7 +620,7 @@ def fsck_command(
                 + ("clean" if r.clean else _count(len(r.findings), "finding"))
                 + (f" ({r.busy} files busy, not checked)" if r.busy else "")
                 + (
-                    f"; {len(r.orphans) - r.adopted} objects no version refers to, kept until "
+                    f"; {_count(len(r.orphans) - r.adopted, 'object')} no version refers to, kept until "
                     "HORACE_DELETED_RETENTION has passed (left by a crash or by concurrent scans; "
                     "or versions newer than a catalog restored from a backup: their content is "
                     "in .horace/objects/)"
@@ -628,7 +628,7 @@ def fsck_command(
                     else ""
                 )
                 + (
-                    f"; {r.adopted} objects no version refers to written before the catalog was "
+                    f"; {_count(r.adopted, 'object')} no version refers to written before the catalog was "
                     "bound to the store (adopted): another catalog's history, kept for good "
                     "(`horace fsck --repair --forget-adopted` collects them)"
                     if r.adopted

@@ -159,7 +159,9 @@ class StreamableHttp:
             raise Refused(refusal.status, refusal.message, refusal.headers)
         if request.method not in (b"POST", b"GET", b"DELETE"):
             method = request.method.decode("latin-1")
-            raise Refused(405, f"{method} is not served here: POST, GET or DELETE", [(b"allow", ALLOWED)])
+            raise Refused(
+                405, f"{method} is not served here: POST, GET, DELETE or OPTIONS", [(b"allow", ALLOWED)]
+            )
         version = request.header(b"mcp-protocol-version")
         if version is not None and version not in PROTOCOL_VERSIONS:
             raise Refused(

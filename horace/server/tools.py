@@ -122,7 +122,10 @@ class SearchFilters:
     owner: str | None = param(None, doc="files of this owner")
     purpose: str | None = param(
         None,
-        doc=f"prefixes of words of the purpose or path (all, at most {QUERY_WORDS}; ASCII in any case)",
+        doc=(
+            f"prefixes of words of the purpose or path (all, at most {QUERY_WORDS} different ones; "
+            "ASCII in any case)"
+        ),
         max_length=MAX_PATTERN,
     )
     path: str | None = param(
