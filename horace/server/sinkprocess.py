@@ -117,6 +117,9 @@ class SinkProcess:
         # What the child last said of its sinks; until it speaks, each is starting.
         self.sink_status: dict[str, dict[str, Any]] = {n: {"state": "starting"} for n in self.wiring.names}
         self.state = "starting"
+        # A child failed, and none since has said that its sinks are connected: a child that
+        # dies at every start (its database down) is running for a moment each time.
+        self.recovering = False
         self.pid: int | None = None
         self.starts = 0
         self.dropped = 0
@@ -158,8 +161,10 @@ class SinkProcess:
     def status(self) -> dict[str, Any]:
         # Not ok (the server "degraded" in /health) while the child or one of its sinks is
         # retrying: a conversation database that cannot be opened, Godot gone.
-        retrying = self.state == "retrying" or any(
-            sink.get("state") == "retrying" for sink in self.sink_status.values()
+        retrying = (
+            self.state == "retrying"
+            or self.recovering
+            or any(sink.get("state") == "retrying" for sink in self.sink_status.values())
         )
         return {
             "ok": not retrying,
@@ -196,7 +201,7 @@ class SinkProcess:
                     self.last_error = f"the sink process failed: {type(failure).__name__}: {failure}"
                     if self._child_error:
                         self.last_error += f" (it said: {self._child_error})"
-                self.state = "retrying"
+                self.state, self.recovering = "retrying", True
                 failures = 1 if trio.current_time() - started > STEADY else failures + 1
                 settings = self.plan.settings
                 delay = backoff(failures, settings.sink_backoff_base, settings.sink_backoff_cap)
@@ -333,6 +338,8 @@ class SinkProcess:
                     continue
                 self.sink_status = sinks
                 self.received = self._handed_before + received
+                if all(sink.get("state") == "connected" for sink in sinks.values()):
+                    self.recovering = False
 
 
 def _frame(data: bytes) -> bytes:
