@@ -47,6 +47,7 @@ from horace.sinks.conversations import (
     ConversationRecorder,
     ConversationTransport,
     prune_conversations,
+    request_content,
     within,
 )
 from horace.sinks.godot import GodotLogHandler, GodotTransport
@@ -1097,6 +1098,34 @@ async def test_secrets_in_a_calls_arguments_and_reply_are_redacted_in_its_turns(
     assert turns["info", "user"] == json.dumps(
         {"tool": "horace_get_file_info", "arguments": {"file_path": "user/s.txt"}}
     )  # (nothing secret: as made)
+
+
+async def test_a_long_requests_turn_is_made_off_the_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding and redacting megabytes of arguments takes seconds: not on the loop that
+    serves every session."""
+    from horace.server import mcp
+
+    made_in_trio: list[bool] = []
+
+    def watched(*args: Any) -> str:
+        made_in_trio.append(trio.lowlevel.in_trio_run())
+        return request_content(*args)
+
+    monkeypatch.setattr(mcp, "request_content", watched)
+    async with run_horace(serving(settings, turn_max_bytes=4096)) as horace:
+        async with connect(horace.url) as client:
+            await call(client, "horace_search_files", "short", owner="o")
+            await call(client, "horace_search_files", "long", owner="o" * 5000, purpose="token")
+        await drained(horace)
+    assert made_in_trio == [False]  # (the short one's turn is the sink's to make)
+    requests = {
+        r["metadata"]["correlation_id"]: r
+        for r in await stored_turns(settings.catalog_url)
+        if r["role"] == "user"
+    }
+    assert json.loads(requests["long"]["content"])["cut"]["bytes"] > 5000
 
 
 async def test_turns_older_than_the_retention_are_pruned(catalog: Catalog) -> None:

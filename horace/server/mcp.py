@@ -537,8 +537,12 @@ class McpSession:
         if size > self.settings.turn_max_bytes and not isinstance(self.observer, NoObserver):
             # Its turn is made now, cut, rather than by the sink from the arguments queued
             # until the sink process takes them: parsed, a message's objects can take twenty
-            # times its bytes (4 MiB of "[]," is 90 MB of lists).
-            made = request_content(name, arguments, self.settings.turn_max_bytes)
+            # times its bytes (4 MiB of "[]," is 90 MB of lists). In a worker thread: encoding
+            # and redacting megabytes of small objects takes seconds the event loop must not
+            # stop for.
+            made = await trio.to_thread.run_sync(
+                request_content, name, arguments, self.settings.turn_max_bytes
+            )
             record = attrs.evolve(record, arguments=None, request_json=made)
         watch = CallWatch(self.observer, record)
         answered = False
