@@ -163,15 +163,24 @@ def _connect(path: Path) -> sqlite3.Connection:
             raise UnusableURL(f"unusable database URL: sqlite://{path} is not an SQLite database") from None
         if not isinstance(exc, sqlite3.OperationalError):
             raise
+        if _disk_full(exc, path):  # (first: a disk out of inodes cannot open the -wal file)
+            raise DatabaseFull(f"the disk of the SQLite catalog {path} is full: {exc}") from None
         if "unable to open" in str(exc) or "readonly" in str(exc):
             raise CatalogUnwritable(
                 f"the catalog {path} cannot be opened for writing ({exc}): "
                 "is the storage read-only, or not this user's to write?"
             ) from None
-        if _disk_full(exc, path):
-            raise DatabaseFull(f"the disk of the SQLite catalog {path} is full: {exc}") from None
+        if "disk I/O error" in str(exc):
+            raise CatalogUnwritable(
+                f"the catalog {path} cannot be used ({exc}): its filesystem refuses what SQLite's "
+                "write-ahead log needs (shared memory beside the file, as vfat, exFAT and some "
+                "network filesystems do), or is failing; put the catalog on a local filesystem "
+                "such as ext4 or XFS"
+            ) from None
         raise
-    conn.execute("PRAGMA synchronous=NORMAL")  # durable at each WAL checkpoint; safe in WAL
+    # Each commit synced: with NORMAL (synced only at checkpoints) a power cut loses the last
+    # seconds of commits, versions whose content is kept and that clients were told of.
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     # A statement journal (each many-row INSERT in a transaction makes one) stays in
@@ -1227,17 +1236,19 @@ def _statements(script: str) -> Iterator[str]:
 
 def _disk_full(exc: sqlite3.OperationalError, path: Path) -> bool:
     """Whether *exc* comes of a full disk under the catalog at *path*. Opening it, SQLite
-    says "disk I/O error" when it cannot grow the ``-shm`` file beside it: the disk is
-    asked then."""
+    says "disk I/O error" when it cannot grow the ``-shm`` file beside it, and "unable to
+    open" when there is no inode left for the ``-wal`` file: the disk is asked then."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL:
         return True
-    if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
+    if code is None or code & 0xFF not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
         return False
     try:
-        return os.statvfs(path.parent).f_bavail == 0
+        room = os.statvfs(path.parent)
     except OSError:
         return False
+    # Out of bytes, or of inodes (f_files is 0 where the filesystem counts none: btrfs).
+    return room.f_bavail == 0 or (room.f_files > 0 and room.f_favail == 0)
 
 
 async def _interruptible(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:

@@ -86,7 +86,7 @@ class TempKind(enum.StrEnum):
     META = "meta"  # the store's identity being written: garbage
     PACK = "pack"  # a pack being written, or its staged link (named by the pack): see fsck
     PACK_ASIDE = "packaside"  # a pack the collector moved aside (named by its name): put back
-    CLOCK = "clock"  # read for the filesystem's time (where O_TMPFILE is not supported): garbage
+    CLOCK = "clock"  # read for the filesystem's time, or linked to see it has hard links: garbage
 
 
 @frozen
@@ -613,6 +613,26 @@ class Storage:
         for writable in (self.tmp, self.files):
             if not os.access(writable, os.W_OK):
                 raise PermissionError(errno.EACCES, "the store is not writable", str(writable))
+        self._check_hard_links()
+
+    def _check_hard_links(self) -> None:
+        """Refuse a filesystem without hard links (vfat, exFAT): a version's content is
+        kept by linking its staged copy into place, so every write would fail."""
+        first, second = self.tmp / temp_name(TempKind.CLOCK), self.tmp / temp_name(TempKind.CLOCK)
+        os.close(os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        try:
+            os.link(first, second)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            raise StorageUnusable(
+                f"the store's filesystem at {self.root} has no hard links ({exc.strerror}): Horace "
+                "keeps each version's content by linking it into place; put the store on a "
+                "filesystem that has them (ext4, XFS, btrfs, tmpfs, NFS), not vfat or exFAT"
+            ) from None
+        finally:
+            first.unlink()
+        second.unlink()
 
     def layout_present(self) -> set[Path]:
         """The root and the layout's folders outside ``.horace`` that exist now (see

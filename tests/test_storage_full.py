@@ -160,17 +160,23 @@ async def test_a_storage_gone_read_only_is_a_storage_error_and_degrades_health(
     assert (files / "user/a.txt").read_text() == "v2"
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+@contextlib.contextmanager
+def mounted_tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
     mount = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path, "size=3m") as mount:
+        yield mount
 
 
 async def test_a_real_full_filesystem(small_tmpfs: Path) -> None:
@@ -255,6 +261,60 @@ def test_a_full_disk_under_the_catalog_is_storage_full_at_start(small_tmpfs: Pat
     assert (root / "files/user/a.txt").read_text() == "kept"
 
 
+def test_a_disk_out_of_inodes_under_the_catalog_is_storage_full(tmp_path: Path) -> None:
+    """Bytes to spare but no inode left: SQLite cannot make the ``-wal`` file beside the
+    catalog and says "unable to open": that is STORAGE_FULL (exit 8), not a read-only
+    store; the files are untouched, and it works again once an inode is free."""
+    from test_cli import horace, one_line_error
+
+    with mounted_tmpfs(tmp_path, "size=64m,nr_inodes=600") as mount:
+        root = mount / "store"
+        env = {"HORACE_STORAGE_PATH": str(root)}
+        assert horace("init", env=env).returncode == 0
+        write(root / "files/user/a.txt", "kept")
+        assert horace("register", "user/a.txt", env=env).returncode == 0
+        assert not (root / ".horace/catalog.db-wal").exists()  # (removed as the last connection closed)
+        fillers = mount / "fillers"
+        fillers.mkdir()
+        with contextlib.suppress(OSError):
+            for i in range(10_000):
+                (fillers / str(i)).touch()
+        assert os.statvfs(mount).f_favail == 0 and os.statvfs(mount).f_bavail > 0
+        for command in (["info", "user/a.txt"], ["search"]):
+            one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_FULL", "full")
+        for filler in list(fillers.iterdir())[:20]:
+            filler.unlink()
+        assert horace("info", "user/a.txt", env=env).returncode == 0
+        assert (root / "files/user/a.txt").read_text() == "kept"
+
+
+def test_a_store_on_a_filesystem_without_hard_links_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vfat and exFAT have no hard links, and every version is kept through one: the store
+    is refused when it is made or opened to write, by name, rather than each write failing."""
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    storage = horace.storage.Storage(tmp_path / "store")
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(horace.storage.StorageUnusable, match="has no hard links"):
+        storage.ensure_layout()
+    assert not [p for p in storage.tmp.iterdir()]  # (the probe's file is gone)
+    monkeypatch.undo()
+    storage.ensure_layout()
+
+
+def test_the_sqlite_catalog_syncs_every_commit(tmp_path: Path) -> None:
+    """A power cut must not take commits a client was told of (WAL synced at each commit,
+    not only at checkpoints)."""
+    import horace.backends.sqlite as sqlite_backend
+
+    conn = sqlite_backend._connect(tmp_path / "catalog.db")
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 @pytest.mark.parametrize("at", ["connect", "first statement"])
 def test_a_catalog_sqlite_cannot_open_is_unwritable_not_a_bug(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
@@ -280,4 +340,25 @@ def test_a_catalog_sqlite_cannot_open_is_unwritable_not_a_bug(
 
     monkeypatch.setattr(sqlite3, "connect", connect)
     with pytest.raises(CatalogUnwritable, match="cannot be opened for writing"):
+        sqlite_backend._connect(tmp_path / "catalog.db")
+
+
+def test_a_catalog_whose_filesystem_refuses_the_wal_is_unwritable_not_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On vfat (no shared memory beside the file) SQLite's WAL says "disk I/O error" with
+    room to spare: the catalog is unusable there, said so, never INTERNAL."""
+    import sqlite3
+
+    import horace.backends.sqlite as sqlite_backend
+    from horace.backends import CatalogUnwritable
+
+    real_connect = sqlite3.connect
+
+    class NoWal(sqlite3.Connection):
+        def execute(self, *args: Any) -> sqlite3.Cursor:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, **k, factory=NoWal))
+    with pytest.raises(CatalogUnwritable, match="write-ahead log"):
         sqlite_backend._connect(tmp_path / "catalog.db")
