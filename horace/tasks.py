@@ -58,8 +58,13 @@ async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -
 
 
 async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
-    await catalog.ensure_bound()
-    writable = await in_thread(catalog.storage.writable)
+    try:
+        await catalog.ensure_bound()
+        writable = await in_thread(catalog.storage.writable)
+    except Exception:  # (a failing disk: EIO) not ok until a look gets through; logged by supervise
+        state.details["looked"] = False
+        raise
+    state.details["looked"] = True
     if writable != state.details["writable"]:
         if writable:
             log.warning("the store at %s can be written again", catalog.storage.root)
@@ -77,7 +82,7 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     happens from its start.
     """
     states = {name: TaskState(name) for name in ("purge", "fsck", "leftovers")}
-    states["store"] = TaskState("store", details={"writable": True})
+    states["store"] = TaskState("store", details={"writable": True, "looked": True})
 
     def periodic(name: str, interval: float, work: Any, *, first_after: float = 0.0) -> None:
         # A store bound to another catalog meanwhile (`horace init --adopt`) stops the
@@ -97,9 +102,11 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     periodic("store", STORE_CHECK_EVERY, partial(_look_at_store, catalog, states["store"]))
     # (What dead processes left was looked at at start too: open_catalog.)
     periodic("leftovers", LEFTOVERS_EVERY, partial(_sweep_leftovers, catalog), first_after=LEFTOVERS_EVERY)
-    # A store that cannot be written (gone read-only) degrades the server: reads still work.
+    # A store that cannot be written (gone read-only), or not even looked at (a failing
+    # disk), degrades the server: reads may still work.
+    store = states["store"]
     status: dict[str, Any] = {
-        "store": lambda: {**states["store"].status(), "ok": states["store"].details["writable"]}
+        "store": lambda: {**store.status(), "ok": store.details["writable"] and store.details["looked"]}
     }
     if settings.watch:
         watcher = Watcher(catalog, settle=settings.watch_settle, poll=settings.watch_poll)

@@ -160,6 +160,30 @@ async def test_a_storage_gone_read_only_is_a_storage_error_and_degrades_health(
     assert (files / "user/a.txt").read_text() == "v2"
 
 
+async def test_a_store_failing_with_io_errors_degrades_health_until_it_answers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails every access (EIO) is no healthy store, writable or not: /health
+    says so while the look at the store fails, and ok again once it gets through."""
+    served = attrs.evolve(settings, port=0, conversations=False)
+    async with run_horace(served) as running:
+        assert (await running.server.health())[1]["store"]["ok"] is True
+
+        def failing(self: horace.storage.Storage) -> bool:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(horace.storage.Storage, "writable", failing)
+        with trio.fail_after(10):
+            while (await running.server.health())[1]["status"] != "degraded":
+                await trio.sleep(0.1)
+        store = (await running.server.health())[1]["store"]
+        assert store["ok"] is False and "Input/output error" in store["last_error"], store
+        monkeypatch.undo()
+        with trio.fail_after(40):  # (the look is retried with backoff)
+            while (await running.server.health())[1]["store"]["ok"] is not True:
+                await trio.sleep(0.2)
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
     mount = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
