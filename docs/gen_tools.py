@@ -85,10 +85,12 @@ ERROR_MEANINGS = {
     "while Horace was reading it, or (delete, archive, restore) another process has it open for "
     "writing; try again",
     "STORAGE_FULL": "the storage's disk or quota is full, or the catalog database's disk (SQLite or "
-    "PostgreSQL); nothing was changed",
+    "PostgreSQL); nothing was changed, but for what the message says was kept (an update that "
+    "versioned the working copy's new content before the rest failed)",
     "STORAGE_ERROR": "the storage refuses (read-only, not Horace's to write, I/O errors); the "
     "call did not complete",
-    "BACKEND_UNAVAILABLE": "the catalog database cannot be reached",
+    "BACKEND_UNAVAILABLE": "the catalog database cannot be reached (an update's message says "
+    "when the working copy's new content was versioned before the rest failed)",
     "INTERNAL": "a bug; the message carries the correlation id to look for in the log",
 }
 

@@ -39,7 +39,14 @@ from attrs import frozen
 
 from horace import mime, paths
 from horace.backends import words
-from horace.backends.protocol import Backend, DatabaseFull, FileGone, Units
+from horace.backends.protocol import (
+    Backend,
+    BackendUnavailable,
+    CatalogUnwritable,
+    DatabaseFull,
+    FileGone,
+    Units,
+)
 from horace.backends.records import (
     Collection,
     DuplicateGroup,
@@ -57,7 +64,7 @@ from horace.backends.records import (
 from horace.binding import StoreRefused
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
-from horace.storage import FileIdentity, Hashed, Staged, Storage, StorageUnusable, StoreState
+from horace.storage import FileIdentity, Hashed, Staged, Storage, StorageUnusable, StoreState, storage_full
 from horace.supervise import the_failure
 
 log = logging.getLogger("horace.catalog")
@@ -726,11 +733,15 @@ class Catalog:
             try:
                 with trio.CancelScope(shield=True):
                     updated = await db.update_file(file_id, changes, self.clock())
-            except BaseException:
+            except BaseException as exc:
                 if taken:  # still active, as the catalog says: its working copy comes back
                     await self._put_working_back(current)
                 elif written:  # still deleted or archived: the copy written for it goes
                     await self._withdraw_working(current)
+                if version_created and isinstance(exc, Exception):
+                    kept = _kept_first(exc, current)
+                    if kept is not None:
+                        raise kept from exc
                 raise
             if updated is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
@@ -1816,6 +1827,28 @@ def _slices(items: Sequence[T], size: int) -> list[list[T]]:
 
 def _entry(file: FileRecord, working: WorkingStat) -> IndexEntry:
     return IndexEntry(file.id, file.file_path, file.checksum, file.status, file.current_version, working)
+
+
+def _kept_first(exc: Exception, file: FileRecord) -> HoraceError | None:
+    """An update that versioned the working copy's new content (one commit) and then
+    failed to change the record (another) did not change nothing, as its error's code
+    alone would say: the same code, saying what was kept. None for a failure that is no
+    outage of the database or the disk (a bug, raised as it is)."""
+    if isinstance(exc, HoraceError):
+        code, said = exc.code, exc.message
+    elif isinstance(exc, DatabaseFull):
+        code, said = ErrorCode.STORAGE_FULL, str(exc)
+    elif (full := storage_full(exc)) is not None:
+        code, said = full.code, full.message
+    elif isinstance(exc, BackendUnavailable | CatalogUnwritable):
+        code, said = ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}"
+    else:
+        return None
+    return HoraceError(
+        code,
+        f"{said}; the working copy's new content was kept first, as version {file.current_version}; "
+        "the rest of this update was not applied: try it again",
+    )
 
 
 def new_file_id(at: datetime) -> str:

@@ -23,7 +23,7 @@ from helpers import sha256, write
 
 import horace.server.tools as tools
 from horace.assemble import open_catalog
-from horace.backends.protocol import BackendUnavailable
+from horace.backends.protocol import BackendUnavailable, DatabaseFull
 from horace.backends.records import FileChanges, Order, Retention, SearchQuery, SortKey, Status
 from horace.backends.words import QUERY_WORDS
 from horace.catalog import MAX_LABEL_CHARS, Catalog, CatalogPolicy
@@ -394,6 +394,42 @@ async def test_update_takes_in_the_working_copy_back_at_a_deleted_files_path(
     assert updated.file.checksum == sha256("new, by the user") and updated.file.tags == ("t",)
     assert {"status", "tags", "checksum", "current_version"} <= set(updated.changed_fields)
     assert path.read_text() == "new, by the user"
+
+
+async def test_an_update_that_fails_after_versioning_says_what_it_kept(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versioning the changed working copy is one commit, changing the record another:
+    when the database fails between them, the error keeps its code and says that the new
+    content was kept as a version (it did not change nothing)."""
+    write(files / "user/u.txt", "one")
+    file_id = (await catalog.register("user/u.txt")).file.id
+    writing = catalog.writing
+
+    @asynccontextmanager
+    async def failing_record(rel: str) -> AsyncIterator[Any]:
+        async with writing(rel) as db:
+
+            class Failing:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(db, name)
+
+                async def update_file(self, *args: Any) -> None:
+                    raise DatabaseFull("the disk of the catalog is full")
+
+            yield Failing()
+
+    monkeypatch.setattr(catalog, "writing", failing_record)
+    with pytest.raises(DatabaseFull):  # nothing to version: nothing kept, the error as it came
+        await catalog.update(file_id, FileChanges(owner="ops"))
+    write(files / "user/u.txt", "two")
+    with pytest.raises(HoraceError) as half:
+        await catalog.update(file_id, FileChanges(owner="ops"))
+    assert half.value.code is ErrorCode.STORAGE_FULL
+    assert "kept first, as version 2" in half.value.message and "not applied" in half.value.message
+    monkeypatch.undo()
+    after = (await catalog.get_info(file_id=file_id, include_versions=True)).file
+    assert (after.current_version, after.owner) == (2, "user")
 
 
 async def test_update_unknown_file(catalog: Catalog) -> None:
