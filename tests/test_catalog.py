@@ -10,7 +10,7 @@ import random
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -396,6 +396,33 @@ async def test_update_takes_in_the_working_copy_back_at_a_deleted_files_path(
     assert path.read_text() == "new, by the user"
 
 
+def record_changes_fail(
+    monkeypatch: pytest.MonkeyPatch,
+    catalog: Catalog,
+    error: Exception,
+    before: Callable[[], None] = lambda: None,
+) -> None:
+    """Every change of a file's record made under its lock (``update_file``) fails with
+    *error*, after *before* (what a writer does as it fails)."""
+    exclusive = catalog.backend.exclusive
+
+    @asynccontextmanager
+    async def failing(key: int) -> AsyncIterator[Any]:
+        async with exclusive(key) as units:
+
+            class Failing:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(units, name)
+
+                async def update_file(self, *args: Any) -> Any:
+                    before()
+                    raise error
+
+            yield Failing()
+
+    monkeypatch.setattr(catalog.backend, "exclusive", failing)
+
+
 async def test_an_update_that_fails_after_versioning_says_what_it_kept(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -404,22 +431,7 @@ async def test_an_update_that_fails_after_versioning_says_what_it_kept(
     content was kept as a version (it did not change nothing)."""
     write(files / "user/u.txt", "one")
     file_id = (await catalog.register("user/u.txt")).file.id
-    writing = catalog.writing
-
-    @asynccontextmanager
-    async def failing_record(rel: str) -> AsyncIterator[Any]:
-        async with writing(rel) as db:
-
-            class Failing:
-                def __getattr__(self, name: str) -> Any:
-                    return getattr(db, name)
-
-                async def update_file(self, *args: Any) -> None:
-                    raise DatabaseFull("the disk of the catalog is full")
-
-            yield Failing()
-
-    monkeypatch.setattr(catalog, "writing", failing_record)
+    record_changes_fail(monkeypatch, catalog, DatabaseFull("the disk of the catalog is full"))
     with pytest.raises(DatabaseFull):  # nothing to version: nothing kept, the error as it came
         await catalog.update(file_id, FileChanges(owner="ops"))
     write(files / "user/u.txt", "two")
@@ -506,25 +518,14 @@ async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
     path = write(files / "user/a.txt", "keep me")
     file = (await catalog.register("user/a.txt")).file
     path.write_text("unsaved edit")
-    exclusive = catalog.backend.exclusive
     meanwhile: list[str] = []  # what a writer puts in the working copy as the change fails
 
-    @asynccontextmanager
-    async def failing_status_changes(key: int) -> AsyncIterator[Any]:
-        async with exclusive(key) as units:
+    def writer() -> None:
+        if meanwhile:
+            path.write_text(meanwhile[0])
 
-            class Failing:
-                def __getattr__(self, name: str) -> Any:
-                    return getattr(units, name)
-
-                async def update_file(self, *args: Any) -> Any:
-                    if meanwhile:
-                        path.write_text(meanwhile[0])
-                    raise BackendUnavailable("the statement was cancelled")
-
-            yield Failing()
-
-    monkeypatch.setattr(catalog.backend, "exclusive", failing_status_changes)
+    cancelled = BackendUnavailable("the statement was cancelled")
+    record_changes_fail(monkeypatch, catalog, cancelled, writer)
     # The delete versions the unsaved edit first (and says so); the archive then has none.
     with pytest.raises(HoraceError) as kept:
         await catalog.delete(file.id)
@@ -541,7 +542,7 @@ async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
     assert (await fsck(catalog)).findings == ()
     assert (await catalog.delete(file.id)).file.status is Status.DELETED and not path.exists()
 
-    monkeypatch.setattr(catalog.backend, "exclusive", failing_status_changes)
+    record_changes_fail(monkeypatch, catalog, cancelled, writer)
     for change in (catalog.undelete(file.id), catalog.update(file.id, FileChanges(status=Status.ACTIVE))):
         with pytest.raises(BackendUnavailable):
             await change
