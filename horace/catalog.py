@@ -1829,25 +1829,30 @@ def _entry(file: FileRecord, working: WorkingStat) -> IndexEntry:
     return IndexEntry(file.id, file.file_path, file.checksum, file.status, file.current_version, working)
 
 
+def outage_error(exc: BaseException) -> HoraceError | None:
+    """What a caller is told of a failure of the database or the disk under its call (their
+    state, no bug of Horace's): the tool error's code and message; None for anything else."""
+    if isinstance(exc, BackendUnavailable):
+        return HoraceError(ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}")
+    if isinstance(exc, DatabaseFull):
+        return HoraceError(ErrorCode.STORAGE_FULL, str(exc))
+    if isinstance(exc, CatalogUnwritable):  # (a privilege refused: the operator's to mend)
+        return HoraceError(ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}")
+    return storage_full(exc)  # met outside the storage's own calls (no inode left, say)
+
+
 def _kept_first(exc: Exception, file: FileRecord) -> HoraceError | None:
     """An update that versioned the working copy's new content (one commit) and then
     failed to change the record (another) did not change nothing, as its error's code
     alone would say: the same code, saying what was kept. None for a failure that is no
     outage of the database or the disk (a bug, raised as it is)."""
-    if isinstance(exc, HoraceError):
-        code, said = exc.code, exc.message
-    elif isinstance(exc, DatabaseFull):
-        code, said = ErrorCode.STORAGE_FULL, str(exc)
-    elif (full := storage_full(exc)) is not None:
-        code, said = full.code, full.message
-    elif isinstance(exc, BackendUnavailable | CatalogUnwritable):
-        code, said = ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}"
-    else:
+    refused = exc if isinstance(exc, HoraceError) else outage_error(exc)
+    if refused is None:
         return None
     return HoraceError(
-        code,
-        f"{said}; the working copy's new content was kept first, as version {file.current_version}; "
-        "the rest of this update was not applied: try it again",
+        refused.code,
+        f"{refused.message}; the working copy's new content was kept first, as version "
+        f"{file.current_version}; the rest of this update was not applied: try it again",
     )
 
 

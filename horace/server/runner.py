@@ -16,11 +16,12 @@ from typing import Any
 import outcome
 import trio
 
-from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull
+from horace.backends.protocol import CatalogUnwritable
+from horace.catalog import outage_error
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, bounded, json_size_at_least, notification_text
 from horace.server.tools import CallContext, Tool
-from horace.storage import STORAGE_ERRNOS, storage_full, storage_refusal
+from horace.storage import STORAGE_ERRNOS, storage_refusal
 from horace.wire import to_json
 
 log = logging.getLogger("horace.server")
@@ -127,24 +128,14 @@ async def run_tool(
             del done
     except HoraceError as exc:
         return tool_error(exc.code, exc.message, correlation_id)
-    except BackendUnavailable as exc:
-        log.warning("backend unavailable: %s", exc, extra={"correlation_id": correlation_id})
-        return tool_error(
-            ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database is unavailable: {exc}", correlation_id
-        )
-    except DatabaseFull as exc:
-        log.warning("%s", exc, extra={"correlation_id": correlation_id})
-        return tool_error(ErrorCode.STORAGE_FULL, str(exc), correlation_id)
-    except CatalogUnwritable as exc:  # the operator's to mend (a privilege refused); retry later
-        log.error("%s", exc, extra={"correlation_id": correlation_id})
-        return tool_error(
-            ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}", correlation_id
-        )
     except Exception as exc:
-        full = storage_full(exc)  # met outside the storage's own calls (no inode left, say)
-        if full is not None:
-            log.warning("tool %s: %s", tool.name, exc, extra={"correlation_id": correlation_id})
-            return tool_error(full.code, full.message, correlation_id)
+        refused = outage_error(exc)
+        if refused is not None:  # the database's or the disk's state, not a bug: one line
+            level = logging.ERROR if isinstance(exc, CatalogUnwritable) else logging.WARNING
+            log.log(
+                level, "tool %s: %s", tool.name, refused.message, extra={"correlation_id": correlation_id}
+            )
+            return tool_error(refused.code, refused.message, correlation_id)
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
             # The storage's state (read-only, not ours to write, failing): the operator's
             # to mend, said in one line, not a bug.
