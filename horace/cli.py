@@ -621,7 +621,8 @@ def fsck_command(
                 + (f" ({r.busy} files busy, not checked)" if r.busy else "")
                 + (
                     f"; {_count(len(r.orphans) - r.adopted, 'object')} no version refers to, kept until "
-                    "HORACE_DELETED_RETENTION has passed (left by a crash or by concurrent scans; "
+                    "HORACE_DELETED_RETENTION has passed (left by a crash, by concurrent scans, or by "
+                    "a write the catalog refused after its content was stored; "
                     "or versions newer than a catalog restored from a backup: their content is "
                     "in .horace/objects/)"
                     if len(r.orphans) > r.adopted

@@ -81,10 +81,10 @@ class FsckReport:
     objects: int
     busy: int = 0  # files a writer held throughout: not checked this time
     # Objects no version refers to, past the grace period: not findings (a crash leaves
-    # them, and concurrent scans), but kept until the deleted files' retention has passed
-    # (then the periodic purge or --repair collects them): a catalog restored from an
-    # older backup than the store has only them left of its newer versions. Not looked
-    # for at start.
+    # them, concurrent scans, and a write whose commit failed after its object was stored),
+    # but kept until the deleted files' retention has passed (then the periodic purge or
+    # --repair collects them): a catalog restored from an older backup than the store has
+    # only them left of its newer versions. Not looked for at start.
     orphans: tuple[str, ...] = ()
     # Of the orphans, those written before the catalog was bound (adopted): the lost catalog's
     # history, kept for good (Catalog.predates_binding), released ones too.
