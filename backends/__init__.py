@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from .protocol import (
     Backend,
     BackendUnavailable,
+    CatalogDamaged,
     CatalogMissing,
     CatalogUnwritable,
     DatabaseFull,
@@ -21,6 +22,7 @@ from .protocol import (
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "CatalogDamaged",
     "CatalogMissing",
     "CatalogUnwritable",
     "DatabaseFull",

@@ -1712,6 +1712,9 @@ class _Units:
         assert row is not None
         return row["purged"], sorted(row["orphans"])
 
+    async def check_integrity(self, *, repair: bool) -> tuple[list[str], bool]:
+        return [], False  # (see the protocol: PostgreSQL's own to keep whole)
+
     async def tidy(self) -> None:
         """Each word's count rows folded into one (autovacuum keeps the rest in shape)."""
         await self._source.run(_fold_word_counts)

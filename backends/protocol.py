@@ -70,9 +70,16 @@ class CatalogUnwritable(Exception):
     a folder or file this user may not write."""
 
 
-# What the database's state makes fail (it is down, refuses Horace's role, or is full),
-# not what Horace or the data did: worth a line in the log and a retry, not a traceback.
-OUTAGES = (BackendUnavailable, CatalogUnwritable, DatabaseFull)
+class CatalogDamaged(Exception):
+    """The catalog database's file is damaged (SQLite: "database disk image is malformed"):
+    what it holds cannot all be read until it is mended (``horace fsck --repair``) or put
+    back from a backup copy."""
+
+
+# What the database's state makes fail (it is down, refuses Horace's role, is full or
+# damaged), not what Horace or the data did: worth a line in the log and a retry, not a
+# traceback.
+OUTAGES = (BackendUnavailable, CatalogUnwritable, DatabaseFull, CatalogDamaged)
 
 
 # A ping reads the tables every call and every turn needs, a row at most: a role refused
@@ -195,6 +202,11 @@ class Units(Protocol):
     async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
         """Remove files deleted before the cutoff; (files purged, checksums left
         without any version row)."""
+
+    async def check_integrity(self, *, repair: bool) -> tuple[list[str], bool]:
+        """The damage the database finds in its own file (SQLite's integrity check), and
+        whether a *repair* mended it all (indexes rebuilt from their tables). PostgreSQL
+        keeps its own pages whole (and checks them with data checksums): nothing is found."""
 
     async def tidy(self) -> None:
         """The backend's own upkeep, run by each periodic purge, in steps short enough that

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from . import migrations, words
 from .protocol import (
     NOT_HORACES_ADVICE,
     PING,
+    CatalogDamaged,
     CatalogMissing,
     CatalogUnwritable,
     DatabaseFull,
@@ -150,6 +152,16 @@ def _collection(row: sqlite3.Row) -> Collection:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        return _open_connection(path)
+    except sqlite3.DatabaseError as exc:
+        damaged = _damaged(exc, path)
+        if damaged is None:
+            raise
+        raise damaged from None
+
+
+def _open_connection(path: Path) -> sqlite3.Connection:
     conn = None
     try:
         # (Some SQLite builds open the file here, others at the first statement.)
@@ -1277,14 +1289,67 @@ async def _interruptible(conn: sqlite3.Connection, fn: Callable[..., T], *args: 
             nursery.cancel_scope.cancel()
 
 
-def _full_is_an_error(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
-    """A full disk under the database is :class:`DatabaseFull`, not a bug."""
+_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _damaged(exc: sqlite3.DatabaseError, path: Path | str) -> CatalogDamaged | None:
+    """A damaged catalog file is :class:`CatalogDamaged`, that says what to do, not a bug."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _DAMAGED:
+        return None
+    return CatalogDamaged(
+        f"the catalog {path} is damaged (SQLite: {exc}): if only its indexes are, `horace fsck "
+        "--repair` rebuilds them; else put back a backup copy of it, after removing the "
+        "catalog.db-wal and catalog.db-shm beside it (README: Backing up a store on SQLite), or "
+        "save what it still holds with the sqlite3 shell's .recover; files/ and .horace/objects/ "
+        "are untouched"
+    )
+
+
+def _integrity_problems(conn: sqlite3.Connection) -> list[str]:
+    """What SQLite's full integrity check finds (at most 100 problems): every page, and every
+    index against its table (its quick check leaves the indexes out)."""
+    try:
+        rows = [row[0] for row in conn.execute("PRAGMA integrity_check(100)")]
+    except sqlite3.DatabaseError as exc:  # (a schema or header it cannot even read)
+        return [str(exc)]
+    if rows == ["ok"]:
+        return []
+    return [line for row in rows for line in row.splitlines() if line and not line.startswith("***")]
+
+
+def _mend_integrity(conn: sqlite3.Connection) -> list[str]:
+    """Rebuild every index from its table, then the file itself when only pages lost to no
+    table are left (``Page N is never used``); what is still found after."""
+    for step in ("REINDEX", "VACUUM"):
+        try:
+            conn.execute(step)
+        except sqlite3.DatabaseError as exc:  # (a table itself damaged, or a unique index broken)
+            return [*_integrity_problems(conn), f"{step} failed: {exc}"]
+        left = _integrity_problems(conn)
+        if not left or not all(re.fullmatch(r"Page \d+ is never used", line) for line in left):
+            return left
+    return left
+
+
+def _said(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+    """``fn(conn, *args)``, a full disk under the database raised as :class:`DatabaseFull`
+    and a damaged file as :class:`CatalogDamaged`, not as bugs."""
     try:
         return fn(conn, *args)
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             raise DatabaseFull(f"the disk of the SQLite catalog is full: {exc}") from None
+        damaged = _damaged(exc, _file_of(conn))
+        if damaged is not None:
+            raise damaged from None
         raise
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    try:
+        return str(conn.execute("PRAGMA database_list").fetchone()[2])
+    except sqlite3.Error:
+        return "database"
 
 
 def _open(path: Path, create: bool) -> SqliteBackend:
@@ -1299,7 +1364,26 @@ def _open(path: Path, create: bool) -> SqliteBackend:
             f"unusable database URL: sqlite://{path}: there is no folder {path.parent} "
             "(make it first, or mend the URL)"
         )
+    _refuse_shared(path)
     return SqliteBackend(path)
+
+
+def _refuse_shared(path: Path) -> None:
+    """A catalog file hard linked elsewhere (its store copied with ``cp -al``, as rsnapshot
+    does) is refused: each copy would write the one file through a write-ahead log of its
+    own, which damages it, and each would record versions whose content the other lacks."""
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            links = name.stat().st_nlink
+        except FileNotFoundError:
+            continue
+        if links > 1:
+            raise CatalogUnwritable(
+                f"the catalog file {name} has {links} hard links: is its store a hard-link copy of "
+                "another (`cp -al`, rsnapshot), or the other of such a copy? Horace uses neither "
+                "while they share the catalog: remove the copy (`find / -samefile "
+                f"{name}` finds it), and copy a store with `cp -a` or rsync instead"
+            )
 
 
 class SqliteBackend:
@@ -1317,7 +1401,7 @@ class SqliteBackend:
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._write_lock:
-            return await trio.to_thread.run_sync(_full_is_an_error, fn, self._writer, *args)
+            return await trio.to_thread.run_sync(_said, fn, self._writer, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         if self._holds_file_lock:
@@ -1329,7 +1413,7 @@ class SqliteBackend:
             try:
                 if conn is None:
                     conn = await trio.to_thread.run_sync(_connect, self.path)
-                return await _interruptible(conn, fn, *args)
+                return await _interruptible(conn, functools.partial(_said, fn), *args)
             finally:
                 if conn is not None:
                     self._readers.append(conn)
@@ -1355,7 +1439,7 @@ class SqliteBackend:
         await trio.lowlevel.checkpoint()
         started = time.perf_counter()
         try:
-            return fn(self._key_reader, *args)
+            return _said(fn, self._key_reader, *args)
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
@@ -1542,6 +1626,12 @@ class SqliteBackend:
 
     async def purge_deleted(self, deleted_before: datetime) -> tuple[int, list[str]]:
         return await self._write(_purge_deleted, deleted_before)
+
+    async def check_integrity(self, *, repair: bool) -> tuple[list[str], bool]:
+        found = await self._write(_integrity_problems)
+        if not found or not repair:
+            return found, False
+        return found, not await self._write(_mend_integrity)
 
     async def tidy(self) -> None:
         while await self._write(_merge_words):  # (other writers get in between the steps)

@@ -42,6 +42,7 @@ from horace.backends import words
 from horace.backends.protocol import (
     Backend,
     BackendUnavailable,
+    CatalogDamaged,
     CatalogUnwritable,
     DatabaseFull,
     FileGone,
@@ -1838,6 +1839,8 @@ def outage_error(exc: BaseException) -> HoraceError | None:
         return HoraceError(ErrorCode.STORAGE_FULL, str(exc))
     if isinstance(exc, CatalogUnwritable):  # (a privilege refused: the operator's to mend)
         return HoraceError(ErrorCode.BACKEND_UNAVAILABLE, f"the catalog database refuses to serve: {exc}")
+    if isinstance(exc, CatalogDamaged):
+        return HoraceError(ErrorCode.STORAGE_ERROR, str(exc))
     return storage_full(exc)  # met outside the storage's own calls (no inode left, say)
 
 

@@ -27,7 +27,14 @@ import attrs
 import click
 import trio
 
-from horace.backends import CatalogMissing, CatalogUnwritable, DatabaseFull, SchemaBehind, UnusableURL
+from horace.backends import (
+    CatalogDamaged,
+    CatalogMissing,
+    CatalogUnwritable,
+    DatabaseFull,
+    SchemaBehind,
+    UnusableURL,
+)
 from horace.backends.migrations import SchemaTooNew
 from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import (
@@ -796,7 +803,7 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(Exit.STORAGE, ErrorCode.STORAGE_FULL.value, str(exc))
     if isinstance(exc, UnusableURL):
         return Failure(Exit.CONFIG, "CONFIG", str(exc))
-    if isinstance(exc, CatalogUnwritable):
+    if isinstance(exc, CatalogUnwritable | CatalogDamaged):
         return Failure(Exit.STORAGE, "STORAGE_ERROR", str(exc))
     full = storage_full(exc)  # met outside the storage's own calls (no inode left, say)
     if full is not None:

@@ -5,7 +5,9 @@
 - every active file has its working copy;
 - no object without a version row (kept, and listed, until the deleted files' retention
   has passed: it may be the only copy of a version the catalog lost);
-- nothing left in ``.horace/tmp`` by a process that is gone.
+- nothing left in ``.horace/tmp`` by a process that is gone;
+- (``horace fsck`` only) the catalog database's own file is whole: SQLite's integrity
+  check, every index against its table.
 
 Four strengths, from the CLI's start-up check to the operator's repair:
 
@@ -21,7 +23,8 @@ Four strengths, from the CLI's start-up check to the operator's repair:
 - nothing automatic deletes an object, a version row or a working file, nor writes a
   working copy back: orphan objects are counted (the collector reclaims them), a file
   gone from ``files/`` is the reconcile's business.
-- ``repair=True`` (``horace fsck --repair``) also writes missing working copies back,
+- ``repair=True`` (``horace fsck --repair``) also rebuilds a damaged catalog's indexes,
+  writes missing working copies back,
   recovers lost objects from a damaged pack's entries that still read back, then from
   working copies (the file's own, then those of every active file whose current content
   it is), sets a damaged pack aside once no version lacks its content, and hands the
@@ -119,7 +122,7 @@ async def fsck(
     collects the objects written before the catalog was bound (adopted). A store bound to another
     catalog since this one opened it is refused first (:meth:`Catalog.ensure_bound`)."""
     await catalog.ensure_bound()
-    findings: list[Finding] = []
+    findings: list[Finding] = [] if automatic else await _catalog_damage(catalog, repair)
     files = {f.id: f for f in await catalog.backend.all_files()}
     versions = await catalog.backend.all_versions()
     referenced = {v.checksum for v in versions}
@@ -450,6 +453,26 @@ async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str] | 
 
     await in_thread(put_back)
     return True
+
+
+async def _catalog_damage(catalog: Catalog, repair: bool) -> list[Finding]:
+    """The catalog database's own damage (an index missing rows makes searches miss files;
+    a broken page fails whatever reads it); a repair rebuilds the indexes from their tables."""
+    found, mended = await catalog.backend.check_integrity(repair=repair)
+    if not found:
+        return []
+    shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+    advice = (
+        " (its indexes were rebuilt from their tables)"
+        if mended
+        else " (`horace fsck --repair` rebuilds its indexes, which mends the most common damage)"
+        if not repair
+        else " (rebuilding its indexes did not mend it: put back a backup copy of the catalog, after "
+        "removing the catalog.db-wal and catalog.db-shm beside it, then run `horace fsck`; files/ "
+        "and .horace/objects/ need nothing)"
+    )
+    detail = f"the catalog database is damaged: {shown}{advice}"
+    return [Finding("catalog_damaged", detail, mended, subject=catalog.backend.url)]
 
 
 async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:

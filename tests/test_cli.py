@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -580,3 +581,85 @@ def test_serve_stops_gracefully_on_a_stop_signal(store: tuple[Path, dict[str, st
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A store on SQLite (its catalog in .horace/), whatever the test backend: five files
+    catalogued."""
+    root = tmp_path / "horace-data"
+    env = {"HORACE_STORAGE_PATH": str(root)}
+    assert horace("init", env=env).returncode == 0
+    for n in range(5):
+        write(root / f"files/user/f{n}.txt", f"file {n}")
+    assert horace("scan", env=env).returncode == 0
+    yield root, env
+
+
+def test_fsck_finds_a_catalog_index_missing_rows_and_the_repair_rebuilds_it(
+    sqlite_store: tuple[Path, dict[str, str]],
+) -> None:
+    """Two owners changed while an index was not kept (as a torn restore leaves it): the
+    search by owner misses both files, fsck says why, and its repair mends it."""
+    root, env = sqlite_store
+    catalog = root / ".horace/catalog.db"
+    index = "horace_files_owner_search"
+    with contextlib.closing(sqlite3.connect(catalog, isolation_level=None)) as conn:
+        entry = conn.execute("SELECT * FROM sqlite_schema WHERE name = ?", (index,)).fetchone()
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("DELETE FROM sqlite_schema WHERE name = ?", (index,))
+    with contextlib.closing(sqlite3.connect(catalog, isolation_level=None)) as conn:
+        conn.execute("UPDATE horace_files SET owner = 'ops' WHERE file_path IN ('user/f1.txt', 'user/f3.txt')")
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("INSERT INTO sqlite_schema VALUES (?, ?, ?, ?, ?)", entry)
+    assert horace("search", "--owner", "ops", env=env).stdout.strip().endswith("0 of 0")
+
+    done = horace("fsck", env=env)
+    assert done.returncode == Exit.FSCK_LEFT, (done.stdout, done.stderr)
+    assert f"FOUND: catalog_damaged: sqlite://{catalog}" in done.stdout
+    assert f"missing from index {index}" in done.stdout
+    assert "`horace fsck --repair` rebuilds its indexes" in done.stdout
+
+    done = horace("fsck", "--repair", env=env)
+    assert done.returncode == Exit.FOUND, (done.stdout, done.stderr)
+    assert "repaired: catalog_damaged" in done.stdout and "indexes were rebuilt" in done.stdout
+    assert horace("fsck", env=env).stdout.splitlines()[0].endswith("clean")
+    found = horace("search", "--owner", "ops", "--json", env=env)
+    assert sorted(f["file_path"] for f in json.loads(found.stdout)["results"]) == ["user/f1.txt", "user/f3.txt"]
+
+
+def test_a_catalog_with_a_broken_page_is_a_storage_error_that_says_what_to_do(
+    sqlite_store: tuple[Path, dict[str, str]],
+) -> None:
+    root, env = sqlite_store
+    catalog = root / ".horace/catalog.db"
+    with contextlib.closing(sqlite3.connect(catalog)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        root_page = conn.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'horace_files'").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with catalog.open("r+b") as f:
+        f.seek((root_page - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    for command in (["search"], ["fsck", "--repair"]):
+        line = one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_ERROR", f"{catalog} is damaged")
+        assert "put back a backup copy" in line and "catalog.db-wal" in line, line
+    assert sorted(p.name for p in (root / "files/user").iterdir()) == [f"f{n}.txt" for n in range(5)]
+
+
+def test_a_hard_link_copy_of_a_store_is_refused_with_its_original(
+    sqlite_store: tuple[Path, dict[str, str]],
+) -> None:
+    """`cp -al` gives the copy the original's catalog file: both refused while they share it."""
+    root, env = sqlite_store
+    copy = root.parent / "snapshot"
+    subprocess.run(["cp", "-al", str(root), str(copy)], check=True)
+    write(copy / "files/user/only-in-the-copy.txt", "new")
+    for store in (copy, root):
+        line = one_line_error(
+            horace("scan", "--storage", str(store)), Exit.STORAGE, "STORAGE_ERROR", "2 hard links", "cp -al"
+        )
+        assert str(store / ".horace/catalog.db") in line
+    shutil.rmtree(copy)
+    done = horace("search", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["total_count"] == 5

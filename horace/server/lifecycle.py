@@ -25,7 +25,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 import horace
-from horace.backends.protocol import BackendUnavailable, CatalogUnwritable
+from horace.backends.protocol import OUTAGES
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CannotListen
@@ -171,7 +171,7 @@ class HoraceServer:
                 error=f"no answer within {HEALTH_TIMEOUT:g} s (the database down, or every "
                 "connection of the pool busy)",
             )
-        except (BackendUnavailable, CatalogUnwritable, OSError) as exc:
+        except (*OUTAGES, OSError) as exc:
             backend.update(ok=False, error=str(exc) or type(exc).__name__)
         except Exception as exc:  # of no kind foreseen: /health still answers, and says what
             log.exception("health: the catalog database's ping failed")
