@@ -28,8 +28,9 @@ PATH_MAX = 4096
 MAX_PATH_BYTES = 2000
 
 # Editor and writer temp files (swap files, backups, lock files): a scan, a reconcile and
-# the watcher pass over them silently; register accepts them when asked by name.
-_EDITOR_TEMP = re.compile(r"(\.tmp$|~$|^\.#|\.sw[a-p]$|\.swx$|^4913$|^\.~lock\.)")
+# the watcher pass over them silently; register accepts them when asked by name. Vim's swap
+# files start with a dot (.notes.txt.swp): anim.swf is a file.
+_EDITOR_TEMP = re.compile(r"(\.tmp$|~$|^\.#|^\..+\.sw[a-p]$|^\..+\.swx$|^4913$|^\.~lock\.)")
 
 
 def editor_temp(name: str) -> bool:

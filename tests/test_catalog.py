@@ -1337,9 +1337,10 @@ async def test_scan_skips_editor_and_writer_temp_files(catalog: Catalog, files: 
     for name in ("draft.tmp", "notes.txt~", ".#notes.txt", ".notes.txt.swp", ".horace-tmp-x-1-abc"):
         write(files / "user" / name, f"temp {name}")
     write(files / "user/notes.txt", "the real one")
+    write(files / "user/anim.swf", "a Flash file, no vim swap file (those start with a dot)")
     report = await catalog.scan()
-    assert (report.scanned, report.registered) == (1, 1)
-    assert await paths(catalog) == {"user/notes.txt"}
+    assert (report.scanned, report.registered) == (2, 2)
+    assert await paths(catalog) == {"user/notes.txt", "user/anim.swf"}
     # Asked for explicitly, a temp-looking file is still catalogued.
     assert not (await catalog.register("user/draft.tmp")).duplicate
 
