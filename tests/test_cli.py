@@ -609,7 +609,9 @@ def test_fsck_finds_a_catalog_index_missing_rows_and_the_repair_rebuilds_it(
         conn.execute("PRAGMA writable_schema=ON")
         conn.execute("DELETE FROM sqlite_schema WHERE name = ?", (index,))
     with contextlib.closing(sqlite3.connect(catalog, isolation_level=None)) as conn:
-        conn.execute("UPDATE horace_files SET owner = 'ops' WHERE file_path IN ('user/f1.txt', 'user/f3.txt')")
+        conn.execute(
+            "UPDATE horace_files SET owner = 'ops' WHERE file_path IN ('user/f1.txt', 'user/f3.txt')"
+        )
         conn.execute("PRAGMA writable_schema=ON")
         conn.execute("INSERT INTO sqlite_schema VALUES (?, ?, ?, ?, ?)", entry)
     assert horace("search", "--owner", "ops", env=env).stdout.strip().endswith("0 of 0")
@@ -625,7 +627,8 @@ def test_fsck_finds_a_catalog_index_missing_rows_and_the_repair_rebuilds_it(
     assert "repaired: catalog_damaged" in done.stdout and "indexes were rebuilt" in done.stdout
     assert horace("fsck", env=env).stdout.splitlines()[0].endswith("clean")
     found = horace("search", "--owner", "ops", "--json", env=env)
-    assert sorted(f["file_path"] for f in json.loads(found.stdout)["results"]) == ["user/f1.txt", "user/f3.txt"]
+    owned = sorted(f["file_path"] for f in json.loads(found.stdout)["results"])
+    assert owned == ["user/f1.txt", "user/f3.txt"]
 
 
 def test_a_catalog_with_a_broken_page_is_a_storage_error_that_says_what_to_do(
@@ -635,13 +638,17 @@ def test_a_catalog_with_a_broken_page_is_a_storage_error_that_says_what_to_do(
     catalog = root / ".horace/catalog.db"
     with contextlib.closing(sqlite3.connect(catalog)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        root_page = conn.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'horace_files'").fetchone()[0]
+        (root_page,) = conn.execute(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'horace_files'"
+        ).fetchone()
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     with catalog.open("r+b") as f:
         f.seek((root_page - 1) * page_size)
         f.write(b"\xff" * page_size)
     for command in (["search"], ["fsck", "--repair"]):
-        line = one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_ERROR", f"{catalog} is damaged")
+        line = one_line_error(
+            horace(*command, env=env), Exit.STORAGE, "STORAGE_ERROR", f"{catalog} is damaged"
+        )
         assert "put back a backup copy" in line and "catalog.db-wal" in line, line
     assert sorted(p.name for p in (root / "files/user").iterdir()) == [f"f{n}.txt" for n in range(5)]
 
