@@ -82,8 +82,8 @@ ERROR_MEANINGS = {
     "CHECKSUM_MISMATCH": "a stored object is missing or does not hash to its name; nothing was changed",
     "INVALID_ARGUMENT": "an argument is valid JSON but not acceptable (see each tool)",
     "FILE_LOCKED": "another writer held the file longer than `HORACE_LOCK_WAIT`, the file changed "
-    "while Horace was reading it, or (delete, archive, restore) another process has it open for "
-    "writing; try again",
+    "while Horace was reading it, or (delete, archive, restore, an update that checks for changes) "
+    "another process has it open for writing; try again",
     "STORAGE_FULL": "the storage's disk or quota is full, or the catalog database's disk (SQLite or "
     "PostgreSQL); nothing was changed, but for what the message says was kept (an update that "
     "versioned the working copy's new content before the rest failed)",

@@ -718,6 +718,11 @@ class Catalog:
                 current, version_created, taken = await self._take_working_copy(db, current, correlation_id)
             elif current.status is Status.ACTIVE and check_for_changes:
                 if await in_thread(self.storage.working_exists, current.file_path):
+                    # A copy made while a writer is at it may be half its work: the watcher
+                    # waits for the writer to close, and so does this.
+                    await self._not_being_written(
+                        current.file_path, " (or with check_for_changes false, which versions nothing)"
+                    )
                     current, version, _ = await self._version_working_copy(db, current, correlation_id)
                     version_created = version is not None
             elif target is Status.ACTIVE:
@@ -753,7 +758,7 @@ class Catalog:
         ) + (("collection",) if changes.collection else ())
         return Updated(updated, changed, version_created)
 
-    async def _not_being_written(self, rel: str) -> None:
+    async def _not_being_written(self, rel: str, otherwise: str = "") -> None:
         """Refuse to move a working copy out from under a process that has it open for
         writing (a log being appended to, say): what it wrote after the move would go to
         a file no longer in files/, and be lost. (Local filesystems: see
@@ -762,7 +767,7 @@ class Catalog:
         if await in_thread(self.storage.is_being_written, rel):
             raise HoraceError(
                 ErrorCode.FILE_LOCKED,
-                f"{rel!r} is open for writing by another process: try again once it is closed",
+                f"{rel!r} is open for writing by another process: try again once it is closed{otherwise}",
             )
 
     async def _take_working_copy(

@@ -60,7 +60,7 @@ from horace.backends.protocol import Units
 from horace.backends.records import FileRecord, NewVersion, Status, VersionRecord
 from horace.catalog import Catalog, check_cancelled, in_thread
 from horace.model import ErrorCode, HoraceError
-from horace.storage import Storage, TempKind, TempName
+from horace.storage import STORAGE_ERRNOS, Storage, TempKind, TempName
 
 log = logging.getLogger("horace.fsck")
 STALE_TEMP_SECONDS = 3600.0  # another host's temp file counts as dead after this long
@@ -319,6 +319,12 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
                 raise
             # Dealt with meanwhile by another process sharing the store (each server
             # looks every LEFTOVERS_EVERY seconds, and so does each CLI command).
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise  # the store's own state (read-only, failing), not this temp's
+            # This one leftover only: said, kept as it is, and the store still usable.
+            detail = f"left by a process that is gone, and not dealt with ({exc}): kept where it is"
+            found.append(Finding("temp_leftover", detail, False, subject=str(path)))
     return found
 
 
@@ -526,9 +532,18 @@ async def _put_back(catalog: Catalog, path: Path, what: str, file: FileRecord | 
     else under ``user/recovered/``."""
     where = file.file_path if file is not None else f"user/recovered/{path.name[-12:]}"
     placed = await in_thread(catalog.storage.put_back, path, where)
+    if placed is None:
+        detail = (
+            f"{what} could not be put back at {where} (a folder on its way is no folder now, or "
+            f"cannot be reached): it is kept where it is, and holds "
+            + ("the file's content at the crash" if file is not None else "what was at that path")
+            + "; the next fsck tries again (make the way a folder again, or move it out by hand)"
+        )
+    else:
+        detail = f"{what} was put back as {placed}" + (" (its name was taken)" if placed != where else "")
     return Finding(
         "working_recovered",
-        f"{what} was put back as {placed}" + (" (its name was taken)" if placed != where else ""),
+        detail,
         placed is not None,
         file.id if file is not None else None,
         placed,

@@ -1467,7 +1467,7 @@ class Storage:
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel, create=True) as (dfd, name):
-                candidates = [name, *(f"{name}.recovered-{n}" for n in range(1, 1000))]
+                candidates = [name, *(_recovered_name(name, n) for n in range(1, 1000))]
                 for candidate in candidates:
                     try:
                         _rename_noreplace(tmp_fd, held.name, dfd, candidate)
@@ -1959,6 +1959,20 @@ _libc: Any = ctypes.CDLL(None, use_errno=True)
 
 
 _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+NAME_MAX = 255  # bytes of a name in a folder (Linux's filesystems)
+
+
+def _recovered_name(name: str, n: int) -> str:
+    """*name*, taken, with ``.recovered-N`` after it: its end cut (at a character) for the
+    whole to fit in NAME_MAX bytes."""
+    suffix = f".recovered-{n}"
+    room = NAME_MAX - len(suffix)
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) > room:
+        name = encoded[:room].decode("utf-8", "ignore")
+    return name + suffix
 
 
 def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:

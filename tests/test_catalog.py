@@ -482,13 +482,21 @@ async def test_a_file_open_for_writing_is_not_moved_out_from_under_its_writer(
 ) -> None:
     """Delete, archive and restore move the working copy out of files/: what a writer
     that holds it open writes afterwards would be lost. Refused (FILE_LOCKED) while it
-    is open for writing; done once it is closed."""
+    is open for writing; done once it is closed. An update that checks for changes is
+    refused too (its version could hold half the writer's work); one that does not
+    check changes the record only."""
     path = write(files / "user/log.txt", "line 1\n")
     file = (await catalog.register("user/log.txt")).file
     with path.open("a") as writer:
         writer.write("line 2\n")
         writer.flush()
-        await catalog.update(file.id, FileChanges())  # reading it is fine
+        with pytest.raises(HoraceError) as refused:
+            await catalog.update(file.id, FileChanges(purpose="the log"))
+        assert refused.value.code is ErrorCode.FILE_LOCKED
+        assert "check_for_changes false" in refused.value.message, refused.value.message
+        assert (await catalog.file(file.id)).purpose is None
+        done = await catalog.update(file.id, FileChanges(purpose="the log"), check_for_changes=False)
+        assert (done.file.purpose, done.file.current_version, done.version_created) == ("the log", 1, False)
         for change in (
             catalog.delete(file.id),
             catalog.update(file.id, FileChanges(status=Status.ARCHIVED)),
@@ -503,7 +511,7 @@ async def test_a_file_open_for_writing_is_not_moved_out_from_under_its_writer(
         writer.write("line 3\n")
     assert path.read_text() == "line 1\nline 2\nline 3\n"
     restored = await catalog.restore(file.id, 1)
-    assert path.read_text() == "line 1\n" and restored.preserved_version == 3
+    assert path.read_text() == "line 1\n" and restored.preserved_version == 2
     assert (await catalog.delete(file.id)).file.status is Status.DELETED
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -351,14 +352,16 @@ def _dead_pid() -> int:
     return pid
 
 
+@pytest.mark.parametrize("name", ["a.txt", "L" * 251 + ".txt"])  # (the longest a name may be)
 @pytest.mark.parametrize("path_taken", [False, True])
 async def test_a_working_file_caught_outside_files_by_a_crash_goes_back(
-    catalog: Catalog, files: Path, path_taken: bool
+    catalog: Catalog, files: Path, path_taken: bool, name: str
 ) -> None:
     """A crash between moving a working file out of files/ (delete, archive, a restore's
-    swap) and versioning it leaves it in .horace/tmp: fsck puts it back, never deletes it."""
-    path = write(files / "user/a.txt", "versioned")
-    file = (await catalog.register("user/a.txt")).file
+    swap) and versioning it leaves it in .horace/tmp: fsck puts it back, never deletes it;
+    beside a file written at its path since, under a name that fits."""
+    path = write(files / "user" / name, "versioned")
+    file = (await catalog.register(f"user/{name}")).file
     held_name = storage_temp_name("held", _dead_pid(), file.id.replace("-", ""))
     held = write(catalog.storage.tmp / held_name, "never versioned")
     if path_taken:
@@ -374,6 +377,44 @@ async def test_a_working_file_caught_outside_files_by_a_crash_goes_back(
     assert (where == path) is not path_taken
     if path_taken:
         assert path.read_text() == "written since"
+        assert where.name.endswith(".recovered-1") and len(where.name.encode()) <= 255
+
+
+async def test_a_held_working_file_whose_folder_became_a_file_is_kept_and_said(
+    catalog: Catalog, files: Path
+) -> None:
+    """Put back it cannot be (a file where its folder was): kept in .horace/tmp, said so,
+    and every other leftover is still dealt with."""
+    write(files / "rc/short.bin", "versioned")
+    file = (await catalog.register("rc/short.bin")).file
+    held = write(catalog.storage.tmp / storage_temp_name("held", _dead_pid(), file.id.replace("-", "")), "e")
+    (files / "rc/short.bin").unlink()
+    (files / "rc").rmdir()
+    write(files / "rc", "a file now")
+    report = await fsck(catalog)
+    found = [f for f in report.findings if f.kind == "working_recovered"]
+    assert len(found) == 1 and not found[0].repaired, report.findings
+    assert "could not be put back at rc/short.bin" in found[0].detail, found[0].detail
+    assert "None" not in found[0].detail and "the file's content at the crash" in found[0].detail
+    assert held.read_text() == "e"
+
+
+async def test_a_leftover_that_cannot_be_dealt_with_is_said_and_stops_nothing(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error of one leftover's own (not the store's: not read-only, not full) is a
+    finding: the start-up check, and so every command and the server, still go on."""
+    write(files / "user/a.txt", "versioned")
+    file = (await catalog.register("user/a.txt")).file
+    held = write(catalog.storage.tmp / storage_temp_name("held", _dead_pid(), file.id.replace("-", "")), "e")
+
+    def refuse(*args: object) -> None:
+        raise OSError(errno.ENAMETOOLONG, "File name too long")
+
+    monkeypatch.setattr(catalog.storage, "put_back", refuse)
+    report = await fsck(catalog, automatic=True)
+    assert [(f.kind, f.repaired, f.subject) for f in report.findings] == [("temp_leftover", False, str(held))]
+    assert "File name too long" in report.findings[0].detail and held.read_text() == "e"
 
 
 async def test_a_working_file_held_by_a_delete_that_never_committed_goes_back(

@@ -187,7 +187,11 @@ class UpdateArgs(FileRef):
     metadata: FileChangeArgs = param(
         attrs.Factory(FileChangeArgs), doc="the changes: only these fields may change"
     )
-    check_for_changes: bool = param(True, doc="version the working file first if its content changed")
+    check_for_changes: bool = param(
+        True,
+        doc="version the working file first if its content changed (FILE_LOCKED while another "
+        "process has it open for writing)",
+    )
 
 
 @frozen(kw_only=True)
