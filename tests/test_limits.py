@@ -900,12 +900,35 @@ async def test_every_path_gives_its_slot_back(settings: Settings) -> None:
             assert (await client.request("ping"))["result"] == {}
 
 
-async def test_connections_past_the_pending_cap_are_turned_away(settings: Settings) -> None:
+async def test_a_new_connection_takes_the_place_of_the_longest_silent_one(settings: Settings) -> None:
+    """Connections that send nothing cannot keep new clients out: past the pending cap, a new
+    one takes the place of the one that has waited longest for a request head. Connections
+    past their heads (a body on its way) are not evicted: a new one is turned away then."""
     async with run_horace(serving(settings, max_pending_connections=3)) as running:
         admission = running.server.front.admission
         silent = [await trio.open_tcp_stream("127.0.0.1", running.server.port) for _ in range(3)]
         with trio.fail_after(10):
             while admission.pending < 3:
+                await trio.sleep(0.01)
+        assert (await http_get(running.health_url))[0] == 200
+        assert (admission.evicted, admission.turned_away) == (1, 0)
+        with trio.fail_after(10):
+            assert await silent[0].receive_some() == b""  # the longest waiting: closed, unanswered
+        for stream in silent:
+            await stream.aclose()
+        with trio.fail_after(10):
+            while admission.pending:
+                await trio.sleep(0.01)
+
+        head = (
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{"
+        )
+        busy = [await trio.open_tcp_stream("127.0.0.1", running.server.port) for _ in range(3)]
+        for stream in busy:
+            await stream.send_all(head)
+        with trio.fail_after(10):
+            while admission.pending < 3 or admission._awaiting:
                 await trio.sleep(0.01)
         late = await trio.open_tcp_stream("127.0.0.1", running.server.port)
         answer = b""
@@ -914,8 +937,8 @@ async def test_connections_past_the_pending_cap_are_turned_away(settings: Settin
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in answer
         assert b"too many connections being opened (limit 3)" in answer
-        assert admission.turned_away == 1
-        for stream in [*silent, late]:
+        assert (admission.evicted, admission.turned_away) == (1, 1)
+        for stream in [*busy, late]:
             await stream.aclose()
         with trio.fail_after(10):
             while admission.pending:

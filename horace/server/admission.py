@@ -11,6 +11,11 @@ session (a call, an SSE stream) is *serving* meanwhile: it is a session's, not a
 stranger's, so it does not hold a pending place (what one session can hold is bounded
 by its calls: ``max_calls_per_connection``, and one GET stream).
 
+When every pending place is taken, a new connection takes the place of the one that has
+waited longest for a request head: connections that send nothing (or a byte now and then)
+cannot keep every new client out, /health's included, for as long as they are held open; a
+client that sends its request at once is served.
+
 Trio switches tasks only at checkpoints, so a check and the reservation right after it
 (no ``await`` between) cannot be interleaved with another connection's.
 """
@@ -27,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import trio
 from attrs import frozen
 
 from horace.logs import ThrottledLog
@@ -41,8 +47,8 @@ SUBPROTOCOL_TOKEN_PREFIX = "bearer."
 
 
 class Ticket:
-    """One connection's place in the counts: pending, a WebSocket session, or serving
-    a request of an HTTP session."""
+    """One connection's place in the counts: pending, a WebSocket session, serving a
+    request of an HTTP session, or evicted (its place given to a newer connection)."""
 
     state = "pending"
 
@@ -55,14 +61,18 @@ class Admission:
         self.pending = 0
         self.sessions = 0  # WebSocket and Streamable HTTP sessions
         self.serving = 0  # connections answering a request of an HTTP session
-        self.turned_away = 0  # past max_pending, since start
+        self.turned_away = 0  # past max_pending with none to evict, since start
+        self.evicted = 0  # pending connections that gave their place to a newer one, since start
         self.refused = 0  # sessions refused for want of a slot, since start
+        # The pending connections waiting for a request head, longest waiting first.
+        self._awaiting: dict[Ticket, trio.CancelScope] = {}
 
     @contextmanager
     def connection(self) -> Iterator[Ticket | None]:
-        """A ticket for a new connection (None past ``max_pending``), given back on the
-        way out whatever happened, from whichever count it is in by then."""
-        if self.pending >= self.max_pending:
+        """A ticket for a new connection (None past ``max_pending`` when no pending one
+        waits for a request head to be evicted), given back on the way out whatever
+        happened, from whichever count it is in by then."""
+        if self.pending >= self.max_pending and not self._evict_longest_waiting():
             self.turned_away += 1
             yield None
             return
@@ -73,8 +83,30 @@ class Admission:
         finally:
             if ticket.state == "session":
                 self.sessions -= 1
-            else:
+            elif ticket.state != "evicted":
                 self.pending -= 1
+
+    @contextmanager
+    def awaiting_request(self, ticket: Ticket, deadline: float) -> Iterator[trio.CancelScope]:
+        """The wait of *ticket*'s connection for its next request head, until *deadline*:
+        cancelled early should a newer connection need its place (``ticket.state`` is
+        "evicted" then)."""
+        with trio.CancelScope(deadline=deadline) as waiting:
+            self._awaiting[ticket] = waiting
+            try:
+                yield waiting
+            finally:
+                self._awaiting.pop(ticket, None)
+
+    def _evict_longest_waiting(self) -> bool:
+        if not self._awaiting:
+            return False
+        ticket = next(iter(self._awaiting))
+        self._awaiting.pop(ticket).cancel()
+        ticket.state = "evicted"  # its place is the new connection's from now
+        self.pending -= 1
+        self.evicted += 1
+        return True
 
     def take_session(self, ticket: Ticket) -> bool:
         """Move *ticket*'s connection (a WebSocket upgrade) from pending to a session
@@ -122,6 +154,7 @@ class Admission:
             "serving": self.serving,
             "refused": self.refused,
             "turned_away": self.turned_away,
+            "evicted": self.evicted,
         }
 
 

@@ -145,10 +145,13 @@ class Front:
         conn = HttpConnection(stream, self.settings.send_timeout)
         while True:
             deadline = trio.current_time() + HEAD_TIMEOUT
-            with trio.move_on_at(deadline) as waiting:
+            with self.admission.awaiting_request(ticket, deadline) as waiting:
                 request = await conn.next_request()
             if waiting.cancelled_caught:
-                log.debug("connection closed: no request within %.0f s", HEAD_TIMEOUT)
+                if ticket.state == "evicted":
+                    log.debug("connection closed: its place went to a newer one, no request yet")
+                else:
+                    log.debug("connection closed: no request within %.0f s", HEAD_TIMEOUT)
                 return
             if request is None:
                 return
