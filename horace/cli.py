@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
@@ -232,7 +233,41 @@ def _run(
         ) as c:
             return await work(c)
 
-    return trio.run(go)
+    return _trio_run(go)
+
+
+def _trio_run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run(fn, *args)``, a Ctrl-C cancelling *fn* (see :func:`_interruptible`)."""
+    return trio.run(_interruptible, fn, *args)
+
+
+async def _interruptible(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``fn(*args)``, cancelled by a Ctrl-C (SIGINT) as a deadline cancels a call, then
+    raised as :class:`KeyboardInterrupt`; a second Ctrl-C ends the process at once.
+
+    Trio raises a Ctrl-C in whatever code runs when it comes: in trio-asyncio's loop or in
+    asyncpg's protocol, it left futures for ever unfinished, and the shielded close of the
+    catalog's connections waiting on them; the command hung, a transaction open with the
+    schema's lock held. Cancelled instead, every step ends whole (commits are shielded)."""
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_on_ctrl_c() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    if interrupted:  # as a crash: what was done is kept, nothing is half-done
+                        signal.signal(signal.SIGINT, signal.SIG_DFL)
+                        signal.raise_signal(signal.SIGINT)
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(cancel_on_ctrl_c)
+            result = await fn(*args)
+            nursery.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def _client_path(ctx: click.Context, arg: str) -> str:
@@ -693,7 +728,7 @@ def migrate(ctx: click.Context) -> None:
             async with open_backend(settings.catalog_url) as backend:  # migrates on opening
                 return await backend.migrate()
 
-        version = trio.run(ahead)
+        version = _trio_run(ahead)
     _emit(ctx, {"schema_version": version}, lambda d: f"schema version {d['schema_version']}")
 
 
@@ -745,7 +780,7 @@ def mcp_command(ctx: click.Context, log_level: str) -> None:
     from horace.server.serving import serve_stdio
 
     logs.configure(log_level)
-    trio.run(serve_stdio, _settings(ctx), fds)
+    _trio_run(serve_stdio, _settings(ctx), fds)
 
 
 @cli.command()
@@ -766,7 +801,7 @@ def _run_service(ctx: click.Context, log_level: str, service: Any, **overrides: 
     logs.configure(log_level)
     settings = _settings(ctx, **overrides)
     with _progress(ctx, "reconcile") if settings.watch else _no_progress() as progress:
-        trio.run(partial(service, settings, progress=progress))
+        _trio_run(partial(service, settings, progress=progress))
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from helpers import write
 
 from horace.cli import Exit
@@ -670,3 +671,24 @@ def test_a_hard_link_copy_of_a_store_is_refused_with_its_original(
     done = horace("search", "--json", env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["total_count"] == 5
+
+
+def test_ctrl_c_cancels_a_command_and_lets_its_shielded_steps_finish() -> None:
+    """A Ctrl-C cancels the command's work as a deadline would: a step that must end whole
+    (a commit, shielded) ends whole, then the command stops with KeyboardInterrupt. Raised
+    in whatever code ran when it came, it once broke asyncpg's close and hung the command."""
+    from horace.cli import _trio_run
+
+    steps = []
+
+    async def work() -> None:
+        with trio.CancelScope(shield=True):
+            os.kill(os.getpid(), signal.SIGINT)
+            await trio.sleep(0.2)  # a commit in flight
+            steps.append("committed")
+        await trio.sleep(30)
+        steps.append("went on")
+
+    with pytest.raises(KeyboardInterrupt):
+        _trio_run(work)
+    assert steps == ["committed"]

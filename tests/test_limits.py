@@ -477,10 +477,11 @@ async def test_a_batch_past_the_cap_is_one_error_and_runs_nothing(limited: Runni
 
 async def test_dense_non_ascii_and_binary_messages_over_websocket(limited: RunningHorace) -> None:
     async with connect(limited.url) as client:
-        refused = client.expect(None)
+        refused = client.expect("dense")  # (its id read from its start, the message unparsed)
         await client.send_raw(json.dumps(request("dense", "ping", {"pad": [[]] * MAX_VALUES})))
         error = (await refused.receive())["error"]
         assert error["code"] == -32600 and "too many JSON values" in error["message"]
+        assert "batch" not in error["message"]  # (one request)
         # Past ASCII, a message is held as UTF-8 until its turn, and answered as any other.
         write(limited.files / "user/é😀.txt", "x")
         registered = await client.call(

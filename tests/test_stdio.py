@@ -252,23 +252,37 @@ async def test_malformed_and_over_long_lines(env: dict[str, str]) -> None:
         await client.send_line(b'{"jsonrpc": "2.0", "id": 9, "method": "ping", "x": "\xff\xfe"}')  # not UTF-8
         await client.send_line(b"")
         await client.send_line(b"   ")  # blank lines carry nothing, and get nothing
-        parse_errors = await client.null_id_errors(2)
-        assert [e["error"]["code"] for e in parse_errors] == [-32700, -32700], parse_errors
+        parse_errors = await client.null_id_errors(1)
+        assert [e["error"]["code"] for e in parse_errors] == [-32700], parse_errors
 
         # A line of exactly the limit is read; one byte more is answered once, and skipped.
+        # Its error answers the request's id where the line's start or end gives it (first,
+        # as the Python SDK writes it; last, as the TypeScript SDK does): a client's call
+        # fails at once instead of waiting for an answer that never comes.
         ping = b'{"jsonrpc": "2.0", "id": "at-limit", "method": "ping"}'
         await client.send_line(ping + b" " * (limit - len(ping)))
         await client.send_line(b'{"jsonrpc": "2.0", "id": "over", "method": "ping"}' + b" " * limit)
         await client.send_line(b'{"pad": "' + b"x" * (10 * limit) + b'"}')  # many reads long
+        pad = b"y" * (3 * limit)
+        await client.send_line(
+            b'{"method": "ping", "params": {"pad": "' + pad + b'"}, "jsonrpc": "2.0", "id": 7}'
+        )
         batch = [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in ("b1", "b2")]
         await client.send_line(json.dumps(batch).encode())
         after = await client.request("ping")  # the line after an over-long one is read whole
         assert after["result"] == {}
-        errors = await client.null_id_errors(4)
+        errors = await client.null_id_errors(2)
         too_long = [e for e in errors if e["error"]["code"] == -32600]
-        assert len(too_long) == 2 and all("exceeds the limit" in e["error"]["message"] for e in too_long)
-        by_id = {m.get("id"): m for m in client.received if isinstance(m, dict)}
-        assert by_id["at-limit"]["result"] == {} and "over" not in by_id
+        assert len(too_long) == 1 and "exceeds the limit" in too_long[0]["error"]["message"]
+        received = await client.received_until(
+            lambda got: {"over", 7} <= {m.get("id") for m in got if isinstance(m, dict)}
+        )
+        by_id = {m.get("id"): m for m in received if isinstance(m, dict)}
+        assert by_id["at-limit"]["result"] == {}
+        assert by_id[9]["error"]["code"] == -32700, by_id[9]  # (not UTF-8, its id readable)
+        for request_id in ("over", 7):
+            refused = by_id[request_id]["error"]
+            assert refused["code"] == -32600 and "exceeds the limit" in refused["message"], refused
         received = await client.received_until(lambda got: any(isinstance(m, list) for m in got))
         batches = [m for m in received if isinstance(m, list)]
         assert [sorted(r["id"] for r in b) for b in batches] == [["b1", "b2"]]

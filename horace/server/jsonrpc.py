@@ -78,10 +78,11 @@ def parse(message: str | bytes) -> Any:
     text = message if isinstance(message, str) else _text_of(message)
     values = _values(text)
     if values > MAX_VALUES:
+        batch = text.lstrip().startswith("[")
         raise RpcError(
             INVALID_REQUEST,
             f"the message holds too many JSON values ({values} commas, objects and arrays; at "
-            f"most {MAX_VALUES} in one message): send fewer requests in a batch",
+            f"most {MAX_VALUES} in one message)" + (": send fewer requests in a batch" if batch else ""),
         )
     try:
         return json.loads(text, parse_constant=_not_json)
@@ -153,6 +154,33 @@ def is_request(message: Any) -> bool:
         and isinstance(message.get("method"), str)
         and message.get("jsonrpc") == "2.0"
     )
+
+
+# The id of a request refused unread (too large, too many values, not JSON), so that its
+# error answers it: a client waits for ever for an answer to a request it sent, and the
+# official SDKs take no error with an id of null (MCP: "id" is a string or an integer).
+# Read only where clients put it: first (after "jsonrpc"), as the Python SDK writes a
+# request, or last, as the TypeScript SDK does; an id with escapes is not looked for.
+_ID = r'"id"\s*:\s*(-?\d{1,19}|"[^"\\]{0,200}")'
+_ID_FIRST = re.compile(r'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?' + _ID)
+_ID_LAST = re.compile(r"[{,]\s*" + _ID + r"\s*\}\s*\Z")
+ENDS = 512  # characters of a message's start and end looked at for its id
+
+
+def id_of_unread(message: str | bytes, tail: str | bytes | None = None) -> str | int | None:
+    """The request id that *message* (refused unread) gives first or last, or None. With
+    *tail*, *message* is only the message's start, and *tail* its end."""
+    end = message if tail is None else tail
+    first, last = (_lenient(part) for part in (message[:ENDS], end[-ENDS:]))
+    for found in (_ID_FIRST.match(first), _ID_LAST.search(last)):
+        if found is not None:
+            value = json.loads(found.group(1))
+            return value if is_valid_id(value) else None
+    return None
+
+
+def _lenient(text: str | bytes) -> str:
+    return text if isinstance(text, str) else text.decode("utf-8", "replace")
 
 
 def too_large(size: int, limit: int) -> RpcError:

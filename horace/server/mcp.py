@@ -191,11 +191,11 @@ class McpSession:
     async def _message(self, message: str | bytes, size: int, admitted: bool, send: Send) -> str | None:
         limit = self.settings.max_message_bytes
         if size > limit:
-            return error_text(None, jsonrpc.too_large(size, limit))
+            return error_text(jsonrpc.id_of_unread(message), jsonrpc.too_large(size, limit))
         try:
             parsed = jsonrpc.parse(message)
         except RpcError as exc:
-            return error_text(None, exc)
+            return error_text(jsonrpc.id_of_unread(message), exc)
         del message
         return await self._parsed(parsed, size, admitted, send)
 

@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from horace.server.jsonrpc import INVALID_REQUEST, RpcError, error_text
+from horace.server.jsonrpc import ENDS, INVALID_REQUEST, RpcError, error_text, id_of_unread
 from horace.server.mcp import McpSession
 from horace.supervise import STOP_SIGNALS
 
@@ -80,9 +80,11 @@ async def open_stdio(fds: StdioFds) -> AsyncIterator[tuple[trio.abc.ReceiveStrea
 
 @attrs.frozen
 class TooLong:
-    """A line over the limit (of at least *size* bytes), dropped up to its newline."""
+    """A line over the limit (of at least *size* bytes), dropped up to its newline; the id
+    of the request it holds, where its start or end says it (``jsonrpc.id_of_unread``)."""
 
     size: int
+    request_id: str | int | None = None
 
 
 class LineReader:
@@ -95,6 +97,9 @@ class LineReader:
         self._buffer = bytearray()
         self._searched = 0  # no newline before this offset of the buffer
         self._dropping = False  # inside an over-long line: drop up to its newline
+        # An over-long line whose start gives no id: answered at its end, which may (the
+        # TypeScript SDK writes the id last); its start, its size so far, its last bytes.
+        self._unanswered: tuple[bytes, int, bytes] | None = None
 
     async def receive_line(self) -> bytes | TooLong | None:
         """The next line without its newline (the last one may have none), :class:`TooLong`
@@ -106,25 +111,47 @@ class LineReader:
                 del self._buffer[: newline + 1]
                 self._searched = 0
                 if self._dropping:
-                    self._dropping = False  # the over-long line's tail: already answered
-                    continue
-                return TooLong(len(line)) if len(line) > self.limit else line
+                    self._dropping = False  # the over-long line's tail
+                    unanswered = self._end_of_dropped(line)
+                    if unanswered is None:
+                        continue  # already answered
+                    return unanswered
+                return TooLong(len(line), id_of_unread(line)) if len(line) > self.limit else line
             self._searched = len(self._buffer)
             if len(self._buffer) > self.limit:
                 size = len(self._buffer)
+                start, end = bytes(self._buffer[:ENDS]), bytes(self._buffer[-ENDS:])
                 self._buffer.clear()
                 self._searched = 0
-                if not self._dropping:
+                if self._unanswered is not None:
+                    head, before, _ = self._unanswered
+                    self._unanswered = (head, before + size, end)
+                elif not self._dropping:
                     self._dropping = True
-                    return TooLong(size)
+                    request_id = id_of_unread(start, b"")
+                    if request_id is not None:
+                        return TooLong(size, request_id)
+                    self._unanswered = (start, size, end)
             chunk = await self.stream.receive_some(CHUNK)
             if not chunk:
                 # A last line without its newline (`printf '{...}' | horace mcp`) is a line.
                 line = bytes(self._buffer)
                 self._buffer.clear()
                 self._searched = 0
-                return None if self._dropping or not line.strip() else line
+                if self._dropping:
+                    self._dropping = False
+                    return self._end_of_dropped(line)
+                return None if not line.strip() else line
             self._buffer += chunk
+
+    def _end_of_dropped(self, rest: bytes) -> TooLong | None:
+        """The answer to an over-long line not answered at its start, now that its *rest*
+        has come: None when it was answered then."""
+        if self._unanswered is None:
+            return None
+        head, size, end = self._unanswered
+        self._unanswered = None
+        return TooLong(size + len(rest), id_of_unread(head, (end + rest)[-ENDS:]))
 
 
 class StdioSession:
@@ -185,7 +212,7 @@ class StdioSession:
     def _too_long(self, line: TooLong) -> str:
         limit = self.settings.max_message_bytes
         return error_text(
-            None,
+            line.request_id,
             RpcError(
                 INVALID_REQUEST,
                 f"message of at least {line.size} bytes exceeds the limit of {limit} "
