@@ -86,7 +86,8 @@ ERROR_MEANINGS = {
     "another process has it open for writing; try again",
     "STORAGE_FULL": "the storage's disk or quota is full, or the catalog database's disk (SQLite or "
     "PostgreSQL); nothing was changed, but for what the message says was kept (an update that "
-    "versioned the working copy's new content before the rest failed)",
+    "versioned the working copy's new content before the rest failed, a scan that committed the "
+    "files it took before)",
     "STORAGE_ERROR": "the storage refuses (read-only, not Horace's to write, I/O errors); the "
     "call did not complete",
     "BACKEND_UNAVAILABLE": "the catalog database cannot be reached (an update's message says "

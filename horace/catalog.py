@@ -1089,9 +1089,26 @@ class Catalog:
         progress: Progress | None,
         rehash: bool,
     ) -> ScanReport:
+        tally = _ScanTally(len(found), progress)
+        try:
+            return await self._take_found(found, skipped, entries, correlation_id, rehash, tally)
+        except Exception as exc:
+            kept = _kept_by_scan(exc, tally)
+            if kept is None:
+                raise
+            raise kept from exc
+
+    async def _take_found(
+        self,
+        found: list[tuple[str, os.stat_result]],
+        skipped: list[str],
+        entries: list[IndexEntry],
+        correlation_id: str | None,
+        rehash: bool,
+        tally: _ScanTally,
+    ) -> ScanReport:
         found.sort(key=lambda seen: seen[0])  # batches then hold the files of few folders
         index = {e.file_path: e for e in entries}
-        tally = _ScanTally(len(found), progress)
         margin = self.policy.racy_margin_ns
         new: list[str] = []
         sizes: dict[str, int] = {}  # of the new files: how to spread a batch over threads
@@ -1861,6 +1878,20 @@ def _kept_first(exc: Exception, file: FileRecord) -> HoraceError | None:
         refused.code,
         f"{refused.message}; the working copy's new content was kept first, as version "
         f"{file.current_version}; the rest of this update was not applied: try it again",
+    )
+
+
+def _kept_by_scan(exc: Exception, tally: _ScanTally) -> HoraceError | None:
+    """A scan stopped by an outage of the database or the disk, after it had committed
+    some of its work (it commits as it goes): the same code, saying what was kept. None
+    for anything else, or when nothing was committed."""
+    refused = exc if isinstance(exc, HoraceError) else outage_error(exc)
+    if refused is None or not (tally.registered or tally.versioned):
+        return None
+    return HoraceError(
+        refused.code,
+        f"{refused.message}; before it stopped, this scan registered {tally.registered} and "
+        f"versioned {tally.versioned} files, which are kept: run it again to take the rest",
     )
 
 

@@ -1353,6 +1353,29 @@ async def test_scan_skips_editor_and_writer_temp_files(catalog: Catalog, files: 
     assert not (await catalog.register("user/draft.tmp")).duplicate
 
 
+async def test_a_scan_stopped_by_a_full_catalog_disk_says_what_it_kept(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan commits as it goes: stopped by an outage after a commit, its error keeps its
+    code and says what was kept; stopped before any, the error is as it came."""
+    path = write(files / "user/a.txt", "v1")
+    file = (await catalog.register("user/a.txt")).file
+    write(path, "v2, changed")
+    write(files / "user/new.txt", "new")
+
+    async def full(*args: object, **kwargs: object) -> None:
+        raise DatabaseFull("the disk of the catalog is full")
+
+    monkeypatch.setattr(catalog.backend, "insert_files", full)
+    with pytest.raises(HoraceError) as stopped:
+        await catalog.scan()
+    assert stopped.value.code is ErrorCode.STORAGE_FULL
+    assert "registered 0 and versioned 1 files, which are kept" in stopped.value.message
+    assert (await catalog.file(file.id)).current_version == 2
+    with pytest.raises(DatabaseFull):  # nothing committed this time: the error as it came
+        await catalog.scan()
+
+
 async def test_a_scan_names_the_catalogued_files_gone_from_its_folder_and_keeps_them(
     catalog: Catalog, files: Path
 ) -> None:
