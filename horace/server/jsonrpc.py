@@ -161,7 +161,7 @@ def is_request(message: Any) -> bool:
 # official SDKs take no error with an id of null (MCP: "id" is a string or an integer).
 # Read only where clients put it: first (after "jsonrpc"), as the Python SDK writes a
 # request, or last, as the TypeScript SDK does; an id with escapes is not looked for.
-_ID = r'"id"\s*:\s*(-?\d{1,19}|"[^"\\]{0,200}")'
+_ID = r'"id"\s*:\s*(-?\d{1,19}|"[^"\\]{0,200}")(?=\s*[,}])'
 _ID_FIRST = re.compile(r'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?' + _ID)
 _ID_LAST = re.compile(r"[{,]\s*" + _ID + r"\s*\}\s*\Z")
 ENDS = 512  # characters of a message's start and end looked at for its id
