@@ -156,7 +156,7 @@ def is_request(message: Any) -> bool:
     )
 
 
-# The id of a request refused unread (too large, too many values, not JSON), so that its
+# The id of a request refused unread (too large, too many values), so that its
 # error answers it: a client waits for ever for an answer to a request it sent, and the
 # official SDKs take no error with an id of null (MCP: "id" is a string or an integer).
 # Read only where clients put it: first (after "jsonrpc"), as the Python SDK writes a

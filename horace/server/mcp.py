@@ -194,8 +194,9 @@ class McpSession:
             return error_text(jsonrpc.id_of_unread(message), jsonrpc.too_large(size, limit))
         try:
             parsed = jsonrpc.parse(message)
-        except RpcError as exc:
-            return error_text(jsonrpc.id_of_unread(message), exc)
+        except RpcError as exc:  # (not JSON: no id, as JSON-RPC says; too many values: its id)
+            refused_id = jsonrpc.id_of_unread(message) if exc.code != jsonrpc.PARSE_ERROR else None
+            return error_text(refused_id, exc)
         del message
         return await self._parsed(parsed, size, admitted, send)
 
