@@ -1916,8 +1916,10 @@ class PostgresBackend(_Units):
                 ) from None
             raise CatalogUnwritable(
                 f"PostgreSQL at {self._hop.where} does not let Horace's role make or change its tables: "
-                f"{exc.__cause__ or exc} (make the role the database's owner, or the schema's; "
-                "tables made by another role, ALTER TABLE ... OWNER TO it)"
+                f"{exc.__cause__ or exc} (the least-privilege way: run `horace migrate` as the role "
+                "that owns the schema, then grant this role the tables, as docs/postgres.md says; or "
+                "make this role the database's owner, or the schema's: tables made by another role, "
+                "ALTER TABLE ... OWNER TO it)"
             ) from None
 
     async def ping(self) -> None:

@@ -65,10 +65,18 @@ async def open_catalog(
     if state.exists:
         await in_thread(storage.check_one_file_system)
     if not state.exists and not create:
-        raise StoreRefused(
-            f"no Horace store at {storage.root} (no .horace folder there): create one with "
-            "`horace init` or `horace serve`, or point --storage (HORACE_STORAGE_PATH) at a store"
+        # Run inside a store (its folder, or a folder under files/): that store is meant.
+        outer = await in_thread(storage.enclosing_store)
+        if outer is None and await in_thread(Storage(storage.root.absolute().parent).looks_like_a_store):
+            outer = storage.root.absolute().parent
+        advice = (
+            f"this folder is in the store at {outer}: to use that store, run with --storage {outer} "
+            "(HORACE_STORAGE_PATH), or from its parent folder"
+            if outer is not None
+            else "create one with `horace init` or `horace serve`, or point --storage "
+            "(HORACE_STORAGE_PATH) at a store"
         )
+        raise StoreRefused(f"no Horace store at {storage.root} (no .horace folder there): {advice}")
     if create and not state.exists:
         outer = await in_thread(storage.enclosing_store)
         if outer is not None:

@@ -692,3 +692,14 @@ def test_ctrl_c_cancels_a_command_and_lets_its_shielded_steps_finish() -> None:
     with pytest.raises(KeyboardInterrupt):
         _trio_run(work)
     assert steps == ["committed"]
+
+
+def test_a_command_run_inside_a_store_names_that_store(store: tuple[Path, dict[str, str]]) -> None:
+    """`horace search` in the store's own folder, or under files/, looks for ./horace-data
+    there: the error names the store meant, and how to use it."""
+    root, env = store
+    env = {k: v for k, v in env.items() if k != "HORACE_STORAGE_PATH"}
+    for where in (root, root / "files/gates"):
+        line = one_line_error(horace("search", cwd=where, env=env), Exit.STORE, "STORE_REFUSED")
+        assert f"this folder is in the store at {root}: to use that store, run with --storage {root}" in line
+    assert not (root / "horace-data").exists() and not (root / "files/gates/horace-data").exists()
