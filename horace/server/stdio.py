@@ -198,6 +198,16 @@ class StdioSession:
                 calls.cancel_scope.cancel()
             else:
                 calls.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
+                running = len(calls.child_tasks)
+                if running:  # (said now: a client that closes stdin may kill us before the end)
+                    log.info(
+                        "stdio session ending (%s): %d calls or replies still running get up to %g s "
+                        "(HORACE_SHUTDOWN_GRACE)",
+                        self.ended_by,
+                        running,
+                        self.settings.shutdown_grace,
+                        extra={"conversation_id": self.conversation_id},
+                    )
         log.info("stdio session closed: %s", self.ended_by, extra={"conversation_id": self.conversation_id})
 
     def end(self, reason: str) -> None:
