@@ -74,7 +74,8 @@ ERRORS: dict[str, list[str]] = {
 ERROR_MEANINGS = {
     "INVALID_PATH": "the path leaves files/, names `.horace` or a `.horace-tmp-` name, holds a NUL byte "
     "or a symlink, ends in `/` (where a file is meant), is not a regular file, or has more than one "
-    "hard link",
+    "hard link (what is on disk is looked at only where a file is read or written: a catalogued "
+    "file is found by its path whatever is there now)",
     "FILE_NOT_FOUND": "no file (for a scan: no folder or file) at that path under files/",
     "NOT_CATALOGED": "no catalogued file with that id or path (also: an unknown id in `file_ids`)",
     "VERSION_NOT_FOUND": "the file has no such version (never had it, or it was pruned)",

@@ -359,12 +359,15 @@ class Catalog:
                 "--adopt`), and this one no longer opens it; nothing was deleted"
             )
 
-    def relative(self, client_path: str, *, folder: bool = False) -> str:
+    def relative(self, client_path: str, *, folder: bool = False, on_disk: bool = True) -> str:
         """*client_path* relative to files/: a file's path, or with *folder* a folder's
-        (which may end in "/"; a file's may not: ``a.txt/`` names no file)."""
+        (which may end in "/"; a file's may not: ``a.txt/`` names no file). Not *on_disk*:
+        a catalogued file's name only, whatever is at that path now (a symlink, a file
+        where a folder was): its record is found, and what acts on disk refuses such a
+        path there (each component opened with O_NOFOLLOW)."""
         if not folder and isinstance(client_path, str) and client_path.endswith("/"):
             raise HoraceError(ErrorCode.INVALID_PATH, f"invalid path {client_path!r}: ends in / (a folder)")
-        return paths.to_relative(self.storage.files, client_path)
+        return paths.to_relative(self.storage.files, client_path, on_disk=on_disk)
 
     def _check_described(self, what: str, description: dict[str, Any]) -> None:
         # In UTF-8, as the wire carries it (not as \uXXXX escapes, 2-6 times as long)
@@ -588,7 +591,7 @@ class Catalog:
         """A file by id, or by path when *ref* is not a catalogued id."""
         found = await self.backend.file_by_id(ref)
         if found is None:
-            found = await self.backend.file_by_path(self.relative(ref))
+            found = await self.backend.file_by_path(self.relative(ref, on_disk=False))
         if found is None:
             raise HoraceError(ErrorCode.NOT_CATALOGED, f"{ref!r} is not catalogued")
         return found
@@ -598,14 +601,14 @@ class Catalog:
         both, they must name the same file: a call about one file must not act on another."""
         if file_id:
             by_id = await self.file(file_id)
-            if file_path is not None and self.relative(file_path) != by_id.file_path:
+            if file_path is not None and self.relative(file_path, on_disk=False) != by_id.file_path:
                 said = f"{by_id.file_path!r}, not {paths.printable(file_path)!r}"
                 raise HoraceError(
                     ErrorCode.INVALID_ARGUMENT, f"file_id {file_id!r} is {said}: give one of them"
                 )
             return by_id
         if file_path is not None:  # an empty path is an invalid path, not a missing one
-            rel = self.relative(file_path)
+            rel = self.relative(file_path, on_disk=False)
             found = await self.backend.file_by_path(rel)
             if found is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{rel!r} is not catalogued")

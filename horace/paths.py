@@ -76,11 +76,12 @@ def _invalid(path: str, why: str) -> HoraceError:
     return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {printable(path)!r}: {why}")
 
 
-def to_relative(files_root: Path, client_path: str) -> str:
+def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True) -> str:
     """Return the normalised POSIX path of *client_path* relative to *files_root*.
 
     Refuses NUL bytes, paths that leave the root after resolving ``..``, the root
-    itself, anything under ``.horace/`` and any path with a symlink in it.
+    itself, anything under ``.horace/`` and, *on_disk*, any path with a symlink in it
+    (without, the path only names a catalogued file: what is on disk is not looked at).
     """
     if not isinstance(client_path, str) or not client_path.strip():
         raise _invalid(str(client_path), "empty path")
@@ -110,6 +111,8 @@ def to_relative(files_root: Path, client_path: str) -> str:
     why = too_long(root, rel)
     if why is not None:
         raise _invalid(client_path, why)
+    if not on_disk:
+        return rel
     # Refuse symlinks anywhere along the path (dangling ones included).
     current = root
     for part in parts:

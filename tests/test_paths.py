@@ -12,6 +12,7 @@ and on the writing side (restore, undelete, delete).
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -75,7 +76,9 @@ def sentinels(tmp_path: Path, outside: Path, files: Path) -> Sentinels:
 
 
 async def refused_everywhere(catalog: Catalog, path: str) -> None:
-    """register, get_info(file_path=) and scan(path) all say INVALID_PATH."""
+    """register and scan(path) say INVALID_PATH; get_info(file_path=) too, but for a path
+    that is well formed and refused only by what is on disk (a symlink on its way): a
+    look-up by name, it names no catalogued file there (NOT_CATALOGED)."""
     calls: dict[str, Callable[[], object]] = {
         "register": lambda: catalog.register(path),
         "get_info": lambda: catalog.get_info(file_path=path),
@@ -84,7 +87,28 @@ async def refused_everywhere(catalog: Catalog, path: str) -> None:
     for name, call in calls.items():
         with pytest.raises(HoraceError) as refused:
             await call()  # type: ignore[misc]
-        assert refused.value.code is ErrorCode.INVALID_PATH, f"{name}({path!r}): {refused.value!r}"
+        said = f"{name}({path!r}): {refused.value!r}"
+        if name == "get_info" and refused.value.code is ErrorCode.NOT_CATALOGED:
+            assert _refused_by_the_disk(catalog.storage.files, path), said
+            continue
+        assert refused.value.code is ErrorCode.INVALID_PATH, said
+
+
+def _refused_by_the_disk(files: Path, path: str) -> bool:
+    """Whether *path*, relative to *files* and inside it, meets on disk a symlink, or a
+    file where a folder would be: well formed, refused only by what is there."""
+    rel = posixpath.normpath(path)
+    if os.path.isabs(rel) and Path(rel).is_relative_to(files):
+        rel = Path(rel).relative_to(files).as_posix()
+    if os.path.isabs(rel) or rel.startswith(".."):
+        return False
+    here = files
+    parts = rel.split("/")
+    for n, part in enumerate(parts, 1):
+        here = here / part
+        if here.is_symlink() or (n < len(parts) and here.exists() and not here.is_dir()):
+            return True
+    return False
 
 
 def hostile_paths(files: Path, outside: Path, object_checksum: str) -> Iterator[str]:
@@ -276,8 +300,8 @@ async def test_parent_swapped_after_the_check_is_not_followed_on_read(
     real = horace.paths.to_relative
     swapped = []
 
-    def checked_then_swapped(root: Path, client_path: str) -> str:
-        rel = real(root, client_path)  # the check passes: no symlink yet
+    def checked_then_swapped(root: Path, client_path: str, *, on_disk: bool = True) -> str:
+        rel = real(root, client_path, on_disk=on_disk)  # the check passes: no symlink yet
         swap_for_symlink(folder, outside_twin)
         swapped.append(rel)
         return rel
@@ -347,3 +371,30 @@ def test_too_long_says_which_limit_a_path_passes() -> None:
     assert "catalog's limit of 2000" in (too_long(root, "user/" + "é" * 998) or "")  # 2,001 bytes
     deep_root = Path("/" + "r" * 3000)  # a store whose own path is long: PATH_MAX comes first
     assert "PATH_MAX" in (too_long(deep_root, "user/" + "a" * 1100) or "")
+
+
+async def test_a_catalogued_file_is_found_by_its_path_whatever_is_there_now(
+    catalog: Catalog, files: Path, outside: Path, sentinels: Sentinels
+) -> None:
+    """A look-up by path names a catalogued file, not what is on disk: with a symlink at its
+    path, or a file where its folder was, the file is still found (its info, a delete that
+    records it gone), and what is there now is left untouched."""
+    write(files / "user/sy/f.txt", "v1")
+    linked = (await catalog.register("user/sy/f.txt")).file
+    (files / "user/sy/f.txt").unlink()
+    (files / "user/sy/f.txt").symlink_to(outside / "secret.txt")
+    write(files / "user/x/i1.txt", "inner")
+    moved = (await catalog.register("user/x/i1.txt")).file
+    await catalog.delete(moved.id)
+    (files / "user/x").rmdir()
+    write(files / "user/x", "a file where the folder was")
+
+    assert (await catalog.get_info(file_path="user/sy/f.txt")).file.id == linked.id
+    assert (await catalog.get_info(file_path="user/x/i1.txt")).file.id == moved.id
+    deleted = await catalog.delete((await catalog.locate(file_path="user/sy/f.txt")).id)
+    assert deleted.file.status is Status.DELETED
+    assert (files / "user/sy/f.txt").is_symlink() and (files / "user/x").read_text().startswith("a file")
+    sentinels.assert_untouched(catalog)
+    with pytest.raises(HoraceError) as refused:  # writing through it is still refused
+        await catalog.undelete(moved.id)
+    assert refused.value.code is ErrorCode.INVALID_PATH
