@@ -435,6 +435,18 @@ class Catalog:
                 await in_thread(self.storage.release, staged)
         if orphans:
             await self.let_go(orphans)
+        if len(orphans) > 2 and not retention.min_age_seconds:
+            # One version prunes one (two past a restore): more at once is a count lower
+            # than the one the file's history was kept with, a command run without the
+            # deployment's settings, say. Said, as a warning (a CLI command prints it).
+            log.warning(
+                "%s: %d older versions' content pruned at once: HORACE_VERSION_COUNT is %d here; "
+                "was this store run with a higher count? (give every instance and command the same)",
+                record.file_path,
+                len(orphans),
+                retention.keep,
+                extra={"correlation_id": correlation_id},
+            )
         return record, version
 
     async def _version_working_copy(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import random
 import stat
@@ -667,6 +668,30 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
         assert await catalog.backend.file_by_path("user/other.txt") is None
         assert catalog.storage.released_marks() == set()  # referred to again: not the collector's
         assert (await fsck(catalog)).clean
+
+
+async def test_a_lower_version_count_pruning_many_versions_at_once_is_said(
+    catalog: Catalog, files: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command run with a lower HORACE_VERSION_COUNT than the store's history was kept
+    with prunes many versions at once: that is said, naming the file and the count."""
+    catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=10))
+    path = write(files / "user/h.txt", "v1")
+    file = (await catalog.register("user/h.txt")).file
+    for n in range(2, 10):
+        write(path, f"v{n}")
+        await catalog.update(file.id, FileChanges())
+    assert not [r for r in caplog.records if "pruned at once" in r.getMessage()]
+    catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=3))
+    write(path, "v10")
+    with caplog.at_level(logging.WARNING, logger="horace.catalog"):
+        await catalog.update(file.id, FileChanges())
+    said = [r.getMessage() for r in caplog.records if "pruned at once" in r.getMessage()]
+    assert said == [
+        "user/h.txt: 7 older versions' content pruned at once: HORACE_VERSION_COUNT is 3 here; "
+        "was this store run with a higher count? (give every instance and command the same)"
+    ], said
+    assert [v.version for v in await catalog.backend.versions(file.id)] == [10, 9, 8]
 
 
 async def test_the_purge_catalogs_a_copy_of_a_pruned_version(settings: Settings, files: Path) -> None:
