@@ -42,10 +42,12 @@ from . import migrations, words
 from .protocol import (
     NOT_HORACES_ADVICE,
     PING,
+    REFUSALS,
     BackendUnavailable,
     CatalogUnwritable,
     DatabaseFull,
     FileGone,
+    LastRefusal,
     NotHoraces,
     SchemaBehind,
     Units,
@@ -1327,11 +1329,19 @@ class _Hop:
         self.loop = loop
         self.where = server_of(url)
         self.renew = renew  # the pool's: replaces its connections (after a read-only refusal)
+        self.refusals = LastRefusal()
         # The schema steps this code knows and the catalog has not had, when it is behind
         # (as PostgresBackend.identity found it): "5, 6".
         self.behind: str | None = None
 
     async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await self._call(fn, *args, **kwargs)
+        except REFUSALS as exc:
+            self.refusals.note(exc)
+            raise
+
+    async def _call(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             result: T = await trio_asyncio.aio_as_trio(fn, loop=self.loop)(*args, **kwargs)
         except Exception as exc:
@@ -1870,6 +1880,7 @@ class PostgresBackend(_Units):
         super().__init__(_PoolSource(pool, hop))
         self.url = url
         self._pool = pool
+        self.refusals = hop.refusals
         self._hop = hop
         self._ping_timeout = ping_timeout
         self._closed = False

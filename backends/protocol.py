@@ -8,6 +8,7 @@ not there; turning that into an error code is the catalog's business.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -80,6 +81,27 @@ class CatalogDamaged(Exception):
 # damaged), not what Horace or the data did: worth a line in the log and a retry, not a
 # traceback.
 OUTAGES = (BackendUnavailable, CatalogUnwritable, DatabaseFull, CatalogDamaged)
+# Of those, what a database that still answers refuses (a ping reads: it goes on working).
+REFUSALS = (CatalogUnwritable, DatabaseFull, CatalogDamaged)
+
+
+class LastRefusal:
+    """When the database last refused Horace's work for its state (a full disk, a
+    read-only database, a damaged file), and what it said: for ``/health``, whose ping
+    only reads."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.said = ""
+
+    def note(self, exc: BaseException) -> None:
+        self.at, self.said = time.monotonic(), str(exc)
+
+    def within(self, seconds: float) -> tuple[str, float] | None:
+        """What it said, and how many seconds ago, if it was less than *seconds* ago."""
+        if self.at is None or time.monotonic() - self.at >= seconds:
+            return None
+        return self.said, time.monotonic() - self.at
 
 
 # A ping reads the tables every call and every turn needs, a row at most: a role refused
@@ -226,6 +248,7 @@ class Units(Protocol):
 
 class Backend(Units, Protocol):
     url: str
+    refusals: LastRefusal
 
     async def identity(self) -> CatalogIdentity:
         """The store this catalog is bound to, read without migrating or writing."""

@@ -31,11 +31,13 @@ from . import migrations, words
 from .protocol import (
     NOT_HORACES_ADVICE,
     PING,
+    REFUSALS,
     CatalogDamaged,
     CatalogMissing,
     CatalogUnwritable,
     DatabaseFull,
     FileGone,
+    LastRefusal,
     NotHoraces,
     Units,
     UnusableURL,
@@ -1390,6 +1392,7 @@ class SqliteBackend:
     def __init__(self, path: Path) -> None:
         self.url = f"sqlite://{path}"
         self.path = path
+        self.refusals = LastRefusal()
         self._place = f"sqlite:{os.path.realpath(path)}"  # (see CatalogIdentity.place)
         self._writer = _connect(path)
         self._write_lock = trio.Lock()
@@ -1401,7 +1404,11 @@ class SqliteBackend:
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._write_lock:
-            return await trio.to_thread.run_sync(_said, fn, self._writer, *args)
+            try:
+                return await trio.to_thread.run_sync(_said, fn, self._writer, *args)
+            except REFUSALS as exc:
+                self.refusals.note(exc)
+                raise
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         if self._holds_file_lock:

@@ -964,6 +964,50 @@ async def test_a_silent_connection_is_closed_after_the_head_timeout(
 # -- /health and secrets ------------------------------------------------------------------
 
 
+async def _refuse_a_write(backend: Any) -> None:
+    """A write the database refuses for a full disk, as each backend meets one."""
+    if BACKEND == "postgres":
+        import asyncpg
+
+        async def full() -> None:
+            raise asyncpg.exceptions.DiskFullError(
+                'could not extend file "base/1/2": No space left on device'
+            )
+
+        await backend._hop(full)
+    else:
+        import sqlite3
+
+        def full(conn: object) -> None:
+            exc = sqlite3.OperationalError("database or disk is full")
+            exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise exc
+
+        await backend._write(full)
+
+
+async def test_health_is_degraded_while_the_database_refuses_writes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that answers its ping and refuses writes (its disk full) degrades the
+    server, said with what it refused, until a while passes without a refusal."""
+    import horace.server.lifecycle
+    from horace.backends.protocol import DatabaseFull
+
+    monkeypatch.setattr(horace.server.lifecycle, "REFUSALS_SHOWN", 1.0)
+    async with run_horace(serving(settings)) as running:
+        assert (await http_get(running.health_url))[1]["status"] == "ok"
+        with pytest.raises(DatabaseFull):
+            await _refuse_a_write(running.server.catalog.backend)
+        status, body = await http_get(running.health_url)
+        assert status == 200 and body["status"] == "degraded" and body["degraded"] == ["backend"], body
+        writes = body["backend"]["writes"]
+        assert body["backend"]["ok"] is True and writes["ok"] is False and "full" in writes["error"], body
+        await trio.sleep(1.1)
+        status, body = await http_get(running.health_url)
+        assert status == 200 and body["status"] == "ok" and "writes" not in body["backend"], body
+
+
 async def test_health_behind_the_token(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from horace.backends.protocol import BackendUnavailable
 

@@ -41,6 +41,9 @@ from horace.supervise import STOP_SIGNALS
 
 log = logging.getLogger("horace.server")
 HEALTH_TIMEOUT = 2.0
+# How long a write the database refused for its state (full, read-only, damaged) keeps
+# /health degraded: past it with no new refusal, the writes are taken to work again.
+REFUSALS_SHOWN = 60.0
 
 HealthPart = Callable[[], dict[str, Any]]
 
@@ -176,12 +179,19 @@ class HoraceServer:
         except Exception as exc:  # of no kind foreseen: /health still answers, and says what
             log.exception("health: the catalog database's ping failed")
             backend.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        refused = self.catalog.backend.refusals.within(REFUSALS_SHOWN)
+        if backend["ok"] and refused is not None:
+            # It answers, and refuses writes (a full disk, a read-only database): degraded.
+            said, ago = refused
+            backend["writes"] = {"ok": False, "error": said, "seconds_ago": round(ago, 1)}
         parts = {name: part() for name, part in self.health_parts.items()}
         # A part that says ok: false (the watcher not watching, say) degrades the server
         # but leaves it serving every request: still 200, so that a probe does not take
         # away (or restart in a loop) a server that works but for that part; monitors read
         # "status". Only a backend down, which fails every request, is 503.
         degraded = sorted(name for name, state in parts.items() if state.get("ok") is False)
+        if "writes" in backend:
+            degraded = sorted([*degraded, "backend"])
         body: dict[str, Any] = {
             "status": "unavailable" if not backend["ok"] else "degraded" if degraded else "ok",
             "version": horace.__version__,
