@@ -1223,6 +1223,17 @@ async def _migrate(conn: Conn) -> int:
             return max(applied, default=0)
     async with conn.transaction():
         # Several instances starting together queue here; the lock ends with the transaction.
+        # A wait is said first: one as long as another's migration, or for ever behind a
+        # process that holds the lock and is stuck (nothing else would say why).
+        if not await conn.fetchval(
+            f"SELECT pg_try_advisory_xact_lock({MIGRATION_LOCK[0]}, {MIGRATION_LOCK[1]})"
+        ):
+            log.warning(
+                "another process is applying schema steps to this catalog: waiting for it (pid in "
+                "pg_locks where locktype = 'advisory' and classid = %d and objid = %d)",
+                MIGRATION_LOCK[0],
+                MIGRATION_LOCK[1],
+            )
         await conn.execute(
             f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK[0]}, {MIGRATION_LOCK[1]}); "
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
