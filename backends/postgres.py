@@ -1332,6 +1332,20 @@ def server_of(url: str) -> str:
     return f"{host}:{port}{parts.path or '/'}"
 
 
+def _login_hints(url: str) -> dict[str, str]:
+    """What a URL lacks that a refusal of the login may come of, by the refusal's class."""
+    parts = urlsplit(url)
+    hints = {}
+    pgpass = os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass")
+    if not parts.password and not os.environ.get("PGPASSWORD") and not os.path.exists(pgpass):
+        hints["InvalidPasswordError"] = "no password was given: in the URL, PGPASSWORD or ~/.pgpass"
+    if parts.path in ("", "/") and not os.environ.get("PGDATABASE"):
+        hints["InvalidCatalogNameError"] = (
+            "the URL names no database, so the user's name was taken: postgresql://host/DATABASE"
+        )
+    return hints
+
+
 class _Hop:
     """Runs asyncio-flavoured coroutines on the trio-asyncio loop, mapping lost
     connections to :class:`BackendUnavailable`."""
@@ -1339,6 +1353,7 @@ class _Hop:
     def __init__(self, loop: Any, url: str, renew: Callable[[], Awaitable[None]] | None = None) -> None:
         self.loop = loop
         self.where = server_of(url)
+        self._hints = _login_hints(url)
         self.renew = renew  # the pool's: replaces its connections (after a read-only refusal)
         self.refusals = LastRefusal()
         # The schema steps this code knows and the catalog has not had, when it is behind
@@ -1358,7 +1373,8 @@ class _Hop:
         except Exception as exc:
             if isinstance(exc, _REFUSED):
                 refused = f"PostgreSQL at {self.where} refused the connection: {exc}"
-                raise BackendUnavailable(refused) from None
+                hint = self._hints.get(type(exc).__name__)
+                raise BackendUnavailable(refused + (f" ({hint})" if hint else "")) from None
             if _is_unavailable(exc):
                 detail = str(exc) or type(exc).__name__
                 # (asyncpg's words for it: "released back to the pool", "cannot call

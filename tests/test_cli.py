@@ -703,3 +703,12 @@ def test_a_command_run_inside_a_store_names_that_store(store: tuple[Path, dict[s
         line = one_line_error(horace("search", cwd=where, env=env), Exit.STORE, "STORE_REFUSED")
         assert f"this folder is in the store at {root}: to use that store, run with --storage {root}" in line
     assert not (root / "horace-data").exists() and not (root / "files/gates/horace-data").exists()
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a PostgreSQL server to ask")
+def test_a_postgres_url_without_a_database_says_so(tmp_path: Path, database_url: str) -> None:
+    """PostgreSQL takes the user's name for a database the URL does not name: the refusal
+    of that database says the URL names none."""
+    server = database_url.rsplit("/", 1)[0]  # postgresql://user@host:port
+    done = horace("init", "--storage", str(tmp_path / "s"), "--database", server)
+    one_line_error(done, Exit.BACKEND, "BACKEND_UNAVAILABLE", "does not exist", "the URL names no database")
