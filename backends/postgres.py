@@ -1752,6 +1752,9 @@ class _Units:
     async def check_integrity(self, *, repair: bool) -> tuple[list[str], bool]:
         return [], False  # (see the protocol: PostgreSQL's own to keep whole)
 
+    def replaced(self) -> str | None:
+        return None  # (a server's database: no file of Horace's to replace)
+
     async def tidy(self) -> None:
         """Each word's count rows folded into one (autovacuum keeps the rest in shape)."""
         await self._source.run(_fold_word_counts)

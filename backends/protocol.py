@@ -265,6 +265,11 @@ class Backend(Units, Protocol):
     async def migrate(self) -> int:
         """Apply pending schema steps; return the schema version now in force."""
 
+    def replaced(self) -> str | None:
+        """What became of the catalog's file since this process opened it, when it is gone
+        or another file is in its place (a backup restored over it); None while it is the
+        one opened (always, for a database on a server)."""
+
     async def ping(self) -> None:
         """Raise :class:`BackendUnavailable` when the database does not answer, and
         :class:`CatalogUnwritable` when it refuses Horace's role its tables (it reads

@@ -1395,12 +1395,23 @@ class SqliteBackend:
         self.refusals = LastRefusal()
         self._place = f"sqlite:{os.path.realpath(path)}"  # (see CatalogIdentity.place)
         self._writer = _connect(path)
+        opened = os.stat(path)  # (the file the connection holds: made by the connect if new)
+        self._opened = (opened.st_dev, opened.st_ino)
         self._write_lock = trio.Lock()
         self._key_reader = _connect_key_reader(path)
         self._key_reads_on_threads_until = -math.inf
         self._readers: list[sqlite3.Connection] = []
         self._reader_slots = trio.CapacityLimiter(READERS)
         self._holds_file_lock = False
+
+    def replaced(self) -> str | None:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the catalog {self.path} was removed"
+        if (now.st_dev, now.st_ino) != self._opened:
+            return f"another file was put in place of the catalog {self.path} (a backup restored over it?)"
+        return None
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._write_lock:

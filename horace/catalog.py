@@ -344,6 +344,14 @@ class Catalog:
             return state, self.storage.in_place()
 
         state, in_place = await in_thread(look)
+        replaced = await in_thread(self.backend.replaced)
+        if replaced is not None:
+            raise StoreRefused(
+                f"{replaced} while Horace ran: this process holds the file it opened, and what it "
+                "would record there is lost to the store; nothing more is written: start again, "
+                "and the catalog in place is used (`horace fsck` then lists the objects it lacks "
+                "rows for)"
+            )
         if not in_place:
             raise StoreRefused(
                 f"the store at {self.storage.root} is not the one this process opened any more: "

@@ -8,6 +8,7 @@ against SQLite and SQLite against PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -622,3 +623,30 @@ def test_a_failed_first_start_leaves_a_store_another_instance_bound(tmp_path: Pa
     storage.identity_file.unlink()  # nobody bound it: taken back, as before
     storage.undo_layout(present)
     assert not storage.private.exists() and not storage.root.exists()
+
+
+async def test_a_sqlite_catalog_replaced_under_a_running_process_stops_it(tmp_path: Path) -> None:
+    """A backup restored over the catalog while Horace runs (a new file put in its place):
+    the process holds the file it opened, and what it would record there would be lost;
+    it writes nothing more, and says so. Started again, the catalog in place is used."""
+    settings = Settings(storage_path=tmp_path / "root", database_url=None)
+    files = settings.storage_path / "files"
+    async with open_catalog(settings, create=True) as catalog:
+        write(files / "user/a.txt", "one")
+        await catalog.register("user/a.txt")
+        catalog_file = settings.storage_path / ".horace/catalog.db"
+        backup = tmp_path / "backup.db"
+        with (
+            contextlib.closing(sqlite3.connect(catalog_file)) as live,
+            contextlib.closing(sqlite3.connect(backup)) as copy,
+        ):
+            live.backup(copy)
+        os.replace(backup, catalog_file)
+        with pytest.raises(StoreRefused, match="another file was put in place of the catalog"):
+            await catalog.ensure_bound()
+        write(files / "user/b.txt", "two")
+        with pytest.raises(StoreRefused):  # (each write that could lose anything looks first)
+            await catalog.purge()
+    async with open_catalog(settings) as catalog:
+        await catalog.ensure_bound()
+        assert (await catalog.register("user/b.txt")).version_created
