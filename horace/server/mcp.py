@@ -269,13 +269,19 @@ class McpSession:
         self._request_bytes += size
         return True
 
+    @property
+    def _carrier(self) -> str:
+        """What the limits per connection are counted in, for messages: an HTTP session
+        spans connections."""
+        return "session" if self.transport == "http" else "connection"
+
     def _busy_with_requests(self, request: Any) -> str:
         request_id = request.get("id") if isinstance(request, dict) else None
         return error_text(
             request_id if is_valid_id(request_id) else None,
             RpcError(
                 SERVER_BUSY,
-                f"{self._request_bytes} bytes of requests are under way on this connection (limit "
+                f"{self._request_bytes} bytes of requests are under way in this {self._carrier} (limit "
                 f"{self.settings.max_inflight_bytes}, HORACE_MAX_INFLIGHT_BYTES): not run, send it again "
                 "once some have been answered",
             ),
@@ -391,8 +397,8 @@ class McpSession:
                 request_id,
                 RpcError(
                     SERVER_BUSY,
-                    "too many calls under way on this connection "
-                    f"(limit {self.settings.max_calls_per_connection})",
+                    f"too many calls under way in this {self._carrier} "
+                    f"(limit {self.settings.max_calls_per_connection}, HORACE_MAX_CALLS_PER_CONNECTION)",
                 ),
             )
         tracked = "id" in message
