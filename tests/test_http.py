@@ -893,7 +893,8 @@ async def test_concurrent_calls_are_capped_per_session(
             nursery.start_soon(client.post, tool_call(i, "horace_scan"))
         await eventually(lambda: session.session.inflight == 2, "two calls under way")
         busy = (await client.post(request(9, "ping"))).json()
-        assert busy["error"]["code"] == -32000 and "too many calls under way in this session" in busy["error"]["message"]
+        assert busy["error"]["code"] == -32000
+        assert "too many calls under way in this session" in busy["error"]["message"]
         async with connect(running.http_url) as other:  # the cap is per session
             assert (await other.request("ping"))["result"] == {}
         tool.release.set()
