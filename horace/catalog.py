@@ -332,19 +332,19 @@ class Catalog:
         before a vanished file is recorded deleted. So is a store no longer in place
         (:meth:`Storage.in_place`): what the catalog would record of it is not so."""
 
-        def look() -> tuple[StoreState | None, bool]:
+        def look() -> tuple[StoreState | None, bool, str | None]:
             # The record first, then the place: a store moved while its record was read
-            # is said to be moved, not bound elsewhere.
+            # is said to be moved, not bound elsewhere. The catalog's file in the same hop.
+            replaced = self.backend.replaced()
             try:
                 state = None if self.store_id is None else self.storage.state()
             except StorageUnusable:  # (the root a file now, say)
                 if self.storage.in_place():
                     raise
-                return None, False
-            return state, self.storage.in_place()
+                return None, False, replaced
+            return state, self.storage.in_place(), replaced
 
-        state, in_place = await in_thread(look)
-        replaced = await in_thread(self.backend.replaced)
+        state, in_place, replaced = await in_thread(look)
         if replaced is not None:
             raise StoreRefused(
                 f"{replaced} while Horace ran: this process holds the file it opened, and what it "
@@ -1894,13 +1894,10 @@ def _kept_first(exc: Exception, file: FileRecord) -> HoraceError | None:
     failed to change the record (another) did not change nothing, as its error's code
     alone would say: the same code, saying what was kept. None for a failure that is no
     outage of the database or the disk (a bug, raised as it is)."""
-    refused = exc if isinstance(exc, HoraceError) else outage_error(exc)
-    if refused is None:
-        return None
-    return HoraceError(
-        refused.code,
-        f"{refused.message}; the working copy's new content was kept first, as version "
-        f"{file.current_version}; the rest of this update was not applied: try it again",
+    return _saying_what_was_kept(
+        exc,
+        f"the working copy's new content was kept first, as version {file.current_version}; the "
+        "rest of this update was not applied: try it again",
     )
 
 
@@ -1908,14 +1905,20 @@ def _kept_by_scan(exc: Exception, tally: _ScanTally) -> HoraceError | None:
     """A scan stopped by an outage of the database or the disk, after it had committed
     some of its work (it commits as it goes): the same code, saying what was kept. None
     for anything else, or when nothing was committed."""
-    refused = exc if isinstance(exc, HoraceError) else outage_error(exc)
-    if refused is None or not (tally.registered or tally.versioned):
+    if not (tally.registered or tally.versioned):
         return None
-    return HoraceError(
-        refused.code,
-        f"{refused.message}; before it stopped, this scan registered {tally.registered} and "
-        f"versioned {tally.versioned} files, which are kept: run it again to take the rest",
+    return _saying_what_was_kept(
+        exc,
+        f"before it stopped, this scan registered {tally.registered} and versioned "
+        f"{tally.versioned} files, which are kept: run it again to take the rest",
     )
+
+
+def _saying_what_was_kept(exc: Exception, kept: str) -> HoraceError | None:
+    """*exc*, an outage (:func:`outage_error`) or a tool error met after a commit, as the
+    same tool error saying *kept*; None for anything else."""
+    refused = exc if isinstance(exc, HoraceError) else outage_error(exc)
+    return None if refused is None else HoraceError(refused.code, f"{refused.message}; {kept}")
 
 
 def new_file_id(at: datetime) -> str:
