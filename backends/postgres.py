@@ -2014,8 +2014,9 @@ class PostgresBackend(_Units):
                 try:
                     await trio_asyncio.aio_as_trio(self._pool.close, loop=self._hop.loop)()
                     return
-                except Exception:
-                    pass
+                except Exception as exc:
+                    # A server already gone, say: its connections are cut instead.
+                    log.info("PostgreSQL: the pool did not close cleanly (%s); its connections are cut", exc)
             self._pool.terminate()
 
 
