@@ -81,6 +81,8 @@ async def test_what_cannot_be_read_is_a_clear_error(served: RunningHorace) -> No
         assert refused["code"] == -32602 and "HORACE_MAX_READ_BYTES" in refused["message"]
         for uri in (
             f"horace://files/{notes}/versions/9",
+            f"horace://files/{notes}/versions/01",  # (version 1 is versions/1: one name each)
+            f"horace://files/{notes}/versions/0",
             f"horace://files/{notes}/versions/9223372036854775808",  # past what a column holds
             f"horace://files/{notes}/versions/{'9' * 5000}",
             "horace://files/00000000-0000-0000-0000-000000000000",

@@ -28,8 +28,9 @@ from horace.server.tools import MAX_PATTERN
 
 FILE_URI = "horace://files/{file_id}"
 VERSION_URI = "horace://files/{file_id}/versions/{version}"
-# A version number is at most 19 digits (what a catalog column holds is checked below).
-_URI = re.compile(r"^horace://files/(?P<file_id>[^/?#]+)(?:/versions/(?P<version>[0-9]{1,19}))?$")
+# A version number is at most 19 digits (what a catalog column holds is checked below),
+# written one way: versions/01 is no URI of Horace's (a reply echoes the URI it was asked).
+_URI = re.compile(r"^horace://files/(?P<file_id>[^/?#]+)(?:/versions/(?P<version>[1-9][0-9]{0,18}))?$")
 # Active files a resources/list page holds: clients stop after some number of pages
 # (the MCP Inspector after 64), so pages are large (a page of 1000 is about 300 KB).
 PAGE = 1000
