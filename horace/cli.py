@@ -344,8 +344,12 @@ def init(ctx: click.Context, adopt: bool) -> None:
             "catalog": redact_url(c.backend.url),
         }
 
-    done = _run(ctx, work, create=True, adopt=adopt)
-    _emit(ctx, done, lambda d: f"store {d['store_id']} at {d['storage']}\ncatalog {d['catalog']}")
+    from horace.storage import IDENTITY_FILE
+
+    there = (_settings(ctx).storage_path / ".horace" / IDENTITY_FILE).exists()
+    done = {**_run(ctx, work, create=True, adopt=adopt), "created": not there}
+    made = "" if done["created"] or adopt else " (made already)"
+    _emit(ctx, done, lambda d: f"store {d['store_id']} at {d['storage']}{made}\ncatalog {d['catalog']}")
 
 
 @cli.command()
@@ -533,7 +537,11 @@ def restore(ctx: click.Context, ref: str, version: int) -> None:
     _emit(
         ctx,
         _run(ctx, work),
-        lambda r: f"restored v{version} as v{r.version.version}\n" + _record_line(r.file),
+        lambda r: (
+            (f"kept the file's unrecorded content as v{r.preserved_version}\n" if r.preserved_version else "")
+            + f"restored v{version} as v{r.version.version}\n"
+            + _record_line(r.file)
+        ),
     )
 
 

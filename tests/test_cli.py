@@ -712,3 +712,27 @@ def test_a_postgres_url_without_a_database_says_so(tmp_path: Path, database_url:
     server = database_url.rsplit("/", 1)[0]  # postgresql://user@host:port
     done = horace("init", "--storage", str(tmp_path / "s"), "--database", server)
     one_line_error(done, Exit.BACKEND, "BACKEND_UNAVAILABLE", "does not exist", "the URL names no database")
+
+
+def test_init_says_a_store_was_made_already_and_restore_names_the_version_it_kept(
+    store: tuple[Path, dict[str, str]],
+) -> None:
+    """`init` on a store made already changes nothing and says so; a restore over a file
+    changed since its last version names the version that kept that content."""
+    root, env = store
+    again = horace("init", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].endswith(f"at {root} (made already)"), again.stdout
+    assert json.loads(horace("init", "--json", env=env).stdout)["created"] is False
+    fresh = horace("init", "--json", env={"HORACE_STORAGE_PATH": str(root.parent / "fresh")})
+    assert json.loads(fresh.stdout)["created"] is True, fresh.stderr
+    write(root / "files/user/a.txt", "one")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    write(root / "files/user/a.txt", "two, not recorded")
+    done = horace("restore", "user/a.txt", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == [
+        "kept the file's unrecorded content as v2",
+        "restored v1 as v3",
+    ], done.stdout
+    assert (root / "files/user/a.txt").read_text() == "one"
