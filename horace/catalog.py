@@ -666,18 +666,24 @@ class Catalog:
     async def find_duplicates(self, limit: int = 100) -> list[DuplicateGroup]:
         return await self.backend.find_duplicates(_bounded(limit, "limit"))
 
-    async def content(self, file: FileRecord, version: int | None, max_bytes: int) -> Content:
-        """A version's content (None: the current one), from the object store: the bytes
-        Horace keeps, hashed as they are read. ``INVALID_ARGUMENT`` past *max_bytes*."""
+    async def _kept_version(self, file: FileRecord, version: int | None) -> VersionRecord:
+        """Version *version* of *file* (None: the current one); ``VERSION_NOT_FOUND``."""
         number = file.current_version if version is None else version
         found = await self.backend.version(file.id, number)
         if found is None:
             raise HoraceError(ErrorCode.VERSION_NOT_FOUND, f"{file.file_path!r} has no version {number}")
+        return found
+
+    async def content(self, file: FileRecord, version: int | None, max_bytes: int) -> Content:
+        """A version's content (None: the current one), from the object store: the bytes
+        Horace keeps, hashed as they are read. ``INVALID_ARGUMENT`` past *max_bytes*."""
+        found = await self._kept_version(file, version)
+        number = found.version
         if found.size > max_bytes:
             raise HoraceError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"version {number} of {file.file_path!r} is {found.size} bytes, over the limit of "
-                f"{max_bytes} for reading it through MCP (HORACE_MAX_READ_BYTES)",
+                f"{max_bytes} for reading it whole (HORACE_MAX_READ_BYTES)",
             )
         data = await in_thread(self.storage.read_object, found.checksum, check_cancelled)
         if data is None:
@@ -691,6 +697,26 @@ class Catalog:
                 f"the stored content of version {number} of {file.file_path!r} is corrupt",
             )
         return Content(file, found, data)
+
+    async def copy_out(self, file: FileRecord, version: int | None, out: int) -> VersionRecord:
+        """A version's content (None: the current one) written to the descriptor *out*, of
+        any size: checked against its checksum first, so nothing but the version's bytes is
+        ever written (``CHECKSUM_MISMATCH`` else, and nothing written)."""
+        found = await self._kept_version(file, version)
+        where = f"version {found.version} of {file.file_path!r}"
+        held = await in_thread(self.storage.hash_object, found.checksum, check_cancelled)
+        if held is None:
+            missing = f"the content of {where} is missing from the object store"
+            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, missing)
+        if held != (found.checksum, found.size):
+            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the stored content of {where} is corrupt")
+        # Objects are written once and never changed in place: what was checked is what is copied
+        # (should a failing disk read otherwise the second time, it is said, after the fact).
+        copied = await in_thread(self.storage.copy_object_out, found.checksum, out, check_cancelled)
+        if copied != held:
+            changed = f"the stored content of {where} read otherwise as it was copied"
+            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, changed)
+        return found
 
     # -- update, restore, lifecycle -----------------------------------------------------
 

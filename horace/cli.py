@@ -93,6 +93,7 @@ class Exit(enum.IntEnum):
     ADDRESS = 9  # the server cannot listen: the port is in use, or the address is not this host's
     INTERNAL = 70  # a bug in Horace: run again with --debug and report what it prints
     INTERRUPTED = 130  # Ctrl-C
+    BROKEN_PIPE = 141  # what read the output stopped reading (as `| head` does): said by no message
 
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(
@@ -545,6 +546,54 @@ def restore(ctx: click.Context, ref: str, version: int) -> None:
     )
 
 
+@cli.command()
+@click.argument("ref", metavar="PATH|ID")
+@click.argument("version", type=VersionNumber(), required=False)
+@global_options
+@click.pass_context
+def show(ctx: click.Context, ref: str, version: int | None) -> None:
+    """Write a version's content to stdout (the current one when VERSION is left out)."""
+    out = sys.stdout.buffer
+
+    async def work(c: Catalog) -> None:
+        file = await _resolve(ctx, c, ref)
+        out.flush()
+        await c.copy_out(file, version, out.fileno())
+
+    _run(ctx, work, read_only=True)
+
+
+@cli.command()
+@click.argument("ref", metavar="PATH|ID")
+@click.argument("from_version", metavar="FROM", type=VersionNumber())
+@click.argument("to_version", metavar="[TO]", type=VersionNumber(), required=False)
+@global_options
+@click.pass_context
+def diff(ctx: click.Context, ref: str, from_version: int, to_version: int | None) -> None:
+    """What changed from one version to another (TO: the current one when left out)."""
+    from horace.diff import DIFF_LIMIT, compare
+
+    limit = _settings(ctx).max_read_bytes
+
+    async def work(c: Catalog) -> Any:
+        file = await _resolve(ctx, c, ref)
+        old = await c.content(file, from_version, limit)
+        new = await c.content(file, to_version, limit)
+        return await trio.to_thread.run_sync(compare, old, new, DIFF_LIMIT)
+
+    def human(d: Any) -> str:
+        if d.identical:
+            return f"v{d.from_version} and v{d.to_version} hold the same content"
+        if d.diff is None:
+            return (
+                f"v{d.from_version} {d.from_size} bytes {d.from_checksum[:16]} -> "
+                f"v{d.to_version} {d.to_size} bytes {d.to_checksum[:16]} (not text: no line diff)"
+            )
+        return d.diff.rstrip("\n") + ("\n(cut at the size limit)" if d.truncated else "")
+
+    _emit(ctx, _run(ctx, work, read_only=True), human)
+
+
 def _lifecycle(name: str, doc: str) -> None:
     @cli.command(name=name, help=doc)
     @click.argument("ref", metavar="PATH|ID")
@@ -906,6 +955,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", INTERRUPTED), as_json)
         sys.exit(Exit.INTERRUPTED)
     except BaseException as exc:
+        if isinstance(the_failure(exc), BrokenPipeError):
+            # Nobody reads on: nothing to say, and nothing left to flush at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(Exit.BROKEN_PIPE)
         failure = _failure(exc)
         if failure is None:
             if isinstance(the_failure(exc), KeyboardInterrupt):

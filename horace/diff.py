@@ -21,6 +21,7 @@ from horace.catalog import Content
 from horace.schema import param
 
 CONTEXT_LINES = 3
+DIFF_LIMIT = 256 * 1024  # bytes of a unified diff in one result
 MAX_MATCHED_LINE_PAIRS = 4_000_000  # about 0.2 s of difflib at worst
 
 

@@ -1204,6 +1204,28 @@ class Storage:
         finally:
             os.close(fd)
 
+    def copy_object_out(
+        self, checksum: str, out: int, check_cancelled: CheckCancelled = _never_cancelled
+    ) -> tuple[str, int] | None:
+        """The object's bytes as stored written to the descriptor *out*, and their
+        (sha256, size); None when it is missing (nothing written)."""
+        try:
+            fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            content = self._read_packed(checksum)
+            if content is None:
+                return None
+            view, written = memoryview(content), 0
+            while written < len(content):
+                written += os.write(out, view[written : written + CHUNK])
+                check_cancelled()
+            return hashlib.sha256(content).hexdigest(), len(content)
+        try:
+            sha, size, _ = _copy_and_hash(fd, out, check_cancelled)
+            return sha, size
+        finally:
+            os.close(fd)
+
     def hash_object(
         self, checksum: str, check_cancelled: CheckCancelled = _never_cancelled
     ) -> tuple[str, int] | None:

@@ -736,3 +736,70 @@ def test_init_says_a_store_was_made_already_and_restore_names_the_version_it_kep
         "restored v1 as v3",
     ], done.stdout
     assert (root / "files/user/a.txt").read_text() == "one"
+
+
+def test_show_writes_a_version_whole_and_diff_says_what_changed(store: tuple[Path, dict[str, str]]) -> None:
+    """`show` writes any version's bytes, of any size (past HORACE_MAX_READ_BYTES too),
+    and nothing at all when the kept content is not what was recorded; `diff` gives a
+    unified diff for text and a summary otherwise."""
+    root, env = store
+    small = {**env, "HORACE_MAX_READ_BYTES": "65536"}
+    first = os.urandom(300_000)
+    write(root / "files/user/blob.bin", first)
+    assert horace("register", "user/blob.bin", env=env).returncode == 0
+    write(root / "files/user/blob.bin", first + b"more")
+    assert horace("update", "user/blob.bin", env=env).returncode == 0
+    for args, expected in ((["1"], first), ([], first + b"more"), (["v2"], first + b"more")):
+        done = subprocess.run(
+            [sys.executable, "-m", "horace", "show", "user/blob.bin", *args],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **small},
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stderr == b"", done.stderr
+        assert done.stdout == expected, (args, len(done.stdout))
+    one_line_error(horace("show", "user/blob.bin", "3", env=env), Exit.REFUSED, "VERSION_NOT_FOUND")
+    one_line_error(horace("diff", "user/blob.bin", "1", env=small), Exit.REFUSED, "HORACE_MAX_READ_BYTES")
+    summary = horace("diff", "user/blob.bin", "1", env=env)
+    assert summary.returncode == 0, summary.stderr
+    assert "v1 300000 bytes" in summary.stdout and "v2 300004 bytes" in summary.stdout, summary.stdout
+    # A reader that stops reading: no message, the status a pipe's writer gets.
+    piped = subprocess.run(
+        f"{sys.executable} -m horace show user/blob.bin | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (piped.returncode, piped.stderr) == (Exit.BROKEN_PIPE, ""), (piped.returncode, piped.stderr)
+    # Text: a unified diff; the same content: said so.
+    write(root / "files/user/notes.txt", "one\ntwo\n")
+    assert horace("register", "user/notes.txt", env=env).returncode == 0
+    write(root / "files/user/notes.txt", "one\nthree\n")
+    assert horace("update", "user/notes.txt", env=env).returncode == 0
+    done = horace("diff", "user/notes.txt", "1", env=env)
+    assert done.stdout.splitlines() == [
+        "--- user/notes.txt@v1",
+        "+++ user/notes.txt@v2",
+        "@@ -1,2 +1,2 @@",
+        " one",
+        "-two",
+        "+three",
+    ], done.stdout
+    assert horace("diff", "user/notes.txt", "2", "2", env=env).stdout == "v2 and v2 hold the same content\n"
+    assert json.loads(horace("diff", "--json", "user/notes.txt", "1", env=env).stdout)["to_version"] == 2
+    # The kept content damaged: one line, and nothing of it written.
+    checksum = hashlib.sha256(first).hexdigest()
+    kept = root / ".horace/objects" / checksum[:2] / checksum
+    kept.chmod(0o644)
+    with kept.open("r+b") as damaged:
+        damaged.write(b"X")
+    done = subprocess.run(
+        [sys.executable, "-m", "horace", "show", "user/blob.bin", "1"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
+        capture_output=True,
+        check=False,
+    )
+    assert done.stdout == b"" and b"CHECKSUM_MISMATCH" in done.stderr, done.stderr

@@ -38,13 +38,12 @@ from horace.backends.records import (
 )
 from horace.backends.words import QUERY_WORDS
 from horace.catalog import Catalog, Progress, ScanReport
-from horace.diff import Diff, compare
+from horace.diff import DIFF_LIMIT, Diff, compare
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.schema import input_schema, output_schema, param
 from horace.wire import structure
 
 READ_LIMIT = 8 * 1024 * 1024  # bytes of one version read through MCP (a diff, a resource)
-DIFF_LIMIT = 256 * 1024  # bytes of a unified diff in one result
 MAX_TAGS = 100  # tags in one filter
 MAX_PATTERN = 4096  # characters of a path glob or a file type (PATH_MAX)
 MAX_FILE_IDS = 10_000  # files added to or removed from a collection in one call
