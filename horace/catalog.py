@@ -206,6 +206,9 @@ class ScanReport:
     # renamed outside Horace. A scan records nothing of them (each stays restorable, and
     # fsck --repair would put it back); the watcher's reconcile soft-deletes them.
     missing: tuple[str, ...] = ()
+    # "old -> new" of each catalogued file found under another name (its content at a new
+    # path, its old one gone): it keeps its id and history there.
+    moved: tuple[str, ...] = ()
 
 
 @frozen
@@ -289,6 +292,9 @@ class Vanished:
         chosen = max(same, key=kinship)
         del self._files[chosen.id]
         return chosen
+
+    def sizes(self) -> set[int]:
+        return {file.size for file, _ in self._files.values()}
 
     def times(self) -> list[float]:
         return [since for _, since in self._files.values()]
@@ -1086,12 +1092,29 @@ class Catalog:
         for why in skipped:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
         missing = await self._missing(rel_under, found, index)
+        moved: tuple[str, ...] = ()
+        if missing:  # renamed, perhaps: followed as the watcher follows them
+            vanished = await self._vanished(missing)
+            moved = await self._follow_renames(vanished, found, index, correlation_id)
+            if moved:
+                index = await self.backend.working_index()
+                still = {file.id for file in vanished.expired(before=math.inf)}
+                missing = [e for e in missing if e.file_id in still]
         report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         for error in report.errors:
             log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
         return attrs.evolve(
-            report, missing=tuple(sorted({e.file_path for e in missing} | set(report.missing)))
+            report,
+            missing=tuple(sorted({e.file_path for e in missing} | set(report.missing))),
+            moved=moved,
         )
+
+    async def _vanished(self, missing: list[IndexEntry]) -> Vanished:
+        """The records of the *missing* files, waiting for their content to turn up."""
+        if not missing:
+            return Vanished()
+        gone = {e.file_id for e in missing}
+        return Vanished([f for f in await self.backend.all_files() if f.id in gone])
 
     async def _missing(
         self, rel_under: str | None, found: list[tuple[str, os.stat_result]], index: list[IndexEntry]
@@ -1544,13 +1567,39 @@ class Catalog:
         self, vanished: Vanished, rel: str, correlation_id: str | None
     ) -> FileRecord | None:
         """When the uncatalogued file *rel* holds the content of a vanished file, that file
-        moved here: it keeps its id and history under the new path."""
+        moved here: it keeps its id and history under the new path (its record from
+        before the move is returned)."""
         try:
             digest = await in_thread(self.storage.hash_working, rel, check_cancelled)
         except HoraceError:
             return None
         old = vanished.claim(digest, rel)
-        return await self.move(old.id, rel, correlation_id) if old is not None else None
+        if old is not None:
+            await self.move(old.id, rel, correlation_id)
+        return old
+
+    async def _follow_renames(
+        self,
+        vanished: Vanished,
+        found: list[tuple[str, os.stat_result]],
+        index: list[IndexEntry],
+        correlation_id: str | None,
+    ) -> tuple[str, ...]:
+        """Each file of *found* not in *index* that holds the content of a *vanished* one
+        is that file, moved ("old -> new" of each). Only the new files of a vanished file's
+        size are read."""
+        sizes = vanished.sizes()
+        known = {e.file_path for e in index}
+        moved = []
+        for rel, st in sorted(found, key=lambda f: f[0]):
+            if not vanished:
+                break
+            if rel in known or st.st_size not in sizes:
+                continue
+            old = await self.follow_rename(vanished, rel, correlation_id)
+            if old is not None:
+                moved.append(f"{old.file_path} -> {rel}")
+        return tuple(moved)
 
     async def reconcile(
         self, correlation_id: str | None = None, progress: Progress | None = None, *, rehash: bool = False
@@ -1561,19 +1610,13 @@ class Catalog:
         found = await in_thread(self.storage.walk_stats, None, skipped, check_cancelled)
         for why in skipped:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
-        walked = {rel for rel, _ in found}
         index = await self.backend.working_index()
-        gone = {e.file_id for e in await self._missing(None, found, index)}
-        vanished = Vanished([f for f in await self.backend.all_files() if f.id in gone] if gone else [])
-        moved = 0
-        if vanished:
-            known = {e.file_path for e in index}
-            for rel in sorted(walked - known):
-                if vanished and await self.follow_rename(vanished, rel, correlation_id):
-                    moved += 1
+        vanished = await self._vanished(await self._missing(None, found, index))
+        moved = await self._follow_renames(vanished, found, index, correlation_id)
         if moved:  # their rows have their new paths now
             index = await self.backend.working_index()
         scanned = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
+        scanned = attrs.evolve(scanned, moved=moved)
         missing = vanished.expired(before=math.inf)
         deleted = 0
         for file in missing:
@@ -1588,7 +1631,7 @@ class Catalog:
                 )
             else:
                 deleted += "status" in done.changed_fields  # (not when it came back meanwhile)
-        return ReconcileReport(scanned, moved, deleted)
+        return ReconcileReport(scanned, len(moved), deleted)
 
     async def purge(self) -> PurgeReport:
         """Remove files deleted longer ago than the retention: rows, then objects; then

@@ -631,7 +631,8 @@ def scan(ctx: click.Context, path: str | None, rehash: bool) -> None:
         lambda r: (
             f"scanned {r.scanned}: {r.registered} registered, {r.versioned} versioned, "
             f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors, "
-            f"{len(r.skipped)} skipped, {len(r.missing)} missing"
+            f"{len(r.skipped)} skipped, {len(r.missing)} missing, {len(r.moved)} moved"
+            + "".join(f"\n  moved: {_shown(m)}" for m in r.moved)
             + "".join(f"\n  error: {_shown(e)}" for e in r.errors)
             + "".join(f"\n  skipped: {_shown(s)}" for s in r.skipped)
             + "".join(f"\n  missing: {_shown(m)}" for m in r.missing)

@@ -1426,6 +1426,42 @@ async def test_a_scan_names_the_catalogued_files_gone_from_its_folder_and_keeps_
     assert (await catalog.scan()).missing == ()
 
 
+async def test_a_scan_follows_a_rename_and_the_file_keeps_its_history(catalog: Catalog, files: Path) -> None:
+    """A catalogued file found at a new path (its old one gone) is that file, moved: it
+    keeps its id and versions, as in watch mode; one renamed and changed, or whose old
+    path is still there (a copy), or that left the scanned folder, is not."""
+    write(files / "user/notes.txt", "first")
+    write(files / "user/copied.txt", "copied")
+    write(files / "user/edited.txt", "edited")
+    write(files / "user/away.txt", "away")
+    await catalog.scan()
+    write(files / "user/notes.txt", "second")
+    await catalog.scan()
+    notes = await catalog.resolve("user/notes.txt")
+    os.makedirs(files / "archive")
+    os.rename(files / "user/notes.txt", files / "archive/notes-2026.txt")
+    write(files / "user/copy-of-copied.txt", "copied")
+    os.rename(files / "user/edited.txt", files / "user/edited-now.txt")
+    write(files / "user/edited-now.txt", "edited, and renamed")
+    os.rename(files / "user/away.txt", files / "elsewhere.txt")
+    in_user = await catalog.scan("user")
+    assert (in_user.moved, in_user.missing) == ((), ("user/away.txt", "user/edited.txt", "user/notes.txt"))
+    report = await catalog.scan()
+    assert report.moved == ("user/notes.txt -> archive/notes-2026.txt", "user/away.txt -> elsewhere.txt")
+    assert report.missing == ("user/edited.txt",)
+    moved = await catalog.get_info(file_path="archive/notes-2026.txt", include_versions=True)
+    assert moved.file.id == notes.id and [v.version for v in moved.versions or ()] == [2, 1]
+    assert (await catalog.content(moved.file, 1, 100)).data == b"first"
+    with pytest.raises(HoraceError) as excinfo:
+        await catalog.resolve("user/notes.txt")
+    assert excinfo.value.code is ErrorCode.NOT_CATALOGED
+    assert (await catalog.resolve("user/copied.txt")).status is Status.ACTIVE
+    assert (await catalog.scan()).moved == ()
+    await catalog.delete((await catalog.resolve("user/edited.txt")).id)  # (its content is new elsewhere)
+    found = await fsck(catalog, deep=True)
+    assert found.clean, found
+
+
 async def test_files_removed_between_the_walk_and_their_read_are_no_scan_errors(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -155,7 +155,7 @@ def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, d
     (root / "files/user/red\x1b[31m.txt").unlink()  # gone: named by the next scan, escaped
     gone = horace("scan", "user", env=env)
     assert gone.returncode == 1, gone.stderr  # (the reserved name is still skipped)
-    assert "1 skipped, 1 missing\n" in gone.stdout, gone.stdout
+    assert "1 skipped, 1 missing, 0 moved\n" in gone.stdout, gone.stdout
     assert "\n  missing: user/red\\x1b[31m.txt\n" in gone.stdout, gone.stdout
     assert "\x1b" not in gone.stdout and "horace delete" in gone.stdout
 

@@ -512,6 +512,7 @@ async def scan(ctx: CallContext, args: ScanArgs) -> ScanReport:
         errors=_at_most(report.errors),
         skipped=_at_most(report.skipped),
         missing=_at_most(report.missing),
+        moved=_at_most(report.moved),
     )
 
 
