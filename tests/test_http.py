@@ -359,6 +359,34 @@ async def test_a_body_that_breaks_http_framing_is_400(server: RunningHorace, cli
     await stream.aclose()
 
 
+async def test_a_body_framed_two_ways_is_refused_and_what_follows_never_read(
+    server: RunningHorace, client: HttpMcp
+) -> None:
+    """Content-Length and Transfer-Encoding both: a proxy that framed it by the length
+    would have passed on a second request inside the body (request smuggling)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)  # type: ignore[arg-type]
+    head = "".join(f"{name}: {value}\r\n" for name, value in client.headers().items())
+    hidden = json.dumps(request(99, "ping")).encode()
+    inner = (
+        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(hidden)}\r\n{head}\r\n".encode()
+        + hidden
+    )
+    await stream.send_all(
+        f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n"
+        f"content-length: {5 + len(inner)}\r\n{head}\r\n".encode()
+        + b"0\r\n\r\n"
+        + inner
+    )
+    answer = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):  # (the connection closes after it)
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"both Content-Length and Transfer-Encoding" in answer and b"connection: close" in answer
+    assert b'"id": 99' not in answer and answer.count(b"HTTP/1.1") == 1, answer
+    await stream.aclose()
+
+
 @pytest.mark.parametrize(
     ("length", "first"), [(100, b"HTTP/1.1 100 Continue\r\n"), (5 << 20, b"HTTP/1.1 413 ")]
 )

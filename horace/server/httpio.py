@@ -76,6 +76,9 @@ def _joined(headers: Headers) -> dict[bytes, bytes]:
     return joined
 
 
+FRAMED_TWICE = "the request gives both Content-Length and Transfer-Encoding: frame its body one way"
+
+
 class HttpConnection:
     def __init__(self, stream: trio.abc.Stream, send_timeout: float) -> None:
         self.stream = stream
@@ -127,6 +130,11 @@ class HttpConnection:
                     await self._refuse_head(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, HEAD_TOO_LARGE)
                     return None
                 request = Request(event.method, event.target, _joined(event.headers))
+                if b"content-length" in request.headers and b"transfer-encoding" in request.headers:
+                    # Framed two ways: a proxy that went by the other would take what follows
+                    # the body for a request of its own (smuggled past it). RFC 9112 6.1.
+                    await self._refuse_head(HTTPStatus.BAD_REQUEST, FRAMED_TWICE)
+                    return None
                 self._head = event.method == b"HEAD"
                 # h11 has checked it (digits only, one value) before giving the request.
                 length = request.headers.get(b"content-length")
