@@ -927,11 +927,9 @@ class Storage:
         object: see :meth:`keep`)."""
         content = _read_small(src, before.st_size)
         after = os.fstat(src)
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(
-            content
-        ) != after.st_size:
-            raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
         checksum = hashlib.sha256(content).hexdigest()
+        if len(content) != after.st_size or not _whole_as_read(src, before, after, checksum, lambda: None):
+            raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
         tmp_path = None
         try:
             os.stat(_object_name(checksum), dir_fd=objects)
@@ -971,10 +969,8 @@ class Storage:
         *recorded_ns*) is staged with its stat identity."""
         staged = self._copy_to_temp(src, check_cancelled, before.st_size)
         after = os.fstat(src)
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            # A writer was at work while we copied: what we have may be torn. (Not ctime:
-            # it moves too when the file is merely renamed over or unlinked, leaving the
-            # bytes read whole; a write within the tick is the racy rule's business.)
+        if not _whole_as_read(src, before, after, staged.checksum, check_cancelled):
+            # A writer was at work while we copied: what we have may be torn.
             self.discard(staged)
             raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
         working = working_stat(after, recorded_ns) if recorded_ns is not None else None
@@ -1910,6 +1906,28 @@ def _pack_linked(link: Path) -> str:
     if found is None or found.kind is not TempKind.PACK or not found.extra:
         raise ValueError(f"not a pack's staged link: {link.name}")
     return found.extra + packs.SUFFIX
+
+
+def _whole_as_read(
+    fd: int, before: os.stat_result, after: os.stat_result, checksum: str, check_cancelled: CheckCancelled
+) -> bool:
+    """Whether the bytes read from *fd* (hashed to *checksum*) between its stats *before*
+    and *after* are one content it held, not the torn mix of two. A write moves mtime,
+    unless the writer sets it back (``touch -r``, ``rsync --inplace -t``); ctime moves with
+    any write, but also when the file is only renamed, unlinked or chmodded, leaving the
+    bytes whole: then the file is read again, and the bytes are whole when it still holds
+    them and nothing moved meanwhile."""
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        return False
+    if before.st_ctime_ns == after.st_ctime_ns:
+        return True
+    os.lseek(fd, 0, os.SEEK_SET)
+    again, size, _ = _hash_fd(fd, check_cancelled, after.st_size)
+    final = os.fstat(fd)
+    return (again, size) == (checksum, after.st_size) and (final.st_mtime_ns, final.st_ctime_ns) == (
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
 
 
 def _read_small(fd: int, size: int) -> bytes:

@@ -23,6 +23,7 @@ import trio
 from helpers import sha256, write
 
 import horace.server.tools as tools
+import horace.storage
 from horace.assemble import open_catalog
 from horace.backends.protocol import BackendUnavailable, DatabaseFull
 from horace.backends.records import FileChanges, Order, Retention, SearchQuery, SortKey, Status
@@ -1487,6 +1488,57 @@ async def test_files_removed_between_the_walk_and_their_read_are_no_scan_errors(
     assert (report.registered, report.unchanged, report.missing) == (1, 1, ("user/old.txt",))
     assert await paths(catalog) == {"user/old.txt", "user/kept-old.txt", "user/kept-new.txt"}
     assert (await catalog.resolve("user/old.txt")).status is Status.ACTIVE
+
+
+@pytest.mark.parametrize("size", [100, 300_000])  # read into memory (packed), and copied
+@pytest.mark.parametrize("meanwhile", ["rewritten, its mtime set back", "chmodded"])
+async def test_a_file_rewritten_in_place_while_it_is_read_is_not_a_version(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, size: int, meanwhile: str
+) -> None:
+    """A write of the same size whose writer sets the old mtime back (`touch -r`, `rsync
+    --inplace -t`), landing while the file is read, leaves a copy that may be torn: it
+    is no version, and the file is read again later. Only ctime tells; a chmod moves it
+    too, with the bytes whole: then the copy stands."""
+    path = files / "user/data.bin"
+    first, second = os.urandom(size), os.urandom(size)
+    write(path, first)
+    file = (await catalog.register("user/data.bin")).file
+    write(path, second[:10] + first[10:])  # a change for the scan to read
+    before = os.stat(path)
+    copy_to_temp, read_small = horace.storage.Storage._copy_to_temp, horace.storage._read_small
+
+    def then_meanwhile() -> None:
+        if meanwhile == "chmodded":
+            path.chmod(0o600)
+            return
+        with path.open("r+b") as writer:
+            writer.write(second)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    def copied_then(self: Storage, *args: Any) -> Any:
+        staged = copy_to_temp(self, *args)
+        then_meanwhile()
+        return staged
+
+    def read_then(*args: Any) -> bytes:
+        content = read_small(*args)
+        then_meanwhile()
+        return content
+
+    monkeypatch.setattr(horace.storage.Storage, "_copy_to_temp", copied_then)
+    monkeypatch.setattr(horace.storage, "_read_small", read_then)
+    report = await catalog.scan("user")
+    monkeypatch.undo()
+    versions = (await catalog.get_info(file_id=file.id, include_versions=True)).versions or ()
+    if meanwhile == "chmodded":
+        assert (report.versioned, report.errors) == (1, ()), report
+        assert (await catalog.content(file, 2, size)).data == second[:10] + first[10:]
+        return
+    assert report.versioned == 0 and "changed while it was being read" in report.errors[0], report
+    assert [v.version for v in versions] == [1]
+    again = await catalog.scan("user")  # read again: the content it holds now
+    assert again.versioned == 1, again
+    assert (await catalog.content(file, 2, size)).data == second
 
 
 async def test_a_files_folder_that_is_a_symlink_is_refused_and_nothing_is_recorded_through_it(
