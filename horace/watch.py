@@ -103,6 +103,9 @@ class Watcher:
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
+        # Paths whose times are ahead of this host's clock: their stat identity, and when
+        # it was first seen so (Trio time). See _settled.
+        self._ahead: dict[str, tuple[tuple[int, int, int, int], float]] = {}
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
         # Copies: paths not catalogued because their content is another file's (the
         # duplicate rule), by that file's id, with the content. Taken again once that file
@@ -398,6 +401,27 @@ class Watcher:
         if failures is not None:
             log.info("watch: %s taken after %d failure%s", rel, failures, "s" * (failures > 1))
 
+    def _settled(self, rel: str, st: os.stat_result) -> bool:
+        """Left alone for the settle time, by its mtime and ctime; or, when they are ahead of
+        this host's clock (a file from a host whose clock is ahead, unpacked with its times;
+        this clock stepped back), by what the watcher saw of it: the same stat identity for
+        the settle time. Else such a file would wait until the clock caught up, and an
+        ordinary write meanwhile would lose its content unversioned."""
+        age = _age(st)
+        if age >= self.settle:
+            self._ahead.pop(rel, None)
+            return True
+        if age >= 0:
+            return False
+        now, seen = trio.current_time(), self._ahead.get(rel)
+        if seen is None or seen[0] != _identity(st):
+            self._ahead[rel] = (_identity(st), now)
+            return False
+        if now - seen[1] < self.settle:
+            return False
+        del self._ahead[rel]
+        return True
+
     async def _take(self, rel: str, correlation_id: str) -> bool:
         """Catalog, version, move or delete *rel* as it now is; False when it waits for
         the pass's batch of new files (or is looked at again later)."""
@@ -406,6 +430,7 @@ class Watcher:
         try:
             st = await in_thread(os.lstat, self.files / rel)
         except (FileNotFoundError, NotADirectoryError):
+            self._ahead.pop(rel, None)
             # A catalogued file is deleted later, unless a new path takes its content
             # (_expire_vanished says when it is done).
             return not await self._vanish(rel)
@@ -420,7 +445,7 @@ class Watcher:
                 # watcher looked: the files catalogued under it that are not there vanish.
                 await self._folder_vanished(rel)
             return True
-        if await in_thread(storage.is_being_written, rel) or _age(st) < self.settle:
+        if await in_thread(storage.is_being_written, rel) or not self._settled(rel, st):
             self.counts.retried += 1
             self.schedule(rel)
             return False
@@ -594,6 +619,10 @@ class Watcher:
 
 def _age(st: os.stat_result) -> float:
     return time.time() - max(st.st_mtime, st.st_ctime)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 async def reconcile_if_watching(catalog: Catalog, progress: Callable[[int, int], None] | None = None) -> None:

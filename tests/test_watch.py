@@ -212,6 +212,33 @@ async def test_in_place_overwrite_makes_a_new_version(watched: Watched) -> None:
     assert watched.object_bytes(final.checksum) == b"second draft, longer than the first"
 
 
+@pytest.mark.parametrize("poll", [False, True])
+async def test_a_file_whose_times_are_ahead_of_the_clock_is_versioned_once_left_alone(
+    settings: Settings, poll: bool
+) -> None:
+    """Unpacked with the times of a host whose clock is ahead (or written before this
+    clock was stepped back): settled once its stat identity stays the same for the settle
+    time, not when the clock catches up, so that the next write cannot lose it."""
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        path = write(running.files / "user/ahead.txt", "one")
+        await eventually(lambda: _has_checksum(running, "user/ahead.txt", sha256("one")), "the first content")
+        write(path, "two, dated next year")
+        ahead = time.time_ns() + 365 * 86400 * 10**9
+        os.utime(path, ns=(ahead, ahead))
+        await eventually(
+            lambda: _has_checksum(running, "user/ahead.txt", sha256("two, dated next year")),
+            "the content dated ahead",
+            within=10 * SETTLE + 5,
+        )
+        write(path, "three")
+        await eventually(lambda: _has_checksum(running, "user/ahead.txt", sha256("three")), "the next write")
+        versions = await running.server.catalog.backend.versions(
+            (await running.server.catalog.backend.file_by_path("user/ahead.txt")).id
+        )
+        assert [v.checksum for v in versions] == [sha256(c) for c in ("three", "two, dated next year", "one")]
+
+
 async def test_write_temp_then_rename_catalogues_only_the_target(watched: Watched) -> None:
     target = watched.files / "user/data.json"
     temp = watched.files / "user/data.json.tmp"
