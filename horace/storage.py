@@ -495,7 +495,15 @@ class Storage:
 
     def writable(self) -> bool:
         """Whether Horace may write to the store (``.horace/tmp``, where every write
-        begins): false on a filesystem gone read-only, or one not this user's to write."""
+        begins): false on a filesystem gone read-only, or one not this user's to write.
+        Tried with a file that is never named: ext4 gone read-only after an error keeps
+        its mount read-write, and the access check says yes."""
+        try:
+            os.close(os.open(self.tmp, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return False
+            # (No O_TMPFILE there, or a full disk: whether a write is refused is asked.)
         return os.access(self.tmp, os.W_OK)
 
     def in_place(self) -> bool:

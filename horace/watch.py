@@ -513,6 +513,10 @@ class Watcher:
             for rel in batch:
                 self._failed(rel, f"the catalog: {failure}", correlation_id)
             return
+        except OSError as exc:  # the storage refuses (gone read-only, say): each is failing
+            for rel in batch:
+                self._failed(rel, str(exc), correlation_id)
+            return
         self.counts.registered += len(outcome.registered)
         for file in outcome.registered:
             self._taken(file.file_path)

@@ -1322,6 +1322,41 @@ async def test_a_write_that_failed_on_a_full_disk_is_taken_once_there_is_room(
         ]
 
 
+async def test_a_store_gone_read_only_is_said_so_and_its_new_files_wait_in_failing_paths(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ext4 after an error (errors=remount-ro): the mount still says read-write and the
+    access check yes, but every write is EROFS. /health says the store is not writable, a
+    new file waits in failing_paths (the watcher goes on, no restart), and is taken once
+    the store is writable again."""
+    tmpfile_open = os.open
+    read_only = False
+
+    def refused_while_read_only(path: Any, flags: int, *rest: Any, **named: Any) -> int:
+        if read_only and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return tmpfile_open(path, flags, *rest, **named)
+
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        monkeypatch.setattr(horace.storage.os, "open", refused_while_read_only)
+        read_only = True
+        write(running.files / "user/new.txt", "new, while read-only")
+
+        async def refused() -> dict[str, Any] | None:
+            body = await _http_health(running)
+            failing = body["watcher"]["failing_paths"] == ["user/new.txt"]
+            return body if failing and not body["store"]["details"]["writable"] else None
+
+        body = await eventually(refused, "the store said read-only and the new file failing")
+        assert body["watcher"]["restarts"] == 0 and body["store"]["ok"] is False, body
+        read_only = False
+        await eventually(
+            lambda: _has_checksum(running, "user/new.txt", sha256("new, while read-only")),
+            "the new file taken once the store is writable",
+        )
+
+
 async def test_changes_made_while_the_catalog_is_down_wait_in_failing_paths(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
