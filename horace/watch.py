@@ -513,9 +513,9 @@ class Watcher:
             for rel in batch:
                 self._failed(rel, f"the catalog: {failure}", correlation_id)
             return
-        except OSError as exc:  # the storage refuses (gone read-only, say): each is failing
+        except OSError as refused:  # the storage (gone read-only, say): each is failing
             for rel in batch:
-                self._failed(rel, str(exc), correlation_id)
+                self._failed(rel, str(refused), correlation_id)
             return
         self.counts.registered += len(outcome.registered)
         for file in outcome.registered:
