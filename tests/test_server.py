@@ -667,6 +667,30 @@ async def test_a_client_gone_during_the_handshake_is_no_error(
     assert not failed, [r.getMessage() for r in failed]
 
 
+async def test_a_first_message_sent_with_the_upgrade_is_answered(settings: Settings) -> None:
+    """A client that does not wait for the 101 (RFC 6455 asks it to) and sends its first
+    frame in the upgrade's packet: the message is taken after the handshake, not lost."""
+    async with run_horace(serving(settings)) as running:
+        host, port = running.url.removeprefix("ws://").split("/")[0].split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        payload = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + masked
+        await stream.send_all(
+            b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" + frame
+        )
+        received = b""
+        with trio.fail_after(10):
+            while b'"id": 1' not in received:
+                data = await stream.receive_some(65536)
+                assert data, received
+                received += data
+        assert received.startswith(b"HTTP/1.1 101 ") and b'"result": {}' in received, received
+        await stream.aclose()
+
+
 async def test_connection_limit(settings: Settings) -> None:
     async with run_horace(serving(settings, max_connections=2)) as running:
         async with connect(running.url) as one, connect(running.url) as two:

@@ -66,11 +66,24 @@ class ClientStream(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._prefix = b""
+        self._held = b""
+        self._handed_over = trio.Event()
 
-    def replay(self, prefix: bytes) -> None:
-        self._prefix = prefix
+    def replay(self, prefix: bytes, held: bytes = b"") -> None:
+        """Give back *prefix*, then *held* once :meth:`hand_over` is called. (wsproto's
+        server drops what came after the upgrade's head before it accepted: a client's
+        first frame sent with the head, say. Held back, it comes after the accept.)"""
+        self._prefix, self._held = prefix, held
+        if not held:
+            self._handed_over.set()
+
+    def hand_over(self) -> None:
+        self._handed_over.set()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._prefix and self._held:
+            await self._handed_over.wait()
+            self._prefix, self._held = self._held, b""
         if self._prefix:
             size = len(self._prefix) if max_bytes is None else max_bytes
             chunk, self._prefix = bytes(self._prefix[:size]), self._prefix[size:]
@@ -204,7 +217,9 @@ class Front:
                 refusal.status, {"error": refusal.message}, headers=refusal.headers, close=True
             )
             return
-        stream.replay(bytes(conn.received))
+        after_head = len(conn.h11.trailing_data[0])
+        head = len(conn.received) - after_head
+        stream.replay(bytes(conn.received[:head]), bytes(conn.received[head:]))
         intake = MessageIntake(stream, self.large_requests)
         try:
             async with trio.open_nursery() as websocket_tasks:  # trio-websocket's reader lives here
@@ -221,6 +236,7 @@ class Front:
                         ws = await handshake.accept(subprotocol=subprotocol)
                     except ConnectionClosed as exc:  # the client went during the handshake (1006)
                         log.debug("connection dropped during the WebSocket handshake: %s", exc)
+                    stream.hand_over()
                 if opening.cancelled_caught:
                     log.debug("connection closed: no request and handshake within %.0f s", HEAD_TIMEOUT)
                 try:
