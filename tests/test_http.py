@@ -584,6 +584,10 @@ async def test_a_cut_post_stream_is_not_a_cancel_and_resumes_with_get(
     await eventually(lambda: session.streams[number].finished, "the call to finish")
     assert session.session.held()["reply_bytes"] > 0  # kept for the client, counted
 
+    # An id past what the stream sent is none of its: nothing, and the answer stays.
+    response, events = await resume(client, f"{number}-99")
+    assert response.status_code == 200 and events == []
+    assert number in session.streams and not session.streams[number].delivered
     response, events = await resume(client, priming)
     assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
     assert [event.id for event in events] == [f"{number}-1"]

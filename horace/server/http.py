@@ -353,10 +353,11 @@ class StreamableHttp:
                 return
             found = sse.parse_event_id(last_event_id)
             stream = session.streams.get(found[0]) if found else None
-            if found is None or stream is None or not stream.resumable:
+            if found is None or stream is None or not stream.resumable or found[1] > stream.last:
                 # Nothing left to send after that event (its answer was delivered or
-                # dropped, or the id is not one of ours): an SSE stream that ends at once,
-                # as MCP asks of a GET (a stream or 405), and as a delivered answer ended.
+                # dropped, or the id is not one of ours: past what the stream sent, too,
+                # which must not take the answer for delivered): an SSE stream that ends at
+                # once, as MCP asks of a GET (a stream or 405), and as a delivered answer ended.
                 async with _answering(conn):
                     await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
                     await conn.end_stream()
