@@ -304,6 +304,15 @@ async def test_batch_with_a_notification(client: McpClient) -> None:
     ]
 
 
+async def test_an_unknown_method_is_named_in_words_every_json_parser_takes(client: McpClient) -> None:
+    """A lone surrogate quoted back as itself would make the reply JSON that strict parsers
+    refuse; a notification's method sent with an id is told for what it is."""
+    reply = await client.request("\ud800x")
+    assert reply["error"] == {"code": -32601, "message": "method not found: \\ud800x"}, reply
+    reply = await client.request("notifications/cancelled", {"requestId": 1})
+    assert reply["error"]["message"] == "notifications/cancelled is a notification: send it without an id"
+
+
 async def test_oversize_message_is_answered_and_a_far_larger_one_closes_the_websocket(
     settings: Settings,
 ) -> None:

@@ -43,7 +43,11 @@ MAX_ERROR_MESSAGE_CHARS = 2000
 
 
 def bounded(message: str) -> str:
-    """*message*, cut to MAX_ERROR_MESSAGE_CHARS with the rest counted."""
+    """*message*, cut to MAX_ERROR_MESSAGE_CHARS with the rest counted; a lone surrogate
+    it quotes (a method name of a client's, say) written as its escape, which strict JSON
+    parsers take (they refuse the surrogate itself)."""
+    if not message.isascii():
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(message) <= MAX_ERROR_MESSAGE_CHARS:
         return message
     cut = MAX_ERROR_MESSAGE_CHARS - 40

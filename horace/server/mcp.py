@@ -466,6 +466,8 @@ class McpSession:
             result = await self.resources.complete(params)
         elif method == "logging/setLevel":
             result = self._set_level(params)
+        elif method.startswith("notifications/"):
+            raise RpcError(METHOD_NOT_FOUND, f"{method} is a notification: send it without an id")
         else:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
         return result_text(request_id, result)
