@@ -1600,13 +1600,20 @@ class Storage:
         return self.files.resolve()
 
     def walk_objects(self) -> Iterator[tuple[str, os.stat_result]]:
-        """The objects of their own (not those in packs: see :meth:`walk_packs`)."""
+        """The objects of their own (not those in packs: see :meth:`walk_packs`); one
+        another process's collector removes as they are walked is simply not there."""
         for sub in sorted(os.listdir(self.objects)):
             if sub == self.packs.name:
                 continue
-            with os.scandir(self.objects / sub) as entries:
-                for entry in entries:
-                    yield entry.name, entry.stat(follow_symlinks=False)
+            try:
+                with os.scandir(self.objects / sub) as entries:
+                    for entry in entries:
+                        try:
+                            yield entry.name, entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # collected meanwhile
+            except FileNotFoundError:
+                continue
 
     def walk_temps(self) -> Iterator[tuple[Path, TempName | None]]:
         """Every file in ``.horace/tmp``, with what its name says of it."""

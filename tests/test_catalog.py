@@ -616,6 +616,27 @@ async def test_archive_and_back(catalog: Catalog, files: Path) -> None:
     assert active.file.status is Status.ACTIVE and path.read_text() == "archive me"
 
 
+async def test_objects_another_process_collects_during_a_walk_are_passed_over(
+    catalog: Catalog, files: Path
+) -> None:
+    """Another instance's collector removes objects (and their emptied folders) while this
+    one walks them for its own collector or fsck: they are simply not there, no error."""
+    for n in range(6):
+        write(files / f"user/{n}.txt", f"content {n}")
+        await catalog.register(f"user/{n}.txt")
+    walk = catalog.storage.walk_objects()
+    first, _ = next(walk)
+    objects = catalog.storage.objects
+    for path in objects.glob("??/*"):
+        if path.name != first:
+            path.unlink()
+    for folder in objects.glob("??"):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    assert list(walk) == []
+    assert [name for name, _ in catalog.storage.walk_objects()] == [first]
+
+
 async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) -> None:
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
     async with open_catalog(settings, create=True) as catalog:
