@@ -124,6 +124,10 @@ def unchanged_since(recorded: WorkingStat | None, now: os.stat_result, margin_ns
     return same and max(recorded.mtime_ns, recorded.ctime_ns) < recorded.recorded_ns - margin_ns
 
 
+# Inserts of a new file tried, each time the file holding its content changed in between.
+REGISTER_ATTEMPTS = 3
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -577,27 +581,34 @@ class Catalog:
                     return await self._reregister(db, existing, correlation_id)
                 except FileGone:  # a deleted file purged meanwhile (purge takes no file lock)
                     log.info("register: %s was purged meanwhile: catalogued anew", rel)
-            staged = await self._stage(rel)
-            try:
-                duplicate = await db.file_by_checksum(staged.checksum)
-                if duplicate is not None:
-                    return Registered(duplicate, duplicate=True, version_created=False)
-                now = self.clock()
-                record = _new_record(rel, staged, mime.detect(rel, staged.head), now, correlation_id, new)
-                working = {record.id: staged.working} if staged.working else None
-                with trio.CancelScope(shield=True):
-                    await in_thread(self.storage.keep, staged)
-                    inserted = await db.insert_files([record], new.collection, working)
-                    await in_thread(self.storage.release, staged)
-            finally:
-                await self.discard(staged)
-            if inserted:
-                return Registered(inserted[0], duplicate=False, version_created=True)
-            # Another host registered this path or content between our look-up and insert.
-            raced = await db.file_by_path(rel) or await db.file_by_checksum(record.checksum)
-            if raced is None:
-                raise HoraceError(ErrorCode.INTERNAL, f"could not register {rel!r}")
-            return Registered(raced, duplicate=raced.file_path != rel, version_created=False)
+            for _ in range(REGISTER_ATTEMPTS):
+                staged = await self._stage(rel)
+                try:
+                    duplicate = await db.file_by_checksum(staged.checksum)
+                    if duplicate is not None:
+                        return Registered(duplicate, duplicate=True, version_created=False)
+                    now = self.clock()
+                    record = _new_record(rel, staged, mime.detect(rel, staged.head), now, correlation_id, new)
+                    working = {record.id: staged.working} if staged.working else None
+                    with trio.CancelScope(shield=True):
+                        await in_thread(self.storage.keep, staged)
+                        inserted = await db.insert_files([record], new.collection, working)
+                        await in_thread(self.storage.release, staged)
+                finally:
+                    await self.discard(staged)
+                if inserted:
+                    return Registered(inserted[0], duplicate=False, version_created=True)
+                # Another writer registered this path or content between our look-up and
+                # insert: its record is the answer. None left (the file that held the
+                # content deleted or changed meanwhile): the insert is tried again.
+                raced = await db.file_by_path(rel) or await db.file_by_checksum(record.checksum)
+                if raced is not None:
+                    return Registered(raced, duplicate=raced.file_path != rel, version_created=False)
+            raise HoraceError(
+                ErrorCode.FILE_LOCKED,
+                f"{rel!r} could not be registered: the file that held its content changed "
+                f"{REGISTER_ATTEMPTS} times as it was; try again",
+            )
 
     async def _reregister(self, db: Units, existing: FileRecord, correlation_id: str | None) -> Registered:
         # A catalogued path: version its content if it changed; a deleted or archived

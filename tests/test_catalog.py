@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import stat
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -614,6 +615,51 @@ async def test_archive_and_back(catalog: Catalog, files: Path) -> None:
     assert archived.file.status is Status.ARCHIVED and not path.exists()
     active = await catalog.update(file.id, FileChanges(status=Status.ACTIVE))
     assert active.file.status is Status.ACTIVE and path.read_text() == "archive me"
+
+
+async def test_a_register_whose_contents_other_file_comes_and_goes_is_tried_again(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The content catalogued by another file between the look-up and the insert (so the
+    insert takes nothing), and that file deleted before the loser looks for the winner:
+    no winner to answer with; the insert is tried again, and the file registered."""
+    write(files / "user/a.txt", "shared content")
+    write(files / "user/b.txt", "shared content")
+    keep, release = Storage.keep, Storage.release
+    raced: list[str] = []
+
+    def meanwhile(nursery: trio.Nursery, work: Callable[[], Any]) -> None:
+        """*work* done by another task (another writer), this thread waiting for it."""
+        done = threading.Event()
+
+        async def task() -> None:
+            try:
+                raced.append(await work())
+            finally:
+                done.set()
+
+        trio.from_thread.run_sync(nursery.start_soon, task)
+        assert done.wait(10)
+
+    def keep_as_a_is_registered(self: Storage, staged: Any) -> Any:
+        if not raced:
+            raced.append("registering a")
+            meanwhile(nursery, lambda: catalog.register("user/a.txt"))
+        return keep(self, staged)
+
+    def release_as_a_is_deleted(self: Storage, staged: Any) -> Any:
+        if len(raced) == 2:
+            raced.append("deleting a")
+            meanwhile(nursery, lambda: catalog.delete(raced[1].file.id))
+        return release(self, staged)
+
+    monkeypatch.setattr(Storage, "keep", keep_as_a_is_registered)
+    monkeypatch.setattr(Storage, "release", release_as_a_is_deleted)
+    async with trio.open_nursery() as nursery:
+        done = await catalog.register("user/b.txt")
+    assert len(raced) == 4  # (the race happened)
+    assert (done.file.file_path, done.version_created, done.duplicate) == ("user/b.txt", True, False)
+    assert (await catalog.resolve("user/a.txt")).status is Status.DELETED
 
 
 async def test_objects_another_process_collects_during_a_walk_are_passed_over(
