@@ -76,6 +76,9 @@ class Finding:
     subject: str | None = None  # the temp file or object the finding is about
 
 
+GARBAGE = frozenset({"orphan_object"})  # findings that are the collector's work, not damage
+
+
 @frozen
 class FsckReport:
     findings: tuple[Finding, ...]
@@ -99,10 +102,12 @@ class FsckReport:
 
     @property
     def exit_code(self) -> int:
-        """As e2fsck: 0 clean, 1 everything found was repaired, 4 problems remain."""
+        """As e2fsck: 0 clean, 1 everything found was repaired, 4 problems remain. Garbage
+        collected (objects no version refers to) is no repair: it leaves the code alone, so
+        that a nightly `fsck --repair` says 1 only when something was damaged."""
         if any(not f.repaired for f in self.findings):
             return 4
-        return 1 if self.findings else 0
+        return 1 if any(f.kind not in GARBAGE for f in self.findings) else 0
 
 
 async def fsck(

@@ -129,6 +129,11 @@ def test_fsck_names_the_objects_no_version_refers_to(store: tuple[Path, dict[str
     assert "23 objects no version refers to, kept until HORACE_DELETED_RETENTION" in lines[0]
     assert lines[1:21] == [f"  kept: .horace/objects/{n[:2]}/{n}" for n in sorted(names)[:20]]
     assert lines[21] == "  … and 3 more (--json lists them all)"
+    # Collected once the retention has passed: the collector's work, not a repair (exit 0).
+    past = {**env, "HORACE_GC_GRACE": "0s", "HORACE_DELETED_RETENTION": "0s"}
+    done = horace("fsck", "--repair", env=past)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert done.stdout.count("orphan_object") == 23, done.stdout
 
 
 def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, dict[str, str]]) -> None:
