@@ -323,6 +323,18 @@ async def test_stdout_closed_by_the_client_ends_the_session(env: dict[str, str])
     assert any(r["message"].startswith("stdio session closed: stdout closed") for r in client.log_records())
 
 
+async def test_stdout_closed_ends_the_session_at_once_with_nothing_to_write(env: dict[str, str]) -> None:
+    """No reply due: the closed pipe is seen as it closes (the calls running then are
+    cancelled at once), not at the next write, which may come late or never."""
+    async with horace_mcp(env) as client:
+        await client.initialize()
+        assert client.process.stdout is not None
+        await client.process.stdout.aclose()
+        with trio.fail_after(10):
+            assert await client.exited() == 0  # (stdin still open)
+    assert "stdio session closed: stdout closed" in [r["message"] for r in client.log_records()]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 async def test_sigterm_or_a_hang_up_ends_the_session(env: dict[str, str], signum: signal.Signals) -> None:
     async with horace_mcp(env) as client:

@@ -140,5 +140,6 @@ async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 await nursery.start(end_on_signals, session)
+            nursery.start_soon(session.end_when_stdout_closes, fds.stdout)
             await session.run()
             nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -218,6 +219,17 @@ class StdioSession:
         self._reading.cancel()
         if self.gone and self._calls is not None:
             self._calls.cancel()
+
+    async def end_when_stdout_closes(self, fd: int) -> None:
+        """End the session, its calls cancelled, as soon as the client closes the pipe it
+        reads stdout from, not at the next write (a call that sends nothing before its
+        reply would run on to its end for nobody). Only a pipe: its writing end is never
+        readable, so a wakeup means the reader is gone; a socket or a file can be read."""
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        await trio.lowlevel.wait_readable(fd)
+        self.gone = True
+        self.end("stdout closed")
 
     def _too_long(self, line: TooLong) -> str:
         limit = self.settings.max_message_bytes
