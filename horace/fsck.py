@@ -670,6 +670,11 @@ async def _file(
                 detail += ": written back from its current version"
             else:
                 detail += ": a file appeared at its path meanwhile, left as it is (a scan versions it)"
+        elif not repair and await in_thread(os.path.lexists, storage.files / file.file_path):
+            detail += (
+                ": something that is not a file is at its path (a folder, a link, a FIFO: move "
+                "it away, then `fsck --repair` writes the file back from its current version)"
+            )
         elif not repair:
             # Most often removed by its user while no watcher ran: a repair would bring it back.
             detail += (

@@ -1306,12 +1306,15 @@ async def test_repair_goes_on_past_a_file_it_cannot_reach(
     (files / "user/x").unlink()
     (files / "user/x").mkdir()
     (files / "user/zzz.txt").unlink()
-    looked = {f.file_path: f.kind for f in (await fsck(catalog)).findings}
-    assert looked == {
+    found = {f.file_path: f for f in (await fsck(catalog)).findings}
+    assert {path: f.kind for path, f in found.items()} == {
         "user/sub/f.txt": "unreachable",
         "user/x": "working_missing",
         "user/zzz.txt": "working_missing",
     }
+    # Said before a repair as the repair would say it: the folder must go first.
+    assert "something that is not a file is at its path" in found["user/x"].detail
+    assert "removed on purpose" in found["user/zzz.txt"].detail
     report = await fsck(catalog, repair=True)
     by_path = {f.file_path: f for f in report.findings}
     assert by_path["user/sub/f.txt"].kind == "unreachable" and not by_path["user/sub/f.txt"].repaired
