@@ -37,6 +37,7 @@ import trio
 from inotify_simple import INotify, flags
 
 from horace.paths import printable, unusable_name
+from horace.supervise import Environmental
 
 log = logging.getLogger("horace.watch")
 
@@ -60,7 +61,7 @@ QUIET = 0.02  # a batch ends after this long without events ...
 DEBOUNCE = 0.1  # ... or this long after its first
 
 
-class WatchFailed(Exception):
+class WatchFailed(Environmental):
     """The watch is not (or no longer) in place."""
 
 

@@ -13,11 +13,24 @@ import attrs
 import trio
 
 from horace.backends.protocol import OUTAGES
+from horace.storage import STORAGE_ERRNOS
 
 log = logging.getLogger("horace.supervise")
 # What ends a server, a watcher or a stdio session gracefully: Ctrl-C, a service manager's
 # stop, and the terminal or SSH session it ran in hanging up.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Environmental(Exception):
+    """A failure of what a task works on, not of the task (a watch limit reached): logged
+    in a line, as an outage is, not as a crash with its traceback."""
+
+
+def _environmental(failure: BaseException) -> bool:
+    """The database, the disk or the system's limits, not a bug."""
+    if isinstance(failure, OSError):
+        return failure.errno in STORAGE_ERRNOS
+    return isinstance(failure, (*OUTAGES, Environmental))
 
 
 def backoff(failures: int, base: float = 1.0, cap: float = 30.0) -> float:
@@ -64,7 +77,7 @@ async def supervise(
             state.state = "restarting"
             state.last_error = _describe(exc)
             delay = backoff(failures, backoff_base, backoff_cap)
-            if isinstance(the_failure(exc), OUTAGES):  # the database or the disk, not a bug: one line
+            if _environmental(the_failure(exc)):  # one line
                 log.warning(
                     "task %s failed (%s); again in %.0f s",
                     state.name,

@@ -9,6 +9,8 @@ microsecond.
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from itertools import pairwise
@@ -19,6 +21,7 @@ import trio
 import trio.testing
 
 from horace.backends.protocol import BackendUnavailable
+from horace.changefeed import WatchFailed
 from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
 from horace.supervise import TaskState, backoff, every, supervise
 
@@ -79,6 +82,30 @@ async def test_a_sink_retries_on_the_backoff_schedule(autojump_clock: trio.testi
         assert low <= wait <= high + 1e-6, (waits, expected_delays(8))
     assert waits[-1] > 8  # capped at 30 s, doubling from 1 s: the last waits are long
     assert transport.stored == [{"message": "held back"}] and runner.failures == 0
+
+
+async def test_what_the_environment_does_is_a_line_and_a_bug_is_a_traceback(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A watch limit reached or a store gone read-only is the operator's to mend, said in
+    one line each time it is met; only what may be a bug is logged with its traceback."""
+    failures = iter(
+        [
+            WatchFailed("the inotify watch limit is reached (fs.inotify.max_user_watches)"),
+            OSError(errno.EROFS, "Read-only file system"),
+            RuntimeError("a bug"),
+        ]
+    )
+
+    async def body() -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+
+    with caplog.at_level(logging.WARNING, logger="horace.supervise"):
+        await supervise(TaskState("watcher"), body, backoff_base=BASE, backoff_cap=CAP)
+    said = [(r.levelno, r.exc_info is not None) for r in caplog.records if r.name == "horace.supervise"]
+    assert said == [(logging.WARNING, False), (logging.WARNING, False), (logging.ERROR, True)]
 
 
 async def test_a_crashing_task_is_restarted_on_the_backoff_schedule(
