@@ -975,7 +975,12 @@ class Storage:
     ) -> Staged:
         """Stage the open file *src*, whose stat was *before*; a working file (read after
         *recorded_ns*) is staged with its stat identity."""
-        staged = self._copy_to_temp(src, check_cancelled, before.st_size)
+        try:
+            staged = self._copy_to_temp(src, check_cancelled, before.st_size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and before.st_blocks * 512 < before.st_size:
+                raise self._sparse_does_not_fit(what, before) from None
+            raise
         after = os.fstat(src)
         if not _whole_as_read(src, before, after, staged.checksum, check_cancelled):
             # A writer was at work while we copied: what we have may be torn.
@@ -984,6 +989,20 @@ class Storage:
         working = working_stat(after, recorded_ns) if recorded_ns is not None else None
         return Staged(
             staged.tmp_path, staged.checksum, staged.size, staged.head, FileIdentity.of(after), working
+        )
+
+    def _sparse_does_not_fit(self, what: str, st: os.stat_result) -> HoraceError:
+        """A full disk met copying a sparse file: its holes are kept as the zeros they read
+        as, which is what did not fit (the disk may be nearly empty)."""
+        try:
+            room = os.statvfs(self.tmp)
+            free = f"the {_size(room.f_bavail * room.f_frsize)} free"
+        except OSError:
+            free = "the room left"
+        return HoraceError(
+            ErrorCode.STORAGE_FULL,
+            f"the storage is full: {what!r} is a sparse file of {_size(st.st_size)} "
+            f"({_size(st.st_blocks * 512)} of it on disk), kept whole, and that does not fit in {free}",
         )
 
     def is_being_written(self, rel: str) -> bool:
@@ -1943,6 +1962,18 @@ def _whole_as_read(
         after.st_mtime_ns,
         after.st_ctime_ns,
     )
+
+
+def _size(count: int) -> str:
+    """*count* bytes, as a person reads them (1.0 GiB)."""
+    if count < 1024:
+        return f"{count} bytes"
+    amount = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if amount < 1024:
+            return f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"
 
 
 def _read_small(fd: int, size: int) -> bytes:

@@ -220,6 +220,24 @@ async def test_a_real_full_filesystem(small_tmpfs: Path) -> None:
         await assert_sound(catalog)
 
 
+async def test_a_sparse_file_that_does_not_fit_whole_says_so(small_tmpfs: Path) -> None:
+    """Its holes are kept as the zeros they read as: on a nearly empty disk, "full" alone
+    would send the operator looking for what filled it."""
+    settings = Settings(storage_path=small_tmpfs / "root", gc_grace=0.0)
+    async with open_catalog(settings, create=True) as catalog:
+        sparse = catalog.storage.files / "user/sparse.img"
+        sparse.parent.mkdir(parents=True, exist_ok=True)
+        with sparse.open("wb") as out:
+            out.truncate(1 << 30)
+            out.seek(500_000_000)
+            out.write(b"hello")
+        with pytest.raises(HoraceError) as full:
+            await catalog.register("user/sparse.img")
+        assert full.value.code is ErrorCode.STORAGE_FULL
+        assert "a sparse file of 1.0 GiB" in full.value.message and "kept whole" in full.value.message
+        assert sparse.stat().st_size == 1 << 30 and temps_left(catalog) == []
+
+
 async def test_a_scan_on_a_nearly_full_disk_takes_what_fits(small_tmpfs: Path, tmp_path: Path) -> None:
     """New files staged as one pack that does not fit: taken one by one instead, each that
     does not fit an error of its own, not the whole scan refused. Once there is room, the
