@@ -700,6 +700,32 @@ async def test_a_first_message_sent_with_the_upgrade_is_answered(settings: Setti
         await stream.aclose()
 
 
+@pytest.mark.parametrize(
+    ("version", "key", "status", "why"),
+    [
+        ("8", "dGhlIHNhbXBsZSBub25jZQ==", b"426 Upgrade Required", b"this server speaks version 13"),
+        ("13", "abc", b"400 Bad Request", b"16 bytes in base64"),
+        ("13", "dGhlIHNhbXBsZQ==", b"400 Bad Request", b"16 bytes in base64"),  # (10 bytes)
+    ],
+)
+async def test_an_upgrade_rfc_6455_refuses_is_refused_saying_why(
+    server: RunningHorace, version: str, key: str, status: bytes, why: bytes
+) -> None:
+    host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(
+        f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n\r\n".encode()
+    )
+    answer = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 " + status) and why in answer, answer
+    assert (b"sec-websocket-version: 13" in answer) is (version != "13")
+    await stream.aclose()
+
+
 async def test_connection_limit(settings: Settings) -> None:
     async with run_horace(serving(settings, max_connections=2)) as running:
         async with connect(running.url) as one, connect(running.url) as two:

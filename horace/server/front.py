@@ -17,6 +17,7 @@ HTTP request's body, from its head.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -200,7 +201,7 @@ class Front:
         self, conn: HttpConnection, stream: ClientStream, request: Request, ticket: Ticket, deadline: float
     ) -> None:
         settings = self.settings
-        refusal = access_refusal(
+        refusal = _handshake_refusal(request) or access_refusal(
             request.headers, settings.auth_token, settings.allowed_origins, websocket=True
         )
         if refusal is None and self.admission.full:
@@ -255,6 +256,27 @@ def websocket_message_cap(limit: int) -> int:
     with 1009 (message too big) as it comes, so that a refused message costs no more
     memory than one admitted."""
     return limit + limit // 16
+
+
+def _handshake_refusal(request: Request) -> Refusal | None:
+    """What RFC 6455 (4.2.1) refuses in an upgrade's head, said as every refusal is (else
+    wsproto answers a bare 400 or 426)."""
+    version = request.headers.get(b"sec-websocket-version")
+    if version != b"13":
+        return Refusal(
+            426,
+            f"WebSocket version {version.decode('latin-1') if version else '(none)'}: "
+            "this server speaks version 13",
+            ((b"sec-websocket-version", b"13"),),
+        )
+    key = request.headers.get(b"sec-websocket-key", b"")
+    try:
+        whole = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        whole = False
+    if not whole:
+        return Refusal(400, "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 4.1)")
+    return None
 
 
 def _is_upgrade(request: Request) -> bool:
