@@ -226,6 +226,8 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
     assert all(r.json()["error"]["code"] == -32700 for r, _, text in cases if text.startswith("parse error"))
     (put,) = [response for response, _, _ in cases if response.request.method == "PUT"]
     assert put.headers["allow"] == "GET, POST, DELETE, OPTIONS"
+    health = await http.post(server.health_url, content=b"{}")
+    assert (health.status_code, health.headers["allow"]) == (405, "GET, HEAD"), health.text
     # Curl's default, and no Accept at all, allow both.
     for accept in ("*/*", None):
         assert (await post(accept=accept)).status_code == 200

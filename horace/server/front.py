@@ -181,6 +181,11 @@ class Front:
                 return
             if request.path in HEALTH_PATHS and request.method in (b"GET", b"HEAD"):
                 await self._health(conn, request)
+            elif request.path in HEALTH_PATHS:
+                conn.finish_empty_body()
+                await conn.respond_json(
+                    405, {"error": "/health answers GET and HEAD"}, headers=((b"allow", b"GET, HEAD"),)
+                )
             elif request.path in MCP_PATHS:
                 await self.http.handle(conn, request, ticket)
             else:
