@@ -1652,7 +1652,14 @@ class Catalog:
         cutoff = self.clock() - self.policy.deleted_retention
         purged, orphans = await self.backend.purge_deleted(cutoff)
         orphans = await self._unless_copied(orphans)
-        deleted = await self.collect(orphans, grace_seconds=0.0) if orphans else []
+        deleted = []
+        if orphans:
+            # Collected now when past the grace period; a younger one (a writer may have
+            # just kept it for a version it is about to record) is let go of, and goes with
+            # a later purge. With no grace, only the writer's staged copy would stand
+            # between a crash and that version's content.
+            await self.let_go(orphans)
+            deleted = await self.collect(orphans)
         deleted += await self.collect_orphans()
         await self.backend.tidy()
         return PurgeReport(purged, len(deleted))

@@ -683,6 +683,51 @@ async def test_objects_another_process_collects_during_a_walk_are_passed_over(
     assert [name for name, _ in catalog.storage.walk_objects()] == [first]
 
 
+async def test_a_purge_never_collects_content_a_writer_is_about_to_record(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted file's content is purged while another file with that content is being
+    registered (its object kept, its row not yet in): the object stays (the writer's keep
+    made it fresh), and is let go of once past the grace period if nothing refers to it."""
+    catalog.policy = attrs.evolve(catalog.policy, deleted_retention=timedelta(0), gc_grace_seconds=600.0)
+    write(files / "user/old.txt", "the same content")
+    old = (await catalog.register("user/old.txt")).file
+    await catalog.delete(old.id)
+    write(files / "user/new.txt", "before")
+    new = (await catalog.register("user/new.txt")).file
+    write(files / "user/new.txt", "the same content")  # a new version, about to be recorded
+    keep = Storage.keep
+    purged: list[Any] = []
+
+    def keep_then_purge(self: Storage, staged: Any) -> Any:
+        kept = keep(self, staged)
+        if not purged:
+            done = threading.Event()
+
+            async def purge() -> None:
+                try:
+                    purged.append(await catalog.purge())
+                finally:
+                    done.set()
+
+            trio.from_thread.run_sync(nursery.start_soon, purge)
+            assert done.wait(10)
+            # Not taken from under the writer (only its staged copy would be left of it,
+            # until its commit: a crash, and the version's content is gone).
+            purged.append(catalog.storage.object_path(staged.checksum).exists())
+        return kept
+
+    monkeypatch.setattr(Storage, "keep", keep_then_purge)
+    async with trio.open_nursery() as nursery:
+        new = (await catalog.register("user/new.txt")).file
+    monkeypatch.undo()
+    assert purged[0].files_purged == 1, purged  # (the race happened: the old file's rows went first)
+    assert purged[1] is True, "the purge collected the content a writer had just kept"
+    assert new.current_version == 2
+    assert (await catalog.content(new, None, 100)).data == b"the same content"
+    assert (await fsck(catalog, deep=True)).clean
+
+
 async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) -> None:
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
     async with open_catalog(settings, create=True) as catalog:
@@ -697,9 +742,15 @@ async def test_purge_removes_rows_then_objects(settings: Settings, files: Path) 
         await catalog.delete(b.id)
         now[0] += timedelta(days=11)  # a deleted 31 days ago, b 11 days ago
         report = await catalog.purge()
-        assert (report.files_purged, report.objects_deleted) == (1, 1)
+        # a's content was written within the grace period (a writer may have just kept it
+        # for a version it is about to record): let go of, collected by a later purge.
+        assert (report.files_purged, report.objects_deleted) == (1, 0)
         assert await catalog.backend.file_by_id(a.id) is None
+        assert a.checksum in catalog.storage.released_marks()
+        catalog.policy = attrs.evolve(catalog.policy, gc_grace_seconds=0.0)  # (past it)
+        assert (await catalog.purge()).objects_deleted == 1
         assert not catalog.storage.has_object(a.checksum)
+        assert a.checksum not in catalog.storage.released_marks()
         assert await catalog.backend.file_by_id(b.id) is not None
         assert catalog.storage.has_object(b.checksum)
 
