@@ -1209,15 +1209,7 @@ _REBIND = (
 async def _migrate(conn: Conn) -> int:
     # Up to date (every start but the first after an upgrade): nothing is made, so a role
     # that may only read and write the tables (no CREATE on the schema) can run Horace.
-    if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
-        # (Absent here, it is made below, empty: Horace's, or another starting Horace's.)
-        columns, records_steps, has_files = await conn.fetchrow(
-            "SELECT (SELECT array_agg(a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod)) "
-            "FROM pg_attribute a WHERE a.attrelid = to_regclass('schema_version') "
-            "AND a.attnum > 0 AND NOT a.attisdropped), EXISTS (SELECT 1 FROM schema_version), "
-            "to_regclass('horace_files') IS NOT NULL"
-        )
-        migrations.check_version_table(list(columns or ()), records_steps, has_files)
+    if await _version_table(conn):  # (absent, it is made below: Horace's, or another starting one's)
         applied = await _applied(conn)
         if not migrations.pending("postgres", applied):
             return max(applied, default=0)
@@ -1246,11 +1238,24 @@ async def _migrate(conn: Conn) -> int:
     return max(applied, default=0)
 
 
+async def _version_table(conn: Conn) -> bool:
+    """Whether there is a ``schema_version`` table: :class:`NotHoraces` when it is another
+    application's (a migration tool's, of another shape)."""
+    if not await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+        return False
+    columns, records_steps, has_files = await conn.fetchrow(
+        "SELECT (SELECT array_agg(a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod)) "
+        "FROM pg_attribute a WHERE a.attrelid = to_regclass('schema_version') "
+        "AND a.attnum > 0 AND NOT a.attisdropped), EXISTS (SELECT 1 FROM schema_version), "
+        "to_regclass('horace_files') IS NOT NULL"
+    )
+    migrations.check_version_table(list(columns or ()), records_steps, has_files)
+    return True
+
+
 async def _applied_if_any(conn: Conn) -> set[int]:
     """The schema steps applied (none when there is no table of them)."""
-    if not await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
-        return set()
-    return await _applied(conn)
+    return await _applied(conn) if await _version_table(conn) else set()
 
 
 async def _applied(conn: Conn) -> set[int]:
@@ -1917,7 +1922,10 @@ class PostgresBackend(_Units):
 
     async def identity(self) -> CatalogIdentity:
         found = await self._source.run(_identity)
-        applied = await self._source.run(_applied_if_any)
+        try:
+            applied = await self._source.run(_applied_if_any)
+        except NotHoraces as exc:
+            raise UnusableURL(f"PostgreSQL at {self._hop.where}: {exc}: {NOT_HORACES_ADVICE}") from None
         pending = migrations.pending("postgres", applied) if applied else []  # (none: a new database)
         self._hop.behind = ", ".join(str(step.version) for step in pending) or None
         return found

@@ -1820,6 +1820,7 @@ async def test_step_3_indexes_the_files_already_there(pg_url: str) -> None:
             "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (3)",
             "records steps, but none of Horace's tables",
         ),
+        ("CREATE TABLE schema_version (v int)", "schema_version (v integer)"),  # no version column
     ],
 )
 async def test_a_database_holding_another_applications_tables_is_refused_untouched(
@@ -1835,7 +1836,11 @@ async def test_a_database_holding_another_applications_tables_is_refused_untouch
     async with open_postgres(pg_url) as backend:
         with pytest.raises(UnusableURL, match="another application's") as refused:
             await backend.migrate()
-    assert said in str(refused.value)
+        assert said in str(refused.value)
+        if "schema_version" in foreign:  # looked at by every start too, before any migration
+            with pytest.raises(UnusableURL, match="another application's") as refused:
+                await backend.identity()
+            assert said in str(refused.value)
     after = await trio.to_thread.run_sync(
         admin_column, f"SELECT tablename::text FROM pg_tables WHERE schemaname = '{schema}' ORDER BY 1"
     )
