@@ -1269,10 +1269,11 @@ def _asyncio_error(loop: Any, context: dict[str, Any]) -> None:
     """What asyncio reports with nobody to raise it to. trio-asyncio's own handler raises
     it into the loop's nursery, which ends the backend and everything in it; a connection
     lost without a statement on it ("Future exception was never retrieved": asyncpg's
-    pool is told of it later, and replaces it) is no reason for that: logged, one line."""
+    pool is told of it later, and replaces it) is no reason for that: logged, one line, at
+    INFO (what follows from it is said where it matters: a command's error, /health)."""
     exc = context.get("exception")
     if isinstance(exc, OSError | asyncpg.exceptions.PostgresConnectionError):
-        log.warning("PostgreSQL: %s: %s: %s", context.get("message"), type(exc).__name__, exc)
+        log.info("PostgreSQL: %s: %s: %s", context.get("message"), type(exc).__name__, exc)
         return
     loop.default_exception_handler(context)
 

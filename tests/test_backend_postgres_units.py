@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -1185,6 +1186,7 @@ async def test_a_connection_lost_with_nobody_waiting_on_it_does_not_end_the_back
     """asyncpg leaves a lost idle connection's error in a future nobody reads; asyncio
     reports it to the loop's handler, which trio-asyncio turns into an error that ends the
     backend (a CLI command then exited 70). Logged instead, and the backend goes on."""
+    caplog.set_level(logging.INFO, logger="horace.backends")
     async with open_postgres(pg_url) as backend:
         await backend.migrate()
         loop = backend._hop.loop
