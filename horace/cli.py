@@ -663,7 +663,12 @@ def verify(ctx: click.Context, ref: str | None) -> None:
             [
                 f"{_count(r.files_checked, 'file')}, {_count(r.objects_checked, 'object')} checked, "
                 f"{_count(len(r.problems), 'problem')}",
-                *(f"  {p.kind}: {_shown(p.file_path)} {_shown(p.detail)}" for p in r.problems),
+                *(
+                    f"  {p.kind}: {_shown(p.file_path)}"
+                    + (f" version {p.version}:" if p.version is not None else "")
+                    + f" {_shown(p.detail)}"
+                    for p in r.problems
+                ),
             ]
         ),
     )

@@ -808,3 +808,6 @@ def test_show_writes_a_version_whole_and_diff_says_what_changed(store: tuple[Pat
         check=False,
     )
     assert done.stdout == b"" and b"CHECKSUM_MISMATCH" in done.stderr, done.stderr
+    checked = horace("verify", env=env)  # (the version is named: several may share an object)
+    assert checked.returncode == Exit.FOUND, checked.stdout
+    assert "user/blob.bin version 1: object" in checked.stdout, checked.stdout
