@@ -524,6 +524,18 @@ class VersionNumber(click.ParamType):
         self.fail(f"{value!r} is not a version: a number from 1 (as 3, or v3)", param, ctx)
 
 
+class PortNumber(click.ParamType):
+    """A TCP port, 0 (any free one) to 65535."""
+
+    name = "port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        if text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535:
+            return int(text)
+        self.fail(f"{value!r} is not a port: a number from 0 (any free port) to 65535", param, ctx)
+
+
 @cli.command()
 @click.argument("ref", metavar="PATH|ID")
 @click.argument("version", type=VersionNumber())
@@ -805,7 +817,7 @@ _LOG_LEVEL = click.option(
 
 @cli.command()
 @click.option("--host", help="Address to bind [HORACE_MCP_HOST, 127.0.0.1].")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port [HORACE_MCP_PORT, 8070].")
+@click.option("--port", type=PortNumber(), help="Port [HORACE_MCP_PORT, 8070].")
 @click.option(
     "--watch", "watch", is_flag=True, default=None, help="Catalog every write under files/ [HORACE_WATCH]."
 )

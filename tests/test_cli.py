@@ -350,6 +350,8 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     for wrong in ("0", "v", "vv1", "1.5", "9" * 5000):
         one_line_error(horace("restore", "a.txt", wrong), Exit.USAGE, "USAGE", "is not a version")
     one_line_error(horace("serch"), Exit.USAGE, "No such command")
+    for port in ("abc", "65536", "-1"):
+        one_line_error(horace("serve", "--port", port), Exit.USAGE, "is not a port: a number from 0")
     cleared_and_set = horace("update", "a.txt", "--clear-tags", "--tag", "weekly")
     one_line_error(cleared_and_set, Exit.USAGE, "USAGE", "--clear-tags", "give one of them")
 
