@@ -1001,8 +1001,9 @@ class Storage:
             free = "the room left"
         return HoraceError(
             ErrorCode.STORAGE_FULL,
-            f"the storage is full: {what!r} is a sparse file of {_size(st.st_size)} "
-            f"({_size(st.st_blocks * 512)} of it on disk), kept whole, and that does not fit in {free}",
+            f"the storage is full: {what!r} reads as {_size(st.st_size)}, {_size(st.st_blocks * 512)} "
+            f"of it on disk (sparse, or compressed by its filesystem); Horace keeps its content "
+            f"whole, and that does not fit in {free}",
         )
 
     def is_being_written(self, rel: str) -> bool:
