@@ -137,9 +137,9 @@ NOTES = {
     "listed in `errors`, not returned as a tool error. `missing` lists the active catalogued files "
     "under the scanned folder that are gone from files/ (deleted outside Horace): a scan "
     "records nothing of them, they stay active and restorable (`horace_delete_file` records a "
-    "deletion; watch mode records them all). A gone file whose content turns up at a new path "
-    "under the scanned folder was renamed: it keeps its id and history there, listed in `moved` "
-    "as `old -> new`. Each list shows at most 1000 entries, then "
+    "deletion; watch mode records them all). A gone file found at a new path under the scanned "
+    "folder with its inode and content was renamed: it keeps its id and history there, listed in "
+    "`moved` as `old -> new`. Each list shows at most 1000 entries, then "
     "a line saying how many more the server's log has. With a `progressToken` in `_meta`, "
     "`notifications/progress` are sent while it runs.",
 }

@@ -210,8 +210,8 @@ class ScanReport:
     # renamed outside Horace. A scan records nothing of them (each stays restorable, and
     # fsck --repair would put it back); the watcher's reconcile soft-deletes them.
     missing: tuple[str, ...] = ()
-    # "old -> new" of each catalogued file found under another name (its content at a new
-    # path, its old one gone): it keeps its id and history there.
+    # "old -> new" of each catalogued file found renamed (at a new path under its inode, its
+    # content as recorded, its old path gone): it keeps its id and history there.
     moved: tuple[str, ...] = ()
 
 
@@ -1104,13 +1104,11 @@ class Catalog:
             log.warning("scan: skipped %s", why, extra={"correlation_id": correlation_id})
         missing = await self._missing(rel_under, found, index)
         moved: tuple[str, ...] = ()
-        if missing:  # renamed, perhaps: followed as the watcher follows them
-            vanished = await self._vanished(missing)
-            moved = await self._follow_renames(vanished, found, index, correlation_id)
+        if missing:  # renamed, perhaps
+            moved, followed = await self._follow_moves(missing, found, index, correlation_id)
             if moved:
                 index = await self.backend.working_index()
-                still = {file.id for file in vanished.expired(before=math.inf)}
-                missing = [e for e in missing if e.file_id in still]
+                missing = [e for e in missing if e.file_id not in followed]
         report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
         for error in report.errors:
             log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
@@ -1572,7 +1570,12 @@ class Catalog:
             extra={"correlation_id": correlation_id, "file_id": file_id},
         )
         # The content may have changed along with the name: version it if so.
-        return (await self.register(new_rel, correlation_id=correlation_id)).file
+        try:
+            return (await self.register(new_rel, correlation_id=correlation_id)).file
+        except HoraceError as exc:
+            if exc.code is not ErrorCode.FILE_NOT_FOUND:
+                raise
+            return moved  # renamed on already: followed from here next time
 
     async def follow_rename(
         self, vanished: Vanished, rel: str, correlation_id: str | None
@@ -1595,22 +1598,63 @@ class Catalog:
         found: list[tuple[str, os.stat_result]],
         index: list[IndexEntry],
         correlation_id: str | None,
-    ) -> tuple[str, ...]:
+    ) -> int:
         """Each file of *found* not in *index* that holds the content of a *vanished* one
-        is that file, moved ("old -> new" of each). Only the new files of a vanished file's
-        size are read."""
+        is that file, moved (the watcher's reconcile: as its watch follows renames, by
+        content); how many. Only the new files of a vanished file's size are read; one
+        that cannot be followed now (moved on, taken by another process) is left to what
+        comes next: a new file, its old one deleted."""
         sizes = vanished.sizes()
         known = {e.file_path for e in index}
-        moved = []
+        moved = 0
         for rel, st in sorted(found, key=lambda f: f[0]):
             if not vanished:
                 break
             if rel in known or st.st_size not in sizes:
                 continue
-            old = await self.follow_rename(vanished, rel, correlation_id)
-            if old is not None:
-                moved.append(f"{old.file_path} -> {rel}")
-        return tuple(moved)
+            try:
+                moved += await self.follow_rename(vanished, rel, correlation_id) is not None
+            except HoraceError as exc:
+                log.info("reconcile: %s not followed as a rename: %s", rel, exc.message)
+        return moved
+
+    async def _follow_moves(
+        self,
+        missing: list[IndexEntry],
+        found: list[tuple[str, os.stat_result]],
+        index: list[IndexEntry],
+        correlation_id: str | None,
+    ) -> tuple[tuple[str, ...], set[str]]:
+        """A scan's renames: a catalogued file of *missing* found at a new path of *found*
+        under the inode its content was read from (a rename keeps the inode, a copy does
+        not; a copy left by itself is not taken for the file), still holding that content,
+        is that file, moved there. ("old -> new" of each, and their ids.) One that cannot
+        be followed now (renamed again meanwhile, taken by another process) is left as it
+        is: missing, and a new file for the scan."""
+        by_inode = {(e.working.inode, e.working.device): e for e in missing if e.working is not None}
+        known = {e.file_path for e in index}
+        moved, followed = [], set()
+        for rel, st in sorted(found, key=lambda f: f[0]):
+            entry = by_inode.get((st.st_ino, st.st_dev))
+            if entry is None or rel in known or entry.working is None or st.st_size != entry.working.size:
+                continue
+            try:
+                if await in_thread(self.storage.hash_working, rel, check_cancelled) != entry.checksum:
+                    continue  # (changed too, or an inode used again by another file)
+                await self.move(entry.file_id, rel, correlation_id)
+            except HoraceError as exc:
+                log.info(
+                    "scan: %s -> %s not followed as a rename: %s",
+                    entry.file_path,
+                    rel,
+                    exc.message,
+                    extra={"correlation_id": correlation_id},
+                )
+                continue
+            del by_inode[(st.st_ino, st.st_dev)]
+            moved.append(f"{entry.file_path} -> {rel}")
+            followed.add(entry.file_id)
+        return tuple(moved), followed
 
     async def reconcile(
         self, correlation_id: str | None = None, progress: Progress | None = None, *, rehash: bool = False
@@ -1627,7 +1671,6 @@ class Catalog:
         if moved:  # their rows have their new paths now
             index = await self.backend.working_index()
         scanned = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
-        scanned = attrs.evolve(scanned, moved=moved)
         missing = vanished.expired(before=math.inf)
         deleted = 0
         for file in missing:
@@ -1642,7 +1685,7 @@ class Catalog:
                 )
             else:
                 deleted += "status" in done.changed_fields  # (not when it came back meanwhile)
-        return ReconcileReport(scanned, len(moved), deleted)
+        return ReconcileReport(scanned, moved, deleted)
 
     async def purge(self) -> PurgeReport:
         """Remove files deleted longer ago than the retention: rows, then objects; then

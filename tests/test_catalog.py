@@ -617,6 +617,39 @@ async def test_archive_and_back(catalog: Catalog, files: Path) -> None:
     assert active.file.status is Status.ACTIVE and path.read_text() == "archive me"
 
 
+async def test_a_file_renamed_again_while_a_scan_follows_its_rename_fails_nothing(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a -> b, then b -> c as the scan follows a -> b: the scan goes on (nothing of it
+    fails), and says a -> b, and b missing."""
+    write(files / "user/a.txt", "moving on")
+    file = (await catalog.register("user/a.txt")).file
+    write(files / "user/other.txt", "new, beside it")
+    os.rename(files / "user/a.txt", files / "user/b.txt")
+    hash_working = Storage.hash_working
+
+    def renamed_again(self: Storage, rel: str, *rest: Any) -> Any:
+        digest = hash_working(self, rel, *rest)
+        if rel == "user/b.txt":  # (read as the rename's other half, then gone)
+            os.rename(files / "user/b.txt", files / "user/c.txt")
+        return digest
+
+    monkeypatch.setattr(Storage, "hash_working", renamed_again)
+    report = await catalog.scan()
+    monkeypatch.undo()
+    assert (report.moved, report.missing, report.errors, report.registered) == (
+        ("user/a.txt -> user/b.txt",),
+        ("user/b.txt",),  # (gone on already)
+        (),
+        1,
+    )
+    # Its identity at b was never read (it went first): c is not known for it by a scan
+    # (a copy would look the same), and the file stays missing, restorable, its history whole.
+    again = await catalog.scan()
+    assert (again.moved, again.missing, again.errors) == ((), ("user/b.txt",), ())
+    assert (await catalog.resolve("user/b.txt")).id == file.id
+
+
 async def test_a_register_whose_contents_other_file_comes_and_goes_is_tried_again(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1549,14 +1582,19 @@ async def test_a_scan_names_the_catalogued_files_gone_from_its_folder_and_keeps_
 
 
 async def test_a_scan_follows_a_rename_and_the_file_keeps_its_history(catalog: Catalog, files: Path) -> None:
-    """A catalogued file found at a new path (its old one gone) is that file, moved: it
-    keeps its id and versions, as in watch mode; one renamed and changed, or whose old
-    path is still there (a copy), or that left the scanned folder, is not."""
+    """A catalogued file found at a new path under its inode, its old path gone, is that
+    file, renamed: it keeps its id and versions; one renamed and changed, or whose old path
+    is still there (a copy), or that left the scanned folder, is not; nor is a copy of a
+    file that was then removed (another inode: a copy, and a deletion)."""
     write(files / "user/notes.txt", "first")
     write(files / "user/copied.txt", "copied")
     write(files / "user/edited.txt", "edited")
     write(files / "user/away.txt", "away")
+    write(files / "user/report.md", "report")
     await catalog.scan()
+    write(files / "user/report-backup.md", "report")  # a copy, not catalogued (a duplicate)
+    assert (await catalog.scan()).duplicates == 1
+    (files / "user/report.md").unlink()
     write(files / "user/notes.txt", "second")
     await catalog.scan()
     notes = await catalog.resolve("user/notes.txt")
@@ -1567,10 +1605,12 @@ async def test_a_scan_follows_a_rename_and_the_file_keeps_its_history(catalog: C
     write(files / "user/edited-now.txt", "edited, and renamed")
     os.rename(files / "user/away.txt", files / "elsewhere.txt")
     in_user = await catalog.scan("user")
-    assert (in_user.moved, in_user.missing) == ((), ("user/away.txt", "user/edited.txt", "user/notes.txt"))
+    assert in_user.moved == ()
+    assert in_user.missing == ("user/away.txt", "user/edited.txt", "user/notes.txt", "user/report.md")
     report = await catalog.scan()
     assert report.moved == ("user/notes.txt -> archive/notes-2026.txt", "user/away.txt -> elsewhere.txt")
-    assert report.missing == ("user/edited.txt",)
+    assert report.missing == ("user/edited.txt", "user/report.md")
+    assert (await catalog.resolve("user/report.md")).status is Status.ACTIVE  # (restorable)
     moved = await catalog.get_info(file_path="archive/notes-2026.txt", include_versions=True)
     assert moved.file.id == notes.id and [v.version for v in moved.versions or ()] == [2, 1]
     assert (await catalog.content(moved.file, 1, 100)).data == b"first"
@@ -1579,7 +1619,8 @@ async def test_a_scan_follows_a_rename_and_the_file_keeps_its_history(catalog: C
     assert excinfo.value.code is ErrorCode.NOT_CATALOGED
     assert (await catalog.resolve("user/copied.txt")).status is Status.ACTIVE
     assert (await catalog.scan()).moved == ()
-    await catalog.delete((await catalog.resolve("user/edited.txt")).id)  # (its content is new elsewhere)
+    for gone in ("user/edited.txt", "user/report.md"):  # (their content is elsewhere)
+        await catalog.delete((await catalog.resolve(gone)).id)
     found = await fsck(catalog, deep=True)
     assert found.clean, found
 
