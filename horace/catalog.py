@@ -715,10 +715,12 @@ class Catalog:
             )
         return Content(file, found, data)
 
-    async def copy_out(self, file: FileRecord, version: int | None, out: int) -> VersionRecord:
-        """A version's content (None: the current one) written to the descriptor *out*, of
-        any size: checked against its checksum first, so nothing but the version's bytes is
-        ever written (``CHECKSUM_MISMATCH`` else, and nothing written)."""
+    async def copy_out(
+        self, file: FileRecord, version: int | None, write: Callable[[bytes], None]
+    ) -> VersionRecord:
+        """A version's content (None: the current one) handed to *write* (in a worker
+        thread), of any size: checked against its checksum first, so nothing but the
+        version's bytes is ever written (``CHECKSUM_MISMATCH`` else, and nothing written)."""
         found = await self._kept_version(file, version)
         where = f"version {found.version} of {file.file_path!r}"
         held = await in_thread(self.storage.hash_object, found.checksum, check_cancelled)
@@ -729,7 +731,7 @@ class Catalog:
             raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the stored content of {where} is corrupt")
         # Objects are written once and never changed in place: what was checked is what is copied
         # (should a failing disk read otherwise the second time, it is said, after the fact).
-        copied = await in_thread(self.storage.copy_object_out, found.checksum, out, check_cancelled)
+        copied = await in_thread(self.storage.copy_object_out, found.checksum, write, check_cancelled)
         if copied != held:
             changed = f"the stored content of {where} read otherwise as it was copied"
             raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, changed)

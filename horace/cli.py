@@ -92,6 +92,7 @@ class Exit(enum.IntEnum):
     STORAGE = 8  # the storage is full, read-only or failing
     ADDRESS = 9  # the server cannot listen: the port is in use, or the address is not this host's
     INTERNAL = 70  # a bug in Horace: run again with --debug and report what it prints
+    OUTPUT = 74  # what the command says cannot be written: stdout closed, or its disk full
     INTERRUPTED = 130  # Ctrl-C
     BROKEN_PIPE = 141  # what read the output stopped reading (as `| head` does): said by no message
 
@@ -186,9 +187,28 @@ def _emit(ctx: click.Context, value: Any, human: Callable[[Any], str]) -> None:
     if _as_json(ctx):
         from horace.wire import to_json  # cattrs: only for --json, keeps the start quick
 
-        click.echo(json.dumps(to_json(value), indent=2))
+        text = json.dumps(to_json(value), indent=2)
     else:
-        click.echo(human(value))
+        text = human(value)
+    _write_out((text + "\n").encode("utf-8", "surrogateescape"))
+
+
+def _write_out(data: bytes) -> None:
+    """*data* to stdout, whole; what stops it is an output failure (exit 74), not the
+    store's: a full disk under a redirection is not a full store. (A reader gone is a
+    BrokenPipeError, ended quietly by main.)"""
+    if sys.stdout is None:
+        raise Failure(Exit.OUTPUT, "OUTPUT", "stdout is closed: there is nowhere to write what was done")
+    try:
+        sys.stdout.flush()
+        fd, view, written = sys.stdout.fileno(), memoryview(data), 0
+        while written < len(data):
+            written += os.write(fd, view[written:])
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise Failure(Exit.OUTPUT, "OUTPUT", f"stdout cannot be written: {why}") from None
 
 
 @contextmanager
@@ -565,12 +585,9 @@ def restore(ctx: click.Context, ref: str, version: int) -> None:
 @click.pass_context
 def show(ctx: click.Context, ref: str, version: int | None) -> None:
     """Write a version's content to stdout (the current one when VERSION is left out)."""
-    out = sys.stdout.buffer
 
     async def work(c: Catalog) -> None:
-        file = await _resolve(ctx, c, ref)
-        out.flush()
-        await c.copy_out(file, version, out.fileno())
+        await c.copy_out(await _resolve(ctx, c, ref), version, _write_out)
 
     _run(ctx, work, read_only=True)
 

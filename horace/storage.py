@@ -1229,9 +1229,12 @@ class Storage:
             os.close(fd)
 
     def copy_object_out(
-        self, checksum: str, out: int, check_cancelled: CheckCancelled = _never_cancelled
+        self,
+        checksum: str,
+        write: Callable[[bytes], None],
+        check_cancelled: CheckCancelled = _never_cancelled,
     ) -> tuple[str, int] | None:
-        """The object's bytes as stored written to the descriptor *out*, and their
+        """The object's bytes as stored handed to *write*, a chunk at a time, and their
         (sha256, size); None when it is missing (nothing written)."""
         try:
             fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
@@ -1239,16 +1242,18 @@ class Storage:
             content = self._read_packed(checksum)
             if content is None:
                 return None
-            view, written = memoryview(content), 0
-            while written < len(content):
-                written += os.write(out, view[written : written + CHUNK])
-                check_cancelled()
+            write(content)
             return hashlib.sha256(content).hexdigest(), len(content)
+        digest, size = hashlib.sha256(), 0
         try:
-            sha, size, _ = _copy_and_hash(fd, out, check_cancelled)
-            return sha, size
+            while chunk := os.read(fd, CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                write(chunk)
+                check_cancelled()
         finally:
             os.close(fd)
+        return digest.hexdigest(), size
 
     def hash_object(
         self, checksum: str, check_cancelled: CheckCancelled = _never_cancelled

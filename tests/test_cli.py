@@ -810,6 +810,31 @@ def test_show_writes_a_version_whole_and_diff_says_what_changed(store: tuple[Pat
         check=False,
     )
     assert done.stdout == b"" and b"CHECKSUM_MISMATCH" in done.stderr, done.stderr
+    # Output that cannot be written is said so (exit 74), not taken for the store's trouble.
+    base = {**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env}
+    for command, redirect, why in (
+        ("show user/blob.bin 2", "> /dev/full", "stdout cannot be written: No space left on device"),
+        ("diff user/notes.txt 1", "> /dev/full", "stdout cannot be written: No space left on device"),
+        ("show user/blob.bin 2", ">&-", "stdout is closed"),
+        ("info user/notes.txt", ">&-", "stdout is closed"),
+    ):
+        done = subprocess.run(
+            f"{sys.executable} -m horace {command} {redirect}",
+            shell=True,
+            executable="/bin/bash",
+            env=base,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (done.returncode, done.stderr.startswith(f"horace: error: OUTPUT: {why}")) == (
+            Exit.OUTPUT,
+            True,
+        ), (
+            command,
+            redirect,
+            done.stderr,
+        )
     checked = horace("verify", env=env)  # (the version is named: several may share an object)
     assert checked.returncode == Exit.FOUND, checked.stdout
     assert "user/blob.bin version 1: object" in checked.stdout, checked.stdout
