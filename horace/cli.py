@@ -541,7 +541,7 @@ class VersionNumber(click.ParamType):
         digits = text[1:] if text[:1] in ("v", "V") else text
         if digits.isascii() and digits.isdigit() and len(digits) < 20 and 1 <= int(digits) <= INT64_MAX:
             return int(digits)
-        self.fail(f"{value!r} is not a version: a number from 1 (as 3, or v3)", param, ctx)
+        self.fail(f"{value!r} is not a version: a number from 1 to {INT64_MAX} (as 3, or v3)", param, ctx)
 
 
 class PortNumber(click.ParamType):
