@@ -124,6 +124,17 @@ def unchanged_since(recorded: WorkingStat | None, now: os.stat_result, margin_ns
     return same and max(recorded.mtime_ns, recorded.ctime_ns) < recorded.recorded_ns - margin_ns
 
 
+def _check_kept(file: FileRecord, found: VersionRecord, held: tuple[str, int] | None) -> None:
+    """``CHECKSUM_MISMATCH`` unless *held*, the (sha256, size) the stored content of
+    version *found* of *file* reads as (None: missing), is what the version recorded."""
+    where = f"version {found.version} of {file.file_path!r}"
+    if held is None:
+        missing = f"the content of {where} is missing from the object store"
+        raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, missing)
+    if held != (found.checksum, found.size):
+        raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the stored content of {where} is corrupt")
+
+
 # Inserts of a new file tried, each time the file holding its content changed in between.
 REGISTER_ATTEMPTS = 3
 
@@ -703,16 +714,8 @@ class Catalog:
                 f"{max_bytes} for reading it whole (HORACE_MAX_READ_BYTES)",
             )
         data = await in_thread(self.storage.read_object, found.checksum, check_cancelled)
-        if data is None:
-            raise HoraceError(
-                ErrorCode.CHECKSUM_MISMATCH,
-                f"the content of version {number} of {file.file_path!r} is missing from the object store",
-            )
-        if hashlib.sha256(data).hexdigest() != found.checksum:
-            raise HoraceError(
-                ErrorCode.CHECKSUM_MISMATCH,
-                f"the stored content of version {number} of {file.file_path!r} is corrupt",
-            )
+        _check_kept(file, found, None if data is None else (hashlib.sha256(data).hexdigest(), len(data)))
+        assert data is not None  # (a missing one was refused)
         return Content(file, found, data)
 
     async def copy_out(
@@ -722,19 +725,16 @@ class Catalog:
         thread), of any size: checked against its checksum first, so nothing but the
         version's bytes is ever written (``CHECKSUM_MISMATCH`` else, and nothing written)."""
         found = await self._kept_version(file, version)
-        where = f"version {found.version} of {file.file_path!r}"
-        held = await in_thread(self.storage.hash_object, found.checksum, check_cancelled)
-        if held is None:
-            missing = f"the content of {where} is missing from the object store"
-            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, missing)
-        if held != (found.checksum, found.size):
-            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the stored content of {where} is corrupt")
+        _check_kept(file, found, await in_thread(self.storage.hash_object, found.checksum, check_cancelled))
         # Objects are written once and never changed in place: what was checked is what is copied
         # (should a failing disk read otherwise the second time, it is said, after the fact).
         copied = await in_thread(self.storage.copy_object_out, found.checksum, write, check_cancelled)
-        if copied != held:
-            changed = f"the stored content of {where} read otherwise as it was copied"
-            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, changed)
+        if copied != (found.checksum, found.size):
+            raise HoraceError(
+                ErrorCode.CHECKSUM_MISMATCH,
+                f"the stored content of version {found.version} of {file.file_path!r} read otherwise "
+                "as it was copied",
+            )
         return found
 
     # -- update, restore, lifecycle -----------------------------------------------------
@@ -1633,13 +1633,14 @@ class Catalog:
         is that file, moved there. ("old -> new" of each, and their ids.) One that cannot
         be followed now (renamed again meanwhile, taken by another process) is left as it
         is: missing, and a new file for the scan."""
-        by_inode = {(e.working.inode, e.working.device): e for e in missing if e.working is not None}
+        by_inode = {(w.inode, w.device): (e, w) for e in missing if (w := e.working) is not None}
         known = {e.file_path for e in index}
         moved, followed = [], set()
         for rel, st in sorted(found, key=lambda f: f[0]):
-            entry = by_inode.get((st.st_ino, st.st_dev))
-            if entry is None or rel in known or entry.working is None or st.st_size != entry.working.size:
+            recorded = by_inode.get((st.st_ino, st.st_dev))
+            if recorded is None or rel in known or st.st_size != recorded[1].size:
                 continue
+            entry = recorded[0]
             try:
                 if await in_thread(self.storage.hash_working, rel, check_cancelled) != entry.checksum:
                     continue  # (changed too, or an inode used again by another file)

@@ -365,9 +365,9 @@ def init(ctx: click.Context, adopt: bool) -> None:
             "catalog": redact_url(c.backend.url),
         }
 
-    from horace.storage import IDENTITY_FILE
+    from horace.storage import Storage
 
-    there = (_settings(ctx).storage_path / ".horace" / IDENTITY_FILE).exists()
+    there = Storage(_settings(ctx).storage_path).identity_file.exists()
     done = {**_run(ctx, work, create=True, adopt=adopt), "created": not there}
     made = "" if done["created"] or adopt else " (made already)"
     _emit(ctx, done, lambda d: f"store {d['store_id']} at {d['storage']}{made}\ncatalog {d['catalog']}")

@@ -496,15 +496,16 @@ class Storage:
     def writable(self) -> bool:
         """Whether Horace may write to the store (``.horace/tmp``, where every write
         begins): false on a filesystem gone read-only, or one not this user's to write.
-        Tried with a file that is never named: ext4 gone read-only after an error keeps
-        its mount read-write, and the access check says yes."""
+        Tried by making a file there (:meth:`clock_ns`'s): ext4 gone read-only after an
+        error keeps its mount read-write, and an access check says yes."""
         try:
-            os.close(os.open(self.tmp, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            self.clock_ns()
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 return False
-            # (No O_TMPFILE there, or a full disk: whether a write is refused is asked.)
-        return os.access(self.tmp, os.W_OK)
+            # (A full disk, say: whether a write is refused is asked.)
+            return os.access(self.tmp, os.W_OK)
+        return True
 
     def in_place(self) -> bool:
         """Whether the store is still the one :meth:`pin` saw: not moved away, removed,
@@ -936,7 +937,8 @@ class Storage:
         content = _read_small(src, before.st_size)
         after = os.fstat(src)
         checksum = hashlib.sha256(content).hexdigest()
-        if len(content) != after.st_size or not _whole_as_read(src, before, after, checksum, lambda: None):
+        whole = len(content) == after.st_size
+        if not (whole and _whole_as_read(src, before, after, checksum, _never_cancelled)):
             raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
         tmp_path = None
         try:
