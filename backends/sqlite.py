@@ -163,6 +163,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise damaged from None
 
 
+WAL_KEPT_BYTES = 64 << 20  # the write-ahead log's size once a checkpoint emptied it
+
+
 def _open_connection(path: Path) -> sqlite3.Connection:
     conn = None
     try:
@@ -201,6 +204,10 @@ def _open_connection(path: Path) -> sqlite3.Connection:
     # memory: past 64 KiB it would be a temp file in /var/tmp, written page by page and
     # deleted, a transaction at a time (and a full /var/tmp would fail the write).
     conn.execute("PRAGMA temp_store=MEMORY")
+    # The write-ahead log grows as large as the most a checkpoint left in it (a first scan's
+    # batches, writes while a long read held the checkpoint back) and keeps that size; cut
+    # back to this each time it starts over.
+    conn.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
     # The words of the word index, for searches (see _terms); read at each use.
     conn.execute("CREATE VIRTUAL TABLE temp.horace_word_terms USING fts5vocab(main, horace_words, row)")
     return conn
