@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import attrs
@@ -1329,24 +1329,41 @@ def _is_stale(exc: BaseException) -> bool:
 
 def server_of(url: str) -> str:
     """Which server a URL names, for messages: host, port and database, never the
-    credentials or the parameters it carries."""
+    credentials or the other parameters it carries. Each is looked for where libpq (and
+    asyncpg) look: the URL's netloc, its query (``?host=/run/postgresql&port=5433``, a
+    socket's folder), then ``PGHOST``, ``PGPORT``, ``PGDATABASE``."""
     parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
     try:
-        host, port = parts.hostname or "localhost", parts.port or 5432
+        host = parts.hostname or query.get("host") or os.environ.get("PGHOST") or "localhost"
+        port = parts.port or query.get("port") or os.environ.get("PGPORT") or 5432
     except ValueError:
         return "the configured server"
-    return f"{host}:{port}{parts.path or '/'}"
+    database = (
+        parts.path.lstrip("/") or query.get("dbname") or query.get("database") or os.environ.get("PGDATABASE")
+    )
+    return f"{host}:{port}/{database or ''}"
 
 
-def _login_hints(url: str) -> dict[str, str]:
+def _connect_refused(exc: Exception) -> bool:
+    """The login refused because the role lacks CONNECT on the database (revoked from
+    PUBLIC): a refused login, not a privilege on Horace's tables."""
+    return isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError) and "CONNECT privilege" in str(
+        getattr(exc, "detail", "") or ""
+    )
+
+
+def _login_hints(url: str) -> dict[type[Exception], str]:
     """What a URL lacks that a refusal of the login may come of, by the refusal's class."""
     parts = urlsplit(url)
-    hints = {}
+    hints: dict[type[Exception], str] = {}
     pgpass = os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass")
     if not parts.password and not os.environ.get("PGPASSWORD") and not os.path.exists(pgpass):
-        hints["InvalidPasswordError"] = "no password was given: in the URL, PGPASSWORD or ~/.pgpass"
+        hints[asyncpg.exceptions.InvalidPasswordError] = (
+            "no password was given: in the URL, PGPASSWORD or ~/.pgpass"
+        )
     if parts.path in ("", "/") and not os.environ.get("PGDATABASE"):
-        hints["InvalidCatalogNameError"] = (
+        hints[asyncpg.exceptions.InvalidCatalogNameError] = (
             "the URL names no database, so the user's name was taken: postgresql://host/DATABASE"
         )
     return hints
@@ -1359,6 +1376,7 @@ class _Hop:
     def __init__(self, loop: Any, url: str, renew: Callable[[], Awaitable[None]] | None = None) -> None:
         self.loop = loop
         self.where = server_of(url)
+        self.role = unquote(urlsplit(url).username or "") or os.environ.get("PGUSER") or "..."
         self._hints = _login_hints(url)
         self.renew = renew  # the pool's: replaces its connections (after a read-only refusal)
         self.refusals = LastRefusal()
@@ -1379,8 +1397,14 @@ class _Hop:
         except Exception as exc:
             if isinstance(exc, _REFUSED):
                 refused = f"PostgreSQL at {self.where} refused the connection: {exc}"
-                hint = self._hints.get(type(exc).__name__)
+                hint = self._hints.get(type(exc))
                 raise BackendUnavailable(refused + (f" ({hint})" if hint else "")) from None
+            if _connect_refused(exc):
+                database = self.where.partition("/")[2] or "..."
+                raise BackendUnavailable(
+                    f"PostgreSQL at {self.where} refused the connection: {exc} (the role in the URL "
+                    f"needs GRANT CONNECT ON DATABASE {database} TO {self.role})"
+                ) from None
             if _is_unavailable(exc):
                 detail = str(exc) or type(exc).__name__
                 # (asyncpg's words for it: "released back to the pool", "cannot call

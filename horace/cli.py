@@ -904,14 +904,20 @@ def _no_progress() -> Iterator[None]:
 # -- the edge: errors to one line and an exit code -----------------------------------------
 
 
+_EXIT_OF_CODE = {
+    ErrorCode.STORAGE_FULL: Exit.STORAGE,
+    ErrorCode.STORAGE_ERROR: Exit.STORAGE,
+    ErrorCode.BACKEND_UNAVAILABLE: Exit.BACKEND,
+}
+
+
 def _failure(exc: BaseException) -> Failure | None:
     """What a person should be told of *exc*; None for a bug."""
     exc = the_failure(exc)
     if isinstance(exc, Failure):
         return exc
-    if isinstance(exc, HoraceError):
-        kind = Exit.STORAGE if exc.code is ErrorCode.STORAGE_FULL else Exit.REFUSED
-        return Failure(kind, exc.code.value, exc.message)
+    if isinstance(exc, HoraceError):  # by its code, whatever raised it (a scan cut short, say)
+        return Failure(_EXIT_OF_CODE.get(exc.code, Exit.REFUSED), exc.code.value, exc.message)
     if isinstance(exc, CannotListen):
         return Failure(Exit.ADDRESS, "ADDRESS_IN_USE" if exc.in_use else "ADDRESS", str(exc))
     if isinstance(exc, StoreRefused):

@@ -1020,6 +1020,28 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
     assert "secret" not in str(refused.value) and "127.0.0.1:1" in str(refused.value)
 
 
+async def test_an_unreachable_server_is_named_where_the_url_and_the_environment_put_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket's folder and port in the URL's query, or in PGHOST and PGPORT: the message
+    names them, not the default localhost:5432 the URL's netloc alone would give."""
+    sockets = tmp_path / "no-server-here"
+    sockets.mkdir()
+    with pytest.raises(BackendUnavailable) as refused:
+        async with open_postgres(
+            f"postgresql://nobody:secret@/nothing?host={sockets}&port=47123", connect_timeout=2
+        ):
+            pass
+    assert f"{sockets}:47123/nothing" in str(refused.value) and "secret" not in str(refused.value)
+    monkeypatch.setenv("PGHOST", "127.0.0.1")
+    monkeypatch.setenv("PGPORT", "1")
+    monkeypatch.setenv("PGDATABASE", "elsewhere")
+    with pytest.raises(BackendUnavailable) as refused:
+        async with open_postgres("postgresql://nobody@", connect_timeout=2):
+            pass
+    assert "127.0.0.1:1/elsewhere" in str(refused.value)
+
+
 async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
     kill = kill_sessions(pg_url)
     async with open_postgres(pg_url, max_connections=2) as backend:
@@ -1067,6 +1089,26 @@ async def test_a_login_refused_under_a_running_backend_is_backend_unavailable(pg
             await backend._source.run(_fetchrow, "SELECT 1")
     finally:
         await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
+
+
+async def test_a_database_the_role_may_not_connect_to_is_a_refused_login(pg_url: str) -> None:
+    """CONNECT revoked from PUBLIC (a common hardening) and not granted: the login is
+    refused, BackendUnavailable saying which GRANT is missing, not a table's privilege."""
+    role, as_role = new_role(pg_url)
+    database = f"d_{uuid.uuid4().hex[:12]}"
+    await trio.to_thread.run_sync(
+        admin,
+        f"CREATE ROLE {role} LOGIN",
+        f"CREATE DATABASE {database}",
+        f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC",
+    )
+    try:
+        elsewhere = urlunsplit(urlsplit(as_role)._replace(path=f"/{database}", query=""))
+        with pytest.raises(BackendUnavailable, match=f"GRANT CONNECT ON DATABASE {database} TO {role}"):
+            async with open_postgres(elsewhere, connect_timeout=5):
+                pass
+    finally:
+        await trio.to_thread.run_sync(admin, f"DROP DATABASE {database}", f"DROP ROLE {role}")
 
 
 async def test_libpq_url_parameters(pg_url: str) -> None:

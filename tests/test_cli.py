@@ -26,7 +26,8 @@ import pytest
 import trio
 from helpers import write
 
-from horace.cli import Exit
+from horace.cli import Exit, _failure
+from horace.model import ErrorCode, HoraceError
 
 BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
 
@@ -397,6 +398,24 @@ def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
         line = one_line_error(horace(*command, cwd=empty), Exit.STORE, "STORE_REFUSED", "no Horace store")
         assert str(empty / "horace-data") in line and "horace init" in line
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        (ErrorCode.BACKEND_UNAVAILABLE, Exit.BACKEND),
+        (ErrorCode.STORAGE_ERROR, Exit.STORAGE),
+        (ErrorCode.STORAGE_FULL, Exit.STORAGE),
+        (ErrorCode.FILE_LOCKED, Exit.REFUSED),
+    ],
+)
+def test_a_tool_error_exits_by_its_code(code: ErrorCode, exit_code: Exit) -> None:
+    """An outage said as a tool error (a scan cut short by it, saying what it kept) exits
+    as the same outage raised bare does: a job that retries on 7 retries a scan too."""
+    kept = HoraceError(code, "it stopped; before it stopped, this scan registered 3 files, which are kept")
+    failure = _failure(kept)
+    assert failure is not None
+    assert (failure.exit, failure.code) == (exit_code, code.value)
 
 
 def test_domain_errors_json_and_global_options_anywhere(store: tuple[Path, dict[str, str]]) -> None:
