@@ -67,12 +67,24 @@ def url_problem(url: str) -> str | None:
             "a '/', '@' or '#' in the user name or password must be percent-encoded "
             "(%2F, %40, %23), or the password given in PGPASSWORD"
         )
-    try:
-        _ = parts.port
-    except ValueError:
-        port = parts.netloc.rpartition(":")[2]
-        return f"the port {port!r} is not a port number: use postgresql://user@host:port/database"
+    for address in hosts_of(parts.netloc):  # (several: asyncpg tries each in turn)
+        port = _port_of(address)
+        if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            return f"the port {port!r} is not a port number: use postgresql://user@host:port/database"
     return None
+
+
+def hosts_of(netloc: str) -> list[str]:
+    """The host:port addresses of a URL's authority, credentials left out: one, or the
+    several of a URL that lists them (``postgresql://u@db1:5432,db2:5432/horace``)."""
+    return netloc.rpartition("@")[2].split(",")
+
+
+def _port_of(address: str) -> str:
+    """The port of ``host:port`` or ``[v6]:port``; '' when none is given."""
+    if address.startswith("["):
+        return address.partition("]")[2].removeprefix(":")
+    return address.rpartition(":")[2] if ":" in address else ""
 
 
 @asynccontextmanager

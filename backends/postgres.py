@@ -38,7 +38,7 @@ import attrs
 import trio
 import trio_asyncio
 
-from . import migrations, words
+from . import hosts_of, migrations, words
 from .protocol import (
     NOT_HORACES_ADVICE,
     PING,
@@ -1334,14 +1334,16 @@ def server_of(url: str) -> str:
     socket's folder), then ``PGHOST``, ``PGPORT``, ``PGDATABASE``."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
+    database = (
+        parts.path.lstrip("/") or query.get("dbname") or query.get("database") or os.environ.get("PGDATABASE")
+    )
+    if len(hosts_of(parts.netloc)) > 1:  # several servers, tried in turn
+        return f"{','.join(hosts_of(parts.netloc))}/{database or ''}"
     try:
         host = parts.hostname or query.get("host") or os.environ.get("PGHOST") or "localhost"
         port = parts.port or query.get("port") or os.environ.get("PGPORT") or 5432
     except ValueError:
         return "the configured server"
-    database = (
-        parts.path.lstrip("/") or query.get("dbname") or query.get("database") or os.environ.get("PGDATABASE")
-    )
     return f"{host}:{port}/{database or ''}"
 
 

@@ -29,6 +29,7 @@ import attrs
 import pytest
 import trio
 
+from horace.backends import url_problem
 from horace.backends.migrations import SchemaTooNew, steps
 from horace.backends.postgres import (
     Conn,
@@ -1040,6 +1041,18 @@ async def test_an_unreachable_server_is_named_where_the_url_and_the_environment_
         async with open_postgres("postgresql://nobody@", connect_timeout=2):
             pass
     assert "127.0.0.1:1/elsewhere" in str(refused.value)
+
+
+async def test_a_url_of_several_servers_is_served_by_the_first_that_answers(pg_url: str) -> None:
+    """libpq's list of servers (``host1:port1,host2:port2``), as asyncpg takes it: the dead
+    first one is passed over; each bad port of the list is said as such."""
+    parts = urlsplit(pg_url)
+    user = parts.netloc.rpartition("@")[0]
+    several = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:1,{parts.hostname}:{parts.port}"))
+    async with open_postgres(several, connect_timeout=5) as backend:
+        await backend._source.run(_fetchrow, "SELECT 1")
+    assert url_problem(several) is None
+    assert "the port 'x' is not a port number" in str(url_problem("postgresql://u@db1:5432,db2:x/horace"))
 
 
 async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
