@@ -97,6 +97,10 @@ class LastRefusal:
     def note(self, exc: BaseException) -> None:
         self.at, self.said = time.monotonic(), str(exc)
 
+    def clear(self) -> None:
+        """A write was committed since: the database takes writes again."""
+        self.at = None
+
     def within(self, seconds: float) -> tuple[str, float] | None:
         """What it said, and how many seconds ago, if it was less than *seconds* ago."""
         if self.at is None or time.monotonic() - self.at >= seconds:

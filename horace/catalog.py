@@ -460,6 +460,7 @@ class Catalog:
                 retention,
                 status.value if status else None,
             )
+            self.backend.refusals.clear()
             if staged is not None:
                 await in_thread(self.storage.release, staged)
         if orphans:
@@ -604,6 +605,7 @@ class Catalog:
                     with trio.CancelScope(shield=True):
                         await in_thread(self.storage.keep, staged)
                         inserted = await db.insert_files([record], new.collection, working)
+                        self.backend.refusals.clear()
                         await in_thread(self.storage.release, staged)
                 finally:
                     await self.discard(staged)
@@ -1467,6 +1469,7 @@ class Catalog:
             with trio.CancelScope(shield=True):
                 try:
                     inserted = await self.backend.insert_files(records, working=working)
+                    self.backend.refusals.clear()
                 except BaseException:
                     await self._let_go_unrecorded([s.checksum for s in kept], correlation_id)
                     raise

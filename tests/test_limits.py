@@ -1008,6 +1008,27 @@ async def test_health_is_degraded_while_the_database_refuses_writes(
         assert status == 200 and body["status"] == "ok" and "writes" not in body["backend"], body
 
 
+async def test_a_write_committed_after_a_refusal_makes_health_ok_again(settings: Settings) -> None:
+    """The database took a write since it refused one (room was made): /health says ok at
+    once, not a minute later."""
+    from horace.backends.protocol import DatabaseFull
+
+    async with run_horace(serving(settings)) as running:
+        catalog = running.server.catalog
+        with pytest.raises(DatabaseFull):
+            await _refuse_a_write(catalog.backend)
+        assert (await http_get(running.health_url))[1]["status"] == "degraded"
+        write(settings.storage_path / "files/user/after.txt", "room again")
+        await catalog.register("user/after.txt")
+        status, body = await http_get(running.health_url)
+        assert status == 200 and body["status"] == "ok" and "writes" not in body["backend"], body
+        with pytest.raises(DatabaseFull):
+            await _refuse_a_write(catalog.backend)
+        write(settings.storage_path / "files/user/after.txt", "a new version")
+        await catalog.register("user/after.txt")
+        assert (await http_get(running.health_url))[1]["status"] == "ok"
+
+
 async def test_health_behind_the_token(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from horace.backends.protocol import BackendUnavailable
 
