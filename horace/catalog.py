@@ -66,7 +66,7 @@ from horace.binding import StoreRefused
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.storage import FileIdentity, Hashed, Staged, Storage, StorageUnusable, StoreState, storage_full
-from horace.supervise import the_failure
+from horace.supervise import together
 
 log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
@@ -150,20 +150,6 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     notice the cancellation themselves through ``trio.from_thread.check_cancelled``.
     """
     return await trio.to_thread.run_sync(fn, *args)
-
-
-@asynccontextmanager
-async def _together() -> AsyncIterator[trio.Nursery]:
-    """A nursery for work split over threads: a failure of one part is raised as itself,
-    as the same work done in one call would raise it (not in an exception group)."""
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        failure = the_failure(group)
-        if failure is group:
-            raise
-        raise failure from None  # the others were cancelled because of it
 
 
 def check_cancelled() -> None:
@@ -1493,7 +1479,7 @@ class Catalog:
         async def run(i: int, part: list[str]) -> None:
             outcomes[i] = await in_thread(work, part)
 
-        async with _together() as nursery:
+        async with together() as nursery:
             for i, part in enumerate(slices):
                 nursery.start_soon(run, i, part)
         return [outcome for part in outcomes for outcome in part]
@@ -1520,7 +1506,7 @@ class Catalog:
             done.extend(await in_thread(stage, part))
 
         try:
-            async with _together() as nursery:
+            async with together() as nursery:
                 for part in _thread_slices(rels, total_bytes):
                     nursery.start_soon(staging, part)
         except BaseException:

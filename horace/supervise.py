@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,6 +94,21 @@ async def supervise(
         else:
             state.state = "done"
             return
+
+
+@asynccontextmanager
+async def together() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose one failure is raised as itself, as the same work done in one task
+    would raise it (not in an exception group): for work split over threads, or a body
+    with a helper task beside it."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        failure = the_failure(group)
+        if failure is group:
+            raise
+        raise failure from None  # the others were cancelled because of it
 
 
 def the_failure(exc: BaseException) -> BaseException:

@@ -41,6 +41,37 @@ async def server(settings: Settings) -> AsyncIterator[RunningHorace]:
         yield running
 
 
+async def test_a_start_that_waits_says_so_until_it_serves(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start held up (here: the catalog's opening, as a lock held on its tables holds it)
+    says it is still starting, again and again; once it serves it says no more."""
+    import horace.server.serving as serving_module
+
+    opened = serving_module.open_catalog
+
+    @asynccontextmanager
+    async def slow_open(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        await trio.sleep(0.5)
+        async with opened(*args, **kwargs) as catalog:
+            yield catalog
+
+    monkeypatch.setattr(serving_module, "START_NOTICE_SECONDS", (0.1, 0.15))
+    monkeypatch.setattr(serving_module, "open_catalog", slow_open)
+
+    def notices() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("still starting after")]
+
+    with caplog.at_level(logging.WARNING, logger="horace.server"):
+        async with run_horace(serving(settings)) as running:
+            said = notices()
+            assert len(said) >= 2 and "lock on the catalog's tables" in said[0], said
+            assert settings.catalog_url.rpartition("/")[2] in said[0]
+            await trio.sleep(0.4)
+            assert notices() == said  # serving: nothing more is said
+            assert (await http_get(running.health_url))[0] == 200
+
+
 @pytest.fixture
 async def client(server: RunningHorace) -> AsyncIterator[McpClient]:
     async with connect(server.url) as connected:

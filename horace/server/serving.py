@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,6 +24,7 @@ from horace.server.sinks import SinkWiring, godot_level, run_sinks
 from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
+from horace.supervise import together
 from horace.tasks import start_background
 from horace.watch import reconcile_if_watching
 
@@ -96,23 +98,58 @@ async def serve(
     """
     heap.hold_large_blocks_apart()
     listeners = await listen(settings)
+    started = trio.CancelScope()
     try:
-        async with open_catalog(settings, create=True) as catalog:
-            if settings.watch:
-                await reconcile_if_watching(catalog, progress)
-            async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
-                server = HoraceServer(settings, catalog, sinks.observer)
-                server.health_parts.update(sinks.health_parts)
-                for name, state in start_background(nursery, catalog, settings).items():
-                    server.health_parts[name] = state
-                if handle_signals:
-                    await nursery.start(watch_signals, server, nursery.cancel_scope.cancel)
-                await server.run(listeners, task_status=task_status)
-                nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
+        async with together() as starting:
+            starting.start_soon(say_while_starting, started, redact_url(settings.catalog_url))
+            async with open_catalog(settings, create=True) as catalog:
+                started.cancel()
+                await _serve_catalog(settings, catalog, listeners, handle_signals, progress, task_status)
     finally:
         with trio.CancelScope(shield=True):  # (closed already when served; not when failed)
             for listener in listeners:
                 await listener.aclose()
+
+
+START_NOTICE_SECONDS = (10.0, 60.0)  # the first notice of a start still going on, then each next
+
+
+async def say_while_starting(started: trio.CancelScope, catalog_url: str) -> None:
+    """Until *started* is cancelled, say now and then that the start goes on: before it
+    listens, a server waiting on its database (a lock another session holds on the
+    catalog's tables waits as long as that session) is otherwise silent."""
+    with started:
+        waited = 0.0
+        for pause in itertools.chain(START_NOTICE_SECONDS[:1], itertools.repeat(START_NOTICE_SECONDS[1])):
+            await trio.sleep(pause)
+            waited += pause
+            log.warning(
+                "still starting after %.0f s: opening the catalog %s and checking the store (fsck at "
+                "start); is another session holding a lock on the catalog's tables, or is the store large?",
+                waited,
+                catalog_url,
+            )
+
+
+async def _serve_catalog(
+    settings: Settings,
+    catalog: Catalog,
+    listeners: list[trio.SocketListener],
+    handle_signals: bool,
+    progress: Progress | None,
+    task_status: trio.TaskStatus[HoraceServer],
+) -> None:
+    if settings.watch:
+        await reconcile_if_watching(catalog, progress)
+    async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
+        server = HoraceServer(settings, catalog, sinks.observer)
+        server.health_parts.update(sinks.health_parts)
+        for name, state in start_background(nursery, catalog, settings).items():
+            server.health_parts[name] = state
+        if handle_signals:
+            await nursery.start(watch_signals, server, nursery.cancel_scope.cancel)
+        await server.run(listeners, task_status=task_status)
+        nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
 
 
 async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool = True) -> None:
