@@ -191,11 +191,20 @@ async def _bound_backend(
     with trio.CancelScope(shield=True):
         await in_thread(storage.write_identity, store_id, redact_url(url), identity.place)
     if decision.verdict is Verdict.COMPLETE:
-        log.warning(
-            "the store at %s had no record of its catalog; written again from the catalog's",
-            storage.root,
-            extra={"store_id": store_id},
-        )
+        ago = (utcnow() - identity.bound_at).total_seconds() if identity.bound_at else None
+        if ago is not None and ago < JUST_BOUND_SECONDS:  # (instances started together: no damage)
+            log.info(
+                "the store at %s was bound to its catalog %.1f s ago by another process; its record written",
+                storage.root,
+                ago,
+                extra={"store_id": store_id},
+            )
+        else:
+            log.warning(
+                "the store at %s had no record of its catalog; written again from the catalog's",
+                storage.root,
+                extra={"store_id": store_id},
+            )
     log.info(
         "store %s bound to its catalog",
         storage.root,
@@ -203,6 +212,11 @@ async def _bound_backend(
     )
     # Read again: a BIND that lost a race to another process is bound at that one's time.
     return backend, store_id, (await backend.identity()).bound_at
+
+
+# A catalog bound this recently to a store without its record: another process binding it
+# (instances or `horace init` started together) has not written the store's record yet.
+JUST_BOUND_SECONDS = 60.0
 
 
 def _start_check(check: StartCheck | bool) -> StartCheck:

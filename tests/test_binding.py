@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -124,6 +125,37 @@ async def test_a_new_store_without_files_is_refused_by_another_catalog(
             async with open_catalog(attrs.evolve(settings, database_url=other), create=True):
                 pytest.fail("an empty store was taken over by another catalog")
     assert (settings.storage_path / ".horace/store.json").read_text() == identity
+
+
+@pytest.mark.parametrize("bound_long_ago", [False, True])
+async def test_a_store_record_written_again_is_a_warning_only_when_not_just_bound(
+    settings: Settings,
+    bound_long_ago: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store's record missing beside a catalog bound to it: a moment after the binding
+    it is another process's start that has not written it yet (instances or `horace init`
+    started together), said at INFO; later it was lost, a WARNING. Written again either way."""
+    import horace.assemble
+
+    async with open_catalog(settings, create=True):
+        pass
+    record = settings.storage_path / ".horace/store.json"
+    store_id = json.loads(record.read_text())["store_id"]
+    record.unlink()
+    if bound_long_ago:
+        monkeypatch.setattr(horace.assemble, "JUST_BOUND_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="horace"):
+        async with open_catalog(settings):
+            pass
+    assert json.loads(record.read_text())["store_id"] == store_id
+    said = [(r.levelno, r.getMessage().partition(" its catalog")[2]) for r in caplog.records]
+    if bound_long_ago:
+        assert (logging.WARNING, "; written again from the catalog's") in said, said
+    else:
+        assert not [level for level, _ in said if level >= logging.WARNING], said
+        assert any(level == logging.INFO and "by another process" in what for level, what in said), said
 
 
 async def test_a_catalog_bound_elsewhere_is_refused(tmp_path: Path, database_url: str) -> None:
