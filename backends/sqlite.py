@@ -1519,11 +1519,35 @@ class SqliteBackend:
 
     async def aclose(self) -> None:
         async with self._write_lock:
-            self._writer.close()
             self._key_reader.close()
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+            if self.replaced() is not None:
+                await trio.to_thread.run_sync(self._empty_the_log_of_the_file_replaced)
+            self._writer.close()
+
+    def _empty_the_log_of_the_file_replaced(self) -> None:
+        """The catalog's file was replaced (or moved, or removed) under this process: SQLite
+        does not checkpoint into a file that moved when it closes, and leaves its log at
+        ``catalog.db-wal``, where whoever opens the file now in place would replay it over
+        that file (damaging it, or undoing the restore). Its frames go into the file they
+        belong to, the one this connection holds, and the log is emptied."""
+        try:
+            busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            busy, why = 1, str(exc)
+        else:
+            why = "another process still reads it"
+        if busy:
+            log.error(
+                "the catalog %s was replaced while this process ran, and its write-ahead log could "
+                "not be emptied (%s): remove %s-wal and %s-shm before Horace opens the catalog in place",
+                self.path,
+                why,
+                self.path,
+                self.path,
+            )
 
     # -- units ----------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ whatever backend the rest of the suite runs on."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,28 @@ async def test_the_log_is_cut_back_after_a_large_write(
         write(settings.storage_path / "files/user/one.txt", "one")
         await catalog.register("user/one.txt")  # starts the log over, after the checkpoint
         assert wal.stat().st_size <= KEPT
+
+
+async def test_a_catalog_replaced_under_a_process_is_not_given_its_log(tmp_path: Path) -> None:
+    """A backup copy put in place of the catalog while a process has it open (a restore):
+    SQLite does not checkpoint into a file that moved, and would leave its log beside the
+    copy, to be replayed over it by the next opener. The process empties it into the file
+    it holds as it closes: the copy opens whole, with its own content."""
+    settings = Settings(storage_path=tmp_path / "root", database_url=f"sqlite://{tmp_path}/catalog.db")
+    files = settings.storage_path / "files/user"
+    backup = tmp_path / "backup.db"
+    async with open_catalog(settings, create=True) as catalog:
+        for i in range(20):
+            write(files / f"f{i}.txt", f"first {i}")
+            await catalog.register(f"user/f{i}.txt")
+        with sqlite3.connect(tmp_path / "catalog.db") as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)
+        for i in range(20):
+            write(files / f"f{i}.txt", f"second {i}")
+            await catalog.register(f"user/f{i}.txt")
+        assert (tmp_path / "catalog.db-wal").stat().st_size > 0  # frames not in the file yet
+        shutil.copy(backup, tmp_path / "catalog.db.new")
+        os.replace(tmp_path / "catalog.db.new", tmp_path / "catalog.db")
+    with sqlite3.connect(tmp_path / "catalog.db") as restored:
+        assert restored.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert restored.execute("SELECT count(*) FROM horace_versions").fetchone() == (20,)
