@@ -528,11 +528,19 @@ class Catalog:
         )
 
     async def _version_held(
-        self, db: Units, file: FileRecord, held: Path, correlation_id: str | None, spare: int | None = None
+        self,
+        db: Units,
+        file: FileRecord,
+        held: Path,
+        correlation_id: str | None,
+        spare: int | None = None,
+        *,
+        release: bool = True,
     ) -> tuple[FileRecord, VersionRecord | None]:
-        """Version a working file moved out of files/, then let it go. Shielded: the file
-        has left files/ already, and its content must not be dropped half-way. Should
-        versioning fail, the held file stays for fsck to put back."""
+        """Version a working file moved out of files/, then let it go (unless not to
+        *release* it: the caller does, once what moved it out is committed). Shielded: the
+        file has left files/ already, and its content must not be dropped half-way. Should
+        versioning fail, the held file goes back, or stays for fsck to put back."""
         with trio.CancelScope(shield=True):
             try:
                 staged = await in_thread(self.storage.stage_held, held)
@@ -558,7 +566,8 @@ class Catalog:
                         extra={"file_id": file.id, "correlation_id": correlation_id},
                     )
                 raise
-            await in_thread(self.storage.release_held, held)
+            if release:
+                await in_thread(self.storage.release_held, held)
         return done
 
     # -- register -----------------------------------------------------------------------
@@ -760,7 +769,8 @@ class Catalog:
                     },
                 )
             target = changes.status if changes.status is not current.status else None
-            version_created = taken = written = False
+            version_created = written = False
+            taken: Path | None = None  # the working copy moved out, held until the change commits
             if (
                 vanished
                 and current.status is Status.ACTIVE
@@ -796,8 +806,11 @@ class Catalog:
                 with trio.CancelScope(shield=True):
                     updated = await db.update_file(file_id, changes, self.clock())
             except BaseException as exc:
-                if taken:  # still active, as the catalog says: its working copy comes back
+                if taken is not None:  # still active, as the catalog says: its working copy comes back
                     await self._put_working_back(current)
+                    with trio.CancelScope(shield=True):
+                        if await in_thread(self.storage.working_exists, current.file_path):
+                            await in_thread(self.storage.release_held, taken)  # (else fsck puts it back)
                 elif written:  # still deleted or archived: the copy written for it goes
                     await self._withdraw_working(current)
                 if version_created and isinstance(exc, Exception):
@@ -805,6 +818,9 @@ class Catalog:
                     if kept is not None:
                         raise kept from exc
                 raise
+            if taken is not None:  # its content is the current version, and the file is out of files/
+                with trio.CancelScope(shield=True):
+                    await in_thread(self.storage.release_held, taken)
             if updated is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
         changed = tuple(
@@ -828,14 +844,16 @@ class Catalog:
 
     async def _take_working_copy(
         self, db: Units, file: FileRecord, correlation_id: str | None
-    ) -> tuple[FileRecord, bool, bool]:
+    ) -> tuple[FileRecord, bool, Path | None]:
         """Move the working copy out and version it: the file's record then, whether a
-        version was made, and whether there was a working copy to take."""
+        version was made, and the copy held in .horace/tmp (None when there was none). The
+        caller lets it go once the status change is committed: a crash before that finds
+        the file active and its copy held, which fsck puts back."""
         held = await in_thread(self.storage.take_working, file.file_path, file.id)
         if held is None:
-            return file, False, False  # already gone: its last content is the current version
-        record, version = await self._version_held(db, file, held, correlation_id)
-        return record, version is not None, True
+            return file, False, None  # already gone: its last content is the current version
+        record, version = await self._version_held(db, file, held, correlation_id, release=False)
+        return record, version is not None, held
 
     async def _put_working_back(self, file: FileRecord) -> None:
         """Write *file*'s working copy again from its current version (the content just

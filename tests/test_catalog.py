@@ -518,6 +518,39 @@ async def test_a_file_open_for_writing_is_not_moved_out_from_under_its_writer(
     assert (await catalog.delete(file.id)).file.status is Status.DELETED
 
 
+@pytest.mark.parametrize("status", [Status.DELETED, Status.ARCHIVED])
+async def test_a_working_copy_moved_out_is_held_until_its_status_is_recorded(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, status: Status
+) -> None:
+    """A delete (or archive) versions the working copy it moved out, then records the
+    status: a crash between the two leaves the file active, and its copy must still be
+    held in .horace/tmp for the fsck at start to put back (it was let go first, and the
+    file was left active with no working copy anywhere). Once recorded, it is let go."""
+    path = write(files / "user/a.txt", "keep me")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("unsaved edit")
+    at_the_commit: list[tuple[list[bytes], bool]] = []
+
+    def held() -> list[bytes]:
+        return [
+            p.read_bytes()
+            for p, name in catalog.storage.walk_temps()
+            if name and name.held_file_id() == file.id
+        ]
+
+    record_changes_fail(
+        monkeypatch, catalog, BackendUnavailable("cut"), lambda: at_the_commit.append((held(), path.exists()))
+    )
+    with pytest.raises(HoraceError):
+        await catalog.update(file.id, FileChanges(status=status))
+    assert at_the_commit == [([b"unsaved edit"], False)]
+    assert path.read_text() == "unsaved edit" and held() == []  # put back, as the catalog says
+    monkeypatch.undo()
+    assert (await catalog.update(file.id, FileChanges(status=status))).file.status is status
+    assert not path.exists() and held() == []
+    assert (await fsck(catalog)).findings == ()
+
+
 async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
