@@ -965,14 +965,18 @@ class Catalog:
                     db, current, correlation_id, spare=version, leaving=True
                 )
                 preserved = kept.version if kept else None
-            written, displaced = await in_thread(
-                self.storage.replace_working,
-                current.file_path,
-                wanted.checksum,
-                current.id,
-                examined,
-                check_cancelled,
-            )
+            # Once the unsaved content is a version, the restore goes on to its end: cancelled
+            # (a client's cancel, the deadline) it would stand half made, that version current
+            # and the one asked for not back. Before, a cancel stops the copy, and nothing is made.
+            with trio.CancelScope(shield=preserved is not None):
+                written, displaced = await in_thread(
+                    self.storage.replace_working,
+                    current.file_path,
+                    wanted.checksum,
+                    current.id,
+                    examined,
+                    check_cancelled,
+                )
             # The working file holds version N now: what follows is recorded whatever
             # happens, or, should the record fail, undone.
             had_working = examined is not None
