@@ -698,11 +698,11 @@ input AS (
                            stat_size, stat_mtime_ns, stat_ctime_ns, stat_inode, stat_device,
                            stat_recorded_ns, ord)
 ),
-candidates AS (  -- not catalogued already, by path or by (an active file's) content
+candidates AS (  -- not catalogued already, by path or (unless copies, $21) by an active file's content
     SELECT i.* FROM input i
     WHERE NOT EXISTS (SELECT 1 FROM horace_files f WHERE f.file_path = i.file_path)
-      AND NOT EXISTS (SELECT 1 FROM horace_files f
-                      WHERE f.checksum = i.checksum AND f.status = 'active')
+      AND ($21::boolean OR NOT EXISTS (SELECT 1 FROM horace_files f
+                                       WHERE f.checksum = i.checksum AND f.status = 'active'))
 ),
 """
 # Inside the batch, a file is skipped when an earlier one that was inserted has its path or
@@ -712,8 +712,8 @@ _CHOSEN_SIMPLE = """
 chosen AS (
     SELECT c.* FROM candidates c
     WHERE NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord AND e.file_path = c.file_path)
-      AND NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord
-                      AND e.checksum = c.checksum AND e.status = 'active')
+      AND ($21::boolean OR NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord
+                                       AND e.checksum = c.checksum AND e.status = 'active'))
 ),
 """
 # ... if it repeats both, one file at a time, in order (quadratic, only for such batches):
@@ -724,7 +724,8 @@ walk (n, paths, sums, take) AS (
     UNION ALL
     SELECT x.n,
            CASE WHEN x.take THEN w.paths || x.file_path ELSE w.paths END,
-           CASE WHEN x.take AND x.status = 'active' THEN w.sums || x.checksum ELSE w.sums END,
+           CASE WHEN x.take AND x.status = 'active' AND NOT $21::boolean THEN w.sums || x.checksum
+                ELSE w.sums END,
            x.take
     FROM walk w
     CROSS JOIN LATERAL (
@@ -1568,6 +1569,8 @@ class _Units:
         files: Sequence[FileRecord],
         collection: str | None = None,
         working: Mapping[str, WorkingStat] | None = None,
+        *,
+        copies: bool = False,
     ) -> list[FileRecord]:
         if not files:
             return []
@@ -1575,7 +1578,9 @@ class _Units:
         paths = [f.file_path for f in files]
         sums = [f.checksum for f in files]
         repeats_both = len(set(paths)) < len(paths) and len(set(sums)) < len(sums)
-        contents = sorted({_content_key(f.checksum) for f in files if f.status is Status.ACTIVE})
+        # (Copies take no content: they need none of its locks.)
+        claimed = [] if copies else [f.checksum for f in files if f.status is Status.ACTIVE]
+        contents = sorted({_content_key(checksum) for checksum in claimed})
         rows = await self._source.run(
             _insert_by_content,
             contents,
@@ -1595,6 +1600,7 @@ class _Units:
             [json_object(f.metadata) for f in files],
             collection or None,
             *(list(column) for column in stats),
+            copies,
         )
         return [files[row["ord"] - 1] for row in rows]
 

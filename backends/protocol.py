@@ -134,13 +134,16 @@ class Units(Protocol):
         files: Sequence[FileRecord],
         collection: str | None = None,
         working: Mapping[str, WorkingStat] | None = None,
+        *,
+        copies: bool = False,
     ) -> list[FileRecord]:
         """Insert new files with their version 1 (from each record's checksum and size),
         each with the stat identity of the working file it was read from (*working*, by
         file id; none when absent).
 
-        A path that is catalogued already, or whose content is (same checksum, not
-        deleted), is skipped; returns the records actually inserted.
+        A path that is catalogued already is skipped, and so is one whose content is an
+        active file's (same checksum), unless these are *copies*, catalogued as files of
+        their own; returns the records actually inserted.
         """
 
     async def add_version(

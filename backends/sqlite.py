@@ -303,6 +303,7 @@ def _insert_files(
     files: Sequence[FileRecord],
     collection: str | None,
     working: Mapping[str, WorkingStat],
+    copies: bool,
 ) -> list[FileRecord]:
     inserted: list[FileRecord] = []
     with _transaction(conn):
@@ -318,13 +319,13 @@ def _insert_files(
                 [*paths, *sums],
             ):
                 taken_paths.add(path)
-                if status == "active":
+                if status == "active" and not copies:
                     taken_sums.add(checksum)
         for f in files:  # also refuses a repeat inside the batch, as one-by-one inserts did
             if f.file_path in taken_paths or f.checksum in taken_sums:
                 continue
             taken_paths.add(f.file_path)
-            if f.status is Status.ACTIVE:  # only an active file's content counts as taken
+            if f.status is Status.ACTIVE and not copies:  # only an active file's content is taken
                 taken_sums.add(f.checksum)
             inserted.append(f)
         conn.executemany(
@@ -1571,8 +1572,10 @@ class SqliteBackend:
         files: Sequence[FileRecord],
         collection: str | None = None,
         working: Mapping[str, WorkingStat] | None = None,
+        *,
+        copies: bool = False,
     ) -> list[FileRecord]:
-        return await self._write(_insert_files, files, collection, working or {})
+        return await self._write(_insert_files, files, collection, working or {}, copies)
 
     async def add_version(
         self,

@@ -200,6 +200,9 @@ class ScanReport:
     registered: int
     versioned: int
     unchanged: int
+    # New files left out for their content, an active file's that is not at its own path
+    # (renamed there perhaps, not followed): taken once that file is deleted. A copy of a
+    # file still at its path is registered, a file of its own.
     duplicates: int
     errors: tuple[str, ...]
     skipped: tuple[str, ...] = ()  # names that can never be catalogued, each with why
@@ -1156,10 +1159,17 @@ class Catalog:
 
     async def _scan_one(self, rel: str, correlation_id: str | None, progress: Progress | None) -> ScanReport:
         """A scan of one file: it is registered (or versioned, or found a duplicate) as
-        :meth:`register` does, and counted as a scan counts it."""
+        :meth:`register` does, but that a copy is catalogued as a scan of its folder
+        catalogs it (:meth:`register_new`); counted as a scan counts it."""
         tally = _ScanTally(1, progress)
         try:
             taken = await self.register(rel, correlation_id=correlation_id)
+            if taken.duplicate:
+                copy = await self.register_new([rel], correlation_id, copies=True)
+                for _, refused in copy.failed:
+                    raise refused
+                if copy.registered:
+                    taken = Registered(copy.registered[0], version_created=True, duplicate=False)
         except HoraceError as exc:
             tally.errors.append(f"{rel}: {exc.message}")
             log.warning("scan: not taken: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
@@ -1409,7 +1419,7 @@ class Catalog:
         """:meth:`register_new`; when the storage is too full for the batch as a whole, its
         files one by one: what fits is taken, and each that does not is told apart."""
         try:
-            return await self.register_new(batch, correlation_id, total_bytes)
+            return await self.register_new(batch, correlation_id, total_bytes, copies=True)
         except HoraceError as exc:
             if exc.code is not ErrorCode.STORAGE_FULL:
                 raise
@@ -1426,7 +1436,7 @@ class Catalog:
         failed: list[tuple[str, HoraceError]] = []
         for i, rel in enumerate(batch):
             try:
-                one = await self.register_new([rel], correlation_id)
+                one = await self.register_new([rel], correlation_id, copies=True)
             except HoraceError as exc:
                 if exc.code is not ErrorCode.STORAGE_FULL:
                     raise
@@ -1442,11 +1452,22 @@ class Catalog:
         return NewFiles(tuple(registered), tuple(skipped), tuple(failed))
 
     async def register_new(
-        self, batch: Sequence[str], correlation_id: str | None = None, total_bytes: int | None = None
+        self,
+        batch: Sequence[str],
+        correlation_id: str | None = None,
+        total_bytes: int | None = None,
+        *,
+        copies: bool = False,
     ) -> NewFiles:
         """Register files not catalogued yet, in one commit: stage all (on every core, when
         *total_bytes* is worth it: see :func:`_thread_slices`), one filesystem sync, one
         insert. Paths must be relative to files/ (as the walks give them).
+
+        A file whose content is an active file's is left out (the duplicate rule of
+        :meth:`register`), unless *copies*: then, when that file is still at its path, it
+        is catalogued as a file of its own, in a second commit (the scans and the watcher
+        catalog every path, so that each can be brought back). When that file is not at
+        its path, this one may be its other half of a rename: left out, for the caller.
 
         No per-file lock is needed: nothing but the insert is written, and the unique
         path constraint decides any race with another writer.
@@ -1482,11 +1503,52 @@ class Catalog:
                     await self._let_go_unrecorded([s.checksum for s in kept], correlation_id)
                     raise
             await self._release(kept, released)
+            if copies:
+                inserted += await self._insert_copies(taken, inserted, now, correlation_id)
         finally:
             await self._discard_batch(staged, released, kept)
         done = {f.file_path for f in inserted}
         skipped = tuple((rel, s.checksum) for rel, s, _ in taken if rel not in done)
         return NewFiles(tuple(inserted), skipped, tuple(failed))
+
+    async def _insert_copies(
+        self,
+        taken: list[tuple[str, Staged, str]],
+        inserted: list[FileRecord],
+        now: datetime,
+        correlation_id: str | None,
+    ) -> list[FileRecord]:
+        """Of *taken* (staged new files) the ones not *inserted* that are copies, inserted
+        as files of their own. Their objects need no keeping: each content was kept (and
+        made sure of) with the batch, and an active file's current version refers to it."""
+        done = {f.file_path for f in inserted}
+        found = await self._copies_among([t for t in taken if t[0] not in done])
+        if not found:
+            return []
+        records = [_new_record(rel, s, mime, now, correlation_id) for rel, s, mime in found]
+        working = {
+            r.id: s.working for r, (_, s, _) in zip(records, found, strict=True) if s.working is not None
+        }
+        with trio.CancelScope(shield=True):
+            copies = await self.backend.insert_files(records, working=working, copies=True)
+            self.backend.refusals.clear()
+        return copies
+
+    async def _copies_among(self, left_out: list[tuple[str, Staged, str]]) -> list[tuple[str, Staged, str]]:
+        """Of new files left out of an insert, the copies: those whose content an active
+        file holds at its own path, still there. (Not there, that file may have been
+        renamed to this one; a path taken meanwhile by another writer is left out again.)"""
+        present: dict[str, bool] = {}
+        found = []
+        for rel, s, mime_type in left_out:
+            if s.checksum not in present:
+                holder = await self.backend.file_by_checksum(s.checksum)
+                present[s.checksum] = holder is not None and await in_thread(
+                    self.storage.working_exists, holder.file_path
+                )
+            if present[s.checksum]:
+                found.append((rel, s, mime_type))
+        return found
 
     # -- batches: staged on one thread or several, kept with one sync ---------------------
 

@@ -474,6 +474,15 @@ class Watcher:
             self.counts.moved += 1
             return True
         if record is None and done.duplicate:
+            # A copy of a file still at its path: catalogued as a file of its own, as the
+            # batches catalog copies. Left out again (that file gone meanwhile), it waits
+            # for that file to change or go.
+            copy = await self.catalog.register_new([rel], correlation_id, copies=True)
+            if copy.registered:
+                self.counts.registered += 1
+                return True
+            for _, refused in copy.failed:
+                raise refused
             self._copies.setdefault(done.file.id, {})[rel] = done.file.checksum
             self._copy_of[rel] = done.file.id
         elif record is None:
@@ -508,7 +517,7 @@ class Watcher:
     async def _register_batch(self, batch: list[str]) -> None:
         correlation_id = f"watch-{uuid.uuid4()}"
         try:
-            outcome = await self.catalog.register_new(batch, correlation_id)
+            outcome = await self.catalog.register_new(batch, correlation_id, copies=True)
         except CATALOG_FAILURES as failure:
             for rel in batch:
                 self._failed(rel, f"the catalog: {failure}", correlation_id)
@@ -521,7 +530,8 @@ class Watcher:
         for file in outcome.registered:
             self._taken(file.file_path)
         for rel, _ in outcome.skipped:
-            # A duplicate, or the second half of a rename: the one-by-one path tells which.
+            # The second half of a rename (or a path taken meanwhile): the one-by-one path
+            # tells which.
             self._one_by_one.add(rel)
             await self._settle(rel)
         for rel, exc in outcome.failed:

@@ -1475,13 +1475,12 @@ async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> Non
     (files / "user/link.txt").symlink_to(files / "user/many/0.txt")
     seen: list[tuple[int, int]] = []
     report = await catalog.scan(progress=lambda done, total: seen.append((done, total)))
-    assert (report.scanned, report.registered, report.duplicates) == (31, 30, 1)
+    assert (report.scanned, report.registered, report.duplicates) == (31, 31, 0)  # the copy too
     assert seen[-1] == (31, 31)
     write(files / "user/many/3.txt", "changed")
     write(files / "user/many/new.txt", "new")
     again = await catalog.scan("user/many")
-    # user/dup.txt sorts first, so many/1.txt is the duplicate, again and again.
-    assert (again.registered, again.versioned, again.unchanged, again.duplicates) == (1, 1, 28, 1)
+    assert (again.registered, again.versioned, again.unchanged, again.duplicates) == (1, 1, 29, 0)
     assert (await fsck(catalog, deep=True)).clean
     with pytest.raises(HoraceError) as excinfo:
         await catalog.scan("user/absent")
@@ -1498,8 +1497,9 @@ async def test_a_scan_of_one_file_takes_that_file(catalog: Catalog, files: Path)
     assert counts(await catalog.scan(str(files / "user/one.txt"))) == (1, 0, 0, 1, 0, ())
     write(files / "user/one.txt", "one, changed")
     assert counts(await catalog.scan("user/one.txt")) == (1, 0, 1, 0, 0, ())
-    write(files / "user/copy.txt", "one, changed")
-    assert counts(await catalog.scan("user/copy.txt")) == (1, 0, 0, 0, 1, ())
+    write(files / "user/copy.txt", "one, changed")  # a copy: a file of its own, as a folder's scan takes it
+    assert counts(await catalog.scan("user/copy.txt")) == (1, 1, 0, 0, 0, ())
+    assert (await catalog.resolve("user/copy.txt")).id != (await catalog.resolve("user/one.txt")).id
     os.link(files / "user/other.txt", files / "user/other-link.txt")  # two names: not catalogable
     report = await catalog.scan("user/other.txt")
     assert (report.scanned, report.registered, len(report.errors)) == (1, 0, 1), report
@@ -1509,12 +1509,11 @@ async def test_a_scan_of_one_file_takes_that_file(catalog: Catalog, files: Path)
         assert excinfo.value.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH), excinfo.value
 
 
-async def test_a_copy_of_what_its_original_leaves_in_the_same_scan_is_catalogued(
-    catalog: Catalog, files: Path
-) -> None:
-    """A copy is a duplicate only of content that stays catalogued: when one scan finds a
-    new copy of a file and that file rewritten, the copy is catalogued (it holds what is
-    now only an old version), and a new file of the rewritten content is the duplicate."""
+async def test_a_scan_catalogs_every_copy_as_a_file_of_its_own(catalog: Catalog, files: Path) -> None:
+    """A new file whose content another file holds at its path is a copy: a scan catalogs
+    it as a file of its own (its path can be brought back once removed, a git branch
+    pointing where another does, say), its content stored once. So is a copy of what its
+    original leaves in the same scan, and a copy made of a file's new content."""
     write(files / "user/a.bin", "X")
     write(files / "user/b.bin", "P")
     await catalog.scan()
@@ -1522,16 +1521,23 @@ async def test_a_copy_of_what_its_original_leaves_in_the_same_scan_is_catalogued
     write(files / "user/a.bin", "Y")
     write(files / "user/b-to-be.bin", "Q")
     write(files / "user/b.bin", "Q")
+    write(files / "user/c1.bin", "same")
+    write(files / "user/c2.bin", "same")
     report = await catalog.scan()
-    assert (report.registered, report.versioned, report.duplicates) == (1, 2, 1), report
+    assert (report.registered, report.versioned, report.duplicates) == (4, 2, 0), report
     copy = await catalog.resolve("user/copy-of-a.bin")
     assert (await catalog.content(copy, 1, 16)).data == b"X"
     a = await catalog.resolve("user/a.bin")
     assert (a.current_version, (await catalog.content(a, 2, 16)).data) == (2, b"Y")
-    with pytest.raises(HoraceError):  # Q is b.bin's now
-        await catalog.resolve("user/b-to-be.bin")
+    b_to_be, c2 = await catalog.resolve("user/b-to-be.bin"), await catalog.resolve("user/c2.bin")
+    assert (b_to_be.checksum, c2.checksum) == ((await catalog.resolve("user/b.bin")).checksum, sha256("same"))
     again = await catalog.scan()
-    assert (again.registered, again.versioned, again.duplicates) == (0, 0, 1), again
+    assert (again.registered, again.versioned, again.duplicates, again.unchanged) == (0, 0, 0, 6), again
+    (files / "user/c2.bin").unlink()  # the copy removed: it comes back by its path
+    await catalog.delete(c2.id)
+    await catalog.undelete(c2.id)
+    assert (files / "user/c2.bin").read_text() == "same"
+    assert (await fsck(catalog, deep=True)).clean
 
 
 async def test_files_another_instance_catalogued_mid_scan_count_as_unchanged(
@@ -1544,9 +1550,9 @@ async def test_files_another_instance_catalogued_mid_scan_count_as_unchanged(
     async with open_catalog(settings, check=False) as other:
         first = catalog.register_new
 
-        async def other_goes_first(*args: Any) -> Any:
+        async def other_goes_first(*args: Any, **kwargs: Any) -> Any:
             assert (await other.scan()).registered == 20  # between our walk and our insert
-            return await first(*args)
+            return await first(*args, **kwargs)
 
         catalog.register_new = other_goes_first  # type: ignore[method-assign]
         report = await catalog.scan()
@@ -1625,8 +1631,8 @@ async def test_a_scan_follows_a_rename_and_the_file_keeps_its_history(catalog: C
     write(files / "user/away.txt", "away")
     write(files / "user/report.md", "report")
     await catalog.scan()
-    write(files / "user/report-backup.md", "report")  # a copy, not catalogued (a duplicate)
-    assert (await catalog.scan()).duplicates == 1
+    write(files / "user/report-backup.md", "report")  # a copy: a file of its own
+    assert (await catalog.scan()).registered == 1
     (files / "user/report.md").unlink()
     write(files / "user/notes.txt", "second")
     await catalog.scan()

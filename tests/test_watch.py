@@ -588,42 +588,39 @@ async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> N
     )
 
 
-async def test_a_copy_is_catalogued_once_its_content_is_no_other_files(settings: Settings) -> None:
-    """A copy of a catalogued file is not catalogued (the duplicate rule: its content is
-    safe in the other's version). Once the other file moves on, the copy is taken in, before
-    retention can prune that version away and leave the copy's content nowhere but on disk."""
+async def test_a_copy_is_a_file_of_its_own_and_comes_back_when_its_folder_goes(settings: Settings) -> None:
+    """A copy of a catalogued file (git branches pointing at one commit, a backup tool's
+    identical segments) is catalogued as a file of its own, its content stored once: when
+    its folder is removed whole, each of its files is deleted, and each can be undeleted
+    by its path. A file renamed is still followed as a rename, not taken for a copy."""
     async with run_horace(watching(settings, version_count=1)) as running:
         await wait_watching(running)
         catalog = running.server.catalog
         watched = Watched(running, catalog, None)  # type: ignore[arg-type]
-        a, b = running.files / "gates/a.txt", running.files / "shared/b.txt"
-        write(a, "precious")
-        await watched.wait_checksum("gates/a.txt", sha256("precious"))
-        write(b, "precious")
-        await quiet(running)
-        assert await watched.record("shared/b.txt") is None  # a duplicate, for now
-        write(a, "a moved on")  # (keeping one version, a's "precious" is pruned)
-        copy = await watched.wait_checksum("shared/b.txt", sha256("precious"))
-        assert [v.version for v in await watched.versions("gates/a.txt")] == [2]
-        await catalog.purge()
-        assert (await catalog.content(copy, 1, 1024)).data == b"precious"
-        # A copy of a file that goes is taken in too: removed on disk, or deleted or
-        # archived through Horace.
-        for i, goes in enumerate(("unlink", "horace_delete_file", "horace_update_file")):
-            original, copy_path = f"gates/o{i}.txt", f"user/c{i}.txt"
-            write(running.files / original, f"original {i}")
-            await watched.wait_checksum(original, sha256(f"original {i}"))
-            write(running.files / copy_path, f"original {i}")
-            await quiet(running)
-            assert await watched.record(copy_path) is None
-            if goes == "unlink":
-                (running.files / original).unlink()
-            else:
-                async with connect(running.url) as client:
-                    extra = {"metadata": {"status": "archived"}} if goes == "horace_update_file" else {}
-                    done = await client.call(goes, file_path=original, **extra)
-                    assert done["status" if goes == "horace_delete_file" else "changed_fields"], done
-            await watched.wait_checksum(copy_path, sha256(f"original {i}"))
+        refs = running.files / "user/repo/refs"
+        for branch in ("feature", "main", "release"):
+            write(refs / branch, "9f2c0e1 the same commit\n")
+        for branch in ("feature", "main", "release"):
+            await watched.wait_checksum(f"user/repo/refs/{branch}", sha256("9f2c0e1 the same commit\n"))
+        ids = {
+            branch: (await catalog.resolve(f"user/repo/refs/{branch}")).id for branch in ("feature", "main")
+        }
+        assert ids["feature"] != ids["main"]
+        os.rename(refs / "feature", refs / "feature-renamed")
+        moved = await watched.wait_checksum(
+            "user/repo/refs/feature-renamed", sha256("9f2c0e1 the same commit\n")
+        )
+        assert moved.id == ids["feature"]  # followed, with its history
+        shutil.rmtree(running.files / "user/repo")
+        for branch in ("feature-renamed", "main", "release"):
+            await watched.wait_checksum(
+                f"user/repo/refs/{branch}", sha256("9f2c0e1 the same commit\n"), Status.DELETED
+            )
+        async with connect(running.url) as client:
+            for branch in ("feature-renamed", "main", "release"):
+                await client.call("horace_undelete_file", file_path=f"user/repo/refs/{branch}")
+        assert sorted(p.name for p in refs.iterdir()) == ["feature-renamed", "main", "release"]
+        assert {p.read_text() for p in refs.iterdir()} == {"9f2c0e1 the same commit\n"}
 
 
 async def test_a_file_archived_through_horace_as_the_watcher_saw_it_go_stays_archived(

@@ -397,8 +397,8 @@ async def every_tool(c: Client, files: Path) -> None:
     write(files / "shared/deeper/new-b.txt", "new b")
     scanned = await ok(c, "horace_scan", {})
     assert scanned["scanned"] == 10  # 7 catalogued + copy-of-report + 2 new
-    assert scanned["registered"] == 2 and scanned["versioned"] == 1
-    assert scanned["duplicates"] == 1  # user/copy-of-report.md
+    assert scanned["registered"] == 3 and scanned["versioned"] == 1  # the copy is a file of its own
+    assert scanned["duplicates"] == 0  # (user/copy-of-report.md, registered as a duplicate before)
     assert scanned["unchanged"] == 6 and scanned["errors"] == []
     assert (await ok(c, "horace_verify", {}))["ok"] is True
     under = await ok(c, "horace_scan", {"path": "shared"})

@@ -757,7 +757,8 @@ TOOLS: dict[str, Tool] = {
             "horace_scan",
             "Scan for changes",
             "Register untracked files and version changed ones under files/ (or a folder of it, "
-            "or one file); sends progress notifications when the call carries a progressToken.",
+            "or one file); a copy of a catalogued file is registered as a file of its own. Sends "
+            "progress notifications when the call carries a progressToken.",
             ScanArgs,
             ScanReport,
             scan,
