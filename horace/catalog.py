@@ -797,6 +797,16 @@ class Catalog:
             elif target is Status.ACTIVE:
                 version_created, written = await self._bring_back(db, current, correlation_id)
             elif (
+                current.status is not Status.ACTIVE
+                and changes.status is not None
+                and await in_thread(self.storage.working_exists, current.file_path)
+            ):
+                # Deleted or archived, its working copy back (a writer made it again), and
+                # told to be deleted or archived: that copy leaves files/ as a delete takes
+                # one, kept as a version, rather than stay there uncatalogued.
+                await self._not_being_written(current.file_path)
+                current, version_created, taken = await self._take_working_copy(db, current, correlation_id)
+            elif (
                 check_for_changes
                 and changes.status is None
                 and await in_thread(self.storage.working_exists, current.file_path)

@@ -551,6 +551,24 @@ async def test_a_working_copy_moved_out_is_held_until_its_status_is_recorded(
     assert (await fsck(catalog)).findings == ()
 
 
+@pytest.mark.parametrize("status", [Status.DELETED, Status.ARCHIVED])
+async def test_a_working_copy_back_under_a_deleted_file_leaves_with_a_status_change(
+    catalog: Catalog, files: Path, status: Status
+) -> None:
+    """A deleted file whose working copy a writer made again, then told to be deleted or
+    archived: the copy leaves files/ kept as a version, as a delete takes one (it stayed
+    there uncatalogued, and the next scan made the file active again)."""
+    path = write(files / "user/f.md", "one")
+    file = (await catalog.register("user/f.md")).file
+    await catalog.delete(file.id)
+    write(path, "a service writes again")
+    done = await catalog.update(file.id, FileChanges(status=status))
+    assert done.file.status is status and done.version_created and not path.exists()
+    assert (await catalog.content(done.file, None, 100)).data == b"a service writes again"
+    assert (await catalog.scan()).registered == 0 and (await catalog.file(file.id)).status is status
+    assert (await fsck(catalog)).findings == ()
+
+
 async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
