@@ -9,7 +9,7 @@ that is not an upgrade.
 | POST notifications or responses only | 202, no body (``notifications/cancelled`` stops the call) |
 | GET with the session | the session's SSE stream: keep-alive comments only (Horace sends nothing unasked) |
 | GET with the session and ``Last-Event-ID`` | SSE: the rest of that answer (if none, it ends at once) |
-| DELETE with the session | 204: the session ends, its calls are cancelled |
+| DELETE with the session | 204: the session ends, its calls are cancelled (a JSON POST waiting on one: 404) |
 | OPTIONS (a browser's CORS preflight) | 204: the methods and headers a page may use |
 
 Refusals, each with a JSON-RPC error (id null) as body: 400 no ``Mcp-Session-Id`` (but
@@ -402,7 +402,15 @@ class StreamableHttp:
             async with _answering(conn):
                 while not stream.finished:
                     await stream.changed.wait()
-                if not stream.replied:
+                if not stream.replied and session.ending:
+                    # Cut short by the session's end (a DELETE while it ran): said, as to a
+                    # request on an ended session, so that the client stops waiting for it.
+                    why = (
+                        f"the session ended ({session.ended_why}) before this call answered; it was cancelled"
+                    )
+                    body = jsonrpc.error(None, RpcError(INVALID_REQUEST, why))
+                    await conn.respond_json(404, body)
+                elif not stream.replied:
                     await conn.respond(202)
                 else:
                     reply = stream.after(0)[-1][1]

@@ -57,6 +57,7 @@ class HttpSession:
         self._calls: trio.Nursery | None = None
         self.accepting = True  # false once draining or ending: new requests are refused
         self.ending = False
+        self.ended_why = ""  # what ended it (end): said to the calls it cut short
         self.ended = trio.Event()  # the session is over (a GET stream on it ends)
         self._draining = trio.Event()
         self._writers = 0  # connections writing one of its answers now
@@ -121,7 +122,7 @@ class HttpSession:
         """End now (DELETE, idle): the calls are cancelled and answer nothing."""
         if self._calls is None or self.ending:
             return
-        self.ending = True
+        self.ending, self.ended_why = True, why
         log.info("session ending: %s", why, extra={"conversation_id": self.conversation_id})
         self.accepting = False
         self.session.cancel_all()
