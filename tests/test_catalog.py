@@ -1527,6 +1527,25 @@ async def test_a_scan_of_one_file_takes_that_file(catalog: Catalog, files: Path)
         assert excinfo.value.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH), excinfo.value
 
 
+async def test_a_new_file_whose_content_left_its_file_is_left_for_the_rename(
+    catalog: Catalog, files: Path
+) -> None:
+    """Copies are catalogued only while the file whose content they hold is at its path:
+    a new file holding the content of one gone from its path may be that file renamed
+    (the watcher pairs the two halves; a scan follows it by inode), and is left out."""
+    write(files / "user/a.txt", "moving")
+    write(files / "user/kept.txt", "staying")
+    a = (await catalog.register("user/a.txt")).file
+    await catalog.register("user/kept.txt")
+    os.rename(files / "user/a.txt", files / "user/b.txt")
+    write(files / "user/kept-copy.txt", "staying")
+    taken = await catalog.register_new(["user/b.txt", "user/kept-copy.txt"], copies=True)
+    assert [f.file_path for f in taken.registered] == ["user/kept-copy.txt"]
+    assert taken.skipped == (("user/b.txt", a.checksum),)
+    assert (await catalog.scan()).moved == ("user/a.txt -> user/b.txt",)
+    assert (await catalog.resolve("user/b.txt")).id == a.id
+
+
 async def test_a_scan_catalogs_every_copy_as_a_file_of_its_own(catalog: Catalog, files: Path) -> None:
     """A new file whose content another file holds at its path is a copy: a scan catalogs
     it as a file of its own (its path can be brought back once removed, a git branch
