@@ -382,13 +382,12 @@ async def test_update_takes_in_the_working_copy_back_at_a_deleted_files_path(
     catalog: Catalog, files: Path
 ) -> None:
     """As a register or scan would: the file is active again, its new content a version,
-    and the change applies to that record. Told the status, or not to check, it is not."""
+    and the change applies to that record. Told not to check, it is not; told to stay
+    deleted, the copy leaves files/ as a delete takes one, kept as a version."""
     path = write(files / "user/a.txt", "old")
     file = (await catalog.register("user/a.txt")).file
     await catalog.delete(file.id)
     write(path, "new, by the user")
-    kept_deleted = await catalog.update(file.id, FileChanges(status=Status.DELETED, purpose="p"))
-    assert kept_deleted.file.status is Status.DELETED and not kept_deleted.version_created
     unchecked = await catalog.update(file.id, FileChanges(purpose="q"), check_for_changes=False)
     assert unchecked.file.status is Status.DELETED and unchecked.file.current_version == 1
     updated = await catalog.update(file.id, FileChanges(tags=("t",)))
@@ -397,6 +396,11 @@ async def test_update_takes_in_the_working_copy_back_at_a_deleted_files_path(
     assert updated.file.checksum == sha256("new, by the user") and updated.file.tags == ("t",)
     assert {"status", "tags", "checksum", "current_version"} <= set(updated.changed_fields)
     assert path.read_text() == "new, by the user"
+    await catalog.delete(file.id)
+    write(path, "newer, by the user")
+    kept_deleted = await catalog.update(file.id, FileChanges(status=Status.DELETED, purpose="p"))
+    assert kept_deleted.file.status is Status.DELETED and kept_deleted.version_created
+    assert kept_deleted.file.checksum == sha256("newer, by the user") and not path.exists()
 
 
 def record_changes_fail(
