@@ -67,7 +67,10 @@ def url_problem(url: str) -> str | None:
             "a '/', '@' or '#' in the user name or password must be percent-encoded "
             "(%2F, %40, %23), or the password given in PGPASSWORD"
         )
-    for address in hosts_of(parts.netloc):  # (several: asyncpg tries each in turn)
+    addresses = hosts_of(parts.netloc)
+    if len(addresses) > 1 and not all(addresses):  # (asyncpg fails on it with an IndexError)
+        return f"an empty server in the list {','.join(addresses)!r}: use postgresql://user@host1:port1,host2:port2/database"
+    for address in addresses:  # (several: asyncpg tries each in turn)
         port = _port_of(address)
         if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
             return f"the port {port!r} is not a port number: use postgresql://user@host:port/database"
@@ -84,7 +87,7 @@ def _port_of(address: str) -> str:
     """The port of ``host:port`` or ``[v6]:port``; '' when none is given."""
     if address.startswith("["):
         return address.partition("]")[2].removeprefix(":")
-    return address.rpartition(":")[2] if ":" in address else ""
+    return address.partition(":")[2]
 
 
 @asynccontextmanager

@@ -949,6 +949,7 @@ _UNREFERENCED = (
 )
 _ALL_FILES = f"SELECT {F} FROM horace_files"
 _WORKING_INDEX = f"SELECT id, file_path, checksum, status, current_version, {_STAT_COLUMNS} FROM horace_files"
+_INDEX_ENTRY = _WORKING_INDEX + " WHERE id = $1::uuid"
 _REFRESH_WORKING = f"""
 WITH seen AS (
     SELECT * FROM unnest(
@@ -1751,6 +1752,11 @@ class _Units:
 
     async def working_index(self) -> list[IndexEntry]:
         return [_index_entry(r) for r in await self._source.run(_fetch, _WORKING_INDEX)]
+
+    async def index_entry(self, file_id: str) -> IndexEntry | None:
+        fid = _uuid(file_id)
+        row = None if fid is None else await self._source.run(_fetchrow, _INDEX_ENTRY, fid)
+        return None if row is None else _index_entry(row)
 
     async def refresh_working(self, entries: Sequence[IndexEntry]) -> int:
         seen = [(e, _uuid(e.file_id), _stat_values(e.working)) for e in entries if e.working is not None]

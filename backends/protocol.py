@@ -222,6 +222,9 @@ class Units(Protocol):
     async def working_index(self) -> list[IndexEntry]:
         """Every catalogued file, as a scan compares it with what is on disk."""
 
+    async def index_entry(self, file_id: str) -> IndexEntry | None:
+        """One file of :meth:`working_index` (its recorded stat identity, say)."""
+
     async def all_versions(self) -> list[VersionRecord]: ...
     async def repair_current(self, file_id: str) -> FileRecord | None:
         """Make current_version, checksum and size agree with the newest version row

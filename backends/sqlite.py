@@ -1051,14 +1051,13 @@ def _repair_current(conn: sqlite3.Connection, file_id: str) -> FileRecord | None
 _STATUS_OF = {status.value: status for status in Status}
 
 
-def _working_index(conn: sqlite3.Connection) -> list[IndexEntry]:
+def _working_index(conn: sqlite3.Connection, file_id: str | None = None) -> list[IndexEntry]:
     # Every file, at every scan: plain tuples read by position (a Row looked up by name,
     # and Status() for each, took three quarters of the time on 10,000 files).
     cursor = conn.cursor()
     cursor.row_factory = None
-    rows = cursor.execute(
-        f"SELECT id, file_path, checksum, status, current_version, {_STAT_COLUMNS} FROM horace_files"
-    )
+    query = f"SELECT id, file_path, checksum, status, current_version, {_STAT_COLUMNS} FROM horace_files"
+    rows = cursor.execute(query) if file_id is None else cursor.execute(f"{query} WHERE id = ?", (file_id,))
     status_of = _STATUS_OF
     return [
         IndexEntry(
@@ -1662,6 +1661,10 @@ class SqliteBackend:
 
     async def working_index(self) -> list[IndexEntry]:
         return await self._read(_working_index)
+
+    async def index_entry(self, file_id: str) -> IndexEntry | None:
+        found = await self._read(_working_index, file_id)
+        return found[0] if found else None
 
     async def all_versions(self) -> list[VersionRecord]:
         return await self._read(

@@ -27,7 +27,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -277,14 +277,18 @@ class Vanished:
     def discard(self, file_id: str) -> None:
         self._files.pop(file_id, None)
 
-    def claim(self, checksum: str, rel: str) -> FileRecord | None:
-        """The vanished file whose content the file now at *rel* has, taken off the list;
-        or None. Of several, the one with the most path parts in common with *rel* at its
-        end, then at its start: a folder renamed keeps its files' names and what lies
-        below it, and what lies above, so that `p/A/a.txt` -> `p/B/a.txt` is not taken for
-        `other/a.txt` -> `p/B/a.txt` when both held the same bytes (on ties, the first to
-        vanish)."""
-        same = [file for file, _ in self._files.values() if file.checksum == checksum]
+    def holding(self, checksum: str) -> list[FileRecord]:
+        """The vanished files whose content is *checksum*."""
+        return [file for file, _ in self._files.values() if file.checksum == checksum]
+
+    def claim(self, checksum: str, rel: str, among: Container[str] | None = None) -> FileRecord | None:
+        """The vanished file whose content the file now at *rel* has (of the ids *among*,
+        when given), taken off the list; or None. Of several, the one with the most path
+        parts in common with *rel* at its end, then at its start: a folder renamed keeps
+        its files' names and what lies below it, and what lies above, so that `p/A/a.txt`
+        -> `p/B/a.txt` is not taken for `other/a.txt` -> `p/B/a.txt` when both held the
+        same bytes (on ties, the first to vanish)."""
+        same = [f for f in self.holding(checksum) if among is None or f.id in among]
         if not same:
             return None
         parts = rel.split("/")
@@ -1665,17 +1669,32 @@ class Catalog:
     async def follow_rename(
         self, vanished: Vanished, rel: str, correlation_id: str | None
     ) -> FileRecord | None:
-        """When the uncatalogued file *rel* holds the content of a vanished file, that file
-        moved here: it keeps its id and history under the new path (its record from
-        before the move is returned)."""
+        """When the uncatalogued file *rel* holds the content of a vanished file under the
+        inode that file's content was read from, that file moved here: it keeps its id
+        and history under the new path (its record from before the move is returned). A
+        file of that content under another inode is a copy (`cp a b; mv a c`: b is not a,
+        c is), unless the vanished file's inode was not recorded: then content decides."""
         try:
             digest = await in_thread(self.storage.hash_working, rel, check_cancelled)
         except HoraceError:
             return None
-        old = vanished.claim(digest, rel)
+        same = vanished.holding(digest)
+        if not same:
+            return None
+        identity = await in_thread(self.storage.working_identity, rel)
+        among = {f.id for f in same if await self.may_have_moved_to(f.id, identity)}
+        old = vanished.claim(digest, rel, among)
         if old is not None:
             await self.move(old.id, rel, correlation_id)
         return old
+
+    async def may_have_moved_to(self, file_id: str, identity: tuple[int, int] | None) -> bool:
+        """Whether the file *file_id* may be the one now under *identity* (inode, device):
+        the same inode as when its content was read, or none recorded to tell."""
+        entry = await self.backend.index_entry(file_id)
+        if entry is None or entry.working is None:
+            return entry is not None
+        return identity == (entry.working.inode, entry.working.device)
 
     async def _follow_renames(
         self,

@@ -765,6 +765,15 @@ class Storage:
         finally:
             os.close(fd)
 
+    def working_identity(self, rel: str) -> tuple[int, int] | None:
+        """(inode, device) of the regular file at *rel*; None when there is none."""
+        try:
+            with self._parent_fd(rel) as (dfd, name):
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError, HoraceError):
+            return None
+        return (st.st_ino, st.st_dev) if stat.S_ISREG(st.st_mode) else None
+
     def working_exists(self, rel: str) -> bool:
         try:
             with self._parent_fd(rel) as (dfd, name):

@@ -466,9 +466,12 @@ class Watcher:
             done.duplicate
             and done.file.status is Status.ACTIVE
             and not await in_thread(storage.working_exists, done.file.file_path)
+            and await self.catalog.may_have_moved_to(
+                done.file.id, await in_thread(storage.working_identity, rel)
+            )
         ):
-            # Its content is catalogued under a path that is gone: a rename whose other
-            # half has not been looked at yet.
+            # Its content is catalogued under a path that is gone, and it is under that
+            # file's inode: a rename whose other half has not been looked at yet.
             self._vanished.discard(done.file.id)
             await self.catalog.move(done.file.id, rel, correlation_id)
             self.counts.moved += 1
@@ -483,6 +486,12 @@ class Watcher:
                 return True
             for _, refused in copy.failed:
                 raise refused
+            if not await in_thread(storage.working_exists, done.file.file_path):
+                # That file is gone from its path, and not to here (another inode): renamed
+                # elsewhere, or removed. Looked at again once its other half has been seen.
+                self.counts.retried += 1
+                self.schedule(rel)
+                return False
             self._copies.setdefault(done.file.id, {})[rel] = done.file.checksum
             self._copy_of[rel] = done.file.id
         elif record is None:

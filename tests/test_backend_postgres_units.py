@@ -1053,6 +1053,8 @@ async def test_a_url_of_several_servers_is_served_by_the_first_that_answers(pg_u
         await backend._source.run(_fetchrow, "SELECT 1")
     assert url_problem(several) is None
     assert "the port 'x' is not a port number" in str(url_problem("postgresql://u@db1:5432,db2:x/horace"))
+    for empty in ("postgresql://u@db1:5432,/horace", "postgresql://u@,db2:5432/horace"):
+        assert "an empty server in the list" in str(url_problem(empty))
 
 
 async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:

@@ -623,6 +623,30 @@ async def test_a_copy_is_a_file_of_its_own_and_comes_back_when_its_folder_goes(s
         assert {p.read_text() for p in refs.iterdir()} == {"9f2c0e1 the same commit\n"}
 
 
+@pytest.mark.parametrize("poll", [False, True])
+async def test_a_copy_made_before_a_rename_is_not_taken_for_the_renamed_file(
+    settings: Settings, poll: bool
+) -> None:
+    """`cp a b; mv a c` before the watcher looks: c is a, renamed (its inode), and keeps
+    a's id and history; b, the same bytes under another inode, is a copy, a new file."""
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        catalog = running.server.catalog
+        watched = Watched(running, catalog, None)  # type: ignore[arg-type]
+        a = running.files / "user/a.txt"
+        write(a, "one")
+        await watched.wait_checksum("user/a.txt", sha256("one"))
+        write(a, "two")
+        original = await watched.wait_checksum("user/a.txt", sha256("two"))
+        shutil.copy(a, running.files / "user/b.txt")
+        os.rename(a, running.files / "user/c.txt")
+        renamed = await watched.wait_checksum("user/c.txt", sha256("two"))
+        copy = await watched.wait_checksum("user/b.txt", sha256("two"))
+        assert renamed.id == original.id and renamed.current_version == 2
+        assert copy.id != original.id and copy.current_version == 1
+        assert await watched.record("user/a.txt") is None
+
+
 async def test_a_file_archived_through_horace_as_the_watcher_saw_it_go_stays_archived(
     catalog: Catalog, files: Path
 ) -> None:
