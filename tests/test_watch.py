@@ -647,6 +647,22 @@ async def test_a_copy_made_before_a_rename_is_not_taken_for_the_renamed_file(
         assert await watched.record("user/a.txt") is None
 
 
+async def test_a_copy_left_waiting_on_its_file_is_looked_at_again_once_that_file_moves_on(
+    catalog: Catalog, files: Path
+) -> None:
+    """A copy the watcher could not take (left out, its file changing under it) waits on
+    that file: once the file holds other content, or is gone, the copy is due again (and
+    taken then), before retention can prune the version that held its content."""
+    watcher = Watcher(catalog, settle=0.0)
+    for rel, content in (("user/c1.txt", "old"), ("user/c2.txt", "new")):
+        watcher._copies.setdefault("owner", {})[rel] = sha256(content)
+        watcher._copy_of[rel] = "owner"
+    watcher._look_again_at_copies("owner", sha256("new"))
+    assert set(watcher._due) == {"user/c1.txt"} and set(watcher._copy_of) == {"user/c2.txt"}
+    watcher._look_again_at_copies("owner", None)  # gone
+    assert set(watcher._due) == {"user/c1.txt", "user/c2.txt"} and not watcher._copy_of
+
+
 async def test_a_file_archived_through_horace_as_the_watcher_saw_it_go_stays_archived(
     catalog: Catalog, files: Path
 ) -> None:
