@@ -629,7 +629,9 @@ async def test_a_folder_renamed_as_a_file_of_the_same_content_goes_keeps_each_hi
     catalog: Catalog, files: Path
 ) -> None:
     """s.txt and sub/t.txt end with the same bytes; while nobody watched, s.txt was deleted
-    and sub/ renamed: sub_real/t.txt is t.txt moved (its history), s.txt the one gone."""
+    and sub/ renamed: sub_real/t.txt is t.txt moved (its history), s.txt the one gone. Their
+    inodes unknown (each was moved since its content was read, as one catalogued by an older
+    release), the paths tell which: with inodes, the file renamed is told at once."""
     for s_path, t_path, renamed in [
         ("user/s.txt", "user/sub/t.txt", "user/sub_real/t.txt"),
         ("shared/a.txt", "user/p/A/a.txt", "user/p/B/a.txt"),  # the same name: what is above
@@ -641,6 +643,11 @@ async def test_a_folder_renamed_as_a_file_of_the_same_content_goes_keeps_each_hi
         for rel in (s_path, t_path):
             write(files / rel, "SAME " + renamed)
         await catalog.scan()
+        for rel in (s_path, t_path):  # moved away and back: no inode recorded since
+            os.rename(files / rel, files / f"{rel}.away")
+            assert (await catalog.scan()).moved == (f"{rel} -> {rel}.away",)
+            os.rename(files / f"{rel}.away", files / rel)
+            assert (await catalog.scan()).moved == (f"{rel}.away -> {rel}",)
         (files / s_path).unlink()
         old_folder = (files / t_path).parent
         old_folder.rename(files / renamed.rpartition("/")[0])
