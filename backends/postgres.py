@@ -1339,8 +1339,9 @@ def server_of(url: str) -> str:
     database = (
         parts.path.lstrip("/") or query.get("dbname") or query.get("database") or os.environ.get("PGDATABASE")
     )
-    if len(hosts_of(parts.netloc)) > 1:  # several servers, tried in turn
-        return f"{','.join(hosts_of(parts.netloc))}/{database or ''}"
+    addresses = hosts_of(parts.netloc)
+    if len(addresses) > 1:  # several servers, tried in turn
+        return f"{','.join(addresses)}/{database or ''}"
     try:
         host = parts.hostname or query.get("host") or os.environ.get("PGHOST") or "localhost"
         port = parts.port or query.get("port") or os.environ.get("PGPORT") or 5432

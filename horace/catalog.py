@@ -1179,11 +1179,9 @@ class Catalog:
         try:
             taken = await self.register(rel, correlation_id=correlation_id)
             if taken.duplicate:
-                copy = await self.register_new([rel], correlation_id, copies=True)
-                for _, refused in copy.failed:
-                    raise refused
-                if copy.registered:
-                    taken = Registered(copy.registered[0], version_created=True, duplicate=False)
+                copy = await self.register_copy(rel, correlation_id)
+                if copy is not None:
+                    taken = Registered(copy, version_created=True, duplicate=False)
         except HoraceError as exc:
             tally.errors.append(f"{rel}: {exc.message}")
             log.warning("scan: not taken: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
@@ -1524,6 +1522,15 @@ class Catalog:
         done = {f.file_path for f in inserted}
         skipped = tuple((rel, s.checksum) for rel, s, _ in taken if rel not in done)
         return NewFiles(tuple(inserted), skipped, tuple(failed))
+
+    async def register_copy(self, rel: str, correlation_id: str | None) -> FileRecord | None:
+        """The new file *rel*, found a duplicate by :meth:`register`, catalogued as a copy
+        (:meth:`register_new`); None when it is left out (its content's file is not at
+        its path). A failure to take it is raised."""
+        copy = await self.register_new([rel], correlation_id, copies=True)
+        for _, refused in copy.failed:
+            raise refused
+        return copy.registered[0] if copy.registered else None
 
     async def _insert_copies(
         self,

@@ -480,12 +480,9 @@ class Watcher:
             # A copy of a file still at its path: catalogued as a file of its own, as the
             # batches catalog copies. Left out again (that file gone meanwhile), it waits
             # for that file to change or go.
-            copy = await self.catalog.register_new([rel], correlation_id, copies=True)
-            if copy.registered:
+            if await self.catalog.register_copy(rel, correlation_id) is not None:
                 self.counts.registered += 1
                 return True
-            for _, refused in copy.failed:
-                raise refused
             if not await in_thread(storage.working_exists, done.file.file_path):
                 # That file is gone from its path, and not to here (another inode): renamed
                 # elsewhere, or removed. Looked at again once its other half has been seen.

@@ -146,6 +146,13 @@ class Watched:
 
         return await eventually(matches, f"{rel} catalogued with {checksum[:12]} ({status.value})")
 
+    async def two_versions(self, rel: str, first: str, second: str) -> Any:
+        """*rel* written with *first*, then *second*, each waited for: its record."""
+        write(self.files / rel, first)
+        await self.wait_checksum(rel, sha256(first))
+        write(self.files / rel, second)
+        return await self.wait_checksum(rel, sha256(second))
+
     def object_bytes(self, checksum: str) -> bytes:
         return self.catalog.storage.object_path(checksum).read_bytes()
 
@@ -331,10 +338,7 @@ async def test_rapid_saves_version_only_settled_states(watched: Watched) -> None
 
 async def test_rename_keeps_id_and_history(watched: Watched) -> None:
     a = watched.files / "user/a.txt"
-    write(a, "a one")
-    await watched.wait_checksum("user/a.txt", sha256("a one"))
-    write(a, "a two")
-    original = await watched.wait_checksum("user/a.txt", sha256("a two"))
+    original = await watched.two_versions("user/a.txt", "a one", "a two")
     os.rename(a, watched.files / "user/b.txt")
     moved = await watched.wait_checksum("user/b.txt", sha256("a two"))
     assert moved.id == original.id and moved.current_version == 2
@@ -634,10 +638,7 @@ async def test_a_copy_made_before_a_rename_is_not_taken_for_the_renamed_file(
         catalog = running.server.catalog
         watched = Watched(running, catalog, None)  # type: ignore[arg-type]
         a = running.files / "user/a.txt"
-        write(a, "one")
-        await watched.wait_checksum("user/a.txt", sha256("one"))
-        write(a, "two")
-        original = await watched.wait_checksum("user/a.txt", sha256("two"))
+        original = await watched.two_versions("user/a.txt", "one", "two")
         shutil.copy(a, running.files / "user/b.txt")
         os.rename(a, running.files / "user/c.txt")
         renamed = await watched.wait_checksum("user/c.txt", sha256("two"))
