@@ -195,9 +195,10 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         (await post(b"42"), 400, "a request is a JSON object"),
         (await post(b'{"jsonrpc": "2.0", "id": true, "method": "ping"}'), 400, "id must be"),
         (await post(b'{"jsonrpc": "2.0", "id": null, "method": "ping"}'), 400, "(never null)"),
-        # (a request, answered with a JSON-RPC error whose id is null: HTTP's part went well)
-        (await post(b'{"jsonrpc": "2.0", "id": 123456789012345678901, "method": "ping"}'), 200, "64-bit"),
-        (await post(b'{"jsonrpc": "2.0", "id": "a\\u0000b", "method": "ping"}'), 200, "the id holds a NUL"),
+        (await post(b'{"jsonrpc": "2.0", "id": 3.5, "method": "ping"}'), 400, "(not the number 3.5)"),
+        # (an id that could not be echoed or stored is no id, whatever its type)
+        (await post(b'{"jsonrpc": "2.0", "id": 123456789012345678901, "method": "ping"}'), 400, "64-bit"),
+        (await post(b'{"jsonrpc": "2.0", "id": "a\\u0000b", "method": "ping"}'), 400, "the id holds a NUL"),
         (await post(initialize_with(None), mcp_session_id=None), 400, "initialize must be a request"),
         (
             await post(b"[" + initialize_with(1) + b"]", mcp_session_id=None),
@@ -788,8 +789,19 @@ async def test_delete_cancels_the_calls_under_way(
     assert tool.cancelled and answer.status_code == 404
     error = answer.json()["error"]
     assert error["code"] == -32600 and "the session ended (deleted by the client)" in error["message"]
+    assert answer.json()["id"] == 1  # addressed to the call, so that a client can match it
     assert (await client.post(request(2, "ping"))).status_code == 404
     await eventually(lambda: server.server.front.admission.sessions == 0, "the slot back")
+
+
+async def test_delete_answers_each_request_of_a_batch_cut_short(
+    server: RunningHorace, client: HttpMcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = HeldTool(monkeypatch)
+    batch = [tool_call("a", "horace_scan"), notification("notifications/progress", {}), request(7, "ping")]
+    answer, deleted = await post_while_held(client, tool, batch, client.delete())
+    assert deleted.status_code == 204 and answer.status_code == 404
+    assert [(item["id"], item["error"]["code"]) for item in answer.json()] == [("a", -32600), (7, -32600)]
 
 
 async def test_http_calls_are_conversation_turns_as_websocket_ones(

@@ -257,12 +257,13 @@ class StreamableHttp:
             )
             if not session.accepting:  # (no checkpoint between this and answer())
                 raise Refused(503, "the server is shutting down", [(b"retry-after", b"1")], code=SERVER_BUSY)
+            asked = _ids_asked(message)
             stream = session.answer(message, size, events=events)
             del message
             if events:
                 await self._write_events(conn, session, stream, after=None)
             else:
-                await self._write_json(conn, session, stream, opened=opened)
+                await self._write_json(conn, session, stream, opened=opened, asked=asked)
                 if opened and not stream.delivered:  # the client never learnt the session's id
                     session.end("its initialize was not delivered")
 
@@ -393,11 +394,16 @@ class StreamableHttp:
     # -- writing answers ---------------------------------------------------------------------------
 
     async def _write_json(
-        self, conn: HttpConnection, session: HttpSession, stream: AnswerStream, opened: bool
+        self,
+        conn: HttpConnection,
+        session: HttpSession,
+        stream: AnswerStream,
+        opened: bool,
+        asked: Any,
     ) -> None:
         """The reply as one JSON body, once the call is done: 202 when it gives none (the
         client cancelled it). A client gone meanwhile: the call runs on, its reply is
-        dropped."""
+        dropped. *asked*: the id of the request posted (a batch: its requests' ids)."""
         with _writing(session, stream):
             async with _answering(conn):
                 while not stream.finished:
@@ -408,8 +414,11 @@ class StreamableHttp:
                     why = (
                         f"the session ended ({session.ended_why}) before this call answered; it was cancelled"
                     )
-                    body = jsonrpc.error(None, RpcError(INVALID_REQUEST, why))
-                    await conn.respond_json(404, body)
+                    ended = RpcError(INVALID_REQUEST, why)
+                    if isinstance(asked, list):
+                        await conn.respond_json(404, [jsonrpc.error(id_, ended) for id_ in asked])
+                    else:
+                        await conn.respond_json(404, jsonrpc.error(asked, ended))
                 elif not stream.replied:
                     await conn.respond(202)
                 else:
@@ -496,6 +505,14 @@ def _asks(message: Any) -> bool:
     one. Notifications, responses and what is none of these get no stream."""
     items = message if isinstance(message, list) else [message]
     return any(jsonrpc.is_request(item) for item in items)
+
+
+def _ids_asked(message: Any) -> Any:
+    """The id of the request *message*, or the ids of a batch's requests, in order: what
+    an answer that is not the call's own (the session ended under it) is addressed to."""
+    if isinstance(message, list):
+        return [item["id"] for item in message if jsonrpc.is_request(item)]
+    return message["id"]
 
 
 def _may_notify(message: Any, session: McpSession) -> bool:

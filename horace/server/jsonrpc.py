@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from horace.backends.records import INT64_MAX, INT64_MIN
+from horace.wire import json_kind
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -130,9 +131,21 @@ def _not_json(constant: str) -> Any:
     raise _NotJson(f"{constant} is not a JSON value")
 
 
+def why_not_an_id(value: Any) -> str | None:
+    """Why *value* is no request id, or None. An id is a string or an integer (MCP: never
+    null, which JSON-RPC allows) that can be echoed in the reply and stored with the turn:
+    within 64 bits, with no NUL or lone surrogate."""
+    if value is None:
+        return "id must be a string or an integer (never null)"
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return f"id must be a string or an integer (not {json_kind(value)})"
+    odd = unusable(value)
+    return None if odd is None else f"the id {odd.reason}"
+
+
 def is_valid_id(value: Any) -> bool:
-    """A request's id: a string or an integer (MCP: never null, which JSON-RPC allows)."""
-    return isinstance(value, str | int) and not isinstance(value, bool)
+    """A request's id (see :func:`why_not_an_id`)."""
+    return why_not_an_id(value) is None
 
 
 def is_notification(message: Any) -> bool:

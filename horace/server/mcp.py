@@ -69,7 +69,6 @@ from horace.server.runner import (
 )
 from horace.server.tools import MAX_CORRELATION_ID, TOOLS, CallContext
 from horace.sinks.conversations import request_content
-from horace.wire import json_kind
 
 log = logging.getLogger("horace.server")
 
@@ -378,12 +377,9 @@ class McpSession:
         if not isinstance(message, dict):
             return error_text(None, RpcError(INVALID_REQUEST, "a request is a JSON object"))
         request_id = message.get("id")  # (none: a notification gone wrong, answered with id null)
-        if "id" in message and not is_valid_id(request_id):
-            said = "never null" if request_id is None else f"not {json_kind(request_id)}"
-            return error_text(None, RpcError(INVALID_REQUEST, f"id must be a string or an integer ({said})"))
-        odd = jsonrpc.unusable(request_id)  # (echoed in the reply: it must be sendable, and storable)
-        if odd is not None:
-            return error_text(None, RpcError(INVALID_REQUEST, f"the id {odd.reason}"))
+        not_an_id = jsonrpc.why_not_an_id(request_id) if "id" in message else None
+        if not_an_id is not None:
+            return error_text(None, RpcError(INVALID_REQUEST, not_an_id))
         method, params = message.get("method"), message.get("params", {})
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return error_text(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
