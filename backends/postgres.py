@@ -686,6 +686,7 @@ _FILE_BY_CHECKSUM = (
 )
 _VERSIONS = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid ORDER BY version DESC"
 _VERSION = f"SELECT {V} FROM horace_versions WHERE file_id = $1::uuid AND version = $2::bigint"
+_WORKING_MODE = "SELECT working_mode FROM horace_files WHERE id = $1::uuid"
 
 _INSERT_INPUT = """
 input AS (
@@ -841,6 +842,7 @@ WITH updated AS (
             WHEN $6::text = 'deleted' THEN $2::timestamptz
         END,
         metadata = CASE WHEN $7::jsonb IS NULL THEN f.metadata ELSE f.metadata || $7::jsonb END,
+        working_mode = coalesce($9::integer, f.working_mode),
         -- a status change: the working file leaves files/, or comes back as another file
         {_STAT_KEPT_UNLESS_STATUS_CHANGES}
     WHERE f.id = $1::uuid
@@ -1564,6 +1566,13 @@ class _Units:
         row = await self._source.run(_fetchrow, _VERSION, fid, version)
         return _version(row) if row else None
 
+    async def working_mode(self, file_id: str) -> int | None:
+        fid = _uuid(file_id)
+        if fid is None:
+            return None
+        row = await self._source.run(_fetchrow, _WORKING_MODE, fid)
+        return row["working_mode"] if row else None
+
     # writing
 
     async def insert_files(
@@ -1655,6 +1664,7 @@ class _Units:
             None if changes.status is None else changes.status.value,
             None if changes.custom is None else dict(changes.custom),
             changes.collection or None,
+            changes.working_mode,
         )
         return _file(row) if row else None
 

@@ -128,6 +128,11 @@ class Units(Protocol):
 
     async def version(self, file_id: str, version: int) -> VersionRecord | None: ...
 
+    async def working_mode(self, file_id: str) -> int | None:
+        """The permission bits the file's working copy had when a status change took it
+        out of files/ (``FileChanges.working_mode``); None when not known."""
+        ...
+
     # -- writing ----------------------------------------------------------------------
     async def insert_files(
         self,

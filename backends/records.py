@@ -88,6 +88,9 @@ class FileChanges:
     status: Status | None = None
     collection: str | None = None
     custom: Mapping[str, Any] | None = None
+    # Not a field a client sets: the permission bits of the working copy a status change
+    # takes out of files/, kept to write it back with (see ``Backend.working_mode``).
+    working_mode: int | None = None
 
 
 @frozen

@@ -281,6 +281,11 @@ def _one_version(conn: sqlite3.Connection, file_id: str, version: int) -> Versio
     return _version(row) if row else None
 
 
+def _working_mode(conn: sqlite3.Connection, file_id: str) -> int | None:
+    row = conn.execute("SELECT working_mode FROM horace_files WHERE id = ?", (file_id,)).fetchone()
+    return row[0] if row else None
+
+
 def _ensure_collection(conn: sqlite3.Connection, name: str, now: str) -> None:
     conn.execute(
         "INSERT INTO horace_collections (name, created_at, updated_at) VALUES (?, ?, ?) "
@@ -537,6 +542,8 @@ def _update_file(
             sets["deleted_at"] = now if changes.status is Status.DELETED else None
         if changes.custom is not None:
             sets["metadata"] = json_object({**current.metadata, **changes.custom})
+        if changes.working_mode is not None:
+            sets["working_mode"] = changes.working_mode
         assignments = ", ".join(f"{column} = ?" for column in sets)
         if "status" in sets:  # the working file leaves files/, or comes back as another file
             assignments += ", " + _NO_STAT
@@ -1565,6 +1572,9 @@ class SqliteBackend:
 
     async def version(self, file_id: str, version: int) -> VersionRecord | None:
         return await self._read_by_key(_one_version, file_id, version)
+
+    async def working_mode(self, file_id: str) -> int | None:
+        return await self._read_by_key(_working_mode, file_id)
 
     async def insert_files(
         self,

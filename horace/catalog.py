@@ -30,6 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Container, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -819,12 +820,14 @@ class Catalog:
                 # registering takes it (active again, versioned if it changed), then changed.
                 taken_in = await self._reregister(db, current, correlation_id)
                 current, version_created = taken_in.file, taken_in.version_created
+            if taken is not None:  # written back with its mode, should it come back
+                changes = attrs.evolve(changes, working_mode=await in_thread(self.storage.held_mode, taken))
             try:
                 with trio.CancelScope(shield=True):
                     updated = await db.update_file(file_id, changes, self.clock())
             except BaseException as exc:
                 if taken is not None:  # still active, as the catalog says: its working copy comes back
-                    await self._put_working_back(current)
+                    await self._put_working_back(current, changes.working_mode)
                     with trio.CancelScope(shield=True):
                         if await in_thread(self.storage.working_exists, current.file_path):
                             await in_thread(self.storage.release_held, taken)  # (else fsck puts it back)
@@ -872,14 +875,16 @@ class Catalog:
         record, version = await self._version_held(db, file, held, correlation_id, release=False)
         return record, version is not None, held
 
-    async def _put_working_back(self, file: FileRecord) -> None:
+    async def _put_working_back(self, file: FileRecord, mode: int | None) -> None:
         """Write *file*'s working copy again from its current version (the content just
         taken), where nothing has appeared meanwhile: a status change that failed after
         the copy left files/ must not leave an active file without it. What cannot be
         written now is logged; ``horace fsck --repair`` writes it."""
         with trio.CancelScope(shield=True):
             try:
-                await in_thread(self.storage.create_working, file.file_path, file.checksum, file.id)
+                await in_thread(
+                    partial(self.storage.create_working, mode=mode), file.file_path, file.checksum, file.id
+                )
             except Exception as exc:
                 log.error(
                     "%r: its working copy could not be put back (%s); `horace fsck --repair` writes it",
@@ -911,8 +916,9 @@ class Catalog:
         version was made, and whether a working copy was written."""
         if not await in_thread(self.storage.working_exists, file.file_path):
             await self._verified_object(file.checksum, file.file_path)
+            mode = await db.working_mode(file.id)  # (the mode it left files/ with)
             written = await in_thread(
-                self.storage.create_working, file.file_path, file.checksum, file.id, check_cancelled
+                self.storage.create_working, file.file_path, file.checksum, file.id, check_cancelled, mode
             )
             if written:
                 return False, True

@@ -1323,11 +1323,17 @@ class Storage:
 
     @_storage_full
     def create_working(
-        self, rel: str, checksum: str, file_id: str, check_cancelled: CheckCancelled = _never_cancelled
+        self,
+        rel: str,
+        checksum: str,
+        file_id: str,
+        check_cancelled: CheckCancelled = _never_cancelled,
+        mode: int | None = None,
     ) -> bool:
         """Write object *checksum* to *rel* only if nothing is there: False (and nothing
-        written) when a file appeared at *rel* meanwhile."""
-        held = self._prepare(checksum, file_id, check_cancelled)
+        written) when a file appeared at *rel* meanwhile. Its permission bits: *mode*, or
+        those of a new file."""
+        held = self._prepare(checksum, file_id, check_cancelled, mode)
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel, create=True) as (dfd, name):
@@ -1520,6 +1526,11 @@ class Storage:
     @staticmethod
     def release_held(held: Path) -> None:
         held.unlink(missing_ok=True)
+
+    @staticmethod
+    def held_mode(held: Path) -> int:
+        """The permission bits of a working file held in ``.horace/tmp``."""
+        return stat.S_IMODE(os.stat(held, follow_symlinks=False).st_mode)
 
     @_storage_full
     def put_back(self, held: Path, rel: str) -> str | None:

@@ -193,7 +193,9 @@ async def test_migrate_is_idempotent_and_refuses_a_newer_schema(pg_url: str) -> 
         assert await backend.migrate() == NEWEST_SCHEMA
         assert await backend.migrate() == NEWEST_SCHEMA
     schema = dict(parse_qsl(urlsplit(pg_url).query))["search_path"]
-    await trio.to_thread.run_sync(admin, f"INSERT INTO {schema}.schema_version (version) VALUES (7)")
+    await trio.to_thread.run_sync(
+        admin, f"INSERT INTO {schema}.schema_version (version) VALUES ({NEWEST_SCHEMA + 1})"
+    )
     async with open_postgres(pg_url) as backend:
         with pytest.raises(SchemaTooNew):
             await backend.migrate()

@@ -211,6 +211,28 @@ async def test_restore_keeps_the_mode_of_the_file_it_replaces(
     assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
+@pytest.mark.parametrize("mode", [0o755, 0o600], ids=oct)
+async def test_a_file_taken_out_comes_back_with_its_mode(catalog: Catalog, files: Path, mode: int) -> None:
+    """A delete or an archive takes the working file out whole: an undelete, or the file
+    made active again, writes it back with the permission bits it left with (a private
+    file does not come back readable by all), as a failed status change puts it back."""
+    path = write(files / "user/run.sh", "#!/bin/sh\necho one\n")
+    file = (await catalog.register("user/run.sh")).file
+    path.chmod(mode)
+    old_umask = os.umask(0o022)
+    try:
+        await catalog.delete(file.id)
+        await catalog.undelete(file.id)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+        path.chmod(mode & 0o700)  # the latest mode is the one kept
+        await catalog.update(file.id, FileChanges(status=Status.ARCHIVED))
+        await catalog.update(file.id, FileChanges(status=Status.ACTIVE))
+        assert stat.S_IMODE(path.stat().st_mode) == mode & 0o700
+    finally:
+        os.umask(old_umask)
+    assert path.read_text() == "#!/bin/sh\necho one\n"
+
+
 async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catalog, files: Path) -> None:
     path = write(files / "user/a.txt", "one")
     file = (await catalog.register("user/a.txt")).file
@@ -599,9 +621,11 @@ async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
         kept.value.code is ErrorCode.BACKEND_UNAVAILABLE and "kept first, as version 2" in kept.value.message
     )
     assert path.read_text() == "unsaved edit"
+    path.chmod(0o600)
     with pytest.raises(BackendUnavailable):
         await catalog.update(file.id, FileChanges(status=Status.ARCHIVED))
     assert path.read_text() == "unsaved edit"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # put back as it was
     monkeypatch.undo()
     info = await catalog.get_info(file_id=file.id, include_versions=True)
     assert info.file.status is Status.ACTIVE and info.file.current_version == 2
