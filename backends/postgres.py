@@ -188,10 +188,11 @@ def _version(row: Row, p: str = "") -> VersionRecord:
 
 
 def _stat_values(working: WorkingStat | None) -> tuple[int | None, ...]:
+    """The values of the stat columns, then of working_mode (NULL: kept as it is)."""
     if working is None:
-        return (None,) * 6
+        return (None,) * 7
     w = working
-    return (w.size, w.mtime_ns, w.ctime_ns, to_int64(w.inode), to_int64(w.device), w.recorded_ns)
+    return (w.size, w.mtime_ns, w.ctime_ns, to_int64(w.inode), to_int64(w.device), w.recorded_ns, w.mode)
 
 
 def _index_entry(row: Row) -> IndexEntry:
@@ -693,16 +694,17 @@ input AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
         $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[],
-        $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[]
+        $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[],
+        $21::integer[]
     ) WITH ORDINALITY AS t(id, file_path, owner, purpose, tags, size, mime_type, checksum,
                            status, correlation_id, created_at, updated_at, metadata,
                            stat_size, stat_mtime_ns, stat_ctime_ns, stat_inode, stat_device,
-                           stat_recorded_ns, ord)
+                           stat_recorded_ns, working_mode, ord)
 ),
-candidates AS (  -- not catalogued already, by path or (unless copies, $21) by an active file's content
+candidates AS (  -- not catalogued already, by path or (unless copies, $22) by an active file's content
     SELECT i.* FROM input i
     WHERE NOT EXISTS (SELECT 1 FROM horace_files f WHERE f.file_path = i.file_path)
-      AND ($21::boolean OR NOT EXISTS (SELECT 1 FROM horace_files f
+      AND ($22::boolean OR NOT EXISTS (SELECT 1 FROM horace_files f
                                        WHERE f.checksum = i.checksum AND f.status = 'active'))
 ),
 """
@@ -713,7 +715,7 @@ _CHOSEN_SIMPLE = """
 chosen AS (
     SELECT c.* FROM candidates c
     WHERE NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord AND e.file_path = c.file_path)
-      AND ($21::boolean OR NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord
+      AND ($22::boolean OR NOT EXISTS (SELECT 1 FROM candidates e WHERE e.ord < c.ord
                                        AND e.checksum = c.checksum AND e.status = 'active'))
 ),
 """
@@ -725,7 +727,7 @@ walk (n, paths, sums, take) AS (
     UNION ALL
     SELECT x.n,
            CASE WHEN x.take THEN w.paths || x.file_path ELSE w.paths END,
-           CASE WHEN x.take AND x.status = 'active' AND NOT $21::boolean THEN w.sums || x.checksum
+           CASE WHEN x.take AND x.status = 'active' AND NOT $22::boolean THEN w.sums || x.checksum
                 ELSE w.sums END,
            x.take
     FROM walk w
@@ -742,12 +744,12 @@ inserted AS (
     INSERT INTO horace_files (id, file_path, owner, purpose, tags, size, mime_type, checksum,
                               status, current_version, correlation_id, created_at, updated_at,
                               deleted_at, metadata, stat_size, stat_mtime_ns, stat_ctime_ns,
-                              stat_inode, stat_device, stat_recorded_ns)
+                              stat_inode, stat_device, stat_recorded_ns, working_mode)
     SELECT c.id, c.file_path, c.owner, c.purpose,
            ARRAY(SELECT jsonb_array_elements_text(c.tags::jsonb)), c.size, c.mime_type,
            c.checksum, c.status, 1, c.correlation_id, c.created_at, c.updated_at, NULL,
            c.metadata::jsonb, c.stat_size, c.stat_mtime_ns, c.stat_ctime_ns, c.stat_inode,
-           c.stat_device, c.stat_recorded_ns
+           c.stat_device, c.stat_recorded_ns, c.working_mode
     FROM chosen c ORDER BY c.ord
     ON CONFLICT (file_path) DO NOTHING  -- a concurrent writer was first
     RETURNING id
@@ -798,7 +800,8 @@ updated AS (
         status = coalesce($8::text, f.status),
         deleted_at = CASE WHEN coalesce($8::text, f.status) = 'deleted' THEN f.deleted_at END,
         ({_STAT_COLUMNS}) = ($11::bigint, $12::bigint, $13::bigint, $14::bigint, $15::bigint,
-                             $16::bigint)
+                             $16::bigint),
+        working_mode = coalesce($17::integer, f.working_mode)
     FROM numbered n WHERE f.id = n.id
     RETURNING {F_F}
 ),
@@ -826,8 +829,8 @@ FROM updated u, inserted i
 
 
 _ADD_VERSION = _add_version_sql()
-# Only to a file still active at the version the caller looked at ($17); else no row.
-_ADD_SEEN_VERSION = _add_version_sql(" AND f.current_version = $17::integer AND f.status = 'active'")
+# Only to a file still active at the version the caller looked at ($18); else no row.
+_ADD_SEEN_VERSION = _add_version_sql(" AND f.current_version = $18::integer AND f.status = 'active'")
 
 _UPDATE_FILE = f"""
 WITH updated AS (
@@ -956,11 +959,12 @@ _REFRESH_WORKING = f"""
 WITH seen AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-        $7::bigint[], $8::bigint[], $9::bigint[]
-    ) AS t(id, version, checksum, size, mtime_ns, ctime_ns, inode, device, recorded_ns)
+        $7::bigint[], $8::bigint[], $9::bigint[], $10::integer[]
+    ) AS t(id, version, checksum, size, mtime_ns, ctime_ns, inode, device, recorded_ns, mode)
 )
 UPDATE horace_files f SET ({_STAT_COLUMNS}) = (
-    s.size, s.mtime_ns, s.ctime_ns, s.inode, s.device, s.recorded_ns)
+    s.size, s.mtime_ns, s.ctime_ns, s.inode, s.device, s.recorded_ns),
+    working_mode = coalesce(s.mode, f.working_mode)
 FROM seen s WHERE f.id = s.id AND f.current_version = s.version AND f.checksum = s.checksum
 """
 _ALL_VERSIONS = f"SELECT {V} FROM horace_versions"
@@ -1116,7 +1120,7 @@ def _version_args(
     retention: Retention,
     status: str | None,
 ) -> tuple[Any, ...]:
-    """The parameters $1..$16 of :data:`_ADD_VERSION`."""
+    """The parameters $1..$17 of :data:`_ADD_VERSION`."""
     cutoff = datetime.fromtimestamp(at.timestamp() - retention.min_age_seconds, UTC)
     return (
         fid,
@@ -1780,7 +1784,7 @@ class _Units:
             [fid for _, fid, _ in seen],
             [e.current_version for e, _, _ in seen],
             [e.checksum for e, _, _ in seen],
-            *([stat[i] for _, _, stat in seen] for i in range(6)),
+            *([stat[i] for _, _, stat in seen] for i in range(7)),
         )
         return int(status.split()[-1])
 

@@ -143,6 +143,9 @@ class WorkingStat:
     inode: int
     device: int
     recorded_ns: int  # the filesystem's clock just before the content was read
+    # Its permission bits (not part of the identity): what it is written back with when
+    # it comes back to files/ (see ``Backend.working_mode``). None: not known.
+    mode: int | None = None
 
 
 @frozen

@@ -124,10 +124,15 @@ def _file(row: sqlite3.Row) -> FileRecord:
 
 
 def _stat_values(working: WorkingStat | None) -> tuple[int | None, ...]:
+    """The values of the stat columns, then of working_mode (NULL: kept as it is)."""
     if working is None:
-        return (None,) * 6
+        return (None,) * 7
     w = working
-    return (w.size, w.mtime_ns, w.ctime_ns, to_int64(w.inode), to_int64(w.device), w.recorded_ns)
+    return (w.size, w.mtime_ns, w.ctime_ns, to_int64(w.inode), to_int64(w.device), w.recorded_ns, w.mode)
+
+
+# The stat columns set, and working_mode when the stat knows it (see _stat_values).
+_SET_STAT = f"({_STAT_COLUMNS}) = (?, ?, ?, ?, ?, ?), working_mode = coalesce(?, working_mode)"
 
 
 def _version(row: sqlite3.Row) -> VersionRecord:
@@ -334,8 +339,8 @@ def _insert_files(
                 taken_sums.add(f.checksum)
             inserted.append(f)
         conn.executemany(
-            f"INSERT INTO horace_files ({_FILE_COLUMNS}, {_STAT_COLUMNS}) "
-            f"VALUES ({_placeholders(range(21))})",
+            f"INSERT INTO horace_files ({_FILE_COLUMNS}, {_STAT_COLUMNS}, working_mode) "
+            f"VALUES ({_placeholders(range(22))})",
             [
                 (
                     f.id,
@@ -487,8 +492,7 @@ def _record_version(
         "UPDATE horace_files SET current_version = ?, checksum = ?, size = ?, mime_type = ?, "
         "updated_at = ?, status = coalesce(?, status), "
         "deleted_at = CASE WHEN coalesce(?, status) = 'deleted' THEN deleted_at END, "
-        f"({_STAT_COLUMNS}) = ({_placeholders(range(6))}) "
-        "WHERE id = ?",
+        f"{_SET_STAT} WHERE id = ?",
         (
             number,
             new.checksum,
@@ -1085,8 +1089,7 @@ def _refresh_working(conn: sqlite3.Connection, entries: Sequence[IndexEntry]) ->
     with _transaction(conn):
         return sum(
             conn.execute(
-                f"UPDATE horace_files SET ({_STAT_COLUMNS}) = ({_placeholders(range(6))}) "
-                "WHERE id = ? AND current_version = ? AND checksum = ?",
+                f"UPDATE horace_files SET {_SET_STAT} WHERE id = ? AND current_version = ? AND checksum = ?",
                 (*_stat_values(e.working), e.file_id, e.current_version, e.checksum),
             ).rowcount
             for e in entries

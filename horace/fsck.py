@@ -660,7 +660,10 @@ async def _file(
                 "(the next fsck puts the held content back once that process has ended)"
             )
         elif repair and objects_ok.get(file.checksum, False):
-            written = await in_thread(storage.create_working, file.file_path, file.checksum, file.id)
+            mode = await catalog.backend.working_mode(file.id)  # (the mode it was last seen with)
+            written = await in_thread(
+                storage.create_working, file.file_path, file.checksum, file.id, check_cancelled, mode
+            )
             # A file that appeared there meanwhile stays, untouched: it is back, after all.
             # Anything else (a folder) is not the working copy, and stays found.
             repaired = await in_thread(storage.working_exists, file.file_path)

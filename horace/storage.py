@@ -161,7 +161,15 @@ class FileIdentity:
 
 def working_stat(st: os.stat_result, recorded_ns: int) -> WorkingStat:
     """The stat identity a catalog records for a working file read after *recorded_ns*."""
-    return WorkingStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, recorded_ns)
+    return WorkingStat(
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+        recorded_ns,
+        stat.S_IMODE(st.st_mode),
+    )
 
 
 @frozen

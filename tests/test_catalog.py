@@ -233,6 +233,26 @@ async def test_a_file_taken_out_comes_back_with_its_mode(catalog: Catalog, files
     assert path.read_text() == "#!/bin/sh\necho one\n"
 
 
+async def test_a_file_removed_by_hand_comes_back_with_the_mode_it_was_last_seen_with(
+    catalog: Catalog, files: Path
+) -> None:
+    """Read by a register or a scan, a working file's permission bits are kept with its
+    stat identity: removed by hand (`rm -rf`, the watcher records it deleted), it is
+    undeleted, or written back by `fsck --repair`, with them."""
+    path = write(files / "user/key.pem", "secret")
+    path.chmod(0o600)
+    file = (await catalog.register("user/key.pem")).file
+    path.unlink()
+    await catalog.delete(file.id, vanished=True)
+    await catalog.undelete(file.id)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o640)  # no new content: the scan that reads it again keeps the new bits
+    assert (await catalog.scan()).unchanged == 1
+    path.unlink()
+    await fsck(catalog, repair=True)
+    assert path.read_text() == "secret" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
 async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catalog, files: Path) -> None:
     path = write(files / "user/a.txt", "one")
     file = (await catalog.register("user/a.txt")).file
