@@ -50,12 +50,14 @@ from horace.backends.protocol import (
     Units,
 )
 from horace.backends.records import (
+    MAX_SEARCH_LIMIT,
     Collection,
     DuplicateGroup,
     FileChanges,
     FileRecord,
     IndexEntry,
     NewVersion,
+    Order,
     Retention,
     SearchQuery,
     SortKey,
@@ -214,6 +216,12 @@ class ScanReport:
     # "old -> new" of each catalogued file found renamed (at a new path under its inode, its
     # content as recorded, its old path gone): it keeps its id and history there.
     moved: tuple[str, ...] = ()
+
+
+@frozen
+class FolderUndeleted:
+    undeleted: tuple[FileRecord, ...]
+    errors: tuple[str, ...]  # "path: CODE why" of each file that could not come back
 
 
 @frozen
@@ -952,6 +960,43 @@ class Catalog:
         return await self.update(
             file_id, FileChanges(status=Status.ACTIVE), check_for_changes=check, correlation_id=correlation_id
         )
+
+    async def undelete_folder(
+        self, folder: str, deleted_after: datetime | None = None, correlation_id: str | None = None
+    ) -> FolderUndeleted:
+        """Undelete every file deleted under *folder*, or only those deleted at or after
+        *deleted_after*: a removed folder (``rm -rf``) brought back without the files
+        deleted there on purpose before. The files are found first, then undeleted one at
+        a time, in path order, each whole; one that cannot come back (a folder now at its
+        path, a writer's file) is an error of its own, and the others still come back."""
+        rel = self.relative(folder, folder=True, on_disk=False).rstrip("/")
+        query = SearchQuery(
+            path=_literal_glob(rel) + "/*",  # (a glob's * crosses /: every file below)
+            status=Status.DELETED,
+            sort_by=SortKey.PATH,
+            order=Order.ASC,
+            limit=MAX_SEARCH_LIMIT,
+        )
+        found: list[FileRecord] = []
+        cursor: str | None = None
+        while True:
+            page = await self.search(query, cursor)
+            found += (
+                f
+                for f in page.results
+                if deleted_after is None or (f.deleted_at is not None and f.deleted_at >= deleted_after)
+            )
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        undeleted: list[FileRecord] = []
+        errors: list[str] = []
+        for file in found:
+            try:
+                undeleted.append((await self.undelete(file.id, correlation_id)).file)
+            except HoraceError as exc:
+                errors.append(f"{paths.printable(file.file_path)}: {exc.code.value} {exc.message}")
+        return FolderUndeleted(tuple(undeleted), tuple(errors))
 
     async def _verified_object(self, checksum: str, what: str) -> None:
         found = await in_thread(self.storage.hash_object, checksum, check_cancelled)
@@ -2244,6 +2289,11 @@ def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_LABEL_CHARS or "\x00" in name:
         why = f"a collection name is 1 to {MAX_LABEL_CHARS} characters, not blank, no NUL"
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, why)
+
+
+def _literal_glob(text: str) -> str:
+    """A glob matching *text* only: each of its wildcard characters in brackets."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _bounded(limit: int, what: str, top: int = 1000) -> int:

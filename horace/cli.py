@@ -636,7 +636,47 @@ def _lifecycle(name: str, doc: str) -> None:
 
 
 _lifecycle("delete", "Soft-delete a file (its history is kept until purge).")
-_lifecycle("undelete", "Make a deleted file active again.")
+
+
+@cli.command()
+@click.argument("ref", metavar="PATH|ID")
+@click.option(
+    "-r", "--recursive", is_flag=True, help="PATH is a folder: undelete every file deleted under it."
+)
+@click.option(
+    "--deleted-after",
+    type=MOMENT,
+    metavar="D",
+    help="With -r: only the files deleted at or after D (ISO 8601, UTC when it has no zone).",
+)
+@global_options
+@click.pass_context
+def undelete(ctx: click.Context, ref: str, recursive: bool, deleted_after: datetime | None) -> None:
+    """Make a deleted file active again (-r: every file deleted under a folder). Exit 1
+    when a file of the folder could not come back."""
+    if not recursive:
+        if deleted_after is not None:
+            raise click.UsageError("--deleted-after chooses among a folder's files: give -r with it")
+
+        async def work(c: Catalog) -> Any:
+            return await c.undelete((await _resolve(ctx, c, ref)).id)
+
+        _emit(ctx, _run(ctx, work), lambda u: _record_line(u.file))
+        return
+    folder = _client_path(ctx, ref)
+    done = _run(ctx, lambda c: c.undelete_folder(folder, deleted_after))
+    _emit(
+        ctx,
+        done,
+        lambda d: "\n".join(
+            [
+                *(_record_line(f) for f in d.undeleted),
+                f"{_count(len(d.undeleted), 'file')} undeleted, {_count(len(d.errors), 'error')}",
+                *(f"  error: {_shown(e)}" for e in d.errors),
+            ]
+        ),
+    )
+    ctx.exit(Exit.FOUND if done.errors else Exit.OK)
 
 
 @cli.command()

@@ -722,6 +722,38 @@ def test_of_vanished_files_with_the_same_bytes_the_kin_of_the_new_path_is_claime
         assert vanished.claim(sha256("same"), new, among=set()) is None
 
 
+async def test_a_removed_folder_comes_back_without_what_was_deleted_there_before(
+    catalog: Catalog, files: Path
+) -> None:
+    """`rm -rf` undone: every file deleted under the folder since a moment comes back,
+    not those deleted there on purpose before it, nor a sibling folder's whose name the
+    folder's (a glob's wildcards in it) would match as a pattern. One that cannot come
+    back is an error of its own."""
+    for rel in ("w*/a.txt", "w*/sub/b.txt", "w*/old.txt", "w*/c.txt", "wx/d.txt"):
+        write(files / rel, f"content of {rel}")
+    await catalog.scan()
+    byname = {f.file_path: f for f in (await catalog.search(SearchQuery())).results}
+    await catalog.delete(byname["w*/old.txt"].id)  # on purpose, before the accident
+    await trio.sleep(0.01)
+    accident = datetime.now(UTC)
+    for rel in ("w*/a.txt", "w*/sub/b.txt", "w*/c.txt", "wx/d.txt"):
+        await catalog.delete(byname[rel].id)
+    write(files / "w*/c.txt/new.txt", "a folder made where c.txt was")
+
+    done = await catalog.undelete_folder("w*", deleted_after=accident)
+    assert [f.file_path for f in done.undeleted] == ["w*/a.txt", "w*/sub/b.txt"]
+    assert [e.split(":")[0] for e in done.errors] == ["w*/c.txt"]
+    for rel in ("w*/a.txt", "w*/sub/b.txt"):
+        assert (files / rel).read_text() == f"content of {rel}"
+        assert (await catalog.file(byname[rel].id)).status is Status.ACTIVE
+    for rel in ("w*/old.txt", "w*/c.txt", "wx/d.txt"):
+        assert (await catalog.file(byname[rel].id)).status is Status.DELETED
+    assert not (files / "w*/old.txt").exists() and not (files / "wx/d.txt").exists()
+    # Without a moment: every file deleted there (the one whose path is a folder still not).
+    again = await catalog.undelete_folder("w*/")
+    assert [f.file_path for f in again.undeleted] == ["w*/old.txt"] and len(again.errors) == 1
+
+
 async def test_undelete_refuses_an_archived_file(catalog: Catalog, files: Path) -> None:
     write(files / "user/a.txt", "archived")
     file = (await catalog.register("user/a.txt")).file

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -857,3 +858,26 @@ def test_show_writes_a_version_whole_and_diff_says_what_changed(store: tuple[Pat
     checked = horace("verify", env=env)  # (the version is named: several may share an object)
     assert checked.returncode == Exit.FOUND, checked.stdout
     assert "user/blob.bin version 1: object" in checked.stdout, checked.stdout
+
+
+def test_undelete_r_brings_a_removed_folder_back(store: tuple[Path, dict[str, str]]) -> None:
+    """`horace undelete -r FOLDER --deleted-after D`: the files deleted under FOLDER since
+    D, one line each; one that cannot come back is an error line, and exit 1."""
+    root, env = store
+    for rel in ("repo/a.txt", "repo/sub/b.txt", "repo/old.txt", "repo/c.txt"):
+        write(root / "files" / rel, rel)
+    assert horace("scan", env=env).returncode == 0
+    assert horace("delete", "repo/old.txt", env=env).returncode == 0
+    time.sleep(0.01)
+    since = datetime.now(UTC).isoformat()
+    for rel in ("repo/a.txt", "repo/sub/b.txt", "repo/c.txt"):
+        assert horace("delete", rel, env=env).returncode == 0
+    write(root / "files/repo/c.txt/in-the-way", "a folder where c.txt was")
+    one_line_error(horace("undelete", "repo", "--deleted-after", since, env=env), Exit.USAGE, "give -r")
+    done = horace("undelete", "-r", "repo", "--deleted-after", since, env=env)
+    assert done.returncode == Exit.FOUND, (done.stdout, done.stderr)
+    lines = done.stdout.splitlines()
+    assert [line.split()[-2] for line in lines[:2]] == ["repo/a.txt", "repo/sub/b.txt"]
+    assert lines[2] == "2 files undeleted, 1 error" and lines[3].startswith("  error: repo/c.txt: ")
+    assert (root / "files/repo/sub/b.txt").read_text() == "repo/sub/b.txt"
+    assert not (root / "files/repo/old.txt").exists()
