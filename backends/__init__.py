@@ -36,6 +36,23 @@ __all__ = [
 SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 
 
+def place_problem(url: str) -> str | None:
+    """Why no catalog can be at the SQLite file *url* (a well-formed URL) names, or None:
+    a folder there, or no folder for it (a typo in a URL makes no folders). Of a
+    PostgreSQL URL, connecting tells."""
+    if not url.startswith("sqlite://"):
+        return None
+    path = Path(url.removeprefix("sqlite://"))
+    if path.is_dir():
+        return f"unusable database URL: sqlite://{path} is a folder; name the catalog's file in it"
+    if not path.parent.is_dir():
+        return (
+            f"unusable database URL: sqlite://{path}: there is no folder {path.parent} "
+            "(make it first, or mend the URL)"
+        )
+    return None
+
+
 def url_problem(url: str) -> str | None:
     """Why *url* cannot name a catalog database, or None."""
     if not url.startswith(SCHEMES):

@@ -27,7 +27,7 @@ import attrs
 import trio
 from attrs import frozen
 
-from . import migrations, words
+from . import migrations, place_problem, words
 from .protocol import (
     NOT_HORACES_ADVICE,
     PING,
@@ -1374,15 +1374,9 @@ def _file_of(conn: sqlite3.Connection) -> str:
 def _open(path: Path, create: bool) -> SqliteBackend:
     if not create and not path.is_file():
         raise CatalogMissing(f"no catalog database at {path}")
-    if path.is_dir():
-        raise UnusableURL(
-            f"unusable database URL: sqlite://{path} is a folder; name the catalog's file in it"
-        )
-    if not path.parent.is_dir():  # a typo in a URL makes no folders
-        raise UnusableURL(
-            f"unusable database URL: sqlite://{path}: there is no folder {path.parent} "
-            "(make it first, or mend the URL)"
-        )
+    problem = place_problem(f"sqlite://{path}")
+    if problem is not None:
+        raise UnusableURL(problem)
     _refuse_shared(path)
     return SqliteBackend(path)
 

@@ -306,6 +306,9 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         done = horace(command, env={**root, "HORACE_DATABASE_URL": f"sqlite://{typo}"})
         one_line_error(done, Exit.CONFIG, "CONFIG", f"there is no folder {typo.parent}")
         assert not (tmp_path / "var").exists()
+    for command in (["serve", "--port", "0"], ["mcp"]):  # (a typo in the conversation log's URL never heals)
+        done = horace(*command, env={**root, "HORACE_CONVERSATIONS_URL": f"sqlite://{typo}"})
+        one_line_error(done, Exit.CONFIG, "HORACE_CONVERSATIONS_URL", f"there is no folder {typo.parent}")
     not_a_database = write(tmp_path / "notes.db", "not a database\n")
     for url, words in [
         (f"sqlite://{tmp_path}/c.db?mode=rw", ("takes a path only",)),

@@ -11,7 +11,8 @@ import attrs
 import trio
 
 from horace.assemble import StartCheck, open_catalog
-from horace.backends import open_backend
+from horace.backends import open_backend, place_problem
+from horace.backends.protocol import UnusableURL
 from horace.catalog import Catalog, Progress
 from horace.config import Settings
 from horace.redact import redact_url
@@ -38,6 +39,16 @@ class LogSinks:
 
     observer: Observer | None
     health_parts: dict[str, HealthPart]
+
+
+def refuse_a_conversations_url_typo(settings: Settings) -> None:
+    """A SQLite conversation log whose folder does not exist is refused before anything
+    starts, as the catalog's is: a typo in a path never heals, and the sink process would
+    only fail, and be started again, for good (a server out of reach may come back)."""
+    if SinkWiring.of(settings).conversations and settings.conversations_url:
+        problem = place_problem(settings.conversations_url)
+        if problem is not None:
+            raise UnusableURL(f"HORACE_CONVERSATIONS_URL: {problem}")
 
 
 @asynccontextmanager
@@ -96,6 +107,7 @@ async def serve(
     The port is taken first (a port in use leaves no new store behind); in watch mode
     the start-up reconcile runs before serving (its *progress* reported, and logged).
     """
+    refuse_a_conversations_url_typo(settings)
     heap.hold_large_blocks_apart()
     listeners = await listen(settings)
     started = trio.CancelScope()
@@ -162,6 +174,7 @@ async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool
     the full fsck, the watcher, the purge and the periodic fsck are the long-running
     server's. The store and catalog are shared with any server through the per-file locks.
     """
+    refuse_a_conversations_url_typo(settings)
     async with (
         open_catalog(settings, create=True, check=StartCheck.LEFTOVERS) as catalog,
         log_sinks(settings, catalog) as sinks,
