@@ -105,9 +105,11 @@ class Refused(Exception):
         *,
         code: int = INVALID_REQUEST,
         close: bool = False,
+        request_id: str | int | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.headers, self.code, self.close = status, message, headers, code, close
+        self.request_id = request_id  # (the error's id: of a request refused unread, when it is seen)
 
 
 # Seconds a Streamable HTTP session must have been quiet for its slot to be taken back
@@ -136,7 +138,7 @@ class StreamableHttp:
                 )
             else:
                 log.debug("request refused: %d %s", refused.status, refused.message)
-            body = jsonrpc.error(None, RpcError(refused.code, refused.message))
+            body = jsonrpc.error(refused.request_id, RpcError(refused.code, refused.message))
             conn.finish_empty_body()  # (a request with a body not read: the connection closes)
             await conn.respond_json(refused.status, body, headers=refused.headers, close=refused.close)
 
@@ -222,8 +224,9 @@ class StreamableHttp:
         size = len(body)
         try:
             message = jsonrpc.parse(body)
-        except RpcError as exc:
-            raise Refused(400, exc.message, code=exc.code) from None
+        except RpcError as exc:  # (not JSON: no id, as JSON-RPC says; too many values: its id)
+            refused_id = jsonrpc.id_of_unread(body) if exc.code != jsonrpc.PARSE_ERROR else None
+            raise Refused(400, exc.message, code=exc.code, request_id=refused_id) from None
         del body
         opened = session is None
         if session is None:
