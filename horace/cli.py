@@ -894,6 +894,8 @@ def serve(
     SIGINT, SIGTERM or SIGHUP. Creates the store when there is none."""
     from horace.server.serving import serve as run_server
 
+    if poll and not _settings(ctx, watch=watch).watch:  # (it would serve, watching nothing)
+        raise click.UsageError("--poll says how watch mode looks at files: give --watch with it")
     _run_service(ctx, log_level, run_server, host=host, port=port, watch=watch, watch_poll=poll)
 
 

@@ -357,6 +357,8 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     one_line_error(horace("serch"), Exit.USAGE, "No such command")
     for port in ("abc", "65536", "-1"):
         one_line_error(horace("serve", "--port", port), Exit.USAGE, "is not a port: a number from 0")
+    # (served, it would watch nothing: --poll alone says how to watch, not to)
+    one_line_error(horace("serve", "--poll", "--port", "0"), Exit.USAGE, "USAGE", "give --watch with it")
     cleared_and_set = horace("update", "a.txt", "--clear-tags", "--tag", "weekly")
     one_line_error(cleared_and_set, Exit.USAGE, "USAGE", "--clear-tags", "give one of them")
 
