@@ -441,6 +441,24 @@ async def test_a_head_h11_refuses_is_answered_as_every_refusal(
     await stream.aclose()
 
 
+async def test_empty_lines_before_a_request_line_are_ignored(server: RunningHorace) -> None:
+    """RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line
+    (some clients send CRLF after a POST's body); on a new connection, and between two
+    requests of one."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)  # type: ignore[arg-type]
+    get = b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    answers = b""
+    with trio.fail_after(10):
+        for sent in (b"\r\n\r\n" + get, b"\n", b"\r\n" + get):
+            await stream.send_all(sent)
+            if sent.endswith(get):
+                answers += await stream.receive_some(65536)
+                while answers.count(b'"status"') < answers.count(b"HTTP/1.1 200 "):
+                    answers += await stream.receive_some(65536)
+    assert answers.count(b"HTTP/1.1 200 ") == 2, answers
+    await stream.aclose()
+
+
 # -- answers: JSON or SSE ---------------------------------------------------------------------
 
 

@@ -118,6 +118,12 @@ class HttpConnection:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     return None
+                if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+                    # Empty lines before a request line are ignored (RFC 9112 2.2: a client
+                    # may send CRLF after a POST's body); h11 takes the first for a head.
+                    data = bytes(data).lstrip(b"\r\n")
+                    if not data:
+                        continue
                 self.received += data
                 self.h11.receive_data(bytes(data))
             elif isinstance(event, h11.Request):
