@@ -46,7 +46,7 @@ import attrs
 from attrs import frozen
 
 from horace import packs
-from horace.backends.records import WorkingStat
+from horace.backends.records import INT64_MAX, INT64_MIN, WorkingStat
 from horace.model import ErrorCode, HoraceError
 from horace.paths import (
     COMPONENT_FOLDERS,
@@ -160,11 +160,15 @@ class FileIdentity:
 
 
 def working_stat(st: os.stat_result, recorded_ns: int) -> WorkingStat:
-    """The stat identity a catalog records for a working file read after *recorded_ns*."""
+    """The stat identity a catalog records for a working file read after *recorded_ns*.
+
+    A time past 2262 (or before 1677: ``touch -d``, an archive's bad header, a wrong
+    clock) fits no 64-bit column: it is kept at the bound, which is never the file's own,
+    so such a file is read again at each look rather than taken for unchanged."""
     return WorkingStat(
         st.st_size,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
+        _within_int64(st.st_mtime_ns),
+        _within_int64(st.st_ctime_ns),
         st.st_ino,
         st.st_dev,
         recorded_ns,
@@ -192,6 +196,10 @@ class Staged:
         if self.tmp_path is None:
             raise ValueError("staged in memory: no temp copy")
         return self.tmp_path
+
+
+def _within_int64(value: int) -> int:
+    return min(max(value, INT64_MIN), INT64_MAX)
 
 
 @frozen

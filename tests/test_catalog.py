@@ -253,6 +253,27 @@ async def test_a_file_removed_by_hand_comes_back_with_the_mode_it_was_last_seen_
     assert path.read_text() == "secret" and stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
+async def test_a_file_dated_past_2262_is_catalogued_and_read_again_at_each_scan(
+    catalog: Catalog, files: Path
+) -> None:
+    """Its mtime in nanoseconds fits no 64-bit column: it stopped every insert of its batch
+    (a scan's, the watcher's). It is catalogued, the other files with it, and since its
+    recorded time cannot be its own, each scan reads it again: a change is never missed."""
+    far = 10_413_792_000 * 10**9  # 2300-01-01, past 2**63 ns
+    future = write(files / "user/future.txt", "one")
+    write(files / "user/plain.txt", "plain")
+    os.utime(future, ns=(far, far))
+    assert (await catalog.scan()).registered == 2
+    future.write_text("two")  # the same size, and its time put back
+    os.utime(future, ns=(far, far))
+    assert (await catalog.scan()).versioned == 1
+    file = await catalog.resolve("user/future.txt")
+    assert file.current_version == 2 and (await catalog.content(file, None, 100)).data == b"two"
+    await catalog.update(file.id, FileChanges(tags=("t",)))
+    await catalog.restore(file.id, 1)
+    assert future.read_text() == "one"
+
+
 async def test_restore_refuses_missing_version_and_corrupt_object(catalog: Catalog, files: Path) -> None:
     path = write(files / "user/a.txt", "one")
     file = (await catalog.register("user/a.txt")).file
