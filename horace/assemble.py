@@ -105,7 +105,7 @@ async def open_catalog(
                     await in_thread(storage.undo_layout, present)
             raise
         await in_thread(storage.pin)  # (Catalog.ensure_bound looks whether it is still there)
-        locks = FileLocks(storage.lock_file, wait_seconds=settings.lock_wait)
+        locks = FileLocks(None if read_only else storage.lock_file, wait_seconds=settings.lock_wait)
         try:
             catalog = Catalog(
                 storage, backend, locks, policy_of(settings), store_id=store_id, bound_at=bound_at

@@ -48,14 +48,24 @@ class _Entry:
 
 
 class FileLocks:
-    def __init__(self, lock_file: Path, wait_seconds: float = 30.0) -> None:
-        self._fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def __init__(self, lock_file: Path | None, wait_seconds: float = 30.0) -> None:
+        """*lock_file* None: the locks of a catalog opened only to read, which takes none
+        (readers never wait for writers), so that a store gone read-only can be read."""
+        self._fd = (
+            None if lock_file is None else os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        )
         self._entries: dict[str, _Entry] = {}
         self.wait_seconds = wait_seconds
         self.holds_watch_lease = False
 
     def close(self) -> None:
-        os.close(self._fd)  # (and with it the watch lease, if held)
+        if self._fd is not None:
+            os.close(self._fd)  # (and with it the watch lease, if held)
+
+    def _file(self) -> int:
+        if self._fd is None:
+            raise RuntimeError("a catalog opened only to read takes no lock")
+        return self._fd
 
     def take_watch_lease(self) -> bool:
         """Whether this catalog now holds the store's watch lease: one watcher per store,
@@ -65,7 +75,7 @@ class FileLocks:
         if self.holds_watch_lease:
             return True
         try:
-            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, WATCH_LEASE))
+            fcntl.fcntl(self._file(), fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, WATCH_LEASE))
         except (BlockingIOError, PermissionError):
             return False
         self.holds_watch_lease = True
@@ -118,7 +128,7 @@ class FileLocks:
             return False
         entry.lock.acquire_nowait()
         try:
-            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, lock_key(rel_path)))
+            fcntl.fcntl(self._file(), fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, lock_key(rel_path)))
         except (BlockingIOError, PermissionError):
             entry.lock.release()
             self._leave(rel_path, entry)
@@ -128,7 +138,7 @@ class FileLocks:
     def _release(self, rel_path: str) -> None:
         entry = self._entries[rel_path]
         try:
-            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, lock_key(rel_path)))
+            fcntl.fcntl(self._file(), fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, lock_key(rel_path)))
         finally:
             entry.lock.release()
             self._leave(rel_path, entry)
@@ -146,7 +156,7 @@ class FileLocks:
         with trio.move_on_after(self.wait_seconds):
             while True:
                 try:
-                    fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
+                    fcntl.fcntl(self._file(), fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
                     return
                 except (BlockingIOError, PermissionError):
                     await trio.sleep(delay)

@@ -357,8 +357,9 @@ class _Folders:
 
 _FILES_A_SYMLINK = (
     "{files} is a symbolic link (to {to}): Horace follows none, so that nothing outside the "
-    "store is ever read or written through one; to keep the files on another disk, mount it "
-    "at files/ (a bind mount will do), or make the whole store there"
+    "store is ever read or written through one; to keep the files on another disk, make the "
+    "whole store there, or mount that disk at the store's folder (files/ and .horace/ must be "
+    "on one file system: no rename crosses a mount)"
 )
 
 

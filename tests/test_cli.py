@@ -406,6 +406,26 @@ def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
     assert list(empty.iterdir()) == []
 
 
+def test_read_only_commands_open_no_lock_file(store: tuple[Path, dict[str, str]]) -> None:
+    """Readers take no lock: a command that only reads does not open (or make) the store's
+    lock file for writing, so that the versions of a store gone read-only can be read (on
+    PostgreSQL; SQLite itself writes beside its catalog)."""
+    root, env = store
+    write(root / "files/user/a.txt", "one")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    (root / ".horace/locks").unlink()
+    for command in (
+        ["info", "user/a.txt"],
+        ["search"],
+        ["show", "user/a.txt"],
+        ["verify"],
+        ["diff", "user/a.txt", "1"],
+    ):
+        done = horace(*command, env=env)
+        assert done.returncode == 0, (command, done.stderr)
+    assert not (root / ".horace/locks").exists()
+
+
 @pytest.mark.parametrize(
     ("code", "exit_code"),
     [
