@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +37,9 @@ __all__ = [
 SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 
 
+SQLITE_LONGEST_PATH = 503  # SQLite's unix files: 512 bytes for a path, "-journal" and a NUL
+
+
 def place_problem(url: str) -> str | None:
     """Why no catalog can be at the SQLite file *url* (a well-formed URL) names, or None:
     a folder there, or no folder for it (a typo in a URL makes no folders). Of a
@@ -43,6 +47,12 @@ def place_problem(url: str) -> str | None:
     if not url.startswith("sqlite://"):
         return None
     path = Path(url.removeprefix("sqlite://"))
+    if len(os.fsencode(path)) > SQLITE_LONGEST_PATH:
+        return (
+            f"unusable database URL: sqlite://{path}: its path is {len(os.fsencode(path))} bytes, and "
+            f"SQLite opens none over {SQLITE_LONGEST_PATH} (its journal's name must fit in 512): "
+            "choose a shorter one"
+        )
     if path.is_dir():
         return f"unusable database URL: sqlite://{path} is a folder; name the catalog's file in it"
     if not path.parent.is_dir():

@@ -313,6 +313,7 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     for url, words in [
         (f"sqlite://{tmp_path}/c.db?mode=rw", ("takes a path only",)),
         (f"sqlite://{tmp_path}/", ("is a folder",)),
+        (f"sqlite://{tmp_path}/{'x' * 200}/{'y' * 200}/{'z' * 100}.db", ("SQLite opens none over 503",)),
         (f"sqlite://{not_a_database}", ("is not an SQLite database",)),
     ]:
         for command in ("init", "serve"):
