@@ -319,14 +319,15 @@ SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace 
 
 
 # Control characters, line and paragraph separators, and the bidirectional overrides and
-# isolates (which make a name read as another).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# isolates (which make a name read as another); and the backslash, so that a name holding
+# "\n" (two characters) does not read as one holding a newline.
+_CONTROL = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _shown(text: str) -> str:
     """*text* for a line of output: a control character in a name (a newline, an escape,
     a right-to-left override) is shown escaped, so that it cannot end the line, forge
-    another, or disguise the name."""
+    another, or disguise the name; a backslash is shown doubled."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 

@@ -145,6 +145,7 @@ def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, d
     (root / "files/user/evil\nabc  v9  active  0  forged.txt  [].txt").write_text("n")
     (root / "files/user/red\x1b[31m.txt").write_text("e")
     (root / "files/user/bidi\u202etxt.exe").write_text("b")
+    (root / "files/user/lit\\nx").write_text("a backslash and an n, no newline")
     scanned = horace("scan", env=env)
     assert scanned.returncode == 0, scanned.stderr
     (root / "files/user/.horace-tmp-\x1b[2J\nforged").write_text("reserved name, skipped with a warning")
@@ -154,7 +155,8 @@ def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, d
     done = horace("search", "--path", "user/*", env=env)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "user/" in line]
-    assert len(lines) == 3, done.stdout
+    assert len(lines) == 4, done.stdout
+    assert any("user/lit\\\\nx" in line for line in lines), lines  # (not as the newline's \n)
     assert any("user/bidi\\u202etxt.exe" in line for line in lines), lines
     assert any("user/evil\\nabc  v9" in line for line in lines), lines
     assert any("user/red\\x1b[31m.txt" in line for line in lines), lines
