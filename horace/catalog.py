@@ -1190,8 +1190,14 @@ class Catalog:
                 index = await self.backend.working_index()
                 missing = [e for e in missing if e.file_id not in followed]
         report = await self._scan_found(found, skipped, index, correlation_id, progress, rehash)
-        for error in report.errors:
+        for error in report.errors[:LOGGED_SCAN_ERRORS]:
             log.warning("scan: not taken: %s", error, extra={"correlation_id": correlation_id})
+        if len(report.errors) > LOGGED_SCAN_ERRORS:  # (a full disk fails every file, alike)
+            log.warning(
+                "scan: %d more files not taken (each named in the scan's report)",
+                len(report.errors) - LOGGED_SCAN_ERRORS,
+                extra={"correlation_id": correlation_id},
+            )
         return attrs.evolve(
             report,
             missing=tuple(sorted({e.file_path for e in missing} | set(report.missing))),
@@ -2166,6 +2172,9 @@ def _slices(items: Sequence[T], size: int) -> list[list[T]]:
 
 def _entry(file: FileRecord, working: WorkingStat) -> IndexEntry:
     return IndexEntry(file.id, file.file_path, file.checksum, file.status, file.current_version, working)
+
+
+LOGGED_SCAN_ERRORS = 10  # the files a scan could not take named in the log, one a line
 
 
 def outage_error(exc: BaseException) -> HoraceError | None:

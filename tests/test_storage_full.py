@@ -26,7 +26,7 @@ from soundness import assert_sound, temps_left
 import horace.cli
 import horace.storage
 from horace.assemble import open_catalog
-from horace.catalog import Catalog
+from horace.catalog import LOGGED_SCAN_ERRORS, Catalog
 from horace.cli import Exit
 from horace.config import Settings
 from horace.fsck import fsck
@@ -238,10 +238,12 @@ async def test_a_sparse_file_that_does_not_fit_whole_says_so(small_tmpfs: Path) 
         assert sparse.stat().st_size == 1 << 30 and temps_left(catalog) == []
 
 
-async def test_a_scan_on_a_nearly_full_disk_takes_what_fits(small_tmpfs: Path, tmp_path: Path) -> None:
+async def test_a_scan_on_a_nearly_full_disk_takes_what_fits(
+    small_tmpfs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """New files staged as one pack that does not fit: taken one by one instead, each that
-    does not fit an error of its own, not the whole scan refused. Once there is room, the
-    next scan takes the rest."""
+    does not fit an error of its own, not the whole scan refused (the log names the first
+    few, and counts the rest). Once there is room, the next scan takes the rest."""
     settings = Settings(
         storage_path=small_tmpfs / "root", database_url=f"sqlite:///{tmp_path}/catalog.db", gc_grace=0.0
     )
@@ -256,6 +258,9 @@ async def test_a_scan_on_a_nearly_full_disk_takes_what_fits(small_tmpfs: Path, t
         assert 0 < report.registered < 300
         assert report.registered + len(report.errors) == 300
         assert all("the storage is full" in error for error in report.errors), report.errors[:3]
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scan: ")]
+        assert len([m for m in logged if m.startswith("scan: not taken: ")]) == LOGGED_SCAN_ERRORS
+        assert f"scan: {len(report.errors) - LOGGED_SCAN_ERRORS} more files not taken" in "\n".join(logged)
         assert temps_left(catalog) == []
         filler.unlink()
         again = await catalog.scan()
