@@ -103,7 +103,7 @@ def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True) -> 
         raise _invalid(client_path, "names the files/ folder itself")
     parts = rel.split("/")
     if parts[0] == ".." or rel.startswith("/"):
-        raise _invalid(client_path, "leaves the storage root")
+        raise _invalid(client_path, "leaves files/")
     for part in parts:
         why = unusable_name(part)
         if why is not None:
