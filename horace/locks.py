@@ -67,6 +67,16 @@ class FileLocks:
             raise RuntimeError("a catalog opened only to read takes no lock")
         return self._fd
 
+    def beat(self) -> None:
+        """A sign of life of the watch lease's holder: the lock file's mtime set to the
+        filesystem's now (the lease outlives a process that is stopped or hung, but not
+        its signs of life; see :meth:`last_beat_ns`)."""
+        os.utime(self._file())
+
+    def last_beat_ns(self) -> int:
+        """When the lease's holder last gave a sign of life, on the filesystem's clock."""
+        return os.fstat(self._file()).st_mtime_ns
+
     def take_watch_lease(self) -> bool:
         """Whether this catalog now holds the store's watch lease: one watcher per store,
         whatever the processes and instances (two watchers would each act on the same

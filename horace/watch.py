@@ -61,6 +61,11 @@ RETRY_FLOOR = 0.1  # seconds: the first wait's half, whatever the settle time (0
 # for a full storage; the watch goes on and takes it once the catalog is back.
 CATALOG_FAILURES = (BackendUnavailable, CatalogUnwritable, DatabaseFull)
 LEASE_LOOK_EVERY = 1.0  # seconds between a standing-by watcher's looks at the watch lease
+# The lease's holder gives a sign of life this often; a standing-by watcher that sees none
+# for SILENT_HOLDER seconds says so (/health, the log): a holder stopped or hung keeps the
+# lease, and nothing is versioned until it goes.
+BEAT_EVERY = 5.0
+SILENT_HOLDER = 30.0
 
 
 def _glob_literal(text: str) -> str:
@@ -96,6 +101,7 @@ class Watcher:
         self.counts = WatchCounts()
         self.watching = False  # the watch is in place
         self.standby = False  # another process watches the store: see run()
+        self.holder_silent_s: float | None = None  # standing by: the holder gave no sign so long
         self._caught_up = False  # this run's first catch-up is done
         self._due: dict[str, float] = {}  # path -> when to look at it again
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
@@ -129,7 +135,9 @@ class Watcher:
     def ok(self) -> bool:
         """Watching every folder, and no path waits to be taken again after a failure (or
         standing by while another process watches)."""
-        return self.standby or (
+        if self.standby:
+            return self.holder_silent_s is None
+        return (
             self.watching and not self._failing and not self._unwatched() and self._catch_up_failing is None
         )
 
@@ -140,6 +148,7 @@ class Watcher:
         return {
             "watching": self.watching,
             "standby": self.standby,
+            "lease_holder_silent_s": self.holder_silent_s,
             "pending": len(self._due),
             "vanished": len(self._vanished) + self._expiring,
             "mode": "poll" if self.poll else "inotify",
@@ -163,12 +172,16 @@ class Watcher:
         if not self.catalog.locks.take_watch_lease():
             self.standby = True
             log.info("watch: another process watches this store; standing by to take over")
+            looked = trio.current_time()
             while True:  # (a lock across processes: nothing to wait on but time)
                 await trio.sleep(LEASE_LOOK_EVERY)
                 if self.catalog.locks.take_watch_lease():
                     break
+                if trio.current_time() - looked >= BEAT_EVERY:
+                    looked = trio.current_time()
+                    await self._look_at_the_holder()
             log.info("watch: the store's watch lease taken over")
-            self.standby = False
+            self.standby, self.holder_silent_s = False, None
             self._since = 0.0  # a full catch-up
         self._caught_up = False
         try:
@@ -180,6 +193,43 @@ class Watcher:
             if self._caught_up:
                 self._since = time.time() - CATCH_UP_SLACK
 
+    async def _look_at_the_holder(self) -> None:
+        """Standing by: whether the lease's holder still gives signs of life (said once
+        when it stops, and once when it gives them again)."""
+        storage, locks = self.catalog.storage, self.catalog.locks
+        try:
+            silent = (await in_thread(storage.clock_ns) - await in_thread(locks.last_beat_ns)) / 1e9
+        except OSError as exc:
+            log.warning("watch: the watch lease holder's signs of life cannot be read: %s", exc)
+            return
+        if silent < SILENT_HOLDER:
+            if self.holder_silent_s is not None:
+                log.info("watch: the process that holds the watch lease gives signs of life again")
+            self.holder_silent_s = None
+            return
+        if self.holder_silent_s is None:
+            log.warning(
+                "watch: the process that holds this store's watch lease has given no sign of life for "
+                "%.0f s (stopped, or hung on its disk?): nothing is being versioned; once it ends (stop "
+                "it), this instance takes over",
+                silent,
+            )
+        self.holder_silent_s = round(silent, 1)
+
+    async def _beat(self) -> None:
+        """The lease holder's signs of life (see :data:`BEAT_EVERY`), while it watches."""
+        failed = False
+        while True:
+            try:
+                await in_thread(self.catalog.locks.beat)
+            except OSError as exc:
+                if not failed:
+                    log.warning("watch: a sign of life could not be given (%s); standbys may say so", exc)
+                failed = True
+            else:
+                failed = False
+            await trio.sleep(BEAT_EVERY)
+
     async def _watch(self, task_status: trio.TaskStatus[None]) -> None:
         async with (
             trio.open_nursery() as nursery,
@@ -189,6 +239,7 @@ class Watcher:
             self._feed = feed
             self.watching = True
             nursery.start_soon(self._settle_loop)
+            nursery.start_soon(self._beat)
             nursery.start_soon(self._first_catch_up)
             task_status.started()
             with self.catalog.storage.observe_writes(feed.wrote):

@@ -900,6 +900,51 @@ async def test_one_watcher_a_store_the_other_stands_by_and_takes_over(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_standby_says_when_the_lease_holder_gives_no_sign_of_life(
+    catalog: Catalog,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A holder stopped (SIGSTOP) or hung on its disk keeps the lease, and nothing is
+    versioned meanwhile: a standby that sees no sign of life from it for SILENT_HOLDER
+    seconds is not ok in /health, and says so once in the log; signs of life again, it is."""
+    monkeypatch.setattr(horace.watch, "BEAT_EVERY", 0.1)
+    watcher = horace.watch.Watcher(catalog, settle=0.1)
+    async with trio.open_nursery() as nursery, open_catalog(settings, check=False) as holder:
+        assert holder.locks.take_watch_lease()
+        holder.locks.beat()
+        nursery.start_soon(watcher.run)
+        await eventually(lambda: _true(watcher.standby), "standing by")
+        await trio.sleep(0.5)
+        assert watcher.ok and watcher.status()["lease_holder_silent_s"] is None
+        long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
+        os.utime(holder.storage.lock_file, (long_ago, long_ago))  # its last sign, a minute ago
+        await eventually(lambda: _true(not watcher.ok), "the silence seen")
+        assert watcher.status()["lease_holder_silent_s"] >= horace.watch.SILENT_HOLDER
+        said = [r.getMessage() for r in caplog.records if "no sign of life" in r.getMessage()]
+        assert len(said) == 1 and "nothing is being versioned" in said[0]
+        holder.locks.beat()
+        await eventually(lambda: _true(watcher.ok), "signs of life again")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_watcher_that_holds_the_lease_gives_signs_of_life(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(horace.watch, "BEAT_EVERY", 0.1)
+    long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
+    os.utime(catalog.storage.lock_file, (long_ago, long_ago))
+    watcher = horace.watch.Watcher(catalog, settle=0.1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watcher.run)
+        await eventually(lambda: _true(watcher.watching), "watching")
+        await eventually(
+            lambda: _true(catalog.storage.lock_file.stat().st_mtime > time.time() - 5), "a sign of life"
+        )
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_file_renamed_while_a_takeover_looks_keeps_its_history(
     catalog: Catalog, settings: Settings, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
