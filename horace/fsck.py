@@ -175,6 +175,9 @@ async def fsck(
     # Working files a process still seen running holds in .horace/tmp (a SIGKILLed delete
     # still ending): a repair does not write those back (see _file).
     held_by = await in_thread(_holders, catalog.storage) if repair and suspects else {}
+    # A watcher records a removal as a deletion (after its settle time): a working copy
+    # missing from a watched store is its to record, not one to write back.
+    watched = bool(suspects) and await in_thread(catalog.locks.watch_lease_held)
     busy = 0
     for file in suspects:
         try:
@@ -194,6 +197,8 @@ async def fsck(
                     repair=repair,
                     deep=deep,
                     forget_missing=forget_missing,
+                    watched=watched,
+                    automatic=automatic,
                 )
         except HoraceError as exc:
             if exc.code is not ErrorCode.FILE_LOCKED:
@@ -580,10 +585,16 @@ async def _file(
     repair: bool,
     deep: bool,
     forget_missing: bool,
+    watched: bool,
+    automatic: bool,
 ) -> list[Finding]:
     """The findings about one file, looked at under its write lock; a lost object is
     looked for in its working copy, then in those of *holders* (paths by checksum).
-    *held_by*: the processes still running that hold working files, by file id."""
+    *held_by*: the processes still running that hold working files, by file id.
+    *watched*: a watcher watches the store (and records what is removed): a working copy
+    missing is said by a check asked for, not by the *automatic* ones (every removal
+    would be a warning of each instance's periodic check, just before the watcher's
+    record of it)."""
     storage = catalog.storage
     found: list[Finding] = []
 
@@ -658,6 +669,13 @@ async def _file(
             detail += (
                 f": held in .horace/tmp by process {holder}, still running; not written back "
                 "(the next fsck puts the held content back once that process has ended)"
+            )
+        elif watched and automatic:
+            return found
+        elif watched:
+            detail += (
+                ": the store is watched, and its watcher records the removal as a deletion "
+                "(`horace undelete` brings the file back); not written back"
             )
         elif repair and objects_ok.get(file.checksum, False):
             mode = await catalog.backend.working_mode(file.id)  # (the mode it was last seen with)

@@ -77,6 +77,14 @@ class FileLocks:
         """When the lease's holder last gave a sign of life, on the filesystem's clock."""
         return os.fstat(self._file()).st_mtime_ns
 
+    def watch_lease_held(self) -> bool:
+        """Whether some process (this one included) holds the store's watch lease: a
+        look, that takes nothing."""
+        if self.holds_watch_lease:
+            return True
+        found = fcntl.fcntl(self._file(), fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, WATCH_LEASE))
+        return bool(struct.unpack_from("h", found)[0] != fcntl.F_UNLCK)
+
     def take_watch_lease(self) -> bool:
         """Whether this catalog now holds the store's watch lease: one watcher per store,
         whatever the processes and instances (two watchers would each act on the same

@@ -41,6 +41,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
+from horace.fsck import fsck
 from horace.server.serving import serve
 from horace.storage import Storage
 from horace.supervise import supervise, the_failure
@@ -927,6 +928,27 @@ async def test_a_standby_says_when_the_lease_holder_gives_no_sign_of_life(
         holder.locks.beat()
         await eventually(lambda: _true(watcher.ok), "signs of life again")
         nursery.cancel_scope.cancel()
+
+
+async def test_fsck_leaves_a_removal_on_a_watched_store_to_the_watcher(
+    catalog: Catalog, settings: Settings, files: Path
+) -> None:
+    """A working copy removed from a watched store is the watcher's to record as a
+    deletion: `fsck --repair` does not undo the removal by writing it back, and the
+    periodic (automatic) check of each instance does not warn of it. Unwatched, a repair
+    writes it back, as ever."""
+    path = write(files / "user/removed.txt", "removed by its user")
+    await catalog.register("user/removed.txt")
+    path.unlink()
+    async with open_catalog(settings, check=False) as holder:
+        assert holder.locks.take_watch_lease()  # (another process's watcher, not looking yet)
+        asked = await fsck(catalog, repair=True)
+        assert [(f.kind, f.repaired) for f in asked.findings] == [("working_missing", False)]
+        assert "watched" in asked.findings[0].detail and not path.exists()
+        assert (await fsck(catalog, automatic=True)).findings == ()
+    repaired = await fsck(catalog, repair=True)
+    assert [(f.kind, f.repaired) for f in repaired.findings] == [("working_missing", True)]
+    assert path.read_text() == "removed by its user"
 
 
 async def test_a_watcher_that_holds_the_lease_gives_signs_of_life(
