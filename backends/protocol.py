@@ -129,8 +129,9 @@ class Units(Protocol):
     async def version(self, file_id: str, version: int) -> VersionRecord | None: ...
 
     async def working_mode(self, file_id: str) -> int | None:
-        """The permission bits the file's working copy had when a status change took it
-        out of files/ (``FileChanges.working_mode``); None when not known."""
+        """The permission bits the file's working copy had when it was last read (its stat
+        identity recorded: ``WorkingStat.mode``) or taken out of files/ by a status change
+        (``FileChanges.working_mode``); None when not known."""
         ...
 
     # -- writing ----------------------------------------------------------------------
