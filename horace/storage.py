@@ -765,6 +765,12 @@ class Storage:
                 raise HoraceError(
                     ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlink or non-folder on the way"
                 ) from None
+            # Opened relative to a folder, the error names the last step only: said whole
+            # ("Permission denied: files/user/a.txt", not "a.txt").
+            if exc.filename == name:
+                exc.filename = f"files/{rel}"
+            elif exc.filename in dirs:
+                exc.filename = "files/" + "/".join(dirs[: dirs.index(exc.filename) + 1])
             raise
         finally:
             os.close(fd)

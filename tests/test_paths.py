@@ -11,12 +11,14 @@ and on the writing side (restore, undelete, delete).
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -398,3 +400,24 @@ async def test_a_catalogued_file_is_found_by_its_path_whatever_is_there_now(
     with pytest.raises(HoraceError) as refused:  # writing through it is still refused
         await catalog.undelete(moved.id)
     assert refused.value.code is ErrorCode.INVALID_PATH
+
+
+@pytest.mark.parametrize(("failing", "said"), [("a.txt", "files/user/x/a.txt"), ("x", "files/user/x")])
+async def test_a_refusal_on_the_way_names_the_whole_path(
+    catalog: Catalog, files: Path, failing: str, said: str
+) -> None:
+    """Opened step by step relative to a folder, an OSError names its last step only
+    ("Permission denied: a.txt"): the storage says the path whole, from files/."""
+    write(files / "user/x/a.txt", "x")
+    real_open = os.open
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> int:
+        if path == failing:
+            raise PermissionError(errno.EACCES, "Permission denied", failing)
+        return real_open(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "open", refusing)
+        with pytest.raises(PermissionError) as refused:
+            catalog.storage.hash_working("user/x/a.txt")
+    assert refused.value.filename == said
