@@ -198,6 +198,9 @@ class Staged:
         return self.tmp_path
 
 
+PERMISSION_BITS = 0o777  # of a working file's mode, what a copy written back keeps
+
+
 def _within_int64(value: int) -> int:
     return min(max(value, INT64_MIN), INT64_MAX)
 
@@ -1311,7 +1314,10 @@ class Storage:
     ) -> Path:
         """Object *checksum* copied into ``.horace/tmp`` and fsynced, named HELD: from
         here a crash leaves nothing fsck would throw away unlooked-at. Its permission
-        bits: *mode*, or 0o644 less the umask."""
+        bits: *mode*'s read, write and execute bits, or 0o644 less the umask. Never setuid,
+        setgid or sticky: the file is written as Horace's user (root, maybe), not as the
+        one who wrote it, so those bits would run a user's bytes as Horace's (``cp`` and
+        ``tar`` without ownership drop them for the same reason)."""
         part = self.tmp / temp_name(TempKind.PART)
         try:
             source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
@@ -1336,7 +1342,7 @@ class Storage:
                 os.close(source)
         try:
             if mode is not None:
-                os.chmod(part, mode)
+                os.chmod(part, mode & PERMISSION_BITS)
             held = self._held_path(file_id)
             os.rename(part, held)
         except BaseException:

@@ -233,6 +233,32 @@ async def test_a_file_taken_out_comes_back_with_its_mode(catalog: Catalog, files
     assert path.read_text() == "#!/bin/sh\necho one\n"
 
 
+@pytest.mark.parametrize("mode", [0o4755, 0o2755, 0o1777], ids=oct)
+async def test_a_file_written_back_is_never_setuid_setgid_or_sticky(
+    catalog: Catalog, files: Path, mode: int
+) -> None:
+    """Horace writes a file back as its own user (root, maybe), not as the one who wrote
+    it: a setuid bit kept would run that user's bytes as root. Restore, undelete and
+    fsck --repair keep the read, write and execute bits only."""
+    path = write(files / "svc/tool", "#!/bin/sh\n")
+    path.chmod(mode)
+    file = (await catalog.register("svc/tool")).file
+    path.write_text("#!/bin/sh\necho two\n")
+    path.chmod(mode)
+    await catalog.register("svc/tool")
+    await catalog.restore(file.id, 1)
+    assert stat.S_IMODE(path.stat().st_mode) == mode & 0o777
+    path.chmod(mode)
+    await catalog.delete(file.id)
+    await catalog.undelete(file.id)
+    assert stat.S_IMODE(path.stat().st_mode) == mode & 0o777
+    path.chmod(mode)
+    assert (await catalog.scan()).unchanged == 1  # (the mode seen)
+    path.unlink()
+    await fsck(catalog, repair=True)
+    assert stat.S_IMODE(path.stat().st_mode) == mode & 0o777
+
+
 async def test_a_file_removed_by_hand_comes_back_with_the_mode_it_was_last_seen_with(
     catalog: Catalog, files: Path
 ) -> None:
