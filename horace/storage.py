@@ -620,7 +620,8 @@ class Storage:
             for sub in (*(f"{i:02x}" for i in range(256)), self.packs.name):
                 if sub not in present:
                     (self.objects / sub).mkdir(exist_ok=True)
-            self.lock_file.touch(exist_ok=True)
+            # Made, not touched: its mtime is the watch lease holder's sign of life.
+            os.close(os.open(self.lock_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         except OSError as exc:
             if exc.errno in STORAGE_ERRNOS:  # (a storage error, as for a store made already)
                 raise

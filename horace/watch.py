@@ -40,6 +40,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, Data
 from horace.backends.records import FileRecord, SearchQuery, Status
 from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
 from horace.changefeed import Change, ChangeFeed, open_change_feed
+from horace.locks import FileLocks
 from horace.logs import ThrottledLog
 from horace.model import ErrorCode, HoraceError
 from horace.paths import editor_temp, printable, unusable_name
@@ -102,6 +103,10 @@ class Watcher:
         self.watching = False  # the watch is in place
         self.standby = False  # another process watches the store: see run()
         self.holder_silent_s: float | None = None  # standing by: the holder gave no sign so long
+        # Standing by: the holder's sign of life first seen, and whether one came since.
+        self._first_beat: int | None = None
+        self._holder_beats = False
+        self._unreadable_beat = False  # standing by: said once that it cannot be read
         self._caught_up = False  # this run's first catch-up is done
         self._due: dict[str, float] = {}  # path -> when to look at it again
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
@@ -182,6 +187,7 @@ class Watcher:
                     await self._look_at_the_holder()
             log.info("watch: the store's watch lease taken over")
             self.standby, self.holder_silent_s = False, None
+            self._first_beat, self._holder_beats = None, False
             self._since = 0.0  # a full catch-up
         self._caught_up = False
         try:
@@ -198,9 +204,20 @@ class Watcher:
         when it stops, and once when it gives them again)."""
         storage, locks = self.catalog.storage, self.catalog.locks
         try:
-            silent = (await in_thread(storage.clock_ns) - await in_thread(locks.last_beat_ns)) / 1e9
+            beat = await in_thread(locks.last_beat_ns)
+            silent = (await in_thread(storage.clock_ns) - beat) / 1e9
         except OSError as exc:
-            log.warning("watch: the watch lease holder's signs of life cannot be read: %s", exc)
+            if not self._unreadable_beat:
+                log.warning("watch: the watch lease holder's signs of life cannot be read: %s", exc)
+            self._unreadable_beat = True
+            return
+        self._unreadable_beat = False
+        if self._first_beat is None:
+            self._first_beat = beat
+        self._holder_beats = self._holder_beats or beat != self._first_beat
+        if not self._holder_beats:
+            # Only a holder seen giving signs of life is said silent: one of a release from
+            # before them (a rolling upgrade) never gives any, and is not taken for stopped.
             return
         if silent < SILENT_HOLDER:
             if self.holder_silent_s is not None:
@@ -216,20 +233,6 @@ class Watcher:
             )
         self.holder_silent_s = round(silent, 1)
 
-    async def _beat(self) -> None:
-        """The lease holder's signs of life (see :data:`BEAT_EVERY`), while it watches."""
-        failed = False
-        while True:
-            try:
-                await in_thread(self.catalog.locks.beat)
-            except OSError as exc:
-                if not failed:
-                    log.warning("watch: a sign of life could not be given (%s); standbys may say so", exc)
-                failed = True
-            else:
-                failed = False
-            await trio.sleep(BEAT_EVERY)
-
     async def _watch(self, task_status: trio.TaskStatus[None]) -> None:
         async with (
             trio.open_nursery() as nursery,
@@ -239,7 +242,7 @@ class Watcher:
             self._feed = feed
             self.watching = True
             nursery.start_soon(self._settle_loop)
-            nursery.start_soon(self._beat)
+            nursery.start_soon(give_signs_of_life, self.catalog.locks)
             nursery.start_soon(self._first_catch_up)
             task_status.started()
             with self.catalog.storage.observe_writes(feed.wrote):
@@ -701,7 +704,25 @@ async def reconcile_if_watching(catalog: Catalog, progress: Callable[[int, int],
     :meth:`FileLocks.take_watch_lease`), the start-up reconcile; without it, nothing (the
     process that watches has reconciled, and this one's watcher stands by)."""
     if catalog.locks.take_watch_lease():
-        await reconcile_logged(catalog, progress)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(give_signs_of_life, catalog.locks)  # (a reconcile may be long)
+            await reconcile_logged(catalog, progress)
+            nursery.cancel_scope.cancel()
+
+
+async def give_signs_of_life(locks: FileLocks) -> None:
+    """The watch lease holder's signs of life (see :data:`BEAT_EVERY`), until cancelled."""
+    failed = False
+    while True:
+        try:
+            await in_thread(locks.beat)
+        except OSError as exc:
+            if not failed:
+                log.warning("watch: a sign of life could not be given (%s); standbys may say so", exc)
+            failed = True
+        else:
+            failed = False
+        await trio.sleep(BEAT_EVERY)
 
 
 async def reconcile_logged(

@@ -909,22 +909,30 @@ async def test_a_standby_says_when_the_lease_holder_gives_no_sign_of_life(
 ) -> None:
     """A holder stopped (SIGSTOP) or hung on its disk keeps the lease, and nothing is
     versioned meanwhile: a standby that sees no sign of life from it for SILENT_HOLDER
-    seconds is not ok in /health, and says so once in the log; signs of life again, it is."""
+    seconds is not ok in /health, and says so once in the log; signs of life again, it is.
+    A holder never seen giving any (a release from before them) is not said silent, and
+    another process's start (a CLI command) is no sign of life of the holder's."""
     monkeypatch.setattr(horace.watch, "BEAT_EVERY", 0.1)
+    monkeypatch.setattr(horace.watch, "LEASE_LOOK_EVERY", 0.1)
     watcher = horace.watch.Watcher(catalog, settle=0.1)
+    long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
     async with trio.open_nursery() as nursery, open_catalog(settings, check=False) as holder:
         assert holder.locks.take_watch_lease()
-        holder.locks.beat()
+        os.utime(holder.storage.lock_file, (long_ago, long_ago))  # an older release's holder
         nursery.start_soon(watcher.run)
         await eventually(lambda: _true(watcher.standby), "standing by")
         await trio.sleep(0.5)
         assert watcher.ok and watcher.status()["lease_holder_silent_s"] is None
-        long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
+        holder.locks.beat()
+        await trio.sleep(0.5)
         os.utime(holder.storage.lock_file, (long_ago, long_ago))  # its last sign, a minute ago
         await eventually(lambda: _true(not watcher.ok), "the silence seen")
         assert watcher.status()["lease_holder_silent_s"] >= horace.watch.SILENT_HOLDER
         said = [r.getMessage() for r in caplog.records if "no sign of life" in r.getMessage()]
         assert len(said) == 1 and "nothing is being versioned" in said[0]
+        async with open_catalog(settings):  # a writing command's start
+            await trio.sleep(0.5)
+        assert not watcher.ok
         holder.locks.beat()
         await eventually(lambda: _true(watcher.ok), "signs of life again")
         nursery.cancel_scope.cancel()
