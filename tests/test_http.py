@@ -459,6 +459,41 @@ async def test_empty_lines_before_a_request_line_are_ignored(server: RunningHora
     await stream.aclose()
 
 
+async def test_a_crlf_after_a_body_is_ignored(server: RunningHorace, client: HttpMcp) -> None:
+    """The case RFC 9112 2.2 names: a client that sends CRLF after a POST's body, in the
+    same segment as the body (and the next request, or not)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)  # type: ignore[arg-type]
+    head = "".join(f"{name}: {value}\r\n" for name, value in client.headers().items())
+
+    def ping(request_id: int) -> bytes:
+        body = json.dumps(request(request_id, "ping")).encode()
+        return (
+            f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(body)}\r\n{head}\r\n".encode()
+            + body
+        )
+
+    answers = b""
+    with trio.fail_after(10):
+        await stream.send_all(ping(1) + b"\r\n" + ping(2) + b"\r\n")
+        while answers.count(b'"result"') < 2:
+            answers += await stream.receive_some(65536)
+        await stream.send_all(ping(3))
+        while answers.count(b'"result"') < 3:
+            answers += await stream.receive_some(65536)
+    assert answers.count(b"HTTP/1.1 200 ") == 3 and b"400" not in answers, answers
+    await stream.aclose()
+
+
+async def test_only_empty_lines_are_refused_past_the_head_limit(server: RunningHorace) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)  # type: ignore[arg-type]
+    answer = b""
+    with trio.fail_after(10):
+        await stream.send_all(b"\r\n" * 40_000)
+        while data := await stream.receive_some(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"only empty lines" in answer, answer[:300]
+
+
 # -- answers: JSON or SSE ---------------------------------------------------------------------
 
 

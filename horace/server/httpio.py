@@ -99,6 +99,7 @@ class HttpConnection:
         something that is not HTTP (answered 400 here)."""
         self.received = bytearray(self.h11.trailing_data[0])  # a pipelined request's start
         self.answer_headers = []
+        blank = 0  # bytes of empty lines before the request line, ignored
         while True:
             try:
                 event = self.h11.next_event()
@@ -121,7 +122,14 @@ class HttpConnection:
                 if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
                     # Empty lines before a request line are ignored (RFC 9112 2.2: a client
                     # may send CRLF after a POST's body); h11 takes the first for a head.
-                    data = bytes(data).lstrip(b"\r\n")
+                    stripped = bytes(data).lstrip(b"\r\n")
+                    blank += len(data) - len(stripped)
+                    if blank > MAX_HEAD_BYTES:
+                        await self._refuse_head(
+                            HTTPStatus.BAD_REQUEST, "only empty lines, and no request line"
+                        )
+                        return None
+                    data = stripped
                     if not data:
                         continue
                 self.received += data
@@ -266,6 +274,18 @@ class HttpConnection:
         """Ready the connection for another request; False when it must close."""
         if not self.broken and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
+            pending, closed = self.h11.trailing_data
+            if pending[:1] in (b"\r", b"\n"):
+                # Empty lines after the last request (a CRLF after a POST's body, in the same
+                # segment): ignored, as before a request line (RFC 9112 2.2). h11 keeps what
+                # it received; a connection between requests holds no other state, so a new
+                # one is given the rest.
+                self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+                rest = bytes(pending).lstrip(b"\r\n")
+                if rest:
+                    self.h11.receive_data(rest)
+                if closed:
+                    self.h11.receive_data(b"")  # (b"": the end of what the client sends)
             return True
         return False
 
