@@ -47,14 +47,18 @@ def place_problem(url: str) -> str | None:
     if not url.startswith("sqlite://"):
         return None
     path = Path(url.removeprefix("sqlite://"))
-    if len(os.fsencode(path)) > SQLITE_LONGEST_PATH:
+    # (SQLite opens the file by its real path: through a symbolic link, that may be longer.)
+    longest = max(len(os.fsencode(path)), len(os.fsencode(os.path.realpath(path))))
+    if longest > SQLITE_LONGEST_PATH:
         return (
-            f"unusable database URL: sqlite://{path}: its path is {len(os.fsencode(path))} bytes, and "
-            f"SQLite opens none over {SQLITE_LONGEST_PATH} (its journal's name must fit in 512): "
-            "choose a shorter one"
+            f"unusable database URL: sqlite://{path}: its path is {longest} bytes (symbolic links "
+            f"followed), and SQLite opens none over {SQLITE_LONGEST_PATH} (its journal's name must "
+            "fit in 512): choose a shorter one"
         )
     if path.is_dir():
-        return f"unusable database URL: sqlite://{path} is a folder; name the catalog's file in it"
+        return f"unusable database URL: sqlite://{path} is a folder; name the database's file in it"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"unusable database URL: sqlite://{path}: {path.parent} is a file, not a folder"
     if not path.parent.is_dir():
         return (
             f"unusable database URL: sqlite://{path}: there is no folder {path.parent} "

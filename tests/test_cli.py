@@ -312,7 +312,12 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         done = horace(*command, env={**root, "HORACE_CONVERSATIONS_URL": f"sqlite://{typo}"})
         one_line_error(done, Exit.CONFIG, "HORACE_CONVERSATIONS_URL", f"there is no folder {typo.parent}")
     not_a_database = write(tmp_path / "notes.db", "not a database\n")
+    deep = tmp_path / ("x" * 200) / ("y" * 200) / ("z" * 100)
+    deep.mkdir(parents=True)
+    (tmp_path / "short").symlink_to(deep)
     for url, words in [
+        (f"sqlite://{tmp_path}/short/c.db", ("symbolic links followed", "SQLite opens none over 503")),
+        (f"sqlite://{not_a_database}/c.db", (f"{not_a_database} is a file, not a folder",)),
         (f"sqlite://{tmp_path}/c.db?mode=rw", ("takes a path only",)),
         (f"sqlite://{tmp_path}/", ("is a folder",)),
         (f"sqlite://{tmp_path}/{'x' * 200}/{'y' * 200}/{'z' * 100}.db", ("SQLite opens none over 503",)),
