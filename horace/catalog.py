@@ -968,8 +968,13 @@ class Catalog:
         *deleted_after*: a removed folder (``rm -rf``) brought back without the files
         deleted there on purpose before. The files are found first, then undeleted one at
         a time, in path order, each whole; one that cannot come back (a folder now at its
-        path, a writer's file) is an error of its own, and the others still come back."""
+        path, a writer's file) is an error of its own, and the others still come back. A
+        file's path, or a folder with no file ever deleted under it (a typo), is refused."""
         rel = self.relative(folder, folder=True, on_disk=False).rstrip("/")
+        if await self.backend.file_by_path(rel) is not None:
+            raise HoraceError(
+                ErrorCode.INVALID_ARGUMENT, f"{rel!r} is a file, not a folder: undelete it alone (without -r)"
+            )
         query = SearchQuery(
             path=_literal_glob(rel) + "/*",  # (a glob's * crosses /: every file below)
             status=Status.DELETED,
@@ -981,6 +986,8 @@ class Catalog:
         cursor: str | None = None
         while True:
             page = await self.search(query, cursor)
+            if not page.total_count:
+                raise HoraceError(ErrorCode.NOT_CATALOGED, f"no file was deleted under {rel!r}")
             found += (
                 f
                 for f in page.results

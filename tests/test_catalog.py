@@ -799,6 +799,13 @@ async def test_a_removed_folder_comes_back_without_what_was_deleted_there_before
     # Without a moment: every file deleted there (the one whose path is a folder still not).
     again = await catalog.undelete_folder("w*/")
     assert [f.file_path for f in again.undeleted] == ["w*/old.txt"] and len(again.errors) == 1
+    # A file's path, or a folder where nothing was ever deleted (a typo): refused.
+    with pytest.raises(HoraceError, match="is a file, not a folder") as refused:
+        await catalog.undelete_folder("w*/a.txt")
+    assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+    with pytest.raises(HoraceError, match="no file was deleted under 'w'") as refused:
+        await catalog.undelete_folder("w")
+    assert refused.value.code is ErrorCode.NOT_CATALOGED
 
 
 async def test_undelete_refuses_an_archived_file(catalog: Catalog, files: Path) -> None:
