@@ -895,8 +895,13 @@ def serve(
     SIGINT, SIGTERM or SIGHUP. Creates the store when there is none."""
     from horace.server.serving import serve as run_server
 
-    if poll and not _settings(ctx, watch=watch).watch:  # (it would serve, watching nothing)
+    watching = _settings(ctx, watch=watch).watch
+    if poll and not watching:  # (it would serve, watching nothing)
         raise click.UsageError("--poll says how watch mode looks at files: give --watch with it")
+    if not watching and _settings(ctx).watch_poll:
+        click.echo(
+            "horace: warning: HORACE_WATCH_POLL is set, but watch mode is off: nothing is watched", err=True
+        )
     _run_service(ctx, log_level, run_server, host=host, port=port, watch=watch, watch_poll=poll)
 
 

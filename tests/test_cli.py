@@ -367,6 +367,9 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         one_line_error(horace("serve", "--port", port), Exit.USAGE, "is not a port: a number from 0")
     # (served, it would watch nothing: --poll alone says how to watch, not to)
     one_line_error(horace("serve", "--poll", "--port", "0"), Exit.USAGE, "USAGE", "give --watch with it")
+    # (said first; then the host is refused, before a store is made)
+    polled = horace("serve", "--host", "no-such-host.invalid", env={"HORACE_WATCH_POLL": "1"})
+    assert "HORACE_WATCH_POLL is set, but watch mode is off" in polled.stderr, polled.stderr
     cleared_and_set = horace("update", "a.txt", "--clear-tags", "--tag", "weekly")
     one_line_error(cleared_and_set, Exit.USAGE, "USAGE", "--clear-tags", "give one of them")
 
