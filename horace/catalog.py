@@ -975,27 +975,14 @@ class Catalog:
             raise HoraceError(
                 ErrorCode.INVALID_ARGUMENT, f"{rel!r} is a file, not a folder: undelete it alone (without -r)"
             )
-        query = SearchQuery(
-            path=_literal_glob(rel) + "/*",  # (a glob's * crosses /: every file below)
-            status=Status.DELETED,
-            sort_by=SortKey.PATH,
-            order=Order.ASC,
-            limit=MAX_SEARCH_LIMIT,
-        )
-        found: list[FileRecord] = []
-        cursor: str | None = None
-        while True:
-            page = await self.search(query, cursor)
-            if not page.total_count:
-                raise HoraceError(ErrorCode.NOT_CATALOGED, f"no file was deleted under {rel!r}")
-            found += (
-                f
-                for f in page.results
-                if deleted_after is None or (f.deleted_at is not None and f.deleted_at >= deleted_after)
-            )
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
+        deleted = await self.files_under(rel, Status.DELETED)
+        if not deleted:
+            raise HoraceError(ErrorCode.NOT_CATALOGED, f"no file was deleted under {rel!r}")
+        found = [
+            f
+            for f in deleted
+            if deleted_after is None or (f.deleted_at is not None and f.deleted_at >= deleted_after)
+        ]
         undeleted: list[FileRecord] = []
         errors: list[str] = []
         for file in found:
@@ -1004,6 +991,25 @@ class Catalog:
             except HoraceError as exc:
                 errors.append(f"{paths.printable(file.file_path)}: {exc.code.value} {exc.message}")
         return FolderUndeleted(tuple(undeleted), tuple(errors))
+
+    async def files_under(self, rel: str, status: Status) -> list[FileRecord]:
+        """The files catalogued under the folder *rel* (relative to files/) with *status*,
+        in path order, read a search page at a time."""
+        query = SearchQuery(
+            path=_literal_glob(rel) + "/*",  # (a glob's * crosses /: every file below)
+            status=status,
+            sort_by=SortKey.PATH,
+            order=Order.ASC,
+            limit=MAX_SEARCH_LIMIT,
+        )
+        found: list[FileRecord] = []
+        cursor: str | None = None
+        while True:
+            page = await self.search(query, cursor)
+            found += page.results
+            if page.next_cursor is None:
+                return found
+            cursor = page.next_cursor
 
     async def _verified_object(self, checksum: str, what: str) -> None:
         found = await in_thread(self.storage.hash_object, checksum, check_cancelled)

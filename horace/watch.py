@@ -37,7 +37,7 @@ import attrs
 import trio
 
 from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull
-from horace.backends.records import FileRecord, SearchQuery, Status
+from horace.backends.records import FileRecord, Status
 from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
 from horace.changefeed import Change, ChangeFeed, open_change_feed
 from horace.locks import FileLocks
@@ -67,10 +67,6 @@ LEASE_LOOK_EVERY = 1.0  # seconds between a standing-by watcher's looks at the w
 # lease, and nothing is versioned until it goes.
 BEAT_EVERY = 5.0
 SILENT_HOLDER = 30.0
-
-
-def _glob_literal(text: str) -> str:
-    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
 
 
 @attrs.define
@@ -612,17 +608,11 @@ class Watcher:
         then. (One still there is left alone: should it go later, its own event says so,
         and its wait starts then, not now, when the other half of its rename is not due.)"""
         now = trio.current_time()
-        query = SearchQuery(path=_glob_literal(rel) + "/*", status=Status.ACTIVE, limit=1000)
-        cursor = None
-        while True:
-            page = await self.catalog.search(query, cursor)
-            present = await in_thread(self._present, [found.file_path for found in page.results])
-            for found in page.results:
-                if found.file_path not in present:
-                    self._vanished.add(found, now)
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
+        under = await self.catalog.files_under(rel, Status.ACTIVE)
+        present = await in_thread(self._present, [found.file_path for found in under])
+        for found in under:
+            if found.file_path not in present:
+                self._vanished.add(found, now)
         self._wakeup.set()
 
     def _file_vanished(self, record: FileRecord) -> bool:
