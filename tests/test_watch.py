@@ -1037,6 +1037,20 @@ async def test_a_file_moved_out_of_a_folder_just_renamed_keeps_its_history(
     assert len(await catalog.backend.all_files()) == 2
 
 
+async def test_a_folder_looked_at_sets_only_its_gone_files_vanishing(catalog: Catalog, files: Path) -> None:
+    """A folder's own event (made again, or moved away and back, before the watcher looked)
+    sets waiting as vanished only the files catalogued under it that are gone: one still
+    there is no rename's missing half, and is not reported as vanished."""
+    watcher = horace.watch.Watcher(catalog, settle=SETTLE)
+    write(files / "user/B/here.txt", "still here")
+    write(files / "user/B/gone.txt", "gone")
+    for name in ("here", "gone"):
+        await catalog.register(f"user/B/{name}.txt")
+    (files / "user/B/gone.txt").unlink()
+    assert await watcher._take("user/B", "test-folder-looked-at")
+    assert watcher.status()["vanished"] == 1
+
+
 async def test_a_file_moved_three_times_within_a_settle_time_keeps_its_history(
     catalog: Catalog, files: Path
 ) -> None:
