@@ -392,13 +392,14 @@ class Catalog:
 
     def relative(self, client_path: str, *, folder: bool = False, on_disk: bool = True) -> str:
         """*client_path* relative to files/: a file's path, or with *folder* a folder's
-        (which may end in "/"; a file's may not: ``a.txt/`` names no file). Not *on_disk*:
+        (which may end in "/"; a file's may not: ``a.txt/`` names no file; files/ itself
+        is ``""``). Not *on_disk*:
         a catalogued file's name only, whatever is at that path now (a symlink, a file
         where a folder was): its record is found, and what acts on disk refuses such a
         path there (each component opened with O_NOFOLLOW)."""
         if not folder and isinstance(client_path, str) and client_path.endswith("/"):
             raise HoraceError(ErrorCode.INVALID_PATH, f"invalid path {client_path!r}: ends in / (a folder)")
-        return paths.to_relative(self.storage.files, client_path, on_disk=on_disk)
+        return paths.to_relative(self.storage.files, client_path, on_disk=on_disk, folder=folder)
 
     def _check_described(self, what: str, description: dict[str, Any]) -> None:
         # In UTF-8, as the wire carries it (not as \uXXXX escapes, 2-6 times as long)
@@ -969,15 +970,23 @@ class Catalog:
         deleted there on purpose before. The files are found first, then undeleted one at
         a time, in path order, each whole; one that cannot come back (a folder now at its
         path, a writer's file) is an error of its own, and the others still come back. A
-        file's path, or a folder with no file ever deleted under it (a typo), is refused."""
+        file's path, or a folder with no file ever deleted under it (a typo), is refused;
+        so is files/ itself without *deleted_after* (every file ever deleted)."""
         rel = self.relative(folder, folder=True, on_disk=False).rstrip("/")
-        if await self.backend.file_by_path(rel) is not None:
+        if not rel and deleted_after is None:
+            raise HoraceError(
+                ErrorCode.INVALID_ARGUMENT,
+                "files/ itself takes a moment to undelete from (--deleted-after): "
+                "without one, every file ever deleted would come back",
+            )
+        if rel and await self.backend.file_by_path(rel) is not None:
             raise HoraceError(
                 ErrorCode.INVALID_ARGUMENT, f"{rel!r} is a file, not a folder: undelete it alone (without -r)"
             )
         deleted = await self.files_under(rel, Status.DELETED)
         if not deleted:
-            raise HoraceError(ErrorCode.NOT_CATALOGED, f"no file was deleted under {rel!r}")
+            where = repr(rel) if rel else "files/"
+            raise HoraceError(ErrorCode.NOT_CATALOGED, f"no file was deleted under {where}")
         found = [
             f
             for f in deleted
@@ -993,10 +1002,10 @@ class Catalog:
         return FolderUndeleted(tuple(undeleted), tuple(errors))
 
     async def files_under(self, rel: str, status: Status) -> list[FileRecord]:
-        """The files catalogued under the folder *rel* (relative to files/) with *status*,
-        in path order, read a search page at a time."""
+        """The files catalogued under the folder *rel* (relative to files/; "": files/
+        itself) with *status*, in path order, read a search page at a time."""
         query = SearchQuery(
-            path=_literal_glob(rel) + "/*",  # (a glob's * crosses /: every file below)
+            path=_literal_glob(rel) + "/*" if rel else "*",  # (a glob's * crosses /: every file below)
             status=status,
             sort_by=SortKey.PATH,
             order=Order.ASC,
@@ -1182,8 +1191,8 @@ class Catalog:
         """
         rel_under = None
         if under is not None:
-            rel_under = self.relative(under, folder=True)  # "" is refused
-            if not await in_thread((self.storage.files / rel_under).is_dir):
+            rel_under = self.relative(under, folder=True) or None  # (files/ itself: all of it)
+            if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
                 if not under.endswith("/") and await in_thread((self.storage.files / rel_under).is_file):
                     return await self._scan_one(rel_under, correlation_id, progress)
                 raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder or file {rel_under!r} under files/")

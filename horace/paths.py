@@ -76,12 +76,13 @@ def _invalid(path: str, why: str) -> HoraceError:
     return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {printable(path)!r}: {why}")
 
 
-def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True) -> str:
+def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True, folder: bool = False) -> str:
     """Return the normalised POSIX path of *client_path* relative to *files_root*.
 
     Refuses NUL bytes, paths that leave the root after resolving ``..``, the root
-    itself, anything under ``.horace/`` and, *on_disk*, any path with a symlink in it
-    (without, the path only names a catalogued file: what is on disk is not looked at).
+    itself (unless *folder*: then it is ``""``, the folder of every file), anything
+    under ``.horace/`` and, *on_disk*, any path with a symlink in it (without, the path
+    only names a catalogued file: what is on disk is not looked at).
     """
     if not isinstance(client_path, str) or not client_path.strip():
         raise _invalid(str(client_path), "empty path")
@@ -100,6 +101,8 @@ def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True) -> 
             raise _invalid(client_path, "outside the storage root's files/")
     rel = posixpath.normpath(candidate)
     if rel in (".", ""):
+        if folder:
+            return ""
         raise _invalid(client_path, "names the files/ folder itself")
     parts = rel.split("/")
     if parts[0] == ".." or rel.startswith("/"):

@@ -17,11 +17,13 @@ import posixpath
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+import trio
 from helpers import write
 from soundness import assert_sound, digest, objects_on_disk
 
@@ -84,8 +86,9 @@ async def refused_everywhere(catalog: Catalog, path: str) -> None:
     calls: dict[str, Callable[[], object]] = {
         "register": lambda: catalog.register(path),
         "get_info": lambda: catalog.get_info(file_path=path),
-        "scan": lambda: catalog.scan(path),
     }
+    if path not in files_itself(catalog.storage.files):
+        calls["scan"] = lambda: catalog.scan(path)
     for name, call in calls.items():
         with pytest.raises(HoraceError) as refused:
             await call()  # type: ignore[misc]
@@ -113,6 +116,11 @@ def _refused_by_the_disk(files: Path, path: str) -> bool:
     return False
 
 
+def files_itself(files: Path) -> tuple[str, ...]:
+    """Names of files/ itself: no file's path; a folder's, the folder of every file."""
+    return (str(files), str(files) + "/", ".", "./", "user/..", "user/../.", str(files / "user" / ".."))
+
+
 def hostile_paths(files: Path, outside: Path, object_checksum: str) -> Iterator[str]:
     root = files.parent
     sub = f"{object_checksum[:2]}/{object_checksum}"
@@ -126,16 +134,6 @@ def hostile_paths(files: Path, outside: Path, object_checksum: str) -> Iterator[
     yield str(outside / "secret.txt")
     # The sibling whose name shares the prefix: compared as strings it would pass.
     yield from (str(root / "files_evil" / "x"), "../files_evil/x", str(files) + "_evil/x")
-    # The root itself.
-    yield from (
-        str(files),
-        str(files) + "/",
-        ".",
-        "./",
-        "user/..",
-        "user/../.",
-        str(files / "user" / ".."),
-    )
     # Horace's own data, reached by .. and by absolute path, and a .horace under files/.
     yield from (
         f"../.horace/objects/{sub}",
@@ -184,7 +182,7 @@ async def test_hostile_paths_are_refused_and_touch_nothing(
         object_path.stat().st_mtime_ns,
     )
     before = objects_on_disk(catalog)
-    corpus = list(hostile_paths(files, outside, registered.file.checksum))
+    corpus = [*hostile_paths(files, outside, registered.file.checksum), *files_itself(files)]
     assert len(corpus) > 30
     for path in corpus:
         await refused_everywhere(catalog, path)
@@ -215,6 +213,44 @@ async def test_paths_that_normalise_inside_are_accepted(catalog: Catalog, files:
     write(files / "user" / "sub" / "c.txt", b"c")
     report = await catalog.scan("user//sub/.")
     assert (report.scanned, report.registered) == (2, 1)
+    await assert_sound(catalog)
+
+
+async def test_files_itself_names_no_file_and_the_folder_of_every_file(catalog: Catalog, files: Path) -> None:
+    """files/ itself, however spelt, is no file's path; as a folder (a scan's, a folder
+    undelete's), it holds every file: `horace scan .` in files/ scans it all."""
+    write(files / "user/sub/a.txt", b"a")
+    write(files / "b.txt", b"b")
+    for n, path in enumerate(files_itself(files)):
+        with pytest.raises(HoraceError) as refused:
+            await catalog.register(path)
+        assert refused.value.code is ErrorCode.INVALID_PATH, path
+        write(files / f"user/new-{n}.txt", f"new {n}")
+        report = await catalog.scan(path)
+        assert (report.scanned, report.registered) == (n + 3, 1 if n else 3), path
+    before = datetime.now(UTC) - timedelta(days=1)
+    with pytest.raises(HoraceError) as nothing_deleted:
+        await catalog.undelete_folder(".", deleted_after=before)
+    assert (nothing_deleted.value.code, nothing_deleted.value.message) == (
+        ErrorCode.NOT_CATALOGED,
+        "no file was deleted under files/",
+    )
+    on_purpose = await catalog.get_info(file_path="user/new-0.txt")
+    await catalog.delete(on_purpose.file.id)
+    await trio.sleep(0.01)
+    accident = datetime.now(UTC)
+    top = await catalog.get_info(file_path="b.txt")
+    below = await catalog.get_info(file_path="user/sub/a.txt")
+    for info in (top, below):
+        await catalog.delete(info.file.id)
+    with pytest.raises(HoraceError) as every_deletion:  # (the one on purpose too)
+        await catalog.undelete_folder(".")
+    assert every_deletion.value.code is ErrorCode.INVALID_ARGUMENT
+    assert "--deleted-after" in every_deletion.value.message
+    done = await catalog.undelete_folder(str(files) + "/", deleted_after=accident)
+    assert sorted(f.file_path for f in done.undeleted) == ["b.txt", "user/sub/a.txt"]
+    assert (files / "b.txt").read_bytes() == b"b" and (files / "user/sub/a.txt").read_bytes() == b"a"
+    assert (await catalog.file(on_purpose.file.id)).status is Status.DELETED
     await assert_sound(catalog)
 
 
@@ -302,8 +338,8 @@ async def test_parent_swapped_after_the_check_is_not_followed_on_read(
     real = horace.paths.to_relative
     swapped = []
 
-    def checked_then_swapped(root: Path, client_path: str, *, on_disk: bool = True) -> str:
-        rel = real(root, client_path, on_disk=on_disk)  # the check passes: no symlink yet
+    def checked_then_swapped(root: Path, client_path: str, **options: bool) -> str:
+        rel = real(root, client_path, **options)  # the check passes: no symlink yet
         swap_for_symlink(folder, outside_twin)
         swapped.append(rel)
         return rel
