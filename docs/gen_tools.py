@@ -130,7 +130,8 @@ NOTES = {
     "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `no_versions`, "
     "`working_missing`, `working_modified`, `working_unreadable` (its folder, or itself), "
     "`working_refused` (there, but not catalogable as it is: hard linked, a FIFO; its changes "
-    "are not versioned); `version` is null for file problems. With a `progressToken` in "
+    "are not versioned), `deleted_present` (a deleted file whose path holds a file again: a scan "
+    "catalogs it as the file's next version); `version` is null for file problems. With a `progressToken` in "
     "`_meta`, `notifications/progress` are sent while it runs.",
     "horace_scan": "`skipped` lists names that can never be catalogued (not UTF-8, `.horace`, or "
     "in Horace's reserved `.horace-tmp-` form), each with why. Files that could not be taken are "

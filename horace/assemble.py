@@ -168,7 +168,12 @@ async def _bound_backend(
             )
         raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}: {advice}") from None
     identity = await backend.identity()
-    decision = decide(state, identity, str(storage.root), url, adopt=adopt)
+    twin = (
+        state.store_id is not None
+        and identity.storage_path not in (None, str(storage.root))
+        and await in_thread(storage.twin_at, identity.storage_path, state.store_id)
+    )
+    decision = decide(state, identity, str(storage.root), url, adopt=adopt, twin_at_recorded_path=twin)
     if read_only:
         # Read-only commands leave the schema as it is: they read only what every schema
         # step has had (files, versions, collections); and they bind nothing.

@@ -39,9 +39,22 @@ class Decision:
 
 
 def decide(
-    store: StoreState, catalog: CatalogIdentity, root: str, url: str, *, adopt: bool = False
+    store: StoreState,
+    catalog: CatalogIdentity,
+    root: str,
+    url: str,
+    *,
+    adopt: bool = False,
+    twin_at_recorded_path: bool = False,
 ) -> Decision:
     """What to do with this pair; :class:`StoreRefused` when it is not one.
+
+    *twin_at_recorded_path*: a store of this identity, not this one, is at the path the
+    catalog recorded for its store (:meth:`Storage.twin_at`). One of the two is a copy of
+    the other (``cp -a``, a backup restored elsewhere); a copy carries its SQLite catalog
+    along, and keeps it, but a catalog elsewhere (PostgreSQL, a file outside the store) it
+    would share with the store it was copied from, and each would record the other's
+    files as deleted or changed. The one at another path than the recorded one is refused.
 
     *adopt* (an operator's explicit ``horace init --adopt``) binds an empty, unbound
     catalog to a store whose own catalog is lost, under a new identity: should the lost
@@ -58,6 +71,16 @@ def decide(
     if store.store_id is not None and catalog.store_id is not None:
         if store.store_id == catalog.store_id:
             if _same_place(store, catalog.place):
+                if twin_at_recorded_path and catalog.place != store.own_catalog_place:
+                    raise StoreRefused(
+                        f"the store at {root} is a copy of the store at {catalog.storage_path} (the "
+                        f"same identity, {store.store_id}), which is still there and bound to the "
+                        f"catalog {shown}: two stores writing one catalog each record the other's files "
+                        f"as deleted or changed. Use the store at {catalog.storage_path}; if this copy "
+                        "is to take its place (a move), remove or rename that one first; to keep this "
+                        "copy apart, give it a copy of the catalog (a restored dump) with `horace init "
+                        "--adopt --database URL`"
+                    )
                 return Decision(Verdict.MATCH)
             if adopt:
                 return Decision(Verdict.REBIND, store.store_id)

@@ -1884,6 +1884,7 @@ class Catalog:
         the backend's upkeep (:meth:`Backend.tidy`)."""
         await self.ensure_bound()
         cutoff = self.clock() - self.policy.deleted_retention
+        await self._take_back_the_present(cutoff)
         purged, orphans = await self.backend.purge_deleted(cutoff)
         orphans = await self._unless_copied(orphans)
         deleted = []
@@ -1897,6 +1898,39 @@ class Catalog:
         deleted += await self.collect_orphans()
         await self.backend.tidy()
         return PurgeReport(purged, len(deleted))
+
+    async def _take_back_the_present(self, cutoff: datetime) -> None:
+        """The deleted files due for the purge whose path holds a file again, catalogued
+        with it as a scan would (:meth:`register` revives them, the file their next
+        version): the purge takes the history of files that are gone, not of one put back
+        with no scan or watcher since, nor of one recorded deleted by mistake (by a process
+        that looked at another folder, say)."""
+        due = [
+            f
+            for f in await self.files_under("", Status.DELETED)
+            if f.deleted_at is not None and f.deleted_at < cutoff
+        ]
+        present = await in_thread(lambda: [f for f in due if self.storage.working_exists(f.file_path)])
+        for file in present:
+            extra = {"file_id": file.id}
+            try:
+                await self.register(file.file_path)
+            except HoraceError as exc:
+                log.error(
+                    "purge: a file is at the path of the deleted %s, not catalogued (%s): "
+                    "its history is purged",
+                    file.file_path,
+                    exc.message,
+                    extra=extra,
+                )
+                continue
+            log.warning(
+                "purge: a file is at the path of %s, deleted at %s: catalogued again as its "
+                "next version, its history kept",
+                file.file_path,
+                file.deleted_at,
+                extra=extra,
+            )
 
     async def _unless_copied(self, checksums: Sequence[str]) -> list[str]:
         """*checksums* (contents no version holds any more, about to be collected) but those

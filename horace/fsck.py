@@ -796,7 +796,7 @@ async def _recover_object(
 
 @frozen
 class Problem:
-    kind: str  # missing_object, checksum_mismatch, working_modified, working_missing
+    kind: str  # missing_object, checksum_mismatch, working_modified, working_missing, deleted_present, ...
     file_id: str
     file_path: str
     version: int | None
@@ -844,6 +844,13 @@ async def verify(
             found = await in_thread(_working_problem, catalog.storage, f)
             if found is not None:
                 problems.append(Problem(found[0], f.id, f.file_path, None, found[1]))
+        elif f.status is Status.DELETED and await in_thread(catalog.storage.working_exists, f.file_path):
+            detail = (
+                "deleted in the catalog, but a file is at its path (put back, or recorded deleted "
+                "by mistake): `horace scan` catalogs it as the file's next version, its history kept "
+                "(as the purge does before it would take that history)"
+            )
+            problems.append(Problem("deleted_present", f.id, f.file_path, None, detail))
         if progress:
             progress(done, total)
     return VerifyReport(len(files), len(checked), tuple(problems))

@@ -567,6 +567,18 @@ class Storage:
             own,
         )
 
+    def twin_at(self, path: str, store_id: str) -> bool:
+        """Whether another store of the identity *store_id* is at *path*: a folder that is
+        not this root (reached another way: a symlink, a bind mount) and whose store.json
+        says so; a copy of one store is the other's twin. Nothing readable there, no twin."""
+        try:
+            if os.path.samefile(path, self.root):
+                return False
+            recorded = json.loads((Path(path) / HORACE_DIR / IDENTITY_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(recorded, dict) and recorded.get("store_id") == store_id
+
     def check_one_file_system(self) -> None:
         """Refuse (:class:`StorageUnusable`) a store whose folders are not one mount (no
         rename crosses mounts, not even a bind mount of the same disk, which the device

@@ -168,6 +168,45 @@ async def test_a_catalog_bound_elsewhere_is_refused(tmp_path: Path, database_url
     await _restorable(first, file_id, first.storage_path / "files")
 
 
+async def test_a_copy_of_a_store_is_refused_by_the_catalog_it_would_share(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A store copied (`cp -a`, a backup restored elsewhere) has the original's identity.
+    With the catalog outside the store (PostgreSQL, a file elsewhere), the two would share
+    it, each recording the other's files as deleted or changed: the copy is refused, for
+    reading too, while the original is at the path the catalog recorded; the original
+    moved away (the copy was its move), the copy opens. The store reached another way (a
+    symlink) is itself, and a copy with the SQLite catalog inside it has its own."""
+    live = Settings(storage_path=tmp_path / "live", database_url=database_url)
+    file_id, history = await _history(live, live.storage_path / "files")
+    copy = tmp_path / "copy"
+    shutil.copytree(live.storage_path, copy, symlinks=True)
+    (copy / "files/user/report.md").write_text("the copy's own draft")
+    (copy / "files/user/report.md").with_name("new.md").write_text("only in the copy")
+    copied = attrs.evolve(live, storage_path=copy)
+    for read_only in (False, True):
+        with pytest.raises(StoreRefused, match=f"is a copy of the store at {live.storage_path}"):
+            async with open_catalog(copied, read_only=read_only):
+                pytest.fail("a copy of the store opened the catalog it shares with the original")
+    async with open_catalog(live) as catalog:
+        assert [f.file_path for f in await catalog.backend.all_files()] == ["user/report.md"]
+        assert (await catalog.file(file_id)).current_version == 3
+        assert (await catalog.scan()).unchanged == 1
+    (tmp_path / "alias").symlink_to(live.storage_path, target_is_directory=True)
+    async with open_catalog(attrs.evolve(live, storage_path=tmp_path / "alias")):
+        pass
+    own = Settings(storage_path=tmp_path / "own")
+    await _history(own, own.storage_path / "files")
+    shutil.copytree(own.storage_path, tmp_path / "own-copy", symlinks=True)
+    async with open_catalog(attrs.evolve(own, storage_path=tmp_path / "own-copy")):
+        pass
+    live.storage_path.rename(tmp_path / "retired")
+    async with open_catalog(copied) as catalog:
+        assert (await catalog.file(file_id)).current_version == 3
+        assert objects_on_disk(catalog) == history
+    await _restorable(copied, file_id, copy / "files")
+
+
 async def test_two_catalogs_of_two_stores_do_not_mix(
     tmp_path: Path, database_url: str, other_database_url: str
 ) -> None:

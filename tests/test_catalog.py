@@ -22,6 +22,7 @@ import attrs
 import pytest
 import trio
 from helpers import sha256, write
+from soundness import assert_sound
 
 import horace.server.tools as tools
 import horace.storage
@@ -1007,6 +1008,35 @@ async def purging(settings: Settings) -> AsyncIterator[tuple[Catalog, list[datet
         yield catalog, now
 
 
+async def test_the_purge_keeps_the_history_of_a_deleted_file_whose_path_holds_a_file_again(
+    settings: Settings, files: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deleted file due for the purge whose path holds a file again (put back with no
+    scan or watcher since; recorded deleted by mistake) is catalogued with it, as a scan
+    would, its history kept; the one that is gone is purged."""
+    async with purging(settings) as (catalog, now):
+        for text in ("v1", "v2"):
+            write(files / "user/back.txt", text)
+            back = (await catalog.register("user/back.txt")).file
+        write(files / "user/gone.txt", "gone")
+        gone = (await catalog.register("user/gone.txt")).file
+        for file in (back, gone):
+            await catalog.delete(file.id)
+        write(files / "user/back.txt", "put back")
+        now[0] += timedelta(days=31)
+        report = await catalog.purge()
+        assert report.files_purged == 1
+        assert await catalog.backend.file_by_id(gone.id) is None
+        kept = await catalog.file(back.id)
+        assert (kept.status, kept.current_version) == (Status.ACTIVE, 3)
+        assert sorted(v.version for v in await catalog.backend.versions(back.id)) == [1, 2, 3]
+        assert (await catalog.content(kept, 1, 1024)).data == b"v1"
+        assert any(
+            "user/back.txt" in r.getMessage() and "history kept" in r.getMessage() for r in caplog.records
+        )
+        await assert_sound(catalog)
+
+
 async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Settings, files: Path) -> None:
     """A copy registered as a duplicate is not catalogued; once the file whose content it
     is has been deleted and purged, the copy would be that content's only place, and any
@@ -1500,6 +1530,20 @@ async def test_verify_reports_mismatches(catalog: Catalog, files: Path) -> None:
     path.unlink()
     kinds = {p.kind for p in (await verify(catalog)).problems}
     assert kinds == {"working_missing", "missing_object"}
+
+
+async def test_verify_reports_a_deleted_file_whose_path_holds_a_file_again(
+    catalog: Catalog, files: Path
+) -> None:
+    write(files / "user/a.txt", "a")
+    file = (await catalog.register("user/a.txt")).file
+    await catalog.delete(file.id)
+    assert (await verify(catalog)).problems == ()
+    write(files / "user/a.txt", "put back, not scanned")
+    [problem] = (await verify(catalog)).problems
+    assert (problem.kind, problem.file_id) == ("deleted_present", file.id)
+    await catalog.scan()
+    assert (await verify(catalog)).problems == ()
 
 
 async def test_repair_finds_a_lost_object_in_another_files_working_copy(
