@@ -168,11 +168,9 @@ async def _bound_backend(
             )
         raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}: {advice}") from None
     identity = await backend.identity()
-    twin = (
-        state.store_id is not None
-        and identity.storage_path not in (None, str(storage.root))
-        and await in_thread(storage.twin_at, identity.storage_path, state.store_id)
-    )
+    recorded = identity.storage_path
+    elsewhere = state.store_id is not None and recorded is not None and recorded != str(storage.root)
+    twin = elsewhere and await in_thread(storage.twin_at, recorded, state.store_id)
     decision = decide(state, identity, str(storage.root), url, adopt=adopt, twin_at_recorded_path=twin)
     if read_only:
         # Read-only commands leave the schema as it is: they read only what every schema
@@ -185,6 +183,18 @@ async def _bound_backend(
             # A store from before places were recorded: the catalog it meets first is its own.
             with trio.CancelScope(shield=True):
                 await in_thread(storage.write_identity, state.store_id, redact_url(url), identity.place)
+        if (
+            elsewhere
+            and not twin
+            and identity.bound_at is not None
+            and state.store_id is not None
+            and not await in_thread(storage.is_at, recorded)
+        ):
+            # Moved (nothing of it at the recorded path, which is not this folder under another
+            # name): the new path recorded, so that a copy left at the old one is the one
+            # refused. The same identity and time: only the path moves.
+            await backend.rebind(state.store_id, state.store_id, str(storage.root), identity.bound_at)
+            log.info("the store moved from %s to %s: recorded", recorded, storage.root)
         return backend, state.store_id, identity.bound_at
     store_id = decision.store_id or str(uuid.uuid4())
     if decision.verdict is Verdict.BIND:

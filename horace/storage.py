@@ -567,13 +567,20 @@ class Storage:
             own,
         )
 
+    def is_at(self, path: str) -> bool:
+        """Whether *path* is this root (under another name: a symlink, a bind mount)."""
+        try:
+            return os.path.samefile(path, self.root)
+        except OSError:
+            return False
+
     def twin_at(self, path: str, store_id: str) -> bool:
         """Whether another store of the identity *store_id* is at *path*: a folder that is
         not this root (reached another way: a symlink, a bind mount) and whose store.json
         says so; a copy of one store is the other's twin. Nothing readable there, no twin."""
+        if self.is_at(path):
+            return False
         try:
-            if os.path.samefile(path, self.root):
-                return False
             recorded = json.loads((Path(path) / HORACE_DIR / IDENTITY_FILE).read_text())
         except (OSError, ValueError):
             return False

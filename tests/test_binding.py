@@ -204,7 +204,13 @@ async def test_a_copy_of_a_store_is_refused_by_the_catalog_it_would_share(
     async with open_catalog(copied) as catalog:
         assert (await catalog.file(file_id)).current_version == 3
         assert objects_on_disk(catalog) == history
+        assert (await catalog.backend.identity()).storage_path == str(copy)  # its new place
     await _restorable(copied, file_id, copy / "files")
+    # The old folder back where it was: now it is the copy, refused.
+    (tmp_path / "retired").rename(live.storage_path)
+    with pytest.raises(StoreRefused, match=f"is a copy of the store at {copy}"):
+        async with open_catalog(live):
+            pytest.fail("the store's old folder opened the catalog of the store that moved")
 
 
 async def test_two_catalogs_of_two_stores_do_not_mix(
