@@ -88,10 +88,11 @@ def decide(
             raise StoreRefused(
                 f"the catalog {shown} carries the identity of the store at {root} ({store.store_id}), "
                 f"but the store is bound to the catalog {recorded}: this one is a copy of it (a "
-                "restored dump?), and two catalogs serving one store each collect what only the "
-                f"other refers to. Point --database at {recorded}; if this copy is to be the "
-                "store's catalog from now on (that one is gone or retired), `horace init --adopt` "
-                "binds it under a new identity, after which the other no longer opens the store"
+                "restored dump?) or that one under a new name (a renamed database), and two "
+                "catalogs serving one store each collect what only the other refers to. Point "
+                f"--database at {recorded}; if this one is to be the store's catalog from now on "
+                "(renamed, or that one gone or retired), `horace init --adopt` binds it under a new "
+                "identity, after which the other no longer opens the store"
             )
         if catalog.storage_path == root:
             if adopt:
