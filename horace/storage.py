@@ -38,6 +38,7 @@ import stat
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -63,6 +64,9 @@ HEAD_BYTES = 4096  # kept from each ingest for MIME sniffing
 IDENTITY_FILE = "store.json"
 _FICLONE = 0x40049409  # linux/fs.h: clone a whole file (btrfs, XFS, ZFS 2.2+)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Folders a walk holds open on its way down (each a file descriptor); deeper, those above
+# are closed and opened again by path on the way back up.
+HELD_FOLDERS = 64
 _HOST = socket.gethostname().replace(".", "_")
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h, for renameat2()
 
@@ -298,19 +302,45 @@ def _storage_full(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+class _Folder:
+    """A folder on a walk's way down: its path under files/, what is left of its listing
+    (name, is a folder, is a file), and its descriptor (None: closed, for depth)."""
+
+    def __init__(
+        self, prefix: str, entries: Iterator[tuple[str, bool, bool]], fd: int | None, *, owned: bool = True
+    ) -> None:
+        self.prefix, self.entries, self.fd, self.owned = prefix, entries, fd, owned
+
+    def close(self) -> None:
+        if self.owned and self.fd is not None:
+            os.close(self.fd)
+        self.fd = None if self.owned else self.fd
+
+
+def _listing(fd: int, check_cancelled: CheckCancelled) -> Iterator[tuple[str, bool, bool]]:
+    """The entries of the folder *fd*, read now: (name, is a folder, is a file)."""
+    check_cancelled()
+    with os.scandir(fd) as listing:
+        return iter(
+            [(e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in listing]
+        )
+
+
 class _NoFolderThere(NotADirectoryError):
     """A file (not a symlink) where a folder of a path should be: the path names nothing."""
 
 
 class _Folders:
-    """The folders of a batch of working files, each opened once, component by component
-    with ``O_NOFOLLOW`` from ``files/`` (so a folder swapped for a symlink is refused, as
-    :meth:`Storage._parent_fd` refuses it), and closed together at the end."""
+    """The folders of a batch of working files, opened component by component with
+    ``O_NOFOLLOW`` from ``files/`` (so a folder swapped for a symlink is refused, as
+    :meth:`Storage._parent_fd` refuses it) and kept open for the files that follow: the
+    last HELD_FOLDERS used (a batch's files come in path order), the rest closed at the end.
+    A folder's descriptor is good until the next :meth:`parent`."""
 
     def __init__(self, files: Path, objects: Path) -> None:
         self._files = files
         self._objects = objects
-        self._fds: dict[str, int] = {}
+        self._fds: OrderedDict[str, int] = OrderedDict()
         self._objects_fd: int | None = None
 
     def __enter__(self) -> _Folders:
@@ -346,15 +376,25 @@ class _Folders:
             raise
 
     def _fd(self, folder: str) -> int:
-        found = self._fds.get(folder)
-        if found is not None:
-            return found
-        if folder:
-            above, _, name = folder.rpartition("/")
-            fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd(above))
-        else:
-            fd = _open_files_folder(self._files)
+        """The folder *folder* (under files/; "": files/ itself), opened from the nearest
+        folder above it that is open (in a loop: a thousand folders deep takes no stack)."""
+        parts = folder.split("/") if folder else []
+        held = len(parts)
+        while held > 0 and "/".join(parts[:held]) not in self._fds:
+            held -= 1
+        key = "/".join(parts[:held])
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._hold(key, _open_files_folder(self._files))
+        self._fds.move_to_end(key)
+        for i in range(held, len(parts)):
+            fd = self._hold("/".join(parts[: i + 1]), os.open(parts[i], _DIR_FLAGS, dir_fd=fd))
+        return fd
+
+    def _hold(self, folder: str, fd: int) -> int:
         self._fds[folder] = fd
+        while len(self._fds) > HELD_FOLDERS:  # (the one just opened is the newest: kept)
+            os.close(self._fds.popitem(last=False)[1])
         return fd
 
 
@@ -1651,44 +1691,73 @@ class Storage:
         with_stat: bool,
         check_cancelled: CheckCancelled,
     ) -> Iterator[tuple[str, os.stat_result | None]]:
-        check_cancelled()
-        with os.scandir(fd) as listing:
-            entries = [
-                (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in listing
-            ]
-        for name, is_dir, is_file in entries:
-            if not (is_dir or is_file):
-                continue
-            if is_file and editor_temp(name):
-                continue  # swap files, backups, lock files: never catalogued, nothing to report
-            why = unusable_name(name) or too_long(self._resolved_files, prefix + name)
-            if why is not None:
-                if skipped is not None:
-                    skipped.append(f"{printable(prefix + name)}: {why}")
-                continue
-            if is_dir:
+        """The files under the folder *fd* (whose path under files/ is *prefix*), depth
+        first, in a loop, not by recursion: a tree as deep as the catalog's paths allow
+        (a thousand folders of one letter) is walked like any other. At most
+        HELD_FOLDERS folders on the way down are held open; those above are closed, and
+        opened again by their path when the walk comes back up to them."""
+        stack = [_Folder(prefix, _listing(fd, check_cancelled), fd, owned=False)]
+        try:
+            while stack:
+                top = stack[-1]
+                entry = next(top.entries, None)
+                if entry is None:
+                    stack.pop()
+                    top.close()
+                    continue
+                name, is_dir, is_file = entry
+                if not (is_dir or is_file):
+                    continue
+                if is_file and editor_temp(name):
+                    continue  # swap files, backups, lock files: never catalogued, nothing to report
+                rel = top.prefix + name
+                why = unusable_name(name) or too_long(self._resolved_files, rel)
+                if why is not None:
+                    if skipped is not None:
+                        skipped.append(f"{printable(rel)}: {why}")
+                    continue
+                if top.fd is None:
+                    top.fd = self._reopen_folder(top.prefix)
+                    if top.fd is None:  # gone, or swapped for a symlink, since: the rest with it
+                        top.entries = iter(())
+                        continue
+                if not is_dir:
+                    if not with_stat:
+                        yield rel, None
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=top.fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone since the listing
+                    if stat.S_ISREG(st.st_mode):
+                        yield rel, st
+                    continue
                 try:
-                    sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=top.fd)
                 except OSError as exc:
                     # Gone, or swapped for a symlink, since the listing; else unreadable.
                     if skipped is not None and exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        skipped.append(
-                            f"{printable(prefix + name)}: the folder cannot be read ({exc.strerror})"
-                        )
+                        skipped.append(f"{printable(rel)}: the folder cannot be read ({exc.strerror})")
                     continue
                 try:
-                    yield from self._walk_fd(sub, f"{prefix}{name}/", skipped, with_stat, check_cancelled)
-                finally:
+                    stack.append(_Folder(rel + "/", _listing(sub, check_cancelled), sub))
+                except BaseException:
                     os.close(sub)
-            elif not with_stat:
-                yield f"{prefix}{name}", None
-            else:
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # gone since the listing
-                if stat.S_ISREG(st.st_mode):
-                    yield f"{prefix}{name}", st
+                    raise
+                if len(stack) > HELD_FOLDERS:
+                    stack[-HELD_FOLDERS - 1].close()  # (opened again on the way back up)
+        finally:
+            for folder in stack:
+                folder.close()
+
+    def _reopen_folder(self, prefix: str) -> int | None:
+        """The folder *prefix* (under files/, ending in "/") opened again, no symlink
+        followed on the way; None when it is gone or not a folder any more."""
+        try:
+            with self._parent_fd(prefix + ".") as (fd, _):
+                return os.dup(fd)
+        except (OSError, HoraceError):
+            return None
 
     @functools.cached_property
     def _resolved_files(self) -> Path:

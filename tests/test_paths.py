@@ -15,6 +15,7 @@ import errno
 import os
 import posixpath
 import stat
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,8 +29,10 @@ from helpers import write
 from soundness import assert_sound, digest, objects_on_disk
 
 import horace.paths
+import horace.storage
 from horace.backends.records import FileChanges, Status
 from horace.catalog import Catalog
+from horace.fsck import fsck
 from horace.model import ErrorCode, HoraceError
 from horace.paths import MAX_PATH_BYTES, too_long
 
@@ -252,6 +255,38 @@ async def test_files_itself_names_no_file_and_the_folder_of_every_file(catalog: 
     assert (files / "b.txt").read_bytes() == b"b" and (files / "user/sub/a.txt").read_bytes() == b"a"
     assert (await catalog.file(on_purpose.file.id)).status is Status.DELETED
     await assert_sound(catalog)
+
+
+async def test_a_tree_as_deep_as_paths_allow_is_walked_with_few_folders_open(
+    catalog: Catalog, files: Path
+) -> None:
+    """A thousand folders of one letter (a path within the catalog's 2,000 bytes): a scan
+    walks them (no recursion to run out of), finds a file at every hundredth level, and
+    the walk holds at most HELD_FOLDERS folders open, the ones above opened again on its
+    way back up."""
+    depth = 990
+    levels = [1, *range(100, depth + 1, 100), depth]
+    for level in levels:
+        write(files / ("d/" * level + f"f{level}.txt"), f"at level {level}")
+    try:
+        await _walk_deep(catalog, depth, levels)
+    finally:  # (shutil.rmtree and os.walk recurse before Python 3.12: they run out of stack here)
+        subprocess.run(["rm", "-rf", str(files / "d")], check=True)
+
+
+async def _walk_deep(catalog: Catalog, depth: int, levels: list[int]) -> None:
+    open_fds = []
+    walked = []
+    for rel in catalog.storage.walk_working():
+        walked.append(rel)
+        open_fds.append(len(os.listdir("/proc/self/fd")))
+    assert sorted(walked) == sorted("d/" * level + f"f{level}.txt" for level in levels)
+    assert max(open_fds) - min(open_fds) <= horace.storage.HELD_FOLDERS
+    report = await catalog.scan()
+    assert (report.registered, report.errors, report.skipped) == (len(levels), (), ())
+    deep = "d/" * depth + f"f{depth}.txt"
+    assert (await catalog.get_info(file_path=deep)).file.current_version == 1
+    assert (await fsck(catalog)).clean
 
 
 async def test_unicode_names_are_accepted(catalog: Catalog, files: Path) -> None:
