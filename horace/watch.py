@@ -57,6 +57,9 @@ SKIPS_LOGGED = 20
 SKIP_LOG_WINDOW = 60.0  # seconds
 FAILING_SHOWN = 20  # the latest paths /health lists that failed and wait to be taken again
 RETRY_CAP = 60.0  # seconds: the longest wait before a failed path is taken again
+# Seconds a pass over the paths due takes at most before it looks again at what fell due
+# meanwhile: with a backlog, how long a file written elsewhere waits behind it.
+PASS_SECONDS = 0.5
 RETRY_FLOOR = 0.1  # seconds: the first wait's half, whatever the settle time (0 is allowed)
 # The catalog failing (down, full, refusing): a path's change waits in failing_paths, as
 # for a full storage; the watch goes on and takes it once the catalog is back.
@@ -142,6 +145,11 @@ class Watcher:
             self.watching and not self._failing and not self._unwatched() and self._catch_up_failing is None
         )
 
+    def _behind(self) -> float:
+        """How long the path due the longest has waited past its time (0: none waits)."""
+        oldest = min(self._due.values(), default=None)
+        return 0.0 if oldest is None else round(max(0.0, trio.current_time() - oldest), 1)
+
     def _unwatched(self) -> dict[str, str]:
         return self._feed.unwatched if self._feed is not None and self.watching else {}
 
@@ -151,6 +159,7 @@ class Watcher:
             "standby": self.standby,
             "lease_holder_silent_s": self.holder_silent_s,
             "pending": len(self._due),
+            "behind_s": self._behind(),
             "vanished": len(self._vanished) + self._expiring,
             "mode": "poll" if self.poll else "inotify",
             **attrs.asdict(self.counts),
@@ -359,12 +368,20 @@ class Watcher:
         while True:
             now = trio.current_time()
             ready = [rel for rel, due in self._due.items() if due <= now]
-            # Vanished paths first: the other half of a rename must find them waiting.
+            # Vanished paths first: the other half of a rename must find them waiting. Then
+            # the folders in turn, for a pass of PASS_SECONDS at most: the thousand files of
+            # a folder just moved hold up a file written elsewhere by a pass, not by all of
+            # them (what is left stays due, and the next pass takes what fell due meanwhile).
             present = await in_thread(self._present, ready)
-            ready.sort(key=lambda rel: rel in present)
+            ready = [rel for rel in ready if rel not in present] + _folders_in_turn(
+                [rel for rel in ready if rel in present]
+            )
+            pass_ends = trio.current_time() + PASS_SECONDS
             for rel in ready:
                 del self._due[rel]
                 await self._settle(rel)
+                if trio.current_time() >= pass_ends:
+                    break
             if self._new:
                 await self._register_new()
             # A vanished file is deleted only once every path due has been looked at: one
@@ -679,6 +696,20 @@ class Watcher:
         self.counts.deleted += 1
         self._look_again_at_copies(record.id, None)
         self._taken(record.file_path)
+
+
+def _folders_in_turn(paths: list[str]) -> list[str]:
+    """*paths* a folder at a time, each folder's in their order: the first of every
+    folder, then the second of every folder, and so on."""
+    rank: dict[str, int] = {}
+    taken: dict[str, int] = {}
+    keyed = []
+    for rel in paths:
+        folder = rel.rpartition("/")[0]
+        rank.setdefault(folder, len(rank))
+        taken[folder] = taken.get(folder, 0) + 1
+        keyed.append((taken[folder], rank[folder], rel))
+    return [rel for *_, rel in sorted(keyed)]
 
 
 def _age(st: os.stat_result) -> float:
