@@ -468,18 +468,7 @@ class Catalog:
                 await in_thread(self.storage.release, staged)
         if orphans:
             await self.let_go(orphans)
-        if len(orphans) > 2 and not retention.min_age_seconds:
-            # One version prunes one (two past a restore): more at once is a count lower
-            # than the one the file's history was kept with, a command run without the
-            # deployment's settings, say. Said, as a warning (a CLI command prints it).
-            log.warning(
-                "%s: %d older versions' content pruned at once: HORACE_VERSION_COUNT is %d here; "
-                "was this store run with a higher count? (give every instance and command the same)",
-                record.file_path,
-                len(orphans),
-                retention.keep,
-                extra={"correlation_id": correlation_id},
-            )
+        _say_if_pruned_at_once(record.file_path, len(orphans), retention, correlation_id)
         return record, version
 
     async def _version_working_copy(
@@ -1480,6 +1469,9 @@ class Catalog:
                         committed.add(entry.file_path)
                         orphans += pruned
                         tally.count(True)
+                        _say_if_pruned_at_once(
+                            entry.file_path, len(pruned), self.policy.retention, correlation_id
+                        )
         if orphans:
             await self.let_go(orphans)
         for entry, copy, mime_type in ready:
@@ -2147,6 +2139,23 @@ class Catalog:
 
 
 # -- small helpers -----------------------------------------------------------------------
+
+
+def _say_if_pruned_at_once(
+    file_path: str, pruned: int, retention: Retention, correlation_id: str | None
+) -> None:
+    """One version prunes one (two past a restore): more at once is a count lower than the
+    one the file's history was kept with, a command run without the deployment's
+    settings, say. Said, as a warning (a CLI command prints it)."""
+    if pruned > 2 and not retention.min_age_seconds:
+        log.warning(
+            "%s: %d older versions' content pruned at once: HORACE_VERSION_COUNT is %d here; "
+            "was this store run with a higher count? (give every instance and command the same)",
+            file_path,
+            pruned,
+            retention.keep,
+            extra={"correlation_id": correlation_id},
+        )
 
 
 def _parts_in_common(a: Sequence[str], b: Sequence[str]) -> int:

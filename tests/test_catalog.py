@@ -1061,11 +1061,13 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
         assert (await fsck(catalog)).clean
 
 
+@pytest.mark.parametrize("versioned_by", ["update", "scan"])
 async def test_a_lower_version_count_pruning_many_versions_at_once_is_said(
-    catalog: Catalog, files: Path, caplog: pytest.LogCaptureFixture
+    catalog: Catalog, files: Path, caplog: pytest.LogCaptureFixture, versioned_by: str
 ) -> None:
     """A command run with a lower HORACE_VERSION_COUNT than the store's history was kept
-    with prunes many versions at once: that is said, naming the file and the count."""
+    with prunes many versions at once: that is said, naming the file and the count, by a
+    version of one file and by a scan's, which versions its changed files together."""
     catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=10))
     path = write(files / "user/h.txt", "v1")
     file = (await catalog.register("user/h.txt")).file
@@ -1076,7 +1078,10 @@ async def test_a_lower_version_count_pruning_many_versions_at_once_is_said(
     catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=3))
     write(path, "v10")
     with caplog.at_level(logging.WARNING, logger="horace.catalog"):
-        await catalog.update(file.id, FileChanges())
+        if versioned_by == "scan":
+            assert (await catalog.scan()).versioned == 1
+        else:
+            await catalog.update(file.id, FileChanges())
     said = [r.getMessage() for r in caplog.records if "pruned at once" in r.getMessage()]
     assert said == [
         "user/h.txt: 7 older versions' content pruned at once: HORACE_VERSION_COUNT is 3 here; "
