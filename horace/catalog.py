@@ -343,6 +343,10 @@ class Catalog:
         self.store_id = store_id  # the identity the pair was bound under (None: unbound)
         # When the pair was bound (the catalog made, or adopted): see predates_binding.
         self.bound_at = None if bound_at is None else bound_at.timestamp()
+        # One walk of many files at a time in this process (a scan, a verify): each holds
+        # what it found, a few KiB a file, and several side by side (clients of a server
+        # each asking for a scan of a large store) would add that up.
+        self.walking = trio.Lock()
 
     # -- shared steps -------------------------------------------------------------------
 
@@ -1185,6 +1189,12 @@ class Catalog:
                 if not under.endswith("/") and await in_thread((self.storage.files / rel_under).is_file):
                     return await self._scan_one(rel_under, correlation_id, progress)
                 raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder or file {rel_under!r} under files/")
+        async with self.walking:
+            return await self._scan_folder(rel_under, correlation_id, progress, rehash)
+
+    async def _scan_folder(
+        self, rel_under: str | None, correlation_id: str | None, progress: Progress | None, rehash: bool
+    ) -> ScanReport:
         skipped: list[str] = []
         # One after the other: run at once, the walk's thread (a system call a file, each
         # giving up the GIL) waits behind the index read's Python for the GIL, and the two

@@ -814,7 +814,17 @@ async def verify(
     catalog: Catalog, file_id: str | None = None, progress: Callable[[int, int], None] | None = None
 ) -> VerifyReport:
     """Re-hash the objects of every version (of one file, or all) and the working files;
-    report what does not match. Reads only."""
+    report what does not match. Reads only. All of them: one walk at a time (see
+    :attr:`Catalog.walking`)."""
+    if file_id:
+        return await _verify(catalog, file_id, progress)
+    async with catalog.walking:
+        return await _verify(catalog, file_id, progress)
+
+
+async def _verify(
+    catalog: Catalog, file_id: str | None, progress: Callable[[int, int], None] | None
+) -> VerifyReport:
     if file_id:
         files = [await catalog.file(file_id)]
         versions = list(await catalog.backend.versions(file_id))

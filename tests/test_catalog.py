@@ -1521,6 +1521,45 @@ async def test_a_file_id_and_a_path_of_two_files_are_refused(catalog: Catalog, f
 # -- verify and scan ------------------------------------------------------------------------
 
 
+async def test_scans_and_verifies_of_many_files_walk_one_at_a_time(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each holds what it found (a few KiB a file): side by side, the scans a server's
+    clients ask for would add that up. They take turns; a scan of one file does not wait."""
+    for i in range(20):
+        write(files / f"user/f{i}.txt", f"file {i}")
+    walking = [0]
+    most = [0]
+    real_walk = catalog.storage.walk_stats
+
+    def slow_walk(*args: Any, **kwargs: Any) -> Any:
+        walking[0] += 1
+        most[0] = max(most[0], walking[0])
+        try:
+            time.sleep(0.2)
+            return real_walk(*args, **kwargs)
+        finally:
+            walking[0] -= 1
+
+    monkeypatch.setattr(catalog.storage, "walk_stats", slow_walk)
+    reports = []
+
+    async def scan(under: str | None) -> None:
+        reports.append(await catalog.scan(under))
+
+    async with trio.open_nursery() as nursery:
+        for under in (None, None, "user", "."):
+            nursery.start_soon(scan, under)
+        nursery.start_soon(verify, catalog)
+        await trio.sleep(0.05)
+        assert catalog.walking.locked()
+        write(files / "single.txt", "one file")
+        with trio.fail_after(0.15):  # (each walk takes 0.2 s)
+            assert (await catalog.scan("single.txt")).registered == 1
+    assert most[0] == 1
+    assert sorted(r.registered for r in reports) == [0, 0, 0, 20]
+
+
 async def test_verify_reports_mismatches(catalog: Catalog, files: Path) -> None:
     path = write(files / "user/a.txt", "a")
     file = (await catalog.register("user/a.txt")).file

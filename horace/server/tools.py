@@ -41,6 +41,7 @@ from horace.catalog import Catalog, Progress, ScanReport
 from horace.diff import DIFF_LIMIT, Diff, compare
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.schema import input_schema, output_schema, param
+from horace.server import heap
 from horace.wire import structure
 
 READ_LIMIT = 8 * 1024 * 1024  # bytes of one version read through MCP (a diff, a resource)
@@ -494,7 +495,10 @@ async def verify(ctx: CallContext, args: VerifyArgs) -> VerifyResult:
     file_id = None
     if args.file_id is not None or args.file_path is not None:
         file_id = (await ctx.catalog.locate(args.file_id, args.file_path)).id
-    report = await fsck.verify(ctx.catalog, file_id, progress=ctx.progress)
+    try:
+        report = await fsck.verify(ctx.catalog, file_id, progress=ctx.progress)
+    finally:
+        heap.give_back()  # (what it held of a large store, back to the system)
     return VerifyResult(
         ok=not report.problems,
         files_checked=report.files_checked,
@@ -505,7 +509,10 @@ async def verify(ctx: CallContext, args: VerifyArgs) -> VerifyResult:
 
 
 async def scan(ctx: CallContext, args: ScanArgs) -> ScanReport:
-    report = await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
+    try:
+        report = await ctx.catalog.scan(args.path, ctx.correlation_id, progress=ctx.progress)
+    finally:
+        heap.give_back()  # (what it held of a large store, back to the system)
     # Thousands of unreadable files must not make a reply too large to be read.
     return attrs.evolve(
         report,
