@@ -1854,6 +1854,12 @@ class Catalog:
     ) -> ReconcileReport:
         """Catch up with what changed while nobody watched: renames (by content),
         new and changed files (a scan), and missing ones (soft-deleted)."""
+        async with self.walking:
+            return await self._reconcile(correlation_id, progress, rehash)
+
+    async def _reconcile(
+        self, correlation_id: str | None, progress: Progress | None, rehash: bool
+    ) -> ReconcileReport:
         skipped: list[str] = []
         found = await in_thread(self.storage.walk_stats, None, skipped, check_cancelled)
         for why in skipped:
