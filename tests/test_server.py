@@ -276,6 +276,39 @@ async def test_the_largest_search_filters_admitted_are_answered(client: McpClien
     assert found.get("error_code") is None and found["total_count"] == 0, found
 
 
+async def test_a_long_history_and_a_large_duplicate_group_are_listed_a_part_at_a_time(
+    settings: Settings,
+) -> None:
+    """Versions and a group's files are listed a part at a time, with how many there are:
+    a reply that lists them all would grow past any limit (14,000 versions, 12,000 copies
+    of one content) and could not be had at all."""
+    files = settings.storage_path / "files"
+    async with run_horace(serving(settings, version_count=100)) as running, connect(running.url) as client:
+        for n in range(12):
+            write(files / "user/hot.txt", f"draft {n}")
+            done = await client.call("horace_register_file", file_path="user/hot.txt")
+        for n in range(30):
+            write(files / f"user/copies/c{n}.txt", "the same bytes")
+        assert (await client.call("horace_scan"))["registered"] == 30
+        page = await client.call(
+            "horace_get_file_info",
+            file_id=done["file_id"],
+            include_versions=True,
+            versions_limit=5,
+            versions_offset=2,
+        )
+        assert page["version_count"] == 12
+        assert [v["version"] for v in page["versions"]] == [10, 9, 8, 7, 6]
+        whole = await client.call("horace_get_file_info", file_id=done["file_id"], include_versions=True)
+        assert (whole["version_count"], len(whole["versions"])) == (12, 12)
+        plain = await client.call("horace_get_file_info", file_id=done["file_id"])
+        assert (plain["versions"], plain["version_count"]) == (None, None)
+        found = await client.call("horace_find_duplicates", files_per_group=4)
+        [group] = found["groups"]
+        assert (group["file_count"], len(group["files"])) == (30, 4)
+        assert len((await client.call("horace_find_duplicates"))["groups"][0]["files"]) == 10
+
+
 async def test_tool_errors_are_results_with_code_and_correlation(client: McpClient) -> None:
     reply = await client.request(
         "tools/call",

@@ -27,7 +27,6 @@ from horace.backends.records import (
     DEFAULT_SEARCH_LIMIT,
     MAX_SEARCH_LIMIT,
     Collection,
-    DuplicateGroup,
     FileChanges,
     FileRecord,
     Order,
@@ -161,6 +160,13 @@ class SearchArgs(SearchFilters):
 @frozen(kw_only=True)
 class FileInfoArgs(FileRef):
     include_versions: bool = param(False, doc="also list the versions, newest first")
+    versions_limit: int = param(
+        MAX_SEARCH_LIMIT,
+        doc="versions listed at most (version_count has them all)",
+        minimum=1,
+        maximum=MAX_SEARCH_LIMIT,
+    )
+    versions_offset: int = param(0, doc="newest versions to skip", minimum=0)
 
 
 @frozen(kw_only=True)
@@ -241,8 +247,14 @@ class NameArgs:
 
 
 @frozen(kw_only=True)
-class LimitArgs:
+class DuplicatesArgs:
     limit: int = param(100, doc="groups at most", minimum=1, maximum=MAX_SEARCH_LIMIT)
+    files_per_group: int = param(
+        10,
+        doc="files listed per group at most (file_count has them all)",
+        minimum=1,
+        maximum=MAX_SEARCH_LIMIT,
+    )
 
 
 @frozen(kw_only=True)
@@ -278,6 +290,7 @@ class RegisterResult:
 class FileInfoResult:
     file: FileRecord
     versions: tuple[VersionRecord, ...] | None = param(doc="newest first, when asked for")
+    version_count: int | None = param(doc="how many versions the file has, when they are asked for")
 
 
 @frozen(kw_only=True)
@@ -335,9 +348,17 @@ class DeletedCollection:
 
 
 @frozen(kw_only=True)
+class DuplicateFiles:
+    checksum: str
+    size: int
+    file_count: int
+    files: tuple[FileRecord, ...]
+
+
+@frozen(kw_only=True)
 class DuplicatesResult:
     group_count: int
-    groups: tuple[DuplicateGroup, ...]
+    groups: tuple[DuplicateFiles, ...]
 
 
 @frozen(kw_only=True)
@@ -403,7 +424,14 @@ async def get_file_info(ctx: CallContext, args: FileInfoArgs) -> FileInfoResult:
     info = await ctx.catalog.get_info(
         file_id=args.file_id, file_path=args.file_path, include_versions=args.include_versions
     )
-    return FileInfoResult(file=info.file, versions=info.versions)
+    if info.versions is None:
+        return FileInfoResult(file=info.file, versions=None, version_count=None)
+    start = args.versions_offset
+    return FileInfoResult(
+        file=info.file,
+        versions=info.versions[start : start + args.versions_limit],
+        version_count=len(info.versions),
+    )
 
 
 async def update_file(ctx: CallContext, args: UpdateArgs) -> UpdateResult:
@@ -486,9 +514,15 @@ async def delete_collection(ctx: CallContext, args: NameArgs) -> DeletedCollecti
     return DeletedCollection(name=args.name, deleted=True)
 
 
-async def find_duplicates(ctx: CallContext, args: LimitArgs) -> DuplicatesResult:
+async def find_duplicates(ctx: CallContext, args: DuplicatesArgs) -> DuplicatesResult:
     groups = await ctx.catalog.find_duplicates(args.limit)
-    return DuplicatesResult(group_count=len(groups), groups=tuple(groups))
+    listed = tuple(
+        DuplicateFiles(
+            checksum=g.checksum, size=g.size, file_count=len(g.files), files=g.files[: args.files_per_group]
+        )
+        for g in groups
+    )
+    return DuplicatesResult(group_count=len(groups), groups=listed)
 
 
 async def verify(ctx: CallContext, args: VerifyArgs) -> VerifyResult:
@@ -741,7 +775,7 @@ TOOLS: dict[str, Tool] = {
             "horace_find_duplicates",
             "Find duplicates",
             "Groups of catalogued files with the same content.",
-            LimitArgs,
+            DuplicatesArgs,
             DuplicatesResult,
             find_duplicates,
             read_only=True,
