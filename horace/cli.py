@@ -811,7 +811,7 @@ def fsck_command(
                     else ""
                 ),
                 *(
-                    f"  {'repaired' if f.repaired else 'FOUND'}: {f.kind}: "
+                    f"  {'repaired' if f.repaired else 'pending' if f.pending else 'FOUND'}: {f.kind}: "
                     f"{_shown(f.file_path or f.subject or '')} {_shown(f.detail)}"
                     for f in r.findings
                 ),

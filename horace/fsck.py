@@ -75,8 +75,15 @@ class Finding:
     file_path: str | None = None
     subject: str | None = None  # the temp file or object the finding is about
 
+    @property
+    def pending(self) -> bool:
+        return self.kind in PENDING
+
 
 GARBAGE = frozenset({"orphan_object"})  # findings that are the collector's work, not damage
+# Findings a watcher records in a moment (a working copy removed from a watched store): said,
+# but neither damage nor a repair, so that a check run just after a user's `rm` is clean.
+PENDING = frozenset({"removal_pending"})
 
 
 @frozen
@@ -98,16 +105,16 @@ class FsckReport:
 
     @property
     def clean(self) -> bool:
-        return not self.findings
+        return all(f.pending for f in self.findings)
 
     @property
     def exit_code(self) -> int:
         """As e2fsck: 0 clean, 1 everything found was repaired, 4 problems remain. Garbage
         collected (objects no version refers to) is no repair: it leaves the code alone, so
         that a nightly `fsck --repair` says 1 only when something was damaged."""
-        if any(not f.repaired for f in self.findings):
+        if any(not f.repaired and not f.pending for f in self.findings):
             return 4
-        return 1 if any(f.kind not in GARBAGE for f in self.findings) else 0
+        return 1 if any(f.kind not in GARBAGE and not f.pending for f in self.findings) else 0
 
 
 async def fsck(
@@ -677,6 +684,8 @@ async def _file(
                 ": the store is watched, and its watcher records the removal as a deletion "
                 "(`horace undelete` brings the file back); not written back"
             )
+            finding("removal_pending", detail, False)
+            return found
         elif repair and objects_ok.get(file.checksum, False):
             mode = await catalog.backend.working_mode(file.id)  # (the mode it was last seen with)
             written = await in_thread(

@@ -951,8 +951,9 @@ async def test_fsck_leaves_a_removal_on_a_watched_store_to_the_watcher(
     async with open_catalog(settings, check=False) as holder:
         assert holder.locks.take_watch_lease()  # (another process's watcher, not looking yet)
         asked = await fsck(catalog, repair=True)
-        assert [(f.kind, f.repaired) for f in asked.findings] == [("working_missing", False)]
+        assert [(f.kind, f.repaired) for f in asked.findings] == [("removal_pending", False)]
         assert "watched" in asked.findings[0].detail and not path.exists()
+        assert (asked.clean, asked.exit_code) == (True, 0)  # (a check run just after an `rm`)
         assert (await fsck(catalog, automatic=True)).findings == ()
     repaired = await fsck(catalog, repair=True)
     assert [(f.kind, f.repaired) for f in repaired.findings] == [("working_missing", True)]
