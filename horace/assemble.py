@@ -19,7 +19,7 @@ from horace.config import Settings
 from horace.fsck import fsck, leftovers, log_findings
 from horace.locks import FileLocks
 from horace.redact import redact_url
-from horace.storage import Storage, StorageUnusable, StoreState
+from horace.storage import AtPath, Storage, StorageUnusable, StoreState
 
 log = logging.getLogger("horace")
 
@@ -169,8 +169,10 @@ async def _bound_backend(
         raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}: {advice}") from None
     identity = await backend.identity()
     recorded = identity.storage_path
-    elsewhere = state.store_id is not None and recorded is not None and recorded != str(storage.root)
-    twin = elsewhere and await in_thread(storage.twin_at, recorded, state.store_id)
+    at_recorded = AtPath.ITSELF  # (what of the store is at the path the catalog recorded)
+    if state.store_id is not None and recorded is not None and recorded != str(storage.root):
+        at_recorded = await in_thread(storage.found_at, recorded, state.store_id)
+    twin = at_recorded is AtPath.TWIN
     decision = decide(state, identity, str(storage.root), url, adopt=adopt, twin_at_recorded_path=twin)
     if read_only:
         # Read-only commands leave the schema as it is: they read only what every schema
@@ -183,15 +185,8 @@ async def _bound_backend(
             # A store from before places were recorded: the catalog it meets first is its own.
             with trio.CancelScope(shield=True):
                 await in_thread(storage.write_identity, state.store_id, redact_url(url), identity.place)
-        if (
-            elsewhere
-            and not twin
-            and identity.bound_at is not None
-            and state.store_id is not None
-            and not await in_thread(storage.is_at, recorded)
-        ):
-            # Moved (nothing of it at the recorded path, which is not this folder under another
-            # name): the new path recorded, so that a copy left at the old one is the one
+        if at_recorded is AtPath.NOTHING and identity.bound_at is not None and state.store_id is not None:
+            # Moved: the new path recorded, so that a copy left at the old one is the one
             # refused. The same identity and time: only the path moves.
             await backend.rebind(state.store_id, state.store_id, str(storage.root), identity.bound_at)
             log.info("the store moved from %s to %s: recorded", recorded, storage.root)

@@ -50,7 +50,7 @@ def decide(
     """What to do with this pair; :class:`StoreRefused` when it is not one.
 
     *twin_at_recorded_path*: a store of this identity, not this one, is at the path the
-    catalog recorded for its store (:meth:`Storage.twin_at`). One of the two is a copy of
+    catalog recorded for its store (:meth:`Storage.found_at`). One of the two is a copy of
     the other (``cp -a``, a backup restored elsewhere); a copy carries its SQLite catalog
     along, and keeps it, but a catalog elsewhere (PostgreSQL, a file outside the store) it
     would share with the store it was copied from, and each would record the other's

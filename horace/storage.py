@@ -275,6 +275,14 @@ def storage_refusal(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
+class AtPath(enum.Enum):
+    """What :meth:`Storage.found_at` finds at a path."""
+
+    ITSELF = "itself"
+    TWIN = "twin"
+    NOTHING = "nothing"
+
+
 class StorageUnusable(Exception):
     """The storage root cannot be used: not a folder, not writable, not readable."""
 
@@ -306,15 +314,14 @@ class _Folder:
     """A folder on a walk's way down: its path under files/, what is left of its listing
     (name, is a folder, is a file), and its descriptor (None: closed, for depth)."""
 
-    def __init__(
-        self, prefix: str, entries: Iterator[tuple[str, bool, bool]], fd: int | None, *, owned: bool = True
-    ) -> None:
-        self.prefix, self.entries, self.fd, self.owned = prefix, entries, fd, owned
+    def __init__(self, prefix: str, entries: Iterator[tuple[str, bool, bool]], fd: int) -> None:
+        self.prefix, self.entries = prefix, entries
+        self.fd: int | None = fd
 
     def close(self) -> None:
-        if self.owned and self.fd is not None:
+        if self.fd is not None:
             os.close(self.fd)
-        self.fd = None if self.owned else self.fd
+            self.fd = None
 
 
 def _listing(fd: int, check_cancelled: CheckCancelled) -> Iterator[tuple[str, bool, bool]]:
@@ -607,24 +614,18 @@ class Storage:
             own,
         )
 
-    def is_at(self, path: str) -> bool:
-        """Whether *path* is this root (under another name: a symlink, a bind mount)."""
+    def found_at(self, path: str, store_id: str) -> AtPath:
+        """What of the store of identity *store_id* is at *path*: this root (under another
+        name: a symlink, a bind mount), another store of that identity (a copy of one
+        store is the other's twin: its store.json says so), or nothing readable of it."""
         try:
-            return os.path.samefile(path, self.root)
-        except OSError:
-            return False
-
-    def twin_at(self, path: str, store_id: str) -> bool:
-        """Whether another store of the identity *store_id* is at *path*: a folder that is
-        not this root (reached another way: a symlink, a bind mount) and whose store.json
-        says so; a copy of one store is the other's twin. Nothing readable there, no twin."""
-        if self.is_at(path):
-            return False
-        try:
+            if os.path.samefile(path, self.root):
+                return AtPath.ITSELF
             recorded = json.loads((Path(path) / HORACE_DIR / IDENTITY_FILE).read_text())
         except (OSError, ValueError):
-            return False
-        return isinstance(recorded, dict) and recorded.get("store_id") == store_id
+            return AtPath.NOTHING
+        twin = isinstance(recorded, dict) and recorded.get("store_id") == store_id
+        return AtPath.TWIN if twin else AtPath.NOTHING
 
     def check_one_file_system(self) -> None:
         """Refuse (:class:`StorageUnusable`) a store whose folders are not one mount (no
@@ -1696,8 +1697,9 @@ class Storage:
         (a thousand folders of one letter) is walked like any other. At most
         HELD_FOLDERS folders on the way down are held open; those above are closed, and
         opened again by their path when the walk comes back up to them."""
-        stack = [_Folder(prefix, _listing(fd, check_cancelled), fd, owned=False)]
+        stack: list[_Folder] = []
         try:
+            stack.append(_Folder(prefix, _listing(fd, check_cancelled), os.dup(fd)))  # (the caller's stays)
             while stack:
                 top = stack[-1]
                 entry = next(top.entries, None)
