@@ -108,9 +108,6 @@ class Watcher:
         self._unreadable_beat = False  # standing by: said once that it cannot be read
         self._caught_up = False  # this run's first catch-up is done
         self._due: dict[str, float] = {}  # path -> when to look at it again
-        # Of the paths due, whether each was there when a pass first met it: looked at once,
-        # not at every pass of a backlog (a new event about it has it looked at again).
-        self._there: dict[str, bool] = {}
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
         self._expiring = 0  # of them, taken off that list to be deleted, not yet done
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
@@ -365,7 +362,6 @@ class Watcher:
 
     def schedule(self, rel: str, delay: float | None = None) -> None:
         self._due[rel] = trio.current_time() + (self.settle if delay is None else delay)
-        self._there.pop(rel, None)
         self._wakeup.set()
 
     async def _settle_loop(self) -> None:
@@ -376,16 +372,13 @@ class Watcher:
             # the folders in turn, for a pass of PASS_SECONDS at most: the thousand files of
             # a folder just moved hold up a file written elsewhere by a pass, not by all of
             # them (what is left stays due, and the next pass takes what fell due meanwhile).
-            unseen = [rel for rel in ready if rel not in self._there]
-            present = await in_thread(self._present, unseen)
-            self._there.update((rel, rel in present) for rel in unseen)
-            ready = [rel for rel in ready if not self._there[rel]] + _folders_in_turn(
-                [rel for rel in ready if self._there[rel]]
+            present = await in_thread(self._present, ready)
+            ready = [rel for rel in ready if rel not in present] + _folders_in_turn(
+                [rel for rel in ready if rel in present]
             )
             pass_ends = trio.current_time() + PASS_SECONDS
             for rel in ready:
                 del self._due[rel]
-                del self._there[rel]
                 await self._settle(rel)
                 if trio.current_time() >= pass_ends:
                     break
