@@ -34,15 +34,17 @@ def param(
     """An argument field: its description, its bounds (checked when structured), and
     any further JSON Schema keywords (``format``, ...)."""
     validators: list[Any] = []
-    for bound, keyword in ((max_length, "maxLength"), (max_items, "maxItems")):
-        if bound is not None:
-            validators.append(attrs.validators.max_len(bound))
-            schema[keyword] = bound
+    if max_length is not None:
+        validators.append(_at_most(max_length, "characters", len))
+        schema["maxLength"] = max_length
+    if max_items is not None:
+        validators.append(_at_most(max_items, "items", len))
+        schema["maxItems"] = max_items
     if minimum is not None:
-        validators.append(attrs.validators.ge(minimum))
+        validators.append(_bound(minimum, "at least", lambda value: value >= minimum))
         schema["minimum"] = minimum
     if maximum is not None:
-        validators.append(attrs.validators.le(maximum))
+        validators.append(_bound(maximum, "at most", lambda value: value <= maximum))
         schema["maximum"] = maximum
     metadata = {"doc": doc, "schema": schema, REST: rest}
     check: Any = attrs.validators.and_(*validators) if validators else None
@@ -51,6 +53,22 @@ def param(
     if default is attrs.NOTHING:
         return attrs.field(metadata=metadata, validator=check)
     return attrs.field(default=default, metadata=metadata, validator=check)
+
+
+def _at_most(bound: int, unit: str, size: Any) -> Any:
+    def check(_: Any, field: attrs.Attribute[Any], value: Any) -> None:
+        if size(value) > bound:
+            raise ValueError(f"{field.name}: at most {bound} {unit}, got {size(value)}")
+
+    return check
+
+
+def _bound(bound: int, words: str, holds: Any) -> Any:
+    def check(_: Any, field: attrs.Attribute[Any], value: Any) -> None:
+        if not holds(value):
+            raise ValueError(f"{field.name}: must be {words} {bound}, got {value}")
+
+    return check
 
 
 def input_schema(cls: type) -> dict[str, Any]:

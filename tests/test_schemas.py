@@ -156,6 +156,32 @@ def test_a_wrong_type_is_said_in_json_words(name: str, arguments: dict[str, obje
     assert said in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("name", "arguments", "said"),
+    [
+        ("horace_search_files", {"limit": 1001}, "limit: must be at most 1000, got 1001"),
+        ("horace_search_files", {"offset": -1}, "offset: must be at least 0, got -1"),
+        (
+            "horace_create_collection",
+            {"name": "c", "file_ids": ["x"] * 10_001},
+            "file_ids: at most 10000 items, got 10001",
+        ),
+        (
+            "horace_search_files",
+            {"correlation_id": "c" * 201},
+            "correlation_id: at most 200 characters, got 201",
+        ),
+    ],
+)
+def test_a_bound_is_said_with_the_fields_name_and_the_value_sent(
+    name: str, arguments: dict[str, object], said: str
+) -> None:
+    """The same words as for a wrong type, not Python's (``Length of 'file_ids' must be <= ...``)."""
+    with pytest.raises(HoraceError) as refused:
+        TOOLS[name].structure(arguments)
+    assert refused.value.message == said
+
+
 @pytest.mark.parametrize("name", sorted(TOOLS))
 def test_null_is_admitted_where_the_schema_says_and_only_there(name: str) -> None:
     """An argument whose schema admits null takes it as its default (as if left out);
