@@ -124,9 +124,10 @@ NOTES = {
     "(`changed: false`); an archived file is `INVALID_ARGUMENT` (update its status to `active` "
     "instead).",
     "horace_remove_from_collection": "Ids that are not members are ignored.",
-    "horace_diff_versions": "Both versions are read from the object store (and checked against "
-    "their checksums), each at most `HORACE_MAX_READ_BYTES` (else `INVALID_ARGUMENT`). Text is "
-    "UTF-8 without NUL bytes; the diff has 3 lines of context.",
+    "horace_diff_versions": "When both versions are at most `HORACE_MAX_READ_BYTES`, both are read "
+    "from the object store (and checked against their checksums); text (UTF-8 without NUL bytes) "
+    "gets a diff with 3 lines of context, anything else `kind: binary`. When either is larger, "
+    "neither is read: `kind: large`, and the sizes and checksums are the catalog's.",
     "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `no_versions`, "
     "`working_missing`, `working_modified`, `working_unreadable` (its folder, or itself), "
     "`working_refused` (there, but not catalogable as it is: hard linked, a FIFO; its changes "

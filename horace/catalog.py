@@ -701,7 +701,7 @@ class Catalog:
     async def find_duplicates(self, limit: int = 100) -> list[DuplicateGroup]:
         return await self.backend.find_duplicates(_bounded(limit, "limit"))
 
-    async def _kept_version(self, file: FileRecord, version: int | None) -> VersionRecord:
+    async def kept_version(self, file: FileRecord, version: int | None) -> VersionRecord:
         """Version *version* of *file* (None: the current one); ``VERSION_NOT_FOUND``."""
         number = file.current_version if version is None else version
         found = await self.backend.version(file.id, number)
@@ -712,7 +712,7 @@ class Catalog:
     async def content(self, file: FileRecord, version: int | None, max_bytes: int) -> Content:
         """A version's content (None: the current one), from the object store: the bytes
         Horace keeps, hashed as they are read. ``INVALID_ARGUMENT`` past *max_bytes*."""
-        found = await self._kept_version(file, version)
+        found = await self.kept_version(file, version)
         number = found.version
         if found.size > max_bytes:
             raise HoraceError(
@@ -731,7 +731,7 @@ class Catalog:
         """A version's content (None: the current one) handed to *write* (in a worker
         thread), of any size: checked against its checksum first, so nothing but the
         version's bytes is ever written (``CHECKSUM_MISMATCH`` else, and nothing written)."""
-        found = await self._kept_version(file, version)
+        found = await self.kept_version(file, version)
         _check_kept(file, found, await in_thread(self.storage.hash_object, found.checksum, check_cancelled))
         # Objects are written once and never changed in place: what was checked is what is copied
         # (should a failing disk read otherwise the second time, it is said, after the fact).

@@ -601,15 +601,12 @@ def show(ctx: click.Context, ref: str, version: int | None) -> None:
 @click.pass_context
 def diff(ctx: click.Context, ref: str, from_version: int, to_version: int | None) -> None:
     """What changed from one version to another (TO: the current one when left out)."""
-    from horace.diff import DIFF_LIMIT, compare
+    from horace.diff import between
 
     limit = _settings(ctx).max_read_bytes
 
     async def work(c: Catalog) -> Any:
-        file = await _resolve(ctx, c, ref)
-        old = await c.content(file, from_version, limit)
-        new = await c.content(file, to_version, limit)
-        return await trio.to_thread.run_sync(compare, old, new, DIFF_LIMIT)
+        return await between(c, await _resolve(ctx, c, ref), from_version, to_version, limit)
 
     def human(d: Any) -> str:
         if d.identical:
@@ -617,11 +614,17 @@ def diff(ctx: click.Context, ref: str, from_version: int, to_version: int | None
         if d.diff is None:
             return (
                 f"v{d.from_version} {d.from_size} bytes {d.from_checksum[:16]} -> "
-                f"v{d.to_version} {d.to_size} bytes {d.to_checksum[:16]} (not text: no line diff)"
+                f"v{d.to_version} {d.to_size} bytes {d.to_checksum[:16]} ({_WITHOUT_LINES[d.kind]})"
             )
         return d.diff.rstrip("\n") + ("\n(cut at the size limit)" if d.truncated else "")
 
     _emit(ctx, _run(ctx, work, read_only=True), human)
+
+
+_WITHOUT_LINES = {
+    "binary": "not text: no line diff",
+    "large": "over HORACE_MAX_READ_BYTES: no line diff",
+}
 
 
 def _lifecycle(name: str, doc: str) -> None:

@@ -1,7 +1,9 @@
 """What changed between two versions of a file, so an agent need not read both.
 
 Text (UTF-8 without NUL bytes) gets a unified diff, cut at a size an agent can take;
-anything else a summary: sizes, checksums, and whether the two are the same.
+anything else a summary: sizes, checksums, and whether the two are the same. Versions
+over the read limit (``HORACE_MAX_READ_BYTES``) are not read: their summary is the
+catalog's, which is all a line diff of them could add to anyway.
 
 difflib's matching takes time that grows with the product of the line counts (minutes
 for two 4 MiB texts of shuffled lines, in a thread no deadline can stop), so only the
@@ -15,9 +17,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator
 
+import trio
 from attrs import frozen
 
-from horace.catalog import Content
+from horace.backends.records import FileRecord, VersionRecord
+from horace.catalog import Catalog, Content
 from horace.schema import param
 
 CONTEXT_LINES = 3
@@ -32,7 +36,9 @@ class Diff:
     from_version: int
     to_version: int
     identical: bool
-    kind: str = param(doc="text: a unified diff follows; binary: only the summary")
+    kind: str = param(
+        doc="text: a unified diff follows; binary, or large (over the read limit): only the summary"
+    )
     diff: str | None = param(doc="the unified diff of the two (text only)")
     truncated: bool = param(doc="the diff was cut at the size limit")
     from_size: int
@@ -48,6 +54,48 @@ def _text(data: bytes) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+async def between(
+    catalog: Catalog, file: FileRecord, from_version: int, to_version: int | None, read_limit: int
+) -> Diff:
+    """Version *from_version* of *file* against *to_version* (None: the current one).
+    Versions of up to *read_limit* bytes are read back, checked and compared line by
+    line (in a worker thread); larger ones by their sizes and checksums."""
+    old = await catalog.kept_version(file, from_version)
+    new = await catalog.kept_version(file, to_version)
+    if max(old.size, new.size) > read_limit:
+        return _summary(file, old, new, "large")
+    return await trio.to_thread.run_sync(
+        compare,
+        await catalog.content(file, old.version, read_limit),
+        await catalog.content(file, new.version, read_limit),
+        DIFF_LIMIT,
+    )
+
+
+def _summary(
+    file: FileRecord,
+    old: VersionRecord,
+    new: VersionRecord,
+    kind: str,
+    diff: str | None = None,
+    truncated: bool = False,
+) -> Diff:
+    return Diff(
+        file_id=file.id,
+        file_path=file.file_path,
+        from_version=old.version,
+        to_version=new.version,
+        identical=old.checksum == new.checksum,
+        kind=kind,
+        diff=diff,
+        truncated=truncated,
+        from_size=old.size,
+        to_size=new.size,
+        from_checksum=old.checksum,
+        to_checksum=new.checksum,
+    )
 
 
 def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
@@ -79,20 +127,8 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
             size += len(encoded)
             kept.append(line)
         diff = "".join(kept)
-    return Diff(
-        file_id=new.file.id,
-        file_path=new.file.file_path,
-        from_version=old.version.version,
-        to_version=new.version.version,
-        identical=old.version.checksum == new.version.checksum,
-        kind="text" if diff is not None else "binary",
-        diff=diff,
-        truncated=truncated,
-        from_size=old.version.size,
-        to_size=new.version.size,
-        from_checksum=old.version.checksum,
-        to_checksum=new.version.checksum,
-    )
+    kind = "text" if diff is not None else "binary"
+    return _summary(new.file, old.version, new.version, kind, diff=diff, truncated=truncated)
 
 
 def _unified(a: list[str], b: list[str], fromfile: str, tofile: str) -> Iterator[str]:

@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 import attrs
-import trio
 from attrs import frozen
 
 from horace import fsck
@@ -37,7 +36,7 @@ from horace.backends.records import (
 )
 from horace.backends.words import QUERY_WORDS
 from horace.catalog import Catalog, Progress, ScanReport
-from horace.diff import DIFF_LIMIT, Diff, compare
+from horace.diff import DIFF_LIMIT, Diff, between
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.schema import input_schema, output_schema, param
 from horace.server import heap
@@ -481,9 +480,7 @@ def _lifecycle(operation: str, target: Status) -> Handler:
 
 async def diff_versions(ctx: CallContext, args: DiffArgs) -> Diff:
     file = await ctx.catalog.locate(args.file_id, args.file_path)
-    old = await ctx.catalog.content(file, args.from_version, ctx.read_limit)
-    new = await ctx.catalog.content(file, args.to_version, ctx.read_limit)
-    return await trio.to_thread.run_sync(compare, old, new, DIFF_LIMIT)
+    return await between(ctx.catalog, file, args.from_version, args.to_version, ctx.read_limit)
 
 
 async def create_collection(ctx: CallContext, args: CreateCollectionArgs) -> CollectionResult:
@@ -705,13 +702,14 @@ TOOLS: dict[str, Tool] = {
             "horace_diff_versions",
             "Compare two versions",
             "What changed between two versions of a file: a unified diff for text (cut at "
-            f"{DIFF_LIMIT // 1024} KiB), else sizes and checksums.",
+            f"{DIFF_LIMIT // 1024} KiB), else sizes and checksums (also for versions over "
+            "HORACE_MAX_READ_BYTES, which are not read).",
             DiffArgs,
             Diff,
             diff_versions,
             read_only=True,
             idempotent=True,
-            large_result=True,  # (it holds two versions, up to HORACE_MAX_READ_BYTES each)
+            large_result=True,  # (a diff of up to DIFF_LIMIT)
         ),
         Tool(
             "horace_create_collection",
