@@ -872,12 +872,15 @@ RETURNING {F_F}
 
 _FIND_DUPLICATES = f"""
 WITH sums AS (
-    SELECT checksum, max(size) AS size FROM horace_files WHERE status <> 'deleted'
-    GROUP BY checksum HAVING count(*) > 1
-    ORDER BY max(size) DESC, checksum COLLATE "C" LIMIT $1::bigint
+    SELECT checksum, max(size) AS size, count(*) AS file_count FROM horace_files
+    WHERE status <> 'deleted' GROUP BY checksum HAVING count(*) > 1
+    ORDER BY max(size) DESC, checksum COLLATE "C" LIMIT $1::bigint OFFSET $2::bigint
 )
-SELECT s.checksum AS g_checksum, s.size AS g_size, {F_F}
-FROM sums s JOIN horace_files f ON f.checksum = s.checksum AND f.status <> 'deleted'
+SELECT s.checksum AS g_checksum, s.size AS g_size, s.file_count AS g_file_count, f.*
+FROM sums s CROSS JOIN LATERAL (
+    SELECT {F_F} FROM horace_files f WHERE f.checksum = s.checksum AND f.status <> 'deleted'
+    ORDER BY f.created_at, f.id LIMIT $3::bigint
+) f
 ORDER BY s.size DESC, s.checksum COLLATE "C", f.created_at, f.id
 """
 
@@ -1687,12 +1690,13 @@ class _Units:
         total = rows[0]["total"] if rows else 0
         return total, [_file(r) for r in rows if r["id"] is not None]
 
-    async def find_duplicates(self, limit: int) -> list[DuplicateGroup]:
-        rows = await self._source.run(_fetch, _FIND_DUPLICATES, limit)
-        groups: dict[str, tuple[int, list[FileRecord]]] = {}
+    async def find_duplicates(self, limit: int, offset: int, files_per_group: int) -> list[DuplicateGroup]:
+        rows = await self._source.run(_fetch, _FIND_DUPLICATES, limit, offset, files_per_group)
+        groups: dict[str, tuple[int, int, list[FileRecord]]] = {}
         for row in rows:
-            groups.setdefault(row["g_checksum"], (row["g_size"], []))[1].append(_file(row))
-        return [DuplicateGroup(c, size, tuple(fs)) for c, (size, fs) in groups.items()]
+            group = groups.setdefault(row["g_checksum"], (row["g_size"], row["g_file_count"], []))
+            group[2].append(_file(row))
+        return [DuplicateGroup(c, size, count, tuple(fs)) for c, (size, count, fs) in groups.items()]
 
     # collections
 

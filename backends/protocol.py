@@ -196,7 +196,10 @@ class Units(Protocol):
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
         """(total_count, one page) for the filters, sort and position of *query*."""
 
-    async def find_duplicates(self, limit: int) -> list[DuplicateGroup]: ...
+    async def find_duplicates(self, limit: int, offset: int, files_per_group: int) -> list[DuplicateGroup]:
+        """Groups of active or archived files with one content, the largest content first
+        (then by checksum), each with its first *files_per_group* files by creation."""
+        ...
 
     # -- collections ------------------------------------------------------------------
     async def upsert_collection(

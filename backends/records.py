@@ -185,6 +185,7 @@ class Retention:
 class DuplicateGroup:
     checksum: str
     size: int
+    file_count: int  # the group's files; ``files`` holds the first of them
     files: tuple[FileRecord, ...]
 
 

@@ -920,21 +920,23 @@ def _rows_of_keys(conn: sqlite3.Connection, q: SearchQuery, keys: list[int]) -> 
     ).fetchall()
 
 
-def _find_duplicates(conn: sqlite3.Connection, limit: int) -> list[DuplicateGroup]:
+def _find_duplicates(
+    conn: sqlite3.Connection, limit: int, offset: int, files_per_group: int
+) -> list[DuplicateGroup]:
     with _transaction(conn, "DEFERRED"):
         sums = conn.execute(
-            "SELECT checksum, max(size) FROM horace_files WHERE status != 'deleted' "
-            "GROUP BY checksum HAVING count(*) > 1 ORDER BY max(size) DESC, checksum LIMIT ?",
-            (limit,),
+            "SELECT checksum, max(size), count(*) FROM horace_files WHERE status != 'deleted' "
+            "GROUP BY checksum HAVING count(*) > 1 ORDER BY max(size) DESC, checksum LIMIT ? OFFSET ?",
+            (limit, offset),
         ).fetchall()
         groups = []
-        for checksum, size in sums:
+        for checksum, size, count in sums:
             rows = conn.execute(
                 f"SELECT {_FILE_COLUMNS} FROM horace_files WHERE checksum = ? "
-                "AND status != 'deleted' ORDER BY created_at, id",
-                (checksum,),
+                "AND status != 'deleted' ORDER BY created_at, id LIMIT ?",
+                (checksum, files_per_group),
             )
-            groups.append(DuplicateGroup(checksum, size, tuple(_file(r) for r in rows)))
+            groups.append(DuplicateGroup(checksum, size, count, tuple(_file(r) for r in rows)))
     return groups
 
 
@@ -1615,8 +1617,8 @@ class SqliteBackend:
     async def search(self, query: SearchQuery) -> tuple[int, list[FileRecord]]:
         return await self._read(_search, query)
 
-    async def find_duplicates(self, limit: int) -> list[DuplicateGroup]:
-        return await self._read(_find_duplicates, limit)
+    async def find_duplicates(self, limit: int, offset: int, files_per_group: int) -> list[DuplicateGroup]:
+        return await self._read(_find_duplicates, limit, offset, files_per_group)
 
     async def upsert_collection(
         self,

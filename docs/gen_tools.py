@@ -124,6 +124,9 @@ NOTES = {
     "(`changed: false`); an archived file is `INVALID_ARGUMENT` (update its status to `active` "
     "instead).",
     "horace_remove_from_collection": "Ids that are not members are ignored.",
+    "horace_find_duplicates": "Groups come largest content first (then by checksum), and each "
+    "group's files in the order they were catalogued. `group_count` is the number of groups in "
+    "this reply: while it equals `limit`, the next page is at `offset + limit`.",
     "horace_diff_versions": "When both versions are at most `HORACE_MAX_READ_BYTES`, both are read "
     "from the object store (and checked against their checksums); text (UTF-8 without NUL bytes) "
     "gets a diff with 3 lines of context, anything else `kind: binary`. When either is larger, "

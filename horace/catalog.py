@@ -698,8 +698,12 @@ class Catalog:
         next_cursor = _encode_cursor(query, rows[-1], self.store_id) if more else None
         return SearchPage(total, tuple(rows), query.limit, query.offset, next_cursor)
 
-    async def find_duplicates(self, limit: int = 100) -> list[DuplicateGroup]:
-        return await self.backend.find_duplicates(_bounded(limit, "limit"))
+    async def find_duplicates(
+        self, limit: int = 100, offset: int = 0, files_per_group: int = 1000
+    ) -> list[DuplicateGroup]:
+        return await self.backend.find_duplicates(
+            _bounded(limit, "limit"), _offset(offset), _bounded(files_per_group, "files_per_group")
+        )
 
     async def kept_version(self, file: FileRecord, version: int | None) -> VersionRecord:
         """Version *version* of *file* (None: the current one); ``VERSION_NOT_FOUND``."""

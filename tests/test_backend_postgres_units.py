@@ -783,12 +783,15 @@ async def test_find_duplicates(db: PostgresBackend) -> None:
     await db.add_version(tmp[1].id, new("B", 9), at(5), None, Retention())
     await db.add_version(tmp[2].id, new("C", 10), at(5), None, Retention())
     await db.update_file(tmp[2].id, FileChanges(status=Status.DELETED), at(6))
-    groups = await db.find_duplicates(10)
-    assert [(g.checksum, g.size) for g in groups] == [("B", 9), ("A", 5)]
+    groups = await db.find_duplicates(10, 0, 100)
+    assert [(g.checksum, g.size, g.file_count) for g in groups] == [("B", 9, 2), ("A", 5, 2)]
     b_ids = sorted([b1.id, tmp[1].id])  # same created_at: by id
     assert [f.id for f in groups[0].files] == b_ids
     assert [f.id for f in groups[1].files] == [a1.id, tmp[0].id]
-    assert [g.checksum for g in await db.find_duplicates(1)] == ["B"]
+    assert [g.checksum for g in await db.find_duplicates(1, 0, 100)] == ["B"]
+    [second] = await db.find_duplicates(1, 1, 1)
+    assert (second.checksum, second.file_count, [f.id for f in second.files]) == ("A", 2, [a1.id])
+    assert await db.find_duplicates(10, 2, 100) == []
     del a2, b2
 
 
@@ -1608,7 +1611,7 @@ async def test_same_answers_as_sqlite(both: Both, seed: int) -> None:
             await both("version", fid, rnd.randint(1, 4))
             await both("missing_file_ids", some_ids())
             await both("unreferenced", rnd.sample(SUMS, 3))
-            await both("find_duplicates", rnd.randint(1, 5))
+            await both("find_duplicates", rnd.randint(1, 5), rnd.randint(0, 2), rnd.randint(1, 3))
             await both("list_collections", rnd.randint(1, 3), rnd.randint(0, 2))
             await both(
                 "get_collection",

@@ -1454,7 +1454,25 @@ async def test_find_duplicates(catalog: Catalog, files: Path) -> None:
     await catalog.update(a.id, FileChanges())
     groups = await catalog.find_duplicates()
     assert len(groups) == 1 and {f.id for f in groups[0].files} == {a.id, b.id}
-    assert groups[0].checksum == sha256("b")
+    assert groups[0].checksum == sha256("b") and groups[0].file_count == 2
+
+
+async def test_duplicate_groups_come_in_pages_of_groups_and_of_files(catalog: Catalog, files: Path) -> None:
+    """Largest content first; each group counts all its files and lists the first ones
+    registered, so neither many groups nor one huge group has to come at once."""
+    contents = ("a" * 30, "b" * 20, "c" * 10)
+    for n in range(3):  # (register gives a copy's content its first file; a scan catalogs copies)
+        for content in contents:
+            write(files / f"user/{content[0]}{n}.txt", content)
+        await catalog.scan()
+    ids = {c: [(await catalog.resolve(f"user/{c[0]}{n}.txt")).id for n in range(3)] for c in contents}
+    pages = [await catalog.find_duplicates(limit=1, offset=n, files_per_group=2) for n in range(4)]
+    assert [[(g.checksum, g.size, g.file_count) for g in page] for page in pages] == [
+        [(sha256(content), len(content), 3)] for content in ids
+    ] + [[]]
+    assert [[f.id for f in page[0].files] for page in pages[:3]] == [found[:2] for found in ids.values()]
+    whole = await catalog.find_duplicates(limit=2, offset=1)
+    assert [[f.id for f in g.files] for g in whole] == [ids["b" * 20], ids["c" * 10]]
 
 
 async def test_one_repair_restores_a_file_without_versions_or_working_copy(

@@ -307,6 +307,8 @@ async def test_a_long_history_and_a_large_duplicate_group_are_listed_a_part_at_a
         [group] = found["groups"]
         assert (group["file_count"], len(group["files"])) == (30, 4)
         assert len((await client.call("horace_find_duplicates"))["groups"][0]["files"]) == 10
+        past = await client.call("horace_find_duplicates", offset=1)
+        assert (past["group_count"], past["groups"]) == (0, [])
 
 
 async def test_tool_errors_are_results_with_code_and_correlation(client: McpClient) -> None:

@@ -26,6 +26,7 @@ from horace.backends.records import (
     DEFAULT_SEARCH_LIMIT,
     MAX_SEARCH_LIMIT,
     Collection,
+    DuplicateGroup,
     FileChanges,
     FileRecord,
     Order,
@@ -248,6 +249,7 @@ class NameArgs:
 @frozen(kw_only=True)
 class DuplicatesArgs:
     limit: int = param(100, doc="groups at most", minimum=1, maximum=MAX_SEARCH_LIMIT)
+    offset: int = param(0, doc="groups to skip (the largest content first)", minimum=0)
     files_per_group: int = param(
         10,
         doc="files listed per group at most (file_count has them all)",
@@ -347,17 +349,9 @@ class DeletedCollection:
 
 
 @frozen(kw_only=True)
-class DuplicateFiles:
-    checksum: str
-    size: int
-    file_count: int
-    files: tuple[FileRecord, ...]
-
-
-@frozen(kw_only=True)
 class DuplicatesResult:
     group_count: int
-    groups: tuple[DuplicateFiles, ...]
+    groups: tuple[DuplicateGroup, ...]
 
 
 @frozen(kw_only=True)
@@ -512,14 +506,8 @@ async def delete_collection(ctx: CallContext, args: NameArgs) -> DeletedCollecti
 
 
 async def find_duplicates(ctx: CallContext, args: DuplicatesArgs) -> DuplicatesResult:
-    groups = await ctx.catalog.find_duplicates(args.limit)
-    listed = tuple(
-        DuplicateFiles(
-            checksum=g.checksum, size=g.size, file_count=len(g.files), files=g.files[: args.files_per_group]
-        )
-        for g in groups
-    )
-    return DuplicatesResult(group_count=len(groups), groups=listed)
+    groups = await ctx.catalog.find_duplicates(args.limit, args.offset, args.files_per_group)
+    return DuplicatesResult(group_count=len(groups), groups=tuple(groups))
 
 
 async def verify(ctx: CallContext, args: VerifyArgs) -> VerifyResult:
