@@ -101,14 +101,19 @@ class FileLocks:
 
     @asynccontextmanager
     async def hold(self, rel_path: str) -> AsyncIterator[None]:
-        """Hold the write lock of *rel_path*; ``FILE_LOCKED`` after ``wait_seconds``."""
+        """Hold the write lock of *rel_path*; ``FILE_LOCKED`` after ``wait_seconds``. A
+        free lock is taken whatever the wait (0 too: no wait, not no lock)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         entry = self._entries.setdefault(rel_path, _Entry())
         entry.users += 1
         try:
-            with trio.move_on_after(self.wait_seconds) as waited:
-                await entry.lock.acquire()
-            if waited.cancelled_caught:
-                raise HoraceError(ErrorCode.FILE_LOCKED, f"{rel_path!r} is being written")
+            try:
+                entry.lock.acquire_nowait()
+            except trio.WouldBlock:
+                with trio.move_on_after(self.wait_seconds) as waited:
+                    await entry.lock.acquire()
+                if waited.cancelled_caught:
+                    raise HoraceError(ErrorCode.FILE_LOCKED, f"{rel_path!r} is being written") from None
             try:
                 await self._acquire_record(rel_path)
             except BaseException:
@@ -172,7 +177,7 @@ class FileLocks:
         offset = lock_key(rel_path)
         delay = 0.001
         with trio.move_on_after(self.wait_seconds):
-            while True:
+            while True:  # (the first try is made before the wait can have ended)
                 try:
                     fcntl.fcntl(self._file(), fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
                     return

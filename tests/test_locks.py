@@ -27,6 +27,31 @@ async def test_two_lock_tables_in_one_process_exclude_each_other(tmp_path: Path)
         pass
 
 
+async def test_no_wait_takes_a_free_lock_and_refuses_a_held_one(tmp_path: Path) -> None:
+    """HORACE_LOCK_WAIT=0: no waiting for a lock, but a free one is still taken."""
+    lock_file = tmp_path / "locks"
+    lock_file.touch()
+    here, there = FileLocks(lock_file, wait_seconds=0), FileLocks(lock_file, wait_seconds=0)
+    refusals: list[ErrorCode] = []
+
+    async def write_a(locks: FileLocks) -> None:
+        try:
+            async with locks.hold("user/a.txt"):
+                pass
+        except HoraceError as exc:
+            refusals.append(exc.code)
+
+    async with here.hold("user/a.txt"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write_a, here)  # another task of this table
+            nursery.start_soon(write_a, there)  # another process's table
+        assert refusals == [ErrorCode.FILE_LOCKED] * 2
+        async with there.hold("user/b.txt"):
+            pass
+    async with there.hold("user/a.txt"):
+        pass
+
+
 async def test_waiting_is_cancellable_and_every_waiter_gets_its_turn(tmp_path: Path) -> None:
     locks = FileLocks(tmp_path / "locks", wait_seconds=10)
     inside = 0
