@@ -332,6 +332,23 @@ async def test_tool_errors_are_results_with_code_and_correlation(client: McpClie
     assert path["error_code"] == "INVALID_PATH"
 
 
+async def test_a_tool_call_refused_as_a_request_still_carries_a_correlation_id(client: McpClient) -> None:
+    """Every tool call's reply carries one (its own when it gives one), also when the
+    request is refused before a tool is chosen; another method's error needs none."""
+    cases: list[tuple[dict[str, object], str | None]] = [
+        ({"arguments": {}, "_meta": {"correlation_id": "corr-7"}}, "corr-7"),
+        ({"arguments": {"metadata": {"correlation_id": "corr-8"}}}, "corr-8"),
+        ({"name": 5}, None),
+        ({"name": "horace_nothing", "_meta": {"correlation_id": "x" * 201}}, None),
+    ]
+    for params, given in cases:
+        reply = await client.request("tools/call", params)
+        assert reply["error"]["code"] == -32602, reply
+        correlation_id = reply["error"]["data"]["correlation_id"]
+        assert correlation_id == given if given else len(correlation_id) == 36, reply
+    assert "data" not in (await client.request("no/such/method", {}))["error"]
+
+
 async def test_correlation_id_from_metadata_reaches_rows(server: RunningHorace, client: McpClient) -> None:
     write(server.files / "user/c.txt", "c")
     result = await client.call(

@@ -29,7 +29,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
 from typing import Any, Protocol
 
 import attrs
@@ -381,39 +381,44 @@ class McpSession:
         if not_an_id is not None:
             return error_text(None, RpcError(INVALID_REQUEST, not_an_id))
         method, params = message.get("method"), message.get("params", {})
+
+        def refused(exc: RpcError) -> str:
+            if method == "tools/call" and exc.data is None:  # a tool call's errors all carry one
+                exc.data = {"correlation_id": _call_correlation_id(params)}
+            return error_text(request_id, exc)
+
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
-            return error_text(request_id, RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
+            return refused(RpcError(INVALID_REQUEST, 'need "jsonrpc": "2.0" and a method'))
         if not isinstance(params, dict | list):
-            return error_text(request_id, RpcError(INVALID_PARAMS, "params must be an object"))
+            return refused(RpcError(INVALID_PARAMS, "params must be an object"))
         refusal = jsonrpc.unusable(params)
         if refusal is not None and not (method == "tools/call" and refusal.within("arguments")):
-            return error_text(request_id, RpcError(INVALID_PARAMS, str(refusal)))
+            return refused(RpcError(INVALID_PARAMS, str(refusal)))
         if self.inflight >= self.settings.max_calls_per_connection:
-            return error_text(
-                request_id,
+            return refused(
                 RpcError(
                     SERVER_BUSY,
                     f"too many calls under way in this {self._carrier} "
                     f"(limit {self.settings.max_calls_per_connection}, HORACE_MAX_CALLS_PER_CONNECTION)",
-                ),
+                )
             )
         tracked = "id" in message
         if tracked and request_id in self._under_way:
             # Its reply, and a cancel by that id, would be the other's too (MCP: an id is
             # never used twice by a session's requests).
             said = f"id {request_id!r} is already in use by a request under way on this session"
-            return error_text(request_id, RpcError(INVALID_REQUEST, said))
+            return refused(RpcError(INVALID_REQUEST, said))
         self.inflight += 1
         if tracked:
             self._under_way.add(request_id)
         try:
             text = await self._dispatch(request_id, method, params, send, refusal, size)
         except RpcError as exc:
-            return error_text(request_id, exc)
+            return refused(exc)
         except Exception:
             # A bug met by one request costs it an error (with its id), never the session.
             log.exception("%s failed", method, extra={"conversation_id": self.conversation_id})
-            return error_text(request_id, RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
+            return refused(RpcError(INTERNAL_ERROR, "internal error: see the server's log"))
         finally:
             self.inflight -= 1
             if tracked:
@@ -697,6 +702,16 @@ def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
             )
         if isinstance(given, str) and given:
             return given
+    return str(uuid.uuid4())
+
+
+def _call_correlation_id(params: Any) -> str:
+    """The correlation id of a tool call refused before it was taken apart: its own when
+    it gives a usable one, else a new one."""
+    if isinstance(params, Mapping):
+        meta = params.get("_meta")
+        with suppress(RpcError):  # (one too long: the refusal is under a new id)
+            return _correlation_id(params.get("arguments"), meta if isinstance(meta, Mapping) else {})
     return str(uuid.uuid4())
 
 
