@@ -275,20 +275,33 @@ class Vanished:
     with that content, the one whose path ends as the new one does, then first come."""
 
     def __init__(self, files: Sequence[FileRecord] = (), since: float = 0.0) -> None:
-        self._files: dict[str, tuple[FileRecord, float]] = {f.id: (f, since) for f in files}
+        self._files: dict[str, tuple[FileRecord, float]] = {}
+        # By content too: each file of a folder of thousands moved is matched in one look.
+        self._by_checksum: dict[str, dict[str, FileRecord]] = {}
+        for file in files:
+            self.add(file, since)
 
     def __len__(self) -> int:
         return len(self._files)
 
     def add(self, file: FileRecord, since: float) -> None:
+        known = self._files.get(file.id)
+        if known is not None and known[0].checksum != file.checksum:
+            self.discard(file.id)
         self._files[file.id] = (file, since)
+        self._by_checksum.setdefault(file.checksum, {})[file.id] = file
 
     def discard(self, file_id: str) -> None:
-        self._files.pop(file_id, None)
+        found = self._files.pop(file_id, None)
+        if found is not None:
+            same = self._by_checksum[found[0].checksum]
+            del same[file_id]
+            if not same:
+                del self._by_checksum[found[0].checksum]
 
     def holding(self, checksum: str) -> list[FileRecord]:
-        """The vanished files whose content is *checksum*."""
-        return [file for file, _ in self._files.values() if file.checksum == checksum]
+        """The vanished files whose content is *checksum*, first vanished first."""
+        return list(self._by_checksum.get(checksum, {}).values())
 
     def claim(self, checksum: str, rel: str, among: Container[str] | None = None) -> FileRecord | None:
         """The vanished file whose content the file now at *rel* has (of the ids *among*,
@@ -307,7 +320,7 @@ class Vanished:
             return _parts_in_common(theirs[::-1], parts[::-1]), _parts_in_common(theirs, parts)
 
         chosen = max(same, key=kinship)
-        del self._files[chosen.id]
+        self.discard(chosen.id)
         return chosen
 
     def sizes(self) -> set[int]:
@@ -320,7 +333,7 @@ class Vanished:
         """The files vanished before *before*, taken off the list: no rename came."""
         gone = [file for file, since in self._files.values() if since <= before]
         for file in gone:
-            del self._files[file.id]
+            self.discard(file.id)
         return gone
 
 
