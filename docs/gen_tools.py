@@ -63,7 +63,7 @@ ERRORS: dict[str, list[str]] = {
     "horace_list_collections": ["INVALID_ARGUMENT"],
     "horace_get_collection": ["COLLECTION_NOT_FOUND", "INVALID_ARGUMENT"],
     "horace_add_to_collection": ["COLLECTION_NOT_FOUND", "NOT_CATALOGED", "STORAGE_FULL"],
-    "horace_remove_from_collection": ["COLLECTION_NOT_FOUND", "STORAGE_FULL"],
+    "horace_remove_from_collection": ["COLLECTION_NOT_FOUND", "NOT_CATALOGED", "STORAGE_FULL"],
     "horace_delete_collection": ["COLLECTION_NOT_FOUND", "STORAGE_FULL"],
     "horace_find_duplicates": ["INVALID_ARGUMENT"],
     "horace_verify": ["NOT_CATALOGED", "INVALID_PATH", "INVALID_ARGUMENT"],
@@ -123,7 +123,8 @@ NOTES = {
     "horace_undelete_file": "Undeleting an active file is a success that changes nothing "
     "(`changed: false`); an archived file is `INVALID_ARGUMENT` (update its status to `active` "
     "instead).",
-    "horace_remove_from_collection": "Ids that are not members are ignored.",
+    "horace_remove_from_collection": "Catalogued files that are not members are passed over; an id "
+    "that is no catalogued file's is `NOT_CATALOGED`, and nothing is removed.",
     "horace_find_duplicates": "Groups come largest content first (then by checksum), and each "
     "group's files in the order they were catalogued. `group_count` is the number of groups in "
     "this reply: while it equals `limit`, the next page is at `offset + limit`.",

@@ -1174,7 +1174,11 @@ class Catalog:
         return found
 
     async def remove_from_collection(self, name: str, file_ids: Sequence[str]) -> Collection:
-        found = await self.backend.remove_members(name, list(file_ids), self.clock())
+        """Catalogued files that are not members are passed over; an id that is not a
+        catalogued file's is refused, as by :meth:`add_to_collection` (a mistyped id
+        would otherwise look removed)."""
+        ids = await self._existing_ids(file_ids)
+        found = await self.backend.remove_members(name, ids, self.clock())
         if found is None:
             raise HoraceError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection {name!r}")
         return found

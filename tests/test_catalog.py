@@ -1421,6 +1421,11 @@ async def test_collections_many_to_many(catalog: Catalog, files: Path) -> None:
     assert collection.description == "first" and collection.metadata == {"k": "v"}
     assert {f.id for f in members} == {a.id, b.id}
     assert (await catalog.remove_from_collection("one", [a.id])).member_count == 1
+    assert (await catalog.remove_from_collection("one", [a.id])).member_count == 1  # not a member
+    with pytest.raises(HoraceError) as mistyped:
+        await catalog.remove_from_collection("one", [b.id, a.id[:-1] + "x"])
+    assert mistyped.value.code is ErrorCode.NOT_CATALOGED and a.id[:-1] + "x" in mistyped.value.message
+    assert (await catalog.get_collection("one"))[0].member_count == 1  # refused whole: b stays
     assert (await catalog.add_to_collection("two", [b.id, b.id])).member_count == 2
     await catalog.delete_collection("one")
     assert (await catalog.get_info(file_id=a.id)).file.status is Status.ACTIVE  # files stay
