@@ -239,29 +239,31 @@ async def test_a_spill_of_the_child_is_replayed_by_the_next(settings: Settings) 
     assert not spool.exists()
 
 
-async def test_a_conversation_database_that_is_down_costs_no_call(settings: Settings) -> None:
-    """The sinks cannot start (their database refuses): the calls are answered, the child
-    is started again and again, and /health says why."""
+async def test_a_conversation_database_that_is_down_costs_no_call_and_not_godots_log(
+    settings: Settings,
+) -> None:
+    """The conversation database cannot be opened (down at the start): the calls are
+    answered, Godot gets every call's line, the turns wait in their queue while the sink
+    retries, and /health says why. The sink process is not started again for it."""
     down = "postgresql://nobody@127.0.0.1:1/nowhere"
-    async with run_horace(in_child(settings, conversations_url=down)) as horace:
-        async with connect(horace.url) as client:
-            for i in range(3):
-                reply = await call(client, "horace_search_files", f"d-{i}")
-                assert reply["result"]["isError"] is False
-        await eventually(lambda: process_part(horace)["starts"] >= 2, 30, "the sink process started again")
-        said = process_part(horace)["last_error"]  # the child's own reason, not only its exit code
-        assert "BackendUnavailable: " in said and "127.0.0.1:1" in said, said
-        assert sinks_of(horace) == {"conversations": {"state": "starting"}}
-        # Calls are served (200), but the log is not kept: /health says the server is degraded,
-        # also while a child that will fail again is running.
-        await eventually(lambda: process_part(horace)["state"] == "retrying", 30, "the child retrying")
-        states = set()
-        for _ in range(40):
+    async with godot_standin() as godot:
+        configured = in_child(settings, conversations_url=down, godot_url=godot.url)
+        async with run_horace(configured) as horace:
+            async with connect(horace.url) as client:
+                for i in range(3):
+                    reply = await call(client, "horace_search_files", f"d-{i}")
+                    assert reply["result"]["isError"] is False
+            wanted = {f"d-{i}" for i in range(3)}
+            await godot.wait_until(lambda: wanted <= {c.get("trace_id") for c in godot.calls})
+            await eventually(
+                lambda: sinks_of(horace)["conversations"].get("state") == "retrying", 30, "a retry"
+            )
+            conversations = sinks_of(horace)["conversations"]
+            assert (conversations["queued"], conversations["dropped"]) == (6, 0), conversations
+            assert "127.0.0.1:1" in conversations["last_error"], conversations
+            assert sinks_of(horace)["godot"]["state"] == "connected"
             code, body = await horace.server.health()
-            assert (code, body["status"], body["sink_process"]["ok"]) == (200, "degraded", False), body
-            states.add(body["sink_process"]["state"])
-            await trio.sleep(0.05)
-        assert "running" in states, states  # (the children's lives were looked at too)
+            assert (code, body["status"], body["sink_process"]["starts"]) == (200, "degraded", 1), body
 
 
 async def test_a_log_record_made_on_a_worker_thread_reaches_godot(settings: Settings) -> None:

@@ -48,6 +48,7 @@ from horace.sinks.conversations import (
     ConversationTransport,
     prune_conversations,
     request_content,
+    talks_in,
     within,
 )
 from horace.sinks.godot import GodotLogHandler, GodotTransport
@@ -1140,7 +1141,7 @@ async def test_turns_older_than_the_retention_are_pruned(catalog: Catalog) -> No
     assert await catalog.backend.insert_turns(turns) == []
     assert await catalog.backend.prune_turns(now - timedelta(days=20), 5) == 5
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(prune_conversations, catalog.backend, 20 * 86400.0, 3600.0)
+        nursery.start_soon(prune_conversations, talks_in(catalog.backend), 20 * 86400.0, 3600.0)
         with trio.fail_after(10):
             while len(await stored_turns(catalog.backend.url)) > 10:
                 await trio.sleep(0.01)
@@ -1228,7 +1229,7 @@ def _of_sinks(record: logging.LogRecord) -> bool:
 async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
     catalog: Catalog, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    transport = ConversationTransport(catalog.backend)
+    transport = ConversationTransport(talks_in(catalog.backend))
     conversation = str(uuid.uuid4())
     first, clash = _turn(conversation, 1, "original"), _turn(conversation, 1, "something else")
     with caplog.at_level(logging.WARNING, logger="horace.sinks"):
@@ -1274,7 +1275,7 @@ async def test_turns_a_full_or_read_only_database_refuses_are_kept_until_it_take
 ) -> None:
     """A database that answers but cannot write (its disk full, made read-only) refuses
     every batch, a lone turn too: that is no fault of the turn's, and none is dropped."""
-    transport = ConversationTransport(catalog.backend)
+    transport = ConversationTransport(talks_in(catalog.backend))
     conversation = str(uuid.uuid4())
     real_insert = catalog.backend.insert_turns
     refusals = 0
@@ -1483,6 +1484,37 @@ async def test_a_replay_interrupted_by_a_crash_is_picked_up(tmp_path: Path) -> N
     assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(5)]
     assert runner.replayed == 5
     assert [p.name for p in tmp_path.iterdir()] == ["memory.lock"]
+
+
+async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
+    """Lines that are no JSON object (a byte that is not UTF-8, nesting too deep for the
+    parser, an array, a torn line) are skipped and counted as dropped; the good lines
+    around them are replayed and the sink runs. A symlink in the spool's place is removed
+    unread, its target left alone."""
+    good = [json.dumps(entry(i)).encode() for i in range(4)]
+    hostile = [b'{"note": "caf\xe9"}', b"[" * 100_000 + b"]" * 100_000, b"[1, 2, 3]", b'{"torn": "a'  ]
+    (tmp_path / "memory.replaying").write_bytes(good[0] + b"\n" + hostile[3])  # torn: no newline
+    (tmp_path / "memory.jsonl").write_bytes(b"\n".join([good[1], *hostile[:3], good[2], b"", good[3]]) + b"\n")
+    transport = MemoryTransport()
+    runner = SinkRunner(transport, spool_dir=tmp_path, backoff_base=0.001)
+    async with running(runner):
+        await eventually(lambda: len(transport.stored) == 4, what="the good lines")
+        assert runner.status()["state"] == "connected"
+    assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(4)]
+    assert (runner.replayed, runner.dropped, runner.restarts) == (4, 4, 0)
+
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(json.dumps(entry(9)) + "\n")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "memory.jsonl").symlink_to(outside)
+    again = MemoryTransport()
+    runner = SinkRunner(again, spool_dir=spool, backoff_base=0.001, flush_seconds=0.0)
+    async with running(runner):
+        runner.emit(entry(10))
+        await eventually(lambda: len(again.stored) == 1, what="the new entry")
+    assert [e["message"] for e in again.stored] == ["m10"] and runner.replayed == 0
+    assert not (spool / "memory.jsonl").is_symlink() and outside.read_text() == json.dumps(entry(9)) + "\n"
 
 
 async def test_a_spool_another_process_holds_is_waited_for(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import attrs
 import trio
 
 import horace
-from horace.backends import Backend, open_backend
+from horace.backends import open_backend
 from horace.backends.protocol import BackendUnavailable, CatalogMissing, CatalogUnwritable, UnusableURL
 from horace.config import Settings
 from horace.model import CallRecord
@@ -440,15 +441,6 @@ class _Frames:
             self.buffer += chunk
 
 
-@asynccontextmanager
-async def _talks(plan: SinkPlan) -> AsyncIterator[Backend | None]:
-    if plan.talks_url is None:
-        yield None
-    else:
-        async with open_backend(plan.talks_url) as backend:
-            yield backend
-
-
 async def _report(sinks: LocalSinks, taken: list[int], stdout: trio.abc.SendStream) -> None:
     """The sinks' status to the server at each change, until nobody reads it (a server
     killed outright: the child still delivers what it holds, then ends)."""
@@ -491,8 +483,8 @@ async def serve_sinks() -> None:
     os.dup2(2, 1)  # a stray print goes to the log, not into the status lines
     async with trio.lowlevel.FdStream(reports) as stdout:
         try:
+            talks = None if plan.talks_url is None else functools.partial(open_backend, plan.talks_url)
             async with (
-                _talks(plan) as talks,
                 run_sinks(plan.settings, talks, plan.spool_dir) as sinks,
                 trio.open_nursery() as nursery,
             ):

@@ -17,10 +17,9 @@ from typing import Any
 import attrs
 import trio
 
-from horace.backends.protocol import Backend
 from horace.config import Settings
 from horace.server.observer import Observer, Observers
-from horace.sinks.conversations import ConversationRecorder, ConversationTransport, prune_conversations
+from horace.sinks.conversations import ConversationRecorder, ConversationTransport, Talks, prune_conversations
 from horace.sinks.godot import GodotCallLog, GodotTransport
 from horace.sinks.supervisor import SinkRunner
 
@@ -83,7 +82,7 @@ class LocalSinks:
 
 
 @asynccontextmanager
-async def run_sinks(settings: Settings, talks: Backend | None, spool_dir: Path) -> AsyncIterator[LocalSinks]:
+async def run_sinks(settings: Settings, talks: Talks | None, spool_dir: Path) -> AsyncIterator[LocalSinks]:
     """The sinks *settings* ask for, running while the body runs (conversation turns
     stored in *talks*); on exit they flush what they hold and spill the rest to
     *spool_dir*."""

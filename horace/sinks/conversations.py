@@ -4,15 +4,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
 import trio
 
-from horace.backends.protocol import OUTAGES, Backend, BackendUnavailable, CatalogUnwritable
+from horace.backends.protocol import (
+    OUTAGES,
+    Backend,
+    BackendUnavailable,
+    CatalogMissing,
+    CatalogUnwritable,
+    UnusableURL,
+)
 from horace.backends.records import Turn
 from horace.model import CallRecord
 from horace.redact import redact, redact_json_text
@@ -24,24 +31,42 @@ TURN_BYTES = 512  # a turn's fields but its content, correlation id and file ids
 _ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str), without a new encoder a call
 
 
+# Where turns go: the catalog's own backend (open already), or a database of their own,
+# opened with each connection of the sink, so that one out of reach (at start, too) is
+# retried as any destination is, not a failure of the sinks (and of Godot's beside them).
+Talks = Callable[[], AbstractAsyncContextManager[Backend]]
+# What opening a database of its own can meet that time may heal (a server down or being
+# made, a database or role not created yet); retried with backoff.
+_NOT_OPEN = (BackendUnavailable, CatalogMissing, CatalogUnwritable, UnusableURL, OSError)
+
+
+def talks_in(backend: Backend) -> Talks:
+    """Turns stored in *backend*, which its owner keeps open."""
+    return lambda: nullcontext(backend)
+
+
 class ConversationTransport:
     name = "conversations"
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, talks: Talks) -> None:
+        self.talks = talks
         self.conflicts = 0
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Deliver]:
-        try:
-            await self.backend.ping()
-        except (BackendUnavailable, CatalogUnwritable) as exc:
-            raise DestinationDown(str(exc)) from exc
+        async with AsyncExitStack() as opened:
+            try:
+                backend = await opened.enter_async_context(self.talks())
+                await backend.ping()
+            except _NOT_OPEN as exc:
+                raise DestinationDown(str(exc)) from exc
+            yield self._deliverer(backend)
 
+    def _deliverer(self, backend: Backend) -> Deliver:
         async def deliver(batch: list[dict[str, Any]]) -> None:
             turns = [turn_of(entry) for entry in batch]
             try:
-                conflicts = await self.backend.insert_turns(turns)
+                conflicts = await backend.insert_turns(turns)
             except OUTAGES as exc:  # the database's state, never a reason to drop a turn
                 raise DestinationDown(str(exc)) from exc
             for turn in conflicts:
@@ -54,13 +79,13 @@ class ConversationTransport:
                     extra={"correlation_id": turn.metadata.get("correlation_id"), "sink": self.name},
                 )
 
-        yield deliver
+        return deliver
 
 
 PRUNE_BATCH = 10_000  # turns a statement: short transactions beside the sink's inserts
 
 
-async def prune_conversations(backend: Backend, retention: float, every: float) -> None:
+async def prune_conversations(talks: Talks, retention: float, every: float) -> None:
     """Every *every* seconds, delete the turns older than *retention* seconds
     (``HORACE_CONVERSATION_RETENTION``), a batch at a time. A database that cannot be
     reached now is tried again at the next round."""
@@ -68,9 +93,10 @@ async def prune_conversations(backend: Backend, retention: float, every: float) 
         before = datetime.now(UTC) - timedelta(seconds=retention)
         pruned = 0
         try:
-            while (batch := await backend.prune_turns(before, PRUNE_BATCH)) > 0:
-                pruned += batch
-        except OUTAGES as exc:
+            async with talks() as backend:
+                while (batch := await backend.prune_turns(before, PRUNE_BATCH)) > 0:
+                    pruned += batch
+        except (*OUTAGES, *_NOT_OPEN) as exc:
             log.warning("conversations: turns older than %s not pruned now: %s", before.isoformat(), exc)
         if pruned:
             log.info("conversations: %d turns older than %s pruned", pruned, before.isoformat())

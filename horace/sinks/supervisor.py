@@ -345,25 +345,49 @@ class SinkRunner:
         replaying = self.spool_path.with_suffix(".replaying")
         if not await trio.Path(self.spool_path).exists() and not await trio.Path(replaying).exists():
             return  # nothing to take in (a spill landing now waits for the next start, as ever)
-        async with _spool_locked(self.spool_path):
-            lines = await trio.to_thread.run_sync(_take_in, self.spool_path, replaying)
-            entries = []
-            for number, line in enumerate(lines, 1):
-                try:
-                    entries.append(json.loads(line))
-                except ValueError:
-                    log.error("sink %s: spool line %d is not JSON; skipped", self.name, number)
-            queued = list(self._queue)
-            self._queue.clear()
-            self._queued_bytes = 0
-            for entry in entries:
-                self.emit(entry)
-            self._replaying, self._replayed_through = replaying, self._seq
-            for _, entry, _ in queued:
-                self.emit(entry)
-            self.replayed += len(entries)
-            # Back in memory; the file goes once they are delivered, or spilled again.
-            self._forget_replay_once_out()
+        try:
+            async with _spool_locked(self.spool_path):
+                lines = await trio.to_thread.run_sync(_take_in, self.spool_path, replaying)
+                self._take_back(lines, replaying)
+        except OSError as exc:  # (a spool folder gone read-only): the sink runs without it
+            self.last_error = f"the spool {self.spool_path} could not be replayed: {exc}"
+            log.error("sink %s: %s; it is left for the next start", self.name, self.last_error)
+
+    def _take_back(self, lines: list[bytes], replaying: Path) -> None:
+        """The spool's entries queued ahead of what was emitted meanwhile. A line that is
+        no JSON object (damaged on disk, edited by hand) is skipped and counted as dropped:
+        one bad line never costs the others, nor the sink."""
+        entries = []
+        skipped: list[int] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+                entry = None
+            if isinstance(entry, dict):
+                entries.append(entry)
+            elif line.strip():
+                skipped.append(number)
+        if skipped:
+            self.dropped += len(skipped)
+            log.error(
+                "sink %s: %d spool lines are not JSON objects (line %s%s); skipped",
+                self.name,
+                len(skipped),
+                ", ".join(map(str, skipped[:5])),
+                ", ..." if len(skipped) > 5 else "",
+            )
+        queued = list(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        for entry in entries:
+            self.emit(entry)
+        self._replaying, self._replayed_through = replaying, self._seq
+        for _, entry, _ in queued:
+            self.emit(entry)
+        self.replayed += len(entries)
+        # Back in memory; the file goes once they are delivered, or spilled again.
+        self._forget_replay_once_out()
 
 
 @asynccontextmanager
@@ -393,7 +417,7 @@ def _append(path: Path, text: str) -> None:
     """Append *text* whole, or not at all (a write cut short is cut off again, so that no
     torn line is left for the next append to run into)."""
     data = memoryview(text.encode("utf-8"))
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         before = os.fstat(fd).st_size
         try:
@@ -406,14 +430,31 @@ def _append(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _take_in(spool_path: Path, replaying: Path) -> list[str]:
+def _take_in(spool_path: Path, replaying: Path) -> list[bytes]:
     """The lines to replay: the spool moved into the replay file, which may already hold
-    what a process that died while replaying left (a live one would hold the lock)."""
+    what a process that died while replaying left (a live one would hold the lock). A
+    symlink in their place is none of Horace's making: removed, its target not read."""
+    for path in (spool_path, replaying):
+        if path.is_symlink():
+            log.error("the spool file %s is a symlink: removed, not read", path)
+            path.unlink()
     if spool_path.exists():
-        with replaying.open("a", encoding="utf-8") as merged:
-            merged.write(spool_path.read_text(encoding="utf-8"))
+        held = _read(replaying)
+        with replaying.open("ab") as merged:
+            if held and not held.endswith(b"\n"):
+                merged.write(b"\n")  # a torn last line stays one line, the next its own
+            merged.write(_read(spool_path))
         spool_path.unlink()
-    return replaying.read_text(encoding="utf-8").splitlines() if replaying.exists() else []
+    return _read(replaying).splitlines()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
 
 
 class _Dropping(Protocol):
