@@ -30,8 +30,11 @@ SECRET_KEYS = (
     "credential",
     "sslkey",
     "private_key",
+    "cookie",
 )
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+# A key=value pair in free text (a query string in a path an error quotes, a setting).
+_PAIR_IN_TEXT = re.compile(r"([A-Za-z0-9_.-]+)=([^\s&;,'\"<>]+)")
 # What text that names a secret key holds, lower-cased, whatever the key's case and its "-" or
 # " " for "_" (api_key: "key"); JSON text with an escape (\u0070assword) may name one too.
 _ENDINGS = {key.rpartition("_")[2] for key in SECRET_KEYS}
@@ -81,10 +84,18 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Free text with every URL in it redacted."""
-    if "://" not in text:
-        return text
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    """Free text with every URL in it redacted, and the value of every ``key=value``
+    whose key names a secret (``?token=…`` in a path that is no URL)."""
+    if "://" in text:
+        text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    if "=" in text:
+        text = _PAIR_IN_TEXT.sub(_pair, text)
+    return text
+
+
+def _pair(match: re.Match[str]) -> str:
+    key, value = match.groups()
+    return f"{key}={MASK}" if secret_key(key) and value != MASK else match.group(0)
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})

@@ -228,6 +228,12 @@ def test_redact_replaces_secret_values_at_any_depth() -> None:
         "nested": {"deeper": [{"api_key": REDACTED, "note": "n"}, ["tuple", {"access_token": REDACTED}]]},
     }
     assert redact("password") == "password" and redact(None) is None  # values alone are not keys
+    assert redact({"Cookie": "sid=1", "set-cookie": "a"}) == {"Cookie": REDACTED, "set-cookie": REDACTED}
+    # key=value in free text (a path with a query string that an error quotes): the value.
+    quoted = "no catalogued file at 'user/x?password=pw1&token=t1&page=2' (sslkey=/k db=main)"
+    assert redact({"message": quoted}) == {
+        "message": "no catalogued file at 'user/x?password=***&token=***&page=2' (sslkey=*** db=main)"
+    }
     text = json.dumps({"arguments": {"metadata": {"token": "t", "tags": ["a"]}}})  # JSON text inside
     assert json.loads(redact({"content": text})["content"]) == {
         "arguments": {"metadata": {"token": REDACTED, "tags": ["a"]}}
@@ -1492,9 +1498,10 @@ async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
     around them are replayed and the sink runs. A symlink in the spool's place is removed
     unread, its target left alone."""
     good = [json.dumps(entry(i)).encode() for i in range(4)]
-    hostile = [b'{"note": "caf\xe9"}', b"[" * 100_000 + b"]" * 100_000, b"[1, 2, 3]", b'{"torn": "a'  ]
+    hostile = [b'{"note": "caf\xe9"}', b"[" * 100_000 + b"]" * 100_000, b"[1, 2, 3]", b'{"torn": "a']
     (tmp_path / "memory.replaying").write_bytes(good[0] + b"\n" + hostile[3])  # torn: no newline
-    (tmp_path / "memory.jsonl").write_bytes(b"\n".join([good[1], *hostile[:3], good[2], b"", good[3]]) + b"\n")
+    spooled = [good[1], *hostile[:3], good[2], b"", good[3]]
+    (tmp_path / "memory.jsonl").write_bytes(b"\n".join(spooled) + b"\n")
     transport = MemoryTransport()
     runner = SinkRunner(transport, spool_dir=tmp_path, backoff_base=0.001)
     async with running(runner):
