@@ -132,12 +132,13 @@ class MemoryTransport:
             raise SinkUnavailable("memory transport is down")
         self.opened += 1
 
-        async def deliver(batch: list[dict[str, Any]]) -> None:
+        async def deliver(batch: list[dict[str, Any]]) -> int:
             self.batches += 1
             await trio.lowlevel.checkpoint()
             if self.batches == self.raise_on_batch:
                 raise RuntimeError("deliver blew up")
             self.stored.extend(batch)
+            return 0
 
         yield deliver
 
@@ -510,10 +511,10 @@ class GatedTransport(MemoryTransport):
     async def open(self) -> AsyncIterator[Deliver]:
         async with super().open() as deliver:
 
-            async def gated(batch: list[dict[str, Any]]) -> None:
+            async def gated(batch: list[dict[str, Any]]) -> int:
                 self.in_flight.set()
                 await self.release.wait()
-                await deliver(batch)
+                return await deliver(batch)
 
             yield gated
 
@@ -887,21 +888,27 @@ async def test_an_entry_from_a_worker_thread_is_queued_by_the_trio_thread() -> N
 
 
 async def test_godot_error_replies_are_counted_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal is Godot's answer (a wrong tool name, say): not sent again, counted as
+    refused, said once a batch; a sink whose every entry is refused is not ok."""
     async with godot_standin(erroring=True) as godot:
         transport = GodotTransport(godot.url)
-        runner = SinkRunner(transport, spool_dir=None, **FAST)
+        runner = SinkRunner(transport, spool_dir=None, batch_size=5, **FAST)
         with caplog.at_level(logging.WARNING, logger="horace.sinks"):
             async with running(runner):
                 for i in range(10):
                     runner.emit(entry(i))
                 await eventually(lambda: runner.delivered == 10)
+                refusing = runner.status()
                 godot.erroring = False
                 runner.emit(entry(10))
                 await eventually(lambda: runner.delivered == 11)
-    assert transport.rejected == 10 and godot.errors == 10
-    assert [c["message"] for c in godot.calls] == ["m10"]
+                accepting = runner.status()
+    assert (refusing["state"], refusing["ok"], refusing["refused"]) == ("refusing", False, 10)
+    assert (accepting["state"], accepting["ok"], accepting["refused"]) == ("connected", True, 10)
+    assert godot.errors == 10 and [c["message"] for c in godot.calls] == ["m10"]
     assert runner.failures == 0 and runner.restarts == 0 and godot.connections == 1
-    assert sum("godot rejected a log entry" in r.getMessage() for r in caplog.records) == 10
+    said = [r.getMessage() for r in caplog.records if "godot refused" in r.getMessage()]
+    assert len(said) == 2 and all(s.startswith("godot refused 5 of 5 log entries") for s in said), said
 
 
 async def test_health_shows_the_sinks(settings: Settings) -> None:
@@ -920,6 +927,20 @@ async def test_health_shows_the_sinks(settings: Settings) -> None:
         assert code == 200 and body["sinks"] == sinks_of(horace) | {
             "godot": body["sinks"]["godot"]
         }  # the same parts (godot's counters may move)
+        assert body["status"] == "ok" and "degraded" not in body
+
+
+async def test_a_sink_in_the_server_that_cannot_deliver_degrades_health(settings: Settings) -> None:
+    """Sinks run in the server (HORACE_SINK_PROCESS=off): Godot gone is said as the
+    sink process says it, the server degraded."""
+    async with (
+        godot_standin(listening=False) as godot,
+        run_horace(serving(settings, godot_url=godot.url)) as horace,
+    ):
+        await eventually(lambda: sinks_of(horace)["godot"]["state"] == "retrying", what="a retry")
+        code, body = await horace.server.health()
+        assert (code, body["status"], body["degraded"]) == (200, "degraded", ["sinks"]), body
+        assert body["sinks"]["godot"]["ok"] is False and body["sinks"]["conversations"]["ok"] is True
 
 
 # -- conversations -----------------------------------------------------------------------------
@@ -1010,7 +1031,7 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
                 for b in range(4):
                     nursery.start_soon(batch, b)
         await drained(horace)
-        assert conversation_runner(horace).transport.conflicts == 0  # type: ignore[attr-defined]
+        assert conversation_runner(horace).refused == 0
     calls = len(expected)
     assert calls == 10 + 40 + 32
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
@@ -1240,17 +1261,17 @@ async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
     first, clash = _turn(conversation, 1, "original"), _turn(conversation, 1, "something else")
     with caplog.at_level(logging.WARNING, logger="horace.sinks"):
         async with transport.open() as deliver:
-            await deliver([first, _turn(conversation, 2, "two", "assistant")])
-            await deliver([first])  # the same turn again: a retried delivery
-            await deliver([_turn(conversation, 3, "three"), _turn(conversation, 3, "three")])
-            assert transport.conflicts == 0
+            refused = await deliver([first, _turn(conversation, 2, "two", "assistant")])
+            refused += await deliver([first])  # the same turn again: a retried delivery
+            refused += await deliver([_turn(conversation, 3, "three"), _turn(conversation, 3, "three")])
+            assert refused == 0
             # (The sinks' own: another test's session applying schema steps may make this
             # one's catalog wait, and say so.)
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING and _of_sinks(r)]
-            await deliver([clash])
-            await deliver([_turn(conversation, 4, "four"), _turn(conversation, 4, "not four")])
+            refused += await deliver([clash])
+            refused += await deliver([_turn(conversation, 4, "four"), _turn(conversation, 4, "not four")])
         errors = [r for r in caplog.records if r.levelno == logging.ERROR and _of_sinks(r)]
-        assert transport.conflicts == 2 and len(errors) == 2
+        assert refused == 2 and len(errors) == 2
         assert all(
             r.name == "horace.sinks" and "UNIQUE(conversation_id, turn_number)" in r.getMessage()
             for r in errors
@@ -1264,7 +1285,7 @@ async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(
             for number, content in ((5, "five"), (2, "clash"), (5, "five")):
                 runner.emit(_turn(conversation, number, content))
             await eventually(lambda: runner.delivered == 3)
-        assert transport.conflicts == 3 and runner.restarts == 0 and runner.failures == 0
+        assert runner.refused == 1 and runner.restarts == 0 and runner.failures == 0
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation]
     assert [(r["turn_number"], r["content"]) for r in rows] == [
         (1, "original"),
@@ -1427,11 +1448,12 @@ class PickyTransport(MemoryTransport):
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Deliver]:
-        async def deliver(batch: list[dict[str, Any]]) -> None:
+        async def deliver(batch: list[dict[str, Any]]) -> int:
             await trio.lowlevel.checkpoint()
             if any(item.get("poison") for item in batch):
                 raise SinkUnavailable("entry refused")
             self.stored.extend(batch)
+            return 0
 
         yield deliver
 

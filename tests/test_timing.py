@@ -22,7 +22,7 @@ import trio.testing
 
 from horace.backends.protocol import BackendUnavailable
 from horace.changefeed import WatchFailed
-from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable
+from horace.sinks.supervisor import STALLED_SECONDS, Deliver, SinkRunner, SinkUnavailable
 from horace.supervise import TaskState, backoff, every, supervise
 
 BASE, CAP = 1.0, 30.0
@@ -60,10 +60,42 @@ class FailingTransport:
         if len(self.attempts) <= self.failures:
             raise SinkUnavailable("down")
 
-        async def deliver(batch: list[dict[str, Any]]) -> None:
+        async def deliver(batch: list[dict[str, Any]]) -> int:
             self.stored.extend(batch)
+            return 0
 
         yield deliver
+
+
+class HungTransport:
+    """Connects, and never answers a batch (a Godot that takes the connection and hangs)."""
+
+    name = "hung"
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Deliver]:
+        async def deliver(batch: list[dict[str, Any]]) -> int:
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        yield deliver
+
+
+async def test_a_sink_whose_entries_wait_with_nothing_delivered_is_not_ok(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    runner = SinkRunner(HungTransport(), spool_dir=None, flush_seconds=0.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        assert runner.status()["ok"] and runner.status()["stalled_s"] == 0.0  # nothing waits
+        runner.emit({"message": "m"})
+        await trio.sleep(STALLED_SECONDS - 1)
+        assert runner.status()["ok"] and runner.status()["state"] == "connected"
+        await trio.sleep(2)
+        status = runner.status()
+        stalled = (status["ok"], status["state"], status["stalled_s"])
+        assert stalled == (False, "connected", STALLED_SECONDS + 1)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_sink_retries_on_the_backoff_schedule(autojump_clock: trio.testing.MockClock) -> None:

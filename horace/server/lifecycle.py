@@ -190,6 +190,8 @@ class HoraceServer:
         # away (or restart in a loop) a server that works but for that part; monitors read
         # "status". Only a backend down, which fails every request, is 503.
         degraded = sorted(name for name, state in parts.items() if state.get("ok") is False)
+        if any(sink.get("ok") is False for sink in parts.get("sinks", {}).values()):
+            degraded = sorted({*degraded, "sinks"})  # (each sink says its own)
         if "writes" in backend:
             degraded = sorted([*degraded, "backend"])
         body: dict[str, Any] = {

@@ -160,12 +160,12 @@ class SinkProcess:
         self._ready.set()
 
     def status(self) -> dict[str, Any]:
-        # Not ok (the server "degraded" in /health) while the child or one of its sinks is
-        # retrying: a conversation database that cannot be opened, Godot gone.
+        # Not ok (the server "degraded" in /health) while the child is retrying, or one of
+        # its sinks is not ok (its database down, Godot gone, refusing or hung).
         retrying = (
             self.state == "retrying"
             or self.recovering
-            or any(sink.get("state") == "retrying" for sink in self.sink_status.values())
+            or any(sink.get("ok") is False for sink in self.sink_status.values())
         )
         return {
             "ok": not retrying,

@@ -183,13 +183,14 @@ class GodotTransport:
         self.url = url
         self.tool = tool
         self.reply_timeout = reply_timeout
-        self.rejected = 0
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Deliver]:
         try:
-            with trio.fail_after(self.reply_timeout):
+            with trio.move_on_after(self.reply_timeout) as connecting:
                 ws = await _Socket.connect(self.url)
+            if connecting.cancelled_caught:
+                raise trio.TooSlowError(f"no WebSocket handshake from Godot in {self.reply_timeout:g} s")
             try:
                 ids = itertools.count(1)
 
@@ -230,7 +231,7 @@ class GodotTransport:
                 )
                 await ws.send([json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})])
 
-                async def deliver(batch: list[dict[str, Any]]) -> None:
+                async def deliver(batch: list[dict[str, Any]]) -> int:
                     calls = [
                         {
                             "jsonrpc": "2.0",
@@ -239,12 +240,20 @@ class GodotTransport:
                         }
                         for entry in batch
                     ]
-                    for reply in await rpc_batch(calls):
-                        if "error" in reply or reply.get("result", {}).get("isError"):
-                            self.rejected += 1  # retrying would not help: counted and logged
-                            log.warning(
-                                "godot rejected a log entry: %s", reply.get("error") or reply.get("result")
-                            )
+                    refusals = [
+                        reply.get("error") or reply.get("result")
+                        for reply in await rpc_batch(calls)
+                        if "error" in reply or reply.get("result", {}).get("isError")
+                    ]
+                    if refusals:  # retrying would not help: counted, and said once a batch
+                        log.warning(
+                            "godot refused %d of %d log entries (%s); the first said: %.300s",
+                            len(refusals),
+                            len(calls),
+                            self.tool,
+                            json.dumps(refusals[0], default=str),
+                        )
+                    return len(refusals)
 
                 yield deliver
             finally:

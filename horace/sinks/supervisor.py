@@ -36,12 +36,17 @@ from horace.supervise import backoff
 log = logging.getLogger("horace.sinks")
 
 POISON_STRIKES = 3
+# Entries waiting this long with nothing delivered: the sink is not ok (/health degraded),
+# connected or not (a destination that takes the connection and never answers).
+STALLED_SECONDS = 15.0
 SPOOL_LOCK_POLL = 0.02  # seconds between tries of a spool lock another process holds
 # A batch carries at most this much (but always one entry): a driver encodes a batch
 # whole, and turns can be megabytes each.
 BATCH_BYTES = 1024 * 1024
 
-Deliver = Callable[[list[dict[str, Any]]], Awaitable[None]]
+# Delivers a batch or raises; says how many of its entries the destination refused (an
+# answer that retrying would not change: counted, not sent again).
+Deliver = Callable[[list[dict[str, Any]]], Awaitable[int]]
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -134,6 +139,7 @@ class SinkRunner:
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self._queue: deque[tuple[int, dict[str, Any], int]] = deque()  # (sequence, entry, size)
         self._seq = 0
+        self._progress_at = 0.0  # when the queue last got entries to an empty queue, or delivered
         # The replay file stays until the entries taken from it have left the queue (or a
         # spill holds them): a shutdown that cannot spill then still finds them there.
         self._replaying: Path | None = None
@@ -142,6 +148,7 @@ class SinkRunner:
         self._token: trio.lowlevel.TrioToken | None = None  # (the run, for other threads)
         self.state = "starting"
         self.delivered = 0
+        self.refused = 0  # of those delivered, refused by the destination
         self.dropped = 0
         self.spilled = 0
         self.replayed = 0
@@ -162,6 +169,8 @@ class SinkRunner:
             return
         if size is None:
             size = entry_size(entry)
+        if not self._queue:
+            self._progress_at = trio.current_time()
         while self._queue and (
             len(self._queue) >= self.capacity or self._queued_bytes + size > self.capacity_bytes
         ):
@@ -178,12 +187,22 @@ class SinkRunner:
         self._queued_bytes -= size
         return entry
 
+    def stalled(self) -> float:
+        """Seconds the oldest queued entries have waited with nothing delivered (0: none wait)."""
+        return trio.current_time() - self._progress_at if self._queue else 0.0
+
     def status(self) -> dict[str, Any]:
+        stalled = self.stalled()
         return {
+            # Not ok while it cannot deliver (retrying), its destination refuses all it is
+            # given (refusing), or entries wait with nothing delivered (a destination hung).
+            "ok": self.state not in ("retrying", "refusing") and stalled < STALLED_SECONDS,
             "state": self.state,
             "queued": len(self._queue),
             "queued_bytes": self._queued_bytes,
+            "stalled_s": round(stalled, 1),
             "delivered": self.delivered,
+            "refused": self.refused,
             "dropped": self.dropped,
             "spilled": self.spilled,
             "replayed": self.replayed,
@@ -283,8 +302,11 @@ class SinkRunner:
         batch = [entry for _, entry, _ in taken]
         last = taken[-1][0]
         self._in_flight = len(batch)
-        await deliver(batch)
+        refused = await deliver(batch)
         self._in_flight = 0
+        self._progress_at = trio.current_time()
+        self.refused += refused
+        self.state = "refusing" if refused == len(batch) else "connected"
         self._strikes = 0
         self._batch_limit = min(self.batch_size, self._batch_limit * 2)
         # Entries dropped for overflow while the batch was out were the oldest, and are
