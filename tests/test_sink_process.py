@@ -154,6 +154,7 @@ async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settin
             await call(client, "horace_search_files", f"k-{i}")
         await eventually(lambda: process_part(horace)["starts"] == 2, 30, "a second sink process")
         await drained(horace)
+        assert process_part(horace)["lost"] == 0  # (it held nothing when it was killed)
         assert process_part(horace)["last_error"] in {
             "the sink process ended with exit code -9",
             "the sink process failed: _ChildGone: its stdin is closed (Broken pipe)",
@@ -161,6 +162,21 @@ async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settin
         assert process_part(horace)["pid"] != first and alive(process_part(horace)["pid"])
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
     assert [r["turn_number"] for r in rows] == list(range(1, 13))  # before the kill and after
+
+
+async def test_what_a_killed_sink_process_held_is_counted_as_lost(settings: Settings) -> None:
+    """A child killed outright cannot spill: the entries its sinks held (as it last said)
+    are counted in `lost`, not forgotten with it."""
+    async with godot_standin(listening=False) as godot:
+        configured = in_child(settings, godot_url=godot.url, conversations=False)
+        async with run_horace(configured) as horace, connect(horace.url) as client:
+            for i in range(5):
+                await call(client, "horace_search_files", f"held-{i}")
+            await eventually(lambda: sinks_of(horace)["godot"].get("queued", 0) >= 5, 30, "entries held")
+            held = sinks_of(horace)["godot"]["queued"]
+            os.kill(process_part(horace)["pid"], signal.SIGKILL)
+            await eventually(lambda: process_part(horace)["starts"] == 2, 30, "a second sink process")
+            assert process_part(horace)["lost"] >= held >= 5
 
 
 async def test_the_sink_process_waits_for_the_server_not_for_signals(settings: Settings) -> None:

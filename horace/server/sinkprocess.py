@@ -213,6 +213,19 @@ class SinkProcess:
                 self.lost += len(self._queue)
                 log.error("sink process: %d log entries lost at shutdown (no sink process)", len(self._queue))
 
+    def _count_lost_with_the_child(self, signal_number: int) -> None:
+        """A child that ends by itself spills what its sinks hold; one killed cannot: its
+        sinks' queues, as it last said them, are counted as lost."""
+        held = sum(int(sink.get("queued", 0)) for sink in self.sink_status.values())
+        if held:
+            self.lost += held
+            log.error(
+                "sink process killed by %s: the %d log entries its sinks held are lost",
+                signal.Signals(signal_number).name,
+                held,
+            )
+        self.sink_status = {name: {"state": "starting"} for name in self.sink_status}
+
     async def _run_child(self) -> int:
         read_end, write_end = os.pipe()
         with contextlib.suppress(OSError, AttributeError):  # (Linux: room for bursts)
@@ -274,6 +287,8 @@ class SinkProcess:
             log.error("sink process %d did not end in %.0f s; killed", process.pid, flush + EXIT_GRACE)
             process.kill()
             await process.wait()
+        if process.returncode < 0:  # killed by a signal: what its sinks held went with it
+            self._count_lost_with_the_child(-process.returncode)
         self.state = "stopped"
 
     async def _write(self, pipe: _FramePipe) -> None:
