@@ -287,8 +287,9 @@ class SinkProcess:
             log.error("sink process %d did not end in %.0f s; killed", process.pid, flush + EXIT_GRACE)
             process.kill()
             await process.wait()
-        if process.returncode < 0:  # killed by a signal: what its sinks held went with it
-            self._count_lost_with_the_child(-process.returncode)
+        code = process.returncode
+        if code is not None and code < 0:  # killed by a signal: what its sinks held went with it
+            self._count_lost_with_the_child(-code)
         self.state = "stopped"
 
     async def _write(self, pipe: _FramePipe) -> None:
