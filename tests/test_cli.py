@@ -860,7 +860,7 @@ def test_show_writes_a_version_whole_and_diff_says_what_changed(store: tuple[Pat
     kept = root / ".horace/objects" / checksum[:2] / checksum
     kept.chmod(0o644)
     with kept.open("r+b") as damaged:
-        damaged.write(b"X")
+        damaged.write(bytes([first[0] ^ 0xFF]))  # (a fixed byte would be no damage 1 time in 256)
     done = subprocess.run(
         [sys.executable, "-m", "horace", "show", "user/blob.bin", "1"],
         env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
