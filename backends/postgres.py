@@ -865,7 +865,9 @@ SELECT * FROM updated
 """
 
 _MOVE_FILE = f"""
-UPDATE horace_files f SET file_path = $2::text, updated_at = $3::timestamptz, {_NO_STAT}
+UPDATE horace_files f SET file_path = $2::text, updated_at = $3::timestamptz,
+    ({_STAT_COLUMNS}) = ($4::bigint, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bigint),
+    working_mode = coalesce($10::integer, f.working_mode)
 WHERE f.id = $1::uuid
 RETURNING {F_F}
 """
@@ -1173,13 +1175,18 @@ async def _add_seen_versions(conn: Conn, each: Sequence[tuple[Any, ...]]) -> lis
         return [None] * len(each)
 
 
-async def _move_file(conn: Conn, *args: Any) -> Row | None:
-    try:
-        return await conn.fetchrow(_MOVE_FILE, *args)
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name != "horace_files_file_path_key":
-            raise
-        return None  # the new path is catalogued already
+async def _move_files(conn: Conn, each: list[tuple[Any, ...]]) -> list[Row | None]:
+    rows: list[Row | None] = []
+    async with conn.transaction():
+        for args in each:
+            try:
+                async with conn.transaction():  # (a savepoint: a path taken undoes this move only)
+                    rows.append(await conn.fetchrow(_MOVE_FILE, *args))
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "horace_files_file_path_key":
+                    raise
+                rows.append(None)  # the new path is catalogued already
+    return rows
 
 
 async def _identity(conn: Conn) -> CatalogIdentity:
@@ -1675,12 +1682,17 @@ class _Units:
         )
         return _file(row) if row else None
 
-    async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
-        fid = _uuid(file_id)
-        if fid is None:
-            return None
-        row = await self._source.run(_move_file, fid, new_path, at)
-        return _file(row) if row else None
+    async def move_files(
+        self, moves: Sequence[tuple[str, str, WorkingStat | None]], at: datetime
+    ) -> list[FileRecord | None]:
+        fids = [_uuid(file_id) for file_id, _, _ in moves]
+        each = [
+            (fid, new_path, at, *_stat_values(working))
+            for fid, (_, new_path, working) in zip(fids, moves, strict=True)
+            if fid is not None
+        ]
+        rows = iter(await self._source.run(_move_files, each) if each else [])
+        return [None if fid is None or (row := next(rows)) is None else _file(row) for fid in fids]
 
     # searching
 

@@ -183,9 +183,12 @@ class Units(Protocol):
         and clears the stat identity (the working file leaves or comes back);
         ``collection`` adds the file to that collection (created when missing)."""
 
-    async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
-        """Give the file a new path (a rename seen by the watcher), clearing its stat
-        identity; None when the file is unknown or the new path is taken."""
+    async def move_files(
+        self, moves: Sequence[tuple[str, str, WorkingStat | None]], at: datetime
+    ) -> list[FileRecord | None]:
+        """Give each file (id, new path, its stat identity there) its new path (renames
+        seen on disk), in one transaction; the stat identity is recorded (None: cleared).
+        One result a move: None where the file is unknown or the new path is taken."""
 
     async def refresh_working(self, entries: Sequence[IndexEntry]) -> int:
         """Record each entry's ``working`` identity for its file, only where the file is

@@ -558,16 +558,21 @@ def _update_file(
         return _file_by(conn, "id", file_id)
 
 
-def _move_file(conn: sqlite3.Connection, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
+def _move_files(
+    conn: sqlite3.Connection, moves: Sequence[tuple[str, str, WorkingStat | None]], at: datetime
+) -> list[FileRecord | None]:
+    done: list[FileRecord | None] = []
     with _transaction(conn):
-        try:
-            moved = conn.execute(
-                f"UPDATE horace_files SET file_path = ?, updated_at = ?, {_NO_STAT} WHERE id = ?",
-                (new_path, _ts(at), file_id),
-            ).rowcount
-        except sqlite3.IntegrityError:
-            return None  # the new path is catalogued already
-        return _file_by(conn, "id", file_id) if moved else None
+        for file_id, new_path, working in moves:
+            try:
+                moved = conn.execute(
+                    f"UPDATE horace_files SET file_path = ?, updated_at = ?, {_SET_STAT} WHERE id = ?",
+                    (new_path, _ts(at), *_stat_values(working), file_id),
+                ).rowcount
+            except sqlite3.IntegrityError:
+                moved = 0  # the new path is catalogued already
+            done.append(_file_by(conn, "id", file_id) if moved else None)
+    return done
 
 
 # -- searching --------------------------------------------------------------------------
@@ -1608,8 +1613,10 @@ class SqliteBackend:
     async def update_file(self, file_id: str, changes: FileChanges, at: datetime) -> FileRecord | None:
         return await self._write(_update_file, file_id, changes, at)
 
-    async def move_file(self, file_id: str, new_path: str, at: datetime) -> FileRecord | None:
-        return await self._write(_move_file, file_id, new_path, at)
+    async def move_files(
+        self, moves: Sequence[tuple[str, str, WorkingStat | None]], at: datetime
+    ) -> list[FileRecord | None]:
+        return await self._write(_move_files, moves, at) if moves else []
 
     async def refresh_working(self, entries: Sequence[IndexEntry]) -> int:
         return await self._write(_refresh_working, entries)

@@ -225,6 +225,15 @@ class FolderUndeleted:
 
 
 @frozen
+class Followed:
+    """Renames followed: (new path, the file's record from before) of each moved; (new
+    path, why) of each whose move failed (it waits for what comes next)."""
+
+    moved: tuple[tuple[str, FileRecord], ...]
+    failed: tuple[tuple[str, HoraceError], ...]
+
+
+@frozen
 class NewFiles:
     registered: tuple[FileRecord, ...]
     # (path, checksum) of those not inserted: content catalogued already (or earlier in the
@@ -1758,7 +1767,7 @@ class Catalog:
         if old.file_path == new_rel:  # moved there already (by another watcher of the store)
             return (await self.register(new_rel, correlation_id=correlation_id)).file
         async with self.writing(old.file_path) as db:
-            moved = await db.move_file(file_id, new_rel, self.clock())
+            [moved] = await db.move_files([(file_id, new_rel, None)], self.clock())
         if moved is None:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{new_rel!r} is catalogued already")
         log.info(
@@ -1778,24 +1787,87 @@ class Catalog:
     async def follow_rename(
         self, vanished: Vanished, rel: str, correlation_id: str | None
     ) -> FileRecord | None:
-        """When the uncatalogued file *rel* holds the content of a vanished file under the
-        inode that file's content was read from, that file moved here: it keeps its id
-        and history under the new path (its record from before the move is returned). A
-        file of that content under another inode is a copy (`cp a b; mv a c`: b is not a,
-        c is), unless the vanished file's inode was not recorded: then content decides."""
-        try:
-            digest = await in_thread(self.storage.hash_working, rel, check_cancelled)
-        except HoraceError:
-            return None
-        same = vanished.holding(digest)
-        if not same:
-            return None
-        identity = await in_thread(self.storage.working_identity, rel)
-        among = {f.id for f in same if await self.may_have_moved_to(f.id, identity)}
-        old = vanished.claim(digest, rel, among)
-        if old is not None:
-            await self.move(old.id, rel, correlation_id)
-        return old
+        """:meth:`follow_renames` of one path: the file's record from before its move, or
+        None; a move that fails is raised."""
+        followed = await self.follow_renames(vanished, [rel], correlation_id)
+        for _, exc in followed.failed:
+            raise exc
+        return followed.moved[0][1] if followed.moved else None
+
+    async def follow_renames(
+        self, vanished: Vanished, rels: Sequence[str], correlation_id: str | None
+    ) -> Followed:
+        """Each uncatalogued file of *rels* that holds the content of a vanished file,
+        under the inode that file's content was read from, is that file, moved there: it
+        keeps its id and history under its new path. A file of that content under another
+        inode is a copy (`cp a b; mv a c`: b is not a, c is), unless the vanished file's
+        inode was not recorded: then content decides. Only files of a vanished file's size
+        are read, all in one worker-thread hop, and the moves are recorded together (a
+        folder of thousands moved is one transaction, not thousands), each with the stat
+        identity its content was read under: a change since is an event of its own, or a
+        scan's, as for any file."""
+        sizes = vanished.sizes()
+        found = await in_thread(self._sizes, rels)
+        candidates = [rel for rel, size in zip(rels, found, strict=True) if size in sizes]
+        hashed = await in_thread(self.storage.hash_many, candidates, check_cancelled) if candidates else []
+        claims: list[tuple[FileRecord, str, WorkingStat]] = []
+        for rel, seen in zip(candidates, hashed, strict=True):
+            if isinstance(seen, HoraceError) or seen.checksum is None:
+                continue  # unreadable, or written as it was read: not followed now
+            identity = (seen.working.inode, seen.working.device)
+            same = vanished.holding(seen.checksum)
+            among = {f.id for f in same if await self.may_have_moved_to(f.id, identity)}
+            old = vanished.claim(seen.checksum, rel, among)
+            if old is not None:
+                claims.append((old, rel, seen.working))
+        return await self._move_claimed(claims, correlation_id)
+
+    def _sizes(self, rels: Sequence[str]) -> list[int | None]:
+        """The size of each regular file of *rels* (None: none there). Blocking."""
+        sizes: list[int | None] = []
+        for rel in rels:
+            try:
+                st = os.lstat(self.storage.files / rel)
+            except OSError:
+                sizes.append(None)
+                continue
+            sizes.append(st.st_size if stat.S_ISREG(st.st_mode) else None)
+        return sizes
+
+    async def _move_claimed(
+        self, claims: Sequence[tuple[FileRecord, str, WorkingStat]], correlation_id: str | None
+    ) -> Followed:
+        """Record the moves of *claims* (a file, its new path, its stat identity there):
+        those whose locks are free together, in one unit of work; each of the others the
+        usual way, waiting for its lock (:meth:`move`)."""
+        moved: list[tuple[str, FileRecord]] = []
+        failed: list[tuple[str, HoraceError]] = []
+        if not claims:
+            return Followed((), ())
+        async with self.locks.hold_free([old.file_path for old, _, _ in claims]) as held:
+            key_of = {rel: lock_key(rel) for rel in held}
+            async with self.backend.exclusive_free(list(key_of.values())) as (db, keys):
+                together = [claim for claim in claims if key_of.get(claim[0].file_path) in keys]
+                moves = [(old.id, rel, working) for old, rel, working in together]
+                done = await db.move_files(moves, self.clock()) if moves else []
+        recorded = {old.id for (old, _, _), record in zip(together, done, strict=True) if record is not None}
+        for old, rel, _ in claims:
+            if old.id in recorded:
+                moved.append((rel, old))
+                log.info(
+                    "moved %s -> %s",
+                    old.file_path,
+                    rel,
+                    extra={"correlation_id": correlation_id, "file_id": old.id},
+                )
+                continue
+            try:
+                await self.move(old.id, rel, correlation_id)
+            except HoraceError as exc:
+                failed.append((rel, exc))
+            else:
+                moved.append((rel, old))
+        return Followed(tuple(moved), tuple(failed))
 
     async def may_have_moved_to(self, file_id: str, identity: tuple[int, int] | None) -> bool:
         """Whether the file *file_id* may be the one now under *identity* (inode, device):
@@ -1819,17 +1891,11 @@ class Catalog:
         comes next: a new file, its old one deleted."""
         sizes = vanished.sizes()
         known = {e.file_path for e in index}
-        moved = 0
-        for rel, st in sorted(found, key=lambda f: f[0]):
-            if not vanished:
-                break
-            if rel in known or st.st_size not in sizes:
-                continue
-            try:
-                moved += await self.follow_rename(vanished, rel, correlation_id) is not None
-            except HoraceError as exc:
-                log.info("reconcile: %s not followed as a rename: %s", rel, exc.message)
-        return moved
+        new = sorted(rel for rel, st in found if rel not in known and st.st_size in sizes)
+        followed = await self.follow_renames(vanished, new, correlation_id) if new else Followed((), ())
+        for rel, exc in followed.failed:
+            log.info("reconcile: %s not followed as a rename: %s", rel, exc.message)
+        return len(followed.moved)
 
     async def _follow_moves(
         self,

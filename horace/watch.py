@@ -113,6 +113,7 @@ class Watcher:
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
+        self._maybe_moved: list[str] = []  # of them, first looked at as renames, together
         # Paths whose times are ahead of this host's clock: their stat identity, and when
         # it was first seen so (Trio time). See _settled.
         self._ahead: dict[str, tuple[tuple[int, int, int, int], float]] = {}
@@ -382,6 +383,8 @@ class Watcher:
                 await self._settle(rel)
                 if trio.current_time() >= pass_ends:
                     break
+            if self._maybe_moved:
+                await self._follow_renames()
             if self._new:
                 await self._register_new()
             # A vanished file is deleted only once every path due has been looked at: one
@@ -517,6 +520,9 @@ class Watcher:
             self.schedule(rel)
             return False
         record = await self.catalog.backend.file_by_path(rel)
+        if record is None and self._vanished and rel not in self._one_by_one:
+            self._maybe_moved.append(rel)  # followed with the others of this pass, together
+            return False
         if (
             record is None
             and self._vanished
@@ -581,6 +587,31 @@ class Watcher:
             else:
                 del self._copy_of[rel]
                 self.schedule(rel, 0)
+
+    async def _follow_renames(self) -> None:
+        """The new paths of this pass that may be vanished files moved, followed together;
+        the others go on to be registered with the pass's new files."""
+        pending, self._maybe_moved = self._maybe_moved, []
+        correlation_id = f"watch-{uuid.uuid4()}"
+        try:
+            followed = await self.catalog.follow_renames(self._vanished, pending, correlation_id)
+        except CATALOG_FAILURES as failure:
+            for rel in pending:
+                self._failed(rel, f"the catalog: {failure}", correlation_id)
+            return
+        except OSError as refused:
+            for rel in pending:
+                self._failed(rel, str(refused), correlation_id)
+            return
+        done = set()
+        for rel, _ in followed.moved:
+            self.counts.moved += 1
+            self._taken(rel)
+            done.add(rel)
+        for rel, exc in followed.failed:
+            self._not_taken(rel, exc, correlation_id)
+            done.add(rel)
+        self._new += [rel for rel in pending if rel not in done]
 
     async def _register_new(self) -> None:
         pending, self._new = self._new, []

@@ -55,6 +55,7 @@ from horace.backends.records import (
     SortKey,
     Status,
     Turn,
+    WorkingStat,
 )
 from horace.backends.sqlite import SqliteBackend, open_sqlite
 from horace.backends.words import prefix_end
@@ -488,17 +489,29 @@ async def test_update_file(db: PostgresBackend) -> None:
     assert await db.update_file(f.id.upper(), FileChanges(owner="x"), at(7)) is None
 
 
-async def test_move_file(db: PostgresBackend) -> None:
-    f, g = rec("old/name.txt", "a"), rec("taken.txt", "b")
-    await db.insert_files([f, g])
-    moved = await db.move_file(f.id, "new/name.txt", at(5))
+async def test_move_files(db: PostgresBackend) -> None:
+    f, g, h = rec("old/name.txt", "a"), rec("taken.txt", "b"), rec("old/other.txt", "c")
+    await db.insert_files([f, g, h])
+    [moved] = await db.move_files([(f.id, "new/name.txt", None)], at(5))
     assert moved is not None and moved.file_path == "new/name.txt" and moved.updated_at == at(5)
     assert await db.file_by_path("old/name.txt") is None
-    assert await db.move_file(f.id, "taken.txt", at(6)) is None
-    assert await db.move_file(str(uuid.uuid4()), "free.txt", at(6)) is None
-    assert await db.move_file("nope", "free.txt", at(6)) is None
-    same = await db.move_file(f.id, "new/name.txt", at(7))
+    there = WorkingStat(size=1, mtime_ns=2, ctime_ns=3, inode=2**63 + 4, device=5, recorded_ns=6, mode=0o640)
+    # A path taken, an unknown id and a malformed one fail alone; the others move together.
+    done = await db.move_files(
+        [
+            (f.id, "taken.txt", None),
+            (str(uuid.uuid4()), "free.txt", None),
+            ("nope", "free.txt", None),
+            (h.id, "new/other.txt", there),
+        ],
+        at(6),
+    )
+    assert done[:3] == [None, None, None] and done[3] is not None and done[3].file_path == "new/other.txt"
+    entry = await db.index_entry(h.id)
+    assert entry is not None and entry.working == attrs.evolve(there, mode=None)  # (mode: kept apart)
+    [same] = await db.move_files([(f.id, "new/name.txt", None)], at(7))
     assert same is not None and same.updated_at == at(7)
+    assert await db.move_files([], at(8)) == []
 
 
 async def test_malformed_ids_are_not_found(db: PostgresBackend) -> None:
@@ -1592,7 +1605,10 @@ async def test_same_answers_as_sqlite(both: Both, seed: int) -> None:
             unit = rnd.choice(["add_members", "remove_members"])
             await both(unit, name, some_ids(), tick())
         elif op == "move":
-            await both("move_file", rnd.choice([*ids, "not-a-uuid"]), rnd.choice(PATHS), tick())
+            moves = [
+                (rnd.choice([*ids, "not-a-uuid"]), rnd.choice(PATHS), None) for _ in range(rnd.randint(1, 3))
+            ]
+            await both("move_files", moves, tick())
         elif op == "drop":
             await both("delete_collection", rnd.choice(["ins", "upd", "other", "missing"]))
         elif op == "repair":
@@ -1777,7 +1793,7 @@ async def test_word_counts_follow_every_change_and_fold_into_one_row_each(db: Po
         await db.update_file(f.id, FileChanges(status=Status.DELETED), at(2))
     for f in files[15:18]:
         await db.update_file(f.id, FileChanges(status=Status.ARCHIVED), at(2))
-    await db.move_file(files[30].id, "elsewhere/renamed.txt", at(3))
+    await db.move_files([(files[30].id, "elsewhere/renamed.txt", None)], at(3))
     assert (await db.purge_deleted(at(10)))[0] == 5  # (the rows go by the foreign key's cascade)
     wrong, rows, lexemes = await word_counts(db)
     assert wrong == [] and rows > lexemes  # several rows for a lexeme until folded

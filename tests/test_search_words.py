@@ -121,7 +121,7 @@ async def test_words_follow_updates_moves_status_and_purges(backend: Backend) ->
     assert await found(backend, "report") == set()
     assert await found(backend, "summ") == {"docs/alpha.md"}
 
-    await backend.move_file(b.id, "docs/gamma.md", T0)
+    await backend.move_files([(b.id, "docs/gamma.md", None)], T0)
     assert await found(backend, "beta") == set()
     assert await found(backend, "gamma") == {"docs/gamma.md"}
 
