@@ -43,7 +43,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from horace.config import Settings
 from horace.server import http, sse
-from horace.server.admission import subprotocol_for_token
+from horace.server.admission import host_refusal, hosts_served, origin_allowed, subprotocol_for_token
 from horace.server.http import KEEPALIVE_INTERVAL, MAX_GET_STREAMS, Accept
 from horace.server.httpio import HEAD_TIMEOUT
 from horace.server.httpsession import HttpSession
@@ -211,6 +211,12 @@ async def test_every_refusal_has_its_status(server: RunningHorace, client: HttpM
         (await http.put(url, content=ping, headers=client.headers()), 405, "PUT is not served here"),
         (await get(accept="application/json"), 406, "must accept text/event-stream"),
         (await get(**{"mcp-session-id": None}), 400, "Mcp-Session-Id header missing"),
+        # A WebSocket handshake whose Upgrade a proxy dropped: said so.
+        (
+            await get(**{"mcp-session-id": None, "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}),
+            400,
+            "a WebSocket handshake without 'Upgrade: websocket'",
+        ),
         (await get(**{"mcp-session-id": "nope"}), 404, "no such session"),
         (await http.delete(url, headers={"mcp-session-id": "nope"}), 404, "no such session"),
         (await http.delete(url), 400, "Mcp-Session-Id header missing"),
@@ -1079,25 +1085,49 @@ async def test_token_and_origin(settings: Settings) -> None:
                 assert response.status_code == 401, method
 
 
+def test_allowed_hosts_and_origins_are_compared_as_browsers_and_proxies_send_them() -> None:
+    """An allowed host written with a port (a proxy's) matches its name on any port; an
+    allowed origin matches whatever the case of its name, with or without its scheme's
+    default port or a trailing slash; nothing else matches more than it did."""
+    served = hosts_served("127.0.0.1", ("h2.example:8443", "H3.Example"))
+    for host in (b"h2.example:8443", b"h2.example", b"H2.EXAMPLE:443", b"h3.example:80", b"localhost:1"):
+        assert host_refusal({b"host": host}, served) is None, host
+    for host in (b"h2.example.evil", b"evil:8443", b"x:notaport"):
+        refusal = host_refusal({b"host": host}, served)
+        assert refusal is not None and refusal.status == 403, host
+    allowed = ("https://Ops.Example:443/", "http://dash.example:8080")
+    for origin in ("https://ops.example", "HTTPS://OPS.EXAMPLE:443", "http://dash.example:8080/"):
+        assert origin_allowed(origin, allowed), origin
+    for origin in ("https://ops.example:8443", "http://ops.example", "http://dash.example", "null", "x://["):
+        assert not origin_allowed(origin, allowed), origin
+
+
 @pytest.mark.parametrize("allowed", [(), ("horace.example",)])
 async def test_a_host_that_is_not_the_servers_name_is_refused_on_loopback(
-    settings: Settings, allowed: tuple[str, ...]
+    settings: Settings, allowed: tuple[str, ...], caplog: pytest.LogCaptureFixture
 ) -> None:
     """DNS rebinding: a page whose name resolves to 127.0.0.1 sends that name as Host (and
     no Origin with a GET of its own site). On a loopback address only loopback names, and
-    those listed, are answered, on every path; a WebSocket upgrade too."""
+    those listed, are answered, on every path; a WebSocket upgrade too. The refusal is
+    logged with who sent it (the peer, and a proxy's X-Forwarded-For as given); its body
+    is a JSON-RPC error on MCP's paths, `{"error": ...}` elsewhere."""
     async with run_horace(serving(settings, allowed_hosts=allowed)) as running:
         port = running.server.port
         health = f"http://127.0.0.1:{port}/health"
         async with httpx.AsyncClient() as http:
             for host in ("evil.example", "evil.example:80", "127.0.0.1.evil.example", "x:notaport"):
-                refused = await http.get(health, headers={"host": host})
+                with caplog.at_level(logging.WARNING, logger="horace"):
+                    refused = await http.get(health, headers={"host": host, "x-forwarded-for": "203.0.113.9"})
                 assert refused.status_code == 403, host
-                assert "is not this server's name (HORACE_ALLOWED_HOSTS)" in error_of(refused)["message"]
+                assert "is not this server's name (HORACE_ALLOWED_HOSTS)" in refused.json()["error"]
                 posted = await http.post(
                     running.http_url, json=INITIALIZE, headers={"host": host, "accept": BOTH}
                 )
                 assert posted.status_code == 403 and "mcp-session-id" not in posted.headers
+                assert "is not this server's name" in error_of(posted)["message"]
+            logged = [r for r in caplog.records if "is not this server's name" in r.getMessage()]
+            assert logged and logged[0].forwarded_for == "203.0.113.9"  # type: ignore[attr-defined]
+            assert logged[0].client.startswith("127.0.0.1:")  # type: ignore[attr-defined]
             named = ["localhost", f"localhost:{port}", "127.0.0.1", "127.0.0.2:1", "[::1]:8", "LOCALHOST"]
             for host in [*named, *(f"{name}:{port}" for name in allowed)]:
                 assert (await http.get(health, headers={"host": host})).status_code == 200, host

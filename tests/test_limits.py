@@ -83,6 +83,7 @@ class FakeWebSocket:
         self.reading = trio.Event()
         self.reading.set()
         self.closed_with: tuple[int, str | None] | None = None
+        self.pongs: list[float] = []  # when the server sent an unsolicited pong
 
     async def get_message(self) -> str:
         try:
@@ -93,6 +94,10 @@ class FakeWebSocket:
     async def send_message(self, text: str) -> None:
         await self.reading.wait()
         self.sent.append(json.loads(text))
+
+    async def pong(self, payload: bytes | None = None) -> None:
+        await self.reading.wait()
+        self.pongs.append(trio.current_time())
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         self.closed_with = (code, reason)
@@ -168,12 +173,16 @@ def by_id(replies: list[Any]) -> dict[Any, Any]:
 
 
 async def test_idle_session_closes_with_1001(autojump_clock: trio.testing.MockClock) -> None:
+    """Closed after its idle time, though the server's heartbeat (an unsolicited pong
+    every 15 s, which keeps a proxy in front from cutting the connection) went on."""
     async with trio.open_nursery() as nursery:
         started = trio.current_time()
         fake = await start_session(nursery, Settings(idle_timeout=300))
         await fake.ended.wait()
     assert fake.ws.closed_with == (1001, "idle for 300 s")
     assert 300 <= trio.current_time() - started < 301
+    beats = [round(at - started) for at in fake.ws.pongs]
+    assert beats == list(range(15, 300, 15)), beats
 
 
 async def test_frames_messages_and_calls_keep_a_session_open(

@@ -188,7 +188,16 @@ def hosts_served(bound: str, allowed: tuple[str, ...]) -> frozenset[str] | None:
     for any name, unless names are listed."""
     if "*" in allowed or (not allowed and not _loopback(bound.strip("[]").lower())):
         return None
-    return frozenset(LOOPBACK_NAMES) | {name.lower() for name in allowed}
+    return frozenset(LOOPBACK_NAMES) | {_host_name(entry) for entry in allowed}
+
+
+def _host_name(host: str) -> str:
+    """The name a ``Host`` (or an allowed entry) gives, without its port, lower-cased:
+    the name is what DNS rebinding forges; a proxy's port is none of its business."""
+    try:
+        return (urlsplit(f"//{host}").hostname or "").lower()
+    except ValueError:  # (a port that is not one)
+        return ""
 
 
 def host_refusal(headers: Mapping[bytes, bytes], served: frozenset[str] | None) -> Refusal | None:
@@ -198,21 +207,43 @@ def host_refusal(headers: Mapping[bytes, bytes], served: frozenset[str] | None) 
     if served is None or raw is None:
         return None
     host = raw.decode("latin-1")
-    try:
-        name = (urlsplit(f"//{host}").hostname or "").lower()
-    except ValueError:  # (a port that is not one)
-        name = ""
+    name = _host_name(host)
     if name in served or _loopback(name):
         return None
     return Refusal(403, f"host {host!r} is not this server's name (HORACE_ALLOWED_HOSTS)")
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """No Origin (not a browser), a listed one, or a loopback page: DNS-rebinding safe."""
-    if origin is None or origin in allowed or "*" in allowed:
+    """No Origin (not a browser), a listed one, or a loopback page: DNS-rebinding safe.
+    Origins are compared as browsers send them: scheme and name in lower case, without
+    the scheme's default port or a trailing slash (``https://Ops.example:443/`` is
+    ``https://ops.example``)."""
+    if origin is None or "*" in allowed:
         return True
-    host = urlsplit(origin).hostname or ""
+    if _origin(origin) in {_origin(entry) for entry in allowed}:
+        return True
+    try:
+        host = urlsplit(origin).hostname or ""
+    except ValueError:
+        return False
     return host in LOOPBACK_NAMES
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(origin: str) -> str:
+    try:
+        parts = urlsplit(origin.strip().rstrip("/"))
+        port = parts.port
+    except ValueError:
+        return origin
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = parts.scheme.lower()
+    shown = "" if port is None or _DEFAULT_PORTS.get(scheme) == port else f":{port}"
+    return f"{scheme}://{host}{shown}"
 
 
 def access_refusal(
@@ -265,6 +296,24 @@ def subprotocol_token(header: bytes) -> bytes | None:
 def subprotocol_for_token(token: str) -> str:
     """The subprotocol value that carries *token* (what a client offers beside "mcp")."""
     return SUBPROTOCOL_TOKEN_PREFIX + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+def who(stream: trio.abc.Stream, headers: Mapping[bytes, bytes]) -> dict[str, str]:
+    """Who a refused request came from, for its log line: the connection's peer, and
+    what a proxy in front says in ``X-Forwarded-For`` (as given, trusted by nobody)."""
+    said: dict[str, str] = {}
+    inner = getattr(stream, "inner", stream)
+    socket = getattr(inner, "socket", None)
+    try:
+        peer = socket.getpeername() if socket is not None else None
+    except OSError:
+        peer = None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        said["client"] = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+    forwarded = headers.get(b"x-forwarded-for")
+    if forwarded:
+        said["forwarded_for"] = forwarded.decode("latin-1")[:200]
+    return said
 
 
 class RefusalLogs:

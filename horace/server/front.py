@@ -38,6 +38,7 @@ from horace.server.admission import (
     host_refusal,
     hosts_served,
     origin_allowed,
+    who,
 )
 from horace.server.http import SessionHost, StreamableHttp
 from horace.server.httpio import HEAD_TIMEOUT, MAX_HEAD_BYTES, ClientGone, HttpConnection, Request
@@ -69,6 +70,11 @@ class ClientStream(trio.abc.Stream):
         self._prefix = b""
         self._held = b""
         self._handed_over = trio.Event()
+
+    @property
+    def inner(self) -> trio.abc.Stream:
+        """The TCP stream itself (its socket says who the client is)."""
+        return self._stream
 
     def replay(self, prefix: bytes, held: bytes = b"") -> None:
         """Give back *prefix*, then *held* once :meth:`hand_over` is called. (wsproto's
@@ -171,9 +177,17 @@ class Front:
                 return
             refusal = host_refusal(request.headers, self.hosts)
             if refusal is not None:  # whatever the path: /health says much of the setup
-                self.refusals.warning("host", "request refused: %s", refusal.message, status=refusal.status)
+                self.refusals.warning(
+                    "host",
+                    "request refused: %s",
+                    refusal.message,
+                    status=refusal.status,
+                    **who(stream, request.headers),
+                )
                 conn.finish_empty_body()
-                said = error(None, RpcError(INVALID_REQUEST, refusal.message))
+                said: Any = {"error": refusal.message}  # as elsewhere outside MCP's paths
+                if request.path in MCP_PATHS:
+                    said = error(None, RpcError(INVALID_REQUEST, refusal.message))
                 await conn.respond_json(refusal.status, said, close=True)
                 return
             if request.path in MCP_PATHS and _is_upgrade(request):
@@ -217,7 +231,11 @@ class Front:
             )
         if refusal is not None:
             self.refusals.warning(
-                f"upgrade {refusal.status}", "upgrade refused: %s", refusal.message, status=refusal.status
+                f"upgrade {refusal.status}",
+                "upgrade refused: %s",
+                refusal.message,
+                status=refusal.status,
+                **who(stream, request.headers),
             )
             await conn.respond_json(
                 refusal.status, {"error": refusal.message}, headers=refusal.headers, close=True

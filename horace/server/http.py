@@ -55,7 +55,7 @@ import trio
 
 from horace.config import Settings
 from horace.server import jsonrpc, sse
-from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal, origin_allowed
+from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal, origin_allowed, who
 from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, MalformedBody, Request
 from horace.server.httpsession import HttpSession
 from horace.server.jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError
@@ -134,7 +134,11 @@ class StreamableHttp:
         except Refused as refused:
             if refused.status in (401, 403, 413, 503):
                 self.refusals.warning(
-                    f"http {refused.status}", "request refused: %s", refused.message, status=refused.status
+                    f"http {refused.status}",
+                    "request refused: %s",
+                    refused.message,
+                    status=refused.status,
+                    **who(conn.stream, request.headers),
                 )
             else:
                 log.debug("request refused: %d %s", refused.status, refused.message)
@@ -331,6 +335,12 @@ class StreamableHttp:
     ) -> HttpSession | None:
         session_id = request.header(b"mcp-session-id")
         if session_id is None:
+            if required and request.header(b"sec-websocket-key") is not None:
+                raise Refused(
+                    400,
+                    "a WebSocket handshake without 'Upgrade: websocket' (a proxy in front that does not "
+                    "pass the Upgrade and Connection headers on?)",
+                )
             if required:
                 raise Refused(400, "Mcp-Session-Id header missing: a session starts with initialize")
             return None

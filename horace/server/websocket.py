@@ -6,8 +6,12 @@ that goes away cancels its calls; a draining server stops reading but lets the c
 finish. Two timeouts keep a connection from holding its slot for nothing:
 
 - ``idle_timeout``: nothing from the client (any frame counts, pings included) and no call
-  running for that long closes the session (1001). The server sends no pings of its own:
-  a client that wants to stay connected while idle pings, or calls.
+  running for that long closes the session (1001). A client that wants to stay connected
+  while idle pings, or calls.
+
+Every ``HEARTBEAT_SECONDS`` the server sends an unsolicited pong (RFC 6455 5.5.3: a
+one-way heartbeat, answered by nothing): a proxy in front that closes a connection
+silent for a minute (nginx's ``proxy_read_timeout``) would otherwise cut a long call.
 - ``send_timeout``: a reply the client does not take in that time drops the connection
   (a blocked send would hold the session, and everything queued behind it, for as long
   as the client cares to, and half a frame is left on the wire anyway).
@@ -32,6 +36,7 @@ from horace.server.mcp import McpSession
 log = logging.getLogger("horace.server")
 
 IDLE_CLOSE_CODE = 1001  # going away: a client may simply reconnect
+HEARTBEAT_SECONDS = 15.0  # as often as the keep-alives of Streamable HTTP's event streams
 BINARY_FRAME_REFUSED = jsonrpc.error_text(
     None, jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, "binary frames are not JSON-RPC")
 )
@@ -72,6 +77,7 @@ class WebSocketSession:
     async def run(self) -> None:
         async with trio.open_nursery() as watching:
             watching.start_soon(self._close_when_idle)
+            watching.start_soon(self._beat)
             try:
                 async with trio.open_nursery() as calls:
                     with self._reading:
@@ -127,6 +133,18 @@ class WebSocketSession:
                         extra={"conversation_id": self.conversation_id},
                     )
                     await self.peer.aclose()
+
+    async def _beat(self) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_SECONDS)
+            async with self._send_lock:
+                if self.gone:
+                    return
+                with trio.move_on_after(self.settings.send_timeout):  # (a client stuck: send() says so)
+                    try:
+                        await self.ws.pong()
+                    except ConnectionClosed:
+                        return
 
     async def _close_when_idle(self) -> None:
         timeout = self.settings.idle_timeout
