@@ -897,6 +897,42 @@ async def test_http_calls_are_conversation_turns_as_websocket_ones(
 # -- the GET stream -----------------------------------------------------------------------------
 
 
+async def test_a_long_call_asked_for_json_is_answered_as_an_event_stream_kept_alive(
+    sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON answer sends nothing until the call is done: a proxy in front that cuts a
+    connection silent for a minute would cut a long call (nginx answers 504 while the call
+    goes on). A reply not ready within KEEPALIVE_INTERVAL goes as SSE instead, with a
+    keep-alive comment each time the call is quiet that long, then the reply."""
+
+    async def long_scan(ctx: Any, args: Any) -> dict[str, Any]:
+        await trio.sleep(2.5 * KEEPALIVE_INTERVAL)
+        return {"scanned": 7}
+
+    monkeypatch.setitem(TOOLS, "horace_scan", attrs.evolve(TOOLS["horace_scan"], handler=long_scan))
+    async with (
+        run_horace(serving(sqlite_settings, idle_timeout=10_000, call_deadline=10_000)) as running,
+        connect(running.http_url, timeout=None) as client,
+    ):
+        conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+        body = json.dumps(request(9, "tools/call", {"name": "horace_scan", "arguments": {}})).encode()
+        asked = trio.current_time()
+        headers = client.headers("application/json, text/event-stream")  # JSON first: preferred
+        await conn.send(conn.request_bytes("POST", body, headers))
+        head = await conn.next_event()
+        assert head.status_code == 200 and dict(head.headers)[b"content-type"] == b"text/event-stream"
+        assert KEEPALIVE_INTERVAL <= trio.current_time() - asked < KEEPALIVE_INTERVAL + 1
+        received = b""
+        while not isinstance(event := await conn.next_event(), h11.EndOfMessage):
+            received += event.data
+        events = received.split(b"\n\n")
+        assert events[0].startswith(b"id: ") and b"retry: " in events[0]  # primed: a resume may follow
+        assert events.count(sse.KEEPALIVE.rstrip(b"\n")) == 1  # (at 30 s; the reply came at 37.5)
+        [reply] = [json.loads(e.partition(b"data: ")[2]) for e in events if b"data: {" in e]
+        assert reply["id"] == 9 and reply["result"]["structuredContent"]["scanned"] == 7
+        await conn.aclose()
+
+
 async def test_get_streams_keep_alive_are_bounded_and_end_with_the_session(
     sqlite_settings: Settings, autojump_clock: trio.testing.MockClock
 ) -> None:

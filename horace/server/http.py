@@ -34,7 +34,10 @@ answered with JSON, so that the session id goes out with a known outcome (a fail
 ``initialize`` leaves no session). Any other request is answered with SSE when the
 client prefers it (``text/event-stream`` first in ``Accept``, or with a higher q) or when
 the call may send something before its reply: a ``progressToken``, or a ``tools/call``
-after ``logging/setLevel``. Otherwise JSON. SSE events, their ids and resumption:
+after ``logging/setLevel``. Otherwise JSON, unless the reply is not ready within
+``KEEPALIVE_INTERVAL``: a long call's answer then goes as SSE, its keep-alive comments
+keeping a proxy in front (nginx: 60 s without a byte) from cutting it; a client that
+accepts JSON accepts SSE too (MCP, and the 406 above). SSE events, their ids and resumption:
 ``horace.server.sse``; the session and its end: ``horace.server.httpsession``.
 
 One session layer for both transports: each HTTP session has an :class:`McpSession`
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -419,8 +423,13 @@ class StreamableHttp:
         dropped. *asked*: the id of the request posted (a batch: its requests' ids)."""
         with _writing(session, stream):
             async with _answering(conn):
-                while not stream.finished:
-                    await stream.changed.wait()
+                with trio.move_on_after(math.inf if opened else KEEPALIVE_INTERVAL) as waiting:
+                    while not stream.finished:
+                        await stream.changed.wait()
+                if waiting.cancelled_caught:  # a long call: an event stream, kept for a resume
+                    stream.resumable = True
+                    await _send_events(conn, stream, after=None)
+                    return
                 if not stream.replied and session.ending:
                     # Cut short by the session's end (a DELETE while it ran): said, as to a
                     # request on an ended session, so that the client stops waiting for it.
@@ -453,20 +462,29 @@ class StreamableHttp:
         for a resume."""
         with _writing(session, stream):
             async with _answering(conn):
-                await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
-                if after is None:
-                    await conn.send(sse.event("", stream.event_id(0), retry_ms=sse.RETRY_MS))
-                    after = 0
-                while True:
-                    changed = stream.changed
-                    for number, text in stream.after(after):
-                        await conn.send(sse.event(text, stream.event_id(number)))
-                        after = number
-                    if stream.finished and after >= stream.last:
-                        break
-                    await changed.wait()
-                await conn.end_stream()
-                stream.delivered = True
+                await _send_events(conn, stream, after)
+
+
+async def _send_events(conn: HttpConnection, stream: AnswerStream, after: int | None) -> None:
+    """*stream* as SSE from after event *after* (None: a new answer, primed first), to
+    its end; a keep-alive comment where it is quiet for KEEPALIVE_INTERVAL."""
+    await conn.start_stream(200, SSE.encode(), SSE_HEADERS)
+    if after is None:
+        await conn.send(sse.event("", stream.event_id(0), retry_ms=sse.RETRY_MS))
+        after = 0
+    while True:
+        changed = stream.changed
+        for number, text in stream.after(after):
+            await conn.send(sse.event(text, stream.event_id(number)))
+            after = number
+        if stream.finished and after >= stream.last:
+            break
+        with trio.move_on_after(KEEPALIVE_INTERVAL) as quiet:
+            await changed.wait()
+        if quiet.cancelled_caught:
+            await conn.send(sse.KEEPALIVE)  # a quiet call: nothing to send, but we are here
+    await conn.end_stream()
+    stream.delivered = True
 
 
 @contextmanager
