@@ -1519,7 +1519,7 @@ async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
     parser, an array, a torn line) are skipped and counted as dropped; the good lines
     around them are replayed and the sink runs. A symlink in the spool's place is removed
     unread, its target left alone."""
-    good = [json.dumps(entry(i)).encode() for i in range(4)]
+    good = [json.dumps(entry(i, **({"PassWord": "hunter2"} if i == 3 else {}))).encode() for i in range(4)]
     hostile = [b'{"note": "caf\xe9"}', b"[" * 100_000 + b"]" * 100_000, b"[1, 2, 3]", b'{"torn": "a']
     (tmp_path / "memory.replaying").write_bytes(good[0] + b"\n" + hostile[3])  # torn: no newline
     spooled = [good[1], *hostile[:3], good[2], b"", good[3]]
@@ -1531,6 +1531,7 @@ async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
         assert runner.status()["state"] == "connected"
     assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(4)]
     assert (runner.replayed, runner.dropped, runner.restarts) == (4, 4, 0)
+    assert transport.stored[3]["data"] == {"i": 3, "PassWord": REDACTED}  # a line planted in the spool
 
     outside = tmp_path / "outside.jsonl"
     outside.write_text(json.dumps(entry(9)) + "\n")

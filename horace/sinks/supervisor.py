@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import trio
 
+from horace.redact import redact
 from horace.supervise import backoff
 
 # The sinks' own log never feeds a sink (see horace.sinks.godot.GodotLogHandler).
@@ -387,7 +388,9 @@ class SinkRunner:
             except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
                 entry = None
             if isinstance(entry, dict):
-                entries.append(entry)
+                # Redacted again: the spool is a file anyone with the store's rights may
+                # have written to (what Horace spilled was redacted already, and stays so).
+                entries.append(redact(entry))
             elif line.strip():
                 skipped.append(number)
         if skipped:
