@@ -308,6 +308,10 @@ class Vanished:
             if not same:
                 del self._by_checksum[found[0].checksum]
 
+    def since(self, file_id: str) -> float:
+        """When the vanished file *file_id* was seen gone."""
+        return self._files[file_id][1]
+
     def holding(self, checksum: str) -> list[FileRecord]:
         """The vanished files whose content is *checksum*, first vanished first."""
         return list(self._by_checksum.get(checksum, {}).values())
@@ -1811,16 +1815,29 @@ class Catalog:
         candidates = [rel for rel, size in zip(rels, found, strict=True) if size in sizes]
         hashed = await in_thread(self.storage.hash_many, candidates, check_cancelled) if candidates else []
         claims: list[tuple[FileRecord, str, WorkingStat]] = []
+        gone_since: dict[str, float] = {}
         for rel, seen in zip(candidates, hashed, strict=True):
             if isinstance(seen, HoraceError) or seen.checksum is None:
                 continue  # unreadable, or written as it was read: not followed now
             identity = (seen.working.inode, seen.working.device)
             same = vanished.holding(seen.checksum)
             among = {f.id for f in same if await self.may_have_moved_to(f.id, identity)}
+            gone_since.update((f.id, vanished.since(f.id)) for f in same if f.id in among)
             old = vanished.claim(seen.checksum, rel, among)
             if old is not None:
                 claims.append((old, rel, seen.working))
-        return await self._move_claimed(claims, correlation_id)
+        moved: list[tuple[str, FileRecord]] = []
+        failed: list[tuple[str, HoraceError]] = []
+        try:
+            await self._move_claimed(claims, correlation_id, moved, failed)
+        finally:
+            # Each claimed file not moved (its new path taken meanwhile, the catalog down)
+            # waits again, as it was, to be deleted or followed.
+            done = {old.id for _, old in moved}
+            for old, _, _ in claims:
+                if old.id not in done:
+                    vanished.add(old, gone_since[old.id])
+        return Followed(tuple(moved), tuple(failed))
 
     def _sizes(self, rels: Sequence[str]) -> list[int | None]:
         """The size of each regular file of *rels* (None: none there). Blocking."""
@@ -1835,15 +1852,18 @@ class Catalog:
         return sizes
 
     async def _move_claimed(
-        self, claims: Sequence[tuple[FileRecord, str, WorkingStat]], correlation_id: str | None
-    ) -> Followed:
+        self,
+        claims: Sequence[tuple[FileRecord, str, WorkingStat]],
+        correlation_id: str | None,
+        moved: list[tuple[str, FileRecord]],
+        failed: list[tuple[str, HoraceError]],
+    ) -> None:
         """Record the moves of *claims* (a file, its new path, its stat identity there):
         those whose locks are free together, in one unit of work; each of the others the
-        usual way, waiting for its lock (:meth:`move`)."""
-        moved: list[tuple[str, FileRecord]] = []
-        failed: list[tuple[str, HoraceError]] = []
+        usual way, waiting for its lock (:meth:`move`). Each is added to *moved* as it is
+        recorded (what a failure of the catalog midway leaves done), or to *failed*."""
         if not claims:
-            return Followed((), ())
+            return
         async with self.locks.hold_free([old.file_path for old, _, _ in claims]) as held:
             key_of = {rel: lock_key(rel) for rel in held}
             async with self.backend.exclusive_free(list(key_of.values())) as (db, keys):
@@ -1867,7 +1887,6 @@ class Catalog:
                 failed.append((rel, exc))
             else:
                 moved.append((rel, old))
-        return Followed(tuple(moved), tuple(failed))
 
     async def may_have_moved_to(self, file_id: str, identity: tuple[int, int] | None) -> bool:
         """Whether the file *file_id* may be the one now under *identity* (inode, device):

@@ -770,6 +770,34 @@ def test_of_vanished_files_with_the_same_bytes_the_kin_of_the_new_path_is_claime
         assert vanished.claim(sha256("same"), new, among=set()) is None
 
 
+async def test_renames_not_recorded_leave_their_files_vanished_as_they_were(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog failing midway through recording a batch of renames: those recorded
+    are moved, the others wait again among the vanished files, since when they went, for
+    the next look (not forgotten: they would be neither followed nor deleted)."""
+    for name in ("a", "b", "c"):
+        write(files / f"user/old/{name}.txt", f"content {name}")
+    await catalog.scan()
+    records = [await catalog.resolve(f"user/old/{name}.txt") for name in ("a", "b", "c")]
+    (files / "user/old").rename(files / "user/new")
+    vanished = Vanished(records, since=7.0)
+
+    async def fails_after_the_first(claims: Any, correlation_id: Any, moved: Any, failed: Any) -> None:
+        moved.append((claims[0][1], claims[0][0]))
+        raise BackendUnavailable("gone midway")
+
+    monkeypatch.setattr(catalog, "_move_claimed", fails_after_the_first)
+    with pytest.raises(BackendUnavailable):
+        await catalog.follow_renames(vanished, [f"user/new/{n}.txt" for n in ("a", "b", "c")], None)
+    assert len(vanished) == 2 and vanished.holding(records[0].checksum) == []
+    for record in records[1:]:
+        assert vanished.holding(record.checksum) == [record] and vanished.since(record.id) == 7.0
+    monkeypatch.undo()
+    followed = await catalog.follow_renames(vanished, ["user/new/b.txt", "user/new/c.txt"], None)
+    assert sorted(rel for rel, _ in followed.moved) == ["user/new/b.txt", "user/new/c.txt"] and not vanished
+
+
 async def test_a_removed_folder_comes_back_without_what_was_deleted_there_before(
     catalog: Catalog, files: Path
 ) -> None:
