@@ -1425,7 +1425,7 @@ async def test_turns_survive_postgresql_stopped_and_started_under_load(tmp_path:
                 await trio.sleep(0.3)
                 stop_load.set()
             await eventually(lambda: runner.status()["queued"] == 0, 30, "the conversation sink to drain")
-            assert runner.dropped == 0 and runner.transport.conflicts == 0  # type: ignore[attr-defined]
+            assert runner.dropped == 0 and runner.refused == 0
             assert queued_while_down > 0
         assert outcomes.get("ok", 0) >= 200 and outcomes.get("BACKEND_UNAVAILABLE", 0) >= 20, outcomes
         # INTERNAL: asyncpg's "cannot switch to state 12; another operation is in progress" on a
