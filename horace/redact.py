@@ -33,8 +33,13 @@ SECRET_KEYS = (
     "cookie",
 )
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
-# A key=value pair in free text (a query string in a path an error quotes, a setting).
-_PAIR_IN_TEXT = re.compile(r"([A-Za-z0-9_.-]+)=([^\s&;,'\"<>]+)")
+# A key=value pair in free text (a query string in a path an error quotes, a setting); a
+# value that is an authorization scheme and its credential ("Bearer abc") is one value.
+_SCHEME = r"(?:(?i:bearer|basic|digest|token|negotiate)\s+)?"
+_PAIR_IN_TEXT = re.compile(rf"([A-Za-z0-9_.-]+)=({_SCHEME}[^\s&;,'\"<>]+)")
+# A header in free text ("Authorization: Bearer abc", "Cookie: a=1; b=2"): to the end of
+# its line.
+_HEADER_IN_TEXT = re.compile(r"([A-Za-z0-9_-]+):[ \t]*([^\r\n]+)")
 # What text that names a secret key holds, lower-cased, whatever the key's case and its "-" or
 # " " for "_" (api_key: "key"); JSON text with an escape (\u0070assword) may name one too.
 _ENDINGS = {key.rpartition("_")[2] for key in SECRET_KEYS}
@@ -88,6 +93,8 @@ def redact_text(text: str) -> str:
     whose key names a secret (``?token=…`` in a path that is no URL)."""
     if "://" in text:
         text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    if ":" in text:
+        text = _HEADER_IN_TEXT.sub(_header, text)
     if "=" in text:
         text = _PAIR_IN_TEXT.sub(_pair, text)
     return text
@@ -96,6 +103,11 @@ def redact_text(text: str) -> str:
 def _pair(match: re.Match[str]) -> str:
     key, value = match.groups()
     return f"{key}={MASK}" if secret_key(key) and value != MASK else match.group(0)
+
+
+def _header(match: re.Match[str]) -> str:
+    key, value = match.groups()
+    return f"{key}: {MASK}" if secret_key(key) and value != MASK else match.group(0)
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})

@@ -1128,13 +1128,21 @@ def test_allowed_hosts_and_origins_are_compared_as_browsers_and_proxies_send_the
     served = hosts_served("127.0.0.1", ("h2.example:8443", "H3.Example"))
     for host in (b"h2.example:8443", b"h2.example", b"H2.EXAMPLE:443", b"h3.example:80", b"localhost:1"):
         assert host_refusal({b"host": host}, served) is None, host
-    for host in (b"h2.example.evil", b"evil:8443", b"x:notaport"):
+    for host in (b"h2.example.evil", b"evil:8443", b"x:notaport", b"h2.example:8443:1", b"u@h2.example"):
         refusal = host_refusal({b"host": host}, served)
         assert refusal is not None and refusal.status == 403, host
     allowed = ("https://Ops.Example:443/", "http://dash.example:8080")
     for origin in ("https://ops.example", "HTTPS://OPS.EXAMPLE:443", "http://dash.example:8080/"):
         assert origin_allowed(origin, allowed), origin
-    for origin in ("https://ops.example:8443", "http://ops.example", "http://dash.example", "null", "x://["):
+    for origin in (
+        "https://ops.example:8443",
+        "http://ops.example",
+        "http://dash.example",
+        "null",
+        "x://[",
+        "https://ops.example/path",
+        "https://u@ops.example",
+    ):
         assert not origin_allowed(origin, allowed), origin
 
 

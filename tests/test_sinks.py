@@ -235,6 +235,13 @@ def test_redact_replaces_secret_values_at_any_depth() -> None:
     assert redact({"message": quoted}) == {
         "message": "no catalogued file at 'user/x?password=***&token=***&page=2' (sslkey=*** db=main)"
     }
+    # A scheme and its credential are one value; a header's value runs to the end of its line.
+    assert redact({"m": "q?authorization=Bearer tok777&x=1"}) == {"m": "q?authorization=***&x=1"}
+    headers = "GET /\nCookie: SESSION=s3cr3t; b=2\nX-Api-Key:k1\nAuthorization: Basic dXNlcg==\nHost: h:80"
+    assert redact({"m": headers}) == {
+        "m": "GET /\nCookie: ***\nX-Api-Key: ***\nAuthorization: ***\nHost: h:80"
+    }
+    assert redact({"m": "at 09:30:00, note: fine"}) == {"m": "at 09:30:00, note: fine"}
     text = json.dumps({"arguments": {"metadata": {"token": "t", "tags": ["a"]}}})  # JSON text inside
     assert json.loads(redact({"content": text})["content"]) == {
         "arguments": {"metadata": {"token": REDACTED, "tags": ["a"]}}
@@ -1251,6 +1258,26 @@ def _turn(conversation_id: str, number: int, content: str, role: str = "user") -
 
 def _of_sinks(record: logging.LogRecord) -> bool:
     return record.name == "horace.sinks" or record.name.startswith("horace.sinks.")
+
+
+async def test_an_entry_that_is_no_turn_is_refused_at_once_and_the_others_stored(
+    catalog: Catalog, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JSON object that is no turn (a spool line edited by hand, of another release) is
+    refused, said, and not tried again: it neither fails its batch (which took the sink for
+    a database down, and held the good turns behind it) nor costs them."""
+    conversation = str(uuid.uuid4())
+    runner = SinkRunner(ConversationTransport(talks_in(catalog.backend)), spool_dir=None, **FAST)
+    with caplog.at_level(logging.ERROR, logger="horace.sinks"):
+        async with running(runner):
+            for entry in ({}, _turn(conversation, 1, "one"), {"x": 1}, _turn(conversation, 2, "two")):
+                runner.emit(entry)
+            await eventually(lambda: runner.delivered == 4, what="the batch delivered")
+    assert (runner.refused, runner.failures, runner.restarts, runner.dropped) == (2, 0, 0, 0)
+    said = [r.getMessage() for r in caplog.records if "is no turn" in r.getMessage()]
+    assert len(said) == 2 and "conversation_id: missing required field" in said[0], said
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation]
+    assert [(r["turn_number"], r["content"]) for r in rows] == [(1, "one"), (2, "two")]
 
 
 async def test_a_unique_violation_is_reported_and_a_retry_is_stored_once(

@@ -195,9 +195,13 @@ def _host_name(host: str) -> str:
     """The name a ``Host`` (or an allowed entry) gives, without its port, lower-cased:
     the name is what DNS rebinding forges; a proxy's port is none of its business."""
     try:
-        return (urlsplit(f"//{host}").hostname or "").lower()
-    except ValueError:  # (a port that is not one)
+        parts = urlsplit(f"//{host}")
+        parts.port  # noqa: B018 (a port that is not one raises: the Host is none)
+    except ValueError:
         return ""
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return ""
+    return (parts.hostname or "").lower()
 
 
 def host_refusal(headers: Mapping[bytes, bytes], served: frozenset[str] | None) -> Refusal | None:
@@ -234,10 +238,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def _origin(origin: str) -> str:
     try:
-        parts = urlsplit(origin.strip().rstrip("/"))
+        parts = urlsplit(origin.strip())
         port = parts.port
     except ValueError:
         return origin
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None:
+        return origin  # no origin a browser sends (it has no path): matches nothing but itself
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"

@@ -21,7 +21,7 @@ from horace.backends.protocol import (
     UnusableURL,
 )
 from horace.backends.records import Turn
-from horace.model import CallRecord
+from horace.model import CallRecord, HoraceError
 from horace.redact import redact, redact_json_text
 from horace.sinks.supervisor import Deliver, DestinationDown, SinkRunner, log, size_of
 from horace.wire import structure
@@ -63,9 +63,21 @@ class ConversationTransport:
 
     def _deliverer(self, backend: Backend) -> Deliver:
         async def deliver(batch: list[dict[str, Any]]) -> int:
-            turns = [turn_of(entry) for entry in batch]
+            turns = []
+            malformed = 0
+            for entry in batch:  # (a spool line edited by hand, or of another release)
+                try:
+                    turns.append(turn_of(entry))
+                except HoraceError as exc:  # no turn: refused, never retried
+                    malformed += 1
+                    log.error(
+                        "conversations: an entry that is no turn is refused (%s): %.200s",
+                        exc.message,
+                        _ENCODER.encode(entry),
+                        extra={"sink": self.name},
+                    )
             try:
-                conflicts = await backend.insert_turns(turns)
+                conflicts = await backend.insert_turns(turns) if turns else []
             except OUTAGES as exc:  # the database's state, never a reason to drop a turn
                 raise DestinationDown(str(exc)) from exc
             for turn in conflicts:  # a bug to surface: said, and counted by the sink as refused
@@ -76,7 +88,7 @@ class ConversationTransport:
                     turn.turn_number,
                     extra={"correlation_id": turn.metadata.get("correlation_id"), "sink": self.name},
                 )
-            return len(conflicts)
+            return malformed + len(conflicts)
 
         return deliver
 
