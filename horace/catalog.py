@@ -742,7 +742,10 @@ class Catalog:
     async def content(self, file: FileRecord, version: int | None, max_bytes: int) -> Content:
         """A version's content (None: the current one), from the object store: the bytes
         Horace keeps, hashed as they are read. ``INVALID_ARGUMENT`` past *max_bytes*."""
-        found = await self.kept_version(file, version)
+        return await self.content_of(file, await self.kept_version(file, version), max_bytes)
+
+    async def content_of(self, file: FileRecord, found: VersionRecord, max_bytes: int) -> Content:
+        """:meth:`content` of the version *found* (of *file*), looked up already."""
         number = found.version
         if found.size > max_bytes:
             raise HoraceError(
@@ -1793,15 +1796,20 @@ class Catalog:
     ) -> FileRecord | None:
         """:meth:`follow_renames` of one path: the file's record from before its move, or
         None; a move that fails is raised."""
-        followed = await self.follow_renames(vanished, [rel], correlation_id)
+        try:
+            st = await in_thread(os.lstat, self.storage.files / rel)
+        except OSError:
+            return None
+        followed = await self.follow_renames(vanished, [(rel, st)], correlation_id)
         for _, exc in followed.failed:
             raise exc
         return followed.moved[0][1] if followed.moved else None
 
     async def follow_renames(
-        self, vanished: Vanished, rels: Sequence[str], correlation_id: str | None
+        self, vanished: Vanished, found: Sequence[tuple[str, os.stat_result]], correlation_id: str | None
     ) -> Followed:
-        """Each uncatalogued file of *rels* that holds the content of a vanished file,
+        """Each uncatalogued file of *found* (its path, as the caller's stat saw it) that
+        holds the content of a vanished file,
         under the inode that file's content was read from, is that file, moved there: it
         keeps its id and history under its new path. A file of that content under another
         inode is a copy (`cp a b; mv a c`: b is not a, c is), unless the vanished file's
@@ -1811,8 +1819,7 @@ class Catalog:
         identity its content was read under: a change since is an event of its own, or a
         scan's, as for any file."""
         sizes = vanished.sizes()
-        found = await in_thread(self._sizes, rels)
-        candidates = [rel for rel, size in zip(rels, found, strict=True) if size in sizes]
+        candidates = [rel for rel, st in found if stat.S_ISREG(st.st_mode) and st.st_size in sizes]
         hashed = await in_thread(self.storage.hash_many, candidates, check_cancelled) if candidates else []
         claims: list[tuple[FileRecord, str, WorkingStat]] = []
         gone_since: dict[str, float] = {}
@@ -1839,18 +1846,6 @@ class Catalog:
                     vanished.add(old, gone_since[old.id])
         return Followed(tuple(moved), tuple(failed))
 
-    def _sizes(self, rels: Sequence[str]) -> list[int | None]:
-        """The size of each regular file of *rels* (None: none there). Blocking."""
-        sizes: list[int | None] = []
-        for rel in rels:
-            try:
-                st = os.lstat(self.storage.files / rel)
-            except OSError:
-                sizes.append(None)
-                continue
-            sizes.append(st.st_size if stat.S_ISREG(st.st_mode) else None)
-        return sizes
-
     async def _move_claimed(
         self,
         claims: Sequence[tuple[FileRecord, str, WorkingStat]],
@@ -1869,7 +1864,7 @@ class Catalog:
             async with self.backend.exclusive_free(list(key_of.values())) as (db, keys):
                 together = [claim for claim in claims if key_of.get(claim[0].file_path) in keys]
                 moves = [(old.id, rel, working) for old, rel, working in together]
-                done = await db.move_files(moves, self.clock()) if moves else []
+                done = await db.move_files(moves, self.clock())
         recorded = {old.id for (old, _, _), record in zip(together, done, strict=True) if record is not None}
         for old, rel, _ in claims:
             if old.id in recorded:
@@ -1908,10 +1903,9 @@ class Catalog:
         content); how many. Only the new files of a vanished file's size are read; one
         that cannot be followed now (moved on, taken by another process) is left to what
         comes next: a new file, its old one deleted."""
-        sizes = vanished.sizes()
         known = {e.file_path for e in index}
-        new = sorted(rel for rel, st in found if rel not in known and st.st_size in sizes)
-        followed = await self.follow_renames(vanished, new, correlation_id) if new else Followed((), ())
+        new = sorted((rel, st) for rel, st in found if rel not in known)
+        followed = await self.follow_renames(vanished, new, correlation_id)
         for rel, exc in followed.failed:
             log.info("reconcile: %s not followed as a rename: %s", rel, exc.message)
         return len(followed.moved)

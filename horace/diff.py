@@ -68,8 +68,8 @@ async def between(
         return _summary(file, old, new, "large")
     return await trio.to_thread.run_sync(
         compare,
-        await catalog.content(file, old.version, read_limit),
-        await catalog.content(file, new.version, read_limit),
+        await catalog.content_of(file, old, read_limit),
+        await catalog.content_of(file, new, read_limit),
         DIFF_LIMIT,
     )
 

@@ -113,7 +113,8 @@ class Watcher:
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
-        self._maybe_moved: list[str] = []  # of them, first looked at as renames, together
+        # Of them, those first looked at as renames, together (with what lstat said).
+        self._maybe_moved: list[tuple[str, os.stat_result]] = []
         # Paths whose times are ahead of this host's clock: their stat identity, and when
         # it was first seen so (Trio time). See _settled.
         self._ahead: dict[str, tuple[tuple[int, int, int, int], float]] = {}
@@ -521,7 +522,7 @@ class Watcher:
             return False
         record = await self.catalog.backend.file_by_path(rel)
         if record is None and self._vanished and rel not in self._one_by_one:
-            self._maybe_moved.append(rel)  # followed with the others of this pass, together
+            self._maybe_moved.append((rel, st))  # followed with the others of this pass, together
             return False
         if (
             record is None
@@ -591,18 +592,15 @@ class Watcher:
     async def _follow_renames(self) -> None:
         """The new paths of this pass that may be vanished files moved, followed together;
         the others go on to be registered with the pass's new files."""
-        pending, self._maybe_moved = self._maybe_moved, []
+        looked, self._maybe_moved = self._maybe_moved, []
+        pending = [rel for rel, _ in looked]
         correlation_id = f"watch-{uuid.uuid4()}"
         try:
-            followed = await self.catalog.follow_renames(self._vanished, pending, correlation_id)
+            followed = await self.catalog.follow_renames(self._vanished, looked, correlation_id)
         except CATALOG_FAILURES as failure:
-            for rel in pending:
-                self._failed(rel, f"the catalog: {failure}", correlation_id)
-            return
+            return self._all_failed(pending, f"the catalog: {failure}", correlation_id)
         except OSError as refused:
-            for rel in pending:
-                self._failed(rel, str(refused), correlation_id)
-            return
+            return self._all_failed(pending, str(refused), correlation_id)
         done = set()
         for rel, _ in followed.moved:
             self.counts.moved += 1
@@ -612,6 +610,11 @@ class Watcher:
             self._not_taken(rel, exc, correlation_id)
             done.add(rel)
         self._new += [rel for rel in pending if rel not in done]
+
+    def _all_failed(self, rels: list[str], why: str, correlation_id: str) -> None:
+        """Work on *rels* together failed: each of them is taken again later."""
+        for rel in rels:
+            self._failed(rel, why, correlation_id)
 
     async def _register_new(self) -> None:
         pending, self._new = self._new, []
@@ -623,13 +626,9 @@ class Watcher:
         try:
             outcome = await self.catalog.register_new(batch, correlation_id, copies=True)
         except CATALOG_FAILURES as failure:
-            for rel in batch:
-                self._failed(rel, f"the catalog: {failure}", correlation_id)
-            return
+            return self._all_failed(batch, f"the catalog: {failure}", correlation_id)
         except OSError as refused:  # the storage (gone read-only, say): each is failing
-            for rel in batch:
-                self._failed(rel, str(refused), correlation_id)
-            return
+            return self._all_failed(batch, str(refused), correlation_id)
         self.counts.registered += len(outcome.registered)
         for file in outcome.registered:
             self._taken(file.file_path)

@@ -787,14 +787,17 @@ async def test_renames_not_recorded_leave_their_files_vanished_as_they_were(
         moved.append((claims[0][1], claims[0][0]))
         raise BackendUnavailable("gone midway")
 
+    def seen(rel: str) -> tuple[str, os.stat_result]:
+        return rel, os.lstat(files / rel)
+
     monkeypatch.setattr(catalog, "_move_claimed", fails_after_the_first)
     with pytest.raises(BackendUnavailable):
-        await catalog.follow_renames(vanished, [f"user/new/{n}.txt" for n in ("a", "b", "c")], None)
+        await catalog.follow_renames(vanished, [seen(f"user/new/{n}.txt") for n in ("a", "b", "c")], None)
     assert len(vanished) == 2 and vanished.holding(records[0].checksum) == []
     for record in records[1:]:
         assert vanished.holding(record.checksum) == [record] and vanished.since(record.id) == 7.0
     monkeypatch.undo()
-    followed = await catalog.follow_renames(vanished, ["user/new/b.txt", "user/new/c.txt"], None)
+    followed = await catalog.follow_renames(vanished, [seen("user/new/b.txt"), seen("user/new/c.txt")], None)
     assert sorted(rel for rel, _ in followed.moved) == ["user/new/b.txt", "user/new/c.txt"] and not vanished
 
 
