@@ -1049,6 +1049,45 @@ async def test_concurrent_calls_are_capped_per_session(
         tool.release.set()
 
 
+async def test_connections_kept_alive_after_serving_keep_the_pending_bound(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection serving a session's call is out of the pending count; kept alive
+    after it, it is pending again without arriving (a proxy's pool of upstream
+    connections does this). Past the bound, the longest waiting of those go, as a new
+    connection would make them go: the count never stays above it."""
+    tool = HeldTool(monkeypatch)
+    async with (
+        run_horace(serving(settings, max_pending_connections=3)) as running,
+        connect(running.http_url) as client,
+    ):
+        admission = running.server.front.admission
+        conns = []
+        for i in range(6):
+            conn = await RawConnection.open(running.server.port)  # type: ignore[arg-type]
+            body = json.dumps(tool_call(i, "horace_scan")).encode()
+            await conn.send(conn.request_bytes("POST", body, client.headers(BOTH)))
+            conns.append(conn)
+        await eventually(lambda: admission.serving == 6, "six calls served at once")
+        evicted = admission.evicted
+        tool.release.set()
+        for conn in conns:
+            head, _ = await conn.response()
+            assert head.status_code == 200
+            conn.next_cycle()
+        await eventually(lambda: admission.serving == 0, "every answer sent")
+        await trio.sleep(0.1)  # (each goes back to waiting once its answer is out)
+        assert admission.pending <= 3
+        assert admission.evicted - evicted >= 3
+        closed = 0
+        for conn in conns:  # the ones evicted were closed, unanswered; the others wait on
+            with trio.move_on_after(0.5):
+                if isinstance(await conn.next_event(), h11.ConnectionClosed):
+                    closed += 1
+            await conn.aclose()
+        assert closed >= 3
+
+
 async def test_an_idle_session_ends_and_its_id_is_then_unknown(
     sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

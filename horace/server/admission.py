@@ -14,7 +14,8 @@ by its calls: ``max_calls_per_connection``, and one GET stream).
 When every pending place is taken, a new connection takes the place of the one that has
 waited longest for a request head: connections that send nothing (or a byte now and then)
 cannot keep every new client out, /health's included, for as long as they are held open; a
-client that sends its request at once is served.
+client that sends its request at once is served. A connection that goes back to waiting
+(kept alive after serving a session's request) does the same when the places are over-full.
 
 Trio switches tasks only at checkpoints, so a check and the reservation right after it
 (no ``await`` between) cannot be interleaved with another connection's.
@@ -93,6 +94,11 @@ class Admission:
         "evicted" then)."""
         with trio.CancelScope(deadline=deadline) as waiting:
             self._awaiting[ticket] = waiting
+            # A connection back from serving an HTTP session (kept alive for its next
+            # request) is pending again without arriving: the bound is kept here too, the
+            # longest waiting going first (this one, when it is the only one waiting).
+            while self.pending > self.max_pending and self._evict_longest_waiting():
+                pass
             try:
                 yield waiting
             finally:
