@@ -785,6 +785,40 @@ async def test_a_first_message_sent_with_the_upgrade_is_answered(settings: Setti
 
 
 @pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (bytes([0x81, 0x02]) + b"{}", 1002),  # a client's frame unmasked
+        (bytes([0x83, 0x80]) + b"mask", 1002),  # a reserved opcode
+        (bytes([0x81, 0x82]) + b"\0\0\0\0" + b"\xc3\x28", 1007),  # text that is no UTF-8
+    ],
+)
+async def test_a_frame_wsproto_cannot_take_fails_the_connection_with_a_close_frame(
+    settings: Settings, frame: bytes, code: int
+) -> None:
+    """RFC 6455 7.1.7: a connection failed for a protocol error says why in a Close frame
+    before its TCP connection closes (trio-websocket closes it without one)."""
+    async with run_horace(serving(settings)) as running:
+        host, port = running.url.removeprefix("ws://").split("/")[0].split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(
+            b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        received = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(65536)
+            assert received.startswith(b"HTTP/1.1 101 ")
+            received = received.partition(b"\r\n\r\n")[2]
+            await stream.send_all(frame)
+            while data := await stream.receive_some(65536):
+                received += data
+        assert received[0] == 0x88 and received[1] < 126, received  # one Close frame, then the end
+        assert int.from_bytes(received[2:4], "big") == code and len(received) == 2 + received[1]
+        await stream.aclose()
+
+
+@pytest.mark.parametrize(
     ("version", "key", "status", "why"),
     [
         ("8", "dGhlIHNhbXBsZSBub25jZQ==", b"426 Upgrade Required", b"this server speaks version 13"),

@@ -257,7 +257,7 @@ class Front:
                     # Never the token's subprotocol: what is answered is seen by proxies and logs.
                     subprotocol = "mcp" if "mcp" in handshake.proposed_subprotocols else None
                     try:
-                        ws = await handshake.accept(subprotocol=subprotocol)
+                        ws = intake.websocket = await handshake.accept(subprotocol=subprotocol)
                     except ConnectionClosed as exc:  # the client went during the handshake (1006)
                         log.debug("connection dropped during the WebSocket handshake: %s", exc)
                     stream.hand_over()

@@ -16,6 +16,10 @@ up to the size limit on every connection, for as long as it cared to send it.
 
 Control frames (pings, pongs, close) are part of no message and count for nothing. The
 payload is never unmasked or looked at: trio-websocket does that.
+
+A connection failed for a frame wsproto cannot take (unmasked, a reserved opcode, text that
+is not UTF-8) is closed with a Close frame that says why (1002, 1007: RFC 6455 7.1.7) before
+its TCP connection: trio-websocket closes the TCP connection without one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections.abc import Callable
 from functools import partial
 
 import trio
+from trio_websocket import WebSocketConnection
+from wsproto.frame_protocol import CloseReason, FrameProtocol
 
 from horace.server.httpio import HEAD_TIMEOUT
 from horace.server.mcp import LARGE_REQUEST_BYTES
@@ -41,6 +47,8 @@ MESSAGE_TIMEOUT = HEAD_TIMEOUT  # as an HTTP request's body has, from its head
 _CONTROL = 0x8  # opcodes from here on are control frames (close, ping, pong)
 _EXTENDED = {126: struct.Struct("!H"), 127: struct.Struct("!Q")}
 _LONGEST_HEAD = 14  # 2 bytes, an 8-byte length, a 4-byte mask
+_CLOSE = 0x8
+CLOSE_SEND_TIMEOUT = 1.0  # for the Close frame of a failed connection: the client may read nothing
 
 
 class MessageTooSlow(trio.BrokenResourceError):
@@ -70,6 +78,9 @@ class MessageIntake(trio.abc.Stream):
         self._slot: _Slot | None = None  # held for the message under way
         # For each message that came whole and was not yet handed over: the slot it holds.
         self._whole: deque[_Slot | None] = deque()
+        # The WebSocket, once its handshake is answered; and whether a Close frame went out.
+        self.websocket: WebSocketConnection | None = None
+        self._close_sent = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self.unfinished > LARGE_REQUEST_BYTES and self._slot is None and self.large_requests:
@@ -182,10 +193,24 @@ class MessageIntake(trio.abc.Stream):
     # -- the rest of a stream -------------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        # (Past the handshake, each of trio-websocket's sends is one whole frame.)
+        if self.websocket is not None and data and data[0] & 0x0F == _CLOSE:
+            self._close_sent = True
         await self.stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        try:
+            failed = self.websocket.closed if self.websocket is not None else None
+            if failed is not None and failed.code != CloseReason.ABNORMAL_CLOSURE and not self._close_sent:
+                # Closed by trio-websocket for a frame it could not take, no Close frame sent.
+                self._close_sent = True
+                frame = FrameProtocol(client=False, extensions=[]).close(failed.code, failed.reason)
+                with trio.move_on_after(CLOSE_SEND_TIMEOUT):
+                    await self.stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # (the client is gone: nobody to tell)
+        finally:
+            await self.stream.aclose()
