@@ -918,6 +918,30 @@ async def test_godot_error_replies_are_counted_not_retried(caplog: pytest.LogCap
     assert len(said) == 2 and all(s.startswith("godot refused 5 of 5 log entries") for s in said), said
 
 
+async def test_an_entry_that_is_no_log_entry_is_refused_not_sent(caplog: pytest.LogCaptureFixture) -> None:
+    """A JSON object that is no log entry (a spool line edited by hand, of another
+    release: fields missing, of the wrong types, or more) is refused here, counted and
+    said, not sent to Godot as ``logger_log`` arguments of the wrong types; the others go."""
+    wrong = [
+        {"message": 5, "level": [], "data": "x", "trace_id": 7},
+        {},
+        entry(1) | {"level": "LOUD"},
+        entry(2) | {"extra": 1},
+        entry(3) | {"trace_id": 3},
+    ]
+    async with godot_standin() as godot:
+        runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, **FAST)
+        with caplog.at_level(logging.ERROR, logger="horace.sinks"):
+            async with running(runner):
+                for sent in [entry(0), *wrong, entry(4)]:
+                    runner.emit(sent)
+                await eventually(lambda: runner.delivered == 7)
+    assert [c["message"] for c in godot.calls] == ["m0", "m4"]
+    assert (runner.refused, runner.failures, runner.restarts, runner.dropped) == (5, 0, 0, 0)
+    said = [r.getMessage() for r in caplog.records if "no log entry are refused" in r.getMessage()]
+    assert sum(int(s.split()[1]) for s in said) == 5, said
+
+
 async def test_health_shows_the_sinks(settings: Settings) -> None:
     async with godot_standin() as godot, run_horace(serving(settings, godot_url=godot.url)) as horace:
         async with connect(horace.url) as client:

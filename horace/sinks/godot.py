@@ -232,6 +232,13 @@ class GodotTransport:
                 await ws.send([json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})])
 
                 async def deliver(batch: list[dict[str, Any]]) -> int:
+                    malformed = [entry for entry in batch if not is_log_entry(entry)]
+                    if malformed:  # (a spool line edited by hand, or of another release)
+                        log.error(
+                            "godot: %d entries that are no log entry are refused; the first: %.200s",
+                            len(malformed),
+                            json.dumps(malformed[0], default=str),
+                        )
                     calls = [
                         {
                             "jsonrpc": "2.0",
@@ -239,10 +246,11 @@ class GodotTransport:
                             "params": {"name": self.tool, "arguments": {"component": "horace", **entry}},
                         }
                         for entry in batch
+                        if not malformed or is_log_entry(entry)
                     ]
                     refusals = [
                         reply.get("error") or reply.get("result")
-                        for reply in await rpc_batch(calls)
+                        for reply in (await rpc_batch(calls) if calls else ())
                         if "error" in reply or reply.get("result", {}).get("isError")
                     ]
                     if refusals:  # retrying would not help: counted, and said once a batch
@@ -253,7 +261,7 @@ class GodotTransport:
                             self.tool,
                             json.dumps(refusals[0], default=str),
                         )
-                    return len(refusals)
+                    return len(malformed) + len(refusals)
 
                 yield deliver
             finally:
@@ -266,6 +274,24 @@ class GodotTransport:
             trio.TooSlowError,
         ) as exc:
             raise SinkUnavailable(f"godot at {self.url}: {type(exc).__name__} {exc}") from exc
+
+
+_ENTRY_KEYS = frozenset(("level", "message", "trace_id", "data"))
+_LEVEL_NAMES = frozenset((*LEVELS.values(), "TRACE"))
+
+
+def is_log_entry(entry: Any) -> bool:
+    """Whether *entry* is a log entry as Horace makes one: what ``logger_log`` is called
+    with (besides the component). One replayed from a spool may be anything."""
+    return (
+        type(entry) is dict
+        and entry.keys() == _ENTRY_KEYS
+        and type(entry["level"]) is str
+        and entry["level"] in _LEVEL_NAMES
+        and type(entry["message"]) is str
+        and (entry["trace_id"] is None or type(entry["trace_id"]) is str)
+        and type(entry["data"]) is dict
+    )
 
 
 def _answers(text: str, pending: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -304,10 +330,11 @@ class GodotLogHandler(logging.Handler):
                 for k, v in record.__dict__.items()
                 if k not in _STANDARD and v is not None and not k.startswith("_")
             }
+            trace_id = extras.pop("correlation_id", None)
             entry = {
                 "level": LEVELS.get(record.levelname, "TRACE" if record.levelno < logging.DEBUG else "INFO"),
                 "message": record.getMessage(),
-                "trace_id": extras.pop("correlation_id", None),
+                "trace_id": None if trace_id is None else str(trace_id),
                 "data": redact(_json_ready({"logger": record.name, **extras})),
             }
             self.runner.emit(entry)
