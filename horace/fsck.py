@@ -60,7 +60,7 @@ from horace.backends.protocol import Units
 from horace.backends.records import FileRecord, NewVersion, Status, VersionRecord
 from horace.catalog import Catalog, check_cancelled, in_thread
 from horace.model import ErrorCode, HoraceError
-from horace.storage import STORAGE_ERRNOS, Storage, TempKind, TempName
+from horace.storage import STORAGE_ERRNOS, Storage, TempKind, TempName, make_private_folder
 
 log = logging.getLogger("horace.fsck")
 STALE_TEMP_SECONDS = 3600.0  # another host's temp file counts as dead after this long
@@ -165,7 +165,7 @@ async def fsck(
 
     active = [f for f in files.values() if f.status is Status.ACTIVE]
     missing = await in_thread(
-        lambda: {f.id for f in active if not _working_exists(catalog.storage, f.file_path)}
+        lambda: {f.id for f in active if _look_for_working(catalog.storage, f.file_path)[0]}
     )
     suspects = [
         f
@@ -437,7 +437,7 @@ async def _put_back_pack(catalog: Catalog, path: Path, name: TempName, reference
         return False
 
     def put_back() -> None:
-        storage.packs.mkdir(exist_ok=True)
+        make_private_folder(storage.packs)
         with contextlib.suppress(FileExistsError):  # (another fsck, at the same moment)
             os.link(path, target)
         path.unlink()
@@ -660,8 +660,11 @@ async def _file(
             repaired,
         )
 
-    gone = file.status is Status.ACTIVE and not await in_thread(_working_exists, storage, file.file_path)
-    unreachable = await in_thread(_unreachable, storage, file.file_path) if gone else None
+    gone, unreachable = (
+        await in_thread(_look_for_working, storage, file.file_path)
+        if file.status is Status.ACTIVE
+        else (False, None)
+    )
     if unreachable is not None:
         finding("unreachable", unreachable, False)  # never written through, nor "missing"
     elif gone:
@@ -741,20 +744,16 @@ async def _version_again(
     return fixed, f" (its content recorded again as version {version.version})"
 
 
-def _working_exists(storage: Storage, rel: str) -> bool:
-    """Is *rel*'s working copy there? False too when it cannot be looked at (a folder on
-    its way unreadable): :func:`_unreachable` then says why, and the rest goes on."""
+def _look_for_working(storage: Storage, rel: str) -> tuple[bool, str | None]:
+    """Whether *rel*'s working copy is not there, and why it cannot be looked at when
+    that is so (a folder on its way unreadable, or listed but not entered; a symlink
+    where a folder should be): such a file is unreachable, never "missing"."""
     try:
-        return storage.working_exists(rel)
-    except OSError:
-        return False
-
-
-def _unreachable(storage: Storage, rel: str) -> str | None:
-    try:
-        return storage.unreachable(rel)
+        if storage.working_exists(rel):
+            return False, None
+        return True, storage.unreachable(rel)
     except OSError as exc:
-        return f"its folder cannot be read: {exc.strerror or exc}"
+        return True, f"its folder cannot be read: {exc.strerror or exc}"
 
 
 def object_problem(storage: Storage, checksum: str, size: int, deep: bool) -> str | None:

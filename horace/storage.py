@@ -30,6 +30,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -71,6 +72,7 @@ _HOST = socket.gethostname().replace(".", "_")
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h, for renameat2()
 
 CheckCancelled = Callable[[], None]
+log = logging.getLogger("horace.storage")
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -203,6 +205,27 @@ class Staged:
 
 
 PERMISSION_BITS = 0o777  # of a working file's mode, what a copy written back keeps
+# Horace's own folders (.horace and those in it) are made as the umask says, but never
+# writable by every user: under a umask of 000 any local user could unlink a version's
+# object. Group writes stay the umask's to give (instances run as users of one group).
+PRIVATE_FOLDER_MODE = 0o775
+
+
+def make_private_folder(path: Path) -> None:
+    """*path* made as one of Horace's own folders, or left as it is."""
+    path.mkdir(PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
+
+
+def _not_writable_by_all(paths: Iterable[Path]) -> None:
+    """Take every user's write permission off those of *paths* that have it (folders a
+    store made under a umask of 000 has); one this user does not own is said in the log."""
+    for path in paths:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISDIR(mode) and mode & stat.S_IWOTH:
+            try:
+                os.chmod(path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
+            except PermissionError:
+                log.warning("%s is writable by every local user, and not this user's to change", path)
 
 
 def _within_int64(value: int) -> int:
@@ -535,6 +558,7 @@ class Storage:
         self.objects = self.private / "objects"
         self.packs = self.objects / "packs"
         self.tmp = self.private / "tmp"
+        self.spool = self.private / "spool"  # the log sinks' entries kept over a restart
         self.lock_file = self.private / "locks"
         # One empty file per object the catalog let go of (a pruned or purged version's)
         # that was too fresh to collect then: the sweep collects it past the grace period,
@@ -672,14 +696,25 @@ class Storage:
 
     def ensure_layout(self) -> None:
         try:
+            make_private_folder(self.root)  # (whoever may rename in it may rename .horace away)
             for folder in COMPONENT_FOLDERS:
                 (self.files / folder).mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
-            self.objects.mkdir(parents=True, exist_ok=True)
+            for private in (self.private, self.tmp, self.objects, self.spool):
+                make_private_folder(private)
+            subs = (*(f"{i:02x}" for i in range(256)), self.packs.name)
             present = set(os.listdir(self.objects))  # one read, not 257 mkdir calls
-            for sub in (*(f"{i:02x}" for i in range(256)), self.packs.name):
+            for sub in subs:
                 if sub not in present:
-                    (self.objects / sub).mkdir(exist_ok=True)
+                    make_private_folder(self.objects / sub)
+            _not_writable_by_all(
+                [self.private, self.tmp, self.objects, self.spool, *(self.objects / sub for sub in subs)]
+            )
+            if os.stat(self.root).st_mode & (stat.S_IWOTH | stat.S_ISVTX) == stat.S_IWOTH:
+                log.warning(
+                    "the store's folder %s is writable by every local user (without the sticky "
+                    "bit), who may rename .horace away: chmod o-w it",
+                    self.root,
+                )
             # Made, not touched: its mtime is the watch lease holder's sign of life.
             os.close(os.open(self.lock_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         except OSError as exc:
@@ -764,12 +799,7 @@ class Storage:
             "created_at": time.time(),
         }
         tmp = self.tmp / temp_name(TempKind.META)
-        tmp.write_text(json.dumps(record) + "\n")
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(tmp, (json.dumps(record) + "\n").encode(), 0o644, sync=True)
         os.rename(tmp, self.identity_file)
         _fsync_dir(self.private)
 
@@ -1232,7 +1262,7 @@ class Storage:
                 index = packs.write(fd, entries)
             finally:
                 os.close(fd)
-            self.packs.mkdir(exist_ok=True)  # (made with the store; a store of before, too)
+            make_private_folder(self.packs)  # (made with the store; a store of before, too)
             os.link(tmp_path, self.packs / name)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
@@ -1731,6 +1761,12 @@ class Storage:
                         st = os.stat(name, dir_fd=top.fd, follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # gone since the listing
+                    except PermissionError as exc:  # the folder may no longer be entered
+                        if skipped is not None:
+                            where = printable(top.prefix[:-1] or ".")
+                            skipped.append(f"{where}: the folder cannot be read ({exc.strerror})")
+                        top.entries = iter(())
+                        continue
                     if stat.S_ISREG(st.st_mode):
                         yield rel, st
                     continue
@@ -1739,6 +1775,15 @@ class Storage:
                 except OSError as exc:
                     # Gone, or swapped for a symlink, since the listing; else unreadable.
                     if skipped is not None and exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        skipped.append(f"{printable(rel)}: the folder cannot be read ({exc.strerror})")
+                    continue
+                try:
+                    # A folder that may be listed but not entered (mode 0600, say): nothing in
+                    # it can be opened or looked at, so it is passed over as a whole.
+                    os.stat(".", dir_fd=sub)
+                except PermissionError as exc:
+                    os.close(sub)
+                    if skipped is not None:
                         skipped.append(f"{printable(rel)}: the folder cannot be read ({exc.strerror})")
                     continue
                 try:
@@ -1790,7 +1835,7 @@ class Storage:
     # -- object collection --------------------------------------------------------------
 
     def mark_released(self, checksums: Iterable[str]) -> None:
-        self.released.mkdir(exist_ok=True)
+        make_private_folder(self.released)
         for checksum in checksums:
             (self.released / checksum).touch()
 
@@ -1980,7 +2025,7 @@ class Storage:
     def set_aside_damaged_pack(self, name: str) -> Path:
         """Move the damaged pack *name* (nothing needs it any more) out of objects/, into
         ``.horace/damaged/``, where nothing reads it and nothing removes it."""
-        self.damaged.mkdir(exist_ok=True)
+        make_private_folder(self.damaged)
         aside = self.damaged / name
         os.rename(self.packs / name, aside)
         return aside

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -34,7 +35,11 @@ BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
 
 
 def horace(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
     return subprocess.run(
@@ -45,6 +50,7 @@ def horace(
         text=True,
         timeout=timeout,
         check=False,
+        umask=umask,
     )
 
 
@@ -169,7 +175,8 @@ def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, d
     assert "\x1b" not in gone.stdout and "horace delete" in gone.stdout
 
 
-def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str, str]]) -> None:
+@pytest.mark.parametrize("mode", [0, 0o600])  # (0600: listed, never entered)
+def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str, str]], mode: int) -> None:
     """A folder of catalogued files that cannot be read (mode 000, for a process without
     root's override: setpriv drops it) is one finding of fsck and of verify; the rest
     is checked, and a server's start (which runs the same fsck) is not stopped by it."""
@@ -177,8 +184,10 @@ def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str,
     (root / "files/user/open.txt").write_text("readable")
     (root / "files/user/shut").mkdir()
     (root / "files/user/shut/a.txt").write_text("behind a folder nobody may read")
+    (root / "files/user/shut/deeper").mkdir()
+    (root / "files/user/shut/deeper/b.txt").write_text("further behind")
     assert horace("scan", env=env).returncode == 0
-    (root / "files/user/shut").chmod(0)
+    (root / "files/user/shut").chmod(mode)
     without_override = (
         [
             "setpriv",
@@ -214,9 +223,38 @@ def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str,
         assert {(f["file_path"], f["status"]) for f in json.loads(listed.stdout)["results"]} == {
             ("user/open.txt", "active"),
             ("user/shut/a.txt", "active"),
+            ("user/shut/deeper/b.txt", "active"),
         }
     finally:
         (root / "files/user/shut").chmod(0o755)
+
+
+def test_no_folder_of_horace_s_is_writable_by_every_user_whatever_the_umask(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Under a umask of 000 a folder is made 0777, and any local user may unlink what is in
+    one (a version's object: its own mode, 0444, is no help). The store's folder and
+    Horace's own are never writable by every user; those of a store made so before lose
+    it at its next start. Group writes stay the umask's (instances run as one group)."""
+    root = tmp_path / "horace-data"
+    env = {"HORACE_STORAGE_PATH": str(root), "HORACE_DATABASE_URL": database_url}
+    assert horace("init", env=env, umask=0).returncode == 0
+    (root / "files/user/a.txt").write_text("one")
+    assert horace("scan", env=env, umask=0).returncode == 0
+    private = root / ".horace"
+
+    def writable_by_all() -> list[Path]:
+        return [p for p in [root, *private.rglob("*")] if p.stat().st_mode & stat.S_IWOTH]
+
+    assert writable_by_all() == []
+    assert stat.S_IMODE((private / "objects" / "00").stat().st_mode) == 0o775
+    assert stat.S_IMODE((private / "store.json").stat().st_mode) == 0o644
+    for made_so_before in (private, private / "tmp", private / "objects", private / "objects" / "ab"):
+        made_so_before.chmod(0o777)
+    done = horace("scan", env=env, umask=0)
+    assert done.returncode == 0, done.stderr
+    assert writable_by_all() == []
+    assert stat.S_IMODE(private.stat().st_mode) == 0o775
 
 
 def test_version_and_module_entry() -> None:

@@ -63,7 +63,7 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
     if not wiring.any:
         yield LogSinks(None, {"sinks": dict})
         return
-    spool_dir = catalog.storage.private / "spool"
+    spool_dir = catalog.storage.spool
     godot: Emitter | None
     async with AsyncExitStack() as running:
         if settings.sink_process:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import trio
 
 from horace.redact import redact
+from horace.storage import make_private_folder
 from horace.supervise import backoff
 
 # The sinks' own log never feeds a sink (see horace.sinks.godot.GodotLogHandler).
@@ -434,7 +435,7 @@ async def _spool_locked(spool_path: Path) -> AsyncIterator[None]:
 
 
 def _open_lock(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_folder(path.parent)
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
