@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import stat
 import re
 import sqlite3
 import time
@@ -1371,6 +1372,29 @@ def _said(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
         raise
 
 
+def _read_only(exc: sqlite3.DatabaseError) -> bool:
+    """Did SQLite refuse a write for a read-only file (SQLITE_READONLY and its extended
+    codes: the database, its -wal or -shm file)?"""
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_READONLY
+
+
+def _side_files_writable(path: Path) -> None:
+    """SQLite makes the -wal and -shm files with the catalog's mode: made while the catalog
+    was read-only, they stay so when it is made writable again, and every open for writing
+    fails on them. When the catalog may be written, they are given its mode."""
+    if not os.access(path, os.W_OK):
+        return
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if not os.access(side, os.W_OK):
+                os.chmod(side, mode)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # not this user's: the open that follows says so
+            log.warning("the catalog's %s is read-only and not this user's to change", side)
+
+
 def _file_of(conn: sqlite3.Connection) -> str:
     try:
         return str(conn.execute("PRAGMA database_list").fetchone()[2])
@@ -1385,6 +1409,7 @@ def _open(path: Path, create: bool) -> SqliteBackend:
     if problem is not None:
         raise UnusableURL(problem)
     _refuse_shared(path)
+    _side_files_writable(path)
     return SqliteBackend(path)
 
 
@@ -1413,6 +1438,7 @@ class SqliteBackend:
         self.refusals = LastRefusal()
         self._place = f"sqlite:{os.path.realpath(path)}"  # (see CatalogIdentity.place)
         self._writer = _connect(path)
+        self._writer_read_only = False  # (a write refused it for a read-only file: see _write)
         opened = os.stat(path)  # (the file the connection holds: made by the connect if new)
         self._opened = (opened.st_dev, opened.st_ino)
         self._write_lock = trio.Lock()
@@ -1434,10 +1460,31 @@ class SqliteBackend:
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._write_lock:
             try:
+                if self._writer_read_only:
+                    await trio.to_thread.run_sync(self._reopen_writer)
                 return await trio.to_thread.run_sync(_said, fn, self._writer, *args)
+            except sqlite3.DatabaseError as exc:
+                if not _read_only(exc):
+                    raise
+                self._writer_read_only = True
+                unwritable = CatalogUnwritable(
+                    f"the catalog {self.path} cannot be written ({exc}): is it, or its -wal or "
+                    "-shm file beside it, read-only, or not this user's to write?"
+                )
+                self.refusals.note(unwritable)
+                raise unwritable from None
             except REFUSALS as exc:
                 self.refusals.note(exc)
                 raise
+
+    def _reopen_writer(self) -> None:
+        """A connection SQLite opened on a file it could not write is read-only for good:
+        after a write it refused, the next is tried on a new one (the file may be writable
+        again; its side files are made so with it: see :func:`_side_files_writable`)."""
+        _side_files_writable(self.path)
+        writer = _connect(self.path)
+        self._writer.close()
+        self._writer, self._writer_read_only = writer, False
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         if self._holds_file_lock:

@@ -54,6 +54,29 @@ def horace(
     )
 
 
+def horace_without_override(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """:func:`horace` as a process that file modes bind, root's included (setpriv drops
+    the capabilities that override them)."""
+    without_override = (
+        [
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search,-fowner",
+            "--bounding-set=-dac_override,-dac_read_search,-fowner",
+        ]
+        if os.geteuid() == 0
+        else []
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+    return subprocess.run(
+        [*without_override, sys.executable, "-m", "horace", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], exit_code: Exit, *words: str) -> str:
     """The command failed with *exit_code* and said so in one line, no traceback."""
     assert done.returncode == exit_code, (done.returncode, done.stdout, done.stderr)
@@ -188,26 +211,9 @@ def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str,
     (root / "files/user/shut/deeper/b.txt").write_text("further behind")
     assert horace("scan", env=env).returncode == 0
     (root / "files/user/shut").chmod(mode)
-    without_override = (
-        [
-            "setpriv",
-            "--inh-caps=-dac_override,-dac_read_search",
-            "--bounding-set=-dac_override,-dac_read_search",
-        ]
-        if os.geteuid() == 0
-        else []
-    )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
-        return subprocess.run(
-            [*without_override, sys.executable, "-m", "horace", *args],
-            env={**clean, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return horace_without_override(*args, env=env)
 
     try:
         checked = run("fsck")
@@ -255,6 +261,29 @@ def test_no_folder_of_horace_s_is_writable_by_every_user_whatever_the_umask(
     assert done.returncode == 0, done.stderr
     assert writable_by_all() == []
     assert stat.S_IMODE(private.stat().st_mode) == 0o775
+
+
+def test_a_read_only_catalog_is_a_storage_error_and_works_again_once_writable(
+    tmp_path: Path,
+) -> None:
+    """A catalog file made read-only: a write is STORAGE_ERROR (exit 8), saying which file,
+    not INTERNAL. SQLite meanwhile makes its -wal and -shm files with the catalog's mode:
+    once the catalog is writable again they are made so too, so that it is usable without
+    finding them by hand."""
+    root = tmp_path / "horace-data"
+    env = {"HORACE_STORAGE_PATH": str(root)}
+    assert horace("init", env=env).returncode == 0
+    (root / "files/user/a.txt").write_text("one")
+    assert horace("scan", env=env).returncode == 0
+    catalog = root / ".horace/catalog.db"
+    catalog.chmod(0o444)
+    (root / "files/user/a.txt").write_text("two")
+    line = one_line_error(horace_without_override("scan", env=env), Exit.STORAGE, "STORAGE_ERROR")
+    assert f"the catalog {catalog} cannot be written" in line
+    catalog.chmod(0o644)
+    done = horace_without_override("scan", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["versioned"] == 1
 
 
 def test_version_and_module_entry() -> None:

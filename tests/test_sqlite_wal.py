@@ -7,13 +7,16 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from helpers import write
 
 from horace.assemble import open_catalog
-from horace.backends import sqlite
+from horace.backends import open_backend, sqlite
+from horace.backends.protocol import CatalogUnwritable
+from horace.backends.records import Turn
 from horace.config import Settings
 
 KEPT = 256 << 10
@@ -60,3 +63,24 @@ async def test_a_catalog_replaced_under_a_process_is_not_given_its_log(tmp_path:
     with sqlite3.connect(tmp_path / "catalog.db") as restored:
         assert restored.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert restored.execute("SELECT count(*) FROM horace_versions").fetchone() == (20,)
+
+
+async def test_a_writer_sqlite_opened_read_only_is_opened_anew_after_a_refused_write(tmp_path: Path) -> None:
+    """SQLite opens a file it may not write read-only, and such a connection stays so when
+    the file becomes writable: a write it refuses is the catalog's state (CatalogUnwritable,
+    noted for /health), not a bug, and the next write goes through a new connection."""
+    path = tmp_path / "catalog.db"
+    turn = Turn("c", 1, "user", "hello", None, None, None, None, {}, datetime.now(UTC))
+    async with open_backend(f"sqlite://{path}") as backend:
+        assert isinstance(backend, sqlite.SqliteBackend)
+        opened = backend._writer
+        backend._writer = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )  # (as SQLite opens a file this user may not write)
+        opened.close()
+        with pytest.raises(CatalogUnwritable, match=f"the catalog {path} cannot be written"):
+            await backend.insert_turns([turn])
+        assert "cannot be written" in backend.refusals.said
+        assert await backend.insert_turns([turn]) == []
+    with sqlite3.connect(path) as stored:
+        assert stored.execute("SELECT content FROM conversations").fetchall() == [("hello",)]
