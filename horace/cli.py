@@ -57,6 +57,7 @@ from horace.storage import STORAGE_ERRNOS, StorageUnusable, storage_full, storag
 from horace.supervise import the_failure
 
 T = TypeVar("T")
+log = logging.getLogger("horace")
 
 
 class _Moment(click.ParamType):
@@ -943,6 +944,7 @@ def _run_service(ctx: click.Context, log_level: str, service: Any, **overrides: 
 
     logs.configure(log_level)
     settings = _settings(ctx, **overrides)
+    _more_open_files(settings)
     with _progress(ctx, "reconcile") if settings.watch else _no_progress() as progress:
         _trio_run(partial(service, settings, progress=progress))
 
@@ -950,6 +952,36 @@ def _run_service(ctx: click.Context, log_level: str, service: Any, **overrides: 
 @contextmanager
 def _no_progress() -> Iterator[None]:
     yield None
+
+
+# Descriptors a server holds besides its connections': database connections, files being
+# read or written, watches, pipes to its sink process.
+FILES_AT_WORK = 128
+
+
+def _more_open_files(settings: Settings) -> None:
+    """A service holds a descriptor for each connection and each file at work: the soft
+    limit of open files (1024, or less under a service manager) is raised to the hard
+    one, as servers do. One still below what the connection limits may take is said: past
+    it, connections and calls fail with "too many open files"."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("the limit of open files could not be raised from %d to %d: %s", soft, hard, exc)
+    needed = settings.max_connections + settings.max_pending_connections + FILES_AT_WORK
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the limit of open files is %d (ulimit -n), below the %d that HORACE_MAX_CONNECTIONS "
+            "and HORACE_MAX_PENDING_CONNECTIONS may take with the files at work: raise it, or lower "
+            "them, or connections and calls will fail with 'too many open files'",
+            soft,
+            needed,
+        )
 
 
 # -- the edge: errors to one line and an exit code -----------------------------------------

@@ -256,9 +256,32 @@ class StoreState:
 
 # What the storage says of itself (read-only, no permission, full, failing, a folder of it
 # mounted apart): STORAGE_ERROR.
+# What the storage, or the system's limits on this process, refuse: the operator's to mend,
+# said in a line (STORAGE_ERROR), never a bug's INTERNAL.
 STORAGE_ERRNOS = frozenset(
-    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EXDEV}
+    {
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EXDEV,
+        errno.EFBIG,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
 )
+# Why each refuses, for the operator (what a full disk says is STORAGE_FULL's own).
+_REFUSED_FOR = {
+    errno.EROFS: "a read-only file system",
+    errno.EACCES: "a file or folder this server's user may not read or write",
+    errno.EPERM: "a file or folder this server's user may not read or write",
+    errno.EIO: "a failing disk",
+    errno.EFBIG: "larger than this process may write: its file size limit (ulimit -f), or the file system's",
+    errno.EMFILE: "this process's limit of open files (ulimit -n): raise it",
+    errno.ENFILE: "the system's limit of open files (fs.file-max)",
+}
 ONE_FILE_SYSTEM = (
     "Horace moves files between files/, .horace/tmp and .horace/objects by renaming them, "
     "which works only within one file system: mount the disk at the store's folder (which "
@@ -295,7 +318,8 @@ def storage_refusal(exc: OSError) -> str:
         where += f" -> {exc.filename2}"
     if exc.errno == errno.EXDEV:
         return f"a folder of the store is on another file system{where} ({ONE_FILE_SYSTEM})"
-    return f"{exc.strerror or exc}{where}"
+    why = _REFUSED_FOR.get(exc.errno or 0)
+    return f"{exc.strerror or exc}{where}" + (f" ({why})" if why else "")
 
 
 class AtPath(enum.Enum):

@@ -286,6 +286,53 @@ def test_a_read_only_catalog_is_a_storage_error_and_works_again_once_writable(
     assert json.loads(done.stdout)["versioned"] == 1
 
 
+@pytest.mark.parametrize(("soft", "hard", "raised", "said"), [(32, 1024, 1024, False), (32, 64, 64, True)])
+def test_a_service_raises_its_limit_of_open_files_and_says_when_it_is_too_low(
+    soft: int, hard: int, raised: int, said: bool
+) -> None:
+    """Each connection and each file at work holds a descriptor: a service raises its soft
+    limit to the hard one, and says when that is still below what its connection limits
+    may take (else connections and calls failed with "too many open files", said as
+    INTERNAL, and its own tasks crashed at start)."""
+    code = (
+        "import logging, resource, sys\n"
+        "logging.basicConfig(stream=sys.stderr, format='%(message)s')\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+        "from horace.cli import _more_open_files\n"
+        "from horace.config import Settings\n"
+        "_more_open_files(Settings())\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == raised
+    assert ("the limit of open files is 64 (ulimit -n), below the 512" in done.stderr) == said, done.stderr
+
+
+def test_a_file_larger_than_the_process_may_write_is_a_storage_error(
+    store: tuple[Path, dict[str, str]],
+) -> None:
+    """Past the process's file size limit (``ulimit -f``) a copy fails with EFBIG: the
+    system's limit, said as STORAGE_ERROR with what to raise, not INTERNAL; nothing half
+    written is left."""
+    root, env = store
+    (root / "files/user/big.bin").write_bytes(os.urandom(4 << 20))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+    done = subprocess.run(
+        ["bash", "-c", 'ulimit -f 1024 && exec "$0" -m horace register user/big.bin', sys.executable],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    one_line_error(done, Exit.STORAGE, "STORAGE_ERROR", "File too large", "(ulimit -f)")
+    assert list((root / ".horace/tmp").iterdir()) == []
+    one_line_error(horace("info", "user/big.bin", env=env), Exit.REFUSED, "NOT_CATALOGED")
+
+
 def test_version_and_module_entry() -> None:
     done = horace("--version")
     assert done.returncode == 0 and done.stdout.startswith("horace "), done

@@ -144,8 +144,7 @@ async def run_tool(
             )
             return tool_error(
                 ErrorCode.STORAGE_ERROR,
-                f"the storage refuses: {storage_refusal(exc)}; the call did not complete "
-                "(a read-only, unwritable or failing disk: see the log)",
+                f"the storage refuses: {storage_refusal(exc)}; the call did not complete",
                 correlation_id,
             )
         private = context.catalog.storage.private
