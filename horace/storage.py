@@ -1481,6 +1481,9 @@ class Storage:
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel, create=True) as (dfd, name):
+                folder = os.fstat(dfd)
+                if folder.st_mode & stat.S_ISGID:  # its group, as a file made in it would have
+                    _give_owner(held, -1, folder.st_gid)
                 try:
                     _rename_noreplace(tmp_fd, held.name, dfd, name)
                 except FileExistsError:
@@ -1513,9 +1516,14 @@ class Storage:
         returned, first: the file written (to tell later whether it is still there as it was).
         """
         # Before the copy: nothing changes for a folder. The content that goes in keeps the
-        # mode of the file it replaces (a script stays executable, a private file private).
-        mode = self._regular_mode(rel)
-        held = self._prepare(checksum, file_id, check_cancelled, mode)
+        # mode of the file it replaces (a script stays executable, a private file private),
+        # and its owner and group as far as this process may give them.
+        replaced = self._regular_stat(rel)
+        held = self._prepare(
+            checksum, file_id, check_cancelled, None if replaced is None else stat.S_IMODE(replaced.st_mode)
+        )
+        if replaced is not None:
+            _give_owner(held, replaced.st_uid, replaced.st_gid)
         written = FileIdentity.of(os.stat(held, follow_symlinks=False))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
@@ -1594,9 +1602,9 @@ class Storage:
         os.rename(held, name, src_dir_fd=tmp_fd, dst_dir_fd=dfd)
         return False
 
-    def _regular_mode(self, rel: str) -> int | None:
-        """The permission bits of the regular file at *rel*, None when nothing is there;
-        INVALID_PATH when something other than a regular file is."""
+    def _regular_stat(self, rel: str) -> os.stat_result | None:
+        """The stat of the regular file at *rel*, None when nothing is there; INVALID_PATH
+        when something other than a regular file is."""
         try:
             with self._parent_fd(rel) as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -1604,7 +1612,7 @@ class Storage:
             return None
         if not stat.S_ISREG(st.st_mode):
             raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file")
-        return stat.S_IMODE(st.st_mode)
+        return st
 
     @_storage_full
     def take_working(self, rel: str, file_id: str, *, catalogable: bool = True) -> Path | None:
@@ -2203,6 +2211,24 @@ def _read_small(fd: int, size: int) -> bytes:
 def _why(exc: Exception) -> str:
     """What went wrong, in a few words: an OSError's strerror when it has one."""
     return str(exc.strerror) if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _give_owner(path: Path, uid: int, gid: int) -> None:
+    """*path* (a file Horace is about to put in place) given the owner *uid* (-1: left as
+    it is) and group *gid*, as far as this process may: root gives both, another user a
+    group of its own. What it may not give is said in the log, and the file stays its."""
+    st = os.stat(path, follow_symlinks=False)
+    uid = uid if os.geteuid() == 0 and uid != st.st_uid else -1
+    if uid == -1 and gid == st.st_gid:
+        return
+    try:
+        os.chown(path, uid, gid, follow_symlinks=False)
+    except PermissionError:
+        log.warning(
+            "the file written back cannot be given group %d (not one of this user's): it has %d",
+            gid,
+            st.st_gid,
+        )
 
 
 def _write_new(path: Path, content: bytes, mode: int, *, sync: bool) -> None:

@@ -260,6 +260,32 @@ async def test_a_file_written_back_is_never_setuid_setgid_or_sticky(
     assert stat.S_IMODE(path.stat().st_mode) == mode & 0o777
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another user's: made by root")
+async def test_a_restore_keeps_the_owner_and_group_and_an_undelete_a_setgid_folder_s_group(
+    catalog: Catalog, files: Path
+) -> None:
+    """The content a restore puts in place is written in .horace/tmp, as Horace's user, and
+    renamed over the file: it keeps the replaced file's owner and group (a group member
+    read a shared file; root's restore made it root's, that user's no more). A file
+    brought back where none is takes a setgid folder's group, as one made in it would."""
+    team = files / "shared/team"
+    team.mkdir(parents=True)
+    os.chown(team, 0, 4321)
+    team.chmod(0o2770)
+    path = write(team / "doc.txt", "one")
+    os.chown(path, 1234, 4321)
+    path.chmod(0o640)
+    file = (await catalog.register("shared/team/doc.txt")).file
+    path.write_text("two")
+    await catalog.register("shared/team/doc.txt")
+    await catalog.restore(file.id, 1)
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), path.read_text()) == (1234, 4321, 0o640, "one")
+    await catalog.delete(file.id)
+    await catalog.undelete(file.id)
+    assert path.stat().st_gid == 4321 and path.read_text() == "one"
+
+
 async def test_a_file_removed_by_hand_comes_back_with_the_mode_it_was_last_seen_with(
     catalog: Catalog, files: Path
 ) -> None:
