@@ -126,6 +126,8 @@ def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True, fol
             break
         except NotADirectoryError:
             raise _invalid(client_path, "a parent is not a folder") from None
+        except PermissionError:
+            raise  # a folder on the way this user may not enter: the storage's refusal, not the path's
         except OSError as exc:  # a name too long, a loop, ...: no such path can be catalogued
             raise _invalid(client_path, exc.strerror or type(exc).__name__) from None
         if stat.S_ISLNK(st.st_mode):

@@ -222,6 +222,8 @@ def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str,
         verified = run("verify")
         assert verified.returncode == Exit.FOUND, (verified.stdout, verified.stderr)
         assert "working_unreadable: user/shut/a.txt" in verified.stdout, verified.stdout
+        registered = run("register", "user/shut/a.txt")  # the storage's refusal, not the path's
+        one_line_error(registered, Exit.STORAGE, "STORAGE_ERROR", "may not read or write")
         scanned = run("scan")  # the folder is said to be skipped, and nothing is deleted
         assert scanned.returncode == Exit.FOUND, (scanned.stdout, scanned.stderr)
         assert "skipped: user/shut: the folder cannot be read (Permission denied)" in scanned.stdout
