@@ -622,6 +622,14 @@ class Storage:
             return os.access(self.tmp, os.W_OK)
         return True
 
+    def room(self) -> tuple[int, int | None]:
+        """The bytes and inodes this process may still take on the store's file system
+        (inodes None where it counts none: btrfs makes them as it goes)."""
+        st = os.statvfs(self.tmp)
+        root = os.geteuid() == 0  # (root may take the blocks and inodes kept for it)
+        free_bytes = (st.f_bfree if root else st.f_bavail) * st.f_frsize
+        return free_bytes, ((st.f_ffree if root else st.f_favail) if st.f_files else None)
+
     def in_place(self) -> bool:
         """Whether the store is still the one :meth:`pin` saw: not moved away, removed,
         replaced by a copy, or hidden by a volume unmounted (or mounted) over it. The

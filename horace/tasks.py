@@ -61,6 +61,7 @@ async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
     try:
         await catalog.ensure_bound()
         writable = await in_thread(catalog.storage.writable)
+        free_bytes, free_inodes = await in_thread(catalog.storage.room)
     except Exception:  # (a failing disk: EIO) not ok until a look gets through; logged by supervise
         state.details["looked"] = False
         raise
@@ -72,7 +73,18 @@ async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
             log.error(
                 "the store at %s cannot be written (read-only, or not ours to write)", catalog.storage.root
             )
-    state.details["writable"] = writable
+    full = free_bytes == 0 or free_inodes == 0
+    if full != state.details["full"]:
+        if full:
+            log.error(
+                "the store's disk at %s is full (%d bytes, %s inodes left): every write is STORAGE_FULL",
+                catalog.storage.root,
+                free_bytes,
+                free_inodes,
+            )
+        else:
+            log.warning("the store's disk at %s has room again", catalog.storage.root)
+    state.details.update(writable=writable, full=full, free_bytes=free_bytes, free_inodes=free_inodes)
 
 
 def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings) -> dict[str, Any]:
@@ -82,7 +94,7 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     happens from its start.
     """
     states = {name: TaskState(name) for name in ("purge", "fsck", "leftovers")}
-    states["store"] = TaskState("store", details={"writable": True, "looked": True})
+    states["store"] = TaskState("store", details={"writable": True, "looked": True, "full": False})
 
     def periodic(name: str, interval: float, work: Any, *, first_after: float = 0.0) -> None:
         # A store bound to another catalog meanwhile (`horace init --adopt`) stops the
@@ -102,11 +114,14 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     periodic("store", STORE_CHECK_EVERY, partial(_look_at_store, catalog, states["store"]))
     # (What dead processes left was looked at at start too: open_catalog.)
     periodic("leftovers", LEFTOVERS_EVERY, partial(_sweep_leftovers, catalog), first_after=LEFTOVERS_EVERY)
-    # A store that cannot be written (gone read-only), or not even looked at (a failing
-    # disk), degrades the server: reads may still work.
+    # A store that cannot be written (gone read-only, or its disk full: no byte or no inode
+    # left), or not even looked at (a failing disk), degrades the server: reads may still work.
     store = states["store"]
     status: dict[str, Any] = {
-        "store": lambda: {**store.status(), "ok": store.details["writable"] and store.details["looked"]}
+        "store": lambda: {
+            **store.status(),
+            "ok": store.details["writable"] and store.details["looked"] and not store.details["full"],
+        }
     }
     if settings.watch:
         watcher = Watcher(catalog, settle=settings.watch_settle, poll=settings.watch_poll)

@@ -184,6 +184,28 @@ async def test_a_store_failing_with_io_errors_degrades_health_until_it_answers(
                 await trio.sleep(0.2)
 
 
+@pytest.mark.parametrize("room", [(0, 100), (1 << 30, 0)], ids=["no-byte", "no-inode"])
+async def test_a_store_whose_disk_is_full_degrades_health_until_it_has_room(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, room: tuple[int, int]
+) -> None:
+    """Every write is STORAGE_FULL with no byte, or no inode, left: /health says so (the
+    store not ok, with what is left), and ok again once there is room."""
+    served = attrs.evolve(settings, port=0, conversations=False)
+    async with run_horace(served) as running:
+        assert (await running.server.health())[1]["store"]["ok"] is True
+        monkeypatch.setattr(horace.storage.Storage, "room", lambda self: room)
+        with trio.fail_after(10):
+            while (await running.server.health())[1]["status"] != "degraded":
+                await trio.sleep(0.1)
+        store = (await running.server.health())[1]["store"]
+        assert store["ok"] is False and store["details"]["full"] is True, store
+        assert (store["details"]["free_bytes"], store["details"]["free_inodes"]) == room
+        monkeypatch.undo()
+        with trio.fail_after(10):
+            while (await running.server.health())[1]["store"]["ok"] is not True:
+                await trio.sleep(0.1)
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
     mount = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
