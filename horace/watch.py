@@ -70,6 +70,10 @@ LEASE_LOOK_EVERY = 1.0  # seconds between a standing-by watcher's looks at the w
 # lease, and nothing is versioned until it goes.
 BEAT_EVERY = 5.0
 SILENT_HOLDER = 30.0
+# A file another process holds open for writing waits for it to close (what is written so
+# far may be half of what is coming), but not for ever: left alone this many settle times,
+# it is taken as it is (a log kept open, a file written through a shared map).
+HELD_OPEN_SETTLES = 10
 
 
 @attrs.define
@@ -118,6 +122,8 @@ class Watcher:
         # Paths whose times are ahead of this host's clock: their stat identity, and when
         # it was first seen so (Trio time). See _settled.
         self._ahead: dict[str, tuple[tuple[int, int, int, int], float]] = {}
+        # Paths another process holds open for writing, and since when (Trio time).
+        self._held_open: dict[str, float] = {}
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
         # Copies: paths not catalogued because their content is another file's (the
         # duplicate rule), by that file's id, with the content. Taken again once that file
@@ -168,6 +174,11 @@ class Watcher:
             "skipped_names": list(self.skipped),
             "failing": len(self._failing),
             "failing_paths": list(self._failing)[-FAILING_SHOWN:],
+            "held_open": len(self._held_open),
+            "held_open_paths": [
+                f"{printable(rel)}: {round(trio.current_time() - since, 1)} s"
+                for rel, since in list(self._held_open.items())[:FAILING_SHOWN]
+            ],
             "catch_up_failing": self._catch_up_failing,
             "unwatched_folders": [
                 f"{printable(os.path.relpath(folder, self.files))}: {why}"
@@ -472,14 +483,14 @@ class Watcher:
         if failures is not None:
             log.info("watch: %s taken after %d failure%s", rel, failures, "s" * (failures > 1))
 
-    def _settled(self, rel: str, st: os.stat_result) -> bool:
-        """Left alone for the settle time, by its mtime and ctime; or, when they are ahead of
-        this host's clock (a file from a host whose clock is ahead, unpacked with its times;
-        this clock stepped back), by what the watcher saw of it: the same stat identity for
-        the settle time. Else such a file would wait until the clock caught up, and an
+    def _settled(self, rel: str, st: os.stat_result, quiet: float) -> bool:
+        """Left alone for *quiet* seconds, by its times (see :func:`_age`); or, when its
+        ctime is ahead of this host's clock (a network filesystem whose server's clock is
+        ahead; this clock stepped back), by what the watcher saw of it: the same stat
+        identity that long. Else such a file would wait until the clock caught up, and an
         ordinary write meanwhile would lose its content unversioned."""
         age = _age(st)
-        if age >= self.settle:
+        if age >= quiet:
             self._ahead.pop(rel, None)
             return True
         if age >= 0:
@@ -488,7 +499,7 @@ class Watcher:
         if seen is None or seen[0] != _identity(st):
             self._ahead[rel] = (_identity(st), now)
             return False
-        if now - seen[1] < self.settle:
+        if now - seen[1] < quiet:
             return False
         del self._ahead[rel]
         return True
@@ -502,6 +513,7 @@ class Watcher:
             st = await in_thread(os.lstat, self.files / rel)
         except (FileNotFoundError, NotADirectoryError):
             self._ahead.pop(rel, None)
+            self._held_open.pop(rel, None)
             # A catalogued file is deleted later, unless a new path takes its content
             # (_expire_vanished says when it is done).
             return not await self._vanish(rel)
@@ -516,10 +528,17 @@ class Watcher:
                 # watcher looked: the files catalogued under it that are not there vanish.
                 await self._folder_vanished(rel)
             return True
-        if await in_thread(storage.is_being_written, rel) or not self._settled(rel, st):
+        if await in_thread(storage.is_being_written, rel):
+            self._held_open.setdefault(rel, trio.current_time())
+            quiet = self.settle * HELD_OPEN_SETTLES
+        else:
+            self._held_open.pop(rel, None)
+            quiet = self.settle
+        if not self._settled(rel, st, quiet):
             self.counts.retried += 1
             self.schedule(rel)
             return False
+        self._held_open.pop(rel, None)
         record = await self.catalog.backend.file_by_path(rel)
         if record is None and self._vanished and rel not in self._one_by_one:
             self._maybe_moved.append((rel, st))  # followed with the others of this pass, together
@@ -743,7 +762,11 @@ def _folders_in_turn(paths: list[str]) -> list[str]:
 
 
 def _age(st: os.stat_result) -> float:
-    return time.time() - max(st.st_mtime, st.st_ctime)
+    """Seconds since the file last changed, by its mtime and ctime; by its ctime alone when
+    its mtime is ahead of this host's clock (``touch -d``, an archive unpacked with a
+    faster host's times): every write moves ctime, and nobody can set it."""
+    now = time.time()
+    return now - (st.st_ctime if st.st_mtime > now else max(st.st_mtime, st.st_ctime))
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import stat
@@ -46,7 +47,7 @@ from horace.server.serving import serve
 from horace.storage import Storage
 from horace.supervise import supervise, the_failure
 from horace.testing import RunningHorace, run_horace
-from horace.watch import Watcher
+from horace.watch import HELD_OPEN_SETTLES, Watcher
 
 SETTLE = 0.2
 TIMEOUT = 20.0
@@ -245,6 +246,59 @@ async def test_a_file_whose_times_are_ahead_of_the_clock_is_versioned_once_left_
             (await running.server.catalog.backend.file_by_path("user/ahead.txt")).id
         )
         assert [v.checksum for v in versions] == [sha256(c) for c in ("three", "two, dated next year", "one")]
+
+
+async def test_a_file_dated_ahead_by_hand_is_settled_by_its_ctime(catalog: Catalog, files: Path) -> None:
+    """``touch -d '+1 hour'`` sets the mtime ahead, never the ctime (every write moves it,
+    and nobody can set it): such a file is settled once its ctime is a settle time old.
+    Settled by its stat identity staying the same instead, it needed two settle times, and
+    a content left alone for less than that was never versioned."""
+    path = write(files / "user/ahead.txt", "dated next year")
+    ahead = time.time_ns() + 3600 * 10**9
+    os.utime(path, ns=(ahead, ahead))
+    watcher = Watcher(catalog, settle=0.3)
+    assert not watcher._settled("user/ahead.txt", path.stat(), 0.3)  # (just written)
+    await trio.sleep(0.4)
+    assert watcher._settled("user/ahead.txt", path.stat(), 0.3)  # at the first look after
+
+
+@pytest.mark.parametrize(("how", "poll"), [("kept-open", False), ("kept-open", True), ("shared-map", True)])
+async def test_a_file_held_open_for_writing_is_versioned_once_left_alone_long_enough(
+    settings: Settings, how: str, poll: bool
+) -> None:
+    """The watcher waits for a writer to close (what is written so far may be half of what
+    is coming), and /health says which files wait so; but a log kept open, or a file written
+    through a shared map, is taken once left alone for HELD_OPEN_SETTLES settle times.
+    (Writes through a map are seen by polling: inotify reports none until the file closes.)"""
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        path = write(running.files / "user/held.log", "opened\n")
+        await eventually(lambda: _has_checksum(running, "user/held.log", sha256("opened\n")), "the file")
+        with open(path, "r+b") as held:  # noqa: ASYNC230 (a writer of the test's own)
+            if how == "kept-open":
+                held.seek(0, os.SEEK_END)
+                held.write(b"line 1\n")
+                held.flush()
+            else:
+                with mmap.mmap(held.fileno(), 0) as shared:
+                    shared[:6] = b"OPENED"
+                    shared.flush()
+            content = path.read_bytes()
+
+            async def waiting() -> bool:
+                return bool((await health(running))["watcher"]["held_open"] == 1)
+
+            await eventually(waiting, "the file said to wait for its writer")
+            status = (await health(running))["watcher"]
+            assert status["held_open_paths"][0].startswith("user/held.log: ")
+            checksum = hashlib.sha256(content).hexdigest()
+            assert not await _has_checksum(running, "user/held.log", checksum)
+            await eventually(
+                lambda: _has_checksum(running, "user/held.log", checksum),
+                "the content written while it was held open",
+                within=HELD_OPEN_SETTLES * SETTLE + TIMEOUT,
+            )
+        assert (await health(running))["watcher"]["held_open"] == 0
 
 
 async def test_write_temp_then_rename_catalogues_only_the_target(watched: Watched) -> None:
