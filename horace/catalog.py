@@ -68,7 +68,17 @@ from horace.backends.records import (
 from horace.binding import StoreRefused
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
-from horace.storage import FileIdentity, Hashed, Staged, Storage, StorageUnusable, StoreState, storage_full
+from horace.storage import (
+    COARSE_TICK_NS,
+    FileIdentity,
+    Hashed,
+    Staged,
+    Storage,
+    StorageUnusable,
+    StoreState,
+    coarse_stamps,
+    storage_full,
+)
 from horace.supervise import together
 
 log = logging.getLogger("horace.catalog")
@@ -113,7 +123,8 @@ def unchanged_since(recorded: WorkingStat | None, now: os.stat_result, margin_ns
     filesystem clock's tick: a write in the tick of the recording could leave every field
     as it was (the racy-git problem). So a recording whose file had changed within
     *margin_ns* of the moment it was taken (on the filesystem's own clock, read before
-    the content was) proves nothing: the file is read again.
+    the content was), or within its times' tick when that is longer (FAT's two seconds:
+    see :func:`stamp_tick_ns`), proves nothing: the file is read again.
     """
     if recorded is None or not stat.S_ISREG(now.st_mode) or now.st_nlink != 1:
         return False
@@ -124,6 +135,8 @@ def unchanged_since(recorded: WorkingStat | None, now: os.stat_result, margin_ns
         recorded.inode,
         recorded.device,
     )
+    if coarse_stamps(now):
+        margin_ns = max(margin_ns, COARSE_TICK_NS)
     return same and max(recorded.mtime_ns, recorded.ctime_ns) < recorded.recorded_ns - margin_ns
 
 

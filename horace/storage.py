@@ -205,6 +205,8 @@ class Staged:
 
 
 PERMISSION_BITS = 0o777  # of a working file's mode, what a copy written back keeps
+COARSE_TICK_NS = 2 * 10**9  # of file times in whole seconds: see stamp_tick_ns
+FINE_TICK_NS = 50 * 10**6  # of finer ones: a few of the kernel's clock ticks
 # Horace's own folders (.horace and those in it) are made as the umask says, but never
 # writable by every user: under a umask of 000 any local user could unlink a version's
 # object. Group writes stay the umask's to give (instances run as users of one group).
@@ -1096,7 +1098,7 @@ class Storage:
         after = os.fstat(src)
         checksum = hashlib.sha256(content).hexdigest()
         whole = len(content) == after.st_size
-        if not (whole and _whole_as_read(src, before, after, checksum, _never_cancelled)):
+        if not (whole and _whole_as_read(src, before, after, checksum, _never_cancelled, recorded_ns)):
             raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
         tmp_path = None
         try:
@@ -1121,7 +1123,8 @@ class Storage:
         into ``.horace/tmp``."""
         src = os.open(held, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            return self._stage_fd(src, os.fstat(src), held.name, check_cancelled, None)
+            before = os.fstat(src)
+            return self._stage_fd(src, before, held.name, check_cancelled, self.clock_ns(), working=False)
         finally:
             os.close(src)
 
@@ -1131,24 +1134,35 @@ class Storage:
         before: os.stat_result,
         what: str,
         check_cancelled: CheckCancelled,
-        recorded_ns: int | None,
+        recorded_ns: int,
+        *,
+        working: bool = True,
     ) -> Staged:
-        """Stage the open file *src*, whose stat was *before*; a working file (read after
-        *recorded_ns*) is staged with its stat identity."""
+        """Stage the open file *src*, whose stat was *before*, read after *recorded_ns* (on
+        the filesystem's clock); a *working* file is staged with its stat identity."""
         try:
             staged = self._copy_to_temp(src, check_cancelled, before.st_size)
         except OSError as exc:
             if exc.errno == errno.ENOSPC and before.st_blocks * 512 < before.st_size:
                 raise self._sparse_does_not_fit(what, before) from None
             raise
-        after = os.fstat(src)
-        if not _whole_as_read(src, before, after, staged.checksum, check_cancelled):
+        try:
+            after = os.fstat(src)
+            whole = _whole_as_read(src, before, after, staged.checksum, check_cancelled, recorded_ns)
+        except BaseException:  # (cancelled while it was read again, say)
+            self.discard(staged)
+            raise
+        if not whole:
             # A writer was at work while we copied: what we have may be torn.
             self.discard(staged)
             raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
-        working = working_stat(after, recorded_ns) if recorded_ns is not None else None
         return Staged(
-            staged.tmp_path, staged.checksum, staged.size, staged.head, FileIdentity.of(after), working
+            staged.tmp_path,
+            staged.checksum,
+            staged.size,
+            staged.head,
+            FileIdentity.of(after),
+            working_stat(after, recorded_ns) if working else None,
         )
 
     def _sparse_does_not_fit(self, what: str, st: os.stat_result) -> HoraceError:
@@ -2175,18 +2189,44 @@ def _pack_linked(link: Path) -> str:
     return found.extra + packs.SUFFIX
 
 
+def coarse_stamps(st: os.stat_result) -> bool:
+    """Whether the file's times are whole seconds (ext2 and ext3, ext4 with 128-byte inodes:
+    1 s; FAT's mtime: 2 s), taken for the coarsest: a write within COARSE_TICK_NS of the
+    last may leave them as they were."""
+    return st.st_mtime_ns % 10**9 == 0 and st.st_ctime_ns % 10**9 == 0
+
+
+def stamp_tick_ns(st: os.stat_result) -> int:
+    """How long after a file's last change a write may leave its times as they were: a
+    tick of their clock (finer ones move with the kernel's clock tick, a few ms)."""
+    return COARSE_TICK_NS if coarse_stamps(st) else FINE_TICK_NS
+
+
 def _whole_as_read(
-    fd: int, before: os.stat_result, after: os.stat_result, checksum: str, check_cancelled: CheckCancelled
+    fd: int,
+    before: os.stat_result,
+    after: os.stat_result,
+    checksum: str,
+    check_cancelled: CheckCancelled,
+    read_from_ns: int,
 ) -> bool:
     """Whether the bytes read from *fd* (hashed to *checksum*) between its stats *before*
-    and *after* are one content it held, not the torn mix of two. A write moves mtime,
-    unless the writer sets it back (``touch -r``, ``rsync --inplace -t``); ctime moves with
-    any write, but also when the file is only renamed, unlinked or chmodded, leaving the
-    bytes whole: then the file is read again, and the bytes are whole when it still holds
-    them and nothing moved meanwhile."""
+    and *after*, after *read_from_ns* on the filesystem's clock, are one content it held,
+    not the torn mix of two. A write moves mtime, unless the writer sets it back (``touch
+    -r``, ``rsync --inplace -t``); ctime moves with any write, but also when the file is
+    only renamed, unlinked or chmodded, leaving the bytes whole. Neither moves for a write
+    in the tick of the file's last change (:func:`stamp_tick_ns`), which may be a second.
+    So when ctime moved, or the last change was within a tick of the read, the file is
+    read again: two reads one after the other that agree are what it held between them,
+    whole, whatever a writer did before and after."""
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         return False
-    if before.st_ctime_ns == after.st_ctime_ns:
+    changed = (
+        before.st_ctime_ns
+        if before.st_mtime_ns > read_from_ns
+        else max(before.st_mtime_ns, before.st_ctime_ns)
+    )  # (an mtime ahead of the clock is no time of a change: ``touch -d``)
+    if before.st_ctime_ns == after.st_ctime_ns and changed + stamp_tick_ns(before) <= read_from_ns:
         return True
     os.lseek(fd, 0, os.SEEK_SET)
     again, size, _ = _hash_fd(fd, check_cancelled, after.st_size)

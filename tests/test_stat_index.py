@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -292,6 +293,59 @@ def test_unchanged_since_wants_every_field_and_an_old_enough_recording(tmp_path:
         linked.st_size, linked.st_mtime_ns, linked.st_ctime_ns, linked.st_ino, linked.st_dev, 2 * changed
     )
     assert unchanged_since(as_linked, linked, 10**9) is False
+
+
+def _stamped(st: os.stat_result, mtime_ns: int, ctime_ns: int) -> os.stat_result:
+    """*st* with these times (as a filesystem whose clock has that tick would give them)."""
+    fields = list(st) + [None] * 3  # (the float times, then the ns ones, by index)
+    fields[7:10] = [st.st_atime_ns // 10**9, mtime_ns // 10**9, ctime_ns // 10**9]
+    fields[10:16] = [st.st_atime, mtime_ns / 1e9, ctime_ns / 1e9, st.st_atime_ns, mtime_ns, ctime_ns]
+    return os.stat_result(fields[:16])
+
+
+def test_a_copy_made_within_its_times_tick_is_read_again_before_it_is_trusted(tmp_path: Path) -> None:
+    """A same-size write in the tick of the file's last change leaves size, mtime and ctime
+    as they were: on a filesystem with times in whole seconds (ext2, ext4 with 128-byte
+    inodes) a copy a writer tore went in as a version the file never held. A copy whose
+    stats cannot vouch for it (the file changed within a tick of the read) is taken only
+    when a second read agrees with it; one the stats vouch for is not read again."""
+    from horace.storage import _whole_as_read, stamp_tick_ns
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"B" * 100 + b"A" * 100)  # what the file holds
+    torn = hashlib.sha256(b"B" * 50 + b"A" * 50 + b"B" * 50 + b"A" * 50).hexdigest()  # never held
+    whole = hashlib.sha256(path.read_bytes()).hexdigest()
+    whole_seconds = _stamped(os.stat(path), 1_700_000_000 * 10**9, 1_700_000_001 * 10**9)
+    assert stamp_tick_ns(whole_seconds) == 2 * 10**9  # (taken for FAT's, the coarsest)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        tick = stamp_tick_ns(st)
+        assert tick == 50 * 10**6
+        for read_from in (st.st_ctime_ns, st.st_ctime_ns + tick - 1):  # within the tick
+            assert not _whole_as_read(fd, st, st, torn, lambda: None, read_from)  # read again: torn
+            assert _whole_as_read(fd, st, st, whole, lambda: None, read_from)  # read again: agrees
+        # Past the tick the stats vouch for the copy: not read again (a write during it
+        # would have moved them), so even a wrong checksum would stand.
+        assert _whole_as_read(fd, st, st, torn, lambda: None, st.st_ctime_ns + tick)
+    finally:
+        os.close(fd)
+
+
+def test_whole_second_times_widen_the_racy_margin_to_their_tick(tmp_path: Path) -> None:
+    """FAT's mtime ticks every 2 s, past the default 1 s racy margin: an identity recorded
+    1.5 s after a change of a file whose times are whole seconds proves nothing."""
+    from horace.catalog import unchanged_since
+
+    path = tmp_path / "a.txt"
+    path.write_text("a")
+    second = (time.time_ns() // 10**9 - 10) * 10**9
+    st = _stamped(os.lstat(path), second, second)
+    recorded = WorkingStat(st.st_size, second, second, st.st_ino, st.st_dev, second + 1_500_000_000)
+    assert not unchanged_since(recorded, st, 10**9)
+    assert unchanged_since(attrs.evolve(recorded, recorded_ns=second + 2_000_000_001), st, 10**9)
+    fine = _stamped(st, second + 1, second + 1)  # (the same 1.5 s on finer times: trusted)
+    assert unchanged_since(attrs.evolve(recorded, mtime_ns=second + 1, ctime_ns=second + 1), fine, 10**9)
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
