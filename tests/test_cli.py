@@ -209,8 +209,11 @@ def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str,
     (root / "files/user/shut/a.txt").write_text("behind a folder nobody may read")
     (root / "files/user/shut/deeper").mkdir()
     (root / "files/user/shut/deeper/b.txt").write_text("further behind")
+    (root / "files/user/folders-only/inner").mkdir(parents=True)  # (nothing to stat first)
+    (root / "files/user/folders-only/inner/c.txt").write_text("behind one more")
     assert horace("scan", env=env).returncode == 0
-    (root / "files/user/shut").chmod(mode)
+    for shut in ("shut", "folders-only"):
+        (root / "files/user" / shut).chmod(mode)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return horace_without_override(*args, env=env)
@@ -226,15 +229,19 @@ def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str,
         one_line_error(registered, Exit.STORAGE, "STORAGE_ERROR", "may not read or write")
         scanned = run("scan")  # the folder is said to be skipped, and nothing is deleted
         assert scanned.returncode == Exit.FOUND, (scanned.stdout, scanned.stderr)
-        assert "skipped: user/shut: the folder cannot be read (Permission denied)" in scanned.stdout
+        for shut in ("shut", "folders-only"):  # passed over whole, not folder by folder within
+            assert f"skipped: user/{shut}: the folder cannot be read (Permission denied)" in scanned.stdout
+        assert "skipped: user/folders-only/inner" not in scanned.stdout, scanned.stdout
         listed = run("search", "--status", "all", "--json")
         assert {(f["file_path"], f["status"]) for f in json.loads(listed.stdout)["results"]} == {
             ("user/open.txt", "active"),
             ("user/shut/a.txt", "active"),
             ("user/shut/deeper/b.txt", "active"),
+            ("user/folders-only/inner/c.txt", "active"),
         }
     finally:
-        (root / "files/user/shut").chmod(0o755)
+        for shut in ("shut", "folders-only"):
+            (root / "files/user" / shut).chmod(0o755)
 
 
 def test_no_folder_of_horace_s_is_writable_by_every_user_whatever_the_umask(

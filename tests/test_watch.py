@@ -18,6 +18,7 @@ import shutil
 import stat
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -222,12 +223,16 @@ async def test_in_place_overwrite_makes_a_new_version(watched: Watched) -> None:
 
 
 @pytest.mark.parametrize("poll", [False, True])
+@pytest.mark.parametrize("stepped_back", [False, True], ids=["dated-ahead", "clock-stepped-back"])
 async def test_a_file_whose_times_are_ahead_of_the_clock_is_versioned_once_left_alone(
-    settings: Settings, poll: bool
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, poll: bool, stepped_back: bool
 ) -> None:
-    """Unpacked with the times of a host whose clock is ahead (or written before this
-    clock was stepped back): settled once its stat identity stays the same for the settle
-    time, not when the clock catches up, so that the next write cannot lose it."""
+    """Unpacked with the times of a host whose clock is ahead (its ctime is this host's:
+    settled by it), or written before this clock was stepped back (its ctime ahead too):
+    settled once its stat identity stays the same for the settle time, not when the clock
+    catches up, so that the next write cannot lose it."""
+    if stepped_back:  # (the watcher's clock a day behind the filesystem's)
+        monkeypatch.setattr(horace.watch, "time", types.SimpleNamespace(time=lambda: time.time() - 86400))
     async with run_horace(watching(settings, watch_poll=poll)) as running:
         await wait_watching(running)
         path = write(running.files / "user/ahead.txt", "one")
@@ -256,10 +261,9 @@ async def test_a_file_dated_ahead_by_hand_is_settled_by_its_ctime(catalog: Catal
     path = write(files / "user/ahead.txt", "dated next year")
     ahead = time.time_ns() + 3600 * 10**9
     os.utime(path, ns=(ahead, ahead))
-    watcher = Watcher(catalog, settle=0.3)
-    assert not watcher._settled("user/ahead.txt", path.stat(), 0.3)  # (just written)
+    assert not Watcher(catalog, settle=0.3)._settled("user/ahead.txt", path.stat(), 0.3)  # (just written)
     await trio.sleep(0.4)
-    assert watcher._settled("user/ahead.txt", path.stat(), 0.3)  # at the first look after
+    assert Watcher(catalog, settle=0.3)._settled("user/ahead.txt", path.stat(), 0.3)  # at a first look
 
 
 @pytest.mark.parametrize(("how", "poll"), [("kept-open", False), ("kept-open", True), ("shared-map", True)])
