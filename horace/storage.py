@@ -1447,14 +1447,19 @@ class Storage:
     # -- writing and removing working files ---------------------------------------------
 
     def _prepare(
-        self, checksum: str, file_id: str, check_cancelled: CheckCancelled, mode: int | None = None
+        self,
+        checksum: str,
+        file_id: str,
+        check_cancelled: CheckCancelled,
+        like: int | os.stat_result | None = None,
     ) -> Path:
         """Object *checksum* copied into ``.horace/tmp`` and fsynced, named HELD: from
         here a crash leaves nothing fsck would throw away unlooked-at. Its permission
-        bits: *mode*'s read, write and execute bits, or 0o644 less the umask. Never setuid,
-        setgid or sticky: the file is written as Horace's user (root, maybe), not as the
-        one who wrote it, so those bits would run a user's bytes as Horace's (``cp`` and
-        ``tar`` without ownership drop them for the same reason)."""
+        bits: *like*'s read, write and execute bits (a mode, or the stat of the file it
+        replaces, whose owner and group it is given too: see :func:`_give_owner`), or 0o644
+        less the umask. Never setuid, setgid or sticky: the file is written as Horace's user
+        (root, maybe), not as the one who wrote it, so those bits would run a user's bytes
+        as Horace's (``cp`` and ``tar`` without ownership drop them for the same reason)."""
         part = self.tmp / temp_name(TempKind.PART)
         try:
             source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
@@ -1478,8 +1483,11 @@ class Storage:
             finally:
                 os.close(source)
         try:
-            if mode is not None:
-                os.chmod(part, mode & PERMISSION_BITS)
+            if isinstance(like, os.stat_result):
+                os.chmod(part, like.st_mode & PERMISSION_BITS)
+                _give_owner(part, like.st_uid, like.st_gid)
+            elif like is not None:
+                os.chmod(part, like & PERMISSION_BITS)
             held = self._held_path(file_id)
             os.rename(part, held)
         except BaseException:
@@ -1541,11 +1549,7 @@ class Storage:
         # mode of the file it replaces (a script stays executable, a private file private),
         # and its owner and group as far as this process may give them.
         replaced = self._regular_stat(rel)
-        held = self._prepare(
-            checksum, file_id, check_cancelled, None if replaced is None else stat.S_IMODE(replaced.st_mode)
-        )
-        if replaced is not None:
-            _give_owner(held, replaced.st_uid, replaced.st_gid)
+        held = self._prepare(checksum, file_id, check_cancelled, replaced)
         written = FileIdentity.of(os.stat(held, follow_symlinks=False))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
