@@ -257,9 +257,8 @@ class StoreState:
 
 
 # What the storage says of itself (read-only, no permission, full, failing, a folder of it
-# mounted apart): STORAGE_ERROR.
-# What the storage, or the system's limits on this process, refuse: the operator's to mend,
-# said in a line (STORAGE_ERROR), never a bug's INTERNAL.
+# mounted apart), or the system's limits on this process: the operator's to mend, said in
+# a line (STORAGE_ERROR), never a bug's INTERNAL.
 STORAGE_ERRNOS = frozenset(
     {
         errno.EROFS,
