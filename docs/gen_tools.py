@@ -89,8 +89,8 @@ ERROR_MEANINGS = {
     "PostgreSQL); nothing was changed, but for what the message says was kept (an update that "
     "versioned the working copy's new content before the rest failed, a scan that committed the "
     "files it took before)",
-    "STORAGE_ERROR": "the storage refuses (read-only, not Horace's to write, I/O errors); the "
-    "call did not complete",
+    "STORAGE_ERROR": "the storage refuses (read-only, not Horace's to write, I/O errors, a limit "
+    "of the system's: file size, open files); the call did not complete",
     "BACKEND_UNAVAILABLE": "the catalog database cannot be reached (an update's message says "
     "when the working copy's new content was versioned before the rest failed)",
     "INTERNAL": "a bug; the message carries the correlation id to look for in the log",
