@@ -112,7 +112,8 @@ async def open_catalog(
             )
             start_check = _start_check(check)
             if start_check is StartCheck.FULL and not read_only:
-                log_findings(await fsck(catalog, automatic=True), "at start")
+                catalog.checked_at_start = await fsck(catalog, automatic=True)
+                log_findings(catalog.checked_at_start, "at start")
             elif start_check is StartCheck.LEFTOVERS and not read_only:
                 log_findings(await leftovers(catalog), "at start")
             yield catalog

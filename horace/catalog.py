@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -80,6 +80,9 @@ from horace.storage import (
     storage_full,
 )
 from horace.supervise import together
+
+if TYPE_CHECKING:
+    from horace.fsck import FsckReport
 
 log = logging.getLogger("horace.catalog")
 T = TypeVar("T")
@@ -386,6 +389,9 @@ class Catalog:
         # what it found, a few KiB a file, and several side by side (clients of a server
         # each asking for a scan of a large store) would add that up.
         self.walking = trio.Lock()
+        # What the fsck at start (horace.assemble.open_catalog) found: /health's fsck part
+        # says so until the periodic one runs.
+        self.checked_at_start: FsckReport | None = None
 
     # -- shared steps -------------------------------------------------------------------
 

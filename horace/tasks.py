@@ -5,6 +5,7 @@ store, and the sweep of what dead processes left in ``.horace/tmp``."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -33,8 +34,18 @@ async def purge_and_report(catalog: Catalog) -> dict[str, int]:
     return attrs.asdict(report)
 
 
+# What an fsck finds that leaves a version without its content (lost, or damaged): a server
+# serving such a catalog is degraded until a check finds none (a store restored with the
+# wrong catalog, or an object store copied short).
+CONTENT_LOST = frozenset({"missing_object", "checksum_mismatch"})
+
+
 def _counts(report: FsckReport) -> dict[str, int]:
-    return {"findings": len(report.findings), "unrepaired": sum(not f.repaired for f in report.findings)}
+    return {
+        "findings": len(report.findings),
+        "unrepaired": sum(not f.repaired for f in report.findings),
+        "content_lost": sum(not f.repaired and f.kind in CONTENT_LOST for f in report.findings),
+    }
 
 
 async def _fsck(catalog: Catalog) -> dict[str, Any]:
@@ -87,6 +98,22 @@ async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
     state.details.update(writable=writable, full=full, free_bytes=free_bytes, free_inodes=free_inodes)
 
 
+def start_store_check(nursery: trio.Nursery, catalog: Catalog) -> Callable[[], dict[str, Any]]:
+    """The store moved, removed or replaced under the process (its catalog file too), or
+    bound to another catalog: looked at every STORE_CHECK_EVERY seconds, and the process
+    stops (a supervisor's restart then finds the store as it is, and says what is wrong).
+    Its status for /health: a store that cannot be written (gone read-only, or its disk
+    full: no byte or no inode left), or not even looked at (a failing disk), degrades the
+    server; reads may still work."""
+    state = TaskState("store", details={"writable": True, "looked": True, "full": False})
+    body = partial(every, state, STORE_CHECK_EVERY, partial(_look_at_store, catalog, state))
+    nursery.start_soon(partial(supervise, state, body, fatal=(StoreRefused,)))
+    return lambda: {
+        **state.status(),
+        "ok": state.details["writable"] and state.details["looked"] and not state.details["full"],
+    }
+
+
 def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings) -> dict[str, Any]:
     """Start the supervised tasks; return name -> status function, for /health.
 
@@ -94,7 +121,8 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     happens from its start.
     """
     states = {name: TaskState(name) for name in ("purge", "fsck", "leftovers")}
-    states["store"] = TaskState("store", details={"writable": True, "looked": True, "full": False})
+    if catalog.checked_at_start is not None:
+        states["fsck"].details["last_result"] = {**_counts(catalog.checked_at_start), "at_start": True}
 
     def periodic(name: str, interval: float, work: Any, *, first_after: float = 0.0) -> None:
         # A store bound to another catalog meanwhile (`horace init --adopt`) stops the
@@ -108,20 +136,15 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
     periodic("purge", settings.purge_interval, partial(purge_and_report, catalog))
     # fsck already ran at start (open_catalog); the periodic one waits an interval first.
     periodic("fsck", settings.fsck_interval, partial(_fsck, catalog), first_after=settings.fsck_interval)
-    # The store moved, removed or replaced under the server, or bound to another catalog:
-    # looked at every STORE_CHECK_EVERY seconds, and the server stops (a supervisor's
-    # restart then finds the store as it is, and says what is wrong).
-    periodic("store", STORE_CHECK_EVERY, partial(_look_at_store, catalog, states["store"]))
     # (What dead processes left was looked at at start too: open_catalog.)
     periodic("leftovers", LEFTOVERS_EVERY, partial(_sweep_leftovers, catalog), first_after=LEFTOVERS_EVERY)
-    # A store that cannot be written (gone read-only, or its disk full: no byte or no inode
-    # left), or not even looked at (a failing disk), degrades the server: reads may still work.
-    store = states["store"]
+    fsck_state = states["fsck"]
     status: dict[str, Any] = {
-        "store": lambda: {
-            **store.status(),
-            "ok": store.details["writable"] and store.details["looked"] and not store.details["full"],
-        }
+        "store": start_store_check(nursery, catalog),
+        "fsck": lambda: {
+            **fsck_state.status(),
+            "ok": not fsck_state.details.get("last_result", {}).get("content_lost"),
+        },
     }
     if settings.watch:
         watcher = Watcher(catalog, settle=settings.watch_settle, poll=settings.watch_poll)

@@ -10,6 +10,7 @@ copy written back.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from soundness import assert_sound
 
 from horace.assemble import open_catalog
 from horace.config import Settings
-from horace.fsck import Finding, FsckReport, log_findings
+from horace.fsck import Finding, FsckReport, fsck, log_findings
 from horace.testing import run_horace
 
 FILES = 12
@@ -126,3 +127,34 @@ def test_findings_about_no_file_are_logged_once_per_kind(caplog: pytest.LogCaptu
         "fsck at start: object_corrupt: checksum mismatch",
         f"fsck at start: temp_leftover x2048: {gone} (repaired) (e.g. .horace-tmp-stage.h.1.0)",
     ], lines
+
+
+async def test_a_server_whose_fsck_at_start_found_versions_without_content_is_degraded(
+    settings: Settings,
+) -> None:
+    """A store restored with a catalog newer than its objects (or copied short): the fsck
+    at start finds versions whose content is nowhere. /health says so (its fsck part not
+    ok, the start's counts in it) until a check finds none, not only the log: a monitor
+    reads /health."""
+    files = settings.storage_path / "files"
+    async with open_catalog(settings, create=True) as catalog:
+        write(files / "user/a.txt", "one")
+        await catalog.register("user/a.txt")
+        write(files / "user/a.txt", "two")
+        await catalog.register("user/a.txt")
+        first = catalog.storage.object_path(hashlib.sha256(b"one").hexdigest())
+    first.unlink()  # (no working copy holds it: the fsck cannot find it again)
+    served = attrs.evolve(settings, host="127.0.0.1", port=0)
+    async with run_horace(served) as running:
+        code, body = await running.server.health()
+        assert code == 200 and body["status"] == "degraded" and "fsck" in body["degraded"], body
+        assert body["fsck"]["details"]["last_result"] == {
+            "findings": 1,
+            "unrepaired": 1,
+            "content_lost": 1,
+            "at_start": True,
+        }
+    async with open_catalog(settings) as catalog:  # the operator's word: lost for good
+        await fsck(catalog, repair=True, forget_missing=True)
+    async with run_horace(served) as running:
+        assert (await running.server.health())[1]["status"] == "ok"

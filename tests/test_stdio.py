@@ -16,7 +16,9 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -346,6 +348,35 @@ async def test_sigterm_or_a_hang_up_ends_the_session(env: dict[str, str], signum
         client.process.send_signal(signum)
         assert await client.exited() == 0
     assert f"stdio session closed: signal {signum.name}" in [r["message"] for r in client.log_records()]
+
+
+@pytest.mark.parametrize("replaced", ["catalog-file", "store-folder"])
+async def test_a_store_replaced_under_a_session_ends_it(
+    storage: Path, env: dict[str, str], database_url: str, replaced: str
+) -> None:
+    """A desktop client keeps its process for its whole session: a backup restored under
+    it (the catalog file, or the whole store folder, put in place anew) stops it within
+    seconds, as it stops a server, instead of going on telling its client of versions
+    written into what is no longer the store's catalog."""
+    if replaced == "catalog-file" and not database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL catalog is no file in the store")  # (the folder case runs)
+    write(storage / "files/user/a.txt", "one")
+    async with horace_mcp(env) as client:
+        await client.initialize()
+        await client.call("horace_register_file", file_path="user/a.txt")
+        if replaced == "catalog-file":
+            catalog = Path(database_url.removeprefix("sqlite://"))
+            with sqlite3.connect(catalog) as live, sqlite3.connect(storage / "backup.db") as backup:
+                live.backup(backup)
+            os.replace(storage / "backup.db", catalog)  # (a new inode, as rsync and mv give)
+        else:
+            copy = storage.with_name("store.copy")
+            shutil.copytree(storage, copy, symlinks=True)
+            storage.rename(storage.with_name("store.before"))
+            copy.rename(storage)
+        assert await client.exited() == 5  # STORE_REFUSED
+    said = client.stderr.decode().splitlines()[-1]
+    assert said.startswith("horace: error: STORE_REFUSED: ") and "nothing more is written" in said, said
 
 
 def test_messages_piped_in_before_stdin_ends_are_answered(storage: Path, env: dict[str, str]) -> None:

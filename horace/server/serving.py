@@ -28,7 +28,7 @@ from horace.sinks.conversations import talks_in
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
 from horace.supervise import together
-from horace.tasks import start_background
+from horace.tasks import start_background, start_store_check
 from horace.watch import reconcile_if_watching
 
 log = logging.getLogger("horace.server")
@@ -191,6 +191,9 @@ async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 await nursery.start(end_on_signals, session)
+            # A desktop client keeps this process for its whole session: a catalog
+            # restored (or a store moved) under it stops it, as it stops a server.
+            start_store_check(nursery, catalog)
             nursery.start_soon(session.end_when_stdout_closes, fds.stdout)
             await session.run()
             nursery.cancel_scope.cancel()
