@@ -194,10 +194,15 @@ def _emit(ctx: click.Context, value: Any, human: Callable[[Any], str]) -> None:
     _write_out((text + "\n").encode("utf-8", "surrogateescape"))
 
 
+class StdoutGone(Exception):
+    """What read stdout stopped reading (`horace fsck | head`): ended quietly by main. (Not
+    the BrokenPipeError itself, an OSError, which click ends as a bare exit 1.)"""
+
+
 def _write_out(data: bytes) -> None:
     """*data* to stdout, whole; what stops it is an output failure (exit 74), not the
-    store's: a full disk under a redirection is not a full store. (A reader gone is a
-    BrokenPipeError, ended quietly by main.)"""
+    store's: a full disk under a redirection is not a full store. (A reader gone is
+    :class:`StdoutGone`.)"""
     if sys.stdout is None:
         raise Failure(Exit.OUTPUT, "OUTPUT", "stdout is closed: there is nowhere to write what was done")
     try:
@@ -206,7 +211,7 @@ def _write_out(data: bytes) -> None:
         while written < len(data):
             written += os.write(fd, view[written:])
     except BrokenPipeError:
-        raise
+        raise StdoutGone from None
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise Failure(Exit.OUTPUT, "OUTPUT", f"stdout cannot be written: {why}") from None
@@ -1079,7 +1084,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _say(Failure(Exit.INTERRUPTED, "INTERRUPTED", INTERRUPTED), as_json)
         sys.exit(Exit.INTERRUPTED)
     except BaseException as exc:
-        if isinstance(the_failure(exc), BrokenPipeError):
+        if isinstance(the_failure(exc), BrokenPipeError | StdoutGone):
             # Nobody reads on: nothing to say, and nothing left to flush at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(Exit.BROKEN_PIPE)

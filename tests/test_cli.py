@@ -342,6 +342,29 @@ def test_a_file_larger_than_the_process_may_write_is_a_storage_error(
     one_line_error(horace("info", "user/big.bin", env=env), Exit.REFUSED, "NOT_CATALOGED")
 
 
+def test_a_reader_that_stops_reading_a_long_output_ends_it_quietly(
+    store: tuple[Path, dict[str, str]],
+) -> None:
+    """Output longer than a pipe holds (`horace --json search | head`, `horace fsck | head`
+    on a store with many findings): the status a pipe's writer gets, and nothing said (it
+    was `INTERNAL: SystemExit: 1`, exit 70)."""
+    root, env = store
+    for i in range(600):
+        (root / f"files/user/f{i:03d}.txt").write_text(f"file {i}")
+    assert horace("scan", env=env).returncode == 0
+    piped = subprocess.run(
+        f"{sys.executable} -m horace --json search --limit 1000 | head -c 10 > /dev/null; "
+        "exit ${PIPESTATUS[0]}",
+        shell=True,
+        executable="/bin/bash",
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (piped.returncode, piped.stderr) == (Exit.BROKEN_PIPE, ""), (piped.returncode, piped.stderr)
+
+
 def test_version_and_module_entry() -> None:
     done = horace("--version")
     assert done.returncode == 0 and done.stdout.startswith("horace "), done
