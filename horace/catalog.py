@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import time
 import uuid
@@ -795,6 +796,25 @@ class Catalog:
                 "as it was copied",
             )
         return found
+
+    async def copy_object_out(self, checksum: str, write: Callable[[bytes], None]) -> int:
+        """The content of the object *checksum* (of its own or in a pack), whichever
+        version refers to it or none (one fsck lists as kept: a version newer than a
+        catalog restored from a backup, say), handed to *write*: checked first, as a
+        version's is. Its size."""
+        if not re.fullmatch(r"[0-9a-f]{64}", checksum):
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{checksum!r} is no SHA-256 (64 hex digits)")
+        held = await in_thread(self.storage.hash_object, checksum, check_cancelled)
+        if held is None:
+            raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no object {checksum} in this store")
+        if held[0] != checksum:
+            raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, f"the object {checksum} holds other bytes")
+        copied = await in_thread(self.storage.copy_object_out, checksum, write, check_cancelled)
+        if copied != held:
+            raise HoraceError(
+                ErrorCode.CHECKSUM_MISMATCH, f"the object {checksum} read otherwise as it was copied"
+            )
+        return held[1]
 
     # -- update, restore, lifecycle -----------------------------------------------------
 

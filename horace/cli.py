@@ -586,15 +586,28 @@ def restore(ctx: click.Context, ref: str, version: int) -> None:
 
 
 @cli.command()
-@click.argument("ref", metavar="PATH|ID")
+@click.argument("ref", metavar="PATH|ID", required=False)
 @click.argument("version", type=VersionNumber(), required=False)
+@click.option(
+    "--object",
+    "checksum",
+    metavar="SHA256",
+    help="the content of this object instead, whichever version refers to it or none "
+    "(one `horace fsck` lists as kept)",
+)
 @global_options
 @click.pass_context
-def show(ctx: click.Context, ref: str, version: int | None) -> None:
+def show(ctx: click.Context, ref: str | None, version: int | None, checksum: str | None) -> None:
     """Write a version's content to stdout (the current one when VERSION is left out)."""
+    if (ref is None) == (checksum is None):
+        raise click.UsageError("give a file (PATH|ID [VERSION]) or --object SHA256, not both")
 
     async def work(c: Catalog) -> None:
-        await c.copy_out(await _resolve(ctx, c, ref), version, _write_out)
+        if checksum is not None:
+            await c.copy_object_out(checksum, _write_out)
+        else:
+            assert ref is not None
+            await c.copy_out(await _resolve(ctx, c, ref), version, _write_out)
 
     _run(ctx, work, read_only=True)
 
@@ -807,8 +820,8 @@ def fsck_command(
                     f"; {_count(len(r.orphans) - r.adopted, 'object')} no version refers to, kept until "
                     "HORACE_DELETED_RETENTION has passed (left by a crash, by concurrent scans, or by "
                     "a write the catalog refused after its content was stored; "
-                    "or versions newer than a catalog restored from a backup: their content is "
-                    "in .horace/objects/)"
+                    "or versions newer than a catalog restored from a backup: `horace show "
+                    "--object SHA256` writes one out)"
                     if len(r.orphans) > r.adopted
                     else ""
                 )
@@ -824,7 +837,7 @@ def fsck_command(
                     f"{_shown(f.file_path or f.subject or '')} {_shown(f.detail)}"
                     for f in r.findings
                 ),
-                *(f"  kept: .horace/objects/{name[:2]}/{name}" for name in r.orphans[:SHOWN_ORPHANS]),
+                *(f"  kept: {name}" for name in r.orphans[:SHOWN_ORPHANS]),
                 *(
                     [f"  … and {len(r.orphans) - SHOWN_ORPHANS} more (--json lists them all)"]
                     if len(r.orphans) > SHOWN_ORPHANS
