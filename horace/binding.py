@@ -104,6 +104,14 @@ def decide(
                 ": this catalog was bound to the store at this path before (an adoption since?); "
                 "if it is to be the store's again, `horace init --adopt` binds it"
             )
+        elif catalog.place is not None and catalog.place == store.own_catalog_place:
+            again = (
+                f": this catalog, the file in the store's own folder, was bound to the store at "
+                f"{catalog.storage_path} before (a catalog lost and found again, in a copy of that "
+                f"store?). If this store is the one it served and nothing of that store is left at "
+                f"{catalog.storage_path}, move this store there and run `horace init --adopt` "
+                "there: it is bound again, its history whole"
+            )
         else:
             again = _hint(store)
         raise StoreRefused(
@@ -137,9 +145,16 @@ def decide(
             # The catalog was bound to this very root, and the store's own record was
             # never written (a crash between the two writes) or is lost: write it again.
             return Decision(Verdict.COMPLETE, catalog.store_id)
+        moved = (
+            f"; if it is this store's own (the file in its folder) and the store was moved here and "
+            f"lost its .horace/store.json, move it back to {catalog.storage_path}, run any command "
+            "there once (the record is written again), then move it here: the move is followed"
+            if catalog.place is not None and catalog.place == store.own_catalog_place
+            else ""
+        )
         raise StoreRefused(
             f"the catalog {shown} belongs to the store at {catalog.storage_path} "
-            f"(id {catalog.store_id}), not to {root}: give the storage path it was created with"
+            f"(id {catalog.store_id}), not to {root}: give the storage path it was created with" + moved
         )
     if catalog.empty and store.has_objects:
         raise StoreRefused(
