@@ -74,6 +74,11 @@ SILENT_HOLDER = 30.0
 # far may be half of what is coming), but not for ever: left alone this many settle times,
 # it is taken as it is (a log kept open, a file written through a shared map).
 HELD_OPEN_SETTLES = 10
+# A path the watcher may not look at (moved into a folder then made unreadable, say) may be
+# the other half of a file's rename: files that vanished from about then on are not deleted
+# while it stays so, for this long at most (seconds), so that the rename is followed once
+# the path can be read, and the file keeps its id and history.
+UNREADABLE_HOLDS_DELETES = 600.0
 
 
 @attrs.define
@@ -124,6 +129,8 @@ class Watcher:
         self._ahead: dict[str, tuple[tuple[int, int, int, int], float]] = {}
         # Paths another process holds open for writing, and since when (Trio time).
         self._held_open: dict[str, float] = {}
+        # Paths the watcher may not look at (a permission refused), and since when.
+        self._unreadable: dict[str, float] = {}
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
         # Copies: paths not catalogued because their content is another file's (the
         # duplicate rule), by that file's id, with the content. Taken again once that file
@@ -425,6 +432,8 @@ class Watcher:
         except HoraceError as exc:
             self._not_taken(rel, exc, correlation_id)
         except OSError as exc:  # this file only (unreadable, say): the watch goes on
+            if isinstance(exc, PermissionError):
+                self._unreadable.setdefault(rel, trio.current_time())
             self._failed(rel, str(exc), correlation_id)
         except CATALOG_FAILURES as exc:
             self._failed(rel, f"the catalog: {exc}", correlation_id)
@@ -438,12 +447,14 @@ class Watcher:
             self.schedule(rel)
         elif exc.code is ErrorCode.FILE_NOT_FOUND:  # gone: an event brings it back if it comes
             self._failing.pop(rel, None)
+            self._unreadable.pop(rel, None)
             self._no_longer_refused(rel)
             log.debug("watch: skipped %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
         elif exc.code is ErrorCode.INVALID_PATH:
             # Not to be catalogued as it is (hard linked, say): said once, listed among the
             # skipped names of /health until it is taken; an event about it takes it again.
             self._failing.pop(rel, None)
+            self._unreadable.pop(rel, None)
             self._refused[rel] = exc.message
             self._skip(exc.message)
         else:
@@ -479,6 +490,7 @@ class Watcher:
 
     def _taken(self, rel: str) -> None:
         self._no_longer_refused(rel)
+        self._unreadable.pop(rel, None)
         failures = self._failing.pop(rel, None)
         if failures is not None:
             log.info("watch: %s taken after %d failure%s", rel, failures, "s" * (failures > 1))
@@ -514,6 +526,7 @@ class Watcher:
         except (FileNotFoundError, NotADirectoryError):
             self._ahead.pop(rel, None)
             self._held_open.pop(rel, None)
+            self._unreadable.pop(rel, None)
             # A catalogued file is deleted later, unless a new path takes its content
             # (_expire_vanished says when it is done).
             return not await self._vanish(rel)
@@ -698,9 +711,13 @@ class Watcher:
         # of its rename may be that path, its event come after the gone one (a file moved
         # again, out of a folder just renamed, say). A file written without end past that
         # holds no delete up.
-        before = trio.current_time() - self.settle
+        now = trio.current_time()
+        before = now - self.settle
         if self._due:
             before = min(before, min(self._due.values()) - 2 * self.settle)
+        unreadable = [since for since in self._unreadable.values() if now - since < UNREADABLE_HOLDS_DELETES]
+        if unreadable:  # (see UNREADABLE_HOLDS_DELETES)
+            before = min(before, min(unreadable) - 2 * self.settle)
         expired = self._vanished.expired(before=before)
         self._expiring = len(expired)
         try:

@@ -305,6 +305,45 @@ async def test_a_file_held_open_for_writing_is_versioned_once_left_alone_long_en
         assert (await health(running))["watcher"]["held_open"] == 0
 
 
+async def test_a_file_moved_where_the_watcher_may_not_look_keeps_its_history(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moved into a folder then made unreadable before the watcher followed it: its old path
+    is not recorded deleted while the new one cannot be read (its history would be cut off,
+    and purged a retention later); once it can be, the rename is followed, id and history
+    whole."""
+    blocked = True
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if blocked and "/user/shut/" in os.fspath(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_lstat(path, *args, **kwargs)
+
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        backend = running.server.catalog.backend
+        path = write(running.files / "user/a.txt", "one")
+        await eventually(lambda: _has_checksum(running, "user/a.txt", sha256("one")), "v1")
+        write(path, "two")
+        first = await eventually(lambda: _has_checksum(running, "user/a.txt", sha256("two")), "v2")
+        assert first
+        record = await backend.file_by_path("user/a.txt")
+        (running.files / "user/shut").mkdir()
+        monkeypatch.setattr(horace.watch.os, "lstat", lstat)
+        path.rename(running.files / "user/shut/a.txt")
+        await trio.sleep(20 * SETTLE)  # (long past the settle time a vanished file waits)
+        assert (await backend.file_by_id(record.id)).status is Status.ACTIVE
+        blocked = False
+        moved = await eventually(
+            lambda: backend.file_by_path("user/shut/a.txt"),
+            "the rename followed",
+            within=horace.watch.RETRY_CAP + TIMEOUT,
+        )
+        assert moved.id == record.id and moved.current_version == 2 and moved.status is Status.ACTIVE
+        assert [v.checksum for v in await backend.versions(record.id)] == [sha256("two"), sha256("one")]
+
+
 async def test_write_temp_then_rename_catalogues_only_the_target(watched: Watched) -> None:
     target = watched.files / "user/data.json"
     temp = watched.files / "user/data.json.tmp"
