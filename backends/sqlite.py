@@ -191,7 +191,8 @@ def _open_connection(path: Path) -> sqlite3.Connection:
         if "unable to open" in str(exc) or "readonly" in str(exc):
             raise CatalogUnwritable(
                 f"the catalog {path} cannot be opened for writing ({exc}): "
-                "is the storage read-only, or not this user's to write?"
+                "is the storage read-only, or not this user's to write (or this process out of "
+                "open files: ulimit -n)?"
             ) from None
         if "disk I/O error" in str(exc):
             raise CatalogUnwritable(

@@ -222,7 +222,10 @@ def _not_writable_by_all(paths: Iterable[Path]) -> None:
     """Take every user's write permission off those of *paths* that have it (folders a
     store made under a umask of 000 has); one this user does not own is said in the log."""
     for path in paths:
-        mode = os.lstat(path).st_mode
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue  # (made when first needed)
         if stat.S_ISDIR(mode) and mode & stat.S_IWOTH:
             try:
                 os.chmod(path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
@@ -624,12 +627,13 @@ class Storage:
         return True
 
     def room(self) -> tuple[int, int | None]:
-        """The bytes and inodes this process may still take on the store's file system
-        (inodes None where it counts none: btrfs makes them as it goes)."""
+        """The bytes and inodes left on the store's file system (inodes None where it
+        counts none: btrfs makes them as it goes)."""
         st = os.statvfs(self.tmp)
-        root = os.geteuid() == 0  # (root may take the blocks and inodes kept for it)
-        free_bytes = (st.f_bfree if root else st.f_bavail) * st.f_frsize
-        return free_bytes, ((st.f_ffree if root else st.f_favail) if st.f_files else None)
+        # What an ordinary user may take: root may take more (the blocks kept for it), but
+        # not all of that (ext4 keeps some from root too): full by this, the disk is full
+        # for any practical use.
+        return st.f_bavail * st.f_frsize, (st.f_favail if st.f_files else None)
 
     def in_place(self) -> bool:
         """Whether the store is still the one :meth:`pin` saw: not moved away, removed,
@@ -740,7 +744,10 @@ class Storage:
                 if sub not in present:
                     make_private_folder(self.objects / sub)
             _not_writable_by_all(
-                [self.private, self.tmp, self.objects, self.spool, *(self.objects / sub for sub in subs)]
+                [
+                    *(self.private, self.tmp, self.objects, self.spool, self.released, self.damaged),
+                    *(self.objects / sub for sub in subs),
+                ]
             )
             if os.stat(self.root).st_mode & (stat.S_IWOTH | stat.S_ISVTX) == stat.S_IWOTH:
                 log.warning(

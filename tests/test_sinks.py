@@ -1567,13 +1567,16 @@ async def test_a_replay_interrupted_by_a_crash_is_picked_up(tmp_path: Path) -> N
 
 async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
     """Lines that are no JSON object (a byte that is not UTF-8, nesting too deep for the
-    parser, an array, a torn line) are skipped and counted as dropped; the good lines
-    around them are replayed and the sink runs. A symlink in the spool's place is removed
-    unread, its target left alone."""
+    parser, an array, a torn line), or no JSON at all (NaN), or an object nested too deep
+    for the redaction are skipped and counted as dropped; the good lines around them are
+    replayed and the sink runs. A symlink in the spool's place is removed unread, its
+    target left alone."""
     good = [json.dumps(entry(i, **({"PassWord": "hunter2"} if i == 3 else {}))).encode() for i in range(4)]
     hostile = [b'{"note": "caf\xe9"}', b"[" * 100_000 + b"]" * 100_000, b"[1, 2, 3]", b'{"torn": "a']
+    deep = b'{"a": ' * 900 + b"{}" + b"}" * 900  # (parsed; past the redaction's recursion)
+    not_json = json.dumps(entry(5, x=float("nan"))).encode()
     (tmp_path / "memory.replaying").write_bytes(good[0] + b"\n" + hostile[3])  # torn: no newline
-    spooled = [good[1], *hostile[:3], good[2], b"", good[3]]
+    spooled = [good[1], *hostile[:3], deep, not_json, good[2], b"", good[3]]
     (tmp_path / "memory.jsonl").write_bytes(b"\n".join(spooled) + b"\n")
     transport = MemoryTransport()
     runner = SinkRunner(transport, spool_dir=tmp_path, backoff_base=0.001)
@@ -1581,7 +1584,7 @@ async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
         await eventually(lambda: len(transport.stored) == 4, what="the good lines")
         assert runner.status()["state"] == "connected"
     assert [e["message"] for e in transport.stored] == [f"m{i}" for i in range(4)]
-    assert (runner.replayed, runner.dropped, runner.restarts) == (4, 4, 0)
+    assert (runner.replayed, runner.dropped, runner.restarts) == (4, 6, 0)
     assert transport.stored[3]["data"] == {"i": 3, "PassWord": REDACTED}  # a line planted in the spool
 
     outside = tmp_path / "outside.jsonl"

@@ -385,13 +385,15 @@ class SinkRunner:
         skipped: list[int] = []
         for number, line in enumerate(lines, 1):
             try:
-                entry = json.loads(line.decode("utf-8"))
-            except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
-                entry = None
-            if isinstance(entry, dict):
+                # (NaN and Infinity are no JSON: a sink would send them on as they are.)
+                entry = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
                 # Redacted again: the spool is a file anyone with the store's rights may
                 # have written to (what Horace spilled was redacted already, and stays so).
-                entries.append(redact(entry))
+                entry = redact(entry) if isinstance(entry, dict) else None
+            except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+                entry = None  # (nested too deep for the redaction, too)
+            if entry is not None:
+                entries.append(entry)
             elif line.strip():
                 skipped.append(number)
         if skipped:
@@ -414,6 +416,10 @@ class SinkRunner:
         self.replayed += len(entries)
         # Back in memory; the file goes once they are delivered, or spilled again.
         self._forget_replay_once_out()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is no JSON value")
 
 
 @asynccontextmanager
