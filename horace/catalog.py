@@ -1123,6 +1123,8 @@ class Catalog:
             # Once the unsaved content is a version, the restore goes on to its end: cancelled
             # (a client's cancel, the deadline) it would stand half made, that version current
             # and the one asked for not back. Before, a cancel stops the copy, and nothing is made.
+            # Where no working copy is, the content goes in with the mode the file left with.
+            mode = None if examined is not None else await db.working_mode(current.id)
             with trio.CancelScope(shield=preserved is not None):
                 written, displaced = await in_thread(
                     self.storage.replace_working,
@@ -1131,6 +1133,7 @@ class Catalog:
                     current.id,
                     examined,
                     check_cancelled,
+                    mode,
                 )
             # The working file holds version N now: what follows is recorded whatever
             # happens, or, should the record fail, undone.

@@ -1457,15 +1457,16 @@ class Storage:
         checksum: str,
         file_id: str,
         check_cancelled: CheckCancelled,
-        like: int | os.stat_result | None = None,
+        mode: int | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> Path:
         """Object *checksum* copied into ``.horace/tmp`` and fsynced, named HELD: from
         here a crash leaves nothing fsck would throw away unlooked-at. Its permission
-        bits: *like*'s read, write and execute bits (a mode, or the stat of the file it
-        replaces, whose owner and group it is given too: see :func:`_give_owner`), or 0o644
-        less the umask. Never setuid, setgid or sticky: the file is written as Horace's user
-        (root, maybe), not as the one who wrote it, so those bits would run a user's bytes
-        as Horace's (``cp`` and ``tar`` without ownership drop them for the same reason)."""
+        bits: *mode*'s read, write and execute bits, or 0o644 less the umask; its *owner*
+        (uid, gid) as far as this process may give it (see :func:`_give_owner`). Never
+        setuid, setgid or sticky: the file is written as Horace's user (root, maybe), not
+        as the one who wrote it, so those bits would run a user's bytes as Horace's (``cp``
+        and ``tar`` without ownership drop them for the same reason)."""
         part = self.tmp / temp_name(TempKind.PART)
         try:
             source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
@@ -1489,11 +1490,10 @@ class Storage:
             finally:
                 os.close(source)
         try:
-            if isinstance(like, os.stat_result):
-                os.chmod(part, like.st_mode & PERMISSION_BITS)
-                _give_owner(part, like.st_uid, like.st_gid)
-            elif like is not None:
-                os.chmod(part, like & PERMISSION_BITS)
+            if mode is not None:
+                os.chmod(part, mode & PERMISSION_BITS)
+            if owner is not None:
+                _give_owner(part, *owner)
             held = self._held_path(file_id)
             os.rename(part, held)
         except BaseException:
@@ -1539,6 +1539,7 @@ class Storage:
         file_id: str,
         expected: FileIdentity | None,
         check_cancelled: CheckCancelled = _never_cancelled,
+        mode_if_none: int | None = None,
     ) -> tuple[FileIdentity, Path | None]:
         """Atomically make the working file *rel* hold object *checksum*.
 
@@ -1553,9 +1554,17 @@ class Storage:
         """
         # Before the copy: nothing changes for a folder. The content that goes in keeps the
         # mode of the file it replaces (a script stays executable, a private file private),
-        # and its owner and group as far as this process may give them.
+        # and its owner and group as far as this process may give them; where none is, the
+        # mode *mode_if_none* (the one the file was last seen with) and a setgid folder's group.
         replaced = self._regular_stat(rel)
-        held = self._prepare(checksum, file_id, check_cancelled, replaced)
+        mode: int | None
+        owner: tuple[int, int] | None
+        if replaced is not None:
+            mode, owner = stat.S_IMODE(replaced.st_mode), (replaced.st_uid, replaced.st_gid)
+        else:
+            group = self._setgid_group(rel)
+            mode, owner = mode_if_none, (None if group is None else (-1, group))
+        held = self._prepare(checksum, file_id, check_cancelled, mode, owner)
         written = FileIdentity.of(os.stat(held, follow_symlinks=False))
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
@@ -1633,6 +1642,15 @@ class Storage:
             raise HoraceError(ErrorCode.FILE_LOCKED, f"{name!r} changed while it was being replaced")
         os.rename(held, name, src_dir_fd=tmp_fd, dst_dir_fd=dfd)
         return False
+
+    def _setgid_group(self, rel: str) -> int | None:
+        """The group a file made at *rel* takes from its folder, when that is setgid."""
+        try:
+            with self._parent_fd(rel) as (dfd, _):
+                folder = os.fstat(dfd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return folder.st_gid if folder.st_mode & stat.S_ISGID else None
 
     def _regular_stat(self, rel: str) -> os.stat_result | None:
         """The stat of the regular file at *rel*, None when nothing is there; INVALID_PATH

@@ -284,6 +284,9 @@ async def test_a_restore_keeps_the_owner_and_group_and_an_undelete_a_setgid_fold
     await catalog.delete(file.id)
     await catalog.undelete(file.id)
     assert path.stat().st_gid == 4321 and path.read_text() == "one"
+    path.unlink()  # a restore where no working copy is: the folder's group too
+    await catalog.restore(file.id, 2)
+    assert (path.stat().st_gid, path.read_text()) == (4321, "two")
 
 
 async def test_a_file_removed_by_hand_comes_back_with_the_mode_it_was_last_seen_with(
@@ -304,6 +307,9 @@ async def test_a_file_removed_by_hand_comes_back_with_the_mode_it_was_last_seen_
     path.unlink()
     await fsck(catalog, repair=True)
     assert path.read_text() == "secret" and stat.S_IMODE(path.stat().st_mode) == 0o640
+    path.unlink()  # a restore where no working copy is: the mode it was last seen with
+    await catalog.restore(file.id, 1)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 async def test_a_file_dated_past_2262_is_catalogued_and_read_again_at_each_scan(
