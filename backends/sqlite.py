@@ -1550,6 +1550,16 @@ class SqliteBackend:
         return await self._write(_rebind, old_id, new_id, storage_path, at)
 
     async def migrate(self) -> int:
+        # (At every opening for writing.) A process started on a read-only catalog would
+        # serve no write until restarted: SQLite keeps the -shm file's read-only mapping while
+        # any of the process's connections to the file is open. Said now instead.
+        if not await trio.to_thread.run_sync(os.access, self.path, os.W_OK):
+            unwritable = CatalogUnwritable(
+                f"the catalog {self.path} is read-only (or not this user's to write): make it "
+                "writable, and its -wal and -shm files beside it"
+            )
+            self.refusals.note(unwritable)
+            raise unwritable
         try:
             return await self._write(_migrate)
         except NotHoraces as exc:

@@ -321,7 +321,10 @@ def test_a_read_only_catalog_is_a_storage_error_and_works_again_once_writable(
     catalog.chmod(0o444)
     (root / "files/user/a.txt").write_text("two")
     line = one_line_error(horace_without_override("scan", env=env), Exit.STORAGE, "STORAGE_ERROR")
-    assert f"the catalog {catalog} cannot be written" in line
+    assert f"the catalog {catalog} is read-only" in line
+    # (A server is not started on it: it would serve no write until restarted.)
+    served = horace_without_override("serve", "--port", "0", env=env)
+    assert f"STORAGE_ERROR: the catalog {catalog} is read-only" in one_line_error(served, Exit.STORAGE)
     catalog.chmod(0o644)
     done = horace_without_override("scan", "--json", env=env)
     assert done.returncode == 0, done.stderr
