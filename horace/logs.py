@@ -93,6 +93,35 @@ class ThrottledLog:
         return self.started + self.interval - time.monotonic() if self.held_back else None
 
 
+class OnceAWhile(logging.Filter):
+    """A logger's records one per *interval* seconds, the first of each without its
+    traceback and saying how many were left out before it. For trio's accept loop, which
+    logs each failed accept with its traceback, ten times a second while the process is
+    out of open files."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last = -math.inf
+        self.left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.left_out += 1
+            return False
+        self.last = now
+        record.exc_info = record.exc_text = None
+        if self.left_out:
+            record.msg = f"{record.getMessage()} ({self.left_out} more like it left out)"
+            record.args = None
+            self.left_out = 0
+        return True
+
+
+ACCEPT_FAILURES_EVERY = 10.0  # seconds: see OnceAWhile
+
+
 def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
@@ -101,6 +130,8 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    accepting = logging.getLogger("trio.serve_listeners")
+    accepting.filters[:] = [OnceAWhile(ACCEPT_FAILURES_EVERY)]
 
 
 # -- each tool call's line ---------------------------------------------------------------------

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 import pytest
 
-from horace.logs import JsonLines
+from horace.logs import JsonLines, OnceAWhile
 from horace.redact import redact_text, redact_url
 
 
@@ -64,3 +65,26 @@ def test_asyncpg_retries_are_logged_in_one_line() -> None:
     said = record.getMessage()
     assert said == "Failed to restore the floor: ConnectionRefusedError: [Errno 111] Connect call failed"
     assert "Traceback" not in logging.Formatter().format(record)
+
+
+def test_trio_s_accept_failures_are_logged_once_a_while_without_their_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of open files, trio's accept loop logs each failed accept with its traceback, ten
+    times a second: one line in a while, saying how many were left out, instead of a flood."""
+    logger = logging.getLogger("tests.accept-loop")
+    logger.filters[:] = [OnceAWhile(0.2)]
+    with caplog.at_level(logging.ERROR, logger="tests.accept-loop"):
+        for _ in range(5):
+            try:
+                raise OSError(24, "Too many open files")
+            except OSError:
+                logger.error("accept returned %s; retrying", "EMFILE", exc_info=True)
+        time.sleep(0.25)
+        logger.error("accept returned %s; retrying", "EMFILE")
+    said = [r for r in caplog.records if r.name == "tests.accept-loop"]
+    assert [r.getMessage() for r in said] == [
+        "accept returned EMFILE; retrying",
+        "accept returned EMFILE; retrying (4 more like it left out)",
+    ]
+    assert said[0].exc_info is None
