@@ -14,9 +14,9 @@ import json
 import logging
 import math
 import os
-import stat
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
