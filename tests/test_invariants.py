@@ -489,7 +489,8 @@ async def test_a_running_server_puts_back_what_another_process_left_when_it_died
                 await trio.sleep(0.05)
         assert path.read_text() == "unsaved, then held by a delete that died" and not held.exists()
         leftovers = (await running.server.health())[1]["leftovers"]
-        assert leftovers["details"]["last_result"] == {"findings": 1, "unrepaired": 0, "content_lost": 0}, leftovers
+        counts = {"findings": 1, "unrepaired": 0, "content_lost": 0}
+        assert leftovers["details"]["last_result"] == counts, leftovers
         assert (await catalog.backend.file_by_id(file.id)).status is Status.ACTIVE
 
 
