@@ -2258,11 +2258,7 @@ def _whole_as_read(
         return True
     os.lseek(fd, 0, os.SEEK_SET)
     again, size, _ = _hash_fd(fd, check_cancelled, after.st_size)
-    final = os.fstat(fd)
-    return (again, size) == (checksum, after.st_size) and (final.st_mtime_ns, final.st_ctime_ns) == (
-        after.st_mtime_ns,
-        after.st_ctime_ns,
-    )
+    return (again, size) == (checksum, after.st_size)
 
 
 def _size(count: int) -> str:

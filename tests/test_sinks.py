@@ -1565,6 +1565,18 @@ async def test_a_replay_interrupted_by_a_crash_is_picked_up(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir()] == ["memory.lock"]
 
 
+def _too_deep_to_redact() -> bytes:
+    """A JSON object nested past what the redaction takes here, or the parser (how deep
+    that is differs from one Python to the next)."""
+    for depth in range(200, 20_000, 100):
+        line = b'{"a": ' * depth + b"{}" + b"}" * depth
+        try:
+            redact(json.loads(line))
+        except RecursionError:
+            return line
+    raise AssertionError("no depth is too deep to redact")
+
+
 async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
     """Lines that are no JSON object (a byte that is not UTF-8, nesting too deep for the
     parser, an array, a torn line), or no JSON at all (NaN), or an object nested too deep
@@ -1573,7 +1585,7 @@ async def test_a_damaged_spool_costs_its_bad_lines_only(tmp_path: Path) -> None:
     target left alone."""
     good = [json.dumps(entry(i, **({"PassWord": "hunter2"} if i == 3 else {}))).encode() for i in range(4)]
     hostile = [b'{"note": "caf\xe9"}', b"[" * 100_000 + b"]" * 100_000, b"[1, 2, 3]", b'{"torn": "a']
-    deep = b'{"a": ' * 900 + b"{}" + b"}" * 900  # (parsed; past the redaction's recursion)
+    deep = _too_deep_to_redact()
     not_json = json.dumps(entry(5, x=float("nan"))).encode()
     (tmp_path / "memory.replaying").write_bytes(good[0] + b"\n" + hostile[3])  # torn: no newline
     spooled = [good[1], *hostile[:3], deep, not_json, good[2], b"", good[3]]
