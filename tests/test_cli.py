@@ -77,6 +77,20 @@ def horace_without_override(*args: str, env: dict[str, str]) -> subprocess.Compl
     )
 
 
+def assert_quiet_when_the_reader_stops(args: str, env: dict[str, str]) -> None:
+    """`horace ARGS | head -c 10`: the status a pipe's writer gets, and nothing said."""
+    piped = subprocess.run(
+        f"{sys.executable} -m horace {args} | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (piped.returncode, piped.stderr) == (Exit.BROKEN_PIPE, ""), (piped.returncode, piped.stderr)
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], exit_code: Exit, *words: str) -> str:
     """The command failed with *exit_code* and said so in one line, no traceback."""
     assert done.returncode == exit_code, (done.returncode, done.stdout, done.stderr)
@@ -388,17 +402,7 @@ def test_a_reader_that_stops_reading_a_long_output_ends_it_quietly(
     for i in range(600):
         (root / f"files/user/f{i:03d}.txt").write_text(f"file {i}")
     assert horace("scan", env=env).returncode == 0
-    piped = subprocess.run(
-        f"{sys.executable} -m horace --json search --limit 1000 | head -c 10 > /dev/null; "
-        "exit ${PIPESTATUS[0]}",
-        shell=True,
-        executable="/bin/bash",
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (piped.returncode, piped.stderr) == (Exit.BROKEN_PIPE, ""), (piped.returncode, piped.stderr)
+    assert_quiet_when_the_reader_stops("--json search --limit 1000", env)
 
 
 def test_version_and_module_entry() -> None:
@@ -1011,16 +1015,7 @@ def test_show_writes_a_version_whole_and_diff_says_what_changed(store: tuple[Pat
     assert summary.returncode == 0, summary.stderr
     assert "v1 300000 bytes" in summary.stdout and "v2 300004 bytes" in summary.stdout, summary.stdout
     # A reader that stops reading: no message, the status a pipe's writer gets.
-    piped = subprocess.run(
-        f"{sys.executable} -m horace show user/blob.bin | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}",
-        shell=True,
-        executable="/bin/bash",
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (piped.returncode, piped.stderr) == (Exit.BROKEN_PIPE, ""), (piped.returncode, piped.stderr)
+    assert_quiet_when_the_reader_stops("show user/blob.bin", env)
     # Text: a unified diff; the same content: said so.
     write(root / "files/user/notes.txt", "one\ntwo\n")
     assert horace("register", "user/notes.txt", env=env).returncode == 0
