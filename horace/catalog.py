@@ -498,7 +498,8 @@ class Catalog:
     ) -> tuple[FileRecord, VersionRecord]:
         """Shielded: make *staged* an object (when given) and record the version. Retention
         prunes no version from *spare* on: a restore keeps the one it is about to put back
-        (and its object) until the restored version refers to its content."""
+        (and its object) until the restored version refers to its content, and what it kept
+        of the working file past the restored version's own commit."""
         retention = self.policy.retention
         if spare is not None:
             retention = attrs.evolve(retention, keep=max(retention.keep, file.current_version + 2 - spare))
@@ -1138,16 +1139,26 @@ class Catalog:
             # The working file holds version N now: what follows is recorded whatever
             # happens, or, should the record fail, undone.
             had_working = examined is not None
+            # What the restore kept of the working file (unsaved content, a writer's) is
+            # spared by the restored version's retention: a count of 1 or 2 would prune it
+            # at once, and the file's content before the restore with it.
+            kept_from = preserved
             with trio.CancelScope(shield=True):
                 try:
                     if displaced is not None:
                         # A writer replaced the file after it was versioned: keep that too.
-                        current, _ = await self._version_held(db, current, displaced, correlation_id, version)
+                        current, held = await self._version_held(
+                            db, current, displaced, correlation_id, version
+                        )
+                        if kept_from is None and held is not None:
+                            kept_from = held.version
                         had_working = True
                     new = NewVersion(
                         wanted.checksum, wanted.size, current.mime_type, restored_from_version=version
                     )
-                    record, restored = await self._commit_version(db, current, new, correlation_id)
+                    record, restored = await self._commit_version(
+                        db, current, new, correlation_id, spare=kept_from
+                    )
                 except BaseException:
                     await self._unrestore(current, written, wanted.checksum, had_working)
                     raise

@@ -345,6 +345,10 @@ async def _temps(catalog: Catalog, referenced: set[str] | None) -> list[Finding]
     return found
 
 
+# What a dead process left of these kinds is its scratch, never a user's content: removed.
+SCRATCH = frozenset({TempKind.STAGE, TempKind.PART, TempKind.META, TempKind.PACK, TempKind.CLOCK})
+
+
 async def _dead_temp(
     catalog: Catalog, path: Path, name: TempName | None, st: os.stat_result, referenced: set[str] | None
 ) -> Finding:
@@ -373,7 +377,7 @@ async def _dead_temp(
             True,
             subject=str(path),
         )
-    if name is None or name.kind in (TempKind.STAGE, TempKind.PART, TempKind.META, TempKind.PACK):
+    if name is None or name.kind in SCRATCH:
         await in_thread(path.unlink, True)
         return Finding("temp_leftover", "left by a process that is gone; removed", True, subject=str(path))
     if name.kind is TempKind.ASIDE:

@@ -385,6 +385,27 @@ async def test_restoring_the_oldest_kept_version_over_unsaved_work_keeps_it(
     assert (await fsck(catalog)).clean
 
 
+@pytest.mark.parametrize("keep", [1, 2])
+async def test_a_restore_under_a_count_of_one_or_two_keeps_the_unsaved_work_it_preserved(
+    catalog: Catalog, files: Path, keep: int
+) -> None:
+    """The restored version's commit would prune the version that holds the unsaved work
+    it just preserved (its reply names it): it is spared until the file's next version."""
+    catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=keep))
+    path = write(files / "user/doc.txt", "v1")
+    file = (await catalog.register("user/doc.txt")).file
+    path.write_text("v2")
+    await catalog.update(file.id, FileChanges())
+    path.write_text("unsaved")
+    restored = await catalog.restore(file.id, 2 - keep + 1)
+    assert restored.preserved_version == 3 and restored.version.version == 4
+    assert (await objects_of(catalog, file.id))[3] == b"unsaved"
+    path.write_text("v5")
+    await catalog.update(file.id, FileChanges())
+    assert [v.version for v in await catalog.backend.versions(file.id)] == [5, 4][:keep]
+    assert (await fsck(catalog)).clean
+
+
 async def test_pruning_keeps_exactly_the_newest_n(settings: Settings, files: Path) -> None:
     async with open_catalog(attrs.evolve(settings, version_count=3), create=True) as catalog:
         path = write(files / "user/a.txt", "c1")

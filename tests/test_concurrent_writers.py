@@ -27,7 +27,7 @@ from helpers import write
 from soundness import assert_sound
 
 from horace.assemble import open_catalog
-from horace.backends.records import FileChanges
+from horace.backends.records import FileChanges, Retention
 from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import ErrorCode, HoraceError
@@ -101,10 +101,14 @@ def _at_step(monkeypatch: pytest.MonkeyPatch, name: str, before: Callable[[], An
     monkeypatch.setattr(Storage, name, hooked)
 
 
+@pytest.mark.parametrize("keep", [1000, 2, 1])
 @pytest.mark.parametrize("how", ["replace", "rewrite"])
 async def test_a_save_just_before_restore_swaps_is_kept_as_a_version(
-    catalog: Catalog, files: Path, replacer: Replacer, monkeypatch: pytest.MonkeyPatch, how: str
+    catalog: Catalog, files: Path, replacer: Replacer, monkeypatch: pytest.MonkeyPatch, how: str, keep: int
 ) -> None:
+    """Under a count of 1 or 2 too: the restored version's retention spares what the restore
+    kept of the working file (the edit and the save), until the file's next version."""
+    catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=keep))
     path = files / "user/big.bin"
     first = write(path, os.urandom(BIG)).read_bytes()
     file = (await catalog.register("user/big.bin")).file
@@ -121,7 +125,7 @@ async def test_a_save_just_before_restore_swaps_is_kept_as_a_version(
     assert path.read_bytes() == first
     history = await _checksums(catalog, file.id)
     # v1, the unsaved edit (preserved), the other program's save (displaced), the restore.
-    assert history == [sha(first), sha(edit), saved[0], sha(first)], history
+    assert history == [sha(first), sha(edit), saved[0], sha(first)][-3 if keep <= 2 else 0 :], history
     assert done.version.restored_from_version == 1 and done.file.checksum == sha(first)
     await assert_sound(catalog)
 

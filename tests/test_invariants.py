@@ -220,11 +220,13 @@ async def test_a_restore_whose_record_fails_takes_its_write_back(
         else HoraceError(ErrorCode.BACKEND_UNAVAILABLE, "its connection was lost")
     )
 
-    async def commit_fails_for_a_restore(self: Catalog, db: Any, f: Any, new: Any, *args: Any) -> Any:
+    async def commit_fails_for_a_restore(
+        self: Catalog, db: Any, f: Any, new: Any, *args: Any, **kw: Any
+    ) -> Any:
         if new.restored_from_version is not None:
             assert path.read_text() == "version one"  # (the write came first)
             raise error
-        return await real_commit(self, db, f, new, *args)
+        return await real_commit(self, db, f, new, *args, **kw)
 
     monkeypatch.setattr(Catalog, "_commit_version", commit_fails_for_a_restore)
     with pytest.raises(HoraceError) as failed:
@@ -254,9 +256,9 @@ async def test_a_restore_whose_record_fails_leaves_a_writers_edit_alone(
     await catalog.update(file.id, FileChanges())
     real_commit = Catalog._commit_version
 
-    async def edited_then_fails(self: Catalog, db: Any, f: Any, new: Any, *args: Any) -> Any:
+    async def edited_then_fails(self: Catalog, db: Any, f: Any, new: Any, *args: Any, **kw: Any) -> Any:
         if new.restored_from_version is None:
-            return await real_commit(self, db, f, new, *args)
+            return await real_commit(self, db, f, new, *args, **kw)
         before = path.stat()
         with path.open("r+") as edit:
             edit.write("VERSION")  # same size
@@ -350,6 +352,20 @@ def _dead_pid() -> int:
     while os.path.exists(f"/proc/{pid}"):
         pid += 1
     return pid
+
+
+@pytest.mark.parametrize("kind", ["stage", "part", "meta", "clock"])
+async def test_a_dead_process_scratch_file_is_removed_never_put_among_the_files(
+    catalog: Catalog, files: Path, kind: str
+) -> None:
+    """Horace's own scratch (an ingest copy, a working file being written, the store's
+    identity being written, the file read for the filesystem's clock) is garbage once its
+    writer is gone: never taken for a user's working file and moved into files/."""
+    scratch = write(catalog.storage.tmp / storage_temp_name(kind, _dead_pid(), ""), "scratch")
+    report = await fsck(catalog)
+    assert [(f.kind, f.repaired) for f in report.findings] == [("temp_leftover", True)], report.findings
+    assert not scratch.exists()
+    assert [p for p in files.rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize("name", ["a.txt", "L" * 251 + ".txt"])  # (the longest a name may be)
