@@ -634,9 +634,16 @@ async def _file(
             source, unread = await _recover_object(
                 catalog, [file.file_path, *holders.get(v.checksum, ())], v.checksum
             )
-            objects_ok[v.checksum] = repaired = source is not None
-            if source is not None:
+            objects_ok[v.checksum] = repaired = source is not None and await _object_ok(catalog, v, deep)
+            if repaired:
                 outcome = f" (recovered from the working copy of {source!r})"
+            elif source is not None:
+                # The object holds the content its checksum names: the version's recorded
+                # size is what is wrong (a hand-edited row), and no copy mends that.
+                outcome = (
+                    f" (the object holds the content of its checksum, but not the size version "
+                    f"{v.version} records, {v.size} bytes: the catalog's row is wrong, and left as it is)"
+                )
             elif unread:  # it may be there: nothing is dropped on a guess
                 outcome = f" (the working copy of {unread[0]!r} may hold it, but cannot be read now)"
             elif v.version != file.current_version and forget_missing:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +32,17 @@ def pg_execute(*statements: str) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+def catalog_execute(database_url: str, statement: str) -> None:
+    """Run *statement* on a test's catalog database behind Horace's back (a hand edit).
+    Blocking, and outside any event loop: from a test, in a thread."""
+    if database_url.startswith("sqlite://"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite://"))) as conn, conn:
+            conn.execute(statement)
+        return
+    schema = dict(parse_qsl(urlsplit(database_url).query))["search_path"]
+    pg_execute(f"SET search_path TO {schema}", statement)
 
 
 @contextmanager
