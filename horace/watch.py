@@ -79,6 +79,10 @@ HELD_OPEN_SETTLES = 10
 # while it stays so, for this long at most (seconds), so that the rename is followed once
 # the path can be read, and the file keeps its id and history.
 UNREADABLE_HOLDS_DELETES = 600.0
+# A file refused for its hard links is taken again once it has one: a link removed inside
+# files/ gives an event for that link's path only, and one removed elsewhere none. So the
+# refused paths are looked at a settle time after a removal, and this often (seconds).
+REFUSED_LOOK_EVERY = 60.0
 
 
 @attrs.define
@@ -147,6 +151,7 @@ class Watcher:
         )
         self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
         self._refused: dict[str, str] = {}  # path -> why it may not be catalogued as it is
+        self._removal_seen = trio.Event()  # since the refused paths were last looked at
         self._catch_up_failing: str | None = None  # why a catch-up waits to be done again
         self._feed: ChangeFeed | None = None
 
@@ -269,6 +274,7 @@ class Watcher:
             nursery.start_soon(self._settle_loop)
             nursery.start_soon(give_signs_of_life, self.catalog.locks)
             nursery.start_soon(self._first_catch_up)
+            nursery.start_soon(self._look_again_at_refused)
             task_status.started()
             with self.catalog.storage.observe_writes(feed.wrote):
                 async for batch in feed:
@@ -285,6 +291,8 @@ class Watcher:
             rel = change.path.relative_to(self.files).as_posix()
         except ValueError:
             return
+        if change.gone and self._refused:
+            self._removal_seen.set()  # (another link of a refused file, maybe)
         parts = rel.split("/")
         for depth, part in enumerate(parts, 1):
             why = unusable_name(part)
@@ -300,6 +308,29 @@ class Watcher:
                     self.schedule(found)
                 return
         self.schedule(rel)
+
+    async def _look_again_at_refused(self) -> None:
+        """Take again the refused paths that now hold a file with one link (see
+        REFUSED_LOOK_EVERY); a path refused for another reason is refused again, unsaid."""
+        while True:
+            with trio.move_on_after(REFUSED_LOOK_EVERY):
+                await self._removal_seen.wait()
+                await trio.sleep(self.settle)  # (the rest of an rm -r, together)
+            self._removal_seen = trio.Event()
+            if self._refused:
+                for rel in await in_thread(self._single_linked, list(self._refused)):
+                    self.schedule(rel)
+
+    def _single_linked(self, paths: list[str]) -> list[str]:
+        found = []
+        for rel in paths:
+            try:
+                st = os.lstat(self.files / rel)
+            except OSError:
+                continue  # gone: its own event said so
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                found.append(rel)
+        return found
 
     def _folder_files(self, path: Path, rel: str) -> list[str] | None:
         """The files in *path* when it is a folder (not a symlink to one), else None."""

@@ -663,6 +663,58 @@ async def test_a_catalogued_file_that_gains_a_hard_link_is_listed_as_skipped(
     await eventually(unlisted, "the file taken again, no longer listed as skipped")
 
 
+@pytest.mark.parametrize("written_through", ["kept", "removed"])
+async def test_a_file_back_to_one_link_inside_the_store_is_taken_with_no_write(
+    watched: Watched, written_through: str
+) -> None:
+    """The second link removed inside files/ gives an event for that link's path only: the
+    file written while linked is taken once it has one link again, untouched since (a
+    delete of it then would lose what it held)."""
+    first, second = watched.files / "user/a.txt", watched.files / "user/b.txt"
+    write(first, "one link")
+    await watched.wait_checksum("user/a.txt", sha256("one link"))
+    os.link(first, second)
+    kept, removed = (first, second) if written_through == "kept" else (second, first)
+    with kept.open("a") as f:  # (in place: both names see it)
+        f.write(", then written while linked")
+
+    async def listed() -> bool:
+        names = (await health(watched.running))["watcher"]["skipped_names"]
+        return any("hard links" in n for n in names)
+
+    await eventually(listed, "the linked file refused")
+    removed.unlink()
+    rel = kept.relative_to(watched.files).as_posix()
+    await watched.wait_checksum(rel, sha256("one link, then written while linked"))
+
+
+async def test_a_file_whose_other_link_goes_elsewhere_is_taken_with_no_write(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link removed outside files/ gives no event here: the refused paths are looked at
+    again every REFUSED_LOOK_EVERY seconds."""
+    monkeypatch.setattr("horace.watch.REFUSED_LOOK_EVERY", 0.5)
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        catalog = running.server.catalog
+        path = write(running.files / "user/linked.txt", "one link")
+        await eventually(partial(catalog.backend.file_by_path, "user/linked.txt"), "the file")
+        os.link(path, tmp_path / "elsewhere.txt")
+        write(path, "written while linked")
+
+        async def listed() -> bool:
+            return any("hard links" in n for n in (await health(running))["watcher"]["skipped_names"])
+
+        await eventually(listed, "the linked file refused")
+        (tmp_path / "elsewhere.txt").unlink()
+
+        async def taken() -> bool:
+            found = await catalog.backend.file_by_path("user/linked.txt")
+            return found is not None and found.checksum == sha256("written while linked")
+
+        await eventually(taken, "the file taken again, one link, no write")
+
+
 async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> None:
     path = watched.files / "shared/notes.txt"
     write(path, "notes v1")
