@@ -388,6 +388,14 @@ class _NoFolderThere(NotADirectoryError):
     """A file (not a symlink) where a folder of a path should be: the path names nothing."""
 
 
+class SymlinkOnTheWay(HoraceError):
+    """A symlink (or what is not a folder) where a folder of a path should be: what it
+    leads to is out of Horace's reach, never read or written through."""
+
+    def __init__(self, rel: str) -> None:
+        super().__init__(ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlink or non-folder on the way")
+
+
 class _Folders:
     """The folders of a batch of working files, opened component by component with
     ``O_NOFOLLOW`` from ``files/`` (so a folder swapped for a symlink is refused, as
@@ -426,9 +434,7 @@ class _Folders:
             return self._fd(folder), name
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise HoraceError(
-                    ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlink or non-folder on the way"
-                ) from None
+                raise SymlinkOnTheWay(rel) from None
             if exc.errno == errno.ENOENT:
                 raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
             raise
@@ -896,9 +902,7 @@ class Storage:
             yield fd, name
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not isinstance(exc, _NoFolderThere):
-                raise HoraceError(
-                    ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlink or non-folder on the way"
-                ) from None
+                raise SymlinkOnTheWay(rel) from None
             # Opened relative to a folder, the error names the last step only: said whole
             # ("Permission denied: files/user/a.txt", not "a.txt").
             if exc.filename == name:
@@ -1673,7 +1677,9 @@ class Storage:
         should the process die in between, fsck puts the content back.
 
         What holds the path now, when it is no regular file (a folder, a symlink, a FIFO
-        put there since), is not the catalogued file and is never moved: the file is gone.
+        put there since), or a path through a symlink where a folder was (a git checkout
+        of a branch where the folder is a link), is not the catalogued file and is never
+        moved or looked through: the file is gone from ``files/``.
         A file that may not be catalogued as it is (a second hard link) is refused, as
         every tool that versions a working copy refuses it, unless *catalogable* is False
         (a copy Horace wrote, taken back).
@@ -1700,7 +1706,7 @@ class Storage:
                         )
                 os.fsync(dfd)
             os.fsync(tmp_fd)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, SymlinkOnTheWay):
             return None
         finally:
             os.close(tmp_fd)

@@ -1831,6 +1831,23 @@ async def test_repair_goes_on_past_a_file_it_cannot_reach(
     assert (outside / "f.txt").read_text() == "OUTSIDE"
 
 
+async def test_a_delete_through_a_folder_now_a_symlink_records_it_and_touches_nothing(
+    catalog: Catalog, files: Path, tmp_path: Path
+) -> None:
+    """The file is gone from files/ (its folder is a link now): deleted, its history kept,
+    and what the link leads to, a file of the same name included, left as it is."""
+    write(files / "user/sub/f.txt", "in sub")
+    file = (await catalog.register("user/sub/f.txt")).file
+    (files / "user/sub").rename(files / "user/sub_moved")
+    outside = write(tmp_path / "outside/f.txt", "OUTSIDE").parent
+    (files / "user/sub").symlink_to(outside, target_is_directory=True)
+    deleted = (await catalog.delete(file.id)).file
+    assert deleted.status is Status.DELETED and deleted.current_version == 1
+    assert (outside / "f.txt").read_text() == "OUTSIDE"
+    assert (files / "user/sub_moved/f.txt").read_text() == "in sub"
+    assert (await catalog.content(deleted, 1, 1024)).data == b"in sub"
+
+
 async def test_repair_drops_no_version_whose_content_a_file_it_cannot_read_may_hold(
     catalog: Catalog, files: Path, tmp_path: Path
 ) -> None:

@@ -715,6 +715,27 @@ async def test_a_file_whose_other_link_goes_elsewhere_is_taken_with_no_write(
         await eventually(taken, "the file taken again, one link, no write")
 
 
+async def test_a_folder_replaced_by_a_symlink_has_its_files_deleted_and_nothing_behind_touched(
+    watched: Watched,
+) -> None:
+    """A git checkout of a branch where lib/ is a symlink: the files that were in lib/ are
+    gone from files/ (recorded deleted, their history kept), what the link leads to is
+    neither read nor moved, and the watcher is not left retrying for ever."""
+    write(watched.files / "sl/lib/m.py", "module")
+    write(watched.files / "sl/conf/c.ini", "conf")
+    await watched.wait_checksum("sl/lib/m.py", sha256("module"))
+    await watched.wait_checksum("sl/conf/c.ini", sha256("conf"))
+    shutil.rmtree(watched.files / "sl/lib")
+    (watched.files / "sl/lib").symlink_to("conf", target_is_directory=True)
+    await watched.wait_checksum("sl/lib/m.py", sha256("module"), Status.DELETED)
+    await quiet(watched.running)
+    state = (await health(watched.running))["watcher"]
+    assert state["ok"] and not state.get("failing_paths"), state
+    assert (watched.files / "sl/conf/c.ini").read_text() == "conf"
+    assert (await watched.record("sl/conf/c.ini")).status is Status.ACTIVE
+    assert (await watched.record("sl/lib/c.ini")) is None  # (never catalogued through the link)
+
+
 async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> None:
     path = watched.files / "shared/notes.txt"
     write(path, "notes v1")
