@@ -25,6 +25,7 @@ or gone; while any such path waits the watcher is not ok (the server is degraded
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
 import time
@@ -74,6 +75,10 @@ SILENT_HOLDER = 30.0
 # far may be half of what is coming), but not for ever: left alone this many settle times,
 # it is taken as it is (a log kept open, a file written through a shared map).
 HELD_OPEN_SETTLES = 10
+# A file written on and on, each write within a settle time of the last (a log appended to
+# every 100 ms), never settles: it is taken as it is once it has waited this long (seconds;
+# ten settle times if longer), else nothing of it is versioned while the writes go on.
+WRITTEN_ON_TAKEN_AFTER = 30.0
 # A path the watcher may not look at (moved into a folder then made unreadable, say) may be
 # the other half of a file's rename: files that vanished from about then on are not deleted
 # while it stays so, for this long at most (seconds), so that the rename is followed once
@@ -133,6 +138,8 @@ class Watcher:
         self._ahead: dict[str, tuple[tuple[int, int, int, int], float]] = {}
         # Paths another process holds open for writing, and since when (Trio time).
         self._held_open: dict[str, float] = {}
+        # Paths waiting to settle (scheduled, not taken yet), and since when (Trio time).
+        self._waiting: dict[str, float] = {}
         # Paths the watcher may not look at (a permission refused), and since when.
         self._unreadable: dict[str, float] = {}
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
@@ -170,6 +177,15 @@ class Watcher:
         oldest = min(self._due.values(), default=None)
         return 0.0 if oldest is None else round(max(0.0, trio.current_time() - oldest), 1)
 
+    def _unsettled(self) -> float:
+        """How long the path waiting the longest to settle has waited (0: none waits)."""
+        oldest = min(self._waiting.values(), default=None)
+        return 0.0 if oldest is None else round(trio.current_time() - oldest, 1)
+
+    def _written_on_too_long(self, rel: str) -> bool:
+        limit = max(WRITTEN_ON_TAKEN_AFTER, self.settle * HELD_OPEN_SETTLES)
+        return trio.current_time() - self._waiting.get(rel, math.inf) >= limit
+
     def _unwatched(self) -> dict[str, str]:
         return self._feed.unwatched if self._feed is not None and self.watching else {}
 
@@ -187,6 +203,8 @@ class Watcher:
             "failing": len(self._failing),
             "failing_paths": list(self._failing)[-FAILING_SHOWN:],
             "held_open": len(self._held_open),
+            # (A file written on and on: taken as it is past WRITTEN_ON_TAKEN_AFTER.)
+            "unsettled_s": self._unsettled(),
             "held_open_paths": [
                 f"{printable(rel)}: {round(trio.current_time() - since, 1)} s"
                 for rel, since in list(self._held_open.items())[:FAILING_SHOWN]
@@ -412,7 +430,12 @@ class Watcher:
                 self.schedule(rel)
 
     def schedule(self, rel: str, delay: float | None = None) -> None:
-        self._due[rel] = trio.current_time() + (self.settle if delay is None else delay)
+        now = trio.current_time()
+        due = now + (self.settle if delay is None else delay)
+        self._waiting.setdefault(rel, now)
+        if rel in self._due and self._written_on_too_long(rel):
+            due = min(due, self._due[rel])  # written on and on: no longer put off
+        self._due[rel] = due
         self._wakeup.set()
 
     async def _settle_loop(self) -> None:
@@ -558,12 +581,14 @@ class Watcher:
             self._ahead.pop(rel, None)
             self._held_open.pop(rel, None)
             self._unreadable.pop(rel, None)
+            self._waiting.pop(rel, None)
             # A catalogued file is deleted later, unless a new path takes its content
             # (_expire_vanished says when it is done).
             return not await self._vanish(rel)
         if not stat.S_ISREG(st.st_mode):
             # Symlinks, folders and special files are never catalogued; one where a
             # catalogued file was means that file is gone.
+            self._waiting.pop(rel, None)
             record = await self.catalog.backend.file_by_path(rel)
             if record is not None and record.status is Status.ACTIVE:
                 return not self._file_vanished(record)
@@ -578,11 +603,12 @@ class Watcher:
         else:
             self._held_open.pop(rel, None)
             quiet = self.settle
-        if not self._settled(rel, st, quiet):
+        if not self._settled(rel, st, quiet) and not self._written_on_too_long(rel):
             self.counts.retried += 1
             self.schedule(rel)
             return False
         self._held_open.pop(rel, None)
+        self._waiting.pop(rel, None)  # (should the copy fail, the retry waits anew)
         record = await self.catalog.backend.file_by_path(rel)
         if record is None and self._vanished and rel not in self._one_by_one:
             self._maybe_moved.append((rel, st))  # followed with the others of this pass, together

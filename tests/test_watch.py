@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -734,6 +735,38 @@ async def test_a_folder_replaced_by_a_symlink_has_its_files_deleted_and_nothing_
     assert (watched.files / "sl/conf/c.ini").read_text() == "conf"
     assert (await watched.record("sl/conf/c.ini")).status is Status.ACTIVE
     assert (await watched.record("sl/lib/c.ini")) is None  # (never catalogued through the link)
+
+
+async def test_a_file_written_on_and_on_is_versioned_while_the_writes_go_on(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write within a settle time of the last, it never settles: taken as it is once
+    it has waited WRITTEN_ON_TAKEN_AFTER, and /health says how long it has waited."""
+    monkeypatch.setattr("horace.watch.WRITTEN_ON_TAKEN_AFTER", 1.0)
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        catalog, path = running.server.catalog, running.files / "logs/app.log"
+        written: set[str] = set()
+        waited = 0.0
+
+        async def versions() -> list[str]:
+            found = await catalog.backend.file_by_path("logs/app.log")
+            return [] if found is None else [v.checksum for v in await catalog.backend.versions(found.id)]
+
+        with trio.fail_after(TIMEOUT):
+            for n in itertools.count():
+                content = "line\n" * (n + 1)
+                write(path, content)
+                written.add(sha256(content))
+                waited = max(waited, (await health(running))["watcher"]["unsettled_s"])
+                if len(await versions()) >= 2:
+                    break
+                await trio.sleep(SETTLE / 4)
+        assert set(await versions()) <= written  # (states the file held)
+        assert waited >= 1.0 and waited < TIMEOUT
+        await quiet(running)
+        assert (await health(running))["watcher"]["unsettled_s"] == 0.0
+        assert (await versions())[0] == sha256(path.read_text())  # (newest first: the last write)
 
 
 async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> None:
