@@ -75,9 +75,10 @@ SILENT_HOLDER = 30.0
 # far may be half of what is coming), but not for ever: left alone this many settle times,
 # it is taken as it is (a log kept open, a file written through a shared map).
 HELD_OPEN_SETTLES = 10
-# A file written on and on, each write within a settle time of the last (a log appended to
-# every 100 ms), never settles: it is taken as it is once it has waited this long (seconds;
-# ten settle times if longer), else nothing of it is versioned while the writes go on.
+# A file written on and on, each write within a settle time of the last (a log opened and
+# appended to every 100 ms), never settles: it is taken as it is once it has waited this
+# long (seconds; ten settle times if longer), else nothing of it is versioned while the
+# writes go on. Not while a writer holds it open: see HELD_OPEN_SETTLES.
 WRITTEN_ON_TAKEN_AFTER = 30.0
 # A path the watcher may not look at (moved into a folder then made unreadable, say) may be
 # the other half of a file's rename: files that vanished from about then on are not deleted
@@ -603,7 +604,10 @@ class Watcher:
         else:
             self._held_open.pop(rel, None)
             quiet = self.settle
-        if not self._settled(rel, st, quiet) and not self._written_on_too_long(rel):
+        # (One held open waits for its writer whatever: a copy of a big file under way is
+        # no content to version half made, every half minute.)
+        written_on = rel not in self._held_open and self._written_on_too_long(rel)
+        if not self._settled(rel, st, quiet) and not written_on:
             self.counts.retried += 1
             self.schedule(rel)
             return False

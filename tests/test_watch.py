@@ -769,6 +769,35 @@ async def test_a_file_written_on_and_on_is_versioned_while_the_writes_go_on(
         assert (await versions())[0] == sha256(path.read_text())  # (newest first: the last write)
 
 
+async def test_a_file_held_open_and_written_on_and_on_waits_for_its_writer(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy of a big file under way is not versioned half made past
+    WRITTEN_ON_TAKEN_AFTER: its writer holds it open; taken once it is closed."""
+    monkeypatch.setattr("horace.watch.WRITTEN_ON_TAKEN_AFTER", 0.5)
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        catalog, path = running.server.catalog, running.files / "big/copy.bin"
+        path.parent.mkdir(parents=True)
+        with path.open("wb") as copying:
+            limit = max(0.5, SETTLE * HELD_OPEN_SETTLES)
+            for _ in range(int(2 * limit / (SETTLE / 4))):  # (twice the limit)
+                copying.write(b"chunk" * 100)
+                copying.flush()
+                await trio.sleep(SETTLE / 4)
+            assert await catalog.backend.file_by_path("big/copy.bin") is None
+            assert (await health(running))["watcher"]["held_open"] == 1
+        whole = sha256(path.read_bytes())
+
+        async def taken() -> bool:
+            found = await catalog.backend.file_by_path("big/copy.bin")
+            return found is not None and found.checksum == whole
+
+        await eventually(taken, "the copy taken once closed")
+        found = await catalog.backend.file_by_path("big/copy.bin")
+        assert found is not None and found.current_version == 1
+
+
 async def test_delete_soft_deletes_and_content_comes_back(watched: Watched) -> None:
     path = watched.files / "shared/notes.txt"
     write(path, "notes v1")
