@@ -24,6 +24,7 @@ or gone; while any such path waits the watcher is not ok (the server is degraded
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -87,7 +88,9 @@ WRITTEN_ON_TAKEN_AFTER = 30.0
 UNREADABLE_HOLDS_DELETES = 600.0
 # A file refused for its hard links is taken again once it has one: a link removed inside
 # files/ gives an event for that link's path only, and one removed elsewhere none. So the
-# refused paths are looked at a settle time after a removal, and this often (seconds).
+# refused paths are looked at this often (seconds), and, a settle time after a refused
+# path is gone, every file is looked at as at start (a catalogued file written through
+# that link got no event of its own).
 REFUSED_LOOK_EVERY = 60.0
 
 
@@ -159,7 +162,10 @@ class Watcher:
         )
         self._failing: dict[str, int] = {}  # path -> failures in a row (taken again later)
         self._refused: dict[str, str] = {}  # path -> why it may not be catalogued as it is
-        self._removal_seen = trio.Event()  # since the refused paths were last looked at
+        # Since the refused paths were last looked at: a removal seen, and whether one of
+        # them was what went.
+        self._look_at_refused = trio.Event()
+        self._refused_went = False
         self._catch_up_failing: str | None = None  # why a catch-up waits to be done again
         self._feed: ChangeFeed | None = None
 
@@ -311,7 +317,7 @@ class Watcher:
         except ValueError:
             return
         if change.gone and self._refused:
-            self._removal_seen.set()  # (another link of a refused file, maybe)
+            self._look_at_refused.set()  # (another link of a refused file, maybe)
         parts = rel.split("/")
         for depth, part in enumerate(parts, 1):
             why = unusable_name(part)
@@ -329,14 +335,18 @@ class Watcher:
         self.schedule(rel)
 
     async def _look_again_at_refused(self) -> None:
-        """Take again the refused paths that now hold a file with one link (see
-        REFUSED_LOOK_EVERY); a path refused for another reason is refused again, unsaid."""
+        """Take again the refused paths that now hold a file with one link, and what was
+        written through a refused path now gone (see REFUSED_LOOK_EVERY); a path refused
+        for another reason is refused again, unsaid."""
         while True:
             with trio.move_on_after(REFUSED_LOOK_EVERY):
-                await self._removal_seen.wait()
+                await self._look_at_refused.wait()
                 await trio.sleep(self.settle)  # (the rest of an rm -r, together)
-            self._removal_seen = trio.Event()
-            if self._refused:
+            self._look_at_refused = trio.Event()
+            went, self._refused_went = self._refused_went, False
+            if went:
+                await self._catch_up_until_done(0.0)
+            elif self._refused:
                 for rel in await in_thread(self._single_linked, list(self._refused)):
                     self.schedule(rel)
 
@@ -478,7 +488,21 @@ class Watcher:
                 await self._wakeup.wait()
 
     def _present(self, paths: list[str]) -> set[str]:
-        return {rel for rel in paths if os.path.lexists(self.files / rel)}
+        return {rel for rel in paths if self._in_files(rel)}
+
+    def _in_files(self, rel: str) -> bool:
+        """Something is at *rel*, reached without a symlink on the way (a folder made a
+        link, as a git checkout does: what it leads to is not in files/)."""
+        if not os.path.lexists(self.files / rel):
+            return False
+        return "/" not in rel or self.catalog.storage.unreachable(rel) is None
+
+    def _lstat_in_files(self, rel: str) -> os.stat_result:
+        """lstat of *rel*; FileNotFoundError when it is reached through a symlink."""
+        st = os.lstat(self.files / rel)
+        if "/" in rel and self.catalog.storage.unreachable(rel) is not None:
+            raise FileNotFoundError(errno.ENOENT, "a symlink on the way", rel)
+        return st
 
     async def _settle(self, rel: str) -> None:
         correlation_id = f"watch-{uuid.uuid4()}"
@@ -577,12 +601,16 @@ class Watcher:
         storage = self.catalog.storage
         self._forget_copy(rel)  # looked at again: whatever it is now (gone, say)
         try:
-            st = await in_thread(os.lstat, self.files / rel)
+            st = await in_thread(self._lstat_in_files, rel)
         except (FileNotFoundError, NotADirectoryError):
             self._ahead.pop(rel, None)
             self._held_open.pop(rel, None)
             self._unreadable.pop(rel, None)
             self._waiting.pop(rel, None)
+            if rel in self._refused:  # (another link of a catalogued file, maybe)
+                self._no_longer_refused(rel)
+                self._refused_went = True
+                self._look_at_refused.set()
             # A catalogued file is deleted later, unless a new path takes its content
             # (_expire_vanished says when it is done).
             return not await self._vanish(rel)
@@ -593,9 +621,10 @@ class Watcher:
             record = await self.catalog.backend.file_by_path(rel)
             if record is not None and record.status is Status.ACTIVE:
                 return not self._file_vanished(record)
-            if stat.S_ISDIR(st.st_mode):
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 # Perhaps made again where a folder was moved or removed whole, before the
-                # watcher looked: the files catalogued under it that are not there vanish.
+                # watcher looked (or a link put there): the files catalogued under it that
+                # are not there vanish.
                 await self._folder_vanished(rel)
             return True
         if await in_thread(storage.is_being_written, rel):

@@ -664,7 +664,7 @@ async def test_a_catalogued_file_that_gains_a_hard_link_is_listed_as_skipped(
     await eventually(unlisted, "the file taken again, no longer listed as skipped")
 
 
-@pytest.mark.parametrize("written_through", ["kept", "removed"])
+@pytest.mark.parametrize("written_through", ["kept", "removed", "other link"])
 async def test_a_file_back_to_one_link_inside_the_store_is_taken_with_no_write(
     watched: Watched, written_through: str
 ) -> None:
@@ -675,8 +675,8 @@ async def test_a_file_back_to_one_link_inside_the_store_is_taken_with_no_write(
     write(first, "one link")
     await watched.wait_checksum("user/a.txt", sha256("one link"))
     os.link(first, second)
-    kept, removed = (first, second) if written_through == "kept" else (second, first)
-    with kept.open("a") as f:  # (in place: both names see it)
+    kept, removed = (second, first) if written_through == "removed" else (first, second)
+    with (second if written_through == "other link" else kept).open("a") as f:  # (both names see it)
         f.write(", then written while linked")
 
     async def listed() -> bool:
@@ -716,8 +716,9 @@ async def test_a_file_whose_other_link_goes_elsewhere_is_taken_with_no_write(
         await eventually(taken, "the file taken again, one link, no write")
 
 
+@pytest.mark.parametrize("how", ["removed", "moved out", "moved"])
 async def test_a_folder_replaced_by_a_symlink_has_its_files_deleted_and_nothing_behind_touched(
-    watched: Watched,
+    watched: Watched, how: str
 ) -> None:
     """A git checkout of a branch where lib/ is a symlink: the files that were in lib/ are
     gone from files/ (recorded deleted, their history kept), what the link leads to is
@@ -726,15 +727,27 @@ async def test_a_folder_replaced_by_a_symlink_has_its_files_deleted_and_nothing_
     write(watched.files / "sl/conf/c.ini", "conf")
     await watched.wait_checksum("sl/lib/m.py", sha256("module"))
     await watched.wait_checksum("sl/conf/c.ini", sha256("conf"))
-    shutil.rmtree(watched.files / "sl/lib")
+    write(watched.files / "sl/conf/m.py", "not lib's")  # (the same name behind the link)
+    if how == "removed":
+        shutil.rmtree(watched.files / "sl/lib")
+    elif how == "moved out":
+        (watched.files / "sl/lib").rename(watched.files.parent / "lib-moved-out")
+    else:
+        (watched.files / "sl/lib").rename(watched.files / "sl/lib-moved")
     (watched.files / "sl/lib").symlink_to("conf", target_is_directory=True)
-    await watched.wait_checksum("sl/lib/m.py", sha256("module"), Status.DELETED)
+    if how == "moved":
+        await watched.wait_checksum("sl/lib-moved/m.py", sha256("module"))
+    else:
+        await watched.wait_checksum("sl/lib/m.py", sha256("module"), Status.DELETED)
     await quiet(watched.running)
     state = (await health(watched.running))["watcher"]
     assert state["ok"] and not state.get("failing_paths"), state
     assert (watched.files / "sl/conf/c.ini").read_text() == "conf"
+    assert (watched.files / "sl/conf/m.py").read_text() == "not lib's"
     assert (await watched.record("sl/conf/c.ini")).status is Status.ACTIVE
     assert (await watched.record("sl/lib/c.ini")) is None  # (never catalogued through the link)
+    at_link = await watched.record("sl/lib/m.py")  # (moved: the record went with the folder)
+    assert at_link is None or at_link.status is not Status.ACTIVE
 
 
 async def test_a_file_written_on_and_on_is_versioned_while_the_writes_go_on(
