@@ -488,14 +488,19 @@ class Watcher:
                 await self._wakeup.wait()
 
     def _present(self, paths: list[str]) -> set[str]:
-        return {rel for rel in paths if self._in_files(rel)}
+        return {rel for rel in paths if os.path.lexists(self.files / rel)}
 
-    def _in_files(self, rel: str) -> bool:
-        """Something is at *rel*, reached without a symlink on the way (a folder made a
-        link, as a git checkout does: what it leads to is not in files/)."""
-        if not os.path.lexists(self.files / rel):
-            return False
-        return "/" not in rel or self.catalog.storage.unreachable(rel) is None
+    def _in_files(self, paths: list[str]) -> set[str]:
+        """Of *paths*, those where something is, reached without a symlink on the way (a
+        folder made a link, as a git checkout does: what it leads to is not in files/)."""
+        found = set()
+        for rel in paths:
+            try:
+                self._lstat_in_files(rel)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            found.add(rel)
+        return found
 
     def _lstat_in_files(self, rel: str) -> os.stat_result:
         """lstat of *rel*; FileNotFoundError when it is reached through a symlink."""
@@ -778,7 +783,7 @@ class Watcher:
         and its wait starts then, not now, when the other half of its rename is not due.)"""
         now = trio.current_time()
         under = await self.catalog.files_under(rel, Status.ACTIVE)
-        present = await in_thread(self._present, [found.file_path for found in under])
+        present = await in_thread(self._in_files, [found.file_path for found in under])
         for found in under:
             if found.file_path not in present:
                 self._vanished.add(found, now)
