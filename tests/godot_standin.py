@@ -85,6 +85,7 @@ class GodotStandIn:
         self.initialized = 0
         self.connections = 0  # accepted so far
         self.open_connections = 0
+        self.sockets: list[WebSocketConnection] = []  # the open connections, to ping them
         self.max_outstanding = 0
         self.changed = trio.Condition()  # notified whenever a call was handled
         self._nursery: trio.Nursery | None = None
@@ -177,6 +178,7 @@ class GodotStandIn:
         ws = await request.accept()
         self.connections += 1
         self.open_connections += 1
+        self.sockets.append(ws)
         send, receive = trio.open_memory_channel[Any](1_000_000)
         seen = 0
         outstanding = [0]
@@ -219,6 +221,7 @@ class GodotStandIn:
                 await ws.aclose()
         finally:
             self.open_connections -= 1
+            self.sockets.remove(ws)
 
     async def _replier(
         self, ws: WebSocketConnection, receive: trio.MemoryReceiveChannel[Any], outstanding: list[int]

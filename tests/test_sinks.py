@@ -638,6 +638,26 @@ async def test_batches_are_pipelined_to_a_slow_godot() -> None:
     assert [c["message"] for c in godot.calls] == [f"m{i}" for i in range(60)]
 
 
+async def test_an_idle_godot_connection_answers_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that pings its clients (websockets' does every 20 s, and closes a client
+    whose pong is late) keeps an idle sink connected: with no entry to send, the sink
+    still reads, and answers."""
+    monkeypatch.setattr(horace.sinks.supervisor, "IDLE_EVERY", 0.2)
+    async with godot_standin() as godot:
+        runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, **FAST)
+        async with running(runner):
+            runner.emit(entry(0))
+            await eventually(lambda: runner.delivered == 1)
+            [socket] = godot.sockets
+            for _ in range(3):  # idle, pinged now and then
+                await trio.sleep(0.3)
+                with trio.fail_after(2):
+                    await socket.ping()
+            runner.emit(entry(1))
+            await eventually(lambda: runner.delivered == 2)
+    assert godot.connections == 1 and godot.messages() == ["m0", "m1"]
+
+
 class CountingStream(trio.abc.Stream):
     """A stream that counts the reads that brought data."""
 

@@ -63,6 +63,8 @@ class ConversationTransport:
 
     def _deliverer(self, backend: Backend) -> Deliver:
         async def deliver(batch: list[dict[str, Any]]) -> int:
+            if not batch:
+                return 0  # (the catalog's connection needs no keeping alive)
             turns = []
             malformed = 0
             for entry in batch:  # (a spool line edited by hand, or of another release)

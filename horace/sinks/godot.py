@@ -46,6 +46,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # an answer longer than this is not Godot'
 # before a shutdown, is not held on the wire.
 ANSWER_GATHER = 0.002
 GATHER_FROM = 8  # answers outstanding
+IDLE_READ = 0.05  # seconds an idle connection is read, every IDLE_EVERY (see answer_pings)
 # The WebSocket library's own log: under the sinks' logger, which never feeds a sink.
 _PROTOCOL_LOG = logging.getLogger("horace.sinks.godot.websocket")
 
@@ -118,6 +119,16 @@ class _Socket:
         messages = list(self._received)
         self._received.clear()
         return messages
+
+    async def answer_pings(self) -> None:
+        """Read what Godot sent while no batch was out, for IDLE_READ seconds: its pings
+        are answered (a server that pings, as websockets' does every 20 s, closes a client
+        that leaves them unanswered), and a close is seen now, not by the next batch. (A
+        read cut short loses nothing, the TLS handshake being done.)"""
+        with trio.move_on_after(IDLE_READ):
+            while True:
+                await self._read()
+                self._received.clear()  # (no call is out: nothing that came is an answer)
 
     async def _read(self) -> None:
         data = await self._stream.receive_some(RECEIVE_BYTES)
@@ -232,6 +243,9 @@ class GodotTransport:
                 await ws.send([json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})])
 
                 async def deliver(batch: list[dict[str, Any]]) -> int:
+                    if not batch:
+                        await ws.answer_pings()
+                        return 0
                     malformed = [entry for entry in batch if not is_log_entry(entry)]
                     if malformed:  # (a spool line edited by hand, or of another release)
                         log.error(

@@ -48,7 +48,12 @@ BATCH_BYTES = 1024 * 1024
 
 # Delivers a batch or raises; says how many of its entries the destination refused (an
 # answer that retrying would not change: counted, not sent again).
+# Delivers a batch, and says how many of its entries the destination refused (not to be
+# retried); or raises. An empty batch, given when nothing was queued for IDLE_EVERY seconds,
+# delivers nothing: the transport keeps its connection alive (answers what the destination
+# sent meanwhile: a WebSocket's pings).
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[int]]
+IDLE_EVERY = 5.0
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -285,7 +290,10 @@ class SinkRunner:
     async def _deliver_one(self, deliver: Deliver, linger: float = 0.0) -> None:
         while not self._queue:
             self._ready = trio.Event()
-            await self._ready.wait()
+            with trio.move_on_after(IDLE_EVERY) as idle:
+                await self._ready.wait()
+            if idle.cancelled_caught:
+                await deliver([])  # (see Deliver)
         if linger and len(self._queue) < self._batch_limit and self._queued_bytes < BATCH_BYTES:
             with trio.move_on_after(linger):  # gather a batch (emit wakes us when it is full)
                 self._wake_at = self._batch_limit
