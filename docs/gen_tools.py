@@ -131,7 +131,10 @@ NOTES = {
     "horace_diff_versions": "When both versions are at most `HORACE_MAX_READ_BYTES`, both are read "
     "from the object store (and checked against their checksums); text (UTF-8 without NUL bytes) "
     "gets a diff with 3 lines of context, anything else `kind: binary`. When either is larger, "
-    "neither is read: `kind: large`, and the sizes and checksums are the catalog's.",
+    "neither is read: `kind: large`, and the sizes and checksums are the catalog's. The "
+    "`---`/`+++` lines name each version `path@vN`, quoted as git quotes a name (`\"user/a\\nb@v1\"`) "
+    "when the path holds a control character, a quote or a backslash, so that no name forges a "
+    "line of the diff.",
     "horace_verify": "Problem kinds: `missing_object`, `checksum_mismatch`, `no_versions`, "
     "`working_missing`, `working_modified`, `working_unreadable` (its folder, or itself), "
     "`working_refused` (there, but not catalogable as it is: hard linked, a FIFO; its changes "

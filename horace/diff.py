@@ -15,6 +15,7 @@ it: a correct diff, if not the shortest.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator
 
 import trio
@@ -108,8 +109,8 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
         lines = _unified(
             before.splitlines(keepends=True),
             after.splitlines(keepends=True),
-            f"{old.file.file_path}@v{old.version.version}",
-            f"{new.file.file_path}@v{new.version.version}",
+            _header_name(f"{old.file.file_path}@v{old.version.version}"),
+            _header_name(f"{new.file.file_path}@v{new.version.version}"),
         )
         kept: list[str] = []
         size = 0
@@ -129,6 +130,29 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
         diff = "".join(kept)
     kind = "text" if diff is not None else "binary"
     return _summary(new.file, old.version, new.version, kind, diff=diff, truncated=truncated)
+
+
+# What may not stand bare in a ---/+++ line: what could end it and forge the lines after it
+# (a newline; U+2028, which splitlines() ends a line at), take over a terminal (escapes),
+# or make the name read as another (bidirectional overrides); and the quote and backslash
+# that quoting itself uses.
+_NEEDS_QUOTING = re.compile(
+    '["\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]'
+)
+_C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def _header_name(label: str) -> str:
+    """*label* (a path and its version) for a diff's header line: as it is, or quoted as
+    git quotes a name (C escapes, any other such character's UTF-8 bytes in octal)."""
+    if _NEEDS_QUOTING.search(label) is None:
+        return label
+
+    def escaped(match: re.Match[str]) -> str:
+        char = match.group()
+        return _C_ESCAPES.get(char) or "".join(f"\\{byte:03o}" for byte in char.encode("utf-8"))
+
+    return '"' + _NEEDS_QUOTING.sub(escaped, label) + '"'
 
 
 def _unified(a: list[str], b: list[str], fromfile: str, tofile: str) -> Iterator[str]:
