@@ -1275,9 +1275,15 @@ class Catalog:
         rel_under = None
         if under is not None:
             rel_under = self.relative(under, folder=True) or None  # (files/ itself: all of it)
-            if rel_under is not None and not await in_thread((self.storage.files / rel_under).is_dir):
-                if not under.endswith("/") and await in_thread((self.storage.files / rel_under).is_file):
-                    return await self._scan_one(rel_under, correlation_id, progress)
+            target = self.storage.files / (rel_under or "")
+            if rel_under is not None and not await in_thread(target.is_dir):
+                if await in_thread(target.is_file):
+                    if not under.endswith("/"):
+                        return await self._scan_one(rel_under, correlation_id, progress)
+                elif await in_thread(target.exists):  # a FIFO, a socket, a device
+                    raise HoraceError(
+                        ErrorCode.INVALID_PATH, f"{rel_under!r} is not a regular file or a folder"
+                    )
                 raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder or file {rel_under!r} under files/")
         async with self.walking:
             return await self._scan_folder(rel_under, correlation_id, progress, rehash)

@@ -1914,6 +1914,11 @@ async def test_a_scan_of_one_file_takes_that_file(catalog: Catalog, files: Path)
         with pytest.raises(HoraceError) as excinfo:
             await catalog.scan(absent)
         assert excinfo.value.code in (ErrorCode.FILE_NOT_FOUND, ErrorCode.INVALID_PATH), excinfo.value
+    os.mkfifo(files / "user/fifo")  # there, but no file to take: said so, not "no such file"
+    with pytest.raises(HoraceError) as excinfo:
+        await catalog.scan("user/fifo")
+    assert excinfo.value.code is ErrorCode.INVALID_PATH
+    assert "'user/fifo' is not a regular file or a folder" in excinfo.value.message
 
 
 async def test_a_new_file_whose_content_left_its_file_is_left_for_the_rename(
