@@ -691,7 +691,7 @@ class Catalog:
 
     async def resolve(self, ref: str) -> FileRecord:
         """A file by id, or by path when *ref* is not a catalogued id."""
-        found = await self.backend.file_by_id(ref)
+        found = await self.backend.file_by_id(ref) if ref.isascii() else None  # (an id is ASCII)
         if found is None:
             found = await self.backend.file_by_path(self.relative(ref, on_disk=False))
         if found is None:

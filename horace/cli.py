@@ -52,6 +52,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
+from horace.paths import printable
 from horace.redact import redact_url
 from horace.storage import STORAGE_ERRNOS, StorageUnusable, storage_full, storage_refusal
 from horace.supervise import the_failure
@@ -79,6 +80,24 @@ class _Moment(click.ParamType):
 
 
 MOMENT = _Moment()
+
+
+class _Text(click.ParamType):
+    """Text as the catalog stores it: UTF-8. An argument holding bytes that are not (a name
+    of files/ as the shell completed it, say) arrives with surrogate escapes, and would
+    match nothing the catalog could hold."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{value} is not valid UTF-8")  # (escaped as every error line is)
+        return str(value)
+
+
+TEXT = _Text()
 
 
 class Exit(enum.IntEnum):
@@ -312,7 +331,7 @@ def _client_path(ctx: click.Context, arg: str) -> str:
 
 async def _resolve(ctx: click.Context, c: Catalog, ref: str) -> FileRecord:
     """A file by id, or by path (see :func:`_client_path`)."""
-    by_id = await c.backend.file_by_id(ref)
+    by_id = await c.backend.file_by_id(ref) if ref.isascii() else None  # (an id is ASCII)
     return by_id or await c.resolve(_client_path(ctx, ref))
 
 
@@ -326,15 +345,24 @@ SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace 
 
 # Control characters, line and paragraph separators, and the bidirectional overrides and
 # isolates (which make a name read as another); and the backslash, so that a name holding
-# "\n" (two characters) does not read as one holding a newline.
-_CONTROL = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# "\n" (two characters) does not read as one holding a newline; and a byte that is not
+# UTF-8 (an argument's, as a surrogate escape), shown as \xNN.
+_CONTROL = re.compile(
+    "[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\udc80-\udcff]"
+)
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def _shown(text: str) -> str:
     """*text* for a line of output: a control character in a name (a newline, an escape,
     a right-to-left override) is shown escaped, so that it cannot end the line, forge
     another, or disguise the name; a backslash is shown doubled."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return _CONTROL.sub(lambda m: _escaped(m.group()), text)
 
 
 class _ShownLines(logging.Formatter):
@@ -382,10 +410,10 @@ def init(ctx: click.Context, adopt: bool) -> None:
 
 @cli.command()
 @click.argument("path")
-@click.option("--owner", help="Who owns it (default: the component folder it is in).")
-@click.option("--purpose", help="What it is for (searchable text).")
-@click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
-@click.option("--collection", help="Add it to this collection (made if new).")
+@click.option("--owner", help="Who owns it (default: the component folder it is in).", type=TEXT)
+@click.option("--purpose", help="What it is for (searchable text).", type=TEXT)
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).", type=TEXT)
+@click.option("--collection", help="Add it to this collection (made if new).", type=TEXT)
 @global_options
 @click.pass_context
 def register(
@@ -434,23 +462,23 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 
 
 @cli.command()
-@click.option("--tag", "tags", multiple=True, help="Has all of these tags (repeat for more).")
-@click.option("--any-tag", "any_tags", multiple=True, help="Has any of these tags.")
-@click.option("--owner")
-@click.option("--purpose", help="Prefixes of words of the purpose or path (all).")
-@click.option("--path", help="Glob relative to files/ (* also crosses /).")
-@click.option("--collection")
-@click.option("--type", "file_type", help="MIME type (image/*) or extension.")
+@click.option("--tag", "tags", multiple=True, help="Has all of these tags (repeat for more).", type=TEXT)
+@click.option("--any-tag", "any_tags", multiple=True, help="Has any of these tags.", type=TEXT)
+@click.option("--owner", type=TEXT)
+@click.option("--purpose", help="Prefixes of words of the purpose or path (all).", type=TEXT)
+@click.option("--path", help="Glob relative to files/ (* also crosses /).", type=TEXT)
+@click.option("--collection", type=TEXT)
+@click.option("--type", "file_type", help="MIME type (image/*) or extension.", type=TEXT)
 @click.option("--min-size", type=click.IntRange(0, INT64_MAX))
 @click.option("--max-size", type=click.IntRange(0, INT64_MAX))
 @click.option("--created-after", type=MOMENT, help="ISO 8601; UTC when no zone is given.")
 @click.option("--created-before", type=MOMENT, help="ISO 8601; UTC when no zone is given.")
-@click.option("--checksum")
-@click.option("--correlation-id")
+@click.option("--checksum", type=TEXT)
+@click.option("--correlation-id", type=TEXT)
 @click.option("--status", type=click.Choice([*(s.value for s in Status), "all"]), default="active")
 @click.option("--limit", type=click.IntRange(1, MAX_SEARCH_LIMIT), default=50)
 @click.option("--offset", type=click.IntRange(0, INT64_MAX), default=0)
-@click.option("--cursor")
+@click.option("--cursor", type=TEXT)
 @click.option("--sort-by", type=click.Choice([k.value for k in SortKey]), default="created_at")
 @click.option("--order", type=click.Choice([o.value for o in Order]), default="desc")
 @global_options
@@ -492,12 +520,12 @@ def search(
 
 @cli.command()
 @click.argument("ref", metavar="PATH|ID")
-@click.option("--tag", "tags", multiple=True, help="Replace the tags (repeat).")
+@click.option("--tag", "tags", multiple=True, help="Replace the tags (repeat).", type=TEXT)
 @click.option("--clear-tags", is_flag=True, help="Remove every tag.")
-@click.option("--owner", help="The new owner.")
-@click.option("--purpose", help="The new purpose.")
+@click.option("--owner", help="The new owner.", type=TEXT)
+@click.option("--purpose", help="The new purpose.", type=TEXT)
 @click.option("--status", type=click.Choice([s.value for s in Status]))
-@click.option("--collection", help="Add to this collection.")
+@click.option("--collection", help="Add to this collection.", type=TEXT)
 @click.option("--no-check", is_flag=True, help="Do not look for changed content.")
 @global_options
 @click.pass_context
@@ -1049,7 +1077,8 @@ def _failure(exc: BaseException) -> Failure | None:
 
 def _say(failure: Failure, as_json: bool) -> None:
     if as_json:
-        body = {"error": {"code": failure.code, "message": failure.message, "exit_code": int(failure.exit)}}
+        message = printable(failure.message)  # (an argument's bytes that are not UTF-8, as \xNN)
+        body = {"error": {"code": failure.code, "message": message, "exit_code": int(failure.exit)}}
         click.echo(json.dumps(body), err=True)
     else:
         # One line, whatever the message holds (PostgreSQL's add "\nHINT: ..." lines).

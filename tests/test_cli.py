@@ -641,6 +641,42 @@ def test_a_tool_error_exits_by_its_code(code: ErrorCode, exit_code: Exit) -> Non
     assert (failure.exit, failure.code) == (exit_code, code.value)
 
 
+NOT_UTF8_PATH = os.fsdecode(b"user/a\xff.txt")  # as the shell passes a name that is not UTF-8
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["info", NOT_UTF8_PATH],
+        ["show", NOT_UTF8_PATH],
+        ["delete", NOT_UTF8_PATH],
+        ["undelete", NOT_UTF8_PATH],
+        ["verify", NOT_UTF8_PATH],
+        ["restore", NOT_UTF8_PATH, "1"],
+        ["diff", NOT_UTF8_PATH, "1"],
+        ["update", NOT_UTF8_PATH, "--owner", "x"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_a_path_argument_that_is_not_utf8_is_an_invalid_path(
+    store: tuple[Path, dict[str, str]], args: list[str]
+) -> None:
+    """Such a name is never catalogued: refused as register and scan refuse it, not INTERNAL."""
+    _, env = store
+    line = one_line_error(horace(*args, env=env), Exit.REFUSED, "INVALID_PATH", "not valid UTF-8")
+    assert "\udcff" not in line
+
+
+@pytest.mark.parametrize("option", ["--owner", "--purpose", "--path", "--tag", "--checksum"])
+def test_a_search_option_that_is_not_utf8_is_a_usage_error(
+    store: tuple[Path, dict[str, str]], option: str
+) -> None:
+    _, env = store
+    done = horace("search", option, NOT_UTF8_PATH, env=env)
+    assert done.returncode == Exit.USAGE, (done.returncode, done.stderr)
+    assert "user/a\\xff.txt is not valid UTF-8" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_domain_errors_json_and_global_options_anywhere(store: tuple[Path, dict[str, str]]) -> None:
     root, env = store
     one_line_error(horace("info", "user/nothing.txt", env=env), Exit.REFUSED, "NOT_CATALOGED")
