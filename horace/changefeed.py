@@ -4,8 +4,9 @@ Either feed is an async context manager: once entered, the watch is in place; it
 gives batches of changed paths. A path is a :class:`~pathlib.Path` built from the bytes
 the kernel gave, decoded with :func:`os.fsdecode`, so a name that is not UTF-8 arrives
 with surrogate escapes (``b"\\xff"`` as ``"\\udcff"``) and is never an error here: what
-can be catalogued is the watcher's business. Folders whose names can never be catalogued
-(:func:`horace.paths.unusable_name`) are reported but not looked into.
+can be catalogued is the watcher's business. Folders that can never hold a catalogued file
+(a name :func:`horace.paths.unusable_name` refuses, or a path already past
+:func:`horace.paths.too_long`'s limits) are reported but not looked into.
 
 A feed that can no longer watch raises :class:`WatchFailed` (files/ moved, removed or
 unmounted; the inotify watch limit reached); the supervisor then restarts the watcher,
@@ -36,7 +37,7 @@ import attrs
 import trio
 from inotify_simple import INotify, flags
 
-from horace.paths import printable, unusable_name
+from horace.paths import printable, too_long, unusable_name
 from horace.supervise import Environmental
 
 log = logging.getLogger("horace.watch")
@@ -59,6 +60,17 @@ _ROOT_MASK = _EVENTS | flags.ONLYDIR  # files/ itself may be reached through a s
 _ROOT_LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
 QUIET = 0.02  # a batch ends after this long without events ...
 DEBOUNCE = 0.1  # ... or this long after its first
+
+
+def _looked_into(root: str, folder: str) -> bool:
+    """Whether *folder* (a path under *root*) may hold a file to catalog: its name may be
+    catalogued, and its path leaves room for a file's (one deeper than PATH_MAX cannot
+    even be watched, and would leave the watch degraded for good over files nobody may
+    catalog; a scan reports it as skipped)."""
+    return (
+        unusable_name(os.path.basename(folder)) is None
+        and too_long(Path(root), folder[len(root) + 1 :]) is None
+    )
 
 
 class WatchFailed(Environmental):
@@ -217,7 +229,7 @@ class InotifyFeed:
                     self._forget(path)
                 elif mask & flags.DELETE:
                     self._forget_unwatched(path)  # (its watches end on their own: IN_IGNORED)
-                elif mask & (flags.CREATE | flags.MOVED_TO) and unusable_name(name) is None:
+                elif mask & (flags.CREATE | flags.MOVED_TO) and _looked_into(self.root, path):
                     new_folders.append(path)
                 elif mask & flags.ATTRIB and self._holds_unwatched(path):
                     new_folders.append(path)  # readable again, perhaps: watched anew
@@ -276,9 +288,9 @@ class InotifyFeed:
     def _watch_tree(self, top: str) -> list[tuple[str, int]]:
         """Watch *top* and every folder under it; (folder, watch descriptor) for each.
 
-        Symlinks are not followed, and folders whose names can never be catalogued are
-        not entered. A folder gone meanwhile is passed over; files/ itself that cannot be
-        watched, or the watch limit reached, is fatal.
+        Symlinks are not followed, and folders that can never hold a catalogued file
+        (:func:`_looked_into`) are not entered. A folder gone meanwhile is passed over;
+        files/ itself that cannot be watched, or the watch limit reached, is fatal.
         """
         assert self._inotify is not None
         added = []
@@ -307,7 +319,7 @@ class InotifyFeed:
                     pending.extend(
                         entry.path
                         for entry in entries
-                        if entry.is_dir(follow_symlinks=False) and unusable_name(entry.name) is None
+                        if entry.is_dir(follow_symlinks=False) and _looked_into(self.root, entry.path)
                     )
             except OSError as exc:  # gone since, or unreadable: its events still come
                 log.debug("watch: not listing %s: %s", printable(folder), exc)
@@ -402,7 +414,7 @@ class PollFeed:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue  # gone since the listing
-                if stat.S_ISDIR(st.st_mode) and unusable_name(entry.name) is None:
+                if stat.S_ISDIR(st.st_mode) and _looked_into(self.root, entry.path):
                     pending.append(entry.path)
                 else:
                     found[entry.path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -950,6 +950,15 @@ class Storage:
         except OSError:
             return False
 
+    def uncatalogable(self, rel: str) -> str | None:
+        """Why a file at *rel* could never be catalogued (a name of it, or its length),
+        or None: what a walk passes over, and the watcher, and what no rename is followed to."""
+        for name in rel.split("/"):
+            why = unusable_name(name)
+            if why is not None:
+                return why
+        return too_long(self._resolved_files, rel)
+
     def unreachable(self, rel: str) -> str | None:
         """Why *rel* cannot be reached (a symlink, or a file, where a folder of its path
         should be); None when it can, or its folder is merely missing."""

@@ -324,6 +324,13 @@ class Watcher:
             if why is not None:  # reported up to the bad name: what is under it is never looked at
                 self._skip(f"{printable('/'.join(parts[:depth]))}: {why}")
                 return
+        why = self.catalog.storage.uncatalogable(rel)
+        if why is not None:
+            # Never catalogued, nor followed there: a catalogued file renamed to such a
+            # path has gone from the catalog's sight (deleted, as when moved out of files/),
+            # rather than kept at a path no later write of it could be versioned under.
+            self._skip(f"{printable(rel)}: {why}")
+            return
         if not change.gone:
             inside = await in_thread(self._folder_files, change.path, rel)
             if inside is not None:

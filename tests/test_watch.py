@@ -1498,6 +1498,73 @@ async def test_a_name_that_cannot_be_catalogued_is_skipped_and_the_watch_goes_on
             assert await backend.file_by_checksum(sha256(content)) is None
 
 
+def append_raw(path: bytes, content: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(content)
+
+
+def read_raw(path: bytes) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def make_deep(files: Path, under: str, name: str, depth: int) -> bytes:
+    """Folders *name* nested *depth* deep under files/*under* (made one at a time relative to
+    the last, so past PATH_MAX too, as another service may); their path under files/."""
+    fd = os.open(files / under, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            deeper = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+    finally:
+        os.close(fd)
+    return os.fsencode(under) + (b"/" + os.fsencode(name)) * depth
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
+async def test_a_file_renamed_past_the_path_limit_is_deleted_and_a_folder_past_path_max_is_no_degradation(
+    settings: Settings, poll: bool
+) -> None:
+    """A catalogued file renamed by another service to a path too long to catalog has left
+    the catalog's sight, as if moved out of files/: recorded deleted (its history kept), not
+    followed to a path where no later write of it could be versioned. A folder too deep to
+    be watched at all holds nothing to catalog: the watch is not degraded by it."""
+    # (Written before the watch starts: polling sees it at its first look, so sees it go.)
+    write(settings.storage_path / "files/user/a.txt", "first")
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        files = running.files
+        await eventually(lambda: _has_checksum(running, "user/a.txt", sha256("first")), "user/a.txt")
+        record = await running.server.catalog.backend.file_by_path("user/a.txt")
+        long_folder = make_deep(files, "user", "d" * 200, 10)  # 2,015 bytes: past the limit of 2,000
+        os.rename(files / "user/a.txt", os.path.join(os.fsencode(files), long_folder, b"a.txt"))
+
+        async def deleted() -> bool:
+            found = await running.server.catalog.backend.file_by_id(record.id)
+            return found.status is Status.DELETED
+
+        await eventually(deleted, "user/a.txt recorded deleted")
+        found = await running.server.catalog.backend.file_by_id(record.id)
+        assert (found.file_path, found.checksum) == ("user/a.txt", sha256("first"))
+        moved_to = os.path.join(os.fsencode(files), long_folder, b"a.txt")
+        append_raw(moved_to, b", then more")  # (nothing to version: its path is never catalogued)
+        deep_folder = make_deep(files, "shared", "e" * 200, 22)  # past PATH_MAX from /
+        write(files / "user/after.txt", "after")
+        await eventually(lambda: _has_checksum(running, "user/after.txt", sha256("after")), "user/after.txt")
+        await quiet(running)
+        assert read_raw(moved_to) == b"first, then more"  # left where its writer put it
+        body = await _http_health(running)
+        part = body["watcher"]
+        assert (body["status"], part["restarts"], part["errors"]) == ("ok", 0, 0)
+        assert part["unwatched_folders"] == []
+        assert part["skipped"] >= 1  # the long paths, reported
+        paths = {f.file_path for f in await running.server.catalog.backend.all_files()}
+        assert paths == {"user/a.txt", "user/after.txt"}
+        assert len(os.path.join(os.fsencode(files), deep_folder)) > 4096
+
+
 async def test_a_scan_registers_the_valid_files_beside_names_it_skips(catalog: Catalog, files: Path) -> None:
     valid = ["user/a.txt", "user/m.txt", "user/z.txt", "shared/deep/b.txt"]
     for rel in valid:
