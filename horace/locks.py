@@ -34,6 +34,9 @@ def _flock(kind: int, offset: int) -> bytes:
 # The lock byte of the store's watch lease (see FileLocks.take_watch_lease): the last one
 # a lock can take; a path's key is never it but once in 2**63.
 WATCH_LEASE = (1 << 63) - 1
+# What the lock file holds (its locks are on bytes past its end) once a holder of the watch
+# lease has given a sign of life (see FileLocks.holders_beat).
+HOLDERS_BEAT = b"holders of the watch lease give signs of life\n"
 
 
 def lock_key(rel_path: str) -> int:
@@ -57,6 +60,7 @@ class FileLocks:
         self._entries: dict[str, _Entry] = {}
         self.wait_seconds = wait_seconds
         self.holds_watch_lease = False
+        self._marked = False  # (see beat)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -70,8 +74,20 @@ class FileLocks:
     def beat(self) -> None:
         """A sign of life of the watch lease's holder: the lock file's mtime set to the
         filesystem's now (the lease outlives a process that is stopped or hung, but not
-        its signs of life; see :meth:`last_beat_ns`)."""
-        os.utime(self._file())
+        its signs of life; see :meth:`last_beat_ns`). The first also leaves the lock
+        file's mark that this store's holders give them (:meth:`holders_beat`)."""
+        fd = self._file()
+        if not self._marked:
+            os.pwrite(fd, HOLDERS_BEAT, 0)
+            self._marked = True
+        os.utime(fd)
+
+    def holders_beat(self) -> bool:
+        """Whether a holder of the watch lease has ever given signs of life here: a holder
+        of a release from before them never does (a rolling upgrade), and is not to be
+        taken for one stopped; once one has, a holder silent from a standby's first look
+        (stopped before it started) is."""
+        return os.fstat(self._file()).st_size > 0
 
     def last_beat_ns(self) -> int:
         """When the lease's holder last gave a sign of life, on the filesystem's clock."""

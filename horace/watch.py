@@ -261,6 +261,7 @@ class Watcher:
         try:
             beat = await in_thread(locks.last_beat_ns)
             silent = (await in_thread(storage.clock_ns) - beat) / 1e9
+            marked = self._first_beat is None and await in_thread(locks.holders_beat)
         except OSError as exc:
             if not self._unreadable_beat:
                 log.warning("watch: the watch lease holder's signs of life cannot be read: %s", exc)
@@ -269,10 +270,11 @@ class Watcher:
         self._unreadable_beat = False
         if self._first_beat is None:
             self._first_beat = beat
-        self._holder_beats = self._holder_beats or beat != self._first_beat
+        self._holder_beats = self._holder_beats or marked or beat != self._first_beat
         if not self._holder_beats:
-            # Only a holder seen giving signs of life is said silent: one of a release from
-            # before them (a rolling upgrade) never gives any, and is not taken for stopped.
+            # Only a holder of a store whose holders give signs of life is said silent: one
+            # of a release from before them (a rolling upgrade) never gives any, and is not
+            # taken for stopped.
             return
         if silent < SILENT_HOLDER:
             if self.holder_silent_s is not None:

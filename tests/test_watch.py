@@ -1183,6 +1183,28 @@ async def test_a_standby_says_when_the_lease_holder_gives_no_sign_of_life(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_standby_started_behind_a_holder_already_silent_says_so(
+    catalog: Catalog, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a store whose lease holders have given signs of life, a holder stopped before a
+    standby's first look is said silent by it, though the standby never saw it beat."""
+    monkeypatch.setattr(horace.watch, "LEASE_LOOK_EVERY", 0.1)
+    monkeypatch.setattr(horace.watch, "BEAT_EVERY", 0.1)
+    watcher = horace.watch.Watcher(catalog, settle=0.1)
+    long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
+    async with trio.open_nursery() as nursery, open_catalog(settings, check=False) as holder:
+        assert holder.locks.take_watch_lease()
+        holder.locks.beat()  # its signs of life, then it stopped (SIGSTOP) a minute ago
+        os.utime(holder.storage.lock_file, (long_ago, long_ago))
+        nursery.start_soon(watcher.run)
+        await eventually(lambda: _true(watcher.standby), "standing by")
+        await eventually(lambda: _true(not watcher.ok), "the silence seen")
+        assert watcher.status()["lease_holder_silent_s"] >= horace.watch.SILENT_HOLDER
+        holder.locks.beat()
+        await eventually(lambda: _true(watcher.ok), "signs of life again")
+        nursery.cancel_scope.cancel()
+
+
 async def test_fsck_leaves_a_removal_on_a_watched_store_to_the_watcher(
     catalog: Catalog, settings: Settings, files: Path
 ) -> None:
