@@ -66,6 +66,11 @@ RETRY_FLOOR = 0.1  # seconds: the first wait's half, whatever the settle time (0
 # The catalog failing (down, full, refusing): a path's change waits in failing_paths, as
 # for a full storage; the watch goes on and takes it once the catalog is back.
 CATALOG_FAILURES = (BackendUnavailable, CatalogUnwritable, DatabaseFull)
+# While the catalog does not answer (the database down, or out of reach), the watcher asks
+# it this often whether it does again; when it does, what waits for it is taken at once,
+# not at the end of each path's own wait (up to RETRY_CAP), by when a file written again
+# would have lost the content that waited.
+CATALOG_LOOK_EVERY = 1.0
 LEASE_LOOK_EVERY = 1.0  # seconds between a standing-by watcher's looks at the watch lease
 # The lease's holder gives a sign of life this often; a standing-by watcher that sees none
 # for SILENT_HOLDER seconds says so (/health, the log): a holder stopped or hung keeps the
@@ -144,6 +149,10 @@ class Watcher:
         self._held_open: dict[str, float] = {}
         # Paths waiting to settle (scheduled, not taken yet), and since when (Trio time).
         self._waiting: dict[str, float] = {}
+        # Written on and on: when each was last taken as it is, and those such a take
+        # failed for (changed as it was read: written faster than it can be read whole).
+        self._forced_at: dict[str, float] = {}
+        self._outpaced: set[str] = set()
         # Paths the watcher may not look at (a permission refused), and since when.
         self._unreadable: dict[str, float] = {}
         self._one_by_one: set[str] = set()  # skipped by a batch: taken alone next
@@ -168,6 +177,10 @@ class Watcher:
         self._refused_went = False
         self._catch_up_failing: str | None = None  # why a catch-up waits to be done again
         self._feed: ChangeFeed | None = None
+        # The catalog out of reach: the paths that wait for it, and what says it answers.
+        self._awaiting_catalog: dict[str, None] = {}
+        self._catalog_lost = trio.Event()
+        self._catalog_back = trio.Event()
 
     @property
     def ok(self) -> bool:
@@ -190,8 +203,15 @@ class Watcher:
         return 0.0 if oldest is None else round(trio.current_time() - oldest, 1)
 
     def _written_on_too_long(self, rel: str) -> bool:
+        """Whether *rel*, written on and on, has waited long enough to be taken as it is:
+        since it began to wait, and since it was last so taken (a take that failed, the
+        file changed as it was read, is tried again that much later)."""
         limit = max(WRITTEN_ON_TAKEN_AFTER, self.settle * HELD_OPEN_SETTLES)
-        return trio.current_time() - self._waiting.get(rel, math.inf) >= limit
+        now = trio.current_time()
+        return (
+            now - self._waiting.get(rel, math.inf) >= limit
+            and now - self._forced_at.get(rel, -math.inf) >= limit
+        )
 
     def _unwatched(self) -> dict[str, str]:
         return self._feed.unwatched if self._feed is not None and self.watching else {}
@@ -302,6 +322,7 @@ class Watcher:
             nursery.start_soon(give_signs_of_life, self.catalog.locks)
             nursery.start_soon(self._first_catch_up)
             nursery.start_soon(self._look_again_at_refused)
+            nursery.start_soon(self._look_for_the_catalog)
             task_status.started()
             with self.catalog.storage.observe_writes(feed.wrote):
                 async for batch in feed:
@@ -423,7 +444,9 @@ class Watcher:
                 self._catch_up_failing = f"the catalog: {exc}"
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "watch: catch-up not done: %s (done again in %.1f s)", exc, delay)
-                await trio.sleep(delay)
+                back = self._catalog_unreachable(exc)
+                with trio.move_on_after(delay):
+                    await back.wait()
             else:
                 self._catch_up_failing = None
                 return
@@ -529,15 +552,33 @@ class Watcher:
                 self._unreadable.setdefault(rel, trio.current_time())
             self._failed(rel, str(exc), correlation_id)
         except CATALOG_FAILURES as exc:
-            self._failed(rel, f"the catalog: {exc}", correlation_id)
+            self._catalog_failed([rel], exc, correlation_id)
         else:
             if done:
                 self._taken(rel)
+
+    def _stop_waiting(self, rel: str) -> bool:
+        """*rel* taken, or gone: no longer waiting to settle. Whether it was written
+        faster than it could be read."""
+        self._waiting.pop(rel, None)
+        self._forced_at.pop(rel, None)
+        outpaced = rel in self._outpaced
+        self._outpaced.discard(rel)
+        return outpaced
 
     def _not_taken(self, rel: str, exc: HoraceError, correlation_id: str) -> None:
         if exc.code is ErrorCode.FILE_LOCKED:  # written to while we read it: later
             self.counts.retried += 1
             self.schedule(rel)
+            if rel in self._forced_at and rel not in self._outpaced:
+                self._outpaced.add(rel)
+                log.warning(
+                    "watch: %s is written on faster than it can be read whole: not versioned until its "
+                    "writes pause (tried again every %.0f s; unsettled_s in /health says how long it waits)",
+                    rel,
+                    max(WRITTEN_ON_TAKEN_AFTER, self.settle * HELD_OPEN_SETTLES),
+                    extra={"correlation_id": correlation_id},
+                )
         elif exc.code is ErrorCode.FILE_NOT_FOUND:  # gone: an event brings it back if it comes
             self._failing.pop(rel, None)
             self._unreadable.pop(rel, None)
@@ -584,6 +625,8 @@ class Watcher:
     def _taken(self, rel: str) -> None:
         self._no_longer_refused(rel)
         self._unreadable.pop(rel, None)
+        if self._stop_waiting(rel):
+            log.info("watch: %s, written on faster than it could be read, is versioned", rel)
         failures = self._failing.pop(rel, None)
         if failures is not None:
             log.info("watch: %s taken after %d failure%s", rel, failures, "s" * (failures > 1))
@@ -620,7 +663,7 @@ class Watcher:
             self._ahead.pop(rel, None)
             self._held_open.pop(rel, None)
             self._unreadable.pop(rel, None)
-            self._waiting.pop(rel, None)
+            self._stop_waiting(rel)
             if rel in self._refused:  # (another link of a catalogued file, maybe)
                 self._no_longer_refused(rel)
                 self._refused_went = True
@@ -631,7 +674,7 @@ class Watcher:
         if not stat.S_ISREG(st.st_mode):
             # Symlinks, folders and special files are never catalogued; one where a
             # catalogued file was means that file is gone.
-            self._waiting.pop(rel, None)
+            self._stop_waiting(rel)
             record = await self.catalog.backend.file_by_path(rel)
             if record is not None and record.status is Status.ACTIVE:
                 return not self._file_vanished(record)
@@ -650,12 +693,16 @@ class Watcher:
         # (One held open waits for its writer whatever: a copy of a big file under way is
         # no content to version half made, every half minute.)
         written_on = rel not in self._held_open and self._written_on_too_long(rel)
-        if not self._settled(rel, st, quiet) and not written_on:
+        settled = self._settled(rel, st, quiet)
+        if not settled and not written_on:
             self.counts.retried += 1
             self.schedule(rel)
             return False
         self._held_open.pop(rel, None)
-        self._waiting.pop(rel, None)  # (should the copy fail, the retry waits anew)
+        if settled:
+            self._waiting.pop(rel, None)  # (should the copy fail, the retry waits anew)
+        else:  # taken as it is: still waiting (unsettled_s) until taken
+            self._forced_at[rel] = trio.current_time()
         record = await self.catalog.backend.file_by_path(rel)
         if record is None and self._vanished and rel not in self._one_by_one:
             self._maybe_moved.append((rel, st))  # followed with the others of this pass, together
@@ -734,7 +781,7 @@ class Watcher:
         try:
             followed = await self.catalog.follow_renames(self._vanished, looked, correlation_id)
         except CATALOG_FAILURES as failure:
-            return self._all_failed(pending, f"the catalog: {failure}", correlation_id)
+            return self._catalog_failed(pending, failure, correlation_id)
         except OSError as refused:
             return self._all_failed(pending, str(refused), correlation_id)
         done = set()
@@ -752,6 +799,44 @@ class Watcher:
         for rel in rels:
             self._failed(rel, why, correlation_id)
 
+    def _catalog_failed(self, rels: list[str], exc: Exception, correlation_id: str) -> None:
+        """The catalog failed work on *rels*: each is taken again later, as for any failure;
+        and, the catalog out of reach, all of them as soon as it answers again."""
+        self._all_failed(rels, f"the catalog: {exc}", correlation_id)
+        if isinstance(exc, BackendUnavailable):
+            self._awaiting_catalog.update(dict.fromkeys(rels))
+            self._catalog_unreachable(exc)
+
+    def _catalog_unreachable(self, exc: Exception) -> trio.Event:
+        """What is set once the catalog answers again, looked for while *exc* says it is
+        out of reach (a catalog that answers but refuses writes is not looked for: each
+        path's own wait says when to try again)."""
+        if isinstance(exc, BackendUnavailable):
+            self._catalog_lost.set()
+        return self._catalog_back
+
+    async def _look_for_the_catalog(self) -> None:
+        """While the catalog is out of reach, ask it every CATALOG_LOOK_EVERY seconds
+        whether it answers; once it does, take again at once what waited for it."""
+        while True:
+            await self._catalog_lost.wait()
+            await trio.sleep(CATALOG_LOOK_EVERY)
+            try:
+                await self.catalog.backend.ping()
+            except BackendUnavailable as exc:
+                log.debug("watch: the catalog is still out of reach: %s", exc)
+                continue
+            except (CatalogUnwritable, DatabaseFull) as exc:  # (it answers: the paths' own waits)
+                log.debug("watch: the catalog answers, and refuses writes: %s", exc)
+            self._catalog_lost = trio.Event()
+            self._catalog_back.set()
+            self._catalog_back = trio.Event()
+            waiting, self._awaiting_catalog = self._awaiting_catalog, {}
+            due = [rel for rel in waiting if rel in self._failing]
+            for rel in due:
+                self.schedule(rel, 0.0)
+            log.info("watch: the catalog answers again; %d paths that waited for it are taken now", len(due))
+
     async def _register_new(self) -> None:
         pending, self._new = self._new, []
         for start in range(0, len(pending), NEW_FILES_BATCH):
@@ -762,7 +847,7 @@ class Watcher:
         try:
             outcome = await self.catalog.register_new(batch, correlation_id, copies=True)
         except CATALOG_FAILURES as failure:
-            return self._all_failed(batch, f"the catalog: {failure}", correlation_id)
+            return self._catalog_failed(batch, failure, correlation_id)
         except OSError as refused:  # the storage (gone read-only, say): each is failing
             return self._all_failed(batch, str(refused), correlation_id)
         self.counts.registered += len(outcome.registered)

@@ -45,6 +45,7 @@ from horace.catalog import Catalog
 from horace.changefeed import Batch, InotifyFeed, WatchFailed, open_change_feed
 from horace.config import Settings
 from horace.fsck import fsck
+from horace.model import ErrorCode, HoraceError
 from horace.server.serving import serve
 from horace.storage import Storage
 from horace.supervise import supervise, the_failure
@@ -780,6 +781,47 @@ async def test_a_file_written_on_and_on_is_versioned_while_the_writes_go_on(
         await quiet(running)
         assert (await health(running))["watcher"]["unsettled_s"] == 0.0
         assert (await versions())[0] == sha256(path.read_text())  # (newest first: the last write)
+
+
+async def test_a_file_written_on_faster_than_it_can_be_read_says_so_and_is_versioned_once_it_pauses(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each take as it is failing (the file changed as it was read: a big log appended to
+    faster than it can be copied), the path keeps waiting in unsettled_s, is said once in
+    the log, and is tried again a limit later, not at once; once its writes pause, it is
+    versioned, and that is said too."""
+    monkeypatch.setattr("horace.watch.WRITTEN_ON_TAKEN_AFTER", 0.5)
+    caplog.set_level("INFO", logger="horace.watch")
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        catalog, path = running.server.catalog, running.files / "logs/big.log"
+        write(path, "line\n")
+        await eventually(lambda: _has_checksum(running, "logs/big.log", sha256("line\n")), "v1")
+        register, writing, tries = catalog.register, True, [0]
+
+        async def outpaced(rel: str, **kwargs: Any) -> Any:
+            if rel == "logs/big.log" and writing:
+                tries[0] += 1
+                raise HoraceError(ErrorCode.FILE_LOCKED, "logs/big.log changed while it was being read")
+            return await register(rel, **kwargs)
+
+        monkeypatch.setattr(catalog, "register", outpaced)
+        limit = max(0.5, SETTLE * HELD_OPEN_SETTLES)
+        waited, content, started = 0.0, "line\n", trio.current_time()
+        while trio.current_time() - started < 4 * limit:
+            content += "line\n"
+            write(path, content)
+            waited = max(waited, (await health(running))["watcher"]["unsettled_s"])
+            await trio.sleep(SETTLE / 4)
+        assert waited >= 3 * limit  # (not back to 0 at each failed take)
+        assert 2 <= tries[0] <= 5  # tried again each limit, not at each write
+        said = [r.getMessage() for r in caplog.records if "faster than it can be read" in r.getMessage()]
+        assert len(said) == 1 and "logs/big.log" in said[0]
+        writing = False
+        await eventually(lambda: _has_checksum(running, "logs/big.log", sha256(content)), "versioned")
+        assert any("is versioned" in r.getMessage() for r in caplog.records)
+        await quiet(running)
+        assert (await health(running))["watcher"]["unsettled_s"] == 0.0
 
 
 async def test_a_file_held_open_and_written_on_and_on_waits_for_its_writer(
@@ -1952,6 +1994,47 @@ async def test_changes_made_while_the_catalog_is_down_wait_in_failing_paths(
         assert kept.current_version == 2
         body = await _http_health(running)
         assert body["status"] == "ok" and body["watcher"]["failing"] == 0, body["watcher"]
+
+
+async def test_what_waited_for_the_catalog_is_taken_as_soon_as_it_answers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change that failed for the catalog out of reach is taken once the catalog answers
+    again, not at the end of its own wait (which grows to a minute: by then the file may
+    have been written again, and the content that waited lost)."""
+    monkeypatch.setattr(horace.watch, "CATALOG_LOOK_EVERY", 0.1)
+    monkeypatch.setattr(Watcher, "_retry_wait", lambda self, failures: 3600.0)
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        backend = running.server.catalog.backend
+        by_path, ping = backend.file_by_path, backend.ping
+        write(running.files / "user/kept.txt", "first")
+        await eventually(partial(_has_checksum, running, "user/kept.txt", sha256("first")), "catalogued")
+        down = True
+
+        def unless_down(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call_unless_down(*args: Any) -> Any:
+                if down:
+                    raise BackendUnavailable("the catalog database is down (test)")
+                return await call(*args)
+
+            return call_unless_down
+
+        monkeypatch.setattr(backend, "file_by_path", unless_down(by_path))
+        monkeypatch.setattr(backend, "ping", unless_down(ping))
+        write(running.files / "user/kept.txt", "second, written while the catalog is down")
+
+        async def failing() -> bool:
+            return (await health(running))["watcher"]["failing"] == 1
+
+        await eventually(failing, "the change to fail")
+        await trio.sleep(0.5)  # (the catalog looked for, and still out of reach)
+        down = False
+        text = "second, written while the catalog is down"
+        await eventually(
+            partial(_has_checksum, running, "user/kept.txt", sha256(text)), "taken again", within=5
+        )
+        assert (await health(running))["watcher"]["failing"] == 0
 
 
 async def test_a_catch_up_is_done_again_while_the_catalog_is_down(
