@@ -107,8 +107,8 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
     truncated = False
     if before is not None and after is not None:
         lines = _unified(
-            before.splitlines(keepends=True),
-            after.splitlines(keepends=True),
+            _lines(before),
+            _lines(after),
             _header_name(f"{old.file.file_path}@v{old.version.version}"),
             _header_name(f"{new.file.file_path}@v{new.version.version}"),
         )
@@ -132,12 +132,21 @@ def compare(old: Content, new: Content, max_diff_bytes: int) -> Diff:
     return _summary(new.file, old.version, new.version, kind, diff=diff, truncated=truncated)
 
 
+def _lines(text: str) -> list[str]:
+    """*text*'s lines as a unified diff counts them: ended by a newline only, each with its
+    own (str.splitlines also ends one at a form feed, U+2028 and others, which would give a
+    patch that counts lines the file does not have); the last one without, if so written."""
+    lines = text.split("\n")
+    last = lines.pop()
+    return [line + "\n" for line in lines] + ([last] if last else [])
+
+
 # What may not stand bare in a ---/+++ line: what could end it and forge the lines after it
-# (a newline; U+2028, which splitlines() ends a line at), take over a terminal (escapes),
-# or make the name read as another (bidirectional overrides); and the quote and backslash
-# that quoting itself uses.
+# (a newline; U+2028, which a reader's splitlines() ends a line at), take over a terminal
+# (escapes), or make the name read as another (bidirectional overrides, characters of no
+# width); and the quote and backslash that quoting itself uses.
 _NEEDS_QUOTING = re.compile(
-    '["\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]'
+    '["\\\\\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff]'
 )
 _C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,15 @@ async def test_limits_and_missing_content(
     assert corrupt.value.code is ErrorCode.CHECKSUM_MISMATCH
 
 
+def _newline_lines(text: str) -> list[str]:
+    """*text*'s lines as patch counts them: each ended by a newline only."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", text)
+
+
 def _apply(old: str, unified: str) -> str:
     """*unified* applied to *old* (hunks in order; context checked)."""
-    lines, out, at = old.splitlines(keepends=True), [], 0
-    body = unified.splitlines(keepends=True)[2:]
+    lines, out, at = _newline_lines(old), [], 0
+    body = _newline_lines(unified)[2:]
     for line in body:
         if line.startswith("@@"):
             start = int(line.split()[1][1:].split(",")[0])
@@ -136,6 +142,19 @@ def _apply(old: str, unified: str) -> str:
         elif line.startswith("+"):
             out.append(line[1:])
     return "".join(out + lines[at:])
+
+
+async def test_lines_are_ended_by_newlines_only(catalog: Catalog, files: Path) -> None:
+    """A form feed, a vertical tab, U+2028 or U+0085 inside a line is part of it, as patch
+    counts lines: the hunk counts the file's lines, and the diff applies."""
+    old = "page one\x0cpage two\nkeep\u2028same line\nv\x0bt\x1c\x1d\x1e\u0085end\n"
+    new = "page one\x0cpage 2\nkeep\u2028same line\nv\x0bt\x1c\x1d\x1e\u0085end\nadded\n"
+    file_id = await versions(catalog, files, old, new)
+    found = await diff(catalog, file_id=file_id, from_version=1)
+    hunks = [line for line in _newline_lines(found.diff) if line.startswith("@@")]
+    assert hunks == ["@@ -1,3 +1,4 @@\n"], found.diff
+    assert "No newline" not in found.diff
+    assert _apply(old, found.diff) == new
 
 
 @pytest.mark.parametrize("shape", ["small", "shuffled"])
