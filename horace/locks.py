@@ -54,13 +54,13 @@ class FileLocks:
     def __init__(self, lock_file: Path | None, wait_seconds: float = 30.0) -> None:
         """*lock_file* None: the locks of a catalog opened only to read, which takes none
         (readers never wait for writers), so that a store gone read-only can be read."""
+        self._path = lock_file
         self._fd = (
             None if lock_file is None else os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         )
         self._entries: dict[str, _Entry] = {}
         self.wait_seconds = wait_seconds
         self.holds_watch_lease = False
-        self._marked = False  # (see beat)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -74,13 +74,25 @@ class FileLocks:
     def beat(self) -> None:
         """A sign of life of the watch lease's holder: the lock file's mtime set to the
         filesystem's now (the lease outlives a process that is stopped or hung, but not
-        its signs of life; see :meth:`last_beat_ns`). The first also leaves the lock
-        file's mark that this store's holders give them (:meth:`holders_beat`)."""
+        its signs of life; see :meth:`last_beat_ns`); and the lock file's mark that this
+        store's holders give them (:meth:`holders_beat`)."""
         fd = self._file()
-        if not self._marked:
-            os.pwrite(fd, HOLDERS_BEAT, 0)
-            self._marked = True
+        os.pwrite(fd, HOLDERS_BEAT, 0)  # (each time: a lock file emptied by hand is marked again)
         os.utime(fd)
+
+    def replaced(self) -> bool:
+        """Whether the store's lock file is no longer the one this catalog locks (removed,
+        or another put in its place, by hand): the locks of processes that opened the other
+        no longer keep this one out, nor this one's them (two watchers, two writers of a
+        file)."""
+        if self._fd is None or self._path is None:
+            return False
+        try:
+            there = os.stat(self._path)
+        except FileNotFoundError:
+            return True
+        own = os.fstat(self._fd)
+        return (there.st_ino, there.st_dev) != (own.st_ino, own.st_dev)
 
     def holders_beat(self) -> bool:
         """Whether a holder of the watch lease has ever given signs of life here: a holder

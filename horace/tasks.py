@@ -68,9 +68,20 @@ async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -
     await every(state, interval, work)
 
 
+def _lock_file_replaced(catalog: Catalog) -> bool:
+    # (The store itself moved is the binding's to say: ensure_bound, at the next look.)
+    return catalog.storage.in_place() and catalog.locks.replaced()
+
+
 async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
     try:
         await catalog.ensure_bound()
+        if await in_thread(_lock_file_replaced, catalog):
+            raise StoreRefused(
+                f"the store's lock file {catalog.storage.lock_file} was removed or replaced while this "
+                "process ran: its locks no longer keep other processes out (two watchers, two writers "
+                "of a file); restart every process of this store"
+            )
         writable = await in_thread(catalog.storage.writable)
         free_bytes, free_inodes = await in_thread(catalog.storage.room)
     except Exception:  # (a failing disk: EIO) not ok until a look gets through; logged by supervise

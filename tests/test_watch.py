@@ -598,6 +598,30 @@ async def test_a_store_taken_from_under_the_server_stops_it_and_no_file_is_recor
         assert found is not None and found.status is Status.ACTIVE
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+async def test_a_lock_file_removed_under_the_server_stops_it(settings: Settings, how: str) -> None:
+    """.horace/locks removed (or another put in its place) while a server runs: the next
+    process would lock another file, and two watchers, or two writers of a file, would
+    run at once. The server stops (STORE_REFUSED); started again, it locks the new file."""
+    served = watching(settings)
+    failure: BaseException | None = None
+    with trio.fail_after(TIMEOUT):
+        try:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(partial(serve, served, handle_signals=False))
+                lock_file = server.catalog.storage.lock_file
+                lock_file.unlink()
+                if how == "replaced":
+                    lock_file.touch()
+                await trio.sleep_forever()
+        except BaseException as exc:
+            failure = the_failure(exc)
+    assert isinstance(failure, StoreRefused) and "lock file" in str(failure), failure
+    async with run_horace(served) as running:
+        await wait_watching(running)
+        assert not running.server.catalog.locks.replaced()
+
+
 async def test_a_folder_replaced_by_a_file_of_its_name_deletes_its_files(watched: Watched) -> None:
     """The folder's files are gone (their path can name nothing now): deleted, the file
     catalogued in its place; nothing left to retry, the watcher healthy."""
