@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import attrs
+import idna
 from attrs import frozen
 
 from horace.backends import url_problem
@@ -173,7 +174,22 @@ def _names(text: str, name: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
+def _host(text: str, name: str) -> str:
+    """An address to bind: ASCII (an IP address, a host name), or a name Trio can encode
+    (IDNA 2008, as it does)."""
+    if not text.isascii():
+        try:
+            idna.encode(text, uts46=True)
+        except (idna.IDNAError, UnicodeError):
+            raise ConfigError(f"{name}='{text}' is not an IP address or a host name") from None
+    return text
+
+
 def _database_url(text: str, name: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name}: '{redact_url(text)}' is not valid UTF-8") from None
     problem = url_problem(text)
     if problem is not None:
         raise ConfigError(f"{name}: {problem}")
@@ -181,6 +197,11 @@ def _database_url(text: str, name: str) -> str:
 
 
 Parser = Callable[[str, str], Any]
+# Flags given as text, checked as their variables are (the others come typed from the CLI).
+_CHECKED_FLAGS: dict[str, tuple[Parser, str]] = {
+    "database_url": (_database_url, "--database"),
+    "host": (_host, "--host"),
+}
 
 # setting -> (environment variables, first set wins; how their text is read)
 ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
@@ -197,7 +218,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "watch_settle": (("HORACE_WATCH_SETTLE",), parse_duration),
     "purge_interval": (("HORACE_PURGE_INTERVAL",), _interval),
     "fsck_interval": (("HORACE_FSCK_INTERVAL",), _interval),
-    "host": (("HORACE_MCP_HOST",), _text),
+    "host": (("HORACE_MCP_HOST",), _host),
     "port": (("HORACE_MCP_PORT",), _port),
     "auth_token": (("HORACE_AUTH_TOKEN",), _text),
     "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _names),
@@ -379,8 +400,10 @@ class Settings:
         if "database_url" not in values and env.get("HORACE_DB_HOST"):
             values["database_url"] = _database_url(_url_from_parts(env), "HORACE_DB_HOST/PORT/NAME/USER")
         for field, value in overrides.items():
-            if value is not None:
-                values[field] = _database_url(str(value), "--database") if field == "database_url" else value
+            if value is None:
+                continue
+            checked = _CHECKED_FLAGS.get(field)
+            values[field] = value if checked is None else checked[0](str(value), checked[1])
         return attrs.evolve(cls(), **values)  # type: ignore[arg-type]
 
 

@@ -677,6 +677,30 @@ def test_a_search_option_that_is_not_utf8_is_a_usage_error(
     assert "user/a\\xff.txt is not valid UTF-8" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env_extra", "said"),
+    [
+        (
+            ["serve", "--host", "h\u2603", "--port", "0"],
+            {},
+            "--host='h\u2603' is not an IP address or a host name",
+        ),
+        (["serve", "--port", "0"], {"HORACE_MCP_HOST": NOT_UTF8_PATH}, "is not an IP address or a host name"),
+        (
+            ["--database", os.fsdecode(b"postgresql://u\xff@127.0.0.1/db"), "info", "x"],
+            {},
+            "is not valid UTF-8",
+        ),
+    ],
+    ids=["host-not-idna", "host-not-utf8", "database-not-utf8"],
+)
+def test_a_host_or_database_that_cannot_be_encoded_is_a_config_error(
+    store: tuple[Path, dict[str, str]], args: list[str], env_extra: dict[str, str], said: str
+) -> None:
+    _, env = store
+    one_line_error(horace(*args, env={**env, **env_extra}, timeout=30), Exit.CONFIG, "CONFIG", said)
+
+
 def test_domain_errors_json_and_global_options_anywhere(store: tuple[Path, dict[str, str]]) -> None:
     root, env = store
     one_line_error(horace("info", "user/nothing.txt", env=env), Exit.REFUSED, "NOT_CATALOGED")
