@@ -324,7 +324,7 @@ def _client_path(ctx: click.Context, arg: str) -> str:
     here = Path(os.path.normpath(os.path.join(os.getcwd(), arg)))
     files = (_settings(ctx).storage_path / "files").absolute()
     for base in (files, files.resolve()):
-        if here.is_relative_to(base) and here != base:
+        if here.is_relative_to(base):  # (files/ itself too: a scan of it all)
             return str(here)
     return arg
 

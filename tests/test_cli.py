@@ -746,6 +746,14 @@ def test_relative_paths_mean_what_they_mean_in_a_shell(store: tuple[Path, dict[s
     assert json.loads(done.stdout)["file"]["file_path"] == "gates/deep/b.txt"
     assert horace("info", "gates/a.txt", cwd=root.parent, env=env).returncode == 0
     assert horace("info", "../a.txt", cwd=gates / "deep", env=env).returncode == 0
+    # files/ itself, as the shell names it: all of it scanned (and no file of that name).
+    write(gates / "c.txt", "found by a scan of files/")
+    done = horace("scan", "--json", "horace-data/files/", cwd=root.parent, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["registered"] == 1
+    one_line_error(
+        horace("info", "horace-data/files", cwd=root.parent, env=env), Exit.REFUSED, "INVALID_PATH"
+    )
 
 
 def test_serve_on_a_port_in_use_is_one_line(store: tuple[Path, dict[str, str]]) -> None:
