@@ -1878,11 +1878,7 @@ class Catalog:
         identity its content was read under: a change since is an event of its own, or a
         scan's, as for any file."""
         sizes = vanished.sizes()
-        candidates = [
-            rel
-            for rel, st in found
-            if stat.S_ISREG(st.st_mode) and st.st_size in sizes and self.storage.uncatalogable(rel) is None
-        ]
+        candidates = [rel for rel, st in found if stat.S_ISREG(st.st_mode) and st.st_size in sizes]
         hashed = await in_thread(self.storage.hash_many, candidates, check_cancelled) if candidates else []
         claims: list[tuple[FileRecord, str, WorkingStat]] = []
         gone_since: dict[str, float] = {}

@@ -950,13 +950,8 @@ class Storage:
         except OSError:
             return False
 
-    def uncatalogable(self, rel: str) -> str | None:
-        """Why a file at *rel* could never be catalogued (a name of it, or its length),
-        or None: what a walk passes over, and the watcher, and what no rename is followed to."""
-        for name in rel.split("/"):
-            why = unusable_name(name)
-            if why is not None:
-                return why
+    def too_long(self, rel: str) -> str | None:
+        """Why *rel* is too long to be catalogued (:func:`horace.paths.too_long`), or None."""
         return too_long(self._resolved_files, rel)
 
     def unreachable(self, rel: str) -> str | None:
@@ -1840,7 +1835,7 @@ class Storage:
                 if is_file and editor_temp(name):
                     continue  # swap files, backups, lock files: never catalogued, nothing to report
                 rel = top.prefix + name
-                why = unusable_name(name) or too_long(self._resolved_files, rel)
+                why = unusable_name(name) or self.too_long(rel)
                 if why is not None:
                     if skipped is not None:
                         skipped.append(f"{printable(rel)}: {why}")

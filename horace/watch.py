@@ -347,7 +347,7 @@ class Watcher:
             if why is not None:  # reported up to the bad name: what is under it is never looked at
                 self._skip(f"{printable('/'.join(parts[:depth]))}: {why}")
                 return
-        why = self.catalog.storage.uncatalogable(rel)
+        why = self.catalog.storage.too_long(rel)
         if why is not None:
             # Never catalogued, nor followed there: a catalogued file renamed to such a
             # path has gone from the catalog's sight (deleted, as when moved out of files/),
