@@ -1963,6 +1963,22 @@ async def test_a_store_gone_read_only_is_said_so_and_its_new_files_wait_in_faili
         )
 
 
+@attrs.define
+class Outage:
+    """A database outage, made up: backend calls wrapped by :meth:`unless_down` fail as
+    an unreachable database's do while :attr:`down`."""
+
+    down: bool = True
+
+    def unless_down(self, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call_unless_down(*args: Any) -> Any:
+            if self.down:
+                raise BackendUnavailable("the catalog database is down (test)")
+            return await call(*args)
+
+        return call_unless_down
+
+
 async def test_changes_made_while_the_catalog_is_down_wait_in_failing_paths(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1978,18 +1994,9 @@ async def test_changes_made_while_the_catalog_is_down_wait_in_failing_paths(
         for rel, text in (("user/kept.txt", "first"), ("user/going.txt", "soon gone")):
             await eventually(partial(_has_checksum, running, rel, sha256(text)), f"{rel} catalogued")
         going = await by_path("user/going.txt")
-        down = True
-
-        def unless_down(read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def read_unless_down(*args: Any) -> Any:
-                if down:
-                    raise BackendUnavailable("the catalog database is down (test)")
-                return await read(*args)
-
-            return read_unless_down
-
-        monkeypatch.setattr(backend, "file_by_path", unless_down(by_path))
-        monkeypatch.setattr(backend, "file_by_id", unless_down(by_id))
+        outage = Outage()
+        monkeypatch.setattr(backend, "file_by_path", outage.unless_down(by_path))
+        monkeypatch.setattr(backend, "file_by_id", outage.unless_down(by_id))
         write(running.files / "user/kept.txt", "second, written while the catalog is down")
         write(running.files / "user/new.txt", "new, written while the catalog is down")
         (running.files / "user/going.txt").unlink()
@@ -2003,7 +2010,7 @@ async def test_changes_made_while_the_catalog_is_down_wait_in_failing_paths(
         assert sorted(body["watcher"]["failing_paths"]) == ["user/going.txt", "user/kept.txt", "user/new.txt"]
         await trio.sleep(SETTLE * 4)  # taken again, and failing again, while down
         assert (await _http_health(running))["watcher"]["watching"]
-        down = False
+        outage.down = False
         for rel, text in (
             ("user/kept.txt", "second, written while the catalog is down"),
             ("user/new.txt", "new, written while the catalog is down"),
@@ -2034,18 +2041,9 @@ async def test_what_waited_for_the_catalog_is_taken_as_soon_as_it_answers(
         by_path, ping = backend.file_by_path, backend.ping
         write(running.files / "user/kept.txt", "first")
         await eventually(partial(_has_checksum, running, "user/kept.txt", sha256("first")), "catalogued")
-        down = True
-
-        def unless_down(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call_unless_down(*args: Any) -> Any:
-                if down:
-                    raise BackendUnavailable("the catalog database is down (test)")
-                return await call(*args)
-
-            return call_unless_down
-
-        monkeypatch.setattr(backend, "file_by_path", unless_down(by_path))
-        monkeypatch.setattr(backend, "ping", unless_down(ping))
+        outage = Outage()
+        monkeypatch.setattr(backend, "file_by_path", outage.unless_down(by_path))
+        monkeypatch.setattr(backend, "ping", outage.unless_down(ping))
         write(running.files / "user/kept.txt", "second, written while the catalog is down")
 
         async def failing() -> bool:
@@ -2053,7 +2051,7 @@ async def test_what_waited_for_the_catalog_is_taken_as_soon_as_it_answers(
 
         await eventually(failing, "the change to fail")
         await trio.sleep(0.5)  # (the catalog looked for, and still out of reach)
-        down = False
+        outage.down = False
         text = "second, written while the catalog is down"
         await eventually(
             partial(_has_checksum, running, "user/kept.txt", sha256(text)), "taken again", within=5
