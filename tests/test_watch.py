@@ -22,6 +22,7 @@ import time
 import types
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -1212,6 +1213,28 @@ async def test_one_watcher_a_store_the_other_stands_by_and_takes_over(
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def standing_by(
+    catalog: Catalog, settings: Settings, monkeypatch: pytest.MonkeyPatch, *, marked: bool
+) -> AsyncIterator[tuple[Watcher, Catalog]]:
+    """A watcher of *catalog* standing by behind a holder of the lease (another catalog of
+    the store) whose last sign of life was a minute ago: one that gave signs (*marked*,
+    as this release's holders do), or one of a release from before them."""
+    monkeypatch.setattr(horace.watch, "BEAT_EVERY", 0.1)
+    monkeypatch.setattr(horace.watch, "LEASE_LOOK_EVERY", 0.1)
+    watcher = horace.watch.Watcher(catalog, settle=0.1)
+    long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
+    async with trio.open_nursery() as nursery, open_catalog(settings, check=False) as holder:
+        assert holder.locks.take_watch_lease()
+        if marked:
+            holder.locks.beat()
+        os.utime(holder.storage.lock_file, (long_ago, long_ago))
+        nursery.start_soon(watcher.run)
+        await eventually(lambda: _true(watcher.standby), "standing by")
+        yield watcher, holder
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_standby_says_when_the_lease_holder_gives_no_sign_of_life(
     catalog: Catalog,
     settings: Settings,
@@ -1223,15 +1246,8 @@ async def test_a_standby_says_when_the_lease_holder_gives_no_sign_of_life(
     seconds is not ok in /health, and says so once in the log; signs of life again, it is.
     A holder never seen giving any (a release from before them) is not said silent, and
     another process's start (a CLI command) is no sign of life of the holder's."""
-    monkeypatch.setattr(horace.watch, "BEAT_EVERY", 0.1)
-    monkeypatch.setattr(horace.watch, "LEASE_LOOK_EVERY", 0.1)
-    watcher = horace.watch.Watcher(catalog, settle=0.1)
     long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
-    async with trio.open_nursery() as nursery, open_catalog(settings, check=False) as holder:
-        assert holder.locks.take_watch_lease()
-        os.utime(holder.storage.lock_file, (long_ago, long_ago))  # an older release's holder
-        nursery.start_soon(watcher.run)
-        await eventually(lambda: _true(watcher.standby), "standing by")
+    async with standing_by(catalog, settings, monkeypatch, marked=False) as (watcher, holder):
         await trio.sleep(0.5)
         assert watcher.ok and watcher.status()["lease_holder_silent_s"] is None
         holder.locks.beat()
@@ -1246,7 +1262,6 @@ async def test_a_standby_says_when_the_lease_holder_gives_no_sign_of_life(
         assert not watcher.ok
         holder.locks.beat()
         await eventually(lambda: _true(watcher.ok), "signs of life again")
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_standby_started_behind_a_holder_already_silent_says_so(
@@ -1254,21 +1269,11 @@ async def test_a_standby_started_behind_a_holder_already_silent_says_so(
 ) -> None:
     """In a store whose lease holders have given signs of life, a holder stopped before a
     standby's first look is said silent by it, though the standby never saw it beat."""
-    monkeypatch.setattr(horace.watch, "LEASE_LOOK_EVERY", 0.1)
-    monkeypatch.setattr(horace.watch, "BEAT_EVERY", 0.1)
-    watcher = horace.watch.Watcher(catalog, settle=0.1)
-    long_ago = time.time() - 2 * horace.watch.SILENT_HOLDER
-    async with trio.open_nursery() as nursery, open_catalog(settings, check=False) as holder:
-        assert holder.locks.take_watch_lease()
-        holder.locks.beat()  # its signs of life, then it stopped (SIGSTOP) a minute ago
-        os.utime(holder.storage.lock_file, (long_ago, long_ago))
-        nursery.start_soon(watcher.run)
-        await eventually(lambda: _true(watcher.standby), "standing by")
+    async with standing_by(catalog, settings, monkeypatch, marked=True) as (watcher, holder):
         await eventually(lambda: _true(not watcher.ok), "the silence seen")
         assert watcher.status()["lease_holder_silent_s"] >= horace.watch.SILENT_HOLDER
         holder.locks.beat()
         await eventually(lambda: _true(watcher.ok), "signs of life again")
-        nursery.cancel_scope.cancel()
 
 
 async def test_fsck_leaves_a_removal_on_a_watched_store_to_the_watcher(
