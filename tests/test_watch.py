@@ -1616,12 +1616,14 @@ def make_deep(files: Path, under: str, name: str, depth: int) -> bytes:
     return os.fsencode(under) + (b"/" + os.fsencode(name)) * depth
 
 
+@pytest.mark.parametrize("past", ["by-its-name", "by-its-folder"])
 @pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
 async def test_a_file_renamed_past_the_path_limit_is_deleted_and_a_folder_past_path_max_is_no_degradation(
-    settings: Settings, poll: bool
+    settings: Settings, poll: bool, past: str
 ) -> None:
-    """A catalogued file renamed by another service to a path too long to catalog has left
-    the catalog's sight, as if moved out of files/: recorded deleted (its history kept), not
+    """A catalogued file renamed by another service to a path too long to catalog (a long
+    name in a folder that is watched, or any name in a folder too deep to be) has left the
+    catalog's sight, as if moved out of files/: recorded deleted (its history kept), not
     followed to a path where no later write of it could be versioned. A folder too deep to
     be watched at all holds nothing to catalog: the watch is not degraded by it."""
     # (Written before the watch starts: polling sees it at its first look, so sees it go.)
@@ -1631,8 +1633,12 @@ async def test_a_file_renamed_past_the_path_limit_is_deleted_and_a_folder_past_p
         files = running.files
         await eventually(lambda: _has_checksum(running, "user/a.txt", sha256("first")), "user/a.txt")
         record = await running.server.catalog.backend.file_by_path("user/a.txt")
-        long_folder = make_deep(files, "user", "d" * 200, 10)  # 2,015 bytes: past the limit of 2,000
-        os.rename(files / "user/a.txt", os.path.join(os.fsencode(files), long_folder, b"a.txt"))
+        if past == "by-its-name":  # user/ and 9 folders: 1,814 bytes, and the name past 2,000
+            folder, name = make_deep(files, "user", "d" * 200, 9), b"a" * 200
+        else:  # user/ and 10 folders: 2,015 bytes
+            folder, name = make_deep(files, "user", "d" * 200, 10), b"a.txt"
+        moved_to = os.path.join(os.fsencode(files), folder, name)
+        os.rename(files / "user/a.txt", moved_to)
 
         async def deleted() -> bool:
             found = await running.server.catalog.backend.file_by_id(record.id)
@@ -1641,7 +1647,6 @@ async def test_a_file_renamed_past_the_path_limit_is_deleted_and_a_folder_past_p
         await eventually(deleted, "user/a.txt recorded deleted")
         found = await running.server.catalog.backend.file_by_id(record.id)
         assert (found.file_path, found.checksum) == ("user/a.txt", sha256("first"))
-        moved_to = os.path.join(os.fsencode(files), long_folder, b"a.txt")
         append_raw(moved_to, b", then more")  # (nothing to version: its path is never catalogued)
         deep_folder = make_deep(files, "shared", "e" * 200, 22)  # past PATH_MAX from /
         write(files / "user/after.txt", "after")
