@@ -36,6 +36,7 @@ from wsproto.events import AcceptConnection, TextMessage
 from wsproto.events import Message as WsMessage
 from wsproto.events import Request as WsRequest
 
+import horace.sinks.godot
 import horace.sinks.supervisor
 from horace.backends.protocol import CatalogUnwritable, DatabaseFull
 from horace.backends.records import Turn
@@ -678,6 +679,40 @@ class CountingStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class LateStream(CountingStream):
+    """A stream whose data, once :attr:`late`, is handed over a while after it came, without
+    a checkpoint: as data that arrives just as a read's deadline passes."""
+
+    late = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if self.late:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.1)
+        return data
+
+
+async def test_a_ping_read_as_the_idle_read_ends_is_still_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle read's deadline bounds the wait for data only: a ping read as it passes
+    is answered all the same (cut off, its pong was taken from the protocol and never sent,
+    and Godot, waiting for it, closed the connection)."""
+    from wsproto.events import Pong
+
+    monkeypatch.setattr(horace.sinks.godot, "IDLE_READ", 0.05)
+    client_end, godot_end = trio.testing.memory_stream_pair()
+    godot, heard = scripted_godot(godot_end, lambda godot, event: b"")
+    stream = LateStream(client_end)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(godot)
+        socket = await GodotSocket.over(stream, parse_uri("ws://godot/"))
+        stream.late = True
+        await godot_end.send_all(b"\x89\x04idle")  # a ping frame, as a server sends it (unmasked)
+        await socket.answer_pings()
+        await eventually(lambda: any(isinstance(e, Pong) for e in heard))
+        nursery.cancel_scope.cancel()
 
 
 async def test_godot_answers_are_read_many_at_a_time(

@@ -125,13 +125,20 @@ class _Socket:
         are answered (a server that pings, as websockets' does every 20 s, closes a client
         that leaves them unanswered), and a close is seen now, not by the next batch. (A
         read cut short loses nothing, the TLS handshake being done.)"""
-        with trio.move_on_after(IDLE_READ):
-            while True:
-                await self._read()
-                self._received.clear()  # (no call is out: nothing that came is an answer)
+        while True:
+            data = None
+            with trio.move_on_after(IDLE_READ):  # (the wait only: never a pong half sent)
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            if data is None:
+                return
+            await self._took(data)
+            self._received.clear()  # (no call is out: nothing that came is an answer)
 
     async def _read(self) -> None:
-        data = await self._stream.receive_some(RECEIVE_BYTES)
+        await self._took(await self._stream.receive_some(RECEIVE_BYTES))
+
+    async def _took(self, data: bytes | bytearray) -> None:
+        """What was received: its frames taken, and what the protocol answers (a pong) sent."""
         if not data:
             raise _Closed("the connection was closed")
         self._ws.receive_data(bytes(data))
