@@ -1276,11 +1276,18 @@ class Catalog:
         if under is not None:
             rel_under = self.relative(under, folder=True) or None  # (files/ itself: all of it)
             target = self.storage.files / (rel_under or "")
-            if rel_under is not None and not await in_thread(target.is_dir):
-                if await in_thread(target.is_file):
+
+            def what() -> str | None:  # (the three looks in one hop)
+                if target.is_dir():
+                    return "folder"
+                return "file" if target.is_file() else "other" if target.exists() else None
+
+            found = None if rel_under is None else await in_thread(what)
+            if rel_under is not None and found != "folder":
+                if found == "file":
                     if not under.endswith("/"):
                         return await self._scan_one(rel_under, correlation_id, progress)
-                elif await in_thread(target.exists):  # a FIFO, a socket, a device
+                elif found == "other":  # a FIFO, a socket, a device
                     raise HoraceError(
                         ErrorCode.INVALID_PATH, f"{rel_under!r} is not a regular file or a folder"
                     )
