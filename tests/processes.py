@@ -1,11 +1,16 @@
-"""Running tests/workers/version_loop.py as separate OS processes from a trio test."""
+"""Horace in OS processes of its own: tests/workers/version_loop.py from a trio test, and
+`horace serve` as an operator starts it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -83,3 +88,32 @@ def parse(lines: Sequence[str]) -> Reported:
         elif kind == "committed":
             committed.append((rest[0], int(rest[1]), rest[2]))
     return Reported(wrote, committed)
+
+
+@contextlib.contextmanager
+def serve_process(
+    environment: dict[str, str], **popen: object
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`horace serve` on a free port, once /health answers; killed on the way out."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "text": True, **popen}
+    server = subprocess.Popen(  # type: ignore[call-overload]
+        [sys.executable, "-m", "horace", "serve", "--port", str(port), "--log-level", "WARNING"],
+        env=environment,
+        **options,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # serving: its catalog opened, the store bound to it
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        yield server, port
+    finally:
+        server.kill()
+        server.wait()

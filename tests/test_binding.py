@@ -13,12 +13,10 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from functools import partial
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -28,6 +26,7 @@ import pytest
 import trio
 from conftest import BACKEND
 from helpers import pg_execute, sha256, write
+from processes import serve_process
 from soundness import assert_sound, objects_on_disk
 
 from horace.assemble import open_catalog
@@ -646,38 +645,18 @@ def test_a_server_whose_store_another_catalog_adopted_stops(tmp_path: Path) -> N
     for text in ("first", "second"):
         write(root / "files/user/notes.md", text)
         assert run(original, "register", "user/notes.md").returncode == 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "horace", "serve", "--port", str(port), "--log-level", "WARNING"],
-        env={
-            **original,
-            "HORACE_PURGE_INTERVAL": "1s",
-            "HORACE_GC_GRACE": "0",
-            "HORACE_DELETED_RETENTION": "0s",
-        },
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # serving: its catalog opened, the store bound to it
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
+    purging = {
+        **original,
+        "HORACE_PURGE_INTERVAL": "1s",
+        "HORACE_GC_GRACE": "0",
+        "HORACE_DELETED_RETENTION": "0s",
+    }
+    with serve_process(purging, stderr=subprocess.PIPE) as (server, _):
         with sqlite3.connect(tmp_path / "a.db") as source, sqlite3.connect(tmp_path / "b.db") as target:
             source.backup(target)
         done = run(adopted, "init", "--adopt")
         assert done.returncode == 0, done.stderr
         _, stderr = server.communicate(timeout=60)
-    finally:
-        server.kill()
     assert server.returncode == Exit.STORE, stderr
     assert "STORE_REFUSED" in stderr and "no longer to this one" in stderr, stderr
     info = run(adopted, "--json", "info", "user/notes.md", "--versions")

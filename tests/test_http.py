@@ -12,8 +12,13 @@ import gzip
 import json
 import logging
 import math
+import os
 import re
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http.client import HTTPConnection
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -37,6 +42,7 @@ from http_client import (
 )
 from httpx_sse import aconnect_sse
 from mcp_client import connect as connect_websocket
+from processes import serve_process
 from test_server import serving
 from test_sinks import drained, stored_turns
 from trio_websocket import ConnectionRejected, open_websocket_url
@@ -1337,3 +1343,24 @@ async def test_shutdown_lets_http_calls_finish(settings: Settings, monkeypatch: 
         assert answers[0].status_code == 200 and "result" in answers[0].json()
         await eventually(lambda: not running.server.sessions, "the session to end")
         assert not tool.cancelled
+
+
+def test_a_request_sent_while_the_server_was_stopped_is_answered(tmp_path: Path) -> None:
+    """A server stopped (SIGSTOP) past a kept-alive connection's HEAD_TIMEOUT, with a
+    request sent meanwhile: woken, it answers the request instead of closing the
+    connection under it (its first look at the socket comes after the deadline)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}
+    env["HORACE_STORAGE_PATH"] = str(tmp_path / "horace-data")
+    with serve_process(env) as (server, port):
+        client = HTTPConnection("127.0.0.1", port, timeout=10)
+        client.request("GET", "/health")
+        assert client.getresponse().read()  # the connection is kept alive
+        server.send_signal(signal.SIGSTOP)
+        try:
+            client.request("GET", "/health")  # into the socket of the stopped server
+            time.sleep(HEAD_TIMEOUT + 1)
+        finally:
+            server.send_signal(signal.SIGCONT)
+        answer = client.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["status"] == "ok"
+        client.close()

@@ -53,6 +53,11 @@ MCP_PATHS = (b"/", b"/mcp")
 HEALTH_PATHS = (b"/health", b"/healthz")
 
 TURN_AWAY_TIMEOUT = 1.0  # for writing the 503 to a connection past max_pending_connections
+# A process stopped past a connection's HEAD_TIMEOUT (SIGSTOP, a paused VM) wakes with that
+# deadline spent before it looked at the socket again: epoll_wait says EINTR, and Python
+# does not poll again once its timeout has passed. A request that came meanwhile is in the
+# socket; one short look more reads it instead of closing the connection under it.
+LAST_LOOK = 0.05
 # Closing a socket with bytes unread makes the kernel reset the connection, and the client
 # may lose the answer just written (a 431 to a head that goes on): what comes is read and
 # thrown away first, for so long and so much at most.
@@ -167,6 +172,9 @@ class Front:
             deadline = trio.current_time() + HEAD_TIMEOUT
             with self.admission.awaiting_request(ticket, deadline) as waiting:
                 request = await conn.next_request()
+            if waiting.cancelled_caught and ticket.state != "evicted":
+                with trio.move_on_after(LAST_LOOK) as waiting:
+                    request = await conn.next_request()
             if waiting.cancelled_caught:
                 if ticket.state == "evicted":
                     log.debug("connection closed: its place went to a newer one, no request yet")
