@@ -69,6 +69,7 @@ from horace.backends.records import (
 from horace.binding import StoreRefused
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
+from horace.paths import quoted
 from horace.storage import (
     COARSE_TICK_NS,
     FileIdentity,
@@ -147,7 +148,7 @@ def unchanged_since(recorded: WorkingStat | None, now: os.stat_result, margin_ns
 def _check_kept(file: FileRecord, found: VersionRecord, held: tuple[str, int] | None) -> None:
     """``CHECKSUM_MISMATCH`` unless *held*, the (sha256, size) the stored content of
     version *found* of *file* reads as (None: missing), is what the version recorded."""
-    where = f"version {found.version} of {file.file_path!r}"
+    where = f"version {found.version} of {quoted(file.file_path)}"
     if held is None:
         missing = f"the content of {where} is missing from the object store"
         raise HoraceError(ErrorCode.CHECKSUM_MISMATCH, missing)
@@ -448,7 +449,9 @@ class Catalog:
         where a folder was): its record is found, and what acts on disk refuses such a
         path there (each component opened with O_NOFOLLOW)."""
         if not folder and isinstance(client_path, str) and client_path.endswith("/"):
-            raise HoraceError(ErrorCode.INVALID_PATH, f"invalid path {client_path!r}: ends in / (a folder)")
+            raise HoraceError(
+                ErrorCode.INVALID_PATH, f"invalid path {quoted(client_path)}: ends in / (a folder)"
+            )
         return paths.to_relative(self.storage.files, client_path, on_disk=on_disk, folder=folder)
 
     def _check_described(self, what: str, description: dict[str, Any]) -> None:
@@ -617,7 +620,8 @@ class Catalog:
                         file.file_path,
                         type(exc).__name__,
                         exc,
-                        f"was put back beside it as {placed!r}, a file having been made at its path meanwhile"
+                        f"was put back beside it as {quoted(placed)}, a file having been made at its "
+                        "path meanwhile"
                         if placed
                         else f"stays in {held} for fsck: its folder can no longer be reached",
                         extra={"file_id": file.id, "correlation_id": correlation_id},
@@ -671,7 +675,7 @@ class Catalog:
                     return Registered(raced, duplicate=raced.file_path != rel, version_created=False)
             raise HoraceError(
                 ErrorCode.FILE_LOCKED,
-                f"{rel!r} could not be registered: the file that held its content changed "
+                f"{quoted(rel)} could not be registered: the file that held its content changed "
                 f"{REGISTER_ATTEMPTS} times as it was; try again",
             )
 
@@ -683,7 +687,7 @@ class Catalog:
         if version is None and revive is not None:
             revived = await db.update_file(existing.id, FileChanges(status=revive), self.clock())
             if revived is None:
-                raise FileGone(f"{existing.file_path!r} was purged meanwhile")
+                raise FileGone(f"{quoted(existing.file_path)} was purged meanwhile")
             record = revived
         return Registered(record, duplicate=False, version_created=version is not None)
 
@@ -695,7 +699,7 @@ class Catalog:
         if found is None:
             found = await self.backend.file_by_path(self.relative(ref, on_disk=False))
         if found is None:
-            raise HoraceError(ErrorCode.NOT_CATALOGED, f"{ref!r} is not catalogued")
+            raise HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(ref)} is not catalogued")
         return found
 
     async def locate(self, file_id: str | None = None, file_path: str | None = None) -> FileRecord:
@@ -704,7 +708,7 @@ class Catalog:
         if file_id:
             by_id = await self.file(file_id)
             if file_path is not None and self.relative(file_path, on_disk=False) != by_id.file_path:
-                said = f"{by_id.file_path!r}, not {paths.printable(file_path)!r}"
+                said = f"{quoted(by_id.file_path)}, not {quoted(file_path)}"
                 raise HoraceError(
                     ErrorCode.INVALID_ARGUMENT, f"file_id {file_id!r} is {said}: give one of them"
                 )
@@ -713,7 +717,7 @@ class Catalog:
             rel = self.relative(file_path, on_disk=False)
             found = await self.backend.file_by_path(rel)
             if found is None:
-                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{rel!r} is not catalogued")
+                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(rel)} is not catalogued")
             return found
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, "give file_id or file_path")
 
@@ -757,7 +761,9 @@ class Catalog:
         number = file.current_version if version is None else version
         found = await self.backend.version(file.id, number)
         if found is None:
-            raise HoraceError(ErrorCode.VERSION_NOT_FOUND, f"{file.file_path!r} has no version {number}")
+            raise HoraceError(
+                ErrorCode.VERSION_NOT_FOUND, f"{quoted(file.file_path)} has no version {number}"
+            )
         return found
 
     async def content(self, file: FileRecord, version: int | None, max_bytes: int) -> Content:
@@ -771,7 +777,7 @@ class Catalog:
         if found.size > max_bytes:
             raise HoraceError(
                 ErrorCode.INVALID_ARGUMENT,
-                f"version {number} of {file.file_path!r} is {found.size} bytes, over the limit of "
+                f"version {number} of {quoted(file.file_path)} is {found.size} bytes, over the limit of "
                 f"{max_bytes} for reading it whole (HORACE_MAX_READ_BYTES)",
             )
         data = await in_thread(self.storage.read_object, found.checksum, check_cancelled)
@@ -793,7 +799,7 @@ class Catalog:
         if copied != (found.checksum, found.size):
             raise HoraceError(
                 ErrorCode.CHECKSUM_MISMATCH,
-                f"the stored content of version {found.version} of {file.file_path!r} read otherwise "
+                f"the stored content of version {found.version} of {quoted(file.file_path)} read otherwise "
                 "as it was copied",
             )
         return found
@@ -934,7 +940,8 @@ class Catalog:
         if await in_thread(self.storage.is_being_written, rel):
             raise HoraceError(
                 ErrorCode.FILE_LOCKED,
-                f"{rel!r} is open for writing by another process: try again once it is closed{otherwise}",
+                f"{quoted(rel)} is open for writing by another process: try again once it is "
+                f"closed{otherwise}",
             )
 
     async def _take_working_copy(
@@ -1019,7 +1026,7 @@ class Catalog:
         if file.status is Status.ARCHIVED:
             raise HoraceError(
                 ErrorCode.INVALID_ARGUMENT,
-                f"{file.file_path!r} is archived, not deleted: update its status to active instead",
+                f"{quoted(file.file_path)} is archived, not deleted: update its status to active instead",
             )
         # Of an active file: nothing to do (not even a look for unsaved changes, which
         # would write a version).
@@ -1047,7 +1054,8 @@ class Catalog:
             )
         if rel and await self.backend.file_by_path(rel) is not None:
             raise HoraceError(
-                ErrorCode.INVALID_ARGUMENT, f"{rel!r} is a file, not a folder: undelete it alone (without -r)"
+                ErrorCode.INVALID_ARGUMENT,
+                f"{quoted(rel)} is a file, not a folder: undelete it alone (without -r)",
             )
         deleted = await self.files_under(rel, Status.DELETED)
         if not deleted:
@@ -1104,14 +1112,14 @@ class Catalog:
             if current.status is not Status.ACTIVE:
                 raise HoraceError(
                     ErrorCode.INVALID_ARGUMENT,
-                    f"{current.file_path!r} is {current.status.value}: make it active before restoring",
+                    f"{quoted(current.file_path)} is {current.status.value}: make it active before restoring",
                 )
             wanted = await db.version(file_id, version)
             if wanted is None:
                 raise HoraceError(
-                    ErrorCode.VERSION_NOT_FOUND, f"{current.file_path!r} has no version {version}"
+                    ErrorCode.VERSION_NOT_FOUND, f"{quoted(current.file_path)} has no version {version}"
                 )
-            await self._verified_object(wanted.checksum, f"version {version} of {current.file_path!r}")
+            await self._verified_object(wanted.checksum, f"version {version} of {quoted(current.file_path)}")
             preserved = None
             examined: FileIdentity | None = None
             if await in_thread(self.storage.working_exists, current.file_path):
@@ -1289,9 +1297,11 @@ class Catalog:
                         return await self._scan_one(rel_under, correlation_id, progress)
                 elif found == "other":  # a FIFO, a socket, a device
                     raise HoraceError(
-                        ErrorCode.INVALID_PATH, f"{rel_under!r} is not a regular file or a folder"
+                        ErrorCode.INVALID_PATH, f"{quoted(rel_under)} is not a regular file or a folder"
                     )
-                raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no folder or file {rel_under!r} under files/")
+                raise HoraceError(
+                    ErrorCode.FILE_NOT_FOUND, f"no folder or file {quoted(rel_under)} under files/"
+                )
         async with self.walking:
             return await self._scan_folder(rel_under, correlation_id, progress, rehash)
 
@@ -1602,7 +1612,7 @@ class Catalog:
         async with self.writing(entry.file_path) as db:
             current = await db.file_by_id(entry.file_id)
             if current is None:
-                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{entry.file_path!r} was purged meanwhile")
+                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(entry.file_path)} was purged meanwhile")
             if (current.current_version, current.status) != (entry.current_version, Status.ACTIVE):
                 return (await self._reregister(db, current, correlation_id)).version_created
             new = NewVersion(copy.checksum, copy.size, mime_type, working=copy.working)
@@ -1842,7 +1852,7 @@ class Catalog:
         async with self.writing(old.file_path) as db:
             [moved] = await db.move_files([(file_id, new_rel, None)], self.clock())
         if moved is None:
-            raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{new_rel!r} is catalogued already")
+            raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{quoted(new_rel)} is catalogued already")
         log.info(
             "moved %s -> %s",
             old.file_path,

@@ -100,6 +100,16 @@ class _Text(click.ParamType):
 TEXT = _Text()
 
 
+class _StoragePath(click.Path):
+    """A folder's path; empty, it would be ``.`` (the current folder made a store), where
+    an empty ``HORACE_STORAGE_PATH`` is taken as unset."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("the path is empty: name the store's folder, or leave the option out")
+        return super().convert(value, param, ctx)
+
+
 class Exit(enum.IntEnum):
     OK = 0
     FOUND = 1  # the command finished and found problems (verify, scan errors, fsck repaired all)
@@ -142,7 +152,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
 _GLOBAL_OPTIONS = [
     click.option(
         "--storage",
-        type=click.Path(path_type=Path),
+        type=_StoragePath(path_type=Path),
         expose_value=False,
         callback=_remember,
         help="Storage root [HORACE_STORAGE_PATH, ./horace-data].",
@@ -347,9 +357,9 @@ SHOWN_ORPHANS = 20  # objects no version refers to, named one a line by `horace 
 # isolates (which make a name read as another); and the backslash, so that a name holding
 # "\n" (two characters) does not read as one holding a newline; and a byte that is not
 # UTF-8 (an argument's, as a surrogate escape), shown as \xNN.
-_CONTROL = re.compile(
-    "[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\udc80-\udcff]"
-)
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\udc80-\udcff"
+_CONTROL = re.compile(f"[\\\\{_UNSAFE}]")
+_UNSAFE_IN_MESSAGE = re.compile(f"[{_UNSAFE}]")
 
 
 def _escaped(char: str) -> str:
@@ -363,6 +373,13 @@ def _shown(text: str) -> str:
     a right-to-left override) is shown escaped, so that it cannot end the line, forge
     another, or disguise the name; a backslash is shown doubled."""
     return _CONTROL.sub(lambda m: _escaped(m.group()), text)
+
+
+def _said(message: str) -> str:
+    """An error's message for its line: the names in it are quoted already (a backslash
+    doubled there, a byte that is not UTF-8 as ``\\xNN``: :func:`horace.paths.quoted`),
+    so only what could break or disguise the line is escaped."""
+    return _UNSAFE_IN_MESSAGE.sub(lambda m: _escaped(m.group()), message)
 
 
 class _ShownLines(logging.Formatter):
@@ -1083,7 +1100,7 @@ def _say(failure: Failure, as_json: bool) -> None:
     else:
         # One line, whatever the message holds (PostgreSQL's add "\nHINT: ..." lines).
         message = "; ".join(line.strip() for line in failure.message.splitlines() if line.strip())
-        click.echo(_shown(f"horace: error: {failure.code}: {message}"), err=True)
+        click.echo(_said(f"horace: error: {failure.code}: {message}"), err=True)
 
 
 def _configure_cli_logging(as_json: bool) -> None:
@@ -1113,7 +1130,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     as_json, debug = "--json" in args, "--debug" in args
     _configure_cli_logging(as_json)
     try:
-        status = cli.main(args=args, prog_name="horace", standalone_mode=False)
+        # (cli.main() less its handling of errors, which is below: it would begin the line
+        # of a Ctrl-C with a newline even where no terminal shows "^C")
+        with cli.make_context("horace", list(args)) as ctx:
+            status = cli.invoke(ctx)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as exc:

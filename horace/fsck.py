@@ -60,6 +60,7 @@ from horace.backends.protocol import Units
 from horace.backends.records import FileRecord, NewVersion, Status, VersionRecord
 from horace.catalog import Catalog, check_cancelled, in_thread
 from horace.model import ErrorCode, HoraceError
+from horace.paths import quoted
 from horace.storage import STORAGE_ERRNOS, Storage, TempKind, TempName, make_private_folder
 
 log = logging.getLogger("horace.fsck")
@@ -635,8 +636,8 @@ async def _file(
                 catalog, [file.file_path, *holders.get(v.checksum, ())], v.checksum
             )
             objects_ok[v.checksum] = repaired = source is not None and await _object_ok(catalog, v, deep)
-            if repaired:
-                outcome = f" (recovered from the working copy of {source!r})"
+            if repaired and source is not None:
+                outcome = f" (recovered from the working copy of {quoted(source)})"
             elif source is not None:
                 # The object holds the content its checksum names: the version's recorded
                 # size is what is wrong (a hand-edited row), and no copy mends that.
@@ -645,7 +646,7 @@ async def _file(
                     f"{v.version} records, {v.size} bytes: the catalog's row is wrong, and left as it is)"
                 )
             elif unread:  # it may be there: nothing is dropped on a guess
-                outcome = f" (the working copy of {unread[0]!r} may hold it, but cannot be read now)"
+                outcome = f" (the working copy of {quoted(unread[0])} may hold it, but cannot be read now)"
             elif v.version != file.current_version and forget_missing:
                 await db.delete_version(v.file_id, v.version)
                 repaired = True
@@ -743,7 +744,10 @@ async def _version_again(
         )
         if source is None:
             if unread:
-                return None, f" (the working copy of {unread[0]!r} may hold its content: cannot be read now)"
+                return (
+                    None,
+                    f" (the working copy of {quoted(unread[0])} may hold its content: cannot be read now)",
+                )
             return None, " (its content is nowhere in the store; a scan versions what its working copy holds)"
     fixed, version, _ = await db.add_version(
         file.id,

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from horace.model import ErrorCode, HoraceError
+from horace.paths import quoted
 
 
 def _flock(kind: int, offset: int) -> bytes:
@@ -141,7 +142,7 @@ class FileLocks:
                 with trio.move_on_after(self.wait_seconds) as waited:
                     await entry.lock.acquire()
                 if waited.cancelled_caught:
-                    raise HoraceError(ErrorCode.FILE_LOCKED, f"{rel_path!r} is being written") from None
+                    raise HoraceError(ErrorCode.FILE_LOCKED, f"{quoted(rel_path)} is being written") from None
             try:
                 await self._acquire_record(rel_path)
             except BaseException:
@@ -212,4 +213,4 @@ class FileLocks:
                 except (BlockingIOError, PermissionError):
                     await trio.sleep(delay)
                     delay = min(delay * 2, 0.05)
-        raise HoraceError(ErrorCode.FILE_LOCKED, f"{rel_path!r} is being written by another process")
+        raise HoraceError(ErrorCode.FILE_LOCKED, f"{quoted(rel_path)} is being written by another process")

@@ -72,8 +72,20 @@ def printable(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# A byte that is not UTF-8 (held as a lone surrogate) as repr() escapes it, the backslashes
+# before it paired (each a backslash of the name, doubled).
+_REPR_UNDECODABLE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def quoted(path: str) -> str:
+    """*path* quoted for a message, as ``repr`` quotes it (control characters escaped, a
+    backslash doubled), each byte that is not UTF-8 as ``\\xNN``: one backslash, so that
+    it is not taken for a name that holds a backslash."""
+    return _REPR_UNDECODABLE.sub(r"\1\\x\2", repr(path))
+
+
 def _invalid(path: str, why: str) -> HoraceError:
-    return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {printable(path)!r}: {why}")
+    return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {quoted(path)}: {why}")
 
 
 def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True, folder: bool = False) -> str:

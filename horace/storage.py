@@ -56,6 +56,7 @@ from horace.paths import (
     TMP_PREFIX,
     editor_temp,
     printable,
+    quoted,
     too_long,
     unusable_name,
 )
@@ -393,7 +394,9 @@ class SymlinkOnTheWay(HoraceError):
     leads to is out of Horace's reach, never read or written through."""
 
     def __init__(self, rel: str) -> None:
-        super().__init__(ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlink or non-folder on the way")
+        super().__init__(
+            ErrorCode.INVALID_PATH, f"invalid path {quoted(rel)}: symlink or non-folder on the way"
+        )
 
 
 class _Folders:
@@ -436,7 +439,7 @@ class _Folders:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise SymlinkOnTheWay(rel) from None
             if exc.errno == errno.ENOENT:
-                raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
+                raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}") from None
             raise
 
     def _fd(self, folder: str) -> int:
@@ -499,16 +502,16 @@ def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
     except FileNotFoundError:
-        raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
+        raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise HoraceError(
-                ErrorCode.INVALID_PATH, f"invalid path {rel!r}: symlinks are not catalogued"
+                ErrorCode.INVALID_PATH, f"invalid path {quoted(rel)}: symlinks are not catalogued"
             ) from None
         if exc.errno == errno.EISDIR:
-            raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is a folder, not a file") from None
+            raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is a folder, not a file") from None
         if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # a socket, a device
-            raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file") from None
+            raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is not a regular file") from None
         raise
     try:
         st = os.fstat(fd)
@@ -896,7 +899,9 @@ class Storage:
                 except NotADirectoryError:
                     if create or stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
                         raise
-                    raise _NoFolderThere(errno.ENOTDIR, f"{part!r} on the way is not a folder") from None
+                    raise _NoFolderThere(
+                        errno.ENOTDIR, f"{quoted(part)} on the way is not a folder"
+                    ) from None
                 os.close(fd)
                 fd = nxt
             yield fd, name
@@ -920,7 +925,7 @@ class Storage:
             with self._parent_fd(rel) as (dfd, name):
                 fd, st = _open_regular(dfd, name, rel)
         except (FileNotFoundError, NotADirectoryError):
-            raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {rel!r}") from None
+            raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}") from None
         try:
             yield fd, st
         finally:
@@ -1113,7 +1118,9 @@ class Storage:
         checksum = hashlib.sha256(content).hexdigest()
         whole = len(content) == after.st_size
         if not (whole and _whole_as_read(src, before, after, checksum, _never_cancelled, recorded_ns)):
-            raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
+            raise HoraceError(
+                ErrorCode.FILE_LOCKED, f"{quoted(what)} changed while it was being read; try again"
+            )
         tmp_path = None
         try:
             os.stat(_object_name(checksum), dir_fd=objects)
@@ -1169,7 +1176,9 @@ class Storage:
         if not whole:
             # A writer was at work while we copied: what we have may be torn.
             self.discard(staged)
-            raise HoraceError(ErrorCode.FILE_LOCKED, f"{what!r} changed while it was being read; try again")
+            raise HoraceError(
+                ErrorCode.FILE_LOCKED, f"{quoted(what)} changed while it was being read; try again"
+            )
         return Staged(
             staged.tmp_path,
             staged.checksum,
@@ -1189,7 +1198,7 @@ class Storage:
             free = "the room left"
         return HoraceError(
             ErrorCode.STORAGE_FULL,
-            f"the storage is full: {what!r} reads as {_size(st.st_size)}, {_size(st.st_blocks * 512)} "
+            f"the storage is full: {quoted(what)} reads as {_size(st.st_size)}, {_size(st.st_blocks * 512)} "
             f"of it on disk (sparse, or compressed by its filesystem); Horace keeps its content "
             f"whole, and that does not fit in {free}",
         )
@@ -1234,7 +1243,7 @@ class Storage:
                 except BlockingIOError:
                     raise HoraceError(
                         ErrorCode.FILE_LOCKED,
-                        f"{rel!r} is open for writing by another process: try again once it is closed",
+                        f"{quoted(rel)} is open for writing by another process: try again once it is closed",
                     ) from None
 
             def writer_came() -> bool:
@@ -1587,7 +1596,7 @@ class Storage:
                     _renameat2(tmp_fd, held.name, dfd, name, _RENAME_EXCHANGE)
                     raise HoraceError(
                         ErrorCode.FILE_LOCKED,
-                        f"{rel!r} was opened for writing by another process meanwhile: try again",
+                        f"{quoted(rel)} was opened for writing by another process meanwhile: try again",
                     )
                 in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 # Its ctime as it landed; a file already written to is no longer ours.
@@ -1639,7 +1648,7 @@ class Storage:
                     return True
                 # A folder, symlink or FIFO took the path after the check: given back.
                 _renameat2(tmp_fd, held, dfd, name, _RENAME_EXCHANGE)
-                raise HoraceError(ErrorCode.INVALID_PATH, f"{name!r} is not a regular file")
+                raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(name)} is not a regular file")
         # Without an atomic exchange the check and the rename are two steps; the window
         # between them is a few microseconds instead of none.
         try:
@@ -1647,7 +1656,7 @@ class Storage:
         except FileNotFoundError:
             current = None
         if current != expected:
-            raise HoraceError(ErrorCode.FILE_LOCKED, f"{name!r} changed while it was being replaced")
+            raise HoraceError(ErrorCode.FILE_LOCKED, f"{quoted(name)} changed while it was being replaced")
         os.rename(held, name, src_dir_fd=tmp_fd, dst_dir_fd=dfd)
         return False
 
@@ -1669,7 +1678,7 @@ class Storage:
         except (FileNotFoundError, NotADirectoryError):
             return None
         if not stat.S_ISREG(st.st_mode):
-            raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is not a regular file")
+            raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is not a regular file")
         return st
 
     @_storage_full
@@ -1706,7 +1715,7 @@ class Storage:
                             self.put_back(held, rel)
                         raise HoraceError(
                             ErrorCode.FILE_LOCKED,
-                            f"{rel!r} was opened for writing by another process meanwhile: try again",
+                            f"{quoted(rel)} was opened for writing by another process meanwhile: try again",
                         )
                 os.fsync(dfd)
             os.fsync(tmp_fd)
@@ -2180,11 +2189,11 @@ def _check_catalogable(rel: str, st: os.stat_result) -> None:
     """Refuse what no scan, watch or register may catalog, whichever found it."""
     if not stat.S_ISREG(st.st_mode):
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise HoraceError(ErrorCode.INVALID_PATH, f"{rel!r} is {kind}")
+        raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is {kind}")
     if st.st_nlink > 1:
         raise HoraceError(
             ErrorCode.INVALID_PATH,
-            f"{rel!r} has {st.st_nlink} hard links: Horace catalogs only files with one link "
+            f"{quoted(rel)} has {st.st_nlink} hard links: Horace catalogs only files with one link "
             "(another link could change it from outside files/)",
         )
 
@@ -2204,8 +2213,8 @@ def _unreadable(rel: str, exc: OSError) -> HoraceError:
     if full is not None:
         return full
     if isinstance(exc, FileNotFoundError):
-        return HoraceError(ErrorCode.FILE_NOT_FOUND, f"{rel!r} vanished")
-    return HoraceError(ErrorCode.INVALID_PATH, f"{rel!r}: {exc.strerror or exc}")
+        return HoraceError(ErrorCode.FILE_NOT_FOUND, f"{quoted(rel)} vanished")
+    return HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)}: {exc.strerror or exc}")
 
 
 def _is_file(path: Path | str, expected: FileIdentity, dir_fd: int | None = None) -> bool:

@@ -527,6 +527,9 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
             line = one_line_error(horace(command, env={**root, name: value}), Exit.CONFIG, name, *words)
             assert "s3cret" not in line
     one_line_error(horace("serve", "--storage", "/etc/passwd"), Exit.CONFIG, "not a folder")
+    for args in (["--storage", "", "init"], ["init", "--storage", ""]):  # ("." would make one here)
+        one_line_error(horace(*args, cwd=tmp_path), Exit.USAGE, "--storage", "the path is empty")
+        assert not (tmp_path / ".horace").exists()
     for in_the_way in ("files", ".horace"):  # a file where a folder of the layout goes: named
         blocked = tmp_path / f"blocked-{in_the_way}"
         write(blocked / in_the_way, "a file")
@@ -664,7 +667,23 @@ def test_a_path_argument_that_is_not_utf8_is_an_invalid_path(
     """Such a name is never catalogued: refused as register and scan refuse it, not INTERNAL."""
     _, env = store
     line = one_line_error(horace(*args, env=env), Exit.REFUSED, "INVALID_PATH", "not valid UTF-8")
-    assert "\udcff" not in line
+    assert "\udcff" not in line and "'user/a\\xff.txt'" in line, line  # (one backslash)
+
+
+def test_error_lines_tell_a_byte_that_is_not_utf8_from_a_backslash(
+    store: tuple[Path, dict[str, str]],
+) -> None:
+    """A name is quoted once in an error line, as in a message over MCP: a backslash of the
+    name doubled, a byte that is not UTF-8 and a control character each one escape."""
+    _, env = store
+    said = {
+        name: one_line_error(horace("info", name, env=env), Exit.REFUSED, "", "")
+        for name in (NOT_UTF8_PATH, "user/a\\xff.txt", "user/a\nb", "user/a\\nb")
+    }
+    assert "'user/a\\xff.txt'" in said[NOT_UTF8_PATH], said
+    assert "'user/a\\\\xff.txt'" in said["user/a\\xff.txt"], said
+    assert "'user/a\\nb'" in said["user/a\nb"], said
+    assert "'user/a\\\\nb'" in said["user/a\\nb"], said
 
 
 @pytest.mark.parametrize("option", ["--owner", "--purpose", "--path", "--tag", "--checksum"])
@@ -988,6 +1007,23 @@ def test_a_hard_link_copy_of_a_store_is_refused_with_its_original(
     done = horace("search", "--json", env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["total_count"] == 5
+
+
+def test_ctrl_c_during_a_command_is_its_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal (nothing showed "^C"), the error line is all stderr holds: no
+    newline before it (click's own handling of a Ctrl-C writes one)."""
+    import horace.cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(horace.cli, "_run", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        horace.cli.main(["scan"])
+    assert exited.value.code == Exit.INTERRUPTED
+    assert capsys.readouterr().err == f"horace: error: INTERRUPTED: {horace.cli.INTERRUPTED}\n"
 
 
 def test_ctrl_c_cancels_a_command_and_lets_its_shielded_steps_finish() -> None:
