@@ -901,17 +901,17 @@ class Catalog:
                 # registering takes it (active again, versioned if it changed), then changed.
                 taken_in = await self._reregister(db, current, correlation_id)
                 current, version_created = taken_in.file, taken_in.version_created
-            if taken is not None:  # written back with its mode, should it come back
-                changes = attrs.evolve(changes, working_mode=await in_thread(self.storage.held_mode, taken))
             try:
+                # Shielded from the copy's move out on (a cancellation that came meanwhile
+                # is met at the first checkpoint after the shield: here, with the copy out).
                 with trio.CancelScope(shield=True):
+                    if taken is not None:  # written back with its mode, should it come back
+                        mode = await in_thread(self.storage.held_mode, taken)
+                        changes = attrs.evolve(changes, working_mode=mode)
                     updated = await db.update_file(file_id, changes, self.clock())
             except BaseException as exc:
                 if taken is not None:  # still active, as the catalog says: its working copy comes back
-                    await self._put_working_back(current, changes.working_mode)
-                    with trio.CancelScope(shield=True):
-                        if await in_thread(self.storage.working_exists, current.file_path):
-                            await in_thread(self.storage.release_held, taken)  # (else fsck puts it back)
+                    await self._put_held_back(current, taken)
                 elif written:  # still deleted or archived: the copy written for it goes
                     await self._withdraw_working(current)
                 if version_created and isinstance(exc, Exception):
@@ -957,21 +957,32 @@ class Catalog:
         record, version = await self._version_held(db, file, held, correlation_id, release=False)
         return record, version is not None, held
 
-    async def _put_working_back(self, file: FileRecord, mode: int | None) -> None:
-        """Write *file*'s working copy again from its current version (the content just
-        taken), where nothing has appeared meanwhile: a status change that failed after
-        the copy left files/ must not leave an active file without it. What cannot be
-        written now is logged; ``horace fsck --repair`` writes it."""
+    async def _put_held_back(self, file: FileRecord, held: Path) -> None:
+        """A status change failed after *file*'s working copy left files/ (held, its
+        content the current version): an active file must not be left without it. It
+        goes back by a rename, which a full disk allows; where a writer has made the file
+        again meanwhile, that one stays and the held copy goes. What cannot be put back
+        now is logged and stays held: ``horace fsck --repair`` puts it back."""
         with trio.CancelScope(shield=True):
             try:
-                await in_thread(
-                    partial(self.storage.create_working, mode=mode), file.file_path, file.checksum, file.id
-                )
+                placed = await in_thread(partial(self.storage.put_back, beside=False), held, file.file_path)
+                if placed is None and await in_thread(self.storage.working_exists, file.file_path):
+                    await in_thread(self.storage.release_held, held)
+                elif placed is None:
+                    log.error(
+                        "%s: its working copy could not be put back (its folder cannot be reached); "
+                        "it stays in %s, and `horace fsck --repair` puts it back",
+                        quoted(file.file_path),
+                        held,
+                        extra={"file_id": file.id},
+                    )
             except Exception as exc:
                 log.error(
-                    "%r: its working copy could not be put back (%s); `horace fsck --repair` writes it",
-                    file.file_path,
+                    "%s: its working copy could not be put back (%s); it stays in %s, and "
+                    "`horace fsck --repair` puts it back",
+                    quoted(file.file_path),
                     exc,
+                    held,
                     extra={"file_id": file.id},
                 )
 

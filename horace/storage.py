@@ -1754,14 +1754,15 @@ class Storage:
         return stat.S_IMODE(os.stat(held, follow_symlinks=False).st_mode)
 
     @_storage_full
-    def put_back(self, held: Path, rel: str) -> str | None:
+    def put_back(self, held: Path, rel: str, *, beside: bool = True) -> str | None:
         """Return a held working file to ``files/``: at *rel* when that is free, else
-        beside it under a name that says what it is. The path used, or None when the
-        file's folder can no longer be reached."""
+        (*beside*) beside it under a name that says what it is. The path used, or None
+        when the file's folder can no longer be reached (or *rel* is taken, not *beside*).
+        A rename: it needs no room on a full disk."""
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel, create=True) as (dfd, name):
-                candidates = [name, *(_recovered_name(name, n) for n in range(1, 1000))]
+                candidates = [name, *(_recovered_name(name, n) for n in range(1, 1000) if beside)]
                 for candidate in candidates:
                     try:
                         _rename_noreplace(tmp_fd, held.name, dfd, candidate)

@@ -1,7 +1,8 @@
 """Cancellation at any point leaves the whole version or nothing (SPEC §2).
 
 Two approaches, on register (new path and re-registration), update with a content change,
-and restore (with and without unsaved changes in the working file):
+and restore (with and without unsaved changes in the working file); the second on delete
+and archive too:
 
 - random deadlines: hundreds of ``trio.move_on_after(random delay)`` trials per operation,
   the delays spread over the operation's measured duration, with file sizes up to a few
@@ -36,7 +37,7 @@ from soundness import assert_sound, digest, objects_on_disk, temps_left
 
 import horace.catalog
 from horace.assemble import open_catalog
-from horace.backends.records import FileChanges, FileRecord, VersionRecord
+from horace.backends.records import FileChanges, FileRecord, Status, VersionRecord
 from horace.catalog import Catalog
 from horace.config import Settings
 
@@ -355,6 +356,51 @@ class Restore(Scenario):
         await assert_sound(catalog, deep=False)
 
 
+class Leave(Scenario):
+    """A delete or an archive of a file whose working copy holds unsaved content: the copy
+    leaves files/, is versioned (shielded), then the status changes. Cancelled anywhere,
+    the file is active with its working copy as it was (its content maybe a version now),
+    or out of files/ as the catalog says; never active without it."""
+
+    def __init__(self, files: Path, rng: random.Random, status: Status) -> None:
+        super().__init__(files, rng)
+        self.status = status
+        self.name = "delete" if status is Status.DELETED else "archive"
+
+    async def prepare(self, catalog: Catalog) -> None:
+        tag = self.next_tag()
+        self.rel = f"user/out/{tag}.bin"
+        self.write(self.rel, make_content(self.rng, f"{tag}-v1", self.fixed_size))
+        self.before = self.subject = (await catalog.register(self.rel)).file
+        self.before_versions = await versions_of(catalog, self.before.id)
+        self.content = make_content(self.rng, f"{tag}-unsaved", self.fixed_size)
+        self.write(self.rel, self.content)
+
+    async def run(self, catalog: Catalog) -> Any:
+        return await catalog.update(self.before.id, FileChanges(status=self.status))
+
+    async def verify(self, catalog: Catalog) -> bool:
+        file = await catalog.backend.file_by_id(self.before.id)
+        assert file is not None
+        versions = await versions_of(catalog, file.id)
+        check_old_versions_kept(self.before_versions, versions)
+        new = [(v.version, v.checksum) for v in versions if v.version > self.before.current_version]
+        assert new in ([], [(self.before.current_version + 1, digest(self.content))])
+        if file.status is Status.ACTIVE:
+            assert self.working(self.rel) == self.content, "an active file without its working copy"
+        else:
+            assert file.status is self.status and new, (file.status, new)
+            assert not (self.files / self.rel).exists()
+        await assert_sound(catalog)
+        return file.status is self.status
+
+    async def retry(self, catalog: Catalog) -> None:
+        result = await self.run(catalog)
+        assert result.file.status is self.status and result.file.checksum == digest(self.content)
+        assert not (self.files / self.rel).exists()
+        await assert_sound(catalog, deep=False)
+
+
 # -- the deterministic injection hook -------------------------------------------------------
 
 
@@ -501,7 +547,12 @@ SCENARIOS: dict[str, Callable[[Path, random.Random], Scenario]] = {
     "rescan": lambda f, r: Update(f, r, via_scan=True),
     "restore-clean": lambda f, r: Restore(f, r, unsaved=False),
     "restore-unsaved": lambda f, r: Restore(f, r, unsaved=True),
+    "delete": lambda f, r: Leave(f, r, Status.DELETED),
+    "archive": lambda f, r: Leave(f, r, Status.ARCHIVED),
 }
+# Their one copy, of a working file moved out of files/, is versioned whole: it never
+# looks for a cancellation.
+UNCANCELLED_COPIES = {"delete", "archive"}
 STEP_SIZE = 64 * KiB  # the steps do not depend on the size: small files keep the sweep fast
 COPY_SIZE = 2 * MiB + 1  # two full chunks: two cancellation checks in each copy
 
@@ -525,7 +576,7 @@ async def test_cancel_at_every_step(
     injector.reset()
     assert await scenario.verify(catalog)
     await scenario.cleanup(catalog)
-    assert copy_points >= 2, labels
+    assert copy_points == 0 if which in UNCANCELLED_COPIES else copy_points >= 2, labels
 
     outcomes: Counter[tuple[str, bool, bool]] = Counter()
     for n in range(copy_points):

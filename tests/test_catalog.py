@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -768,6 +769,33 @@ async def test_a_status_change_that_fails_leaves_files_as_the_catalog_says(
     back = await catalog.undelete(file.id)  # it takes in what is there
     assert back.file.status is Status.ACTIVE and back.version_created
     assert path.read_text() == "written as the undelete failed"
+
+
+async def test_a_status_change_that_fails_on_a_full_disk_still_puts_the_working_copy_back(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store and its catalog on one disk, full once the content is versioned: the
+    status change fails, and the working copy comes back all the same (a rename, where a
+    copy written from the version would need room the disk no longer has)."""
+    path = write(files / "user/a.txt", "keep me")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("unsaved edit")
+
+    def no_room_left() -> None:
+        def no_space(*args: Any) -> Any:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(horace.storage, "_copy_and_hash", no_space)
+
+    record_changes_fail(monkeypatch, catalog, DatabaseFull("database or disk is full"), no_room_left)
+    for change in (catalog.delete(file.id), catalog.update(file.id, FileChanges(status=Status.ARCHIVED))):
+        with pytest.raises((HoraceError, DatabaseFull)):
+            await change
+        assert path.read_text() == "unsaved edit"
+    monkeypatch.undo()
+    info = await catalog.get_info(file_id=file.id)
+    assert info.file.status is Status.ACTIVE and info.file.current_version == 2
+    assert (await fsck(catalog)).findings == ()
 
 
 async def test_a_folder_renamed_as_a_file_of_the_same_content_goes_keeps_each_history(
