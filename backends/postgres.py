@@ -44,6 +44,7 @@ from .protocol import (
     PING,
     REFUSALS,
     BackendUnavailable,
+    CatalogDamaged,
     CatalogUnwritable,
     DatabaseFull,
     FileGone,
@@ -1218,6 +1219,9 @@ _BIND = (
 )
 
 
+_BOUND = "SELECT store_id::text FROM horace_store"
+
+
 _REBIND = (
     "UPDATE horace_store SET store_id = $2::uuid, storage_path = $3, bound_at = $4 "
     "WHERE store_id = $1::uuid RETURNING store_id"
@@ -2002,7 +2006,12 @@ class PostgresBackend(_Units):
 
     async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
         bound = await self._source.run(_fetchrow, _BIND, store_id, storage_path, at)
-        assert bound is not None
+        if bound is None:
+            # Another instance bound it as this statement ran: its INSERT waited for that
+            # one's, then skipped the row its own snapshot cannot see. A new statement can.
+            bound = await self._source.run(_fetchrow, _BOUND)
+        if bound is None:
+            raise CatalogDamaged("the catalog's store binding (horace_store) vanished as it was made")
         return str(bound[0])
 
     async def rebind(self, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:

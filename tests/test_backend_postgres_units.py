@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -2009,3 +2010,44 @@ async def test_a_connection_the_server_dropped_is_said_plainly(pg_url: str) -> N
         for fails in (dropped, closed_under_a_transaction):
             with pytest.raises(BackendUnavailable, match=r"is unavailable: its connection was lost$"):
                 await backend._hop(fails)
+
+
+async def test_a_store_bound_by_another_instance_as_this_one_binds_is_the_one_read(
+    db: PostgresBackend, pg_url: str
+) -> None:
+    """Instances started together on a new catalog: one's INSERT of the binding waits for
+    another's, skips the row once that commits, and cannot see it in its own statement's
+    snapshot. The binding read is the other's (it was an assertion error, and the loser
+    then took the store's folders back from under the others)."""
+    other = str(uuid.uuid4())
+    inserted, commit = threading.Event(), threading.Event()
+
+    def first_instance() -> None:
+        async def work(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO horace_store (id, store_id, storage_path, bound_at) "
+                    "VALUES (1, $1::uuid, '/the/other', now())",
+                    other,
+                )
+                inserted.set()
+                await asyncio.get_running_loop().run_in_executor(None, commit.wait, 30)
+
+        async def run() -> None:
+            conn = await asyncpg.connect(pg_url)
+            try:
+                await work(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    async def commit_soon() -> None:
+        await trio.sleep(0.5)  # the bind below waits on the row meanwhile
+        commit.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, first_instance)
+        assert await trio.to_thread.run_sync(inserted.wait, 30)
+        nursery.start_soon(commit_soon)
+        assert await db.bind(str(uuid.uuid4()), "/this/one", T0) == other
