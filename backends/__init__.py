@@ -122,12 +122,15 @@ def _port_of(address: str) -> str:
 
 
 @asynccontextmanager
-async def open_backend(url: str, *, migrate: bool = True, create: bool = True) -> AsyncIterator[Backend]:
+async def open_backend(
+    url: str, *, migrate: bool = True, create: bool = True, connections: int | None = None
+) -> AsyncIterator[Backend]:
     """Open the backend named by *url* (``sqlite:///path`` or ``postgresql://...``).
 
     The schema is brought up to date unless ``migrate=False``; a database whose schema
     is newer than this code is refused. Without *create* a missing SQLite file is
-    :class:`CatalogMissing` rather than a new, empty catalog.
+    :class:`CatalogMissing` rather than a new, empty catalog. *connections*: the most a
+    PostgreSQL pool holds (else its default).
     """
     problem = url_problem(url)
     if problem is not None:
@@ -143,7 +146,8 @@ async def open_backend(url: str, *, migrate: bool = True, create: bool = True) -
     else:
         from .postgres import open_postgres
 
-        async with open_postgres(url) as backend:
+        sized = {} if connections is None else {"max_connections": connections}
+        async with open_postgres(url, **sized) as backend:
             if migrate:
                 await backend.migrate()
             yield backend

@@ -30,9 +30,10 @@ import attrs
 import pytest
 import trio
 
-from horace.backends import url_problem
+from horace.backends import open_backend, url_problem
 from horace.backends.migrations import SchemaTooNew, steps
 from horace.backends.postgres import (
+    MIN_CONNECTIONS,
     Conn,
     PostgresBackend,
     _execute,
@@ -60,6 +61,7 @@ from horace.backends.records import (
 )
 from horace.backends.sqlite import SqliteBackend, open_sqlite
 from horace.backends.words import prefix_end
+from horace.sinks.conversations import TURNS_CONNECTIONS
 
 # The sqlite environments of the tox matrix have no server; the postgres ones run these.
 pytestmark = pytest.mark.skipif(
@@ -2051,3 +2053,18 @@ async def test_a_store_bound_by_another_instance_as_this_one_binds_is_the_one_re
         assert await trio.to_thread.run_sync(inserted.wait, 30)
         nursery.start_soon(commit_soon)
         assert await db.bind(str(uuid.uuid4()), "/this/one", T0) == other
+
+
+async def test_a_pool_of_one_connection_holds_one_however_busy(pg_url: str) -> None:
+    """The conversation turns' own pool (``TURNS_CONNECTIONS``) takes one connection of
+    the budget, not the catalog pool's two to twenty: under a role's CONNECTION LIMIT the
+    sinks of several instances would otherwise hold every slot."""
+    app = dict(parse_qsl(urlsplit(pg_url).query))["application_name"]
+    counted = f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
+    async with open_backend(pg_url, connections=TURNS_CONNECTIONS) as backend:
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(backend.ping)
+        assert await trio.to_thread.run_sync(admin_column, counted) == [1]
+    async with open_backend(pg_url) as backend:  # (the catalog's: two at least)
+        assert await trio.to_thread.run_sync(admin_column, counted) == [MIN_CONNECTIONS]

@@ -24,7 +24,7 @@ from horace.server.observer import Observer
 from horace.server.sinkprocess import SinkPlan, sink_process
 from horace.server.sinks import SinkWiring, godot_level, run_sinks
 from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
-from horace.sinks.conversations import talks_in
+from horace.sinks.conversations import TURNS_CONNECTIONS, talks_in
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
 from horace.supervise import together
@@ -79,7 +79,11 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
             talks = None
             if wiring.conversations:
                 url = settings.conversations_url
-                talks = functools.partial(open_backend, url) if url else talks_in(catalog.backend)
+                talks = (
+                    functools.partial(open_backend, url, connections=TURNS_CONNECTIONS)
+                    if url
+                    else talks_in(catalog.backend)
+                )
             here = await running.enter_async_context(run_sinks(settings, talks, spool_dir))
             observer, godot, parts = here.observer, here.godot, {"sinks": here.status}
         horace_log = logging.getLogger("horace")

@@ -43,6 +43,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogMissing, Catalog
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
+from horace.sinks.conversations import TURNS_CONNECTIONS
 from horace.sinks.supervisor import BATCH_BYTES, entry_size, queue_from_thread
 from horace.supervise import backoff, the_failure
 
@@ -499,7 +500,11 @@ async def serve_sinks() -> None:
     os.dup2(2, 1)  # a stray print goes to the log, not into the status lines
     async with trio.lowlevel.FdStream(reports) as stdout:
         try:
-            talks = None if plan.talks_url is None else functools.partial(open_backend, plan.talks_url)
+            talks = (
+                None
+                if plan.talks_url is None
+                else functools.partial(open_backend, plan.talks_url, connections=TURNS_CONNECTIONS)
+            )
             async with (
                 run_sinks(plan.settings, talks, plan.spool_dir) as sinks,
                 trio.open_nursery() as nursery,

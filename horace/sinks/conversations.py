@@ -27,6 +27,11 @@ from horace.sinks.supervisor import Deliver, DestinationDown, SinkRunner, log, s
 from horace.wire import structure
 
 MODEL = "horace"
+# The most connections the turns' own pool holds (a database of their own, or the catalog's
+# opened again by the sink process): one batch at a time, the prune between batches. Each
+# more would come out of the catalog's budget (a role's CONNECTION LIMIT), held for as long
+# as turns keep coming.
+TURNS_CONNECTIONS = 1
 TURN_BYTES = 512  # a turn's fields but its content, correlation id and file ids, and more
 _ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str), without a new encoder a call
 
