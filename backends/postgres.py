@@ -1478,8 +1478,9 @@ class _Hop:
             if isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError):
                 raise CatalogUnwritable(
                     f"PostgreSQL at {self.where} refuses Horace's role: {exc} (the role in the URL "
-                    "must own Horace's tables: made by another role, they want ALTER TABLE ... OWNER TO "
-                    "it, or a GRANT; see docs/postgres.md)"
+                    "wants the privileges docs/postgres.md grants an instance's role: USAGE on the "
+                    "schema, SELECT, INSERT, UPDATE and DELETE on all its tables, USAGE on all its "
+                    "sequences; or the tables' owner runs Horace)"
                 ) from exc
             raise
         return result

@@ -91,8 +91,10 @@ def decide(
                 "restored dump?) or that one under a new name (a renamed database), and two "
                 "catalogs serving one store each collect what only the other refers to. Point "
                 f"--database at {recorded}; if this one is to be the store's catalog from now on "
-                "(renamed, or that one gone or retired), `horace init --adopt` binds it under a new "
-                "identity, after which the other no longer opens the store"
+                "(renamed, that one gone or retired, or this one restored beside it), `horace init "
+                "--adopt` binds it to this store under a new identity; from then on that one no "
+                "longer opens this store (it changes nothing of that catalog, nor of a store it "
+                "serves elsewhere)"
             )
         if catalog.storage_path == root:
             if adopt:

@@ -1096,6 +1096,7 @@ async def test_health_and_the_listening_line_mask_the_database_url(
         assert "db.internal:5432/horace" in shown and not any(s in shown for s in SECRETS)
         listening = [r for r in caplog.records if r.getMessage().startswith("listening on")]
         assert listening and listening[0].backend == shown  # type: ignore[attr-defined]
+        assert listening[0].version == body["version"]  # type: ignore[attr-defined]
         server.shutdown()
 
 

@@ -125,6 +125,7 @@ async def test_the_child_runs_the_servers_horace_not_one_in_the_working_director
         await call(client, "horace_search_files", "cwd-0")
         await drained(horace)
         assert process_part(horace)["starts"] == 1 and process_part(horace)["last_error"] is None
+        assert process_part(horace)["ok"] and process_part(horace)["why"] is None
 
 
 async def test_a_stopping_server_hands_over_every_call_it_still_queues(
@@ -280,6 +281,7 @@ async def test_a_conversation_database_that_is_down_costs_no_call_and_not_godots
             assert sinks_of(horace)["godot"]["state"] == "connected"
             code, body = await horace.server.health()
             assert (code, body["status"], body["sink_process"]["starts"]) == (200, "degraded", 1), body
+            assert body["sink_process"]["why"] == "not ok in the child: conversations (see sinks)", body
 
 
 async def test_a_log_record_made_on_a_worker_thread_reaches_godot(settings: Settings) -> None:

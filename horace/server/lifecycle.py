@@ -90,7 +90,7 @@ class HoraceServer:
             "listening on %s:%s",
             self.settings.host,
             self.port,
-            extra={"backend": redact_url(self.catalog.backend.url)},
+            extra={"backend": redact_url(self.catalog.backend.url), "version": horace.__version__},
         )
         async with trio.open_nursery() as connections:
             self._nursery = connections

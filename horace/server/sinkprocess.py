@@ -163,13 +163,17 @@ class SinkProcess:
     def status(self) -> dict[str, Any]:
         # Not ok (the server "degraded" in /health) while the child is retrying, or one of
         # its sinks is not ok (its database down, Godot gone, refusing or hung).
-        retrying = (
-            self.state == "retrying"
-            or self.recovering
-            or any(sink.get("ok") is False for sink in self.sink_status.values())
-        )
+        failing = sorted(name for name, sink in self.sink_status.items() if sink.get("ok") is False)
+        why = None
+        if self.state == "retrying":
+            why = self.last_error
+        elif failing:  # (its own last_error, if any, is an older story)
+            why = f"not ok in the child: {', '.join(failing)} (see sinks)"
+        elif self.recovering:
+            why = "a new child: not every sink has connected yet"
         return {
-            "ok": not retrying,
+            "ok": why is None,
+            "why": why,
             "state": self.state,
             "pid": self.pid,
             "starts": self.starts,
