@@ -25,6 +25,7 @@ from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_ur
 
 from horace.config import Settings
 from horace.fsck import fsck
+from horace.server.jsonrpc import SERVER_BUSY
 from horace.server.mcp import PROTOCOL_VERSIONS
 from horace.server.tools import TOOLS
 from horace.storage import Storage
@@ -732,6 +733,8 @@ async def test_origin_check(settings: Settings) -> None:
             async with open_websocket_url(running.url, extra_headers=[("Origin", "https://evil.example")]):
                 pass
         assert rejected.value.status_code == 403
+        said = json.loads(rejected.value.body or b"")  # a JSON-RPC error, as over Streamable HTTP
+        assert said["id"] is None and "'https://evil.example' is not allowed" in said["error"]["message"]
         for origin in ("https://ok.example", "http://localhost:3000"):
             async with connect(running.url, extra_headers=[("Origin", origin)]) as client:
                 assert (await client.request("ping"))["result"] == {}
@@ -852,6 +855,7 @@ async def test_connection_limit(settings: Settings) -> None:
                 async with open_websocket_url(running.url):
                     pass
             assert rejected.value.status_code == 503
+            assert json.loads(rejected.value.body or b"")["error"]["code"] == SERVER_BUSY
         await wait_idle(running)
         async with connect(running.url) as three:  # room again once the others left
             assert (await three.request("ping"))["result"] == {}

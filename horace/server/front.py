@@ -42,7 +42,7 @@ from horace.server.admission import (
 )
 from horace.server.http import SessionHost, StreamableHttp
 from horace.server.httpio import HEAD_TIMEOUT, MAX_HEAD_BYTES, ClientGone, HttpConnection, Request
-from horace.server.jsonrpc import INVALID_REQUEST, RpcError, error
+from horace.server.jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError, error
 from horace.server.wsintake import MessageIntake
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "ClientStream", "Front", "origin_allowed"]
@@ -245,9 +245,10 @@ class Front:
                 status=refusal.status,
                 **who(stream, request.headers),
             )
-            await conn.respond_json(
-                refusal.status, {"error": refusal.message}, headers=refusal.headers, close=True
-            )
+            # (As each refusal at an MCP path is: a JSON-RPC error, a busy server's with its own code.)
+            code = SERVER_BUSY if refusal.status == 503 else INVALID_REQUEST
+            said = error(None, RpcError(code, refusal.message))
+            await conn.respond_json(refusal.status, said, headers=refusal.headers, close=True)
             return
         after_head = len(conn.h11.trailing_data[0])
         head = len(conn.received) - after_head
