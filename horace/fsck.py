@@ -186,6 +186,9 @@ async def fsck(
     # A watcher records a removal as a deletion (after its settle time): a working copy
     # missing from a watched store is its to record, not one to write back.
     watched = bool(suspects) and await in_thread(catalog.locks.watch_lease_held)
+    # Watched before, its watcher not running now (a crash, a stop): it will record what was
+    # removed meanwhile once it starts again.
+    watched_before = bool(suspects) and not watched and await in_thread(catalog.locks.holders_beat)
     busy = 0
     for file in suspects:
         try:
@@ -206,6 +209,7 @@ async def fsck(
                     deep=deep,
                     forget_missing=forget_missing,
                     watched=watched,
+                    watched_before=watched_before,
                     automatic=automatic,
                 )
         except HoraceError as exc:
@@ -598,6 +602,7 @@ async def _file(
     deep: bool,
     forget_missing: bool,
     watched: bool,
+    watched_before: bool,
     automatic: bool,
 ) -> list[Finding]:
     """The findings about one file, looked at under its write lock; a lost object is
@@ -606,7 +611,7 @@ async def _file(
     *watched*: a watcher watches the store (and records what is removed): a working copy
     missing is said by a check asked for, not by the *automatic* ones (every removal
     would be a warning of each instance's periodic check, just before the watcher's
-    record of it)."""
+    record of it). *watched_before*: a watcher has watched it, none does now."""
     storage = catalog.storage
     found: list[Finding] = []
 
@@ -719,6 +724,12 @@ async def _file(
             detail += (
                 ": something that is not a file is at its path (a folder, a link, a FIFO: move "
                 "it away, then `fsck --repair` writes the file back from its current version)"
+            )
+        elif not repair and watched_before:
+            detail += (
+                " (removed while its watcher was not running? Started again, the watcher records "
+                "the removal as a deletion; `fsck --repair` would write the file back from its "
+                "current version)"
             )
         elif not repair:
             # Most often removed by its user while no watcher ran: a repair would bring it back.

@@ -1293,6 +1293,12 @@ async def test_fsck_leaves_a_removal_on_a_watched_store_to_the_watcher(
         assert "watched" in asked.findings[0].detail and not path.exists()
         assert (asked.clean, asked.exit_code) == (True, 0)  # (a check run just after an `rm`)
         assert (await fsck(catalog, automatic=True)).findings == ()
+        holder.locks.beat()  # (a sign of life: the store is marked as one watched)
+    # Watched before, its watcher stopped now (a crash): the check says the watcher will
+    # record the removal once started; a repair, asked for all the same, writes it back.
+    said = await fsck(catalog)
+    assert [f.kind for f in said.findings] == ["working_missing"]
+    assert "removed while its watcher was not running?" in said.findings[0].detail
     repaired = await fsck(catalog, repair=True)
     assert [(f.kind, f.repaired) for f in repaired.findings] == [("working_missing", True)]
     assert path.read_text() == "removed by its user"
