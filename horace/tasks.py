@@ -87,6 +87,8 @@ async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
     except Exception:  # (a failing disk: EIO) not ok until a look gets through; logged by supervise
         state.details["looked"] = False
         raise
+    if not state.details["looked"]:  # (its failures were said by supervise, each time)
+        log.warning("the store's check gets through again: the store and its catalog answer")
     state.details["looked"] = True
     if writable != state.details["writable"]:
         if writable:

@@ -161,10 +161,11 @@ async def test_a_storage_gone_read_only_is_a_storage_error_and_degrades_health(
 
 
 async def test_a_store_failing_with_io_errors_degrades_health_until_it_answers(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A disk that fails every access (EIO) is no healthy store, writable or not: /health
-    says so while the look at the store fails, and ok again once it gets through."""
+    says so while the look at the store fails, and ok again once it gets through (which
+    the log says too, as it said each failure)."""
     served = attrs.evolve(settings, port=0, conversations=False)
     async with run_horace(served) as running:
         assert (await running.server.health())[1]["store"]["ok"] is True
@@ -182,6 +183,7 @@ async def test_a_store_failing_with_io_errors_degrades_health_until_it_answers(
         with trio.fail_after(40):  # (the look is retried with backoff)
             while (await running.server.health())[1]["store"]["ok"] is not True:
                 await trio.sleep(0.2)
+        assert "the store's check gets through again" in caplog.text
 
 
 @pytest.mark.parametrize("room", [(0, 100), (1 << 30, 0)], ids=["no-byte", "no-inode"])
