@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .protocol import (
@@ -123,14 +124,20 @@ def _port_of(address: str) -> str:
 
 @asynccontextmanager
 async def open_backend(
-    url: str, *, migrate: bool = True, create: bool = True, connections: int | None = None
+    url: str,
+    *,
+    migrate: bool = True,
+    create: bool = True,
+    connections: int | None = None,
+    application_name: str | None = None,
 ) -> AsyncIterator[Backend]:
     """Open the backend named by *url* (``sqlite:///path`` or ``postgresql://...``).
 
     The schema is brought up to date unless ``migrate=False``; a database whose schema
     is newer than this code is refused. Without *create* a missing SQLite file is
     :class:`CatalogMissing` rather than a new, empty catalog. *connections*: the most a
-    PostgreSQL pool holds (else its default).
+    PostgreSQL pool holds (else its default); *application_name*: what its connections
+    are named when neither the URL nor ``PGAPPNAME`` names them (else ``horace``).
     """
     problem = url_problem(url)
     if problem is not None:
@@ -146,8 +153,12 @@ async def open_backend(
     else:
         from .postgres import open_postgres
 
-        sized = {} if connections is None else {"max_connections": connections}
-        async with open_postgres(url, **sized) as backend:
+        options: dict[str, Any] = {}
+        if connections is not None:
+            options["max_connections"] = connections
+        if application_name is not None:
+            options["application_name"] = application_name
+        async with open_postgres(url, **options) as backend:
             if migrate:
                 await backend.migrate()
             yield backend

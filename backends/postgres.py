@@ -85,6 +85,7 @@ Conn = Any  # asyncpg.Connection / PoolConnectionProxy (asyncpg ships no type hi
 Row = Any  # asyncpg.Record
 
 DEFAULT_MAX_CONNECTIONS = 20
+APPLICATION_NAME = "horace"  # of the connections, unless the URL or PGAPPNAME names them
 MIN_CONNECTIONS = 2
 CONNECT_TIMEOUT = 10.0
 PING_TIMEOUT = 5.0
@@ -2115,6 +2116,7 @@ async def open_postgres(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     connect_timeout: float = CONNECT_TIMEOUT,
     ping_timeout: float = PING_TIMEOUT,
+    application_name: str = APPLICATION_NAME,
 ) -> AsyncIterator[PostgresBackend]:
     """A pooled PostgreSQL backend on its own trio-asyncio loop, closed on exit.
 
@@ -2134,7 +2136,7 @@ async def open_postgres(
                 try:
                     pool = await hop(
                         _create_pool,
-                        url,
+                        _named(url, application_name),
                         min(MIN_CONNECTIONS, max_connections),
                         max_connections,
                         connect_timeout,
@@ -2174,6 +2176,16 @@ async def open_postgres(
 
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 _FOREVER = 24 * 3600.0
+
+
+def _named(url: str, name: str) -> str:
+    """*url* with an ``application_name``, what ``pg_stat_activity`` shows of each of its
+    connections: the URL's own, else libpq's ``PGAPPNAME``, else *name*."""
+    parts = urlsplit(url)
+    if "application_name" in dict(parse_qsl(parts.query, keep_blank_values=True)):
+        return url
+    named = urlencode({"application_name": os.environ.get("PGAPPNAME") or name})
+    return urlunsplit(parts._replace(query=f"{parts.query}&{named}" if parts.query else named))
 
 
 def _libpq_parameters(url: str, connect_timeout: float) -> tuple[str, float]:

@@ -61,7 +61,7 @@ from horace.backends.records import (
 )
 from horace.backends.sqlite import SqliteBackend, open_sqlite
 from horace.backends.words import prefix_end
-from horace.sinks.conversations import TURNS_CONNECTIONS
+from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS
 
 # The sqlite environments of the tox matrix have no server; the postgres ones run these.
 pytestmark = pytest.mark.skipif(
@@ -2068,3 +2068,27 @@ async def test_a_pool_of_one_connection_holds_one_however_busy(pg_url: str) -> N
         assert await trio.to_thread.run_sync(admin_column, counted) == [1]
     async with open_backend(pg_url) as backend:  # (the catalog's: two at least)
         assert await trio.to_thread.run_sync(admin_column, counted) == [MIN_CONNECTIONS]
+
+
+async def test_connections_are_named_unless_the_url_or_pgappname_names_them(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``pg_stat_activity`` shows of an instance's connections: ``horace``, the
+    conversation log's ``horace conversations``; a name the URL gives, or libpq's
+    ``PGAPPNAME``, wins. (The URL shown stays the one given.)"""
+    parts = urlsplit(pg_url)
+    given = dict(parse_qsl(parts.query))
+    unnamed = urlunsplit(parts._replace(query=urlencode({"search_path": given["search_path"]})))
+    named = "SELECT current_setting('application_name')"
+    monkeypatch.delenv("PGAPPNAME", raising=False)
+    for url, options, name in [
+        (unnamed, {}, "horace"),
+        (unnamed, {"application_name": TURNS_APPLICATION}, "horace conversations"),
+        (pg_url, {"application_name": TURNS_APPLICATION}, given["application_name"]),
+    ]:
+        async with open_backend(url, **options) as backend:
+            assert await backend._source.run(_fetchrow, named) == (name,)  # type: ignore[attr-defined]
+            assert backend.url == url  # type: ignore[attr-defined]
+    monkeypatch.setenv("PGAPPNAME", "horace-a")
+    async with open_backend(unnamed) as backend:
+        assert await backend._source.run(_fetchrow, named) == ("horace-a",)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from horace.server.observer import Observer
 from horace.server.sinkprocess import SinkPlan, sink_process
 from horace.server.sinks import SinkWiring, godot_level, run_sinks
 from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
-from horace.sinks.conversations import TURNS_CONNECTIONS, talks_in
+from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS, talks_in
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
 from horace.supervise import together
@@ -80,7 +80,9 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
             if wiring.conversations:
                 url = settings.conversations_url
                 talks = (
-                    functools.partial(open_backend, url, connections=TURNS_CONNECTIONS)
+                    functools.partial(
+                        open_backend, url, connections=TURNS_CONNECTIONS, application_name=TURNS_APPLICATION
+                    )
                     if url
                     else talks_in(catalog.backend)
                 )

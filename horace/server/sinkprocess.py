@@ -43,7 +43,7 @@ from horace.backends.protocol import BackendUnavailable, CatalogMissing, Catalog
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
-from horace.sinks.conversations import TURNS_CONNECTIONS
+from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS
 from horace.sinks.supervisor import BATCH_BYTES, entry_size, queue_from_thread
 from horace.supervise import backoff, the_failure
 
@@ -507,7 +507,12 @@ async def serve_sinks() -> None:
             talks = (
                 None
                 if plan.talks_url is None
-                else functools.partial(open_backend, plan.talks_url, connections=TURNS_CONNECTIONS)
+                else functools.partial(
+                    open_backend,
+                    plan.talks_url,
+                    connections=TURNS_CONNECTIONS,
+                    application_name=TURNS_APPLICATION,
+                )
             )
             async with (
                 run_sinks(plan.settings, talks, plan.spool_dir) as sinks,

@@ -32,6 +32,7 @@ MODEL = "horace"
 # more would come out of the catalog's budget (a role's CONNECTION LIMIT), held for as long
 # as turns keep coming.
 TURNS_CONNECTIONS = 1
+TURNS_APPLICATION = "horace conversations"  # (its connections, as pg_stat_activity names them)
 TURN_BYTES = 512  # a turn's fields but its content, correlation id and file ids, and more
 _ENCODER = json.JSONEncoder(default=str)  # json.dumps(..., default=str), without a new encoder a call
 
