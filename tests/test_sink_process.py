@@ -26,7 +26,7 @@ from test_sinks import call, drained, eventually, serving, sinks_drained, sinks_
 from horace.config import Settings
 from horace.model import CallRecord
 from horace.server import sinkprocess
-from horace.server.sinkprocess import record_message
+from horace.server.sinkprocess import SinkPlan, SinkProcess, record_message
 from horace.testing import RunningHorace, run_horace
 
 
@@ -52,6 +52,23 @@ def children_of(pid: int) -> list[int]:
         for task in Path(f"/proc/{pid}/task").iterdir()
         for c in (task / "children").read_text().split()
     ]
+
+
+def test_the_sink_process_says_why_it_is_not_ok(settings: Settings, tmp_path: Path) -> None:
+    """``ok`` and ``why`` of /health's ``sink_process``: its own failure first, then the
+    sinks of the child that are not ok, then a new child whose sinks have not all
+    connected yet (one that dies at each start is running for a moment each time)."""
+    process = SinkProcess(SinkPlan(serving(settings), None, tmp_path, "INFO"))
+    process.state = "running"
+    process.sink_status = {name: {"state": "connected", "ok": True} for name in process.sink_status}
+    assert (process.status()["ok"], process.status()["why"]) == (True, None)
+    process.recovering = True
+    assert process.status()["ok"] is False
+    assert process.status()["why"] == "a new child: not every sink has connected yet"
+    process.sink_status["godot"] = {"state": "retrying", "ok": False}
+    assert process.status()["why"] == "not ok in the child: godot (see sinks)"
+    process.state, process.last_error = "retrying", "the sink process ended with exit code 1"
+    assert process.status()["why"] == "the sink process ended with exit code 1"
 
 
 def test_a_record_crosses_the_pipe_whole() -> None:
