@@ -134,13 +134,21 @@ def _text(text: str, name: str) -> str:
     return text
 
 
-_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING", "ERROR": "ERROR"}
+# (TRACE, a level of Godot's entries, is DEBUG here: Horace logs nothing finer.)
+_LEVELS = {
+    "TRACE": "DEBUG",
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARN": "WARNING",
+    "WARNING": "WARNING",
+    "ERROR": "ERROR",
+}
 
 
 def _log_level(text: str, name: str) -> str:
     level = _LEVELS.get(text.strip().upper())
     if level is None:
-        raise ConfigError(f"{name}={text!r}: use DEBUG, INFO, WARNING or ERROR")
+        raise ConfigError(f"{name}={text!r}: use TRACE, DEBUG, INFO, WARNING or ERROR")
     return level
 
 

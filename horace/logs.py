@@ -11,6 +11,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +43,30 @@ class JsonLines(logging.Formatter):
         if record.exc_info:
             line["exception"] = redact_text(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
+
+
+# The correlation id of the tool call a task (or a worker thread it started) runs for.
+CALL_CORRELATION: ContextVar[str | None] = ContextVar("horace_call_correlation", default=None)
+
+
+def of_the_call(record: logging.LogRecord) -> bool:
+    """A handler's filter: a record made while a tool call runs carries the call's
+    correlation id (stderr's ``correlation_id``, Godot's ``trace_id``), unless it names one."""
+    if getattr(record, "correlation_id", None) is None:
+        called = CALL_CORRELATION.get()
+        if called is not None:
+            record.correlation_id = called
+    return True
+
+
+@contextmanager
+def calling(correlation_id: str) -> Iterator[None]:
+    """Within: the tool call *correlation_id* runs (see :func:`of_the_call`)."""
+    token = CALL_CORRELATION.set(correlation_id)
+    try:
+        yield
+    finally:
+        CALL_CORRELATION.reset(token)
 
 
 def one_line(record: logging.LogRecord) -> bool:
@@ -126,6 +153,7 @@ def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
     handler.addFilter(one_line)
+    handler.addFilter(of_the_call)
     handler.setLevel(level)  # a sink lowering the "horace" logger must not flood stderr
     root = logging.getLogger()
     root.handlers[:] = [handler]

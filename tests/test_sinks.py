@@ -150,6 +150,13 @@ def test_sink_backoff_settings_from_the_environment() -> None:
     assert (Settings().sink_backoff_base, Settings().sink_backoff_cap) == (1.0, 30.0)  # SPEC §6
 
 
+def test_the_godot_levels_of_the_spec_are_taken() -> None:
+    """SPEC §6's entry levels, ERROR to TRACE, as the threshold: TRACE is DEBUG, the finest
+    Horace logs; WARN is WARNING."""
+    for given, level in [("TRACE", "DEBUG"), ("debug", "DEBUG"), ("INFO", "INFO"), ("WARN", "WARNING")]:
+        assert Settings.from_env({"HORACE_GODOT_LEVEL": given}).godot_level == level
+
+
 # -- the conversations table, read back through the backend's driver ---------------------------
 
 
@@ -378,6 +385,37 @@ def test_a_calls_line_from_the_observer_is_the_entry_its_log_record_gave(outcome
     finally:
         logger.removeHandler(handler)
     assert len(by_handler.entries) == 1 and len(by_observer.entries) == 2
+
+
+async def test_what_a_call_logs_as_it_runs_carries_its_correlation_id(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record made in a call's task, or in a worker thread it started (a warning of the
+    storage, say), reaches Godot with the call's correlation id as its trace_id, and
+    stderr's line with it; one made outside any call has none."""
+    search = Catalog.search
+
+    async def logging_search(self: Catalog, query: Any, *args: Any) -> Any:
+        if query.owner == "the-caller":  # (the server's own searches say nothing)
+            logging.getLogger("horace.catalog").warning("said in the call's task")
+            say = logging.getLogger("horace.storage").warning
+            await trio.to_thread.run_sync(say, "said in a worker thread")
+        return await search(self, query, *args)
+
+    monkeypatch.setattr(Catalog, "search", logging_search)
+    said = {"said in the call's task", "said in a worker thread", "said outside any call"}
+    async with godot_standin() as godot, run_horace(serving(settings, godot_url=godot.url)) as horace:
+        async with connect(horace.url) as client:
+            searched = await call(client, "horace_search_files", "corr-said", owner="the-caller")
+            assert not searched["result"]["isError"]
+        logging.getLogger("horace.catalog").warning("said outside any call")
+        await godot.wait_until(lambda: said <= {c["message"] for c in godot.calls})
+    traced = {c["message"]: c["trace_id"] for c in godot.calls if c["message"] in said}
+    assert traced == {
+        "said in the call's task": "corr-said",
+        "said in a worker thread": "corr-said",
+        "said outside any call": None,
+    }
 
 
 async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:

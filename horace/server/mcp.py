@@ -38,6 +38,7 @@ import trio
 import horace
 from horace.catalog import Catalog
 from horace.config import Settings
+from horace.logs import calling
 from horace.model import CallRecord, ErrorCode, HoraceError
 from horace.server import heap, jsonrpc
 from horace.server.jsonrpc import (
@@ -543,61 +544,62 @@ class McpSession:
                 f"progressToken longer than {MAX_PROGRESS_TOKEN_CHARS} characters",
                 {"correlation_id": correlation_id},
             )
-        record = CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
-        if size > self.settings.turn_max_bytes and not isinstance(self.observer, NoObserver):
-            # Its turn is made now, cut, rather than by the sink from the arguments queued
-            # until the sink process takes them: parsed, a message's objects can take twenty
-            # times its bytes (4 MiB of "[]," is 90 MB of lists). In a worker thread: encoding
-            # and redacting megabytes of small objects takes seconds the event loop must not
-            # stop for.
-            made = await trio.to_thread.run_sync(
-                request_content, name, arguments, self.settings.turn_max_bytes
-            )
-            record = attrs.evolve(record, arguments=None, request_json=made)
-        watch = CallWatch(self.observer, record)
-        answered = False
-        try:
-            try:
-                if refusal is not None:
-                    in_path = refusal.holds_nul and refusal.where == "arguments.file_path"
-                    code = ErrorCode.INVALID_PATH if in_path else ErrorCode.INVALID_ARGUMENT
-                    raise HoraceError(code, str(refusal))
-                args = tool.structure(arguments)
-            except HoraceError as exc:
-                if not self._argument_errors_are_results():
-                    raise RpcError(
-                        INVALID_PARAMS,
-                        exc.message,
-                        {"error_code": exc.code.value, "correlation_id": correlation_id},
-                    ) from None
-                reply: dict[str, Any] | None = tool_error(exc.code, exc.message, correlation_id)
-            else:
-                reply = await self._run(request_id, tool, args, correlation_id, token, send)
-            if reply is None:
-                return None  # cancelled by the client: MCP says no response follows
-            answered = True
-            error = error_body(reply)
-            error_code = error["error_code"] if error is not None else None
-            result = jsonrpc.result_json(reply)  # encoded once: for the reply and the log
-            watch.answered(reply, error_code, result)
-            if error is not None:
-                await self._log_to_client(send, "error" if error_code == "INTERNAL" else "warning", error)
-            limit = self.settings.max_reply_bytes
-            text = jsonrpc.reply_text(request_id, result)
-            del result
-            if len(text) > limit:  # recorded as the error it is answered with, not as the result
-                raise RpcError(
-                    REPLY_TOO_LARGE,
-                    reply_too_large(len(text), limit),
-                    {"reply_bytes": len(text), "limit": limit, "correlation_id": correlation_id},
+        with calling(correlation_id):  # (what is logged as it runs carries the call's id)
+            record = CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
+            if size > self.settings.turn_max_bytes and not isinstance(self.observer, NoObserver):
+                # Its turn is made now, cut, rather than by the sink from the arguments queued
+                # until the sink process takes them: parsed, a message's objects can take twenty
+                # times its bytes (4 MiB of "[]," is 90 MB of lists). In a worker thread: encoding
+                # and redacting megabytes of small objects takes seconds the event loop must not
+                # stop for.
+                made = await trio.to_thread.run_sync(
+                    request_content, name, arguments, self.settings.turn_max_bytes
                 )
-            return text
-        except RpcError as exc:
-            answered = True
-            watch.answered({"error": exc.body()}, str(exc.code))
-            raise
-        finally:
-            watch.finish(self.next_turn() if answered else 0)
+                record = attrs.evolve(record, arguments=None, request_json=made)
+            watch = CallWatch(self.observer, record)
+            answered = False
+            try:
+                try:
+                    if refusal is not None:
+                        in_path = refusal.holds_nul and refusal.where == "arguments.file_path"
+                        code = ErrorCode.INVALID_PATH if in_path else ErrorCode.INVALID_ARGUMENT
+                        raise HoraceError(code, str(refusal))
+                    args = tool.structure(arguments)
+                except HoraceError as exc:
+                    if not self._argument_errors_are_results():
+                        raise RpcError(
+                            INVALID_PARAMS,
+                            exc.message,
+                            {"error_code": exc.code.value, "correlation_id": correlation_id},
+                        ) from None
+                    reply: dict[str, Any] | None = tool_error(exc.code, exc.message, correlation_id)
+                else:
+                    reply = await self._run(request_id, tool, args, correlation_id, token, send)
+                if reply is None:
+                    return None  # cancelled by the client: MCP says no response follows
+                answered = True
+                error = error_body(reply)
+                error_code = error["error_code"] if error is not None else None
+                result = jsonrpc.result_json(reply)  # encoded once: for the reply and the log
+                watch.answered(reply, error_code, result)
+                if error is not None:
+                    await self._log_to_client(send, "error" if error_code == "INTERNAL" else "warning", error)
+                limit = self.settings.max_reply_bytes
+                text = jsonrpc.reply_text(request_id, result)
+                del result
+                if len(text) > limit:  # recorded as the error it is answered with, not as the result
+                    raise RpcError(
+                        REPLY_TOO_LARGE,
+                        reply_too_large(len(text), limit),
+                        {"reply_bytes": len(text), "limit": limit, "correlation_id": correlation_id},
+                    )
+                return text
+            except RpcError as exc:
+                answered = True
+                watch.answered({"error": exc.body()}, str(exc.code))
+                raise
+            finally:
+                watch.finish(self.next_turn() if answered else 0)
 
     def _argument_errors_are_results(self) -> bool:
         """Whether arguments the tool's inputSchema refuses are a tool error (isError, which

@@ -16,6 +16,7 @@ from horace.backends import open_backend, place_problem
 from horace.backends.protocol import UnusableURL
 from horace.catalog import Catalog, Progress
 from horace.config import Settings
+from horace.logs import of_the_call
 from horace.redact import redact_url
 from horace.server import heap
 from horace.server.lifecycle import HealthPart, HoraceServer, listen, watch_signals
@@ -92,6 +93,7 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
         handler = GodotLogHandler(godot, godot_level(settings)) if godot else None
         if handler is not None:
             handler.observes_calls = wiring.call_lines_to_godot  # (each call's line comes from its record)
+            handler.addFilter(of_the_call)
             horace_log.addHandler(handler)
             if horace_log.getEffectiveLevel() > handler.level:
                 horace_log.setLevel(handler.level)
