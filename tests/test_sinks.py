@@ -1128,9 +1128,15 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
                         "jsonrpc": "2.0",
                         "id": f"b{b}-nope",
                         "method": "tools/call",
-                        "params": {"name": "horace_nope"},
+                        "params": {"name": "horace_nope", "_meta": {"correlation_id": f"batch-{b}-nope"}},
                     },
-                ]  # no turn: not a tool
+                    {
+                        "jsonrpc": "2.0",
+                        "id": f"b{b}-noname",
+                        "method": "tools/call",
+                        "params": {"_meta": {"correlation_id": f"batch-{b}-noname"}},
+                    },
+                ]  # calls of a tool there is not, or of none: two turns each all the same
                 for k in range(8):
                     items.append(
                         {
@@ -1146,10 +1152,12 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
                     )
                 replies = {k: client.expect(f"b{b}-{k}") for k in range(8)}
                 client.expect(f"b{b}-ping")
-                client.expect(f"b{b}-nope")
+                nope, noname = client.expect(f"b{b}-nope"), client.expect(f"b{b}-noname")
                 await client.send_raw(json.dumps(items))
                 for k, reply in replies.items():
                     expect(f"batch-{b}-{k}", "horace_get_file_info", await reply.receive())
+                expect(f"batch-{b}-nope", "horace_nope", await nope.receive())
+                expect(f"batch-{b}-noname", "", await noname.receive())
 
             async with trio.open_nursery() as nursery:
                 for b in range(4):
@@ -1157,7 +1165,7 @@ async def test_turn_numbers_are_unique_and_increasing_under_concurrency_and_batc
         await drained(horace)
         assert conversation_runner(horace).refused == 0
     calls = len(expected)
-    assert calls == 10 + 40 + 32
+    assert calls == 10 + 40 + 32 + 8
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
     assert [r["turn_number"] for r in rows] == list(range(1, 2 * calls + 1))
     by_call: dict[str, list[dict[str, Any]]] = {}

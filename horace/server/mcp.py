@@ -522,29 +522,15 @@ class McpSession:
         """A tool call; *refusal*: why its arguments cannot be used (answered as any
         argument the tool refuses, and logged in their stead: they may not be storable);
         *size*: the bytes of the message it came in."""
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        if not isinstance(params, dict):
             raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
-        name = params["name"]
+        given = params.get("name")
+        name = given if isinstance(given, str) else ""  # (as its turns and log line say it)
         arguments = params.get("arguments") if refusal is None else {"unusable": str(refusal)}
         meta: dict[str, Any] = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
         correlation_id = _correlation_id(arguments, meta)
-        tool = TOOLS.get(name)
-        if tool is None:
-            raise RpcError(INVALID_PARAMS, f"unknown tool: {name}", {"correlation_id": correlation_id})
-        token = meta.get("progressToken")
-        if token is not None and (type(token) is not int and not isinstance(token, str)):
-            raise RpcError(  # (MCP: a string or an integer; what notifications echo)
-                INVALID_PARAMS,
-                "progressToken must be a string or an integer",
-                {"correlation_id": correlation_id},
-            )
-        if isinstance(token, str) and len(token) > MAX_PROGRESS_TOKEN_CHARS:
-            raise RpcError(
-                INVALID_PARAMS,
-                f"progressToken longer than {MAX_PROGRESS_TOKEN_CHARS} characters",
-                {"correlation_id": correlation_id},
-            )
         with calling(correlation_id):  # (what is logged as it runs carries the call's id)
+            # Recorded from here, refused or not: a call to a tool there is not is a turn too.
             record = CallRecord(self.conversation_id, correlation_id, name, arguments, self.next_turn())
             if size > self.settings.turn_max_bytes and not isinstance(self.observer, NoObserver):
                 # Its turn is made now, cut, rather than by the sink from the arguments queued
@@ -559,6 +545,7 @@ class McpSession:
             watch = CallWatch(self.observer, record)
             answered = False
             try:
+                tool, token = _tool_asked(given, meta, correlation_id)
                 try:
                     if refusal is not None:
                         in_path = refusal.holds_nul and refusal.where == "arguments.file_path"
@@ -682,6 +669,29 @@ async def one_large_request_at_a_time(
                 yield
             finally:
                 heap.give_back()
+
+
+def _tool_asked(name: Any, meta: Mapping[str, Any], correlation_id: str) -> tuple[Any, Any]:
+    """The tool a ``tools/call`` names, and its progress token (None: none asked for)."""
+    if not isinstance(name, str):
+        raise RpcError(INVALID_PARAMS, "tools/call needs params.name", {"correlation_id": correlation_id})
+    tool = TOOLS.get(name)
+    if tool is None:
+        raise RpcError(INVALID_PARAMS, f"unknown tool: {name}", {"correlation_id": correlation_id})
+    token = meta.get("progressToken")
+    if token is not None and (type(token) is not int and not isinstance(token, str)):
+        raise RpcError(  # (MCP: a string or an integer; what notifications echo)
+            INVALID_PARAMS,
+            "progressToken must be a string or an integer",
+            {"correlation_id": correlation_id},
+        )
+    if isinstance(token, str) and len(token) > MAX_PROGRESS_TOKEN_CHARS:
+        raise RpcError(
+            INVALID_PARAMS,
+            f"progressToken longer than {MAX_PROGRESS_TOKEN_CHARS} characters",
+            {"correlation_id": correlation_id},
+        )
+    return tool, token
 
 
 def _correlation_id(arguments: Any, meta: Mapping[str, Any]) -> str:
