@@ -38,6 +38,7 @@ from wsproto.events import Request as WsRequest
 
 import horace.sinks.godot
 import horace.sinks.supervisor
+from horace.assemble import open_catalog
 from horace.backends.protocol import CatalogUnwritable, DatabaseFull
 from horace.backends.records import Turn
 from horace.catalog import Catalog
@@ -416,6 +417,20 @@ async def test_what_a_call_logs_as_it_runs_carries_its_correlation_id(
         "said in a worker thread": "corr-said",
         "said outside any call": None,
     }
+
+
+async def test_what_the_start_logs_reaches_godot_once_its_sink_is_up(settings: Settings) -> None:
+    """The start's fsck (what it found, what it repaired) is logged before the sinks run:
+    held, it reaches Godot once the sink is up, as the periodic check's findings do."""
+    async with open_catalog(settings, create=True) as catalog:
+        write(catalog.storage.files / "user/gone.txt", "removed by hand while no server ran")
+        await catalog.register("user/gone.txt")
+    (settings.storage_path / "files/user/gone.txt").unlink()
+    async with godot_standin() as godot, run_horace(serving(settings, godot_url=godot.url)):
+        await godot.wait_until(lambda: any("fsck at start" in c["message"] for c in godot.calls))
+    said = next(c for c in godot.calls if "fsck at start" in c["message"])
+    assert said["level"] == "WARN" and "working_missing" in said["message"], said
+    assert "user/gone.txt" in json.dumps(said["data"]), said
 
 
 async def test_tool_calls_reach_godot_end_to_end(settings: Settings) -> None:

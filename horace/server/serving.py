@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import attrs
 import trio
@@ -54,12 +55,45 @@ def refuse_a_conversations_url_typo(settings: Settings) -> None:
             raise UnusableURL(f"HORACE_CONVERSATIONS_URL: {problem}")
 
 
+START_RECORDS = 1000  # of the records before Godot's sink is up, the latest kept for it
+
+
+class HeldForGodot(logging.Handler):
+    """Horace's records from before the Godot sink is up (the start's fsck and what it
+    repaired, the watcher's reconcile): handed to the sink once it is."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: deque[logging.LogRecord] = deque(maxlen=START_RECORDS)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def held_for_godot(settings: Settings) -> Iterator[HeldForGodot | None]:
+    """While the store is opened (and checked), before the sinks start: Horace's records,
+    kept for Godot (None: no Godot)."""
+    if not SinkWiring.of(settings).godot:
+        yield None
+        return
+    held = HeldForGodot(godot_level(settings))
+    horace_log = logging.getLogger("horace")
+    horace_log.addHandler(held)
+    try:
+        yield held
+    finally:
+        horace_log.removeHandler(held)
+
+
 @asynccontextmanager
-async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSinks]:
+async def log_sinks(
+    settings: Settings, catalog: Catalog, held: HeldForGodot | None = None
+) -> AsyncIterator[LogSinks]:
     """Run the Godot and conversation sinks (as configured) while the body runs, in a
     child process (:mod:`horace.server.sinkprocess`) or as supervised children here,
-    Horace's own log forwarded to Godot; on exit they flush what they hold and spill the
-    rest to the store's spool."""
+    Horace's own log forwarded to Godot (after the records *held* for it since the start);
+    on exit they flush what they hold and spill the rest to the store's spool."""
     wiring = SinkWiring.of(settings)
     if not wiring.any:
         yield LogSinks(None, {"sinks": dict})
@@ -94,6 +128,10 @@ async def log_sinks(settings: Settings, catalog: Catalog) -> AsyncIterator[LogSi
         if handler is not None:
             handler.observes_calls = wiring.call_lines_to_godot  # (each call's line comes from its record)
             handler.addFilter(of_the_call)
+            if held is not None:
+                horace_log.removeHandler(held)
+                for record in held.records:
+                    handler.handle(record)
             horace_log.addHandler(handler)
             if horace_log.getEffectiveLevel() > handler.level:
                 horace_log.setLevel(handler.level)
@@ -123,9 +161,12 @@ async def serve(
     try:
         async with together() as starting:
             starting.start_soon(say_while_starting, started, redact_url(settings.catalog_url))
-            async with open_catalog(settings, create=True) as catalog:
-                started.cancel()
-                await _serve_catalog(settings, catalog, listeners, handle_signals, progress, task_status)
+            with held_for_godot(settings) as held:
+                async with open_catalog(settings, create=True) as catalog:
+                    started.cancel()
+                    await _serve_catalog(
+                        settings, catalog, listeners, handle_signals, progress, held, task_status
+                    )
     finally:
         with trio.CancelScope(shield=True):  # (closed already when served; not when failed)
             for listener in listeners:
@@ -158,11 +199,12 @@ async def _serve_catalog(
     listeners: list[trio.SocketListener],
     handle_signals: bool,
     progress: Progress | None,
+    held: HeldForGodot | None,
     task_status: trio.TaskStatus[HoraceServer],
 ) -> None:
     if settings.watch:
         await reconcile_if_watching(catalog, progress)
-    async with log_sinks(settings, catalog) as sinks, trio.open_nursery() as nursery:
+    async with log_sinks(settings, catalog, held) as sinks, trio.open_nursery() as nursery:
         server = HoraceServer(settings, catalog, sinks.observer)
         server.health_parts.update(sinks.health_parts)
         for name, state in start_background(nursery, catalog, settings).items():
@@ -184,9 +226,16 @@ async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool
     server's. The store and catalog are shared with any server through the per-file locks.
     """
     refuse_a_conversations_url_typo(settings)
+    with held_for_godot(settings) as held:
+        await _serve_stdio(settings, fds, handle_signals, held)
+
+
+async def _serve_stdio(
+    settings: Settings, fds: StdioFds, handle_signals: bool, held: HeldForGodot | None
+) -> None:
     async with (
         open_catalog(settings, create=True, check=StartCheck.LEFTOVERS) as catalog,
-        log_sinks(settings, catalog) as sinks,
+        log_sinks(settings, catalog, held) as sinks,
         open_stdio(fds) as (reading, writing),
     ):
         session = StdioSession(
