@@ -194,7 +194,16 @@ async def _bound_backend(
         return backend, state.store_id, identity.bound_at
     store_id = decision.store_id or str(uuid.uuid4())
     if decision.verdict is Verdict.BIND:
-        store_id = await backend.bind(store_id, str(storage.root), utcnow())
+        proposed = store_id
+        store_id = await backend.bind(proposed, str(storage.root), utcnow())
+        if store_id != proposed:  # another process bound it first: this store, or another?
+            bound = await backend.identity()
+            if bound.storage_path != str(storage.root):
+                raise StoreRefused(
+                    f"the catalog {redact_url(url)} was bound to the store at {bound.storage_path} "
+                    f"by another process as this one started the store at {storage.root}: a catalog "
+                    "serves one store; give this one a catalog of its own (--database)"
+                )
     if decision.verdict is Verdict.REBIND:
         old_id, store_id = store_id, str(uuid.uuid4())
         if not await backend.rebind(old_id, store_id, str(storage.root), utcnow()):

@@ -17,8 +17,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import attrs
@@ -664,6 +667,29 @@ def test_a_server_whose_store_another_catalog_adopted_stops(tmp_path: Path) -> N
     versions = json.loads(info.stdout)["versions"]
     assert [v["version"] for v in versions] == [2, 1]
     assert {sha256("first"), sha256("second")} <= {p.name for p in (root / ".horace/objects").rglob("*")}
+
+
+async def test_a_new_catalog_bound_meanwhile_to_another_store_is_refused(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two new stores started at once on one new catalog: the one whose binding comes
+    second finds the other's there, and is refused (it bound the catalog too, and each
+    recorded the other's files as missing); the folders it made are taken back."""
+    from horace.backends.postgres import PostgresBackend
+    from horace.backends.sqlite import SqliteBackend
+
+    backend_class: Any = PostgresBackend if BACKEND == "postgres" else SqliteBackend
+    real_bind = backend_class.bind
+
+    async def beaten(self: Any, store_id: str, storage_path: str, at: datetime) -> str:
+        await real_bind(self, str(uuid.uuid4()), "/the/other/store", at)  # another process's, first
+        return await real_bind(self, store_id, storage_path, at)
+
+    monkeypatch.setattr(backend_class, "bind", beaten)
+    with pytest.raises(StoreRefused, match="bound to the store at /the/other/store by another process"):
+        async with open_catalog(settings, create=True):
+            pass
+    assert not settings.storage_path.exists()
 
 
 def test_a_failed_first_start_leaves_a_store_another_instance_bound(tmp_path: Path) -> None:
