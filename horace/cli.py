@@ -422,7 +422,11 @@ def init(ctx: click.Context, adopt: bool) -> None:
     there = Storage(_settings(ctx).storage_path).identity_file.exists()
     done = {**_run(ctx, work, create=True, adopt=adopt), "created": not there}
     made = "" if done["created"] or adopt else " (made already)"
-    _emit(ctx, done, lambda d: f"store {d['store_id']} at {d['storage']}{made}\ncatalog {d['catalog']}")
+    _emit(
+        ctx,
+        done,
+        lambda d: f"store {d['store_id']} at {_shown(d['storage'])}{made}\ncatalog {_shown(d['catalog'])}",
+    )
 
 
 @cli.command()
