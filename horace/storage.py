@@ -1762,7 +1762,7 @@ class Storage:
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
             with self._parent_fd(rel, create=True) as (dfd, name):
-                candidates = [name, *(_recovered_name(name, n) for n in range(1, 1000) if beside)]
+                candidates = [name, *(_recovered_name(name, n) for n in range(1, 1000))] if beside else [name]
                 for candidate in candidates:
                     try:
                         _rename_noreplace(tmp_fd, held.name, dfd, candidate)
