@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.client import HTTPConnection
@@ -27,7 +28,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from helpers import write
+from helpers import StoppedMeanwhile, write
 from http_client import (
     BOTH,
     EVENTS_FIRST,
@@ -51,9 +52,10 @@ from horace.config import Settings
 from horace.server import http, sse
 from horace.server.admission import host_refusal, hosts_served, origin_allowed, subprotocol_for_token
 from horace.server.http import KEEPALIVE_INTERVAL, MAX_GET_STREAMS, Accept
-from horace.server.httpio import HEAD_TIMEOUT
+from horace.server.httpio import HEAD_TIMEOUT, BodyTooSlow, HttpConnection
 from horace.server.httpsession import HttpSession
 from horace.server.tools import TOOLS
+from horace.server.wsintake import UNHURRIED_BYTES
 from horace.testing import RunningHorace, run_horace
 
 
@@ -1345,23 +1347,69 @@ async def test_shutdown_lets_http_calls_finish(settings: Settings, monkeypatch: 
         assert not tool.cancelled
 
 
-def test_a_request_sent_while_the_server_was_stopped_is_answered(tmp_path: Path) -> None:
-    """A server stopped (SIGSTOP) past a kept-alive connection's HEAD_TIMEOUT, with a
-    request sent meanwhile: woken, it answers the request instead of closing the
-    connection under it (its first look at the socket comes after the deadline)."""
+async def test_a_body_that_came_while_the_server_was_stopped_is_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A body that came while the server was stopped past its deadline (woken by the
+    deadline, before it looked at the socket) is read in one last look, not refused."""
+    body = json.dumps(INITIALIZE).encode()
+    head = b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: %d\r\n\r\n" % len(body)
+    conn = HttpConnection(StoppedMeanwhile(head + body[:5], body[5:]), send_timeout=5)
+    request = await conn.next_request()
+    assert request is not None and request.method == b"POST"
+    started = trio.current_time()
+    with trio.fail_after(2 * HEAD_TIMEOUT):
+        assert await conn.read_body(1 << 20) == body
+    assert trio.current_time() - started == pytest.approx(HEAD_TIMEOUT)
+    # A body that does not come in the last look either is too slow.
+    late = HttpConnection(StoppedMeanwhile(head, None), send_timeout=5)
+    await late.next_request()
+    with pytest.raises(BodyTooSlow):
+        await late.read_body(1 << 20)
+
+
+def test_what_came_while_the_server_was_stopped_is_answered(tmp_path: Path) -> None:
+    """A server stopped (SIGSTOP) past its deadlines for what a client sends, which came
+    meanwhile: a request on a kept-alive connection, the body of a request whose head came
+    before the stop, the rest of a WebSocket message past UNHURRIED_BYTES. Woken, it answers
+    each instead of failing it (its first look at each socket comes after the deadline)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}
     env["HORACE_STORAGE_PATH"] = str(tmp_path / "horace-data")
     with serve_process(env) as (server, port):
         client = HTTPConnection("127.0.0.1", port, timeout=10)
         client.request("GET", "/health")
         assert client.getresponse().read()  # the connection is kept alive
+        initialize = json.dumps(INITIALIZE).encode()
+        posting = socket.create_connection(("127.0.0.1", port), timeout=10)
+        posting.sendall(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"accept: application/json, text/event-stream\r\n"
+            b"content-length: %d\r\n\r\n" % len(initialize)
+        )
+        websocket = socket.create_connection(("127.0.0.1", port), timeout=10)
+        websocket.sendall(
+            b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert websocket.recv(4096).startswith(b"HTTP/1.1 101 ")
+        ping = json.dumps(request(7, "ping")).encode().ljust(2 * UNHURRIED_BYTES)  # (JSON: spaces)
+        frame = b"\x81\xff" + len(ping).to_bytes(8, "big") + bytes(4) + ping  # masked with zeros
+        websocket.sendall(frame[: UNHURRIED_BYTES + 1024])  # its deadline runs from here
         time.sleep(0.5)  # (stopped while it waits in epoll_wait: woken, that says EINTR)
         server.send_signal(signal.SIGSTOP)
         try:
-            client.request("GET", "/health")  # into the socket of the stopped server
+            client.request("GET", "/health")  # into the sockets of the stopped server
+            posting.sendall(initialize)
+            websocket.sendall(frame[UNHURRIED_BYTES + 1024 :])
             time.sleep(HEAD_TIMEOUT + 1)
         finally:
             server.send_signal(signal.SIGCONT)
         answer = client.getresponse()
         assert answer.status == 200 and json.loads(answer.read())["status"] == "ok"
         client.close()
+        head = posting.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+        posting.close()
+        reply = websocket.recv(65536)
+        assert reply[:1] == b"\x81" and b'"id": 7, "result": {}' in reply, reply[:200]
+        websocket.close()

@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.testing
 from conftest import BACKEND, fresh_database
-from helpers import tool_body, write
+from helpers import StoppedMeanwhile, tool_body, write
 from limits_load import Measured, measure, populate, scenarios
 from mcp_client import connect
 from test_server import http_get, serving, wait_idle
@@ -744,6 +744,30 @@ async def closed_after(stream: trio.SocketStream) -> float:
         except trio.BrokenResourceError:
             pass  # reset: the server closed with our bytes unread
     return trio.current_time() - started
+
+
+async def test_a_websocket_message_finished_while_the_server_was_stopped_is_taken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The rest of a message past UNHURRIED_BYTES that came while the server was stopped
+    past the message's deadline (woken by the deadline, before it looked at the socket)
+    is taken in one last look; nothing more coming, the connection is dropped."""
+    upgrade = b"GET /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    payload = json.dumps(request(7, "ping")).encode().ljust(2 * UNHURRIED_BYTES)
+    frame = text_frame_head(len(payload)) + payload
+    cut = len(upgrade) + UNHURRIED_BYTES + 1024
+    whole = upgrade + frame
+    intake = wsintake.MessageIntake(StoppedMeanwhile(whole[:cut], whole[cut:]), None)
+    taken = bytearray()
+    with trio.fail_after(2 * wsintake.MESSAGE_TIMEOUT):
+        while len(taken) < len(whole):
+            taken += await intake.receive_some(65536)
+    assert taken == whole
+    assert trio.current_time() == pytest.approx(wsintake.MESSAGE_TIMEOUT)
+    stalled = wsintake.MessageIntake(StoppedMeanwhile(whole[:cut], None), None)
+    with pytest.raises(wsintake.MessageTooSlow):
+        while True:
+            await stalled.receive_some(65536)
 
 
 async def test_a_websocket_message_not_whole_in_time_drops_the_connection(

@@ -41,7 +41,7 @@ from horace.server.admission import (
     who,
 )
 from horace.server.http import SessionHost, StreamableHttp
-from horace.server.httpio import HEAD_TIMEOUT, MAX_HEAD_BYTES, ClientGone, HttpConnection, Request
+from horace.server.httpio import HEAD_TIMEOUT, LAST_LOOK, MAX_HEAD_BYTES, ClientGone, HttpConnection, Request
 from horace.server.jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError, error
 from horace.server.wsintake import MessageIntake
 
@@ -53,11 +53,6 @@ MCP_PATHS = (b"/", b"/mcp")
 HEALTH_PATHS = (b"/health", b"/healthz")
 
 TURN_AWAY_TIMEOUT = 1.0  # for writing the 503 to a connection past max_pending_connections
-# A process stopped past a connection's HEAD_TIMEOUT (SIGSTOP, a paused VM) wakes with that
-# deadline spent before it looked at the socket again: epoll_wait says EINTR, and Python
-# does not poll again once its timeout has passed. A request that came meanwhile is in the
-# socket; one short look more reads it instead of closing the connection under it.
-LAST_LOOK = 0.05
 # Closing a socket with bytes unread makes the kernel reset the connection, and the client
 # may lose the answer just written (a 431 to a head that goes on): what comes is read and
 # thrown away first, for so long and so much at most.

@@ -60,7 +60,14 @@ import trio
 from horace.config import Settings
 from horace.server import jsonrpc, sse
 from horace.server.admission import Admission, RefusalLogs, Ticket, access_refusal, origin_allowed, who
-from horace.server.httpio import HEAD_TIMEOUT, ClientGone, Headers, HttpConnection, MalformedBody, Request
+from horace.server.httpio import (
+    BodyTooSlow,
+    ClientGone,
+    Headers,
+    HttpConnection,
+    MalformedBody,
+    Request,
+)
 from horace.server.httpsession import HttpSession
 from horace.server.jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError
 from horace.server.mcp import LARGE_REQUEST_BYTES, PROTOCOL_VERSIONS, McpSession, one_large_request_at_a_time
@@ -280,16 +287,15 @@ class StreamableHttp:
 
     async def _body(self, conn: HttpConnection) -> bytes:
         limit = self.settings.max_message_bytes
-        with trio.move_on_after(HEAD_TIMEOUT) as reading:
-            # Up to 4x the limit is read (and thrown away) past it, as over WebSocket:
-            # the answer comes on a connection that can go on.
-            try:
-                body = await conn.read_body(limit, discard_up_to=4 * limit)
-            except MalformedBody as exc:  # (h11's words, without the bytes it quotes)
-                reason = str(exc).partition(":")[0]
-                raise Refused(400, f"the request's body is not valid HTTP: {reason}", close=True) from None
-        if reading.cancelled_caught:
-            raise Refused(408, f"the request's body did not come within {HEAD_TIMEOUT:g} s", close=True)
+        # Up to 4x the limit is read (and thrown away) past it, as over WebSocket: the
+        # answer comes on a connection that can go on.
+        try:
+            body = await conn.read_body(limit, discard_up_to=4 * limit)
+        except MalformedBody as exc:  # (h11's words, without the bytes it quotes)
+            reason = str(exc).partition(":")[0]
+            raise Refused(400, f"the request's body is not valid HTTP: {reason}", close=True) from None
+        except BodyTooSlow as exc:
+            raise Refused(408, str(exc), close=True) from None
         if body is None:
             raise Refused(413, f"the message exceeds the limit of {limit} bytes (HORACE_MAX_MESSAGE_BYTES)")
         return body

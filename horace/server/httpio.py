@@ -37,6 +37,11 @@ HEAD_TOO_LARGE = f"the request's head is over {MAX_HEAD_BYTES} bytes"
 # For a request to come (on a kept-alive connection too), and for its body once its
 # head is in; for an upgrade, for the head and the handshake together.
 HEAD_TIMEOUT = 10.0
+# A process stopped past such a deadline (SIGSTOP, a paused VM) wakes with it spent before
+# it looked at the socket again: epoll_wait says EINTR, and Python does not poll again once
+# its timeout has passed. What the client sent meanwhile is in the socket; one short look
+# more, once, reads it instead of failing the client for the server's pause.
+LAST_LOOK = 0.05
 RECEIVE_BYTES = 65536
 
 Headers = Iterable[tuple[bytes, bytes]]
@@ -48,6 +53,11 @@ class ClientGone(Exception):
 
 class MalformedBody(Exception):
     """The request's body breaks HTTP's framing (answered 400; the connection closes)."""
+
+
+class BodyTooSlow(Exception):
+    """The request's body did not come within HEAD_TIMEOUT (answered 408; the connection
+    closes)."""
 
 
 @frozen
@@ -90,6 +100,8 @@ class HttpConnection:
         self.broken = False
         self._declared_length: int | None = None
         self._no_body = False
+        self._body = bytearray()  # of the current request, as far as read_body got
+        self._body_size = 0  # (past the limit, the bytes read and thrown away count too)
         self._head = False  # the current request is a HEAD: its answer has a head only
         # Sent in the head of every answer to the current request (CORS headers, say).
         self.answer_headers: list[tuple[bytes, bytes]] = []
@@ -99,6 +111,7 @@ class HttpConnection:
         something that is not HTTP (answered 400 here)."""
         self.received = bytearray(self.h11.trailing_data[0])  # a pipelined request's start
         self.answer_headers = []
+        self._body, self._body_size = bytearray(), 0
         blank = 0  # bytes of empty lines before the request line, ignored
         while True:
             try:
@@ -168,7 +181,16 @@ class HttpConnection:
         """The request's body; None when it is over *limit* bytes. A body over the limit
         but within *discard_up_to* is read to its end and thrown away, so that the
         connection can serve another request (and the client, still sending, does not
-        meet a reset); past that the rest is left unread and the connection must close."""
+        meet a reset); past that the rest is left unread and the connection must close.
+        Raises BodyTooSlow when it is not in within HEAD_TIMEOUT (and a last look)."""
+        for wait in (HEAD_TIMEOUT, LAST_LOOK):
+            with trio.move_on_after(wait):
+                return await self._read_body(limit, discard_up_to)
+        raise BodyTooSlow(f"the request's body did not come within {HEAD_TIMEOUT:g} s")
+
+    async def _read_body(self, limit: int, discard_up_to: int) -> bytes | None:
+        """:meth:`read_body` with no deadline; cancelled, it keeps what it has read, and
+        goes on from there when called again."""
         declared = self._declared_length
         if declared is not None and declared > max(limit, discard_up_to):
             return None
@@ -177,26 +199,24 @@ class HttpConnection:
                 return None  # refused before it is sent: no 100 Continue for it
             go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             await self._write(self.h11.send(go_on))
-        body = bytearray()
-        size = 0
         while True:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:  # a chunk size that is not one, say
                 raise MalformedBody(str(exc)) from None
             if event is h11.NEED_DATA:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
+                data = await self.stream.receive_some(RECEIVE_BYTES)  # (cancelled: nothing taken)
                 self.h11.receive_data(bytes(data))  # b"": h11 raises at the next event
             elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > max(limit, discard_up_to):
+                self._body_size += len(event.data)
+                if self._body_size > max(limit, discard_up_to):
                     return None
-                if size <= limit:
-                    body += event.data
+                if self._body_size <= limit:
+                    self._body += event.data
                 else:
-                    body.clear()  # over the limit: only read on, to the end
+                    self._body.clear()  # over the limit: only read on, to the end
             elif isinstance(event, h11.EndOfMessage):
-                return bytes(body) if size <= limit else None
+                return bytes(self._body) if self._body_size <= limit else None
             else:
                 raise ClientGone("the request ended before its body")
 

@@ -4,7 +4,9 @@ before handing it over, so without this a client could make the server hold a me
 up to the size limit on every connection, for as long as it cared to send it.
 
 - Once UNHURRIED_BYTES of a message have come, the rest must come within
-  MESSAGE_TIMEOUT (as an HTTP request's body must), or the connection is dropped.
+  MESSAGE_TIMEOUT (as an HTTP request's body must), or the connection is dropped; what
+  came while the server was stopped past the deadline is taken in one last look
+  (:data:`horace.server.httpio.LAST_LOOK`), once a message.
 - Past LARGE_REQUEST_BYTES, the reading waits for the server's large-request slot
   (:func:`horace.server.mcp.one_large_request_at_a_time`) and the message keeps it until
   it has been answered, as an HTTP body that large is read and answered: many clients
@@ -34,7 +36,7 @@ import trio
 from trio_websocket import WebSocketConnection
 from wsproto.frame_protocol import CloseReason, FrameProtocol
 
-from horace.server.httpio import HEAD_TIMEOUT
+from horace.server.httpio import HEAD_TIMEOUT, LAST_LOOK
 from horace.server.mcp import LARGE_REQUEST_BYTES
 
 log = logging.getLogger("horace.server")
@@ -75,6 +77,7 @@ class MessageIntake(trio.abc.Stream):
         self._in_message = False  # the frame coming (or last come) is part of a message...
         self._final = False  # ... and ends it
         self._deadline: float | None = None
+        self._looked_again = False  # the message under way had its last look
         self._slot: _Slot | None = None  # held for the message under way
         # For each message that came whole and was not yet handed over: the slot it holds.
         self._whole: deque[_Slot | None] = deque()
@@ -88,13 +91,19 @@ class MessageIntake(trio.abc.Stream):
             await self.large_requests.acquire_on_behalf_of(slot)
             self._slot = slot  # (no checkpoint in between: never lost to a cancellation)
             self._deadline = trio.current_time() + MESSAGE_TIMEOUT
+            self._looked_again = False
         if self._deadline is None:
             data = await self.stream.receive_some(max_bytes)
         else:
-            with trio.move_on_at(self._deadline):
-                data = await self.stream.receive_some(max_bytes)
-                self._took(data)
-                return data
+            while True:
+                with trio.move_on_at(self._deadline):
+                    data = await self.stream.receive_some(max_bytes)
+                    self._took(data)
+                    return data
+                if self._looked_again:
+                    break
+                self._looked_again = True
+                self._deadline = trio.current_time() + LAST_LOOK
             log.warning(
                 "a WebSocket message not whole %g s after its first %d KiB: dropping the connection",
                 MESSAGE_TIMEOUT,
@@ -189,6 +198,7 @@ class MessageIntake(trio.abc.Stream):
             self._slot = None
             self.unfinished = 0
             self._deadline = None
+            self._looked_again = False
 
     # -- the rest of a stream -------------------------------------------------------------
 
