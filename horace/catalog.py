@@ -1083,7 +1083,7 @@ class Catalog:
             try:
                 undeleted.append((await self.undelete(file.id, correlation_id)).file)
             except HoraceError as exc:
-                errors.append(f"{paths.printable(file.file_path)}: {exc.code.value} {exc.message}")
+                errors.append(f"{quoted(file.file_path)}: {exc.code.value} {exc.message}")
         return FolderUndeleted(tuple(undeleted), tuple(errors))
 
     async def files_under(self, rel: str, status: Status) -> list[FileRecord]:
@@ -1385,8 +1385,10 @@ class Catalog:
                 if copy is not None:
                     taken = Registered(copy, version_created=True, duplicate=False)
         except HoraceError as exc:
-            tally.errors.append(f"{rel}: {exc.message}")
-            log.warning("scan: not taken: %s: %s", rel, exc.message, extra={"correlation_id": correlation_id})
+            tally.errors.append(f"{quoted(rel)}: {exc.message}")
+            log.warning(
+                "scan: not taken: %s: %s", quoted(rel), exc.message, extra={"correlation_id": correlation_id}
+            )
         else:
             if taken.duplicate:
                 tally.duplicates += 1
@@ -2384,7 +2386,7 @@ class _ScanTally:
         if exc.code is ErrorCode.FILE_NOT_FOUND:
             self.gone.append(rel)
         else:
-            self.errors.append(f"{rel}: {exc.message}")
+            self.errors.append(f"{quoted(rel)}: {exc.message}")
 
     def count(self, version_created: bool) -> None:
         if version_created:

@@ -376,17 +376,18 @@ def _shown(text: str) -> str:
 
 
 def _said(message: str) -> str:
-    """An error's message for its line: the names in it are quoted already (a backslash
+    """An error's message (or a report's line) for its line: the names in it are quoted already (a backslash
     doubled there, a byte that is not UTF-8 as ``\\xNN``: :func:`horace.paths.quoted`),
     so only what could break or disguise the line is escaped."""
     return _UNSAFE_IN_MESSAGE.sub(lambda m: _escaped(m.group()), message)
 
 
 class _ShownLines(logging.Formatter):
-    """A command's log lines on stderr, escaped as its output is (:func:`_shown`)."""
+    """A command's log lines on stderr, escaped as its error lines are (:func:`_said`: the
+    names in them are quoted)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return _shown(super().format(record))
+        return _said(super().format(record))
 
 
 def _record_line(file: Any) -> str:
@@ -419,7 +420,10 @@ def init(ctx: click.Context, adopt: bool) -> None:
 
     from horace.storage import Storage
 
-    there = Storage(_settings(ctx).storage_path).identity_file.exists()
+    try:
+        there = Storage(_settings(ctx).storage_path).identity_file.exists()
+    except OSError:  # (a path no store can have: the open below says why)
+        there = False
     done = {**_run(ctx, work, create=True, adopt=adopt), "created": not there}
     made = "" if done["created"] or adopt else " (made already)"
     _emit(
@@ -744,7 +748,7 @@ def undelete(ctx: click.Context, ref: str, recursive: bool, deleted_after: datet
             [
                 *(_record_line(f) for f in d.undeleted),
                 f"{_count(len(d.undeleted), 'file')} undeleted, {_count(len(d.errors), 'error')}",
-                *(f"  error: {_shown(e)}" for e in d.errors),
+                *(f"  error: {_said(e)}" for e in d.errors),
             ]
         ),
     )
@@ -774,8 +778,8 @@ def scan(ctx: click.Context, path: str | None, rehash: bool) -> None:
             f"{r.unchanged} unchanged, {r.duplicates} duplicates, {len(r.errors)} errors, "
             f"{len(r.skipped)} skipped, {len(r.missing)} missing, {len(r.moved)} moved"
             + "".join(f"\n  moved: {_shown(m)}" for m in r.moved)
-            + "".join(f"\n  error: {_shown(e)}" for e in r.errors)
-            + "".join(f"\n  skipped: {_shown(s)}" for s in r.skipped)
+            + "".join(f"\n  error: {_said(e)}" for e in r.errors)
+            + "".join(f"\n  skipped: {_said(s)}" for s in r.skipped)
             + "".join(f"\n  missing: {_shown(m)}" for m in r.missing)
             + (MISSING_HINT if r.missing else "")
         ),

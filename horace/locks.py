@@ -11,9 +11,11 @@ catalog queue in Trio rather than by polling.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +26,7 @@ import trio
 
 from horace.model import ErrorCode, HoraceError
 from horace.paths import quoted
+from horace.storage import StorageUnusable, lock_file_refusal
 
 
 def _flock(kind: int, offset: int) -> bytes:
@@ -51,14 +54,29 @@ class _Entry:
     users: int = 0
 
 
+def _open_lock_file(path: Path) -> int:
+    """The store's lock file, opened to read and write: a regular file of one link, never
+    through a symlink. Its holder writes to it (:meth:`FileLocks.beat`): a symlink or a
+    hard link put in its place would have that written over a file outside the store."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        raise StorageUnusable(lock_file_refusal(path)) from None
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+        os.close(fd)
+        raise StorageUnusable(lock_file_refusal(path))
+    return fd
+
+
 class FileLocks:
     def __init__(self, lock_file: Path | None, wait_seconds: float = 30.0) -> None:
         """*lock_file* None: the locks of a catalog opened only to read, which takes none
         (readers never wait for writers), so that a store gone read-only can be read."""
         self._path = lock_file
-        self._fd = (
-            None if lock_file is None else os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        )
+        self._fd = None if lock_file is None else _open_lock_file(lock_file)
         self._entries: dict[str, _Entry] = {}
         self.wait_seconds = wait_seconds
         self.holds_watch_lease = False
@@ -89,7 +107,7 @@ class FileLocks:
         if self._fd is None or self._path is None:
             return False
         try:
-            there = os.stat(self._path)
+            there = os.lstat(self._path)  # (a symlink to it is another file: the link's)
         except FileNotFoundError:
             return True
         own = os.fstat(self._fd)

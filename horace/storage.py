@@ -55,7 +55,6 @@ from horace.paths import (
     HORACE_DIR,
     TMP_PREFIX,
     editor_temp,
-    printable,
     quoted,
     too_long,
     unusable_name,
@@ -212,6 +211,36 @@ FINE_TICK_NS = 50 * 10**6  # of finer ones: a few of the kernel's clock ticks
 # writable by every user: under a umask of 000 any local user could unlink a version's
 # object. Group writes stay the umask's to give (instances run as users of one group).
 PRIVATE_FOLDER_MODE = 0o775
+
+
+# What Linux takes: a name of at most NAME_MAX bytes, a path of at most PATH_MAX - 1; a
+# store's own paths go a few names deeper (.horace/objects/xx/<sha256>), files/ deeper still.
+_NAME_MAX = 255
+_ROOT_PATH_MAX = 4095 - 256
+
+
+def _root_path_problem(root: Path) -> str | None:
+    """Why *root* cannot be a store's path, if it cannot: the catalog records it as text
+    (and messages show it), so it must be UTF-8; and the store's paths under it must fit."""
+    text = str(root.absolute())
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        return "is not valid UTF-8: the catalog records a store's path as text; give the store a name that is"
+    if any(len(part.encode()) > _NAME_MAX for part in root.absolute().parts):
+        return f"has a name of more than {_NAME_MAX} bytes, more than a filesystem takes"
+    if len(data) > _ROOT_PATH_MAX:
+        return f"is {len(data)} bytes long: the store's own paths under it would be longer than a path may be"
+    return None
+
+
+def lock_file_refusal(path: Path) -> str:
+    """Why a store whose lock file is not a regular file of one link is not used."""
+    return (
+        f"the store's lock file {quoted(str(path))} is not a regular file of one link (a symlink, "
+        "a hard link, a folder or a FIFO was put in its place): Horace writes to it, and would "
+        "write through it; remove it (Horace makes it again) and look at what put it there"
+    )
 
 
 def make_private_folder(path: Path) -> None:
@@ -659,6 +688,9 @@ class Storage:
     def state(self) -> StoreState:
         """What is at the root, creating nothing; :class:`StorageUnusable` when the root
         is something that cannot be a store."""
+        problem = _root_path_problem(self.root)
+        if problem is not None:
+            raise StorageUnusable(f"the storage path {quoted(str(self.root))} {problem}")
         if self.root.exists() and not self.root.is_dir():
             raise StorageUnusable(f"the storage path {self.root} is not a folder")
         if self.files.is_symlink():
@@ -741,6 +773,9 @@ class Storage:
         return False
 
     def ensure_layout(self) -> None:
+        problem = self.private_layout_problem()  # (before anything is made through a link)
+        if problem is not None:
+            raise StorageUnusable(problem)
         try:
             make_private_folder(self.root)  # (whoever may rename in it may rename .horace away)
             for folder in COMPONENT_FOLDERS:
@@ -765,7 +800,7 @@ class Storage:
                     self.root,
                 )
             # Made, not touched: its mtime is the watch lease holder's sign of life.
-            os.close(os.open(self.lock_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            os.close(os.open(self.lock_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
         except OSError as exc:
             if exc.errno in STORAGE_ERRNOS:  # (a storage error, as for a store made already)
                 raise
@@ -851,6 +886,34 @@ class Storage:
         _write_new(tmp, (json.dumps(record) + "\n").encode(), 0o644, sync=True)
         os.rename(tmp, self.identity_file)
         _fsync_dir(self.private)
+
+    def private_layout_problem(self) -> str | None:
+        """What is wrong with ``.horace``'s own folders and lock file, if anything: each
+        must be what Horace made (a folder, a regular file of one link), never a symlink.
+        Horace writes, renames and removes in them by their paths: through a link put in
+        their place it would do so outside the store. (A look, a stat each: at every start
+        and at the store's periodic check.)"""
+        folders = (self.tmp, self.objects, self.spool, self.released, self.damaged, self.packs)
+        subs = (self.objects / f"{i:02x}" for i in range(256))
+        for folder in (*folders, *subs):
+            try:
+                mode = os.lstat(folder).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # (made when first needed; a file where .horace goes is said elsewhere)
+            if not stat.S_ISDIR(mode):
+                what = "a symlink" if stat.S_ISLNK(mode) else "not a folder"
+                return (
+                    f"{quoted(str(folder))} is {what}: Horace's own folders in .horace must be folders, "
+                    "never links (what Horace writes and removes there would go through it, outside "
+                    "the store); put the folder back, with what it held"
+                )
+        try:
+            lock = os.lstat(self.lock_file)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(lock.st_mode) or lock.st_nlink != 1:
+            return lock_file_refusal(self.lock_file)
+        return None
 
     def object_path(self, checksum: str) -> Path:
         return self.objects / _object_name(checksum)
@@ -1388,7 +1451,7 @@ class Storage:
             staged.tmp_path.unlink(missing_ok=True)
 
     def has_object(self, checksum: str) -> bool:
-        return self.object_path(checksum).is_file() or self._packed(checksum) is not None
+        return self._loose_object_stat(checksum) is not None or self._packed(checksum) is not None
 
     def object_holds(
         self, checksum: str, size: int, deep: bool, check_cancelled: CheckCancelled = _never_cancelled
@@ -1404,16 +1467,41 @@ class Storage:
 
     def object_size(self, checksum: str) -> int | None:
         """The object's size as stored (None: missing)."""
+        loose = self._loose_object_stat(checksum)
+        if loose is not None:
+            return loose.st_size
+        found = self._packed(checksum)
+        return found[2] if found is not None else None
+
+    def _loose_object_stat(self, checksum: str) -> os.stat_result | None:
+        """The stat of the loose object *checksum*; None when no regular file is there."""
         try:
-            return self.object_path(checksum).stat().st_size
+            found = os.lstat(self.object_path(checksum))
         except FileNotFoundError:
-            found = self._packed(checksum)
-            return found[2] if found is not None else None
+            return None
+        return found if stat.S_ISREG(found.st_mode) else None
+
+    def _open_object(self, checksum: str) -> int:
+        """A read-only descriptor of the loose object *checksum*; FileNotFoundError when no
+        regular file is there. A symlink, a FIFO, a folder or a device put in its place is
+        no object: never followed, waited on (a FIFO's open would wait for a writer, and no
+        cancellation reaches a thread blocked there) or read; the object is missing."""
+        path = self.object_path(checksum)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path)) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+        return fd
 
     def read_object(self, checksum: str, check_cancelled: CheckCancelled = _never_cancelled) -> bytes | None:
         """The object's bytes as stored, or None when it is missing."""
         try:
-            fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open_object(checksum)
         except FileNotFoundError:
             return self._read_packed(checksum)
         try:
@@ -1434,7 +1522,7 @@ class Storage:
         """The object's bytes as stored handed to *write*, a chunk at a time, and their
         (sha256, size); None when it is missing (nothing written)."""
         try:
-            fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open_object(checksum)
         except FileNotFoundError:
             content = self._read_packed(checksum)
             if content is None:
@@ -1457,7 +1545,7 @@ class Storage:
     ) -> tuple[str, int] | None:
         """(sha256, size) of the object's bytes as stored, or None when it is missing."""
         try:
-            fd = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open_object(checksum)
         except FileNotFoundError:
             content = self._read_packed(checksum)
             return None if content is None else (hashlib.sha256(content).hexdigest(), len(content))
@@ -1486,7 +1574,7 @@ class Storage:
         and ``tar`` without ownership drop them for the same reason)."""
         part = self.tmp / temp_name(TempKind.PART)
         try:
-            source = os.open(self.object_path(checksum), os.O_RDONLY | os.O_CLOEXEC)
+            source = self._open_object(checksum)
         except FileNotFoundError:
             content = self._read_packed(checksum)
             if content is None:
@@ -1644,11 +1732,13 @@ class Storage:
                     raise
                 self._renameat2 = False  # e.g. NFS: fall back below
             else:
-                if stat.S_ISREG(os.stat(held, dir_fd=tmp_fd, follow_symlinks=False).st_mode):
+                displaced = os.stat(held, dir_fd=tmp_fd, follow_symlinks=False)
+                if stat.S_ISREG(displaced.st_mode) and displaced.st_nlink == 1:
                     return True
-                # A folder, symlink or FIFO took the path after the check: given back.
+                # A folder, symlink or FIFO took the path after the check, or a hard link of
+                # a file elsewhere (whose content is not the store's to version): given back.
                 _renameat2(tmp_fd, held, dfd, name, _RENAME_EXCHANGE)
-                raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(name)} is not a regular file")
+                _check_catalogable(name, displaced)  # (raises: what it is, said)
         # Without an atomic exchange the check and the rename are two steps; the window
         # between them is a few microseconds instead of none.
         try:
@@ -1708,15 +1798,20 @@ class Storage:
                     _check_catalogable(rel, st)
                 with self._no_writer_comes(dfd, name, rel) as came:
                     os.rename(name, held.name, src_dir_fd=dfd, dst_dir_fd=tmp_fd)
-                    if came():  # a writer opened it meanwhile: back it goes
+                    taken = os.stat(held.name, dir_fd=tmp_fd, follow_symlinks=False)
+                    why = None
+                    if (taken.st_dev, taken.st_ino) != (st.st_dev, st.st_ino):
+                        # Something else took the path between the look and the rename (a
+                        # symlink, a FIFO, a folder, a hard link of a file elsewhere).
+                        why = "was replaced by another process meanwhile"
+                    elif came():
+                        why = "was opened for writing by another process meanwhile"
+                    if why is not None:  # back it goes
                         try:
                             _rename_noreplace(tmp_fd, held.name, dfd, name)
                         except FileExistsError:  # (a file made there meanwhile: beside it)
                             self.put_back(held, rel)
-                        raise HoraceError(
-                            ErrorCode.FILE_LOCKED,
-                            f"{quoted(rel)} was opened for writing by another process meanwhile: try again",
-                        )
+                        raise HoraceError(ErrorCode.FILE_LOCKED, f"{quoted(rel)} {why}: try again")
                 os.fsync(dfd)
             os.fsync(tmp_fd)
         except (FileNotFoundError, NotADirectoryError, SymlinkOnTheWay):
@@ -1848,7 +1943,7 @@ class Storage:
                 why = unusable_name(name) or self.too_long(rel)
                 if why is not None:
                     if skipped is not None:
-                        skipped.append(f"{printable(rel)}: {why}")
+                        skipped.append(f"{quoted(rel)}: {why}")
                     continue
                 if top.fd is None:
                     top.fd = self._reopen_folder(top.prefix)
@@ -1865,7 +1960,7 @@ class Storage:
                         continue  # gone since the listing
                     except PermissionError as exc:  # the folder may no longer be entered
                         if skipped is not None:
-                            where = printable(top.prefix[:-1] or ".")
+                            where = quoted(top.prefix[:-1] or ".")
                             skipped.append(f"{where}: the folder cannot be read ({exc.strerror})")
                         top.entries = iter(())
                         continue
@@ -1877,7 +1972,7 @@ class Storage:
                 except OSError as exc:
                     # Gone, or swapped for a symlink, since the listing; else unreadable.
                     if skipped is not None and exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        skipped.append(f"{printable(rel)}: the folder cannot be read ({exc.strerror})")
+                        skipped.append(f"{quoted(rel)}: the folder cannot be read ({exc.strerror})")
                     continue
                 try:
                     # A folder that may be listed but not entered (mode 0600, say): nothing in
@@ -1886,7 +1981,7 @@ class Storage:
                 except PermissionError as exc:
                     os.close(sub)
                     if skipped is not None:
-                        skipped.append(f"{printable(rel)}: the folder cannot be read ({exc.strerror})")
+                        skipped.append(f"{quoted(rel)}: the folder cannot be read ({exc.strerror})")
                     continue
                 try:
                     stack.append(_Folder(rel + "/", _listing(sub, check_cancelled), sub))
@@ -1957,7 +2052,7 @@ class Storage:
         written, and a released one only a grace period)."""
         for checksum in checksums:
             try:
-                os.utime(self.object_path(checksum))
+                os.utime(self.object_path(checksum), follow_symlinks=False)
             except FileNotFoundError:
                 found = self._packed(checksum)  # (its whole pack, then)
                 with contextlib.suppress(FileNotFoundError):
@@ -1998,7 +2093,7 @@ class Storage:
             return found
 
     def only_in_a_pack(self, checksum: str) -> bool:
-        return not self.object_path(checksum).exists() and self._packed(checksum) is not None
+        return not os.path.lexists(self.object_path(checksum)) and self._packed(checksum) is not None
 
     def _read_packs(self) -> None:
         """Bring the index of every pack up to date (under ``_packs_lock``)."""
@@ -2050,9 +2145,11 @@ class Storage:
                 return None
             name, offset, length = found
             try:
-                fd = os.open(self.packs / name, os.O_RDONLY | os.O_CLOEXEC)
+                fd = self._open_pack(name)
             except FileNotFoundError:
                 continue
+            except packs.PackDamaged:  # (swapped for a FIFO, say, since its index was read)
+                return b""
             try:
                 return packs.read_entry(fd, offset, length)
             except (packs.PackDamaged, OSError):

@@ -68,20 +68,31 @@ async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -
     await every(state, interval, work)
 
 
-def _lock_file_replaced(catalog: Catalog) -> bool:
-    # (The store itself moved is the binding's to say: ensure_bound, at the next look.)
-    return catalog.storage.in_place() and catalog.locks.replaced()
+def _store_tampered(catalog: Catalog) -> str | None:
+    """Why the store may not be written any more, if it may not: its lock file replaced,
+    or one of its own folders replaced by a link. (The store itself moved is the
+    binding's to say: ensure_bound, at the next look.)"""
+    storage = catalog.storage
+    if not storage.in_place():
+        return None
+    if catalog.locks.replaced():
+        return (
+            f"the store's lock file {storage.lock_file} was removed or replaced while this "
+            "process ran: its locks no longer keep other processes out (two watchers, two writers "
+            "of a file); restart every process of this store"
+        )
+    problem = storage.private_layout_problem()
+    if problem is not None:
+        return f"{problem}; found while this process ran: nothing more is written"
+    return None
 
 
 async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
     try:
         await catalog.ensure_bound()
-        if await in_thread(_lock_file_replaced, catalog):
-            raise StoreRefused(
-                f"the store's lock file {catalog.storage.lock_file} was removed or replaced while this "
-                "process ran: its locks no longer keep other processes out (two watchers, two writers "
-                "of a file); restart every process of this store"
-            )
+        tampered = await in_thread(_store_tampered, catalog)
+        if tampered is not None:
+            raise StoreRefused(tampered)
         writable = await in_thread(catalog.storage.writable)
         free_bytes, free_inodes = await in_thread(catalog.storage.room)
     except Exception:  # (a failing disk: EIO) not ok until a look gets through; logged by supervise

@@ -45,7 +45,7 @@ from horace.changefeed import Change, ChangeFeed, open_change_feed
 from horace.locks import FileLocks
 from horace.logs import ThrottledLog
 from horace.model import ErrorCode, HoraceError
-from horace.paths import editor_temp, printable, unusable_name
+from horace.paths import editor_temp, quoted, unusable_name
 
 log = logging.getLogger("horace.watch")
 
@@ -233,12 +233,12 @@ class Watcher:
             # (A file written on and on: taken as it is past WRITTEN_ON_TAKEN_AFTER.)
             "unsettled_s": self._unsettled(),
             "held_open_paths": [
-                f"{printable(rel)}: {round(trio.current_time() - since, 1)} s"
+                f"{quoted(rel)}: {round(trio.current_time() - since, 1)} s"
                 for rel, since in list(self._held_open.items())[:FAILING_SHOWN]
             ],
             "catch_up_failing": self._catch_up_failing,
             "unwatched_folders": [
-                f"{printable(os.path.relpath(folder, self.files))}: {why}"
+                f"{quoted(os.path.relpath(folder, self.files))}: {why}"
                 for folder, why in list(self._unwatched().items())[:FAILING_SHOWN]
             ],
         }
@@ -345,14 +345,14 @@ class Watcher:
         for depth, part in enumerate(parts, 1):
             why = unusable_name(part)
             if why is not None:  # reported up to the bad name: what is under it is never looked at
-                self._skip(f"{printable('/'.join(parts[:depth]))}: {why}")
+                self._skip(f"{quoted('/'.join(parts[:depth]))}: {why}")
                 return
         why = self.catalog.storage.too_long(rel)
         if why is not None:
             # Never catalogued, nor followed there: a catalogued file renamed to such a
             # path has gone from the catalog's sight (deleted, as when moved out of files/),
             # rather than kept at a path no later write of it could be versioned under.
-            self._skip(f"{printable(rel)}: {why}")
+            self._skip(f"{quoted(rel)}: {why}")
             return
         if not change.gone:
             inside = await in_thread(self._folder_files, change.path, rel)

@@ -902,7 +902,7 @@ async def test_a_removed_folder_comes_back_without_what_was_deleted_there_before
 
     done = await catalog.undelete_folder("w*", deleted_after=accident)
     assert [f.file_path for f in done.undeleted] == ["w*/a.txt", "w*/sub/b.txt"]
-    assert [e.split(":")[0] for e in done.errors] == ["w*/c.txt"]
+    assert [e.split(":")[0] for e in done.errors] == ["'w*/c.txt'"]
     for rel in ("w*/a.txt", "w*/sub/b.txt"):
         assert (files / rel).read_text() == f"content of {rel}"
         assert (await catalog.file(byname[rel].id)).status is Status.ACTIVE

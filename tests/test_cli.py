@@ -214,6 +214,29 @@ def test_a_version_newer_than_a_restored_catalog_is_written_out_by_its_checksum(
     one_line_error(horace("show", env=env), Exit.USAGE, "--object SHA256")
 
 
+def test_a_byte_that_is_not_utf8_and_a_backslash_are_told_apart_in_a_scans_lines(
+    store: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A name with the byte 0xff and one with the four characters \\xff are two names: the
+    scan's report and its log lines quote each as Python does (one backslash before a
+    byte's xNN, a backslash of the name doubled), as every error line does."""
+    root, env = store
+    folder = os.path.join(os.fsencode(root), b"files", b"h")
+    os.makedirs(folder)
+    with open(os.path.join(folder, b"a\xffb.txt"), "wb") as f:
+        f.write(b"raw")
+    literal = os.path.join(folder, b"a\\xffb.txt")
+    with open(literal, "wb") as f:
+        f.write(b"literal")
+    os.link(literal, tmp_path / "second-link")  # (an error: a file of two links)
+    scanned = horace("scan", "h", env=env)
+    assert scanned.returncode == Exit.FOUND, scanned.stderr
+    assert "  skipped: 'h/a\\xffb.txt': the name is not valid UTF-8" in scanned.stdout, scanned.stdout
+    assert "  error: 'h/a\\\\xffb.txt': 'h/a\\\\xffb.txt' has 2 hard links" in scanned.stdout, scanned.stdout
+    assert "skipped 'h/a\\xffb.txt': the name" in scanned.stderr, scanned.stderr
+    assert "not taken: 'h/a\\\\xffb.txt': " in scanned.stderr, scanned.stderr
+
+
 def test_a_name_with_control_characters_is_one_escaped_line(store: tuple[Path, dict[str, str]]) -> None:
     """A newline in a name must not end its record's line and forge another; an escape
     must not reach the terminal."""
@@ -277,7 +300,7 @@ def test_an_unreadable_folder_is_reported_not_fatal(store: tuple[Path, dict[str,
         scanned = run("scan")  # the folder is said to be skipped, and nothing is deleted
         assert scanned.returncode == Exit.FOUND, (scanned.stdout, scanned.stderr)
         for shut in ("shut", "folders-only"):  # passed over whole, not folder by folder within
-            assert f"skipped: user/{shut}: the folder cannot be read (Permission denied)" in scanned.stdout
+            assert f"skipped: 'user/{shut}': the folder cannot be read (Permission denied)" in scanned.stdout
         assert "skipped: user/folders-only/inner" not in scanned.stdout, scanned.stdout
         listed = run("search", "--status", "all", "--json")
         assert {(f["file_path"], f["status"]) for f in json.loads(listed.stdout)["results"]} == {
@@ -530,6 +553,16 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     for args in (["--storage", "", "init"], ["init", "--storage", ""]):  # ("." would make one here)
         one_line_error(horace(*args, cwd=tmp_path), Exit.USAGE, "--storage", "the path is empty")
         assert not (tmp_path / ".horace").exists()
+    # A path no store can have (the catalog records it as text; a filesystem takes names of
+    # 255 bytes at most): said, and nothing made.
+    before = sorted(os.listdir(tmp_path))
+    for name, words in (
+        ("st\udcffore", "st\\xffore' is not valid UTF-8"),
+        ("L" * 300, "more than 255 bytes"),
+    ):
+        for command in (["init"], ["search"], ["serve", "--port", "0"]):
+            one_line_error(horace(*command, "--storage", str(tmp_path / name)), Exit.CONFIG, words)
+    assert sorted(os.listdir(tmp_path)) == before
     for in_the_way in ("files", ".horace"):  # a file where a folder of the layout goes: named
         blocked = tmp_path / f"blocked-{in_the_way}"
         write(blocked / in_the_way, "a file")
@@ -1197,6 +1230,6 @@ def test_undelete_r_brings_a_removed_folder_back(store: tuple[Path, dict[str, st
     assert done.returncode == Exit.FOUND, (done.stdout, done.stderr)
     lines = done.stdout.splitlines()
     assert [line.split()[-2] for line in lines[:2]] == ["repo/a.txt", "repo/sub/b.txt"]
-    assert lines[2] == "2 files undeleted, 1 error" and lines[3].startswith("  error: repo/c.txt: ")
+    assert lines[2] == "2 files undeleted, 1 error" and lines[3].startswith("  error: 'repo/c.txt': ")
     assert (root / "files/repo/sub/b.txt").read_text() == "repo/sub/b.txt"
     assert not (root / "files/repo/old.txt").exists()

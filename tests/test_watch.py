@@ -599,25 +599,36 @@ async def test_a_store_taken_from_under_the_server_stops_it_and_no_file_is_recor
         assert found is not None and found.status is Status.ACTIVE
 
 
-@pytest.mark.parametrize("how", ["removed", "replaced"])
+@pytest.mark.parametrize("how", ["removed", "replaced", "tmp linked"])
 async def test_a_lock_file_removed_under_the_server_stops_it(settings: Settings, how: str) -> None:
     """.horace/locks removed (or another put in its place) while a server runs: the next
     process would lock another file, and two watchers, or two writers of a file, would
-    run at once. The server stops (STORE_REFUSED); started again, it locks the new file."""
+    run at once. The server stops (STORE_REFUSED); started again, it locks the new file.
+    So does one whose .horace/tmp is made a symlink: what it writes and removes there
+    would be written and removed wherever the link leads."""
     served = watching(settings)
     failure: BaseException | None = None
+    elsewhere = settings.storage_path.parent / "elsewhere"
     with trio.fail_after(TIMEOUT):
         try:
             async with trio.open_nursery() as nursery:
                 server = await nursery.start(partial(serve, served, handle_signals=False))
-                lock_file = server.catalog.storage.lock_file
-                lock_file.unlink()
+                storage = server.catalog.storage
+                if how == "tmp linked":
+                    storage.tmp.rename(elsewhere)
+                    storage.tmp.symlink_to(elsewhere)
+                else:
+                    storage.lock_file.unlink()
                 if how == "replaced":
-                    lock_file.touch()
+                    storage.lock_file.touch()
                 await trio.sleep_forever()
         except BaseException as exc:
             failure = the_failure(exc)
-    assert isinstance(failure, StoreRefused) and "lock file" in str(failure), failure
+    said = "is a symlink" if how == "tmp linked" else "lock file"
+    assert isinstance(failure, StoreRefused) and said in str(failure), failure
+    if how == "tmp linked":
+        storage.tmp.unlink()
+        elsewhere.rename(storage.tmp)
     async with run_horace(served) as running:
         await wait_watching(running)
         assert not running.server.catalog.locks.replaced()
@@ -1531,16 +1542,16 @@ async def _has_checksum(running: RunningHorace, rel: str, checksum: str) -> bool
 # A bad name as the file system has it (bytes), and as the watcher and a scan report it:
 # undecodable bytes shown as \xNN, only up to the bad name (nothing under it is looked at).
 NOT_UTF8 = "the name is not valid UTF-8"
-BAD_NAMES = {
-    "not-utf8-file": (b"user/bad\xff.txt", f"user/bad\\xff.txt: {NOT_UTF8}"),
-    "not-utf8-folder": (b"user/bad\xfe-dir/inner.txt", f"user/bad\\xfe-dir: {NOT_UTF8}"),
+BAD_NAMES = {  # (each reported with its name quoted: a byte that is not UTF-8 as \xNN)
+    "not-utf8-file": (b"user/bad\xff.txt", f"'user/bad\\xff.txt': {NOT_UTF8}"),
+    "not-utf8-folder": (b"user/bad\xfe-dir/inner.txt", f"'user/bad\\xfe-dir': {NOT_UTF8}"),
     "reserved-temp": (
         b"user/.horace-tmp-x",
-        "user/.horace-tmp-x: names starting with .horace-tmp- are reserved for Horace's temp files",
+        "'user/.horace-tmp-x': names starting with .horace-tmp- are reserved for Horace's temp files",
     ),
     "horace-folder": (
         b"user/.horace/inner.txt",
-        "user/.horace: the name .horace is reserved for Horace's own data",
+        "'user/.horace': the name .horace is reserved for Horace's own data",
     ),
 }
 
@@ -2130,7 +2141,7 @@ async def test_a_folder_that_cannot_be_watched_is_watched_once_its_mode_changes(
         await wait_watching(running)
         body = await _http_health(running)
         assert (body["status"], body["watcher"]["ok"]) == ("degraded", False)
-        assert body["watcher"]["unwatched_folders"] == ["user/locked: Permission denied"]
+        assert body["watcher"]["unwatched_folders"] == ["'user/locked': Permission denied"]
         await eventually(
             lambda: _has_checksum(running, "user/locked/before.txt", sha256("written before the start")),
             "the catch-up of the folder it could list",
