@@ -34,7 +34,7 @@ def steps(backend: str) -> list[Step]:
     found = []
     for path in sorted(schema_dir(backend).glob("[0-9][0-9][0-9]_*.sql")):
         number, _, name = path.stem.partition("_")
-        found.append(Step(int(number), name, path.read_text()))
+        found.append(Step(int(number), name, path.read_text(encoding="utf-8")))
     return found
 
 

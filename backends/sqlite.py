@@ -545,7 +545,11 @@ def _update_file(
             )
         if changes.status is not None and changes.status != current.status:
             sets["status"] = changes.status.value
-            sets["deleted_at"] = now if changes.status is Status.DELETED else None
+            # Never before the file's last change: a process whose clock is behind would
+            # date the delete so long ago that the next purge took the file at once.
+            sets["deleted_at"] = (
+                max(now, _ts(current.updated_at)) if changes.status is Status.DELETED else None
+            )
         if changes.custom is not None:
             sets["metadata"] = json_object({**current.metadata, **changes.custom})
         if changes.working_mode is not None:

@@ -1,13 +1,34 @@
 """The ``horace`` command, and ``python -m horace``."""
 
+import codecs
 import json
+import os
 import sys
+
+
+def _in_utf8_mode() -> None:
+    """Names on disk are bytes, and the catalog's are UTF-8: decoded with another locale's
+    encoding (ISO-8859-1, ASCII), the name of one file would be read as another's, and its
+    content recorded under the wrong name. Python's UTF-8 mode decodes names as UTF-8
+    whatever the locale: a process started without it (a service's ``LANG`` of another
+    encoding, ``PYTHONUTF8=0``) starts itself again with it, before anything is done."""
+    if codecs.lookup(sys.getfilesystemencoding()).name == "utf-8":
+        return
+    if os.environ.get("PYTHONUTF8") == "1":  # (asked already, and overruled: -X utf8=0)
+        sys.stderr.write(
+            f"horace: error: CONFIG: file names would be read as {sys.getfilesystemencoding()}, "
+            "not UTF-8: run Horace without -X utf8=0\n"
+        )
+        sys.exit(6)
+    os.environ["PYTHONUTF8"] = "1"  # (the sink process inherits it)
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
 
 
 def run() -> None:
     """Import the CLI and run it. Its imports take a tenth of a second or more: a Ctrl-C
     during them ends the command as one during the command does (one line, exit 130),
     not with a traceback of the import machinery."""
+    _in_utf8_mode()
     try:
         from horace.cli import main
     except KeyboardInterrupt:

@@ -205,6 +205,9 @@ def _database_url(text: str, name: str) -> str:
 
 
 Parser = Callable[[str, str], Any]
+# The parsers that take a value as it is (the others read a number, a word, a list, and
+# ignore the spaces around it): such a value may have none (see _no_surrounding_space).
+_TAKEN_AS_GIVEN: frozenset[Parser] = frozenset({_path, _text, _database_url, _websocket_url, _host})
 # Flags given as text, checked as their variables are (the others come typed from the CLI).
 _CHECKED_FLAGS: dict[str, tuple[Parser, str]] = {
     "database_url": (_database_url, "--database"),
@@ -396,6 +399,8 @@ class Settings:
         for field, (names, parse) in ENVIRONMENT.items():
             name = next((n for n in names if env.get(n)), None)
             if name is not None:
+                if parse in _TAKEN_AS_GIVEN:
+                    _no_surrounding_space(name, env[name])
                 values[field] = parse(env[name], name)
         token = env.get("HORACE_AUTH_TOKEN")
         if token is not None and not token.strip():
@@ -406,6 +411,9 @@ class Settings:
                 "unset the variable to serve without one"
             )
         if "database_url" not in values and env.get("HORACE_DB_HOST"):
+            for part in _URL_PARTS:
+                if env.get(part):
+                    _no_surrounding_space(part, env[part])
             values["database_url"] = _database_url(_url_from_parts(env), "HORACE_DB_HOST/PORT/NAME/USER")
         for field, value in overrides.items():
             if value is None:
@@ -415,10 +423,32 @@ class Settings:
         return attrs.evolve(cls(), **values)  # type: ignore[arg-type]
 
 
+_URL_PARTS = ("HORACE_DB_HOST", "HORACE_DB_PORT", "HORACE_DB_NAME", "HORACE_DB_USER", "HORACE_DB_PASSWORD")
+
+
 def _url_from_parts(env: Mapping[str, str]) -> str:
-    """The original's ``HORACE_DB_HOST/PORT/NAME/USER/PASSWORD`` as one URL."""
+    """The original's ``HORACE_DB_HOST/PORT/NAME/USER/PASSWORD`` as one URL. A host that is
+    a folder (``/run/postgresql``: the server's Unix socket there) goes in the query, as
+    libpq takes it; in the URL's place of a host it would be read as the database's name."""
     user = quote(env.get("HORACE_DB_USER") or "horace", safe="")
     password = env.get("HORACE_DB_PASSWORD")
     auth = f"{user}:{quote(password, safe='')}" if password else user
-    port = env.get("HORACE_DB_PORT") or "5432"
-    return f"postgresql://{auth}@{env['HORACE_DB_HOST']}:{port}/{env.get('HORACE_DB_NAME') or 'horace'}"
+    host, port = env["HORACE_DB_HOST"], env.get("HORACE_DB_PORT") or "5432"
+    database = quote(env.get("HORACE_DB_NAME") or "horace", safe="")
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{database}?host={quote(host, safe='/')}&port={quote(port, safe='')}"
+    return f"postgresql://{auth}@{host}:{port}/{database}"
+
+
+def _no_surrounding_space(name: str, text: str) -> None:
+    """A value taken as it is (a path, a URL, a token) has no space or newline at its
+    start or end: one there is a stray (an environment file's), and taken, it would name
+    another store (a folder whose name ends in a space, made anew) or a token no client
+    can send (HTTP strips a header's value)."""
+    if text != text.strip():
+        secret = name in ("HORACE_AUTH_TOKEN", "HORACE_DB_PASSWORD")
+        shown = "" if secret else f"={redact_url(text)!r}"
+        raise ConfigError(
+            f"{name}{shown} has whitespace at its start or end (a stray space or newline in an "
+            "environment file?): remove it"
+        )

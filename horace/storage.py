@@ -616,9 +616,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _root_of(root: Path) -> Path:
+    """*root* as an absolute path, taken once: a relative one (or one through ``..``) is
+    resolved now, so that the store stays where it was found should the current folder
+    (or a folder the path passes through) be removed or renamed later."""
+    if root.is_absolute() and ".." not in root.parts:
+        return root
+    try:
+        return Path(os.path.realpath(root))
+    except FileNotFoundError:  # (Python 3.10 and 3.11: the current folder, removed)
+        raise StorageUnusable(
+            f"the storage path {quoted(str(root))} is relative, and the current folder no longer "
+            "exists: give it as an absolute path"
+        ) from None
+
+
 class Storage:
     def __init__(self, root: Path) -> None:
-        self.root = root.absolute()
+        self.root = _root_of(root)
         self.files = self.root / "files"
         self.private = self.root / HORACE_DIR
         self.objects = self.private / "objects"
@@ -698,7 +713,7 @@ class Storage:
         if not self.private.is_dir():
             return StoreState(False, None, None, False)
         try:
-            recorded = json.loads(self.identity_file.read_text())
+            recorded = json.loads(self.identity_file.read_text(encoding="utf-8"))
             store_id, catalog_url = str(recorded["store_id"]), recorded.get("catalog")
             place = recorded.get("catalog_place")
         except FileNotFoundError:
@@ -723,7 +738,7 @@ class Storage:
         try:
             if os.path.samefile(path, self.root):
                 return AtPath.ITSELF
-            recorded = json.loads((Path(path) / HORACE_DIR / IDENTITY_FILE).read_text())
+            recorded = json.loads((Path(path) / HORACE_DIR / IDENTITY_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return AtPath.NOTHING
         twin = isinstance(recorded, dict) and recorded.get("store_id") == store_id

@@ -2234,6 +2234,25 @@ async def test_a_files_folder_that_is_a_symlink_is_refused_and_nothing_is_record
             pass
 
 
+async def test_a_delete_by_a_process_whose_clock_is_behind_waits_out_the_retention(
+    catalog: Catalog, files: Path
+) -> None:
+    """A delete is never dated before the file's last change: a process whose clock is
+    40 days behind would date it so long ago that the next purge took the file at once,
+    a retention of 30 days or not."""
+    write(files / "user/old.txt", "kept for 30 days once deleted")
+    file = (await catalog.register("user/old.txt")).file
+    catalog.policy = CatalogPolicy(deleted_retention=timedelta(days=30))
+    catalog.clock = lambda: datetime.now(UTC) - timedelta(days=40)
+    deleted = (await catalog.delete(file.id)).file
+    assert deleted.deleted_at is not None and deleted.deleted_at >= file.updated_at
+    catalog.clock = lambda: datetime.now(UTC)
+    assert (await catalog.purge()).files_purged == 0
+    assert (
+        await catalog.content(await catalog.file(file.id), 1, 1000)
+    ).data == b"kept for 30 days once deleted"
+
+
 async def test_verify_and_scan_replies_stay_readable_however_many_problems(
     catalog: Catalog, files: Path
 ) -> None:

@@ -214,6 +214,76 @@ def test_a_version_newer_than_a_restored_catalog_is_written_out_by_its_checksum(
     one_line_error(horace("show", env=env), Exit.USAGE, "--object SHA256")
 
 
+def test_a_value_taken_as_it_is_may_not_begin_or_end_with_whitespace() -> None:
+    """A stray space or newline (an environment file's) at the end of a path, a URL or a
+    token would name another store (made anew) or a token no client can send: refused,
+    saying so (a secret unshown). Numbers and words are read around their spaces."""
+    from horace.config import ConfigError, Settings
+
+    for name, value in [
+        ("HORACE_STORAGE_PATH", "/srv/horace "),
+        ("HORACE_DATABASE_URL", "postgresql://horace:s3cret@db/horace\n"),
+        ("GODOT_URL", " ws://godot:9060"),
+        ("HORACE_AUTH_TOKEN", "s3cret\n"),
+        ("HORACE_DB_PASSWORD", "s3cret "),
+    ]:
+        env = {name: value, "HORACE_DB_HOST": "db"} if name == "HORACE_DB_PASSWORD" else {name: value}
+        with pytest.raises(ConfigError, match=f"^{name}.* has whitespace at its start or end") as refused:
+            Settings.from_env(env)
+        assert "s3cret" not in str(refused.value)
+    assert Settings.from_env({"HORACE_VERSION_COUNT": "3 "}).version_count == 3
+    # A host that is a folder is the server's Unix socket there, not a host name.
+    socket = {"HORACE_DB_HOST": "/run/postgresql", "HORACE_DB_PORT": "5433", "HORACE_DB_NAME": "hp"}
+    assert Settings.from_env(socket).database_url == "postgresql://horace@/hp?host=/run/postgresql&port=5433"
+
+
+def test_a_relative_storage_path_is_resolved_once(tmp_path: Path, database_url: str) -> None:
+    """A relative storage path (or one through ..) is made absolute at start, so that the
+    store stays where it was found should the current folder go; with the current folder
+    gone already, it is a CONFIG error that says so."""
+    from horace.storage import Storage
+
+    (tmp_path / "cwd").mkdir()
+    assert Storage(tmp_path / "cwd" / ".." / "s").root == tmp_path / "s"
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+    done = subprocess.run(
+        ["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "{sys.executable}" -m horace search'],
+        env={**clean, "HORACE_STORAGE_PATH": "relative", "HORACE_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    one_line_error(done, Exit.CONFIG, "'relative' is relative, and the current folder no longer exists")
+
+
+def test_names_are_read_as_utf8_whatever_the_locale(tmp_path: Path, database_url: str) -> None:
+    """Under a locale whose encoding is not UTF-8 (here ASCII: LC_ALL=C with Python's UTF-8
+    mode off), a name is still read as UTF-8: the catalog's names are, and read with
+    another encoding one file's name would be taken for another's."""
+    root = tmp_path / "horace-data"
+    env = {
+        "HORACE_STORAGE_PATH": str(root),
+        "HORACE_DATABASE_URL": database_url,
+        "PYTHONUTF8": "0",
+        "LC_ALL": "C",
+    }
+    assert horace("init", env=env).returncode == 0
+    write(root / "files/user/café.txt", "named in UTF-8")
+    with open(os.path.join(os.fsencode(root), b"files/user/caf\xe9.txt"), "wb") as f:
+        f.write(b"named in Latin-1")
+    scanned = horace("scan", env=env)
+    assert scanned.returncode == Exit.FOUND, scanned.stderr
+    assert (
+        "1 registered" in scanned.stdout
+        and "'user/caf\\xe9.txt': the name is not valid UTF-8" in scanned.stdout
+    )
+    listed = horace("--json", "search", env=env)
+    assert [f["file_path"] for f in json.loads(listed.stdout)["results"]] == ["user/café.txt"], listed.stdout
+
+
 def test_a_byte_that_is_not_utf8_and_a_backslash_are_told_apart_in_a_scans_lines(
     store: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:

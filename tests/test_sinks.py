@@ -1521,6 +1521,29 @@ async def test_a_spill_the_disk_cannot_take_is_counted_and_leaves_the_spool_whol
     assert any("20 entries lost at shutdown" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_spill_into_a_store_moved_away_makes_nothing_where_it_was(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store moved while the server ran: its spool's folder is gone with it. What the
+    sink holds at shutdown is said lost, and nothing is made at the old path (a folder
+    there would look like a store, and take what belongs to the moved one)."""
+    store = tmp_path / "store"
+    spool = store / ".horace" / "spool"
+    spool.mkdir(parents=True)
+    transport = MemoryTransport()
+    transport.up = False
+    runner = SinkRunner(transport, spool_dir=spool, flush_seconds=0.1, **FAST)
+    with caplog.at_level(logging.ERROR, logger="horace.sinks"):
+        async with running(runner):
+            for i in range(5):
+                runner.emit(entry(i))
+            await eventually(lambda: runner.failures >= 1)
+            store.rename(tmp_path / "moved")
+    assert not store.exists()
+    assert runner.spilled == 0 and runner.dropped == 5
+    assert any("5 entries lost at shutdown" in r.getMessage() for r in caplog.records)
+
+
 # -- PostgreSQL stopped and started under load ---------------------------------------------------
 
 

@@ -17,6 +17,7 @@ lands in a spool another process is taking in and about to remove.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import trio
 
 from horace.redact import redact
-from horace.storage import make_private_folder
+from horace.storage import PRIVATE_FOLDER_MODE
 from horace.supervise import backoff
 
 # The sinks' own log never feeds a sink (see horace.sinks.godot.GodotLogHandler).
@@ -449,8 +450,11 @@ async def _spool_locked(spool_path: Path) -> AsyncIterator[None]:
 
 
 def _open_lock(path: Path) -> int:
-    make_private_folder(path.parent)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # The spool's folder alone is made, never the folders above it: gone, the store was
+    # moved or removed, and what would be spilled there would be lost to it anyway (said).
+    with contextlib.suppress(FileExistsError):
+        path.parent.mkdir(PRIVATE_FOLDER_MODE)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
 
 
 def _append(path: Path, text: str) -> None:
