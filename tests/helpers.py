@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import trio
-import trio.lowlevel
-
 BACKEND = os.environ.get("HORACE_TEST_BACKEND", "sqlite")
 PG_DSN = os.environ.get("HORACE_TEST_PG_DSN")
 
@@ -90,42 +87,3 @@ def tool_body(result: dict[str, Any]) -> dict[str, Any]:
         return json.loads(result["content"][0]["text"])  # type: ignore[no-any-return]
     assert json.loads(result["content"][0]["text"]) == result["structuredContent"], result
     return result["structuredContent"]  # type: ignore[no-any-return]
-
-
-class StoppedMeanwhile(trio.abc.Stream):
-    """A client's stream as a server stopped past its read deadline meets it (SIGSTOP, a
-    paused VM): *before* comes at once; the next read wakes only when its deadline cancels
-    it, and what the client sent meanwhile (*after*; None: nothing, ever) is there at the
-    read after that. What the server sends is kept in ``sent``."""
-
-    def __init__(self, before: bytes, after: bytes | None) -> None:
-        self._ready = [before]
-        self._after: bytes | None = after
-        self.sent = bytearray()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._ready:
-            await trio.lowlevel.checkpoint()
-            data = self._ready.pop(0)
-            if max_bytes is not None and len(data) > max_bytes:
-                data, rest = data[:max_bytes], data[max_bytes:]
-                self._ready.insert(0, rest)
-            return data
-        if self._after is None:
-            await trio.sleep_forever()
-        try:
-            await trio.sleep_forever()
-        finally:
-            self._ready.append(self._after)
-            self._after = None
-        raise AssertionError("unreachable")
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint()
-        self.sent += data
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()

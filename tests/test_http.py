@@ -28,13 +28,14 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from helpers import StoppedMeanwhile, write
+from helpers import write
 from http_client import (
     BOTH,
     EVENTS_FIRST,
     INITIALIZE,
     HttpMcp,
     RawConnection,
+    StoppedMeanwhile,
     connect,
     notification,
     replies,

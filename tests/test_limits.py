@@ -27,7 +27,8 @@ import pytest
 import trio
 import trio.testing
 from conftest import BACKEND, fresh_database
-from helpers import StoppedMeanwhile, tool_body, write
+from helpers import tool_body, write
+from http_client import StoppedMeanwhile
 from limits_load import Measured, measure, populate, scenarios
 from mcp_client import connect
 from test_server import http_get, serving, wait_idle

@@ -297,7 +297,7 @@ async def test_a_file_held_open_for_writing_is_versioned_once_left_alone_long_en
 
             await eventually(waiting, "the file said to wait for its writer")
             status = (await health(running))["watcher"]
-            assert status["held_open_paths"][0].startswith("user/held.log: ")
+            assert status["held_open_paths"][0].startswith("'user/held.log': ")
             checksum = hashlib.sha256(content).hexdigest()
             assert not await _has_checksum(running, "user/held.log", checksum)
             await eventually(
