@@ -943,3 +943,15 @@ async def test_a_call_meeting_the_store_taken_from_under_the_server_is_a_storage
         )
         body = tool_body(reply["result"])
         assert body["error_code"] == "STORAGE_ERROR" and "is gone" in body["message"], body
+
+
+def test_a_calls_tool_name_is_recorded_as_sent_and_cut() -> None:
+    """What a tools/call names is what its turns and log line record: a name that is no
+    string as the JSON sent (``12``, ``null``), none as ""; one far longer than any tool's
+    cut (a hostile call's log line is not kilobytes long)."""
+    from horace.server.mcp import RECORDED_NAME_CHARS, _name_recorded
+
+    assert _name_recorded({"name": "horace_scan"}) == "horace_scan"
+    assert _name_recorded({}) == ""
+    assert (_name_recorded({"name": 12}), _name_recorded({"name": None})) == ("12", "null")
+    assert _name_recorded({"name": "x" * 5000}) == "x" * RECORDED_NAME_CHARS + "…"

@@ -25,6 +25,7 @@ Limits that bound what one session can make the server hold:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -525,7 +526,7 @@ class McpSession:
         if not isinstance(params, dict):
             raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
         given = params.get("name")
-        name = given if isinstance(given, str) else ""  # (as its turns and log line say it)
+        name = _name_recorded(params)  # (as its turns and log line say it)
         arguments = params.get("arguments") if refusal is None else {"unusable": str(refusal)}
         meta: dict[str, Any] = params["_meta"] if isinstance(params.get("_meta"), dict) else {}
         correlation_id = _correlation_id(arguments, meta)
@@ -669,6 +670,21 @@ async def one_large_request_at_a_time(
                 yield
             finally:
                 heap.give_back()
+
+
+# A tool name as a call's turns and log line record it, at most: one far longer (no tool's
+# is) is cut, so that a hostile call's log line is not kilobytes long.
+RECORDED_NAME_CHARS = 200
+
+
+def _name_recorded(params: Mapping[str, Any]) -> str:
+    """The tool a call names, as its turns and log line record it: the name; what was
+    sent instead of a string, as JSON ("" when nothing was); cut to RECORDED_NAME_CHARS."""
+    if "name" not in params:
+        return ""
+    given = params["name"]
+    name = given if isinstance(given, str) else json.dumps(given, default=str)
+    return name if len(name) <= RECORDED_NAME_CHARS else name[:RECORDED_NAME_CHARS] + "…"
 
 
 def _tool_asked(name: Any, meta: Mapping[str, Any], correlation_id: str) -> tuple[Any, Any]:
