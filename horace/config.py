@@ -396,12 +396,6 @@ class Settings:
         """Read the environment, then apply flag *overrides* (None values are ignored)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        for field, (names, parse) in ENVIRONMENT.items():
-            name = next((n for n in names if env.get(n)), None)
-            if name is not None:
-                if parse in _TAKEN_AS_GIVEN:
-                    _no_surrounding_space(name, env[name])
-                values[field] = parse(env[name], name)
         token = env.get("HORACE_AUTH_TOKEN")
         if token is not None and not token.strip():
             # Set, but to nothing: an operator who meant to require a token (a template's
@@ -410,6 +404,12 @@ class Settings:
                 f"HORACE_AUTH_TOKEN={token!r}: set but empty: give the token clients must send, or "
                 "unset the variable to serve without one"
             )
+        for field, (names, parse) in ENVIRONMENT.items():
+            name = next((n for n in names if env.get(n)), None)
+            if name is not None:
+                if parse in _TAKEN_AS_GIVEN:
+                    _no_surrounding_space(name, env[name])
+                values[field] = parse(env[name], name)
         if "database_url" not in values and env.get("HORACE_DB_HOST"):
             for part in _URL_PARTS:
                 if env.get(part):
