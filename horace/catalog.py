@@ -419,19 +419,19 @@ class Catalog:
             return state, self.storage.in_place(), replaced
 
         state, in_place, replaced = await in_thread(look)
+        if not in_place:  # (first: a SQLite catalog inside the store moved with it)
+            raise StoreRefused(
+                f"the store at {self.storage.root} is not the one this process opened any more: "
+                "it was moved, removed or replaced (a copy put in its place, a volume unmounted "
+                "or mounted over it) while Horace ran; nothing more is written to it: start "
+                "again once the store is back in place"
+            )
         if replaced is not None:
             raise StoreRefused(
                 f"{replaced} while Horace ran: this process holds the file it opened, and what it "
                 "would record there is lost to the store; nothing more is written: start again, "
                 "and the catalog in place is used (`horace fsck` then lists the objects it lacks "
                 "rows for)"
-            )
-        if not in_place:
-            raise StoreRefused(
-                f"the store at {self.storage.root} is not the one this process opened any more: "
-                "it was moved, removed or replaced (a copy put in its place, a volume unmounted "
-                "or mounted over it) while Horace ran; nothing more is written to it: start "
-                "again once the store is back in place"
             )
         if state is not None and state.store_id != self.store_id:
             now = f"bound to catalog {state.store_id}" if state.store_id else "without its store.json"

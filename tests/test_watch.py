@@ -565,14 +565,17 @@ async def test_a_folder_moved_out_soft_deletes_its_files(watched: Watched, tmp_p
         await watched.wait_checksum(record.file_path, record.checksum, Status.DELETED)
 
 
-@pytest.mark.parametrize("left", ["nothing", "a copy"])
+@pytest.mark.parametrize("left", ["nothing", "a copy", "nothing, its own catalog moved with it"])
 async def test_a_store_taken_from_under_the_server_stops_it_and_no_file_is_recorded_deleted(
     settings: Settings, tmp_path: Path, left: str
 ) -> None:
     """The store moved away (removed, a volume unmounted) or replaced by a copy while the
     server runs: its paths lead elsewhere, where every file looks gone (or is not the
-    catalog's to write). The server stops (STORE_REFUSED), and no file is recorded
-    deleted; the store put back opens as it was."""
+    catalog's to write). The server stops (STORE_REFUSED), saying the store moved (its
+    SQLite catalog inside moved with it: not "removed"), and no file is recorded deleted;
+    the store put back opens as it was."""
+    if left.endswith("moved with it"):
+        settings = attrs.evolve(settings, database_url=None)
     served = watching(settings)
     write(served.storage_path / "files/user/a.txt", "a")
     away = tmp_path / "away"
