@@ -478,9 +478,8 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
         lines = [_record_line(i.file), f"  checksum {i.file.checksum}  {i.file.mime_type}"]
         for v in i.versions or ():
             origin = f" (restored from v{v.restored_from_version})" if v.restored_from_version else ""
-            lines.append(
-                f"  v{v.version}  {v.created_at:%Y-%m-%d %H:%M:%S}  {v.size:>10}  {v.checksum[:16]}{origin}"
-            )
+            at = v.created_at.astimezone(UTC)  # (said so: Z)
+            lines.append(f"  v{v.version}  {at:%Y-%m-%d %H:%M:%S}Z  {v.size:>10}  {v.checksum[:16]}{origin}")
         return "\n".join(lines)
 
     _emit(ctx, _run(ctx, work, read_only=True), human)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -1303,3 +1304,15 @@ def test_undelete_r_brings_a_removed_folder_back(store: tuple[Path, dict[str, st
     assert lines[2] == "2 files undeleted, 1 error" and lines[3].startswith("  error: 'repo/c.txt': ")
     assert (root / "files/repo/sub/b.txt").read_text() == "repo/sub/b.txt"
     assert not (root / "files/repo/old.txt").exists()
+
+
+def test_info_versions_says_its_times_are_utc(store: tuple[Path, dict[str, str]]) -> None:
+    """The times `info --versions` prints are UTC, and say so (Z), whatever the zone the
+    reader is in (TZ changes nothing)."""
+    root, env = store
+    write(root / "files/user/a.txt", "one")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    for zone in ("UTC", "Pacific/Kiritimati"):
+        shown = horace("info", "user/a.txt", "--versions", env={**env, "TZ": zone})
+        line = r"^  v1  \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ  "
+        assert re.search(line, shown.stdout, re.MULTILINE), shown.stdout
