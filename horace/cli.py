@@ -51,7 +51,7 @@ from horace.backends.records import (
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings, ignored_variables
-from horace.model import CannotListen, ErrorCode, HoraceError, NewFile
+from horace.model import CannotListen, ErrorCode, HoraceError, NewFile, RepliesLost
 from horace.paths import printable
 from horace.redact import redact_url
 from horace.storage import STORAGE_ERRNOS, StorageUnusable, storage_full, storage_refusal
@@ -1073,6 +1073,8 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(_EXIT_OF_CODE.get(exc.code, Exit.REFUSED), exc.code.value, exc.message)
     if isinstance(exc, CannotListen):
         return Failure(Exit.ADDRESS, "ADDRESS_IN_USE" if exc.in_use else "ADDRESS", str(exc))
+    if isinstance(exc, RepliesLost):
+        return Failure(Exit.OUTPUT, "OUTPUT", str(exc))
     if isinstance(exc, StoreRefused):
         return Failure(Exit.STORE, "STORE_REFUSED", str(exc))
     if isinstance(exc, CatalogMissing):

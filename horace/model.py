@@ -46,6 +46,11 @@ class HoraceError(Exception):
         return f"HoraceError({self.code.value}, {self.message!r})"
 
 
+class RepliesLost(Exception):
+    """Replies could not be written to stdout (a full disk, an I/O error: not a client that
+    closed its end, which ends a stdio session as it should)."""
+
+
 class CannotListen(Exception):
     """The server cannot listen where it was told: the port is taken, the address is not
     this host's, or the host name does not resolve."""

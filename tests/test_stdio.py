@@ -341,6 +341,35 @@ async def test_stdout_closed_ends_the_session_at_once_with_nothing_to_write(env:
     assert "stdio session closed: stdout closed" in [r["message"] for r in client.log_records()]
 
 
+def test_replies_a_full_disk_cannot_take_end_the_session_with_exit_74(env: dict[str, str]) -> None:
+    """stdout that cannot take a reply (a full disk: /dev/full), unlike one the client
+    closed, loses the replies: the session ends, said as a warning and exit 74 (OUTPUT)."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        },
+    }
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "horace", "mcp"],
+            input=(json.dumps(initialize) + "\n").encode(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    stderr = done.stderr.decode()
+    assert done.returncode == 74, stderr
+    assert "a reply could not be written to stdout (No space left on device)" in stderr
+    assert "horace: error: OUTPUT: replies could not be written to stdout" in stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 async def test_sigterm_or_a_hang_up_ends_the_session(env: dict[str, str], signum: signal.Signals) -> None:
     async with horace_mcp(env) as client:

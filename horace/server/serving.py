@@ -18,6 +18,7 @@ from horace.backends.protocol import UnusableURL
 from horace.catalog import Catalog, Progress
 from horace.config import Settings
 from horace.logs import of_the_call
+from horace.model import RepliesLost
 from horace.redact import redact_url
 from horace.server import heap
 from horace.server.lifecycle import HealthPart, HoraceServer, listen, watch_signals
@@ -254,3 +255,5 @@ async def _serve_stdio(
             nursery.start_soon(session.end_when_stdout_closes, fds.stdout)
             await session.run()
             nursery.cancel_scope.cancel()
+        if session.lost is not None:
+            raise RepliesLost(f"replies could not be written to stdout: {session.lost}")

@@ -22,6 +22,7 @@ and points fd 1 at stderr, where the log goes, so a stray print cannot corrupt a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -39,6 +40,10 @@ from horace.supervise import STOP_SIGNALS
 log = logging.getLogger("horace.server")
 
 CHUNK = 64 * 1024  # bytes read from stdin at a time
+
+
+# Write errors that mean the client closed its end of stdout (the session's normal end).
+_CLIENT_GONE = (errno.EPIPE, errno.ECONNRESET)
 
 
 @attrs.frozen
@@ -166,6 +171,7 @@ class StdioSession:
         self._send_lock = trio.Lock()
         self._reading = trio.CancelScope()
         self.gone = False  # stdout can take nothing more
+        self.lost: str | None = None  # why replies could not be written, when not the client's doing
         self._calls: trio.CancelScope | None = None  # once reading has ended
         self.ended_by: str | None = None
 
@@ -255,7 +261,16 @@ class StdioSession:
                         await self.writing.send_all(text.encode() + b"\n")
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         self.gone = True
-                        self.end(f"stdout closed: {exc.__cause__ or exc}")
+                        cause = exc.__cause__
+                        if isinstance(cause, OSError) and cause.errno not in _CLIENT_GONE:
+                            # Not the client gone: its replies are lost (a full disk).
+                            self.lost = cause.strerror or str(cause)
+                            log.warning(
+                                "a reply could not be written to stdout (%s): ending the session",
+                                self.lost,
+                                extra={"conversation_id": self.conversation_id},
+                            )
+                        self.end(f"stdout closed: {cause or exc}")
                 if sending.cancelled_caught:
                     self.gone = True  # half a line may be out: nothing more can follow it
                     log.warning(
