@@ -309,8 +309,11 @@ STORAGE_ERRNOS = frozenset(
 # Why each refuses, for the operator (what a full disk says is STORAGE_FULL's own).
 _REFUSED_FOR = {
     errno.EROFS: "a read-only file system",
-    errno.EACCES: "a file or folder this server's user may not read or write",
-    errno.EPERM: "a file or folder this server's user may not read or write",
+    errno.EACCES: "a file or folder this process's user may not read or write",
+    errno.EPERM: (
+        "a file or folder this process's user may not read or write, or one marked immutable or "
+        "append-only (chattr +i, +a: not even root may change it)"
+    ),
     errno.EIO: "a failing disk",
     errno.EFBIG: "larger than this process may write: its file size limit (ulimit -f), or the file system's",
     errno.EMFILE: "this process's limit of open files (ulimit -n): raise it",

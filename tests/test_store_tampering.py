@@ -5,6 +5,7 @@ objects go are refused, and a swap between a look and a rename is put back."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -210,3 +211,14 @@ async def test_a_restore_that_would_displace_a_hard_link_made_meanwhile_gives_it
     after = await catalog.file(file.id)
     assert (after.current_version, after.checksum) == (2, sha256("two"))
     assert not any(catalog.storage.tmp.iterdir())
+
+
+def test_a_file_marked_immutable_is_said_to_be_maybe_so() -> None:
+    """EPERM, unlike EACCES, is what root meets too, at a file marked immutable or
+    append-only: the refusal says so rather than blame the user's permissions alone."""
+    from horace.storage import storage_refusal
+
+    refused = storage_refusal(PermissionError(errno.EPERM, "Operation not permitted", "files/user/a.txt"))
+    assert refused.startswith("Operation not permitted: files/user/a.txt (") and "chattr +i" in refused
+    forbidden = storage_refusal(PermissionError(errno.EACCES, "Permission denied", "files/user/a.txt"))
+    assert "may not read or write" in forbidden and "chattr" not in forbidden
