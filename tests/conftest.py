@@ -8,6 +8,8 @@ it is never skipped. Each test gets its own PostgreSQL schema (through the URL's
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -61,3 +63,28 @@ async def catalog(settings: Settings) -> AsyncIterator[Catalog]:
 def files(settings: Settings) -> Path:
     """The working-file folder of the catalog's storage root."""
     return settings.storage_path / "files"
+
+
+@pytest.fixture
+def fifo_rescue() -> Iterator[list[bool]]:
+    """The FIFOs a test puts in the list: should something open one to read and block (in
+    a worker thread that no cancellation can reach), a timer plays its writer after a few
+    seconds, so that the test fails instead of hanging."""
+    rescued: list[bool] = []
+    fifos: list[Path] = []
+
+    def play_the_writer() -> None:
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                rescued.append(True)
+            except OSError:  # ENXIO: nobody is blocked reading it
+                pass
+
+    timer = threading.Timer(5.0, play_the_writer)
+    timer.start()
+    try:
+        yield fifos  # type: ignore[misc]
+    finally:
+        timer.cancel()
+    assert not rescued, "something blocked opening a FIFO"

@@ -9,8 +9,6 @@ import errno
 import os
 import shutil
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,30 +73,6 @@ async def test_horaces_own_folders_put_in_place_as_links_are_refused_and_nothing
             pass
     assert catalog.storage.private_layout_problem() is not None
     assert sorted(p.name for p in elsewhere.iterdir()) == [decoy.name]
-
-
-@pytest.fixture
-def fifo_rescue() -> Iterator[list[bool]]:
-    """Should something open a FIFO and block, the test fails instead of hanging: a timer
-    plays the writer of every FIFO under the test's folder after a few seconds."""
-    rescued: list[bool] = []
-    fifos: list[Path] = []
-
-    def play_the_writer() -> None:
-        for fifo in fifos:
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                rescued.append(True)
-            except OSError:  # ENXIO: nobody is blocked reading it
-                pass
-
-    timer = threading.Timer(5.0, play_the_writer)
-    timer.start()
-    try:
-        yield fifos  # type: ignore[misc]
-    finally:
-        timer.cancel()
-    assert not rescued, "something blocked opening a FIFO"
 
 
 @pytest.mark.parametrize("what", ["fifo", "folder", "symlink"])
