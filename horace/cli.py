@@ -1114,8 +1114,9 @@ def _say(failure: Failure, as_json: bool) -> None:
 
 def _configure_cli_logging(as_json: bool) -> None:
     """Warnings of a command (fsck at start, say) as one line each, like its errors."""
-    from horace.logs import JsonLines, one_line
+    from horace.logs import JsonLines, one_line, warnings_to_the_log
 
+    warnings_to_the_log()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(one_line)
     if as_json:

@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -149,7 +150,18 @@ class OnceAWhile(logging.Filter):
 ACCEPT_FAILURES_EVERY = 10.0  # seconds: see OnceAWhile
 
 
+def warnings_to_the_log() -> None:
+    """Python's warnings (a library's: asyncpg's of a password file others may read, say)
+    as log records of one line, not as the two raw lines Python writes to stderr."""
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+    warnings.showwarning = show
+
+
 def configure(level: str = "INFO") -> None:
+    warnings_to_the_log()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
     handler.addFilter(one_line)

@@ -955,3 +955,21 @@ def test_a_calls_tool_name_is_recorded_as_sent_and_cut() -> None:
     assert _name_recorded({}) == ""
     assert (_name_recorded({"name": 12}), _name_recorded({"name": None})) == ("12", "null")
     assert _name_recorded({"name": "x" * 5000}) == "x" * RECORDED_NAME_CHARS + "…"
+
+
+def test_a_librarys_warning_is_one_log_record(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A warning (asyncpg's of a password file others may read, say) is a log record of
+    one line, not Python's two raw lines on stderr (the file and the source line)."""
+    import warnings
+
+    from horace.logs import warnings_to_the_log
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    warnings_to_the_log()
+    with caplog.at_level(logging.WARNING, logger="py.warnings"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("password file has group or world access", UserWarning, stacklevel=1)
+    said = [r.getMessage() for r in caplog.records if r.name == "py.warnings"]
+    assert said == ["UserWarning: password file has group or world access"]
