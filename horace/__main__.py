@@ -14,7 +14,7 @@ def _in_utf8_mode() -> None:
     encoding, ``PYTHONUTF8=0``) starts itself again with it, before anything is done."""
     if codecs.lookup(sys.getfilesystemencoding()).name == "utf-8":
         return
-    if os.environ.get("PYTHONUTF8") == "1":  # (asked already, and overruled: -X utf8=0)
+    if sys.orig_argv[1:3] == ["-X", "utf8"]:  # (started again so already, and overruled)
         sys.stderr.write(
             f"horace: error: CONFIG: file names would be read as {sys.getfilesystemencoding()}, "
             "not UTF-8: run Horace without -X utf8=0\n"

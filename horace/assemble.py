@@ -18,6 +18,7 @@ from horace.catalog import Catalog, CatalogPolicy, in_thread, utcnow
 from horace.config import Settings
 from horace.fsck import fsck, leftovers, log_findings
 from horace.locks import FileLocks
+from horace.paths import quoted
 from horace.redact import redact_url
 from horace.storage import AtPath, Storage, StorageUnusable, StoreState
 
@@ -76,7 +77,8 @@ async def open_catalog(
             else "create one with `horace init` or `horace serve`, or point --storage "
             "(HORACE_STORAGE_PATH) at a store"
         )
-        raise StoreRefused(f"no Horace store at {storage.root} (no .horace folder there): {advice}")
+        where = quoted(str(storage.root))
+        raise StoreRefused(f"no Horace store at {where} (no .horace folder there): {advice}")
     if create and not state.exists:
         outer = await in_thread(storage.enclosing_store)
         if outer is not None:

@@ -331,7 +331,10 @@ def _client_path(ctx: click.Context, arg: str) -> str:
     files/, else relative to files/ (as MCP clients give it)."""
     if os.path.isabs(arg):
         return arg
-    here = Path(os.path.normpath(os.path.join(os.getcwd(), arg)))
+    try:
+        here = Path(os.path.normpath(os.path.join(os.getcwd(), arg)))
+    except FileNotFoundError:  # (the current folder, removed): relative to files/ then
+        return arg
     files = (_settings(ctx).storage_path / "files").absolute()
     for base in (files, files.resolve()):
         if here.is_relative_to(base):  # (files/ itself too: a scan of it all)

@@ -20,6 +20,7 @@ from attrs import frozen
 
 from horace.backends import url_problem
 from horace.backends.records import Retention
+from horace.paths import NoCurrentFolder, absolute_root
 from horace.redact import redact_url
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")  # ASCII digits only
@@ -411,7 +412,7 @@ class Settings:
                     _no_surrounding_space(name, env[name])
                 values[field] = parse(env[name], name)
         if "database_url" not in values and env.get("HORACE_DB_HOST"):
-            for part in _URL_PARTS:
+            for part in _URL_PARTS[:-1]:  # (a password may begin or end with a space)
                 if env.get(part):
                     _no_surrounding_space(part, env[part])
             values["database_url"] = _database_url(_url_from_parts(env), "HORACE_DB_HOST/PORT/NAME/USER")
@@ -420,7 +421,11 @@ class Settings:
                 continue
             checked = _CHECKED_FLAGS.get(field)
             values[field] = value if checked is None else checked[0](str(value), checked[1])
-        return attrs.evolve(cls(), **values)  # type: ignore[arg-type]
+        settings = attrs.evolve(cls(), **values)  # type: ignore[arg-type]
+        try:  # (made absolute once: the default catalog's path follows from it)
+            return attrs.evolve(settings, storage_path=absolute_root(settings.storage_path))
+        except NoCurrentFolder as exc:
+            raise ConfigError(str(exc)) from None
 
 
 _URL_PARTS = ("HORACE_DB_HOST", "HORACE_DB_PORT", "HORACE_DB_NAME", "HORACE_DB_USER", "HORACE_DB_PASSWORD")
@@ -446,8 +451,7 @@ def _no_surrounding_space(name: str, text: str) -> None:
     another store (a folder whose name ends in a space, made anew) or a token no client
     can send (HTTP strips a header's value)."""
     if text != text.strip():
-        secret = name in ("HORACE_AUTH_TOKEN", "HORACE_DB_PASSWORD")
-        shown = "" if secret else f"={redact_url(text)!r}"
+        shown = "" if name == "HORACE_AUTH_TOKEN" else f"={redact_url(text)!r}"
         raise ConfigError(
             f"{name}{shown} has whitespace at its start or end (a stray space or newline in an "
             "environment file?): remove it"

@@ -145,3 +145,22 @@ def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True, fol
         if stat.S_ISLNK(st.st_mode):
             raise _invalid(client_path, "symlinks are not followed")
     return rel
+
+
+class NoCurrentFolder(Exception):
+    """A relative path given while the current folder no longer exists."""
+
+
+def absolute_root(root: Path) -> Path:
+    """*root* (a store's folder) as an absolute path, taken once: a relative one, or one
+    through ``..``, is resolved now, so that the store stays where it was found should the
+    current folder (or a folder the path passes through) be removed or renamed later."""
+    if root.is_absolute() and ".." not in root.parts:
+        return root
+    try:
+        return Path(os.path.realpath(root))
+    except FileNotFoundError:  # (the current folder, removed)
+        raise NoCurrentFolder(
+            f"the storage path {quoted(str(root))} is relative, and the current folder no longer "
+            "exists: give it as an absolute path"
+        ) from None

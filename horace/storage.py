@@ -54,6 +54,8 @@ from horace.paths import (
     COMPONENT_FOLDERS,
     HORACE_DIR,
     TMP_PREFIX,
+    NoCurrentFolder,
+    absolute_root,
     editor_temp,
     quoted,
     too_long,
@@ -238,8 +240,10 @@ def lock_file_refusal(path: Path) -> str:
     """Why a store whose lock file is not a regular file of one link is not used."""
     return (
         f"the store's lock file {quoted(str(path))} is not a regular file of one link (a symlink, "
-        "a hard link, a folder or a FIFO was put in its place): Horace writes to it, and would "
-        "write through it; remove it (Horace makes it again) and look at what put it there"
+        "a hard link, a folder or a FIFO was put in its place; or the store was copied with "
+        "hard links, cp -al, and the copy shares it): Horace writes to it, and would write "
+        "through it. Stop every process of the store, remove it (Horace makes it again), and "
+        "look at what put it there"
     )
 
 
@@ -620,18 +624,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _root_of(root: Path) -> Path:
-    """*root* as an absolute path, taken once: a relative one (or one through ``..``) is
-    resolved now, so that the store stays where it was found should the current folder
-    (or a folder the path passes through) be removed or renamed later."""
-    if root.is_absolute() and ".." not in root.parts:
-        return root
     try:
-        return Path(os.path.realpath(root))
-    except FileNotFoundError:  # (Python 3.10 and 3.11: the current folder, removed)
-        raise StorageUnusable(
-            f"the storage path {quoted(str(root))} is relative, and the current folder no longer "
-            "exists: give it as an absolute path"
-        ) from None
+        return absolute_root(root)
+    except NoCurrentFolder as exc:
+        raise StorageUnusable(str(exc)) from None
 
 
 class Storage:

@@ -226,12 +226,15 @@ def test_a_value_taken_as_it_is_may_not_begin_or_end_with_whitespace() -> None:
         ("HORACE_DATABASE_URL", "postgresql://horace:s3cret@db/horace\n"),
         ("GODOT_URL", " ws://godot:9060"),
         ("HORACE_AUTH_TOKEN", "s3cret\n"),
-        ("HORACE_DB_PASSWORD", "s3cret "),
+        ("HORACE_DB_USER", "horace "),
     ]:
-        env = {name: value, "HORACE_DB_HOST": "db"} if name == "HORACE_DB_PASSWORD" else {name: value}
+        env = {name: value, "HORACE_DB_HOST": "db"} if name.startswith("HORACE_DB_") else {name: value}
         with pytest.raises(ConfigError, match=f"^{name}.* has whitespace at its start or end") as refused:
             Settings.from_env(env)
         assert "s3cret" not in str(refused.value)
+    # A password may begin or end with a space.
+    spaced = Settings.from_env({"HORACE_DB_HOST": "db", "HORACE_DB_PASSWORD": " s3cret "})
+    assert spaced.database_url == "postgresql://horace:%20s3cret%20@db:5432/horace"
     assert Settings.from_env({"HORACE_VERSION_COUNT": "3 "}).version_count == 3
     # A host that is a folder is the server's Unix socket there, not a host name.
     socket = {"HORACE_DB_HOST": "/run/postgresql", "HORACE_DB_PORT": "5433", "HORACE_DB_NAME": "hp"}
@@ -242,10 +245,16 @@ def test_a_relative_storage_path_is_resolved_once(tmp_path: Path, database_url: 
     """A relative storage path (or one through ..) is made absolute at start, so that the
     store stays where it was found should the current folder go; with the current folder
     gone already, it is a CONFIG error that says so."""
+    from horace.config import Settings
     from horace.storage import Storage
 
     (tmp_path / "cwd").mkdir()
     assert Storage(tmp_path / "cwd" / ".." / "s").root == tmp_path / "s"
+    settings = Settings.from_env({"HORACE_STORAGE_PATH": str(tmp_path / "cwd" / ".." / "s")})
+    assert (settings.storage_path, settings.catalog_url) == (
+        tmp_path / "s",
+        f"sqlite://{tmp_path}/s/.horace/catalog.db",  # (the default catalog's path with it)
+    )
     gone = tmp_path / "gone"
     gone.mkdir()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
@@ -258,6 +267,19 @@ def test_a_relative_storage_path_is_resolved_once(tmp_path: Path, database_url: 
         check=False,
     )
     one_line_error(done, Exit.CONFIG, "'relative' is relative, and the current folder no longer exists")
+    # An absolute storage path works with the current folder gone, a relative file path too
+    # (relative to files/, as MCP clients give it).
+    assert horace("init", env={"HORACE_STORAGE_PATH": str(tmp_path / "s")}).returncode == 0
+    gone.mkdir()
+    done = subprocess.run(
+        ["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "{sys.executable}" -m horace info user/x.txt'],
+        env={**clean, "HORACE_STORAGE_PATH": str(tmp_path / "s")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    one_line_error(done, Exit.REFUSED, "NOT_CATALOGED")
 
 
 def test_names_are_read_as_utf8_whatever_the_locale(tmp_path: Path, database_url: str) -> None:
@@ -1316,3 +1338,22 @@ def test_info_versions_says_its_times_are_utc(store: tuple[Path, dict[str, str]]
         shown = horace("info", "user/a.txt", "--versions", env={**env, "TZ": zone})
         line = r"^  v1  \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ  "
         assert re.search(line, shown.stdout, re.MULTILINE), shown.stdout
+
+
+def test_a_process_not_in_utf8_mode_starts_again_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With -X utf8 (which -I and -E, that ignore PYTHONUTF8, take too), once: started so
+    already and still not in UTF-8 mode, it says why and stops."""
+    import horace.__main__ as entry
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-I", "-m", "horace", "scan"])
+    monkeypatch.setattr(os, "execv", lambda program, argv: started.append(argv))
+    monkeypatch.setenv("PYTHONUTF8", "0")
+    entry._in_utf8_mode()
+    assert started == [[sys.executable, "-X", "utf8", "-I", "-m", "horace", "scan"]]
+    assert os.environ["PYTHONUTF8"] == "1"  # (for the sink process too)
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", "-I", "-m", "horace", "scan"])
+    with pytest.raises(SystemExit) as stopped:
+        entry._in_utf8_mode()
+    assert stopped.value.code == 6 and len(started) == 1
