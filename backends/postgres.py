@@ -844,9 +844,8 @@ WITH updated AS (
         status = coalesce($6::text, f.status),
         deleted_at = CASE
             WHEN $6::text IS NULL OR $6::text = f.status THEN f.deleted_at
-            -- never before the file's last change, nor before the database's clock: a
-            -- writer's clock behind would date it so long ago that a purge took it at once
-            WHEN $6::text = 'deleted' THEN greatest($2::timestamptz, f.updated_at, now())
+            -- never before the file's last change (a writer's clock behind: see sqlite.py)
+            WHEN $6::text = 'deleted' THEN greatest($2::timestamptz, f.updated_at)
         END,
         metadata = CASE WHEN $7::jsonb IS NULL THEN f.metadata ELSE f.metadata || $7::jsonb END,
         working_mode = coalesce($9::integer, f.working_mode),
