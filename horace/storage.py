@@ -222,14 +222,14 @@ _ROOT_PATH_MAX = 4095 - 256
 
 
 def _root_path_problem(root: Path) -> str | None:
-    """Why *root* cannot be a store's path, if it cannot: the catalog records it as text
-    (and messages show it), so it must be UTF-8; and the store's paths under it must fit."""
-    text = str(root.absolute())
+    """Why *root* (absolute: :func:`_root_of`) cannot be a store's path, if it cannot: the
+    catalog records it as text (and messages show it), so it must be UTF-8; and the store's
+    paths under it must fit."""
     try:
-        data = text.encode()
+        data = str(root).encode()
     except UnicodeEncodeError:
         return "is not valid UTF-8: the catalog records a store's path as text; give the store a name that is"
-    if any(len(part.encode()) > _NAME_MAX for part in root.absolute().parts):
+    if any(len(part.encode()) > _NAME_MAX for part in root.parts):
         return f"has a name of more than {_NAME_MAX} bytes, more than a filesystem takes"
     if len(data) > _ROOT_PATH_MAX:
         return f"is {len(data)} bytes long: the store's own paths under it would be longer than a path may be"
