@@ -826,6 +826,21 @@ async def test_a_call_reusing_the_id_of_one_under_way_is_refused(
     assert tool.cancelled and first.status_code == 202  # the first, cancelled by its id
     tool.release.set()
     assert (await client.request("tools/call", {"name": "horace_scan", "arguments": {}}))["result"]
+    await drained(server)
+    rows = [
+        r
+        for r in await stored_turns(server.settings.catalog_url)
+        if r["conversation_id"] == http_session(server, client).session.conversation_id
+    ]
+    # Each call, the one turned away too, has its request turn; all but the cancelled one
+    # a response turn (the one turned away's: its error).
+    assert [(r["role"], r["metadata"]["error_code"]) for r in rows] == [
+        ("user", None),
+        ("user", None),
+        ("assistant", "-32600"),
+        ("user", None),
+        ("assistant", None),
+    ]
 
 
 async def test_notifications_cancelled_ends_an_sse_answer_without_reply(
@@ -1053,9 +1068,24 @@ async def test_concurrent_calls_are_capped_per_session(
         busy = (await client.post(request(9, "ping"))).json()
         assert busy["error"]["code"] == -32000
         assert "too many calls under way in this session" in busy["error"]["message"]
+        # A tool call turned away is logged as any other: its request and its error.
+        turned = (await client.post(tool_call(10, "horace_scan", {"correlation_id": "turned"}))).json()
+        assert turned["error"]["code"] == -32000
+        assert turned["error"]["data"] == {"correlation_id": "turned"}
         async with connect(running.http_url) as other:  # the cap is per session
             assert (await other.request("ping"))["result"] == {}
         tool.release.set()
+        await eventually(lambda: session.session.inflight == 0, "the calls done")
+        conversation_id = session.session.conversation_id
+        await drained(running)
+    rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
+    turns = [
+        (r["role"], r["metadata"]["tool"], r["metadata"]["error_code"])
+        for r in rows
+        if r["metadata"]["correlation_id"] == "turned"
+    ]
+    assert turns == [("user", "horace_scan", None), ("assistant", "horace_scan", "-32000")]
+    assert sorted(r["turn_number"] for r in rows) == list(range(1, len(rows) + 1))
 
 
 async def test_connections_kept_alive_after_serving_keep_the_pending_bound(

@@ -396,20 +396,26 @@ class McpSession:
         refusal = jsonrpc.unusable(params)
         if refusal is not None and not (method == "tools/call" and refusal.within("arguments")):
             return refused(RpcError(INVALID_PARAMS, str(refusal)))
-        if self.inflight >= self.settings.max_calls_per_connection:
-            return refused(
-                RpcError(
-                    SERVER_BUSY,
-                    f"too many calls under way in this {self._carrier} "
-                    f"(limit {self.settings.max_calls_per_connection}, HORACE_MAX_CALLS_PER_CONNECTION)",
-                )
-            )
         tracked = "id" in message
-        if tracked and request_id in self._under_way:
+        turned_away: RpcError | None = None
+        if self.inflight >= self.settings.max_calls_per_connection:
+            turned_away = RpcError(
+                SERVER_BUSY,
+                f"too many calls under way in this {self._carrier} "
+                f"(limit {self.settings.max_calls_per_connection}, HORACE_MAX_CALLS_PER_CONNECTION)",
+            )
+        elif tracked and request_id in self._under_way:
             # Its reply, and a cancel by that id, would be the other's too (MCP: an id is
             # never used twice by a session's requests).
             said = f"id {request_id!r} is already in use by a request under way on this session"
-            return refused(RpcError(INVALID_REQUEST, said))
+            turned_away = RpcError(INVALID_REQUEST, said)
+        if turned_away is not None:
+            if method == "tools/call" and isinstance(params, dict):
+                try:  # (a tool call turned away is two turns as any other, though never run)
+                    await self._call_tool(request_id, params, send, refusal, size, turned_away)
+                except RpcError as exc:
+                    turned_away = exc
+            return refused(turned_away)
         self.inflight += 1
         if tracked:
             self._under_way.add(request_id)
@@ -518,11 +524,18 @@ class McpSession:
     # -- tools/call ----------------------------------------------------------------------------
 
     async def _call_tool(
-        self, request_id: Any, params: Any, send: Send, refusal: Unusable | None, size: int
+        self,
+        request_id: Any,
+        params: Any,
+        send: Send,
+        refusal: Unusable | None,
+        size: int,
+        turned_away: RpcError | None = None,
     ) -> str | None:
         """A tool call; *refusal*: why its arguments cannot be used (answered as any
         argument the tool refuses, and logged in their stead: they may not be storable);
-        *size*: the bytes of the message it came in."""
+        *size*: the bytes of the message it came in; *turned_away*: the error it gets
+        unrun (the session is busy), raised once its request turn is made."""
         if not isinstance(params, dict):
             raise RpcError(INVALID_PARAMS, "tools/call needs params.name")
         given = params.get("name")
@@ -546,6 +559,9 @@ class McpSession:
             watch = CallWatch(self.observer, record)
             answered = False
             try:
+                if turned_away is not None:
+                    turned_away.data = {"correlation_id": correlation_id}
+                    raise turned_away
                 tool, token = _tool_asked(given, meta, correlation_id)
                 try:
                     if refusal is not None:
