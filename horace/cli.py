@@ -102,11 +102,14 @@ TEXT = _Text()
 
 class _StoragePath(click.Path):
     """A folder's path; empty, it would be ``.`` (the current folder made a store), where
-    an empty ``HORACE_STORAGE_PATH`` is taken as unset."""
+    an empty ``HORACE_STORAGE_PATH`` is taken as unset. Whitespace at its start or end is
+    refused, as in the variable: a stray one (quoted from a script) names another store."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value == "":
             self.fail("the path is empty: name the store's folder, or leave the option out")
+        if isinstance(value, str) and value != value.strip():
+            self.fail(f"{value!r} has whitespace at its start or end: remove it")
         return super().convert(value, param, ctx)
 
 

@@ -646,6 +646,11 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
     for args in (["--storage", "", "init"], ["init", "--storage", ""]):  # ("." would make one here)
         one_line_error(horace(*args, cwd=tmp_path), Exit.USAGE, "--storage", "the path is empty")
         assert not (tmp_path / ".horace").exists()
+    for stray in ("s ", " s", "s\n"):  # (as in HORACE_STORAGE_PATH: another store, made anew)
+        one_line_error(
+            horace("init", "--storage", stray, cwd=tmp_path), Exit.USAGE, "--storage", "whitespace"
+        )
+        assert not (tmp_path / stray).exists() and not (tmp_path / "s").exists()
     # A path no store can have (the catalog records it as text; a filesystem takes names of
     # 255 bytes at most): said, and nothing made.
     before = sorted(os.listdir(tmp_path))
