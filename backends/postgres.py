@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -1337,6 +1338,24 @@ def _is_unavailable(exc: BaseException) -> bool:
     return _is_stale(exc)
 
 
+# Refusals met before any statement was sent: a connection never made.
+_NEVER_CONNECTED: tuple[type[BaseException], ...] = (
+    ConnectionRefusedError,
+    socket.gaierror,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def _in_doubt(exc: BaseException) -> bool:
+    """Whether the connection an unavailable database (:func:`_is_unavailable`) was met
+    on could have been lost under a statement, a COMMIT among them (sent, its answer never
+    read), rather than never made: a writer cannot tell whether its change was kept."""
+    connect_timeout = isinstance(exc, TimeoutError) and not str(exc)
+    pool_closed = isinstance(exc, asyncpg.exceptions.InterfaceError) and "pool is clos" in str(exc)
+    return not (isinstance(exc, _NEVER_CONNECTED) or connect_timeout or pool_closed)
+
+
 def _still_open(conn: Conn) -> bool:
     """Is *conn* open? A pool's connection that was lost has been detached from its pool
     by asyncpg, which then refuses every call on it, this question too."""
@@ -1442,7 +1461,9 @@ class _Hop:
                     # (asyncpg's connect timeout, or the pool's: a host that takes the
                     # connection and never answers, a firewall that drops it)
                     detail = "no answer in time (TimeoutError: connect_timeout in the URL sets the wait)"
-                raise BackendUnavailable(f"PostgreSQL at {self.where} is unavailable: {detail}") from exc
+                raise BackendUnavailable(
+                    f"PostgreSQL at {self.where} is unavailable: {detail}", in_doubt=_in_doubt(exc)
+                ) from exc
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
                 # A session keeps the default_transaction_read_only it started with: once
                 # the operator turns it off, only new connections write. So every

@@ -31,7 +31,13 @@ from .records import (
 
 
 class BackendUnavailable(Exception):
-    """The database cannot be reached (connection refused, server gone, login refused)."""
+    """The database cannot be reached (connection refused, server gone, login refused).
+    *in_doubt*: lost under a statement, a commit among them: what it was writing may have
+    been committed or not, and only a look says which."""
+
+    def __init__(self, message: str, *, in_doubt: bool = False) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
 
 
 class CatalogMissing(Exception):

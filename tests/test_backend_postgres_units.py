@@ -1095,12 +1095,14 @@ async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
                 await trio.to_thread.run_sync(admin, kill)
 
             nursery.start_soon(killer)
-            with pytest.raises(BackendUnavailable, match="unavailable"):
+            with pytest.raises(BackendUnavailable, match="unavailable") as lost:
                 await backend._source.run(_fetchrow, "SELECT pg_sleep(10)")
+        assert lost.value.in_doubt  # (a COMMIT lost so: kept or not, none can say)
         await backend.ping()  # and the pool recovers
         await backend.aclose()
-        with pytest.raises(BackendUnavailable, match="unavailable"):
+        with pytest.raises(BackendUnavailable, match="unavailable") as closed:
             await backend.file_by_path("x")
+        assert not closed.value.in_doubt  # (nothing was sent)
         with pytest.raises(BackendUnavailable):
             await backend.ping()
 
@@ -1207,9 +1209,10 @@ async def test_units_wait_for_a_connection_when_postgresql_allows_no_more(pg_url
                     nursery.start_soon(unit)
             assert len(done) == 12
         await trio.to_thread.run_sync(admin, f"ALTER ROLE {role} CONNECTION LIMIT 0")
-        with pytest.raises(BackendUnavailable, match="too many connections"):
+        with pytest.raises(BackendUnavailable, match="too many connections") as refused:
             async with open_postgres(as_role, max_connections=10) as backend:
                 await backend._source.run(_fetchrow, "SELECT 1")
+        assert not refused.value.in_doubt
     finally:
         await trio.to_thread.run_sync(admin, kill, f"DROP ROLE {role}")
 

@@ -23,6 +23,7 @@ from helpers import BACKEND, pg_execute, sha256, tool_body, with_query, write
 from mcp_client import McpClient, connect
 from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
 
+from horace.backends.protocol import BackendUnavailable
 from horace.config import Settings
 from horace.fsck import fsck
 from horace.server.jsonrpc import SERVER_BUSY
@@ -943,6 +944,32 @@ async def test_a_call_meeting_the_store_taken_from_under_the_server_is_a_storage
         )
         body = tool_body(reply["result"])
         assert body["error_code"] == "STORAGE_ERROR" and "is gone" in body["message"], body
+
+
+async def test_a_change_whose_database_connection_was_lost_under_it_says_it_is_in_doubt(
+    server: RunningHorace, client: McpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost under a statement (a COMMIT sent, its answer never read): a tool
+    that writes cannot say whether its change was kept, and says so; one that reads, or a
+    connection never made, has nothing in doubt."""
+    catalog = server.server.catalog
+
+    def losing(in_doubt: bool) -> Any:
+        async def lost(*args: Any, **kwargs: Any) -> Any:
+            raise BackendUnavailable("PostgreSQL at db:5432/h is unavailable: lost", in_doubt=in_doubt)
+
+        return lost
+
+    write(server.files / "user/a.txt", "a")
+    for in_doubt in (True, False):
+        monkeypatch.setattr(catalog, "register", losing(in_doubt))
+        monkeypatch.setattr(catalog, "search", losing(in_doubt))
+        registered = await client.call("horace_register_file", file_path="user/a.txt")
+        assert registered["error_code"] == "BACKEND_UNAVAILABLE"
+        assert ("may or may not have been recorded" in registered["message"]) is in_doubt, registered
+        found = await client.call("horace_search_files")
+        assert found["error_code"] == "BACKEND_UNAVAILABLE"
+        assert "recorded" not in found["message"], found
 
 
 def test_a_calls_tool_name_is_recorded_as_sent_and_cut() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import outcome
 import trio
 
-from horace.backends.protocol import CatalogUnwritable
+from horace.backends.protocol import BackendUnavailable, CatalogUnwritable
 from horace.catalog import outage_error
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import REPLY_TOO_LARGE, RpcError, bounded, json_size_at_least, notification_text
@@ -49,6 +49,12 @@ def error_body(reply: dict[str, Any]) -> dict[str, Any] | None:
     """The body of a tool error made by :func:`tool_error`; None for a result."""
     return json.loads(reply["content"][0]["text"]) if reply.get("isError") else None
 
+
+# A change under way when the database's connection was lost: committed, or not.
+IN_DOUBT = (
+    "the change may or may not have been recorded before the connection was lost: look "
+    "(horace_get_file_info) before calling again"
+)
 
 # What a client can do about a reply past the limit: ask for less, where it can.
 ASK_FOR_LESS = "ask for less (e.g. a smaller limit) to see its result"
@@ -130,6 +136,13 @@ async def run_tool(
         return tool_error(exc.code, exc.message, correlation_id)
     except Exception as exc:
         refused = outage_error(exc)
+        if (
+            refused is not None
+            and isinstance(exc, BackendUnavailable)
+            and exc.in_doubt
+            and not tool.read_only
+        ):
+            refused = HoraceError(refused.code, f"{refused.message}; {IN_DOUBT}")
         if refused is not None:  # the database's or the disk's state, not a bug: one line
             level = logging.ERROR if isinstance(exc, CatalogUnwritable) else logging.WARNING
             log.log(
