@@ -1203,7 +1203,7 @@ async def _identity(conn: Conn) -> CatalogIdentity:
         "WHERE c.oid = to_regclass('horace_files')), current_schema(), '')"
     )
     if not files:
-        return CatalogIdentity(None, None, empty=True, place=place)
+        return CatalogIdentity(None, None, empty=True, place=place, tables=False)
     empty = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM horace_files)")
     row = (
         await conn.fetchrow("SELECT store_id::text, storage_path, bound_at FROM horace_store")

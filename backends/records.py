@@ -202,6 +202,9 @@ class CatalogIdentity:
     # When it was bound to that store (made its catalog, or adopted): whatever the store
     # held before is not this catalog's history.
     bound_at: datetime | None = None
+    # Whether the database holds Horace's tables at all (none: a catalog made and never
+    # migrated, by a first start cut short).
+    tables: bool = True
 
 
 @frozen

@@ -1215,7 +1215,7 @@ def _insert_turns(conn: sqlite3.Connection, turns: Sequence[Turn]) -> list[Turn]
 def _identity(conn: sqlite3.Connection) -> CatalogIdentity:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "horace_files" not in tables:
-        return CatalogIdentity(None, None, empty=True)
+        return CatalogIdentity(None, None, empty=True, tables=False)
     (empty,) = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM horace_files)").fetchone()
     row = (
         conn.execute("SELECT store_id, storage_path, bound_at FROM horace_store").fetchone()

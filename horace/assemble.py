@@ -149,11 +149,7 @@ async def _bound_backend(
         )
     except CatalogMissing as exc:
         if state.store_id is None and not state.has_objects:
-            raise StoreRefused(
-                f"{exc}, and the store at {storage.root} was never bound to a catalog and holds no "
-                "versions (a first start that did not finish?): `horace init` finishes it, with "
-                "--database when its catalog is to be PostgreSQL"
-            ) from None
+            raise _unfinished(storage, str(exc)) from None
         owner = (
             f"belongs to catalog {state.store_id}"
             + (f" (created with {state.catalog_url})" if state.catalog_url else "")
@@ -171,6 +167,10 @@ async def _bound_backend(
             )
         raise StoreRefused(f"{exc}, and the store at {storage.root} {owner}: {advice}") from None
     identity = await backend.identity()
+    if not (identity.tables or create or state.store_id is not None or state.has_objects):
+        # Made and never migrated: a first start cut short (a Ctrl-C). Only a command that
+        # creates a store finishes one; the others would read tables there are not.
+        raise _unfinished(storage, f"the catalog {redact_url(url)} holds no tables yet")
     recorded = identity.storage_path
     at_recorded = AtPath.ITSELF  # (what of the store is at the path the catalog recorded)
     if state.store_id is not None and recorded is not None and recorded != str(storage.root):
@@ -234,6 +234,14 @@ async def _bound_backend(
     )
     # Read again: a BIND that lost a race to another process is bound at that one's time.
     return backend, store_id, (await backend.identity()).bound_at
+
+
+def _unfinished(storage: Storage, why: str) -> StoreRefused:
+    return StoreRefused(
+        f"{why}, and the store at {storage.root} was never bound to a catalog and holds no "
+        "versions (a first start that did not finish?): `horace init` finishes it, with "
+        "--database when its catalog is to be PostgreSQL"
+    )
 
 
 # A catalog bound this recently to a store without its record: another process binding it

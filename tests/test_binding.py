@@ -608,6 +608,30 @@ async def test_a_store_whose_catalog_refuses_it_is_not_left_half_made(
         assert (await catalog.register("user/mine.txt")).file.current_version == 1
 
 
+async def test_a_first_start_cut_short_before_its_catalog_had_tables_is_finished_by_init_only(
+    settings: Settings,
+) -> None:
+    """A Ctrl-C as a first start made the catalog (a SQLite file, an empty PostgreSQL
+    schema) but no table yet: a command that reads would meet tables there are not, and
+    one that does not create a store would make one. Both refuse, saying what finishes it."""
+    root = settings.storage_path
+    (root / ".horace").mkdir(parents=True)
+    unfinished = settings
+    if settings.database_url.startswith("sqlite:"):
+        unfinished = attrs.evolve(settings, database_url=None)  # the store's own file, made
+        sqlite3.connect(unfinished.default_catalog_path).close()
+    for read_only in (True, False):  # (`horace info`, `horace scan`)
+        with pytest.raises(StoreRefused, match=r"holds no tables yet, .*`horace init` finishes it"):
+            async with open_catalog(unfinished, read_only=read_only):
+                pass
+    assert sorted(p.name for p in (root / ".horace").iterdir()) in ([], ["catalog.db"])
+    async with open_catalog(unfinished, create=True) as catalog:  # `horace init`, `serve`
+        write(root / "files/user/a.txt", "a")
+        assert (await catalog.register("user/a.txt")).file.current_version == 1
+    async with open_catalog(unfinished, read_only=True) as catalog:
+        assert (await catalog.get_info(file_path="user/a.txt")).file.current_version == 1
+
+
 @pytest.mark.skipif(BACKEND != "postgres", reason="PostgreSQL schemas and URL spellings")
 async def test_a_copy_of_a_postgresql_catalog_in_another_schema_is_refused(
     tmp_path: Path, database_url: str, other_database_url: str
