@@ -58,6 +58,11 @@ def place_problem(url: str) -> str | None:
         )
     if path.is_dir():
         return f"unusable database URL: sqlite://{path} is a folder; name the database's file in it"
+    if path.exists() and not path.is_file():
+        return (
+            f"unusable database URL: sqlite://{path} is not a regular file (a device, a FIFO or a "
+            "socket): name an SQLite file, or a new one's path"
+        )
     if path.parent.exists() and not path.parent.is_dir():
         return f"unusable database URL: sqlite://{path}: {path.parent} is a file, not a folder"
     if not path.parent.is_dir():

@@ -1292,7 +1292,9 @@ def _disk_full(exc: sqlite3.OperationalError, path: Path) -> bool:
     except OSError:
         return False
     # Out of bytes, or of inodes (f_files is 0 where the filesystem counts none: btrfs).
-    return room.f_bavail == 0 or (room.f_files > 0 and room.f_favail == 0)
+    # A filesystem of no blocks at all (/proc, /sys) is no disk that filled up.
+    full = room.f_bavail == 0 or (room.f_files > 0 and room.f_favail == 0)
+    return full and room.f_blocks > 0
 
 
 async def _interruptible(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
@@ -1408,7 +1410,7 @@ def _file_of(conn: sqlite3.Connection) -> str:
 
 
 def _open(path: Path, create: bool) -> SqliteBackend:
-    if not create and not path.is_file():
+    if not create and not path.exists():
         raise CatalogMissing(f"no catalog database at {path}")
     problem = place_problem(f"sqlite://{path}")
     if problem is not None:

@@ -614,6 +614,8 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         done = horace(*command, env={**root, "HORACE_CONVERSATIONS_URL": f"sqlite://{typo}"})
         one_line_error(done, Exit.CONFIG, "HORACE_CONVERSATIONS_URL", f"there is no folder {typo.parent}")
     not_a_database = write(tmp_path / "notes.db", "not a database\n")
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo)
     deep = tmp_path / ("x" * 200) / ("y" * 200) / ("z" * 100)
     deep.mkdir(parents=True)
     (tmp_path / "short").symlink_to(deep)
@@ -624,11 +626,17 @@ def test_configuration_mistakes_are_one_line(tmp_path: Path) -> None:
         (f"sqlite://{tmp_path}/", ("is a folder",)),
         (f"sqlite://{tmp_path}/{'x' * 200}/{'y' * 200}/{'z' * 100}.db", ("SQLite opens none over 503",)),
         (f"sqlite://{not_a_database}", ("is not an SQLite database",)),
+        ("sqlite:///dev/null", ("is not a regular file",)),  # (SQLite made /dev/null-journal)
+        (f"sqlite://{fifo}", ("is not a regular file",)),
     ]:
         for command in ("init", "serve"):
             done = horace(command, env={**root, "HORACE_DATABASE_URL": url})
             one_line_error(done, Exit.CONFIG, "CONFIG", *words)
     assert not_a_database.read_text() == "not a database\n"
+    assert not os.path.exists("/dev/null-journal")
+    # /proc has no blocks to fill: what SQLite cannot open there is no full disk.
+    done = horace("init", env={**root, "HORACE_DATABASE_URL": "sqlite:///proc/c.db"})
+    one_line_error(done, Exit.STORAGE, "STORAGE_ERROR", "cannot be opened for writing")
     one_line_error(
         horace("search", env={**root, "HORACE_VERSION_COUNT": "many"}), Exit.CONFIG, "not an integer"
     )
