@@ -28,6 +28,12 @@ def run() -> None:
     """Import the CLI and run it. Its imports take a tenth of a second or more: a Ctrl-C
     during them ends the command as one during the command does (one line, exit 130),
     not with a traceback of the import machinery."""
+    if sys.version_info < (3, 11):  # noqa: UP036 (run from a source folder: pip refuses to install it)
+        version = ".".join(map(str, sys.version_info[:3]))
+        sys.stderr.write(
+            f"horace: error: CONFIG: Horace needs Python 3.11 to 3.13; {sys.executable} is {version}\n"
+        )
+        sys.exit(6)
     _in_utf8_mode()
     try:
         from horace.cli import main

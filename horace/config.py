@@ -90,18 +90,28 @@ def _count(text: str, name: str) -> int:
 
 
 MIN_PROTOCOL_BYTES = 64 * 1024  # below it, tools/list (48 KB) would no longer fit
+# A size as the Configuration table writes it: "4 MiB", "16KiB", "4m", or bytes alone.
+_SIZE = re.compile(r"^\s*([0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)  # ASCII digits
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _bytes(text: str, name: str, least: int = 1) -> int:
+    """A size in bytes, or with a unit (KiB, MiB, GiB; K, KB and the like are read as
+    the same powers of 1024), from *least* up."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ConfigError(f"{name}={text!r} is not a size: give bytes (4194304) or e.g. 64KiB, 4MiB")
+    number = int(match[1]) * _SIZE_UNITS[match[2][:1].lower()]
+    if not least <= number <= MAX_COUNT:
+        floor = f"{least}" if least == 1 else f"{least} ({least >> 10} KiB)"
+        raise ConfigError(f"{name}={text!r}: must be at least {floor} and at most {MAX_COUNT} bytes")
+    return number
 
 
 def _protocol_bytes(text: str, name: str) -> int:
     """A limit on messages or replies: at least MIN_PROTOCOL_BYTES, which the protocol's
     own messages need (a smaller one would refuse initialize or tools/list)."""
-    number = _count(text, name)
-    if number < MIN_PROTOCOL_BYTES:
-        raise ConfigError(
-            f"{name}={text!r}: must be at least {MIN_PROTOCOL_BYTES} (64 KiB): the protocol's own "
-            "messages (tools/list) need that much"
-        )
-    return number
+    return _bytes(text, name, MIN_PROTOCOL_BYTES)
 
 
 def _port(text: str, name: str) -> int:
@@ -175,7 +185,19 @@ def _websocket_url(text: str, name: str) -> str:
     return text
 
 
+# What a shell would have expanded, met where none ran (a desktop client's JSON "env", a
+# service file): taken as a folder's name, it would make a store under ./~ or ./$HOME.
+# A folder that is there by that name is served: it was made so on purpose.
+_UNEXPANDED = re.compile(r"^~|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+
+
 def _path(text: str, name: str) -> Path:
+    unexpanded = _UNEXPANDED.search(text)
+    if unexpanded is not None and not os.path.lexists(text):
+        raise ConfigError(
+            f"{name}={text!r} holds {unexpanded[0]!r}, which only a shell expands, and none did "
+            "here (a desktop client's configuration, a service file): give the whole path"
+        )
     return Path(text)
 
 
@@ -224,7 +246,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "deleted_retention": (("HORACE_DELETED_RETENTION",), parse_duration),
     "gc_grace": (("HORACE_GC_GRACE",), parse_duration),
     "lock_wait": (("HORACE_LOCK_WAIT",), parse_duration),
-    "max_metadata_bytes": (("HORACE_MAX_METADATA_BYTES",), _count),
+    "max_metadata_bytes": (("HORACE_MAX_METADATA_BYTES",), _bytes),
     "watch": (("HORACE_WATCH",), _switch),
     "watch_poll": (("HORACE_WATCH_POLL",), _switch),
     "watch_settle": (("HORACE_WATCH_SETTLE",), parse_duration),
@@ -242,7 +264,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "max_inflight_bytes": (("HORACE_MAX_INFLIGHT_BYTES",), _protocol_bytes),
     "max_batch": (("HORACE_MAX_BATCH",), _count),
     "max_reply_bytes": (("HORACE_MAX_REPLY_BYTES",), _protocol_bytes),
-    "max_read_bytes": (("HORACE_MAX_READ_BYTES",), _count),
+    "max_read_bytes": (("HORACE_MAX_READ_BYTES",), _bytes),
     "max_pending_reply_bytes": (("HORACE_MAX_PENDING_REPLY_BYTES",), _protocol_bytes),
     "max_pending_reply_bytes_total": (("HORACE_MAX_PENDING_REPLY_BYTES_TOTAL",), _protocol_bytes),
     "idle_timeout": (("HORACE_IDLE_TIMEOUT",), _timeout),
@@ -255,10 +277,10 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "conversations": (("HORACE_CONVERSATIONS",), _switch),
     "conversations_url": (("HORACE_CONVERSATIONS_URL",), _database_url),
     "conversations_to_godot": (("HORACE_CONVERSATIONS_TO_GODOT",), _switch),
-    "turn_max_bytes": (("HORACE_TURN_MAX_BYTES",), _count),
+    "turn_max_bytes": (("HORACE_TURN_MAX_BYTES",), _bytes),
     "conversation_retention": (("HORACE_CONVERSATION_RETENTION",), _retention),
     "sink_queue": (("HORACE_SINK_QUEUE",), _count),
-    "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _count),
+    "sink_queue_bytes": (("HORACE_SINK_QUEUE_BYTES",), _bytes),
     "sink_flush": (("HORACE_SINK_FLUSH",), parse_duration),
     "sink_linger": (("HORACE_SINK_LINGER",), _linger),
     "sink_backoff_base": (("HORACE_SINK_BACKOFF_BASE",), _timeout),

@@ -215,6 +215,28 @@ def test_a_version_newer_than_a_restored_catalog_is_written_out_by_its_checksum(
     one_line_error(horace("show", env=env), Exit.USAGE, "--object SHA256")
 
 
+OLD_PYTHONS = sorted(Path.home().glob(".pyenv/versions/3.10*/bin/python3"))
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python 3.10 under ~/.pyenv")
+def test_a_python_before_3_11_is_told_so_in_a_line() -> None:
+    """`python3.10 -m horace` in a source folder (pip refuses to install it there): one
+    line that says which Python it needs, not an ImportError's traceback."""
+    source = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [str(OLD_PYTHONS[-1]), "-m", "horace", "--version"],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == Exit.CONFIG, done
+    said = done.stderr.splitlines()
+    assert len(said) == 1 and re.fullmatch(
+        r"horace: error: CONFIG: Horace needs Python 3\.11 to 3\.13; \S+ is 3\.10\.\d+", said[0]
+    ), done.stderr
+
+
 def test_a_value_taken_as_it_is_may_not_begin_or_end_with_whitespace() -> None:
     """A stray space or newline (an environment file's) at the end of a path, a URL or a
     token would name another store (made anew) or a token no client can send: refused,
@@ -239,6 +261,26 @@ def test_a_value_taken_as_it_is_may_not_begin_or_end_with_whitespace() -> None:
     # A host that is a folder is the server's Unix socket there, not a host name.
     socket = {"HORACE_DB_HOST": "/run/postgresql", "HORACE_DB_PORT": "5433", "HORACE_DB_NAME": "hp"}
     assert Settings.from_env(socket).database_url == "postgresql://horace@/hp?host=/run/postgresql&port=5433"
+
+
+def test_a_storage_path_a_shell_would_have_expanded_is_refused_unless_it_is_there(tmp_path: Path) -> None:
+    """A desktop client's JSON "env" goes through no shell: "~/store" or "$HOME/store" would
+    be a store made under ./~ or ./$HOME. A folder that is there by such a name is served."""
+    from horace.config import ConfigError, Settings
+
+    for value, said in [
+        ("~/store", "'~'"),
+        ("$HOME/store", "'$HOME'"),
+        (f"{tmp_path}/${{USER}}", "'${USER}'"),
+    ]:
+        with pytest.raises(
+            ConfigError, match=f"^HORACE_STORAGE_PATH=.* holds {re.escape(said)}, which only a shell"
+        ):
+            Settings.from_env({"HORACE_STORAGE_PATH": value})
+    there = tmp_path / "price$5 and $x"
+    there.mkdir()
+    assert Settings.from_env({"HORACE_STORAGE_PATH": str(there)}).storage_path == there
+    assert Settings.from_env({"HORACE_STORAGE_PATH": f"{tmp_path}/costs $5"}).storage_path.name == "costs $5"
 
 
 def test_a_relative_storage_path_is_resolved_once(tmp_path: Path, database_url: str) -> None:

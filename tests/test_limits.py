@@ -1172,6 +1172,21 @@ async def test_a_sink_queue_is_bounded_in_bytes(tmp_path: Path) -> None:
     assert runner.status()["queued"] == 1
 
 
+def test_sizes_take_the_units_the_configuration_table_writes() -> None:
+    read = Settings.from_env(
+        {
+            "HORACE_MAX_MESSAGE_BYTES": "4 MiB",
+            "HORACE_MAX_REPLY_BYTES": "8m",
+            "HORACE_MAX_READ_BYTES": "4194304",
+            "HORACE_MAX_METADATA_BYTES": "16KiB",
+            "HORACE_SINK_QUEUE_BYTES": "1 GB",
+            "HORACE_TURN_MAX_BYTES": "100b",
+        }
+    )
+    assert (read.max_message_bytes, read.max_reply_bytes, read.max_read_bytes) == (4 << 20, 8 << 20, 4 << 20)
+    assert (read.max_metadata_bytes, read.sink_queue_bytes, read.turn_max_bytes) == (16 << 10, 1 << 30, 100)
+
+
 def test_timeouts_must_be_positive() -> None:
     with pytest.raises(ConfigError):
         Settings.from_env({"HORACE_IDLE_TIMEOUT": "0"})
@@ -1195,6 +1210,11 @@ def test_timeouts_must_be_positive() -> None:
         ("HORACE_MAX_REPLY_BYTES", "1", "at least 65536"),
         ("HORACE_MAX_MESSAGE_BYTES", "1000", "at least 65536"),
         ("HORACE_MAX_PENDING_REPLY_BYTES", "65535", "at least 65536"),
+        ("HORACE_MAX_MESSAGE_BYTES", "0", "at least 65536 \\(64 KiB\\)"),
+        ("HORACE_MAX_MESSAGE_BYTES", "-1", "not a size: give bytes"),
+        ("HORACE_MAX_READ_BYTES", "4 MB/s", "not a size"),
+        ("HORACE_MAX_READ_BYTES", "3GiB", "at most 2147483647 bytes"),
+        ("HORACE_TURN_MAX_BYTES", "0", "at least 1 and"),
         ("HORACE_AUTH_TOKEN", " ", "set but empty"),
         ("HORACE_AUTH_TOKEN", "", "set but empty"),
     ],
