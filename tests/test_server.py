@@ -946,6 +946,27 @@ async def test_a_call_meeting_the_store_taken_from_under_the_server_is_a_storage
         assert body["error_code"] == "STORAGE_ERROR" and "is gone" in body["message"], body
 
 
+async def test_serving_beyond_this_host_without_a_token_is_warned_of(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "with no HORACE_AUTH_TOKEN set" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="horace.server"):
+        async with run_horace(serving(settings)):  # (127.0.0.1)
+            pass
+        assert warned() == []
+        async with run_horace(attrs.evolve(serving(settings), host="0.0.0.0", auth_token="s3cret")):
+            pass
+        assert warned() == []
+        async with run_horace(attrs.evolve(serving(settings), host="0.0.0.0")):
+            pass
+        assert warned() == [
+            "serving on 0.0.0.0 with no HORACE_AUTH_TOKEN set, so whoever reaches the port may read, "
+            "change and delete every file; set a token, or serve on 127.0.0.1"
+        ]
+
+
 async def test_a_change_whose_database_connection_was_lost_under_it_says_it_is_in_doubt(
     server: RunningHorace, client: McpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ finish within ``shutdown_grace``, then cancel what is left; the backend closes l
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 from collections.abc import Callable
@@ -58,6 +59,10 @@ async def listen(settings: Settings) -> list[trio.SocketListener]:
         raise CannotListen(settings.host, settings.port, exc) from exc
 
 
+def _loopback(listener: trio.SocketListener) -> bool:
+    return ipaddress.ip_address(listener.socket.getsockname()[0]).is_loopback
+
+
 class HoraceServer:
     def __init__(self, settings: Settings, catalog: Catalog, observer: Observer | None = None) -> None:
         self.settings = settings
@@ -92,6 +97,12 @@ class HoraceServer:
             self.port,
             extra={"backend": redact_url(self.catalog.backend.url), "version": horace.__version__},
         )
+        if self.settings.auth_token is None and not all(_loopback(listener) for listener in listeners):
+            log.warning(
+                "serving on %s with no HORACE_AUTH_TOKEN set, so whoever reaches the port may read, "
+                "change and delete every file; set a token, or serve on 127.0.0.1",
+                self.settings.host,
+            )
         async with trio.open_nursery() as connections:
             self._nursery = connections
             with self._accepting:
