@@ -475,7 +475,7 @@ class _Folders:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise SymlinkOnTheWay(rel) from None
             if exc.errno == errno.ENOENT:
-                raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}") from None
+                raise no_file_at(rel) from None
             raise
 
     def _fd(self, folder: str) -> int:
@@ -530,6 +530,25 @@ def _open_files_folder(files: Path) -> int:
         raise HoraceError(ErrorCode.STORAGE_ERROR, f"{files} is not a folder") from None
 
 
+def no_file_at(rel: str) -> HoraceError:
+    """FILE_NOT_FOUND for the path *rel* (under files/); one that begins with ``files/``
+    was most likely given from the store's root, and the error says what is meant."""
+    hint = (
+        f" (paths are under files/: {quoted(rel.removeprefix('files/'))}?)"
+        if rel.startswith("files/")
+        else ""
+    )
+    return HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}{hint}")
+
+
+def a_folder_at(rel: str) -> HoraceError:
+    """INVALID_PATH for a file's path *rel* that is a folder: what catalogs its files."""
+    return HoraceError(
+        ErrorCode.INVALID_PATH,
+        f"{quoted(rel)} is a folder, not a file: a scan of it (horace_scan, `horace scan`) catalogs its files",
+    )
+
+
 def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
     """A read-only descriptor of the regular file *name* in *dfd* (never a symlink), and
     its stat; the refusals of :func:`_check_catalogable`."""
@@ -538,14 +557,14 @@ def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
     except FileNotFoundError:
-        raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}") from None
+        raise no_file_at(rel) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise HoraceError(
                 ErrorCode.INVALID_PATH, f"invalid path {quoted(rel)}: symlinks are not catalogued"
             ) from None
         if exc.errno == errno.EISDIR:
-            raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is a folder, not a file") from None
+            raise a_folder_at(rel) from None
         if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # a socket, a device
             raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is not a regular file") from None
         raise
@@ -1002,7 +1021,7 @@ class Storage:
             with self._parent_fd(rel) as (dfd, name):
                 fd, st = _open_regular(dfd, name, rel)
         except (FileNotFoundError, NotADirectoryError):
-            raise HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}") from None
+            raise no_file_at(rel) from None
         try:
             yield fd, st
         finally:
@@ -2299,9 +2318,10 @@ def _read_lease(fd: int) -> bool:
 
 def _check_catalogable(rel: str, st: os.stat_result) -> None:
     """Refuse what no scan, watch or register may catalog, whichever found it."""
+    if stat.S_ISDIR(st.st_mode):
+        raise a_folder_at(rel)
     if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is {kind}")
+        raise HoraceError(ErrorCode.INVALID_PATH, f"{quoted(rel)} is not a regular file")
     if st.st_nlink > 1:
         raise HoraceError(
             ErrorCode.INVALID_PATH,

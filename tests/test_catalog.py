@@ -1922,6 +1922,28 @@ async def test_scan_registers_and_versions(catalog: Catalog, files: Path) -> Non
     assert excinfo.value.code is ErrorCode.FILE_NOT_FOUND
 
 
+async def test_a_file_path_given_from_the_stores_root_or_naming_a_folder_says_what_is_meant(
+    catalog: Catalog, files: Path
+) -> None:
+    write(files / "gates/report.md", "report")
+    with pytest.raises(HoraceError) as from_the_root:
+        await catalog.register("files/gates/report.md")
+    assert from_the_root.value.code is ErrorCode.FILE_NOT_FOUND
+    assert from_the_root.value.message == (
+        "no file at 'files/gates/report.md' (paths are under files/: 'gates/report.md'?)"
+    )
+    with pytest.raises(HoraceError) as absent:
+        await catalog.register("gates/absent.md")
+    assert absent.value.message == "no file at 'gates/absent.md'"
+    with pytest.raises(HoraceError) as folder:
+        await catalog.register("gates")
+    assert folder.value.code is ErrorCode.INVALID_PATH
+    assert (
+        "'gates' is a folder, not a file: a scan of it (horace_scan, `horace scan`)" in folder.value.message
+    )
+    assert (await catalog.scan("gates")).registered == 1
+
+
 async def test_a_scan_of_one_file_takes_that_file(catalog: Catalog, files: Path) -> None:
     write(files / "user/one.txt", "one")
     write(files / "user/other.txt", "other")
