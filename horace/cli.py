@@ -948,8 +948,9 @@ def migrate(ctx: click.Context) -> None:
 _LOG_LEVEL = click.option(
     "--log-level",
     default="INFO",
+    envvar="HORACE_LOG_LEVEL",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    help="The least level logged on stderr (one JSON object a line).",
+    help="The least level logged on stderr (one JSON object a line) [HORACE_LOG_LEVEL, INFO].",
 )
 
 

@@ -300,7 +300,20 @@ _TOOLING: tuple[str, ...] = (
     "HORACE_UPDATE_GOLDEN",
 )
 _PARTS = ("HORACE_DB_HOST", "HORACE_DB_PORT", "HORACE_DB_NAME", "HORACE_DB_USER", "HORACE_DB_PASSWORD")
-KNOWN_VARIABLES = frozenset({name for names, _ in ENVIRONMENT.values() for name in names} | set(_PARTS))
+# Read by the CLI's options themselves (click's envvar), not by Settings.
+CLI_VARIABLES = ("HORACE_LOG_LEVEL",)
+KNOWN_VARIABLES = frozenset(
+    {name for names, _ in ENVIRONMENT.values() for name in names} | set(_PARTS) | set(CLI_VARIABLES)
+)
+# Names other tools use for what Horace calls otherwise: what they mean here.
+_MEANT = {
+    "HORACE_DB_URL": "HORACE_DATABASE_URL",
+    "HORACE_DATABASE": "HORACE_DATABASE_URL",
+    "HORACE_PORT": "HORACE_MCP_PORT",
+    "HORACE_HOST": "HORACE_MCP_HOST",
+    "HORACE_TOKEN": "HORACE_AUTH_TOKEN",
+    "HORACE_STORAGE": "HORACE_STORAGE_PATH",
+}
 
 
 def ignored_variables(env: Mapping[str, str]) -> list[str]:
@@ -324,7 +337,11 @@ def ignored_variables(env: Mapping[str, str]) -> list[str]:
     import difflib  # (only then: every command reads the environment)
 
     for name in unknown:
-        close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=2, cutoff=0.75)
+        close = (
+            [_MEANT[name]]
+            if name in _MEANT
+            else difflib.get_close_matches(name, KNOWN_VARIABLES, n=2, cutoff=0.75)
+        )
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         lines.append(f"{name} is not a Horace setting{hint}: ignored")
     return lines

@@ -545,7 +545,8 @@ def a_folder_at(rel: str) -> HoraceError:
     """INVALID_PATH for a file's path *rel* that is a folder: what catalogs its files."""
     return HoraceError(
         ErrorCode.INVALID_PATH,
-        f"{quoted(rel)} is a folder, not a file: a scan of it (horace_scan, `horace scan`) catalogs its files",
+        f"{quoted(rel)} is a folder, not a file: a scan of it (horace_scan, `horace scan`) "
+        "catalogs its files",
     )
 
 

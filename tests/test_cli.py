@@ -752,6 +752,8 @@ def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp
         "HORACE_AUTH_TOKN": "secret",
         "HORACE_TEST_SOMETHING": "1",  # the repository's tooling: not a setting, not reported
         "HORACE_DB_NAME": "horace",  # read only with HORACE_DB_HOST
+        "HORACE_DB_URL": "sqlite:///elsewhere.db",  # another tool's name for one
+        "HORACE_LOG_LEVEL": "ERROR",  # a setting, read by the option it stands for
     }
     assert horace("init", env=env).returncode == 0
     done = horace("search", env=env)
@@ -760,7 +762,14 @@ def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp
     assert lines == [
         "HORACE_DB_NAME is read only with HORACE_DB_HOST, which selects PostgreSQL: ignored",
         "HORACE_AUTH_TOKN is not a Horace setting (did you mean HORACE_AUTH_TOKEN?): ignored",
+        "HORACE_DB_URL is not a Horace setting (did you mean HORACE_DATABASE_URL?): ignored",
     ], done.stderr
+    # HORACE_LOG_LEVEL is --log-level's: a server's INFO lines are not logged at ERROR.
+    store = {"HORACE_STORAGE_PATH": env["HORACE_STORAGE_PATH"]}
+    quiet = horace("mcp", env={**store, "HORACE_LOG_LEVEL": "ERROR"})  # (stdin empty: it ends at once)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = horace("mcp", env={**store, "HORACE_LOG_LEVEL": "INFO"})
+    assert loud.returncode == 0 and '"level": "INFO"' in loud.stderr, loud.stderr
 
 
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
