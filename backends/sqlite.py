@@ -192,7 +192,8 @@ def _open_connection(path: Path) -> sqlite3.Connection:
             raise CatalogUnwritable(
                 f"the catalog {path} cannot be opened for writing ({exc}): "
                 "is the storage read-only, or not this user's to write (or this process out of "
-                "open files: ulimit -n)?"
+                "open files: ulimit -n)? SQLite writes beside the catalog even to read it: to read "
+                "a store on a read-only mount, copy it (cp -a) and read the copy"
             ) from None
         if "disk I/O error" in str(exc):
             raise CatalogUnwritable(

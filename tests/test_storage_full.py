@@ -306,7 +306,7 @@ def test_a_read_only_storage_is_a_storage_error_in_one_line(small_tmpfs: Path) -
     remount = subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], capture_output=True)
     assert remount.returncode == 0, remount.stderr
     for command in (["search"], ["info", "user/a.txt"], ["scan"], ["mcp"]):
-        one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_ERROR", "read-only")
+        one_line_error(horace(*command, env=env), Exit.STORAGE, "STORAGE_ERROR", "read-only", "read the copy")
     assert (root / "files/user/a.txt").read_text() == "kept"
 
 
