@@ -52,7 +52,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog
 from horace.config import ConfigError, Settings, ignored_variables
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile, RepliesLost
-from horace.paths import printable
+from horace.paths import printable, quoted
 from horace.redact import redact_url
 from horace.storage import STORAGE_ERRNOS, StorageUnusable, storage_full, storage_refusal
 from horace.supervise import the_failure
@@ -426,17 +426,31 @@ def init(ctx: click.Context, adopt: bool) -> None:
 
     from horace.storage import Storage
 
+    storage = Storage(_settings(ctx).storage_path)
     try:
-        there = Storage(_settings(ctx).storage_path).identity_file.exists()
-    except OSError:  # (a path no store can have: the open below says why)
-        there = False
-    done = {**_run(ctx, work, create=True, adopt=adopt), "created": not there}
-    made = "" if done["created"] or adopt else " (made already)"
+        before = storage.state().store_id if storage.identity_file.exists() else None
+    except (OSError, ValueError):  # (a path no store can have, a damaged record: the open says)
+        before = None
+    done = {**_run(ctx, work, create=True, adopt=adopt), "created": before is None}
+    if before is None or (adopt and done["store_id"] != before):
+        made = ""
+    else:
+        made = " (made already: nothing adopted)" if adopt else " (made already)"
     _emit(
         ctx,
         done,
         lambda d: f"store {d['store_id']} at {_shown(d['storage'])}{made}\ncatalog {_shown(d['catalog'])}",
     )
+    if done["created"]:
+        beside = sorted(p.name for p in storage.root.iterdir() if p.name not in ("files", ".horace"))
+        if beside:
+            shown = ", ".join(quoted(name) for name in beside[:5]) + (", ..." if len(beside) > 5 else "")
+            click.echo(
+                f"horace: warning: {shown} in {_shown(str(storage.root))} "
+                f"{'is' if len(beside) == 1 else 'are'} beside files/, and not catalogued: Horace "
+                "catalogs what is under files/ (move them there)",
+                err=True,
+            )
 
 
 @cli.command()

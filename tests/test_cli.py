@@ -1267,8 +1267,21 @@ def test_init_says_a_store_was_made_already_and_restore_names_the_version_it_kep
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[0].endswith(f"at {root} (made already)"), again.stdout
     assert json.loads(horace("init", "--json", env=env).stdout)["created"] is False
+    adopted = horace("init", "--adopt", env=env)  # (bound to its own catalog: nothing to adopt)
+    assert adopted.stdout.splitlines()[0].endswith(f"at {root} (made already: nothing adopted)"), adopted
     fresh = horace("init", "--json", env={"HORACE_STORAGE_PATH": str(root.parent / "fresh")})
     assert json.loads(fresh.stdout)["created"] is True, fresh.stderr
+    assert fresh.stderr == ""
+    # A folder of the user's own files made a store: they are beside files/, never catalogued.
+    write(root.parent / "mine/thesis.txt", "mine")
+    (root.parent / "mine/notes").mkdir()
+    beside = horace("init", env={"HORACE_STORAGE_PATH": str(root.parent / "mine")})
+    assert beside.returncode == 0, beside.stderr
+    assert beside.stderr == (
+        f"horace: warning: 'notes', 'thesis.txt' in {root.parent / 'mine'} are beside files/, and not "
+        "catalogued: Horace catalogs what is under files/ (move them there)\n"
+    )
+    assert (root.parent / "mine/thesis.txt").read_text() == "mine"
     write(root / "files/user/a.txt", "one")
     assert horace("register", "user/a.txt", env=env).returncode == 0
     write(root / "files/user/a.txt", "two, not recorded")
