@@ -1858,6 +1858,9 @@ class _Units:
     def replaced(self) -> str | None:
         return None  # (a server's database: no file of Horace's to replace)
 
+    def damaged(self) -> str | None:
+        return None
+
     async def tidy(self) -> None:
         """Each word's count rows folded into one (autovacuum keeps the rest in shape)."""
         await self._source.run(_fold_word_counts)

@@ -298,6 +298,12 @@ class Backend(Units, Protocol):
         or another file is in its place (a backup restored over it); None while it is the
         one opened (always, for a database on a server)."""
 
+    def damaged(self) -> str | None:
+        """What the database said of the damage it first met in this process's work (a
+        backup copied into the open file, a failing disk), or None: a server stops on it,
+        for what it would record there may be lost (always None for a database on a
+        server, which guards its own files)."""
+
     async def ping(self) -> None:
         """Raise :class:`BackendUnavailable` when the database does not answer, and
         :class:`CatalogUnwritable` when it refuses Horace's role its tables (it reads

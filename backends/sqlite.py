@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+import outcome
 import trio
 from attrs import frozen
 
@@ -1314,14 +1315,15 @@ async def _interruptible(conn: sqlite3.Connection, fn: Callable[..., T], *args: 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(interrupt_when_cancelled)
         try:
-            return await trio.to_thread.run_sync(fn, conn, *args)
-        except sqlite3.OperationalError as exc:
-            if str(exc) == "interrupted":
-                await trio.lowlevel.checkpoint()  # the cancel that interrupted it
-            raise
+            # Kept, not raised here: raised in the nursery, an error (CatalogDamaged, say)
+            # would come out of it in an ExceptionGroup, which no caller looks into.
+            done = await outcome.acapture(trio.to_thread.run_sync, fn, conn, *args)
         finally:
             finished = True
             nursery.cancel_scope.cancel()
+    if isinstance(done, outcome.Error) and str(done.error) == "interrupted":
+        await trio.lowlevel.checkpoint()  # the cancel that interrupted it
+    return done.unwrap()
 
 
 _DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -1455,6 +1457,14 @@ class SqliteBackend:
         self._readers: list[sqlite3.Connection] = []
         self._reader_slots = trio.CapacityLimiter(READERS)
         self._holds_file_lock = False
+        self._damage: str | None = None  # (see damaged)
+
+    def damaged(self) -> str | None:
+        return self._damage
+
+    def _noting(self, exc: BaseException) -> None:
+        if isinstance(exc, CatalogDamaged) and self._damage is None:
+            self._damage = str(exc)
 
     def replaced(self) -> str | None:
         try:
@@ -1483,6 +1493,7 @@ class SqliteBackend:
                 raise unwritable from None
             except REFUSALS as exc:
                 self.refusals.note(exc)
+                self._noting(exc)
                 raise
 
     def _reopen_writer(self) -> None:
@@ -1505,6 +1516,9 @@ class SqliteBackend:
                 if conn is None:
                     conn = await trio.to_thread.run_sync(_connect, self.path)
                 return await _interruptible(conn, functools.partial(_said, fn), *args)
+            except CatalogDamaged as exc:
+                self._noting(exc)
+                raise
             finally:
                 if conn is not None:
                     self._readers.append(conn)
@@ -1531,6 +1545,9 @@ class SqliteBackend:
         started = time.perf_counter()
         try:
             return _said(fn, self._key_reader, *args)
+        except CatalogDamaged as exc:
+            self._noting(exc)
+            raise
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise

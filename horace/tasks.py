@@ -70,7 +70,7 @@ async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -
 
 def _store_tampered(catalog: Catalog) -> str | None:
     """Why the store may not be written any more, if it may not: its lock file replaced,
-    or one of its own folders replaced by a link. (The store itself moved is the
+    one of its own folders replaced by a link, or its catalog found damaged. (The store itself moved is the
     binding's to say: ensure_bound, at the next look.)"""
     storage = catalog.storage
     if not storage.in_place():
@@ -84,6 +84,12 @@ def _store_tampered(catalog: Catalog) -> str | None:
     problem = storage.private_layout_problem()
     if problem is not None:
         return f"{problem}; found while this process ran: nothing more is written"
+    damage = catalog.backend.damaged()
+    if damage is not None:  # (what it would record in a damaged file may be lost)
+        return (
+            f"{damage}. Found while this process ran (a backup copied into the open file?): nothing "
+            "more is written"
+        )
     return None
 
 

@@ -408,6 +408,43 @@ async def test_a_store_replaced_under_a_session_ends_it(
     assert said.startswith("horace: error: STORE_REFUSED: ") and "nothing more is written" in said, said
 
 
+def damage_every_table(catalog: Path) -> None:
+    """Write over the first page of each table and index of the SQLite file *catalog*
+    (checkpointed first, so that every page is read from the file), in place: the same
+    inode, as a copy into the open file writes it."""
+    with contextlib.closing(sqlite3.connect(catalog)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        roots = [r for (r,) in conn.execute("SELECT rootpage FROM sqlite_master WHERE rootpage > 1")]
+    with catalog.open("r+b") as file:
+        for root in roots:
+            file.seek((root - 1) * page_size)
+            file.write(b"\xa5" * page_size)
+
+
+async def test_a_catalog_found_damaged_under_a_session_ends_it(
+    storage: Path, env: dict[str, str], database_url: str
+) -> None:
+    """A backup copied into the open catalog file (not renamed into place: the same file)
+    damages it under the process, which would go on acknowledging versions that the file
+    cannot keep: the call that meets the damage says so, and the session ends within
+    seconds (STORE_REFUSED), as for a catalog replaced."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL catalog is no file in the store")
+    write(storage / "files/user/a.txt", "one")
+    async with horace_mcp(env) as client:
+        await client.initialize()
+        await client.call("horace_register_file", file_path="user/a.txt")
+        damage_every_table(Path(database_url.removeprefix("sqlite://")))
+        reply = await client.request("tools/call", {"name": "horace_search_files", "arguments": {}})
+        met = tool_body(reply["result"])
+        assert met["error_code"] == "STORAGE_ERROR" and "is damaged" in met["message"], (met, client.stderr)
+        assert await client.exited() == 5  # STORE_REFUSED
+    said = client.stderr.decode().splitlines()[-1]
+    assert said.startswith("horace: error: STORE_REFUSED: ") and "is damaged" in said, said
+    assert "Found while this process ran" in said and "nothing more is written" in said, said
+
+
 def test_messages_piped_in_before_stdin_ends_are_answered(storage: Path, env: dict[str, str]) -> None:
     """`printf '...' | horace mcp`: stdin ends right after the messages, the last without
     its newline, and each request is still answered (a tool call included) before the
