@@ -727,15 +727,16 @@ async def _file(
             )
         elif not repair and watched_before:
             detail += (
-                " (removed while its watcher was not running? Started again, the watcher records "
-                "the removal as a deletion; `fsck --repair` would write the file back from its "
-                "current version)"
+                " (removed while its watcher was not running, or deleted after the catalog copy of "
+                "a backup restored here? Started again, the watcher records the removal as a "
+                "deletion; `fsck --repair` would write the file back from its current version)"
             )
         elif not repair:
             # Most often removed by its user while no watcher ran: a repair would bring it back.
             detail += (
-                " (removed on purpose? `horace delete` records that; `fsck --repair` writes it "
-                "back from its current version)"
+                " (removed on purpose, or deleted after the catalog copy of a backup restored "
+                "here? `horace delete` records that; `fsck --repair` writes it back from its "
+                "current version)"
             )
         finding("working_missing", detail, repaired)
     return found
