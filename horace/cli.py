@@ -839,6 +839,19 @@ def verify(ctx: click.Context, ref: str | None) -> None:
     ctx.exit(Exit.FOUND if report.problems else Exit.OK)
 
 
+def _missing_content_said(report: Any) -> list[str]:
+    """What the versions whose content is missing most often come of, and what to do."""
+    missing = sum(f.kind == "missing_object" and not f.repaired for f in report.findings)
+    if not missing:
+        return []
+    return [
+        f"  {_count(missing, 'version')} without content: a catalog restored from a backup whose "
+        "catalog copy was taken after the rest of the store names objects the copy lacks (take "
+        "the catalog copy first), or objects were removed from .horace/objects; `horace fsck "
+        "--repair --forget-missing` drops the old versions whose content is nowhere"
+    ]
+
+
 @cli.command(name="fsck")
 @click.option("--repair", is_flag=True, help="Also write missing working copies back and collect orphans.")
 @click.option("--deep", is_flag=True, help="Re-hash every object (slow), not only sizes.")
@@ -909,6 +922,7 @@ def fsck_command(
                     f"{_shown(f.file_path or f.subject or '')} {_shown(f.detail)}"
                     for f in r.findings
                 ),
+                *_missing_content_said(r),
                 *(f"  kept: {name}" for name in r.orphans[:SHOWN_ORPHANS]),
                 *(
                     [f"  … and {len(r.orphans) - SHOWN_ORPHANS} more (--json lists them all)"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import write
+from helpers import sha256, write
 
 from horace.cli import Exit, _failure
 from horace.model import ErrorCode, HoraceError
@@ -180,6 +180,32 @@ def test_fsck_names_the_objects_no_version_refers_to(store: tuple[Path, dict[str
     done = horace("fsck", "--repair", env=past)
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert done.stdout.count("orphan_object") == 23, done.stdout
+
+
+def test_fsck_says_what_versions_without_content_most_often_come_of(
+    store: tuple[Path, dict[str, str]],
+) -> None:
+    """A catalog copied after the rest of the store (a backup taken the wrong way round)
+    names objects the copy lacks: fsck names each, then says the likely cause and the
+    way out."""
+    root, env = store
+    write(root / "files/user/a.txt", "first")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    write(root / "files/user/a.txt", "second")
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    (root / ".horace/objects" / sha256("first")[:2] / sha256("first")).unlink()
+    done = horace("fsck", env=env)
+    assert done.returncode == Exit.FSCK_LEFT, (done.stdout, done.stderr)
+    said = [line for line in done.stdout.splitlines() if "without content" in line]
+    assert said == [
+        "  1 version without content: a catalog restored from a backup whose catalog copy was taken "
+        "after the rest of the store names objects the copy lacks (take the catalog copy first), or "
+        "objects were removed from .horace/objects; `horace fsck --repair --forget-missing` drops the "
+        "old versions whose content is nowhere"
+    ], done.stdout
+    forgotten = horace("fsck", "--repair", "--forget-missing", env=env)
+    assert forgotten.returncode in (Exit.OK, Exit.FOUND), (forgotten.stdout, forgotten.stderr)
+    assert "without content" not in horace("fsck", env=env).stdout
 
 
 def test_a_version_newer_than_a_restored_catalog_is_written_out_by_its_checksum(tmp_path: Path) -> None:
