@@ -70,8 +70,8 @@ async def _delayed(delay: float, state: TaskState, interval: float, work: Any) -
 
 def _store_tampered(catalog: Catalog) -> str | None:
     """Why the store may not be written any more, if it may not: its lock file replaced,
-    one of its own folders replaced by a link, or its catalog found damaged. (The store itself moved is the
-    binding's to say: ensure_bound, at the next look.)"""
+    one of its own folders replaced by a link, or its catalog found damaged. (The store
+    itself moved is the binding's to say: ensure_bound, at the next look.)"""
     storage = catalog.storage
     if not storage.in_place():
         return None

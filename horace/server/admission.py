@@ -177,7 +177,8 @@ class Refusal:
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def _loopback(name: str) -> bool:
+def is_loopback(name: str) -> bool:
+    """Whether the host name or address *name* is this host's own."""
     if name in LOOPBACK_NAMES:
         return True
     try:
@@ -192,7 +193,7 @@ def hosts_served(bound: str, allowed: tuple[str, ...]) -> frozenset[str] | None:
     name an attacker made resolve to 127.0.0.1 (DNS rebinding) sends that name, and no
     Origin with a GET of its own site (``/health``). One that listens elsewhere answers
     for any name, unless names are listed."""
-    if "*" in allowed or (not allowed and not _loopback(bound.strip("[]").lower())):
+    if "*" in allowed or (not allowed and not is_loopback(bound.strip("[]").lower())):
         return None
     return frozenset(LOOPBACK_NAMES) | {_host_name(entry) for entry in allowed}
 
@@ -218,7 +219,7 @@ def host_refusal(headers: Mapping[bytes, bytes], served: frozenset[str] | None) 
         return None
     host = raw.decode("latin-1")
     name = _host_name(host)
-    if name in served or _loopback(name):
+    if name in served or is_loopback(name):
         return None
     return Refusal(403, f"host {host!r} is not this server's name (HORACE_ALLOWED_HOSTS)")
 

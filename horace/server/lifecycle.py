@@ -16,7 +16,6 @@ finish within ``shutdown_grace``, then cancel what is left; the backend closes l
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.model import CannotListen
 from horace.redact import redact_url
+from horace.server.admission import is_loopback
 from horace.server.front import Front
 from horace.server.httpsession import HttpSession
 from horace.server.mcp import McpSession
@@ -57,10 +57,6 @@ async def listen(settings: Settings) -> list[trio.SocketListener]:
         return await trio.open_tcp_listeners(settings.port, host=settings.host)
     except OSError as exc:  # a name that does not resolve (socket.gaierror) too
         raise CannotListen(settings.host, settings.port, exc) from exc
-
-
-def _loopback(listener: trio.SocketListener) -> bool:
-    return ipaddress.ip_address(listener.socket.getsockname()[0]).is_loopback
 
 
 class HoraceServer:
@@ -97,7 +93,9 @@ class HoraceServer:
             self.port,
             extra={"backend": redact_url(self.catalog.backend.url), "version": horace.__version__},
         )
-        if self.settings.auth_token is None and not all(_loopback(listener) for listener in listeners):
+        if self.settings.auth_token is None and not all(
+            is_loopback(listener.socket.getsockname()[0]) for listener in listeners
+        ):
             log.warning(
                 "serving on %s with no HORACE_AUTH_TOKEN set, so whoever reaches the port may read, "
                 "change and delete every file; set a token, or serve on 127.0.0.1",
