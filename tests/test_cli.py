@@ -1136,6 +1136,40 @@ def test_serve_stops_gracefully_on_a_stop_signal(store: tuple[Path, dict[str, st
         server.wait()
 
 
+def test_serve_stopped_at_once_by_a_second_signal_does_not_exit_0(store: tuple[Path, dict[str, str]]) -> None:
+    """A second signal cuts the graceful shutdown short: not a clean stop, so the exit is
+    a Ctrl-C's (130), which a service manager can tell from 0."""
+    _, env = store
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "horace", "serve", "--port", "0"],
+        env={**clean, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    try:
+        for line in server.stderr:
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail(f"horace serve ended before listening: {server.wait()}")
+        # Two signals of two kinds (one kind twice may be taken as one), sent while the
+        # process is stopped: both are waiting when it goes on, so the second surely
+        # comes while the shutdown the first begins is under way.
+        server.send_signal(signal.SIGSTOP)
+        server.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGCONT)
+        assert server.wait(timeout=30) == Exit.INTERRUPTED
+        rest = server.stderr.read()
+        assert "second signal: stopping now" in rest, rest
+        assert "INTERRUPTED" in rest and "Traceback" not in rest, rest
+    finally:
+        server.kill()
+        server.wait()
+
+
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     """A store on SQLite (its catalog in .horace/), whatever the test backend: five files

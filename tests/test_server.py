@@ -681,6 +681,35 @@ async def test_graceful_shutdown_lets_running_calls_finish(settings: Settings) -
                 pass
 
 
+async def test_a_call_still_running_after_the_grace_is_cancelled_and_its_client_told(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shutdown's grace runs out with a call still running: the call is cancelled and
+    its WebSocket is closed with 1001 (going away), not dropped without a Close frame, so
+    the client knows to reconnect rather than guess at a broken network."""
+    started = trio.Event()
+    tool = TOOLS["horace_get_file_info"]
+
+    async def stuck(context: Any, args: Any) -> Any:
+        started.set()
+        await trio.sleep_forever()
+
+    monkeypatch.setitem(TOOLS, tool.name, attrs.evolve(tool, handler=stuck))
+    async with run_horace(serving(settings, shutdown_grace=0.2)) as running, connect(running.url) as client:
+        reply = client.expect(1)
+        call = {"name": tool.name, "arguments": {"file_path": "user/x.txt"}}
+        await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}))
+        with trio.fail_after(10):
+            await started.wait()
+        running.server.shutdown()
+        with trio.fail_after(10):
+            await client.closed.wait()
+        assert client.ws.closed is not None and client.ws.closed.code == 1001, client.ws.closed
+        with trio.move_on_after(0.2) as waited:
+            await reply.receive()
+        assert waited.cancelled_caught, "a cancelled call answers nothing"
+
+
 # -- HTTP front, auth, limits -----------------------------------------------------------------
 
 

@@ -114,7 +114,7 @@ class HoraceServer:
                 await self._idle.wait()
             if self.sessions:
                 log.warning(
-                    "cancelling %d sessions still busy after %.0f s",
+                    "cancelling %d sessions still busy after %g s",
                     len(self.sessions),
                     self.settings.shutdown_grace,
                 )
@@ -223,11 +223,11 @@ class HoraceServer:
 
 async def watch_signals(
     server: HoraceServer,
-    cancel_all: Callable[[], None],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """First SIGINT/SIGTERM/SIGHUP: graceful shutdown. A second one: cancel everything now.
+    """First SIGINT/SIGTERM/SIGHUP: graceful shutdown. A second one: cancel everything now
+    (each call whole or not at all, as ever) and end as a Ctrl-C does.
     Started (``nursery.start``) once the signals are caught: none that comes after the
     server says it listens kills it outright."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -235,7 +235,8 @@ async def watch_signals(
         async for signum in signals:
             if server._accepting.cancel_called:
                 log.warning("second signal: stopping now")
-                cancel_all()
-                return
+                # Raised into the server's nursery, it cancels every task there; and as
+                # this is not a clean stop, the exit is a Ctrl-C's (130), not 0.
+                raise KeyboardInterrupt
             log.info("signal %s: shutting down", signal.Signals(signum).name)
             server.shutdown()

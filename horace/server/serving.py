@@ -211,7 +211,7 @@ async def _serve_catalog(
         for name, state in start_background(nursery, catalog, settings).items():
             server.health_parts[name] = state
         if handle_signals:
-            await nursery.start(watch_signals, server, nursery.cancel_scope.cancel)
+            await nursery.start(watch_signals, server)
         await server.run(listeners, task_status=task_status)
         nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
 

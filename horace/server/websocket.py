@@ -75,6 +75,18 @@ class WebSocketSession:
         return self.session.conversation_id
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            if not self.gone:
+                # Also when the server cancels calls still running after its shutdown's
+                # grace: the client is told the server is going away (1001), not left to
+                # guess at a dropped connection. Shielded, and bounded: a client that
+                # does not read does not hold the stop.
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await self.ws.aclose(code=1001, reason="server shutting down")
+
+    async def _serve(self) -> None:
         async with trio.open_nursery() as watching:
             watching.start_soon(self._close_when_idle)
             watching.start_soon(self._beat)
@@ -105,9 +117,6 @@ class WebSocketSession:
                         calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
             finally:
                 watching.cancel_scope.cancel()
-        if not self.gone:
-            with trio.move_on_after(2):
-                await self.ws.aclose(code=1001, reason="server shutting down")
 
     def drain(self) -> None:
         """Stop reading new messages; calls under way finish (the server bounds the wait)."""
