@@ -2041,6 +2041,11 @@ class PostgresBackend(_Units):
             raise CatalogDamaged("the catalog's store binding (horace_store) vanished as it was made")
         return str(bound[0])
 
+    async def bound_to(self) -> str | None:
+        # (No table: the outage a database without Horace's tables is, as for any call.)
+        bound = await self._source.run(_fetchrow, _BOUND)
+        return None if bound is None else str(bound[0])
+
     async def rebind(self, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:
         return await self._source.run(_fetchrow, _REBIND, old_id, new_id, storage_path, at) is not None
 

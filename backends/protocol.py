@@ -285,6 +285,11 @@ class Backend(Units, Protocol):
         """Record the store this catalog belongs to, unless one is recorded already;
         return the store id in force (the first binding wins)."""
 
+    async def bound_to(self) -> str | None:
+        """The store this catalog is bound to now, or None (no binding recorded, or no
+        tables on SQLite): a running process's look, each second, that its catalog is still
+        the one it opened, not an empty database made under the same name."""
+
     async def rebind(self, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:
         """Give the store this catalog is bound to (*old_id*) a new identity, *new_id*:
         an operator's choice of this catalog over another copy of it. False when the

@@ -1229,6 +1229,14 @@ def _identity(conn: sqlite3.Connection) -> CatalogIdentity:
     return CatalogIdentity(row[0], row[1], bool(empty), bound_at=_dt(row[2]))
 
 
+def _bound_to(conn: sqlite3.Connection) -> str | None:
+    tables = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'horace_store'")
+    if tables.fetchone() is None:
+        return None
+    row = conn.execute("SELECT store_id FROM horace_store").fetchone()
+    return None if row is None else str(row[0])
+
+
 def _bind(conn: sqlite3.Connection, store_id: str, storage_path: str, at: datetime) -> str:
     with _transaction(conn):
         conn.execute(
@@ -1569,6 +1577,9 @@ class SqliteBackend:
 
     async def bind(self, store_id: str, storage_path: str, at: datetime) -> str:
         return await self._write(_bind, store_id, storage_path, at)
+
+    async def bound_to(self) -> str | None:
+        return await self._read(_bound_to)
 
     async def rebind(self, old_id: str, new_id: str, storage_path: str, at: datetime) -> bool:
         return await self._write(_rebind, old_id, new_id, storage_path, at)

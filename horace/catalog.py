@@ -70,6 +70,7 @@ from horace.binding import StoreRefused
 from horace.locks import FileLocks, lock_key
 from horace.model import ErrorCode, HoraceError, NewFile, SearchPage
 from horace.paths import quoted
+from horace.redact import redact_url
 from horace.storage import (
     COARSE_TICK_NS,
     FileIdentity,
@@ -440,6 +441,21 @@ class Catalog:
                 "which opened it: another catalog was made the store's own meanwhile (`horace init "
                 "--adopt`), and this one no longer opens it; nothing was deleted"
             )
+        if self.store_id is not None:
+            # The other side: a database renamed or dropped under the process and another
+            # made under its name would otherwise be served as this store's catalog (every
+            # file not catalogued, new versions recorded there, and the collector's
+            # references looked up in it).
+            bound = await self.backend.bound_to()
+            if bound != self.store_id:
+                now = f"bound to another store ({bound})" if bound else "bound to no store"
+                raise StoreRefused(
+                    f"the catalog {redact_url(self.backend.url)} is {now} now, not to the store at "
+                    f"{self.storage.root} ({self.store_id}) that this process opened it with: another "
+                    "database was put in its place (dropped or renamed, and one made under its name) or "
+                    "its binding removed while Horace ran; nothing more is written and nothing was "
+                    "deleted: start again once the store's own catalog is back in place"
+                )
 
     def relative(self, client_path: str, *, folder: bool = False, on_disk: bool = True) -> str:
         """*client_path* relative to files/: a file's path, or with *folder* a folder's

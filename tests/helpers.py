@@ -34,6 +34,20 @@ def pg_execute(*statements: str) -> None:
     asyncio.run(run())
 
 
+def pg_fetchval(query: str) -> Any:
+    """The first value of *query*'s first row, on the test PostgreSQL server."""
+    import asyncpg
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            return await conn.fetchval(query)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
 def catalog_execute(database_url: str, statement: str) -> None:
     """Run *statement* on a test's catalog database behind Horace's back (a hand edit).
     Blocking, and outside any event loop: from a test, in a thread."""

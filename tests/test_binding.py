@@ -510,6 +510,69 @@ async def test_a_catalog_still_open_when_another_is_adopted_deletes_nothing(tmp_
     await _restorable(copy, file_id, files)
 
 
+@pytest.mark.parametrize("now", ["unbound", "bound elsewhere"])
+async def test_a_catalog_whose_binding_changed_under_a_running_process_deletes_nothing(
+    settings: Settings, now: str
+) -> None:
+    """The other side of the binding: the catalog's record of its store removed, or made
+    another store's, while a process runs on it (another database put in its place). Its
+    purge, collector and repair are refused before they delete anything, as is the store
+    check's look every second (which stops a server)."""
+    settings = attrs.evolve(settings, deleted_retention=0.0)
+    files = settings.storage_path / "files"
+    file_id, objects = await _history(settings, files)
+    async with open_catalog(settings) as running:
+        await running.ensure_bound()
+        await running.delete(file_id)
+        assert running.store_id is not None
+        if now == "unbound":
+            await _forget_binding(settings.catalog_url)
+        else:
+            assert await running.backend.rebind(running.store_id, str(uuid.uuid4()), "/else", datetime.now())
+        for work in (
+            running.ensure_bound,
+            running.purge,
+            running.collect_orphans,
+            partial(fsck, running, repair=True),
+        ):
+            with pytest.raises(StoreRefused, match="that this process opened it with"):
+                await work()
+        with pytest.raises(StoreRefused, match="that this process opened it with"):
+            await running.collect(sorted(objects))
+        assert objects <= objects_on_disk(running)
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a database (schema) put in place of another: PostgreSQL's")
+async def test_an_empty_catalog_put_in_place_of_a_running_ones_database_is_refused(
+    tmp_path: Path, database_url: str, other_database_url: str
+) -> None:
+    """The operator's case: the catalog's database renamed away under running servers, an
+    empty one made under its name and given Horace's tables (`horace migrate`). The running
+    process's connections now find the empty one: were it served, every file would be
+    NOT_CATALOGED, new versions recorded there, and the collector would find no object
+    referred to. Its looks refuse it instead, and nothing is deleted."""
+    settings = Settings(
+        storage_path=tmp_path / "root", database_url=database_url, gc_grace=0.0, deleted_retention=0.0
+    )
+    file_id, objects = await _history(settings, settings.storage_path / "files")
+    async with open_backend(other_database_url):  # (migrated: Horace's tables, no binding)
+        pass
+    old = dict(parse_qsl(urlsplit(database_url).query))["search_path"]
+    new = dict(parse_qsl(urlsplit(other_database_url).query))["search_path"]
+    async with open_catalog(settings) as running:
+        await running.delete(file_id)
+        swap = [f"ALTER SCHEMA {old} RENAME TO {old}_moved", f"ALTER SCHEMA {new} RENAME TO {old}"]
+        await trio.to_thread.run_sync(pg_execute, *swap)
+        try:
+            for work in (running.ensure_bound, running.purge, running.collect_orphans):
+                with pytest.raises(StoreRefused, match="bound to no store now"):
+                    await work()
+            assert objects <= objects_on_disk(running)
+        finally:  # (each fixture drops the schema of its name)
+            back = [f"ALTER SCHEMA {old} RENAME TO {new}", f"ALTER SCHEMA {old}_moved RENAME TO {old}"]
+            await trio.to_thread.run_sync(pg_execute, *back)
+
+
 @pytest.mark.parametrize(
     ("recorded", "found", "same"),
     [

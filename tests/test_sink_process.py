@@ -13,12 +13,13 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import pytest
 import trio
 from godot_standin import godot_standin
-from helpers import write
+from helpers import BACKEND, pg_execute, pg_fetchval, write
 from limits_load import horace_process
 from mcp_client import connect
 from test_sinks import call, drained, eventually, serving, sinks_drained, sinks_of, stored_turns
@@ -310,3 +311,38 @@ async def test_a_log_record_made_on_a_worker_thread_reaches_godot(settings: Sett
             lambda: {"from a worker thread", "from the event loop"} <= {c["message"] for c in godot.calls}
         )
         assert process_part(horace)["dropped"] == 0
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a database (schema) put in place of another: PostgreSQL's")
+async def test_the_sink_process_never_makes_the_catalogs_tables(
+    settings: Settings, other_database_url: str
+) -> None:
+    """The catalog's database replaced under the server by an empty one: the conversation
+    log, which goes to the catalog's database, waits for it (its turns queued) and never
+    makes Horace's tables there, which would make the empty database look a catalog."""
+    old = dict(parse_qsl(urlsplit(settings.catalog_url).query))["search_path"]
+    new = dict(parse_qsl(urlsplit(other_database_url).query))["search_path"]
+    async with run_horace(in_child(settings)) as horace, connect(horace.url) as client:
+        await call(client, "horace_search_files", "before")
+        await eventually(
+            lambda: sinks_of(horace).get("conversations", {}).get("delivered") == 2, 30, "delivery"
+        )
+        swap = [f"ALTER SCHEMA {old} RENAME TO {old}_moved", f"ALTER SCHEMA {new} RENAME TO {old}"]
+        await trio.to_thread.run_sync(pg_execute, *swap)
+        try:
+            await call(client, "horace_search_files", "during")  # (answered BACKEND_UNAVAILABLE)
+            await eventually(lambda: sinks_of(horace)["conversations"]["state"] == "retrying", 30, "a retry")
+            with trio.move_on_after(2):  # (past many of the sink's backoffs and reopenings)
+                while sinks_of(horace)["conversations"]["state"] != "connected":
+                    await trio.sleep(0.05)
+            made = await trio.to_thread.run_sync(
+                pg_fetchval, f"SELECT count(*) FROM pg_tables WHERE schemaname = '{old}'"
+            )
+            assert made == 0, "Horace's tables made in the database put in the catalog's place"
+            assert sinks_of(horace)["conversations"]["queued"] == 2
+        finally:
+            back = [f"ALTER SCHEMA {old} RENAME TO {new}", f"ALTER SCHEMA {old}_moved RENAME TO {old}"]
+            await trio.to_thread.run_sync(pg_execute, *back)
+        await eventually(
+            lambda: sinks_of(horace).get("conversations", {}).get("delivered") == 4, 60, "the turns kept"
+        )

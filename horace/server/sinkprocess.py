@@ -504,12 +504,18 @@ async def serve_sinks() -> None:
     os.dup2(2, 1)  # a stray print goes to the log, not into the status lines
     async with trio.lowlevel.FdStream(reports) as stdout:
         try:
+            # A database of the turns' own is made and migrated as needed; the catalog's
+            # never is from here (the server did that): were it replaced under the server
+            # by an empty one, Horace's tables made there would make it look a catalog.
+            own = plan.settings.conversations_url is not None
             talks = (
                 None
                 if plan.talks_url is None
                 else functools.partial(
                     open_backend,
                     plan.talks_url,
+                    migrate=own,
+                    create=own,
                     connections=TURNS_CONNECTIONS,
                     application_name=TURNS_APPLICATION,
                 )
