@@ -1156,7 +1156,7 @@ async def test_metadata_past_its_cap_is_refused(catalog: Catalog, files: Path) -
 
 async def test_a_sink_queue_is_bounded_in_bytes(tmp_path: Path) -> None:
     class Never:
-        name = "never"
+        name = spool_name = "never"
 
         def open(self) -> Any:
             raise AssertionError("not started")

@@ -119,7 +119,7 @@ async def call(client: McpClient, tool: str, correlation_id: str, **arguments: A
 class MemoryTransport:
     """Stores batches in a list; can be down, and can raise once from ``deliver``."""
 
-    name = "memory"
+    name = spool_name = "memory"
 
     def __init__(self) -> None:
         self.stored: list[dict[str, Any]] = []
@@ -655,6 +655,32 @@ async def test_server_spills_at_shutdown_and_replays_after_restart(settings: Set
             (e["message"], e["trace_id"]) for e in spilled
         ]
     assert not spool.exists()  # the second server delivered everything at its shutdown
+
+
+async def test_turns_spilled_for_a_database_of_their_own_wait_for_a_process_that_logs_there(
+    settings: Settings,
+) -> None:
+    """The spool is the store's, shared by all its processes, which may not all log to one
+    database: turns spilled by a server whose HORACE_CONVERSATIONS_URL was down are not
+    stored in the catalog's database by the next process (a `horace mcp` logging there),
+    but replayed by one with that URL."""
+    down = "postgresql://nobody@127.0.0.1:1/nowhere"
+    own = serving(settings, conversations_url=down, sink_flush=0.2)
+    async with run_horace(own) as first, connect(first.url) as client:
+        for i in range(3):
+            await call(client, "horace_search_files", f"own-{i}")
+    spool = settings.storage_path / ".horace" / "spool"
+    (spilled,) = [p for p in spool.glob("conversations*.jsonl")]
+    assert spilled.name != "conversations.jsonl" and len(spilled.read_text().splitlines()) == 6
+    async with run_horace(serving(settings)) as second, connect(second.url) as client:
+        await call(client, "horace_search_files", "catalogs")
+        await eventually(lambda: sinks_of(second)["conversations"]["delivered"] == 2)
+        assert sinks_of(second)["conversations"]["replayed"] == 0
+    stored = {r["metadata"]["correlation_id"] for r in await stored_turns(settings.catalog_url)}
+    assert stored == {"catalogs"}
+    assert len(spilled.read_text().splitlines()) == 6
+    async with run_horace(own) as third:
+        assert sinks_of(third)["conversations"]["replayed"] == 6
 
 
 async def test_a_crashing_sink_task_is_restarted_without_loss_or_duplicates(

@@ -103,7 +103,7 @@ async def run_sinks(settings: Settings, talks: Talks | None, spool_dir: Path) ->
     conversations = None
     if wiring.conversations:
         assert talks is not None
-        conversations = SinkRunner(ConversationTransport(talks), **options)
+        conversations = SinkRunner(ConversationTransport(talks, settings.conversations_url), **options)
     observers: list[Observer] = []
     if wiring.turns:
         observers.append(

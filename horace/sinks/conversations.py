@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
@@ -54,8 +55,17 @@ def talks_in(backend: Backend) -> Talks:
 class ConversationTransport:
     name = "conversations"
 
-    def __init__(self, talks: Talks) -> None:
+    def __init__(self, talks: Talks, own_url: str | None = None) -> None:
+        """*own_url*: the database of the turns' own (``HORACE_CONVERSATIONS_URL``), or None
+        for the catalog's. The spool is shared by every process of a store, which may not
+        all log to one database: turns spilled for a database of their own wait in a spool
+        named after it, for a process that logs there."""
         self.talks = talks
+        self.spool_name = (
+            self.name
+            if own_url is None
+            else f"{self.name}-{hashlib.sha256(own_url.encode()).hexdigest()[:16]}"
+        )
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Deliver]:

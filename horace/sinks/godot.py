@@ -195,7 +195,7 @@ def _uri(url: str) -> WebSocketURI:
 
 
 class GodotTransport:
-    name = "godot"
+    name = spool_name = "godot"
 
     def __init__(self, url: str, tool: str = "logger_log", reply_timeout: float = 10.0) -> None:
         self.url = url

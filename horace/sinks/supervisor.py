@@ -110,6 +110,9 @@ class Emitter(Protocol):
 
 class Transport(Protocol):
     name: str
+    # The spool file's name (less .jsonl): what is spilled for one destination is replayed
+    # only by a sink with the same one.
+    spool_name: str
 
     def open(self) -> AbstractAsyncContextManager[Deliver]:
         """Connect; yield a function that delivers one batch or raises."""
@@ -131,7 +134,7 @@ class SinkRunner:
     ) -> None:
         self.transport = transport
         self.name = transport.name
-        self.spool_path = spool_dir / f"{transport.name}.jsonl" if spool_dir else None
+        self.spool_path = spool_dir / f"{transport.spool_name}.jsonl" if spool_dir else None
         self.capacity = capacity
         self.capacity_bytes = capacity_bytes
         self._queued_bytes = 0
