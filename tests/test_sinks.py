@@ -1046,6 +1046,11 @@ async def test_godot_error_replies_are_counted_not_retried(caplog: pytest.LogCap
                 accepting = runner.status()
     assert (refusing["state"], refusing["ok"], refusing["refused"]) == ("refusing", False, 10)
     assert (accepting["state"], accepting["ok"], accepting["refused"]) == ("connected", True, 10)
+    # What Godot said, in /health too (not only in the log), and when.
+    assert refusing["last_error"].startswith("refused 5 of 5 entries: logger_log said {"), refusing
+    assert refusing["last_error_at"] is not None
+    said_at = datetime.fromisoformat(refusing["last_error_at"])
+    assert abs((datetime.now(UTC) - said_at).total_seconds()) < 60
     assert godot.errors == 10 and [c["message"] for c in godot.calls] == ["m10"]
     assert runner.failures == 0 and runner.restarts == 0 and godot.connections == 1
     said = [r.getMessage() for r in caplog.records if "godot refused" in r.getMessage()]

@@ -61,6 +61,7 @@ class ConversationTransport:
         all log to one database: turns spilled for a database of their own wait in a spool
         named after it, for a process that logs there."""
         self.talks = talks
+        self.refusal: str | None = None
         self.spool_name = (
             self.name
             if own_url is None
@@ -87,6 +88,8 @@ class ConversationTransport:
                 try:
                     turns.append(turn_of(entry))
                 except HoraceError as exc:  # no turn: refused, never retried
+                    if not malformed:
+                        self.refusal = f"an entry that is no turn ({exc.message})"
                     malformed += 1
                     log.error(
                         "conversations: an entry that is no turn is refused (%s): %.200s",
@@ -98,6 +101,11 @@ class ConversationTransport:
                 conflicts = await backend.insert_turns(turns) if turns else []
             except OUTAGES as exc:  # the database's state, never a reason to drop a turn
                 raise DestinationDown(str(exc)) from exc
+            if conflicts and not malformed:
+                first = conflicts[0]
+                self.refusal = (
+                    f"turn {first.conversation_id} #{first.turn_number} stored already, with other content"
+                )
             for turn in conflicts:  # a bug to surface: said, and counted by the sink as refused
                 log.error(
                     "conversation turn %s #%d is already stored with other content: "

@@ -199,6 +199,7 @@ class GodotTransport:
 
     def __init__(self, url: str, tool: str = "logger_log", reply_timeout: float = 10.0) -> None:
         self.url = url
+        self.refusal: str | None = None
         self.tool = tool
         self.reply_timeout = reply_timeout
 
@@ -255,6 +256,7 @@ class GodotTransport:
                         return 0
                     malformed = [entry for entry in batch if not is_log_entry(entry)]
                     if malformed:  # (a spool line edited by hand, or of another release)
+                        self.refusal = f"no log entry: {json.dumps(malformed[0], default=str):.200}"
                         log.error(
                             "godot: %d entries that are no log entry are refused; the first: %.200s",
                             len(malformed),
@@ -275,6 +277,7 @@ class GodotTransport:
                         if "error" in reply or reply.get("result", {}).get("isError")
                     ]
                     if refusals:  # retrying would not help: counted, and said once a batch
+                        self.refusal = f"{self.tool} said {json.dumps(refusals[0], default=str):.300}"
                         log.warning(
                             "godot refused %d of %d log entries (%s); the first said: %.300s",
                             len(refusals),

@@ -23,9 +23,11 @@ import itertools
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -113,6 +115,9 @@ class Transport(Protocol):
     # The spool file's name (less .jsonl): what is spilled for one destination is replayed
     # only by a sink with the same one.
     spool_name: str
+    # What the destination said of the first entry it refused in the last batch it refused
+    # any of (read only then).
+    refusal: str | None
 
     def open(self) -> AbstractAsyncContextManager[Deliver]:
         """Connect; yield a function that delivers one batch or raises."""
@@ -166,6 +171,10 @@ class SinkRunner:
         self.restarts = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.last_error_at: float | None = None  # (time.time(): when last_error was said)
+
+    def _said(self, error: str) -> None:
+        self.last_error, self.last_error_at = error, time.time()
 
     # -- the caller's side ------------------------------------------------------------
 
@@ -219,6 +228,7 @@ class SinkRunner:
             "replayed": self.replayed,
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "last_error_at": _moment(self.last_error_at),
         }
 
     # -- the child task ---------------------------------------------------------------
@@ -244,7 +254,7 @@ class SinkRunner:
                         self._batch_limit = max(1, self._in_flight // 2)
                         self._in_flight = 0
                     self.state = "retrying"
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self._said(f"{type(exc).__name__}: {exc}")
                     unexpected = not isinstance(
                         exc, OSError | ConnectionError | TimeoutError | SinkUnavailable
                     )
@@ -321,6 +331,8 @@ class SinkRunner:
         self._progress_at = trio.current_time()
         self.refused += refused
         self.state = "refusing" if refused == len(batch) else "connected"
+        if refused:
+            self._said(f"refused {refused} of {len(batch)} entries: {self.transport.refusal}")
         self._strikes = 0
         self._batch_limit = min(self.batch_size, self._batch_limit * 2)
         # Entries dropped for overflow while the batch was out were the oldest, and are
@@ -386,7 +398,7 @@ class SinkRunner:
                 lines = await trio.to_thread.run_sync(_take_in, self.spool_path, replaying)
                 self._take_back(lines, replaying)
         except OSError as exc:  # (a spool folder gone read-only): the sink runs without it
-            self.last_error = f"the spool {self.spool_path} could not be replayed: {exc}"
+            self._said(f"the spool {self.spool_path} could not be replayed: {exc}")
             log.error("sink %s: %s; it is left for the next start", self.name, self.last_error)
 
     def _take_back(self, lines: list[bytes], replaying: Path) -> None:
@@ -532,3 +544,7 @@ class SinkUnavailable(Exception):
 class DestinationDown(SinkUnavailable):
     """The destination can take nothing now (its disk full, read-only, unreachable): no
     entry is to blame, and none is dropped as refused, however often it is tried."""
+
+
+def _moment(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
