@@ -488,8 +488,10 @@ class Catalog:
         async with self.locks.hold(rel), self.backend.exclusive(lock_key(rel)) as db:
             yield db
 
-    async def _stage(self, rel: str) -> Staged:
-        return await in_thread(self.storage.stage, rel, check_cancelled)
+    async def _stage(self, rel: str, *, as_it_is: bool = False) -> Staged:
+        """The working file *rel*, staged; ``FILE_LOCKED`` while another process has it open
+        for writing, unless *as_it_is* (see :meth:`Storage.stage`)."""
+        return await in_thread(partial(self.storage.stage, rel, check_cancelled, as_it_is=as_it_is))
 
     async def discard(self, *staged: Staged) -> None:
         """Remove staged copies (on the way out, cancelled or not)."""
@@ -549,11 +551,13 @@ class Catalog:
         status: Status | None = None,
         spare: int | None = None,
         leaving: bool = False,
+        as_it_is: bool = False,
     ) -> tuple[FileRecord, VersionRecord | None, FileIdentity | None]:
         """Keep the working file as a new version when it differs from the current one;
         also say which file that was (for a later replace to check against). *leaving*:
-        the working file is about to be overwritten (see :meth:`_version_staged`)."""
-        staged = await self._stage(file.file_path)
+        the working file is about to be overwritten (see :meth:`_version_staged`);
+        *as_it_is*: see :meth:`_stage`."""
+        staged = await self._stage(file.file_path, as_it_is=as_it_is)
         try:
             record, version = await self._version_staged(
                 db, file, staged, correlation_id, status, spare, leaving
@@ -650,8 +654,16 @@ class Catalog:
     # -- register -----------------------------------------------------------------------
 
     async def register(
-        self, client_path: str, new: NewFile = NewFile(), correlation_id: str | None = None
+        self,
+        client_path: str,
+        new: NewFile = NewFile(),
+        correlation_id: str | None = None,
+        *,
+        as_it_is: bool = False,
     ) -> Registered:
+        """Catalog the working file at *client_path*, or version it if it is catalogued
+        and changed. ``FILE_LOCKED`` while another process has it open for writing, unless
+        *as_it_is* (the watcher's, which waits for writers itself)."""
         rel = self.relative(client_path)
         _check_labels(new.owner, new.tags, new.collection)
         self._check_described(
@@ -662,11 +674,11 @@ class Catalog:
             existing = await db.file_by_path(rel)
             if existing is not None:
                 try:
-                    return await self._reregister(db, existing, correlation_id)
+                    return await self._reregister(db, existing, correlation_id, as_it_is=as_it_is)
                 except FileGone:  # a deleted file purged meanwhile (purge takes no file lock)
                     log.info("register: %s was purged meanwhile: catalogued anew", rel)
             for _ in range(REGISTER_ATTEMPTS):
-                staged = await self._stage(rel)
+                staged = await self._stage(rel, as_it_is=as_it_is)
                 try:
                     duplicate = await db.file_by_checksum(staged.checksum)
                     if duplicate is not None:
@@ -695,11 +707,15 @@ class Catalog:
                 f"{REGISTER_ATTEMPTS} times as it was; try again",
             )
 
-    async def _reregister(self, db: Units, existing: FileRecord, correlation_id: str | None) -> Registered:
+    async def _reregister(
+        self, db: Units, existing: FileRecord, correlation_id: str | None, *, as_it_is: bool = False
+    ) -> Registered:
         # A catalogued path: version its content if it changed; a deleted or archived
         # file whose working copy is back becomes active again.
         revive = Status.ACTIVE if existing.status is not Status.ACTIVE else None
-        record, version, _ = await self._version_working_copy(db, existing, correlation_id, revive)
+        record, version, _ = await self._version_working_copy(
+            db, existing, correlation_id, revive, as_it_is=as_it_is
+        )
         if version is None and revive is not None:
             revived = await db.update_file(existing.id, FileChanges(status=revive), self.clock())
             if revived is None:
@@ -1643,7 +1659,9 @@ class Catalog:
             if current is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(entry.file_path)} was purged meanwhile")
             if (current.current_version, current.status) != (entry.current_version, Status.ACTIVE):
-                return (await self._reregister(db, current, correlation_id)).version_created
+                # (As a scan takes a file: as it is, see stage_many.)
+                taken = await self._reregister(db, current, correlation_id, as_it_is=True)
+                return taken.version_created
             new = NewVersion(copy.checksum, copy.size, mime_type, working=copy.working)
             await self._commit_version(db, current, new, correlation_id, copy)
             return True

@@ -1151,14 +1151,33 @@ class Storage:
     # -- ingest: working file -> staged temp -> object ----------------------------------
 
     @_storage_full
-    def stage(self, rel: str, check_cancelled: CheckCancelled = _never_cancelled) -> Staged:
+    def stage(
+        self, rel: str, check_cancelled: CheckCancelled = _never_cancelled, *, as_it_is: bool = False
+    ) -> Staged:
         """Copy the working file into ``.horace/tmp`` and hash it, in one pass.
 
         With a reflink-capable filesystem the copy is a clone and the clone is hashed,
         so the checksum always describes exactly the bytes that were kept.
+
+        A read lease is held on the file through the copy: a writer that opens it meanwhile
+        (truncating it, say) waits until the copy is made, so the copy is never of half
+        its work. A file some process has open for writing already is ``FILE_LOCKED``,
+        unless *as_it_is* (the watcher's take of a file written on and on): then it is
+        copied as it is, and refused only if it changed while being read. Where leases are
+        not supported (NFS), only that check is made.
         """
         recorded_ns = self.clock_ns()  # before the file is read: see WorkingStat
         with self.open_working(rel) as (src, before):
+            try:
+                if _read_lease(src):  # (released as src is closed)
+                    before = os.fstat(src)  # (as the lease found it)
+            except BlockingIOError:
+                if not as_it_is:
+                    raise HoraceError(
+                        ErrorCode.FILE_LOCKED,
+                        f"{quoted(rel)} is open for writing by another process (what it holds may be "
+                        "half written): try again once it is closed",
+                    ) from None
             return self._stage_fd(src, before, rel, check_cancelled, recorded_ns)
 
     def stage_many(

@@ -718,7 +718,8 @@ class Watcher:
             self._new.append(rel)  # registered with the others of this pass, in one commit
             return False
         self._one_by_one.discard(rel)
-        done = await self.catalog.register(rel, correlation_id=correlation_id)
+        # (As it is: settled, or written on too long to wait for; see _settled.)
+        done = await self.catalog.register(rel, correlation_id=correlation_id, as_it_is=True)
         if (
             done.duplicate
             and done.file.status is Status.ACTIVE

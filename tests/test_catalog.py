@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -664,6 +665,66 @@ async def test_a_file_open_for_writing_is_not_moved_out_from_under_its_writer(
     restored = await catalog.restore(file.id, 1)
     assert path.read_text() == "line 1\n" and restored.preserved_version == 2
     assert (await catalog.delete(file.id)).file.status is Status.DELETED
+
+
+@pytest.mark.parametrize("how", ["register", "undelete", "update of a deleted file"])
+async def test_no_call_versions_a_file_while_another_process_writes_it(
+    catalog: Catalog, files: Path, how: str
+) -> None:
+    """Every call that takes a working file in (registering it again, undeleting a file
+    whose copy is back, updating a deleted file whose copy is back) is FILE_LOCKED while a
+    writer has it open: what it holds then may be half the writer's work. Once closed,
+    the whole of it is versioned."""
+    path = write(files / "user/a.txt", "first")
+    file = (await catalog.register("user/a.txt")).file
+    if how != "register":
+        await catalog.delete(file.id)
+    calls = {
+        "register": lambda: catalog.register("user/a.txt"),
+        "undelete": lambda: catalog.undelete(file.id),
+        "update of a deleted file": lambda: catalog.update(file.id, FileChanges(purpose="x")),
+    }
+    with path.open("wb") as writer:
+        writer.write(b"HALF")
+        writer.flush()
+        with pytest.raises(HoraceError) as refused:
+            await calls[how]()
+        assert refused.value.code is ErrorCode.FILE_LOCKED and "open for writing" in refused.value.message
+        writer.write(b" and the rest")
+    await calls[how]()
+    now = await catalog.file(file.id)
+    assert now.status is Status.ACTIVE and now.current_version == 2
+    assert now.checksum == hashlib.sha256(b"HALF and the rest").hexdigest()
+
+
+async def test_a_writer_that_opens_a_file_while_it_is_copied_waits_for_the_copy(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look for a writer and the copy are not one instant: a writer opening the file
+    (and truncating it) in between would have its empty file, or half its work, versioned.
+    The lease held through the copy makes its open wait until the copy is made."""
+    path = write(files / "user/a.txt", "first")
+    file = (await catalog.register("user/a.txt")).file
+    path.write_text("second, whole")
+    storage = catalog.storage
+    copy = storage._copy_to_temp
+    writer_done = threading.Event()
+
+    def rewrite() -> None:
+        with path.open("wb") as rewriting:  # (O_TRUNC: the file is empty from here)
+            rewriting.write(b"third")
+        writer_done.set()
+
+    def copy_with_a_writer_coming(*args: Any) -> Any:
+        threading.Thread(target=rewrite, daemon=True).start()
+        assert not writer_done.wait(0.3), "the writer's open did not wait for the copy"
+        return copy(*args)
+
+    monkeypatch.setattr(storage, "_copy_to_temp", copy_with_a_writer_coming)
+    done = await catalog.register("user/a.txt")
+    assert done.file.checksum == hashlib.sha256(b"second, whole").hexdigest()
+    assert await trio.to_thread.run_sync(writer_done.wait, 10)
+    assert path.read_bytes() == b"third" and (await catalog.file(file.id)).current_version == 2
 
 
 @pytest.mark.parametrize("status", [Status.DELETED, Status.ARCHIVED])

@@ -618,7 +618,9 @@ TOOLS: dict[str, Tool] = {
             "Register a file",
             "Catalog a file under files/: checksum, size, MIME type and version 1. A path already "
             "catalogued returns its record (with a new version if the content changed); content "
-            "already catalogued elsewhere returns that file with duplicate=true.",
+            "already catalogued elsewhere returns that file with duplicate=true (its file_id and "
+            "file_path are the other file's; this path stays uncatalogued). FILE_LOCKED while "
+            "another process has the file open for writing.",
             RegisterArgs,
             RegisterResult,
             register,
