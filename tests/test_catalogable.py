@@ -136,11 +136,11 @@ async def test_a_file_that_turns_into_a_folder_mid_call_is_refused(
     path = write(files / "user/shifty", "a file, for now")
     real = Storage.stage
 
-    def swap_then_stage(self: Storage, rel: str, *args: Any) -> Any:
+    def swap_then_stage(self: Storage, rel: str, *args: Any, **kwargs: Any) -> Any:
         path.unlink()
         path.mkdir()
         (path / "inside.txt").write_text("now a folder")
-        return real(self, rel, *args)
+        return real(self, rel, *args, **kwargs)
 
     monkeypatch.setattr(Storage, "stage", swap_then_stage)
     refused = await _refused(catalog, "user/shifty")

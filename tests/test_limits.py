@@ -981,6 +981,33 @@ async def test_a_new_connection_takes_the_place_of_the_longest_silent_one(settin
         assert (await http_get(running.health_url))[0] == 200
 
 
+async def test_a_burst_of_clients_past_the_pending_cap_is_served_whole(settings: Settings) -> None:
+    """More clients at once than there are pending places, each sending its request as it
+    connects (services started together): every one is answered. A new connection waits
+    for a place rather than take that of one whose request has come but is not read yet;
+    only one that has sent nothing for a second gives its place up."""
+    async with run_horace(serving(settings, max_pending_connections=3)) as running:
+        admission = running.server.front.admission
+        answers: dict[int, bytes] = {}
+
+        async def ask(i: int) -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", running.server.port)
+            await stream.send_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            with trio.fail_after(20):
+                while chunk := await stream.receive_some():
+                    answer += chunk
+            answers[i] = answer
+            await stream.aclose()
+
+        async with trio.open_nursery() as clients:
+            for i in range(6):  # (twice the places: as many wait for a place as there are)
+                clients.start_soon(ask, i)
+        unanswered = sorted(i for i, answer in answers.items() if not answer.startswith(b"HTTP/1.1 200 "))
+        assert len(answers) == 6 and not unanswered, (unanswered, admission.counts())
+        assert (admission.evicted, admission.turned_away) == (0, 0)
+
+
 @pytest.mark.parametrize("sent", [b"", b"GET /mcp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"])
 async def test_a_silent_connection_is_closed_after_the_head_timeout(
     sqlite_settings: Settings, autojump_clock: trio.testing.MockClock, sent: bytes

@@ -526,10 +526,10 @@ async def hooked(catalog: Any, moment: str, reached: trio.Event, gone: trio.Even
         trio.from_thread.run_sync(reached.set, trio_token=token)
         trio.from_thread.run(gone.wait, trio_token=token)
 
-    def stage(self: Storage, *args: Any) -> Any:
+    def stage(self: Storage, *args: Any, **kwargs: Any) -> Any:
         if moment == "copying the unsaved content":
             hold_in_thread()
-        return real_stage(self, *args)
+        return real_stage(self, *args, **kwargs)
 
     def prepare(self: Storage, *args: Any) -> Any:
         if moment == "copying version 1":

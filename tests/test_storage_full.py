@@ -72,7 +72,7 @@ async def test_a_repair_with_no_room_to_copy_an_object_back_says_the_disk_is_ful
     file = (await catalog.register("user/a.bin")).file
     catalog.storage.object_path(file.checksum).unlink()
 
-    def no_room(*_: Any) -> Any:
+    def no_room(*_: Any, **__: Any) -> Any:
         raise HoraceError(ErrorCode.STORAGE_FULL, "the storage is full: No space left on device")
 
     monkeypatch.setattr(catalog.storage, "stage", no_room)

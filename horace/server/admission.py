@@ -12,10 +12,13 @@ stranger's, so it does not hold a pending place (what one session can hold is bo
 by its calls: ``max_calls_per_connection``, and one GET stream).
 
 When every pending place is taken, a new connection takes the place of the one that has
-waited longest for a request head: connections that send nothing (or a byte now and then)
-cannot keep every new client out, /health's included, for as long as they are held open; a
-client that sends its request at once is served. A connection that goes back to waiting
-(kept alive after serving a session's request) does the same when the places are over-full.
+waited longest for a request head, once that one has waited ``EVICTABLE_AFTER``: connections
+that send nothing (or a byte now and then) cannot keep every new client out, /health's
+included, for as long as they are held open; a client that sends its request at once is
+served, in a burst of them too (the new connection waits for a place meanwhile, rather
+than take that of one whose request has come but not been read yet). A connection that goes
+back to waiting (kept alive after serving a session's request) does the same when the
+places are over-full.
 
 Trio switches tasks only at checkpoints, so a check and the reservation right after it
 (no ``await`` between) cannot be interleaved with another connection's.
@@ -28,8 +31,8 @@ import binascii
 import hmac
 import ipaddress
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +48,10 @@ REFUSAL_LOG_INTERVAL = 10.0  # at most one line per kind of refusal in this time
 # subprotocol beside "mcp": "bearer." + the token in unpadded base64url, which any
 # token survives (a subprotocol is an HTTP token: no "/", "=", spaces...).
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
+# How long a pending connection waits for a request head before a newer connection may take
+# its place: a client that sends its request as it connects is read well within it, in a
+# burst of hundreds.
+EVICTABLE_AFTER = 1.0
 
 
 class Ticket:
@@ -65,18 +72,37 @@ class Admission:
         self.turned_away = 0  # past max_pending with none to evict, since start
         self.evicted = 0  # pending connections that gave their place to a newer one, since start
         self.refused = 0  # sessions refused for want of a slot, since start
-        # The pending connections waiting for a request head, longest waiting first.
-        self._awaiting: dict[Ticket, trio.CancelScope] = {}
+        # The pending connections waiting for a request head (each with the time it began
+        # to), longest waiting first.
+        self._awaiting: dict[Ticket, tuple[trio.CancelScope, float]] = {}
+        self._waiting_for_a_place = 0
+        self._place_freed = trio.Event()
 
-    @contextmanager
-    def connection(self) -> Iterator[Ticket | None]:
-        """A ticket for a new connection (None past ``max_pending`` when no pending one
-        waits for a request head to be evicted), given back on the way out whatever
-        happened, from whichever count it is in by then."""
-        if self.pending >= self.max_pending and not self._evict_longest_waiting():
-            self.turned_away += 1
-            yield None
-            return
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Ticket | None]:
+        """A ticket for a new connection, given back on the way out whatever happened,
+        from whichever count it is in by then. Past ``max_pending`` it waits up to
+        ``EVICTABLE_AFTER`` for a place: one given back, or one a connection that has
+        waited that long for a request head gives up. None when none comes, or as many new
+        ones as there are places wait already."""
+        give_up_at = trio.current_time() + EVICTABLE_AFTER
+        while self.pending >= self.max_pending:
+            now = trio.current_time()
+            longest = next(iter(self._awaiting.values()), None)
+            if longest is not None and now - longest[1] >= EVICTABLE_AFTER:
+                self._evict_longest_waiting()
+                break
+            if now >= give_up_at or self._waiting_for_a_place >= self.max_pending:
+                self.turned_away += 1
+                yield None
+                return
+            self._waiting_for_a_place += 1
+            try:
+                wake_at = give_up_at if longest is None else min(give_up_at, longest[1] + EVICTABLE_AFTER)
+                with trio.move_on_at(wake_at):
+                    await self._place_freed.wait()
+            finally:
+                self._waiting_for_a_place -= 1
         ticket = Ticket()
         self.pending += 1
         try:
@@ -86,6 +112,12 @@ class Admission:
                 self.sessions -= 1
             elif ticket.state != "evicted":
                 self.pending -= 1
+            self._free_a_place()
+
+    def _free_a_place(self) -> None:
+        """Wake the new connections waiting for a place (each looks again)."""
+        self._place_freed.set()
+        self._place_freed = trio.Event()
 
     @contextmanager
     def awaiting_request(self, ticket: Ticket, deadline: float) -> Iterator[trio.CancelScope]:
@@ -93,7 +125,7 @@ class Admission:
         cancelled early should a newer connection need its place (``ticket.state`` is
         "evicted" then)."""
         with trio.CancelScope(deadline=deadline) as waiting:
-            self._awaiting[ticket] = waiting
+            self._awaiting[ticket] = (waiting, trio.current_time())
             # A connection back from serving an HTTP session (kept alive for its next
             # request) is pending again without arriving: the bound is kept here too, the
             # longest waiting going first (this one, when it is the only one waiting).
@@ -103,12 +135,18 @@ class Admission:
                 yield waiting
             finally:
                 self._awaiting.pop(ticket, None)
+        if ticket.state == "evicted" and not waiting.cancelled_caught:
+            # Its request came before the eviction could stop the read: it is served
+            # after all, so it counts again (over the bound until the next look evicts).
+            ticket.state = "pending"
+            self.pending += 1
+            self.evicted -= 1
 
     def _evict_longest_waiting(self) -> bool:
         if not self._awaiting:
             return False
         ticket = next(iter(self._awaiting))
-        self._awaiting.pop(ticket).cancel()
+        self._awaiting.pop(ticket)[0].cancel()
         ticket.state = "evicted"  # its place is the new connection's from now
         self.pending -= 1
         self.evicted += 1
@@ -121,6 +159,7 @@ class Admission:
             return False
         self.pending -= 1
         ticket.state = "session"
+        self._free_a_place()
         return True
 
     @property
@@ -146,6 +185,7 @@ class Admission:
         ticket.state = "serving"
         self.pending -= 1
         self.serving += 1
+        self._free_a_place()
         try:
             yield
         finally:

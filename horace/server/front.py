@@ -126,7 +126,7 @@ class Front:
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         try:
-            with self.admission.connection() as ticket:
+            async with self.admission.connection() as ticket:
                 if ticket is None:
                     await self._turn_away(stream)
                 else:
