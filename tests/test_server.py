@@ -852,20 +852,21 @@ async def test_a_frame_wsproto_cannot_take_fails_the_connection_with_a_close_fra
 
 
 @pytest.mark.parametrize(
-    ("version", "key", "status", "why"),
+    ("method", "version", "key", "status", "why"),
     [
-        ("8", "dGhlIHNhbXBsZSBub25jZQ==", b"426 Upgrade Required", b"this server speaks version 13"),
-        ("13", "abc", b"400 Bad Request", b"16 bytes in base64"),
-        ("13", "dGhlIHNhbXBsZQ==", b"400 Bad Request", b"16 bytes in base64"),  # (10 bytes)
+        ("GET", "8", "dGhlIHNhbXBsZSBub25jZQ==", b"426 Upgrade Required", b"this server speaks version 13"),
+        ("GET", "13", "abc", b"400 Bad Request", b"16 bytes in base64"),
+        ("GET", "13", "dGhlIHNhbXBsZQ==", b"400 Bad Request", b"16 bytes in base64"),  # (10 bytes)
+        ("PUT", "13", "dGhlIHNhbXBsZSBub25jZQ==", b"400 Bad Request", b"a GET, not a PUT"),
     ],
 )
 async def test_an_upgrade_rfc_6455_refuses_is_refused_saying_why(
-    server: RunningHorace, version: str, key: str, status: bytes, why: bytes
+    server: RunningHorace, method: str, version: str, key: str, status: bytes, why: bytes
 ) -> None:
     host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
     stream = await trio.open_tcp_stream(host, int(port))
     await stream.send_all(
-        f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"{method} /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n\r\n".encode()
     )
     answer = b""
@@ -874,6 +875,22 @@ async def test_an_upgrade_rfc_6455_refuses_is_refused_saying_why(
             answer += data
     assert answer.startswith(b"HTTP/1.1 " + status) and why in answer, answer
     assert (b"sec-websocket-version: 13" in answer) is (version != "13")
+    await stream.aclose()
+
+
+async def test_a_request_target_in_the_absolute_form_is_served(server: RunningHorace) -> None:
+    """RFC 9112 3.2.2: a server takes a target in the absolute form (as proxies send it)."""
+    host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(
+        f"GET http://127.0.0.1:{port}/health?x=1 HTTP/1.1\r\n"
+        "Host: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    )
+    answer = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"status": "ok"' in answer, answer
     await stream.aclose()
 
 

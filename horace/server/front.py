@@ -288,6 +288,9 @@ def websocket_message_cap(limit: int) -> int:
 def _handshake_refusal(request: Request) -> Refusal | None:
     """What RFC 6455 (4.2.1) refuses in an upgrade's head, said as every refusal is (else
     wsproto answers a bare 400 or 426)."""
+    if request.method != b"GET":
+        method = request.method.decode("latin-1")
+        return Refusal(400, f"a WebSocket handshake is a GET, not a {method} (RFC 6455 4.1)")
     version = request.headers.get(b"sec-websocket-version")
     if version != b"13":
         return Refusal(

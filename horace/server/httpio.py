@@ -71,7 +71,12 @@ class Request:
 
     @property
     def path(self) -> bytes:
-        return self.target.split(b"?", 1)[0]
+        target = self.target
+        if target[:1] != b"/" and b"://" in target:
+            # The absolute form (RFC 9112 3.2.2: a server takes it, as a proxy sends it):
+            # its path is what follows the authority.
+            target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
+        return target.split(b"?", 1)[0]
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
