@@ -981,6 +981,30 @@ async def test_a_new_connection_takes_the_place_of_the_longest_silent_one(settin
         assert (await http_get(running.health_url))[0] == 200
 
 
+async def test_a_connection_whose_request_waits_unread_keeps_its_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A busy server may take more than a second to read a request that came: a connection
+    with bytes waiting is no silent one, and no newer connection takes its place; one
+    that sent nothing does, once it has waited a second."""
+    from horace.server.admission import Admission
+
+    admission = Admission(max_pending=1, max_sessions=10)
+    sent = [True]
+    async with admission.connection() as first:
+        assert first is not None
+        with admission.awaiting_request(first, trio.current_time() + 60, lambda: sent[0]) as waiting:
+            await trio.sleep(5)
+            async with admission.connection() as second:  # waits its second, then 503
+                assert second is None and not waiting.cancel_called
+            sent[0] = False
+            async with admission.connection() as third:
+                assert third is not None and waiting.cancel_called and first.state == "evicted"
+                await trio.sleep(1)  # (the first's wait ends, cancelled)
+        assert waiting.cancelled_caught
+    assert (admission.turned_away, admission.evicted) == (1, 1)
+
+
 async def test_a_burst_of_clients_past_the_pending_cap_is_served_whole(settings: Settings) -> None:
     """More clients at once than there are pending places, each sending its request as it
     connects (services started together): every one is answered. A new connection waits

@@ -31,7 +31,8 @@ import binascii
 import hmac
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,8 +74,8 @@ class Admission:
         self.evicted = 0  # pending connections that gave their place to a newer one, since start
         self.refused = 0  # sessions refused for want of a slot, since start
         # The pending connections waiting for a request head (each with the time it began
-        # to), longest waiting first.
-        self._awaiting: dict[Ticket, tuple[trio.CancelScope, float]] = {}
+        # to, and what says whether bytes wait on it unread), longest waiting first.
+        self._awaiting: dict[Ticket, tuple[trio.CancelScope, float, Callable[[], bool]]] = {}
         self._waiting_for_a_place = 0
         self._place_freed = trio.Event()
 
@@ -88,9 +89,7 @@ class Admission:
         give_up_at = trio.current_time() + EVICTABLE_AFTER
         while self.pending >= self.max_pending:
             now = trio.current_time()
-            longest = next(iter(self._awaiting.values()), None)
-            if longest is not None and now - longest[1] >= EVICTABLE_AFTER:
-                self._evict_longest_waiting()
+            if self._evict_longest_waiting(since_at_most=now - EVICTABLE_AFTER):
                 break
             if now >= give_up_at or self._waiting_for_a_place >= self.max_pending:
                 self.turned_away += 1
@@ -98,7 +97,8 @@ class Admission:
                 return
             self._waiting_for_a_place += 1
             try:
-                wake_at = give_up_at if longest is None else min(give_up_at, longest[1] + EVICTABLE_AFTER)
+                silent = self._silent()
+                wake_at = give_up_at if silent is None else min(give_up_at, silent + EVICTABLE_AFTER)
                 with trio.move_on_at(wake_at):
                     await self._place_freed.wait()
             finally:
@@ -114,18 +114,27 @@ class Admission:
                 self.pending -= 1
             self._free_a_place()
 
+    @property
+    def crowded(self) -> bool:
+        """New connections wait for a place: an answer closes its connection (kept alive
+        and idle, it would soon give its place up, as a next request came)."""
+        return self._waiting_for_a_place > 0
+
     def _free_a_place(self) -> None:
         """Wake the new connections waiting for a place (each looks again)."""
         self._place_freed.set()
         self._place_freed = trio.Event()
 
     @contextmanager
-    def awaiting_request(self, ticket: Ticket, deadline: float) -> Iterator[trio.CancelScope]:
+    def awaiting_request(
+        self, ticket: Ticket, deadline: float, unread: Callable[[], bool]
+    ) -> Iterator[trio.CancelScope]:
         """The wait of *ticket*'s connection for its next request head, until *deadline*:
         cancelled early should a newer connection need its place (``ticket.state`` is
-        "evicted" then)."""
+        "evicted" then), unless *unread* says bytes wait on it (its request came, and the
+        server has not read it yet: busy, it may take a while)."""
         with trio.CancelScope(deadline=deadline) as waiting:
-            self._awaiting[ticket] = (waiting, trio.current_time())
+            self._awaiting[ticket] = (waiting, trio.current_time(), unread)
             # A connection back from serving an HTTP session (kept alive for its next
             # request) is pending again without arriving: the bound is kept here too, the
             # longest waiting going first (this one, when it is the only one waiting).
@@ -142,10 +151,23 @@ class Admission:
             self.pending += 1
             self.evicted -= 1
 
-    def _evict_longest_waiting(self) -> bool:
-        if not self._awaiting:
+    def _silent(self) -> float | None:
+        """Since when the longest waiting connection that sent nothing since has waited."""
+        return next((since for _, since, unread in self._awaiting.values() if not unread()), None)
+
+    def _evict_longest_waiting(self, since_at_most: float = math.inf) -> bool:
+        """Give the place of the longest waiting connection that has sent nothing since
+        (waiting since *since_at_most* or before) to a newer one; False when there is none."""
+        ticket = next(
+            (
+                ticket
+                for ticket, (_, since, unread) in self._awaiting.items()
+                if since <= since_at_most and not unread()
+            ),
+            None,
+        )
+        if ticket is None:
             return False
-        ticket = next(iter(self._awaiting))
         self._awaiting.pop(ticket)[0].cancel()
         ticket.state = "evicted"  # its place is the new connection's from now
         self.pending -= 1

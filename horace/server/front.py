@@ -20,7 +20,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import select
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import h11
@@ -162,10 +164,10 @@ class Front:
         """The connection's requests, one after another, until one of them cannot be
         followed by another (the client asked to close, a body was left unread, an
         upgrade) or none comes within ``HEAD_TIMEOUT``."""
-        conn = HttpConnection(stream, self.settings.send_timeout)
+        conn = HttpConnection(stream, self.settings.send_timeout, lambda: self.admission.crowded)
         while True:
             deadline = trio.current_time() + HEAD_TIMEOUT
-            with self.admission.awaiting_request(ticket, deadline) as waiting:
+            with self.admission.awaiting_request(ticket, deadline, partial(_unread, stream)) as waiting:
                 request = await conn.next_request()
             if waiting.cancelled_caught and ticket.state != "evicted":
                 with trio.move_on_after(LAST_LOOK) as waiting:
@@ -307,6 +309,17 @@ def _handshake_refusal(request: Request) -> Refusal | None:
     if not whole:
         return Refusal(400, "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 4.1)")
     return None
+
+
+def _unread(stream: ClientStream) -> bool:
+    """Whether bytes the client sent wait on the connection, unread (or its end: either is
+    soon seen to): it is no silent one."""
+    sock = getattr(stream.inner, "socket", None)
+    if sock is None:
+        return False
+    poll = select.poll()
+    poll.register(sock.fileno(), select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _is_upgrade(request: Request) -> bool:

@@ -22,7 +22,7 @@ transport answers through it. Nothing here knows MCP.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 import h11
@@ -95,9 +95,15 @@ FRAMED_TWICE = "the request gives both Content-Length and Transfer-Encoding: fra
 
 
 class HttpConnection:
-    def __init__(self, stream: trio.abc.Stream, send_timeout: float) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, send_timeout: float, crowded: Callable[[], bool] = lambda: False
+    ) -> None:
+        """*crowded*: whether new connections wait for a place; an answer given then closes
+        its connection (saying so), rather than leave it open for a next request that may
+        find it closed to make room (see :mod:`horace.server.admission`)."""
         self.stream = stream
         self.send_timeout = send_timeout
+        self.crowded = crowded
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         # The bytes of the current request as received, replayed to trio-websocket when
         # the request is a WebSocket upgrade (it reads the handshake itself).
@@ -243,7 +249,7 @@ class HttpConnection:
     ) -> None:
         """A whole answer (its head alone to a HEAD). The connection closes after it
         when asked, or when the request's body was left unread."""
-        close = close or self.h11.their_state is not h11.DONE
+        close = close or self.h11.their_state is not h11.DONE or self.crowded()
         fields = [*headers, *self.answer_headers]
         if body:
             fields.append((b"content-type", content_type))
@@ -272,6 +278,8 @@ class HttpConnection:
     async def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         """The head of an answer whose body follows in pieces (chunked)."""
         fields = [(b"content-type", content_type), *headers, *self.answer_headers]
+        if self.crowded():
+            fields.append((b"connection", b"close"))
         await self._write(
             self.h11.send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))
         )
