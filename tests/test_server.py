@@ -878,6 +878,26 @@ async def test_an_upgrade_rfc_6455_refuses_is_refused_saying_why(
     await stream.aclose()
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # HTTP/2 with prior knowledge
+        b"GET /mcp HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ],
+)
+async def test_another_http_version_is_refused_saying_so(server: RunningHorace, request_head: bytes) -> None:
+    host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(request_head)
+    answer = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 505 ") and b"is not spoken here: HTTP/1.1" in answer, answer
+    await stream.aclose()
+
+
 async def test_a_request_target_in_the_absolute_form_is_served(server: RunningHorace) -> None:
     """RFC 9112 3.2.2: a server takes a target in the absolute form (as proxies send it)."""
     host, port = server.url.removeprefix("ws://").split("/")[0].split(":")

@@ -167,6 +167,17 @@ class HttpConnection:
                 if head > MAX_HEAD_BYTES:
                     await self._refuse_head(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, HEAD_TOO_LARGE)
                     return None
+                if event.http_version != b"1.1" and (
+                    event.http_version != b"1.0" or any(name == b"upgrade" for name, _ in event.headers)
+                ):
+                    # HTTP/2's preface read as a request, say; and a WebSocket handshake is
+                    # HTTP/1.1's (RFC 6455 4.1).
+                    version = event.http_version.decode("latin-1")
+                    await self._refuse_head(
+                        HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                        f"HTTP/{version} is not spoken here: HTTP/1.1, and WebSocket over it",
+                    )
+                    return None
                 request = Request(event.method, event.target, _joined(event.headers))
                 if b"content-length" in request.headers and b"transfer-encoding" in request.headers:
                     # Framed two ways: a proxy that went by the other would take what follows
