@@ -823,6 +823,8 @@ async def test_a_first_message_sent_with_the_upgrade_is_answered(settings: Setti
         (bytes([0x81, 0x02]) + b"{}", 1002),  # a client's frame unmasked
         (bytes([0x83, 0x80]) + b"mask", 1002),  # a reserved opcode
         (bytes([0x81, 0x82]) + b"\0\0\0\0" + b"\xc3\x28", 1007),  # text that is no UTF-8
+        # A head announcing a message past the cap: closed at once, not when that much came.
+        (bytes([0x81, 0xFF]) + (2**62).to_bytes(8, "big") + b"mask" + b"abcd", 1009),
     ],
 )
 async def test_a_frame_wsproto_cannot_take_fails_the_connection_with_a_close_frame(

@@ -250,7 +250,7 @@ class Front:
         after_head = len(conn.h11.trailing_data[0])
         head = len(conn.received) - after_head
         stream.replay(bytes(conn.received[:head]), bytes(conn.received[head:]))
-        intake = MessageIntake(stream, self.large_requests)
+        intake = MessageIntake(stream, self.large_requests, websocket_message_cap(settings.max_message_bytes))
         try:
             async with trio.open_nursery() as websocket_tasks:  # trio-websocket's reader lives here
                 ws: WebSocketConnection | None = None

@@ -57,6 +57,10 @@ class MessageTooSlow(trio.BrokenResourceError):
     """A message not whole in time: the connection is dropped as if broken."""
 
 
+class MessageTooBig(trio.BrokenResourceError):
+    """A frame's head announced a message past the cap: the connection is closed (1009)."""
+
+
 class _Slot:
     """One holding of the large-request slot (its borrower: a connection may hold it for
     a message being answered and wait for it for the next)."""
@@ -66,9 +70,16 @@ class MessageIntake(trio.abc.Stream):
     """*stream* (a client's connection, which starts with the upgrade request's head,
     replayed for trio-websocket to answer) as the WebSocket reads it; see the module."""
 
-    def __init__(self, stream: trio.abc.Stream, large_requests: trio.CapacityLimiter | None) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, large_requests: trio.CapacityLimiter | None, cap: int | None = None
+    ) -> None:
+        """*cap*: the most bytes of a message (trio-websocket's ``max_message_size``): a
+        frame whose head says its message goes past it closes the connection with 1009 at
+        once, rather than once that much has come (or the client stalls)."""
         self.stream = stream
         self.large_requests = large_requests
+        self.cap = cap
+        self._too_big = False
         self.last_received = trio.current_time()  # when the client last sent anything (any frame)
         self.unfinished = 0  # payload bytes of the message under way
         self._upgrade_head: bytearray | None = bytearray()  # its last bytes, until its end
@@ -95,23 +106,40 @@ class MessageIntake(trio.abc.Stream):
         if self._deadline is None:
             data = await self.stream.receive_some(max_bytes)
         else:
-            while True:
-                with trio.move_on_at(self._deadline):
-                    data = await self.stream.receive_some(max_bytes)
-                    self._took(data)
-                    return data
-                if self._looked_again:
-                    break
-                self._looked_again = True
-                self._deadline = trio.current_time() + LAST_LOOK
-            log.warning(
-                "a WebSocket message not whole %g s after its first %d KiB: dropping the connection",
-                MESSAGE_TIMEOUT,
-                UNHURRIED_BYTES // 1024,
-            )
-            raise MessageTooSlow(f"a message not whole within {MESSAGE_TIMEOUT:g} s")
+            data = await self._before_the_deadline(max_bytes)
         self._took(data)
+        await self._unless_too_big()
         return data
+
+    async def _before_the_deadline(self, max_bytes: int | None) -> bytes | bytearray:
+        assert self._deadline is not None
+        while True:
+            with trio.move_on_at(self._deadline):
+                return await self.stream.receive_some(max_bytes)
+            if self._looked_again:
+                break
+            self._looked_again = True
+            self._deadline = trio.current_time() + LAST_LOOK
+        log.warning(
+            "a WebSocket message not whole %g s after its first %d KiB: dropping the connection",
+            MESSAGE_TIMEOUT,
+            UNHURRIED_BYTES // 1024,
+        )
+        raise MessageTooSlow(f"a message not whole within {MESSAGE_TIMEOUT:g} s")
+
+    async def _unless_too_big(self) -> None:
+        if not self._too_big:
+            return
+        log.info(
+            "a WebSocket frame announced a message over %d bytes: closing the connection (1009)", self.cap
+        )
+        self._close_sent = True
+        frame = FrameProtocol(client=False, extensions=[]).close(
+            CloseReason.MESSAGE_TOO_BIG, f"a message is at most {self.cap} bytes"
+        )
+        with trio.move_on_after(CLOSE_SEND_TIMEOUT):
+            await self.stream.send_all(frame)
+        raise MessageTooBig(f"a message announced past {self.cap} bytes")
 
     def _took(self, data: bytes | bytearray) -> None:
         self.last_received = trio.current_time()
@@ -184,6 +212,8 @@ class MessageIntake(trio.abc.Stream):
         self._final = bool(head[0] & 0x80)
         self._payload_left = extended.unpack_from(head, 2)[0] if extended else short
         head.clear()
+        if self._in_message and self.cap is not None and self.unfinished + self._payload_left > self.cap:
+            self._too_big = True
         if not self._payload_left:
             self._frame_done()
 
