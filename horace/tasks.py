@@ -95,10 +95,12 @@ def _store_tampered(catalog: Catalog) -> str | None:
 
 async def _look_at_store(catalog: Catalog, state: TaskState) -> None:
     try:
-        await catalog.ensure_bound()
+        # (Tampering first: a damaged catalog file fails the binding's read, which would
+        # otherwise keep the look from ever getting to what says so.)
         tampered = await in_thread(_store_tampered, catalog)
         if tampered is not None:
             raise StoreRefused(tampered)
+        await catalog.ensure_bound()
         writable = await in_thread(catalog.storage.writable)
         free_bytes, free_inodes = await in_thread(catalog.storage.room)
     except Exception:  # (a failing disk: EIO) not ok until a look gets through; logged by supervise
