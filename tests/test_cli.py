@@ -1108,11 +1108,10 @@ def test_search_takes_iso_8601_moments_with_or_without_a_zone(store: tuple[Path,
         one_line_error(horace("search", "--created-after", edge, env=env), Exit.USAGE, "years 1 to 9999")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_serve_stops_gracefully_on_a_stop_signal(store: tuple[Path, dict[str, str]], signum: int) -> None:
-    """Ctrl-C, a service manager's stop, a terminal hanging up: the server shuts down (its
-    sessions told, its sinks flushed) and exits 0."""
-    _, env = store
+@contextlib.contextmanager
+def listening_server(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`horace serve` on any free port, once it says it listens (its stderr read on from
+    there); killed on the way out if it has not ended."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
     server = subprocess.Popen(
         [sys.executable, "-m", "horace", "serve", "--port", "0"],
@@ -1127,47 +1126,36 @@ def test_serve_stops_gracefully_on_a_stop_signal(store: tuple[Path, dict[str, st
                 break
         else:
             pytest.fail(f"horace serve ended before listening: {server.wait()}")
-        server.send_signal(signum)
-        assert server.wait(timeout=30) == 0
-        rest = server.stderr.read()
-        assert f"signal {signal.Signals(signum).name}: shutting down" in rest, rest
+        yield server
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_serve_stops_gracefully_on_a_stop_signal(store: tuple[Path, dict[str, str]], signum: int) -> None:
+    """Ctrl-C, a service manager's stop, a terminal hanging up: the server shuts down (its
+    sessions told, its sinks flushed) and exits 0."""
+    with listening_server(store[1]) as server:
+        server.send_signal(signum)
+        assert server.wait(timeout=30) == 0
+        rest = server.stderr.read() if server.stderr else ""
+        assert f"signal {signal.Signals(signum).name}: shutting down" in rest, rest
 
 
 def test_serve_stopped_at_once_by_a_second_signal_does_not_exit_0(store: tuple[Path, dict[str, str]]) -> None:
     """A second signal cuts the graceful shutdown short: not a clean stop, so the exit is
     a Ctrl-C's (130), which a service manager can tell from 0."""
-    _, env = store
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "horace", "serve", "--port", "0"],
-        env={**clean, **env},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stderr is not None
-    try:
-        for line in server.stderr:
-            if "listening on" in line:
-                break
-        else:
-            pytest.fail(f"horace serve ended before listening: {server.wait()}")
+    with listening_server(store[1]) as server:
         # Two signals of two kinds (one kind twice may be taken as one), sent while the
         # process is stopped: both are waiting when it goes on, so the second surely
         # comes while the shutdown the first begins is under way.
-        server.send_signal(signal.SIGSTOP)
-        server.send_signal(signal.SIGTERM)
-        server.send_signal(signal.SIGINT)
-        server.send_signal(signal.SIGCONT)
+        for signum in (signal.SIGSTOP, signal.SIGTERM, signal.SIGINT, signal.SIGCONT):
+            server.send_signal(signum)
         assert server.wait(timeout=30) == Exit.INTERRUPTED
-        rest = server.stderr.read()
+        rest = server.stderr.read() if server.stderr else ""
         assert "second signal: stopping now" in rest, rest
         assert "INTERRUPTED" in rest and "Traceback" not in rest, rest
-    finally:
-        server.kill()
-        server.wait()
 
 
 @pytest.fixture

@@ -865,19 +865,25 @@ async def test_a_frame_wsproto_cannot_take_fails_the_connection_with_a_close_fra
 async def test_an_upgrade_rfc_6455_refuses_is_refused_saying_why(
     server: RunningHorace, method: str, version: str, key: str, status: bytes, why: bytes
 ) -> None:
-    host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(
+    answer = await answer_to(
+        server,
         f"{method} /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n\r\n".encode()
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n\r\n".encode(),
     )
-    answer = b""
-    with trio.fail_after(10):
-        while data := await stream.receive_some(65536):
-            answer += data
     assert answer.startswith(b"HTTP/1.1 " + status) and why in answer, answer
     assert (b"sec-websocket-version: 13" in answer) is (version != "13")
-    await stream.aclose()
+
+
+async def answer_to(server: RunningHorace, request: bytes) -> bytes:
+    """All that *server* sends back to *request* on a connection of its own, to its close."""
+    host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
+    answer = b""
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(request)
+        with trio.fail_after(10):
+            while data := await stream.receive_some(65536):
+                answer += data
+    return answer
 
 
 @pytest.mark.parametrize(
@@ -889,31 +895,16 @@ async def test_an_upgrade_rfc_6455_refuses_is_refused_saying_why(
     ],
 )
 async def test_another_http_version_is_refused_saying_so(server: RunningHorace, request_head: bytes) -> None:
-    host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(request_head)
-    answer = b""
-    with trio.fail_after(10):
-        while data := await stream.receive_some(65536):
-            answer += data
+    answer = await answer_to(server, request_head)
     assert answer.startswith(b"HTTP/1.1 505 ") and b"is not spoken here: HTTP/1.1" in answer, answer
-    await stream.aclose()
 
 
 async def test_a_request_target_in_the_absolute_form_is_served(server: RunningHorace) -> None:
     """RFC 9112 3.2.2: a server takes a target in the absolute form (as proxies send it)."""
-    host, port = server.url.removeprefix("ws://").split("/")[0].split(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    await stream.send_all(
-        f"GET http://127.0.0.1:{port}/health?x=1 HTTP/1.1\r\n"
-        "Host: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    answer = await answer_to(
+        server, b"GET http://127.0.0.1/health?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
-    answer = b""
-    with trio.fail_after(10):
-        while data := await stream.receive_some(65536):
-            answer += data
     assert answer.startswith(b"HTTP/1.1 200 ") and b'"status": "ok"' in answer, answer
-    await stream.aclose()
 
 
 async def test_connection_limit(settings: Settings) -> None:
