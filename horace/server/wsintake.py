@@ -133,13 +133,16 @@ class MessageIntake(trio.abc.Stream):
         log.info(
             "a WebSocket frame announced a message over %d bytes: closing the connection (1009)", self.cap
         )
+        await self._send_close(CloseReason.MESSAGE_TOO_BIG, f"a message is at most {self.cap} bytes")
+        raise MessageTooBig(f"a message announced past {self.cap} bytes")
+
+    async def _send_close(self, code: int, reason: str | None) -> None:
+        """A Close frame of the server's own, sent past trio-websocket (the client may read
+        nothing: bounded)."""
         self._close_sent = True
-        frame = FrameProtocol(client=False, extensions=[]).close(
-            CloseReason.MESSAGE_TOO_BIG, f"a message is at most {self.cap} bytes"
-        )
+        frame = FrameProtocol(client=False, extensions=[]).close(code, reason)
         with trio.move_on_after(CLOSE_SEND_TIMEOUT):
             await self.stream.send_all(frame)
-        raise MessageTooBig(f"a message announced past {self.cap} bytes")
 
     def _took(self, data: bytes | bytearray) -> None:
         self.last_received = trio.current_time()
@@ -246,10 +249,7 @@ class MessageIntake(trio.abc.Stream):
             failed = self.websocket.closed if self.websocket is not None else None
             if failed is not None and failed.code != CloseReason.ABNORMAL_CLOSURE and not self._close_sent:
                 # Closed by trio-websocket for a frame it could not take, no Close frame sent.
-                self._close_sent = True
-                frame = FrameProtocol(client=False, extensions=[]).close(failed.code, failed.reason)
-                with trio.move_on_after(CLOSE_SEND_TIMEOUT):
-                    await self.stream.send_all(frame)
+                await self._send_close(failed.code, failed.reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # (the client is gone: nobody to tell)
         finally:
