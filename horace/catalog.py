@@ -161,6 +161,13 @@ def _check_kept(file: FileRecord, found: VersionRecord, held: tuple[str, int] | 
 REGISTER_ATTEMPTS = 3
 
 
+def rename_identity(working: WorkingStat) -> tuple[int, int, int]:
+    """(inode, device, mtime_ns): what a rename keeps of a file (its ctime moves). A file
+    made anew in the inode of one removed (``rm a; touch b``: filesystems reuse a number
+    at once) has an mtime of its own, so it is not taken for that one, renamed."""
+    return (working.inode, working.device, working.mtime_ns)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -1949,7 +1956,7 @@ class Catalog:
         for rel, seen in zip(candidates, hashed, strict=True):
             if isinstance(seen, HoraceError) or seen.checksum is None:
                 continue  # unreadable, or written as it was read: not followed now
-            identity = (seen.working.inode, seen.working.device)
+            identity = rename_identity(seen.working)
             same = vanished.holding(seen.checksum)
             among = {f.id for f in same if await self.may_have_moved_to(f.id, identity)}
             gone_since.update((f.id, vanished.since(f.id)) for f in same if f.id in among)
@@ -2006,13 +2013,14 @@ class Catalog:
             else:
                 moved.append((rel, old))
 
-    async def may_have_moved_to(self, file_id: str, identity: tuple[int, int] | None) -> bool:
-        """Whether the file *file_id* may be the one now under *identity* (inode, device):
-        the same inode as when its content was read, or none recorded to tell."""
+    async def may_have_moved_to(self, file_id: str, identity: tuple[int, int, int] | None) -> bool:
+        """Whether the file *file_id* may be the one now under *identity* (see
+        :func:`rename_identity`): the same as when its content was read, or none recorded
+        to tell."""
         entry = await self.backend.index_entry(file_id)
         if entry is None or entry.working is None:
             return entry is not None
-        return identity == (entry.working.inode, entry.working.device)
+        return identity == rename_identity(entry.working)
 
     async def _follow_renames(
         self,
@@ -2053,6 +2061,8 @@ class Catalog:
             recorded = by_inode.get((st.st_ino, st.st_dev))
             if recorded is None or rel in known or st.st_size != recorded[1].size:
                 continue
+            if st.st_mtime_ns != recorded[1].mtime_ns:
+                continue  # (a file made anew in a reused inode: see rename_identity)
             entry = recorded[0]
             try:
                 if await in_thread(self.storage.hash_working, rel, check_cancelled) != entry.checksum:

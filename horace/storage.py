@@ -1028,14 +1028,15 @@ class Storage:
         finally:
             os.close(fd)
 
-    def working_identity(self, rel: str) -> tuple[int, int] | None:
-        """(inode, device) of the regular file at *rel*; None when there is none."""
+    def working_identity(self, rel: str) -> tuple[int, int, int] | None:
+        """(inode, device, mtime_ns) of the regular file at *rel*, what a rename keeps of
+        it (see ``horace.catalog.rename_identity``); None when there is none."""
         try:
             with self._parent_fd(rel) as (dfd, name):
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError, HoraceError):
             return None
-        return (st.st_ino, st.st_dev) if stat.S_ISREG(st.st_mode) else None
+        return (st.st_ino, st.st_dev, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
     def working_exists(self, rel: str) -> bool:
         try:

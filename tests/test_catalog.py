@@ -2206,6 +2206,25 @@ async def test_a_scan_follows_a_rename_and_the_file_keeps_its_history(catalog: C
     assert found.clean, found
 
 
+async def test_a_scan_takes_no_file_made_anew_in_a_removed_files_inode_for_it(
+    catalog: Catalog, files: Path
+) -> None:
+    """`rm a; touch b` between two scans, b in a's inode (filesystems reuse a number at
+    once) and of a's content: b has an mtime of its own, where a rename keeps the file's.
+    b is not a, renamed: a is missing, its history its own (and b, of a missing file's
+    content, waits as any such file does). (The reuse is made here by a rename and a new
+    mtime: a tmpfs does not reuse inode numbers.)"""
+    write(files / "user/a.log", "")
+    await catalog.scan()
+    a = await catalog.resolve("user/a.log")
+    made_at = (files / "user/a.log").stat().st_mtime_ns + 5_000_000_000
+    os.rename(files / "user/a.log", files / "user/b.log")
+    os.utime(files / "user/b.log", ns=(made_at, made_at))
+    report = await catalog.scan()
+    assert report.moved == () and report.missing == ("user/a.log",)
+    assert (await catalog.resolve("user/a.log")).id == a.id
+
+
 async def test_files_removed_between_the_walk_and_their_read_are_no_scan_errors(
     catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -975,6 +975,29 @@ async def test_a_copy_made_before_a_rename_is_not_taken_for_the_renamed_file(
         assert await watched.record("user/a.txt") is None
 
 
+@pytest.mark.parametrize("poll", [False, True])
+async def test_a_file_made_anew_in_a_removed_files_inode_is_not_taken_for_it(
+    settings: Settings, poll: bool
+) -> None:
+    """`rm a; touch b`: a filesystem gives b the inode a had at once, and both are empty.
+    A rename keeps the mtime, a file made anew has its own: b is a new file, and a is
+    deleted, its history its own. (The kernel's state after such a reuse is made here by a
+    rename and a new mtime: a tmpfs does not reuse inode numbers.)"""
+    async with run_horace(watching(settings, watch_poll=poll)) as running:
+        await wait_watching(running)
+        catalog = running.server.catalog
+        watched = Watched(running, catalog, None)  # type: ignore[arg-type]
+        a = running.files / "user/a.log"
+        original = await watched.two_versions("user/a.log", "draft", "")
+        made_at = a.stat().st_mtime_ns + 5_000_000_000
+        b = a.rename(running.files / "user/b.log")
+        os.utime(b, ns=(made_at, made_at))
+        new = await watched.wait_checksum("user/b.log", sha256(""))
+        gone = await watched.wait_checksum("user/a.log", sha256(""), Status.DELETED)
+        assert new.id != original.id and new.current_version == 1
+        assert gone.id == original.id and gone.current_version == 2
+
+
 async def test_a_copy_left_waiting_on_its_file_is_looked_at_again_once_that_file_moves_on(
     catalog: Catalog, files: Path
 ) -> None:
