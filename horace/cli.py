@@ -50,7 +50,7 @@ from horace.backends.records import (
 )
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
-from horace.config import ConfigError, Settings, ignored_variables
+from horace.config import ConfigError, Settings, ignored_variables, log_level_from_env
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile, RepliesLost
 from horace.paths import printable, quoted
 from horace.redact import redact_url
@@ -975,11 +975,22 @@ def migrate(ctx: click.Context) -> None:
 
 _LOG_LEVEL = click.option(
     "--log-level",
-    default="INFO",
-    envvar="HORACE_LOG_LEVEL",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="The least level logged on stderr (one JSON object a line) [HORACE_LOG_LEVEL, INFO].",
 )
+
+
+def _configure_logs(log_level: str | None) -> None:
+    """Logs to stderr at *log_level* (the option's), else at ``HORACE_LOG_LEVEL``'s: a
+    wrong value there is a setting's mistake (CONFIG), not a usage one."""
+    from horace import logs
+
+    if log_level is None:
+        try:
+            log_level = log_level_from_env(os.environ)
+        except ConfigError as exc:
+            raise Failure(Exit.CONFIG, "CONFIG", str(exc)) from None
+    logs.configure(log_level.upper())
 
 
 @cli.command()
@@ -998,7 +1009,7 @@ def serve(
     port: int | None,
     watch: bool | None,
     poll: bool | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
     """Serve MCP over WebSocket and Streamable HTTP (both at /mcp), and /health, until
     SIGINT, SIGTERM or SIGHUP. Creates the store when there is none."""
@@ -1018,17 +1029,16 @@ def serve(
 @_LOG_LEVEL
 @global_options
 @click.pass_context
-def mcp_command(ctx: click.Context, log_level: str) -> None:
+def mcp_command(ctx: click.Context, log_level: str | None) -> None:
     """Speak MCP over stdin and stdout, for a desktop client that starts Horace itself,
     until the client closes stdin (exit 0). Logs go to stderr only. Creates the store when
     there is none; shares it safely with a running `horace serve`."""
     from horace.server.stdio import claim_stdio
 
     fds = claim_stdio()  # first: from here on nothing but the protocol reaches stdout
-    from horace import logs
     from horace.server.serving import serve_stdio
 
-    logs.configure(log_level)
+    _configure_logs(log_level)
     _trio_run(serve_stdio, _settings(ctx), fds)
 
 
@@ -1037,17 +1047,15 @@ def mcp_command(ctx: click.Context, log_level: str) -> None:
 @_LOG_LEVEL
 @global_options
 @click.pass_context
-def watch(ctx: click.Context, poll: bool | None, log_level: str) -> None:
+def watch(ctx: click.Context, poll: bool | None, log_level: str | None) -> None:
     """Catalog and version every write under files/, without serving MCP."""
     from horace.tasks import run_watch
 
     _run_service(ctx, log_level, run_watch, watch=True, watch_poll=poll)
 
 
-def _run_service(ctx: click.Context, log_level: str, service: Any, **overrides: Any) -> None:
-    from horace import logs
-
-    logs.configure(log_level)
+def _run_service(ctx: click.Context, log_level: str | None, service: Any, **overrides: Any) -> None:
+    _configure_logs(log_level)
     settings = _settings(ctx, **overrides)
     _more_open_files(settings)
     with _progress(ctx, "reconcile") if settings.watch else _no_progress() as progress:

@@ -77,11 +77,18 @@ def _interval(text: str, name: str) -> float:
     return seconds
 
 
+def _digits(text: str) -> int:
+    """A whole number written in ASCII digits alone: int() would take other scripts'
+    digits, a sign and underscores too. ValueError otherwise."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(text)
+    return int(digits)
+
+
 def _count(text: str, name: str) -> int:
     try:
-        if not text.strip().isascii():  # (int() would take other scripts' digits too)
-            raise ValueError(text)
-        number = int(text)
+        number = _digits(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not an integer") from None
     if not 1 <= number <= MAX_COUNT:
@@ -116,7 +123,7 @@ def _protocol_bytes(text: str, name: str) -> int:
 
 def _port(text: str, name: str) -> int:
     try:
-        number = int(text)
+        number = _digits(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a port number") from None
     if not 0 <= number <= 65535:
@@ -205,6 +212,54 @@ def _names(text: str, name: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
+# What a Host header's name may hold: a DNS name (ASCII: browsers send IDNs as punycode),
+# an IPv4 address or an IPv6 one (within brackets, and a zone).
+_HOST_NAME = re.compile(r"[a-z0-9._%:-]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def _hosts(text: str, name: str) -> tuple[str, ...]:
+    """Names a request's ``Host`` may give: each a name, with a port or not (``*``: any).
+    An entry no Host could ever match (a URL, a path, a space) is refused: it would leave
+    every request it was meant to allow refused with 403."""
+    entries = _names(text, name)
+    for entry in entries:
+        if entry != "*" and not _host_part(f"//{entry}"):
+            raise ConfigError(
+                f"{name}: {entry!r} is not a host name: give the name a request's Host has "
+                "(horace.example, or horace.example:8443; an IDN in its xn-- form), without a "
+                "scheme or a path"
+            )
+    return entries
+
+
+def _origins(text: str, name: str) -> tuple[str, ...]:
+    """``Origin``s browsers may connect from: each a scheme, a name and a port or not
+    (``*``: any). One no browser sends (no scheme, a path) is refused, as for hosts."""
+    entries = _names(text, name)
+    for entry in entries:
+        scheme, sep, _ = entry.partition("://")
+        named = sep and _SCHEME.fullmatch(scheme) and _host_part(entry, ("", "/"))
+        if entry != "*" and not named:
+            raise ConfigError(
+                f"{name}: {entry!r} is not an origin: give it as a browser sends it, a scheme and a "
+                "name (https://ops.example, or http://ops.example:8080), without a path"
+            )
+    return entries
+
+
+def _host_part(url: str, paths: tuple[str, ...] = ("",)) -> bool:
+    """Whether *url* is a name, with a port or not, then one of *paths*, and nothing more."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not one raises)
+    except ValueError:
+        return False
+    if parts.path not in paths or parts.query or parts.fragment or parts.username is not None:
+        return False
+    return url.isascii() and _HOST_NAME.fullmatch(parts.hostname or "") is not None
+
+
 def _host(text: str, name: str) -> str:
     """An address to bind: ASCII (an IP address, a host name), or a name Trio can encode
     (IDNA 2008, as it does)."""
@@ -255,8 +310,8 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "host": (("HORACE_MCP_HOST",), _host),
     "port": (("HORACE_MCP_PORT",), _port),
     "auth_token": (("HORACE_AUTH_TOKEN",), _text),
-    "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _names),
-    "allowed_hosts": (("HORACE_ALLOWED_HOSTS",), _names),
+    "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _origins),
+    "allowed_hosts": (("HORACE_ALLOWED_HOSTS",), _hosts),
     "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _protocol_bytes),
     "max_connections": (("HORACE_MAX_CONNECTIONS",), _count),
     "max_pending_connections": (("HORACE_MAX_PENDING_CONNECTIONS",), _count),
@@ -300,8 +355,16 @@ _TOOLING: tuple[str, ...] = (
     "HORACE_UPDATE_GOLDEN",
 )
 _PARTS = ("HORACE_DB_HOST", "HORACE_DB_PORT", "HORACE_DB_NAME", "HORACE_DB_USER", "HORACE_DB_PASSWORD")
-# Read by the CLI's options themselves (click's envvar), not by Settings.
+# Read by the CLI's options (log_level_from_env), not by Settings.
 CLI_VARIABLES = ("HORACE_LOG_LEVEL",)
+
+
+def log_level_from_env(env: Mapping[str, str]) -> str:
+    """``--log-level``'s value when it is not given: ``HORACE_LOG_LEVEL``, or INFO."""
+    text = env.get("HORACE_LOG_LEVEL")
+    return "INFO" if text is None else _log_level(text, "HORACE_LOG_LEVEL")
+
+
 KNOWN_VARIABLES = frozenset(
     {name for names, _ in ENVIRONMENT.values() for name in names} | set(_PARTS) | set(CLI_VARIABLES)
 )

@@ -289,6 +289,42 @@ def test_a_value_taken_as_it_is_may_not_begin_or_end_with_whitespace() -> None:
     assert Settings.from_env(socket).database_url == "postgresql://horace@/hp?host=/run/postgresql&port=5433"
 
 
+def test_numbers_hosts_and_origins_no_request_could_use_are_refused_at_start(tmp_path: Path) -> None:
+    """A port or a count is ASCII digits alone (int() would take "١٩٢٣١", "1_000" and "+5");
+    an allowed host or origin that no request could ever give (a URL for a host, a name
+    without its scheme or with a path for an origin) would leave every request it was
+    meant to allow refused with 403: each is a setting's mistake, said at start."""
+    from horace.config import ConfigError, Settings
+
+    for name, value, said in [
+        ("HORACE_MCP_PORT", "١٩٢٣١", "is not a port number"),
+        ("HORACE_MCP_PORT", "1_9232", "is not a port number"),
+        ("HORACE_VERSION_COUNT", "1_000", "is not an integer"),
+        ("HORACE_VERSION_COUNT", "+5", "is not an integer"),
+        ("HORACE_ALLOWED_HOSTS", "horace.example, https://horace.example", "is not a host name"),
+        ("HORACE_ALLOWED_HOSTS", "horace.example/mcp", "is not a host name"),
+        ("HORACE_ALLOWED_HOSTS", "x y z!", "is not a host name"),
+        ("HORACE_ALLOWED_ORIGINS", "ops.example", "is not an origin"),
+        ("HORACE_ALLOWED_ORIGINS", "https://ops.example/app", "is not an origin"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{name}.*{said}"):
+            Settings.from_env({name: value})
+    allowed = Settings.from_env(
+        {
+            "HORACE_MCP_PORT": " 8071 ",
+            "HORACE_ALLOWED_HOSTS": "horace.example, horace.example:8443, [::1]:8070, *",
+            "HORACE_ALLOWED_ORIGINS": "https://Ops.example:443/, http://ops.example:8080, *",
+        }
+    )
+    assert allowed.port == 8071 and len(allowed.allowed_hosts) == 4 and len(allowed.allowed_origins) == 3
+    # HORACE_LOG_LEVEL stands for --log-level, but a wrong one is a setting's mistake too.
+    store = {"HORACE_STORAGE_PATH": str(tmp_path / "s")}
+    for command in ("serve", "mcp", "watch"):
+        done = horace(command, env={**store, "HORACE_LOG_LEVEL": "verbose"})
+        one_line_error(done, Exit.CONFIG, "CONFIG", "HORACE_LOG_LEVEL='verbose'")
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_storage_path_a_shell_would_have_expanded_is_refused_unless_it_is_there(tmp_path: Path) -> None:
     """A desktop client's JSON "env" goes through no shell: "~/store" or "$HOME/store" would
     be a store made under ./~ or ./$HOME. A folder that is there by such a name is served."""
