@@ -83,8 +83,9 @@ async def open_catalog(
         outer = await in_thread(storage.enclosing_store)
         if outer is not None:
             raise StorageUnusable(
-                f"{storage.root} is inside the store at {outer}: a store there would be "
-                "catalogued as that store's files; choose a folder outside it"
+                f"{storage.root} is inside the store at {outer}: to use that store, run with "
+                f"--storage {outer} (HORACE_STORAGE_PATH); a new store there would be catalogued "
+                "as that store's files: choose a folder outside it for one"
             )
         beside = storage.root.absolute().parent
         if await in_thread(Storage(beside).looks_like_a_store):

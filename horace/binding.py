@@ -126,7 +126,8 @@ def decide(
             f"but the store at {root} belongs to catalog {store.store_id}"
             + _hint(store)
             + (
-                ". If that catalog is lost for good, `horace init --adopt` binds this empty one"
+                ". If that catalog is lost for good, `horace init --adopt` binds this empty one "
+                "(each file's history then starts anew at its current content)"
                 if catalog.empty
                 else ""
             )

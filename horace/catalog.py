@@ -80,6 +80,8 @@ from horace.storage import (
     StorageUnusable,
     StoreState,
     coarse_stamps,
+    files_prefix_hint,
+    not_catalogued,
     storage_full,
 )
 from horace.supervise import together
@@ -738,7 +740,7 @@ class Catalog:
         if found is None:
             found = await self.backend.file_by_path(self.relative(ref, on_disk=False))
         if found is None:
-            raise HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(ref)} is not catalogued")
+            raise not_catalogued(ref)
         return found
 
     async def locate(self, file_id: str | None = None, file_path: str | None = None) -> FileRecord:
@@ -756,7 +758,7 @@ class Catalog:
             rel = self.relative(file_path, on_disk=False)
             found = await self.backend.file_by_path(rel)
             if found is None:
-                raise HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(rel)} is not catalogued")
+                raise not_catalogued(rel)
             return found
         raise HoraceError(ErrorCode.INVALID_ARGUMENT, "give file_id or file_path")
 
@@ -1350,7 +1352,8 @@ class Catalog:
                         ErrorCode.INVALID_PATH, f"{quoted(rel_under)} is not a regular file or a folder"
                     )
                 raise HoraceError(
-                    ErrorCode.FILE_NOT_FOUND, f"no folder or file {quoted(rel_under)} under files/"
+                    ErrorCode.FILE_NOT_FOUND,
+                    f"no folder or file {quoted(rel_under)} under files/{files_prefix_hint(rel_under)}",
                 )
         async with self.walking:
             return await self._scan_folder(rel_under, correlation_id, progress, rehash)

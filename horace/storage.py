@@ -531,14 +531,21 @@ def _open_files_folder(files: Path) -> int:
 
 
 def no_file_at(rel: str) -> HoraceError:
-    """FILE_NOT_FOUND for the path *rel* (under files/); one that begins with ``files/``
-    was most likely given from the store's root, and the error says what is meant."""
-    hint = (
-        f" (paths are under files/: {quoted(rel.removeprefix('files/'))}?)"
-        if rel.startswith("files/")
-        else ""
-    )
-    return HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}{hint}")
+    """FILE_NOT_FOUND for the path *rel* (under files/)."""
+    return HoraceError(ErrorCode.FILE_NOT_FOUND, f"no file at {quoted(rel)}{files_prefix_hint(rel)}")
+
+
+def not_catalogued(rel: str) -> HoraceError:
+    """NOT_CATALOGED for the path *rel* (under files/)."""
+    return HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(rel)} is not catalogued{files_prefix_hint(rel)}")
+
+
+def files_prefix_hint(rel: str) -> str:
+    """A path that begins with ``files/`` was most likely given from the store's root:
+    what is meant, said after the error."""
+    if not rel.startswith("files/"):
+        return ""
+    return f" (paths are under files/: {quoted(rel.removeprefix('files/'))}?)"
 
 
 def a_folder_at(rel: str) -> HoraceError:

@@ -2003,6 +2003,20 @@ async def test_a_file_path_given_from_the_stores_root_or_naming_a_folder_says_wh
         "'gates' is a folder, not a file: a scan of it (horace_scan, `horace scan`)" in folder.value.message
     )
     assert (await catalog.scan("gates")).registered == 1
+    # Catalogued now: a call that names it from the store's root is told what is meant too.
+    for looked_up in (
+        catalog.resolve("files/gates/report.md"),
+        catalog.get_info(file_path="files/gates/report.md"),
+    ):
+        with pytest.raises(HoraceError) as not_here:
+            await looked_up
+        assert not_here.value.code is ErrorCode.NOT_CATALOGED
+        assert not_here.value.message == (
+            "'files/gates/report.md' is not catalogued (paths are under files/: 'gates/report.md'?)"
+        )
+    with pytest.raises(HoraceError) as scanned:
+        await catalog.scan("files/gates")
+    assert "(paths are under files/: 'gates'?)" in scanned.value.message
 
 
 async def test_a_scan_of_one_file_takes_that_file(catalog: Catalog, files: Path) -> None:

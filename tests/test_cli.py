@@ -636,9 +636,11 @@ def test_version_and_module_entry() -> None:
 def test_a_store_inside_another_stores_folders_is_refused(store: tuple[Path, dict[str, str]]) -> None:
     """Its objects and catalog would be catalogued as the outer store's files."""
     root, _env = store
-    for inner in (root / "files/gates/horace-data", root / ".horace/tmp/nested"):
-        one_line_error(horace("init", "--storage", str(inner)), Exit.CONFIG, "inside the store at")
-        assert not inner.exists()
+    for inner in (root / "files/gates/horace-data", root / ".horace/tmp/nested", root / "files"):
+        for command in ("init", "serve"):  # (files/ itself: a desktop client's config, say)
+            said = one_line_error(horace(command, "--storage", str(inner)), Exit.CONFIG, "inside the store at")
+            assert f"run with --storage {root}" in said, said
+        assert not inner.exists() or inner == root / "files"
     one_line_error(horace("init", cwd=root / "files/gates"), Exit.CONFIG, "inside the store at")
     assert not (root / "files/gates/horace-data").exists()
     # Run in the store's own folder, the default ./horace-data would be a new store in it.
