@@ -107,6 +107,16 @@ async def open_catalog(
                 with trio.CancelScope(shield=True):
                     await in_thread(storage.undo_layout, present)
             raise
+        if made and storage.files in present and await in_thread(storage.holds_files):
+            # (A store whose .horace was removed, or a copy or backup that left dot-folders
+            # out, looks just like this: its history is not here.)
+            log.warning(
+                "a new store is made at %s, whose files/ holds files already: they will be "
+                "catalogued as new files, with no history. If this store had a catalog (its .horace "
+                "folder removed, a copy or a backup that left dot-folders out), stop now and bring "
+                "it back: their history is in it",
+                storage.root,
+            )
         await in_thread(storage.pin)  # (Catalog.ensure_bound looks whether it is still there)
         locks = FileLocks(None if read_only else storage.lock_file, wait_seconds=settings.lock_wait)
         try:

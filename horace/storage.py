@@ -891,6 +891,10 @@ class Storage:
             p for p in (self.root, self.files, *(self.files / f for f in COMPONENT_FOLDERS)) if p.is_dir()
         }
 
+    def holds_files(self) -> bool:
+        """Whether any file is under ``files/`` (the walk stops at the first)."""
+        return any(names for _, _, names in os.walk(self.files))
+
     def undo_layout(self, present: set[Path]) -> None:
         """Take back what :meth:`ensure_layout` made for a store whose creation failed
         before it was bound (its catalog refused it, say), so that nothing is left to look

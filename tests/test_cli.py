@@ -638,7 +638,8 @@ def test_a_store_inside_another_stores_folders_is_refused(store: tuple[Path, dic
     root, _env = store
     for inner in (root / "files/gates/horace-data", root / ".horace/tmp/nested", root / "files"):
         for command in ("init", "serve"):  # (files/ itself: a desktop client's config, say)
-            said = one_line_error(horace(command, "--storage", str(inner)), Exit.CONFIG, "inside the store at")
+            done = horace(command, "--storage", str(inner))
+            said = one_line_error(done, Exit.CONFIG, "inside the store at")
             assert f"run with --storage {root}" in said, said
         assert not inner.exists() or inner == root / "files"
     one_line_error(horace("init", cwd=root / "files/gates"), Exit.CONFIG, "inside the store at")
@@ -1368,6 +1369,13 @@ def test_init_says_a_store_was_made_already_and_restore_names_the_version_it_kep
         "catalogued: Horace catalogs what is under files/ (move them there)\n"
     )
     assert (root.parent / "mine/thesis.txt").read_text() == "mine"
+    # A store whose .horace is gone (an `rm`, a copy that left dot-folders out) looks like a
+    # folder of files/ made by hand: made again, it is said that their history is not here.
+    write(root.parent / "lost/files/user/report.md", "v3 of a report")
+    remade = horace("init", env={"HORACE_STORAGE_PATH": str(root.parent / "lost")})
+    assert remade.returncode == 0, remade.stderr
+    assert "files/ holds files already" in remade.stderr and "their history" in remade.stderr, remade.stderr
+    assert (root.parent / "lost/files/user/report.md").read_text() == "v3 of a report"
     write(root / "files/user/a.txt", "one")
     assert horace("register", "user/a.txt", env=env).returncode == 0
     write(root / "files/user/a.txt", "two, not recorded")
