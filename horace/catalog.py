@@ -899,7 +899,8 @@ class Catalog:
                     },
                 )
             target = changes.status if changes.status is not current.status else None
-            version_created = written = False
+            version_created = False
+            written: FileIdentity | None = None  # the working copy an undelete wrote
             taken: Path | None = None  # the working copy moved out, held until the change commits
             if (
                 vanished
@@ -953,7 +954,7 @@ class Catalog:
             except BaseException as exc:
                 if taken is not None:  # still active, as the catalog says: its working copy comes back
                     await self._put_held_back(current, taken)
-                elif written:  # still deleted or archived: the copy written for it goes
+                elif written is not None:  # still deleted or archived: the copy written for it goes
                     await self._withdraw_working(current)
                 if version_created and isinstance(exc, Exception):
                     kept = _kept_first(exc, current)
@@ -965,6 +966,8 @@ class Catalog:
                     await in_thread(self.storage.release_held, taken)
             if updated is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{file_id!r} vanished")
+            if written is not None:
+                await self._record_written(updated, written, correlation_id)
         changed = tuple(
             name
             for name in ("owner", "purpose", "tags", "status", "metadata", "checksum", "current_version")
@@ -1044,20 +1047,47 @@ class Catalog:
                     extra={"file_id": file.id},
                 )
 
-    async def _bring_back(self, db: Units, file: FileRecord, correlation_id: str | None) -> tuple[bool, bool]:
+    async def _bring_back(
+        self, db: Units, file: FileRecord, correlation_id: str | None
+    ) -> tuple[bool, FileIdentity | None]:
         """Back to active: the working copy is written again from the current version,
         unless one is there (it came back on its own): then that is versioned. Whether a
-        version was made, and whether a working copy was written."""
+        version was made, and the working copy written (None: none was)."""
         if not await in_thread(self.storage.working_exists, file.file_path):
             await self._verified_object(file.checksum, file.file_path)
             mode = await db.working_mode(file.id)  # (the mode it left files/ with)
             written = await in_thread(
                 self.storage.create_working, file.file_path, file.checksum, file.id, check_cancelled, mode
             )
-            if written:
-                return False, True
+            if written is not None:
+                return False, written
         _, version, _ = await self._version_working_copy(db, file, correlation_id)
-        return version is not None, False
+        return version is not None, None
+
+    async def _record_written(
+        self, file: FileRecord, written: FileIdentity, correlation_id: str | None
+    ) -> None:
+        """Record the stat identity of the working file a restore or an undelete wrote for
+        *file*'s current version, so that a rename of it right after (`cp a b; mv a c`)
+        is told by its inode and mtime, not by content alone (the copy, b, would do as
+        well). It is recorded as if read at its mtime, racy (see :func:`unchanged_since`):
+        a scan still reads the file again once. One a writer wrote to meanwhile is not
+        ours to record (its ctime -1)."""
+        if written.ctime_ns is None or written.ctime_ns < 0:
+            return
+        working = WorkingStat(
+            written.size, written.mtime_ns, written.ctime_ns, written.inode, written.device, written.mtime_ns
+        )
+        try:
+            await self.backend.refresh_working([_entry(file, working)])
+        except Exception as exc:  # (the change is committed: it stands, with no identity)
+            log.warning(
+                "%s: the identity of the working file written for it was not recorded (%s); "
+                "a rename of it before it is read again is told by its content alone",
+                quoted(file.file_path),
+                exc,
+                extra={"correlation_id": correlation_id, "file_id": file.id},
+            )
 
     async def delete(
         self, file_id: str, correlation_id: str | None = None, *, vanished: bool = False
@@ -1222,6 +1252,7 @@ class Catalog:
                 except BaseException:
                     await self._unrestore(current, written, wanted.checksum, had_working)
                     raise
+                await self._record_written(record, written, correlation_id)
         return Restored(record, restored, preserved)
 
     async def _unrestore(

@@ -1679,10 +1679,10 @@ class Storage:
         file_id: str,
         check_cancelled: CheckCancelled = _never_cancelled,
         mode: int | None = None,
-    ) -> bool:
-        """Write object *checksum* to *rel* only if nothing is there: False (and nothing
-        written) when a file appeared at *rel* meanwhile. Its permission bits: *mode*, or
-        those of a new file."""
+    ) -> FileIdentity | None:
+        """Write object *checksum* to *rel* only if nothing is there: the file written (as
+        :meth:`replace_working` says it), or None (and nothing written) when a file
+        appeared at *rel* meanwhile. Its permission bits: *mode*, or those of a new file."""
         held = self._prepare(checksum, file_id, check_cancelled, mode)
         tmp_fd = os.open(self.tmp, _DIR_FLAGS)
         try:
@@ -1690,13 +1690,17 @@ class Storage:
                 folder = os.fstat(dfd)
                 if folder.st_mode & stat.S_ISGID:  # its group, as a file made in it would have
                     _give_owner(held, -1, folder.st_gid)
+                written = FileIdentity.of(os.stat(held, follow_symlinks=False))
                 try:
                     _rename_noreplace(tmp_fd, held.name, dfd, name)
                 except FileExistsError:
-                    return False
+                    return None
+                in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                exact = FileIdentity.exact(in_place)  # (see replace_working)
+                written = exact if FileIdentity.of(in_place) == written else attrs.evolve(exact, ctime_ns=-1)
                 os.fsync(dfd)
                 self._wrote(rel)
-            return True
+            return written
         finally:
             os.close(tmp_fd)
             held.unlink(missing_ok=True)

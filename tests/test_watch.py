@@ -975,6 +975,34 @@ async def test_a_copy_made_before_a_rename_is_not_taken_for_the_renamed_file(
         assert await watched.record("user/a.txt") is None
 
 
+@pytest.mark.parametrize("how", ["restore", "undelete"])
+async def test_a_copy_made_right_after_a_restore_or_undelete_is_not_taken_for_the_file(
+    settings: Settings, how: str
+) -> None:
+    """The working file a restore or an undelete writes has its identity recorded: a
+    `cp a b; mv a c` right after it, before the watcher read the file again, is told by
+    the inode (c is a, renamed), not by content alone (b would do as well)."""
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        catalog = running.server.catalog
+        watched = Watched(running, catalog, None)  # type: ignore[arg-type]
+        a = running.files / "user/a.txt"
+        original = await watched.two_versions("user/a.txt", "one", "two")
+        if how == "restore":
+            await catalog.restore(original.id, 1)
+            content = "one"
+        else:
+            await catalog.delete(original.id)
+            await catalog.undelete(original.id)
+            content = "two"
+        shutil.copy(a, running.files / "user/b.txt")
+        os.rename(a, running.files / "user/c.txt")
+        renamed = await watched.wait_checksum("user/c.txt", sha256(content))
+        copy = await watched.wait_checksum("user/b.txt", sha256(content))
+        assert renamed.id == original.id
+        assert copy.id != original.id and copy.current_version == 1
+
+
 @pytest.mark.parametrize("poll", [False, True])
 async def test_a_file_made_anew_in_a_removed_files_inode_is_not_taken_for_it(
     settings: Settings, poll: bool
