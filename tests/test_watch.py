@@ -954,53 +954,36 @@ async def test_a_copy_is_a_file_of_its_own_and_comes_back_when_its_folder_goes(s
         assert {p.read_text() for p in refs.iterdir()} == {"9f2c0e1 the same commit\n"}
 
 
-@pytest.mark.parametrize("poll", [False, True])
+@pytest.mark.parametrize(
+    "poll,before", [(False, "nothing"), (True, "nothing"), (False, "restore"), (False, "undelete")]
+)
 async def test_a_copy_made_before_a_rename_is_not_taken_for_the_renamed_file(
-    settings: Settings, poll: bool
+    settings: Settings, poll: bool, before: str
 ) -> None:
     """`cp a b; mv a c` before the watcher looks: c is a, renamed (its inode), and keeps
-    a's id and history; b, the same bytes under another inode, is a copy, a new file."""
+    a's id and history; b, the same bytes under another inode, is a copy, a new file. So
+    too right after a restore or an undelete wrote a, before the watcher read it again:
+    the identity of the file they wrote is recorded (content alone would not tell)."""
     async with run_horace(watching(settings, watch_poll=poll)) as running:
         await wait_watching(running)
         catalog = running.server.catalog
         watched = Watched(running, catalog, None)  # type: ignore[arg-type]
         a = running.files / "user/a.txt"
         original = await watched.two_versions("user/a.txt", "one", "two")
-        shutil.copy(a, running.files / "user/b.txt")
-        os.rename(a, running.files / "user/c.txt")
-        renamed = await watched.wait_checksum("user/c.txt", sha256("two"))
-        copy = await watched.wait_checksum("user/b.txt", sha256("two"))
-        assert renamed.id == original.id and renamed.current_version == 2
-        assert copy.id != original.id and copy.current_version == 1
-        assert await watched.record("user/a.txt") is None
-
-
-@pytest.mark.parametrize("how", ["restore", "undelete"])
-async def test_a_copy_made_right_after_a_restore_or_undelete_is_not_taken_for_the_file(
-    settings: Settings, how: str
-) -> None:
-    """The working file a restore or an undelete writes has its identity recorded: a
-    `cp a b; mv a c` right after it, before the watcher read the file again, is told by
-    the inode (c is a, renamed), not by content alone (b would do as well)."""
-    async with run_horace(watching(settings)) as running:
-        await wait_watching(running)
-        catalog = running.server.catalog
-        watched = Watched(running, catalog, None)  # type: ignore[arg-type]
-        a = running.files / "user/a.txt"
-        original = await watched.two_versions("user/a.txt", "one", "two")
-        if how == "restore":
+        content, versions = "two", 2
+        if before == "restore":
             await catalog.restore(original.id, 1)
-            content = "one"
-        else:
+            content, versions = "one", 3
+        elif before == "undelete":
             await catalog.delete(original.id)
             await catalog.undelete(original.id)
-            content = "two"
         shutil.copy(a, running.files / "user/b.txt")
         os.rename(a, running.files / "user/c.txt")
         renamed = await watched.wait_checksum("user/c.txt", sha256(content))
         copy = await watched.wait_checksum("user/b.txt", sha256(content))
-        assert renamed.id == original.id
+        assert renamed.id == original.id and renamed.current_version == versions
         assert copy.id != original.id and copy.current_version == 1
+        assert await watched.record("user/a.txt") is None
 
 
 @pytest.mark.parametrize("poll", [False, True])
