@@ -1079,8 +1079,10 @@ class Catalog:
             written.size, written.mtime_ns, written.ctime_ns, written.inode, written.device, written.mtime_ns
         )
         try:
-            await self.backend.refresh_working([_entry(file, working)])
-        except Exception as exc:  # (the change is committed: it stands, with no identity)
+            # Shielded: the change is committed, and a cancel met here would say otherwise.
+            with trio.CancelScope(shield=True):
+                await self.backend.refresh_working([_entry(file, working)])
+        except Exception as exc:  # (the change stands, with no identity)
             log.warning(
                 "%s: the identity of the working file written for it was not recorded (%s); "
                 "a rename of it before it is read again is told by its content alone",
