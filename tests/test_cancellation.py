@@ -48,7 +48,9 @@ SLICE_TRIALS = 120  # of the slow sweep, in every run
 
 
 def slow_selected(config: pytest.Config) -> bool:
-    return "slow" in (config.getoption("markexpr") or "")
+    """Whether the run asked for the slow tests (``-m slow``), not only left them in."""
+    expression = config.getoption("markexpr") or ""
+    return "slow" in expression and "not slow" not in expression
 
 
 # -- the content written by the scenarios --------------------------------------------------
@@ -670,6 +672,7 @@ RANDOM: dict[str, Callable[[Path, random.Random], Scenario]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", list(RANDOM))
 async def test_random_deadlines(cancel_catalog: Catalog, files: Path, which: str) -> None:
     rng = random.Random(f"deadlines-{which}")

@@ -45,6 +45,7 @@ PATHS = ("user/crash/a.bin", "shared/crash/deep/b.bin")
 CRASH_LEFTOVERS = {"temp_leftover", "orphan_object"}
 
 
+@pytest.mark.slow
 async def test_sigkill_loses_no_committed_version(settings: Settings, files: Path) -> None:
     rng = random.Random()
     initial = {}
@@ -157,6 +158,7 @@ def ext4_image(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_power_cut_loses_no_version_a_client_was_told_of(tmp_path: Path) -> None:
     """A server holds the SQLite catalog open (no checkpoint at a close to save the day);
     versions are recorded beside it and reported; then the disk stops as in a power cut

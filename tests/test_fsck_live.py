@@ -46,6 +46,7 @@ async def _fsck(settings: Settings, *flags: str) -> tuple[int, dict]:
     return done.returncode, json.loads(done.stdout or b"{}")
 
 
+@pytest.mark.slow
 async def test_fsck_beside_a_busy_server_finds_nothing(settings: Settings, files: Path) -> None:
     # The production grace period: an object written a moment ago is not an orphan yet.
     served = attrs.evolve(settings, port=0, gc_grace=600.0, conversations=False, version_count=3)

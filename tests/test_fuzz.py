@@ -47,7 +47,10 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 # The server thread's own use of `random` (backoff jitter) shows up in Hypothesis' check.
-pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"),
+    pytest.mark.slow,
+]
 ANSWER_TIMEOUT = float(os.environ.get("HORACE_FUZZ_TIMEOUT", "10"))  # for everything due
 LATE_ANSWER_TIMEOUT = 3.0  # for answers still missing once the sentinel ping came back
 ERROR_CODES = {

@@ -398,6 +398,7 @@ async def test_a_failed_call_frees_what_it_raised_at_once(monkeypatch: pytest.Mo
         gc.enable()
 
 
+@pytest.mark.slow
 def test_the_params_walk_holds_one_iterator_per_level() -> None:
     """A 4 MiB request can hold a million values in one list; the walk that checks them
     held a tuple for each (~64 MB), now an iterator per level."""

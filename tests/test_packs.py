@@ -453,6 +453,7 @@ async def open_again(catalog: Catalog) -> Catalog:
     return catalog
 
 
+@pytest.mark.slow
 async def test_sigkilled_scans_of_many_small_files_lose_nothing(settings: Settings, files: Path) -> None:
     """`horace scan` killed again and again while it packs: afterwards every catalogued
     file's content reads back, fsck repairs what the kills left, and the store is sound.

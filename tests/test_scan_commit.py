@@ -150,6 +150,7 @@ async def test_a_file_versioned_after_the_scan_looked_is_taken_again(
     await assert_sound(catalog)
 
 
+@pytest.mark.slow
 async def test_two_instances_scanning_while_files_change_lose_nothing(
     settings: Settings, files: Path
 ) -> None:
