@@ -2090,15 +2090,14 @@ class Catalog:
         is that file, moved there. ("old -> new" of each, and their ids.) One that cannot
         be followed now (renamed again meanwhile, taken by another process) is left as it
         is: missing, and a new file for the scan."""
-        by_inode = {(w.inode, w.device): (e, w) for e in missing if (w := e.working) is not None}
+        # (By rename_identity: a file made anew in a reused inode has an mtime of its own.)
+        by_identity = {rename_identity(w): (e, w) for e in missing if (w := e.working) is not None}
         known = {e.file_path for e in index}
         moved, followed = [], set()
         for rel, st in sorted(found, key=lambda f: f[0]):
-            recorded = by_inode.get((st.st_ino, st.st_dev))
+            recorded = by_identity.get((st.st_ino, st.st_dev, st.st_mtime_ns))
             if recorded is None or rel in known or st.st_size != recorded[1].size:
                 continue
-            if st.st_mtime_ns != recorded[1].mtime_ns:
-                continue  # (a file made anew in a reused inode: see rename_identity)
             entry = recorded[0]
             try:
                 if await in_thread(self.storage.hash_working, rel, check_cancelled) != entry.checksum:
@@ -2113,7 +2112,7 @@ class Catalog:
                     extra={"correlation_id": correlation_id},
                 )
                 continue
-            del by_inode[(st.st_ino, st.st_dev)]
+            del by_identity[(st.st_ino, st.st_dev, st.st_mtime_ns)]
             moved.append(f"{entry.file_path} -> {rel}")
             followed.add(entry.file_id)
         return tuple(moved), followed

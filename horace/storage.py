@@ -1695,9 +1695,7 @@ class Storage:
                     _rename_noreplace(tmp_fd, held.name, dfd, name)
                 except FileExistsError:
                     return None
-                in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                exact = FileIdentity.exact(in_place)  # (see replace_working)
-                written = exact if FileIdentity.of(in_place) == written else attrs.evolve(exact, ctime_ns=-1)
+                written = _as_landed(dfd, name, written)
                 os.fsync(dfd)
                 self._wrote(rel)
             return written
@@ -1755,10 +1753,7 @@ class Storage:
                         ErrorCode.FILE_LOCKED,
                         f"{quoted(rel)} was opened for writing by another process meanwhile: try again",
                     )
-                in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                # Its ctime as it landed; a file already written to is no longer ours.
-                exact = FileIdentity.exact(in_place)
-                written = exact if FileIdentity.of(in_place) == written else attrs.evolve(exact, ctime_ns=-1)
+                written = _as_landed(dfd, name, written)
                 os.fsync(dfd)
                 self._wrote(rel)
             os.fsync(tmp_fd)
@@ -2334,6 +2329,15 @@ def _put_back(aside: Path, target: Path) -> None:
         with contextlib.suppress(FileExistsError):
             os.link(aside, target)
     aside.unlink(missing_ok=True)
+
+
+def _as_landed(dfd: int, name: str, written: FileIdentity) -> FileIdentity:
+    """The file Horace wrote (*written*, as made in ``.horace/tmp``), now at *name* in
+    *dfd*: its identity with its ctime as it landed; a file already written to is no
+    longer ours (its ctime -1)."""
+    in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    exact = FileIdentity.exact(in_place)
+    return exact if FileIdentity.of(in_place) == written else attrs.evolve(exact, ctime_ns=-1)
 
 
 def _read_lease(fd: int) -> bool:
