@@ -82,6 +82,7 @@ from horace.storage import (
     coarse_stamps,
     files_prefix_hint,
     not_catalogued,
+    released_since,
     storage_full,
 )
 from horace.supervise import together
@@ -2289,7 +2290,11 @@ class Catalog:
         released = await in_thread(self.storage.released_marks)
         now = time.time()
         objects = await in_thread(lambda: list(self.storage.walk_objects()))
-        due = [name for name, st in objects if self.collectable(st.st_mtime, name in released, now)]
+        due = [
+            name
+            for name, st in objects
+            if self.collectable(st.st_mtime, released_since(released, name, st.st_mtime), now)
+        ]
         unreferenced: list[str] = []
         for chunk in _slices(due, SCAN_BATCH):
             unreferenced += await self.backend.unreferenced(chunk)
@@ -2304,7 +2309,9 @@ class Catalog:
             if entries is None:
                 continue  # damaged: fsck says so, and nothing takes it
             packed.update(entries)
-            due_all = all(self.collectable(st.st_mtime, c in released, now) for c in entries)
+            due_all = all(
+                self.collectable(st.st_mtime, released_since(released, c, st.st_mtime), now) for c in entries
+            )
             if due_all and await self.none_referenced(list(entries)):
                 dead.append((name, list(entries)))
         if dead:
@@ -2312,8 +2319,15 @@ class Catalog:
             for name, held in dead:
                 if free.issuperset(held):
                     collected += await self._collect_pack(name, held)
-        # The marks of objects gone meanwhile (collected by another process): dropped.
-        await in_thread(self.storage.unmark_released, released - {name for name, _ in objects} - packed)
+        # The marks of objects gone meanwhile (collected by another process), and the stale
+        # marks of objects kept again since: dropped.
+        stale = {
+            name
+            for name, st in objects
+            if name in released and not released_since(released, name, st.st_mtime)
+        }
+        gone = released.keys() - {name for name, _ in objects} - packed
+        await in_thread(self.storage.unmark_released, gone | stale)
         return collected
 
     async def _collect_pack(self, name: str, entries: list[str]) -> list[str]:

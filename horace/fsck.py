@@ -61,7 +61,14 @@ from horace.backends.records import FileRecord, NewVersion, Status, VersionRecor
 from horace.catalog import Catalog, check_cancelled, in_thread
 from horace.model import ErrorCode, HoraceError
 from horace.paths import quoted
-from horace.storage import STORAGE_ERRNOS, Storage, TempKind, TempName, make_private_folder
+from horace.storage import (
+    STORAGE_ERRNOS,
+    Storage,
+    TempKind,
+    TempName,
+    make_private_folder,
+    released_since,
+)
 
 log = logging.getLogger("horace.fsck")
 STALE_TEMP_SECONDS = 3600.0  # another host's temp file counts as dead after this long
@@ -225,7 +232,8 @@ async def fsck(
     aged = [] if automatic else await _orphans(catalog, referenced)
     # Pruned or purged versions' objects (released) are the collector's; the others are
     # kept a retention long, and listed (those from before an adoption, for good).
-    released = await in_thread(catalog.storage.released_marks) if aged else set()
+    marks = await in_thread(catalog.storage.released_marks) if aged else {}
+    released = {name for name, written in aged if released_since(marks, name, written)}
     now = time.time()
     expired = [
         name
@@ -927,14 +935,15 @@ async def _orphans(catalog: Catalog, referenced: set[str]) -> list[tuple[str, fl
     grace = catalog.policy.gc_grace_seconds
     now = time.time()
 
-    def stored() -> list[tuple[str, float]]:
-        found = [(name, st.st_mtime) for name, st in catalog.storage.walk_objects()]
+    def stored() -> dict[str, float]:
+        found = {name: st.st_mtime for name, st in catalog.storage.walk_objects()}
         for _, st, entries in catalog.storage.walk_packs():
-            found += [(name, st.st_mtime) for name in entries or ()]  # (a pack's age)
+            for name in entries or ():  # (a pack's age; of a content in several, the newest)
+                found[name] = max(found.get(name, st.st_mtime), st.st_mtime)
         return found
 
     return [
         (name, mtime)
-        for name, mtime in dict(await in_thread(stored)).items()
+        for name, mtime in (await in_thread(stored)).items()
         if name not in referenced and now - mtime >= grace
     ]

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -635,6 +635,15 @@ class _StoreFolders:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def released_since(marks: Mapping[str, float], checksum: str, written: float) -> bool:
+    """Did the catalog let go of *checksum* (its mark in *marks*) since its object, or the
+    pack holding it, was *written*? A mark older than that is stale: the content was kept
+    again since, for a newer version (which renames its object over, or packs it anew),
+    and a catalog restored from a backup may have no row of that version."""
+    at = marks.get(checksum)
+    return at is not None and at >= written
 
 
 def _object_name(checksum: str) -> str:
@@ -2100,11 +2109,18 @@ class Storage:
         for checksum in checksums:
             (self.released / checksum).touch()
 
-    def released_marks(self) -> set[str]:
+    def released_marks(self) -> dict[str, float]:
+        """The objects the catalog let go of, each with when it did (its mark's mtime):
+        see :func:`released_since`."""
+        marks = {}
         try:
-            return set(os.listdir(self.released))
+            with os.scandir(self.released) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):  # (unmarked meanwhile)
+                        marks[entry.name] = entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:
-            return set()
+            pass
+        return marks
 
     def unmark_released(self, checksums: Iterable[str]) -> None:
         for checksum in checksums:
@@ -2334,8 +2350,13 @@ def _put_back(aside: Path, target: Path) -> None:
 def _as_landed(dfd: int, name: str, written: FileIdentity) -> FileIdentity:
     """The file Horace wrote (*written*, as made in ``.horace/tmp``), now at *name* in
     *dfd*: its identity with its ctime as it landed; a file already written to is no
-    longer ours (its ctime -1)."""
-    in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    longer ours (its ctime -1). One renamed away at once by another process is still
+    ours: its inode and mtime tell where it went, and a ctime no file has (0) has it
+    read again there."""
+    try:
+        in_place = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return attrs.evolve(written, ctime_ns=0)
     exact = FileIdentity.exact(in_place)
     return exact if FileIdentity.of(in_place) == written else attrs.evolve(exact, ctime_ns=-1)
 

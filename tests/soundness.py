@@ -121,4 +121,6 @@ async def assert_sound(catalog: Catalog, *, deep: bool = True, temps_allowed: bo
         if catalog.predates_binding(st.st_mtime):
             before_adoption.update(entries or ())
     unreferenced = on_disk - referenced - before_adoption
-    assert unreferenced <= catalog.storage.released_marks(), "objects no version refers to, not released"
+    assert unreferenced <= catalog.storage.released_marks().keys(), (
+        "objects no version refers to, not released"
+    )

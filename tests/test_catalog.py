@@ -419,10 +419,10 @@ async def test_pruning_keeps_exactly_the_newest_n(settings: Settings, files: Pat
         assert [v.version for v in versions] == [8, 7, 6]
         assert await objects_of(catalog, file.id) == {8: b"c8", 7: b"c7", 6: b"c6"}
         pruned = {sha256(f"c{i}") for i in range(1, 6)}
-        assert catalog.storage.released_marks() == pruned  # for the purge to collect
+        assert catalog.storage.released_marks().keys() == pruned  # for the purge to collect
         await catalog.purge()
         assert not [c for c in pruned if catalog.storage.has_object(c)]
-        assert catalog.storage.released_marks() == set()
+        assert not catalog.storage.released_marks()
 
 
 async def test_pruning_respects_min_age(settings: Settings, files: Path) -> None:
@@ -1230,7 +1230,7 @@ async def test_the_purge_catalogs_a_copy_registered_as_a_duplicate(settings: Set
         assert taken is not None and taken.checksum == p.checksum
         assert catalog.storage.object_path(p.checksum).read_bytes() == copy.read_bytes()
         assert await catalog.backend.file_by_path("user/other.txt") is None
-        assert catalog.storage.released_marks() == set()  # referred to again: not the collector's
+        assert not catalog.storage.released_marks()  # referred to again: not the collector's
         assert (await fsck(catalog)).clean
 
 
@@ -1356,13 +1356,13 @@ async def test_a_pruned_versions_object_too_fresh_to_collect_goes_past_the_grace
     await catalog.update(file.id, FileChanges())
     pruned = catalog.storage.object_path(sha256("v1"))
     assert pruned.exists()  # too fresh to collect when its version was pruned
-    assert catalog.storage.released_marks() == {sha256("v1")}
+    assert catalog.storage.released_marks().keys() == {sha256("v1")}
     assert (await fsck(catalog)).orphans == ()  # the collector's, not a stray to keep
     assert (await catalog.purge()).objects_deleted == 0 and pruned.exists()  # (still fresh)
     eleven_minutes_ago = time.time() - 660
     os.utime(pruned, (eleven_minutes_ago, eleven_minutes_ago))
     assert (await catalog.purge()).objects_deleted == 1 and not pruned.exists()
-    assert catalog.storage.released_marks() == set()
+    assert not catalog.storage.released_marks()
 
 
 # -- search ---------------------------------------------------------------------------------

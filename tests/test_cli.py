@@ -241,6 +241,56 @@ def test_a_version_newer_than_a_restored_catalog_is_written_out_by_its_checksum(
     one_line_error(horace("show", env=env), Exit.USAGE, "--object SHA256")
 
 
+@pytest.mark.parametrize("kept_again_by", ["register", "scan"])
+def test_a_pruned_content_kept_again_after_the_catalog_copy_is_kept_a_retention_long(
+    tmp_path: Path, kept_again_by: str
+) -> None:
+    """A version's content let go of by pruning (marked released), then kept again for a
+    newer version of another file: once a catalog restored from a copy older than both
+    lacks that version's row, its object is kept a retention long as any other made
+    after the copy, not collected a grace period after it was first let go of."""
+    root = tmp_path / "horace-data"
+    env = {
+        "HORACE_STORAGE_PATH": str(root),
+        "HORACE_GC_GRACE": "0s",
+        "HORACE_VERSION_COUNT": "1",
+        "HORACE_DELETED_RETENTION": "1h",
+    }
+    assert horace("init", env=env).returncode == 0
+    catalog, backup = root / ".horace/catalog.db", tmp_path / "backup.db"
+    with sqlite3.connect(catalog) as live, sqlite3.connect(backup) as copy:
+        live.backup(copy)
+    work = root / "files/user"
+    content = b"pruned, then kept again"
+    checksum = hashlib.sha256(content).hexdigest()
+    (work / "a.txt").write_bytes(content)
+    assert horace("register", "user/a.txt", env=env).returncode == 0
+    (work / "a.txt").write_text("its next version")
+    assert horace("update", "user/a.txt", env=env).returncode == 0
+    mark = root / ".horace/released" / checksum
+    hour_ago = time.time() - 3600
+    os.utime(mark, (hour_ago, hour_ago))  # (let go of an hour ago: not within a clock tick of now)
+    for i in range(40):  # (a scan packs a batch of small new files)
+        (work / f"other{i:02d}.txt").write_text(f"other {i}")
+    (work / "b.txt").write_bytes(content)
+    if kept_again_by == "register":
+        assert horace("register", "user/b.txt", env=env).returncode == 0
+    else:
+        assert horace("scan", env=env).returncode == 0
+    for side in ("-wal", "-shm"):
+        catalog.with_name(catalog.name + side).unlink(missing_ok=True)
+    shutil.copy(backup, catalog)
+    assert checksum in json.loads(horace("fsck", "--json", env=env).stdout)["orphans"]  # listed as kept
+    assert horace("purge", env=env).returncode == 0
+    out = subprocess.run(
+        [sys.executable, "-m", "horace", "show", "--object", checksum],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}, **env},
+        capture_output=True,
+        check=False,
+    )
+    assert (out.returncode, out.stdout) == (0, content), out.stderr
+
+
 OLD_PYTHONS = sorted(Path.home().glob(".pyenv/versions/3.10*/bin/python3"))
 
 

@@ -178,6 +178,33 @@ async def test_a_writer_that_opens_the_file_while_it_is_being_replaced_keeps_its
     await assert_sound(catalog)
 
 
+async def test_a_file_renamed_away_as_soon_as_a_restore_swapped_it_in_keeps_its_history(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process renames the working file away right after the restore put the
+    version back, before the restore looked at what landed: the restore is done (the
+    version is in the file, wherever it went), and the next scan follows the rename."""
+    path = write(files / "user/moved.txt", "v1")
+    file = (await catalog.register("user/moved.txt")).file
+    write(path, "v2")
+    await catalog.update(file.id, FileChanges())
+    real = Storage._swap_in
+
+    def swap_then_move(self: Storage, *args: Any, **kwargs: Any) -> Any:
+        swapped = real(self, *args, **kwargs)
+        path.rename(files / "user/moved-away.txt")
+        return swapped
+
+    monkeypatch.setattr(Storage, "_swap_in", swap_then_move)
+    done = await catalog.restore(file.id, 1)
+    monkeypatch.undo()
+    assert done.version.restored_from_version == 1
+    assert (files / "user/moved-away.txt").read_text() == "v1" and not path.exists()
+    assert (await catalog.scan()).moved == ("user/moved.txt -> user/moved-away.txt",)
+    assert (await catalog.file(file.id)).file_path == "user/moved-away.txt"
+    await assert_sound(catalog)
+
+
 async def test_a_save_while_delete_versions_what_it_took_is_not_lost(
     catalog: Catalog, files: Path, replacer: Replacer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
