@@ -84,8 +84,16 @@ def quoted(path: str) -> str:
     return _REPR_UNDECODABLE.sub(r"\1\\x\2", repr(path))
 
 
+# The most characters of a path a refusal quotes: its reason, after it, must outlive the
+# cut of an error message (a path past the catalog's limit is longer than that cut).
+QUOTED_PATH_MOST = 300
+
+
 def _invalid(path: str, why: str) -> HoraceError:
-    return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {quoted(path)}: {why}")
+    shown = quoted(path)
+    if len(shown) > QUOTED_PATH_MOST:
+        shown = f"{shown[: QUOTED_PATH_MOST - 100]}…{shown[-80:]} ({len(shown)} characters quoted)"
+    return HoraceError(ErrorCode.INVALID_PATH, f"invalid path {shown}: {why}")
 
 
 def to_relative(files_root: Path, client_path: str, *, on_disk: bool = True, folder: bool = False) -> str:

@@ -20,6 +20,7 @@ from horace.backends.records import FileChanges, Status
 from horace.catalog import Catalog
 from horace.fsck import verify
 from horace.model import ErrorCode, HoraceError
+from horace.server.jsonrpc import bounded
 from horace.storage import Storage
 
 
@@ -74,6 +75,8 @@ async def test_a_path_past_path_max_is_skipped_by_the_scan_and_refused_by_name(
     assert {f.file_path for f in await catalog.backend.all_files()} == {"user/short.txt"}
     refused = await _refused(catalog, f"{rel}/deep.txt")
     assert refused.code is ErrorCode.INVALID_PATH and "past the catalog's limit" in refused.message
+    # As a tool's error says it (cut to MAX_ERROR_MESSAGE_CHARS): the reason is kept.
+    assert bounded(refused.message).endswith("past the catalog's limit of 2000"), bounded(refused.message)
 
 
 async def test_hard_links_are_refused(catalog: Catalog, files: Path, tmp_path: Path) -> None:

@@ -72,6 +72,36 @@ def test_the_sink_process_says_why_it_is_not_ok(settings: Settings, tmp_path: Pa
     assert process.status()["why"] == "the sink process ended with exit code 1"
 
 
+def test_a_full_queue_says_what_it_dropped_at_most_every_ten_seconds(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls whose records overflow the queue (many large replies at once) lose their
+    turns, the oldest first: counted, and said in a warning with how many, at most
+    every DROPS_SAID_EVERY seconds."""
+    clock = [1000.0]
+    monkeypatch.setattr("horace.sinks.supervisor.time.monotonic", lambda: clock[0])
+    process = SinkProcess(SinkPlan(serving(attrs.evolve(settings, sink_queue=2)), None, tmp_path, "INFO"))
+    record = CallRecord("conv", "corr", "horace_search_files", {}, 1, response_turn=2, result={"r": 1})
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]
+
+    for _ in range(5):
+        process.call_finished(record)
+    assert process.status()["dropped"] == 3
+    assert said() == [
+        "sink process: its queue is full (at most 2 entries and 33554432 bytes: "
+        "HORACE_SINK_QUEUE, HORACE_SINK_QUEUE_BYTES): dropped 1, the oldest first"
+    ]
+    clock[0] += 10
+    process.call_finished(record)
+    assert process.status()["dropped"] == 4
+    assert said()[1:] == [
+        "sink process: its queue is full (at most 2 entries and 33554432 bytes: "
+        "HORACE_SINK_QUEUE, HORACE_SINK_QUEUE_BYTES): dropped 3, the oldest first"
+    ]
+
+
 def test_a_record_crosses_the_pipe_whole() -> None:
     made = CallRecord("conv", "corr", "horace_get_file_info", {"file_id": "x", "n": [1, 2]}, 3)
     assert CallRecord(*record_message(made)) == made

@@ -537,7 +537,7 @@ async def test_godot_down_costs_no_call_and_catches_up(settings: Settings) -> No
 # -- the runner: overflow, spill and replay, restarts, retries ---------------------------------
 
 
-async def test_overflow_drops_the_oldest_and_counts_exactly() -> None:
+async def test_overflow_drops_the_oldest_and_counts_exactly(caplog: pytest.LogCaptureFixture) -> None:
     capacity, extra = 50, 17
     async with godot_standin() as godot:
         runner = SinkRunner(
@@ -552,6 +552,11 @@ async def test_overflow_drops_the_oldest_and_counts_exactly() -> None:
                 runner.emit(entry(i))
             await eventually(lambda: runner.state == "retrying")
             assert runner.dropped == extra and runner.status()["queued"] == capacity
+            said = [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]
+            assert said == [
+                f"sink godot: its queue is full (at most {capacity} entries and 33554432 bytes: "
+                "HORACE_SINK_QUEUE, HORACE_SINK_QUEUE_BYTES): dropped 1, the oldest first"
+            ]  # (the first drop said; the next ones wait DROPS_SAID_EVERY, and are counted)
             await godot.start()
             await godot.wait_for(5 + capacity)
             await eventually(lambda: runner.status()["queued"] == 0)

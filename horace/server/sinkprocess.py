@@ -44,7 +44,7 @@ from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
 from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS
-from horace.sinks.supervisor import BATCH_BYTES, entry_size, queue_from_thread
+from horace.sinks.supervisor import BATCH_BYTES, DropsSaid, entry_size, queue_from_thread
 from horace.supervise import backoff, the_failure
 
 log = logging.getLogger("horace.sinks")  # (the sinks' own log never feeds a sink)
@@ -125,6 +125,7 @@ class SinkProcess:
         self.pid: int | None = None
         self.starts = 0
         self.dropped = 0
+        self._drops_said = DropsSaid("sink process")
         self.lost = 0
         self.handed = 0  # messages written to the children
         self.received = 0  # of them, taken in by the child that runs now (as it last said)
@@ -337,12 +338,16 @@ class SinkProcess:
         self._drop_oldest()
 
     def _drop_oldest(self, count: int = 0, size: int = 0) -> None:
-        """Drop the oldest messages, counted, until *count* more of *size* bytes fit."""
+        """Drop the oldest messages, counted (and said), until *count* more of *size* bytes fit."""
+        dropped = 0
         while self._queue and (
             len(self._queue) + count > self.capacity or self._queued_bytes + size > self.capacity_bytes
         ):
             self._queued_bytes -= self._queue.popleft()[1]
-            self.dropped += 1
+            dropped += 1
+        if dropped:
+            self.dropped += dropped
+            self._drops_said.dropped(dropped, self.capacity, self.capacity_bytes)
 
     async def _read_status(self, stdout: trio.abc.ReceiveStream) -> None:
         pending = b""

@@ -57,6 +57,34 @@ BATCH_BYTES = 1024 * 1024
 # sent meanwhile: a WebSocket's pings).
 Deliver = Callable[[list[dict[str, Any]]], Awaitable[int]]
 IDLE_EVERY = 5.0
+DROPS_SAID_EVERY = 10.0  # seconds: a queue that overflows on and on says so this often at most
+
+
+class DropsSaid:
+    """The entries a full queue dropped, said in a warning with their count at most every
+    DROPS_SAID_EVERY seconds: the log losing entries (conversation turns, say, when many
+    large replies come at once) must not pass in silence, nor flood the log in turn."""
+
+    def __init__(self, whose: str) -> None:
+        self.whose = whose
+        self._unsaid = 0
+        self._next_at = float("-inf")
+
+    def dropped(self, count: int, capacity: int, capacity_bytes: int) -> None:
+        self._unsaid += count
+        now = time.monotonic()
+        if now < self._next_at:
+            return
+        log.warning(
+            "%s: its queue is full (at most %d entries and %d bytes: HORACE_SINK_QUEUE, "
+            "HORACE_SINK_QUEUE_BYTES): dropped %d, the oldest first",
+            self.whose,
+            capacity,
+            capacity_bytes,
+            self._unsaid,
+        )
+        self._unsaid = 0
+        self._next_at = now + DROPS_SAID_EVERY
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -166,6 +194,7 @@ class SinkRunner:
         self.delivered = 0
         self.refused = 0  # of those delivered, refused by the destination
         self.dropped = 0
+        self._drops_said = DropsSaid(f"sink {self.name}")
         self.spilled = 0
         self.replayed = 0
         self.restarts = 0
@@ -191,11 +220,15 @@ class SinkRunner:
             size = entry_size(entry)
         if not self._queue:
             self._progress_at = trio.current_time()
+        dropped = 0
         while self._queue and (
             len(self._queue) >= self.capacity or self._queued_bytes + size > self.capacity_bytes
         ):
             self._take_oldest()
-            self.dropped += 1
+            dropped += 1
+        if dropped:
+            self.dropped += dropped
+            self._drops_said.dropped(dropped, self.capacity, self.capacity_bytes)
         self._seq += 1
         self._queue.append((self._seq, entry, size))
         self._queued_bytes += size
