@@ -236,10 +236,16 @@ def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[
     conn.execute(f"BEGIN {mode}")
     try:
         yield
-    except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        # SQLite has rolled back by itself after some errors (a full disk mid-statement):
+        # a ROLLBACK then would fail, and its error hide the one that matters.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as failed:
+                exc.add_note(f"and its ROLLBACK failed: {failed}")
         raise
-    conn.execute("COMMIT")
 
 
 def _placeholders(values: Sequence[Any]) -> str:

@@ -19,13 +19,14 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from helpers import tool_body, write
+from helpers import BACKEND, tool_body, write
 from mcp_client import connect
 from soundness import assert_sound, temps_left
 
 import horace.cli
 import horace.storage
 from horace.assemble import open_catalog
+from horace.backends.protocol import DatabaseFull
 from horace.catalog import LOGGED_SCAN_ERRORS, Catalog
 from horace.cli import Exit
 from horace.config import Settings
@@ -357,6 +358,27 @@ def test_a_disk_out_of_inodes_under_the_catalog_is_storage_full(tmp_path: Path) 
             filler.unlink()
         assert horace("info", "user/a.txt", env=env).returncode == 0
         assert (root / "files/user/a.txt").read_text() == "kept"
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's own rollback on a full disk")
+async def test_a_catalog_full_in_the_middle_of_a_statement_is_storage_full(
+    catalog: Catalog, files: Path
+) -> None:
+    """A full disk met in the middle of a large insert makes SQLite roll the transaction
+    back by itself: what the caller gets is the full disk (``DatabaseFull``, so
+    ``STORAGE_FULL``), not the error of a ROLLBACK with no transaction left to undo; and
+    the catalog writes again once there is room."""
+    for i in range(300):
+        write(files / f"user/f{i:03}.txt", f"file {i} " * 50)
+    writer = catalog.backend._writer  # type: ignore[attr-defined]
+    (pages,) = writer.execute("PRAGMA page_count").fetchone()
+    writer.execute(f"PRAGMA max_page_count={pages}")  # (SQLITE_FULL as a full disk gives it)
+    with pytest.raises(DatabaseFull):
+        await catalog.register_new([f"user/f{i:03}.txt" for i in range(300)])
+    assert not writer.in_transaction
+    writer.execute("PRAGMA max_page_count=1073741823")
+    assert len((await catalog.register_new(["user/f000.txt"])).registered) == 1
+    await assert_sound(catalog)
 
 
 def test_a_store_on_a_filesystem_without_hard_links_is_refused(
