@@ -833,7 +833,11 @@ FROM updated u, inserted i
 
 _ADD_VERSION = _add_version_sql()
 # Only to a file still active at the version the caller looked at ($18); else no row.
-_ADD_SEEN_VERSION = _add_version_sql(" AND f.current_version = $18::integer AND f.status = 'active'")
+# (As a scan saw it: its current version, active, at its path; a file moved since holds
+# another file's content at the path that was read.)
+_ADD_SEEN_VERSION = _add_version_sql(
+    " AND f.current_version = $18::integer AND f.status = 'active' AND f.file_path = $19::text"
+)
 
 _UPDATE_FILE = f"""
 WITH updated AS (
@@ -968,13 +972,14 @@ _REFRESH_WORKING = f"""
 WITH seen AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-        $7::bigint[], $8::bigint[], $9::bigint[], $10::integer[]
-    ) AS t(id, version, checksum, size, mtime_ns, ctime_ns, inode, device, recorded_ns, mode)
+        $7::bigint[], $8::bigint[], $9::bigint[], $10::integer[], $11::text[]
+    ) AS t(id, version, checksum, size, mtime_ns, ctime_ns, inode, device, recorded_ns, mode, path)
 )
 UPDATE horace_files f SET ({_STAT_COLUMNS}) = (
     s.size, s.mtime_ns, s.ctime_ns, s.inode, s.device, s.recorded_ns),
     working_mode = coalesce(s.mode, f.working_mode)
-FROM seen s WHERE f.id = s.id AND f.current_version = s.version AND f.checksum = s.checksum
+FROM seen s
+WHERE f.id = s.id AND f.current_version = s.version AND f.checksum = s.checksum AND f.file_path = s.path
 """
 _ALL_VERSIONS = f"SELECT {V} FROM horace_versions"
 _REPAIR_CURRENT = f"""
@@ -1684,7 +1689,11 @@ class _Units:
     ) -> list[tuple[FileRecord, VersionRecord, list[str]] | None]:
         fids = [_uuid(seen.file_id) for seen, _ in changes]
         each = [
-            (*_version_args(fid, new, at, correlation_id, retention, None), seen.current_version)
+            (
+                *_version_args(fid, new, at, correlation_id, retention, None),
+                seen.current_version,
+                seen.file_path,
+            )
             for fid, (seen, new) in zip(fids, changes, strict=True)
             if fid is not None
         ]
@@ -1829,6 +1838,7 @@ class _Units:
             [e.current_version for e, _, _ in seen],
             [e.checksum for e, _, _ in seen],
             *([stat[i] for _, _, stat in seen] for i in range(7)),
+            [e.file_path for e, _, _ in seen],
         )
         return int(status.split()[-1])
 

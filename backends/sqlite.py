@@ -467,9 +467,10 @@ def _add_versions(
     with _transaction(conn):
         for seen, new in changes:
             row = conn.execute(
-                "SELECT current_version, status FROM horace_files WHERE id = ?", (seen.file_id,)
+                "SELECT current_version, status, file_path FROM horace_files WHERE id = ?", (seen.file_id,)
             ).fetchone()
-            if row is None or tuple(row) != (seen.current_version, Status.ACTIVE.value):
+            # (As the scan saw it; a file moved since holds another's content at that path.)
+            if row is None or tuple(row) != (seen.current_version, Status.ACTIVE.value, seen.file_path):
                 done.append(None)
             else:
                 done.append(_record_version(conn, seen.file_id, new, at, correlation_id, retention, None))
@@ -1110,8 +1111,9 @@ def _refresh_working(conn: sqlite3.Connection, entries: Sequence[IndexEntry]) ->
     with _transaction(conn):
         return sum(
             conn.execute(
-                f"UPDATE horace_files SET {_SET_STAT} WHERE id = ? AND current_version = ? AND checksum = ?",
-                (*_stat_values(e.working), e.file_id, e.current_version, e.checksum),
+                f"UPDATE horace_files SET {_SET_STAT} "
+                "WHERE id = ? AND current_version = ? AND checksum = ? AND file_path = ?",
+                (*_stat_values(e.working), e.file_id, e.current_version, e.checksum, e.file_path),
             ).rowcount
             for e in entries
             if e.working is not None

@@ -498,6 +498,21 @@ class Catalog:
         async with self.locks.hold(rel), self.backend.exclusive(lock_key(rel)) as db:
             yield db
 
+    @asynccontextmanager
+    async def writing_file(self, file_id: str) -> AsyncIterator[tuple[Units, FileRecord]]:
+        """Hold the write lock of the path of the file *file_id*, and yield the file as
+        read under it. A file moved while this waited for its old path's lock (a rename
+        followed by a watcher) is locked again at its new path: the lock held is always
+        that of the path worked on, which another writer (a register of that path) may
+        hold otherwise."""
+        while True:
+            before = await self.file(file_id)
+            async with self.writing(before.file_path) as db:
+                current = await self.file(file_id, db)
+                if current.file_path == before.file_path:
+                    yield db, current
+                    return
+
     async def _stage(self, rel: str, *, as_it_is: bool = False) -> Staged:
         """The working file *rel*, staged; ``FILE_LOCKED`` while another process has it open
         for writing, unless *as_it_is* (see :meth:`Storage.stage`)."""
@@ -549,7 +564,7 @@ class Catalog:
             if staged is not None:
                 await in_thread(self.storage.release, staged)
         if orphans:
-            await self.let_go(orphans)
+            await self.let_go(orphans, correlation_id)
         _say_if_pruned_at_once(record.file_path, len(orphans), retention, correlation_id)
         return record, version
 
@@ -882,13 +897,13 @@ class Catalog:
         at its path by the time the lock is held, nothing is done (it is a writer's,
         re-created meanwhile, and the caller's next look takes it in)."""
         _check_labels(changes.owner, changes.tags, changes.collection)
-        before = await self.file(file_id)
+        await self.file(file_id)  # (an unknown id is told before the tags are looked at)
         if changes.tags is not None:
             changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
-        async with self.writing(before.file_path) as db:
+        async with self.writing_file(file_id) as (db, current):
             # What this update changes is told against the file as it found it under the
             # lock: another writer's change made while it waited is not this one's.
-            locked = current = await self.file(file_id, db)
+            locked = current
             if any(v is not None for v in (changes.owner, changes.purpose, changes.tags, changes.custom)):
                 self._check_described(  # as it will be stored: custom fields are merged
                     "the file's metadata",
@@ -1191,9 +1206,7 @@ class Catalog:
     async def restore(self, file_id: str, version: int, correlation_id: str | None = None) -> Restored:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, "version must be a positive integer")
-        before = await self.file(file_id)
-        async with self.writing(before.file_path) as db:
-            current = await self.file(file_id, db)
+        async with self.writing_file(file_id) as (db, current):
             if current.status is not Status.ACTIVE:
                 raise HoraceError(
                     ErrorCode.INVALID_ARGUMENT,
@@ -1685,7 +1698,7 @@ class Catalog:
                             entry.file_path, len(pruned), self.policy.retention, correlation_id
                         )
         if orphans:
-            await self.let_go(orphans)
+            await self.let_go(orphans, correlation_id)
         for entry, copy, mime_type in ready:
             if entry.file_path not in committed:
                 try:
@@ -1702,6 +1715,10 @@ class Catalog:
             current = await db.file_by_id(entry.file_id)
             if current is None:
                 raise HoraceError(ErrorCode.NOT_CATALOGED, f"{quoted(entry.file_path)} was purged meanwhile")
+            if current.file_path != entry.file_path:
+                # Moved meanwhile (a rename followed): what was read at its old path is
+                # another file's, left for the next look at that path.
+                return False
             if (current.current_version, current.status) != (entry.current_version, Status.ACTIVE):
                 # (As a scan takes a file: as it is, see stage_many.)
                 taken = await self._reregister(db, current, correlation_id, as_it_is=True)
@@ -1797,7 +1814,7 @@ class Catalog:
                     inserted = await self.backend.insert_files(records, working=working)
                     self.backend.refusals.clear()
                 except BaseException:
-                    await self._let_go_unrecorded([s.checksum for s in kept], correlation_id)
+                    await self.let_go([s.checksum for s in kept], correlation_id)
                     raise
             await self._release(kept, released)
             if copies:
@@ -1937,11 +1954,13 @@ class Catalog:
     async def move(self, file_id: str, new_client_path: str, correlation_id: str | None = None) -> FileRecord:
         """A rename seen on disk: the file keeps its id and history under its new path."""
         new_rel = self.relative(new_client_path)
-        old = await self.file(file_id)
-        if old.file_path == new_rel:  # moved there already (by another watcher of the store)
+        moved: FileRecord | None = None
+        async with self.writing_file(file_id) as (db, old):
+            there_already = old.file_path == new_rel  # (moved by another watcher of the store)
+            if not there_already:
+                [moved] = await db.move_files([(file_id, new_rel, None)], self.clock())
+        if there_already:
             return (await self.register(new_rel, correlation_id=correlation_id)).file
-        async with self.writing(old.file_path) as db:
-            [moved] = await db.move_files([(file_id, new_rel, None)], self.clock())
         if moved is None:
             raise HoraceError(ErrorCode.INVALID_ARGUMENT, f"{quoted(new_rel)} is catalogued already")
         log.info(
@@ -2373,29 +2392,27 @@ class Catalog:
         it is kept for good (`horace fsck --repair --forget-adopted` collects it)."""
         return self.bound_at is not None and written < self.bound_at
 
-    async def _let_go_unrecorded(self, checksums: Sequence[str], correlation_id: str | None) -> None:
-        """Objects just made for rows that were not inserted (the catalog's disk full, its
-        connection cut): released, for the sweep to collect past the grace period; when
-        even that cannot be written, they wait for the orphan collection instead."""
-        try:
-            await self.let_go(checksums)
-        except OSError as exc:
-            log.warning(
-                "%d objects made for rows not inserted are left to the orphan collection: %s",
-                len(checksums),
-                exc,
-                extra={"correlation_id": correlation_id},
-            )
-
-    async def let_go(self, checksums: Sequence[str]) -> None:
-        """The objects of versions retention pruned: marked released, never collected at
+    async def let_go(self, checksums: Sequence[str], correlation_id: str | None = None) -> None:
+        """The objects of versions retention pruned (or of rows that were not inserted: the
+        catalog's disk full, its connection cut): marked released, never collected at
         once. The periodic purge collects them once past the grace period, after it has
         catalogued the uncatalogued files under files/ holding such content (a copy
         registered as a duplicate of the pruned version's file): one walk of files/ a purge,
         not one for each version made. Shielded: the rows are gone already, and unmarked
-        content would wait out the deleted files' retention."""
-        with trio.CancelScope(shield=True):
-            await in_thread(self.storage.mark_released, checksums)
+        content would wait out the deleted files' retention. A mark that cannot be written
+        (a full disk) fails nothing: the change it follows stands, committed, and those
+        objects wait for the orphan collection instead, a retention long."""
+        try:
+            with trio.CancelScope(shield=True):
+                await in_thread(self.storage.mark_released, checksums)
+        except OSError as exc:
+            log.warning(
+                "%d objects no version refers to any more are left to the orphan collection "
+                "(kept a retention long): their release could not be marked: %s",
+                len(checksums),
+                exc,
+                extra={"correlation_id": correlation_id},
+            )
 
     async def collect(self, checksums: Sequence[str], grace_seconds: float | None = None) -> list[str]:
         """Delete the objects among *checksums* that no version row refers to.

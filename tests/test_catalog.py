@@ -365,8 +365,10 @@ async def test_restoring_the_oldest_kept_version_over_unsaved_work_keeps_it(
     catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=3), gc_grace_seconds=0.0)
     let_go = Catalog.let_go
 
-    async def purged_at_once(self: Catalog, checksums: Sequence[str]) -> None:
-        await let_go(self, checksums)
+    async def purged_at_once(
+        self: Catalog, checksums: Sequence[str], correlation_id: str | None = None
+    ) -> None:
+        await let_go(self, checksums, correlation_id)
         await self.collect(checksums)  # (as a purge running right then would)
 
     monkeypatch.setattr(Catalog, "let_go", purged_at_once)

@@ -205,6 +205,61 @@ async def test_a_file_renamed_away_as_soon_as_a_restore_swapped_it_in_keeps_its_
     await assert_sound(catalog)
 
 
+@pytest.mark.parametrize("operation", ["restore", "update", "move"])
+async def test_a_call_that_waited_for_a_file_moved_meanwhile_locks_its_new_path(
+    catalog: Catalog, files: Path, operation: str
+) -> None:
+    """A call by id waits on the lock of the file's path while the file is moved (a
+    rename followed by a watcher, which holds the old path's lock): it then works on the
+    new path under the new path's lock, never under the old one's alone, beside another
+    writer of the new path."""
+    old = write(files / "user/a.txt", "one")
+    file = (await catalog.register("user/a.txt")).file
+    write(old, "two")
+    await catalog.update(file.id, FileChanges())
+    new = files / "user/b.txt"
+    holding_old, moved, done = trio.Event(), trio.Event(), trio.Event()
+    beside: list[tuple[bool, str]] = []  # what the other writer of the new path saw
+
+    async def follows_the_rename() -> None:
+        async with catalog.writing("user/a.txt") as db:
+            holding_old.set()
+            await trio.sleep(0.2)  # (the call waits for this lock meanwhile)
+            old.rename(new)
+            await db.move_files([(file.id, "user/b.txt", None)], catalog.clock())
+            moved.set()
+            await trio.sleep(0.1)  # (the other writer takes the new path's lock)
+
+    async def writes_the_new_path() -> None:
+        await moved.wait()
+        async with catalog.writing("user/b.txt"):
+            await trio.sleep(0.5)  # (the call, given the old path's lock, would run now)
+            beside.append((done.is_set(), new.read_text()))
+
+    async def call() -> None:
+        if operation == "restore":
+            await catalog.restore(file.id, 1)
+        elif operation == "update":
+            await catalog.update(file.id, FileChanges(purpose="described"))
+        else:
+            await catalog.move(file.id, "user/c.txt")
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follows_the_rename)
+        await holding_old.wait()
+        nursery.start_soon(call)
+        nursery.start_soon(writes_the_new_path)
+    assert beside == [(False, "two")]  # the call waited for the new path's lock
+    after = await catalog.file(file.id)
+    if operation == "restore":
+        assert new.read_text() == "one" and after.current_version == 3
+    elif operation == "update":
+        assert after.purpose == "described" and after.file_path == "user/b.txt"
+    else:
+        assert after.file_path == "user/c.txt"
+
+
 async def test_a_save_while_delete_versions_what_it_took_is_not_lost(
     catalog: Catalog, files: Path, replacer: Replacer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,12 +36,15 @@ async def _entries(catalog: Catalog) -> dict[str, IndexEntry]:
 
 
 async def test_add_versions_records_only_files_still_as_seen(catalog: Catalog, files: Path) -> None:
-    for name in ("seen", "moved_on", "deleted"):
+    for name in ("seen", "moved_on", "deleted", "renamed"):
         write(files / f"user/{name}.txt", name)
         await catalog.register(f"user/{name}.txt")
     entries = await _entries(catalog)
     deleted = entries["user/deleted.txt"]
     await catalog.delete(deleted.file_id)
+    renamed = entries["user/renamed.txt"]  # moved since: its old path holds another file
+    (files / "user/renamed.txt").rename(files / "user/renamed-away.txt")
+    await catalog.move(renamed.file_id, "user/renamed-away.txt")
     write(files / "user/moved_on.txt", "moved on")
     await catalog.register("user/moved_on.txt")  # version 2: the entry's version 1 is stale
     stale = attrs.evolve(entries["user/seen.txt"], file_id="00000000-0000-4000-8000-000000000000")
@@ -56,12 +59,16 @@ async def test_add_versions_records_only_files_still_as_seen(catalog: Catalog, f
             (deleted, new("deleted 2")),
             (stale, new("nobody")),
             (attrs.evolve(stale, file_id="not an id"), new("nobody")),
+            (renamed, new("another file at its old path")),
         ],
         datetime.now(UTC),
         "corr-1",
         Retention(),
     )
-    assert [outcome is not None for outcome in done] == [True, False, False, False, False]
+    assert [outcome is not None for outcome in done] == [True, False, False, False, False, False]
+    assert await _versions(catalog, "user/renamed-away.txt") == [(1, sha256("renamed"))]
+    assert renamed.working is not None
+    assert await catalog.backend.refresh_working([renamed]) == 0  # (nor its identity)
     assert done[0] is not None
     record, version, orphans = done[0]
     assert (record.current_version, record.checksum, version.version) == (2, sha256("seen 2"), 2)
@@ -71,6 +78,33 @@ async def test_add_versions_records_only_files_still_as_seen(catalog: Catalog, f
     assert await _versions(catalog, "user/deleted.txt") == [(1, sha256("deleted"))]
     file = await catalog.backend.file_by_id(deleted.file_id)
     assert file is not None and file.status is Status.DELETED
+
+
+async def test_a_file_rotated_while_a_scan_reads_it_again_keeps_its_own_history(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Log rotation (`mv app.log app.log.1`, a new app.log) followed by a watcher while a
+    scan is about to read app.log again: what the scan reads there is the new file's,
+    never a version of the file that is app.log.1 now."""
+    log = write(files / "svc/app.log", "old day\n" * 50)
+    file = (await catalog.register("svc/app.log")).file
+    stamp = os.stat(log).st_mtime_ns + 10_000_000
+    os.utime(log, ns=(stamp, stamp))  # (touched: the scan reads it again)
+    look_again = Catalog._look_again
+
+    async def rotated_first(self: Catalog, *args: object) -> None:
+        log.rename(files / "svc/app.log.1")
+        write(log, "new day\n" * 50)
+        await self.move(file.id, "svc/app.log.1")  # the watcher follows the rename
+        await look_again(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Catalog, "_look_again", rotated_first)
+    await catalog.scan()
+    monkeypatch.undo()
+    assert await _versions(catalog, "svc/app.log.1") == [(1, sha256("old day\n" * 50))]
+    await catalog.scan()  # (the new app.log, left for the next look)
+    assert await _versions(catalog, "svc/app.log") == [(1, sha256("new day\n" * 50))]
+    await assert_sound(catalog)
 
 
 async def test_exclusive_free_never_waits_and_gives_back_what_it_took(catalog: Catalog) -> None:

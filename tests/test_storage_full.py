@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import subprocess
@@ -27,6 +28,7 @@ import horace.cli
 import horace.storage
 from horace.assemble import open_catalog
 from horace.backends.protocol import DatabaseFull
+from horace.backends.records import FileChanges, Retention
 from horace.catalog import LOGGED_SCAN_ERRORS, Catalog
 from horace.cli import Exit
 from horace.config import Settings
@@ -120,6 +122,34 @@ async def test_no_space_met_outside_the_copy_is_storage_full_too(
     assert tool_body(reply["result"])["error_code"] == "STORAGE_FULL"
     failure = horace.cli._failure(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     assert failure is not None and (failure.code, failure.exit) == ("STORAGE_FULL", Exit.STORAGE)
+
+
+async def test_a_release_mark_that_cannot_be_written_after_a_restore_leaves_the_restore_done(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The restore's version is committed, and prunes an older one whose release mark
+    cannot be written (no room left for it): the restore stands, the working file holds
+    the version asked for (it was put back to its content before, under a version saying
+    otherwise), and the pruned content waits for the orphan collection, as is said."""
+    catalog.policy = attrs.evolve(catalog.policy, retention=Retention(keep=3))
+    path = write(files / "user/r.txt", "one")
+    file = (await catalog.register("user/r.txt")).file
+    for text in ("two", "three"):
+        write(path, text)
+        await catalog.update(file.id, FileChanges())
+
+    def no_room(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/store/.horace/released")
+
+    monkeypatch.setattr(horace.storage.Storage, "mark_released", no_room)
+    done = await catalog.restore(file.id, 2)
+    monkeypatch.undo()
+    assert done.version.restored_from_version == 2 and done.file.current_version == 4
+    assert path.read_text() == "two"
+    assert any("left to the orphan collection" in r.getMessage() for r in caplog.records)
+    assert (await catalog.scan()).versioned == 0  # (nothing to take back in)
+    report = await fsck(catalog, deep=True)
+    assert report.clean and report.orphans == (hashlib.sha256(b"one").hexdigest(),), report
 
 
 def _read_only(
