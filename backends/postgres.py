@@ -1493,6 +1493,15 @@ class _Hop:
                     "or schema dropped or replaced under a running Horace? Restore it; a restart says "
                     "whether the database is this store's)"
                 ) from None
+            if isinstance(exc, _ANOTHER_SESSIONS_STATEMENT):
+                said = getattr(exc, "message", None) or str(exc)  # (not asyncpg's hint, which misleads)
+                raise UnusableURL(
+                    f"PostgreSQL at {self.where}: {said}: this connection met another session's "
+                    "prepared statements, as behind a pooler in transaction mode (PgBouncer's "
+                    "pool_mode=transaction or statement), which Horace cannot use: its locks and "
+                    "statements are a session's. Use session pooling, or connect to PostgreSQL "
+                    "directly (docs/postgres.md)"
+                ) from None
             if isinstance(exc, asyncpg.exceptions.DiskFullError):
                 raise DatabaseFull(f"the disk of PostgreSQL at {self.where} is full: {exc}") from None
             # Not by Horace (it cancels its statements by cancelling its task): by a timeout.
@@ -1512,6 +1521,13 @@ class _Hop:
                 ) from exc
             raise
         return result
+
+
+# What a connection meets when a pooler hands each transaction of it to another session.
+_ANOTHER_SESSIONS_STATEMENT = (
+    asyncpg.exceptions.DuplicatePreparedStatementError,  # "... already exists"
+    asyncpg.exceptions.InvalidSQLStatementNameError,  # "prepared statement ... does not exist"
+)
 
 
 class _PoolSource:
@@ -1937,6 +1953,10 @@ async def _acquire(pool: Any) -> Conn:
         wait = min(2 * wait, _CROWDED_MOST)
 
 
+async def _encoding(pool: Any) -> str:
+    return str(await pool.fetchval("SELECT current_setting('server_encoding')"))
+
+
 async def _acquire_and_try(pool: Any, keys: list[int]) -> tuple[Conn, list[int]]:
     """A connection from the pool, and those of *keys* (distinct) it could lock."""
     conn = await _acquire(pool)
@@ -2198,6 +2218,14 @@ async def open_postgres(
                     # (asyncpg parses the URL here: a port that is not a number is a ValueError)
                     raise UnusableURL(f"bad PostgreSQL URL {hop.where}: {exc}") from None
                 hop = _Hop(loop, url, renew=pool.expire_connections)
+                encoding = await hop(_encoding, pool)
+                if encoding != "UTF8":
+                    await hop(pool.close)
+                    raise UnusableURL(
+                        f"PostgreSQL at {hop.where}: the database's encoding is {encoding}, and Horace "
+                        "stores names, purposes and tags as Unicode: it needs a UTF8 database "
+                        "(CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+                    )
                 backend = PostgresBackend(url, pool, hop, ping_timeout)
                 try:
                     yield backend
@@ -2249,9 +2277,12 @@ def _libpq_parameters(url: str, connect_timeout: float) -> tuple[str, float]:
         if name in _SSL_FILES and not os.path.exists(os.path.expanduser(value)):
             raise UnusableURL(f"bad PostgreSQL URL: {name}={value}: no such file")
         kept.append((name, value))
-    if len(kept) == len(given):
+    # A URL whose path names no database (`postgresql://host/`): libpq takes PGDATABASE
+    # then, asyncpg the user's name (it reads an empty database, not a missing one).
+    path = "" if parts.path == "/" else parts.path
+    if len(kept) == len(given) and path == parts.path:
         return url, timeout
-    return urlunsplit(parts._replace(query=urlencode(kept))), timeout
+    return urlunsplit(parts._replace(path=path, query=urlencode(kept))), timeout
 
 
 def _wraps_only(group: BaseExceptionGroup[Any], exc: BaseException) -> bool:

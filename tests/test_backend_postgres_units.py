@@ -1159,6 +1159,57 @@ async def test_libpq_url_parameters(pg_url: str) -> None:
             pass
 
 
+async def test_a_url_that_names_no_database_takes_pgdatabase_as_libpq_does(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`postgresql://host/` (a path, but no database in it): PGDATABASE, as libpq takes
+    it, not the user's name (asyncpg reads an empty path as a database named '')."""
+    parts = urlsplit(pg_url)
+    monkeypatch.setenv("PGDATABASE", parts.path.lstrip("/"))
+    for path in ("/", ""):
+        async with open_postgres(urlunsplit(parts._replace(path=path))) as backend:
+            row = await backend._source.run(_fetchrow, "SELECT current_database()")
+        assert row is not None and row[0] == parts.path.lstrip("/"), path
+
+
+async def test_a_database_not_in_utf8_is_refused_by_name(pg_url: str) -> None:
+    """Names, purposes and tags are Unicode: a LATIN1 (or SQL_ASCII) database would take
+    some and fail others mid-scan; it is refused at the start, saying what it needs."""
+    database = f"d_{uuid.uuid4().hex[:12]}"
+    await trio.to_thread.run_sync(
+        admin,
+        f"CREATE DATABASE {database} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+    )
+    try:
+        elsewhere = urlunsplit(urlsplit(pg_url)._replace(path=f"/{database}", query=""))
+        with pytest.raises(UnusableURL, match=r"encoding is LATIN1.*needs a UTF8 database"):
+            async with open_postgres(elsewhere, connect_timeout=5):
+                pass
+    finally:
+        await trio.to_thread.run_sync(admin, f"DROP DATABASE {database}")
+
+
+async def test_another_sessions_prepared_statement_is_said_to_be_a_pooler_in_transaction_mode(
+    pg_url: str,
+) -> None:
+    """Behind PgBouncer in transaction mode, a connection meets the prepared statements of
+    the other clients' sessions (asyncpg names them alike in every process): that is said
+    as such (a configuration Horace cannot use), not an internal error."""
+    import asyncpg.connection
+
+    async def meets_another_sessions_statement(conn: Any) -> Any:
+        upcoming = f"__asyncpg_stmt_{asyncpg.connection._uid + 1:x}__"  # (asyncpg's next name)
+        await conn.execute(f'PREPARE "{upcoming}" AS SELECT 1')
+        try:
+            return await conn.fetchval("SELECT 2 + $1::integer", 1)
+        finally:
+            await conn.execute(f'DEALLOCATE "{upcoming}"')
+
+    async with open_postgres(pg_url) as backend:
+        with pytest.raises(UnusableURL, match="pooler in transaction mode"):
+            await backend._source.run(meets_another_sessions_statement)
+
+
 async def test_a_role_that_may_only_read_and_write_runs_an_up_to_date_catalog(pg_url: str) -> None:
     """Least privilege, as docs/postgres.md shows it: an owner makes the schema, the
     instances' role may only use the tables (no CREATE): its start makes nothing."""
