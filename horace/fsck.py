@@ -532,7 +532,11 @@ async def _held(catalog: Catalog, path: Path, name: TempName) -> Finding:
     versioned = file is not None and any(
         v.checksum == checksum for v in await catalog.backend.versions(file.id)
     )
-    if versioned and await in_thread(lambda: storage.object_intact(checksum, path.stat().st_size)):
+    # Read whole, not by its size: an object rotted at its size would leave this the last
+    # good copy of that version (put back, then, for a scan to mend the object from).
+    if versioned and await in_thread(
+        lambda: storage.hash_object(checksum) == (checksum, path.stat().st_size)
+    ):
         await in_thread(path.unlink, True)
         return Finding(
             "temp_leftover",
@@ -716,18 +720,25 @@ async def _file(
             return found
         elif repair and objects_ok.get(file.checksum, False):
             mode = await catalog.backend.working_mode(file.id)  # (the mode it was last seen with)
-            written = await in_thread(
-                storage.create_working, file.file_path, file.checksum, file.id, check_cancelled, mode
-            )
-            # A file that appeared there meanwhile stays, untouched: it is back, after all.
-            # Anything else (a folder) is not the working copy, and stays found.
-            repaired = await in_thread(storage.working_exists, file.file_path)
-            if not repaired:
-                detail += ": something that is not a file is at its path (move it away, then repair)"
-            elif written:
-                detail += ": written back from its current version"
+            try:
+                written = await in_thread(
+                    storage.create_working, file.file_path, file.checksum, file.id, check_cancelled, mode
+                )
+            except HoraceError as exc:
+                if exc.code is not ErrorCode.CHECKSUM_MISMATCH:
+                    raise
+                # (Its size was right; its bytes are not: `fsck --deep` says so of the version.)
+                detail += f": not written back: {exc.message}"
             else:
-                detail += ": a file appeared at its path meanwhile, left as it is (a scan versions it)"
+                # A file that appeared there meanwhile stays, untouched: it is back, after all.
+                # Anything else (a folder) is not the working copy, and stays found.
+                repaired = await in_thread(storage.working_exists, file.file_path)
+                if not repaired:
+                    detail += ": something that is not a file is at its path (move it away, then repair)"
+                elif written:
+                    detail += ": written back from its current version"
+                else:
+                    detail += ": a file appeared at its path meanwhile, left as it is (a scan versions it)"
         elif not repair and await in_thread(os.path.lexists, storage.files / file.file_path):
             detail += (
                 ": something that is not a file is at its path (a folder, a link, a FIFO: move "

@@ -1653,13 +1653,17 @@ class Storage:
             content = self._read_packed(checksum)
             if content is None:
                 raise
+            _check_copied(checksum, hashlib.sha256(content).hexdigest())
             _write_new(part, content, 0o644, sync=True)
         else:
             try:
-                dst = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                dst = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 try:
-                    if not (self._reflink and self._try_clone(source, dst)):
-                        _copy_and_hash(source, dst, check_cancelled)
+                    if self._reflink and self._try_clone(source, dst):
+                        copied = _hash_fd(dst, check_cancelled)[0]  # (the clone's blocks are the object's)
+                    else:
+                        copied = _copy_and_hash(source, dst, check_cancelled)[0]
+                    _check_copied(checksum, copied)
                     os.fsync(dst)
                 finally:
                     os.close(dst)
@@ -2345,6 +2349,16 @@ def _put_back(aside: Path, target: Path) -> None:
         with contextlib.suppress(FileExistsError):
             os.link(aside, target)
     aside.unlink(missing_ok=True)
+
+
+def _check_copied(checksum: str, copied: str) -> None:
+    """``CHECKSUM_MISMATCH`` unless what was read of object *checksum* (to be written into
+    files/) hashed as it: damaged bytes never become a user's file, whoever asked (a
+    restore checks first; a repair of a missing working copy looks at sizes only)."""
+    if copied != checksum:
+        raise HoraceError(
+            ErrorCode.CHECKSUM_MISMATCH, f"the stored content {checksum} is damaged: nothing written from it"
+        )
 
 
 def _as_landed(dfd: int, name: str, written: FileIdentity) -> FileIdentity:

@@ -24,7 +24,7 @@ import attrs
 import pytest
 import trio
 from helpers import catalog_execute, sha256, write
-from soundness import assert_sound
+from soundness import assert_sound, temps_left
 
 import horace.server.tools as tools
 import horace.storage
@@ -1699,6 +1699,56 @@ async def test_a_working_copy_another_process_still_holds_is_not_written_back(
     assert path.read_text() == "unsaved, newer"
     assert sorted(p.name for p in path.parent.iterdir()) == ["w.txt"]  # no .recovered-N beside
     assert (await fsck(catalog, deep=True)).clean
+
+
+def _rot(catalog: Catalog, checksum: str) -> None:
+    """One byte of a loose object changed, its size kept (bit rot)."""
+    obj = catalog.storage.object_path(checksum)
+    data = bytearray(obj.read_bytes())
+    data[0] ^= 0x01
+    os.chmod(obj, 0o644)
+    obj.write_bytes(bytes(data))
+
+
+async def test_a_repair_never_writes_a_working_copy_back_from_a_rotten_object(
+    catalog: Catalog, files: Path
+) -> None:
+    """Without --deep, fsck looks at an object's size; the write-back of a missing working
+    copy reads it whole anyway, and bytes that are not the version's are never written
+    into files/ (a scan would then version them)."""
+    path = write(files / "user/ledger.txt", "balance: 1000")
+    file = (await catalog.register("user/ledger.txt")).file
+    path.unlink()
+    _rot(catalog, file.checksum)
+    report = await fsck(catalog, repair=True)
+    (missing,) = [f for f in report.findings if f.kind == "working_missing"]
+    assert not missing.repaired and "not written back" in missing.detail and "damaged" in missing.detail
+    assert not path.exists() and not [p for p in path.parent.iterdir()]
+    assert temps_left(catalog) == []
+
+
+async def test_a_held_working_copy_is_kept_when_its_versions_object_has_rotted(
+    catalog: Catalog, files: Path
+) -> None:
+    """A delete killed after its commit leaves the working copy held in .horace/tmp; its
+    content is a version, so it is removed, but only once that version's object reads
+    whole as its checksum: rotted at its size, the held copy is the last good one, and it
+    goes back into files/."""
+    path = write(files / "user/w.txt", "version 1")
+    file = (await catalog.register("user/w.txt")).file
+    await catalog.delete(file.id)
+    assert not path.exists()
+    ended = await trio.lowlevel.open_process(["true"])
+    await ended.wait()
+    own = TempName.parse(temp_name(TempKind.HELD, "x"))
+    assert own is not None
+    held = catalog.storage.tmp / (
+        f"{TMP_PREFIX}{TempKind.HELD.value}.{own.host}.{ended.pid}.0a1b2c.{file.id.replace('-', '')}"
+    )
+    held.write_text("version 1")  # (as the killed delete left it)
+    _rot(catalog, file.checksum)
+    await fsck(catalog, repair=True)
+    assert path.read_text() == "version 1" and not held.exists()
 
 
 async def test_a_file_id_and_a_path_of_two_files_are_refused(catalog: Catalog, files: Path) -> None:
