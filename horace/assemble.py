@@ -125,7 +125,7 @@ async def open_catalog(
             )
             start_check = _start_check(check)
             if start_check is StartCheck.FULL and not read_only:
-                catalog.checked_at_start = await fsck(catalog, automatic=True)
+                catalog.checked_at_start = await fsck(catalog, automatic=True, watching=settings.watch)
                 log_findings(catalog.checked_at_start, "at start")
             elif start_check is StartCheck.LEFTOVERS and not read_only:
                 log_findings(await leftovers(catalog), "at start")

@@ -74,7 +74,11 @@ def _looked_into(root: str, folder: str) -> bool:
 
 
 class WatchFailed(Environmental):
-    """The watch is not (or no longer) in place."""
+    """The watch is not (or no longer) in place. *lost_since*: changes from this time
+    (time.time()) on may be missing, read but not handed over (or dropped by the kernel)
+    when a watch that was in place failed; None otherwise."""
+
+    lost_since: float | None = None
 
 
 @attrs.frozen
@@ -175,13 +179,20 @@ class InotifyFeed:
 
     async def __anext__(self) -> Batch:
         collected = _Collected()
-        while not collected.changes and collected.lost_since is None:
-            await self._readable_by(float("inf"))
-            await self._drain(collected)
-            # More events usually follow (a save is several): gather them into this batch.
-            deadline = trio.current_time() + DEBOUNCE
-            while await self._readable_by(min(deadline, trio.current_time() + QUIET)):
+        began = self._drained_at  # (what this batch collects happened after it)
+        try:
+            while not collected.changes and collected.lost_since is None:
+                await self._readable_by(float("inf"))
                 await self._drain(collected)
+                # More events usually follow (a save is several): gather them into this batch.
+                deadline = trio.current_time() + DEBOUNCE
+                while await self._readable_by(min(deadline, trio.current_time() + QUIET)):
+                    await self._drain(collected)
+        except WatchFailed as exc:
+            # What was collected (an overflow's lost window too) is never handed over, nor
+            # what the kernel still queues: the next watch's catch-up must reach back to it.
+            exc.lost_since = min(began, collected.lost_since or began)
+            raise
         return collected.batch()
 
     async def _readable_by(self, deadline: float) -> bool:

@@ -131,14 +131,17 @@ async def fsck(
     repair: bool = False,
     deep: bool = False,
     automatic: bool = False,
+    watching: bool = False,
     forget_missing: bool = False,
     forget_adopted: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> FsckReport:
     """Check the store against the catalog; see the module docstring for what is
     repaired. *automatic* (the start-up and periodic runs) leaves the objects nobody
-    refers to alone: they are the collector's. With *repair*, *forget_missing* drops the
-    rows of old versions whose content is nowhere in the store, and *forget_adopted*
+    refers to alone: they are the collector's. *watching*: the process is about to watch
+    the store, its watch lease not taken yet (a start with ``--watch``: a working copy
+    missing is its catch-up's to follow or record). With *repair*, *forget_missing* drops
+    the rows of old versions whose content is nowhere in the store, and *forget_adopted*
     collects the objects written before the catalog was bound (adopted). A store bound to another
     catalog since this one opened it is refused first (:meth:`Catalog.ensure_bound`)."""
     await catalog.ensure_bound()
@@ -192,7 +195,7 @@ async def fsck(
     held_by = await in_thread(_holders, catalog.storage) if repair and suspects else {}
     # A watcher records a removal as a deletion (after its settle time): a working copy
     # missing from a watched store is its to record, not one to write back.
-    watched = bool(suspects) and await in_thread(catalog.locks.watch_lease_held)
+    watched = bool(suspects) and (watching or await in_thread(catalog.locks.watch_lease_held))
     # Watched before, its watcher not running now (a crash, a stop): it will record what was
     # removed meanwhile once it starts again.
     watched_before = bool(suspects) and not watched and await in_thread(catalog.locks.holders_beat)

@@ -41,7 +41,7 @@ import trio
 from horace.backends.protocol import BackendUnavailable, CatalogUnwritable, DatabaseFull
 from horace.backends.records import FileRecord, Status
 from horace.catalog import Catalog, Vanished, in_thread, unchanged_since
-from horace.changefeed import Change, ChangeFeed, open_change_feed
+from horace.changefeed import Change, ChangeFeed, WatchFailed, open_change_feed
 from horace.locks import FileLocks
 from horace.logs import ThrottledLog
 from horace.model import ErrorCode, HoraceError
@@ -138,6 +138,9 @@ class Watcher:
         self._vanished = Vanished()  # gone from their paths, since (Trio time)
         self._expiring = 0  # of them, taken off that list to be deleted, not yet done
         self._since = time.time() - CATCH_UP_SLACK  # the catch-up looks at changes since then
+        # This run's catch-ups not done yet (the first, those of lost events), and the changes
+        # its feed failed with unhanded: from when each looks. The next run reaches back to them.
+        self._unfinished: list[float] = []
         self._wakeup = trio.Event()
         self._new: list[str] = []  # settled, not catalogued: registered together
         # Of them, those first looked at as renames, together (with what lstat said).
@@ -265,14 +268,15 @@ class Watcher:
             self._first_beat, self._holder_beats = None, False
             self._since = 0.0  # a full catch-up
         self._caught_up = False
+        self._unfinished = []
         try:
             await self._watch(task_status)
         finally:
             # Whatever the next run's watch misses from here on, its catch-up finds; one
-            # that did not finish is done again, from where it started.
+            # that did not finish (lost events' too) is done again, from where it started.
             self.watching = False
-            if self._caught_up:
-                self._since = time.time() - CATCH_UP_SLACK
+            latest = time.time() - CATCH_UP_SLACK if self._caught_up else self._since
+            self._since = min([latest, *self._unfinished])
 
     async def _look_at_the_holder(self) -> None:
         """Standing by: whether the lease's holder still gives signs of life (said once
@@ -325,14 +329,19 @@ class Watcher:
             nursery.start_soon(self._look_for_the_catalog)
             task_status.started()
             with self.catalog.storage.observe_writes(feed.wrote):
-                async for batch in feed:
-                    if batch.lost_since is not None:
-                        nursery.start_soon(self._catch_up_until_done, batch.lost_since - CATCH_UP_SLACK)
-                    for change in batch.changes:
-                        if editor_temp(change.path.name):
-                            continue
-                        self.counts.events += 1
-                        await self._noticed(change)
+                try:
+                    async for batch in feed:
+                        if batch.lost_since is not None:
+                            nursery.start_soon(self._catch_up_until_done, batch.lost_since - CATCH_UP_SLACK)
+                        for change in batch.changes:
+                            if editor_temp(change.path.name):
+                                continue
+                            self.counts.events += 1
+                            await self._noticed(change)
+                except WatchFailed as exc:
+                    if exc.lost_since is not None:
+                        self._unfinished.append(exc.lost_since - CATCH_UP_SLACK)
+                    raise
 
     async def _noticed(self, change: Change) -> None:
         try:
@@ -433,7 +442,9 @@ class Watcher:
 
     async def _catch_up_until_done(self, since: float) -> None:
         """:meth:`_catch_up`, done again while the catalog fails (each wait twice the
-        last), the watch going on meanwhile."""
+        last), the watch going on meanwhile; until done, the next run's catch-up reaches
+        back to *since* should this run end first."""
+        self._unfinished.append(since)
         failures = 0
         while True:
             try:
@@ -449,6 +460,7 @@ class Watcher:
                     await back.wait()
             else:
                 self._catch_up_failing = None
+                self._unfinished.remove(since)
                 return
 
     async def _catch_up(self, since: float) -> None:

@@ -1775,15 +1775,22 @@ async def test_reconcile_after_downtime_registers_and_versions(settings: Setting
         assert (kept.id, kept.current_version) == (ids["keep"], 1)
 
 
-async def test_reconcile_after_downtime_soft_deletes_and_moves(settings: Settings) -> None:
+async def test_reconcile_after_downtime_soft_deletes_and_moves(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What was removed or renamed while the server was down is the reconcile's: the
+    check at start of a server that watches does not warn of it as missing."""
     files = settings.storage_path / "files"
     ids = await _catalogue_then_stop(settings, ["delete", "rename"])
     (files / "user/delete.txt").unlink()
     os.rename(files / "user/rename.txt", files / "shared/renamed.txt")
+    caplog.clear()
     async with run_horace(watching(settings)) as running:
         catalog = running.server.catalog
         await wait_watching(running)
         await quiet(running)
+        assert not [r for r in caplog.records if "working_missing" in r.getMessage()]
+        assert catalog.checked_at_start is not None and catalog.checked_at_start.findings == ()
         assert not (files / "user/delete.txt").exists()  # not written back
         assert not (files / "user/rename.txt").exists()
         deleted = await catalog.backend.file_by_id(ids["delete"])
@@ -2269,6 +2276,67 @@ async def test_lost_events_are_caught_up(settings: Settings, monkeypatch: pytest
             "the file whose events were lost",
         )
         assert len(feeds) == 1 and (await health(running))["watcher"]["restarts"] == 0
+
+
+class FailsLossy(Lossy):
+    """:class:`Lossy`, but once *report* is set the feed fails instead of saying events
+    were lost (an overflow whose watch of the tree anew fails: the watch limit reached),
+    its failure telling when what it never handed over began."""
+
+    async def __anext__(self) -> Batch:
+        batch = await self.feed.__anext__()
+        if not self.report.is_set():
+            return Batch(tuple(change for change in batch.changes if change.path.name != self.hidden))
+        self.report = trio.Event()
+        self.hidden = ""
+        failed = WatchFailed("cannot watch a folder: the inotify watch limit (as a test)")
+        failed.lost_since = self.lost_since
+        raise failed
+
+
+async def test_events_lost_as_the_watch_fails_are_caught_up_by_the_next_watch(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalogued file written while its events were lost, more than the catch-up's
+    slack before the watch failed: the next watch's catch-up reaches back to the lost
+    events, not only to a little before the failure."""
+    feeds: list[FailsLossy] = []
+
+    def lossy_feed(*args: Any, **kwargs: Any) -> FailsLossy:
+        feeds.append(FailsLossy(open_change_feed(*args, **kwargs), "kept.txt"))
+        return feeds[-1]
+
+    monkeypatch.setattr(horace.watch, "CATCH_UP_SLACK", 0.2)
+    monkeypatch.setattr(horace.watch, "open_change_feed", lossy_feed)
+    async with run_horace(watching(settings)) as running:
+        await wait_watching(running)
+        write(running.files / "user/kept.txt", "version 1")
+        await running.server.catalog.register("user/kept.txt")
+        await quiet(running)
+        feeds[-1].lost_since = time.time()
+        write(running.files / "user/kept.txt", "version 2, its events lost")
+        await trio.sleep(1.0)  # (past the slack)
+        feeds[-1].report.set()
+        write(running.files / "user/trigger.txt", "the batch the watch fails on")
+        await eventually(
+            lambda: _has_checksum(running, "user/kept.txt", sha256("version 2, its events lost")),
+            "the version whose events were lost",
+        )
+        assert len(feeds) == 2 and (await health(running))["watcher"]["restarts"] == 1
+
+
+async def test_a_failing_inotify_feed_says_since_when_changes_may_be_lost(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    async with InotifyFeed(root) as feed:
+        write(root / "one.txt", "handed over")
+        assert (f"{root}/one.txt", False) in await next_batch(feed)
+        handed = time.time()
+        write(root / "two.txt", "read, never handed over")
+        os.rename(root, tmp_path / "files-away")
+        with pytest.raises(WatchFailed) as failed:
+            await next_batch(feed)
+        assert failed.value.lost_since is not None and failed.value.lost_since <= handed
 
 
 # -- the inotify feed itself ---------------------------------------------------------------------
