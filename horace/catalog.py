@@ -1286,11 +1286,20 @@ class Catalog:
             elif await in_thread(self.storage.holds_file, rel, written):
                 # (Checked to its ctime above; the swap checks what a rename leaves alike.)
                 examined = attrs.evolve(written, ctime_ns=None)
-                _, displaced = await in_thread(
+                undone, displaced = await in_thread(
                     self.storage.replace_working, rel, current.checksum, current.id, examined
                 )
-                if displaced is not None:  # written to between the look and the swap
-                    await in_thread(self.storage.put_back, displaced, rel)
+                if displaced is not None:  # written to between the look and the swap: the writer's
+                    left = await in_thread(self.storage.swap_back, displaced, rel, undone)
+                    if left is not None:  # (and written to again: both kept, the newest at rel)
+                        placed = await in_thread(self.storage.put_back, left, rel)
+                        log.warning(
+                            "%r was written to again as a failed restore was undone: both writes "
+                            "kept, one beside it as %s",
+                            rel,
+                            placed or f"{left} (its folder out of reach)",
+                            extra={"file_id": current.id},
+                        )
             else:
                 log.warning(
                     "%r was written to after the restore wrote it: left as it is, for the next "

@@ -1783,6 +1783,26 @@ class Storage:
             return written, None
         return written, held
 
+    @_storage_full
+    def swap_back(self, held: Path, rel: str, ours: FileIdentity) -> Path | None:
+        """Put *held* (a writer's file a :meth:`replace_working` displaced) back at *rel*
+        in one exchange with what is there now: removed when that is *ours* (the file the
+        swap wrote) unchanged, else returned, held in ``.horace/tmp``, for the caller to
+        put back beside."""
+        tmp_fd = os.open(self.tmp, _DIR_FLAGS)
+        try:
+            with self._parent_fd(rel) as (dfd, name):
+                _renameat2(tmp_fd, held.name, dfd, name, _RENAME_EXCHANGE)
+                os.fsync(dfd)
+                self._wrote(rel)
+        finally:
+            os.close(tmp_fd)
+        # (An exchange moves ctime: the file is told by the rest of its identity.)
+        if _is_file(held, attrs.evolve(ours, ctime_ns=None)):
+            held.unlink()
+            return None
+        return held
+
     def holds_file(self, rel: str, expected: FileIdentity) -> bool:
         """Whether *rel* is still the file *expected* names, unchanged (its ctime too,
         when *expected* has one)."""

@@ -10,6 +10,7 @@ a hook at exactly that step; and at random moments in a second, unhooked sweep.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -24,7 +25,7 @@ import attrs
 import pytest
 import trio
 from helpers import write
-from soundness import assert_sound
+from soundness import assert_sound, temps_left
 
 from horace.assemble import open_catalog
 from horace.backends.records import FileChanges, Retention
@@ -258,6 +259,45 @@ async def test_a_call_that_waited_for_a_file_moved_meanwhile_locks_its_new_path(
         assert after.purpose == "described" and after.file_path == "user/b.txt"
     else:
         assert after.file_path == "user/c.txt"
+
+
+async def test_a_write_as_a_failed_restore_is_undone_stays_at_its_path(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restore's record fails, and its write is undone (the working file put back to
+    the current version); a writer appends to the restored file just before that swap:
+    the writer's file stays at its path, and nothing lands beside it."""
+    path = write(files / "user/doc.txt", "v1\n")
+    file = (await catalog.register("user/doc.txt")).file
+    write(path, "v2\n")
+    await catalog.update(file.id, FileChanges())
+    commit = Catalog._commit_version
+
+    async def fails_for_the_restore(
+        self: Catalog, db: Any, f: Any, new: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        if new.restored_from_version is not None:
+            raise OSError(errno.EIO, "the record of the restore fails (as a test)")
+        return await commit(self, db, f, new, *args, **kwargs)
+
+    holds = Storage.holds_file
+
+    def holds_then_a_writer_appends(self: Storage, rel: str, expected: Any) -> bool:
+        held = holds(self, rel, expected)
+        with open(self.files / rel, "a") as f:  # (between the look and the swap)
+            f.write("the writer's line\n")
+        return held
+
+    monkeypatch.setattr(Catalog, "_commit_version", fails_for_the_restore)
+    monkeypatch.setattr(Storage, "holds_file", holds_then_a_writer_appends)
+    with pytest.raises(OSError):
+        await catalog.restore(file.id, 1)
+    monkeypatch.undo()
+    assert path.read_text() == "v1\nthe writer's line\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["doc.txt"]
+    assert temps_left(catalog) == []
+    assert (await catalog.scan()).versioned == 1  # (the writer's, taken in)
+    await assert_sound(catalog)
 
 
 async def test_a_save_while_delete_versions_what_it_took_is_not_lost(
