@@ -75,6 +75,13 @@ def _store_tampered(catalog: Catalog) -> str | None:
     storage = catalog.storage
     if not storage.in_place():
         return None
+    why = _tampering(catalog)
+    # (Looked at again: a store moved while it was looked at shows its lock file gone.)
+    return why if why is None or storage.in_place() else None
+
+
+def _tampering(catalog: Catalog) -> str | None:
+    storage = catalog.storage
     if catalog.locks.replaced():
         return (
             f"the store's lock file {storage.lock_file} was removed or replaced while this "

@@ -22,6 +22,7 @@ from horace.fsck import verify
 from horace.locks import FileLocks
 from horace.model import ErrorCode, HoraceError
 from horace.storage import StorageUnusable, TempKind, temp_name
+from horace.tasks import _store_tampered
 
 OUTSIDE = b"root:x:0:0:root:/root:/bin/bash\nsomeone else's file\n"
 
@@ -196,3 +197,24 @@ def test_a_file_marked_immutable_is_said_to_be_maybe_so() -> None:
     assert refused.startswith("Operation not permitted: files/user/a.txt (") and "chattr +i" in refused
     forbidden = storage_refusal(PermissionError(errno.EACCES, "Permission denied", "files/user/a.txt"))
     assert "may not read or write" in forbidden and "chattr" not in forbidden
+
+
+async def test_a_store_moved_while_it_is_looked_at_is_not_said_to_be_tampered_with(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store moved away between the look at its place and the look at its lock file:
+    the lock file is gone from the path, but that is the move's to say (the binding's
+    look: "not the one this process opened"), not a lock file removed under the server."""
+    root = catalog.storage.root
+    away = root.with_name(root.name + "-away")
+    replaced = catalog.locks.replaced
+
+    def moved_first() -> bool:
+        root.rename(away)
+        return replaced()
+
+    monkeypatch.setattr(catalog.locks, "replaced", moved_first)
+    try:
+        assert _store_tampered(catalog) is None
+    finally:
+        away.rename(root)
