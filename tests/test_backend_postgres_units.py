@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
@@ -1142,20 +1143,31 @@ async def test_a_database_the_role_may_not_connect_to_is_a_refused_login(pg_url:
     """CONNECT revoked from PUBLIC (a common hardening) and not granted: the login is
     refused, BackendUnavailable saying which GRANT is missing, not a table's privilege."""
     role, as_role = new_role(pg_url)
+    await trio.to_thread.run_sync(admin, f"CREATE ROLE {role} LOGIN")
+    try:
+        async with scratch_database(as_role, "", "REVOKE CONNECT ON DATABASE {} FROM PUBLIC") as (
+            database,
+            elsewhere,
+        ):
+            with pytest.raises(BackendUnavailable, match=f"GRANT CONNECT ON DATABASE {database} TO {role}"):
+                async with open_postgres(elsewhere, connect_timeout=5):
+                    pass
+    finally:
+        await trio.to_thread.run_sync(admin, f"DROP ROLE {role}")
+
+
+@asynccontextmanager
+async def scratch_database(url: str, options: str, *then: str) -> AsyncIterator[tuple[str, str]]:
+    """A database of its own made with *options* (and the statements *then*, each with
+    ``{}`` for its name), dropped on exit: its name, and *url* leading to it."""
     database = f"d_{uuid.uuid4().hex[:12]}"
     await trio.to_thread.run_sync(
-        admin,
-        f"CREATE ROLE {role} LOGIN",
-        f"CREATE DATABASE {database}",
-        f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC",
+        admin, f"CREATE DATABASE {database} {options}".rstrip(), *(t.format(database) for t in then)
     )
     try:
-        elsewhere = urlunsplit(urlsplit(as_role)._replace(path=f"/{database}", query=""))
-        with pytest.raises(BackendUnavailable, match=f"GRANT CONNECT ON DATABASE {database} TO {role}"):
-            async with open_postgres(elsewhere, connect_timeout=5):
-                pass
+        yield database, urlunsplit(urlsplit(url)._replace(path=f"/{database}", query=""))
     finally:
-        await trio.to_thread.run_sync(admin, f"DROP DATABASE {database}", f"DROP ROLE {role}")
+        await trio.to_thread.run_sync(admin, f"DROP DATABASE {database}")
 
 
 async def test_libpq_url_parameters(pg_url: str) -> None:
@@ -1184,18 +1196,11 @@ async def test_a_url_that_names_no_database_takes_pgdatabase_as_libpq_does(
 async def test_a_database_not_in_utf8_is_refused_by_name(pg_url: str) -> None:
     """Names, purposes and tags are Unicode: a LATIN1 (or SQL_ASCII) database would take
     some and fail others mid-scan; it is refused at the start, saying what it needs."""
-    database = f"d_{uuid.uuid4().hex[:12]}"
-    await trio.to_thread.run_sync(
-        admin,
-        f"CREATE DATABASE {database} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
-    )
-    try:
-        elsewhere = urlunsplit(urlsplit(pg_url)._replace(path=f"/{database}", query=""))
+    latin1 = "ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+    async with scratch_database(pg_url, latin1) as (_, elsewhere):
         with pytest.raises(UnusableURL, match=r"encoding is LATIN1.*needs a UTF8 database"):
             async with open_postgres(elsewhere, connect_timeout=5):
                 pass
-    finally:
-        await trio.to_thread.run_sync(admin, f"DROP DATABASE {database}")
 
 
 async def test_another_sessions_prepared_statement_is_said_to_be_a_pooler_in_transaction_mode(
