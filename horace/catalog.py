@@ -897,10 +897,9 @@ class Catalog:
         at its path by the time the lock is held, nothing is done (it is a writer's,
         re-created meanwhile, and the caller's next look takes it in)."""
         _check_labels(changes.owner, changes.tags, changes.collection)
-        await self.file(file_id)  # (an unknown id is told before the tags are looked at)
-        if changes.tags is not None:
-            changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
-        async with self.writing_file(file_id) as (db, current):
+        async with self.writing_file(file_id) as (db, current):  # (an unknown id is told first)
+            if changes.tags is not None:
+                changes = attrs.evolve(changes, tags=_clean_tags(changes.tags))
             # What this update changes is told against the file as it found it under the
             # lock: another writer's change made while it waited is not this one's.
             locked = current
