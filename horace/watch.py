@@ -387,7 +387,7 @@ class Watcher:
                 await self._catch_up_until_done(0.0)
             elif self._refused:
                 for rel in await in_thread(self._single_linked, list(self._refused)):
-                    self.schedule(rel)
+                    self.look_again(rel)
 
     def _single_linked(self, paths: list[str]) -> list[str]:
         found = []
@@ -479,10 +479,10 @@ class Watcher:
                 and unchanged_since(entry.working, st, margin)
             )
             if entry is None or (max(st.st_mtime, st.st_ctime) >= since and not as_read):
-                self.schedule(rel)
+                self.look_again(rel)
         for rel, entry in known.items():
             if entry.status is Status.ACTIVE and rel not in found:
-                self.schedule(rel)
+                self.look_again(rel)
 
     def schedule(self, rel: str, delay: float | None = None) -> None:
         now = trio.current_time()
@@ -492,6 +492,16 @@ class Watcher:
             due = min(due, self._due[rel])  # written on and on: no longer put off
         self._due[rel] = due
         self._wakeup.set()
+
+    def look_again(self, rel: str) -> None:
+        """:meth:`schedule` *rel*, which no event said changed (a catch-up's look, say),
+        never putting off a look already due sooner: a path due is what holds up the
+        delete of a file it may be the other half of the rename of (see
+        :meth:`_expire_vanished`), and a later look would let that file be deleted."""
+        due = self._due.get(rel)
+        self.schedule(rel)
+        if due is not None and due < self._due[rel]:
+            self._due[rel] = due
 
     async def _settle_loop(self) -> None:
         while True:

@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import sys
+import threading
 import time
 import types
 import urllib.request
@@ -1491,6 +1492,52 @@ async def test_a_big_folder_moved_holds_up_a_file_written_elsewhere_by_a_pass_on
     assert second > 0, f"a content waited for the whole backlog: {pending_when_taken}"
     assert max(behind) > 0
     assert (await catalog.file(other.file.id)).file_path == "user/other/a.txt"
+
+
+async def test_a_catch_up_never_puts_off_the_other_half_of_a_rename(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first catch-up, its walk slow (a big tree, a loaded machine), finishing while
+    a moved folder's files wait to be taken: its look at them keeps the time they were
+    due, so their files, vanished when they went, wait for them and are followed, not
+    deleted (a catch-up that put them off by a settle time let those deletes through:
+    nothing due then held them up)."""
+    count, settle = 20, 2.0
+    for i in range(count):
+        write(files / f"user/box/f{i}.txt", f"file {i}")
+    await catalog.scan()
+    ids = {(await catalog.resolve(f"user/box/f{i}.txt")).id for i in range(count)}
+    walk_may_go = threading.Event()
+    walk_stats = horace.watch.Watcher._walk_stats
+
+    def slow_walk(self: horace.watch.Watcher, under: str | None = None) -> list[tuple[str, os.stat_result]]:
+        if under is None:  # the catch-up's whole walk, not a folder's an event brought
+            walk_may_go.wait(30)
+        return walk_stats(self, under)
+
+    monkeypatch.setattr(horace.watch.Watcher, "_walk_stats", slow_walk)
+    watcher = horace.watch.Watcher(catalog, settle=settle)
+    outside = files.parent / "outside-box"
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watcher.run)
+            (files / "user/box").rename(outside)
+            await eventually(lambda: _true(watcher.status()["vanished"] == count), "the files vanished")
+            gone = trio.current_time()
+            await trio.sleep(settle / 4)
+            outside.rename(files / "user/box2")  # due a settle time from now
+            await eventually(lambda: _true(watcher.status()["pending"] >= count), "the moved files due")
+            # The catch-up's look comes after the files' wait began, before they are due.
+            await trio.sleep_until(gone + settle + settle / 10)
+            walk_may_go.set()
+            taken = lambda: _true(watcher.counts.moved + watcher.counts.deleted == count)  # noqa: E731
+            await eventually(taken, "every file taken")
+            nursery.cancel_scope.cancel()
+    finally:
+        walk_may_go.set()
+    assert (watcher.counts.moved, watcher.counts.deleted) == (count, 0)
+    moved = {(await catalog.resolve(f"user/box2/f{i}.txt")).id for i in range(count)}
+    assert moved == ids
 
 
 async def test_the_renames_of_a_folder_moved_are_followed_together(
