@@ -63,6 +63,7 @@ from horace.model import ErrorCode, HoraceError
 from horace.paths import quoted
 from horace.storage import (
     STORAGE_ERRNOS,
+    Staged,
     Storage,
     TempKind,
     TempName,
@@ -386,10 +387,13 @@ async def _dead_temp(
             True,
             subject=str(path),
         )
-    if name is not None and name.kind is TempKind.STAGE and await _put_back_object(catalog, path, referenced):
+    mended = None
+    if name is not None and name.kind is TempKind.STAGE:
+        mended = await _put_back_object(catalog, path, referenced)
+    if mended is not None:
         return Finding(
             "object_recovered",
-            "a referenced object was missing; put back from a staged copy a process left",
+            f"a referenced object was {mended}; put back from a staged copy a process left",
             True,
             subject=str(path),
         )
@@ -475,27 +479,29 @@ def _pack_entries(path: Path) -> list[str]:
         os.close(fd)
 
 
-async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str] | None) -> bool:
+async def _put_back_object(catalog: Catalog, path: Path, referenced: set[str] | None) -> str | None:
     """A staged copy whose content a version refers to while its object is missing (a
     process died between its commit and releasing the copy, as the collector took the
-    object): it becomes the object again."""
+    object) or damaged: it becomes the object again. What the object was ("missing",
+    "damaged"); None when it reads whole, or no version refers to the copy's content.
+    (Read whole, not by its size: an object rotted at its size would leave this copy the
+    last good one.)"""
     storage = catalog.storage
     checksum = await in_thread(_sha256_of, path)
-    if await in_thread(storage.has_object, checksum):
-        return False
+    size = (await in_thread(path.stat)).st_size
+    held = await in_thread(storage.hash_object, checksum)
+    if held == (checksum, size):
+        return None
     if referenced is None:
         is_referenced = not await catalog.backend.unreferenced([checksum])
     else:
         is_referenced = checksum in referenced
     if not is_referenced:
-        return False
-
-    def put_back() -> None:
-        os.link(path, storage.object_path(checksum))
-        path.unlink()
-
-    await in_thread(put_back)
-    return True
+        return None
+    staged = Staged(tmp_path=path, checksum=checksum, size=size, head=b"")
+    await in_thread(storage.keep, staged)  # (renamed over a damaged object)
+    await in_thread(storage.release, staged)
+    return "missing" if held is None else "damaged"
 
 
 async def _catalog_damage(catalog: Catalog, repair: bool) -> list[Finding]:

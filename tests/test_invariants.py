@@ -373,6 +373,31 @@ async def test_a_dead_process_scratch_file_is_removed_never_put_among_the_files(
     assert [p for p in files.rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+async def test_a_dead_process_staged_copy_mends_the_object_of_its_version(
+    catalog: Catalog, files: Path, damage: str
+) -> None:
+    """A staged copy a dead process left, of content a version refers to, is the last good
+    copy when that version's object is gone or rotted at its size: it becomes the object
+    again, not removed as scratch (the object is read whole, not judged by its size)."""
+    content = "versioned content"
+    write(files / "user/a.txt", content)
+    checksum = (await catalog.register("user/a.txt")).file.checksum
+    storage = catalog.storage
+    staged = write(storage.tmp / storage_temp_name("stage", _dead_pid(), ""), content)
+    held = storage.object_path(checksum)
+    if damage == "missing":
+        held.unlink()
+    else:
+        held.chmod(0o644)
+        held.write_text(content.upper())  # its size as it was
+    report = await fsck(catalog)  # the plain check, as at every start
+    assert [(f.kind, f.repaired) for f in report.findings] == [("object_recovered", True)], report.findings
+    assert f"object was {damage}" in report.findings[0].detail
+    assert storage.hash_object(checksum) == (checksum, len(content)) and not staged.exists()
+    assert not (await fsck(catalog, deep=True)).findings
+
+
 @pytest.mark.parametrize("name", ["a.txt", "L" * 251 + ".txt"])  # (the longest a name may be)
 @pytest.mark.parametrize("path_taken", [False, True])
 async def test_a_working_file_caught_outside_files_by_a_crash_goes_back(
