@@ -18,6 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
@@ -1050,6 +1051,55 @@ async def test_a_slot_is_taken_back_from_the_session_quiet_longest(
                         assert refused.status_code == 503
         health = (await listening.http.get(running.health_url)).json()
         assert health["connections"]["refused"] == 1
+
+
+async def test_a_small_body_sent_chunked_holds_up_no_other_message_while_answered(
+    server: RunningHorace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body sent without its length may be large: it is read in the server's one
+    large-request slot, and the slot let go of once the body is read small. Held for the
+    whole call, every chunked request of every session waited for the one before it."""
+    tool = HeldTool(monkeypatch)
+
+    async def chunked(message: dict[str, Any]) -> AsyncIterator[bytes]:  # (no length: chunked)
+        yield json.dumps(message).encode()
+
+    async with (
+        connect(server.http_url) as first,
+        connect(server.http_url) as second,
+        trio.open_nursery() as nursery,
+    ):
+        call = tool_call(1, "horace_scan")
+        nursery.start_soon(
+            partial(first.http.post, first.url, content=chunked(call), headers=first.headers())
+        )
+        with trio.fail_after(10):
+            await tool.started.wait()
+        with trio.fail_after(5):
+            ping = chunked(request(2, "ping"))
+            answer = await second.http.post(second.url, content=ping, headers=second.headers())
+        assert answer.status_code == 200 and answer.json()["result"] == {}
+        tool.release.set()
+
+
+async def test_a_post_whose_session_ends_while_its_body_comes_is_404(server: RunningHorace) -> None:
+    """The session ended (a DELETE) between a POST's head and its body: 404 with the
+    request's id, as for any request of an ended session; not 503, which says the server
+    is shutting down."""
+    async with connect(server.http_url) as client:
+        conn = await RawConnection.open(server.server.port)  # type: ignore[arg-type]
+        body = json.dumps(request("late", "ping")).encode()
+        head = conn.request_bytes("POST", body, {**client.headers()})
+        await conn.send(head[: -len(body)])  # the head, and the body not yet
+        await trio.sleep(0.2)
+        assert (await client.delete()).status_code == 204
+        await conn.send(body)
+        with trio.fail_after(10):
+            answer, text = await conn.response()
+        await conn.aclose()
+    assert answer.status_code == 404, text
+    reply = json.loads(text)
+    assert reply["id"] == "late" and "no such session" in reply["error"]["message"], reply
 
 
 async def test_concurrent_calls_are_capped_per_session(

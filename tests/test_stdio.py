@@ -228,6 +228,29 @@ async def test_a_first_run_creates_the_store_and_serves(
     assert [t["role"] for t in turns] == ["user", "assistant"] * 2, turns
 
 
+async def test_a_cancel_read_right_behind_its_request_stops_it(env: dict[str, str]) -> None:
+    """A call and its cancel in one write, read from one buffer with no wait between:
+    the call stops and answers nothing, every time (its task and the cancel's, started
+    side by side, ran in either order, and a cancel run first found nothing to stop)."""
+    rounds = 16
+    async with horace_mcp(env) as client:
+        await client.initialize()
+        for n in range(rounds):
+            call = {"jsonrpc": "2.0", "id": f"call-{n}", "method": "tools/call"}
+            call["params"] = {"name": "horace_verify", "arguments": {}}
+            cancel = {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": f"call-{n}"},
+            }
+            await client.send_line(f"{json.dumps(call)}\n{json.dumps(cancel)}".encode())
+            assert (await client.request("ping"))["result"] == {}
+        await trio.sleep(0.5)  # (a call not cancelled answers meanwhile)
+        assert (await client.request("ping"))["result"] == {}
+    answered = [m["id"] for m in client.received if str(m.get("id")).startswith("call-")]
+    assert answered == [], f"{len(answered)} of {rounds} cancelled calls answered"
+
+
 async def test_scan_sends_progress_before_its_reply(storage: Path, env: dict[str, str]) -> None:
     count = 300
     for n in range(count):

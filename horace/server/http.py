@@ -52,7 +52,7 @@ import logging
 import math
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 import trio
@@ -122,6 +122,8 @@ class Refused(Exception):
         self.status, self.message, self.headers, self.code, self.close = status, message, headers, code, close
         self.request_id = request_id  # (the error's id: of a request refused unread, when it is seen)
 
+
+NO_SUCH_SESSION = "no such session (ended, expired or never opened): initialize a new one"
 
 # Seconds a Streamable HTTP session must have been quiet for its slot to be taken back
 # when a new session finds none free (StreamableHttp.reclaim).
@@ -224,25 +226,35 @@ class StreamableHttp:
         session = self._session(request, required=False, draining_ok=True)
         declared = request.header(b"content-length")
         size = int(declared) if declared is not None else LARGE_REQUEST_BYTES + 1  # (chunked: any size)
-        async with one_large_request_at_a_time(self.host.large_requests, size):
-            await self._post_body(conn, request, ticket, accept, session)
+        async with AsyncExitStack() as slot:
+            await slot.enter_async_context(one_large_request_at_a_time(self.host.large_requests, size))
+            await self._post_body(conn, slot, ticket, accept, session)
 
     async def _post_body(
         self,
         conn: HttpConnection,
-        request: Request,
+        slot: AsyncExitStack,
         ticket: Ticket,
         accept: Accept,
         session: HttpSession | None,
     ) -> None:
+        """The POST's body read and answered; *slot* holds the large-request slot a body
+        that may be large is read in, let go of once it is read small (sent chunked, its
+        size was not said), so that its call holds up no large message."""
         body = await self._body(conn)
         size = len(body)
+        if size <= LARGE_REQUEST_BYTES:
+            await slot.aclose()
         try:
             message = jsonrpc.parse(body)
         except RpcError as exc:  # (not JSON: no id, as JSON-RPC says; too many values: its id)
             refused_id = jsonrpc.id_of_unread(body) if exc.code != jsonrpc.PARSE_ERROR else None
             raise Refused(400, exc.message, code=exc.code, request_id=refused_id) from None
         del body
+        if session is not None and session.ending:
+            # Ended while its body came (a DELETE, its slot taken back, idle too long).
+            asked = message.get("id") if isinstance(message, dict) else None
+            raise Refused(404, NO_SUCH_SESSION, request_id=asked if jsonrpc.is_valid_id(asked) else None)
         opened = session is None
         if session is None:
             if not (jsonrpc.is_request(message) and message["method"] == "initialize"):
@@ -356,7 +368,7 @@ class StreamableHttp:
             return None
         session = self.sessions.get(session_id)
         if session is None or session.ending:
-            raise Refused(404, "no such session (ended, expired or never opened): initialize a new one")
+            raise Refused(404, NO_SUCH_SESSION)
         if not session.accepting and not draining_ok:
             raise Refused(503, "the server is shutting down", [(b"retry-after", b"1")], code=SERVER_BUSY)
         return session

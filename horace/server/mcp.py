@@ -145,7 +145,13 @@ class McpSession:
         return size
 
     async def answer(
-        self, message: str | bytes, admitted: int, send: Send, slot: Callable[[], None] | None = None
+        self,
+        message: str | bytes,
+        admitted: int,
+        send: Send,
+        slot: Callable[[], None] | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Answer one message received (as text, or as its UTF-8, decoded only when its turn
         comes), *admitted* as :meth:`admit` said: what belongs to it goes out through
@@ -153,7 +159,14 @@ class McpSession:
         for are held until the reply has gone out: a client that sends many requests and
         reads no replies stops being read from, instead of piling them up. *slot*: the
         transport read the message in the server's large-request slot, which it holds
-        still; this lets go of it, called once the message has been answered."""
+        still; this lets go of it, called once the message has been answered.
+
+        Started with ``nursery.start`` (it says so at once), the transport reads its next
+        message only once this one has run to its first checkpoint: a request is under way
+        by then, its cancel scope set (unless it waits for the large-request slot), so a
+        cancel read right behind it finds it (started side by side, Trio may run the cancel
+        first)."""
+        task_status.started()
         try:
             async with self._answering(admitted, send):
                 async with one_large_request_at_a_time(self.large_requests, abs(admitted), slot):

@@ -196,7 +196,7 @@ class StdioSession:
                         calls.start_soon(self.send, self._too_long(line))
                     elif line.strip():  # blank lines carry no message
                         admitted = self.session.admit(len(line))  # counted as it is read
-                        calls.start_soon(self.session.answer, line, admitted, self.send)
+                        await calls.start(self.session.answer, line, admitted, self.send)
                         del line
             # Ended: stdin closed or a signal (what was read is answered, within the
             # grace), or stdout gone (nobody is left to answer).

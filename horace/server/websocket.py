@@ -111,7 +111,7 @@ class WebSocketSession:
                                 message = message.encode()
                             # Counted as it is read:
                             admitted = self.session.admit(jsonrpc.message_size(message))
-                            calls.start_soon(self.session.answer, message, admitted, self.send, slot)
+                            await calls.start(self.session.answer, message, admitted, self.send, slot)
                             del message
                     if self.gone:
                         calls.cancel_scope.cancel()  # nobody is left to answer: stop the work
