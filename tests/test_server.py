@@ -19,9 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import pytest
 import trio
+import websockets.exceptions
+import websockets.sync.client
 from helpers import BACKEND, pg_execute, sha256, tool_body, with_query, write
 from mcp_client import McpClient, connect
 from trio_websocket import ConnectionRejected, HandshakeError, open_websocket_url
+from websockets.typing import Subprotocol
 
 from horace.backends.protocol import BackendUnavailable
 from horace.config import Settings
@@ -851,6 +854,31 @@ async def test_a_frame_wsproto_cannot_take_fails_the_connection_with_a_close_fra
         assert received[0] == 0x88 and received[1] < 126, received  # one Close frame, then the end
         assert int.from_bytes(received[2:4], "big") == code and len(received) == 2 + received[1]
         await stream.aclose()
+
+
+async def test_a_message_past_the_cap_gets_its_close_frame_whatever_else_is_sent(settings: Settings) -> None:
+    """The Close frame (1009) of a message refused as it comes is sent by the task that
+    reads, maybe as another sends (the handshake's answer, just after it): it waits its
+    turn. Sent past trio-websocket's own turns, it failed ("another task is currently
+    sending", logged as a connection failed), and the client saw no Close frame (with the
+    ``websockets`` library's client, in 1 to 13 of 30 connections)."""
+    limit = 64 * 1024
+    message = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "pad": "x" * (limit + limit // 16)})
+
+    def codes(url: str) -> list[int | None]:
+        seen = []
+        for _ in range(30):
+            with websockets.sync.client.connect(url, subprotocols=[Subprotocol("mcp")], max_size=None) as ws:
+                try:
+                    ws.send(message)
+                    ws.recv(timeout=10)
+                except websockets.exceptions.ConnectionClosed as closed:
+                    seen.append(closed.rcvd.code if closed.rcvd is not None else None)
+        return seen
+
+    async with run_horace(serving(settings, max_message_bytes=limit)) as running:
+        seen = await trio.to_thread.run_sync(codes, running.url)
+    assert seen == [1009] * 30, {code: seen.count(code) for code in set(seen)}
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,10 @@ class MessageIntake(trio.abc.Stream):
         # The WebSocket, once its handshake is answered; and whether a Close frame went out.
         self.websocket: WebSocketConnection | None = None
         self._close_sent = False
+        # trio-websocket's sends and the Close frames of our own, one at a time: the reader
+        # sends one as it refuses a message, maybe while another task sends (the
+        # handshake's answer, a reply, a ping), and the socket takes one sender at a time.
+        self._sending = trio.Lock()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self.unfinished > LARGE_REQUEST_BYTES and self._slot is None and self.large_requests:
@@ -142,7 +146,8 @@ class MessageIntake(trio.abc.Stream):
         self._close_sent = True
         frame = FrameProtocol(client=False, extensions=[]).close(code, reason)
         with trio.move_on_after(CLOSE_SEND_TIMEOUT):
-            await self.stream.send_all(frame)
+            async with self._sending:
+                await self.stream.send_all(frame)
 
     def _took(self, data: bytes | bytearray) -> None:
         self.last_received = trio.current_time()
@@ -239,7 +244,8 @@ class MessageIntake(trio.abc.Stream):
         # (Past the handshake, each of trio-websocket's sends is one whole frame.)
         if self.websocket is not None and data and data[0] & 0x0F == _CLOSE:
             self._close_sent = True
-        await self.stream.send_all(data)
+        async with self._sending:
+            await self.stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()
