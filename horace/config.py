@@ -182,6 +182,11 @@ def websocket_url_problem(url: str) -> str | None:
         _ = parts.port  # (raises on a port that is no number)
     except ValueError:
         return "the port is not a number"
+    try:
+        url.encode("utf-8")
+        parts.hostname.encode("idna")  # (as the connection will look it up)
+    except UnicodeError:
+        return "the host is no host name (an empty or over-long label, or not UTF-8)"
     return None
 
 
@@ -271,6 +276,18 @@ def _host(text: str, name: str) -> str:
     return text
 
 
+def _token(text: str, name: str) -> str:
+    """A secret sent in a header (``Authorization: Bearer …``): UTF-8, no control
+    characters; else no request could ever carry it, and every one would be refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} is not valid UTF-8: no request could send it") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ConfigError(f"{name} holds a control character: no request could send it in a header")
+    return text
+
+
 def _database_url(text: str, name: str) -> str:
     try:
         text.encode("utf-8")
@@ -285,7 +302,7 @@ def _database_url(text: str, name: str) -> str:
 Parser = Callable[[str, str], Any]
 # The parsers that take a value as it is (the others read a number, a word, a list, and
 # ignore the spaces around it): such a value may have none (see _no_surrounding_space).
-_TAKEN_AS_GIVEN: frozenset[Parser] = frozenset({_path, _text, _database_url, _websocket_url, _host})
+_TAKEN_AS_GIVEN: frozenset[Parser] = frozenset({_path, _text, _token, _database_url, _websocket_url, _host})
 # Flags given as text, checked as their variables are (the others come typed from the CLI).
 _CHECKED_FLAGS: dict[str, tuple[Parser, str]] = {
     "database_url": (_database_url, "--database"),
@@ -309,7 +326,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Parser]] = {
     "fsck_interval": (("HORACE_FSCK_INTERVAL",), _interval),
     "host": (("HORACE_MCP_HOST",), _host),
     "port": (("HORACE_MCP_PORT",), _port),
-    "auth_token": (("HORACE_AUTH_TOKEN",), _text),
+    "auth_token": (("HORACE_AUTH_TOKEN",), _token),
     "allowed_origins": (("HORACE_ALLOWED_ORIGINS",), _origins),
     "allowed_hosts": (("HORACE_ALLOWED_HOSTS",), _hosts),
     "max_message_bytes": (("HORACE_MAX_MESSAGE_BYTES",), _protocol_bytes),

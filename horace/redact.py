@@ -33,13 +33,14 @@ SECRET_KEYS = (
     "cookie",
 )
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_URL_WITH_USER = re.compile(r"://[^\s/@'\"<>]*@")  # (its password, if any, is in what comes before @)
 # A key=value pair in free text (a query string in a path an error quotes, a setting); a
 # value that is an authorization scheme and its credential ("Bearer abc") is one value.
 _SCHEME = r"(?:(?i:bearer|basic|digest|token|negotiate)\s+)?"
 _PAIR_IN_TEXT = re.compile(rf"([A-Za-z0-9_.-]+)=({_SCHEME}[^\s&;,'\"<>]+)")
-# A header in free text ("Authorization: Bearer abc", "Cookie: a=1; b=2"): to the end of
-# its line.
-_HEADER_IN_TEXT = re.compile(r"([A-Za-z0-9_-]+):[ \t]*([^\r\n]+)")
+# A header's name in free text ("Authorization: Bearer abc", "Cookie: a=1; b=2"; after
+# another, "error: Authorization: ..."): its value is the rest of its line.
+_HEADER_NAME_IN_TEXT = re.compile(r"([A-Za-z0-9_-]+):[ \t]*")
 # What text that names a secret key holds, lower-cased, whatever the key's case and its "-" or
 # " " for "_" (api_key: "key"); JSON text with an escape (\u0070assword) may name one too.
 _ENDINGS = {key.rpartition("_")[2] for key in SECRET_KEYS}
@@ -94,7 +95,7 @@ def redact_text(text: str) -> str:
     if "://" in text:
         text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
     if ":" in text:
-        text = _HEADER_IN_TEXT.sub(_header, text)
+        text = "\n".join(_header_masked(line) if ":" in line else line for line in text.split("\n"))
     if "=" in text:
         text = _PAIR_IN_TEXT.sub(_pair, text)
     return text
@@ -105,9 +106,16 @@ def _pair(match: re.Match[str]) -> str:
     return f"{key}={MASK}" if secret_key(key) and value != MASK else match.group(0)
 
 
-def _header(match: re.Match[str]) -> str:
-    key, value = match.groups()
-    return f"{key}: {MASK}" if secret_key(key) and value != MASK else match.group(0)
+def _header_masked(line: str) -> str:
+    """*line* with the value of the first header in it that names a secret masked."""
+    body = line.rstrip("\r")
+    for match in _HEADER_NAME_IN_TEXT.finditer(body):
+        if secret_key(match.group(1)):
+            value = body[match.end() :]
+            if not value or value == MASK:
+                return line
+            return f"{body[: match.start()]}{match.group(1)}: {MASK}{line[len(body) :]}"
+    return line
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -137,7 +145,7 @@ def redact_json_text(text: str) -> str:
     at any depth and in JSON text inside it; given back as it is, unparsed, when it names
     no secret key (a scan of the text, far cheaper than parsing it)."""
     lowered = text.lower()
-    if not any(part in lowered for part in _SECRET_NAME_PARTS):
+    if not any(part in lowered for part in _SECRET_NAME_PARTS) and not _URL_WITH_USER.search(text):
         return text
     return _redact_string(text)
 

@@ -35,8 +35,9 @@ def _environmental(failure: BaseException) -> bool:
 
 
 def backoff(failures: int, base: float = 1.0, cap: float = 30.0) -> float:
-    """Exponential backoff (base doubling to cap), jittered over its upper half."""
-    delay = min(cap, base * 2 ** max(0, failures - 1))
+    """Exponential backoff (base doubling to cap), jittered over its upper half. (As a
+    float: an int's 2**1024 does not convert, so hours of failures in a row would raise.)"""
+    delay = min(cap, base * 2.0 ** min(max(0, failures - 1), 1023))
     return delay / 2 + random.random() * delay / 2
 
 

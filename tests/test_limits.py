@@ -1242,6 +1242,25 @@ def test_sizes_take_the_units_the_configuration_table_writes() -> None:
     assert (read.max_metadata_bytes, read.sink_queue_bytes, read.turn_max_bytes) == (16 << 10, 1 << 30, 100)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("HORACE_AUTH_TOKEN", "t\udcffk", "is not valid UTF-8"),  # (a byte the locale could not decode)
+        ("HORACE_AUTH_TOKEN", "tok\x01en", "control character"),
+        ("GODOT_URL", "ws://a..b:9060", "no host name"),
+        ("GODOT_URL", f"ws://{'l' * 70}.example:9060", "no host name"),
+        ("GODOT_URL", "ws://g\udcffdot:9060", "no host name"),
+    ],
+)
+def test_a_value_no_request_or_connection_could_use_is_refused_at_start(
+    variable: str, value: str, said: str
+) -> None:
+    """Taken, a token no header can carry refused every request (each a traceback), and a
+    Godot host no lookup can take failed every retry as a crash."""
+    with pytest.raises(ConfigError, match=said):
+        Settings.from_env({variable: value})
+
+
 def test_timeouts_must_be_positive() -> None:
     with pytest.raises(ConfigError):
         Settings.from_env({"HORACE_IDLE_TIMEOUT": "0"})

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from horace.logs import JsonLines, OnceAWhile
-from horace.redact import redact_text, redact_url
+from horace.redact import MASK, redact_json_text, redact_text, redact_url
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,25 @@ def test_trio_s_accept_failures_are_logged_once_a_while_without_their_tracebacks
         "accept returned EMFILE; retrying (4 more like it left out)",
     ]
     assert said[0].exc_info is None
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("error: Authorization: Bearer abc", "abc"),  # a header after another word and colon
+        ("refused (401): www-authenticate: x, Cookie: session=s1", "s1"),
+        ("a: b\r\nProxy-Authorization: Basic dXNlcjpwdw==\r\nc: d", "dXNlcjpwdw"),
+    ],
+)
+def test_a_header_anywhere_on_its_line_loses_its_value(text: str, secret: str) -> None:
+    shown = redact_text(text)
+    assert secret not in shown and MASK in shown, shown
+    assert shown.count("\n") == text.count("\n")
+
+
+def test_turn_text_loses_the_password_of_a_url_though_it_names_no_secret_key() -> None:
+    """A conversation turn is parsed for secrets only when its text may hold one: a URL
+    with a user in it may (its password), as a secret-sounding key does."""
+    turn = json.dumps({"purpose": "loads from postgresql://etl:PW1@db/sales", "path": "a/b.txt"})
+    shown = redact_json_text(turn)
+    assert "PW1" not in shown and json.loads(shown)["path"] == "a/b.txt"

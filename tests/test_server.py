@@ -1090,6 +1090,10 @@ def test_a_calls_tool_name_is_recorded_as_sent_and_cut() -> None:
     assert _name_recorded({}) == ""
     assert (_name_recorded({"name": 12}), _name_recorded({"name": None})) == ("12", "null")
     assert _name_recorded({"name": "x" * 5000}) == "x" * RECORDED_NAME_CHARS + "…"
+    # A name no tool has is the client's text: its secrets are not sent on (Godot's call
+    # line, the turns' metadata take the name as it is recorded).
+    assert "TOOLsecret1" not in _name_recorded({"name": "x?token=TOOLsecret1"})
+    assert "S3cret" not in _name_recorded({"name": "postgresql://u:S3cret@db/x"})
 
 
 def test_a_librarys_warning_is_one_log_record(

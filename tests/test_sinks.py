@@ -563,6 +563,12 @@ async def test_overflow_drops_the_oldest_and_counts_exactly(caplog: pytest.LogCa
     newest = list(range(5 + extra, 5 + capacity + extra))
     assert [c["message"] for c in godot.calls] == [f"m{i}" for i in [0, 1, 2, 3, 4, *newest]]
     assert runner.dropped == extra and runner.delivered == 5 + capacity and runner.restarts == 0
+    # The drops after the first warning, said as the sink stopped (no drop came to say them).
+    said = [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]
+    assert [line.rpartition("dropped ")[2] for line in said] == [
+        "1, the oldest first",
+        f"{extra - 1}, the oldest first",
+    ]
 
 
 class GatedTransport(MemoryTransport):
@@ -966,6 +972,18 @@ async def test_a_godot_that_breaks_the_websocket_is_unavailable_with_the_reason(
     with pytest.raises(SinkUnavailable) as raised, trio.fail_after(10):
         await deliver_to(godot, godot_end, client_end, [entry(0)])
     assert said in str(raised.value), raised.value
+
+
+async def test_the_error_of_a_godot_url_with_a_password_does_not_show_it() -> None:
+    """/health shows a sink's last error, which names its URL: without its password (the
+    log lines had it masked; /health, open to all without a token, did not)."""
+    async with godot_standin(listening=False) as godot:
+        url = godot.url.replace("ws://", "ws://horace:S3cretPW@")
+        runner = SinkRunner(GodotTransport(url), spool_dir=None, **FAST)
+        async with running(runner):
+            await eventually(lambda: runner.failures >= 1, 10, "a failure")
+    said = runner.status()["last_error"]
+    assert "godot at ws://horace:" in said and "S3cretPW" not in said, said
 
 
 async def test_a_godot_url_with_a_user_and_a_fragment_is_served_without_them() -> None:

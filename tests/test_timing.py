@@ -44,6 +44,14 @@ def test_backoff_doubles_to_its_cap_within_its_jitter() -> None:
         assert max(seen) - min(seen) > (high - low) / 4  # jittered, not fixed
 
 
+@pytest.mark.parametrize("failures", [1025, 10**6])
+def test_backoff_stays_at_its_cap_however_long_the_failures_go_on(failures: int) -> None:
+    """A sink whose peer is down for hours (a failure every cap or so: 1,025 in 6.4 h at
+    the defaults) still waits its cap; the delay once overflowed, and the sink's task died."""
+    seen = [backoff(failures, 0.001, CAP) for _ in range(50)]
+    assert all(CAP / 2 <= d <= CAP for d in seen), (min(seen), max(seen))
+
+
 class FailingTransport:
     """Refuses to connect *failures* times (recording when), then takes everything."""
 

@@ -41,6 +41,7 @@ from horace.catalog import Catalog
 from horace.config import Settings
 from horace.logs import calling
 from horace.model import CallRecord, ErrorCode, HoraceError
+from horace.redact import redact_text
 from horace.server import heap, jsonrpc
 from horace.server.jsonrpc import (
     INTERNAL_ERROR,
@@ -708,11 +709,15 @@ RECORDED_NAME_CHARS = 200
 
 def _name_recorded(params: Mapping[str, Any]) -> str:
     """The tool a call names, as its turns and log line record it: the name; what was
-    sent instead of a string, as JSON ("" when nothing was); cut to RECORDED_NAME_CHARS."""
+    sent instead of a string, as JSON ("" when nothing was); cut to RECORDED_NAME_CHARS.
+    A name no tool has is the client's text, redacted as any (Godot's call line and the
+    turns take it as it is, a name of Horace's own)."""
     if "name" not in params:
         return ""
     given = params["name"]
-    name = given if isinstance(given, str) else json.dumps(given, default=str)
+    if isinstance(given, str) and given in TOOLS:
+        return given
+    name = redact_text(given if isinstance(given, str) else json.dumps(given, default=str))
     return name if len(name) <= RECORDED_NAME_CHARS else name[:RECORDED_NAME_CHARS] + "…"
 
 

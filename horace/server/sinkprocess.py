@@ -44,7 +44,7 @@ from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
 from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS
-from horace.sinks.supervisor import BATCH_BYTES, DropsSaid, entry_size, queue_from_thread
+from horace.sinks.supervisor import BATCH_BYTES, DROPS_SAID_EVERY, DropsSaid, entry_size, queue_from_thread
 from horace.supervise import backoff, the_failure
 
 log = logging.getLogger("horace.sinks")  # (the sinks' own log never feeds a sink)
@@ -214,7 +214,9 @@ class SinkProcess:
                 delay = backoff(failures, settings.sink_backoff_base, settings.sink_backoff_cap)
                 log.error("%s; starting another in %.1f s", self.last_error, delay, exc_info=unexpected)
                 await trio.sleep(delay)
+                self._drops_said.say_due()
         finally:
+            self._drops_said.say()
             if self._queue:  # stopping with no child to take them
                 self.lost += len(self._queue)
                 log.error("sink process: %d log entries lost at shutdown (no sink process)", len(self._queue))
@@ -302,8 +304,10 @@ class SinkProcess:
         while True:
             await self._hand_over(pipe)
             while not self._queue:
+                self._drops_said.say_due()
                 self._ready = trio.Event()
-                await self._ready.wait()
+                with trio.move_on_after(DROPS_SAID_EVERY):
+                    await self._ready.wait()
             await trio.sleep(GATHER)
 
     async def _hand_over(self, pipe: _FramePipe) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import trio
 
-from horace.redact import redact
+from horace.redact import redact, redact_text
 from horace.storage import PRIVATE_FOLDER_MODE
 from horace.supervise import backoff
 
@@ -68,23 +68,33 @@ class DropsSaid:
     def __init__(self, whose: str) -> None:
         self.whose = whose
         self._unsaid = 0
+        self._capacity = (0, 0)  # (entries, bytes): the queue's, as the last drop said
         self._next_at = float("-inf")
 
     def dropped(self, count: int, capacity: int, capacity_bytes: int) -> None:
         self._unsaid += count
-        now = time.monotonic()
-        if now < self._next_at:
+        self._capacity = (capacity, capacity_bytes)
+        self.say_due()
+
+    def say_due(self) -> None:
+        """Say the drops not yet said, if the time has come (the queue's owner calls this
+        as it goes on, so that the drops after a warning are said too)."""
+        if time.monotonic() >= self._next_at:
+            self.say()
+
+    def say(self) -> None:
+        """Say the drops not yet said, now (as the queue stops)."""
+        if not self._unsaid:
             return
         log.warning(
             "%s: its queue is full (at most %d entries and %d bytes: HORACE_SINK_QUEUE, "
             "HORACE_SINK_QUEUE_BYTES): dropped %d, the oldest first",
             self.whose,
-            capacity,
-            capacity_bytes,
+            *self._capacity,
             self._unsaid,
         )
         self._unsaid = 0
-        self._next_at = now + DROPS_SAID_EVERY
+        self._next_at = time.monotonic() + DROPS_SAID_EVERY
 
 
 _SCALARS = frozenset({int, float, bool, type(None)})
@@ -203,7 +213,8 @@ class SinkRunner:
         self.last_error_at: float | None = None  # (time.time(): when last_error was said)
 
     def _said(self, error: str) -> None:
-        self.last_error, self.last_error_at = error, time.time()
+        # (Shown in /health, which may be open to all: a sink's URL in it loses its password.)
+        self.last_error, self.last_error_at = redact_text(error), time.time()
 
     # -- the caller's side ------------------------------------------------------------
 
@@ -302,12 +313,14 @@ class SinkRunner:
                         extra={"sink": self.name},
                     )
                     await trio.sleep(backoff(self.failures, self.backoff_base, self.backoff_cap))
+                    self._drops_said.say_due()
         finally:
             with trio.move_on_after(self.flush_seconds) as flush:
                 flush.shield = True
                 await self._flush()
             with trio.CancelScope(shield=True):  # the spool lock is waited for, cancelled or not
                 await self._spill()
+            self._drops_said.say()
             self.state = "stopped"
 
     def _strike_single_entry(self) -> None:
@@ -335,11 +348,13 @@ class SinkRunner:
                 await self._deliver_one(deliver, self.linger)
 
     async def _deliver_one(self, deliver: Deliver, linger: float = 0.0) -> None:
+        self._drops_said.say_due()
         while not self._queue:
             self._ready = trio.Event()
             with trio.move_on_after(IDLE_EVERY) as idle:
                 await self._ready.wait()
             if idle.cancelled_caught:
+                self._drops_said.say_due()
                 await deliver([])  # (see Deliver)
         if linger and len(self._queue) < self._batch_limit and self._queued_bytes < BATCH_BYTES:
             with trio.move_on_after(linger):  # gather a batch (emit wakes us when it is full)
