@@ -213,6 +213,32 @@ async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settin
     assert [r["turn_number"] for r in rows] == list(range(1, 13))  # before the kill and after
 
 
+async def test_a_hung_sink_process_is_said_not_ok(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that takes nothing handed to it (stopped: SIGSTOP, a disk that blocks it)
+    says nothing more either: its last report said all was well. Entries handed to it
+    and not taken for STALLED_SECONDS make it not ok, and the server degraded, until it
+    takes them."""
+    monkeypatch.setattr("horace.server.sinkprocess.STALLED_SECONDS", 1.0)
+    async with run_horace(in_child(settings)) as running, connect(running.url) as client:
+        await call(client, "horace_search_files", "before")
+        await drained(running)
+        child = process_part(running)["pid"]
+        os.kill(child, signal.SIGSTOP)
+        try:
+            for i in range(3):
+                await call(client, "horace_search_files", f"hung-{i}")
+            await eventually(lambda: process_part(running)["ok"] is False, 10, "the hung child said")
+            part = process_part(running)
+            assert "has taken none of the" in part["why"] and "(hung?)" in part["why"], part
+            assert (await running.server.health())[1]["status"] == "degraded"
+        finally:
+            os.kill(child, signal.SIGCONT)
+        await eventually(lambda: process_part(running)["ok"] is True, 10, "ok once it takes them")
+        assert process_part(running)["pid"] == child
+
+
 async def test_what_a_killed_sink_process_held_is_counted_as_lost(settings: Settings) -> None:
     """A child killed outright cannot spill: the entries its sinks held (as it last said)
     are counted in `lost`, not forgotten with it."""

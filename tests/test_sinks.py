@@ -55,7 +55,7 @@ from horace.sinks.conversations import (
 )
 from horace.sinks.godot import GodotLogHandler, GodotTransport
 from horace.sinks.godot import _Socket as GodotSocket
-from horace.sinks.supervisor import Deliver, SinkRunner, SinkUnavailable, entry_size
+from horace.sinks.supervisor import Deliver, DestinationDown, SinkRunner, SinkUnavailable, entry_size
 from horace.testing import RunningHorace, run_horace
 from horace.wire import to_json
 
@@ -718,6 +718,22 @@ async def test_a_crashing_sink_task_is_restarted_without_loss_or_duplicates(
     assert len(crashed) == 1 and crashed[0].exc_info is not None  # with its traceback
 
 
+async def test_entries_gathered_for_a_long_linger_are_no_stall(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """HORACE_SINK_LINGER may be up to 60 s: entries waiting that long to be sent as a
+    batch wait as configured, and the sink is ok meanwhile (it was not after 15 s, and
+    the server said it degraded)."""
+    transport = MemoryTransport()
+    runner = SinkRunner(transport, spool_dir=None, batch_size=100, linger=40.0, **FAST)
+    async with running(runner):
+        runner.emit(entry(0))
+        await trio.sleep(30)
+        assert transport.stored == [] and runner.status()["ok"] is True, runner.status()
+        await trio.sleep(20)
+        assert [e["message"] for e in transport.stored] == ["m0"]
+
+
 async def test_batches_are_pipelined_to_a_slow_godot() -> None:
     async with godot_standin(delay=0.01) as godot:
         runner = SinkRunner(GodotTransport(godot.url), spool_dir=None, batch_size=20, **FAST)
@@ -1021,6 +1037,17 @@ async def test_a_silent_godot_is_given_up_after_the_reply_timeout_and_retried() 
             godot.delay = 0
             await eventually(lambda: runner.delivered == 1, 10, "the entry delivered after all")
     assert godot.calls[-1]["message"] == "m0"
+
+
+async def test_a_silent_godot_is_down_not_refusing_the_entry_it_was_given() -> None:
+    """Silence is Godot hung, not the entry's fault: never a strike against a lone entry
+    (three such, and an entry was dropped as "refused 3 times" by a Godot that refused
+    nothing)."""
+    async with godot_standin(delay=30) as godot:
+        transport = GodotTransport(godot.url, reply_timeout=0.2)
+        with pytest.raises(DestinationDown, match="TooSlowError"), trio.fail_after(5):
+            async with transport.open():
+                pass
 
 
 async def test_flapping_godot_gets_every_entry() -> None:

@@ -28,6 +28,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,7 +45,14 @@ from horace.config import Settings
 from horace.model import CallRecord
 from horace.server.sinks import LocalSinks, SinkWiring, run_sinks
 from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS
-from horace.sinks.supervisor import BATCH_BYTES, DROPS_SAID_EVERY, DropsSaid, entry_size, queue_from_thread
+from horace.sinks.supervisor import (
+    BATCH_BYTES,
+    DROPS_SAID_EVERY,
+    STALLED_SECONDS,
+    DropsSaid,
+    entry_size,
+    queue_from_thread,
+)
 from horace.supervise import backoff, the_failure
 
 log = logging.getLogger("horace.sinks")  # (the sinks' own log never feeds a sink)
@@ -130,6 +138,7 @@ class SinkProcess:
         self.handed = 0  # messages written to the children
         self.received = 0  # of them, taken in by the child that runs now (as it last said)
         self._handed_before = 0  # handed to the children before this one
+        self._took_at = time.monotonic()  # when the child last took what was handed to it
         self._in_pipe: list[tuple[tuple[str, Any], int]] = []  # the frame being written
         self._in_pipe_kept = 0  # of its messages, those that could be pickled
         self.last_error: str | None = None
@@ -165,9 +174,17 @@ class SinkProcess:
         # Not ok (the server "degraded" in /health) while the child is retrying, or one of
         # its sinks is not ok (its database down, Godot gone, refusing or hung).
         failing = sorted(name for name, sink in self.sink_status.items() if sink.get("ok") is False)
+        waiting = self.handed - self.received
         why = None
         if self.state == "retrying":
             why = self.last_error
+        elif waiting and time.monotonic() - self._took_at >= STALLED_SECONDS:
+            # Its last report would still say all is well: a child hung (SIGSTOP, a blocked
+            # disk) says nothing more, and takes nothing.
+            why = (
+                f"the sink process has taken none of the {waiting} log entries handed to it for "
+                f"{time.monotonic() - self._took_at:.0f} s (hung?)"
+            )
         elif failing:  # (its own last_error, if any, is an older story)
             why = f"not ok in the child: {', '.join(failing)} (see sinks)"
         elif self.recovering:
@@ -256,6 +273,7 @@ class SinkProcess:
         self.pid, self.state = process.pid, "running"
         self.starts += 1
         self._handed_before = self.handed
+        self._took_at = time.monotonic()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_status, process.stdout)
@@ -329,6 +347,8 @@ class SinkProcess:
             self._requeue()
             pipe.unsent = memoryview(b"")
             raise
+        if self.handed == self.received:  # (the child's wait for these starts now)
+            self._took_at = time.monotonic()
         self.handed += self._in_pipe_kept
         self._in_pipe, self._in_pipe_kept = [], 0
 
@@ -368,6 +388,8 @@ class SinkProcess:
                     log.warning("sink process: a status line that is not one (%s): %.200r", exc, lines[-1])
                     continue
                 self.sink_status = sinks
+                if self._handed_before + received != self.received:
+                    self._took_at = time.monotonic()
                 self.received = self._handed_before + received
                 if all(sink.get("state") == "connected" for sink in sinks.values()):
                     self.recovering = False

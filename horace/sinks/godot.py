@@ -32,7 +32,15 @@ from horace.config import websocket_url_problem
 from horace.logs import CALL_LINE, OBSERVED, call_line_data
 from horace.model import CallRecord
 from horace.redact import redact, redact_url
-from horace.sinks.supervisor import Deliver, Emitter, SinkRunner, SinkUnavailable, log, size_of
+from horace.sinks.supervisor import (
+    Deliver,
+    DestinationDown,
+    Emitter,
+    SinkRunner,
+    SinkUnavailable,
+    log,
+    size_of,
+)
 
 LEVELS = {"CRITICAL": "ERROR", "ERROR": "ERROR", "WARNING": "WARN", "INFO": "INFO", "DEBUG": "DEBUG"}
 TRACE = 5  # below DEBUG
@@ -290,12 +298,14 @@ class GodotTransport:
                 yield deliver
             finally:
                 await ws.aclose()
+        except trio.TooSlowError as exc:
+            # Silent: Godot hung, not the entry it was given (never dropped as refused).
+            raise DestinationDown(f"godot at {self.url}: {type(exc).__name__} {exc}") from exc
         except (
             _Closed,
             OSError,
             trio.BrokenResourceError,
             trio.ClosedResourceError,
-            trio.TooSlowError,
         ) as exc:
             raise SinkUnavailable(f"godot at {self.url}: {type(exc).__name__} {exc}") from exc
 

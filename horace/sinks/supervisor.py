@@ -260,7 +260,8 @@ class SinkRunner:
         return {
             # Not ok while it cannot deliver (retrying), its destination refuses all it is
             # given (refusing), or entries wait with nothing delivered (a destination hung).
-            "ok": self.state not in ("retrying", "refusing") and stalled < STALLED_SECONDS,
+            # (Entries gathered into a batch wait HORACE_SINK_LINGER on purpose.)
+            "ok": self.state not in ("retrying", "refusing") and stalled < STALLED_SECONDS + self.linger,
             "state": self.state,
             "queued": len(self._queue),
             "queued_bytes": self._queued_bytes,
