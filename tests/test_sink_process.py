@@ -239,6 +239,23 @@ async def test_a_hung_sink_process_is_said_not_ok(
         assert process_part(running)["pid"] == child
 
 
+async def test_what_a_killed_sink_process_never_took_is_counted_as_lost(settings: Settings) -> None:
+    """Handed to a child that never took it (stopped, then killed): in the pipe that died
+    with it, counted in `lost` (it was counted nowhere)."""
+    async with run_horace(in_child(settings)) as running, connect(running.url) as client:
+        await call(client, "horace_search_files", "before")
+        await drained(running)
+        child = process_part(running)["pid"]
+        os.kill(child, signal.SIGSTOP)
+        for i in range(3):
+            await call(client, "horace_search_files", f"never-taken-{i}")
+        await eventually(lambda: process_part(running)["handed"] == 8, 10, "the turns handed")
+        os.kill(child, signal.SIGKILL)
+        await eventually(lambda: process_part(running)["starts"] == 2, 30, "a second sink process")
+        part = process_part(running)
+        assert part["lost"] == 6, part
+
+
 async def test_what_a_killed_sink_process_held_is_counted_as_lost(settings: Settings) -> None:
     """A child killed outright cannot spill: the entries its sinks held (as it last said)
     are counted in `lost`, not forgotten with it."""

@@ -694,6 +694,29 @@ async def test_turns_spilled_for_a_database_of_their_own_wait_for_a_process_that
         assert sinks_of(third)["conversations"]["replayed"] == 6
 
 
+async def test_turns_after_their_own_database_file_is_removed_go_into_a_new_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A conversation database of its own, its SQLite file removed under the server (a
+    cleanup, a rotation): the turns after are stored in the database made anew at its
+    path, not in the removed file (gone for good, yet counted as delivered)."""
+    turns_db = tmp_path / "turns.db"
+    url = f"sqlite://{turns_db}"
+    async with (
+        run_horace(serving(settings, conversations_url=url)) as running,
+        connect(running.url) as client,
+    ):
+        await call(client, "horace_search_files", "before")
+        await eventually(lambda: sinks_of(running)["conversations"]["delivered"] == 2)
+        for leftover in ("", "-wal", "-shm"):
+            Path(f"{turns_db}{leftover}").unlink(missing_ok=True)
+        for i in range(3):
+            await call(client, "horace_search_files", f"after-{i}")
+        await eventually(lambda: sinks_of(running)["conversations"]["delivered"] == 8, 20, "the turns after")
+    stored = [r["metadata"]["correlation_id"] for r in await stored_turns(url)]
+    assert sorted(stored) == sorted(f"after-{i}" for i in range(3) for _ in range(2)), stored
+
+
 async def test_a_crashing_sink_task_is_restarted_without_loss_or_duplicates(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -240,15 +240,20 @@ class SinkProcess:
 
     def _count_lost_with_the_child(self, signal_number: int) -> None:
         """A child that ends by itself spills what its sinks hold; one killed cannot: its
-        sinks' queues, as it last said them, are counted as lost."""
+        sinks' queues, and what was handed to it and not yet taken (in the pipe, read
+        by nobody now), as it last said them, are counted as lost."""
         held = sum(int(sink.get("queued", 0)) for sink in self.sink_status.values())
-        if held:
-            self.lost += held
+        unread = self.handed - self.received
+        if held or unread:
+            self.lost += held + unread
             log.error(
-                "sink process killed by %s: the %d log entries its sinks held are lost",
+                "sink process killed by %s: the %d log entries its sinks held, and the %d handed to it "
+                "and not yet taken, are lost",
                 signal.Signals(signal_number).name,
                 held,
+                unread,
             )
+        self.received = self.handed
         self.sink_status = {name: {"state": "starting"} for name in self.sink_status}
 
     async def _run_child(self) -> int:

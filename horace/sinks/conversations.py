@@ -61,6 +61,7 @@ class ConversationTransport:
         all log to one database: turns spilled for a database of their own wait in a spool
         named after it, for a process that logs there."""
         self.talks = talks
+        self.own = own_url is not None
         self.refusal: str | None = None
         self.spool_name = (
             self.name
@@ -97,6 +98,11 @@ class ConversationTransport:
                         _ENCODER.encode(entry),
                         extra={"sink": self.name},
                     )
+            replaced = backend.replaced() if self.own else None
+            if replaced is not None:
+                # (Removed, its turns would go into a deleted file, counted as stored; the
+                # catalog's own is the server's to look after: it stops.)
+                raise DestinationDown(f"{replaced}: it is opened again")
             try:
                 conflicts = await backend.insert_turns(turns) if turns else []
             except OUTAGES as exc:  # the database's state, never a reason to drop a turn
