@@ -50,7 +50,7 @@ from horace.backends.records import (
 )
 from horace.binding import StoreRefused
 from horace.catalog import Catalog
-from horace.config import ConfigError, Settings, ignored_variables, log_level_from_env
+from horace.config import LEVEL_NAMES, ConfigError, Settings, ignored_variables, log_level_from_env
 from horace.model import CannotListen, ErrorCode, HoraceError, NewFile, RepliesLost
 from horace.paths import printable, quoted
 from horace.redact import redact_url
@@ -80,6 +80,16 @@ class _Moment(click.ParamType):
 
 
 MOMENT = _Moment()
+
+
+class Count(click.IntRange):
+    """A whole number in a range, written in ASCII digits, as every number Horace reads
+    is (Python's int() takes other scripts' digits, "٢" among them)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip().isascii():
+            self.fail(f"{value!r} is not a number written in digits 0-9", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class _Text(click.ParamType):
@@ -513,15 +523,15 @@ def info(ctx: click.Context, ref: str, versions: bool) -> None:
 @click.option("--path", help="Glob relative to files/ (* also crosses /).", type=TEXT)
 @click.option("--collection", type=TEXT)
 @click.option("--type", "file_type", help="MIME type (image/*) or extension.", type=TEXT)
-@click.option("--min-size", type=click.IntRange(0, INT64_MAX))
-@click.option("--max-size", type=click.IntRange(0, INT64_MAX))
+@click.option("--min-size", type=Count(0, INT64_MAX))
+@click.option("--max-size", type=Count(0, INT64_MAX))
 @click.option("--created-after", type=MOMENT, help="ISO 8601; UTC when no zone is given.")
 @click.option("--created-before", type=MOMENT, help="ISO 8601; UTC when no zone is given.")
 @click.option("--checksum", type=TEXT)
 @click.option("--correlation-id", type=TEXT)
 @click.option("--status", type=click.Choice([*(s.value for s in Status), "all"]), default="active")
-@click.option("--limit", type=click.IntRange(1, MAX_SEARCH_LIMIT), default=50)
-@click.option("--offset", type=click.IntRange(0, INT64_MAX), default=0)
+@click.option("--limit", type=Count(1, MAX_SEARCH_LIMIT), default=50)
+@click.option("--offset", type=Count(0, INT64_MAX), default=0)
 @click.option("--cursor", type=TEXT)
 @click.option("--sort-by", type=click.Choice([k.value for k in SortKey]), default="created_at")
 @click.option("--order", type=click.Choice([o.value for o in Order]), default="desc")
@@ -975,7 +985,8 @@ def migrate(ctx: click.Context) -> None:
 
 _LOG_LEVEL = click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    # (The names HORACE_LOG_LEVEL takes: TRACE and WARN too.)
+    type=click.Choice(list(LEVEL_NAMES), case_sensitive=False),
     help="The least level logged on stderr (one JSON object a line) [HORACE_LOG_LEVEL, INFO].",
 )
 
@@ -990,7 +1001,7 @@ def _configure_logs(log_level: str | None) -> None:
             log_level = log_level_from_env(os.environ)
         except ConfigError as exc:
             raise Failure(Exit.CONFIG, "CONFIG", str(exc)) from None
-    logs.configure(log_level.upper())
+    logs.configure(LEVEL_NAMES[log_level.upper()])
 
 
 @cli.command()

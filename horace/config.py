@@ -153,7 +153,7 @@ def _text(text: str, name: str) -> str:
 
 
 # (TRACE, a level of Godot's entries, is DEBUG here: Horace logs nothing finer.)
-_LEVELS = {
+LEVEL_NAMES = {
     "TRACE": "DEBUG",
     "DEBUG": "DEBUG",
     "INFO": "INFO",
@@ -164,7 +164,7 @@ _LEVELS = {
 
 
 def _log_level(text: str, name: str) -> str:
-    level = _LEVELS.get(text.strip().upper())
+    level = LEVEL_NAMES.get(text.strip().upper())
     if level is None:
         raise ConfigError(f"{name}={text!r}: use TRACE, DEBUG, INFO, WARNING or ERROR")
     return level

@@ -885,6 +885,15 @@ def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     loud = horace("mcp", env={**store, "HORACE_LOG_LEVEL": "INFO"})
     assert loud.returncode == 0 and '"level": "INFO"' in loud.stderr, loud.stderr
+    # --log-level takes the names HORACE_LOG_LEVEL takes (WARN and TRACE were usage errors).
+    warned = horace("mcp", "--log-level", "warn", env=store)
+    assert warned.returncode == 0 and warned.stderr == "", warned.stderr
+    traced = horace("mcp", "--log-level", "TRACE", env=store)
+    assert traced.returncode == 0 and '"level": "INFO"' in traced.stderr, traced.stderr
+    # A count in other digits than 0-9 (int() takes "٢") is refused, as every number is.
+    one_line_error(
+        horace("search", "--limit", "\u0662", env=store), Exit.USAGE, "USAGE", "--limit", "digits 0-9"
+    )
 
 
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
