@@ -407,6 +407,7 @@ def ignored_variables(env: Mapping[str, str]) -> list[str]:
             for name in _PARTS[1:]
             if env.get(name)
         ]
+    lines += _inapplicable(env)
     unknown = [
         name
         for name in sorted(env)
@@ -424,6 +425,24 @@ def ignored_variables(env: Mapping[str, str]) -> list[str]:
         )
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         lines.append(f"{name} is not a Horace setting{hint}: ignored")
+    return lines
+
+
+def _inapplicable(env: Mapping[str, str]) -> list[str]:
+    """A line for each setting of a log sink that is off: set, it would seem to apply."""
+    lines = []
+    if env.get("HORACE_CONVERSATIONS", "").strip().lower() in ("0", "false", "no", "off"):
+        lines += [
+            f"{name} is read only with the conversation log on (HORACE_CONVERSATIONS is off): ignored"
+            for name in ("HORACE_CONVERSATIONS_URL", "HORACE_CONVERSATION_RETENTION")
+            if env.get(name)
+        ]
+    if not (env.get("GODOT_URL") or env.get("GODOT_MCP_URL")):
+        lines += [
+            f"{name} is read only with GODOT_URL, which sends the log to Godot: ignored"
+            for name in ("HORACE_GODOT_TOOL", "HORACE_GODOT_LEVEL", "HORACE_CONVERSATIONS_TO_GODOT")
+            if env.get(name)
+        ]
     return lines
 
 

@@ -896,6 +896,25 @@ def test_a_variable_that_is_no_setting_is_named_with_the_setting_it_may_mean(tmp
     )
 
 
+def test_a_sink_setting_that_cannot_apply_is_said_ignored() -> None:
+    """Settings of a log sink that is off would seem to apply: each is said ignored, as a
+    typo is (HORACE_WATCH_POLL without watch mode has its warning too)."""
+    from horace.config import ignored_variables
+
+    off = {"HORACE_CONVERSATIONS": "off", "HORACE_CONVERSATIONS_URL": "sqlite:///t.db"}
+    no_godot = {"HORACE_GODOT_TOOL": "log", "HORACE_CONVERSATIONS_TO_GODOT": "on"}
+    conversations_off = "is read only with the conversation log on (HORACE_CONVERSATIONS is off): ignored"
+    godot_off = "is read only with GODOT_URL, which sends the log to Godot: ignored"
+    assert ignored_variables({**off, "HORACE_CONVERSATION_RETENTION": "30d", **no_godot}) == [
+        f"HORACE_CONVERSATIONS_URL {conversations_off}",
+        f"HORACE_CONVERSATION_RETENTION {conversations_off}",
+        f"HORACE_GODOT_TOOL {godot_off}",
+        f"HORACE_CONVERSATIONS_TO_GODOT {godot_off}",
+    ]
+    on = {**off, "HORACE_CONVERSATIONS": "on", **no_godot, "GODOT_URL": "ws://godot:9060"}
+    assert ignored_variables(on) == []
+
+
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as probe:  # bound, never listening: refused, and nobody else's
         probe.bind(("127.0.0.1", 0))
