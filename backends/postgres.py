@@ -411,10 +411,11 @@ def _field_filters(q: SearchQuery, p: _Params) -> list[str]:
     if q.file_type:
         if "/" in q.file_type:
             if q.file_type.endswith("/*"):
+                # (A MIME type's case means nothing: Text/* is text/*, as on SQLite.)
                 prefix = _like_escape(q.file_type[:-1]) + "%"
-                where.append(f"f.mime_type LIKE {p(prefix, 'text')}")
+                where.append(f"f.mime_type ILIKE {p(prefix, 'text')}")
             else:
-                where.append(f"f.mime_type = {p(q.file_type, 'text')}")
+                where.append(f"lower(f.mime_type) = lower({p(q.file_type, 'text')})")
         else:
             suffix = "%." + _like_escape(q.file_type.lstrip("."))
             where.append(f"f.file_path ILIKE {p(suffix, 'text')}")  # file_path is "C": ASCII
@@ -560,7 +561,7 @@ def _by_words(q: SearchQuery, p: _Params) -> tuple[str, str]:
     is no status filter: the status is in the words' lexemes)."""
     assert q.status is not None and q.purpose is not None
     tsquery = p(words.tsquery(words.query_words(q.purpose), [q.status.value]), "tsquery")
-    reach = p(q.limit + q.offset, "bigint")
+    reach = p(q.reach, "bigint")
     many = (  # (c: the count, as _search_sql names it)
         f"(SELECT total FROM c)::float8 ^ 2 > {reach}::float8 * "
         "greatest((SELECT reltuples FROM pg_class WHERE oid = 'horace_files'::regclass), 1000)"
@@ -663,7 +664,7 @@ def _by_any_tag(q: SearchQuery, p: _Params) -> tuple[str, str]:
         f"WHERE {_and([any_tag, status, *others])}"
     )
     after = _after(q, p, "t.created_at", "t.file_id")
-    reach = p(q.limit + q.offset, "bigint")
+    reach = p(q.reach, "bigint")
     direction = _direction(q)
     heads = " UNION ".join(
         f"(SELECT t.file_id, t.created_at FROM horace_file_tags t{join} "

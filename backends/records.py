@@ -115,6 +115,12 @@ class SearchQuery:
     sort_by: SortKey = SortKey.CREATED_AT
     order: Order = Order.DESC
 
+    @property
+    def reach(self) -> int:
+        """How many matches in order the page ends at (its offset and limit), as a query's
+        LIMIT may say it: within a BIGINT (an offset near 2**63 reaches past every row)."""
+        return min(self.offset + self.limit, INT64_MAX)
+
 
 # The integers a catalog column holds (BIGINT; SQLite's INTEGER): a number outside them is
 # refused at the edge, never handed to a backend.

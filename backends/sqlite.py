@@ -682,7 +682,7 @@ def _field_filters(q: SearchQuery) -> _Where:
             if q.file_type.endswith("/*"):
                 where += _where("f.mime_type LIKE ? ESCAPE '\\'", _like_escape(q.file_type[:-1]) + "%")
             else:
-                where += _where("f.mime_type = ?", q.file_type)
+                where += _where("f.mime_type = ? COLLATE NOCASE", q.file_type)  # (as LIKE: any case)
         else:  # LIKE is case-insensitive here
             where += _where("f.file_path LIKE ? ESCAPE '\\'", "%." + _like_escape(q.file_type.lstrip(".")))
     for column, op, value in (
@@ -829,7 +829,7 @@ def _search_by_any_tag(
             f"SELECT * FROM (SELECT t.file_id, t.created_at FROM horace_file_tags t{join} "
             f"WHERE 1{head.sql()} ORDER BY t.{order.replace(', ', ', t.')} LIMIT ?)"
         )
-        params += [*head.params, q.limit + q.offset]
+        params += [*head.params, q.reach]
     # The page's ids first, then their rows: not the rows of every head.
     by = f"ORDER BY h.{order.replace(', ', ', h.')}"
     rows = conn.execute(
@@ -864,7 +864,7 @@ def _search_by_words(conn: sqlite3.Connection, q: SearchQuery, match: str) -> tu
             lead += _where(f"w.rowid <= ({second} | {_SECOND_LOW_BITS})", position)
     page = lead + others + _after(q, "f.created_at", "f.id")
     hits = _Hits(match, page, joins if others.clauses or q.after is not None else "", newest_first)
-    reach = q.limit + q.offset
+    reach = q.reach
     if reach <= _MAX_KEYS_READ:
         keys = hits.keys(conn, 2 * reach)
         if len(keys) <= reach or keys[reach - 1] >> _SECOND_SHIFT != keys[-1] >> _SECOND_SHIFT:

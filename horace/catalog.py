@@ -2753,6 +2753,7 @@ def _decode_cursor(cursor: str, query: SearchQuery, store_id: str | None) -> tup
                 value = datetime.fromisoformat(value)
                 if value.tzinfo is None:
                     raise ValueError("a moment without a zone")
+                value = value.astimezone(UTC)  # (one no catalog holds overflows: 0001-01-01+02:00)
             case SortKey.SIZE:
                 if type(value) is not int or not 0 <= value < 1 << 63:
                     raise ValueError("not a size")
@@ -2760,6 +2761,6 @@ def _decode_cursor(cursor: str, query: SearchQuery, store_id: str | None) -> tup
                 if not isinstance(value, str) or "\x00" in value:
                     raise ValueError("not a path")
                 value.encode("utf-8")  # (a lone surrogate: no path of a catalogued file)
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, OverflowError):
         raise unusable from None
     return value, last_id

@@ -1100,6 +1100,7 @@ async def test_lost_connections_are_backend_unavailable(pg_url: str) -> None:
             with pytest.raises(BackendUnavailable, match="unavailable") as lost:
                 await backend._source.run(_fetchrow, "SELECT pg_sleep(10)")
         assert lost.value.in_doubt  # (a COMMIT lost so: kept or not, none can say)
+        await trio.sleep(0.1)  # (the other, idle, connection's end is seen, as above)
         await backend.ping()  # and the pool recovers
         await backend.aclose()
         with pytest.raises(BackendUnavailable, match="unavailable") as closed:

@@ -30,7 +30,16 @@ import horace.server.tools as tools
 import horace.storage
 from horace.assemble import open_catalog
 from horace.backends.protocol import BackendUnavailable, DatabaseFull
-from horace.backends.records import FileChanges, FileRecord, Order, Retention, SearchQuery, SortKey, Status
+from horace.backends.records import (
+    INT64_MAX,
+    FileChanges,
+    FileRecord,
+    Order,
+    Retention,
+    SearchQuery,
+    SortKey,
+    Status,
+)
 from horace.backends.words import QUERY_WORDS
 from horace.catalog import MAX_LABEL_CHARS, Catalog, CatalogPolicy, Vanished
 from horace.config import Settings
@@ -1440,6 +1449,9 @@ ALL = {
         ({"file_type": "text/*"}, {"gates/doc1.md", "gates/doc2.md", "fiedler/log.txt", "user/notes/a.TXT"}),
         ({"file_type": "txt"}, {"fiedler/log.txt", "user/notes/a.TXT"}),
         ({"file_type": ".md"}, {"gates/doc1.md", "gates/doc2.md"}),
+        # A MIME type's case means nothing, on every backend (SQLite's LIKE took it so alone).
+        ({"file_type": "Text/*"}, {"gates/doc1.md", "gates/doc2.md", "fiedler/log.txt", "user/notes/a.TXT"}),
+        ({"file_type": "IMAGE/PNG"}, {"playfair/chart.png"}),
         ({"min_size": 300}, {"fiedler/log.txt", "shared/data.bin"}),
         ({"max_size": 6}, {"gates/doc1.md", "user/notes/a.TXT"}),
         (
@@ -1505,6 +1517,8 @@ async def test_search_pagination_with_cursor_and_offset(corpus: Catalog, sort_by
 TAMPERED_VALUES = [
     *(None, True, 12.5, 2**70, -1, [], {}),
     *("", "x", "2026-13-45T99:00:00", "2026-12-05T10:00:00", "a\x00b", "\ud800"),
+    # Moments with a zone that no catalog holds: past year 1 or 9999 in UTC.
+    *("0001-01-01T00:00:00+02:00", "9999-12-31T23:59:59-05:00"),
 ]
 
 
@@ -1533,6 +1547,19 @@ async def test_a_tampered_cursor_is_refused_never_used(corpus: Catalog, sort_by:
     finally:
         corpus.store_id = mine
     assert foreign.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"any_tags": ("report", "chart")}, {"tags": ("report",)}, {"purpose": "report"}, {"status": None}],
+)
+async def test_an_offset_past_every_row_is_an_empty_page(corpus: Catalog, filters: dict[str, Any]) -> None:
+    """The largest offset a search takes (2**63 - 1): an empty page with the total, on
+    every backend and search plan (its offset and limit added went past a BIGINT)."""
+    query = SearchQuery(**filters, offset=INT64_MAX, limit=1000)
+    page = await corpus.search(query)
+    assert page.results == ()
+    assert page.total_count == (await corpus.search(attrs.evolve(query, offset=0))).total_count > 0
 
 
 def _first_cursor(page: object) -> str:
