@@ -34,6 +34,7 @@ from .protocol import (
     NOT_HORACES_ADVICE,
     PING,
     REFUSALS,
+    BackendUnavailable,
     CatalogDamaged,
     CatalogMissing,
     CatalogUnwritable,
@@ -72,6 +73,9 @@ T = TypeVar("T")
 log = logging.getLogger("horace.backends")
 
 READERS = 4
+# How long a write waits for a lock another connection holds (Horace's own writers take
+# turns by a file lock first: only another program holds one this long).
+BUSY_TIMEOUT_MS = 30_000
 # A read by key on the event loop's thread that takes this long has waited for a slow disk
 # (network storage, a disk spun down), stalling every session: then such reads go to worker
 # threads for a while (SqliteBackend._read_by_key). Well above the 5 ms another thread may
@@ -208,7 +212,7 @@ def _open_connection(path: Path) -> sqlite3.Connection:
     # seconds of commits, versions whose content is kept and that clients were told of.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # A statement journal (each many-row INSERT in a transaction makes one) stays in
     # memory: past 64 KiB it would be a temp file in /var/tmp, written page by page and
     # deleted, a transaction at a time (and a full /var/tmp would fail the write).
@@ -1398,6 +1402,12 @@ def _said(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
         raise
 
 
+def _busy(exc: sqlite3.DatabaseError) -> bool:
+    """Did SQLite give up waiting for another connection's lock (SQLITE_BUSY, SQLITE_LOCKED)?"""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _read_only(exc: sqlite3.DatabaseError) -> bool:
     """Did SQLite refuse a write for a read-only file (SQLITE_READONLY and its extended
     codes: the database, its -wal or -shm file)?"""
@@ -1498,6 +1508,11 @@ class SqliteBackend:
                     await trio.to_thread.run_sync(self._reopen_writer)
                 return await trio.to_thread.run_sync(_said, fn, self._writer, *args)
             except sqlite3.DatabaseError as exc:
+                if _busy(exc):  # past busy_timeout: held by a program that is no Horace
+                    raise BackendUnavailable(
+                        f"the catalog {self.path} has been locked by another program for "
+                        f"{BUSY_TIMEOUT_MS // 1000} s (an sqlite3 shell left in a transaction?): {exc}"
+                    ) from None
                 if not _read_only(exc):
                     raise
                 self._writer_read_only = True

@@ -15,7 +15,7 @@ from helpers import write
 
 from horace.assemble import open_catalog
 from horace.backends import open_backend, sqlite
-from horace.backends.protocol import CatalogUnwritable
+from horace.backends.protocol import BackendUnavailable, CatalogUnwritable
 from horace.backends.records import Turn
 from horace.config import Settings
 
@@ -84,3 +84,24 @@ async def test_a_writer_sqlite_opened_read_only_is_opened_anew_after_a_refused_w
         assert await backend.insert_turns([turn]) == []
     with sqlite3.connect(path) as stored:
         assert stored.execute("SELECT content FROM conversations").fetchall() == [("hello",)]
+
+
+async def test_a_catalog_another_program_keeps_locked_is_unavailable_not_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program holding the catalog's write lock past the busy timeout (an sqlite3
+    shell left in a transaction): a write is BACKEND_UNAVAILABLE, saying so; it was
+    INTERNAL ("database is locked"), which says to report a bug."""
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "catalog.db"
+    turn = Turn("c", 1, "user", "hello", None, None, None, None, {}, datetime.now(UTC))
+    async with open_backend(f"sqlite://{path}") as backend:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(BackendUnavailable, match="locked by another program"):
+                await backend.insert_turns([turn])
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert await backend.insert_turns([turn]) == []  # taken once the lock is let go
