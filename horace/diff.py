@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import trio
 from attrs import frozen
@@ -28,6 +29,13 @@ from horace.schema import param
 CONTEXT_LINES = 3
 DIFF_LIMIT = 256 * 1024  # bytes of a unified diff in one result
 MAX_MATCHED_LINE_PAIRS = 4_000_000  # about 0.2 s of difflib at worst
+# A diff holds each line of both versions as a string of its own, some 60 bytes more than
+# the line: two texts at the read limit made of short lines, 2 million lines each, hold
+# about 350 MB while compared. Diffs of versions of more lines than this run one at a
+# time, server-wide, so that the calls the reply room lets run at once (8) cannot hold
+# that eight times over.
+MANY_LINES = 100_000
+_ONE_DIFF_OF_MANY_LINES = trio.CapacityLimiter(1)
 
 
 @frozen(kw_only=True)
@@ -67,12 +75,11 @@ async def between(
     new = await catalog.kept_version(file, to_version)
     if max(old.size, new.size) > read_limit:
         return _summary(file, old, new, "large")
-    return await trio.to_thread.run_sync(
-        compare,
-        await catalog.content_of(file, old, read_limit),
-        await catalog.content_of(file, new, read_limit),
-        DIFF_LIMIT,
-    )
+    before = await catalog.content_of(file, old, read_limit)
+    after = await catalog.content_of(file, new, read_limit)
+    many = max(before.data.count(b"\n"), after.data.count(b"\n")) > MANY_LINES
+    async with _ONE_DIFF_OF_MANY_LINES if many else nullcontext():
+        return await trio.to_thread.run_sync(compare, before, after, DIFF_LIMIT)
 
 
 def _summary(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from helpers import sha256, write
 
 import horace.diff
@@ -39,6 +41,42 @@ async def test_text_versions_give_a_unified_diff(catalog: Catalog, files: Path) 
     assert found.diff.startswith("--- user/notes.md@v1\n+++ user/notes.md@v2\n")
     by_path = await diff(catalog, file_path="user/notes.md", from_version=2, to_version=1)
     assert "-2\n+two\n" in by_path.diff and not by_path.truncated
+
+
+async def test_diffs_of_many_lines_run_one_at_a_time(
+    catalog: Catalog, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diff holds every line of both versions as a string (two texts at the read limit
+    of short lines: about 350 MB); such diffs run one at a time, server-wide, the others
+    waiting, and diffs of few lines beside them."""
+    monkeypatch.setattr(horace.diff, "MANY_LINES", 3)
+    many = await versions(catalog, files, "a\nb\nc\nd\n", "a\nB\nc\nd\ne\n", path="user/many.txt")
+    few = await versions(catalog, files, "a\n", "b\n", path="user/few.txt")
+    compare, running, most = horace.diff.compare, [0], [0]
+
+    def counted(*args: Any) -> Any:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)
+            return compare(*args)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(horace.diff, "compare", counted)
+    found: list[Any] = []
+
+    async def one(file_id: str) -> None:
+        found.append(await diff(catalog, file_id=file_id, from_version=1))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(one, many)
+    assert most[0] == 1 and len(found) == 3 and all("+B\n" in d.diff for d in found)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, many)
+        nursery.start_soon(one, few)
+    assert most[0] == 2  # (a diff of few lines waits for none)
 
 
 @pytest.mark.parametrize("too_large", [False, True], ids=["matched", "one-hunk"])
