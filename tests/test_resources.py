@@ -73,6 +73,18 @@ async def test_versions_read_as_text_or_blob(served: RunningHorace) -> None:
         assert (await read(client, f"horace://files/{notes}"))["result"]["contents"][0]["text"] == "# two\n"
 
 
+async def test_a_version_is_read_with_its_own_type(served: RunningHorace) -> None:
+    """A file of no extension is typed by its first bytes: text once, a PNG now. Each
+    version reads as what it holds (the file's type is its current version's)."""
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(300)
+    async with connect(served.url) as client:
+        notes = await register(client, served.files, "user/notes", "plain words\n", png)
+        first = (await read(client, f"horace://files/{notes}/versions/1"))["result"]["contents"][0]
+        assert first["mimeType"] == "text/plain" and first["text"] == "plain words\n", first
+        second = (await read(client, f"horace://files/{notes}/versions/2"))["result"]["contents"][0]
+        assert second["mimeType"] == "image/png" and base64.b64decode(second["blob"]) == png
+
+
 async def test_what_cannot_be_read_is_a_clear_error(served: RunningHorace) -> None:
     async with connect(served.url) as client:
         big = await register(client, served.files, "user/big.txt", "x" * 200_000)

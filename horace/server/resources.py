@@ -19,12 +19,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from horace import mime
 from horace.backends.protocol import BackendUnavailable
 from horace.backends.records import INT64_MAX, FileRecord, Order, SearchQuery, SortKey, Status
 from horace.catalog import Catalog
 from horace.model import ErrorCode, HoraceError
 from horace.server.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RESOURCE_NOT_FOUND, RpcError, bounded
 from horace.server.tools import MAX_PATTERN
+from horace.storage import HEAD_BYTES
 
 FILE_URI = "horace://files/{file_id}"
 VERSION_URI = "horace://files/{file_id}/versions/{version}"
@@ -86,8 +88,13 @@ class Resources:
         version = int(found["version"]) if found["version"] else None
         file = await self._catalog_call(self.catalog.file(found["file_id"]), uri)
         content = await self._catalog_call(self.catalog.content(file, version, self.max_read_bytes), uri)
-        item: dict[str, Any] = {"uri": uri, "mimeType": file.mime_type}
-        text = _as_text(content.data, file.mime_type)
+        # A version's type is its own content's (the file's is its current version's): a file
+        # of no extension typed by its first bytes may have been text once and PNG now.
+        mime_type = (
+            file.mime_type if version is None else mime.detect(file.file_path, content.data[:HEAD_BYTES])
+        )
+        item: dict[str, Any] = {"uri": uri, "mimeType": mime_type}
+        text = _as_text(content.data, mime_type)
         if text is not None:
             item["text"] = text
         else:
