@@ -131,11 +131,14 @@ def _port(text: str, name: str) -> int:
     return number
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _switch(text: str, name: str) -> bool:
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in _ON:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in _OFF:
         return False
     raise ConfigError(f"{name}={text!r}: use on or off (or 1/0, true/false, yes/no)")
 
@@ -431,7 +434,7 @@ def ignored_variables(env: Mapping[str, str]) -> list[str]:
 def _inapplicable(env: Mapping[str, str]) -> list[str]:
     """A line for each setting of a log sink that is off: set, it would seem to apply."""
     lines = []
-    if env.get("HORACE_CONVERSATIONS", "").strip().lower() in ("0", "false", "no", "off"):
+    if env.get("HORACE_CONVERSATIONS", "").strip().lower() in _OFF:
         lines += [
             f"{name} is read only with the conversation log on (HORACE_CONVERSATIONS is off): ignored"
             for name in ("HORACE_CONVERSATIONS_URL", "HORACE_CONVERSATION_RETENTION")
