@@ -4,6 +4,7 @@ server's (killed, signalled, outlived)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -190,6 +191,28 @@ async def test_a_stopping_server_hands_over_every_call_it_still_queues(
         assert process_part(horace)["queued"] == 40 and process_part(horace)["handed"] == 0
     rows = [r for r in await stored_turns(settings.catalog_url) if r["conversation_id"] == conversation_id]
     assert [r["turn_number"] for r in rows] == list(range(1, 41))
+
+
+async def test_a_server_serves_once_its_sink_process_is_spawned(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child is spawned (from a worker thread) before the server serves: a fork made
+    while a working file was open for writing in the server's process would hold that
+    file open in the child for a moment, and a register of it would be ``FILE_LOCKED``.
+    A child that cannot be spawned holds up no start: the server serves, degraded."""
+    async with run_horace(in_child(settings)) as horace:
+        part = process_part(horace)
+        assert (part["state"], part["starts"], part["ok"]) == ("running", 1, True), part
+        assert alive(part["pid"])
+
+    async def unspawnable(*args: Any, **kwargs: Any) -> Any:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(sinkprocess.trio.lowlevel, "open_process", unspawnable)
+    async with run_horace(in_child(settings, sink_backoff_base=60.0)) as horace:
+        part = process_part(horace)
+        assert (part["state"], part["starts"], part["ok"]) == ("retrying", 0, False), part
+        assert "Resource temporarily unavailable" in part["why"], part
 
 
 async def test_a_killed_sink_process_is_started_again_and_the_calls_go_on(settings: Settings) -> None:

@@ -205,9 +205,12 @@ class SinkProcess:
 
     # -- the child task -------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a child running until cancelled; then hand it what is queued and wait for
-        it to deliver (or spill) everything and end."""
+        it to deliver (or spill) everything and end. Started once the first child is
+        spawned (or has failed to be): a fork made later, in a worker thread, would hold
+        for a moment every file the server has open, a working file being written
+        included, and a register of that file would be ``FILE_LOCKED`` meanwhile."""
         self._token = trio.lowlevel.current_trio_token()
         failures = 0
         try:
@@ -216,7 +219,7 @@ class SinkProcess:
                 unexpected = False
                 self._child_error = None
                 try:
-                    code = await self._run_child()
+                    code = await self._run_child(task_status)
                     said = f": {self._child_error}" if self._child_error else ""
                     self.last_error = f"the sink process ended with exit code {code}{said}"
                 except Exception as exc:  # every failure: log it, back off, start another
@@ -226,6 +229,9 @@ class SinkProcess:
                     if self._child_error:
                         self.last_error += f" (it said: {self._child_error})"
                 self.state, self.recovering = "retrying", True
+                if not self.starts:  # the first child could not be spawned: the server starts degraded
+                    task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
                 failures = 1 if trio.current_time() - started > STEADY else failures + 1
                 settings = self.plan.settings
                 delay = backoff(failures, settings.sink_backoff_base, settings.sink_backoff_cap)
@@ -256,7 +262,7 @@ class SinkProcess:
         self.received = self.handed
         self.sink_status = {name: {"state": "starting"} for name in self.sink_status}
 
-    async def _run_child(self) -> int:
+    async def _run_child(self, task_status: trio.TaskStatus[None]) -> int:
         read_end, write_end = os.pipe()
         with contextlib.suppress(OSError, AttributeError):  # (Linux: room for bursts)
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
@@ -279,6 +285,7 @@ class SinkProcess:
         self.starts += 1
         self._handed_before = self.handed
         self._took_at = time.monotonic()
+        task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_status, process.stdout)
@@ -462,7 +469,7 @@ async def sink_process(plan: SinkPlan) -> AsyncIterator[SinkProcess]:
     """A :class:`SinkProcess` with its child task running while the body runs."""
     sinks = SinkProcess(plan)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sinks.run)
+        await nursery.start(sinks.run)
         try:
             yield sinks
         finally:
