@@ -205,15 +205,19 @@ async def _serve_catalog(
 ) -> None:
     if settings.watch:
         await reconcile_if_watching(catalog, progress)
-    async with log_sinks(settings, catalog, held) as sinks, trio.open_nursery() as nursery:
-        server = HoraceServer(settings, catalog, sinks.observer)
-        server.health_parts.update(sinks.health_parts)
-        for name, state in start_background(nursery, catalog, settings).items():
-            server.health_parts[name] = state
-        if handle_signals:
-            await nursery.start(watch_signals, server)
-        await server.run(listeners, task_status=task_status)
-        nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
+    # The signals are watched from outside the sinks: a second one that comes while they
+    # flush (up to HORACE_SINK_FLUSH) cuts that short too, and is not the signal's default.
+    async with trio.open_nursery() as stopping:
+        async with log_sinks(settings, catalog, held) as sinks, trio.open_nursery() as nursery:
+            server = HoraceServer(settings, catalog, sinks.observer)
+            server.health_parts.update(sinks.health_parts)
+            for name, state in start_background(nursery, catalog, settings).items():
+                server.health_parts[name] = state
+            if handle_signals:
+                await stopping.start(watch_signals, server)
+            await server.run(listeners, task_status=task_status)
+            nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
+        stopping.cancel_scope.cancel()
 
 
 async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool = True) -> None:
