@@ -12,7 +12,8 @@ from datetime import datetime
 
 import trio
 
-from horace.backends import Backend, CatalogMissing, open_backend
+from horace.backends import Backend, BackendUnavailable, CatalogDamaged, CatalogMissing, open_backend
+from horace.backends.protocol import NotHoraces
 from horace.binding import StoreRefused, Verdict, bound_elsewhere, check_adoption, decide
 from horace.catalog import Catalog, CatalogPolicy, in_thread, utcnow
 from horace.config import Settings
@@ -188,6 +189,8 @@ async def _bound_backend(
         at_recorded = await in_thread(storage.found_at, recorded, state.store_id)
     twin = at_recorded is AtPath.TWIN
     decision = decide(state, identity, str(storage.root), url, adopt=adopt, twin_at_recorded_path=twin)
+    if adopt and decision.verdict is Verdict.BIND:
+        await _refuse_adopting_beside_the_own_catalog(storage, state, url)
     if read_only:
         # Read-only commands leave the schema as it is: they read only what every schema
         # step has had (files, versions, collections); and they bind nothing.
@@ -245,6 +248,29 @@ async def _bound_backend(
     )
     # Read again: a BIND that lost a race to another process is bound at that one's time.
     return backend, store_id, (await backend.identity()).bound_at
+
+
+async def _refuse_adopting_beside_the_own_catalog(storage: Storage, state: StoreState, url: str) -> None:
+    """An empty catalog is adopted in place of a lost one. The store's own SQLite catalog,
+    there and still bound to it, is not lost: adopting another beside it (a mistyped
+    ``--database``) would start every file's history anew, and stop each process that
+    serves the store. An own catalog that does not open (damaged) may be replaced."""
+    own = storage.private / "catalog.db"
+    if state.store_id is None or bound_elsewhere(state) or not await in_thread(own.is_file):
+        return
+    try:
+        async with open_backend(f"sqlite://{own}", migrate=False, create=False) as backend:
+            bound_to = (await backend.identity()).store_id
+    except (CatalogMissing, CatalogDamaged, BackendUnavailable, NotHoraces) as exc:
+        log.warning("adopting %s: the store's own catalog %s does not open (%s)", redact_url(url), own, exc)
+        return
+    if bound_to == state.store_id:
+        raise StoreRefused(
+            f"the store at {storage.root} has its catalog, {own}, and it is bound to it: it is not "
+            f"lost. Adopting {redact_url(url)} would start the history of every file anew and stop "
+            "every process serving the store. To go on with that catalog, leave out --adopt and "
+            "--database; if it is to be retired for good, move its file out of .horace first"
+        )
 
 
 def _unfinished(storage: Storage, why: str) -> StoreRefused:

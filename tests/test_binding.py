@@ -722,6 +722,33 @@ async def test_a_copy_of_a_postgresql_catalog_in_another_schema_is_refused(
         pass
 
 
+def test_an_empty_catalog_is_not_adopted_beside_the_stores_own(tmp_path: Path) -> None:
+    """`horace init --adopt --database OTHER` (a mistyped database) on a store whose own
+    SQLite catalog is there, bound to it and served: refused (exit 5), the server goes on
+    and the history stays whole. Once that catalog's file is moved out (retired, or lost),
+    the same command adopts the empty one."""
+    root = tmp_path / "horace-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}
+    own = {**env, "HORACE_STORAGE_PATH": str(root)}
+    other = f"sqlite://{tmp_path}/other.db"
+    assert run(own, "init").returncode == 0
+    for text in ("first", "second"):
+        write(root / "files/user/notes.md", text)
+        assert run(own, "register", "user/notes.md").returncode == 0
+    with serve_process(own) as (server, _):
+        done = run(own, "init", "--adopt", "--database", other)
+        assert done.returncode == Exit.STORE, done.stderr
+        assert "STORE_REFUSED" in done.stderr and "it is not lost" in done.stderr, done.stderr
+        time.sleep(1.5)  # (the store check looks every second)
+        assert server.poll() is None, "the server stopped"
+    info = run(own, "--json", "info", "user/notes.md", "--versions")
+    assert info.returncode == 0, info.stderr
+    assert [v["version"] for v in json.loads(info.stdout)["versions"]] == [2, 1]
+    (root / ".horace/catalog.db").rename(tmp_path / "retired.db")
+    done = run(own, "init", "--adopt", "--database", other)
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_server_whose_store_another_catalog_adopted_stops(tmp_path: Path) -> None:
     """`horace serve` on the original catalog, left running while a copy of it is adopted:
     at its next purge it stops with STORE_REFUSED (exit 5), having deleted nothing, and the
