@@ -22,6 +22,27 @@ log = logging.getLogger("horace.supervise")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+async def stop_on_signals(
+    stop: Callable[[], None],
+    stopping: Callable[[], bool],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A stop signal calls *stop* (a graceful stop); one that comes while *stopping* cuts
+    it short: everything is cancelled now (each commit whole, as ever), and as this is
+    not a clean stop the exit is a Ctrl-C's (130), not 0. Started (``nursery.start``) once
+    the signals are caught; watch them until the stop is done (its sinks flushed), so that
+    none meets its default meanwhile."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        task_status.started()
+        async for signum in signals:
+            if stopping():
+                log.warning("second signal: stopping now")
+                raise KeyboardInterrupt
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            stop()
+
+
 class Environmental(Exception):
     """A failure of what a task works on, not of the task (a watch limit reached): logged
     in a line, as an outage is, not as a crash with its traceback."""

@@ -16,7 +16,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog, in_thread
 from horace.config import Settings
 from horace.fsck import FsckReport, fsck, leftovers, log_findings
-from horace.supervise import STOP_SIGNALS, TaskState, every, supervise
+from horace.supervise import TaskState, every, stop_on_signals, supervise
 from horace.watch import Watcher
 
 log = logging.getLogger("horace.tasks")
@@ -203,16 +203,23 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
 
 
 async def run_watch(settings: Settings, *, progress: Any = None) -> None:
-    """``horace watch``: reconcile, then watch, purge and fsck until a signal."""
+    """``horace watch``: reconcile, then watch, purge and fsck until a signal; Horace's
+    log goes to Godot as a server's does (there are no calls to keep as conversations).
+    The signals are watched until the sinks have flushed: a second one stops at once."""
     from horace.assemble import open_catalog
+    from horace.server.serving import held_for_godot, log_sinks
     from horace.watch import reconcile_if_watching
 
-    async with open_catalog(settings, create=True) as catalog:
-        await reconcile_if_watching(catalog, progress)
-        async with trio.open_nursery() as nursery:
-            start_background(nursery, catalog, attrs.evolve(settings, watch=True))
-            with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-                async for _ in signals:
-                    log.info("signal: stopping")
-                    nursery.cancel_scope.cancel()
-                    break
+    godot_only = attrs.evolve(settings, conversations=False)
+    with held_for_godot(godot_only) as held:
+        async with open_catalog(settings, create=True) as catalog:
+            await reconcile_if_watching(catalog, progress)
+            watching = trio.CancelScope()
+            async with trio.open_nursery() as stopping:
+                await stopping.start(stop_on_signals, watching.cancel, lambda: watching.cancel_called)
+                async with log_sinks(godot_only, catalog, held):
+                    log.info("watching %s until a stop signal", catalog.storage.files)
+                    with watching:
+                        async with trio.open_nursery() as nursery:
+                            start_background(nursery, catalog, attrs.evolve(settings, watch=True))
+                stopping.cancel_scope.cancel()

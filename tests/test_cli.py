@@ -1292,6 +1292,38 @@ def test_a_second_signal_while_the_sinks_flush_is_still_a_ctrl_c(store: tuple[Pa
             assert "Traceback" not in rest, rest
 
 
+def test_a_second_signal_while_horace_watch_stops_is_a_ctrl_c(store: tuple[Path, dict[str, str]]) -> None:
+    """`horace watch` as `horace serve`: the first signal stops it and its sinks flush; a
+    second one in that time ends it as a Ctrl-C does (130), not by its default (143)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        godot = f"ws://127.0.0.1:{silent.getsockname()[1]}/"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+        env = {**clean, **store[1], "GODOT_URL": godot, "HORACE_SINK_FLUSH": "3s"}
+        watching = subprocess.Popen(
+            [sys.executable, "-m", "horace", "watch", "--log-level", "INFO"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert watching.stderr is not None
+            for line in watching.stderr:
+                if "until a stop signal" in line:
+                    break
+            else:
+                pytest.fail(f"horace watch ended before watching: {watching.wait()}")
+            watching.send_signal(signal.SIGINT)
+            time.sleep(1.0)  # (it has stopped watching; its sinks are flushing)
+            watching.send_signal(signal.SIGTERM)
+            assert watching.wait(timeout=30) == Exit.INTERRUPTED
+            rest = watching.stderr.read()
+            assert "signal SIGINT: shutting down" in rest and "second signal: stopping now" in rest, rest
+            assert "Traceback" not in rest, rest
+        finally:
+            watching.kill()
+            watching.wait()
+
+
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     """A store on SQLite (its catalog in .horace/), whatever the test backend: five files

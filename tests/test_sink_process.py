@@ -29,6 +29,7 @@ from horace.config import Settings
 from horace.model import CallRecord
 from horace.server import sinkprocess
 from horace.server.sinkprocess import SinkPlan, SinkProcess, record_message
+from horace.tasks import run_watch
 from horace.testing import RunningHorace, run_horace
 
 
@@ -407,6 +408,36 @@ async def test_a_log_record_made_on_a_worker_thread_reaches_godot(settings: Sett
             lambda: {"from a worker thread", "from the event loop"} <= {c["message"] for c in godot.calls}
         )
         assert process_part(horace)["dropped"] == 0
+
+
+async def test_horace_watch_sends_its_log_to_godot(settings: Settings) -> None:
+    """`horace watch` (watch mode, no server) sends Horace's log to Godot as a server
+    does: what it said as the store opened (a warning: files/ held files already), and
+    what it says as it watches. It has no calls, so no conversation log."""
+    write(settings.storage_path / "files/user/w.txt", "w")
+    async with godot_standin() as godot, trio.open_nursery() as nursery:
+        nursery.start_soon(run_watch, attrs.evolve(in_child(settings), godot_url=godot.url))
+        await godot.wait_until(
+            lambda: any(c["message"].startswith("a new store is made") for c in godot.calls)
+        )
+        logging.getLogger("horace.test").warning("from the watch")
+        await godot.wait_until(lambda: "from the watch" in {c["message"] for c in godot.calls})
+        nursery.cancel_scope.cancel()
+    assert not await stored_turns(settings.catalog_url)
+
+
+async def test_horace_watch_without_godot_starts_no_sink_process(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no Godot, `horace watch` has no sink to run (the conversation log, on by
+    default, has no calls to keep): it starts no sink process."""
+    async with trio.open_nursery() as nursery:
+        with caplog.at_level(logging.INFO, logger="horace"):
+            nursery.start_soon(run_watch, in_child(settings))
+            await eventually(lambda: "until a stop signal" in caplog.text, 30, "watching")
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children_of(os.getpid())]
+        assert not [c for c in commands if sinkprocess.CHILD_CODE.encode() in c], commands
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.skipif(BACKEND != "postgres", reason="a database (schema) put in place of another: PostgreSQL's")

@@ -17,7 +17,6 @@ finish within ``shutdown_grace``, then cancel what is left; the backend closes l
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,6 @@ from horace.server.observer import Observer
 from horace.server.replyroom import ReplyRoom
 from horace.server.websocket import WebSocketSession
 from horace.server.wsintake import MessageIntake
-from horace.supervise import STOP_SIGNALS
 
 log = logging.getLogger("horace.server")
 HEALTH_TIMEOUT = 2.0
@@ -125,6 +123,9 @@ class HoraceServer:
     def shutdown(self) -> None:
         """Stop accepting; running calls get ``shutdown_grace`` seconds to finish."""
         self._accepting.cancel()
+
+    def shutting_down(self) -> bool:
+        return self._accepting.cancel_called
 
     def new_session(self, transport: str) -> McpSession:
         return McpSession(
@@ -219,24 +220,3 @@ class HoraceServer:
             body["degraded"] = degraded
         body.update(parts)
         return (200 if backend["ok"] else 503), body
-
-
-async def watch_signals(
-    server: HoraceServer,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """First SIGINT/SIGTERM/SIGHUP: graceful shutdown. A second one: cancel everything now
-    (each call whole or not at all, as ever) and end as a Ctrl-C does.
-    Started (``nursery.start``) once the signals are caught: none that comes after the
-    server says it listens kills it outright."""
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        task_status.started()
-        async for signum in signals:
-            if server._accepting.cancel_called:
-                log.warning("second signal: stopping now")
-                # Raised into the server's nursery, it cancels every task there; and as
-                # this is not a clean stop, the exit is a Ctrl-C's (130), not 0.
-                raise KeyboardInterrupt
-            log.info("signal %s: shutting down", signal.Signals(signum).name)
-            server.shutdown()

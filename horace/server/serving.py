@@ -21,7 +21,7 @@ from horace.logs import of_the_call
 from horace.model import RepliesLost
 from horace.redact import redact_url
 from horace.server import heap
-from horace.server.lifecycle import HealthPart, HoraceServer, listen, watch_signals
+from horace.server.lifecycle import HealthPart, HoraceServer, listen
 from horace.server.mcp import McpSession
 from horace.server.observer import Observer
 from horace.server.sinkprocess import SinkPlan, sink_process
@@ -30,7 +30,7 @@ from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_std
 from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS, talks_in
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
-from horace.supervise import together
+from horace.supervise import stop_on_signals, together
 from horace.tasks import start_background, start_store_check
 from horace.watch import reconcile_if_watching
 
@@ -214,7 +214,7 @@ async def _serve_catalog(
             for name, state in start_background(nursery, catalog, settings).items():
                 server.health_parts[name] = state
             if handle_signals:
-                await stopping.start(watch_signals, server)
+                await stopping.start(stop_on_signals, server.shutdown, server.shutting_down)
             await server.run(listeners, task_status=task_status)
             nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
         stopping.cancel_scope.cancel()
