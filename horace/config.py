@@ -410,7 +410,7 @@ def ignored_variables(env: Mapping[str, str]) -> list[str]:
             for name in _PARTS[1:]
             if env.get(name)
         ]
-    lines += _inapplicable(env)
+    lines += _inapplicable(env) + _overruled(env)
     unknown = [
         name
         for name in sorted(env)
@@ -447,6 +447,28 @@ def _inapplicable(env: Mapping[str, str]) -> list[str]:
             if env.get(name)
         ]
     return lines
+
+
+_DEFAULT_BACKOFF_CAP = 30.0
+
+
+def _overruled(env: Mapping[str, str]) -> list[str]:
+    """A line for a setting that another overrules: a sink's first retry delay above the
+    most it may wait (each retry then waits the cap)."""
+    base_text, cap_text = env.get("HORACE_SINK_BACKOFF_BASE"), env.get("HORACE_SINK_BACKOFF_CAP")
+    if not base_text:
+        return []
+    try:
+        base = _timeout(base_text, "HORACE_SINK_BACKOFF_BASE")
+        cap = _timeout(cap_text, "HORACE_SINK_BACKOFF_CAP") if cap_text else _DEFAULT_BACKOFF_CAP
+    except ConfigError:
+        return []  # (refused at start, and said so there)
+    if base <= cap:
+        return []
+    return [
+        f"HORACE_SINK_BACKOFF_BASE ({base:g} s) is above HORACE_SINK_BACKOFF_CAP ({cap:g} s), the most "
+        "a sink waits between retries: each waits the cap"
+    ]
 
 
 @frozen
@@ -510,7 +532,7 @@ class Settings:
     # one transaction) for many entries when calls come fast; also what a crash can lose.
     sink_linger: float = 0.05
     sink_backoff_base: float = 1.0  # a sink's first retry delay, doubling up to the cap
-    sink_backoff_cap: float = 30.0
+    sink_backoff_cap: float = _DEFAULT_BACKOFF_CAP
     # The sinks' work (turns made and stored, entries sent to Godot) in a child process, on
     # another core, rather than beside the sessions (horace.server.sinkprocess).
     sink_process: bool = True

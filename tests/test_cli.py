@@ -913,6 +913,17 @@ def test_a_sink_setting_that_cannot_apply_is_said_ignored() -> None:
     ]
     on = {**off, "HORACE_CONVERSATIONS": "on", **no_godot, "GODOT_URL": "ws://godot:9060"}
     assert ignored_variables(on) == []
+    # A sink's first retry delay above the most it waits: each retry waits the cap.
+    overruled = "is above HORACE_SINK_BACKOFF_CAP"
+    assert ignored_variables({"HORACE_SINK_BACKOFF_BASE": "1m"}) == [
+        f"HORACE_SINK_BACKOFF_BASE (60 s) {overruled} (30 s), the most a sink waits between retries: "
+        "each waits the cap"
+    ]
+    assert (
+        overruled in ignored_variables({"HORACE_SINK_BACKOFF_CAP": "2s", "HORACE_SINK_BACKOFF_BASE": "3s"})[0]
+    )
+    for fine in ({"HORACE_SINK_BACKOFF_BASE": "30s"}, {"HORACE_SINK_BACKOFF_BASE": "0s"}):
+        assert ignored_variables(fine) == []
 
 
 def test_unreachable_postgres_is_one_line(tmp_path: Path) -> None:
