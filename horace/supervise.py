@@ -23,12 +23,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def stop_on_signals(
-    stop: Callable[[], None],
+    stop: Callable[[str], object],
     stopping: Callable[[], bool],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """A stop signal calls *stop* (a graceful stop); one that comes while *stopping* cuts
+    """A stop signal calls *stop* with why (a graceful stop); one that comes while *stopping* cuts
     it short: everything is cancelled now (each commit whole, as ever), and as this is
     not a clean stop the exit is a Ctrl-C's (130), not 0. Started (``nursery.start``) once
     the signals are caught; watch them until the stop is done (its sinks flushed), so that
@@ -40,7 +40,7 @@ async def stop_on_signals(
                 log.warning("second signal: stopping now")
                 raise KeyboardInterrupt
             log.info("signal %s: shutting down", signal.Signals(signum).name)
-            stop()
+            stop(f"signal {signal.Signals(signum).name}")
 
 
 class Environmental(Exception):

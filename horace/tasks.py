@@ -216,7 +216,9 @@ async def run_watch(settings: Settings, *, progress: Any = None) -> None:
             await reconcile_if_watching(catalog, progress)
             watching = trio.CancelScope()
             async with trio.open_nursery() as stopping:
-                await stopping.start(stop_on_signals, watching.cancel, lambda: watching.cancel_called)
+                await stopping.start(
+                    stop_on_signals, lambda _: watching.cancel(), lambda: watching.cancel_called
+                )
                 async with log_sinks(godot_only, catalog, held):
                     log.info("watching %s until a stop signal", catalog.storage.files)
                     with watching:

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -400,6 +401,26 @@ async def test_sigterm_or_a_hang_up_ends_the_session(env: dict[str, str], signum
         client.process.send_signal(signum)
         assert await client.exited() == 0
     assert f"stdio session closed: signal {signum.name}" in [r["message"] for r in client.log_records()]
+
+
+async def test_a_second_signal_while_the_sinks_flush_is_a_ctrl_c(env: dict[str, str]) -> None:
+    """The first signal ends the session, then the sinks flush (here for up to 3 s: a
+    Godot that takes connections and never answers). A second signal then ends the
+    process as a Ctrl-C does (130), not by its default (143 for SIGTERM), as `serve`."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        godot = {"GODOT_URL": f"ws://127.0.0.1:{silent.getsockname()[1]}/", "HORACE_SINK_FLUSH": "3s"}
+        async with horace_mcp({**env, **godot}) as client:
+            await client.initialize()
+            client.process.send_signal(signal.SIGINT)
+            await trio.sleep(1.0)  # (the session has ended; the sinks are flushing)
+            client.process.send_signal(signal.SIGTERM)
+            assert await client.exited() == 130
+        stderr = client.stderr.decode()
+        assert "stdio session closed: signal SIGINT" in stderr and "second signal: stopping now" in stderr
+        assert stderr.endswith(
+            "horace: error: INTERRUPTED: interrupted: what was done is kept, nothing is half-done; "
+            "run it again to go on\n"
+        ), stderr
 
 
 @pytest.mark.parametrize("replaced", ["catalog-file", "store-folder"])

@@ -26,7 +26,7 @@ from horace.server.mcp import McpSession
 from horace.server.observer import Observer
 from horace.server.sinkprocess import SinkPlan, sink_process
 from horace.server.sinks import SinkWiring, godot_level, run_sinks
-from horace.server.stdio import StdioFds, StdioSession, end_on_signals, open_stdio
+from horace.server.stdio import StdioFds, StdioSession, open_stdio
 from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS, talks_in
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
@@ -214,7 +214,7 @@ async def _serve_catalog(
             for name, state in start_background(nursery, catalog, settings).items():
                 server.health_parts[name] = state
             if handle_signals:
-                await stopping.start(stop_on_signals, server.shutdown, server.shutting_down)
+                await stopping.start(stop_on_signals, lambda _: server.shutdown(), server.shutting_down)
             await server.run(listeners, task_status=task_status)
             nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
         stopping.cancel_scope.cancel()
@@ -240,24 +240,25 @@ async def _serve_stdio(
 ) -> None:
     async with (
         open_catalog(settings, create=True, check=StartCheck.LEFTOVERS) as catalog,
-        log_sinks(settings, catalog, held) as sinks,
-        open_stdio(fds) as (reading, writing),
+        trio.open_nursery() as stopping,  # (the signals, watched until the sinks have flushed)
     ):
-        session = StdioSession(
-            reading, writing, McpSession(catalog, settings, sinks.observer, transport="stdio")
-        )
-        log.info(
-            "serving MCP over stdio",
-            extra={"storage": str(catalog.storage.root), "backend": redact_url(catalog.backend.url)},
-        )
-        async with trio.open_nursery() as nursery:
-            if handle_signals:
-                await nursery.start(end_on_signals, session)
-            # A desktop client keeps this process for its whole session: a catalog
-            # restored (or a store moved) under it stops it, as it stops a server.
-            start_store_check(nursery, catalog)
-            nursery.start_soon(session.end_when_stdout_closes, fds.stdout)
-            await session.run()
-            nursery.cancel_scope.cancel()
+        async with log_sinks(settings, catalog, held) as sinks, open_stdio(fds) as (reading, writing):
+            session = StdioSession(
+                reading, writing, McpSession(catalog, settings, sinks.observer, transport="stdio")
+            )
+            log.info(
+                "serving MCP over stdio",
+                extra={"storage": str(catalog.storage.root), "backend": redact_url(catalog.backend.url)},
+            )
+            async with trio.open_nursery() as nursery:
+                if handle_signals:
+                    await stopping.start(stop_on_signals, session.end, session.ending)
+                # A desktop client keeps this process for its whole session: a catalog
+                # restored (or a store moved) under it stops it, as it stops a server.
+                start_store_check(nursery, catalog)
+                nursery.start_soon(session.end_when_stdout_closes, fds.stdout)
+                await session.run()
+                nursery.cancel_scope.cancel()
+        stopping.cancel_scope.cancel()
         if session.lost is not None:
             raise RepliesLost(f"replies could not be written to stdout: {session.lost}")

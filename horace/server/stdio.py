@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +34,6 @@ import trio
 
 from horace.server.jsonrpc import ENDS, INVALID_REQUEST, RpcError, error_text, id_of_unread
 from horace.server.mcp import McpSession
-from horace.supervise import STOP_SIGNALS
 
 log = logging.getLogger("horace.server")
 
@@ -217,6 +215,9 @@ class StdioSession:
                     )
         log.info("stdio session closed: %s", self.ended_by, extra={"conversation_id": self.conversation_id})
 
+    def ending(self) -> bool:
+        return self.ended_by is not None
+
     def end(self, reason: str) -> None:
         """Stop reading; the calls still running get their grace (see :meth:`run`), or
         none once stdout is gone."""
@@ -279,16 +280,3 @@ class StdioSession:
                         extra={"conversation_id": self.conversation_id},
                     )
                     self.end("stdout not read")
-
-
-async def end_on_signals(
-    session: StdioSession, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """SIGTERM (a client that gave up waiting for the exit), SIGINT or SIGHUP: end the
-    session as the end of stdin does. The receiver goes with the first signal, so a second
-    SIGINT stops the process at once."""
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        task_status.started()
-        async for signum in signals:
-            session.end(f"signal {signal.Signals(signum).name}")
-            return
