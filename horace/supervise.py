@@ -28,11 +28,11 @@ async def stop_on_signals(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """A stop signal calls *stop* with why (a graceful stop); one that comes while *stopping* cuts
-    it short: everything is cancelled now (each commit whole, as ever), and as this is
-    not a clean stop the exit is a Ctrl-C's (130), not 0. Started (``nursery.start``) once
-    the signals are caught; watch them until the stop is done (its sinks flushed), so that
-    none meets its default meanwhile."""
+    """A stop signal calls *stop* with why (a graceful stop); one that comes while
+    *stopping* cuts it short: everything is cancelled now (each commit whole, as ever),
+    and as this is not a clean stop the exit is a Ctrl-C's (130), not 0. Started
+    (``nursery.start``) once the signals are caught; watch them until the stop is done
+    (the sinks flushed), so that none meets its default meanwhile."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         task_status.started()
         async for signum in signals:
