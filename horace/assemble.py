@@ -9,11 +9,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 
 import trio
 
 from horace.backends import Backend, BackendUnavailable, CatalogDamaged, CatalogMissing, open_backend
-from horace.backends.protocol import NotHoraces
+from horace.backends.protocol import NotHoraces, UnusableURL
 from horace.binding import StoreRefused, Verdict, bound_elsewhere, check_adoption, decide
 from horace.catalog import Catalog, CatalogPolicy, in_thread, utcnow
 from horace.config import Settings
@@ -256,12 +257,12 @@ async def _refuse_adopting_beside_the_own_catalog(storage: Storage, state: Store
     ``--database``) would start every file's history anew, and stop each process that
     serves the store. An own catalog that does not open (damaged) may be replaced."""
     own = storage.private / "catalog.db"
-    if state.store_id is None or bound_elsewhere(state) or not await in_thread(own.is_file):
-        return
+    if state.store_id is None or bound_elsewhere(state) or not await in_thread(_holds_bytes, own):
+        return  # (an empty file is no catalog, and opening it would make it one)
     try:
         async with open_backend(f"sqlite://{own}", migrate=False, create=False) as backend:
             bound_to = (await backend.identity()).store_id
-    except (CatalogMissing, CatalogDamaged, BackendUnavailable, NotHoraces) as exc:
+    except (CatalogMissing, CatalogDamaged, BackendUnavailable, NotHoraces, UnusableURL) as exc:
         log.warning("adopting %s: the store's own catalog %s does not open (%s)", redact_url(url), own, exc)
         return
     if bound_to == state.store_id:
@@ -271,6 +272,13 @@ async def _refuse_adopting_beside_the_own_catalog(storage: Storage, state: Store
             "every process serving the store. To go on with that catalog, leave out --adopt and "
             "--database; if it is to be retired for good, move its file out of .horace first"
         )
+
+
+def _holds_bytes(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except FileNotFoundError:  # (removed between the two looks)
+        return False
 
 
 def _unfinished(storage: Storage, why: str) -> StoreRefused:

@@ -22,25 +22,53 @@ log = logging.getLogger("horace.supervise")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-async def stop_on_signals(
-    stop: Callable[[str], object],
-    stopping: Callable[[], bool],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """A stop signal calls *stop* with why (a graceful stop); one that comes while
-    *stopping* cuts it short: everything is cancelled now (each commit whole, as ever),
-    and as this is not a clean stop the exit is a Ctrl-C's (130), not 0. Started
-    (``nursery.start``) once the signals are caught; watch them until the stop is done
-    (the sinks flushed), so that none meets its default meanwhile."""
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        task_status.started()
-        async for signum in signals:
-            if stopping():
-                log.warning("second signal: stopping now")
-                raise KeyboardInterrupt
-            log.info("signal %s: shutting down", signal.Signals(signum).name)
-            stop(f"signal {signal.Signals(signum).name}")
+class StopSignals:
+    """The stop signals of a service (:func:`stop_signals`), once it :meth:`watch` es them:
+    the first calls its *stop* (a graceful stop); a second one cancels the service now
+    (each commit whole, as ever) and, as this is no clean stop, it ends as a Ctrl-C does
+    (130), not 0; any later one changes nothing. They are watched until the service has
+    ended, its sinks flushed and its catalog closed: none meets its default meanwhile."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.scope = trio.CancelScope()  # the service's: what a second signal cancels
+        self.signalled = False
+        self.interrupted = False
+
+    async def watch(self, stop: Callable[[str], object]) -> None:
+        """Catch the stop signals from now on; *stop* is called with why."""
+        await self._nursery.start(self._watch, stop)
+
+    async def _watch(self, stop: Callable[[str], object], *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as received:
+            task_status.started()
+            async for signum in received:
+                name = signal.Signals(signum).name
+                if not self.signalled:
+                    self.signalled = True
+                    log.info("signal %s: shutting down", name)
+                    stop(f"signal {name}")
+                elif not self.interrupted:
+                    self.interrupted = True
+                    log.warning("second signal: stopping now")
+                    self.scope.cancel()
+                else:
+                    log.info("signal %s: stopping now already", name)
+
+
+@asynccontextmanager
+async def stop_signals() -> AsyncIterator[StopSignals]:
+    """Around a service (its catalog's opening and closing included): its
+    :class:`StopSignals`, which it watches once it serves (before, a signal has its
+    default: it stops the start where it is). A service the second signal cut short
+    raises :class:`KeyboardInterrupt` once it has ended."""
+    async with together() as nursery:
+        signals = StopSignals(nursery)
+        with signals.scope:
+            yield signals
+        nursery.cancel_scope.cancel()
+    if signals.interrupted:
+        raise KeyboardInterrupt
 
 
 class Environmental(Exception):

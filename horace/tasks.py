@@ -16,7 +16,7 @@ from horace.binding import StoreRefused
 from horace.catalog import Catalog, in_thread
 from horace.config import Settings
 from horace.fsck import FsckReport, fsck, leftovers, log_findings
-from horace.supervise import TaskState, every, stop_on_signals, supervise
+from horace.supervise import TaskState, every, stop_signals, supervise
 from horace.watch import Watcher
 
 log = logging.getLogger("horace.tasks")
@@ -204,24 +204,18 @@ def start_background(nursery: trio.Nursery, catalog: Catalog, settings: Settings
 
 async def run_watch(settings: Settings, *, progress: Any = None) -> None:
     """``horace watch``: reconcile, then watch, purge and fsck until a signal; Horace's
-    log goes to Godot as a server's does (there are no calls to keep as conversations).
-    The signals are watched until the sinks have flushed: a second one stops at once."""
+    log goes to Godot as a server's does (there are no calls to keep as conversations);
+    stopped by the signals as a server is (:func:`horace.supervise.stop_signals`)."""
     from horace.assemble import open_catalog
     from horace.server.serving import held_for_godot, log_sinks
     from horace.watch import reconcile_if_watching
 
     godot_only = attrs.evolve(settings, conversations=False)
-    with held_for_godot(godot_only) as held:
-        async with open_catalog(settings, create=True) as catalog:
-            await reconcile_if_watching(catalog, progress)
-            watching = trio.CancelScope()
-            async with trio.open_nursery() as stopping:
-                await stopping.start(
-                    stop_on_signals, lambda _: watching.cancel(), lambda: watching.cancel_called
-                )
-                async with log_sinks(godot_only, catalog, held):
+    async with stop_signals() as signals:
+        with held_for_godot(godot_only) as held:
+            async with open_catalog(settings, create=True) as catalog:
+                await reconcile_if_watching(catalog, progress)
+                async with log_sinks(godot_only, catalog, held), trio.open_nursery() as nursery:
+                    await signals.watch(lambda _: nursery.cancel_scope.cancel())
                     log.info("watching %s until a stop signal", catalog.storage.files)
-                    with watching:
-                        async with trio.open_nursery() as nursery:
-                            start_background(nursery, catalog, attrs.evolve(settings, watch=True))
-                stopping.cancel_scope.cancel()
+                    start_background(nursery, catalog, attrs.evolve(settings, watch=True))

@@ -749,6 +749,23 @@ def test_an_empty_catalog_is_not_adopted_beside_the_stores_own(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("own", [b"", b"not a database " * 100], ids=["empty", "garbage"])
+def test_an_empty_catalog_is_adopted_beside_an_own_catalog_that_is_none(tmp_path: Path, own: bytes) -> None:
+    """The store's own catalog file made empty, or garbage: it is no catalog, and adopting
+    another in its place goes through, leaving that file as it is."""
+    root = tmp_path / "horace-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HORACE_")}
+    store = {**env, "HORACE_STORAGE_PATH": str(root)}
+    assert run(store, "init").returncode == 0
+    catalog = root / ".horace/catalog.db"
+    for leftover in (catalog, *root.glob(".horace/catalog.db-*")):
+        leftover.unlink()
+    catalog.write_bytes(own)
+    done = run(store, "init", "--adopt", "--database", f"sqlite://{tmp_path}/other.db")
+    assert done.returncode == 0, done.stderr
+    assert catalog.read_bytes() == own
+
+
 def test_a_server_whose_store_another_catalog_adopted_stops(tmp_path: Path) -> None:
     """`horace serve` on the original catalog, left running while a copy of it is adopted:
     at its next purge it stops with STORE_REFUSED (exit 5), having deleted nothing, and the

@@ -1289,7 +1289,8 @@ def test_serve_stopped_at_once_by_a_second_signal_does_not_exit_0(store: tuple[P
 def test_a_second_signal_while_the_sinks_flush_is_still_a_ctrl_c(store: tuple[Path, dict[str, str]]) -> None:
     """After the first signal the server stops, then its sinks flush (here for up to 3 s:
     a Godot that takes connections and never answers). A second signal then still ends
-    the process as a Ctrl-C does (130), not by the signal's default (143 for SIGTERM)."""
+    the process as a Ctrl-C does (130), not by the signal's default (143 for SIGTERM);
+    and so does a third, which changes nothing more."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
         godot = f"ws://127.0.0.1:{silent.getsockname()[1]}/"
         env = {**store[1], "GODOT_URL": godot, "HORACE_SINK_FLUSH": "3s"}
@@ -1297,9 +1298,12 @@ def test_a_second_signal_while_the_sinks_flush_is_still_a_ctrl_c(store: tuple[Pa
             server.send_signal(signal.SIGINT)
             time.sleep(1.0)  # (the server has stopped; its sinks are flushing)
             server.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            server.send_signal(signal.SIGHUP)
             assert server.wait(timeout=30) == Exit.INTERRUPTED
             rest = server.stderr.read() if server.stderr else ""
             assert "second signal: stopping now" in rest, rest
+            assert "signal SIGHUP: stopping now already" in rest, rest
             assert "Traceback" not in rest, rest
 
 

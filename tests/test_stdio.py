@@ -403,6 +403,24 @@ async def test_sigterm_or_a_hang_up_ends_the_session(env: dict[str, str], signum
     assert f"stdio session closed: signal {signum.name}" in [r["message"] for r in client.log_records()]
 
 
+async def test_stdin_closed_then_one_sigterm_is_a_clean_stop(env: dict[str, str]) -> None:
+    """As the official SDKs' clients stop a server: stdin closed, then SIGTERM 2 s later
+    (here, while the sinks flush for up to 3 s: a Godot that never answers). One signal
+    is no second one: the stop goes on, and ends clean (0)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        godot = {"GODOT_URL": f"ws://127.0.0.1:{silent.getsockname()[1]}/", "HORACE_SINK_FLUSH": "3s"}
+        async with horace_mcp({**env, **godot}) as client:
+            await client.initialize()
+            assert client.process.stdin is not None
+            await client.process.stdin.aclose()
+            await trio.sleep(1.0)
+            client.process.send_signal(signal.SIGTERM)
+            assert await client.exited() == 0
+        stderr = client.stderr.decode()
+        assert "signal SIGTERM: shutting down" in stderr and "second signal" not in stderr, stderr
+        assert "INTERRUPTED" not in stderr, stderr
+
+
 async def test_a_second_signal_while_the_sinks_flush_is_a_ctrl_c(env: dict[str, str]) -> None:
     """The first signal ends the session, then the sinks flush (here for up to 3 s: a
     Godot that takes connections and never answers). A second signal then ends the

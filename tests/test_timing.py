@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from itertools import pairwise
@@ -23,7 +25,7 @@ import trio.testing
 from horace.backends.protocol import BackendUnavailable
 from horace.changefeed import WatchFailed
 from horace.sinks.supervisor import STALLED_SECONDS, Deliver, SinkRunner, SinkUnavailable
-from horace.supervise import TaskState, backoff, every, supervise
+from horace.supervise import TaskState, backoff, every, stop_signals, supervise
 
 BASE, CAP = 1.0, 30.0
 
@@ -35,6 +37,34 @@ def expected_delays(failures: int) -> list[tuple[float, float]]:
         delay = min(CAP, BASE * 2 ** (n - 1))
         bounds.append((delay / 2, delay))
     return bounds
+
+
+async def test_a_second_stop_signal_cancels_the_service_now_and_is_a_ctrl_c() -> None:
+    """The first stop signal calls the service's stop; a second one cancels the service,
+    which would otherwise go on (a graceful stop waiting), and it ends as a Ctrl-C does;
+    a third, while it winds down, is caught too: none reaches the handler from before,
+    which here stands for the signal's default (the end of the process)."""
+    escaped: list[int] = []
+    before = signal.signal(signal.SIGHUP, lambda signum, frame: escaped.append(signum))
+    stops: list[str] = []
+    try:
+        with trio.fail_after(10), pytest.raises(KeyboardInterrupt):
+            async with stop_signals() as signals:
+                await signals.watch(stops.append)
+                os.kill(os.getpid(), signal.SIGHUP)
+                while not stops:
+                    await trio.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGHUP)
+                try:
+                    await trio.sleep_forever()  # (a graceful stop that would go on and on)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        os.kill(os.getpid(), signal.SIGHUP)  # a third, as it winds down
+                        await trio.sleep(0.2)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert stops == ["signal SIGHUP"]
+    assert escaped == []
 
 
 def test_backoff_doubles_to_its_cap_within_its_jitter() -> None:

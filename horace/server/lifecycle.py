@@ -124,9 +124,6 @@ class HoraceServer:
         """Stop accepting; running calls get ``shutdown_grace`` seconds to finish."""
         self._accepting.cancel()
 
-    def shutting_down(self) -> bool:
-        return self._accepting.cancel_called
-
     def new_session(self, transport: str) -> McpSession:
         return McpSession(
             self.catalog,

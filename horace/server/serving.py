@@ -30,7 +30,7 @@ from horace.server.stdio import StdioFds, StdioSession, open_stdio
 from horace.sinks.conversations import TURNS_APPLICATION, TURNS_CONNECTIONS, talks_in
 from horace.sinks.godot import GodotLogHandler
 from horace.sinks.supervisor import Emitter
-from horace.supervise import stop_on_signals, together
+from horace.supervise import StopSignals, stop_signals, together
 from horace.tasks import start_background, start_store_check
 from horace.watch import reconcile_if_watching
 
@@ -159,19 +159,26 @@ async def serve(
     heap.hold_large_blocks_apart()
     listeners = await listen(settings)
     started = trio.CancelScope()
-    try:
-        async with together() as starting:
-            starting.start_soon(say_while_starting, started, redact_url(settings.catalog_url))
-            with held_for_godot(settings) as held:
-                async with open_catalog(settings, create=True) as catalog:
-                    started.cancel()
-                    await _serve_catalog(
-                        settings, catalog, listeners, handle_signals, progress, held, task_status
-                    )
-    finally:
-        with trio.CancelScope(shield=True):  # (closed already when served; not when failed)
-            for listener in listeners:
-                await listener.aclose()
+    async with stop_signals() as signals:
+        try:
+            async with together() as starting:
+                starting.start_soon(say_while_starting, started, redact_url(settings.catalog_url))
+                with held_for_godot(settings) as held:
+                    async with open_catalog(settings, create=True) as catalog:
+                        started.cancel()
+                        await _serve_catalog(
+                            settings,
+                            catalog,
+                            listeners,
+                            signals if handle_signals else None,
+                            progress,
+                            held,
+                            task_status,
+                        )
+        finally:
+            with trio.CancelScope(shield=True):  # (closed already when served; not when failed)
+                for listener in listeners:
+                    await listener.aclose()
 
 
 START_NOTICE_SECONDS = (10.0, 60.0)  # the first notice of a start still going on, then each next
@@ -198,26 +205,22 @@ async def _serve_catalog(
     settings: Settings,
     catalog: Catalog,
     listeners: list[trio.SocketListener],
-    handle_signals: bool,
+    signals: StopSignals | None,
     progress: Progress | None,
     held: HeldForGodot | None,
     task_status: trio.TaskStatus[HoraceServer],
 ) -> None:
     if settings.watch:
         await reconcile_if_watching(catalog, progress)
-    # The signals are watched from outside the sinks: a second one that comes while they
-    # flush (up to HORACE_SINK_FLUSH) cuts that short too, and is not the signal's default.
-    async with trio.open_nursery() as stopping:
-        async with log_sinks(settings, catalog, held) as sinks, trio.open_nursery() as nursery:
-            server = HoraceServer(settings, catalog, sinks.observer)
-            server.health_parts.update(sinks.health_parts)
-            for name, state in start_background(nursery, catalog, settings).items():
-                server.health_parts[name] = state
-            if handle_signals:
-                await stopping.start(stop_on_signals, lambda _: server.shutdown(), server.shutting_down)
-            await server.run(listeners, task_status=task_status)
-            nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
-        stopping.cancel_scope.cancel()
+    async with log_sinks(settings, catalog, held) as sinks, trio.open_nursery() as nursery:
+        server = HoraceServer(settings, catalog, sinks.observer)
+        server.health_parts.update(sinks.health_parts)
+        for name, state in start_background(nursery, catalog, settings).items():
+            server.health_parts[name] = state
+        if signals is not None:
+            await signals.watch(lambda _: server.shutdown())
+        await server.run(listeners, task_status=task_status)
+        nursery.cancel_scope.cancel()  # the background tasks stop; then the sinks
 
 
 async def serve_stdio(settings: Settings, fds: StdioFds, *, handle_signals: bool = True) -> None:
@@ -239,26 +242,26 @@ async def _serve_stdio(
     settings: Settings, fds: StdioFds, handle_signals: bool, held: HeldForGodot | None
 ) -> None:
     async with (
+        stop_signals() as signals,
         open_catalog(settings, create=True, check=StartCheck.LEFTOVERS) as catalog,
-        trio.open_nursery() as stopping,  # (the signals, watched until the sinks have flushed)
+        log_sinks(settings, catalog, held) as sinks,
+        open_stdio(fds) as (reading, writing),
     ):
-        async with log_sinks(settings, catalog, held) as sinks, open_stdio(fds) as (reading, writing):
-            session = StdioSession(
-                reading, writing, McpSession(catalog, settings, sinks.observer, transport="stdio")
-            )
-            log.info(
-                "serving MCP over stdio",
-                extra={"storage": str(catalog.storage.root), "backend": redact_url(catalog.backend.url)},
-            )
-            async with trio.open_nursery() as nursery:
-                if handle_signals:
-                    await stopping.start(stop_on_signals, session.end, session.ending)
-                # A desktop client keeps this process for its whole session: a catalog
-                # restored (or a store moved) under it stops it, as it stops a server.
-                start_store_check(nursery, catalog)
-                nursery.start_soon(session.end_when_stdout_closes, fds.stdout)
-                await session.run()
-                nursery.cancel_scope.cancel()
-        stopping.cancel_scope.cancel()
+        session = StdioSession(
+            reading, writing, McpSession(catalog, settings, sinks.observer, transport="stdio")
+        )
+        log.info(
+            "serving MCP over stdio",
+            extra={"storage": str(catalog.storage.root), "backend": redact_url(catalog.backend.url)},
+        )
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await signals.watch(session.end)
+            # A desktop client keeps this process for its whole session: a catalog
+            # restored (or a store moved) under it stops it, as it stops a server.
+            start_store_check(nursery, catalog)
+            nursery.start_soon(session.end_when_stdout_closes, fds.stdout)
+            await session.run()
+            nursery.cancel_scope.cancel()
         if session.lost is not None:
             raise RepliesLost(f"replies could not be written to stdout: {session.lost}")

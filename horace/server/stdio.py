@@ -215,9 +215,6 @@ class StdioSession:
                     )
         log.info("stdio session closed: %s", self.ended_by, extra={"conversation_id": self.conversation_id})
 
-    def ending(self) -> bool:
-        return self.ended_by is not None
-
     def end(self, reason: str) -> None:
         """Stop reading; the calls still running get their grace (see :meth:`run`), or
         none once stdout is gone."""
