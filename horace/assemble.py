@@ -256,7 +256,7 @@ async def _refuse_adopting_beside_the_own_catalog(storage: Storage, state: Store
     there and still bound to it, is not lost: adopting another beside it (a mistyped
     ``--database``) would start every file's history anew, and stop each process that
     serves the store. An own catalog that does not open (damaged) may be replaced."""
-    own = storage.private / "catalog.db"
+    own = storage.own_catalog
     if state.store_id is None or bound_elsewhere(state) or not await in_thread(_holds_bytes, own):
         return  # (an empty file is no catalog, and opening it would make it one)
     try:

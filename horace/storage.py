@@ -675,6 +675,7 @@ class Storage:
         self.packs = self.objects / "packs"
         self.tmp = self.private / "tmp"
         self.spool = self.private / "spool"  # the log sinks' entries kept over a restart
+        self.own_catalog = self.private / "catalog.db"  # the SQLite catalog, when it is the default
         self.lock_file = self.private / "locks"
         # One empty file per object the catalog let go of (a pruned or purged version's)
         # that was too fresh to collect then: the sweep collects it past the grace period,
@@ -756,7 +757,7 @@ class Storage:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageUnusable(f"cannot read the store's identity {self.identity_file}: {exc}") from None
         has_objects = self._has_objects() if store_id is None else None
-        own = f"sqlite:{os.path.realpath(self.private / 'catalog.db')}"
+        own = f"sqlite:{os.path.realpath(self.own_catalog)}"
         return StoreState(
             True,
             store_id,

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -81,6 +82,14 @@ def with_query(url: str, **params: str) -> str:
     query = dict(parse_qsl(parts.query))
     query.update(params)
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@contextmanager
+def godot_that_never_answers(flush: str = "3s") -> Iterator[dict[str, str]]:
+    """The settings of a Godot that takes connections and never answers, and of sinks that
+    flush for up to *flush* at a stop: a stop that is still going on, for that long."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        yield {"GODOT_URL": f"ws://127.0.0.1:{silent.getsockname()[1]}/", "HORACE_SINK_FLUSH": flush}
 
 
 def write(path: Path, content: bytes | str) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import sha256, write
+from helpers import godot_that_never_answers, sha256, write
 
 from horace.cli import Exit, _failure
 from horace.model import ErrorCode, HoraceError
@@ -1291,29 +1291,25 @@ def test_a_second_signal_while_the_sinks_flush_is_still_a_ctrl_c(store: tuple[Pa
     a Godot that takes connections and never answers). A second signal then still ends
     the process as a Ctrl-C does (130), not by the signal's default (143 for SIGTERM);
     and so does a third, which changes nothing more."""
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        godot = f"ws://127.0.0.1:{silent.getsockname()[1]}/"
-        env = {**store[1], "GODOT_URL": godot, "HORACE_SINK_FLUSH": "3s"}
-        with listening_server(env) as server:
-            server.send_signal(signal.SIGINT)
-            time.sleep(1.0)  # (the server has stopped; its sinks are flushing)
-            server.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            server.send_signal(signal.SIGHUP)
-            assert server.wait(timeout=30) == Exit.INTERRUPTED
-            rest = server.stderr.read() if server.stderr else ""
-            assert "second signal: stopping now" in rest, rest
-            assert "signal SIGHUP: stopping now already" in rest, rest
-            assert "Traceback" not in rest, rest
+    with godot_that_never_answers() as godot, listening_server({**store[1], **godot}) as server:
+        server.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # (the server has stopped; its sinks are flushing)
+        server.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        server.send_signal(signal.SIGHUP)
+        assert server.wait(timeout=30) == Exit.INTERRUPTED
+        rest = server.stderr.read() if server.stderr else ""
+        assert "second signal: stopping now" in rest, rest
+        assert "signal SIGHUP: stopping now already" in rest, rest
+        assert "Traceback" not in rest, rest
 
 
 def test_a_second_signal_while_horace_watch_stops_is_a_ctrl_c(store: tuple[Path, dict[str, str]]) -> None:
     """`horace watch` as `horace serve`: the first signal stops it and its sinks flush; a
     second one in that time ends it as a Ctrl-C does (130), not by its default (143)."""
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        godot = f"ws://127.0.0.1:{silent.getsockname()[1]}/"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
-        env = {**clean, **store[1], "GODOT_URL": godot, "HORACE_SINK_FLUSH": "3s"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HORACE_", "GODOT"))}
+    with godot_that_never_answers() as godot:
+        env = {**clean, **store[1], **godot}
         watching = subprocess.Popen(
             [sys.executable, "-m", "horace", "watch", "--log-level", "INFO"],
             env=env,

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import pytest
 import sdk2
 import tour
 import trio
-from helpers import sha256, tool_body, write
+from helpers import godot_that_never_answers, sha256, tool_body, write
 from mcp_client import connect
 from soundness import assert_sound, check_file_versions
 from test_sinks import stored_turns
@@ -407,8 +406,7 @@ async def test_stdin_closed_then_one_sigterm_is_a_clean_stop(env: dict[str, str]
     """As the official SDKs' clients stop a server: stdin closed, then SIGTERM 2 s later
     (here, while the sinks flush for up to 3 s: a Godot that never answers). One signal
     is no second one: the stop goes on, and ends clean (0)."""
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        godot = {"GODOT_URL": f"ws://127.0.0.1:{silent.getsockname()[1]}/", "HORACE_SINK_FLUSH": "3s"}
+    with godot_that_never_answers() as godot:
         async with horace_mcp({**env, **godot}) as client:
             await client.initialize()
             assert client.process.stdin is not None
@@ -425,8 +423,7 @@ async def test_a_second_signal_while_the_sinks_flush_is_a_ctrl_c(env: dict[str, 
     """The first signal ends the session, then the sinks flush (here for up to 3 s: a
     Godot that takes connections and never answers). A second signal then ends the
     process as a Ctrl-C does (130), not by its default (143 for SIGTERM), as `serve`."""
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        godot = {"GODOT_URL": f"ws://127.0.0.1:{silent.getsockname()[1]}/", "HORACE_SINK_FLUSH": "3s"}
+    with godot_that_never_answers() as godot:
         async with horace_mcp({**env, **godot}) as client:
             await client.initialize()
             client.process.send_signal(signal.SIGINT)
